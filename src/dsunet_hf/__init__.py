@@ -1,0 +1,36 @@
+"""dsunet-hf: Hugging Face-native foundation-model image segmentation.
+
+Importing the package registers its configs, models and image processors with the transformers Auto
+classes, so ``AutoModel.from_pretrained`` / ``AutoImageProcessor.from_pretrained`` load saved artifacts.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageSegmentation
+
+from .backbones.hiera import HIERA_PRESETS, HieraBackbone, hiera_config, hiera_hub_repo
+from .finetune import STRATEGIES, trainable_summary
+from .hub import BackboneNotAvailableError
+from .image_processing import SegmentationImageProcessor
+from .modeling_utils import CheckpointMismatchError
+from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation, Sam2UNetOutput
+
+__version__ = "0.1.0"
+
+AutoConfig.register(Sam2UNetConfig.model_type, Sam2UNetConfig, exist_ok=True)
+AutoModel.register(Sam2UNetConfig, Sam2UNetForImageSegmentation, exist_ok=True)
+AutoModelForImageSegmentation.register(Sam2UNetConfig, Sam2UNetForImageSegmentation, exist_ok=True)
+AutoImageProcessor.register(Sam2UNetConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
+
+__all__ = [
+    "HIERA_PRESETS",
+    "STRATEGIES",
+    "BackboneNotAvailableError",
+    "CheckpointMismatchError",
+    "HieraBackbone",
+    "SegmentationImageProcessor",
+    "Sam2UNetConfig",
+    "Sam2UNetForImageSegmentation",
+    "Sam2UNetOutput",
+    "hiera_config",
+    "hiera_hub_repo",
+    "trainable_summary",
+]

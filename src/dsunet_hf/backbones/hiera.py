@@ -1,0 +1,220 @@
+"""Frozen SAM 2 Hiera image-encoder trunk, on transformers' ``Sam2HieraDetModel``.
+
+``HieraBackbone(config)`` returns the four stage-end maps as NCHW tensors (strides 4/8/16/32);
+``.channels`` lists their widths. Pretrained weights come from a Hub repo (transformers ``sam2`` /
+``sam2_video`` layout, or Meta's original ``.pt`` in the same repo), a local folder, or a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
+
+from ..convert.sam2 import convert_sam2_trunk_state_dict, trunk_state_dict_from_sam2_checkpoint
+from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+
+# Exact SAM 2 / SAM 2.1 trunk settings (identical for both releases; only the weights differ).
+HIERA_PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=96, num_attention_heads=1, blocks_per_stage=[1, 2, 7, 2],
+        embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
+        window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[5, 7, 9],
+        window_positional_embedding_background_size=[7, 7],
+    ),
+    "small": dict(
+        hidden_size=96, num_attention_heads=1, blocks_per_stage=[1, 2, 11, 2],
+        embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
+        window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[7, 10, 13],
+        window_positional_embedding_background_size=[7, 7],
+    ),
+    "base_plus": dict(
+        hidden_size=112, num_attention_heads=2, blocks_per_stage=[2, 3, 16, 3],
+        embed_dim_per_stage=[112, 224, 448, 896], num_attention_heads_per_stage=[2, 4, 8, 16],
+        window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[12, 16, 20],
+        window_positional_embedding_background_size=[14, 14],
+    ),
+    "large": dict(
+        hidden_size=144, num_attention_heads=2, blocks_per_stage=[2, 6, 36, 4],
+        embed_dim_per_stage=[144, 288, 576, 1152], num_attention_heads_per_stage=[2, 4, 8, 16],
+        window_size_per_stage=[8, 4, 16, 8], global_attention_blocks=[23, 33, 43],
+        window_positional_embedding_background_size=[7, 7],
+    ),
+}
+
+# Meta's Hub repos per release; SAM2-UNet was trained from the SAM 2.0 Hiera-L trunk.
+_REPO_SIZE_NAMES = {"tiny": "tiny", "small": "small", "base_plus": "base-plus", "large": "large"}
+
+
+def hiera_hub_repo(preset: str, release: str = "2.0") -> str:
+    """Meta's Hub repo for a Hiera size: ``facebook/sam2-hiera-large``, ``facebook/sam2.1-hiera-tiny``..."""
+    if preset not in _REPO_SIZE_NAMES:
+        raise ValueError(f"unknown Hiera preset {preset!r}; choose one of {sorted(HIERA_PRESETS)}")
+    if release not in ("2.0", "2.1"):
+        raise ValueError(f"unknown SAM 2 release {release!r}; choose '2.0' or '2.1'")
+    prefix = "sam2" if release == "2.0" else "sam2.1"
+    return f"facebook/{prefix}-hiera-{_REPO_SIZE_NAMES[preset]}"
+
+
+def hiera_config(preset: str | None = "large", **overrides) -> Sam2HieraDetConfig:
+    """A ``Sam2HieraDetConfig`` for a size preset, with optional field overrides (tiny test configs)."""
+    if preset is not None and preset not in HIERA_PRESETS:
+        raise ValueError(f"unknown Hiera preset {preset!r}; choose one of {sorted(HIERA_PRESETS)}")
+    fields = dict(HIERA_PRESETS[preset]) if preset else {}
+    fields.update(overrides)
+    return Sam2HieraDetConfig(**fields)
+
+
+class AdaptedBlock(nn.Module):
+    """A Hiera block with a bottleneck adapter applied to its input: ``block(x + adapter(x))``."""
+
+    def __init__(self, block: nn.Module, adapter: nn.Module):
+        super().__init__()
+        self.block = block
+        self.adapter = adapter
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.block(hidden_states + self.adapter(hidden_states), **kwargs)
+
+
+# Names of the plain trunk inside a wrapped/LoRA'd one: drop the AdaptedBlock and peft wrapper levels.
+_WRAPPER_LEVELS = re.compile(r"(^blocks\.\d+\.)block\.|\.base_layer(?=\.)")
+
+
+def plain_trunk_key(key: str) -> str:
+    return _WRAPPER_LEVELS.sub(r"\1", key)
+
+
+def is_trunk_key(key: str) -> bool:
+    """True for the frozen trunk's own tensors (not adapters, not LoRA)."""
+    return ".adapter." not in key and "lora_" not in key
+
+
+class HieraBackbone(nn.Module):
+    """SAM 2 Hiera trunk returning the four stage maps channels-first."""
+
+    def __init__(self, config: Sam2HieraDetConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Sam2HieraDetModel(config)
+
+    @property
+    def channels(self) -> list[int]:
+        return list(self.config.embed_dim_per_stage)
+
+    @property
+    def block_input_dims(self) -> list[int]:
+        """Input width of every block (a stage's first block still sees the previous stage's width)."""
+        return [plain_block(block).dim for block in self.encoder.blocks]
+
+    def insert_adapters(self, make_adapter) -> None:
+        """Wrap every block as ``AdaptedBlock(block, make_adapter(block_input_dim))``."""
+        for index, block in enumerate(self.encoder.blocks):
+            if isinstance(block, AdaptedBlock):
+                raise RuntimeError("adapters are already inserted")
+            self.encoder.blocks[index] = AdaptedBlock(block, make_adapter(block.dim))
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        output = self.encoder(pixel_values)
+        # transformers returns channels-last (B, H, W, C) stage maps; decoders want NCHW.
+        return [stage.permute(0, 3, 1, 2).contiguous() for stage in output.intermediate_hidden_states]
+
+    def trunk_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen trunk's tensors under plain ``Sam2HieraDetModel`` names."""
+        return {
+            plain_trunk_key(k): v for k, v in self.encoder.state_dict().items() if is_trunk_key(k)
+        }
+
+    @torch.no_grad()
+    def load_trunk_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load plain ``Sam2HieraDetModel`` weights into the (possibly adapted / LoRA'd) trunk, strictly."""
+        own = {k: v for k, v in self.encoder.state_dict(keep_vars=True).items() if is_trunk_key(k)}
+        by_plain_name = {plain_trunk_key(k): k for k in own}
+        missing = sorted(set(by_plain_name) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(by_plain_name))
+        if missing or unexpected:
+            raise ValueError(
+                f"{source}: not a Hiera trunk of this size; missing keys {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+                f"{' ...' if len(unexpected) > 8 else ''}"
+            )
+        for plain_name, tensor in state_dict.items():
+            target = own[by_plain_name[plain_name]]
+            if target.shape != tensor.shape:
+                raise ValueError(
+                    f"{source}: {plain_name} has shape {tuple(tensor.shape)}, this Hiera config expects "
+                    f"{tuple(target.shape)} (wrong size preset?)"
+                )
+            target.copy_(tensor.to(dtype=target.dtype, device=target.device))
+
+
+def plain_block(block: nn.Module) -> nn.Module:
+    return block.block if isinstance(block, AdaptedBlock) else block
+
+
+# --- pretrained weights -------------------------------------------------------------------------
+
+def _trunk_from_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Extract the Hiera trunk from any transformers layout (sam2, sam2_video, vision model, trunk only,
+    or a self-contained dsunet-hf copy) by finding the prefix of ``patch_embed.projection.weight``."""
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        anchors = [k for k in keys if re.search(r"(^|\.)patch_embed\.proj(ection)?\.weight$", k)]
+        if len(anchors) != 1:
+            raise ValueError(f"{path}: expected one SAM 2 Hiera trunk, found patch embeddings at {anchors}")
+        prefix = anchors[0][: anchors[0].index("patch_embed.")]
+        trunk = {
+            plain_trunk_key(k[len(prefix) :]): handle.get_tensor(k)
+            for k in keys
+            if k.startswith(prefix) and is_trunk_key(k)
+        }
+    return convert_sam2_trunk_state_dict(trunk)
+
+
+def _default_checkpoint_name(repo_id: str) -> str:
+    # Meta's file names follow the repo names: facebook/sam2.1-hiera-base-plus -> sam2.1_hiera_base_plus.pt
+    return repo_id.rstrip("/").split("/")[-1].replace("-", "_") + ".pt"
+
+
+def load_hiera_state_dict(
+    source: str | Path, revision: str | None = None
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Load SAM 2 Hiera trunk weights as a ``Sam2HieraDetModel`` state dict.
+
+    ``source`` is a Hub repo id (transformers ``model.safetensors``, else Meta's ``<name>.pt`` in the same
+    repo), a local folder with either, or a ``.safetensors`` / ``.pt`` file. Returns the state dict and
+    the resolved Hub commit (None for local sources). Raises ``BackboneNotAvailableError`` with the
+    ways to fix it when the weights cannot be had.
+    """
+    path = Path(source)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return _trunk_from_safetensors(path), None
+        return trunk_state_dict_from_sam2_checkpoint(path), None
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return _trunk_from_safetensors(path / "model.safetensors"), None
+        checkpoints = sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
+        if checkpoints:
+            return trunk_state_dict_from_sam2_checkpoint(checkpoints[0]), None
+        raise BackboneNotAvailableError(
+            f"{path}: folder holds neither model.safetensors nor a SAM 2 .pt checkpoint"
+        )
+    repo_id = str(source)
+    errors = []
+    for filename in ("model.safetensors", _default_checkpoint_name(repo_id)):
+        local_file, error = resolve_repo_file(repo_id, filename, revision)
+        if local_file is not None:
+            state_dict = (
+                _trunk_from_safetensors(local_file)
+                if filename.endswith(".safetensors")
+                else trunk_state_dict_from_sam2_checkpoint(local_file)
+            )
+            return state_dict, snapshot_revision(local_file)
+        errors.append(f"{filename}: {error}")
+    raise BackboneNotAvailableError.for_repo(repo_id, revision, errors)
+

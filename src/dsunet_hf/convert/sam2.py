@@ -1,0 +1,80 @@
+"""Meta's original SAM 2 checkpoints (``sam2_hiera_*.pt``) -> transformers ``Sam2HieraDetModel`` names.
+
+The official trunk and transformers' ``Sam2HieraDetModel`` are the same network; only five module
+names differ (checked: max abs difference 0.0 on all four stage maps). The table below is the whole
+key map; every other key (``pos_embed``, ``pos_embed_window``, ``blocks.N.attn.qkv``,
+``blocks.N.attn.proj``, ``blocks.N.proj``) keeps its name.
+
+| official sam2 trunk         | transformers Sam2HieraDetModel |
+|-----------------------------|--------------------------------|
+| ``patch_embed.proj.*``      | ``patch_embed.projection.*``   |
+| ``blocks.N.norm1.*``        | ``blocks.N.layer_norm1.*``     |
+| ``blocks.N.norm2.*``        | ``blocks.N.layer_norm2.*``     |
+| ``blocks.N.mlp.layers.0.*`` | ``blocks.N.mlp.proj_in.*``     |
+| ``blocks.N.mlp.layers.1.*`` | ``blocks.N.mlp.proj_out.*``    |
+
+In a full SAM 2 checkpoint the trunk sits under ``image_encoder.trunk.`` inside the ``"model"`` entry.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+SAM2_TRUNK_PREFIX = "image_encoder.trunk."
+
+# (pattern, replacement) pairs; each is idempotent on names that are already transformers names.
+_TRUNK_RENAMES = [
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.projection."),
+    (re.compile(r"(^|\.)norm1\."), r"\1layer_norm1."),
+    (re.compile(r"(^|\.)norm2\."), r"\1layer_norm2."),
+    (re.compile(r"\.mlp\.layers\.0\."), ".mlp.proj_in."),
+    (re.compile(r"\.mlp\.layers\.1\."), ".mlp.proj_out."),
+]
+
+
+def sam2_trunk_key_to_transformers(key: str) -> str:
+    """Rename one official sam2 trunk key (without the ``image_encoder.trunk.`` prefix)."""
+    for pattern, replacement in _TRUNK_RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def convert_sam2_trunk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official trunk state dict (prefix already stripped) -> ``Sam2HieraDetModel`` state dict."""
+    return {sam2_trunk_key_to_transformers(k): v for k, v in state_dict.items()}
+
+
+def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a ``.pt``/``.pth`` state dict without executing pickled code (``weights_only=True``).
+
+    Unwraps the ``{"model": ...}`` / ``{"state_dict": ...}`` containers and strips the ``module.``
+    (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle/zip errors carry no file name: add it
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint with weights_only=True: {error}") from error
+    for container in ("model", "state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(container), dict):
+            checkpoint = checkpoint[container]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(checkpoint).__name__}")
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in checkpoint.items()}
+
+
+def trunk_state_dict_from_sam2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Meta's ``sam2_hiera_*.pt`` / ``sam2.1_hiera_*.pt`` -> ``Sam2HieraDetModel`` state dict."""
+    state_dict = read_torch_checkpoint(path)
+    trunk = {k[len(SAM2_TRUNK_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(SAM2_TRUNK_PREFIX)}
+    if not trunk:
+        raise ValueError(
+            f"{path}: no '{SAM2_TRUNK_PREFIX}*' keys; this is not a SAM 2 checkpoint "
+            f"(first keys: {sorted(state_dict)[:5]})"
+        )
+    return convert_sam2_trunk_state_dict(trunk)

@@ -1,0 +1,65 @@
+"""Fine-tuning strategies: which parameters of a model train, and which are saved.
+
+- ``adapter`` (default): bottleneck adapters in the frozen backbone + the decoder (SAM2-UNet's recipe).
+- ``lora``: LoRA (peft) on the backbone's attention and MLP linears + the decoder; no adapters.
+- ``full``: everything, adapters included.
+- ``frozen``: the decoder only; the backbone is used as a fixed feature extractor.
+
+The same predicate decides what trains and what ``save_pretrained`` writes, so a saved artifact always
+holds exactly the trainable tensors (and the decoder's BatchNorm statistics next to them).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+STRATEGIES = ("adapter", "lora", "full", "frozen")
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown fine-tuning strategy {strategy!r}; choose one of {STRATEGIES}")
+    return strategy
+
+
+def uses_adapters(strategy: str) -> bool:
+    return check_strategy(strategy) in ("adapter", "full")
+
+
+def is_trainable_key(name: str, strategy: str, frozen_prefixes: tuple[str, ...]) -> bool:
+    """Whether a parameter/buffer name trains (and is saved) under ``strategy``."""
+    if strategy == "full" or not name.startswith(frozen_prefixes):
+        return True
+    if strategy == "adapter":
+        return ".adapter." in name
+    if strategy == "lora":
+        return "lora_" in name
+    return False
+
+
+def add_lora(module: nn.Module, rank: int, alpha: int, dropout: float, target_modules: list[str]) -> None:
+    """Inject peft LoRA layers into ``module`` in place (names end in ``lora_A/lora_B``)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+    inject_adapter_in_model(config, module)
+
+
+def apply_finetune_strategy(model: nn.Module, strategy: str, frozen_prefixes: tuple[str, ...]) -> None:
+    """Set ``requires_grad`` on every parameter according to the strategy."""
+    check_strategy(strategy)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(is_trainable_key(name, strategy, frozen_prefixes))
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """One line, like peft's: ``trainable params: 4,269,747 || all params: 216,419,043 || trainable%: 1.97``."""
+    trainable, total = parameter_counts(model)
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.2f}"

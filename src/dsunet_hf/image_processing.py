@@ -1,0 +1,219 @@
+"""Image processor for binary segmentation models (SAM2-UNet style pre- and post-processing)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+
+from .image_io import load_image, load_mask
+
+__all__ = ["SegmentationImageProcessor", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+_DEFAULT_SIZE = 352
+
+
+def _normalize_size(size: int | dict | Sequence[int] | None) -> dict[str, int]:
+    if size is None:
+        size = _DEFAULT_SIZE
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    if isinstance(size, dict):
+        if "height" not in size or "width" not in size:
+            raise ValueError(f"size dict must have 'height' and 'width' keys, got {size}")
+        return {"height": int(size["height"]), "width": int(size["width"])}
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return {"height": int(size[0]), "width": int(size[1])}
+    raise ValueError(f"size must be an int, a (height, width) pair or a dict, got {size!r}")
+
+
+def _as_list(items: Any) -> list:
+    """A single image/mask or a batch of them -> list. 4-D arrays/tensors are batches."""
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4:
+        return list(items)
+    return [items]
+
+
+def _describe(item: Any, kind: str, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return f"{kind} {os.fspath(item)}"
+    return f"{kind} #{index}"
+
+
+class SegmentationImageProcessor(BaseImageProcessor):
+    """Pre- and post-processing for single-channel (foreground/background) segmentation models.
+
+    Pre-processing reproduces the upstream SAM2-UNet data pipeline: RGB image resized to ``size``
+    with PIL's bilinear filter, scaled to [0, 1] and normalised with ImageNet statistics; masks are
+    converted to 8-bit gray and resized bicubically (kept soft, never re-binarised).
+
+    Post-processing upsamples logits bilinearly to the original size and applies a sigmoid, with
+    optional per-image min-max normalisation (as in SAM2-UNet's ``test.py``) and thresholding.
+
+    Note: we subclass ``BaseImageProcessor`` (the backend-agnostic ``ImageProcessingMixin`` subclass
+    that ``AutoImageProcessor.register`` requires) and not the transformers PIL or torchvision
+    backends, and implement the pipeline ourselves, on purpose. We resize with PIL's antialiased bilinear ``Image.resize`` on
+    the PIL image, exactly like torchvision's ``Resize`` on a PIL image in the upstream SAM2-UNet
+    data pipeline; the transformers backends do not guarantee that (they may resize tensors or
+    arrays with different filters/antialiasing), which would shift the model's inputs.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        size: int | dict[str, int] | None = None,
+        resample: int = int(Image.Resampling.BILINEAR),
+        do_normalize: bool = True,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        **kwargs,
+    ) -> None:
+        kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
+        super().__init__(**kwargs)
+        self.size = _normalize_size(size)
+        self.resample = int(resample)
+        self.do_normalize = bool(do_normalize)
+        # Lists, not tuples, so that to_dict() equals its JSON round-trip.
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std must have 3 values (RGB)")
+
+    # ------------------------------------------------------------------ pre-processing
+    def _image_to_array(self, image: Image.Image) -> np.ndarray:
+        h, w = self.size["height"], self.size["width"]
+        if image.size != (w, h):
+            image = image.resize((w, h), resample=self.resample)
+        arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        if self.do_normalize:
+            # float32 subtract-then-divide, the same arithmetic as torchvision's Normalize.
+            arr = (arr - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        return arr.transpose(2, 0, 1)
+
+    def _mask_to_array(self, mask: np.ndarray) -> np.ndarray:
+        h, w = self.size["height"], self.size["width"]
+        # Resize the 8-bit "L" mask like upstream (binary_loader -> convert("L") -> bicubic Resize).
+        im = Image.fromarray(np.round(mask * 255.0).astype(np.uint8))
+        if im.size != (w, h):
+            im = im.resize((w, h), resample=Image.Resampling.BICUBIC)
+        return (np.asarray(im, dtype=np.float32) / np.float32(255.0))[None]
+
+    def __call__(self, images: Any, masks: Any = None, return_tensors: str | None = "pt") -> BatchFeature:
+        """Prepare images (and optionally masks) for the model.
+
+        Args:
+            images: one image or a list of images (path, PIL image, numpy array or tensor; see
+                :func:`dsunet_hf.image_io.load_image`).
+            masks: optional mask or list of masks, one per image, same size as its image.
+            return_tensors: ``"pt"`` for torch tensors, ``"np"`` or ``None`` for numpy arrays.
+
+        Returns:
+            :class:`~transformers.BatchFeature` with ``pixel_values`` float32 (B, 3, H, W),
+            ``original_sizes`` (list of ``(height, width)`` after EXIF orientation) and, with
+            masks, ``labels`` float32 (B, 1, H, W) in [0, 1].
+        """
+        return self.preprocess(images, masks=masks, return_tensors=return_tensors)
+
+    def preprocess(self, images: Any, masks: Any = None, return_tensors: str | None = "pt") -> BatchFeature:
+        """Same as calling the processor."""
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        image_list = _as_list(images)
+        mask_list = None if masks is None else _as_list(masks)
+        if mask_list is not None and len(mask_list) != len(image_list):
+            raise ValueError(f"got {len(image_list)} images but {len(mask_list)} masks")
+
+        pixel_values, labels, original_sizes = [], [], []
+        for i, item in enumerate(image_list):
+            image = load_image(item)
+            original_sizes.append((image.height, image.width))
+            pixel_values.append(self._image_to_array(image))
+            if mask_list is not None:
+                mask = load_mask(mask_list[i])
+                if mask.shape != (image.height, image.width):
+                    raise ValueError(
+                        f"{_describe(mask_list[i], 'mask', i)} has size {mask.shape[1]}x{mask.shape[0]} (WxH) "
+                        f"but {_describe(item, 'image', i)} has size {image.width}x{image.height}"
+                    )
+                labels.append(self._mask_to_array(mask))
+
+        data: dict[str, Any] = {"pixel_values": np.stack(pixel_values)}
+        if mask_list is not None:
+            data["labels"] = np.stack(labels)
+        if return_tensors == "pt":
+            data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
+        # Tensors are built here, not by BatchFeature, so original_sizes stays a list of tuples.
+        data["original_sizes"] = original_sizes
+        return BatchFeature(data=data)
+
+    # ------------------------------------------------------------------ post-processing
+    def post_process_semantic_segmentation(
+        self,
+        logits: Any,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        threshold: float | None = None,
+        minmax_normalize: bool = False,
+    ) -> list[torch.Tensor]:
+        """Turn model logits into per-image probability maps (or binary masks).
+
+        Args:
+            logits: (B, 1, h, w) or (B, h, w) logits, or a model output with a ``logits`` field.
+            target_sizes: one ``(height, width)`` per image (e.g. ``original_sizes``); logits are
+                upsampled bilinearly (``align_corners=False``) before the sigmoid, as upstream.
+                ``None`` keeps the logits' size.
+            threshold: if given, return bool masks ``p >= threshold`` (inclusive, so that
+                ``threshold=0.5`` maps a logit of exactly 0 to foreground).
+            minmax_normalize: apply SAM2-UNet ``test.py``'s per-image ``(p - min) / (max - min + 1e-8)``
+                before thresholding.
+
+        Returns:
+            list of B tensors of shape (height, width): float probabilities, or bool if ``threshold``.
+        """
+        logits = getattr(logits, "logits", logits)
+        if not isinstance(logits, torch.Tensor):
+            logits = torch.as_tensor(np.asarray(logits))
+        if logits.ndim == 3:
+            logits = logits[:, None]
+        if logits.ndim != 4 or logits.shape[1] != 1:
+            raise ValueError(f"expected logits of shape (B, 1, h, w), got {tuple(logits.shape)}")
+        batch = logits.shape[0]
+        if target_sizes is not None and len(target_sizes) != batch:
+            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
+
+        results = []
+        for i in range(batch):
+            x = logits[i : i + 1].detach().float()
+            if target_sizes is not None:
+                size = tuple(int(v) for v in target_sizes[i])
+                if size != tuple(x.shape[-2:]):
+                    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            p = x.sigmoid()[0, 0]
+            if minmax_normalize:
+                p = (p - p.min()) / (p.max() - p.min() + 1e-8)
+            results.append(p >= threshold if threshold is not None else p)
+        return results
+
+    @staticmethod
+    def to_pil_masks(probabilities: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> list[Image.Image]:
+        """Convert (h, w) probability maps or bool masks to 8-bit "L" PIL images (``round(p * 255)``)."""
+        if isinstance(probabilities, (torch.Tensor, np.ndarray)) and probabilities.ndim == 2:
+            probabilities = [probabilities]
+        out = []
+        for p in probabilities:
+            if isinstance(p, torch.Tensor):
+                p = p.detach().cpu().float().numpy()
+            p = np.clip(np.asarray(p, dtype=np.float32), 0.0, 1.0)
+            out.append(Image.fromarray(np.round(p * 255.0).astype(np.uint8)))
+        return out

@@ -1,0 +1,177 @@
+"""Shared base class: a transformers ``PreTrainedModel`` whose frozen backbones live in their own Hub repos.
+
+``save_pretrained`` writes only what trains (adapters, LoRA, decoder + its BatchNorm statistics) and a
+model card; ``from_pretrained`` loads that, then the frozen backbone weights from the repos recorded in
+the config (never inside ``__init__``: transformers 5 builds models on the meta device there).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.initialization import kaiming_uniform_, ones_, uniform_, zeros_
+
+from .finetune import apply_finetune_strategy, is_trainable_key, parameter_counts
+from .hub import upload_folder_to_hub
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not belong to this architecture/configuration."""
+
+
+class SegmentationPreTrainedModel(PreTrainedModel):
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # Prefixes of the frozen backbones: not saved (unless trainable under the strategy), loaded from the Hub.
+    frozen_backbone_prefixes: tuple[str, ...] = ("backbone.",)
+    # Frozen backbone tensors are absent from trainable-only files by design: no "newly initialised"
+    # report for them (adapter and LoRA tensors under the same prefix must still be present).
+    _keys_to_ignore_on_load_missing = [r"^backbone\.(?!.*(\.adapter\.|lora_))"]
+
+    # --- what trains, what is saved ----------------------------------------------------------------
+    def is_trainable_key(self, name: str) -> bool:
+        return is_trainable_key(name, self.config.finetune_strategy, self.frozen_backbone_prefixes)
+
+    def apply_finetune_strategy(self) -> None:
+        apply_finetune_strategy(self, self.config.finetune_strategy, self.frozen_backbone_prefixes)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Exactly what ``save_pretrained`` writes by default."""
+        return {k: v for k, v in self.state_dict().items() if self.is_trainable_key(k)}
+
+    def num_parameters_summary(self) -> dict[str, int]:
+        trainable, total = parameter_counts(self)
+        return {"trainable": trainable, "total": total}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own default initialisation for conv/linear layers, as the upstream decoders use.
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = 1 / fan_in**0.5
+                uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            if module.weight is not None:
+                ones_(module.weight)
+                zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                zeros_(module.running_mean)
+                ones_(module.running_var)
+                zeros_(module.num_batches_tracked)
+        for name in ("pos_embed", "pos_embed_window"):  # Hiera's learned position embeddings
+            if isinstance(getattr(module, name, None), nn.Parameter):
+                zeros_(getattr(module, name))
+
+    # --- frozen backbones ---------------------------------------------------------------------------
+    def load_frozen_backbones(self) -> None:
+        """Load every frozen backbone's weights from the repo/revision recorded in the config."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained_backbones(cls, config=None, **config_kwargs):
+        """A new model (random decoder/adapters) whose frozen backbones hold their pretrained weights:
+        the starting point for fine-tuning."""
+        config = config if config is not None else cls.config_class(**config_kwargs)
+        model = cls(config)
+        model.load_frozen_backbones()
+        return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a saved artifact: its trainable tensors, then the frozen backbones from their own repos
+        (skipped for a self-contained copy that already holds them).
+
+        Config fields can be overridden as keyword arguments, e.g.
+        ``from_pretrained(repo, backbone_repo_id="/local/sam2-hiera-large")``.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        # Report shape mismatches as our own error naming the keys, not transformers' generic one.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        missing = sorted(info.get("missing_keys", []))
+        unexpected = sorted(info.get("unexpected_keys", []))
+        mismatched = sorted(str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys", []))
+        if missing or unexpected or mismatched:
+            raise CheckpointMismatchError(
+                f"{pretrained_model_name_or_path}: checkpoint does not fit {cls.__name__} with this config "
+                f"(strategy {model.config.finetune_strategy!r}); missing keys: {_preview(missing)}; "
+                f"unexpected keys: {_preview(unexpected)}; shape mismatches: {_preview(mismatched)}"
+            )
+        if not getattr(model.config, "backbone_weights_included", False):
+            model.load_frozen_backbones()
+        model.eval()
+        return (model, info) if want_info else model
+
+    # --- saving and publishing ----------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, include_backbone: bool = False, **kwargs):
+        """Write ``config.json``, ``model.safetensors`` (trainable tensors only unless
+        ``include_backbone=True``: a self-contained copy for offline use) and a model card ``README.md``."""
+        card_kwargs = kwargs.pop("model_card_kwargs", None) or {}
+        if "state_dict" not in kwargs and not include_backbone:
+            kwargs["state_dict"] = self.trainable_state_dict()
+        # Recorded in config.json so that from_pretrained knows not to fetch the backbone repos.
+        self.config.backbone_weights_included = include_backbone or self.config.finetune_strategy == "full"
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.backbone_weights_included
+        if kwargs.get("is_main_process", True):
+            self.model_card(**card_kwargs).save(os.path.join(save_directory, "README.md"))
+
+    def model_card(self, metrics: dict | None = None, dataset_names: list[str] | None = None, **extra) -> ModelCard:
+        raise NotImplementedError
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        image_processor=None,
+        metrics: dict | None = None,
+        dataset_names: list[str] | None = None,
+        commit_message: str = "Upload fine-tuned model with dsunet-hf",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        include_backbone: bool = False,
+        **kwargs,
+    ) -> str:
+        """Push the trainable-only artifact, its image processor and a filled model card in one commit.
+
+        (transformers' own ``push_to_hub`` would replace our card with a generic one.)
+        """
+        if image_processor is None:
+            image_processor = self.default_image_processor()
+        with tempfile.TemporaryDirectory(prefix="dsunet-hf-push-") as folder:
+            self.save_pretrained(
+                folder,
+                include_backbone=include_backbone,
+                model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id},
+            )
+            image_processor.save_pretrained(folder)
+            return upload_folder_to_hub(
+                Path(folder), repo_id, commit_message=commit_message, private=private, token=token,
+                revision=revision, create_pr=create_pr,
+            )
+
+    def default_image_processor(self):
+        raise NotImplementedError
+
+
+def _preview(keys: list[str], limit: int = 8) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return f"{shown}{f' ... ({len(keys)} in all)' if len(keys) > limit else ''}"

@@ -1,0 +1,95 @@
+"""Configuration of SAM2-UNet (Xiong et al., 2024): frozen SAM 2 Hiera + adapters + RFB + U-Net decoder."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig, Sam2HieraDetConfig
+
+from ...backbones.hiera import HIERA_PRESETS, hiera_config
+from ...finetune import check_strategy
+from ...losses import BCE_WEIGHTINGS
+
+DEFAULT_LORA_TARGETS = ["attn.qkv", "attn.proj", "mlp.proj_in", "mlp.proj_out"]
+
+
+class Sam2UNetConfig(PreTrainedConfig):
+    """SAM2-UNet configuration. Defaults reproduce the paper's model (SAM 2.0 Hiera-L, 352 px).
+
+    Args:
+        backbone_preset (`str`, defaults to `"large"`): Hiera size: tiny, small, base_plus or large.
+        hiera_config (`dict`, *optional*): `Sam2HieraDetConfig` fields overriding the preset (tiny test
+            configs); the full resolved backbone config is stored here after init.
+        backbone_repo_id (`str`, defaults to `"facebook/sam2-hiera-large"`): Hub repo (or local folder /
+            checkpoint file) of the frozen trunk weights; SAM2-UNet was trained from SAM 2.0, not 2.1.
+        backbone_revision (`str`, *optional*): Hub revision of the trunk; set to the exact commit once the
+            weights are loaded from the Hub, so a saved artifact pins the backbone it was trained with.
+        adapter_dim (`int`, defaults to 32): bottleneck width of the per-block adapters.
+        rfb_channels (`int`, defaults to 64): width of the RFB outputs and of the decoder.
+        image_size (`int`, defaults to 352): training/inference input size (a multiple of 32).
+        finetune_strategy (`str`, defaults to `"adapter"`): adapter, lora, full or frozen (see `finetune.py`).
+        lora_rank (`int`, defaults to 8): LoRA rank for the `lora` strategy.
+        lora_alpha (`int`, defaults to 16): LoRA scaling numerator.
+        lora_dropout (`float`, defaults to 0.0): dropout on the LoRA branch.
+        lora_target_modules (`list[str]`): module-name suffixes that get LoRA (Hiera attention and MLP linears).
+        loss_weights (`list[float]`, defaults to `[1.0, 1.0, 1.0]`): structure-loss weights of the final map and
+            the two side outputs (upstream: equal).
+        bce_weighting (`str`, defaults to `"global"`): `"global"` is the BCE upstream executes (plain mean);
+            `"boundary"` the per-image boundary-weighted BCE as written (see `losses.structure_loss`).
+    """
+
+    model_type = "sam2_unet"
+
+    def __init__(
+        self,
+        backbone_preset: str = "large",
+        hiera_config: dict | None = None,
+        backbone_repo_id: str = "facebook/sam2-hiera-large",
+        backbone_revision: str | None = None,
+        adapter_dim: int = 32,
+        rfb_channels: int = 64,
+        image_size: int = 352,
+        finetune_strategy: str = "adapter",
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | None = None,
+        loss_weights: list[float] | None = None,
+        bce_weighting: str = "global",
+        **kwargs,
+    ):
+        if backbone_preset not in HIERA_PRESETS:
+            raise ValueError(f"unknown backbone_preset {backbone_preset!r}; choose one of {sorted(HIERA_PRESETS)}")
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (Hiera's total stride), got {image_size}")
+        if bce_weighting not in BCE_WEIGHTINGS:
+            raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
+        self.backbone_preset = backbone_preset
+        overrides = {k: v for k, v in (hiera_config or {}).items() if k not in ("model_type", "transformers_version")}
+        self.hiera_config = hiera_config_dict(backbone_preset, overrides)
+        self.backbone_repo_id = backbone_repo_id
+        self.backbone_revision = backbone_revision
+        self.adapter_dim = adapter_dim
+        self.rfb_channels = rfb_channels
+        self.image_size = image_size
+        self.finetune_strategy = check_strategy(finetune_strategy)
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = list(lora_target_modules or DEFAULT_LORA_TARGETS)
+        self.loss_weights = list(loss_weights or [1.0, 1.0, 1.0])
+        if len(self.loss_weights) != 3:
+            raise ValueError(f"loss_weights needs 3 values (final, side1, side2), got {self.loss_weights}")
+        self.bce_weighting = bce_weighting
+        super().__init__(**kwargs)
+
+    def get_hiera_config(self) -> Sam2HieraDetConfig:
+        return Sam2HieraDetConfig(**self.hiera_config)
+
+
+def hiera_config_dict(preset: str, overrides: dict) -> dict:
+    """Resolved Hiera fields as plain JSON values (the fields we set; transformers fills the rest)."""
+    config = hiera_config(preset, **overrides)
+    fields = list(HIERA_PRESETS[preset]) + list(overrides)
+    return {name: getattr(config, name) for name in dict.fromkeys(fields)}
+
+
+__all__ = ["Sam2UNetConfig"]

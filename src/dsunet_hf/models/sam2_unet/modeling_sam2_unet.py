@@ -1,0 +1,153 @@
+"""SAM2-UNet: frozen SAM 2 Hiera trunk with bottleneck adapters, RFB blocks and a U-Net decoder.
+
+Forward (as upstream): four Hiera stage maps -> RFB to 64 channels -> three up blocks (1/16, 1/8, 1/4)
+-> side heads; every output is bilinearly resized to the input size. Upstream's unused ``up4`` is not
+built, so DDP needs no ``find_unused_parameters``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCardData
+from torch import nn
+from transformers.utils import ModelOutput
+
+from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
+from ...finetune import add_lora, trainable_summary, uses_adapters
+from ...hub import render_model_card
+from ...losses import deep_supervision_loss
+from ...modeling_utils import SegmentationPreTrainedModel
+from ...modules.adapters import BottleneckAdapter
+from ...modules.decoder_blocks import UpBlock
+from ...modules.rfb import RFB
+from .configuration_sam2_unet import Sam2UNetConfig
+
+
+@dataclass
+class Sam2UNetOutput(ModelOutput):
+    """
+    loss: structure loss summed over the three outputs (weights `config.loss_weights`), when labels are given.
+    logits: (B, 1, H, W) final logits at the input size.
+    aux_logits: the two deep-supervision logits (from 1/16 and 1/8), each (B, 1, H, W).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    aux_logits: tuple[torch.Tensor, ...] | None = None
+
+
+def check_pixel_values(pixel_values: torch.Tensor, multiple: int) -> None:
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(
+            f"pixel_values must be (batch, 3, height, width) RGB, got shape {tuple(pixel_values.shape)}; "
+            "use the model's image processor to convert gray/RGBA/palette images"
+        )
+    if pixel_values.shape[2] % multiple or pixel_values.shape[3] % multiple:
+        raise ValueError(
+            f"input height and width must be multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
+        )
+
+
+def labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) or (B, 1, H, W) masks in [0, 1], checked against the logits' size."""
+    if labels.ndim == 3:
+        labels = labels.unsqueeze(1)
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape)}")
+    return labels.to(logits.dtype)
+
+
+class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
+    config_class = Sam2UNetConfig
+    config: Sam2UNetConfig
+    base_model_prefix = "sam2_unet"
+    _no_split_modules = ["Sam2MultiScaleBlock"]
+
+    def __init__(self, config: Sam2UNetConfig):
+        super().__init__(config)
+        self.backbone = HieraBackbone(config.get_hiera_config())
+        if uses_adapters(config.finetune_strategy):
+            self.backbone.insert_adapters(lambda dim: BottleneckAdapter(dim, config.adapter_dim))
+        c1, c2, c3, c4 = self.backbone.channels
+        width = config.rfb_channels
+        self.rfb1, self.rfb2 = RFB(c1, width), RFB(c2, width)
+        self.rfb3, self.rfb4 = RFB(c3, width), RFB(c4, width)
+        self.up1 = UpBlock(2 * width, width)
+        self.up2 = UpBlock(2 * width, width)
+        self.up3 = UpBlock(2 * width, width)
+        self.side1 = nn.Conv2d(width, 1, kernel_size=1)
+        self.side2 = nn.Conv2d(width, 1, kernel_size=1)
+        self.head = nn.Conv2d(width, 1, kernel_size=1)
+        self.post_init()
+        if config.finetune_strategy == "lora":
+            # After post_init, so transformers' weight init cannot overwrite peft's (B = 0) LoRA init.
+            add_lora(
+                self.backbone.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                config.lora_target_modules,
+            )
+        self.apply_finetune_strategy()
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
+    ) -> Sam2UNetOutput | tuple:
+        check_pixel_values(pixel_values, 32)
+        size = pixel_values.shape[-2:]
+        x1, x2, x3, x4 = self.backbone(pixel_values)
+        x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
+        y = self.up1(x4, x3)
+        side1 = F.interpolate(self.side1(y), size=size, mode="bilinear")
+        y = self.up2(y, x2)
+        side2 = F.interpolate(self.side2(y), size=size, mode="bilinear")
+        y = self.up3(y, x1)
+        logits = F.interpolate(self.head(y), size=size, mode="bilinear")
+
+        loss = None
+        if labels is not None:
+            target = labels_like(labels, logits)
+            loss = deep_supervision_loss(
+                [logits, side1, side2], target, self.config.loss_weights, self.config.bce_weighting
+            )
+        output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2))
+        return output if return_dict is not False else output.to_tuple()
+
+    # --- frozen backbone ------------------------------------------------------------------------------
+    def load_frozen_backbones(self) -> None:
+        state_dict, commit = load_hiera_state_dict(self.config.backbone_repo_id, self.config.backbone_revision)
+        self.backbone.load_trunk_state_dict(state_dict, source=self.config.backbone_repo_id)
+        if commit is not None:
+            self.config.backbone_revision = commit
+
+    def default_image_processor(self):
+        from ...image_processing import SegmentationImageProcessor
+
+        return SegmentationImageProcessor(size={"height": self.config.image_size, "width": self.config.image_size})
+
+    def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
+        config = self.config
+        trainable, total = self.num_parameters_summary().values()
+        card_data = ModelCardData(
+            license="apache-2.0",
+            library_name="dsunet-hf",
+            pipeline_tag="image-segmentation",
+            tags=["image-segmentation", "sam2-unet", "sam2", "dsunet-hf", f"finetune-{config.finetune_strategy}"],
+            base_model=config.backbone_repo_id if "/" in config.backbone_repo_id else None,
+            datasets=list(dataset_names) if dataset_names else None,
+        )
+        return render_model_card(
+            "sam2_unet.md",
+            card_data,
+            repo_id=repo_id or "path/to/this-model",
+            config=config,
+            trainable_params=f"{trainable:,}",
+            total_params=f"{total:,}",
+            trainable_percent=f"{100 * trainable / total:.2f}",
+            summary=trainable_summary(self),
+            metrics=metrics or {},
+            dataset_names=list(dataset_names or []),
+        )
+
+
+__all__ = ["Sam2UNetForImageSegmentation", "Sam2UNetOutput"]

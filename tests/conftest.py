@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random configs and an offline Hugging Face Hub (a local cache + an HfApi stub)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+# A 4-stage Hiera small enough to build in milliseconds: 64 px in -> 16/8/4/2 px stage maps.
+# (Global attention must not fall on a stage's first, query-pooling block.)
+TINY_HIERA = dict(
+    hidden_size=16,
+    num_attention_heads=1,
+    blocks_per_stage=[1, 1, 2, 1],
+    embed_dim_per_stage=[16, 32, 64, 128],
+    num_attention_heads_per_stage=[1, 1, 2, 2],
+    window_size_per_stage=[4, 4, 4, 2],
+    global_attention_blocks=[3],
+    window_positional_embedding_background_size=[4, 4],
+)
+TINY_SIZE = 64
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_sam2_unet_config(**overrides):
+    from dsunet_hf import Sam2UNetConfig
+
+    fields = dict(
+        backbone_preset="tiny", hiera_config=TINY_HIERA, rfb_channels=16, image_size=TINY_SIZE,
+        backbone_repo_id="test-org/tiny-hiera",
+    )
+    fields.update(overrides)
+    return Sam2UNetConfig(**fields)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+class OfflineHub:
+    """A Hub-layout cache (``models--org--name/snapshots/<sha>/``) with HF_HUB_OFFLINE set.
+
+    ``add(repo_id, folder)`` publishes a folder as a new revision; ``HfApi`` is stubbed so that
+    ``create_repo`` / ``upload_folder`` write into the same cache, so push -> from_pretrained round-trips.
+    """
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.pushes: list[tuple[str, str]] = []
+
+    def repo_dir(self, repo_id: str) -> Path:
+        return self.cache / ("models--" + repo_id.replace("/", "--"))
+
+    def add(self, repo_id: str, folder: Path, files: dict[str, Path] | None = None) -> str:
+        files = files or {p.relative_to(folder).as_posix(): p for p in Path(folder).rglob("*") if p.is_file()}
+        digest = hashlib.sha1()
+        for name in sorted(files):
+            digest.update(name.encode())
+            digest.update(Path(files[name]).read_bytes())
+        sha = digest.hexdigest()
+        snapshot = self.repo_dir(repo_id) / "snapshots" / sha
+        for name, source in files.items():
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, snapshot / name)
+        (self.repo_dir(repo_id) / "refs").mkdir(parents=True, exist_ok=True)
+        (self.repo_dir(repo_id) / "refs" / "main").write_text(sha)
+        return sha
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub = OfflineHub(cache)
+
+    class StubRepoUrl(str):
+        repo_id: str
+
+    def create_repo(self, repo_id, *args, **kwargs):
+        url = StubRepoUrl(f"https://huggingface.co/{repo_id}")
+        url.repo_id = repo_id
+        return url
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        sha = hub.add(repo_id, Path(folder_path))
+        hub.pushes.append((repo_id, commit_message))
+        return sha
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return hub

@@ -1,0 +1,298 @@
+"""Tests for dsunet_hf.image_io and dsunet_hf.image_processing (CPU, small images, fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsunet_hf.image_io import ImageReadError, load_image, load_mask
+from dsunet_hf.image_processing import SegmentationImageProcessor
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@pytest.fixture
+def processor() -> SegmentationImageProcessor:
+    return SegmentationImageProcessor(size={"height": 16, "width": 24})
+
+
+def _gradient(h: int = 20, w: int = 30) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 8, y * 12, (x + y) * 4], axis=-1).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- image_io: images
+def test_constant_colour_normalisation(processor):
+    out = processor(Image.new("RGB", (40, 30), (255, 0, 128)))
+    pv = out["pixel_values"]
+    assert pv.shape == (1, 3, 16, 24) and pv.dtype == torch.float32
+    expected = (np.array([255, 0, 128], np.float32) / 255 - MEAN) / STD  # 2.2489, -2.0357, 0.4265
+    assert np.allclose(expected, [2.2489, -2.0357, 0.4265], atol=1e-4)
+    for c in range(3):
+        assert torch.allclose(pv[0, c], torch.full((16, 24), float(expected[c])), atol=1e-6)
+    assert out["original_sizes"] == [(30, 40)]
+    assert "labels" not in out
+
+
+def test_do_normalize_false_gives_unit_range():
+    p = SegmentationImageProcessor(size=8, do_normalize=False)
+    pv = p(Image.new("RGB", (8, 8), (51, 102, 255)), return_tensors="np")["pixel_values"]
+    assert isinstance(pv, np.ndarray) and pv.shape == (1, 3, 8, 8)
+    assert np.allclose(pv[0, :, 0, 0], [0.2, 0.4, 1.0])
+
+
+def test_resize_matches_pil_bilinear(processor):
+    img = Image.fromarray(_gradient())
+    pv = SegmentationImageProcessor(size={"height": 16, "width": 24}, do_normalize=False)(img)["pixel_values"]
+    ref = np.asarray(img.resize((24, 16), Image.Resampling.BILINEAR), np.float32) / 255
+    assert np.array_equal(pv[0].permute(1, 2, 0).numpy(), ref)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "CMYK"])
+def test_modes_load_as_rgb(tmp_path, mode):
+    src = Image.fromarray(_gradient()).convert(mode)
+    path = tmp_path / f"img_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    src.save(path)
+    im = load_image(path)
+    assert im.mode == "RGB" and im.size == (30, 20)
+    if mode == "L":
+        arr = np.asarray(im)
+        assert np.array_equal(arr[..., 0], np.asarray(src)) and np.array_equal(arr[..., 0], arr[..., 2])
+
+
+def test_rgba_drops_alpha():
+    arr = np.zeros((4, 5, 4), np.uint8)
+    arr[..., 0] = 200
+    arr[..., 3] = 0  # fully transparent: colour must still be kept
+    im = load_image(Image.fromarray(arr, "RGBA"))
+    assert np.asarray(im)[0, 0].tolist() == [200, 0, 0]
+    assert np.asarray(load_image(arr))[0, 0].tolist() == [200, 0, 0]
+
+
+def test_palette_with_transparency(tmp_path):
+    pal = Image.new("P", (6, 4))
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.paste(1, (0, 0, 3, 4))
+    pal.info["transparency"] = 0
+    path = tmp_path / "palette.png"
+    pal.save(path, transparency=0)
+    arr = np.asarray(load_image(path))
+    assert arr.shape == (4, 6, 3)
+    assert arr[0, 0].tolist() == [10, 200, 30] and arr[0, 5].tolist() == [0, 0, 0]
+
+
+def test_16bit_gray_scaled_by_dtype_range(tmp_path):
+    data = np.array([[0, 257 * 100, 65535]], np.uint16)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(data).save(path)
+    with Image.open(path) as raw:
+        assert raw.mode.startswith("I")
+    assert np.asarray(load_image(path))[0, :, 0].tolist() == [0, 100, 255]
+    assert np.asarray(load_image(data))[0, :, 1].tolist() == [0, 100, 255]
+
+
+def test_16bit_big_endian_and_int32_modes():
+    big = Image.frombytes("I;16B", (3, 1), np.array([0, 257 * 50, 65535], ">u2").tobytes())
+    assert np.asarray(load_image(big))[0, :, 0].tolist() == [0, 50, 255]
+    # Mode "I" with max > 255 is scaled by its max; with max <= 255 it is used as is.
+    wide = Image.fromarray(np.array([[0, 500, 1000]], np.int32))
+    assert wide.mode == "I"
+    assert np.asarray(load_image(wide))[0, :, 0].tolist() == [0, 128, 255]
+    small = Image.fromarray(np.array([[0, 7, 200]], np.int32))
+    assert np.asarray(load_image(small))[0, :, 0].tolist() == [0, 7, 200]
+
+
+def test_float_image_and_arrays():
+    f_img = Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32))
+    assert f_img.mode == "F"
+    assert np.asarray(load_image(f_img))[0, :, 0].tolist() == [0, 128, 255]
+    hw1 = np.full((3, 2, 1), 0.2, np.float64)
+    assert np.asarray(load_image(hw1)).tolist() == [[[51, 51, 51]] * 2] * 3
+    t = torch.zeros(3, 5, 7)
+    t[1] = 1.0
+    im = load_image(t)
+    assert im.size == (7, 5) and np.asarray(im)[0, 0].tolist() == [0, 255, 0]
+    t8 = torch.full((1, 2, 2), 9, dtype=torch.uint8)
+    assert np.asarray(load_image(t8))[0, 0].tolist() == [9, 9, 9]
+
+
+def test_exif_orientation_applied(tmp_path, processor):
+    img = Image.fromarray(_gradient(20, 30))  # width 30, height 20
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert load_image(path).size == (20, 30)
+    assert processor(str(path))["original_sizes"] == [(30, 20)]
+    mask_path = tmp_path / "rotated_mask.png"
+    Image.new("L", (30, 20), 255).save(mask_path, exif=exif.tobytes())
+    assert load_mask(mask_path).shape == (30, 20)
+    out = processor(path, masks=mask_path)  # both rotated: sizes agree
+    assert out["labels"].shape == (1, 1, 16, 24)
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "broken_photo.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(ImageReadError, match="broken_photo.png") as info:
+        load_image(bad)
+    assert str(info.value).startswith("cannot read image")
+    with pytest.raises(ImageReadError, match="nothing_here.jpg"):
+        load_image(tmp_path / "nothing_here.jpg")
+    with pytest.raises(ImageReadError, match="broken_photo.png"):
+        load_mask(bad)
+    # Truncated data: a valid header whose pixel data is cut off.
+    good = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    cut = tmp_path / "cut_short.png"
+    cut.write_bytes(good.read_bytes()[:6000])
+    with pytest.raises(ImageReadError, match="cut_short.png"):
+        load_image(cut)
+    assert issubclass(ImageReadError, ValueError)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 2), (4, 5, 5)])
+def test_bad_channel_count(shape):
+    with pytest.raises(ValueError, match=r"1, 3 or 4 channels") as info:
+        load_image(np.zeros(shape, np.uint8))
+    assert str(shape) in str(info.value)
+    with pytest.raises(ValueError, match=r"\(2, 4, 4\)"):
+        load_image(torch.zeros(2, 4, 4))
+
+
+# ----------------------------------------------------------------------------- image_io: masks
+def test_mask_0_255_and_0_1_identical(tmp_path, processor):
+    binary = np.zeros((20, 30), np.uint8)
+    binary[5:15, 10:25] = 1
+    Image.fromarray(binary * 255).save(tmp_path / "m255.png")
+    Image.fromarray(binary).save(tmp_path / "m01.png")
+    m255, m01 = load_mask(tmp_path / "m255.png"), load_mask(tmp_path / "m01.png")
+    assert m255.dtype == np.float32 and m255.shape == (20, 30)
+    assert np.array_equal(m255, m01) and np.array_equal(m01, binary.astype(np.float32))
+    img = Image.fromarray(_gradient())
+    a = processor([img, img], masks=[tmp_path / "m255.png", tmp_path / "m01.png"])
+    assert a["labels"].shape == (2, 1, 16, 24) and a["labels"].dtype == torch.float32
+    assert torch.equal(a["labels"][0], a["labels"][1])
+    assert 0.0 <= a["labels"].min() and a["labels"].max() <= 1.0
+
+
+def test_mask_16bit_and_soft_values(tmp_path):
+    Image.fromarray(np.array([[0, 32768, 65535]], np.uint16)).save(tmp_path / "m16.png")
+    assert np.allclose(load_mask(tmp_path / "m16.png"), [[0.0, 32768 / 65535, 1.0]])
+    soft = np.array([[0, 64, 128, 255]], np.uint8)
+    assert np.allclose(load_mask(soft), soft / 255)
+    assert load_mask(soft, threshold=0.5).tolist() == [[0.0, 0.0, 1.0, 1.0]]
+    assert load_mask(np.array([[0.0, 0.25, 1.0]])).tolist() == [[0.0, 0.25, 1.0]]
+
+
+def test_lossy_rgb_jpeg_mask_thresholded_is_binary(tmp_path):
+    mask = np.zeros((40, 48, 3), np.uint8)
+    mask[10:30, 12:36] = 255
+    path = tmp_path / "mask.jpg"
+    Image.fromarray(mask).save(path, quality=60)
+    soft = load_mask(path)
+    assert soft.shape == (40, 48)
+    assert len(np.unique(soft)) > 2  # JPEG ringing makes it non-binary
+    hard = load_mask(path, threshold=0.5)
+    assert hard.dtype == np.float32 and set(np.unique(hard).tolist()) == {0.0, 1.0}
+    assert np.array_equal(hard, (mask[..., 0] > 127).astype(np.float32))
+
+
+def test_mask_size_mismatch_names_both_files(tmp_path, processor):
+    Image.fromarray(_gradient(20, 30)).save(tmp_path / "photo_17.png")
+    Image.new("L", (31, 20)).save(tmp_path / "label_17.png")
+    with pytest.raises(ValueError) as info:
+        processor(tmp_path / "photo_17.png", masks=tmp_path / "label_17.png")
+    assert "photo_17.png" in str(info.value) and "label_17.png" in str(info.value)
+    with pytest.raises(ValueError, match="#0"):
+        processor(np.zeros((4, 4, 3), np.uint8), masks=np.zeros((5, 4), np.uint8))
+    with pytest.raises(ValueError, match="2 images but 1 masks"):
+        processor([np.zeros((4, 4, 3), np.uint8)] * 2, masks=[np.zeros((4, 4), np.uint8)])
+
+
+def test_masks_resized_bicubic_and_kept_soft(processor):
+    mask = np.zeros((20, 30), np.uint8)
+    mask[:, 15:] = 255
+    labels = processor(np.zeros((20, 30, 3), np.uint8), masks=mask)["labels"][0, 0].numpy()
+    ref = np.asarray(Image.fromarray(mask).resize((24, 16), Image.Resampling.BICUBIC), np.float32) / 255
+    assert np.array_equal(labels, ref)
+    assert ((labels > 0) & (labels < 1)).any()  # soft edge, not re-binarised
+
+
+# ----------------------------------------------------------------------------- post-processing
+def test_post_process_upsample_and_threshold(processor):
+    logits = torch.tensor([[-3.0, 3.0], [0.0, 1.0]]).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    probs = processor.post_process_semantic_segmentation(logits, target_sizes=[(8, 6), (2, 2)])
+    assert [tuple(p.shape) for p in probs] == [(8, 6), (2, 2)]
+    assert probs[0].dtype == torch.float32
+    assert torch.allclose(probs[1], torch.sigmoid(logits[1, 0]))
+    ref = torch.sigmoid(
+        torch.nn.functional.interpolate(logits[:1], (8, 6), mode="bilinear", align_corners=False)
+    )
+    assert torch.allclose(probs[0], ref[0, 0])
+    masks = processor.post_process_semantic_segmentation(logits, threshold=0.5)
+    assert masks[0].dtype == torch.bool and tuple(masks[0].shape) == (2, 2)
+    assert masks[0].tolist() == [[False, True], [True, True]]  # sigmoid(0) == 0.5 counts (>=)
+
+
+def test_post_process_model_output_and_minmax(processor):
+    class Output:
+        logits = torch.tensor([[[[-2.0, 0.0], [1.0, 4.0]]]])
+
+    (p,) = processor.post_process_semantic_segmentation(
+        Output(), target_sizes=[(5, 5)], minmax_normalize=True
+    )
+    assert tuple(p.shape) == (5, 5)
+    assert p.min().item() == 0.0 and abs(p.max().item() - 1.0) < 1e-6
+    (raw,) = processor.post_process_semantic_segmentation(Output(), target_sizes=[(5, 5)])
+    assert raw.min().item() > 0.1  # without min-max, min is sigmoid(-2)
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_semantic_segmentation(Output.logits, target_sizes=[(2, 2), (3, 3)])
+
+
+def test_to_pil_masks(processor):
+    pils = processor.to_pil_masks([torch.tensor([[0.0, 0.5], [1.0, 0.2]]), torch.tensor([[True, False]])])
+    assert pils[0].mode == "L" and pils[0].size == (2, 2)
+    assert np.asarray(pils[0]).tolist() == [[0, 128], [255, 51]]
+    assert np.asarray(pils[1]).tolist() == [[255, 0]]
+
+
+# ----------------------------------------------------------------------------- serialisation
+def test_save_load_round_trip(tmp_path):
+    p = SegmentationImageProcessor(size=20, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    p.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert config["image_processor_type"] == "SegmentationImageProcessor"
+    assert config["size"] == {"height": 20, "width": 20} and config["resample"] == 2
+    q = SegmentationImageProcessor.from_pretrained(tmp_path)
+    assert q.to_dict() == p.to_dict() == json.loads(q.to_json_string())
+    img = Image.fromarray(_gradient())
+    assert torch.equal(p(img)["pixel_values"], q(img)["pixel_values"])
+    assert SegmentationImageProcessor.from_pretrained(tmp_path, size=12).size == {"height": 12, "width": 12}
+
+
+def test_defaults():
+    p = SegmentationImageProcessor()
+    assert p.size == {"height": 352, "width": 352} and p.resample == 2 and p.do_normalize
+    assert p.image_mean == [0.485, 0.456, 0.406] and p.image_std == [0.229, 0.224, 0.225]
+    assert p.model_input_names == ["pixel_values"]
+
+
+# ----------------------------------------------------------------------------- real data
+def test_real_kvasir_mask():
+    mask_dir = SHARED_DATA / "Kvasir-SEG" / "masks"
+    files = sorted(mask_dir.glob("*")) if mask_dir.is_dir() else []
+    if not files:
+        pytest.skip(f"no Kvasir-SEG masks under {mask_dir}")
+    mask = load_mask(files[0])
+    assert mask.ndim == 2 and mask.dtype == np.float32
+    assert 0.0 <= mask.min() and mask.max() <= 1.0 and mask.max() > 0.9
+    hard = load_mask(files[0], threshold=0.5)
+    assert set(np.unique(hard).tolist()) <= {0.0, 1.0} and hard.sum() > 0

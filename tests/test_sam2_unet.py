@@ -1,0 +1,219 @@
+"""SAM2-UNet: shapes, strategies, exact parameter counts, trainable-only artifacts, Hub round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_HIERA, TINY_SIZE, tiny_sam2_unet_config
+from helpers import tiny_hiera, write_transformers_trunk_repo
+from safetensors import safe_open
+
+from dsunet_hf import (
+    BackboneNotAvailableError,
+    CheckpointMismatchError,
+    Sam2UNetConfig,
+    Sam2UNetForImageSegmentation,
+)
+from dsunet_hf.finetune import parameter_counts
+
+
+def batch(n=2, size=TINY_SIZE):
+    pixel_values = torch.randn(n, 3, size, size)
+    labels = (torch.rand(n, 1, size, size) > 0.5).float()
+    return pixel_values, labels
+
+
+@pytest.fixture
+def tiny_backbone_repo(offline_hub, tmp_path):
+    """The tiny trunk published as ``test-org/tiny-hiera`` in the offline Hub cache."""
+    trunk = tiny_hiera()
+    sha = offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "trunk", trunk))
+    return trunk, sha
+
+
+def test_forward_shapes_and_loss():
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    pixel_values, labels = batch()
+    output = model(pixel_values, labels=labels)
+    assert output.logits.shape == (2, 1, TINY_SIZE, TINY_SIZE)
+    assert [a.shape for a in output.aux_logits] == [(2, 1, TINY_SIZE, TINY_SIZE)] * 2
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    # The loss is the 1:1:1 sum of the structure losses of the three outputs.
+    from dsunet_hf.losses import structure_loss
+
+    expected = sum(structure_loss(o, labels) for o in (output.logits, *output.aux_logits))
+    torch.testing.assert_close(output.loss, expected)
+    assert model(pixel_values).loss is None
+
+
+@pytest.mark.parametrize(
+    "strategy, trains",
+    [
+        ("adapter", lambda n: not n.startswith("backbone.") or ".adapter." in n),
+        ("lora", lambda n: not n.startswith("backbone.") or "lora_" in n),
+        ("full", lambda n: True),
+        ("frozen", lambda n: not n.startswith("backbone.")),
+    ],
+)
+def test_gradients_reach_only_the_strategy_parameters(strategy, trains):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy=strategy)).train()
+    pixel_values, labels = batch()
+    model(pixel_values, labels=labels).loss.backward()
+    names = [n for n, _ in model.named_parameters()]
+    assert any(".adapter." in n for n in names) == (strategy in ("adapter", "full"))
+    assert any("lora_" in n for n in names) == (strategy == "lora")
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == trains(name), name
+        if trains(name):
+            assert parameter.grad is not None, f"{name} got no gradient"
+        else:
+            assert parameter.grad is None, f"frozen {name} got a gradient"
+
+
+def test_lora_starts_as_the_identity():
+    """LoRA's B matrices start at zero: before training, the lora model's backbone equals the plain one."""
+    torch.manual_seed(3)
+    plain = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy="frozen")).eval()
+    lora = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy="lora")).eval()
+    lora.backbone.load_trunk_state_dict(plain.backbone.trunk_state_dict())
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    for a, b in zip(plain.backbone(x), lora.backbone(x)):
+        torch.testing.assert_close(a, b)
+
+
+def test_large_preset_counts_are_exact():
+    with torch.device("meta"):
+        model = Sam2UNetForImageSegmentation(Sam2UNetConfig())
+    trainable, total = parameter_counts(model)
+    assert (trainable, total) == (4_269_747, 216_419_043)
+    assert sum(p.numel() for p in model.backbone.encoder.parameters() if not p.requires_grad) == 212_149_296
+    adapters = sum(p.numel() for n, p in model.named_parameters() if ".adapter." in n)
+    assert adapters == 1_714_416
+    assert model.backbone.block_input_dims[:3] == [144, 144, 144] and model.backbone.block_input_dims[-3:] == [
+        1152
+    ] * 3
+    saved = model.trainable_state_dict()
+    saved_bytes = sum(t.numel() * 4 for t in saved.values())
+    full_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
+    assert saved_bytes / full_bytes <= 0.03, (saved_bytes, full_bytes)
+    # 3 x 64-channel BN buffers per conv: the decoder statistics travel with the weights.
+    assert any(k.endswith("running_mean") for k in saved) and not any(k.startswith("backbone.") and ".adapter." not in k for k in saved)
+
+
+# Trunk sizes counted on the official sam2 `Hiera` with the same settings.
+@pytest.mark.parametrize("preset, trunk_params", [("tiny", 26_849_472), ("small", 33_947_328), ("base_plus", 68_675_712)])
+def test_other_presets_build(preset, trunk_params):
+    with torch.device("meta"):
+        model = Sam2UNetForImageSegmentation(Sam2UNetConfig(backbone_preset=preset))
+    assert sum(p.numel() for p in model.backbone.encoder.parameters() if not p.requires_grad) == trunk_params
+
+
+def test_save_writes_only_trainable_tensors_and_reloads_bit_identically(tiny_backbone_repo, tmp_path):
+    trunk, sha = tiny_backbone_repo
+    model = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config())
+    assert model.config.backbone_revision == sha  # the exact backbone commit is pinned
+    loaded = model.backbone.trunk_state_dict()
+    assert loaded.keys() == trunk.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in trunk.state_dict().items())
+    with torch.no_grad():  # make the decoder non-trivial
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    model.eval()
+    model.save_pretrained(tmp_path / "artifact")
+    with safe_open(str(tmp_path / "artifact" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys == set(model.trainable_state_dict())
+    assert not any(k.startswith("backbone.") and ".adapter." not in k for k in keys)
+    config = json.loads((tmp_path / "artifact" / "config.json").read_text())
+    assert config["backbone_repo_id"] == "test-org/tiny-hiera" and config["backbone_revision"] == sha
+    assert "SAM2-UNet" in (tmp_path / "artifact" / "README.md").read_text()
+
+    reloaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "artifact")
+    x = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reloaded(x).logits)
+
+
+def test_self_contained_copy_needs_no_backbone_repo(tmp_path, offline_hub):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(backbone_repo_id="test-org/absent")).eval()
+    model.save_pretrained(tmp_path / "full", include_backbone=True)
+    reloaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "full")
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reloaded(x).logits)
+
+
+def test_missing_backbone_offline_names_the_repo_and_the_fixes(tmp_path, offline_hub):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(backbone_repo_id="test-org/not-cached"))
+    model.save_pretrained(tmp_path / "artifact")
+    with pytest.raises(BackboneNotAvailableError) as error:
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "artifact")
+    message = str(error.value)
+    assert "test-org/not-cached" in message and "HF_HUB_OFFLINE" in message
+    assert "include_backbone=True" in message and "hf download test-org/not-cached" in message
+
+
+def test_checkpoint_of_another_architecture_is_refused_with_key_names(tiny_backbone_repo, tmp_path):
+    lora_model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy="lora"))
+    lora_model.save_pretrained(tmp_path / "lora")
+    with pytest.raises(CheckpointMismatchError) as error:  # a LoRA artifact read as an adapter one
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "lora", finetune_strategy="adapter")
+    assert "adapter" in str(error.value) and "lora_" in str(error.value)
+
+    wide = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(rfb_channels=8))
+    wide.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(CheckpointMismatchError, match="rfb1"):
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "narrow", rfb_channels=16)
+
+
+def test_lora_artifact_round_trips(tiny_backbone_repo, tmp_path):
+    model = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(finetune_strategy="lora"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model.eval().save_pretrained(tmp_path / "lora")
+    with safe_open(str(tmp_path / "lora" / "model.safetensors"), "pt") as f:
+        assert any("lora_A" in k for k in f.keys()) and not any("base_layer" in k for k in f.keys())
+    reloaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "lora")
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reloaded(x).logits)
+
+
+def test_wrong_input_is_refused_clearly():
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\).*\(1, 4, 64, 64\)"):
+        model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 70, 64))
+    with pytest.raises(ValueError, match="labels"):
+        model(torch.randn(1, 3, 64, 64), labels=torch.rand(1, 1, 32, 32))
+
+
+def test_bad_config_values_are_refused():
+    with pytest.raises(ValueError, match="fine-tuning strategy .qlora."):
+        Sam2UNetConfig(finetune_strategy="qlora")
+    with pytest.raises(ValueError, match="backbone_preset"):
+        Sam2UNetConfig(backbone_preset="huge")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Sam2UNetConfig(image_size=350)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).train()
+    pixel_values, labels = batch()
+    model(pixel_values, labels=labels).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(pixel_values, labels=labels).loss.backward()
+    for name, grad in reference.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_tiny_hiera_fixture_is_consistent():
+    assert Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).backbone.channels == TINY_HIERA["embed_dim_per_stage"]

@@ -91,6 +91,9 @@ def test_large_preset_counts_are_exact():
     assert sum(p.numel() for p in model.backbone.encoder.parameters() if not p.requires_grad) == 212_149_296
     adapters = sum(p.numel() for n, p in model.named_parameters() if ".adapter." in n)
     assert adapters == 1_714_416
+    with torch.device("meta"):
+        frozen = Sam2UNetForImageSegmentation(Sam2UNetConfig(finetune_strategy="frozen"))
+    assert parameter_counts(frozen) == (2_555_331, 216_419_043 - 1_714_416)
     assert model.backbone.block_input_dims[:3] == [144, 144, 144] and model.backbone.block_input_dims[-3:] == [
         1152
     ] * 3
@@ -132,6 +135,10 @@ def test_save_writes_only_trainable_tensors_and_reloads_bit_identically(tiny_bac
     assert "SAM2-UNet" in (tmp_path / "artifact" / "README.md").read_text()
 
     reloaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "artifact")
+    assert {n for n, p in reloaded.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }
+    assert not reloaded.training
     x = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
     with torch.no_grad():
         assert torch.equal(model(x).logits, reloaded(x).logits)

@@ -111,6 +111,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             )
         if not getattr(model.config, "backbone_weights_included", False):
             model.load_frozen_backbones()
+        # Loading materialises fresh parameters (requires_grad=True): restore what the strategy trains.
+        model.apply_finetune_strategy()
         model.eval()
         return (model, info) if want_info else model
 

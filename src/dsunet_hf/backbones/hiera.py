@@ -218,3 +218,13 @@ def load_hiera_state_dict(
         errors.append(f"{filename}: {error}")
     raise BackboneNotAvailableError.for_repo(repo_id, revision, errors)
 
+
+
+def infer_hiera_preset(trunk_state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
+    """The size preset of a trunk state dict (transformers names), from its width and block count."""
+    width = trunk_state_dict["patch_embed.projection.weight"].shape[0]
+    num_blocks = len({k.split(".")[1] for k in trunk_state_dict if k.startswith("blocks.")})
+    for name, preset in HIERA_PRESETS.items():
+        if preset["hidden_size"] == width and sum(preset["blocks_per_stage"]) == num_blocks:
+            return name
+    raise ValueError(f"{source}: a Hiera trunk of width {width} with {num_blocks} blocks matches no preset")

@@ -30,8 +30,8 @@ _TRUNK_RENAMES = [
     (re.compile(r"^patch_embed\.proj\."), "patch_embed.projection."),
     (re.compile(r"(^|\.)norm1\."), r"\1layer_norm1."),
     (re.compile(r"(^|\.)norm2\."), r"\1layer_norm2."),
-    (re.compile(r"\.mlp\.layers\.0\."), ".mlp.proj_in."),
-    (re.compile(r"\.mlp\.layers\.1\."), ".mlp.proj_out."),
+    (re.compile(r"(^|\.)mlp\.layers\.0\."), r"\1mlp.proj_in."),
+    (re.compile(r"(^|\.)mlp\.layers\.1\."), r"\1mlp.proj_out."),
 ]
 
 

@@ -1,0 +1,161 @@
+"""Batch prediction: image files/folders -> mask PNGs (and optional overlays / RGBA cut-outs).
+
+Bad files are reported and skipped; every output is written atomically as soon as its batch is done,
+and existing outputs are kept (re-running resumes where a previous run stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .image_io import ImageReadError, load_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class PredictionReport:
+    written: list[str] = field(default_factory=list)
+    skipped_existing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.written)} written, {len(self.skipped_existing)} already present, "
+            f"{len(self.failed)} failed"
+        )
+
+
+def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
+    """Expand files and folders into (image path, output name without suffix) pairs.
+
+    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide.
+    """
+    pairs: list[tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            pairs += [(p, p.relative_to(item).with_suffix("")) for p in files]
+        elif item.is_file():
+            pairs.append((item, Path(item.stem)))
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    names = [str(name) for _, name in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"several inputs would write the same output name(s): {duplicates[:5]}")
+    return pairs
+
+
+def save_image_atomic(image: Image.Image, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: no half-written PNG on interruption."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(descriptor)
+    try:
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def overlay_image(image: Image.Image, probability: np.ndarray, color=(255, 0, 80), alpha: float = 0.5):
+    """The image with the foreground tinted, for a quick visual check."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    weight = (alpha * probability)[..., None]
+    blended = base * (1 - weight) + np.asarray(color, dtype=np.float32) * weight
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+
+
+def cutout_image(image: Image.Image, probability: np.ndarray) -> Image.Image:
+    """RGBA with the probability as alpha: background removal."""
+    rgba = image.convert("RGB").copy()
+    rgba.putalpha(Image.fromarray((probability * 255).round().astype(np.uint8)))
+    return rgba
+
+
+@torch.inference_mode()
+def predict_files(
+    model,
+    processor,
+    inputs: list[str | Path],
+    output_dir: str | Path,
+    *,
+    batch_size: int = 4,
+    threshold: float | None = None,
+    minmax_normalize: bool = False,
+    overlay: bool = False,
+    cutout: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PredictionReport:
+    """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``)."""
+    output_dir = Path(output_dir)
+    report = PredictionReport()
+    pending = []
+    for path, name in collect_images(inputs):
+        mask_path = output_dir / "masks" / name.with_suffix(".png")
+        if mask_path.exists() and not overwrite:
+            report.skipped_existing.append(str(path))
+        else:
+            pending.append((path, name))
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(pending), batch_size):
+        images, names, paths = [], [], []
+        for path, name in pending[start : start + batch_size]:
+            try:
+                images.append(load_image(path))
+                names.append(name)
+                paths.append(path)
+            except (ImageReadError, ValueError, OSError) as error:
+                report.failed[str(path)] = str(error)
+                bar.update(1)
+        if not images:
+            continue
+        inputs_ = processor(images)
+        logits = model(pixel_values=inputs_["pixel_values"].to(device=device, dtype=dtype)).logits
+        probabilities = processor.post_process_semantic_segmentation(
+            logits.float(), target_sizes=inputs_["original_sizes"], minmax_normalize=minmax_normalize
+        )
+        for image, name, path, probability in zip(images, names, paths, probabilities):
+            probability = probability.cpu().numpy()
+            mask = probability >= threshold if threshold is not None else probability
+            save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name.with_suffix(".png"))
+            if overlay:
+                save_image_atomic(overlay_image(image, probability), output_dir / "overlays" / name.with_suffix(".png"))
+            if cutout:
+                save_image_atomic(cutout_image(image, probability), output_dir / "cutouts" / name.with_suffix(".png"))
+            report.written.append(str(path))
+            bar.update(1)
+    bar.close()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "prediction_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    return report
+
+
+def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):
+    """Any dsunet-hf artifact (local folder or Hub id) with its saved image processor (or the default)."""
+    from transformers import AutoImageProcessor, AutoModelForImageSegmentation
+
+    model = AutoModelForImageSegmentation.from_pretrained(name_or_path, **kwargs)
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        model = model.to(device)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        processor = model.default_image_processor()
+    return model.eval(), processor

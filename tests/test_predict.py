@@ -1,0 +1,105 @@
+"""Batch prediction and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_DATA, TINY_SIZE, tiny_sam2_unet_config
+from PIL import Image
+
+from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
+from dsunet_hf.cli import main as cli_main
+from dsunet_hf.predict import collect_images, predict_files
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    """A self-contained tiny model folder (no backbone repo needed)."""
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(folder / "a.jpg")
+    Image.new("L", (33, 47), 128).save(folder / "sub" / "b.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return folder
+
+
+def test_predict_writes_masks_at_original_size_and_reports_bad_files(artifact, images, tmp_path):
+    model, _ = artifact
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    report = predict_files(model, processor, [images], tmp_path / "out", batch_size=2, overlay=True,
+                           cutout=True, progress=False)
+    assert len(report.written) == 2 and list(report.failed) == [str(images / "broken.png")]
+    assert "broken.png" in report.failed[str(images / "broken.png")]
+    assert Image.open(tmp_path / "out" / "masks" / "a.png").size == (50, 40)
+    assert Image.open(tmp_path / "out" / "masks" / "sub" / "b.png").size == (33, 47)
+    assert Image.open(tmp_path / "out" / "cutouts" / "a.png").mode == "RGBA"
+    assert Image.open(tmp_path / "out" / "overlays" / "sub" / "b.png").size == (33, 47)
+    saved_report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
+    assert saved_report["failed"] == report.failed
+
+    # The mask is the model's probability map, resized: check against a direct forward pass.
+    inputs = processor(str(images / "a.jpg"))
+    with torch.no_grad():
+        logits = model(pixel_values=inputs["pixel_values"]).logits
+    (expected,) = processor.post_process_semantic_segmentation(logits, target_sizes=inputs["original_sizes"])
+    written = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"), dtype=np.float32) / 255
+    assert np.abs(written - expected.numpy()).max() <= 0.5 / 255 + 1e-6
+
+    # A second run resumes: finished masks are kept, only the failure is retried.
+    again = predict_files(model, processor, [images], tmp_path / "out", progress=False)
+    assert len(again.skipped_existing) == 2 and not again.written
+
+
+def test_threshold_writes_binary_masks(artifact, images, tmp_path):
+    model, _ = artifact
+    predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), [images / "a.jpg"], tmp_path / "out",
+                  threshold=0.5, progress=False)
+    values = set(np.unique(np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"))))
+    assert values <= {0, 255}
+
+
+def test_duplicate_output_names_are_refused(images, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="same output name"):
+        collect_images([images / "a.jpg", tmp_path / "a.png"])
+    with pytest.raises(FileNotFoundError, match="nope"):
+        collect_images([tmp_path / "nope"])
+
+
+def test_cli_predict(artifact, images, tmp_path, capsys):
+    _, folder = artifact
+    code = cli_main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "cli")])
+    assert code == 0
+    assert "2 written" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "masks" / "a.png").is_file()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason="shared benchmark samples not present")
+def test_predict_on_real_benchmark_images(artifact, tmp_path):
+    model, _ = artifact
+    files = sorted((SHARED_DATA / "ECSSD" / "images").glob("*.jpg"))[:3]
+    report = predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), files, tmp_path / "out", progress=False)
+    assert len(report.written) == 3 and not report.failed
+    for f in files:
+        assert Image.open(tmp_path / "out" / "masks" / f"{f.stem}.png").size == Image.open(f).size
+
+
+def test_cli_info_and_push(artifact, offline_hub, capsys):
+    _, folder = artifact
+    assert cli_main(["info", str(folder)]) == 0
+    assert '"model_type": "sam2_unet"' in capsys.readouterr().out
+    assert cli_main(["push", str(folder), "me/pushed"]) == 0
+    assert offline_hub.pushes[-1][0] == "me/pushed"
+    loaded = Sam2UNetForImageSegmentation.from_pretrained("me/pushed")
+    assert isinstance(loaded, Sam2UNetForImageSegmentation)

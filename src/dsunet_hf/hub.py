@@ -12,6 +12,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
+    HFValidationError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -44,7 +45,9 @@ def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None) 
     """Local path of one file of a Hub repo (downloaded or from the cache), or (None, why not)."""
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision)), None
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError) as error:
+    except (
+        EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, HFValidationError, OSError
+    ) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return None, f"{type(error).__name__}: {first_line}"
 

@@ -142,13 +142,15 @@ class HieraBackbone(nn.Module):
                 f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
                 f"{' ...' if len(unexpected) > 8 else ''}"
             )
-        for plain_name, tensor in state_dict.items():
+        for plain_name, tensor in state_dict.items():  # check every shape before changing anything
             target = own[by_plain_name[plain_name]]
             if target.shape != tensor.shape:
                 raise ValueError(
                     f"{source}: {plain_name} has shape {tuple(tensor.shape)}, this Hiera config expects "
                     f"{tuple(target.shape)} (wrong size preset?)"
                 )
+        for plain_name, tensor in state_dict.items():
+            target = own[by_plain_name[plain_name]]
             target.copy_(tensor.to(dtype=target.dtype, device=target.device))
 
 
@@ -161,7 +163,11 @@ def plain_block(block: nn.Module) -> nn.Module:
 def _trunk_from_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Extract the Hiera trunk from any transformers layout (sam2, sam2_video, vision model, trunk only,
     or a self-contained dsunet-hf copy) by finding the prefix of ``patch_embed.projection.weight``."""
-    with safe_open(str(path), framework="pt") as handle:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as error:  # safetensors' own error names no file
+        raise ValueError(f"{path}: cannot read as safetensors: {error}") from error
+    with handle:
         keys = list(handle.keys())
         anchors = [k for k in keys if re.search(r"(^|\.)patch_embed\.proj(ection)?\.weight$", k)]
         if len(anchors) != 1:
@@ -205,6 +211,8 @@ def load_hiera_state_dict(
             f"{path}: folder holds neither model.safetensors nor a SAM 2 .pt checkpoint"
         )
     repo_id = str(source)
+    if path.suffix in (".pt", ".pth", ".safetensors") or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise BackboneNotAvailableError(f"{source}: no such backbone file or folder")
     errors = []
     for filename in ("model.safetensors", _default_checkpoint_name(repo_id)):
         local_file, error = resolve_repo_file(repo_id, filename, revision)

@@ -22,7 +22,8 @@ TINY_HIERA = dict(
     window_positional_embedding_background_size=[4, 4],
 )
 TINY_SIZE = 64
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real benchmark samples shipped with the repository (ECSSD and Kvasir-SEG, 4 pairs each).
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "sample_data"
 
 
 def tiny_sam2_unet_config(**overrides):

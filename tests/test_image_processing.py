@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_DATA
 from PIL import Image
 
 from dsunet_hf.image_io import ImageReadError, load_image, load_mask
 from dsunet_hf.image_processing import SegmentationImageProcessor
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -287,10 +286,8 @@ def test_defaults():
 
 # ----------------------------------------------------------------------------- real data
 def test_real_kvasir_mask():
-    mask_dir = SHARED_DATA / "Kvasir-SEG" / "masks"
-    files = sorted(mask_dir.glob("*")) if mask_dir.is_dir() else []
-    if not files:
-        pytest.skip(f"no Kvasir-SEG masks under {mask_dir}")
+    files = sorted((SAMPLE_DATA / "Kvasir-SEG" / "masks").glob("*.jpg"))
+    assert files, "the repository's sample data is missing"
     mask = load_mask(files[0])
     assert mask.ndim == 2 and mask.dtype == np.float32
     assert 0.0 <= mask.min() and mask.max() <= 1.0 and mask.max() > 0.9

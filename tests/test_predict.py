@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TINY_SIZE, tiny_sam2_unet_config
+from conftest import SAMPLE_DATA, TINY_SIZE, tiny_sam2_unet_config
 from PIL import Image
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
@@ -85,10 +85,9 @@ def test_cli_predict(artifact, images, tmp_path, capsys):
     assert (tmp_path / "cli" / "masks" / "a.png").is_file()
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason="shared benchmark samples not present")
 def test_predict_on_real_benchmark_images(artifact, tmp_path):
     model, _ = artifact
-    files = sorted((SHARED_DATA / "ECSSD" / "images").glob("*.jpg"))[:3]
+    files = sorted((SAMPLE_DATA / "ECSSD" / "images").glob("*.jpg"))[:3]
     report = predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), files, tmp_path / "out", progress=False)
     assert len(report.written) == 3 and not report.failed
     for f in files:

@@ -22,8 +22,8 @@ TINY_HIERA = dict(
     window_positional_embedding_background_size=[4, 4],
 )
 TINY_SIZE = 64
-# Real benchmark samples shipped with the repository (ECSSD and Kvasir-SEG, 4 pairs each).
-SAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "sample_data"
+# Real benchmark samples beside the repository (not committed: image files stay out of the repo).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def tiny_sam2_unet_config(**overrides):

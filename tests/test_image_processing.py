@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_DATA
+from conftest import SHARED_DATA
 from PIL import Image
 
 from dsunet_hf.image_io import ImageReadError, load_image, load_mask
@@ -286,8 +286,9 @@ def test_defaults():
 
 # ----------------------------------------------------------------------------- real data
 def test_real_kvasir_mask():
-    files = sorted((SAMPLE_DATA / "Kvasir-SEG" / "masks").glob("*.jpg"))
-    assert files, "the repository's sample data is missing"
+    files = sorted((SHARED_DATA / "Kvasir-SEG" / "masks").glob("*.jpg"))
+    if not files:
+        pytest.skip(f"real benchmark samples not found under {SHARED_DATA}")
     mask = load_mask(files[0])
     assert mask.ndim == 2 and mask.dtype == np.float32
     assert 0.0 <= mask.min() and mask.max() <= 1.0 and mask.max() > 0.9

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_DATA, TINY_SIZE, tiny_sam2_unet_config
+from conftest import SHARED_DATA, TINY_SIZE, tiny_sam2_unet_config
 from PIL import Image
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
@@ -80,14 +80,19 @@ def test_duplicate_output_names_are_refused(images, tmp_path):
 def test_cli_predict(artifact, images, tmp_path, capsys):
     _, folder = artifact
     code = cli_main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "cli")])
-    assert code == 0
-    assert "2 written" in capsys.readouterr().out
+    assert code == 1  # broken.png could not be read: the exit code says so
+    captured = capsys.readouterr()
+    assert "2 written" in captured.out and "1 failed" in captured.out and "broken.png" in captured.err
+    assert cli_main(["predict", "--model", str(folder), str(images / "*.jpg"), "--output-dir",
+                     str(tmp_path / "glob")]) == 0
+    assert [p.name for p in (tmp_path / "glob" / "masks").iterdir()] == ["a.png"]
     assert (tmp_path / "cli" / "masks" / "a.png").is_file()
 
 
+@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
 def test_predict_on_real_benchmark_images(artifact, tmp_path):
     model, _ = artifact
-    files = sorted((SAMPLE_DATA / "ECSSD" / "images").glob("*.jpg"))[:3]
+    files = sorted((SHARED_DATA / "ECSSD" / "images").glob("*.jpg"))[:3]
     report = predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), files, tmp_path / "out", progress=False)
     assert len(report.written) == 3 and not report.failed
     for f in files:

@@ -6,6 +6,7 @@ and existing outputs are kept (re-running resumes where a previous run stopped).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -36,12 +37,21 @@ class PredictionReport:
 
 
 def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
-    """Expand files and folders into (image path, output name without suffix) pairs.
+    """Expand files, folders and glob patterns into (image path, output name without suffix) pairs.
 
     Files in a folder keep their path relative to it, so equal names in sub-folders do not collide.
     """
     pairs: list[tuple[Path, Path]] = []
-    for item in map(Path, inputs):
+    expanded: list[Path] = []
+    for item in inputs:
+        if not Path(item).exists() and any(c in str(item) for c in "*?["):
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: the pattern matches no file")
+            expanded += [Path(m) for m in matches if Path(m).is_file()]
+        else:
+            expanded.append(Path(item))
+    for item in expanded:
         if item.is_dir():
             files = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             pairs += [(p, p.relative_to(item).with_suffix("")) for p in files]
@@ -159,3 +169,20 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     except (OSError, ValueError):
         processor = model.default_image_processor()
     return model.eval(), processor
+
+
+def contact_sheet(rows: list[tuple[Image.Image, np.ndarray | None, np.ndarray]], cell: int = 160) -> Image.Image:
+    """One PNG a person can look at: per row the image, its ground truth (if any) and the predicted overlay."""
+    columns = 3 if any(gt is not None for _, gt, _ in rows) else 2
+    sheet = Image.new("RGB", (columns * cell, len(rows) * cell), (255, 255, 255))
+    for row, (image, ground_truth, probability) in enumerate(rows):
+        tiles = [image.convert("RGB")]
+        if columns == 3:
+            gt = ground_truth if ground_truth is not None else np.zeros_like(probability)
+            tiles.append(Image.fromarray((np.asarray(gt, dtype=np.float32) * 255).round().astype(np.uint8)).convert("RGB"))
+        tiles.append(overlay_image(image, probability))
+        for column, tile in enumerate(tiles):
+            tile = tile.copy()
+            tile.thumbnail((cell - 4, cell - 4))
+            sheet.paste(tile, (column * cell + 2, row * cell + 2))
+    return sheet

@@ -1,0 +1,456 @@
+"""Evaluation with SAM2-UNet's protocol: a model on datasets, or saved prediction maps against ground truth.
+
+Protocol (upstream ``test.py`` + ``eval.py``): logits are upsampled bilinearly to the ground-truth
+size, passed through a sigmoid, min-max normalised per image (default on), written as
+``round(p * 255)`` 8-bit maps and scored with pysodmetrics against the 8-bit ground truth (see
+:mod:`dsunet_hf.metrics`). Unreadable or mismatched samples are skipped with a warning, never fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .image_io import ImageReadError, load_image, load_mask
+from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
+
+__all__ = [
+    "evaluate_model",
+    "evaluate_datasets",
+    "evaluate_prediction_folders",
+    "format_table",
+    "write_report",
+    "add_evaluate_parser",
+    "run_evaluate_cli",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Errors that mean "this sample cannot be used" (bad file, bad array, size mismatch), not a bug.
+_SAMPLE_ERRORS = (ImageReadError, ValueError, OSError, TypeError)
+
+
+# ---------------------------------------------------------------------------------------------- model
+def _decodable(value: Any) -> Any:
+    """A dataset cell -> something load_image/load_mask accept (undecoded datasets Image cells included)."""
+    if isinstance(value, Mapping):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            image = Image.open(io.BytesIO(value["bytes"]))
+            image.load()
+            return image
+        if value.get("path"):
+            return value["path"]
+        raise ValueError("image cell has neither bytes nor path")
+    return value
+
+
+def _describe(item: Any, index: int) -> str:
+    """A short name for a sample in log messages: its image path, sample_id or index."""
+    if isinstance(item, Mapping):
+        for key in ("image", "mask"):
+            value = item.get(key)
+            if isinstance(value, (str, os.PathLike)):
+                return os.fspath(value)
+            if isinstance(value, Mapping) and value.get("path"):
+                return str(value["path"])
+            filename = getattr(value, "filename", None)
+            if filename:
+                return str(filename)
+        if item.get("sample_id") is not None:
+            return f"sample {item['sample_id']}"
+    return f"sample #{index}"
+
+
+def _load_sample(item: Any) -> tuple[Image.Image, np.ndarray]:
+    """A dataset item -> (RGB image, uint8 GT map at the image's size)."""
+    image = load_image(_decodable(item["image"]))
+    ground_truth = to_uint8_map(load_mask(_decodable(item["mask"])))
+    if ground_truth.shape != (image.height, image.width):
+        raise ValueError(
+            f"mask size {ground_truth.shape[1]}x{ground_truth.shape[0]} (WxH) differs from "
+            f"image size {image.width}x{image.height}"
+        )
+    return image, ground_truth
+
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    parameter = next(iter(model.parameters()), None)
+    if parameter is None:
+        return torch.device("cpu"), torch.float32
+    return parameter.device, parameter.dtype
+
+
+def evaluate_model(
+    model,
+    processor,
+    dataset,
+    *,
+    batch_size: int = 8,
+    minmax_normalize: bool = True,
+    progress: bool = True,
+    max_samples: int | None = None,
+    skipped: list[str] | None = None,
+) -> dict[str, float]:
+    """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`.
+
+    Args:
+        model: a segmentation model whose ``model(pixel_values=...).logits`` is (B, 1, h, w).
+        processor: a :class:`~dsunet_hf.SegmentationImageProcessor` (or compatible).
+        dataset: indexable with ``len()``; items are dicts with ``image`` and ``mask`` (paths, PIL
+            images or arrays), e.g. a ``datasets.Dataset`` or a list of dicts.
+        batch_size: images per forward pass.
+        minmax_normalize: per-image min-max normalisation of the probabilities (upstream ``test.py``).
+        progress: show a tqdm progress bar.
+        max_samples: evaluate only the first ``max_samples`` samples.
+        skipped: optional list that receives ``"<sample>: <reason>"`` for every skipped sample.
+
+    Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
+    warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
+
+    Raises:
+        ValueError: if no sample at all could be evaluated.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    total = len(dataset)
+    if max_samples is not None:
+        total = min(total, max(int(max_samples), 0))
+    device, dtype = _model_device_dtype(model)
+    metrics = SegmentationMetrics()
+    skipped_here: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=total, desc="evaluate", unit="img", disable=not progress) as bar:
+            for start in range(0, total, batch_size):
+                images, ground_truths = [], []
+                for index in range(start, min(start + batch_size, total)):
+                    name = f"sample #{index}"
+                    try:
+                        item = dataset[index]  # a datasets.Dataset decodes image columns here: may fail
+                        name = _describe(item, index)
+                        image, ground_truth = _load_sample(item)
+                    except _SAMPLE_ERRORS as error:
+                        skipped_here.append(f"{name}: {error}")
+                        logger.warning("skipping %s: %s", name, error)
+                        bar.update(1)
+                        continue
+                    images.append(image)
+                    ground_truths.append(ground_truth)
+                if not images:
+                    continue
+                inputs = processor(images)
+                logits = model(pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype)).logits
+                probabilities = processor.post_process_semantic_segmentation(
+                    logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
+                )
+                for probability, ground_truth in zip(probabilities, ground_truths):
+                    metrics.update(to_uint8_map(probability), ground_truth)
+                bar.update(len(images))
+    finally:
+        model.train(was_training)
+    if skipped is not None:
+        skipped.extend(skipped_here)
+    if skipped_here:
+        logger.warning("skipped %d of %d samples (see the warnings above)", len(skipped_here), total)
+    if len(metrics) == 0:
+        raise ValueError(f"no sample could be evaluated ({total} requested, {len(skipped_here)} skipped)")
+    return metrics.compute()
+
+
+def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_model` on every dataset of ``{name: dataset}``; returns ``{name: metrics}``."""
+    results: dict[str, dict[str, float]] = {}
+    for name, dataset in datasets.items():
+        logger.info("evaluating %s (%d samples)", name, len(dataset))
+        results[name] = evaluate_model(model, processor, dataset, **kwargs)
+    return results
+
+
+# -------------------------------------------------------------------------------------------- folders
+def _index_images(folder: Path) -> dict[str, Path]:
+    """Image files under ``folder`` keyed by relative path without suffix (the stem for flat folders).
+
+    If one key has several files (``a.png`` and ``a.jpg``), the PNG wins.
+    """
+    index: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in index:
+            keep = path if path.suffix.lower() == ".png" and index[key].suffix.lower() != ".png" else index[key]
+            logger.warning("several files for %s in %s; using %s", key, folder, keep.name)
+            index[key] = keep
+        else:
+            index[key] = path
+    return index
+
+
+def _read_prediction(path: Path) -> np.ndarray:
+    """A prediction map as gray uint8, raw values like upstream's ``cv2.imread(..., IMREAD_GRAYSCALE)``."""
+    return np.asarray(load_image(path).convert("L"))
+
+
+def evaluate_prediction_folders(
+    predictions_dir, ground_truth_dir, *, progress: bool = True
+) -> tuple[dict[str, float], dict]:
+    """Score saved prediction maps against ground-truth masks (upstream ``eval.py``).
+
+    Files are matched by stem (relative path without suffix, for nested folders). A ``predict``
+    output folder (with a ``masks/`` sub-folder and no images of its own) is read from ``masks/``.
+
+    Returns:
+        ``(metrics, info)`` with ``info = {"missing_predictions": [GT files without prediction],
+        "unreadable": {file: reason} (unreadable files and size mismatches), "matched": pairs found,
+        "evaluated": pairs scored, "extra_predictions": [predictions without GT]}``.
+
+    Raises:
+        FileNotFoundError: a folder is missing or holds no images.
+        ValueError: no prediction matches a ground-truth file, or none of the matches could be read.
+    """
+    predictions_dir, ground_truth_dir = Path(predictions_dir), Path(ground_truth_dir)
+    for folder, what in ((predictions_dir, "predictions"), (ground_truth_dir, "ground truth")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    if (predictions_dir / "masks").is_dir() and not any(
+        path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() for path in predictions_dir.iterdir()
+    ):  # a `dsunet-hf predict` output folder (masks/, overlays/, cutouts/)
+        predictions_dir = predictions_dir / "masks"
+    predictions = _index_images(predictions_dir)
+    ground_truths = _index_images(ground_truth_dir)
+    if not ground_truths:
+        raise FileNotFoundError(f"no image files in ground truth folder {ground_truth_dir}")
+    matched = [key for key in ground_truths if key in predictions]
+    missing = [str(ground_truths[key]) for key in ground_truths if key not in predictions]
+    extra = [str(predictions[key]) for key in predictions if key not in ground_truths]
+    if not matched:
+        raise ValueError(
+            f"no prediction in {predictions_dir} matches a ground-truth file in {ground_truth_dir} by name "
+            f"(e.g. GT {sorted(ground_truths)[:3]} vs predictions {sorted(predictions)[:3]})"
+        )
+    if missing:
+        logger.warning("%d of %d ground-truth files have no prediction in %s", len(missing), len(ground_truths),
+                       predictions_dir)
+    metrics = SegmentationMetrics()
+    unreadable: dict[str, str] = {}
+    for key in tqdm(matched, desc="evaluate", unit="img", disable=not progress):
+        prediction_path, ground_truth_path = predictions[key], ground_truths[key]
+        try:
+            ground_truth = to_uint8_map(load_mask(ground_truth_path))
+        except _SAMPLE_ERRORS as error:
+            unreadable[str(ground_truth_path)] = str(error)
+            logger.warning("skipping %s: %s", ground_truth_path, error)
+            continue
+        try:
+            prediction = _read_prediction(prediction_path)
+        except _SAMPLE_ERRORS as error:
+            unreadable[str(prediction_path)] = str(error)
+            logger.warning("skipping %s: %s", prediction_path, error)
+            continue
+        if prediction.shape != ground_truth.shape:
+            reason = (
+                f"size {prediction.shape[1]}x{prediction.shape[0]} (WxH) differs from ground truth "
+                f"{ground_truth_path} size {ground_truth.shape[1]}x{ground_truth.shape[0]}"
+            )
+            unreadable[str(prediction_path)] = reason
+            logger.warning("skipping %s: %s", prediction_path, reason)
+            continue
+        metrics.update(prediction, ground_truth)
+    if len(metrics) == 0:
+        raise ValueError(f"none of the {len(matched)} matched prediction/ground-truth pairs could be read")
+    info = {
+        "missing_predictions": missing,
+        "unreadable": unreadable,
+        "matched": len(matched),
+        "evaluated": len(metrics),
+        "extra_predictions": extra,
+    }
+    return metrics.compute(), info
+
+
+# --------------------------------------------------------------------------------------------- report
+def _ordered_metrics(results: dict[str, dict[str, float]]) -> list[str]:
+    present = {name for values in results.values() for name in values}
+    names = [name for name in METRIC_NAMES if name in present]
+    extras = sorted(present.difference(METRIC_NAMES))
+    return names + extras
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per dataset, one column per metric (MAE with 4 decimals, others 3)."""
+    names = _ordered_metrics(results)
+    header = ["Dataset"] + [f"{name} {'↑' if HIGHER_IS_BETTER.get(name, True) else '↓'}" for name in names]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * len(names)) + "|",
+    ]
+    for dataset, values in results.items():
+        cells = [_cell(dataset)]
+        for name in names:
+            value = values.get(name)
+            if value is None:
+                cells.append("–")
+            else:
+                cells.append(f"{float(value):.{4 if name == 'MAE' else 3}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("dsunet-hf", "pysodmetrics", "torch", "transformers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict | None = None) -> tuple[Path, Path]:
+    """Write ``evaluation.json`` (every metric per dataset, ``extra`` under ``"info"``) and ``evaluation.md``.
+
+    Both files are written atomically (temporary file + ``os.replace``). Returns their paths.
+    """
+    output_dir = Path(output_dir)
+    payload = {
+        "results": {name: {k: float(v) for k, v in values.items()} for name, values in results.items()},
+        "metric_names": _ordered_metrics(results),
+        "higher_is_better": {name: HIGHER_IS_BETTER.get(name, True) for name in _ordered_metrics(results)},
+        "protocol": "SAM2-UNet test.py/eval.py: bilinear upsampling to GT size, sigmoid, optional per-image "
+        "min-max, round(p*255) uint8 maps scored with pysodmetrics; mDice/mIoU averaged over 256 thresholds",
+        "versions": _versions(),
+        "info": extra or {},
+    }
+    json_path, markdown_path = output_dir / "evaluation.json", output_dir / "evaluation.md"
+    _write_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n")
+    lines = ["# Evaluation", "", format_table(results), ""]
+    lines.append("↑ higher is better, ↓ lower is better. mDice/mIoU: mean over 256 thresholds (SAM2-UNet eval.py).")
+    if extra:
+        lines += ["", "## Details", ""]
+        for key, value in extra.items():
+            if isinstance(value, (dict, list, tuple)):
+                value = json.dumps(value, default=str)
+                if len(value) > 300:
+                    value = value[:300] + "… (see evaluation.json)"
+            lines.append(f"- **{key}**: {value}")
+    _write_atomic(markdown_path, "\n".join(lines) + "\n")
+    return json_path, markdown_path
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_evaluate_parser(subparsers):
+    """Register ``evaluate`` on an argparse ``subparsers`` object; returns the new sub-parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model on datasets, or prediction folders against ground truth",
+        description=(
+            "Either  --model M --data PATH [--data PATH ...]  (run the model, SAM2-UNet protocol)  or  "
+            "--predictions DIR --ground-truth DIR  (score saved maps, matched by file name)."
+        ),
+    )
+    parser.add_argument("--model", help="artifact folder or Hub repo id")
+    parser.add_argument("--data", action="append", default=None, metavar="PATH",
+                        help="dataset (folder or Hub id); repeat for several")
+    parser.add_argument("--split", default=None, help="dataset split to evaluate (default: the loader's choice)")
+    parser.add_argument("--predictions", metavar="DIR", help="folder of predicted maps (PNG)")
+    parser.add_argument("--ground-truth", metavar="DIR", help="folder of ground-truth masks")
+    parser.add_argument("--output-dir", default="evaluation", help="where evaluation.json/.md go")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-minmax-normalize", dest="minmax_normalize", action="store_false",
+                        help="skip upstream test.py's per-image min-max normalisation")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N per dataset")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(func=run_evaluate_cli)
+    return parser
+
+
+def _folder_name(folder: Path) -> str:
+    """Dataset name for a GT folder: its name, or its parent's for generic names like ``masks``."""
+    folder = folder.resolve()
+    generic = {"masks", "mask", "gt", "gts", "ground_truth", "groundtruth", "labels", "annotations"}
+    return folder.parent.name if folder.name.lower() in generic and folder.parent.name else folder.name
+
+
+def _unique(name: str, taken: dict) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def run_evaluate_cli(args) -> int:
+    """Run ``dsunet-hf evaluate``: print the table, write the report into ``--output-dir``. Returns 0."""
+    folders_mode = args.predictions is not None or args.ground_truth is not None
+    model_mode = args.model is not None or bool(args.data)
+    if folders_mode and model_mode:
+        raise SystemExit("evaluate: use either --model/--data or --predictions/--ground-truth, not both")
+    if folders_mode:
+        if args.predictions is None or args.ground_truth is None:
+            raise SystemExit("evaluate: --predictions and --ground-truth go together")
+        metrics, info = evaluate_prediction_folders(args.predictions, args.ground_truth, progress=args.progress)
+        results = {_folder_name(Path(args.ground_truth)): metrics}
+        extra = {"mode": "prediction folders", "predictions": str(args.predictions),
+                 "ground_truth": str(args.ground_truth), **info}
+        for path in info["missing_predictions"]:
+            logger.warning("no prediction for %s", path)
+    elif args.model is None or not args.data:
+        raise SystemExit("evaluate: give --model and at least one --data, or --predictions and --ground-truth")
+    else:
+        from .data import dataset_name, load_segmentation_dataset
+        from .predict import load_model_and_processor
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+        results, skipped_per_dataset, sources = {}, {}, {}
+        for source in args.data:
+            dataset = (
+                load_segmentation_dataset(source) if args.split is None
+                else load_segmentation_dataset(source, split=args.split)
+            )
+            name = _unique(dataset_name(source), results)
+            skipped: list[str] = []
+            results[name] = evaluate_model(
+                model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
+                progress=args.progress, max_samples=args.max_samples, skipped=skipped,
+            )
+            sources[name], skipped_per_dataset[name] = str(source), skipped
+        extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
+                 "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
+                 "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
+    print(format_table(results))
+    json_path, markdown_path = write_report(results, args.output_dir, extra=extra)
+    print(f"report: {json_path} and {markdown_path}")
+    return 0

@@ -1,0 +1,161 @@
+"""Saliency / binary-segmentation metrics, computed with ``pysodmetrics`` exactly as SAM2-UNet's ``eval.py``.
+
+Every value comes from a ``py_sod_metrics`` object fed the same 8-bit gray maps that upstream reads
+from disk (prediction ``round(p * 255)``, ground truth binarised by pysodmetrics at ``> 128``):
+
+============================  ================================================================
+``mDice`` / ``mIoU``          mean over the 256 thresholds of ``FmeasureV2``'s dynamic Dice / IoU
+                              curves (per-sample mean first), as printed by upstream ``eval.py``
+``S-measure``                 ``Smeasure`` ``sm``
+``wF-measure``                ``WeightedFmeasure`` ``wfm``
+``F-measure (adaptive)``      ``Fmeasure`` ``fm["adp"]`` (upstream's ``F_beta``); ``(mean)`` / ``(max)`` of its curve
+``E-measure (mean)``          mean of ``Emeasure``'s curve (upstream's ``E_phi``); ``(adaptive)`` / ``(max)`` too
+``MAE``                       ``MAE`` ``mae``
+============================  ================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import py_sod_metrics as psm
+
+__all__ = ["METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "is_better"]
+
+METRIC_NAMES: tuple[str, ...] = (
+    "mDice",
+    "mIoU",
+    "S-measure",
+    "wF-measure",
+    "F-measure (adaptive)",
+    "F-measure (mean)",
+    "F-measure (max)",
+    "E-measure (adaptive)",
+    "E-measure (mean)",
+    "E-measure (max)",
+    "MAE",
+)
+HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in METRIC_NAMES}
+
+
+def to_uint8_map(probability: Any) -> np.ndarray:
+    """A ``(H, W)`` probability map in ``[0, 1]`` (numpy or torch) -> uint8 ``round(p * 255)``.
+
+    The arithmetic is float32, like the mask PNGs written by :mod:`dsunet_hf.predict`, so a map
+    evaluated in memory equals the same map saved and read back. Values are clipped to ``[0, 1]`` and
+    NaN counts as 0. Bool maps give 0/255; uint8 maps are returned unchanged.
+    """
+    if hasattr(probability, "detach"):  # torch.Tensor, without importing torch here
+        probability = probability.detach().cpu().float().numpy()
+    arr = np.asarray(probability)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a (H, W) map, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.copy()
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * np.uint8(255)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"expected a numeric probability map, got dtype {arr.dtype}")
+    p = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.round(np.clip(p, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+
+def _check_map(array: Any, what: str) -> None:
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(array).__name__}")
+    if array.dtype != np.uint8:
+        raise TypeError(
+            f"{what} must be uint8 gray 0..255 (got dtype {array.dtype}); convert with to_uint8_map()"
+        )
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"{what} must be a non-empty (H, W) map, got shape {array.shape}")
+
+
+class SegmentationMetrics:
+    """Accumulates pysodmetrics objects over samples; :meth:`compute` returns the dataset averages.
+
+    >>> metrics = SegmentationMetrics()
+    >>> metrics.update(prediction_uint8, ground_truth_uint8)  # doctest: +SKIP
+    >>> metrics.compute()["mDice"]  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every sample seen so far."""
+        self._smeasure = psm.Smeasure()
+        self._emeasure = psm.Emeasure()
+        self._wfmeasure = psm.WeightedFmeasure()
+        self._mae = psm.MAE()
+        with warnings.catch_warnings():
+            # pysodmetrics 1.6 flags Fmeasure as "will be removed"; upstream eval.py uses it for F_beta.
+            warnings.filterwarnings("ignore", message="This class will be removed", category=UserWarning)
+            self._fmeasure = psm.Fmeasure()
+        self._fmeasure_v2 = psm.FmeasureV2(
+            metric_handlers={
+                "dice": psm.DICEHandler(with_dynamic=True, with_adaptive=False),
+                "iou": psm.IOUHandler(with_dynamic=True, with_adaptive=False),
+            }
+        )
+        self._count = 0
+
+    def update(self, prediction: np.ndarray, ground_truth: np.ndarray) -> None:
+        """Add one sample: both uint8 ``(H, W)`` gray maps of the same size (GT foreground is ``> 128``)."""
+        _check_map(prediction, "prediction")
+        _check_map(ground_truth, "ground truth")
+        if prediction.shape != ground_truth.shape:
+            raise ValueError(
+                f"prediction shape {prediction.shape} differs from ground truth shape {ground_truth.shape}"
+            )
+        for metric in (
+            self._smeasure, self._emeasure, self._wfmeasure, self._mae, self._fmeasure, self._fmeasure_v2
+        ):
+            metric.step(pred=prediction, gt=ground_truth)
+        self._count += 1
+
+    def compute(self) -> dict[str, float]:
+        """Dataset averages of every metric in :data:`METRIC_NAMES` as Python floats."""
+        if self._count == 0:
+            raise ValueError("no samples: call update() before compute()")
+        fm = self._fmeasure.get_results()["fm"]
+        em = self._emeasure.get_results()["em"]
+        v2 = self._fmeasure_v2.get_results()
+        values = {
+            "mDice": v2["dice"]["dynamic"].mean(),
+            "mIoU": v2["iou"]["dynamic"].mean(),
+            "S-measure": self._smeasure.get_results()["sm"],
+            "wF-measure": self._wfmeasure.get_results()["wfm"],
+            "F-measure (adaptive)": fm["adp"],
+            "F-measure (mean)": fm["curve"].mean(),
+            "F-measure (max)": fm["curve"].max(),
+            "E-measure (adaptive)": em["adp"],
+            "E-measure (mean)": em["curve"].mean(),
+            "E-measure (max)": em["curve"].max(),
+            "MAE": self._mae.get_results()["mae"],
+        }
+        return {name: float(values[name]) for name in METRIC_NAMES}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(samples={self._count})"
+
+
+def is_better(metric: str, new: float, best: float | None) -> bool:
+    """Whether ``new`` improves on ``best`` for ``metric`` (lower MAE, higher everything else).
+
+    ``best=None`` (nothing recorded yet) counts as worse than any number; a NaN ``new`` never wins.
+    """
+    if metric not in HIGHER_IS_BETTER:
+        raise KeyError(f"unknown metric {metric!r}; expected one of {list(METRIC_NAMES)}")
+    new = float(new)
+    if math.isnan(new):
+        return False
+    if best is None or math.isnan(float(best)):
+        return True
+    return new > best if HIGHER_IS_BETTER[metric] else new < best

@@ -1,0 +1,284 @@
+"""evaluate_model / prediction folders / report / CLI, on a tiny random SAM2-UNet and generated files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_sam2_unet_config
+from PIL import Image
+
+from dsunet_hf import Sam2UNetForImageSegmentation
+from dsunet_hf.evaluate import (
+    add_evaluate_parser,
+    evaluate_datasets,
+    evaluate_model,
+    evaluate_prediction_folders,
+    format_table,
+    run_evaluate_cli,
+    write_report,
+)
+from dsunet_hf.metrics import METRIC_NAMES, SegmentationMetrics
+
+SIZES = [(48, 40), (64, 64), (30, 70), (90, 52)]  # (height, width)
+
+
+def disc_mask(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:h, :w]
+    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.35) * min(h, w)
+    return ((y - cy) ** 2 + (x - cx) ** 2 <= r * r).astype(np.uint8) * 255
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+
+
+@pytest.fixture
+def processor(model):
+    return model.default_image_processor()
+
+
+@pytest.fixture
+def samples(tmp_path):
+    """Image (JPEG/PNG) + 0/255 mask PNG files of various sizes."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    items = []
+    for i, (h, w) in enumerate(SIZES):
+        mask = disc_mask(h, w, i)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[mask > 0] = np.clip(image[mask > 0].astype(int) + 90, 0, 255).astype(np.uint8)
+        image_path = tmp_path / "images" / f"s{i}.{'jpg' if i % 2 else 'png'}"
+        mask_path = tmp_path / "masks" / f"s{i}.png"
+        Image.fromarray(image).save(image_path)
+        Image.fromarray(mask).save(mask_path)
+        items.append({"image": str(image_path), "mask": str(mask_path)})
+    return items
+
+
+def by_hand(model, processor, items, minmax_normalize=True) -> dict[str, float]:
+    """Upstream test.py + eval.py steps, spelled out: upsample to GT size, sigmoid, min-max, *255, score."""
+    images = [Image.open(item["image"]).convert("RGB") for item in items]
+    with torch.no_grad():
+        pixel_values = processor(images)["pixel_values"]
+        logits = model(pixel_values=pixel_values).logits
+    metrics = SegmentationMetrics()
+    for i, item in enumerate(items):
+        gt = np.asarray(Image.open(item["mask"]))  # 0/255 "L" PNG, exactly what cv2 gray would give
+        x = F.interpolate(logits[i : i + 1].float(), size=gt.shape, mode="bilinear", align_corners=False)
+        p = x.sigmoid()[0, 0]
+        if minmax_normalize:
+            p = (p - p.min()) / (p.max() - p.min() + 1e-8)
+        metrics.update(np.round(p.numpy() * 255).astype(np.uint8), gt)
+    return metrics.compute()
+
+
+def test_evaluate_model_equals_manual_protocol(model, processor, samples):
+    got = evaluate_model(model, processor, samples, batch_size=8, progress=False)
+    assert list(got) == list(METRIC_NAMES)
+    assert all(type(v) is float for v in got.values())
+    assert got == by_hand(model, processor, samples)
+
+    raw = evaluate_model(model, processor, samples, batch_size=8, progress=False, minmax_normalize=False)
+    assert raw == by_hand(model, processor, samples, minmax_normalize=False)
+    assert raw != got
+
+    # smaller batches: same numbers up to float noise of batched convolutions
+    batched = evaluate_model(model, processor, samples, batch_size=3, progress=False)
+    for name in METRIC_NAMES:
+        assert batched[name] == pytest.approx(got[name], abs=1e-3), name
+
+    first_two = evaluate_model(model, processor, samples, batch_size=8, progress=False, max_samples=2)
+    assert first_two == by_hand(model, processor, samples[:2])
+
+
+def test_evaluate_model_restores_training_mode(model, processor, samples):
+    model.train()
+    evaluate_model(model, processor, samples[:1], progress=False)
+    assert model.training
+
+
+def test_evaluate_model_accepts_pil_items_and_hf_datasets(model, processor, samples):
+    datasets = pytest.importorskip("datasets")
+    expected = evaluate_model(model, processor, samples, progress=False)
+    pil_items = [{"image": Image.open(s["image"]), "mask": Image.open(s["mask"])} for s in samples]
+    assert evaluate_model(model, processor, pil_items, progress=False) == expected
+
+    table = datasets.Dataset.from_dict({key: [s[key] for s in samples] for key in ("image", "mask")})
+    assert evaluate_model(model, processor, table, progress=False) == expected  # path strings
+    decoded = table.cast_column("image", datasets.Image()).cast_column("mask", datasets.Image())
+    assert evaluate_model(model, processor, decoded, progress=False) == expected  # PIL cells
+
+
+def test_bad_samples_are_skipped_and_logged(model, processor, samples, tmp_path, caplog):
+    corrupt = tmp_path / "images" / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    small_mask = tmp_path / "masks" / "small.png"
+    Image.fromarray(disc_mask(10, 10, 0)).save(small_mask)
+    bad = [
+        {"image": str(corrupt), "mask": samples[0]["mask"]},
+        {"image": samples[1]["image"], "mask": str(small_mask)},  # size differs from its image
+        {"image": str(tmp_path / "missing.jpg"), "mask": samples[0]["mask"]},
+    ]
+    skipped: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
+        got = evaluate_model(model, processor, bad[:1] + samples + bad[1:], batch_size=8, progress=False,
+                             skipped=skipped)
+    assert got == by_hand(model, processor, samples)
+    assert len(skipped) == 3
+    assert "corrupt.png" in caplog.text and "missing.jpg" in caplog.text
+    assert "differs" in caplog.text and "skipped 3 of 7" in caplog.text
+
+    with pytest.raises(ValueError, match="no sample could be evaluated"):
+        evaluate_model(model, processor, bad, progress=False)
+
+
+def test_evaluate_datasets(model, processor, samples):
+    results = evaluate_datasets(model, processor, {"A": samples[:2], "B": samples[2:]}, progress=False)
+    assert list(results) == ["A", "B"]
+    assert results["A"] == by_hand(model, processor, samples[:2])
+    assert results["B"] == by_hand(model, processor, samples[2:])
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """GT masks (PNG and BMP) and prediction PNGs; s3 has no prediction, extra.png has no GT."""
+    rng = np.random.default_rng(2)
+    gt_dir, pred_dir = tmp_path / "ECSSD" / "masks", tmp_path / "preds"
+    gt_dir.mkdir(parents=True)
+    pred_dir.mkdir()
+    for i, (h, w) in enumerate(SIZES):
+        Image.fromarray(disc_mask(h, w, i)).save(gt_dir / f"s{i}.{'bmp' if i == 1 else 'png'}")
+        if i != 3:
+            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(pred_dir / f"s{i}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(pred_dir / "extra.png")
+    return pred_dir, gt_dir
+
+
+def test_evaluate_prediction_folders(folders):
+    pred_dir, gt_dir = folders
+    metrics, info = evaluate_prediction_folders(pred_dir, gt_dir)
+    expected = SegmentationMetrics()
+    for i in range(3):
+        gt_file = gt_dir / f"s{i}.{'bmp' if i == 1 else 'png'}"
+        expected.update(np.asarray(Image.open(pred_dir / f"s{i}.png")), np.asarray(Image.open(gt_file)))
+    assert metrics == expected.compute()
+    assert info["missing_predictions"] == [str(gt_dir / "s3.png")]
+    assert info["matched"] == 3 and info["evaluated"] == 3 and info["unreadable"] == {}
+    assert info["extra_predictions"] == [str(pred_dir / "extra.png")]
+
+
+def test_prediction_folders_skip_bad_files_and_need_a_match(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    (pred_dir / "s0.png").write_bytes(b"garbage")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(pred_dir / "s2.png")  # wrong size
+    metrics, info = evaluate_prediction_folders(pred_dir, gt_dir)
+    assert info["evaluated"] == 1 and set(info["unreadable"]) == {str(pred_dir / "s0.png"), str(pred_dir / "s2.png")}
+
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(other / "nothing-alike.png")
+    with pytest.raises(ValueError, match="matches"):
+        evaluate_prediction_folders(other, gt_dir)
+    with pytest.raises(FileNotFoundError):
+        evaluate_prediction_folders(tmp_path / "nope", gt_dir)
+
+
+def test_prediction_folders_match_predict_output_layout(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    predict_output = tmp_path / "predict-run"
+    (predict_output / "masks").mkdir(parents=True)
+    for path in pred_dir.iterdir():
+        (predict_output / "masks" / path.name).write_bytes(path.read_bytes())
+    assert evaluate_prediction_folders(predict_output, gt_dir)[0] == evaluate_prediction_folders(pred_dir, gt_dir)[0]
+
+
+def test_format_table_and_write_report(tmp_path):
+    results = {
+        "ECSSD": {name: 0.5 + i / 100 for i, name in enumerate(METRIC_NAMES)},
+        "Kvasir|SEG": {name: 0.25 for name in METRIC_NAMES},
+    }
+    table = format_table(results)
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| ECSSD |") and "Kvasir\\|SEG" in lines[3]
+    assert all(name in lines[0] for name in METRIC_NAMES)
+    assert "0.510" in lines[2] and "0.6000" in lines[2]  # mDice 3 decimals, MAE (last) 4
+
+    json_path, md_path = write_report(results, tmp_path / "out", extra={"model": "tiny", "skipped": {"ECSSD": []}})
+    assert json_path == tmp_path / "out" / "evaluation.json" and md_path == tmp_path / "out" / "evaluation.md"
+    payload = json.loads(json_path.read_text())
+    assert payload["results"] == results
+    assert payload["info"]["model"] == "tiny"
+    assert payload["higher_is_better"]["MAE"] is False
+    markdown = md_path.read_text()
+    assert "ECSSD" in markdown and "Kvasir\\|SEG" in markdown and "tiny" in markdown
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.json", "evaluation.md"]
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(prog="dsunet-hf")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_cli_prediction_folders(folders, tmp_path, capsys):
+    pred_dir, gt_dir = folders
+    out = tmp_path / "report"
+    args = make_parser().parse_args(
+        ["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir), "--output-dir", str(out)]
+    )
+    assert args.func is run_evaluate_cli
+    assert run_evaluate_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "| ECSSD |" in printed  # generic "masks" folder -> its parent's name
+    payload = json.loads((out / "evaluation.json").read_text())
+    assert payload["results"]["ECSSD"] == evaluate_prediction_folders(pred_dir, gt_dir)[0]
+    assert payload["info"]["missing_predictions"] == [str(gt_dir / "s3.png")]
+    assert "ECSSD" in (out / "evaluation.md").read_text()
+
+    with pytest.raises(SystemExit):
+        run_evaluate_cli(make_parser().parse_args(["evaluate", "--predictions", str(pred_dir)]))
+    with pytest.raises(SystemExit):
+        run_evaluate_cli(make_parser().parse_args(
+            ["evaluate", "--model", "m", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir)]))
+
+
+def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch, capsys):
+    """--model/--data wiring, with stand-ins for the dataset loader and the model loader."""
+    import dsunet_hf.predict
+
+    data = {"setA": samples[:2], "setB": samples[2:]}
+    fake = types.ModuleType("dsunet_hf.data")
+    fake.load_segmentation_dataset = lambda source, split=None, **kw: data[source]
+    fake.dataset_name = lambda source: f"name-{source}"
+    monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
+    loaded = {}
+
+    def fake_loader(name_or_path, device=None, dtype=None, **kwargs):
+        loaded.update(name=name_or_path, device=device, dtype=dtype)
+        return model, processor
+
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", fake_loader)
+    out = tmp_path / "report"
+    args = make_parser().parse_args(
+        ["evaluate", "--model", "some/model", "--data", "setA", "--data", "setB", "--output-dir", str(out),
+         "--batch-size", "2", "--no-minmax-normalize", "--max-samples", "1", "--no-progress"]
+    )
+    assert run_evaluate_cli(args) == 0
+    assert loaded == {"name": "some/model", "device": None, "dtype": torch.float32}
+    payload = json.loads((out / "evaluation.json").read_text())
+    assert list(payload["results"]) == ["name-setA", "name-setB"]
+    assert payload["results"]["name-setB"] == by_hand(model, processor, samples[2:3], minmax_normalize=False)
+    assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
+    assert "name-setA" in capsys.readouterr().out

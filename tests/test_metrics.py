@@ -1,0 +1,170 @@
+"""SegmentationMetrics must report exactly what pysodmetrics reports on the same uint8 maps."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import py_sod_metrics
+import pytest
+import torch
+
+from dsunet_hf.metrics import (
+    HIGHER_IS_BETTER,
+    METRIC_NAMES,
+    SegmentationMetrics,
+    is_better,
+    to_uint8_map,
+)
+
+EXPECTED_KEYS = {
+    "S-measure", "wF-measure", "MAE", "E-measure (adaptive)", "E-measure (mean)", "E-measure (max)",
+    "F-measure (adaptive)", "F-measure (mean)", "F-measure (max)", "mDice", "mIoU",
+}
+
+
+def disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    y, x = np.mgrid[:h, :w]
+    return ((y - cy) ** 2 + (x - cx) ** 2 <= r * r).astype(np.uint8) * 255
+
+
+def soft_disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    y, x = np.mgrid[:h, :w]
+    d = np.sqrt((y - cy) ** 2 + (x - cx) ** 2)
+    return np.round(255 / (1 + np.exp((d - r) / 2.0))).astype(np.uint8)
+
+
+def samples() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    pairs = [
+        (rng.integers(0, 256, (32, 48), dtype=np.uint8), rng.integers(0, 256, (32, 48), dtype=np.uint8)),
+        (soft_disc(50, 50, 22, 27, 12), disc(50, 50, 25, 25, 14)),
+        (soft_disc(41, 29, 10, 10, 6), disc(41, 29, 30, 20, 7)),  # mostly wrong
+        (rng.integers(0, 256, (24, 24), dtype=np.uint8), np.zeros((24, 24), np.uint8)),  # empty GT
+        (np.full((20, 30), 200, np.uint8), np.full((20, 30), 255, np.uint8)),  # full GT, constant pred
+        (soft_disc(37, 61, 18, 30, 10), rng.integers(0, 256, (37, 61), dtype=np.uint8)),  # gray GT (> 128)
+    ]
+    return pairs
+
+
+def direct_pysodmetrics(pairs) -> dict[str, float]:
+    """The same computation as SAM2-UNet's eval.py, written against pysodmetrics directly."""
+    sm, em, wfm, mae = (py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure(),
+                        py_sod_metrics.WeightedFmeasure(), py_sod_metrics.MAE())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fm = py_sod_metrics.Fmeasure()
+    v2 = py_sod_metrics.FmeasureV2(
+        metric_handlers={
+            "dice": py_sod_metrics.DICEHandler(with_dynamic=True, with_adaptive=True),
+            "iou": py_sod_metrics.IOUHandler(with_dynamic=True, with_adaptive=True),
+        }
+    )
+    for pred, gt in pairs:
+        for metric in (sm, em, wfm, mae, fm, v2):
+            metric.step(pred=pred, gt=gt)
+    fm_results, em_results = fm.get_results()["fm"], em.get_results()["em"]
+    v2_results = v2.get_results()
+    return {
+        "mDice": v2_results["dice"]["dynamic"].mean(),
+        "mIoU": v2_results["iou"]["dynamic"].mean(),
+        "S-measure": sm.get_results()["sm"],
+        "wF-measure": wfm.get_results()["wfm"],
+        "F-measure (adaptive)": fm_results["adp"],
+        "F-measure (mean)": fm_results["curve"].mean(),
+        "F-measure (max)": fm_results["curve"].max(),
+        "E-measure (adaptive)": em_results["adp"],
+        "E-measure (mean)": em_results["curve"].mean(),
+        "E-measure (max)": em_results["curve"].max(),
+        "MAE": mae.get_results()["mae"],
+    }
+
+
+def test_every_metric_equals_direct_pysodmetrics():
+    pairs = samples()
+    metrics = SegmentationMetrics()
+    for pred, gt in pairs:
+        metrics.update(pred, gt)
+    assert len(metrics) == len(pairs)
+    got = metrics.compute()
+    expected = direct_pysodmetrics(pairs)
+    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER)
+    assert list(got) == list(METRIC_NAMES)
+    for name in EXPECTED_KEYS:
+        assert type(got[name]) is float, name
+        assert got[name] == float(expected[name]), name
+    # compute() does not consume anything: more samples keep accumulating
+    metrics.update(*pairs[1])
+    assert metrics.compute()["MAE"] == float(direct_pysodmetrics(pairs + [pairs[1]])["MAE"])
+
+
+def test_single_sample_values_are_plausible():
+    gt = disc(40, 40, 20, 20, 10)
+    metrics = SegmentationMetrics()
+    metrics.update(soft_disc(40, 40, 20, 20, 10), gt)
+    values = metrics.compute()
+    # (pysodmetrics' E-measure divides the alignment sum by H*W - 1, so it can exceed 1 by a hair)
+    assert all(0.0 <= v <= 1.01 for v in values.values()), values
+    assert values["S-measure"] > 0.8 and values["MAE"] < 0.2
+
+
+def test_perfect_prediction():
+    metrics = SegmentationMetrics()
+    for h, w in [(30, 40), (45, 33)]:
+        gt = disc(h, w, h / 2, w / 2, min(h, w) / 3)
+        metrics.update(gt.copy(), gt)
+    values = metrics.compute()
+    assert values["S-measure"] == pytest.approx(1.0, abs=1e-6)
+    assert values["MAE"] == 0.0
+    # threshold-averaged: only the ">= 0" threshold (everything foreground) is imperfect
+    assert values["mDice"] == pytest.approx(1.0, abs=0.01)
+    assert values["mIoU"] == pytest.approx(1.0, abs=0.01)
+    assert values["F-measure (max)"] == pytest.approx(1.0, abs=1e-6)
+    assert values["E-measure (max)"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_shape_mismatch_and_types():
+    metrics = SegmentationMetrics()
+    with pytest.raises(ValueError, match=r"\(10, 12\).*\(12, 10\)"):
+        metrics.update(np.zeros((10, 12), np.uint8), np.zeros((12, 10), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        metrics.update(np.zeros((10, 10), np.float32), np.zeros((10, 10), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        metrics.update(np.zeros((10, 10), np.uint8), np.zeros((10, 10), bool))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.update(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.uint8))
+    assert len(metrics) == 0
+
+
+def test_compute_without_samples_raises():
+    with pytest.raises(ValueError, match="no samples"):
+        SegmentationMetrics().compute()
+    metrics = SegmentationMetrics()
+    metrics.update(disc(10, 10, 5, 5, 3), disc(10, 10, 5, 5, 3))
+    metrics.reset()
+    assert len(metrics) == 0
+    with pytest.raises(ValueError):
+        metrics.compute()
+
+
+def test_is_better():
+    assert is_better("MAE", 0.04, 0.05) and not is_better("MAE", 0.06, 0.05)
+    assert is_better("S-measure", 0.9, 0.8) and not is_better("S-measure", 0.7, 0.8)
+    assert not is_better("S-measure", 0.8, 0.8) and not is_better("MAE", 0.05, 0.05)
+    assert is_better("MAE", 0.5, None) and is_better("mDice", 0.0, None)
+    assert not is_better("mDice", float("nan"), 0.1)
+    assert HIGHER_IS_BETTER["MAE"] is False and HIGHER_IS_BETTER["mIoU"] is True
+    with pytest.raises(KeyError):
+        is_better("accuracy", 1.0, 0.5)
+
+
+def test_to_uint8_map():
+    p = np.array([[0.0, 0.5, 1.0], [0.2, 1.5, -0.1]], np.float32)
+    expected = np.array([[0, 128, 255], [51, 255, 0]], np.uint8)  # round(0.5*255)=round(127.5)=128
+    np.testing.assert_array_equal(to_uint8_map(p), expected)
+    np.testing.assert_array_equal(to_uint8_map(torch.from_numpy(p)), expected)
+    assert to_uint8_map(p).dtype == np.uint8
+    np.testing.assert_array_equal(to_uint8_map(np.array([[True, False]])), [[255, 0]])
+    np.testing.assert_array_equal(to_uint8_map(np.array([[np.nan, 0.25]])), [[0, 64]])
+    with pytest.raises(ValueError, match="shape"):
+        to_uint8_map(np.zeros((1, 2, 2)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,28 @@ def test_cli_info_and_push(artifact, offline_hub, capsys):
     assert offline_hub.pushes[-1][0] == "me/pushed"
     loaded = Sam2UNetForImageSegmentation.from_pretrained("me/pushed")
     assert isinstance(loaded, Sam2UNetForImageSegmentation)
+
+
+def test_predict_on_a_folder_of_awkward_files(artifact, tmp_path, capsys):
+    """Zero-byte, truncated, mislabelled files fail alone; CMYK, 16-bit and EXIF-rotated files work."""
+    folder = tmp_path / "awkward"
+    folder.mkdir()
+    (folder / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(tmp_path / "full.jpg", quality=95)
+    (folder / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:200])
+    (folder / "notes.png").write_text("this is text, not a PNG")
+    Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.arange(50 * 20, dtype=np.uint16).reshape(20, 50) * 60).save(folder / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: a 30x20 file is shown 20x30
+    Image.new("RGB", (30, 20), (200, 200, 10)).save(folder / "rotated.jpg", exif=exif)
+
+    _, model_dir = artifact
+    code = cli_main(["predict", "--model", str(model_dir), str(folder), "--output-dir", str(tmp_path / "out")])
+    assert code == 1
+    report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
+    assert sorted(Path(p).name for p in report["failed"]) == ["empty.jpg", "notes.png", "truncated.jpg"]
+    err = capsys.readouterr().err
+    assert all(name in err for name in ("empty.jpg", "notes.png", "truncated.jpg"))
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "out" / "masks").iterdir()}
+    assert sizes == {"cmyk.png": (40, 30), "deep.png": (50, 20), "rotated.png": (20, 30)}

@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "sample_data"
-
 
 def _predict(args) -> int:
     import torch
@@ -24,7 +22,7 @@ def _predict(args) -> int:
     print(f"{report.summary()} -> {args.output_dir}")
     for path, reason in report.failed.items():
         print(f"  skipped {path}: {reason}", file=sys.stderr)
-    return 1 if report.failed and not report.written else 0
+    return 1 if report.failed else 0  # non-zero: some inputs could not be read (listed above)
 
 
 def _convert(args) -> int:
@@ -82,43 +80,11 @@ def _info(args) -> int:
 
 
 def _demo(args) -> int:
-    """Build (or load) a model, save it as a trainable-only artifact plus a self-contained copy, reload it
-    and predict the built-in sample images. Without --model, the model is a tiny SAM2-UNet with random
-    weights: the run exercises the whole pipeline; its masks are not meaningful."""
-    import torch
+    from .demo import run_demo
 
-    from .finetune import trainable_summary
-    from .predict import load_model_and_processor, predict_files
-
-    output_dir = Path(args.output_dir)
-    if args.model:
-        model, processor = load_model_and_processor(args.model)
-    else:
-        from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation
-
-        print("No --model given and no weights can be downloaded here: using a tiny SAM2-UNet with random")
-        print("weights (the masks below are NOT meaningful; pass --model <your fine-tuned repo> for real ones).")
-        torch.manual_seed(0)
-        config = Sam2UNetConfig(
-            backbone_preset="tiny",
-            hiera_config=dict(blocks_per_stage=[1, 1, 2, 1], global_attention_blocks=[3]),
-            rfb_channels=32,
-            image_size=352,
-        )
-        model = Sam2UNetForImageSegmentation(config).eval()
-        model.save_pretrained(output_dir / "model-adapters-only")
-        model.save_pretrained(output_dir / "model", include_backbone=True)
-        model.default_image_processor().save_pretrained(output_dir / "model")
-        print(f"saved {output_dir / 'model'} (self-contained) and {output_dir / 'model-adapters-only'}")
-        model, processor = load_model_and_processor(str(output_dir / "model"))
-    print(trainable_summary(model))
-    if not args.inputs and not SAMPLE_DATA.is_dir():
-        raise SystemExit(f"{SAMPLE_DATA}: built-in samples not found (installed from a wheel?); pass image paths")
-    inputs = args.inputs or [str(SAMPLE_DATA / "ECSSD" / "images"), str(SAMPLE_DATA / "Kvasir-SEG" / "images")]
-    report = predict_files(model, processor, inputs, output_dir / "predictions", overlay=True, cutout=True,
-                           overwrite=True)
-    print(f"{report.summary()} -> {output_dir / 'predictions'} (masks/, overlays/, cutouts/)")
-    return 0 if report.written else 1
+    run_demo(args.output_dir, data=args.data, backbone=args.backbone, backbone_preset=args.backbone_preset,
+             max_steps=args.max_steps, seed=args.seed)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,15 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?")
     info.set_defaults(func=_info)
 
-    demo = commands.add_parser("demo", help="end-to-end run on the built-in sample images")
-    demo.add_argument("--model", default=None)
+    demo = commands.add_parser("demo", help="short fine-tune + evaluation + predictions on built-in data")
     demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("inputs", nargs="*", help="images/folders (default: examples/sample_data)")
+    demo.add_argument("--data", default=None, help="image/mask folder (default: generated camouflage-like data)")
+    demo.add_argument("--backbone", default=None, help="real SAM 2 weights (Hub id/folder); default: random tiny")
+    demo.add_argument("--backbone-preset", default="tiny")
+    demo.add_argument("--max-steps", type=int, default=150)
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    from .evaluate import add_evaluate_parser
+
+    add_evaluate_parser(commands)
+    # `train` is parsed by transformers' HfArgumentParser from the TrainingArguments dataclass (see main).
+    commands.add_parser("train", help="fine-tune (same as accelerate launch examples/train.py); train --help",
+                        add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from .training import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 

@@ -1,0 +1,170 @@
+"""Built-in synthetic camouflaged-object data, for demos and tests.
+
+Real benchmark images may not be committed to the repository, yet the demo, the tests and a quick
+"does training work at all" check need image/mask pairs. :func:`make_camouflage_dataset` writes
+them: each image is a textured background (smooth multi-scale noise mapped through a random colour
+palette) with one or two objects (blobs, ellipses, polygons) painted with a texture from the *same*
+palette, slightly shifted in colour and with a finer grain. The mean colour of an object is close to
+that of its surroundings, so a pixel-colour threshold does not segment it, but the texture
+difference is consistent, so the data is learnable: a tiny model trained for a few minutes on a CPU
+should beat a centre prior (objects are placed anywhere in the frame, not preferentially in the centre).
+
+Everything is numpy + PIL and deterministic for a seed; sample ``i`` of a dataset depends only on
+``(seed, i)``, so ``num_pairs`` can change without changing the first samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = ["make_camouflage_dataset", "make_camouflage_sample"]
+
+# Object area limits as a fraction of the image; samples outside are redrawn.
+_MIN_FOREGROUND = 0.06
+_MAX_FOREGROUND = 0.50
+
+
+def _noise(rng: np.random.Generator, size: tuple[int, int], cells: tuple[float, ...]) -> np.ndarray:
+    """Smooth multi-scale noise in [0, 1]: random grids of ``cells`` cells per side, upsampled bicubically.
+
+    Finer octaves get smaller weights (1/f-like), so the result looks like a natural texture.
+    """
+    h, w = size
+    acc = np.zeros((h, w), np.float32)
+    for k, c in enumerate(cells):
+        gh, gw = max(2, round(c * h / max(h, w))), max(2, round(c * w / max(h, w)))
+        grid = rng.standard_normal((gh, gw)).astype(np.float32)
+        up = Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BICUBIC)
+        acc += np.asarray(up, np.float32) * (0.65**k)
+    lo, hi = np.percentile(acc, (1.0, 99.0))
+    return np.clip((acc - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+
+
+def _apply_palette(t: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] through a (K, 3) colour palette by piecewise-linear interpolation."""
+    stops = np.linspace(0.0, 1.0, len(palette))
+    return np.stack([np.interp(t, stops, palette[:, c]) for c in range(3)], axis=-1)
+
+
+def _random_palette(rng: np.random.Generator) -> np.ndarray:
+    """Three related colours (a natural-looking scene: one hue family, varied lightness)."""
+    base = rng.uniform(60, 190, size=3)
+    lightness = np.sort(rng.uniform(0.55, 1.4, size=3))  # dark -> light, so noise reads as shading
+    palette = [np.clip(base * k + rng.normal(0, 18, size=3), 0, 255) for k in lightness]
+    return np.stack(palette).astype(np.float32)
+
+
+def _shape_polygon(rng: np.random.Generator, size: tuple[int, int], scale: float) -> list[tuple[float, float]]:
+    """A random blob (radial Fourier outline), ellipse or polygon; ``scale`` is its mean radius over min side."""
+    h, w = size
+    r0 = scale * min(h, w)
+    cy = rng.uniform(0.15, 0.85) * h
+    cx = rng.uniform(0.15, 0.85) * w
+    kind = rng.integers(3)
+    if kind == 0:  # blob
+        n = 96
+        theta = np.linspace(0, 2 * math.pi, n, endpoint=False)
+        r = np.ones(n)
+        for k in range(2, 6):
+            r += rng.uniform(0, 0.35 / k * 2) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+        r = r0 * np.clip(r, 0.35, None)
+        aspect = 1.0
+    elif kind == 1:  # ellipse
+        n = 64
+        theta = np.linspace(0, 2 * math.pi, n, endpoint=False)
+        r = np.full(n, r0)
+        aspect = rng.uniform(0.45, 1.0)
+    else:  # irregular polygon
+        n = int(rng.integers(5, 9))
+        theta = np.sort(rng.uniform(0, 2 * math.pi, n))
+        r = r0 * rng.uniform(0.7, 1.3, n)
+        aspect = rng.uniform(0.6, 1.0)
+    rot = rng.uniform(0, math.pi)
+    x, y = r * np.cos(theta), r * np.sin(theta) * aspect
+    xs = cx + x * math.cos(rot) - y * math.sin(rot)
+    ys = cy + x * math.sin(rot) + y * math.cos(rot)
+    return list(zip(xs.tolist(), ys.tolist()))
+
+
+def _random_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A bool (H, W) mask of 1-2 objects covering between 6 % and 50 % of the image."""
+    h, w = size
+    while True:
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(1, 3))):
+            draw.polygon(_shape_polygon(rng, size, rng.uniform(0.14, 0.34)), fill=255)
+        mask = np.asarray(canvas) > 127
+        if _MIN_FOREGROUND <= mask.mean() <= _MAX_FOREGROUND:
+            return mask
+
+
+def make_camouflage_sample(
+    rng: np.random.Generator | int | None, size: int | tuple[int, int] = (128, 128)
+) -> tuple[Image.Image, Image.Image]:
+    """Make one camouflage-like scene.
+
+    Args:
+        rng: a ``numpy.random.Generator`` (or a seed for one).
+        size: ``(height, width)`` or one int for a square image.
+
+    Returns:
+        ``(image, mask)``: an RGB PIL image and an ``"L"`` PIL mask with values {0, 255}.
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 16 or w < 16:
+        raise ValueError(f"size must be at least 16x16, got {h}x{w}")
+
+    palette = _random_palette(rng)
+    # Background: coarse, smooth octaves. Object: same palette, slightly shifted in colour, with the
+    # octaves shifted towards finer grain (the learnable cue), and a little extra contrast.
+    coarse = float(rng.uniform(3.0, 5.0))
+    bg_cells = tuple(coarse * 2.0**k for k in range(4))
+    fg_cells = tuple(coarse * 2.0 ** (k + rng.uniform(1.5, 2.0)) for k in range(4))
+    background = _apply_palette(_noise(rng, (h, w), bg_cells), palette)
+    shift = rng.normal(0.0, 1.0, size=3)
+    shift = shift / (np.linalg.norm(shift) + 1e-6) * rng.uniform(8.0, 16.0)
+    foreground = _apply_palette(_noise(rng, (h, w), fg_cells), np.clip(palette + shift, 0, 255))
+
+    mask = _random_mask(rng, (h, w))
+    image = np.where(mask[..., None], foreground, background)
+    image += rng.normal(0.0, 3.0, size=image.shape)  # sensor noise
+    pil = Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), mode="RGB")
+    # A slight blur so that object borders are not razor-sharp colour steps.
+    pil = pil.filter(ImageFilter.GaussianBlur(radius=0.6))
+    return pil, Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+
+
+def make_camouflage_dataset(
+    folder: str | os.PathLike,
+    num_pairs: int = 48,
+    size: int | tuple[int, int] = (128, 128),
+    seed: int = 0,
+) -> Path:
+    """Write ``num_pairs`` synthetic camouflage scenes as ``folder/images/NNNN.png`` + ``folder/masks/NNNN.png``.
+
+    Images are RGB PNGs, masks 8-bit gray PNGs with values {0, 255}; names run from ``0000``. The
+    output is deterministic for ``seed`` (sample ``i`` uses the generator seeded with ``(seed, i)``).
+    For the demo and the tests; the folder loads with :func:`dsunet_hf.data.load_segmentation_dataset`.
+
+    Returns:
+        ``Path(folder)``.
+    """
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(num_pairs - 1)))
+    for i in range(num_pairs):
+        image, mask = make_camouflage_sample(np.random.default_rng([seed, i]), size)
+        name = f"{i:0{width}d}.png"
+        image.save(root / "images" / name, compress_level=1)
+        mask.save(root / "masks" / name, compress_level=1)
+    return root

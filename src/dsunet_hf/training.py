@@ -1,0 +1,414 @@
+"""Fine-tuning loop on accelerate: ``accelerate launch examples/train.py`` and ``dsunet-hf train``.
+
+Model-agnostic: a model is picked by name from the registry (``--model sam2-unet``). Defaults follow the
+upstream recipe (AdamW lr 1e-3, weight decay 5e-4, cosine to 1e-7 stepped per epoch, batch 12, horizontal
+and vertical flips). Checkpoints hold only the trainable tensors (plus optimizer, scheduler and RNG
+states), are written atomically, and ``--resume-from-checkpoint latest`` continues exactly where a run
+stopped, skipping the batches it had consumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainingArguments:
+    """Every option of ``dsunet-hf train`` / ``examples/train.py`` (one flag per field)."""
+
+    train_data: str = field(metadata={"help": "folder of image/mask pairs, imagefolder with metadata.jsonl, or Hub dataset id"})
+    model: str = field(default="sam2-unet", metadata={"help": "model name (sam2-unet)"})
+    val_data: str | None = field(default=None, metadata={"help": "validation data; default: split off --validation-ratio"})
+    validation_ratio: float = field(default=0.1, metadata={"help": "validation share when --val-data is not given"})
+    image_column: str | None = field(default=None, metadata={"help": "image column of a Hub/imagefolder dataset"})
+    mask_column: str | None = field(default=None, metadata={"help": "mask column of a Hub/imagefolder dataset"})
+    output_dir: str = field(default="outputs/train", metadata={"help": "checkpoints, logs and the final model"})
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "frozen backbone weights: Hub id, local folder or checkpoint file; 'random' = random "
+                          "init without download (smoke tests); default: the preset's official repo"},
+    )
+    backbone_preset: str | None = field(default=None, metadata={"help": "backbone size preset (e.g. tiny, large)"})
+    config_overrides: str | None = field(default=None, metadata={"help": "JSON of extra model-config fields"})
+    finetune_strategy: str = field(default="adapter", metadata={"help": "adapter | lora | full | frozen"})
+    image_size: int | None = field(default=None, metadata={"help": "input size (default: the model's)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})
+    min_learning_rate: float = field(default=1e-7, metadata={"help": "cosine schedule floor"})
+    lr_schedule: str = field(
+        default="cosine-epoch",
+        metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | constant"},
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    num_epochs: int = field(default=20, metadata={"help": "epochs (ignored when --max-steps is set)"})
+    max_steps: int | None = field(default=None, metadata={"help": "total optimizer steps"})
+    batch_size: int = field(default=12, metadata={"help": "per-device batch size"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (upstream: none)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute backbone activations"})
+    seed: int = field(default=0, metadata={"help": "seed of init, data order and augmentation"})
+    eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
+    metric_for_best_model: str = field(default="S-measure", metadata={"help": "metric that selects the best model"})
+    max_val_samples: int | None = field(default=None, metadata={"help": "cap on validation images"})
+    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    stop_after_steps: int | None = field(
+        default=None, metadata={"help": "checkpoint and stop at this step (split a run across job slots)"}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log loss and lr every N steps"})
+    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker (tensorboard | none | ...)"})
+    num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the final model"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "repo id for --push-to-hub"})
+    hub_private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint needs beyond weights/optimizer/RNG to continue exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_metrics: dict = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainingArguments:
+    parser = HfArgumentParser(TrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
+# --- model, data, schedule ------------------------------------------------------------------------
+
+def build_model(args: TrainingArguments, accelerator: Accelerator | None = None):
+    from .models import get_model_spec
+
+    spec = get_model_spec(args.model)
+    config_kwargs = json.loads(args.config_overrides) if args.config_overrides else {}
+    config_kwargs["finetune_strategy"] = args.finetune_strategy
+    if args.backbone_preset:
+        config_kwargs["backbone_preset"] = args.backbone_preset
+    if args.image_size:
+        config_kwargs["image_size"] = args.image_size
+    if args.backbone and args.backbone != "random":
+        config_kwargs["backbone_repo_id"] = args.backbone
+    config = spec.config_class(**config_kwargs)
+    if args.backbone == "random":
+        logger.warning("--backbone random: the frozen backbone keeps its RANDOM initialisation (no download)")
+        config.backbone_repo_id = "random-init"
+        model = spec.model_class(config)
+    else:
+        model = spec.model_class.from_pretrained_backbones(config)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return spec, model
+
+
+def build_datasets(args: TrainingArguments):
+    from .data import load_segmentation_dataset, train_validation_split
+
+    columns = {"image_column": args.image_column, "mask_column": args.mask_column}
+    if args.val_data:
+        train = load_segmentation_dataset(args.train_data, split="train", **columns)
+        validation = load_segmentation_dataset(args.val_data, split="validation", **columns)
+    else:
+        train, validation = train_validation_split(
+            load_segmentation_dataset(args.train_data, split="train", **columns), args.validation_ratio, args.seed
+        )
+    return train, validation
+
+
+def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch: int):
+    """Multiplier of the base lr per optimizer step. Written here (not transformers' schedules) because the
+    upstream recipe steps a cosine per *epoch* (CosineAnnealingLR, T_max=epochs, eta_min=1e-7)."""
+    floor = args.min_learning_rate / args.learning_rate
+    total_epochs = max(1, math.ceil(total_steps / steps_per_epoch))
+
+    def multiplier(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        if args.lr_schedule == "constant":
+            return 1.0
+        if args.lr_schedule == "cosine-epoch":
+            progress = (step // steps_per_epoch) / total_epochs
+        elif args.lr_schedule == "cosine":
+            progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+        else:
+            raise ValueError(f"unknown lr_schedule {args.lr_schedule!r}")
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return multiplier
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (``checkpoint-<step>``; half-written ``.tmp`` ones are ignored)."""
+    folder = output_dir / "checkpoints"
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def resolve_resume_path(args: TrainingArguments) -> Path | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = checkpoint_dirs(Path(args.output_dir))
+        if not found:
+            logger.warning("--resume-from-checkpoint latest: no checkpoint in %s, starting fresh", args.output_dir)
+            return None
+        return found[-1]
+    path = Path(args.resume_from_checkpoint)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"{path}: not a checkpoint folder (no {TRAINER_STATE})")
+    return path
+
+
+def _write_json_atomic(path: Path, payload) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def _replace_dir(temporary: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+
+
+def register_trainable_checkpoint_hooks(accelerator: Accelerator) -> None:
+    """``save_state`` writes only the trainable tensors of our models (not the frozen backbones)."""
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in accelerator.unwrap_model(model).trainable_state_dict().items()},
+                    os.path.join(output_dir, TRAINABLE_WEIGHTS),
+                )
+        weights.clear()  # keep accelerate from also writing the full model
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            load_trainable_weights(model, Path(input_dir) / TRAINABLE_WEIGHTS)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def load_trainable_weights(model, path: Path) -> None:
+    state = load_file(str(path))
+    expected = set(model.trainable_state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"{path}: does not fit this model; missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+def train(args: TrainingArguments) -> dict:
+    """Run training; returns a summary (steps, best metrics, paths)."""
+    from .data import SegmentationTransform, collate_segmentation, dataset_name
+    from .evaluate import evaluate_model
+    from .metrics import HIGHER_IS_BETTER, is_better
+
+    output_dir = Path(args.output_dir)
+    if args.metric_for_best_model not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown --metric-for-best-model {args.metric_for_best_model!r}; one of {sorted(HIGHER_IS_BETTER)}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push-to-hub needs --hub-model-id")
+    report_to = None if args.report_to in ("none", "", None) else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # The data order is a function of (seed, epoch): needed to skip consumed batches on resume.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    spec, model = build_model(args, accelerator)
+    processor = model.default_image_processor()
+    train_set, validation_set = build_datasets(args)
+    train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
+    train_loader = DataLoader(
+        train_set.with_transform(train_transform), batch_size=args.batch_size, shuffle=True,
+        collate_fn=collate_segmentation, num_workers=args.num_workers,
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+    total_steps = args.max_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    # Stepped once per optimizer step on each process; accelerate steps it num_processes times.
+    multiplier = lr_lambda_factory(args, total_steps * accelerator.num_processes, steps_per_epoch * accelerator.num_processes)
+    scheduler = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier))
+    register_trainable_checkpoint_hooks(accelerator)
+
+    state = TrainerState()
+    resume_path = resolve_resume_path(args)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        state = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
+        logger.info("resumed from %s at step %d", resume_path, state.global_step)
+
+    unwrapped = accelerator.unwrap_model(model)
+    train_names = [dataset_name(args.train_data)]
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(output_dir / "training_args.json", asdict(args))
+    if report_to:
+        accelerator.init_trackers("dsunet-hf", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+
+    def log(values: dict) -> None:
+        accelerator.log(values, step=state.global_step)
+        if accelerator.is_main_process:
+            with open(output_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **values}) + "\n")
+
+    def save_checkpoint() -> None:
+        final = output_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+        temporary = final.with_name(final.name + ".tmp")
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            _write_json_atomic(temporary / TRAINER_STATE, asdict(state))
+            _replace_dir(temporary, final)
+            if args.save_total_limit:
+                for old in checkpoint_dirs(output_dir)[: -args.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def save_model(folder: Path, metrics: dict) -> None:
+        temporary = folder.with_name(folder.name + ".tmp")
+        # A random backbone exists nowhere else: keep it in the artifact so that it loads again.
+        unwrapped.save_pretrained(
+            temporary, include_backbone=args.backbone == "random", model_card_kwargs={"metrics": metrics, "dataset_names": train_names,
+                                          "repo_id": args.hub_model_id}
+        )
+        processor.save_pretrained(temporary)
+        _replace_dir(temporary, folder)
+
+    def validate() -> None:
+        if accelerator.is_main_process:
+            metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,
+                                     progress=False)
+            model.train()
+            log({f"val/{k}": v for k, v in metrics.items()})
+            value = metrics[args.metric_for_best_model]
+            if is_better(args.metric_for_best_model, value, state.best_metric):
+                state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
+                save_model(output_dir / "best", metrics)
+            bar.set_postfix_str(f"{args.metric_for_best_model} {value:.4f}")
+        accelerator.wait_for_everyone()
+
+    bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step",
+               disable=not (args.progress and accelerator.is_local_main_process))
+    model.train()
+    running_loss, running_count = 0.0, 0
+    stop_at = min(total_steps, args.stop_after_steps or total_steps)
+    while state.global_step < stop_at and state.epoch < num_epochs:
+        train_transform.epoch = state.epoch
+        train_loader.set_epoch(state.epoch)
+        batches = train_loader
+        if state.batches_in_epoch:
+            batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.batches_in_epoch += 1
+            running_loss += loss.detach().float().item()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            bar.update(1)
+            if state.global_step % args.logging_steps == 0 or state.global_step == stop_at:
+                values = {"train/loss": running_loss / running_count, "train/lr": scheduler.get_last_lr()[0]}
+                bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['train/lr']:.2e}")
+                log(values)
+                running_loss, running_count = 0.0, 0
+            end_of_epoch = state.batches_in_epoch >= len(train_loader)
+            if end_of_epoch:  # the epoch is complete: a checkpoint taken now resumes at the next one
+                state.epoch += 1
+                state.batches_in_epoch = 0
+            due_eval = args.eval_steps and state.global_step % args.eval_steps == 0
+            if due_eval or (not args.eval_steps and end_of_epoch) or state.global_step == total_steps:
+                validate()
+            due_save = args.save_steps and state.global_step % args.save_steps == 0
+            if due_save or (not args.save_steps and end_of_epoch) or state.global_step == stop_at:
+                save_checkpoint()
+            if state.global_step >= stop_at or end_of_epoch:
+                break
+        else:  # the loader ran out without a synced step marking the end of the epoch
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    bar.close()
+
+    summary = {"global_step": state.global_step, "total_steps": total_steps, "best_step": state.best_step,
+               "best_metrics": state.best_metrics, "output_dir": str(output_dir)}
+    if state.global_step < total_steps:
+        logger.warning("stopped at step %d of %d; continue with --resume-from-checkpoint latest",
+                       state.global_step, total_steps)
+        accelerator.end_training()
+        return summary
+    if accelerator.is_main_process:
+        final = output_dir / "model"
+        if (output_dir / "best").is_dir():
+            shutil.copytree(output_dir / "best", final, dirs_exist_ok=True)
+        else:
+            save_model(final, {})
+        summary["model_dir"] = str(final)
+        if args.push_to_hub:
+            from .hub import upload_folder_to_hub
+
+            summary["hub_repo_id"] = upload_folder_to_hub(
+                final, args.hub_model_id, private=args.hub_private, commit_message="End of training"
+            )
+        _write_json_atomic(output_dir / "train_summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import dsunet_hf  # noqa: F401  (registers the Auto classes)
+
+    summary = train(parse_args(argv))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

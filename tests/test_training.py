@@ -1,0 +1,143 @@
+"""Training: accelerate launch end to end, exact resume, checkpoints, logged metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA, TINY_HIERA, TINY_SIZE
+from safetensors.torch import load_file
+
+from dsunet_hf.synthetic import make_camouflage_dataset
+from dsunet_hf.training import TrainingArguments, checkpoint_dirs, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = json.dumps({"hiera_config": TINY_HIERA, "rfb_channels": 16})
+
+
+@pytest.fixture(scope="module")
+def generated_data(tmp_path_factory):
+    return make_camouflage_dataset(tmp_path_factory.mktemp("data") / "camo", num_pairs=24, size=(80, 72), seed=1)
+
+
+def tiny_args(data, output_dir, **overrides) -> TrainingArguments:
+    fields = dict(
+        train_data=str(data), output_dir=str(output_dir), backbone="random", backbone_preset="tiny",
+        config_overrides=TINY_OVERRIDES, image_size=TINY_SIZE, batch_size=4, max_steps=8, save_steps=2,
+        eval_steps=4, save_total_limit=10, validation_ratio=0.25, report_to="none", progress=False, logging_steps=1,
+    )
+    fields.update(overrides)
+    return TrainingArguments(**fields)
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "examples" / "train.py"), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def check_run_outputs(output: Path, dataset: str) -> None:
+    model_dir = output / "model"
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
+        assert (model_dir / name).is_file(), name
+    card = (model_dir / "README.md").read_text()
+    assert "S-measure" in card and dataset in card
+    checkpoints = checkpoint_dirs(output)
+    assert checkpoints and (checkpoints[-1] / "trainable_weights.safetensors").is_file()
+    assert json.loads((checkpoints[-1] / "trainer_state.json").read_text())["global_step"] == int(
+        checkpoints[-1].name.split("-")[-1]
+    )
+    assert not any(p.name.endswith(".tmp") for p in (output / "checkpoints").iterdir())
+    logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in row for row in logged)
+    validation = [row for row in logged if "val/S-measure" in row]
+    assert validation and all(0 <= row["val/S-measure"] <= 1 for row in validation)
+    assert {"val/MAE", "val/mDice", "val/E-measure (mean)"} <= set(validation[-1])
+
+
+def test_accelerate_launch_on_generated_data(generated_data, tmp_path):
+    output = tmp_path / "run"
+    launch(["--train-data", str(generated_data), "--output-dir", str(output), "--backbone", "random",
+            "--backbone-preset", "tiny", "--config-overrides", TINY_OVERRIDES, "--image-size", str(TINY_SIZE),
+            "--batch-size", "4", "--max-steps", "4", "--save-steps", "2", "--eval-steps", "2",
+            "--save-total-limit", "1", "--report-to", "tensorboard", "--validation-ratio", "0.25"], cwd=tmp_path)
+    check_run_outputs(output, "camo")
+    assert [p.name for p in checkpoint_dirs(output)] == ["checkpoint-4"]  # the keep limit removed checkpoint-2
+    assert list((output / "logs").rglob("events.out.tfevents*")), "no TensorBoard event file"
+    from transformers import AutoModelForImageSegmentation
+
+    import dsunet_hf  # noqa: F401
+
+    model = AutoModelForImageSegmentation.from_pretrained(output / "model")  # self-contained (random backbone)
+    assert model(torch.randn(1, 3, TINY_SIZE, TINY_SIZE)).logits.shape == (1, 1, TINY_SIZE, TINY_SIZE)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
+def test_accelerate_launch_on_real_samples(tmp_path):
+    output = tmp_path / "ecssd"
+    launch(["--train-data", str(SHARED_DATA / "ECSSD"), "--output-dir", str(output), "--backbone", "random",
+            "--backbone-preset", "tiny", "--config-overrides", TINY_OVERRIDES, "--image-size", str(TINY_SIZE),
+            "--batch-size", "4", "--max-steps", "3", "--eval-steps", "3", "--max-val-samples", "8",
+            "--report-to", "none"], cwd=tmp_path)
+    check_run_outputs(output, "ECSSD")
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data, tmp_path):
+    straight = train(tiny_args(generated_data, tmp_path / "straight"))
+    assert straight["global_step"] == 8
+    # Stop after step 3 (mid-epoch: 5 batches per epoch), then resume from the latest checkpoint.
+    first = train(tiny_args(generated_data, tmp_path / "split", stop_after_steps=3))
+    assert first["global_step"] == 3 and "model_dir" not in first
+    assert [p.name for p in checkpoint_dirs(tmp_path / "split")] == ["checkpoint-2", "checkpoint-3"]
+    resumed = train(tiny_args(generated_data, tmp_path / "split", resume_from_checkpoint="latest"))
+    assert resumed["global_step"] == 8
+
+    final_straight = load_file(str(tmp_path / "straight/checkpoints/checkpoint-8/trainable_weights.safetensors"))
+    final_split = load_file(str(tmp_path / "split/checkpoints/checkpoint-8/trainable_weights.safetensors"))
+    assert final_straight.keys() == final_split.keys()
+    for key, value in final_straight.items():
+        assert torch.equal(value, final_split[key]), key
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:3] == [1, 2, 3] and max(steps) == 8 and 4 in steps  # the counter continued after step 3
+    assert straight["best_metrics"] == resumed["best_metrics"]
+
+
+def test_bad_arguments_are_refused(generated_data, tmp_path):
+    with pytest.raises(ValueError, match="metric"):
+        train(tiny_args(generated_data, tmp_path / "x", metric_for_best_model="accuracy"))
+    with pytest.raises(ValueError, match="hub-model-id"):
+        train(tiny_args(generated_data, tmp_path / "x", push_to_hub=True))
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        train(tiny_args(generated_data, tmp_path / "x", resume_from_checkpoint=str(tmp_path)))
+
+
+def test_push_to_hub_at_the_end(generated_data, tmp_path, offline_hub):
+    train(tiny_args(generated_data, tmp_path / "run", max_steps=2, eval_steps=2, push_to_hub=True,
+                    hub_model_id="me/camo-tiny"))
+    assert offline_hub.pushes == [("me/camo-tiny", "End of training")]
+    from dsunet_hf import Sam2UNetForImageSegmentation
+
+    pulled = Sam2UNetForImageSegmentation.from_pretrained("me/camo-tiny")
+    card = next((offline_hub.repo_dir("me/camo-tiny") / "snapshots").iterdir()) / "README.md"
+    assert "S-measure" in card.read_text() and "camo" in card.read_text()
+    assert pulled(torch.randn(1, 3, TINY_SIZE, TINY_SIZE)).logits.shape[-1] == TINY_SIZE
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    from dsunet_hf.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", max_steps=3, num_pairs=10, image_size=64)
+    assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+    assert (tmp_path / "demo" / "evaluation" / "evaluation.json").is_file()
+    assert (tmp_path / "demo" / "train" / "model" / "README.md").is_file()
+    (metrics,) = result["metrics"].values()
+    assert 0 <= metrics["S-measure"] <= 1

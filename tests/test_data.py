@@ -36,7 +36,8 @@ def write_pairs(folder, image_dir, mask_dir, stems, size=(40, 30), mask_suffix="
 
 
 @pytest.mark.parametrize("image_dir, mask_dir", [("images", "masks"), ("Imgs", "GT"), ("im", "gt"),
-                                                 ("Image", "GT_Object"), ("TrainDataset/image", "TrainDataset/mask")])
+                                                 ("Image", "GT_Object"), ("TrainDataset/image", "TrainDataset/mask"),
+                                                 ("DUTS-TR-Image", "DUTS-TR-Mask")])
 def test_benchmark_layouts_pair_by_stem(tmp_path, image_dir, mask_dir, caplog):
     write_pairs(tmp_path, image_dir, mask_dir, ["b", "a", "c"])
     (tmp_path / image_dir / "lonely.jpg").write_bytes((tmp_path / image_dir / "a.jpg").read_bytes())
@@ -46,6 +47,15 @@ def test_benchmark_layouts_pair_by_stem(tmp_path, image_dir, mask_dir, caplog):
     assert [p[1].rsplit("/", 1)[-1] for p in scan.pairs] == ["a.png", "b.png", "c.png"]
     assert [s.rsplit("/", 1)[-1] for s in scan.unpaired_images] == ["lonely.jpg"]
     assert "lonely.jpg" in caplog.text
+
+
+def test_mask_file_suffixes_are_matched(tmp_path):
+    write_pairs(tmp_path, "images", "masks", ["ISIC_001"], mask_suffix="_segmentation.png")
+    write_pairs(tmp_path, "images", "masks", ["0002"], mask_suffix="_mask.png")
+    scan = find_image_mask_pairs(tmp_path)
+    assert [(a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]) for a, b in scan.pairs] == [
+        ("0002.jpg", "0002_mask.png"), ("ISIC_001.jpg", "ISIC_001_segmentation.png")]
+    assert not scan.unpaired_images and not scan.unpaired_masks
 
 
 def test_split_folders_and_unknown_layouts(tmp_path):

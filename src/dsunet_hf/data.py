@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ SPLIT_DIR_NAMES = {
     "test": ("test", "testing", "testdataset"),
 }
 MASK_COLUMN_NAMES = ("mask", "label", "annotation", "segmentation", "gt")
+# Mask files sometimes carry a suffix: ISIC_0000000_segmentation.png, 0001_mask.png, 0001-gt.png.
+MASK_STEM_SUFFIXES = ("_segmentation", "_mask", "-mask", "_gt", "-gt", "_label", "_anno")
 
 
 @dataclass
@@ -52,11 +55,21 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
+def _last_word(name: str) -> str:
+    """``DUTS-TR-Image`` -> ``image``: dataset folders often prefix the role with the set's name."""
+    return re.split(r"[-_ ]", name.lower())[-1]
+
+
 def _layout(folder: Path) -> tuple[Path, Path] | None:
-    children = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else {}
-    image_dir = next((children[n] for n in IMAGE_DIR_NAMES if n in children), None)
-    mask_dir = next((children[n] for n in MASK_DIR_NAMES if n in children), None)
-    return (image_dir, mask_dir) if image_dir and mask_dir else None
+    children = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    found = []
+    for names in (IMAGE_DIR_NAMES, MASK_DIR_NAMES):
+        exact = {p.name.lower(): p for p in children}
+        by_word = {_last_word(p.name): p for p in children}
+        found.append(next((exact[n] for n in names if n in exact), None)
+                     or next((by_word[n] for n in names if n in by_word), None))
+    image_dir, mask_dir = found
+    return (image_dir, mask_dir) if image_dir and mask_dir and image_dir != mask_dir else None
 
 
 def _find_layout(root: Path, split: str | None) -> tuple[Path, Path]:
@@ -84,6 +97,7 @@ def find_image_mask_pairs(root: str | Path, split: str | None = None) -> PairSca
         raise FileNotFoundError(f"{root}: no such folder")
     image_dir, mask_dir = _find_layout(root, split)
     images, masks = _image_files(image_dir), _image_files(mask_dir)
+    masks = {_image_stem(stem, images): path for stem, path in masks.items()}
     scan = PairScan(
         pairs=[(str(images[s]), str(masks[s])) for s in sorted(images.keys() & masks.keys())],
         unpaired_images=[str(images[s]) for s in sorted(images.keys() - masks.keys())],
@@ -94,6 +108,14 @@ def find_image_mask_pairs(root: str | Path, split: str | None = None) -> PairSca
         logger.warning("%s: %d file(s) without a partner, ignored: %s%s", root, len(unpaired),
                        ", ".join(unpaired[:5]), " ..." if len(unpaired) > 5 else "")
     return scan
+
+
+def _image_stem(mask_stem: str, images: dict) -> str:
+    if mask_stem not in images:
+        for suffix in MASK_STEM_SUFFIXES:
+            if mask_stem.lower().endswith(suffix) and mask_stem[: -len(suffix)] in images:
+                return mask_stem[: -len(suffix)]
+    return mask_stem
 
 
 def _oriented_size(path: str) -> tuple[int, int]:

@@ -28,8 +28,9 @@ def run_demo(
 ) -> dict:
     from .data import dataset_name
     from .evaluate import format_table, write_report
+    from .files import save_image_atomic
     from .image_io import load_image, load_mask
-    from .predict import contact_sheet, load_model_and_processor, predict_files, save_image_atomic
+    from .predict import contact_sheet, load_model_and_processor, predict_files
     from .synthetic import make_camouflage_dataset
     from .training import TrainingArguments, train
 

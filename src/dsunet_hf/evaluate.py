@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
+from .predict import predict_probabilities
 
 __all__ = [
     "evaluate_model",
@@ -85,13 +86,6 @@ def _load_sample(item: Any) -> tuple[Image.Image, np.ndarray]:
     return image, ground_truth
 
 
-def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    parameter = next(iter(model.parameters()), None)
-    if parameter is None:
-        return torch.device("cpu"), torch.float32
-    return parameter.device, parameter.dtype
-
-
 def evaluate_model(
     model,
     processor,
@@ -127,7 +121,6 @@ def evaluate_model(
     total = len(dataset)
     if max_samples is not None:
         total = min(total, max(int(max_samples), 0))
-    device, dtype = _model_device_dtype(model)
     metrics = SegmentationMetrics()
     skipped_here: list[str] = []
     was_training = model.training
@@ -151,11 +144,7 @@ def evaluate_model(
                     ground_truths.append(ground_truth)
                 if not images:
                     continue
-                inputs = processor(images)
-                logits = model(pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype)).logits
-                probabilities = processor.post_process_semantic_segmentation(
-                    logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
-                )
+                probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
                 for probability, ground_truth in zip(probabilities, ground_truths):
                     metrics.update(to_uint8_map(probability), ground_truth)
                 bar.update(len(images))
@@ -313,18 +302,6 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -353,7 +330,7 @@ def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict |
         "info": extra or {},
     }
     json_path, markdown_path = output_dir / "evaluation.json", output_dir / "evaluation.md"
-    _write_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n")
     lines = ["# Evaluation", "", format_table(results), ""]
     lines.append("↑ higher is better, ↓ lower is better. mDice/mIoU: mean over 256 thresholds (SAM2-UNet eval.py).")
     if extra:
@@ -364,7 +341,7 @@ def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict |
                 if len(value) > 300:
                     value = value[:300] + "… (see evaluation.json)"
             lines.append(f"- **{key}**: {value}")
-    _write_atomic(markdown_path, "\n".join(lines) + "\n")
+    write_text_atomic(markdown_path, "\n".join(lines) + "\n")
     return json_path, markdown_path
 
 

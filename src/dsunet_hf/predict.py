@@ -7,9 +7,6 @@ and existing outputs are kept (re-running resumes where a previous run stopped).
 from __future__ import annotations
 
 import glob
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .files import save_image_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -66,19 +64,6 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def save_image_atomic(image: Image.Image, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: no half-written PNG on interruption."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(descriptor)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def overlay_image(image: Image.Image, probability: np.ndarray, color=(255, 0, 80), alpha: float = 0.5):
     """The image with the foreground tinted, for a quick visual check."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
@@ -92,6 +77,17 @@ def cutout_image(image: Image.Image, probability: np.ndarray) -> Image.Image:
     rgba = image.convert("RGB").copy()
     rgba.putalpha(Image.fromarray((probability * 255).round().astype(np.uint8)))
     return rgba
+
+
+@torch.inference_mode()
+def predict_probabilities(model, processor, images: list, minmax_normalize: bool = False) -> list[torch.Tensor]:
+    """Foreground probabilities (H, W) at each image's original size, for a batch of PIL images."""
+    parameter = next(model.parameters())
+    inputs = processor(images)
+    logits = model(pixel_values=inputs["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)).logits
+    return processor.post_process_semantic_segmentation(
+        logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
+    )
 
 
 @torch.inference_mode()
@@ -119,8 +115,6 @@ def predict_files(
             report.skipped_existing.append(str(path))
         else:
             pending.append((path, name))
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(pending), batch_size):
         images, names, paths = [], [], []
@@ -134,11 +128,7 @@ def predict_files(
                 bar.update(1)
         if not images:
             continue
-        inputs_ = processor(images)
-        logits = model(pixel_values=inputs_["pixel_values"].to(device=device, dtype=dtype)).logits
-        probabilities = processor.post_process_semantic_segmentation(
-            logits.float(), target_sizes=inputs_["original_sizes"], minmax_normalize=minmax_normalize
-        )
+        probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
         for image, name, path, probability in zip(images, names, paths, probabilities):
             probability = probability.cpu().numpy()
             mask = probability >= threshold if threshold is not None else probability
@@ -151,7 +141,7 @@ def predict_files(
             bar.update(1)
     bar.close()
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "prediction_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
     return report
 
 

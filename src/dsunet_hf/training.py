@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from .files import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
@@ -189,12 +191,6 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
     return path
 
 
-def _write_json_atomic(path: Path, payload) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(temporary, path)
-
-
 def _replace_dir(temporary: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
@@ -285,7 +281,7 @@ def train(args: TrainingArguments) -> dict:
     train_names = [dataset_name(args.train_data)]
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(output_dir / "training_args.json", asdict(args))
+        write_json_atomic(output_dir / "training_args.json", asdict(args))
     if report_to:
         accelerator.init_trackers("dsunet-hf", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
 
@@ -301,7 +297,7 @@ def train(args: TrainingArguments) -> dict:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(temporary))
         if accelerator.is_main_process:
-            _write_json_atomic(temporary / TRAINER_STATE, asdict(state))
+            write_json_atomic(temporary / TRAINER_STATE, asdict(state))
             _replace_dir(temporary, final)
             if args.save_total_limit:
                 for old in checkpoint_dirs(output_dir)[: -args.save_total_limit]:
@@ -400,7 +396,7 @@ def train(args: TrainingArguments) -> dict:
             summary["hub_repo_id"] = upload_folder_to_hub(
                 final, args.hub_model_id, private=args.hub_private, commit_message="End of training"
             )
-        _write_json_atomic(output_dir / "train_summary.json", summary)
+        write_json_atomic(output_dir / "train_summary.json", summary)
     accelerator.end_training()
     return summary
 

@@ -1,171 +1,472 @@
-"""Data loading: benchmark layouts, imagefolder, Hub ids offline, verification, split, transform."""
+"""Data loading: folder layouts, imagefolder / Dataset / Hub sources, verification, splits, the transform,
+collation and the built-in synthetic data. All files are tiny and generated in tmp_path."""
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import random
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
 from PIL import Image
+from torch.utils.data import DataLoader
 
+from dsunet_hf import SegmentationImageProcessor
 from dsunet_hf.data import (
+    DatasetUnavailableError,
+    PairScan,
     SegmentationTransform,
     collate_segmentation,
     dataset_name,
+    dropped_files,
     find_image_mask_pairs,
     load_segmentation_dataset,
     train_validation_split,
 )
-from dsunet_hf.image_processing import SegmentationImageProcessor
-from dsunet_hf.synthetic import make_camouflage_dataset
+from dsunet_hf.image_io import ImageReadError
+from dsunet_hf.synthetic import make_camouflage_dataset, make_camouflage_sample
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LOGGER = "dsunet_hf.data"
 
 
-def write_pairs(folder, image_dir, mask_dir, stems, size=(40, 30), mask_suffix=".png"):
-    (folder / image_dir).mkdir(parents=True, exist_ok=True)
-    (folder / mask_dir).mkdir(parents=True, exist_ok=True)
+# ------------------------------------------------------------------------------------------ helpers
+def _rgb(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _mask(w: int, h: int) -> Image.Image:
+    arr = np.zeros((h, w), np.uint8)
+    arr[h // 4 : h // 2, w // 3 :] = 255
+    return Image.fromarray(arr)
+
+
+def write_pairs(root: Path, image_dir: str, mask_dir: str, stems, size=(20, 16), image_ext=".jpg") -> None:
+    (root / image_dir).mkdir(parents=True, exist_ok=True)
+    (root / mask_dir).mkdir(parents=True, exist_ok=True)
     for i, stem in enumerate(stems):
-        Image.new("RGB", size, (i * 20, 100, 50)).save(folder / image_dir / f"{stem}.jpg")
-        mask = Image.new("L", size, 0)
-        mask.paste(255, (0, 0, size[0] // 2, size[1]))
-        mask.save(folder / mask_dir / f"{stem}{mask_suffix}")
-    return folder
+        _rgb(*size, seed=i).save(root / image_dir / f"{stem}{image_ext}")
+        _mask(*size).save(root / mask_dir / f"{stem}.png")
 
 
-@pytest.mark.parametrize("image_dir, mask_dir", [("images", "masks"), ("Imgs", "GT"), ("im", "gt"),
-                                                 ("Image", "GT_Object"), ("TrainDataset/image", "TrainDataset/mask"),
-                                                 ("DUTS-TR-Image", "DUTS-TR-Mask")])
-def test_benchmark_layouts_pair_by_stem(tmp_path, image_dir, mask_dir, caplog):
+def warnings_text(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING)
+
+
+@pytest.fixture
+def processor():
+    return SegmentationImageProcessor(size=32)
+
+
+# ------------------------------------------------------------------------------------------ layouts
+@pytest.mark.parametrize(
+    "image_dir, mask_dir",
+    [
+        ("images", "masks"),
+        ("image", "mask"),
+        ("Imgs", "GT"),
+        ("im", "gt"),
+        ("Image", "GT_Object"),
+        ("TrainDataset/image", "TrainDataset/mask"),
+        ("JPEGImages", "SegmentationClass"),
+        ("images", "ground_truth_mask"),
+        ("DUTS-TR-Image", "DUTS-TR-Mask"),
+    ],
+)
+def test_layouts_pair_by_stem_and_report_unpaired(tmp_path, caplog, image_dir, mask_dir):
     write_pairs(tmp_path, image_dir, mask_dir, ["b", "a", "c"])
-    (tmp_path / image_dir / "lonely.jpg").write_bytes((tmp_path / image_dir / "a.jpg").read_bytes())
-    with caplog.at_level(logging.WARNING):
+    _rgb(20, 16).save(tmp_path / image_dir / "only_image.jpg")
+    _mask(20, 16).save(tmp_path / mask_dir / "only_mask.png")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         scan = find_image_mask_pairs(tmp_path)
-    assert [p[0].rsplit("/", 1)[-1] for p in scan.pairs] == ["a.jpg", "b.jpg", "c.jpg"]
-    assert [p[1].rsplit("/", 1)[-1] for p in scan.pairs] == ["a.png", "b.png", "c.png"]
-    assert [s.rsplit("/", 1)[-1] for s in scan.unpaired_images] == ["lonely.jpg"]
-    assert "lonely.jpg" in caplog.text
+    assert isinstance(scan, PairScan)
+    assert [(Path(i).name, Path(m).name) for i, m in scan.pairs] == [("a.jpg", "a.png"), ("b.jpg", "b.png"),
+                                                                      ("c.jpg", "c.png")]
+    assert all(Path(i).parent.name == Path(image_dir).name for i, _ in scan.pairs)
+    assert [Path(p).name for p in scan.unpaired_images] == ["only_image.jpg"]
+    assert [Path(p).name for p in scan.unpaired_masks] == ["only_mask.png"]
+    text = warnings_text(caplog)
+    assert "only_image.jpg" in text and "only_mask.png" in text and "1 image(s) without a mask" in text
 
 
-def test_mask_file_suffixes_are_matched(tmp_path):
-    write_pairs(tmp_path, "images", "masks", ["ISIC_001"], mask_suffix="_segmentation.png")
-    write_pairs(tmp_path, "images", "masks", ["0002"], mask_suffix="_mask.png")
+def test_cod10k_layout_ignores_edge_and_instance_folders(tmp_path):
+    write_pairs(tmp_path, "Image", "GT_Object", ["x1", "x2"])
+    (tmp_path / "GT_Edge").mkdir()
+    (tmp_path / "GT_Instance").mkdir()
     scan = find_image_mask_pairs(tmp_path)
-    assert [(a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]) for a, b in scan.pairs] == [
-        ("0002.jpg", "0002_mask.png"), ("ISIC_001.jpg", "ISIC_001_segmentation.png")]
+    assert {Path(m).parent.name for _, m in scan.pairs} == {"GT_Object"}
+    assert len(scan.pairs) == 2
+
+
+def test_mask_name_suffix_and_name_clash(tmp_path, caplog):
+    write_pairs(tmp_path, "images", "masks", ["p1"])
+    _rgb(20, 16).save(tmp_path / "images" / "p2.jpg")
+    _mask(20, 16).save(tmp_path / "masks" / "p2_segmentation.png")  # ISIC-style suffix
+    _rgb(20, 16).save(tmp_path / "images" / "p3.jpg")
+    _mask(20, 16).save(tmp_path / "masks" / "p3_mask.png")
+    _rgb(20, 16).save(tmp_path / "images" / "dup.jpg")
+    _rgb(20, 16).save(tmp_path / "images" / "dup.png")
+    _mask(20, 16).save(tmp_path / "masks" / "dup.png")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        scan = find_image_mask_pairs(tmp_path)
+    assert [Path(m).name for _, m in scan.pairs] == ["p1.png", "p2_segmentation.png", "p3_mask.png"]
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in scan.problems) == [
+        "images/dup.jpg", "images/dup.png", "masks/dup.png"]
     assert not scan.unpaired_images and not scan.unpaired_masks
+    assert "ambiguous name 'dup'" in warnings_text(caplog)
 
 
-def test_split_folders_and_unknown_layouts(tmp_path):
-    write_pairs(tmp_path / "train", "images", "masks", ["a", "b", "c"])
-    write_pairs(tmp_path / "val", "images", "masks", ["x"])
+def test_split_subfolders(tmp_path):
+    write_pairs(tmp_path / "train", "images", "masks", ["t1", "t2", "t3"])
+    write_pairs(tmp_path / "val", "Imgs", "GT", ["v1", "v2"])
     assert len(load_segmentation_dataset(tmp_path, split="train")) == 3
-    assert len(load_segmentation_dataset(tmp_path, split="validation")) == 1
-    assert dataset_name(tmp_path / "train") == tmp_path.name
-    (tmp_path / "odd" / "pictures").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"odd: no image/mask folder pair found \(subfolders: \['pictures'\]\)"):
-        find_image_mask_pairs(tmp_path / "odd")
+    for split in ("validation", "val", "VAL"):
+        ds = load_segmentation_dataset(tmp_path, split=split)
+        assert [Path(p).stem for p in ds["image"]] == ["v1", "v2"]
+    assert len(find_image_mask_pairs(tmp_path).pairs) == 3  # no split: the train folder
+    with pytest.raises(ValueError, match=r"no folder for split 'test'.*train.*val"):
+        load_segmentation_dataset(tmp_path, split="test")
 
 
-def test_verify_drops_bad_pairs_and_names_them(tmp_path, caplog):
-    write_pairs(tmp_path, "images", "masks", ["good", "small", "broken"])
-    Image.new("L", (10, 10)).save(tmp_path / "masks" / "small.png")
-    (tmp_path / "images" / "broken.jpg").write_bytes(b"not a jpeg")
-    with caplog.at_level(logging.WARNING):
-        dataset = load_segmentation_dataset(tmp_path)
-    assert [row["image"].rsplit("/", 1)[-1] for row in dataset] == ["good.jpg"]
-    assert "masks/small.png is 10x10 but" in caplog.text and "images/small.jpg is 40x30" in caplog.text
-    assert "broken.jpg" in caplog.text and "broken.jpg" in dataset.info.description
-    assert dataset.column_names == ["image", "mask", "sample_id"]
+def test_folder_without_split_subfolders_is_used_whole_for_any_split(tmp_path):
+    write_pairs(tmp_path, "images", "masks", ["a", "b"])
+    assert len(load_segmentation_dataset(tmp_path, split="validation")) == 2
 
 
-def test_imagefolder_with_metadata(tmp_path):
-    write_pairs(tmp_path / "train", "images", "masks", ["0", "1"])
-    rows = [{"file_name": f"images/{i}.jpg", "mask_file_name": f"masks/{i}.png"} for i in range(2)]
-    (tmp_path / "train" / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    dataset = load_segmentation_dataset(tmp_path)
-    assert sorted(dataset.column_names) == ["image", "mask", "sample_id"] and len(dataset) == 2
-    assert isinstance(dataset[0]["image"], Image.Image) and dataset[0]["mask"].size == (40, 30)
+def test_several_datasets_one_level_down_is_an_error(tmp_path):
+    write_pairs(tmp_path / "Kvasir", "images", "masks", ["a"])
+    write_pairs(tmp_path / "CVC-300", "images", "masks", ["b"])
+    with pytest.raises(ValueError, match=r"several image/mask folders.*CVC-300.*Kvasir"):
+        find_image_mask_pairs(tmp_path)
+    assert len(load_segmentation_dataset(tmp_path, split="Kvasir")) == 1  # a subfolder picked by name
 
 
-def test_in_memory_dataset_columns_are_renamed():
-    raw = datasets.Dataset.from_dict({"img": ["a.png"], "seg": ["a_mask.png"], "extra": [1]})
-    dataset = load_segmentation_dataset(raw, image_column="img", mask_column="seg")
-    assert dataset.column_names == ["image", "mask", "sample_id"]
-    with pytest.raises(ValueError, match="no mask column"):
-        load_segmentation_dataset(datasets.Dataset.from_dict({"image": ["a"], "other": ["b"]}))
+def test_unrecognised_layout_error_names_root_and_subfolders(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "outlines").mkdir()
+    with pytest.raises(ValueError) as info:
+        load_segmentation_dataset(tmp_path)
+    assert str(tmp_path) in str(info.value) and "photos/" in str(info.value) and "outlines/" in str(info.value)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ValueError, match="image folder images/ has no mask folder"):
+        find_image_mask_pairs(tmp_path)
 
 
-def test_hub_dataset_offline_and_not_cached_names_the_id(offline_hub):
-    with pytest.raises(FileNotFoundError, match="someone/camouflage-set.*local folder"):
-        load_segmentation_dataset("someone/camouflage-set")
+def test_local_dataset_columns_and_stable_sample_ids(tmp_path):
+    write_pairs(tmp_path / "MySet", "images", "masks", ["c", "a", "b"])
+    ds = load_segmentation_dataset(tmp_path / "MySet")
+    assert ds.column_names == ["image", "mask", "sample_id"]
+    assert list(ds["sample_id"]) == [0, 1, 2]
+    assert [Path(p).stem for p in ds["image"]] == ["a", "b", "c"]
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in list(ds["image"]) + list(ds["mask"]))
+    assert dataset_name(tmp_path / "MySet") == "MySet" == dataset_name(ds)
+    assert dropped_files(ds) == {}
 
 
-def test_split_is_reproducible_and_disjoint(tmp_path):
-    dataset = load_segmentation_dataset(make_camouflage_dataset(tmp_path / "d", num_pairs=20, size=(32, 32)))
-    train_a, val_a = train_validation_split(dataset, 0.25, seed=3)
-    train_b, val_b = train_validation_split(dataset, 0.25, seed=3)
-    assert val_a["sample_id"] == val_b["sample_id"] and len(val_a) == 5
-    assert not set(train_a["sample_id"]) & set(val_a["sample_id"])
-    assert train_validation_split(dataset, 0.25, seed=4)[1]["sample_id"] != val_a["sample_id"]
+# ------------------------------------------------------------------------------------------ other sources
+def _write_imagefolder(root: Path, n: int = 3) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    with open(root / "metadata.jsonl", "w") as handle:
+        for i in range(n):
+            _rgb(12, 10, seed=i).save(root / "images" / f"{i}.png")
+            _mask(12, 10).save(root / "masks" / f"{i}.png")
+            handle.write(json.dumps({"file_name": f"images/{i}.png", "mask_file_name": f"masks/{i}.png"}) + "\n")
+
+
+def test_imagefolder_with_metadata(tmp_path, processor):
+    _write_imagefolder(tmp_path / "folder")
+    ds = load_segmentation_dataset(tmp_path / "folder", cache_dir=str(tmp_path / "cache"))
+    assert ds.column_names == ["image", "mask", "sample_id"]
+    assert isinstance(ds.features["image"], datasets.Image) and isinstance(ds.features["mask"], datasets.Image)
+    assert list(ds["sample_id"]) == [0, 1, 2] and len(ds) == 3
+    row = ds[1]
+    assert row["mask"].size == (12, 10) and np.asarray(row["mask"].convert("L")).max() == 255
+    item = ds.with_transform(SegmentationTransform(processor, train=False))[1]
+    assert item["ground_truth"].shape == (10, 12) and item["pixel_values"].shape == (3, 32, 32)
+    assert dataset_name(ds) == "folder"
+
+
+def test_dataset_object_with_renamed_columns():
+    source = datasets.Dataset.from_dict(
+        {"photo": [np.zeros((4, 5, 3), np.uint8)] * 2, "seg": [np.ones((4, 5), np.uint8)] * 2,
+         "note": ["x", "y"], "class": [0, 1]}
+    )
+    with pytest.raises(ValueError, match=r"columns: \['photo', 'seg', 'note', 'class'\]"):
+        load_segmentation_dataset(source)
+    ds = load_segmentation_dataset(source, image_column="photo", mask_column="seg")
+    assert ds.column_names == ["image", "mask", "sample_id"] and list(ds["sample_id"]) == [0, 1]
+    assert np.asarray(ds[0]["image"]).shape == (4, 5, 3)
+    item = ds.with_transform(SegmentationTransform(SegmentationImageProcessor(size=8), train=False))[1]
+    assert item["ground_truth"].shape == (4, 5) and item["labels"].shape == (1, 8, 8)
+    labelled = datasets.Dataset.from_dict(
+        {"image": ["a.png"], "label": [1]}, features=datasets.Features(
+            {"image": datasets.Value("string"), "label": datasets.ClassLabel(names=["no", "yes"])})
+    )
+    with pytest.raises(ValueError, match="mask"):  # a class label is not a mask column
+        load_segmentation_dataset(labelled)
+
+
+def test_hub_id_offline_not_cached_names_the_id(offline_hub):
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_segmentation_dataset("test-org/no-such-seg-dataset")
+    message = str(info.value)
+    assert "test-org/no-such-seg-dataset" in message
+    assert "HF_HUB_OFFLINE" in message and "local folder" in message and "Download" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_dataset_name(tmp_path):
+    assert dataset_name("facebook/some-dataset") == "facebook/some-dataset"
+    (tmp_path / "COD10K" / "Train").mkdir(parents=True)
+    assert dataset_name(tmp_path / "COD10K" / "Train") == "COD10K (Train)"
+    assert dataset_name(str(tmp_path / "COD10K") + "/") == "COD10K"
+
+
+# ------------------------------------------------------------------------------------------ verification
+def _with_orientation(image: Image.Image, path: Path, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes())
+
+
+def test_verify_drops_mismatch_and_corrupt_files_with_one_warning(tmp_path, caplog):
+    root = tmp_path / "set"
+    write_pairs(root, "images", "masks", ["0001", "0002", "0003", "0004"], size=(40, 30))
+    (root / "images" / "0002.jpg").write_bytes(b"this is not an image")
+    _mask(30, 20).save(root / "masks" / "0003.png")
+    # EXIF orientation 6 (rotate 90): stored 40x30, shown 30x40 -> the 30x40 mask matches.
+    _with_orientation(_rgb(40, 30), root / "images" / "0004.jpg", 6)
+    _mask(30, 40).save(root / "masks" / "0004.png")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        ds = load_segmentation_dataset(root)
+    assert [Path(p).stem for p in ds["image"]] == ["0001", "0004"]
+    drops = [r for r in caplog.records if r.name == LOGGER and "dropped" in r.getMessage()]
+    assert len(drops) == 1
+    text = drops[0].getMessage()
+    assert "images/0002.jpg cannot be read" in text
+    assert "masks/0003.png is 30x20 but images/0003.jpg is 40x30" in text
+    dropped = {Path(p).relative_to(root).as_posix(): why for p, why in dropped_files(ds).items()}
+    assert set(dropped) == {"images/0002.jpg", "masks/0002.png", "images/0003.jpg", "masks/0003.png"}
+    assert "4 file(s) not used" in ds.info.description
+    # the recorded drops survive a split
+    assert dropped_files(train_validation_split(ds, 0.5)[1]) == dropped_files(ds)
+
+
+def test_verify_false_keeps_everything_and_errors_name_the_file(tmp_path, processor):
+    root = tmp_path / "set"
+    write_pairs(root, "images", "masks", ["a", "b"])
+    (root / "images" / "b.jpg").write_bytes(b"\xff\xd8 broken")
+    _mask(8, 8).save(root / "masks" / "a.png")
+    ds = load_segmentation_dataset(root, verify=False).with_transform(SegmentationTransform(processor, train=True))
+    with pytest.raises(ValueError, match=r"mask .*a\.png is 8x8 but image .*a\.jpg is 20x16"):
+        ds[0]
+    with pytest.raises(ImageReadError, match=r"b\.jpg"):
+        ds[1]
+
+
+def test_verify_full_catches_truncated_data(tmp_path):
+    root = tmp_path / "set"
+    write_pairs(root, "images", "masks", ["a", "b"], size=(64, 48), image_ext=".png")
+    data = (root / "images" / "b.png").read_bytes()
+    (root / "images" / "b.png").write_bytes(data[: len(data) // 2])
+    assert len(load_segmentation_dataset(root)) == 2  # headers are fine
+    assert [Path(p).stem for p in load_segmentation_dataset(root, verify="full", num_proc=2)["image"]] == ["a"]
+
+
+# ------------------------------------------------------------------------------------------ split
+def test_train_validation_split_reproducible_and_disjoint():
+    ds = load_segmentation_dataset(datasets.Dataset.from_dict({"image": ["i"] * 20, "mask": ["m"] * 20}))
+    train, val = train_validation_split(ds, 0.25, seed=3)
+    assert (len(train), len(val)) == (15, 5)
+    assert not set(train["sample_id"]) & set(val["sample_id"])
+    assert set(train["sample_id"]) | set(val["sample_id"]) == set(range(20))
+    again = train_validation_split(ds, 0.25, seed=3)[1]
+    assert list(val["sample_id"]) == list(again["sample_id"])
+    assert set(train_validation_split(ds, 0.25, seed=4)[1]["sample_id"]) != set(val["sample_id"])
+    # a subset passed back in keeps its ids (augmentation stays tied to the sample)
+    assert list(load_segmentation_dataset(val)["sample_id"]) == list(val["sample_id"])
     with pytest.raises(ValueError, match="empty"):
-        train_validation_split(dataset.select([0]), 0.5)
+        train_validation_split(ds.select([0]), 0.5)
+    with pytest.raises(ValueError):
+        train_validation_split(ds, 0.0)
 
 
-def test_transform_flips_image_and_mask_together_deterministically(tmp_path):
-    # An asymmetric scene whose mask is derived from the image: flips must keep them aligned.
-    image = np.zeros((32, 48, 3), dtype=np.uint8)
-    image[4:12, 6:30] = 255
-    Image.fromarray(image).save(tmp_path / "img.png")
-    Image.fromarray(image[..., 0]).save(tmp_path / "mask.png")
-    rows = datasets.Dataset.from_dict({"image": [str(tmp_path / "img.png")] * 16,
-                                       "mask": [str(tmp_path / "mask.png")] * 16, "sample_id": list(range(16))})
-    processor = SegmentationImageProcessor(size={"height": 32, "width": 48}, do_normalize=False)
-    transform = SegmentationTransform(processor, train=True, seed=7)
-    first = transform(rows[:16])
-    for pixels, labels in zip(first["pixel_values"], first["labels"]):
-        torch.testing.assert_close(pixels[0:1], labels, atol=0.02, rtol=0)  # aligned after any flip
-    flipped = [not torch.equal(p, first["pixel_values"][0]) for p in first["pixel_values"]]
-    assert any(flipped) and not all(flipped)
-    again = transform(rows[:16])
-    assert all(torch.equal(a, b) for a, b in zip(first["pixel_values"], again["pixel_values"]))
-    transform.epoch = 1
-    later = transform(rows[:16])
-    assert any(not torch.equal(a, b) for a, b in zip(first["pixel_values"], later["pixel_values"]))
+# ------------------------------------------------------------------------------------------ transform
+def _asymmetric_dataset(root: Path, n: int = 8, size: int = 24) -> datasets.Dataset:
+    """Images whose mask is derived from the image itself: mask = red channel > 127 (an asymmetric L shape)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        red = np.where(((xx < 6 + i % 3) & (yy < 18)) | ((yy > 14) & (yy < 18) & (xx < 20)), 255, 0)
+        image = np.stack([red, xx * 10, yy * 10], -1).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray((red > 127).astype(np.uint8) * 255).save(root / "masks" / f"{i:02d}.png")
+    return load_segmentation_dataset(root)
 
 
-def test_evaluation_rows_keep_the_original_ground_truth(tmp_path):
-    write_pairs(tmp_path, "images", "masks", ["a", "b"], size=(50, 34), mask_suffix=".jpg")  # lossy JPEG masks
-    dataset = load_segmentation_dataset(tmp_path)
-    processor = SegmentationImageProcessor(size=32)
-    batch = collate_segmentation([dataset.with_transform(SegmentationTransform(processor, train=False))[i]
-                                  for i in range(2)])
-    assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["labels"].shape == (2, 1, 32, 32)
-    assert batch["sample_id"].tolist() == [0, 1]
-    ground_truth = batch["ground_truth"][0]
-    assert ground_truth.dtype == np.uint8 and ground_truth.shape == (34, 50) == batch["original_size"][0]
-    assert (np.abs(ground_truth.astype(int) - 127.5) > 100).mean() > 0.95  # near 0/255 despite JPEG
-    assert 0 <= batch["labels"].min() and batch["labels"].max() <= 1
+def _unnormalise(pixel_values: torch.Tensor, proc: SegmentationImageProcessor) -> np.ndarray:
+    mean = torch.tensor(proc.image_mean)[:, None, None]
+    std = torch.tensor(proc.image_std)[:, None, None]
+    return np.round(((pixel_values * std + mean) * 255).numpy()).astype(int)
 
 
-def test_synthetic_data_is_deterministic_and_not_trivial(tmp_path):
-    a = make_camouflage_dataset(tmp_path / "a", num_pairs=6, size=(64, 64), seed=5)
-    b = make_camouflage_dataset(tmp_path / "b", num_pairs=6, size=(64, 64), seed=5)
-    for name in ("images/0003.png", "masks/0003.png"):
-        assert (a / name).read_bytes() == (b / name).read_bytes()
-    for index in range(6):
-        image = np.asarray(Image.open(a / f"images/{index:04d}.png"), dtype=np.float32)
-        mask = np.asarray(Image.open(a / f"masks/{index:04d}.png")) > 127
-        assert 0.02 < mask.mean() < 0.6
-        colour_gap = np.abs(image[mask].mean(0) - image[~mask].mean(0)).max()
-        assert colour_gap < 80  # the object is not a flat colour blob on a different background
+def test_training_flips_identical_for_image_and_mask(tmp_path):
+    proc = SegmentationImageProcessor(size=24)  # no resize: pixels can be compared exactly
+    ds = _asymmetric_dataset(tmp_path / "asym")
+    transform = SegmentationTransform(proc, train=True, seed=1)
+    seen = set()
+    for epoch in range(3):
+        transform.epoch = epoch
+        batch = ds.with_transform(transform)[:]
+        assert "ground_truth" not in batch
+        for sid, pixels, labels in zip(batch["sample_id"], batch["pixel_values"], batch["labels"]):
+            original = np.asarray(Image.open(ds[sid]["image"]))
+            flips = transform.flips(sid)
+            seen.add(flips)
+            expected = original[:, ::-1] if flips[0] else original
+            expected = expected[::-1] if flips[1] else expected
+            image = _unnormalise(pixels, proc)
+            assert np.abs(image - expected.transpose(2, 0, 1)).max() <= 1
+            np.testing.assert_array_equal(labels[0].numpy(), (image[0] > 127).astype(np.float32))
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
-def test_real_ecssd_folder():
-    dataset = load_segmentation_dataset(SHARED_DATA / "ECSSD")
-    assert len(dataset) == 200 and dataset_name(SHARED_DATA / "ECSSD") == "ECSSD"
-    row = dataset.with_transform(SegmentationTransform(SegmentationImageProcessor(size=64), train=False))[0]
-    assert row["pixel_values"].shape == (3, 64, 64) and row["ground_truth"].dtype == np.uint8
+def test_flips_are_a_pure_function_of_seed_epoch_and_sample(tmp_path):
+    proc = SegmentationImageProcessor(size=24)
+    ds = _asymmetric_dataset(tmp_path / "asym", n=4)
+    a = SegmentationTransform(proc, train=True, seed=7)
+    b = SegmentationTransform(proc, train=True, seed=7)
+    a.epoch = b.epoch = 5
+    random.seed(1)
+    first = ds.with_transform(a)[:]
+    random.seed(2)
+    np.random.seed(3)
+    torch.manual_seed(4)
+    second = ds.with_transform(b)[::-1]  # other order, other global RNG state, another instance
+    for i, sid in enumerate(first["sample_id"]):
+        j = second["sample_id"].index(sid)
+        assert torch.equal(first["pixel_values"][i], second["pixel_values"][j])
+        assert torch.equal(first["labels"][i], second["labels"][j])
+    ids = range(64)
+    assert [a.flips(s, 0) for s in ids] != [a.flips(s, 1) for s in ids]  # epochs differ
+    assert [a.flips(s, 0) for s in ids] != [SegmentationTransform(proc, True, seed=8).flips(s, 0) for s in ids]
+    # turning one flip off leaves the other one's decisions unchanged
+    assert [SegmentationTransform(proc, True, hflip=False).flips(s, 2) for s in ids] == [
+        (False, v) for _, v in (SegmentationTransform(proc, True).flips(s, 2) for s in ids)
+    ]
+    # a pickled copy (what DataLoader workers get) decides the same
+    clone = pickle.loads(pickle.dumps(a))
+    assert clone.epoch == 5 and [clone.flips(s) for s in ids] == [a.flips(s) for s in ids]
+
+
+def test_eval_transform_outputs(tmp_path, processor):
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    _rgb(50, 40).save(root / "images" / "x.jpg")
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:30, 10:45] = 255
+    Image.fromarray(mask).save(root / "masks" / "x.png")
+    item = load_segmentation_dataset(root).with_transform(SegmentationTransform(processor, train=False))[0]
+    assert item["pixel_values"].shape == (3, 32, 32) and item["pixel_values"].dtype == torch.float32
+    labels = item["labels"]
+    assert labels.shape == (1, 32, 32) and labels.min() >= 0 and labels.max() <= 1
+    assert ((labels > 0.02) & (labels < 0.98)).any()  # soft (bicubic) edges
+    assert item["ground_truth"].dtype == np.uint8 and item["ground_truth"].shape == (40, 50)
+    np.testing.assert_array_equal(item["ground_truth"], mask)
+    assert item["original_size"] == (40, 50) and item["sample_id"] == 0
+
+
+def test_lossy_three_channel_jpeg_mask_gives_near_binary_ground_truth(tmp_path, processor):
+    root = tmp_path / "kvasir-like"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    _rgb(64, 48).save(root / "images" / "polyp.jpg")
+    yy, xx = np.mgrid[0:48, 0:64]
+    binary = ((yy - 24) ** 2 / 15**2 + (xx - 30) ** 2 / 20**2) < 1
+    Image.fromarray(np.repeat(binary[..., None] * 255, 3, -1).astype(np.uint8)).save(
+        root / "masks" / "polyp.jpg", quality=75)
+    assert Image.open(root / "masks" / "polyp.jpg").mode == "RGB"
+    gt = load_segmentation_dataset(root).with_transform(SegmentationTransform(processor, train=False))[0]["ground_truth"]
+    assert gt.shape == (48, 64) and gt.dtype == np.uint8
+    assert ((gt > 40) & (gt < 215)).mean() < 0.05
+    assert ((gt >= 128) == binary).mean() > 0.98
+
+
+def test_collate_types(tmp_path, processor):
+    ds = _asymmetric_dataset(tmp_path / "asym", n=5)
+    for train in (True, False):
+        loader = DataLoader(ds.with_transform(SegmentationTransform(processor, train=train)), batch_size=3,
+                            collate_fn=collate_segmentation)
+        batch = next(iter(loader))
+        assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["labels"].shape == (3, 1, 32, 32)
+        assert batch["sample_id"].dtype == torch.long and batch["sample_id"].tolist() == [0, 1, 2]
+        if train:
+            assert set(batch) == {"pixel_values", "labels", "sample_id"}
+        else:
+            assert isinstance(batch["ground_truth"], list) and batch["ground_truth"][0].shape == (24, 24)
+            assert batch["original_size"] == [(24, 24)] * 3
+    with pytest.raises(ValueError):
+        collate_segmentation([])
+
+
+# ------------------------------------------------------------------------------------------ real samples
+@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real samples not found at {SHARED_DATA}/ECSSD")
+def test_ecssd_real_samples(processor):
+    ds = load_segmentation_dataset(SHARED_DATA / "ECSSD")
+    assert len(ds) == 200 and dropped_files(ds) == {}
+    assert Path(ds[0]["image"]).name == "0001.jpg" and Path(ds[0]["mask"]).name == "0001.png"
+    item = ds.with_transform(SegmentationTransform(processor, train=False))[0]
+    h, w = Image.open(ds[0]["image"]).size[::-1]
+    assert item["ground_truth"].shape == (h, w) == item["original_size"]
+    assert set(np.unique(item["ground_truth"])) <= {0, 255}
+    assert item["pixel_values"].shape == (3, 32, 32) and 0 < item["labels"].mean() < 1
+    assert dataset_name(SHARED_DATA / "ECSSD") == "ECSSD"
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+def test_synthetic_dataset_deterministic_and_loadable(tmp_path):
+    a = make_camouflage_dataset(tmp_path / "a", num_pairs=6, size=(64, 48), seed=0)
+    b = make_camouflage_dataset(tmp_path / "b", num_pairs=4, size=(64, 48), seed=0)
+    c = make_camouflage_dataset(tmp_path / "c", num_pairs=4, size=(64, 48), seed=1)
+    assert sorted(p.name for p in (a / "images").iterdir()) == [f"{i:04d}.png" for i in range(6)]
+    for name in ("images/0000.png", "masks/0000.png", "images/0003.png", "masks/0003.png"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()  # sample i depends on (seed, i) only
+        assert (a / name).read_bytes() != (c / name).read_bytes()
+    image, mask = Image.open(a / "images/0001.png"), Image.open(a / "masks/0001.png")
+    assert image.mode == "RGB" and mask.mode == "L" and image.size == mask.size == (48, 64)
+    assert set(np.unique(np.asarray(mask))) == {0, 255}
+    assert len(load_segmentation_dataset(a)) == 6
+
+
+def test_synthetic_data_is_camouflaged_but_has_a_texture_cue():
+    fractions, colour_gaps, spreads, texture_ratios = [], [], [], []
+    for i in range(24):
+        image, mask = make_camouflage_sample(np.random.default_rng([0, i]), (96, 96))
+        img = np.asarray(image, np.float32)
+        m = np.asarray(mask) > 127
+        fractions.append(m.mean())
+        colour_gaps.append(np.linalg.norm(img[m].mean(0) - img[~m].mean(0)))
+        spreads.append(np.linalg.norm(img[~m].std(0)))
+        # local gradient energy: the object's texture is finer than the background's
+        gray = img.mean(-1)
+        energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1, :]
+        inner = m[:-1, :-1] & m[1:, :-1] & m[:-1, 1:]
+        outer = ~m[:-1, :-1] & ~m[1:, :-1] & ~m[:-1, 1:]
+        texture_ratios.append(energy[inner].mean() / energy[outer].mean())
+    assert 0.05 <= min(fractions) and max(fractions) <= 0.60
+    # not separable by colour: the mean colours inside and outside differ by less than the background's spread
+    assert np.median(colour_gaps) < 0.75 * np.median(spreads)
+    assert max(colour_gaps) < 45
+    # ... but learnable: a consistent texture difference
+    assert np.median(texture_ratios) > 1.3
+    assert np.mean(np.array(texture_ratios) > 1.0) >= 0.8
+    with pytest.raises(ValueError):
+        make_camouflage_sample(0, (8, 8))

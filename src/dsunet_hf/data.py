@@ -1,306 +1,822 @@
 """Segmentation data as ``datasets.Dataset``: local image/mask folders, imagefolder, Hub datasets.
 
-Every loader returns a dataset with the columns ``image``, ``mask`` and ``sample_id``. For local folders
-``image``/``mask`` hold file paths, decoded lazily by ``image_io`` (EXIF, gray/RGBA/CMYK/palette/16-bit,
-lossy 3-channel JPEG masks), so every decoding error names its file. ``SegmentationTransform`` turns
-rows into model inputs with ``Dataset.with_transform``.
+Every loader returns a dataset with the columns ``image``, ``mask`` and ``sample_id`` (int, stable per
+sample). For local folders ``image``/``mask`` hold file paths, decoded lazily by :mod:`dsunet_hf.image_io`
+(EXIF orientation, gray/RGBA/CMYK/palette/16-bit images, 0/1, 0/255 and lossy 3-channel JPEG masks), so
+every decoding error names its file. Imagefolder and Hub datasets keep what ``datasets`` decodes (PIL images).
+
+:class:`SegmentationTransform` turns rows into model inputs with ``Dataset.with_transform``; its training
+augmentation (SAM2-UNet's horizontal + vertical flips) is a pure function of ``(seed, epoch, sample_id)``
+so that a resumed run replays exactly the augmentation of an uninterrupted one.
+
+Files that a local folder holds but the dataset does not use (unpaired, unreadable, size mismatch,
+duplicate names) are logged as warnings and recorded in ``dataset.info.description``;
+:func:`dropped_files` returns them as ``{path: reason}``.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import math
+import os
 import random
 import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .image_io import load_image, load_mask
+from .image_io import ImageReadError, load_image, load_mask
+
+__all__ = [
+    "IMAGE_DIR_NAMES",
+    "MASK_DIR_NAMES",
+    "IMAGE_EXTENSIONS",
+    "DatasetUnavailableError",
+    "PairScan",
+    "SegmentationTransform",
+    "collate_segmentation",
+    "dataset_name",
+    "dropped_files",
+    "find_image_mask_pairs",
+    "load_segmentation_dataset",
+    "train_validation_split",
+    "verify_pairs",
+]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-# Folder names of the common benchmark layouts (compared case-insensitively).
-IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "im", "jpegimages", "input", "inputs", "rgb")
-MASK_DIR_NAMES = (
-    "masks", "mask", "gt", "gts", "gt_object", "ground_truth", "ground_truth_mask", "groundtruth", "labels",
-    "label", "annotations", "segmentationclass", "segmentationobject", "target", "targets",
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+# Recognised folder names, in order of preference. Names are compared case-insensitively with "-", "_" and
+# spaces treated alike ("Ground Truth" == "ground_truth"). The two lists share no name, and a name like
+# "DUTS-TR-Image" / "ISIC2018_Task1_Training_GroundTruth" is also recognised by its last word (see
+# _IMAGE_WORDS / _MASK_WORDS), after every exact name.
+IMAGE_DIR_NAMES = (
+    "images", "image", "imgs", "img", "im", "jpegimages", "rgb", "input", "inputs", "original",
 )
-SPLIT_DIR_NAMES = {
-    "train": ("train", "training", "traindataset"),
-    "validation": ("val", "valid", "validation", "dev"),
-    "test": ("test", "testing", "testdataset"),
+MASK_DIR_NAMES = (
+    "masks", "mask", "gt", "gts", "gt_object", "gt_masks", "ground_truth", "ground_truth_mask",
+    "ground_truth_masks", "groundtruth", "labels", "label", "annotations", "annotation", "segmentations",
+    "segmentation", "segmentationclass", "segmentationclassaug", "segmentationobject",
+)
+_IMAGE_WORDS = ("image", "images", "img", "imgs", "input", "rgb")
+_MASK_WORDS = ("mask", "masks", "gt", "gts", "groundtruth", "ground_truth", "label", "labels", "annotation",
+               "annotations", "segmentation")
+# Split folders (normalised: lower case, no separators) -> canonical split name.
+_SPLIT_ALIASES = {
+    **dict.fromkeys(("train", "training", "trainset", "traindataset", "traindata"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "dev", "valset", "validationset", "valdataset"), "validation"),
+    **dict.fromkeys(("test", "testing", "testset", "testdataset", "testdata"), "test"),
 }
-MASK_COLUMN_NAMES = ("mask", "label", "annotation", "segmentation", "gt")
-# Mask files sometimes carry a suffix: ISIC_0000000_segmentation.png, 0001_mask.png, 0001-gt.png.
-MASK_STEM_SUFFIXES = ("_segmentation", "_mask", "-mask", "_gt", "-gt", "_label", "_anno")
+# Mask file names sometimes carry a suffix: ISIC_0000000_segmentation.png, 0001_mask.png, 0001-gt.png.
+MASK_STEM_SUFFIXES = ("_segmentation", "_mask", "-mask", "_gt", "-gt", "_label", "_labels", "_anno", "_annotation")
+_JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "input", "rgb")
+MASK_COLUMN_NAMES = ("mask", "label", "annotation", "segmentation", "gt",
+                     "masks", "labels", "annotations", "segmentation_mask", "ground_truth", "gt_mask")
+_DROPPED_MARKER = "dropped-files-json: "
+_DATASETS_BUILDER_NAMES = {"imagefolder", "parquet", "arrow", "json", "csv", "generator", "text", "webdataset"}
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A Hub dataset could not be loaded (not cached offline, unknown id, no access); the message says what to do."""
 
 
 @dataclass
 class PairScan:
-    """The result of matching a folder's images and masks by file stem."""
+    """Images and masks of a folder matched by file name (relative path without extension).
+
+    ``pairs`` are ``(image_path, mask_path)`` sorted by name; ``problems`` maps a file that is not used
+    (besides the unpaired ones) to the reason, e.g. two images with the same name.
+    """
 
     pairs: list[tuple[str, str]] = field(default_factory=list)
     unpaired_images: list[str] = field(default_factory=list)
     unpaired_masks: list[str] = field(default_factory=list)
-    problems: dict[str, str] = field(default_factory=dict)  # file -> why its pair was dropped
+    problems: dict[str, str] = field(default_factory=dict)
+    root: str = ""
+    image_dir: str = ""
+    mask_dir: str = ""
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the scanned root, for messages."""
+        try:
+            return Path(path).relative_to(self.root).as_posix() if self.root else path
+        except ValueError:
+            return path
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return {p.stem: p for p in files}
+# ----------------------------------------------------------------------------------------- folder layouts
+def _norm(name: str) -> str:
+    return re.sub(r"[-_\s]+", "_", name.strip().lower())
 
 
-def _last_word(name: str) -> str:
-    """``DUTS-TR-Image`` -> ``image``: dataset folders often prefix the role with the set's name."""
-    return re.split(r"[-_ ]", name.lower())[-1]
+def _split_key(name: str) -> str:
+    return re.sub(r"[-_\s]+", "", name.strip().lower())
+
+
+def _rank(name: str, exact: Sequence[str], words: Sequence[str]) -> int | None:
+    """Preference rank of a folder name for a role (lower is better), or None if not recognised."""
+    n = _norm(name)
+    if n in exact:
+        return exact.index(n)
+    if any(n.endswith("_" + w) for w in words):
+        return len(exact)
+    return None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _pick(folder: Path, role: str, exact: Sequence[str], words: Sequence[str]) -> Path | None:
+    ranked = [(r, p) for p in _subdirs(folder) if (r := _rank(p.name, exact, words)) is not None]
+    if not ranked:
+        return None
+    best = min(r for r, _ in ranked)
+    chosen = [p for r, p in ranked if r == best]
+    if len(chosen) > 1:
+        raise ValueError(
+            f"{folder}: ambiguous {role} folders {[p.name for p in chosen]}; pass one of their parents or "
+            "rename all but one"
+        )
+    others = [p.name for r, p in ranked if r != best]
+    if others:
+        logger.info("%s: using %s/ as the %s folder (also recognised: %s)", folder, chosen[0].name, role, others)
+    return chosen[0]
 
 
 def _layout(folder: Path) -> tuple[Path, Path] | None:
-    children = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    found = []
-    for names in (IMAGE_DIR_NAMES, MASK_DIR_NAMES):
-        exact = {p.name.lower(): p for p in children}
-        by_word = {_last_word(p.name): p for p in children}
-        found.append(next((exact[n] for n in names if n in exact), None)
-                     or next((by_word[n] for n in names if n in by_word), None))
-    image_dir, mask_dir = found
-    return (image_dir, mask_dir) if image_dir and mask_dir and image_dir != mask_dir else None
+    """The (image folder, mask folder) directly inside ``folder``, or None."""
+    image_dir = _pick(folder, "image", IMAGE_DIR_NAMES, _IMAGE_WORDS)
+    mask_dir = _pick(folder, "mask", MASK_DIR_NAMES, _MASK_WORDS)
+    return (image_dir, mask_dir) if image_dir is not None and mask_dir is not None else None
 
 
-def _find_layout(root: Path, split: str | None) -> tuple[Path, Path]:
-    """The image and mask folders under ``root``: root itself, a split folder, or one level down."""
-    candidates = []
-    if split:
-        for name in SPLIT_DIR_NAMES.get(split, (split,)):
-            candidates += [p for p in root.iterdir() if p.is_dir() and p.name.lower() == name]
-    candidates.append(root)
-    candidates += sorted(p for p in root.iterdir() if p.is_dir())
-    for folder in candidates:
-        if found := _layout(folder):
-            return found
-    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    raise ValueError(
-        f"{root}: no image/mask folder pair found (subfolders: {subfolders}); expected e.g. images/+masks/, "
-        f"Imgs/+GT/, im/+gt/, Image/+GT_Object/ (image folders {IMAGE_DIR_NAMES[:4]}, mask folders {MASK_DIR_NAMES[:6]})"
+def _no_layout_error(root: Path, detail: str = "") -> ValueError:
+    names = [p.name + "/" for p in _subdirs(root)]
+    return ValueError(
+        f"{root}: no image/mask folder pair found{detail} (subfolders: {names or 'none'}). Expected an image "
+        f"folder named like {', '.join(IMAGE_DIR_NAMES[:6])} and a mask folder named like "
+        f"{', '.join(MASK_DIR_NAMES[:8])} (case-insensitive), either in this folder or one level down "
+        "(e.g. TrainDataset/image + TrainDataset/mask, train/images + train/masks); or a metadata.jsonl "
+        "for an imagefolder dataset"
     )
 
 
-def find_image_mask_pairs(root: str | Path, split: str | None = None) -> PairScan:
-    """Match images and masks by file stem in a benchmark-style folder (sorted by name)."""
-    root = Path(root)
-    if not root.is_dir():
+def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
+    """(base folder, image folder, mask folder) for ``root`` and an optional split."""
+    children = _subdirs(root)
+    split_dirs = {c: _SPLIT_ALIASES[_split_key(c.name)] for c in children if _split_key(c.name) in _SPLIT_ALIASES}
+    if split is not None:
+        wanted = _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
+        matches = [c for c in children if split_dirs.get(c) == wanted or _split_key(c.name) == _split_key(split)]
+        if matches:
+            base = matches[0]
+            found = _layout(base)
+            if found is None:
+                raise _no_layout_error(base, f" in the {split!r} split folder")
+            return (base, *found)
+        with_layout = [c.name for c in split_dirs if _layout(c)]
+        if with_layout:
+            raise ValueError(f"{root}: no folder for split {split!r}; split folders found: {with_layout}")
+    found = _layout(root)
+    if found is not None:
+        return (root, *found)
+    candidates = [c for c in children if _layout(c) is not None]
+    if len(candidates) == 1:
+        return (candidates[0], *_layout(candidates[0]))
+    if len(candidates) > 1:
+        train = [c for c in candidates if split_dirs.get(c) == "train"]
+        if split is None and len(train) == 1:
+            logger.info("%s: no split given, using the %s/ split folder", root, train[0].name)
+            return (train[0], *_layout(train[0]))
+        names = [c.name for c in candidates]
+        raise ValueError(
+            f"{root}: several image/mask folders found in {names}; pass one of them (e.g. {root / names[0]})"
+            + (" or split=..." if split_dirs else "")
+        )
+    image_dir = _pick(root, "image", IMAGE_DIR_NAMES, _IMAGE_WORDS)
+    mask_dir = _pick(root, "mask", MASK_DIR_NAMES, _MASK_WORDS)
+    if image_dir is not None:
+        raise _no_layout_error(root, f": image folder {image_dir.name}/ has no mask folder beside it")
+    if mask_dir is not None:
+        raise _no_layout_error(root, f": mask folder {mask_dir.name}/ has no image folder beside it")
+    raise _no_layout_error(root)
+
+
+def _list_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Image files under ``folder`` (recursive) keyed by relative path without extension, and other files."""
+    images: dict[str, list[Path]] = {}
+    others: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower() in _JUNK_FILES:
+                continue
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                key = path.relative_to(folder).with_suffix("").as_posix()
+                images.setdefault(key, []).append(path)
+            else:
+                others.append(path)
+    return images, others
+
+
+def _mask_key(key: str, image_keys: set[str]) -> str:
+    if key in image_keys:
+        return key
+    lower = key.lower()
+    for suffix in MASK_STEM_SUFFIXES:
+        if lower.endswith(suffix) and key[: -len(suffix)] in image_keys:
+            return key[: -len(suffix)]
+    return key
+
+
+def _preview(paths: Sequence[str], scan: PairScan, limit: int = 5) -> str:
+    shown = ", ".join(scan.relative(p) for p in paths[:limit])
+    return shown + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> PairScan:
+    """Find the image and mask folders of a benchmark-style dataset and match their files by name.
+
+    The folders are looked for in ``root`` itself, else one level down (``TrainDataset/image`` +
+    ``TrainDataset/mask``; with several candidates the ``train`` split folder, else an error). With
+    ``split`` a split subfolder (``train/``, ``val/``/``validation/``, ``test/``, or any subfolder of that
+    name) is used when there is one. Files are matched by their path relative to the image/mask folder
+    without extension (a mask suffix like ``_mask`` or ``_segmentation`` is tolerated); pairs are sorted
+    by that name. Unpaired files and name clashes are reported in one warning.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no recognised layout (the message names ``root`` and its subfolders), or an ambiguous one.
+    """
+    root_path = Path(os.path.abspath(os.fspath(root)))
+    if not root_path.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    image_dir, mask_dir = _find_layout(root, split)
-    images, masks = _image_files(image_dir), _image_files(mask_dir)
-    masks = {_image_stem(stem, images): path for stem, path in masks.items()}
-    scan = PairScan(
-        pairs=[(str(images[s]), str(masks[s])) for s in sorted(images.keys() & masks.keys())],
-        unpaired_images=[str(images[s]) for s in sorted(images.keys() - masks.keys())],
-        unpaired_masks=[str(masks[s]) for s in sorted(masks.keys() - images.keys())],
+    _, image_dir, mask_dir = _resolve_layout(root_path, split)
+    scan = PairScan(root=str(root_path), image_dir=str(image_dir), mask_dir=str(mask_dir))
+
+    images, image_others = _list_files(image_dir)
+    masks, mask_others = _list_files(mask_dir)
+    for path in image_others + mask_others:
+        scan.problems[str(path)] = f"{scan.relative(str(path))} is not an image file (extension {path.suffix or 'none'})"
+    # Name clashes ("0001.jpg" + "0001.png"; "0001.png" + "0001_mask.png" for one image) are not guessed at:
+    # every file involved, and its would-be partner, is reported and left out.
+    clashes: dict[str, list[Path]] = {}
+    for key, paths in images.items():
+        if len(paths) > 1:
+            clashes[key] = list(paths)
+    image_keys = set(images)
+    mask_claims: dict[str, list[Path]] = {}
+    for key, paths in masks.items():
+        for path in paths:
+            mask_claims.setdefault(_mask_key(key, image_keys), []).append(path)
+    for key, paths in mask_claims.items():
+        if len(paths) > 1:
+            clashes[key] = clashes.get(key, []) + paths
+    for key, paths in clashes.items():
+        involved = list(dict.fromkeys(paths + images.get(key, []) + mask_claims.get(key, [])))
+        names = [scan.relative(str(p)) for p in involved]
+        for path in involved:
+            scan.problems[str(path)] = f"ambiguous name {key!r}: {', '.join(names)}"
+    for key in sorted(images):
+        if key in clashes:
+            continue
+        if key in mask_claims:
+            scan.pairs.append((str(images[key][0]), str(mask_claims[key][0])))
+        else:
+            scan.unpaired_images.append(str(images[key][0]))
+    scan.unpaired_masks = sorted(
+        str(paths[0]) for key, paths in mask_claims.items() if key not in images and key not in clashes
     )
-    if scan.unpaired_images or scan.unpaired_masks:
-        unpaired = scan.unpaired_images + scan.unpaired_masks
-        logger.warning("%s: %d file(s) without a partner, ignored: %s%s", root, len(unpaired),
-                       ", ".join(unpaired[:5]), " ..." if len(unpaired) > 5 else "")
+
+    messages = []
+    if scan.unpaired_images:
+        messages.append(f"{len(scan.unpaired_images)} image(s) without a mask in {mask_dir.name}/: "
+                        + _preview(scan.unpaired_images, scan))
+    if scan.unpaired_masks:
+        messages.append(f"{len(scan.unpaired_masks)} mask(s) without an image in {image_dir.name}/: "
+                        + _preview(scan.unpaired_masks, scan))
+    if scan.problems:
+        reasons = list(dict.fromkeys(scan.problems.values()))
+        messages.append(f"{len(scan.problems)} file(s) skipped: " + "; ".join(reasons[:5])
+                        + (f"; ... ({len(reasons) - 5} more)" if len(reasons) > 5 else ""))
+    if messages:
+        logger.warning("%s: %d pairs; ignored %s", root_path, len(scan.pairs), " | ".join(messages))
     return scan
 
 
-def _image_stem(mask_stem: str, images: dict) -> str:
-    if mask_stem not in images:
-        for suffix in MASK_STEM_SUFFIXES:
-            if mask_stem.lower().endswith(suffix) and mask_stem[: -len(suffix)] in images:
-                return mask_stem[: -len(suffix)]
-    return mask_stem
+# ----------------------------------------------------------------------------------------- verification
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def _oriented_size(path: str) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, reading only the header."""
+    """(width, height) after EXIF orientation, from the file header (pixel data is not decoded)."""
     with Image.open(path) as image:
         width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        # PNG's getexif() decodes the whole file to find an eXIf chunk after the pixel data; the base
+        # implementation reads only what the header parse put in ``info`` (eXIf/XMP before the pixels).
+        exif = Image.Image.getexif(image) if image.format == "PNG" else image.getexif()
+        orientation = exif.get(0x0112, 1)
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
-def verify_pairs(scan: PairScan) -> PairScan:
-    """Drop pairs with an unreadable file or different image/mask sizes, recording why."""
-    kept = []
-    for image_path, mask_path in scan.pairs:
+def _decoded_size(path: str, what: str) -> tuple[int, int]:
+    if what == "image":
+        image = load_image(path)
+        return image.width, image.height
+    mask = load_mask(path)
+    return mask.shape[1], mask.shape[0]
+
+
+def _check_pair(pair: tuple[str, str], scan: PairScan, full: bool) -> tuple[str, dict[str, str]] | None:
+    """None if the pair is usable, else (message, {file: reason} for both files of the pair)."""
+    image_path, mask_path = pair
+    image_name, mask_name = scan.relative(image_path), scan.relative(mask_path)
+    sizes = {}
+    for what, path, name in (("image", image_path, image_name), ("mask", mask_path, mask_name)):
         try:
-            image_size, mask_size = _oriented_size(image_path), _oriented_size(mask_path)
-        except (OSError, UnidentifiedImageError, SyntaxError) as error:
-            scan.problems[image_path] = f"cannot read {image_path} or {mask_path}: {error}"
-            continue
-        if image_size != mask_size:
-            scan.problems[image_path] = (
-                f"{mask_path} is {mask_size[0]}x{mask_size[1]} but {image_path} is {image_size[0]}x{image_size[1]}"
-            )
-            continue
-        kept.append((image_path, mask_path))
+            sizes[what] = _decoded_size(path, what) if full else _oriented_size(path)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+            cause = err.__cause__ if isinstance(err, ImageReadError) and err.__cause__ else err
+            reason = f"{name} cannot be read ({type(cause).__name__}: {cause})"
+            partner, partner_name = (mask_path, mask_name) if what == "image" else (image_path, image_name)
+            return f"{reason}; {partner_name} dropped with it", {path: reason, partner: f"its partner {reason}"}
+    (iw, ih), (mw, mh) = sizes["image"], sizes["mask"]
+    if (iw, ih) != (mw, mh):
+        reason = f"{mask_name} is {mw}x{mh} but {image_name} is {iw}x{ih} (width x height)"
+        return reason, {mask_path: reason, image_path: reason}
+    return None
+
+
+def verify_pairs(scan: PairScan, *, full: bool = False, num_proc: int | None = None) -> PairScan:
+    """Drop pairs with an unreadable file or different image/mask sizes; return the updated ``scan``.
+
+    By default only headers are read (fast: sizes and the EXIF orientation tag; orientations 5-8 swap
+    width and height). With ``full=True`` every file is decoded, which also catches truncated pixel
+    data. Dropped files are added to ``scan.problems`` and named, with the reason, in ONE warning.
+    """
+    full = bool(full)
+    pairs = list(scan.pairs)
+    if num_proc and num_proc > 1 and len(pairs) > 1:
+        with ThreadPoolExecutor(max_workers=num_proc) as pool:
+            results = list(pool.map(lambda pair: _check_pair(pair, scan, full), pairs))
+    else:
+        results = [_check_pair(pair, scan, full) for pair in pairs]
+    kept, lines = [], []
+    for pair, result in zip(pairs, results):
+        if result is None:
+            kept.append(pair)
+        else:
+            lines.append(result[0])
+            scan.problems.update(result[1])
     scan.pairs = kept
-    if scan.problems:
-        logger.warning("dropped %d pair(s):\n  %s", len(scan.problems), "\n  ".join(scan.problems.values()))
+    if lines:
+        logger.warning(
+            "%s: dropped %d of %d image/mask pairs:\n  %s", scan.root or "dataset", len(lines), len(pairs),
+            "\n  ".join(lines),
+        )
     return scan
 
 
+def dropped_files(dataset: datasets.Dataset) -> dict[str, str]:
+    """``{path: reason}`` for the files of a local folder that :func:`load_segmentation_dataset` did not use.
+
+    Covers unpaired files, unreadable files, size mismatches and name clashes. Read from
+    ``dataset.info.description`` (so it survives ``select``, ``train_test_split`` and
+    ``with_transform``); ``{}`` for datasets that were not loaded from a local folder of pairs.
+    """
+    description = getattr(getattr(dataset, "info", None), "description", None) or ""
+    for line in description.splitlines():
+        if line.startswith(_DROPPED_MARKER):
+            return dict(json.loads(line[len(_DROPPED_MARKER):]))
+    return {}
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _is_int_feature(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and (
+        feature.dtype.startswith("int") or feature.dtype.startswith("uint")
+    )
+
+
+def _is_class_feature(feature: Any) -> bool:
+    """Features that hold per-image class labels or numbers, never masks."""
+    if isinstance(feature, datasets.ClassLabel):
+        return True
+    return isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string", "binary",
+                                                                         "large_binary")
+
+
 def _with_sample_ids(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Keep an existing unique integer ``sample_id`` (a subset keeps its parent's ids), else number 0..n-1."""
     if "sample_id" in dataset.column_names:
+        if _is_int_feature(dataset.features["sample_id"]):
+            ids = list(dataset["sample_id"])
+            if len(set(ids)) == len(ids):
+                return dataset
         dataset = dataset.remove_columns("sample_id")
     return dataset.add_column("sample_id", list(range(len(dataset))))
 
 
-def _normalise_columns(dataset: datasets.Dataset, image_column: str | None, mask_column: str | None, source) -> datasets.Dataset:
-    image_column = image_column or "image"
-    if mask_column is None:
-        mask_column = next((c for c in MASK_COLUMN_NAMES if c in dataset.column_names), None)
-    for role, column in (("image", image_column), ("mask", mask_column)):
-        if column is None or column not in dataset.column_names:
-            raise ValueError(f"{source}: no {role} column (columns: {dataset.column_names}); "
-                             f"pass --{role}-column / {role}_column=")
-    renames = {c: n for c, n in ((image_column, "image"), (mask_column, "mask")) if c != n}
-    dataset = dataset.rename_columns(renames) if renames else dataset
-    extra = [c for c in dataset.column_names if c not in ("image", "mask")]
-    return _with_sample_ids(dataset.remove_columns(extra) if extra else dataset)
+def _normalise_columns(
+    dataset: datasets.Dataset, image_column: str | None, mask_column: str | None, source: str
+) -> datasets.Dataset:
+    """Select + rename the image and mask columns to ``image``/``mask`` and add ``sample_id``."""
+    columns = dataset.column_names
+    features = dataset.features
+
+    def choose(role: str, given: str | None, defaults: Sequence[str], exclude: str | None) -> str:
+        if given is not None:
+            if given not in columns:
+                raise ValueError(f"{source}: no column {given!r} for the {role} (columns: {columns})")
+            if _is_class_feature(features[given]):
+                raise ValueError(
+                    f"{source}: column {given!r} holds {features[given]!r}, not {role}s; pass {role}_column="
+                )
+            return given
+        for name in defaults:
+            if name in columns and name != exclude and not _is_class_feature(features[name]):
+                return name
+        raise ValueError(
+            f"{source}: cannot tell which column holds the {role}s (columns: {columns}); "
+            f"pass {role}_column=... (--{role}-column)"
+        )
+
+    mask_col = choose("mask", mask_column, MASK_COLUMN_NAMES, image_column)
+    image_col = choose("image", image_column, IMAGE_COLUMN_NAMES, mask_col)
+    if image_col == mask_col:
+        raise ValueError(f"{source}: image_column and mask_column are both {image_col!r}")
+    keep = [image_col, mask_col] + (["sample_id"] if "sample_id" in columns and "sample_id" not in
+                                     (image_col, mask_col) else [])
+    dataset = dataset.select_columns(keep)
+    renames = {old: new for old, new in ((image_col, "image"), (mask_col, "mask")) if old != new}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    return _with_sample_ids(dataset)
+
+
+def _set_name(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
+    dataset.info.dataset_name = name
+    return dataset
+
+
+def _pick_split(loaded: datasets.DatasetDict, split: str | None, source: str) -> datasets.Dataset:
+    names = list(loaded.keys())
+    if split is None:
+        if "train" in loaded or len(names) == 1:
+            return loaded["train" if "train" in loaded else names[0]]
+        raise ValueError(f"{source}: several splits {names}; pass split=...")
+    wanted = _SPLIT_ALIASES.get(_split_key(split), split)
+    for name in (split, wanted):
+        if name in loaded:
+            return loaded[name]
+    if len(names) == 1:  # a folder without split subfolders is used whole, whatever the split
+        return loaded[names[0]]
+    raise ValueError(f"{source}: no split {split!r}; splits: {names}")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
+
+
+def _load_hub(repo_id: str, split: str | None, num_proc: int | None, load_kwargs: dict) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset(repo_id, split=split or "train", num_proc=num_proc, **load_kwargs)
+    except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+        first_line = (str(err).splitlines() or [""])[0]
+        local = f" There is no local folder {os.path.abspath(repo_id)} either." if "/" in repo_id or "." in repo_id else ""
+        if _hub_offline():
+            advice = (
+                f"Hub access is off (HF_HUB_OFFLINE) and {repo_id!r} is not in the datasets cache. Download it "
+                f"once where the Hub is reachable (datasets.load_dataset({repo_id!r}) caches it), or pass a local "
+                "folder of image/mask pairs."
+            )
+        else:
+            advice = (
+                "Check the id (and your token for a private or gated dataset), or pass a local folder of "
+                "image/mask pairs."
+            )
+        raise DatasetUnavailableError(
+            f"cannot load Hub dataset {repo_id!r}: {type(err).__name__}: {first_line}. {advice}{local}"
+        ) from err
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(loaded, split, repo_id)
+    return loaded
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def load_segmentation_dataset(
-    source,
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
     split: str | None = None,
     *,
     image_column: str | None = None,
     mask_column: str | None = None,
-    verify: bool = True,
+    verify: bool | str = True,
+    num_proc: int | None = None,
+    **load_kwargs: Any,
 ) -> datasets.Dataset:
-    """Load image/mask pairs as a ``datasets.Dataset`` with columns ``image``, ``mask``, ``sample_id``.
+    """Load image/mask pairs as a ``datasets.Dataset`` with the columns ``image``, ``mask``, ``sample_id``.
 
-    ``source``: a ``datasets.Dataset``; a local folder of pairs in a benchmark layout (``split`` picks a
-    ``train/``, ``val/`` or ``test/`` sub-folder when there is one); a folder with ``metadata.jsonl``
-    (imagefolder; ``*_file_name`` columns become images); or a Hub dataset id (cached; offline-aware).
-    With ``verify`` (local folders), pairs with an unreadable file or mismatched sizes are dropped with a
-    warning naming the files; the dropped files are listed in ``dataset.info.description``.
+    ``source`` may be:
+
+    * a local folder of pairs in a benchmark layout (see :func:`find_image_mask_pairs`): ``image``/``mask``
+      are file paths. With ``split``, a ``train/``, ``val/``/``validation/``, ``test/`` (or same-named)
+      subfolder is used when there is one, else the whole folder;
+    * a folder with ``metadata.jsonl`` (or ``.csv``/``.parquet``): an imagefolder dataset, where every
+      ``*_file_name`` column becomes an Image column; the mask column is ``mask_column`` or the first of
+      ``mask``, ``label``, ``annotation``, ``segmentation``, ``gt``;
+    * a folder written by ``Dataset.save_to_disk``, or holding ``*.parquet`` files;
+    * a Hub dataset id (``split`` defaults to ``"train"``); offline it must be in the datasets cache,
+      otherwise :class:`DatasetUnavailableError` names the id and says what to do;
+    * a ``datasets.Dataset`` (or ``DatasetDict``), used as it is.
+
+    ``image_column``/``mask_column`` name the columns to use (renamed to ``image``/``mask``); other columns
+    are dropped. ``sample_id`` is 0..n-1 in file-name order, except that a dataset which already has a
+    unique integer ``sample_id`` (e.g. a subset from :func:`train_validation_split`) keeps it.
+
+    ``verify`` (local folders of pairs): ``True`` reads every file's header and drops unreadable files and
+    image/mask size mismatches, ``"full"`` decodes every file (also catches truncated data), ``False``
+    skips the check. Dropped files are named with the reason in one warning and recorded in
+    ``dataset.info.description``; :func:`dropped_files` returns them. ``num_proc`` parallelises the check
+    (threads) and is passed to ``datasets.load_dataset``; other keyword arguments (``cache_dir``,
+    ``revision``, ``token``, ...) go to ``datasets.load_dataset`` too.
     """
+    if isinstance(source, datasets.DatasetDict):
+        source = _pick_split(source, split, "DatasetDict")
     if isinstance(source, datasets.Dataset):
-        return _normalise_columns(source, image_column, mask_column, "dataset")
-    path = Path(str(source))
-    if path.is_dir() and any(path.glob("**/metadata.jsonl")):
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-        name = split if split in loaded else next(iter(loaded))
-        return _normalise_columns(loaded[name], image_column, mask_column, path)
+        name = dataset_name(source)
+        return _set_name(_normalise_columns(source, image_column, mask_column, name), name)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a folder, a Hub dataset id or a datasets.Dataset, got {type(source).__name__}")
+
+    text = os.fspath(source)
+    path = Path(os.path.expanduser(text))
+    name = dataset_name(source)
     if path.is_dir():
-        scan = find_image_mask_pairs(path, split)
-        if verify:
-            scan = verify_pairs(scan)
-        if not scan.pairs:
-            raise ValueError(f"{path}: no readable image/mask pairs")
-        info = datasets.DatasetInfo(description="dropped: " + "; ".join(scan.problems.values()) if scan.problems else "")
-        dataset = datasets.Dataset.from_dict(
-            {"image": [p[0] for p in scan.pairs], "mask": [p[1] for p in scan.pairs]}, info=info
-        )
-        return _with_sample_ids(dataset)
-    if path.exists() or str(source).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{source}: not a folder of image/mask pairs")
+        dataset = _load_local(path, split, image_column, mask_column, verify, num_proc, load_kwargs)
+        return _set_name(dataset, name)
+    if path.exists():
+        raise ValueError(f"{text}: is a file; pass a folder of image/mask pairs, a Hub dataset id or a Dataset")
+    if not _HUB_ID.match(text):
+        raise FileNotFoundError(f"{text}: no such folder (and not a Hub dataset id)")
+    dataset = _load_hub(text, split, num_proc, load_kwargs)
+    return _set_name(_normalise_columns(dataset, image_column, mask_column, text), name)
+
+
+def _metadata_files(path: Path) -> list[Path]:
+    names = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+    found = [path / n for n in names if (path / n).is_file()]
+    for child in _subdirs(path):
+        found += [child / n for n in names if (child / n).is_file()]
+    return found
+
+
+def _load_local(
+    path: Path, split: str | None, image_column: str | None, mask_column: str | None,
+    verify: bool | str, num_proc: int | None, load_kwargs: dict,
+) -> datasets.Dataset:
+    label = str(path)
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = _pick_split(loaded, split, label)
+        return _normalise_columns(loaded, image_column, mask_column, label)
+    if _metadata_files(path):
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), num_proc=num_proc, **load_kwargs)
+        return _normalise_columns(_pick_split(loaded, split, label), image_column, mask_column, label)
     try:
-        dataset = datasets.load_dataset(str(source), split=split or "train")
-    except (FileNotFoundError, ConnectionError, OSError, ValueError) as error:
-        raise FileNotFoundError(
-            f"{source}: cannot load this Hub dataset ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-            "Download it once where the Hub is reachable (it is then cached), or pass a local folder."
-        ) from error
-    return _normalise_columns(dataset, image_column, mask_column, source)
+        scan = find_image_mask_pairs(path, split)
+    except ValueError:
+        if next(path.glob("**/*.parquet"), None) is not None:
+            loaded = datasets.load_dataset(str(path), num_proc=num_proc, **load_kwargs)
+            return _normalise_columns(_pick_split(loaded, split, label), image_column, mask_column, label)
+        raise
+    if verify:
+        verify_pairs(scan, full=verify == "full", num_proc=num_proc)
+    if not scan.pairs:
+        raise ValueError(
+            f"{path}: no usable image/mask pairs in {scan.relative(scan.image_dir)}/ + "
+            f"{scan.relative(scan.mask_dir)}/ (see the warnings above for the files found)"
+        )
+    unused = dict(scan.problems)
+    for p in scan.unpaired_images:
+        unused[p] = f"no mask with the same name in {Path(scan.mask_dir).name}/"
+    for p in scan.unpaired_masks:
+        unused[p] = f"no image with the same name in {Path(scan.image_dir).name}/"
+    description = (
+        f"{len(scan.pairs)} image/mask pairs from {scan.root} (images: {scan.relative(scan.image_dir)}/, "
+        f"masks: {scan.relative(scan.mask_dir)}/); {len(unused)} file(s) not used, see "
+        f"dsunet_hf.data.dropped_files(dataset).\n{_DROPPED_MARKER}{json.dumps(unused)}"
+    )
+    features = datasets.Features(
+        {"image": datasets.Value("string"), "mask": datasets.Value("string"), "sample_id": datasets.Value("int64")}
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "image": [image for image, _ in scan.pairs],
+            "mask": [mask for _, mask in scan.pairs],
+            "sample_id": list(range(len(scan.pairs))),
+        },
+        info=datasets.DatasetInfo(description=description, features=features),
+    )
 
 
-def train_validation_split(dataset: datasets.Dataset, validation_ratio: float = 0.1, seed: int = 0):
-    """(train, validation) by ratio and seed; each keeps its rows' ``sample_id``."""
-    if not 0 < validation_ratio < 1:
-        raise ValueError(f"validation_ratio must be in (0, 1), got {validation_ratio}")
-    count = round(len(dataset) * validation_ratio)
-    if count < 1 or count >= len(dataset):
-        raise ValueError(f"a {validation_ratio} split of {len(dataset)} samples leaves an empty side")
-    split = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
-    return split["train"], split["test"]
+def train_validation_split(
+    dataset: datasets.Dataset, validation_ratio: float = 0.1, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Shuffle-split ``dataset`` into ``(train, validation)``; the same ``seed`` gives the same split.
+
+    The validation part has ``ceil(validation_ratio * len(dataset))`` rows (as ``train_test_split``); rows
+    keep their ``sample_id``. Raises ``ValueError`` if either part would be empty.
+    """
+    if not 0.0 < float(validation_ratio) < 1.0:
+        raise ValueError(f"validation_ratio must be between 0 and 1 (exclusive), got {validation_ratio}")
+    n = len(dataset)
+    n_validation = math.ceil(validation_ratio * n)
+    if n_validation < 1 or n - n_validation < 1:
+        raise ValueError(
+            f"cannot split {n} sample(s) with validation_ratio={validation_ratio}: "
+            f"{n - n_validation} train / {n_validation} validation; one side would be empty"
+        )
+    parts = dataset.train_test_split(test_size=n_validation, shuffle=True, seed=seed)
+    return parts["train"], parts["test"]
 
 
-def dataset_name(source) -> str:
-    """A human name for cards and reports: the folder's name, or the Hub id."""
-    path = Path(str(source))
-    if path.is_dir():
-        generic = {n for names in SPLIT_DIR_NAMES.values() for n in names}
-        return path.parent.name if path.name.lower() in generic else path.name
-    return str(source)
+def dataset_name(source: Any) -> str:
+    """A human name for model cards and reports.
+
+    A folder gives its name (``"ECSSD"``); a generic split or layout folder name is qualified by its
+    parent (``"COD10K (Train)"``). A Hub id is returned as is; a ``Dataset`` gives the name recorded
+    by :func:`load_segmentation_dataset` (or ``"dataset"``).
+    """
+    if isinstance(source, datasets.DatasetDict):
+        source = next(iter(source.values()), None)
+    if isinstance(source, datasets.Dataset):
+        info = source.info
+        for name in (info.dataset_name, info.builder_name):
+            if name and name not in _DATASETS_BUILDER_NAMES:
+                return str(name)
+        return "dataset"
+    text = os.fspath(source).rstrip("/\\") if isinstance(source, (str, os.PathLike)) else str(source)
+    path = Path(os.path.expanduser(text or "."))
+    if path.exists():
+        path = Path(os.path.abspath(path))
+        name = path.name if path.is_dir() else path.stem
+        generic = _split_key(name) in _SPLIT_ALIASES or _norm(name) in IMAGE_DIR_NAMES + MASK_DIR_NAMES
+        if generic and path.parent.name:
+            return f"{path.parent.name} ({name})"
+        return name or str(path)
+    return text
+
+
+# ----------------------------------------------------------------------------------------- transform
+def _describe(source: Any, sample_id: Any, what: str) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"{what} {os.fspath(source)}"
+    filename = getattr(source, "filename", None)
+    return f"{what} {filename}" if filename else f"the {what} of sample {sample_id}"
+
+
+def _decodable(value: Any) -> Any:
+    """What ``datasets`` may hand over -> something load_image/load_mask read: an undecoded Image cell
+    (``{"bytes", "path"}``) becomes a PIL image or its path, nested lists become an array."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            with Image.open(io.BytesIO(value["bytes"])) as image:
+                image.load()
+                return image.copy()
+        if value.get("path"):
+            return value["path"]
+        raise ValueError(f"cannot decode a dataset cell with keys {sorted(value)}")
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    return value
 
 
 class SegmentationTransform:
-    """Rows -> model inputs, for ``Dataset.with_transform``.
+    """Rows -> model inputs, for ``dataset.with_transform(SegmentationTransform(processor, train=...))``.
 
-    Training augmentation follows SAM2-UNet: random horizontal and vertical flips (p=0.5 each), the same
-    for image and mask, then the processor's resize (image bilinear, mask bicubic and kept soft). The
-    flips are a pure function of (seed, epoch, sample_id) — never of global RNG state — so a resumed run
-    sees exactly the augmentation an uninterrupted one would. ``epoch`` is set by the training loop.
-    Evaluation rows also carry the original-size ``ground_truth`` (uint8) and ``original_size``.
+    Called with a batch ``{"image": [...], "mask": [...], "sample_id": [...]}`` (``dataset[i]`` is a batch
+    of one), it decodes each pair (paths through :func:`~dsunet_hf.image_io.load_image` /
+    :func:`~dsunet_hf.image_io.load_mask`, so errors name the file; PIL images and arrays as well), applies
+    the training augmentation, and runs ``processor(images, masks=masks)``. It returns lists, one item per
+    example: ``pixel_values`` (3, H, W) float tensor, ``labels`` (1, H, W) float tensor in [0, 1] (soft:
+    bicubic-resized), ``sample_id`` and, when ``train=False``, ``ground_truth`` (the original-size mask as a
+    uint8 (H, W) array, ``round(mask * 255)``) and ``original_size`` ``(height, width)``. Any other per-image
+    tensor the processor returns is passed through the same way.
+
+    Training augmentation is SAM2-UNet's: a random horizontal and a random vertical flip, p=0.5 each,
+    identical for image and mask, before the processor's resize. The flips are a pure function of
+    ``(seed, epoch, sample_id)`` (see :meth:`flips`) and never of global RNG state, so a batch replayed
+    after resuming is augmented exactly as before. The training loop sets :attr:`epoch` at the start of
+    every epoch. With ``DataLoader(num_workers > 0)`` the workers hold a copy of this object made when the
+    loader's iterator starts: set ``epoch`` before iterating, and do not use ``persistent_workers=True``
+    (the workers would keep the first epoch's value).
     """
 
-    def __init__(self, processor, train: bool, hflip: bool = True, vflip: bool = True, seed: int = 0):
+    def __init__(self, processor: Any, train: bool, hflip: bool = True, vflip: bool = True, seed: int = 0):
         self.processor = processor
-        self.train = train
-        self.hflip = hflip
-        self.vflip = vflip
-        self.seed = seed
+        self.train = bool(train)
+        self.hflip = bool(hflip)
+        self.vflip = bool(vflip)
+        self.seed = int(seed)
         self.epoch = 0
 
-    def _flip(self, image: Image.Image, mask: Image.Image, sample_id: int):
-        rng = random.Random(f"{self.seed}:{self.epoch}:{sample_id}")
-        flip_h, flip_v = rng.random() < 0.5, rng.random() < 0.5
-        if self.hflip and flip_h:
-            image, mask = (x.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for x in (image, mask))
-        if self.vflip and flip_v:
-            image, mask = (x.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for x in (image, mask))
-        return image, mask
+    def flips(self, sample_id: int, epoch: int | None = None) -> tuple[bool, bool]:
+        """``(horizontal, vertical)`` flips of ``sample_id`` in ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else epoch
+        # A str seed is hashed with SHA-512 by random.Random: the same in every process and Python run.
+        rng = random.Random(f"{self.seed}:{int(epoch)}:{int(sample_id)}")
+        horizontal, vertical = rng.random() < 0.5, rng.random() < 0.5  # both always drawn: independent
+        return (self.hflip and horizontal, self.vflip and vertical)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        images, masks, ground_truths = [], [], []
+        missing = [key for key in ("image", "mask", "sample_id") if key not in batch]
+        if missing:
+            raise KeyError(
+                f"batch has no {missing} column(s) (has {list(batch)}); load the data with "
+                "dsunet_hf.data.load_segmentation_dataset, which adds image, mask and sample_id"
+            )
+        images, masks, ground_truths, sizes = [], [], [], []
         for image_source, mask_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
-            image = load_image(image_source)
-            mask_array = load_mask(mask_source)
-            if mask_array.shape != (image.height, image.width):
+            image = load_image(_decodable(image_source))
+            mask = load_mask(_decodable(mask_source))
+            if mask.shape != (image.height, image.width):
                 raise ValueError(
-                    f"mask {_describe(mask_source)} is {mask_array.shape[1]}x{mask_array.shape[0]} but image "
-                    f"{_describe(image_source)} is {image.width}x{image.height}"
+                    f"{_describe(mask_source, sample_id, 'mask')} is {mask.shape[1]}x{mask.shape[0]} but "
+                    f"{_describe(image_source, sample_id, 'image')} is {image.width}x{image.height} (width x height)"
                 )
-            mask = Image.fromarray((mask_array * 255).round().astype(np.uint8))
             if self.train:
-                image, mask = self._flip(image, mask, sample_id)
+                horizontal, vertical = self.flips(sample_id)
+                if horizontal:
+                    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                    mask = mask[:, ::-1]
+                if vertical:
+                    image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+                    mask = mask[::-1, :]
+                mask = np.ascontiguousarray(mask)
             else:
-                ground_truths.append(np.asarray(mask))
+                ground_truths.append(np.round(mask * 255.0).astype(np.uint8))
+                sizes.append((image.height, image.width))
             images.append(image)
             masks.append(mask)
+
         encoded = self.processor(images, masks=masks)
-        out = {
-            "pixel_values": list(encoded["pixel_values"]),
-            "labels": list(encoded["labels"]),
-            "sample_id": list(batch["sample_id"]),
-        }
+        n = len(images)
+        out: dict[str, list] = {}
+        for key, value in encoded.items():
+            if key in ("original_sizes", "sample_id", "ground_truth", "original_size"):
+                continue
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(value)
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
+                out[key] = list(value)
+        out["sample_id"] = [int(s) for s in batch["sample_id"]]
         if not self.train:
             out["ground_truth"] = ground_truths
-            out["original_size"] = [gt.shape for gt in ground_truths]
+            out["original_size"] = sizes
         return out
 
 
-def _describe(source) -> str:
-    return source if isinstance(source, str) else getattr(source, "filename", None) or type(source).__name__
-
-
 def collate_segmentation(examples: list[dict]) -> dict:
-    """Stack tensors; keep original-size ground truths as a list (their sizes differ)."""
-    batch = {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": torch.stack([e["labels"] for e in examples]),
-        "sample_id": torch.tensor([int(e["sample_id"]) for e in examples], dtype=torch.long),
-    }
-    if "ground_truth" in examples[0]:
-        batch["ground_truth"] = [e["ground_truth"] for e in examples]
-        batch["original_size"] = [tuple(e["original_size"]) for e in examples]
+    """Collate transformed examples into a batch for the model.
+
+    Tensors (``pixel_values``, ``labels``, ...) are stacked; ``sample_id`` becomes a LongTensor;
+    ``ground_truth`` (original-size uint8 arrays, sizes differ) and ``original_size`` stay python lists.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    batch: dict[str, Any] = {}
+    for key in examples[0]:
+        values = [example[key] for example in examples]
+        if key == "sample_id":
+            batch[key] = torch.tensor([int(v) for v in values], dtype=torch.long)
+        elif key == "original_size":
+            batch[key] = [tuple(int(x) for x in v) for v in values]
+        elif key != "ground_truth" and all(isinstance(v, torch.Tensor) for v in values):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"cannot stack {key!r}: examples have shapes {sorted(shapes)}")
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = list(values)
     return batch

@@ -6,8 +6,10 @@ them: each image is a textured background (smooth multi-scale noise mapped throu
 palette) with one or two objects (blobs, ellipses, polygons) painted with a texture from the *same*
 palette, slightly shifted in colour and with a finer grain. The mean colour of an object is close to
 that of its surroundings, so a pixel-colour threshold does not segment it, but the texture
-difference is consistent, so the data is learnable: a tiny model trained for a few minutes on a CPU
-should beat a centre prior (objects are placed anywhere in the frame, not preferentially in the centre).
+difference is consistent, so the data is learnable: a tiny model trained briefly on a CPU beats a
+centre prior (objects are placed anywhere in the frame, not preferentially in the centre). Checked once
+with a plain 6-layer CNN, 300 steps of batch 12 at 64 px on 96 scenes: Dice 0.59 on 32 unseen scenes,
+against 0.46 for the best centred-Gaussian prior (its width and threshold tuned on those same scenes).
 
 Everything is numpy + PIL and deterministic for a seed; sample ``i`` of a dataset depends only on
 ``(seed, i)``, so ``num_pairs`` can change without changing the first samples.

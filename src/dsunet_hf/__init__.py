@@ -11,6 +11,7 @@ from .finetune import STRATEGIES, trainable_summary
 from .hub import BackboneNotAvailableError
 from .image_processing import SegmentationImageProcessor
 from .modeling_utils import CheckpointMismatchError
+from .models.dsunet import DSUNetConfig, DSUNetForImageSegmentation, DSUNetOutput
 from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation, Sam2UNetOutput
 
 __version__ = "0.1.0"
@@ -19,12 +20,19 @@ AutoConfig.register(Sam2UNetConfig.model_type, Sam2UNetConfig, exist_ok=True)
 AutoModel.register(Sam2UNetConfig, Sam2UNetForImageSegmentation, exist_ok=True)
 AutoModelForImageSegmentation.register(Sam2UNetConfig, Sam2UNetForImageSegmentation, exist_ok=True)
 AutoImageProcessor.register(Sam2UNetConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
+AutoConfig.register(DSUNetConfig.model_type, DSUNetConfig, exist_ok=True)
+AutoModel.register(DSUNetConfig, DSUNetForImageSegmentation, exist_ok=True)
+AutoModelForImageSegmentation.register(DSUNetConfig, DSUNetForImageSegmentation, exist_ok=True)
+AutoImageProcessor.register(DSUNetConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
 
 __all__ = [
     "HIERA_PRESETS",
     "STRATEGIES",
     "BackboneNotAvailableError",
     "CheckpointMismatchError",
+    "DSUNetConfig",
+    "DSUNetForImageSegmentation",
+    "DSUNetOutput",
     "HieraBackbone",
     "SegmentationImageProcessor",
     "Sam2UNetConfig",

@@ -35,6 +35,12 @@ def _convert(args) -> int:
             backbone_revision=args.backbone_revision, include_backbone=args.include_backbone,
         )
         print(f"converted {args.source} -> {args.output} ({trainable_summary(model)})")
+    elif args.kind == "dsunet":
+        from .convert.dsunet import convert_dsunet_checkpoint
+        from .finetune import trainable_summary
+
+        model = convert_dsunet_checkpoint(args.source, args.output, include_backbone=args.include_backbone)
+        print(f"converted {args.source} -> {args.output} ({trainable_summary(model)})")
     else:  # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
         from transformers import Sam2HieraDetModel
 
@@ -75,7 +81,7 @@ def _info(args) -> int:
         config = AutoConfig.from_pretrained(args.model)
         print(json.dumps(config.to_diff_dict(), indent=2, default=str))
     else:
-        print("models: sam2_unet (Sam2UNetForImageSegmentation)")
+        print("models: sam2_unet (Sam2UNetForImageSegmentation), dsunet (DSUNetForImageSegmentation)")
     return 0
 
 
@@ -106,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_predict)
 
     convert = commands.add_parser("convert", help="convert an original checkpoint")
-    convert.add_argument("kind", choices=["sam2-unet", "sam2-hiera"])
-    convert.add_argument("source", help="SAM2UNet-*.pth, or Meta's sam2*_hiera_*.pt")
+    convert.add_argument("kind", choices=["sam2-unet", "dsunet", "sam2-hiera"])
+    convert.add_argument("source", help="SAM2UNet-*.pth, DGSUNet-*.pth, or Meta's sam2*_hiera_*.pt")
     convert.add_argument("output", help="output folder")
     convert.add_argument("--backbone-repo-id", default=None, help="default: Meta's SAM 2.0 repo of the size")
     convert.add_argument("--backbone-revision", default=None)

@@ -45,13 +45,6 @@ def add_lora(module: nn.Module, rank: int, alpha: int, dropout: float, target_mo
     inject_adapter_in_model(config, module)
 
 
-def apply_finetune_strategy(model: nn.Module, strategy: str, frozen_prefixes: tuple[str, ...]) -> None:
-    """Set ``requires_grad`` on every parameter according to the strategy."""
-    check_strategy(strategy)
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(is_trainable_key(name, strategy, frozen_prefixes))
-
-
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

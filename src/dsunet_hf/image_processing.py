@@ -78,11 +78,15 @@ class SegmentationImageProcessor(BaseImageProcessor):
         do_normalize: bool = True,
         image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        extra_sizes: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
         super().__init__(**kwargs)
         self.size = _normalize_size(size)
+        # Models with a second backbone input (DSU-Net's 518 px DINOv2 view) get one more plain resize
+        # of the original image per entry, e.g. {"dino_pixel_values": 518}.
+        self.extra_sizes = {name: _normalize_size(value) for name, value in (extra_sizes or {}).items()}
         self.resample = int(resample)
         self.do_normalize = bool(do_normalize)
         # Lists, not tuples, so that to_dict() equals its JSON round-trip.
@@ -92,8 +96,8 @@ class SegmentationImageProcessor(BaseImageProcessor):
             raise ValueError("image_mean and image_std must have 3 values (RGB)")
 
     # ------------------------------------------------------------------ pre-processing
-    def _image_to_array(self, image: Image.Image) -> np.ndarray:
-        h, w = self.size["height"], self.size["width"]
+    def _image_to_array(self, image: Image.Image, size: dict[str, int] | None = None) -> np.ndarray:
+        h, w = (size or self.size)["height"], (size or self.size)["width"]
         if image.size != (w, h):
             image = image.resize((w, h), resample=self.resample)
         arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
@@ -136,10 +140,13 @@ class SegmentationImageProcessor(BaseImageProcessor):
             raise ValueError(f"got {len(image_list)} images but {len(mask_list)} masks")
 
         pixel_values, labels, original_sizes = [], [], []
+        extra: dict[str, list] = {name: [] for name in self.extra_sizes}
         for i, item in enumerate(image_list):
             image = load_image(item)
             original_sizes.append((image.height, image.width))
             pixel_values.append(self._image_to_array(image))
+            for name, size in self.extra_sizes.items():
+                extra[name].append(self._image_to_array(image, size))
             if mask_list is not None:
                 mask = load_mask(mask_list[i])
                 if mask.shape != (image.height, image.width):
@@ -150,6 +157,7 @@ class SegmentationImageProcessor(BaseImageProcessor):
                 labels.append(self._mask_to_array(mask))
 
         data: dict[str, Any] = {"pixel_values": np.stack(pixel_values)}
+        data.update({name: np.stack(arrays) for name, arrays in extra.items()})
         if mask_list is not None:
             data["labels"] = np.stack(labels)
         if return_tensors == "pt":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,9 +17,44 @@ from huggingface_hub import ModelCard
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import kaiming_uniform_, ones_, uniform_, zeros_
+from transformers.utils import ModelOutput
 
-from .finetune import apply_finetune_strategy, is_trainable_key, parameter_counts
+from .finetune import is_trainable_key, parameter_counts
 from .hub import upload_folder_to_hub
+
+
+@dataclass
+class SegmentationOutput(ModelOutput):
+    """
+    loss: the deep-supervision loss over all outputs (weights ``config.loss_weights``), when labels are given.
+    logits: (B, 1, H, W) final logits at the input size.
+    aux_logits: the deep-supervision side outputs, coarsest first, each (B, 1, H, W).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    aux_logits: tuple[torch.Tensor, ...] | None = None
+
+
+def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "pixel_values") -> None:
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(
+            f"{name} must be (batch, 3, height, width) RGB, got shape {tuple(pixel_values.shape)}; "
+            "use the model's image processor to convert gray/RGBA/palette images"
+        )
+    if pixel_values.shape[2] % multiple or pixel_values.shape[3] % multiple:
+        raise ValueError(
+            f"{name}: height and width must be multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
+        )
+
+
+def labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) or (B, 1, H, W) masks in [0, 1], checked against the logits' size."""
+    if labels.ndim == 3:
+        labels = labels.unsqueeze(1)
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape)}")
+    return labels.to(logits.dtype)
 
 
 class CheckpointMismatchError(ValueError):
@@ -36,12 +72,19 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     # report for them (adapter and LoRA tensors under the same prefix must still be present).
     _keys_to_ignore_on_load_missing = [r"^backbone\.(?!.*(\.adapter\.|lora_))"]
 
+    # Parameters the forward pass never uses (e.g. DINOv2's masked-modelling token): never trained, so
+    # even `full` fine-tuning leaves no unused parameter for DDP to trip over.
+    unused_parameters: tuple[str, ...] = ()
+
     # --- what trains, what is saved ----------------------------------------------------------------
     def is_trainable_key(self, name: str) -> bool:
+        if name in self.unused_parameters:
+            return False
         return is_trainable_key(name, self.config.finetune_strategy, self.frozen_backbone_prefixes)
 
     def apply_finetune_strategy(self) -> None:
-        apply_finetune_strategy(self, self.config.finetune_strategy, self.frozen_backbone_prefixes)
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(self.is_trainable_key(name))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Exactly what ``save_pretrained`` writes by default."""

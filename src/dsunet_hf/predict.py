@@ -79,12 +79,17 @@ def cutout_image(image: Image.Image, probability: np.ndarray) -> Image.Image:
     return rgba
 
 
+def pixel_inputs(batch, device=None, dtype=None) -> dict[str, torch.Tensor]:
+    """Every image input a model takes (``pixel_values`` and e.g. DSU-Net's ``dino_pixel_values``)."""
+    return {k: v.to(device=device, dtype=dtype) for k, v in batch.items() if k.endswith("pixel_values")}
+
+
 @torch.inference_mode()
 def predict_probabilities(model, processor, images: list, minmax_normalize: bool = False) -> list[torch.Tensor]:
     """Foreground probabilities (H, W) at each image's original size, for a batch of PIL images."""
     parameter = next(model.parameters())
     inputs = processor(images)
-    logits = model(pixel_values=inputs["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)).logits
+    logits = model(**pixel_inputs(inputs, parameter.device, parameter.dtype)).logits
     return processor.post_process_semantic_segmentation(
         logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )

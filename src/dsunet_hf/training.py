@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from .files import write_json_atomic
+from .predict import pixel_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ class TrainingArguments:
         metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | constant"},
     )
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    num_epochs: int = field(default=20, metadata={"help": "epochs (ignored when --max-steps is set)"})
+    num_epochs: int | None = field(default=None, metadata={"help": "epochs (default: the model's recipe, 20 for "
+                                                                     "sam2-unet, 50 for dsunet; ignored with --max-steps)"})
     max_steps: int | None = field(default=None, metadata={"help": "total optimizer steps"})
-    batch_size: int = field(default=12, metadata={"help": "per-device batch size"})
+    batch_size: int | None = field(default=None, metadata={"help": "per-device batch size (default: the model's "
+                                                                      "recipe, 12 for sam2-unet, 4 for dsunet)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (upstream: none)"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
@@ -113,16 +116,22 @@ def build_model(args: TrainingArguments, accelerator: Accelerator | None = None)
     spec = get_model_spec(args.model)
     config_kwargs = json.loads(args.config_overrides) if args.config_overrides else {}
     config_kwargs["finetune_strategy"] = args.finetune_strategy
+    # --backbone / --backbone-preset name the SAM 2 trunk (both models); DSU-Net's DINOv2 is set through
+    # --config-overrides '{"dino_preset": ..., "dino_backbone_repo_id": ...}'.
+    preset_field, repo_field = ("sam_preset", "sam_backbone_repo_id") if args.model == "dsunet" else (
+        "backbone_preset", "backbone_repo_id")
     if args.backbone_preset:
-        config_kwargs["backbone_preset"] = args.backbone_preset
+        config_kwargs[preset_field] = args.backbone_preset
     if args.image_size:
         config_kwargs["image_size"] = args.image_size
     if args.backbone and args.backbone != "random":
-        config_kwargs["backbone_repo_id"] = args.backbone
+        config_kwargs[repo_field] = args.backbone
     config = spec.config_class(**config_kwargs)
     if args.backbone == "random":
-        logger.warning("--backbone random: the frozen backbone keeps its RANDOM initialisation (no download)")
-        config.backbone_repo_id = "random-init"
+        logger.warning("--backbone random: the frozen backbones keep their RANDOM initialisation (no download)")
+        for field_name in ("backbone_repo_id", "sam_backbone_repo_id", "dino_backbone_repo_id"):
+            if hasattr(config, field_name):
+                setattr(config, field_name, "random-init")
         model = spec.model_class(config)
     else:
         model = spec.model_class.from_pretrained_backbones(config)
@@ -251,6 +260,8 @@ def train(args: TrainingArguments) -> dict:
     )
     set_seed(args.seed)
     spec, model = build_model(args, accelerator)
+    args.batch_size = args.batch_size or spec.batch_size
+    args.num_epochs = args.num_epochs or spec.num_epochs
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
     train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
@@ -340,7 +351,7 @@ def train(args: TrainingArguments) -> dict:
             batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                loss = model(**pixel_inputs(batch), labels=batch["labels"]).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

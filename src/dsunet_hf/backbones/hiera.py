@@ -17,6 +17,7 @@ from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
 
 from ..convert.sam2 import convert_sam2_trunk_state_dict, trunk_state_dict_from_sam2_checkpoint
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+from .loading import load_state_dict_strictly
 
 # Exact SAM 2 / SAM 2.1 trunk settings (identical for both releases; only the weights differ).
 HIERA_PRESETS: dict[str, dict] = {
@@ -129,29 +130,13 @@ class HieraBackbone(nn.Module):
             plain_trunk_key(k): v for k, v in self.encoder.state_dict().items() if is_trunk_key(k)
         }
 
-    @torch.no_grad()
     def load_trunk_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load plain ``Sam2HieraDetModel`` weights into the (possibly adapted / LoRA'd) trunk, strictly."""
-        own = {k: v for k, v in self.encoder.state_dict(keep_vars=True).items() if is_trunk_key(k)}
-        by_plain_name = {plain_trunk_key(k): k for k in own}
-        missing = sorted(set(by_plain_name) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(by_plain_name))
-        if missing or unexpected:
-            raise ValueError(
-                f"{source}: not a Hiera trunk of this size; missing keys {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                f"{' ...' if len(unexpected) > 8 else ''}"
-            )
-        for plain_name, tensor in state_dict.items():  # check every shape before changing anything
-            target = own[by_plain_name[plain_name]]
-            if target.shape != tensor.shape:
-                raise ValueError(
-                    f"{source}: {plain_name} has shape {tuple(tensor.shape)}, this Hiera config expects "
-                    f"{tuple(target.shape)} (wrong size preset?)"
-                )
-        for plain_name, tensor in state_dict.items():
-            target = own[by_plain_name[plain_name]]
-            target.copy_(tensor.to(dtype=target.dtype, device=target.device))
+        own_names = {plain_trunk_key(k): k for k in self.encoder.state_dict() if is_trunk_key(k)}
+        load_state_dict_strictly(
+            self.encoder, state_dict, source, own_names,
+            what="a Hiera trunk of this size", expected_by="this Hiera config", size_hint="(wrong size preset?)",
+        )
 
 
 def plain_block(block: nn.Module) -> nn.Module:

@@ -9,15 +9,21 @@ from dataclasses import dataclass
 class ModelSpec:
     config_class: type
     model_class: type
-    # Upstream training augmentation (applied to image and mask together).
+    # Upstream training recipe: augmentation (image and mask together), batch size and epochs.
     hflip: bool = True
     vflip: bool = True
+    batch_size: int = 12
+    num_epochs: int = 20
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    from .dsunet import DSUNetConfig, DSUNetForImageSegmentation
     from .sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation
 
-    registry = {"sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation, hflip=True, vflip=True)}
+    registry = {
+        "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation, batch_size=12, num_epochs=20),
+        "dsunet": ModelSpec(DSUNetConfig, DSUNetForImageSegmentation, batch_size=4, num_epochs=50),
+    }
     if name not in registry:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(registry)}")
     return registry[name]

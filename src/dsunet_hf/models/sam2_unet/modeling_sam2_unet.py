@@ -7,57 +7,24 @@ built, so DDP needs no ``find_unused_parameters``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCardData
 from torch import nn
-from transformers.utils import ModelOutput
 
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
 from ...finetune import add_lora, trainable_summary, uses_adapters
 from ...hub import render_model_card
 from ...losses import deep_supervision_loss
-from ...modeling_utils import SegmentationPreTrainedModel
+from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
 from ...modules.adapters import BottleneckAdapter
 from ...modules.decoder_blocks import UpBlock
 from ...modules.rfb import RFB
 from .configuration_sam2_unet import Sam2UNetConfig
 
 
-@dataclass
-class Sam2UNetOutput(ModelOutput):
-    """
-    loss: structure loss summed over the three outputs (weights `config.loss_weights`), when labels are given.
-    logits: (B, 1, H, W) final logits at the input size.
-    aux_logits: the two deep-supervision logits (from 1/16 and 1/8), each (B, 1, H, W).
-    """
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    aux_logits: tuple[torch.Tensor, ...] | None = None
-
-
-def check_pixel_values(pixel_values: torch.Tensor, multiple: int) -> None:
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        raise ValueError(
-            f"pixel_values must be (batch, 3, height, width) RGB, got shape {tuple(pixel_values.shape)}; "
-            "use the model's image processor to convert gray/RGBA/palette images"
-        )
-    if pixel_values.shape[2] % multiple or pixel_values.shape[3] % multiple:
-        raise ValueError(
-            f"input height and width must be multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
-        )
-
-
-def labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) or (B, 1, H, W) masks in [0, 1], checked against the logits' size."""
-    if labels.ndim == 3:
-        labels = labels.unsqueeze(1)
-    if labels.shape != logits.shape:
-        raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape)}")
-    return labels.to(logits.dtype)
+class Sam2UNetOutput(SegmentationOutput):
+    """SAM2-UNet output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8), ``loss``."""
 
 
 class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):

@@ -1,0 +1,252 @@
+"""Frozen DINOv2 ViT/14 encoder, on transformers' ``Dinov2Model``.
+
+``DINOv2Backbone(config)(pixel_values)`` returns the final-LayerNorm patch tokens as an NCHW map
+(B, C, H/14, W/14), i.e. the torch.hub model's ``x_norm_patchtokens`` reshaped; ``forward_layers`` returns
+the same for chosen intermediate blocks. Pretrained weights come from a Hub repo (transformers
+``model.safetensors``, 4.x or 5.x names), a local folder, or a file (``.safetensors``, or Meta's torch.hub
+``dinov2_vit*14*.pth`` which is converted to transformers-5 names).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import Dinov2Config, Dinov2Model
+
+from ..convert.sam2 import read_torch_checkpoint
+from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+from .loading import load_state_dict_strictly
+
+# Meta's DINOv2 ViT/14 sizes (torch.hub dinov2_vit{s,b,l,g}14): 518 px, LayerScale 1.0, LayerNorm eps 1e-6.
+_COMMON = dict(patch_size=14, image_size=518, layerscale_value=1.0, layer_norm_eps=1e-6, mlp_ratio=4)
+DINOV2_PRESETS: dict[str, dict] = {
+    "small": dict(_COMMON, hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "base": dict(_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "large": dict(_COMMON, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "giant": dict(_COMMON, hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True),
+}
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in DINOV2_PRESETS:
+        raise ValueError(f"unknown DINOv2 preset {preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
+
+
+def dinov2_hub_repo(preset: str) -> str:
+    """Meta's transformers repo for a DINOv2 size: ``facebook/dinov2-large`` etc."""
+    _check_preset(preset)
+    return f"facebook/dinov2-{preset}"
+
+
+def dinov2_config(preset: str | None = "large", **overrides) -> Dinov2Config:
+    """A ``Dinov2Config`` for a size preset, with optional field overrides (tiny test configs)."""
+    if preset is not None:
+        _check_preset(preset)
+    fields = dict(DINOV2_PRESETS[preset]) if preset else {}
+    fields.update(overrides)
+    return Dinov2Config(**fields)
+
+
+class DINOv2Backbone(nn.Module):
+    """DINOv2 encoder returning final-LayerNorm patch tokens channels-first (CLS / registers dropped)."""
+
+    def __init__(self, config: Dinov2Config):
+        super().__init__()
+        self.config = config
+        self.encoder = Dinov2Model(config)
+
+    @property
+    def channels(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def patch_size(self) -> int:
+        patch = self.config.patch_size
+        return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register tokens (``Dinov2Model`` has none; ``Dinov2WithRegisters`` configs do)."""
+        return 1 + int(getattr(self.config, "num_register_tokens", 0) or 0)
+
+    def _to_map(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        patches = tokens[:, self.num_prefix_tokens :]
+        rows, cols = height // self.patch_size, width // self.patch_size
+        return patches.reshape(patches.shape[0], rows, cols, patches.shape[-1]).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder(pixel_values).last_hidden_state  # already through the final LayerNorm
+        return self._to_map(tokens, *pixel_values.shape[-2:])
+
+    def forward_layers(self, pixel_values: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        """Maps after the given 1-based blocks (negative counts from the end, -1 = last), each through the
+        final LayerNorm, as NCHW patch-token maps."""
+        depth = self.config.num_hidden_layers
+        indices = []
+        for layer in layers:
+            index = layer + depth + 1 if layer < 0 else layer
+            if not 1 <= index <= depth:
+                raise ValueError(f"layer {layer} is out of range for a {depth}-block DINOv2 (use 1..{depth} or -{depth}..-1)")
+            indices.append(index)
+        hidden_states = self.encoder(pixel_values, output_hidden_states=True).hidden_states  # [embeddings, block 1, ...]
+        height, width = pixel_values.shape[-2:]
+        return [self._to_map(self.encoder.layernorm(hidden_states[i]), height, width) for i in indices]
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's tensors under plain (transformers-5) ``Dinov2Model`` names."""
+        return dict(self.encoder.state_dict())
+
+    def load_encoder_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load plain ``Dinov2Model`` weights strictly: any missing/unexpected key or shape changes nothing."""
+        load_state_dict_strictly(
+            self.encoder, state_dict, source,
+            what="a DINOv2 encoder of this size", expected_by="this DINOv2 config", size_hint="(wrong size preset?)",
+        )
+
+
+# --- checkpoint name conversion -----------------------------------------------------------------
+
+_HUB_RENAMES = [  # torch.hub (facebookresearch/dinov2) -> transformers 5.x, after block-chunk flattening
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^mask_token$", "embeddings.mask_token"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^register_tokens$", "embeddings.register_tokens"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (r"^norm\.", "layernorm."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.o_proj."),
+    (r"^blocks\.(\d+)\.ls([12])\.gamma$", r"encoder.layer.\1.layer_scale\2.lambda1"),
+    (r"^blocks\.(\d+)\.mlp\.w3\.", r"encoder.layer.\1.mlp.down_proj."),
+    (r"^blocks\.(\d+)\.", r"encoder.layer.\1."),  # norm1, norm2, mlp.fc1, mlp.fc2
+]
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+\.)")  # block_chunks > 0: blocks.<chunk>.<i>.<...>
+
+
+def convert_dinov2_hub_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Meta's torch.hub DINOv2 names (``dinov2_vit*14*.pth``) -> transformers-5 ``Dinov2Model`` names.
+
+    ``attn.qkv`` is split in thirds into ``q_proj/k_proj/v_proj``; the giant's fused SwiGLU ``mlp.w12`` is
+    split in halves into ``gate_proj`` / ``up_proj``. Unknown keys raise ``ValueError``.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        key = _CHUNKED_BLOCK.sub(r"blocks.\1", key)
+        split = re.match(r"^blocks\.(\d+)\.(attn\.qkv|mlp\.w12)\.(weight|bias)$", key)
+        if split:
+            layer, kind, param = split.groups()
+            if kind == "attn.qkv":
+                names = [f"encoder.layer.{layer}.attention.{p}_proj.{param}" for p in ("q", "k", "v")]
+            else:  # SwiGLU: hidden = silu(x @ w1) * (x @ w2), with w12 = cat(w1, w2)
+                names = [f"encoder.layer.{layer}.mlp.{p}_proj.{param}" for p in ("gate", "up")]
+            if tensor.shape[0] % len(names):
+                raise ValueError(f"{key}: first dimension {tensor.shape[0]} does not split into {len(names)}")
+            for name, part in zip(names, tensor.chunk(len(names), dim=0)):
+                converted[name] = part.clone()
+            continue
+        for pattern, replacement in _HUB_RENAMES:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                converted[new_key] = tensor
+                break
+        else:
+            raise ValueError(f"{key}: not a DINOv2 torch.hub checkpoint key")
+    return converted
+
+
+_V4_QKV = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
+
+
+def convert_dinov2_v4_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers-4 ``Dinov2Model`` names -> transformers-5 names (v5 names pass through unchanged).
+
+    4.x: ``attention.attention.{query,key,value}``, ``attention.output.dense``, SwiGLU ``mlp.weights_in``
+    (gate and up fused, split in halves here) and ``mlp.weights_out``.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        key = re.sub(
+            r"\.attention\.attention\.(query|key|value)\.", lambda m: f".attention.{_V4_QKV[m.group(1)]}.", key
+        )
+        key = key.replace(".attention.output.dense.", ".attention.o_proj.")
+        key = key.replace(".mlp.weights_out.", ".mlp.down_proj.")
+        if ".mlp.weights_in." in key:
+            gate, up = tensor.chunk(2, dim=0)
+            converted[key.replace(".mlp.weights_in.", ".mlp.gate_proj.")] = gate.clone()
+            converted[key.replace(".mlp.weights_in.", ".mlp.up_proj.")] = up.clone()
+            continue
+        converted[key] = tensor
+    return converted
+
+
+_HUB_ANCHOR = re.compile(r"(^|\.)patch_embed\.proj\.weight$")
+_ANCHOR = "embeddings.patch_embeddings.projection.weight"
+
+
+def _encoder_from_named(state_dict: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Any DINOv2 layout -> plain transformers-5 ``Dinov2Model`` names.
+
+    torch.hub names (also under a prefix such as DSU-Net's ``backbone_dino.dino_encoder.``) are converted;
+    transformers names (4.x or 5.x, under any prefix such as ``dinov2.`` / ``backbone.``) are renamed. The
+    prefix is the one found before the patch-embedding weight; keys outside it (heads, other models) are
+    ignored.
+    """
+    hub_anchors = [k for k in state_dict if _HUB_ANCHOR.search(k)]
+    anchors = [k for k in state_dict if k == _ANCHOR or k.endswith("." + _ANCHOR)]
+    if len(hub_anchors) + len(anchors) != 1:
+        raise ValueError(f"{source}: expected one DINOv2 encoder, found patch embeddings at {hub_anchors + anchors}")
+    if hub_anchors:
+        prefix = hub_anchors[0][: -len("patch_embed.proj.weight")]
+        return convert_dinov2_hub_state_dict(
+            {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        )
+    prefix = anchors[0][: -len(_ANCHOR)]
+    encoder = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    # Heads beside the encoder under the same prefix (e.g. a classifier) are not ours.
+    encoder = {k: v for k, v in encoder.items() if k.split(".")[0] in ("embeddings", "encoder", "layernorm")}
+    return convert_dinov2_v4_state_dict(encoder)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as error:  # safetensors' own error names no file
+        raise ValueError(f"{path}: cannot read as safetensors: {error}") from error
+    with handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    state_dict = _read_safetensors(path) if path.suffix == ".safetensors" else read_torch_checkpoint(path)
+    return _encoder_from_named(state_dict, str(path))
+
+
+def load_dinov2_state_dict(
+    source: str | Path, revision: str | None = None
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Load DINOv2 weights as a transformers-5 ``Dinov2Model`` state dict.
+
+    ``source`` is a Hub repo id (its ``model.safetensors``), a local folder (``model.safetensors`` or a
+    ``.pth``/``.pt``), or a ``.safetensors`` / ``.pth`` / ``.pt`` file (torch.hub checkpoints are converted).
+    Returns the state dict and the resolved Hub commit (None for local sources). Raises
+    ``BackboneNotAvailableError`` with the ways to fix it when the weights cannot be had.
+    """
+    path = Path(source)
+    if path.is_file():
+        return _read_file(path), None
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return _read_file(path / "model.safetensors"), None
+        checkpoints = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
+        if checkpoints:
+            return _read_file(checkpoints[0]), None
+        raise BackboneNotAvailableError(f"{path}: folder holds neither model.safetensors nor a DINOv2 .pth checkpoint")
+    repo_id = str(source)
+    if path.suffix in (".pt", ".pth", ".safetensors") or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise BackboneNotAvailableError(f"{source}: no such backbone file or folder")
+    local_file, error = resolve_repo_file(repo_id, "model.safetensors", revision)
+    if local_file is None:
+        raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"model.safetensors: {error}"])
+    return _read_file(local_file), snapshot_revision(local_file)

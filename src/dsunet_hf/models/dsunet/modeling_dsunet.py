@@ -1,0 +1,140 @@
+"""DSU-Net: SAM 2 Hiera (with adapters) on a 352 px view, DINOv2 on a 518 px view of the same image.
+
+Forward (as upstream ``DGSUNet``): Hiera stage maps x1..x4; the DINOv2 patch-token map resized
+bilinearly to x4's size, projected by a depthwise-separable WTConv, fused into x4 by CGAFusion; RFB to 64
+channels; three SFF decoders (1/16, 1/8, 1/4) with side heads; outputs resized to the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCardData
+from torch import nn
+
+from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
+from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
+from ...finetune import add_lora, trainable_summary, uses_adapters
+from ...hub import render_model_card
+from ...losses import deep_supervision_loss
+from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
+from ...modules.adapters import BottleneckAdapter
+from ...modules.fusion import CGAFusion
+from ...modules.rfb import RFB
+from ...modules.sff import SFF
+from ...modules.wtconv import DepthwiseSeparableWTConv
+from .configuration_dsunet import DSUNetConfig
+
+
+class DSUNetOutput(SegmentationOutput):
+    """DSU-Net output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8), ``loss``."""
+
+
+class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
+    config_class = DSUNetConfig
+    config: DSUNetConfig
+    base_model_prefix = "dsunet"
+    _no_split_modules = ["Sam2MultiScaleBlock", "Dinov2Layer"]
+    frozen_backbone_prefixes = ("backbone_sam.", "backbone_dino.")
+    _keys_to_ignore_on_load_missing = [r"^backbone_(sam|dino)\.(?!.*(\.adapter\.|lora_))"]
+    unused_parameters = ("backbone_dino.encoder.embeddings.mask_token",)
+
+    def __init__(self, config: DSUNetConfig):
+        super().__init__(config)
+        self.backbone_sam = HieraBackbone(config.get_hiera_config())
+        self.backbone_dino = DINOv2Backbone(config.get_dino_config())
+        if uses_adapters(config.finetune_strategy):
+            self.backbone_sam.insert_adapters(lambda dim: BottleneckAdapter(dim, config.adapter_dim))
+        c1, c2, c3, c4 = self.backbone_sam.channels
+        width = config.decoder_channels
+        self.dino2sam_down14 = DepthwiseSeparableWTConv(
+            self.backbone_dino.channels, c4, config.wtconv_kernel_size, config.wtconv_levels
+        )
+        self.fusion4 = CGAFusion(c4, config.fusion_reduction)
+        self.rfb1, self.rfb2 = RFB(c1, width), RFB(c2, width)
+        self.rfb3, self.rfb4 = RFB(c3, width), RFB(c4, width)
+        self.decoder1, self.decoder2, self.decoder3 = SFF(width), SFF(width), SFF(width)
+        self.side1 = nn.Conv2d(width, 1, kernel_size=1)
+        self.side2 = nn.Conv2d(width, 1, kernel_size=1)
+        self.head = nn.Conv2d(width, 1, kernel_size=1)
+        self.post_init()
+        if config.finetune_strategy == "lora":
+            add_lora(self.backbone_sam.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                     config.lora_target_modules)
+        self.apply_finetune_strategy()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        dino_pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DSUNetOutput | tuple:
+        """``pixel_values``: the 352 px view; ``dino_pixel_values``: the 518 px view of the same image (the
+        image processor makes both). Without it, the 352 px view is resized bilinearly (an approximation)."""
+        check_pixel_values(pixel_values, 32)
+        if min(pixel_values.shape[-2:]) < 128:
+            raise ValueError(f"DSU-Net needs inputs of at least 128 px, got {tuple(pixel_values.shape[-2:])}")
+        size = pixel_values.shape[-2:]
+        if dino_pixel_values is None:
+            dino_size = (self.config.dino_image_size, self.config.dino_image_size)
+            dino_pixel_values = F.interpolate(pixel_values, size=dino_size, mode="bilinear", align_corners=False)
+        check_pixel_values(dino_pixel_values, self.backbone_dino.patch_size, "dino_pixel_values")
+        x1, x2, x3, x4 = self.backbone_sam(pixel_values)
+        dino = self.backbone_dino(dino_pixel_values)
+        dino = F.interpolate(dino, size=x4.shape[-2:], mode="bilinear", align_corners=False)
+        x4 = self.fusion4(x4, self.dino2sam_down14(dino))
+        x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
+        y = self.decoder1(x4, x3)
+        side1 = F.interpolate(self.side1(y), size=size, mode="bilinear")
+        y = self.decoder2(y, x2)
+        side2 = F.interpolate(self.side2(y), size=size, mode="bilinear")
+        y = self.decoder3(y, x1)
+        logits = F.interpolate(self.head(y), size=size, mode="bilinear")
+
+        loss = None
+        if labels is not None:
+            target = labels_like(labels, logits)
+            loss = deep_supervision_loss([side1, side2, logits], target, self.config.loss_weights,
+                                         self.config.bce_weighting)
+        output = DSUNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2))
+        return output if return_dict is not False else output.to_tuple()
+
+    # --- frozen backbones -----------------------------------------------------------------------------
+    def load_frozen_backbones(self) -> None:
+        config = self.config
+        hiera, commit = load_hiera_state_dict(config.sam_backbone_repo_id, config.sam_backbone_revision)
+        self.backbone_sam.load_trunk_state_dict(hiera, source=config.sam_backbone_repo_id)
+        config.sam_backbone_revision = commit or config.sam_backbone_revision
+        dino, commit = load_dinov2_state_dict(config.dino_backbone_repo_id, config.dino_backbone_revision)
+        self.backbone_dino.load_encoder_state_dict(dino, source=config.dino_backbone_repo_id)
+        config.dino_backbone_revision = commit or config.dino_backbone_revision
+
+    def default_image_processor(self):
+        from ...image_processing import SegmentationImageProcessor
+
+        return SegmentationImageProcessor(
+            size=self.config.image_size, extra_sizes={"dino_pixel_values": self.config.dino_image_size}
+        )
+
+    def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
+        config = self.config
+        trainable, total = self.num_parameters_summary().values()
+        card_data = ModelCardData(
+            license="apache-2.0",
+            library_name="dsunet-hf",
+            pipeline_tag="image-segmentation",
+            tags=["image-segmentation", "dsunet", "sam2", "dinov2", "dsunet-hf", f"finetune-{config.finetune_strategy}"],
+            base_model=[r for r in (config.sam_backbone_repo_id, config.dino_backbone_repo_id) if "/" in r and not r.startswith((".", "/"))] or None,
+            datasets=list(dataset_names) if dataset_names else None,
+        )
+        return render_model_card(
+            "dsunet.md", card_data, repo_id=repo_id or "path/to/this-model", config=config,
+            trainable_params=f"{trainable:,}", total_params=f"{total:,}",
+            trainable_percent=f"{100 * trainable / total:.2f}", summary=trainable_summary(self),
+            metrics=metrics or {}, dataset_names=list(dataset_names or []),
+        )
+
+
+__all__ = ["DSUNetForImageSegmentation", "DSUNetOutput"]

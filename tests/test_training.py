@@ -141,3 +141,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "train" / "model" / "README.md").is_file()
     (metrics,) = result["metrics"].values()
     assert 0 <= metrics["S-measure"] <= 1
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
+def test_accelerate_launch_dsunet_on_real_samples(tmp_path):
+    overrides = json.dumps({"hiera_config": TINY_HIERA, "dino_preset": "small", "decoder_channels": 16,
+                            "fusion_reduction": 4, "dino_image_size": 56,
+                            "dino_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}})
+    output = tmp_path / "dsunet"
+    launch(["--model", "dsunet", "--train-data", str(SHARED_DATA / "ECSSD"), "--output-dir", str(output),
+            "--backbone", "random", "--backbone-preset", "tiny", "--config-overrides", overrides,
+            "--image-size", "128", "--batch-size", "2", "--max-steps", "2", "--eval-steps", "2",
+            "--max-val-samples", "4", "--report-to", "none"], cwd=tmp_path)
+    check_run_outputs(output, "ECSSD")
+    config = json.loads((output / "model" / "config.json").read_text())
+    assert config["model_type"] == "dsunet" and json.loads((output / "model" / "preprocessor_config.json").read_text())[
+        "extra_sizes"] == {"dino_pixel_values": {"height": 56, "width": 56}}

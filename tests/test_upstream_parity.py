@@ -1,4 +1,4 @@
-"""Full SAM2-UNet (Hiera-L) parity against the authors' code, when a checkout of it is available.
+"""Parity against the authors' code (SAM2-UNet full model, DSU-Net blocks), when checkouts are available.
 
 Set ``SAM2UNET_UPSTREAM_DIR`` to a checkout of github.com/WZH0120/SAM2-UNet (its ``SAM2UNet.py`` is
 imported from there at run time, never copied here) and install the ``[sam2]`` extra. The upstream model
@@ -16,15 +16,13 @@ import pytest
 import torch
 
 UPSTREAM = os.environ.get("SAM2UNET_UPSTREAM_DIR")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not UPSTREAM or not (Path(UPSTREAM) / "SAM2UNet.py").is_file(),
-        reason="set SAM2UNET_UPSTREAM_DIR to a checkout of WZH0120/SAM2-UNet to run the full-model parity check",
-    ),
-]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not UPSTREAM or not (Path(UPSTREAM) / "SAM2UNet.py").is_file(),
+    reason="set SAM2UNET_UPSTREAM_DIR to a checkout of WZH0120/SAM2-UNet to run the full-model parity check",
+)
 def test_converted_upstream_model_matches_upstream_outputs(tmp_path):
     build_sam = pytest.importorskip("sam2.build_sam", reason="the [sam2] extra is not installed")
     sys.path.insert(0, UPSTREAM)
@@ -57,3 +55,41 @@ def test_converted_upstream_model_matches_upstream_outputs(tmp_path):
         assert (theirs - mine).abs().max().item() <= 1e-5
     artifact = (tmp_path / "converted" / "model.safetensors").stat().st_size
     assert artifact / (tmp_path / "SAM2UNet-test.pth").stat().st_size <= 0.03
+
+
+DSUNET_UPSTREAM = os.environ.get("DSUNET_UPSTREAM_DIR")
+
+
+@pytest.mark.skipif(
+    not DSUNET_UPSTREAM or not (Path(DSUNET_UPSTREAM) / "sam2dino_seg" / "fusion" / "sff.py").is_file(),
+    reason="set DSUNET_UPSTREAM_DIR to a checkout of CheneyXuYiMin/SAM2DINO-Seg (needs PyWavelets and einops) "
+           "to compare the DSU-Net blocks with the authors' code",
+)
+def test_dsunet_blocks_match_upstream(monkeypatch):
+    import types
+
+    pytest.importorskip("pywt", reason="the upstream WTConv needs PyWavelets")
+    for unused in ("torchinfo", "torchsummary"):  # imported by the upstream files, never called
+        monkeypatch.setitem(sys.modules, unused, types.SimpleNamespace(summary=None))
+    monkeypatch.syspath_prepend(str(Path(DSUNET_UPSTREAM) / "sam2dino_seg"))
+    from fusion.CGAFusion import CGAFusion as UpstreamCGAFusion
+    from fusion.sff import SFF as UpstreamSFF
+    from modules.wtconv import DepthwiseSeparableConvWithWTConv2d as UpstreamWTConv
+
+    from dsunet_hf.modules.fusion import CGAFusion
+    from dsunet_hf.modules.sff import SFF
+    from dsunet_hf.modules.wtconv import DepthwiseSeparableWTConv
+
+    torch.manual_seed(0)
+    cases = [
+        (UpstreamCGAFusion(64), CGAFusion(64, 8), (torch.randn(2, 64, 11, 11), torch.randn(2, 64, 11, 11))),
+        (UpstreamWTConv(32, 48), DepthwiseSeparableWTConv(32, 48, 3), (torch.randn(2, 32, 11, 11),)),
+        (UpstreamSFF(16), SFF(16), (torch.randn(2, 16, 11, 11), torch.randn(2, 16, 22, 22))),
+    ]
+    for theirs, ours, inputs in cases:
+        with torch.no_grad():
+            for parameter in theirs.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+        ours.load_state_dict(theirs.state_dict(), strict=True)  # same key layout, Haar filters included
+        with torch.no_grad():
+            torch.testing.assert_close(ours.eval()(*inputs), theirs.eval()(*inputs), atol=1e-5, rtol=1e-5)

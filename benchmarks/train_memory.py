@@ -1,0 +1,63 @@
+"""Peak CPU memory and time of one full-size training step (random weights), per batch size.
+
+    python benchmarks/train_memory.py --model dsunet --batch-sizes 1 2 [--gradient-checkpointing]
+
+Each batch size runs in a fresh process (peak RSS is per process). Prints JSON; not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def one_step(model_name: str, batch_size: int, checkpointing: bool) -> dict:
+    import torch
+
+    from dsunet_hf.models import get_model_spec
+
+    spec = get_model_spec(model_name)
+    model = spec.model_class(spec.config_class()).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    size = model.config.image_size
+    inputs = {"pixel_values": torch.randn(batch_size, 3, size, size)}
+    if hasattr(model.config, "dino_image_size"):
+        dino = model.config.dino_image_size
+        inputs["dino_pixel_values"] = torch.randn(batch_size, 3, dino, dino)
+    labels = (torch.rand(batch_size, 1, size, size) > 0.5).float()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    start = time.time()
+    model(**inputs, labels=labels).loss.backward()
+    optimizer.step()
+    return {"model": model_name, "batch_size": batch_size, "gradient_checkpointing": checkpointing,
+            "step_seconds": round(time.time() - start, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="dsunet")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(one_step(args.model, args.child, args.gradient_checkpointing)))
+        return
+    results = []
+    for batch_size in args.batch_sizes:
+        command = [sys.executable, __file__, "--model", args.model, "--child", str(batch_size)]
+        if args.gradient_checkpointing:
+            command.append("--gradient-checkpointing")
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results.append(json.loads(output.strip().splitlines()[-1]))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

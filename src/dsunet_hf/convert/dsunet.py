@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.dinov2 import convert_dinov2_hub_state_dict
+from . import save_converted_model
 from .sam2 import read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
 
@@ -63,14 +64,4 @@ def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config
     from ..models.dsunet import DSUNetConfig, DSUNetForImageSegmentation
 
     converted = convert_dsunet_state_dict(read_torch_checkpoint(source), str(source))
-    model = DSUNetForImageSegmentation(config or DSUNetConfig())
-    result = model.load_state_dict(converted, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{source}: does not fit DSU-Net with this config; missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
-    model.eval()
-    model.save_pretrained(output_dir, include_backbone=include_backbone)
-    model.default_image_processor().save_pretrained(output_dir)
-    return model
+    return save_converted_model(DSUNetForImageSegmentation(config or DSUNetConfig()), converted, source, output_dir, include_backbone)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.hiera import infer_hiera_preset
+from . import save_converted_model
 from .sam2 import read_torch_checkpoint, sam2_trunk_key_to_transformers
 
 _ADAPTER = re.compile(r"^encoder\.blocks\.(\d+)\.prompt_learn\.([02])\.(weight|bias)$")
@@ -102,14 +103,4 @@ def convert_sam2_unet_checkpoint(
             backbone_repo_id=backbone_repo_id or hiera_hub_repo(preset, "2.0"),
             backbone_revision=backbone_revision,
         )
-    model = Sam2UNetForImageSegmentation(config)
-    result = model.load_state_dict(converted, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{source}: does not fit SAM2-UNet ({preset}); missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
-    model.eval()
-    model.save_pretrained(output_dir, include_backbone=include_backbone)
-    model.default_image_processor().save_pretrained(output_dir)
-    return model
+    return save_converted_model(Sam2UNetForImageSegmentation(config), converted, source, output_dir, include_backbone)

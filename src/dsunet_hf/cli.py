@@ -1,4 +1,4 @@
-"""``dsunet-hf``: predict, convert, push, info, and a demo on the built-in sample data."""
+"""``dsunet-hf``: train, evaluate, predict, convert, push, info, and a demo on generated data."""
 
 from __future__ import annotations
 

@@ -4,13 +4,20 @@ Importing the package registers its configs, models and image processors with th
 classes, so ``AutoModel.from_pretrained`` / ``AutoImageProcessor.from_pretrained`` load saved artifacts.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageSegmentation
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageSegmentation,
+    AutoModelForSemanticSegmentation,
+)
 
 from .backbones.hiera import HIERA_PRESETS, HieraBackbone, hiera_config, hiera_hub_repo
 from .finetune import STRATEGIES, trainable_summary
 from .hub import BackboneNotAvailableError
 from .image_processing import SegmentationImageProcessor
 from .modeling_utils import CheckpointMismatchError
+from .models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
 from .models.dsunet import DSUNetConfig, DSUNetForImageSegmentation, DSUNetOutput
 from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation, Sam2UNetOutput
 
@@ -24,6 +31,10 @@ AutoConfig.register(DSUNetConfig.model_type, DSUNetConfig, exist_ok=True)
 AutoModel.register(DSUNetConfig, DSUNetForImageSegmentation, exist_ok=True)
 AutoModelForImageSegmentation.register(DSUNetConfig, DSUNetForImageSegmentation, exist_ok=True)
 AutoImageProcessor.register(DSUNetConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
+AutoConfig.register(Dinov2SegConfig.model_type, Dinov2SegConfig, exist_ok=True)
+AutoModel.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
+AutoModelForSemanticSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(Dinov2SegConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
 
 __all__ = [
     "HIERA_PRESETS",
@@ -31,6 +42,8 @@ __all__ = [
     "BackboneNotAvailableError",
     "CheckpointMismatchError",
     "DSUNetConfig",
+    "Dinov2ForSemanticSegmentation",
+    "Dinov2SegConfig",
     "DSUNetForImageSegmentation",
     "DSUNetOutput",
     "HieraBackbone",

@@ -35,6 +35,12 @@ def _convert(args) -> int:
             backbone_revision=args.backbone_revision, include_backbone=args.include_backbone,
         )
         print(f"converted {args.source} -> {args.output} ({trainable_summary(model)})")
+    elif args.kind == "dinov2-head":
+        from .convert.dinov2_head import convert_dinov2_head_checkpoint
+
+        model = convert_dinov2_head_checkpoint(args.source, args.output)
+        print(f"converted {args.source} -> {args.output} ({model.config.head_type} head, "
+              f"{model.config.num_labels} classes)")
     elif args.kind == "dsunet":
         from .convert.dsunet import convert_dsunet_checkpoint
         from .finetune import trainable_summary
@@ -112,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_predict)
 
     convert = commands.add_parser("convert", help="convert an original checkpoint")
-    convert.add_argument("kind", choices=["sam2-unet", "dsunet", "sam2-hiera"])
-    convert.add_argument("source", help="SAM2UNet-*.pth, DGSUNet-*.pth, or Meta's sam2*_hiera_*.pt")
+    convert.add_argument("kind", choices=["sam2-unet", "dsunet", "dinov2-head", "sam2-hiera"])
+    convert.add_argument("source", help="SAM2UNet-*.pth, DGSUNet-*.pth, dinov2_*_head.pth, or Meta's sam2*_hiera_*.pt")
     convert.add_argument("output", help="output folder")
     convert.add_argument("--backbone-repo-id", default=None, help="default: Meta's SAM 2.0 repo of the size")
     convert.add_argument("--backbone-revision", default=None)

@@ -1,0 +1,50 @@
+"""The official DINOv2 segmentation heads (``dinov2_<arch>_<dataset>_<linear|ms>_head.pth``) -> an artifact.
+
+The files are mmcv checkpoints: ``{"state_dict": {"decode_head.bn.*": [C], "decode_head.conv_seg.*": [K, C, 1, 1]}}``
+with C = D (linear) or 4·D (ms) and K = 21 (VOC 2012) or 150 (ADE20K); no backbone weights. Our module names
+are the same (``decode_head.bn``, ``decode_head.conv_seg``), so the key map is the identity; architecture,
+head type and classes are read off the shapes and the file name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..backbones.dinov2 import DINOV2_PRESETS, dinov2_hub_repo
+from . import save_converted_model
+from .sam2 import read_torch_checkpoint
+
+_ARCH_TO_PRESET = {"vits14": "small", "vitb14": "base", "vitl14": "large", "vitg14": "giant"}
+HEAD_KEYS = {f"decode_head.{k}" for k in ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                                          "bn.num_batches_tracked", "conv_seg.weight", "conv_seg.bias")}
+
+
+def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, preset: str | None = None,
+                                   id2label: dict[int, str] | None = None):
+    """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name, ``id2label`` to the
+    VOC names for 21 classes (ADE20K's 150 need ``id2label``, else they are named ``class_<i>``)."""
+    from ..models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
+    from ..models.dinov2_seg.configuration_dinov2_seg import VOC_LABELS
+
+    state_dict = read_torch_checkpoint(source)
+    if set(state_dict) != HEAD_KEYS:
+        raise ValueError(f"{source}: not a DINOv2 BNHead checkpoint; expected keys {sorted(HEAD_KEYS)}, "
+                         f"got {sorted(state_dict)[:8]}")
+    if preset is None:
+        match = re.search(r"(vit[sblg]14)", Path(source).name)
+        if not match:
+            raise ValueError(f"{source}: cannot tell the backbone size from the name; pass preset=")
+        preset = _ARCH_TO_PRESET[match.group(1)]
+    num_labels, channels = state_dict["decode_head.conv_seg.weight"].shape[:2]
+    hidden = DINOV2_PRESETS[preset]["hidden_size"]
+    if channels not in (hidden, 4 * hidden):
+        raise ValueError(f"{source}: {channels} head channels fit neither a linear ({hidden}) nor a multi-layer "
+                         f"({4 * hidden}) head on DINOv2-{preset}")
+    if id2label is None:
+        id2label = dict(enumerate(VOC_LABELS)) if num_labels == 21 else {i: f"class_{i}" for i in range(num_labels)}
+    config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=dinov2_hub_repo(preset),
+                             head_type="linear" if channels == hidden else "multilayer", id2label=id2label)
+    model = Dinov2ForSemanticSegmentation(config)
+    full = {**{k: v for k, v in model.state_dict().items() if not k.startswith("decode_head.")}, **state_dict}
+    return save_converted_model(model, full, source, output_dir)

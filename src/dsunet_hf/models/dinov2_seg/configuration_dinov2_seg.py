@@ -1,0 +1,94 @@
+"""Configuration of the DINOv2 semantic-segmentation heads (Oquab et al., 2023): frozen DINOv2 + BN + 1x1 conv."""
+
+from __future__ import annotations
+
+from transformers import Dinov2Config, PreTrainedConfig
+
+from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config
+from ...finetune import check_strategy
+
+HEAD_TYPES = ("linear", "multilayer")
+# Crop / stride of the official sliding-window inference per head type.
+SLIDE_DEFAULTS = {"linear": (512, 341), "multilayer": (640, 320)}
+VOC_LABELS = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+
+
+class Dinov2SegConfig(PreTrainedConfig):
+    """DINOv2 linear / multi-layer segmentation head configuration (defaults: ViT-L/14, linear, VOC labels).
+
+    Args:
+        backbone_preset (`str`, defaults to `"large"`): DINOv2 size (small, base, large, giant).
+        dino_config (`dict`, *optional*): `Dinov2Config` fields overriding the preset (tiny test configs).
+        backbone_repo_id (`str`, defaults to `"facebook/dinov2-large"`): Hub repo / local path of DINOv2.
+        backbone_revision (`str`, *optional*): its revision; pinned to the exact commit once loaded.
+        head_type (`str`, defaults to `"linear"`): `linear` reads the last block; `multilayer` (the paper's
+            "+ms") concatenates the last four blocks.
+        num_layers (`int`, defaults to 4): how many last blocks `multilayer` concatenates.
+        crop_size / stride (`int`, *optional*): sliding-window inference (512/341 linear, 640/320 multilayer).
+        test_scales (`list[float]`): multi-scale inference ratios (upstream 1.0, 1.32, 1.73, 2.28, 3.0).
+        test_flip (`bool`, defaults to `True`): add horizontally flipped views in multi-scale inference.
+        semantic_loss_ignore_index (`int`, defaults to 255): label value ignored by the loss and metrics.
+        finetune_strategy (`str`, defaults to `"frozen"`): frozen (head only, as the paper), lora or full.
+        id2label / label2id / num_labels: the classes (default: the 21 Pascal VOC classes).
+    """
+
+    model_type = "dinov2_seg"
+
+    def __init__(
+        self,
+        backbone_preset: str = "large",
+        dino_config: dict | None = None,
+        backbone_repo_id: str = "facebook/dinov2-large",
+        backbone_revision: str | None = None,
+        head_type: str = "linear",
+        num_layers: int = 4,
+        crop_size: int | None = None,
+        stride: int | None = None,
+        test_scales: list[float] | None = None,
+        test_flip: bool = True,
+        semantic_loss_ignore_index: int = 255,
+        finetune_strategy: str = "frozen",
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | None = None,
+        **kwargs,
+    ):
+        if backbone_preset not in DINOV2_PRESETS:
+            raise ValueError(f"unknown backbone_preset {backbone_preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
+        if check_strategy(finetune_strategy) == "adapter":
+            raise ValueError("the DINOv2 heads have no adapters: use finetune_strategy frozen, lora or full")
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"] = dict(enumerate(VOC_LABELS))
+        drop = ("model_type", "transformers_version")
+        self.backbone_preset = backbone_preset
+        overrides = {k: v for k, v in (dino_config or {}).items() if k not in drop}
+        resolved = dinov2_config(backbone_preset, **overrides)
+        self.dino_config = {k: getattr(resolved, k) for k in dict.fromkeys([*DINOV2_PRESETS[backbone_preset], *overrides])}
+        self.backbone_repo_id = backbone_repo_id
+        self.backbone_revision = backbone_revision
+        self.head_type = head_type
+        self.num_layers = num_layers
+        default_crop, default_stride = SLIDE_DEFAULTS[head_type]
+        self.crop_size = crop_size or default_crop
+        self.stride = stride or default_stride
+        self.test_scales = list(test_scales or [1.0, 1.32, 1.73, 2.28, 3.0])
+        self.test_flip = test_flip
+        self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self.finetune_strategy = finetune_strategy
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = list(lora_target_modules or ["q_proj", "v_proj"])
+        super().__init__(**kwargs)
+
+    def get_dino_config(self) -> Dinov2Config:
+        return dinov2_config(self.backbone_preset, **self.dino_config)
+
+
+__all__ = ["Dinov2SegConfig"]

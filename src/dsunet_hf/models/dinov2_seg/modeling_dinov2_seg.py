@@ -1,0 +1,167 @@
+"""DINOv2 semantic segmentation: frozen DINOv2 tokens -> BatchNorm -> 1x1 conv (the official ``BNHead``).
+
+Per crop, as upstream: centre zero-padding of the normalised image to a multiple of 14; final-LayerNorm'd
+patch tokens of the last block (``linear``) or the last four blocks concatenated (``multilayer``); BN +
+1x1 conv at token resolution; logits resized bilinearly straight to the *unpadded* crop size (the padding
+border is stretched, not cropped). ``segment`` adds the sliding-window and multi-scale + flip schedules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
+from ...finetune import add_lora
+from ...modeling_utils import SegmentationPreTrainedModel
+from .configuration_dinov2_seg import Dinov2SegConfig
+
+SCHEDULES = ("single", "slide", "multiscale")
+
+
+class BNHead(nn.Module):
+    """BatchNorm over the (concatenated) token channels, then a 1x1 conv to the classes."""
+
+    def __init__(self, channels: int, num_labels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.conv_seg = nn.Conv2d(channels, num_labels, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv_seg(self.bn(features))
+
+
+def center_pad(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad (the mean colour after normalisation) to a multiple: floor(p/2) before, ceil(p/2) after."""
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    return F.pad(pixel_values, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+
+
+class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
+    config_class = Dinov2SegConfig
+    config: Dinov2SegConfig
+    base_model_prefix = "dinov2_seg"
+    _no_split_modules = ["Dinov2Layer"]
+    unused_parameters = ("backbone.encoder.embeddings.mask_token",)
+
+    def __init__(self, config: Dinov2SegConfig):
+        super().__init__(config)
+        self.backbone = DINOv2Backbone(config.get_dino_config())
+        self.layers = [-1] if config.head_type == "linear" else list(range(-config.num_layers, 0))
+        self.decode_head = BNHead(len(self.layers) * self.backbone.channels, config.num_labels)
+        self.post_init()
+        if config.finetune_strategy == "lora":
+            add_lora(self.backbone.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                     config.lora_target_modules)
+        self.apply_finetune_strategy()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, BNHead):  # upstream: conv_seg ~ N(0, 0.01), bias 0
+            nn.init.normal_(module.conv_seg.weight, std=0.01)
+            nn.init.zeros_(module.conv_seg.bias)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
+                **kwargs) -> SemanticSegmenterOutput | tuple:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}")
+        size = pixel_values.shape[-2:]
+        maps = self.backbone.forward_layers(center_pad(pixel_values, self.backbone.patch_size), self.layers)
+        logits = F.interpolate(self.decode_head(torch.cat(maps, dim=1)), size=size, mode="bilinear",
+                               align_corners=False)
+        loss = None
+        if labels is not None:
+            loss = self.loss(logits, labels)
+        output = SemanticSegmenterOutput(loss=loss, logits=logits)
+        return output if return_dict is not False else output.to_tuple()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy ignoring ``semantic_loss_ignore_index``, averaged over ALL pixels (mmseg's
+        ``avg_non_ignore=False``, as the official heads were trained)."""
+        if labels.ndim == 4:
+            labels = labels[:, 0]
+        if labels.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape[-2:])}")
+        per_pixel = F.cross_entropy(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index,
+                                    reduction="none")
+        return per_pixel.sum() / per_pixel.numel()
+
+    # --- inference schedules ---------------------------------------------------------------------------
+    def _slide_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Average the logits of overlapping crop x crop windows (stride ``config.stride``), mmseg-style:
+        windows keep the full crop length, the last one flush with the border."""
+        crop, stride = self.config.crop_size, self.config.stride
+        batch, _, height, width = pixel_values.shape
+        total = pixel_values.new_zeros(batch, self.config.num_labels, height, width)
+        count = pixel_values.new_zeros(1, 1, height, width)
+        for row in range(math.ceil(max(height - crop, 0) / stride) + 1):
+            for column in range(math.ceil(max(width - crop, 0) / stride) + 1):
+                y2, x2 = min(row * stride + crop, height), min(column * stride + crop, width)
+                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+                total[:, :, y1:y2, x1:x2] += self(pixel_values[:, :, y1:y2, x1:x2]).logits
+                count[:, :, y1:y2, x1:x2] += 1
+        return total / count
+
+    @torch.no_grad()
+    def segment(self, pixel_values: torch.Tensor, schedule: str = "slide") -> torch.Tensor:
+        """Class probabilities (B, K, H, W) at the input size: ``single`` pass, ``slide`` (sliding window),
+        or ``multiscale`` (sliding window at each of ``config.test_scales`` of the input size, plus flipped
+        views, probabilities averaged). Scales are relative to the tensor given: prepare it at the base
+        short side (512 linear, 640 multi-layer) as upstream does."""
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if schedule == "single":
+            return self(pixel_values).logits.softmax(dim=1)
+        if schedule == "slide":
+            return self._slide_logits(pixel_values).softmax(dim=1)
+        size = pixel_values.shape[-2:]
+        probabilities, views = 0, 0
+        for scale in self.config.test_scales:
+            scaled_size = [int(side * scale + 0.5) for side in size]
+            scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
+            for flip in (False, True) if self.config.test_flip else (False,):
+                view = scaled.flip(-1) if flip else scaled
+                logits = F.interpolate(self._slide_logits(view), size=size, mode="bilinear", align_corners=False)
+                view_probabilities = logits.softmax(dim=1)
+                probabilities = probabilities + (view_probabilities.flip(-1) if flip else view_probabilities)
+                views += 1
+        return probabilities / views
+
+    def default_image_processor(self):
+        from ...image_processing import SegmentationImageProcessor
+
+        # Crops are fed at their size; resizing to the base short side is the caller's (see ``segment``).
+        return SegmentationImageProcessor(size=self.config.crop_size)
+
+    def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
+        from huggingface_hub import ModelCardData
+
+        from ...finetune import trainable_summary
+        from ...hub import render_model_card
+
+        config = self.config
+        card_data = ModelCardData(
+            license="apache-2.0", library_name="dsunet-hf", pipeline_tag="image-segmentation",
+            tags=["semantic-segmentation", "dinov2", "dsunet-hf", f"head-{config.head_type}"],
+            base_model=config.backbone_repo_id if "/" in config.backbone_repo_id else None,
+            datasets=list(dataset_names) if dataset_names else None,
+        )
+        return render_model_card("dinov2_seg.md", card_data, repo_id=repo_id or "path/to/this-model", config=config,
+                                 summary=trainable_summary(self), metrics=metrics or {},
+                                 labels=[config.id2label[i] for i in sorted(config.id2label)],
+                                 dataset_names=list(dataset_names or []))
+
+    # --- frozen backbone --------------------------------------------------------------------------------
+    def load_frozen_backbones(self) -> None:
+        state_dict, commit = load_dinov2_state_dict(self.config.backbone_repo_id, self.config.backbone_revision)
+        self.backbone.load_encoder_state_dict(state_dict, source=self.config.backbone_repo_id)
+        self.config.backbone_revision = commit or self.config.backbone_revision
+
+
+__all__ = ["BNHead", "Dinov2ForSemanticSegmentation", "center_pad"]

@@ -1,0 +1,137 @@
+"""DINOv2 segmentation heads: BNHead formula, padding/resize rule, schedules, official head files, Hub."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSemanticSegmentation, Dinov2Config, Dinov2Model
+
+from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig
+from dsunet_hf.convert.dinov2_head import convert_dinov2_head_checkpoint
+
+TINY_DINO = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4)
+
+
+def tiny(**overrides) -> Dinov2SegConfig:
+    fields = dict(backbone_preset="small", dino_config=TINY_DINO, head_type="multilayer", crop_size=56, stride=28,
+                  test_scales=[1.0, 1.5], id2label={0: "background", 1: "thing", 2: "stuff"},
+                  backbone_repo_id="test-org/tiny-dinov2")
+    fields.update(overrides)
+    return Dinov2SegConfig(**fields)
+
+
+def randomized(model, head_only=False):
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("decode_head.") or not head_only:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+        model.decode_head.bn.running_mean.normal_()
+        model.decode_head.bn.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("head_type, channels", [("linear", 1024), ("multilayer", 4096)])
+def test_official_head_shapes(head_type, channels):
+    with torch.device("meta"):
+        model = Dinov2ForSemanticSegmentation(Dinov2SegConfig(head_type=head_type))
+    head = {k: tuple(v.shape) for k, v in model.decode_head.state_dict().items()}
+    assert head["conv_seg.weight"] == (21, channels, 1, 1) and head["bn.running_var"] == (channels,)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 21 * channels + 21 + 2 * channels  # K*C + K + 2C: the head only
+
+
+def test_forward_follows_the_upstream_recipe():
+    model = randomized(Dinov2ForSemanticSegmentation(tiny()))
+    x = torch.randn(2, 3, 50, 61)  # padded to 56 x 70: +3/+3 rows, +4/+5 columns
+    padded = F.pad(x, (4, 5, 3, 3))
+    encoder = model.backbone.encoder
+    hidden = encoder(padded, output_hidden_states=True).hidden_states
+    maps = [encoder.layernorm(hidden[k])[:, 1:].reshape(2, 4, 5, 32).permute(0, 3, 1, 2) for k in (1, 2, 3, 4)]
+    head = model.decode_head
+    z = head.conv_seg(head.bn(torch.cat(maps, 1)))
+    expected = F.interpolate(z, size=(50, 61), mode="bilinear", align_corners=False)  # padding stretched
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, expected)
+
+
+def test_schedules_agree_and_slide_equals_single_when_one_window_covers_the_image():
+    model = randomized(Dinov2ForSemanticSegmentation(tiny()))
+    constant = torch.full((1, 3, 84, 112), 0.3)
+    single, slide, multi = (model.segment(constant, s) for s in ("single", "slide", "multiscale"))
+    for other in (slide, multi):
+        torch.testing.assert_close(other.argmax(1), single.argmax(1))
+    small = torch.randn(1, 3, 56, 42)  # the 56-px crop covers it
+    torch.testing.assert_close(model.segment(small, "slide"), model.segment(small, "single"))
+    one_view = randomized(Dinov2ForSemanticSegmentation(tiny(test_scales=[1.0], test_flip=False)))
+    one_view.load_state_dict(model.state_dict())
+    torch.testing.assert_close(one_view.segment(small, "multiscale"), model.segment(small, "slide"))
+    with pytest.raises(ValueError, match="schedule"):
+        model.segment(small, "tta")
+
+
+def test_loss_averages_over_all_pixels_including_ignored():
+    model = Dinov2ForSemanticSegmentation(tiny()).eval()
+    x = torch.randn(1, 3, 28, 28)
+    labels = torch.randint(0, 3, (1, 28, 28))
+    labels[0, :14] = 255
+    out = model(x, labels=labels)
+    per_pixel = F.cross_entropy(out.logits, labels, ignore_index=255, reduction="none")
+    torch.testing.assert_close(out.loss, per_pixel.sum() / labels.numel())
+
+
+def test_only_the_head_trains_when_frozen():
+    model = Dinov2ForSemanticSegmentation(tiny()).train()
+    model(torch.randn(2, 3, 28, 28), labels=torch.randint(0, 3, (2, 28, 28))).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == name.startswith("decode_head."), name
+        assert (parameter.grad is not None) == name.startswith("decode_head."), name
+    full = Dinov2ForSemanticSegmentation(tiny(finetune_strategy="full"))
+    assert not full.backbone.encoder.embeddings.mask_token.requires_grad  # unused in forward
+    with pytest.raises(ValueError, match="no adapters"):
+        tiny(finetune_strategy="adapter")
+
+
+def test_head_files_of_another_size_or_layout_are_refused(tmp_path):
+    reference = Dinov2ForSemanticSegmentation(tiny())
+    head_state = {f"decode_head.{k}": v for k, v in reference.decode_head.state_dict().items()}
+    # Official layout, but 128 channels: neither a linear (384) nor a multi-layer (1536) head on ViT-S/14.
+    torch.save({"meta": {}, "state_dict": head_state}, tmp_path / "dinov2_vits14_voc2012_ms_head.pth")
+    with pytest.raises(ValueError, match="fit neither"):
+        convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_ms_head.pth", tmp_path / "out")
+    torch.save({"state_dict": {"decode_head.bn.weight": torch.ones(3)}}, tmp_path / "broken_head.pth")
+    with pytest.raises(ValueError, match="not a DINOv2 BNHead"):
+        convert_dinov2_head_checkpoint(tmp_path / "broken_head.pth", tmp_path / "out")
+
+
+def test_full_size_official_head_converts_with_voc_labels(tmp_path):
+    head = {"decode_head.bn.weight": torch.rand(1536), "decode_head.bn.bias": torch.rand(1536),
+            "decode_head.bn.running_mean": torch.rand(1536), "decode_head.bn.running_var": torch.rand(1536) + 0.5,
+            "decode_head.bn.num_batches_tracked": torch.tensor(40000),
+            "decode_head.conv_seg.weight": torch.randn(21, 1536, 1, 1), "decode_head.conv_seg.bias": torch.randn(21)}
+    torch.save({"state_dict": head}, tmp_path / "dinov2_vits14_voc2012_ms_head.pth")
+    from dsunet_hf.cli import main as cli_main
+
+    assert cli_main(["convert", "dinov2-head", str(tmp_path / "dinov2_vits14_voc2012_ms_head.pth"),
+                     str(tmp_path / "out")]) == 0
+    model = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_ms_head.pth", tmp_path / "out")
+    assert model.config.head_type == "multilayer" and model.config.id2label[15] == "person"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(head)
+        assert torch.equal(f.get_tensor("decode_head.conv_seg.weight"), head["decode_head.conv_seg.weight"])
+
+
+def test_push_and_pull(tmp_path, offline_hub):
+    torch.manual_seed(1)
+    Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14)).save_pretrained(tmp_path / "dino")
+    offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
+    model = Dinov2ForSemanticSegmentation.from_pretrained_backbones(tiny())
+    randomized(model, head_only=True).push_to_hub("me/dinov2-seg-tiny", metrics={"mIoU": 0.5}, dataset_names=["toy"])
+    card = next((offline_hub.repo_dir("me/dinov2-seg-tiny") / "snapshots").iterdir()) / "README.md"
+    assert "background, thing, stuff" in card.read_text() and "oquab2023dinov2" in card.read_text()
+    pulled = AutoModelForSemanticSegmentation.from_pretrained("me/dinov2-seg-tiny")
+    x = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, pulled(x).logits)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import py_sod_metrics as psm
 
-__all__ = ["METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "is_better"]
+__all__ = ["METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "SemanticSegmentationMetrics", "is_better"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "mDice",
@@ -159,3 +159,49 @@ def is_better(metric: str, new: float, best: float | None) -> bool:
     if best is None or math.isnan(float(best)):
         return True
     return new > best if HIGHER_IS_BETTER[metric] else new < best
+
+
+class SemanticSegmentationMetrics:
+    """Multi-class mean IoU, per-class IoU, pixel accuracy and mean class accuracy, accumulated as one
+    confusion matrix over the whole split (mmseg's ``mean_iou``, which the DINOv2 paper reports).
+
+    A short confusion-matrix routine rather than a dependency: ``tests/test_metrics_semantic.py`` checks it
+    against ``torchmetrics`` and against values computed by hand. Classes absent from both the predictions
+    and the labels have no IoU and are skipped by the mean (NaN in ``per_class_iou``).
+    ``reduce_zero_label`` applies ADE20K's convention to the labels: 0 -> ignore, every other label - 1.
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int = 255, reduce_zero_label: bool = False):
+        self.num_labels = num_labels
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
+        self.confusion = np.zeros((num_labels, num_labels), dtype=np.int64)  # rows: label, columns: prediction
+
+    def update(self, prediction: Any, label: Any) -> None:
+        prediction, label = np.asarray(prediction).astype(np.int64), np.asarray(label).astype(np.int64)
+        if prediction.shape != label.shape:
+            raise ValueError(f"prediction {prediction.shape} and label {label.shape} differ in shape")
+        if self.reduce_zero_label:
+            label = np.where(label == 0, self.ignore_index, label - 1)
+            label[label == self.ignore_index - 1] = self.ignore_index
+        keep = label != self.ignore_index
+        if np.any((label[keep] < 0) | (label[keep] >= self.num_labels)):
+            raise ValueError(f"labels outside 0..{self.num_labels - 1} (and not {self.ignore_index})")
+        index = label[keep] * self.num_labels + np.clip(prediction[keep], 0, self.num_labels - 1)
+        self.confusion += np.bincount(index, minlength=self.num_labels**2).reshape(self.num_labels, self.num_labels)
+
+    def compute(self) -> dict[str, Any]:
+        if not self.confusion.any():
+            raise ValueError("no labelled pixels seen")
+        intersection = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - intersection
+        label_count = self.confusion.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, intersection / union, np.nan)
+            accuracy = np.where(label_count > 0, intersection / label_count, np.nan)
+        return {
+            "mIoU": float(np.nanmean(iou)),
+            "mAcc": float(np.nanmean(accuracy)),
+            "aAcc": float(intersection.sum() / self.confusion.sum()),
+            "per_class_iou": [float(v) for v in iou],
+        }

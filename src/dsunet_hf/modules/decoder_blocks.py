@@ -40,3 +40,15 @@ class UpBlock(nn.Module):
         if diff_x or diff_y:
             x = F.pad(x, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
         return self.conv(torch.cat([skip, x], dim=1))
+
+
+def decode_with_side_outputs(stages, decoders, heads, size) -> list[torch.Tensor]:
+    """The SAM2-UNet / DSU-Net decoder pass: starting from the deepest stage, each decoder merges the next
+    shallower skip (1/16, 1/8, 1/4) and its 1x1 head's logits are resized bilinearly to ``size``.
+    ``stages`` are shallow -> deep; returns the logits in decoding order (side 1/16, side 1/8, final)."""
+    *skips, y = stages
+    outputs = []
+    for decoder, skip, head in zip(decoders, reversed(skips), heads):
+        y = decoder(y, skip)
+        outputs.append(F.interpolate(head(y), size=size, mode="bilinear"))
+    return outputs

@@ -19,6 +19,7 @@ from ...hub import render_model_card
 from ...losses import deep_supervision_loss
 from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
 from ...modules.adapters import BottleneckAdapter
+from ...modules.decoder_blocks import decode_with_side_outputs
 from ...modules.fusion import CGAFusion
 from ...modules.rfb import RFB
 from ...modules.sff import SFF
@@ -86,12 +87,9 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
         dino = F.interpolate(dino, size=x4.shape[-2:], mode="bilinear", align_corners=False)
         x4 = self.fusion4(x4, self.dino2sam_down14(dino))
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
-        y = self.decoder1(x4, x3)
-        side1 = F.interpolate(self.side1(y), size=size, mode="bilinear")
-        y = self.decoder2(y, x2)
-        side2 = F.interpolate(self.side2(y), size=size, mode="bilinear")
-        y = self.decoder3(y, x1)
-        logits = F.interpolate(self.head(y), size=size, mode="bilinear")
+        side1, side2, logits = decode_with_side_outputs(
+            [x1, x2, x3, x4], [self.decoder1, self.decoder2, self.decoder3], [self.side1, self.side2, self.head], size
+        )
 
         loss = None
         if labels is not None:

@@ -8,7 +8,6 @@ built, so DDP needs no ``find_unused_parameters``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub import ModelCardData
 from torch import nn
 
@@ -18,7 +17,7 @@ from ...hub import render_model_card
 from ...losses import deep_supervision_loss
 from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
 from ...modules.adapters import BottleneckAdapter
-from ...modules.decoder_blocks import UpBlock
+from ...modules.decoder_blocks import UpBlock, decode_with_side_outputs
 from ...modules.rfb import RFB
 from .configuration_sam2_unet import Sam2UNetConfig
 
@@ -64,12 +63,9 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         size = pixel_values.shape[-2:]
         x1, x2, x3, x4 = self.backbone(pixel_values)
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
-        y = self.up1(x4, x3)
-        side1 = F.interpolate(self.side1(y), size=size, mode="bilinear")
-        y = self.up2(y, x2)
-        side2 = F.interpolate(self.side2(y), size=size, mode="bilinear")
-        y = self.up3(y, x1)
-        logits = F.interpolate(self.head(y), size=size, mode="bilinear")
+        side1, side2, logits = decode_with_side_outputs(
+            [x1, x2, x3, x4], [self.up1, self.up2, self.up3], [self.side1, self.side2, self.head], size
+        )
 
         loss = None
         if labels is not None:

@@ -88,7 +88,7 @@ def test_every_metric_equals_direct_pysodmetrics():
     assert len(metrics) == len(pairs)
     got = metrics.compute()
     expected = direct_pysodmetrics(pairs)
-    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER)
+    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {"mAcc", "aAcc"}
     assert list(got) == list(METRIC_NAMES)
     for name in EXPECTED_KEYS:
         assert type(got[name]) is float, name

@@ -157,3 +157,39 @@ def test_accelerate_launch_dsunet_on_real_samples(tmp_path):
     config = json.loads((output / "model" / "config.json").read_text())
     assert config["model_type"] == "dsunet" and json.loads((output / "model" / "preprocessor_config.json").read_text())[
         "extra_sizes"] == {"dino_pixel_values": {"height": 56, "width": 56}}
+
+
+def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_data, tmp_path):
+    """Three classes (background, object left / right of centre) as VOC-style palette PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from dsunet_hf.semantic import palette_png
+
+    data = tmp_path / "multiclass"
+    (data / "masks").mkdir(parents=True)
+    (data / "images").symlink_to(generated_data / "images")
+    for mask_file in sorted((generated_data / "masks").glob("*.png")):
+        binary = np.asarray(Image.open(mask_file)) > 127
+        classes = binary.astype(np.uint8)
+        classes[:, classes.shape[1] // 2:] *= 2
+        classes[0, 0] = 255  # an ignored pixel
+        palette_png(classes, 3).save(data / "masks" / mask_file.name)
+    overrides = json.dumps({"dino_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
+                            "head_type": "multilayer", "num_layers": 2, "crop_size": 42, "stride": 28,
+                            "id2label": {"0": "background", "1": "left", "2": "right"}})
+    output = tmp_path / "seg"
+    launch(["--model", "dinov2-seg", "--train-data", str(data), "--output-dir", str(output), "--backbone", "random",
+            "--backbone-preset", "small", "--config-overrides", overrides, "--batch-size", "4", "--max-steps", "3",
+            "--eval-steps", "3", "--save-steps", "3", "--validation-ratio", "0.25", "--report-to", "none"], cwd=tmp_path)
+    logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/mIoU" in row and 0 <= row["val/mIoU"] <= 1 for row in logged)
+    assert (output / "checkpoints" / "checkpoint-3" / "trainable_weights.safetensors").is_file()
+    card = (output / "model" / "README.md").read_text()
+    assert "background, left, right" in card and "mIoU" in card
+    from transformers import AutoModelForSemanticSegmentation
+
+    import dsunet_hf  # noqa: F401
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(output / "model")
+    assert model.segment(torch.randn(1, 3, 50, 60), "slide").shape == (1, 3, 50, 60)

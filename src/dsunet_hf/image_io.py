@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageReadError", "load_image", "load_mask"]
+__all__ = ["ImageReadError", "load_image", "load_label_map", "load_mask"]
 
 _PathLike = (str, os.PathLike)
 
@@ -180,3 +180,32 @@ def load_mask(source: Any, threshold: float | None = None) -> np.ndarray:
     if threshold is not None:
         mask = (mask >= threshold).astype(np.float32)
     return mask
+
+
+def load_label_map(source: Any, reduce_zero_label: bool = False, ignore_index: int = 255) -> np.ndarray:
+    """A class-index label map (H, W) int64 from a path, PIL image or array.
+
+    Class-index PNGs (``L``/``I``) and VOC-style palette PNGs (``P``: the palette indices are the classes) are
+    read as they are; an RGB file is accepted only when gray (R == G == B). ``reduce_zero_label`` applies
+    ADE20K's convention: 0 -> ``ignore_index``, every other class minus 1.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "label map"
+    if isinstance(source, (str, os.PathLike)):
+        source = _open(source, "label map")
+    if isinstance(source, Image.Image):
+        if source.mode in ("RGB", "RGBA"):
+            array = np.asarray(source.convert("RGB"))
+            if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
+                raise ValueError(f"{name}: an RGB colour label map; save class indices as a gray or palette PNG")
+            array = array[..., 0]
+        else:
+            array = np.asarray(source)  # P: palette indices; L / I / I;16: values
+    else:
+        array = np.asarray(source)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: a label map must be 2-D, got shape {array.shape}")
+    labels = array.astype(np.int64)
+    if reduce_zero_label:
+        labels = np.where(labels == 0, ignore_index, labels - 1)
+        labels[labels == ignore_index - 1] = ignore_index
+    return labels

@@ -38,7 +38,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "E-measure (max)",
     "MAE",
 )
-HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in METRIC_NAMES}
+# Multi-class scalar metrics of SemanticSegmentationMetrics (mIoU there is the class-wise mean IoU).
+SEMANTIC_METRIC_NAMES: tuple[str, ...] = ("mIoU", "mAcc", "aAcc")
+HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in (*METRIC_NAMES, *SEMANTIC_METRIC_NAMES)}
 
 
 def to_uint8_map(probability: Any) -> np.ndarray:

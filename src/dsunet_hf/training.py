@@ -52,14 +52,17 @@ class TrainingArguments:
     )
     backbone_preset: str | None = field(default=None, metadata={"help": "backbone size preset (e.g. tiny, large)"})
     config_overrides: str | None = field(default=None, metadata={"help": "JSON of extra model-config fields"})
-    finetune_strategy: str = field(default="adapter", metadata={"help": "adapter | lora | full | frozen"})
+    finetune_strategy: str | None = field(
+        default=None, metadata={"help": "adapter | lora | full | frozen (default: the model's, adapter or frozen)"}
+    )
     image_size: int | None = field(default=None, metadata={"help": "input size (default: the model's)"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})
     min_learning_rate: float = field(default=1e-7, metadata={"help": "cosine schedule floor"})
     lr_schedule: str = field(
         default="cosine-epoch",
-        metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | constant"},
+        metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | poly (DINOv2 "
+                          "heads: (1 - step/total)^1 after warm-up) | constant"},
     )
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     num_epochs: int | None = field(default=None, metadata={"help": "epochs (default: the model's recipe, 20 for "
@@ -73,7 +76,9 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute backbone activations"})
     seed: int = field(default=0, metadata={"help": "seed of init, data order and augmentation"})
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
-    metric_for_best_model: str = field(default="S-measure", metadata={"help": "metric that selects the best model"})
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg)"}
+    )
     max_val_samples: int | None = field(default=None, metadata={"help": "cap on validation images"})
     save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
@@ -115,7 +120,8 @@ def build_model(args: TrainingArguments, accelerator: Accelerator | None = None)
 
     spec = get_model_spec(args.model)
     config_kwargs = json.loads(args.config_overrides) if args.config_overrides else {}
-    config_kwargs["finetune_strategy"] = args.finetune_strategy
+    if args.finetune_strategy:
+        config_kwargs["finetune_strategy"] = args.finetune_strategy
     # --backbone / --backbone-preset name the SAM 2 trunk (both models); DSU-Net's DINOv2 is set through
     # --config-overrides '{"dino_preset": ..., "dino_backbone_repo_id": ...}'.
     preset_field, repo_field = ("sam_preset", "sam_backbone_repo_id") if args.model == "dsunet" else (
@@ -167,6 +173,8 @@ def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch
             return 1.0
         if args.lr_schedule == "cosine-epoch":
             progress = (step // steps_per_epoch) / total_epochs
+        elif args.lr_schedule == "poly":
+            return max(0.0, 1 - (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
         elif args.lr_schedule == "cosine":
             progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
         else:
@@ -243,8 +251,10 @@ def train(args: TrainingArguments) -> dict:
     from .data import SegmentationTransform, collate_segmentation, dataset_name
     from .evaluate import evaluate_model
     from .metrics import HIGHER_IS_BETTER, is_better
+    from .models import get_model_spec
 
     output_dir = Path(args.output_dir)
+    args.metric_for_best_model = args.metric_for_best_model or get_model_spec(args.model).best_metric
     if args.metric_for_best_model not in HIGHER_IS_BETTER:
         raise ValueError(f"unknown --metric-for-best-model {args.metric_for_best_model!r}; one of {sorted(HIGHER_IS_BETTER)}")
     if args.push_to_hub and not args.hub_model_id:
@@ -264,7 +274,15 @@ def train(args: TrainingArguments) -> dict:
     args.num_epochs = args.num_epochs or spec.num_epochs
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
-    train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
+    if spec.task == "semantic":
+        from .semantic import SemanticSegmentationTransform
+
+        train_transform = SemanticSegmentationTransform(
+            processor, train=True, crop_size=model.config.crop_size, ignore_index=model.config.semantic_loss_ignore_index,
+            seed=args.seed,
+        )
+    else:
+        train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
     train_loader = DataLoader(
         train_set.with_transform(train_transform), batch_size=args.batch_size, shuffle=True,
         collate_fn=collate_segmentation, num_workers=args.num_workers,
@@ -327,8 +345,14 @@ def train(args: TrainingArguments) -> dict:
 
     def validate() -> None:
         if accelerator.is_main_process:
-            metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,
-                                     progress=False)
+            if spec.task == "semantic":
+                from .semantic import evaluate_semantic
+
+                metrics = evaluate_semantic(unwrapped, validation_set, schedule="single", max_samples=args.max_val_samples)
+                metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}  # per-class IoU stays out of logs
+            else:
+                metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,
+                                         progress=False)
             model.train()
             log({f"val/{k}": v for k, v in metrics.items()})
             value = metrics[args.metric_for_best_model]

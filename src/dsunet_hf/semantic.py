@@ -1,0 +1,149 @@
+"""The multi-class path: label-map augmentation, mIoU evaluation and colour-palette predictions.
+
+Training augmentation follows the DINOv2 head recipe in part: keep-ratio resize to ``base_size`` x U(0.5, 2.0)
+(short side), random ``crop_size`` crop (image padded with 0 after normalisation, labels with the ignore
+index), horizontal flip. Photometric distortion and the ``cat_max_ratio`` crop retries are not applied.
+Like the binary transform, every random choice is a function of (seed, epoch, sample_id).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from .image_io import load_image, load_label_map
+
+
+def _normalise(image: Image.Image, processor) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    array = (array - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _short_side_resize(image: Image.Image, short_side: int, resample) -> Image.Image:
+    scale = short_side / min(image.size)
+    return image.resize((max(1, int(image.width * scale + 0.5)), max(1, int(image.height * scale + 0.5))), resample)
+
+
+class SemanticSegmentationTransform:
+    """Rows (``image``, ``mask`` = class-index or palette label map, ``sample_id``) -> model inputs."""
+
+    def __init__(self, processor, train: bool, crop_size: int, base_size: int | None = None,
+                 scale_range: tuple[float, float] = (0.5, 2.0), ignore_index: int = 255,
+                 reduce_zero_label: bool = False, seed: int = 0):
+        self.processor = processor
+        self.train = train
+        self.crop_size = crop_size
+        self.base_size = base_size or crop_size
+        self.scale_range = scale_range
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
+        self.seed = seed
+        self.epoch = 0
+
+    def _example(self, image: Image.Image, labels: np.ndarray, sample_id: int) -> dict:
+        if labels.shape != (image.height, image.width):
+            raise ValueError(f"sample {sample_id}: label map {labels.shape[::-1]} and image {image.size} differ in size")
+        label_image = Image.fromarray(labels.astype(np.int32), mode="I")
+        if not self.train:  # evaluation: resized image, labels kept at the original size
+            resized = _short_side_resize(image, self.base_size, Image.Resampling.BILINEAR)
+            return {"pixel_values": _normalise(resized, self.processor), "labels": torch.from_numpy(labels),
+                    "sample_id": sample_id}
+        rng = random.Random(f"{self.seed}:{self.epoch}:{sample_id}")
+        short_side = int(self.base_size * rng.uniform(*self.scale_range))
+        image = _short_side_resize(image, short_side, Image.Resampling.BILINEAR)
+        label_image = label_image.resize(image.size, Image.Resampling.NEAREST)
+        pixels = _normalise(image, self.processor)
+        labels = torch.from_numpy(np.asarray(label_image, dtype=np.int64))
+        pad_h, pad_w = max(self.crop_size - pixels.shape[1], 0), max(self.crop_size - pixels.shape[2], 0)
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
+        labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        top = rng.randint(0, pixels.shape[1] - self.crop_size)
+        left = rng.randint(0, pixels.shape[2] - self.crop_size)
+        pixels = pixels[:, top: top + self.crop_size, left: left + self.crop_size]
+        labels = labels[top: top + self.crop_size, left: left + self.crop_size]
+        if rng.random() < 0.5:
+            pixels, labels = pixels.flip(-1), labels.flip(-1)
+        return {"pixel_values": pixels.contiguous(), "labels": labels.contiguous(), "sample_id": sample_id}
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"pixel_values": [], "labels": [], "sample_id": []}
+        for image_source, label_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
+            labels = load_label_map(label_source, self.reduce_zero_label, self.ignore_index)
+            example = self._example(load_image(image_source), labels, int(sample_id))
+            for key, value in example.items():
+                out[key].append(value)
+        return out
+
+
+@torch.no_grad()
+def evaluate_semantic(model, dataset, *, schedule: str = "slide", reduce_zero_label: bool = False,
+                      max_samples: int | None = None) -> dict:
+    """Dataset-level mIoU / per-class IoU (with label names) / pixel accuracy, at each label's original size."""
+    from .metrics import SemanticSegmentationMetrics
+
+    config = model.config
+    metrics = SemanticSegmentationMetrics(config.num_labels, config.semantic_loss_ignore_index, reduce_zero_label)
+    transform = SemanticSegmentationTransform(None, train=False, crop_size=config.crop_size,
+                                              ignore_index=config.semantic_loss_ignore_index)
+    transform.processor = model.default_image_processor()
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    for index in range(count):
+        row = dataset[index]
+        labels = load_label_map(row["mask"])  # raw; the metric applies reduce_zero_label itself
+        example = transform._example(load_image(row["image"]), labels, index)
+        pixels = example["pixel_values"][None].to(device=parameter.device, dtype=parameter.dtype)
+        probabilities = model.segment(pixels, schedule)
+        probabilities = F.interpolate(probabilities.float(), size=labels.shape, mode="bilinear", align_corners=False)
+        metrics.update(probabilities.argmax(1)[0].cpu().numpy(), labels)
+    model.train(was_training)
+    result = metrics.compute()
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    result["per_class_iou"] = dict(zip(names, result["per_class_iou"]))
+    return result
+
+
+def palette(num_labels: int) -> np.ndarray:
+    """The VOC colour map (bit-interleaved), extended to any number of classes: (K, 3) uint8."""
+    colours = np.zeros((num_labels, 3), dtype=np.uint8)
+    for label in range(num_labels):
+        value, red, green, blue = label, 0, 0, 0
+        for shift in range(7, -1, -1):
+            red |= ((value >> 0) & 1) << shift
+            green |= ((value >> 1) & 1) << shift
+            blue |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colours[label] = (red, green, blue)
+    return colours
+
+
+def palette_png(classes: np.ndarray, num_labels: int) -> Image.Image:
+    """A palette ('P') PNG whose pixel values are the class indices (255, the ignore index, included: the
+    full 256-entry VOC map keeps PIL from re-indexing a short palette on save)."""
+    if num_labels > 256:
+        raise ValueError(f"a palette PNG holds at most 256 classes, got {num_labels}")
+    image = Image.fromarray(classes.astype(np.uint8), mode="P")
+    image.putpalette(palette(256).flatten().tolist())
+    return image
+
+
+def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[int, str], alpha: float = 0.5):
+    """The image blended with the class colours, and a legend of the classes present."""
+    colours = palette(len(id2label))
+    blended = (np.asarray(image.convert("RGB"), np.float32) * (1 - alpha) + colours[classes] * alpha).astype(np.uint8)
+    present = [int(c) for c in np.unique(classes)]
+    canvas = Image.new("RGB", (image.width + 160, max(image.height, 18 * len(present) + 8)), (255, 255, 255))
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, label in enumerate(present):
+        y = 4 + 18 * row
+        draw.rectangle([image.width + 6, y, image.width + 20, y + 14], fill=tuple(int(v) for v in colours[label]))
+        draw.text((image.width + 26, y), str(id2label.get(label, label)), fill=(0, 0, 0))
+    return canvas

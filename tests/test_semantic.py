@@ -1,0 +1,71 @@
+"""Multi-class path: label maps, augmentation, evaluation, palette output."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig, SegmentationImageProcessor
+from dsunet_hf.image_io import load_label_map
+from dsunet_hf.semantic import (
+    SemanticSegmentationTransform,
+    evaluate_semantic,
+    overlay_with_legend,
+    palette_png,
+)
+
+
+def test_label_maps_from_palette_gray_and_rgb_files(tmp_path):
+    classes = np.array([[0, 1, 2], [255, 2, 1]], dtype=np.uint8)
+    palette_png(classes, 3).save(tmp_path / "p.png")
+    Image.fromarray(classes).save(tmp_path / "l.png")
+    Image.fromarray(np.stack([classes] * 3, -1)).save(tmp_path / "gray_rgb.png")
+    for name in ("p.png", "l.png", "gray_rgb.png"):
+        assert np.array_equal(load_label_map(tmp_path / name), classes), name
+    colour = np.zeros((2, 2, 3), np.uint8)
+    colour[0, 0] = (128, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="colour.png: an RGB colour label map"):
+        load_label_map(tmp_path / "colour.png")
+    assert np.array_equal(load_label_map(tmp_path / "l.png", reduce_zero_label=True), [[255, 0, 1], [255, 1, 0]])
+
+
+@pytest.fixture
+def rows(tmp_path):
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (30 + index, 40, 3), dtype=np.uint8)).save(tmp_path / f"i{index}.png")
+        palette_png(rng.integers(0, 3, (30 + index, 40)), 3).save(tmp_path / f"m{index}.png")
+    return datasets.Dataset.from_dict({"image": [str(tmp_path / f"i{i}.png") for i in range(3)],
+                                       "mask": [str(tmp_path / f"m{i}.png") for i in range(3)], "sample_id": [0, 1, 2]})
+
+
+def test_training_transform_crops_pads_and_is_deterministic(rows):
+    transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=True, crop_size=48, base_size=28,
+                                              scale_range=(0.5, 1.0), seed=3)
+    first = transform(rows[:3])
+    assert all(p.shape == (3, 48, 48) for p in first["pixel_values"])
+    assert all(labels.shape == (48, 48) and labels.dtype == torch.int64 for labels in first["labels"])
+    assert all((labels == 255).any() for labels in first["labels"])  # padding is ignored, image smaller than crop
+    again = transform(rows[:3])
+    assert all(torch.equal(a, b) for a, b in zip(first["labels"], again["labels"]))
+    transform.epoch = 1
+    assert any(not torch.equal(a, b) for a, b in zip(first["labels"], transform(rows[:3])["labels"]))
+
+
+def test_evaluate_semantic_reports_named_classes(rows):
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+    result = evaluate_semantic(Dinov2ForSemanticSegmentation(config), rows, schedule="slide")
+    assert set(result["per_class_iou"]) == {"a", "b", "c"} and 0 <= result["mIoU"] <= 1 and 0 <= result["aAcc"] <= 1
+
+
+def test_overlay_has_a_legend_of_present_classes():
+    image = Image.new("RGB", (40, 30), (200, 200, 200))
+    classes = np.zeros((30, 40), dtype=np.int64)
+    classes[:, 20:] = 2
+    sheet = overlay_with_legend(image, classes, {0: "background", 1: "cat", 2: "dog"})
+    assert sheet.size == (200, 44) and sheet.getpixel((10, 10)) != sheet.getpixel((30, 10))

@@ -69,3 +69,30 @@ def test_overlay_has_a_legend_of_present_classes():
     classes[:, 20:] = 2
     sheet = overlay_with_legend(image, classes, {0: "background", 1: "cat", 2: "dog"})
     assert sheet.size == (200, 44) and sheet.getpixel((10, 10)) != sheet.getpixel((30, 10))
+
+
+def test_cli_predict_and_evaluate_a_semantic_model(rows, tmp_path, capsys):
+    import json
+    import shutil
+
+    from dsunet_hf.cli import main as cli_main
+
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+    model = Dinov2ForSemanticSegmentation(config).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    data = tmp_path / "data"
+    for kind, column in (("images", "image"), ("masks", "mask")):
+        (data / kind).mkdir(parents=True)
+        for i, path in enumerate(rows[column]):
+            shutil.copy(path, data / kind / f"{i}.png")
+    assert cli_main(["predict", "--model", str(tmp_path / "model"), str(data / "images"), "--output-dir",
+                     str(tmp_path / "out"), "--overlay"]) == 0
+    written = Image.open(tmp_path / "out" / "masks" / "1.png")
+    assert written.mode == "P" and written.size == (40, 31) and set(np.unique(np.asarray(written))) <= {0, 1, 2}
+    assert Image.open(tmp_path / "out" / "overlays" / "1.png").width == 40 + 160
+    assert cli_main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--output-dir",
+                     str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert "mIoU" in report["results"]["data"] and set(report["info"]["per_class_iou"]["data"]) == {"a", "b", "c"}
+    assert "per-class IoU" in capsys.readouterr().out

@@ -34,6 +34,8 @@ AutoImageProcessor.register(DSUNetConfig, slow_image_processor_class=Segmentatio
 AutoConfig.register(Dinov2SegConfig.model_type, Dinov2SegConfig, exist_ok=True)
 AutoModel.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
+# Also under image segmentation, so the model-agnostic predict/evaluate loaders find every dsunet-hf model.
+AutoModelForImageSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Dinov2SegConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
 
 __all__ = [

@@ -411,7 +411,7 @@ def run_evaluate_cli(args) -> int:
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
-        results, skipped_per_dataset, sources = {}, {}, {}
+        results, skipped_per_dataset, sources, per_class = {}, {}, {}, {}
         for source in args.data:
             dataset = (
                 load_segmentation_dataset(source) if args.split is None
@@ -419,15 +419,26 @@ def run_evaluate_cli(args) -> int:
             )
             name = _unique(dataset_name(source), results)
             skipped: list[str] = []
-            results[name] = evaluate_model(
-                model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
-                progress=args.progress, max_samples=args.max_samples, skipped=skipped,
-            )
+            if hasattr(model, "segment"):  # multi-class: mIoU / accuracies, per-class IoU with label names
+                from .semantic import evaluate_semantic
+
+                semantic = evaluate_semantic(model, dataset, max_samples=args.max_samples)
+                per_class[name] = semantic.pop("per_class_iou")
+                results[name] = semantic
+            else:
+                results[name] = evaluate_model(
+                    model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
+                    progress=args.progress, max_samples=args.max_samples, skipped=skipped,
+                )
             sources[name], skipped_per_dataset[name] = str(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
+        if per_class:
+            extra["per_class_iou"] = per_class
     print(format_table(results))
+    for name, ious in extra.get("per_class_iou", {}).items():
+        print(f"per-class IoU, {name}: " + ", ".join(f"{label} {iou:.3f}" for label, iou in ious.items()))
     json_path, markdown_path = write_report(results, args.output_dir, extra=extra)
     print(f"report: {json_path} and {markdown_path}")
     return 0

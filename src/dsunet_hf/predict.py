@@ -133,6 +133,14 @@ def predict_files(
                 bar.update(1)
         if not images:
             continue
+        if hasattr(model, "segment"):  # multi-class: palette PNGs of class indices, overlays with a legend
+            from .semantic import predict_classes, write_class_outputs
+
+            for image, name, path in zip(images, names, paths):
+                write_class_outputs(model, image, predict_classes(model, image), output_dir, name, overlay)
+                report.written.append(str(path))
+                bar.update(1)
+            continue
         probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
         for image, name, path, probability in zip(images, names, paths, probabilities):
             probability = probability.cpu().numpy()

@@ -147,3 +147,26 @@ def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[
         draw.rectangle([image.width + 6, y, image.width + 20, y + 14], fill=tuple(int(v) for v in colours[label]))
         draw.text((image.width + 26, y), str(id2label.get(label, label)), fill=(0, 0, 0))
     return canvas
+
+
+@torch.no_grad()
+def predict_classes(model, image: Image.Image, schedule: str = "slide") -> np.ndarray:
+    """Class indices (H, W) at the image's size: short side resized to the crop size, ``model.segment``,
+    probabilities resized back, argmax."""
+    config = model.config
+    parameter = next(model.parameters())
+    pixels = _normalise(_short_side_resize(image.convert("RGB"), config.crop_size, Image.Resampling.BILINEAR),
+                        model.default_image_processor())
+    probabilities = model.segment(pixels[None].to(device=parameter.device, dtype=parameter.dtype), schedule)
+    probabilities = F.interpolate(probabilities.float(), size=(image.height, image.width), mode="bilinear",
+                                  align_corners=False)
+    return probabilities.argmax(1)[0].cpu().numpy()
+
+
+def write_class_outputs(model, image: Image.Image, classes: np.ndarray, output_dir, name, overlay: bool) -> None:
+    from .files import save_image_atomic
+
+    save_image_atomic(palette_png(classes, model.config.num_labels), output_dir / "masks" / name.with_suffix(".png"))
+    if overlay:
+        legend = overlay_with_legend(image, classes, model.config.id2label)
+        save_image_atomic(legend, output_dir / "overlays" / name.with_suffix(".png"))

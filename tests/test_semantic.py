@@ -96,3 +96,28 @@ def test_cli_predict_and_evaluate_a_semantic_model(rows, tmp_path, capsys):
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert "mIoU" in report["results"]["data"] and set(report["info"]["per_class_iou"]["data"]) == {"a", "b", "c"}
     assert "per-class IoU" in capsys.readouterr().out
+
+
+def test_crops_avoid_a_dominant_class_when_they_can():
+    labels = torch.zeros(100, 100, dtype=torch.int64)
+    labels[:, 50:] = 1  # 29 of 41 crop positions mix the classes within the 0.75 ratio
+    transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=True, crop_size=60, seed=0)
+    import random
+
+    for seed in range(20):
+        top, left = transform._crop_origin(labels, random.Random(seed))
+        crop = labels[top: top + 60, left: left + 60]
+        share = (crop == 1).float().mean().item()
+        assert 0.25 < share < 0.75, (seed, left)  # a mixed crop was found within 10 tries
+
+
+def test_photometric_distortion_is_seeded_and_keeps_size():
+    import random
+
+    from dsunet_hf.semantic import photometric_distortion
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    a, b = photometric_distortion(image, random.Random(1)), photometric_distortion(image, random.Random(1))
+    assert a.size == image.size and a.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(photometric_distortion(image, random.Random(s))), np.asarray(image))
+               for s in range(4))

@@ -1,8 +1,9 @@
 """The multi-class path: label-map augmentation, mIoU evaluation and colour-palette predictions.
 
-Training augmentation follows the DINOv2 head recipe in part: keep-ratio resize to ``base_size`` x U(0.5, 2.0)
-(short side), random ``crop_size`` crop (image padded with 0 after normalisation, labels with the ignore
-index), horizontal flip. Photometric distortion and the ``cat_max_ratio`` crop retries are not applied.
+Training augmentation follows the DINOv2 head recipe (mmseg): keep-ratio resize to ``base_size`` x U(0.5, 2.0)
+(short side), random ``crop_size`` crop with up to 10 retries until no class covers more than
+``cat_max_ratio`` of the labelled pixels (image padded with 0 after normalisation, labels with the ignore
+index), horizontal flip, photometric distortion (brightness, contrast, saturation, hue; each p=0.5).
 Like the binary transform, every random choice is a function of (seed, epoch, sample_id).
 """
 
@@ -13,7 +14,7 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance
 
 from .image_io import load_image, load_label_map
 
@@ -22,6 +23,27 @@ def _normalise(image: Image.Image, processor) -> torch.Tensor:
     array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     array = (array - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def photometric_distortion(image: Image.Image, rng: random.Random) -> Image.Image:
+    """mmseg's PhotoMetricDistortion: brightness +-32, contrast and saturation x[0.5, 1.5], hue +-18 degrees
+    (OpenCV's 0-180 scale), each with p=0.5; contrast before or after the colour changes with p=0.5."""
+    def contrast(im):
+        return ImageEnhance.Contrast(im).enhance(rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else im
+
+    if rng.random() < 0.5:
+        shift = rng.uniform(-32, 32)
+        image = Image.fromarray(np.clip(np.asarray(image, np.float32) + shift, 0, 255).astype(np.uint8))
+    contrast_first = rng.random() < 0.5
+    if contrast_first:
+        image = contrast(image)
+    if rng.random() < 0.5:
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.5, 1.5))
+    if rng.random() < 0.5:
+        hsv = np.asarray(image.convert("HSV")).copy()
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + round(rng.uniform(-18, 18) * 256 / 180)) % 256).astype(np.uint8)
+        image = Image.fromarray(hsv, mode="HSV").convert("RGB")
+    return image if contrast_first else contrast(image)
 
 
 def _short_side_resize(image: Image.Image, short_side: int, resample) -> Image.Image:
@@ -34,7 +56,7 @@ class SemanticSegmentationTransform:
 
     def __init__(self, processor, train: bool, crop_size: int, base_size: int | None = None,
                  scale_range: tuple[float, float] = (0.5, 2.0), ignore_index: int = 255,
-                 reduce_zero_label: bool = False, seed: int = 0):
+                 reduce_zero_label: bool = False, seed: int = 0, cat_max_ratio: float = 0.75):
         self.processor = processor
         self.train = train
         self.crop_size = crop_size
@@ -43,7 +65,20 @@ class SemanticSegmentationTransform:
         self.ignore_index = ignore_index
         self.reduce_zero_label = reduce_zero_label
         self.seed = seed
+        self.cat_max_ratio = cat_max_ratio
         self.epoch = 0
+
+    def _crop_origin(self, labels: torch.Tensor, rng: random.Random) -> tuple[int, int]:
+        """A random crop where no class dominates (up to 10 tries, the last one kept), as mmseg's RandomCrop."""
+        for _ in range(10):
+            top = rng.randint(0, labels.shape[0] - self.crop_size)
+            left = rng.randint(0, labels.shape[1] - self.crop_size)
+            crop = labels[top: top + self.crop_size, left: left + self.crop_size]
+            counts = torch.bincount(crop[crop != self.ignore_index].flatten())
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max().item() / counts.sum().item() < self.cat_max_ratio:
+                break
+        return top, left
 
     def _example(self, image: Image.Image, labels: np.ndarray, sample_id: int) -> dict:
         if labels.shape != (image.height, image.width):
@@ -55,15 +90,14 @@ class SemanticSegmentationTransform:
                     "sample_id": sample_id}
         rng = random.Random(f"{self.seed}:{self.epoch}:{sample_id}")
         short_side = int(self.base_size * rng.uniform(*self.scale_range))
-        image = _short_side_resize(image, short_side, Image.Resampling.BILINEAR)
+        image = photometric_distortion(_short_side_resize(image, short_side, Image.Resampling.BILINEAR), rng)
         label_image = label_image.resize(image.size, Image.Resampling.NEAREST)
         pixels = _normalise(image, self.processor)
         labels = torch.from_numpy(np.asarray(label_image, dtype=np.int64))
         pad_h, pad_w = max(self.crop_size - pixels.shape[1], 0), max(self.crop_size - pixels.shape[2], 0)
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
         labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.ignore_index)
-        top = rng.randint(0, pixels.shape[1] - self.crop_size)
-        left = rng.randint(0, pixels.shape[2] - self.crop_size)
+        top, left = self._crop_origin(labels, rng)
         pixels = pixels[:, top: top + self.crop_size, left: left + self.crop_size]
         labels = labels[top: top + self.crop_size, left: left + self.crop_size]
         if rng.random() < 0.5:

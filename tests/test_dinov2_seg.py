@@ -135,3 +135,25 @@ def test_push_and_pull(tmp_path, offline_hub):
     x = torch.randn(1, 3, 42, 56)
     with torch.no_grad():
         assert torch.equal(model(x).logits, pulled(x).logits)
+
+
+def test_upstream_position_interpolation_uses_the_scale_factor_rule():
+    from dsunet_hf.backbones.dinov2 import DINOv2Backbone, dinov2_config
+
+    config = dinov2_config("small", **TINY_DINO)
+    ours = DINOv2Backbone(config, upstream_position_interpolation=True)
+    stock = DINOv2Backbone(config)
+    stock.load_state_dict(ours.state_dict())
+    embeddings = ours.encoder.embeddings
+    with torch.no_grad():
+        embeddings.position_embeddings.normal_()
+        stock.encoder.embeddings.position_embeddings.copy_(embeddings.position_embeddings)
+    tokens = torch.zeros(1, 1 + 46 * 40, 32)
+    got = embeddings.interpolate_pos_encoding(tokens, 644, 560)
+    grid = embeddings.position_embeddings[:, 1:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, scale_factor=(46.1 / 37, 40.1 / 37), mode="bicubic").permute(0, 2, 3, 1)
+    torch.testing.assert_close(got[:, 1:], expected.reshape(1, -1, 32))
+    assert not torch.allclose(got, stock.encoder.embeddings.interpolate_pos_encoding(tokens, 644, 560))
+    square = torch.zeros(1, 1 + 37 * 37, 32)  # the trained grid: no interpolation at all
+    assert torch.equal(embeddings.interpolate_pos_encoding(square, 518, 518), embeddings.position_embeddings)
+    assert Dinov2ForSemanticSegmentation(tiny()).config.upstream_position_interpolation

@@ -9,10 +9,13 @@ the same for chosen intermediate blocks. Pretrained weights come from a Hub repo
 
 from __future__ import annotations
 
+import math
 import re
+import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
@@ -51,13 +54,34 @@ def dinov2_config(preset: str | None = "large", **overrides) -> Dinov2Config:
     return Dinov2Config(**fields)
 
 
+def upstream_interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The original DINOv2 rule for other token grids than the trained 37x37: bicubic with
+    ``scale_factor = (grid + 0.1) / 37`` (a historical kludge) instead of transformers' output ``size``. The
+    official segmentation heads (multi-scale, 640-px crops) were trained and evaluated with it; bound onto
+    ``Dinov2Embeddings`` by ``DINOv2Backbone(upstream_position_interpolation=True)``."""
+    num_patches, num_positions = embeddings.shape[1] - 1, self.position_embeddings.shape[1] - 1
+    if num_patches == num_positions and height == width:
+        return self.position_embeddings
+    patch = self.patch_embeddings.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    side = int(math.isqrt(num_positions))
+    grid = self.position_embeddings[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    scale = ((height // patch + 0.1) / side, (width // patch + 0.1) / side)
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, grid.shape[1]).to(self.position_embeddings.dtype)
+    return torch.cat([self.position_embeddings[:, :1], grid], dim=1)
+
+
 class DINOv2Backbone(nn.Module):
     """DINOv2 encoder returning final-LayerNorm patch tokens channels-first (CLS / registers dropped)."""
 
-    def __init__(self, config: Dinov2Config):
+    def __init__(self, config: Dinov2Config, upstream_position_interpolation: bool = False):
         super().__init__()
         self.config = config
         self.encoder = Dinov2Model(config)
+        if upstream_position_interpolation:
+            embeddings = self.encoder.embeddings
+            embeddings.interpolate_pos_encoding = types.MethodType(upstream_interpolate_pos_encoding, embeddings)
 
     @property
     def channels(self) -> int:

@@ -31,6 +31,9 @@ class Dinov2SegConfig(PreTrainedConfig):
         test_scales (`list[float]`): multi-scale inference ratios (upstream 1.0, 1.32, 1.73, 2.28, 3.0).
         test_flip (`bool`, defaults to `True`): add horizontally flipped views in multi-scale inference.
         semantic_loss_ignore_index (`int`, defaults to 255): label value ignored by the loss and metrics.
+        upstream_position_interpolation (`bool`, defaults to `True`): interpolate position embeddings for other
+            grids than 37x37 with DINOv2's original ``(grid + 0.1) / 37`` scale factors, as the official heads were
+            trained (transformers' own rule differs at e.g. 640-px crops).
         finetune_strategy (`str`, defaults to `"frozen"`): frozen (head only, as the paper), lora or full.
         id2label / label2id / num_labels: the classes (default: the 21 Pascal VOC classes).
     """
@@ -50,6 +53,7 @@ class Dinov2SegConfig(PreTrainedConfig):
         test_scales: list[float] | None = None,
         test_flip: bool = True,
         semantic_loss_ignore_index: int = 255,
+        upstream_position_interpolation: bool = True,
         finetune_strategy: str = "frozen",
         lora_rank: int = 8,
         lora_alpha: int = 16,
@@ -80,6 +84,7 @@ class Dinov2SegConfig(PreTrainedConfig):
         self.test_scales = list(test_scales or [1.0, 1.32, 1.73, 2.28, 3.0])
         self.test_flip = test_flip
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self.upstream_position_interpolation = upstream_position_interpolation
         self.finetune_strategy = finetune_strategy
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha

@@ -51,7 +51,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
 
     def __init__(self, config: Dinov2SegConfig):
         super().__init__(config)
-        self.backbone = DINOv2Backbone(config.get_dino_config())
+        self.backbone = DINOv2Backbone(config.get_dino_config(), config.upstream_position_interpolation)
         self.layers = [-1] if config.head_type == "linear" else list(range(-config.num_layers, 0))
         self.decode_head = BNHead(len(self.layers) * self.backbone.channels, config.num_labels)
         self.post_init()

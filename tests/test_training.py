@@ -175,9 +175,9 @@ def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_
         classes[:, classes.shape[1] // 2:] *= 2
         classes[0, 0] = 255  # an ignored pixel
         palette_png(classes, 3).save(data / "masks" / mask_file.name)
+    (data / "id2label.json").write_text(json.dumps({"0": "background", "1": "left", "2": "right"}))
     overrides = json.dumps({"dino_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
-                            "head_type": "multilayer", "num_layers": 2, "crop_size": 42, "stride": 28,
-                            "id2label": {"0": "background", "1": "left", "2": "right"}})
+                            "head_type": "multilayer", "num_layers": 2, "crop_size": 42, "stride": 28})
     output = tmp_path / "seg"
     launch(["--model", "dinov2-seg", "--train-data", str(data), "--output-dir", str(output), "--backbone", "random",
             "--backbone-preset", "small", "--config-overrides", overrides, "--batch-size", "4", "--max-steps", "3",
@@ -186,7 +186,9 @@ def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_
     assert any("val/mIoU" in row and 0 <= row["val/mIoU"] <= 1 for row in logged)
     assert (output / "checkpoints" / "checkpoint-3" / "trainable_weights.safetensors").is_file()
     card = (output / "model" / "README.md").read_text()
-    assert "background, left, right" in card and "mIoU" in card
+    assert "background, left, right" in card and "mIoU" in card  # class names came from id2label.json
+    saved_args = json.loads((output / "training_args.json").read_text())
+    assert (saved_args["weight_decay"], saved_args["lr_schedule"], saved_args["warmup_steps"]) == (1e-4, "poly", 1500)
     from transformers import AutoModelForSemanticSegmentation
 
     import dsunet_hf  # noqa: F401

@@ -56,15 +56,20 @@ class TrainingArguments:
         default=None, metadata={"help": "adapter | lora | full | frozen (default: the model's, adapter or frozen)"}
     )
     image_size: int | None = field(default=None, metadata={"help": "input size (default: the model's)"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})
-    min_learning_rate: float = field(default=1e-7, metadata={"help": "cosine schedule floor"})
-    lr_schedule: str = field(
-        default="cosine-epoch",
-        metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | poly (DINOv2 "
-                          "heads: (1 - step/total)^1 after warm-up) | constant"},
+    reduce_zero_label: bool = field(
+        default=False, metadata={"help": "label maps: 0 is 'other' (ignored), classes start at 1 (ADE20K)"}
     )
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay (default: the model's "
+                                                                        "recipe, 5e-4; 1e-4 for dinov2-seg)"})
+    min_learning_rate: float = field(default=1e-7, metadata={"help": "cosine schedule floor"})
+    lr_schedule: str | None = field(
+        default=None,
+        metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | poly (DINOv2 "
+                          "heads: (1 - step/total)^1 after warm-up) | constant; default: the model's"},
+    )
+    warmup_steps: int | None = field(default=None, metadata={"help": "linear warm-up steps (default: the "
+                                                                      "model's, 0; 1500 for dinov2-seg)"})
     num_epochs: int | None = field(default=None, metadata={"help": "epochs (default: the model's recipe, 20 for "
                                                                      "sam2-unet, 50 for dsunet; ignored with --max-steps)"})
     max_steps: int | None = field(default=None, metadata={"help": "total optimizer steps"})
@@ -132,6 +137,10 @@ def build_model(args: TrainingArguments, accelerator: Accelerator | None = None)
         config_kwargs["image_size"] = args.image_size
     if args.backbone and args.backbone != "random":
         config_kwargs[repo_field] = args.backbone
+    labels_file = Path(args.train_data) / "id2label.json"
+    if spec.task == "semantic" and "id2label" not in config_kwargs and labels_file.is_file():
+        # The class names travel from the dataset to the config, the card and the evaluation report.
+        config_kwargs["id2label"] = {int(k): v for k, v in json.loads(labels_file.read_text()).items()}
     config = spec.config_class(**config_kwargs)
     if args.backbone == "random":
         logger.warning("--backbone random: the frozen backbones keep their RANDOM initialisation (no download)")
@@ -270,8 +279,9 @@ def train(args: TrainingArguments) -> dict:
     )
     set_seed(args.seed)
     spec, model = build_model(args, accelerator)
-    args.batch_size = args.batch_size or spec.batch_size
-    args.num_epochs = args.num_epochs or spec.num_epochs
+    for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
+        if getattr(args, name) is None:  # unset flags take the model's upstream recipe
+            setattr(args, name, spec.default(name))
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
     if spec.task == "semantic":
@@ -279,7 +289,7 @@ def train(args: TrainingArguments) -> dict:
 
         train_transform = SemanticSegmentationTransform(
             processor, train=True, crop_size=model.config.crop_size, ignore_index=model.config.semantic_loss_ignore_index,
-            seed=args.seed,
+            reduce_zero_label=args.reduce_zero_label, seed=args.seed,
         )
     else:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
@@ -348,7 +358,8 @@ def train(args: TrainingArguments) -> dict:
             if spec.task == "semantic":
                 from .semantic import evaluate_semantic
 
-                metrics = evaluate_semantic(unwrapped, validation_set, schedule="single", max_samples=args.max_val_samples)
+                metrics = evaluate_semantic(unwrapped, validation_set, schedule="single", max_samples=args.max_val_samples,
+                                            reduce_zero_label=args.reduce_zero_label)
                 metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}  # per-class IoU stays out of logs
             else:
                 metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# SAM2-UNet's recipe; each model overrides what its upstream does differently.
+BASE_RECIPE = {"batch_size": 12, "num_epochs": 20, "weight_decay": 5e-4, "lr_schedule": "cosine-epoch",
+               "warmup_steps": 0}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     config_class: type
     model_class: type
-    # Upstream training recipe: augmentation (image and mask together), batch size and epochs.
-    hflip: bool = True
+    # Upstream training recipe: the defaults of the training flags left unset (see training.py).
+    recipe: dict = field(default_factory=dict)
+    hflip: bool = True  # binary augmentation (image and mask together)
     vflip: bool = True
-    batch_size: int = 12
-    num_epochs: int = 20
     task: str = "binary"  # "binary" (soft masks, SOD metrics) or "semantic" (label maps, mIoU)
     best_metric: str = "S-measure"
+
+    def default(self, name: str):
+        return self.recipe.get(name, BASE_RECIPE[name])
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -24,10 +30,14 @@ def get_model_spec(name: str) -> ModelSpec:
     from .sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation
 
     registry = {
-        "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation, batch_size=12, num_epochs=20),
-        "dsunet": ModelSpec(DSUNetConfig, DSUNetForImageSegmentation, batch_size=4, num_epochs=50),
-        "dinov2-seg": ModelSpec(Dinov2SegConfig, Dinov2ForSemanticSegmentation, batch_size=16, num_epochs=40,
-                                task="semantic", best_metric="mIoU"),
+        "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation),
+        "dsunet": ModelSpec(DSUNetConfig, DSUNetForImageSegmentation, recipe={"batch_size": 4, "num_epochs": 50}),
+        # DINOv2 heads: 40k iterations of batch 16, AdamW wd 1e-4, 1500 warm-up steps then poly decay.
+        "dinov2-seg": ModelSpec(
+            Dinov2SegConfig, Dinov2ForSemanticSegmentation, task="semantic", best_metric="mIoU",
+            recipe={"batch_size": 16, "num_epochs": 40, "weight_decay": 1e-4, "lr_schedule": "poly",
+                    "warmup_steps": 1500},
+        ),
     }
     if name not in registry:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(registry)}")

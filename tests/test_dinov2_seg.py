@@ -157,3 +157,10 @@ def test_upstream_position_interpolation_uses_the_scale_factor_rule():
     square = torch.zeros(1, 1 + 37 * 37, 32)  # the trained grid: no interpolation at all
     assert torch.equal(embeddings.interpolate_pos_encoding(square, 518, 518), embeddings.position_embeddings)
     assert Dinov2ForSemanticSegmentation(tiny()).config.upstream_position_interpolation
+
+
+def test_label_sets():
+    from dsunet_hf.models.dinov2_seg.configuration_dinov2_seg import ADE20K_LABELS, VOC_LABELS
+
+    assert len(ADE20K_LABELS) == 150 and len(set(ADE20K_LABELS)) == 150 and ADE20K_LABELS[:3] == ["wall", "building", "sky"]
+    assert ADE20K_LABELS[-1] == "flag" and len(VOC_LABELS) == 21 and VOC_LABELS[15] == "person"

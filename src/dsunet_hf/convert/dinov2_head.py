@@ -23,9 +23,9 @@ HEAD_KEYS = {f"decode_head.{k}" for k in ("bn.weight", "bn.bias", "bn.running_me
 def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, preset: str | None = None,
                                    id2label: dict[int, str] | None = None):
     """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name, ``id2label`` to the
-    VOC names for 21 classes (ADE20K's 150 need ``id2label``, else they are named ``class_<i>``)."""
+    VOC names for 21 classes and the ADE20K names for 150 (other counts are named ``class_<i>``)."""
     from ..models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
-    from ..models.dinov2_seg.configuration_dinov2_seg import VOC_LABELS
+    from ..models.dinov2_seg.configuration_dinov2_seg import ADE20K_LABELS, VOC_LABELS
 
     state_dict = read_torch_checkpoint(source)
     if set(state_dict) != HEAD_KEYS:
@@ -42,7 +42,8 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
         raise ValueError(f"{source}: {channels} head channels fit neither a linear ({hidden}) nor a multi-layer "
                          f"({4 * hidden}) head on DINOv2-{preset}")
     if id2label is None:
-        id2label = dict(enumerate(VOC_LABELS)) if num_labels == 21 else {i: f"class_{i}" for i in range(num_labels)}
+        known = {21: VOC_LABELS, 150: ADE20K_LABELS}
+        id2label = dict(enumerate(known[num_labels])) if num_labels in known else {i: f"class_{i}" for i in range(num_labels)}
     config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=dinov2_hub_repo(preset),
                              head_type="linear" if channels == hidden else "multilayer", id2label=id2label)
     model = Dinov2ForSemanticSegmentation(config)

@@ -121,3 +121,13 @@ def test_photometric_distortion_is_seeded_and_keeps_size():
     assert a.size == image.size and a.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.array_equal(np.asarray(photometric_distortion(image, random.Random(s))), np.asarray(image))
                for s in range(4))
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    palette_png(np.zeros((10, 10), np.uint8), 2).save(tmp_path / "lab.png")
+    rows = datasets.Dataset.from_dict({"image": [str(tmp_path / "img.png")], "mask": [str(tmp_path / "lab.png")],
+                                       "sample_id": [0]})
+    transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=True, crop_size=16)
+    with pytest.raises(ValueError, match=r"lab\.png / .*img\.png: label map is 10x10 but the image is 40x30"):
+        transform(rows[:1])

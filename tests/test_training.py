@@ -195,3 +195,10 @@ def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_
 
     model = AutoModelForSemanticSegmentation.from_pretrained(output / "model")
     assert model.segment(torch.randn(1, 3, 50, 60), "slide").shape == (1, 3, 50, 60)
+
+
+def test_malformed_config_overrides_are_named(generated_data, tmp_path):
+    with pytest.raises(ValueError, match="--config-overrides is not valid JSON"):
+        train(tiny_args(generated_data, tmp_path / "x", config_overrides="{rfb_channels: 16"))
+    with pytest.raises(ValueError, match="JSON object"):
+        train(tiny_args(generated_data, tmp_path / "x", config_overrides="[1, 2]"))

@@ -22,6 +22,15 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
+def set_finetune_fields(config, strategy: str, rank: int, alpha: int, dropout: float, targets: list[str]) -> None:
+    """The fine-tuning fields every model config shares (strategy and its LoRA settings)."""
+    config.finetune_strategy = check_strategy(strategy)
+    config.lora_rank = rank
+    config.lora_alpha = alpha
+    config.lora_dropout = dropout
+    config.lora_target_modules = list(targets)
+
+
 def uses_adapters(strategy: str) -> bool:
     return check_strategy(strategy) in ("adapter", "full")
 

@@ -80,9 +80,11 @@ class SemanticSegmentationTransform:
                 break
         return top, left
 
-    def _example(self, image: Image.Image, labels: np.ndarray, sample_id: int) -> dict:
+    def _example(self, image: Image.Image, labels: np.ndarray, sample_id: int, names: str = "") -> dict:
         if labels.shape != (image.height, image.width):
-            raise ValueError(f"sample {sample_id}: label map {labels.shape[::-1]} and image {image.size} differ in size")
+            where = names or f"sample {sample_id}"
+            raise ValueError(f"{where}: label map is {labels.shape[1]}x{labels.shape[0]} but the image is "
+                             f"{image.width}x{image.height}")
         label_image = Image.fromarray(labels.astype(np.int32), mode="I")
         if not self.train:  # evaluation: resized image, labels kept at the original size
             resized = _short_side_resize(image, self.base_size, Image.Resampling.BILINEAR)
@@ -108,10 +110,15 @@ class SemanticSegmentationTransform:
         out: dict[str, list] = {"pixel_values": [], "labels": [], "sample_id": []}
         for image_source, label_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
             labels = load_label_map(label_source, self.reduce_zero_label, self.ignore_index)
-            example = self._example(load_image(image_source), labels, int(sample_id))
+            names = f"{_name(label_source)} / {_name(image_source)}"
+            example = self._example(load_image(image_source), labels, int(sample_id), names)
             for key, value in example.items():
                 out[key].append(value)
         return out
+
+
+def _name(source) -> str:
+    return str(source) if isinstance(source, str) else getattr(source, "filename", "") or type(source).__name__
 
 
 @torch.no_grad()
@@ -132,7 +139,7 @@ def evaluate_semantic(model, dataset, *, schedule: str = "slide", reduce_zero_la
     for index in range(count):
         row = dataset[index]
         labels = load_label_map(row["mask"])  # raw; the metric applies reduce_zero_label itself
-        example = transform._example(load_image(row["image"]), labels, index)
+        example = transform._example(load_image(row["image"]), labels, index, f"{_name(row['mask'])} / {_name(row['image'])}")
         pixels = example["pixel_values"][None].to(device=parameter.device, dtype=parameter.dtype)
         probabilities = model.segment(pixels, schedule)
         probabilities = F.interpolate(probabilities.float(), size=labels.shape, mode="bilinear", align_corners=False)

@@ -120,11 +120,16 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
 
 # --- model, data, schedule ------------------------------------------------------------------------
 
-def build_model(args: TrainingArguments, accelerator: Accelerator | None = None):
+def build_model(args: TrainingArguments):
     from .models import get_model_spec
 
     spec = get_model_spec(args.model)
-    config_kwargs = json.loads(args.config_overrides) if args.config_overrides else {}
+    try:
+        config_kwargs = json.loads(args.config_overrides) if args.config_overrides else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
+    if not isinstance(config_kwargs, dict):
+        raise ValueError(f"--config-overrides must be a JSON object of config fields, got {args.config_overrides!r}")
     if args.finetune_strategy:
         config_kwargs["finetune_strategy"] = args.finetune_strategy
     # --backbone / --backbone-preset name the SAM 2 trunk (both models); DSU-Net's DINOv2 is set through
@@ -278,7 +283,7 @@ def train(args: TrainingArguments) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
-    spec, model = build_model(args, accelerator)
+    spec, model = build_model(args)
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))

@@ -54,6 +54,13 @@ def dinov2_config(preset: str | None = "large", **overrides) -> Dinov2Config:
     return Dinov2Config(**fields)
 
 
+
+def dinov2_config_dict(preset: str, overrides: dict | None = None) -> dict:
+    """The resolved preset + override fields as plain JSON values, for a model config to store."""
+    overrides = {k: v for k, v in (overrides or {}).items() if k not in ("model_type", "transformers_version")}
+    config = dinov2_config(preset, **overrides)
+    return {name: getattr(config, name) for name in dict.fromkeys([*DINOV2_PRESETS[preset], *overrides])}
+
 def upstream_interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The original DINOv2 rule for other token grids than the trained 37x37: bicubic with
     ``scale_factor = (grid + 0.1) / 37`` (a historical kludge) instead of transformers' output ``size``. The

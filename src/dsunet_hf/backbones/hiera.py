@@ -70,6 +70,17 @@ def hiera_config(preset: str | None = "large", **overrides) -> Sam2HieraDetConfi
     return Sam2HieraDetConfig(**fields)
 
 
+def hiera_config_dict(preset: str, overrides: dict | None = None) -> dict:
+    """The resolved preset + override fields as plain JSON values, for a model config to store."""
+    overrides = {k: v for k, v in (overrides or {}).items() if k not in ("model_type", "transformers_version")}
+    config = hiera_config(preset, **overrides)
+    return {name: getattr(config, name) for name in dict.fromkeys([*HIERA_PRESETS[preset], *overrides])}
+
+
+# LoRA targets of the `lora` strategy: the attention and MLP linears of every Hiera block.
+HIERA_LORA_TARGETS = ["attn.qkv", "attn.proj", "mlp.proj_in", "mlp.proj_out"]
+
+
 class AdaptedBlock(nn.Module):
     """A Hiera block with a bottleneck adapter applied to its input: ``block(x + adapter(x))``."""
 

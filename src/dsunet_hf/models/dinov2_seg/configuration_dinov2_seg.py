@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import Dinov2Config, PreTrainedConfig
 
-from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config
-from ...finetune import check_strategy
+from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
+from ...finetune import check_strategy, set_finetune_fields
 
 HEAD_TYPES = ("linear", "multilayer")
 # Crop / stride of the official sliding-window inference per head type.
@@ -81,11 +81,8 @@ class Dinov2SegConfig(PreTrainedConfig):
             raise ValueError("the DINOv2 heads have no adapters: use finetune_strategy frozen, lora or full")
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = dict(enumerate(VOC_LABELS))
-        drop = ("model_type", "transformers_version")
         self.backbone_preset = backbone_preset
-        overrides = {k: v for k, v in (dino_config or {}).items() if k not in drop}
-        resolved = dinov2_config(backbone_preset, **overrides)
-        self.dino_config = {k: getattr(resolved, k) for k in dict.fromkeys([*DINOV2_PRESETS[backbone_preset], *overrides])}
+        self.dino_config = dinov2_config_dict(backbone_preset, dino_config)
         self.backbone_repo_id = backbone_repo_id
         self.backbone_revision = backbone_revision
         self.head_type = head_type
@@ -97,11 +94,8 @@ class Dinov2SegConfig(PreTrainedConfig):
         self.test_flip = test_flip
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.upstream_position_interpolation = upstream_position_interpolation
-        self.finetune_strategy = finetune_strategy
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_target_modules = list(lora_target_modules or ["q_proj", "v_proj"])
+        set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
+                            lora_target_modules or ["q_proj", "v_proj"])
         super().__init__(**kwargs)
 
     def get_dino_config(self) -> Dinov2Config:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from transformers import Dinov2Config, PreTrainedConfig, Sam2HieraDetConfig
 
-from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config
-from ...backbones.hiera import HIERA_PRESETS
-from ...finetune import check_strategy
+from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
+from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
+from ...finetune import set_finetune_fields
 from ...losses import BCE_WEIGHTINGS
-from ..sam2_unet.configuration_sam2_unet import DEFAULT_LORA_TARGETS, hiera_config_dict
 
 
 class DSUNetConfig(PreTrainedConfig):
@@ -77,17 +76,14 @@ class DSUNetConfig(PreTrainedConfig):
             )
         if bce_weighting not in BCE_WEIGHTINGS:
             raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
-        drop = ("model_type", "transformers_version")
         self.sam_preset = sam_preset
-        self.hiera_config = hiera_config_dict(sam_preset, {k: v for k, v in (hiera_config or {}).items() if k not in drop})
+        self.hiera_config = hiera_config_dict(sam_preset, hiera_config)
         self.sam_backbone_repo_id = sam_backbone_repo_id
         self.sam_backbone_revision = sam_backbone_revision
         self.dino_preset = dino_preset
-        dino_overrides = {k: v for k, v in (dino_config or {}).items() if k not in drop}
-        resolved = dinov2_config(dino_preset, **dino_overrides)
-        self.dino_config = {k: getattr(resolved, k) for k in dict.fromkeys([*DINOV2_PRESETS[dino_preset], *dino_overrides])}
-        if dino_image_size % resolved.patch_size:
-            raise ValueError(f"dino_image_size must be a multiple of the patch size {resolved.patch_size}")
+        self.dino_config = dinov2_config_dict(dino_preset, dino_config)
+        if dino_image_size % self.dino_config["patch_size"]:
+            raise ValueError(f"dino_image_size must be a multiple of the patch size {self.dino_config['patch_size']}")
         self.dino_backbone_repo_id = dino_backbone_repo_id
         self.dino_backbone_revision = dino_backbone_revision
         self.image_size = image_size
@@ -97,11 +93,8 @@ class DSUNetConfig(PreTrainedConfig):
         self.wtconv_kernel_size = wtconv_kernel_size
         self.wtconv_levels = wtconv_levels
         self.decoder_channels = decoder_channels
-        self.finetune_strategy = check_strategy(finetune_strategy)
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_target_modules = list(lora_target_modules or DEFAULT_LORA_TARGETS)
+        set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
+                            lora_target_modules or HIERA_LORA_TARGETS)
         self.loss_weights = list(loss_weights or [0.25, 0.5, 1.0])
         if len(self.loss_weights) != 3:
             raise ValueError(f"loss_weights needs 3 values (side 1/16, side 1/8, final), got {self.loss_weights}")

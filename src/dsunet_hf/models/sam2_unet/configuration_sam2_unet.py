@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig, Sam2HieraDetConfig
 
-from ...backbones.hiera import HIERA_PRESETS, hiera_config
-from ...finetune import check_strategy
+from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
+from ...finetune import set_finetune_fields
 from ...losses import BCE_WEIGHTINGS
-
-DEFAULT_LORA_TARGETS = ["attn.qkv", "attn.proj", "mlp.proj_in", "mlp.proj_out"]
 
 
 class Sam2UNetConfig(PreTrainedConfig):
@@ -63,18 +61,14 @@ class Sam2UNetConfig(PreTrainedConfig):
         if bce_weighting not in BCE_WEIGHTINGS:
             raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
         self.backbone_preset = backbone_preset
-        overrides = {k: v for k, v in (hiera_config or {}).items() if k not in ("model_type", "transformers_version")}
-        self.hiera_config = hiera_config_dict(backbone_preset, overrides)
+        self.hiera_config = hiera_config_dict(backbone_preset, hiera_config)
         self.backbone_repo_id = backbone_repo_id
         self.backbone_revision = backbone_revision
         self.adapter_dim = adapter_dim
         self.rfb_channels = rfb_channels
         self.image_size = image_size
-        self.finetune_strategy = check_strategy(finetune_strategy)
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_target_modules = list(lora_target_modules or DEFAULT_LORA_TARGETS)
+        set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
+                            lora_target_modules or HIERA_LORA_TARGETS)
         self.loss_weights = list(loss_weights or [1.0, 1.0, 1.0])
         if len(self.loss_weights) != 3:
             raise ValueError(f"loss_weights needs 3 values (final, side1, side2), got {self.loss_weights}")
@@ -83,13 +77,6 @@ class Sam2UNetConfig(PreTrainedConfig):
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:
         return Sam2HieraDetConfig(**self.hiera_config)
-
-
-def hiera_config_dict(preset: str, overrides: dict) -> dict:
-    """Resolved Hiera fields as plain JSON values (the fields we set; transformers fills the rest)."""
-    config = hiera_config(preset, **overrides)
-    fields = list(HIERA_PRESETS[preset]) + list(overrides)
-    return {name: getattr(config, name) for name in dict.fromkeys(fields)}
 
 
 __all__ = ["Sam2UNetConfig"]

@@ -17,20 +17,22 @@ from .finetune import STRATEGIES, trainable_summary
 from .hub import BackboneNotAvailableError
 from .image_processing import SegmentationImageProcessor
 from .modeling_utils import CheckpointMismatchError
+from .models.birefnet import BiRefNetConfig, BiRefNetForImageSegmentation, BiRefNetOutput
 from .models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
 from .models.dsunet import DSUNetConfig, DSUNetForImageSegmentation, DSUNetOutput
 from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation, Sam2UNetOutput
 
 __version__ = "0.1.0"
 
-AutoConfig.register(Sam2UNetConfig.model_type, Sam2UNetConfig, exist_ok=True)
-AutoModel.register(Sam2UNetConfig, Sam2UNetForImageSegmentation, exist_ok=True)
-AutoModelForImageSegmentation.register(Sam2UNetConfig, Sam2UNetForImageSegmentation, exist_ok=True)
-AutoImageProcessor.register(Sam2UNetConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
-AutoConfig.register(DSUNetConfig.model_type, DSUNetConfig, exist_ok=True)
-AutoModel.register(DSUNetConfig, DSUNetForImageSegmentation, exist_ok=True)
-AutoModelForImageSegmentation.register(DSUNetConfig, DSUNetForImageSegmentation, exist_ok=True)
-AutoImageProcessor.register(DSUNetConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
+for _config, _model in (
+    (Sam2UNetConfig, Sam2UNetForImageSegmentation),
+    (DSUNetConfig, DSUNetForImageSegmentation),
+    (BiRefNetConfig, BiRefNetForImageSegmentation),
+):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    AutoModelForImageSegmentation.register(_config, _model, exist_ok=True)
+    AutoImageProcessor.register(_config, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
 AutoConfig.register(Dinov2SegConfig.model_type, Dinov2SegConfig, exist_ok=True)
 AutoModel.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
@@ -40,6 +42,9 @@ AutoImageProcessor.register(Dinov2SegConfig, slow_image_processor_class=Segmenta
 
 __all__ = [
     "HIERA_PRESETS",
+    "BiRefNetConfig",
+    "BiRefNetForImageSegmentation",
+    "BiRefNetOutput",
     "STRATEGIES",
     "BackboneNotAvailableError",
     "CheckpointMismatchError",

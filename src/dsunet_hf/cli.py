@@ -47,6 +47,17 @@ def _convert(args) -> int:
 
         model = convert_dsunet_checkpoint(args.source, args.output, include_backbone=args.include_backbone)
         print(f"converted {args.source} -> {args.output} ({trainable_summary(model)})")
+    elif args.kind == "birefnet":
+        from .convert.birefnet import convert_birefnet_checkpoint
+        from .finetune import parameter_counts
+
+        try:
+            overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
+        model = convert_birefnet_checkpoint(args.source, args.output, variant=args.variant, **overrides)
+        print(f"converted {args.source} -> {args.output} (BiRefNet {model.config.backbone}, "
+              f"{parameter_counts(model)[1]:,} parameters, self-contained)")
     else:  # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
         from transformers import Sam2HieraDetModel
 
@@ -118,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_predict)
 
     convert = commands.add_parser("convert", help="convert an original checkpoint")
-    convert.add_argument("kind", choices=["sam2-unet", "dsunet", "dinov2-head", "sam2-hiera"])
-    convert.add_argument("source", help="SAM2UNet-*.pth, DGSUNet-*.pth, dinov2_*_head.pth, or Meta's sam2*_hiera_*.pt")
+    convert.add_argument("kind", choices=["sam2-unet", "dsunet", "dinov2-head", "sam2-hiera", "birefnet"])
+    convert.add_argument("source", help="SAM2UNet-*.pth, DGSUNet-*.pth, dinov2_*_head.pth, Meta's sam2*_hiera_*.pt, "
+                                        "or official BiRefNet weights (Hub id, folder, .safetensors/.pth)")
     convert.add_argument("output", help="output folder")
     convert.add_argument("--backbone-repo-id", default=None, help="default: Meta's SAM 2.0 repo of the size")
     convert.add_argument("--backbone-revision", default=None)
     convert.add_argument("--include-backbone", action="store_true", help="write a self-contained copy")
+    convert.add_argument("--variant", default=None, help="birefnet: official variant (BiRefNet, BiRefNet_lite, "
+                                                       "BiRefNet_HR, ...); default: from the name")
+    convert.add_argument("--config-overrides", default=None, help="birefnet: JSON of extra config fields")
     convert.set_defaults(func=_convert)
 
     push = commands.add_parser("push", help="upload a saved artifact folder to the Hub")

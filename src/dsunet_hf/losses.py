@@ -1,4 +1,4 @@
-"""Segmentation losses.
+"""Segmentation losses (SAM2-UNet structure loss; BiRefNet pixel and OutRef losses).
 
 ``structure_loss`` is the PraNet / SAM2-UNet loss: weighted IoU + BCE, with pixel weights
 ``w = 1 + 5 * |AvgPool31(G) - G|`` that emphasise boundaries.
@@ -52,3 +52,80 @@ def deep_supervision_loss(
     if len(outputs) != len(weights):
         raise ValueError(f"{len(outputs)} outputs but {len(weights)} loss weights")
     return sum(w * structure_loss(o, target, bce_weighting) for o, w in zip(outputs, weights))
+
+
+# --- BiRefNet --------------------------------------------------------------------------------------------
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, like: torch.Tensor | None = None) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).view(1, 1, size, size)
+    return window.to(like) if like is not None else window
+
+
+def ssim_loss(prediction: torch.Tensor, target: torch.Tensor, window_size: int = 11) -> torch.Tensor:
+    """``1 - (1 + SSIM) / 2`` with an 11x11 Gaussian window (sigma 1.5, zero padding), SSIM averaged over all
+    pixels of the batch: BiRefNet's boundary-level loss. Inputs are probabilities (B, 1, H, W)."""
+    window = _gaussian_window(window_size, like=prediction)
+    pad = window_size // 2
+
+    def blur(x):
+        return F.conv2d(x, window, padding=pad)
+
+    mu_p, mu_t = blur(prediction), blur(target)
+    var_p = blur(prediction * prediction) - mu_p**2
+    var_t = blur(target * target) - mu_t**2
+    cov = blur(prediction * target) - mu_p * mu_t
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return 1 - (1 + ssim.mean()) / 2
+
+
+def iou_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft IoU loss ``1 - |P∩G| / |P∪G|`` per image, **summed** over the batch (as upstream)."""
+    intersection = (prediction * target).flatten(1).sum(1)
+    union = prediction.flatten(1).sum(1) + target.flatten(1).sum(1) - intersection
+    return (1 - intersection / union).sum()
+
+
+def _pixel_term(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if name == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    probabilities = torch.sigmoid(logits)
+    if name == "iou":
+        return iou_loss(probabilities, target)
+    if name == "ssim":
+        return ssim_loss(probabilities, target)
+    if name == "mae":
+        return F.l1_loss(probabilities, target)
+    if name == "mse":
+        return F.mse_loss(probabilities, target)
+    raise ValueError(f"unknown BiRefNet loss {name!r}")
+
+
+def birefnet_pixel_loss(
+    outputs: Sequence[torch.Tensor], target: torch.Tensor, weights: dict[str, float]
+) -> torch.Tensor:
+    """BiRefNet's ``PixLoss``: every output (auxiliary maps first, final last) is resized to the target
+    (bilinear, align_corners=True) and scored with the weighted BCE / IoU / SSIM / MAE / MSE on its sigmoid,
+    all levels with equal weight. The BCE is computed from logits (upstream applies ``nn.BCELoss`` to the
+    sigmoid: the same value without its log clamp, and safe under autocast)."""
+    total = target.new_zeros(())
+    for logits in outputs:
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
+        for name, weight in weights.items():
+            if weight:
+                total = total + weight * _pixel_term(name, logits.float(), target)
+    return total
+
+
+def outward_reference_loss(gradient_logits: Sequence[torch.Tensor], gradient_targets: Sequence[torch.Tensor]):
+    """Sum over stages of ``BCE(sigmoid(resize(prediction)), sigmoid(target))`` (soft targets), the OutRef
+    supervision; computed from logits."""
+    total = 0.0
+    for logits, target in zip(gradient_logits, gradient_targets):
+        logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)
+        total = total + F.binary_cross_entropy_with_logits(logits, torch.sigmoid(target.float()))
+    return total

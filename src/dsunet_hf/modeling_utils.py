@@ -16,7 +16,7 @@ import torch
 from huggingface_hub import ModelCard
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.initialization import kaiming_uniform_, ones_, uniform_, zeros_
+from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_, zeros_
 from transformers.utils import ModelOutput
 
 from .finetune import is_trainable_key, parameter_counts
@@ -94,10 +94,22 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         trainable, total = parameter_counts(self)
         return {"trainable": trainable, "total": total}
 
+    def post_init(self):
+        # Deformable convs start as plain convs: zero offsets, modulator 2*sigmoid(0) = 1. Marked before the
+        # weight init runs, because transformers initialises each tensor once, children before parents.
+        for module in self.modules():
+            if hasattr(module, "reset_offset_parameters"):
+                module.offset_conv.zero_init = module.modulator_conv.zero_init = True
+        super().post_init()
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # PyTorch's own default initialisation for conv/linear layers, as the upstream decoders use.
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        # PyTorch's own default initialisation for conv/linear layers, as the upstream decoders use; convs
+        # marked ``zero_init`` (deformable offsets, see post_init) start at zero.
+        if isinstance(module, nn.Conv2d) and getattr(module, "zero_init", False):
+            zeros_(module.weight)
+            zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
             kaiming_uniform_(module.weight, a=5**0.5)
             if module.bias is not None:
                 fan_in = module.weight[0].numel()
@@ -114,6 +126,11 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         for name in ("pos_embed", "pos_embed_window"):  # Hiera's learned position embeddings
             if isinstance(getattr(module, name, None), nn.Parameter):
                 zeros_(getattr(module, name))
+        # Swin's relative position index is a non-persistent buffer: rebuilt here like transformers' own
+        # Swin init does (models are built on the meta device inside from_pretrained).
+        if hasattr(module, "_create_relative_position_index") and hasattr(module, "relative_position_index"):
+            index = module.relative_position_index
+            copy_(index, module._create_relative_position_index().reshape(index.shape))
 
     # --- frozen backbones ---------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:

@@ -162,16 +162,27 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     """Any dsunet-hf artifact (local folder or Hub id) with its saved image processor (or the default)."""
     from transformers import AutoImageProcessor, AutoModelForImageSegmentation
 
+    from .convert.birefnet import is_official_birefnet_source
+
+    if is_official_birefnet_source(name_or_path, kwargs.get("revision")):
+        # Official BiRefNet weights (Hub id such as ZhengPeng7/BiRefNet, folder or .pth/.safetensors file).
+        from .models.birefnet import BiRefNetForImageSegmentation
+
+        model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
+        return _to(model, device, dtype).eval(), model.default_image_processor()
     model = AutoModelForImageSegmentation.from_pretrained(name_or_path, **kwargs)
-    if dtype is not None:
-        model = model.to(dtype)
-    if device is not None:
-        model = model.to(device)
+    model = _to(model, device, dtype)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError):
         processor = model.default_image_processor()
     return model.eval(), processor
+
+
+def _to(model, device, dtype):
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to(device) if device is not None else model
 
 
 def contact_sheet(rows: list[tuple[Image.Image, np.ndarray | None, np.ndarray]], cell: int = 160) -> Image.Image:

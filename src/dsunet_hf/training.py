@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +60,10 @@ class TrainingArguments:
     reduce_zero_label: bool = field(
         default=False, metadata={"help": "label maps: 0 is 'other' (ignored), classes start at 1 (ADE20K)"}
     )
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "AdamW learning rate (default: the model's recipe, 1e-3; birefnet: "
+                                        "1e-5·sqrt(batch/4), 1e-4·sqrt(batch/4) for its DIS5K task)"}
+    )
     weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay (default: the model's "
                                                                         "recipe, 5e-4; 1e-4 for dinov2-seg)"})
     min_learning_rate: float = field(default=1e-7, metadata={"help": "cosine schedule floor"})
@@ -134,8 +138,10 @@ def build_model(args: TrainingArguments):
         config_kwargs["finetune_strategy"] = args.finetune_strategy
     # --backbone / --backbone-preset name the SAM 2 trunk (both models); DSU-Net's DINOv2 is set through
     # --config-overrides '{"dino_preset": ..., "dino_backbone_repo_id": ...}'.
-    preset_field, repo_field = ("sam_preset", "sam_backbone_repo_id") if args.model == "dsunet" else (
-        "backbone_preset", "backbone_repo_id")
+    # BiRefNet: --backbone-preset picks swin_v1_t..pvt_v2_b5, --backbone the official weights it starts from.
+    preset_field, repo_field = {"dsunet": ("sam_preset", "sam_backbone_repo_id"),
+                                "birefnet": ("backbone", "base_repo_id")}.get(
+        args.model, ("backbone_preset", "backbone_repo_id"))
     if args.backbone_preset:
         config_kwargs[preset_field] = args.backbone_preset
     if args.image_size:
@@ -149,7 +155,7 @@ def build_model(args: TrainingArguments):
     config = spec.config_class(**config_kwargs)
     if args.backbone == "random":
         logger.warning("--backbone random: the frozen backbones keep their RANDOM initialisation (no download)")
-        for field_name in ("backbone_repo_id", "sam_backbone_repo_id", "dino_backbone_repo_id"):
+        for field_name in ("backbone_repo_id", "sam_backbone_repo_id", "dino_backbone_repo_id", "base_repo_id"):
             if hasattr(config, field_name):
                 setattr(config, field_name, "random-init")
         model = spec.model_class(config)
@@ -199,6 +205,25 @@ def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
+
+def dynamic_resize(inputs: dict, labels: torch.Tensor, config, seed: int, step: int):
+    """BiRefNet_dynamic-style training: when the config has ``dynamic_size`` [[min_h, max_h], [min_w, max_w]],
+    each batch is resized (bilinear) to a size drawn per step (multiples of 32, reproducible from seed and
+    step, so a resumed run draws the same sizes). Upstream resizes the decoded images instead; resizing the
+    processed batch is the same up to interpolation of an already-resized image."""
+    limits = getattr(config, "dynamic_size", None)
+    if not limits:
+        return inputs, labels
+    rng = random.Random(seed * 1_000_003 + step)
+    size = tuple(max(32, rng.randint(low, high) // 32 * 32) for low, high in limits)
+
+    def resize(x):
+        return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    inputs = {name: resize(value) for name, value in inputs.items()}
+    labels = resize(labels.unsqueeze(1) if labels.ndim == 3 else labels)
+    return inputs, labels
+
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (``checkpoint-<step>``; half-written ``.tmp`` ones are ignored)."""
@@ -287,6 +312,9 @@ def train(args: TrainingArguments) -> dict:
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))
+    if args.learning_rate is None:  # some recipes scale it with the batch size (BiRefNet)
+        recipe_lr = getattr(model.config, "recipe_learning_rate", None)
+        args.learning_rate = recipe_lr(args.batch_size) if recipe_lr else spec.default("learning_rate")
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
     if spec.task == "semantic":
@@ -385,13 +413,17 @@ def train(args: TrainingArguments) -> dict:
     stop_at = min(total_steps, args.stop_after_steps or total_steps)
     while state.global_step < stop_at and state.epoch < num_epochs:
         train_transform.epoch = state.epoch
+        if hasattr(unwrapped, "set_epoch"):  # epoch-dependent loss schedules (BiRefNet's last epochs)
+            unwrapped.set_epoch(state.epoch, num_epochs)
         train_loader.set_epoch(state.epoch)
         batches = train_loader
         if state.batches_in_epoch:
             batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**pixel_inputs(batch), labels=batch["labels"]).loss
+                inputs, labels = dynamic_resize(pixel_inputs(batch), batch["labels"], unwrapped.config,
+                                                args.seed, state.global_step)
+                loss = model(**inputs, labels=labels).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 # SAM2-UNet's recipe; each model overrides what its upstream does differently.
 BASE_RECIPE = {"batch_size": 12, "num_epochs": 20, "weight_decay": 5e-4, "lr_schedule": "cosine-epoch",
-               "warmup_steps": 0}
+               "warmup_steps": 0, "learning_rate": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,19 @@ class ModelSpec:
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    from .birefnet import BiRefNetConfig, BiRefNetForImageSegmentation
     from .dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
     from .dsunet import DSUNetConfig, DSUNetForImageSegmentation
     from .sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation
 
     registry = {
         "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation),
+        # BiRefNet: AdamW wd 1e-2 and a constant learning rate (upstream's decay milestone is never reached);
+        # the learning rate follows the task and batch size (BiRefNetConfig.recipe_learning_rate).
+        "birefnet": ModelSpec(
+            BiRefNetConfig, BiRefNetForImageSegmentation, vflip=False,
+            recipe={"batch_size": 4, "num_epochs": 150, "weight_decay": 1e-2, "lr_schedule": "constant"},
+        ),
         "dsunet": ModelSpec(DSUNetConfig, DSUNetForImageSegmentation, recipe={"batch_size": 4, "num_epochs": 50}),
         # DINOv2 heads: 40k iterations of batch 16, AdamW wd 1e-4, 1500 warm-up steps then poly decay.
         "dinov2-seg": ModelSpec(

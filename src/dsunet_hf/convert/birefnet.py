@@ -1,0 +1,225 @@
+"""The official BiRefNet weights (``ZhengPeng7/BiRefNet*`` ``model.safetensors``, or GitHub ``.pth``) ->
+``BiRefNetForImageSegmentation``.
+
+Key map (everything else is an error):
+
+| official key                          | dsunet-hf key                                                      |
+|---------------------------------------|--------------------------------------------------------------------|
+| ``module.`` / ``_orig_mod.`` prefixes  | stripped (DDP / torch.compile checkpoints)                         |
+| ``bb.<swin_v1 / pvt_v2 name>``        | ``bb.<transformers name>`` (``backbones/swin.py``, ``pvt_v2.py``): |
+|                                       | fused ``qkv`` / ``kv`` split; ``relative_position_index`` checked   |
+|                                       | against the recomputed index and dropped (non-persistent here)     |
+| ``squeeze_module.*``, ``decoder.*``   | unchanged (same module names)                                      |
+
+A state dict already in this package's names (a self-contained ``save_pretrained(include_backbone=True)``
+copy) is accepted as is. The architecture of an official file is read from its tensors (backbone size,
+BatchNorm present or not); variant names (``BiRefNet_lite``, ...) give the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+
+OFFICIAL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_PREFIXES = re.compile(r"^(module\.|_orig_mod\.)+")
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_PREFIXES.sub("", key): value for key, value in state_dict.items()}
+
+
+def is_official_layout(state_dict: dict) -> bool:
+    return any(k.startswith(("bb.patch_embed.", "bb.patch_embed1.")) for k in state_dict)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pth/.bin`` file (``weights_only`` unpickling), prefixes stripped."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            state_dict = load_file(str(path))
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+                state_dict = state_dict["state_dict"]
+    except Exception as error:  # the loaders' own errors do not name the file
+        raise ValueError(f"{path}: cannot read as a checkpoint: {error}") from error
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return strip_wrapper_prefixes(state_dict)
+
+
+def uses_batchnorm(state_dict: dict) -> bool:
+    """Upstream drops every decoder BatchNorm when trained with batch size 1; its checkpoints then have none."""
+    return any(k.startswith(("decoder.", "squeeze_module.")) and k.endswith("running_mean")
+               for k in strip_wrapper_prefixes(state_dict))
+
+
+def infer_birefnet_fields(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """Architecture fields an official checkpoint determines: backbone size and whether BatchNorm exists."""
+    state_dict = strip_wrapper_prefixes(state_dict)
+    fields = {"use_bn": uses_batchnorm(state_dict)}
+    if "bb.patch_embed.proj.weight" in state_dict:
+        embed = state_dict["bb.patch_embed.proj.weight"].shape[0]
+        depth3 = len({k.split(".")[4] for k in state_dict if k.startswith("bb.layers.2.blocks.")})
+        by_shape = {(96, 6): "swin_v1_t", (96, 18): "swin_v1_s", (128, 18): "swin_v1_b", (192, 18): "swin_v1_l"}
+        backbone = by_shape.get((embed, depth3))
+    elif "bb.patch_embed1.proj.weight" in state_dict:
+        embed = state_dict["bb.patch_embed1.proj.weight"].shape[0]
+        depth3 = len({k.split(".")[2] for k in state_dict if k.startswith("bb.block3.")})
+        by_shape = {(32, 2): "pvt_v2_b0", (64, 2): "pvt_v2_b1", (64, 6): "pvt_v2_b2", (64, 40): "pvt_v2_b5"}
+        backbone = by_shape.get((embed, depth3))
+    else:
+        raise ValueError(f"{source}: not an official BiRefNet checkpoint (no bb.patch_embed weights)")
+    if backbone is None:
+        raise ValueError(f"{source}: unknown BiRefNet backbone (embed {embed}, stage-3 depth {depth3}); pass "
+                         "backbone and backbone_config for a custom size")
+    fields["backbone"] = backbone
+    return fields
+
+
+def convert_birefnet_state_dict(state_dict: dict[str, torch.Tensor], config, source: str = "checkpoint"):
+    """Official BiRefNet state dict -> this package's names for ``config`` (un-LoRA'd)."""
+    state_dict = strip_wrapper_prefixes(state_dict)
+    if not is_official_layout(state_dict):
+        return state_dict  # already in our names (a self-contained dsunet-hf copy)
+    backbone = {k[len("bb."):]: v for k, v in state_dict.items() if k.startswith("bb.")}
+    rest = {k: v for k, v in state_dict.items() if not k.startswith("bb.")}
+    unknown = sorted(k for k in rest if not k.startswith(("squeeze_module.", "decoder.")))
+    if unknown:
+        raise ValueError(f"{source}: keys outside bb./squeeze_module./decoder.: {unknown[:8]}")
+    try:
+        if config.backbone.startswith("swin"):
+            from ..backbones.swin import convert_official_swin_state_dict, swin_config
+
+            converted = convert_official_swin_state_dict(backbone, swin_config(config.backbone, config.backbone_config or None))
+        else:
+            from ..backbones.pvt_v2 import convert_official_pvt_v2_state_dict, pvt_v2_config
+
+            converted = convert_official_pvt_v2_state_dict(
+                backbone, pvt_v2_config(config.backbone, config.backbone_config or None)
+            )
+    except ValueError as error:
+        raise ValueError(f"{source}: backbone does not match {config.backbone}: {error}") from error
+    return {**{f"bb.{k}": v for k, v in converted.items()}, **rest}
+
+
+def _weights_in_folder(folder: Path) -> Path | None:
+    for name in OFFICIAL_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    checkpoints = sorted(folder.glob("*.pth"))
+    return checkpoints[0] if checkpoints else None
+
+
+def locate_birefnet_weights(source: str | Path, revision: str | None = None) -> tuple[Path, str | None]:
+    """Local path of the weights file for a file, folder or Hub repo id, and the Hub commit (or None)."""
+    path = Path(source)
+    if path.is_file():
+        return path, None
+    if path.is_dir():
+        found = _weights_in_folder(path)
+        if found is None:
+            raise BackboneNotAvailableError(f"{path}: folder holds neither model.safetensors nor a .pth checkpoint")
+        return found, None
+    repo_id = str(source)
+    if path.suffix in (".pth", ".safetensors", ".bin") or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise BackboneNotAvailableError(f"{source}: no such BiRefNet weights file or folder")
+    errors = []
+    for filename in OFFICIAL_WEIGHT_FILES[:1]:
+        local_file, error = resolve_repo_file(repo_id, filename, revision)
+        if local_file is not None:
+            return local_file, snapshot_revision(local_file)
+        errors.append(f"{filename}: {error}")
+    raise BackboneNotAvailableError.for_repo(repo_id, revision, errors)
+
+
+def load_birefnet_weights(source, revision, config) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Official (or self-contained dsunet-hf) BiRefNet weights in this package's names, and the commit."""
+    path, commit = locate_birefnet_weights(source, revision)
+    return convert_birefnet_state_dict(read_checkpoint(path), config, source=str(path)), commit
+
+
+def is_official_birefnet_source(source: str | Path, revision: str | None = None) -> bool:
+    """True when ``source`` holds official BiRefNet weights rather than a dsunet-hf artifact: a weights file,
+    a folder of weights without config.json, or a folder / Hub repo whose config.json is the official one."""
+    path = Path(source)
+    if path.is_file():
+        return path.suffix in (".safetensors", ".pth", ".bin")
+    if path.is_dir():
+        config_file = path / "config.json"
+    else:
+        if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+            return False
+        config_file, _ = resolve_repo_file(str(source), "config.json", revision)
+        if config_file is None:
+            return False
+    if config_file is None or not Path(config_file).is_file():
+        return path.is_dir() and _weights_in_folder(path) is not None
+    try:
+        config = json.loads(Path(config_file).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if config.get("model_type") == "birefnet":
+        return False  # a dsunet-hf artifact
+    # The official repos: architectures ["BiRefNet"] and an auto_map into their remote code birefnet.py.
+    return "BiRefNet" in (config.get("architectures") or []) or "birefnet" in json.dumps(config.get("auto_map", {}))
+
+
+def variant_for_source(source: str | Path) -> str | None:
+    """The official variant a Hub id or folder is named after (``ZhengPeng7/BiRefNet_lite`` -> BiRefNet_lite)."""
+    from ..models.birefnet.configuration_birefnet import VARIANTS
+
+    name = Path(str(source).rstrip("/")).name
+    if Path(source).is_file():
+        name = Path(source).stem
+    for variant in sorted(VARIANTS, key=len, reverse=True):
+        if name.lower() == variant.lower():
+            return variant
+    return None
+
+
+def birefnet_config_for_weights(source, state_dict: dict, variant: str | None = None, **overrides):
+    """A ``BiRefNetConfig`` for official weights: the named (or recognised) variant, with the backbone and
+    BatchNorm read from the tensors (they win over the variant when they disagree)."""
+    from ..models.birefnet.configuration_birefnet import VARIANTS, BiRefNetConfig
+
+    variant = variant or variant_for_source(source)
+    fields = dict(VARIANTS[variant][0]) if variant else {}
+    if is_official_layout(state_dict):
+        if "backbone_config" in overrides:  # a custom-size backbone: only BatchNorm is read from the tensors
+            fields["use_bn"] = uses_batchnorm(state_dict)
+        else:
+            fields.update(infer_birefnet_fields(state_dict, str(source)))
+    fields["base_repo_id"] = str(source)
+    fields.update(overrides)
+    return BiRefNetConfig(**fields)
+
+
+def convert_birefnet_checkpoint(source, output_dir, variant: str | None = None, revision: str | None = None,
+                                **config_overrides):
+    """Official weights (file, folder or Hub id) -> a self-contained dsunet-hf artifact in ``output_dir``."""
+    from ..models.birefnet import BiRefNetForImageSegmentation
+    from . import save_converted_model
+
+    path, commit = locate_birefnet_weights(source, revision)
+    raw = read_checkpoint(path)
+    config_overrides.setdefault("finetune_strategy", "full")
+    config = birefnet_config_for_weights(source, raw, variant, **config_overrides)
+    config.base_revision = commit
+    model = BiRefNetForImageSegmentation(config)
+    converted = convert_birefnet_state_dict(raw, config, source=str(path))
+    return save_converted_model(model, converted, path, output_dir, include_backbone=True)
+
+
+__all__ = [
+    "convert_birefnet_state_dict", "convert_birefnet_checkpoint", "load_birefnet_weights", "infer_birefnet_fields",
+    "birefnet_config_for_weights", "is_official_birefnet_source",
+]

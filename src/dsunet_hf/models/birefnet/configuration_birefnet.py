@@ -1,0 +1,229 @@
+"""Configuration of BiRefNet (Zheng et al., 2024): bilateral reference for high-resolution dichotomous
+image segmentation.
+
+Upstream keeps the architecture in a hard-coded global ``Config`` (and decides whether BatchNorm exists
+from the *training batch size*); here every architecture choice is a typed field, ``use_bn`` is explicit,
+and the official Hub variants are presets (``BiRefNetConfig.from_variant("BiRefNet_lite")``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PreTrainedConfig
+
+from ...finetune import set_finetune_fields
+
+BACKBONES = ("swin_v1_t", "swin_v1_s", "swin_v1_b", "swin_v1_l", "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5")
+MULTI_SCALE_INPUTS = ("", "add", "cat")
+SQUEEZE_BLOCKS = ("", "BasicDecBlk", "ResBlk", "ASPP", "ASPPDeformable")
+DECODER_BLOCKS = ("BasicDecBlk", "ResBlk")
+DECODER_ATTENTIONS = ("", "ASPP", "ASPPDeformable")
+LOSS_NAMES = ("bce", "iou", "ssim", "mae", "mse")
+
+# Pixel-loss weights per task (upstream config.py `lambdas_pix_last`; zero weights omitted).
+TASK_LOSS_WEIGHTS = {
+    "DIS5K": {"bce": 30.0, "iou": 0.5, "ssim": 10.0},
+    "COD": {"bce": 30.0, "iou": 0.5, "ssim": 10.0},
+    "HRSOD": {"bce": 30.0, "iou": 0.5, "ssim": 10.0},
+    "General": {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 100.0},
+    "General-2K": {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 100.0},
+    "Matting": {"bce": 30.0, "ssim": 10.0, "mae": 100.0},
+}
+# "Fine-tune last epochs": from this many epochs before the end, the weights are multiplied by these
+# factors once per epoch, compounding (regional-loss fine-tuning from the paper).
+TASK_FINETUNE_LAST_EPOCHS = {"DIS5K": 40, "COD": 20, "HRSOD": 20, "General": 20, "General-2K": 20, "Matting": 10}
+LAST_EPOCHS_DECAY = {"bce": 0.0, "iou": 0.5, "ssim": 1.0, "mae": 0.9, "mse": 1.0}
+MATTING_LAST_EPOCHS_DECAY = {"bce": 1.0, "iou": 1.0, "ssim": 0.9, "mae": 1.0, "mse": 0.9}
+
+# Official Hub variants: (architecture/task fields, Hub repo of the released weights).
+VARIANTS = {
+    "BiRefNet": ({"backbone": "swin_v1_l", "task": "General"}, "ZhengPeng7/BiRefNet"),
+    "BiRefNet_lite": ({"backbone": "swin_v1_t", "task": "General"}, "ZhengPeng7/BiRefNet_lite"),
+    "BiRefNet_lite-2K": ({"backbone": "swin_v1_t", "task": "General-2K", "image_size": [1440, 2560]},
+                         "ZhengPeng7/BiRefNet_lite-2K"),
+    "BiRefNet-matting": ({"backbone": "swin_v1_l", "task": "Matting"}, "ZhengPeng7/BiRefNet-matting"),
+    "BiRefNet-portrait": ({"backbone": "swin_v1_l", "task": "Matting"}, "ZhengPeng7/BiRefNet-portrait"),
+    "BiRefNet_HR": ({"backbone": "swin_v1_l", "task": "General", "image_size": [2048, 2048]},
+                    "ZhengPeng7/BiRefNet_HR"),
+    "BiRefNet_dynamic": ({"backbone": "swin_v1_l", "task": "General", "dynamic_size": [[256, 2304], [256, 2304]]},
+                         "ZhengPeng7/BiRefNet_dynamic"),
+    "BiRefNet_512x512": ({"backbone": "swin_v1_l", "task": "General", "image_size": [512, 512]},
+                         "ZhengPeng7/BiRefNet_512x512"),
+    "BiRefNet-DIS5K": ({"backbone": "swin_v1_l", "task": "DIS5K"}, "ZhengPeng7/BiRefNet-DIS5K"),
+    "BiRefNet-COD": ({"backbone": "swin_v1_l", "task": "COD"}, "ZhengPeng7/BiRefNet-COD"),
+    "BiRefNet-HRSOD": ({"backbone": "swin_v1_l", "task": "HRSOD"}, "ZhengPeng7/BiRefNet-HRSOD"),
+}
+
+# LoRA targets in the backbone: every linear of transformers' Swin except the key projection. With
+# query+value split, rank r costs exactly what upstream's fused qkv costs (4·r·C per block), so the
+# published budget holds (r=8 on Swin-L: 2,374,656 parameters).
+SWIN_LORA_TARGETS = ["q_proj", "v_proj", "o_proj", "mlp.fc1", "mlp.fc2", "downsample.reduction"]
+PVT_LORA_TARGETS = ["query", "key", "value", "attention.proj", "mlp.dense1", "mlp.dense2"]
+
+
+def _size_pair(value, name: str) -> list[int]:
+    pair = [value, value] if isinstance(value, int) else [int(v) for v in value]
+    if len(pair) != 2 or min(pair) <= 0 or pair[0] % 32 or pair[1] % 32:
+        raise ValueError(f"{name} must be a positive multiple of 32 (or [height, width] of them), got {value!r}")
+    return pair
+
+
+class BiRefNetConfig(PreTrainedConfig):
+    """BiRefNet configuration. Defaults are the general-use ``ZhengPeng7/BiRefNet`` model (Swin-L, 1024²).
+
+    Args:
+        backbone (`str`, defaults to `"swin_v1_l"`): swin_v1_t|s|b|l or pvt_v2_b0|b1|b2|b5.
+        backbone_config (`dict`, *optional*): fields overriding the backbone preset (tiny test configs).
+        multi_scale_input (`str`, defaults to `"cat"`): `""`, `"add"` or `"cat"`: also run the backbone on
+            the half-size image and add/concatenate its upsampled features (doubles the channels for cat).
+        context_count (`int`, defaults to 3): how many shallower stages (x3, x2, x1) are resized onto the
+            deepest map and concatenated before the squeeze block (upstream `cxt_num`).
+        squeeze_block (`str`, defaults to `"BasicDecBlk"`): block squeezing the context back to the deepest
+            width: `""`, BasicDecBlk, ResBlk, ASPP or ASPPDeformable.
+        squeeze_block_count (`int`, defaults to 1): how many squeeze blocks are stacked.
+        decoder_block (`str`, defaults to `"BasicDecBlk"`): BasicDecBlk (conv-norm-relu-attention-conv-norm)
+            or ResBlk (the same plus a 1x1 residual).
+        decoder_attention (`str`, defaults to `"ASPPDeformable"`): attention inside decoder and squeeze
+            blocks: `""`, ASPP or ASPPDeformable.
+        decoder_channels_inter (`str`, defaults to `"fixed"`): inner width of the blocks: fixed (64) or adap
+            (input/4).
+        inward_reference (`bool`, defaults to True): feed image patches into every decoder stage (InRef).
+        inward_reference_split (`bool`, defaults to True): stack full-resolution patches on channels
+            (lossless, space-to-depth-like); False feeds the resized image instead.
+        multi_scale_supervision (`bool`, defaults to True): auxiliary 1x1 heads at 1/32, 1/16, 1/8 (training).
+        outward_reference (`bool`, defaults to True): gradient branch and attention gating (OutRef).
+        use_bn (`bool`, defaults to True): BatchNorm in the decoder; False = Identity (upstream's batch-size-1
+            architecture, whose checkpoints have no BN tensors).
+        image_size (`list[int]`, defaults to `[1024, 1024]`): [height, width] for training and inference.
+        dynamic_size (`list`, *optional*): [[min_h, max_h], [min_w, max_w]]: training draws a random size per
+            batch (multiples of 32), as BiRefNet_dynamic.
+        task (`str`, defaults to `"General"`): DIS5K, COD, HRSOD, General, General-2K or Matting: picks the
+            loss weights, the last-epochs schedule and the learning rate of the upstream recipe.
+        loss_weights (`dict`, *optional*): pixel-loss weights (bce, iou, ssim, mae, mse); default per task.
+        outward_reference_loss_weight (`float`, defaults to 1.0): weight of the gradient (OutRef) BCE.
+        finetune_last_epochs (`int`, *optional*): epochs at the end with the decaying loss weights (default per
+            task; 0 turns the schedule off).
+        base_repo_id (`str`, defaults to `"ZhengPeng7/BiRefNet"`): Hub repo (or local folder / file) of the
+            official weights the frozen part is loaded from.
+        base_revision (`str`, *optional*): its revision; set to the exact commit once loaded from the Hub.
+        finetune_strategy (`str`, defaults to `"lora"`): lora (LoRA on backbone linears and decoder convs),
+            frozen (decoder and squeeze train, backbone frozen: upstream's `freeze_bb`) or full.
+        lora_rank / lora_alpha / lora_dropout: LoRA settings.
+        lora_target_modules (`list[str]`): backbone module-name suffixes that get LoRA.
+        lora_decoder (`bool`, defaults to True): also LoRA on the decoder/squeeze convs (never on the
+            deformable offset, modulator and sampling convs).
+    """
+
+    model_type = "birefnet"
+
+    def __init__(
+        self,
+        backbone: str = "swin_v1_l",
+        backbone_config: dict | None = None,
+        multi_scale_input: str = "cat",
+        context_count: int = 3,
+        squeeze_block: str = "BasicDecBlk",
+        squeeze_block_count: int = 1,
+        decoder_block: str = "BasicDecBlk",
+        decoder_attention: str = "ASPPDeformable",
+        decoder_channels_inter: str = "fixed",
+        inward_reference: bool = True,
+        inward_reference_split: bool = True,
+        multi_scale_supervision: bool = True,
+        outward_reference: bool = True,
+        use_bn: bool = True,
+        image_size: int | list[int] = 1024,
+        dynamic_size: list | None = None,
+        task: str = "General",
+        loss_weights: dict | None = None,
+        outward_reference_loss_weight: float = 1.0,
+        finetune_last_epochs: int | None = None,
+        base_repo_id: str = "ZhengPeng7/BiRefNet",
+        base_revision: str | None = None,
+        finetune_strategy: str = "lora",
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | None = None,
+        lora_decoder: bool = True,
+        **kwargs,
+    ):
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+        for name, value, choices in (
+            ("multi_scale_input", multi_scale_input, MULTI_SCALE_INPUTS),
+            ("squeeze_block", squeeze_block, SQUEEZE_BLOCKS),
+            ("decoder_block", decoder_block, DECODER_BLOCKS),
+            ("decoder_attention", decoder_attention, DECODER_ATTENTIONS),
+            ("decoder_channels_inter", decoder_channels_inter, ("fixed", "adap")),
+            ("task", task, tuple(TASK_LOSS_WEIGHTS)),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if not 0 <= context_count <= 3:
+            raise ValueError(f"context_count must be 0..3 (stages x1..x3), got {context_count}")
+        if finetune_strategy == "adapter":
+            raise ValueError("BiRefNet has no bottleneck adapters: use finetune_strategy lora, frozen or full")
+        self.backbone = backbone
+        self.backbone_config = dict(backbone_config or {})
+        self.multi_scale_input = multi_scale_input
+        self.context_count = context_count
+        self.squeeze_block = squeeze_block
+        self.squeeze_block_count = squeeze_block_count
+        self.decoder_block = decoder_block
+        self.decoder_attention = decoder_attention
+        self.decoder_channels_inter = decoder_channels_inter
+        self.inward_reference = inward_reference
+        self.inward_reference_split = inward_reference_split
+        self.multi_scale_supervision = multi_scale_supervision
+        self.outward_reference = outward_reference
+        self.use_bn = use_bn
+        self.image_size = _size_pair(image_size, "image_size")
+        if dynamic_size is not None:
+            dynamic_size = [[int(a), int(b)] for a, b in dynamic_size]
+            if len(dynamic_size) != 2 or any(not 32 <= a <= b for a, b in dynamic_size):
+                raise ValueError(f"dynamic_size must be [[min_h, max_h], [min_w, max_w]] >= 32, got {dynamic_size}")
+        self.dynamic_size = dynamic_size
+        self.task = task
+        weights = dict(TASK_LOSS_WEIGHTS[task] if loss_weights is None else loss_weights)
+        unknown = sorted(set(weights) - set(LOSS_NAMES))
+        if unknown:
+            raise ValueError(f"unknown loss names {unknown} in loss_weights; known: {LOSS_NAMES}")
+        self.loss_weights = {name: float(weights.get(name, 0.0)) for name in LOSS_NAMES}
+        self.outward_reference_loss_weight = outward_reference_loss_weight
+        self.finetune_last_epochs = (
+            TASK_FINETUNE_LAST_EPOCHS[task] if finetune_last_epochs is None else abs(int(finetune_last_epochs))
+        )
+        self.base_repo_id = base_repo_id
+        self.base_revision = base_revision
+        default_targets = PVT_LORA_TARGETS if backbone.startswith("pvt") else SWIN_LORA_TARGETS
+        set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
+                            lora_target_modules or default_targets)
+        self.lora_decoder = lora_decoder
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_variant(cls, variant: str, **overrides) -> BiRefNetConfig:
+        """The configuration of an official release, e.g. ``"BiRefNet"``, ``"BiRefNet_lite"``."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown BiRefNet variant {variant!r}; choose one of {sorted(VARIANTS)}")
+        fields, repo_id = VARIANTS[variant]
+        return cls(**{**fields, "base_repo_id": repo_id, **overrides})
+
+    def recipe_learning_rate(self, batch_size: int) -> float:
+        """Upstream's AdamW learning rate: 1e-4·sqrt(bs/4) for DIS5K, 1e-5·sqrt(bs/4) otherwise (training
+        from ImageNet backbones; the author suggests 1/2-1/10 of it when fine-tuning released weights)."""
+        return (1e-4 if self.task == "DIS5K" else 1e-5) * math.sqrt(batch_size / 4)
+
+    def loss_weights_at_epoch(self, epoch: int, num_epochs: int) -> dict[str, float]:
+        """Pixel-loss weights for 0-based ``epoch`` of ``num_epochs``: the task weights, decayed once per epoch
+        (compounding) during the last ``finetune_last_epochs`` epochs, as upstream's training loop does."""
+        decayed_epochs = epoch + 1 - (num_epochs - self.finetune_last_epochs)
+        if not self.finetune_last_epochs or decayed_epochs <= 0:
+            return dict(self.loss_weights)
+        decay = MATTING_LAST_EPOCHS_DECAY if self.task == "Matting" else LAST_EPOCHS_DECAY
+        return {name: weight * decay[name] ** decayed_epochs for name, weight in self.loss_weights.items()}
+
+
+__all__ = ["BiRefNetConfig", "VARIANTS"]

@@ -280,8 +280,25 @@ def official_base(tmp_path, offline_hub):
     folder = tmp_path / "base"
     folder.mkdir()
     save_file({k.split(".", 1)[1]: v.contiguous() for k, v in official.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BiRefNet"], "bb_pretrained": False}))
     sha = offline_hub.add("test-org/tiny-birefnet", folder)
     return sha
+
+
+def test_official_hub_repo_loads_directly(official_base):
+    from dsunet_hf.predict import load_model_and_processor
+
+    model = BiRefNetForImageSegmentation.from_pretrained(
+        "test-org/tiny-birefnet", backbone="swin_v1_t", backbone_config=TINY_SWIN, image_size=SIZE
+    )
+    assert model.config.base_revision == official_base and model.config.base_repo_id == "test-org/tiny-birefnet"
+    again, processor = load_model_and_processor(
+        "test-org/tiny-birefnet", backbone="swin_v1_t", backbone_config=TINY_SWIN, image_size=SIZE
+    )
+    assert processor.size == {"height": SIZE, "width": SIZE}
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(again(pixels).logits, model(pixels).logits, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", ["lora", "frozen"])

@@ -93,3 +93,106 @@ def test_dsunet_blocks_match_upstream(monkeypatch):
         ours.load_state_dict(theirs.state_dict(), strict=True)  # same key layout, Haar filters included
         with torch.no_grad():
             torch.testing.assert_close(ours.eval()(*inputs), theirs.eval()(*inputs), atol=1e-5, rtol=1e-5)
+
+
+BIREFNET_UPSTREAM = os.environ.get("BIREFNET_UPSTREAM_DIR")
+
+
+def _birefnet_upstream_modules(bb: str) -> dict:
+    """Stand-ins so the authors' ``models/birefnet.py`` imports without torchvision/timm/cv2: the deformable
+    conv it calls is ours (checked against a from-definition reference in test_deform_conv.py), and the
+    global Config is switched to ``bb`` (upstream hard-codes Swin-L in config.py)."""
+    import types
+
+    from dsunet_hf.modules.deform_conv import deform_conv2d_pytorch
+
+    modules = {}
+    torchvision = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    ops.deform_conv2d = deform_conv2d_pytorch
+    tv_models = types.ModuleType("torchvision.models")
+    for name in ("vgg16", "vgg16_bn", "resnet50", "VGG16_Weights", "VGG16_BN_Weights", "ResNet50_Weights"):
+        setattr(tv_models, name, None)
+    torchvision.ops, torchvision.models = ops, tv_models
+    modules.update({"torchvision": torchvision, "torchvision.ops": ops, "torchvision.models": tv_models})
+    dataset = types.ModuleType("dataset")
+    dataset.class_labels_TR_sorted = []
+    modules["dataset"] = dataset
+    timm = types.ModuleType("timm")
+    layers = types.ModuleType("timm.layers")
+    layers.DropPath = lambda p=0.0: torch.nn.Identity()  # eval-mode comparisons only
+    layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_
+    timm.layers = layers
+    modules.update({"timm": timm, "timm.layers": layers})
+    return modules
+
+
+@pytest.mark.skipif(not BIREFNET_UPSTREAM, reason="set BIREFNET_UPSTREAM_DIR to a checkout of ZhengPeng7/BiRefNet "
+                                                   "(needs einops and kornia) to compare the full model")
+@pytest.mark.parametrize("bb, size", [("swin_v1_t", (256, 256)), ("swin_v1_t", (224, 320)), ("pvt_v2_b0", (256, 256))])
+def test_birefnet_matches_the_authors_model(bb, size, monkeypatch):
+    pytest.importorskip("einops", reason="the authors' BiRefNet imports einops")
+    pytest.importorskip("kornia", reason="the authors' BiRefNet imports kornia")
+    from dsunet_hf import BiRefNetForImageSegmentation
+    from dsunet_hf.convert.birefnet import birefnet_config_for_weights, convert_birefnet_state_dict
+
+    before = set(sys.modules)
+    for name, module in _birefnet_upstream_modules(bb).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.syspath_prepend(BIREFNET_UPSTREAM)
+    import config as upstream_config
+
+    original_init = upstream_config.Config.__init__
+
+    def init_with_backbone(self):
+        original_init(self)
+        self.bb = bb
+        channels = {"swin_v1_t": [768, 384, 192, 96], "pvt_v2_b0": [256, 160, 64, 32]}[bb]
+        self.lateral_channels_in_collection = [2 * c for c in channels]
+        self.cxt = self.lateral_channels_in_collection[1:][::-1][-self.cxt_num:]
+
+    monkeypatch.setattr(upstream_config.Config, "__init__", init_with_backbone)
+    try:
+        from models.birefnet import BiRefNet
+
+        torch.manual_seed(0)
+        upstream = BiRefNet(bb_pretrained=False)
+    finally:
+        for name in set(sys.modules) - before:
+            sys.modules.pop(name, None)
+    with torch.no_grad():  # non-trivial offsets and BatchNorm statistics, so every tensor matters
+        for name, parameter in upstream.named_parameters():
+            if "offset_conv" in name or "modulator_conv" in name:
+                parameter.normal_(0, 0.02)
+        for name, buffer in upstream.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+    state = upstream.state_dict()
+    config = birefnet_config_for_weights(bb, state, None, finetune_strategy="full")
+    ours = BiRefNetForImageSegmentation(config)
+    ours.load_base_state_dict(convert_birefnet_state_dict(state, config), include_trainable=True)
+    pixels = torch.randn(2, 3, *size)
+    upstream.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected = upstream(pixels)[-1]
+        assert (ours(pixels).logits - expected).abs().max() <= 1e-5
+    # Training mode (dropout and drop-path off; BatchNorm on batch statistics): every auxiliary output.
+    for module in list(upstream.modules()) + list(ours.modules()):
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    upstream.train()
+    ours.train()
+    upstream.bb.eval()
+    ours.bb.eval()
+    with torch.no_grad():
+        (gradient_pred, gradient_label), outputs = upstream(pixels)[0]
+        mine = ours(pixels)
+    # BatchNorm on batch statistics amplifies the PVT backbone's ~4e-6 float differences: a looser bound there.
+    tolerance = 1e-5 if bb.startswith("swin") else 1e-3
+    pairs = list(zip(outputs, [*mine.aux_logits, mine.logits])) + list(zip(gradient_pred, mine.gradient_logits))
+    pairs += list(zip(gradient_label, mine.gradient_targets))
+    assert max((a - b).abs().max().item() for a, b in pairs) <= tolerance

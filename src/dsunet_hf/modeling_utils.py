@@ -57,6 +57,17 @@ def labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return labels.to(logits.dtype)
 
 
+def run_backbone(module: nn.Module, *args, method: str = "forward", **kwargs):
+    """Call a backbone, without an autograd graph when none of its parameters trains (frozen strategy,
+    DSU-Net's DINOv2): its outputs are constants to the loss, so keeping activations for backward would
+    only cost memory and time. Exact: the same values and the same gradients for everything that trains."""
+    call = module if method == "forward" else getattr(module, method)  # __call__ keeps the module's hooks
+    if torch.is_grad_enabled() and not any(p.requires_grad for p in module.parameters()):
+        with torch.no_grad():
+            return call(*args, **kwargs)
+    return call(*args, **kwargs)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not belong to this architecture/configuration."""
 

@@ -24,7 +24,13 @@ from torch import nn
 from ...finetune import add_lora, trainable_summary
 from ...hub import render_model_card
 from ...losses import birefnet_pixel_loss, outward_reference_loss
-from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
+from ...modeling_utils import (
+    SegmentationOutput,
+    SegmentationPreTrainedModel,
+    check_pixel_values,
+    labels_like,
+    run_backbone,
+)
 from ...modules.aspp import ASPP, ASPPDeformable, norm_2d
 from ...modules.deform_conv import DeformableConv2d
 from .configuration_birefnet import BiRefNetConfig
@@ -326,11 +332,11 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
     # --- forward ------------------------------------------------------------------------------------------
     def encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Localization module: backbone at full (and half) resolution, context concat, squeeze."""
-        x1, x2, x3, x4 = self.bb(pixel_values)
+        x1, x2, x3, x4 = run_backbone(self.bb, pixel_values)
         if self.config.multi_scale_input:
             height, width = pixel_values.shape[-2:]
             half = F.interpolate(pixel_values, size=(height // 2, width // 2), mode="bilinear", align_corners=True)
-            half_features = self.bb(half)
+            half_features = run_backbone(self.bb, half)
             merged = []
             for full, coarse in zip((x1, x2, x3, x4), half_features):
                 coarse = resize(coarse, full.shape[-2:])

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...finetune import add_lora
-from ...modeling_utils import SegmentationPreTrainedModel
+from ...modeling_utils import SegmentationPreTrainedModel, run_backbone
 from .configuration_dinov2_seg import Dinov2SegConfig
 
 SCHEDULES = ("single", "slide", "multiscale")
@@ -72,7 +72,9 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}")
         size = pixel_values.shape[-2:]
-        maps = self.backbone.forward_layers(center_pad(pixel_values, self.backbone.patch_size), self.layers)
+        maps = run_backbone(
+            self.backbone, center_pad(pixel_values, self.backbone.patch_size), self.layers, method="forward_layers"
+        )
         logits = F.interpolate(self.decode_head(torch.cat(maps, dim=1)), size=size, mode="bilinear",
                                align_corners=False)
         loss = None

@@ -17,7 +17,13 @@ from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
 from ...finetune import add_lora, trainable_summary, uses_adapters
 from ...hub import render_model_card
 from ...losses import deep_supervision_loss
-from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
+from ...modeling_utils import (
+    SegmentationOutput,
+    SegmentationPreTrainedModel,
+    check_pixel_values,
+    labels_like,
+    run_backbone,
+)
 from ...modules.adapters import BottleneckAdapter
 from ...modules.decoder_blocks import decode_with_side_outputs
 from ...modules.fusion import CGAFusion
@@ -82,8 +88,8 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
             dino_size = (self.config.dino_image_size, self.config.dino_image_size)
             dino_pixel_values = F.interpolate(pixel_values, size=dino_size, mode="bilinear", align_corners=False)
         check_pixel_values(dino_pixel_values, self.backbone_dino.patch_size, "dino_pixel_values")
-        x1, x2, x3, x4 = self.backbone_sam(pixel_values)
-        dino = self.backbone_dino(dino_pixel_values)
+        x1, x2, x3, x4 = run_backbone(self.backbone_sam, pixel_values)
+        dino = run_backbone(self.backbone_dino, dino_pixel_values)
         dino = F.interpolate(dino, size=x4.shape[-2:], mode="bilinear", align_corners=False)
         x4 = self.fusion4(x4, self.dino2sam_down14(dino))
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)

@@ -15,7 +15,13 @@ from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
 from ...finetune import add_lora, trainable_summary, uses_adapters
 from ...hub import render_model_card
 from ...losses import deep_supervision_loss
-from ...modeling_utils import SegmentationOutput, SegmentationPreTrainedModel, check_pixel_values, labels_like
+from ...modeling_utils import (
+    SegmentationOutput,
+    SegmentationPreTrainedModel,
+    check_pixel_values,
+    labels_like,
+    run_backbone,
+)
 from ...modules.adapters import BottleneckAdapter
 from ...modules.decoder_blocks import UpBlock, decode_with_side_outputs
 from ...modules.rfb import RFB
@@ -61,7 +67,7 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
     ) -> Sam2UNetOutput | tuple:
         check_pixel_values(pixel_values, 32)
         size = pixel_values.shape[-2:]
-        x1, x2, x3, x4 = self.backbone(pixel_values)
+        x1, x2, x3, x4 = run_backbone(self.backbone, pixel_values)
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
         side1, side2, logits = decode_with_side_outputs(
             [x1, x2, x3, x4], [self.up1, self.up2, self.up3], [self.side1, self.side2, self.head], size

@@ -1,0 +1,60 @@
+"""Exact fast paths: no autograd graph through a backbone none of whose parameters trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_SIZE, tiny_sam2_unet_config
+
+from dsunet_hf import Sam2UNetForImageSegmentation, modeling_utils
+
+
+def gradients(model, inputs, labels) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model(**inputs, labels=labels).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "adapter"])
+def test_frozen_backbone_runs_without_a_graph_and_gradients_are_unchanged(strategy, monkeypatch):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy=strategy)).train()
+    inputs = {"pixel_values": torch.randn(2, 3, TINY_SIZE, TINY_SIZE)}
+    labels = (torch.rand(2, 1, TINY_SIZE, TINY_SIZE) > 0.5).float()
+    seen = []
+    model.backbone.register_forward_hook(lambda module, args, output: seen.append(output[0].requires_grad))
+    fast = gradients(model, inputs, labels)
+    assert seen == [strategy == "adapter"]  # a graph only where the backbone has trainable adapters
+
+    def always_with_graph(module, *args, method="forward", **kwargs):
+        return getattr(module, method)(*args, **kwargs)
+
+    monkeypatch.setattr("dsunet_hf.models.sam2_unet.modeling_sam2_unet.run_backbone", always_with_graph)
+    slow = gradients(model, inputs, labels)
+    assert fast.keys() == slow.keys() and all(torch.equal(fast[k], slow[k]) for k in fast)
+
+
+def test_dsunet_dinov2_runs_without_a_graph_under_adapters():
+    from test_dsunet import inputs, tiny_config
+
+    from dsunet_hf import DSUNetForImageSegmentation
+
+    model = DSUNetForImageSegmentation(tiny_config(finetune_strategy="adapter")).train()
+    grads = {}
+
+    def record(name):
+        def hook(module, args, output):  # returns None: the output is left as it is
+            grads[name] = (output[0] if isinstance(output, list) else output).requires_grad
+        return hook
+
+    model.backbone_dino.register_forward_hook(record("dino"))
+    model.backbone_sam.register_forward_hook(record("sam"))
+    sam, dino = inputs()
+    model(sam, dino, labels=torch.rand(2, 1, *sam.shape[-2:])).loss.backward()
+    assert grads == {"dino": False, "sam": True}
+
+
+def test_run_backbone_keeps_the_graph_when_something_trains():
+    layer = torch.nn.Linear(3, 3)
+    assert modeling_utils.run_backbone(layer, torch.randn(1, 3)).requires_grad
+    layer.requires_grad_(False)
+    assert not modeling_utils.run_backbone(layer, torch.randn(1, 3)).requires_grad

@@ -133,3 +133,37 @@ def test_predict_on_a_folder_of_awkward_files(artifact, tmp_path, capsys):
     assert all(name in err for name in ("empty.jpg", "notes.png", "truncated.jpg"))
     sizes = {p.name: Image.open(p).size for p in (tmp_path / "out" / "masks").iterdir()}
     assert sizes == {"cmyk.png": (40, 30), "deep.png": (50, 20), "rotated.png": (20, 30)}
+
+
+def test_worker_decoding_gives_the_same_masks(artifact, images, tmp_path):
+    model, _ = artifact
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    inline = predict_files(model, processor, [images], tmp_path / "inline", batch_size=2, progress=False)
+    workers = predict_files(model, processor, [images], tmp_path / "workers", batch_size=2, progress=False,
+                            num_workers=2)
+    assert sorted(workers.written) == sorted(inline.written) and workers.failed == inline.failed
+    for name in ("a.png", "sub/b.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "inline" / "masks" / name)),
+                              np.asarray(Image.open(tmp_path / "workers" / "masks" / name)))
+
+
+def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, folder = artifact
+    images = tmp_path / "many"
+    images.mkdir()
+    for i in range(7):
+        Image.new("RGB", (40 + i, 30), (i * 30, 100, 50)).save(images / f"{i}.png")
+    (images / "bad.png").write_bytes(b"not an image")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "dsunet_hf.cli",
+               "predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "out"),
+               "--batch-size", "2", "--num-workers", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
+    assert sorted(report["written"]) == sorted(str(images / f"{i}.png") for i in range(7)), result.stderr[-2000:]
+    assert list(report["failed"]) == [str(images / "bad.png")]
+    assert len(list((tmp_path / "out" / "masks").iterdir())) == 7

@@ -10,15 +10,21 @@ from pathlib import Path
 
 def _predict(args) -> int:
     import torch
+    from accelerate import PartialState
 
     from .predict import load_model_and_processor, predict_files
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+    state = PartialState()  # under `accelerate launch`: one device per process, the files split between them
+    device = args.device or (str(state.device) if state.num_processes > 1 else None)
+    model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
     report = predict_files(
         model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
         minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout, overwrite=args.overwrite,
+        num_workers=args.num_workers,
     )
+    if not state.is_main_process:
+        return 0
     print(f"{report.summary()} -> {args.output_dir}")
     for path, reason in report.failed.items():
         print(f"  skipped {path}: {reason}", file=sys.stderr)
@@ -125,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs/")
     predict.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     predict.add_argument("--device", default=None)
+    predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
     predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     predict.set_defaults(func=_predict)
 

@@ -95,6 +95,36 @@ def predict_probabilities(model, processor, images: list, minmax_normalize: bool
     )
 
 
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decoding and resizing in DataLoader workers, so the device does not wait on JPEG decoding."""
+
+    def __init__(self, items: list[tuple[Path, Path]], processor, preprocess: bool):
+        self.items, self.processor, self.preprocess = items, processor, preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        path, name = self.items[index]
+        try:
+            image = load_image(path)
+        except (ImageReadError, ValueError, OSError) as error:
+            return {"path": path, "name": name, "error": str(error)}
+        inputs = self.processor([image]) if self.preprocess else None
+        return {"path": path, "name": name, "image": image, "inputs": inputs}
+
+
+def _keep_items(items: list[dict]) -> list[dict]:
+    return items  # per-image dicts; stacked in the main process (PIL images pass through untouched)
+
+
+def _stack_inputs(items: list[dict], device, dtype) -> tuple[dict[str, torch.Tensor], list]:
+    keys = [k for k in items[0]["inputs"].keys() if k.endswith("pixel_values")]
+    inputs = {k: torch.cat([item["inputs"][k] for item in items]).to(device=device, dtype=dtype, non_blocking=True)
+              for k in keys}
+    return inputs, [size for item in items for size in item["inputs"]["original_sizes"]]
+
+
 @torch.inference_mode()
 def predict_files(
     model,
@@ -109,8 +139,18 @@ def predict_files(
     cutout: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> PredictionReport:
-    """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``)."""
+    """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
+
+    Images are decoded and resized in ``num_workers`` DataLoader workers (pinned memory on CUDA). Under
+    ``accelerate launch`` the files are split between the processes (each output is written by exactly one
+    process) and the main process writes the merged report.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
     output_dir = Path(output_dir)
     report = PredictionReport()
     pending = []
@@ -120,41 +160,58 @@ def predict_files(
             report.skipped_existing.append(str(path))
         else:
             pending.append((path, name))
-    bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(pending), batch_size):
-        images, names, paths = [], [], []
-        for path, name in pending[start : start + batch_size]:
-            try:
-                images.append(load_image(path))
-                names.append(name)
-                paths.append(path)
-            except (ImageReadError, ValueError, OSError) as error:
-                report.failed[str(path)] = str(error)
-                bar.update(1)
-        if not images:
-            continue
-        if hasattr(model, "segment"):  # multi-class: palette PNGs of class indices, overlays with a legend
-            from .semantic import predict_classes, write_class_outputs
+    parameter = next(model.parameters())
+    semantic = hasattr(model, "segment")  # multi-class: palette PNGs of class indices, overlays with a legend
+    with state.split_between_processes(pending) as mine:
+        loader = torch.utils.data.DataLoader(
+            _ImageFiles(list(mine), processor, preprocess=not semantic), batch_size=batch_size,
+            num_workers=num_workers, collate_fn=_keep_items, pin_memory=parameter.device.type == "cuda",
+        )
+        bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process))
+        for batch in loader:
+            for item in batch:
+                if "error" in item:
+                    report.failed[str(item["path"])] = item["error"]
+            good = [item for item in batch if "error" not in item]
+            bar.update(len(batch) - len(good))
+            if not good:
+                continue
+            if semantic:
+                from .semantic import predict_classes, write_class_outputs
 
-            for image, name, path in zip(images, names, paths):
-                write_class_outputs(model, image, predict_classes(model, image), output_dir, name, overlay)
-                report.written.append(str(path))
+                for item in good:
+                    write_class_outputs(model, item["image"], predict_classes(model, item["image"]), output_dir,
+                                        item["name"], overlay)
+                    report.written.append(str(item["path"]))
+                    bar.update(1)
+                continue
+            pixel_values, original_sizes = _stack_inputs(good, parameter.device, parameter.dtype)
+            logits = model(**pixel_values).logits
+            probabilities = processor.post_process_semantic_segmentation(
+                logits.float(), target_sizes=original_sizes, minmax_normalize=minmax_normalize
+            )
+            for item, probability in zip(good, probabilities):
+                probability = probability.cpu().numpy()
+                name = item["name"].with_suffix(".png")
+                mask = probability >= threshold if threshold is not None else probability
+                save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name)
+                if overlay:
+                    save_image_atomic(overlay_image(item["image"], probability), output_dir / "overlays" / name)
+                if cutout:
+                    save_image_atomic(cutout_image(item["image"], probability), output_dir / "cutouts" / name)
+                report.written.append(str(item["path"]))
                 bar.update(1)
-            continue
-        probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
-        for image, name, path, probability in zip(images, names, paths, probabilities):
-            probability = probability.cpu().numpy()
-            mask = probability >= threshold if threshold is not None else probability
-            save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name.with_suffix(".png"))
-            if overlay:
-                save_image_atomic(overlay_image(image, probability), output_dir / "overlays" / name.with_suffix(".png"))
-            if cutout:
-                save_image_atomic(cutout_image(image, probability), output_dir / "cutouts" / name.with_suffix(".png"))
-            report.written.append(str(path))
-            bar.update(1)
-    bar.close()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
+        bar.close()
+    if state.num_processes > 1:
+        parts = gather_object([report.__dict__])
+        report = PredictionReport(
+            written=[p for part in parts for p in part["written"]],
+            skipped_existing=parts[0]["skipped_existing"],
+            failed={k: v for part in parts for k, v in part["failed"].items()},
+        )
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
     return report
 
 

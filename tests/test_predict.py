@@ -167,3 +167,14 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     assert sorted(report["written"]) == sorted(str(images / f"{i}.png") for i in range(7)), result.stderr[-2000:]
     assert list(report["failed"]) == [str(images / "bad.png")]
     assert len(list((tmp_path / "out" / "masks").iterdir())) == 7
+
+
+def test_autocast_and_channels_last_stay_close_to_fp32(artifact, images, tmp_path):
+    model, _ = artifact
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    predict_files(model, processor, [images], tmp_path / "fp32", progress=False)
+    predict_files(model.to(memory_format=torch.channels_last), processor, [images], tmp_path / "fast",
+                  progress=False, autocast_dtype=torch.bfloat16, channels_last=True)
+    reference = np.asarray(Image.open(tmp_path / "fp32" / "masks" / "a.png"), dtype=np.float32)
+    fast = np.asarray(Image.open(tmp_path / "fast" / "masks" / "a.png"), dtype=np.float32)
+    assert np.abs(reference - fast).max() <= 8  # bf16: about 2 of 255 grey levels

@@ -18,10 +18,15 @@ def _predict(args) -> int:
     state = PartialState()  # under `accelerate launch`: one device per process, the files split between them
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile
+        model = torch.compile(model, dynamic=True)
+    autocast = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.autocast]
     report = predict_files(
         model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
         minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout, overwrite=args.overwrite,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, autocast_dtype=autocast, channels_last=args.channels_last,
     )
     if not state.is_main_process:
         return 0
@@ -132,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     predict.add_argument("--device", default=None)
     predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
+    predict.add_argument("--autocast", default="none", choices=["none", "bfloat16", "float16"],
+                         help="mixed precision with fp32 weights (fast on GPUs)")
+    predict.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv decoders")
+    predict.add_argument("--compile", action="store_true", help="torch.compile the model (long first call)")
     predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     predict.set_defaults(func=_predict)
 

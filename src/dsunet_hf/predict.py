@@ -140,13 +140,19 @@ def predict_files(
     overwrite: bool = False,
     progress: bool = True,
     num_workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
     Images are decoded and resized in ``num_workers`` DataLoader workers (pinned memory on CUDA). Under
     ``accelerate launch`` the files are split between the processes (each output is written by exactly one
-    process) and the main process writes the merged report.
+    process) and the main process writes the merged report. ``autocast_dtype`` (bf16/fp16) runs the forward
+    under autocast with fp32 weights; ``channels_last`` feeds NHWC inputs to the conv decoders (call
+    ``model.to(memory_format=torch.channels_last)`` too).
     """
+    import contextlib
+
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
@@ -186,7 +192,12 @@ def predict_files(
                     bar.update(1)
                 continue
             pixel_values, original_sizes = _stack_inputs(good, parameter.device, parameter.dtype)
-            logits = model(**pixel_values).logits
+            if channels_last:
+                pixel_values = {k: v.contiguous(memory_format=torch.channels_last) for k, v in pixel_values.items()}
+            precision = (torch.autocast(parameter.device.type, dtype=autocast_dtype) if autocast_dtype
+                         else contextlib.nullcontext())
+            with precision:
+                logits = model(**pixel_values).logits
             probabilities = processor.post_process_semantic_segmentation(
                 logits.float(), target_sizes=original_sizes, minmax_normalize=minmax_normalize
             )

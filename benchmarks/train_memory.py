@@ -25,11 +25,12 @@ def one_step(model_name: str, batch_size: int, checkpointing: bool) -> dict:
     if checkpointing:
         model.gradient_checkpointing_enable()
     size = model.config.image_size
-    inputs = {"pixel_values": torch.randn(batch_size, 3, size, size)}
+    height, width = size if isinstance(size, (list, tuple)) else (size, size)  # BiRefNet: [height, width]
+    inputs = {"pixel_values": torch.randn(batch_size, 3, height, width)}
     if hasattr(model.config, "dino_image_size"):
         dino = model.config.dino_image_size
         inputs["dino_pixel_values"] = torch.randn(batch_size, 3, dino, dino)
-    labels = (torch.rand(batch_size, 1, size, size) > 0.5).float()
+    labels = (torch.rand(batch_size, 1, height, width) > 0.5).float()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     start = time.time()
     model(**inputs, labels=labels).loss.backward()

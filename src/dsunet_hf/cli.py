@@ -109,7 +109,10 @@ def _info(args) -> int:
         config = AutoConfig.from_pretrained(args.model)
         print(json.dumps(config.to_diff_dict(), indent=2, default=str))
     else:
-        print("models: sam2_unet (Sam2UNetForImageSegmentation), dsunet (DSUNetForImageSegmentation)")
+        from .models import MODEL_NAMES, get_model_spec
+
+        specs = {name: get_model_spec(name) for name in MODEL_NAMES}
+        print("models (--model NAME): " + ", ".join(f"{name} ({spec.model_class.__name__})" for name, spec in specs.items()))
     return 0
 
 

@@ -40,7 +40,7 @@ class TrainingArguments:
     """Every option of ``dsunet-hf train`` / ``examples/train.py`` (one flag per field)."""
 
     train_data: str = field(metadata={"help": "folder of image/mask pairs, imagefolder with metadata.jsonl, or Hub dataset id"})
-    model: str = field(default="sam2-unet", metadata={"help": "model name (sam2-unet)"})
+    model: str = field(default="sam2-unet", metadata={"help": "sam2-unet | dsunet | birefnet | dinov2-seg"})
     val_data: str | None = field(default=None, metadata={"help": "validation data; default: split off --validation-ratio"})
     validation_ratio: float = field(default=0.1, metadata={"help": "validation share when --val-data is not given"})
     image_column: str | None = field(default=None, metadata={"help": "image column of a Hub/imagefolder dataset"})

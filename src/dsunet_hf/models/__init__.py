@@ -24,6 +24,9 @@ class ModelSpec:
         return self.recipe.get(name, BASE_RECIPE[name])
 
 
+MODEL_NAMES = ("sam2-unet", "dsunet", "birefnet", "dinov2-seg")
+
+
 def get_model_spec(name: str) -> ModelSpec:
     from .birefnet import BiRefNetConfig, BiRefNetForImageSegmentation
     from .dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig

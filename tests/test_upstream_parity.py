@@ -98,69 +98,22 @@ def test_dsunet_blocks_match_upstream(monkeypatch):
 BIREFNET_UPSTREAM = os.environ.get("BIREFNET_UPSTREAM_DIR")
 
 
-def _birefnet_upstream_modules(bb: str) -> dict:
-    """Stand-ins so the authors' ``models/birefnet.py`` imports without torchvision/timm/cv2: the deformable
-    conv it calls is ours (checked against a from-definition reference in test_deform_conv.py), and the
-    global Config is switched to ``bb`` (upstream hard-codes Swin-L in config.py)."""
-    import types
-
-    from dsunet_hf.modules.deform_conv import deform_conv2d_pytorch
-
-    modules = {}
-    torchvision = types.ModuleType("torchvision")
-    ops = types.ModuleType("torchvision.ops")
-    ops.deform_conv2d = deform_conv2d_pytorch
-    tv_models = types.ModuleType("torchvision.models")
-    for name in ("vgg16", "vgg16_bn", "resnet50", "VGG16_Weights", "VGG16_BN_Weights", "ResNet50_Weights"):
-        setattr(tv_models, name, None)
-    torchvision.ops, torchvision.models = ops, tv_models
-    modules.update({"torchvision": torchvision, "torchvision.ops": ops, "torchvision.models": tv_models})
-    dataset = types.ModuleType("dataset")
-    dataset.class_labels_TR_sorted = []
-    modules["dataset"] = dataset
-    timm = types.ModuleType("timm")
-    layers = types.ModuleType("timm.layers")
-    layers.DropPath = lambda p=0.0: torch.nn.Identity()  # eval-mode comparisons only
-    layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-    layers.trunc_normal_ = torch.nn.init.trunc_normal_
-    timm.layers = layers
-    modules.update({"timm": timm, "timm.layers": layers})
-    return modules
-
-
 @pytest.mark.skipif(not BIREFNET_UPSTREAM, reason="set BIREFNET_UPSTREAM_DIR to a checkout of ZhengPeng7/BiRefNet "
                                                    "(needs einops and kornia) to compare the full model")
 @pytest.mark.parametrize("bb, size", [("swin_v1_t", (256, 256)), ("swin_v1_t", (224, 320)), ("pvt_v2_b0", (256, 256))])
-def test_birefnet_matches_the_authors_model(bb, size, monkeypatch):
+def test_birefnet_matches_the_authors_model(bb, size):
     pytest.importorskip("einops", reason="the authors' BiRefNet imports einops")
     pytest.importorskip("kornia", reason="the authors' BiRefNet imports kornia")
     from dsunet_hf import BiRefNetForImageSegmentation
     from dsunet_hf.convert.birefnet import birefnet_config_for_weights, convert_birefnet_state_dict
 
-    before = set(sys.modules)
-    for name, module in _birefnet_upstream_modules(bb).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.syspath_prepend(BIREFNET_UPSTREAM)
-    import config as upstream_config
-
-    original_init = upstream_config.Config.__init__
-
-    def init_with_backbone(self):
-        original_init(self)
-        self.bb = bb
-        channels = {"swin_v1_t": [768, 384, 192, 96], "pvt_v2_b0": [256, 160, 64, 32]}[bb]
-        self.lateral_channels_in_collection = [2 * c for c in channels]
-        self.cxt = self.lateral_channels_in_collection[1:][::-1][-self.cxt_num:]
-
-    monkeypatch.setattr(upstream_config.Config, "__init__", init_with_backbone)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
-        from models.birefnet import BiRefNet
-
-        torch.manual_seed(0)
-        upstream = BiRefNet(bb_pretrained=False)
+        from upstream import build_upstream_birefnet  # imports the checkout at run time, leaves no trace
     finally:
-        for name in set(sys.modules) - before:
-            sys.modules.pop(name, None)
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    upstream = build_upstream_birefnet(BIREFNET_UPSTREAM, bb)
     with torch.no_grad():  # non-trivial offsets and BatchNorm statistics, so every tensor matters
         for name, parameter in upstream.named_parameters():
             if "offset_conv" in name or "modulator_conv" in name:

@@ -1,0 +1,109 @@
+"""Build the authors' models from a checkout at run time (never copied into this repository), for the
+``--reference`` benchmarks and the opt-in parity tests.
+
+- SAM2-UNet: github.com/WZH0120/SAM2-UNet (needs Meta's ``sam2`` package, the ``[sam2]`` extra).
+- BiRefNet: github.com/ZhengPeng7/BiRefNet (needs einops and kornia). Its global ``Config`` hard-codes the
+  backbone; it is switched to the one asked for. Where torchvision / timm cannot be imported (torchvision
+  wheels do not import next to torch 2.13 CPU), stand-ins provide the few names it imports; the deformable
+  conv is then ours (checked against a from-definition reference in tests/test_deform_conv.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import types
+
+import torch
+
+BIREFNET_CHANNELS = {
+    "swin_v1_t": [768, 384, 192, 96], "swin_v1_s": [768, 384, 192, 96], "swin_v1_b": [1024, 512, 256, 128],
+    "swin_v1_l": [1536, 768, 384, 192], "pvt_v2_b0": [256, 160, 64, 32], "pvt_v2_b1": [512, 320, 128, 64],
+    "pvt_v2_b2": [512, 320, 128, 64], "pvt_v2_b5": [512, 320, 128, 64],
+}
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # torchvision fails with RuntimeError/ImportError next to a mismatched torch
+        return False
+
+
+def _birefnet_standins() -> dict[str, types.ModuleType]:
+    modules = {}
+    if not _importable("torchvision"):
+        from dsunet_hf.modules.deform_conv import deform_conv2d_pytorch
+
+        torchvision = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+        ops.deform_conv2d = deform_conv2d_pytorch
+        tv_models = types.ModuleType("torchvision.models")
+        for name in ("vgg16", "vgg16_bn", "resnet50", "VGG16_Weights", "VGG16_BN_Weights", "ResNet50_Weights"):
+            setattr(tv_models, name, None)
+        torchvision.ops, torchvision.models = ops, tv_models
+        modules.update({"torchvision": torchvision, "torchvision.ops": ops, "torchvision.models": tv_models})
+    if not _importable("timm.layers"):
+        timm = types.ModuleType("timm")
+        layers = types.ModuleType("timm.layers")
+        layers.DropPath = lambda p=0.0: torch.nn.Identity()  # eval-mode use only
+        layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+        layers.trunc_normal_ = torch.nn.init.trunc_normal_
+        timm.layers = layers
+        modules.update({"timm": timm, "timm.layers": layers})
+    dataset = types.ModuleType("dataset")  # the real one imports cv2 and the training pipeline
+    dataset.class_labels_TR_sorted = []
+    modules["dataset"] = dataset
+    return modules
+
+
+@contextlib.contextmanager
+def _isolated_imports(checkout: str, standins: dict):
+    """Import from ``checkout`` with stand-ins; afterwards sys.modules and sys.path are as before."""
+    before = dict(sys.modules)
+    sys.modules.update(standins)
+    sys.path.insert(0, str(checkout))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(checkout))
+        for name in set(sys.modules) - set(before):
+            del sys.modules[name]
+        sys.modules.update({k: v for k, v in before.items() if sys.modules.get(k) is not v})
+
+
+def build_upstream_birefnet(checkout: str, backbone: str = "swin_v1_l") -> torch.nn.Module:
+    """The authors' ``BiRefNet(bb_pretrained=False)`` with ``backbone``, random weights, eval mode."""
+    for name in ("einops", "kornia"):
+        if not _importable(name):
+            raise ImportError(f"the authors' BiRefNet needs {name}: pip install {name}")
+    with _isolated_imports(checkout, _birefnet_standins()):
+        config = importlib.import_module("config")
+        original_init = config.Config.__init__
+
+        def init_with_backbone(self):
+            original_init(self)
+            self.bb = backbone
+            channels = BIREFNET_CHANNELS[backbone]
+            self.lateral_channels_in_collection = [2 * c for c in channels] if self.mul_scl_ipt == "cat" else channels
+            self.cxt = self.lateral_channels_in_collection[1:][::-1][-self.cxt_num:] if self.cxt_num else []
+
+        config.Config.__init__ = init_with_backbone
+        try:
+            model = importlib.import_module("models.birefnet").BiRefNet(bb_pretrained=False)
+        finally:
+            config.Config.__init__ = original_init
+    return model.eval()
+
+
+def build_upstream_sam2_unet(checkout: str) -> torch.nn.Module:
+    """The authors' ``SAM2UNet()`` (Hiera-L, random weights) built on the CPU, eval mode."""
+    from sam2 import build_sam
+
+    with _isolated_imports(checkout, {}):
+        module = importlib.import_module("SAM2UNet")
+        module.build_sam2 = lambda cfg, checkpoint=None: build_sam.build_sam2(cfg, checkpoint, device="cpu")
+        model = module.SAM2UNet()
+    return model.eval()

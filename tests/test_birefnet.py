@@ -389,3 +389,14 @@ def test_prediction_handles_odd_sizes_grey_rgba_and_large_photos(tmp_path):
         mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
         cutout = Image.open(tmp_path / "out" / "cutouts" / f"{name}.png")
         assert mask.size == size and cutout.size == size and cutout.mode == "RGBA"
+
+
+def test_a_self_contained_copy_serves_as_the_base_of_a_fine_tune(tmp_path):
+    full = BiRefNetForImageSegmentation(tiny_config(finetune_strategy="full")).eval()
+    full.save_pretrained(tmp_path / "base", include_backbone=True)  # nested Swin saved under legacy names
+    tuned = BiRefNetForImageSegmentation.from_pretrained_backbones(
+        tiny_config(finetune_strategy="lora", base_repo_id=str(tmp_path / "base"))
+    ).eval()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # LoRA starts as the identity (B = 0)
+        assert torch.allclose(tuned(pixels).logits, full(pixels).logits, rtol=0, atol=1e-6)

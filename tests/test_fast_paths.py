@@ -58,3 +58,20 @@ def test_run_backbone_keeps_the_graph_when_something_trains():
     assert modeling_utils.run_backbone(layer, torch.randn(1, 3)).requires_grad
     layer.requires_grad_(False)
     assert not modeling_utils.run_backbone(layer, torch.randn(1, 3)).requires_grad
+
+
+def test_hiera_attention_without_dead_scores_equals_transformers():
+    from conftest import TINY_HIERA
+    from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
+
+    from dsunet_hf.backbones.hiera import HieraBackbone
+
+    config = Sam2HieraDetConfig(**TINY_HIERA)
+    ours = HieraBackbone(config).eval()
+    stock = Sam2HieraDetModel(config).eval()
+    stock.load_state_dict(ours.encoder.state_dict())
+    pixels = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        expected = [h.permute(0, 3, 1, 2) for h in stock(pixels).intermediate_hidden_states]
+        for mine, theirs in zip(ours(pixels), expected):
+            assert torch.equal(mine, theirs)

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
+from transformers.models.sam2.modeling_sam2 import ALL_ATTENTION_FUNCTIONS, do_pool, eager_attention_forward
 
 from ..convert.sam2 import convert_sam2_trunk_state_dict, trunk_state_dict_from_sam2_checkpoint
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
@@ -106,6 +108,23 @@ def is_trunk_key(key: str) -> bool:
     return ".adapter." not in key and "lora_" not in key
 
 
+def _multiscale_attention_forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    """transformers' ``Sam2MultiScaleAttention.forward`` without its dead code: it also computes the full
+    softmax(QKᵀ) matrix and discards it (a wasted matmul + softmax per block, and on a GPU an O(N²) buffer in
+    the global-attention blocks). Same operations otherwise, so the same outputs."""
+    batch_size, height, width, _ = hidden_states.shape
+    qkv = self.qkv(hidden_states).reshape(batch_size, height * width, 3, self.num_attention_heads, -1)
+    query, key, value = torch.unbind(qkv, 2)
+    if self.query_stride:  # query pooling at the first block of a stage
+        query = do_pool(query.reshape(batch_size, height, width, -1), self.query_stride)
+        height, width = query.shape[1:3]
+        query = query.reshape(batch_size, height * width, self.num_attention_heads, -1)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    output, _ = attention(self, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                          attention_mask=None, is_causal=self.is_causal, scaling=self.scale, **kwargs)
+    return self.proj(output.reshape(batch_size, height, width, -1))
+
+
 class HieraBackbone(nn.Module):
     """SAM 2 Hiera trunk returning the four stage maps channels-first."""
 
@@ -113,6 +132,9 @@ class HieraBackbone(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Sam2HieraDetModel(config)
+        for module in self.encoder.modules():
+            if type(module).__name__ == "Sam2MultiScaleAttention":
+                module.forward = types.MethodType(_multiscale_attention_forward, module)
 
     @property
     def channels(self) -> list[int]:

@@ -141,9 +141,24 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None) -> 
     raise BackboneNotAvailableError.for_repo(repo_id, revision, errors)
 
 
+def _is_dsunet_artifact(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") == "birefnet"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def load_birefnet_weights(source, revision, config) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Official (or self-contained dsunet-hf) BiRefNet weights in this package's names, and the commit."""
+    """Official (or dsunet-hf) BiRefNet weights in this package's names, and the commit."""
     path, commit = locate_birefnet_weights(source, revision)
+    if _is_dsunet_artifact(path.parent):
+        # A dsunet-hf copy: transformers writes nested backbones under their legacy names and maps them back
+        # on load, so it is read through from_pretrained (which also follows its own base, if any).
+        from ..models.birefnet import BiRefNetForImageSegmentation
+
+        model = BiRefNetForImageSegmentation.from_pretrained(str(path.parent))
+        plain = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+        return plain, commit
     return convert_birefnet_state_dict(read_checkpoint(path), config, source=str(path)), commit
 
 

@@ -21,6 +21,7 @@ from .models.birefnet import BiRefNetConfig, BiRefNetForImageSegmentation, BiRef
 from .models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
 from .models.dsunet import DSUNetConfig, DSUNetForImageSegmentation, DSUNetOutput
 from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation, Sam2UNetOutput
+from .models.visual_prompt import VisualPromptMatcher, VisualPromptMatcherConfig
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,9 @@ for _config, _model in (
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForImageSegmentation.register(_config, _model, exist_ok=True)
     AutoImageProcessor.register(_config, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
+# The training-free matcher returns features, not logits: registered for AutoConfig/AutoModel only.
+AutoConfig.register(VisualPromptMatcherConfig.model_type, VisualPromptMatcherConfig, exist_ok=True)
+AutoModel.register(VisualPromptMatcherConfig, VisualPromptMatcher, exist_ok=True)
 AutoConfig.register(Dinov2SegConfig.model_type, Dinov2SegConfig, exist_ok=True)
 AutoModel.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
@@ -58,6 +62,8 @@ __all__ = [
     "Sam2UNetConfig",
     "Sam2UNetForImageSegmentation",
     "Sam2UNetOutput",
+    "VisualPromptMatcher",
+    "VisualPromptMatcherConfig",
     "hiera_config",
     "hiera_hub_repo",
     "trainable_summary",

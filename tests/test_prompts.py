@@ -1,0 +1,161 @@
+"""Visual prompts: exact rasterisation of every prompt type, the command-line syntax, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsunet_hf.prompts import (
+    BoxPrompt,
+    MaskPrompt,
+    PointPrompt,
+    ScribblePrompt,
+    as_prompt,
+    parse_prompt,
+    reference_mask,
+)
+
+
+def pixels(mask: np.ndarray) -> set[tuple[int, int]]:
+    """The foreground pixels as (x, y) pairs."""
+    ys, xs = np.nonzero(mask)
+    return {(int(x), int(y)) for x, y in zip(xs, ys)}
+
+
+# --- rasterisation -----------------------------------------------------------------------------------------
+
+def test_box_is_a_half_open_filled_rectangle():
+    mask = BoxPrompt(2, 1, 5, 4).rasterize(6, 8)
+    assert mask.dtype == bool and mask.shape == (6, 8)
+    assert pixels(mask) == {(x, y) for x in range(2, 5) for y in range(1, 4)}
+    expected = np.zeros((6, 8), bool)
+    expected[1:4, 2:5] = True
+    assert np.array_equal(mask, expected)
+
+
+def test_fractional_box_covers_every_pixel_it_overlaps():
+    assert pixels(BoxPrompt(1.5, 0.2, 3.1, 1.0).rasterize(5, 5)) == {(1, 0), (2, 0), (3, 0)}
+
+
+def test_box_partly_outside_is_clipped():
+    mask = BoxPrompt(-3, 4, 3, 20).rasterize(6, 8)
+    assert pixels(mask) == {(x, y) for x in range(0, 3) for y in range(4, 6)}
+
+
+def test_point_is_a_disk_of_the_radius():
+    mask = PointPrompt(5, 4, radius=2).rasterize(9, 10)
+    expected = {(x, y) for x in range(10) for y in range(9) if (x - 5) ** 2 + (y - 4) ** 2 <= 4}
+    assert pixels(mask) == expected
+    assert len(expected) == 13  # the radius-2 digital disk: 1 + 4 + 4 + 4
+    assert pixels(PointPrompt(0, 0, radius=0).rasterize(3, 3)) == {(0, 0)}
+    # A disk at the border is cut by the image, not an error.
+    assert pixels(PointPrompt(0, 0, radius=1).rasterize(3, 3)) == {(0, 0), (1, 0), (0, 1)}
+
+
+def test_several_points_are_several_disks():
+    mask = PointPrompt(points=[(1, 1), (6, 3)], radius=1).rasterize(5, 8)
+    assert pixels(mask) == {(1, 1), (0, 1), (2, 1), (1, 0), (1, 2), (6, 3), (5, 3), (7, 3), (6, 2), (6, 4)}
+    assert PointPrompt(3, 4) == PointPrompt(points=[(3, 4)]) and PointPrompt(3, 4).radius == 8
+
+
+def test_two_point_scribble_is_a_capsule_of_the_brush_width():
+    # Horizontal stroke (2, 5) -> (8, 5), brush 5 px: every pixel within 2.5 px of the segment.
+    mask = ScribblePrompt([(2, 5), (8, 5)], width=5).rasterize(11, 12)
+    body = {(x, y) for x in range(2, 9) for y in range(3, 8)}
+    caps = {(1, y) for y in range(3, 8)} | {(9, y) for y in range(3, 8)} | {(0, y) for y in (4, 5, 6)} | {
+        (10, y) for y in (4, 5, 6)}
+    assert pixels(mask) == body | caps
+
+
+def test_one_pixel_scribble_is_exactly_the_pixels_it_passes():
+    diagonal = ScribblePrompt([(0, 0), (3, 3)], width=1).rasterize(4, 4)
+    assert np.array_equal(diagonal, np.eye(4, dtype=bool))
+    bent = ScribblePrompt([(0, 1), (3, 1), (3, 4)], width=1).rasterize(5, 5)
+    assert pixels(bent) == {(0, 1), (1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (3, 4)}
+    dot = ScribblePrompt([(2, 2)], width=3).rasterize(5, 5)  # one point: a dot of diameter 3
+    assert pixels(dot) == {(x, y) for x in (1, 2, 3) for y in (1, 2, 3)}  # corners: sqrt(2) <= 1.5
+    assert pixels(ScribblePrompt([(2, 2)], width=2).rasterize(5, 5)) == {(2, 2), (1, 2), (3, 2), (2, 1), (2, 3)}
+
+
+def test_mask_passes_through_any_non_zero_is_foreground(tmp_path):
+    array = np.zeros((4, 6), np.uint8)
+    array[1, 2], array[3, 5], array[0, 0] = 255, 1, 7
+    assert np.array_equal(MaskPrompt(array).rasterize(4, 6), array > 0)
+    assert np.array_equal(MaskPrompt(array > 0).rasterize(4, 6), array > 0)
+    Image.fromarray(array).save(tmp_path / "m.png")
+    assert np.array_equal(MaskPrompt(tmp_path / "m.png").rasterize(4, 6), array > 0)
+    assert np.array_equal(MaskPrompt(Image.fromarray(array)).rasterize(4, 6), array > 0)
+    assert pixels(MaskPrompt(array, threshold=0.5).rasterize(4, 6)) == {(2, 1)}  # 255 only: lossy-JPEG noise out
+
+
+def test_reference_mask_uses_the_image_size(tmp_path):
+    image = Image.new("RGB", (8, 6))  # 8 wide, 6 high
+    assert reference_mask(BoxPrompt(0, 0, 2, 2), image).shape == (6, 8)
+    assert pixels(reference_mask("box:0,0,2,1", image)) == {(0, 0), (1, 0)}
+    assert reference_mask(np.ones((6, 8)), image).all()  # an array is a mask prompt
+    assert reference_mask(BoxPrompt(0, 0, 2, 2), (3, 4)).shape == (3, 4)
+
+
+# --- command-line syntax ------------------------------------------------------------------------------------
+
+def test_parse_each_syntax(tmp_path):
+    assert parse_prompt("box:10,20,110,90") == BoxPrompt(10, 20, 110, 90)
+    assert parse_prompt(" Box: 1.5, 2 ,3,4 ") == BoxPrompt(1.5, 2, 3, 4)
+    assert parse_prompt("point:5,6") == PointPrompt(5, 6)
+    assert parse_prompt("point:5,6;7,8", radius=3) == PointPrompt(points=[(5, 6), (7, 8)], radius=3)
+    assert parse_prompt("scribble:1,2;3,4;5,6") == ScribblePrompt([(1, 2), (3, 4), (5, 6)], width=5)
+    assert parse_prompt("scribble:1,2;3,4;", width=2) == ScribblePrompt([(1, 2), (3, 4)], width=2)
+    Image.fromarray(np.full((3, 3), 255, np.uint8)).save(tmp_path / "ref.png")
+    assert parse_prompt(f"mask:{tmp_path / 'ref.png'}") == MaskPrompt(str(tmp_path / "ref.png"))
+    assert parse_prompt(str(tmp_path / "ref.png")) == MaskPrompt(str(tmp_path / "ref.png"))
+    assert as_prompt("point:1,1") == PointPrompt(1, 1)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("box:1,2,3", "malformed box prompt 'box:1,2,3'"),
+    ("box:a,b,c,d", "malformed box prompt 'box:a,b,c,d'"),
+    ("point:", "malformed point prompt 'point:'"),
+    ("point:1;2", "malformed point prompt 'point:1;2'"),
+    ("scribble:1,2;x,y", "malformed scribble prompt 'scribble:1,2;x,y'"),
+    ("circle:1,2,3", "malformed prompt 'circle:1,2,3'"),
+    ("hello", "malformed prompt 'hello'"),
+    ("mask:", "malformed mask prompt 'mask:'"),
+    ("mask:/no/such/mask.png", "no such file /no/such/mask.png"),
+    ("box:5,0,5,3", r"box \(5, 0, 5, 3\) is empty"),
+])
+def test_malformed_text_is_quoted(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_prompt(text)
+
+
+# --- clear errors -------------------------------------------------------------------------------------------
+
+def test_bad_prompts_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="mask is empty"):
+        MaskPrompt(np.zeros((4, 4))).rasterize(4, 4)
+    with pytest.raises(ValueError, match=r"mask has size 6x4 \(WxH\) but the image has size 5x3 \(WxH\)"):
+        MaskPrompt(np.ones((4, 6))).rasterize(3, 5)
+    Image.fromarray(np.ones((4, 6), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=r"mask .*small.png has size 6x4 \(WxH\) but the image has size 8x8"):
+        MaskPrompt(tmp_path / "small.png").rasterize(8, 8)
+    with pytest.raises(ValueError, match=r"box \(4, 0, 2, 3\) is empty: it needs x1 > x0"):
+        BoxPrompt(4, 0, 2, 3)
+    with pytest.raises(ValueError, match=r"lies entirely outside the image of size 8x6 \(WxH\)"):
+        BoxPrompt(10, 0, 20, 3).rasterize(6, 8)
+    with pytest.raises(ValueError, match=r"lies entirely outside"):
+        BoxPrompt(-5, -5, 0, 0).rasterize(6, 8)  # half-open: ends right before pixel (0, 0)
+    with pytest.raises(ValueError, match=r"point prompt: point\(s\) \(8, 2\) off the image of size 8x6"):
+        PointPrompt(8, 2).rasterize(6, 8)
+    with pytest.raises(ValueError, match=r"\(-1, 0\) off the image"):
+        PointPrompt(points=[(1, 1), (-1, 0)]).rasterize(6, 8)
+    with pytest.raises(ValueError, match="radius"):
+        PointPrompt(1, 1, radius=-1)
+    with pytest.raises(ValueError, match="needs x and y"):
+        PointPrompt(1)
+    with pytest.raises(ValueError, match="at least one point"):
+        ScribblePrompt([])
+    with pytest.raises(ValueError, match=r"scribble: point\(s\) \(3, 9\) off the image of size 8x6"):
+        ScribblePrompt([(1, 1), (3, 9)]).rasterize(6, 8)
+    with pytest.raises(ValueError, match="width"):
+        ScribblePrompt([(1, 1)], width=0)

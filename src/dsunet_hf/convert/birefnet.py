@@ -222,16 +222,11 @@ def convert_birefnet_checkpoint(source, output_dir, variant: str | None = None, 
                                 **config_overrides):
     """Official weights (file, folder or Hub id) -> a self-contained dsunet-hf artifact in ``output_dir``."""
     from ..models.birefnet import BiRefNetForImageSegmentation
-    from . import save_converted_model
 
-    path, commit = locate_birefnet_weights(source, revision)
-    raw = read_checkpoint(path)
-    config_overrides.setdefault("finetune_strategy", "full")
-    config = birefnet_config_for_weights(source, raw, variant, **config_overrides)
-    config.base_revision = commit
-    model = BiRefNetForImageSegmentation(config)
-    converted = convert_birefnet_state_dict(raw, config, source=str(path))
-    return save_converted_model(model, converted, path, output_dir, include_backbone=True)
+    model = BiRefNetForImageSegmentation.from_official(source, variant=variant, revision=revision, **config_overrides)
+    model.save_pretrained(output_dir, include_backbone=True)
+    model.default_image_processor().save_pretrained(output_dir)
+    return model
 
 
 __all__ = [

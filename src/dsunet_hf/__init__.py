@@ -21,7 +21,12 @@ from .models.birefnet import BiRefNetConfig, BiRefNetForImageSegmentation, BiRef
 from .models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
 from .models.dsunet import DSUNetConfig, DSUNetForImageSegmentation, DSUNetOutput
 from .models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation, Sam2UNetOutput
-from .models.visual_prompt import VisualPromptMatcher, VisualPromptMatcherConfig
+from .models.visual_prompt import (
+    VisualPromptConfig,
+    VisualPromptForSegmentation,
+    VisualPromptMatcher,
+    VisualPromptMatcherConfig,
+)
 
 __version__ = "0.1.0"
 
@@ -37,6 +42,11 @@ for _config, _model in (
 # The training-free matcher returns features, not logits: registered for AutoConfig/AutoModel only.
 AutoConfig.register(VisualPromptMatcherConfig.model_type, VisualPromptMatcherConfig, exist_ok=True)
 AutoModel.register(VisualPromptMatcherConfig, VisualPromptMatcher, exist_ok=True)
+# The trained in-context head needs references and prompts besides the image: AutoModel, not the
+# image-segmentation pipeline (``dsunet-hf predict --reference ... --prompt ...`` loads it).
+AutoConfig.register(VisualPromptConfig.model_type, VisualPromptConfig, exist_ok=True)
+AutoModel.register(VisualPromptConfig, VisualPromptForSegmentation, exist_ok=True)
+AutoImageProcessor.register(VisualPromptConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
 AutoConfig.register(Dinov2SegConfig.model_type, Dinov2SegConfig, exist_ok=True)
 AutoModel.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
 AutoModelForSemanticSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
@@ -62,6 +72,8 @@ __all__ = [
     "Sam2UNetConfig",
     "Sam2UNetForImageSegmentation",
     "Sam2UNetOutput",
+    "VisualPromptConfig",
+    "VisualPromptForSegmentation",
     "VisualPromptMatcher",
     "VisualPromptMatcherConfig",
     "hiera_config",

@@ -40,7 +40,7 @@ class TrainingArguments:
     """Every option of ``dsunet-hf train`` / ``examples/train.py`` (one flag per field)."""
 
     train_data: str = field(metadata={"help": "folder of image/mask pairs, imagefolder with metadata.jsonl, or Hub dataset id"})
-    model: str = field(default="sam2-unet", metadata={"help": "sam2-unet | dsunet | birefnet | dinov2-seg"})
+    model: str = field(default="sam2-unet", metadata={"help": "sam2-unet | dsunet | birefnet | dinov2-seg | visual-prompt"})
     val_data: str | None = field(default=None, metadata={"help": "validation data; default: split off --validation-ratio"})
     validation_ratio: float = field(default=0.1, metadata={"help": "validation share when --val-data is not given"})
     image_column: str | None = field(default=None, metadata={"help": "image column of a Hub/imagefolder dataset"})
@@ -140,7 +140,8 @@ def build_model(args: TrainingArguments):
     # --config-overrides '{"dino_preset": ..., "dino_backbone_repo_id": ...}'.
     # BiRefNet: --backbone-preset picks swin_v1_t..pvt_v2_b5, --backbone the official weights it starts from.
     preset_field, repo_field = {"dsunet": ("sam_preset", "sam_backbone_repo_id"),
-                                "birefnet": ("backbone", "base_repo_id")}.get(
+                                "birefnet": ("backbone", "base_repo_id"),
+                                "visual-prompt": ("dino_preset", "dino_backbone_repo_id")}.get(
         args.model, ("backbone_preset", "backbone_repo_id"))
     if args.backbone_preset:
         config_kwargs[preset_field] = args.backbone_preset
@@ -149,7 +150,7 @@ def build_model(args: TrainingArguments):
     if args.backbone and args.backbone != "random":
         config_kwargs[repo_field] = args.backbone
     labels_file = Path(args.train_data) / "id2label.json"
-    if spec.task == "semantic" and "id2label" not in config_kwargs and labels_file.is_file():
+    if spec.task in ("semantic", "visual-prompt") and "id2label" not in config_kwargs and labels_file.is_file():
         # The class names travel from the dataset to the config, the card and the evaluation report.
         config_kwargs["id2label"] = {int(k): v for k, v in json.loads(labels_file.read_text()).items()}
     config = spec.config_class(**config_kwargs)
@@ -317,7 +318,14 @@ def train(args: TrainingArguments) -> dict:
         args.learning_rate = recipe_lr(args.batch_size) if recipe_lr else spec.default("learning_rate")
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
-    if spec.task == "semantic":
+    collate = collate_segmentation
+    if spec.task == "visual-prompt":
+        from .models.visual_prompt import VisualPromptEpisodes, collate_visual_prompt
+
+        # Episodes are a map-style dataset drawing (reference, prompt, target) per (seed, epoch, item).
+        train_transform = VisualPromptEpisodes(train_set, processor, seed=args.seed, hflip=spec.hflip)
+        train_episodes, collate = train_transform, collate_visual_prompt
+    elif spec.task == "semantic":
         from .semantic import SemanticSegmentationTransform
 
         train_transform = SemanticSegmentationTransform(
@@ -326,9 +334,10 @@ def train(args: TrainingArguments) -> dict:
         )
     else:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
+    if spec.task != "visual-prompt":
+        train_episodes = train_set.with_transform(train_transform)
     train_loader = DataLoader(
-        train_set.with_transform(train_transform), batch_size=args.batch_size, shuffle=True,
-        collate_fn=collate_segmentation, num_workers=args.num_workers,
+        train_episodes, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.num_workers,
     )
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
@@ -388,7 +397,15 @@ def train(args: TrainingArguments) -> dict:
 
     def validate() -> None:
         if accelerator.is_main_process:
-            if spec.task == "semantic":
+            if spec.task == "visual-prompt":
+                from .models.visual_prompt import evaluate_visual_prompt
+
+                # Small validation splits: a class seen in one image only is prompted on that image itself.
+                metrics = evaluate_visual_prompt(unwrapped, validation_set, max_queries=args.max_val_samples,
+                                                 seed=args.seed, id2label=unwrapped.config.id2label,
+                                                 self_reference_fallback=True)
+                metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            elif spec.task == "semantic":
                 from .semantic import evaluate_semantic
 
                 metrics = evaluate_semantic(unwrapped, validation_set, schedule="single", max_samples=args.max_val_samples,
@@ -423,6 +440,8 @@ def train(args: TrainingArguments) -> dict:
             with accelerator.accumulate(model):
                 inputs, labels = dynamic_resize(pixel_inputs(batch), batch["labels"], unwrapped.config,
                                                 args.seed, state.global_step)
+                # Non-image inputs some models take (visual prompts: reference masks, target segments).
+                inputs.update({k: batch[k] for k in getattr(unwrapped, "extra_input_names", ()) if k in batch})
                 loss = model(**inputs, labels=labels).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:

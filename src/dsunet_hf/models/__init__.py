@@ -17,14 +17,16 @@ class ModelSpec:
     recipe: dict = field(default_factory=dict)
     hflip: bool = True  # binary augmentation (image and mask together)
     vflip: bool = True
-    task: str = "binary"  # "binary" (soft masks, SOD metrics) or "semantic" (label maps, mIoU)
+    # "binary" (soft masks, SOD metrics), "semantic" (label maps, mIoU) or "visual-prompt" (label maps turned
+    # into reference/prompt/target episodes, per-class foreground IoU)
+    task: str = "binary"
     best_metric: str = "S-measure"
 
     def default(self, name: str):
         return self.recipe.get(name, BASE_RECIPE[name])
 
 
-MODEL_NAMES = ("sam2-unet", "dsunet", "birefnet", "dinov2-seg")
+MODEL_NAMES = ("sam2-unet", "dsunet", "birefnet", "dinov2-seg", "visual-prompt")
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -32,6 +34,7 @@ def get_model_spec(name: str) -> ModelSpec:
     from .dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
     from .dsunet import DSUNetConfig, DSUNetForImageSegmentation
     from .sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation
+    from .visual_prompt import VisualPromptConfig, VisualPromptForSegmentation
 
     registry = {
         "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation),
@@ -47,6 +50,12 @@ def get_model_spec(name: str) -> ModelSpec:
             Dinov2SegConfig, Dinov2ForSemanticSegmentation, task="semantic", best_metric="mIoU",
             recipe={"batch_size": 16, "num_epochs": 40, "weight_decay": 1e-4, "lr_schedule": "poly",
                     "warmup_steps": 1500},
+        ),
+        # DINOv's optimiser: AdamW lr 1e-4, wd 0.05, a short warm-up; cosine decay here (DINOv: multi-step).
+        "visual-prompt": ModelSpec(
+            VisualPromptConfig, VisualPromptForSegmentation, task="visual-prompt", best_metric="mIoU", vflip=False,
+            recipe={"batch_size": 8, "num_epochs": 50, "weight_decay": 0.05, "lr_schedule": "cosine",
+                    "warmup_steps": 10, "learning_rate": 1e-4},
         ),
     }
     if name not in registry:

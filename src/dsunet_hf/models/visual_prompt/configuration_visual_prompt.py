@@ -1,10 +1,12 @@
-"""Configuration of the training-free visual-prompt matcher (frozen DINOv2, Matcher/PerSAM-style)."""
+"""Configurations of visual in-context prompting: the training-free matcher (frozen DINOv2, Matcher/PerSAM-
+style) and the trained in-context head (frozen DINOv2 + a DINOv-style prompt encoder and query decoder)."""
 
 from __future__ import annotations
 
 from transformers import Dinov2Config, PreTrainedConfig
 
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
+from ...finetune import check_strategy, set_finetune_fields
 
 MATCHING_MODES = ("prototype", "bidirectional")
 
@@ -108,4 +110,125 @@ class VisualPromptMatcherConfig(PreTrainedConfig):
         return dinov2_config(self.dino_preset, **self.dino_config)
 
 
-__all__ = ["MATCHING_MODES", "VisualPromptMatcherConfig"]
+INFERENCE_MODES = ("prompt", "generic", "referring")
+
+
+def default_feature_layers(depth: int) -> list[int]:
+    """Four evenly spaced blocks ending with the last one (6, 12, 18, 24 for ViT-L/14), fewer when the
+    backbone has fewer than four blocks."""
+    return sorted({max(1, depth * k // 4) for k in range(1, 5)})
+
+
+class VisualPromptConfig(PreTrainedConfig):
+    """Trained visual in-context segmentation head (DINOv / SINE-like) on frozen DINOv2 (defaults: ViT-L/14, 518 px).
+
+    A reference image with a visual prompt (mask, box, scribble or point, rasterised to a mask) becomes one
+    *prompt token*: a learnable content token doing masked cross-attention over the reference's multi-layer
+    DINOv2 features, one layer per feature level (DINOv's prompt encoder; several references are averaged).
+    A small query decoder over the target's features decodes ``num_queries`` learnable proposal queries
+    plus the prompt token; proposals never attend to the prompt (and the prompt never to them), so they are
+    reusable across prompts. Heads: mask embeddings (dot product with upsampled mask features), and DINOv's
+    prompt classifier: ``score_i = <W LN(proposal_i), W LN(prompt)>`` (sigmoid: generic, every matching
+    proposal; softmax over proposals: referring, the one matching instance).
+
+    Args:
+        dino_preset / dino_config / dino_backbone_repo_id / dino_backbone_revision: the frozen DINOv2 (as the
+            matcher; tiny test configs through ``dino_config``).
+        image_size (`int`, defaults to 518): square input size, a multiple of the patch size.
+        feature_layers (`list[int]`, *optional*): 1-based DINOv2 blocks read as feature levels (each through
+            the final LayerNorm); default: four evenly spaced blocks ending with the last.
+        hidden_size (`int`, defaults to 256): width of the prompt encoder and decoder (DINOv: 256).
+        num_attention_heads (`int`, defaults to 8).
+        intermediate_size (`int`, defaults to 2048): decoder FFN width (DINOv: 2048).
+        num_decoder_layers (`int`, defaults to 6): query-decoder layers (DINOv: 9 deformable layers); layer
+            ``i`` cross-attends to feature level ``i mod levels`` (Mask2Former's round robin).
+        num_queries (`int`, defaults to 100): learnable proposal queries (DINOv: 300).
+        projection_dim (`int`, defaults to 512): the prompt classifier's projection (DINOv's DIM_PROJ).
+        inference_mode (`str`, defaults to `"prompt"`): what ``segment`` returns: `prompt` the prompt token's
+            own mask; `generic` every proposal the classifier accepts, ``max_i sigmoid(score_i) sigmoid(mask_i)``
+            (all instances of the concept); `referring` the mask of the best proposal (softmax over proposals).
+        mask_bce_weight / mask_dice_weight (`float`, defaults to 5.0 / 5.0): mask losses (DINOv's weights).
+        score_weight (`float`, defaults to 4.0): BCE of the generic scores (DINOv: focal class loss x4).
+        match_weight (`float`, defaults to 2.0): cross-entropy of the referring scores over proposals (DINOv).
+        deep_supervision (`bool`, defaults to `True`): losses after every decoder layer (shared heads).
+        finetune_strategy (`str`, defaults to `"frozen"`): frozen (the head only, DINOv2 fixed), lora or full.
+    """
+
+    model_type = "visual_prompt"
+
+    def __init__(
+        self,
+        dino_preset: str = "large",
+        dino_config: dict | None = None,
+        dino_backbone_repo_id: str | None = None,
+        dino_backbone_revision: str | None = None,
+        image_size: int = 518,
+        feature_layers: list[int] | None = None,
+        hidden_size: int = 256,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 2048,
+        num_decoder_layers: int = 6,
+        num_queries: int = 100,
+        projection_dim: int = 512,
+        inference_mode: str = "prompt",
+        mask_bce_weight: float = 5.0,
+        mask_dice_weight: float = 5.0,
+        score_weight: float = 4.0,
+        match_weight: float = 2.0,
+        deep_supervision: bool = True,
+        finetune_strategy: str = "frozen",
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | None = None,
+        **kwargs,
+    ):
+        if dino_preset not in DINOV2_PRESETS:
+            raise ValueError(f"unknown dino_preset {dino_preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
+        if check_strategy(finetune_strategy) == "adapter":
+            raise ValueError("the visual-prompt head has no adapters: use finetune_strategy frozen, lora or full")
+        if inference_mode not in INFERENCE_MODES:
+            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {inference_mode!r}")
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_attention_heads {num_attention_heads}")
+        if hidden_size % 8:
+            raise ValueError(f"hidden_size must be a multiple of 8 (the mask features use hidden_size / 8), got {hidden_size}")
+        if num_queries < 1 or num_decoder_layers < 1:
+            raise ValueError("num_queries and num_decoder_layers must be at least 1")
+        self.dino_preset = dino_preset
+        self.dino_config = dinov2_config_dict(dino_preset, dino_config)
+        patch = self.dino_config["patch_size"]
+        if image_size % patch or image_size < patch:
+            raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
+        depth = self.dino_config["num_hidden_layers"]
+        layers = list(feature_layers) if feature_layers else default_feature_layers(depth)
+        for layer in layers:
+            if not (1 <= layer <= depth or -depth <= layer <= -1):
+                raise ValueError(f"feature layer {layer} is out of range for a {depth}-block DINOv2 "
+                                 f"(use 1..{depth} or -{depth}..-1)")
+        self.dino_backbone_repo_id = dino_backbone_repo_id or dinov2_hub_repo(dino_preset)
+        self.dino_backbone_revision = dino_backbone_revision
+        self.image_size = int(image_size)
+        self.feature_layers = [int(v) for v in layers]
+        self.hidden_size = int(hidden_size)
+        self.num_attention_heads = int(num_attention_heads)
+        self.intermediate_size = int(intermediate_size)
+        self.num_decoder_layers = int(num_decoder_layers)
+        self.num_queries = int(num_queries)
+        self.projection_dim = int(projection_dim)
+        self.inference_mode = inference_mode
+        self.mask_bce_weight = float(mask_bce_weight)
+        self.mask_dice_weight = float(mask_dice_weight)
+        self.score_weight = float(score_weight)
+        self.match_weight = float(match_weight)
+        self.deep_supervision = bool(deep_supervision)
+        set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
+                            lora_target_modules or ["q_proj", "v_proj"])
+        super().__init__(**kwargs)
+
+    def get_dino_config(self) -> Dinov2Config:
+        return dinov2_config(self.dino_preset, **self.dino_config)
+
+
+__all__ = ["INFERENCE_MODES", "MATCHING_MODES", "VisualPromptConfig", "VisualPromptMatcherConfig",
+           "default_feature_layers"]

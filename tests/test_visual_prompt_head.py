@@ -372,3 +372,16 @@ def test_push_and_pull_through_the_offline_hub(tmp_path, offline_hub):
 
 def test_prompt_kinds_constant():
     assert PROMPT_KINDS == ("mask", "box", "scribble", "point")
+
+
+def test_evaluate_command_scores_a_visual_prompt_model(tmp_path):
+    from dsunet_hf.cli import main
+
+    folder = write_label_dataset(tmp_path / "data")
+    tiny_model().save_pretrained(tmp_path / "model", include_backbone=True)
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(folder), "--prompt-kind", "scribble",
+                 "--max-samples", "6", "--output-dir", str(tmp_path / "eval"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["results"]["data"]["num_queries"] == 6 and 0 <= report["results"]["data"]["mIoU"] <= 1
+    assert set(report["info"]["per_class_iou"]["data"]) <= {"red", "green", "blue", "yellow"}
+    assert report["info"]["prompt_kind"] == "scribble" and "COCO-20i" in report["protocol"]

@@ -314,7 +314,17 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict | None = None) -> tuple[Path, Path]:
+SOD_PROTOCOL = ("SAM2-UNet test.py/eval.py: bilinear upsampling to GT size, sigmoid, optional per-image min-max, "
+                "round(p*255) uint8 maps scored with pysodmetrics; mDice/mIoU averaged over 256 thresholds")
+SEMANTIC_PROTOCOL = "dataset-level confusion matrix at each label map's size: mIoU over classes, pixel accuracy"
+VISUAL_PROMPT_PROTOCOL = (
+    "one query per (target image, class present), prompted on other image(s) of the class; foreground IoU "
+    "accumulated per class (mIoU = mean over classes, COCO-20i style), query_mIoU = mean IoU per query, "
+    "FB-IoU = mean of foreground and background IoU")
+
+
+def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict | None = None,
+                 protocol: str = SOD_PROTOCOL) -> tuple[Path, Path]:
     """Write ``evaluation.json`` (every metric per dataset, ``extra`` under ``"info"``) and ``evaluation.md``.
 
     Both files are written atomically (temporary file + ``os.replace``). Returns their paths.
@@ -324,15 +334,14 @@ def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict |
         "results": {name: {k: float(v) for k, v in values.items()} for name, values in results.items()},
         "metric_names": _ordered_metrics(results),
         "higher_is_better": {name: HIGHER_IS_BETTER.get(name, True) for name in _ordered_metrics(results)},
-        "protocol": "SAM2-UNet test.py/eval.py: bilinear upsampling to GT size, sigmoid, optional per-image "
-        "min-max, round(p*255) uint8 maps scored with pysodmetrics; mDice/mIoU averaged over 256 thresholds",
+        "protocol": protocol,
         "versions": _versions(),
         "info": extra or {},
     }
     json_path, markdown_path = output_dir / "evaluation.json", output_dir / "evaluation.md"
     write_text_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n")
     lines = ["# Evaluation", "", format_table(results), ""]
-    lines.append("↑ higher is better, ↓ lower is better. mDice/mIoU: mean over 256 thresholds (SAM2-UNet eval.py).")
+    lines.append(f"↑ higher is better, ↓ lower is better. Protocol: {protocol}.")
     if extra:
         lines += ["", "## Details", ""]
         for key, value in extra.items():
@@ -366,12 +375,36 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-minmax-normalize", dest="minmax_normalize", action="store_false",
                         help="skip upstream test.py's per-image min-max normalisation")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N per dataset")
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="evaluate only the first N per dataset (visual-prompt models: N queries)")
+    parser.add_argument("--shots", type=int, default=1,
+                        help="visual-prompt models: reference images per query (other images of the class)")
+    parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
+                        help="visual-prompt models: the prompt made from each reference's class mask")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run_evaluate_cli)
     return parser
+
+
+def _visual_prompt_model(name_or_path: str):
+    """The trained in-context head or the matcher when ``name_or_path`` holds one, else None."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return None
+    if getattr(config, "model_type", None) not in ("visual_prompt", "visual_prompt_matcher"):
+        return None
+    return AutoModel.from_pretrained(name_or_path)
+
+
+def _dataset_labels(source) -> dict | None:
+    """Class names of a local dataset folder (``id2label.json``), if it has them."""
+    path = Path(str(source)) / "id2label.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _folder_name(folder: Path) -> str:
@@ -410,7 +443,11 @@ def run_evaluate_cli(args) -> int:
         from .predict import load_model_and_processor
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-        model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+        visual_prompt = _visual_prompt_model(args.model)
+        if visual_prompt is not None:
+            model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
+        else:
+            model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
         results, skipped_per_dataset, sources, per_class = {}, {}, {}, {}
         for source in args.data:
             dataset = (
@@ -419,7 +456,15 @@ def run_evaluate_cli(args) -> int:
             )
             name = _unique(dataset_name(source), results)
             skipped: list[str] = []
-            if hasattr(model, "segment"):  # multi-class: mIoU / accuracies, per-class IoU with label names
+            if visual_prompt is not None:  # one query per (image, class): foreground IoU per class
+                from .models.visual_prompt import evaluate_visual_prompt
+
+                scores = evaluate_visual_prompt(model, dataset, shots=args.shots, prompt_kind=args.prompt_kind,
+                                                max_queries=args.max_samples, progress=args.progress,
+                                                id2label=_dataset_labels(source))
+                per_class[name] = scores.pop("per_class_iou")
+                results[name] = scores
+            elif hasattr(model, "segment"):  # multi-class: mIoU / accuracies, per-class IoU with label names
                 from .semantic import evaluate_semantic
 
                 semantic = evaluate_semantic(model, dataset, max_samples=args.max_samples)
@@ -436,9 +481,14 @@ def run_evaluate_cli(args) -> int:
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
         if per_class:
             extra["per_class_iou"] = per_class
+        if visual_prompt is not None:
+            extra.update(shots=args.shots, prompt_kind=args.prompt_kind)
     print(format_table(results))
     for name, ious in extra.get("per_class_iou", {}).items():
         print(f"per-class IoU, {name}: " + ", ".join(f"{label} {iou:.3f}" for label, iou in ious.items()))
-    json_path, markdown_path = write_report(results, args.output_dir, extra=extra)
+    protocol = SOD_PROTOCOL
+    if extra.get("per_class_iou"):
+        protocol = VISUAL_PROMPT_PROTOCOL if "prompt_kind" in extra else SEMANTIC_PROTOCOL
+    json_path, markdown_path = write_report(results, args.output_dir, extra=extra, protocol=protocol)
     print(f"report: {json_path} and {markdown_path}")
     return 0

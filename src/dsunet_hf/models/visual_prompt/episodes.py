@@ -224,7 +224,7 @@ def evaluation_episodes(classes: list[tuple[int, ...]], shots: int = 1, seed: in
 def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str = "mask", seed: int = 0,
                            max_queries: int | None = None, threshold: float | None = None, id2label: dict | None = None,
                            progress: bool = False, classes: list[tuple[int, ...]] | None = None,
-                           self_reference_fallback: bool = False) -> dict:
+                           self_reference_fallback: bool = False, **predict_kwargs) -> dict:
     """Foreground IoU of ``model.predict_masks(references, prompts, [target])`` over :func:`evaluation_episodes`.
 
     Works for any object with that method (the trained head, the training-free matcher, a baseline). Prompts
@@ -235,7 +235,7 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
     classes, as COCO-20i / LVIS-92i report), ``query_mIoU`` (mean IoU per query), ``FB-IoU`` (mean of the
     foreground and background IoU, accumulated over all queries), ``num_queries``, ``num_classes`` and
     ``per_class_iou`` (by class name when ``id2label`` is given). ``self_reference_fallback``: see
-    :func:`evaluation_episodes`.
+    :func:`evaluation_episodes`; other keyword arguments go to ``predict_masks`` (e.g. the head's ``mode``).
     """
     if prompt_kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt_kind {prompt_kind!r}; choose from {PROMPT_KINDS}")
@@ -268,7 +268,8 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
             references.append(image)
             prompts.append(prompt_mask_from_region(labels == value, prompt_kind, rng))
         target, target_labels = sample(target_index)
-        predicted = np.asarray(model.predict_masks(references, prompts, [target], threshold=threshold)[0], bool)
+        predicted = np.asarray(model.predict_masks(references, prompts, [target], threshold=threshold,
+                                                   **predict_kwargs)[0], bool)
         truth = target_labels == value
         valid = target_labels != 255
         intersection = float((predicted & truth & valid).sum())

@@ -11,6 +11,27 @@ from ...finetune import check_strategy, set_finetune_fields
 MATCHING_MODES = ("prototype", "bidirectional")
 
 
+def _set_dino_fields(config, preset: str, overrides: dict | None, repo_id: str | None, revision: str | None,
+                     image_size: int) -> int:
+    """The frozen-DINOv2 fields both visual-prompt configs share, checked; returns the backbone's depth."""
+    if preset not in DINOV2_PRESETS:
+        raise ValueError(f"unknown dino_preset {preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
+    config.dino_preset = preset
+    config.dino_config = dinov2_config_dict(preset, overrides)
+    patch = config.dino_config["patch_size"]
+    if image_size % patch or image_size < patch:
+        raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
+    config.dino_backbone_repo_id = repo_id or dinov2_hub_repo(preset)
+    config.dino_backbone_revision = revision
+    config.image_size = int(image_size)
+    return config.dino_config["num_hidden_layers"]
+
+
+def _check_layer(layer: int, depth: int, what: str) -> None:
+    if not (1 <= layer <= depth or -depth <= layer <= -1):
+        raise ValueError(f"{what} {layer} is out of range for a {depth}-block DINOv2 (use 1..{depth} or -{depth}..-1)")
+
+
 class VisualPromptMatcherConfig(PreTrainedConfig):
     """Reference image + visual prompt -> target mask, without training (defaults: DINOv2 ViT-L/14 at 518 px).
 
@@ -64,8 +85,6 @@ class VisualPromptMatcherConfig(PreTrainedConfig):
         sam_use_box: bool = True,
         **kwargs,
     ):
-        if dino_preset not in DINOV2_PRESETS:
-            raise ValueError(f"unknown dino_preset {dino_preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
         if matching not in MATCHING_MODES:
             raise ValueError(f"matching must be one of {MATCHING_MODES}, got {matching!r}")
         # No trainable parameters: the shared base class reads the strategy to decide what is saved.
@@ -73,18 +92,9 @@ class VisualPromptMatcherConfig(PreTrainedConfig):
         if strategy != "frozen":
             raise ValueError(f"the visual-prompt matcher has nothing to train: finetune_strategy must be 'frozen', "
                              f"got {strategy!r}")
-        self.dino_preset = dino_preset
-        self.dino_config = dinov2_config_dict(dino_preset, dino_config)
-        patch = self.dino_config["patch_size"]
-        if image_size % patch or image_size < patch:
-            raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
-        depth = self.dino_config["num_hidden_layers"]
-        if not (1 <= feature_layer <= depth or -depth <= feature_layer <= -1):
-            raise ValueError(f"feature_layer {feature_layer} is out of range for a {depth}-block DINOv2 "
-                             f"(use 1..{depth} or -{depth}..-1)")
-        self.dino_backbone_repo_id = dino_backbone_repo_id or dinov2_hub_repo(dino_preset)
-        self.dino_backbone_revision = dino_backbone_revision
-        self.image_size = int(image_size)
+        depth = _set_dino_fields(self, dino_preset, dino_config, dino_backbone_repo_id, dino_backbone_revision,
+                                 image_size)
+        _check_layer(feature_layer, depth, "feature_layer")
         self.feature_layer = int(feature_layer)
         self.feature_layer_norm = bool(feature_layer_norm)
         self.background_prototype = bool(background_prototype)
@@ -183,8 +193,6 @@ class VisualPromptConfig(PreTrainedConfig):
         lora_target_modules: list[str] | None = None,
         **kwargs,
     ):
-        if dino_preset not in DINOV2_PRESETS:
-            raise ValueError(f"unknown dino_preset {dino_preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
         if check_strategy(finetune_strategy) == "adapter":
             raise ValueError("the visual-prompt head has no adapters: use finetune_strategy frozen, lora or full")
         if inference_mode not in INFERENCE_MODES:
@@ -195,20 +203,11 @@ class VisualPromptConfig(PreTrainedConfig):
             raise ValueError(f"hidden_size must be a multiple of 8 (the mask features use hidden_size / 8), got {hidden_size}")
         if num_queries < 1 or num_decoder_layers < 1:
             raise ValueError("num_queries and num_decoder_layers must be at least 1")
-        self.dino_preset = dino_preset
-        self.dino_config = dinov2_config_dict(dino_preset, dino_config)
-        patch = self.dino_config["patch_size"]
-        if image_size % patch or image_size < patch:
-            raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
-        depth = self.dino_config["num_hidden_layers"]
+        depth = _set_dino_fields(self, dino_preset, dino_config, dino_backbone_repo_id, dino_backbone_revision,
+                                 image_size)
         layers = list(feature_layers) if feature_layers else default_feature_layers(depth)
         for layer in layers:
-            if not (1 <= layer <= depth or -depth <= layer <= -1):
-                raise ValueError(f"feature layer {layer} is out of range for a {depth}-block DINOv2 "
-                                 f"(use 1..{depth} or -{depth}..-1)")
-        self.dino_backbone_repo_id = dino_backbone_repo_id or dinov2_hub_repo(dino_preset)
-        self.dino_backbone_revision = dino_backbone_revision
-        self.image_size = int(image_size)
+            _check_layer(layer, depth, "feature layer")
         self.feature_layers = [int(v) for v in layers]
         self.hidden_size = int(hidden_size)
         self.num_attention_heads = int(num_attention_heads)

@@ -44,6 +44,7 @@ from .configuration_visual_prompt import VisualPromptMatcherConfig
 
 __all__ = [
     "SOLVERS",
+    "DinoVisualPromptModel",
     "VisualPromptMatcher",
     "bidirectional_matches",
     "have_scipy",
@@ -260,7 +261,34 @@ def _as_list(items) -> list:
     return list(items) if isinstance(items, (list, tuple)) else [items]
 
 
-class VisualPromptMatcher(SegmentationPreTrainedModel):
+class DinoVisualPromptModel(SegmentationPreTrainedModel):
+    """What both visual-prompt models share: a frozen DINOv2 under ``backbone.`` loaded from
+    ``config.dino_backbone_repo_id``, a square-resize processor and the card metadata."""
+
+    def load_frozen_backbones(self) -> None:
+        repo = self.config.dino_backbone_repo_id
+        state_dict, commit = load_dinov2_state_dict(repo, self.config.dino_backbone_revision)
+        self.backbone.load_encoder_state_dict(state_dict, source=repo)
+        self.config.dino_backbone_revision = commit or self.config.dino_backbone_revision
+
+    def default_image_processor(self):
+        from ...image_processing import SegmentationImageProcessor
+
+        return SegmentationImageProcessor(size=self.config.image_size)
+
+    def card_data(self, extra_tags: list[str], dataset_names=None):
+        from huggingface_hub import ModelCardData
+
+        repo = self.config.dino_backbone_repo_id
+        return ModelCardData(
+            license="apache-2.0", library_name="dsunet-hf", pipeline_tag="image-segmentation",
+            tags=["visual-prompting", "in-context-segmentation", "dinov2", "dsunet-hf", *extra_tags],
+            base_model=repo if "/" in repo and not repo.startswith((".", "/", "~")) else None,
+            datasets=list(dataset_names) if dataset_names else None,
+        )
+
+
+class VisualPromptMatcher(DinoVisualPromptModel):
     """Reference images + visual prompts -> score maps on target images, from a frozen DINOv2 (no training).
 
     Build with ``from_pretrained_backbones(config)`` (DINOv2 weights from ``config.dino_backbone_repo_id``);
@@ -477,27 +505,12 @@ class VisualPromptMatcher(SegmentationPreTrainedModel):
         info = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         return (model, info) if want_info else model
 
-    def load_frozen_backbones(self) -> None:
-        repo = self.config.dino_backbone_repo_id
-        state_dict, commit = load_dinov2_state_dict(repo, self.config.dino_backbone_revision)
-        self.backbone.load_encoder_state_dict(state_dict, source=repo)
-        self.config.dino_backbone_revision = commit or self.config.dino_backbone_revision
-
-    def default_image_processor(self):
-        from ...image_processing import SegmentationImageProcessor
-
-        return SegmentationImageProcessor(size=self.config.image_size)
-
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
-        from huggingface_hub import ModelCard, ModelCardData
+        from huggingface_hub import ModelCard
 
         config = self.config
         repo = config.dino_backbone_repo_id
-        card_data = ModelCardData(
-            license="apache-2.0", library_name="dsunet-hf", pipeline_tag="image-segmentation",
-            tags=["visual-prompting", "in-context-segmentation", "dinov2", "dsunet-hf", "training-free"],
-            base_model=repo if "/" in repo and not repo.startswith((".", "/", "~")) else None,
-        )
+        card_data = self.card_data(["training-free"])
         name = repo_id or "path/to/this-model"
         content = f"""---
 {card_data.to_yaml()}

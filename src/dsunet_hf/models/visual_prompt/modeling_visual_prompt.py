@@ -41,13 +41,13 @@ from torch import nn
 from transformers.initialization import normal_, xavier_uniform_, zeros_
 from transformers.utils import ModelOutput
 
-from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
+from ...backbones.dinov2 import DINOv2Backbone
 from ...finetune import add_lora
 from ...image_io import load_image
-from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, run_backbone
+from ...modeling_utils import check_pixel_values, run_backbone
 from ...prompts import reference_mask
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
-from .matcher import linear_assignment
+from .matcher import DinoVisualPromptModel, linear_assignment
 
 __all__ = ["PromptEncoder", "QueryDecoderLayer", "VisualPromptForSegmentation", "VisualPromptOutput",
            "dice_loss", "pairwise_mask_cost", "sigmoid_focal_loss"]
@@ -177,7 +177,7 @@ class MLP(nn.Sequential):
 
 # --- the model -------------------------------------------------------------------------------------------
 
-class VisualPromptForSegmentation(SegmentationPreTrainedModel):
+class VisualPromptForSegmentation(DinoVisualPromptModel):
     config_class = VisualPromptConfig
     config: VisualPromptConfig
     base_model_prefix = "visual_prompt"
@@ -435,32 +435,12 @@ class VisualPromptForSegmentation(SegmentationPreTrainedModel):
         threshold = self.prompt_threshold() if threshold is None else float(threshold)
         return [logits > threshold for logits in self.segment(references, prompts, targets, **kwargs)]
 
-    # --- frozen backbone, processor, card ----------------------------------------------------------------
-    def load_frozen_backbones(self) -> None:
-        repo = self.config.dino_backbone_repo_id
-        state_dict, commit = load_dinov2_state_dict(repo, self.config.dino_backbone_revision)
-        self.backbone.load_encoder_state_dict(state_dict, source=repo)
-        self.config.dino_backbone_revision = commit or self.config.dino_backbone_revision
-
-    def default_image_processor(self):
-        from ...image_processing import SegmentationImageProcessor
-
-        return SegmentationImageProcessor(size=self.config.image_size)
-
+    # --- card ------------------------------------------------------------------------------------------
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
-        from huggingface_hub import ModelCardData
-
         from ...finetune import trainable_summary
         from ...hub import render_model_card
 
-        config = self.config
-        repo = config.dino_backbone_repo_id
-        card_data = ModelCardData(
-            license="apache-2.0", library_name="dsunet-hf", pipeline_tag="image-segmentation",
-            tags=["visual-prompting", "in-context-segmentation", "dinov2", "dsunet-hf"],
-            base_model=repo if "/" in repo and not repo.startswith((".", "/", "~")) else None,
-            datasets=list(dataset_names) if dataset_names else None,
-        )
-        return render_model_card("visual_prompt.md", card_data, repo_id=repo_id or "path/to/this-model", config=config,
+        return render_model_card("visual_prompt.md", self.card_data([], dataset_names),
+                                 repo_id=repo_id or "path/to/this-model", config=self.config,
                                  summary=trainable_summary(self), metrics=metrics or {},
                                  dataset_names=list(dataset_names or []))

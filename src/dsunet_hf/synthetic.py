@@ -17,6 +17,7 @@ Everything is numpy + PIL and deterministic for a seed; sample ``i`` of a datase
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["make_camouflage_dataset", "make_camouflage_sample"]
+__all__ = ["TEXTURE_CLASS_NAMES", "make_camouflage_dataset", "make_camouflage_sample", "make_textured_shapes_dataset",
+           "make_textured_shapes_sample"]
 
 # Object area limits as a fraction of the image; samples outside are redrawn.
 _MIN_FOREGROUND = 0.06
@@ -169,4 +171,149 @@ def make_camouflage_dataset(
         name = f"{i:0{width}d}.png"
         image.save(root / "images" / name, compress_level=1)
         mask.save(root / "masks" / name, compress_level=1)
+    return root
+
+
+# --- multi-class textured shapes (visual in-context prompting) ----------------------------------------------
+
+TEXTURE_CLASS_NAMES = (
+    "red-stripes", "blue-checker", "green-dots", "orange-rings",
+    "purple-waves", "teal-grain", "yellow-zigzag", "grey-grid",
+)
+_TEXTURE_KINDS = ("stripes", "checker", "dots", "rings", "waves", "grain", "zigzag", "grid")
+_CLASS_COLOURS = (
+    ((200, 40, 40), (250, 200, 190)), ((40, 70, 190), (170, 200, 250)), ((40, 150, 60), (200, 240, 170)),
+    ((230, 120, 20), (120, 50, 10)), ((120, 50, 160), (230, 200, 240)), ((20, 140, 140), (180, 235, 225)),
+    ((220, 200, 30), (90, 80, 20)), ((90, 90, 90), (220, 220, 220)),
+)
+
+
+def _class_appearance(class_id: int) -> tuple[str, float, float, np.ndarray, np.ndarray]:
+    """(texture kind, angle in radians, period in px, colour A, colour B) of class ``class_id`` (1-based).
+
+    The first 8 classes are hand-designed (distinct texture kinds and colours); beyond that, the kind cycles
+    and the colours are hue-rotated and the angle shifted, derived from the id only."""
+    index = class_id - 1
+    kind = _TEXTURE_KINDS[index % len(_TEXTURE_KINDS)]
+    cycle = index // len(_TEXTURE_KINDS)
+    first, second = (np.array(c, np.float32) for c in _CLASS_COLOURS[index % len(_CLASS_COLOURS)])
+    if cycle:  # hue rotation by permuting and mixing channels
+        shift = cycle % 3
+        first, second = np.roll(first, shift), np.roll(second, shift)
+        first = np.clip(first * (0.7 + 0.15 * (cycle % 3)), 0, 255)
+    angle = math.radians((index * 37 + cycle * 23) % 180)
+    period = 5.0 + (index * 3 + cycle * 2) % 7
+    return kind, angle, period, first, second
+
+
+def _class_texture(class_id: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) float texture of a class, with a small per-image jitter (phase, angle ±5°, brightness ±10 %)."""
+    kind, angle, period, first, second = _class_appearance(class_id)
+    h, w = size
+    angle += math.radians(rng.uniform(-5, 5))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy += rng.uniform(0, period * 4)
+    xx += rng.uniform(0, period * 4)
+    u = xx * math.cos(angle) + yy * math.sin(angle)
+    v = -xx * math.sin(angle) + yy * math.cos(angle)
+    if kind == "stripes":
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * u / period)
+    elif kind == "checker":
+        t = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    elif kind == "dots":
+        t = (((u % period) - period / 2) ** 2 + ((v % period) - period / 2) ** 2 < (period / 3) ** 2).astype(np.float32)
+    elif kind == "rings":
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * np.hypot(yy - cy, xx - cx) / period)
+    elif kind == "waves":
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * (u + 2.5 * np.sin(2 * math.pi * v / (3 * period))) / period)
+    elif kind == "grain":
+        t = _noise(rng, (h, w), (w / 3.0, w / 1.5))
+    elif kind == "zigzag":
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * (u + np.abs((v % (2 * period)) - period)) / period)
+    else:  # grid
+        t = ((np.abs(np.sin(math.pi * u / period)) < 0.3) | (np.abs(np.sin(math.pi * v / period)) < 0.3)).astype(np.float32)
+    brightness = rng.uniform(0.9, 1.1)
+    return (first[None, None] * (1 - t[..., None]) + second[None, None] * t[..., None]) * brightness
+
+
+def make_textured_shapes_sample(
+    rng: np.random.Generator | int | None,
+    size: int | tuple[int, int] = (128, 128),
+    num_classes: int = 8,
+    classes_per_image: tuple[int, int] = (2, 3),
+    class_ids: list[int] | tuple[int, ...] | None = None,
+) -> tuple[Image.Image, np.ndarray]:
+    """One scene with ``k`` distinct textured shape classes (``k`` uniform in ``classes_per_image``, inclusive)
+    on a smooth-noise background; each class gets 1-2 shapes (later shapes occlude earlier ones).
+
+    Class appearance (texture kind, angle, period, colours) is a function of the class id, with a small
+    per-image jitter, so a class looks the same across images: what in-context prompting needs. Every
+    chosen class keeps >= 2 % of the pixels visible and the background >= 20 % (redrawn otherwise).
+
+    Returns ``(image, labels)``: an RGB PIL image and a uint8 (H, W) label map (0 = background, c = class c).
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 32 or w < 32:
+        raise ValueError(f"size must be at least 32x32, got {h}x{w}")
+    if not 1 <= num_classes <= 32:
+        raise ValueError(f"num_classes must be in 1..32, got {num_classes}")
+    allowed = list(range(1, num_classes + 1)) if class_ids is None else [int(c) for c in class_ids]
+    if not allowed or any(not 1 <= c <= num_classes for c in allowed) or len(set(allowed)) != len(allowed):
+        raise ValueError(f"class_ids must be distinct ids in 1..{num_classes}, got {class_ids}")
+    low, high = (int(v) for v in classes_per_image)
+    if low < 1 or high < low:
+        raise ValueError(f"classes_per_image must be (low, high) with 1 <= low <= high, got {classes_per_image}")
+    low, high = min(low, len(allowed)), min(high, len(allowed))
+
+    background = _apply_palette(_noise(rng, (h, w), (3.0, 6.0, 12.0)), _random_palette(rng))
+    while True:
+        chosen = rng.choice(allowed, size=int(rng.integers(low, high + 1)), replace=False)
+        shapes = [int(c) for c in chosen for _ in range(int(rng.integers(1, 3)))]
+        rng.shuffle(shapes)
+        labels = np.zeros((h, w), np.uint8)
+        for class_id in shapes:
+            canvas = Image.new("L", (w, h), 0)
+            ImageDraw.Draw(canvas).polygon(_shape_polygon(rng, (h, w), rng.uniform(0.12, 0.24)), fill=255)
+            labels[np.asarray(canvas) > 127] = class_id
+        visible = [(labels == c).mean() for c in chosen]
+        if min(visible) >= 0.02 and (labels == 0).mean() >= 0.20:
+            break
+    image = background
+    for class_id in (int(c) for c in chosen):
+        image = np.where((labels == class_id)[..., None], _class_texture(class_id, (h, w), rng), image)
+    image = image + rng.normal(0.0, 3.0, size=image.shape)
+    pil = Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), mode="RGB")
+    return pil.filter(ImageFilter.GaussianBlur(radius=0.5)), labels
+
+
+def make_textured_shapes_dataset(
+    folder: str | os.PathLike,
+    num_images: int = 64,
+    size: int | tuple[int, int] = (128, 128),
+    num_classes: int = 8,
+    classes_per_image: tuple[int, int] = (2, 3),
+    class_ids: list[int] | tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write ``num_images`` textured-shape scenes: ``images/NNNN.png`` (RGB), ``masks/NNNN.png`` (8-bit label
+    maps, 0 = background, 1..num_classes) and ``id2label.json``. Sample ``i`` depends only on ``(seed, i)``.
+    Loads with :func:`dsunet_hf.data.load_segmentation_dataset`; trains ``--model visual-prompt``."""
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(num_images - 1)))
+    for i in range(num_images):
+        image, labels = make_textured_shapes_sample(np.random.default_rng([seed, i]), size, num_classes,
+                                                    classes_per_image, class_ids)
+        name = f"{i:0{width}d}.png"
+        image.save(root / "images" / name, compress_level=1)
+        Image.fromarray(labels, mode="L").save(root / "masks" / name, compress_level=1)
+    names = {0: "background"}
+    names.update({c: TEXTURE_CLASS_NAMES[c - 1] if c <= len(TEXTURE_CLASS_NAMES) else f"class-{c}"
+                  for c in range(1, num_classes + 1)})
+    (root / "id2label.json").write_text(json.dumps({str(k): v for k, v in names.items()}, indent=1))
     return root

@@ -8,12 +8,61 @@ import sys
 from pathlib import Path
 
 
+def _visual_prompt_type(name_or_path: str) -> str | None:
+    """The model_type of a visual-prompt artifact, None for anything else (or an unreadable config)."""
+    from transformers import AutoConfig
+
+    from .prompt_predict import VISUAL_PROMPT_MODEL_TYPES
+
+    try:
+        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    except (OSError, ValueError):  # e.g. official BiRefNet repos (remote code): not a visual-prompt model
+        return None
+    return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
+
+
+def _predict_with_prompts(args) -> int:
+    import torch
+    from transformers import AutoModel
+
+    from .prompt_predict import predict_with_prompts
+
+    if len(args.reference) != len(args.prompt or []):
+        raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
+                         f"{len(args.prompt or [])} prompt(s))")
+    if _visual_prompt_type(args.model) is None:
+        raise SystemExit(f"predict: --reference/--prompt need a visual-prompt model (model_type visual_prompt or "
+                         f"visual_prompt_matcher); {args.model} is not one")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    model = AutoModel.from_pretrained(args.model).to(device=args.device or "cpu", dtype=dtype).eval()
+    extra = {"mode": args.mode} if args.mode else {}
+    try:
+        report = predict_with_prompts(
+            model, args.reference, args.prompt, args.inputs, args.output_dir, threshold=args.threshold,
+            overlay=args.overlay, overwrite=args.overwrite, batch_size=args.batch_size, save_scores=args.save_scores,
+            **extra,
+        )
+    except ValueError as error:  # a bad reference or prompt: nothing can be predicted
+        raise SystemExit(f"predict: {error}") from error
+    print(f"{report.summary()} -> {args.output_dir}")
+    for path, reason in report.failed.items():
+        print(f"  skipped {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def _predict(args) -> int:
     import torch
     from accelerate import PartialState
 
     from .predict import load_model_and_processor, predict_files
 
+    if args.reference:
+        return _predict_with_prompts(args)
+    if args.prompt:
+        raise SystemExit("predict: --prompt needs --reference (the image the prompt is drawn on)")
+    if _visual_prompt_type(args.model):
+        raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
+                         "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     state = PartialState()  # under `accelerate launch`: one device per process, the files split between them
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
@@ -145,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv decoders")
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (long first call)")
     predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",
+                         help="visual-prompt models: an example image (repeat for several; one --prompt each)")
+    predict.add_argument("--prompt", action="append", default=[], metavar="PROMPT",
+                         help="the prompt on the matching --reference: box:x0,y0,x1,y1 | point:x,y[;x,y] | "
+                              "scribble:x,y;x,y[;...] | mask:path.png | path.png")
+    predict.add_argument("--save-scores", action="store_true", help="visual-prompt models: also write scores/*.npy")
+    predict.add_argument("--mode", default=None, choices=["prompt", "generic", "referring"],
+                         help="trained visual-prompt head: which output (default: its config's inference_mode)")
     predict.set_defaults(func=_predict)
 
     convert = commands.add_parser("convert", help="convert an original checkpoint")

@@ -34,3 +34,13 @@ def write_json_atomic(path: Path, payload) -> None:
 
 def save_image_atomic(image: Image.Image, path: Path) -> None:
     _atomic(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+def save_npy_atomic(array, path: Path) -> None:
+    import numpy as np
+
+    def write(temporary):
+        with open(temporary, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+            np.save(handle, array)
+
+    _atomic(path, write)

@@ -406,6 +406,11 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             results.append(self.refine_with_sam(image, score, score_map) if refine else score_map)
         return results
 
+    def prompt_threshold(self) -> float:
+        """The default threshold on :meth:`segment`'s maps: 0.0 on SAM 2's logits when refining, else
+        ``config.score_threshold``."""
+        return 0.0 if self.config.sam_repo_id else self.config.score_threshold
+
     def predict_masks(self, references: Sequence[Any], prompts: Sequence[Any], targets: Sequence[Any],
                       threshold: float | None = None, **kwargs) -> list[np.ndarray]:
         """Bool masks ``map > threshold`` of :meth:`segment`. Default threshold: ``config.score_threshold``

@@ -1,0 +1,123 @@
+"""Batch prediction with visual prompts: reference image(s) + prompt(s) -> masks of that concept in target files.
+
+``dsunet-hf predict --model M --reference ref.jpg --prompt box:10,20,110,90 targets/ --overlay``. Works with
+both visual-prompt models (the trained head and the training-free matcher): they share ``segment(references,
+prompts, targets)`` and ``prompt_threshold()``. References and prompts are checked first (nothing can be
+predicted without them: a bad one is an error naming it); a target that cannot be read is reported and
+skipped; every output is written atomically as soon as its batch is done, and existing outputs are kept
+unless ``overwrite`` (a re-run resumes where a previous one stopped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+from tqdm.auto import tqdm
+
+from .files import save_image_atomic, save_npy_atomic, write_json_atomic
+from .image_io import ImageReadError, load_image
+from .predict import PredictionReport, collect_images, overlay_image
+from .prompts import as_prompt, reference_mask
+
+__all__ = ["predict_with_prompts", "prompt_panel", "render_prompt"]
+
+VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
+
+
+def render_prompt(image: Image.Image, mask: np.ndarray, color=(40, 220, 90)) -> Image.Image:
+    """The reference with its prompt mask tinted and outlined (what the model was shown)."""
+    tinted = overlay_image(image, mask.astype(np.float32), color=color, alpha=0.45)
+    edge = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)
+    outline = np.asarray(edge.filter(ImageFilter.MaxFilter(3))) > 0
+    pixels = np.asarray(tinted).copy()
+    pixels[outline] = color
+    return Image.fromarray(pixels)
+
+
+def prompt_panel(references: list[tuple[Image.Image, np.ndarray]], target: Image.Image, mask: np.ndarray,
+                 height: int = 256, gap: int = 6) -> Image.Image:
+    """References with their prompts (green), then the target with the predicted mask (red), side by side."""
+    tiles = [render_prompt(image, prompt) for image, prompt in references]
+    tiles.append(overlay_image(target, mask.astype(np.float32)))
+    tiles = [tile.resize((max(1, round(tile.width * height / tile.height)), height), Image.Resampling.BILINEAR)
+             for tile in tiles]
+    panel = Image.new("RGB", (sum(tile.width for tile in tiles) + gap * (len(tiles) - 1), height), (255, 255, 255))
+    left = 0
+    for tile in tiles:
+        panel.paste(tile, (left, 0))
+        left += tile.width + gap
+    return panel
+
+
+def _prompt_text(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else repr(prompt)
+
+
+def predict_with_prompts(model, references: list, prompts: list, targets: list[str | Path], output_dir: str | Path, *,
+                         threshold: float | None = None, overlay: bool = False, overwrite: bool = False,
+                         batch_size: int = 4, save_scores: bool = False, progress: bool = True,
+                         **segment_kwargs) -> PredictionReport:
+    """Segment the concept the ``prompts`` mark on the ``references`` in every target file/folder.
+
+    Writes ``masks/<name>.png`` (0/255 at each target's size), with ``overlay`` ``overlays/<name>.png`` (the
+    references with their prompts beside the target's result), with ``save_scores`` ``scores/<name>.npy``
+    (the float32 map ``segment`` returns: logits for the trained head, matching scores for the matcher), and
+    ``prediction_report.json``. ``threshold`` defaults to the model's ``prompt_threshold()``. Extra keyword
+    arguments go to ``model.segment`` (e.g. the head's ``mode``).
+    """
+    if not references or len(references) != len(prompts):
+        raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
+                         f"{len(prompts)} prompt(s)")
+    reference_images = [load_image(reference) for reference in references]  # errors name the file
+    prompt_objects = [as_prompt(prompt) for prompt in prompts]
+    masks = []
+    for prompt, given, image, source in zip(prompt_objects, prompts, reference_images, references):
+        try:
+            masks.append(reference_mask(prompt, image))
+        except ValueError as error:
+            raise ValueError(f"prompt {_prompt_text(given)} on reference {source}: {error}") from error
+    threshold = model.prompt_threshold() if threshold is None else float(threshold)
+    output_dir = Path(output_dir)
+    report = PredictionReport()
+    pending = []
+    for path, name in collect_images(targets):
+        if (output_dir / "masks" / name.with_suffix(".png")).exists() and not overwrite:
+            report.skipped_existing.append(str(path))
+        else:
+            pending.append((path, name))
+    bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not progress)
+    # The references are passed as rasterised masks, so their files are read once.
+    for start in range(0, len(pending), batch_size):
+        loaded = []
+        for path, name in pending[start : start + batch_size]:
+            try:
+                loaded.append((path, name, load_image(path)))
+            except ImageReadError as error:
+                report.failed[str(path)] = str(error)
+                bar.update(1)
+        if not loaded:
+            continue
+        scores = model.segment(reference_images, masks, [image for _, _, image in loaded], batch_size=batch_size,
+                               **segment_kwargs)
+        for (path, name, image), score in zip(loaded, scores):
+            mask = score > threshold
+            png = name.with_suffix(".png")
+            save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), output_dir / "masks" / png)
+            if save_scores:
+                save_npy_atomic(score.astype(np.float32), output_dir / "scores" / name.with_suffix(".npy"))
+            if overlay:
+                panel = prompt_panel(list(zip(reference_images, masks)), image, mask)
+                save_image_atomic(panel, output_dir / "overlays" / png)
+            report.written.append(str(path))
+            bar.update(1)
+    bar.close()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / "prediction_report.json", {
+        **report.__dict__, "references": [str(r) for r in references],
+        "prompts": [_prompt_text(p) for p in prompts], "threshold": threshold,
+    })
+    return report
+

@@ -1,0 +1,97 @@
+"""``dsunet-hf predict --reference ... --prompt ...``: visual-prompt batch prediction, overlays, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_visual_prompt_head import tiny_model
+from test_visual_prompt_matcher import ONE_HOT, P, RED, SIZE, colour_image, region, tiny_config
+
+from dsunet_hf.cli import main
+from dsunet_hf.models.visual_prompt import VisualPromptMatcher
+from dsunet_hf.prompt_predict import predict_with_prompts, render_prompt
+
+
+@pytest.fixture
+def head_folder(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "head", include_backbone=True)
+    return tmp_path / "head"
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    for name, size in (("a", (50, 70)), ("b", (64, 64)), ("c", (33, 90))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    reference = tmp_path / "reference.jpg"
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(reference)
+    return reference, folder
+
+
+def test_cli_writes_masks_overlays_and_scores_and_reports_broken_targets(tmp_path, head_folder, images):
+    reference, folder = images
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(head_folder), "--reference", str(reference), "--prompt", "box:5,5,40,30",
+            "--reference", str(reference), "--prompt", "point:60,40", str(folder), "--output-dir", str(out),
+            "--overlay", "--save-scores", "--batch-size", "2"]
+    assert main(args) == 1  # one target could not be read
+    report = json.loads((out / "prediction_report.json").read_text())
+    assert sorted(report["failed"]) == [str(folder / "broken.png")] and "broken.png" in report["failed"][str(folder / "broken.png")]
+    assert len(report["written"]) == 3 and report["prompts"] == ["box:5,5,40,30", "point:60,40"]
+    for name, size in (("a", (50, 70)), ("b", (64, 64)), ("c", (33, 90))):
+        mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+        assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+        assert np.load(out / "scores" / f"{name}.npy").shape == size
+        assert Image.open(out / "overlays" / f"{name}.png").height == 256
+    before = (out / "masks" / "a.png").stat().st_mtime_ns
+    assert main(args) == 1  # the re-run keeps finished outputs
+    assert (out / "masks" / "a.png").stat().st_mtime_ns == before
+    assert len(json.loads((out / "prediction_report.json").read_text())["skipped_existing"]) == 3
+
+
+def test_cli_errors_name_the_problem(tmp_path, head_folder, images, capsys):
+    reference, folder = images
+    base = ["predict", "--model", str(head_folder), str(folder), "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="one --prompt per --reference"):
+        main([*base, "--reference", str(reference)])
+    with pytest.raises(SystemExit, match="box:500,5,600,30.*entirely outside"):
+        main([*base, "--reference", str(reference), "--prompt", "box:500,5,600,30"])
+    with pytest.raises(SystemExit, match="malformed prompt"):
+        main([*base, "--reference", str(reference), "--prompt", "circle:3"])
+    with pytest.raises(SystemExit, match="visual-prompt model: pass --reference"):
+        main(base)
+    with pytest.raises(SystemExit, match="--prompt needs --reference"):
+        main([*base, "--prompt", "box:1,1,5,5"])
+    with pytest.raises(SystemExit, match="cannot read image .*missing.jpg"):
+        main([*base, "--reference", str(tmp_path / "missing.jpg"), "--prompt", "box:1,1,5,5"])
+
+
+def test_predicted_mask_is_the_prompted_colour_with_known_features(tmp_path):
+    reference = colour_image({RED: [(2, 1, 5, 4)], (0, 255, 0): [(5, 5, 8, 8)]})
+    target = colour_image({RED: [(0, 4, 2, 8), (6, 0, 8, 2)], (0, 255, 0): [(3, 3, 5, 5)]})
+    Image.fromarray(target).save(tmp_path / "target.png")
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    report = predict_with_prompts(matcher, [reference], [f"box:{P},{2 * P},{4 * P},{5 * P}"], [tmp_path / "target.png"],
+                                  tmp_path / "out", overlay=True, progress=False, feature_fn=ONE_HOT)
+    assert report.written == [str(tmp_path / "target.png")]
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "target.png")) > 0
+    expected = region([(0, 4, 2, 8), (6, 0, 8, 2)])
+    assert (mask & expected).sum() / (mask | expected).sum() > 0.9
+    panel = Image.open(tmp_path / "out" / "overlays" / "target.png")
+    assert panel.size == (256 + 6 + 256, 256)  # reference with its prompt, then the target
+
+
+def test_render_prompt_tints_and_outlines_only_around_the_prompt():
+    image = Image.new("RGB", (SIZE, SIZE), (0, 0, 0))
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[20:40, 30:60] = True
+    drawn = np.asarray(render_prompt(image, mask)).astype(int)
+    assert drawn[30, 45].sum() > 0 and drawn[80, 80].sum() == 0 and drawn[20, 45].tolist() == [40, 220, 90]
+    torch.manual_seed(0)

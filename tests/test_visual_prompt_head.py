@@ -385,3 +385,16 @@ def test_evaluate_command_scores_a_visual_prompt_model(tmp_path):
     assert report["results"]["data"]["num_queries"] == 6 and 0 <= report["results"]["data"]["mIoU"] <= 1
     assert set(report["info"]["per_class_iou"]["data"]) <= {"red", "green", "blue", "yellow"}
     assert report["info"]["prompt_kind"] == "scribble" and "COCO-20i" in report["protocol"]
+
+
+def test_visual_prompt_demo_runs_end_to_end(tmp_path):
+    from dsunet_hf.cli import build_parser
+    from dsunet_hf.demo import run_visual_prompt_demo
+
+    args = build_parser().parse_args(["demo", "--task", "visual-prompt"])
+    assert args.task == "visual-prompt" and args.max_steps is None and args.output_dir is None
+    run_visual_prompt_demo(tmp_path / "demo", max_steps=2, num_images=16, num_test_images=6, image_size=64)
+    assert (tmp_path / "demo" / "train" / "model" / "README.md").is_file()
+    report = json.loads((tmp_path / "demo" / "evaluation" / "evaluation.json").read_text())
+    assert "mIoU" in report["results"]["textured shapes (test)"] and "COCO-20i" in report["protocol"]
+    assert len(list((tmp_path / "demo" / "predictions" / "overlays").glob("*.png"))) == 5

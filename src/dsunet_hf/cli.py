@@ -166,10 +166,16 @@ def _info(args) -> int:
 
 
 def _demo(args) -> int:
+    if args.task == "visual-prompt":
+        from .demo import run_visual_prompt_demo
+
+        run_visual_prompt_demo(args.output_dir or "outputs/demo-visual-prompt", max_steps=args.max_steps or 600,
+                               seed=args.seed)
+        return 0
     from .demo import run_demo
 
-    run_demo(args.output_dir, data=args.data, backbone=args.backbone, backbone_preset=args.backbone_preset,
-             max_steps=args.max_steps, seed=args.seed)
+    run_demo(args.output_dir or "outputs/demo", data=args.data, backbone=args.backbone,
+             backbone_preset=args.backbone_preset, max_steps=args.max_steps or 150, seed=args.seed)
     return 0
 
 
@@ -229,12 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
 
     demo = commands.add_parser("demo", help="short fine-tune + evaluation + predictions on built-in data")
-    demo.add_argument("--output-dir", default="outputs/demo")
+    demo.add_argument("--output-dir", default=None, help="default: outputs/demo (outputs/demo-visual-prompt)")
     demo.add_argument("--data", default=None, help="image/mask folder (default: generated camouflage-like data)")
     demo.add_argument("--backbone", default=None, help="real SAM 2 weights (Hub id/folder); default: random tiny")
     demo.add_argument("--backbone-preset", default="tiny")
-    demo.add_argument("--max-steps", type=int, default=150)
+    demo.add_argument("--max-steps", type=int, default=None, help="default: 150 (visual-prompt: 600)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--task", default="sam2-unet", choices=["sam2-unet", "visual-prompt"],
+                      help="visual-prompt: train the in-context head on generated textured shapes (600 steps, "
+                           "outputs/demo-visual-prompt)")
     demo.set_defaults(func=_demo)
 
     from .evaluate import add_evaluate_parser

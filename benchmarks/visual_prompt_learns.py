@@ -63,8 +63,9 @@ def oracle_baselines(dataset, classes, present_classes, seed: int) -> dict:
 
 
 def score(model, dataset, classes, names, seed, **kwargs) -> dict:
-    result = evaluate_visual_prompt(model, dataset, classes=classes, id2label=names, seed=seed, **kwargs)
-    return {"mIoU": result["mIoU"], "query_mIoU": result["query_mIoU"], "per_class_iou": result["per_class_iou"]}
+    result = evaluate_visual_prompt(model, dataset, classes=classes, id2label=names, seed=seed, absent_queries=100,
+                                    **kwargs)
+    return {key: result[key] for key in ("mIoU", "query_mIoU", "absent_area", "per_class_iou")}
 
 
 def main() -> None:

@@ -245,7 +245,8 @@ def test_prompt_kinds_are_made_from_the_region():
 def test_episodes_are_reproducible_and_label_the_prompted_class(tmp_path):
     dataset = load_segmentation_dataset(write_label_dataset(tmp_path / "data"))
     model = tiny_model()
-    episodes = VisualPromptEpisodes(dataset, model.default_image_processor(), seed=3, num_references=2)
+    episodes = VisualPromptEpisodes(dataset, model.default_image_processor(), seed=3, num_references=2,
+                                    negative_ratio=0.0)
     assert len(episodes) == 8 and all(len(c) == 2 for c in episodes.classes)
     first = episodes[5]
     assert torch.equal(first["reference_masks"], episodes[5]["reference_masks"])
@@ -257,6 +258,12 @@ def test_episodes_are_reproducible_and_label_the_prompted_class(tmp_path):
     assert flags.sum() == 1 and torch.allclose(first["target_segments"][flags.argmax()], first["labels"])
     batch = collate_visual_prompt([first, episodes[1], episodes[2]])
     assert batch["target_segments"].shape == (3, 2, SIDE, SIDE) and batch["labels"].shape == (3, SIDE, SIDE)
+    negatives = VisualPromptEpisodes(dataset, model.default_image_processor(), seed=3, negative_ratio=1.0,
+                                     classes=episodes.classes)
+    for item in range(4):
+        negative = negatives[item]
+        assert negative["labels"].sum() == 0 and negative["segment_is_prompted"].sum() == 0
+        assert negative["reference_masks"].sum() > 0  # the prompt shows the class on another image
     with pytest.raises(ValueError, match="prompt_kinds"):
         VisualPromptEpisodes(dataset, model.default_image_processor(), prompt_kinds=["lasso"])
 
@@ -298,6 +305,8 @@ def test_evaluation_scores_oracles_exactly(tmp_path):
     assert perfect["mIoU"] == perfect["query_mIoU"] == perfect["FB-IoU"] == 1.0
     assert set(perfect["per_class_iou"]) <= {"red", "green", "blue", "yellow"}
     assert perfect["num_queries"] == sum(len(c) for c in index_classes(dataset))
+    assert evaluate_visual_prompt(_Oracle(folder, "truth"), dataset, absent_queries=5)["absent_area"] == 0.0
+    assert evaluate_visual_prompt(_Oracle(folder, "everything"), dataset, absent_queries=5)["absent_area"] == 1.0
     assert evaluate_visual_prompt(_Oracle(folder, "empty"), dataset)["mIoU"] == 0.0
     everything = evaluate_visual_prompt(_Oracle(folder, "everything"), dataset)
     assert 0.1 < everything["mIoU"] < 0.25  # one 20x20 square of a 48x56 image

@@ -121,7 +121,7 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
     model = VisualPromptForSegmentation.from_pretrained(summary["model_dir"])
     test = load_segmentation_dataset(str(test_dir))
     names = json.loads((test_dir / "id2label.json").read_text())
-    scores = evaluate_visual_prompt(model, test, id2label=names, seed=seed)
+    scores = evaluate_visual_prompt(model, test, id2label=names, seed=seed, absent_queries=40)
     per_class = scores.pop("per_class_iou")
     results = {"textured shapes (test)": scores}
     json_path, markdown_path = write_report(results, output_dir / "evaluation", extra={"per_class_iou": per_class},

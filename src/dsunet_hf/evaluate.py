@@ -320,7 +320,8 @@ SEMANTIC_PROTOCOL = "dataset-level confusion matrix at each label map's size: mI
 VISUAL_PROMPT_PROTOCOL = (
     "one query per (target image, class present), prompted on other image(s) of the class; foreground IoU "
     "accumulated per class (mIoU = mean over classes, COCO-20i style), query_mIoU = mean IoU per query, "
-    "FB-IoU = mean of foreground and background IoU")
+    "FB-IoU = mean of foreground and background IoU; absent_area = mean fraction of a target predicted for a "
+    "prompted class it does not contain")
 
 
 def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict | None = None,
@@ -379,6 +380,8 @@ def add_evaluate_parser(subparsers):
                         help="evaluate only the first N per dataset (visual-prompt models: N queries)")
     parser.add_argument("--shots", type=int, default=1,
                         help="visual-prompt models: reference images per query (other images of the class)")
+    parser.add_argument("--absent-queries", type=int, default=50,
+                        help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
     parser.add_argument("--device", default=None)
@@ -461,7 +464,7 @@ def run_evaluate_cli(args) -> int:
 
                 scores = evaluate_visual_prompt(model, dataset, shots=args.shots, prompt_kind=args.prompt_kind,
                                                 max_queries=args.max_samples, progress=args.progress,
-                                                id2label=_dataset_labels(source))
+                                                id2label=_dataset_labels(source), absent_queries=args.absent_queries)
                 per_class[name] = scores.pop("per_class_iou")
                 results[name] = scores
             elif hasattr(model, "segment"):  # multi-class: mIoU / accuracies, per-class IoU with label names

@@ -41,6 +41,8 @@ METRIC_NAMES: tuple[str, ...] = (
 # Multi-class scalar metrics of SemanticSegmentationMetrics (mIoU there is the class-wise mean IoU).
 SEMANTIC_METRIC_NAMES: tuple[str, ...] = ("mIoU", "mAcc", "aAcc")
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in (*METRIC_NAMES, *SEMANTIC_METRIC_NAMES)}
+# Visual prompting: the area predicted for a prompted class that is absent from the target.
+HIGHER_IS_BETTER["absent_area"] = False
 
 
 def to_uint8_map(probability: Any) -> np.ndarray:

@@ -93,12 +93,14 @@ class VisualPromptEpisodes(torch.utils.data.Dataset):
         processor: resizes and normalises images (the model's ``default_image_processor()``).
         seed: episode seed; ``epoch`` is set by the training loop.
         self_reference_ratio: probability that a reference is the target image itself (flipped independently).
+        negative_ratio: probability that an episode prompts a class *absent* from the target (references from
+            other images; the target mask is empty), so the model learns to answer "not here" too.
         prompt_kinds: the prompt kinds drawn from.
         num_references: references per episode (their prompt tokens are averaged).
         hflip: random horizontal flips of targets and references.
     """
 
-    def __init__(self, dataset, processor, seed: int = 0, self_reference_ratio: float = 0.5,
+    def __init__(self, dataset, processor, seed: int = 0, self_reference_ratio: float = 0.5, negative_ratio: float = 0.2,
                  prompt_kinds: Sequence[str] = PROMPT_KINDS, num_references: int = 1, hflip: bool = True,
                  ignore_index: int = 255, classes: list[tuple[int, ...]] | None = None):
         unknown = sorted(set(prompt_kinds) - set(PROMPT_KINDS))
@@ -110,6 +112,7 @@ class VisualPromptEpisodes(torch.utils.data.Dataset):
         self.processor = processor
         self.seed = int(seed)
         self.self_reference_ratio = float(self_reference_ratio)
+        self.negative_ratio = float(negative_ratio)
         self.prompt_kinds = tuple(prompt_kinds)
         self.num_references = int(num_references)
         self.hflip = bool(hflip)
@@ -149,11 +152,16 @@ class VisualPromptEpisodes(torch.utils.data.Dataset):
         index = self.items[item]
         image, labels = self._flip(*self._load(index), rng)
         prompted = rng.choice(self.classes[index])
+        absent = sorted(set(self.samples_with) - set(self.classes[index]))
+        negative = bool(absent) and rng.random() < self.negative_ratio
+        if negative:
+            prompted = rng.choice(absent)
         side = self.processor.size["height"]
         reference_images, reference_masks = [], []
         for _ in range(self.num_references):
             others = [j for j in self.samples_with[prompted] if j != index]
-            source = index if (not others or rng.random() < self.self_reference_ratio) else rng.choice(others)
+            self_reference = not negative and (not others or rng.random() < self.self_reference_ratio)
+            source = index if self_reference else rng.choice(others)
             ref_image, ref_labels = self._flip(*self._load(source), rng)
             region = ref_labels == prompted
             reference_masks.append(prompt_mask_from_region(region, rng.choice(self.prompt_kinds), rng))
@@ -224,7 +232,8 @@ def evaluation_episodes(classes: list[tuple[int, ...]], shots: int = 1, seed: in
 def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str = "mask", seed: int = 0,
                            max_queries: int | None = None, threshold: float | None = None, id2label: dict | None = None,
                            progress: bool = False, classes: list[tuple[int, ...]] | None = None,
-                           self_reference_fallback: bool = False, **predict_kwargs) -> dict:
+                           self_reference_fallback: bool = False, absent_queries: int = 0,
+                           **predict_kwargs) -> dict:
     """Foreground IoU of ``model.predict_masks(references, prompts, [target])`` over :func:`evaluation_episodes`.
 
     Works for any object with that method (the trained head, the training-free matcher, a baseline). Prompts
@@ -236,6 +245,10 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
     foreground and background IoU, accumulated over all queries), ``num_queries``, ``num_classes`` and
     ``per_class_iou`` (by class name when ``id2label`` is given). ``self_reference_fallback``: see
     :func:`evaluation_episodes`; other keyword arguments go to ``predict_masks`` (e.g. the head's ``mode``).
+
+    ``absent_queries``: also prompt up to this many (target, class *absent* from it) pairs, drawn as a function of
+    ``seed``, and report ``absent_area``: the mean fraction of the target predicted for a class that is not
+    there (0 is right; the COCO-20i protocol never asks, a user does).
     """
     if prompt_kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt_kind {prompt_kind!r}; choose from {PROMPT_KINDS}")
@@ -280,6 +293,23 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
         fg_i, fg_u = fg_i + intersection, fg_u + union
         bg_i += float((~predicted & ~truth & valid).sum())
         bg_u += float(((~predicted | ~truth) & valid).sum())
+    absent_areas = []
+    samples_with: dict[int, list[int]] = {}
+    for index, present in enumerate(classes):
+        for value in present:
+            samples_with.setdefault(value, []).append(index)
+    rng = random.Random(f"{seed}:absent")
+    for _ in range(absent_queries if len(samples_with) > 1 else 0):
+        target_index = rng.randrange(len(classes))
+        missing = sorted(set(samples_with) - set(classes[target_index]))
+        if not missing:
+            continue
+        value = rng.choice(missing)
+        image, labels = sample(rng.choice(samples_with[value]))
+        target, _ = sample(target_index)
+        predicted = np.asarray(model.predict_masks([image], [prompt_mask_from_region(labels == value, prompt_kind, rng)],
+                                                   [target], threshold=threshold, **predict_kwargs)[0], bool)
+        absent_areas.append(float(predicted.mean()))
     if hasattr(model, "train"):
         model.train(was_training)
     per_class = {value: intersections[value] / unions[value] if unions[value] else 1.0 for value in sorted(unions)}
@@ -291,4 +321,6 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
         "num_queries": len(episodes),
         "num_classes": len(per_class),
         "per_class_iou": {names[value]: iou for value, iou in per_class.items()},
+        **({"absent_area": float(np.mean(absent_areas)), "num_absent_queries": len(absent_areas)}
+           if absent_areas else {}),
     }

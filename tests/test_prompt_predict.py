@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from test_visual_prompt_head import tiny_model
-from test_visual_prompt_matcher import ONE_HOT, P, RED, SIZE, colour_image, region, tiny_config
+from test_visual_prompt_matcher import ONE_HOT, RED, SIZE, P, colour_image, region, tiny_config
 
 from dsunet_hf.cli import main
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher

@@ -26,7 +26,11 @@ from dsunet_hf.models.visual_prompt import (
     index_classes,
     prompt_mask_from_region,
 )
-from dsunet_hf.models.visual_prompt.modeling_visual_prompt import dice_loss, pairwise_mask_cost, sigmoid_focal_loss
+from dsunet_hf.models.visual_prompt.modeling_visual_prompt import (
+    dice_loss,
+    pairwise_mask_cost,
+    sigmoid_focal_loss,
+)
 
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
                  image_size=64)

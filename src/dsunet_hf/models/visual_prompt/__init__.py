@@ -4,7 +4,12 @@
 trained DINOv-style in-context head on frozen DINOv2. ``episodes``: training episodes and the evaluation.
 """
 
-from .configuration_visual_prompt import INFERENCE_MODES, MATCHING_MODES, VisualPromptConfig, VisualPromptMatcherConfig
+from .configuration_visual_prompt import (
+    INFERENCE_MODES,
+    MATCHING_MODES,
+    VisualPromptConfig,
+    VisualPromptMatcherConfig,
+)
 from .episodes import (
     PROMPT_KINDS,
     VisualPromptEpisodes,

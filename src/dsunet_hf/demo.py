@@ -132,7 +132,11 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
     labels = load_label_map(test[0]["mask"]) == classes[0][0]
     rows, cols = np.nonzero(labels)
     box = f"box:{cols.min()},{rows.min()},{cols.max() + 1},{rows.max() + 1}"
-    targets = [test[i]["image"] for i in range(1, min(9, len(test)))]
+    # Five images that contain the class and three that do not (the answer there is an empty mask).
+    value = classes[0][0]
+    with_class = [i for i in range(1, len(test)) if value in classes[i]][:5]
+    without = [i for i in range(1, len(test)) if value not in classes[i]][:3]
+    targets = [test[i]["image"] for i in with_class + without]
     report = predict_with_prompts(model, [test[0]["image"]], [box], targets, output_dir / "predictions", overlay=True,
                                   overwrite=True, progress=False)
     print(f"model (with its card): {summary['model_dir']}")

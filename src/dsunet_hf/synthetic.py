@@ -192,7 +192,7 @@ def _class_appearance(class_id: int) -> tuple[str, float, float, np.ndarray, np.
     """(texture kind, angle in radians, period in px, colour A, colour B) of class ``class_id`` (1-based).
 
     The first 8 classes are hand-designed (distinct texture kinds and colours); beyond that, the kind cycles
-    and the colours are hue-rotated and the angle shifted, derived from the id only."""
+    and the colours are hue-rotated (from class 17 on also tinted) and the angle shifted, derived from the id only."""
     index = class_id - 1
     kind = _TEXTURE_KINDS[index % len(_TEXTURE_KINDS)]
     cycle = index // len(_TEXTURE_KINDS)
@@ -201,6 +201,9 @@ def _class_appearance(class_id: int) -> tuple[str, float, float, np.ndarray, np.
         shift = cycle % 3
         first, second = np.roll(first, shift), np.roll(second, shift)
         first = np.clip(first * (0.7 + 0.15 * (cycle % 3)), 0, 255)
+    if cycle >= 2:  # a colour tint too: the roll leaves greys unchanged and cycle 3 rolls back to cycle 0's colours
+        tint = np.roll(np.array([0.8, 1.3, 0.6], np.float32), cycle)
+        first, second = np.clip(first * tint, 0, 255), np.clip(second * tint, 0, 255)
     angle = math.radians((index * 37 + cycle * 23) % 180)
     period = 5.0 + (index * 3 + cycle * 2) % 7
     return kind, angle, period, first, second

@@ -95,3 +95,99 @@ def test_render_prompt_tints_and_outlines_only_around_the_prompt():
     drawn = np.asarray(render_prompt(image, mask)).astype(int)
     assert drawn[30, 45].sum() > 0 and drawn[80, 80].sum() == 0 and drawn[20, 45].tolist() == [40, 220, 90]
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def matcher_folder(tmp_path, offline_hub):
+    """A config-only matcher artifact whose DINOv2 weights come from a tiny model in the offline Hub cache."""
+    from test_visual_prompt_matcher import TINY_DINO
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(1)
+    Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14)).save_pretrained(tmp_path / "dino")
+    offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
+    VisualPromptMatcher.from_pretrained_backbones(tiny_config()).save_pretrained(tmp_path / "matcher")
+    assert sorted(p.name for p in (tmp_path / "matcher").iterdir()) == ["README.md", "config.json"]
+    return tmp_path / "matcher"
+
+
+def test_cli_with_a_config_only_matcher(tmp_path, matcher_folder, images):
+    reference, folder = images
+    (folder / "sub").mkdir()
+    Image.new("RGB", (41, 23), (10, 200, 30)).save(folder / "sub" / "a.jpg")  # same stem, other folder
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(matcher_folder), "--reference", str(reference), "--prompt", "scribble:5,5;40,30",
+            str(folder), "--output-dir", str(out), "--overlay", "--batch-size", "3"]
+    assert main(args) == 1
+    report = json.loads((out / "prediction_report.json").read_text())
+    assert list(report["failed"]) == [str(folder / "broken.png")]
+    assert sorted(report["written"]) == sorted(str(folder / n) for n in ("a.png", "b.png", "c.png", "sub/a.jpg"))
+    assert report["references"] == [str(reference)] and report["prompts"] == ["scribble:5,5;40,30"]
+    matcher = VisualPromptMatcher.from_pretrained(matcher_folder)
+    assert report["threshold"] == matcher.prompt_threshold()
+    for name, source, size in (("a", "a.png", (50, 70)), ("b", "b.png", (64, 64)), ("c", "c.png", (33, 90)),
+                               ("sub/a", "sub/a.jpg", (23, 41))):
+        mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+        assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+        # The same mask as the model's own predict_masks on that target.
+        expected = matcher.predict_masks([reference], ["scribble:5,5;40,30"], [folder / source])[0]
+        assert np.array_equal(mask > 0, expected)
+        panel = Image.open(out / "overlays" / f"{name}.png")
+        assert panel.height == 256 and panel.width == round(80 * 256 / 60) + 6 + round(size[1] * 256 / size[0])
+    assert not (out / "scores").exists()  # only with --save-scores
+    with pytest.raises(SystemExit, match="--mode applies to the trained visual-prompt head"):
+        main([*args, "--mode", "generic"])
+    with pytest.raises(SystemExit, match="visual-prompt model: pass --reference"):
+        main(["predict", "--model", str(matcher_folder), str(folder), "--output-dir", str(out)])
+
+
+def test_reference_needs_a_visual_prompt_model(tmp_path, images):
+    from conftest import tiny_sam2_unet_config
+
+    from dsunet_hf import Sam2UNetForImageSegmentation
+
+    reference, folder = images
+    Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).save_pretrained(tmp_path / "sam2unet",
+                                                                          include_backbone=True)
+    with pytest.raises(SystemExit, match="need a visual-prompt model"):
+        main(["predict", "--model", str(tmp_path / "sam2unet"), "--reference", str(reference), "--prompt",
+              "box:1,1,9,9", str(folder), "--output-dir", str(tmp_path / "out")])
+
+
+class _FixedScores:
+    """Only what predict_with_prompts may rely on: ``segment`` and a config (no ``prompt_threshold``)."""
+
+    def __init__(self, config):
+        self.config, self.calls = config, []
+
+    def segment(self, references, prompts, targets, batch_size=4):
+        self.calls.append(len(targets))
+        return [np.linspace(-1, 1, t.height * t.width, dtype=np.float32).reshape(t.height, t.width) for t in targets]
+
+
+@pytest.mark.parametrize("config, threshold", [(type("C", (), {"score_threshold": 0.5})(), 0.5),
+                                               (object(), 0.0)])
+def test_default_threshold_falls_back_to_the_config_then_zero(tmp_path, images, config, threshold):
+    reference, folder = images
+    model = _FixedScores(config)
+    report = predict_with_prompts(model, [reference], ["point:10,10"], [folder], tmp_path / "out", batch_size=2,
+                                  save_scores=True, progress=False)
+    assert model.calls == [2, 1]  # broken.png is dropped from the first chunk of (a, b, broken), then c
+    assert len(report.written) == 3 and list(report.failed) == [str(folder / "broken.png")]
+    for name in ("a", "b", "c"):
+        score = np.load(tmp_path / "out" / "scores" / f"{name}.npy")
+        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png")) > 0
+        assert score.dtype == np.float32 and np.array_equal(mask, score > threshold)
+    assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["threshold"] == threshold
+
+
+def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
+    reference, folder = images
+    model = _FixedScores(object())
+    with pytest.raises(ValueError, match="malformed box prompt 'box:1,2'"):
+        predict_with_prompts(model, [reference], ["box:1,2"], [folder], tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="need one prompt per reference"):
+        predict_with_prompts(model, [reference, reference], ["box:1,1,9,9"], [folder], tmp_path / "out")
+    with pytest.raises(Exception, match="broken.png"):
+        predict_with_prompts(model, [folder / "broken.png"], ["box:1,1,9,9"], [folder], tmp_path / "out")
+    assert model.calls == [] and not (tmp_path / "out").exists()

@@ -30,9 +30,13 @@ def _predict_with_prompts(args) -> int:
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
                          f"{len(args.prompt or [])} prompt(s))")
-    if _visual_prompt_type(args.model) is None:
+    model_type = _visual_prompt_type(args.model)
+    if model_type is None:
         raise SystemExit(f"predict: --reference/--prompt need a visual-prompt model (model_type visual_prompt or "
                          f"visual_prompt_matcher); {args.model} is not one")
+    if args.mode and model_type != "visual_prompt":
+        raise SystemExit(f"predict: --mode applies to the trained visual-prompt head (model_type visual_prompt); "
+                         f"{args.model} is a {model_type}")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model = AutoModel.from_pretrained(args.model).to(device=args.device or "cpu", dtype=dtype).eval()
     extra = {"mode": args.mode} if args.mode else {}

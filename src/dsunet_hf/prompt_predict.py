@@ -22,7 +22,7 @@ from .image_io import ImageReadError, load_image
 from .predict import PredictionReport, collect_images, overlay_image
 from .prompts import as_prompt, reference_mask
 
-__all__ = ["predict_with_prompts", "prompt_panel", "render_prompt"]
+__all__ = ["default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt"]
 
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
 
@@ -56,6 +56,14 @@ def _prompt_text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else repr(prompt)
 
 
+def default_threshold(model) -> float:
+    """The threshold on ``segment``'s maps: ``model.prompt_threshold()`` where the model has it, else its
+    ``config.score_threshold``, else 0.0 (logits)."""
+    if callable(getattr(model, "prompt_threshold", None)):
+        return float(model.prompt_threshold())
+    return float(getattr(getattr(model, "config", None), "score_threshold", 0.0))
+
+
 def predict_with_prompts(model, references: list, prompts: list, targets: list[str | Path], output_dir: str | Path, *,
                          threshold: float | None = None, overlay: bool = False, overwrite: bool = False,
                          batch_size: int = 4, save_scores: bool = False, progress: bool = True,
@@ -79,7 +87,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
             masks.append(reference_mask(prompt, image))
         except ValueError as error:
             raise ValueError(f"prompt {_prompt_text(given)} on reference {source}: {error}") from error
-    threshold = model.prompt_threshold() if threshold is None else float(threshold)
+    threshold = default_threshold(model) if threshold is None else float(threshold)
     output_dir = Path(output_dir)
     report = PredictionReport()
     pending = []
@@ -95,7 +103,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
         for path, name in pending[start : start + batch_size]:
             try:
                 loaded.append((path, name, load_image(path)))
-            except ImageReadError as error:
+            except (ImageReadError, ValueError, OSError) as error:  # reported, the others go on
                 report.failed[str(path)] = str(error)
                 bar.update(1)
         if not loaded:

@@ -16,7 +16,6 @@ from transformers import AutoModel, Dinov2Config, Dinov2Model
 import dsunet_hf  # noqa: F401  (registers the Auto classes)
 from dsunet_hf.data import load_segmentation_dataset
 from dsunet_hf.models.visual_prompt import (
-    PROMPT_KINDS,
     VisualPromptConfig,
     VisualPromptEpisodes,
     VisualPromptForSegmentation,
@@ -383,10 +382,6 @@ def test_push_and_pull_through_the_offline_hub(tmp_path, offline_hub):
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
 
 
-def test_prompt_kinds_constant():
-    assert PROMPT_KINDS == ("mask", "box", "scribble", "point")
-
-
 def test_evaluate_command_scores_a_visual_prompt_model(tmp_path):
     from dsunet_hf.cli import main
 
@@ -398,6 +393,15 @@ def test_evaluate_command_scores_a_visual_prompt_model(tmp_path):
     assert report["results"]["data"]["num_queries"] == 6 and 0 <= report["results"]["data"]["mIoU"] <= 1
     assert set(report["info"]["per_class_iou"]["data"]) <= {"red", "green", "blue", "yellow"}
     assert report["info"]["prompt_kind"] == "scribble" and "COCO-20i" in report["protocol"]
+    binary = tmp_path / "binary"
+    (binary / "images").mkdir(parents=True)
+    (binary / "masks").mkdir()
+    for index in range(3):  # a binary-mask dataset (0/255): no class to prompt
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(binary / "images" / f"{index}.png")
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(binary / "masks" / f"{index}.png")
+    with pytest.raises(SystemExit, match=f"{binary}: no evaluation query.*class-index label maps"):
+        main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(binary), "--no-progress",
+              "--output-dir", str(tmp_path / "eval2")])
 
 
 def test_visual_prompt_demo_runs_end_to_end(tmp_path):

@@ -462,9 +462,13 @@ def run_evaluate_cli(args) -> int:
             if visual_prompt is not None:  # one query per (image, class): foreground IoU per class
                 from .models.visual_prompt import evaluate_visual_prompt
 
-                scores = evaluate_visual_prompt(model, dataset, shots=args.shots, prompt_kind=args.prompt_kind,
-                                                max_queries=args.max_samples, progress=args.progress,
-                                                id2label=_dataset_labels(source), absent_queries=args.absent_queries)
+                try:
+                    scores = evaluate_visual_prompt(model, dataset, shots=args.shots, prompt_kind=args.prompt_kind,
+                                                    max_queries=args.max_samples, progress=args.progress,
+                                                    id2label=_dataset_labels(source),
+                                                    absent_queries=args.absent_queries)
+                except ValueError as error:
+                    raise SystemExit(f"evaluate: {source}: {error}") from error
                 per_class[name] = scores.pop("per_class_iou")
                 results[name] = scores
             elif hasattr(model, "segment"):  # multi-class: mIoU / accuracies, per-class IoU with label names

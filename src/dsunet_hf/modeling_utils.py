@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_, zeros_
 from transformers.utils import ModelOutput
 
-from .finetune import is_trainable_key, parameter_counts
+from .finetune import add_lora, is_trainable_key, parameter_counts
 from .hub import upload_folder_to_hub
 
 
@@ -104,6 +104,15 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     def num_parameters_summary(self) -> dict[str, int]:
         trainable, total = parameter_counts(self)
         return {"trainable": trainable, "total": total}
+
+    def finish_init(self, lora_module: nn.Module) -> None:
+        """The end of a model's ``__init__``: transformers' weight init, then (strategy ``lora``) peft LoRA on
+        ``lora_module`` — after the init, so it cannot overwrite LoRA's B = 0 start — then what trains."""
+        self.post_init()
+        config = self.config
+        if config.finetune_strategy == "lora":
+            add_lora(lora_module, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        self.apply_finetune_strategy()
 
     def post_init(self):
         # Deformable convs start as plain convs: zero offsets, modulator 2*sigmoid(0) = 1. Marked before the

@@ -145,6 +145,23 @@ def make_camouflage_sample(
     return pil, Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
+def _write_pairs(folder, count: int, make_pair, seed: int) -> Path:
+    """``folder/images/NNNN.png`` + ``folder/masks/NNNN.png`` for ``make_pair(rng)`` -> (image, mask) with the
+    generator seeded ``(seed, i)``: sample ``i`` does not depend on ``count``."""
+    if count < 1:
+        raise ValueError(f"the number of images must be >= 1, got {count}")
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(count - 1)))
+    for i in range(count):
+        image, mask = make_pair(np.random.default_rng([seed, i]))
+        name = f"{i:0{width}d}.png"
+        image.save(root / "images" / name, compress_level=1)
+        mask.save(root / "masks" / name, compress_level=1)
+    return root
+
+
 def make_camouflage_dataset(
     folder: str | os.PathLike,
     num_pairs: int = 48,
@@ -160,18 +177,7 @@ def make_camouflage_dataset(
     Returns:
         ``Path(folder)``.
     """
-    if num_pairs < 1:
-        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
-    root = Path(folder)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    width = max(4, len(str(num_pairs - 1)))
-    for i in range(num_pairs):
-        image, mask = make_camouflage_sample(np.random.default_rng([seed, i]), size)
-        name = f"{i:0{width}d}.png"
-        image.save(root / "images" / name, compress_level=1)
-        mask.save(root / "masks" / name, compress_level=1)
-    return root
+    return _write_pairs(folder, num_pairs, lambda rng: make_camouflage_sample(rng, size), seed)
 
 
 # --- multi-class textured shapes (visual in-context prompting) ----------------------------------------------
@@ -303,18 +309,11 @@ def make_textured_shapes_dataset(
     """Write ``num_images`` textured-shape scenes: ``images/NNNN.png`` (RGB), ``masks/NNNN.png`` (8-bit label
     maps, 0 = background, 1..num_classes) and ``id2label.json``. Sample ``i`` depends only on ``(seed, i)``.
     Loads with :func:`dsunet_hf.data.load_segmentation_dataset`; trains ``--model visual-prompt``."""
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    root = Path(folder)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    width = max(4, len(str(num_images - 1)))
-    for i in range(num_images):
-        image, labels = make_textured_shapes_sample(np.random.default_rng([seed, i]), size, num_classes,
-                                                    classes_per_image, class_ids)
-        name = f"{i:0{width}d}.png"
-        image.save(root / "images" / name, compress_level=1)
-        Image.fromarray(labels, mode="L").save(root / "masks" / name, compress_level=1)
+    def pair(rng):
+        image, labels = make_textured_shapes_sample(rng, size, num_classes, classes_per_image, class_ids)
+        return image, Image.fromarray(labels, mode="L")
+
+    root = _write_pairs(folder, num_images, pair, seed)
     names = {0: "background"}
     names.update({c: TEXTURE_CLASS_NAMES[c - 1] if c <= len(TEXTURE_CLASS_NAMES) else f"class-{c}"
                   for c in range(1, num_classes + 1)})

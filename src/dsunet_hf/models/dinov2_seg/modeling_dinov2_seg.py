@@ -16,7 +16,6 @@ from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
-from ...finetune import add_lora
 from ...modeling_utils import SegmentationPreTrainedModel, run_backbone
 from .configuration_dinov2_seg import Dinov2SegConfig
 
@@ -54,11 +53,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         self.backbone = DINOv2Backbone(config.get_dino_config(), config.upstream_position_interpolation)
         self.layers = [-1] if config.head_type == "linear" else list(range(-config.num_layers, 0))
         self.decode_head = BNHead(len(self.layers) * self.backbone.channels, config.num_labels)
-        self.post_init()
-        if config.finetune_strategy == "lora":
-            add_lora(self.backbone.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                     config.lora_target_modules)
-        self.apply_finetune_strategy()
+        self.finish_init(lora_module=self.backbone.encoder)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
-from ...finetune import add_lora, trainable_summary, uses_adapters
+from ...finetune import trainable_summary, uses_adapters
 from ...hub import render_model_card
 from ...losses import deep_supervision_loss
 from ...modeling_utils import (
@@ -64,11 +64,7 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
         self.side1 = nn.Conv2d(width, 1, kernel_size=1)
         self.side2 = nn.Conv2d(width, 1, kernel_size=1)
         self.head = nn.Conv2d(width, 1, kernel_size=1)
-        self.post_init()
-        if config.finetune_strategy == "lora":
-            add_lora(self.backbone_sam.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                     config.lora_target_modules)
-        self.apply_finetune_strategy()
+        self.finish_init(lora_module=self.backbone_sam.encoder)
 
     def forward(
         self,

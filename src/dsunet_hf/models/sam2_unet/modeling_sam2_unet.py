@@ -12,7 +12,7 @@ from huggingface_hub import ModelCardData
 from torch import nn
 
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
-from ...finetune import add_lora, trainable_summary, uses_adapters
+from ...finetune import trainable_summary, uses_adapters
 from ...hub import render_model_card
 from ...losses import deep_supervision_loss
 from ...modeling_utils import (
@@ -53,14 +53,7 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         self.side1 = nn.Conv2d(width, 1, kernel_size=1)
         self.side2 = nn.Conv2d(width, 1, kernel_size=1)
         self.head = nn.Conv2d(width, 1, kernel_size=1)
-        self.post_init()
-        if config.finetune_strategy == "lora":
-            # After post_init, so transformers' weight init cannot overwrite peft's (B = 0) LoRA init.
-            add_lora(
-                self.backbone.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                config.lora_target_modules,
-            )
-        self.apply_finetune_strategy()
+        self.finish_init(lora_module=self.backbone.encoder)
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs

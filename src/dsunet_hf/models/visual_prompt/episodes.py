@@ -48,6 +48,15 @@ def index_classes(dataset, ignore_index: int = 255, min_pixels: int = 16) -> lis
     return classes
 
 
+def samples_by_class(classes: list[tuple[int, ...]]) -> dict[int, list[int]]:
+    """Class -> the indices of the samples that contain it (from :func:`index_classes`)."""
+    samples_with: dict[int, list[int]] = {}
+    for index, present in enumerate(classes):
+        for value in present:
+            samples_with.setdefault(value, []).append(index)
+    return samples_with
+
+
 def prompt_mask_from_region(region: np.ndarray, kind: str, rng: random.Random) -> np.ndarray:
     """A (H, W) bool prompt of ``kind`` made from a (H, W) bool class region: the region itself (``mask``), its
     bounding box (``box``), a 2-5 vertex polyline through random region pixels drawn with a 3-9 px brush and
@@ -119,10 +128,7 @@ class VisualPromptEpisodes(torch.utils.data.Dataset):
         self.ignore_index = ignore_index
         self.epoch = 0
         self.classes = classes if classes is not None else index_classes(dataset, ignore_index)
-        self.samples_with: dict[int, list[int]] = {}
-        for index, present in enumerate(self.classes):
-            for value in present:
-                self.samples_with.setdefault(value, []).append(index)
+        self.samples_with = samples_by_class(self.classes)
         self.items = [index for index, present in enumerate(self.classes) if present]
         if not self.items:
             raise ValueError("no sample has a labelled class (label maps hold only background 0 / ignored pixels): "
@@ -206,10 +212,7 @@ def evaluation_episodes(classes: list[tuple[int, ...]], shots: int = 1, seed: in
     ``max_queries``, queries are taken round-robin over classes so every class is represented. With
     ``self_reference_fallback``, a class found in too few other images is prompted on the target itself
     (self-referring, as in training; for validation splits too small to pair images)."""
-    samples_with: dict[int, list[int]] = {}
-    for index, present in enumerate(classes):
-        for value in present:
-            samples_with.setdefault(value, []).append(index)
+    samples_with = samples_by_class(classes)
     per_class: dict[int, list[tuple[int, int, list[int]]]] = {}
     for index, present in enumerate(classes):
         for value in present:
@@ -255,7 +258,9 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
     classes = classes if classes is not None else index_classes(dataset)
     episodes = evaluation_episodes(classes, shots, seed, max_queries, self_reference_fallback)
     if not episodes:
-        raise ValueError(f"no evaluation query: no class appears in more than {shots} image(s)")
+        raise ValueError(f"no evaluation query: no class (label value other than background 0 and ignore 255) "
+                         f"appears in more than {shots} image(s); visual-prompt evaluation needs class-index label "
+                         "maps (binary 0/255 masks hold no class)")
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -294,10 +299,7 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
         bg_i += float((~predicted & ~truth & valid).sum())
         bg_u += float(((~predicted | ~truth) & valid).sum())
     absent_areas = []
-    samples_with: dict[int, list[int]] = {}
-    for index, present in enumerate(classes):
-        for value in present:
-            samples_with.setdefault(value, []).append(index)
+    samples_with = samples_by_class(classes)
     rng = random.Random(f"{seed}:absent")
     for _ in range(absent_queries if len(samples_with) > 1 else 0):
         target_index = rng.randrange(len(classes))

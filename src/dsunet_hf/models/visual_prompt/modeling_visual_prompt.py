@@ -42,7 +42,6 @@ from transformers.initialization import normal_, xavier_uniform_, zeros_
 from transformers.utils import ModelOutput
 
 from ...backbones.dinov2 import DINOv2Backbone
-from ...finetune import add_lora
 from ...image_io import load_image
 from ...modeling_utils import check_pixel_values, run_backbone
 from ...prompts import reference_mask
@@ -206,11 +205,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         self.mask_features = MaskFeatureUpsampler(width)
         self.mask_embed = MLP(width, width, width // 8)
         self.score_projection = nn.Linear(width, config.projection_dim, bias=False)
-        self.post_init()
-        if config.finetune_strategy == "lora":
-            add_lora(self.backbone.encoder, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                     config.lora_target_modules)
-        self.apply_finetune_strategy()
+        self.finish_init(lora_module=self.backbone.encoder)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

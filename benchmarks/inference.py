@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py --model birefnet --preset BiRefNet_lite --batch-size 1 \\
         [--device cuda] [--dtype bfloat16] [--compile] [--channels-last] [--reference /path/to/BiRefNet]
+    python benchmarks/inference.py --model dsunet --reference /path/to/SAM2DINO-Seg --reference-dinov2 /path/to/dinov2
 
 Random weights (no downloads). ``--dtype bfloat16|float16`` runs under autocast with fp32 weights.
 ``--reference`` times the authors' implementation (a checkout, loaded at run time; see upstream.py) in
@@ -44,8 +45,7 @@ def build(model_name: str, preset: str | None):
     return spec.model_class(config).eval()
 
 
-def native_inputs(model, batch_size: int, device) -> dict[str, torch.Tensor]:
-    config = model.config
+def native_inputs(config, batch_size: int, device) -> dict[str, torch.Tensor]:
     size = getattr(config, "image_size", None) or getattr(config, "crop_size", 518)
     height, width = size if isinstance(size, (list, tuple)) else (size, size)
     inputs = {"pixel_values": torch.randn(batch_size, 3, height, width, device=device)}
@@ -70,37 +70,27 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure(fn, device: torch.device, warmup: int, repeats: int) -> dict:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
     start = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    sync()
-    warmup_seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    result = {"warmup_seconds": round(warmup_seconds, 3), "latency_ms_median": round(1000 * statistics.median(times), 2),
-              "latency_ms_p90": round(1000 * times[min(len(times) - 1, int(0.9 * len(times)))], 2)}
-    if device.type == "cuda":
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    else:
-        result["peak_rss_gib_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
-    return result
+    fn()
+    sync(device)
+    return time.perf_counter() - start
 
 
-def run(model, call, inputs, args, device) -> dict:
-    """``call(model, inputs)`` timed under inference_mode (+ autocast / channels_last / compile as asked)."""
+def peak_memory(device: torch.device, key: str = "peak_rss_gib_process") -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+    return {key: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def prepare(model, call, inputs, args, device):
+    """``call(model, inputs)`` as a step under inference_mode (+ autocast / channels_last / compile as asked)."""
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -113,34 +103,52 @@ def run(model, call, inputs, args, device) -> dict:
         with torch.inference_mode(), precision:
             return call(model, inputs)
 
-    result = measure(step, device, args.warmup, args.repeats)
+    return step
+
+
+def warm_up(step, device: torch.device, warmup: int) -> float:
+    return sum(timed(step, device) for _ in range(warmup))
+
+
+def summarise(times: list[float], warmup_seconds: float, step, batch: int, device: torch.device) -> dict:
+    """Median / p90 latency, throughput and FLOP/s (FLOPs counted on one more call)."""
+    times = sorted(times)
+    seconds = statistics.median(times)
     flops = count_flops(step)
-    batch = next(iter(inputs.values())).shape[0]
-    seconds = result["latency_ms_median"] / 1000
-    result.update({
-        "images_per_second": round(batch / seconds, 3),
-        "gflops_per_image": round(flops / batch / 1e9, 2),
-        "achieved_tflops": round(flops / seconds / 1e12, 4),
-    })
+    result = {"warmup_seconds": round(warmup_seconds, 3), "latency_ms_median": round(1000 * seconds, 2),
+              "latency_ms_p90": round(1000 * times[min(len(times) - 1, int(0.9 * len(times)))], 2),
+              "images_per_second": round(batch / seconds, 3), "gflops_per_image": round(flops / batch / 1e9, 2),
+              "achieved_tflops": round(flops / seconds / 1e12, 4)}
     peak = bf16_peak(device)
     if peak:
         result["fraction_of_bf16_peak"] = round(flops / seconds / 1e12 / peak, 4)
     return result
 
 
-def reference_model(args):
-    from upstream import build_upstream_birefnet, build_upstream_sam2_unet
+def run(step, batch: int, args, device) -> dict:
+    """Warm-up, then ``--repeats`` timed calls; memory is this model's (CUDA) or the process's (CPU RSS)."""
+    warmup_seconds = warm_up(step, device, args.warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = [timed(step, device) for _ in range(args.repeats)]
+    return {**summarise(times, warmup_seconds, step, batch, device), **peak_memory(device)}
 
-    if args.model == "birefnet":
-        from dsunet_hf.models.birefnet.configuration_birefnet import VARIANTS
 
-        backbone = VARIANTS[args.preset or "BiRefNet"][0]["backbone"]
-        return build_upstream_birefnet(args.reference, backbone), lambda m, x: m(x["pixel_values"])[-1]
-    if args.model == "sam2-unet":
-        if (args.preset or "large") != "large":
-            raise SystemExit("the authors' SAM2-UNet exists for Hiera-L only: use --preset large")
-        return build_upstream_sam2_unet(args.reference), lambda m, x: m(x["pixel_values"])[0]
-    raise SystemExit(f"--reference is supported for birefnet and sam2-unet, not {args.model}")
+def run_interleaved(steps: dict, batch: int, args, device) -> dict:
+    """Both models warmed up, then timed alternately (ours, theirs, ours, ...), so that drift in the
+    machine's speed (shared CPUs, clocks) falls on both alike. CUDA memory: one more call each."""
+    warmups = {name: warm_up(step, device, args.warmup) for name, step in steps.items()}
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(timed(step, device))
+    results = {name: summarise(times[name], warmups[name], step, batch, device) for name, step in steps.items()}
+    for name, step in steps.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+        results[name].update(peak_memory(device, "peak_rss_gib_process_both_models"))
+    return results
 
 
 def main() -> None:
@@ -155,28 +163,43 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference", default=None, help="checkout of the authors' repository")
+    parser.add_argument("--reference-dinov2", default=None,
+                        help="checkout of facebookresearch/dinov2 (the authors' DSU-Net loads DINOv2 via torch.hub)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="with --reference: keep both models and time them alternately (robust to drift)")
     parser.add_argument("--reference-same-flags", action="store_true", help="apply dtype/compile/... to it too")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build(args.model, args.preset).to(device)
-    inputs = native_inputs(model, args.batch_size, device)
+    inputs = native_inputs(model.config, args.batch_size, device)
     flags = {k: getattr(args, k) for k in ("dtype", "compile", "channels_last")}
     report = {
         "benchmark": "inference", "date": datetime.date.today().isoformat(), "model": args.model,
         "preset": args.preset, "batch_size": args.batch_size, "input_shape": list(inputs["pixel_values"].shape),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__, "platform": platform.platform(), "ours_flags": flags,
-        "ours": run(model, lambda m, x: m(**x).logits, inputs, args, device),
     }
-    if args.reference:
-        del model
-        reference, call = reference_model(args)
-        same = args.reference_same_flags
-        ref_args = args if same else argparse.Namespace(**{**vars(args), "dtype": "float32", "compile": False,
-                                                            "channels_last": False})
+    batch = args.batch_size
+    ours = prepare(model, lambda m, x: m(**x).logits, inputs, args, device)
+    if not args.reference:
+        report["ours"] = run(ours, batch, args, device)
+    else:
+        from upstream import build_reference
+
+        if not args.interleave:  # one model in memory at a time
+            report["ours"] = run(ours, batch, args, device)
+            del model, ours
+        reference, maps = build_reference(args.model, args.reference, args.preset, args.reference_dinov2)
+        ref_args = args if args.reference_same_flags else argparse.Namespace(
+            **{**vars(args), "dtype": "float32", "compile": False, "channels_last": False})
         report["reference_flags"] = {k: getattr(ref_args, k) for k in ("dtype", "compile", "channels_last")}
-        report["reference"] = run(reference.to(device), call, inputs, ref_args, device)
+        theirs = prepare(reference.to(device), lambda m, x: maps(m, x)[-1], inputs, ref_args, device)
+        if args.interleave:
+            report.update(run_interleaved({"ours": ours, "reference": theirs}, batch, args, device))
+        else:
+            report["reference"] = run(theirs, batch, ref_args, device)
+        report["timing"] = "interleaved" if args.interleave else "sequential"
         report["ours_over_reference_throughput"] = round(
             report["ours"]["images_per_second"] / report["reference"]["images_per_second"], 3)
     text = json.dumps(report, indent=2)

@@ -3,11 +3,13 @@
     python benchmarks/training.py --model sam2-unet --preset large --batch-size 2 \\
         [--strategies adapter frozen] [--checkpointing both] [--device cuda] [--dtype bfloat16] \\
         [--reference /path/to/SAM2-UNet]
+    python benchmarks/training.py --model dsunet --strategies adapter --checkpointing off \\
+        --reference /path/to/SAM2DINO-Seg --reference-dinov2 /path/to/dinov2
 
 Each (strategy, checkpointing) runs in a fresh process so that peak memory is its own (CPU: peak RSS; CUDA:
 max_memory_allocated). One step = forward with labels, backward, AdamW step, at the model's native size,
-random weights. ``--reference`` (sam2-unet) times the authors' model doing the same step (adapters and
-decoder train, structure loss on its three outputs, as their train.py). JSON on stdout. Not a test.
+random weights. ``--reference`` (sam2-unet, dsunet) times the authors' model doing the same step (adapters,
+fusion and decoder train, structure loss on its three outputs, as their train.py). JSON on stdout. Not a test.
 """
 
 from __future__ import annotations
@@ -49,23 +51,24 @@ def timed_steps(step, device: torch.device, warmup: int, steps: int) -> list[flo
     return times
 
 
-def one_configuration(args, strategy: str, checkpointing: bool) -> dict:
+def one_configuration(args, strategy: str, checkpointing: bool, reference: bool) -> dict:
     from inference import native_inputs
 
     from dsunet_hf.models import get_model_spec
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    if args.reference:
-        from upstream import build_upstream_sam2_unet
+    if reference:
+        from upstream import build_reference
 
         from dsunet_hf.losses import structure_loss
 
-        model = build_upstream_sam2_unet(args.reference).to(device).train()
-        size = 352
+        model, maps = build_reference(args.model, args.reference, args.preset, args.reference_dinov2)
+        model = model.to(device).train()
+        config = get_model_spec(args.model).config_class()  # the same native sizes as ours
 
         def loss_fn(batch, labels):
-            return sum(structure_loss(out, labels) for out in model(batch["pixel_values"]))
+            return sum(structure_loss(out, labels) for out in maps(model, batch))
     else:
         spec = get_model_spec(args.model)
         fields = {"finetune_strategy": strategy}
@@ -77,14 +80,10 @@ def one_configuration(args, strategy: str, checkpointing: bool) -> dict:
         model = spec.model_class(config).to(device).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
-        size = None
 
         def loss_fn(batch, labels):
             return model(**batch, labels=labels).loss
-    if size is None:
-        batch = native_inputs(model, args.batch_size, device)
-    else:
-        batch = {"pixel_values": torch.randn(args.batch_size, 3, size, size, device=device)}
+    batch = native_inputs(config, args.batch_size, device)
     labels = (torch.rand(args.batch_size, 1, *batch["pixel_values"].shape[-2:], device=device) > 0.5).float()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
@@ -99,7 +98,7 @@ def one_configuration(args, strategy: str, checkpointing: bool) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     times = timed_steps(step, device, args.warmup, args.steps)
-    return {"strategy": "upstream (adapter)" if args.reference else strategy, "gradient_checkpointing": checkpointing,
+    return {"strategy": "upstream (adapter)" if reference else strategy, "gradient_checkpointing": checkpointing,
             "trainable_params": sum(p.numel() for p in trainable),
             "step_seconds_median": round(statistics.median(times), 3),
             "steps_per_second": round(1 / statistics.median(times), 4), **peak_memory(device)}
@@ -116,23 +115,24 @@ def main() -> None:
     parser.add_argument("--checkpointing", default="both", choices=["off", "on", "both"])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--reference", default=None, help="checkout of WZH0120/SAM2-UNet (sam2-unet only)")
-    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", default=None, help="checkout of the authors' repository (sam2-unet, dsunet)")
+    parser.add_argument("--reference-dinov2", default=None, help="checkout of facebookresearch/dinov2 (dsunet)")
+    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference and args.model not in ("sam2-unet", "dsunet"):
+        parser.error("--reference trains the authors' SAM2-UNet or DSU-Net only")
     if args.child:
-        print(json.dumps(one_configuration(args, args.child[0], args.child[1] == "on")))
+        strategy, mode, who = args.child
+        print(json.dumps(one_configuration(args, strategy, mode == "on", who == "reference")))
         return
     strategies = args.strategies or STRATEGIES.get(args.model, ["adapter", "lora", "frozen", "full"])
     modes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.checkpointing]
-    runs = [(s, m) for s in strategies for m in modes]
+    runs = [(s, m, "ours") for s in strategies for m in modes]
     if args.reference:
-        runs.append(("adapter", "off"))
+        runs.append(("adapter", "off", "reference"))
     results = []
-    for index, (strategy, mode) in enumerate(runs):
-        reference = args.reference if args.reference and index == len(runs) - 1 else None
-        command = [sys.executable, __file__, *sys.argv[1:], "--child", strategy, mode]
-        if not reference:
-            command = [c for i, c in enumerate(command) if c != "--reference" and (i == 0 or command[i - 1] != "--reference")]
+    for strategy, mode, who in runs:
+        command = [sys.executable, __file__, *sys.argv[1:], "--child", strategy, mode, who]
         output = subprocess.run(command, capture_output=True, text=True)
         if output.returncode:
             results.append({"strategy": strategy, "gradient_checkpointing": mode == "on",

@@ -2,6 +2,10 @@
 ``--reference`` benchmarks and the opt-in parity tests.
 
 - SAM2-UNet: github.com/WZH0120/SAM2-UNet (needs Meta's ``sam2`` package, the ``[sam2]`` extra).
+- DSU-Net: github.com/CheneyXuYiMin/SAM2DINO-Seg (needs PyWavelets, einops and the ``sam2`` package) with
+  DINOv2 from a checkout of github.com/facebookresearch/dinov2 (``torch.hub.load(..., source="local")``, no
+  download). Its plotting / preprocessing imports (matplotlib, torchvision, pytorch_wavelets, torchinfo)
+  are never called on the model path and get stand-ins when they cannot be imported.
 - BiRefNet: github.com/ZhengPeng7/BiRefNet (needs einops and kornia). Its global ``Config`` hard-codes the
   backbone; it is switched to the one asked for. Where torchvision / timm cannot be imported (torchvision
   wheels do not import next to torch 2.13 CPU), stand-ins provide the few names it imports; the deformable
@@ -14,6 +18,7 @@ import contextlib
 import importlib
 import sys
 import types
+from pathlib import Path
 
 import torch
 
@@ -107,3 +112,78 @@ def build_upstream_sam2_unet(checkout: str) -> torch.nn.Module:
         module.build_sam2 = lambda cfg, checkpoint=None: build_sam.build_sam2(cfg, checkpoint, device="cpu")
         model = module.SAM2UNet()
     return model.eval()
+
+
+def _dsunet_standins() -> dict[str, types.ModuleType]:
+    """Stand-ins for imports the authors' DSU-Net files make but never use on the model's forward path."""
+    modules = {}
+
+    def stub(name: str, **attributes) -> None:
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        modules[name] = module
+
+    for name in ("torchinfo", "torchsummary"):
+        stub(name, summary=None)
+    if not _importable("matplotlib"):
+        stub("matplotlib", rcParams={})
+    if not _importable("pytorch_wavelets"):
+        stub("pytorch_wavelets", DWTForward=None)  # used only by the unused Down_wt block
+    stub("sam2dino_seg.self_transforms.preprocess_image", transforms_image=None)  # imports torchvision
+    stub("visualize.features_vis", visualize_feature_maps_mean=None, visualize_feature_maps_pca=None,
+         visualize_feature_maps_tsne=None)  # imports matplotlib, sklearn, torchvision
+    return modules
+
+
+def build_upstream_dsunet(checkout: str, dinov2_checkout: str, sam_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml",
+                          dino_model: str = "dinov2_vitl14") -> torch.nn.Module:
+    """The authors' ``DGSUNet()`` (SAM 2.1 Hiera-L + DINOv2-L, random weights) built on the CPU, eval mode.
+
+    DINOv2 comes from ``dinov2_checkout`` through torch.hub's local source with ``pretrained=False``; the
+    SAM 2 trunk from Meta's installed ``sam2`` package (the checkout's own copy of it is not imported)."""
+    # imported before the checkout joins sys.path, so the checkout's own sam2/ copy never shadows it
+    from sam2 import build_sam
+
+    for name in ("pywt", "einops"):
+        if not _importable(name):
+            raise ImportError(f"the authors' DSU-Net needs {name}: pip install {'PyWavelets' if name == 'pywt' else name}")
+    hub_load = torch.hub.load
+
+    def local_hub_load(repo, model, *args, pretrained=True, **kwargs):
+        return hub_load(str(dinov2_checkout), model, *args, source="local", pretrained=False, **kwargs)
+
+    package = str(Path(checkout) / "sam2dino_seg")
+    with _isolated_imports(checkout, _dsunet_standins()):
+        sys.path.insert(0, package)  # DGSUNet.py imports its siblings as top-level modules
+        torch.hub.load = local_hub_load
+        try:
+            sam2hiera = importlib.import_module("backbone.sam2hiera")
+            # random weights on the CPU: DGSUNet() falls back to a Windows checkpoint path and CUDA
+            sam2hiera.build_sam2 = lambda cfg, checkpoint=None: build_sam.build_sam2(cfg, None, device="cpu")
+            with contextlib.redirect_stdout(sys.stderr):  # its "No ... specified" prints; stdout carries JSON
+                model = importlib.import_module("DGSUNet").DGSUNet(dino_model, "facebookresearch/dinov2", sam_config)
+        finally:
+            torch.hub.load = hub_load
+            sys.path.remove(package)
+    return model.eval()
+
+
+def build_reference(model_name: str, checkout: str, preset: str | None = None, dinov2_checkout: str | None = None):
+    """The authors' model for ``model_name`` and ``maps(model, inputs)``: its prediction maps, final map last,
+    from our benchmark inputs (``pixel_values``, and ``dino_pixel_values`` for DSU-Net)."""
+    if model_name == "birefnet":
+        from dsunet_hf.models.birefnet.configuration_birefnet import VARIANTS
+
+        backbone = VARIANTS[preset or "BiRefNet"][0]["backbone"]
+        return build_upstream_birefnet(checkout, backbone), lambda m, x: [m(x["pixel_values"])[-1]]
+    if model_name in ("sam2-unet", "dsunet") and (preset or "large") != "large":
+        raise SystemExit(f"the authors' {model_name} exists for Hiera-L only: use --preset large")
+    if model_name == "sam2-unet":  # returns (final, side 1/16, side 1/8)
+        return build_upstream_sam2_unet(checkout), lambda m, x: list(m(x["pixel_values"]))[::-1]
+    if model_name == "dsunet":  # DGSUNet(x_dino, x_sam) returns (side 1/16, side 1/8, final)
+        if not dinov2_checkout:
+            raise SystemExit("the authors' DSU-Net loads DINOv2 through torch.hub: pass --reference-dinov2 "
+                             "with a checkout of facebookresearch/dinov2")
+        return (build_upstream_dsunet(checkout, dinov2_checkout),
+                lambda m, x: list(m(x["dino_pixel_values"], x["pixel_values"])))
+    raise SystemExit(f"--reference is supported for birefnet, sam2-unet and dsunet, not {model_name}")

@@ -178,3 +178,61 @@ def test_autocast_and_channels_last_stay_close_to_fp32(artifact, images, tmp_pat
     reference = np.asarray(Image.open(tmp_path / "fp32" / "masks" / "a.png"), dtype=np.float32)
     fast = np.asarray(Image.open(tmp_path / "fast" / "masks" / "a.png"), dtype=np.float32)
     assert np.abs(reference - fast).max() <= 8  # bf16: about 2 of 255 grey levels
+
+
+def test_native_size_keeps_aspect_caps_the_longest_side_and_rounds_to_32():
+    from dsunet_hf.predict import native_size
+
+    assert native_size(63, 95) == (64, 96)
+    assert native_size(1000, 3000, max_side=2048) == (672, 2048)  # x0.683, then multiples of 32
+    assert native_size(10, 10) == (32, 32)
+    assert native_size(2304, 1700, max_side=4096) == (2304, 1696)
+
+
+def test_native_resolution_runs_each_image_at_its_size_in_batches_of_equal_size(artifact, tmp_path):
+    from dsunet_hf.predict import native_size
+
+    model, _ = artifact
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # -> 64 x 96 inputs
+        Image.fromarray(rng.integers(0, 255, (63, 95 + i, 3), dtype=np.uint8)).save(folder / f"wide{i}.png")
+    for i in range(2):  # -> 96 x 64
+        Image.fromarray(rng.integers(0, 255, (97 + i, 64, 3), dtype=np.uint8)).save(folder / f"tall{i}.png")
+    rotated = Image.fromarray(rng.integers(0, 255, (64, 97, 3), dtype=np.uint8))  # stored wide, shown tall
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(folder / "rotated.jpg", exif=exif)
+    (folder / "bad.png").write_bytes(b"not an image")
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["pixel_values"].shape)), with_kwargs=True)
+    try:
+        report = predict_files(model, processor, [folder], tmp_path / "out", batch_size=2, resolution="native",
+                               progress=False)
+    finally:
+        hook.remove()
+    assert sorted(shapes) == sorted([(2, 3, 64, 96), (1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 96, 64)])
+    assert len(report.written) == 6 and list(report.failed) == [str(folder / "bad.png")]
+    for path in sorted(folder.iterdir()):  # each mask equals that image alone at its own size
+        if path.name == "bad.png":
+            continue
+        from dsunet_hf.image_io import load_image
+
+        image = load_image(path)
+        inputs = processor([image], size=native_size(image.height, image.width))
+        with torch.no_grad():
+            logits = model(pixel_values=inputs["pixel_values"]).logits
+        expected = processor.post_process_semantic_segmentation(logits, target_sizes=inputs["original_sizes"])[0]
+        written = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{path.stem}.png"), dtype=np.float32)
+        assert written.shape == (image.height, image.width)
+        assert np.abs(written - (expected.numpy() * 255).round()).max() <= 1
+
+
+def test_native_resolution_is_refused_for_fixed_size_models(artifact, images, tmp_path):
+    model, _ = artifact
+    two_views = SegmentationImageProcessor(size=TINY_SIZE, extra_sizes={"dino_pixel_values": 56})
+    with pytest.raises(ValueError, match="native"):
+        predict_files(model, two_views, [images], tmp_path / "out", resolution="native", progress=False)

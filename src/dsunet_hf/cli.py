@@ -80,6 +80,7 @@ def _predict(args) -> int:
         model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
         minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout, overwrite=args.overwrite,
         num_workers=args.num_workers, autocast_dtype=autocast, channels_last=args.channels_last,
+        resolution=args.resolution, max_side=args.max_side,
     )
     if not state.is_main_process:
         return 0
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv decoders")
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (long first call)")
     predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    predict.add_argument("--resolution", default="model", choices=["model", "native"],
+                         help="native: each image at its own size (multiples of 32, at most --max-side; for "
+                              "BiRefNet_dynamic/_HR and other any-size models), batched by equal size")
+    predict.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
     predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                          help="visual-prompt models: an example image (repeat for several; one --prompt each)")
     predict.add_argument("--prompt", action="append", default=[], metavar="PROMPT",

@@ -106,15 +106,16 @@ class SegmentationImageProcessor(BaseImageProcessor):
             arr = (arr - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         return arr.transpose(2, 0, 1)
 
-    def _mask_to_array(self, mask: np.ndarray) -> np.ndarray:
-        h, w = self.size["height"], self.size["width"]
+    def _mask_to_array(self, mask: np.ndarray, size: dict[str, int] | None = None) -> np.ndarray:
+        h, w = (size or self.size)["height"], (size or self.size)["width"]
         # Resize the 8-bit "L" mask like upstream (binary_loader -> convert("L") -> bicubic Resize).
         im = Image.fromarray(np.round(mask * 255.0).astype(np.uint8))
         if im.size != (w, h):
             im = im.resize((w, h), resample=Image.Resampling.BICUBIC)
         return (np.asarray(im, dtype=np.float32) / np.float32(255.0))[None]
 
-    def __call__(self, images: Any, masks: Any = None, return_tensors: str | None = "pt") -> BatchFeature:
+    def __call__(self, images: Any, masks: Any = None, return_tensors: str | None = "pt",
+                 size: int | dict[str, int] | None = None) -> BatchFeature:
         """Prepare images (and optionally masks) for the model.
 
         Args:
@@ -122,16 +123,20 @@ class SegmentationImageProcessor(BaseImageProcessor):
                 :func:`dsunet_hf.image_io.load_image`).
             masks: optional mask or list of masks, one per image, same size as its image.
             return_tensors: ``"pt"`` for torch tensors, ``"np"`` or ``None`` for numpy arrays.
+            size: resize to this size instead of ``self.size`` for this call (e.g. an image's own
+                resolution for models that take any size, see ``predict_files(resolution="native")``).
 
         Returns:
             :class:`~transformers.BatchFeature` with ``pixel_values`` float32 (B, 3, H, W),
             ``original_sizes`` (list of ``(height, width)`` after EXIF orientation) and, with
             masks, ``labels`` float32 (B, 1, H, W) in [0, 1].
         """
-        return self.preprocess(images, masks=masks, return_tensors=return_tensors)
+        return self.preprocess(images, masks=masks, return_tensors=return_tensors, size=size)
 
-    def preprocess(self, images: Any, masks: Any = None, return_tensors: str | None = "pt") -> BatchFeature:
+    def preprocess(self, images: Any, masks: Any = None, return_tensors: str | None = "pt",
+                   size: int | dict[str, int] | None = None) -> BatchFeature:
         """Same as calling the processor."""
+        size = self.size if size is None else _normalize_size(size)
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         image_list = _as_list(images)
@@ -144,9 +149,9 @@ class SegmentationImageProcessor(BaseImageProcessor):
         for i, item in enumerate(image_list):
             image = load_image(item)
             original_sizes.append((image.height, image.width))
-            pixel_values.append(self._image_to_array(image))
-            for name, size in self.extra_sizes.items():
-                extra[name].append(self._image_to_array(image, size))
+            pixel_values.append(self._image_to_array(image, size))
+            for name, extra_size in self.extra_sizes.items():
+                extra[name].append(self._image_to_array(image, extra_size))
             if mask_list is not None:
                 mask = load_mask(mask_list[i])
                 if mask.shape != (image.height, image.width):
@@ -154,7 +159,7 @@ class SegmentationImageProcessor(BaseImageProcessor):
                         f"{_describe(mask_list[i], 'mask', i)} has size {mask.shape[1]}x{mask.shape[0]} (WxH) "
                         f"but {_describe(item, 'image', i)} has size {image.width}x{image.height}"
                     )
-                labels.append(self._mask_to_array(mask))
+                labels.append(self._mask_to_array(mask, size))
 
         data: dict[str, Any] = {"pixel_values": np.stack(pixel_values)}
         data.update({name: np.stack(arrays) for name, arrays in extra.items()})

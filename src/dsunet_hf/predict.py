@@ -95,11 +95,41 @@ def predict_probabilities(model, processor, images: list, minmax_normalize: bool
     )
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Decoding and resizing in DataLoader workers, so the device does not wait on JPEG decoding."""
+def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32) -> tuple[int, int]:
+    """An image's own resolution as a model input: scaled down (aspect kept) so that no side exceeds
+    ``max_side``, then each side rounded to the nearest multiple of ``divisor`` (at least one multiple)."""
+    scale = min(1.0, max_side / max(height, width))
+    return tuple(max(divisor, round(side * scale / divisor) * divisor) for side in (height, width))
 
-    def __init__(self, items: list[tuple[Path, Path]], processor, preprocess: bool):
-        self.items, self.processor, self.preprocess = items, processor, preprocess
+
+def _stored_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) after EXIF orientation from the file header alone; None if it cannot be read
+    (the file then fails, and is reported, when it is decoded)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap the sides
+                width, height = height, width
+        return height, width
+    except Exception:  # any unreadable header: decoding reports the real error
+        return None
+
+
+def size_buckets(sizes: list[tuple[int, int] | None], batch_size: int) -> list[list[int]]:
+    """Batches of indices whose inputs share one size (order of first appearance), so that images at
+    their own resolution still run in full batches; unknown sizes go one per batch."""
+    buckets: dict = {}
+    for index, size in enumerate(sizes):
+        buckets.setdefault(size if size is not None else ("unknown", index), []).append(index)
+    return [members[i:i + batch_size] for members in buckets.values() for i in range(0, len(members), batch_size)]
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decoding and resizing in DataLoader workers, so the device does not wait on JPEG decoding.
+    ``sizes`` (one per item, or None for the processor's size) resize each image to its own input size."""
+
+    def __init__(self, items: list[tuple[Path, Path]], processor, preprocess: bool, sizes: list | None = None):
+        self.items, self.processor, self.preprocess, self.sizes = items, processor, preprocess, sizes
 
     def __len__(self) -> int:
         return len(self.items)
@@ -110,7 +140,8 @@ class _ImageFiles(torch.utils.data.Dataset):
             image = load_image(path)
         except (ImageReadError, ValueError, OSError) as error:
             return {"path": path, "name": name, "error": str(error)}
-        inputs = self.processor([image]) if self.preprocess else None
+        size = self.sizes[index] if self.sizes else None
+        inputs = self.processor([image], size=size) if self.preprocess else None
         return {"path": path, "name": name, "image": image, "inputs": inputs}
 
 
@@ -142,6 +173,8 @@ def predict_files(
     num_workers: int = 0,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    resolution: str = "model",
+    max_side: int = 2048,
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
@@ -150,6 +183,11 @@ def predict_files(
     process) and the main process writes the merged report. ``autocast_dtype`` (bf16/fp16) runs the forward
     under autocast with fp32 weights; ``channels_last`` feeds NHWC inputs to the conv decoders (call
     ``model.to(memory_format=torch.channels_last)`` too).
+
+    ``resolution="native"`` runs each image at its own size (see :func:`native_size`: at most ``max_side``,
+    multiples of 32) instead of the processor's fixed size, for models that take any size (BiRefNet,
+    notably BiRefNet_dynamic and _HR; SAM2-UNet); images are grouped into batches of equal input size
+    (size bucketing), read from the file headers, so batches stay full without padding.
     """
     import contextlib
 
@@ -168,9 +206,21 @@ def predict_files(
             pending.append((path, name))
     parameter = next(model.parameters())
     semantic = hasattr(model, "segment")  # multi-class: palette PNGs of class indices, overlays with a legend
+    if resolution not in ("model", "native"):
+        raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
+    if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
+        raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
+                         f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
     with state.split_between_processes(pending) as mine:
+        mine = list(mine)
+        if resolution == "native":
+            stored = [_stored_size(path) for path, _ in mine]
+            sizes = [native_size(*size, max_side=max_side) if size else None for size in stored]
+            batching = {"batch_sampler": size_buckets(sizes, batch_size)}
+        else:
+            sizes, batching = None, {"batch_size": batch_size}
         loader = torch.utils.data.DataLoader(
-            _ImageFiles(list(mine), processor, preprocess=not semantic), batch_size=batch_size,
+            _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
             num_workers=num_workers, collate_fn=_keep_items, pin_memory=parameter.device.type == "cuda",
         )
         bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process))

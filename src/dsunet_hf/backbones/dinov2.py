@@ -113,19 +113,34 @@ class DINOv2Backbone(nn.Module):
         tokens = self.encoder(pixel_values).last_hidden_state  # already through the final LayerNorm
         return self._to_map(tokens, *pixel_values.shape[-2:])
 
+    def block_index(self, layer: int) -> int:
+        """1-based block index of ``layer`` (negative counts from the end: -1 = the last block)."""
+        depth = self.config.num_hidden_layers
+        index = layer + depth + 1 if layer < 0 else layer
+        if not 1 <= index <= depth:
+            raise ValueError(f"layer {layer} is out of range for a {depth}-block DINOv2 (use 1..{depth} or -{depth}..-1)")
+        return index
+
+    def block_tokens(self, pixel_values: torch.Tensor, indices: list[int]) -> dict[int, torch.Tensor]:
+        """Tokens after the given 1-based blocks, before the final LayerNorm; stops after the deepest one.
+
+        Runs the embeddings and blocks directly rather than ``output_hidden_states=True``: transformers'
+        output capturing enters a lock that torch.compile cannot trace (a graph break per call)."""
+        hidden = self.encoder.embeddings(pixel_values)
+        wanted, tokens = set(indices), {}
+        for index, block in enumerate(self.encoder.encoder.layer[: max(indices)], start=1):
+            hidden = block(hidden)
+            if index in wanted:
+                tokens[index] = hidden
+        return tokens
+
     def forward_layers(self, pixel_values: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
         """Maps after the given 1-based blocks (negative counts from the end, -1 = last), each through the
         final LayerNorm, as NCHW patch-token maps."""
-        depth = self.config.num_hidden_layers
-        indices = []
-        for layer in layers:
-            index = layer + depth + 1 if layer < 0 else layer
-            if not 1 <= index <= depth:
-                raise ValueError(f"layer {layer} is out of range for a {depth}-block DINOv2 (use 1..{depth} or -{depth}..-1)")
-            indices.append(index)
-        hidden_states = self.encoder(pixel_values, output_hidden_states=True).hidden_states  # [embeddings, block 1, ...]
+        indices = [self.block_index(layer) for layer in layers]
+        tokens = self.block_tokens(pixel_values, indices)
         height, width = pixel_values.shape[-2:]
-        return [self._to_map(self.encoder.layernorm(hidden_states[i]), height, width) for i in indices]
+        return [self._to_map(self.encoder.layernorm(tokens[i]), height, width) for i in indices]
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's tensors under plain (transformers-5) ``Dinov2Model`` names."""

@@ -257,6 +257,7 @@ class DeformableConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 1, bias: bool = False):
         super().__init__()
+        _check_torchvision()  # probe the backend now: an import inside torch.compile's trace breaks the graph
         kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")

@@ -317,12 +317,10 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         functions L2-normalise."""
         backbone = self.backbone
         check_pixel_values(pixel_values, backbone.patch_size)
-        depth = backbone.config.num_hidden_layers
-        layer = self.config.feature_layer
-        index = layer + depth + 1 if layer < 0 else layer
+        index = backbone.block_index(self.config.feature_layer)
         parameter = next(self.parameters())
         pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-        hidden = backbone.encoder(pixel_values, output_hidden_states=True).hidden_states[index]
+        hidden = backbone.block_tokens(pixel_values, [index])[index]
         if self.config.feature_layer_norm:
             hidden = backbone.encoder.layernorm(hidden)
         return backbone._to_map(hidden, *pixel_values.shape[-2:]).float()

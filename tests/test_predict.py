@@ -158,12 +158,16 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     for i in range(7):
         Image.new("RGB", (40 + i, 30), (i * 30, 100, 50)).save(images / f"{i}.png")
     (images / "bad.png").write_bytes(b"not an image")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "dsunet_hf.cli",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dsunet_hf.cli",
                "predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "out"),
                "--batch-size", "2", "--num-workers", "0"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
+    # One process group (not two processes that each predict everything, as accelerate leaves torchrun on a
+    # CPU-only machine unless told cpu=True): only the main process prints the summary.
+    assert result.stdout.count(" written, ") == 1, result.stdout + result.stderr[-3000:]
+    assert "7 written, 0 already present, 1 failed" in result.stdout
     assert sorted(report["written"]) == sorted(str(images / f"{i}.png") for i in range(7)), result.stderr[-2000:]
     assert list(report["failed"]) == [str(images / "bad.png")]
     assert len(list((tmp_path / "out" / "masks").iterdir())) == 7

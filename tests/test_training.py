@@ -81,6 +81,23 @@ def test_accelerate_launch_on_generated_data(generated_data, tmp_path):
     assert model(torch.randn(1, 3, TINY_SIZE, TINY_SIZE)).logits.shape == (1, 1, TINY_SIZE, TINY_SIZE)
 
 
+def test_torchrun_on_cpu_trains_as_one_process_group(generated_data, tmp_path):
+    # accelerate forms a CPU process group only when told cpu=True; without it the two processes would each
+    # train alone, race to write the same checkpoints and each print a summary.
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "examples" / "train.py"), "--train-data", str(generated_data), "--output-dir", str(output),
+               "--backbone", "random", "--backbone-preset", "tiny", "--config-overrides", TINY_OVERRIDES,
+               "--image-size", str(TINY_SIZE), "--batch-size", "2", "--max-steps", "2", "--eval-steps", "2",
+               "--report-to", "none", "--validation-ratio", "0.25"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count('"global_step"') == 1, result.stdout
+    assert "[RANK 1]" not in result.stderr and "[RANK 0] Saving current state" in result.stderr
+    check_run_outputs(output, "camo")
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
 def test_accelerate_launch_on_real_samples(tmp_path):
     output = tmp_path / "ecssd"

@@ -56,8 +56,8 @@ def _predict_with_prompts(args) -> int:
 
 def _predict(args) -> int:
     import torch
-    from accelerate import PartialState
 
+    from .distributed import process_state
     from .predict import load_model_and_processor, predict_files
 
     if args.reference:
@@ -68,7 +68,7 @@ def _predict(args) -> int:
         raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
                          "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    state = PartialState()  # under `accelerate launch`: one device per process, the files split between them
+    state = process_state(args.device)  # under `accelerate launch` / torchrun: one device per process, files split
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
     if args.channels_last:

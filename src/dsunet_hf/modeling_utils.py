@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_, zeros_
 from transformers.utils import ModelOutput
 
-from .finetune import add_lora, is_trainable_key, parameter_counts
-from .hub import upload_folder_to_hub
+from .finetune import add_lora, is_trainable_key, parameter_counts, trainable_summary
+from .hub import render_model_card, upload_folder_to_hub
 
 
 @dataclass
@@ -214,6 +214,29 @@ class SegmentationPreTrainedModel(PreTrainedModel):
 
     def model_card(self, metrics: dict | None = None, dataset_names: list[str] | None = None, **extra) -> ModelCard:
         raise NotImplementedError
+
+    @staticmethod
+    def card_metadata(*, license: str, tags: list[str], base_models: list[str],
+                      dataset_names: list[str] | None = None) -> ModelCardData:
+        """The card's YAML header; ``base_models`` keeps only Hub ids (``org/name``), not local paths."""
+        hub_ids = [r for r in base_models if r and r.count("/") == 1 and not r.startswith((".", "/", "~"))]
+        return ModelCardData(
+            license=license, library_name="dsunet-hf", pipeline_tag="image-segmentation", tags=tags,
+            base_model=(hub_ids[0] if len(hub_ids) == 1 else hub_ids) or None,
+            datasets=list(dataset_names) if dataset_names else None,
+        )
+
+    def render_card(self, template: str, card_data: ModelCardData, *, metrics: dict | None = None,
+                    dataset_names: list[str] | None = None, repo_id: str | None = None, **variables) -> ModelCard:
+        """Render ``model_cards/<template>`` with what every card shows (repo, config, parameter counts, what
+        trains, metrics, data sets) plus the model's own ``variables``."""
+        trainable, total = parameter_counts(self)
+        return render_model_card(
+            template, card_data, repo_id=repo_id or "path/to/this-model", config=self.config,
+            trainable_params=f"{trainable:,}", total_params=f"{total:,}",
+            trainable_percent=f"{100 * trainable / max(total, 1):.2f}", summary=trainable_summary(self),
+            metrics=metrics or {}, dataset_names=list(dataset_names or []), **variables,
+        )
 
     def push_to_hub(
         self,

@@ -191,10 +191,12 @@ def predict_files(
     """
     import contextlib
 
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    from .distributed import process_state
+
+    parameter = next(model.parameters())
+    state = process_state(parameter.device)
     output_dir = Path(output_dir)
     report = PredictionReport()
     pending = []
@@ -204,7 +206,6 @@ def predict_files(
             report.skipped_existing.append(str(path))
         else:
             pending.append((path, name))
-    parameter = next(model.parameters())
     semantic = hasattr(model, "segment")  # multi-class: palette PNGs of class indices, overlays with a legend
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")

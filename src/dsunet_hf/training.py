@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from .distributed import use_cpu
 from .files import write_json_atomic
 from .predict import pixel_inputs
 
@@ -301,6 +302,7 @@ def train(args: TrainingArguments) -> dict:
         raise ValueError("--push-to-hub needs --hub-model-id")
     report_to = None if args.report_to in ("none", "", None) else args.report_to
     accelerator = Accelerator(
+        cpu=use_cpu(),  # torchrun on a CPU-only machine: one process group, not N independent runs
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
@@ -508,5 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 
     summary = train(parse_args(argv))
-    print(json.dumps(summary, indent=2, default=str))
+    from .distributed import process_state
+
+    if process_state().is_main_process:  # one summary per run, not one per process
+        print(json.dumps(summary, indent=2, default=str))
     return 0

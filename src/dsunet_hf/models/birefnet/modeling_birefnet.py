@@ -18,11 +18,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import ModelCardData
 from torch import nn
 
-from ...finetune import add_lora, trainable_summary
-from ...hub import render_model_card
+from ...finetune import add_lora
 from ...losses import birefnet_pixel_loss, outward_reference_loss
 from ...modeling_utils import (
     SegmentationOutput,
@@ -453,28 +451,13 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
 
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
         config = self.config
-        trainable, total = self.num_parameters_summary().values()
-        card_data = ModelCardData(
-            license="mit",
-            library_name="dsunet-hf",
-            pipeline_tag="image-segmentation",
+        card_data = self.card_metadata(
+            license="mit", base_models=[config.base_repo_id], dataset_names=dataset_names,
             tags=["image-segmentation", "birefnet", "background-removal", "dichotomous-image-segmentation",
                   "dsunet-hf", f"finetune-{config.finetune_strategy}"],
-            base_model=config.base_repo_id if config.base_repo_id.count("/") == 1 else None,
-            datasets=list(dataset_names) if dataset_names else None,
         )
-        return render_model_card(
-            "birefnet.md",
-            card_data,
-            repo_id=repo_id or "path/to/this-model",
-            config=config,
-            trainable_params=f"{trainable:,}",
-            total_params=f"{total:,}",
-            trainable_percent=f"{100 * trainable / total:.2f}",
-            summary=trainable_summary(self),
-            metrics=metrics or {},
-            dataset_names=list(dataset_names or []),
-        )
+        return self.render_card("birefnet.md", card_data, metrics=metrics, dataset_names=dataset_names,
+                                repo_id=repo_id)
 
 
 __all__ = ["BiRefNetForImageSegmentation", "BiRefNetOutput", "image_to_patch_channels", "grey_laplacian"]

@@ -137,22 +137,13 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         return SegmentationImageProcessor(size=self.config.crop_size)
 
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
-        from huggingface_hub import ModelCardData
-
-        from ...finetune import trainable_summary
-        from ...hub import render_model_card
-
         config = self.config
-        card_data = ModelCardData(
-            license="apache-2.0", library_name="dsunet-hf", pipeline_tag="image-segmentation",
+        card_data = self.card_metadata(
+            license="apache-2.0", base_models=[config.backbone_repo_id], dataset_names=dataset_names,
             tags=["semantic-segmentation", "dinov2", "dsunet-hf", f"head-{config.head_type}"],
-            base_model=config.backbone_repo_id if "/" in config.backbone_repo_id else None,
-            datasets=list(dataset_names) if dataset_names else None,
         )
-        return render_model_card("dinov2_seg.md", card_data, repo_id=repo_id or "path/to/this-model", config=config,
-                                 summary=trainable_summary(self), metrics=metrics or {},
-                                 labels=[config.id2label[i] for i in sorted(config.id2label)],
-                                 dataset_names=list(dataset_names or []))
+        return self.render_card("dinov2_seg.md", card_data, metrics=metrics, dataset_names=dataset_names,
+                                repo_id=repo_id, labels=[config.id2label[i] for i in sorted(config.id2label)])
 
     # --- frozen backbone --------------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import ModelCardData
 from torch import nn
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
-from ...finetune import trainable_summary, uses_adapters
-from ...hub import render_model_card
+from ...finetune import uses_adapters
 from ...losses import deep_supervision_loss
 from ...modeling_utils import (
     SegmentationOutput,
@@ -120,21 +118,12 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
 
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
         config = self.config
-        trainable, total = self.num_parameters_summary().values()
-        card_data = ModelCardData(
-            license="apache-2.0",
-            library_name="dsunet-hf",
-            pipeline_tag="image-segmentation",
+        card_data = self.card_metadata(
+            license="apache-2.0", base_models=[config.sam_backbone_repo_id, config.dino_backbone_repo_id],
+            dataset_names=dataset_names,
             tags=["image-segmentation", "dsunet", "sam2", "dinov2", "dsunet-hf", f"finetune-{config.finetune_strategy}"],
-            base_model=[r for r in (config.sam_backbone_repo_id, config.dino_backbone_repo_id) if "/" in r and not r.startswith((".", "/"))] or None,
-            datasets=list(dataset_names) if dataset_names else None,
         )
-        return render_model_card(
-            "dsunet.md", card_data, repo_id=repo_id or "path/to/this-model", config=config,
-            trainable_params=f"{trainable:,}", total_params=f"{total:,}",
-            trainable_percent=f"{100 * trainable / total:.2f}", summary=trainable_summary(self),
-            metrics=metrics or {}, dataset_names=list(dataset_names or []),
-        )
+        return self.render_card("dsunet.md", card_data, metrics=metrics, dataset_names=dataset_names, repo_id=repo_id)
 
 
 __all__ = ["DSUNetForImageSegmentation", "DSUNetOutput"]

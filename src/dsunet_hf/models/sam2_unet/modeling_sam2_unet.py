@@ -8,12 +8,10 @@ built, so DDP needs no ``find_unused_parameters``.
 from __future__ import annotations
 
 import torch
-from huggingface_hub import ModelCardData
 from torch import nn
 
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
-from ...finetune import trainable_summary, uses_adapters
-from ...hub import render_model_card
+from ...finetune import uses_adapters
 from ...losses import deep_supervision_loss
 from ...modeling_utils import (
     SegmentationOutput,
@@ -89,27 +87,12 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
 
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
         config = self.config
-        trainable, total = self.num_parameters_summary().values()
-        card_data = ModelCardData(
-            license="apache-2.0",
-            library_name="dsunet-hf",
-            pipeline_tag="image-segmentation",
+        card_data = self.card_metadata(
+            license="apache-2.0", base_models=[config.backbone_repo_id], dataset_names=dataset_names,
             tags=["image-segmentation", "sam2-unet", "sam2", "dsunet-hf", f"finetune-{config.finetune_strategy}"],
-            base_model=config.backbone_repo_id if "/" in config.backbone_repo_id else None,
-            datasets=list(dataset_names) if dataset_names else None,
         )
-        return render_model_card(
-            "sam2_unet.md",
-            card_data,
-            repo_id=repo_id or "path/to/this-model",
-            config=config,
-            trainable_params=f"{trainable:,}",
-            total_params=f"{total:,}",
-            trainable_percent=f"{100 * trainable / total:.2f}",
-            summary=trainable_summary(self),
-            metrics=metrics or {},
-            dataset_names=list(dataset_names or []),
-        )
+        return self.render_card("sam2_unet.md", card_data, metrics=metrics, dataset_names=dataset_names,
+                                repo_id=repo_id)
 
 
 __all__ = ["Sam2UNetForImageSegmentation", "Sam2UNetOutput"]

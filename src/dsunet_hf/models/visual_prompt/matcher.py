@@ -277,14 +277,9 @@ class DinoVisualPromptModel(SegmentationPreTrainedModel):
         return SegmentationImageProcessor(size=self.config.image_size)
 
     def card_data(self, extra_tags: list[str], dataset_names=None):
-        from huggingface_hub import ModelCardData
-
-        repo = self.config.dino_backbone_repo_id
-        return ModelCardData(
-            license="apache-2.0", library_name="dsunet-hf", pipeline_tag="image-segmentation",
+        return self.card_metadata(
+            license="apache-2.0", base_models=[self.config.dino_backbone_repo_id], dataset_names=dataset_names,
             tags=["visual-prompting", "in-context-segmentation", "dinov2", "dsunet-hf", *extra_tags],
-            base_model=repo if "/" in repo and not repo.startswith((".", "/", "~")) else None,
-            datasets=list(dataset_names) if dataset_names else None,
         )
 
 

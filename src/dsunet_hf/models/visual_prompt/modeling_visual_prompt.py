@@ -432,10 +432,5 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
 
     # --- card ------------------------------------------------------------------------------------------
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
-        from ...finetune import trainable_summary
-        from ...hub import render_model_card
-
-        return render_model_card("visual_prompt.md", self.card_data([], dataset_names),
-                                 repo_id=repo_id or "path/to/this-model", config=self.config,
-                                 summary=trainable_summary(self), metrics=metrics or {},
-                                 dataset_names=list(dataset_names or []))
+        return self.render_card("visual_prompt.md", self.card_data([], dataset_names), metrics=metrics,
+                                dataset_names=dataset_names, repo_id=repo_id)

@@ -1,15 +1,17 @@
 """Training speed and peak memory per fine-tuning strategy, with and without gradient checkpointing.
 
     python benchmarks/training.py --model sam2-unet --preset large --batch-size 2 \\
-        [--strategies adapter frozen] [--checkpointing both] [--device cuda] [--dtype bfloat16] \\
-        [--reference /path/to/SAM2-UNet]
+        [--strategies adapter frozen] [--checkpointing both] [--device cuda] [--dtype bfloat16] [--compile] \\
+        [--reference /path/to/SAM2-UNet] [--reference-same-flags]
     python benchmarks/training.py --model dsunet --strategies adapter --checkpointing off \\
         --reference /path/to/SAM2DINO-Seg --reference-dinov2 /path/to/dinov2
 
 Each (strategy, checkpointing) runs in a fresh process so that peak memory is its own (CPU: peak RSS; CUDA:
 max_memory_allocated). One step = forward with labels, backward, AdamW step, at the model's native size,
 random weights. ``--reference`` (sam2-unet, dsunet) times the authors' model doing the same step (adapters,
-fusion and decoder train, structure loss on its three outputs, as their train.py). JSON on stdout. Not a test.
+fusion and decoder train, structure loss on its three outputs, as their train.py) as published: fp32, eager
+(``--reference-same-flags`` gives it ``--dtype``/``--compile`` too); each of our runs then carries its
+steps/s and peak-memory ratios to it. JSON on stdout. Not a test.
 """
 
 from __future__ import annotations
@@ -87,7 +89,10 @@ def one_configuration(args, strategy: str, checkpointing: bool, reference: bool)
     labels = (torch.rand(args.batch_size, 1, *batch["pixel_values"].shape[-2:], device=device) > 0.5).float()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    same_flags = not reference or args.reference_same_flags
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype] if same_flags else None
+    if args.compile and same_flags:  # compiled forward (loss included for ours); backward through AOTAutograd
+        model = torch.compile(model)
 
     def step():
         precision = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -111,12 +116,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile)")
     parser.add_argument("--strategies", nargs="+", default=None)
     parser.add_argument("--checkpointing", default="both", choices=["off", "on", "both"])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--reference", default=None, help="checkout of the authors' repository (sam2-unet, dsunet)")
     parser.add_argument("--reference-dinov2", default=None, help="checkout of facebookresearch/dinov2 (dsunet)")
+    parser.add_argument("--reference-same-flags", action="store_true", help="apply --dtype/--compile to it too")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference and args.model not in ("sam2-unet", "dsunet"):
@@ -139,9 +146,17 @@ def main() -> None:
                             "error": output.stderr.strip().splitlines()[-1:]})
             continue
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
+    reference = next((r for r in results if r["strategy"].startswith("upstream") and "error" not in r), None)
+    memory_key = "peak_memory_gib" if torch.device(args.device).type == "cuda" else "peak_rss_gib"
+    for result in results:
+        if reference and result is not reference and "error" not in result:
+            result["steps_per_second_over_reference"] = round(
+                result["steps_per_second"] / reference["steps_per_second"], 3)
+            result["peak_memory_over_reference"] = round(result[memory_key] / reference[memory_key], 3)
     print(json.dumps({"benchmark": "training", "date": datetime.date.today().isoformat(), "model": args.model,
                       "preset": args.preset, "batch_size": args.batch_size, "device": args.device,
-                      "dtype": args.dtype, "results": results}, indent=2))
+                      "dtype": args.dtype, "compile": args.compile, "reference_same_flags": args.reference_same_flags,
+                      "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Issue 8's GPU figures, one part per call so that each fits a 10-minute device command:
+#
+#   bash benchmarks/gpu_suite.sh sam2-unet        # inference, batch 1 and 32: authors (fp32, eager) vs ours
+#   bash benchmarks/gpu_suite.sh sam2-unet-train  # adapter training, batch 12: steps/s and peak memory
+#   bash benchmarks/gpu_suite.sh dsunet           # inference, batch 1 and 16
+#   bash benchmarks/gpu_suite.sh dsunet-train     # adapter training, batch 12
+#   bash benchmarks/gpu_suite.sh birefnet         # BiRefNet inference at 1024², ours fp32 vs ours fast
+#
+# Needs .gpu/ from benchmarks/gpu_prepare.sh (the device call carries it). Ours runs as published by this
+# package's fast paths (FAST, default: bf16 autocast + torch.compile + channels_last) and plain fp32; the
+# authors' code as they publish it (fp32, no compile), in the same process. JSON files go to $OUT (the device
+# tool's folder that comes back) or benchmarks/results/gpu. DEVICE, BATCHES, TRAIN_BATCH, WARMUP, REPEATS,
+# STEPS and FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
+set -euo pipefail
+part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet}
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out=${OUT:-$root/benchmarks/results/gpu}
+mkdir -p "$out"
+device=${DEVICE:-cuda}
+warmup=${WARMUP:-3}
+repeats=${REPEATS:-10}
+steps=${STEPS:-5}
+read -r -a fast <<< "${FAST:---dtype bfloat16 --compile --channels-last}"
+
+# The authors' code needs Meta's sam2 (+ hydra, iopath) and PyWavelets: installed from .gpu/packages into a
+# private folder, never into the machine's Python.
+site=/tmp/gpu-suite-site
+if [ -d .gpu/packages ] && [ ! -d "$site/sam2" ]; then
+  SAM2_BUILD_CUDA=0 python3 -m pip install --quiet --no-index --no-deps --no-build-isolation --no-compile \
+    --target "$site" .gpu/packages/* >&2
+fi
+export PYTHONPATH="$root/src:$site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" >&2
+
+bench() {  # bench NAME SCRIPT ARGS...: one JSON file per measurement; a failure is reported, the rest go on
+  local name=$1 script=$2
+  shift 2
+  echo "== $name: $script $*" >&2
+  if ! (cd "$root/benchmarks" && python3 "$script" --device "$device" "$@") > "$out/$name.json.tmp"; then
+    echo "!! $name failed" >&2
+    rm -f "$out/$name.json.tmp"
+    return 0
+  fi
+  mv "$out/$name.json.tmp" "$out/$name.json"
+}
+
+sam2unet=(--reference "$root/.gpu/SAM2-UNet")
+dsunet=(--reference "$root/.gpu/SAM2DINO-Seg" --reference-dinov2 "$root/.gpu/dinov2")
+timing=(--warmup "$warmup" --repeats "$repeats")
+case "$part" in
+  sam2-unet)
+    for batch in ${BATCHES:-1 32}; do
+      bench "sam2unet_infer_fp32_b$batch" inference.py --model sam2-unet --preset large --batch-size "$batch" \
+        "${timing[@]}" "${sam2unet[@]}"
+      bench "sam2unet_infer_fast_b$batch" inference.py --model sam2-unet --preset large --batch-size "$batch" \
+        "${timing[@]}" "${fast[@]}" "${sam2unet[@]}"
+    done ;;
+  dsunet)
+    for batch in ${BATCHES:-1 16}; do
+      bench "dsunet_infer_fp32_b$batch" inference.py --model dsunet --batch-size "$batch" "${timing[@]}" "${dsunet[@]}"
+      bench "dsunet_infer_fast_b$batch" inference.py --model dsunet --batch-size "$batch" "${timing[@]}" \
+        "${fast[@]}" "${dsunet[@]}"
+    done ;;
+  sam2-unet-train | dsunet-train)
+    model=${part%-train}
+    if [ "$model" = sam2-unet ]; then extra=(--preset large "${sam2unet[@]}"); else extra=("${dsunet[@]}"); fi
+    fast_train=("${fast[@]/--channels-last/}")  # training.py has no channels_last switch
+    batch=${TRAIN_BATCH:-12}
+    bench "${model}_train_fp32_b$batch" training.py --model "$model" --batch-size "$batch" --strategies adapter \
+      --checkpointing both --steps "$steps" "${extra[@]}"
+    bench "${model}_train_fast_b$batch" training.py --model "$model" --batch-size "$batch" --strategies adapter \
+      --checkpointing both --steps "$steps" ${fast_train[@]} "${extra[@]}" ;;
+  birefnet)
+    for batch in ${BATCHES:-1 8}; do
+      bench "birefnet_infer_fp32_b$batch" inference.py --model birefnet --preset BiRefNet --batch-size "$batch" "${timing[@]}"
+      bench "birefnet_infer_fast_b$batch" inference.py --model birefnet --preset BiRefNet --batch-size "$batch" \
+        "${timing[@]}" "${fast[@]}"
+    done ;;
+  *) echo "unknown part $part" >&2; exit 2 ;;
+esac
+ls -l "$out" >&2

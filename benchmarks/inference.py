@@ -32,12 +32,13 @@ import torch
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
-def build(model_name: str, preset: str | None):
+def build(model_name: str, preset: str | None, backbone: str | None = None):
     from dsunet_hf.models import get_model_spec
 
     spec = get_model_spec(model_name)
-    if model_name == "birefnet":
-        config = spec.config_class.from_variant(preset or "BiRefNet", finetune_strategy="full")
+    if model_name == "birefnet":  # backbone: another encoder than the variant's (e.g. pvt_v2_b2)
+        config = spec.config_class.from_variant(preset or "BiRefNet", finetune_strategy="full",
+                                                **({"backbone": backbone} if backbone else {}))
     elif model_name == "dsunet":
         config = spec.config_class(**({"sam_preset": preset} if preset else {}))
     else:
@@ -62,9 +63,21 @@ def bf16_peak(device: torch.device) -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
+def _count_cpu_sdpa() -> None:
+    """torch's flop counter knows the CUDA SDPA kernels but not the CPU one, so on a CPU every fused
+    attention (Hiera, DINOv2, Swin, PVT-v2, SFF) would count 0 FLOPs; give it the same formula."""
+    from torch.utils import flop_counter
+
+    cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_op is not None and cpu_op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(cpu_op)(
+            lambda query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(query, key, value))
+
+
 def count_flops(fn) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
+    _count_cpu_sdpa()
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -155,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sam2-unet", help="sam2-unet | dsunet | birefnet | dinov2-seg")
     parser.add_argument("--preset", default=None, help="size preset (sam2-unet: tiny..large; birefnet: variant)")
+    parser.add_argument("--backbone", default=None, help="birefnet: encoder other than the variant's, e.g. pvt_v2_b2")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -171,12 +185,15 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build(args.model, args.preset).to(device)
+    if args.backbone and args.model != "birefnet":
+        parser.error("--backbone applies to birefnet")
+    model = build(args.model, args.preset, args.backbone).to(device)
     inputs = native_inputs(model.config, args.batch_size, device)
     flags = {k: getattr(args, k) for k in ("dtype", "compile", "channels_last")}
     report = {
         "benchmark": "inference", "date": datetime.date.today().isoformat(), "model": args.model,
-        "preset": args.preset, "batch_size": args.batch_size, "input_shape": list(inputs["pixel_values"].shape),
+        "preset": args.preset, "backbone": args.backbone, "batch_size": args.batch_size,
+        "input_shape": list(inputs["pixel_values"].shape),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__, "platform": platform.platform(), "ours_flags": flags,
     }
@@ -190,7 +207,8 @@ def main() -> None:
         if not args.interleave:  # one model in memory at a time
             report["ours"] = run(ours, batch, args, device)
             del model, ours
-        reference, maps = build_reference(args.model, args.reference, args.preset, args.reference_dinov2)
+        reference, maps = build_reference(args.model, args.reference, args.preset, args.reference_dinov2,
+                                          backbone=args.backbone)
         ref_args = args if args.reference_same_flags else argparse.Namespace(
             **{**vars(args), "dtype": "float32", "compile": False, "channels_last": False})
         report["reference_flags"] = {k: getattr(ref_args, k) for k in ("dtype", "compile", "channels_last")}

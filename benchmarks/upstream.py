@@ -168,13 +168,15 @@ def build_upstream_dsunet(checkout: str, dinov2_checkout: str, sam_config: str =
     return model.eval()
 
 
-def build_reference(model_name: str, checkout: str, preset: str | None = None, dinov2_checkout: str | None = None):
+def build_reference(model_name: str, checkout: str, preset: str | None = None, dinov2_checkout: str | None = None,
+                    backbone: str | None = None):
     """The authors' model for ``model_name`` and ``maps(model, inputs)``: its prediction maps, final map last,
-    from our benchmark inputs (``pixel_values``, and ``dino_pixel_values`` for DSU-Net)."""
+    from our benchmark inputs (``pixel_values``, and ``dino_pixel_values`` for DSU-Net). ``backbone``
+    (BiRefNet) replaces the variant's encoder."""
     if model_name == "birefnet":
         from dsunet_hf.models.birefnet.configuration_birefnet import VARIANTS
 
-        backbone = VARIANTS[preset or "BiRefNet"][0]["backbone"]
+        backbone = backbone or VARIANTS[preset or "BiRefNet"][0]["backbone"]
         return build_upstream_birefnet(checkout, backbone), lambda m, x: [m(x["pixel_values"])[-1]]
     if model_name in ("sam2-unet", "dsunet") and (preset or "large") != "large":
         raise SystemExit(f"the authors' {model_name} exists for Hiera-L only: use --preset large")

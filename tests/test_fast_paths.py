@@ -94,3 +94,30 @@ def test_sff_attention_takes_the_fused_kernel_not_the_math_fallback(train):
     names = {event.name for event in trace.events()}
     assert not any("attention_math" in name for name in names), sorted(n for n in names if "attention" in n)
     assert any("scaled_dot_product_flash_attention" in name for name in names)
+
+
+def test_pvt_v2_attention_is_fused_and_equals_transformers_eager_attention():
+    """transformers' PVT-v2 computes the attention eagerly (a (H/4*W/4) x (H/32*W/32) score matrix per head,
+    1.3x slower than BiRefNet's code at 1024 px); ours fuses it with SDPA, as upstream does, same result."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dsunet_hf.backbones.pvt_v2 import PvtV2Backbone, pvt_v2_config
+
+    torch.manual_seed(0)
+    backbone = PvtV2Backbone(pvt_v2_config("pvt_v2_b0")).eval()
+    pixels = torch.randn(2, 3, 128, 96)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as trace:
+        fused = backbone(pixels)
+    names = {event.name for event in trace.events()}
+    assert any("scaled_dot_product" in name for name in names) and "aten::softmax" not in names
+    for layer in backbone.model.encoder.layers:
+        for block in layer.blocks:
+            del block.attention.forward  # back to transformers' eager PvtV2SelfAttention.forward
+    with torch.no_grad():
+        eager = backbone(pixels)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(fused, eager))
+    # the probabilities, when asked for, still come from the eager path
+    block = backbone.model.encoder.layers[0].blocks[0]
+    tokens = torch.randn(1, 32 * 24, block.attention.hidden_size)
+    assert len(PvtV2Backbone(backbone.config).model.encoder.layers[0].blocks[0].attention(
+        tokens, 32, 24, output_attentions=True)) == 2

@@ -10,8 +10,9 @@ Differences from a plain transformers ``PvtV2Backbone`` and how they are handled
   ``nn.LayerNorm(dim)`` (eps 1e-5) and only the block and stage norms with eps 1e-6; transformers uses
   ``config.layer_norm_eps`` (1e-6) for all of them, so ``PvtV2Backbone`` sets those two kinds back to
   ``UPSTREAM_DEFAULT_EPS``;
-- transformers computes the attention eagerly (upstream: ``F.scaled_dot_product_attention``); same result,
-  more memory at large inputs (the stage-1 score matrix is ``(H/4 * W/4) x (H/32 * W/32)`` per head).
+- transformers computes the attention eagerly and keeps the stage-1 score matrix (``(H/4 * W/4) x
+  (H/32 * W/32)`` per head: 256 MB per image at 1024 px); upstream calls ``F.scaled_dot_product_attention``,
+  and so does ``PvtV2Backbone`` (``_sdpa_attention_forward``: the same operations and result, fused).
 
 Official key map (upstream ``pvt_v2`` names without BiRefNet's ``bb.`` prefix -> ours, which are
 ``PvtV2Backbone.state_dict()`` names without the leading ``model.``; ``{i}`` stage from 0, ``{s}`` =
@@ -41,7 +42,10 @@ Any other official key, and any of our keys left unproduced, is an error.
 
 from __future__ import annotations
 
+import types
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PvtV2Backbone as _TransformersPvtV2Backbone
 from transformers import PvtV2Config
@@ -77,6 +81,26 @@ def pvt_v2_config(preset: str, overrides: dict | None = None) -> PvtV2Config:
     return preset_config(PvtV2Config, PVT_V2_PRESETS, preset, overrides)
 
 
+def _sdpa_attention_forward(self, hidden_states: torch.Tensor, height: int, width: int,
+                            output_attentions: bool = False) -> tuple[torch.Tensor, ...]:
+    """transformers' ``PvtV2SelfAttention.forward`` with the score matrix, softmax, dropout and weighted sum
+    fused into ``F.scaled_dot_product_attention``, as upstream BiRefNet computes it. The eager original still
+    runs where the attention probabilities are asked for, or for the ``linear_attention`` variant."""
+    if output_attentions or self.linear_attention:
+        return type(self).forward(self, hidden_states, height, width, output_attentions)
+    batch_size, seq_len, channels = hidden_states.shape
+    query = self.transpose_for_scores(self.query(hidden_states))
+    if self.spatial_reduction_ratio > 1:  # keys and values from a (H/sr, W/sr) map
+        grid = hidden_states.transpose(1, 2).reshape(batch_size, channels, height, width)
+        hidden_states = self.layer_norm(self.spatial_reduction(grid).flatten(2).transpose(1, 2))
+    key = self.transpose_for_scores(self.key(hidden_states))
+    value = self.transpose_for_scores(self.value(hidden_states))
+    context = F.scaled_dot_product_attention(query, key, value,
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+    context = context.transpose(1, 2).reshape(batch_size, seq_len, channels)
+    return (self.proj_drop(self.proj(context)),)
+
+
 class PvtV2Backbone(nn.Module):
     """PVT-v2 returning the four normed stage maps channels-first (BiRefNet's ``bb``)."""
 
@@ -89,6 +113,7 @@ class PvtV2Backbone(nn.Module):
             for block in layer.blocks:
                 if hasattr(block.attention, "layer_norm"):
                     block.attention.layer_norm.eps = UPSTREAM_DEFAULT_EPS
+                block.attention.forward = types.MethodType(_sdpa_attention_forward, block.attention)
         self.channels: list[int] = list(config.hidden_sizes)
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

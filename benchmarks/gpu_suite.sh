@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 8's GPU figures, one part per call so that each fits a 10-minute device command:
 #
-#   bash benchmarks/gpu_suite.sh sam2-unet        # inference, batch 1 and 32: authors (fp32, eager) vs ours
+#   bash benchmarks/gpu_suite.sh sam2-unet        # inference, batch 1 and 32: authors (fp32, eager) vs ours;
+#                                                 # artifact size and cold start to the first bf16 prediction
 #   bash benchmarks/gpu_suite.sh sam2-unet-train  # adapter training, batch 12: steps/s and peak memory
 #   bash benchmarks/gpu_suite.sh dsunet           # inference, batch 1 and 16
 #   bash benchmarks/gpu_suite.sh dsunet-train     # adapter training, batch 12
@@ -58,7 +59,8 @@ case "$part" in
         "${timing[@]}" "${sam2unet[@]}"
       bench "sam2unet_infer_fast_b$batch" inference.py --model sam2-unet --preset large --batch-size "$batch" \
         "${timing[@]}" "${fast[@]}" "${sam2unet[@]}"
-    done ;;
+    done
+    bench sam2unet_artifact_cold_start artifact.py --model sam2-unet --preset large --dtype bfloat16 ;;
   dsunet)
     for batch in ${BATCHES:-1 16}; do
       bench "dsunet_infer_fp32_b$batch" inference.py --model dsunet --batch-size "$batch" "${timing[@]}" "${dsunet[@]}"

@@ -240,3 +240,49 @@ def test_native_resolution_is_refused_for_fixed_size_models(artifact, images, tm
     two_views = SegmentationImageProcessor(size=TINY_SIZE, extra_sizes={"dino_pixel_values": 56})
     with pytest.raises(ValueError, match="native"):
         predict_files(model, two_views, [images], tmp_path / "out", resolution="native", progress=False)
+
+
+def test_a_failing_batch_keeps_the_outputs_of_the_batches_before_it(artifact, tmp_path):
+    """Outputs are written in background threads while the next batch runs; an error in a later batch must
+    still leave every earlier output on disk, whole, and an error while writing must not pass silently."""
+    model, _ = artifact
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (30 + i, 20), (i * 40, 90, 20)).save(folder / f"{i}.png")
+    forward, calls = model.forward, []
+
+    def fails_on_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return forward(*args, **kwargs)
+
+    model.forward = fails_on_the_third_batch
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    with pytest.raises(RuntimeError, match="device lost"):
+        predict_files(model, processor, [folder], tmp_path / "out", batch_size=2, overlay=True, progress=False)
+    masks = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
+    assert masks == ["0.png", "1.png", "2.png", "3.png"]  # the first two batches, each image whole
+    assert all(Image.open(tmp_path / "out" / "masks" / name).size[1] == 20 for name in masks)
+
+    model.forward = forward
+    report = predict_files(model, processor, [folder], tmp_path / "out", batch_size=2, progress=False)
+    assert sorted(Path(p).name for p in report.written) == ["4.png", "5.png"] and len(report.skipped_existing) == 4
+
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    with pytest.raises(OSError):
+        predict_files(model, processor, [folder], tmp_path / "blocked", batch_size=2, progress=False)
+
+
+def test_batches_are_stacked_in_the_loader_so_they_can_be_pinned():
+    from dsunet_hf.predict import _collate
+
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    good = [{"path": Path(f"{i}.png"), "name": Path(f"{i}.png"), "image": None,
+             "inputs": processor([Image.new("RGB", (20 + i, 10))])} for i in range(2)]
+    bad = {"path": Path("x.png"), "name": Path("x.png"), "error": "cannot read"}
+    batch = _collate([good[0], bad, good[1]])
+    assert batch["pixel_values"]["pixel_values"].shape == (2, 3, TINY_SIZE, TINY_SIZE)
+    assert batch["original_sizes"] == [(10, 20), (10, 21)] and len(batch["items"]) == 3
+    assert _collate([bad]) == {"items": [bad], "pixel_values": {}, "original_sizes": []}

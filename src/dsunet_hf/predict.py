@@ -145,15 +145,52 @@ class _ImageFiles(torch.utils.data.Dataset):
         return {"path": path, "name": name, "image": image, "inputs": inputs}
 
 
-def _keep_items(items: list[dict]) -> list[dict]:
-    return items  # per-image dicts; stacked in the main process (PIL images pass through untouched)
+def _collate(items: list[dict]) -> dict:
+    """The batch's per-image dicts (PIL images pass through) and, stacked here in the worker so that the
+    loader's ``pin_memory`` pins them and the copy to the GPU can be asynchronous, the readable images' inputs."""
+    good = [item for item in items if "error" not in item and item["inputs"] is not None]
+    batch = {"items": items, "pixel_values": {}, "original_sizes": []}
+    if good:
+        keys = [k for k in good[0]["inputs"].keys() if k.endswith("pixel_values")]
+        batch["pixel_values"] = {k: torch.cat([item["inputs"][k] for item in good]) for k in keys}
+        batch["original_sizes"] = [size for item in good for size in item["inputs"]["original_sizes"]]
+    return batch
 
 
-def _stack_inputs(items: list[dict], device, dtype) -> tuple[dict[str, torch.Tensor], list]:
-    keys = [k for k in items[0]["inputs"].keys() if k.endswith("pixel_values")]
-    inputs = {k: torch.cat([item["inputs"][k] for item in items]).to(device=device, dtype=dtype, non_blocking=True)
-              for k in keys}
-    return inputs, [size for item in items for size in item["inputs"]["original_sizes"]]
+def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path, threshold: float | None,
+                          overlay: bool, cutout: bool) -> str:
+    name = item["name"].with_suffix(".png")
+    mask = probability >= threshold if threshold is not None else probability
+    save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name)
+    if overlay:
+        save_image_atomic(overlay_image(item["image"], probability), output_dir / "overlays" / name)
+    if cutout:
+        save_image_atomic(cutout_image(item["image"], probability), output_dir / "cutouts" / name)
+    return str(item["path"])
+
+
+class _BackgroundWriter:
+    """PNG encoding in threads (Pillow releases the GIL while it compresses), so that the device runs the
+    next batch meanwhile. At most ``max_pending`` images wait, which bounds the memory they hold; a write
+    that fails raises here, in the caller's thread."""
+
+    def __init__(self, workers: int, max_pending: int, on_done):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-writer")
+        self.pending, self.max_pending, self.on_done = [], max_pending, on_done
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.max_pending:
+            self.on_done(self.pending.pop(0).result())
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self.on_done(self.pending.pop(0).result())
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @torch.inference_mode()
@@ -175,6 +212,7 @@ def predict_files(
     channels_last: bool = False,
     resolution: str = "model",
     max_side: int = 2048,
+    write_workers: int = 2,
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
@@ -182,7 +220,8 @@ def predict_files(
     ``accelerate launch`` the files are split between the processes (each output is written by exactly one
     process) and the main process writes the merged report. ``autocast_dtype`` (bf16/fp16) runs the forward
     under autocast with fp32 weights; ``channels_last`` feeds NHWC inputs to the conv decoders (call
-    ``model.to(memory_format=torch.channels_last)`` too).
+    ``model.to(memory_format=torch.channels_last)`` too). Outputs are encoded and written by ``write_workers``
+    threads while the device runs the next batch.
 
     ``resolution="native"`` runs each image at its own size (see :func:`native_size`: at most ``max_side``,
     multiples of 32) instead of the processor's fixed size, for models that take any size (BiRefNet,
@@ -222,47 +261,49 @@ def predict_files(
             sizes, batching = None, {"batch_size": batch_size}
         loader = torch.utils.data.DataLoader(
             _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
-            num_workers=num_workers, collate_fn=_keep_items, pin_memory=parameter.device.type == "cuda",
+            num_workers=num_workers, collate_fn=_collate, pin_memory=parameter.device.type == "cuda",
         )
         bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process))
-        for batch in loader:
-            for item in batch:
-                if "error" in item:
-                    report.failed[str(item["path"])] = item["error"]
-            good = [item for item in batch if "error" not in item]
-            bar.update(len(batch) - len(good))
-            if not good:
-                continue
-            if semantic:
-                from .semantic import predict_classes, write_class_outputs
 
-                for item in good:
-                    write_class_outputs(model, item["image"], predict_classes(model, item["image"]), output_dir,
-                                        item["name"], overlay)
-                    report.written.append(str(item["path"]))
-                    bar.update(1)
-                continue
-            pixel_values, original_sizes = _stack_inputs(good, parameter.device, parameter.dtype)
-            if channels_last:
-                pixel_values = {k: v.contiguous(memory_format=torch.channels_last) for k, v in pixel_values.items()}
-            precision = (torch.autocast(parameter.device.type, dtype=autocast_dtype) if autocast_dtype
-                         else contextlib.nullcontext())
-            with precision:
-                logits = model(**pixel_values).logits
-            probabilities = processor.post_process_semantic_segmentation(
-                logits.float(), target_sizes=original_sizes, minmax_normalize=minmax_normalize
-            )
-            for item, probability in zip(good, probabilities):
-                probability = probability.cpu().numpy()
-                name = item["name"].with_suffix(".png")
-                mask = probability >= threshold if threshold is not None else probability
-                save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name)
-                if overlay:
-                    save_image_atomic(overlay_image(item["image"], probability), output_dir / "overlays" / name)
-                if cutout:
-                    save_image_atomic(cutout_image(item["image"], probability), output_dir / "cutouts" / name)
-                report.written.append(str(item["path"]))
-                bar.update(1)
+        def written(path: str) -> None:
+            report.written.append(path)
+            bar.update(1)
+
+        writer = _BackgroundWriter(write_workers, max_pending=4 * batch_size, on_done=written)
+        try:
+            for batch in loader:
+                for item in batch["items"]:
+                    if "error" in item:
+                        report.failed[str(item["path"])] = item["error"]
+                good = [item for item in batch["items"] if "error" not in item]
+                bar.update(len(batch["items"]) - len(good))
+                if not good:
+                    continue
+                if semantic:
+                    from .semantic import predict_classes, write_class_outputs
+
+                    for item in good:
+                        write_class_outputs(model, item["image"], predict_classes(model, item["image"]), output_dir,
+                                            item["name"], overlay)
+                        written(str(item["path"]))
+                    continue
+                pixel_values = {k: v.to(device=parameter.device, dtype=parameter.dtype, non_blocking=True)
+                                for k, v in batch["pixel_values"].items()}
+                if channels_last:
+                    pixel_values = {k: v.contiguous(memory_format=torch.channels_last)
+                                    for k, v in pixel_values.items()}
+                precision = (torch.autocast(parameter.device.type, dtype=autocast_dtype) if autocast_dtype
+                             else contextlib.nullcontext())
+                with precision:
+                    logits = model(**pixel_values).logits
+                probabilities = processor.post_process_semantic_segmentation(
+                    logits.float(), target_sizes=batch["original_sizes"], minmax_normalize=minmax_normalize
+                )
+                for item, probability in zip(good, probabilities):
+                    writer.submit(_write_binary_outputs, item, probability.cpu().numpy(), output_dir, threshold,
+                                  overlay, cutout)
+        finally:
+            writer.close()  # every finished image is written (and reported) even when a later batch fails
         bar.close()
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])

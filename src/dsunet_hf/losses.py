@@ -28,7 +28,10 @@ def structure_loss(logits: torch.Tensor, target: torch.Tensor, bce_weighting: st
         raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-    target = target.to(logits.dtype)
+    # At least float32: under bf16/fp16 autocast the logits are half precision, and sums over H*W pixels in
+    # 8 mantissa bits would lose most of their digits (BiRefNet's losses cast the same way).
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits, target = logits.to(dtype), target.to(dtype)
     weight = 1 + 5 * torch.abs(F.avg_pool2d(target, kernel_size=31, stride=1, padding=15) - target)
     if bce_weighting == "global":
         bce = F.binary_cross_entropy_with_logits(logits, target)

@@ -161,7 +161,22 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dsunet_hf.cli",
                "predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "out"),
                "--batch-size", "2", "--num-workers", "0"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # The second process looks at the output folder 3 s late, after the first has written its masks: the
+    # processes must still split one listing (a late scan once saw "already present" files and split another).
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, pathlib, time\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    exists, late = pathlib.Path.exists, []\n"
+        "    def slow_exists(self, *args, **kwargs):\n"
+        "        if 'masks' in self.parts and not late:\n"
+        "            late.append(time.sleep(3))\n"
+        "        return exists(self, *args, **kwargs)\n"
+        "    pathlib.Path.exists = slow_exists\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
     # One process group (not two processes that each predict everything, as accelerate leaves torchrun on a

@@ -239,12 +239,20 @@ def predict_files(
     output_dir = Path(output_dir)
     report = PredictionReport()
     pending = []
-    for path, name in collect_images(inputs):
-        mask_path = output_dir / "masks" / name.with_suffix(".png")
-        if mask_path.exists() and not overwrite:
-            report.skipped_existing.append(str(path))
-        else:
-            pending.append((path, name))
+    images = collect_images(inputs)  # on every process, so that a bad input raises everywhere, not only on one
+    if state.is_main_process:
+        for path, name in images:
+            mask_path = output_dir / "masks" / name.with_suffix(".png")
+            if mask_path.exists() and not overwrite:
+                report.skipped_existing.append(str(path))
+            else:
+                pending.append((path, name))
+    if state.num_processes > 1:
+        # One listing for every process: a process that scanned the output folder after another one had
+        # started writing would see different "already present" files and split a different list.
+        from accelerate.utils import broadcast_object_list
+
+        pending, report.skipped_existing = broadcast_object_list([pending, report.skipped_existing])
     semantic = hasattr(model, "segment")  # multi-class: palette PNGs of class indices, overlays with a legend
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")

@@ -18,12 +18,13 @@ import time
 def one_step(model_name: str, batch_size: int, checkpointing: bool) -> dict:
     import torch
 
+    from dsunet_hf.modeling_utils import enable_activation_checkpointing
     from dsunet_hf.models import get_model_spec
 
     spec = get_model_spec(model_name)
     model = spec.model_class(spec.config_class()).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
     size = model.config.image_size
     height, width = size if isinstance(size, (list, tuple)) else (size, size)  # BiRefNet: [height, width]
     inputs = {"pixel_values": torch.randn(batch_size, 3, height, width)}

@@ -56,6 +56,7 @@ def timed_steps(step, device: torch.device, warmup: int, steps: int) -> list[flo
 def one_configuration(args, strategy: str, checkpointing: bool, reference: bool) -> dict:
     from inference import native_inputs
 
+    from dsunet_hf.modeling_utils import enable_activation_checkpointing
     from dsunet_hf.models import get_model_spec
 
     device = torch.device(args.device)
@@ -81,7 +82,7 @@ def one_configuration(args, strategy: str, checkpointing: bool, reference: bool)
             config = spec.config_class(**fields, **({key: args.preset} if args.preset else {}))
         model = spec.model_class(config).to(device).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
 
         def loss_fn(batch, labels):
             return model(**batch, labels=labels).loss

@@ -121,3 +121,38 @@ def test_pvt_v2_attention_is_fused_and_equals_transformers_eager_attention():
     tokens = torch.randn(1, 32 * 24, block.attention.hidden_size)
     assert len(PvtV2Backbone(backbone.config).model.encoder.layers[0].blocks[0].attention(
         tokens, 32, 24, output_attentions=True)) == 2
+
+
+# Blocks recomputed in backward for each model's tiny config (test_compile's): the trainable backbones'
+# layers only; a frozen backbone runs without a graph, so there is nothing to recompute (dinov2-seg).
+CHECKPOINTED_BLOCKS = {"sam2-unet": {"Sam2MultiScaleBlock"}, "dsunet": {"Sam2MultiScaleBlock"},
+                       "birefnet": {"SwinLayer"}, "dinov2-seg": set()}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTED_BLOCKS))
+def test_activation_checkpointing_recomputes_the_backbone_blocks_with_the_same_gradients(name):
+    from test_compile import _models
+
+    model, size = _models()[name]()
+    model.train()
+    inputs = {"pixel_values": torch.randn(2, 3, size, size)}
+    labels = (torch.randint(0, 3, (2, size, size)) if name == "dinov2-seg"
+              else (torch.rand(2, 1, size, size) > 0.5).float())
+    torch.manual_seed(0)  # the same drop-path draws in both runs
+    reference = gradients(model, inputs, labels)
+    modeling_utils.enable_activation_checkpointing(model)
+    recomputed = []
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            def counted(function, *args, _module=module, _checkpoint=module._gradient_checkpointing_func, **kwargs):
+                recomputed.append(type(_module).__name__)
+                return _checkpoint(function, *args, **kwargs)
+
+            module._gradient_checkpointing_func = counted
+    torch.manual_seed(0)
+    checkpointed = gradients(model, inputs, labels)
+    # (transformers' Swin also checkpoints each stage around its layers.)
+    assert CHECKPOINTED_BLOCKS[name] <= set(recomputed) if CHECKPOINTED_BLOCKS[name] else not recomputed
+    assert checkpointed.keys() == reference.keys()
+    for key, grad in reference.items():
+        torch.testing.assert_close(checkpointed[key], grad, rtol=1e-4, atol=1e-6, msg=key)

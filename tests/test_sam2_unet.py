@@ -17,6 +17,7 @@ from dsunet_hf import (
     Sam2UNetForImageSegmentation,
 )
 from dsunet_hf.finetune import parameter_counts
+from dsunet_hf.modeling_utils import enable_activation_checkpointing
 
 
 def batch(n=2, size=TINY_SIZE):
@@ -216,7 +217,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(pixel_values, labels=labels).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)
+    assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
     model(pixel_values, labels=labels).loss.backward()
     for name, grad in reference.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-6)

@@ -68,6 +68,15 @@ def run_backbone(module: nn.Module, *args, method: str = "forward", **kwargs):
     return call(*args, **kwargs)
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute the backbone activations in backward (transformers' checkpointing of its layers).
+
+    transformers 5.25 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old
+    name warns and goes in v6); the older versions we support only have the old name."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not belong to this architecture/configuration."""
 

@@ -126,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
 # --- model, data, schedule ------------------------------------------------------------------------
 
 def build_model(args: TrainingArguments):
+    from .modeling_utils import enable_activation_checkpointing
     from .models import get_model_spec
 
     spec = get_model_spec(args.model)
@@ -164,7 +165,7 @@ def build_model(args: TrainingArguments):
     else:
         model = spec.model_class.from_pretrained_backbones(config)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
     return spec, model
 
 

@@ -3,7 +3,8 @@
 # cannot reach the network: the authors' checkouts (their .py and .yaml files only; read at run time, never
 # committed) and the packages their code needs beyond what such a machine has (it has torch, transformers,
 # accelerate, timm and einops; see /work/.library/device/KINDS.md): Meta's sam2 and its config stack as
-# sdists/wheels, and PyWavelets for DSU-Net. About 11 MB in all, well under the 64 MiB a device call carries.
+# sdists/wheels, PyWavelets for DSU-Net, and transformers 5.18 (ours needs >= 5.18). About 20 MB in all, well
+# under the 64 MiB a device call carries.
 #
 #   bash benchmarks/gpu_prepare.sh /path/to/SAM2-UNet /path/to/SAM2DINO-Seg /path/to/dinov2
 set -euo pipefail
@@ -27,5 +28,8 @@ python -m pip download --quiet --no-deps -d "$dest/packages" "sam2==1.1.0" "antl
 python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dest/packages" \
   "hydra-core==1.3.2" "omegaconf==2.3.0" "PyWavelets==1.8.0"
+# The device image's transformers (5.17) is below our minimum (5.18, pyproject.toml); 5.18 is pure Python and
+# works with the image's huggingface_hub and tokenizers.
+python -m pip download --quiet --no-deps -d "$dest/packages" "transformers==5.18.0"
 du -sh "$dest"
 echo "now: run(command='bash benchmarks/gpu_suite.sh sam2-unet', carry=['.gpu']) and the other parts"

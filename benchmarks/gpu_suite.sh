@@ -7,6 +7,10 @@
 #   bash benchmarks/gpu_suite.sh dsunet           # inference, batch 1 and 16
 #   bash benchmarks/gpu_suite.sh dsunet-train     # adapter training, batch 12
 #   bash benchmarks/gpu_suite.sh birefnet         # BiRefNet inference at 1024², ours fp32 vs ours fast
+#   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
+#                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
+#                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
+#                                                 # inference b16; for a session with little device time
 #
 # Needs .gpu/ from benchmarks/gpu_prepare.sh (the device call carries it). Ours runs as published by this
 # package's fast paths (FAST, default: bf16 autocast + torch.compile + channels_last) and plain fp32; the
@@ -14,7 +18,7 @@
 # tool's folder that comes back) or benchmarks/results/gpu. DEVICE, BATCHES, TRAIN_BATCH, WARMUP, REPEATS,
 # STEPS and FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
 set -euo pipefail
-part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet}
+part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|goals}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 out=${OUT:-$root/benchmarks/results/gpu}
@@ -52,6 +56,8 @@ bench() {  # bench NAME SCRIPT ARGS...: one JSON file per measurement; a failure
 sam2unet=(--reference "$root/.gpu/SAM2-UNet")
 dsunet=(--reference "$root/.gpu/SAM2DINO-Seg" --reference-dinov2 "$root/.gpu/dinov2")
 timing=(--warmup "$warmup" --repeats "$repeats")
+fast_train=()  # training.py has no channels_last switch
+for flag in "${fast[@]}"; do [ "$flag" = --channels-last ] || fast_train+=("$flag"); done
 case "$part" in
   sam2-unet)
     for batch in ${BATCHES:-1 32}; do
@@ -70,12 +76,20 @@ case "$part" in
   sam2-unet-train | dsunet-train)
     model=${part%-train}
     if [ "$model" = sam2-unet ]; then extra=(--preset large "${sam2unet[@]}"); else extra=("${dsunet[@]}"); fi
-    fast_train=("${fast[@]/--channels-last/}")  # training.py has no channels_last switch
     batch=${TRAIN_BATCH:-12}
     bench "${model}_train_fp32_b$batch" training.py --model "$model" --batch-size "$batch" --strategies adapter \
       --checkpointing both --steps "$steps" "${extra[@]}"
     bench "${model}_train_fast_b$batch" training.py --model "$model" --batch-size "$batch" --strategies adapter \
-      --checkpointing both --steps "$steps" ${fast_train[@]} "${extra[@]}" ;;
+      --checkpointing both --steps "$steps" "${fast_train[@]}" "${extra[@]}" ;;
+  goals)
+    # Each JSON file is written as soon as it is measured: a call stopped at its limit still returns the first.
+    infer_batch=${INFER_BATCH:-32} dsunet_batch=${DSUNET_BATCH:-16} batch=${TRAIN_BATCH:-12}
+    bench "sam2unet_infer_fast_b$infer_batch" inference.py --model sam2-unet --preset large \
+      --batch-size "$infer_batch" "${timing[@]}" "${fast[@]}" "${sam2unet[@]}"
+    bench "sam2-unet_train_fast_b$batch" training.py --model sam2-unet --preset large --batch-size "$batch" \
+      --strategies adapter --checkpointing both --steps "$steps" "${fast_train[@]}" "${sam2unet[@]}"
+    bench "dsunet_infer_fast_b$dsunet_batch" inference.py --model dsunet --batch-size "$dsunet_batch" \
+      "${timing[@]}" "${fast[@]}" "${dsunet[@]}" ;;
   birefnet)
     for batch in ${BATCHES:-1 8}; do
       bench "birefnet_infer_fp32_b$batch" inference.py --model birefnet --preset BiRefNet --batch-size "$batch" "${timing[@]}"

@@ -154,8 +154,9 @@ class HieraBackbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         output = self.encoder(pixel_values)
-        # transformers returns channels-last (B, H, W, C) stage maps; decoders want NCHW.
-        return [stage.permute(0, 3, 1, 2).contiguous() for stage in output.intermediate_hidden_states]
+        # transformers returns (B, H, W, C) stage maps; permuted to NCHW shape they are channels_last in memory,
+        # which the convolutions after them take as is (no copy; oneDNN's NHWC kernels, as upstream runs them).
+        return [stage.permute(0, 3, 1, 2) for stage in output.intermediate_hidden_states]
 
     def trunk_state_dict(self) -> dict[str, torch.Tensor]:
         """The frozen trunk's tensors under plain ``Sam2HieraDetModel`` names."""

@@ -100,6 +100,16 @@ def test_predict_on_real_benchmark_images(artifact, tmp_path):
         assert Image.open(tmp_path / "out" / "masks" / f"{f.stem}.png").size == Image.open(f).size
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cli_info_names_the_fast_path_of_this_cpu(native_bf16, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert cli_main(["info"]) == 0
+    device_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("device: cpu"))
+    assert ("--autocast bf16" in device_line) == native_bf16
+
+
 def test_cli_info_and_push(artifact, offline_hub, capsys):
     _, folder = artifact
     assert cli_main(["info", str(folder)]) == 0

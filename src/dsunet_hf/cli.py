@@ -150,6 +150,22 @@ def _push(args) -> int:
     return 0
 
 
+def _device_summary() -> str:
+    """Where predictions run and which fast path pays off there (measured: benchmarks/, README)."""
+    import torch
+
+    if torch.cuda.is_available():
+        half = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return (f"device: cuda ({torch.cuda.get_device_name()}); fast path: predict --autocast {half} "
+                f"--channels-last --compile")
+    # torch's own CPU feature checks (private, hence the fallback): bf16 matrix units, else bf16 is emulated.
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native_bf16 = any(check() for check in checks if check is not None)
+    hint = ("bf16 in hardware: predict --autocast bf16 --channels-last is the fast path (~1.7x on SAM2-UNet-L)"
+            if native_bf16 else "no bf16 matrix units found: fp32 is the safe choice (measure bf16 first)")
+    return f"device: cpu ({torch.get_num_threads()} threads); {hint}"
+
+
 def _info(args) -> int:
     import torch
     import transformers
@@ -157,6 +173,7 @@ def _info(args) -> int:
     from . import __version__
 
     print(f"dsunet-hf {__version__} | torch {torch.__version__} | transformers {transformers.__version__}")
+    print(_device_summary())
     if args.model:
         from transformers import AutoConfig
 

@@ -209,6 +209,24 @@ def test_autocast_and_channels_last_stay_close_to_fp32(artifact, images, tmp_pat
     assert np.abs(reference - fast).max() <= 8  # bf16: about 2 of 255 grey levels
 
 
+def test_cli_takes_the_short_precision_names_of_the_readme(artifact, images, tmp_path, monkeypatch):
+    import dsunet_hf.predict as predict_module
+
+    seen = {}
+
+    def spy(model, processor, *args, **kwargs):
+        seen.update(dtype=next(model.parameters()).dtype, autocast=kwargs["autocast_dtype"],
+                    channels_last=kwargs["channels_last"])
+        return original(model, processor, *args, **kwargs)
+
+    original = predict_module.predict_files
+    monkeypatch.setattr(predict_module, "predict_files", spy)
+    _, folder = artifact
+    assert cli_main(["predict", "--model", str(folder), str(images / "*.jpg"), "--output-dir", str(tmp_path / "out"),
+                     "--dtype", "fp32", "--autocast", "bf16", "--channels-last"]) == 0
+    assert seen == {"dtype": torch.float32, "autocast": torch.bfloat16, "channels_last": True}
+
+
 def test_native_size_keeps_aspect_caps_the_longest_side_and_rounds_to_32():
     from dsunet_hf.predict import native_size
 

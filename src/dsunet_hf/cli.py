@@ -22,7 +22,6 @@ def _visual_prompt_type(name_or_path: str) -> str | None:
 
 
 def _predict_with_prompts(args) -> int:
-    import torch
     from transformers import AutoModel
 
     from .prompt_predict import predict_with_prompts
@@ -37,7 +36,7 @@ def _predict_with_prompts(args) -> int:
     if args.mode and model_type != "visual_prompt":
         raise SystemExit(f"predict: --mode applies to the trained visual-prompt head (model_type visual_prompt); "
                          f"{args.model} is a {model_type}")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     model = AutoModel.from_pretrained(args.model).to(device=args.device or "cpu", dtype=dtype).eval()
     extra = {"mode": args.mode} if args.mode else {}
     try:
@@ -67,7 +66,7 @@ def _predict(args) -> int:
     if _visual_prompt_type(args.model):
         raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
                          "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     state = process_state(args.device)  # under `accelerate launch` / torchrun: one device per process, files split
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
@@ -75,7 +74,7 @@ def _predict(args) -> int:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile
         model = torch.compile(model, dynamic=True)
-    autocast = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.autocast]
+    autocast = None if args.autocast == "none" else _torch_dtype(args.autocast)
     report = predict_files(
         model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
         minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout, overwrite=args.overwrite,
@@ -150,6 +149,17 @@ def _push(args) -> int:
     return 0
 
 
+# Precision names as torch spells them and as accelerate / the README do (bf16, fp16).
+PRECISIONS = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+              "float16": "float16", "fp16": "float16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, PRECISIONS[name])
+
+
 def _device_summary() -> str:
     """Where predictions run and which fast path pays off there (measured: benchmarks/, README)."""
     import torch
@@ -217,11 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     predict.add_argument("--device", default=None)
     predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
-    predict.add_argument("--autocast", default="none", choices=["none", "bfloat16", "float16"],
+    predict.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16", "bfloat16", "float16"],
                          help="mixed precision with fp32 weights (fast on GPUs)")
     predict.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv decoders")
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (long first call)")
-    predict.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    predict.add_argument("--dtype", default="float32", choices=list(PRECISIONS))
     predict.add_argument("--resolution", default="model", choices=["model", "native"],
                          help="native: each image at its own size (multiples of 32, at most --max-side; for "
                               "BiRefNet_dynamic/_HR and other any-size models), batched by equal size")

@@ -2,7 +2,7 @@
 # Prepare .gpu/ (git-ignored through .git/info/exclude) for benchmarks/gpu_suite.sh on a GPU machine that
 # cannot reach the network: the authors' checkouts (their .py and .yaml files only; read at run time, never
 # committed) and the packages their code needs beyond what such a machine has (it has torch, transformers,
-# accelerate, timm and einops; see /work/.library/device/KINDS.md): Meta's sam2 and its config stack as
+# accelerate, timm and einops, per the device tool's KINDS.md): Meta's sam2 and its config stack as
 # sdists/wheels, PyWavelets for DSU-Net, and transformers 5.18 (ours needs >= 5.18). About 20 MB in all, well
 # under the 64 MiB a device call carries.
 #

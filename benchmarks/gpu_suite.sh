@@ -31,7 +31,7 @@ read -r -a fast <<< "${FAST:---dtype bfloat16 --compile --channels-last}"
 
 # The authors' code needs Meta's sam2 (+ hydra, iopath) and PyWavelets, ours transformers >= 5.18: installed
 # from .gpu/packages into a private folder (first on PYTHONPATH), never into the machine's Python.
-site=/tmp/gpu-suite-site
+site=${TMPDIR:-/tmp}/gpu-suite-site
 if [ -d .gpu/packages ] && [ ! -d "$site/sam2" ]; then
   SAM2_BUILD_CUDA=0 python3 -m pip install --quiet --no-index --no-deps --no-build-isolation --no-compile \
     --target "$site" .gpu/packages/* >&2

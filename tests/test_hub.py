@@ -70,8 +70,9 @@ def test_processor_and_model_work_together(trained_model, tmp_path):
     inputs = processor(str(tmp_path / "red.png"))
     with torch.no_grad():
         logits = trained_model(pixel_values=inputs["pixel_values"]).logits
-    (mask,) = processor.post_process_semantic_segmentation(logits, target_sizes=inputs["original_sizes"], threshold=0.5)
-    assert mask.shape == (70, 90) and mask.dtype == torch.bool
+    (labels,) = processor.post_process_semantic_segmentation(logits, target_sizes=inputs["original_sizes"])
+    assert labels.shape == (70, 90) and labels.dtype == torch.int64 and set(labels.unique().tolist()) <= {0, 1}
+    assert trained_model.config.id2label == {0: "background", 1: "foreground"}
 
 
 def test_backbone_config_override_at_load_time(trained_model, tmp_path, offline_hub):

@@ -226,9 +226,9 @@ def test_masks_resized_bicubic_and_kept_soft(processor):
 
 
 # ----------------------------------------------------------------------------- post-processing
-def test_post_process_upsample_and_threshold(processor):
+def test_post_process_probabilities_upsample_then_sigmoid(processor):
     logits = torch.tensor([[-3.0, 3.0], [0.0, 1.0]]).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
-    probs = processor.post_process_semantic_segmentation(logits, target_sizes=[(8, 6), (2, 2)])
+    probs = processor.post_process_probabilities(logits, target_sizes=[(8, 6), (2, 2)])
     assert [tuple(p.shape) for p in probs] == [(8, 6), (2, 2)]
     assert probs[0].dtype == torch.float32
     assert torch.allclose(probs[1], torch.sigmoid(logits[1, 0]))
@@ -236,24 +236,42 @@ def test_post_process_upsample_and_threshold(processor):
         torch.nn.functional.interpolate(logits[:1], (8, 6), mode="bilinear", align_corners=False)
     )
     assert torch.allclose(probs[0], ref[0, 0])
-    masks = processor.post_process_semantic_segmentation(logits, threshold=0.5)
-    assert masks[0].dtype == torch.bool and tuple(masks[0].shape) == (2, 2)
-    assert masks[0].tolist() == [[False, True], [True, True]]  # sigmoid(0) == 0.5 counts (>=)
+
+
+def test_post_process_semantic_segmentation_gives_class_index_maps(processor):
+    """The transformers convention: int64 class indices, 1 = foreground where p >= threshold."""
+    logits = torch.tensor([[-3.0, 3.0], [0.0, 1.0]]).reshape(1, 1, 2, 2)
+    (labels,) = processor.post_process_semantic_segmentation(logits)
+    assert labels.dtype == torch.int64
+    assert labels.tolist() == [[0, 1], [1, 1]]  # sigmoid(0) == 0.5 counts (>=)
+    (strict,) = processor.post_process_semantic_segmentation(logits, threshold=0.8)
+    assert strict.tolist() == [[0, 1], [0, 0]]  # sigmoid(1) = 0.73
+
+
+def test_post_process_multi_class_logits_take_the_argmax_of_the_upsampled_logits(processor):
+    logits = torch.randn(2, 5, 4, 6)
+    labels = processor.post_process_semantic_segmentation(logits, target_sizes=[(8, 12), (4, 6)])
+    upsampled = torch.nn.functional.interpolate(logits[:1], (8, 12), mode="bilinear", align_corners=False)
+    assert torch.equal(labels[0], upsampled[0].argmax(0)) and torch.equal(labels[1], logits[1].argmax(0))
+    (probabilities, _) = processor.post_process_probabilities(logits)
+    assert probabilities.shape == (5, 4, 6) and torch.allclose(probabilities.sum(0), torch.ones(4, 6))
+    with pytest.raises(ValueError, match="single-channel"):
+        processor.post_process_probabilities(logits, minmax_normalize=True)
 
 
 def test_post_process_model_output_and_minmax(processor):
     class Output:
         logits = torch.tensor([[[[-2.0, 0.0], [1.0, 4.0]]]])
 
-    (p,) = processor.post_process_semantic_segmentation(
-        Output(), target_sizes=[(5, 5)], minmax_normalize=True
-    )
+    (p,) = processor.post_process_probabilities(Output(), target_sizes=[(5, 5)], minmax_normalize=True)
     assert tuple(p.shape) == (5, 5)
     assert p.min().item() == 0.0 and abs(p.max().item() - 1.0) < 1e-6
-    (raw,) = processor.post_process_semantic_segmentation(Output(), target_sizes=[(5, 5)])
+    (raw,) = processor.post_process_probabilities(Output(), target_sizes=[(5, 5)])
     assert raw.min().item() > 0.1  # without min-max, min is sigmoid(-2)
     with pytest.raises(ValueError, match="target sizes"):
         processor.post_process_semantic_segmentation(Output.logits, target_sizes=[(2, 2), (3, 3)])
+    with pytest.raises(ValueError, match="expected logits"):
+        processor.post_process_probabilities(torch.zeros(2, 2))
 
 
 def test_to_pil_masks(processor):

@@ -53,7 +53,7 @@ def test_predict_writes_masks_at_original_size_and_reports_bad_files(artifact, i
     inputs = processor(str(images / "a.jpg"))
     with torch.no_grad():
         logits = model(pixel_values=inputs["pixel_values"]).logits
-    (expected,) = processor.post_process_semantic_segmentation(logits, target_sizes=inputs["original_sizes"])
+    (expected,) = processor.post_process_probabilities(logits, target_sizes=inputs["original_sizes"])
     written = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"), dtype=np.float32) / 255
     assert np.abs(written - expected.numpy()).max() <= 0.5 / 255 + 1e-6
 
@@ -272,7 +272,7 @@ def test_native_resolution_runs_each_image_at_its_size_in_batches_of_equal_size(
         inputs = processor([image], size=native_size(image.height, image.width))
         with torch.no_grad():
             logits = model(pixel_values=inputs["pixel_values"]).logits
-        expected = processor.post_process_semantic_segmentation(logits, target_sizes=inputs["original_sizes"])[0]
+        expected = processor.post_process_probabilities(logits, target_sizes=inputs["original_sizes"])[0]
         written = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{path.stem}.png"), dtype=np.float32)
         assert written.shape == (image.height, image.width)
         assert np.abs(written - (expected.numpy() * 255).round()).max() <= 1

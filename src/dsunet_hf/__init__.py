@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForImageSegmentation,
     AutoModelForSemanticSegmentation,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES
 
 from .backbones.hiera import HIERA_PRESETS, HieraBackbone, hiera_config, hiera_hub_repo
 from .finetune import STRATEGIES, trainable_summary
@@ -53,6 +54,13 @@ AutoModelForSemanticSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegm
 # Also under image segmentation, so the model-agnostic predict/evaluate loaders find every dsunet-hf model.
 AutoModelForImageSegmentation.register(Dinov2SegConfig, Dinov2ForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(Dinov2SegConfig, slow_image_processor_class=SegmentationImageProcessor, exist_ok=True)
+# ``pipeline("image-segmentation")`` checks the model class against a *copy* of this name table, which
+# loses the registrations above, and logs "not supported" although it runs our models fine. Naming them
+# here silences that; the lazy Auto mappings skip model types that transformers' own config table lacks.
+for _config, _model in ((Sam2UNetConfig, Sam2UNetForImageSegmentation), (DSUNetConfig, DSUNetForImageSegmentation),
+                        (BiRefNetConfig, BiRefNetForImageSegmentation),
+                        (Dinov2SegConfig, Dinov2ForSemanticSegmentation)):
+    MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES.setdefault(_config.model_type, _model.__name__)
 
 __all__ = [
     "HIERA_PRESETS",

@@ -174,33 +174,50 @@ class SegmentationImageProcessor(BaseImageProcessor):
     # ------------------------------------------------------------------ post-processing
     def post_process_semantic_segmentation(
         self,
-        logits: Any,
+        outputs: Any,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        threshold: float | None = None,
+        threshold: float = 0.5,
         minmax_normalize: bool = False,
     ) -> list[torch.Tensor]:
-        """Turn model logits into per-image probability maps (or binary masks).
+        """Class-index maps, the transformers convention (so ``pipeline("image-segmentation")`` works).
 
         Args:
-            logits: (B, 1, h, w) or (B, h, w) logits, or a model output with a ``logits`` field.
+            outputs: a model output with a ``logits`` field, or the logits: (B, 1, h, w) / (B, h, w) for a
+                foreground/background model, (B, C, h, w) with C > 1 for a multi-class one.
             target_sizes: one ``(height, width)`` per image (e.g. ``original_sizes``); logits are
-                upsampled bilinearly (``align_corners=False``) before the sigmoid, as upstream.
-                ``None`` keeps the logits' size.
-            threshold: if given, return bool masks ``p >= threshold`` (inclusive, so that
-                ``threshold=0.5`` maps a logit of exactly 0 to foreground).
-            minmax_normalize: apply SAM2-UNet ``test.py``'s per-image ``(p - min) / (max - min + 1e-8)``
-                before thresholding.
+                upsampled bilinearly (``align_corners=False``) first, as upstream. ``None`` keeps their size.
+            threshold: foreground/background models: label 1 where ``p >= threshold`` (inclusive, so that
+                0.5 maps a logit of exactly 0 to foreground). Multi-class models take the arg-max.
+            minmax_normalize: SAM2-UNet ``test.py``'s per-image min-max normalisation before thresholding.
 
         Returns:
-            list of B tensors of shape (height, width): float probabilities, or bool if ``threshold``.
+            list of B int64 tensors (height, width) of class indices (``config.id2label``).
+            :meth:`post_process_probabilities` gives the soft maps instead.
         """
-        logits = getattr(logits, "logits", logits)
+        maps = self.post_process_probabilities(outputs, target_sizes, minmax_normalize=minmax_normalize)
+        if maps and maps[0].ndim == 3:  # multi-class: (C, H, W) probabilities
+            return [m.argmax(dim=0) for m in maps]
+        return [(m >= threshold).long() for m in maps]
+
+    def post_process_probabilities(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        minmax_normalize: bool = False,
+    ) -> list[torch.Tensor]:
+        """Soft maps: the foreground probability (H, W) of a single-channel model (sigmoid), or the class
+        probabilities (C, H, W) of a multi-class one (softmax); arguments as for
+        :meth:`post_process_semantic_segmentation` (min-max normalisation applies to single-channel maps).
+        """
+        logits = getattr(outputs, "logits", outputs)
         if not isinstance(logits, torch.Tensor):
             logits = torch.as_tensor(np.asarray(logits))
         if logits.ndim == 3:
             logits = logits[:, None]
-        if logits.ndim != 4 or logits.shape[1] != 1:
-            raise ValueError(f"expected logits of shape (B, 1, h, w), got {tuple(logits.shape)}")
+        if logits.ndim != 4:
+            raise ValueError(f"expected logits of shape (B, C, h, w), got {tuple(logits.shape)}")
+        if minmax_normalize and logits.shape[1] != 1:
+            raise ValueError("minmax_normalize applies to single-channel (foreground) logits only")
         batch = logits.shape[0]
         if target_sizes is not None and len(target_sizes) != batch:
             raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
@@ -212,10 +229,13 @@ class SegmentationImageProcessor(BaseImageProcessor):
                 size = tuple(int(v) for v in target_sizes[i])
                 if size != tuple(x.shape[-2:]):
                     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            if x.shape[1] > 1:
+                results.append(x[0].softmax(dim=0))
+                continue
             p = x.sigmoid()[0, 0]
             if minmax_normalize:
                 p = (p - p.min()) / (p.max() - p.min() + 1e-8)
-            results.append(p >= threshold if threshold is not None else p)
+            results.append(p)
         return results
 
     @staticmethod

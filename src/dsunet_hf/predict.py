@@ -90,7 +90,7 @@ def predict_probabilities(model, processor, images: list, minmax_normalize: bool
     parameter = next(model.parameters())
     inputs = processor(images)
     logits = model(**pixel_inputs(inputs, parameter.device, parameter.dtype)).logits
-    return processor.post_process_semantic_segmentation(
+    return processor.post_process_probabilities(
         logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )
 
@@ -304,7 +304,7 @@ def predict_files(
                              else contextlib.nullcontext())
                 with precision:
                     logits = model(**pixel_values).logits
-                probabilities = processor.post_process_semantic_segmentation(
+                probabilities = processor.post_process_probabilities(
                     logits.float(), target_sizes=batch["original_sizes"], minmax_normalize=minmax_normalize
                 )
                 for item, probability in zip(good, probabilities):

@@ -6,6 +6,7 @@ from transformers import Dinov2Config, PreTrainedConfig
 
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
 from ...finetune import check_strategy, set_finetune_fields
+from ...labels import set_default_labels
 
 HEAD_TYPES = ("linear", "multilayer")
 # Crop / stride of the official sliding-window inference per head type.
@@ -79,8 +80,7 @@ class Dinov2SegConfig(PreTrainedConfig):
             raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
         if check_strategy(finetune_strategy) == "adapter":
             raise ValueError("the DINOv2 heads have no adapters: use finetune_strategy frozen, lora or full")
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["id2label"] = dict(enumerate(VOC_LABELS))
+        set_default_labels(kwargs, VOC_LABELS)
         self.backbone_preset = backbone_preset
         self.dino_config = dinov2_config_dict(backbone_preset, dino_config)
         self.backbone_repo_id = backbone_repo_id

@@ -7,6 +7,7 @@ from transformers import Dinov2Config, PreTrainedConfig, Sam2HieraDetConfig
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
 from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
 from ...finetune import set_finetune_fields
+from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
 
 
@@ -99,6 +100,7 @@ class DSUNetConfig(PreTrainedConfig):
         if len(self.loss_weights) != 3:
             raise ValueError(f"loss_weights needs 3 values (side 1/16, side 1/8, final), got {self.loss_weights}")
         self.bce_weighting = bce_weighting
+        set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:

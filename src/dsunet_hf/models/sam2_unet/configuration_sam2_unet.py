@@ -6,6 +6,7 @@ from transformers import PreTrainedConfig, Sam2HieraDetConfig
 
 from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
 from ...finetune import set_finetune_fields
+from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
 
 
@@ -73,6 +74,7 @@ class Sam2UNetConfig(PreTrainedConfig):
         if len(self.loss_weights) != 3:
             raise ValueError(f"loss_weights needs 3 values (final, side1, side2), got {self.loss_weights}")
         self.bce_weighting = bce_weighting
+        set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:

@@ -1,4 +1,4 @@
-"""``dsunet-hf``: train, evaluate, predict, convert, push, info, and a demo on generated data."""
+"""``dsunet-hf``: train, evaluate, predict, convert, export, push, info, and a demo on generated data."""
 
 from __future__ import annotations
 
@@ -197,6 +197,23 @@ def _info(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .onnx_export import export_onnx
+    from .predict import load_model_and_processor
+
+    if args.size and len(args.size) > 2:
+        raise SystemExit(f"export: --size takes a height and an optional width, got {args.size}")
+    size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
+    model, processor = load_model_and_processor(args.model)
+    try:
+        report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
+                             atol=args.atol)
+    except (ValueError, TypeError, RuntimeError) as error:  # not exportable, or the graph disagrees with PyTorch
+        raise SystemExit(f"export: {args.model}: {error}") from error
+    print(report.summary())
+    return 0
+
+
 def _demo(args) -> int:
     if args.task == "visual-prompt":
         from .demo import run_visual_prompt_demo
@@ -258,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "BiRefNet_HR, ...); default: from the name")
     convert.add_argument("--config-overrides", default=None, help="birefnet: JSON of extra config fields")
     convert.set_defaults(func=_convert)
+
+    export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, checked with onnxruntime)")
+    export.add_argument("format", choices=["onnx"])
+    export.add_argument("--model", required=True, help="artifact folder, Hub repo id, or official BiRefNet weights")
+    export.add_argument("output_dir", help="gets model.onnx, config.json, preprocessor_config.json")
+    export.add_argument("--size", type=int, nargs="+", default=None, metavar="SIDE",
+                        help="input height [width] (default: the model's size)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| in the check")
+    export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.set_defaults(func=_export)
 
     push = commands.add_parser("push", help="upload a saved artifact folder to the Hub")
     push.add_argument("folder")

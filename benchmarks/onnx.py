@@ -1,0 +1,94 @@
+"""ONNX export at full size, and onnxruntime against PyTorch on the same inputs; JSON on stdout.
+
+    python benchmarks/onnx.py --model sam2-unet --preset large [--batch-size 1] [--repeats 8]
+    python benchmarks/onnx.py --model birefnet --preset BiRefNet_lite
+
+Random weights (no downloads). Exports with ``dsunet_hf.onnx_export.export_onnx`` (time, file size, the
+onnxruntime check at batch 1 and 3), then times PyTorch fp32 eager (``torch.inference_mode``) and onnxruntime's
+CPU provider alternately, the order flipping every round, at the model's native size. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from inference import build, native_inputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sam2-unet", help="sam2-unet | dsunet | birefnet | dinov2-seg")
+    parser.add_argument("--preset", default=None, help="size preset (sam2-unet: tiny..large; birefnet: variant)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--output-dir", default=None, help="keep the export here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    import onnxruntime
+
+    from dsunet_hf.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = build(args.model, args.preset)
+    processor = model.default_image_processor()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(args.output_dir or scratch)
+        export = export_onnx(model, processor, folder)
+        files = {p.name: round(p.stat().st_size / 1e6, 2) for p in folder.iterdir() if p.name.startswith("model.onnx")}
+        session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+        inputs = native_inputs(model.config, args.batch_size, "cpu")
+        feeds = {name: tensor.numpy() for name, tensor in inputs.items()}
+
+        def pytorch():
+            with torch.inference_mode():
+                model(**inputs)
+
+        def ort():
+            session.run(["logits"], feeds)
+
+        runners = {"pytorch": pytorch, "onnxruntime": ort}
+        for _ in range(args.warmup):
+            for run in runners.values():
+                run()
+        times = {name: [] for name in runners}
+        for round_index in range(args.repeats):
+            order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
+            for name in order:
+                start = time.perf_counter()
+                runners[name]()
+                times[name].append(time.perf_counter() - start)
+
+    latency = {name: {"latency_ms_median": round(statistics.median(t) * 1e3, 1), "latency_ms_min": round(min(t) * 1e3, 1)}
+               for name, t in times.items()}
+    report = {
+        "benchmark": "onnx", "date": datetime.date.today().isoformat(), "model": args.model, "preset": args.preset,
+        "batch_size": args.batch_size, "inputs": {k: list(v.shape) for k, v in inputs.items()},
+        "device": f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+        "export_seconds": export.export_seconds, "opset": export.opset, "files_mb": files,
+        "max_abs_difference_by_batch": export.max_abs_difference,
+        "timing": f"interleaved, {args.repeats} rounds", **latency,
+        "onnxruntime_over_pytorch_median": round(
+            latency["pytorch"]["latency_ms_median"] / latency["onnxruntime"]["latency_ms_median"], 3),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    out = os.environ.get("BENCHMARK_OUTPUT")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

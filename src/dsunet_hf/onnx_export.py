@@ -1,0 +1,180 @@
+"""ONNX export of the segmentation models: images in, logits out, a dynamic batch, checked with onnxruntime.
+
+``dsunet-hf export onnx --model M OUTPUT_DIR`` (the shape of ``optimum-cli export onnx``) writes ``model.onnx``
+with the model's ``config.json`` (class names) and ``preprocessor_config.json`` (size and normalisation), so
+the folder holds everything needed to run it. We call ``torch.onnx.export`` (the dynamo exporter, built on
+onnxscript) directly: optimum's exporters cover only architectures it knows, and ours would each need a custom
+``OnnxConfig`` that adds nothing the exporter does not already do here.
+
+Why it matters: BiRefNet's users cannot export its deformable convolution (``torchvision::deform_conv2d``
+has no ONNX translation below opset 19, and the official ONNX files have a fixed batch). During export we take
+our pure-PyTorch deformable convolution (``grid_sample``), which every ONNX runtime runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["OnnxExportReport", "compare_with_onnxruntime", "export_onnx", "onnx_input_names"]
+
+# Beyond this, weights go to an external data file (protobuf's 2 GB limit; DSU-Net-L is 2.1 GB in fp32).
+_SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
+
+
+class _ImagesToLogits(nn.Module):
+    """The model as a function of its image tensors only, returning the final logits (what ONNX users run)."""
+
+    def __init__(self, model: nn.Module, input_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, pixel_values: torch.Tensor, dino_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = {"pixel_values": pixel_values}
+        if dino_pixel_values is not None:
+            inputs["dino_pixel_values"] = dino_pixel_values
+        return self.model(**inputs).logits
+
+
+def onnx_input_names(processor) -> list[str]:
+    """``pixel_values`` and any extra view the model takes (DSU-Net's ``dino_pixel_values``)."""
+    return ["pixel_values", *getattr(processor, "extra_sizes", {})]
+
+
+def _example_inputs(processor, input_names: list[str], batch_size: int, size: dict | None) -> dict[str, torch.Tensor]:
+    sizes = {"pixel_values": size or processor.size, **getattr(processor, "extra_sizes", {})}
+    generator = torch.Generator().manual_seed(0)
+    return {name: torch.randn(batch_size, 3, sizes[name]["height"], sizes[name]["width"], generator=generator)
+            for name in input_names}
+
+
+@contextlib.contextmanager
+def _pure_pytorch_deform_conv():
+    from .modules import deform_conv
+
+    previous = deform_conv._backend
+    deform_conv.set_backend("pytorch")
+    try:
+        yield
+    finally:
+        deform_conv.set_backend(previous)
+
+
+@dataclass
+class OnnxExportReport:
+    path: str
+    inputs: dict[str, list]  # name -> shape, "batch" for the dynamic axis
+    opset: int
+    export_seconds: float
+    external_data: bool
+    checked_with: str | None = None  # "onnxruntime x.y.z", or None when onnxruntime is not installed
+    max_abs_difference: dict[str, float] = field(default_factory=dict)  # per checked batch size
+
+    def summary(self) -> str:
+        check = (f"onnxruntime max |diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
+                 if self.checked_with else "not checked (pip install onnxruntime)")
+        shapes = ", ".join(f"{name} {shape}" for name, shape in self.inputs.items())
+        return f"{self.path}: {shapes}; opset {self.opset}; {check}"
+
+
+def export_onnx(
+    model: nn.Module,
+    processor,
+    output_dir: str | Path,
+    size: int | tuple[int, int] | None = None,
+    opset: int | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> OnnxExportReport:
+    """Export ``model`` (eval mode, on the CPU, fp32) to ``output_dir/model.onnx``.
+
+    Args:
+        model: a dsunet-hf segmentation model (SAM2-UNet, DSU-Net, BiRefNet, a DINOv2 head); it is put in eval
+            mode on the CPU in fp32 (the exported graph is fp32).
+        processor: its image processor; its size (or ``size``) fixes the input height and width, and it is saved
+            beside the graph.
+        size: input ``(height, width)`` (or one side) instead of the processor's; the saved processor gets it.
+        opset: ONNX opset (default: the exporter's).
+        check: run the graph with onnxruntime at batch 1 and 3 (the export traces batch 2) and compare with the
+            PyTorch model; raise if any logit differs by more than ``atol``.
+
+    Returns:
+        :class:`OnnxExportReport` (also written to ``onnx_export.json``).
+    """
+    from .image_processing import _normalize_size
+
+    if not hasattr(processor, "size"):
+        raise TypeError(f"export_onnx needs the model's SegmentationImageProcessor, got {type(processor).__name__}")
+    if getattr(model.config, "model_type", None) in ("visual_prompt", "visual_prompt_matcher"):
+        raise ValueError("visual-prompt models take reference images and prompts besides the image: not exportable")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    if size is not None:
+        processor = copy.deepcopy(processor)
+        processor.size = _normalize_size(size)
+    input_names = onnx_input_names(processor)
+    example = _example_inputs(processor, input_names, 2, None)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dynamic_shapes = {name: {0: batch} for name in input_names}
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external_data = weight_bytes > _SINGLE_FILE_LIMIT_BYTES
+    path = output_dir / "model.onnx"
+
+    start = time.perf_counter()
+    with _pure_pytorch_deform_conv(), torch.no_grad():
+        program = torch.onnx.export(
+            _ImagesToLogits(model, input_names), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
+            input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,
+        )
+        program.save(str(path), external_data=external_data)
+    report = OnnxExportReport(
+        path=str(path), inputs={name: ["batch", *example[name].shape[1:]] for name in input_names},
+        opset=int(program.model.opset_imports[""]), export_seconds=round(time.perf_counter() - start, 1),
+        external_data=external_data,
+    )
+    if check:
+        checked = compare_with_onnxruntime(model, processor, path, atol)
+        if checked is not None:
+            report.checked_with, report.max_abs_difference = checked
+    model.config.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    (output_dir / "onnx_export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
+
+
+def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1e-4) -> tuple[str, dict] | None:
+    """Run ``path`` with onnxruntime at batch 1 and 3 and compare its logits with ``model``'s.
+
+    Returns ``("onnxruntime <version>", {batch: max |difference|})``, or None when onnxruntime is not installed;
+    raises RuntimeError when a logit differs by more than ``atol`` or a shape differs.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_names = onnx_input_names(processor)
+    differences = {}
+    for batch_size in (1, 3):  # neither is the traced batch: a batch baked into the graph fails here
+        inputs = _example_inputs(processor, input_names, batch_size, None)
+        with torch.no_grad(), _pure_pytorch_deform_conv():
+            expected = model(**inputs).logits
+        (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
+        if logits.shape != tuple(expected.shape):
+            raise RuntimeError(f"{path}: onnxruntime gave logits of shape {logits.shape} for batch {batch_size}, "
+                               f"PyTorch {tuple(expected.shape)}")
+        difference = float((torch.from_numpy(logits) - expected).abs().max())
+        differences[str(batch_size)] = difference
+        if not difference <= atol:
+            raise RuntimeError(f"{path}: onnxruntime's logits differ from PyTorch's by {difference:.3g} at batch "
+                               f"{batch_size} (tolerance {atol:g})")
+    return f"onnxruntime {onnxruntime.__version__}", differences

@@ -1,0 +1,137 @@
+"""ONNX export: every segmentation model (BiRefNet's deformable convolution included) exports with a dynamic
+batch, and onnxruntime gives PyTorch's logits; the folder runs on its own with the saved processor."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from conftest import TINY_SIZE, tiny_sam2_unet_config
+from PIL import Image
+from test_compile import _models
+
+from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor, onnx_export
+from dsunet_hf.onnx_export import OnnxExportReport, compare_with_onnxruntime, export_onnx
+
+
+def input_shapes(path) -> dict[str, list]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+
+
+def check_export(report, processor, folder, name):
+
+    assert report.checked_with.startswith("onnxruntime")
+    assert set(report.max_abs_difference) == {"1", "3"}  # the export traced batch 2
+    assert max(report.max_abs_difference.values()) <= 1e-4
+    shapes = input_shapes(folder / "model.onnx")
+    size = processor.size
+    assert shapes["pixel_values"][1:] == [3, size["height"], size["width"]]
+    assert isinstance(shapes["pixel_values"][0], str)  # a named, dynamic batch axis
+    if name == "dsunet":
+        assert set(shapes) == {"pixel_values", "dino_pixel_values"}
+    saved = json.loads((folder / "onnx_export.json").read_text())
+    assert saved["max_abs_difference"] == report.max_abs_difference
+    assert {p.name for p in folder.iterdir()} >= {"model.onnx", "config.json", "preprocessor_config.json"}
+
+
+# SAM2-UNet: exported once for the module (fixture below), checked in test_sam2_unet_export_*.
+@pytest.mark.parametrize("name", ["dsunet", "birefnet", "dinov2-seg"])
+def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
+    model, _ = _models()[name]()
+    processor = model.default_image_processor()
+    check_export(export_onnx(model, processor, tmp_path / "onnx"), processor, tmp_path / "onnx", name)
+
+
+@pytest.fixture(scope="module")
+def exported_sam2_unet(tmp_path_factory):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    folder = tmp_path_factory.mktemp("export") / "onnx"
+    # As if the weights were over protobuf's 2 GB (DSU-Net-L): they go to an external data file.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "_SINGLE_FILE_LIMIT_BYTES", 0)
+        report = export_onnx(model, SegmentationImageProcessor(size=TINY_SIZE), folder, size=96)
+    return model, folder, report
+
+
+def test_large_weights_go_to_an_external_data_file_that_onnxruntime_reads(exported_sam2_unet):
+    _, folder, report = exported_sam2_unet
+    assert report.external_data and (folder / "model.onnx.data").stat().st_size > (folder / "model.onnx").stat().st_size
+    assert report.checked_with  # the check above ran the graph with its external weights
+
+
+def test_sam2_unet_export_has_a_dynamic_batch_and_matches_pytorch(exported_sam2_unet):
+    _, folder, report = exported_sam2_unet
+    check_export(report, SegmentationImageProcessor.from_pretrained(folder), folder, "sam2-unet")
+
+
+def test_exported_folder_predicts_like_the_model(exported_sam2_unet):
+    """What a user of the folder does: its processor (numpy), onnxruntime, post-processing."""
+    model, folder, _ = exported_sam2_unet
+    processor = SegmentationImageProcessor.from_pretrained(folder)
+    assert processor.size == {"height": 96, "width": 96}
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(70, 50), (40, 90)]]
+    inputs = processor(images, return_tensors="np")
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"pixel_values": inputs["pixel_values"]})
+    masks = processor.post_process_probabilities(logits, target_sizes=inputs["original_sizes"])
+    with torch.no_grad():
+        expected = processor.post_process_probabilities(
+            model(pixel_values=torch.from_numpy(inputs["pixel_values"])).logits, target_sizes=inputs["original_sizes"]
+        )
+    assert [tuple(m.shape) for m in masks] == [(70, 50), (40, 90)]
+    for mask, reference in zip(masks, expected):
+        assert torch.allclose(mask, reference, atol=1e-5)
+
+
+def test_a_graph_that_disagrees_with_pytorch_is_an_error(exported_sam2_unet):
+    model, folder, _ = exported_sam2_unet
+    processor = SegmentationImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        model.head.bias.add_(0.01)  # the PyTorch model changes after the export
+    try:
+        with pytest.raises(RuntimeError, match=r"model\.onnx: onnxruntime's logits differ from PyTorch's by 0\.01 at batch 1"):
+            compare_with_onnxruntime(model, processor, folder / "model.onnx")
+    finally:
+        with torch.no_grad():
+            model.head.bias.sub_(0.01)
+
+
+def test_without_onnxruntime_the_export_says_it_is_unchecked(exported_sam2_unet, monkeypatch):
+    model, folder, _ = exported_sam2_unet
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    assert compare_with_onnxruntime(model, SegmentationImageProcessor.from_pretrained(folder), folder / "model.onnx") is None
+    report = OnnxExportReport(path="m.onnx", inputs={"pixel_values": ["batch", 3, 96, 96]}, opset=20,
+                              export_seconds=1.0, external_data=False)
+    assert report.summary() == "m.onnx: pixel_values ['batch', 3, 96, 96]; opset 20; not checked (pip install onnxruntime)"
+
+
+def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
+    from dsunet_hf.cli import main
+
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
+
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx"), "--size", "64", "96"]) == 0
+    assert "onnxruntime max |diff|" in capsys.readouterr().out
+    assert input_shapes(tmp_path / "onnx" / "model.onnx")["pixel_values"][1:] == [3, 64, 96]
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert config["model_type"] == "sam2_unet" and config["id2label"] == {"0": "background", "1": "foreground"}
+
+    with pytest.raises(SystemExit, match="--size takes a height and an optional width"):
+        main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "x"), "--size", "1", "2", "3"])
+
+
+def test_visual_prompt_models_are_refused_with_the_reason(tmp_path):
+    from test_visual_prompt_head import tiny_model
+
+    model = tiny_model()
+    with pytest.raises(ValueError, match="prompts besides the image"):
+        export_onnx(model, model.default_image_processor(), tmp_path / "onnx")

@@ -225,6 +225,11 @@ def main() -> None:
             report["ours"]["images_per_second"] / report["reference"]["images_per_second"], 3)
         report["ours_over_reference_best_latency"] = round(
             report["reference"]["latency_ms_min"] / report["ours"]["latency_ms_min"], 3)
+    emit(report)
+
+
+def emit(report: dict) -> None:
+    """Print the JSON report, and write it to $BENCHMARK_OUTPUT when set."""
     text = json.dumps(report, indent=2)
     print(text)
     out = os.environ.get("BENCHMARK_OUTPUT")

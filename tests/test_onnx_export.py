@@ -16,7 +16,17 @@ from PIL import Image
 from test_compile import _models
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor, onnx_export
-from dsunet_hf.onnx_export import OnnxExportReport, compare_with_onnxruntime, export_onnx
+from dsunet_hf.onnx_export import (
+    OnnxExportReport,
+    OnnxSegmentationModel,
+    compare_with_onnxruntime,
+    export_onnx,
+)
+
+
+def photos(sizes) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
 
 
 def input_shapes(path) -> dict[str, list]:
@@ -46,6 +56,15 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     model, _ = _models()[name]()
     processor = model.default_image_processor()
     check_export(export_onnx(model, processor, tmp_path / "onnx"), processor, tmp_path / "onnx", name)
+    if name == "dinov2-seg":
+        with pytest.raises(ValueError, match="predicts 3 classes; dsunet-hf predict runs single-channel"):
+            OnnxSegmentationModel(tmp_path / "onnx")
+        return
+    # The folder as `dsunet-hf predict` runs it: called like the PyTorch model, the same logits.
+    inputs = {k: v for k, v in processor(photos([(40, 30), (20, 50)])).items() if k.endswith("pixel_values")}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    assert torch.allclose(OnnxSegmentationModel(tmp_path / "onnx")(**inputs).logits, expected, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +94,7 @@ def test_exported_folder_predicts_like_the_model(exported_sam2_unet):
     model, folder, _ = exported_sam2_unet
     processor = SegmentationImageProcessor.from_pretrained(folder)
     assert processor.size == {"height": 96, "width": 96}
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(70, 50), (40, 90)]]
-    inputs = processor(images, return_tensors="np")
+    inputs = processor(photos([(70, 50), (40, 90)]), return_tensors="np")
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"pixel_values": inputs["pixel_values"]})
     masks = processor.post_process_probabilities(logits, target_sizes=inputs["original_sizes"])
@@ -90,13 +107,40 @@ def test_exported_folder_predicts_like_the_model(exported_sam2_unet):
         assert torch.allclose(mask, reference, atol=1e-5)
 
 
+def test_predict_runs_an_exported_folder_like_the_pytorch_model(exported_sam2_unet, tmp_path, capsys):
+    from dsunet_hf.cli import main
+    from dsunet_hf.predict import predict_files
+
+    model, folder, _ = exported_sam2_unet
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(photos([(70, 50), (40, 90), (64, 64)])):
+        image.save(images / f"{index}.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+
+    assert main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "onnx-out"),
+                 "--batch-size", "2", "--num-workers", "0"]) == 1  # 1: the broken file, reported and skipped
+    assert "3 written" in capsys.readouterr().out
+    predict_files(model, SegmentationImageProcessor.from_pretrained(folder), [images], tmp_path / "torch-out",
+                  batch_size=2, progress=False)
+    for index in range(3):
+        onnx_mask = np.asarray(Image.open(tmp_path / "onnx-out" / "masks" / f"{index}.png"), dtype=np.int16)
+        torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png"), dtype=np.int16)
+        assert onnx_mask.shape == torch_mask.shape and np.abs(onnx_mask - torch_mask).max() <= 1
+
+    with pytest.raises(SystemExit, match="ONNX graph of fixed size run by onnxruntime; options for PyTorch models only: --compile"):
+        main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--compile"])
+    with pytest.raises(SystemExit, match="leave out --device and --dtype"):
+        main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--dtype", "bf16"])
+
+
 def test_a_graph_that_disagrees_with_pytorch_is_an_error(exported_sam2_unet):
     model, folder, _ = exported_sam2_unet
     processor = SegmentationImageProcessor.from_pretrained(folder)
     with torch.no_grad():
         model.head.bias.add_(0.01)  # the PyTorch model changes after the export
     try:
-        with pytest.raises(RuntimeError, match=r"model\.onnx: onnxruntime's logits differ from PyTorch's by 0\.01 at batch 1"):
+        with pytest.raises(RuntimeError, match=r"onnxruntime's logits differ from PyTorch's by 0\.01 at batch 1"):
             compare_with_onnxruntime(model, processor, folder / "model.onnx")
     finally:
         with torch.no_grad():
@@ -124,6 +168,11 @@ def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
     assert input_shapes(tmp_path / "onnx" / "model.onnx")["pixel_values"][1:] == [3, 64, 96]
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["model_type"] == "sam2_unet" and config["id2label"] == {"0": "background", "1": "foreground"}
+
+    # A graph that fails the check is not written (here: a tolerance nothing meets).
+    with pytest.raises(SystemExit, match=r"model\.onnx not written: onnxruntime's logits differ .* \(tolerance -1\)"):
+        main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "failed"), "--atol", "-1"])
+    assert not list((tmp_path / "failed").iterdir())
 
     with pytest.raises(SystemExit, match="--size takes a height and an optional width"):
         main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "x"), "--size", "1", "2", "3"])

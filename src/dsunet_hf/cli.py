@@ -69,7 +69,16 @@ def _predict(args) -> int:
     dtype = _torch_dtype(args.dtype)
     state = process_state(args.device)  # under `accelerate launch` / torchrun: one device per process, files split
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
-    model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
+    try:
+        model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
+    except ValueError as error:
+        raise SystemExit(f"predict: {error}") from error
+    if not any(True for _ in model.parameters()):  # an ONNX graph (OnnxSegmentationModel), run by onnxruntime
+        torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
+                      "--compile": args.compile, "--resolution native": args.resolution == "native"}
+        if any(torch_only.values()):
+            raise SystemExit(f"predict: {args.model} is an ONNX graph of fixed size run by onnxruntime; options for "
+                             f"PyTorch models only: {', '.join(k for k, v in torch_only.items() if v)}")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile
@@ -233,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="predict masks for images or folders")
-    predict.add_argument("--model", required=True, help="artifact folder or Hub repo id")
+    predict.add_argument("--model", required=True,
+                         help="artifact folder, Hub repo id, or a folder written by `dsunet-hf export onnx`")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--batch-size", type=int, default=4)

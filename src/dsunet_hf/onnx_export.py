@@ -1,4 +1,5 @@
-"""ONNX export of the segmentation models: images in, logits out, a dynamic batch, checked with onnxruntime.
+"""ONNX export of the segmentation models (images in, logits out, a dynamic batch, checked with onnxruntime),
+and :class:`OnnxSegmentationModel`, which runs an exported folder where ``dsunet-hf predict`` takes a model.
 
 ``dsunet-hf export onnx --model M OUTPUT_DIR`` (the shape of ``optimum-cli export onnx``) writes ``model.onnx``
 with the model's ``config.json`` (class names) and ``preprocessor_config.json`` (size and normalisation), so
@@ -16,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["OnnxExportReport", "compare_with_onnxruntime", "export_onnx", "onnx_input_names"]
+__all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
+           "onnx_input_names"]
 
 # Beyond this, weights go to an external data file (protobuf's 2 GB limit; DSU-Net-L is 2.1 GB in fp32).
 _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
@@ -32,10 +36,9 @@ _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
 class _ImagesToLogits(nn.Module):
     """The model as a function of its image tensors only, returning the final logits (what ONNX users run)."""
 
-    def __init__(self, model: nn.Module, input_names: list[str]):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.input_names = input_names
 
     def forward(self, pixel_values: torch.Tensor, dino_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         inputs = {"pixel_values": pixel_values}
@@ -49,8 +52,8 @@ def onnx_input_names(processor) -> list[str]:
     return ["pixel_values", *getattr(processor, "extra_sizes", {})]
 
 
-def _example_inputs(processor, input_names: list[str], batch_size: int, size: dict | None) -> dict[str, torch.Tensor]:
-    sizes = {"pixel_values": size or processor.size, **getattr(processor, "extra_sizes", {})}
+def _example_inputs(processor, input_names: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    sizes = {"pixel_values": processor.size, **getattr(processor, "extra_sizes", {})}
     generator = torch.Generator().manual_seed(0)
     return {name: torch.randn(batch_size, 3, sizes[name]["height"], sizes[name]["width"], generator=generator)
             for name in input_names}
@@ -122,29 +125,37 @@ def export_onnx(
         processor = copy.deepcopy(processor)
         processor.size = _normalize_size(size)
     input_names = onnx_input_names(processor)
-    example = _example_inputs(processor, input_names, 2, None)
+    example = _example_inputs(processor, input_names, 2)
     batch = torch.export.Dim("batch", min=1, max=1024)
     dynamic_shapes = {name: {0: batch} for name in input_names}
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external_data = weight_bytes > _SINGLE_FILE_LIMIT_BYTES
     path = output_dir / "model.onnx"
 
-    start = time.perf_counter()
-    with _pure_pytorch_deform_conv(), torch.no_grad():
-        program = torch.onnx.export(
-            _ImagesToLogits(model, input_names), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
-            input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,
+    # Written and checked in a scratch folder, then moved in: a failed export or check leaves no graph behind.
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
+        scratch_path = Path(scratch) / "model.onnx"
+        start = time.perf_counter()
+        with _pure_pytorch_deform_conv(), torch.no_grad():
+            program = torch.onnx.export(
+                _ImagesToLogits(model), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
+                input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,
+            )
+            program.save(str(scratch_path), external_data=external_data)
+        report = OnnxExportReport(
+            path=str(path), inputs={name: ["batch", *example[name].shape[1:]] for name in input_names},
+            opset=int(program.model.opset_imports[""]), export_seconds=round(time.perf_counter() - start, 1),
+            external_data=external_data,
         )
-        program.save(str(path), external_data=external_data)
-    report = OnnxExportReport(
-        path=str(path), inputs={name: ["batch", *example[name].shape[1:]] for name in input_names},
-        opset=int(program.model.opset_imports[""]), export_seconds=round(time.perf_counter() - start, 1),
-        external_data=external_data,
-    )
-    if check:
-        checked = compare_with_onnxruntime(model, processor, path, atol)
-        if checked is not None:
-            report.checked_with, report.max_abs_difference = checked
+        if check:
+            try:
+                checked = compare_with_onnxruntime(model, processor, scratch_path, atol)
+            except RuntimeError as error:
+                raise RuntimeError(f"{path} not written: {error}") from error
+            if checked is not None:
+                report.checked_with, report.max_abs_difference = checked
+        for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
+            os.replace(written, output_dir / written.name)
     model.config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "onnx_export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
@@ -165,16 +176,60 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
     input_names = onnx_input_names(processor)
     differences = {}
     for batch_size in (1, 3):  # neither is the traced batch: a batch baked into the graph fails here
-        inputs = _example_inputs(processor, input_names, batch_size, None)
+        inputs = _example_inputs(processor, input_names, batch_size)
         with torch.no_grad(), _pure_pytorch_deform_conv():
             expected = model(**inputs).logits
         (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
         if logits.shape != tuple(expected.shape):
-            raise RuntimeError(f"{path}: onnxruntime gave logits of shape {logits.shape} for batch {batch_size}, "
+            raise RuntimeError(f"onnxruntime gave logits of shape {logits.shape} for batch {batch_size}, "
                                f"PyTorch {tuple(expected.shape)}")
         difference = float((torch.from_numpy(logits) - expected).abs().max())
         differences[str(batch_size)] = difference
         if not difference <= atol:
-            raise RuntimeError(f"{path}: onnxruntime's logits differ from PyTorch's by {difference:.3g} at batch "
+            raise RuntimeError(f"onnxruntime's logits differ from PyTorch's by {difference:.3g} at batch "
                                f"{batch_size} (tolerance {atol:g})")
     return f"onnxruntime {onnxruntime.__version__}", differences
+
+
+def is_onnx_export(name_or_path) -> bool:
+    """A ``.onnx`` file, or a folder with ``model.onnx`` and no PyTorch weights (what ``export_onnx`` writes)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.suffix == ".onnx"
+    return (path / "model.onnx").is_file() and not (path / "model.safetensors").exists()
+
+
+class OnnxSegmentationModel(nn.Module):
+    """An exported folder run by onnxruntime, called like our models: ``model(pixel_values=...).logits``.
+
+    For ``dsunet-hf predict --model OUT/`` (batching, resuming, overlays and cut-outs as for PyTorch models). The
+    graph has the export's fixed height and width and takes fp32 CPU tensors; onnxruntime runs it on its
+    available providers (CUDA first with onnxruntime-gpu). Single-channel models only (SAM2-UNet, DSU-Net,
+    BiRefNet): run a DINOv2 head's graph with onnxruntime directly.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        super().__init__()
+        import onnxruntime
+        from transformers import AutoConfig
+
+        path = Path(path)
+        graph = path / "model.onnx" if path.is_dir() else path
+        self.folder = graph.parent
+        self.session = onnxruntime.InferenceSession(str(graph), providers=providers or onnxruntime.get_available_providers())
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        channels = self.session.get_outputs()[0].shape[1]
+        if channels != 1:
+            raise ValueError(f"{graph}: predicts {channels} classes; dsunet-hf predict runs single-channel (foreground) "
+                             f"graphs; run this one with onnxruntime directly")
+        self.config = AutoConfig.from_pretrained(self.folder)
+
+    def forward(self, **inputs: torch.Tensor):
+        from transformers.modeling_outputs import SemanticSegmenterOutput
+
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise ValueError(f"{self.folder}: the graph needs inputs {missing}")
+        feeds = {name: inputs[name].detach().to("cpu", torch.float32).numpy() for name in self.input_names}
+        (logits,) = self.session.run(["logits"], feeds)
+        return SemanticSegmenterOutput(logits=torch.from_numpy(logits))

@@ -79,6 +79,14 @@ def cutout_image(image: Image.Image, probability: np.ndarray) -> Image.Image:
     return rgba
 
 
+def device_and_dtype(model) -> tuple[torch.device, torch.dtype]:
+    """Where the model's inputs go: its parameters' device and dtype (CPU fp32 for an onnxruntime graph)."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:  # OnnxSegmentationModel: onnxruntime takes CPU float32 arrays
+        return torch.device("cpu"), torch.float32
+    return parameter.device, parameter.dtype
+
+
 def pixel_inputs(batch, device=None, dtype=None) -> dict[str, torch.Tensor]:
     """Every image input a model takes (``pixel_values`` and e.g. DSU-Net's ``dino_pixel_values``)."""
     return {k: v.to(device=device, dtype=dtype) for k, v in batch.items() if k.endswith("pixel_values")}
@@ -87,9 +95,9 @@ def pixel_inputs(batch, device=None, dtype=None) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def predict_probabilities(model, processor, images: list, minmax_normalize: bool = False) -> list[torch.Tensor]:
     """Foreground probabilities (H, W) at each image's original size, for a batch of PIL images."""
-    parameter = next(model.parameters())
+    device, dtype = device_and_dtype(model)
     inputs = processor(images)
-    logits = model(**pixel_inputs(inputs, parameter.device, parameter.dtype)).logits
+    logits = model(**pixel_inputs(inputs, device, dtype)).logits
     return processor.post_process_probabilities(
         logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )
@@ -234,8 +242,8 @@ def predict_files(
 
     from .distributed import process_state
 
-    parameter = next(model.parameters())
-    state = process_state(parameter.device)
+    device, dtype = device_and_dtype(model)
+    state = process_state(device)
     output_dir = Path(output_dir)
     report = PredictionReport()
     pending = []
@@ -269,7 +277,7 @@ def predict_files(
             sizes, batching = None, {"batch_size": batch_size}
         loader = torch.utils.data.DataLoader(
             _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
-            num_workers=num_workers, collate_fn=_collate, pin_memory=parameter.device.type == "cuda",
+            num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         )
         bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process))
 
@@ -295,12 +303,12 @@ def predict_files(
                                             item["name"], overlay)
                         written(str(item["path"]))
                     continue
-                pixel_values = {k: v.to(device=parameter.device, dtype=parameter.dtype, non_blocking=True)
+                pixel_values = {k: v.to(device=device, dtype=dtype, non_blocking=True)
                                 for k, v in batch["pixel_values"].items()}
                 if channels_last:
                     pixel_values = {k: v.contiguous(memory_format=torch.channels_last)
                                     for k, v in pixel_values.items()}
-                precision = (torch.autocast(parameter.device.type, dtype=autocast_dtype) if autocast_dtype
+                precision = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
                              else contextlib.nullcontext())
                 with precision:
                     logits = model(**pixel_values).logits
@@ -331,7 +339,14 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     from transformers import AutoImageProcessor, AutoModelForImageSegmentation
 
     from .convert.birefnet import is_official_birefnet_source
+    from .onnx_export import OnnxSegmentationModel, is_onnx_export
 
+    if is_onnx_export(name_or_path):  # a folder written by `dsunet-hf export onnx`, run by onnxruntime
+        if (device is not None and str(device) != "cpu") or dtype not in (None, torch.float32):
+            raise ValueError(f"{name_or_path} is an ONNX graph (fp32): onnxruntime picks its devices (CUDA with "
+                             f"onnxruntime-gpu); leave out --device and --dtype")
+        model = OnnxSegmentationModel(name_or_path)
+        return model, AutoImageProcessor.from_pretrained(model.folder)
     if is_official_birefnet_source(name_or_path, kwargs.get("revision")):
         # Official BiRefNet weights (Hub id such as ZhengPeng7/BiRefNet, folder or .pth/.safetensors file).
         from .models.birefnet import BiRefNetForImageSegmentation

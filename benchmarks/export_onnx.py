@@ -1,18 +1,19 @@
 """ONNX export at full size, and onnxruntime against PyTorch on the same inputs; JSON on stdout.
 
-    python benchmarks/onnx.py --model sam2-unet --preset large [--batch-size 1] [--repeats 8]
-    python benchmarks/onnx.py --model birefnet --preset BiRefNet_lite
+    python benchmarks/export_onnx.py --model sam2-unet --preset large [--batch-size 1] [--repeats 8]
+    python benchmarks/export_onnx.py --model birefnet --preset BiRefNet_lite
+    python benchmarks/export_onnx.py --model sam2-unet --preset large --reference /path/to/SAM2-UNet
 
 Random weights (no downloads). Exports with ``dsunet_hf.onnx_export.export_onnx`` (time, file size, the
 onnxruntime check at batch 1 and 3), then times PyTorch fp32 eager (``torch.inference_mode``) and onnxruntime's
-CPU provider alternately, the order flipping every round, at the model's native size. Not part of the test suite.
+CPU provider in turn, the order rotating every round, at the model's native size; ``--reference`` adds the
+authors' code as published (fp32, eager; see upstream.py) to the rotation. Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from inference import build, native_inputs
+from inference import build, emit, native_inputs
 
 
 def main() -> None:
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--output-dir", default=None, help="keep the export here (default: a temporary folder)")
+    parser.add_argument("--reference", default=None, help="checkout of the authors' repository")
+    parser.add_argument("--reference-dinov2", default=None, help="dsunet: checkout of facebookresearch/dinov2")
     args = parser.parse_args()
 
     import onnxruntime
@@ -58,12 +61,23 @@ def main() -> None:
             session.run(["logits"], feeds)
 
         runners = {"pytorch": pytorch, "onnxruntime": ort}
+        if args.reference:
+            from upstream import build_reference
+
+            reference, maps = build_reference(args.model, args.reference, args.preset, args.reference_dinov2)
+            reference.eval()
+
+            def authors():
+                with torch.inference_mode():
+                    maps(reference, inputs)
+
+            runners["reference"] = authors
         for _ in range(args.warmup):
             for run in runners.values():
                 run()
         times = {name: [] for name in runners}
         for round_index in range(args.repeats):
-            order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
+            order = list(runners)[round_index % len(runners):] + list(runners)[:round_index % len(runners)]
             for name in order:
                 start = time.perf_counter()
                 runners[name]()
@@ -75,20 +89,18 @@ def main() -> None:
         "benchmark": "onnx", "date": datetime.date.today().isoformat(), "model": args.model, "preset": args.preset,
         "batch_size": args.batch_size, "inputs": {k: list(v.shape) for k, v in inputs.items()},
         "device": f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+        "onnxruntime_version": onnxruntime.__version__, "platform": platform.platform(),
         "export_seconds": export.export_seconds, "opset": export.opset, "files_mb": files,
         "max_abs_difference_by_batch": export.max_abs_difference,
         "timing": f"interleaved, {args.repeats} rounds", **latency,
         "onnxruntime_over_pytorch_median": round(
             latency["pytorch"]["latency_ms_median"] / latency["onnxruntime"]["latency_ms_median"], 3),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = os.environ.get("BENCHMARK_OUTPUT")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-
+    if args.reference:
+        for name in ("pytorch", "onnxruntime"):
+            report[f"{name}_over_reference_median"] = round(
+                latency["reference"]["latency_ms_median"] / latency[name]["latency_ms_median"], 3)
+    emit(report)
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,6 @@ import json
 import sys
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
 from conftest import TINY_SIZE, tiny_sam2_unet_config
@@ -22,6 +20,10 @@ from dsunet_hf.onnx_export import (
     compare_with_onnxruntime,
     export_onnx,
 )
+
+onnx = pytest.importorskip("onnx", reason="the [onnx] extra (in [dev]) is not installed")
+onnxruntime = pytest.importorskip("onnxruntime", reason="the [onnx] extra (in [dev]) is not installed")
+pytest.importorskip("onnxscript", reason="the [onnx] extra (in [dev]) is not installed")
 
 
 def photos(sizes) -> list[Image.Image]:

@@ -58,8 +58,10 @@ class SegmentationImageProcessor(BaseImageProcessor):
     with PIL's bilinear filter, scaled to [0, 1] and normalised with ImageNet statistics; masks are
     converted to 8-bit gray and resized bicubically (kept soft, never re-binarised).
 
-    Post-processing upsamples logits bilinearly to the original size and applies a sigmoid, with
-    optional per-image min-max normalisation (as in SAM2-UNet's ``test.py``) and thresholding.
+    Post-processing upsamples logits bilinearly to the original size: ``post_process_probabilities`` applies a
+    sigmoid (softmax for multi-class logits), with optional per-image min-max normalisation (as in SAM2-UNet's
+    ``test.py``); ``post_process_semantic_segmentation`` gives class-index maps, the transformers convention
+    that ``pipeline("image-segmentation")`` relies on.
 
     Note: we subclass ``BaseImageProcessor`` (the backend-agnostic ``ImageProcessingMixin`` subclass
     that ``AutoImageProcessor.register`` requires) and not the transformers PIL or torchvision

@@ -182,7 +182,9 @@ def _device_summary() -> str:
     native_bf16 = any(check() for check in checks if check is not None)
     hint = ("bf16 in hardware: predict --autocast bf16 --channels-last is the fast path (~1.7x on SAM2-UNet-L)"
             if native_bf16 else "no bf16 matrix units found: fp32 is the safe choice (measure bf16 first)")
-    return f"device: cpu ({torch.get_num_threads()} threads); {hint}"
+    exact = ("; exact fp32: export onnx, then predict --model <that folder> (onnxruntime: 1.25x SAM2-UNet-L, "
+             "2x BiRefNet_lite)")
+    return f"device: cpu ({torch.get_num_threads()} threads); {hint}{exact}"
 
 
 def _info(args) -> int:

@@ -132,6 +132,8 @@ def test_predict_runs_an_exported_folder_like_the_pytorch_model(exported_sam2_un
 
     with pytest.raises(SystemExit, match="ONNX graph of fixed size run by onnxruntime; options for PyTorch models only: --compile"):
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--compile"])
+    with pytest.raises(SystemExit, match="is already an ONNX export"):
+        main(["export", "onnx", "--model", str(folder), str(tmp_path / "again")])
     with pytest.raises(SystemExit, match="leave out --device and --dtype"):
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--dtype", "bf16"])
 

@@ -116,6 +116,8 @@ def export_onnx(
 
     if not hasattr(processor, "size"):
         raise TypeError(f"export_onnx needs the model's SegmentationImageProcessor, got {type(processor).__name__}")
+    if isinstance(model, OnnxSegmentationModel):
+        raise ValueError(f"{model.folder} is already an ONNX export")
     if getattr(model.config, "model_type", None) in ("visual_prompt", "visual_prompt_matcher"):
         raise ValueError("visual-prompt models take reference images and prompts besides the image: not exportable")
     output_dir = Path(output_dir)

@@ -40,7 +40,9 @@ def test_push_then_pull_gives_identical_outputs(trained_model, offline_hub):
 
     card = (snapshot / "README.md").read_text()
     for expected in ("test-org/tiny-hiera", "S-measure", "0.9123", "ECSSD", "xiong2024sam2unet", "ravi2024sam2",
-                     "license: apache-2.0", "adapter", "me/sam2unet-test"):
+                     "license: apache-2.0", "adapter", "me/sam2unet-test",
+                     'pipeline("image-segmentation", model="me/sam2unet-test")',
+                     "dsunet-hf export onnx --model me/sam2unet-test onnx/"):
         assert expected in card, expected
 
     pulled = AutoModelForImageSegmentation.from_pretrained(repo_id)

@@ -138,6 +138,23 @@ def test_predict_runs_an_exported_folder_like_the_pytorch_model(exported_sam2_un
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--dtype", "bf16"])
 
 
+def test_a_broken_exported_folder_is_a_clear_error(exported_sam2_unet, tmp_path):
+    import shutil
+
+    from dsunet_hf.cli import main
+
+    _, folder, _ = exported_sam2_unet
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(SystemExit, match=r"broken has no config\.json beside model\.onnx"):
+        main(["predict", "--model", str(broken), str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(folder / name, broken / name)
+    with pytest.raises(SystemExit, match=r"broken/model\.onnx cannot be loaded by onnxruntime"):
+        main(["predict", "--model", str(broken), str(tmp_path), "--output-dir", str(tmp_path / "out")])
+
+
 def test_a_graph_that_disagrees_with_pytorch_is_an_error(exported_sam2_unet):
     model, folder, _ = exported_sam2_unet
     processor = SegmentationImageProcessor.from_pretrained(folder)

@@ -55,10 +55,17 @@ def label_map_from(segments, id2label, shape) -> np.ndarray:
     return rebuilt
 
 
+def centre_logits_on_zero(module, args, output) -> None:
+    """Forward hook: half of each map becomes foreground (edits the output in place, returns nothing)."""
+    output.logits.sub_(output.logits.flatten(1).median(dim=1).values[:, None, None, None])
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_pipeline_gives_one_mask_per_class_at_the_original_size(name):
     model, _ = _models()[name]()
     model.eval()
+    if name != "dinov2-seg":  # a random tiny model may call everything foreground: centre each map on 0
+        model.register_forward_hook(centre_logits_on_zero)
     processor = model.default_image_processor()
     with transformers_log() as messages:
         segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
@@ -70,6 +77,7 @@ def test_pipeline_gives_one_mask_per_class_at_the_original_size(name):
         shape = (image.height, image.width)
         rebuilt = label_map_from(segments, model.config.id2label, shape)
         assert (rebuilt >= 0).all(), "every pixel gets a class"
+        assert len(segments) == len(model.config.id2label)  # every class is present in these maps
         np.testing.assert_array_equal(rebuilt, expected_label_map(model, processor, image))
     if name != "dinov2-seg":
         assert model.config.id2label == {0: "background", 1: "foreground"}
@@ -83,12 +91,13 @@ def test_pipeline_loads_a_pushed_artifact_by_repo_id(offline_hub, tmp_path):
 
     offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "trunk", tiny_hiera()))
     model = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config()).eval()
-    with torch.no_grad():
-        model.head.bias.fill_(0.3)  # some pixels on each side of the threshold
     processor = SegmentationImageProcessor(size=TINY_SIZE)
+    image = photos([(45, 60)])[0]
+    with torch.no_grad():  # some pixels on each side of the threshold
+        model.head.bias.sub_(model(**processor(image)).logits.median())
     model.push_to_hub("me/sam2unet-pipeline", image_processor=processor)
 
-    image = photos([(45, 60)])[0]
     segments = pipeline("image-segmentation", model="me/sam2unet-pipeline")(image)
     rebuilt = label_map_from(segments, model.config.id2label, (45, 60))
+    assert [segment["label"] for segment in segments] == ["background", "foreground"]
     np.testing.assert_array_equal(rebuilt, expected_label_map(model, processor, image))

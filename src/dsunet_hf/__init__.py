@@ -31,11 +31,12 @@ from .models.visual_prompt import (
 
 __version__ = "0.1.0"
 
-for _config, _model in (
+_SEGMENTATION_MODELS = (
     (Sam2UNetConfig, Sam2UNetForImageSegmentation),
     (DSUNetConfig, DSUNetForImageSegmentation),
     (BiRefNetConfig, BiRefNetForImageSegmentation),
-):
+)
+for _config, _model in _SEGMENTATION_MODELS:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForImageSegmentation.register(_config, _model, exist_ok=True)
@@ -57,9 +58,7 @@ AutoImageProcessor.register(Dinov2SegConfig, slow_image_processor_class=Segmenta
 # ``pipeline("image-segmentation")`` checks the model class against a *copy* of this name table, which
 # loses the registrations above, and logs "not supported" although it runs our models fine. Naming them
 # here silences that; the lazy Auto mappings skip model types that transformers' own config table lacks.
-for _config, _model in ((Sam2UNetConfig, Sam2UNetForImageSegmentation), (DSUNetConfig, DSUNetForImageSegmentation),
-                        (BiRefNetConfig, BiRefNetForImageSegmentation),
-                        (Dinov2SegConfig, Dinov2ForSemanticSegmentation)):
+for _config, _model in (*_SEGMENTATION_MODELS, (Dinov2SegConfig, Dinov2ForSemanticSegmentation)):
     MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES.setdefault(_config.model_type, _model.__name__)
 
 __all__ = [

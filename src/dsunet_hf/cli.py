@@ -57,6 +57,7 @@ def _predict(args) -> int:
     import torch
 
     from .distributed import process_state
+    from .onnx_export import OnnxSegmentationModel
     from .predict import load_model_and_processor, predict_files
 
     if args.reference:
@@ -73,7 +74,7 @@ def _predict(args) -> int:
         model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
     except ValueError as error:
         raise SystemExit(f"predict: {error}") from error
-    if not any(True for _ in model.parameters()):  # an ONNX graph (OnnxSegmentationModel), run by onnxruntime
+    if isinstance(model, OnnxSegmentationModel):  # an exported graph, run by onnxruntime
         torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
                       "--compile": args.compile, "--resolution native": args.resolution == "native"}
         if any(torch_only.values()):

@@ -156,6 +156,7 @@ def export_onnx(
                 raise RuntimeError(f"{path} not written: {error}") from error
             if checked is not None:
                 report.checked_with, report.max_abs_difference = checked
+        (output_dir / "model.onnx.data").unlink(missing_ok=True)  # an earlier export's weights, if any
         for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
             os.replace(written, output_dir / written.name)
     model.config.save_pretrained(output_dir)
@@ -218,7 +219,13 @@ class OnnxSegmentationModel(nn.Module):
         path = Path(path)
         graph = path / "model.onnx" if path.is_dir() else path
         self.folder = graph.parent
-        self.session = onnxruntime.InferenceSession(str(graph), providers=providers or onnxruntime.get_available_providers())
+        if not (self.folder / "config.json").is_file():
+            raise ValueError(f"{self.folder} has no config.json beside {graph.name} (export with dsunet-hf export onnx)")
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(graph), providers=providers or onnxruntime.get_available_providers())
+        except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, NoSuchFile, ...)
+            raise ValueError(f"{graph} cannot be loaded by onnxruntime: {error}") from error
         self.input_names = [node.name for node in self.session.get_inputs()]
         channels = self.session.get_outputs()[0].shape[1]
         if channels != 1:

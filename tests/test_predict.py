@@ -90,6 +90,27 @@ def test_cli_predict(artifact, images, tmp_path, capsys):
     assert (tmp_path / "cli" / "masks" / "a.png").is_file()
 
 
+def test_cli_cutouts_estimate_the_foreground_colours_or_keep_the_photos(artifact, tmp_path):
+    from dsunet_hf import refine_foreground
+
+    _, folder = artifact
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    photo.save(tmp_path / "noise.png")
+    cutouts = {}
+    for colors in ("estimate", "original"):
+        extra = [] if colors == "estimate" else ["--cutout-colors", colors]  # estimate is the default
+        assert cli_main(["predict", "--model", str(folder), str(tmp_path / "noise.png"), "--cutout", "--output-dir",
+                         str(tmp_path / colors), *extra]) == 0
+        cutouts[colors] = np.asarray(Image.open(tmp_path / colors / "cutouts" / "noise.png"))
+    mask = np.asarray(Image.open(tmp_path / "estimate" / "masks" / "noise.png"))
+    for cut in cutouts.values():
+        np.testing.assert_array_equal(cut[..., 3], mask)  # alpha = the written soft mask
+    np.testing.assert_array_equal(cutouts["original"][..., :3], np.asarray(photo))
+    expected = np.asarray(refine_foreground(photo, mask.astype(np.float32) / 255), dtype=np.int16)
+    assert np.abs(cutouts["estimate"][..., :3].astype(np.int16) - expected).max() <= 2  # alpha rounded to 8 bits
+    assert np.abs(cutouts["estimate"][..., :3].astype(np.int16) - np.asarray(photo)).mean() > 10
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
 def test_predict_on_real_benchmark_images(artifact, tmp_path):
     model, _ = artifact

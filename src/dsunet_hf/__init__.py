@@ -15,6 +15,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_SEGMENTATION_
 
 from .backbones.hiera import HIERA_PRESETS, HieraBackbone, hiera_config, hiera_hub_repo
 from .finetune import STRATEGIES, trainable_summary
+from .foreground import estimate_foreground, refine_foreground
 from .hub import BackboneNotAvailableError
 from .image_processing import SegmentationImageProcessor
 from .modeling_utils import CheckpointMismatchError
@@ -83,7 +84,9 @@ __all__ = [
     "VisualPromptForSegmentation",
     "VisualPromptMatcher",
     "VisualPromptMatcherConfig",
+    "estimate_foreground",
     "hiera_config",
     "hiera_hub_repo",
+    "refine_foreground",
     "trainable_summary",
 ]

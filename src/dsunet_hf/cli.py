@@ -87,9 +87,9 @@ def _predict(args) -> int:
     autocast = None if args.autocast == "none" else _torch_dtype(args.autocast)
     report = predict_files(
         model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
-        minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout, overwrite=args.overwrite,
-        num_workers=args.num_workers, autocast_dtype=autocast, channels_last=args.channels_last,
-        resolution=args.resolution, max_side=args.max_side,
+        minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout,
+        cutout_colors=args.cutout_colors, overwrite=args.overwrite, num_workers=args.num_workers,
+        autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution, max_side=args.max_side,
     )
     if not state.is_main_process:
         return 0
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--minmax-normalize", action="store_true", help="upstream test.py's per-image min-max")
     predict.add_argument("--overlay", action="store_true", help="also write overlays/")
     predict.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs/")
+    predict.add_argument("--cutout-colors", default="estimate", choices=["estimate", "original"],
+                         help="cut-out RGB under soft alpha: estimated foreground colours (blur-fusion, as BiRefNet's "
+                              "refine_foreground: no halo of the old background) or the photo's own")
     predict.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     predict.add_argument("--device", default=None)
     predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")

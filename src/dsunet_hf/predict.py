@@ -72,9 +72,22 @@ def overlay_image(image: Image.Image, probability: np.ndarray, color=(255, 0, 80
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
 
 
-def cutout_image(image: Image.Image, probability: np.ndarray) -> Image.Image:
-    """RGBA with the probability as alpha: background removal."""
-    rgba = image.convert("RGB").copy()
+CUTOUT_COLORS = ("estimate", "original")
+
+
+def cutout_image(image: Image.Image, probability: np.ndarray, colors: str = "estimate",
+                 device: str | torch.device = "cpu") -> Image.Image:
+    """RGBA with the probability as alpha: background removal. ``colors="estimate"`` replaces the colours
+    under soft alpha by the estimated foreground colours (blur-fusion, see :mod:`dsunet_hf.foreground`), so
+    that the old background does not show as a halo; ``"original"`` keeps the photo's colours."""
+    if colors not in CUTOUT_COLORS:
+        raise ValueError(f"cut-out colors must be one of {CUTOUT_COLORS}, got {colors!r}")
+    if colors == "estimate":
+        from .foreground import refine_foreground
+
+        rgba = refine_foreground(image, probability, device=device)
+    else:
+        rgba = image.convert("RGB").copy()
     rgba.putalpha(Image.fromarray((probability * 255).round().astype(np.uint8)))
     return rgba
 
@@ -166,14 +179,14 @@ def _collate(items: list[dict]) -> dict:
 
 
 def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path, threshold: float | None,
-                          overlay: bool, cutout: bool) -> str:
+                          overlay: bool, cutout: str | None, device: torch.device) -> str:
     name = item["name"].with_suffix(".png")
     mask = probability >= threshold if threshold is not None else probability
     save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name)
     if overlay:
         save_image_atomic(overlay_image(item["image"], probability), output_dir / "overlays" / name)
     if cutout:
-        save_image_atomic(cutout_image(item["image"], probability), output_dir / "cutouts" / name)
+        save_image_atomic(cutout_image(item["image"], probability, cutout, device), output_dir / "cutouts" / name)
     return str(item["path"])
 
 
@@ -213,6 +226,7 @@ def predict_files(
     minmax_normalize: bool = False,
     overlay: bool = False,
     cutout: bool = False,
+    cutout_colors: str = "estimate",
     overwrite: bool = False,
     progress: bool = True,
     num_workers: int = 0,
@@ -230,6 +244,9 @@ def predict_files(
     under autocast with fp32 weights; ``channels_last`` feeds NHWC inputs to the conv decoders (call
     ``model.to(memory_format=torch.channels_last)`` too). Outputs are encoded and written by ``write_workers``
     threads while the device runs the next batch.
+
+    ``cutout`` writes RGBA cut-outs, with the foreground colours estimated under soft alpha
+    (``cutout_colors="estimate"``, on the model's device) or the photo's own (``"original"``).
 
     ``resolution="native"`` runs each image at its own size (see :func:`native_size`: at most ``max_side``,
     multiples of 32) instead of the processor's fixed size, for models that take any size (BiRefNet,
@@ -262,6 +279,8 @@ def predict_files(
 
         pending, report.skipped_existing = broadcast_object_list([pending, report.skipped_existing])
     semantic = hasattr(model, "segment")  # multi-class: palette PNGs of class indices, overlays with a legend
+    if cutout_colors not in CUTOUT_COLORS:
+        raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
@@ -317,7 +336,7 @@ def predict_files(
                 )
                 for item, probability in zip(good, probabilities):
                     writer.submit(_write_binary_outputs, item, probability.cpu().numpy(), output_dir, threshold,
-                                  overlay, cutout)
+                                  overlay, cutout_colors if cutout else None, device)
         finally:
             writer.close()  # every finished image is written (and reported) even when a later batch fails
         bar.close()

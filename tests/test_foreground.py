@@ -1,0 +1,117 @@
+"""Foreground colour estimation (blur-fusion) for cut-outs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsunet_hf import estimate_foreground, refine_foreground
+from dsunet_hf.foreground import box_blur
+from dsunet_hf.predict import cutout_image
+
+
+def mirrored(index: int, length: int) -> int:
+    """OpenCV's BORDER_REFLECT_101 written out: fold back at each end, the edge pixel not repeated."""
+    if length == 1:
+        return 0
+    while not 0 <= index < length:
+        index = -index if index < 0 else 2 * (length - 1) - index
+    return index
+
+
+def box_blur_by_definition(plane: np.ndarray, size: int) -> np.ndarray:
+    """Mean over the size x size box whose anchor (size // 2, size // 2) sits on each pixel."""
+    height, width = plane.shape
+    out = np.zeros_like(plane, dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            total = 0.0
+            for dy in range(size):
+                for dx in range(size):
+                    total += plane[mirrored(y + dy - size // 2, height), mirrored(x + dx - size // 2, width)]
+            out[y, x] = total / size**2
+    return out
+
+
+@pytest.mark.parametrize("shape, size", [((6, 9), 3), ((6, 9), 4), ((5, 4), 9), ((1, 7), 6), ((3, 1), 2),
+                                         ((8, 8), 1), ((7, 11), 7)])
+def test_box_blur_is_the_mirrored_box_mean(shape, size):
+    plane = np.random.default_rng(size).random(shape)
+    blurred = box_blur(torch.from_numpy(plane), size).numpy()
+    np.testing.assert_allclose(blurred, box_blur_by_definition(plane, size), rtol=0, atol=1e-12)
+
+
+def test_box_blur_keeps_leading_dimensions_and_dtype():
+    x = torch.rand(2, 3, 10, 12)
+    blurred = box_blur(x, 5)
+    assert blurred.shape == x.shape and blurred.dtype == torch.float32
+    torch.testing.assert_close(blurred[1, 2], box_blur(x[1, 2], 5))
+    with pytest.raises(ValueError, match="at least 1"):
+        box_blur(x, 0)
+
+
+def test_box_blur_equals_opencv():
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (the definition test covers the semantics)")
+    rng = np.random.default_rng(0)
+    for shape, size in [((64, 80), 90), ((300, 200), 90), ((33, 20), 6), ((50, 50), 7), ((1, 9), 6)]:
+        plane = rng.random(shape).astype(np.float32)
+        np.testing.assert_allclose(box_blur(torch.from_numpy(plane), size).numpy(), cv2.blur(plane, (size, size)),
+                                   rtol=0, atol=1e-6)
+
+
+def composite(height=96, width=160):
+    """I = alpha F + (1 - alpha) B with a known foreground F, a smooth background B and a soft 24-px edge."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    foreground = np.stack([np.full_like(xx, 0.9), 0.2 + 0.3 * yy / height, np.full_like(xx, 0.1)])
+    background = np.stack([0.1 + 0.2 * xx / width, np.full_like(xx, 0.8), np.full_like(xx, 0.3)])
+    alpha = np.clip((width / 2 - xx) / 24 + 0.5, 0, 1)
+    image = alpha * foreground + (1 - alpha) * background
+    return image, alpha, foreground
+
+
+def test_estimated_colours_recover_the_foreground_where_alpha_is_soft():
+    image, alpha, foreground = composite()
+    estimate = estimate_foreground(torch.from_numpy(image), torch.from_numpy(alpha)).numpy()
+    soft = (alpha > 0.05) & (alpha < 0.95)
+    photo_error = np.abs(image - foreground)[:, soft].mean()
+    estimate_error = np.abs(estimate - foreground)[:, soft].mean()
+    assert photo_error > 0.2 and estimate_error < 0.25 * photo_error, (photo_error, estimate_error)
+    opaque = alpha == 1  # where alpha is 1 the photo already is the foreground: kept exactly
+    np.testing.assert_allclose(estimate[:, opaque], image[:, opaque], atol=1e-5)
+
+
+def test_estimate_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="alpha must be"):
+        estimate_foreground(torch.rand(3, 8, 8), torch.rand(8, 9))
+    with pytest.raises(ValueError, match="image must be"):
+        estimate_foreground(torch.rand(8, 8), torch.rand(8, 8))
+
+
+def test_refine_foreground_takes_pil_masks_of_another_size_and_arrays():
+    image, alpha, _ = composite()
+    photo = Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+    from_array = refine_foreground(photo, alpha)
+    assert from_array.mode == "RGB" and from_array.size == photo.size
+    mask = Image.fromarray((alpha * 255).round().astype(np.uint8)).resize((80, 48), Image.NEAREST)
+    assert refine_foreground(photo, mask).size == photo.size
+    with pytest.raises(ValueError, match="alpha has shape"):
+        refine_foreground(photo, alpha[:, :10])
+
+
+def test_cutout_colours_estimated_or_original():
+    image, alpha, foreground = composite()
+    photo = Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+    estimated, original = cutout_image(photo, alpha), cutout_image(photo, alpha, colors="original")
+    for cut in (estimated, original):
+        assert cut.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(cut)[..., 3], (alpha * 255).round().astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(original)[..., :3], np.asarray(photo))
+    np.testing.assert_array_equal(np.asarray(estimated)[..., :3], np.asarray(refine_foreground(photo, alpha)))
+    soft = (alpha > 0.05) & (alpha < 0.95)
+    truth = foreground.transpose(1, 2, 0)[soft] * 255
+    assert np.abs(np.asarray(estimated)[..., :3][soft] - truth).mean() < 0.2 * np.abs(
+        np.asarray(original)[..., :3][soft] - truth).mean()
+    with pytest.raises(ValueError, match="must be one of"):
+        cutout_image(photo, alpha, colors="blurred")

@@ -471,7 +471,7 @@ def run_evaluate_cli(args) -> int:
                     raise SystemExit(f"evaluate: {source}: {error}") from error
                 per_class[name] = scores.pop("per_class_iou")
                 results[name] = scores
-            elif hasattr(model, "segment"):  # multi-class: mIoU / accuracies, per-class IoU with label names
+            elif getattr(model, "predicts_class_maps", False):  # mIoU / accuracies, per-class IoU with names
                 from .semantic import evaluate_semantic
 
                 semantic = evaluate_semantic(model, dataset, max_samples=args.max_samples)

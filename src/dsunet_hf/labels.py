@@ -10,3 +10,10 @@ def set_default_labels(config_kwargs: dict, names) -> None:
     """Give a config ``names`` as its classes unless the caller chose classes (``id2label``/``num_labels``)."""
     if "id2label" not in config_kwargs and "num_labels" not in config_kwargs:
         config_kwargs["id2label"] = dict(enumerate(names))
+
+
+def require_binary(config, model_name: str) -> None:
+    """Single-channel models predict foreground vs background only: more classes would be silently ignored."""
+    if config.num_labels > 2:
+        raise ValueError(f"{model_name} predicts one foreground map, so num_labels must be at most 2, got "
+                         f"{config.num_labels}; SAM2-UNet and the DINOv2 heads are the multi-class models")

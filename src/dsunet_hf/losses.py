@@ -57,6 +57,24 @@ def deep_supervision_loss(
     return sum(w * structure_loss(o, target, bce_weighting) for o, w in zip(outputs, weights))
 
 
+
+def multiclass_deep_supervision_loss(
+    outputs: Sequence[torch.Tensor], labels: torch.Tensor, weights: Sequence[float], ignore_index: int = 255
+) -> torch.Tensor:
+    """Weighted sum of softmax cross-entropy over several full-resolution outputs (final map first), each
+    averaged over the labelled pixels (0 when none is labelled, instead of NaN)."""
+    if len(outputs) != len(weights):
+        raise ValueError(f"{len(outputs)} outputs but {len(weights)} loss weights")
+    labels = labels[:, 0] if labels.ndim == 4 else labels
+    if labels.shape[-2:] != outputs[0].shape[-2:]:
+        raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(outputs[0].shape[-2:])}")
+    labels = labels.long()
+    labelled = (labels != ignore_index).sum().clamp(min=1)
+    return sum(
+        w * F.cross_entropy(o.float(), labels, ignore_index=ignore_index, reduction="sum") / labelled
+        for o, w in zip(outputs, weights)
+    )
+
 # --- BiRefNet --------------------------------------------------------------------------------------------
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, like: torch.Tensor | None = None) -> torch.Tensor:

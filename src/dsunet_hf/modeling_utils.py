@@ -96,6 +96,10 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     # even `full` fine-tuning leaves no unused parameter for DDP to trip over.
     unused_parameters: tuple[str, ...] = ()
 
+    # Multi-class models (``segment(pixel_values, schedule)`` -> class probabilities) take the semantic path of
+    # training, evaluation and prediction: label maps, mIoU, palette PNGs. Single-channel models do not.
+    predicts_class_maps = False
+
     # --- what trains, what is saved ----------------------------------------------------------------
     def is_trainable_key(self, name: str) -> bool:
         if name in self.unused_parameters:

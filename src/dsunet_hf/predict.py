@@ -278,7 +278,7 @@ def predict_files(
         from accelerate.utils import broadcast_object_list
 
         pending, report.skipped_existing = broadcast_object_list([pending, report.skipped_existing])
-    semantic = hasattr(model, "segment")  # multi-class: palette PNGs of class indices, overlays with a legend
+    semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     if cutout_colors not in CUTOUT_COLORS:
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
     if resolution not in ("model", "native"):

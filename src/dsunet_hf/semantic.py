@@ -122,12 +122,14 @@ def _name(source) -> str:
 
 
 @torch.no_grad()
-def evaluate_semantic(model, dataset, *, schedule: str = "slide", reduce_zero_label: bool = False,
+def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zero_label: bool = False,
                       max_samples: int | None = None) -> dict:
-    """Dataset-level mIoU / per-class IoU (with label names) / pixel accuracy, at each label's original size."""
+    """Dataset-level mIoU / per-class IoU (with label names) / pixel accuracy, at each label's original size.
+    ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet)."""
     from .metrics import SemanticSegmentationMetrics
 
     config = model.config
+    schedule = schedule or model.default_schedule
     metrics = SemanticSegmentationMetrics(config.num_labels, config.semantic_loss_ignore_index, reduce_zero_label)
     transform = SemanticSegmentationTransform(None, train=False, crop_size=config.crop_size,
                                               ignore_index=config.semantic_loss_ignore_index)
@@ -191,10 +193,11 @@ def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[
 
 
 @torch.no_grad()
-def predict_classes(model, image: Image.Image, schedule: str = "slide") -> np.ndarray:
-    """Class indices (H, W) at the image's size: short side resized to the crop size, ``model.segment``,
-    probabilities resized back, argmax."""
+def predict_classes(model, image: Image.Image, schedule: str | None = None) -> np.ndarray:
+    """Class indices (H, W) at the image's size: short side resized to the crop size, ``model.segment``
+    (the model's default schedule unless given), probabilities resized back, argmax."""
     config = model.config
+    schedule = schedule or model.default_schedule
     parameter = next(model.parameters())
     pixels = _normalise(_short_side_resize(image.convert("RGB"), config.crop_size, Image.Resampling.BILINEAR),
                         model.default_image_processor())

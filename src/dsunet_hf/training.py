@@ -152,7 +152,8 @@ def build_model(args: TrainingArguments):
     if args.backbone and args.backbone != "random":
         config_kwargs[repo_field] = args.backbone
     labels_file = Path(args.train_data) / "id2label.json"
-    if spec.task in ("semantic", "visual-prompt") and "id2label" not in config_kwargs and labels_file.is_file():
+    takes_labels = spec.task in ("semantic", "visual-prompt") or spec.multiclass
+    if takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file.is_file():
         # The class names travel from the dataset to the config, the card and the evaluation report.
         config_kwargs["id2label"] = {int(k): v for k, v in json.loads(labels_file.read_text()).items()}
     config = spec.config_class(**config_kwargs)
@@ -293,11 +294,9 @@ def train(args: TrainingArguments) -> dict:
     from .data import SegmentationTransform, collate_segmentation, dataset_name
     from .evaluate import evaluate_model
     from .metrics import HIGHER_IS_BETTER, is_better
-    from .models import get_model_spec
 
     output_dir = Path(args.output_dir)
-    args.metric_for_best_model = args.metric_for_best_model or get_model_spec(args.model).best_metric
-    if args.metric_for_best_model not in HIGHER_IS_BETTER:
+    if args.metric_for_best_model and args.metric_for_best_model not in HIGHER_IS_BETTER:
         raise ValueError(f"unknown --metric-for-best-model {args.metric_for_best_model!r}; one of {sorted(HIGHER_IS_BETTER)}")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push-to-hub needs --hub-model-id")
@@ -313,6 +312,9 @@ def train(args: TrainingArguments) -> dict:
     )
     set_seed(args.seed)
     spec, model = build_model(args)
+    # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).
+    task = "semantic" if getattr(model, "predicts_class_maps", False) else spec.task
+    args.metric_for_best_model = args.metric_for_best_model or ("mIoU" if task == "semantic" else spec.best_metric)
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))
@@ -322,13 +324,13 @@ def train(args: TrainingArguments) -> dict:
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
     collate = collate_segmentation
-    if spec.task == "visual-prompt":
+    if task == "visual-prompt":
         from .models.visual_prompt import VisualPromptEpisodes, collate_visual_prompt
 
         # Episodes are a map-style dataset drawing (reference, prompt, target) per (seed, epoch, item).
         train_transform = VisualPromptEpisodes(train_set, processor, seed=args.seed, hflip=spec.hflip)
         train_episodes, collate = train_transform, collate_visual_prompt
-    elif spec.task == "semantic":
+    elif task == "semantic":
         from .semantic import SemanticSegmentationTransform
 
         train_transform = SemanticSegmentationTransform(
@@ -337,7 +339,7 @@ def train(args: TrainingArguments) -> dict:
         )
     else:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
-    if spec.task != "visual-prompt":
+    if task != "visual-prompt":
         train_episodes = train_set.with_transform(train_transform)
     train_loader = DataLoader(
         train_episodes, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.num_workers,
@@ -400,7 +402,7 @@ def train(args: TrainingArguments) -> dict:
 
     def validate() -> None:
         if accelerator.is_main_process:
-            if spec.task == "visual-prompt":
+            if task == "visual-prompt":
                 from .models.visual_prompt import evaluate_visual_prompt
 
                 # Small validation splits: a class seen in one image only is prompted on that image itself.
@@ -408,7 +410,7 @@ def train(args: TrainingArguments) -> dict:
                                                  seed=args.seed, id2label=unwrapped.config.id2label,
                                                  self_reference_fallback=True)
                 metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            elif spec.task == "semantic":
+            elif task == "semantic":
                 from .semantic import evaluate_semantic
 
                 metrics = evaluate_semantic(unwrapped, validation_set, schedule="single", max_samples=args.max_val_samples,

@@ -13,6 +13,9 @@ Key map (everything else is an error):
 | ``rfb{1-4}.*``, ``up{1-3}.*``, ``side1.*``, ``side2.*``, ``head.*`` | unchanged                     |
 | ``up4.*`` (defined but never used upstream)    | dropped                                                    |
 
+A head with C > 1 output channels (the authors' advice for multi-class data: change the head's channels and
+train with cross-entropy) gives a config with ``num_labels = C``.
+
 sam2 -> transformers trunk names follow ``convert/sam2.py``. The trunk is used to check the file and,
 with ``include_backbone=True``, kept in a self-contained copy; by default the artifact holds only the
 17 MB of adapters and decoder, and the trunk comes from ``backbone_repo_id`` at load time.
@@ -98,9 +101,11 @@ def convert_sam2_unet_checkpoint(
 
     converted, preset = convert_sam2_unet_state_dict(read_torch_checkpoint(source), str(source), infer=config is None)
     if config is None:
+        classes = converted["head.weight"].shape[0]
         config = Sam2UNetConfig(
             backbone_preset=preset,
             backbone_repo_id=backbone_repo_id or hiera_hub_repo(preset, "2.0"),
             backbone_revision=backbone_revision,
+            **({"num_labels": classes} if classes > 1 else {}),
         )
     return save_converted_model(Sam2UNetForImageSegmentation(config), converted, source, output_dir, include_backbone)

@@ -21,6 +21,8 @@ class ModelSpec:
     # into reference/prompt/target episodes, per-class foreground IoU)
     task: str = "binary"
     best_metric: str = "S-measure"
+    # A binary model that becomes multi-class with num_labels > 2 (SAM2-UNet): then the semantic path.
+    multiclass: bool = False
 
     def default(self, name: str):
         return self.recipe.get(name, BASE_RECIPE[name])
@@ -37,7 +39,7 @@ def get_model_spec(name: str) -> ModelSpec:
     from .visual_prompt import VisualPromptConfig, VisualPromptForSegmentation
 
     registry = {
-        "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation),
+        "sam2-unet": ModelSpec(Sam2UNetConfig, Sam2UNetForImageSegmentation, multiclass=True),
         # BiRefNet: AdamW wd 1e-2 and a constant learning rate (upstream's decay milestone is never reached);
         # the learning rate follows the task and batch size (BiRefNetConfig.recipe_learning_rate).
         "birefnet": ModelSpec(

@@ -13,7 +13,7 @@ import math
 from transformers import PreTrainedConfig
 
 from ...finetune import set_finetune_fields
-from ...labels import FOREGROUND_LABELS, set_default_labels
+from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
 
 BACKBONES = ("swin_v1_t", "swin_v1_s", "swin_v1_b", "swin_v1_l", "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5")
 MULTI_SCALE_INPUTS = ("", "add", "cat")
@@ -204,6 +204,7 @@ class BiRefNetConfig(PreTrainedConfig):
         self.lora_decoder = lora_decoder
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
+        require_binary(self, "BiRefNet")
 
     @classmethod
     def from_variant(cls, variant: str, **overrides) -> BiRefNetConfig:

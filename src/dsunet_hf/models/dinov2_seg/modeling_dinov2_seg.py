@@ -47,6 +47,8 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
     base_model_prefix = "dinov2_seg"
     _no_split_modules = ["Dinov2Layer"]
     unused_parameters = ("backbone.encoder.embeddings.mask_token",)
+    predicts_class_maps = True
+    default_schedule = "slide"
 
     def __init__(self, config: Dinov2SegConfig):
         super().__init__(config)

@@ -7,7 +7,7 @@ from transformers import Dinov2Config, PreTrainedConfig, Sam2HieraDetConfig
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
 from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
 from ...finetune import set_finetune_fields
-from ...labels import FOREGROUND_LABELS, set_default_labels
+from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
 from ...losses import BCE_WEIGHTINGS
 
 
@@ -102,6 +102,7 @@ class DSUNetConfig(PreTrainedConfig):
         self.bce_weighting = bce_weighting
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
+        require_binary(self, "DSU-Net")
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:
         return Sam2HieraDetConfig(**self.hiera_config)

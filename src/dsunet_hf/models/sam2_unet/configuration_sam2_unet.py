@@ -33,6 +33,12 @@ class Sam2UNetConfig(PreTrainedConfig):
             the two side outputs (upstream: equal).
         bce_weighting (`str`, defaults to `"global"`): `"global"` is the BCE upstream executes (plain mean);
             `"boundary"` the per-image boundary-weighted BCE as written (see `losses.structure_loss`).
+        semantic_loss_ignore_index (`int`, defaults to 255): multi-class only: the label value that no loss
+            or metric counts.
+        num_labels / id2label: two classes (the default: background, foreground) give the paper's single
+            sigmoid map and structure loss; more give one logit map per class, softmax cross-entropy on the
+            three outputs, and the multi-class path (label maps, mIoU, palette predictions), as the authors
+            advise for multi-class and medical data.
     """
 
     model_type = "sam2_unet"
@@ -53,6 +59,7 @@ class Sam2UNetConfig(PreTrainedConfig):
         lora_target_modules: list[str] | None = None,
         loss_weights: list[float] | None = None,
         bce_weighting: str = "global",
+        semantic_loss_ignore_index: int = 255,
         **kwargs,
     ):
         if backbone_preset not in HIERA_PRESETS:
@@ -74,8 +81,22 @@ class Sam2UNetConfig(PreTrainedConfig):
         if len(self.loss_weights) != 3:
             raise ValueError(f"loss_weights needs 3 values (final, side1, side2), got {self.loss_weights}")
         self.bce_weighting = bce_weighting
+        self.semantic_loss_ignore_index = semantic_loss_ignore_index
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
+
+    @property
+    def is_multiclass(self) -> bool:
+        return self.num_labels > 2
+
+    @property
+    def num_output_channels(self) -> int:
+        return self.num_labels if self.is_multiclass else 1
+
+    @property
+    def crop_size(self) -> int:
+        """The multi-class training crop (and evaluation short side): the model's input size."""
+        return self.image_size
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:
         return Sam2HieraDetConfig(**self.hiera_config)

@@ -2,17 +2,19 @@
 
 Forward (as upstream): four Hiera stage maps -> RFB to 64 channels -> three up blocks (1/16, 1/8, 1/4)
 -> side heads; every output is bilinearly resized to the input size. Upstream's unused ``up4`` is not
-built, so DDP needs no ``find_unused_parameters``.
+built, so DDP needs no ``find_unused_parameters``. With more than two classes (``config.num_labels``) the
+three heads predict one logit map per class, trained with softmax cross-entropy.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
 from ...finetune import uses_adapters
-from ...losses import deep_supervision_loss
+from ...losses import deep_supervision_loss, multiclass_deep_supervision_loss
 from ...modeling_utils import (
     SegmentationOutput,
     SegmentationPreTrainedModel,
@@ -48,9 +50,10 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         self.up1 = UpBlock(2 * width, width)
         self.up2 = UpBlock(2 * width, width)
         self.up3 = UpBlock(2 * width, width)
-        self.side1 = nn.Conv2d(width, 1, kernel_size=1)
-        self.side2 = nn.Conv2d(width, 1, kernel_size=1)
-        self.head = nn.Conv2d(width, 1, kernel_size=1)
+        classes = config.num_output_channels  # 1 (foreground logit) or one per class
+        self.side1 = nn.Conv2d(width, classes, kernel_size=1)
+        self.side2 = nn.Conv2d(width, classes, kernel_size=1)
+        self.head = nn.Conv2d(width, classes, kernel_size=1)
         self.finish_init(lora_module=self.backbone.encoder)
 
     def forward(
@@ -65,13 +68,42 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         )
 
         loss = None
-        if labels is not None:
+        if labels is not None and self.config.is_multiclass:  # class-index maps (B, H, W)
+            loss = multiclass_deep_supervision_loss(
+                [logits, side1, side2], labels, self.config.loss_weights, self.config.semantic_loss_ignore_index
+            )
+        elif labels is not None:
             target = labels_like(labels, logits)
             loss = deep_supervision_loss(
                 [logits, side1, side2], target, self.config.loss_weights, self.config.bce_weighting
             )
         output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2))
         return output if return_dict is not False else output.to_tuple()
+
+    # --- multi-class inference (the semantic path: evaluate_semantic, predict_classes) ------------------
+    default_schedule = "single"
+
+    @property
+    def predicts_class_maps(self) -> bool:
+        return self.config.is_multiclass
+
+    def segment(self, pixel_values: torch.Tensor, schedule: str = "single") -> torch.Tensor:
+        """Class probabilities (B, K, H, W) at the input size from one pass at ``config.image_size`` (the
+        input is resized to the square the model was trained at, the probabilities back)."""
+        if not self.config.is_multiclass:
+            raise ValueError("segment() is for multi-class models (num_labels > 2); this one predicts one "
+                             "foreground map: use the logits (sigmoid) or the image processor")
+        if schedule != "single":
+            raise ValueError(f"SAM2-UNet has one inference schedule, 'single' (a pass at {self.config.image_size}"
+                             f"px); got {schedule!r}")
+        size = pixel_values.shape[-2:]
+        square = (self.config.image_size, self.config.image_size)
+        if tuple(size) != square:
+            pixel_values = F.interpolate(pixel_values, size=square, mode="bilinear", align_corners=False)
+        probabilities = self(pixel_values).logits.float().softmax(dim=1)
+        if tuple(size) != square:
+            probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+        return probabilities
 
     # --- frozen backbone ------------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:

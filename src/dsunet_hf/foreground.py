@@ -47,7 +47,8 @@ def box_blur(x: torch.Tensor, size: int) -> torch.Tensor:
         return x.clone()
     before, after = size // 2, size - 1 - size // 2
     height, width = x.shape[-2:]
-    planes = x.to(torch.float64).reshape(-1, height, width)
+    sums_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    planes = x.to(sums_dtype).reshape(-1, height, width)
     if max(before, after) < min(height, width):  # one mirror image is enough: torch's own reflect padding
         padded = torch.nn.functional.pad(planes, (before, after, before, after), mode="reflect")
     else:  # boxes wider than the image mirror it several times

@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_suite.sh sam2-unet-train  # adapter training, batch 12: steps/s and peak memory
 #   bash benchmarks/gpu_suite.sh dsunet           # inference, batch 1 and 16
 #   bash benchmarks/gpu_suite.sh dsunet-train     # adapter training, batch 12
-#   bash benchmarks/gpu_suite.sh birefnet         # BiRefNet inference at 1024², ours fp32 vs ours fast
+#   bash benchmarks/gpu_suite.sh birefnet         # BiRefNet inference at 1024², ours fp32 vs ours fast; cut-out
+#                                                 # colour estimation at 1 and 12 MP
 #   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
 #                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
 #                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
@@ -95,7 +96,8 @@ case "$part" in
       bench "birefnet_infer_fp32_b$batch" inference.py --model birefnet --preset BiRefNet --batch-size "$batch" "${timing[@]}"
       bench "birefnet_infer_fast_b$batch" inference.py --model birefnet --preset BiRefNet --batch-size "$batch" \
         "${timing[@]}" "${fast[@]}"
-    done ;;
+    done
+    bench birefnet_cutout_colours cutout.py --sizes 1024x1024 3000x4000 --repeats 5 ;;  # refine_foreground on GPU
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 ls -l "$out" >&2

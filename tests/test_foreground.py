@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dsunet_hf import estimate_foreground, refine_foreground
-from dsunet_hf.foreground import box_blur
+from dsunet_hf.foreground import box_blur, box_blur_torch
 from dsunet_hf.predict import cutout_image
 
 
@@ -39,26 +39,30 @@ def box_blur_by_definition(plane: np.ndarray, size: int) -> np.ndarray:
                                          ((8, 8), 1), ((7, 11), 7)])
 def test_box_blur_is_the_mirrored_box_mean(shape, size):
     plane = np.random.default_rng(size).random(shape)
-    blurred = box_blur(torch.from_numpy(plane), size).numpy()
-    np.testing.assert_allclose(blurred, box_blur_by_definition(plane, size), rtol=0, atol=1e-12)
+    expected = box_blur_by_definition(plane, size)
+    np.testing.assert_allclose(box_blur_torch(torch.from_numpy(plane), size).numpy(), expected, rtol=0, atol=1e-12)
+    # float32 on the CPU: OpenCV when installed, else the same tensor code
+    blurred = box_blur(torch.from_numpy(plane.astype(np.float32)), size).numpy()
+    np.testing.assert_allclose(blurred, expected, rtol=0, atol=1e-6)
 
 
 def test_box_blur_keeps_leading_dimensions_and_dtype():
     x = torch.rand(2, 3, 10, 12)
-    blurred = box_blur(x, 5)
-    assert blurred.shape == x.shape and blurred.dtype == torch.float32
-    torch.testing.assert_close(blurred[1, 2], box_blur(x[1, 2], 5))
+    for blur in (box_blur, box_blur_torch):
+        blurred = blur(x, 5)
+        assert blurred.shape == x.shape and blurred.dtype == torch.float32
+        torch.testing.assert_close(blurred[1, 2], blur(x[1, 2], 5))
     with pytest.raises(ValueError, match="at least 1"):
         box_blur(x, 0)
 
 
-def test_box_blur_equals_opencv():
+def test_tensor_box_blur_equals_opencv():
     cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (the definition test covers the semantics)")
     rng = np.random.default_rng(0)
     for shape, size in [((64, 80), 90), ((300, 200), 90), ((33, 20), 6), ((50, 50), 7), ((1, 9), 6)]:
         plane = rng.random(shape).astype(np.float32)
-        np.testing.assert_allclose(box_blur(torch.from_numpy(plane), size).numpy(), cv2.blur(plane, (size, size)),
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(box_blur_torch(torch.from_numpy(plane), size).numpy(),
+                                   cv2.blur(plane, (size, size)), rtol=0, atol=1e-6)
 
 
 def composite(height=96, width=160):

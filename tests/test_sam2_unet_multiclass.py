@@ -149,3 +149,47 @@ def test_push_then_pull_keeps_the_classes_and_the_outputs(offline_hub, tmp_path)
     pixels = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
     with torch.no_grad():
         torch.testing.assert_close(pulled(pixels).logits, model(pixels).logits, rtol=0, atol=0)
+
+
+def test_class_index_masks_given_to_a_binary_model_are_flagged(tmp_path, caplog):
+    from dsunet_hf.image_io import class_index_maximum
+    from dsunet_hf.semantic import palette_png
+    from dsunet_hf.training import warn_if_class_index_masks
+
+    classes = np.zeros((20, 30), np.uint8)
+    classes[5:10, 5:10], classes[12:18, 20:28], classes[0, 0] = 1, 3, 255
+    Image.fromarray(classes).save(tmp_path / "indices.png")
+    palette_png(classes, 4).save(tmp_path / "palette.png")
+    soft = np.linspace(0, 255, 600).reshape(20, 30).round().astype(np.uint8)
+    for name, array in {"binary255": (classes > 0) * 255, "binary01": classes.clip(0, 1), "soft": soft}.items():
+        Image.fromarray(np.asarray(array, np.uint8)).save(tmp_path / f"{name}.png")
+    assert class_index_maximum(tmp_path / "indices.png") == 3 and class_index_maximum(tmp_path / "palette.png") == 3
+    for name in ("binary255", "binary01", "soft"):
+        assert class_index_maximum(tmp_path / f"{name}.png") is None, name
+    (tmp_path / "text.png").write_text("not an image")
+    assert class_index_maximum(tmp_path / "text.png") is None
+
+    rows = [{"mask": str(tmp_path / "indices.png")}, {"mask": str(tmp_path / "palette.png")}]
+    with caplog.at_level("WARNING"):
+        assert warn_if_class_index_masks(rows, "organs/", "Sam2UNetForImageSegmentation") == 3
+    assert "class indices (0..3)" in caplog.text and "num_labels" in caplog.text and "organs/" in caplog.text
+    caplog.clear()
+    assert warn_if_class_index_masks([{"mask": str(tmp_path / "binary255.png")}] + rows, "x", "M") is None
+    assert not caplog.text
+
+
+def test_a_label_beyond_the_models_classes_names_the_file(tmp_path):
+    from dsunet_hf.semantic import SemanticSegmentationTransform
+
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:20, 10:20] = 5
+    Image.fromarray(labels).save(tmp_path / "mask.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "image.png")
+    transform = SemanticSegmentationTransform(tiny_multiclass().default_image_processor(), train=True, crop_size=32,
+                                              num_labels=4)
+    batch = {"image": [str(tmp_path / "image.png")], "mask": [str(tmp_path / "mask.png")], "sample_id": [0]}
+    with pytest.raises(ValueError, match=r"mask\.png.*class 5 in the label map, but the model has 4 classes"):
+        transform(batch)
+    labels[labels == 5] = 255  # ignored pixels are fine
+    Image.fromarray(labels).save(tmp_path / "mask.png")
+    assert transform(batch)["labels"][0].shape == (32, 32)

@@ -209,3 +209,19 @@ def load_label_map(source: Any, reduce_zero_label: bool = False, ignore_index: i
         labels = np.where(labels == 0, ignore_index, labels - 1)
         labels[labels == ignore_index - 1] = ignore_index
     return labels
+
+
+def class_index_maximum(source: Any, ignore_index: int = 255, most: int = 32) -> int | None:
+    """The largest class of a mask that looks like a class-index label map (a palette PNG's indices, or integer
+    values up to ``most`` besides ``ignore_index``, at least one of them >= 2); None for 0/1 and 0/255
+    masks, soft or anti-aliased masks, and anything unreadable. Used to warn when a binary model is given
+    multi-class labels (it would read class 3 as a foreground intensity of 3/255)."""
+    try:
+        labels = load_label_map(source, ignore_index=ignore_index)
+    except (OSError, ValueError, TypeError):
+        return None
+    classes = np.unique(labels)
+    classes = classes[classes != ignore_index]
+    if classes.size and 2 <= classes.max() <= most:
+        return int(classes.max())
+    return None

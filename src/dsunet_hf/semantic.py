@@ -56,8 +56,10 @@ class SemanticSegmentationTransform:
 
     def __init__(self, processor, train: bool, crop_size: int, base_size: int | None = None,
                  scale_range: tuple[float, float] = (0.5, 2.0), ignore_index: int = 255,
-                 reduce_zero_label: bool = False, seed: int = 0, cat_max_ratio: float = 0.75):
+                 reduce_zero_label: bool = False, seed: int = 0, cat_max_ratio: float = 0.75,
+                 num_labels: int | None = None):
         self.processor = processor
+        self.num_labels = num_labels  # when given, a label outside 0..num_labels-1 (and not ignored) is an error
         self.train = train
         self.crop_size = crop_size
         self.base_size = base_size or crop_size
@@ -85,6 +87,14 @@ class SemanticSegmentationTransform:
             where = names or f"sample {sample_id}"
             raise ValueError(f"{where}: label map is {labels.shape[1]}x{labels.shape[0]} but the image is "
                              f"{image.width}x{image.height}")
+        if self.num_labels is not None:
+            classes = labels[labels != self.ignore_index]
+            if classes.size and (classes.min() < 0 or classes.max() >= self.num_labels):
+                where = names or f"sample {sample_id}"
+                bad = int(classes.max() if classes.max() >= self.num_labels else classes.min())
+                raise ValueError(f"{where}: class {bad} in the label map, but the model has {self.num_labels} "
+                                 f"classes (0..{self.num_labels - 1}; {self.ignore_index} is ignored): give the model "
+                                 f"every class (id2label.json beside the data, or num_labels)")
         label_image = Image.fromarray(labels.astype(np.int32), mode="I")
         if not self.train:  # evaluation: resized image, labels kept at the original size
             resized = _short_side_resize(image, self.base_size, Image.Resampling.BILINEAR)
@@ -132,7 +142,8 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
     schedule = schedule or model.default_schedule
     metrics = SemanticSegmentationMetrics(config.num_labels, config.semantic_loss_ignore_index, reduce_zero_label)
     transform = SemanticSegmentationTransform(None, train=False, crop_size=config.crop_size,
-                                              ignore_index=config.semantic_loss_ignore_index)
+                                              ignore_index=config.semantic_loss_ignore_index,
+                                              num_labels=None if reduce_zero_label else config.num_labels)
     transform.processor = model.default_image_processor()
     parameter = next(model.parameters())
     was_training = model.training

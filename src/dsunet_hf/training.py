@@ -184,6 +184,24 @@ def build_datasets(args: TrainingArguments):
     return train, validation
 
 
+def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: int = 8) -> int | None:
+    """Warn when the first masks of a binary model's data are class-index label maps (0..k, k >= 2, or palette
+    PNGs): the model would read class k as a faint foreground of k/255 and learn next to nothing. Returns k."""
+    from .image_io import class_index_maximum
+
+    found = [class_index_maximum(dataset[i]["mask"]) for i in range(min(samples, len(dataset)))]
+    if not found or any(k is None for k in found):
+        return None
+    classes = max(found)
+    logger.warning(
+        "%s: the masks hold class indices (0..%d), but %s is a binary model that reads a mask as foreground "
+        "intensity (class %d = %.3f). For several classes, SAM2-UNet takes them from an id2label.json beside the data "
+        "or --config-overrides '{\"num_labels\": %d}'; for foreground / background, save masks as 0/255 or 0/1.",
+        source, classes, model_name, classes, classes / 255, classes + 1,
+    )
+    return classes
+
+
 def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch: int):
     """Multiplier of the base lr per optimizer step. Written here (not transformers' schedules) because the
     upstream recipe steps a cosine per *epoch* (CosineAnnealingLR, T_max=epochs, eta_min=1e-7)."""
@@ -323,6 +341,8 @@ def train(args: TrainingArguments) -> dict:
         args.learning_rate = recipe_lr(args.batch_size) if recipe_lr else spec.default("learning_rate")
     processor = model.default_image_processor()
     train_set, validation_set = build_datasets(args)
+    if task == "binary":
+        warn_if_class_index_masks(train_set, args.train_data, type(model).__name__)
     collate = collate_segmentation
     if task == "visual-prompt":
         from .models.visual_prompt import VisualPromptEpisodes, collate_visual_prompt
@@ -335,7 +355,7 @@ def train(args: TrainingArguments) -> dict:
 
         train_transform = SemanticSegmentationTransform(
             processor, train=True, crop_size=model.config.crop_size, ignore_index=model.config.semantic_loss_ignore_index,
-            reduce_zero_label=args.reduce_zero_label, seed=args.seed,
+            reduce_zero_label=args.reduce_zero_label, seed=args.seed, num_labels=model.config.num_labels,
         )
     else:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)

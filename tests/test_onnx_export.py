@@ -58,9 +58,18 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     model, _ = _models()[name]()
     processor = model.default_image_processor()
     check_export(export_onnx(model, processor, tmp_path / "onnx"), processor, tmp_path / "onnx", name)
-    if name == "dinov2-seg":
-        with pytest.raises(ValueError, match="predicts 3 classes; dsunet-hf predict runs single-channel"):
-            OnnxSegmentationModel(tmp_path / "onnx")
+    if name == "dinov2-seg":  # multi-class: the single schedule at the graph's size (the sliding window: PyTorch)
+        graph = OnnxSegmentationModel(tmp_path / "onnx")
+        assert graph.predicts_class_maps and graph.default_schedule == "single"
+        pixels = torch.randn(1, 3, 40, 50)
+        crop = (model.config.crop_size, model.config.crop_size)
+        with torch.no_grad():
+            expected = torch.nn.functional.interpolate(
+                model.segment(torch.nn.functional.interpolate(pixels, size=crop, mode="bilinear"), "single"),
+                size=(40, 50), mode="bilinear")
+        torch.testing.assert_close(graph.segment(pixels), expected, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="runs the 'single' schedule"):
+            graph.segment(pixels, "slide")
         return
     # The folder as `dsunet-hf predict` runs it: called like the PyTorch model, the same logits.
     inputs = {k: v for k, v in processor(photos([(40, 30), (20, 50)])).items() if k.endswith("pixel_values")}
@@ -205,3 +214,25 @@ def test_visual_prompt_models_are_refused_with_the_reason(tmp_path):
     model = tiny_model()
     with pytest.raises(ValueError, match="prompts besides the image"):
         export_onnx(model, model.default_image_processor(), tmp_path / "onnx")
+
+
+def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(tmp_path):
+    from dsunet_hf.cli import main
+
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=4)).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    model.default_image_processor().save_pretrained(tmp_path / "model")
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx")]) == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(photos([(70, 50), (40, 90)])):
+        image.save(images / f"{index}.png")
+    for source, out in ((tmp_path / "onnx", "onnx-out"), (tmp_path / "model", "torch-out")):
+        assert main(["predict", "--model", str(source), str(images), "--output-dir", str(tmp_path / out),
+                     "--overlay", "--num-workers", "0"]) == 0
+    for index in range(2):
+        onnx_mask = Image.open(tmp_path / "onnx-out" / "masks" / f"{index}.png")
+        torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png"))
+        assert onnx_mask.mode == "P" and len(np.unique(torch_mask)) > 1
+        assert (np.asarray(onnx_mask) != torch_mask).mean() <= 0.01  # arg-max ties at float noise only
+        assert (tmp_path / "onnx-out" / "overlays" / f"{index}.png").is_file()

@@ -140,7 +140,7 @@ def export_onnx(
         start = time.perf_counter()
         with _pure_pytorch_deform_conv(), torch.no_grad():
             program = torch.onnx.export(
-                _ImagesToLogits(model), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
+                _ImagesToLogits(model).eval(), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
                 input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,
             )
             program.save(str(scratch_path), external_data=external_data)
@@ -207,9 +207,12 @@ class OnnxSegmentationModel(nn.Module):
 
     For ``dsunet-hf predict --model OUT/`` (batching, resuming, overlays and cut-outs as for PyTorch models). The
     graph has the export's fixed height and width and takes fp32 CPU tensors; onnxruntime runs it on its
-    available providers (CUDA first with onnxruntime-gpu). Single-channel models only (SAM2-UNet, DSU-Net,
-    BiRefNet): run a DINOv2 head's graph with onnxruntime directly.
+    available providers (CUDA first with onnxruntime-gpu). Multi-class graphs (multi-class SAM2-UNet, DINOv2
+    heads) take the semantic path through :meth:`segment`, with the ``single`` schedule only: the image resized
+    to the graph's size (a DINOv2 head's sliding window needs the PyTorch model).
     """
+
+    default_schedule = "single"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         super().__init__()
@@ -227,11 +230,37 @@ class OnnxSegmentationModel(nn.Module):
         except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, NoSuchFile, ...)
             raise ValueError(f"{graph} cannot be loaded by onnxruntime: {error}") from error
         self.input_names = [node.name for node in self.session.get_inputs()]
-        channels = self.session.get_outputs()[0].shape[1]
-        if channels != 1:
-            raise ValueError(f"{graph}: predicts {channels} classes; dsunet-hf predict runs single-channel (foreground) "
-                             f"graphs; run this one with onnxruntime directly")
+        self.input_size = tuple(self.session.get_inputs()[0].shape[2:])  # the export's fixed (height, width)
+        self.predicts_class_maps = self.session.get_outputs()[0].shape[1] != 1
         self.config = AutoConfig.from_pretrained(self.folder)
+        self._processor = None
+
+    def default_image_processor(self):
+        """The processor saved with the export (read once)."""
+        if self._processor is None:
+            from transformers import AutoImageProcessor
+
+            self._processor = AutoImageProcessor.from_pretrained(self.folder)
+        return self._processor
+
+    def segment(self, pixel_values: torch.Tensor, schedule: str = "single") -> torch.Tensor:
+        """Class probabilities (B, K, H, W) at the input size: the input resized to the graph's size, softmax,
+        resized back (multi-class graphs)."""
+        import torch.nn.functional as F
+
+        if not self.predicts_class_maps:
+            raise ValueError(f"{self.folder}: a single-channel graph; segment() is for multi-class graphs")
+        if schedule != "single":
+            raise ValueError(f"{self.folder}: an ONNX graph of fixed size {self.input_size} runs the 'single' "
+                             f"schedule (the image resized to it); {schedule!r} needs the PyTorch model")
+        size = tuple(pixel_values.shape[-2:])
+        if size != self.input_size:
+            pixel_values = F.interpolate(pixel_values.float(), size=self.input_size, mode="bilinear",
+                                         align_corners=False)
+        probabilities = self(pixel_values=pixel_values).logits.softmax(dim=1)
+        if size != self.input_size:
+            probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+        return probabilities
 
     def forward(self, **inputs: torch.Tensor):
         from transformers.modeling_outputs import SemanticSegmenterOutput

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance
 
 from .image_io import load_image, load_label_map
+from .predict import device_and_dtype
 
 
 def _normalise(image: Image.Image, processor) -> torch.Tensor:
@@ -145,7 +146,7 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
                                               ignore_index=config.semantic_loss_ignore_index,
                                               num_labels=None if reduce_zero_label else config.num_labels)
     transform.processor = model.default_image_processor()
-    parameter = next(model.parameters())
+    device, dtype = device_and_dtype(model)
     was_training = model.training
     model.eval()
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
@@ -153,7 +154,7 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
         row = dataset[index]
         labels = load_label_map(row["mask"])  # raw; the metric applies reduce_zero_label itself
         example = transform._example(load_image(row["image"]), labels, index, f"{_name(row['mask'])} / {_name(row['image'])}")
-        pixels = example["pixel_values"][None].to(device=parameter.device, dtype=parameter.dtype)
+        pixels = example["pixel_values"][None].to(device=device, dtype=dtype)
         probabilities = model.segment(pixels, schedule)
         probabilities = F.interpolate(probabilities.float(), size=labels.shape, mode="bilinear", align_corners=False)
         metrics.update(probabilities.argmax(1)[0].cpu().numpy(), labels)
@@ -209,10 +210,10 @@ def predict_classes(model, image: Image.Image, schedule: str | None = None) -> n
     (the model's default schedule unless given), probabilities resized back, argmax."""
     config = model.config
     schedule = schedule or model.default_schedule
-    parameter = next(model.parameters())
+    device, dtype = device_and_dtype(model)
     pixels = _normalise(_short_side_resize(image.convert("RGB"), config.crop_size, Image.Resampling.BILINEAR),
                         model.default_image_processor())
-    probabilities = model.segment(pixels[None].to(device=parameter.device, dtype=parameter.dtype), schedule)
+    probabilities = model.segment(pixels[None].to(device=device, dtype=dtype), schedule)
     probabilities = F.interpolate(probabilities.float(), size=(image.height, image.width), mode="bilinear",
                                   align_corners=False)
     return probabilities.argmax(1)[0].cpu().numpy()

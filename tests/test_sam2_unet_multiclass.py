@@ -111,7 +111,8 @@ def test_train_evaluate_predict_and_pipeline_on_label_maps(shapes_data, tmp_path
     config = json.loads((output / "model" / "config.json").read_text())
     names = json.loads((shapes_data / "id2label.json").read_text())
     assert config["id2label"] == names and len(names) == 4
-    assert "multi-class segmentation model (4 classes" in (output / "model" / "README.md").read_text()
+    card = (output / "model" / "README.md").read_text()
+    assert "multi-class segmentation model (4 classes" in card and "cross-entropy" in card and "onnx" in card
 
     model, processor = load_model_and_processor(str(output / "model"))
     assert cli_main(["predict", "--model", str(output / "model"), str(shapes_data / "images"), "--output-dir",

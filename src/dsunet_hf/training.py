@@ -333,6 +333,9 @@ def train(args: TrainingArguments) -> dict:
     # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).
     task = "semantic" if getattr(model, "predicts_class_maps", False) else spec.task
     args.metric_for_best_model = args.metric_for_best_model or ("mIoU" if task == "semantic" else spec.best_metric)
+    if task == "semantic" and args.metric_for_best_model not in ("mIoU", "mAcc", "aAcc"):
+        raise ValueError(f"--metric-for-best-model {args.metric_for_best_model}: a multi-class model is validated "
+                         f"with mIoU, mAcc and aAcc")
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))

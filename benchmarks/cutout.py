@@ -4,7 +4,7 @@
     python benchmarks/cutout.py --reference /path/to/BiRefNet     # + the authors' CPU version (OpenCV)
 
 Random image and alpha. ``--reference`` imports the authors' ``image_proc.py`` from the checkout at run time
-(needs OpenCV; a stand-in for torchvision, which only its GPU branch uses) and times their
+(needs OpenCV; see upstream.py) and times their
 ``FB_blur_fusion_foreground_estimator_cpu_2`` on the same arrays, with the max difference to ours. Not part of
 the test suite.
 """
@@ -13,33 +13,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import platform
 import statistics
-import sys
 import time
-import types
-from pathlib import Path
 
 import torch
 from inference import emit
+from upstream import upstream_refine_foreground
 
 from dsunet_hf import estimate_foreground
-
-
-def authors_estimator(checkout: str):
-    stand_in = importlib.util.find_spec("torchvision") is None
-    if stand_in:
-        sys.modules["torchvision"] = types.SimpleNamespace(transforms=None)
-    try:
-        spec = importlib.util.spec_from_file_location("birefnet_image_proc", Path(checkout) / "image_proc.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        if stand_in:
-            del sys.modules["torchvision"]
-    return module.FB_blur_fusion_foreground_estimator_cpu_2
 
 
 def timed(function, inputs: tuple, repeats: int) -> tuple[list[float], object]:
@@ -62,7 +45,7 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="checkout of ZhengPeng7/BiRefNet")
     args = parser.parse_args()
 
-    theirs = authors_estimator(args.reference) if args.reference else None
+    theirs = upstream_refine_foreground(args.reference) if args.reference else None
     generator = torch.Generator().manual_seed(0)
     results = []
     for size in args.sizes:

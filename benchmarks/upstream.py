@@ -103,6 +103,17 @@ def build_upstream_birefnet(checkout: str, backbone: str = "swin_v1_l") -> torch
     return model.eval()
 
 
+def upstream_refine_foreground(checkout: str):
+    """The authors' CPU cut-out colour estimator, ``FB_blur_fusion_foreground_estimator_cpu_2(image, alpha)``
+    (HxWx3 and HxW float arrays in [0, 1]), from their ``image_proc.py`` (needs OpenCV; torchvision, which only
+    its GPU branch uses, gets a stand-in when it cannot be imported)."""
+    if not _importable("cv2"):
+        raise ImportError("the authors' refine_foreground needs OpenCV: pip install opencv-python-headless")
+    standins = {} if _importable("torchvision") else {"torchvision": types.SimpleNamespace(transforms=None)}
+    with _isolated_imports(checkout, standins):
+        return importlib.import_module("image_proc").FB_blur_fusion_foreground_estimator_cpu_2
+
+
 def build_upstream_sam2_unet(checkout: str) -> torch.nn.Module:
     """The authors' ``SAM2UNet()`` (Hiera-L, random weights) built on the CPU, eval mode."""
     from sam2 import build_sam

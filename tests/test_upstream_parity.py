@@ -200,31 +200,23 @@ def test_birefnet_matches_the_authors_model(bb, size):
 @pytest.mark.skipif(not BIREFNET_UPSTREAM, reason="set BIREFNET_UPSTREAM_DIR to a checkout of ZhengPeng7/BiRefNet "
                                                    "(needs OpenCV) to compare the cut-out colour estimation")
 def test_foreground_estimation_matches_the_authors_refine_foreground():
-    import importlib.util
-    import types
-
     pytest.importorskip("cv2", reason="the authors' CPU refine_foreground runs OpenCV")
     import numpy as np
 
     from dsunet_hf import estimate_foreground
 
-    # Their image_proc.py imports torchvision (used only by the GPU branch): a stand-in where it is absent.
-    stand_in = "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None
-    if stand_in:
-        sys.modules["torchvision"] = types.SimpleNamespace(transforms=None)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("birefnet_image_proc", Path(BIREFNET_UPSTREAM) / "image_proc.py")
-        image_proc = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(image_proc)
+        from upstream import upstream_refine_foreground  # imports the checkout at run time, leaves no trace
     finally:
-        if stand_in:
-            del sys.modules["torchvision"]
+        sys.path.pop(0)
+    theirs_estimator = upstream_refine_foreground(BIREFNET_UPSTREAM)
     rng = np.random.default_rng(0)
     for height, width in [(480, 640), (61, 47)]:  # the second is smaller than the 90-pixel box: mirrored again
         image = rng.random((height, width, 3)).astype(np.float32)
         yy, xx = np.mgrid[:height, :width]
         alpha = np.clip((min(height, width) / 3 - np.hypot(yy - height / 2, xx - width / 2)) / 20, 0, 1)
         alpha = alpha.astype(np.float32)
-        theirs = image_proc.FB_blur_fusion_foreground_estimator_cpu_2(image, alpha)
+        theirs = theirs_estimator(image, alpha)
         ours = estimate_foreground(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(alpha))
         assert np.abs(ours.permute(1, 2, 0).numpy() - theirs).max() <= 1e-5  # 0.0 measured at both sizes

@@ -58,18 +58,27 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     model, _ = _models()[name]()
     processor = model.default_image_processor()
     check_export(export_onnx(model, processor, tmp_path / "onnx"), processor, tmp_path / "onnx", name)
-    if name == "dinov2-seg":  # multi-class: the single schedule at the graph's size (the sliding window: PyTorch)
+    if name == "dinov2-seg":  # multi-class: the head's schedules over windows of the graph's (crop) size
         graph = OnnxSegmentationModel(tmp_path / "onnx")
-        assert graph.predicts_class_maps and graph.default_schedule == "single"
-        pixels = torch.randn(1, 3, 40, 50)
-        crop = (model.config.crop_size, model.config.crop_size)
-        with torch.no_grad():
-            expected = torch.nn.functional.interpolate(
-                model.segment(torch.nn.functional.interpolate(pixels, size=crop, mode="bilinear"), "single"),
-                size=(40, 50), mode="bilinear")
-        torch.testing.assert_close(graph.segment(pixels), expected, atol=1e-5, rtol=0)
-        with pytest.raises(ValueError, match="runs the 'single' schedule"):
-            graph.segment(pixels, "slide")
+        assert graph.predicts_class_maps and graph.default_schedule == "slide"
+        crop = model.config.crop_size
+        pixels = torch.randn(1, 3, crop + 12, crop + 22)  # several overlapping windows
+        for schedule in ("slide", "multiscale"):
+            with torch.no_grad():
+                expected = model.segment(pixels, schedule)
+            torch.testing.assert_close(graph.segment(pixels, schedule), expected, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="the graph takes"):
+            graph.segment(pixels, "single")  # one pass at a size the graph was not exported at
+        from dsunet_hf.predict import predict_files  # predict: palette masks as the PyTorch head's
+
+        for index, image in enumerate(photos([(40, 30), (20, 50)])):
+            image.save(tmp_path / f"{index}.png")
+        inputs = [tmp_path / "0.png", tmp_path / "1.png"]
+        for runner, out in ((graph, "onnx-out"), (model, "torch-out")):
+            assert len(predict_files(runner, processor, inputs, tmp_path / out, progress=False).written) == 2
+        for index in range(2):
+            masks = [np.asarray(Image.open(tmp_path / out / "masks" / f"{index}.png")) for out in ("onnx-out", "torch-out")]
+            assert (masks[0] != masks[1]).mean() <= 0.01  # arg-max ties at float noise only
         return
     # The folder as `dsunet-hf predict` runs it: called like the PyTorch model, the same logits.
     inputs = {k: v for k, v in processor(photos([(40, 30), (20, 50)])).items() if k.endswith("pixel_values")}

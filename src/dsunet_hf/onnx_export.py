@@ -207,12 +207,10 @@ class OnnxSegmentationModel(nn.Module):
 
     For ``dsunet-hf predict --model OUT/`` (batching, resuming, overlays and cut-outs as for PyTorch models). The
     graph has the export's fixed height and width and takes fp32 CPU tensors; onnxruntime runs it on its
-    available providers (CUDA first with onnxruntime-gpu). Multi-class graphs (multi-class SAM2-UNet, DINOv2
-    heads) take the semantic path through :meth:`segment`, with the ``single`` schedule only: the image resized
-    to the graph's size (a DINOv2 head's sliding window needs the PyTorch model).
+    available providers (CUDA first with onnxruntime-gpu). Multi-class graphs take the semantic path through
+    :meth:`segment`: a multi-class SAM2-UNet's one pass at its size, a DINOv2 head's schedules with every window
+    of the graph's size (the crop size: the sliding window, as the PyTorch head runs by default).
     """
-
-    default_schedule = "single"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         super().__init__()
@@ -234,6 +232,8 @@ class OnnxSegmentationModel(nn.Module):
         self.predicts_class_maps = self.session.get_outputs()[0].shape[1] != 1
         self.config = AutoConfig.from_pretrained(self.folder)
         self._processor = None
+        self.sliding_window = self.config.model_type == "dinov2_seg"  # crops of the graph's size, as exported
+        self.default_schedule = "slide" if self.sliding_window else "single"
 
     def default_image_processor(self):
         """The processor saved with the export (read once)."""
@@ -243,16 +243,22 @@ class OnnxSegmentationModel(nn.Module):
             self._processor = AutoImageProcessor.from_pretrained(self.folder)
         return self._processor
 
-    def segment(self, pixel_values: torch.Tensor, schedule: str = "single") -> torch.Tensor:
-        """Class probabilities (B, K, H, W) at the input size: the input resized to the graph's size, softmax,
-        resized back (multi-class graphs)."""
+    def segment(self, pixel_values: torch.Tensor, schedule: str | None = None) -> torch.Tensor:
+        """Class probabilities (B, K, H, W) at the input size (multi-class graphs). A DINOv2 head's graph runs its
+        schedules (``slide`` by default) on windows of the graph's size; other graphs one pass with the input
+        resized to the graph's size, softmax, resized back (``single``)."""
         import torch.nn.functional as F
 
         if not self.predicts_class_maps:
             raise ValueError(f"{self.folder}: a single-channel graph; segment() is for multi-class graphs")
+        schedule = schedule or self.default_schedule
+        if self.sliding_window:
+            from .models.dinov2_seg.modeling_dinov2_seg import segment_with_schedule
+
+            return segment_with_schedule(self._window_logits, pixel_values, schedule, self.config)
         if schedule != "single":
-            raise ValueError(f"{self.folder}: an ONNX graph of fixed size {self.input_size} runs the 'single' "
-                             f"schedule (the image resized to it); {schedule!r} needs the PyTorch model")
+            raise ValueError(f"{self.folder}: this graph runs the 'single' schedule (the image resized to "
+                             f"{self.input_size}); got {schedule!r}")
         size = tuple(pixel_values.shape[-2:])
         if size != self.input_size:
             pixel_values = F.interpolate(pixel_values.float(), size=self.input_size, mode="bilinear",
@@ -261,6 +267,13 @@ class OnnxSegmentationModel(nn.Module):
         if size != self.input_size:
             probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
         return probabilities
+
+    def _window_logits(self, window: torch.Tensor) -> torch.Tensor:
+        if tuple(window.shape[-2:]) != self.input_size:
+            raise ValueError(f"{self.folder}: a {tuple(window.shape[-2:])} window, but the graph takes "
+                             f"{self.input_size} (the export's size) only: give images whose short side is at least "
+                             f"the crop size to the 'slide' schedule, or run the PyTorch model")
+        return self(pixel_values=window).logits
 
     def forward(self, **inputs: torch.Tensor):
         from transformers.modeling_outputs import SemanticSegmenterOutput

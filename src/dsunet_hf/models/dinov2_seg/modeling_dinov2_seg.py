@@ -22,6 +22,48 @@ from .configuration_dinov2_seg import Dinov2SegConfig
 SCHEDULES = ("single", "slide", "multiscale")
 
 
+def sliding_window_logits(logits_of, pixel_values: torch.Tensor, crop: int, stride: int, num_labels: int):
+    """Average the logits (``logits_of(window)``) of overlapping crop x crop windows, mmseg-style: windows keep
+    the full crop length, the last one flush with the border (smaller only when the image is)."""
+    batch, _, height, width = pixel_values.shape
+    total = pixel_values.new_zeros(batch, num_labels, height, width)
+    count = pixel_values.new_zeros(1, 1, height, width)
+    for row in range(math.ceil(max(height - crop, 0) / stride) + 1):
+        for column in range(math.ceil(max(width - crop, 0) / stride) + 1):
+            y2, x2 = min(row * stride + crop, height), min(column * stride + crop, width)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            total[:, :, y1:y2, x1:x2] += logits_of(pixel_values[:, :, y1:y2, x1:x2])
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def segment_with_schedule(logits_of, pixel_values: torch.Tensor, schedule: str, config) -> torch.Tensor:
+    """The three inference schedules of the DINOv2 heads around any ``logits_of(crop)`` (the PyTorch head, or
+    its ONNX graph): class probabilities (B, K, H, W) at the input size."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "single":
+        return logits_of(pixel_values).softmax(dim=1)
+
+    def slide(view):
+        return sliding_window_logits(logits_of, view, config.crop_size, config.stride, config.num_labels)
+
+    if schedule == "slide":
+        return slide(pixel_values).softmax(dim=1)
+    size = pixel_values.shape[-2:]
+    probabilities, views = 0, 0
+    for scale in config.test_scales:
+        scaled_size = [int(side * scale + 0.5) for side in size]
+        scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
+        for flip in (False, True) if config.test_flip else (False,):
+            view = scaled.flip(-1) if flip else scaled
+            logits = F.interpolate(slide(view), size=size, mode="bilinear", align_corners=False)
+            view_probabilities = logits.softmax(dim=1)
+            probabilities = probabilities + (view_probabilities.flip(-1) if flip else view_probabilities)
+            views += 1
+    return probabilities / views
+
+
 class BNHead(nn.Module):
     """BatchNorm over the (concatenated) token channels, then a 1x1 conv to the classes."""
 
@@ -92,45 +134,13 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         return per_pixel.sum() / per_pixel.numel()
 
     # --- inference schedules ---------------------------------------------------------------------------
-    def _slide_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Average the logits of overlapping crop x crop windows (stride ``config.stride``), mmseg-style:
-        windows keep the full crop length, the last one flush with the border."""
-        crop, stride = self.config.crop_size, self.config.stride
-        batch, _, height, width = pixel_values.shape
-        total = pixel_values.new_zeros(batch, self.config.num_labels, height, width)
-        count = pixel_values.new_zeros(1, 1, height, width)
-        for row in range(math.ceil(max(height - crop, 0) / stride) + 1):
-            for column in range(math.ceil(max(width - crop, 0) / stride) + 1):
-                y2, x2 = min(row * stride + crop, height), min(column * stride + crop, width)
-                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-                total[:, :, y1:y2, x1:x2] += self(pixel_values[:, :, y1:y2, x1:x2]).logits
-                count[:, :, y1:y2, x1:x2] += 1
-        return total / count
-
     @torch.no_grad()
     def segment(self, pixel_values: torch.Tensor, schedule: str = "slide") -> torch.Tensor:
         """Class probabilities (B, K, H, W) at the input size: ``single`` pass, ``slide`` (sliding window),
         or ``multiscale`` (sliding window at each of ``config.test_scales`` of the input size, plus flipped
         views, probabilities averaged). Scales are relative to the tensor given: prepare it at the base
         short side (512 linear, 640 multi-layer) as upstream does."""
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if schedule == "single":
-            return self(pixel_values).logits.softmax(dim=1)
-        if schedule == "slide":
-            return self._slide_logits(pixel_values).softmax(dim=1)
-        size = pixel_values.shape[-2:]
-        probabilities, views = 0, 0
-        for scale in self.config.test_scales:
-            scaled_size = [int(side * scale + 0.5) for side in size]
-            scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
-            for flip in (False, True) if self.config.test_flip else (False,):
-                view = scaled.flip(-1) if flip else scaled
-                logits = F.interpolate(self._slide_logits(view), size=size, mode="bilinear", align_corners=False)
-                view_probabilities = logits.softmax(dim=1)
-                probabilities = probabilities + (view_probabilities.flip(-1) if flip else view_probabilities)
-                views += 1
-        return probabilities / views
+        return segment_with_schedule(lambda crop: self(crop).logits, pixel_values, schedule, self.config)
 
     def default_image_processor(self):
         from ...image_processing import SegmentationImageProcessor

@@ -131,6 +131,7 @@ def test_push_and_pull(tmp_path, offline_hub):
     randomized(model, head_only=True).push_to_hub("me/dinov2-seg-tiny", metrics={"mIoU": 0.5}, dataset_names=["toy"])
     card = next((offline_hub.repo_dir("me/dinov2-seg-tiny") / "snapshots").iterdir()) / "README.md"
     assert "background, thing, stuff" in card.read_text() and "oquab2023dinov2" in card.read_text()
+    assert "dsunet-hf export onnx --model me/dinov2-seg-tiny onnx/" in card.read_text()
     pulled = AutoModelForSemanticSegmentation.from_pretrained("me/dinov2-seg-tiny")
     x = torch.randn(1, 3, 42, 56)
     with torch.no_grad():

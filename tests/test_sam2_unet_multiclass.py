@@ -26,6 +26,7 @@ def test_two_classes_stay_the_papers_single_map_and_more_get_one_map_each():
     assert not binary.config.is_multiclass and binary.head.out_channels == 1 and not binary.predicts_class_maps
     model = tiny_multiclass()
     assert model.config.num_labels == 4 and model.predicts_class_maps
+    assert model.config.label2id == {name: index for index, name in CLASSES.items()}
     out = model(torch.randn(2, 3, TINY_SIZE, TINY_SIZE))
     assert out.logits.shape == (2, 4, TINY_SIZE, TINY_SIZE)
     assert [a.shape for a in out.aux_logits] == [(2, 4, TINY_SIZE, TINY_SIZE)] * 2

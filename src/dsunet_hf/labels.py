@@ -10,6 +10,8 @@ def set_default_labels(config_kwargs: dict, names) -> None:
     """Give a config ``names`` as its classes unless the caller chose classes (``id2label``/``num_labels``)."""
     if "id2label" not in config_kwargs and "num_labels" not in config_kwargs:
         config_kwargs["id2label"] = dict(enumerate(names))
+    if config_kwargs.get("id2label") and config_kwargs.get("label2id") is None:  # transformers 5 leaves it unset
+        config_kwargs["label2id"] = {name: int(index) for index, name in config_kwargs["id2label"].items()}
 
 
 def require_binary(config, model_name: str) -> None:

@@ -219,3 +219,43 @@ def test_malformed_config_overrides_are_named(generated_data, tmp_path):
         train(tiny_args(generated_data, tmp_path / "x", config_overrides="{rfb_channels: 16"))
     with pytest.raises(ValueError, match="JSON object"):
         train(tiny_args(generated_data, tmp_path / "x", config_overrides="[1, 2]"))
+
+
+def test_a_runs_training_args_json_reproduces_it(generated_data, tmp_path):
+    from dsunet_hf.training import main as train_main
+
+    train(tiny_args(generated_data, tmp_path / "first", max_steps=4, eval_steps=4, save_steps=4))
+    saved = tmp_path / "first" / "training_args.json"
+    assert train_main([str(saved), "--output-dir", str(tmp_path / "again")]) == 0  # flags after the file win
+    assert json.loads((tmp_path / "again" / "training_args.json").read_text()) == {
+        **json.loads(saved.read_text()), "output_dir": str(tmp_path / "again")}
+    first = load_file(str(tmp_path / "first/checkpoints/checkpoint-4/trainable_weights.safetensors"))
+    again = load_file(str(tmp_path / "again/checkpoints/checkpoint-4/trainable_weights.safetensors"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_recipes_parse_into_model_configs(recipe):
+    from dsunet_hf.training import build_config, parse_args
+
+    args = parse_args([str(recipe)])
+    spec, config = build_config(args)
+    assert isinstance(config, spec.config_class) and args.train_data and args.output_dir.startswith("runs/")
+    overridden = parse_args([str(recipe), "--max-steps", "3", "--train-data", "elsewhere"])
+    assert (overridden.max_steps, overridden.train_data) == (3, "elsewhere")
+
+
+def test_bad_training_config_files_are_named(tmp_path):
+    from dsunet_hf.training import parse_args
+
+    (tmp_path / "typo.yaml").write_text("train_data: x\nmax_step: 3\n")
+    with pytest.raises(ValueError, match=r"typo\.yaml: unknown training options \['max_step'\]"):
+        parse_args([str(tmp_path / "typo.yaml")])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list\.json: a training config is a mapping"):
+        parse_args([str(tmp_path / "list.json")])
+    (tmp_path / "broken.json").write_text("{train_data: x")
+    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+        parse_args([str(tmp_path / "broken.json")])
+    with pytest.raises(FileNotFoundError, match="no such training config file"):
+        parse_args([str(tmp_path / "missing.yaml")])

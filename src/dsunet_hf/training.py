@@ -117,16 +117,58 @@ class TrainerState:
     best_metrics: dict = field(default_factory=dict)
 
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_training_config(path: str | Path) -> dict:
+    """Training options from a JSON or YAML file (a mapping of field names, as in ``training_args.json``;
+    ``config_overrides`` may be a mapping). Unknown names are an error naming them."""
+    import dataclasses
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such training config file")
+    try:
+        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: not valid {path.suffix[1:].upper()} ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a training config is a mapping of options (train_data: ..., model: ...)")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainingArguments)})
+    if unknown:
+        raise ValueError(f"{path}: unknown training options {unknown} (see examples/train.py --help)")
+    if isinstance(values.get("config_overrides"), dict):
+        values["config_overrides"] = json.dumps(values["config_overrides"])
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> TrainingArguments:
-    parser = HfArgumentParser(TrainingArguments)
+    """Command-line flags, optionally after a JSON/YAML config file whose values they override:
+    ``examples/train.py recipe.yaml --max-steps 100`` (a run's own ``training_args.json`` reproduces it)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(
+        TrainingArguments, usage="train.py [RECIPE.yaml|RECIPE.json] [--option value ...]",
+        description="Options come from the flags, or from a JSON/YAML recipe file given first (flags after it win).")
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        values = read_training_config(argv.pop(0))
+        parser.set_defaults(**values)
+        for action in parser._actions:  # what the file sets is no longer required on the command line
+            if action.dest in values:
+                action.required = False
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     return args
 
 
 # --- model, data, schedule ------------------------------------------------------------------------
 
-def build_model(args: TrainingArguments):
-    from .modeling_utils import enable_activation_checkpointing
+def build_config(args: TrainingArguments):
+    """(model spec, model config) from the training options: --config-overrides, preset, size, strategy,
+    backbone repo and the data's id2label.json."""
     from .models import get_model_spec
 
     spec = get_model_spec(args.model)
@@ -156,7 +198,13 @@ def build_model(args: TrainingArguments):
     if takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file.is_file():
         # The class names travel from the dataset to the config, the card and the evaluation report.
         config_kwargs["id2label"] = {int(k): v for k, v in json.loads(labels_file.read_text()).items()}
-    config = spec.config_class(**config_kwargs)
+    return spec, spec.config_class(**config_kwargs)
+
+
+def build_model(args: TrainingArguments):
+    from .modeling_utils import enable_activation_checkpointing
+
+    spec, config = build_config(args)
     if args.backbone == "random":
         logger.warning("--backbone random: the frozen backbones keep their RANDOM initialisation (no download)")
         for field_name in ("backbone_repo_id", "sam_backbone_repo_id", "dino_backbone_repo_id", "base_repo_id"):

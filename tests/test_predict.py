@@ -130,6 +130,11 @@ def test_cli_info_names_the_fast_path_of_this_cpu(native_bf16, monkeypatch, caps
     device_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("device: cpu"))
     assert ("--autocast bf16" in device_line) == native_bf16
     assert "export onnx" in device_line  # the exact-fp32 fast path applies to every CPU
+    from dsunet_hf import foreground
+
+    monkeypatch.setattr(foreground, "_opencv", lambda: None)
+    assert cli_main(["info"]) == 0
+    assert "cut-out colours: torch (pip install opencv-python-headless" in capsys.readouterr().out
 
 
 def test_cli_info_and_push(artifact, offline_hub, capsys):

@@ -356,3 +356,16 @@ def test_batches_are_stacked_in_the_loader_so_they_can_be_pinned():
     assert batch["pixel_values"]["pixel_values"].shape == (2, 3, TINY_SIZE, TINY_SIZE)
     assert batch["original_sizes"] == [(10, 20), (10, 21)] and len(batch["items"]) == 3
     assert _collate([bad]) == {"items": [bad], "pixel_values": {}, "original_sizes": []}
+
+
+def test_writing_in_the_callers_thread_gives_the_same_outputs(artifact, images, tmp_path):
+    model, _ = artifact
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    for workers in (0, 2):
+        report = predict_files(model, processor, [images], tmp_path / f"w{workers}", overlay=True, cutout=True,
+                               progress=False, write_workers=workers)
+        assert len(report.written) == 2 and len(report.failed) == 1
+    for name in ("masks/a.png", "cutouts/sub/b.png", "overlays/a.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "w0" / name)), np.asarray(Image.open(tmp_path / "w2" / name)))
+    with pytest.raises(ValueError, match="write_workers must be 0"):
+        predict_files(model, processor, [images], tmp_path / "bad", progress=False, write_workers=-1)

@@ -193,15 +193,20 @@ def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path,
 class _BackgroundWriter:
     """PNG encoding in threads (Pillow releases the GIL while it compresses), so that the device runs the
     next batch meanwhile. At most ``max_pending`` images wait, which bounds the memory they hold; a write
-    that fails raises here, in the caller's thread."""
+    that fails raises here, in the caller's thread. ``workers=0`` writes in the caller's thread (no overlap)."""
 
     def __init__(self, workers: int, max_pending: int, on_done):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-writer")
+        if workers < 0:
+            raise ValueError(f"write_workers must be 0 (write in this thread) or more, got {workers}")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-writer") if workers else None
         self.pending, self.max_pending, self.on_done = [], max_pending, on_done
 
     def submit(self, fn, *args) -> None:
+        if self.pool is None:
+            self.on_done(fn(*args))
+            return
         self.pending.append(self.pool.submit(fn, *args))
         while len(self.pending) > self.max_pending:
             self.on_done(self.pending.pop(0).result())
@@ -211,7 +216,8 @@ class _BackgroundWriter:
             while self.pending:
                 self.on_done(self.pending.pop(0).result())
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @torch.inference_mode()

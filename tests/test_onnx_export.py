@@ -47,6 +47,9 @@ def check_export(report, processor, folder, name):
     assert isinstance(shapes["pixel_values"][0], str)  # a named, dynamic batch axis
     if name == "dsunet":
         assert set(shapes) == {"pixel_values", "dino_pixel_values"}
+    # Attention exported as matmul + softmax, without the SDPA translation's IsNaN/Where guard (slow in onnxruntime).
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops
     saved = json.loads((folder / "onnx_export.json").read_text())
     assert saved["max_abs_difference"] == report.max_abs_difference
     assert {p.name for p in folder.iterdir()} >= {"model.onnx", "config.json", "preprocessor_config.json"}
@@ -57,7 +60,10 @@ def check_export(report, processor, folder, name):
 def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     model, _ = _models()[name]()
     processor = model.default_image_processor()
+    attention = {id(m): m.config._attn_implementation for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
     check_export(export_onnx(model, processor, tmp_path / "onnx"), processor, tmp_path / "onnx", name)
+    assert attention == {id(m): m.config._attn_implementation for m in model.modules()
+                         if hasattr(getattr(m, "config", None), "_attn_implementation")}  # restored after export
     if name == "dinov2-seg":  # multi-class: the head's schedules over windows of the graph's (crop) size
         graph = OnnxSegmentationModel(tmp_path / "onnx")
         assert graph.predicts_class_maps and graph.default_schedule == "slide"

@@ -183,8 +183,8 @@ def _device_summary() -> str:
     native_bf16 = any(check() for check in checks if check is not None)
     hint = ("bf16 in hardware: predict --autocast bf16 --channels-last is the fast path (~1.7x on SAM2-UNet-L)"
             if native_bf16 else "no bf16 matrix units found: fp32 is the safe choice (measure bf16 first)")
-    exact = ("; exact fp32: export onnx, then predict --model <that folder> (onnxruntime: 1.25x SAM2-UNet-L, "
-             "2x BiRefNet_lite)")
+    exact = ("; exact fp32: export onnx, then predict --model <that folder> (onnxruntime: 1.34x SAM2-UNet-L, "
+             "2x BiRefNet_lite, 1.1x DSU-Net-L)")
     from .foreground import _opencv
 
     cutouts = ("; cut-out colours: OpenCV's blur" if _opencv() is not None else

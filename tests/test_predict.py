@@ -132,7 +132,7 @@ def test_cli_info_names_the_fast_path_of_this_cpu(native_bf16, monkeypatch, caps
     assert "export onnx" in device_line  # the exact-fp32 fast path applies to every CPU
     from dsunet_hf import foreground
 
-    monkeypatch.setattr(foreground, "_opencv", lambda: None)
+    monkeypatch.setattr(foreground, "opencv_available", lambda: False)
     assert cli_main(["info"]) == 0
     assert "cut-out colours: torch (pip install opencv-python-headless" in capsys.readouterr().out
 

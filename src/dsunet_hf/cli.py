@@ -185,9 +185,9 @@ def _device_summary() -> str:
             if native_bf16 else "no bf16 matrix units found: fp32 is the safe choice (measure bf16 first)")
     exact = ("; exact fp32: export onnx, then predict --model <that folder> (onnxruntime: 1.34x SAM2-UNet-L, "
              "2x BiRefNet_lite, 1.1x DSU-Net-L)")
-    from .foreground import _opencv
+    from .foreground import opencv_available
 
-    cutouts = ("; cut-out colours: OpenCV's blur" if _opencv() is not None else
+    cutouts = ("; cut-out colours: OpenCV's blur" if opencv_available() else
                "; cut-out colours: torch (pip install opencv-python-headless: 2-5x faster)")
     return f"device: cpu ({torch.get_num_threads()} threads); {hint}{exact}{cutouts}"
 

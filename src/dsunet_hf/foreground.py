@@ -51,6 +51,11 @@ def _opencv():
     return cv2
 
 
+def opencv_available() -> bool:
+    """Whether the CPU box blur runs OpenCV's (2-5x the tensor version)."""
+    return _opencv() is not None
+
+
 def box_blur(x: torch.Tensor, size: int) -> torch.Tensor:
     """``cv2.blur(x, (size, size))`` over the last two dimensions of ``x`` (any leading dimensions)."""
     if size < 1:

@@ -57,7 +57,6 @@ def deep_supervision_loss(
     return sum(w * structure_loss(o, target, bce_weighting) for o, w in zip(outputs, weights))
 
 
-
 def multiclass_deep_supervision_loss(
     outputs: Sequence[torch.Tensor], labels: torch.Tensor, weights: Sequence[float], ignore_index: int = 255
 ) -> torch.Tensor:
@@ -74,6 +73,7 @@ def multiclass_deep_supervision_loss(
         w * F.cross_entropy(o.float(), labels, ignore_index=ignore_index, reduction="sum") / labelled
         for o, w in zip(outputs, weights)
     )
+
 
 # --- BiRefNet --------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 from transformers import PreTrainedModel
@@ -55,6 +56,19 @@ def labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     if labels.shape != logits.shape:
         raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape)}")
     return labels.to(logits.dtype)
+
+
+def probabilities_from_one_pass(logits_of, pixel_values: torch.Tensor, model_size: tuple[int, int]) -> torch.Tensor:
+    """Class probabilities (B, K, H, W) at the input's size from one pass at ``model_size``: the input resized to
+    it (bilinear), ``logits_of(resized)`` softmaxed, the probabilities resized back."""
+    size = tuple(pixel_values.shape[-2:])
+    model_size = tuple(model_size)
+    if size != model_size:
+        pixel_values = F.interpolate(pixel_values, size=model_size, mode="bilinear", align_corners=False)
+    probabilities = logits_of(pixel_values).float().softmax(dim=1)
+    if size != model_size:
+        probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+    return probabilities
 
 
 def run_backbone(module: nn.Module, *args, method: str = "forward", **kwargs):

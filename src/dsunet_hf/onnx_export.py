@@ -264,7 +264,7 @@ class OnnxSegmentationModel(nn.Module):
         """Class probabilities (B, K, H, W) at the input size (multi-class graphs). A DINOv2 head's graph runs its
         schedules (``slide`` by default) on windows of the graph's size; other graphs one pass with the input
         resized to the graph's size, softmax, resized back (``single``)."""
-        import torch.nn.functional as F
+        from .modeling_utils import probabilities_from_one_pass
 
         if not self.predicts_class_maps:
             raise ValueError(f"{self.folder}: a single-channel graph; segment() is for multi-class graphs")
@@ -276,14 +276,8 @@ class OnnxSegmentationModel(nn.Module):
         if schedule != "single":
             raise ValueError(f"{self.folder}: this graph runs the 'single' schedule (the image resized to "
                              f"{self.input_size}); got {schedule!r}")
-        size = tuple(pixel_values.shape[-2:])
-        if size != self.input_size:
-            pixel_values = F.interpolate(pixel_values.float(), size=self.input_size, mode="bilinear",
-                                         align_corners=False)
-        probabilities = self(pixel_values=pixel_values).logits.softmax(dim=1)
-        if size != self.input_size:
-            probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
-        return probabilities
+        return probabilities_from_one_pass(lambda pixels: self(pixel_values=pixels).logits, pixel_values.float(),
+                                           self.input_size)
 
     def _window_logits(self, window: torch.Tensor) -> torch.Tensor:
         if tuple(window.shape[-2:]) != self.input_size:

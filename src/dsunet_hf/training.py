@@ -15,7 +15,7 @@ import math
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -123,8 +123,6 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 def read_training_config(path: str | Path) -> dict:
     """Training options from a JSON or YAML file (a mapping of field names, as in ``training_args.json``;
     ``config_overrides`` may be a mapping). Unknown names are an error naming them."""
-    import dataclasses
-
     import yaml
 
     path = Path(path)
@@ -137,7 +135,7 @@ def read_training_config(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a training config is a mapping of options (train_data: ..., model: ...)")
     values = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainingArguments)})
+    unknown = sorted(set(values) - {f.name for f in fields(TrainingArguments)})
     if unknown:
         raise ValueError(f"{path}: unknown training options {unknown} (see examples/train.py --help)")
     if isinstance(values.get("config_overrides"), dict):

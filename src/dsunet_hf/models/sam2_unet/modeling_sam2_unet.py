@@ -9,7 +9,6 @@ three heads predict one logit map per class, trained with softmax cross-entropy.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
@@ -20,6 +19,7 @@ from ...modeling_utils import (
     SegmentationPreTrainedModel,
     check_pixel_values,
     labels_like,
+    probabilities_from_one_pass,
     run_backbone,
 )
 from ...modules.adapters import BottleneckAdapter
@@ -87,6 +87,7 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
     def predicts_class_maps(self) -> bool:
         return self.config.is_multiclass
 
+    @torch.no_grad()
     def segment(self, pixel_values: torch.Tensor, schedule: str = "single") -> torch.Tensor:
         """Class probabilities (B, K, H, W) at the input size from one pass at ``config.image_size`` (the
         input is resized to the square the model was trained at, the probabilities back)."""
@@ -96,14 +97,8 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         if schedule != "single":
             raise ValueError(f"SAM2-UNet has one inference schedule, 'single' (a pass at {self.config.image_size}"
                              f"px); got {schedule!r}")
-        size = pixel_values.shape[-2:]
         square = (self.config.image_size, self.config.image_size)
-        if tuple(size) != square:
-            pixel_values = F.interpolate(pixel_values, size=square, mode="bilinear", align_corners=False)
-        probabilities = self(pixel_values).logits.float().softmax(dim=1)
-        if tuple(size) != square:
-            probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
-        return probabilities
+        return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square)
 
     # --- frozen backbone ------------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:

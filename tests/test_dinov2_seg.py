@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSemanticSegmentation, Dinov2Config, Dinov2Model
 
-from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig
+from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig, SegmentationImageProcessor
 from dsunet_hf.convert.dinov2_head import convert_dinov2_head_checkpoint
 
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4)
@@ -116,6 +116,7 @@ def test_full_size_official_head_converts_with_voc_labels(tmp_path):
                      str(tmp_path / "out")]) == 0
     model = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_ms_head.pth", tmp_path / "out")
     assert model.config.head_type == "multilayer" and model.config.id2label[15] == "person"
+    assert not SegmentationImageProcessor.from_pretrained(tmp_path / "out").do_reduce_labels  # VOC: indices as they are
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
@@ -165,3 +166,19 @@ def test_label_sets():
 
     assert len(ADE20K_LABELS) == 150 and len(set(ADE20K_LABELS)) == 150 and ADE20K_LABELS[:3] == ["wall", "building", "sky"]
     assert ADE20K_LABELS[-1] == "flag" and len(VOC_LABELS) == 21 and VOC_LABELS[15] == "person"
+
+
+def test_ade20k_heads_convert_with_reduced_labels(tmp_path):
+    """ADE20K annotations are 1..150 with 0 = other (the heads were trained with reduce_zero_label): the converted
+    artifact's processor records it, so that `dsunet-hf evaluate` reads ADE20K masks correctly by itself."""
+    head = {"decode_head.bn.weight": torch.rand(384), "decode_head.bn.bias": torch.rand(384),
+            "decode_head.bn.running_mean": torch.rand(384), "decode_head.bn.running_var": torch.rand(384) + 0.5,
+            "decode_head.bn.num_batches_tracked": torch.tensor(40000),
+            "decode_head.conv_seg.weight": torch.randn(150, 384, 1, 1), "decode_head.conv_seg.bias": torch.randn(150)}
+    torch.save({"state_dict": head}, tmp_path / "dinov2_vits14_ade20k_linear_head.pth")
+    model = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_ade20k_linear_head.pth", tmp_path / "out")
+    assert model.config.id2label[0] == "wall"
+    assert SegmentationImageProcessor.from_pretrained(tmp_path / "out").do_reduce_labels
+    convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_ade20k_linear_head.pth", tmp_path / "raw",
+                                   reduce_zero_label=False)
+    assert not SegmentationImageProcessor.from_pretrained(tmp_path / "raw").do_reduce_labels

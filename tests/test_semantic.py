@@ -131,3 +131,74 @@ def test_size_mismatch_names_both_files(tmp_path):
     transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=True, crop_size=16)
     with pytest.raises(ValueError, match=r"lab\.png / .*img\.png: label map is 10x10 but the image is 40x30"):
         transform(rows[:1])
+
+
+def _tiny_head(tmp_path, processor_reduces: bool):
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+    model = Dinov2ForSemanticSegmentation(config).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    processor = model.default_image_processor()
+    processor.do_reduce_labels = processor_reduces
+    processor.save_pretrained(tmp_path / "model")
+    return model
+
+
+def test_evaluate_reads_ade20k_style_labels_as_the_model_was_trained_and_takes_a_schedule(tmp_path, capsys):
+    """ADE20K labels (0 = other, classes 1..K): the saved processor's do_reduce_labels decides how evaluate reads
+    them; --schedule picks the inference schedule; both land in the report."""
+    import json
+
+    from dsunet_hf.cli import main as cli_main
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "ade"
+    for kind in ("images", "masks"):
+        (data / kind).mkdir(parents=True)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(data / "images" / f"{index}.png")
+        Image.fromarray(rng.integers(0, 4, (40, 44)).astype(np.uint8)).save(data / "masks" / f"{index}.png")  # 0..3
+    rows = datasets.Dataset.from_dict({"image": sorted(str(p) for p in (data / "images").iterdir()),
+                                       "mask": sorted(str(p) for p in (data / "masks").iterdir())})
+    model = _tiny_head(tmp_path, processor_reduces=True)
+    assert SegmentationImageProcessor.from_pretrained(tmp_path / "model").do_reduce_labels
+    expected = {schedule: evaluate_semantic(model, rows, schedule=schedule, reduce_zero_label=True)
+                for schedule in ("slide", "multiscale")}
+    assert expected["slide"]["mIoU"] != expected["multiscale"]["mIoU"]  # the schedule changes the numbers here
+    for schedule in ("slide", "multiscale"):
+        out = tmp_path / f"eval-{schedule}"
+        assert cli_main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--schedule", schedule,
+                         "--output-dir", str(out)]) == 0
+        report = json.loads((out / "evaluation.json").read_text())
+        assert report["results"]["ade"]["mIoU"] == pytest.approx(expected[schedule]["mIoU"], abs=1e-12)
+        assert report["info"]["schedule"] == schedule and report["info"]["reduce_zero_label"] is True
+    # Read as class indices, label 3 is beyond the three classes: an error naming the mask file.
+    with pytest.raises(ValueError, match=r"masks.0\.png .*: class 3 .* pass --reduce-zero-label"):
+        cli_main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--no-reduce-zero-label",
+                  "--output-dir", str(tmp_path / "eval-raw")])
+
+
+def test_schedule_options_reach_predict_and_are_refused_for_binary_models(tmp_path, rows):
+    from conftest import tiny_sam2_unet_config
+
+    from dsunet_hf import Sam2UNetForImageSegmentation
+    from dsunet_hf.cli import main as cli_main
+    from dsunet_hf.predict import predict_files
+    from dsunet_hf.semantic import predict_classes
+
+    model = _tiny_head(tmp_path, processor_reduces=False)
+    image = Image.open(rows["image"][0]).convert("RGB")
+    masks = {}
+    for schedule in ("single", "multiscale"):
+        predict_files(model, model.default_image_processor(), [rows["image"][0]], tmp_path / schedule,
+                      schedule=schedule, progress=False)
+        masks[schedule] = np.asarray(Image.open(tmp_path / schedule / "masks" / "i0.png"))
+        assert np.array_equal(masks[schedule], predict_classes(model, image, schedule))
+    assert not np.array_equal(masks["single"], masks["multiscale"])
+    binary = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    binary.save_pretrained(tmp_path / "binary", include_backbone=True)
+    with pytest.raises(SystemExit, match="schedules are for multi-class models"):
+        cli_main(["predict", "--model", str(tmp_path / "binary"), rows["image"][0], "--schedule", "slide",
+                  "--output-dir", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="--reduce-zero-label apply to multi-class models"):
+        cli_main(["evaluate", "--model", str(tmp_path / "binary"), "--data", str(tmp_path), "--reduce-zero-label"])

@@ -135,6 +135,8 @@ def test_bad_arguments_are_refused(generated_data, tmp_path):
         train(tiny_args(generated_data, tmp_path / "x", push_to_hub=True))
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         train(tiny_args(generated_data, tmp_path / "x", resume_from_checkpoint=str(tmp_path)))
+    with pytest.raises(ValueError, match="--reduce-zero-label is for multi-class label maps"):
+        train(tiny_args(generated_data, tmp_path / "x", reduce_zero_label=True))
 
 
 def test_push_to_hub_at_the_end(generated_data, tmp_path, offline_hub):
@@ -177,7 +179,8 @@ def test_accelerate_launch_dsunet_on_real_samples(tmp_path):
 
 
 def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_data, tmp_path):
-    """Three classes (background, object left / right of centre) as VOC-style palette PNGs."""
+    """Three classes (background, object left / right of centre) as palette PNGs, numbered as ADE20K does
+    (0 = other, classes from 1: --reduce-zero-label), which the saved processor records for evaluation."""
     import numpy as np
     from PIL import Image
 
@@ -190,17 +193,22 @@ def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_
         binary = np.asarray(Image.open(mask_file)) > 127
         classes = binary.astype(np.uint8)
         classes[:, classes.shape[1] // 2:] *= 2
-        classes[0, 0] = 255  # an ignored pixel
-        palette_png(classes, 3).save(data / "masks" / mask_file.name)
+        classes += 1  # ADE20K numbering: 1..3, 0 = other
+        classes[0, 0] = 0  # an "other" pixel, ignored
+        palette_png(classes, 4).save(data / "masks" / mask_file.name)
     (data / "id2label.json").write_text(json.dumps({"0": "background", "1": "left", "2": "right"}))
     overrides = json.dumps({"dino_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
                             "head_type": "multilayer", "num_layers": 2, "crop_size": 42, "stride": 28})
     output = tmp_path / "seg"
     launch(["--model", "dinov2-seg", "--train-data", str(data), "--output-dir", str(output), "--backbone", "random",
             "--backbone-preset", "small", "--config-overrides", overrides, "--batch-size", "4", "--max-steps", "3",
-            "--eval-steps", "3", "--save-steps", "3", "--validation-ratio", "0.25", "--report-to", "none"], cwd=tmp_path)
+            "--eval-steps", "3", "--save-steps", "3", "--validation-ratio", "0.25", "--report-to", "none",
+            "--reduce-zero-label"], cwd=tmp_path)
     logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert any("val/mIoU" in row and 0 <= row["val/mIoU"] <= 1 for row in logged)
+    from dsunet_hf import SegmentationImageProcessor
+
+    assert SegmentationImageProcessor.from_pretrained(output / "model").do_reduce_labels
     assert (output / "checkpoints" / "checkpoint-3" / "trainable_weights.safetensors").is_file()
     card = (output / "model" / "README.md").read_text()
     assert "background, left, right" in card and "mIoU" in card  # class names came from id2label.json

@@ -85,12 +85,16 @@ def _predict(args) -> int:
     if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile
         model = torch.compile(model, dynamic=True)
     autocast = None if args.autocast == "none" else _torch_dtype(args.autocast)
-    report = predict_files(
-        model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
-        minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout,
-        cutout_colors=args.cutout_colors, overwrite=args.overwrite, num_workers=args.num_workers,
-        autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution, max_side=args.max_side,
-    )
+    try:
+        report = predict_files(
+            model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
+            minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout,
+            cutout_colors=args.cutout_colors, overwrite=args.overwrite, num_workers=args.num_workers,
+            autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
+            max_side=args.max_side, schedule=args.schedule,
+        )
+    except ValueError as error:  # options that do not fit this model (named in the message)
+        raise SystemExit(f"predict: {error}") from error
     if not state.is_main_process:
         return 0
     print(f"{report.summary()} -> {args.output_dir}")
@@ -272,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--resolution", default="model", choices=["model", "native"],
                          help="native: each image at its own size (multiples of 32, at most --max-side; for "
                               "BiRefNet_dynamic/_HR and other any-size models), batched by equal size")
+    predict.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
+                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
+                              "multiscale = multi-scale + flip, the DINOv2 paper's +ms)")
     predict.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
     predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                          help="visual-prompt models: an example image (repeat for several; one --prompt each)")

@@ -8,6 +8,7 @@ size, passed through a sigmoid, min-max normalised per image (default on), writt
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -384,6 +385,12 @@ def add_evaluate_parser(subparsers):
                         help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
+    parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
+                        help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
+                             "multiscale = the paper's multi-scale + flip)")
+    parser.add_argument("--reduce-zero-label", default=None, action=argparse.BooleanOptionalAction,
+                        help="multi-class label maps: 0 is 'other' (ignored), classes start at 1 (ADE20K); "
+                             "default: as the model was trained (its processor's do_reduce_labels)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -451,6 +458,12 @@ def run_evaluate_cli(args) -> int:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
             model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+        semantic_options = {"--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label}
+        if not getattr(model, "predicts_class_maps", False) and any(semantic_options.values()):
+            raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} "
+                             f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
+        reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
+                             else bool(getattr(processor, "do_reduce_labels", False)))
         results, skipped_per_dataset, sources, per_class = {}, {}, {}, {}
         for source in args.data:
             dataset = (
@@ -474,7 +487,8 @@ def run_evaluate_cli(args) -> int:
             elif getattr(model, "predicts_class_maps", False):  # mIoU / accuracies, per-class IoU with names
                 from .semantic import evaluate_semantic
 
-                semantic = evaluate_semantic(model, dataset, max_samples=args.max_samples)
+                semantic = evaluate_semantic(model, dataset, schedule=args.schedule, max_samples=args.max_samples,
+                                             reduce_zero_label=reduce_zero_label)
                 per_class[name] = semantic.pop("per_class_iou")
                 results[name] = semantic
             else:
@@ -488,6 +502,8 @@ def run_evaluate_cli(args) -> int:
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
         if per_class:
             extra["per_class_iou"] = per_class
+        if getattr(model, "predicts_class_maps", False):
+            extra.update(schedule=args.schedule or model.default_schedule, reduce_zero_label=reduce_zero_label)
         if visual_prompt is not None:
             extra.update(shots=args.shots, prompt_kind=args.prompt_kind)
     print(format_table(results))

@@ -81,6 +81,7 @@ class SegmentationImageProcessor(BaseImageProcessor):
         image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
         extra_sizes: dict[str, Any] | None = None,
+        do_reduce_labels: bool = False,
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
@@ -94,6 +95,10 @@ class SegmentationImageProcessor(BaseImageProcessor):
         # Lists, not tuples, so that to_dict() equals its JSON round-trip.
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
+        # Multi-class label maps where 0 is "other" and classes start at 1 (ADE20K): the name and meaning of
+        # transformers' Segformer/BEiT processors' flag. Recorded with the model by training and conversion,
+        # so that evaluation reads the labels the way the model was trained on them.
+        self.do_reduce_labels = bool(do_reduce_labels)
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (RGB)")
 

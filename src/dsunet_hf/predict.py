@@ -241,6 +241,7 @@ def predict_files(
     resolution: str = "model",
     max_side: int = 2048,
     write_workers: int = 2,
+    schedule: str | None = None,
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
@@ -258,6 +259,9 @@ def predict_files(
     multiples of 32) instead of the processor's fixed size, for models that take any size (BiRefNet,
     notably BiRefNet_dynamic and _HR; SAM2-UNet); images are grouped into batches of equal input size
     (size bucketing), read from the file headers, so batches stay full without padding.
+
+    ``schedule`` (multi-class models): ``single``, ``slide`` or ``multiscale`` (multi-scale + flip), the model's
+    default (``slide`` for the DINOv2 heads) when None.
     """
     import contextlib
 
@@ -289,6 +293,9 @@ def predict_files(
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
+    if schedule is not None and not semantic:
+        raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
+                         f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
@@ -324,7 +331,7 @@ def predict_files(
                     from .semantic import predict_classes, write_class_outputs
 
                     for item in good:
-                        write_class_outputs(model, item["image"], predict_classes(model, item["image"]), output_dir,
+                        write_class_outputs(model, item["image"], predict_classes(model, item["image"], schedule), output_dir,
                                             item["name"], overlay)
                         written(str(item["path"]))
                     continue

@@ -95,7 +95,9 @@ class SemanticSegmentationTransform:
                 bad = int(classes.max() if classes.max() >= self.num_labels else classes.min())
                 raise ValueError(f"{where}: class {bad} in the label map, but the model has {self.num_labels} "
                                  f"classes (0..{self.num_labels - 1}; {self.ignore_index} is ignored): give the model "
-                                 f"every class (id2label.json beside the data, or num_labels)")
+                                 f"every class (id2label.json beside the data, or num_labels)"
+                                 + (" or, if 0 means 'other' and the classes start at 1 (ADE20K), pass "
+                                    "--reduce-zero-label" if bad == self.num_labels else ""))
         label_image = Image.fromarray(labels.astype(np.int32), mode="I")
         if not self.train:  # evaluation: resized image, labels kept at the original size
             resized = _short_side_resize(image, self.base_size, Image.Resampling.BILINEAR)

@@ -389,6 +389,11 @@ def train(args: TrainingArguments) -> dict:
         recipe_lr = getattr(model.config, "recipe_learning_rate", None)
         args.learning_rate = recipe_lr(args.batch_size) if recipe_lr else spec.default("learning_rate")
     processor = model.default_image_processor()
+    if args.reduce_zero_label:
+        if task != "semantic":
+            raise ValueError("--reduce-zero-label is for multi-class label maps (a DINOv2 head, a multi-class "
+                             "SAM2-UNet); this model is trained on binary masks")
+        processor.do_reduce_labels = True  # saved with the model: evaluation reads its labels the same way
     train_set, validation_set = build_datasets(args)
     if task == "binary":
         warn_if_class_index_masks(train_set, args.train_data, type(model).__name__)

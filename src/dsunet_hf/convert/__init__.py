@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 
-def save_converted_model(model, converted: dict, source, output_dir, include_backbone: bool = False):
+def save_converted_model(model, converted: dict, source, output_dir, include_backbone: bool = False,
+                         processor=None):
     """Load a converted state dict strictly (every tensor of the model, nothing else), then write the
-    artifact (trainable-only unless ``include_backbone``), its image processor and its card."""
+    artifact (trainable-only unless ``include_backbone``), its image processor (the model's default unless
+    given) and its card."""
     result = model.load_state_dict(converted, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -14,5 +16,5 @@ def save_converted_model(model, converted: dict, source, output_dir, include_bac
         )
     model.eval()
     model.save_pretrained(output_dir, include_backbone=include_backbone)
-    model.default_image_processor().save_pretrained(output_dir)
+    (processor or model.default_image_processor()).save_pretrained(output_dir)
     return model

@@ -21,9 +21,11 @@ HEAD_KEYS = {f"decode_head.{k}" for k in ("bn.weight", "bn.bias", "bn.running_me
 
 
 def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, preset: str | None = None,
-                                   id2label: dict[int, str] | None = None):
+                                   id2label: dict[int, str] | None = None, reduce_zero_label: bool | None = None):
     """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name, ``id2label`` to the
-    VOC names for 21 classes and the ADE20K names for 150 (other counts are named ``class_<i>``)."""
+    VOC names for 21 classes and the ADE20K names for 150 (other counts are named ``class_<i>``), and
+    ``reduce_zero_label`` (recorded as the processor's ``do_reduce_labels``) to True for the 150-class ADE20K
+    heads (labels 1..150, 0 = other)."""
     from ..models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
     from ..models.dinov2_seg.configuration_dinov2_seg import ADE20K_LABELS, VOC_LABELS
 
@@ -48,4 +50,8 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
                              head_type="linear" if channels == hidden else "multilayer", id2label=id2label)
     model = Dinov2ForSemanticSegmentation(config)
     full = {**{k: v for k, v in model.state_dict().items() if not k.startswith("decode_head.")}, **state_dict}
-    return save_converted_model(model, full, source, output_dir)
+    processor = model.default_image_processor()
+    # ADE20K's annotations use 0 for "other" and 1..150 for the classes (mmseg's reduce_zero_label, with which
+    # the ADE20K heads were trained); VOC's are class indices as they are.
+    processor.do_reduce_labels = reduce_zero_label if reduce_zero_label is not None else num_labels == 150
+    return save_converted_model(model, full, source, output_dir, processor=processor)

@@ -11,6 +11,8 @@ holds exactly the trainable tensors (and the decoder's BatchNorm statistics next
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 STRATEGIES = ("adapter", "lora", "full", "frozen")
@@ -52,6 +54,39 @@ def add_lora(module: nn.Module, rank: int, alpha: int, dropout: float, target_mo
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
     inject_adapter_in_model(config, module)
+
+
+def lora_layers(module: nn.Module) -> list[nn.Module]:
+    """The peft LoRA layers in ``module`` (none unless its strategy is ``lora``)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Fold every LoRA update into the frozen weight it adapts (W + scale * B @ A, peft's ``merge``), so that
+    inference runs one matmul per layer instead of three; returns how many layers were merged."""
+    layers = [layer for layer in lora_layers(module) if not layer.merged]
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
+@contextlib.contextmanager
+def lora_merged(module: nn.Module):
+    """LoRA merged inside the block, and the frozen weights restored bit for bit after it (peft's ``unmerge``
+    subtracts the update again, which is exact only to float rounding)."""
+    layers = [layer for layer in lora_layers(module) if not layer.merged]
+    originals = [{name: tensor.detach().clone() for name, tensor in layer.get_base_layer().state_dict().items()}
+                 for layer in layers]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield len(layers)
+    finally:
+        for layer, original in zip(layers, originals):
+            layer.get_base_layer().load_state_dict(original)
+            layer.merged_adapters.clear()  # peft's record of what is merged: now nothing
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -9,8 +9,9 @@ onnxscript) directly: optimum's exporters cover only architectures it knows, and
 
 Why it matters: BiRefNet's users cannot export its deformable convolution (``torchvision::deform_conv2d``
 has no ONNX translation below opset 19, and the official ONNX files have a fixed batch). During export we take
-our pure-PyTorch deformable convolution (``grid_sample``), which every ONNX runtime runs, and the transformers
-backbones' eager attention (see ``_eager_attention``).
+our pure-PyTorch deformable convolution (``grid_sample``), which every ONNX runtime runs, the transformers
+backbones' eager attention (see ``_eager_attention``), and LoRA merged into the weights it adapts (one matmul per
+layer in the graph; the model's own weights are restored afterwards).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .finetune import lora_merged
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
            "onnx_input_names"]
@@ -155,7 +158,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
         scratch_path = Path(scratch) / "model.onnx"
         start = time.perf_counter()
-        with _pure_pytorch_deform_conv(), _eager_attention(model), torch.no_grad():
+        with _pure_pytorch_deform_conv(), _eager_attention(model), lora_merged(model), torch.no_grad():
             program = torch.onnx.export(
                 _ImagesToLogits(model).eval(), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
                 input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,

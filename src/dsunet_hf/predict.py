@@ -367,7 +367,8 @@ def predict_files(
 
 
 def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):
-    """Any dsunet-hf artifact (local folder or Hub id) with its saved image processor (or the default)."""
+    """Any dsunet-hf artifact (local folder or Hub id) with its saved image processor (or the default), ready
+    for inference: in eval mode, with LoRA merged into the frozen weights (``merge_lora``)."""
     from transformers import AutoImageProcessor, AutoModelForImageSegmentation
 
     from .convert.birefnet import is_official_birefnet_source
@@ -386,6 +387,8 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
         return _to(model, device, dtype).eval(), model.default_image_processor()
     model = AutoModelForImageSegmentation.from_pretrained(name_or_path, **kwargs)
+    if hasattr(model, "merge_lora"):  # inference only: LoRA folded into the frozen weights (in fp32, before dtype)
+        model.merge_lora()
     model = _to(model, device, dtype)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)

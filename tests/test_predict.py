@@ -147,6 +147,41 @@ def test_cli_info_and_push(artifact, offline_hub, capsys):
     assert isinstance(loaded, Sam2UNetForImageSegmentation)
 
 
+def test_push_puts_evaluation_results_on_the_card(artifact, tmp_path, offline_hub, capsys):
+    """`dsunet-hf evaluate` -> `dsunet-hf push --evaluation`: the Hub's model-index results and a table on the card,
+    equal to the report; pushing a newer report replaces its results instead of repeating them."""
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    _, folder = artifact
+    data = tmp_path / "CAMO"
+    for kind in ("images", "masks"):
+        (data / kind).mkdir(parents=True)
+    for index in range(3):
+        Image.new("RGB", (40, 30), (index * 60, 90, 20)).save(data / "images" / f"{index}.png")
+        mask = np.zeros((30, 40), np.uint8)
+        mask[5:20, 10:30] = 255
+        Image.fromarray(mask).save(data / "masks" / f"{index}.png")
+    assert cli_main(["evaluate", "--model", str(folder), "--data", str(data), "--output-dir", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert cli_main(["push", str(folder), "me/scored", "--evaluation", str(tmp_path / "ev" / "evaluation.json")]) == 0
+    card = ModelCard.load(hf_hub_download("me/scored", "README.md"))
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results[("CAMO", "S-measure")] == round(report["results"]["CAMO"]["S-measure"], 4)
+    assert len(results) == len(report["results"]["CAMO"]) and card.data.model_name == "scored"
+    index = card.data.to_dict()["model-index"][0]["results"][0]
+    assert index["task"]["type"] == "image-segmentation" and index["dataset"]["name"] == "CAMO"
+    assert "## Benchmark results" in card.text and f"{report['results']['CAMO']['MAE']:.4f}" in card.text
+    report["results"]["CAMO"]["S-measure"] = 0.5
+    (tmp_path / "ev" / "evaluation.json").write_text(json.dumps(report))
+    assert cli_main(["push", str(folder), "me/scored", "--evaluation", str(tmp_path / "ev" / "evaluation.json")]) == 0
+    card = ModelCard.load(hf_hub_download("me/scored", "README.md"))
+    assert [r.metric_value for r in card.data.eval_results if r.metric_name == "S-measure"] == [0.5]
+    assert card.text.count("## Benchmark results") == 1
+    (tmp_path / "not-a-report.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not-a-report.json: not a `dsunet-hf evaluate` report"):
+        cli_main(["push", str(folder), "me/scored", "--evaluation", str(tmp_path / "not-a-report.json")])
+
+
 def test_predict_on_a_folder_of_awkward_files(artifact, tmp_path, capsys):
     """Zero-byte, truncated, mislabelled files fail alone; CMYK, 16-bit and EXIF-rotated files work."""
     folder = tmp_path / "awkward"

@@ -158,6 +158,14 @@ def _push(args) -> int:
     for required in ("config.json", "model.safetensors"):
         if not (folder / required).is_file():
             raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained first")
+    if args.evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
+        from .hub import add_evaluation_to_card
+
+        try:
+            card = add_evaluation_to_card(folder, args.evaluation, model_name=args.repo_id.split("/")[-1])
+        except ValueError as error:
+            raise SystemExit(f"push: {error}") from error
+        print(f"model card: {len(card.data.eval_results)} results from {', '.join(args.evaluation)}")
     repo_id = upload_folder_to_hub(folder, args.repo_id, commit_message=args.commit_message, private=args.private)
     print(f"pushed {folder} -> https://huggingface.co/{repo_id}")
     return 0
@@ -319,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("repo_id")
     push.add_argument("--private", action="store_true")
     push.add_argument("--commit-message", default="Upload fine-tuned model with dsunet-hf")
+    push.add_argument("--evaluation", action="append", default=[], metavar="evaluation.json",
+                      help="a `dsunet-hf evaluate` report to put on the model card (Hub model-index results and a "
+                           "table); repeat for several")
     push.set_defaults(func=_push)
 
     info = commands.add_parser("info", help="versions, or a saved model's config")

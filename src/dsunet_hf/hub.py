@@ -88,3 +88,75 @@ def upload_folder_to_hub(
     )
     return repo_id
 
+
+
+# The card section written from `dsunet-hf evaluate` reports; replaced, not repeated, when pushed again.
+_EVALUATION_BEGIN, _EVALUATION_END = "<!-- dsunet-hf:evaluation -->", "<!-- /dsunet-hf:evaluation -->"
+
+
+def _read_evaluation_report(path: Path) -> dict:
+    import json
+
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read an evaluation report ({error})") from error
+    if not isinstance(report, dict) or not isinstance(report.get("results"), dict) or not report["results"]:
+        raise ValueError(f"{path}: not a `dsunet-hf evaluate` report (no per-dataset \"results\")")
+    return report
+
+
+def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.PathLike],
+                           model_name: str | None = None) -> ModelCard:
+    """Fold ``dsunet-hf evaluate`` reports (``evaluation.json``) into the model card in ``folder``: the Hub's
+    ``model-index`` results (shown on the model page; one entry per dataset and metric, Hub dataset ids where
+    the data came from the Hub) and a section with the table, the protocol and the versions. Results for a
+    dataset and metric already on the card are replaced. Writes ``README.md`` back and returns the card."""
+    from huggingface_hub import EvalResult
+
+    from .evaluate import format_table
+    from .files import write_text_atomic
+
+    folder = Path(folder)
+    card_path = folder / "README.md"
+    if not card_path.is_file():
+        raise ValueError(f"{folder}: no README.md model card (save the model with save_pretrained first)")
+    card = ModelCard.load(card_path)
+    loaded = [_read_evaluation_report(Path(path)) for path in reports]
+    results = {}
+    for report in loaded:
+        sources = report.get("info", {}).get("data") or {}
+        split = report.get("info", {}).get("split")
+        for dataset, metrics in report["results"].items():
+            source = str(sources.get(dataset, ""))
+            # A Hub dataset id (org/name that is not a local path) names the dataset on the Hub; else its name.
+            on_hub = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
+            for metric, value in metrics.items():
+                results[(dataset, metric)] = EvalResult(
+                    task_type="image-segmentation", task_name="Image segmentation",
+                    dataset_type=source if on_hub else dataset, dataset_name=dataset, dataset_split=split,
+                    metric_type=re.sub(r"[^a-z0-9]+", "_", metric.lower()).strip("_"), metric_name=metric,
+                    metric_value=round(float(value), 4),
+                )
+    kept = [result for result in (card.data.eval_results or [])
+            if (result.dataset_name, result.metric_name) not in results]
+    card.data.eval_results = kept + list(results.values())
+    card.data.model_name = card.data.model_name or model_name or folder.resolve().name
+    table: dict[str, dict[str, float]] = {}  # every result on the card, the earlier ones included
+    for result in card.data.eval_results:
+        table.setdefault(result.dataset_name, {})[result.metric_name] = result.metric_value
+    section = [_EVALUATION_BEGIN, "## Benchmark results (`dsunet-hf evaluate`)", "", format_table(table), ""]
+    for report in loaded:
+        section += [f"{', '.join(report['results'])}: protocol {report.get('protocol', 'see evaluation.json')}; "
+                    + ", ".join(f"{name} {version}" for name, version in report.get("versions", {}).items()) + ".",
+                    ""]
+    section.append(_EVALUATION_END)
+    text = card.text
+    if _EVALUATION_BEGIN in text and _EVALUATION_END in text:
+        before, rest = text.split(_EVALUATION_BEGIN, 1)
+        text = before + "\n".join(section) + rest.split(_EVALUATION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    card.text = text
+    write_text_atomic(card_path, str(card))
+    return card

@@ -21,7 +21,7 @@ from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_
 from transformers.utils import ModelOutput
 
 from .finetune import add_lora, is_trainable_key, lora_layers, merge_lora, parameter_counts, trainable_summary
-from .hub import render_model_card, upload_folder_to_hub
+from .hub import add_evaluation_to_card, render_model_card, upload_folder_to_hub
 
 
 @dataclass
@@ -305,9 +305,12 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         revision: str | None = None,
         create_pr: bool = False,
         include_backbone: bool = False,
+        evaluation_reports: list[str] | None = None,
         **kwargs,
     ) -> str:
-        """Push the trainable-only artifact, its image processor and a filled model card in one commit.
+        """Push the trainable-only artifact, its image processor and a filled model card in one commit;
+        ``evaluation_reports`` (``dsunet-hf evaluate``'s ``evaluation.json`` files) put benchmark results on the
+        card (see :func:`dsunet_hf.hub.add_evaluation_to_card`).
 
         (transformers' own ``push_to_hub`` would replace our card with a generic one.)
         """
@@ -320,6 +323,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id},
             )
             image_processor.save_pretrained(folder)
+            if evaluation_reports:
+                add_evaluation_to_card(folder, evaluation_reports, model_name=repo_id.split("/")[-1])
             return upload_folder_to_hub(
                 Path(folder), repo_id, commit_message=commit_message, private=private, token=token,
                 revision=revision, create_pr=create_pr,

@@ -89,7 +89,6 @@ def upload_folder_to_hub(
     return repo_id
 
 
-
 # The card section written from `dsunet-hf evaluate` reports; replaced, not repeated, when pushed again.
 _EVALUATION_BEGIN, _EVALUATION_END = "<!-- dsunet-hf:evaluation -->", "<!-- /dsunet-hf:evaluation -->"
 

@@ -103,6 +103,23 @@ def test_evaluate_model_equals_manual_protocol(model, processor, samples):
     assert first_two == by_hand(model, processor, samples[:2])
 
 
+def test_validation_loss_is_the_models_own_loss_from_the_same_pass(model, processor, samples):
+    """with_loss (what training logs as val/loss): the mean over samples of the model's loss on each image with
+    its mask at the model's size, as training computes it; the metrics are unchanged."""
+    plain = evaluate_model(model, processor, samples, batch_size=8, progress=False)
+    scored = evaluate_model(model, processor, samples, batch_size=8, progress=False, with_loss=True)
+    assert {k: v for k, v in scored.items() if k != "loss"} == plain
+    losses = []
+    for item in samples:
+        inputs = processor([Image.open(item["image"]).convert("RGB")],
+                           masks=[np.asarray(Image.open(item["mask"]), np.float32) / 255])
+        with torch.no_grad():
+            losses.append(float(model(pixel_values=inputs["pixel_values"], labels=inputs["labels"]).loss))
+    assert scored["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    in_threes = evaluate_model(model, processor, samples, batch_size=3, progress=False, with_loss=True)
+    assert in_threes["loss"] == pytest.approx(scored["loss"], rel=1e-5)  # a mean over samples, not over batches
+
+
 def test_evaluate_model_restores_training_mode(model, processor, samples):
     model.train()
     evaluate_model(model, processor, samples[:1], progress=False)

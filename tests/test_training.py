@@ -61,7 +61,8 @@ def check_run_outputs(output: Path, dataset: str) -> None:
     assert any("train/loss" in row for row in logged)
     validation = [row for row in logged if "val/S-measure" in row]
     assert validation and all(0 <= row["val/S-measure"] <= 1 for row in validation)
-    assert {"val/MAE", "val/mDice", "val/E-measure (mean)"} <= set(validation[-1])
+    assert {"val/MAE", "val/mDice", "val/E-measure (mean)", "val/loss"} <= set(validation[-1])
+    assert all(0 < row["val/loss"] < float("inf") for row in validation)  # the validation loss (BiRefNet #211)
 
 
 def test_accelerate_launch_on_generated_data(generated_data, tmp_path):
@@ -126,6 +127,16 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data,
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps[:3] == [1, 2, 3] and max(steps) == 8 and 4 in steps  # the counter continued after step 3
     assert straight["best_metrics"] == resumed["best_metrics"]
+
+
+def test_the_best_model_can_be_the_one_with_the_lowest_validation_loss(generated_data, tmp_path):
+    train(tiny_args(generated_data, tmp_path / "run", metric_for_best_model="loss", max_steps=3, eval_steps=1,
+                    save_steps=3))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = {row["step"]: row["val/loss"] for row in logged if "val/loss" in row}
+    assert len(losses) == 3
+    state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["best_metric"] == min(losses.values()) and losses[state["best_step"]] == state["best_metric"]
 
 
 def test_bad_arguments_are_refused(generated_data, tmp_path):

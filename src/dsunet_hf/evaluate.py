@@ -97,8 +97,10 @@ def evaluate_model(
     progress: bool = True,
     max_samples: int | None = None,
     skipped: list[str] | None = None,
+    with_loss: bool = False,
 ) -> dict[str, float]:
-    """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`.
+    """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`
+    (and, ``with_loss``, the model's loss under ``"loss"``).
 
     Args:
         model: a segmentation model whose ``model(pixel_values=...).logits`` is (B, 1, h, w).
@@ -110,6 +112,9 @@ def evaluate_model(
         progress: show a tqdm progress bar.
         max_samples: evaluate only the first ``max_samples`` samples.
         skipped: optional list that receives ``"<sample>: <reason>"`` for every skipped sample.
+        with_loss: also the model's own loss (eval mode: BiRefNet's final map only; SAM2-UNet and DSU-Net with
+            their side outputs), from the same forward pass with the masks resized to the model's size as in
+            training; the mean over samples. What training logs as ``val/loss``.
 
     Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
     warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
@@ -124,6 +129,7 @@ def evaluate_model(
         total = min(total, max(int(max_samples), 0))
     metrics = SegmentationMetrics()
     skipped_here: list[str] = []
+    loss_sum = 0.0
     was_training = model.training
     model.eval()
     try:
@@ -145,7 +151,12 @@ def evaluate_model(
                     ground_truths.append(ground_truth)
                 if not images:
                     continue
-                probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
+                if with_loss:
+                    probabilities, loss = _probabilities_and_loss(model, processor, images, ground_truths,
+                                                                  minmax_normalize)
+                    loss_sum += loss * len(images)
+                else:
+                    probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
                 for probability, ground_truth in zip(probabilities, ground_truths):
                     metrics.update(to_uint8_map(probability), ground_truth)
                 bar.update(len(images))
@@ -157,7 +168,24 @@ def evaluate_model(
         logger.warning("skipped %d of %d samples (see the warnings above)", len(skipped_here), total)
     if len(metrics) == 0:
         raise ValueError(f"no sample could be evaluated ({total} requested, {len(skipped_here)} skipped)")
-    return metrics.compute()
+    results = metrics.compute()
+    if with_loss:
+        results["loss"] = loss_sum / len(metrics)
+    return results
+
+
+def _probabilities_and_loss(model, processor, images, ground_truths, minmax_normalize: bool):
+    """One forward pass with labels: the probabilities at each image's size and the batch's mean loss."""
+    from .predict import device_and_dtype, pixel_inputs
+
+    device, dtype = device_and_dtype(model)
+    inputs = processor(images, masks=[ground_truth.astype(np.float32) / 255.0 for ground_truth in ground_truths])
+    labels = torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)
+    outputs = model(**pixel_inputs(inputs, device, dtype), labels=labels)
+    probabilities = processor.post_process_probabilities(
+        outputs.logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
+    )
+    return probabilities, float(outputs.loss)
 
 
 def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -> dict[str, dict[str, float]]:

@@ -43,6 +43,8 @@ SEMANTIC_METRIC_NAMES: tuple[str, ...] = ("mIoU", "mAcc", "aAcc")
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in (*METRIC_NAMES, *SEMANTIC_METRIC_NAMES)}
 # Visual prompting: the area predicted for a prompted class that is absent from the target.
 HIGHER_IS_BETTER["absent_area"] = False
+# Training's validation loss (the model's own loss on the validation set, in eval mode).
+HIGHER_IS_BETTER["loss"] = False
 
 
 def to_uint8_map(probability: Any) -> np.ndarray:

@@ -87,7 +87,8 @@ class TrainingArguments:
     seed: int = field(default=0, metadata={"help": "seed of init, data order and augmentation"})
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
     metric_for_best_model: str | None = field(
-        default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg)"}
+        default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg; "
+                                        "loss: the lowest validation loss)"}
     )
     max_val_samples: int | None = field(default=None, metadata={"help": "cap on validation images"})
     save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
@@ -382,6 +383,9 @@ def train(args: TrainingArguments) -> dict:
     if task == "semantic" and args.metric_for_best_model not in ("mIoU", "mAcc", "aAcc"):
         raise ValueError(f"--metric-for-best-model {args.metric_for_best_model}: a multi-class model is validated "
                          f"with mIoU, mAcc and aAcc")
+    if args.metric_for_best_model == "loss" and task != "binary":
+        raise ValueError("--metric-for-best-model loss: the validation loss is logged for single-map models "
+                         "(SAM2-UNet, DSU-Net, BiRefNet); pick one of the validation metrics")
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))
@@ -491,8 +495,9 @@ def train(args: TrainingArguments) -> dict:
                                             reduce_zero_label=args.reduce_zero_label)
                 metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}  # per-class IoU stays out of logs
             else:
+                # With the validation loss (BiRefNet's users asked for it back, their #211), from the same pass.
                 metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,
-                                         progress=False)
+                                         progress=False, with_loss=True)
             model.train()
             log({f"val/{k}": v for k, v in metrics.items()})
             value = metrics[args.metric_for_best_model]

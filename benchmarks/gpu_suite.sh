@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh dsunet           # inference, batch 1 and 16
 #   bash benchmarks/gpu_suite.sh dsunet-train     # adapter training, batch 12
 #   bash benchmarks/gpu_suite.sh birefnet         # BiRefNet inference at 1024², ours fp32 vs ours fast; cut-out
-#                                                 # colour estimation at 1 and 12 MP
+#                                                 # colour estimation at 1 and 12 MP; LoRA merged vs unmerged
 #   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
 #                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
 #                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
@@ -97,7 +97,10 @@ case "$part" in
       bench "birefnet_infer_fast_b$batch" inference.py --model birefnet --preset BiRefNet --batch-size "$batch" \
         "${timing[@]}" "${fast[@]}"
     done
-    bench birefnet_cutout_colours cutout.py --sizes 1024x1024 3000x4000 --repeats 5 ;;  # refine_foreground on GPU
+    bench birefnet_cutout_colours cutout.py --sizes 1024x1024 3000x4000 --repeats 5  # refine_foreground on GPU
+    # A LoRA fine-tuned BiRefNet_lite (the default strategy) unmerged vs merged, in bf16 as predict runs it.
+    bench birefnet_lite_lora_merge_bf16_b1 lora_merge.py --model birefnet --preset BiRefNet_lite --dtype bfloat16 \
+      "${timing[@]}" ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 ls -l "$out" >&2

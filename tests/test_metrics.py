@@ -88,9 +88,11 @@ def test_every_metric_equals_direct_pysodmetrics():
     assert len(metrics) == len(pairs)
     got = metrics.compute()
     expected = direct_pysodmetrics(pairs)
-    # HIGHER_IS_BETTER also covers the multi-class accuracies and visual prompting's absent_area (lower is better).
-    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {"mAcc", "aAcc", "absent_area"}
-    assert HIGHER_IS_BETTER["absent_area"] is False
+    # HIGHER_IS_BETTER also covers the multi-class accuracies, visual prompting's absent_area and training's
+    # validation loss (both lower is better).
+    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {"mAcc", "aAcc", "absent_area",
+                                                                                        "loss"}
+    assert HIGHER_IS_BETTER["absent_area"] is False and HIGHER_IS_BETTER["loss"] is False
     assert list(got) == list(METRIC_NAMES)
     for name in EXPECTED_KEYS:
         assert type(got[name]) is float, name

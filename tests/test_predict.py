@@ -145,6 +145,15 @@ def test_cli_info_and_push(artifact, offline_hub, capsys):
     assert offline_hub.pushes[-1][0] == "me/pushed"
     loaded = Sam2UNetForImageSegmentation.from_pretrained("me/pushed")
     assert isinstance(loaded, Sam2UNetForImageSegmentation)
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    with pytest.MonkeyPatch.context() as patch:  # the Hub client's own error, said in one line, not a traceback
+        patch.setattr(huggingface_hub.HfApi, "upload_folder", unreachable)
+        with pytest.raises(SystemExit, match="uploading .* to me/pushed failed .ConnectionError: Name or service"):
+            cli_main(["push", str(folder), "me/pushed"])
 
 
 def test_push_puts_evaluation_results_on_the_card(artifact, tmp_path, offline_hub, capsys):

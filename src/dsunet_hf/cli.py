@@ -166,7 +166,10 @@ def _push(args) -> int:
         except ValueError as error:
             raise SystemExit(f"push: {error}") from error
         print(f"model card: {len(card.data.eval_results)} results from {', '.join(args.evaluation)}")
-    repo_id = upload_folder_to_hub(folder, args.repo_id, commit_message=args.commit_message, private=args.private)
+    try:
+        repo_id = upload_folder_to_hub(folder, args.repo_id, commit_message=args.commit_message, private=args.private)
+    except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
+        raise SystemExit(f"push: uploading {folder} to {args.repo_id} failed ({type(error).__name__}: {error})") from error
     print(f"pushed {folder} -> https://huggingface.co/{repo_id}")
     return 0
 

@@ -114,6 +114,15 @@ def upstream_refine_foreground(checkout: str):
         return importlib.import_module("image_proc").FB_blur_fusion_foreground_estimator_cpu_2
 
 
+def upstream_hce_measure(checkout: str):
+    """The authors' DIS metric ``HCEMeasure`` (``step(pred, gt, gt_ske)`` on uint8 maps) from their
+    ``evaluation/metrics.py`` (needs OpenCV and scikit-image)."""
+    if not _importable("cv2"):
+        raise ImportError("the authors' evaluation code needs OpenCV: pip install opencv-python-headless")
+    with _isolated_imports(checkout, {}):
+        return importlib.import_module("evaluation.metrics").HCEMeasure
+
+
 def build_upstream_sam2_unet(checkout: str) -> torch.nn.Module:
     """The authors' ``SAM2UNet()`` (Hiera-L, random weights) built on the CPU, eval mode."""
     from sam2 import build_sam

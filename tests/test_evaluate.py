@@ -262,7 +262,13 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
     payload = json.loads((out / "evaluation.json").read_text())
     assert payload["results"]["ECSSD"] == evaluate_prediction_folders(pred_dir, gt_dir)[0]
     assert payload["info"]["missing_predictions"] == [str(gt_dir / "s3.png")]
-    assert "ECSSD" in (out / "evaluation.md").read_text()
+    assert "ECSSD" in (out / "evaluation.md").read_text() and "HCE" not in payload["results"]["ECSSD"]
+    args = make_parser().parse_args(["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir),
+                                     "--output-dir", str(tmp_path / "dis"), "--hce"])
+    assert run_evaluate_cli(args) == 0
+    dis = json.loads((tmp_path / "dis" / "evaluation.json").read_text())
+    assert dis["results"]["ECSSD"]["HCE"] == evaluate_prediction_folders(pred_dir, gt_dir, hce=True)[0]["HCE"] > 0
+    assert dis["higher_is_better"]["HCE"] is False and "HCE ↓" in (tmp_path / "dis" / "evaluation.md").read_text()
 
     with pytest.raises(SystemExit):
         run_evaluate_cli(make_parser().parse_args(["evaluate", "--predictions", str(pred_dir)]))

@@ -91,7 +91,7 @@ def test_every_metric_equals_direct_pysodmetrics():
     # HIGHER_IS_BETTER also covers the multi-class accuracies, visual prompting's absent_area and training's
     # validation loss (both lower is better).
     assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {"mAcc", "aAcc", "absent_area",
-                                                                                        "loss"}
+                                                                                        "loss", "HCE"}
     assert HIGHER_IS_BETTER["absent_area"] is False and HIGHER_IS_BETTER["loss"] is False
     assert list(got) == list(METRIC_NAMES)
     for name in EXPECTED_KEYS:
@@ -172,3 +172,38 @@ def test_to_uint8_map():
     np.testing.assert_array_equal(to_uint8_map(np.array([[np.nan, 0.25]])), [[0, 64]])
     with pytest.raises(ValueError, match="shape"):
         to_uint8_map(np.zeros((1, 2, 2)))
+
+
+def test_hce_counts_correction_effort_as_the_dis_code_does():
+    """HCE (optional): 0 for a perfect map, more for more mistakes; the prediction is binarised at > 128 as in
+    BiRefNet's and DIS's code (pysodmetrics alone would count 128 as foreground; parity with the authors' code
+    is the opt-in test in test_upstream_parity.py)."""
+    yy, xx = np.mgrid[:96, :128]
+    gt = (np.hypot(yy - 48, xx - 64) < 30).astype(np.uint8) * 255
+    assert "HCE" not in _single(gt, gt)
+    perfect = SegmentationMetrics(hce=True)
+    perfect.update(gt.copy(), gt)
+    assert list(perfect.compute()) == [*METRIC_NAMES, "HCE"] and perfect.compute()["HCE"] == 0.0
+    efforts = []
+    for blobs in (1, 3):
+        prediction = gt.copy()
+        for blob in range(blobs):
+            prediction[2 + 32 * blob: 26 + 32 * blob, 100:124] = 255  # false positives away from the object
+        metrics = SegmentationMetrics(hce=True)
+        metrics.update(prediction, gt)
+        efforts.append(metrics.compute()["HCE"])
+    assert 0 < efforts[0] < efforts[1]
+    plateau = gt.copy()
+    plateau[2:26, 100:124] = 128  # exactly 128: background, as in the DIS code
+    metrics = SegmentationMetrics(hce=True)
+    metrics.update(plateau, gt)
+    assert metrics.compute()["HCE"] == 0.0
+    direct = py_sod_metrics.HumanCorrectionEffortMeasure(relax=5, epsilon=2.0)
+    direct.step(pred=plateau, gt=gt)
+    assert direct.get_results()["hce"] > 0  # what the plain pysodmetrics call would have said
+
+
+def _single(prediction, gt) -> dict:
+    metrics = SegmentationMetrics()
+    metrics.update(prediction, gt)
+    return metrics.compute()

@@ -220,3 +220,32 @@ def test_foreground_estimation_matches_the_authors_refine_foreground():
         theirs = theirs_estimator(image, alpha)
         ours = estimate_foreground(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(alpha))
         assert np.abs(ours.permute(1, 2, 0).numpy() - theirs).max() <= 1e-5  # 0.0 measured at both sizes
+
+
+@pytest.mark.skipif(not BIREFNET_UPSTREAM, reason="set BIREFNET_UPSTREAM_DIR to a checkout of ZhengPeng7/BiRefNet "
+                                                   "(needs OpenCV) to compare the DIS metric HCE")
+def test_hce_matches_the_authors_evaluation_code():
+    pytest.importorskip("cv2", reason="the authors' evaluation code runs OpenCV")
+    import numpy as np
+    from skimage.morphology import skeletonize
+
+    from dsunet_hf.metrics import SegmentationMetrics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from upstream import upstream_hce_measure
+    finally:
+        sys.path.pop(0)
+    theirs_class = upstream_hce_measure(BIREFNET_UPSTREAM)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:120, :160]
+    for index in range(6):  # shapes with holes and thin parts, predictions shifted, noisy, with 128s
+        gt = ((np.hypot(yy - 60, xx - 80) < 30 + 8 * index) & ((xx + index) % 23 > 3)).astype(np.uint8) * 255
+        prediction = np.clip(np.roll(gt, index, axis=1).astype(np.float64) + rng.normal(0, 60, gt.shape), 0, 255)
+        prediction = prediction.astype(np.uint8)
+        prediction[::7, ::5] = 128
+        ours = SegmentationMetrics(hce=True)
+        ours.update(prediction, gt)
+        theirs = theirs_class()
+        theirs.step(prediction, gt, skeletonize(gt > 128))
+        assert ours.compute()["HCE"] == theirs.get_results()["hce"]

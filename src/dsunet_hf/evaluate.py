@@ -98,6 +98,7 @@ def evaluate_model(
     max_samples: int | None = None,
     skipped: list[str] | None = None,
     with_loss: bool = False,
+    hce: bool = False,
 ) -> dict[str, float]:
     """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`
     (and, ``with_loss``, the model's loss under ``"loss"``).
@@ -115,6 +116,7 @@ def evaluate_model(
         with_loss: also the model's own loss (eval mode: BiRefNet's final map only; SAM2-UNet and DSU-Net with
             their side outputs), from the same forward pass with the masks resized to the model's size as in
             training; the mean over samples. What training logs as ``val/loss``.
+        hce: also DIS's human correction effort (``HCE``, lower is better; see :class:`SegmentationMetrics`).
 
     Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
     warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
@@ -127,7 +129,7 @@ def evaluate_model(
     total = len(dataset)
     if max_samples is not None:
         total = min(total, max(int(max_samples), 0))
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics(hce=hce)
     skipped_here: list[str] = []
     loss_sum = 0.0
     was_training = model.training
@@ -223,7 +225,7 @@ def _read_prediction(path: Path) -> np.ndarray:
 
 
 def evaluate_prediction_folders(
-    predictions_dir, ground_truth_dir, *, progress: bool = True
+    predictions_dir, ground_truth_dir, *, progress: bool = True, hce: bool = False
 ) -> tuple[dict[str, float], dict]:
     """Score saved prediction maps against ground-truth masks (upstream ``eval.py``).
 
@@ -262,7 +264,7 @@ def evaluate_prediction_folders(
     if missing:
         logger.warning("%d of %d ground-truth files have no prediction in %s", len(missing), len(ground_truths),
                        predictions_dir)
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics(hce=hce)
     unreadable: dict[str, str] = {}
     for key in tqdm(matched, desc="evaluate", unit="img", disable=not progress):
         prediction_path, ground_truth_path = predictions[key], ground_truths[key]
@@ -413,6 +415,9 @@ def add_evaluate_parser(subparsers):
                         help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
+    parser.add_argument("--hce", action="store_true",
+                        help="also DIS's human correction effort (HCE, lower is better; BiRefNet's DIS protocol: "
+                             "relax 5, epsilon 2; skeletonises every ground truth, so slower)")
     parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                              "multiscale = the paper's multi-scale + flip)")
@@ -468,7 +473,8 @@ def run_evaluate_cli(args) -> int:
     if folders_mode:
         if args.predictions is None or args.ground_truth is None:
             raise SystemExit("evaluate: --predictions and --ground-truth go together")
-        metrics, info = evaluate_prediction_folders(args.predictions, args.ground_truth, progress=args.progress)
+        metrics, info = evaluate_prediction_folders(args.predictions, args.ground_truth, progress=args.progress,
+                                                    hce=args.hce)
         results = {_folder_name(Path(args.ground_truth)): metrics}
         extra = {"mode": "prediction folders", "predictions": str(args.predictions),
                  "ground_truth": str(args.ground_truth), **info}
@@ -486,6 +492,8 @@ def run_evaluate_cli(args) -> int:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
             model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+        if args.hce and (visual_prompt is not None or getattr(model, "predicts_class_maps", False)):
+            raise SystemExit(f"evaluate: --hce scores single foreground maps (DIS); {args.model} is not such a model")
         semantic_options = {"--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label}
         if not getattr(model, "predicts_class_maps", False) and any(semantic_options.values()):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} "
@@ -522,7 +530,7 @@ def run_evaluate_cli(args) -> int:
             else:
                 results[name] = evaluate_model(
                     model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
-                    progress=args.progress, max_samples=args.max_samples, skipped=skipped,
+                    progress=args.progress, max_samples=args.max_samples, skipped=skipped, hce=args.hce,
                 )
             sources[name], skipped_per_dataset[name] = str(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,

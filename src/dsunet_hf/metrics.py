@@ -11,6 +11,8 @@ from disk (prediction ``round(p * 255)``, ground truth binarised by pysodmetrics
 ``F-measure (adaptive)``      ``Fmeasure`` ``fm["adp"]`` (upstream's ``F_beta``); ``(mean)`` / ``(max)`` of its curve
 ``E-measure (mean)``          mean of ``Emeasure``'s curve (upstream's ``E_phi``); ``(adaptive)`` / ``(max)`` too
 ``MAE``                       ``MAE`` ``mae``
+``HCE`` (``hce=True``)        ``HumanCorrectionEffortMeasure`` ``hce`` (relax 5, epsilon 2) on the prediction
+                              binarised at ``> 128``, as BiRefNet's ``eval_existingOnes.py`` (DIS)
 ============================  ================================================================
 """
 
@@ -43,6 +45,8 @@ SEMANTIC_METRIC_NAMES: tuple[str, ...] = ("mIoU", "mAcc", "aAcc")
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in (*METRIC_NAMES, *SEMANTIC_METRIC_NAMES)}
 # Visual prompting: the area predicted for a prompted class that is absent from the target.
 HIGHER_IS_BETTER["absent_area"] = False
+# DIS's human correction effort (mouse clicks to fix a mask; optional, see SegmentationMetrics).
+HIGHER_IS_BETTER["HCE"] = False
 # Training's validation loss (the model's own loss on the validation set, in eval mode).
 HIGHER_IS_BETTER["loss"] = False
 
@@ -88,7 +92,10 @@ class SegmentationMetrics:
     >>> metrics.compute()["mDice"]  # doctest: +SKIP
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hce: bool = False) -> None:
+        # HCE (dichotomous segmentation's human correction effort) skeletonises every ground truth: slower, so
+        # only on request.
+        self.hce = hce
         self.reset()
 
     def reset(self) -> None:
@@ -107,6 +114,7 @@ class SegmentationMetrics:
                 "iou": psm.IOUHandler(with_dynamic=True, with_adaptive=False),
             }
         )
+        self._hce = psm.HumanCorrectionEffortMeasure(relax=5, epsilon=2.0) if self.hce else None
         self._count = 0
 
     def update(self, prediction: np.ndarray, ground_truth: np.ndarray) -> None:
@@ -121,10 +129,13 @@ class SegmentationMetrics:
             self._smeasure, self._emeasure, self._wfmeasure, self._mae, self._fmeasure, self._fmeasure_v2
         ):
             metric.step(pred=prediction, gt=ground_truth)
+        if self._hce is not None:
+            # pysodmetrics binarises at p > 0.5 (>= 128 in 8 bits); BiRefNet's and DIS's own code at > 128.
+            self._hce.step(pred=np.where(prediction > 128, 255, 0).astype(np.uint8), gt=ground_truth)
         self._count += 1
 
     def compute(self) -> dict[str, float]:
-        """Dataset averages of every metric in :data:`METRIC_NAMES` as Python floats."""
+        """Dataset averages of every metric in :data:`METRIC_NAMES` (then ``HCE`` if asked for) as Python floats."""
         if self._count == 0:
             raise ValueError("no samples: call update() before compute()")
         fm = self._fmeasure.get_results()["fm"]
@@ -143,7 +154,10 @@ class SegmentationMetrics:
             "E-measure (max)": em["curve"].max(),
             "MAE": self._mae.get_results()["mae"],
         }
-        return {name: float(values[name]) for name in METRIC_NAMES}
+        results = {name: float(values[name]) for name in METRIC_NAMES}
+        if self._hce is not None:
+            results["HCE"] = float(self._hce.get_results()["hce"])
+        return results
 
     def __len__(self) -> int:
         return self._count

@@ -114,13 +114,13 @@ def upstream_refine_foreground(checkout: str):
         return importlib.import_module("image_proc").FB_blur_fusion_foreground_estimator_cpu_2
 
 
-def upstream_hce_measure(checkout: str):
-    """The authors' DIS metric ``HCEMeasure`` (``step(pred, gt, gt_ske)`` on uint8 maps) from their
-    ``evaluation/metrics.py`` (needs OpenCV and scikit-image)."""
+def upstream_evaluation_metrics(checkout: str):
+    """The authors' ``evaluation/metrics.py`` module (``HCEMeasure``, ``MBAMeasure``, ``BIoUMeasure``,
+    ``MSEMeasure``, ... stepped on uint8 maps; needs OpenCV and scikit-image)."""
     if not _importable("cv2"):
         raise ImportError("the authors' evaluation code needs OpenCV: pip install opencv-python-headless")
     with _isolated_imports(checkout, {}):
-        return importlib.import_module("evaluation.metrics").HCEMeasure
+        return importlib.import_module("evaluation.metrics")
 
 
 def build_upstream_sam2_unet(checkout: str) -> torch.nn.Module:

@@ -264,10 +264,12 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
     assert payload["info"]["missing_predictions"] == [str(gt_dir / "s3.png")]
     assert "ECSSD" in (out / "evaluation.md").read_text() and "HCE" not in payload["results"]["ECSSD"]
     args = make_parser().parse_args(["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir),
-                                     "--output-dir", str(tmp_path / "dis"), "--hce"])
+                                     "--output-dir", str(tmp_path / "dis"), "--dis-metrics"])
     assert run_evaluate_cli(args) == 0
     dis = json.loads((tmp_path / "dis" / "evaluation.json").read_text())
-    assert dis["results"]["ECSSD"]["HCE"] == evaluate_prediction_folders(pred_dir, gt_dir, hce=True)[0]["HCE"] > 0
+    assert dis["results"]["ECSSD"] == evaluate_prediction_folders(pred_dir, gt_dir, dis_metrics=True)[0]
+    assert dis["results"]["ECSSD"]["HCE"] > 0 and 0 < dis["results"]["ECSSD"]["mBA"] < 1
+    assert dis["metric_names"][-5:] == ["HCE", "mBA", "BIoU (max)", "BIoU (mean)", "MSE"]
     assert dis["higher_is_better"]["HCE"] is False and "HCE ↓" in (tmp_path / "dis" / "evaluation.md").read_text()
 
     with pytest.raises(SystemExit):

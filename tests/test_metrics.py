@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dsunet_hf.metrics import (
+    DIS_METRIC_NAMES,
     HIGHER_IS_BETTER,
     METRIC_NAMES,
     SegmentationMetrics,
@@ -91,7 +92,7 @@ def test_every_metric_equals_direct_pysodmetrics():
     # HIGHER_IS_BETTER also covers the multi-class accuracies, visual prompting's absent_area and training's
     # validation loss (both lower is better).
     assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {"mAcc", "aAcc", "absent_area",
-                                                                                        "loss", "HCE"}
+                                                                                        "loss", *DIS_METRIC_NAMES}
     assert HIGHER_IS_BETTER["absent_area"] is False and HIGHER_IS_BETTER["loss"] is False
     assert list(got) == list(METRIC_NAMES)
     for name in EXPECTED_KEYS:
@@ -174,33 +175,42 @@ def test_to_uint8_map():
         to_uint8_map(np.zeros((1, 2, 2)))
 
 
-def test_hce_counts_correction_effort_as_the_dis_code_does():
-    """HCE (optional): 0 for a perfect map, more for more mistakes; the prediction is binarised at > 128 as in
-    BiRefNet's and DIS's code (pysodmetrics alone would count 128 as foreground; parity with the authors' code
-    is the opt-in test in test_upstream_parity.py)."""
+def test_dis_metrics_score_boundaries_and_correction_effort():
+    """With dis=True (optional): 0 HCE / MSE and full mBA / BIoU for a perfect map; more correction effort and lower
+    boundary scores for worse maps; the prediction is binarised at > 128 as in BiRefNet's and DIS's code
+    (pysodmetrics alone would count 128 as foreground). Parity with the authors' evaluation code is the opt-in test
+    in test_upstream_parity.py."""
     yy, xx = np.mgrid[:96, :128]
     gt = (np.hypot(yy - 48, xx - 64) < 30).astype(np.uint8) * 255
     assert "HCE" not in _single(gt, gt)
-    perfect = SegmentationMetrics(hce=True)
+    perfect = SegmentationMetrics(dis=True)
     perfect.update(gt.copy(), gt)
-    assert list(perfect.compute()) == [*METRIC_NAMES, "HCE"] and perfect.compute()["HCE"] == 0.0
-    efforts = []
+    scores = perfect.compute()
+    assert list(scores) == [*METRIC_NAMES, *DIS_METRIC_NAMES]
+    assert (scores["HCE"], scores["MSE"], scores["mBA"], scores["BIoU (max)"]) == (0.0, 0.0, 1.0, 1.0)
+    worse = []
     for blobs in (1, 3):
         prediction = gt.copy()
         for blob in range(blobs):
             prediction[2 + 32 * blob: 26 + 32 * blob, 100:124] = 255  # false positives away from the object
-        metrics = SegmentationMetrics(hce=True)
+        prediction[40:56, 30:40] = 0  # a bite out of the object's left edge
+        metrics = SegmentationMetrics(dis=True)
         metrics.update(prediction, gt)
-        efforts.append(metrics.compute()["HCE"])
-    assert 0 < efforts[0] < efforts[1]
+        worse.append(metrics.compute())
+    assert 0 < worse[0]["HCE"] < worse[1]["HCE"] and 0 < worse[0]["MSE"] < worse[1]["MSE"]
+    assert worse[0]["mBA"] < 1 and worse[1]["BIoU (max)"] < worse[0]["BIoU (max)"] < 1
     plateau = gt.copy()
     plateau[2:26, 100:124] = 128  # exactly 128: background, as in the DIS code
-    metrics = SegmentationMetrics(hce=True)
+    metrics = SegmentationMetrics(dis=True)
     metrics.update(plateau, gt)
     assert metrics.compute()["HCE"] == 0.0
     direct = py_sod_metrics.HumanCorrectionEffortMeasure(relax=5, epsilon=2.0)
     direct.step(pred=plateau, gt=gt)
     assert direct.get_results()["hce"] > 0  # what the plain pysodmetrics call would have said
+    empty = SegmentationMetrics(dis=True)  # no boundary in an empty ground truth: no mBA, not a NaN in the mean
+    empty.update(np.zeros_like(gt), np.zeros_like(gt))
+    empty.update(gt.copy(), gt)
+    assert empty.compute()["mBA"] == 1.0
 
 
 def _single(prediction, gt) -> dict:

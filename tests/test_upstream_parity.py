@@ -223,8 +223,9 @@ def test_foreground_estimation_matches_the_authors_refine_foreground():
 
 
 @pytest.mark.skipif(not BIREFNET_UPSTREAM, reason="set BIREFNET_UPSTREAM_DIR to a checkout of ZhengPeng7/BiRefNet "
-                                                   "(needs OpenCV) to compare the DIS metric HCE")
-def test_hce_matches_the_authors_evaluation_code():
+                                                   "(needs OpenCV) to compare the DIS metrics")
+def test_dis_metrics_match_the_authors_evaluation_code():
+    """HCE, mBA, BIoU (max / mean) and MSE against the authors' evaluation/metrics.py, per image and averaged."""
     pytest.importorskip("cv2", reason="the authors' evaluation code runs OpenCV")
     import numpy as np
     from skimage.morphology import skeletonize
@@ -233,19 +234,29 @@ def test_hce_matches_the_authors_evaluation_code():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
-        from upstream import upstream_hce_measure
+        from upstream import upstream_evaluation_metrics
     finally:
         sys.path.pop(0)
-    theirs_class = upstream_hce_measure(BIREFNET_UPSTREAM)
+    theirs = upstream_evaluation_metrics(BIREFNET_UPSTREAM)
+    hce, mba, biou, mse = theirs.HCEMeasure(), theirs.MBAMeasure(), theirs.BIoUMeasure(), theirs.MSEMeasure()
+    ours = SegmentationMetrics(dis=True)
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:120, :160]
-    for index in range(6):  # shapes with holes and thin parts, predictions shifted, noisy, with 128s
-        gt = ((np.hypot(yy - 60, xx - 80) < 30 + 8 * index) & ((xx + index) % 23 > 3)).astype(np.uint8) * 255
-        prediction = np.clip(np.roll(gt, index, axis=1).astype(np.float64) + rng.normal(0, 60, gt.shape), 0, 255)
-        prediction = prediction.astype(np.uint8)
-        prediction[::7, ::5] = 128
-        ours = SegmentationMetrics(hce=True)
+    for index, (height, width) in enumerate([(120, 160), (97, 131), (300, 220), (64, 64), (400, 300), (150, 150)]):
+        yy, xx = np.mgrid[:height, :width]
+        radius = min(height, width) * (0.2 + 0.04 * index)
+        gt = ((np.hypot(yy - height / 2, xx - width / 2) < radius) & ((xx + index) % 23 > 3)).astype(np.uint8) * 255
+        soft = np.roll(gt, index, axis=1).astype(np.float64) * 0.7 + rng.normal(40, 50, gt.shape)
+        prediction = np.clip(soft, 0, 255).astype(np.uint8)
+        prediction[::7, ::5] = 128  # exactly at the threshold
         ours.update(prediction, gt)
-        theirs = theirs_class()
-        theirs.step(prediction, gt, skeletonize(gt > 128))
-        assert ours.compute()["HCE"] == theirs.get_results()["hce"]
+        hce.step(prediction, gt, skeletonize(gt > 128))
+        mba.step(prediction, gt)
+        biou.step(prediction, gt)
+        mse.step(prediction, gt)
+    got = ours.compute()
+    curve = biou.get_results()["biou"]["curve"]
+    assert got["HCE"] == hce.get_results()["hce"]
+    assert got["mBA"] == pytest.approx(mba.get_results()["mba"], abs=1e-12)
+    assert got["BIoU (max)"] == pytest.approx(curve.max(), abs=1e-12)
+    assert got["BIoU (mean)"] == pytest.approx(curve.mean(), abs=1e-12)
+    assert got["MSE"] == pytest.approx(mse.get_results()["mse"], abs=1e-12)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
-from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
+from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
 from .predict import predict_probabilities
 
 __all__ = [
@@ -98,7 +98,7 @@ def evaluate_model(
     max_samples: int | None = None,
     skipped: list[str] | None = None,
     with_loss: bool = False,
-    hce: bool = False,
+    dis_metrics: bool = False,
 ) -> dict[str, float]:
     """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`
     (and, ``with_loss``, the model's loss under ``"loss"``).
@@ -116,7 +116,7 @@ def evaluate_model(
         with_loss: also the model's own loss (eval mode: BiRefNet's final map only; SAM2-UNet and DSU-Net with
             their side outputs), from the same forward pass with the masks resized to the model's size as in
             training; the mean over samples. What training logs as ``val/loss``.
-        hce: also DIS's human correction effort (``HCE``, lower is better; see :class:`SegmentationMetrics`).
+        dis_metrics: also BiRefNet's DIS metrics (HCE, mBA, BIoU, MSE; see :class:`SegmentationMetrics`).
 
     Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
     warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
@@ -129,7 +129,7 @@ def evaluate_model(
     total = len(dataset)
     if max_samples is not None:
         total = min(total, max(int(max_samples), 0))
-    metrics = SegmentationMetrics(hce=hce)
+    metrics = SegmentationMetrics(dis=dis_metrics)
     skipped_here: list[str] = []
     loss_sum = 0.0
     was_training = model.training
@@ -225,7 +225,7 @@ def _read_prediction(path: Path) -> np.ndarray:
 
 
 def evaluate_prediction_folders(
-    predictions_dir, ground_truth_dir, *, progress: bool = True, hce: bool = False
+    predictions_dir, ground_truth_dir, *, progress: bool = True, dis_metrics: bool = False
 ) -> tuple[dict[str, float], dict]:
     """Score saved prediction maps against ground-truth masks (upstream ``eval.py``).
 
@@ -264,7 +264,7 @@ def evaluate_prediction_folders(
     if missing:
         logger.warning("%d of %d ground-truth files have no prediction in %s", len(missing), len(ground_truths),
                        predictions_dir)
-    metrics = SegmentationMetrics(hce=hce)
+    metrics = SegmentationMetrics(dis=dis_metrics)
     unreadable: dict[str, str] = {}
     for key in tqdm(matched, desc="evaluate", unit="img", disable=not progress):
         prediction_path, ground_truth_path = predictions[key], ground_truths[key]
@@ -304,8 +304,9 @@ def evaluate_prediction_folders(
 # --------------------------------------------------------------------------------------------- report
 def _ordered_metrics(results: dict[str, dict[str, float]]) -> list[str]:
     present = {name for values in results.values() for name in values}
-    names = [name for name in METRIC_NAMES if name in present]
-    extras = sorted(present.difference(METRIC_NAMES))
+    known = (*METRIC_NAMES, *DIS_METRIC_NAMES)
+    names = [name for name in known if name in present]
+    extras = sorted(present.difference(known))
     return names + extras
 
 
@@ -415,9 +416,9 @@ def add_evaluate_parser(subparsers):
                         help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
-    parser.add_argument("--hce", action="store_true",
-                        help="also DIS's human correction effort (HCE, lower is better; BiRefNet's DIS protocol: "
-                             "relax 5, epsilon 2; skeletonises every ground truth, so slower)")
+    parser.add_argument("--dis-metrics", action="store_true",
+                        help="also the rest of BiRefNet's table: HCE (human correction effort), mBA, BIoU (max/mean), "
+                             "MSE; slower (HCE skeletonises every ground truth)")
     parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                              "multiscale = the paper's multi-scale + flip)")
@@ -474,7 +475,7 @@ def run_evaluate_cli(args) -> int:
         if args.predictions is None or args.ground_truth is None:
             raise SystemExit("evaluate: --predictions and --ground-truth go together")
         metrics, info = evaluate_prediction_folders(args.predictions, args.ground_truth, progress=args.progress,
-                                                    hce=args.hce)
+                                                    dis_metrics=args.dis_metrics)
         results = {_folder_name(Path(args.ground_truth)): metrics}
         extra = {"mode": "prediction folders", "predictions": str(args.predictions),
                  "ground_truth": str(args.ground_truth), **info}
@@ -492,8 +493,8 @@ def run_evaluate_cli(args) -> int:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
             model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
-        if args.hce and (visual_prompt is not None or getattr(model, "predicts_class_maps", False)):
-            raise SystemExit(f"evaluate: --hce scores single foreground maps (DIS); {args.model} is not such a model")
+        if args.dis_metrics and (visual_prompt is not None or getattr(model, "predicts_class_maps", False)):
+            raise SystemExit(f"evaluate: --dis-metrics score single foreground maps; {args.model} is not such a model")
         semantic_options = {"--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label}
         if not getattr(model, "predicts_class_maps", False) and any(semantic_options.values()):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} "
@@ -530,7 +531,8 @@ def run_evaluate_cli(args) -> int:
             else:
                 results[name] = evaluate_model(
                     model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
-                    progress=args.progress, max_samples=args.max_samples, skipped=skipped, hce=args.hce,
+                    progress=args.progress, max_samples=args.max_samples, skipped=skipped,
+                    dis_metrics=args.dis_metrics,
                 )
             sources[name], skipped_per_dataset[name] = str(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,

@@ -11,8 +11,20 @@ from disk (prediction ``round(p * 255)``, ground truth binarised by pysodmetrics
 ``F-measure (adaptive)``      ``Fmeasure`` ``fm["adp"]`` (upstream's ``F_beta``); ``(mean)`` / ``(max)`` of its curve
 ``E-measure (mean)``          mean of ``Emeasure``'s curve (upstream's ``E_phi``); ``(adaptive)`` / ``(max)`` too
 ``MAE``                       ``MAE`` ``mae``
-``HCE`` (``hce=True``)        ``HumanCorrectionEffortMeasure`` ``hce`` (relax 5, epsilon 2) on the prediction
-                              binarised at ``> 128``, as BiRefNet's ``eval_existingOnes.py`` (DIS)
+============================  ================================================================
+
+With ``dis=True``, the rest of BiRefNet's table (its ``eval_existingOnes.py``, DIS and HR tasks; checked equal to
+its ``evaluation/metrics.py`` in an opt-in parity test):
+
+============================  ================================================================
+``HCE``                       ``HumanCorrectionEffortMeasure`` ``hce`` (relax 5, epsilon 2; human correction
+                              effort, lower is better) on the prediction binarised at ``> 128``
+``mBA``                       mean boundary accuracy (CascadePSP): pixel accuracy of the ``> 128`` prediction in
+                              the ground truth's morphological-gradient band, averaged over 5 radii from 1 to
+                              ``(H + W) / 300``
+``BIoU (max)`` / ``(mean)``   Boundary IoU (Cheng et al. 2021; band of ``round(0.02 * diagonal)`` pixels) over 256
+                              thresholds of the min-max normalised map, averaged over images, then max / mean
+``MSE``                       mean squared error of the min-max normalised map (matting)
 ============================  ================================================================
 """
 
@@ -22,10 +34,11 @@ import math
 import warnings
 from typing import Any
 
+import cv2  # pysodmetrics depends on OpenCV; the DIS boundary metrics use its morphology too
 import numpy as np
 import py_sod_metrics as psm
 
-__all__ = ["METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "SemanticSegmentationMetrics", "is_better"]
+__all__ = ["METRIC_NAMES", "DIS_METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "SemanticSegmentationMetrics", "is_better"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "mDice",
@@ -45,8 +58,9 @@ SEMANTIC_METRIC_NAMES: tuple[str, ...] = ("mIoU", "mAcc", "aAcc")
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "MAE" for name in (*METRIC_NAMES, *SEMANTIC_METRIC_NAMES)}
 # Visual prompting: the area predicted for a prompted class that is absent from the target.
 HIGHER_IS_BETTER["absent_area"] = False
-# DIS's human correction effort (mouse clicks to fix a mask; optional, see SegmentationMetrics).
-HIGHER_IS_BETTER["HCE"] = False
+# BiRefNet's dichotomous-segmentation metrics (optional, see SegmentationMetrics(dis=True)).
+DIS_METRIC_NAMES: tuple[str, ...] = ("HCE", "mBA", "BIoU (max)", "BIoU (mean)", "MSE")
+HIGHER_IS_BETTER.update({"HCE": False, "mBA": True, "BIoU (max)": True, "BIoU (mean)": True, "MSE": False})
 # Training's validation loss (the model's own loss on the validation set, in eval mode).
 HIGHER_IS_BETTER["loss"] = False
 
@@ -84,6 +98,54 @@ def _check_map(array: Any, what: str) -> None:
         raise ValueError(f"{what} must be a non-empty (H, W) map, got shape {array.shape}")
 
 
+def _minmax_normalised(prediction: np.ndarray) -> np.ndarray:
+    """A uint8 map in [0, 1] (float64), stretched to the full range unless constant (pysodmetrics' rule)."""
+    values = prediction / 255.0
+    low, high = values.min(), values.max()
+    return (values - low) / (high - low) if high != low else values
+
+
+def boundary_accuracy(prediction: np.ndarray, ground_truth: np.ndarray) -> float | None:
+    """CascadePSP's boundary accuracy as BiRefNet computes it: the share of pixels where the prediction
+    (``> 128``) equals the ground truth (``> 128``) inside the ground truth's morphological gradient, for 5
+    elliptical radii from 1 up to ``(H + W) / 300``, averaged. None when the ground truth has no boundary."""
+    prediction, ground_truth = prediction > 128, (ground_truth > 128).astype(np.uint8)
+    height, width = ground_truth.shape
+    largest = (width + height) / 300
+    accuracies = []
+    for step in range(5):
+        radius = 1 + int((largest - 1) / 5 * step)  # int() truncates towards zero, as the reference does
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        band = cv2.morphologyEx(ground_truth, cv2.MORPH_GRADIENT, kernel) > 0
+        if not band.any():
+            return None
+        accuracies.append(float(np.mean(prediction[band] == ground_truth[band].astype(bool))))
+    return sum(accuracies) / len(accuracies)
+
+
+def _boundary_band(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``mask`` minus its erosion by a 3x3 square ``iterations`` times, outside the image counting as 0 (so the
+    image border is boundary too); on gray maps erosion is the minimum filter."""
+    height, width = mask.shape
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=iterations)[1:height + 1, 1:width + 1]
+    return mask - eroded
+
+
+def boundary_iou_curve(normalised: np.ndarray, ground_truth: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
+    """Boundary IoU (Cheng et al. 2021) at the 256 thresholds 255..0 of a min-max normalised map, as BiRefNet
+    computes it: the band is ``round(dilation_ratio * diagonal)`` pixels wide (at least 1); the map's band is
+    taken on its 8-bit gray values (truncated, not rounded), the ground truth's on ``> 128``."""
+    height, width = ground_truth.shape
+    iterations = max(1, int(round(dilation_ratio * np.hypot(height, width))))
+    prediction_band = _boundary_band((normalised * 255).astype(np.uint8), iterations)
+    truth_band = _boundary_band((ground_truth > 128).astype(np.uint8) * np.uint8(255), iterations) > 128
+    # Pixels at or above each threshold, from 255 down to 0: cumulative counts of the flipped histograms.
+    inside = np.cumsum(np.bincount(prediction_band[truth_band], minlength=256)[::-1])
+    outside = np.cumsum(np.bincount(prediction_band[~truth_band], minlength=256)[::-1])
+    return inside / (max(int(truth_band.sum()), 1) + outside)
+
+
 class SegmentationMetrics:
     """Accumulates pysodmetrics objects over samples; :meth:`compute` returns the dataset averages.
 
@@ -92,10 +154,9 @@ class SegmentationMetrics:
     >>> metrics.compute()["mDice"]  # doctest: +SKIP
     """
 
-    def __init__(self, hce: bool = False) -> None:
-        # HCE (dichotomous segmentation's human correction effort) skeletonises every ground truth: slower, so
-        # only on request.
-        self.hce = hce
+    def __init__(self, dis: bool = False) -> None:
+        # The DIS metrics (HCE skeletonises every ground truth) are slower: only on request.
+        self.dis = dis
         self.reset()
 
     def reset(self) -> None:
@@ -114,7 +175,10 @@ class SegmentationMetrics:
                 "iou": psm.IOUHandler(with_dynamic=True, with_adaptive=False),
             }
         )
-        self._hce = psm.HumanCorrectionEffortMeasure(relax=5, epsilon=2.0) if self.hce else None
+        self._hce = psm.HumanCorrectionEffortMeasure(relax=5, epsilon=2.0) if self.dis else None
+        self._boundary_accuracies: list[float] = []
+        self._boundary_iou_curves: list[np.ndarray] = []
+        self._squared_errors: list[float] = []
         self._count = 0
 
     def update(self, prediction: np.ndarray, ground_truth: np.ndarray) -> None:
@@ -129,13 +193,19 @@ class SegmentationMetrics:
             self._smeasure, self._emeasure, self._wfmeasure, self._mae, self._fmeasure, self._fmeasure_v2
         ):
             metric.step(pred=prediction, gt=ground_truth)
-        if self._hce is not None:
+        if self.dis:
             # pysodmetrics binarises at p > 0.5 (>= 128 in 8 bits); BiRefNet's and DIS's own code at > 128.
             self._hce.step(pred=np.where(prediction > 128, 255, 0).astype(np.uint8), gt=ground_truth)
+            accuracy = boundary_accuracy(prediction, ground_truth)
+            if accuracy is not None:  # a ground truth without any boundary (empty or full) has no band to score
+                self._boundary_accuracies.append(accuracy)
+            normalised = _minmax_normalised(prediction)
+            self._boundary_iou_curves.append(boundary_iou_curve(normalised, ground_truth))
+            self._squared_errors.append(float(np.mean((normalised - (ground_truth > 128)) ** 2)))
         self._count += 1
 
     def compute(self) -> dict[str, float]:
-        """Dataset averages of every metric in :data:`METRIC_NAMES` (then ``HCE`` if asked for) as Python floats."""
+        """Dataset averages of every metric in :data:`METRIC_NAMES` (then :data:`DIS_METRIC_NAMES` with ``dis``)."""
         if self._count == 0:
             raise ValueError("no samples: call update() before compute()")
         fm = self._fmeasure.get_results()["fm"]
@@ -155,8 +225,14 @@ class SegmentationMetrics:
             "MAE": self._mae.get_results()["mae"],
         }
         results = {name: float(values[name]) for name in METRIC_NAMES}
-        if self._hce is not None:
-            results["HCE"] = float(self._hce.get_results()["hce"])
+        if self.dis:
+            curve = np.mean(self._boundary_iou_curves, axis=0)
+            results.update({
+                "HCE": float(self._hce.get_results()["hce"]),
+                "mBA": float(np.mean(self._boundary_accuracies)) if self._boundary_accuracies else math.nan,
+                "BIoU (max)": float(curve.max()), "BIoU (mean)": float(curve.mean()),
+                "MSE": float(np.mean(self._squared_errors)),
+            })
         return results
 
     def __len__(self) -> int:

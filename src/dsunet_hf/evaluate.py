@@ -315,7 +315,7 @@ def _cell(text: str) -> str:
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A Markdown table: one row per dataset, one column per metric (MAE with 4 decimals, others 3)."""
+    """A Markdown table: one row per dataset, one column per metric (MAE and MSE with 4 decimals, HCE whole, others 3)."""
     names = _ordered_metrics(results)
     header = ["Dataset"] + [f"{name} {'↑' if HIGHER_IS_BETTER.get(name, True) else '↓'}" for name in names]
     lines = [
@@ -329,7 +329,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
             if value is None:
                 cells.append("–")
             else:
-                cells.append(f"{float(value):.{4 if name == 'MAE' else 3}f}")
+                # HCE counts corrections: whole numbers, as BiRefNet's tables print it.
+                cells.append(f"{float(value):.{4 if name in ('MAE', 'MSE') else 0 if name == 'HCE' else 3}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

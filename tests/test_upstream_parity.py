@@ -99,6 +99,7 @@ DINOV2_UPSTREAM = os.environ.get("DINOV2_UPSTREAM_DIR")
 
 
 def _upstream_builders():
+    """benchmarks/upstream.py, which imports the authors' checkouts at run time and leaves no trace."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
         import upstream  # imports the checkouts at run time, leaves no trace
@@ -153,11 +154,7 @@ def test_birefnet_matches_the_authors_model(bb, size):
     from dsunet_hf import BiRefNetForImageSegmentation
     from dsunet_hf.convert.birefnet import birefnet_config_for_weights, convert_birefnet_state_dict
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from upstream import build_upstream_birefnet  # imports the checkout at run time, leaves no trace
-    finally:
-        sys.path.pop(0)
+    build_upstream_birefnet = _upstream_builders().build_upstream_birefnet
     torch.manual_seed(0)
     upstream = build_upstream_birefnet(BIREFNET_UPSTREAM, bb)
     with torch.no_grad():  # non-trivial offsets and BatchNorm statistics, so every tensor matters
@@ -205,11 +202,7 @@ def test_foreground_estimation_matches_the_authors_refine_foreground():
 
     from dsunet_hf import estimate_foreground
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from upstream import upstream_refine_foreground  # imports the checkout at run time, leaves no trace
-    finally:
-        sys.path.pop(0)
+    upstream_refine_foreground = _upstream_builders().upstream_refine_foreground
     theirs_estimator = upstream_refine_foreground(BIREFNET_UPSTREAM)
     rng = np.random.default_rng(0)
     for height, width in [(480, 640), (61, 47)]:  # the second is smaller than the 90-pixel box: mirrored again
@@ -232,11 +225,7 @@ def test_dis_metrics_match_the_authors_evaluation_code():
 
     from dsunet_hf.metrics import SegmentationMetrics
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from upstream import upstream_evaluation_metrics
-    finally:
-        sys.path.pop(0)
+    upstream_evaluation_metrics = _upstream_builders().upstream_evaluation_metrics
     theirs = upstream_evaluation_metrics(BIREFNET_UPSTREAM)
     hce, mba, biou, mse = theirs.HCEMeasure(), theirs.MBAMeasure(), theirs.BIoUMeasure(), theirs.MSEMeasure()
     ours = SegmentationMetrics(dis=True)

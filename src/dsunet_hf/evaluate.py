@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
 from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
-from .predict import predict_probabilities
+from .predict import probabilities_and_outputs
 
 __all__ = [
     "evaluate_model",
@@ -153,12 +153,10 @@ def evaluate_model(
                     ground_truths.append(ground_truth)
                 if not images:
                     continue
+                masks = [ground_truth.astype(np.float32) / 255.0 for ground_truth in ground_truths] if with_loss else None
+                probabilities, outputs = probabilities_and_outputs(model, processor, images, minmax_normalize, masks)
                 if with_loss:
-                    probabilities, loss = _probabilities_and_loss(model, processor, images, ground_truths,
-                                                                  minmax_normalize)
-                    loss_sum += loss * len(images)
-                else:
-                    probabilities = predict_probabilities(model, processor, images, minmax_normalize=minmax_normalize)
+                    loss_sum += float(outputs.loss) * len(images)
                 for probability, ground_truth in zip(probabilities, ground_truths):
                     metrics.update(to_uint8_map(probability), ground_truth)
                 bar.update(len(images))
@@ -174,20 +172,6 @@ def evaluate_model(
     if with_loss:
         results["loss"] = loss_sum / len(metrics)
     return results
-
-
-def _probabilities_and_loss(model, processor, images, ground_truths, minmax_normalize: bool):
-    """One forward pass with labels: the probabilities at each image's size and the batch's mean loss."""
-    from .predict import device_and_dtype, pixel_inputs
-
-    device, dtype = device_and_dtype(model)
-    inputs = processor(images, masks=[ground_truth.astype(np.float32) / 255.0 for ground_truth in ground_truths])
-    labels = torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)
-    outputs = model(**pixel_inputs(inputs, device, dtype), labels=labels)
-    probabilities = processor.post_process_probabilities(
-        outputs.logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
-    )
-    return probabilities, float(outputs.loss)
 
 
 def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -> dict[str, dict[str, float]]:
@@ -314,6 +298,10 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+# Decimals in the table: errors are small numbers; HCE counts corrections (whole, as BiRefNet's tables print it).
+_DECIMALS = {"MAE": 4, "MSE": 4, "HCE": 0}
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table: one row per dataset, one column per metric (MAE and MSE with 4 decimals, HCE whole, others 3)."""
     names = _ordered_metrics(results)
@@ -329,8 +317,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
             if value is None:
                 cells.append("–")
             else:
-                # HCE counts corrections: whole numbers, as BiRefNet's tables print it.
-                cells.append(f"{float(value):.{4 if name in ('MAE', 'MSE') else 0 if name == 'HCE' else 3}f}")
+                cells.append(f"{float(value):.{_DECIMALS.get(name, 3)}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -494,10 +481,11 @@ def run_evaluate_cli(args) -> int:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
             model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
-        if args.dis_metrics and (visual_prompt is not None or getattr(model, "predicts_class_maps", False)):
+        multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
+        if args.dis_metrics and (visual_prompt is not None or multi_class):
             raise SystemExit(f"evaluate: --dis-metrics score single foreground maps; {args.model} is not such a model")
         semantic_options = {"--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label}
-        if not getattr(model, "predicts_class_maps", False) and any(semantic_options.values()):
+        if not multi_class and any(semantic_options.values()):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} "
                              f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
@@ -522,7 +510,7 @@ def run_evaluate_cli(args) -> int:
                     raise SystemExit(f"evaluate: {source}: {error}") from error
                 per_class[name] = scores.pop("per_class_iou")
                 results[name] = scores
-            elif getattr(model, "predicts_class_maps", False):  # mIoU / accuracies, per-class IoU with names
+            elif multi_class:
                 from .semantic import evaluate_semantic
 
                 semantic = evaluate_semantic(model, dataset, schedule=args.schedule, max_samples=args.max_samples,
@@ -541,7 +529,7 @@ def run_evaluate_cli(args) -> int:
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
         if per_class:
             extra["per_class_iou"] = per_class
-        if getattr(model, "predicts_class_maps", False):
+        if multi_class:
             extra.update(schedule=args.schedule or model.default_schedule, reduce_zero_label=reduce_zero_label)
         if visual_prompt is not None:
             extra.update(shots=args.shots, prompt_kind=args.prompt_kind)

@@ -52,6 +52,11 @@ def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None) 
         return None, f"{type(error).__name__}: {first_line}"
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name`` that is not a local path (relative, absolute, home or existing)."""
+    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
 def snapshot_revision(local_file: Path) -> str | None:
     """The commit hash of a file inside a Hub cache snapshot (``.../snapshots/<sha>/file``)."""
     for parent in Path(local_file).parents:
@@ -128,12 +133,11 @@ def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.Pat
         split = report.get("info", {}).get("split")
         for dataset, metrics in report["results"].items():
             source = str(sources.get(dataset, ""))
-            # A Hub dataset id (org/name that is not a local path) names the dataset on the Hub; else its name.
-            on_hub = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
             for metric, value in metrics.items():
                 results[(dataset, metric)] = EvalResult(
                     task_type="image-segmentation", task_name="Image segmentation",
-                    dataset_type=source if on_hub else dataset, dataset_name=dataset, dataset_split=split,
+                    # A Hub dataset id names the dataset on the Hub; a local folder only by its name.
+                    dataset_type=source if looks_like_hub_id(source) else dataset, dataset_name=dataset, dataset_split=split,
                     metric_type=re.sub(r"[^a-z0-9]+", "_", metric.lower()).strip("_"), metric_name=metric,
                     metric_value=round(float(value), 4),
                 )

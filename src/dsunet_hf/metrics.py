@@ -37,6 +37,7 @@ from typing import Any
 import cv2  # pysodmetrics depends on OpenCV; the DIS boundary metrics use its morphology too
 import numpy as np
 import py_sod_metrics as psm
+from py_sod_metrics.utils import prepare_data
 
 __all__ = ["METRIC_NAMES", "DIS_METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "SemanticSegmentationMetrics", "is_better"]
 
@@ -96,13 +97,6 @@ def _check_map(array: Any, what: str) -> None:
         )
     if array.ndim != 2 or array.size == 0:
         raise ValueError(f"{what} must be a non-empty (H, W) map, got shape {array.shape}")
-
-
-def _minmax_normalised(prediction: np.ndarray) -> np.ndarray:
-    """A uint8 map in [0, 1] (float64), stretched to the full range unless constant (pysodmetrics' rule)."""
-    values = prediction / 255.0
-    low, high = values.min(), values.max()
-    return (values - low) / (high - low) if high != low else values
 
 
 def boundary_accuracy(prediction: np.ndarray, ground_truth: np.ndarray) -> float | None:
@@ -199,9 +193,9 @@ class SegmentationMetrics:
             accuracy = boundary_accuracy(prediction, ground_truth)
             if accuracy is not None:  # a ground truth without any boundary (empty or full) has no band to score
                 self._boundary_accuracies.append(accuracy)
-            normalised = _minmax_normalised(prediction)
+            normalised, foreground = prepare_data(prediction, ground_truth)  # min-max map in [0, 1], GT > 128
             self._boundary_iou_curves.append(boundary_iou_curve(normalised, ground_truth))
-            self._squared_errors.append(float(np.mean((normalised - (ground_truth > 128)) ** 2)))
+            self._squared_errors.append(float(np.mean((normalised - foreground) ** 2)))
         self._count += 1
 
     def compute(self) -> dict[str, float]:

@@ -21,7 +21,7 @@ from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_
 from transformers.utils import ModelOutput
 
 from .finetune import add_lora, is_trainable_key, lora_layers, merge_lora, parameter_counts, trainable_summary
-from .hub import add_evaluation_to_card, render_model_card, upload_folder_to_hub
+from .hub import add_evaluation_to_card, looks_like_hub_id, render_model_card, upload_folder_to_hub
 
 
 @dataclass
@@ -273,7 +273,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     def card_metadata(*, license: str, tags: list[str], base_models: list[str],
                       dataset_names: list[str] | None = None) -> ModelCardData:
         """The card's YAML header; ``base_models`` keeps only Hub ids (``org/name``), not local paths."""
-        hub_ids = [r for r in base_models if r and r.count("/") == 1 and not r.startswith((".", "/", "~"))]
+        hub_ids = [r for r in base_models if looks_like_hub_id(r)]
         return ModelCardData(
             license=license, library_name="dsunet-hf", pipeline_tag="image-segmentation", tags=tags,
             base_model=(hub_ids[0] if len(hub_ids) == 1 else hub_ids) or None,

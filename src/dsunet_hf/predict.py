@@ -105,15 +105,18 @@ def pixel_inputs(batch, device=None, dtype=None) -> dict[str, torch.Tensor]:
     return {k: v.to(device=device, dtype=dtype) for k, v in batch.items() if k.endswith("pixel_values")}
 
 
-@torch.inference_mode()
-def predict_probabilities(model, processor, images: list, minmax_normalize: bool = False) -> list[torch.Tensor]:
-    """Foreground probabilities (H, W) at each image's original size, for a batch of PIL images."""
+def probabilities_and_outputs(model, processor, images: list, minmax_normalize: bool = False, masks=None):
+    """One forward pass over a batch of PIL images: (foreground probabilities (H, W) at each image's original size,
+    the model's output). With ``masks`` ((H, W) floats in [0, 1], one per image) they are resized to the model's
+    size as in training and passed as labels, so the output carries the model's loss."""
     device, dtype = device_and_dtype(model)
-    inputs = processor(images)
-    logits = model(**pixel_inputs(inputs, device, dtype)).logits
-    return processor.post_process_probabilities(
-        logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
+    inputs = processor(images, masks=masks)
+    labels = {} if masks is None else {"labels": torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)}
+    outputs = model(**pixel_inputs(inputs, device, dtype), **labels)
+    probabilities = processor.post_process_probabilities(
+        outputs.logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )
+    return probabilities, outputs
 
 
 def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,9 @@ def test_predict_writes_masks_at_original_size_and_reports_bad_files(artifact, i
     assert Image.open(tmp_path / "out" / "overlays" / "sub" / "b.png").size == (33, 47)
     saved_report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
     assert saved_report["failed"] == report.failed
+    umask = os.umask(0)
+    os.umask(umask)  # outputs get a new file's mode, not the private 0600 of the temporary file they were written to
+    assert (tmp_path / "out" / "masks" / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask
 
     # The mask is the model's probability map, resized: check against a direct forward pass.
     inputs = processor(str(images / "a.jpg"))

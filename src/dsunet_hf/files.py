@@ -3,25 +3,45 @@ never leaves a half-written PNG, JSON or report behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
 
 
-def _atomic(path: Path, write) -> None:
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back (once, at import, before
+    os.umask(mask)      # the writer threads start: another thread creating a file in between would get mode 0666)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends normally and
+    removed when it raises (for outputs written incrementally, such as a video, frame by frame)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
     try:
-        write(temporary)
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); give it a new file's mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _atomic(path: Path, write) -> None:
+    with atomic_path(path) as temporary:
+        write(str(temporary))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -93,7 +93,7 @@ def _predict(args) -> int:
             autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
             max_side=args.max_side, schedule=args.schedule,
         )
-    except ValueError as error:  # options that do not fit this model (named in the message)
+    except (ValueError, ImportError) as error:  # options that do not fit this model, videos without PyAV
         raise SystemExit(f"predict: {error}") from error
     if not state.is_main_process:
         return 0
@@ -263,16 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsunet-hf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="predict masks for images or folders")
+    predict = commands.add_parser("predict", help="predict masks for images, videos or folders")
     predict.add_argument("--model", required=True,
                          help="artifact folder, Hub repo id, or a folder written by `dsunet-hf export onnx`")
-    predict.add_argument("inputs", nargs="+", help="image files and/or folders")
+    predict.add_argument("inputs", nargs="+",
+                         help="image and video files, folders, glob patterns (videos: .mp4 .mov .m4v .mkv .avi "
+                              ".webm -> masks/<name>.mp4; the [video] extra)")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--batch-size", type=int, default=4)
     predict.add_argument("--threshold", type=float, default=None, help="write binary masks (p >= threshold)")
     predict.add_argument("--minmax-normalize", action="store_true", help="upstream test.py's per-image min-max")
-    predict.add_argument("--overlay", action="store_true", help="also write overlays/")
-    predict.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs/")
+    predict.add_argument("--overlay", action="store_true", help="also write overlays/ (videos: overlays/<name>.mp4)")
+    predict.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs/ (videos: ProRes 4444 .mov with alpha)")
     predict.add_argument("--cutout-colors", default="estimate", choices=["estimate", "original"],
                          help="cut-out RGB under soft alpha: estimated foreground colours (blur-fusion, as BiRefNet's "
                               "refine_foreground: no halo of the old background) or the photo's own")

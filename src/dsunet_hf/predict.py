@@ -1,4 +1,5 @@
-"""Batch prediction: image files/folders -> mask PNGs (and optional overlays / RGBA cut-outs).
+"""Batch prediction: image files/folders -> mask PNGs (and optional overlays / RGBA cut-outs); videos -> mask,
+overlay and cut-out videos (see :mod:`dsunet_hf.video`).
 
 Bad files are reported and skipped; every output is written atomically as soon as its batch is done,
 and existing outputs are kept (re-running resumes where a previous run stopped).
@@ -17,8 +18,10 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
+from .video import VIDEO_SUFFIXES, is_video, video_output_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 @dataclass
@@ -35,7 +38,7 @@ class PredictionReport:
 
 
 def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
-    """Expand files, folders and glob patterns into (image path, output name without suffix) pairs.
+    """Expand files, folders and glob patterns into (image or video path, output name without suffix) pairs.
 
     Files in a folder keep their path relative to it, so equal names in sub-folders do not collide.
     """
@@ -51,7 +54,7 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
             expanded.append(Path(item))
     for item in expanded:
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
             pairs += [(p, p.relative_to(item).with_suffix("")) for p in files]
         elif item.is_file():
             pairs.append((item, Path(item.stem)))
@@ -193,7 +196,7 @@ def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path,
     return str(item["path"])
 
 
-class _BackgroundWriter:
+class BackgroundWriter:
     """PNG encoding in threads (Pillow releases the GIL while it compresses), so that the device runs the
     next batch meanwhile. At most ``max_pending`` images wait, which bounds the memory they hold; a write
     that fails raises here, in the caller's thread. ``workers=0`` writes in the caller's thread (no overlap)."""
@@ -248,6 +251,10 @@ def predict_files(
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
+    Videos among the inputs (``.mp4``, ``.mov``, ...; the ``[video]`` extra) give ``masks/<name>.mp4``,
+    ``overlays/<name>.mp4`` and ``cutouts/<name>.mov`` (ProRes 4444 with alpha), every frame predicted as an
+    image would be (see :mod:`dsunet_hf.video`); a video is reported as written once all its outputs are complete.
+
     Images are decoded and resized in ``num_workers`` DataLoader workers (pinned memory on CUDA). Under
     ``accelerate launch`` the files are split between the processes (each output is written by exactly one
     process) and the main process writes the merged report. ``autocast_dtype`` (bf16/fp16) runs the forward
@@ -280,7 +287,8 @@ def predict_files(
     images = collect_images(inputs)  # on every process, so that a bad input raises everywhere, not only on one
     if state.is_main_process:
         for path, name in images:
-            mask_path = output_dir / "masks" / name.with_suffix(".png")
+            mask_path = (video_output_path(output_dir, "masks", name) if is_video(path)
+                         else output_dir / "masks" / name.with_suffix(".png"))
             if mask_path.exists() and not overwrite:
                 report.skipped_existing.append(str(path))
             else:
@@ -299,11 +307,34 @@ def predict_files(
     if schedule is not None and not semantic:
         raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
                          f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
+    videos = [str(path) for path, _ in pending if is_video(path)]
+    if videos:
+        from .video import import_av
+
+        import_av()  # a missing [video] extra is one clear error before anything runs
+    if videos and semantic:
+        raise ValueError(f"{videos[0]}: video prediction writes one foreground map per frame; {type(model).__name__} "
+                         f"predicts class maps (predict the frames as images instead)")
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
+    def probabilities_of(inputs: dict) -> list[np.ndarray]:
+        """The model's foreground probabilities for one batch of processor outputs, at the original sizes."""
+        pixel_values = {k: v.to(device=device, dtype=dtype, non_blocking=True)
+                        for k, v in inputs.items() if k.endswith("pixel_values")}
+        if channels_last:
+            pixel_values = {k: v.contiguous(memory_format=torch.channels_last) for k, v in pixel_values.items()}
+        precision = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with precision:
+            logits = model(**pixel_values).logits
+        probabilities = processor.post_process_probabilities(
+            logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
+        )
+        return [probability.cpu().numpy() for probability in probabilities]
+
     with state.split_between_processes(pending) as mine:
-        mine = list(mine)
+        mine_videos = [item for item in mine if is_video(item[0])]
+        mine = [item for item in mine if not is_video(item[0])]
         if resolution == "native":
             stored = [_stored_size(path) for path, _ in mine]
             sizes = [native_size(*size, max_side=max_side) if size else None for size in stored]
@@ -314,13 +345,13 @@ def predict_files(
             _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
             num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         )
-        bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process))
+        bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process and mine))
 
         def written(path: str) -> None:
             report.written.append(path)
             bar.update(1)
 
-        writer = _BackgroundWriter(write_workers, max_pending=4 * batch_size, on_done=written)
+        writer = BackgroundWriter(write_workers, max_pending=4 * batch_size, on_done=written)
         try:
             for batch in loader:
                 for item in batch["items"]:
@@ -338,24 +369,18 @@ def predict_files(
                                             item["name"], overlay)
                         written(str(item["path"]))
                     continue
-                pixel_values = {k: v.to(device=device, dtype=dtype, non_blocking=True)
-                                for k, v in batch["pixel_values"].items()}
-                if channels_last:
-                    pixel_values = {k: v.contiguous(memory_format=torch.channels_last)
-                                    for k, v in pixel_values.items()}
-                precision = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
-                             else contextlib.nullcontext())
-                with precision:
-                    logits = model(**pixel_values).logits
-                probabilities = processor.post_process_probabilities(
-                    logits.float(), target_sizes=batch["original_sizes"], minmax_normalize=minmax_normalize
-                )
+                probabilities = probabilities_of({**batch["pixel_values"], "original_sizes": batch["original_sizes"]})
                 for item, probability in zip(good, probabilities):
-                    writer.submit(_write_binary_outputs, item, probability.cpu().numpy(), output_dir, threshold,
+                    writer.submit(_write_binary_outputs, item, probability, output_dir, threshold,
                                   overlay, cutout_colors if cutout else None, device)
         finally:
             writer.close()  # every finished image is written (and reported) even when a later batch fails
         bar.close()
+        for path, name in mine_videos:
+            _predict_one_video(path, name, output_dir, probabilities_of, processor, report, batch_size=batch_size,
+                               threshold=threshold, overlay=overlay, cutout_colors=cutout_colors if cutout else None,
+                               native_max_side=max_side if resolution == "native" else None, device=device,
+                               progress=progress and state.is_main_process)
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])
         report = PredictionReport(
@@ -367,6 +392,29 @@ def predict_files(
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
     return report
+
+
+def _predict_one_video(path: Path, name: Path, output_dir: Path, probabilities_of, processor, report: PredictionReport,
+                       *, batch_size: int, threshold: float | None, overlay: bool, cutout_colors: str | None,
+                       native_max_side: int | None, device, progress: bool) -> None:
+    """One video's outputs, or its failure in the report (the other videos still run)."""
+    from .video import VideoReadError, import_av, predict_video
+
+    av = import_av()
+
+    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * (cutout_colors is not None)
+    bar = tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress)
+    try:
+        predict_video(path, {kind: video_output_path(output_dir, kind, name) for kind in kinds}, probabilities_of,
+                      processor, batch_size=batch_size, threshold=threshold, cutout_colors=cutout_colors or "estimate",
+                      size=(lambda height, width: native_size(height, width, native_max_side)) if native_max_side
+                      else (lambda height, width: None), device=device, on_frames=bar.update)
+    except (VideoReadError, OSError, av.FFmpegError) as error:  # unreadable input, or encoding / disk trouble
+        report.failed[str(path)] = str(error)
+    else:
+        report.written.append(str(path))
+    finally:
+        bar.close()
 
 
 def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):

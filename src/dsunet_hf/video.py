@@ -1,0 +1,250 @@
+"""Videos in, per-frame masks out: ``dsunet-hf predict clip.mp4`` (background removal, salient or camouflaged
+objects in every frame).
+
+Frames are decoded with PyAV (FFmpeg bindings, the ``[video]`` extra; transformers' video processors read videos
+with it too) in a background thread, run through the model in batches exactly as images are, and encoded as they
+come:
+
+- ``masks/<name>.mp4``: the mask (soft, or binary with a threshold), H.264 at near-lossless quality (crf 4);
+- ``overlays/<name>.mp4``: the frames with the foreground tinted, H.264;
+- ``cutouts/<name>.mov``: the frames with the mask as alpha, ProRes 4444: the transparent-video format that
+  video editors import (H.264 and VP9-in-MP4 have no alpha; FFmpeg's own VP9 decoder drops WebM's).
+
+Outputs keep the input's frame timestamps (variable frame rates included) and its display orientation (the
+rotation phones record is applied to the pixels). Each output is written under a temporary name and renamed
+when the whole video is done, so an interrupted run leaves no half video and a re-run starts with the videos
+that have no mask yet. Audio is not copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .files import atomic_path
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
+# (container, codec, pixel format, encoder options) per output kind: near-lossless H.264 for the masks (crf 4: soft
+# masks come back within 5/255, mean 0.1/255), visually lossless for overlays (crf 18), ProRes 4444 with alpha.
+OUTPUT_FORMATS = {
+    "masks": ("mp4", "libx264", "yuv420p", {"crf": "4"}),
+    "overlays": ("mp4", "libx264", "yuv420p", {"crf": "18"}),
+    "cutouts": ("mov", "prores_ks", "yuva444p10le", {"profile": "4444"}),
+}
+
+
+class VideoReadError(ValueError):
+    """A video that cannot be opened or decoded; the message names the file (and the frame)."""
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def video_output_path(output_dir: str | Path, kind: str, name: Path) -> Path:
+    """Where a video's ``kind`` output (masks / overlays / cutouts) goes: ``<output_dir>/<kind>/<name>.<ext>``."""
+    return Path(output_dir) / kind / name.with_suffix("." + OUTPUT_FORMATS[kind][0])
+
+
+def import_av():
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("videos need PyAV: pip install 'dsunet-hf[video]' (or pip install av)") from error
+    return av
+
+
+def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fraction | None]]:
+    """The frames of a video's first video stream as (RGB uint8 array in display orientation, pts, time base)."""
+    av = import_av()
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise VideoReadError(f"{path}: not a readable video ({error})") from error
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                rgb = frame.to_ndarray(format="rgb24")
+                # The display matrix rotates counterclockwise by `rotation` degrees (phones record -90 for portrait).
+                turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # older PyAV does not read it
+                yield np.ascontiguousarray(np.rot90(rgb, turns)), frame.pts, frame.time_base
+                index += 1
+        except av.FFmpegError as error:
+            raise VideoReadError(f"{path}: decoding failed at frame {index} ({error})") from error
+        if index == 0:
+            raise VideoReadError(f"{path}: the video has no frames")
+
+
+def frame_rate(path: str | Path) -> Fraction:
+    """The video's average frame rate (25 when the file does not say), the rate the outputs declare."""
+    av = import_av()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.average_rate or stream.guessed_rate or Fraction(25)
+
+
+class VideoWriter:
+    """One output video, encoded frame by frame into ``file`` (a temporary path: see :func:`predict_video`).
+    The stream is created at the first frame, when the size is known; odd sides get one replicated row or
+    column (the 4:2:0 and ProRes encoders need even sides)."""
+
+    def __init__(self, file: Path, kind: str, rate: Fraction):
+        av = import_av()
+        self.container_format, self.codec, self.pix_fmt, self.options = OUTPUT_FORMATS[kind]
+        self.container = av.open(str(file), "w", format=self.container_format)
+        self.rate, self.stream, self.last_pts, self.av = rate, None, None, av
+
+    def write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
+        height, width = array.shape[:2]
+        if height % 2 or width % 2:
+            array = np.pad(array, ((0, height % 2), (0, width % 2)) + ((0, 0),) * (array.ndim - 2), mode="edge")
+        if self.stream is None:
+            self.stream = self.container.add_stream(self.codec, rate=self.rate)
+            self.stream.width, self.stream.height = array.shape[1], array.shape[0]
+            self.stream.pix_fmt, self.stream.options = self.pix_fmt, dict(self.options)
+            self.time_base = time_base if pts is not None and time_base else Fraction(1) / self.rate
+            # The encoder counts in the input's time base too: its default, 1/rate, would round timestamps of a
+            # variable-rate video onto a grid (two frames on one tick, which the muxer refuses).
+            self.stream.time_base = self.stream.codec_context.time_base = self.time_base
+        if pts is None or time_base != self.time_base:
+            pts = 0 if self.last_pts is None else self.last_pts + max(1, round(1 / (self.rate * self.time_base)))
+        if self.last_pts is not None and pts <= self.last_pts:  # repeated timestamps: encoders need them rising
+            pts = self.last_pts + 1
+        image_format = {2: "gray", 3: "rgb24", 4: "rgba"}[array.shape[2] if array.ndim == 3 else 2]
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=image_format)
+        frame.pts, frame.time_base, self.last_pts = pts, self.time_base, pts
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self, flush: bool = True) -> None:
+        try:
+            if flush and self.stream is not None:
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """``items`` produced in a background thread, at most ``depth`` ahead (decoding and resizing overlap the
+    model's forward pass; FFmpeg and Pillow release the GIL). An exception in the thread is raised here."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(("end", done))
+        except BaseException as error:  # handed to the consumer
+            buffer.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="video-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = buffer.get()
+            if kind == "error":
+                raise value
+            if kind == "end":
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            with contextlib.suppress(queue.Empty):
+                buffer.get_nowait()
+            thread.join(timeout=0.1)
+
+
+def _batches(frames: Iterator, batch_size: int) -> Iterator[list]:
+    batch = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_video(
+    path: str | Path,
+    output_paths: dict[str, Path],
+    probabilities_of: Callable[[dict], list[np.ndarray]],
+    processor,
+    *,
+    batch_size: int = 4,
+    threshold: float | None = None,
+    cutout_colors: str = "estimate",
+    size: Callable[[int, int], tuple[int, int] | None] = lambda height, width: None,
+    device="cpu",
+    on_frames: Callable[[int], None] = lambda count: None,
+) -> int:
+    """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path; the
+    ``masks`` entry is required). ``probabilities_of(inputs)`` runs the model on the processor's output for a
+    batch of frames and returns one (H, W) probability map per frame at the frame's size. ``size(height, width)``
+    gives the model input size for frames of that size (None: the processor's). Returns the number of frames.
+    Nothing is left at the final paths unless the whole video succeeded."""
+    from .predict import BackgroundWriter, cutout_image, overlay_image
+
+    rate = frame_rate(path)
+    renderers = {
+        "masks": lambda image, p: ((p >= threshold if threshold is not None else p) * 255).round().astype(np.uint8),
+        "overlays": lambda image, p: np.asarray(overlay_image(image, p)),
+        "cutouts": lambda image, p: np.asarray(cutout_image(image, p, cutout_colors, device)),
+    }
+
+    def prepared(batch):  # in the reader thread: PIL images and the model inputs of one batch
+        images = [Image.fromarray(frame) for frame, _, _ in batch]
+        height, width = batch[0][0].shape[:2]
+        return batch, images, processor(images, size=size(height, width))
+
+    count, succeeded = 0, False
+    with contextlib.ExitStack() as stack:
+        files = {kind: stack.enter_context(atomic_path(final)) for kind, final in output_paths.items()}
+        writers = {kind: VideoWriter(file, kind, rate) for kind, file in files.items()}
+
+        def render_and_write(kind, image, probability, pts, time_base):
+            writers[kind].write(renderers[kind](image, probability), pts, time_base)
+
+        # One thread per output, so frames stay in order within a video while the outputs render and encode side by
+        # side and the model runs the next batch (cut-out colours and ProRes encoding cost more than a forward pass).
+        threads = {kind: BackgroundWriter(1, max_pending=2 * batch_size, on_done=lambda _: None) for kind in writers}
+        try:
+            for batch, images, inputs in prefetch(map(prepared, _batches(read_video(path), batch_size))):
+                for (_, pts, time_base), image, probability in zip(batch, images, probabilities_of(inputs)):
+                    for kind, thread in threads.items():
+                        thread.submit(render_and_write, kind, image, probability, pts, time_base)
+                count += len(batch)
+                on_frames(len(batch))
+            for thread in threads.values():
+                thread.close()  # waits for the last frames; a failed render or write raises here
+            succeeded = True
+        finally:
+            if not succeeded:
+                for thread in threads.values():
+                    with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                        thread.close()
+            for writer in writers.values():
+                writer.close(flush=succeeded)
+    return count

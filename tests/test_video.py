@@ -1,0 +1,220 @@
+"""Video prediction: frames in, mask / overlay / transparent cut-out videos out (dsunet_hf.video)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SIZE, tiny_sam2_unet_config
+from PIL import Image
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
+from dsunet_hf.predict import predict_files
+from dsunet_hf.video import read_video
+
+av = pytest.importorskip("av", reason="video prediction needs PyAV (the [video] extra)")
+
+WIDTH, HEIGHT = 96, 64
+
+
+class RedChannelModel(torch.nn.Module):
+    """A 'model' whose foreground is wherever the frame is red: the expected masks follow from the frames, so a
+    dropped, repeated or reordered frame or a misplaced output shows."""
+
+    predicts_class_maps = False
+
+    def __init__(self, fail_after_batches: int | None = None):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(6.0))
+        self.calls, self.fail_after_batches, self.input_sizes = 0, fail_after_batches, set()
+
+    def forward(self, pixel_values):
+        self.calls += 1
+        self.input_sizes.add(tuple(pixel_values.shape[-2:]))
+        if self.fail_after_batches is not None and self.calls > self.fail_after_batches:
+            raise RuntimeError("out of memory (simulated)")
+        red, green = pixel_values[:, :1], pixel_values[:, 1:2]
+        return SemanticSegmenterOutput(logits=self.scale * (red - green - 1))
+
+
+def square_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    frame = np.full((height, width, 3), (40, 90, 60), np.uint8)
+    left = 4 + 5 * index
+    frame[12:40, left:left + 24] = (230, 30, 30)  # a red square moving right
+    return frame
+
+
+def write_video(path: Path, frames: list[np.ndarray], *, codec: str = "libx264", pix_fmt: str = "yuv420p",
+                rate: int = 25, pts: list[int] | None = None, rotation: int | None = None) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = pix_fmt
+        if codec == "libx264":
+            stream.options = {"crf": "0"}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        if pts is not None:  # milliseconds
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[index], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def decoded(path: Path, image_format: str = "gray") -> tuple[list[np.ndarray], list[float]]:
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [f.to_ndarray(format=image_format) for f in frames], [float(f.pts * f.time_base) for f in frames]
+
+
+def expected_probabilities(model, processor, frames: list[np.ndarray]) -> list[np.ndarray]:
+    images = [Image.fromarray(frame) for frame in frames]
+    inputs = processor(images)
+    with torch.no_grad():
+        logits = model(pixel_values=inputs["pixel_values"]).logits
+    return [p.numpy() for p in processor.post_process_probabilities(logits, target_sizes=inputs["original_sizes"])]
+
+
+@pytest.fixture
+def processor():
+    return SegmentationImageProcessor(size=64)
+
+
+def test_masks_follow_every_frame_with_the_input_timestamps(tmp_path, processor):
+    # Variable frame rate: 0, 40, 80, 200, 240, ... ms, which a constant-rate re-encode would lose.
+    count = 11
+    pts = [0, 40, 80] + [200 + 40 * i for i in range(count - 3)]
+    clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(count)], pts=pts)
+    model = RedChannelModel()
+    report = predict_files(model, processor, [clip], tmp_path / "out", batch_size=4, progress=False)
+    assert report.written == [str(clip)] and not report.failed
+
+    frames = [frame for frame, _, _ in read_video(clip)]
+    expected = expected_probabilities(model, processor, frames)
+    masks, seconds = decoded(tmp_path / "out" / "masks" / "clip.mp4")
+    assert len(masks) == count and masks[0].shape == (HEIGHT, WIDTH)
+    assert seconds == pytest.approx([p / 1000 for p in pts], abs=1e-3)
+    for mask, probability in zip(masks, expected):
+        error = np.abs(mask / 255 - probability)
+        assert error.mean() < 1.5 / 255 and error.max() < 12 / 255  # near-lossless H.264 (crf 4)
+    # The frames really differ (the square moves), by far more than the codec error: a wrong order would fail.
+    assert np.abs(expected[0] - expected[-1]).mean() > 0.1
+    assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["written"] == [str(clip)]
+
+
+def test_overlay_and_transparent_cutout_videos(tmp_path, processor):
+    clip = write_video(tmp_path / "clip.mkv", [square_frame(i) for i in range(6)], codec="ffv1", pix_fmt="bgr0")
+    model = RedChannelModel()
+    predict_files(model, processor, [clip], tmp_path / "out", overlay=True, cutout=True, cutout_colors="original",
+                  threshold=0.5, progress=False)
+    frames = [frame for frame, _, _ in read_video(clip)]
+    assert np.array_equal(frames[2], square_frame(2))  # ffv1 is lossless: the model saw exactly these frames
+    expected = [p >= 0.5 for p in expected_probabilities(model, processor, frames)]
+
+    masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
+    for mask, binary in zip(masks, expected):
+        assert np.mean((mask > 127) != binary) < 0.002  # binary masks survive H.264 (edges may blur by a pixel)
+    cutouts, _ = decoded(tmp_path / "out" / "cutouts" / "clip.mov", "rgba")
+    assert len(cutouts) == 6
+    for cutout, frame, binary in zip(cutouts, frames, expected):
+        assert np.array_equal(cutout[..., 3] > 127, binary)  # ProRes 4444 keeps the alpha exactly (12 bits)
+        assert np.abs(cutout[..., :3].astype(int) - frame).mean() < 3  # "original" colours, ProRes 4:4:4
+    overlays, _ = decoded(tmp_path / "out" / "overlays" / "clip.mp4", "rgb24")
+    assert overlays[3][20, 4 + 15 + 10, 0] > overlays[3][20, 4 + 15 + 10, 1]  # inside the square: tinted, red
+
+
+def test_phone_rotation_is_applied_and_odd_sides_are_padded(tmp_path, processor):
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("writing a rotated test video needs PyAV >= 18 (Stream.set_display_rotation)")
+    frames = [square_frame(i, width=45, height=31) for i in range(3)]
+    rotated = write_video(tmp_path / "portrait.mkv", frames, codec="ffv1", pix_fmt="bgr0", rotation=-90)
+    read = [frame for frame, _, _ in read_video(rotated)]
+    assert np.array_equal(read[1], np.rot90(frames[1], -1))  # -90: shown turned 90 degrees clockwise
+    predict_files(RedChannelModel(), processor, [rotated], tmp_path / "out", threshold=0.5, progress=False)
+    masks, _ = decoded(tmp_path / "out" / "masks" / "portrait.mp4")
+    assert masks[0].shape == (46, 32)  # 45 x 31 in display orientation, one replicated row and column
+    square = np.rot90(np.all(frames[0] == (230, 30, 30), axis=-1), -1)
+    assert np.mean((masks[0][:45, :31] > 127) == square) > 0.97
+    assert np.array_equal(masks[0][45], masks[0][44]) and np.array_equal(masks[0][:, 31], masks[0][:, 30])
+
+
+def test_native_resolution_runs_frames_at_their_own_aspect(tmp_path, processor):
+    clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(3)])
+    model = RedChannelModel()
+    predict_files(model, processor, [clip], tmp_path / "out", resolution="native", max_side=64, progress=False)
+    assert model.input_sizes == {(32, 64)}  # 64 x 96 scaled to a longest side of 64, multiples of 32
+    masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
+    assert masks[0].shape == (HEIGHT, WIDTH)
+
+
+def test_bad_video_is_reported_and_a_failure_leaves_no_partial_output(tmp_path, processor):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video at all")
+    write_video(folder / "good.mp4", [square_frame(i) for i in range(5)])
+    Image.fromarray(square_frame(0)).save(folder / "still.png")
+
+    report = predict_files(RedChannelModel(), processor, [folder], tmp_path / "out", overlay=True, progress=False)
+    assert sorted(report.written) == sorted([str(folder / "good.mp4"), str(folder / "still.png")])
+    assert list(report.failed) == [str(folder / "broken.mp4")] and "broken.mp4" in report.failed[str(folder / "broken.mp4")]
+    assert (tmp_path / "out" / "masks" / "still.png").exists() and (tmp_path / "out" / "overlays" / "good.mp4").exists()
+    assert not (tmp_path / "out" / "masks" / "broken.mp4").exists()
+
+    # A run that dies in the middle of a video (here: the model, at the second batch) leaves neither the video's
+    # outputs nor temporary files; the next run does that video again and keeps the finished ones.
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict_files(RedChannelModel(fail_after_batches=1), processor, [folder / "good.mp4"], tmp_path / "crash",
+                      batch_size=2, overlay=True, progress=False)
+    assert [p for p in (tmp_path / "crash").rglob("*") if p.is_file()] == []
+    again = predict_files(RedChannelModel(), processor, [folder], tmp_path / "out", progress=False)
+    assert sorted(again.skipped_existing) == sorted([str(folder / "good.mp4"), str(folder / "still.png")])
+
+
+def test_video_needs_a_single_map_model_and_pyav(tmp_path, processor, monkeypatch):
+    clip = write_video(tmp_path / "clip.mp4", [square_frame(0)] * 2)
+    model = RedChannelModel()
+    model.predicts_class_maps = True
+    with pytest.raises(ValueError, match="clip.mp4.*class maps"):
+        predict_files(model, processor, [clip], tmp_path / "out", progress=False)
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(ImportError, match=r"dsunet-hf\[video\]"):
+        predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", progress=False)
+
+
+def test_command_line_video_with_a_real_model(tmp_path):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
+    clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(5)])
+    result = subprocess.run(
+        [sys.executable, "-m", "dsunet_hf.cli", "predict", "--model", str(tmp_path / "model"), str(clip),
+         "--output-dir", str(tmp_path / "out"), "--cutout", "--num-workers", "0"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 written" in result.stdout
+    cutouts, _ = decoded(tmp_path / "out" / "cutouts" / "clip.mov", "rgba")
+    masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
+    assert len(cutouts) == len(masks) == 5
+    assert np.abs(cutouts[2][..., 3].astype(int) - masks[2]).mean() < 2  # the alpha is the mask
+    assert oct((tmp_path / "out" / "masks" / "clip.mp4").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

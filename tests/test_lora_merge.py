@@ -3,9 +3,11 @@ saving and training guarded, and the CLI loader and the ONNX export merge by the
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_SIZE, tiny_sam2_unet_config
+from PIL import Image
 from test_birefnet import tiny_config as tiny_birefnet
 from test_dsunet import tiny_config as tiny_dsunet
 
@@ -101,6 +103,27 @@ def test_cli_loader_merges_and_keeps_the_outputs(tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, expected, atol=1e-5, rtol=0)
 
 
+def test_pipeline_loads_merged_with_model_kwargs(tmp_path):
+    from transformers import pipeline
+
+    model = trained_lora("sam2-unet")
+    processor = model.default_image_processor()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    with torch.no_grad():  # some pixels on each side of the threshold
+        model.head.bias.sub_(model(**processor(image)).logits.median())
+        logits = model(**processor(image)).logits
+    model.save_pretrained(tmp_path / "artifact", include_backbone=True)
+    processor.save_pretrained(tmp_path / "artifact")
+    expected = processor.post_process_probabilities(logits, target_sizes=[(40, 56)])[0]
+
+    merged = pipeline("image-segmentation", model=str(tmp_path / "artifact"), model_kwargs={"merge_lora": True})
+    plain = pipeline("image-segmentation", model=str(tmp_path / "artifact"))
+    assert merged.model.lora_is_merged and not plain.model.lora_is_merged
+    foreground = [s["mask"] for s in merged(image) if s["label"] == "foreground"][0]
+    assert np.mean((np.asarray(foreground) > 0) != (expected.numpy() >= 0.5)) < 0.005  # float rounding at 0.5 only
+    assert not plain.model.from_pretrained(str(tmp_path / "artifact")).lora_is_merged  # off by default: trainable
+
+
 def test_temporary_merge_restores_the_weights_bit_for_bit():
     model = trained_lora("birefnet")
     before = {key: value.clone() for key, value in model.state_dict().items()}
@@ -139,5 +162,6 @@ def test_onnx_export_of_a_lora_model_has_merged_weights(tmp_path):
 
 
 def test_cards_of_lora_models_show_the_merge_for_inference():
-    assert "model.merge_lora()" in str(trained_lora("birefnet").model_card())
+    card = str(trained_lora("birefnet").model_card())
+    assert "model.merge_lora()" in card and 'model_kwargs={"merge_lora": True}' in card
     assert "merge_lora" not in str(Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).model_card())  # adapters

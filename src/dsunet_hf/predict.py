@@ -437,10 +437,8 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
 
         model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
         return _to(model, device, dtype).eval(), model.default_image_processor()
-    model = AutoModelForImageSegmentation.from_pretrained(name_or_path, **kwargs)
-    if hasattr(model, "merge_lora"):  # inference only: LoRA folded into the frozen weights (in fp32, before dtype)
-        model.merge_lora()
-    model = _to(model, device, dtype)
+    # Inference only: LoRA folded into the frozen weights (in fp32, before the dtype cast).
+    model = _to(AutoModelForImageSegmentation.from_pretrained(name_or_path, merge_lora=True, **kwargs), device, dtype)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError):

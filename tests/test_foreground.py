@@ -9,7 +9,7 @@ from PIL import Image
 
 from dsunet_hf import estimate_foreground, refine_foreground
 from dsunet_hf.foreground import box_blur, box_blur_torch
-from dsunet_hf.predict import cutout_image
+from dsunet_hf.predict import Backdrop, composite_image, cutout_image
 
 
 def mirrored(index: int, length: int) -> int:
@@ -119,3 +119,41 @@ def test_cutout_colours_estimated_or_original():
         np.asarray(original)[..., :3][soft] - truth).mean()
     with pytest.raises(ValueError, match="must be one of"):
         cutout_image(photo, alpha, colors="blurred")
+
+
+def test_composite_puts_the_estimated_foreground_on_a_new_background():
+    image, alpha, foreground = composite()
+    photo = Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+    backdrop = Backdrop("0,177,64")
+    for colors in ("estimate", "original"):
+        expected_rgb = np.asarray(refine_foreground(photo, alpha) if colors == "estimate" else photo, np.float32)
+        expected = expected_rgb * alpha[..., None] + np.array([0, 177, 64], np.float32) * (1 - alpha[..., None])
+        result = np.asarray(composite_image(photo, alpha, backdrop, colors))
+        np.testing.assert_array_equal(result, expected.round().clip(0, 255).astype(np.uint8))
+    # Against the true foreground on the new background, the estimate beats keeping the photo's colours: the
+    # old background does not show through the soft edges.
+    soft = (alpha > 0.05) & (alpha < 0.95)
+    truth = (foreground.transpose(1, 2, 0) * 255 * alpha[..., None] + np.array([0, 177, 64]) * (1 - alpha[..., None]))
+    errors = {colors: np.abs(np.asarray(composite_image(photo, alpha, backdrop, colors), np.float32) - truth)[soft].mean()
+              for colors in ("estimate", "original")}
+    assert errors["estimate"] < 0.5 * errors["original"]
+
+
+def test_backdrop_colours_and_images_scaled_to_cover(tmp_path):
+    assert Backdrop("white").color == (255, 255, 255) and Backdrop("#00b140").color == (0, 177, 64)
+    assert Backdrop(" 0, 177 ,64").color == (0, 177, 64)
+    assert Backdrop((1, 2, 3)).pixels(4, 2).shape == (2, 4, 3)
+    for bad in ("no-such-colour", "300,0,0", "1,2"):
+        with pytest.raises(ValueError, match="background"):
+            Backdrop(bad)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        Backdrop(str(tmp_path / "broken.jpg"))
+    # Three vertical bands on a 2:1 image, fitted to a square: the centre (most of the green band) is kept and the
+    # sides are cropped, as an editor fits a background; stretching would keep a third of each.
+    bands = np.zeros((100, 300, 3), np.uint8)
+    bands[:, :100, 0], bands[:, 100:200, 1], bands[:, 200:, 2] = 255, 255, 255
+    Image.fromarray(bands).save(tmp_path / "bands.png")
+    fitted = Backdrop(str(tmp_path / "bands.png")).pixels(60, 60)
+    assert fitted.shape == (60, 60, 3)
+    assert np.mean(fitted[30, :, 1] > 128) == pytest.approx(1.0) and fitted[30, :, 0].max() < 128

@@ -40,13 +40,18 @@ def test_predict_writes_masks_at_original_size_and_reports_bad_files(artifact, i
     model, _ = artifact
     processor = SegmentationImageProcessor(size=TINY_SIZE)
     report = predict_files(model, processor, [images], tmp_path / "out", batch_size=2, overlay=True,
-                           cutout=True, progress=False)
+                           cutout=True, background="white", progress=False)
     assert len(report.written) == 2 and list(report.failed) == [str(images / "broken.png")]
     assert "broken.png" in report.failed[str(images / "broken.png")]
     assert Image.open(tmp_path / "out" / "masks" / "a.png").size == (50, 40)
     assert Image.open(tmp_path / "out" / "masks" / "sub" / "b.png").size == (33, 47)
     assert Image.open(tmp_path / "out" / "cutouts" / "a.png").mode == "RGBA"
     assert Image.open(tmp_path / "out" / "overlays" / "sub" / "b.png").size == (33, 47)
+    composite = np.asarray(Image.open(tmp_path / "out" / "composites" / "a.png"), dtype=np.float32)
+    cutout = np.asarray(Image.open(tmp_path / "out" / "cutouts" / "a.png"), dtype=np.float32)
+    alpha = cutout[..., 3:] / 255  # the composite is the cut-out laid on white
+    assert composite.shape == (40, 50, 3)
+    assert np.abs(composite - (cutout[..., :3] * alpha + 255 * (1 - alpha))).max() <= 1.0
     saved_report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
     assert saved_report["failed"] == report.failed
     umask = os.umask(0)

@@ -91,6 +91,10 @@ def test_cli_predict_and_evaluate_a_semantic_model(rows, tmp_path, capsys):
     written = Image.open(tmp_path / "out" / "masks" / "1.png")
     assert written.mode == "P" and written.size == (40, 31) and set(np.unique(np.asarray(written))) <= {0, 1, 2}
     assert Image.open(tmp_path / "out" / "overlays" / "1.png").width == 40 + 160
+    for flags in (["--cutout"], ["--threshold", "0.5"], ["--background", "white"]):  # foreground-map options: refused
+        with pytest.raises(SystemExit, match="predicts class maps"):
+            cli_main(["predict", "--model", str(tmp_path / "model"), str(data / "images"), "--output-dir",
+                      str(tmp_path / "refused"), *flags])
     assert cli_main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--output-dir",
                      str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())

@@ -116,11 +116,11 @@ def test_masks_follow_every_frame_with_the_input_timestamps(tmp_path, processor)
     assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["written"] == [str(clip)]
 
 
-def test_overlay_and_transparent_cutout_videos(tmp_path, processor):
+def test_overlay_transparent_cutout_and_composite_videos(tmp_path, processor):
     clip = write_video(tmp_path / "clip.mkv", [square_frame(i) for i in range(6)], codec="ffv1", pix_fmt="bgr0")
     model = RedChannelModel()
     predict_files(model, processor, [clip], tmp_path / "out", overlay=True, cutout=True, cutout_colors="original",
-                  threshold=0.5, progress=False)
+                  threshold=0.5, background="#00b140", progress=False)
     frames = [frame for frame, _, _ in read_video(clip)]
     assert np.array_equal(frames[2], square_frame(2))  # ffv1 is lossless: the model saw exactly these frames
     expected = [p >= 0.5 for p in expected_probabilities(model, processor, frames)]
@@ -133,6 +133,10 @@ def test_overlay_and_transparent_cutout_videos(tmp_path, processor):
     for cutout, frame, binary in zip(cutouts, frames, expected):
         assert np.array_equal(cutout[..., 3] > 127, binary)  # ProRes 4444 keeps the alpha exactly (12 bits)
         assert np.abs(cutout[..., :3].astype(int) - frame).mean() < 3  # "original" colours, ProRes 4:4:4
+    composites, _ = decoded(tmp_path / "out" / "composites" / "clip.mp4", "rgb24")
+    for composite, frame, binary in zip(composites, frames, expected):  # the square on green, the rest green
+        assert np.abs(composite[binary].astype(int) - frame[binary]).mean() < 12  # H.264 4:2:0 at a sharp edge
+        assert np.abs(composite[~binary].astype(int) - (0, 177, 64)).mean() < 6
     overlays, _ = decoded(tmp_path / "out" / "overlays" / "clip.mp4", "rgb24")
     assert overlays[3][20, 4 + 15 + 10, 0] > overlays[3][20, 4 + 15 + 10, 1]  # inside the square: tinted, red
 
@@ -170,7 +174,8 @@ def test_bad_video_is_reported_and_a_failure_leaves_no_partial_output(tmp_path, 
 
     report = predict_files(RedChannelModel(), processor, [folder], tmp_path / "out", overlay=True, progress=False)
     assert sorted(report.written) == sorted([str(folder / "good.mp4"), str(folder / "still.png")])
-    assert list(report.failed) == [str(folder / "broken.mp4")] and "broken.mp4" in report.failed[str(folder / "broken.mp4")]
+    assert list(report.failed) == [str(folder / "broken.mp4")]
+    assert report.failed[str(folder / "broken.mp4")].startswith(f"{folder / 'broken.mp4'}: not a readable video")
     assert (tmp_path / "out" / "masks" / "still.png").exists() and (tmp_path / "out" / "overlays" / "good.mp4").exists()
     assert not (tmp_path / "out" / "masks" / "broken.mp4").exists()
 

@@ -89,7 +89,8 @@ def _predict(args) -> int:
         report = predict_files(
             model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
             minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout,
-            cutout_colors=args.cutout_colors, overwrite=args.overwrite, num_workers=args.num_workers,
+            cutout_colors=args.cutout_colors, background=args.background, overwrite=args.overwrite,
+            num_workers=args.num_workers,
             autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
             max_side=args.max_side, schedule=args.schedule,
         )
@@ -278,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cutout-colors", default="estimate", choices=["estimate", "original"],
                          help="cut-out RGB under soft alpha: estimated foreground colours (blur-fusion, as BiRefNet's "
                               "refine_foreground: no halo of the old background) or the photo's own")
+    predict.add_argument("--background", default=None, metavar="COLOR|IMAGE",
+                         help="also write composites/: the foreground (colours as --cutout-colors) on a new "
+                              "background, a colour (white, #00b140, 0,177,64) or an image file scaled to cover "
+                              "(videos: composites/<name>.mp4)")
     predict.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     predict.add_argument("--device", default=None)
     predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")

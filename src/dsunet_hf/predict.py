@@ -78,21 +78,101 @@ def overlay_image(image: Image.Image, probability: np.ndarray, color=(255, 0, 80
 CUTOUT_COLORS = ("estimate", "original")
 
 
-def cutout_image(image: Image.Image, probability: np.ndarray, colors: str = "estimate",
-                 device: str | torch.device = "cpu") -> Image.Image:
-    """RGBA with the probability as alpha: background removal. ``colors="estimate"`` replaces the colours
-    under soft alpha by the estimated foreground colours (blur-fusion, see :mod:`dsunet_hf.foreground`), so
-    that the old background does not show as a halo; ``"original"`` keeps the photo's colours."""
+def foreground_colors(image: Image.Image, probability: np.ndarray, colors: str = "estimate",
+                      device: str | torch.device = "cpu") -> Image.Image:
+    """The RGB to show under the alpha: ``"estimate"``, the estimated foreground colours (blur-fusion, see
+    :mod:`dsunet_hf.foreground`: the old background does not show as a halo); ``"original"``, the photo's own."""
     if colors not in CUTOUT_COLORS:
         raise ValueError(f"cut-out colors must be one of {CUTOUT_COLORS}, got {colors!r}")
     if colors == "estimate":
         from .foreground import refine_foreground
 
-        rgba = refine_foreground(image, probability, device=device)
-    else:
-        rgba = image.convert("RGB").copy()
+        return refine_foreground(image, probability, device=device)
+    return image.convert("RGB").copy()
+
+
+def cutout_image(image: Image.Image, probability: np.ndarray, colors: str = "estimate",
+                 device: str | torch.device = "cpu") -> Image.Image:
+    """RGBA with the probability as alpha: background removal (colours as :func:`foreground_colors`)."""
+    rgba = foreground_colors(image, probability, colors, device)
     rgba.putalpha(Image.fromarray((probability * 255).round().astype(np.uint8)))
     return rgba
+
+
+class Backdrop:
+    """A new background for composites: a colour (a name, ``#RRGGBB``, ``R,G,B``) or an image file, scaled to
+    cover each image and centred (aspect kept, the overflow cropped), as a video editor fits a background."""
+
+    def __init__(self, spec: str | tuple[int, int, int] | Image.Image):
+        self.spec, self.color, self.image = spec, None, None
+        if isinstance(spec, Image.Image):
+            self.image = spec.convert("RGB")
+        elif isinstance(spec, tuple):
+            self.color = spec
+        elif Path(spec).is_file():
+            self.image = load_image(spec)  # an unreadable file: ImageReadError naming it
+        else:
+            from PIL import ImageColor
+
+            try:
+                text = str(spec).strip()
+                self.color = (tuple(int(v) for v in text.split(",")) if text.count(",") == 2
+                              else ImageColor.getrgb(text)[:3])
+            except ValueError as error:
+                raise ValueError(f"background {spec!r}: neither an image file nor a colour (a name such as "
+                                 f"white, #RRGGBB or R,G,B)") from error
+            if len(self.color) != 3 or not all(0 <= v <= 255 for v in self.color):
+                raise ValueError(f"background {spec!r}: colour components must be 0-255")
+        self._cached: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def pixels(self, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) float32 in 0-255 (the last size is cached: a video's frames share it)."""
+        cached = self._cached
+        if cached is not None and cached[0] == (width, height):
+            return cached[1]
+        if self.image is not None:
+            from PIL import ImageOps
+
+            pixels = np.asarray(ImageOps.fit(self.image, (width, height), Image.BICUBIC), dtype=np.float32)
+        else:
+            pixels = np.broadcast_to(np.asarray(self.color, dtype=np.float32), (height, width, 3))
+        self._cached = ((width, height), pixels)
+        return pixels
+
+
+def composite_image(image: Image.Image, probability: np.ndarray, backdrop: Backdrop, colors: str = "estimate",
+                    device: str | torch.device = "cpu") -> Image.Image:
+    """The foreground on a new background: ``F * alpha + B * (1 - alpha)`` with F as :func:`foreground_colors`
+    (estimated colours keep the old background out of soft edges such as hair) and alpha the probability."""
+    foreground = np.asarray(foreground_colors(image, probability, colors, device), dtype=np.float32)
+    alpha = np.asarray(probability, dtype=np.float32)[..., None]
+    blended = foreground * alpha + backdrop.pixels(image.width, image.height) * (1 - alpha)
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How the outputs of a foreground map are drawn (one set for a whole prediction run)."""
+
+    threshold: float | None = None  # masks: binary at p >= threshold, else the probability
+    colors: str = "estimate"  # cut-outs and composites: see foreground_colors
+    backdrop: Backdrop | None = None  # composites
+    device: str | torch.device = "cpu"  # where the foreground colours are estimated
+
+
+def render_output(kind: str, image: Image.Image, probability: np.ndarray, options: OutputOptions) -> np.ndarray:
+    """One output of an image (or video frame) as a uint8 array: ``masks`` (H, W), ``overlays`` and
+    ``composites`` (H, W, 3), ``cutouts`` (H, W, 4)."""
+    if kind == "masks":
+        shown = probability >= options.threshold if options.threshold is not None else probability
+        return (shown * 255).round().astype(np.uint8)
+    if kind == "overlays":
+        return np.asarray(overlay_image(image, probability))
+    if kind == "cutouts":
+        return np.asarray(cutout_image(image, probability, options.colors, options.device))
+    if kind == "composites":
+        return np.asarray(composite_image(image, probability, options.backdrop, options.colors, options.device))
+    raise ValueError(f"unknown output kind {kind!r}")
 
 
 def device_and_dtype(model) -> tuple[torch.device, torch.dtype]:
@@ -184,15 +264,12 @@ def _collate(items: list[dict]) -> dict:
     return batch
 
 
-def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path, threshold: float | None,
-                          overlay: bool, cutout: str | None, device: torch.device) -> str:
+def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path, kinds: list[str],
+                          options: OutputOptions) -> str:
     name = item["name"].with_suffix(".png")
-    mask = probability >= threshold if threshold is not None else probability
-    save_image_atomic(Image.fromarray((mask * 255).round().astype(np.uint8)), output_dir / "masks" / name)
-    if overlay:
-        save_image_atomic(overlay_image(item["image"], probability), output_dir / "overlays" / name)
-    if cutout:
-        save_image_atomic(cutout_image(item["image"], probability, cutout, device), output_dir / "cutouts" / name)
+    for kind in kinds:
+        save_image_atomic(Image.fromarray(render_output(kind, item["image"], probability, options)),
+                          output_dir / kind / name)
     return str(item["path"])
 
 
@@ -239,6 +316,7 @@ def predict_files(
     overlay: bool = False,
     cutout: bool = False,
     cutout_colors: str = "estimate",
+    background: str | tuple[int, int, int] | Image.Image | Backdrop | None = None,
     overwrite: bool = False,
     progress: bool = True,
     num_workers: int = 0,
@@ -263,7 +341,9 @@ def predict_files(
     threads while the device runs the next batch.
 
     ``cutout`` writes RGBA cut-outs, with the foreground colours estimated under soft alpha
-    (``cutout_colors="estimate"``, on the model's device) or the photo's own (``"original"``).
+    (``cutout_colors="estimate"``, on the model's device) or the photo's own (``"original"``). ``background`` (a
+    colour or an image, see :class:`Backdrop`) also writes ``composites/``: the foreground, with the same colours,
+    on that background (videos: ``composites/<name>.mp4``).
 
     ``resolution="native"`` runs each image at its own size (see :func:`native_size`: at most ``max_side``,
     multiples of 32) instead of the processor's fixed size, for models that take any size (BiRefNet,
@@ -302,6 +382,14 @@ def predict_files(
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     if cutout_colors not in CUTOUT_COLORS:
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
+    foreground_only = {"cutout": cutout, "background": background is not None, "threshold": threshold is not None,
+                       "minmax_normalize": minmax_normalize}
+    if semantic and any(foreground_only.values()):
+        raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
+                         f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
+    backdrop = background if background is None or isinstance(background, Backdrop) else Backdrop(background)
+    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (backdrop is not None)
+    options = OutputOptions(threshold=threshold, colors=cutout_colors, backdrop=backdrop, device=device)
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     if schedule is not None and not semantic:
@@ -371,15 +459,13 @@ def predict_files(
                     continue
                 probabilities = probabilities_of({**batch["pixel_values"], "original_sizes": batch["original_sizes"]})
                 for item, probability in zip(good, probabilities):
-                    writer.submit(_write_binary_outputs, item, probability, output_dir, threshold,
-                                  overlay, cutout_colors if cutout else None, device)
+                    writer.submit(_write_binary_outputs, item, probability, output_dir, kinds, options)
         finally:
             writer.close()  # every finished image is written (and reported) even when a later batch fails
         bar.close()
         for path, name in mine_videos:
-            _predict_one_video(path, name, output_dir, probabilities_of, processor, report, batch_size=batch_size,
-                               threshold=threshold, overlay=overlay, cutout_colors=cutout_colors if cutout else None,
-                               native_max_side=max_side if resolution == "native" else None, device=device,
+            _predict_one_video(path, name, output_dir, probabilities_of, processor, report, kinds, options,
+                               batch_size=batch_size, native_max_side=max_side if resolution == "native" else None,
                                progress=progress and state.is_main_process)
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])
@@ -395,20 +481,18 @@ def predict_files(
 
 
 def _predict_one_video(path: Path, name: Path, output_dir: Path, probabilities_of, processor, report: PredictionReport,
-                       *, batch_size: int, threshold: float | None, overlay: bool, cutout_colors: str | None,
-                       native_max_side: int | None, device, progress: bool) -> None:
+                       kinds: list[str], options: OutputOptions, *, batch_size: int, native_max_side: int | None,
+                       progress: bool) -> None:
     """One video's outputs, or its failure in the report (the other videos still run)."""
     from .video import VideoReadError, import_av, predict_video
 
     av = import_av()
-
-    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * (cutout_colors is not None)
     bar = tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress)
     try:
         predict_video(path, {kind: video_output_path(output_dir, kind, name) for kind in kinds}, probabilities_of,
-                      processor, batch_size=batch_size, threshold=threshold, cutout_colors=cutout_colors or "estimate",
+                      processor, options, batch_size=batch_size,
                       size=(lambda height, width: native_size(height, width, native_max_side)) if native_max_side
-                      else (lambda height, width: None), device=device, on_frames=bar.update)
+                      else (lambda height, width: None), on_frames=bar.update)
     except (VideoReadError, OSError, av.FFmpegError) as error:  # unreadable input, or encoding / disk trouble
         report.failed[str(path)] = str(error)
     else:

@@ -8,7 +8,8 @@ come:
 - ``masks/<name>.mp4``: the mask (soft, or binary with a threshold), H.264 at near-lossless quality (crf 4);
 - ``overlays/<name>.mp4``: the frames with the foreground tinted, H.264;
 - ``cutouts/<name>.mov``: the frames with the mask as alpha, ProRes 4444: the transparent-video format that
-  video editors import (H.264 and VP9-in-MP4 have no alpha; FFmpeg's own VP9 decoder drops WebM's).
+  video editors import (H.264 and VP9-in-MP4 have no alpha; FFmpeg's own VP9 decoder drops WebM's);
+- ``composites/<name>.mp4``: the foreground on a new background (a colour or an image), H.264: plays anywhere.
 
 Outputs keep the input's frame timestamps (variable frame rates included) and its display orientation (the
 rotation phones record is applied to the pixels). Each output is written under a temporary name and renamed
@@ -37,6 +38,7 @@ OUTPUT_FORMATS = {
     "masks": ("mp4", "libx264", "yuv420p", {"crf": "4"}),
     "overlays": ("mp4", "libx264", "yuv420p", {"crf": "18"}),
     "cutouts": ("mov", "prores_ks", "yuva444p10le", {"profile": "4444"}),
+    "composites": ("mp4", "libx264", "yuv420p", {"crf": "18"}),
 }
 
 
@@ -61,17 +63,24 @@ def import_av():
     return av
 
 
-def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fraction | None]]:
-    """The frames of a video's first video stream as (RGB uint8 array in display orientation, pts, time base)."""
+def _open_video(path: str | Path):
+    """(container, its first video stream), or a VideoReadError naming the file."""
     av = import_av()
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
         raise VideoReadError(f"{path}: not a readable video ({error})") from error
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{path}: has no video stream")
+    return container, container.streams.video[0]
+
+
+def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fraction | None]]:
+    """The frames of a video's first video stream as (RGB uint8 array in display orientation, pts, time base)."""
+    av = import_av()
+    container, stream = _open_video(path)
     with container:
-        if not container.streams.video:
-            raise VideoReadError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads
         index = 0
         try:
@@ -89,9 +98,8 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
 
 def frame_rate(path: str | Path) -> Fraction:
     """The video's average frame rate (25 when the file does not say), the rate the outputs declare."""
-    av = import_av()
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+    container, stream = _open_video(path)
+    with container:
         return stream.average_rate or stream.guessed_rate or Fraction(25)
 
 
@@ -122,7 +130,7 @@ class VideoWriter:
             pts = 0 if self.last_pts is None else self.last_pts + max(1, round(1 / (self.rate * self.time_base)))
         if self.last_pts is not None and pts <= self.last_pts:  # repeated timestamps: encoders need them rising
             pts = self.last_pts + 1
-        image_format = {2: "gray", 3: "rgb24", 4: "rgba"}[array.shape[2] if array.ndim == 3 else 2]
+        image_format = "gray" if array.ndim == 2 else {3: "rgb24", 4: "rgba"}[array.shape[2]]
         frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=image_format)
         frame.pts, frame.time_base, self.last_pts = pts, self.time_base, pts
         for packet in self.stream.encode(frame):
@@ -192,27 +200,22 @@ def predict_video(
     output_paths: dict[str, Path],
     probabilities_of: Callable[[dict], list[np.ndarray]],
     processor,
+    options=None,
     *,
     batch_size: int = 4,
-    threshold: float | None = None,
-    cutout_colors: str = "estimate",
     size: Callable[[int, int], tuple[int, int] | None] = lambda height, width: None,
-    device="cpu",
     on_frames: Callable[[int], None] = lambda count: None,
 ) -> int:
-    """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path; the
-    ``masks`` entry is required). ``probabilities_of(inputs)`` runs the model on the processor's output for a
+    """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path: masks,
+    overlays, cutouts, composites), drawn as ``options`` (a :class:`dsunet_hf.predict.OutputOptions`) says.
+    ``probabilities_of(inputs)`` runs the model on the processor's output for a
     batch of frames and returns one (H, W) probability map per frame at the frame's size. ``size(height, width)``
     gives the model input size for frames of that size (None: the processor's). Returns the number of frames.
     Nothing is left at the final paths unless the whole video succeeded."""
-    from .predict import BackgroundWriter, cutout_image, overlay_image
+    from .predict import BackgroundWriter, OutputOptions, render_output
 
+    options = options or OutputOptions()
     rate = frame_rate(path)
-    renderers = {
-        "masks": lambda image, p: ((p >= threshold if threshold is not None else p) * 255).round().astype(np.uint8),
-        "overlays": lambda image, p: np.asarray(overlay_image(image, p)),
-        "cutouts": lambda image, p: np.asarray(cutout_image(image, p, cutout_colors, device)),
-    }
 
     def prepared(batch):  # in the reader thread: PIL images and the model inputs of one batch
         images = [Image.fromarray(frame) for frame, _, _ in batch]
@@ -225,7 +228,7 @@ def predict_video(
         writers = {kind: VideoWriter(file, kind, rate) for kind, file in files.items()}
 
         def render_and_write(kind, image, probability, pts, time_base):
-            writers[kind].write(renderers[kind](image, probability), pts, time_base)
+            writers[kind].write(render_output(kind, image, probability, options), pts, time_base)
 
         # One thread per output, so frames stay in order within a video while the outputs render and encode side by
         # side and the model runs the next batch (cut-out colours and ProRes encoding cost more than a forward pass).

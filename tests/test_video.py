@@ -223,3 +223,67 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_video_with_sound(path: Path, frames: list[np.ndarray], audio_codec: str, seconds: float = 1.0) -> Path:
+    """25 fps frames and a 440 Hz tone of ``seconds`` in ``audio_codec``."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream(audio_codec, rate=48000)
+        audio.layout = "stereo"
+        for array in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        tone = np.sin(np.arange(int(48000 * seconds)) / 48000 * 2 * np.pi * 440).astype(np.float32)
+        for start in range(0, len(tone), 960):
+            frame = av.AudioFrame.from_ndarray(np.stack([tone[start:start + 960]] * 2), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode(None):
+            container.mux(packet)
+    return path
+
+
+def audio_of(path: Path) -> tuple[str, float] | None:
+    """(codec, seconds of decoded sound) of a file's first audio stream, None without one."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return stream.codec_context.name, samples / stream.codec_context.sample_rate
+
+
+@pytest.mark.parametrize("suffix, audio_codec, expected_codec", [(".mp4", "aac", "aac"), (".mkv", "libopus", "aac")])
+def test_sound_goes_into_the_viewable_outputs(tmp_path, processor, suffix, audio_codec, expected_codec):
+    clip = write_video_with_sound(tmp_path / f"clip{suffix}", [square_frame(i) for i in range(25)], audio_codec)
+    report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, cutout=True,
+                           background="white", progress=False)
+    assert report.written == [str(clip)], report.failed
+    assert audio_of(tmp_path / "out" / "masks" / "clip.mp4") is None  # a matte: no sound
+    for output in ("overlays/clip.mp4", "cutouts/clip.mov", "composites/clip.mp4"):
+        codec, seconds = audio_of(tmp_path / "out" / output)
+        # AAC is copied; Opus (which MOV cannot hold) is re-encoded to AAC: the whole second of sound either way.
+        assert codec == expected_codec and seconds == pytest.approx(1.0, abs=0.05), output
+        frames, _ = decoded(tmp_path / "out" / output, "rgb24")
+        assert len(frames) == 25
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".audio"]
+
+
+def test_a_sound_failure_keeps_the_pictures(tmp_path, processor, monkeypatch, caplog):
+    from dsunet_hf import video
+
+    def broken(*args):
+        raise av.error.InvalidDataError(-1094995529, "simulated")
+
+    monkeypatch.setattr(video, "add_audio", broken)
+    clip = write_video_with_sound(tmp_path / "clip.mp4", [square_frame(i) for i in range(5)], "aac", seconds=0.2)
+    with caplog.at_level("WARNING", logger="dsunet_hf.video"):
+        report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
+    assert report.written == [str(clip)] and audio_of(tmp_path / "out" / "overlays" / "clip.mp4") is None
+    assert "clip.mp4: the sound could not be put into overlays" in caplog.text

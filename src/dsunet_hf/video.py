@@ -14,12 +14,15 @@ come:
 Outputs keep the input's frame timestamps (variable frame rates included) and its display orientation (the
 rotation phones record is applied to the pixels). Each output is written under a temporary name and renamed
 when the whole video is done, so an interrupted run leaves no half video and a re-run starts with the videos
-that have no mask yet. Audio is not copied.
+that have no mask yet. The source's sound goes into the overlay, cut-out and composite videos (copied, or re-encoded
+to AAC where the container cannot hold its codec); the mask video has none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +33,8 @@ import numpy as np
 from PIL import Image
 
 from .files import atomic_path
+
+logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
 # (container, codec, pixel format, encoder options) per output kind: near-lossless H.264 for the masks (crf 4: soft
@@ -145,6 +150,63 @@ class VideoWriter:
             self.container.close()
 
 
+# Audio codecs both MP4 and MOV hold, copied as they are; any other (Vorbis, Opus, PCM in MP4, ...) is re-encoded to AAC.
+COPIED_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3"}
+AUDIO_OUTPUTS = ("overlays", "cutouts", "composites")  # a mask is a matte: no sound
+
+
+def add_audio(video_file: Path, source: str | Path, container_format: str) -> bool:
+    """Put the first audio stream of ``source`` into ``video_file`` (written by :class:`VideoWriter`), in place:
+    copied when the container holds its codec, else re-encoded to AAC. Packets go to the muxer in time order, so
+    nothing piles up in its interleaving queue. Returns False (and leaves the file alone) when there is no audio."""
+    import heapq
+
+    av = import_av()
+    with av.open(str(source)) as probe:
+        if not probe.streams.audio:
+            return False
+    temporary = video_file.with_name(video_file.name + ".audio")
+    try:
+        with av.open(str(source)) as sound, av.open(str(video_file), format=container_format) as pictures, \
+                av.open(str(temporary), "w", format=container_format) as output:
+            audio_in, video_in = sound.streams.audio[0], pictures.streams.video[0]
+            video_out = output.add_stream_from_template(video_in)
+            copy = audio_in.codec_context.name in COPIED_AUDIO_CODECS
+            if copy:
+                audio_out = output.add_stream_from_template(audio_in)
+                audio_packets = sound.demux(audio_in)
+            else:
+                audio_out = output.add_stream("aac", rate=audio_in.codec_context.sample_rate)
+                audio_out.layout = audio_in.codec_context.layout
+
+                def encoded():  # PyAV's encoder resamples to AAC's sample format by itself
+                    samples = 0
+                    for frame in sound.decode(audio_in):
+                        # Timestamps counted in samples from 0: the packets need them to be placed in time.
+                        frame.pts, frame.time_base = samples, Fraction(1, frame.sample_rate)
+                        samples += frame.samples
+                        yield from audio_out.encode(frame)
+                    yield from audio_out.encode(None)
+
+                audio_packets = encoded()
+
+            def timed(packets, stream, order):
+                for index, packet in enumerate(packets):
+                    if packet.dts is not None:  # demuxers end with an empty flush packet
+                        yield float(packet.dts * packet.time_base), order, index, packet, stream
+
+            for *_, packet, stream in heapq.merge(timed(pictures.demux(video_in), video_out, 0),
+                                                  timed(audio_packets, audio_out, 1)):
+                if stream is video_out or copy:
+                    packet.stream = stream
+                output.mux(packet)
+        os.replace(temporary, video_file)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return True
+
+
 def prefetch(items: Iterable, depth: int = 2) -> Iterator:
     """``items`` produced in a background thread, at most ``depth`` ahead (decoding and resizing overlap the
     model's forward pass; FFmpeg and Pillow release the GIL). An exception in the thread is raised here."""
@@ -250,4 +312,12 @@ def predict_video(
                         thread.close()
             for writer in writers.values():
                 writer.close(flush=succeeded)
+        for kind, file in files.items():  # still under the temporary names: renamed when this block ends
+            if kind not in AUDIO_OUTPUTS:
+                continue
+            try:
+                if not add_audio(file, path, OUTPUT_FORMATS[kind][0]):
+                    break  # the source has no sound
+            except import_av().FFmpegError as error:  # keep the finished pictures: a silent video, said so
+                logger.warning("%s: the sound could not be put into %s (%s); written without it", path, kind, error)
     return count

@@ -146,6 +146,23 @@ def test_cli_info_names_the_fast_path_of_this_cpu(native_bf16, monkeypatch, caps
     assert "cut-out colours: torch (pip install opencv-python-headless" in capsys.readouterr().out
 
 
+def test_cli_info_lists_the_optional_extras(monkeypatch, capsys):
+    from importlib import metadata
+
+    real_version = metadata.version
+
+    def version(name):
+        if name == "av":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert cli_main(["info"]) == 0
+    extras = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("extras: "))
+    assert f"onnx: onnxruntime {real_version('onnxruntime')}" in extras
+    assert "video: not installed (videos in predict: pip install 'dsunet-hf[video]')" in extras
+
+
 def test_cli_info_and_push(artifact, offline_hub, capsys):
     _, folder = artifact
     assert cli_main(["info", str(folder)]) == 0

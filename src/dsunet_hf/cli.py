@@ -208,6 +208,33 @@ def _device_summary() -> str:
     return f"device: cpu ({torch.get_num_threads()} threads); {hint}{exact}{cutouts}"
 
 
+# Optional extras: (what it enables, the distributions that provide it).
+EXTRAS = {
+    "onnx": ("export onnx, ONNX folders in predict", ["onnxruntime", "onnxruntime-gpu"]),
+    "video": ("videos in predict", ["av"]),
+    "opencv": ("faster cut-out colours", ["opencv-python-headless", "opencv-python", "opencv-contrib-python"]),
+    "sam2": ("Hiera parity, Meta's .pt", ["sam2"]),
+    "torchvision": ("torchvision's deformable conv", ["torchvision"]),
+}
+
+
+def _extras_summary() -> str:
+    """Which optional extras are installed (with versions): the first thing to check in a bug report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for extra, (purpose, distributions) in EXTRAS.items():
+        for distribution in distributions:
+            try:
+                parts.append(f"{extra}: {distribution} {version(distribution)}")
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            parts.append(f"{extra}: not installed ({purpose}: pip install 'dsunet-hf[{extra}]')")
+    return "extras: " + "; ".join(parts)
+
+
 def _info(args) -> int:
     import torch
     import transformers
@@ -216,6 +243,7 @@ def _info(args) -> int:
 
     print(f"dsunet-hf {__version__} | torch {torch.__version__} | transformers {transformers.__version__}")
     print(_device_summary())
+    print(_extras_summary())
     if args.model:
         from transformers import AutoConfig
 

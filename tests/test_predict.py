@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -265,6 +266,11 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     for i in range(7):
         Image.new("RGB", (40 + i, 30), (i * 30, 100, 50)).save(images / f"{i}.png")
     (images / "bad.png").write_bytes(b"not an image")
+    videos = []
+    if importlib.util.find_spec("av"):  # videos are split between the processes too, whole
+        from test_video import square_frame, write_video
+
+        videos = [write_video(images / f"clip{i}.mp4", [square_frame(j) for j in range(3 + i)]) for i in range(2)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dsunet_hf.cli",
                "predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "out"),
                "--batch-size", "2", "--num-workers", "0"]
@@ -289,10 +295,11 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     # One process group (not two processes that each predict everything, as accelerate leaves torchrun on a
     # CPU-only machine unless told cpu=True): only the main process prints the summary.
     assert result.stdout.count(" written, ") == 1, result.stdout + result.stderr[-3000:]
-    assert "7 written, 0 already present, 1 failed" in result.stdout
-    assert sorted(report["written"]) == sorted(str(images / f"{i}.png") for i in range(7)), result.stderr[-2000:]
+    assert f"{7 + len(videos)} written, 0 already present, 1 failed" in result.stdout
+    expected = [str(images / f"{i}.png") for i in range(7)] + [str(video) for video in videos]
+    assert sorted(report["written"]) == sorted(expected), result.stderr[-2000:]
     assert list(report["failed"]) == [str(images / "bad.png")]
-    assert len(list((tmp_path / "out" / "masks").iterdir())) == 7
+    assert len(list((tmp_path / "out" / "masks").iterdir())) == 7 + len(videos)
 
 
 def test_autocast_and_channels_last_stay_close_to_fp32(artifact, images, tmp_path):

@@ -3,8 +3,8 @@
 # cannot reach the network: the authors' checkouts (their .py and .yaml files only; read at run time, never
 # committed) and the packages their code needs beyond what such a machine has (it has torch, transformers,
 # accelerate, timm and einops, per the device tool's KINDS.md): Meta's sam2 and its config stack as
-# sdists/wheels, PyWavelets for DSU-Net, and transformers 5.18 (ours needs >= 5.18). About 20 MB in all, well
-# under the 64 MiB a device call carries.
+# sdists/wheels, PyWavelets for DSU-Net, transformers 5.18 (ours needs >= 5.18) and PyAV for the video part.
+# About 55 MB in all, under the 64 MiB a device call carries.
 #
 #   bash benchmarks/gpu_prepare.sh /path/to/SAM2-UNet /path/to/SAM2DINO-Seg /path/to/dinov2
 set -euo pipefail
@@ -31,5 +31,8 @@ python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.
 # The device image's transformers (5.17) is below our minimum (5.18, pyproject.toml); 5.18 is pure Python and
 # works with the image's huggingface_hub and tokenizers.
 python -m pip download --quiet --no-deps -d "$dest/packages" "transformers==5.18.0"
+# PyAV for the `video` part (FFmpeg with libx264 inside the wheel, ~35 MB: the largest item here).
+python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 -d "$dest/packages" "av==18.1.0"
 du -sh "$dest"
 echo "now: run(command='bash benchmarks/gpu_suite.sh sam2-unet', carry=['.gpu']) and the other parts"

@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_suite.sh dsunet-train     # adapter training, batch 12
 #   bash benchmarks/gpu_suite.sh birefnet         # BiRefNet inference at 1024², ours fp32 vs ours fast; cut-out
 #                                                 # colour estimation at 1 and 12 MP; LoRA merged vs unmerged
+#   bash benchmarks/gpu_suite.sh video            # predict on a 1080p clip (BiRefNet_lite, bf16, cut-outs and
+#                                                 # composites): pipelined vs one thread vs the model alone
 #   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
 #                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
 #                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
@@ -19,7 +21,7 @@
 # tool's folder that comes back) or benchmarks/results/gpu. DEVICE, BATCHES, TRAIN_BATCH, WARMUP, REPEATS,
 # STEPS and FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
 set -euo pipefail
-part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|goals}
+part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|video|goals}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 out=${OUT:-$root/benchmarks/results/gpu}
@@ -101,6 +103,9 @@ case "$part" in
     # A LoRA fine-tuned BiRefNet_lite (the default strategy) unmerged vs merged, in bf16 as predict runs it.
     bench birefnet_lite_lora_merge_bf16_b1 lora_merge.py --model birefnet --preset BiRefNet_lite --dtype bfloat16 \
       "${timing[@]}" ;;
+  video)
+    bench birefnet_lite_video_bf16 video.py --model birefnet --preset BiRefNet_lite --dtype bfloat16 --frames 96 \
+      --width 1920 --height 1080 --batch-size 4 --outputs masks cutouts composites ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 ls -l "$out" >&2

@@ -432,7 +432,7 @@ def predict_files(
         loader = torch.utils.data.DataLoader(
             _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
             num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-        )
+        ) if mine else []  # videos only: no decoding workers to start
         bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process and mine))
 
         def written(path: str) -> None:

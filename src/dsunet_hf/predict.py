@@ -1,5 +1,5 @@
-"""Batch prediction: image files/folders -> mask PNGs (and optional overlays / RGBA cut-outs); videos -> mask,
-overlay and cut-out videos (see :mod:`dsunet_hf.video`).
+"""Batch prediction: image files/folders -> mask PNGs (and optional overlays, RGBA cut-outs, composites on a new
+background); videos -> the same as videos (see :mod:`dsunet_hf.video`).
 
 Bad files are reported and skipped; every output is written atomically as soon as its batch is done,
 and existing outputs are kept (re-running resumes where a previous run stopped).
@@ -104,7 +104,7 @@ class Backdrop:
     cover each image and centred (aspect kept, the overflow cropped), as a video editor fits a background."""
 
     def __init__(self, spec: str | tuple[int, int, int] | Image.Image):
-        self.spec, self.color, self.image = spec, None, None
+        self.color, self.image = None, None
         if isinstance(spec, Image.Image):
             self.image = spec.convert("RGB")
         elif isinstance(spec, tuple):
@@ -330,8 +330,8 @@ def predict_files(
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
     Videos among the inputs (``.mp4``, ``.mov``, ...; the ``[video]`` extra) give ``masks/<name>.mp4``,
-    ``overlays/<name>.mp4`` and ``cutouts/<name>.mov`` (ProRes 4444 with alpha), every frame predicted as an
-    image would be (see :mod:`dsunet_hf.video`); a video is reported as written once all its outputs are complete.
+    ``overlays/<name>.mp4``, ``cutouts/<name>.mov`` (ProRes 4444 with alpha) and ``composites/<name>.mp4``, every
+    frame predicted as an image would be (see :mod:`dsunet_hf.video`); a video is reported as written once all its outputs are complete.
 
     Images are decoded and resized in ``num_workers`` DataLoader workers (pinned memory on CUDA). Under
     ``accelerate launch`` the files are split between the processes (each output is written by exactly one
@@ -406,6 +406,7 @@ def predict_files(
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
+
     def probabilities_of(inputs: dict) -> list[np.ndarray]:
         """The model's foreground probabilities for one batch of processor outputs, at the original sizes."""
         pixel_values = {k: v.to(device=device, dtype=dtype, non_blocking=True)

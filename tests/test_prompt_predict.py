@@ -191,3 +191,37 @@ def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
     with pytest.raises(Exception, match="broken.png"):
         predict_with_prompts(model, [folder / "broken.png"], ["box:1,1,9,9"], [folder], tmp_path / "out")
     assert model.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_the_prompted_concept_is_found_in_every_frame_of_a_video(tmp_path):
+    av = pytest.importorskip("av", reason="video targets need PyAV (the [video] extra)")
+    from test_video import decoded
+
+    reference = colour_image({RED: [(2, 1, 5, 4)], (0, 255, 0): [(5, 5, 8, 8)]})
+    # A red block that moves one patch right per frame, a green one that stays: lossless frames (FFV1).
+    boxes = [[(1, i, 3, i + 2)] for i in range(5)]
+    frames = [colour_image({RED: red, (0, 255, 0): [(5, 5, 7, 7)]}) for red in boxes]
+    clip = tmp_path / "clip.mkv"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "bgr0"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    report = predict_with_prompts(matcher, [reference], [f"box:{P},{2 * P},{4 * P},{5 * P}"], [clip], tmp_path / "out",
+                                  overlay=True, progress=False, batch_size=2, feature_fn=ONE_HOT)
+    assert report.written == [str(clip)] and not report.failed
+    masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
+    assert len(masks) == 5
+    for mask, red in zip(masks, boxes):  # each frame: the red block where it is in that frame, not the green one
+        found, expected = mask > 127, region(red)
+        assert (found & expected).sum() / (found | expected).sum() > 0.9
+    overlays, _ = decoded(tmp_path / "out" / "overlays" / "clip.mp4", "rgb24")
+    assert len(overlays) == 5 and overlays[0].shape == (SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="clip.mkv: --save-scores .* not for videos"):
+        predict_with_prompts(matcher, [reference], ["box:14,28,56,70"], [clip], tmp_path / "again", save_scores=True,
+                             progress=False, feature_fn=ONE_HOT)

@@ -45,7 +45,7 @@ def _predict_with_prompts(args) -> int:
             overlay=args.overlay, overwrite=args.overwrite, batch_size=args.batch_size, save_scores=args.save_scores,
             **extra,
         )
-    except ValueError as error:  # a bad reference or prompt: nothing can be predicted
+    except (ValueError, ImportError) as error:  # a bad reference or prompt (nothing can be predicted), no PyAV
         raise SystemExit(f"predict: {error}") from error
     print(f"{report.summary()} -> {args.output_dir}")
     for path, reason in report.failed.items():

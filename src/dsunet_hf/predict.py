@@ -485,21 +485,15 @@ def _predict_one_video(path: Path, name: Path, output_dir: Path, probabilities_o
                        kinds: list[str], options: OutputOptions, *, batch_size: int, native_max_side: int | None,
                        progress: bool) -> None:
     """One video's outputs, or its failure in the report (the other videos still run)."""
-    from .video import VideoReadError, import_av, predict_video
+    from .video import predict_video_into_report
 
-    av = import_av()
-    bar = tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress)
-    try:
-        predict_video(path, {kind: video_output_path(output_dir, kind, name) for kind in kinds}, probabilities_of,
-                      processor, options, batch_size=batch_size,
-                      size=(lambda height, width: native_size(height, width, native_max_side)) if native_max_side
-                      else (lambda height, width: None), on_frames=bar.update)
-    except (VideoReadError, OSError, av.FFmpegError) as error:  # unreadable input, or encoding / disk trouble
-        report.failed[str(path)] = str(error)
-    else:
-        report.written.append(str(path))
-    finally:
-        bar.close()
+    def prepare(images):  # the frames of a video share one size: one input size for all (native or the model's)
+        size = native_size(images[0].height, images[0].width, native_max_side) if native_max_side else None
+        return processor(images, size=size)
+
+    with tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress) as bar:
+        predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name) for kind in kinds},
+                                  prepare, probabilities_of, options, batch_size=batch_size, on_frames=bar.update)
 
 
 def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):

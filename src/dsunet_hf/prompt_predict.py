@@ -21,6 +21,7 @@ from .files import save_image_atomic, save_npy_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
 from .predict import PredictionReport, collect_images, overlay_image
 from .prompts import as_prompt, reference_mask
+from .video import import_av, is_video, predict_video_into_report, video_output_path
 
 __all__ = ["default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt"]
 
@@ -75,6 +76,10 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     (the float32 map ``segment`` returns: logits for the trained head, matching scores for the matcher), and
     ``prediction_report.json``. ``threshold`` defaults to the model's ``prompt_threshold()``. Extra keyword
     arguments go to ``model.segment`` (e.g. the head's ``mode``).
+
+    Video targets (the ``[video]`` extra) give ``masks/<name>.mp4`` and, with ``overlay``, ``overlays/<name>.mp4``
+    (the frames with the found regions tinted): the concept found in every frame, each frame on its own (see
+    :mod:`dsunet_hf.video`).
     """
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
@@ -90,13 +95,18 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     threshold = default_threshold(model) if threshold is None else float(threshold)
     output_dir = Path(output_dir)
     report = PredictionReport()
-    pending = []
+    pending, videos = [], []
     for path, name in collect_images(targets):
-        if (output_dir / "masks" / name.with_suffix(".png")).exists() and not overwrite:
+        done = video_output_path(output_dir, "masks", name) if is_video(path) else output_dir / "masks" / name.with_suffix(".png")
+        if done.exists() and not overwrite:
             report.skipped_existing.append(str(path))
         else:
-            pending.append((path, name))
-    bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not progress)
+            (videos if is_video(path) else pending).append((path, name))
+    if videos:
+        import_av()  # a missing [video] extra: one clear error before anything runs
+        if save_scores:
+            raise ValueError(f"{videos[0][0]}: --save-scores writes one .npy per image target; not for videos")
+    bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not (progress and pending))
     # The references are passed as rasterised masks, so their files are read once.
     for start in range(0, len(pending), batch_size):
         loaded = []
@@ -122,6 +132,15 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
             report.written.append(str(path))
             bar.update(1)
     bar.close()
+
+    def found(images: list[Image.Image]) -> list[np.ndarray]:  # the concept in a batch of frames, 0/1 maps
+        scores = model.segment(reference_images, masks, images, batch_size=batch_size, **segment_kwargs)
+        return [(score > threshold).astype(np.float32) for score in scores]
+
+    for path, name in videos:
+        kinds = ["masks"] + ["overlays"] * overlay
+        predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name) for kind in kinds},
+                                  lambda images: images, found, batch_size=batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "prediction_report.json", {
         **report.__dict__, "references": [str(r) for r in references],

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -260,29 +261,27 @@ def _batches(frames: Iterator, batch_size: int) -> Iterator[list]:
 def predict_video(
     path: str | Path,
     output_paths: dict[str, Path],
-    probabilities_of: Callable[[dict], list[np.ndarray]],
-    processor,
+    prepare: Callable[[list[Image.Image]], Any],
+    probabilities_of: Callable[[Any], list[np.ndarray]],
     options=None,
     *,
     batch_size: int = 4,
-    size: Callable[[int, int], tuple[int, int] | None] = lambda height, width: None,
     on_frames: Callable[[int], None] = lambda count: None,
 ) -> int:
     """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path: masks,
     overlays, cutouts, composites), drawn as ``options`` (a :class:`dsunet_hf.predict.OutputOptions`) says.
-    ``probabilities_of(inputs)`` runs the model on the processor's output for a
-    batch of frames and returns one (H, W) probability map per frame at the frame's size. ``size(height, width)``
-    gives the model input size for frames of that size (None: the processor's). Returns the number of frames.
-    Nothing is left at the final paths unless the whole video succeeded."""
+    ``prepare(images)`` turns a batch of frames (PIL, all one size) into the model's inputs, in the reader thread
+    (e.g. the image processor); ``probabilities_of(inputs)`` runs the model and returns one (H, W) map in [0, 1]
+    per frame at the frame's size. Returns the number of frames. Nothing is left at the final paths unless the
+    whole video succeeded."""
     from .predict import BackgroundWriter, OutputOptions, render_output
 
     options = options or OutputOptions()
     rate = frame_rate(path)
 
-    def prepared(batch):  # in the reader thread: PIL images and the model inputs of one batch
+    def prepared(batch):  # in the reader thread
         images = [Image.fromarray(frame) for frame, _, _ in batch]
-        height, width = batch[0][0].shape[:2]
-        return batch, images, processor(images, size=size(height, width))
+        return batch, images, prepare(images)
 
     count, succeeded = 0, False
     with contextlib.ExitStack() as stack:
@@ -321,3 +320,15 @@ def predict_video(
             except import_av().FFmpegError as error:  # keep the finished pictures: a silent video, said so
                 logger.warning("%s: the sound could not be put into %s (%s); written without it", path, kind, error)
     return count
+
+
+def predict_video_into_report(report, path: Path, *args, **kwargs) -> None:
+    """:func:`predict_video`, its outcome recorded in a :class:`dsunet_hf.predict.PredictionReport`: written, or
+    failed with the reason (an unreadable video, an encoding or disk error), so that the other inputs go on."""
+    av = import_av()
+    try:
+        predict_video(path, *args, **kwargs)
+    except (VideoReadError, OSError, av.FFmpegError) as error:
+        report.failed[str(path)] = str(error)
+    else:
+        report.written.append(str(path))

@@ -189,12 +189,30 @@ def test_bad_video_is_reported_and_a_failure_leaves_no_partial_output(tmp_path, 
     assert sorted(again.skipped_existing) == sorted([str(folder / "good.mp4"), str(folder / "still.png")])
 
 
-def test_video_needs_a_single_map_model_and_pyav(tmp_path, processor, monkeypatch):
+def test_multi_class_models_write_lossless_class_index_videos(tmp_path):
+    from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig
+    from dsunet_hf.semantic import predict_classes
+
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+    model = Dinov2ForSemanticSegmentation(config).eval()
+    clip = write_video(tmp_path / "clip.mkv", [square_frame(i, width=45, height=31) for i in range(4)], codec="ffv1",
+                       pix_fmt="bgr0")
+    report = predict_files(model, model.default_image_processor(), [clip], tmp_path / "out", overlay=True,
+                           progress=False)
+    assert report.written == [str(clip)], report.failed
+    classes, _ = decoded(tmp_path / "out" / "masks" / "clip.mkv")
+    assert len(classes) == 4 and classes[0].shape == (31, 45)  # FFV1: no padding, the frame's own size
+    for frame, written in zip(read_video(clip), classes):  # exactly the image path's class indices (lossless)
+        assert np.array_equal(written, predict_classes(model, Image.fromarray(frame[0])))
+    overlays, _ = decoded(tmp_path / "out" / "overlays" / "clip.mp4", "rgb24")
+    assert overlays[0].shape == (32, 45 + 160 + 1, 3)  # the frame + a legend at its height (padded to even sides)
+    again = predict_files(model, model.default_image_processor(), [clip], tmp_path / "out", progress=False)
+    assert again.skipped_existing == [str(clip)]  # a class-index video counts as the finished mask
+
+
+def test_video_needs_pyav(tmp_path, processor, monkeypatch):
     clip = write_video(tmp_path / "clip.mp4", [square_frame(0)] * 2)
-    model = RedChannelModel()
-    model.predicts_class_maps = True
-    with pytest.raises(ValueError, match="clip.mp4.*class maps"):
-        predict_files(model, processor, [clip], tmp_path / "out", progress=False)
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(ImportError, match=r"dsunet-hf\[video\]"):
         predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", progress=False)

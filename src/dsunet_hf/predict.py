@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
-from .video import VIDEO_SUFFIXES, is_video, video_output_path
+from .video import VIDEO_SUFFIXES, is_video, predict_video_into_report, video_output_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
@@ -331,7 +331,8 @@ def predict_files(
 
     Videos among the inputs (``.mp4``, ``.mov``, ...; the ``[video]`` extra) give ``masks/<name>.mp4``,
     ``overlays/<name>.mp4``, ``cutouts/<name>.mov`` (ProRes 4444 with alpha) and ``composites/<name>.mp4``, every
-    frame predicted as an image would be (see :mod:`dsunet_hf.video`); a video is reported as written once all its outputs are complete.
+    frame predicted as an image would be (multi-class models: ``masks/<name>.mkv``, lossless class indices; see
+    :mod:`dsunet_hf.video`); a video is reported as written once all its outputs are complete.
 
     Images are decoded and resized in ``num_workers`` DataLoader workers (pinned memory on CUDA). Under
     ``accelerate launch`` the files are split between the processes (each output is written by exactly one
@@ -365,9 +366,10 @@ def predict_files(
     report = PredictionReport()
     pending = []
     images = collect_images(inputs)  # on every process, so that a bad input raises everywhere, not only on one
+    semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     if state.is_main_process:
         for path, name in images:
-            mask_path = (video_output_path(output_dir, "masks", name) if is_video(path)
+            mask_path = (video_output_path(output_dir, "classes" if semantic else "masks", name) if is_video(path)
                          else output_dir / "masks" / name.with_suffix(".png"))
             if mask_path.exists() and not overwrite:
                 report.skipped_existing.append(str(path))
@@ -379,7 +381,6 @@ def predict_files(
         from accelerate.utils import broadcast_object_list
 
         pending, report.skipped_existing = broadcast_object_list([pending, report.skipped_existing])
-    semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     if cutout_colors not in CUTOUT_COLORS:
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
     foreground_only = {"cutout": cutout, "background": background is not None, "threshold": threshold is not None,
@@ -400,9 +401,6 @@ def predict_files(
         from .video import import_av
 
         import_av()  # a missing [video] extra is one clear error before anything runs
-    if videos and semantic:
-        raise ValueError(f"{videos[0]}: video prediction writes one foreground map per frame; {type(model).__name__} "
-                         f"predicts class maps (predict the frames as images instead)")
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
@@ -420,6 +418,22 @@ def predict_files(
             logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
         )
         return [probability.cpu().numpy() for probability in probabilities]
+
+    # Videos: (prepare a batch of frames in the reader thread, predict it, render each output of a frame).
+    if semantic:
+        from .semantic import predict_classes, render_class_output
+
+        video_kinds = ["classes"] + ["overlays"] * overlay
+        video_steps = (lambda frames: frames, lambda frames: [predict_classes(model, f, schedule) for f in frames],
+                       lambda kind, frame, classes: render_class_output(model, kind, frame, classes))
+    else:
+        def prepare(frames):  # the frames of a video share one size: one input size for all
+            size = native_size(frames[0].height, frames[0].width, max_side) if resolution == "native" else None
+            return processor(frames, size=size)
+
+        video_kinds = kinds
+        video_steps = (prepare, probabilities_of,
+                       lambda kind, frame, probability: render_output(kind, frame, probability, options))
 
     with state.split_between_processes(pending) as mine:
         mine_videos = [item for item in mine if is_video(item[0])]
@@ -465,9 +479,10 @@ def predict_files(
             writer.close()  # every finished image is written (and reported) even when a later batch fails
         bar.close()
         for path, name in mine_videos:
-            _predict_one_video(path, name, output_dir, probabilities_of, processor, report, kinds, options,
-                               batch_size=batch_size, native_max_side=max_side if resolution == "native" else None,
-                               progress=progress and state.is_main_process)
+            with tqdm(desc=f"predict {path.name}", unit="frame", disable=not (progress and state.is_main_process)) as bar:
+                predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name)
+                                                         for kind in video_kinds}, *video_steps,
+                                          batch_size=batch_size, on_frames=bar.update)
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])
         report = PredictionReport(
@@ -479,21 +494,6 @@ def predict_files(
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
     return report
-
-
-def _predict_one_video(path: Path, name: Path, output_dir: Path, probabilities_of, processor, report: PredictionReport,
-                       kinds: list[str], options: OutputOptions, *, batch_size: int, native_max_side: int | None,
-                       progress: bool) -> None:
-    """One video's outputs, or its failure in the report (the other videos still run)."""
-    from .video import predict_video_into_report
-
-    def prepare(images):  # the frames of a video share one size: one input size for all (native or the model's)
-        size = native_size(images[0].height, images[0].width, native_max_side) if native_max_side else None
-        return processor(images, size=size)
-
-    with tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress) as bar:
-        predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name) for kind in kinds},
-                                  prepare, probabilities_of, options, batch_size=batch_size, on_frames=bar.update)
 
 
 def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):

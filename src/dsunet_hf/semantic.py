@@ -191,12 +191,16 @@ def palette_png(classes: np.ndarray, num_labels: int) -> Image.Image:
     return image
 
 
-def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[int, str], alpha: float = 0.5):
-    """The image blended with the class colours, and a legend of the classes present."""
+def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[int, str], alpha: float = 0.5,
+                        keep_height: bool = False):
+    """The image blended with the class colours, and a legend of the classes present. ``keep_height`` (video
+    frames, which must all have one size): the canvas is the image's height and the legend lists what fits."""
     colours = palette(len(id2label))
     blended = (np.asarray(image.convert("RGB"), np.float32) * (1 - alpha) + colours[classes] * alpha).astype(np.uint8)
     present = [int(c) for c in np.unique(classes)]
-    canvas = Image.new("RGB", (image.width + 160, max(image.height, 18 * len(present) + 8)), (255, 255, 255))
+    height = image.height if keep_height else max(image.height, 18 * len(present) + 8)
+    present = present[: max(0, (height - 8) // 18)]
+    canvas = Image.new("RGB", (image.width + 160, height), (255, 255, 255))
     canvas.paste(Image.fromarray(blended), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for row, label in enumerate(present):
@@ -219,6 +223,18 @@ def predict_classes(model, image: Image.Image, schedule: str | None = None) -> n
     probabilities = F.interpolate(probabilities.float(), size=(image.height, image.width), mode="bilinear",
                                   align_corners=False)
     return probabilities.argmax(1)[0].cpu().numpy()
+
+
+def render_class_output(model, kind: str, frame: Image.Image, classes: np.ndarray) -> np.ndarray:
+    """One output of a video frame's class map as uint8: ``classes`` (the indices as gray values, lossless in the
+    video) or ``overlays`` (the frame in class colours with a legend, at the frame's height)."""
+    if kind == "classes":
+        if model.config.num_labels > 256:
+            raise ValueError(f"class-index videos hold at most 256 classes, the model has {model.config.num_labels}")
+        return classes.astype(np.uint8)
+    if kind == "overlays":
+        return np.asarray(overlay_with_legend(frame, classes, model.config.id2label, keep_height=True))
+    raise ValueError(f"{kind!r}: multi-class models write class-index and overlay videos")
 
 
 def write_class_outputs(model, image: Image.Image, classes: np.ndarray, output_dir, name, overlay: bool) -> None:

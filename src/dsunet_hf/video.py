@@ -9,7 +9,9 @@ come:
 - ``overlays/<name>.mp4``: the frames with the foreground tinted, H.264;
 - ``cutouts/<name>.mov``: the frames with the mask as alpha, ProRes 4444: the transparent-video format that
   video editors import (H.264 and VP9-in-MP4 have no alpha; FFmpeg's own VP9 decoder drops WebM's);
-- ``composites/<name>.mp4``: the foreground on a new background (a colour or an image), H.264: plays anywhere.
+- ``composites/<name>.mp4``: the foreground on a new background (a colour or an image), H.264: plays anywhere;
+- multi-class models: ``masks/<name>.mkv``, the class index of every pixel as its gray value, lossless (FFV1),
+  and ``overlays/<name>.mp4`` in class colours with a legend.
 
 Outputs keep the input's frame timestamps (variable frame rates included) and its display orientation (the
 rotation phones record is applied to the pixels). Each output is written under a temporary name and renamed
@@ -28,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -38,14 +40,28 @@ from .files import atomic_path
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
-# (container, codec, pixel format, encoder options) per output kind: near-lossless H.264 for the masks (crf 4: soft
-# masks come back within 5/255, mean 0.1/255), visually lossless for overlays (crf 18), ProRes 4444 with alpha.
+
+
+class VideoFormat(NamedTuple):
+    extension: str
+    container: str  # FFmpeg's muxer name
+    codec: str
+    pix_fmt: str
+    options: dict
+
+
+# The file format of each output kind: near-lossless H.264 for the masks (crf 4: soft masks come back within
+# 5/255, mean 0.1/255), visually lossless H.264 for what people watch (crf 18), ProRes 4444 for alpha.
 OUTPUT_FORMATS = {
-    "masks": ("mp4", "libx264", "yuv420p", {"crf": "4"}),
-    "overlays": ("mp4", "libx264", "yuv420p", {"crf": "18"}),
-    "cutouts": ("mov", "prores_ks", "yuva444p10le", {"profile": "4444"}),
-    "composites": ("mp4", "libx264", "yuv420p", {"crf": "18"}),
+    "masks": VideoFormat("mp4", "mp4", "libx264", "yuv420p", {"crf": "4"}),
+    "overlays": VideoFormat("mp4", "mp4", "libx264", "yuv420p", {"crf": "18"}),
+    "cutouts": VideoFormat("mov", "mov", "prores_ks", "yuva444p10le", {"profile": "4444"}),
+    "composites": VideoFormat("mp4", "mp4", "libx264", "yuv420p", {"crf": "18"}),
+    # Multi-class models: the class index of every pixel as its gray value, lossless (FFV1 in Matroska), so the
+    # indices come back exactly, as from the palette PNGs of images.
+    "classes": VideoFormat("mkv", "matroska", "ffv1", "gray", {}),
 }
+OUTPUT_FOLDERS = {"classes": "masks"}  # the folder of each kind's videos, where it is not the kind's name
 
 
 class VideoReadError(ValueError):
@@ -57,8 +73,9 @@ def is_video(path: str | Path) -> bool:
 
 
 def video_output_path(output_dir: str | Path, kind: str, name: Path) -> Path:
-    """Where a video's ``kind`` output (masks / overlays / cutouts) goes: ``<output_dir>/<kind>/<name>.<ext>``."""
-    return Path(output_dir) / kind / name.with_suffix("." + OUTPUT_FORMATS[kind][0])
+    """Where a video's ``kind`` output (masks, classes, overlays, cutouts, composites) goes:
+    ``<output_dir>/<folder>/<name>.<ext>``, the folder being the kind's name (``masks`` for ``classes``)."""
+    return Path(output_dir) / OUTPUT_FOLDERS.get(kind, kind) / name.with_suffix("." + OUTPUT_FORMATS[kind].extension)
 
 
 def import_av():
@@ -112,17 +129,17 @@ def frame_rate(path: str | Path) -> Fraction:
 class VideoWriter:
     """One output video, encoded frame by frame into ``file`` (a temporary path: see :func:`predict_video`).
     The stream is created at the first frame, when the size is known; odd sides get one replicated row or
-    column (the 4:2:0 and ProRes encoders need even sides)."""
+    column for H.264 and ProRes (their 4:2:0 and 4:2:2 chroma need even sides)."""
 
     def __init__(self, file: Path, kind: str, rate: Fraction):
         av = import_av()
-        self.container_format, self.codec, self.pix_fmt, self.options = OUTPUT_FORMATS[kind]
-        self.container = av.open(str(file), "w", format=self.container_format)
+        _, container, self.codec, self.pix_fmt, self.options = OUTPUT_FORMATS[kind]
+        self.container = av.open(str(file), "w", format=container)
         self.rate, self.stream, self.last_pts, self.av = rate, None, None, av
 
     def write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
         height, width = array.shape[:2]
-        if height % 2 or width % 2:
+        if (height % 2 or width % 2) and self.codec != "ffv1":  # FFV1 takes any size: class indices stay unpadded
             array = np.pad(array, ((0, height % 2), (0, width % 2)) + ((0, 0),) * (array.ndim - 2), mode="edge")
         if self.stream is None:
             self.stream = self.container.add_stream(self.codec, rate=self.rate)
@@ -262,21 +279,24 @@ def predict_video(
     path: str | Path,
     output_paths: dict[str, Path],
     prepare: Callable[[list[Image.Image]], Any],
-    probabilities_of: Callable[[Any], list[np.ndarray]],
-    options=None,
+    predict: Callable[[Any], list[np.ndarray]],
+    render: Callable[[str, Image.Image, np.ndarray], np.ndarray] | None = None,
     *,
     batch_size: int = 4,
     on_frames: Callable[[int], None] = lambda count: None,
 ) -> int:
     """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path: masks,
-    overlays, cutouts, composites), drawn as ``options`` (a :class:`dsunet_hf.predict.OutputOptions`) says.
-    ``prepare(images)`` turns a batch of frames (PIL, all one size) into the model's inputs, in the reader thread
-    (e.g. the image processor); ``probabilities_of(inputs)`` runs the model and returns one (H, W) map in [0, 1]
-    per frame at the frame's size. Returns the number of frames. Nothing is left at the final paths unless the
-    whole video succeeded."""
+    classes, overlays, cutouts, composites). ``prepare(images)`` turns a batch of frames (PIL, all one size) into
+    the model's inputs, in the reader thread (e.g. the image processor); ``predict(inputs)`` runs the model and
+    returns one (H, W) result per frame at the frame's size; ``render(kind, frame, result)`` draws one output as a
+    uint8 array (default: :func:`dsunet_hf.predict.render_output` with default options, for foreground
+    probabilities). Returns the number of frames. Nothing is left at the final paths unless the whole video
+    succeeded."""
     from .predict import BackgroundWriter, OutputOptions, render_output
 
-    options = options or OutputOptions()
+    if render is None:
+        def render(kind, image, probability):
+            return render_output(kind, image, probability, OutputOptions())
     rate = frame_rate(path)
 
     def prepared(batch):  # in the reader thread
@@ -288,17 +308,17 @@ def predict_video(
         files = {kind: stack.enter_context(atomic_path(final)) for kind, final in output_paths.items()}
         writers = {kind: VideoWriter(file, kind, rate) for kind, file in files.items()}
 
-        def render_and_write(kind, image, probability, pts, time_base):
-            writers[kind].write(render_output(kind, image, probability, options), pts, time_base)
+        def render_and_write(kind, image, result, pts, time_base):
+            writers[kind].write(render(kind, image, result), pts, time_base)
 
         # One thread per output, so frames stay in order within a video while the outputs render and encode side by
         # side and the model runs the next batch (cut-out colours and ProRes encoding cost more than a forward pass).
         threads = {kind: BackgroundWriter(1, max_pending=2 * batch_size, on_done=lambda _: None) for kind in writers}
         try:
             for batch, images, inputs in prefetch(map(prepared, _batches(read_video(path), batch_size))):
-                for (_, pts, time_base), image, probability in zip(batch, images, probabilities_of(inputs)):
+                for (_, pts, time_base), image, result in zip(batch, images, predict(inputs)):
                     for kind, thread in threads.items():
-                        thread.submit(render_and_write, kind, image, probability, pts, time_base)
+                        thread.submit(render_and_write, kind, image, result, pts, time_base)
                 count += len(batch)
                 on_frames(len(batch))
             for thread in threads.values():
@@ -315,7 +335,7 @@ def predict_video(
             if kind not in AUDIO_OUTPUTS:
                 continue
             try:
-                if not add_audio(file, path, OUTPUT_FORMATS[kind][0]):
+                if not add_audio(file, path, OUTPUT_FORMATS[kind].container):
                     break  # the source has no sound
             except import_av().FFmpegError as error:  # keep the finished pictures: a silent video, said so
                 logger.warning("%s: the sound could not be put into %s (%s); written without it", path, kind, error)

@@ -194,23 +194,14 @@ def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
 
 
 def test_the_prompted_concept_is_found_in_every_frame_of_a_video(tmp_path):
-    av = pytest.importorskip("av", reason="video targets need PyAV (the [video] extra)")
-    from test_video import decoded
+    pytest.importorskip("av", reason="video targets need PyAV (the [video] extra)")
+    from test_video import decoded, write_video
 
     reference = colour_image({RED: [(2, 1, 5, 4)], (0, 255, 0): [(5, 5, 8, 8)]})
     # A red block that moves one patch right per frame, a green one that stays: lossless frames (FFV1).
     boxes = [[(1, i, 3, i + 2)] for i in range(5)]
     frames = [colour_image({RED: red, (0, 255, 0): [(5, 5, 7, 7)]}) for red in boxes]
-    clip = tmp_path / "clip.mkv"
-    with av.open(str(clip), "w") as container:
-        stream = container.add_stream("ffv1", rate=10)
-        stream.width = stream.height = SIZE
-        stream.pix_fmt = "bgr0"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    clip = write_video(tmp_path / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0", rate=10)
     matcher = VisualPromptMatcher(tiny_config()).eval()
     report = predict_with_prompts(matcher, [reference], [f"box:{P},{2 * P},{4 * P},{5 * P}"], [clip], tmp_path / "out",
                                   overlay=True, progress=False, batch_size=2, feature_fn=ONE_HOT)

@@ -229,7 +229,7 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
     """``items`` produced in a background thread, at most ``depth`` ahead (decoding and resizing overlap the
     model's forward pass; FFmpeg and Pillow release the GIL). An exception in the thread is raised here."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
-    done, stop = object(), threading.Event()
+    stop = threading.Event()
 
     def produce():
         try:
@@ -242,7 +242,7 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
                         continue
                 if stop.is_set():
                     return
-            buffer.put(("end", done))
+            buffer.put(("end", None))
         except BaseException as error:  # handed to the consumer
             buffer.put(("error", error))
 
@@ -314,8 +314,10 @@ def predict_video(
         # One thread per output, so frames stay in order within a video while the outputs render and encode side by
         # side and the model runs the next batch (cut-out colours and ProRes encoding cost more than a forward pass).
         threads = {kind: BackgroundWriter(1, max_pending=2 * batch_size, on_done=lambda _: None) for kind in writers}
+        # Closed explicitly: on an error the reader thread stops now, not when the traceback is collected.
+        batches = stack.enter_context(contextlib.closing(prefetch(map(prepared, _batches(read_video(path), batch_size)))))
         try:
-            for batch, images, inputs in prefetch(map(prepared, _batches(read_video(path), batch_size))):
+            for batch, images, inputs in batches:
                 for (_, pts, time_base), image, result in zip(batch, images, predict(inputs)):
                     for kind, thread in threads.items():
                         thread.submit(render_and_write, kind, image, result, pts, time_base)

@@ -33,6 +33,13 @@ def _predict_with_prompts(args) -> int:
     if model_type is None:
         raise SystemExit(f"predict: --reference/--prompt need a visual-prompt model (model_type visual_prompt or "
                          f"visual_prompt_matcher); {args.model} is not one")
+    unused = {"--cutout": args.cutout, "--background": args.background is not None,
+              "--minmax-normalize": args.minmax_normalize, "--schedule": args.schedule is not None,
+              "--resolution native": args.resolution == "native", "--autocast": args.autocast != "none",
+              "--channels-last": args.channels_last, "--compile": args.compile}
+    if any(unused.values()):  # rather than silently ignored
+        raise SystemExit(f"predict: {', '.join(k for k, v in unused.items() if v)}: not for visual-prompt models "
+                         f"(they write masks, --overlay and --save-scores)")
     if args.mode and model_type != "visual_prompt":
         raise SystemExit(f"predict: --mode applies to the trained visual-prompt head (model_type visual_prompt); "
                          f"{args.model} is a {model_type}")

@@ -67,6 +67,14 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def finished_mask_path(output_dir: Path, path: Path, name: Path, semantic: bool = False) -> Path:
+    """Where an input's mask lands (its presence means the input is done): ``masks/<name>.png`` for an image;
+    for a video ``masks/<name>.mp4`` (``.mkv`` of class indices for multi-class models)."""
+    if is_video(path):
+        return video_output_path(output_dir, "classes" if semantic else "masks", name)
+    return Path(output_dir) / "masks" / name.with_suffix(".png")
+
+
 def overlay_image(image: Image.Image, probability: np.ndarray, color=(255, 0, 80), alpha: float = 0.5):
     """The image with the foreground tinted, for a quick visual check."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
@@ -369,9 +377,7 @@ def predict_files(
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     if state.is_main_process:
         for path, name in images:
-            mask_path = (video_output_path(output_dir, "classes" if semantic else "masks", name) if is_video(path)
-                         else output_dir / "masks" / name.with_suffix(".png"))
-            if mask_path.exists() and not overwrite:
+            if finished_mask_path(output_dir, path, name, semantic).exists() and not overwrite:
                 report.skipped_existing.append(str(path))
             else:
                 pending.append((path, name))
@@ -396,8 +402,7 @@ def predict_files(
     if schedule is not None and not semantic:
         raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
                          f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
-    videos = [str(path) for path, _ in pending if is_video(path)]
-    if videos:
+    if any(is_video(path) for path, _ in pending):
         from .video import import_av
 
         import_av()  # a missing [video] extra is one clear error before anything runs
@@ -479,10 +484,11 @@ def predict_files(
             writer.close()  # every finished image is written (and reported) even when a later batch fails
         bar.close()
         for path, name in mine_videos:
-            with tqdm(desc=f"predict {path.name}", unit="frame", disable=not (progress and state.is_main_process)) as bar:
+            with tqdm(desc=f"predict {path.name}", unit="frame",
+                      disable=not (progress and state.is_main_process)) as frames_bar:
                 predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name)
                                                          for kind in video_kinds}, *video_steps,
-                                          batch_size=batch_size, on_frames=bar.update)
+                                          batch_size=batch_size, on_frames=frames_bar.update)
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])
         report = PredictionReport(

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic, save_npy_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
-from .predict import PredictionReport, collect_images, overlay_image
+from .predict import PredictionReport, collect_images, finished_mask_path, overlay_image
 from .prompts import as_prompt, reference_mask
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
@@ -97,8 +97,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     report = PredictionReport()
     pending, videos = [], []
     for path, name in collect_images(targets):
-        done = video_output_path(output_dir, "masks", name) if is_video(path) else output_dir / "masks" / name.with_suffix(".png")
-        if done.exists() and not overwrite:
+        if finished_mask_path(output_dir, path, name).exists() and not overwrite:
             report.skipped_existing.append(str(path))
         else:
             (videos if is_video(path) else pending).append((path, name))

@@ -284,14 +284,14 @@ def predict_video(
     *,
     batch_size: int = 4,
     on_frames: Callable[[int], None] = lambda count: None,
-) -> int:
+) -> None:
     """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path: masks,
     classes, overlays, cutouts, composites). ``prepare(images)`` turns a batch of frames (PIL, all one size) into
     the model's inputs, in the reader thread (e.g. the image processor); ``predict(inputs)`` runs the model and
     returns one (H, W) result per frame at the frame's size; ``render(kind, frame, result)`` draws one output as a
     uint8 array (default: :func:`dsunet_hf.predict.render_output` with default options, for foreground
-    probabilities). Returns the number of frames. Nothing is left at the final paths unless the whole video
-    succeeded."""
+    probabilities). ``on_frames(n)`` is told of every finished batch. Nothing is left at the final paths unless the
+    whole video succeeded."""
     from .predict import BackgroundWriter, OutputOptions, render_output
 
     if render is None:
@@ -303,7 +303,7 @@ def predict_video(
         images = [Image.fromarray(frame) for frame, _, _ in batch]
         return batch, images, prepare(images)
 
-    count, succeeded = 0, False
+    succeeded = False
     with contextlib.ExitStack() as stack:
         files = {kind: stack.enter_context(atomic_path(final)) for kind, final in output_paths.items()}
         writers = {kind: VideoWriter(file, kind, rate) for kind, file in files.items()}
@@ -321,7 +321,6 @@ def predict_video(
                 for (_, pts, time_base), image, result in zip(batch, images, predict(inputs)):
                     for kind, thread in threads.items():
                         thread.submit(render_and_write, kind, image, result, pts, time_base)
-                count += len(batch)
                 on_frames(len(batch))
             for thread in threads.values():
                 thread.close()  # waits for the last frames; a failed render or write raises here
@@ -341,7 +340,6 @@ def predict_video(
                     break  # the source has no sound
             except import_av().FFmpegError as error:  # keep the finished pictures: a silent video, said so
                 logger.warning("%s: the sound could not be put into %s (%s); written without it", path, kind, error)
-    return count
 
 
 def predict_video_into_report(report, path: Path, *args, **kwargs) -> None:

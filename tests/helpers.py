@@ -1,4 +1,4 @@
-"""Builders for tiny backbone checkpoints in the layouts found on the Hub."""
+"""Builders for tiny backbone checkpoints in the layouts found on the Hub, and a model with known outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from conftest import TINY_HIERA
 from safetensors.torch import save_file
 from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 # transformers names -> official sam2 names (the inverse of convert/sam2.py's table), built here from
 # the documented renames so the test does not reuse the code under test.
@@ -64,3 +65,23 @@ def write_meta_checkpoint(path: Path, trunk: Sam2HieraDetModel) -> Path:
     state["sam_mask_decoder.iou_token.weight"] = torch.zeros(1, 8)
     torch.save({"model": state}, path)
     return path
+
+
+class RedChannelModel(torch.nn.Module):
+    """A 'model' whose foreground is wherever the image (or frame) is red: the expected masks follow from the
+    pixels, so a dropped, repeated or reordered frame, a misplaced output or a coarse map shows."""
+
+    predicts_class_maps = False
+
+    def __init__(self, fail_after_batches: int | None = None):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(6.0))
+        self.calls, self.fail_after_batches, self.input_sizes = 0, fail_after_batches, set()
+
+    def forward(self, pixel_values):
+        self.calls += 1
+        self.input_sizes.add(tuple(pixel_values.shape[-2:]))
+        if self.fail_after_batches is not None and self.calls > self.fail_after_batches:
+            raise RuntimeError("out of memory (simulated)")
+        red, green = pixel_values[:, :1], pixel_values[:, 1:2]
+        return SemanticSegmenterOutput(logits=self.scale * (red - green - 1))

@@ -71,6 +71,8 @@ def test_cli_errors_name_the_problem(tmp_path, head_folder, images, capsys):
         main([*base, "--prompt", "box:1,1,5,5"])
     with pytest.raises(SystemExit, match="--cutout, --background: not for visual-prompt models"):
         main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--cutout", "--background", "white"])
+    with pytest.raises(SystemExit, match="--crop-refine: not for visual-prompt models"):
+        main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--crop-refine"])
     with pytest.raises(SystemExit, match="cannot read image .*missing.jpg"):
         main([*base, "--reference", str(tmp_path / "missing.jpg"), "--prompt", "box:1,1,5,5"])
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_SIZE, tiny_sam2_unet_config
+from helpers import RedChannelModel
 from PIL import Image
-from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 from dsunet_hf.predict import predict_files
@@ -23,26 +23,6 @@ from dsunet_hf.video import read_video
 av = pytest.importorskip("av", reason="video prediction needs PyAV (the [video] extra)")
 
 WIDTH, HEIGHT = 96, 64
-
-
-class RedChannelModel(torch.nn.Module):
-    """A 'model' whose foreground is wherever the frame is red: the expected masks follow from the frames, so a
-    dropped, repeated or reordered frame or a misplaced output shows."""
-
-    predicts_class_maps = False
-
-    def __init__(self, fail_after_batches: int | None = None):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(6.0))
-        self.calls, self.fail_after_batches, self.input_sizes = 0, fail_after_batches, set()
-
-    def forward(self, pixel_values):
-        self.calls += 1
-        self.input_sizes.add(tuple(pixel_values.shape[-2:]))
-        if self.fail_after_batches is not None and self.calls > self.fail_after_batches:
-            raise RuntimeError("out of memory (simulated)")
-        red, green = pixel_values[:, :1], pixel_values[:, 1:2]
-        return SemanticSegmenterOutput(logits=self.scale * (red - green - 1))
 
 
 def square_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
@@ -163,6 +143,25 @@ def test_native_resolution_runs_frames_at_their_own_aspect(tmp_path, processor):
     assert model.input_sizes == {(32, 64)}  # 64 x 96 scaled to a longest side of 64, multiples of 32
     masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
     assert masks[0].shape == (HEIGHT, WIDTH)
+
+
+def test_crop_refine_zooms_in_on_every_frame_as_on_an_image(tmp_path, processor):
+    from test_crop_refine import small_object_photo
+
+    photo = np.asarray(small_object_photo(480, 360)[0])
+    frames = [np.roll(photo, 8 * index, axis=1) for index in range(3)]  # the object moves right
+    clip = write_video(tmp_path / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0")  # lossless: the frames exactly
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"frame{index}.png")
+    model = RedChannelModel()
+    predict_files(model, processor, [clip, *(tmp_path / f"frame{i}.png" for i in range(3))], tmp_path / "out",
+                  crop_refine=True, crop_margin=0.75, progress=False)
+    masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
+    for index, mask in enumerate(masks):
+        image_path = np.asarray(Image.open(tmp_path / "out" / "masks" / f"frame{index}.png"), np.float32)
+        error = np.abs(mask - image_path)
+        assert error.mean() < 1 and error.max() < 20  # near-lossless H.264 (crf 4) of the same refined map
+    assert model.calls == 2 * 2  # each batch (3 frames; 3 images): one whole pass, one pass on the 3 crops
 
 
 def test_bad_video_is_reported_and_a_failure_leaves_no_partial_output(tmp_path, processor):

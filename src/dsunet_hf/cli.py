@@ -36,7 +36,7 @@ def _predict_with_prompts(args) -> int:
     unused = {"--cutout": args.cutout, "--background": args.background is not None,
               "--minmax-normalize": args.minmax_normalize, "--schedule": args.schedule is not None,
               "--resolution native": args.resolution == "native", "--autocast": args.autocast != "none",
-              "--channels-last": args.channels_last, "--compile": args.compile}
+              "--channels-last": args.channels_last, "--compile": args.compile, "--crop-refine": args.crop_refine}
     if any(unused.values()):  # rather than silently ignored
         raise SystemExit(f"predict: {', '.join(k for k, v in unused.items() if v)}: not for visual-prompt models "
                          f"(they write masks, --overlay and --save-scores)")
@@ -99,7 +99,7 @@ def _predict(args) -> int:
             cutout_colors=args.cutout_colors, background=args.background, overwrite=args.overwrite,
             num_workers=args.num_workers,
             autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
-            max_side=args.max_side, schedule=args.schedule,
+            max_side=args.max_side, schedule=args.schedule, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
         )
     except (ValueError, ImportError) as error:  # options that do not fit this model, videos without PyAV
         raise SystemExit(f"predict: {error}") from error
@@ -333,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                               "multiscale = multi-scale + flip, the DINOv2 paper's +ms)")
     predict.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
+    predict.add_argument("--crop-refine", action="store_true",
+                         help="predict once more on the crop around each image's foreground, zoomed to the model's "
+                              "input: finer edges for objects that fill a small part of a large image")
+    predict.add_argument("--crop-margin", type=float, default=0.25,
+                         help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
     predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                          help="visual-prompt models: an example image (repeat for several; one --prompt each)")
     predict.add_argument("--prompt", action="append", default=[], metavar="PROMPT",

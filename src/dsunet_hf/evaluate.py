@@ -99,6 +99,8 @@ def evaluate_model(
     skipped: list[str] | None = None,
     with_loss: bool = False,
     dis_metrics: bool = False,
+    crop_refine: bool = False,
+    crop_margin: float = 0.25,
 ) -> dict[str, float]:
     """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`
     (and, ``with_loss``, the model's loss under ``"loss"``).
@@ -117,6 +119,8 @@ def evaluate_model(
             their side outputs), from the same forward pass with the masks resized to the model's size as in
             training; the mean over samples. What training logs as ``val/loss``.
         dis_metrics: also BiRefNet's DIS metrics (HCE, mBA, BIoU, MSE; see :class:`SegmentationMetrics`).
+        crop_refine: predict once more on the crop around each image's foreground (grown by ``crop_margin``; see
+            :mod:`dsunet_hf.crop_refine`), as ``dsunet-hf predict --crop-refine``; the loss stays the first pass's.
 
     Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
     warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
@@ -154,7 +158,11 @@ def evaluate_model(
                 if not images:
                     continue
                 masks = [ground_truth.astype(np.float32) / 255.0 for ground_truth in ground_truths] if with_loss else None
-                probabilities, outputs = probabilities_and_outputs(model, processor, images, minmax_normalize, masks)
+                probabilities, outputs = probabilities_and_outputs(model, processor, images,
+                                                                   minmax_normalize and not crop_refine, masks)
+                if crop_refine:
+                    probabilities = _refined_on_crops(model, processor, images, probabilities, minmax_normalize,
+                                                      crop_margin, batch_size)
                 if with_loss:
                     loss_sum += float(outputs.loss) * len(images)
                 for probability, ground_truth in zip(probabilities, ground_truths):
@@ -172,6 +180,18 @@ def evaluate_model(
     if with_loss:
         results["loss"] = loss_sum / len(metrics)
     return results
+
+
+def _refined_on_crops(model, processor, images, probabilities, minmax_normalize, margin, batch_size):
+    from .crop_refine import minmax_normalized, refine_with_crops
+
+    def predict(crops, size):  # the processor's own size, as for the whole images
+        return [p.cpu().numpy() for p in probabilities_and_outputs(model, processor, crops)[0]]
+
+    maps = refine_with_crops(images, [p.cpu().numpy() for p in probabilities], predict,
+                             lambda height, width: (processor.size["height"], processor.size["width"]),
+                             margin=margin, batch_size=batch_size)
+    return [minmax_normalized(m) for m in maps] if minmax_normalize else maps
 
 
 def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -> dict[str, dict[str, float]]:
@@ -407,6 +427,11 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--dis-metrics", action="store_true",
                         help="also the rest of BiRefNet's table: HCE (human correction effort), mBA, BIoU (max/mean), "
                              "MSE; slower (HCE skeletonises every ground truth)")
+    parser.add_argument("--crop-refine", action="store_true",
+                        help="foreground models: predict once more on the crop around each image's foreground (finer "
+                             "edges for small objects in large images), as predict --crop-refine")
+    parser.add_argument("--crop-margin", type=float, default=0.25,
+                        help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
     parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                              "multiscale = the paper's multi-scale + flip)")
@@ -482,8 +507,10 @@ def run_evaluate_cli(args) -> int:
         else:
             model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
-        if args.dis_metrics and (visual_prompt is not None or multi_class):
-            raise SystemExit(f"evaluate: --dis-metrics score single foreground maps; {args.model} is not such a model")
+        foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine}
+        if any(foreground_options.values()) and (visual_prompt is not None or multi_class):
+            raise SystemExit(f"evaluate: {', '.join(k for k, v in foreground_options.items() if v)}: for models that "
+                             f"predict one foreground map; {args.model} is not such a model")
         semantic_options = {"--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label}
         if not multi_class and any(semantic_options.values()):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} "
@@ -521,12 +548,14 @@ def run_evaluate_cli(args) -> int:
                 results[name] = evaluate_model(
                     model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
                     progress=args.progress, max_samples=args.max_samples, skipped=skipped,
-                    dis_metrics=args.dis_metrics,
+                    dis_metrics=args.dis_metrics, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
                 )
             sources[name], skipped_per_dataset[name] = str(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
+        if args.crop_refine:
+            extra.update(crop_refine=True, crop_margin=args.crop_margin)
         if per_class:
             extra["per_class_iou"] = per_class
         if multi_class:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .crop_refine import minmax_normalized, refine_with_crops
 from .files import save_image_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
 from .video import VIDEO_SUFFIXES, is_video, predict_video_into_report, video_output_path
@@ -334,6 +335,8 @@ def predict_files(
     max_side: int = 2048,
     write_workers: int = 2,
     schedule: str | None = None,
+    crop_refine: bool = False,
+    crop_margin: float = 0.25,
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
@@ -361,6 +364,10 @@ def predict_files(
 
     ``schedule`` (multi-class models): ``single``, ``slide`` or ``multiscale`` (multi-scale + flip), the model's
     default (``slide`` for the DINOv2 heads) when None.
+
+    ``crop_refine`` predicts once more on the crop around each image's (or frame's) foreground, grown by
+    ``crop_margin`` (see :mod:`dsunet_hf.crop_refine`): finer edges for objects that fill a small part of a large
+    image, at the cost of a second forward pass for those images.
     """
     import contextlib
 
@@ -390,7 +397,7 @@ def predict_files(
     if cutout_colors not in CUTOUT_COLORS:
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
     foreground_only = {"cutout": cutout, "background": background is not None, "threshold": threshold is not None,
-                       "minmax_normalize": minmax_normalize}
+                       "minmax_normalize": minmax_normalize, "crop_refine": crop_refine}
     if semantic and any(foreground_only.values()):
         raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
                          f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
@@ -410,6 +417,12 @@ def predict_files(
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
 
+    def input_size(height: int, width: int) -> tuple[int, int]:
+        """The size the model runs an image of this size at."""
+        if resolution == "native":
+            return native_size(height, width, max_side)
+        return processor.size["height"], processor.size["width"]
+
     def probabilities_of(inputs: dict) -> list[np.ndarray]:
         """The model's foreground probabilities for one batch of processor outputs, at the original sizes."""
         pixel_values = {k: v.to(device=device, dtype=dtype, non_blocking=True)
@@ -419,10 +432,19 @@ def predict_files(
         precision = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with precision:
             logits = model(**pixel_values).logits
-        probabilities = processor.post_process_probabilities(
-            logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
-        )
+        probabilities = processor.post_process_probabilities(logits.float(), target_sizes=inputs["original_sizes"])
         return [probability.cpu().numpy() for probability in probabilities]
+
+    def foreground_maps(images: list[Image.Image], inputs: dict) -> list[np.ndarray]:
+        """The maps written for a batch: the model's, refined on crops and min-max normalised as asked."""
+        maps = probabilities_of(inputs)
+        if crop_refine:
+            maps = refine_with_crops(
+                images, maps, lambda crops, size: probabilities_of(processor(crops, size=size if resolution == "native"
+                                                                             else None)),
+                input_size, margin=crop_margin, batch_size=batch_size,
+            )
+        return [minmax_normalized(m) for m in maps] if minmax_normalize else maps
 
     # Videos: (prepare a batch of frames in the reader thread, predict it, render each output of a frame).
     if semantic:
@@ -434,10 +456,10 @@ def predict_files(
     else:
         def prepare(frames):  # the frames of a video share one size: one input size for all
             size = native_size(frames[0].height, frames[0].width, max_side) if resolution == "native" else None
-            return processor(frames, size=size)
+            return frames, processor(frames, size=size)
 
         video_kinds = kinds
-        video_steps = (prepare, probabilities_of,
+        video_steps = (prepare, lambda prepared: foreground_maps(*prepared),
                        lambda kind, frame, probability: render_output(kind, frame, probability, options))
 
     with state.split_between_processes(pending) as mine:
@@ -477,7 +499,8 @@ def predict_files(
                                             item["name"], overlay)
                         written(str(item["path"]))
                     continue
-                probabilities = probabilities_of({**batch["pixel_values"], "original_sizes": batch["original_sizes"]})
+                probabilities = foreground_maps([item["image"] for item in good],
+                                                {**batch["pixel_values"], "original_sizes": batch["original_sizes"]})
                 for item, probability in zip(good, probabilities):
                     writer.submit(_write_binary_outputs, item, probability, output_dir, kinds, options)
         finally:

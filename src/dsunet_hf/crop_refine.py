@@ -1,0 +1,105 @@
+"""Coarse-to-fine prediction for large images: a second pass on the crop around the foreground.
+
+A model that takes a 5000x4000 photo at 1024x1024 spends most of its input pixels on background when the object
+fills a small part of the frame, and its edges come back from a coarse map. BiRefNet's author answers such users
+(their issues #41, #266) with: predict at low resolution, crop the region the object occupies, predict the crop
+again. Here the crop is the box around the first pass's foreground (p >= 0.5), grown by a margin and then to the
+image's aspect ratio, so that the model sees the object with the same proportions as in the first pass, only
+larger. The second pass replaces the map inside the crop; outside it the first pass stays (below 0.5 there by
+construction). An image whose crop would enlarge the object by less than ``min_gain`` keeps its first pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+FOREGROUND = 0.5  # the first pass's foreground: what the crop must contain
+
+
+def foreground_box(probability: np.ndarray, margin: float = 0.25) -> tuple[int, int, int, int] | None:
+    """The crop for the second pass, ``(top, left, bottom, right)`` (bottom/right exclusive): the box around
+    ``probability >= 0.5``, each side grown by ``margin`` times the box's longer side (at least 8 px), then grown to
+    the map's aspect ratio as far as the map allows. None when nothing is foreground."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    height, width = probability.shape
+    mask = probability >= FOREGROUND
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    pad = max(8, math.ceil(margin * max(bottom - top, right - left)))
+    top, left, bottom, right = max(top - pad, 0), max(left - pad, 0), min(bottom + pad, height), min(right + pad, width)
+    # The image's aspect: widen a tall box or heighten a wide one (centred, shifted back inside the image).
+    crop_height, crop_width = bottom - top, right - left
+    if crop_width * height < crop_height * width:
+        left, right = _grow(left, right, min(width, math.ceil(crop_height * width / height)), width)
+    else:
+        top, bottom = _grow(top, bottom, min(height, math.ceil(crop_width * height / width)), height)
+    return top, left, bottom, right
+
+
+def _grow(start: int, end: int, length: int, limit: int) -> tuple[int, int]:
+    """[start, end) grown to ``length`` around its centre, shifted to stay within [0, limit)."""
+    start = max(0, min(start - (length - (end - start)) // 2, limit - length))
+    return start, start + length
+
+
+def zoom_gain(image_size: tuple[int, int], crop_size: tuple[int, int],
+              input_size: Callable[[int, int], tuple[int, int]]) -> float:
+    """How many more model-input pixels per image pixel (per side) the crop gets than the whole image did;
+    ``input_size(height, width)`` is the size the model runs an image of that size at."""
+    (image_height, image_width), (crop_height, crop_width) = image_size, crop_size
+    image_input, crop_input = input_size(image_height, image_width), input_size(crop_height, crop_width)
+    density = (crop_input[0] * crop_input[1] / (crop_height * crop_width)) / (
+        image_input[0] * image_input[1] / (image_height * image_width))
+    return math.sqrt(density)
+
+
+def refine_with_crops(
+    images: list[Image.Image],
+    probabilities: list[np.ndarray],
+    predict: Callable[[list[Image.Image], tuple[int, int] | None], list[np.ndarray]],
+    input_size: Callable[[int, int], tuple[int, int]],
+    *,
+    margin: float = 0.25,
+    min_gain: float = 1.25,
+    batch_size: int = 4,
+) -> list[np.ndarray]:
+    """Second pass for every image whose foreground crop (:func:`foreground_box`) zooms in by ``min_gain`` or more.
+
+    ``probabilities`` are the first pass's raw foreground maps at the images' sizes; ``predict(crops, size)``
+    returns the maps of a batch of crops at their own sizes, each crop run at ``size`` (the model input size, None
+    for the processor's own), and ``input_size(height, width)`` is that size for a crop or an image of that size.
+    Crops that share an input size go through ``predict`` together, ``batch_size`` at a time. Returns new maps; the
+    inputs are not modified.
+    """
+    if min_gain < 1 or margin < 0:
+        raise ValueError(f"min_gain must be >= 1 and margin >= 0, got {min_gain} and {margin}")
+    if len(images) != len(probabilities):
+        raise ValueError(f"{len(images)} images but {len(probabilities)} maps")
+    refined = [np.array(p, dtype=np.float32, copy=True) for p in probabilities]
+    jobs: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    for index, probability in enumerate(refined):
+        box = foreground_box(probability, margin)
+        if box is None:
+            continue
+        top, left, bottom, right = box
+        if zoom_gain(probability.shape, (bottom - top, right - left), input_size) >= min_gain:
+            jobs.setdefault(input_size(bottom - top, right - left), []).append((index, box))
+    for size, members in jobs.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            crops = [images[index].crop((left, top, right, bottom)) for index, (top, left, bottom, right) in chunk]
+            for (index, (top, left, bottom, right)), crop_map in zip(chunk, predict(crops, size)):
+                refined[index][top:bottom, left:right] = np.asarray(crop_map, dtype=np.float32)
+    return refined
+
+
+def minmax_normalized(probability: np.ndarray) -> np.ndarray:
+    """SAM2-UNet ``test.py``'s per-image min-max normalisation (as the image processor's ``minmax_normalize``)."""
+    return (probability - probability.min()) / (probability.max() - probability.min() + 1e-8)

@@ -1,4 +1,4 @@
-"""``dsunet-hf``: train, evaluate, predict, convert, export, push, info, and a demo on generated data."""
+"""``dsunet-hf``: train, evaluate, predict, convert, export, push, info, app/space (a demo page), and a demo on generated data."""
 
 from __future__ import annotations
 
@@ -8,28 +8,15 @@ import sys
 from pathlib import Path
 
 
-def _visual_prompt_type(name_or_path: str) -> str | None:
-    """The model_type of a visual-prompt artifact, None for anything else (or an unreadable config)."""
-    from transformers import AutoConfig
-
-    from .prompt_predict import VISUAL_PROMPT_MODEL_TYPES
-
-    try:
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
-    except (OSError, ValueError):  # e.g. official BiRefNet repos (remote code): not a visual-prompt model
-        return None
-    return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
-
-
 def _predict_with_prompts(args) -> int:
     from transformers import AutoModel
 
-    from .prompt_predict import predict_with_prompts
+    from .prompt_predict import predict_with_prompts, visual_prompt_model_type
 
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
                          f"{len(args.prompt or [])} prompt(s))")
-    model_type = _visual_prompt_type(args.model)
+    model_type = visual_prompt_model_type(args.model)
     if model_type is None:
         raise SystemExit(f"predict: --reference/--prompt need a visual-prompt model (model_type visual_prompt or "
                          f"visual_prompt_matcher); {args.model} is not one")
@@ -66,12 +53,13 @@ def _predict(args) -> int:
     from .distributed import process_state
     from .onnx_export import OnnxSegmentationModel
     from .predict import load_model_and_processor, predict_files
+    from .prompt_predict import visual_prompt_model_type
 
     if args.reference:
         return _predict_with_prompts(args)
     if args.prompt:
         raise SystemExit("predict: --prompt needs --reference (the image the prompt is drawn on)")
-    if _visual_prompt_type(args.model):
+    if visual_prompt_model_type(args.model):
         raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
                          "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
     dtype = _torch_dtype(args.dtype)
@@ -179,6 +167,39 @@ def _push(args) -> int:
     except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
         raise SystemExit(f"push: uploading {folder} to {args.repo_id} failed ({type(error).__name__}: {error})") from error
     print(f"pushed {folder} -> https://huggingface.co/{repo_id}")
+    return 0
+
+
+def _app(args) -> int:
+    from .app import Demo, build_app
+
+    try:
+        demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
+        page = build_app(demo, title=args.title or args.model)
+    except (ValueError, ImportError) as error:
+        raise SystemExit(f"app: {error}") from error
+    page.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
+def _space(args) -> int:
+    from .app import write_space
+
+    folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement)
+    print(f"space written to {folder}")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        try:
+            repo_id = api.create_repo(args.push_to_hub, repo_type="space", space_sdk="gradio", private=args.private,
+                                      exist_ok=True).repo_id
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="space",
+                              commit_message=f"dsunet-hf demo of {args.model}")
+        except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
+            raise SystemExit(f"space: pushing {folder} to {args.push_to_hub} failed ({type(error).__name__}: "
+                             f"{error})") from error
+        print(f"pushed -> https://huggingface.co/spaces/{repo_id}")
     return 0
 
 
@@ -397,6 +418,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="visual-prompt: train the in-context head on generated textured shapes (600 steps, "
                            "outputs/demo-visual-prompt)")
     demo.set_defaults(func=_demo)
+
+    app = commands.add_parser("app", help="a Gradio demo page for a model (the [app] extra)")
+    app.add_argument("--model", required=True, help="artifact folder, Hub repo id or ONNX export folder")
+    app.add_argument("--title", default=None)
+    app.add_argument("--device", default=None)
+    app.add_argument("--dtype", default="float32", choices=list(PRECISIONS))
+    app.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    app.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or the next free one)")
+    app.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    app.set_defaults(func=_app)
+
+    space = commands.add_parser("space", help="write (and push) a Hugging Face Space with the demo page of a model")
+    space.add_argument("folder", help="where app.py, requirements.txt and README.md go")
+    space.add_argument("--model", required=True, help="the Hub repo id the Space shows")
+    space.add_argument("--title", default=None)
+    space.add_argument("--requirement", default=None,
+                       help="the requirements.txt line that installs dsunet-hf on the Space (default: this version "
+                            "from PyPI with [app]; e.g. git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app])")
+    space.add_argument("--push-to-hub", metavar="SPACE_ID", default=None, help="create/update this Space (user/name)")
+    space.add_argument("--private", action="store_true")
+    space.set_defaults(func=_space)
 
     from .evaluate import add_evaluate_parser
 

@@ -100,6 +100,21 @@ def refine_with_crops(
     return refined
 
 
+def refined_predictions(model, processor, images: list[Image.Image], probabilities: list, *, margin: float = 0.25,
+                        batch_size: int = 4) -> list[np.ndarray]:
+    """:func:`refine_with_crops` for a model and its image processor at the processor's fixed size: the maps of
+    :func:`dsunet_hf.predict.probabilities_and_outputs` (tensors or arrays) refined on their crops."""
+    from .predict import probabilities_and_outputs
+
+    def predict(crops, size):  # the processor's own size, as for the whole images
+        return [p.cpu().numpy() for p in probabilities_and_outputs(model, processor, crops)[0]]
+
+    maps = [p.cpu().numpy() if hasattr(p, "cpu") else np.asarray(p) for p in probabilities]
+    return refine_with_crops(images, maps, predict, lambda height, width: (processor.size["height"],
+                                                                          processor.size["width"]),
+                             margin=margin, batch_size=batch_size)
+
+
 def minmax_normalized(probability: np.ndarray) -> np.ndarray:
     """SAM2-UNet ``test.py``'s per-image min-max normalisation (as the image processor's ``minmax_normalize``)."""
     return (probability - probability.min()) / (probability.max() - probability.min() + 1e-8)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
 from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
@@ -161,8 +162,10 @@ def evaluate_model(
                 probabilities, outputs = probabilities_and_outputs(model, processor, images,
                                                                    minmax_normalize and not crop_refine, masks)
                 if crop_refine:
-                    probabilities = _refined_on_crops(model, processor, images, probabilities, minmax_normalize,
-                                                      crop_margin, batch_size)
+                    probabilities = refined_predictions(model, processor, images, probabilities, margin=crop_margin,
+                                                        batch_size=batch_size)
+                    if minmax_normalize:
+                        probabilities = [minmax_normalized(p) for p in probabilities]
                 if with_loss:
                     loss_sum += float(outputs.loss) * len(images)
                 for probability, ground_truth in zip(probabilities, ground_truths):
@@ -180,18 +183,6 @@ def evaluate_model(
     if with_loss:
         results["loss"] = loss_sum / len(metrics)
     return results
-
-
-def _refined_on_crops(model, processor, images, probabilities, minmax_normalize, margin, batch_size):
-    from .crop_refine import minmax_normalized, refine_with_crops
-
-    def predict(crops, size):  # the processor's own size, as for the whole images
-        return [p.cpu().numpy() for p in probabilities_and_outputs(model, processor, crops)[0]]
-
-    maps = refine_with_crops(images, [p.cpu().numpy() for p in probabilities], predict,
-                             lambda height, width: (processor.size["height"], processor.size["width"]),
-                             margin=margin, batch_size=batch_size)
-    return [minmax_normalized(m) for m in maps] if minmax_normalize else maps
 
 
 def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -> dict[str, dict[str, float]]:
@@ -447,15 +438,11 @@ def add_evaluate_parser(subparsers):
 
 def _visual_prompt_model(name_or_path: str):
     """The trained in-context head or the matcher when ``name_or_path`` holds one, else None."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError):
-        return None
-    if getattr(config, "model_type", None) not in ("visual_prompt", "visual_prompt_matcher"):
-        return None
-    return AutoModel.from_pretrained(name_or_path)
+    from .prompt_predict import visual_prompt_model_type
+
+    return AutoModel.from_pretrained(name_or_path) if visual_prompt_model_type(name_or_path) else None
 
 
 def _dataset_labels(source) -> dict | None:

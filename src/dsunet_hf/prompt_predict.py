@@ -23,9 +23,21 @@ from .predict import PredictionReport, collect_images, finished_mask_path, overl
 from .prompts import as_prompt, reference_mask
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
-__all__ = ["default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt"]
+__all__ = ["default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt", "visual_prompt_model_type"]
 
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
+
+
+def visual_prompt_model_type(name_or_path: str) -> str | None:
+    """The model_type of a visual-prompt artifact (folder or Hub id), None for anything else or an unreadable config
+    (e.g. the official BiRefNet repos, remote code)."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    except (OSError, ValueError):
+        return None
+    return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
 
 
 def render_prompt(image: Image.Image, mask: np.ndarray, color=(40, 220, 90)) -> Image.Image:

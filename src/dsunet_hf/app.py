@@ -1,0 +1,240 @@
+"""A Gradio demo for any model of this package: ``dsunet-hf app --model REPO`` here, or a Hugging Face Space.
+
+The page fits the model: foreground models (SAM2-UNet, DSU-Net, BiRefNet, ONNX folders) show the mask, a transparent
+cut-out and the object on a new background colour; multi-class models (DINOv2 heads) the classes with a legend;
+visual-prompt models take a reference image on which the user paints the thing to find (or types a box, points or a
+scribble), and find it in a target image. The handlers are plain functions of PIL images (:class:`Demo`), tested
+without a browser; :func:`build_app` wires them into ``gradio.Blocks`` (the ``[app]`` extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["Demo", "build_app", "write_space"]
+
+KINDS = ("foreground", "classes", "prompt")
+
+
+class Demo:
+    """One loaded model and what its page computes. ``kind`` is ``"foreground"``, ``"classes"`` or ``"prompt"``."""
+
+    def __init__(self, model, processor=None):
+        self.model, self.processor = model, processor
+        if processor is None:  # visual-prompt models take PIL images through their own ``segment``
+            self.kind = "prompt"
+        elif getattr(model, "predicts_class_maps", False):
+            self.kind = "classes"
+        else:
+            self.kind = "foreground"
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None) -> Demo:
+        """An artifact folder, a Hub repo id or an ONNX export folder, loaded as ``dsunet-hf predict`` loads it."""
+        from .predict import load_model_and_processor
+        from .prompt_predict import visual_prompt_model_type
+
+        if visual_prompt_model_type(name_or_path):
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(name_or_path).to(device=device or "cpu", dtype=dtype or torch.float32)
+            return cls(model.eval())
+        return cls(*load_model_and_processor(name_or_path, device=device, dtype=dtype))
+
+    @torch.inference_mode()
+    def foreground(self, image: Image.Image, threshold: float = 0.0, crop_refine: bool = False,
+                   background: str = "#ffffff") -> tuple[Image.Image, Image.Image, Image.Image]:
+        """(mask, RGBA cut-out, composite on ``background``) for one image; ``threshold`` 0 keeps the soft mask."""
+        from .crop_refine import refined_predictions
+        from .predict import (
+            Backdrop,
+            OutputOptions,
+            device_and_dtype,
+            probabilities_and_outputs,
+            render_output,
+        )
+
+        self._expect("foreground")
+        image = _rgb(image)
+        probability = probabilities_and_outputs(self.model, self.processor, [image])[0][0].cpu().numpy()
+        if crop_refine:
+            probability = refined_predictions(self.model, self.processor, [image], [probability])[0]
+        options = OutputOptions(threshold=threshold or None, backdrop=Backdrop(background or "#ffffff"),
+                                device=device_and_dtype(self.model)[0])
+        return tuple(Image.fromarray(render_output(kind, image, probability, options))
+                     for kind in ("masks", "cutouts", "composites"))
+
+    @torch.inference_mode()
+    def classes(self, image: Image.Image, schedule: str | None = None) -> tuple[Image.Image, Image.Image]:
+        """(overlay with a legend, palette PNG of class indices) for one image."""
+        from .semantic import overlay_with_legend, palette_png, predict_classes
+
+        self._expect("classes")
+        image = _rgb(image)
+        classes = predict_classes(self.model, image, schedule or None)
+        return (overlay_with_legend(image, classes, self.model.config.id2label),
+                palette_png(classes, self.model.config.num_labels))
+
+    @torch.inference_mode()
+    def prompt(self, reference: Any, prompt_text: str, target: Image.Image) -> tuple[Image.Image, Image.Image]:
+        """(panel of the reference with its prompt and the target with what was found, mask) for one target.
+
+        ``reference`` is a PIL image or Gradio's image-editor value (``{"background", "layers", ...}``): what the
+        user painted on it is the prompt, unless ``prompt_text`` (``box:x0,y0,x1,y1``, ``point:x,y``, ...) is given.
+        """
+        from .prompt_predict import default_threshold, prompt_panel
+        from .prompts import reference_mask
+
+        self._expect("prompt")
+        image, painted = _editor_value(reference)
+        if prompt_text and prompt_text.strip():
+            mask = reference_mask(prompt_text.strip(), (image.height, image.width))
+        elif painted is not None and painted.any():
+            mask = painted
+        else:
+            raise ValueError("paint over the thing to find on the reference, or type a prompt such as "
+                             "box:x0,y0,x1,y1 or point:x,y")
+        target = _rgb(target)
+        score = self.model.segment([image], [mask], [target])[0]
+        found = score > default_threshold(self.model)
+        return prompt_panel([(image, mask)], target, found), Image.fromarray(found.astype(np.uint8) * 255)
+
+    def _expect(self, kind: str) -> None:
+        if self.kind != kind:
+            raise ValueError(f"{type(self.model).__name__} is a {self.kind} model, not a {kind} one")
+
+
+def _rgb(image: Any) -> Image.Image:
+    if image is None:
+        raise ValueError("no image: upload one first")
+    from .image_io import load_image
+
+    return load_image(image)
+
+
+def _editor_value(value: Any) -> tuple[Image.Image, np.ndarray | None]:
+    """The reference image and the painted mask (any layer's opaque pixels) from an image-editor value."""
+    if not isinstance(value, dict):
+        return _rgb(value), None
+    image = _rgb(value.get("background"))
+    painted = None
+    for layer in value.get("layers") or []:
+        alpha = np.asarray(layer.convert("RGBA").resize(image.size, Image.Resampling.NEAREST))[..., 3] > 0
+        painted = alpha if painted is None else painted | alpha
+    return image, painted
+
+
+def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
+    """The Gradio page for ``demo`` (a :class:`Demo`, or a model to load with :meth:`Demo.from_pretrained`, which
+    gets ``load_kwargs``: ``device``, ``dtype``)."""
+    try:
+        import gradio as gr
+    except ImportError as error:
+        raise ImportError('the demo page needs Gradio: pip install "dsunet-hf[app]"') from error
+    name = demo if isinstance(demo, str) else getattr(demo.model, "name_or_path", "") or type(demo.model).__name__
+    demo = Demo.from_pretrained(demo, **load_kwargs) if isinstance(demo, str) else demo
+    errors_shown = _shown_as_errors(gr)
+    with gr.Blocks(title=title or f"dsunet-hf: {name}") as page:
+        gr.Markdown(f"# {title or name}\nSegmentation with [dsunet-hf](https://github.com/dsunet-hf/dsunet-hf).")
+        if demo.kind == "foreground":
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="pil", label="image")
+                    threshold = gr.Slider(0, 1, value=0, step=0.05, label="threshold (0: soft mask)")
+                    crop_refine = gr.Checkbox(label="crop refine (small objects in large images)")
+                    background = gr.ColorPicker(value="#ffffff", label="new background")
+                    run = gr.Button("segment", variant="primary")
+                with gr.Column():
+                    outputs = [gr.Image(type="pil", label="mask", format="png"),
+                               gr.Image(type="pil", label="cut-out", image_mode="RGBA", format="png"),
+                               gr.Image(type="pil", label="on the new background", format="png")]
+            run.click(errors_shown(demo.foreground), [image, threshold, crop_refine, background], outputs,
+                      api_name="segment")
+        elif demo.kind == "classes":
+            with gr.Row():
+                image = gr.Image(type="pil", label="image")
+                with gr.Column():
+                    outputs = [gr.Image(type="pil", label="classes", format="png"),
+                               gr.Image(type="pil", label="class indices (palette PNG)", format="png")]
+            schedule = gr.Radio(["single", "slide", "multiscale"], value=getattr(demo.model, "default_schedule", None),
+                                label="inference schedule")
+            run = gr.Button("segment", variant="primary")
+            run.click(errors_shown(demo.classes), [image, schedule], outputs, api_name="segment")
+        else:
+            with gr.Row():
+                reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find",
+                                           brush=gr.Brush(colors=["#ff0050"]))
+                target = gr.Image(type="pil", label="target")
+            prompt_text = gr.Textbox(label="or a prompt on the reference", placeholder="box:x0,y0,x1,y1 | point:x,y")
+            run = gr.Button("find", variant="primary")
+            outputs = [gr.Image(type="pil", label="reference and what was found", format="png"),
+                       gr.Image(type="pil", label="mask", format="png")]
+            run.click(errors_shown(demo.prompt), [reference, prompt_text, target], outputs, api_name="find")
+    return page
+
+
+def _shown_as_errors(gr):
+    """Bad input (no image, an empty prompt) as a message on the page instead of a generic failure."""
+    import functools
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(*args):
+            try:
+                return handler(*args)
+            except ValueError as error:
+                raise gr.Error(str(error)) from error
+        return run
+    return wrap
+
+
+SPACE_APP = '''"""A dsunet-hf demo page, written by `dsunet-hf space`."""
+
+import torch
+
+from dsunet_hf.app import build_app
+
+build_app({model!r}, title={title!r}, device="cuda" if torch.cuda.is_available() else "cpu").launch()
+'''
+
+
+SPACE_README = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A demo of [{{ model }}](https://huggingface.co/{{ model }}) made with `dsunet-hf space`. Run it locally:
+`pip install "dsunet-hf[app]"`, then `dsunet-hf app --model {{ model }}`.
+"""
+
+
+def write_space(folder: str | Path, model: str, *, title: str | None = None, requirement: str | None = None) -> Path:
+    """A Hugging Face Space (Gradio SDK) for ``model``: ``app.py``, ``requirements.txt`` and ``README.md`` with the
+    Space's front matter. ``requirement`` is the line that installs this package there (default: this version from
+    PyPI with the ``[app]`` extra; a ``git+https://...`` URL works too)."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    from . import __version__
+    from .files import write_text_atomic
+
+    try:
+        from importlib.metadata import version
+
+        gradio_version = version("gradio")
+    except Exception:  # not installed here: the Space picks its default
+        gradio_version = None
+    folder = Path(folder)
+    title = title or f"{model.rstrip('/').split('/')[-1]} segmentation"
+    write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model))
+    write_text_atomic(folder / "requirements.txt", (requirement or f"dsunet-hf[app]=={__version__}") + "\n")
+    data = SpaceCardData(title=title, sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[model],
+                         tags=["dsunet-hf", "image-segmentation"])
+    card = SpaceCard.from_template(data, template_str=SPACE_README, title=title, model=model)
+    write_text_atomic(folder / "README.md", str(card))
+    return folder

@@ -1,0 +1,165 @@
+"""The Gradio demo page (dsunet_hf.app): its handlers, the page served and called over HTTP, and Spaces."""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import pytest
+from conftest import tiny_sam2_unet_config
+from helpers import RedChannelModel
+from PIL import Image, ImageDraw
+from test_crop_refine import RED, iou, small_object_photo
+from test_visual_prompt_matcher import ONE_HOT, P, colour_image, region, tiny_config
+
+from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
+from dsunet_hf.app import Demo, build_app, write_space
+from dsunet_hf.cli import main
+from dsunet_hf.models.visual_prompt import VisualPromptMatcher
+
+REFERENCE_BOXES = {RED: [(2, 1, 5, 4)], (0, 255, 0): [(5, 5, 8, 8)]}
+TARGET_BOXES = {RED: [(0, 4, 2, 8), (6, 0, 8, 2)], (0, 255, 0): [(3, 3, 5, 5)]}
+
+
+class OneHotMatcher(VisualPromptMatcher):
+    """The training-free matcher on colour features: what it finds follows from the pixels."""
+
+    def segment(self, *args, **kwargs):
+        return super().segment(*args, feature_fn=ONE_HOT, **kwargs)
+
+
+def red_demo() -> Demo:
+    return Demo(RedChannelModel(), SegmentationImageProcessor(size=64))
+
+
+def test_foreground_page_gives_mask_cutout_and_new_background():
+    photo = Image.new("RGB", (60, 40), (40, 90, 60))
+    ImageDraw.Draw(photo).rectangle((10, 5, 29, 24), fill=RED)
+    mask, cutout, composite = red_demo().foreground(photo, threshold=0.5, background="#0000ff")
+    inside = np.zeros((40, 60), bool)
+    inside[5:25, 10:30] = True
+    assert np.mean((np.asarray(mask) > 127) == inside) > 0.98
+    assert cutout.mode == "RGBA" and np.mean((np.asarray(cutout)[..., 3] > 127) == inside) > 0.98
+    composite = np.asarray(composite).astype(int)
+    assert np.abs(composite[15, 20] - RED).max() < 10 and composite[35, 50].tolist() == [0, 0, 255]
+    soft = np.asarray(red_demo().foreground(photo)[0])
+    assert len(np.unique(soft)) > 2  # threshold 0: the soft map
+
+
+def test_crop_refine_on_the_page_is_the_predict_commands():
+    photo, mask, _ = small_object_photo()
+    coarse = np.asarray(red_demo().foreground(photo)[0]) / 255
+    refined = np.asarray(red_demo().foreground(photo, crop_refine=True)[0]) / 255
+    assert iou(refined, mask) > iou(coarse, mask) + 0.03
+
+
+def test_class_page_shows_a_legend_and_palette_indices(tmp_path):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3))
+    model.save_pretrained(tmp_path / "multi", include_backbone=True)
+    SegmentationImageProcessor(size=64).save_pretrained(tmp_path / "multi")
+    demo = Demo.from_pretrained(str(tmp_path / "multi"))
+    assert demo.kind == "classes"
+    overlay, classes = demo.classes(Image.new("RGB", (70, 50), (120, 80, 40)), "single")
+    assert overlay.height == 50 and overlay.width > 70  # the legend beside the image
+    assert classes.mode == "P" and classes.size == (70, 50) and np.asarray(classes).max() < 3
+    with pytest.raises(ValueError, match="classes model, not a foreground one"):
+        demo.foreground(Image.new("RGB", (8, 8)))
+
+
+def test_prompt_page_finds_what_was_painted_or_typed():
+    reference = Image.fromarray(colour_image(REFERENCE_BOXES))
+    target = Image.fromarray(colour_image(TARGET_BOXES))
+    demo = Demo(OneHotMatcher(tiny_config()).eval())
+    assert demo.kind == "prompt"
+    expected = region(TARGET_BOXES[RED])
+    layer = Image.new("RGBA", reference.size, (0, 0, 0, 0))  # the editor's brush layer: a stroke over the red square
+    ImageDraw.Draw(layer).rectangle((P + 2, 2 * P + 2, 4 * P - 3, 5 * P - 3), fill=(255, 0, 80, 255))
+    editor_value = {"background": reference, "layers": [layer], "composite": reference}
+    for given, text in ((editor_value, ""), (reference, f"box:{P},{2 * P},{4 * P},{5 * P}")):
+        panel, mask = demo.prompt(given, text, target)
+        found = np.asarray(mask) > 0
+        assert (found & expected).sum() / (found | expected).sum() > 0.9
+        assert panel.height == 256
+    with pytest.raises(ValueError, match="paint over the thing to find"):
+        demo.prompt({"background": reference, "layers": [Image.new("RGBA", reference.size)]}, "", target)
+    with pytest.raises(ValueError, match="no image"):
+        demo.prompt(reference, "point:3,3", None)
+
+
+@pytest.fixture
+def served(monkeypatch, tmp_path):
+    """Serve a page on localhost and call it as a browser would (gradio_client, over HTTP)."""
+    pytest.importorskip("gradio", reason="the demo page needs Gradio (the [app] extra)")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    pages = []
+
+    def serve(demo):
+        from gradio_client import Client
+
+        page = build_app(demo, title="test page")
+        page.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        pages.append(page)
+        return Client(page.local_url, verbose=False)
+
+    yield serve
+    for page in pages:
+        page.close()
+
+
+def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_path):
+    from gradio_client import handle_file
+
+    client = served(red_demo())
+    photo = Image.new("RGB", (60, 40), (40, 90, 60))
+    ImageDraw.Draw(photo).rectangle((10, 5, 29, 24), fill=RED)
+    photo.save(tmp_path / "photo.png")
+    mask_file, cutout_file, composite_file = client.predict(handle_file(str(tmp_path / "photo.png")), 0.5, False,
+                                                            "#00ff00", api_name="/segment")
+    expected = red_demo().foreground(photo, threshold=0.5, background="#00ff00")
+    for served_file, direct in zip((mask_file, cutout_file, composite_file), expected):
+        assert np.array_equal(np.asarray(Image.open(served_file)), np.asarray(direct))  # PNG: lossless
+    with pytest.raises(Exception, match="no image: upload one first"):
+        client.predict(None, 0.5, False, "#00ff00", api_name="/segment")
+
+
+def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
+    from gradio_client import handle_file
+
+    client = served(Demo(OneHotMatcher(tiny_config()).eval()))
+    Image.fromarray(colour_image(REFERENCE_BOXES)).save(tmp_path / "reference.png")
+    Image.fromarray(colour_image(TARGET_BOXES)).save(tmp_path / "target.png")
+    editor = {"background": handle_file(str(tmp_path / "reference.png")), "layers": [], "composite": None}
+    _, mask_file = client.predict(editor, f"box:{P},{2 * P},{4 * P},{5 * P}", handle_file(str(tmp_path / "target.png")),
+                                  api_name="/find")
+    found, expected = np.asarray(Image.open(mask_file)) > 0, region(TARGET_BOXES[RED])
+    assert (found & expected).sum() / (found | expected).sum() > 0.9
+
+
+def test_space_folder_and_push(tmp_path, offline_hub):
+    assert main(["space", str(tmp_path / "space"), "--model", "me/sam2unet-cod", "--push-to-hub", "me/cod-demo"]) == 0
+    app = (tmp_path / "space" / "app.py").read_text()
+    ast.parse(app)
+    assert "build_app('me/sam2unet-cod'" in app
+    readme = (tmp_path / "space" / "README.md").read_text()
+    assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+    assert "- me/sam2unet-cod" in readme  # the model the Space links to
+    assert (tmp_path / "space" / "requirements.txt").read_text().startswith("dsunet-hf[app]==")
+    assert offline_hub.pushes == [("me/cod-demo", "dsunet-hf demo of me/sam2unet-cod")]
+    pushed = next(offline_hub.repo_dir("me/cod-demo").glob("snapshots/*"))
+    assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    write_space(tmp_path / "git", "me/x", requirement="git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app]")
+    assert (tmp_path / "git" / "requirements.txt").read_text().startswith("git+https://")
+
+
+def test_app_command_serves_the_models_page(tmp_path, monkeypatch):
+    gradio = pytest.importorskip("gradio", reason="the demo page needs Gradio (the [app] extra)")
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    model.save_pretrained(tmp_path / "binary", include_backbone=True)
+    SegmentationImageProcessor(size=64).save_pretrained(tmp_path / "binary")
+    launched = []
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda page, **kwargs: launched.append((page, kwargs)))
+    assert main(["app", "--model", str(tmp_path / "binary"), "--port", "7999", "--host", "0.0.0.0"]) == 0
+    (page, kwargs), = launched
+    assert kwargs == {"server_name": "0.0.0.0", "server_port": 7999, "share": False}
+    assert page.title == str(tmp_path / "binary") and "segment" in {fn.api_name for fn in page.fns.values()}

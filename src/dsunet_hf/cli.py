@@ -240,6 +240,7 @@ def _device_summary() -> str:
 EXTRAS = {
     "onnx": ("export onnx, ONNX folders in predict", ["onnxruntime", "onnxruntime-gpu"]),
     "video": ("videos in predict", ["av"]),
+    "app": ("the demo page: app, space", ["gradio"]),
     "opencv": ("faster cut-out colours", ["opencv-python-headless", "opencv-python", "opencv-contrib-python"]),
     "sam2": ("Hiera parity, Meta's .pt", ["sam2"]),
     "torchvision": ("torchvision's deformable conv", ["torchvision"]),

@@ -446,3 +446,17 @@ def test_writing_in_the_callers_thread_gives_the_same_outputs(artifact, images, 
         assert np.array_equal(np.asarray(Image.open(tmp_path / "w0" / name)), np.asarray(Image.open(tmp_path / "w2" / name)))
     with pytest.raises(ValueError, match="write_workers must be 0"):
         predict_files(model, processor, [images], tmp_path / "bad", progress=False, write_workers=-1)
+
+
+@pytest.mark.parametrize("command", [["predict", "--model", "{model}", "x.png"], ["app", "--model", "{model}"],
+                                     ["evaluate", "--model", "{model}", "--data", "d"],
+                                     ["export", "onnx", "--model", "{model}", "out"]])
+def test_a_missing_model_folder_is_one_clear_error(tmp_path, command, monkeypatch):
+    from dsunet_hf.cli import main
+
+    missing = str(tmp_path / "runs" / "cod" / "model")
+    with pytest.raises(SystemExit, match=f"^{command[0]}: {missing}: no such model folder or file$"):
+        main([arg.format(model=missing) for arg in command])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match=f"^{command[0]}: cannot load {tmp_path}: "):  # a folder, but no model in it
+        main([arg.format(model=tmp_path) for arg in command])

@@ -67,8 +67,8 @@ def _predict(args) -> int:
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     try:
         model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
-    except ValueError as error:
-        raise SystemExit(f"predict: {error}") from error
+    except (ValueError, OSError) as error:  # OSError: not a model folder, or a Hub id neither cached nor reachable
+        raise SystemExit(f"predict: cannot load {args.model}: {error}") from error
     if isinstance(model, OnnxSegmentationModel):  # an exported graph, run by onnxruntime
         torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
                       "--compile": args.compile, "--resolution native": args.resolution == "native"}
@@ -175,8 +175,11 @@ def _app(args) -> int:
 
     try:
         demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
+    except (ValueError, OSError) as error:  # OSError: not a model folder, or a Hub id neither cached nor reachable
+        raise SystemExit(f"app: cannot load {args.model}: {error}") from error
+    try:
         page = build_app(demo, title=args.title or args.model)
-    except (ValueError, ImportError) as error:
+    except ImportError as error:  # no Gradio: says which extra to install
         raise SystemExit(f"app: {error}") from error
     page.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
@@ -276,7 +279,10 @@ def _info(args) -> int:
     if args.model:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(args.model)
+        try:
+            config = AutoConfig.from_pretrained(args.model)
+        except (ValueError, OSError) as error:
+            raise SystemExit(f"info: cannot read the config of {args.model}: {error}") from error
         print(json.dumps(config.to_diff_dict(), indent=2, default=str))
     else:
         from .models import MODEL_NAMES, get_model_spec
@@ -293,7 +299,10 @@ def _export(args) -> int:
     if args.size and len(args.size) > 2:
         raise SystemExit(f"export: --size takes a height and an optional width, got {args.size}")
     size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
-    model, processor = load_model_and_processor(args.model)
+    try:
+        model, processor = load_model_and_processor(args.model)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"export: cannot load {args.model}: {error}") from error
     try:
         report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
                              atol=args.atol)
@@ -457,9 +466,22 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
+    problem = missing_model_problem(getattr(args, "model", None))
+    if problem:
+        raise SystemExit(f"{args.command}: {problem}")
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 
     return args.func(args)
+
+
+def missing_model_problem(name: str | None) -> str | None:
+    """What is wrong with a ``--model`` that names a local path (absolute, relative with ./ ../ ~, or more than one
+    folder deep, which no Hub id is) that does not exist; None otherwise (Hub ids are checked when loading)."""
+    if not name or Path(name).expanduser().exists():
+        return None
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        return f"{name}: no such model folder or file"
+    return None
 
 
 if __name__ == "__main__":

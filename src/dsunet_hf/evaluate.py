@@ -492,7 +492,10 @@ def run_evaluate_cli(args) -> int:
         if visual_prompt is not None:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
-            model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+            try:
+                model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+            except (ValueError, OSError) as error:  # not a model folder, or a Hub id neither cached nor reachable
+                raise SystemExit(f"evaluate: cannot load {args.model}: {error}") from error
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
         foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine}
         if any(foreground_options.values()) and (visual_prompt is not None or multi_class):

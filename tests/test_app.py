@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,8 +84,33 @@ def test_prompt_page_finds_what_was_painted_or_typed():
         assert panel.height == 256
     with pytest.raises(ValueError, match="paint over the thing to find"):
         demo.prompt({"background": reference, "layers": [Image.new("RGBA", reference.size)]}, "", target)
+    # A second example: the panel shows both references; an unpainted one is an error naming it, an empty slot skipped.
+    panel, mask = demo.prompt(editor_value, "", target, editor_value, {"background": None, "layers": []})
+    assert panel.width == 3 * 256 + 2 * 6
+    found = np.asarray(mask) > 0
+    assert (found & expected).sum() / (found | expected).sum() > 0.9
+    with pytest.raises(ValueError, match="reference 2: paint over the thing"):
+        demo.prompt(editor_value, "", target, {"background": reference, "layers": []})
     with pytest.raises(ValueError, match="no image"):
         demo.prompt(reference, "point:3,3", None)
+
+
+def test_video_tab_gives_a_composite_a_mask_video_and_a_transparent_one(tmp_path):
+    av = pytest.importorskip("av", reason="videos need PyAV (the [video] extra)")
+    from test_video import decoded, square_frame, write_video
+
+    clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(4)])
+    composite, mask, cutout = red_demo().foreground_video(str(clip), threshold=0.5, background="#0000ff",
+                                                          output_dir=tmp_path / "out")
+    assert Path(composite).suffix == ".mp4" and Path(cutout).suffix == ".mov"
+    masks, _ = decoded(Path(mask))
+    assert len(masks) == 4 and masks[0].shape == (64, 96)
+    assert masks[0][20, 10] > 200 and masks[0][55, 80] < 50  # the red square, the background
+    with av.open(cutout) as container:
+        assert container.streams.video[0].codec_context.name == "prores"
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="not a readable video"):
+        red_demo().foreground_video(str(tmp_path / "broken.mp4"), output_dir=tmp_path / "out2")
 
 
 @pytest.fixture
@@ -121,6 +148,15 @@ def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_pa
         assert np.array_equal(np.asarray(Image.open(served_file)), np.asarray(direct))  # PNG: lossless
     with pytest.raises(Exception, match="no image: upload one first"):
         client.predict(None, 0.5, False, "#00ff00", api_name="/segment")
+    if importlib.util.find_spec("av") is not None:  # the video tab is there with the [video] extra
+        from test_video import decoded, square_frame, write_video
+
+        clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(3)])
+        composite, mask_video, cutout_video = client.predict(handle_file(str(clip)), 0.5, False, "#00ff00",
+                                                             api_name="/segment_video")
+        masks, _ = decoded(Path(mask_video))
+        assert len(masks) == 3 and masks[0][20, 10] > 200
+        assert Path(composite).suffix == ".mp4" and Path(cutout_video).suffix == ".mov"
 
 
 def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
@@ -130,8 +166,9 @@ def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
     Image.fromarray(colour_image(REFERENCE_BOXES)).save(tmp_path / "reference.png")
     Image.fromarray(colour_image(TARGET_BOXES)).save(tmp_path / "target.png")
     editor = {"background": handle_file(str(tmp_path / "reference.png")), "layers": [], "composite": None}
+    empty = {"background": None, "layers": [], "composite": None}
     _, mask_file = client.predict(editor, f"box:{P},{2 * P},{4 * P},{5 * P}", handle_file(str(tmp_path / "target.png")),
-                                  api_name="/find")
+                                  empty, None, api_name="/find")
     found, expected = np.asarray(Image.open(mask_file)) > 0, region(TARGET_BOXES[RED])
     assert (found & expected).sum() / (found | expected).sum() > 0.9
 

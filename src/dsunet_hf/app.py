@@ -81,11 +81,14 @@ class Demo:
                 palette_png(classes, self.model.config.num_labels))
 
     @torch.inference_mode()
-    def prompt(self, reference: Any, prompt_text: str, target: Image.Image) -> tuple[Image.Image, Image.Image]:
-        """(panel of the reference with its prompt and the target with what was found, mask) for one target.
+    def prompt(self, reference: Any, prompt_text: str, target: Image.Image, *more_references: Any
+               ) -> tuple[Image.Image, Image.Image]:
+        """(panel of the references with their prompts and the target with what was found, mask) for one target.
 
-        ``reference`` is a PIL image or Gradio's image-editor value (``{"background", "layers", ...}``): what the
-        user painted on it is the prompt, unless ``prompt_text`` (``box:x0,y0,x1,y1``, ``point:x,y``, ...) is given.
+        A reference is a PIL image or Gradio's image-editor value (``{"background", "layers", ...}``): what the user
+        painted on it is its prompt; on the first one ``prompt_text`` (``box:x0,y0,x1,y1``, ``point:x,y``, ...) may
+        stand instead. ``more_references`` (editor values, empty ones skipped) add examples: the concept is their
+        average, as DINOv's authors advise (several examples find more than one).
         """
         from .prompt_predict import default_threshold, prompt_panel
         from .prompts import reference_mask
@@ -93,16 +96,44 @@ class Demo:
         self._expect("prompt")
         image, painted = _editor_value(reference)
         if prompt_text and prompt_text.strip():
-            mask = reference_mask(prompt_text.strip(), (image.height, image.width))
-        elif painted is not None and painted.any():
-            mask = painted
-        else:
+            painted = reference_mask(prompt_text.strip(), (image.height, image.width))
+        if painted is None or not painted.any():
             raise ValueError("paint over the thing to find on the reference, or type a prompt such as "
                              "box:x0,y0,x1,y1 or point:x,y")
+        examples = [(image, painted)]
+        for number, extra in enumerate(more_references, start=2):
+            if extra is None or (isinstance(extra, dict) and extra.get("background") is None):
+                continue
+            extra_image, extra_painted = _editor_value(extra)
+            if extra_painted is None or not extra_painted.any():
+                raise ValueError(f"reference {number}: paint over the thing to find on it too (or remove it)")
+            examples.append((extra_image, extra_painted))
         target = _rgb(target)
-        score = self.model.segment([image], [mask], [target])[0]
+        score = self.model.segment([e[0] for e in examples], [e[1] for e in examples], [target])[0]
         found = score > default_threshold(self.model)
-        return prompt_panel([(image, mask)], target, found), Image.fromarray(found.astype(np.uint8) * 255)
+        return prompt_panel(examples, target, found), Image.fromarray(found.astype(np.uint8) * 255)
+
+    def foreground_video(self, video: str, threshold: float = 0.0, crop_refine: bool = False,
+                         background: str = "#ffffff", output_dir: str | Path | None = None) -> tuple[str, str, str]:
+        """(the video on ``background`` (H.264 MP4, plays in browsers), the mask video (MP4), the transparent
+        cut-out video (ProRes 4444 MOV)) for a video file, through ``dsunet-hf predict``'s video path (the
+        ``[video]`` extra); written under ``output_dir`` (a new temporary folder by default)."""
+        import tempfile
+
+        from .predict import predict_files
+
+        self._expect("foreground")
+        if not video:
+            raise ValueError("no video: upload one first")
+        output_dir = Path(output_dir or tempfile.mkdtemp(prefix="dsunet-hf-app-"))
+        report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
+                               cutout=True, background=background or "#ffffff", crop_refine=crop_refine,
+                               progress=False, overwrite=True)
+        if report.failed:
+            raise ValueError(next(iter(report.failed.values())))
+        stem = Path(video).stem
+        return tuple(str(output_dir / kind / f"{stem}{suffix}")
+                     for kind, suffix in (("composites", ".mp4"), ("masks", ".mp4"), ("cutouts", ".mov")))
 
     def _expect(self, kind: str) -> None:
         if self.kind != kind:
@@ -143,11 +174,12 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
         gr.Markdown(f"# {title or name}\nSegmentation with [dsunet-hf](https://github.com/dsunet-hf/dsunet-hf).")
         if demo.kind == "foreground":
             with gr.Row():
+                threshold = gr.Slider(0, 1, value=0, step=0.05, label="threshold (0: soft mask)")
+                crop_refine = gr.Checkbox(label="crop refine (small objects in large images)")
+                background = gr.ColorPicker(value="#ffffff", label="new background")
+            with gr.Tab("image"), gr.Row():
                 with gr.Column():
                     image = gr.Image(type="pil", label="image")
-                    threshold = gr.Slider(0, 1, value=0, step=0.05, label="threshold (0: soft mask)")
-                    crop_refine = gr.Checkbox(label="crop refine (small objects in large images)")
-                    background = gr.ColorPicker(value="#ffffff", label="new background")
                     run = gr.Button("segment", variant="primary")
                 with gr.Column():
                     outputs = [gr.Image(type="pil", label="mask", format="png"),
@@ -155,6 +187,16 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                                gr.Image(type="pil", label="on the new background", format="png")]
             run.click(errors_shown(demo.foreground), [image, threshold, crop_refine, background], outputs,
                       api_name="segment")
+            if _has_pyav():  # the [video] extra
+                with gr.Tab("video"), gr.Row():
+                    with gr.Column():
+                        video = gr.Video(label="video")
+                        run_video = gr.Button("segment every frame", variant="primary")
+                    with gr.Column():
+                        video_outputs = [gr.Video(label="on the new background"), gr.File(label="mask video (MP4)"),
+                                         gr.File(label="transparent video (ProRes 4444 MOV)")]
+                run_video.click(errors_shown(demo.foreground_video), [video, threshold, crop_refine, background],
+                                video_outputs, api_name="segment_video")
         elif demo.kind == "classes":
             with gr.Row():
                 image = gr.Image(type="pil", label="image")
@@ -166,16 +208,24 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
             run = gr.Button("segment", variant="primary")
             run.click(errors_shown(demo.classes), [image, schedule], outputs, api_name="segment")
         else:
+            brush = gr.Brush(colors=["#ff0050"])
             with gr.Row():
-                reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find",
-                                           brush=gr.Brush(colors=["#ff0050"]))
+                reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find", brush=brush)
                 target = gr.Image(type="pil", label="target")
             prompt_text = gr.Textbox(label="or a prompt on the reference", placeholder="box:x0,y0,x1,y1 | point:x,y")
+            with gr.Accordion("more references (optional: several examples find more)", open=False), gr.Row():
+                more = [gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush) for number in (2, 3)]
             run = gr.Button("find", variant="primary")
-            outputs = [gr.Image(type="pil", label="reference and what was found", format="png"),
+            outputs = [gr.Image(type="pil", label="references and what was found", format="png"),
                        gr.Image(type="pil", label="mask", format="png")]
-            run.click(errors_shown(demo.prompt), [reference, prompt_text, target], outputs, api_name="find")
+            run.click(errors_shown(demo.prompt), [reference, prompt_text, target, *more], outputs, api_name="find")
     return page
+
+
+def _has_pyav() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
 
 
 def _shown_as_errors(gr):
@@ -187,7 +237,7 @@ def _shown_as_errors(gr):
         def run(*args):
             try:
                 return handler(*args)
-            except ValueError as error:
+            except (ValueError, ImportError) as error:  # bad input; a missing extra names itself
                 raise gr.Error(str(error)) from error
         return run
     return wrap

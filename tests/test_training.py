@@ -278,3 +278,50 @@ def test_bad_training_config_files_are_named(tmp_path):
         parse_args([str(tmp_path / "broken.json")])
     with pytest.raises(FileNotFoundError, match="no such training config file"):
         parse_args([str(tmp_path / "missing.yaml")])
+
+
+def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(generated_data, tmp_path, monkeypatch):
+    import dsunet_hf.evaluate
+
+    scores = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9])  # best at the 2nd validation, then two without improvement
+
+    def scripted(*args, **kwargs):
+        return {"S-measure": next(scores), "MAE": 0.1, "loss": 1.0}
+
+    monkeypatch.setattr(dsunet_hf.evaluate, "evaluate_model", scripted)
+    summary = train(tiny_args(generated_data, tmp_path / "run", eval_steps=1, save_steps=100,
+                              early_stopping_patience=2))
+    assert summary["stopped_early"] and summary["global_step"] == 4 and summary["best_step"] == 2
+    assert summary["best_metrics"]["S-measure"] == 0.6
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["checkpoint-4"]  # where it stopped: resumable
+    assert "| S-measure | 0.6" in (tmp_path / "run" / "model" / "README.md").read_text()  # the best model's card
+    resumed = train(tiny_args(generated_data, tmp_path / "run", eval_steps=1, save_steps=100,
+                              early_stopping_patience=2, resume_from_checkpoint="latest"))
+    assert resumed["stopped_early"] and resumed["global_step"] == 4  # no step more, no validation more
+    assert next(scores) == 0.9
+    with pytest.raises(ValueError, match="early-stopping-patience must be at least 1"):
+        train(tiny_args(generated_data, tmp_path / "x", early_stopping_patience=0))
+
+
+def test_torch_compile_trains_like_eager(generated_data, tmp_path):
+    # aot_eager: the forward and backward graphs captured as inductor would get them, without its (slow on a
+    # 2-core CPU) code generation.
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    train(tiny_args(generated_data, tmp_path / "eager", max_steps=3, eval_steps=3, save_steps=3))
+    compiled = train(tiny_args(generated_data, tmp_path / "compiled", max_steps=3, eval_steps=3, save_steps=3,
+                               torch_compile=True, torch_compile_backend="aot_eager"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the forward really went through dynamo
+    assert compiled["global_step"] == 3 and (tmp_path / "compiled" / "model" / "model.safetensors").is_file()
+    eager = load_file(str(tmp_path / "eager/checkpoints/checkpoint-3/trainable_weights.safetensors"))
+    traced = load_file(str(tmp_path / "compiled/checkpoints/checkpoint-3/trainable_weights.safetensors"))
+    assert eager.keys() == traced.keys()  # saved without the compiled wrapper's "_orig_mod." prefix
+    # The same losses step by step (AdamW turns rounding-level gradient differences into lr-sized weight steps
+    # where a gradient is near zero, so the weights are compared at the learning rate's scale).
+    losses = {run: [json.loads(line)["train/loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+                    if "train/loss" in line] for run in ("eager", "compiled")}
+    assert len(losses["eager"]) == 3
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-4, atol=1e-5)
+    for key in eager:
+        torch.testing.assert_close(traced[key], eager[key], rtol=0, atol=3e-3)
+    torch._dynamo.reset()

@@ -84,6 +84,11 @@ class TrainingArguments:
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (upstream: none)"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute backbone activations"})
+    torch_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the training forward (inductor): faster steps "
+                                         "after a slow first one, on GPUs; validation runs eagerly"}
+    )
+    torch_compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend for --torch-compile"})
     seed: int = field(default=0, metadata={"help": "seed of init, data order and augmentation"})
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
     metric_for_best_model: str | None = field(
@@ -91,6 +96,10 @@ class TrainingArguments:
                                         "loss: the lowest validation loss)"}
     )
     max_val_samples: int | None = field(default=None, metadata={"help": "cap on validation images"})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop when --metric-for-best-model has not improved for N validations in a row "
+                                        "(the best model is kept; default: train to the end)"}
+    )
     save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
@@ -116,6 +125,8 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     best_metrics: dict = field(default_factory=dict)
+    validations_without_improvement: int = 0
+    stopped_early: bool = False  # a resumed run that had stopped early finishes at once
 
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -329,14 +340,14 @@ def register_trainable_checkpoint_hooks(accelerator: Accelerator) -> None:
         if accelerator.is_main_process:
             for model in models:
                 save_file(
-                    {k: v.detach().contiguous().cpu() for k, v in accelerator.unwrap_model(model).trainable_state_dict().items()},
+                    {k: v.detach().contiguous().cpu() for k, v in accelerator.unwrap_model(model, keep_torch_compile=False).trainable_state_dict().items()},
                     os.path.join(output_dir, TRAINABLE_WEIGHTS),
                 )
         weights.clear()  # keep accelerate from also writing the full model
 
     def load_hook(models, input_dir):
         while models:
-            model = accelerator.unwrap_model(models.pop())
+            model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
             load_trainable_weights(model, Path(input_dir) / TRAINABLE_WEIGHTS)
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -363,6 +374,8 @@ def train(args: TrainingArguments) -> dict:
     output_dir = Path(args.output_dir)
     if args.metric_for_best_model and args.metric_for_best_model not in HIGHER_IS_BETTER:
         raise ValueError(f"unknown --metric-for-best-model {args.metric_for_best_model!r}; one of {sorted(HIGHER_IS_BETTER)}")
+    if args.early_stopping_patience is not None and args.early_stopping_patience < 1:
+        raise ValueError(f"--early-stopping-patience must be at least 1, got {args.early_stopping_patience}")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push-to-hub needs --hub-model-id")
     report_to = None if args.report_to in ("none", "", None) else args.report_to
@@ -426,6 +439,12 @@ def train(args: TrainingArguments) -> dict:
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
     )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if args.torch_compile:
+        # Compiled here rather than through accelerate's dynamo plugin, which lives in a process-wide state (a
+        # second run in the same process would keep the first one's choice). dynamic=None: PyTorch's automatic
+        # dynamic shapes, static first, then one recompile that makes the changed size (the last, smaller batch)
+        # symbolic. dynamic=True (everything symbolic) did not finish compiling SAM2-UNet's backward in 5 minutes.
+        model = torch.compile(model, backend=args.torch_compile_backend)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
     total_steps = args.max_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -441,7 +460,7 @@ def train(args: TrainingArguments) -> dict:
         state = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
 
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # validation and saving: eager
     train_names = [dataset_name(args.train_data)]
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -478,7 +497,9 @@ def train(args: TrainingArguments) -> dict:
         processor.save_pretrained(temporary)
         _replace_dir(temporary, folder)
 
-    def validate() -> None:
+    def validate() -> bool:
+        """Validate on the main process; True when early stopping says training is over (on every process)."""
+        stop = False
         if accelerator.is_main_process:
             if task == "visual-prompt":
                 from .models.visual_prompt import evaluate_visual_prompt
@@ -503,16 +524,30 @@ def train(args: TrainingArguments) -> dict:
             value = metrics[args.metric_for_best_model]
             if is_better(args.metric_for_best_model, value, state.best_metric):
                 state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
+                state.validations_without_improvement = 0
                 save_model(output_dir / "best", metrics)
+            else:
+                state.validations_without_improvement += 1
+            patience = args.early_stopping_patience
+            stop = bool(patience) and state.validations_without_improvement >= patience
+            if stop:
+                logger.info("early stopping at step %d: %s has not improved for %d validations (best %.4f at step %s)",
+                            state.global_step, args.metric_for_best_model, patience, state.best_metric, state.best_step)
             bar.set_postfix_str(f"{args.metric_for_best_model} {value:.4f}")
         accelerator.wait_for_everyone()
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            stop = broadcast_object_list([stop])[0]
+        state.stopped_early = stop
+        return stop
 
     bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step",
                disable=not (args.progress and accelerator.is_local_main_process))
     model.train()
     running_loss, running_count = 0.0, 0
     stop_at = min(total_steps, args.stop_after_steps or total_steps)
-    while state.global_step < stop_at and state.epoch < num_epochs:
+    while state.global_step < stop_at and state.epoch < num_epochs and not state.stopped_early:
         train_transform.epoch = state.epoch
         if hasattr(unwrapped, "set_epoch"):  # epoch-dependent loss schedules (BiRefNet's last epochs)
             unwrapped.set_epoch(state.epoch, num_epochs)
@@ -553,9 +588,9 @@ def train(args: TrainingArguments) -> dict:
             if due_eval or (not args.eval_steps and end_of_epoch) or state.global_step == total_steps:
                 validate()
             due_save = args.save_steps and state.global_step % args.save_steps == 0
-            if due_save or (not args.save_steps and end_of_epoch) or state.global_step == stop_at:
+            if due_save or (not args.save_steps and end_of_epoch) or state.global_step == stop_at or state.stopped_early:
                 save_checkpoint()
-            if state.global_step >= stop_at or end_of_epoch:
+            if state.global_step >= stop_at or end_of_epoch or state.stopped_early:
                 break
         else:  # the loader ran out without a synced step marking the end of the epoch
             state.epoch += 1
@@ -563,8 +598,8 @@ def train(args: TrainingArguments) -> dict:
     bar.close()
 
     summary = {"global_step": state.global_step, "total_steps": total_steps, "best_step": state.best_step,
-               "best_metrics": state.best_metrics, "output_dir": str(output_dir)}
-    if state.global_step < total_steps:
+               "best_metrics": state.best_metrics, "output_dir": str(output_dir), "stopped_early": state.stopped_early}
+    if state.global_step < total_steps and not state.stopped_early:
         logger.warning("stopped at step %d of %d; continue with --resume-from-checkpoint latest",
                        state.global_step, total_steps)
         accelerator.end_training()

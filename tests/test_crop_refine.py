@@ -152,6 +152,10 @@ def test_command_line_refuses_crop_refine_for_class_maps_and_records_it_in_repor
                  "--crop-margin", "0.2", "--output-dir", str(tmp_path / "evaluation"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert report["info"]["crop_refine"] is True and report["info"]["crop_margin"] == 0.2
+    with pytest.raises(SystemExit, match="crop_margin must be >= 0"):
+        main(["predict", "--model", str(tmp_path / "binary"), "--crop-refine", "--crop-margin", "-1",
+              str(tmp_path / "photo.png"), "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "masks").exists()
 
 
 def test_native_resolution_crops_run_at_their_own_size(tmp_path):

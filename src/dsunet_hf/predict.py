@@ -401,6 +401,8 @@ def predict_files(
     if semantic and any(foreground_only.values()):
         raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
                          f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
+    if crop_refine and crop_margin < 0:
+        raise ValueError(f"crop_margin must be >= 0 (a fraction of the foreground box's longer side), got {crop_margin}")
     backdrop = background if background is None or isinstance(background, Backdrop) else Backdrop(background)
     kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (backdrop is not None)
     options = OutputOptions(threshold=threshold, colors=cutout_colors, backdrop=backdrop, device=device)

@@ -108,6 +108,10 @@ def test_video_tab_gives_a_composite_a_mask_video_and_a_transparent_one(tmp_path
     assert masks[0][20, 10] > 200 and masks[0][55, 80] < 50  # the red square, the background
     with av.open(cutout) as container:
         assert container.streams.video[0].codec_context.name == "prores"
+    demo = red_demo()  # in temporary folders: the previous video's go when the next one is made
+    first = Path(demo.foreground_video(str(clip))[0])
+    second = Path(demo.foreground_video(str(clip))[0])
+    assert second.is_file() and not first.exists()
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match="not a readable video"):
         red_demo().foreground_video(str(tmp_path / "broken.mp4"), output_dir=tmp_path / "out2")

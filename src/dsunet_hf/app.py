@@ -26,6 +26,7 @@ class Demo:
 
     def __init__(self, model, processor=None):
         self.model, self.processor = model, processor
+        self._video_outputs = None  # the last video's temporary folder: removed at the next one
         if processor is None:  # visual-prompt models take PIL images through their own ``segment``
             self.kind = "prompt"
         elif getattr(model, "predicts_class_maps", False):
@@ -117,7 +118,8 @@ class Demo:
                          background: str = "#ffffff", output_dir: str | Path | None = None) -> tuple[str, str, str]:
         """(the video on ``background`` (H.264 MP4, plays in browsers), the mask video (MP4), the transparent
         cut-out video (ProRes 4444 MOV)) for a video file, through ``dsunet-hf predict``'s video path (the
-        ``[video]`` extra); written under ``output_dir`` (a new temporary folder by default)."""
+        ``[video]`` extra); written under ``output_dir`` (by default a temporary folder, removed at the next call:
+        Gradio has copied the files it shows by then, and a long-running Space does not fill its disk)."""
         import tempfile
 
         from .predict import predict_files
@@ -125,7 +127,12 @@ class Demo:
         self._expect("foreground")
         if not video:
             raise ValueError("no video: upload one first")
-        output_dir = Path(output_dir or tempfile.mkdtemp(prefix="dsunet-hf-app-"))
+        if output_dir is None:
+            if self._video_outputs is not None:
+                self._video_outputs.cleanup()
+            self._video_outputs = tempfile.TemporaryDirectory(prefix="dsunet-hf-app-")
+            output_dir = self._video_outputs.name
+        output_dir = Path(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
                                cutout=True, background=background or "#ffffff", crop_refine=crop_refine,
                                progress=False, overwrite=True)

@@ -52,6 +52,7 @@ class OfflineHub:
     def __init__(self, cache: Path):
         self.cache = cache
         self.pushes: list[tuple[str, str]] = []
+        self.repo_types: dict[str, str] = {}  # repo id -> "model" / "space" / "dataset", as created
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.cache / ("models--" + repo_id.replace("/", "--"))
@@ -89,6 +90,7 @@ def offline_hub(tmp_path, monkeypatch):
         repo_id: str
 
     def create_repo(self, repo_id, *args, **kwargs):
+        hub.repo_types[repo_id] = kwargs.get("repo_type") or "model"
         url = StubRepoUrl(f"https://huggingface.co/{repo_id}")
         url.repo_id = repo_id
         return url

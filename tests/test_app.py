@@ -187,6 +187,7 @@ def test_space_folder_and_push(tmp_path, offline_hub):
     assert "- me/sam2unet-cod" in readme  # the model the Space links to
     assert (tmp_path / "space" / "requirements.txt").read_text().startswith("dsunet-hf[app]==")
     assert offline_hub.pushes == [("me/cod-demo", "dsunet-hf demo of me/sam2unet-cod")]
+    assert offline_hub.repo_types == {"me/cod-demo": "space"}
     pushed = next(offline_hub.repo_dir("me/cod-demo").glob("snapshots/*"))
     assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "app.py", "requirements.txt"]
     write_space(tmp_path / "git", "me/x", requirement="git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app]")

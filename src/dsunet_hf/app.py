@@ -275,16 +275,16 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     """A Hugging Face Space (Gradio SDK) for ``model``: ``app.py``, ``requirements.txt`` and ``README.md`` with the
     Space's front matter. ``requirement`` is the line that installs this package there (default: this version from
     PyPI with the ``[app]`` extra; a ``git+https://...`` URL works too)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from huggingface_hub import SpaceCard, SpaceCardData
 
     from . import __version__
     from .files import write_text_atomic
 
     try:
-        from importlib.metadata import version
-
         gradio_version = version("gradio")
-    except Exception:  # not installed here: the Space picks its default
+    except PackageNotFoundError:  # not installed here: the Space picks its default
         gradio_version = None
     folder = Path(folder)
     title = title or f"{model.rstrip('/').split('/')[-1]} segmentation"

@@ -191,14 +191,11 @@ def _space(args) -> int:
     folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement)
     print(f"space written to {folder}")
     if args.push_to_hub:
-        from huggingface_hub import HfApi
+        from .hub import upload_folder_to_hub
 
-        api = HfApi()
         try:
-            repo_id = api.create_repo(args.push_to_hub, repo_type="space", space_sdk="gradio", private=args.private,
-                                      exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="space",
-                              commit_message=f"dsunet-hf demo of {args.model}")
+            repo_id = upload_folder_to_hub(folder, args.push_to_hub, private=args.private, space_sdk="gradio",
+                                           commit_message=f"dsunet-hf demo of {args.model}")
         except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
             raise SystemExit(f"space: pushing {folder} to {args.push_to_hub} failed ({type(error).__name__}: "
                              f"{error})") from error

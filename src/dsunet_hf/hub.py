@@ -80,16 +80,20 @@ def upload_folder_to_hub(
     token: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    space_sdk: str | None = None,
 ) -> str:
-    """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id."""
+    """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id.
+    ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo."""
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    repo_type = "space" if space_sdk else None
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk).repo_id
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message=commit_message,
         revision=revision,
         create_pr=create_pr,
+        repo_type=repo_type,
     )
     return repo_id
 

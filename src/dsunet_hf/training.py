@@ -497,8 +497,8 @@ def train(args: TrainingArguments) -> dict:
         processor.save_pretrained(temporary)
         _replace_dir(temporary, folder)
 
-    def validate() -> bool:
-        """Validate on the main process; True when early stopping says training is over (on every process)."""
+    def validate() -> None:
+        """Validate on the main process; ``state.stopped_early`` on every process when early stopping ends training."""
         stop = False
         if accelerator.is_main_process:
             if task == "visual-prompt":
@@ -540,7 +540,6 @@ def train(args: TrainingArguments) -> dict:
 
             stop = broadcast_object_list([stop])[0]
         state.stopped_early = stop
-        return stop
 
     bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step",
                disable=not (args.progress and accelerator.is_local_main_process))

@@ -55,8 +55,9 @@ def check_export(report, processor, folder, name):
     assert {p.name for p in folder.iterdir()} >= {"model.onnx", "config.json", "preprocessor_config.json"}
 
 
-# SAM2-UNet: exported once for the module (fixture below), checked in test_sam2_unet_export_*.
-@pytest.mark.parametrize("name", ["dsunet", "birefnet", "dinov2-seg"])
+# SAM2-UNet: exported once for the module (fixture below), checked in test_sam2_unet_export_*; BiRefNet with a
+# dynamic size in test_a_dynamic_size_birefnet_graph_*.
+@pytest.mark.parametrize("name", ["dsunet", "dinov2-seg"])
 def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     model, _ = _models()[name]()
     processor = model.default_image_processor()
@@ -154,8 +155,12 @@ def test_predict_runs_an_exported_folder_like_the_pytorch_model(exported_sam2_un
         torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png"), dtype=np.int16)
         assert onnx_mask.shape == torch_mask.shape and np.abs(onnx_mask - torch_mask).max() <= 1
 
-    with pytest.raises(SystemExit, match="ONNX graph of fixed size run by onnxruntime; options for PyTorch models only: --compile"):
+    with pytest.raises(SystemExit, match="ONNX graph run by onnxruntime; options for PyTorch models only: --compile"):
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--compile"])
+    with pytest.raises(SystemExit, match="ONNX graph of fixed size; --resolution native needs one exported with "
+                                         "--dynamic-size"):
+        main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"),
+              "--resolution", "native"])
     with pytest.raises(SystemExit, match="is already an ONNX export"):
         main(["export", "onnx", "--model", str(folder), str(tmp_path / "again")])
     with pytest.raises(SystemExit, match="leave out --device and --dtype"):
@@ -251,3 +256,69 @@ def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(tmp_pa
         assert onnx_mask.mode == "P" and len(np.unique(torch_mask)) > 1
         assert (np.asarray(onnx_mask) != torch_mask).mean() <= 0.01  # arg-max ties at float noise only
         assert (tmp_path / "onnx-out" / "overlays" / f"{index}.png").is_file()
+
+
+def test_generic_trace_sizes_pad_every_window_and_are_not_square():
+    from dsunet_hf.onnx_export import _generic_trace_size
+
+    assert _generic_trace_size(1024, 1024, 32) == (37 * 32, 41 * 32)  # BiRefNet: 32 -> 37 and 41 (no 2, 3, 5, 7)
+    assert _generic_trace_size(352, 352, 32) == (11 * 32, 13 * 32)  # SAM2-UNet
+    assert _generic_trace_size(64, 64, 32) == (11 * 32, 13 * 32)
+    height, width = _generic_trace_size(2048, 1536, 32)
+    assert height < width
+    for side in (height, width):  # at strides 4..32 the map is a multiple of none of the windows (Swin, Hiera)
+        for stride in (4, 8, 16, 32):
+            assert all((side // stride) % window for window in (7, 12, 14, 16) if side // stride > window)
+
+
+def test_dynamic_size_is_refused_where_the_graph_would_be_wrong(tmp_path):
+    model, _ = _models()["dinov2-seg"]()
+    with pytest.raises(ValueError, match="DINOv2's position-embedding interpolation is fixed at the traced size"):
+        export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dynamic_size=True)
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    with pytest.raises(ValueError, match="must be checked at other sizes"):
+        export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dynamic_size=True, check=False)
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, capsys):
+    """BiRefNet (its deformable convolution included) with any height and width: traced at 352x416, checked at
+    its own size and two more; `predict --resolution native` with the graph gives the PyTorch model's masks."""
+    from test_birefnet import tiny_config
+
+    from dsunet_hf import BiRefNetForImageSegmentation
+    from dsunet_hf.cli import main
+    from dsunet_hf.predict import predict_files
+
+    model = BiRefNetForImageSegmentation(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    processor = model.default_image_processor()
+    processor.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "onnx"
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(folder), "--dynamic-size"]) == 0
+    assert "pixel_values ['batch', 3, '32*height', '32*width']" in capsys.readouterr().out
+    report = json.loads((folder / "onnx_export.json").read_text())
+    assert report["traced_size"] == [352, 416]
+    assert set(report["max_abs_difference"]) == {"1", "3", "1@320x480", "2@160x352"}  # model size 64x64 + two
+    assert max(report["max_abs_difference"].values()) <= 1e-4
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert "GridSample" in ops and "Softmax" in ops and "IsNaN" not in ops  # deformable conv, eager attention
+
+    graph = OnnxSegmentationModel(folder)
+    assert graph.dynamic_size and graph.input_size is None
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(photos([(70, 50), (40, 90), (130, 96)])):
+        image.save(images / f"{index}.png")
+    assert main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "onnx-out"),
+                 "--resolution", "native", "--num-workers", "0"]) == 0
+    predict_files(model, processor, [images], tmp_path / "torch-out", resolution="native", progress=False)
+    for index in range(3):
+        onnx_mask = np.asarray(Image.open(tmp_path / "onnx-out" / "masks" / f"{index}.png"), dtype=np.int16)
+        torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png"), dtype=np.int16)
+        assert onnx_mask.shape == torch_mask.shape and np.abs(onnx_mask - torch_mask).max() <= 1
+    # At its own size (not the model's 64x64): a native 128x96 input, the PyTorch logits.
+    pixels = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+    assert torch.allclose(graph(pixel_values=pixels).logits, expected, atol=1e-4)

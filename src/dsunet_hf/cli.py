@@ -71,10 +71,13 @@ def _predict(args) -> int:
         raise SystemExit(f"predict: cannot load {args.model}: {error}") from error
     if isinstance(model, OnnxSegmentationModel):  # an exported graph, run by onnxruntime
         torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
-                      "--compile": args.compile, "--resolution native": args.resolution == "native"}
+                      "--compile": args.compile}
         if any(torch_only.values()):
-            raise SystemExit(f"predict: {args.model} is an ONNX graph of fixed size run by onnxruntime; options for "
-                             f"PyTorch models only: {', '.join(k for k, v in torch_only.items() if v)}")
+            raise SystemExit(f"predict: {args.model} is an ONNX graph run by onnxruntime; options for PyTorch models "
+                             f"only: {', '.join(k for k, v in torch_only.items() if v)}")
+        if args.resolution == "native" and not model.dynamic_size:
+            raise SystemExit(f"predict: {args.model} is an ONNX graph of fixed size; --resolution native needs one "
+                             f"exported with --dynamic-size")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile
@@ -302,7 +305,7 @@ def _export(args) -> int:
         raise SystemExit(f"export: cannot load {args.model}: {error}") from error
     try:
         report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
-                             atol=args.atol)
+                             atol=args.atol, dynamic_size=args.dynamic_size)
     except (ValueError, TypeError, RuntimeError) as error:  # not exportable, or the graph disagrees with PyTorch
         raise SystemExit(f"export: {args.model}: {error}") from error
     print(report.summary())
@@ -398,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     export.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| in the check")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.add_argument("--dynamic-size", action="store_true",
+                        help="any height and width (multiples of 32; SAM2-UNet, BiRefNet), for predict --resolution "
+                             "native; checked at three sizes")
     export.set_defaults(func=_export)
 
     push = commands.add_parser("push", help="upload a saved artifact folder to the Hub")

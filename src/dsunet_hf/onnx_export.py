@@ -12,6 +12,13 @@ has no ONNX translation below opset 19, and the official ONNX files have a fixed
 our pure-PyTorch deformable convolution (``grid_sample``), which every ONNX runtime runs, the transformers
 backbones' eager attention (see ``_eager_attention``), and LoRA merged into the weights it adapts (one matmul per
 layer in the graph; the model's own weights are restored afterwards).
+
+``dynamic_size=True`` (``--dynamic-size``) also leaves the height and width free (multiples of 32) for SAM2-UNet and
+BiRefNet, whose backbones pad to their windows at any size: one graph for BiRefNet_dynamic / _HR photos at their own
+size (``predict --resolution native``), which the official files (fixed 1024²) cannot do. The exporter follows
+the Python branches at the traced size only (pad or not, square or not), so the trace uses a size that takes the
+general branch everywhere (see :func:`_generic_trace_size`), and the check runs the graph at the model's size
+and at two others before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import tempfile
 import time
@@ -56,11 +64,36 @@ def onnx_input_names(processor) -> list[str]:
     return ["pixel_values", *getattr(processor, "extra_sizes", {})]
 
 
-def _example_inputs(processor, input_names: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+def _example_inputs(processor, input_names: list[str], batch_size: int,
+                    size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Random images at the processor's size(s), or at ``(height, width)`` for every input when ``size`` is set."""
     sizes = {"pixel_values": processor.size, **getattr(processor, "extra_sizes", {})}
     generator = torch.Generator().manual_seed(0)
-    return {name: torch.randn(batch_size, 3, sizes[name]["height"], sizes[name]["width"], generator=generator)
-            for name in input_names}
+    shapes = {name: size or (sizes[name]["height"], sizes[name]["width"]) for name in input_names}
+    return {name: torch.randn(batch_size, 3, *shapes[name], generator=generator) for name in input_names}
+
+
+# Models whose graph stays exact at any height and width (multiples of this), checked per export; DINOv2-based
+# ones (DSU-Net, the DINOv2 heads) are not: the exporter fixes the position-embedding interpolation at one size.
+DYNAMIC_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32}
+
+
+def _generic_trace_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """A (height, width) to trace a dynamic-size graph at: multiples of ``multiple`` near the model's size whose
+    counts of ``multiple`` share no factor with 2·3·5·7, the height's smaller than the width's.
+
+    Why: the exporter records only the branch each shape test takes at the traced size. At such a size every
+    stage's map is a multiple of no window (Hiera 8/4/16, Swin 7/12, stride 4..32), so each 'pad to the window'
+    branch takes its general path, and a non-square size takes the general position-embedding path; at the
+    model's own square size (1024² = 32·32) they would be skipped, and the graph wrong at other sizes."""
+    def generic(count: int) -> int:
+        while math.gcd(count, 210) != 1:
+            count += 1
+        return count
+
+    rows = generic(max(2, height // multiple))
+    columns = generic(max(rows + 1, width // multiple))
+    return rows * multiple, columns * multiple
 
 
 @contextlib.contextmanager
@@ -94,12 +127,13 @@ def _eager_attention(model: nn.Module):
 @dataclass
 class OnnxExportReport:
     path: str
-    inputs: dict[str, list]  # name -> shape, "batch" for the dynamic axis
+    inputs: dict[str, list]  # name -> shape; names for the dynamic axes ("batch", "32*height", "32*width")
     opset: int
     export_seconds: float
     external_data: bool
     checked_with: str | None = None  # "onnxruntime x.y.z", or None when onnxruntime is not installed
-    max_abs_difference: dict[str, float] = field(default_factory=dict)  # per checked batch size
+    max_abs_difference: dict[str, float] = field(default_factory=dict)  # per checked batch ("1") or "1@HxW"
+    traced_size: list[int] | None = None  # dynamic-size graphs: the (height, width) traced
 
     def summary(self) -> str:
         check = (f"onnxruntime max |diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
@@ -116,6 +150,7 @@ def export_onnx(
     opset: int | None = None,
     check: bool = True,
     atol: float = 1e-4,
+    dynamic_size: bool = False,
 ) -> OnnxExportReport:
     """Export ``model`` (eval mode, on the CPU, fp32) to ``output_dir/model.onnx``.
 
@@ -128,6 +163,9 @@ def export_onnx(
         opset: ONNX opset (default: the exporter's).
         check: run the graph with onnxruntime at batch 1 and 3 (the export traces batch 2) and compare with the
             PyTorch model; raise if any logit differs by more than ``atol``.
+        dynamic_size: leave the height and width free (multiples of 32; SAM2-UNet and BiRefNet), traced at a
+            generic size and checked at the model's size and at two others (needs onnxruntime). The saved
+            processor keeps the model's size (what ``predict`` runs at unless ``--resolution native``).
 
     Returns:
         :class:`OnnxExportReport` (also written to ``onnx_export.json``).
@@ -147,9 +185,16 @@ def export_onnx(
         processor = copy.deepcopy(processor)
         processor.size = _normalize_size(size)
     input_names = onnx_input_names(processor)
-    example = _example_inputs(processor, input_names, 2)
     batch = torch.export.Dim("batch", min=1, max=1024)
     dynamic_shapes = {name: {0: batch} for name in input_names}
+    traced_size = None
+    if dynamic_size:
+        multiple = _dynamic_size_multiple(model, check)
+        traced_size = _generic_trace_size(processor.size["height"], processor.size["width"], multiple)
+        height = torch.export.Dim("height", min=1, max=8192 // multiple)
+        width = torch.export.Dim("width", min=1, max=8192 // multiple)
+        dynamic_shapes = {"pixel_values": {0: batch, 2: multiple * height, 3: multiple * width}}
+    example = _example_inputs(processor, input_names, 2, traced_size)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external_data = weight_bytes > _SINGLE_FILE_LIMIT_BYTES
     path = output_dir / "model.onnx"
@@ -165,13 +210,13 @@ def export_onnx(
             )
             program.save(str(scratch_path), external_data=external_data)
         report = OnnxExportReport(
-            path=str(path), inputs={name: ["batch", *example[name].shape[1:]] for name in input_names},
+            path=str(path), inputs=_graph_input_shapes(program.model),
             opset=int(program.model.opset_imports[""]), export_seconds=round(time.perf_counter() - start, 1),
-            external_data=external_data,
+            external_data=external_data, traced_size=list(traced_size) if traced_size else None,
         )
         if check:
             try:
-                checked = compare_with_onnxruntime(model, processor, scratch_path, atol)
+                checked = compare_with_onnxruntime(model, processor, scratch_path, atol, traced_size)
             except RuntimeError as error:
                 raise RuntimeError(f"{path} not written: {error}") from error
             if checked is not None:
@@ -185,11 +230,41 @@ def export_onnx(
     return report
 
 
-def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1e-4) -> tuple[str, dict] | None:
-    """Run ``path`` with onnxruntime at batch 1 and 3 and compare its logits with ``model``'s.
+def _dynamic_size_multiple(model: nn.Module, check: bool) -> int:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in DYNAMIC_SIZE_MULTIPLE:
+        raise ValueError(f"a dynamic height and width is for {' and '.join(DYNAMIC_SIZE_MULTIPLE)} models, not "
+                         f"{model_type}: DINOv2's position-embedding interpolation is fixed at the traced size (export "
+                         f"at the size you run with --size instead)")
+    if not check:
+        raise ValueError("a dynamic-size export must be checked at other sizes: leave out --no-check")
+    return DYNAMIC_SIZE_MULTIPLE[model_type]
 
-    Returns ``("onnxruntime <version>", {batch: max |difference|})``, or None when onnxruntime is not installed;
-    raises RuntimeError when a logit differs by more than ``atol`` or a shape differs.
+
+def _graph_input_shapes(graph) -> dict[str, list]:
+    """Each graph input's shape: ints for fixed axes, the axis name (e.g. "batch") for dynamic ones."""
+    return {node.name: [dim if isinstance(dim, int) else dim.value for dim in node.shape] for node in graph.graph.inputs}
+
+
+def _checked_shapes(traced_size: tuple[int, int] | None, multiple: int) -> list[tuple[int, tuple[int, int] | None]]:
+    """(batch, size) pairs to compare at: batch 1 and 3 at the model's size (neither is the traced batch 2, so a
+    batch baked into the graph fails); for a dynamic-size graph also two other sizes, neither the traced one
+    nor square (a size baked into the graph fails)."""
+    shapes = [(1, None), (3, None)]
+    if traced_size is not None:
+        rows, columns = traced_size[0] // multiple, traced_size[1] // multiple
+        shapes += [(1, ((rows - 1) * multiple, (columns + 2) * multiple)),
+                   (2, (max(1, rows // 2) * multiple, rows * multiple))]
+    return shapes
+
+
+def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1e-4,
+                             traced_size: tuple[int, int] | None = None) -> tuple[str, dict] | None:
+    """Run ``path`` with onnxruntime at batch 1 and 3 (and, for a graph traced at ``traced_size`` with a dynamic
+    height and width, at two other sizes) and compare its logits with ``model``'s.
+
+    Returns ``("onnxruntime <version>", {"<batch>" or "<batch>@<H>x<W>": max |difference|})``, or None when
+    onnxruntime is not installed; raises RuntimeError when a logit differs by more than ``atol`` or a shape differs.
     """
     try:
         import onnxruntime
@@ -198,19 +273,24 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     input_names = onnx_input_names(processor)
     differences = {}
-    for batch_size in (1, 3):  # neither is the traced batch: a batch baked into the graph fails here
-        inputs = _example_inputs(processor, input_names, batch_size)
+    multiple = DYNAMIC_SIZE_MULTIPLE.get(getattr(model.config, "model_type", None), 32)
+    for batch_size, size in _checked_shapes(traced_size, multiple):
+        where = f"batch {batch_size}" + (f", {size[0]}x{size[1]}" if size else "")
+        inputs = _example_inputs(processor, input_names, batch_size, size)
         with torch.no_grad(), _pure_pytorch_deform_conv():
             expected = model(**inputs).logits
-        (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
+        try:
+            (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
+        except Exception as error:  # onnxruntime's own exception types: a shape fixed in the graph, typically
+            raise RuntimeError(f"onnxruntime cannot run the graph at {where}: {str(error).splitlines()[0]}") from error
         if logits.shape != tuple(expected.shape):
-            raise RuntimeError(f"onnxruntime gave logits of shape {logits.shape} for batch {batch_size}, "
+            raise RuntimeError(f"onnxruntime gave logits of shape {logits.shape} at {where}, "
                                f"PyTorch {tuple(expected.shape)}")
         difference = float((torch.from_numpy(logits) - expected).abs().max())
-        differences[str(batch_size)] = difference
+        differences[str(batch_size) + (f"@{size[0]}x{size[1]}" if size else "")] = difference
         if not difference <= atol:
-            raise RuntimeError(f"onnxruntime's logits differ from PyTorch's by {difference:.3g} at batch "
-                               f"{batch_size} (tolerance {atol:g})")
+            raise RuntimeError(f"onnxruntime's logits differ from PyTorch's by {difference:.3g} at {where} "
+                               f"(tolerance {atol:g})")
     return f"onnxruntime {onnxruntime.__version__}", differences
 
 
@@ -229,7 +309,9 @@ class OnnxSegmentationModel(nn.Module):
     graph has the export's fixed height and width and takes fp32 CPU tensors; onnxruntime runs it on its
     available providers (CUDA first with onnxruntime-gpu). Multi-class graphs take the semantic path through
     :meth:`segment`: a multi-class SAM2-UNet's one pass at its size, a DINOv2 head's schedules with every window
-    of the graph's size (the crop size: the sliding window, as the PyTorch head runs by default).
+    of the graph's size (the crop size: the sliding window, as the PyTorch head runs by default). A graph exported
+    with ``dynamic_size`` (``dynamic_size`` True, ``input_size`` None) takes any multiple of 32, so ``predict
+    --resolution native`` runs each image at its own size.
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
@@ -248,7 +330,9 @@ class OnnxSegmentationModel(nn.Module):
         except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, NoSuchFile, ...)
             raise ValueError(f"{graph} cannot be loaded by onnxruntime: {error}") from error
         self.input_names = [node.name for node in self.session.get_inputs()]
-        self.input_size = tuple(self.session.get_inputs()[0].shape[2:])  # the export's fixed (height, width)
+        height, width = self.session.get_inputs()[0].shape[2:]
+        self.dynamic_size = not (isinstance(height, int) and isinstance(width, int))  # named axes: any size
+        self.input_size = None if self.dynamic_size else (height, width)  # the export's fixed (height, width)
         self.predicts_class_maps = self.session.get_outputs()[0].shape[1] != 1
         self.config = AutoConfig.from_pretrained(self.folder)
         self._processor = None
@@ -277,10 +361,12 @@ class OnnxSegmentationModel(nn.Module):
 
             return segment_with_schedule(self._window_logits, pixel_values, schedule, self.config)
         if schedule != "single":
-            raise ValueError(f"{self.folder}: this graph runs the 'single' schedule (the image resized to "
-                             f"{self.input_size}); got {schedule!r}")
+            raise ValueError(f"{self.folder}: this graph runs the 'single' schedule (one pass at the model's size); "
+                             f"got {schedule!r}")
+        size = self.input_size or (self.default_image_processor().size["height"],
+                                   self.default_image_processor().size["width"])
         return probabilities_from_one_pass(lambda pixels: self(pixel_values=pixels).logits, pixel_values.float(),
-                                           self.input_size)
+                                           size)
 
     def _window_logits(self, window: torch.Tensor) -> torch.Tensor:
         if tuple(window.shape[-2:]) != self.input_size:

@@ -157,8 +157,8 @@ def test_predict_runs_an_exported_folder_like_the_pytorch_model(exported_sam2_un
 
     with pytest.raises(SystemExit, match="ONNX graph run by onnxruntime; options for PyTorch models only: --compile"):
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--compile"])
-    with pytest.raises(SystemExit, match="ONNX graph of fixed size; --resolution native needs one exported with "
-                                         "--dynamic-size"):
+    with pytest.raises(SystemExit, match=r"predict: resolution='native': .* is an ONNX graph of fixed size "
+                                         r"\(96, 96\); export with --dynamic-size"):
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"),
               "--resolution", "native"])
     with pytest.raises(SystemExit, match="is already an ONNX export"):

@@ -75,9 +75,6 @@ def _predict(args) -> int:
         if any(torch_only.values()):
             raise SystemExit(f"predict: {args.model} is an ONNX graph run by onnxruntime; options for PyTorch models "
                              f"only: {', '.join(k for k, v in torch_only.items() if v)}")
-        if args.resolution == "native" and not model.dynamic_size:
-            raise SystemExit(f"predict: {args.model} is an ONNX graph of fixed size; --resolution native needs one "
-                             f"exported with --dynamic-size")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile

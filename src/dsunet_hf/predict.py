@@ -7,6 +7,7 @@ and existing outputs are kept (re-running resumes where a previous run stopped).
 
 from __future__ import annotations
 
+import collections
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,8 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
             pairs.append((item, Path(item.stem)))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
-    names = [str(name) for _, name in pairs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(str(name) for _, name in pairs)  # linear: folders of a million photos
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise ValueError(f"several inputs would write the same output name(s): {duplicates[:5]}")
     return pairs
@@ -379,45 +380,21 @@ def predict_files(
     state = process_state(device)
     output_dir = Path(output_dir)
     report = PredictionReport()
-    pending = []
     images = collect_images(inputs)  # on every process, so that a bad input raises everywhere, not only on one
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
-    if state.is_main_process:
-        for path, name in images:
-            if finished_mask_path(output_dir, path, name, semantic).exists() and not overwrite:
-                report.skipped_existing.append(str(path))
-            else:
-                pending.append((path, name))
-    if state.num_processes > 1:
-        # One listing for every process: a process that scanned the output folder after another one had
-        # started writing would see different "already present" files and split a different list.
-        from accelerate.utils import broadcast_object_list
-
-        pending, report.skipped_existing = broadcast_object_list([pending, report.skipped_existing])
-    if cutout_colors not in CUTOUT_COLORS:
-        raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
-    foreground_only = {"cutout": cutout, "background": background is not None, "threshold": threshold is not None,
-                       "minmax_normalize": minmax_normalize, "crop_refine": crop_refine}
-    if semantic and any(foreground_only.values()):
-        raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
-                         f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
-    if crop_refine and crop_margin < 0:
-        raise ValueError(f"crop_margin must be >= 0 (a fraction of the foreground box's longer side), got {crop_margin}")
-    backdrop = background if background is None or isinstance(background, Backdrop) else Backdrop(background)
-    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (backdrop is not None)
-    options = OutputOptions(threshold=threshold, colors=cutout_colors, backdrop=backdrop, device=device)
-    if resolution not in ("model", "native"):
-        raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
-    if schedule is not None and not semantic:
-        raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
-                         f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
+    pending, report.skipped_existing = _pending_inputs(images, output_dir, semantic, overwrite, state)
+    _check_prediction_options(
+        model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
+        crop_margin=crop_margin, foreground_only={"cutout": cutout, "background": background is not None,
+                                                  "threshold": threshold is not None,
+                                                  "minmax_normalize": minmax_normalize, "crop_refine": crop_refine})
     if any(is_video(path) for path, _ in pending):
         from .video import import_av
 
         import_av()  # a missing [video] extra is one clear error before anything runs
-    if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
-        raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
-                         f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
+    backdrop = background if background is None or isinstance(background, Backdrop) else Backdrop(background)
+    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (backdrop is not None)
+    options = OutputOptions(threshold=threshold, colors=cutout_colors, backdrop=backdrop, device=device)
 
     def input_size(height: int, width: int) -> tuple[int, int]:
         """The size the model runs an image of this size at."""
@@ -525,6 +502,48 @@ def predict_files(
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
     return report
+
+
+def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, semantic: bool, overwrite: bool,
+                    state) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """The (path, name) pairs still to predict and the paths whose outputs are already there, listed by the main
+    process and sent to every other: a process that scanned the output folder after another one had started
+    writing would see different "already present" files and split a different list."""
+    pending, skipped_existing = [], []
+    if state.is_main_process:
+        for path, name in images:
+            if finished_mask_path(output_dir, path, name, semantic).exists() and not overwrite:
+                skipped_existing.append(str(path))
+            else:
+                pending.append((path, name))
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        pending, skipped_existing = broadcast_object_list([pending, skipped_existing])
+    return pending, skipped_existing
+
+
+def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors: str, resolution: str,
+                              schedule: str | None, crop_margin: float, foreground_only: dict[str, bool]) -> None:
+    """Refuse option combinations the model cannot honour, before anything runs."""
+    if cutout_colors not in CUTOUT_COLORS:
+        raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
+    if semantic and any(foreground_only.values()):
+        raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
+                         f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
+    if foreground_only["crop_refine"] and crop_margin < 0:
+        raise ValueError(f"crop_margin must be >= 0 (a fraction of the foreground box's longer side), got {crop_margin}")
+    if resolution not in ("model", "native"):
+        raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
+    if schedule is not None and not semantic:
+        raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
+                         f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
+    if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
+        raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
+                         f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
+    if resolution == "native" and getattr(model, "dynamic_size", True) is False:  # an OnnxSegmentationModel
+        raise ValueError(f"resolution='native': {model.folder} is an ONNX graph of fixed size "
+                         f"{model.input_size}; export with --dynamic-size for one that takes any size")
 
 
 def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):

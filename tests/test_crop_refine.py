@@ -10,7 +10,7 @@ from helpers import RedChannelModel
 from PIL import Image
 
 from dsunet_hf import SegmentationImageProcessor
-from dsunet_hf.crop_refine import foreground_box, refine_with_crops, zoom_gain
+from dsunet_hf.crop_refine import foreground_box, foreground_boxes, refine_with_crops, zoom_gain
 from dsunet_hf.evaluate import evaluate_model
 from dsunet_hf.predict import native_size, predict_files
 
@@ -50,6 +50,56 @@ def test_the_crop_holds_the_foreground_with_a_margin_at_the_image_aspect():
     assert top == 0 and right == 400 and bottom <= 300 and left >= 0 and left < 380
     with pytest.raises(ValueError, match="margin"):
         foreground_box(probability, margin=-0.1)
+
+
+def test_objects_far_apart_get_a_crop_each_and_crops_never_overlap():
+    probability = np.zeros((300, 400), np.float32)
+    probability[20:50, 30:60] = 0.9  # top left
+    probability[240:280, 330:370] = 0.9  # bottom right
+    probability[150, 200] = 0.9  # a speck: under 1 % of the foreground, keeps the first pass
+    boxes = foreground_boxes(probability)
+    assert len(boxes) == 2
+    (t0, l0, b0, r0), (t1, l1, b1, r1) = boxes
+    assert t0 <= 20 and l0 <= 30 and b0 >= 50 and r0 >= 60 and t1 <= 240 and l1 <= 330 and b1 >= 280 and r1 >= 370
+    assert b0 <= t1 or r0 <= l1  # disjoint
+    assert not any(t <= 150 < b and left <= 200 < r for t, left, b, r in boxes)
+    # One object: the same crop as foreground_box. Two objects whose crops would overlap: one crop around both.
+    single = np.zeros((300, 400), np.float32)
+    single[100:140, 200:220] = 0.9
+    assert foreground_boxes(single) == [foreground_box(single)]
+    near = single.copy()
+    near[100:140, 232:250] = 0.9  # 12 px away: the grown crops overlap
+    (box,) = foreground_boxes(near)
+    assert box[1] <= 200 and box[3] >= 250
+    # The largest groups first when there are more than max_boxes.
+    many = np.zeros((300, 400), np.float32)
+    for index, column in enumerate(range(10, 400, 80)):
+        many[140:150 + 4 * index, column:column + 10 + 4 * index] = 0.9  # growing regions, 80 px apart
+    kept = foreground_boxes(many, margin=0, max_boxes=2)
+    assert len(kept) == 2 and kept[0][1] <= 250 < kept[0][3] and kept[1][1] <= 330 < kept[1][3]  # the two largest
+    assert foreground_boxes(np.zeros((30, 40), np.float32)) == []
+
+
+def test_each_of_two_small_objects_far_apart_is_refined(tmp_path):
+    """One crop around both would span the photo (zoom < 1.25: no second pass); a crop each sharpens both."""
+    photo, mask, _ = small_object_photo()
+    pixels = np.asarray(photo).copy()
+    rows, columns = np.mgrid[:720, :960]
+    second = (rows - 675) ** 2 + (columns - 905) ** 2 <= 28 ** 2  # bottom right; the first disk is at (300, 420)
+    pixels[second] = RED
+    Image.fromarray(pixels).save(tmp_path / "two.png")
+    mask = mask | second
+    model, processor = RedChannelModel(), SegmentationImageProcessor(size=64)
+    predict_files(model, processor, [tmp_path / "two.png"], tmp_path / "coarse", progress=False)
+    calls_before = model.calls
+    predict_files(model, processor, [tmp_path / "two.png"], tmp_path / "refined", progress=False, crop_refine=True)
+    assert model.calls == calls_before + 2  # the whole image, then one batch of its two crops
+    coarse_map, refined_map = written_mask(tmp_path / "coarse", "two.png"), written_mask(tmp_path / "refined", "two.png")
+    for region in (np.s_[200:400, 300:540], np.s_[600:720, 800:960]):  # each object's surroundings
+        assert iou(refined_map[region], mask[region]) > iou(coarse_map[region], mask[region]) + 0.03
+    # The old single crop around both objects would not have zoomed in enough to run.
+    top, left, bottom, right = foreground_box(coarse_map)
+    assert zoom_gain((720, 960), (bottom - top, right - left), lambda h, w: (64, 64)) < 1.25
 
 
 def test_zoom_gain_counts_model_input_pixels_per_image_pixel():

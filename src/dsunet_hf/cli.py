@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "multiscale = multi-scale + flip, the DINOv2 paper's +ms)")
     predict.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
     predict.add_argument("--crop-refine", action="store_true",
-                         help="predict once more on the crop around each image's foreground, zoomed to the model's "
+                         help="predict once more on the crop around each object (or group of nearby objects), zoomed to the model's "
                               "input: finer edges for objects that fill a small part of a large image")
     predict.add_argument("--crop-margin", type=float, default=0.25,
                          help="--crop-refine: margin around the foreground, a fraction of its box's longer side")

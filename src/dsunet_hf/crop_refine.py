@@ -7,6 +7,11 @@ again. Here the crop is the box around the first pass's foreground (p >= 0.5), g
 image's aspect ratio, so that the model sees the object with the same proportions as in the first pass, only
 larger. The second pass replaces the map inside the crop; outside it the first pass stays (below 0.5 there by
 construction). An image whose crop would enlarge the object by less than ``min_gain`` keeps its first pass.
+
+Several objects far apart (animals in a field, parts in a tray) get a crop each: one box around all of them would
+span most of the photo and zoom in by little. The first pass's foreground is split into connected regions; regions
+whose grown crops overlap share one crop, and specks (under ``min_area_fraction`` of the foreground) keep the first
+pass. Crops never overlap, so each pixel's map comes from exactly one pass.
 """
 
 from __future__ import annotations
@@ -20,18 +25,68 @@ from PIL import Image
 FOREGROUND = 0.5  # the first pass's foreground: what the crop must contain
 
 
-def foreground_box(probability: np.ndarray, margin: float = 0.25) -> tuple[int, int, int, int] | None:
+Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
+
+
+def foreground_box(probability: np.ndarray, margin: float = 0.25) -> Box | None:
     """The crop for the second pass, ``(top, left, bottom, right)`` (bottom/right exclusive): the box around
     ``probability >= 0.5``, each side grown by ``margin`` times the box's longer side (at least 8 px), then grown to
     the map's aspect ratio as far as the map allows. None when nothing is foreground."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    height, width = probability.shape
     mask = probability >= FOREGROUND
     rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    return _crop_around((int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1), mask.shape, margin)
+
+
+def foreground_boxes(probability: np.ndarray, margin: float = 0.25, min_area_fraction: float = 0.01,
+                     max_boxes: int = 8) -> list[Box]:
+    """One crop per group of foreground regions (``probability >= 0.5``, 8-connected): each region's box grown as
+    in :func:`foreground_box`; regions whose crops overlap are merged (their joint box grown again) until no two
+    crops overlap. Regions under ``min_area_fraction`` of the foreground area are left out (specks keep the first
+    pass), and so are all but the ``max_boxes`` groups with the most foreground. A single object gives the same
+    crop as :func:`foreground_box`. Sorted by position; empty when nothing is foreground."""
+    from scipy import ndimage  # connected regions: scipy's labelling (a dependency of pysodmetrics too)
+
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    mask = probability >= FOREGROUND
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    groups = [  # [tight box, foreground area] of the regions kept
+        [(rows.start, columns.start, rows.stop, columns.stop), int(area)]
+        for (rows, columns), area in zip(ndimage.find_objects(labels), areas)
+        if area >= min_area_fraction * areas.sum()
+    ]
+    merged = True
+    while merged:
+        merged = False
+        crops = [_crop_around(tight, mask.shape, margin) for tight, _ in groups]
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                if _overlap(crops[i], crops[j]):
+                    (a, area_a), (b, area_b) = groups[i], groups.pop(j)
+                    groups[i] = [(min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])), area_a + area_b]
+                    merged = True
+                    break
+            if merged:
+                break
+    groups = sorted(groups, key=lambda group: -group[1])[:max_boxes]
+    return sorted(_crop_around(tight, mask.shape, margin) for tight, _ in groups)
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _crop_around(tight: Box, shape: tuple[int, int], margin: float) -> Box:
+    """``tight`` grown by ``margin`` of its longer side (at least 8 px), then to the aspect ratio of ``shape``."""
+    height, width = shape
+    top, left, bottom, right = tight
     pad = max(8, math.ceil(margin * max(bottom - top, right - left)))
     top, left, bottom, right = max(top - pad, 0), max(left - pad, 0), min(bottom + pad, height), min(right + pad, width)
     # The image's aspect: widen a tall box or heighten a wide one (centred, shifted back inside the image).
@@ -70,7 +125,8 @@ def refine_with_crops(
     min_gain: float = 1.25,
     batch_size: int = 4,
 ) -> list[np.ndarray]:
-    """Second pass for every image whose foreground crop (:func:`foreground_box`) zooms in by ``min_gain`` or more.
+    """Second pass for every foreground crop (:func:`foreground_boxes`: one per object, or per group of nearby
+    objects) that zooms in by ``min_gain`` or more.
 
     ``probabilities`` are the first pass's raw foreground maps at the images' sizes; ``predict(crops, size)``
     returns the maps of a batch of crops at their own sizes, each crop run at ``size`` (the model input size, None
@@ -83,14 +139,12 @@ def refine_with_crops(
     if len(images) != len(probabilities):
         raise ValueError(f"{len(images)} images but {len(probabilities)} maps")
     refined = [np.array(p, dtype=np.float32, copy=True) for p in probabilities]
-    jobs: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    jobs: dict[tuple[int, int], list[tuple[int, Box]]] = {}
     for index, probability in enumerate(refined):
-        box = foreground_box(probability, margin)
-        if box is None:
-            continue
-        top, left, bottom, right = box
-        if zoom_gain(probability.shape, (bottom - top, right - left), input_size) >= min_gain:
-            jobs.setdefault(input_size(bottom - top, right - left), []).append((index, box))
+        for box in foreground_boxes(probability, margin):
+            top, left, bottom, right = box
+            if zoom_gain(probability.shape, (bottom - top, right - left), input_size) >= min_gain:
+                jobs.setdefault(input_size(bottom - top, right - left), []).append((index, box))
     for size, members in jobs.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]

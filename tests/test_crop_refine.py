@@ -191,17 +191,19 @@ def test_command_line_refuses_crop_refine_for_class_maps_and_records_it_in_repor
     (tmp_path / "data" / "masks").mkdir()
     photo.save(tmp_path / "data" / "images" / "a.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "data" / "masks" / "a.png")
-    with pytest.raises(SystemExit, match="--crop-refine"):
+    with pytest.raises(SystemExit, match="--crop-refine, --resolution native: for models that predict one"):
         main(["evaluate", "--model", str(tmp_path / "multi"), "--data", str(tmp_path / "data"), "--crop-refine",
-              "--output-dir", str(tmp_path / "evaluation")])
+              "--resolution", "native", "--output-dir", str(tmp_path / "evaluation")])
 
     binary = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
     binary.save_pretrained(tmp_path / "binary", include_backbone=True)
     SegmentationImageProcessor(size=64).save_pretrained(tmp_path / "binary")
     assert main(["evaluate", "--model", str(tmp_path / "binary"), "--data", str(tmp_path / "data"), "--crop-refine",
-                 "--crop-margin", "0.2", "--output-dir", str(tmp_path / "evaluation"), "--no-progress"]) == 0
+                 "--crop-margin", "0.2", "--output-dir", str(tmp_path / "evaluation"), "--no-progress",
+                 "--resolution", "native", "--max-side", "96"]) == 0
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert report["info"]["crop_refine"] is True and report["info"]["crop_margin"] == 0.2
+    assert report["info"]["resolution"] == "native" and report["info"]["max_side"] == 96
     with pytest.raises(SystemExit, match="crop_margin must be >= 0"):
         main(["predict", "--model", str(tmp_path / "binary"), "--crop-refine", "--crop-margin", "-1",
               str(tmp_path / "photo.png"), "--output-dir", str(tmp_path / "out")])

@@ -26,6 +26,7 @@ from dsunet_hf.evaluate import (
     write_report,
 )
 from dsunet_hf.metrics import METRIC_NAMES, SegmentationMetrics
+from dsunet_hf.predict import native_size
 
 SIZES = [(48, 40), (64, 64), (30, 70), (90, 52)]  # (height, width)
 
@@ -118,6 +119,33 @@ def test_validation_loss_is_the_models_own_loss_from_the_same_pass(model, proces
     assert scored["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     in_threes = evaluate_model(model, processor, samples, batch_size=3, progress=False, with_loss=True)
     assert in_threes["loss"] == pytest.approx(scored["loss"], rel=1e-5)  # a mean over samples, not over batches
+
+
+def test_native_resolution_scores_what_predict_native_writes(model, processor, samples, tmp_path):
+    """resolution="native": each image at its own size (multiples of 32), exactly the maps `predict
+    --resolution native` writes, scored as the prediction-folder mode scores them; the loss at those sizes too."""
+    from dsunet_hf.predict import predict_files
+
+    native = evaluate_model(model, processor, samples, batch_size=8, progress=False, resolution="native",
+                            minmax_normalize=False)
+    predict_files(model, processor, [item["image"] for item in samples], tmp_path / "out", resolution="native",
+                  progress=False)
+    from_files, _ = evaluate_prediction_folders(tmp_path / "out" / "masks", tmp_path / "masks", progress=False)
+    for name in METRIC_NAMES:
+        assert native[name] == pytest.approx(from_files[name], abs=1e-6), name
+    assert native != evaluate_model(model, processor, samples, batch_size=8, progress=False, minmax_normalize=False)
+    losses = []
+    for item in samples:  # each sample's loss with its mask at the image's own input size
+        image = Image.open(item["image"]).convert("RGB")
+        size = dict(zip(("height", "width"), native_size(image.height, image.width)))
+        inputs = processor([image], masks=[np.asarray(Image.open(item["mask"]), np.float32) / 255], size=size)
+        with torch.no_grad():
+            losses.append(float(model(pixel_values=inputs["pixel_values"], labels=inputs["labels"]).loss))
+    scored = evaluate_model(model, processor, samples, batch_size=3, progress=False, resolution="native",
+                            with_loss=True)
+    assert scored["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    with pytest.raises(ValueError, match="resolution must be 'model' or 'native'"):
+        evaluate_model(model, processor, samples, progress=False, resolution="full")
 
 
 def test_evaluate_model_restores_training_mode(model, processor, samples):

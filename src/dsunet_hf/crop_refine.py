@@ -155,18 +155,20 @@ def refine_with_crops(
 
 
 def refined_predictions(model, processor, images: list[Image.Image], probabilities: list, *, margin: float = 0.25,
-                        batch_size: int = 4) -> list[np.ndarray]:
-    """:func:`refine_with_crops` for a model and its image processor at the processor's fixed size: the maps of
-    :func:`dsunet_hf.predict.probabilities_and_outputs` (tensors or arrays) refined on their crops."""
+                        batch_size: int = 4, input_size: Callable[[int, int], tuple[int, int]] | None = None
+                        ) -> list[np.ndarray]:
+    """:func:`refine_with_crops` for a model and its image processor: the maps of
+    :func:`dsunet_hf.predict.probabilities_and_outputs` (tensors or arrays) refined on their crops, run at
+    ``input_size(height, width)`` (the processor's fixed size when None)."""
     from .predict import probabilities_and_outputs
 
-    def predict(crops, size):  # the processor's own size, as for the whole images
-        return [p.cpu().numpy() for p in probabilities_and_outputs(model, processor, crops)[0]]
+    def predict(crops, size):
+        return [p.cpu().numpy() for p in probabilities_and_outputs(model, processor, crops, size=size)[0]]
 
     maps = [p.cpu().numpy() if hasattr(p, "cpu") else np.asarray(p) for p in probabilities]
-    return refine_with_crops(images, maps, predict, lambda height, width: (processor.size["height"],
-                                                                          processor.size["width"]),
-                             margin=margin, batch_size=batch_size)
+    fixed = (processor.size["height"], processor.size["width"])
+    return refine_with_crops(images, maps, predict, input_size or (lambda height, width: fixed), margin=margin,
+                             batch_size=batch_size)
 
 
 def minmax_normalized(probability: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
 from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
-from .predict import probabilities_and_outputs
+from .predict import check_resolution, native_size, probabilities_and_outputs
 
 __all__ = [
     "evaluate_model",
@@ -102,6 +102,8 @@ def evaluate_model(
     dis_metrics: bool = False,
     crop_refine: bool = False,
     crop_margin: float = 0.25,
+    resolution: str = "model",
+    max_side: int = 2048,
 ) -> dict[str, float]:
     """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`
     (and, ``with_loss``, the model's loss under ``"loss"``).
@@ -122,6 +124,9 @@ def evaluate_model(
         dis_metrics: also BiRefNet's DIS metrics (HCE, mBA, BIoU, MSE; see :class:`SegmentationMetrics`).
         crop_refine: predict once more on the crop around each image's foreground (grown by ``crop_margin``; see
             :mod:`dsunet_hf.crop_refine`), as ``dsunet-hf predict --crop-refine``; the loss stays the first pass's.
+        resolution: ``"native"`` runs each image at its own size (at most ``max_side``, multiples of 32; see
+            :func:`dsunet_hf.predict.native_size`), as ``dsunet-hf predict --resolution native``, for models that
+            take any size (BiRefNet_dynamic / _HR, SAM2-UNet); images of a batch that share a size run together.
 
     Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
     warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
@@ -131,6 +136,13 @@ def evaluate_model(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_resolution(model, processor, resolution)
+
+    def input_size(height: int, width: int) -> tuple[int, int]:
+        if resolution == "native":
+            return native_size(height, width, max_side)
+        return processor.size["height"], processor.size["width"]
+
     total = len(dataset)
     if max_samples is not None:
         total = min(total, max(int(max_samples), 0))
@@ -159,15 +171,20 @@ def evaluate_model(
                 if not images:
                     continue
                 masks = [ground_truth.astype(np.float32) / 255.0 for ground_truth in ground_truths] if with_loss else None
-                probabilities, outputs = probabilities_and_outputs(model, processor, images,
-                                                                   minmax_normalize and not crop_refine, masks)
+                probabilities = [None] * len(images)
+                for size, members in _group_by_input_size(images, input_size if resolution == "native" else None):
+                    maps, outputs = probabilities_and_outputs(
+                        model, processor, [images[i] for i in members], minmax_normalize and not crop_refine,
+                        None if masks is None else [masks[i] for i in members], size=size)
+                    for i, probability in zip(members, maps):
+                        probabilities[i] = probability
+                    if with_loss:
+                        loss_sum += float(outputs.loss) * len(members)
                 if crop_refine:
                     probabilities = refined_predictions(model, processor, images, probabilities, margin=crop_margin,
-                                                        batch_size=batch_size)
+                                                        batch_size=batch_size, input_size=input_size)
                     if minmax_normalize:
                         probabilities = [minmax_normalized(p) for p in probabilities]
-                if with_loss:
-                    loss_sum += float(outputs.loss) * len(images)
                 for probability, ground_truth in zip(probabilities, ground_truths):
                     metrics.update(to_uint8_map(probability), ground_truth)
                 bar.update(len(images))
@@ -183,6 +200,17 @@ def evaluate_model(
     if with_loss:
         results["loss"] = loss_sum / len(metrics)
     return results
+
+
+def _group_by_input_size(images: list[Image.Image], input_size) -> list[tuple[tuple[int, int] | None, list[int]]]:
+    """``(size, indices)`` of the images that run at each input size; one group at the processor's size (None)
+    when ``input_size`` is None."""
+    if input_size is None:
+        return [(None, list(range(len(images))))]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(input_size(image.height, image.width), []).append(index)
+    return list(groups.items())
 
 
 def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -> dict[str, dict[str, float]]:
@@ -423,6 +451,10 @@ def add_evaluate_parser(subparsers):
                              "edges for small objects in large images), as predict --crop-refine")
     parser.add_argument("--crop-margin", type=float, default=0.25,
                         help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
+    parser.add_argument("--resolution", default="model", choices=["model", "native"],
+                        help="foreground models: native = each image at its own size (multiples of 32, at most "
+                             "--max-side), as predict --resolution native (BiRefNet_dynamic / _HR, SAM2-UNet)")
+    parser.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
     parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                              "multiscale = the paper's multi-scale + flip)")
@@ -497,7 +529,8 @@ def run_evaluate_cli(args) -> int:
             except (ValueError, OSError) as error:  # not a model folder, or a Hub id neither cached nor reachable
                 raise SystemExit(f"evaluate: cannot load {args.model}: {error}") from error
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
-        foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine}
+        foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine,
+                              "--resolution native": args.resolution == "native"}
         if any(foreground_options.values()) and (visual_prompt is not None or multi_class):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in foreground_options.items() if v)}: for models that "
                              f"predict one foreground map; {args.model} is not such a model")
@@ -539,6 +572,7 @@ def run_evaluate_cli(args) -> int:
                     model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
                     progress=args.progress, max_samples=args.max_samples, skipped=skipped,
                     dis_metrics=args.dis_metrics, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
+                    resolution=args.resolution, max_side=args.max_side,
                 )
             sources[name], skipped_per_dataset[name] = str(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
@@ -546,6 +580,8 @@ def run_evaluate_cli(args) -> int:
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
         if args.crop_refine:
             extra.update(crop_refine=True, crop_margin=args.crop_margin)
+        if args.resolution == "native":
+            extra.update(resolution="native", max_side=args.max_side)
         if per_class:
             extra["per_class_iou"] = per_class
         if multi_class:

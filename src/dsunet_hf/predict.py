@@ -198,12 +198,14 @@ def pixel_inputs(batch, device=None, dtype=None) -> dict[str, torch.Tensor]:
     return {k: v.to(device=device, dtype=dtype) for k, v in batch.items() if k.endswith("pixel_values")}
 
 
-def probabilities_and_outputs(model, processor, images: list, minmax_normalize: bool = False, masks=None):
+def probabilities_and_outputs(model, processor, images: list, minmax_normalize: bool = False, masks=None,
+                              size: tuple[int, int] | None = None):
     """One forward pass over a batch of PIL images: (foreground probabilities (H, W) at each image's original size,
     the model's output). With ``masks`` ((H, W) floats in [0, 1], one per image) they are resized to the model's
-    size as in training and passed as labels, so the output carries the model's loss."""
+    size as in training and passed as labels, so the output carries the model's loss. ``size`` (height, width):
+    the input size for this batch instead of the processor's (``resolution="native"``)."""
     device, dtype = device_and_dtype(model)
-    inputs = processor(images, masks=masks)
+    inputs = processor(images, masks=masks, size=None if size is None else {"height": size[0], "width": size[1]})
     labels = {} if masks is None else {"labels": torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)}
     outputs = model(**pixel_inputs(inputs, device, dtype), **labels)
     probabilities = processor.post_process_probabilities(
@@ -533,11 +535,16 @@ def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors
                          f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
     if foreground_only["crop_refine"] and crop_margin < 0:
         raise ValueError(f"crop_margin must be >= 0 (a fraction of the foreground box's longer side), got {crop_margin}")
-    if resolution not in ("model", "native"):
-        raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     if schedule is not None and not semantic:
         raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
                          f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
+    check_resolution(model, processor, resolution, semantic)
+
+
+def check_resolution(model, processor, resolution: str, semantic: bool = False) -> None:
+    """``resolution`` is "model" or "native", and "native" only for a model that takes any size."""
+    if resolution not in ("model", "native"):
+        raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")

@@ -160,14 +160,13 @@ def refined_predictions(model, processor, images: list[Image.Image], probabiliti
     """:func:`refine_with_crops` for a model and its image processor: the maps of
     :func:`dsunet_hf.predict.probabilities_and_outputs` (tensors or arrays) refined on their crops, run at
     ``input_size(height, width)`` (the processor's fixed size when None)."""
-    from .predict import probabilities_and_outputs
+    from .predict import input_size_function, probabilities_and_outputs
 
     def predict(crops, size):
         return [p.cpu().numpy() for p in probabilities_and_outputs(model, processor, crops, size=size)[0]]
 
     maps = [p.cpu().numpy() if hasattr(p, "cpu") else np.asarray(p) for p in probabilities]
-    fixed = (processor.size["height"], processor.size["width"])
-    return refine_with_crops(images, maps, predict, input_size or (lambda height, width: fixed), margin=margin,
+    return refine_with_crops(images, maps, predict, input_size or input_size_function(processor), margin=margin,
                              batch_size=batch_size)
 
 

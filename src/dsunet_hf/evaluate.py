@@ -26,7 +26,7 @@ from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
 from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
-from .predict import check_resolution, native_size, probabilities_and_outputs
+from .predict import check_resolution, input_size_function, probabilities_and_outputs
 
 __all__ = [
     "evaluate_model",
@@ -137,11 +137,7 @@ def evaluate_model(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_resolution(model, processor, resolution)
-
-    def input_size(height: int, width: int) -> tuple[int, int]:
-        if resolution == "native":
-            return native_size(height, width, max_side)
-        return processor.size["height"], processor.size["width"]
+    input_size = input_size_function(processor, resolution, max_side)
 
     total = len(dataset)
     if max_samples is not None:

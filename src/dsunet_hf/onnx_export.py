@@ -82,10 +82,11 @@ def _generic_trace_size(height: int, width: int, multiple: int) -> tuple[int, in
     """A (height, width) to trace a dynamic-size graph at: multiples of ``multiple`` near the model's size whose
     counts of ``multiple`` share no factor with 2·3·5·7, the height's smaller than the width's.
 
-    Why: the exporter records only the branch each shape test takes at the traced size. At such a size every
-    stage's map is a multiple of no window (Hiera 8/4/16, Swin 7/12, stride 4..32), so each 'pad to the window'
-    branch takes its general path, and a non-square size takes the general position-embedding path; at the
-    model's own square size (1024² = 32·32) they would be skipped, and the graph wrong at other sizes."""
+    Why: the exporter records only the branch each shape test takes at the traced size. At such a size a stage's
+    map (stride 4..32) needs padding to its window (Swin 7 or 12, Hiera 16 or 8 at stride 16 and 32) wherever any
+    multiple of 32 would, so each 'pad to the window' branch takes its general path, and a non-square size takes
+    the general position-embedding path; at the model's own square size (1024² = 32·32 and its maps, multiples of
+    8 and 16) they would be skipped, and the graph wrong at other sizes."""
     def generic(count: int) -> int:
         while math.gcd(count, 210) != 1:
             count += 1

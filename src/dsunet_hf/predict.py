@@ -221,6 +221,15 @@ def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32
     return tuple(max(divisor, round(side * scale / divisor) * divisor) for side in (height, width))
 
 
+def input_size_function(processor, resolution: str = "model", max_side: int = 2048):
+    """``f(height, width)``: the (height, width) the model runs an image of that size at, the processor's fixed
+    size or, ``resolution="native"``, the image's own (:func:`native_size`)."""
+    if resolution == "native":
+        return lambda height, width: native_size(height, width, max_side)
+    fixed = (processor.size["height"], processor.size["width"])
+    return lambda height, width: fixed
+
+
 def _stored_size(path: Path) -> tuple[int, int] | None:
     """(height, width) after EXIF orientation from the file header alone; None if it cannot be read
     (the file then fails, and is reported, when it is decoded)."""
@@ -398,11 +407,7 @@ def predict_files(
     kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (backdrop is not None)
     options = OutputOptions(threshold=threshold, colors=cutout_colors, backdrop=backdrop, device=device)
 
-    def input_size(height: int, width: int) -> tuple[int, int]:
-        """The size the model runs an image of this size at."""
-        if resolution == "native":
-            return native_size(height, width, max_side)
-        return processor.size["height"], processor.size["width"]
+    input_size = input_size_function(processor, resolution, max_side)
 
     def probabilities_of(inputs: dict) -> list[np.ndarray]:
         """The model's foreground probabilities for one batch of processor outputs, at the original sizes."""

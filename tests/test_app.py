@@ -55,6 +55,25 @@ def test_crop_refine_on_the_page_is_the_predict_commands():
     assert iou(refined, mask) > iou(coarse, mask) + 0.03
 
 
+def test_native_resolution_on_the_page_runs_each_image_at_its_own_size(tmp_path):
+    photo, mask, _ = small_object_photo()  # 960x720
+    model = RedChannelModel()
+    native = Demo(model, SegmentationImageProcessor(size=64), resolution="native", max_side=480)
+    soft = np.asarray(native.foreground(photo)[0]) / 255
+    assert model.input_sizes == {(352, 480)}  # 720x960 scaled to at most 480, multiples of 32
+    coarse = np.asarray(red_demo().foreground(photo)[0]) / 255
+    assert iou(soft, mask) > iou(coarse, mask) + 0.03
+    native.foreground(photo, crop_refine=True)
+    assert len(model.input_sizes) > 1  # the crop at its own size too
+    with pytest.raises(ValueError, match="resolution='native' is for foreground models"):
+        Demo(Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3)),
+             SegmentationImageProcessor(size=64), resolution="native")
+    write_space(tmp_path / "space", "ZhengPeng7/BiRefNet_dynamic", resolution="native", max_side=2304)
+    app = (tmp_path / "space" / "app.py").read_text()
+    assert "resolution='native', max_side=2304).launch()" in app
+    ast.parse(app)
+
+
 def test_class_page_shows_a_legend_and_palette_indices(tmp_path):
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3))
     model.save_pretrained(tmp_path / "multi", include_backbone=True)
@@ -201,7 +220,8 @@ def test_app_command_serves_the_models_page(tmp_path, monkeypatch):
     SegmentationImageProcessor(size=64).save_pretrained(tmp_path / "binary")
     launched = []
     monkeypatch.setattr(gradio.Blocks, "launch", lambda page, **kwargs: launched.append((page, kwargs)))
-    assert main(["app", "--model", str(tmp_path / "binary"), "--port", "7999", "--host", "0.0.0.0"]) == 0
+    assert main(["app", "--model", str(tmp_path / "binary"), "--port", "7999", "--host", "0.0.0.0",
+                 "--resolution", "native", "--max-side", "512"]) == 0
     (page, kwargs), = launched
     assert kwargs == {"server_name": "0.0.0.0", "server_port": 7999, "share": False}
     assert page.title == str(tmp_path / "binary") and "segment" in {fn.api_name for fn in page.fns.values()}

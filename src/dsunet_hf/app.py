@@ -22,9 +22,14 @@ KINDS = ("foreground", "classes", "prompt")
 
 
 class Demo:
-    """One loaded model and what its page computes. ``kind`` is ``"foreground"``, ``"classes"`` or ``"prompt"``."""
+    """One loaded model and what its page computes. ``kind`` is ``"foreground"``, ``"classes"`` or ``"prompt"``.
 
-    def __init__(self, model, processor=None):
+    ``resolution="native"`` (foreground models that take any size: BiRefNet_dynamic / _HR, SAM2-UNet, dynamic-size
+    ONNX folders) runs each image at its own size, at most ``max_side``, as ``predict --resolution native``."""
+
+    def __init__(self, model, processor=None, resolution: str = "model", max_side: int = 2048):
+        from .predict import check_resolution, input_size_function
+
         self.model, self.processor = model, processor
         self._video_outputs = None  # the last video's temporary folder: removed at the next one
         if processor is None:  # visual-prompt models take PIL images through their own ``segment``
@@ -33,9 +38,16 @@ class Demo:
             self.kind = "classes"
         else:
             self.kind = "foreground"
+        if resolution != "model" and self.kind != "foreground":
+            raise ValueError(f"resolution={resolution!r} is for foreground models; this is a {self.kind} model")
+        if self.kind == "foreground":
+            check_resolution(model, processor, resolution)
+            self.input_size = input_size_function(processor, resolution, max_side)
+        self.resolution, self.max_side = resolution, max_side
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None) -> Demo:
+    def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
+                        resolution: str = "model", max_side: int = 2048) -> Demo:
         """An artifact folder, a Hub repo id or an ONNX export folder, loaded as ``dsunet-hf predict`` loads it."""
         from .predict import load_model_and_processor
         from .prompt_predict import visual_prompt_model_type
@@ -44,8 +56,9 @@ class Demo:
             from transformers import AutoModel
 
             model = AutoModel.from_pretrained(name_or_path).to(device=device or "cpu", dtype=dtype or torch.float32)
-            return cls(model.eval())
-        return cls(*load_model_and_processor(name_or_path, device=device, dtype=dtype))
+            return cls(model.eval(), resolution=resolution, max_side=max_side)
+        return cls(*load_model_and_processor(name_or_path, device=device, dtype=dtype), resolution=resolution,
+                   max_side=max_side)
 
     @torch.inference_mode()
     def foreground(self, image: Image.Image, threshold: float = 0.0, crop_refine: bool = False,
@@ -62,9 +75,11 @@ class Demo:
 
         self._expect("foreground")
         image = _rgb(image)
-        probability = probabilities_and_outputs(self.model, self.processor, [image])[0][0].cpu().numpy()
+        size = self.input_size(image.height, image.width)
+        probability = probabilities_and_outputs(self.model, self.processor, [image], size=size)[0][0].cpu().numpy()
         if crop_refine:
-            probability = refined_predictions(self.model, self.processor, [image], [probability])[0]
+            probability = refined_predictions(self.model, self.processor, [image], [probability],
+                                              input_size=self.input_size)[0]
         options = OutputOptions(threshold=threshold or None, backdrop=Backdrop(background or "#ffffff"),
                                 device=device_and_dtype(self.model)[0])
         return tuple(Image.fromarray(render_output(kind, image, probability, options))
@@ -135,7 +150,7 @@ class Demo:
         output_dir = Path(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
                                cutout=True, background=background or "#ffffff", crop_refine=crop_refine,
-                               progress=False, overwrite=True)
+                               progress=False, overwrite=True, resolution=self.resolution, max_side=self.max_side)
         if report.failed:
             raise ValueError(next(iter(report.failed.values())))
         stem = Path(video).stem
@@ -169,7 +184,7 @@ def _editor_value(value: Any) -> tuple[Image.Image, np.ndarray | None]:
 
 def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
     """The Gradio page for ``demo`` (a :class:`Demo`, or a model to load with :meth:`Demo.from_pretrained`, which
-    gets ``load_kwargs``: ``device``, ``dtype``)."""
+    gets ``load_kwargs``: ``device``, ``dtype``, ``resolution``, ``max_side``)."""
     try:
         import gradio as gr
     except ImportError as error:
@@ -256,7 +271,7 @@ import torch
 
 from dsunet_hf.app import build_app
 
-build_app({model!r}, title={title!r}, device="cuda" if torch.cuda.is_available() else "cpu").launch()
+build_app({model!r}, title={title!r}, device="cuda" if torch.cuda.is_available() else "cpu"{options}).launch()
 '''
 
 
@@ -271,10 +286,12 @@ A demo of [{{ model }}](https://huggingface.co/{{ model }}) made with `dsunet-hf
 """
 
 
-def write_space(folder: str | Path, model: str, *, title: str | None = None, requirement: str | None = None) -> Path:
+def write_space(folder: str | Path, model: str, *, title: str | None = None, requirement: str | None = None,
+                resolution: str = "model", max_side: int = 2048) -> Path:
     """A Hugging Face Space (Gradio SDK) for ``model``: ``app.py``, ``requirements.txt`` and ``README.md`` with the
     Space's front matter. ``requirement`` is the line that installs this package there (default: this version from
-    PyPI with the ``[app]`` extra; a ``git+https://...`` URL works too)."""
+    PyPI with the ``[app]`` extra; a ``git+https://...`` URL works too). ``resolution="native"``: the page runs
+    each image at its own size (see :class:`Demo`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from huggingface_hub import SpaceCard, SpaceCardData
@@ -288,7 +305,10 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
         gradio_version = None
     folder = Path(folder)
     title = title or f"{model.rstrip('/').split('/')[-1]} segmentation"
-    write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model))
+    if resolution not in ("model", "native"):
+        raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
+    options = f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""
+    write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model, options=options))
     write_text_atomic(folder / "requirements.txt", (requirement or f"dsunet-hf[app]=={__version__}") + "\n")
     data = SpaceCardData(title=title, sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[model],
                          tags=["dsunet-hf", "image-segmentation"])

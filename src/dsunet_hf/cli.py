@@ -174,7 +174,8 @@ def _app(args) -> int:
     from .app import Demo, build_app
 
     try:
-        demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
+        demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
+                                    resolution=args.resolution, max_side=args.max_side)
     except (ValueError, OSError) as error:  # OSError: not a model folder, or a Hub id neither cached nor reachable
         raise SystemExit(f"app: cannot load {args.model}: {error}") from error
     try:
@@ -188,7 +189,8 @@ def _app(args) -> int:
 def _space(args) -> int:
     from .app import write_space
 
-    folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement)
+    folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement,
+                         resolution=args.resolution, max_side=args.max_side)
     print(f"space written to {folder}")
     if args.push_to_hub:
         from .hub import upload_folder_to_hub
@@ -324,6 +326,8 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .predict import add_resolution_arguments
+
     parser = argparse.ArgumentParser(prog="dsunet-hf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -354,13 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv decoders")
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (long first call)")
     predict.add_argument("--dtype", default="float32", choices=list(PRECISIONS))
-    predict.add_argument("--resolution", default="model", choices=["model", "native"],
-                         help="native: each image at its own size (multiples of 32, at most --max-side; for "
-                              "BiRefNet_dynamic/_HR and other any-size models), batched by equal size")
+    add_resolution_arguments(predict)
     predict.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                          help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                               "multiscale = multi-scale + flip, the DINOv2 paper's +ms)")
-    predict.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
     predict.add_argument("--crop-refine", action="store_true",
                          help="predict once more on the crop around each object (or group of nearby objects), zoomed to the model's "
                               "input: finer edges for objects that fill a small part of a large image")
@@ -437,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     app.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or the next free one)")
     app.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    add_resolution_arguments(app)
     app.set_defaults(func=_app)
 
     space = commands.add_parser("space", help="write (and push) a Hugging Face Space with the demo page of a model")
@@ -448,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "from PyPI with [app]; e.g. git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app])")
     space.add_argument("--push-to-hub", metavar="SPACE_ID", default=None, help="create/update this Space (user/name)")
     space.add_argument("--private", action="store_true")
+    add_resolution_arguments(space)
     space.set_defaults(func=_space)
 
     from .evaluate import add_evaluate_parser

@@ -26,7 +26,12 @@ from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
 from .image_io import ImageReadError, load_image, load_mask
 from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
-from .predict import check_resolution, input_size_function, probabilities_and_outputs
+from .predict import (
+    add_resolution_arguments,
+    check_resolution,
+    input_size_function,
+    probabilities_and_outputs,
+)
 
 __all__ = [
     "evaluate_model",
@@ -447,10 +452,7 @@ def add_evaluate_parser(subparsers):
                              "edges for small objects in large images), as predict --crop-refine")
     parser.add_argument("--crop-margin", type=float, default=0.25,
                         help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
-    parser.add_argument("--resolution", default="model", choices=["model", "native"],
-                        help="foreground models: native = each image at its own size (multiples of 32, at most "
-                             "--max-side), as predict --resolution native (BiRefNet_dynamic / _HR, SAM2-UNet)")
-    parser.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
+    add_resolution_arguments(parser)
     parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                              "multiscale = the paper's multi-scale + flip)")

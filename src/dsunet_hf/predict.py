@@ -230,6 +230,14 @@ def input_size_function(processor, resolution: str = "model", max_side: int = 20
     return lambda height, width: fixed
 
 
+def add_resolution_arguments(parser) -> None:
+    """``--resolution`` and ``--max-side``, the same for predict, evaluate, app and space."""
+    parser.add_argument("--resolution", default="model", choices=["model", "native"],
+                        help="foreground models: native = each image at its own size (multiples of 32, at most "
+                             "--max-side; BiRefNet_dynamic/_HR, SAM2-UNet, dynamic-size ONNX), batched by equal size")
+    parser.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
+
+
 def _stored_size(path: Path) -> tuple[int, int] | None:
     """(height, width) after EXIF orientation from the file header alone; None if it cannot be read
     (the file then fails, and is reported, when it is decoded)."""

@@ -167,6 +167,55 @@ def test_predict_runs_an_exported_folder_like_the_pytorch_model(exported_sam2_un
         main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "x"), "--dtype", "bf16"])
 
 
+def test_an_export_pushed_to_the_hub_has_a_card_and_predicts_from_its_repo_id(exported_sam2_unet, tmp_path,
+                                                                               offline_hub, capsys, monkeypatch):
+    """`dsunet-hf push` of an exported folder: a card naming the repo; `predict --model <repo id>` downloads it
+    (here: from the offline Hub cache) and runs it with onnxruntime, the masks of the local folder."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from dsunet_hf.cli import main
+
+    _, exported, _ = exported_sam2_unet
+    folder = tmp_path / "export"
+    shutil.copytree(exported, folder)
+    card = ModelCard.load(folder / "README.md")  # written by the export
+    assert card.data.library_name == "onnx" and card.data.pipeline_tag == "image-segmentation"
+    assert "onnx" in card.data.tags and card.data.license == "apache-2.0"
+    assert "`pixel_values` | `[batch, 3, 96, 96]`" in card.text and "path/to/this-model" in card.text
+    assert "Checked against the PyTorch model with onnxruntime" in card.text
+
+    assert main(["push", str(folder), "me/sam2unet-onnx"]) == 0
+    pushed = next(offline_hub.repo_dir("me/sam2unet-onnx").glob("snapshots/*"))
+    assert {"model.onnx", "model.onnx.data", "config.json", "preprocessor_config.json", "onnx_export.json",
+            "README.md"} <= {p.name for p in pushed.iterdir()}
+    card = ModelCard.load(pushed / "README.md")
+    assert "dsunet-hf predict --model me/sam2unet-onnx photos/" in card.text and "path/to/this-model" not in card.text
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(photos([(70, 50), (40, 90)])):
+        image.save(images / f"{index}.png")
+    capsys.readouterr()
+    for model, out in (("me/sam2unet-onnx", "hub-out"), (str(folder), "local-out")):
+        assert main(["predict", "--model", model, str(images), "--output-dir", str(tmp_path / out)]) == 0
+    for index in range(2):
+        hub_mask, local_mask = (np.asarray(Image.open(tmp_path / out / "masks" / f"{index}.png"))
+                                for out in ("hub-out", "local-out"))
+        np.testing.assert_array_equal(hub_mask, local_mask)
+    with pytest.raises(SystemExit, match="not a saved model folder .* or dsunet-hf export onnx first"):
+        main(["push", str(images), "me/nothing"])
+
+    # The card's Python snippet runs as written (snapshot_download from the offline cache).
+    snippet = card.text.split("```python\n")[1].split("```")[0]
+    photos([(48, 36)])[0].save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(snippet, namespace)
+    assert tuple(namespace["probability"].shape) == (48, 36)
+
+
 def test_a_broken_exported_folder_is_a_clear_error(exported_sam2_unet, tmp_path):
     import shutil
 
@@ -256,6 +305,9 @@ def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(tmp_pa
         assert onnx_mask.mode == "P" and len(np.unique(torch_mask)) > 1
         assert (np.asarray(onnx_mask) != torch_mask).mean() <= 0.01  # arg-max ties at float noise only
         assert (tmp_path / "onnx-out" / "overlays" / f"{index}.png").is_file()
+    card = (tmp_path / "onnx" / "README.md").read_text()  # a class graph's card: its classes, overlays, class maps
+    assert "Classes: LABEL_0, LABEL_1, LABEL_2, LABEL_3." in card and "--overlay" in card and "--cutout" not in card
+    assert "post_process_semantic_segmentation" in card
 
 
 def test_generic_trace_sizes_pad_every_window_and_are_not_square():

@@ -149,11 +149,16 @@ def _convert(args) -> int:
 
 def _push(args) -> int:
     from .hub import upload_folder_to_hub
+    from .onnx_export import is_onnx_export, onnx_model_card
 
     folder = Path(args.folder)
-    for required in ("config.json", "model.safetensors"):
-        if not (folder / required).is_file():
-            raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained first")
+    if is_onnx_export(folder) and (folder / "onnx_export.json").is_file():  # an ONNX export: its card names the repo
+        onnx_model_card(folder, repo_id=args.repo_id).save(folder / "README.md")
+    else:
+        for required in ("config.json", "model.safetensors"):
+            if not (folder / required).is_file():
+                raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained or "
+                                 f"dsunet-hf export onnx first")
     if args.evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
         from .hub import add_evaluation_to_card
 
@@ -304,7 +309,7 @@ def _export(args) -> int:
         raise SystemExit(f"export: cannot load {args.model}: {error}") from error
     try:
         report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
-                             atol=args.atol, dynamic_size=args.dynamic_size)
+                             atol=args.atol, dynamic_size=args.dynamic_size, source=args.model)
     except (ValueError, TypeError, RuntimeError) as error:  # not exportable, or the graph disagrees with PyTorch
         raise SystemExit(f"export: {args.model}: {error}") from error
     print(report.summary())

@@ -363,15 +363,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from .hub import package_versions
 
-    versions = {}
-    for package in ("dsunet-hf", "pysodmetrics", "torch", "transformers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return versions
+    return package_versions("dsunet-hf", "pysodmetrics", "torch", "transformers")
 
 
 SOD_PROTOCOL = ("SAM2-UNet test.py/eval.py: bilinear upsampling to GT size, sigmoid, optional per-image min-max, "

@@ -65,6 +65,19 @@ def snapshot_revision(local_file: Path) -> str | None:
     return None
 
 
+def package_versions(*packages: str) -> dict[str, str]:
+    """``{package: version}`` of those installed (for reports and cards)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
 def render_model_card(template_name: str, card_data: ModelCardData, **variables) -> ModelCard:
     """Render ``model_cards/<template_name>`` (Jinja) with ``huggingface_hub.ModelCard``."""
     template = resources.files("dsunet_hf").joinpath("model_cards", template_name).read_text(encoding="utf-8")

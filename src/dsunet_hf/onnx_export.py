@@ -39,7 +39,7 @@ from torch import nn
 from .finetune import lora_merged
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
-           "onnx_input_names"]
+           "onnx_export_from_hub", "onnx_input_names", "onnx_model_card"]
 
 # Beyond this, weights go to an external data file (protobuf's 2 GB limit; DSU-Net-L is 2.1 GB in fp32).
 _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
@@ -135,6 +135,9 @@ class OnnxExportReport:
     checked_with: str | None = None  # "onnxruntime x.y.z", or None when onnxruntime is not installed
     max_abs_difference: dict[str, float] = field(default_factory=dict)  # per checked batch ("1") or "1@HxW"
     traced_size: list[int] | None = None  # dynamic-size graphs: the (height, width) traced
+    source: str | None = None  # the model exported (folder or Hub id), for the card
+    license: str | None = None  # the source model's, for the card
+    versions: dict[str, str] = field(default_factory=dict)  # dsunet-hf, torch, onnx, onnxscript, onnxruntime
 
     def summary(self) -> str:
         check = (f"onnxruntime max |diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
@@ -152,6 +155,7 @@ def export_onnx(
     check: bool = True,
     atol: float = 1e-4,
     dynamic_size: bool = False,
+    source: str | None = None,
 ) -> OnnxExportReport:
     """Export ``model`` (eval mode, on the CPU, fp32) to ``output_dir/model.onnx``.
 
@@ -167,6 +171,8 @@ def export_onnx(
         dynamic_size: leave the height and width free (multiples of 32; SAM2-UNet and BiRefNet), traced at a
             generic size and checked at the model's size and at two others (needs onnxruntime). The saved
             processor keeps the model's size (what ``predict`` runs at unless ``--resolution native``).
+        source: the model's folder or Hub id, named on the model card (``README.md``, see :func:`onnx_model_card`);
+            default: the model's ``name_or_path``.
 
     Returns:
         :class:`OnnxExportReport` (also written to ``onnx_export.json``).
@@ -225,10 +231,53 @@ def export_onnx(
         (output_dir / "model.onnx.data").unlink(missing_ok=True)  # an earlier export's weights, if any
         for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
             os.replace(written, output_dir / written.name)
+    from .hub import package_versions
+
+    report.source = source or getattr(model, "name_or_path", None) or None
+    report.license = _source_license(model)
+    report.versions = package_versions("dsunet-hf", "torch", "onnx", "onnxscript", "onnxruntime")
     model.config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     (output_dir / "onnx_export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    onnx_model_card(output_dir).save(output_dir / "README.md")
     return report
+
+
+def _source_license(model: nn.Module) -> str | None:
+    """The license on the source model's card (MIT for BiRefNet, Apache-2.0 for the others)."""
+    try:
+        return model.model_card().data.license
+    except (AttributeError, NotImplementedError):  # not one of this package's models
+        return None
+
+
+def onnx_model_card(folder: str | Path, repo_id: str | None = None):
+    """The model card (``huggingface_hub.ModelCard``) of an exported folder, from its ``onnx_export.json`` and
+    ``config.json``: what was exported from where, the graph's inputs, the onnxruntime check, how to run it
+    (``repo_id`` in the snippets). ``dsunet-hf push`` renders it again with the repo id it pushes to."""
+    from huggingface_hub import ModelCardData
+
+    from .hub import looks_like_hub_id, render_model_card
+
+    folder = Path(folder)
+    report = json.loads((folder / "onnx_export.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    source = report.get("source")
+    source_is_hub_id = bool(source) and looks_like_hub_id(source)
+    labels = list((config.get("id2label") or {}).values())
+    data = ModelCardData(
+        license=report.get("license"), library_name="onnx", pipeline_tag="image-segmentation",
+        tags=["onnx", "dsunet-hf", config.get("model_type", "segmentation")],
+        base_model=source if source_is_hub_id else None,
+    )
+    title = source.rstrip("/").split("/")[-1] if source else config.get("model_type", "segmentation")
+    versions = ", ".join(f"{name} {version}" for name, version in (report.get("versions") or {}).items())
+    return render_model_card(
+        "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id,
+        model_type=config.get("model_type"), report=report, dynamic_size=report.get("traced_size") is not None,
+        labels=labels if len(labels) > 2 else [], repo_id=repo_id or "path/to/this-model",
+        versions=versions or "dsunet-hf",
+    )
 
 
 def _dynamic_size_multiple(model: nn.Module, check: bool) -> int:
@@ -293,6 +342,24 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
             raise RuntimeError(f"onnxruntime's logits differ from PyTorch's by {difference:.3g} at {where} "
                                f"(tolerance {atol:g})")
     return f"onnxruntime {onnxruntime.__version__}", differences
+
+
+def onnx_export_from_hub(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local snapshot of a Hub repo holding an export (``dsunet-hf push`` of an exported folder), downloaded
+    (or taken from the cache offline); None when ``repo_id`` is not such a repo or cannot be reached (the caller
+    then loads it as a PyTorch model and reports that path's error). Only ``onnx_export.json`` is fetched to tell."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from .hub import looks_like_hub_id
+
+    if not looks_like_hub_id(repo_id):
+        return None
+    try:
+        hf_hub_download(repo_id, "onnx_export.json", revision=revision)
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+        return None  # not an export (or not reachable): the regular loading path says why
+    return Path(snapshot_download(repo_id, revision=revision))
 
 
 def is_onnx_export(name_or_path) -> bool:

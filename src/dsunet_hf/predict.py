@@ -572,13 +572,16 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     from transformers import AutoImageProcessor, AutoModelForImageSegmentation
 
     from .convert.birefnet import is_official_birefnet_source
-    from .onnx_export import OnnxSegmentationModel, is_onnx_export
+    from .onnx_export import OnnxSegmentationModel, is_onnx_export, onnx_export_from_hub
 
-    if is_onnx_export(name_or_path):  # a folder written by `dsunet-hf export onnx`, run by onnxruntime
+    # A folder written by `dsunet-hf export onnx`, or a Hub repo it was pushed to: run by onnxruntime.
+    onnx_folder = name_or_path if is_onnx_export(name_or_path) else onnx_export_from_hub(name_or_path,
+                                                                                          kwargs.get("revision"))
+    if onnx_folder is not None:
         if (device is not None and str(device) != "cpu") or dtype not in (None, torch.float32):
             raise ValueError(f"{name_or_path} is an ONNX graph (fp32): onnxruntime picks its devices (CUDA with "
                              f"onnxruntime-gpu); leave out --device and --dtype")
-        model = OnnxSegmentationModel(name_or_path)
+        model = OnnxSegmentationModel(onnx_folder)
         return model, AutoImageProcessor.from_pretrained(model.folder)
     if is_official_birefnet_source(name_or_path, kwargs.get("revision")):
         # Official BiRefNet weights (Hub id such as ZhengPeng7/BiRefNet, folder or .pth/.safetensors file).

@@ -206,6 +206,9 @@ def test_an_export_pushed_to_the_hub_has_a_card_and_predicts_from_its_repo_id(ex
         np.testing.assert_array_equal(hub_mask, local_mask)
     with pytest.raises(SystemExit, match="not a saved model folder .* or dsunet-hf export onnx first"):
         main(["push", str(images), "me/nothing"])
+    capsys.readouterr()
+    assert main(["info", "me/sam2unet-onnx"]) == 0
+    assert "ONNX export of a model: " in capsys.readouterr().out  # the report, read from the repo
 
     # The card's Python snippet runs as written (snapshot_download from the offline cache).
     snippet = card.text.split("```python\n")[1].split("```")[0]

@@ -283,10 +283,15 @@ def _info(args) -> int:
     if args.model:
         from transformers import AutoConfig
 
+        from .onnx_export import read_export_report
+
         try:
             config = AutoConfig.from_pretrained(args.model)
         except (ValueError, OSError) as error:
             raise SystemExit(f"info: cannot read the config of {args.model}: {error}") from error
+        export = read_export_report(args.model)
+        if export is not None:  # an ONNX export (folder or Hub repo): what it takes and how it was checked
+            print(f"ONNX export of {export.source or 'a model'}: {export.summary()}")
         print(json.dumps(config.to_diff_dict(), indent=2, default=str))
     else:
         from .models import MODEL_NAMES, get_model_spec

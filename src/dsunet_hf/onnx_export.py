@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -39,7 +39,7 @@ from torch import nn
 from .finetune import lora_merged
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
-           "onnx_export_from_hub", "onnx_input_names", "onnx_model_card"]
+           "onnx_export_from_hub", "onnx_input_names", "onnx_model_card", "read_export_report"]
 
 # Beyond this, weights go to an external data file (protobuf's 2 GB limit; DSU-Net-L is 2.1 GB in fp32).
 _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
@@ -344,21 +344,38 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
     return f"onnxruntime {onnxruntime.__version__}", differences
 
 
-def onnx_export_from_hub(repo_id: str, revision: str | None = None) -> Path | None:
-    """The local snapshot of a Hub repo holding an export (``dsunet-hf push`` of an exported folder), downloaded
-    (or taken from the cache offline); None when ``repo_id`` is not such a repo or cannot be reached (the caller
-    then loads it as a PyTorch model and reports that path's error). Only ``onnx_export.json`` is fetched to tell."""
-    from huggingface_hub import hf_hub_download, snapshot_download
+def read_export_report(name_or_path: str | Path, revision: str | None = None) -> OnnxExportReport | None:
+    """The :class:`OnnxExportReport` of an exported folder or of a Hub repo holding one (only its
+    ``onnx_export.json`` is fetched); None for anything else, or a Hub repo that cannot be reached (the caller then
+    treats it as a PyTorch model, whose loading path says why)."""
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     from .hub import looks_like_hub_id
 
-    if not looks_like_hub_id(repo_id):
+    path = Path(name_or_path) / "onnx_export.json"
+    if not path.is_file():
+        if not looks_like_hub_id(str(name_or_path)):
+            return None
+        try:
+            path = Path(hf_hub_download(str(name_or_path), "onnx_export.json", revision=revision))
+        except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+            return None  # not an export, or not reachable
+    saved = json.loads(path.read_text())
+    known = {f.name for f in fields(OnnxExportReport)}
+    return OnnxExportReport(**{key: value for key, value in saved.items() if key in known})
+
+
+def onnx_export_from_hub(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local snapshot of a Hub repo holding an export (``dsunet-hf push`` of an exported folder), downloaded
+    (or taken from the cache offline); None when ``repo_id`` is not such a repo or cannot be reached (the caller
+    then loads it as a PyTorch model and reports that path's error)."""
+    from huggingface_hub import snapshot_download
+
+    from .hub import looks_like_hub_id
+
+    if not looks_like_hub_id(repo_id) or read_export_report(repo_id, revision) is None:
         return None
-    try:
-        hf_hub_download(repo_id, "onnx_export.json", revision=revision)
-    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
-        return None  # not an export (or not reachable): the regular loading path says why
     return Path(snapshot_download(repo_id, revision=revision))
 
 

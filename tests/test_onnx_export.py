@@ -336,9 +336,10 @@ def test_dynamic_size_is_refused_where_the_graph_would_be_wrong(tmp_path):
     assert not (tmp_path / "onnx" / "model.onnx").exists()
 
 
-def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, capsys):
+def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, capsys, offline_hub):
     """BiRefNet (its deformable convolution included) with any height and width: traced at 352x416, checked at
-    its own size and two more; `predict --resolution native` with the graph gives the PyTorch model's masks."""
+    its own size and two more, pushed to the Hub; `predict --model <repo> --resolution native` gives the PyTorch
+    model's masks."""
     from test_birefnet import tiny_config
 
     from dsunet_hf import BiRefNetForImageSegmentation
@@ -350,8 +351,13 @@ def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, c
     processor = model.default_image_processor()
     processor.save_pretrained(tmp_path / "model")
     folder = tmp_path / "onnx"
-    assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(folder), "--dynamic-size"]) == 0
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(folder), "--dynamic-size",
+                 "--push-to-hub", "me/birefnet-onnx"]) == 0
     assert "pixel_values ['batch', 3, '32*height', '32*width']" in capsys.readouterr().out
+    assert offline_hub.pushes == [("me/birefnet-onnx", f"ONNX export of {tmp_path / 'model'}")]
+    card = (folder / "README.md").read_text()
+    assert "Any height and width that are multiples of 32 (traced at 352×416)" in card
+    assert "dsunet-hf predict --model me/birefnet-onnx photos/ --output-dir out --cutout --resolution native" in card
     report = json.loads((folder / "onnx_export.json").read_text())
     assert report["traced_size"] == [352, 416]
     assert set(report["max_abs_difference"]) == {"1", "3", "1@320x480", "2@160x352"}  # model size 64x64 + two
@@ -365,7 +371,7 @@ def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, c
     images.mkdir()
     for index, image in enumerate(photos([(70, 50), (40, 90), (130, 96)])):
         image.save(images / f"{index}.png")
-    assert main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "onnx-out"),
+    assert main(["predict", "--model", "me/birefnet-onnx", str(images), "--output-dir", str(tmp_path / "onnx-out"),
                  "--resolution", "native", "--num-workers", "0"]) == 0
     predict_files(model, processor, [images], tmp_path / "torch-out", resolution="native", progress=False)
     for index in range(3):

@@ -318,6 +318,9 @@ def _export(args) -> int:
     except (ValueError, TypeError, RuntimeError) as error:  # not exportable, or the graph disagrees with PyTorch
         raise SystemExit(f"export: {args.model}: {error}") from error
     print(report.summary())
+    if args.push_to_hub:  # the folder with its card, named after the repo (as `dsunet-hf push` does)
+        return _push(argparse.Namespace(folder=args.output_dir, repo_id=args.push_to_hub, evaluation=None,
+                                        commit_message=f"ONNX export of {args.model}", private=args.private))
     return 0
 
 
@@ -412,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dynamic-size", action="store_true",
                         help="any height and width (multiples of 32; SAM2-UNet, BiRefNet), for predict --resolution "
                              "native; checked at three sizes")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the export with its card")
+    export.add_argument("--private", action="store_true", help="--push-to-hub: create the repo private")
     export.set_defaults(func=_export)
 
     push = commands.add_parser("push", help="upload a saved artifact folder to the Hub")

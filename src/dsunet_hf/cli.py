@@ -376,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
                               "multiscale = multi-scale + flip, the DINOv2 paper's +ms)")
     predict.add_argument("--crop-refine", action="store_true",
-                         help="predict once more on the crop around each object (or group of nearby objects), zoomed to the model's "
-                              "input: finer edges for objects that fill a small part of a large image")
+                         help="predict once more on the crop around each object (or group of nearby objects), "
+                              "zoomed to the model's input: finer edges for objects that fill a small part of a large "
+                              "image")
     predict.add_argument("--crop-margin", type=float, default=0.25,
                          help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
     predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",

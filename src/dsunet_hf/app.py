@@ -290,7 +290,7 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
                 resolution: str = "model", max_side: int = 2048) -> Path:
     """A Hugging Face Space (Gradio SDK) for ``model``: ``app.py``, ``requirements.txt`` and ``README.md`` with the
     Space's front matter. ``requirement`` is the line that installs this package there (default: this version from
-    PyPI with the ``[app]`` extra; a ``git+https://...`` URL works too). ``resolution="native"``: the page runs
+    PyPI with the ``[app]`` extra, and ``[onnx]`` for an ONNX export's repo; a ``git+https://...`` URL works too). ``resolution="native"``: the page runs
     each image at its own size (see :class:`Demo`)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -309,7 +309,10 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     options = f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""
     write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model, options=options))
-    write_text_atomic(folder / "requirements.txt", (requirement or f"dsunet-hf[app]=={__version__}") + "\n")
+    from .onnx_export import read_export_report
+
+    extras = "app,onnx" if read_export_report(model) is not None else "app"  # an ONNX repo runs on onnxruntime
+    write_text_atomic(folder / "requirements.txt", (requirement or f"dsunet-hf[{extras}]=={__version__}") + "\n")
     data = SpaceCardData(title=title, sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[model],
                          tags=["dsunet-hf", "image-segmentation"])
     card = SpaceCard.from_template(data, template_str=SPACE_README, title=title, model=model)

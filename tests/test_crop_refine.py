@@ -102,6 +102,32 @@ def test_each_of_two_small_objects_far_apart_is_refined(tmp_path):
     assert zoom_gain((720, 960), (bottom - top, right - left), lambda h, w: (64, 64)) < 1.25
 
 
+def test_the_crops_map_blends_into_the_first_pass_without_a_seam():
+    """Soft maps disagree a little in the background (0.2 first, 0.0 in the crop): over the crop's last 8 px the
+    two are blended (no rectangle in cut-out alpha), the object comes from the crop, image borders are not blended."""
+    from dsunet_hf.crop_refine import FEATHER
+
+    first = np.full((360, 480), 0.2, np.float32)
+    first[170:190, 230:250] = 0.95  # the object, in the middle
+    first[:12, :12] = 0.95  # another, in the top-left corner: its crop starts at the image's border
+    image = Image.new("RGB", (480, 360))
+
+    def predict(crops, size):
+        return [np.zeros((crop.height, crop.width), np.float32) for crop in crops]
+
+    (refined,) = refine_with_crops([image], [first], predict, lambda h, w: (64, 64))
+    boxes = foreground_boxes(first)
+    assert len(boxes) == 2
+    (corner_top, corner_left, corner_bottom, corner_right), (top, left, bottom, right) = boxes
+    row = refined[(top + bottom) // 2]
+    across_left_side = row[left - 2:left + FEATHER + 2]
+    assert across_left_side[0] == pytest.approx(0.2) and across_left_side[-1] == 0  # first pass -> crop's map
+    assert np.abs(np.diff(across_left_side)).max() <= 0.2 / (FEATHER + 1) + 1e-6  # a ramp, not a 0.2 step
+    assert refined[top + FEATHER:bottom - FEATHER, left + FEATHER:right - FEATHER].max() == 0  # the crop's map
+    assert corner_top == 0 and corner_left == 0
+    assert refined[0, :corner_right - FEATHER].max() == 0 and refined[:corner_bottom - FEATHER, 0].max() == 0
+
+
 def test_zoom_gain_counts_model_input_pixels_per_image_pixel():
     fixed = lambda height, width: (64, 64)  # noqa: E731
     assert zoom_gain((720, 960), (180, 240), fixed) == pytest.approx(4.0)

@@ -113,7 +113,10 @@ def test_the_crops_map_blends_into_the_first_pass_without_a_seam():
     image = Image.new("RGB", (480, 360))
 
     def predict(crops, size):
-        return [np.zeros((crop.height, crop.width), np.float32) for crop in crops]
+        maps = [np.zeros((crop.height, crop.width), np.float32) for crop in crops]
+        for crop_map in maps:
+            crop_map[-3, :] = 0.9  # a thin part only the zoomed view finds, inside the band
+        return maps
 
     (refined,) = refine_with_crops([image], [first], predict, lambda h, w: (64, 64))
     boxes = foreground_boxes(first)
@@ -124,6 +127,7 @@ def test_the_crops_map_blends_into_the_first_pass_without_a_seam():
     assert across_left_side[0] == pytest.approx(0.2) and across_left_side[-1] == 0  # first pass -> crop's map
     assert np.abs(np.diff(across_left_side)).max() <= 0.2 / (FEATHER + 1) + 1e-6  # a ramp, not a 0.2 step
     assert refined[top + FEATHER:bottom - FEATHER, left + FEATHER:right - FEATHER].max() == 0  # the crop's map
+    assert (refined[bottom - 3, left:right] == np.float32(0.9)).all()  # its foreground is kept in the band too
     assert corner_top == 0 and corner_left == 0
     assert refined[0, :corner_right - FEATHER].max() == 0 and refined[:corner_bottom - FEATHER, 0].max() == 0
 

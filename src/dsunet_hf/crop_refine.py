@@ -5,9 +5,9 @@ fills a small part of the frame, and its edges come back from a coarse map. BiRe
 (their issues #41, #266) with: predict at low resolution, crop the region the object occupies, predict the crop
 again. Here the crop is the box around the first pass's foreground (p >= 0.5), grown by a margin and then to the
 image's aspect ratio, so that the model sees the object with the same proportions as in the first pass, only
-larger. The second pass replaces the map inside the crop, blended into the first pass over its last 8 px (no
-rectangle seam in soft maps); outside it the first pass stays (below 0.5 there by construction). An image whose
-crop would enlarge the object by less than ``min_gain`` keeps its first pass.
+larger. The second pass replaces the map inside the crop, its background blended into the first pass over the
+crop's last 8 px (no rectangle seam in soft maps); outside it the first pass stays (below 0.5 there by
+construction). An image whose crop would enlarge the object by less than ``min_gain`` keeps its first pass.
 
 Several objects far apart (animals in a field, parts in a tray) get a crop each: one box around all of them would
 span most of the photo and zoom in by little. The first pass's foreground is split into connected regions; regions
@@ -159,10 +159,11 @@ FEATHER = 8  # px: the crop's map blends into the first pass over this band (ins
 
 
 def _paste(full: np.ndarray, crop_map: np.ndarray, box: Box) -> None:
-    """Put the crop's map into ``full`` (in place), blended linearly into the first pass over the last ``FEATHER``
-    pixels inside each crop side that is not an image border: soft maps disagree slightly there (e.g. 0.02 vs
-    0.0 of background), and a hard paste would leave the crop's rectangle visible in cut-out alpha. The band lies in
-    the margin around the object, so the object itself always comes from the crop."""
+    """Put the crop's map into ``full`` (in place), its background blended linearly into the first pass over the
+    last ``FEATHER`` pixels inside each crop side that is not an image border: soft maps disagree slightly there
+    (e.g. 0.02 vs 0.0 of background), and a hard paste would leave the crop's rectangle visible in cut-out alpha.
+    What the crop finds as foreground (>= 0.5) is kept as it is, in the band too: a thin part only the zoomed view
+    sees is not faded out."""
     top, left, bottom, right = box
     height, width = crop_map.shape
     band = max(1, min(FEATHER, height // 4, width // 4))
@@ -179,8 +180,8 @@ def _paste(full: np.ndarray, crop_map: np.ndarray, box: Box) -> None:
     rows = ramp(height, top > 0, bottom < full.shape[0])
     columns = ramp(width, left > 0, right < full.shape[1])
     weight = np.minimum(rows[:, None], columns[None, :])
-    region = full[top:bottom, left:right]
-    full[top:bottom, left:right] = weight * crop_map + (1 - weight) * region
+    blended = weight * crop_map + (1 - weight) * full[top:bottom, left:right]
+    full[top:bottom, left:right] = np.where(crop_map >= FOREGROUND, crop_map, blended)
 
 
 def refined_predictions(model, processor, images: list[Image.Image], probabilities: list, *, margin: float = 0.25,

@@ -63,25 +63,20 @@ def foreground_boxes(probability: np.ndarray, margin: float = 0.25, min_area_fra
         for (rows, columns), area in zip(ndimage.find_objects(labels), areas)
         if area >= min_area_fraction * areas.sum()
     ]
-    merged = True
-    while merged:
-        merged = False
-        crops = [_crop_around(tight, mask.shape, margin) for tight, _ in groups]
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                if _overlap(crops[i], crops[j]):
-                    (a, area_a), (b, area_b) = groups[i], groups.pop(j)
-                    groups[i] = [(min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])), area_a + area_b]
-                    merged = True
-                    break
-            if merged:
-                break
+    while (pair := _overlapping_pair([_crop_around(tight, mask.shape, margin) for tight, _ in groups])) is not None:
+        (a, area_a), (b, area_b) = groups[pair[0]], groups.pop(pair[1])
+        groups[pair[0]] = [(min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])), area_a + area_b]
     groups = sorted(groups, key=lambda group: -group[1])[:max_boxes]
     return sorted(_crop_around(tight, mask.shape, margin) for tight, _ in groups)
 
 
-def _overlap(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def _overlapping_pair(crops: list[Box]) -> tuple[int, int] | None:
+    """The first (i, j), i < j, of two crops that overlap; None when none do."""
+    def overlap(a: Box, b: Box) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    return next(((i, j) for i in range(len(crops)) for j in range(i + 1, len(crops)) if overlap(crops[i], crops[j])),
+                None)
 
 
 def _crop_around(tight: Box, shape: tuple[int, int], margin: float) -> Box:

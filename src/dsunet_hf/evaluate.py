@@ -173,7 +173,7 @@ def evaluate_model(
                     continue
                 masks = [ground_truth.astype(np.float32) / 255.0 for ground_truth in ground_truths] if with_loss else None
                 probabilities = [None] * len(images)
-                for size, members in _group_by_input_size(images, input_size if resolution == "native" else None):
+                for size, members in _group_by_input_size(images, input_size):
                     maps, outputs = probabilities_and_outputs(
                         model, processor, [images[i] for i in members], minmax_normalize and not crop_refine,
                         None if masks is None else [masks[i] for i in members], size=size)
@@ -203,11 +203,8 @@ def evaluate_model(
     return results
 
 
-def _group_by_input_size(images: list[Image.Image], input_size) -> list[tuple[tuple[int, int] | None, list[int]]]:
-    """``(size, indices)`` of the images that run at each input size; one group at the processor's size (None)
-    when ``input_size`` is None."""
-    if input_size is None:
-        return [(None, list(range(len(images))))]
+def _group_by_input_size(images: list[Image.Image], input_size) -> list[tuple[tuple[int, int], list[int]]]:
+    """``(size, indices)`` of the images that run at each input size (one group at the processor's fixed size)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(images):
         groups.setdefault(input_size(image.height, image.width), []).append(index)

@@ -177,6 +177,7 @@ def export_onnx(
     Returns:
         :class:`OnnxExportReport` (also written to ``onnx_export.json``).
     """
+    from .hub import package_versions
     from .image_processing import _normalize_size
 
     if not hasattr(processor, "size"):
@@ -185,6 +186,7 @@ def export_onnx(
         raise ValueError(f"{model.folder} is already an ONNX export")
     if getattr(model.config, "model_type", None) in ("visual_prompt", "visual_prompt_matcher"):
         raise ValueError("visual-prompt models take reference images and prompts besides the image: not exportable")
+    multiple = _dynamic_size_multiple(model, check) if dynamic_size else None  # refused before anything is made
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
@@ -196,7 +198,6 @@ def export_onnx(
     dynamic_shapes = {name: {0: batch} for name in input_names}
     traced_size = None
     if dynamic_size:
-        multiple = _dynamic_size_multiple(model, check)
         traced_size = _generic_trace_size(processor.size["height"], processor.size["width"], multiple)
         height = torch.export.Dim("height", min=1, max=8192 // multiple)
         width = torch.export.Dim("width", min=1, max=8192 // multiple)
@@ -231,8 +232,6 @@ def export_onnx(
         (output_dir / "model.onnx.data").unlink(missing_ok=True)  # an earlier export's weights, if any
         for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
             os.replace(written, output_dir / written.name)
-    from .hub import package_versions
-
     report.source = source or getattr(model, "name_or_path", None) or None
     report.license = _source_license(model)
     report.versions = package_versions("dsunet-hf", "torch", "onnx", "onnxscript", "onnxruntime")
@@ -260,21 +259,23 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
     from .hub import looks_like_hub_id, render_model_card
 
     folder = Path(folder)
-    report = json.loads((folder / "onnx_export.json").read_text())
+    report = read_export_report(folder)
+    if report is None:
+        raise ValueError(f"{folder} has no onnx_export.json: not a folder written by dsunet-hf export onnx")
     config = json.loads((folder / "config.json").read_text())
-    source = report.get("source")
+    source = report.source
     source_is_hub_id = bool(source) and looks_like_hub_id(source)
     labels = list((config.get("id2label") or {}).values())
     data = ModelCardData(
-        license=report.get("license"), library_name="onnx", pipeline_tag="image-segmentation",
+        license=report.license, library_name="onnx", pipeline_tag="image-segmentation",
         tags=["onnx", "dsunet-hf", config.get("model_type", "segmentation")],
         base_model=source if source_is_hub_id else None,
     )
     title = source.rstrip("/").split("/")[-1] if source else config.get("model_type", "segmentation")
-    versions = ", ".join(f"{name} {version}" for name, version in (report.get("versions") or {}).items())
+    versions = ", ".join(f"{name} {version}" for name, version in report.versions.items())
     return render_model_card(
         "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id,
-        model_type=config.get("model_type"), report=report, dynamic_size=report.get("traced_size") is not None,
+        model_type=config.get("model_type"), report=report, dynamic_size=report.traced_size is not None,
         labels=labels if len(labels) > 2 else [], repo_id=repo_id or "path/to/this-model",
         versions=versions or "dsunet-hf",
     )
@@ -372,9 +373,7 @@ def onnx_export_from_hub(repo_id: str, revision: str | None = None) -> Path | No
     then loads it as a PyTorch model and reports that path's error)."""
     from huggingface_hub import snapshot_download
 
-    from .hub import looks_like_hub_id
-
-    if not looks_like_hub_id(repo_id) or read_export_report(repo_id, revision) is None:
+    if Path(repo_id).exists() or read_export_report(repo_id, revision) is None:  # local paths: is_onnx_export
         return None
     return Path(snapshot_download(repo_id, revision=revision))
 
@@ -448,8 +447,8 @@ class OnnxSegmentationModel(nn.Module):
         if schedule != "single":
             raise ValueError(f"{self.folder}: this graph runs the 'single' schedule (one pass at the model's size); "
                              f"got {schedule!r}")
-        size = self.input_size or (self.default_image_processor().size["height"],
-                                   self.default_image_processor().size["width"])
+        processor_size = self.default_image_processor().size
+        size = self.input_size or (processor_size["height"], processor_size["width"])
         return probabilities_from_one_pass(lambda pixels: self(pixel_values=pixels).logits, pixel_values.float(),
                                            size)
 

@@ -561,7 +561,9 @@ def check_resolution(model, processor, resolution: str, semantic: bool = False) 
     if resolution == "native" and (semantic or getattr(processor, "extra_sizes", None)):
         raise ValueError(f"resolution='native' needs a single-input binary model that takes any size (BiRefNet, "
                          f"SAM2-UNet); {type(model).__name__} has fixed-size inputs or its own multi-scale inference")
-    if resolution == "native" and getattr(model, "dynamic_size", True) is False:  # an OnnxSegmentationModel
+    from .onnx_export import OnnxSegmentationModel
+
+    if resolution == "native" and isinstance(model, OnnxSegmentationModel) and not model.dynamic_size:
         raise ValueError(f"resolution='native': {model.folder} is an ONNX graph of fixed size "
                          f"{model.input_size}; export with --dynamic-size for one that takes any size")
 

@@ -1,13 +1,15 @@
 """ONNX export at full size, and onnxruntime against PyTorch on the same inputs; JSON on stdout.
 
     python benchmarks/export_onnx.py --model sam2-unet --preset large [--batch-size 1] [--repeats 8]
-    python benchmarks/export_onnx.py --model birefnet --preset BiRefNet_lite [--dynamic-size]
+    python benchmarks/export_onnx.py --model birefnet --preset BiRefNet_lite [--dynamic-size] [--dtype float16]
     python benchmarks/export_onnx.py --model sam2-unet --preset large --reference /path/to/SAM2-UNet
 
 Random weights (no downloads). Exports with ``dsunet_hf.onnx_export.export_onnx`` (time, file size, the
 onnxruntime check at batch 1 and 3), then times PyTorch fp32 eager (``torch.inference_mode``) and onnxruntime's
 CPU provider in turn, the order rotating every round, at the model's native size (``--dynamic-size``: the graph
-takes any height and width, timed at that size to compare with the fixed-size one); ``--reference`` adds the
+takes any height and width, timed at that size to compare with the fixed-size one; ``--dtype float16``: the
+fp16 graph, its check on probabilities; onnxruntime's CPU provider has few fp16 kernels, so this measures the
+file size and the agreement here, the speed-up only on a GPU provider); ``--reference`` adds the
 authors' code as published (fp32, eager; see upstream.py) to the rotation. Not part of the test suite.
 """
 
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default=None, help="keep the export here (default: a temporary folder)")
     parser.add_argument("--reference", default=None, help="checkout of the authors' repository")
     parser.add_argument("--dynamic-size", action="store_true", help="export with a dynamic height and width")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="the exported graph's")
     parser.add_argument("--reference-dinov2", default=None, help="dsunet: checkout of facebookresearch/dinov2")
     args = parser.parse_args()
 
@@ -48,7 +51,7 @@ def main() -> None:
     processor = model.default_image_processor()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.output_dir or scratch)
-        export = export_onnx(model, processor, folder, dynamic_size=args.dynamic_size)
+        export = export_onnx(model, processor, folder, dynamic_size=args.dynamic_size, dtype=args.dtype)
         files = {p.name: round(p.stat().st_size / 1e6, 2) for p in folder.iterdir() if p.name.startswith("model.onnx")}
         session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
 
@@ -93,6 +96,7 @@ def main() -> None:
         "device": f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__, "platform": platform.platform(),
         "export_seconds": export.export_seconds, "opset": export.opset, "files_mb": files,
+        "graph_dtype": export.dtype, "max_abs_difference_of": export.compared,
         "max_abs_difference_by_batch": export.max_abs_difference, "graph_inputs": export.inputs,
         "traced_size": export.traced_size,
         "timing": f"interleaved, {args.repeats} rounds", **latency,

@@ -184,7 +184,7 @@ def test_an_export_pushed_to_the_hub_has_a_card_and_predicts_from_its_repo_id(ex
     assert card.data.library_name == "onnx" and card.data.pipeline_tag == "image-segmentation"
     assert "onnx" in card.data.tags and card.data.license == "apache-2.0"
     assert "`pixel_values` | `[batch, 3, 96, 96]`" in card.text and "path/to/this-model" in card.text
-    assert "Checked against the PyTorch model with onnxruntime" in card.text
+    assert "Checked against the fp32 PyTorch model with onnxruntime" in card.text
 
     assert main(["push", str(folder), "me/sam2unet-onnx"]) == 0
     pushed = next(offline_hub.repo_dir("me/sam2unet-onnx").glob("snapshots/*"))
@@ -259,7 +259,8 @@ def test_without_onnxruntime_the_export_says_it_is_unchecked(exported_sam2_unet,
     assert compare_with_onnxruntime(model, SegmentationImageProcessor.from_pretrained(folder), folder / "model.onnx") is None
     report = OnnxExportReport(path="m.onnx", inputs={"pixel_values": ["batch", 3, 96, 96]}, opset=20,
                               export_seconds=1.0, external_data=False)
-    assert report.summary() == "m.onnx: pixel_values ['batch', 3, 96, 96]; opset 20; not checked (pip install onnxruntime)"
+    assert report.summary() == ("m.onnx: pixel_values ['batch', 3, 96, 96]; float32; opset 20; "
+                                "not checked (pip install onnxruntime)")
 
 
 def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
@@ -270,7 +271,7 @@ def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
     SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
 
     assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx"), "--size", "64", "96"]) == 0
-    assert "onnxruntime max |diff|" in capsys.readouterr().out
+    assert "onnxruntime max |logits diff|" in capsys.readouterr().out
     assert input_shapes(tmp_path / "onnx" / "model.onnx")["pixel_values"][1:] == [3, 64, 96]
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["model_type"] == "sam2_unet" and config["id2label"] == {"0": "background", "1": "foreground"}
@@ -282,6 +283,72 @@ def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="--size takes a height and an optional width"):
         main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "x"), "--size", "1", "2", "3"])
+
+
+def initializer_bytes(path) -> dict[str, int]:
+    """Bytes of the graph's weights by element type ("FLOAT", "FLOAT16", ...)."""
+    totals = {}
+    for tensor in onnx.load(str(path)).graph.initializer:
+        name = onnx.TensorProto.DataType.Name(tensor.data_type)
+        totals[name] = totals.get(name, 0) + len(tensor.raw_data)  # the exporter writes raw bytes
+    return totals
+
+
+@pytest.mark.parametrize("multiclass", [False, True])
+def test_a_float16_export_halves_the_weights_and_predicts_like_the_fp32_model(multiclass, tmp_path, capsys):
+    from dsunet_hf.cli import main
+
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=4 if multiclass else 1)).eval()
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    model.default_image_processor().save_pretrained(tmp_path / "model")
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx16"),
+                 "--dtype", "float16"]) == 0
+    assert "float16; opset" in capsys.readouterr().out
+
+    report = json.loads((tmp_path / "onnx16" / "onnx_export.json").read_text())
+    assert report["dtype"] == "float16" and report["compared"] == "probabilities"
+    # fp16 arithmetic (the fp32 graph's probabilities differ by ~1e-8 here), within the fp16 default tolerance
+    assert 1e-6 < max(report["max_abs_difference"].values()) <= 0.02
+    weights = initializer_bytes(tmp_path / "onnx16" / "model.onnx")
+    assert weights.get("FLOAT", 0) < 0.001 * weights["FLOAT16"]  # every weight converted: 2 bytes a parameter
+    assert weights["FLOAT16"] == pytest.approx(2 * sum(p.numel() for p in model.parameters()), rel=0.01)
+    graph = onnx.load(str(tmp_path / "onnx16" / "model.onnx"), load_external_data=False).graph
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [("pixel_values", onnx.TensorProto.FLOAT)]
+    assert [(o.name, o.type.tensor_type.elem_type) for o in graph.output] == [("logits", onnx.TensorProto.FLOAT)]
+    card = (tmp_path / "onnx16" / "README.md").read_text()
+    assert "--dtype float16" in card and "fp16 weights and arithmetic with fp32 inputs and outputs" in card
+    assert "largest probability difference" in card
+
+    # predict takes the fp16 folder as it is (fp32 arrays in and out): masks within a few grey levels of PyTorch's
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(photos([(70, 50), (40, 90)])):
+        image.save(images / f"{index}.png")
+    for source, out in ((tmp_path / "onnx16", "onnx-out"), (tmp_path / "model", "torch-out")):
+        assert main(["predict", "--model", str(source), str(images), "--output-dir", str(tmp_path / out),
+                     "--num-workers", "0"]) == 0
+    for index in range(2):
+        onnx_mask = np.asarray(Image.open(tmp_path / "onnx-out" / "masks" / f"{index}.png")).astype(int)
+        torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png")).astype(int)
+        if multiclass:  # class maps: arg-max ties at fp16 rounding only
+            assert len(np.unique(torch_mask)) > 1 and (onnx_mask != torch_mask).mean() <= 0.02
+        else:
+            assert np.abs(onnx_mask - torch_mask).max() <= 3
+
+
+def test_a_float16_export_is_checked_on_probabilities_and_refused_where_it_cannot_be(tmp_path, monkeypatch):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    processor = model.default_image_processor()
+    with pytest.raises(RuntimeError, match=r"model\.onnx not written: onnxruntime's probabilities differ .* "
+                                           r"\(tolerance 1e-09\)"):
+        export_onnx(model, processor, tmp_path / "failed", dtype="float16", atol=1e-9)
+    assert not list((tmp_path / "failed").iterdir())
+    with pytest.raises(ValueError, match="dtype must be one of float32, float16, got 'bfloat16'"):
+        export_onnx(model, processor, tmp_path / "bf16", dtype="bfloat16")
+    monkeypatch.setitem(sys.modules, "onnxruntime.transformers.float16", None)  # an onnx install without onnxruntime
+    with pytest.raises(ValueError, match="onnxruntime's float16 tool: pip install onnxruntime"):
+        export_onnx(model, processor, tmp_path / "no-ort", dtype="float16")
+    assert not (tmp_path / "bf16").exists() and not (tmp_path / "no-ort").exists()
 
 
 def test_visual_prompt_models_are_refused_with_the_reason(tmp_path):

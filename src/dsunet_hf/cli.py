@@ -314,7 +314,7 @@ def _export(args) -> int:
         raise SystemExit(f"export: cannot load {args.model}: {error}") from error
     try:
         report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
-                             atol=args.atol, dynamic_size=args.dynamic_size, source=args.model)
+                             atol=args.atol, dynamic_size=args.dynamic_size, source=args.model, dtype=args.dtype)
     except (ValueError, TypeError, RuntimeError) as error:  # not exportable, or the graph disagrees with PyTorch
         raise SystemExit(f"export: {args.model}: {error}") from error
     print(report.summary())
@@ -411,7 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--size", type=int, nargs="+", default=None, metavar="SIDE",
                         help="input height [width] (default: the model's size)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    export.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logit difference| in the check")
+    export.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                        help="float16: half the file, fp16 weights and arithmetic (fp32 inputs and outputs), for GPU "
+                             "runtimes; checked on probabilities")
+    export.add_argument("--atol", type=float, default=None,
+                        help="largest allowed difference in the check: |logit| for float32 (default 1e-4), "
+                             "|probability| for float16 (default 0.02)")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     export.add_argument("--dynamic-size", action="store_true",
                         help="any height and width (multiples of 32; SAM2-UNet, BiRefNet), for predict --resolution "

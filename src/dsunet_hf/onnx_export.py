@@ -19,6 +19,12 @@ size (``predict --resolution native``), which the official files (fixed 1024²) 
 the Python branches at the traced size only (pad or not, square or not), so the trace uses a size that takes the
 general branch everywhere (see :func:`_generic_trace_size`), and the check runs the graph at the model's size
 and at two others before anything is written.
+
+``dtype="float16"`` (``--dtype float16``) converts the checked fp32 graph's weights and arithmetic to fp16 with
+onnxruntime's own converter (``onnxruntime.transformers.float16``, inputs and outputs kept fp32, so callers feed
+the same arrays): half the file (SAM2-UNet-L 872 -> 438 MB), and the fast path of GPU runtimes. It is
+checked against the fp32 PyTorch model on probabilities (what a mask is made from), since fp16 logits differ by
+more than fp32's 1e-4 wherever they are large.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ from .finetune import lora_merged
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
            "onnx_export_from_hub", "onnx_input_names", "onnx_model_card", "read_export_report"]
+
+DTYPES = ("float32", "float16")
+# The check's default tolerance per dtype: |logit difference| for fp32, |probability difference| for fp16 (sigmoid,
+# or softmax over classes), generous enough for fp16 rounding through a deep network, not for an overflow (inf/NaN)
+# or a wrong graph.
+DEFAULT_ATOL = {"float32": 1e-4, "float16": 2e-2}
 
 # Beyond this, weights go to an external data file (protobuf's 2 GB limit; DSU-Net-L is 2.1 GB in fp32).
 _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
@@ -138,12 +150,14 @@ class OnnxExportReport:
     source: str | None = None  # the model exported (folder or Hub id), for the card
     license: str | None = None  # the source model's, for the card
     versions: dict[str, str] = field(default_factory=dict)  # dsunet-hf, torch, onnx, onnxscript, onnxruntime
+    dtype: str = "float32"  # the graph's weights and arithmetic; inputs and outputs are fp32 either way
+    compared: str = "logits"  # what max_abs_difference measures: "logits" (fp32) or "probabilities" (fp16)
 
     def summary(self) -> str:
-        check = (f"onnxruntime max |diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
+        check = (f"onnxruntime max |{self.compared} diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
                  if self.checked_with else "not checked (pip install onnxruntime)")
         shapes = ", ".join(f"{name} {shape}" for name, shape in self.inputs.items())
-        return f"{self.path}: {shapes}; opset {self.opset}; {check}"
+        return f"{self.path}: {shapes}; {self.dtype}; opset {self.opset}; {check}"
 
 
 def export_onnx(
@@ -153,9 +167,10 @@ def export_onnx(
     size: int | tuple[int, int] | None = None,
     opset: int | None = None,
     check: bool = True,
-    atol: float = 1e-4,
+    atol: float | None = None,
     dynamic_size: bool = False,
     source: str | None = None,
+    dtype: str = "float32",
 ) -> OnnxExportReport:
     """Export ``model`` (eval mode, on the CPU, fp32) to ``output_dir/model.onnx``.
 
@@ -167,12 +182,16 @@ def export_onnx(
         size: input ``(height, width)`` (or one side) instead of the processor's; the saved processor gets it.
         opset: ONNX opset (default: the exporter's).
         check: run the graph with onnxruntime at batch 1 and 3 (the export traces batch 2) and compare with the
-            PyTorch model; raise if any logit differs by more than ``atol``.
+            PyTorch model; raise if any logit (fp16: probability) differs by more than ``atol``.
+        atol: the check's tolerance (default :data:`DEFAULT_ATOL`: 1e-4 on logits for fp32, 0.02 on
+            probabilities for fp16).
         dynamic_size: leave the height and width free (multiples of 32; SAM2-UNet and BiRefNet), traced at a
             generic size and checked at the model's size and at two others (needs onnxruntime). The saved
             processor keeps the model's size (what ``predict`` runs at unless ``--resolution native``).
         source: the model's folder or Hub id, named on the model card (``README.md``, see :func:`onnx_model_card`);
             default: the model's ``name_or_path``.
+        dtype: ``"float32"``, or ``"float16"``: the traced fp32 graph converted to fp16 weights and arithmetic
+            (fp32 inputs and outputs) with onnxruntime's converter, then checked on probabilities.
 
     Returns:
         :class:`OnnxExportReport` (also written to ``onnx_export.json``).
@@ -186,7 +205,11 @@ def export_onnx(
         raise ValueError(f"{model.folder} is already an ONNX export")
     if getattr(model.config, "model_type", None) in ("visual_prompt", "visual_prompt_matcher"):
         raise ValueError("visual-prompt models take reference images and prompts besides the image: not exportable")
-    multiple = _dynamic_size_multiple(model, check) if dynamic_size else None  # refused before anything is made
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    convert_to_float16 = _float16_converter() if dtype == "float16" else None  # refused before anything is made
+    multiple = _dynamic_size_multiple(model, check) if dynamic_size else None
+    atol = DEFAULT_ATOL[dtype] if atol is None else atol
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
@@ -205,6 +228,8 @@ def export_onnx(
     example = _example_inputs(processor, input_names, 2, traced_size)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external_data = weight_bytes > _SINGLE_FILE_LIMIT_BYTES
+    # fp16 halves the weights (DSU-Net-L: 2.1 -> 1.05 GB, one file again)
+    external_data_written = (weight_bytes // 2 if dtype == "float16" else weight_bytes) > _SINGLE_FILE_LIMIT_BYTES
     path = output_dir / "model.onnx"
 
     # Written and checked in a scratch folder, then moved in: a failed export or check leaves no graph behind.
@@ -217,14 +242,18 @@ def export_onnx(
                 input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,
             )
             program.save(str(scratch_path), external_data=external_data)
+        if convert_to_float16 is not None:
+            _save_as_float16(scratch_path, convert_to_float16, external_data_written)
         report = OnnxExportReport(
             path=str(path), inputs=_graph_input_shapes(program.model),
             opset=int(program.model.opset_imports[""]), export_seconds=round(time.perf_counter() - start, 1),
-            external_data=external_data, traced_size=list(traced_size) if traced_size else None,
+            external_data=external_data_written, traced_size=list(traced_size) if traced_size else None,
+            dtype=dtype, compared="logits" if dtype == "float32" else "probabilities",
         )
         if check:
             try:
-                checked = compare_with_onnxruntime(model, processor, scratch_path, atol, traced_size)
+                checked = compare_with_onnxruntime(model, processor, scratch_path, atol, traced_size,
+                                                   compare=report.compared)
             except RuntimeError as error:
                 raise RuntimeError(f"{path} not written: {error}") from error
             if checked is not None:
@@ -240,6 +269,28 @@ def export_onnx(
     (output_dir / "onnx_export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     onnx_model_card(output_dir).save(output_dir / "README.md")
     return report
+
+
+def _float16_converter():
+    """onnxruntime's fp32 -> fp16 graph converter (the tool made for it; it ships with onnxruntime)."""
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as error:
+        raise ValueError(f"an fp16 export converts the graph with onnxruntime's float16 tool: pip install "
+                         f"onnxruntime ({error})") from error
+    return convert_float_to_float16
+
+
+def _save_as_float16(path: Path, convert_to_float16, external_data: bool) -> None:
+    """Replace the fp32 graph at ``path`` (and its external weights, if any) by its fp16 version: fp16 weights and
+    arithmetic, fp32 inputs and outputs (Cast nodes at both ends), so callers are unchanged. Ops without fp16
+    kernels stay fp32 (the converter's block list)."""
+    import onnx
+
+    graph = onnx.load(str(path))  # reads model.onnx.data beside it, if the fp32 weights needed it
+    graph = convert_to_float16(graph, keep_io_types=True)
+    (path.parent / f"{path.name}.data").unlink(missing_ok=True)
+    onnx.save(graph, str(path), save_as_external_data=external_data, location=f"{path.name}.data")
 
 
 def _source_license(model: nn.Module) -> str | None:
@@ -310,18 +361,22 @@ def _checked_shapes(traced_size: tuple[int, int] | None, multiple: int) -> list[
 
 
 def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1e-4,
-                             traced_size: tuple[int, int] | None = None) -> tuple[str, dict] | None:
+                             traced_size: tuple[int, int] | None = None,
+                             compare: str = "logits") -> tuple[str, dict] | None:
     """Run ``path`` with onnxruntime at batch 1 and 3 (and, for a graph traced at ``traced_size`` with a dynamic
-    height and width, at two other sizes) and compare its logits with ``model``'s.
+    height and width, at two other sizes) and compare its logits with ``model``'s, or with ``compare=
+    "probabilities"`` their sigmoid (one channel) or softmax over classes (fp16 graphs).
 
     Returns ``("onnxruntime <version>", {"<batch>" or "<batch>@<H>x<W>": max |difference|})``, or None when
-    onnxruntime is not installed; raises RuntimeError when a logit differs by more than ``atol`` or a shape differs.
+    onnxruntime is not installed; raises RuntimeError when a value differs by more than ``atol`` (or is not
+    finite) or a shape differs.
     """
     try:
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(path), _quiet_session_options(onnxruntime),
+                                           providers=["CPUExecutionProvider"])
     input_names = onnx_input_names(processor)
     differences = {}
     multiple = DYNAMIC_SIZE_MULTIPLE.get(getattr(model.config, "model_type", None), 32)
@@ -337,12 +392,27 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
         if logits.shape != tuple(expected.shape):
             raise RuntimeError(f"onnxruntime gave logits of shape {logits.shape} at {where}, "
                                f"PyTorch {tuple(expected.shape)}")
-        difference = float((torch.from_numpy(logits) - expected).abs().max())
+        logits = torch.from_numpy(logits).float()
+        if compare == "probabilities":
+            logits, expected = _probabilities(logits), _probabilities(expected)
+        difference = float((logits - expected).abs().max())
         differences[str(batch_size) + (f"@{size[0]}x{size[1]}" if size else "")] = difference
-        if not difference <= atol:
-            raise RuntimeError(f"onnxruntime's logits differ from PyTorch's by {difference:.3g} at {where} "
+        if not difference <= atol:  # NaN (an fp16 overflow) fails too
+            raise RuntimeError(f"onnxruntime's {compare} differ from PyTorch's by {difference:.3g} at {where} "
                                f"(tolerance {atol:g})")
     return f"onnxruntime {onnxruntime.__version__}", differences
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
+
+
+def _quiet_session_options(onnxruntime):
+    """Session options logging errors only: onnxruntime warns at load about every fp16 constant it cannot fold
+    on the CPU (harmless: those nodes run at inference instead)."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return options
 
 
 def read_export_report(name_or_path: str | Path, revision: str | None = None) -> OnnxExportReport | None:
@@ -410,7 +480,8 @@ class OnnxSegmentationModel(nn.Module):
             raise ValueError(f"{self.folder} has no config.json beside {graph.name} (export with dsunet-hf export onnx)")
         try:
             self.session = onnxruntime.InferenceSession(
-                str(graph), providers=providers or onnxruntime.get_available_providers())
+                str(graph), _quiet_session_options(onnxruntime),
+                providers=providers or onnxruntime.get_available_providers())
         except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, NoSuchFile, ...)
             raise ValueError(f"{graph} cannot be loaded by onnxruntime: {error}") from error
         self.input_names = [node.name for node in self.session.get_inputs()]

@@ -148,6 +148,71 @@ def test_native_resolution_scores_what_predict_native_writes(model, processor, s
         evaluate_model(model, processor, samples, progress=False, resolution="full")
 
 
+def test_native_batches_are_filled_across_the_dataset(model, processor, samples, monkeypatch):
+    """Mixed sizes in turn (A, B, C, A, B, C, ...): samples wait by input size, so every forward pass but the last
+    of each size is a full batch (batching neighbours only would run one image at a time); the same numbers as
+    one image per pass."""
+    from dsunet_hf import evaluate as evaluate_module
+
+    interleaved = [samples[i % 3] for i in range(12)]  # 48x40, 64x64, 30x70: three input sizes, four of each
+    passes = []
+    real = evaluate_module.probabilities_and_outputs
+
+    def counted(model, processor, images, *args, size=None, **kwargs):
+        passes.append((size, len(images)))
+        return real(model, processor, images, *args, size=size, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "probabilities_and_outputs", counted)
+    batched = evaluate_model(model, processor, interleaved, batch_size=2, progress=False, resolution="native")
+    assert sorted(count for _, count in passes) == [2] * 6 and len({size for size, _ in passes}) == 3
+    passes.clear()
+    single = evaluate_model(model, processor, interleaved, batch_size=1, progress=False, resolution="native")
+    assert len(passes) == 12
+    for name in METRIC_NAMES:  # batched convolutions differ at float noise
+        assert batched[name] == pytest.approx(single[name], abs=1e-5), name
+    passes.clear()  # 12 of each size, batch 8: one full batch per size, the rest at the end
+    evaluate_model(model, processor, interleaved * 3, batch_size=8, progress=False, resolution="native")
+    assert sorted(count for _, count in passes) == [4, 4, 4, 8, 8, 8]
+
+
+def test_at_most_four_batches_of_samples_wait(model, processor, monkeypatch):
+    """Nine sizes, batch 2: no size fills a batch, but once 4 * 2 samples wait the fullest size runs, before the
+    ninth sample is read (memory stays bounded on datasets of all-different sizes)."""
+    from dsunet_hf import evaluate as evaluate_module
+
+    rng = np.random.default_rng(0)
+    sizes = [(32 * (1 + i // 3), 32 * (1 + i % 3)) for i in range(9)]  # nine native input sizes
+    read = []
+
+    class Recorded(list):
+        def __getitem__(self, index):
+            read.append(index)
+            return super().__getitem__(index)
+
+    items = Recorded({"image": Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
+                      "mask": disc_mask(h, w, 0)} for h, w in sizes)
+    read_before_pass = []
+    real = evaluate_module.probabilities_and_outputs
+
+    def counted(*args, **kwargs):
+        read_before_pass.append(len(read))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "probabilities_and_outputs", counted)
+    evaluate_model(model, processor, items, batch_size=2, progress=False, resolution="native")
+    assert read_before_pass[0] == 8 and len(read_before_pass) == 9
+
+
+def test_worker_processes_read_the_samples_with_the_same_numbers_and_skips(model, processor, samples, tmp_path):
+    corrupt = tmp_path / "images" / "corrupt.png"
+    corrupt.write_bytes(b"not a PNG")
+    items = samples + [{"image": str(corrupt), "mask": samples[0]["mask"]}] + samples
+    in_process, in_workers = [], []
+    expected = evaluate_model(model, processor, items, batch_size=3, progress=False, skipped=in_process)
+    got = evaluate_model(model, processor, items, batch_size=3, progress=False, skipped=in_workers, num_workers=2)
+    assert got == expected and in_workers == in_process and len(in_process) == 1 and "corrupt.png" in in_process[0]
+
+
 def test_evaluate_model_restores_training_mode(model, processor, samples):
     model.train()
     evaluate_model(model, processor, samples[:1], progress=False)

@@ -304,3 +304,53 @@ def test_a_sound_failure_keeps_the_pictures(tmp_path, processor, monkeypatch, ca
         report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
     assert report.written == [str(clip)] and audio_of(tmp_path / "out" / "overlays" / "clip.mp4") is None
     assert "clip.mp4: the sound could not be put into overlays" in caplog.text
+
+
+class FlickeringRedChannelModel(RedChannelModel):
+    """RedChannelModel whose logits jitter from call to call (as a per-frame network's soft regions do)."""
+
+    def __init__(self, jitter: float = 1.0):
+        super().__init__()
+        self.scale.data.fill_(1.0)  # soft maps (p ~0.12 background, ~0.9 square), which a jitter moves
+        self.jitter, self.generator = jitter, torch.Generator().manual_seed(0)
+
+    def forward(self, pixel_values):
+        logits = super().forward(pixel_values).logits
+        noise = torch.randn(logits.shape[0], 1, 1, 1, generator=self.generator) * self.jitter  # one shift per frame
+        return type(super().forward(pixel_values))(logits=logits + noise)
+
+
+def masks_of(tmp_path, name, frames, smoothing):
+    clip = write_video(tmp_path / f"{name}.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+    report = predict_files(FlickeringRedChannelModel(), SegmentationImageProcessor(size=64), [clip],
+                           tmp_path / f"out-{smoothing}", batch_size=4, progress=False, temporal_smoothing=smoothing)
+    assert report.written == [str(clip)]
+    return np.stack(decoded(tmp_path / f"out-{smoothing}" / "masks" / f"{name}.mp4")[0]).astype(float) / 255
+
+
+def test_temporal_smoothing_steadies_still_regions_without_a_trail(tmp_path):
+    # A still scene: the per-frame maps flicker; smoothing cuts the frame-to-frame change to about half or less.
+    still = [square_frame(0)] * 12
+    plain, smoothed = masks_of(tmp_path, "still", still, 0.0), masks_of(tmp_path, "still", still, 0.7)
+    flicker = lambda masks: np.abs(np.diff(masks, axis=0)).mean()  # noqa: E731
+    assert flicker(smoothed) < 0.5 * flicker(plain) and flicker(plain) > 0.01
+
+    # A moving square: where it has just left, the map follows this frame (no trail of last frame's square).
+    moving = [square_frame(i) for i in range(12)]
+    plain, smoothed = masks_of(tmp_path, "moving", moving, 0.0), masks_of(tmp_path, "moving", moving, 0.7)
+    for index in range(1, 12):
+        left = 4 + 5 * index
+        vacated = (slice(12, 40), slice(left - 5, left))  # the square's last-frame columns it no longer covers
+        assert np.abs(smoothed[index][vacated] - plain[index][vacated]).max() < 0.05
+    assert np.abs(smoothed - plain).max() > 0.02  # ... while the still background was smoothed
+
+
+def test_temporal_smoothing_is_refused_where_it_has_no_meaning(tmp_path):
+    clip = write_video(tmp_path / "clip.mkv", [square_frame(0)] * 2, codec="ffv1", pix_fmt="bgr0")
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\), got 1.0"):
+        predict_files(RedChannelModel(), SegmentationImageProcessor(size=64), [clip], tmp_path / "out",
+                      temporal_smoothing=1.0)
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3))
+    with pytest.raises(ValueError, match="temporal_smoothing: for models that predict one foreground map"):
+        predict_files(model, model.default_image_processor(), [clip], tmp_path / "out", temporal_smoothing=0.5)
+    assert not (tmp_path / "out").exists()

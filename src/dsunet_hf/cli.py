@@ -23,7 +23,8 @@ def _predict_with_prompts(args) -> int:
     unused = {"--cutout": args.cutout, "--background": args.background is not None,
               "--minmax-normalize": args.minmax_normalize, "--schedule": args.schedule is not None,
               "--resolution native": args.resolution == "native", "--autocast": args.autocast != "none",
-              "--channels-last": args.channels_last, "--compile": args.compile, "--crop-refine": args.crop_refine}
+              "--channels-last": args.channels_last, "--compile": args.compile, "--crop-refine": args.crop_refine,
+              "--temporal-smoothing": bool(args.temporal_smoothing)}
     if any(unused.values()):  # rather than silently ignored
         raise SystemExit(f"predict: {', '.join(k for k, v in unused.items() if v)}: not for visual-prompt models "
                          f"(they write masks, --overlay and --save-scores)")
@@ -88,6 +89,7 @@ def _predict(args) -> int:
             num_workers=args.num_workers,
             autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
             max_side=args.max_side, schedule=args.schedule, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
+            temporal_smoothing=args.temporal_smoothing,
         )
     except (ValueError, ImportError) as error:  # options that do not fit this model, videos without PyAV
         raise SystemExit(f"predict: {error}") from error
@@ -381,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "image")
     predict.add_argument("--crop-margin", type=float, default=0.25,
                          help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
+    predict.add_argument("--temporal-smoothing", type=float, default=0.0, metavar="S",
+                         help="videos: keep S (0 to <1, e.g. 0.6) of the previous frame's mask where the picture stays "
+                              "still: less flicker, no trail behind moving things (default 0: each frame as an image)")
     predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                          help="visual-prompt models: an example image (repeat for several; one --prompt each)")
     predict.add_argument("--prompt", action="append", default=[], metavar="PROMPT",

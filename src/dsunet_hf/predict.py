@@ -357,6 +357,7 @@ def predict_files(
     schedule: str | None = None,
     crop_refine: bool = False,
     crop_margin: float = 0.25,
+    temporal_smoothing: float = 0.0,
 ) -> PredictionReport:
     """Predict masks for image files/folders into ``output_dir`` (``masks/``, ``overlays/``, ``cutouts/``).
 
@@ -388,6 +389,10 @@ def predict_files(
     ``crop_refine`` predicts once more on the crop around each image's (or frame's) foreground, grown by
     ``crop_margin`` (see :mod:`dsunet_hf.crop_refine`): finer edges for objects that fill a small part of a large
     image, at the cost of a second forward pass for those images.
+
+    ``temporal_smoothing`` (0 to <1, videos, foreground models): carry that share of the previous frame's map into
+    the still parts of each frame (see :class:`dsunet_hf.video.TemporalSmoothing`): less flicker, no trail behind
+    moving objects; 0 (default) predicts every frame as an image.
     """
     import contextlib
 
@@ -406,7 +411,12 @@ def predict_files(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
         crop_margin=crop_margin, foreground_only={"cutout": cutout, "background": background is not None,
                                                   "threshold": threshold is not None,
-                                                  "minmax_normalize": minmax_normalize, "crop_refine": crop_refine})
+                                                  "minmax_normalize": minmax_normalize, "crop_refine": crop_refine,
+                                                  "temporal_smoothing": bool(temporal_smoothing)})
+    if temporal_smoothing:
+        from .video import TemporalSmoothing
+
+        TemporalSmoothing(temporal_smoothing)  # a strength outside [0, 1) is refused here, before anything runs
     if any(is_video(path) for path, _ in pending):
         from .video import import_av
 
@@ -505,7 +515,8 @@ def predict_files(
                       disable=not (progress and state.is_main_process)) as frames_bar:
                 predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name)
                                                          for kind in video_kinds}, *video_steps,
-                                          batch_size=batch_size, on_frames=frames_bar.update)
+                                          batch_size=batch_size, on_frames=frames_bar.update,
+                                          temporal_smoothing=temporal_smoothing)
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])
         report = PredictionReport(

@@ -18,6 +18,11 @@ rotation phones record is applied to the pixels). Each output is written under a
 when the whole video is done, so an interrupted run leaves no half video and a re-run starts with the videos
 that have no mask yet. The source's sound goes into the overlay, cut-out and composite videos (copied, or re-encoded
 to AAC where the container cannot hold its codec); the mask video has none.
+
+By default every frame is predicted as the same picture would be as an image. ``temporal_smoothing`` (``predict
+--temporal-smoothing S``) instead carries part of the previous frame's map into still parts of the picture (see
+:class:`TemporalSmoothing`): per-frame models flicker at soft edges and in low-contrast regions from frame to
+frame, which shows in cut-out videos.
 """
 
 from __future__ import annotations
@@ -264,6 +269,40 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
             thread.join(timeout=0.1)
 
 
+class TemporalSmoothing:
+    """Motion-gated exponential smoothing of foreground probabilities, one video's frames in order.
+
+    Where the picture stays put, the map keeps ``strength`` of the previous frame's smoothed map (the rest from
+    this frame's prediction), so frame-to-frame flicker averages out; the weight falls linearly to 0 as the pixel's
+    change (the grey-level difference from the previous frame, averaged over a 5x5 window so codec noise does not
+    count) reaches ``MOTION_LEVELS``: moving objects and scene cuts follow the current frame, with no trail.
+    A frame of another size starts afresh. Not a learned temporal model (as video matting networks have): it
+    steadies what stays still, and changes nothing where things move."""
+
+    MOTION_LEVELS = 12.0  # grey levels (of 255) of change at which a pixel counts as moving
+    WINDOW = 5
+
+    def __init__(self, strength: float):
+        if not 0 <= strength < 1:
+            raise ValueError(f"temporal smoothing strength must be in [0, 1), got {strength}")
+        self.strength = strength
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (grey frame, smoothed map)
+
+    def __call__(self, frame: np.ndarray, probability: np.ndarray) -> np.ndarray:
+        """``frame``: (H, W, 3) uint8; ``probability``: (H, W) in [0, 1] for it; returns the smoothed map."""
+        from scipy.ndimage import uniform_filter
+
+        grey = frame.astype(np.float32).mean(axis=2)
+        smoothed = probability.astype(np.float32)
+        if self._previous is not None and self._previous[0].shape == grey.shape:
+            previous_grey, previous_map = self._previous
+            change = uniform_filter(np.abs(grey - previous_grey), size=self.WINDOW, mode="nearest")
+            weight = self.strength * np.clip(1 - change / self.MOTION_LEVELS, 0, 1)
+            smoothed = weight * previous_map + (1 - weight) * smoothed
+        self._previous = (grey, smoothed)
+        return smoothed
+
+
 def _batches(frames: Iterator, batch_size: int) -> Iterator[list]:
     batch = []
     for frame in frames:
@@ -284,20 +323,23 @@ def predict_video(
     *,
     batch_size: int = 4,
     on_frames: Callable[[int], None] = lambda count: None,
+    temporal_smoothing: float = 0.0,
 ) -> None:
     """Predict every frame of ``path`` and write the outputs named in ``output_paths`` (kind -> final path: masks,
     classes, overlays, cutouts, composites). ``prepare(images)`` turns a batch of frames (PIL, all one size) into
     the model's inputs, in the reader thread (e.g. the image processor); ``predict(inputs)`` runs the model and
     returns one (H, W) result per frame at the frame's size; ``render(kind, frame, result)`` draws one output as a
     uint8 array (default: :func:`dsunet_hf.predict.render_output` with default options, for foreground
-    probabilities). ``on_frames(n)`` is told of every finished batch. Nothing is left at the final paths unless the
-    whole video succeeded."""
+    probabilities). ``on_frames(n)`` is told of every finished batch. ``temporal_smoothing`` > 0 (foreground
+    probabilities only) passes each frame's map through :class:`TemporalSmoothing` of that strength before it is
+    rendered. Nothing is left at the final paths unless the whole video succeeded."""
     from .predict import BackgroundWriter, OutputOptions, render_output
 
     if render is None:
         def render(kind, image, probability):
             return render_output(kind, image, probability, OutputOptions())
     rate = frame_rate(path)
+    smooth = TemporalSmoothing(temporal_smoothing) if temporal_smoothing else None  # checked before reading
 
     def prepared(batch):  # in the reader thread
         images = [Image.fromarray(frame) for frame, _, _ in batch]
@@ -318,7 +360,9 @@ def predict_video(
         batches = stack.enter_context(contextlib.closing(prefetch(map(prepared, _batches(read_video(path), batch_size)))))
         try:
             for batch, images, inputs in batches:
-                for (_, pts, time_base), image, result in zip(batch, images, predict(inputs)):
+                for (frame, pts, time_base), image, result in zip(batch, images, predict(inputs)):
+                    if smooth is not None:
+                        result = smooth(frame, result)
                     for kind, thread in threads.items():
                         thread.submit(render_and_write, kind, image, result, pts, time_base)
                 on_frames(len(batch))

@@ -136,6 +136,19 @@ def test_video_tab_gives_a_composite_a_mask_video_and_a_transparent_one(tmp_path
         red_demo().foreground_video(str(tmp_path / "broken.mp4"), output_dir=tmp_path / "out2")
 
 
+def test_the_video_tab_smooths_flicker_on_request(tmp_path):
+    pytest.importorskip("av", reason="videos need PyAV (the [video] extra)")
+    from test_video import FlickeringRedChannelModel, decoded, square_frame, write_video
+
+    clip = write_video(tmp_path / "still.mkv", [square_frame(0)] * 8, codec="ffv1", pix_fmt="bgr0")
+    flicker = {}
+    for strength in (0.0, 0.7):
+        demo = Demo(FlickeringRedChannelModel(), SegmentationImageProcessor(size=64))
+        mask = demo.foreground_video(str(clip), temporal_smoothing=strength, output_dir=tmp_path / str(strength))[1]
+        flicker[strength] = np.abs(np.diff(np.stack(decoded(Path(mask))[0]).astype(float), axis=0)).mean()
+    assert flicker[0.7] < 0.5 * flicker[0.0]
+
+
 @pytest.fixture
 def served(monkeypatch, tmp_path):
     """Serve a page on localhost and call it as a browser would (gradio_client, over HTTP)."""
@@ -175,7 +188,7 @@ def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_pa
         from test_video import decoded, square_frame, write_video
 
         clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(3)])
-        composite, mask_video, cutout_video = client.predict(handle_file(str(clip)), 0.5, False, "#00ff00",
+        composite, mask_video, cutout_video = client.predict(handle_file(str(clip)), 0.5, False, "#00ff00", 0.0,
                                                              api_name="/segment_video")
         masks, _ = decoded(Path(mask_video))
         assert len(masks) == 3 and masks[0][20, 10] > 200

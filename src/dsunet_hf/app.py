@@ -130,11 +130,13 @@ class Demo:
         return prompt_panel(examples, target, found), Image.fromarray(found.astype(np.uint8) * 255)
 
     def foreground_video(self, video: str, threshold: float = 0.0, crop_refine: bool = False,
-                         background: str = "#ffffff", output_dir: str | Path | None = None) -> tuple[str, str, str]:
+                         background: str = "#ffffff", temporal_smoothing: float = 0.0,
+                         output_dir: str | Path | None = None) -> tuple[str, str, str]:
         """(the video on ``background`` (H.264 MP4, plays in browsers), the mask video (MP4), the transparent
         cut-out video (ProRes 4444 MOV)) for a video file, through ``dsunet-hf predict``'s video path (the
         ``[video]`` extra); written under ``output_dir`` (by default a temporary folder, removed at the next call:
-        Gradio has copied the files it shows by then, and a long-running Space does not fill its disk)."""
+        Gradio has copied the files it shows by then, and a long-running Space does not fill its disk).
+        ``temporal_smoothing``: as ``predict --temporal-smoothing`` (less flicker where the picture is still)."""
         import tempfile
 
         from .predict import predict_files
@@ -150,7 +152,8 @@ class Demo:
         output_dir = Path(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
                                cutout=True, background=background or "#ffffff", crop_refine=crop_refine,
-                               progress=False, overwrite=True, resolution=self.resolution, max_side=self.max_side)
+                               progress=False, overwrite=True, resolution=self.resolution, max_side=self.max_side,
+                               temporal_smoothing=temporal_smoothing)
         if report.failed:
             raise ValueError(next(iter(report.failed.values())))
         stem = Path(video).stem
@@ -213,12 +216,15 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                 with gr.Tab("video"), gr.Row():
                     with gr.Column():
                         video = gr.Video(label="video")
+                        smoothing = gr.Slider(0, 0.9, value=0, step=0.1,
+                                              label="temporal smoothing (less flicker where the picture is still)")
                         run_video = gr.Button("segment every frame", variant="primary")
                     with gr.Column():
                         video_outputs = [gr.Video(label="on the new background"), gr.File(label="mask video (MP4)"),
                                          gr.File(label="transparent video (ProRes 4444 MOV)")]
-                run_video.click(errors_shown(demo.foreground_video), [video, threshold, crop_refine, background],
-                                video_outputs, api_name="segment_video")
+                run_video.click(errors_shown(demo.foreground_video),
+                                [video, threshold, crop_refine, background, smoothing], video_outputs,
+                                api_name="segment_video")
         elif demo.kind == "classes":
             with gr.Row():
                 image = gr.Image(type="pil", label="image")

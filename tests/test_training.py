@@ -130,8 +130,9 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data,
 
 
 def test_the_best_model_can_be_the_one_with_the_lowest_validation_loss(generated_data, tmp_path):
+    # num_workers: training batches and validation samples both read in worker processes
     train(tiny_args(generated_data, tmp_path / "run", metric_for_best_model="loss", max_steps=3, eval_steps=1,
-                    save_steps=3))
+                    save_steps=3, num_workers=2))
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = {row["step"]: row["val/loss"] for row in logged if "val/loss" in row}
     assert len(losses) == 3

@@ -518,7 +518,7 @@ def train(args: TrainingArguments) -> dict:
             else:
                 # With the validation loss (BiRefNet's users asked for it back, their #211), from the same pass.
                 metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,
-                                         progress=False, with_loss=True)
+                                         progress=False, with_loss=True, num_workers=args.num_workers)
             model.train()
             log({f"val/{k}": v for k, v in metrics.items()})
             value = metrics[args.metric_for_best_model]

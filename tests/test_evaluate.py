@@ -213,6 +213,24 @@ def test_worker_processes_read_the_samples_with_the_same_numbers_and_skips(model
     assert got == expected and in_workers == in_process and len(in_process) == 1 and "corrupt.png" in in_process[0]
 
 
+def test_metric_workers_give_the_same_numbers(model, processor, samples, folders, tmp_path):
+    """Metrics computed in worker processes and merged in order: the same numbers as computed here, for a model
+    (DIS metrics too, a bad sample skipped) and for prediction folders."""
+    corrupt = tmp_path / "images" / "corrupt.png"
+    corrupt.write_bytes(b"not a PNG")
+    items = samples + [{"image": str(corrupt), "mask": samples[0]["mask"]}] + samples * 2
+    here, apart = [], []
+    expected = evaluate_model(model, processor, items, batch_size=2, progress=False, dis_metrics=True, skipped=here)
+    got = evaluate_model(model, processor, items, batch_size=2, progress=False, dis_metrics=True, skipped=apart,
+                         metric_workers=2)
+    assert got == expected and apart == here and len(here) == 1
+    pred_dir, gt_dir = folders
+    assert (evaluate_prediction_folders(pred_dir, gt_dir, progress=False, metric_workers=2)
+            == evaluate_prediction_folders(pred_dir, gt_dir, progress=False))
+    with pytest.raises(ValueError, match="metric_workers must be >= 0"):
+        evaluate_model(model, processor, samples, progress=False, metric_workers=-1)
+
+
 def test_evaluate_model_restores_training_mode(model, processor, samples):
     model.train()
     evaluate_model(model, processor, samples[:1], progress=False)

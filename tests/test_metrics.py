@@ -217,3 +217,26 @@ def _single(prediction, gt) -> dict:
     metrics = SegmentationMetrics()
     metrics.update(prediction, gt)
     return metrics.compute()
+
+
+def test_metrics_computed_apart_merge_to_the_same_numbers(monkeypatch):
+    """What evaluate's metric workers rely on: metrics of two halves, merged in order (after a pickle round trip,
+    as from a worker process), equal those of the whole in one object, DIS metrics included."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    pairs = [(rng.integers(0, 256, (30 + i, 40), dtype=np.uint8),
+              (rng.random((30 + i, 40)) > 0.6).astype(np.uint8) * 255) for i in range(6)]
+    for dis in (False, True):
+        whole, first, second = SegmentationMetrics(dis=dis), SegmentationMetrics(dis=dis), SegmentationMetrics(dis=dis)
+        for index, (prediction, ground_truth) in enumerate(pairs):
+            whole.update(prediction, ground_truth)
+            (first if index < 2 else second).update(prediction, ground_truth)
+        first.merge(pickle.loads(pickle.dumps(second)))
+        assert len(first) == 6 and first.compute() == whole.compute()
+    with pytest.raises(ValueError, match="with and without the DIS metrics"):
+        SegmentationMetrics().merge(SegmentationMetrics(dis=True))
+    changed = SegmentationMetrics()
+    monkeypatch.setattr(changed._mae, "maes", np.zeros(3))  # as if pysodmetrics kept a running array instead
+    with pytest.raises(RuntimeError, match=r"MAE\.maes is not a per-sample list .* metric_workers=0"):
+        SegmentationMetrics().merge(changed)

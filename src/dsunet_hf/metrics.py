@@ -140,6 +140,26 @@ def boundary_iou_curve(normalised: np.ndarray, ground_truth: np.ndarray, dilatio
     return inside / (max(int(truth_band.sum()), 1) + outside)
 
 
+# The per-sample lists each pysodmetrics object keeps (its internals, checked with pysodmetrics 1.6): what
+# SegmentationMetrics.merge joins. pysodmetrics has no merge of its own; a changed layout is an error there.
+_PER_SAMPLE_LISTS = {
+    "_smeasure": ("sms",),
+    "_emeasure": ("adaptive_ems", "changeable_ems"),
+    "_wfmeasure": ("weighted_fms",),
+    "_mae": ("maes",),
+    "_fmeasure": ("precisions", "recalls", "adaptive_fms", "changeable_fms"),
+    "_hce": ("hces",),
+}
+
+
+def _per_sample_list(metric: Any, attribute: str) -> list:
+    value = getattr(metric, attribute, None)
+    if not isinstance(value, list):
+        raise RuntimeError(f"pysodmetrics' {type(metric).__name__}.{attribute} is not a per-sample list in this "
+                           f"version: metrics computed apart cannot be merged (evaluate with metric_workers=0)")
+    return value
+
+
 class SegmentationMetrics:
     """Accumulates pysodmetrics objects over samples; :meth:`compute` returns the dataset averages.
 
@@ -228,6 +248,25 @@ class SegmentationMetrics:
                 "MSE": float(np.mean(self._squared_errors)),
             })
         return results
+
+    def merge(self, other: SegmentationMetrics) -> None:
+        """Add the samples ``other`` has seen, after this one's: the same results as updating this object with
+        them in that order (what lets worker processes compute metrics for batches of samples)."""
+        if other.dis != self.dis:
+            raise ValueError("cannot merge metrics with and without the DIS metrics")
+        for name, attributes in _PER_SAMPLE_LISTS.items():
+            if getattr(self, name) is None:  # _hce without dis
+                continue
+            for attribute in attributes:
+                _per_sample_list(getattr(self, name), attribute).extend(
+                    _per_sample_list(getattr(other, name), attribute))
+        for name, handler in self._fmeasure_v2._metric_handlers.items():  # mDice / mIoU: dynamic curves only
+            _per_sample_list(handler, "dynamic_results").extend(
+                _per_sample_list(other._fmeasure_v2._metric_handlers[name], "dynamic_results"))
+        self._boundary_accuracies += other._boundary_accuracies
+        self._boundary_iou_curves += other._boundary_iou_curves
+        self._squared_errors += other._squared_errors
+        self._count += other._count
 
     def __len__(self) -> int:
         return self._count

@@ -10,6 +10,8 @@
 #                                                 # colour estimation at 1 and 12 MP; LoRA merged vs unmerged
 #   bash benchmarks/gpu_suite.sh video            # predict on a 1080p clip (BiRefNet_lite, bf16, cut-outs and
 #                                                 # composites): pipelined vs one thread vs the model alone
+#   bash benchmarks/gpu_suite.sh evaluate         # evaluate on 200 synthetic 1024² pairs (SAM2-UNet-L, bf16): the
+#                                                 # metrics in this process vs in 8 worker processes
 #   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
 #                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
 #                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
@@ -21,7 +23,7 @@
 # tool's folder that comes back) or benchmarks/results/gpu. DEVICE, BATCHES, TRAIN_BATCH, WARMUP, REPEATS,
 # STEPS and FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
 set -euo pipefail
-part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|video|goals}
+part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|video|evaluate|goals}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 out=${OUT:-$root/benchmarks/results/gpu}
@@ -106,6 +108,12 @@ case "$part" in
   video)
     bench birefnet_lite_video_bf16 video.py --model birefnet --preset BiRefNet_lite --dtype bfloat16 --frames 96 \
       --width 1920 --height 1080 --batch-size 4 --outputs masks cutouts composites ;;
+  evaluate)
+    data=${TMPDIR:-/tmp}/synthetic-1024
+    [ -d "$data" ] || python3 -c "from dsunet_hf.synthetic import make_camouflage_dataset as make; \
+      make('$data', num_pairs=200, size=1024)"
+    bench sam2unet_evaluate_bf16 evaluate.py --data "$data" --model sam2-unet --preset large --dtype bfloat16 \
+      --batch-size 16 --metric-workers 0 8 ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 ls -l "$out" >&2

@@ -336,6 +336,17 @@ def test_a_float16_export_halves_the_weights_and_predicts_like_the_fp32_model(mu
             assert np.abs(onnx_mask - torch_mask).max() <= 3
 
 
+def test_a_float16_export_of_large_weights_keeps_them_in_an_external_file(tmp_path, monkeypatch):
+    """Over protobuf's limit even in fp16: the converted weights go to model.onnx.data (the fp32 file is replaced),
+    and the check ran the graph with them."""
+    monkeypatch.setattr(onnx_export, "_SINGLE_FILE_LIMIT_BYTES", 0)
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    report = export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dtype="float16")
+    assert report.external_data and report.checked_with and report.dtype == "float16"
+    weights = (tmp_path / "onnx" / "model.onnx.data").stat().st_size
+    assert weights == pytest.approx(2 * sum(p.numel() for p in model.parameters()), rel=0.05)  # fp16: 2 bytes each
+
+
 def test_a_float16_export_is_checked_on_probabilities_and_refused_where_it_cannot_be(tmp_path, monkeypatch):
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
     processor = model.default_image_processor()

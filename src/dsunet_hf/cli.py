@@ -150,30 +150,38 @@ def _convert(args) -> int:
 
 
 def _push(args) -> int:
+    return _push_folder(args.folder, args.repo_id, evaluation=args.evaluation, commit_message=args.commit_message,
+                        private=args.private)
+
+
+def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, commit_message: str,
+                 private: bool) -> int:
+    """Upload a saved model or ONNX export folder (its card first: an export's names the repo; evaluation
+    reports onto a model's)."""
     from .hub import upload_folder_to_hub
     from .onnx_export import is_onnx_export, onnx_model_card
 
-    folder = Path(args.folder)
+    folder = Path(folder)
     if is_onnx_export(folder) and (folder / "onnx_export.json").is_file():  # an ONNX export: its card names the repo
-        onnx_model_card(folder, repo_id=args.repo_id).save(folder / "README.md")
+        onnx_model_card(folder, repo_id=repo_id).save(folder / "README.md")
     else:
         for required in ("config.json", "model.safetensors"):
             if not (folder / required).is_file():
                 raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained or "
                                  f"dsunet-hf export onnx first")
-    if args.evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
+    if evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
         from .hub import add_evaluation_to_card
 
         try:
-            card = add_evaluation_to_card(folder, args.evaluation, model_name=args.repo_id.split("/")[-1])
+            card = add_evaluation_to_card(folder, evaluation, model_name=repo_id.split("/")[-1])
         except ValueError as error:
             raise SystemExit(f"push: {error}") from error
-        print(f"model card: {len(card.data.eval_results)} results from {', '.join(args.evaluation)}")
+        print(f"model card: {len(card.data.eval_results)} results from {', '.join(evaluation)}")
     try:
-        repo_id = upload_folder_to_hub(folder, args.repo_id, commit_message=args.commit_message, private=args.private)
+        pushed = upload_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private)
     except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
-        raise SystemExit(f"push: uploading {folder} to {args.repo_id} failed ({type(error).__name__}: {error})") from error
-    print(f"pushed {folder} -> https://huggingface.co/{repo_id}")
+        raise SystemExit(f"push: uploading {folder} to {repo_id} failed ({type(error).__name__}: {error})") from error
+    print(f"pushed {folder} -> https://huggingface.co/{pushed}")
     return 0
 
 
@@ -321,8 +329,8 @@ def _export(args) -> int:
         raise SystemExit(f"export: {args.model}: {error}") from error
     print(report.summary())
     if args.push_to_hub:  # the folder with its card, named after the repo (as `dsunet-hf push` does)
-        return _push(argparse.Namespace(folder=args.output_dir, repo_id=args.push_to_hub, evaluation=None,
-                                        commit_message=f"ONNX export of {args.model}", private=args.private))
+        return _push_folder(args.output_dir, args.push_to_hub, evaluation=None,
+                            commit_message=f"ONNX export of {args.model}", private=args.private)
     return 0
 
 

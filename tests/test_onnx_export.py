@@ -192,6 +192,15 @@ def test_an_export_pushed_to_the_hub_has_a_card_and_predicts_from_its_repo_id(ex
             "README.md"} <= {p.name for p in pushed.iterdir()}
     card = ModelCard.load(pushed / "README.md")
     assert "dsunet-hf predict --model me/sam2unet-onnx photos/" in card.text and "path/to/this-model" not in card.text
+    # A card edited by hand is uploaded as it is (a generated one is rendered again for the repo it goes to).
+    assert main(["push", str(folder), "me/sam2unet-onnx"]) == 0  # the same repo again: still the generated card
+    with open(folder / "README.md", "a", encoding="utf-8") as readme:
+        readme.write("\nTrained on our scans.\n")
+    capsys.readouterr()
+    assert main(["push", str(folder), "me/sam2unet-onnx-copy"]) == 0
+    assert "edited since the export, uploaded as it is" in capsys.readouterr().out
+    copy = next(offline_hub.repo_dir("me/sam2unet-onnx-copy").glob("snapshots/*")) / "README.md"
+    assert copy.read_text().endswith("Trained on our scans.\n") and "me/sam2unet-onnx photos/" in copy.read_text()
 
     images = tmp_path / "images"
     images.mkdir()

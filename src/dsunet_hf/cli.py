@@ -163,7 +163,12 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
 
     folder = Path(folder)
     if is_onnx_export(folder) and (folder / "onnx_export.json").is_file():  # an ONNX export: its card names the repo
-        onnx_model_card(folder, repo_id=repo_id).save(folder / "README.md")
+        readme = folder / "README.md"
+        ours = {onnx_model_card(folder, repo_id=repo).content for repo in (None, repo_id)}
+        if not readme.is_file() or readme.read_text(encoding="utf-8") in ours:
+            onnx_model_card(folder, repo_id=repo_id).save(readme)
+        else:  # edited by hand since the export wrote it: the user's words win
+            print(f"{readme}: edited since the export, uploaded as it is (its snippets may not name {repo_id})")
     else:
         for required in ("config.json", "model.safetensors"):
             if not (folder / required).is_file():

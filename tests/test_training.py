@@ -160,6 +160,17 @@ def test_push_to_hub_at_the_end(generated_data, tmp_path, offline_hub):
     pulled = Sam2UNetForImageSegmentation.from_pretrained("me/camo-tiny")
     card = next((offline_hub.repo_dir("me/camo-tiny") / "snapshots").iterdir()) / "README.md"
     assert "S-measure" in card.read_text() and "camo" in card.read_text()
+    # The best validation metrics are the card's model-index too (what the Hub shows on the model page).
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(card).data
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validation = next(row for row in logged if "val/S-measure" in row)
+    results = {result.metric_name: result for result in data.eval_results}
+    assert data.model_name == "camo-tiny" and {"S-measure", "MAE", "loss"} <= set(results)
+    assert results["S-measure"].metric_value == round(validation["val/S-measure"], 4)
+    assert results["S-measure"].dataset_split == "validation"
+    assert results["S-measure"].dataset_name.endswith("(25% held out)")
     assert pulled(torch.randn(1, 3, TINY_SIZE, TINY_SIZE)).logits.shape[-1] == TINY_SIZE
 
 

@@ -127,14 +127,38 @@ def _read_evaluation_report(path: Path) -> dict:
     return report
 
 
+def eval_result(dataset: str, source: str, split: str | None, metric: str, value: float):
+    """One model-index entry (``huggingface_hub.EvalResult``): ``metric`` of the model on ``dataset`` (read from
+    ``source``: a Hub dataset id names the dataset on the Hub, a local folder only by its name)."""
+    from huggingface_hub import EvalResult
+
+    return EvalResult(
+        task_type="image-segmentation", task_name="Image segmentation",
+        dataset_type=source if looks_like_hub_id(source) else dataset, dataset_name=dataset, dataset_split=split,
+        metric_type=re.sub(r"[^a-z0-9]+", "_", metric.lower()).strip("_"), metric_name=metric,
+        metric_value=round(float(value), 4),
+    )
+
+
+def add_validation_results_to_card(folder: str | os.PathLike, metrics: dict, dataset: str, source: str,
+                                   model_name: str) -> None:
+    """Put a training run's validation ``metrics`` into the card in ``folder`` as model-index results (split
+    ``validation``, as transformers' Trainer reports its evaluation set), so the Hub shows them on the model page;
+    the card's table already lists them."""
+    card_path = Path(folder) / "README.md"
+    card = ModelCard.load(card_path)
+    card.data.eval_results = [eval_result(dataset, source, "validation", metric, value)
+                              for metric, value in metrics.items() if isinstance(value, (int, float))]
+    card.data.model_name = model_name
+    card.save(card_path)
+
+
 def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.PathLike],
                            model_name: str | None = None) -> ModelCard:
     """Fold ``dsunet-hf evaluate`` reports (``evaluation.json``) into the model card in ``folder``: the Hub's
     ``model-index`` results (shown on the model page; one entry per dataset and metric, Hub dataset ids where
     the data came from the Hub) and a section with the table, the protocol and the versions. Results for a
     dataset and metric already on the card are replaced. Writes ``README.md`` back and returns the card."""
-    from huggingface_hub import EvalResult
-
     from .evaluate import format_table
     from .files import write_text_atomic
 
@@ -151,13 +175,7 @@ def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.Pat
         for dataset, metrics in report["results"].items():
             source = str(sources.get(dataset, ""))
             for metric, value in metrics.items():
-                results[(dataset, metric)] = EvalResult(
-                    task_type="image-segmentation", task_name="Image segmentation",
-                    # A Hub dataset id names the dataset on the Hub; a local folder only by its name.
-                    dataset_type=source if looks_like_hub_id(source) else dataset, dataset_name=dataset, dataset_split=split,
-                    metric_type=re.sub(r"[^a-z0-9]+", "_", metric.lower()).strip("_"), metric_name=metric,
-                    metric_value=round(float(value), 4),
-                )
+                results[(dataset, metric)] = eval_result(dataset, source, split, metric, value)
     kept = [result for result in (card.data.eval_results or [])
             if (result.dataset_name, result.metric_name) not in results]
     card.data.eval_results = kept + list(results.values())

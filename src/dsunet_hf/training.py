@@ -28,6 +28,7 @@ from transformers import HfArgumentParser
 
 from .distributed import use_cpu
 from .files import write_json_atomic
+from .hub import add_validation_results_to_card
 from .predict import pixel_inputs
 
 logger = logging.getLogger(__name__)
@@ -462,6 +463,9 @@ def train(args: TrainingArguments) -> dict:
 
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # validation and saving: eager
     train_names = [dataset_name(args.train_data)]
+    # A held-out share of the training data is named so on the card's results, not as if it were another data set.
+    validation_name = (dataset_name(args.val_data) if args.val_data
+                       else f"{train_names[0]} ({args.validation_ratio:.0%} held out)")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "training_args.json", asdict(args))
@@ -494,6 +498,9 @@ def train(args: TrainingArguments) -> dict:
             temporary, include_backbone=args.backbone == "random", model_card_kwargs={"metrics": metrics, "dataset_names": train_names,
                                           "repo_id": args.hub_model_id}
         )
+        if metrics:  # the validation results as the card's model-index too (shown on the Hub's model page)
+            add_validation_results_to_card(temporary, metrics, validation_name, str(args.val_data or args.train_data),
+                                           model_name=(args.hub_model_id or str(output_dir)).rstrip("/").split("/")[-1])
         processor.save_pretrained(temporary)
         _replace_dir(temporary, folder)
 

@@ -294,6 +294,20 @@ def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
         main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "x"), "--size", "1", "2", "3"])
 
 
+def predict_with_both(tmp_path, onnx_folder, model_folder, *options: str) -> None:
+    """`dsunet-hf predict` on two photos (tmp_path/images) with the ONNX folder (-> onnx-out/) and with the PyTorch
+    artifact (-> torch-out/)."""
+    from dsunet_hf.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(photos([(70, 50), (40, 90)])):
+        image.save(images / f"{index}.png")
+    for source, out in ((onnx_folder, "onnx-out"), (model_folder, "torch-out")):
+        assert main(["predict", "--model", str(source), str(images), "--output-dir", str(tmp_path / out),
+                     *options, "--num-workers", "0"]) == 0
+
+
 def initializer_bytes(path) -> dict[str, int]:
     """Bytes of the graph's weights by element type ("FLOAT", "FLOAT16", ...)."""
     totals = {}
@@ -329,13 +343,7 @@ def test_a_float16_export_halves_the_weights_and_predicts_like_the_fp32_model(mu
     assert "largest probability difference" in card
 
     # predict takes the fp16 folder as it is (fp32 arrays in and out): masks within a few grey levels of PyTorch's
-    images = tmp_path / "images"
-    images.mkdir()
-    for index, image in enumerate(photos([(70, 50), (40, 90)])):
-        image.save(images / f"{index}.png")
-    for source, out in ((tmp_path / "onnx16", "onnx-out"), (tmp_path / "model", "torch-out")):
-        assert main(["predict", "--model", str(source), str(images), "--output-dir", str(tmp_path / out),
-                     "--num-workers", "0"]) == 0
+    predict_with_both(tmp_path, tmp_path / "onnx16", tmp_path / "model")
     for index in range(2):
         onnx_mask = np.asarray(Image.open(tmp_path / "onnx-out" / "masks" / f"{index}.png")).astype(int)
         torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png")).astype(int)
@@ -386,13 +394,7 @@ def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(tmp_pa
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     model.default_image_processor().save_pretrained(tmp_path / "model")
     assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx")]) == 0
-    images = tmp_path / "images"
-    images.mkdir()
-    for index, image in enumerate(photos([(70, 50), (40, 90)])):
-        image.save(images / f"{index}.png")
-    for source, out in ((tmp_path / "onnx", "onnx-out"), (tmp_path / "model", "torch-out")):
-        assert main(["predict", "--model", str(source), str(images), "--output-dir", str(tmp_path / out),
-                     "--overlay", "--num-workers", "0"]) == 0
+    predict_with_both(tmp_path, tmp_path / "onnx", tmp_path / "model", "--overlay")
     for index in range(2):
         onnx_mask = Image.open(tmp_path / "onnx-out" / "masks" / f"{index}.png")
         torch_mask = np.asarray(Image.open(tmp_path / "torch-out" / "masks" / f"{index}.png"))

@@ -204,16 +204,29 @@ def test_at_most_four_batches_of_samples_wait(model, processor, monkeypatch):
 
 
 def test_worker_processes_read_the_samples_with_the_same_numbers_and_skips(model, processor, samples, tmp_path):
+    import os
+
     corrupt = tmp_path / "images" / "corrupt.png"
     corrupt.write_bytes(b"not a PNG")
     items = samples + [{"image": str(corrupt), "mask": samples[0]["mask"]}] + samples
     in_process, in_workers = [], []
     expected = evaluate_model(model, processor, items, batch_size=3, progress=False, skipped=in_process)
-    got = evaluate_model(model, processor, items, batch_size=3, progress=False, skipped=in_workers, num_workers=2)
+
+    class ReadInWorkersOnly(list):  # a sample read in this process would mean num_workers was ignored
+        def __getitem__(self, index):
+            if os.getpid() == parent:
+                raise AssertionError(f"sample {index} read in the main process")
+            return super().__getitem__(index)
+
+    parent = os.getpid()
+    got = evaluate_model(model, processor, ReadInWorkersOnly(items), batch_size=3, progress=False,
+                         skipped=in_workers, num_workers=2)
     assert got == expected and in_workers == in_process and len(in_process) == 1 and "corrupt.png" in in_process[0]
+    with pytest.raises(ValueError, match="num_workers must be >= 0, got -1"):
+        evaluate_model(model, processor, samples, progress=False, num_workers=-1)
 
 
-def test_metric_workers_give_the_same_numbers(model, processor, samples, folders, tmp_path):
+def test_metric_workers_give_the_same_numbers(model, processor, samples, folders, tmp_path, monkeypatch):
     """Metrics computed in worker processes and merged in order: the same numbers as computed here, for a model
     (DIS metrics too, a bad sample skipped) and for prediction folders."""
     corrupt = tmp_path / "images" / "corrupt.png"
@@ -221,9 +234,14 @@ def test_metric_workers_give_the_same_numbers(model, processor, samples, folders
     items = samples + [{"image": str(corrupt), "mask": samples[0]["mask"]}] + samples * 2
     here, apart = [], []
     expected = evaluate_model(model, processor, items, batch_size=2, progress=False, dis_metrics=True, skipped=here)
+    merged = []  # each batch scored in a worker comes back through merge (here, in the main process)
+    real_merge = SegmentationMetrics.merge
+    monkeypatch.setattr(SegmentationMetrics, "merge", lambda self, other: (merged.append(len(other)),
+                                                                           real_merge(self, other)))
     got = evaluate_model(model, processor, items, batch_size=2, progress=False, dis_metrics=True, skipped=apart,
                          metric_workers=2)
     assert got == expected and apart == here and len(here) == 1
+    assert merged == [2] * 6  # the 12 readable samples, in batches of 2, every one merged from a worker
     pred_dir, gt_dir = folders
     assert (evaluate_prediction_folders(pred_dir, gt_dir, progress=False, metric_workers=2)
             == evaluate_prediction_folders(pred_dir, gt_dir, progress=False))
@@ -388,6 +406,10 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_evaluate_cli(make_parser().parse_args(
             ["evaluate", "--model", "m", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir)]))
+    for flag, value, least in (("--metric-workers", "-1", 0), ("--num-workers", "-2", 0), ("--batch-size", "0", 1)):
+        with pytest.raises(SystemExit, match=f"evaluate: {flag} must be >= {least}, got {value}"):
+            run_evaluate_cli(make_parser().parse_args(
+                ["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir), flag, value]))
 
 
 def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch, capsys):

@@ -150,8 +150,10 @@ def evaluate_model(
     Raises:
         ValueError: if no sample at all could be evaluated.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                               ("metric_workers", metric_workers, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     check_resolution(model, processor, resolution)
     input_size = input_size_function(processor, resolution, max_side)
 
@@ -222,7 +224,7 @@ class _BatchedMetrics:
 
     def __init__(self, dis: bool, workers: int = 0):
         if workers < 0:
-            raise ValueError(f"metric_workers must be >= 0, got {workers}")
+            raise ValueError(f"metric_workers must be >= 0, got {workers}")  # evaluate_prediction_folders' check
         self.dis, self.workers, self.metrics = dis, workers, SegmentationMetrics(dis=dis)
         self.pool = concurrent.futures.ProcessPoolExecutor(workers) if workers else None
         self.pending: collections.deque = collections.deque()
@@ -595,6 +597,10 @@ def run_evaluate_cli(args) -> int:
         raise SystemExit("evaluate: use either --model/--data or --predictions/--ground-truth, not both")
     # Default: a worker per core (at most 8): the same numbers, and the metrics, not the model, bound a GPU run.
     metric_workers = min(8, os.cpu_count() or 1) if args.metric_workers is None else args.metric_workers
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
+                               ("--metric-workers", metric_workers, 0)):
+        if value < least:
+            raise SystemExit(f"evaluate: {flag} must be >= {least}, got {value}")
     if folders_mode:
         if args.predictions is None or args.ground_truth is None:
             raise SystemExit("evaluate: --predictions and --ground-truth go together")

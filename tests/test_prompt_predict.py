@@ -13,7 +13,7 @@ from test_visual_prompt_matcher import ONE_HOT, RED, SIZE, P, colour_image, regi
 
 from dsunet_hf.cli import main
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher
-from dsunet_hf.prompt_predict import predict_with_prompts, render_prompt
+from dsunet_hf.prompt_predict import PromptTracker, predict_with_prompts, render_prompt
 
 
 @pytest.fixture
@@ -75,6 +75,12 @@ def test_cli_errors_name_the_problem(tmp_path, head_folder, images, capsys):
         main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--crop-refine"])
     with pytest.raises(SystemExit, match="cannot read image .*missing.jpg"):
         main([*base, "--reference", str(tmp_path / "missing.jpg"), "--prompt", "box:1,1,5,5"])
+    with pytest.raises(SystemExit, match="--save-scores, --track, --track-memory: for visual-prompt models with"):
+        main([*base, "--save-scores", "--track", "--track-memory", "4"])
+    with pytest.raises(SystemExit, match="--track-memory sets the memory of --track; add --track"):
+        main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--track-memory", "4"])
+    with pytest.raises(SystemExit, match=r"a.png: --track follows the concept through a video's frames"):
+        main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--track"])
 
 
 def test_predicted_mask_is_the_prompted_colour_with_known_features(tmp_path):
@@ -220,3 +226,68 @@ def test_the_prompted_concept_is_found_in_every_frame_of_a_video(tmp_path):
     with pytest.raises(ValueError, match="clip.mkv: --save-scores .* not for videos"):
         predict_with_prompts(matcher, [reference], ["box:14,28,56,70"], [clip], tmp_path / "again", save_scores=True,
                              progress=False, feature_fn=ONE_HOT)
+
+
+class _RecordingTracker:
+    """Finds the object on frames whose first pixel is non-zero; records the memory each frame is segmented with."""
+
+    def __init__(self):
+        self.memories, self.coverages = [], []
+
+    def reference_memory(self, images, masks, min_coverage=0.0):
+        self.coverages.append(min_coverage)
+        return [f"frame {int(np.asarray(image)[0, 0, 0])}" for image in images]
+
+    def segment_with_memory(self, memory, targets, batch_size=4):
+        self.memories.append(list(memory))
+        return [np.full((4, 4), float(np.asarray(t)[0, 0, 0] > 0)) for t in targets]
+
+
+def test_tracker_keeps_the_references_and_the_latest_frames_that_showed_the_object():
+    model = _RecordingTracker()
+    frames = [Image.new("RGB", (4, 4), (value, 0, 0)) for value in (1, 2, 0, 3, 4)]  # frame 0: nothing found
+    tracker = PromptTracker(model, ["ref a", "ref b"], threshold=0.5, memory_size=2)
+    masks = tracker(frames[:2]) + tracker(frames[2:])  # state carries across batches
+    assert [m.max() for m in masks] == [1, 1, 0, 1, 1]
+    assert model.memories == [["ref a", "ref b"], ["ref a", "ref b", "frame 1"], ["ref a", "ref b", "frame 1", "frame 2"],
+                              ["ref a", "ref b", "frame 1", "frame 2"], ["ref a", "ref b", "frame 2", "frame 3"]]
+    assert model.coverages == [0.5] * 4  # found masks join with their core patches
+    with pytest.raises(ValueError, match="at least one frame"):
+        PromptTracker(model, [], 0.5, memory_size=0)
+    with pytest.raises(ValueError, match="tracking needs a model with reference_memory"):
+        PromptTracker(_FixedScores(object()), [], 0.5)
+
+
+def test_tracking_follows_an_object_whose_colour_drifts_where_the_first_example_loses_it(tmp_path):
+    """24 frames: a 2 x 2-patch block moves right while its colour turns from red to blue, on grey. Features are each
+    patch's mean colour, so what is found follows from the pixels: prompted on frame 0 alone, the block is lost once
+    it is more blue than red; tracked, every frame's block joins the prompt and it is found to the end."""
+    pytest.importorskip("av", reason="video targets need PyAV (the [video] extra)")
+    from test_video import decoded, write_video
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    def mean_colour(pixel_values):
+        mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+        return torch.nn.functional.avg_pool2d(pixel_values * std + mean, P)
+
+    count, frames, boxes = 24, [], []
+    for t in range(count):
+        blue, column = t / (count - 1), t * 6 // (count - 1)
+        frame = np.full((SIZE, SIZE, 3), 128, np.uint8)
+        frame[3 * P : 5 * P, column * P : (column + 2) * P] = (round(255 * (1 - blue)), 0, round(255 * blue))
+        frames.append(frame)
+        boxes.append([(3, column, 5, column + 2)])
+    clip = write_video(tmp_path / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0", rate=10)
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    ious = {}
+    for track in (False, True):
+        out = tmp_path / f"track-{track}"
+        report = predict_with_prompts(matcher, [frames[0]], [region(boxes[0])], [clip], out, progress=False,
+                                      batch_size=5, feature_fn=mean_colour, track=track)
+        assert report.written == [str(clip)]
+        masks, _ = decoded(out / "masks" / "clip.mp4")
+        ious[track] = [((m > 127) & region(b)).sum() / ((m > 127) | region(b)).sum() for m, b in zip(masks, boxes)]
+        assert json.loads((out / "prediction_report.json").read_text())["track_memory"] == (8 if track else None)
+    assert max(ious[False][10:]) == 0 and ious[False][0] > 0.9  # lost from frame 10 on
+    assert min(ious[True]) > 0.55 and min(ious[True][-6:]) > 0.85  # found in every frame (measured: 0.59, 0.86)

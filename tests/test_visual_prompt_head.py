@@ -329,6 +329,31 @@ def test_segment_returns_logits_at_each_targets_size_and_checks_prompts(tmp_path
         model.segment([reference], ["box:100,2,200,20"], [reference])
 
 
+def test_reference_memory_tokens_average_to_the_prompt_and_found_masks_keep_their_core_patches():
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [np.zeros((SIDE, SIDE), bool) for _ in range(2)]
+    masks[0][8:24, 8:24], masks[1][40:48, 0:30] = True, True
+    memory = model.reference_memory(images, masks)
+    assert len(memory) == 2 and memory[0].shape == (32,)
+    assert torch.allclose(torch.stack(memory).mean(0, keepdim=True), model.prompt_from_references(images, masks))
+    target = [images[1]]
+    assert np.allclose(model.segment_with_memory(memory, target)[0], model.segment(images, masks, target)[0], atol=1e-6)
+    # min_coverage: a mask reaching 3 px into the next 8-px patches gives the token of its two covered patches only;
+    # a 2-px line covers no patch by half and keeps every patch it touches.
+    bleeding, core, line = (np.zeros((SIDE, SIDE), bool) for _ in range(3))
+    bleeding[8:19, 8:24] = core[8:16, 8:24] = line[20:22, 8:24] = True
+    [token_core] = model.reference_memory(images[:1], [core])
+    [token_bleeding] = model.reference_memory(images[:1], [bleeding], min_coverage=0.5)
+    assert torch.allclose(token_bleeding, token_core, atol=1e-6)
+    assert not torch.allclose(model.reference_memory(images[:1], [bleeding])[0], token_core, atol=1e-4)
+    assert torch.equal(model.reference_memory(images[:1], [line], min_coverage=0.5)[0],
+                       model.reference_memory(images[:1], [line])[0])
+    with pytest.raises(ValueError, match="at least one encoded reference"):
+        model.segment_with_memory([], target)
+
+
 # --- training and the Hub ----------------------------------------------------------------------------------
 
 def test_train_command_runs_resumes_and_the_artifact_loads(tmp_path):

@@ -100,6 +100,10 @@ def test_patch_mask_marks_every_patch_the_mask_overlaps():
     assert patch_mask(mask, (2, 3)).tolist() == [[False, True, False], [False, False, True]]
     # Any size maps onto the grid: pixel 2 of a 5-px axis overlaps patches 0 and 1 of 2 ([0, 2.5), [2.5, 5)).
     assert patch_mask(np.eye(5)[2:3].repeat(2, 0), (1, 2)).tolist() == [[True, True]]
+    # min_coverage (tracked frames): the half-covered patches only, or every touched one where none is.
+    mask[14:28, 14:22] = True  # 8/14 of patch (1, 1)
+    assert patch_mask(mask, (2, 3), min_coverage=0.5).tolist() == [[False, False, False], [False, True, False]]
+    assert patch_mask(mask[:, 30:], (2, 1), min_coverage=0.5).tolist() == [[False], [True]]  # 2 pixels: touched
 
 
 def test_prototype_matching_finds_exactly_the_prompted_region():

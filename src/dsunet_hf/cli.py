@@ -28,6 +28,8 @@ def _predict_with_prompts(args) -> int:
     if any(unused.values()):  # rather than silently ignored
         raise SystemExit(f"predict: {', '.join(k for k, v in unused.items() if v)}: not for visual-prompt models "
                          f"(they write masks, --overlay and --save-scores)")
+    if args.track_memory is not None and not args.track:
+        raise SystemExit("predict: --track-memory sets the memory of --track; add --track")
     if args.mode and model_type != "visual_prompt":
         raise SystemExit(f"predict: --mode applies to the trained visual-prompt head (model_type visual_prompt); "
                          f"{args.model} is a {model_type}")
@@ -38,7 +40,7 @@ def _predict_with_prompts(args) -> int:
         report = predict_with_prompts(
             model, args.reference, args.prompt, args.inputs, args.output_dir, threshold=args.threshold,
             overlay=args.overlay, overwrite=args.overwrite, batch_size=args.batch_size, save_scores=args.save_scores,
-            **extra,
+            track=args.track, track_memory=8 if args.track_memory is None else args.track_memory, **extra,
         )
     except (ValueError, ImportError) as error:  # a bad reference or prompt (nothing can be predicted), no PyAV
         raise SystemExit(f"predict: {error}") from error
@@ -60,6 +62,11 @@ def _predict(args) -> int:
         return _predict_with_prompts(args)
     if args.prompt:
         raise SystemExit("predict: --prompt needs --reference (the image the prompt is drawn on)")
+    prompt_only = {"--save-scores": args.save_scores, "--mode": args.mode is not None, "--track": args.track,
+                   "--track-memory": args.track_memory is not None}
+    if any(prompt_only.values()):  # rather than silently ignored
+        raise SystemExit(f"predict: {', '.join(k for k, v in prompt_only.items() if v)}: for visual-prompt models "
+                         f"with --reference and --prompt")
     if visual_prompt_model_type(args.model):
         raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
                          "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
@@ -407,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--save-scores", action="store_true", help="visual-prompt models: also write scores/*.npy")
     predict.add_argument("--mode", default=None, choices=["prompt", "generic", "referring"],
                          help="trained visual-prompt head: which output (default: its config's inference_mode)")
+    predict.add_argument("--track", action="store_true",
+                         help="visual-prompt models, videos: follow the concept through the frames (each found mask "
+                              "joins the prompt, as DINOv's video memory) instead of prompting every frame alone")
+    predict.add_argument("--track-memory", type=int, default=None, metavar="N",
+                         help="with --track: the most recent frames kept in the prompt beside the references "
+                              "(default 8, as DINOv)")
     predict.set_defaults(func=_predict)
 
     convert = commands.add_parser("convert", help="convert an original checkpoint")

@@ -10,6 +10,7 @@ unless ``overwrite`` (a re-run resumes where a previous one stopped).
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from .predict import PredictionReport, collect_images, finished_mask_path, overl
 from .prompts import as_prompt, reference_mask
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
-__all__ = ["default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt", "visual_prompt_model_type"]
+__all__ = ["PromptTracker", "default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt",
+           "visual_prompt_model_type"]
 
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
 
@@ -77,10 +79,60 @@ def default_threshold(model) -> float:
     return float(getattr(getattr(model, "config", None), "score_threshold", 0.0))
 
 
+# A frame joins the memory with the patches its found mask covers at least half of: the mask's soft edge reaches
+# into the neighbouring background patches, which would otherwise pull the concept towards the background.
+FOUND_MASK_COVERAGE = 0.5
+
+
+def memory_kwargs(segment_kwargs: dict) -> dict:
+    """The ``segment`` arguments that ``reference_memory`` needs too: a replaced feature extractor (the matcher's
+    ``feature_fn``) must encode the references as it encodes the targets."""
+    return {key: segment_kwargs[key] for key in ("feature_fn",) if key in segment_kwargs}
+
+
+class PromptTracker:
+    """Follows a prompted concept through a video, frame by frame, as DINOv does on DAVIS (its section 5.4): the
+    concept is the mean of a memory holding the user's references (always kept) and the ``memory_size`` most
+    recent frames, each encoded with the mask found on it; every frame is segmented against that memory and then
+    joins it. So an object whose look drifts (light, pose, scale) stays found where the first example alone
+    would lose it. A frame where nothing is found does not join (an empty prompt would describe the
+    background); the memory keeps the last frames that showed the object, so it can be found again after an
+    occlusion.
+
+    ``model`` needs ``reference_memory(images, masks)`` (one entry per image) and ``segment_with_memory(entries,
+    targets)`` (both visual-prompt models have them). Call it with a batch of frames (PIL, in order) to get their
+    0/1 masks; one tracker per video. Each frame costs two backbone passes (segmented, then encoded as a
+    reference)."""
+
+    def __init__(self, model, memory: list, threshold: float, memory_size: int = 8, **segment_kwargs):
+        if memory_size < 1:
+            raise ValueError(f"the tracking memory (--track-memory) must hold at least one frame, got {memory_size}")
+        for method in ("reference_memory", "segment_with_memory"):
+            if not callable(getattr(model, method, None)):
+                raise ValueError(f"tracking needs a model with {method}() (the visual-prompt models have it); "
+                                 f"{type(model).__name__} has not")
+        self.model, self.threshold, self.segment_kwargs = model, threshold, segment_kwargs
+        self.references = list(memory)
+        self.recent: deque = deque(maxlen=memory_size)
+        self.memory_kwargs = memory_kwargs(segment_kwargs)
+
+    def __call__(self, frames: list[Image.Image]) -> list[np.ndarray]:
+        masks = []
+        for frame in frames:  # in order: each frame's memory holds the one before it
+            [score] = self.model.segment_with_memory(self.references + list(self.recent), [frame], batch_size=1,
+                                                     **self.segment_kwargs)
+            mask = score > self.threshold
+            if mask.any():
+                self.recent.extend(self.model.reference_memory([frame], [mask], min_coverage=FOUND_MASK_COVERAGE,
+                                                               **self.memory_kwargs))
+            masks.append(mask.astype(np.float32))
+        return masks
+
+
 def predict_with_prompts(model, references: list, prompts: list, targets: list[str | Path], output_dir: str | Path, *,
                          threshold: float | None = None, overlay: bool = False, overwrite: bool = False,
                          batch_size: int = 4, save_scores: bool = False, progress: bool = True,
-                         **segment_kwargs) -> PredictionReport:
+                         track: bool = False, track_memory: int = 8, **segment_kwargs) -> PredictionReport:
     """Segment the concept the ``prompts`` mark on the ``references`` in every target file/folder.
 
     Writes ``masks/<name>.png`` (0/255 at each target's size), with ``overlay`` ``overlays/<name>.png`` (the
@@ -91,7 +143,8 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
 
     Video targets (the ``[video]`` extra) give ``masks/<name>.mp4`` and, with ``overlay``, ``overlays/<name>.mp4``
     (the frames with the found regions tinted): the concept found in every frame, each frame on its own (see
-    :mod:`dsunet_hf.video`).
+    :mod:`dsunet_hf.video`), or with ``track`` followed through the video with a memory of the last
+    ``track_memory`` frames (:class:`PromptTracker`; videos only).
     """
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
@@ -117,6 +170,11 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
         import_av()  # a missing [video] extra: one clear error before anything runs
         if save_scores:
             raise ValueError(f"{videos[0][0]}: --save-scores writes one .npy per image target; not for videos")
+    if track:
+        if pending:
+            raise ValueError(f"{pending[0][0]}: --track follows the concept through a video's frames; this target is "
+                             f"an image (make a folder of frames a video, e.g. ffmpeg -i %05d.jpg -c:v ffv1 clip.mkv)")
+        PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size: before any video
     bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not (progress and pending))
     # The references are passed as rasterised masks, so their files are read once.
     for start in range(0, len(pending), batch_size):
@@ -148,14 +206,19 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
         scores = model.segment(reference_images, masks, images, batch_size=batch_size, **segment_kwargs)
         return [(score > threshold).astype(np.float32) for score in scores]
 
+    memory = []
+    if track and videos:  # the references, encoded once for every video
+        memory = model.reference_memory(reference_images, masks, **memory_kwargs(segment_kwargs))
     for path, name in videos:
         kinds = ["masks"] + ["overlays"] * overlay
+        predict = PromptTracker(model, memory, threshold, track_memory, **segment_kwargs) if track else found
         predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name) for kind in kinds},
-                                  lambda images: images, found, batch_size=batch_size)
+                                  lambda images: images, predict, batch_size=batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "prediction_report.json", {
         **report.__dict__, "references": [str(r) for r in references],
         "prompts": [_prompt_text(p) for p in prompts], "threshold": threshold,
+        "track_memory": track_memory if track else None,
     })
     return report
 

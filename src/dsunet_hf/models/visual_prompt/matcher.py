@@ -64,19 +64,21 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 # --- pure functions over feature maps ---------------------------------------------------------------------
 
-def patch_mask(mask: Any, grid_hw: tuple[int, int]) -> torch.Tensor:
+def patch_mask(mask: Any, grid_hw: tuple[int, int], min_coverage: float = 0.0) -> torch.Tensor:
     """A ``(height, width)`` mask (array or tensor, non-zero = foreground) -> ``grid_hw`` bool patch mask.
 
     A patch is foreground when any foreground pixel overlaps it, i.e. the mask's average over the patch is
     > 0 (Matcher pools 14 x 14 and thresholds at 0). The mask may have any size: patch ``i`` of ``n`` along
     an axis of length ``L`` covers ``[i L / n, (i + 1) L / n)`` (adaptive average pooling), so a mask at the
-    image's original size gives the patches of the image resized to the grid.
+    image's original size gives the patches of the image resized to the grid. ``min_coverage`` > 0: only the
+    patches the mask covers at least that much, or every touched patch where none is (a thin object).
     """
     tensor = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
     if tensor.ndim != 2:
         raise ValueError(f"mask must be 2-D (height, width), got shape {tuple(tensor.shape)}")
-    pooled = F.adaptive_avg_pool2d((tensor != 0).float()[None, None], tuple(int(v) for v in grid_hw))
-    return pooled[0, 0] > 0
+    pooled = F.adaptive_avg_pool2d((tensor != 0).float()[None, None], tuple(int(v) for v in grid_hw))[0, 0]
+    core = pooled >= min_coverage if min_coverage > 0 else pooled > 0
+    return core if core.any() else pooled > 0
 
 
 def _stack_maps(maps, ndim: int) -> torch.Tensor:
@@ -356,7 +358,6 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             with a background prototype, ``cos(fg)`` in [-1, 1] without (max-cosine variants for
             ``bidirectional``); with SAM 2 refinement, SAM 2's mask logits (foreground > 0).
         """
-        refine = bool(self.config.sam_repo_id) if refine is None else refine
         references, prompts, targets = _as_list(references), _as_list(prompts), _as_list(targets)
         if not references or len(references) != len(prompts):
             raise ValueError(f"need one prompt per reference image, got {len(references)} references and "
@@ -364,12 +365,36 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         if not targets:
             raise ValueError("no target image to segment")
         reference_images = [load_image(image) for image in references]
-        target_images = [load_image(image) for image in targets]
         masks = [reference_mask(prompt, image) for prompt, image in zip(prompts, reference_images)]
-        ref_features = self._extract(reference_images, feature_fn, batch_size)
+        memory = self.reference_memory(reference_images, masks, feature_fn=feature_fn, batch_size=batch_size)
+        return self.segment_with_memory(memory, targets, feature_fn=feature_fn, batch_size=batch_size, refine=refine)
+
+    @torch.no_grad()
+    def reference_memory(self, images: Sequence[Any], masks: Sequence[np.ndarray], feature_fn: FeatureFn | None = None,
+                         batch_size: int = 4, min_coverage: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One ``(features (C, h, w), patch mask (h, w) bool)`` entry per reference image and its prompt mask
+        (a bool array the image's size): what :meth:`segment_with_memory` matches against. Video tracking adds
+        the frames it has segmented (:class:`dsunet_hf.prompt_predict.PromptTracker`) with ``min_coverage`` 0.5
+        (see :func:`patch_mask`): a found mask's soft edge reaches into the background's patches."""
+        features = self._extract([load_image(image) for image in images], feature_fn, batch_size)
+        grid = tuple(features.shape[-2:])
+        return [(feature, patch_mask(mask, grid, min_coverage)) for feature, mask in zip(features, masks)]
+
+    @torch.no_grad()
+    def segment_with_memory(self, memory: Sequence[tuple[torch.Tensor, torch.Tensor]], targets: Sequence[Any],
+                            feature_fn: FeatureFn | None = None, batch_size: int = 4,
+                            refine: bool | None = None) -> list[np.ndarray]:
+        """:meth:`segment` with the references already encoded by :meth:`reference_memory`."""
+        refine = bool(self.config.sam_repo_id) if refine is None else refine
+        if not len(memory):
+            raise ValueError("need at least one encoded reference")
+        targets = _as_list(targets)
+        if not targets:
+            raise ValueError("no target image to segment")
+        ref_features = [feature for feature, _ in memory]
+        patch_masks = [mask for _, mask in memory]
+        target_images = [load_image(image) for image in targets]
         target_features = self._extract(target_images, feature_fn, batch_size)
-        grid = tuple(ref_features.shape[-2:])
-        patch_masks = torch.stack([patch_mask(mask, grid) for mask in masks])
         background = self.config.background_prototype
 
         if self.config.matching == "prototype":

@@ -389,6 +389,28 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         return pixel_values.to(device=parameter.device, dtype=parameter.dtype)
 
     @torch.no_grad()
+    def reference_memory(self, images: Sequence[Any], masks: Sequence[np.ndarray],
+                         min_coverage: float = 0.0) -> list[torch.Tensor]:
+        """One prompt token (hidden_size,) per reference image and its prompt mask (a bool array the image's
+        size): the entries :meth:`segment_with_memory` averages. A patch is prompted where the mask touches it
+        (DINOv); ``min_coverage`` > 0: where the mask covers at least that much of it, or every touched patch
+        where none is. Video tracking adds the frames it has segmented with 0.5
+        (:class:`dsunet_hf.prompt_predict.PromptTracker`): a found mask's soft edge reaches into the background."""
+        images = [load_image(image) for image in images]
+        side, grid = self.config.image_size, self.config.image_size // self.backbone.patch_size
+        resized = torch.stack([
+            F.adaptive_avg_pool2d(torch.as_tensor(np.asarray(mask)).float()[None, None], (side, side))[0, 0]
+            for mask in masks
+        ]) > 0
+        if min_coverage > 0:  # the covered patches, back at the input size (encode_prompt pools them again)
+            coverage = F.adaptive_avg_pool2d(resized.float()[:, None], grid)
+            core = (coverage >= min_coverage) | ~(coverage >= min_coverage).flatten(1).any(1)[:, None, None, None]
+            resized &= F.interpolate((core & (coverage > 0)).float(), size=(side, side), mode="nearest")[:, 0] > 0
+        pixel_values = self._pixel_values(images)
+        # (R, 1, ...): each reference its own prompt token (encode_prompt averages over the second axis only).
+        return list(self.encode_prompt(pixel_values[:, None], resized.to(pixel_values)[:, None]))
+
+    @torch.no_grad()
     def prompt_from_references(self, references: Sequence[Any], prompts: Sequence[Any]) -> torch.Tensor:
         """The (1, hidden_size) prompt token of one concept shown on N references (one prompt each)."""
         references, prompts = list(references), list(prompts)
@@ -396,13 +418,8 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             raise ValueError(f"need one prompt per reference image, got {len(references)} references and "
                              f"{len(prompts)} prompts")
         images = [load_image(image) for image in references]
-        side = self.config.image_size
-        masks = torch.stack([
-            F.adaptive_avg_pool2d(torch.from_numpy(reference_mask(prompt, image)).float()[None, None], (side, side))[0, 0]
-            for prompt, image in zip(prompts, images)
-        ])
-        pixel_values = self._pixel_values(images)
-        return self.encode_prompt(pixel_values[None], (masks > 0).to(pixel_values)[None])
+        masks = [reference_mask(prompt, image) for prompt, image in zip(prompts, images)]
+        return torch.stack(self.reference_memory(images, masks)).mean(0, keepdim=True)
 
     @torch.no_grad()
     def segment(self, references: Sequence[Any], prompts: Sequence[Any], targets: Sequence[Any],
@@ -410,8 +427,20 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         """Logit maps (float32, each target's original size; foreground > 0) of the concept the prompts mark
         on the references (paths, PIL images or arrays; prompts as ``dsunet_hf.prompts`` objects, prompt text
         or masks), for each target. ``mode``: see :meth:`concept_logits` (default ``config.inference_mode``)."""
-        mode = mode or self.config.inference_mode
         prompt = self.prompt_from_references(references, prompts)
+        return self._segment_with_prompt(prompt, targets, batch_size, mode)
+
+    @torch.no_grad()
+    def segment_with_memory(self, memory: Sequence[torch.Tensor], targets: Sequence[Any], batch_size: int = 4,
+                            mode: str | None = None) -> list[np.ndarray]:
+        """:meth:`segment` with the references already encoded by :meth:`reference_memory` (their tokens are
+        averaged, as DINOv averages its examples and its video memory)."""
+        if not len(memory):
+            raise ValueError("need at least one encoded reference")
+        return self._segment_with_prompt(torch.stack(list(memory)).mean(0, keepdim=True), targets, batch_size, mode)
+
+    def _segment_with_prompt(self, prompt: torch.Tensor, targets, batch_size: int, mode: str | None):
+        mode = mode or self.config.inference_mode
         targets = list(targets) if isinstance(targets, (list, tuple)) else [targets]
         if not targets:
             raise ValueError("no target image to segment")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,13 @@ class OneHotMatcher(VisualPromptMatcher):
     """The training-free matcher on colour features: what it finds follows from the pixels."""
 
     def segment(self, *args, **kwargs):
-        return super().segment(*args, feature_fn=ONE_HOT, **kwargs)
+        return super().segment(*args, **{**kwargs, "feature_fn": ONE_HOT})
+
+    def reference_memory(self, *args, **kwargs):
+        return super().reference_memory(*args, **{**kwargs, "feature_fn": ONE_HOT})
+
+    def segment_with_memory(self, *args, **kwargs):
+        return super().segment_with_memory(*args, **{**kwargs, "feature_fn": ONE_HOT})
 
 
 def red_demo() -> Demo:
@@ -195,6 +202,31 @@ def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_pa
         assert Path(composite).suffix == ".mp4" and Path(cutout_video).suffix == ".mov"
 
 
+def test_the_prompt_page_finds_the_painted_thing_through_a_video(tmp_path):
+    pytest.importorskip("av", reason="videos need PyAV (the [video] extra)")
+    from test_video import decoded, write_video
+
+    reference = Image.fromarray(colour_image(REFERENCE_BOXES))
+    boxes = [[(1, i, 3, i + 2)] for i in range(4)]  # a red block moving right, a green one still
+    clip = write_video(tmp_path / "clip.mkv", [colour_image({RED: red, (0, 255, 0): [(5, 5, 7, 7)]}) for red in boxes],
+                       codec="ffv1", pix_fmt="bgr0", rate=10)
+    demo = Demo(OneHotMatcher(tiny_config()).eval())
+    for track in (True, False):
+        shown, mask_video = demo.prompt_video(reference, f"box:{P},{2 * P},{4 * P},{5 * P}", str(clip), track,
+                                              output_dir=tmp_path / f"track-{track}")
+        masks, _ = decoded(Path(mask_video))
+        assert len(masks) == 4 and Path(shown).suffix == ".mp4" and len(decoded(Path(shown), "rgb24")[0]) == 4
+        for mask, red in zip(masks, boxes):
+            found, expected = mask > 127, region(red)
+            assert (found & expected).sum() / (found | expected).sum() > 0.9
+        report = json.loads((tmp_path / f"track-{track}" / "prediction_report.json").read_text())
+        assert report["track_memory"] == (8 if track else None)
+    with pytest.raises(ValueError, match="paint over the thing to find"):
+        demo.prompt_video(reference, "", str(clip))
+    with pytest.raises(ValueError, match="no video"):
+        demo.prompt_video(reference, "point:20,40", None)
+
+
 def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
     from gradio_client import handle_file
 
@@ -207,6 +239,14 @@ def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
                                   empty, None, api_name="/find")
     found, expected = np.asarray(Image.open(mask_file)) > 0, region(TARGET_BOXES[RED])
     assert (found & expected).sum() / (found | expected).sum() > 0.9
+    if importlib.util.find_spec("av") is not None:  # the video accordion is there with the [video] extra
+        from test_video import decoded, write_video
+
+        clip = write_video(tmp_path / "clip.mkv", [colour_image(TARGET_BOXES)] * 2, codec="ffv1", pix_fmt="bgr0")
+        _, mask_video = client.predict(editor, f"box:{P},{2 * P},{4 * P},{5 * P}", handle_file(str(clip)), True, empty,
+                                       None, api_name="/find_video")
+        masks, _ = decoded(Path(mask_video))
+        assert len(masks) == 2 and (((masks[1] > 127) & expected).sum() / ((masks[1] > 127) | expected).sum()) > 0.9
 
 
 def test_space_folder_and_push(tmp_path, offline_hub):

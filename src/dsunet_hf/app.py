@@ -107,6 +107,15 @@ class Demo:
         average, as DINOv's authors advise (several examples find more than one).
         """
         from .prompt_predict import default_threshold, prompt_panel
+
+        examples = self._examples(reference, prompt_text, more_references)
+        target = _rgb(target)
+        score = self.model.segment([e[0] for e in examples], [e[1] for e in examples], [target])[0]
+        found = score > default_threshold(self.model)
+        return prompt_panel(examples, target, found), Image.fromarray(found.astype(np.uint8) * 255)
+
+    def _examples(self, reference: Any, prompt_text: str, more_references) -> list[tuple[Image.Image, np.ndarray]]:
+        """(image, prompt mask) of the first reference (painted, or ``prompt_text``) and of the painted extra ones."""
         from .prompts import reference_mask
 
         self._expect("prompt")
@@ -124,10 +133,38 @@ class Demo:
             if extra_painted is None or not extra_painted.any():
                 raise ValueError(f"reference {number}: paint over the thing to find on it too (or remove it)")
             examples.append((extra_image, extra_painted))
-        target = _rgb(target)
-        score = self.model.segment([e[0] for e in examples], [e[1] for e in examples], [target])[0]
-        found = score > default_threshold(self.model)
-        return prompt_panel(examples, target, found), Image.fromarray(found.astype(np.uint8) * 255)
+        return examples
+
+    @torch.inference_mode()
+    def prompt_video(self, reference: Any, prompt_text: str, video: str, track: bool = True, *more_references: Any,
+                     output_dir: str | Path | None = None) -> tuple[str, str]:
+        """(the video with what was found tinted (H.264 MP4), the mask video (MP4)) for the concept prompted as in
+        :meth:`prompt`, through ``predict --reference``'s video path (the ``[video]`` extra). ``track``: follow it
+        through the frames (``predict --track``: each found mask joins the prompt), else every frame on its own."""
+        from .prompt_predict import predict_with_prompts
+
+        examples = self._examples(reference, prompt_text, more_references)
+        if not video:
+            raise ValueError("no video: upload one first")
+        output_dir = self._video_output_dir(output_dir)
+        report = predict_with_prompts(self.model, [e[0] for e in examples], [e[1] for e in examples], [video],
+                                      output_dir, overlay=True, overwrite=True, progress=False, track=bool(track))
+        if report.failed:
+            raise ValueError(next(iter(report.failed.values())))
+        stem = Path(video).stem
+        return str(output_dir / "overlays" / f"{stem}.mp4"), str(output_dir / "masks" / f"{stem}.mp4")
+
+    def _video_output_dir(self, output_dir: str | Path | None) -> Path:
+        """``output_dir``, or a temporary folder that replaces the previous call's (Gradio has copied the files it
+        shows by then, and a long-running Space does not fill its disk)."""
+        import tempfile
+
+        if output_dir is None:
+            if self._video_outputs is not None:
+                self._video_outputs.cleanup()
+            self._video_outputs = tempfile.TemporaryDirectory(prefix="dsunet-hf-app-")
+            output_dir = self._video_outputs.name
+        return Path(output_dir)
 
     def foreground_video(self, video: str, threshold: float = 0.0, crop_refine: bool = False,
                          background: str = "#ffffff", temporal_smoothing: float = 0.0,
@@ -137,19 +174,12 @@ class Demo:
         ``[video]`` extra); written under ``output_dir`` (by default a temporary folder, removed at the next call:
         Gradio has copied the files it shows by then, and a long-running Space does not fill its disk).
         ``temporal_smoothing``: as ``predict --temporal-smoothing`` (less flicker where the picture is still)."""
-        import tempfile
-
         from .predict import predict_files
 
         self._expect("foreground")
         if not video:
             raise ValueError("no video: upload one first")
-        if output_dir is None:
-            if self._video_outputs is not None:
-                self._video_outputs.cleanup()
-            self._video_outputs = tempfile.TemporaryDirectory(prefix="dsunet-hf-app-")
-            output_dir = self._video_outputs.name
-        output_dir = Path(output_dir)
+        output_dir = self._video_output_dir(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
                                cutout=True, background=background or "#ffffff", crop_refine=crop_refine,
                                progress=False, overwrite=True, resolution=self.resolution, max_side=self.max_side,
@@ -247,6 +277,17 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
             outputs = [gr.Image(type="pil", label="references and what was found", format="png"),
                        gr.Image(type="pil", label="mask", format="png")]
             run.click(errors_shown(demo.prompt), [reference, prompt_text, target, *more], outputs, api_name="find")
+            if _has_pyav():  # the [video] extra: the same prompt, found through a video
+                with gr.Accordion("in a video", open=False), gr.Row():
+                    with gr.Column():
+                        video = gr.Video(label="video")
+                        track = gr.Checkbox(value=True, label="track (each frame's find joins the prompt: follows "
+                                                              "a thing whose look changes)")
+                        run_video = gr.Button("find in every frame", variant="primary")
+                    with gr.Column():
+                        video_outputs = [gr.Video(label="what was found"), gr.File(label="mask video (MP4)")]
+                run_video.click(errors_shown(demo.prompt_video), [reference, prompt_text, video, track, *more],
+                                video_outputs, api_name="find_video")
     return page
 
 

@@ -270,3 +270,20 @@ def test_deeper_checkpoint_names_unexpected_keys():
     with pytest.raises(ValueError, match=r"deep: not a DINOv2 encoder of this size.*unexpected keys \['encoder\.layer\.2\."):
         target.load_encoder_state_dict(deeper, "deep")
     assert all(torch.equal(before[k], v) for k, v in target.encoder_state_dict().items())
+
+
+def test_the_export_form_of_upstream_position_interpolation_matches_it():
+    """``_upstream_grid_for_export`` (two matrix products the exporter keeps symbolic) against ``F.interpolate`` with
+    upstream's scale factor (grid + 0.1) / 37; the trained 37 x 37 grid is returned as it is, as upstream does."""
+    import torch.nn.functional as F
+
+    from dsunet_hf.backbones.dinov2 import _upstream_grid_for_export
+
+    torch.manual_seed(0)
+    grid = torch.randn(8, 37, 37)
+    assert torch.equal(_upstream_grid_for_export(grid, 37, 37), grid)
+    for rows, columns in [(5, 7), (37, 40), (46, 46), (20, 37), (1, 3), (80, 90)]:
+        expected = F.interpolate(grid[None], scale_factor=((rows + 0.1) / 37, (columns + 0.1) / 37), mode="bicubic",
+                                 antialias=False)[0]
+        got = _upstream_grid_for_export(grid, rows, columns)
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)  # measured: <= 3.1e-6

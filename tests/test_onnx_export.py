@@ -413,13 +413,41 @@ def test_generic_trace_sizes_pad_every_window_and_are_not_square():
 
 
 def test_dynamic_size_is_refused_where_the_graph_would_be_wrong(tmp_path):
-    model, _ = _models()["dinov2-seg"]()
-    with pytest.raises(ValueError, match="DINOv2's position-embedding interpolation is fixed at the traced size"):
+    model, _ = _models()["dsunet"]()
+    with pytest.raises(ValueError, match="dynamic height and width is for sam2_unet, birefnet, dinov2_seg models, "
+                                         "not dsunet"):
         export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dynamic_size=True)
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
     with pytest.raises(ValueError, match="must be checked at other sizes"):
         export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dynamic_size=True, check=False)
     assert not (tmp_path / "onnx").exists()  # refused before the output folder is made
+
+
+def test_a_dynamic_size_dinov2_head_runs_every_schedule_at_any_size(tmp_path):
+    """The DINOv2 head's upstream position-embedding interpolation (scale factor (grid + 0.1) / 37) stays symbolic in
+    the graph: one export runs windows smaller than the crop, whole images ('single') and the trained 37 x 37 grid
+    (where upstream uses the embeddings as they are) with the PyTorch head's numbers."""
+    from test_dinov2_seg import randomized, tiny
+
+    from dsunet_hf import Dinov2ForSemanticSegmentation
+
+    torch.manual_seed(0)
+    model = randomized(Dinov2ForSemanticSegmentation(tiny())).eval()  # crop 56: a 4 x 4 grid, not the trained 37
+    report = export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dynamic_size=True)
+    assert report.inputs["pixel_values"] == ["batch", 3, "height", "width"] and report.traced_size == [59, 61]
+    assert len(report.max_abs_difference) == 4 and max(report.max_abs_difference.values()) <= 1e-4
+    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert "Any height and width (traced at 59×61)" in card and "--resolution native" not in card
+    graph = OnnxSegmentationModel(tmp_path / "onnx")
+    assert graph.dynamic_size
+    pixels = torch.randn(1, 3, 45, 100)  # shorter than the crop: a fixed-size graph refuses these windows
+    for schedule in ("single", "slide", "multiscale"):
+        assert torch.allclose(graph.segment(pixels, schedule), model.segment(pixels, schedule), atol=1e-5)
+    for size in ((518, 518), (518, 532)):  # the trained grid (embeddings as they are), then one column more
+        pixels = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = model(pixel_values=pixels).logits
+        assert torch.allclose(graph(pixel_values=pixels).logits, expected, atol=1e-4)
 
 
 def test_the_deformable_attention_exports_with_any_height_and_width(tmp_path):

@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "|probability| for float16 (default 0.02)")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     export.add_argument("--dynamic-size", action="store_true",
-                        help="any height and width (multiples of 32; SAM2-UNet, BiRefNet), for predict --resolution "
-                             "native; checked at three sizes")
+                        help="any height and width (multiples of 32 for SAM2-UNet and BiRefNet, for predict "
+                             "--resolution native; any for DINOv2 heads, for every schedule); checked at three sizes")
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the export with its card")
     export.add_argument("--private", action="store_true", help="--push-to-hub: create the repo private")
     export.set_defaults(func=_export)

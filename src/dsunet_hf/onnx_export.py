@@ -15,7 +15,10 @@ layer in the graph; the model's own weights are restored afterwards).
 
 ``dynamic_size=True`` (``--dynamic-size``) also leaves the height and width free (multiples of 32) for SAM2-UNet and
 BiRefNet, whose backbones pad to their windows at any size: one graph for BiRefNet_dynamic / _HR photos at their own
-size (``predict --resolution native``), which the official files (fixed 1024²) cannot do. The exporter follows
+size (``predict --resolution native``), which the official files (fixed 1024²) cannot do; and any height and width
+for the DINOv2 heads (they pad to the patch size inside), whose upstream position-embedding interpolation is then
+written as two matrix products the exporter keeps symbolic (``backbones.dinov2._upstream_grid_for_export``), so
+every schedule runs on windows and whole images of any size. The exporter follows
 the Python branches at the traced size only (pad or not, square or not), so the trace uses a size that takes the
 general branch everywhere (see :func:`_generic_trace_size`), and the check runs the graph at the model's size
 and at two others before anything is written.
@@ -85,9 +88,9 @@ def _example_inputs(processor, input_names: list[str], batch_size: int,
     return {name: torch.randn(batch_size, 3, *shapes[name], generator=generator) for name in input_names}
 
 
-# Models whose graph stays exact at any height and width (multiples of this), checked per export; DINOv2-based
-# ones (DSU-Net, the DINOv2 heads) are not: the exporter fixes the position-embedding interpolation at one size.
-DYNAMIC_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32}
+# Models whose graph stays exact at any height and width (multiples of this), checked per export. DSU-Net is not
+# one: it runs DINOv2 and SAM 2 at two fixed sizes of its own.
+DYNAMIC_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32, "dinov2_seg": 1}
 
 
 def _generic_trace_size(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -185,7 +188,8 @@ def export_onnx(
             PyTorch model; raise if any logit (fp16: probability) differs by more than ``atol``.
         atol: the check's tolerance (default :data:`DEFAULT_ATOL`: 1e-4 on logits for fp32, 0.02 on
             probabilities for fp16).
-        dynamic_size: leave the height and width free (multiples of 32; SAM2-UNet and BiRefNet), traced at a
+        dynamic_size: leave the height and width free (multiples of 32 for SAM2-UNet and BiRefNet, any for the
+            DINOv2 heads), traced at a
             generic size and checked at the model's size and at two others (needs onnxruntime). The saved
             processor keeps the model's size (what ``predict`` runs at unless ``--resolution native``).
         source: the model's folder or Hub id, named on the model card (``README.md``, see :func:`onnx_model_card`);
@@ -222,9 +226,12 @@ def export_onnx(
     traced_size = None
     if dynamic_size:
         traced_size = _generic_trace_size(processor.size["height"], processor.size["width"], multiple)
-        height = torch.export.Dim("height", min=1, max=8192 // multiple)
-        width = torch.export.Dim("width", min=1, max=8192 // multiple)
-        dynamic_shapes = {"pixel_values": {0: batch, 2: multiple * height, 3: multiple * width}}
+        # A free axis starts at 2 (torch.export specialises sizes 0 and 1); multiples of 32 start at 32.
+        height = torch.export.Dim("height", min=1 if multiple > 1 else 2, max=8192 // multiple)
+        width = torch.export.Dim("width", min=1 if multiple > 1 else 2, max=8192 // multiple)
+        if multiple > 1:
+            height, width = multiple * height, multiple * width
+        dynamic_shapes = {"pixel_values": {0: batch, 2: height, 3: width}}
     example = _example_inputs(processor, input_names, 2, traced_size)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external_data = weight_bytes > _SINGLE_FILE_LIMIT_BYTES
@@ -327,6 +334,7 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
     return render_model_card(
         "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id,
         model_type=config.get("model_type"), report=report, dynamic_size=report.traced_size is not None,
+        size_multiple=DYNAMIC_SIZE_MULTIPLE.get(config.get("model_type"), 32),
         labels=labels if len(labels) > 2 else [], repo_id=repo_id or "path/to/this-model",
         versions=versions or "dsunet-hf",
     )
@@ -335,9 +343,8 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
 def _dynamic_size_multiple(model: nn.Module, check: bool) -> int:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in DYNAMIC_SIZE_MULTIPLE:
-        raise ValueError(f"a dynamic height and width is for {' and '.join(DYNAMIC_SIZE_MULTIPLE)} models, not "
-                         f"{model_type}: DINOv2's position-embedding interpolation is fixed at the traced size (export "
-                         f"at the size you run with --size instead)")
+        raise ValueError(f"a dynamic height and width is for {', '.join(DYNAMIC_SIZE_MULTIPLE)} models, not "
+                         f"{model_type} (export at the size you run with --size instead)")
     if not check:
         raise ValueError("a dynamic-size export must be checked at other sizes: leave out --no-check")
     return DYNAMIC_SIZE_MULTIPLE[model_type]
@@ -465,7 +472,8 @@ class OnnxSegmentationModel(nn.Module):
     :meth:`segment`: a multi-class SAM2-UNet's one pass at its size, a DINOv2 head's schedules with every window
     of the graph's size (the crop size: the sliding window, as the PyTorch head runs by default). A graph exported
     with ``dynamic_size`` (``dynamic_size`` True, ``input_size`` None) takes any multiple of 32, so ``predict
-    --resolution native`` runs each image at its own size.
+    --resolution native`` runs each image at its own size (a DINOv2 head's: any size, so windows smaller than the
+    crop and the ``single`` schedule's whole images too).
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
@@ -524,7 +532,7 @@ class OnnxSegmentationModel(nn.Module):
                                            size)
 
     def _window_logits(self, window: torch.Tensor) -> torch.Tensor:
-        if tuple(window.shape[-2:]) != self.input_size:
+        if not self.dynamic_size and tuple(window.shape[-2:]) != self.input_size:
             raise ValueError(f"{self.folder}: a {tuple(window.shape[-2:])} window, but the graph takes "
                              f"{self.input_size} (the export's size) only: give images whose short side is at least "
                              f"the crop size to the 'slide' schedule, or run the PyTorch model")

@@ -65,18 +65,60 @@ def upstream_interpolate_pos_encoding(self, embeddings: torch.Tensor, height: in
     """The original DINOv2 rule for other token grids than the trained 37x37: bicubic with
     ``scale_factor = (grid + 0.1) / 37`` (a historical kludge) instead of transformers' output ``size``. The
     official segmentation heads (multi-scale, 640-px crops) were trained and evaluated with it; bound onto
-    ``Dinov2Embeddings`` by ``DINOv2Backbone(upstream_position_interpolation=True)``."""
+    ``Dinov2Embeddings`` by ``DINOv2Backbone(upstream_position_interpolation=True)``. While exporting (ONNX,
+    ``torch.export``) the same numbers come from :func:`_upstream_grid_for_export`, which keeps the grid size
+    symbolic (``F.interpolate`` would bake the traced scale factor into the graph)."""
     num_patches, num_positions = embeddings.shape[1] - 1, self.position_embeddings.shape[1] - 1
-    if num_patches == num_positions and height == width:
-        return self.position_embeddings
     patch = self.patch_embeddings.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
     side = int(math.isqrt(num_positions))
     grid = self.position_embeddings[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    scale = ((height // patch + 0.1) / side, (width // patch + 0.1) / side)
-    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+    if torch.compiler.is_exporting():
+        grid = _upstream_grid_for_export(grid[0], height // patch, width // patch)[None]
+    elif num_patches == num_positions and height == width:
+        return self.position_embeddings
+    else:
+        scale = ((height // patch + 0.1) / side, (width // patch + 0.1) / side)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, grid.shape[1]).to(self.position_embeddings.dtype)
     return torch.cat([self.position_embeddings[:, :1], grid], dim=1)
+
+
+def _bicubic_matrix(size, side: int, same_grid: torch.Tensor) -> torch.Tensor:
+    """(size, side) weights of PyTorch's CPU bicubic upsampling (align_corners False, A = -0.75) with scale
+    factor ``(size + 0.1) / side``, built from tensors so ``size`` may be symbolic; the identity where
+    ``same_grid`` (upstream returns the embeddings untouched at the trained grid)."""
+    positions = torch.arange(size, dtype=torch.float64)
+    # As ATen: 1 / scale in double, rounded to float32; the source index scale' * (i + 0.5) - 0.5 rounded once (the
+    # compiled kernel fuses the multiply-add), which brings the weights to within 5e-7 of ATen's.
+    inverse = (1.0 / ((positions.new_full((), size) + 0.1) / side)).float().double()
+    source = (inverse * (positions + 0.5) - 0.5).float()
+    index = torch.floor(source).clamp(max=side - 1)
+    t = (source - index).clamp(0.0, 1.0)
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=1)  # (size, 4)
+    taps = (index[:, None].long() + torch.arange(-1, 3)).clamp(0, side - 1)  # (size, 4)
+    columns = torch.arange(side)
+    matrix = ((taps[..., None] == columns).float() * weights[..., None]).sum(1)
+    identity = (torch.arange(size)[:, None] == columns).float()
+    return torch.where(same_grid, identity, matrix)
+
+
+def _upstream_grid_for_export(grid: torch.Tensor, rows, columns) -> torch.Tensor:
+    """:func:`upstream_interpolate_pos_encoding`'s (C, rows, columns) grid from the trained (C, side, side) one as
+    two matrix products (separable bicubic), with ``rows``/``columns`` possibly symbolic."""
+    side = grid.shape[-1]
+    same_grid = (torch.arange(rows).max() == side - 1) & (torch.arange(columns).max() == side - 1)
+    along_rows = _bicubic_matrix(rows, side, same_grid)
+    along_columns = _bicubic_matrix(columns, side, same_grid)
+    return along_rows @ grid @ along_columns.T
 
 
 class DINOv2Backbone(nn.Module):

@@ -13,7 +13,7 @@ from conftest import tiny_sam2_unet_config
 from helpers import RedChannelModel
 from PIL import Image, ImageDraw
 from test_crop_refine import RED, iou, small_object_photo
-from test_visual_prompt_matcher import ONE_HOT, P, colour_image, region, tiny_config
+from test_visual_prompt_matcher import ONE_HOT, SIZE, P, colour_image, region, tiny_config
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 from dsunet_hf.app import Demo, build_app, write_space
@@ -220,7 +220,7 @@ def test_the_prompt_page_finds_the_painted_thing_through_a_video(tmp_path):
             found, expected = mask > 127, region(red)
             assert (found & expected).sum() / (found | expected).sum() > 0.9
         report = json.loads((tmp_path / f"track-{track}" / "prediction_report.json").read_text())
-        assert report["track_memory"] == (8 if track else None)
+        assert report["track_memory"] == (8 if track else None) and report["prompts"] == [f"mask array {SIZE}x{SIZE}"]
     with pytest.raises(ValueError, match="paint over the thing to find"):
         demo.prompt_video(reference, "", str(clip))
     with pytest.raises(ValueError, match="no video"):

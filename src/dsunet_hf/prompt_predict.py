@@ -68,7 +68,12 @@ def prompt_panel(references: list[tuple[Image.Image, np.ndarray]], target: Image
 
 
 def _prompt_text(prompt: Any) -> str:
-    return prompt if isinstance(prompt, str) else repr(prompt)
+    """How a prompt is named in errors and the report: its text, a mask array by its size (the app's painted
+    prompts; its repr would be the pixels), anything else by its repr."""
+    if isinstance(prompt, str):
+        return prompt
+    shape = getattr(prompt, "shape", None)
+    return f"mask array {shape[1]}x{shape[0]}" if shape is not None and len(shape) == 2 else repr(prompt)
 
 
 def default_threshold(model) -> float:

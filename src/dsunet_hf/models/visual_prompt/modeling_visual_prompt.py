@@ -46,7 +46,7 @@ from ...image_io import load_image
 from ...modeling_utils import check_pixel_values, run_backbone
 from ...prompts import reference_mask
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
-from .matcher import DinoVisualPromptModel, linear_assignment
+from .matcher import DinoVisualPromptModel, linear_assignment, patch_mask
 
 __all__ = ["PromptEncoder", "QueryDecoderLayer", "VisualPromptForSegmentation", "VisualPromptOutput",
            "dice_loss", "pairwise_mask_cost", "sigmoid_focal_loss"]
@@ -402,10 +402,9 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             F.adaptive_avg_pool2d(torch.as_tensor(np.asarray(mask)).float()[None, None], (side, side))[0, 0]
             for mask in masks
         ]) > 0
-        if min_coverage > 0:  # the covered patches, back at the input size (encode_prompt pools them again)
-            coverage = F.adaptive_avg_pool2d(resized.float()[:, None], grid)
-            core = (coverage >= min_coverage) | ~(coverage >= min_coverage).flatten(1).any(1)[:, None, None, None]
-            resized &= F.interpolate((core & (coverage > 0)).float(), size=(side, side), mode="nearest")[:, 0] > 0
+        if min_coverage > 0:  # the covered patches (the matcher's rule), back at the input size for encode_prompt
+            cores = torch.stack([patch_mask(mask, (grid, grid), min_coverage) for mask in resized])
+            resized &= F.interpolate(cores[:, None].float(), size=(side, side), mode="nearest")[:, 0] > 0
         pixel_values = self._pixel_values(images)
         # (R, 1, ...): each reference its own prompt token (encode_prompt averages over the second axis only).
         return list(self.encode_prompt(pixel_values[:, None], resized.to(pixel_values)[:, None]))

@@ -1,4 +1,4 @@
-"""Parity against the authors' code (SAM2-UNet, DSU-Net and BiRefNet full models), when checkouts are available.
+"""Parity against the authors' code (SAM2-UNet, DSU-Net and BiRefNet full models; the DAVIS toolkit), when checkouts are available.
 
 Set ``SAM2UNET_UPSTREAM_DIR`` to a checkout of github.com/WZH0120/SAM2-UNet (its ``SAM2UNet.py`` is
 imported from there at run time, never copied here) and install the ``[sam2]`` extra. The upstream model
@@ -249,3 +249,35 @@ def test_dis_metrics_match_the_authors_evaluation_code():
     assert got["BIoU (max)"] == pytest.approx(curve.max(), abs=1e-12)
     assert got["BIoU (mean)"] == pytest.approx(curve.mean(), abs=1e-12)
     assert got["MSE"] == pytest.approx(mse.get_results()["mse"], abs=1e-12)
+
+
+DAVIS_TOOLKIT = os.environ.get("DAVIS2017_EVALUATION_DIR")
+
+
+@pytest.mark.skipif(not DAVIS_TOOLKIT, reason="set DAVIS2017_EVALUATION_DIR to a checkout of "
+                                              "davisvideochallenge/davis2017-evaluation (needs OpenCV and "
+                                              "scikit-image) to compare the J and F scores")
+def test_tracking_scores_match_the_davis_toolkit(monkeypatch):
+    """J (region IoU) and F (contour accuracy) against davis2017/metrics.py, with and without void pixels."""
+    pytest.importorskip("cv2", reason="the toolkit's F dilates with OpenCV")
+    pytest.importorskip("skimage", reason="the toolkit's F takes its disk from scikit-image")
+    import numpy as np
+    from scipy import ndimage
+
+    from dsunet_hf.tracking_evaluation import boundary_f_measure, jaccard
+
+    monkeypatch.setattr(np, "bool", bool, raising=False)  # the toolkit still spells it np.bool (NumPy < 1.24)
+    monkeypatch.syspath_prepend(DAVIS_TOOLKIT)
+    from davis2017.metrics import db_eval_boundary, db_eval_iou
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        height, width = rng.integers(40, 300, 2)
+        truth = ndimage.binary_opening(rng.random((height, width)) > rng.uniform(0.3, 0.7), iterations=2)
+        found = ndimage.binary_dilation(truth, iterations=int(rng.integers(0, 4))) if trial % 3 else \
+            rng.random((height, width)) > 0.6
+        if trial % 7 == 0:
+            found = np.zeros_like(truth)
+        void = rng.random((height, width)) > 0.9 if trial % 2 else None
+        assert jaccard(truth, found, void) == db_eval_iou(truth, found, void)
+        assert boundary_f_measure(truth, found, void) == db_eval_boundary(truth, found, void)  # 0 differences measured

@@ -536,6 +536,9 @@ def add_evaluate_parser(subparsers):
                         help="visual-prompt models: reference images per query (other images of the class)")
     parser.add_argument("--absent-queries", type=int, default=50,
                         help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
+    parser.add_argument("--track-memory", type=int, default=8,
+                        help="visual-prompt models on a DAVIS-layout folder (JPEGImages/, Annotations/): frames kept "
+                             "in each tracker's memory beside the first annotated frame")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
     parser.add_argument("--dis-metrics", action="store_true",
@@ -638,14 +641,25 @@ def run_evaluate_cli(args) -> int:
                              f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
                              else bool(getattr(processor, "do_reduce_labels", False)))
-        results, skipped_per_dataset, sources, per_class = {}, {}, {}, {}
+        from .tracking_evaluation import evaluate_tracking, is_davis_layout
+
+        results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
         for source in args.data:
+            name = _unique(dataset_name(source), results)
+            skipped: list[str] = []
+            if visual_prompt is not None and is_davis_layout(source):  # videos: tracking, DAVIS J&F
+                try:
+                    results[name], per_object[name] = evaluate_tracking(
+                        model, source, memory_size=args.track_memory, max_sequences=args.max_samples,
+                        progress=args.progress)
+                except ValueError as error:
+                    raise SystemExit(f"evaluate: {source}: {error}") from error
+                sources[name], skipped_per_dataset[name] = str(source), skipped
+                continue
             dataset = (
                 load_segmentation_dataset(source) if args.split is None
                 else load_segmentation_dataset(source, split=args.split)
             )
-            name = _unique(dataset_name(source), results)
-            skipped: list[str] = []
             if visual_prompt is not None:  # one query per (image, class): foreground IoU per class
                 from .models.visual_prompt import evaluate_visual_prompt
 
@@ -683,6 +697,8 @@ def run_evaluate_cli(args) -> int:
             extra.update(resolution="native", max_side=args.max_side)
         if per_class:
             extra["per_class_iou"] = per_class
+        if per_object:
+            extra.update(per_object_jf=per_object, track_memory=args.track_memory)
         if multi_class:
             extra.update(schedule=args.schedule or model.default_schedule, reduce_zero_label=reduce_zero_label)
         if visual_prompt is not None:
@@ -693,6 +709,10 @@ def run_evaluate_cli(args) -> int:
     protocol = SOD_PROTOCOL
     if extra.get("per_class_iou"):
         protocol = VISUAL_PROMPT_PROTOCOL if "prompt_kind" in extra else SEMANTIC_PROTOCOL
+    if extra.get("per_object_jf"):
+        from .tracking_evaluation import PROTOCOL as TRACKING_PROTOCOL
+
+        protocol = TRACKING_PROTOCOL if not extra.get("per_class_iou") else f"{protocol}; videos: {TRACKING_PROTOCOL}"
     json_path, markdown_path = write_report(results, args.output_dir, extra=extra, protocol=protocol)
     print(f"report: {json_path} and {markdown_path}")
     return 0

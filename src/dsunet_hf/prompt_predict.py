@@ -121,17 +121,20 @@ class PromptTracker:
         self.recent: deque = deque(maxlen=memory_size)
         self.memory_kwargs = memory_kwargs(segment_kwargs)
 
+    def step(self, frame: Image.Image) -> np.ndarray:
+        """The next frame's score map (the model's ``segment`` scale: > ``threshold`` is found); the found mask
+        joins the memory."""
+        [score] = self.model.segment_with_memory(self.references + list(self.recent), [frame], batch_size=1,
+                                                 **self.segment_kwargs)
+        mask = score > self.threshold
+        if mask.any():
+            self.recent.extend(self.model.reference_memory([frame], [mask], min_coverage=FOUND_MASK_COVERAGE,
+                                                           **self.memory_kwargs))
+        return score
+
     def __call__(self, frames: list[Image.Image]) -> list[np.ndarray]:
-        masks = []
-        for frame in frames:  # in order: each frame's memory holds the one before it
-            [score] = self.model.segment_with_memory(self.references + list(self.recent), [frame], batch_size=1,
-                                                     **self.segment_kwargs)
-            mask = score > self.threshold
-            if mask.any():
-                self.recent.extend(self.model.reference_memory([frame], [mask], min_coverage=FOUND_MASK_COVERAGE,
-                                                               **self.memory_kwargs))
-            masks.append(mask.astype(np.float32))
-        return masks
+        """0/1 masks of a batch of frames, in order (each frame's memory holds the one before it)."""
+        return [(self.step(frame) > self.threshold).astype(np.float32) for frame in frames]
 
 
 def predict_with_prompts(model, references: list, prompts: list, targets: list[str | Path], output_dir: str | Path, *,

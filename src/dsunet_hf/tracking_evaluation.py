@@ -1,0 +1,171 @@
+"""Semi-supervised video object segmentation scores (DAVIS-2017 protocol) for visual-prompt tracking.
+
+``dsunet-hf evaluate --model <visual-prompt model> --data DAVIS/`` on a folder in the DAVIS layout
+(``JPEGImages/<resolution>/<sequence>/*.jpg`` and ``Annotations/<resolution>/<sequence>/*.png``, the resolution level
+optional): every object of a sequence's first annotated frame is the prompt (its mask on that frame) and is followed
+through the frames by :class:`dsunet_hf.prompt_predict.PromptTracker` (DINOv's video memory), one tracker per
+object; where objects' masks overlap, the pixel goes to the object with the highest score (the DAVIS results format
+has one object per pixel). Scored as the DAVIS-2017 toolkit (``davis2017-evaluation``) scores semi-supervised
+results, written here from its definitions so that no OpenCV / scikit-image are needed: the first and the last
+frame are left out; per frame, J is the IoU and F the boundary F-measure (boundaries one pixel wide, matched within
+``ceil(0.008 * image diagonal)`` pixels, a disk), both ignoring void pixels (label 255); per object, the mean over
+frames (M) and the share of frames above 0.5 (recall, R); J&F = (mean J_M + mean F_M) / 2 over all objects.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from .image_io import load_image
+from .prompt_predict import PromptTracker, default_threshold, memory_kwargs
+
+__all__ = ["boundary_f_measure", "davis_sequences", "evaluate_tracking", "is_davis_layout", "jaccard"]
+
+VOID_LABEL = 255
+BOUNDARY_TOLERANCE = 0.008  # of the image diagonal (the toolkit's bound_th)
+PROTOCOL = (
+    "DAVIS-2017 semi-supervised: each object of a sequence's first annotation prompts a tracker (references = that "
+    "frame and mask, memory of the last found frames); overlaps go to the highest score; first and last frames left "
+    "out; J = IoU, F = boundary F-measure within ceil(0.008 x diagonal) px, void (255) ignored; M = mean over frames, "
+    "R = share of frames > 0.5, J&F = (mean J_M + mean F_M) / 2 over objects")
+
+
+def is_davis_layout(folder: str | Path) -> bool:
+    """A folder with ``JPEGImages/`` and ``Annotations/`` (the DAVIS / YouTube-VOS layout)."""
+    folder = Path(folder)
+    return (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir()
+
+
+def _level(folder: Path) -> Path:
+    """DAVIS nests the sequences under a resolution level (``480p``, ``Full-Resolution``); other sets do not."""
+    children = [child for child in sorted(folder.iterdir()) if child.is_dir()]
+    nested = [child for child in children if any(grandchild.is_dir() for grandchild in child.iterdir())]
+    if nested and len(nested) == len(children):
+        preferred = [child for child in nested if child.name == "480p"]
+        return (preferred or nested)[0]
+    return folder
+
+
+def davis_sequences(root: str | Path) -> list[tuple[str, list[Path], list[Path]]]:
+    """(name, frame paths, annotation paths) of every sequence with annotations, frames and annotations in name order
+    (one annotation per frame, matched by file stem)."""
+    root = Path(root)
+    images, annotations = _level(root / "JPEGImages"), _level(root / "Annotations")
+    sequences = []
+    for folder in sorted(path for path in annotations.iterdir() if path.is_dir()):
+        masks = sorted(folder.glob("*.png"))
+        frames_folder = images / folder.name
+        if not masks:
+            continue
+        if not frames_folder.is_dir():
+            raise ValueError(f"{folder}: annotations without frames (no {frames_folder})")
+        frames = {path.stem: path for path in frames_folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        missing = [mask.name for mask in masks if mask.stem not in frames]
+        if missing:
+            raise ValueError(f"{frames_folder}: no frame for the annotation(s) {', '.join(missing[:3])}")
+        sequences.append((folder.name, [frames[mask.stem] for mask in masks], masks))
+    if not sequences:
+        raise ValueError(f"{root}: no annotated sequence under {annotations}")
+    return sequences
+
+
+def read_annotation(path: Path) -> np.ndarray:
+    """Object ids (0 background, 255 void) of a palette PNG; a grey or binary mask is object 1 where > 127."""
+    with Image.open(path) as image:
+        if image.mode == "P":
+            return np.asarray(image).astype(np.uint8)
+        return (np.asarray(image.convert("L")) > 127).astype(np.uint8)
+
+
+def jaccard(annotation: np.ndarray, segmentation: np.ndarray, void: np.ndarray | None = None) -> float:
+    """Region similarity J: IoU outside the void pixels; 1 when both are empty."""
+    keep = ~void if void is not None else np.ones(annotation.shape, bool)
+    union = ((annotation | segmentation) & keep).sum()
+    return 1.0 if union == 0 else float(((annotation & segmentation) & keep).sum() / union)
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """One-pixel boundaries: a pixel that differs from its right, lower or lower-right neighbour (the toolkit's
+    seg2bmap, half a pixel towards the origin; in the last row and column only the neighbour that exists)."""
+    right, below, diagonal = (np.zeros_like(mask) for _ in range(3))
+    right[:, :-1], below[:-1, :], diagonal[:-1, :-1] = mask[:, 1:], mask[1:, :], mask[1:, 1:]
+    boundary = (mask ^ right) | (mask ^ below) | (mask ^ diagonal)
+    boundary[-1, :] = mask[-1, :] ^ right[-1, :]
+    boundary[:, -1] = mask[:, -1] ^ below[:, -1]
+    boundary[-1, -1] = False
+    return boundary
+
+
+def _disk(radius: int) -> np.ndarray:
+    offsets = np.arange(-radius, radius + 1)
+    return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
+
+
+def boundary_f_measure(annotation: np.ndarray, segmentation: np.ndarray, void: np.ndarray | None = None,
+                       tolerance: float = BOUNDARY_TOLERANCE) -> float:
+    """Contour accuracy F: boundary precision and recall, each boundary pixel matched when the other boundary lies
+    within ``ceil(tolerance * diagonal)`` pixels (a disk); void pixels removed from both masks first."""
+    keep = ~void if void is not None else np.ones(annotation.shape, bool)
+    radius = int(math.ceil(tolerance * math.hypot(*annotation.shape)))
+    found, truth = _boundary(segmentation & keep), _boundary(annotation & keep)
+    found_count, truth_count = int(found.sum()), int(truth.sum())
+    if found_count == 0 or truth_count == 0:  # the toolkit's conventions for empty boundaries
+        return 1.0 if found_count == truth_count else 0.0
+    disk = _disk(radius)
+    precision = (found & ndimage.binary_dilation(truth, disk)).sum() / found_count
+    recall = (truth & ndimage.binary_dilation(found, disk)).sum() / truth_count
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
+def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: int, **segment_kwargs) -> list[np.ndarray]:
+    """Object-id maps of frames[1:], every object of ``first`` followed by its own tracker; overlaps to the highest
+    score."""
+    threshold = default_threshold(model)
+    image = load_image(frames[0])
+    if first.shape != (image.height, image.width):
+        raise ValueError(f"{frames[0]}: the annotation is {first.shape[1]}x{first.shape[0]}, the frame "
+                         f"{image.width}x{image.height}")
+    objects = [int(value) for value in np.unique(first) if value not in (0, VOID_LABEL)]
+    trackers = [PromptTracker(model, model.reference_memory([image], [first == obj], **memory_kwargs(segment_kwargs)),
+                              threshold, memory_size, **segment_kwargs) for obj in objects]
+    predictions = []
+    for path in frames[1:]:
+        frame = load_image(path)
+        scores = np.stack([tracker.step(frame) for tracker in trackers])  # (objects, H, W)
+        best = scores.argmax(0)
+        found = np.take_along_axis(scores, best[None], 0)[0] > threshold
+        predictions.append(np.where(found, np.asarray(objects, np.uint8)[best], 0).astype(np.uint8))
+    return predictions
+
+
+def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequences: int | None = None,
+                      progress: bool = True, **segment_kwargs) -> tuple[dict[str, float], dict[str, float]]:
+    """DAVIS-2017 semi-supervised scores of ``model`` (a visual-prompt model) tracking every first-frame object of
+    each sequence under ``root`` (see the module docstring). Returns (``{"J&F", "J_mean", "J_recall", "F_mean",
+    "F_recall"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them)."""
+    sequences = davis_sequences(root)[:max_sequences]
+    per_object: dict[str, tuple[float, float, float, float]] = {}
+    for name, frames, annotation_paths in tqdm(sequences, desc="track", unit="sequence", disable=not progress):
+        truth = [read_annotation(path) for path in annotation_paths]
+        predicted = _track_sequence(model, frames, truth[0], memory_size, **segment_kwargs)
+        objects = [int(value) for value in np.unique(truth[0]) if value not in (0, VOID_LABEL)]
+        scored = list(zip(truth[1:-1], predicted[:-1]))  # the toolkit leaves out the first and last frames
+        if not scored:
+            raise ValueError(f"{name}: {len(frames)} frame(s); the protocol scores frames between the first and last")
+        for obj in objects:
+            j = [jaccard(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
+            f = [boundary_f_measure(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
+            per_object[f"{name}_{obj}"] = (float(np.mean(j)), float(np.mean(np.asarray(j) > 0.5)),
+                                           float(np.mean(f)), float(np.mean(np.asarray(f) > 0.5)))
+    if not per_object:
+        raise ValueError(f"{root}: no object in any first annotation")
+    j_mean, j_recall, f_mean, f_recall = (float(np.mean(column)) for column in zip(*per_object.values()))
+    scores = {"J&F": (j_mean + f_mean) / 2, "J_mean": j_mean, "J_recall": j_recall, "F_mean": f_mean,
+              "F_recall": f_recall}
+    return scores, {name: (values[0] + values[2]) / 2 for name, values in per_object.items()}

@@ -1,0 +1,103 @@
+"""DAVIS-2017 semi-supervised scores for visual-prompt tracking (dsunet_hf.tracking_evaluation, `evaluate` on a
+DAVIS-layout folder)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_visual_prompt_head import tiny_model
+from test_visual_prompt_matcher import ONE_HOT, RED, SIZE, colour_image, region, tiny_config
+
+from dsunet_hf.cli import main
+from dsunet_hf.models.visual_prompt import VisualPromptMatcher
+from dsunet_hf.tracking_evaluation import boundary_f_measure, davis_sequences, evaluate_tracking, jaccard
+
+GREEN = (0, 255, 0)
+
+
+def square(top: int, left: int, side: int, size: int = 100) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_region_and_contour_scores_follow_the_davis_definitions():
+    truth = square(20, 20, 40)
+    assert jaccard(truth, truth) == 1.0 and boundary_f_measure(truth, truth) == 1.0
+    assert jaccard(np.zeros_like(truth), np.zeros_like(truth)) == 1.0  # nothing to find, nothing found
+    shifted = square(21, 20, 40)  # one pixel down: 39 of 41 rows shared
+    assert jaccard(truth, shifted) == pytest.approx(39 / 41)
+    # The tolerance is ceil(0.008 * diagonal) = ceil(1.13) = 2 px here: a 1-px shift keeps every contour pixel
+    # matched, a 3-px one matches only the two sides that run along the shift.
+    assert boundary_f_measure(truth, shifted) == 1.0
+    far = boundary_f_measure(truth, square(23, 20, 40))
+    assert 0.4 < far < 0.6
+    assert boundary_f_measure(truth, np.zeros_like(truth)) == 0.0 and boundary_f_measure(np.zeros_like(truth), truth) == 0.0
+    void = np.zeros_like(truth)
+    void[:, 50:] = True  # the right half does not count: a prediction that differs only there scores 1
+    different = truth.copy()
+    different[20:60, 50:] = False
+    assert jaccard(truth, different, void) == 1.0 and jaccard(truth, different) == pytest.approx(0.75)
+
+
+def write_davis(root, frames: list[np.ndarray], labels: list[np.ndarray], name: str = "blocks") -> None:
+    """A DAVIS-layout folder: JPEGImages/480p/<name>/00000.jpg..., Annotations/480p/<name>/00000.png (palette)."""
+    images, annotations = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+    images.mkdir(parents=True)
+    annotations.mkdir(parents=True)
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (253 * 3)
+    for index, (frame, label) in enumerate(zip(frames, labels)):
+        Image.fromarray(frame).save(images / f"{index:05d}.png")  # lossless: the colour features stay exact
+        annotation = Image.fromarray(label, mode="P")
+        annotation.putpalette(palette)
+        annotation.save(annotations / f"{index:05d}.png")
+
+
+def moving_blocks(count: int = 6) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A red block (object 1) moving right by a patch per frame and a green one (object 2) standing still; a void
+    (255) strip along the top row of patches."""
+    frames, labels = [], []
+    for t in range(count):
+        red, green = [(1, t, 3, t + 2)], [(5, 5, 7, 7)]
+        frames.append(colour_image({RED: red, GREEN: green}))
+        label = np.zeros((SIZE, SIZE), np.uint8)
+        label[region(red)], label[region(green)], label[:4, :] = 1, 2, 255
+        labels.append(label)
+    return frames, labels
+
+
+def test_every_first_frame_object_is_tracked_and_scored(tmp_path):
+    frames, labels = moving_blocks()
+    write_davis(tmp_path / "davis", frames, labels)
+    [(name, frame_paths, annotation_paths)] = davis_sequences(tmp_path / "davis")
+    assert name == "blocks" and len(frame_paths) == len(annotation_paths) == 6
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    scores, per_object = evaluate_tracking(matcher, tmp_path / "davis", progress=False, feature_fn=ONE_HOT)
+    assert sorted(per_object) == ["blocks_1", "blocks_2"]
+    # Colour features: each object is found where it is in every frame (bilinear upsampling softens patch edges).
+    assert scores["J_mean"] > 0.85 and scores["F_mean"] > 0.85 and scores["J_recall"] == scores["F_recall"] == 1.0
+    assert scores["J&F"] == pytest.approx((scores["J_mean"] + scores["F_mean"]) / 2)
+    assert min(per_object.values()) > 0.85
+
+
+def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
+    frames, labels = moving_blocks(4)
+    write_davis(tmp_path / "davis", frames, labels)
+    tiny_model().save_pretrained(tmp_path / "head", include_backbone=True)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir",
+                          str(out), "--track-memory", "2", "--no-progress"]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    [(dataset, scores)] = report["results"].items()
+    assert set(scores) == {"J&F", "J_mean", "J_recall", "F_mean", "F_recall"}
+    assert all(0 <= value <= 1 for value in scores.values())
+    assert sorted(report["info"]["per_object_jf"][dataset]) == ["blocks_1", "blocks_2"]
+    assert report["info"]["track_memory"] == 2 and report["protocol"].startswith("DAVIS-2017 semi-supervised")
+    assert "J&F" in capsys.readouterr().out
+    # Bad input: annotations without their frames, a memory of no frame.
+    (tmp_path / "davis" / "JPEGImages" / "480p" / "blocks" / "00002.png").unlink()
+    with pytest.raises(SystemExit, match="no frame for the annotation"):
+        main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])

@@ -89,7 +89,12 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     tiny_model().save_pretrained(tmp_path / "head", include_backbone=True)
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir",
-                          str(out), "--track-memory", "2", "--no-progress"]) == 0
+                 str(out), "--track-memory", "2", "--no-progress", "--save-predictions", str(tmp_path / "results")]) == 0
+    for index in range(4):  # the DAVIS results format: every frame, object ids, the first frame's annotation
+        result = Image.open(tmp_path / "results" / "davis" / "blocks" / f"{index:05d}.png")
+        assert result.mode == "P" and result.size == (SIZE, SIZE) and set(np.unique(result)) <= {0, 1, 2}
+    first = np.asarray(Image.open(tmp_path / "results" / "davis" / "blocks" / "00000.png"))
+    assert np.array_equal(first, np.where(labels[0] == 255, 0, labels[0]))
     report = json.loads((out / "evaluation.json").read_text())
     [(dataset, scores)] = report["results"].items()
     assert set(scores) == {"J&F", "J_mean", "J_recall", "F_mean", "F_recall"}
@@ -99,5 +104,8 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     assert "J&F" in capsys.readouterr().out
     # Bad input: annotations without their frames, a memory of no frame.
     (tmp_path / "davis" / "JPEGImages" / "480p" / "blocks" / "00002.png").unlink()
+    with pytest.raises(SystemExit, match="--save-predictions writes tracking results"):
+        main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "plain"), "--save-predictions",
+              str(tmp_path / "results")])
     with pytest.raises(SystemExit, match="no frame for the annotation"):
         main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])

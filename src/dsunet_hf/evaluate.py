@@ -539,6 +539,9 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--track-memory", type=int, default=8,
                         help="visual-prompt models on a DAVIS-layout folder (JPEGImages/, Annotations/): frames kept "
                              "in each tracker's memory beside the first annotated frame")
+    parser.add_argument("--save-predictions", metavar="DIR", default=None,
+                        help="tracking on a DAVIS-layout folder: also write the results in the DAVIS format "
+                             "(DIR/<dataset>/<sequence>/<frame>.png, palette object ids) for the evaluation server")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
     parser.add_argument("--dis-metrics", action="store_true",
@@ -598,6 +601,8 @@ def run_evaluate_cli(args) -> int:
     model_mode = args.model is not None or bool(args.data)
     if folders_mode and model_mode:
         raise SystemExit("evaluate: use either --model/--data or --predictions/--ground-truth, not both")
+    if folders_mode and args.save_predictions is not None:
+        raise SystemExit("evaluate: --save-predictions writes tracking results (--model on DAVIS-layout folders)")
     # Default: a worker per core (at most 8): the same numbers, and the metrics, not the model, bound a GPU run.
     metric_workers = min(8, os.cpu_count() or 1) if args.metric_workers is None else args.metric_workers
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
@@ -619,9 +624,13 @@ def run_evaluate_cli(args) -> int:
     else:
         from .data import dataset_name, load_segmentation_dataset
         from .predict import load_model_and_processor
+        from .tracking_evaluation import evaluate_tracking, is_davis_layout
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         visual_prompt = _visual_prompt_model(args.model)
+        if args.save_predictions is not None and (visual_prompt is None or not all(map(is_davis_layout, args.data))):
+            raise SystemExit("evaluate: --save-predictions writes tracking results: for a visual-prompt model on "
+                             "DAVIS-layout folders (JPEGImages/, Annotations/)")
         if visual_prompt is not None:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
@@ -641,8 +650,6 @@ def run_evaluate_cli(args) -> int:
                              f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
                              else bool(getattr(processor, "do_reduce_labels", False)))
-        from .tracking_evaluation import evaluate_tracking, is_davis_layout
-
         results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
         for source in args.data:
             name = _unique(dataset_name(source), results)
@@ -651,7 +658,8 @@ def run_evaluate_cli(args) -> int:
                 try:
                     results[name], per_object[name] = evaluate_tracking(
                         model, source, memory_size=args.track_memory, max_sequences=args.max_samples,
-                        progress=args.progress)
+                        progress=args.progress,
+                        save_dir=None if args.save_predictions is None else Path(args.save_predictions) / name)
                 except ValueError as error:
                     raise SystemExit(f"evaluate: {source}: {error}") from error
                 sources[name], skipped_per_dataset[name] = str(source), skipped
@@ -699,6 +707,8 @@ def run_evaluate_cli(args) -> int:
             extra["per_class_iou"] = per_class
         if per_object:
             extra.update(per_object_jf=per_object, track_memory=args.track_memory)
+        if args.save_predictions is not None:
+            extra["predictions"] = str(args.save_predictions)
         if multi_class:
             extra.update(schedule=args.schedule or model.default_schedule, reduce_zero_label=reduce_zero_label)
         if visual_prompt is not None:

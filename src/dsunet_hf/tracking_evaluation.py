@@ -22,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .files import save_image_atomic
 from .image_io import load_image
 from .prompt_predict import PromptTracker, default_threshold, memory_kwargs
 
@@ -144,16 +145,31 @@ def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: i
     return predictions
 
 
+def _save_results(folder: Path, annotation_paths: list[Path], first: np.ndarray, predicted: list[np.ndarray]) -> None:
+    """The sequence in the DAVIS results format: one palette PNG of object ids per frame, named as the annotations,
+    the first frame's being its annotation (void as background), in the annotations' palette."""
+    with Image.open(annotation_paths[0]) as image:
+        palette = image.getpalette() if image.mode == "P" else None
+    for path, ids in zip(annotation_paths, [np.where(first == VOID_LABEL, 0, first).astype(np.uint8), *predicted]):
+        result = Image.fromarray(ids, mode="P")
+        result.putpalette(palette or [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128])
+        save_image_atomic(result, folder / path.name)
+
+
 def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequences: int | None = None,
-                      progress: bool = True, **segment_kwargs) -> tuple[dict[str, float], dict[str, float]]:
+                      progress: bool = True, save_dir: str | Path | None = None,
+                      **segment_kwargs) -> tuple[dict[str, float], dict[str, float]]:
     """DAVIS-2017 semi-supervised scores of ``model`` (a visual-prompt model) tracking every first-frame object of
     each sequence under ``root`` (see the module docstring). Returns (``{"J&F", "J_mean", "J_recall", "F_mean",
-    "F_recall"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them)."""
+    "F_recall"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them). ``save_dir``: also write
+    the results as the DAVIS evaluation server takes them, ``<save_dir>/<sequence>/<frame>.png``."""
     sequences = davis_sequences(root)[:max_sequences]
     per_object: dict[str, tuple[float, float, float, float]] = {}
     for name, frames, annotation_paths in tqdm(sequences, desc="track", unit="sequence", disable=not progress):
         truth = [read_annotation(path) for path in annotation_paths]
         predicted = _track_sequence(model, frames, truth[0], memory_size, **segment_kwargs)
+        if save_dir is not None:
+            _save_results(Path(save_dir) / name, annotation_paths, truth[0], predicted)
         objects = [int(value) for value in np.unique(truth[0]) if value not in (0, VOID_LABEL)]
         scored = list(zip(truth[1:-1], predicted[:-1]))  # the toolkit leaves out the first and last frames
         if not scored:

@@ -30,6 +30,9 @@ class OneHotMatcher(VisualPromptMatcher):
     def segment(self, *args, **kwargs):
         return super().segment(*args, **{**kwargs, "feature_fn": ONE_HOT})
 
+    def encode_frames(self, *args, **kwargs):
+        return super().encode_frames(*args, **{**kwargs, "feature_fn": ONE_HOT})
+
     def reference_memory(self, *args, **kwargs):
         return super().reference_memory(*args, **{**kwargs, "feature_fn": ONE_HOT})
 

@@ -232,15 +232,19 @@ class _RecordingTracker:
     """Finds the object on frames whose first pixel is non-zero; records the memory each frame is segmented with."""
 
     def __init__(self):
-        self.memories, self.coverages = [], []
+        self.memories, self.coverages, self.encoded = [], [], 0
 
-    def reference_memory(self, images, masks, min_coverage=0.0):
-        self.coverages.append(min_coverage)
+    def encode_frames(self, images):
+        self.encoded += len(images)
         return [f"frame {int(np.asarray(image)[0, 0, 0])}" for image in images]
 
-    def segment_with_memory(self, memory, targets, batch_size=4):
+    def reference_memory(self, images, masks, min_coverage=0.0, encodings=None):
+        self.coverages.append(min_coverage)
+        return list(encodings)  # the frame's own encoding: no second pass
+
+    def segment_with_memory(self, memory, targets, batch_size=4, encodings=None):
         self.memories.append(list(memory))
-        return [np.full((4, 4), float(np.asarray(t)[0, 0, 0] > 0)) for t in targets]
+        return [np.full((4, 4), float(encoding != "frame 0")) for encoding in encodings]
 
 
 def test_tracker_keeps_the_references_and_the_latest_frames_that_showed_the_object():
@@ -252,9 +256,10 @@ def test_tracker_keeps_the_references_and_the_latest_frames_that_showed_the_obje
     assert model.memories == [["ref a", "ref b"], ["ref a", "ref b", "frame 1"], ["ref a", "ref b", "frame 1", "frame 2"],
                               ["ref a", "ref b", "frame 1", "frame 2"], ["ref a", "ref b", "frame 2", "frame 3"]]
     assert model.coverages == [0.5] * 4  # found masks join with their core patches
+    assert model.encoded == 5  # one encoding per frame, shared by segmenting and joining the memory
     with pytest.raises(ValueError, match="at least one frame"):
         PromptTracker(model, [], 0.5, memory_size=0)
-    with pytest.raises(ValueError, match="tracking needs a model with reference_memory"):
+    with pytest.raises(ValueError, match="tracking needs a model with encode_frames"):
         PromptTracker(_FixedScores(object()), [], 0.5)
 
 

@@ -340,6 +340,14 @@ def test_reference_memory_tokens_average_to_the_prompt_and_found_masks_keep_thei
     assert torch.allclose(torch.stack(memory).mean(0, keepdim=True), model.prompt_from_references(images, masks))
     target = [images[1]]
     assert np.allclose(model.segment_with_memory(memory, target)[0], model.segment(images, masks, target)[0], atol=1e-6)
+    # The same token as the training path (encode_prompt on the input-size mask) and from shared encodings.
+    pixel_values = model._pixel_values([Image.fromarray(images[0])])
+    assert torch.allclose(model.encode_prompt(pixel_values, torch.from_numpy(masks[0])[None])[0], memory[0], atol=1e-6)
+    encodings = model.encode_frames(images)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.reference_memory(images, masks, encodings=encodings),
+                                                                  memory))
+    assert np.allclose(model.segment_with_memory(memory, target, encodings=encodings[1:])[0],
+                       model.segment_with_memory(memory, target)[0], atol=1e-5)
     # min_coverage: a mask reaching 3 px into the next 8-px patches gives the token of its two covered patches only;
     # a 2-px line covers no patch by half and keeps every patch it touches.
     bleeding, core, line = (np.zeros((SIDE, SIDE), bool) for _ in range(3))

@@ -104,15 +104,15 @@ class PromptTracker:
     background); the memory keeps the last frames that showed the object, so it can be found again after an
     occlusion.
 
-    ``model`` needs ``reference_memory(images, masks)`` (one entry per image) and ``segment_with_memory(entries,
-    targets)`` (both visual-prompt models have them). Call it with a batch of frames (PIL, in order) to get their
-    0/1 masks; one tracker per video. Each frame costs two backbone passes (segmented, then encoded as a
-    reference)."""
+    ``model`` needs ``encode_frames(images)``, ``reference_memory(images, masks)`` (one entry per image) and
+    ``segment_with_memory(entries, targets)``, the last two taking ``encodings`` (both visual-prompt models have
+    them). Call it with a batch of frames (PIL, in order) to get their 0/1 masks; one tracker per video. Each frame
+    goes through the backbone once: its encoding is segmented, then joins the memory with the found mask."""
 
     def __init__(self, model, memory: list, threshold: float, memory_size: int = 8, **segment_kwargs):
         if memory_size < 1:
             raise ValueError(f"the tracking memory (--track-memory) must hold at least one frame, got {memory_size}")
-        for method in ("reference_memory", "segment_with_memory"):
+        for method in ("encode_frames", "reference_memory", "segment_with_memory"):
             if not callable(getattr(model, method, None)):
                 raise ValueError(f"tracking needs a model with {method}() (the visual-prompt models have it); "
                                  f"{type(model).__name__} has not")
@@ -121,15 +121,17 @@ class PromptTracker:
         self.recent: deque = deque(maxlen=memory_size)
         self.memory_kwargs = memory_kwargs(segment_kwargs)
 
-    def step(self, frame: Image.Image) -> np.ndarray:
+    def step(self, frame: Image.Image, encoding: Any = None) -> np.ndarray:
         """The next frame's score map (the model's ``segment`` scale: > ``threshold`` is found); the found mask
-        joins the memory."""
+        joins the memory. ``encoding``: the frame's ``model.encode_frames``, when several trackers share it."""
+        if encoding is None:
+            [encoding] = self.model.encode_frames([frame], **self.memory_kwargs)
         [score] = self.model.segment_with_memory(self.references + list(self.recent), [frame], batch_size=1,
-                                                 **self.segment_kwargs)
+                                                 encodings=[encoding], **self.segment_kwargs)
         mask = score > self.threshold
         if mask.any():
             self.recent.extend(self.model.reference_memory([frame], [mask], min_coverage=FOUND_MASK_COVERAGE,
-                                                           **self.memory_kwargs))
+                                                           encodings=[encoding], **self.memory_kwargs))
         return score
 
     def __call__(self, frames: list[Image.Image]) -> list[np.ndarray]:

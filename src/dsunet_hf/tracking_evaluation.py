@@ -133,12 +133,15 @@ def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: i
         raise ValueError(f"{frames[0]}: the annotation is {first.shape[1]}x{first.shape[0]}, the frame "
                          f"{image.width}x{image.height}")
     objects = [int(value) for value in np.unique(first) if value not in (0, VOID_LABEL)]
-    trackers = [PromptTracker(model, model.reference_memory([image], [first == obj], **memory_kwargs(segment_kwargs)),
+    encode_kwargs = memory_kwargs(segment_kwargs)
+    [encoding] = model.encode_frames([image], **encode_kwargs)
+    trackers = [PromptTracker(model, model.reference_memory([image], [first == obj], encodings=[encoding], **encode_kwargs),
                               threshold, memory_size, **segment_kwargs) for obj in objects]
     predictions = []
     for path in frames[1:]:
         frame = load_image(path)
-        scores = np.stack([tracker.step(frame) for tracker in trackers])  # (objects, H, W)
+        [encoding] = model.encode_frames([frame], **encode_kwargs)  # once for every object
+        scores = np.stack([tracker.step(frame, encoding) for tracker in trackers])  # (objects, H, W)
         best = scores.argmax(0)
         found = np.take_along_axis(scores, best[None], 0)[0] > threshold
         predictions.append(np.where(found, np.asarray(objects, np.uint8)[best], 0).astype(np.uint8))

@@ -370,21 +370,32 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         return self.segment_with_memory(memory, targets, feature_fn=feature_fn, batch_size=batch_size, refine=refine)
 
     @torch.no_grad()
+    def encode_frames(self, images: Sequence[Any], feature_fn: FeatureFn | None = None,
+                      batch_size: int = 4) -> list[torch.Tensor]:
+        """Each image's (C, h, w) matching features, for :meth:`reference_memory` and :meth:`segment_with_memory`
+        to share (one backbone pass per video frame when tracking)."""
+        return list(self._extract([load_image(image) for image in images], feature_fn, batch_size))
+
+    @torch.no_grad()
     def reference_memory(self, images: Sequence[Any], masks: Sequence[np.ndarray], feature_fn: FeatureFn | None = None,
-                         batch_size: int = 4, min_coverage: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                         batch_size: int = 4, min_coverage: float = 0.0,
+                         encodings: Sequence[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One ``(features (C, h, w), patch mask (h, w) bool)`` entry per reference image and its prompt mask
         (a bool array the image's size): what :meth:`segment_with_memory` matches against. Video tracking adds
         the frames it has segmented (:class:`dsunet_hf.prompt_predict.PromptTracker`) with ``min_coverage`` 0.5
-        (see :func:`patch_mask`): a found mask's soft edge reaches into the background's patches."""
-        features = self._extract([load_image(image) for image in images], feature_fn, batch_size)
-        grid = tuple(features.shape[-2:])
+        (see :func:`patch_mask`): a found mask's soft edge reaches into the background's patches. ``encodings``:
+        the images' :meth:`encode_frames`, when already computed."""
+        features = (self.encode_frames(images, feature_fn=feature_fn, batch_size=batch_size) if encodings is None
+                    else list(encodings))
+        grid = tuple(features[0].shape[-2:])
         return [(feature, patch_mask(mask, grid, min_coverage)) for feature, mask in zip(features, masks)]
 
     @torch.no_grad()
     def segment_with_memory(self, memory: Sequence[tuple[torch.Tensor, torch.Tensor]], targets: Sequence[Any],
-                            feature_fn: FeatureFn | None = None, batch_size: int = 4,
-                            refine: bool | None = None) -> list[np.ndarray]:
-        """:meth:`segment` with the references already encoded by :meth:`reference_memory`."""
+                            feature_fn: FeatureFn | None = None, batch_size: int = 4, refine: bool | None = None,
+                            encodings: Sequence[torch.Tensor] | None = None) -> list[np.ndarray]:
+        """:meth:`segment` with the references already encoded by :meth:`reference_memory`; ``encodings``: the
+        targets' :meth:`encode_frames`, when already computed."""
         refine = bool(self.config.sam_repo_id) if refine is None else refine
         if not len(memory):
             raise ValueError("need at least one encoded reference")
@@ -394,7 +405,8 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         ref_features = [feature for feature, _ in memory]
         patch_masks = [mask for _, mask in memory]
         target_images = [load_image(image) for image in targets]
-        target_features = self._extract(target_images, feature_fn, batch_size)
+        target_features = (self._extract(target_images, feature_fn, batch_size) if encodings is None
+                           else torch.stack(list(encodings)))
         background = self.config.background_prototype
 
         if self.config.matching == "prototype":

@@ -242,14 +242,18 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             raise ValueError(f"reference_masks {tuple(reference_masks.shape)} do not match the references "
                              f"{tuple(reference_pixel_values.shape)}: need one mask per reference image")
         levels = self.features(reference_pixel_values.flatten(0, 1))
-        grid = tuple(levels[0].shape[-2:])
-        patch_masks = F.adaptive_avg_pool2d((reference_masks.flatten(0, 1) != 0).float()[:, None], grid)[:, 0] > 0
-        tokens = self.prompt_encoder([level.flatten(2).transpose(1, 2) for level in levels], patch_masks.flatten(1))
-        tokens = tokens.view(batch, count, -1)
+        tokens = self._prompt_tokens(levels, reference_masks.flatten(0, 1)).view(batch, count, -1)
         if reference_valid is None:
             return tokens.mean(1)
         weights = reference_valid.to(tokens.dtype)[..., None]
         return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+    def _prompt_tokens(self, levels: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        """(N, hidden_size) prompt tokens from N images' feature levels and their (N, h, w) masks (any size: a patch
+        is prompted where the mask is non-zero anywhere in it)."""
+        grid = tuple(levels[0].shape[-2:])
+        patch_masks = F.adaptive_avg_pool2d((masks != 0).float()[:, None], grid)[:, 0] > 0
+        return self.prompt_encoder([level.flatten(2).transpose(1, 2) for level in levels], patch_masks.flatten(1))
 
     def _self_attention_mask(self, device) -> torch.Tensor:
         """True = blocked: proposals and the prompt token never see each other."""
@@ -277,13 +281,15 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         segment_is_prompted: torch.Tensor | None = None,
         reference_valid: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        pixel_features: list[torch.Tensor] | None = None,
         **kwargs,
     ) -> VisualPromptOutput | tuple:
         """``pixel_values`` (B, 3, S, S) targets; the prompt either from references (``reference_pixel_values``
         (B, R, 3, S, S) + ``reference_masks`` (B, R, S, S)) or given as ``prompt_embeddings`` (B or 1, C).
         Training: ``labels`` (B, S, S) the prompted concept's mask on the target; optionally
         ``target_segments`` (B, M, S, S) every concept's mask on the target and ``segment_is_prompted`` (B, M)
-        (1 = the prompted concept, 0 = another, -1 = padding)."""
+        (1 = the prompted concept, 0 = another, -1 = padding). ``pixel_features``: ``self.features(pixel_values)``
+        when already computed (video tracking encodes each frame once for every object and for its memory)."""
         check_pixel_values(pixel_values, self.backbone.patch_size)
         batch = pixel_values.shape[0]
         if prompt_embeddings is None:
@@ -293,7 +299,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         if prompt_embeddings.shape != (batch, self.config.hidden_size):
             raise ValueError(f"prompt_embeddings {tuple(prompt_embeddings.shape)} must be (batch={batch} or 1, "
                              f"{self.config.hidden_size})")
-        levels = self.features(pixel_values)
+        levels = self.features(pixel_values) if pixel_features is None else pixel_features
         mask_features = self.mask_features(torch.stack(levels).sum(0))
         memories = [level.flatten(2).transpose(1, 2) for level in levels]
         queries = torch.cat([self.query_content.weight.expand(batch, -1, -1),
@@ -389,25 +395,28 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         return pixel_values.to(device=parameter.device, dtype=parameter.dtype)
 
     @torch.no_grad()
-    def reference_memory(self, images: Sequence[Any], masks: Sequence[np.ndarray],
-                         min_coverage: float = 0.0) -> list[torch.Tensor]:
+    def encode_frames(self, images: Sequence[Any]) -> list[list[torch.Tensor]]:
+        """Each image's feature levels (each (hidden_size, S/p, S/p)), for :meth:`reference_memory` and
+        :meth:`segment_with_memory` to share (one backbone pass per video frame when tracking)."""
+        levels = self.features(self._pixel_values([load_image(image) for image in images]))
+        return [[level[index] for level in levels] for index in range(len(images))]
+
+    @torch.no_grad()
+    def reference_memory(self, images: Sequence[Any], masks: Sequence[np.ndarray], min_coverage: float = 0.0,
+                         encodings: Sequence[list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
         """One prompt token (hidden_size,) per reference image and its prompt mask (a bool array the image's
         size): the entries :meth:`segment_with_memory` averages. A patch is prompted where the mask touches it
         (DINOv); ``min_coverage`` > 0: where the mask covers at least that much of it, or every touched patch
         where none is. Video tracking adds the frames it has segmented with 0.5
-        (:class:`dsunet_hf.prompt_predict.PromptTracker`): a found mask's soft edge reaches into the background."""
-        images = [load_image(image) for image in images]
-        side, grid = self.config.image_size, self.config.image_size // self.backbone.patch_size
-        resized = torch.stack([
-            F.adaptive_avg_pool2d(torch.as_tensor(np.asarray(mask)).float()[None, None], (side, side))[0, 0]
-            for mask in masks
-        ]) > 0
-        if min_coverage > 0:  # the covered patches (the matcher's rule), back at the input size for encode_prompt
-            cores = torch.stack([patch_mask(mask, (grid, grid), min_coverage) for mask in resized])
-            resized &= F.interpolate(cores[:, None].float(), size=(side, side), mode="nearest")[:, 0] > 0
-        pixel_values = self._pixel_values(images)
-        # (R, 1, ...): each reference its own prompt token (encode_prompt averages over the second axis only).
-        return list(self.encode_prompt(pixel_values[:, None], resized.to(pixel_values)[:, None]))
+        (:class:`dsunet_hf.prompt_predict.PromptTracker`): a found mask's soft edge reaches into the background.
+        ``encodings``: the images' :meth:`encode_frames`, when already computed."""
+        encodings = self.encode_frames(images) if encodings is None else encodings
+        levels = [torch.stack(level) for level in zip(*encodings)]
+        side, grid = self.config.image_size, tuple(levels[0].shape[-2:])
+        resized = [F.adaptive_avg_pool2d(torch.as_tensor(np.asarray(mask)).float()[None, None], (side, side))[0, 0]
+                   for mask in masks]  # the input size first, as training's masks (then any touched patch counts)
+        patch_masks = torch.stack([patch_mask(mask > 0, grid, min_coverage) for mask in resized])
+        return list(self._prompt_tokens(levels, patch_masks.to(levels[0].device)))
 
     @torch.no_grad()
     def prompt_from_references(self, references: Sequence[Any], prompts: Sequence[Any]) -> torch.Tensor:
@@ -431,14 +440,17 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
 
     @torch.no_grad()
     def segment_with_memory(self, memory: Sequence[torch.Tensor], targets: Sequence[Any], batch_size: int = 4,
-                            mode: str | None = None) -> list[np.ndarray]:
+                            mode: str | None = None,
+                            encodings: Sequence[list[torch.Tensor]] | None = None) -> list[np.ndarray]:
         """:meth:`segment` with the references already encoded by :meth:`reference_memory` (their tokens are
-        averaged, as DINOv averages its examples and its video memory)."""
+        averaged, as DINOv averages its examples and its video memory); ``encodings``: the targets'
+        :meth:`encode_frames`, when already computed."""
         if not len(memory):
             raise ValueError("need at least one encoded reference")
-        return self._segment_with_prompt(torch.stack(list(memory)).mean(0, keepdim=True), targets, batch_size, mode)
+        prompt = torch.stack(list(memory)).mean(0, keepdim=True)
+        return self._segment_with_prompt(prompt, targets, batch_size, mode, encodings)
 
-    def _segment_with_prompt(self, prompt: torch.Tensor, targets, batch_size: int, mode: str | None):
+    def _segment_with_prompt(self, prompt: torch.Tensor, targets, batch_size: int, mode: str | None, encodings=None):
         mode = mode or self.config.inference_mode
         targets = list(targets) if isinstance(targets, (list, tuple)) else [targets]
         if not targets:
@@ -446,7 +458,10 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         results = []
         for start in range(0, len(targets), batch_size):
             images = [load_image(image) for image in targets[start : start + batch_size]]
-            output = self(pixel_values=self._pixel_values(images), prompt_embeddings=prompt)
+            features = None
+            if encodings is not None:
+                features = [torch.stack(level) for level in zip(*encodings[start : start + batch_size])]
+            output = self(pixel_values=self._pixel_values(images), prompt_embeddings=prompt, pixel_features=features)
             logits = self.concept_logits(output, mode).float()
             for logit, image in zip(logits, images):
                 resized = F.interpolate(logit[None], size=(image.height, image.width), mode="bilinear", align_corners=False)

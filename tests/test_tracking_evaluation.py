@@ -102,7 +102,10 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     assert sorted(report["info"]["per_object_jf"][dataset]) == ["blocks_1", "blocks_2"]
     assert report["info"]["track_memory"] == 2 and report["protocol"].startswith("DAVIS-2017 semi-supervised")
     assert "J&F" in capsys.readouterr().out
-    # Bad input: annotations without their frames, a memory of no frame.
+    # Bad input: an annotation of another size than its frame, annotations without their frames.
+    Image.fromarray(labels[1][:-2], mode="P").save(tmp_path / "davis" / "Annotations" / "480p" / "blocks" / "00001.png")
+    with pytest.raises(SystemExit, match=r"00001.png: the annotation is 112x110, its frame 112x112"):
+        main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])
     (tmp_path / "davis" / "JPEGImages" / "480p" / "blocks" / "00002.png").unlink()
     with pytest.raises(SystemExit, match="--save-predictions writes tracking results"):
         main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "plain"), "--save-predictions",

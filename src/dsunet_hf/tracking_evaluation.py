@@ -26,7 +26,8 @@ from .files import save_image_atomic
 from .image_io import load_image
 from .prompt_predict import PromptTracker, default_threshold, memory_kwargs
 
-__all__ = ["boundary_f_measure", "davis_sequences", "evaluate_tracking", "is_davis_layout", "jaccard"]
+__all__ = ["boundary_f_measure", "davis_sequences", "evaluate_tracking", "first_frame_objects", "is_davis_layout",
+           "jaccard"]
 
 VOID_LABEL = 255
 BOUNDARY_TOLERANCE = 0.008  # of the image diagonal (the toolkit's bound_th)
@@ -66,7 +67,8 @@ def davis_sequences(root: str | Path) -> list[tuple[str, list[Path], list[Path]]
             continue
         if not frames_folder.is_dir():
             raise ValueError(f"{folder}: annotations without frames (no {frames_folder})")
-        frames = {path.stem: path for path in frames_folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        frames = {path.stem: path for path in frames_folder.iterdir()
+                  if path.suffix.lower() in (".jpg", ".jpeg", ".png")}
         missing = [mask.name for mask in masks if mask.stem not in frames]
         if missing:
             raise ValueError(f"{frames_folder}: no frame for the annotation(s) {', '.join(missing[:3])}")
@@ -124,7 +126,13 @@ def boundary_f_measure(annotation: np.ndarray, segmentation: np.ndarray, void: n
     return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
 
 
-def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: int, **segment_kwargs) -> list[np.ndarray]:
+def first_frame_objects(labels: np.ndarray) -> list[int]:
+    """The object ids of a sequence's first annotation (neither background nor void)."""
+    return [int(value) for value in np.unique(labels) if value not in (0, VOID_LABEL)]
+
+
+def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: int,
+                    **segment_kwargs) -> list[np.ndarray]:
     """Object-id maps of frames[1:], every object of ``first`` followed by its own tracker; overlaps to the highest
     score."""
     threshold = default_threshold(model)
@@ -132,11 +140,14 @@ def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: i
     if first.shape != (image.height, image.width):
         raise ValueError(f"{frames[0]}: the annotation is {first.shape[1]}x{first.shape[0]}, the frame "
                          f"{image.width}x{image.height}")
-    objects = [int(value) for value in np.unique(first) if value not in (0, VOID_LABEL)]
+    objects = first_frame_objects(first)
+    if not objects:  # nothing to follow (the toolkit scores no object here either)
+        return [np.zeros((image.height, image.width), np.uint8) for _ in frames[1:]]
     encode_kwargs = memory_kwargs(segment_kwargs)
     [encoding] = model.encode_frames([image], **encode_kwargs)
-    trackers = [PromptTracker(model, model.reference_memory([image], [first == obj], encodings=[encoding], **encode_kwargs),
-                              threshold, memory_size, **segment_kwargs) for obj in objects]
+    trackers = [PromptTracker(model, model.reference_memory([image], [first == obj], encodings=[encoding],
+                                                            **encode_kwargs), threshold, memory_size, **segment_kwargs)
+                for obj in objects]
     predictions = []
     for path in frames[1:]:
         frame = load_image(path)
@@ -148,7 +159,8 @@ def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: i
     return predictions
 
 
-def _save_results(folder: Path, annotation_paths: list[Path], first: np.ndarray, predicted: list[np.ndarray]) -> None:
+def _save_results(folder: Path, annotation_paths: list[Path], first: np.ndarray,
+                  predicted: list[np.ndarray]) -> None:
     """The sequence in the DAVIS results format: one palette PNG of object ids per frame, named as the annotations,
     the first frame's being its annotation (void as background), in the annotations' palette."""
     with Image.open(annotation_paths[0]) as image:
@@ -169,15 +181,18 @@ def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequenc
     sequences = davis_sequences(root)[:max_sequences]
     per_object: dict[str, tuple[float, float, float, float]] = {}
     for name, frames, annotation_paths in tqdm(sequences, desc="track", unit="sequence", disable=not progress):
+        if len(frames) < 3:
+            raise ValueError(f"{name}: {len(frames)} frame(s); the protocol scores frames between the first and last")
         truth = [read_annotation(path) for path in annotation_paths]
         predicted = _track_sequence(model, frames, truth[0], memory_size, **segment_kwargs)
+        for path, labels, found in zip(annotation_paths[1:], truth[1:], predicted):
+            if labels.shape != found.shape:
+                raise ValueError(f"{path}: the annotation is {labels.shape[1]}x{labels.shape[0]}, its frame "
+                                 f"{found.shape[1]}x{found.shape[0]}")
         if save_dir is not None:
             _save_results(Path(save_dir) / name, annotation_paths, truth[0], predicted)
-        objects = [int(value) for value in np.unique(truth[0]) if value not in (0, VOID_LABEL)]
         scored = list(zip(truth[1:-1], predicted[:-1]))  # the toolkit leaves out the first and last frames
-        if not scored:
-            raise ValueError(f"{name}: {len(frames)} frame(s); the protocol scores frames between the first and last")
-        for obj in objects:
+        for obj in first_frame_objects(truth[0]):
             j = [jaccard(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
             f = [boundary_f_measure(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
             per_object[f"{name}_{obj}"] = (float(np.mean(j)), float(np.mean(np.asarray(j) > 0.5)),

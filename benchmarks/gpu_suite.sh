@@ -23,7 +23,7 @@
 # tool's folder that comes back) or benchmarks/results/gpu. DEVICE, BATCHES, TRAIN_BATCH, WARMUP, REPEATS,
 # STEPS and FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
 set -euo pipefail
-part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|video|evaluate|goals}
+part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|video|evaluate|tracking|goals}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 out=${OUT:-$root/benchmarks/results/gpu}
@@ -114,6 +114,9 @@ case "$part" in
       make('$data', num_pairs=200, size=1024)"
     bench sam2unet_evaluate_bf16 evaluate.py --data "$data" --model sam2-unet --preset large --dtype bfloat16 \
       --batch-size 16 --metric-workers 0 8 ;;
+  tracking)
+    bench tracking_head_large_bf16 tracking.py --model visual-prompt --preset large --device cuda --dtype bfloat16 \
+      --objects 1 3 --frames 24 ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 ls -l "$out" >&2

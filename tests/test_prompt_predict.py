@@ -165,12 +165,18 @@ def test_reference_needs_a_visual_prompt_model(tmp_path, images):
 
 
 class _FixedScores:
-    """Only what predict_with_prompts may rely on: ``segment`` and a config (no ``prompt_threshold``)."""
+    """Only what predict_with_prompts may rely on: the references encoded once, a config (no
+    ``prompt_threshold``)."""
 
     def __init__(self, config):
-        self.config, self.calls = config, []
+        self.config, self.calls, self.encoded = config, [], 0
 
-    def segment(self, references, prompts, targets, batch_size=4):
+    def reference_memory(self, images, masks):
+        self.encoded += len(images)
+        return ["reference"] * len(images)
+
+    def segment_with_memory(self, memory, targets, batch_size=4):
+        assert memory == ["reference"]
         self.calls.append(len(targets))
         return [np.linspace(-1, 1, t.height * t.width, dtype=np.float32).reshape(t.height, t.width) for t in targets]
 
@@ -183,6 +189,7 @@ def test_default_threshold_falls_back_to_the_config_then_zero(tmp_path, images, 
     report = predict_with_prompts(model, [reference], ["point:10,10"], [folder], tmp_path / "out", batch_size=2,
                                   save_scores=True, progress=False)
     assert model.calls == [2, 1]  # broken.png is dropped from the first chunk of (a, b, broken), then c
+    assert model.encoded == 1  # the reference once, not with every batch
     assert len(report.written) == 3 and list(report.failed) == [str(folder / "broken.png")]
     for name in ("a", "b", "c"):
         score = np.load(tmp_path / "out" / "scores" / f"{name}.npy")

@@ -1,8 +1,9 @@
 """Batch prediction with visual prompts: reference image(s) + prompt(s) -> masks of that concept in target files.
 
 ``dsunet-hf predict --model M --reference ref.jpg --prompt box:10,20,110,90 targets/ --overlay``. Works with
-both visual-prompt models (the trained head and the training-free matcher): they share ``segment(references,
-prompts, targets)`` and ``prompt_threshold()``. References and prompts are checked first (nothing can be
+both visual-prompt models (the trained head and the training-free matcher): they share ``reference_memory(images,
+masks)`` (the references encoded once), ``segment_with_memory(memory, targets)``, ``encode_frames(images)`` (for
+tracking) and ``prompt_threshold()``. References and prompts are checked first (nothing can be
 predicted without them: a bad one is an error naming it); a target that cannot be read is reported and
 skipped; every output is written atomically as soon as its batch is done, and existing outputs are kept
 unless ``overwrite`` (a re-run resumes where a previous one stopped).
@@ -185,8 +186,11 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
             raise ValueError(f"{pending[0][0]}: --track follows the concept through a video's frames; this target is "
                              f"an image (make a folder of frames a video, e.g. ffmpeg -i %05d.jpg -c:v ffv1 clip.mkv)")
         PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size: before any video
+    # The references are encoded once for every target (not again with each batch).
+    memory = []
+    if pending or videos:
+        memory = model.reference_memory(reference_images, masks, **memory_kwargs(segment_kwargs))
     bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not (progress and pending))
-    # The references are passed as rasterised masks, so their files are read once.
     for start in range(0, len(pending), batch_size):
         loaded = []
         for path, name in pending[start : start + batch_size]:
@@ -197,8 +201,8 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
                 bar.update(1)
         if not loaded:
             continue
-        scores = model.segment(reference_images, masks, [image for _, _, image in loaded], batch_size=batch_size,
-                               **segment_kwargs)
+        scores = model.segment_with_memory(memory, [image for _, _, image in loaded], batch_size=batch_size,
+                                           **segment_kwargs)
         for (path, name, image), score in zip(loaded, scores):
             mask = score > threshold
             png = name.with_suffix(".png")
@@ -213,12 +217,9 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     bar.close()
 
     def found(images: list[Image.Image]) -> list[np.ndarray]:  # the concept in a batch of frames, 0/1 maps
-        scores = model.segment(reference_images, masks, images, batch_size=batch_size, **segment_kwargs)
+        scores = model.segment_with_memory(memory, images, batch_size=batch_size, **segment_kwargs)
         return [(score > threshold).astype(np.float32) for score in scores]
 
-    memory = []
-    if track and videos:  # the references, encoded once for every video
-        memory = model.reference_memory(reference_images, masks, **memory_kwargs(segment_kwargs))
     for path, name in videos:
         kinds = ["masks"] + ["overlays"] * overlay
         predict = PromptTracker(model, memory, threshold, track_memory, **segment_kwargs) if track else found

@@ -79,8 +79,8 @@ def test_cli_errors_name_the_problem(tmp_path, head_folder, images, capsys):
         main([*base, "--save-scores", "--track", "--track-memory", "4"])
     with pytest.raises(SystemExit, match="--track-memory sets the memory of --track; add --track"):
         main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--track-memory", "4"])
-    with pytest.raises(SystemExit, match=r"a.png: --track follows the concept through a video's frames"):
-        main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--track"])
+    with pytest.raises(SystemExit, match="tracking memory .* at least one frame, got 0"):
+        main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--track", "--track-memory", "0"])
 
 
 def test_predicted_mask_is_the_prompted_colour_with_known_features(tmp_path):
@@ -303,3 +303,28 @@ def test_tracking_follows_an_object_whose_colour_drifts_where_the_first_example_
         assert json.loads((out / "prediction_report.json").read_text())["track_memory"] == (8 if track else None)
     assert max(ious[False][10:]) == 0 and ious[False][0] > 0.9  # lost from frame 10 on
     assert min(ious[True]) > 0.55 and min(ious[True][-6:]) > 0.85  # found in every frame (measured: 0.59, 0.86)
+
+    # The same frames as a folder of images (DAVIS's JPEGImages/<sequence>/ layout): a sequence too, with --track.
+    folder = tmp_path / "frames" / "drift"
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    (folder / "00007.png").write_bytes(b"not a png")  # reported; the sequence goes on without it
+    out = tmp_path / "frames-out"
+
+    def run(**kwargs):
+        return predict_with_prompts(matcher, [frames[0]], [region(boxes[0])], [tmp_path / "frames"], out,
+                                    progress=False, feature_fn=mean_colour, track=True, **kwargs)
+
+    report = run()
+    assert list(report.failed) == [str(folder / "00007.png")] and len(report.written) == count - 1
+    found = {t: np.asarray(Image.open(out / "masks" / "drift" / f"{t:05d}.png")) > 0 for t in range(count) if t != 7}
+    frame_ious = {t: (found[t] & region(boxes[t])).sum() / (found[t] | region(boxes[t])).sum() for t in found}
+    assert min(frame_ious.values()) > 0.55 and min(frame_ious[t] for t in range(18, count)) > 0.85
+    # Resuming: a sequence with a frame left runs again from its first frame (its memory needs them all).
+    (out / "masks" / "drift" / "00020.png").unlink()
+    again = run()
+    assert len(again.written) == count - 1 and again.skipped_existing == []
+    assert np.array_equal(np.asarray(Image.open(out / "masks" / "drift" / "00020.png")) > 0, found[20])
+    (folder / "00007.png").unlink()  # an unreadable frame has no mask: its sequence would run again each time
+    assert run().written == []  # all done: nothing runs

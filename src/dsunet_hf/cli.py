@@ -415,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--mode", default=None, choices=["prompt", "generic", "referring"],
                          help="trained visual-prompt head: which output (default: its config's inference_mode)")
     predict.add_argument("--track", action="store_true",
-                         help="visual-prompt models, videos: follow the concept through the frames (each found mask "
-                              "joins the prompt, as DINOv's video memory) instead of prompting every frame alone")
+                         help="visual-prompt models: follow the concept through each video's frames (and each "
+                              "folder's images, in name order): each found mask joins the prompt, as DINOv's video "
+                              "memory, instead of prompting every frame alone")
     predict.add_argument("--track-memory", type=int, default=None, metavar="N",
                          help="with --track: the most recent frames kept in the prompt beside the references "
                               "(default 8, as DINOv)")

@@ -155,7 +155,9 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     Video targets (the ``[video]`` extra) give ``masks/<name>.mp4`` and, with ``overlay``, ``overlays/<name>.mp4``
     (the frames with the found regions tinted): the concept found in every frame, each frame on its own (see
     :mod:`dsunet_hf.video`), or with ``track`` followed through the video with a memory of the last
-    ``track_memory`` frames (:class:`PromptTracker`; videos only).
+    ``track_memory`` frames (:class:`PromptTracker`). With ``track``, image targets are frame sequences too: the
+    images of one folder, in name order (zero-padded numbers, as DAVIS's ``00000.jpg``); a folder with a frame left
+    to do runs again from its first frame (each frame's memory holds the ones before it).
     """
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
@@ -181,16 +183,35 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
         import_av()  # a missing [video] extra: one clear error before anything runs
         if save_scores:
             raise ValueError(f"{videos[0][0]}: --save-scores writes one .npy per image target; not for videos")
+    sequences: dict[Path, list[tuple[Path, Path]]] = {}
     if track:
-        if pending:
-            raise ValueError(f"{pending[0][0]}: --track follows the concept through a video's frames; this target is "
-                             f"an image (make a folder of frames a video, e.g. ffmpeg -i %05d.jpg -c:v ffv1 clip.mkv)")
-        PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size: before any video
+        PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size: before anything runs
+        # Frame sequences: a folder's images in name order. Each frame's memory holds the frames before it, so a
+        # sequence with a frame left to do runs again from its first frame.
+        unfinished = {path.parent for path, _ in pending}
+        for path, name in collect_images(targets):
+            if path.parent in unfinished and not is_video(path):
+                sequences.setdefault(path.parent, []).append((path, name))
+        report.skipped_existing = [p for p in report.skipped_existing if Path(p).parent not in unfinished]
+        pending = []
     # The references are encoded once for every target (not again with each batch).
     memory = []
-    if pending or videos:
+    if pending or videos or sequences:
         memory = model.reference_memory(reference_images, masks, **memory_kwargs(segment_kwargs))
-    bar = tqdm(total=len(pending), desc="predict", unit="img", disable=not (progress and pending))
+
+    def write_outputs(path: Path, name: Path, image: Image.Image, score: np.ndarray) -> None:
+        mask = score > threshold
+        png = name.with_suffix(".png")
+        save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), output_dir / "masks" / png)
+        if save_scores:
+            save_npy_atomic(score.astype(np.float32), output_dir / "scores" / name.with_suffix(".npy"))
+        if overlay:
+            panel = prompt_panel(list(zip(reference_images, masks)), image, mask)
+            save_image_atomic(panel, output_dir / "overlays" / png)
+        report.written.append(str(path))
+
+    total = len(pending) + sum(map(len, sequences.values()))
+    bar = tqdm(total=total, desc="predict", unit="img", disable=not (progress and total))
     for start in range(0, len(pending), batch_size):
         loaded = []
         for path, name in pending[start : start + batch_size]:
@@ -204,15 +225,17 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
         scores = model.segment_with_memory(memory, [image for _, _, image in loaded], batch_size=batch_size,
                                            **segment_kwargs)
         for (path, name, image), score in zip(loaded, scores):
-            mask = score > threshold
-            png = name.with_suffix(".png")
-            save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), output_dir / "masks" / png)
-            if save_scores:
-                save_npy_atomic(score.astype(np.float32), output_dir / "scores" / name.with_suffix(".npy"))
-            if overlay:
-                panel = prompt_panel(list(zip(reference_images, masks)), image, mask)
-                save_image_atomic(panel, output_dir / "overlays" / png)
-            report.written.append(str(path))
+            write_outputs(path, name, image, score)
+            bar.update(1)
+    for frames in sequences.values():
+        tracker = PromptTracker(model, memory, threshold, track_memory, **segment_kwargs)
+        for path, name in frames:
+            try:
+                image = load_image(path)
+            except (ImageReadError, ValueError, OSError) as error:  # reported; the sequence goes on without it
+                report.failed[str(path)] = str(error)
+            else:
+                write_outputs(path, name, image, tracker.step(image))
             bar.update(1)
     bar.close()
 

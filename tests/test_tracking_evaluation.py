@@ -97,7 +97,7 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     assert np.array_equal(first, np.where(labels[0] == 255, 0, labels[0]))
     report = json.loads((out / "evaluation.json").read_text())
     [(dataset, scores)] = report["results"].items()
-    assert set(scores) == {"J&F", "J_mean", "J_recall", "F_mean", "F_recall"}
+    assert report["metric_names"] == ["J&F", "J_mean", "J_recall", "F_mean", "F_recall"]  # DAVIS's order
     assert all(0 <= value <= 1 for value in scores.values())
     assert sorted(report["info"]["per_object_jf"][dataset]) == ["blocks_1", "blocks_2"]
     assert report["info"]["track_memory"] == 2 and report["protocol"].startswith("DAVIS-2017 semi-supervised")

@@ -420,9 +420,12 @@ def _read_pair(prediction_path: Path, ground_truth_path: Path, unreadable: dict[
 
 
 # --------------------------------------------------------------------------------------------- report
+TRACKING_METRIC_NAMES = ("J&F", "J_mean", "J_recall", "F_mean", "F_recall")  # DAVIS's column order
+
+
 def _ordered_metrics(results: dict[str, dict[str, float]]) -> list[str]:
     present = {name for values in results.values() for name in values}
-    known = (*METRIC_NAMES, *DIS_METRIC_NAMES)
+    known = (*METRIC_NAMES, *DIS_METRIC_NAMES, *TRACKING_METRIC_NAMES)
     names = [name for name in known if name in present]
     extras = sorted(present.difference(known))
     return names + extras

@@ -39,7 +39,8 @@ PROTOCOL = (
 
 
 def is_davis_layout(folder: str | Path) -> bool:
-    """A folder with ``JPEGImages/`` and ``Annotations/`` (the DAVIS / YouTube-VOS layout)."""
+    """A folder with ``JPEGImages/`` and ``Annotations/`` (the DAVIS layout: an annotation for every frame scored;
+    YouTube-VOS, whose validation set annotates first appearances only, is not scored this way)."""
     folder = Path(folder)
     return (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir()
 

@@ -107,8 +107,8 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"00001.png: the annotation is 112x110, its frame 112x112"):
         main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])
     (tmp_path / "davis" / "JPEGImages" / "480p" / "blocks" / "00002.png").unlink()
-    with pytest.raises(SystemExit, match="--save-predictions writes tracking results"):
+    with pytest.raises(SystemExit, match="--save-predictions, --track-memory: tracking, for a visual-prompt model on"):
         main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "plain"), "--save-predictions",
-              str(tmp_path / "results")])
+              str(tmp_path / "results"), "--track-memory", "3"])
     with pytest.raises(SystemExit, match="no frame for the annotation"):
         main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])

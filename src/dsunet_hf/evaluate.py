@@ -539,9 +539,9 @@ def add_evaluate_parser(subparsers):
                         help="visual-prompt models: reference images per query (other images of the class)")
     parser.add_argument("--absent-queries", type=int, default=50,
                         help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
-    parser.add_argument("--track-memory", type=int, default=8,
+    parser.add_argument("--track-memory", type=int, default=None,
                         help="visual-prompt models on a DAVIS-layout folder (JPEGImages/, Annotations/): frames kept "
-                             "in each tracker's memory beside the first annotated frame")
+                             "in each tracker's memory beside the first annotated frame (default 8)")
     parser.add_argument("--save-predictions", metavar="DIR", default=None,
                         help="tracking on a DAVIS-layout folder: also write the results in the DAVIS format "
                              "(DIR/<dataset>/<sequence>/<frame>.png, palette object ids) for the evaluation server")
@@ -604,8 +604,11 @@ def run_evaluate_cli(args) -> int:
     model_mode = args.model is not None or bool(args.data)
     if folders_mode and model_mode:
         raise SystemExit("evaluate: use either --model/--data or --predictions/--ground-truth, not both")
-    if folders_mode and args.save_predictions is not None:
-        raise SystemExit("evaluate: --save-predictions writes tracking results (--model on DAVIS-layout folders)")
+    tracking_only = {"--save-predictions": args.save_predictions is not None,
+                     "--track-memory": args.track_memory is not None}
+    if folders_mode and any(tracking_only.values()):
+        raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for --model on "
+                         f"DAVIS-layout folders")
     # Default: a worker per core (at most 8): the same numbers, and the metrics, not the model, bound a GPU run.
     metric_workers = min(8, os.cpu_count() or 1) if args.metric_workers is None else args.metric_workers
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
@@ -631,9 +634,10 @@ def run_evaluate_cli(args) -> int:
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         visual_prompt = _visual_prompt_model(args.model)
-        if args.save_predictions is not None and (visual_prompt is None or not all(map(is_davis_layout, args.data))):
-            raise SystemExit("evaluate: --save-predictions writes tracking results: for a visual-prompt model on "
-                             "DAVIS-layout folders (JPEGImages/, Annotations/)")
+        if any(tracking_only.values()) and (visual_prompt is None or not all(map(is_davis_layout, args.data))):
+            raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for a "
+                             f"visual-prompt model on DAVIS-layout folders (JPEGImages/, Annotations/)")
+        track_memory = 8 if args.track_memory is None else args.track_memory
         if visual_prompt is not None:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
@@ -660,7 +664,7 @@ def run_evaluate_cli(args) -> int:
             if visual_prompt is not None and is_davis_layout(source):  # videos: tracking, DAVIS J&F
                 try:
                     results[name], per_object[name] = evaluate_tracking(
-                        model, source, memory_size=args.track_memory, max_sequences=args.max_samples,
+                        model, source, memory_size=track_memory, max_sequences=args.max_samples,
                         progress=args.progress,
                         save_dir=None if args.save_predictions is None else Path(args.save_predictions) / name)
                 except ValueError as error:
@@ -709,7 +713,7 @@ def run_evaluate_cli(args) -> int:
         if per_class:
             extra["per_class_iou"] = per_class
         if per_object:
-            extra.update(per_object_jf=per_object, track_memory=args.track_memory)
+            extra.update(per_object_jf=per_object, track_memory=track_memory)
         if args.save_predictions is not None:
             extra["predictions"] = str(args.save_predictions)
         if multi_class:

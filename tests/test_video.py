@@ -350,7 +350,40 @@ def test_temporal_smoothing_is_refused_where_it_has_no_meaning(tmp_path):
     with pytest.raises(ValueError, match=r"strength must be in \[0, 1\), got 1.0"):
         predict_files(RedChannelModel(), SegmentationImageProcessor(size=64), [clip], tmp_path / "out",
                       temporal_smoothing=1.0)
-    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3))
-    with pytest.raises(ValueError, match="temporal_smoothing: for models that predict one foreground map"):
-        predict_files(model, model.default_image_processor(), [clip], tmp_path / "out", temporal_smoothing=0.5)
     assert not (tmp_path / "out").exists()
+
+
+def test_temporal_smoothing_of_class_videos_steadies_labels_where_the_picture_is_still(tmp_path):
+    """A multi-class head whose class scores jitter from frame to frame (one shift per class and frame) on a still
+    scene: the labels of pixels where two classes are close flip; smoothing the class probabilities before the argmax
+    keeps most of them."""
+    from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig
+    from dsunet_hf.semantic import predict_classes
+
+    class FlickeringHead(Dinov2ForSemanticSegmentation):
+        def forward(self, pixel_values, **kwargs):
+            output = super().forward(pixel_values, **kwargs)
+            noise = torch.randn(output.logits.shape[:2] + (1, 1), generator=self.generator) * 0.5
+            return type(output)(logits=output.logits + noise)
+
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+    torch.manual_seed(0)
+    model = FlickeringHead(config).eval()
+    with torch.no_grad():
+        model.decode_head.conv_seg.weight.normal_(0, 0.5)  # class scores that differ across the picture
+    clip = write_video(tmp_path / "still.mkv", [square_frame(0, width=45, height=31)] * 10, codec="ffv1",
+                       pix_fmt="bgr0")
+    flips = {}
+    for strength in (0.0, 0.8):
+        model.generator = torch.Generator().manual_seed(0)
+        report = predict_files(model, model.default_image_processor(), [clip], tmp_path / f"out-{strength}",
+                               progress=False, temporal_smoothing=strength)
+        assert report.written == [str(clip)], report.failed
+        classes = np.stack(decoded(tmp_path / f"out-{strength}" / "masks" / "still.mkv")[0])
+        flips[strength] = (np.diff(classes, axis=0) != 0).mean()
+        if strength:  # the first frame has nothing before it: as the unsmoothed one
+            model.generator = torch.Generator().manual_seed(0)
+            assert np.array_equal(classes[0], predict_classes(model, Image.fromarray(square_frame(0, width=45,
+                                                                                                   height=31))))
+    assert flips[0.0] > 0.05 and flips[0.8] < 0.5 * flips[0.0]

@@ -404,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--crop-margin", type=float, default=0.25,
                          help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
     predict.add_argument("--temporal-smoothing", type=float, default=0.0, metavar="S",
-                         help="videos: keep S (0 to <1, e.g. 0.6) of the previous frame's mask where the picture stays "
-                              "still: less flicker, no trail behind moving things (default 0: each frame as an image)")
+                         help="videos: keep S (0 to <1, e.g. 0.6) of the previous frame's map (class models: class "
+                              "probabilities) where the picture stays still: less flicker, no trail behind moving "
+                              "things (default 0: each frame as an image)")
     predict.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                          help="visual-prompt models: an example image (repeat for several; one --prompt each)")
     predict.add_argument("--prompt", action="append", default=[], metavar="PROMPT",

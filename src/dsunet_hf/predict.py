@@ -390,9 +390,9 @@ def predict_files(
     ``crop_margin`` (see :mod:`dsunet_hf.crop_refine`): finer edges for objects that fill a small part of a large
     image, at the cost of a second forward pass for those images.
 
-    ``temporal_smoothing`` (0 to <1, videos, foreground models): carry that share of the previous frame's map into
-    the still parts of each frame (see :class:`dsunet_hf.video.TemporalSmoothing`): less flicker, no trail behind
-    moving objects; 0 (default) predicts every frame as an image.
+    ``temporal_smoothing`` (0 to <1, videos): carry that share of the previous frame's map into the still parts of
+    each frame (see :class:`dsunet_hf.video.TemporalSmoothing`; multi-class models: the class probabilities before
+    the argmax): less flicker, no trail behind moving objects; 0 (default) predicts every frame as an image.
     """
     import contextlib
 
@@ -411,8 +411,7 @@ def predict_files(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
         crop_margin=crop_margin, foreground_only={"cutout": cutout, "background": background is not None,
                                                   "threshold": threshold is not None,
-                                                  "minmax_normalize": minmax_normalize, "crop_refine": crop_refine,
-                                                  "temporal_smoothing": bool(temporal_smoothing)})
+                                                  "minmax_normalize": minmax_normalize, "crop_refine": crop_refine})
     if temporal_smoothing:
         from .video import TemporalSmoothing
 
@@ -452,19 +451,25 @@ def predict_files(
 
     # Videos: (prepare a batch of frames in the reader thread, predict it, render each output of a frame).
     if semantic:
-        from .semantic import predict_classes, render_class_output
+        from .semantic import predict_classes, render_class_output, smoothed_class_predictor
 
         video_kinds = ["classes"] + ["overlays"] * overlay
-        video_steps = (lambda frames: frames, lambda frames: [predict_classes(model, f, schedule) for f in frames],
-                       lambda kind, frame, classes: render_class_output(model, kind, frame, classes))
+
+        def video_steps_for_one_video():  # class probabilities smoothed here (a fresh memory per video)
+            classes_of = (smoothed_class_predictor(model, schedule, temporal_smoothing) if temporal_smoothing
+                          else lambda frames: [predict_classes(model, f, schedule) for f in frames])
+            return (lambda frames: frames, classes_of,
+                    lambda kind, frame, classes: render_class_output(model, kind, frame, classes))
     else:
         def prepare(frames):  # the frames of a video share one size: one input size for all
             size = native_size(frames[0].height, frames[0].width, max_side) if resolution == "native" else None
             return frames, processor(frames, size=size)
 
         video_kinds = kinds
-        video_steps = (prepare, lambda prepared: foreground_maps(*prepared),
-                       lambda kind, frame, probability: render_output(kind, frame, probability, options))
+
+        def video_steps_for_one_video():
+            return (prepare, lambda prepared: foreground_maps(*prepared),
+                    lambda kind, frame, probability: render_output(kind, frame, probability, options))
 
     with state.split_between_processes(pending) as mine:
         mine_videos = [item for item in mine if is_video(item[0])]
@@ -514,9 +519,9 @@ def predict_files(
             with tqdm(desc=f"predict {path.name}", unit="frame",
                       disable=not (progress and state.is_main_process)) as frames_bar:
                 predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name)
-                                                         for kind in video_kinds}, *video_steps,
+                                                         for kind in video_kinds}, *video_steps_for_one_video(),
                                           batch_size=batch_size, on_frames=frames_bar.update,
-                                          temporal_smoothing=temporal_smoothing)
+                                          temporal_smoothing=0.0 if semantic else temporal_smoothing)
     if state.num_processes > 1:
         parts = gather_object([report.__dict__])
         report = PredictionReport(

@@ -211,18 +211,45 @@ def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[
 
 
 @torch.no_grad()
-def predict_classes(model, image: Image.Image, schedule: str | None = None) -> np.ndarray:
-    """Class indices (H, W) at the image's size: short side resized to the crop size, ``model.segment``
-    (the model's default schedule unless given), probabilities resized back, argmax."""
-    config = model.config
-    schedule = schedule or model.default_schedule
+def class_probabilities(model, image: Image.Image, schedule: str | None = None) -> torch.Tensor:
+    """(1, K, h, w) class probabilities at the working size (short side resized to the crop size), from
+    ``model.segment`` with the model's default schedule unless given."""
     device, dtype = device_and_dtype(model)
-    pixels = _normalise(_short_side_resize(image.convert("RGB"), config.crop_size, Image.Resampling.BILINEAR),
+    pixels = _normalise(_short_side_resize(image.convert("RGB"), model.config.crop_size, Image.Resampling.BILINEAR),
                         model.default_image_processor())
-    probabilities = model.segment(pixels[None].to(device=device, dtype=dtype), schedule)
-    probabilities = F.interpolate(probabilities.float(), size=(image.height, image.width), mode="bilinear",
-                                  align_corners=False)
+    return model.segment(pixels[None].to(device=device, dtype=dtype), schedule or model.default_schedule).float()
+
+
+def _classes_at(probabilities: torch.Tensor, image: Image.Image) -> np.ndarray:
+    probabilities = F.interpolate(probabilities, size=(image.height, image.width), mode="bilinear", align_corners=False)
     return probabilities.argmax(1)[0].cpu().numpy()
+
+
+def predict_classes(model, image: Image.Image, schedule: str | None = None) -> np.ndarray:
+    """Class indices (H, W) at the image's size: :func:`class_probabilities` resized back, argmax."""
+    return _classes_at(class_probabilities(model, image, schedule), image)
+
+
+def smoothed_class_predictor(model, schedule: str | None, strength: float):
+    """``predict(frames) -> class indices`` for one video's frames in order, each frame's class probabilities
+    passed through :class:`dsunet_hf.video.TemporalSmoothing` (at the working size, with the frame resized to it)
+    before the argmax: a pixel keeps its class where the picture stays still and two classes are close, instead of
+    flipping from frame to frame. Holds one frame's probabilities (K x working size) between frames."""
+    from .video import TemporalSmoothing
+
+    smooth = TemporalSmoothing(strength)
+
+    def predict(frames: list[Image.Image]) -> list[np.ndarray]:
+        classes = []
+        for frame in frames:
+            probabilities = class_probabilities(model, frame, schedule)
+            height, width = probabilities.shape[-2:]
+            small = np.asarray(frame.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
+            steadied = smooth(small, probabilities[0].cpu().numpy())
+            classes.append(_classes_at(torch.from_numpy(steadied)[None], frame))
+        return classes
+
+    return predict
 
 
 def render_class_output(model, kind: str, frame: Image.Image, classes: np.ndarray) -> np.ndarray:

@@ -270,7 +270,7 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
 
 
 class TemporalSmoothing:
-    """Motion-gated exponential smoothing of foreground probabilities, one video's frames in order.
+    """Motion-gated exponential smoothing of foreground (or class) probabilities, one video's frames in order.
 
     Where the picture stays put, the map keeps ``strength`` of the previous frame's smoothed map (the rest from
     this frame's prediction), so frame-to-frame flicker averages out; the weight falls linearly to 0 as the pixel's
@@ -289,12 +289,14 @@ class TemporalSmoothing:
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (grey frame, smoothed map)
 
     def __call__(self, frame: np.ndarray, probability: np.ndarray) -> np.ndarray:
-        """``frame``: (H, W, 3) uint8; ``probability``: (H, W) in [0, 1] for it; returns the smoothed map."""
+        """``frame``: (H, W, 3) uint8; ``probability``: (H, W) in [0, 1] for it, or (K, H, W) class probabilities
+        (one weight per pixel for all classes); returns the smoothed map(s)."""
         from scipy.ndimage import uniform_filter
 
         grey = frame.astype(np.float32).mean(axis=2)
         smoothed = probability.astype(np.float32)
-        if self._previous is not None and self._previous[0].shape == grey.shape:
+        if self._previous is not None and self._previous[0].shape == grey.shape == smoothed.shape[-2:] and \
+                self._previous[1].shape == smoothed.shape:
             previous_grey, previous_map = self._previous
             change = uniform_filter(np.abs(grey - previous_grey), size=self.WINDOW, mode="nearest")
             weight = self.strength * np.clip(1 - change / self.MOTION_LEVELS, 0, 1)

@@ -95,6 +95,16 @@ def test_class_page_shows_a_legend_and_palette_indices(tmp_path):
     assert classes.mode == "P" and classes.size == (70, 50) and np.asarray(classes).max() < 3
     with pytest.raises(ValueError, match="classes model, not a foreground one"):
         demo.foreground(Image.new("RGB", (8, 8)))
+    if importlib.util.find_spec("av") is not None:  # the video section, with the [video] extra
+        from test_video import decoded, square_frame, write_video
+
+        clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(3)])
+        shown, indices = demo.classes_video(str(clip), "single", 0.5, output_dir=tmp_path / "video")
+        assert Path(shown).suffix == ".mp4" and len(decoded(Path(shown), "rgb24")[0]) == 3
+        classes_video = decoded(Path(indices))[0]
+        assert len(classes_video) == 3 and max(frame.max() for frame in classes_video) < 3
+        with pytest.raises(ValueError, match="no video"):
+            demo.classes_video(None)
 
 
 def test_prompt_page_finds_what_was_painted_or_typed():

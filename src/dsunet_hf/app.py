@@ -96,6 +96,25 @@ class Demo:
         return (overlay_with_legend(image, classes, self.model.config.id2label),
                 palette_png(classes, self.model.config.num_labels))
 
+    def classes_video(self, video: str, schedule: str | None = None, temporal_smoothing: float = 0.0,
+                      output_dir: str | Path | None = None) -> tuple[str, str]:
+        """(the frames in class colours with a legend (H.264 MP4, plays in browsers), the class-index video (FFV1
+        MKV, lossless: the gray value is the class)) for a video file, through ``predict``'s video path;
+        ``temporal_smoothing`` as ``predict --temporal-smoothing`` (class probabilities steadied where the picture
+        is still)."""
+        from .predict import predict_files
+
+        self._expect("classes")
+        if not video:
+            raise ValueError("no video: upload one first")
+        output_dir = self._video_output_dir(output_dir)
+        report = predict_files(self.model, self.processor, [video], output_dir, overlay=True, progress=False,
+                               overwrite=True, schedule=schedule or None, temporal_smoothing=temporal_smoothing)
+        if report.failed:
+            raise ValueError(next(iter(report.failed.values())))
+        stem = Path(video).stem
+        return str(output_dir / "overlays" / f"{stem}.mp4"), str(output_dir / "masks" / f"{stem}.mkv")
+
     @torch.inference_mode()
     def prompt(self, reference: Any, prompt_text: str, target: Image.Image, *more_references: Any
                ) -> tuple[Image.Image, Image.Image]:
@@ -265,6 +284,17 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                                 label="inference schedule")
             run = gr.Button("segment", variant="primary")
             run.click(errors_shown(demo.classes), [image, schedule], outputs, api_name="segment")
+            if _has_pyav():  # the [video] extra
+                with gr.Accordion("a video", open=False), gr.Row():
+                    with gr.Column():
+                        video = gr.Video(label="video")
+                        smoothing = gr.Slider(0, 0.9, value=0, step=0.1,
+                                              label="temporal smoothing (steadier labels where the picture is still)")
+                        run_video = gr.Button("segment every frame", variant="primary")
+                    with gr.Column():
+                        video_outputs = [gr.Video(label="classes"), gr.File(label="class-index video (FFV1 MKV)")]
+                run_video.click(errors_shown(demo.classes_video), [video, schedule, smoothing], video_outputs,
+                                api_name="segment_video")
         else:
             brush = gr.Brush(colors=["#ff0050"])
             with gr.Row():

@@ -263,11 +263,7 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                       api_name="segment")
             if _has_pyav():  # the [video] extra
                 with gr.Tab("video"), gr.Row():
-                    with gr.Column():
-                        video = gr.Video(label="video")
-                        smoothing = gr.Slider(0, 0.9, value=0, step=0.1,
-                                              label="temporal smoothing (less flicker where the picture is still)")
-                        run_video = gr.Button("segment every frame", variant="primary")
+                    video, smoothing, run_video = _video_inputs(gr, "less flicker where the picture is still")
                     with gr.Column():
                         video_outputs = [gr.Video(label="on the new background"), gr.File(label="mask video (MP4)"),
                                          gr.File(label="transparent video (ProRes 4444 MOV)")]
@@ -286,11 +282,7 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
             run.click(errors_shown(demo.classes), [image, schedule], outputs, api_name="segment")
             if _has_pyav():  # the [video] extra
                 with gr.Accordion("a video", open=False), gr.Row():
-                    with gr.Column():
-                        video = gr.Video(label="video")
-                        smoothing = gr.Slider(0, 0.9, value=0, step=0.1,
-                                              label="temporal smoothing (steadier labels where the picture is still)")
-                        run_video = gr.Button("segment every frame", variant="primary")
+                    video, smoothing, run_video = _video_inputs(gr, "steadier labels where the picture is still")
                     with gr.Column():
                         video_outputs = [gr.Video(label="classes"), gr.File(label="class-index video (FFV1 MKV)")]
                 run_video.click(errors_shown(demo.classes_video), [video, schedule, smoothing], video_outputs,
@@ -319,6 +311,15 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                 run_video.click(errors_shown(demo.prompt_video), [reference, prompt_text, video, track, *more],
                                 video_outputs, api_name="find_video")
     return page
+
+
+def _video_inputs(gr, smoothing_effect: str):
+    """The input column of a page's video section: the video, a temporal-smoothing slider, the button."""
+    with gr.Column():
+        video = gr.Video(label="video")
+        smoothing = gr.Slider(0, 0.9, value=0, step=0.1, label=f"temporal smoothing ({smoothing_effect})")
+        run = gr.Button("segment every frame", variant="primary")
+    return video, smoothing, run
 
 
 def _has_pyav() -> bool:

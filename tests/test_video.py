@@ -18,7 +18,7 @@ from PIL import Image
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 from dsunet_hf.predict import predict_files
-from dsunet_hf.video import read_video
+from dsunet_hf.video import TemporalSmoothing, read_video
 
 av = pytest.importorskip("av", reason="video prediction needs PyAV (the [video] extra)")
 
@@ -346,6 +346,8 @@ def test_temporal_smoothing_steadies_still_regions_without_a_trail(tmp_path):
 
 
 def test_temporal_smoothing_is_refused_where_it_has_no_meaning(tmp_path):
+    with pytest.raises(ValueError, match=r"a \(5, 5\) map for a \(4, 4\) frame"):
+        TemporalSmoothing(0.5)(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 5, 5)))
     clip = write_video(tmp_path / "clip.mkv", [square_frame(0)] * 2, codec="ffv1", pix_fmt="bgr0")
     with pytest.raises(ValueError, match=r"strength must be in \[0, 1\), got 1.0"):
         predict_files(RedChannelModel(), SegmentationImageProcessor(size=64), [clip], tmp_path / "out",

@@ -295,8 +295,9 @@ class TemporalSmoothing:
 
         grey = frame.astype(np.float32).mean(axis=2)
         smoothed = probability.astype(np.float32)
-        if self._previous is not None and self._previous[0].shape == grey.shape == smoothed.shape[-2:] and \
-                self._previous[1].shape == smoothed.shape:
+        if smoothed.shape[-2:] != grey.shape:
+            raise ValueError(f"a {smoothed.shape[-2:]} map for a {grey.shape} frame: smoothing needs them equal")
+        if self._previous is not None and self._previous[1].shape == smoothed.shape:  # else: another size, afresh
             previous_grey, previous_map = self._previous
             change = uniform_filter(np.abs(grey - previous_grey), size=self.WINDOW, mode="nearest")
             weight = self.strength * np.clip(1 - change / self.MOTION_LEVELS, 0, 1)

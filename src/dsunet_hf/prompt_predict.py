@@ -77,6 +77,15 @@ def _prompt_text(prompt: Any) -> str:
     return f"mask array {shape[1]}x{shape[0]}" if shape is not None and len(shape) == 2 else repr(prompt)
 
 
+def _read_error(path: Path) -> str | None:
+    """Why an image cannot be read, or None when it can."""
+    try:
+        load_image(path)
+    except (ImageReadError, ValueError, OSError) as error:
+        return str(error)
+    return None
+
+
 def default_threshold(model) -> float:
     """The threshold on ``segment``'s maps: ``model.prompt_threshold()`` where the model has it, else its
     ``config.score_threshold``, else 0.0 (logits)."""
@@ -187,8 +196,23 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     if track:
         PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size: before anything runs
         # Frame sequences: a folder's images in name order. Each frame's memory holds the frames before it, so a
-        # sequence with a frame left to do runs again from its first frame.
-        unfinished = {path.parent for path, _ in pending}
+        # sequence with a frame left to do runs again from its first frame; not when every frame left is one that
+        # cannot be read (it never gets a mask: the sequence would run again on every re-run).
+        left: dict[Path, list[Path]] = {}
+        for path, _ in pending:
+            left.setdefault(path.parent, []).append(path)
+        started = {Path(done).parent for done in report.skipped_existing}
+        unfinished = set()
+        for folder, paths in left.items():
+            errors = {}
+            for path in paths if folder in started else []:  # stops at the first readable frame
+                errors[str(path)] = _read_error(path)
+                if errors[str(path)] is None:
+                    break
+            if errors and all(errors.values()):
+                report.failed.update(errors)
+            else:
+                unfinished.add(folder)
         for path, name in collect_images(targets):
             if path.parent in unfinished and not is_video(path):
                 sequences.setdefault(path.parent, []).append((path, name))

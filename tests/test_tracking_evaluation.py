@@ -43,14 +43,18 @@ def test_region_and_contour_scores_follow_the_davis_definitions():
     assert jaccard(truth, different, void) == 1.0 and jaccard(truth, different) == pytest.approx(0.75)
 
 
-def write_davis(root, frames: list[np.ndarray], labels: list[np.ndarray], name: str = "blocks") -> None:
-    """A DAVIS-layout folder: JPEGImages/480p/<name>/00000.jpg..., Annotations/480p/<name>/00000.png (palette)."""
-    images, annotations = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+def write_davis(root, frames: list[np.ndarray], labels: list[np.ndarray], name: str = "blocks", level: str = "480p",
+                annotated: set[int] | None = None) -> None:
+    """A DAVIS-layout folder: JPEGImages/480p/<name>/00000.jpg..., Annotations/480p/<name>/00000.png (palette);
+    ``annotated``: only these frames' annotations (first appearances, as YouTube-VOS validation)."""
+    images, annotations = root / "JPEGImages" / level / name, root / "Annotations" / level / name
     images.mkdir(parents=True)
     annotations.mkdir(parents=True)
     palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (253 * 3)
     for index, (frame, label) in enumerate(zip(frames, labels)):
         Image.fromarray(frame).save(images / f"{index:05d}.png")  # lossless: the colour features stay exact
+        if annotated is not None and index not in annotated:
+            continue
         annotation = Image.fromarray(label, mode="P")
         annotation.putpalette(palette)
         annotation.save(annotations / f"{index:05d}.png")
@@ -72,8 +76,8 @@ def moving_blocks(count: int = 6) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_every_first_frame_object_is_tracked_and_scored(tmp_path):
     frames, labels = moving_blocks()
     write_davis(tmp_path / "davis", frames, labels)
-    [(name, frame_paths, annotation_paths)] = davis_sequences(tmp_path / "davis")
-    assert name == "blocks" and len(frame_paths) == len(annotation_paths) == 6
+    [sequence] = davis_sequences(tmp_path / "davis")
+    assert sequence.name == "blocks" and len(sequence.frames) == len(sequence.annotations) == 6 and sequence.scored
     matcher = VisualPromptMatcher(tiny_config()).eval()
     scores, per_object = evaluate_tracking(matcher, tmp_path / "davis", progress=False, feature_fn=ONE_HOT,
                                            save_dir=tmp_path / "results")
@@ -122,3 +126,59 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
               str(tmp_path / "results"), "--track-memory", "3"])
     with pytest.raises(SystemExit, match="no frame for the annotation"):
         main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])
+
+
+def appearing_blocks() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Frames where the red block (object 1) appears on frame 1 and the green one (object 2) on frame 3; the full
+    labels, and the annotations YouTube-VOS validation gives (each object on its first frame only)."""
+    frames, labels, given = [], [], []
+    for t in range(6):
+        red, green = [(1, t, 3, t + 2)] * (t >= 1), [(5, 5, 7, 7)] * (t >= 3)
+        frames.append(colour_image({RED: red, GREEN: green}))
+        label = np.zeros((SIZE, SIZE), np.uint8)
+        label[region(red)], label[region(green)] = 1, 2
+        labels.append(label)
+        given.append(np.where(label == (1 if t == 1 else 2), label, 0).astype(np.uint8))
+    return frames, labels, given
+
+
+def test_objects_join_at_their_first_appearance_and_results_go_to_the_server(tmp_path, capsys):
+    frames, labels, given = appearing_blocks()
+    root = tmp_path / "ytvos"
+    write_davis(root, frames, given, level="", annotated={1, 3})  # YouTube-VOS: no resolution level, meta.json
+    (root / "meta.json").write_text(json.dumps({"videos": {"blocks": {"objects": {}}}}))
+    [sequence] = davis_sequences(root)
+    assert len(sequence.frames) == 6 and sorted(sequence.annotations) == [1, 3] and not sequence.scored
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    with pytest.raises(ValueError, match="blocks: annotated on some frames only .* --save-predictions"):
+        evaluate_tracking(matcher, root, progress=False, feature_fn=ONE_HOT)
+    unscored: list[str] = []
+    scores, per_object = evaluate_tracking(matcher, root, progress=False, feature_fn=ONE_HOT, unscored=unscored,
+                                           save_dir=tmp_path / "results")
+    assert scores == per_object == {} and unscored == ["blocks"]
+    # YouTube-VOS's results format: Annotations/<sequence>/<frame>.png for every frame, object ids.
+    predicted = [np.asarray(Image.open(tmp_path / "results" / "Annotations" / "blocks" / f"{t:05d}.png"))
+                 for t in range(6)]
+    assert not predicted[0].any()  # before the first annotation: nothing
+    assert np.array_equal(predicted[1], labels[1])  # a prompt frame: its annotation
+    assert np.array_equal(predicted[3] == 2, labels[3] == 2)  # the new object's given mask, object 1 predicted beside it
+    for t in (2, 3, 4, 5):  # object 1 followed from frame 1, object 2 from frame 3 on
+        assert jaccard(labels[t] == 1, predicted[t] == 1) > 0.7, t
+    for t in (4, 5):
+        assert jaccard(labels[t] == 2, predicted[t] == 2) > 0.7, t
+    assert not (predicted[2] == 2).any()  # not looked for before its annotation
+
+    # The command: the results written, the sequence reported as not scored.
+    tiny_model().save_pretrained(tmp_path / "head", include_backbone=True)
+    out = tmp_path / "eval"
+    command = ["evaluate", "--model", str(tmp_path / "head"), "--data", str(root), "--output-dir", str(out),
+               "--no-progress"]
+    with pytest.raises(SystemExit, match="annotated on some frames only"):
+        main(command)
+    assert main([*command, "--save-predictions", str(tmp_path / "served")]) == 0
+    assert "1 sequence(s) annotated on their objects' first appearances only" in capsys.readouterr().out
+    written = sorted(path.name for path in (tmp_path / "served" / "ytvos" / "Annotations" / "blocks").iterdir())
+    assert written == [f"{t:05d}.png" for t in range(6)]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["results"] == {"ytvos": {}} and report["info"]["unscored_sequences"] == {"ytvos": ["blocks"]}
+    assert report["protocol"].startswith("DAVIS-2017 semi-supervised")

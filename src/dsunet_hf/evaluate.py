@@ -544,7 +544,9 @@ def add_evaluate_parser(subparsers):
                              "in each tracker's memory beside the first annotated frame (default 8)")
     parser.add_argument("--save-predictions", metavar="DIR", default=None,
                         help="tracking on a DAVIS-layout folder: also write the results in the DAVIS format "
-                             "(DIR/<dataset>/<sequence>/<frame>.png, palette object ids) for the evaluation server")
+                             "(DIR/<dataset>/<sequence>/<frame>.png, palette object ids; YouTube-VOS: "
+                             "DIR/<dataset>/Annotations/...) for the evaluation server; required where only first "
+                             "appearances are annotated (DAVIS test-dev, YouTube-VOS valid)")
     parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
                         help="visual-prompt models: the prompt made from each reference's class mask")
     parser.add_argument("--dis-metrics", action="store_true",
@@ -657,18 +659,23 @@ def run_evaluate_cli(args) -> int:
                              f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
                              else bool(getattr(processor, "do_reduce_labels", False)))
-        results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
+        results, skipped_per_dataset, sources, per_class, per_object, results_only = {}, {}, {}, {}, {}, {}
         for source in args.data:
             name = _unique(dataset_name(source), results)
             skipped: list[str] = []
             if visual_prompt is not None and is_davis_layout(source):  # videos: tracking, DAVIS J&F
+                unscored: list[str] = []
                 try:
                     results[name], per_object[name] = evaluate_tracking(
                         model, source, memory_size=track_memory, max_sequences=args.max_samples,
-                        progress=args.progress,
+                        progress=args.progress, unscored=unscored,
                         save_dir=None if args.save_predictions is None else Path(args.save_predictions) / name)
                 except ValueError as error:
                     raise SystemExit(f"evaluate: {source}: {error}") from error
+                if unscored:  # first-appearance annotations only: the benchmark's server scores the results
+                    results_only[name] = unscored
+                    print(f"{name}: {len(unscored)} sequence(s) annotated on their objects' first appearances only, "
+                          f"not scored here: results for the server in {Path(args.save_predictions) / name}")
                 sources[name], skipped_per_dataset[name] = str(source), skipped
                 continue
             dataset = (
@@ -714,6 +721,8 @@ def run_evaluate_cli(args) -> int:
             extra["per_class_iou"] = per_class
         if per_object:
             extra.update(per_object_jf=per_object, track_memory=track_memory)
+        if results_only:
+            extra["unscored_sequences"] = results_only
         if args.save_predictions is not None:
             extra["predictions"] = str(args.save_predictions)
         if multi_class:
@@ -726,7 +735,7 @@ def run_evaluate_cli(args) -> int:
     protocol = SOD_PROTOCOL
     if extra.get("per_class_iou"):
         protocol = VISUAL_PROMPT_PROTOCOL if "prompt_kind" in extra else SEMANTIC_PROTOCOL
-    if extra.get("per_object_jf"):
+    if "track_memory" in extra:
         from .tracking_evaluation import PROTOCOL as TRACKING_PROTOCOL
 
         protocol = TRACKING_PROTOCOL if not extra.get("per_class_iou") else f"{protocol}; videos: {TRACKING_PROTOCOL}"

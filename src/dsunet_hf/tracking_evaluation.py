@@ -10,11 +10,16 @@ results, written here from its definitions so that no OpenCV / scikit-image are 
 frame are left out; per frame, J is the IoU and F the boundary F-measure (boundaries one pixel wide, matched within
 ``ceil(0.008 * image diagonal)`` pixels, a disk), both ignoring void pixels (label 255); per object, the mean over
 frames (M) and the share of frames above 0.5 (recall, R); J&F = (mean J_M + mean F_M) / 2 over all objects.
+
+Sequences annotated on some frames only (YouTube-VOS validation and DAVIS test-dev give each object's mask on the
+frame where it first appears, objects may appear later) are tracked and written in the results format for the
+benchmark's server, which holds the remaining annotations: every object is followed from its first annotation on.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +31,8 @@ from .files import save_image_atomic
 from .image_io import load_image
 from .prompt_predict import PromptTracker, default_threshold, memory_kwargs
 
-__all__ = ["boundary_f_measure", "davis_sequences", "evaluate_tracking", "first_frame_objects", "is_davis_layout",
-           "jaccard"]
+__all__ = ["VideoSequence", "boundary_f_measure", "davis_sequences", "evaluate_tracking", "first_frame_objects",
+           "is_davis_layout", "is_youtube_vos", "jaccard"]
 
 VOID_LABEL = 255
 BOUNDARY_TOLERANCE = 0.008  # of the image diagonal (the toolkit's bound_th)
@@ -39,10 +44,15 @@ PROTOCOL = (
 
 
 def is_davis_layout(folder: str | Path) -> bool:
-    """A folder with ``JPEGImages/`` and ``Annotations/`` (the DAVIS layout: an annotation for every frame scored;
-    YouTube-VOS, whose validation set annotates first appearances only, is not scored this way)."""
+    """A folder with ``JPEGImages/`` and ``Annotations/``: the DAVIS layout, also YouTube-VOS's (whose validation
+    set annotates each object's first appearance only)."""
     folder = Path(folder)
     return (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir()
+
+
+def is_youtube_vos(folder: str | Path) -> bool:
+    """YouTube-VOS (a DAVIS-like layout with ``meta.json``): its server takes results under ``Annotations/``."""
+    return is_davis_layout(folder) and (Path(folder) / "meta.json").is_file()
 
 
 def _level(folder: Path) -> Path:
@@ -55,9 +65,28 @@ def _level(folder: Path) -> Path:
     return folder
 
 
-def davis_sequences(root: str | Path) -> list[tuple[str, list[Path], list[Path]]]:
-    """(name, frame paths, annotation paths) of every sequence with annotations, frames and annotations in name order
-    (one annotation per frame, matched by file stem)."""
+@dataclass
+class VideoSequence:
+    """A sequence's frames (name order) and its annotations by frame index. Every frame annotated (DAVIS train/val):
+    scored, the first annotation being the prompt. Some frames only (YouTube-VOS validation, DAVIS test-dev: each
+    object's first appearance): every annotation is a prompt, and the results go to the benchmark's server."""
+
+    name: str
+    frames: list[Path]
+    annotations: dict[int, Path]
+
+    @property
+    def scored(self) -> bool:
+        return len(self.annotations) == len(self.frames)
+
+    @property
+    def prompt_frames(self) -> list[int]:
+        return [0] if self.scored else sorted(self.annotations)
+
+
+def davis_sequences(root: str | Path) -> list[VideoSequence]:
+    """Every sequence with annotations: all its frames in name order, its annotations matched to them by file
+    stem."""
     root = Path(root)
     images, annotations = _level(root / "JPEGImages"), _level(root / "Annotations")
     sequences = []
@@ -68,12 +97,12 @@ def davis_sequences(root: str | Path) -> list[tuple[str, list[Path], list[Path]]
             continue
         if not frames_folder.is_dir():
             raise ValueError(f"{folder}: annotations without frames (no {frames_folder})")
-        frames = {path.stem: path for path in frames_folder.iterdir()
-                  if path.suffix.lower() in (".jpg", ".jpeg", ".png")}
-        missing = [mask.name for mask in masks if mask.stem not in frames]
+        frames = sorted(path for path in frames_folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        index = {path.stem: position for position, path in enumerate(frames)}
+        missing = [mask.name for mask in masks if mask.stem not in index]
         if missing:
             raise ValueError(f"{frames_folder}: no frame for the annotation(s) {', '.join(missing[:3])}")
-        sequences.append((folder.name, [frames[mask.stem] for mask in masks], masks))
+        sequences.append(VideoSequence(folder.name, frames, {index[mask.stem]: mask for mask in masks}))
     if not sequences:
         raise ValueError(f"{root}: no annotated sequence under {annotations}")
     return sequences
@@ -132,73 +161,111 @@ def first_frame_objects(labels: np.ndarray) -> list[int]:
     return [int(value) for value in np.unique(labels) if value not in (0, VOID_LABEL)]
 
 
-def _track_sequence(model, frames: list[Path], first: np.ndarray, memory_size: int,
-                    **segment_kwargs) -> list[np.ndarray]:
-    """Object-id maps of frames[1:], every object of ``first`` followed by its own tracker; overlaps to the highest
-    score."""
+def _track_sequence(model, sequence: VideoSequence, memory_size: int, **segment_kwargs) -> list[np.ndarray]:
+    """Object-id maps of every frame: each object of a prompt annotation is followed from that frame on by its own
+    tracker (prompted with its mask there; an object already followed is not prompted again); overlaps go to the
+    highest score. On a prompt frame the given masks are the result (void as background), the objects followed
+    before it predicted around them; before the first prompt, nothing."""
     threshold = default_threshold(model)
-    image = load_image(frames[0])
-    if first.shape != (image.height, image.width):
-        raise ValueError(f"{frames[0]}: the annotation is {first.shape[1]}x{first.shape[0]}, the frame "
-                         f"{image.width}x{image.height}")
-    objects = first_frame_objects(first)
-    if not objects:  # nothing to follow (the toolkit scores no object here either)
-        return [np.zeros((image.height, image.width), np.uint8) for _ in frames[1:]]
     encode_kwargs = memory_kwargs(segment_kwargs)
-    [encoding] = model.encode_frames([image], **encode_kwargs)
-    trackers = [PromptTracker(model, model.reference_memory([image], [first == obj], encodings=[encoding],
-                                                            **encode_kwargs), threshold, memory_size, **segment_kwargs)
-                for obj in objects]
+    objects: list[int] = []
+    trackers: list[PromptTracker] = []
     predictions = []
-    for path in frames[1:]:
+    prompt_frames = set(sequence.prompt_frames)
+    for index, path in enumerate(sequence.frames):
+        given, new = None, []
+        if index in prompt_frames:
+            given = read_annotation(sequence.annotations[index])
+            new = [obj for obj in first_frame_objects(given) if obj not in objects]
+        if not trackers and not new:  # nothing followed yet: no need to decode the frame
+            predictions.append(np.zeros(_frame_size(path), np.uint8))
+            continue
         frame = load_image(path)
+        if given is not None and given.shape != (frame.height, frame.width):
+            raise ValueError(f"{sequence.annotations[index]}: the annotation is {given.shape[1]}x{given.shape[0]}, "
+                             f"the frame {frame.width}x{frame.height}")
         [encoding] = model.encode_frames([frame], **encode_kwargs)  # once for every object
-        scores = np.stack([tracker.step(frame, encoding) for tracker in trackers])  # (objects, H, W)
-        best = scores.argmax(0)
-        found = np.take_along_axis(scores, best[None], 0)[0] > threshold
-        predictions.append(np.where(found, np.asarray(objects, np.uint8)[best], 0).astype(np.uint8))
+        ids = np.zeros((frame.height, frame.width), np.uint8)
+        if trackers:
+            scores = np.stack([tracker.step(frame, encoding) for tracker in trackers])  # (objects, H, W)
+            best = scores.argmax(0)
+            found = np.take_along_axis(scores, best[None], 0)[0] > threshold
+            ids = np.where(found, np.asarray(objects, np.uint8)[best], 0).astype(np.uint8)
+        if new:
+            ids = np.where(np.isin(given, new), given, ids).astype(np.uint8)
+            for obj in new:
+                memory = model.reference_memory([frame], [given == obj], encodings=[encoding], **encode_kwargs)
+                trackers.append(PromptTracker(model, memory, threshold, memory_size, **segment_kwargs))
+                objects.append(obj)
+        predictions.append(ids)
     return predictions
 
 
-def _save_results(folder: Path, annotation_paths: list[Path], first: np.ndarray,
-                  predicted: list[np.ndarray]) -> None:
-    """The sequence in the DAVIS results format: one palette PNG of object ids per frame, named as the annotations,
-    the first frame's being its annotation (void as background), in the annotations' palette."""
-    with Image.open(annotation_paths[0]) as image:
+def _frame_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image, read from its header."""
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def _save_results(folder: Path, sequence: VideoSequence, predicted: list[np.ndarray]) -> None:
+    """The sequence in the DAVIS / YouTube-VOS results format: one palette PNG of object ids per frame, named as the
+    frames, in the first annotation's palette."""
+    with Image.open(sequence.annotations[min(sequence.annotations)]) as image:
         palette = image.getpalette() if image.mode == "P" else None
-    for path, ids in zip(annotation_paths, [np.where(first == VOID_LABEL, 0, first).astype(np.uint8), *predicted]):
+    for path, ids in zip(sequence.frames, predicted):
         result = Image.fromarray(ids, mode="P")
         result.putpalette(palette or [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128])
-        save_image_atomic(result, folder / path.name)
+        save_image_atomic(result, folder / f"{path.stem}.png")
 
 
 def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequences: int | None = None,
-                      progress: bool = True, save_dir: str | Path | None = None,
+                      progress: bool = True, save_dir: str | Path | None = None, unscored: list | None = None,
                       **segment_kwargs) -> tuple[dict[str, float], dict[str, float]]:
     """DAVIS-2017 semi-supervised scores of ``model`` (a visual-prompt model) tracking every first-frame object of
-    each sequence under ``root`` (see the module docstring). Returns (``{"J&F", "J_mean", "J_recall", "F_mean",
-    "F_recall"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them). ``save_dir``: also write
-    the results as the DAVIS evaluation server takes them, ``<save_dir>/<sequence>/<frame>.png``."""
+    each fully annotated sequence under ``root`` (see the module docstring). Returns (``{"J&F", "J_mean",
+    "J_recall", "F_mean", "F_recall"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them; both
+    empty when no sequence is fully annotated). ``save_dir``: also write the results as the evaluation servers take
+    them, ``<save_dir>/<sequence>/<frame>.png`` (YouTube-VOS: ``<save_dir>/Annotations/<sequence>/...``).
+
+    Sequences annotated on some frames only (each object's first appearance: YouTube-VOS validation, DAVIS
+    test-dev) cannot be scored here: each object is followed from its first annotation on, the results are written
+    (``save_dir`` is then required) and their names appended to ``unscored``."""
     sequences = davis_sequences(root)[:max_sequences]
+    prompts_only = [sequence.name for sequence in sequences if not sequence.scored]
+    if prompts_only and save_dir is None:
+        raise ValueError(f"{', '.join(prompts_only[:3])}{' ...' if len(prompts_only) > 3 else ''}: annotated on some "
+                         f"frames only (first appearances, as YouTube-VOS validation or DAVIS test-dev), so not "
+                         f"scored here; write the results for the benchmark's server with --save-predictions")
+    if save_dir is not None and is_youtube_vos(root):
+        save_dir = Path(save_dir) / "Annotations"
     per_object: dict[str, tuple[float, float, float, float]] = {}
-    for name, frames, annotation_paths in tqdm(sequences, desc="track", unit="sequence", disable=not progress):
-        if len(frames) < 3:
-            raise ValueError(f"{name}: {len(frames)} frame(s); the protocol scores frames between the first and last")
-        truth = [read_annotation(path) for path in annotation_paths]
-        predicted = _track_sequence(model, frames, truth[0], memory_size, **segment_kwargs)
-        for path, labels, found in zip(annotation_paths[1:], truth[1:], predicted):
+    for sequence in tqdm(sequences, desc="track", unit="sequence", disable=not progress):
+        name = sequence.name
+        if sequence.scored and len(sequence.frames) < 3:
+            raise ValueError(f"{name}: {len(sequence.frames)} frame(s); the protocol scores frames between the first "
+                             f"and last")
+        predicted = _track_sequence(model, sequence, memory_size, **segment_kwargs)
+        truth = [read_annotation(sequence.annotations[index]) for index in range(len(sequence.frames))
+                 ] if sequence.scored else []
+        for labels, found, index in zip(truth, predicted, range(len(truth))):
             if labels.shape != found.shape:
-                raise ValueError(f"{path}: the annotation is {labels.shape[1]}x{labels.shape[0]}, its frame "
-                                 f"{found.shape[1]}x{found.shape[0]}")
+                raise ValueError(f"{sequence.annotations[index]}: the annotation is {labels.shape[1]}x"
+                                 f"{labels.shape[0]}, its frame {found.shape[1]}x{found.shape[0]}")
         if save_dir is not None:
-            _save_results(Path(save_dir) / name, annotation_paths, truth[0], predicted)
-        scored = list(zip(truth[1:-1], predicted[:-1]))  # the toolkit leaves out the first and last frames
+            _save_results(Path(save_dir) / name, sequence, predicted)
+        if not sequence.scored:
+            if unscored is not None:
+                unscored.append(name)
+            continue
+        scored = list(zip(truth[1:-1], predicted[1:-1]))  # the toolkit leaves out the first and last frames
         for obj in first_frame_objects(truth[0]):
             j = [jaccard(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
             f = [boundary_f_measure(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
             per_object[f"{name}_{obj}"] = (float(np.mean(j)), float(np.mean(np.asarray(j) > 0.5)),
                                            float(np.mean(f)), float(np.mean(np.asarray(f) > 0.5)))
     if not per_object:
+        if prompts_only:
+            return {}, {}
         raise ValueError(f"{root}: no object in any first annotation")
     j_mean, j_recall, f_mean, f_recall = (float(np.mean(column)) for column in zip(*per_object.values()))
     scores = {"J&F": (j_mean + f_mean) / 2, "J_mean": j_mean, "J_recall": j_recall, "F_mean": f_mean,

@@ -88,6 +88,37 @@ def test_duplicate_output_names_are_refused(images, tmp_path):
         collect_images([tmp_path / "nope"])
 
 
+def test_output_names_keep_dots_patterns_expand_folders_and_outputs_inside_inputs_are_left_out(
+        artifact, tmp_path, capsys):
+    _, model = artifact
+    shots = tmp_path / "shots"
+    for folder, name in (("day1", "photo.v1.jpg"), ("day1", "photo.v2.jpg"), ("day2", "photo.v1.jpg"),
+                         ("day2", "b" * 240 + ".jpg")):  # a name near the file system's 255-byte limit
+        (shots / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30 + len(name) % 7, 20), (200, 30, 30)).save(shots / folder / name)
+    # A pattern matching folders predicts their images, named with the folder (day1/ and day2/ both hold photo.v1).
+    out = tmp_path / "out"
+    assert cli_main(["predict", "--model", str(model), str(shots / "day*"), "--output-dir", str(out)]) == 0
+    written = sorted(str(p.relative_to(out / "masks")) for p in (out / "masks").rglob("*.png"))
+    assert written == ["day1/photo.v1.png", "day1/photo.v2.png", "day2/" + "b" * 240 + ".png", "day2/photo.v1.png"]
+    assert not list((out / "masks").rglob(".*.tmp"))
+    # The default output folder inside the input folder: a re-run does not predict the previous run's outputs.
+    inside = shots / "predictions"
+    for _ in range(2):
+        cli_main(["predict", "--model", str(model), str(shots), "--output-dir", str(inside)])
+    assert "0 written, 4 already present" in capsys.readouterr().out
+    assert sorted(p.name for p in (inside / "masks").iterdir()) == ["day1", "day2"]
+    # An output kind asked for on a re-run is written (the masks alone do not make an input done).
+    assert cli_main(["predict", "--model", str(model), str(shots), "--output-dir", str(inside), "--overlay"]) == 0
+    assert "4 written, 0 already present" in capsys.readouterr().out
+    assert len(list((inside / "overlays").rglob("*.png"))) == 4
+    # A mistyped input is one line, before the model loads.
+    with pytest.raises(SystemExit, match=r"^predict: .*nope.jpg: no such file or folder$"):
+        cli_main(["predict", "--model", str(model), str(tmp_path / "nope.jpg")])
+    with pytest.raises(SystemExit, match=r"^predict: .*\*.gif: the pattern matches no file$"):
+        cli_main(["predict", "--model", str(model), str(shots / "*.gif")])
+
+
 def test_cli_predict(artifact, images, tmp_path, capsys):
     _, folder = artifact
     code = cli_main(["predict", "--model", str(folder), str(images), "--output-dir", str(tmp_path / "cli")])
@@ -448,7 +479,7 @@ def test_writing_in_the_callers_thread_gives_the_same_outputs(artifact, images, 
         predict_files(model, processor, [images], tmp_path / "bad", progress=False, write_workers=-1)
 
 
-@pytest.mark.parametrize("command", [["predict", "--model", "{model}", "x.png"], ["app", "--model", "{model}"],
+@pytest.mark.parametrize("command", [["predict", "--model", "{model}", "."], ["app", "--model", "{model}"],
                                      ["evaluate", "--model", "{model}", "--data", "d"],
                                      ["export", "onnx", "--model", "{model}", "out"]])
 def test_a_missing_model_folder_is_one_clear_error(tmp_path, command, monkeypatch):

@@ -199,6 +199,13 @@ def test_schedule_options_reach_predict_and_are_refused_for_binary_models(tmp_pa
         masks[schedule] = np.asarray(Image.open(tmp_path / schedule / "masks" / "i0.png"))
         assert np.array_equal(masks[schedule], predict_classes(model, image, schedule))
     assert not np.array_equal(masks["single"], masks["multiscale"])
+    # --autocast reaches multi-class models too (it was ignored for them).
+    seen = []
+    segment = model.segment
+    model.segment = lambda *args: seen.append(torch.is_autocast_enabled("cpu")) or segment(*args)
+    predict_files(model, model.default_image_processor(), [rows["image"][0]], tmp_path / "bf16", progress=False,
+                  autocast_dtype=torch.bfloat16)
+    assert seen == [True]
     binary = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
     binary.save_pretrained(tmp_path / "binary", include_backbone=True)
     with pytest.raises(SystemExit, match="schedules are for multi-class models"):

@@ -42,7 +42,7 @@ def _predict_with_prompts(args) -> int:
             overlay=args.overlay, overwrite=args.overwrite, batch_size=args.batch_size, save_scores=args.save_scores,
             track=args.track, track_memory=8 if args.track_memory is None else args.track_memory, **extra,
         )
-    except (ValueError, ImportError) as error:  # a bad reference or prompt (nothing can be predicted), no PyAV
+    except (ValueError, ImportError, FileNotFoundError) as error:  # a bad reference or prompt, no PyAV
         raise SystemExit(f"predict: {error}") from error
     print(f"{report.summary()} -> {args.output_dir}")
     for path, reason in report.failed.items():
@@ -55,9 +55,13 @@ def _predict(args) -> int:
 
     from .distributed import process_state
     from .onnx_export import OnnxSegmentationModel
-    from .predict import load_model_and_processor, predict_files
+    from .predict import check_inputs, load_model_and_processor, predict_files
     from .prompt_predict import visual_prompt_model_type
 
+    try:
+        check_inputs(args.inputs)  # a mistyped path: said before a model loads
+    except FileNotFoundError as error:
+        raise SystemExit(f"predict: {error}") from error
     if args.reference:
         return _predict_with_prompts(args)
     if args.prompt:
@@ -98,7 +102,7 @@ def _predict(args) -> int:
             max_side=args.max_side, schedule=args.schedule, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
             temporal_smoothing=args.temporal_smoothing,
         )
-    except (ValueError, ImportError) as error:  # options that do not fit this model, videos without PyAV
+    except (ValueError, ImportError, FileNotFoundError) as error:  # options that do not fit, no PyAV, inputs gone
         raise SystemExit(f"predict: {error}") from error
     if not state.is_main_process:
         return 0

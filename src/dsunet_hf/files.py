@@ -28,7 +28,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     removed when it raises (for outputs written incrementally, such as a video, frame by frame)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The name's start only: a name near the file system's limit (255 bytes) plus the random part would pass it.
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
     os.close(descriptor)
     try:
         yield Path(temporary)

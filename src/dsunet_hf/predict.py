@@ -39,25 +39,32 @@ class PredictionReport:
         )
 
 
-def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
+def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
     """Expand files, folders and glob patterns into (image or video path, output name without suffix) pairs.
 
-    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide.
+    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide; a folder a
+    pattern matches keeps its own name too. Files under ``exclude`` (the output folder, when it lies inside an
+    input folder) are left out: a re-run would otherwise predict the previous run's outputs.
     """
     pairs: list[tuple[Path, Path]] = []
-    expanded: list[Path] = []
+    expanded: list[tuple[Path, bool]] = []  # (path, matched by a pattern)
     for item in inputs:
         if not Path(item).exists() and any(c in str(item) for c in "*?["):
             matches = sorted(glob.glob(str(item), recursive=True))
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            expanded += [Path(m) for m in matches if Path(m).is_file()]
+            expanded += [(Path(m), True) for m in matches if Path(m).is_file() or Path(m).is_dir()]
         else:
-            expanded.append(Path(item))
-    for item in expanded:
+            expanded.append((Path(item), False))
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    for item, matched in expanded:
         if item.is_dir():
             files = sorted(p for p in item.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
-            pairs += [(p, p.relative_to(item).with_suffix("")) for p in files]
+            root = item.resolve()
+            if excluded is not None and excluded.is_relative_to(root):
+                files = [p for p in files if not (root / p.relative_to(item)).is_relative_to(excluded)]
+            base = item.parent if matched else item
+            pairs += [(p, p.relative_to(base).with_suffix("")) for p in files]
         elif item.is_file():
             pairs.append((item, Path(item.stem)))
         else:
@@ -69,12 +76,34 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def finished_mask_path(output_dir: Path, path: Path, name: Path, semantic: bool = False) -> Path:
-    """Where an input's mask lands (its presence means the input is done): ``masks/<name>.png`` for an image;
-    for a video ``masks/<name>.mp4`` (``.mkv`` of class indices for multi-class models)."""
+def check_inputs(inputs: list[str | Path]) -> None:
+    """Raise FileNotFoundError for an input that is neither a file or folder nor a pattern matching one (cheap:
+    before a model loads)."""
+    for item in inputs:
+        if not Path(item).exists() and not (any(c in str(item) for c in "*?[") and glob.glob(str(item), recursive=True)):
+            raise FileNotFoundError(f"{item}: " + ("the pattern matches no file" if any(c in str(item) for c in "*?[")
+                                                   else "no such file or folder"))
+
+
+def output_file(name: Path, suffix: str) -> Path:
+    """An output's path from an input's name without suffix: ``name`` + ``suffix`` (not ``with_suffix``, which would
+    cut ``photo.v1`` to ``photo``)."""
+    return name.with_name(name.name + suffix)
+
+
+def output_paths(output_dir: Path, path: Path, name: Path, kinds: list[str], semantic: bool = False) -> list[Path]:
+    """Where an input's outputs of each kind land: ``<kind>/<name>.png`` for an image (``scores``: ``.npy``); for
+    a video ``<kind>/<name>.mp4`` (a multi-class model's masks: ``.mkv`` of class indices). An input is done when
+    all of them exist (so a run interrupted between two of an input's outputs, or a re-run asking for one more
+    kind, writes what is missing)."""
     if is_video(path):
-        return video_output_path(output_dir, "classes" if semantic else "masks", name)
-    return Path(output_dir) / "masks" / name.with_suffix(".png")
+        return [video_output_path(output_dir, "classes" if semantic and kind == "masks" else kind, name)
+                for kind in kinds]
+    return [Path(output_dir) / kind / output_file(name, ".npy" if kind == "scores" else ".png") for kind in kinds]
+
+
+def is_finished(output_dir: Path, path: Path, name: Path, kinds: list[str], semantic: bool = False) -> bool:
+    return all(output.exists() for output in output_paths(output_dir, path, name, kinds, semantic))
 
 
 def overlay_image(image: Image.Image, probability: np.ndarray, color=(255, 0, 80), alpha: float = 0.5):
@@ -295,7 +324,7 @@ def _collate(items: list[dict]) -> dict:
 
 def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path, kinds: list[str],
                           options: OutputOptions) -> str:
-    name = item["name"].with_suffix(".png")
+    name = output_file(item["name"], ".png")
     for kind in kinds:
         save_image_atomic(Image.fromarray(render_output(kind, item["image"], probability, options)),
                           output_dir / kind / name)
@@ -404,9 +433,10 @@ def predict_files(
     state = process_state(device)
     output_dir = Path(output_dir)
     report = PredictionReport()
-    images = collect_images(inputs)  # on every process, so that a bad input raises everywhere, not only on one
+    images = collect_images(inputs, exclude=output_dir)  # on every process, so that a bad input raises everywhere, not only on one
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
-    pending, report.skipped_existing = _pending_inputs(images, output_dir, semantic, overwrite, state)
+    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (background is not None)
+    pending, report.skipped_existing = _pending_inputs(images, output_dir, kinds, semantic, overwrite, state)
     _check_prediction_options(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
         crop_margin=crop_margin, foreground_only={"cutout": cutout, "background": background is not None,
@@ -421,10 +451,12 @@ def predict_files(
 
         import_av()  # a missing [video] extra is one clear error before anything runs
     backdrop = background if background is None or isinstance(background, Backdrop) else Backdrop(background)
-    kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (backdrop is not None)
     options = OutputOptions(threshold=threshold, colors=cutout_colors, backdrop=backdrop, device=device)
 
     input_size = input_size_function(processor, resolution, max_side)
+
+    def precision():
+        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
     def probabilities_of(inputs: dict) -> list[np.ndarray]:
         """The model's foreground probabilities for one batch of processor outputs, at the original sizes."""
@@ -432,8 +464,7 @@ def predict_files(
                         for k, v in inputs.items() if k.endswith("pixel_values")}
         if channels_last:
             pixel_values = {k: v.contiguous(memory_format=torch.channels_last) for k, v in pixel_values.items()}
-        precision = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with precision:
+        with precision():
             logits = model(**pixel_values).logits
         probabilities = processor.post_process_probabilities(logits.float(), target_sizes=inputs["original_sizes"])
         return [probability.cpu().numpy() for probability in probabilities]
@@ -456,8 +487,13 @@ def predict_files(
         video_kinds = ["classes"] + ["overlays"] * overlay
 
         def video_steps_for_one_video():  # class probabilities smoothed here (a fresh memory per video)
-            classes_of = (smoothed_class_predictor(model, schedule, temporal_smoothing) if temporal_smoothing
-                          else lambda frames: [predict_classes(model, f, schedule) for f in frames])
+            predict = (smoothed_class_predictor(model, schedule, temporal_smoothing) if temporal_smoothing
+                       else lambda frames: [predict_classes(model, f, schedule) for f in frames])
+
+            def classes_of(frames):
+                with precision():
+                    return predict(frames)
+
             return (lambda frames: frames, classes_of,
                     lambda kind, frame, classes: render_class_output(model, kind, frame, classes))
     else:
@@ -504,8 +540,9 @@ def predict_files(
                     from .semantic import predict_classes, write_class_outputs
 
                     for item in good:
-                        write_class_outputs(model, item["image"], predict_classes(model, item["image"], schedule), output_dir,
-                                            item["name"], overlay)
+                        with precision():
+                            classes = predict_classes(model, item["image"], schedule)
+                        write_class_outputs(model, item["image"], classes, output_dir, item["name"], overlay)
                         written(str(item["path"]))
                     continue
                 probabilities = foreground_maps([item["image"] for item in good],
@@ -535,15 +572,15 @@ def predict_files(
     return report
 
 
-def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, semantic: bool, overwrite: bool,
-                    state) -> tuple[list[tuple[Path, Path]], list[str]]:
+def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, kinds: list[str], semantic: bool,
+                    overwrite: bool, state) -> tuple[list[tuple[Path, Path]], list[str]]:
     """The (path, name) pairs still to predict and the paths whose outputs are already there, listed by the main
     process and sent to every other: a process that scanned the output folder after another one had started
     writing would see different "already present" files and split a different list."""
     pending, skipped_existing = [], []
     if state.is_main_process:
         for path, name in images:
-            if finished_mask_path(output_dir, path, name, semantic).exists() and not overwrite:
+            if not overwrite and is_finished(output_dir, path, name, kinds, semantic):
                 skipped_existing.append(str(path))
             else:
                 pending.append((path, name))

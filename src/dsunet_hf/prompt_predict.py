@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic, save_npy_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
-from .predict import PredictionReport, collect_images, finished_mask_path, overlay_image
+from .predict import PredictionReport, collect_images, is_finished, output_file, overlay_image
 from .prompts import as_prompt, reference_mask
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
@@ -183,8 +183,11 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     output_dir = Path(output_dir)
     report = PredictionReport()
     pending, videos = [], []
-    for path, name in collect_images(targets):
-        if finished_mask_path(output_dir, path, name).exists() and not overwrite:
+    kinds = ["masks"] + ["overlays"] * overlay + ["scores"] * save_scores  # done when all are there
+    video_kinds = ["masks"] + ["overlays"] * overlay
+    target_files = collect_images(targets, exclude=output_dir)
+    for path, name in target_files:
+        if not overwrite and is_finished(output_dir, path, name, video_kinds if is_video(path) else kinds):
             report.skipped_existing.append(str(path))
         else:
             (videos if is_video(path) else pending).append((path, name))
@@ -213,7 +216,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
                 report.failed.update(errors)
             else:
                 unfinished.add(folder)
-        for path, name in collect_images(targets):
+        for path, name in target_files:
             if path.parent in unfinished and not is_video(path):
                 sequences.setdefault(path.parent, []).append((path, name))
         report.skipped_existing = [p for p in report.skipped_existing if Path(p).parent not in unfinished]
@@ -225,10 +228,10 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
 
     def write_outputs(path: Path, name: Path, image: Image.Image, score: np.ndarray) -> None:
         mask = score > threshold
-        png = name.with_suffix(".png")
+        png = output_file(name, ".png")
         save_image_atomic(Image.fromarray(mask.astype(np.uint8) * 255), output_dir / "masks" / png)
         if save_scores:
-            save_npy_atomic(score.astype(np.float32), output_dir / "scores" / name.with_suffix(".npy"))
+            save_npy_atomic(score.astype(np.float32), output_dir / "scores" / output_file(name, ".npy"))
         if overlay:
             panel = prompt_panel(list(zip(reference_images, masks)), image, mask)
             save_image_atomic(panel, output_dir / "overlays" / png)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance
 
 from .image_io import load_image, load_label_map
-from .predict import device_and_dtype
+from .predict import device_and_dtype, output_file
 
 
 def _normalise(image: Image.Image, processor) -> torch.Tensor:
@@ -267,7 +267,7 @@ def render_class_output(model, kind: str, frame: Image.Image, classes: np.ndarra
 def write_class_outputs(model, image: Image.Image, classes: np.ndarray, output_dir, name, overlay: bool) -> None:
     from .files import save_image_atomic
 
-    save_image_atomic(palette_png(classes, model.config.num_labels), output_dir / "masks" / name.with_suffix(".png"))
+    save_image_atomic(palette_png(classes, model.config.num_labels), output_dir / "masks" / output_file(name, ".png"))
     if overlay:
         legend = overlay_with_legend(image, classes, model.config.id2label)
-        save_image_atomic(legend, output_dir / "overlays" / name.with_suffix(".png"))
+        save_image_atomic(legend, output_dir / "overlays" / output_file(name, ".png"))

@@ -80,7 +80,8 @@ def is_video(path: str | Path) -> bool:
 def video_output_path(output_dir: str | Path, kind: str, name: Path) -> Path:
     """Where a video's ``kind`` output (masks, classes, overlays, cutouts, composites) goes:
     ``<output_dir>/<folder>/<name>.<ext>``, the folder being the kind's name (``masks`` for ``classes``)."""
-    return Path(output_dir) / OUTPUT_FOLDERS.get(kind, kind) / name.with_suffix("." + OUTPUT_FORMATS[kind].extension)
+    # name + extension (not with_suffix: "clip.take1" would become "clip")
+    return Path(output_dir) / OUTPUT_FOLDERS.get(kind, kind) / name.with_name(f"{name.name}.{OUTPUT_FORMATS[kind].extension}")
 
 
 def import_av():

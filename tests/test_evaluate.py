@@ -420,6 +420,7 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     fake = types.ModuleType("dsunet_hf.data")
     fake.load_segmentation_dataset = lambda source, split=None, **kw: data[source]
     fake.dataset_name = lambda source: f"name-{source}"
+    fake.dropped_files = lambda dataset: {}
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     loaded = {}
 
@@ -439,4 +440,5 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     assert list(payload["results"]) == ["name-setA", "name-setB"]
     assert payload["results"]["name-setB"] == by_hand(model, processor, samples[2:3], minmax_normalize=False)
     assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
+    assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
     assert "name-setA" in capsys.readouterr().out

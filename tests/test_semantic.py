@@ -100,6 +100,20 @@ def test_cli_predict_and_evaluate_a_semantic_model(rows, tmp_path, capsys):
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert "mIoU" in report["results"]["data"] and set(report["info"]["per_class_iou"]["data"]) == {"a", "b", "c"}
     assert "per-class IoU" in capsys.readouterr().out
+    # A truncated image (its header reads) is skipped, not fatal; an image without a mask was left out when the
+    # data loaded: the report names both and counts what was scored.
+    count = len(rows["image"])
+    whole = (data / "images" / "0.png").read_bytes()
+    (data / "images" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    shutil.copy(data / "masks" / "0.png", data / "masks" / "truncated.png")
+    shutil.copy(data / "images" / "0.png", data / "images" / "unpaired.png")
+    assert cli_main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--output-dir",
+                     str(tmp_path / "eval-bad")]) == 0
+    info = json.loads((tmp_path / "eval-bad" / "evaluation.json").read_text())["info"]
+    skipped = info["skipped"]["data"]
+    assert len(skipped) == 2 and "truncated.png" in skipped[0] and "unpaired.png" in skipped[1]
+    assert not skipped[0].endswith("(left out when loading)") and skipped[1].endswith("(left out when loading)")
+    assert info["evaluated_samples"] == {"data": count}
 
 
 def test_crops_avoid_a_dominant_class_when_they_can():

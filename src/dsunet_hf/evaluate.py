@@ -630,7 +630,7 @@ def run_evaluate_cli(args) -> int:
     elif args.model is None or not args.data:
         raise SystemExit("evaluate: give --model and at least one --data, or --predictions and --ground-truth")
     else:
-        from .data import dataset_name, load_segmentation_dataset
+        from .data import dataset_name, dropped_files, load_segmentation_dataset
         from .predict import load_model_and_processor
         from .tracking_evaluation import evaluate_tracking, is_davis_layout
 
@@ -659,7 +659,8 @@ def run_evaluate_cli(args) -> int:
                              f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
                              else bool(getattr(processor, "do_reduce_labels", False)))
-        results, skipped_per_dataset, sources, per_class, per_object, results_only = {}, {}, {}, {}, {}, {}
+        results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
+        results_only, evaluated = {}, {}  # tracking sequences for a server; samples scored per dataset
         for source in args.data:
             name = _unique(dataset_name(source), results)
             skipped: list[str] = []
@@ -698,7 +699,7 @@ def run_evaluate_cli(args) -> int:
                 from .semantic import evaluate_semantic
 
                 semantic = evaluate_semantic(model, dataset, schedule=args.schedule, max_samples=args.max_samples,
-                                             reduce_zero_label=reduce_zero_label)
+                                             reduce_zero_label=reduce_zero_label, skipped=skipped)
                 per_class[name] = semantic.pop("per_class_iou")
                 results[name] = semantic
             else:
@@ -709,10 +710,16 @@ def run_evaluate_cli(args) -> int:
                     resolution=args.resolution, max_side=args.max_side, num_workers=args.num_workers,
                     metric_workers=metric_workers,
                 )
+            if visual_prompt is None:  # (visual prompts count queries, in their scores)
+                requested = len(dataset) if args.max_samples is None else min(args.max_samples, len(dataset))
+                evaluated[name] = requested - len(skipped)
+            # Files the loader left out (unpaired, unreadable, sizes differ) are not scored either: say so.
+            skipped += [f"{path}: {reason} (left out when loading)" for path, reason in dropped_files(dataset).items()]
             sources[name], skipped_per_dataset[name] = str(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
-                 "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset}
+                 "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,
+                 "evaluated_samples": evaluated}
         if args.crop_refine:
             extra.update(crop_refine=True, crop_margin=args.crop_margin)
         if args.resolution == "native":

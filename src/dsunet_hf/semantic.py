@@ -9,6 +9,7 @@ Like the binary transform, every random choice is a function of (seed, epoch, sa
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance
 
-from .image_io import load_image, load_label_map
+from .image_io import ImageReadError, load_image, load_label_map
 from .predict import device_and_dtype, output_file
+
+logger = logging.getLogger(__name__)
 
 
 def _normalise(image: Image.Image, processor) -> torch.Tensor:
@@ -83,11 +86,14 @@ class SemanticSegmentationTransform:
                 break
         return top, left
 
-    def _example(self, image: Image.Image, labels: np.ndarray, sample_id: int, names: str = "") -> dict:
+    @staticmethod
+    def check_sizes(image: Image.Image, labels: np.ndarray, where: str) -> None:
         if labels.shape != (image.height, image.width):
-            where = names or f"sample {sample_id}"
             raise ValueError(f"{where}: label map is {labels.shape[1]}x{labels.shape[0]} but the image is "
                              f"{image.width}x{image.height}")
+
+    def _example(self, image: Image.Image, labels: np.ndarray, sample_id: int, names: str = "") -> dict:
+        self.check_sizes(image, labels, names or f"sample {sample_id}")
         if self.num_labels is not None:
             classes = labels[labels != self.ignore_index]
             if classes.size and (classes.min() < 0 or classes.max() >= self.num_labels):
@@ -136,9 +142,11 @@ def _name(source) -> str:
 
 @torch.no_grad()
 def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zero_label: bool = False,
-                      max_samples: int | None = None) -> dict:
+                      max_samples: int | None = None, skipped: list[str] | None = None) -> dict:
     """Dataset-level mIoU / per-class IoU (with label names) / pixel accuracy, at each label's original size.
-    ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet)."""
+    ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet). A sample whose
+    image or label map cannot be read, or whose sizes differ, is skipped with a warning (``"<files>: <reason>"``
+    appended to ``skipped``); a class outside the model's is an error (a setting, e.g. --reduce-zero-label)."""
     from .metrics import SemanticSegmentationMetrics
 
     config = model.config
@@ -152,15 +160,32 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
     was_training = model.training
     model.eval()
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    for index in range(count):
-        row = dataset[index]
-        labels = load_label_map(row["mask"])  # raw; the metric applies reduce_zero_label itself
-        example = transform._example(load_image(row["image"]), labels, index, f"{_name(row['mask'])} / {_name(row['image'])}")
-        pixels = example["pixel_values"][None].to(device=device, dtype=dtype)
-        probabilities = model.segment(pixels, schedule)
-        probabilities = F.interpolate(probabilities.float(), size=labels.shape, mode="bilinear", align_corners=False)
-        metrics.update(probabilities.argmax(1)[0].cpu().numpy(), labels)
-    model.train(was_training)
+    skipped_here = []
+    try:
+        for index in range(count):
+            row = dataset[index]
+            names = f"{_name(row['mask'])} / {_name(row['image'])}"
+            try:
+                labels = load_label_map(row["mask"])  # raw; the metric applies reduce_zero_label itself
+                image = load_image(row["image"])
+                transform.check_sizes(image, labels, names)
+            except (ImageReadError, ValueError, OSError) as error:
+                logger.warning("skipping %s", error)
+                skipped_here.append(str(error) if names in str(error) else f"{names}: {error}")
+                continue
+            example = transform._example(image, labels, index, names)
+            pixels = example["pixel_values"][None].to(device=device, dtype=dtype)
+            probabilities = model.segment(pixels, schedule)
+            probabilities = F.interpolate(probabilities.float(), size=labels.shape, mode="bilinear",
+                                          align_corners=False)
+            metrics.update(probabilities.argmax(1)[0].cpu().numpy(), labels)
+    finally:
+        model.train(was_training)
+    if skipped is not None:
+        skipped.extend(skipped_here)
+    if len(skipped_here) == count:
+        raise ValueError(f"no sample could be evaluated ({count} requested, all skipped; the first: "
+                         f"{skipped_here[0] if skipped_here else 'none'})")
     result = metrics.compute()
     names = [config.id2label[i] for i in range(config.num_labels)]
     result["per_class_iou"] = dict(zip(names, result["per_class_iou"]))

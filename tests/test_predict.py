@@ -78,6 +78,9 @@ def test_threshold_writes_binary_masks(artifact, images, tmp_path):
                   threshold=0.5, progress=False)
     values = set(np.unique(np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"))))
     assert values <= {0, 255}
+    with pytest.raises(ValueError, match="threshold=128: it applies to the foreground probabilities, between 0 and 1"):
+        predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), [images / "a.jpg"], tmp_path / "bad",
+                      threshold=128, progress=False)
 
 
 def test_duplicate_output_names_are_refused(images, tmp_path):

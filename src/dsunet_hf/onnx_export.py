@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import write_json_atomic
 from .finetune import lora_merged
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
@@ -273,7 +274,7 @@ def export_onnx(
     report.versions = package_versions("dsunet-hf", "torch", "onnx", "onnxscript", "onnxruntime")
     model.config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    (output_dir / "onnx_export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    write_json_atomic(output_dir / "onnx_export.json", asdict(report))
     onnx_model_card(output_dir).save(output_dir / "README.md")
     return report
 

@@ -439,7 +439,7 @@ def predict_files(
     pending, report.skipped_existing = _pending_inputs(images, output_dir, kinds, semantic, overwrite, state)
     _check_prediction_options(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
-        crop_margin=crop_margin, foreground_only={"cutout": cutout, "background": background is not None,
+        crop_margin=crop_margin, threshold=threshold, foreground_only={"cutout": cutout, "background": background is not None,
                                                   "threshold": threshold is not None,
                                                   "minmax_normalize": minmax_normalize, "crop_refine": crop_refine})
     if temporal_smoothing:
@@ -592,10 +592,13 @@ def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, kinds: li
 
 
 def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors: str, resolution: str,
-                              schedule: str | None, crop_margin: float, foreground_only: dict[str, bool]) -> None:
+                              schedule: str | None, crop_margin: float, threshold: float | None,
+                              foreground_only: dict[str, bool]) -> None:
     """Refuse option combinations the model cannot honour, before anything runs."""
     if cutout_colors not in CUTOUT_COLORS:
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
+    if threshold is not None and not 0 <= threshold <= 1:  # e.g. 128 meant on the 0..255 masks: all black
+        raise ValueError(f"threshold={threshold}: it applies to the foreground probabilities, between 0 and 1")
     if semantic and any(foreground_only.values()):
         raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
                          f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")

@@ -285,6 +285,24 @@ def official_base(tmp_path, offline_hub):
     return sha
 
 
+def test_official_weights_take_the_from_pretrained_arguments(official_base):
+    """dtype / torch_dtype, output_loading_info and merge_lora are honoured on official weights too; any other
+    argument is refused rather than dropped."""
+    fields = dict(backbone="swin_v1_t", backbone_config=TINY_SWIN, image_size=SIZE)
+    model, info = BiRefNetForImageSegmentation.from_pretrained(
+        "test-org/tiny-birefnet", dtype=torch.bfloat16, output_loading_info=True, **fields
+    )
+    assert model.dtype == torch.bfloat16 and info["missing_keys"] == info["unexpected_keys"] == []
+    half = BiRefNetForImageSegmentation.from_pretrained("test-org/tiny-birefnet", torch_dtype="float16", **fields)
+    assert half.dtype == torch.float16
+    lora = BiRefNetForImageSegmentation.from_pretrained(
+        "test-org/tiny-birefnet", finetune_strategy="lora", merge_lora=True, **fields
+    )
+    assert lora.lora_is_merged
+    with pytest.raises(TypeError, match="device_mapp"):
+        BiRefNetForImageSegmentation.from_pretrained("test-org/tiny-birefnet", device_mapp="cpu", **fields)
+
+
 def test_official_hub_repo_loads_directly(official_base):
     from dsunet_hf.predict import load_model_and_processor
 

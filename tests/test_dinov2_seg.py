@@ -125,9 +125,7 @@ def test_full_size_official_head_converts_with_voc_labels(tmp_path):
 
 
 def test_push_and_pull(tmp_path, offline_hub):
-    torch.manual_seed(1)
-    Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14)).save_pretrained(tmp_path / "dino")
-    offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
+    add_tiny_dinov2(offline_hub, tmp_path)
     model = Dinov2ForSemanticSegmentation.from_pretrained_backbones(tiny())
     randomized(model, head_only=True).push_to_hub("me/dinov2-seg-tiny", metrics={"mIoU": 0.5}, dataset_names=["toy"])
     card = next((offline_hub.repo_dir("me/dinov2-seg-tiny") / "snapshots").iterdir()) / "README.md"
@@ -137,6 +135,58 @@ def test_push_and_pull(tmp_path, offline_hub):
     x = torch.randn(1, 3, 42, 56)
     with torch.no_grad():
         assert torch.equal(model(x).logits, pulled(x).logits)
+
+
+def add_tiny_dinov2(offline_hub, tmp_path) -> Dinov2Model:
+    torch.manual_seed(1)
+    dino = Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14))
+    dino.save_pretrained(tmp_path / "dino")
+    offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
+    return dino
+
+
+def test_lora_model_loads_the_plain_backbone_and_round_trips(tmp_path, offline_hub):
+    """LoRA wraps the DINOv2 linears (``q_proj.base_layer``, ``lora_A``...): the plain checkpoint still loads into
+    them, LoRA left at its init; a saved LoRA artifact brings its LoRA tensors back on top of the backbone."""
+    dino = add_tiny_dinov2(offline_hub, tmp_path)
+    model = Dinov2ForSemanticSegmentation.from_pretrained_backbones(tiny(finetune_strategy="lora"))
+    assert torch.equal(model.backbone.encoder_state_dict()["encoder.layer.0.attention.q_proj.weight"],
+                       dino.state_dict()["encoder.layer.0.attention.q_proj.weight"])
+    assert not model.backbone.encoder.encoder.layer[0].attention.q_proj.lora_B.default.weight.any()  # B = 0 start
+    randomized(model)  # LoRA and head trained; the frozen backbone is perturbed too, so reset it from the repo
+    model.load_frozen_backbones()
+    model.save_pretrained(tmp_path / "lora")
+    loaded = Dinov2ForSemanticSegmentation.from_pretrained(tmp_path / "lora")
+    lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert lora and all(torch.equal(v, loaded.state_dict()[k]) for k, v in lora.items())
+    x = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, loaded(x).logits)
+
+
+def test_repush_keeps_the_ade20k_processor(tmp_path, offline_hub):
+    """push_to_hub() without a processor re-publishes the one the model was loaded with (do_reduce_labels)."""
+    add_tiny_dinov2(offline_hub, tmp_path)
+    processor = SegmentationImageProcessor(size=56, do_reduce_labels=True)
+    Dinov2ForSemanticSegmentation.from_pretrained_backbones(tiny()).push_to_hub("me/ade", image_processor=processor)
+    Dinov2ForSemanticSegmentation.from_pretrained("me/ade").push_to_hub("me/ade-copy")
+    assert SegmentationImageProcessor.from_pretrained("me/ade-copy").do_reduce_labels
+
+
+@pytest.mark.parametrize("strategy, include_backbone, expected", [
+    ("frozen", False, "This repository holds the head only"),
+    ("frozen", True, "This repository is **self-contained**: the head ("),
+    ("lora", False, "This repository holds the head and LoRA only"),
+    ("lora", True, "This repository is **self-contained**: the head and LoRA ("),
+    ("full", False, "This repository holds the **whole network**, the DINOv2 backbone included"),
+])
+def test_card_says_what_the_artifact_holds(tmp_path, strategy, include_backbone, expected):
+    Dinov2ForSemanticSegmentation(tiny(finetune_strategy=strategy)).save_pretrained(
+        tmp_path / "m", include_backbone=include_backbone)
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert expected in card
+    assert ("frozen backbone loads from" in card) == (not include_backbone and strategy != "full")
+    assert ("frozen patch tokens" in card) == (strategy == "frozen")
 
 
 def test_upstream_position_interpolation_uses_the_scale_factor_rule():

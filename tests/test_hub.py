@@ -83,3 +83,69 @@ def test_backbone_config_override_at_load_time(trained_model, tmp_path, offline_
     local_trunk = write_transformers_trunk_repo(tmp_path / "local-trunk", tiny_hiera(seed=5))
     loaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", backbone_repo_id=str(local_trunk))
     assert torch.equal(loaded.backbone.encoder.pos_embed, tiny_hiera(seed=5).pos_embed)
+
+
+def test_save_pretrained_writes_the_processor_its_card_uses(trained_model, tmp_path):
+    """The card's usage (AutoImageProcessor, the pipeline) reads the processor from the saved folder."""
+    from PIL import Image
+    from transformers import pipeline
+
+    trained_model.save_pretrained(tmp_path / "m")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "m")
+    assert isinstance(processor, SegmentationImageProcessor)
+    assert processor.to_dict() == trained_model.default_image_processor().to_dict()
+    segments = pipeline("image-segmentation", model=str(tmp_path / "m"))(Image.new("RGB", (90, 70), (200, 30, 30)))
+    assert {s["label"] for s in segments} <= {"background", "foreground"} and segments[0]["mask"].size == (90, 70)
+
+    SegmentationImageProcessor(size=32).save_pretrained(tmp_path / "m")  # saved there on purpose: kept
+    trained_model.save_pretrained(tmp_path / "m")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "m").size == {"height": 32, "width": 32}
+    trained_model.save_pretrained(tmp_path / "m", image_processor=SegmentationImageProcessor(size=96))  # given: written
+    assert AutoImageProcessor.from_pretrained(tmp_path / "m").size == {"height": 96, "width": 96}
+
+
+def test_push_without_a_processor_keeps_the_one_the_model_was_loaded_with(trained_model, offline_hub):
+    trained_model.push_to_hub("me/first", image_processor=SegmentationImageProcessor(size=96))
+    AutoModelForImageSegmentation.from_pretrained("me/first").push_to_hub("me/again")
+    assert AutoImageProcessor.from_pretrained("me/again").size == {"height": 96, "width": 96}
+    trained_model.push_to_hub("me/new")  # built here, loaded from nowhere: the default
+    assert AutoImageProcessor.from_pretrained("me/new").to_dict() == trained_model.default_image_processor().to_dict()
+
+
+@pytest.mark.parametrize("strategy, include_backbone, expected, absent", [
+    ("adapter", False, ["**only the trainable part**", "SAM 2 Hiera trunk (frozen)"], ["self-contained"]),
+    ("adapter", True, ["**self-contained**", "frozen SAM 2 Hiera trunk (from [`test-org/tiny-hiera`]"],
+     ["only the trainable part", "loaded from its own repository"]),
+    ("full", False, ["**whole network**", "fine-tuned whole", "started from [`test-org/tiny-hiera`]"],
+     ["only the trainable part", "loaded from its own repository", "(frozen)", "a frozen SAM 2"]),
+])
+def test_card_says_what_the_artifact_holds(offline_hub, tmp_path, strategy, include_backbone, expected, absent):
+    offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "trunk", tiny_hiera()))
+    model = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(finetune_strategy=strategy))
+    model.save_pretrained(tmp_path / "m", include_backbone=include_backbone)
+    card = (tmp_path / "m" / "README.md").read_text()
+    for text in expected:
+        assert text in card, text
+    for text in absent:
+        assert text not in card, text
+
+
+def test_nan_metrics_stay_out_of_the_model_index(tmp_path):
+    """The model-index cannot hold NaN (a metric undefined on the data): such values show in the table only."""
+    import json
+
+    from huggingface_hub import ModelCard
+
+    from dsunet_hf.hub import add_evaluation_to_card, add_validation_results_to_card
+
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# model\n")
+    add_validation_results_to_card(tmp_path, {"mIoU": 0.5, "mAcc": float("nan")}, "toy", "toy", model_name="m")
+    assert [r.metric_name for r in ModelCard.load(tmp_path / "README.md").data.eval_results] == ["mIoU"]
+    report = {"results": {"ECSSD": {"S-measure": 0.9, "MAE": float("nan")}}, "info": {"split": "test"}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(report))
+    card = add_evaluation_to_card(tmp_path, [tmp_path / "evaluation.json"])
+    assert {(r.dataset_name, r.metric_name) for r in card.data.eval_results} == {("toy", "mIoU"), ("ECSSD", "S-measure")}
+    text = (tmp_path / "README.md").read_text()
+    assert "nan" not in text.split("---")[1].lower()  # the YAML header
+    (row,) = [line for line in text.splitlines() if line.startswith("| ECSSD |")]
+    assert "| 0.900 |" in row and "| nan |" in row

@@ -389,14 +389,16 @@ def test_train_command_runs_resumes_and_the_artifact_loads(tmp_path):
     assert [m.shape for m in masks] == [(48, 56), (48, 56)]
 
 
-def test_push_and_pull_through_the_offline_hub(tmp_path, offline_hub):
+@pytest.mark.parametrize("strategy", ["frozen", "lora"])
+def test_push_and_pull_through_the_offline_hub(tmp_path, offline_hub, strategy):
     torch.manual_seed(1)
     Dinov2Model(Dinov2Config(**TINY_DINO)).save_pretrained(tmp_path / "dino")
     offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
-    model = VisualPromptForSegmentation.from_pretrained_backbones(tiny_config())
+    # lora: the plain DINOv2 checkpoint loads into the LoRA-wrapped linears.
+    model = VisualPromptForSegmentation.from_pretrained_backbones(tiny_config(finetune_strategy=strategy))
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if not name.startswith("backbone."):
+        for parameter in model.parameters():
+            if parameter.requires_grad:  # the head, and LoRA under `lora`
                 parameter.add_(torch.randn_like(parameter) * 0.05)
     model.eval().push_to_hub("me/visual-prompt-tiny", metrics={"mIoU": 0.5}, dataset_names=["shapes"])
     snapshot = next((offline_hub.repo_dir("me/visual-prompt-tiny") / "snapshots").iterdir())
@@ -405,7 +407,8 @@ def test_push_and_pull_through_the_offline_hub(tmp_path, offline_hub):
     from safetensors import safe_open
 
     with safe_open(str(snapshot / "model.safetensors"), "pt") as handle:
-        assert not any(key.startswith("backbone.") for key in handle.keys())
+        backbone_keys = [key for key in handle.keys() if key.startswith("backbone.")]
+    assert all("lora_" in key for key in backbone_keys) and bool(backbone_keys) == (strategy == "lora")
     pulled = AutoModel.from_pretrained("me/visual-prompt-tiny")
     assert pulled.config.dino_backbone_revision == model.config.dino_backbone_revision
     x, ref, mask = torch.randn(2, 3, SIDE, SIDE), torch.randn(2, 1, 3, SIDE, SIDE), torch.ones(2, 1, SIDE, SIDE)

@@ -385,7 +385,7 @@ def test_config_only_artifact_round_trips(tmp_path, offline_hub):
     model = VisualPromptMatcher.from_pretrained_backbones(tiny_config(matching="bidirectional", threshold=0.1))
     assert model.config.dino_backbone_revision == sha  # pinned to the exact commit
     model.save_pretrained(tmp_path / "matcher")
-    assert sorted(p.name for p in (tmp_path / "matcher").iterdir()) == ["README.md", "config.json"]
+    assert sorted(p.name for p in (tmp_path / "matcher").iterdir()) == ["README.md", "config.json", "preprocessor_config.json"]
     saved = json.loads((tmp_path / "matcher" / "config.json").read_text())
     assert saved["model_type"] == "visual_prompt_matcher" and saved["dino_backbone_revision"] == sha
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from importlib import resources
@@ -140,6 +141,11 @@ def eval_result(dataset: str, source: str, split: str | None, metric: str, value
     )
 
 
+def _is_finite_number(value) -> bool:
+    """A metric the model-index can hold: NaN (e.g. a metric undefined on the data) is not valid there."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def add_validation_results_to_card(folder: str | os.PathLike, metrics: dict, dataset: str, source: str,
                                    model_name: str) -> None:
     """Put a training run's validation ``metrics`` into the card in ``folder`` as model-index results (split
@@ -148,7 +154,7 @@ def add_validation_results_to_card(folder: str | os.PathLike, metrics: dict, dat
     card_path = Path(folder) / "README.md"
     card = ModelCard.load(card_path)
     card.data.eval_results = [eval_result(dataset, source, "validation", metric, value)
-                              for metric, value in metrics.items() if isinstance(value, (int, float))]
+                              for metric, value in metrics.items() if _is_finite_number(value)]
     card.data.model_name = model_name
     card.save(card_path)
 
@@ -158,7 +164,8 @@ def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.Pat
     """Fold ``dsunet-hf evaluate`` reports (``evaluation.json``) into the model card in ``folder``: the Hub's
     ``model-index`` results (shown on the model page; one entry per dataset and metric, Hub dataset ids where
     the data came from the Hub) and a section with the table, the protocol and the versions. Results for a
-    dataset and metric already on the card are replaced. Writes ``README.md`` back and returns the card."""
+    dataset and metric already on the card are replaced; NaN values (a metric undefined on the data) appear in
+    the table only, as the model-index cannot hold them. Writes ``README.md`` back and returns the card."""
     from .evaluate import format_table
     from .files import write_text_atomic
 
@@ -168,21 +175,24 @@ def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.Pat
         raise ValueError(f"{folder}: no README.md model card (save the model with save_pretrained first)")
     card = ModelCard.load(card_path)
     loaded = [_read_evaluation_report(Path(path)) for path in reports]
-    results = {}
+    reported = {}  # (dataset, metric) -> (value, source, split); a later report wins
     for report in loaded:
         sources = report.get("info", {}).get("data") or {}
         split = report.get("info", {}).get("split")
         for dataset, metrics in report["results"].items():
-            source = str(sources.get(dataset, ""))
             for metric, value in metrics.items():
-                results[(dataset, metric)] = eval_result(dataset, source, split, metric, value)
+                reported[(dataset, metric)] = (value, str(sources.get(dataset, "")), split)
     kept = [result for result in (card.data.eval_results or [])
-            if (result.dataset_name, result.metric_name) not in results]
-    card.data.eval_results = kept + list(results.values())
+            if (result.dataset_name, result.metric_name) not in reported]
+    card.data.eval_results = kept + [eval_result(dataset, source, split, metric, value)
+                                     for (dataset, metric), (value, source, split) in reported.items()
+                                     if _is_finite_number(value)] or None  # NaN only in the table below
     card.data.model_name = card.data.model_name or model_name or folder.resolve().name
     table: dict[str, dict[str, float]] = {}  # every result on the card, the earlier ones included
-    for result in card.data.eval_results:
+    for result in kept:
         table.setdefault(result.dataset_name, {})[result.metric_name] = result.metric_value
+    for (dataset, metric), (value, _, _) in reported.items():
+        table.setdefault(dataset, {})[metric] = value
     section = [_EVALUATION_BEGIN, "## Benchmark results (`dsunet-hf evaluate`)", "", format_table(table), ""]
     for report in loaded:
         section += [f"{', '.join(report['results'])}: protocol {report.get('protocol', 'see evaluation.json')}; "

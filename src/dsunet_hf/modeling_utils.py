@@ -91,6 +91,21 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     enable()
 
 
+def pop_dtype(kwargs: dict) -> torch.dtype | None:
+    """``from_pretrained``'s ``dtype`` (or its older name ``torch_dtype``), popped from ``kwargs``, as a torch dtype;
+    None when absent or ``"auto"`` (the weights' float32), for loaders that build the model themselves."""
+    dtype, legacy = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+    dtype = legacy if dtype is None else dtype
+    if isinstance(dtype, str):
+        dtype = None if dtype == "auto" else getattr(torch, dtype)
+    return dtype
+
+
+def clean_loading_info() -> dict[str, list]:
+    """``output_loading_info``'s answer from a loader that checks every tensor strictly (so nothing to report)."""
+    return {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not belong to this architecture/configuration."""
 
@@ -248,9 +263,11 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         return (model, info) if want_info else model
 
     # --- saving and publishing ----------------------------------------------------------------------
-    def save_pretrained(self, save_directory, *args, include_backbone: bool = False, **kwargs):
+    def save_pretrained(self, save_directory, *args, include_backbone: bool = False, image_processor=None, **kwargs):
         """Write ``config.json``, ``model.safetensors`` (trainable tensors only unless
-        ``include_backbone=True``: a self-contained copy for offline use) and a model card ``README.md``."""
+        ``include_backbone=True``: a self-contained copy for offline use), a model card ``README.md`` and the
+        image processor ``preprocessor_config.json``: ``image_processor`` when given, else (only where the folder
+        has none yet) the one this model was loaded with (see :meth:`source_image_processor`)."""
         card_kwargs = kwargs.pop("model_card_kwargs", None) or {}
         if "state_dict" not in kwargs and not include_backbone:
             kwargs["state_dict"] = self.trainable_state_dict()
@@ -263,15 +280,40 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"LoRA is merged into {_preview(merged)}: saving them would apply LoRA twice "
                                  f"when loaded; save the model before merge_lora(), or without include_backbone")
         # Recorded in config.json so that from_pretrained knows not to fetch the backbone repos.
-        self.config.backbone_weights_included = include_backbone or self.config.finetune_strategy == "full"
+        backbone_included = include_backbone or self.config.finetune_strategy == "full"
+        self.config.backbone_weights_included = backbone_included
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             del self.config.backbone_weights_included
         if kwargs.get("is_main_process", True):
-            self.model_card(**card_kwargs).save(os.path.join(save_directory, "README.md"))
+            card = self.model_card(**card_kwargs, backbone_included=backbone_included)
+            card.save(os.path.join(save_directory, "README.md"))
+            # The card's usage (AutoImageProcessor, pipeline) reads the processor from the same folder; one that is
+            # there already was saved on purpose and stays.
+            if image_processor is None and not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
+                image_processor = self.source_image_processor()
+            if image_processor is not None:
+                image_processor.save_pretrained(save_directory)
+
+    def source_image_processor(self):
+        """The image processor saved beside the artifact this model was loaded from (e.g. an ADE20K head's
+        ``do_reduce_labels``), else :meth:`default_image_processor`."""
+        from transformers import AutoImageProcessor
+
+        default = self.default_image_processor()
+        source = self.name_or_path
+        if source and (os.path.isdir(source) or looks_like_hub_id(source)):
+            try:
+                loaded = AutoImageProcessor.from_pretrained(source)
+            except (OSError, ValueError):  # no preprocessor_config.json there, or not reachable now
+                return default
+            if isinstance(loaded, type(default)):  # not another library's (e.g. an official repo's remote code)
+                return loaded
+        return default
 
     def model_card(self, metrics: dict | None = None, dataset_names: list[str] | None = None, **extra) -> ModelCard:
+        """The filled model card; ``extra`` reaches :meth:`render_card` (``repo_id``, ``backbone_included``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -286,12 +328,17 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         )
 
     def render_card(self, template: str, card_data: ModelCardData, *, metrics: dict | None = None,
-                    dataset_names: list[str] | None = None, repo_id: str | None = None, **variables) -> ModelCard:
+                    dataset_names: list[str] | None = None, repo_id: str | None = None,
+                    backbone_included: bool | None = None, **variables) -> ModelCard:
         """Render ``model_cards/<template>`` with what every card shows (repo, config, parameter counts, what
-        trains, metrics, data sets) plus the model's own ``variables``."""
+        trains, metrics, data sets, whether the artifact holds the backbone weights: ``backbone_included``,
+        default: only under strategy ``full``) plus the model's own ``variables``."""
         trainable, total = parameter_counts(self)
+        if backbone_included is None:
+            backbone_included = self.config.finetune_strategy == "full"
         return render_model_card(
             template, card_data, repo_id=repo_id or "path/to/this-model", config=self.config,
+            backbone_included=backbone_included,
             trainable_params=f"{trainable:,}", total_params=f"{total:,}",
             trainable_percent=f"{100 * trainable / max(total, 1):.2f}", summary=trainable_summary(self),
             metrics=metrics or {}, dataset_names=list(dataset_names or []), **variables,
@@ -313,21 +360,20 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         evaluation_reports: list[str] | None = None,
         **kwargs,
     ) -> str:
-        """Push the trainable-only artifact, its image processor and a filled model card in one commit;
-        ``evaluation_reports`` (``dsunet-hf evaluate``'s ``evaluation.json`` files) put benchmark results on the
-        card (see :func:`dsunet_hf.hub.add_evaluation_to_card`).
+        """Push the trainable-only artifact, its image processor (``image_processor``, else the one the model was
+        loaded with, else the default) and a filled model card in one commit; ``evaluation_reports``
+        (``dsunet-hf evaluate``'s ``evaluation.json`` files) put benchmark results on the card (see
+        :func:`dsunet_hf.hub.add_evaluation_to_card`).
 
         (transformers' own ``push_to_hub`` would replace our card with a generic one.)
         """
-        if image_processor is None:
-            image_processor = self.default_image_processor()
         with tempfile.TemporaryDirectory(prefix="dsunet-hf-push-") as folder:
             self.save_pretrained(
                 folder,
                 include_backbone=include_backbone,
+                image_processor=image_processor,  # None: the processor the model was loaded with, else the default
                 model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id},
             )
-            image_processor.save_pretrained(folder)
             if evaluation_reports:
                 add_evaluation_to_card(folder, evaluation_reports, model_name=repo_id.split("/")[-1])
             return upload_folder_to_hub(

@@ -184,14 +184,21 @@ class DINOv2Backbone(nn.Module):
         height, width = pixel_values.shape[-2:]
         return [self._to_map(self.encoder.layernorm(tokens[i]), height, width) for i in indices]
 
+    def _plain_names(self) -> dict[str, str]:
+        """Plain ``Dinov2Model`` name -> the encoder's own key: peft's ``.base_layer`` level dropped, LoRA's own
+        tensors left out (strategy ``lora``; they are the artifact's, not the checkpoint's)."""
+        return {key.replace(".base_layer.", "."): key for key in self.encoder.state_dict() if "lora_" not in key}
+
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's tensors under plain (transformers-5) ``Dinov2Model`` names."""
-        return dict(self.encoder.state_dict())
+        own = self.encoder.state_dict()
+        return {plain: own[key] for plain, key in self._plain_names().items()}
 
     def load_encoder_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load plain ``Dinov2Model`` weights strictly: any missing/unexpected key or shape changes nothing."""
+        """Load plain ``Dinov2Model`` weights strictly into the (possibly LoRA'd) encoder: any missing/unexpected
+        key or shape changes nothing; LoRA tensors keep their values."""
         load_state_dict_strictly(
-            self.encoder, state_dict, source,
+            self.encoder, state_dict, source, self._plain_names(),
             what="a DINOv2 encoder of this size", expected_by="this DINOv2 config", size_hint="(wrong size preset?)",
         )
 

@@ -26,7 +26,9 @@ from ...modeling_utils import (
     SegmentationOutput,
     SegmentationPreTrainedModel,
     check_pixel_values,
+    clean_loading_info,
     labels_like,
+    pop_dtype,
     run_backbone,
 )
 from ...modules.aspp import ASPP, ASPPDeformable, norm_2d
@@ -400,13 +402,32 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """A dsunet-hf BiRefNet artifact, or (detected by its config) an official BiRefNet repo, folder or
-        weights file, which goes through ``from_official``."""
+        weights file, which goes through ``from_official``: there ``revision``, ``variant`` (the BiRefNet
+        variant), config fields, ``dtype`` / ``torch_dtype``, ``merge_lora`` and ``output_loading_info`` apply;
+        any other argument is refused (``TypeError``)."""
         from ...convert.birefnet import is_official_birefnet_source
 
-        if is_official_birefnet_source(pretrained_model_name_or_path, kwargs.get("revision")):
-            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.config_class().to_dict()}
-            return cls.from_official(pretrained_model_name_or_path, revision=kwargs.get("revision"), **overrides)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if not is_official_birefnet_source(pretrained_model_name_or_path, kwargs.get("revision")):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        merge = kwargs.pop("merge_lora", False)
+        dtype = pop_dtype(kwargs)
+        revision, variant = kwargs.pop("revision", None), kwargs.pop("variant", None)
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.config_class().to_dict()}
+        # Underscored arguments are transformers' own bookkeeping (_from_auto, _from_pipeline, ...).
+        refused = sorted(k for k in kwargs if not k.startswith("_"))
+        if model_args or refused:
+            raise TypeError(
+                f"{pretrained_model_name_or_path} holds official BiRefNet weights, loaded by from_official, which "
+                f"does not take {refused or list(model_args)}; it takes revision, variant, config fields, dtype, "
+                "merge_lora and output_loading_info (convert the weights with `dsunet-hf convert birefnet` for the rest)"
+            )
+        model = cls.from_official(pretrained_model_name_or_path, variant=variant, revision=revision, **overrides)
+        if merge:
+            model.merge_lora()  # in float32, before the cast (as predict does)
+        if dtype is not None:
+            model.to(dtype)
+        return (model, clean_loading_info()) if want_info else model
 
     # --- base weights -------------------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:
@@ -457,7 +478,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
                   "dsunet-hf", f"finetune-{config.finetune_strategy}"],
         )
         return self.render_card("birefnet.md", card_data, metrics=metrics, dataset_names=dataset_names,
-                                repo_id=repo_id)
+                                repo_id=repo_id, **extra)
 
 
 __all__ = ["BiRefNetForImageSegmentation", "BiRefNetOutput", "image_to_patch_channels", "grey_laplacian"]

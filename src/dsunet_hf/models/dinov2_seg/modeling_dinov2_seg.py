@@ -155,7 +155,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
             tags=["semantic-segmentation", "dinov2", "dsunet-hf", f"head-{config.head_type}"],
         )
         return self.render_card("dinov2_seg.md", card_data, metrics=metrics, dataset_names=dataset_names,
-                                repo_id=repo_id, labels=[config.id2label[i] for i in sorted(config.id2label)])
+                                repo_id=repo_id, labels=[config.id2label[i] for i in sorted(config.id2label)], **extra)
 
     # --- frozen backbone --------------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:

@@ -123,7 +123,8 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
             dataset_names=dataset_names,
             tags=["image-segmentation", "dsunet", "sam2", "dinov2", "dsunet-hf", f"finetune-{config.finetune_strategy}"],
         )
-        return self.render_card("dsunet.md", card_data, metrics=metrics, dataset_names=dataset_names, repo_id=repo_id)
+        return self.render_card("dsunet.md", card_data, metrics=metrics, dataset_names=dataset_names, repo_id=repo_id,
+                                **extra)
 
 
 __all__ = ["DSUNetForImageSegmentation", "DSUNetOutput"]

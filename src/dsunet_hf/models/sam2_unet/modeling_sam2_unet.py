@@ -119,7 +119,7 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
             tags=["image-segmentation", "sam2-unet", "sam2", "dsunet-hf", f"finetune-{config.finetune_strategy}"],
         )
         return self.render_card("sam2_unet.md", card_data, metrics=metrics, dataset_names=dataset_names,
-                                repo_id=repo_id)
+                                repo_id=repo_id, **extra)
 
 
 __all__ = ["Sam2UNetForImageSegmentation", "Sam2UNetOutput"]

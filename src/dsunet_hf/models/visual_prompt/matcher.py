@@ -38,7 +38,7 @@ from transformers.utils import logging
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...image_io import load_image
-from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values
+from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
 from ...prompts import reference_mask
 from .configuration_visual_prompt import VisualPromptMatcherConfig
 
@@ -515,7 +515,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         """
         original = dict(kwargs)
         want_info = kwargs.pop("output_loading_info", False)
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        dtype = pop_dtype(kwargs)
         config = kwargs.pop("config", None)
         if config is None:
             config, unused = cls.config_class.from_pretrained(
@@ -532,13 +532,10 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             model = cls(config)
         model.to_empty(device="cpu")
         model.load_frozen_backbones()
-        if isinstance(dtype, str) and dtype != "auto":
-            dtype = getattr(torch, dtype)
-        if isinstance(dtype, torch.dtype):
+        if dtype is not None:
             model.to(dtype)
         model.eval()
-        info = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        return (model, info) if want_info else model
+        return (model, clean_loading_info()) if want_info else model
 
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
         from huggingface_hub import ModelCard

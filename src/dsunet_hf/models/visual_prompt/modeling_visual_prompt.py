@@ -476,4 +476,4 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
     # --- card ------------------------------------------------------------------------------------------
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
         return self.render_card("visual_prompt.md", self.card_data([], dataset_names), metrics=metrics,
-                                dataset_names=dataset_names, repo_id=repo_id)
+                                dataset_names=dataset_names, repo_id=repo_id, **extra)

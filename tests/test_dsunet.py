@@ -169,7 +169,32 @@ def test_converter_loads_the_upstream_layout_exactly(tmp_path):
     sam, dino = inputs()
     with torch.no_grad():
         assert torch.equal(model(sam, dino).logits, converted(sam, dino).logits)
+    # The command: sizes read from the tensors (this tiny trunk is no published size: one clear line), options
+    # that do not apply refused, another decoder width named by tensor.
+    from dsunet_hf.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match=r"^convert dsunet: .*DGSUNet-50.pth: a Hiera trunk of width 16 with 5 "
+                                         r"blocks matches no preset$"):
+        cli_main(["convert", "dsunet", str(tmp_path / "DGSUNet-50.pth"), str(tmp_path / "cli")])
+    with pytest.raises(SystemExit, match=r"^convert dsunet: --variant do\(es\) not apply to this kind$"):
+        cli_main(["convert", "dsunet", str(tmp_path / "DGSUNet-50.pth"), str(tmp_path / "cli"), "--variant", "x"])
+    with pytest.raises(ValueError, match=r"tensors of another size: .*\(the model's"):
+        convert_dsunet_checkpoint(tmp_path / "DGSUNet-50.pth", tmp_path / "out3",
+                                  config=tiny_config(decoder_channels=8))
     upstream["stray.weight"] = torch.zeros(1)
     torch.save(upstream, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="stray.weight"):
         convert_dsunet_checkpoint(tmp_path / "bad.pth", tmp_path / "out2", config=tiny_config())
+
+
+@pytest.mark.parametrize("dino", [(1024, 24, "large"), (768, 12, "base")])
+def test_converter_reads_the_backbone_sizes_from_the_tensors(dino):
+    from dsunet_hf.convert.dsunet import infer_dsunet_presets
+
+    width, depth, preset = dino
+    shapes = {"backbone_sam.encoder.patch_embed.projection.weight": (144, 3, 7, 7),
+              "backbone_dino.encoder.embeddings.patch_embeddings.projection.weight": (width, 3, 14, 14)}
+    shapes.update({f"backbone_sam.encoder.blocks.{i}.mlp.weight": (1,) for i in range(48)})  # Hiera-L: 2+6+36+4
+    shapes.update({f"backbone_dino.encoder.encoder.layer.{i}.norm1.weight": (1,) for i in range(depth)})
+    tensors = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    assert infer_dsunet_presets(tensors) == ("large", preset)

@@ -112,52 +112,81 @@ def _predict(args) -> int:
     return 1 if report.failed else 0  # non-zero: some inputs could not be read (listed above)
 
 
+# Which convert options each kind takes (the rest are refused, not silently ignored).
+_CONVERT_OPTIONS = {
+    "sam2-unet": {"backbone_repo_id", "backbone_revision", "include_backbone"},
+    "dsunet": {"backbone_repo_id", "backbone_revision", "dino_backbone_repo_id", "dino_backbone_revision",
+               "include_backbone"},
+    "dinov2-head": {"backbone_repo_id", "backbone_revision"},
+    "sam2-hiera": set(),
+    "birefnet": {"variant", "config_overrides"},  # always self-contained (the backbone is part of the weights)
+}
+
+
 def _convert(args) -> int:
+    given = [name for name in ("backbone_repo_id", "backbone_revision", "dino_backbone_repo_id",
+                               "dino_backbone_revision", "include_backbone", "variant", "config_overrides")
+             if getattr(args, name) not in (None, False)]
+    refused = [name for name in given if name not in _CONVERT_OPTIONS[args.kind]]
+    if refused:
+        raise SystemExit(f"convert {args.kind}: {', '.join('--' + n.replace('_', '-') for n in refused)} do(es) not "
+                         f"apply to this kind")
+    try:
+        summary = _convert_checkpoint(args)
+    except (ValueError, OSError, RuntimeError) as error:  # a missing file, not such a checkpoint, another size
+        raise SystemExit(f"convert {args.kind}: {error}") from error
+    print(f"converted {args.source} -> {args.output} ({summary})")
+    return 0
+
+
+def _convert_checkpoint(args) -> str:
+    """Convert ``args.source`` as ``args.kind``; returns a one-line summary of what was written."""
+    from .finetune import parameter_counts, trainable_summary
+
     if args.kind == "sam2-unet":
         from .convert.sam2_unet import convert_sam2_unet_checkpoint
-        from .finetune import trainable_summary
 
         model = convert_sam2_unet_checkpoint(
             args.source, args.output, backbone_repo_id=args.backbone_repo_id,
             backbone_revision=args.backbone_revision, include_backbone=args.include_backbone,
         )
-        print(f"converted {args.source} -> {args.output} ({trainable_summary(model)})")
-    elif args.kind == "dinov2-head":
+        return trainable_summary(model)
+    if args.kind == "dinov2-head":
         from .convert.dinov2_head import convert_dinov2_head_checkpoint
 
-        model = convert_dinov2_head_checkpoint(args.source, args.output)
-        print(f"converted {args.source} -> {args.output} ({model.config.head_type} head, "
-              f"{model.config.num_labels} classes)")
-    elif args.kind == "dsunet":
+        model = convert_dinov2_head_checkpoint(args.source, args.output, backbone_repo_id=args.backbone_repo_id,
+                                               backbone_revision=args.backbone_revision)
+        return f"{model.config.head_type} head, {model.config.num_labels} classes"
+    if args.kind == "dsunet":
         from .convert.dsunet import convert_dsunet_checkpoint
-        from .finetune import trainable_summary
 
-        model = convert_dsunet_checkpoint(args.source, args.output, include_backbone=args.include_backbone)
-        print(f"converted {args.source} -> {args.output} ({trainable_summary(model)})")
-    elif args.kind == "birefnet":
+        model = convert_dsunet_checkpoint(
+            args.source, args.output, include_backbone=args.include_backbone,
+            sam_backbone_repo_id=args.backbone_repo_id, sam_backbone_revision=args.backbone_revision,
+            dino_backbone_repo_id=args.dino_backbone_repo_id, dino_backbone_revision=args.dino_backbone_revision,
+        )
+        return trainable_summary(model)
+    if args.kind == "birefnet":
         from .convert.birefnet import convert_birefnet_checkpoint
-        from .finetune import parameter_counts
 
         try:
             overrides = json.loads(args.config_overrides) if args.config_overrides else {}
         except json.JSONDecodeError as error:
-            raise SystemExit(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
+            raise ValueError(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
         model = convert_birefnet_checkpoint(args.source, args.output, variant=args.variant, **overrides)
-        print(f"converted {args.source} -> {args.output} (BiRefNet {model.config.backbone}, "
-              f"{parameter_counts(model)[1]:,} parameters, self-contained)")
-    else:  # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
-        from transformers import Sam2HieraDetModel
+        return f"BiRefNet {model.config.backbone}, {parameter_counts(model)[1]:,} parameters, self-contained"
+    # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
+    from transformers import Sam2HieraDetModel
 
-        from .backbones.hiera import hiera_config, infer_hiera_preset
-        from .convert.sam2 import trunk_state_dict_from_sam2_checkpoint
+    from .backbones.hiera import hiera_config, infer_hiera_preset
+    from .convert.sam2 import trunk_state_dict_from_sam2_checkpoint
 
-        state_dict = trunk_state_dict_from_sam2_checkpoint(args.source)
-        preset = infer_hiera_preset(state_dict, str(args.source))
-        trunk = Sam2HieraDetModel(hiera_config(preset))
-        trunk.load_state_dict(state_dict, strict=True)
-        trunk.save_pretrained(args.output)
-        print(f"converted {args.source} -> {args.output} (Hiera {preset}, {len(state_dict)} tensors)")
-    return 0
+    state_dict = trunk_state_dict_from_sam2_checkpoint(args.source)
+    preset = infer_hiera_preset(state_dict, str(args.source))
+    trunk = Sam2HieraDetModel(hiera_config(preset))
+    trunk.load_state_dict(state_dict, strict=True)
+    trunk.save_pretrained(args.output)
+    return f"Hiera {preset}, {len(state_dict)} tensors"
 
 
 def _push(args) -> int:
@@ -433,9 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="SAM2UNet-*.pth, DGSUNet-*.pth, dinov2_*_head.pth, Meta's sam2*_hiera_*.pt, "
                                         "or official BiRefNet weights (Hub id, folder, .safetensors/.pth)")
     convert.add_argument("output", help="output folder")
-    convert.add_argument("--backbone-repo-id", default=None, help="default: Meta's SAM 2.0 repo of the size")
-    convert.add_argument("--backbone-revision", default=None)
-    convert.add_argument("--include-backbone", action="store_true", help="write a self-contained copy")
+    convert.add_argument("--backbone-repo-id", default=None,
+                         help="sam2-unet, dsunet (the SAM 2 trunk), dinov2-head: the frozen backbone's repo; default: "
+                              "Meta's of the size (SAM 2.0 for SAM2-UNet, SAM 2.1 for DSU-Net, DINOv2)")
+    convert.add_argument("--backbone-revision", default=None, help="its revision (pinned to the commit once loaded)")
+    convert.add_argument("--dino-backbone-repo-id", default=None,
+                         help="dsunet: the DINOv2 repo; default: Meta's of the size")
+    convert.add_argument("--dino-backbone-revision", default=None, help="dsunet: its revision")
+    convert.add_argument("--include-backbone", action="store_true",
+                         help="sam2-unet, dsunet: write a self-contained copy")
     convert.add_argument("--variant", default=None, help="birefnet: official variant (BiRefNet, BiRefNet_lite, "
                                                        "BiRefNet_HR, ...); default: from the name")
     convert.add_argument("--config-overrides", default=None, help="birefnet: JSON of extra config fields")

@@ -201,12 +201,26 @@ def variant_for_source(source: str | Path) -> str | None:
     return None
 
 
+def official_variant_name(name: str) -> str:
+    """The official spelling of a variant name given in any case, with - or _ (``birefnet-lite`` ->
+    ``BiRefNet_lite``); a ValueError listing the variants otherwise."""
+    from ..models.birefnet.configuration_birefnet import VARIANTS
+
+    def key(text: str) -> str:
+        return text.lower().replace("-", "_")
+
+    for variant in VARIANTS:
+        if key(variant) == key(name):
+            return variant
+    raise ValueError(f"unknown BiRefNet variant {name!r}; the official ones: {', '.join(VARIANTS)}")
+
+
 def birefnet_config_for_weights(source, state_dict: dict, variant: str | None = None, **overrides):
     """A ``BiRefNetConfig`` for official weights: the named (or recognised) variant, with the backbone and
     BatchNorm read from the tensors (they win over the variant when they disagree)."""
     from ..models.birefnet.configuration_birefnet import VARIANTS, BiRefNetConfig
 
-    variant = variant or variant_for_source(source)
+    variant = official_variant_name(variant) if variant else variant_for_source(source)
     fields = dict(VARIANTS[variant][0]) if variant else {}
     if is_official_layout(state_dict):
         if "backbone_config" in overrides:  # a custom-size backbone: only BatchNorm is read from the tensors

@@ -21,11 +21,12 @@ HEAD_KEYS = {f"decode_head.{k}" for k in ("bn.weight", "bn.bias", "bn.running_me
 
 
 def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, preset: str | None = None,
-                                   id2label: dict[int, str] | None = None, reduce_zero_label: bool | None = None):
+                                   id2label: dict[int, str] | None = None, reduce_zero_label: bool | None = None,
+                                   backbone_repo_id: str | None = None, backbone_revision: str | None = None):
     """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name, ``id2label`` to the
     VOC names for 21 classes and the ADE20K names for 150 (other counts are named ``class_<i>``), and
     ``reduce_zero_label`` (recorded as the processor's ``do_reduce_labels``) to True for the 150-class ADE20K
-    heads (labels 1..150, 0 = other)."""
+    heads (labels 1..150, 0 = other). The backbone repo defaults to Meta's of the size."""
     from ..models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
     from ..models.dinov2_seg.configuration_dinov2_seg import ADE20K_LABELS, VOC_LABELS
 
@@ -46,7 +47,8 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
     if id2label is None:
         known = {21: VOC_LABELS, 150: ADE20K_LABELS}
         id2label = dict(enumerate(known[num_labels])) if num_labels in known else {i: f"class_{i}" for i in range(num_labels)}
-    config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=dinov2_hub_repo(preset),
+    config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=backbone_repo_id or dinov2_hub_repo(preset),
+                             backbone_revision=backbone_revision,
                              head_type="linear" if channels == hidden else "multilayer", id2label=id2label)
     model = Dinov2ForSemanticSegmentation(config)
     full = {**{k: v for k, v in model.state_dict().items() if not k.startswith("decode_head.")}, **state_dict}

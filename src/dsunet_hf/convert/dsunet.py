@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..backbones.dinov2 import convert_dinov2_hub_state_dict
+from ..backbones.dinov2 import DINOV2_PRESETS, convert_dinov2_hub_state_dict, dinov2_hub_repo
+from ..backbones.hiera import hiera_hub_repo, infer_hiera_preset
 from . import save_converted_model
 from .sam2 import read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
@@ -57,11 +58,35 @@ def convert_dsunet_state_dict(state_dict: dict[str, torch.Tensor], source: str =
     return converted
 
 
-def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config=None, include_backbone: bool = False):
+def infer_dsunet_presets(converted: dict[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, str]:
+    """(Hiera preset, DINOv2 preset) of a converted state dict, from the trunks' widths and depths (upstream
+    DGSUNet takes other SAM 2 configs and DINOv2 sizes than the paper's L + L)."""
+    trunk = {k[len("backbone_sam.encoder."):]: v for k, v in converted.items() if k.startswith("backbone_sam.encoder.")}
+    sam_preset = infer_hiera_preset(trunk, source)
+    width = converted["backbone_dino.encoder.embeddings.patch_embeddings.projection.weight"].shape[0]
+    depth = len({k.split(".")[4] for k in converted if k.startswith("backbone_dino.encoder.encoder.layer.")})
+    for name, preset in DINOV2_PRESETS.items():
+        if preset["hidden_size"] == width and preset["num_hidden_layers"] == depth:
+            return sam_preset, name
+    raise ValueError(f"{source}: a DINOv2 of width {width} with {depth} blocks matches no preset")
+
+
+def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config=None, include_backbone: bool = False,
+                              sam_backbone_repo_id: str | None = None, sam_backbone_revision: str | None = None,
+                              dino_backbone_repo_id: str | None = None, dino_backbone_revision: str | None = None):
     """Convert ``DGSUNet-*.pth`` into an artifact folder; strict: missing/unexpected tensors are named.
 
-    ``config`` defaults to the paper's model (SAM 2.1 Hiera-L + DINOv2-L)."""
+    ``config`` defaults to the sizes the checkpoint's tensors show (the paper's: SAM 2.1 Hiera-L + DINOv2-L), with
+    the backbone repos given or Meta's of those sizes (SAM 2.1, what DSU-Net trains from)."""
     from ..models.dsunet import DSUNetConfig, DSUNetForImageSegmentation
 
     converted = convert_dsunet_state_dict(read_torch_checkpoint(source), str(source))
-    return save_converted_model(DSUNetForImageSegmentation(config or DSUNetConfig()), converted, source, output_dir, include_backbone)
+    if config is None:
+        sam_preset, dino_preset = infer_dsunet_presets(converted, str(source))
+        config = DSUNetConfig(
+            sam_preset=sam_preset, sam_backbone_repo_id=sam_backbone_repo_id or hiera_hub_repo(sam_preset, "2.1"),
+            sam_backbone_revision=sam_backbone_revision, dino_preset=dino_preset,
+            dino_backbone_repo_id=dino_backbone_repo_id or dinov2_hub_repo(dino_preset),
+            dino_backbone_revision=dino_backbone_revision,
+        )
+    return save_converted_model(DSUNetForImageSegmentation(config), converted, source, output_dir, include_backbone)

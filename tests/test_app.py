@@ -132,6 +132,10 @@ def test_prompt_page_finds_what_was_painted_or_typed():
         demo.prompt(editor_value, "", target, {"background": reference, "layers": []})
     with pytest.raises(ValueError, match="no image"):
         demo.prompt(reference, "point:3,3", None)
+    # A typed mask path would read the server's files (a public Space): refused, whether the file exists or not.
+    for text in ("mask:/etc/hostname", "/no/such/mask.png"):
+        with pytest.raises(ValueError, match="paint a mask on the reference instead of naming a file"):
+            demo.prompt(reference, text, target)
 
 
 def test_video_tab_gives_a_composite_a_mask_video_and_a_transparent_one(tmp_path):

@@ -142,6 +142,9 @@ def test_composite_puts_the_estimated_foreground_on_a_new_background():
 def test_backdrop_colours_and_images_scaled_to_cover(tmp_path):
     assert Backdrop("white").color == (255, 255, 255) and Backdrop("#00b140").color == (0, 177, 64)
     assert Backdrop(" 0, 177 ,64").color == (0, 177, 64)
+    # What Gradio's colour picker sends (some 5.x versions: rgba() with fractional components).
+    assert Backdrop("rgb(102, 0, 71)").color == (102, 0, 71) and Backdrop("#abc").color == (170, 187, 204)
+    assert Backdrop("rgba(49.83, 105.87, 134.61, 1)").color == (50, 106, 135)
     assert Backdrop((1, 2, 3)).pixels(4, 2).shape == (2, 4, 3)
     for bad in ("no-such-colour", "300,0,0", "1,2"):
         with pytest.raises(ValueError, match="background"):

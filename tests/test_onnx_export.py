@@ -421,6 +421,18 @@ def test_dynamic_size_is_refused_where_the_graph_would_be_wrong(tmp_path):
     with pytest.raises(ValueError, match="must be checked at other sizes"):
         export_onnx(model, model.default_image_processor(), tmp_path / "onnx", dynamic_size=True, check=False)
     assert not (tmp_path / "onnx").exists()  # refused before the output folder is made
+    # A DINOv2 head runs windows of its crop size: a fixed graph of another size would fit none of them.
+    from test_dinov2_seg import tiny
+
+    from dsunet_hf import Dinov2ForSemanticSegmentation
+
+    head = Dinov2ForSemanticSegmentation(tiny())
+    with pytest.raises(ValueError, match=r"size 42: Dinov2ForSemanticSegmentation runs windows of its crop size \(56\)"):
+        export_onnx(head, head.default_image_processor(), tmp_path / "onnx", size=42)
+    with pytest.raises(ValueError, match=r"size \(64, 80\): Sam2UNetForImageSegmentation takes heights and widths "
+                                         r"that are multiples of 32"):
+        export_onnx(model, model.default_image_processor(), tmp_path / "onnx", size=(64, 80))
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_a_dynamic_size_dinov2_head_runs_every_schedule_at_any_size(tmp_path):

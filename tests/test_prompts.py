@@ -78,6 +78,14 @@ def test_one_pixel_scribble_is_exactly_the_pixels_it_passes():
     assert pixels(ScribblePrompt([(2, 2)], width=2).rasterize(5, 5)) == {(2, 2), (1, 2), (3, 2), (2, 1), (2, 3)}
 
 
+def test_a_fractional_point_with_a_thin_brush_still_marks_its_pixel():
+    # No pixel centre lies within 0 (or 0.25) px of (10.5, 10.4): the pixel the point lies in is the prompt, not
+    # nothing (an empty prompt would make the trained head attend to the whole image).
+    assert pixels(PointPrompt(10.5, 10.4, radius=0).rasterize(20, 20)) == {(11, 10)}
+    assert pixels(ScribblePrompt([(3.5, 3.5), (3.5, 3.5)], width=0.5).rasterize(8, 8)) == {(4, 4)}
+    assert pixels(PointPrompt(19.6, 0.2, radius=0).rasterize(20, 20)) == {(19, 0)}  # the last column, not beyond
+
+
 def test_mask_passes_through_any_non_zero_is_foreground(tmp_path):
     array = np.zeros((4, 6), np.uint8)
     array[1, 2], array[3, 5], array[0, 0] = 255, 1, 7

@@ -451,3 +451,10 @@ def test_visual_prompt_demo_runs_end_to_end(tmp_path):
     report = json.loads((tmp_path / "demo" / "evaluation" / "evaluation.json").read_text())
     assert "mIoU" in report["results"]["textured shapes (test)"] and "COCO-20i" in report["protocol"]
     assert 1 <= len(list((tmp_path / "demo" / "predictions" / "overlays").glob("*.png"))) <= 5
+    # The SAM2-UNet demo's options are refused here rather than ignored (a --data folder was silently unused).
+    from dsunet_hf.cli import main
+
+    with pytest.raises(SystemExit, match="^demo: --data, --backbone-preset: for --task sam2-unet"):
+        main(["demo", "--task", "visual-prompt", "--data", "/no/such/folder", "--backbone-preset", "base"])
+    with pytest.raises(SystemExit, match="--max-steps must be >= 1, got 0"):
+        main(["demo", "--max-steps", "0"])

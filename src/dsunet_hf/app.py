@@ -140,6 +140,10 @@ class Demo:
         self._expect("prompt")
         image, painted = _editor_value(reference)
         if prompt_text and prompt_text.strip():
+            kind = prompt_text.strip().partition(":")[0].strip().lower()
+            if kind not in ("box", "point", "points", "scribble"):  # a mask path: the server's files are not to read
+                raise ValueError(f"prompt {prompt_text.strip()!r}: type box:x0,y0,x1,y1, point:x,y or "
+                                 f"scribble:x,y;x,y here; paint a mask on the reference instead of naming a file")
             painted = reference_mask(prompt_text.strip(), (image.height, image.width))
         if painted is None or not painted.any():
             raise ValueError("paint over the thing to find on the reference, or type a prompt such as "

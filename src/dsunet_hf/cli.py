@@ -380,16 +380,24 @@ def _export(args) -> int:
 
 
 def _demo(args) -> int:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise SystemExit(f"demo: --max-steps must be >= 1, got {args.max_steps}")
     if args.task == "visual-prompt":
         from .demo import run_visual_prompt_demo
 
-        run_visual_prompt_demo(args.output_dir or "outputs/demo-visual-prompt", max_steps=args.max_steps or 600,
-                               seed=args.seed)
+        sam2_unet_only = {"--data": args.data is not None, "--backbone": args.backbone is not None,
+                          "--backbone-preset": args.backbone_preset is not None}
+        if any(sam2_unet_only.values()):  # rather than silently ignored
+            raise SystemExit(f"demo: {', '.join(k for k, v in sam2_unet_only.items() if v)}: for --task sam2-unet; "
+                             f"the visual-prompt demo generates its data and uses a tiny DINOv2")
+        run_visual_prompt_demo(args.output_dir or "outputs/demo-visual-prompt",
+                               max_steps=600 if args.max_steps is None else args.max_steps, seed=args.seed)
         return 0
     from .demo import run_demo
 
     run_demo(args.output_dir or "outputs/demo", data=args.data, backbone=args.backbone,
-             backbone_preset=args.backbone_preset, max_steps=args.max_steps or 150, seed=args.seed)
+             backbone_preset=args.backbone_preset or "tiny", max_steps=150 if args.max_steps is None else args.max_steps,
+             seed=args.seed)
     return 0
 
 
@@ -515,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (outputs/demo-visual-prompt)")
     demo.add_argument("--data", default=None, help="image/mask folder (default: generated camouflage-like data)")
     demo.add_argument("--backbone", default=None, help="real SAM 2 weights (Hub id/folder); default: random tiny")
-    demo.add_argument("--backbone-preset", default="tiny")
+    demo.add_argument("--backbone-preset", default=None, help="the backbone's size (default: tiny)")
     demo.add_argument("--max-steps", type=int, default=None, help="default: 150 (visual-prompt: 600)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--task", default="sam2-unet", choices=["sam2-unet", "visual-prompt"],

@@ -214,6 +214,16 @@ def export_onnx(
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     convert_to_float16 = _float16_converter() if dtype == "float16" else None  # refused before anything is made
     multiple = _dynamic_size_multiple(model, check) if dynamic_size else None
+    crop = getattr(model.config, "crop_size", None) if getattr(model, "predicts_class_maps", False) else None
+    if size is not None and crop is not None and not dynamic_size and _normalize_size(size) != _normalize_size(crop):
+        # predict runs multi-class models on windows of their crop size: a graph of another size never fits
+        raise ValueError(f"size {size}: {type(model).__name__} runs windows of its crop size ({crop}), the size of "
+                         f"its graph; leave --size out, or export with --dynamic-size for a graph of any size")
+    stride = DYNAMIC_SIZE_MULTIPLE.get(getattr(model.config, "model_type", None), 1)
+    if size is not None and any(side % stride for side in _normalize_size(size).values()):
+        # said here: tracing would stop deep inside torch.export with the reason buried in its report
+        raise ValueError(f"size {size}: {type(model).__name__} takes heights and widths that are multiples of "
+                         f"{stride}")
     atol = DEFAULT_ATOL[dtype] if atol is None else atol
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,9 +154,13 @@ class Backdrop:
         else:
             from PIL import ImageColor
 
+            text = str(spec).strip()
+            # R,G,B, and rgb()/rgba() with fractional components (what Gradio's colour picker sends); the rest
+            # (names, #RRGGBB, #RGB, hsl()) as Pillow reads them.
+            components = re.fullmatch(r"(?:rgba?\()?\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(?:,\s*[\d.]+\s*)?\)?",
+                                      text, re.IGNORECASE)
             try:
-                text = str(spec).strip()
-                self.color = (tuple(int(v) for v in text.split(",")) if text.count(",") == 2
+                self.color = (tuple(round(float(v)) for v in components.groups()) if components
                               else ImageColor.getrgb(text)[:3])
             except ValueError as error:
                 raise ValueError(f"background {spec!r}: neither an image file nor a colour (a name such as "

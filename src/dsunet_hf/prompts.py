@@ -81,6 +81,13 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def _mark_point_pixels(points, height: int, width: int, out: np.ndarray) -> None:
+    """Set the pixel each point lies in (pixel ``(x, y)`` spans ``x - 0.5 .. x + 0.5``): a fractional point with a
+    brush too thin to reach any pixel centre still marks its pixel, so a prompt is never empty."""
+    for x, y in points:
+        out[min(int(math.floor(y + 0.5)), height - 1), min(int(math.floor(x + 0.5)), width - 1)] = True
+
+
 def _near_segment(height: int, width: int, a: tuple[float, float], b: tuple[float, float], radius: float,
                   out: np.ndarray) -> None:
     """Set ``out`` where the pixel centre lies within ``radius`` of the segment a-b (a capsule).
@@ -223,6 +230,7 @@ class PointPrompt:
         mask = np.zeros((height, width), dtype=bool)
         for point in self.points:
             _near_segment(height, width, point, point, self.radius, mask)
+        _mark_point_pixels(self.points, height, width, mask)
         return mask
 
     def __eq__(self, other) -> bool:
@@ -264,6 +272,7 @@ class ScribblePrompt:
             _near_segment(height, width, self.points[0], self.points[0], radius, mask)
         for a, b in zip(self.points[:-1], self.points[1:]):
             _near_segment(height, width, a, b, radius, mask)
+        _mark_point_pixels(self.points, height, width, mask)
         return mask
 
     def __eq__(self, other) -> bool:

@@ -171,6 +171,8 @@ def test_repush_keeps_the_ade20k_processor(tmp_path, offline_hub):
     Dinov2ForSemanticSegmentation.from_pretrained_backbones(tiny()).push_to_hub("me/ade", image_processor=processor)
     Dinov2ForSemanticSegmentation.from_pretrained("me/ade").push_to_hub("me/ade-copy")
     assert SegmentationImageProcessor.from_pretrained("me/ade-copy").do_reduce_labels
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['use_temp_dir'\]"):  # not silently dropped
+        Dinov2ForSemanticSegmentation.from_pretrained("me/ade").push_to_hub("me/x", use_temp_dir=True)
 
 
 @pytest.mark.parametrize("strategy, include_backbone, expected", [

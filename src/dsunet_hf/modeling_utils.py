@@ -365,12 +365,17 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         (``dsunet-hf evaluate``'s ``evaluation.json`` files) put benchmark results on the card (see
         :func:`dsunet_hf.hub.add_evaluation_to_card`).
 
-        (transformers' own ``push_to_hub`` would replace our card with a generic one.)
+        (transformers' own ``push_to_hub`` would replace our card with a generic one.) ``max_shard_size`` reaches
+        ``save_pretrained``; other keyword arguments are refused rather than ignored.
         """
+        save_kwargs = {key: kwargs.pop(key) for key in ("max_shard_size",) if key in kwargs}
+        if kwargs:
+            raise TypeError(f"push_to_hub() got unexpected keyword arguments {sorted(kwargs)}")
         with tempfile.TemporaryDirectory(prefix="dsunet-hf-push-") as folder:
             self.save_pretrained(
                 folder,
                 include_backbone=include_backbone,
+                **save_kwargs,
                 image_processor=image_processor,  # None: the processor the model was loaded with, else the default
                 model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id},
             )

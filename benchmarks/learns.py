@@ -63,6 +63,7 @@ def main() -> None:
                     link.symlink_to(Path(pair[index]).resolve())
     start = time.time()
     summary = train(TrainingArguments(
+        overwrite_output_dir=True,  # a re-run starts afresh
         train_data=str(output / "train"), output_dir=str(output / "run"), backbone="random",
         backbone_preset="tiny", config_overrides=json.dumps({"hiera_config": DEMO_HIERA, "rfb_channels": 32}),
         finetune_strategy="full", image_size=args.image_size, batch_size=args.batch_size,

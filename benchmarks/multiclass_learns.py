@@ -53,6 +53,7 @@ def main() -> None:
                                                  seed=1)
     start = time.time()
     summary = train(TrainingArguments(
+        overwrite_output_dir=True,  # a re-run starts afresh
         model="sam2-unet", train_data=str(train_data), output_dir=str(output / "run"), backbone="random",
         backbone_preset="tiny", config_overrides=json.dumps({"hiera_config": DEMO_HIERA, "rfb_channels": 32}),
         finetune_strategy="full", image_size=args.image_size, batch_size=args.batch_size,

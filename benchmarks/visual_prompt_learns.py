@@ -99,6 +99,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     summary = train(TrainingArguments(
+        overwrite_output_dir=True,  # a re-run starts afresh
         train_data=str(train_dir), model="visual-prompt", output_dir=str(out / "run"), backbone="random",
         config_overrides=json.dumps(overrides), max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, warmup_steps=20, lr_schedule="cosine", eval_steps=max(1, args.max_steps // 4),

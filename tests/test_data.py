@@ -133,6 +133,30 @@ def test_split_subfolders(tmp_path):
         load_segmentation_dataset(tmp_path, split="test")
 
 
+def test_split_subfolders_inside_the_image_and_mask_folders(tmp_path):
+    # ADE20K: images/{training,validation} + annotations/{training,validation}; a split must not see the other's files.
+    write_pairs(tmp_path, "images/training", "annotations/training", ["t1", "t2"])
+    write_pairs(tmp_path, "images/validation", "annotations/validation", ["v1"])
+    assert [Path(p).stem for p in load_segmentation_dataset(tmp_path, split="train")["image"]] == ["t1", "t2"]
+    for split in ("validation", "val"):
+        assert [Path(p).stem for p in load_segmentation_dataset(tmp_path, split=split)["image"]] == ["v1"]
+    with pytest.raises(ValueError, match=r"no folder for split 'test'; split folders found in "
+                                         r"images/: \['training', 'validation'\]; annotations/: "):
+        load_segmentation_dataset(tmp_path, split="test")
+    assert len(find_image_mask_pairs(tmp_path).pairs) == 3  # no split: the folders whole, as before
+
+
+def test_pascal_voc_layout_takes_its_masks_from_segmentation_class(tmp_path):
+    # Annotations/ (a mask-folder name) holds VOC's XML boxes; SegmentationClass/ the masks.
+    write_pairs(tmp_path, "JPEGImages", "SegmentationClass", ["2007_000032", "2007_000033"])
+    write_pairs(tmp_path, "JPEGImages", "SegmentationObject", ["2007_000032", "2007_000033"])
+    (tmp_path / "Annotations").mkdir()
+    for stem in ("2007_000032", "2007_000033", "2007_000039"):
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text("<annotation/>")
+    scan = find_image_mask_pairs(tmp_path)
+    assert [(Path(i).parent.name, Path(m).parent.name) for i, m in scan.pairs] == [("JPEGImages", "SegmentationClass")] * 2
+
+
 def test_folder_without_split_subfolders_is_used_whole_for_any_split(tmp_path):
     write_pairs(tmp_path, "images", "masks", ["a", "b"])
     assert len(load_segmentation_dataset(tmp_path, split="validation")) == 2

@@ -115,7 +115,7 @@ def test_train_evaluate_predict_and_pipeline_on_label_maps(shapes_data, tmp_path
     card = (output / "model" / "README.md").read_text()
     assert "multi-class segmentation model (4 classes" in card and "cross-entropy" in card and "onnx" in card
 
-    with pytest.raises(ValueError, match="a multi-class model is validated with mIoU"):
+    with pytest.raises(ValueError, match=r"the validation of this model \(semantic\) computes mIoU, mAcc, aAcc"):
         train(TrainingArguments(model="sam2-unet", train_data=str(shapes_data), output_dir=str(tmp_path / "x"),
                                 backbone="random", backbone_preset="tiny", metric_for_best_model="S-measure",
                                 config_overrides=json.dumps({"hiera_config": TINY_HIERA, "rfb_channels": 16}),

@@ -82,12 +82,32 @@ def test_accelerate_launch_on_generated_data(generated_data, tmp_path):
     assert model(torch.randn(1, 3, TINY_SIZE, TINY_SIZE)).logits.shape == (1, 1, TINY_SIZE, TINY_SIZE)
 
 
+# examples/train.py with rank 1 writing its RNG state 2 s late (a slow disk or a busy node).
+SLOW_RANK_TRAIN = f"""
+import runpy, sys, time
+import torch
+
+save = torch.save
+
+def slow_save(obj, f, *args, **kwargs):
+    if "random_states_1" in str(f):
+        time.sleep(2)
+    return save(obj, f, *args, **kwargs)
+
+torch.save = slow_save
+sys.argv[0] = {str(REPO / "examples" / "train.py")!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_torchrun_on_cpu_trains_as_one_process_group(generated_data, tmp_path):
     # accelerate forms a CPU process group only when told cpu=True; without it the two processes would each
-    # train alone, race to write the same checkpoints and each print a summary.
+    # train alone, race to write the same checkpoints and each print a summary. Rank 1 is slow to write its part
+    # of the checkpoint: the checkpoint is renamed into place only once every process has written it.
     output = tmp_path / "ddp"
+    (tmp_path / "slow_rank_train.py").write_text(SLOW_RANK_TRAIN)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "examples" / "train.py"), "--train-data", str(generated_data), "--output-dir", str(output),
+               str(tmp_path / "slow_rank_train.py"), "--train-data", str(generated_data), "--output-dir", str(output),
                "--backbone", "random", "--backbone-preset", "tiny", "--config-overrides", TINY_OVERRIDES,
                "--image-size", str(TINY_SIZE), "--batch-size", "2", "--max-steps", "2", "--eval-steps", "2",
                "--report-to", "none", "--validation-ratio", "0.25"]
@@ -97,6 +117,7 @@ def test_torchrun_on_cpu_trains_as_one_process_group(generated_data, tmp_path):
     assert result.stdout.count('"global_step"') == 1, result.stdout
     assert "[RANK 1]" not in result.stderr and "[RANK 0] Saving current state" in result.stderr
     check_run_outputs(output, "camo")
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint_dirs(output)[-1].iterdir()}
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")
@@ -116,8 +137,11 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data,
     first = train(tiny_args(generated_data, tmp_path / "split", stop_after_steps=3))
     assert first["global_step"] == 3 and "model_dir" not in first
     assert [p.name for p in checkpoint_dirs(tmp_path / "split")] == ["checkpoint-2", "checkpoint-3"]
+    (tmp_path / "split" / "model").mkdir()
+    (tmp_path / "split" / "model" / "stale.safetensors").write_text("an older model's file")
     resumed = train(tiny_args(generated_data, tmp_path / "split", resume_from_checkpoint="latest"))
     assert resumed["global_step"] == 8
+    assert not (tmp_path / "split" / "model" / "stale.safetensors").exists()  # the best model replaced model/ whole
 
     final_straight = load_file(str(tmp_path / "straight/checkpoints/checkpoint-8/trainable_weights.safetensors"))
     final_split = load_file(str(tmp_path / "split/checkpoints/checkpoint-8/trainable_weights.safetensors"))
@@ -149,6 +173,8 @@ def test_bad_arguments_are_refused(generated_data, tmp_path):
         train(tiny_args(generated_data, tmp_path / "x", resume_from_checkpoint=str(tmp_path)))
     with pytest.raises(ValueError, match="--reduce-zero-label is for multi-class label maps"):
         train(tiny_args(generated_data, tmp_path / "x", reduce_zero_label=True))
+    with pytest.raises(ValueError, match="--logging-steps must be at least 1"):
+        train(tiny_args(generated_data, tmp_path / "x", logging_steps=0))
 
 
 def test_push_to_hub_at_the_end(generated_data, tmp_path, offline_hub):
@@ -246,10 +272,18 @@ def test_accelerate_launch_dinov2_seg_on_a_multiclass_palette_dataset(generated_
 
 
 def test_malformed_config_overrides_are_named(generated_data, tmp_path):
+    from dsunet_hf.training import build_config
+
     with pytest.raises(ValueError, match="--config-overrides is not valid JSON"):
         train(tiny_args(generated_data, tmp_path / "x", config_overrides="{rfb_channels: 16"))
     with pytest.raises(ValueError, match="JSON object"):
         train(tiny_args(generated_data, tmp_path / "x", config_overrides="[1, 2]"))
+    # A misspelled field would be stored on the config and ignored.
+    with pytest.raises(ValueError, match=r"Sam2UNetConfig has no field 'rfb_chanels': did you mean \['rfb_channels'\]"):
+        build_config(tiny_args(generated_data, tmp_path / "x", config_overrides=json.dumps({"rfb_chanels": 8})))
+    # dinov2-seg has no single input size: --image-size would be ignored.
+    with pytest.raises(ValueError, match=r"--image-size does not apply to dinov2-seg.*crop_size"):
+        build_config(TrainingArguments(train_data=str(generated_data), model="dinov2-seg", image_size=224))
 
 
 def test_a_runs_training_args_json_reproduces_it(generated_data, tmp_path):
@@ -337,3 +371,82 @@ def test_torch_compile_trains_like_eager(generated_data, tmp_path):
     for key in eager:
         torch.testing.assert_close(traced[key], eager[key], rtol=0, atol=3e-3)
     torch._dynamo.reset()
+
+
+def test_mid_epoch_resume_with_dropout_is_bit_identical(generated_data, tmp_path):
+    # LoRA dropout draws from the global RNG at every step: iterating the data must not (5 batches per epoch).
+    overrides = json.dumps({"hiera_config": TINY_HIERA, "rfb_channels": 16, "lora_rank": 2, "lora_dropout": 0.5})
+    options = dict(finetune_strategy="lora", config_overrides=overrides, max_steps=4, save_steps=2, eval_steps=100,
+                   max_val_samples=1)
+    train(tiny_args(generated_data, tmp_path / "straight", **options))
+    train(tiny_args(generated_data, tmp_path / "split", stop_after_steps=2, **options))
+    train(tiny_args(generated_data, tmp_path / "split", resume_from_checkpoint="latest", **options))
+    straight, split = (load_file(str(tmp_path / run / "checkpoints/checkpoint-4/trainable_weights.safetensors"))
+                       for run in ("straight", "split"))
+    assert any("lora" in key for key in straight) and straight.keys() == split.keys()
+    assert all(torch.equal(straight[key], split[key]) for key in straight)
+
+
+def test_a_fresh_run_refuses_an_output_dir_holding_checkpoints(generated_data, tmp_path):
+    options = dict(max_steps=1, eval_steps=1, save_steps=1)
+    train(tiny_args(generated_data, tmp_path / "run", **options))
+    # Its checkpoints would be pruned against the earlier run's, and "latest" would resume that one.
+    with pytest.raises(ValueError, match=r"run/checkpoints holds checkpoints of an earlier run \(up to checkpoint-1\): "
+                                         r"continue it with --resume-from-checkpoint latest.*--overwrite-output-dir"):
+        train(tiny_args(generated_data, tmp_path / "run", seed=5, **options))
+    (tmp_path / "run" / "checkpoints" / "checkpoint-9").mkdir()  # an earlier run's, beyond the new run's steps
+    train(tiny_args(generated_data, tmp_path / "run", seed=5, overwrite_output_dir=True, **options))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["checkpoint-1"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # one train, one val row: new run's
+    state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine", "cosine-epoch", "constant"])
+def test_warmup_and_decay_count_optimizer_steps_at_any_process_count(schedule):
+    from dsunet_hf.training import lr_lambda_factory
+
+    args = TrainingArguments(train_data="x", learning_rate=1e-3, warmup_steps=4, lr_schedule=schedule)
+    one = lr_lambda_factory(args, total_steps=10, steps_per_epoch=5)
+    two = lr_lambda_factory(args, total_steps=10, steps_per_epoch=5, num_processes=2)
+    # accelerate steps a prepared scheduler num_processes times per optimizer step.
+    assert [two(2 * step) for step in range(11)] == [one(step) for step in range(11)]
+    assert [two(2 * step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]  # warm-up: --warmup-steps optimizer steps
+    if schedule == "poly":
+        assert two(2 * 10) == 0.0
+
+
+def test_best_model_metric_must_be_one_the_validation_computes(generated_data, tmp_path):
+    from dsunet_hf.training import validation_metrics
+
+    with pytest.raises(ValueError, match=r"'absent_area': the validation of this model \(binary\) computes mDice.*HCE"):
+        train(tiny_args(generated_data, tmp_path / "x", metric_for_best_model="absent_area"))
+    assert "S-measure" not in validation_metrics("visual-prompt") and "absent_area" in validation_metrics("visual-prompt")
+    assert set(validation_metrics("semantic")) == {"mIoU", "mAcc", "aAcc"}
+    # BiRefNet's DIS metrics: the validation computes them when one selects the best model.
+    summary = train(tiny_args(generated_data, tmp_path / "dis", metric_for_best_model="HCE", max_steps=1, eval_steps=1,
+                              save_steps=1))
+    assert summary["best_step"] == 1 and {"HCE", "mBA", "BIoU (mean)", "MSE"} <= set(summary["best_metrics"])
+
+
+def test_a_last_batch_of_one_sample_is_dropped(generated_data, tmp_path):
+    # 5 training samples in batches of 4: the second batch would hold one, and a trainable BatchNorm after a
+    # pooling to 1x1 (BiRefNet's ASPP, strategy full) cannot train on a batch of one.
+    tiny_swin = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4}
+    summary = train(tiny_args(generated_data, tmp_path / "run", model="birefnet", backbone_preset="swin_v1_t",
+                              config_overrides=json.dumps({"backbone_config": tiny_swin}), finetune_strategy="full",
+                              image_size=32, validation_ratio=0.79, max_val_samples=1, max_steps=2, save_steps=100,
+                              eval_steps=100))
+    assert summary["global_step"] == 2
+    state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == (2, 0)  # one batch per epoch: two steps, two epochs
+
+
+def test_class_names_come_from_beside_the_split_folders(tmp_path):
+    from dsunet_hf.training import build_config
+
+    (tmp_path / "organs" / "train").mkdir(parents=True)
+    (tmp_path / "organs" / "id2label.json").write_text(json.dumps({"0": "background", "1": "liver", "2": "kidney"}))
+    args = TrainingArguments(train_data=str(tmp_path / "organs" / "train"), config_overrides=TINY_OVERRIDES)
+    _, config = build_config(args)
+    assert config.num_labels == 3 and config.id2label[2] == "kidney"

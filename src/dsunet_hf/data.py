@@ -47,6 +47,7 @@ __all__ = [
     "dataset_name",
     "dropped_files",
     "find_image_mask_pairs",
+    "find_labels_file",
     "load_segmentation_dataset",
     "train_validation_split",
     "verify_pairs",
@@ -141,8 +142,14 @@ def _subdirs(folder: Path) -> list[Path]:
         return []
 
 
+def _has_image_file(folder: Path) -> bool:
+    return any(Path(name).suffix.lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(folder) for name in names)
+
+
 def _pick(folder: Path, role: str, exact: Sequence[str], words: Sequence[str]) -> Path | None:
     ranked = [(r, p) for p in _subdirs(folder) if (r := _rank(p.name, exact, words)) is not None]
+    if len(ranked) > 1:  # folders without image files are no candidates (Pascal VOC's Annotations/ holds XML)
+        ranked = [(r, p) for r, p in ranked if _has_image_file(p)] or ranked
     if not ranked:
         return None
     best = min(r for r, _ in ranked)
@@ -217,6 +224,25 @@ def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
     raise _no_layout_error(root)
 
 
+def _split_folders(folder: Path) -> dict[str, Path]:
+    """Split-named subfolders of ``folder`` by split (``training/`` -> ``"train"``)."""
+    return {_SPLIT_ALIASES[_split_key(p.name)]: p for p in _subdirs(folder) if _split_key(p.name) in _SPLIT_ALIASES}
+
+
+def _select_split(image_dir: Path, mask_dir: Path, split: str | None) -> tuple[Path, Path]:
+    """ADE20K keeps its splits inside the image and mask folders (``images/training`` + ``annotations/training``):
+    with a split, that pair. Without a split, or without split folders in both, the folders are used whole."""
+    image_splits, mask_splits = _split_folders(image_dir), _split_folders(mask_dir)
+    if split is None or not image_splits or not mask_splits:
+        return image_dir, mask_dir
+    wanted = _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
+    if wanted in image_splits and wanted in mask_splits:
+        return image_splits[wanted], mask_splits[wanted]
+    found = "; ".join(f"{folder.name}/: {sorted(p.name for p in splits.values())}"
+                      for folder, splits in ((image_dir, image_splits), (mask_dir, mask_splits)))
+    raise ValueError(f"{image_dir.parent}: no folder for split {split!r}; split folders found in {found}")
+
+
 def _list_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """Image files under ``folder`` (recursive) keyed by relative path without extension, and other files."""
     images: dict[str, list[Path]] = {}
@@ -256,7 +282,8 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
     The folders are looked for in ``root`` itself, else one level down (``TrainDataset/image`` +
     ``TrainDataset/mask``; with several candidates the ``train`` split folder, else an error). With
     ``split`` a split subfolder (``train/``, ``val/``/``validation/``, ``test/``, or any subfolder of that
-    name) is used when there is one. Files are matched by their path relative to the image/mask folder
+    name) is used when there is one; inside the image and mask folders too (ADE20K: ``images/training`` +
+    ``annotations/training``; there a split that is not found is an error). Files are matched by their path relative to the image/mask folder
     without extension (a mask suffix like ``_mask`` or ``_segmentation`` is tolerated); pairs are sorted
     by that name. Unpaired files and name clashes are reported in one warning.
 
@@ -268,6 +295,7 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
     if not root_path.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     _, image_dir, mask_dir = _resolve_layout(root_path, split)
+    image_dir, mask_dir = _select_split(image_dir, mask_dir, split)
     scan = PairScan(root=str(root_path), image_dir=str(image_dir), mask_dir=str(mask_dir))
 
     images, image_others = _list_files(image_dir)
@@ -540,7 +568,8 @@ def load_segmentation_dataset(
 
     * a local folder of pairs in a benchmark layout (see :func:`find_image_mask_pairs`): ``image``/``mask``
       are file paths. With ``split``, a ``train/``, ``val/``/``validation/``, ``test/`` (or same-named)
-      subfolder is used when there is one, else the whole folder;
+      subfolder is used when there is one (also inside the image and mask folders, as ADE20K's
+      ``images/training``), else the whole folder;
     * a folder with ``metadata.jsonl`` (or ``.csv``/``.parquet``): an imagefolder dataset, where every
       ``*_file_name`` column becomes an Image column; the mask column is ``mask_column`` or the first of
       ``mask``, ``label``, ``annotation``, ``segmentation``, ``gt``;
@@ -659,6 +688,16 @@ def train_validation_split(
         )
     parts = dataset.train_test_split(test_size=n_validation, shuffle=True, seed=seed)
     return parts["train"], parts["test"]
+
+
+def find_labels_file(source: Any) -> Path | None:
+    """The ``id2label.json`` naming a local dataset's classes: in the folder itself, or, for a split folder
+    (``organs/train``), beside the splits (``organs/id2label.json``). None if there is none (or for a Hub id)."""
+    folder = Path(str(source))
+    candidates = [folder / "id2label.json"]
+    if _split_key(folder.name) in _SPLIT_ALIASES:
+        candidates.append(folder.parent / "id2label.json")
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def dataset_name(source: Any) -> str:

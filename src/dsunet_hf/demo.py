@@ -48,6 +48,7 @@ def run_demo(
     else:
         overrides, strategy, backbone_arg = {}, "adapter", backbone
     args = TrainingArguments(
+        overwrite_output_dir=True,  # a re-run starts afresh
         train_data=str(data), model="sam2-unet", output_dir=str(output_dir / "train"), backbone=backbone_arg,
         backbone_preset=backbone_preset, config_overrides=json.dumps(overrides), finetune_strategy=strategy,
         image_size=image_size, max_steps=max_steps, batch_size=batch_size, eval_steps=max(1, max_steps // 3),
@@ -113,6 +114,7 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
                  "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256, "num_decoder_layers": 3,
                  "num_queries": 16, "projection_dim": 64}
     summary = train(TrainingArguments(
+        overwrite_output_dir=True,  # a re-run starts afresh
         train_data=str(train_dir), model="visual-prompt", output_dir=str(output_dir / "train"), backbone="random",
         config_overrides=json.dumps(overrides), max_steps=max_steps, batch_size=batch_size, learning_rate=1e-3,
         warmup_steps=20, lr_schedule="cosine", eval_steps=max(1, max_steps // 3), max_val_samples=40,

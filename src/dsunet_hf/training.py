@@ -9,6 +9,8 @@ stopped, skipping the batches it had consumed.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import math
@@ -58,7 +60,8 @@ class TrainingArguments:
     finetune_strategy: str | None = field(
         default=None, metadata={"help": "adapter | lora | full | frozen (default: the model's, adapter or frozen)"}
     )
-    image_size: int | None = field(default=None, metadata={"help": "input size (default: the model's)"})
+    image_size: int | None = field(default=None, metadata={"help": "input size (default: the model's; dinov2-seg: "
+                                                                    "set crop_size/stride in --config-overrides)"})
     reduce_zero_label: bool = field(
         default=False, metadata={"help": "label maps: 0 is 'other' (ignored), classes start at 1 (ADE20K)"}
     )
@@ -94,7 +97,8 @@ class TrainingArguments:
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
     metric_for_best_model: str | None = field(
         default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg; "
-                                        "loss: the lowest validation loss)"}
+                                        "loss: the lowest validation loss; HCE, mBA, BIoU, MSE: validation adds "
+                                        "BiRefNet's DIS metrics)"}
     )
     max_val_samples: int | None = field(default=None, metadata={"help": "cap on validation images"})
     early_stopping_patience: int | None = field(
@@ -102,8 +106,12 @@ class TrainingArguments:
                                         "(the best model is kept; default: train to the end)"}
     )
     save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
-    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (oldest removed; 0 keeps all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start afresh in an --output-dir that holds an earlier run: its checkpoints, "
+                                         "best model, final model and logs are deleted first"}
+    )
     stop_after_steps: int | None = field(
         default=None, metadata={"help": "checkpoint and stop at this step (split a run across job slots)"}
     )
@@ -180,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
 def build_config(args: TrainingArguments):
     """(model spec, model config) from the training options: --config-overrides, preset, size, strategy,
     backbone repo and the data's id2label.json."""
+    from .data import find_labels_file
     from .models import get_model_spec
 
     spec = get_model_spec(args.model)
@@ -189,6 +198,11 @@ def build_config(args: TrainingArguments):
         raise ValueError(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
     if not isinstance(config_kwargs, dict):
         raise ValueError(f"--config-overrides must be a JSON object of config fields, got {args.config_overrides!r}")
+    known = config_fields(spec.config_class)
+    unknown = [key for key in config_kwargs if key not in known]
+    if unknown:  # a misspelled field would otherwise be stored on the config and ignored
+        hints = "; ".join(f"{key!r}: did you mean {difflib.get_close_matches(key, known)}?" for key in unknown)
+        raise ValueError(f"--config-overrides: {spec.config_class.__name__} has no field {hints}")
     if args.finetune_strategy:
         config_kwargs["finetune_strategy"] = args.finetune_strategy
     # --backbone / --backbone-preset name the SAM 2 trunk (both models); DSU-Net's DINOv2 is set through
@@ -201,15 +215,28 @@ def build_config(args: TrainingArguments):
     if args.backbone_preset:
         config_kwargs[preset_field] = args.backbone_preset
     if args.image_size:
+        if "image_size" not in known:
+            raise ValueError(
+                f"--image-size does not apply to {args.model}: it trains on crops of config.crop_size (and slides a "
+                f"window of that size with config.stride); set them with --config-overrides "
+                f"'{{\"crop_size\": {args.image_size}, \"stride\": {args.image_size * 2 // 3}}}'")
         config_kwargs["image_size"] = args.image_size
     if args.backbone and args.backbone != "random":
         config_kwargs[repo_field] = args.backbone
-    labels_file = Path(args.train_data) / "id2label.json"
+    labels_file = find_labels_file(args.train_data)
     takes_labels = spec.task in ("semantic", "visual-prompt") or spec.multiclass
-    if takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file.is_file():
+    if takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file:
         # The class names travel from the dataset to the config, the card and the evaluation report.
         config_kwargs["id2label"] = {int(k): v for k, v in json.loads(labels_file.read_text()).items()}
     return spec, spec.config_class(**config_kwargs)
+
+
+def config_fields(config_class) -> list[str]:
+    """Names a config class takes: its own arguments and the fields a default instance holds (num_labels is
+    an argument of every config, stored as id2label)."""
+    own = [name for name, parameter in inspect.signature(config_class.__init__).parameters.items()
+           if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)]
+    return sorted({*own, *config_class().to_dict(), "num_labels"})
 
 
 def build_model(args: TrainingArguments):
@@ -261,13 +288,17 @@ def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: in
     return classes
 
 
-def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch: int):
+def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch: int, num_processes: int = 1):
     """Multiplier of the base lr per optimizer step. Written here (not transformers' schedules) because the
-    upstream recipe steps a cosine per *epoch* (CosineAnnealingLR, T_max=epochs, eta_min=1e-7)."""
+    upstream recipe steps a cosine per *epoch* (CosineAnnealingLR, T_max=epochs, eta_min=1e-7).
+
+    ``total_steps``, ``steps_per_epoch`` and ``--warmup-steps`` count optimizer steps; accelerate steps a prepared
+    scheduler ``num_processes`` times per optimizer step, so the scheduler's count is divided back."""
     floor = args.min_learning_rate / args.learning_rate
     total_epochs = max(1, math.ceil(total_steps / steps_per_epoch))
 
-    def multiplier(step: int) -> float:
+    def multiplier(scheduler_step: int) -> float:
+        step = scheduler_step // num_processes
         if step < args.warmup_steps:
             return (step + 1) / args.warmup_steps
         if args.lr_schedule == "constant":
@@ -283,6 +314,17 @@ def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return multiplier
+
+
+def validation_metrics(task: str) -> tuple[str, ...]:
+    """What the validation of a task computes: the names --metric-for-best-model takes."""
+    from .metrics import DIS_METRIC_NAMES, METRIC_NAMES, SEMANTIC_METRIC_NAMES
+
+    if task == "semantic":
+        return SEMANTIC_METRIC_NAMES
+    if task == "visual-prompt":
+        return ("mIoU", "absent_area")
+    return (*METRIC_NAMES, "loss", *DIS_METRIC_NAMES)  # DIS metrics: computed only when one is chosen
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -313,6 +355,32 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+RUN_OUTPUTS = ("checkpoints", "best", "model", "logs", "metrics.jsonl", "train_summary.json")
+
+
+def check_output_dir(args: TrainingArguments, accelerator: Accelerator) -> None:
+    """Refuse a fresh run where an earlier run left checkpoints: its own would be pruned against them (sorted by
+    step) and ``--resume-from-checkpoint latest`` would resume the earlier run. ``--overwrite-output-dir`` deletes
+    the earlier run's outputs first."""
+    output_dir = Path(args.output_dir)
+    found = checkpoint_dirs(output_dir)
+    if args.resume_from_checkpoint or not found:
+        return
+    if not args.overwrite_output_dir:
+        raise ValueError(f"{output_dir / 'checkpoints'} holds checkpoints of an earlier run (up to {found[-1].name}): "
+                         "continue it with --resume-from-checkpoint latest, or pick a new --output-dir, or pass "
+                         "--overwrite-output-dir to delete that run first")
+    if accelerator.is_main_process:
+        logger.warning("--overwrite-output-dir: deleting the earlier run's %s in %s", ", ".join(RUN_OUTPUTS), output_dir)
+        for name in RUN_OUTPUTS:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
 def resolve_resume_path(args: TrainingArguments) -> Path | None:
     if not args.resume_from_checkpoint:
         return None
@@ -326,6 +394,15 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
     if not (path / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint folder (no {TRAINER_STATE})")
     return path
+
+
+def _temporary(folder: Path, clear: bool = True) -> Path:
+    """``folder.tmp``, where ``folder`` is written before :func:`_replace_dir`; emptied (``clear``): what a killed
+    run left there would otherwise be renamed into ``folder`` with the new files."""
+    temporary = folder.with_name(folder.name + ".tmp")
+    if clear:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return temporary
 
 
 def _replace_dir(temporary: Path, final: Path) -> None:
@@ -370,11 +447,11 @@ def train(args: TrainingArguments) -> dict:
     """Run training; returns a summary (steps, best metrics, paths)."""
     from .data import SegmentationTransform, collate_segmentation, dataset_name
     from .evaluate import evaluate_model
-    from .metrics import HIGHER_IS_BETTER, is_better
+    from .metrics import DIS_METRIC_NAMES, is_better
 
     output_dir = Path(args.output_dir)
-    if args.metric_for_best_model and args.metric_for_best_model not in HIGHER_IS_BETTER:
-        raise ValueError(f"unknown --metric-for-best-model {args.metric_for_best_model!r}; one of {sorted(HIGHER_IS_BETTER)}")
+    if args.logging_steps < 1:
+        raise ValueError(f"--logging-steps must be at least 1, got {args.logging_steps}")
     if args.early_stopping_patience is not None and args.early_stopping_patience < 1:
         raise ValueError(f"--early-stopping-patience must be at least 1, got {args.early_stopping_patience}")
     if args.push_to_hub and not args.hub_model_id:
@@ -389,17 +466,15 @@ def train(args: TrainingArguments) -> dict:
         # The data order is a function of (seed, epoch): needed to skip consumed batches on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    check_output_dir(args, accelerator)
     set_seed(args.seed)
     spec, model = build_model(args)
     # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).
     task = "semantic" if getattr(model, "predicts_class_maps", False) else spec.task
     args.metric_for_best_model = args.metric_for_best_model or ("mIoU" if task == "semantic" else spec.best_metric)
-    if task == "semantic" and args.metric_for_best_model not in ("mIoU", "mAcc", "aAcc"):
-        raise ValueError(f"--metric-for-best-model {args.metric_for_best_model}: a multi-class model is validated "
-                         f"with mIoU, mAcc and aAcc")
-    if args.metric_for_best_model == "loss" and task != "binary":
-        raise ValueError("--metric-for-best-model loss: the validation loss is logged for single-map models "
-                         "(SAM2-UNet, DSU-Net, BiRefNet); pick one of the validation metrics")
+    if args.metric_for_best_model not in validation_metrics(task):  # refused now, not after an epoch of training
+        raise ValueError(f"--metric-for-best-model {args.metric_for_best_model!r}: the validation of this model "
+                         f"({task}) computes {', '.join(validation_metrics(task))}")
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))
@@ -433,8 +508,16 @@ def train(args: TrainingArguments) -> dict:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
     if task != "visual-prompt":
         train_episodes = train_set.with_transform(train_transform)
+    # The loader's own generator: creating an iterator draws a seed from it, which from the global RNG would shift
+    # every later dropout mask of a resumed run (the checkpoint's RNG state is restored before that draw).
+    loader_generator = torch.Generator().manual_seed(args.seed)
+    # A last batch of one sample (one process: accelerate fills the last batches of several) is dropped: BatchNorm
+    # cannot train on it where a map is pooled to 1x1 (BiRefNet's ASPP). Other remainders are kept, so step counts
+    # stay what they were.
+    drop_last = accelerator.num_processes == 1 and len(train_episodes) % args.batch_size == 1
     train_loader = DataLoader(
         train_episodes, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.num_workers,
+        generator=loader_generator, drop_last=drop_last,
     )
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
@@ -449,8 +532,7 @@ def train(args: TrainingArguments) -> dict:
     steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
     total_steps = args.max_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    # Stepped once per optimizer step on each process; accelerate steps it num_processes times.
-    multiplier = lr_lambda_factory(args, total_steps * accelerator.num_processes, steps_per_epoch * accelerator.num_processes)
+    multiplier = lr_lambda_factory(args, total_steps, steps_per_epoch, accelerator.num_processes)
     scheduler = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier))
     register_trainable_checkpoint_hooks(accelerator)
 
@@ -480,9 +562,11 @@ def train(args: TrainingArguments) -> dict:
 
     def save_checkpoint() -> None:
         final = output_dir / "checkpoints" / f"checkpoint-{state.global_step}"
-        temporary = final.with_name(final.name + ".tmp")
+        temporary = _temporary(final, clear=accelerator.is_main_process)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(temporary))
+        # Every process writes its own RNG states into the folder: all must be done before it is renamed.
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(temporary / TRAINER_STATE, asdict(state))
             _replace_dir(temporary, final)
@@ -492,16 +576,15 @@ def train(args: TrainingArguments) -> dict:
         accelerator.wait_for_everyone()
 
     def save_model(folder: Path, metrics: dict) -> None:
-        temporary = folder.with_name(folder.name + ".tmp")
+        temporary = _temporary(folder)
         # A random backbone exists nowhere else: keep it in the artifact so that it loads again.
         unwrapped.save_pretrained(
-            temporary, include_backbone=args.backbone == "random", model_card_kwargs={"metrics": metrics, "dataset_names": train_names,
-                                          "repo_id": args.hub_model_id}
+            temporary, include_backbone=args.backbone == "random", image_processor=processor,
+            model_card_kwargs={"metrics": metrics, "dataset_names": train_names, "repo_id": args.hub_model_id},
         )
         if metrics:  # the validation results as the card's model-index too (shown on the Hub's model page)
             add_validation_results_to_card(temporary, metrics, validation_name, str(args.val_data or args.train_data),
                                            model_name=(args.hub_model_id or str(output_dir)).rstrip("/").split("/")[-1])
-        processor.save_pretrained(temporary)
         _replace_dir(temporary, folder)
 
     def validate() -> None:
@@ -525,9 +608,13 @@ def train(args: TrainingArguments) -> dict:
             else:
                 # With the validation loss (BiRefNet's users asked for it back, their #211), from the same pass.
                 metrics = evaluate_model(unwrapped, processor, validation_set, max_samples=args.max_val_samples,
-                                         progress=False, with_loss=True, num_workers=args.num_workers)
+                                         progress=False, with_loss=True, num_workers=args.num_workers,
+                                         dis_metrics=args.metric_for_best_model in DIS_METRIC_NAMES)
             model.train()
             log({f"val/{k}": v for k, v in metrics.items()})
+            if args.metric_for_best_model not in metrics:  # absent_area needs a class that some images lack
+                raise ValueError(f"--metric-for-best-model {args.metric_for_best_model}: not computed on this "
+                                 f"validation data (found {sorted(metrics)})")
             value = metrics[args.metric_for_best_model]
             if is_better(args.metric_for_best_model, value, state.best_metric):
                 state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
@@ -558,6 +645,9 @@ def train(args: TrainingArguments) -> dict:
         if hasattr(unwrapped, "set_epoch"):  # epoch-dependent loss schedules (BiRefNet's last epochs)
             unwrapped.set_epoch(state.epoch, num_epochs)
         train_loader.set_epoch(state.epoch)
+        # Worker seeds drawn from the loader's generator are then a function of (seed, epoch), resumed or not, like the
+        # shuffling order (accelerate's seedable sampler reseeds per epoch: the seed set by set_seed + epoch).
+        loader_generator.manual_seed(args.seed + state.epoch)
         batches = train_loader
         if state.batches_in_epoch:
             batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
@@ -612,8 +702,10 @@ def train(args: TrainingArguments) -> dict:
         return summary
     if accelerator.is_main_process:
         final = output_dir / "model"
-        if (output_dir / "best").is_dir():
-            shutil.copytree(output_dir / "best", final, dirs_exist_ok=True)
+        if (output_dir / "best").is_dir():  # copied whole, then swapped in: no file of an older model stays
+            temporary = _temporary(final)
+            shutil.copytree(output_dir / "best", temporary)
+            _replace_dir(temporary, final)
         else:
             save_model(final, {})
         summary["model_dir"] = str(final)

@@ -117,7 +117,7 @@ def matcher_folder(tmp_path, offline_hub):
     Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14)).save_pretrained(tmp_path / "dino")
     offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
     VisualPromptMatcher.from_pretrained_backbones(tiny_config()).save_pretrained(tmp_path / "matcher")
-    assert sorted(p.name for p in (tmp_path / "matcher").iterdir()) == ["README.md", "config.json"]
+    assert sorted(p.name for p in (tmp_path / "matcher").iterdir()) == ["README.md", "config.json", "preprocessor_config.json"]
     return tmp_path / "matcher"
 
 

@@ -581,9 +581,11 @@ def _visual_prompt_model(name_or_path: str):
 
 
 def _dataset_labels(source) -> dict | None:
-    """Class names of a local dataset folder (``id2label.json``), if it has them."""
-    path = Path(str(source)) / "id2label.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """Class names of a local dataset folder (``id2label.json`` in it or beside its split folders), if it has them."""
+    from .data import find_labels_file
+
+    path = find_labels_file(source)
+    return json.loads(path.read_text()) if path else None
 
 
 def _folder_name(folder: Path) -> str:

@@ -27,9 +27,10 @@ def test_two_classes_stay_the_papers_single_map_and_more_get_one_map_each():
     model = tiny_multiclass()
     assert model.config.num_labels == 4 and model.predicts_class_maps
     assert model.config.label2id == {name: index for index, name in CLASSES.items()}
-    out = model(torch.randn(2, 3, TINY_SIZE, TINY_SIZE))
+    out = model(torch.randn(2, 3, TINY_SIZE, TINY_SIZE), output_aux_logits=True)
     assert out.logits.shape == (2, 4, TINY_SIZE, TINY_SIZE)
     assert [a.shape for a in out.aux_logits] == [(2, 4, TINY_SIZE, TINY_SIZE)] * 2
+    assert model(torch.randn(2, 3, TINY_SIZE, TINY_SIZE)).aux_logits is None  # inference: the final map only
 
 
 def test_loss_is_weighted_cross_entropy_over_the_three_maps_ignoring_255():

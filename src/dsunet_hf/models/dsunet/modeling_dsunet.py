@@ -32,7 +32,8 @@ from .configuration_dsunet import DSUNetConfig
 
 
 class DSUNetOutput(SegmentationOutput):
-    """DSU-Net output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8), ``loss``."""
+    """DSU-Net output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8; in training, with
+    ``labels``, or with ``output_aux_logits=True``), ``loss``."""
 
 
 class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
@@ -70,6 +71,7 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
         dino_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_aux_logits: bool | None = None,
         **kwargs,
     ) -> DSUNetOutput | tuple:
         """``pixel_values``: the 352 px view; ``dino_pixel_values``: the 518 px view of the same image (the
@@ -96,7 +98,10 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
             target = labels_like(labels, logits)
             loss = deep_supervision_loss([side1, side2, logits], target, self.config.loss_weights,
                                          self.config.bce_weighting)
-        output = DSUNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2))
+        # The side outputs where they are used (training, a loss) or asked for: a tuple of maps in an inference
+        # output breaks transformers' pipeline, which splits every output field by image.
+        with_aux = self.training or labels is not None or bool(output_aux_logits)
+        output = DSUNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
         return output if return_dict is not False else output.to_tuple()
 
     # --- frozen backbones -----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from .configuration_sam2_unet import Sam2UNetConfig
 
 
 class Sam2UNetOutput(SegmentationOutput):
-    """SAM2-UNet output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8), ``loss``."""
+    """SAM2-UNet output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8; in training, with
+    ``labels``, or with ``output_aux_logits=True``), ``loss``."""
 
 
 class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
@@ -57,7 +58,8 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         self.finish_init(lora_module=self.backbone.encoder)
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
+        output_aux_logits: bool | None = None, **kwargs
     ) -> Sam2UNetOutput | tuple:
         check_pixel_values(pixel_values, 32)
         size = pixel_values.shape[-2:]
@@ -77,7 +79,10 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
             loss = deep_supervision_loss(
                 [logits, side1, side2], target, self.config.loss_weights, self.config.bce_weighting
             )
-        output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2))
+        # The side outputs where they are used (training, a loss) or asked for: a tuple of maps in an inference
+        # output breaks transformers' pipeline, which splits every output field by image.
+        with_aux = self.training or labels is not None or bool(output_aux_logits)
+        output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
         return output if return_dict is not False else output.to_tuple()
 
     # --- multi-class inference (the semantic path: evaluate_semantic, predict_classes) ------------------

@@ -242,10 +242,11 @@ def _umask() -> int:
     return mask
 
 
-def write_video_with_sound(path: Path, frames: list[np.ndarray], audio_codec: str, seconds: float = 1.0) -> Path:
-    """25 fps frames and a 440 Hz tone of ``seconds`` in ``audio_codec``."""
+def write_video_with_sound(path: Path, frames: list[np.ndarray], audio_codec: str, seconds: float = 1.0,
+                           start: float = 0.0, video_codec: str = "libx264") -> Path:
+    """25 fps frames and a 440 Hz tone of ``seconds`` in ``audio_codec``, starting ``start`` seconds in."""
     with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=25)
+        video = container.add_stream(video_codec, rate=25)
         video.height, video.width = frames[0].shape[:2]
         video.pix_fmt = "yuv420p"
         audio = container.add_stream(audio_codec, rate=48000)
@@ -256,9 +257,9 @@ def write_video_with_sound(path: Path, frames: list[np.ndarray], audio_codec: st
         for packet in video.encode(None):
             container.mux(packet)
         tone = np.sin(np.arange(int(48000 * seconds)) / 48000 * 2 * np.pi * 440).astype(np.float32)
-        for start in range(0, len(tone), 960):
-            frame = av.AudioFrame.from_ndarray(np.stack([tone[start:start + 960]] * 2), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts = 48000, start
+        for begin in range(0, len(tone), 960):
+            frame = av.AudioFrame.from_ndarray(np.stack([tone[begin:begin + 960]] * 2), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, begin + round(start * 48000)
             for packet in audio.encode(frame):
                 container.mux(packet)
         for packet in audio.encode(None):
@@ -290,6 +291,28 @@ def test_sound_goes_into_the_viewable_outputs(tmp_path, processor, suffix, audio
         frames, _ = decoded(tmp_path / "out" / output, "rgb24")
         assert len(frames) == 25
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".audio"]
+
+
+def first_sound_time(path: Path) -> float:
+    with av.open(str(path)) as container:
+        frame = next(container.decode(audio=0))
+        return float(frame.pts * frame.time_base)
+
+
+@pytest.mark.parametrize("suffix, audio_codec, video_codec, start, expected_codec", [
+    (".mkv", "libopus", "libx264", 0.4, "aac"),  # re-encoded: it kept its samples but started at 0
+    (".avi", "pcm_s16le", "mpeg4", 0.0, "aac"),  # PCM in AVI names no channel layout: the AAC encoder refused it
+    (".avi", "libmp3lame", "mpeg4", 0.0, "mp3float"),  # MP3 (decoded by "mp3float") is copied, not re-encoded
+])
+def test_sound_keeps_its_start_whatever_its_codec(tmp_path, processor, suffix, audio_codec, video_codec, start,
+                                                  expected_codec):
+    clip = write_video_with_sound(tmp_path / f"clip{suffix}", [square_frame(i) for i in range(25)], audio_codec,
+                                  seconds=0.5, start=start, video_codec=video_codec)
+    assert first_sound_time(clip) == pytest.approx(start, abs=0.03)  # (AVI holds no start time)
+    predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
+    codec, seconds = audio_of(tmp_path / "out" / "overlays" / "clip.mp4")
+    assert codec == expected_codec and seconds == pytest.approx(0.5, abs=0.05)
+    assert first_sound_time(tmp_path / "out" / "overlays" / "clip.mp4") == pytest.approx(start, abs=0.03)
 
 
 def test_a_sound_failure_keeps_the_pictures(tmp_path, processor, monkeypatch, caplog):

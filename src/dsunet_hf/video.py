@@ -177,6 +177,8 @@ class VideoWriter:
 # Audio codecs both MP4 and MOV hold, copied as they are; any other (Vorbis, Opus, PCM in MP4, ...) is re-encoded to AAC.
 COPIED_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3"}
 AUDIO_OUTPUTS = ("overlays", "cutouts", "composites")  # a mask is a matte: no sound
+# FFmpeg's default layout per channel count (av_channel_layout_default), for sources that name none.
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
 
 def add_audio(video_file: Path, source: str | Path, container_format: str) -> bool:
@@ -195,18 +197,26 @@ def add_audio(video_file: Path, source: str | Path, container_format: str) -> bo
                 av.open(str(temporary), "w", format=container_format) as output:
             audio_in, video_in = sound.streams.audio[0], pictures.streams.video[0]
             video_out = output.add_stream_from_template(video_in)
-            copy = audio_in.codec_context.name in COPIED_AUDIO_CODECS
+            # The codec's name, not its decoder's (MP3 decodes with "mp3float").
+            codec = getattr(audio_in.codec_context.codec, "canonical_name", audio_in.codec_context.name)
+            copy = codec in COPIED_AUDIO_CODECS
             if copy:
                 audio_out = output.add_stream_from_template(audio_in)
                 audio_packets = sound.demux(audio_in)
             else:
                 audio_out = output.add_stream("aac", rate=audio_in.codec_context.sample_rate)
-                audio_out.layout = audio_in.codec_context.layout
+                layout = audio_in.codec_context.layout
+                # A layout of unspecified order ("2 channels": PCM in AVI) does not open the AAC encoder.
+                audio_out.layout = DEFAULT_LAYOUTS.get(layout.nb_channels, layout) if layout.name.endswith(
+                    "channels") else layout
 
                 def encoded():  # PyAV's encoder resamples to AAC's sample format by itself
-                    samples = 0
+                    samples = None
                     for frame in sound.decode(audio_in):
-                        # Timestamps counted in samples from 0: the packets need them to be placed in time.
+                        if samples is None:  # where the sound starts (a late track, a trimmed clip), in samples
+                            samples = (0 if frame.pts is None
+                                       else round(frame.pts * frame.time_base * frame.sample_rate))
+                        # Timestamps counted in samples from there: the packets need them to be placed in time.
                         frame.pts, frame.time_base = samples, Fraction(1, frame.sample_rate)
                         samples += frame.samples
                         yield from audio_out.encode(frame)

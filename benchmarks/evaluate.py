@@ -35,7 +35,6 @@ def main() -> None:
     parser.add_argument("--resolution", default="model", choices=["model", "native"])
     parser.add_argument("--metric-workers", type=int, nargs="+", default=[0, os.cpu_count() or 1])
     parser.add_argument("--dis-metrics", action="store_true", help="also BiRefNet's DIS metrics (slower)")
-    parser.add_argument("--compile", action="store_true", help="unused here (the suite's common flag)")
     args = parser.parse_args()
 
     from dsunet_hf.data import load_segmentation_dataset

@@ -45,6 +45,10 @@ def test_forward_shapes_and_loss():
 
     expected = sum(structure_loss(o, labels) for o in (output.logits, *output.aux_logits))
     torch.testing.assert_close(output.loss, expected)
+    # Integer 0/1 masks give the same loss; 0/255 ones, as read from a file, are refused (the loss was 8x too big).
+    torch.testing.assert_close(model(pixel_values, labels=labels.to(torch.uint8)).loss, output.loss)
+    with pytest.raises(ValueError, match="labels hold values up to 255: binary models take 0/1 masks"):
+        model(pixel_values, labels=labels.to(torch.uint8) * 255)
     assert model(pixel_values).loss is None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from test_visual_prompt_matcher import ONE_HOT, RED, SIZE, P, colour_image, regi
 
 from dsunet_hf.cli import main
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher
-from dsunet_hf.prompt_predict import PromptTracker, predict_with_prompts, render_prompt
+from dsunet_hf.prompt_predict import PromptTracker, frame_order, predict_with_prompts, render_prompt
 
 
 @pytest.fixture
@@ -330,3 +331,24 @@ def test_tracking_follows_an_object_whose_colour_drifts_where_the_first_example_
     done = run()
     assert done.written == [] and list(done.failed) == [str(folder / "00007.png")]
     assert len(done.skipped_existing) == count - 1
+
+
+def test_frame_folders_are_tracked_in_numeric_order(tmp_path, monkeypatch):
+    """Frames named 1.png .. 10.png (no zero padding) are a sequence in numeric order, not 1, 10, 2, ..."""
+    import dsunet_hf.prompt_predict as prompt_predict
+
+    assert [p.name for p in sorted(map(Path, ["f10.png", "f2.png", "f1.png"]), key=frame_order)] == [
+        "f1.png", "f2.png", "f10.png"]
+    folder = tmp_path / "frames" / "clip"
+    folder.mkdir(parents=True)
+    for t in range(1, 11):
+        Image.new("RGB", (SIZE, SIZE), (200, 20, 20)).save(folder / f"{t}.png")
+    read = []
+    load = prompt_predict.load_image
+    monkeypatch.setattr(prompt_predict, "load_image",
+                        lambda source: read.append(getattr(source, "name", "reference")) or load(source))
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    reference = Image.new("RGB", (SIZE, SIZE), (200, 20, 20))
+    predict_with_prompts(matcher, [reference], ["box:0,0,20,20"], [tmp_path / "frames"], tmp_path / "out",
+                         progress=False, track=True)
+    assert read == ["reference"] + [f"{t}.png" for t in range(1, 11)]

@@ -11,6 +11,7 @@ unless ``overwrite`` (a re-run resumes where a previous one stopped).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from .predict import PredictionReport, collect_images, is_finished, output_file,
 from .prompts import as_prompt, reference_mask
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
-__all__ = ["PromptTracker", "default_threshold", "predict_with_prompts", "prompt_panel", "render_prompt",
+__all__ = ["PromptTracker", "default_threshold", "frame_order", "predict_with_prompts", "prompt_panel", "render_prompt",
            "visual_prompt_model_type"]
 
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
@@ -75,6 +76,11 @@ def _prompt_text(prompt: Any) -> str:
         return prompt
     shape = getattr(prompt, "shape", None)
     return f"mask array {shape[1]}x{shape[0]}" if shape is not None and len(shape) == 2 else repr(prompt)
+
+
+def frame_order(path: Path) -> list:
+    """Sort key of a frame file: numbers by value (``2.jpg`` before ``10.jpg``), the rest as text."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def _read_error(path: Path) -> str | None:
@@ -165,7 +171,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     (the frames with the found regions tinted): the concept found in every frame, each frame on its own (see
     :mod:`dsunet_hf.video`), or with ``track`` followed through the video with a memory of the last
     ``track_memory`` frames (:class:`PromptTracker`). With ``track``, image targets are frame sequences too: the
-    images of one folder, in name order (zero-padded numbers, as DAVIS's ``00000.jpg``); a folder with a frame left
+    images of one folder, in name order (numbers by value, ``2.jpg`` before ``10.jpg``); a folder with a frame left
     to do runs again from its first frame (each frame's memory holds the ones before it).
     """
     if not references or len(references) != len(prompts):
@@ -216,7 +222,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
                 report.failed.update(errors)
             else:
                 unfinished.add(folder)
-        for path, name in target_files:
+        for path, name in sorted(target_files, key=lambda item: frame_order(item[0])):
             if path.parent in unfinished and not is_video(path):
                 sequences.setdefault(path.parent, []).append((path, name))
         report.skipped_existing = [p for p in report.skipped_existing if Path(p).parent not in unfinished]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic
 from .image_io import load_image
-from .prompt_predict import PromptTracker, default_threshold, memory_kwargs
+from .prompt_predict import PromptTracker, default_threshold, frame_order, memory_kwargs
 
 __all__ = ["VideoSequence", "boundary_f_measure", "davis_sequences", "evaluate_tracking", "first_frame_objects",
            "is_davis_layout", "is_youtube_vos", "jaccard"]
@@ -91,13 +91,14 @@ def davis_sequences(root: str | Path) -> list[VideoSequence]:
     images, annotations = _level(root / "JPEGImages"), _level(root / "Annotations")
     sequences = []
     for folder in sorted(path for path in annotations.iterdir() if path.is_dir()):
-        masks = sorted(folder.glob("*.png"))
+        masks = sorted(folder.glob("*.png"), key=frame_order)
         frames_folder = images / folder.name
         if not masks:
             continue
         if not frames_folder.is_dir():
             raise ValueError(f"{folder}: annotations without frames (no {frames_folder})")
-        frames = sorted(path for path in frames_folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        frames = sorted((path for path in frames_folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png")),
+                        key=frame_order)
         index = {path.stem: position for position, path in enumerate(frames)}
         missing = [mask.name for mask in masks if mask.stem not in index]
         if missing:

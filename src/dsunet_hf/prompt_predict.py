@@ -172,7 +172,8 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     :mod:`dsunet_hf.video`), or with ``track`` followed through the video with a memory of the last
     ``track_memory`` frames (:class:`PromptTracker`). With ``track``, image targets are frame sequences too: the
     images of one folder, in name order (numbers by value, ``2.jpg`` before ``10.jpg``); a folder with a frame left
-    to do runs again from its first frame (each frame's memory holds the ones before it).
+    to do runs again from its first frame (each frame's memory holds the ones before it), unless every frame left is
+    unreadable (reported again).
     """
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "

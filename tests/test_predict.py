@@ -115,6 +115,17 @@ def test_output_names_keep_dots_patterns_expand_folders_and_outputs_inside_input
     assert cli_main(["predict", "--model", str(model), str(shots), "--output-dir", str(inside), "--overlay"]) == 0
     assert "4 written, 0 already present" in capsys.readouterr().out
     assert len(list((inside / "overlays").rglob("*.png"))) == 4
+    # The output folder may be the input folder itself: the inputs are predicted, the outputs never read back.
+    same = tmp_path / "same"
+    same.mkdir()
+    Image.new("RGB", (30, 20), (200, 30, 30)).save(same / "a.jpg")
+    for _ in range(2):
+        cli_main(["predict", "--model", str(model), str(same), "--output-dir", str(same)])
+    assert "0 written, 1 already present" in capsys.readouterr().out
+    assert sorted(p.name for p in (same / "masks").iterdir()) == ["a.png"]
+    # "**" matches a folder, its sub-folders and their files: each file once, by its own name; the outputs under the
+    # pattern are left out too.
+    assert collect_images([str(same / "**")], exclude=same) == [(same / "a.jpg", Path("a"))]
     # A mistyped input is one line, before the model loads.
     with pytest.raises(SystemExit, match=r"^predict: .*nope.jpg: no such file or folder$"):
         cli_main(["predict", "--model", str(model), str(tmp_path / "nope.jpg")])

@@ -40,34 +40,49 @@ class PredictionReport:
         )
 
 
+# The folders predict writes into (the output folder's other files are no outputs of ours).
+OUTPUT_KINDS = ("masks", "overlays", "cutouts", "composites", "scores")
+
+
+def _is_pattern(item: str | Path) -> bool:
+    return not Path(item).exists() and any(c in str(item) for c in "*?[")
+
+
 def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
     """Expand files, folders and glob patterns into (image or video path, output name without suffix) pairs.
 
-    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide; a folder a
-    pattern matches keeps its own name too. Files under ``exclude`` (the output folder, when it lies inside an
-    input folder) are left out: a re-run would otherwise predict the previous run's outputs.
+    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide; a pattern
+    that matches folders only (``shots/*``) predicts their images, each keeping its folder's name. Files in the
+    output folders of ``exclude`` (the output directory: ``masks/``, ``overlays/``, ...) are left out, when it lies
+    inside an input folder or under a pattern: a re-run would otherwise predict the previous run's outputs.
     """
     pairs: list[tuple[Path, Path]] = []
-    expanded: list[tuple[Path, bool]] = []  # (path, matched by a pattern)
+    expanded: list[tuple[Path, bool]] = []  # (path, a folder matched by a pattern)
     for item in inputs:
-        if not Path(item).exists() and any(c in str(item) for c in "*?["):
-            matches = sorted(glob.glob(str(item), recursive=True))
+        if _is_pattern(item):
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            expanded += [(Path(m), True) for m in matches if Path(m).is_file() or Path(m).is_dir()]
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in MEDIA_SUFFIXES]
+            # Files if it matches any (as "data/**" matches data/, its folders and their files); else its folders.
+            expanded += [(m, False) for m in files] if files else [(m, True) for m in matches if m.is_dir()]
         else:
             expanded.append((Path(item), False))
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    for item, matched in expanded:
+    outputs = [Path(exclude).resolve() / kind for kind in OUTPUT_KINDS] if exclude is not None else []
+
+    def is_output(path: Path) -> bool:
+        return any(path.resolve().is_relative_to(folder) for folder in outputs)
+
+    for item, matched_folder in expanded:
         if item.is_dir():
             files = sorted(p for p in item.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
-            root = item.resolve()
-            if excluded is not None and excluded.is_relative_to(root):
-                files = [p for p in files if not (root / p.relative_to(item)).is_relative_to(excluded)]
-            base = item.parent if matched else item
+            if any(folder.is_relative_to(item.resolve()) for folder in outputs):  # (resolving each file: only then)
+                files = [p for p in files if not is_output(p)]
+            base = item.parent if matched_folder else item
             pairs += [(p, p.relative_to(base).with_suffix("")) for p in files]
         elif item.is_file():
-            pairs.append((item, Path(item.stem)))
+            if not (outputs and is_output(item)):
+                pairs.append((item, Path(item.stem)))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     counts = collections.Counter(str(name) for _, name in pairs)  # linear: folders of a million photos
@@ -81,9 +96,10 @@ def check_inputs(inputs: list[str | Path]) -> None:
     """Raise FileNotFoundError for an input that is neither a file or folder nor a pattern matching one (cheap:
     before a model loads)."""
     for item in inputs:
-        if not Path(item).exists() and not (any(c in str(item) for c in "*?[") and glob.glob(str(item), recursive=True)):
-            raise FileNotFoundError(f"{item}: " + ("the pattern matches no file" if any(c in str(item) for c in "*?[")
-                                                   else "no such file or folder"))
+        if _is_pattern(item) and not glob.glob(str(item), recursive=True):
+            raise FileNotFoundError(f"{item}: the pattern matches no file")
+        if not _is_pattern(item) and not Path(item).exists():
+            raise FileNotFoundError(f"{item}: no such file or folder")
 
 
 def output_file(name: Path, suffix: str) -> Path:

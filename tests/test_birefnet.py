@@ -137,6 +137,11 @@ def test_eval_returns_the_final_map_and_train_the_auxiliary_and_gradient_outputs
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.decoder.decoder_block4.conv_in.weight.grad is not None
+    # Its loss clamps labels to [0, 1] (as upstream): 0/255 uint8 masks give the loss of 0/1 ones.
+    model.eval()
+    mask = torch.rand(2, 64, 96) > 0.5
+    with torch.no_grad():
+        assert torch.equal(model(pixels, labels=mask.float()).loss, model(pixels, labels=mask.to(torch.uint8) * 255).loss)
 
 
 def test_deformable_offsets_start_at_zero():

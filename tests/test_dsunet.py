@@ -181,6 +181,10 @@ def test_converter_loads_the_upstream_layout_exactly(tmp_path):
     with pytest.raises(ValueError, match=r"tensors of another size: .*\(the model's"):
         convert_dsunet_checkpoint(tmp_path / "DGSUNet-50.pth", tmp_path / "out3",
                                   config=tiny_config(decoder_channels=8))
+    without_dino = {k: v for k, v in upstream.items() if not k.startswith("backbone_dino.")}
+    torch.save(without_dino, tmp_path / "no-dino.pth")
+    with pytest.raises(SystemExit, match=r"no-dino.pth: no DINOv2 tensors"):
+        cli_main(["convert", "dsunet", str(tmp_path / "no-dino.pth"), str(tmp_path / "cli")])
     upstream["stray.weight"] = torch.zeros(1)
     torch.save(upstream, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="stray.weight"):

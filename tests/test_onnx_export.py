@@ -432,6 +432,10 @@ def test_dynamic_size_is_refused_where_the_graph_would_be_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"size \(64, 80\): Sam2UNetForImageSegmentation takes heights and widths "
                                          r"that are multiples of 32"):
         export_onnx(model, model.default_image_processor(), tmp_path / "onnx", size=(64, 80))
+    dsunet, _ = _models()["dsunet"]()
+    with pytest.raises(ValueError, match=r"size 144: DSUNetForImageSegmentation takes heights and widths that are "
+                                         r"multiples of 32"):
+        export_onnx(dsunet, dsunet.default_image_processor(), tmp_path / "onnx", size=144)
     assert not (tmp_path / "onnx").exists()
 
 

@@ -96,14 +96,14 @@ def test_output_names_keep_dots_patterns_expand_folders_and_outputs_inside_input
     _, model = artifact
     shots = tmp_path / "shots"
     for folder, name in (("day1", "photo.v1.jpg"), ("day1", "photo.v2.jpg"), ("day2", "photo.v1.jpg"),
-                         ("day2", "b" * 240 + ".jpg")):  # a name near the file system's 255-byte limit
+                         ("day2", "\U0001F642" * 62 + ".jpg")):  # 252 bytes: near the file system's limit
         (shots / folder).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (30 + len(name) % 7, 20), (200, 30, 30)).save(shots / folder / name)
     # A pattern matching folders predicts their images, named with the folder (day1/ and day2/ both hold photo.v1).
     out = tmp_path / "out"
     assert cli_main(["predict", "--model", str(model), str(shots / "day*"), "--output-dir", str(out)]) == 0
     written = sorted(str(p.relative_to(out / "masks")) for p in (out / "masks").rglob("*.png"))
-    assert written == ["day1/photo.v1.png", "day1/photo.v2.png", "day2/" + "b" * 240 + ".png", "day2/photo.v1.png"]
+    assert written == ["day1/photo.v1.png", "day1/photo.v2.png", "day2/photo.v1.png", "day2/" + "\U0001F642" * 62 + ".png"]
     assert not list((out / "masks").rglob(".*.tmp"))
     # The default output folder inside the input folder: a re-run does not predict the previous run's outputs.
     inside = shots / "predictions"

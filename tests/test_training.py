@@ -395,6 +395,11 @@ def test_a_fresh_run_refuses_an_output_dir_holding_checkpoints(generated_data, t
                                          r"continue it with --resume-from-checkpoint latest.*--overwrite-output-dir"):
         train(tiny_args(generated_data, tmp_path / "run", seed=5, **options))
     (tmp_path / "run" / "checkpoints" / "checkpoint-9").mkdir()  # an earlier run's, beyond the new run's steps
+    # A run refused for another reason deletes nothing: the earlier run goes only once everything was checked.
+    with pytest.raises(ValueError, match="--metric-for-best-model 'S-mesure'"):
+        train(tiny_args(generated_data, tmp_path / "run", overwrite_output_dir=True, metric_for_best_model="S-mesure",
+                        **options))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["checkpoint-1", "checkpoint-9"]
     train(tiny_args(generated_data, tmp_path / "run", seed=5, overwrite_output_dir=True, **options))
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["checkpoint-1"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # one train, one val row: new run's
@@ -440,6 +445,11 @@ def test_a_last_batch_of_one_sample_is_dropped(generated_data, tmp_path):
     assert summary["global_step"] == 2
     state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert (state["epoch"], state["batches_in_epoch"]) == (2, 0)  # one batch per epoch: two steps, two epochs
+    from dsunet_hf.training import drops_last_batch
+
+    # Only a batch of one after others: a one-sample training set still trains; several processes fill theirs.
+    assert drops_last_batch(5, 4, 1) and not drops_last_batch(1, 4, 1) and not drops_last_batch(1, 1, 1)
+    assert not drops_last_batch(6, 4, 1) and not drops_last_batch(5, 4, 2)
 
 
 def test_class_names_come_from_beside_the_split_folders(tmp_path):

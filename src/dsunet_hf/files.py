@@ -29,7 +29,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The name's start only: a name near the file system's limit (255 bytes) plus the random part would pass it.
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
+    start = path.name.encode()[:64].decode(errors="ignore")  # bytes count towards the limit, not characters
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{start}.", suffix=".tmp")
     os.close(descriptor)
     try:
         yield Path(temporary)

@@ -49,14 +49,17 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
         )
 
 
-def labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) or (B, 1, H, W) masks in [0, 1], checked against the logits' size."""
+def labels_like(labels: torch.Tensor, logits: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+    """(B, H, W) or (B, 1, H, W) masks in [0, 1], checked against the logits' size; ``clamp``: values above 1 taken
+    as 1 (BiRefNet's loss does so), instead of integer masks above 1 being refused."""
     if labels.ndim == 3:
         labels = labels.unsqueeze(1)
     if labels.shape != logits.shape:
         raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape)}")
     # Integer masks are checked (0/255 files read as they are would give a loss 8x too large); float ones are taken
     # as given: a check there would sync the device and break torch.compile's graph on every step.
+    if clamp:
+        return labels.to(logits.dtype).clamp(0, 1)
     if not labels.dtype.is_floating_point and labels.dtype != torch.bool and int(labels.max()) > 1:
         raise ValueError(f"labels hold values up to {int(labels.max())}: binary models take 0/1 masks (divide 0/255 "
                          f"masks by 255, or let the image processor read them)")

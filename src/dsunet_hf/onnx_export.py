@@ -92,6 +92,7 @@ def _example_inputs(processor, input_names: list[str], batch_size: int,
 # Models whose graph stays exact at any height and width (multiples of this), checked per export. DSU-Net is not
 # one: it runs DINOv2 and SAM 2 at two fixed sizes of its own.
 DYNAMIC_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32, "dinov2_seg": 1}
+INPUT_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32, "dsunet": 32}  # what a fixed --size must be a multiple of
 
 
 def _generic_trace_size(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -219,7 +220,7 @@ def export_onnx(
         # predict runs multi-class models on windows of their crop size: a graph of another size never fits
         raise ValueError(f"size {size}: {type(model).__name__} runs windows of its crop size ({crop}), the size of "
                          f"its graph; leave --size out, or export with --dynamic-size for a graph of any size")
-    stride = DYNAMIC_SIZE_MULTIPLE.get(getattr(model.config, "model_type", None), 1)
+    stride = INPUT_SIZE_MULTIPLE.get(getattr(model.config, "model_type", None), 1)
     if size is not None and any(side % stride for side in _normalize_size(size).values()):
         # said here: tracing would stop deep inside torch.export with the reason buried in its report
         raise ValueError(f"size {size}: {type(model).__name__} takes heights and widths that are multiples of "

@@ -97,7 +97,7 @@ class TrainingArguments:
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
     metric_for_best_model: str | None = field(
         default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg; "
-                                        "loss: the lowest validation loss; HCE, mBA, BIoU, MSE: validation adds "
+                                        "loss: the lowest validation loss; HCE, mBA, 'BIoU (max)', 'BIoU (mean)', MSE: validation adds "
                                         "BiRefNet's DIS metrics)"}
     )
     max_val_samples: int | None = field(default=None, metadata={"help": "cap on validation images"})
@@ -316,6 +316,13 @@ def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch
     return multiplier
 
 
+def drops_last_batch(num_samples: int, batch_size: int, num_processes: int) -> bool:
+    """Whether an epoch's last batch is dropped: only when it would hold a single sample of several batches (one
+    process; accelerate fills the last batches of several). BatchNorm cannot train on one sample where a map is
+    pooled to 1x1 (BiRefNet's ASPP); other remainders are kept, so step counts stay what they were."""
+    return num_processes == 1 and num_samples > batch_size and num_samples % batch_size == 1
+
+
 def validation_metrics(task: str) -> tuple[str, ...]:
     """What the validation of a task computes: the names --metric-for-best-model takes."""
     from .metrics import DIS_METRIC_NAMES, METRIC_NAMES, SEMANTIC_METRIC_NAMES
@@ -358,18 +365,23 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
 RUN_OUTPUTS = ("checkpoints", "best", "model", "logs", "metrics.jsonl", "train_summary.json")
 
 
-def check_output_dir(args: TrainingArguments, accelerator: Accelerator) -> None:
+def check_output_dir(args: TrainingArguments) -> bool:
     """Refuse a fresh run where an earlier run left checkpoints: its own would be pruned against them (sorted by
-    step) and ``--resume-from-checkpoint latest`` would resume the earlier run. ``--overwrite-output-dir`` deletes
-    the earlier run's outputs first."""
+    step) and ``--resume-from-checkpoint latest`` would resume the earlier run. True when ``--overwrite-output-dir``
+    asks for the earlier run to be deleted (by :func:`clear_earlier_run`, once every argument has been checked)."""
     output_dir = Path(args.output_dir)
     found = checkpoint_dirs(output_dir)
     if args.resume_from_checkpoint or not found:
-        return
+        return False
     if not args.overwrite_output_dir:
         raise ValueError(f"{output_dir / 'checkpoints'} holds checkpoints of an earlier run (up to {found[-1].name}): "
                          "continue it with --resume-from-checkpoint latest, or pick a new --output-dir, or pass "
                          "--overwrite-output-dir to delete that run first")
+    return True
+
+
+def clear_earlier_run(output_dir: Path, accelerator: Accelerator) -> None:
+    """Delete an earlier run's outputs (``--overwrite-output-dir``)."""
     if accelerator.is_main_process:
         logger.warning("--overwrite-output-dir: deleting the earlier run's %s in %s", ", ".join(RUN_OUTPUTS), output_dir)
         for name in RUN_OUTPUTS:
@@ -466,7 +478,7 @@ def train(args: TrainingArguments) -> dict:
         # The data order is a function of (seed, epoch): needed to skip consumed batches on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    check_output_dir(args, accelerator)
+    overwrite = check_output_dir(args)
     set_seed(args.seed)
     spec, model = build_model(args)
     # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).
@@ -488,6 +500,8 @@ def train(args: TrainingArguments) -> dict:
                              "SAM2-UNet); this model is trained on binary masks")
         processor.do_reduce_labels = True  # saved with the model: evaluation reads its labels the same way
     train_set, validation_set = build_datasets(args)
+    if overwrite:  # only now, with every argument and the data checked: a typo must not cost the earlier run
+        clear_earlier_run(output_dir, accelerator)
     if task == "binary":
         warn_if_class_index_masks(train_set, args.train_data, type(model).__name__)
     collate = collate_segmentation
@@ -511,13 +525,10 @@ def train(args: TrainingArguments) -> dict:
     # The loader's own generator: creating an iterator draws a seed from it, which from the global RNG would shift
     # every later dropout mask of a resumed run (the checkpoint's RNG state is restored before that draw).
     loader_generator = torch.Generator().manual_seed(args.seed)
-    # A last batch of one sample (one process: accelerate fills the last batches of several) is dropped: BatchNorm
-    # cannot train on it where a map is pooled to 1x1 (BiRefNet's ASPP). Other remainders are kept, so step counts
-    # stay what they were.
-    drop_last = accelerator.num_processes == 1 and len(train_episodes) % args.batch_size == 1
     train_loader = DataLoader(
         train_episodes, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.num_workers,
-        generator=loader_generator, drop_last=drop_last,
+        generator=loader_generator,
+        drop_last=drops_last_batch(len(train_episodes), args.batch_size, accelerator.num_processes),
     )
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay

@@ -61,9 +61,12 @@ def convert_dsunet_state_dict(state_dict: dict[str, torch.Tensor], source: str =
 def infer_dsunet_presets(converted: dict[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, str]:
     """(Hiera preset, DINOv2 preset) of a converted state dict, from the trunks' widths and depths (upstream
     DGSUNet takes other SAM 2 configs and DINOv2 sizes than the paper's L + L)."""
+    patch_embedding = converted.get("backbone_dino.encoder.embeddings.patch_embeddings.projection.weight")
+    if patch_embedding is None:
+        raise ValueError(f"{source}: no DINOv2 tensors ('{DINO_PREFIX}*'): not a whole DSU-Net checkpoint")
     trunk = {k[len("backbone_sam.encoder."):]: v for k, v in converted.items() if k.startswith("backbone_sam.encoder.")}
     sam_preset = infer_hiera_preset(trunk, source)
-    width = converted["backbone_dino.encoder.embeddings.patch_embeddings.projection.weight"].shape[0]
+    width = patch_embedding.shape[0]
     depth = len({k.split(".")[4] for k in converted if k.startswith("backbone_dino.encoder.encoder.layer.")})
     for name, preset in DINOV2_PRESETS.items():
         if preset["hidden_size"] == width and preset["num_hidden_layers"] == depth:
@@ -81,6 +84,9 @@ def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config
     from ..models.dsunet import DSUNetConfig, DSUNetForImageSegmentation
 
     converted = convert_dsunet_state_dict(read_torch_checkpoint(source), str(source))
+    repos = (sam_backbone_repo_id, sam_backbone_revision, dino_backbone_repo_id, dino_backbone_revision)
+    if config is not None and any(repos):
+        raise ValueError("give the backbone repos in the config when passing one (the repo arguments build a config)")
     if config is None:
         sam_preset, dino_preset = infer_dsunet_presets(converted, str(source))
         config = DSUNetConfig(

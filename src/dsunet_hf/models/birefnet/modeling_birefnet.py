@@ -363,7 +363,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         )
         loss = None
         if labels is not None:
-            target = labels_like(labels, logits).clamp(0, 1)
+            target = labels_like(labels, logits, clamp=True)
             loss = birefnet_pixel_loss([*aux, logits], target, self.current_loss_weights())
             if gradient_logits:
                 loss = loss + self.config.outward_reference_loss_weight * outward_reference_loss(

@@ -140,6 +140,25 @@ def test_photometric_distortion_is_seeded_and_keeps_size():
     assert any(not np.array_equal(np.asarray(photometric_distortion(image, random.Random(s))), np.asarray(image))
                for s in range(4))
 
+    class Choices:  # the draws in order: p < 0.5 applies a step; uniform() gives its amount
+        def __init__(self, draws, amounts):
+            self.draws, self.amounts = iter(draws), iter(amounts)
+
+        def random(self):
+            return next(self.draws)
+
+        def uniform(self, low, high):
+            return next(self.amounts)
+
+    # mmseg's contrast multiplies the pixels (PIL's blends with the mean grey: (115, 55, 25) here) ...
+    flat = Image.new("RGB", (4, 4), (100, 60, 40))
+    contrast = photometric_distortion(flat, Choices([0.9, 0.1, 0.1, 0.9, 0.9], [1.5]))
+    assert np.asarray(contrast)[0, 0].tolist() == [150, 90, 60]
+    # ... and its saturation scales HSV's S (PIL's blends with the grey version).
+    saturated = np.asarray(photometric_distortion(flat, Choices([0.9, 0.9, 0.1, 0.9, 0.9], [0.5])))[0, 0]
+    hsv = np.asarray(Image.fromarray(saturated[None, None]).convert("HSV"))[0, 0]
+    assert abs(int(hsv[1]) - 153 // 2) <= 2 and abs(int(hsv[2]) - 100) <= 1  # S 153 -> 76, V kept
+
 
 def test_size_mismatch_names_both_files(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
@@ -227,3 +246,31 @@ def test_schedule_options_reach_predict_and_are_refused_for_binary_models(tmp_pa
                   "--output-dir", str(tmp_path / "b")])
     with pytest.raises(SystemExit, match="--reduce-zero-label apply to multi-class models"):
         cli_main(["evaluate", "--model", str(tmp_path / "binary"), "--data", str(tmp_path), "--reduce-zero-label"])
+
+
+def test_the_multilayer_heads_train_on_their_own_resize_range():
+    from dsunet_hf.semantic import training_scale_range
+
+    assert training_scale_range(Dinov2SegConfig(head_type="multilayer")) == (1.0, 3.0)  # the ms recipe: 640 x U[1, 3]
+    assert training_scale_range(Dinov2SegConfig()) == (0.5, 2.0)
+
+
+def test_undecoded_dataset_cells_are_read_as_the_binary_path_reads_them():
+    """datasets.Image(decode=False) hands over {"bytes", "path"}: the multi-class transform decodes them too."""
+    import io
+
+    def png(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    labels = np.zeros((40, 40), np.uint8)
+    labels[5:20, 5:20] = 1
+    rows = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png(np.zeros((40, 40, 3), np.uint8)), "path": None}],
+         "mask": [{"bytes": png(labels), "path": None}], "sample_id": [0]},
+        features=datasets.Features({"image": datasets.Image(decode=False), "mask": datasets.Image(decode=False),
+                                    "sample_id": datasets.Value("int64")}))
+    transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=False, crop_size=32)
+    example = rows.with_transform(transform)[0]
+    assert torch.equal(example["labels"], torch.from_numpy(labels).long())

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw
 
 from .image_io import ImageReadError, load_image, load_label_map
 from .predict import device_and_dtype, output_file
@@ -30,24 +30,36 @@ def _normalise(image: Image.Image, processor) -> torch.Tensor:
 
 
 def photometric_distortion(image: Image.Image, rng: random.Random) -> Image.Image:
-    """mmseg's PhotoMetricDistortion: brightness +-32, contrast and saturation x[0.5, 1.5], hue +-18 degrees
-    (OpenCV's 0-180 scale), each with p=0.5; contrast before or after the colour changes with p=0.5."""
-    def contrast(im):
-        return ImageEnhance.Contrast(im).enhance(rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else im
+    """mmseg's PhotoMetricDistortion: brightness +-32, contrast (the pixels x[0.5, 1.5]), saturation (HSV's S
+    x[0.5, 1.5]), hue +-18 degrees (OpenCV's 0-180 scale), each with p=0.5; contrast before or after the colour
+    changes with p=0.5. (PIL's ImageEnhance blends with grey instead: not the same numbers.)"""
+    def contrast(pixels: np.ndarray) -> np.ndarray:
+        return np.clip(pixels * rng.uniform(0.5, 1.5), 0, 255) if rng.random() < 0.5 else pixels
 
+    pixels = np.asarray(image, np.float32)
     if rng.random() < 0.5:
-        shift = rng.uniform(-32, 32)
-        image = Image.fromarray(np.clip(np.asarray(image, np.float32) + shift, 0, 255).astype(np.uint8))
+        pixels = np.clip(pixels + rng.uniform(-32, 32), 0, 255)
     contrast_first = rng.random() < 0.5
     if contrast_first:
-        image = contrast(image)
-    if rng.random() < 0.5:
-        image = ImageEnhance.Color(image).enhance(rng.uniform(0.5, 1.5))
-    if rng.random() < 0.5:
-        hsv = np.asarray(image.convert("HSV")).copy()
-        hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + round(rng.uniform(-18, 18) * 256 / 180)) % 256).astype(np.uint8)
-        image = Image.fromarray(hsv, mode="HSV").convert("RGB")
-    return image if contrast_first else contrast(image)
+        pixels = contrast(pixels)
+    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    hue = round(rng.uniform(-18, 18) * 256 / 180) if rng.random() < 0.5 else None
+    if saturation is not None or hue is not None:
+        hsv = np.asarray(Image.fromarray(pixels.astype(np.uint8)).convert("HSV")).astype(np.float32)
+        if saturation is not None:
+            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+        if hue is not None:
+            hsv[..., 0] = (hsv[..., 0] + hue) % 256
+        pixels = np.asarray(Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB"), np.float32)
+    if not contrast_first:
+        pixels = contrast(pixels)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def training_scale_range(config) -> tuple[float, float]:
+    """The resize jitter of a multi-class model's training (short side = crop size x U[range]): the DINOv2
+    multi-layer (ms) heads' recipe U[1.0, 3.0] (640 crops), else the linear heads' U[0.5, 2.0]."""
+    return (1.0, 3.0) if getattr(config, "head_type", None) == "multilayer" else (0.5, 2.0)
 
 
 def _short_side_resize(image: Image.Image, short_side: int, resample) -> Image.Image:
@@ -126,8 +138,11 @@ class SemanticSegmentationTransform:
         return {"pixel_values": pixels.contiguous(), "labels": labels.contiguous(), "sample_id": sample_id}
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        from .data import _decodable  # undecoded dataset cells ({"bytes", "path"})
+
         out: dict[str, list] = {"pixel_values": [], "labels": [], "sample_id": []}
         for image_source, label_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
+            image_source, label_source = _decodable(image_source), _decodable(label_source)
             labels = load_label_map(label_source, self.reduce_zero_label, self.ignore_index)
             names = f"{_name(label_source)} / {_name(image_source)}"
             example = self._example(load_image(image_source), labels, int(sample_id), names)
@@ -147,6 +162,7 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
     ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet). A sample whose
     image or label map cannot be read, or whose sizes differ, is skipped with a warning (``"<files>: <reason>"``
     appended to ``skipped``); a class outside the model's is an error (a setting, e.g. --reduce-zero-label)."""
+    from .data import _decodable
     from .metrics import SemanticSegmentationMetrics
 
     config = model.config
@@ -166,8 +182,8 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
             row = dataset[index]
             names = f"{_name(row['mask'])} / {_name(row['image'])}"
             try:
-                labels = load_label_map(row["mask"])  # raw; the metric applies reduce_zero_label itself
-                image = load_image(row["image"])
+                labels = load_label_map(_decodable(row["mask"]))  # raw; the metric applies reduce_zero_label itself
+                image = load_image(_decodable(row["image"]))
                 transform.check_sizes(image, labels, names)
             except (ImageReadError, ValueError, OSError) as error:
                 logger.warning("skipping %s", error)

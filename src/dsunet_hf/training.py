@@ -512,11 +512,12 @@ def train(args: TrainingArguments) -> dict:
         train_transform = VisualPromptEpisodes(train_set, processor, seed=args.seed, hflip=spec.hflip)
         train_episodes, collate = train_transform, collate_visual_prompt
     elif task == "semantic":
-        from .semantic import SemanticSegmentationTransform
+        from .semantic import SemanticSegmentationTransform, training_scale_range
 
         train_transform = SemanticSegmentationTransform(
             processor, train=True, crop_size=model.config.crop_size, ignore_index=model.config.semantic_loss_ignore_index,
             reduce_zero_label=args.reduce_zero_label, seed=args.seed, num_labels=model.config.num_labels,
+            scale_range=training_scale_range(model.config),
         )
     else:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)

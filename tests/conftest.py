@@ -53,6 +53,7 @@ class OfflineHub:
         self.cache = cache
         self.pushes: list[tuple[str, str]] = []
         self.repo_types: dict[str, str] = {}  # repo id -> "model" / "space" / "dataset", as created
+        self.private: dict[str, bool] = {}  # repo id -> private
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.cache / ("models--" + repo_id.replace("/", "--"))
@@ -91,6 +92,7 @@ def offline_hub(tmp_path, monkeypatch):
 
     def create_repo(self, repo_id, *args, **kwargs):
         hub.repo_types[repo_id] = kwargs.get("repo_type") or "model"
+        hub.private.setdefault(repo_id, bool(kwargs.get("private")))  # an existing repo keeps its visibility
         url = StubRepoUrl(f"https://huggingface.co/{repo_id}")
         url.repo_id = repo_id
         return url
@@ -100,6 +102,11 @@ def offline_hub(tmp_path, monkeypatch):
         hub.pushes.append((repo_id, commit_message))
         return sha
 
+    def update_repo_settings(self, repo_id, *, private=None, **kwargs):
+        if private is not None:
+            hub.private[repo_id] = private
+
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "update_repo_settings", update_repo_settings)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     return hub

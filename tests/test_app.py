@@ -281,6 +281,16 @@ def test_space_folder_and_push(tmp_path, offline_hub):
     assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "app.py", "requirements.txt"]
     write_space(tmp_path / "git", "me/x", requirement="git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app]")
     assert (tmp_path / "git" / "requirements.txt").read_text().startswith("git+https://")
+    # --private: a new Space private, and an existing public one made private (not uploaded into it unchanged).
+    assert offline_hub.private["me/cod-demo"] is False
+    assert main(["space", str(tmp_path / "space"), "--model", "me/sam2unet-cod", "--push-to-hub", "me/cod-demo",
+                 "--private"]) == 0
+    assert offline_hub.private["me/cod-demo"] is True
+    with pytest.raises(SystemExit, match="--private applies to --push-to-hub"):
+        main(["space", str(tmp_path / "space2"), "--model", "me/sam2unet-cod", "--private"])
+    # A Space loads its model from the Hub: a local folder would be a link to nowhere.
+    with pytest.raises(SystemExit, match=r"--model .* is not a Hub repo id \(org/name\); push the model first"):
+        main(["space", str(tmp_path / "space3"), "--model", str(tmp_path / "space")])
 
 
 def test_app_command_serves_the_models_page(tmp_path, monkeypatch):

@@ -213,6 +213,11 @@ def test_an_export_pushed_to_the_hub_has_a_card_and_predicts_from_its_repo_id(ex
         hub_mask, local_mask = (np.asarray(Image.open(tmp_path / out / "masks" / f"{index}.png"))
                                 for out in ("hub-out", "local-out"))
         np.testing.assert_array_equal(hub_mask, local_mask)
+    # A damaged export report is one line naming the file, for every command reading it.
+    (folder / "onnx_export.json").write_text("{bad")
+    for command in (["info", str(folder)], ["push", str(folder), "me/x"]):
+        with pytest.raises(SystemExit, match=r"onnx_export.json: not a readable dsunet-hf export report"):
+            main(command)
     with pytest.raises(SystemExit, match="not a saved model folder .* or dsunet-hf export onnx first"):
         main(["push", str(images), "me/nothing"])
     from dsunet_hf.app import write_space

@@ -114,6 +114,9 @@ def test_cli_predict_and_evaluate_a_semantic_model(rows, tmp_path, capsys):
     assert len(skipped) == 2 and "truncated.png" in skipped[0] and "unpaired.png" in skipped[1]
     assert not skipped[0].endswith("(left out when loading)") and skipped[1].endswith("(left out when loading)")
     assert info["evaluated_samples"] == {"data": count}
+    # A local folder is recorded by its absolute path: `push --evaluation` run from elsewhere still knows it is no
+    # Hub dataset id.
+    assert info["data"] == {"data": str(data.resolve())}
 
 
 def test_crops_avoid_a_dominant_class_when_they_can():

@@ -191,7 +191,7 @@ def _convert_checkpoint(args) -> str:
 
 def _push(args) -> int:
     return _push_folder(args.folder, args.repo_id, evaluation=args.evaluation, commit_message=args.commit_message,
-                        private=args.private)
+                        private=args.private or None)
 
 
 def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, commit_message: str,
@@ -204,7 +204,10 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
     folder = Path(folder)
     if is_onnx_export(folder) and (folder / "onnx_export.json").is_file():  # an ONNX export: its card names the repo
         readme = folder / "README.md"
-        ours = {onnx_model_card(folder, repo_id=repo).content for repo in (None, repo_id)}
+        try:
+            ours = {onnx_model_card(folder, repo_id=repo).content for repo in (None, repo_id)}
+        except ValueError as error:  # a damaged onnx_export.json
+            raise SystemExit(f"push: {error}") from error
         if not readme.is_file() or readme.read_text(encoding="utf-8") in ours:
             onnx_model_card(folder, repo_id=repo_id).save(readme)
         else:  # edited by hand since the export wrote it: the user's words win
@@ -248,15 +251,26 @@ def _app(args) -> int:
 
 def _space(args) -> int:
     from .app import write_space
+    from .hub import looks_like_hub_id
 
-    folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement,
-                         resolution=args.resolution, max_side=args.max_side)
+    if not looks_like_hub_id(args.model):  # the Space runs on the Hub: it loads the model from there
+        raise SystemExit(f"space: --model {args.model} is not a Hub repo id (org/name); push the model first "
+                         f"(dsunet-hf push {args.model} <org/name>) and name that repo")
+    if args.private and not args.push_to_hub:
+        raise SystemExit("space: --private applies to --push-to-hub")
+
+    try:
+        folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement,
+                             resolution=args.resolution, max_side=args.max_side)
+    except ValueError as error:  # e.g. the model's repo holds a damaged onnx_export.json
+        raise SystemExit(f"space: {error}") from error
     print(f"space written to {folder}")
     if args.push_to_hub:
         from .hub import upload_folder_to_hub
 
         try:
-            repo_id = upload_folder_to_hub(folder, args.push_to_hub, private=args.private, space_sdk="gradio",
+            repo_id = upload_folder_to_hub(folder, args.push_to_hub, private=args.private or None,
+                                           space_sdk="gradio",
                                            commit_message=f"dsunet-hf demo of {args.model}")
         except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
             raise SystemExit(f"space: pushing {folder} to {args.push_to_hub} failed ({type(error).__name__}: "
@@ -344,7 +358,10 @@ def _info(args) -> int:
             config = AutoConfig.from_pretrained(args.model)
         except (ValueError, OSError) as error:
             raise SystemExit(f"info: cannot read the config of {args.model}: {error}") from error
-        export = read_export_report(args.model)
+        try:
+            export = read_export_report(args.model)
+        except ValueError as error:  # a damaged onnx_export.json
+            raise SystemExit(f"info: {error}") from error
         if export is not None:  # an ONNX export (folder or Hub repo): what it takes and how it was checked
             print(f"ONNX export of {export.source or 'a model'}: {export.summary()}")
         print(json.dumps(config.to_diff_dict(), indent=2, default=str))
@@ -362,6 +379,8 @@ def _export(args) -> int:
 
     if args.size and len(args.size) > 2:
         raise SystemExit(f"export: --size takes a height and an optional width, got {args.size}")
+    if args.private and not args.push_to_hub:
+        raise SystemExit("export: --private applies to --push-to-hub")
     size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
         model, processor = load_model_and_processor(args.model)
@@ -375,7 +394,7 @@ def _export(args) -> int:
     print(report.summary())
     if args.push_to_hub:  # the folder with its card, named after the repo (as `dsunet-hf push` does)
         return _push_folder(args.output_dir, args.push_to_hub, evaluation=None,
-                            commit_message=f"ONNX export of {args.model}", private=args.private)
+                            commit_message=f"ONNX export of {args.model}", private=args.private or None)
     return 0
 
 

@@ -588,6 +588,12 @@ def _dataset_labels(source) -> dict | None:
     return json.loads(path.read_text()) if path else None
 
 
+def _source_record(source) -> str:
+    """How a dataset is recorded in the report: a local folder by its absolute path (``push --evaluation`` then
+    knows it from a Hub dataset id wherever it runs), a Hub id as given."""
+    return str(Path(source).resolve()) if Path(str(source)).exists() else str(source)
+
+
 def _folder_name(folder: Path) -> str:
     """Dataset name for a GT folder: its name, or its parent's for generic names like ``masks``."""
     folder = folder.resolve()
@@ -679,7 +685,7 @@ def run_evaluate_cli(args) -> int:
                     results_only[name] = unscored
                     print(f"{name}: {len(unscored)} sequence(s) annotated on their objects' first appearances only, "
                           f"not scored here: results for the server in {Path(args.save_predictions) / name}")
-                sources[name], skipped_per_dataset[name] = str(source), skipped
+                sources[name], skipped_per_dataset[name] = _source_record(source), skipped
                 continue
             dataset = (
                 load_segmentation_dataset(source) if args.split is None
@@ -717,7 +723,7 @@ def run_evaluate_cli(args) -> int:
                 evaluated[name] = requested - len(skipped)
             # Files the loader left out (unpaired, unreadable, sizes differ) are not scored either: say so.
             skipped += [f"{path}: {reason} (left out when loading)" for path, reason in dropped_files(dataset).items()]
-            sources[name], skipped_per_dataset[name] = str(source), skipped
+            sources[name], skipped_per_dataset[name] = _source_record(source), skipped
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,

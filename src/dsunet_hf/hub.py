@@ -97,10 +97,14 @@ def upload_folder_to_hub(
     space_sdk: str | None = None,
 ) -> str:
     """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id.
-    ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo."""
+    ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo. ``private=True`` makes the repo
+    private, an existing one too (``create_repo`` leaves an existing repo's visibility as it is); None: a new
+    repo gets the account's default visibility."""
     api = HfApi(token=token)
     repo_type = "space" if space_sdk else None
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk).repo_id
+    if private:
+        api.update_repo_settings(repo_id, private=True, repo_type=repo_type)
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),

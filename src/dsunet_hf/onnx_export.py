@@ -451,9 +451,12 @@ def read_export_report(name_or_path: str | Path, revision: str | None = None) ->
             path = Path(hf_hub_download(str(name_or_path), "onnx_export.json", revision=revision))
         except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
             return None  # not an export, or not reachable
-    saved = json.loads(path.read_text())
-    known = {f.name for f in fields(OnnxExportReport)}
-    return OnnxExportReport(**{key: value for key, value in saved.items() if key in known})
+    try:
+        saved = json.loads(path.read_text())
+        known = {f.name for f in fields(OnnxExportReport)}
+        return OnnxExportReport(**{key: value for key, value in saved.items() if key in known})
+    except (json.JSONDecodeError, AttributeError, TypeError) as error:  # not JSON, not an object, fields missing
+        raise ValueError(f"{path}: not a readable dsunet-hf export report ({type(error).__name__}: {error})") from error
 
 
 def onnx_export_from_hub(repo_id: str, revision: str | None = None) -> Path | None:

@@ -124,9 +124,8 @@ _CONVERT_OPTIONS = {
 
 
 def _convert(args) -> int:
-    given = [name for name in ("backbone_repo_id", "backbone_revision", "dino_backbone_repo_id",
-                               "dino_backbone_revision", "include_backbone", "variant", "config_overrides")
-             if getattr(args, name) not in (None, False)]
+    options = sorted(set().union(*_CONVERT_OPTIONS.values()))
+    given = [name for name in options if getattr(args, name) not in (None, False)]
     refused = [name for name in given if name not in _CONVERT_OPTIONS[args.kind]]
     if refused:
         raise SystemExit(f"convert {args.kind}: {', '.join('--' + n.replace('_', '-') for n in refused)} do(es) not "

@@ -706,18 +706,24 @@ def run_evaluate_cli(args) -> int:
             elif multi_class:
                 from .semantic import evaluate_semantic
 
-                semantic = evaluate_semantic(model, dataset, schedule=args.schedule, max_samples=args.max_samples,
-                                             reduce_zero_label=reduce_zero_label, skipped=skipped)
+                try:
+                    semantic = evaluate_semantic(model, dataset, schedule=args.schedule, max_samples=args.max_samples,
+                                                 reduce_zero_label=reduce_zero_label, skipped=skipped)
+                except ValueError as error:  # no sample readable, a class the model does not have
+                    raise SystemExit(f"evaluate: {source}: {error}") from error
                 per_class[name] = semantic.pop("per_class_iou")
                 results[name] = semantic
             else:
-                results[name] = evaluate_model(
-                    model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
-                    progress=args.progress, max_samples=args.max_samples, skipped=skipped,
-                    dis_metrics=args.dis_metrics, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
-                    resolution=args.resolution, max_side=args.max_side, num_workers=args.num_workers,
-                    metric_workers=metric_workers,
-                )
+                try:
+                    results[name] = evaluate_model(
+                        model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
+                        progress=args.progress, max_samples=args.max_samples, skipped=skipped,
+                        dis_metrics=args.dis_metrics, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
+                        resolution=args.resolution, max_side=args.max_side, num_workers=args.num_workers,
+                        metric_workers=metric_workers,
+                    )
+                except ValueError as error:  # no sample could be read
+                    raise SystemExit(f"evaluate: {source}: {error}") from error
             if visual_prompt is None:  # (visual prompts count queries, in their scores)
                 requested = len(dataset) if args.max_samples is None else min(args.max_samples, len(dataset))
                 evaluated[name] = requested - len(skipped)

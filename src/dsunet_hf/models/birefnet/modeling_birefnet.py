@@ -413,6 +413,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         merge = kwargs.pop("merge_lora", False)
         dtype = pop_dtype(kwargs)
         revision, variant = kwargs.pop("revision", None), kwargs.pop("variant", None)
+        kwargs.pop("trust_remote_code", None)  # (the official snippet passes it; no remote code runs here)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.config_class().to_dict()}
         # Underscored arguments are transformers' own bookkeeping (_from_auto, _from_pipeline, ...).
         refused = sorted(k for k in kwargs if not k.startswith("_"))

@@ -412,3 +412,19 @@ def test_temporal_smoothing_of_class_videos_steadies_labels_where_the_picture_is
             assert np.array_equal(classes[0], predict_classes(model, Image.fromarray(square_frame(0, width=45,
                                                                                                    height=31))))
     assert flips[0.0] > 0.05 and flips[0.8] < 0.5 * flips[0.0]
+
+
+def test_cover_art_is_not_taken_for_the_video(monkeypatch):
+    """A file whose first video stream is an attached picture (cover art) is read from its real video stream."""
+    from types import SimpleNamespace
+
+    from dsunet_hf import video
+
+    cover = SimpleNamespace(disposition=av.stream.Disposition.attached_pic)
+    real = SimpleNamespace(disposition=av.stream.Disposition(0))
+    container = SimpleNamespace(streams=SimpleNamespace(video=[cover, real]), close=lambda: None)
+    monkeypatch.setattr(av, "open", lambda path: container)
+    assert video._open_video("song.mp4") == (container, real)
+    container.streams.video = [cover]
+    with pytest.raises(video.VideoReadError, match="song.mp4: has no video stream"):
+        video._open_video("song.mp4")

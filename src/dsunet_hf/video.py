@@ -99,10 +99,13 @@ def _open_video(path: str | Path):
         container = av.open(str(path))
     except av.FFmpegError as error:
         raise VideoReadError(f"{path}: not a readable video ({error})") from error
-    if not container.streams.video:
+    # Cover art (an attached picture, as music videos and podcasts carry) is a one-frame video stream: not the video.
+    cover = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
+    streams = [stream for stream in container.streams.video if not (cover and stream.disposition & cover)]
+    if not streams:
         container.close()
         raise VideoReadError(f"{path}: has no video stream")
-    return container, container.streams.video[0]
+    return container, streams[0]
 
 
 def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fraction | None]]:

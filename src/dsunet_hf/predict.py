@@ -288,7 +288,7 @@ def add_resolution_arguments(parser) -> None:
     parser.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
 
 
-def _stored_size(path: Path) -> tuple[int, int] | None:
+def stored_size(path: Path) -> tuple[int, int] | None:
     """(height, width) after EXIF orientation from the file header alone; None if it cannot be read
     (the file then fails, and is reported, when it is decoded)."""
     try:
@@ -532,7 +532,7 @@ def predict_files(
         mine_videos = [item for item in mine if is_video(item[0])]
         mine = [item for item in mine if not is_video(item[0])]
         if resolution == "native":
-            stored = [_stored_size(path) for path, _ in mine]
+            stored = [stored_size(path) for path, _ in mine]
             sizes = [native_size(*size, max_side=max_side) if size else None for size in stored]
             batching = {"batch_sampler": size_buckets(sizes, batch_size)}
         else:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic
 from .image_io import load_image
+from .predict import stored_size
 from .prompt_predict import PromptTracker, default_threshold, frame_order, memory_kwargs
 
 __all__ = ["VideoSequence", "boundary_f_measure", "davis_sequences", "evaluate_tracking", "first_frame_objects",
@@ -203,9 +204,13 @@ def _track_sequence(model, sequence: VideoSequence, memory_size: int, **segment_
 
 
 def _frame_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image, read from its header."""
-    with Image.open(path) as image:
-        return image.height, image.width
+    """(height, width) of a frame as it is read (EXIF orientation applied), from its header; an unreadable frame
+    is an error naming it (from decoding it)."""
+    size = stored_size(path)
+    if size is None:
+        image = load_image(path)  # raises ImageReadError naming the file
+        size = (image.height, image.width)
+    return size
 
 
 def _save_results(folder: Path, sequence: VideoSequence, predicted: list[np.ndarray]) -> None:

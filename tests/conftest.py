@@ -54,6 +54,7 @@ class OfflineHub:
         self.pushes: list[tuple[str, str]] = []
         self.repo_types: dict[str, str] = {}  # repo id -> "model" / "space" / "dataset", as created
         self.private: dict[str, bool] = {}  # repo id -> private
+        self.create_calls: list[tuple[str, bool | None]] = []  # (repo id, the private argument as given)
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.cache / ("models--" + repo_id.replace("/", "--"))
@@ -92,6 +93,7 @@ def offline_hub(tmp_path, monkeypatch):
 
     def create_repo(self, repo_id, *args, **kwargs):
         hub.repo_types[repo_id] = kwargs.get("repo_type") or "model"
+        hub.create_calls.append((repo_id, kwargs.get("private")))
         hub.private.setdefault(repo_id, bool(kwargs.get("private")))  # an existing repo keeps its visibility
         url = StubRepoUrl(f"https://huggingface.co/{repo_id}")
         url.repo_id = repo_id

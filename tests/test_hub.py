@@ -54,6 +54,21 @@ def test_push_then_pull_gives_identical_outputs(trained_model, offline_hub):
         assert torch.equal(trained_model(x).logits, pulled(x).logits)
 
 
+def test_save_pretrained_with_push_to_hub_publishes_our_card_and_the_processor(trained_model, offline_hub, tmp_path):
+    """transformers' save_pretrained(push_to_hub=True) uploads before our card and processor exist (its generic
+    card went up instead); ours uploads the finished folder."""
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    trained_model.save_pretrained(tmp_path / "m", image_processor=processor, push_to_hub=True,
+                                  repo_id="me/saved-and-pushed", commit_message="first", private=True)
+    assert offline_hub.pushes == [("me/saved-and-pushed", "first")] and offline_hub.private["me/saved-and-pushed"]
+    snapshot = next((offline_hub.repo_dir("me/saved-and-pushed") / "snapshots").iterdir())
+    assert {p.name for p in snapshot.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json",
+                                                    "README.md"}
+    card = (snapshot / "README.md").read_text()
+    assert "xiong2024sam2unet" in card and "Model Card for Model ID" not in card
+    assert AutoImageProcessor.from_pretrained("me/saved-and-pushed").size == processor.size
+
+
 def test_auto_classes_load_a_saved_model(trained_model, tmp_path):
     trained_model.save_pretrained(tmp_path / "m")
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "m"), Sam2UNetConfig)

@@ -193,6 +193,21 @@ def _push(args) -> int:
                         private=args.private or None)
 
 
+def name_card_after_repo(readme: Path, repo_id: str) -> None:
+    """A card saved without a repo id (training without --hub-model-id) shows ``path/to/this-model`` in its
+    snippets and the output folder's name in its results: both become the repo's before the upload."""
+    from huggingface_hub import ModelCard
+
+    from .hub import PLACEHOLDER_REPO_ID
+
+    if not readme.is_file() or PLACEHOLDER_REPO_ID not in (text := readme.read_text(encoding="utf-8")):
+        return
+    card = ModelCard(text.replace(PLACEHOLDER_REPO_ID, repo_id))
+    if card.data.eval_results:
+        card.data.model_name = repo_id.split("/")[-1]
+    card.save(readme)
+
+
 def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, commit_message: str,
                  private: bool) -> int:
     """Upload a saved model or ONNX export folder (its card first: an export's names the repo; evaluation
@@ -216,6 +231,7 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
             if not (folder / required).is_file():
                 raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained or "
                                  f"dsunet-hf export onnx first")
+        name_card_after_repo(folder / "README.md", repo_id)
     if evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
         from .hub import add_evaluation_to_card
 

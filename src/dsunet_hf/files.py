@@ -22,6 +22,13 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def give_new_file_modes(folder: Path, pattern: str = "*.safetensors") -> None:
+    """safetensors writes its files private (0600) whatever the umask: give them a new file's mode, so that others
+    on a shared machine can load the model, as they can read its config.json."""
+    for path in Path(folder).glob(pattern):
+        os.chmod(path, 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends normally and

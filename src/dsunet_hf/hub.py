@@ -18,6 +18,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+# What a card shows for the repo id until it has one (a model saved without --hub-model-id).
+PLACEHOLDER_REPO_ID = "path/to/this-model"
+
 
 class BackboneNotAvailableError(OSError):
     """A frozen backbone's weights cannot be had (not cached offline, missing repo or file)."""

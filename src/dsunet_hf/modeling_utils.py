@@ -20,8 +20,15 @@ from transformers import PreTrainedModel
 from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_, zeros_
 from transformers.utils import ModelOutput
 
+from .files import give_new_file_modes
 from .finetune import add_lora, is_trainable_key, lora_layers, merge_lora, parameter_counts, trainable_summary
-from .hub import add_evaluation_to_card, looks_like_hub_id, render_model_card, upload_folder_to_hub
+from .hub import (
+    PLACEHOLDER_REPO_ID,
+    add_evaluation_to_card,
+    looks_like_hub_id,
+    render_model_card,
+    upload_folder_to_hub,
+)
 
 
 @dataclass
@@ -275,8 +282,18 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         """Write ``config.json``, ``model.safetensors`` (trainable tensors only unless
         ``include_backbone=True``: a self-contained copy for offline use), a model card ``README.md`` and the
         image processor ``preprocessor_config.json``: ``image_processor`` when given, else (only where the folder
-        has none yet) the one this model was loaded with (see :meth:`source_image_processor`)."""
+        has none yet) the one this model was loaded with (see :meth:`source_image_processor`).
+
+        ``push_to_hub=True`` (with ``repo_id``, ``commit_message``, ``private``, ``token``, ``revision``,
+        ``create_pr``) uploads the finished folder, card and processor included; transformers' own upload would
+        run before they are written and publish its generic card."""
         card_kwargs = kwargs.pop("model_card_kwargs", None) or {}
+        push = kwargs.pop("push_to_hub", False)
+        push_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "token", "revision", "create_pr")
+                       if key in kwargs}
+        repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+        if push:
+            card_kwargs.setdefault("repo_id", repo_id)
         if "state_dict" not in kwargs and not include_backbone:
             kwargs["state_dict"] = self.trainable_state_dict()
         if self.lora_is_merged:
@@ -295,6 +312,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         finally:
             del self.config.backbone_weights_included
         if kwargs.get("is_main_process", True):
+            give_new_file_modes(save_directory)
             card = self.model_card(**card_kwargs, backbone_included=backbone_included)
             card.save(os.path.join(save_directory, "README.md"))
             # The card's usage (AutoImageProcessor, pipeline) reads the processor from the same folder; one that is
@@ -303,6 +321,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 image_processor = self.source_image_processor()
             if image_processor is not None:
                 image_processor.save_pretrained(save_directory)
+            if push:
+                upload_folder_to_hub(save_directory, repo_id, **push_kwargs)
 
     def source_image_processor(self):
         """The image processor saved beside the artifact this model was loaded from (e.g. an ADE20K head's
@@ -345,7 +365,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         if backbone_included is None:
             backbone_included = self.config.finetune_strategy == "full"
         return render_model_card(
-            template, card_data, repo_id=repo_id or "path/to/this-model", config=self.config,
+            template, card_data, repo_id=repo_id or PLACEHOLDER_REPO_ID, config=self.config,
             backbone_included=backbone_included,
             trainable_params=f"{trainable:,}", total_params=f"{total:,}",
             trainable_percent=f"{100 * trainable / max(total, 1):.2f}", summary=trainable_summary(self),

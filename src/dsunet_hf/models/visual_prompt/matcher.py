@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
+from ...hub import PLACEHOLDER_REPO_ID
 from ...image_io import load_image
 from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
 from ...prompts import reference_mask
@@ -543,7 +544,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         config = self.config
         repo = config.dino_backbone_repo_id
         card_data = self.card_data(["training-free"])
-        name = repo_id or "path/to/this-model"
+        name = repo_id or PLACEHOLDER_REPO_ID
         content = f"""---
 {card_data.to_yaml()}
 ---

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import Dinov2Config, PreTrainedConfig
 
-from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
+from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
 from ...labels import set_default_labels
 
@@ -35,7 +35,7 @@ class Dinov2SegConfig(PreTrainedConfig):
     Args:
         backbone_preset (`str`, defaults to `"large"`): DINOv2 size (small, base, large, giant).
         dino_config (`dict`, *optional*): `Dinov2Config` fields overriding the preset (tiny test configs).
-        backbone_repo_id (`str`, defaults to `"facebook/dinov2-large"`): Hub repo / local path of DINOv2.
+        backbone_repo_id (`str`, defaults to the preset's repo, e.g. `"facebook/dinov2-large"`): Hub repo / local path of DINOv2.
         backbone_revision (`str`, *optional*): its revision; pinned to the exact commit once loaded.
         head_type (`str`, defaults to `"linear"`): `linear` reads the last block; `multilayer` (the paper's
             "+ms") concatenates the last four blocks.
@@ -57,7 +57,7 @@ class Dinov2SegConfig(PreTrainedConfig):
         self,
         backbone_preset: str = "large",
         dino_config: dict | None = None,
-        backbone_repo_id: str = "facebook/dinov2-large",
+        backbone_repo_id: str | None = None,
         backbone_revision: str | None = None,
         head_type: str = "linear",
         num_layers: int = 4,
@@ -83,7 +83,7 @@ class Dinov2SegConfig(PreTrainedConfig):
         set_default_labels(kwargs, VOC_LABELS)
         self.backbone_preset = backbone_preset
         self.dino_config = dinov2_config_dict(backbone_preset, dino_config)
-        self.backbone_repo_id = backbone_repo_id
+        self.backbone_repo_id = backbone_repo_id or dinov2_hub_repo(backbone_preset)
         self.backbone_revision = backbone_revision
         self.head_type = head_type
         self.num_layers = num_layers

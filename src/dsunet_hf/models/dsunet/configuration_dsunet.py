@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import Dinov2Config, PreTrainedConfig, Sam2HieraDetConfig
 
-from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict
-from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
+from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
+from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict, hiera_hub_repo
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
 from ...losses import BCE_WEIGHTINGS
@@ -17,12 +17,12 @@ class DSUNetConfig(PreTrainedConfig):
     Args:
         sam_preset (`str`, defaults to `"large"`): Hiera size (tiny, small, base_plus, large).
         hiera_config (`dict`, *optional*): `Sam2HieraDetConfig` fields overriding the preset (tiny test configs).
-        sam_backbone_repo_id (`str`, defaults to `"facebook/sam2.1-hiera-large"`): Hub repo / local path of the
+        sam_backbone_repo_id (`str`, defaults to the preset's SAM 2.1 repo, e.g. `"facebook/sam2.1-hiera-large"`): Hub repo / local path of the
             frozen Hiera weights (DSU-Net was trained from SAM 2.1).
         sam_backbone_revision (`str`, *optional*): its revision; pinned to the exact commit once loaded.
         dino_preset (`str`, defaults to `"large"`): DINOv2 size (small, base, large, giant).
         dino_config (`dict`, *optional*): `Dinov2Config` fields overriding the preset.
-        dino_backbone_repo_id (`str`, defaults to `"facebook/dinov2-large"`): Hub repo / local path of DINOv2.
+        dino_backbone_repo_id (`str`, defaults to the preset's repo, e.g. `"facebook/dinov2-large"`): Hub repo / local path of DINOv2.
         dino_backbone_revision (`str`, *optional*): its revision; pinned once loaded.
         image_size (`int`, defaults to 352): the Hiera input size (a multiple of 32).
         dino_image_size (`int`, defaults to 518): the DINOv2 input size (a multiple of 14).
@@ -44,11 +44,11 @@ class DSUNetConfig(PreTrainedConfig):
         self,
         sam_preset: str = "large",
         hiera_config: dict | None = None,
-        sam_backbone_repo_id: str = "facebook/sam2.1-hiera-large",
+        sam_backbone_repo_id: str | None = None,
         sam_backbone_revision: str | None = None,
         dino_preset: str = "large",
         dino_config: dict | None = None,
-        dino_backbone_repo_id: str = "facebook/dinov2-large",
+        dino_backbone_repo_id: str | None = None,
         dino_backbone_revision: str | None = None,
         image_size: int = 352,
         dino_image_size: int = 518,
@@ -79,13 +79,13 @@ class DSUNetConfig(PreTrainedConfig):
             raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
         self.sam_preset = sam_preset
         self.hiera_config = hiera_config_dict(sam_preset, hiera_config)
-        self.sam_backbone_repo_id = sam_backbone_repo_id
+        self.sam_backbone_repo_id = sam_backbone_repo_id or hiera_hub_repo(sam_preset, "2.1")
         self.sam_backbone_revision = sam_backbone_revision
         self.dino_preset = dino_preset
         self.dino_config = dinov2_config_dict(dino_preset, dino_config)
         if dino_image_size % self.dino_config["patch_size"]:
             raise ValueError(f"dino_image_size must be a multiple of the patch size {self.dino_config['patch_size']}")
-        self.dino_backbone_repo_id = dino_backbone_repo_id
+        self.dino_backbone_repo_id = dino_backbone_repo_id or dinov2_hub_repo(dino_preset)
         self.dino_backbone_revision = dino_backbone_revision
         self.image_size = image_size
         self.dino_image_size = dino_image_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig, Sam2HieraDetConfig
 
-from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict
+from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict, hiera_hub_repo
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
@@ -17,7 +17,7 @@ class Sam2UNetConfig(PreTrainedConfig):
         backbone_preset (`str`, defaults to `"large"`): Hiera size: tiny, small, base_plus or large.
         hiera_config (`dict`, *optional*): `Sam2HieraDetConfig` fields overriding the preset (tiny test
             configs); the full resolved backbone config is stored here after init.
-        backbone_repo_id (`str`, defaults to `"facebook/sam2-hiera-large"`): Hub repo (or local folder /
+        backbone_repo_id (`str`, defaults to the preset's SAM 2 repo, e.g. `"facebook/sam2-hiera-large"`): Hub repo (or local folder /
             checkpoint file) of the frozen trunk weights; SAM2-UNet was trained from SAM 2.0, not 2.1.
         backbone_revision (`str`, *optional*): Hub revision of the trunk; set to the exact commit once the
             weights are loaded from the Hub, so a saved artifact pins the backbone it was trained with.
@@ -47,7 +47,7 @@ class Sam2UNetConfig(PreTrainedConfig):
         self,
         backbone_preset: str = "large",
         hiera_config: dict | None = None,
-        backbone_repo_id: str = "facebook/sam2-hiera-large",
+        backbone_repo_id: str | None = None,
         backbone_revision: str | None = None,
         adapter_dim: int = 32,
         rfb_channels: int = 64,
@@ -70,7 +70,7 @@ class Sam2UNetConfig(PreTrainedConfig):
             raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
         self.backbone_preset = backbone_preset
         self.hiera_config = hiera_config_dict(backbone_preset, hiera_config)
-        self.backbone_repo_id = backbone_repo_id
+        self.backbone_repo_id = backbone_repo_id or hiera_hub_repo(backbone_preset, "2.0")
         self.backbone_revision = backbone_revision
         self.adapter_dim = adapter_dim
         self.rfb_channels = rfb_channels

@@ -277,7 +277,7 @@ def test_post_process_model_output_and_minmax(processor):
 def test_to_pil_masks(processor):
     pils = processor.to_pil_masks([torch.tensor([[0.0, 0.5], [1.0, 0.2]]), torch.tensor([[True, False]])])
     assert pils[0].mode == "L" and pils[0].size == (2, 2)
-    assert np.asarray(pils[0]).tolist() == [[0, 128], [255, 51]]
+    assert np.asarray(pils[0]).tolist() == [[0, 127], [255, 51]]  # floor(p * 255), as upstream and the metrics
     assert np.asarray(pils[1]).tolist() == [[255, 0]]
 
 

@@ -165,12 +165,13 @@ def test_is_better():
 
 def test_to_uint8_map():
     p = np.array([[0.0, 0.5, 1.0], [0.2, 1.5, -0.1]], np.float32)
-    expected = np.array([[0, 128, 255], [51, 255, 0]], np.uint8)  # round(0.5*255)=round(127.5)=128
+    # floor, as upstream test.py's (res * 255).astype(np.uint8): 0.5 -> 127 (rounding gave 128), 0.999 -> 254
+    expected = np.array([[0, 127, 255], [51, 255, 0]], np.uint8)
     np.testing.assert_array_equal(to_uint8_map(p), expected)
     np.testing.assert_array_equal(to_uint8_map(torch.from_numpy(p)), expected)
     assert to_uint8_map(p).dtype == np.uint8
     np.testing.assert_array_equal(to_uint8_map(np.array([[True, False]])), [[255, 0]])
-    np.testing.assert_array_equal(to_uint8_map(np.array([[np.nan, 0.25]])), [[0, 64]])
+    np.testing.assert_array_equal(to_uint8_map(np.array([[np.nan, 0.25, 0.999]])), [[0, 63, 254]])
     with pytest.raises(ValueError, match="shape"):
         to_uint8_map(np.zeros((1, 2, 2)))
 

@@ -2,7 +2,7 @@
 
 Protocol (upstream ``test.py`` + ``eval.py``): logits are upsampled bilinearly to the ground-truth
 size, passed through a sigmoid, min-max normalised per image (default on), written as
-``round(p * 255)`` 8-bit maps and scored with pysodmetrics against the 8-bit ground truth (see
+``floor(p * 255)`` 8-bit maps and scored with pysodmetrics against the 8-bit ground truth (see
 :mod:`dsunet_hf.metrics`). Unreadable or mismatched samples are skipped with a warning, never fatal.
 """
 
@@ -466,7 +466,7 @@ def _versions() -> dict[str, str]:
 
 
 SOD_PROTOCOL = ("SAM2-UNet test.py/eval.py: bilinear upsampling to GT size, sigmoid, optional per-image min-max, "
-                "round(p*255) uint8 maps scored with pysodmetrics; mDice/mIoU averaged over 256 thresholds")
+                "floor(p*255) uint8 maps scored with pysodmetrics; mDice/mIoU averaged over 256 thresholds")
 SEMANTIC_PROTOCOL = "dataset-level confusion matrix at each label map's size: mIoU over classes, pixel accuracy"
 VISUAL_PROMPT_PROTOCOL = (
     "one query per (target image, class present), prompted on other image(s) of the class; foreground IoU "

@@ -247,7 +247,8 @@ class SegmentationImageProcessor(BaseImageProcessor):
 
     @staticmethod
     def to_pil_masks(probabilities: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> list[Image.Image]:
-        """Convert (h, w) probability maps or bool masks to 8-bit "L" PIL images (``round(p * 255)``)."""
+        """Convert (h, w) probability maps or bool masks to 8-bit "L" PIL images (``floor(p * 255)``, as upstream
+        writes its maps and :func:`dsunet_hf.metrics.to_uint8_map` scores them)."""
         if isinstance(probabilities, (torch.Tensor, np.ndarray)) and probabilities.ndim == 2:
             probabilities = [probabilities]
         out = []
@@ -255,5 +256,5 @@ class SegmentationImageProcessor(BaseImageProcessor):
             if isinstance(p, torch.Tensor):
                 p = p.detach().cpu().float().numpy()
             p = np.clip(np.asarray(p, dtype=np.float32), 0.0, 1.0)
-            out.append(Image.fromarray(np.round(p * 255.0).astype(np.uint8)))
+            out.append(Image.fromarray(np.floor(p * np.float32(255.0)).astype(np.uint8)))
         return out

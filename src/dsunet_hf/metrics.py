@@ -1,7 +1,7 @@
 """Saliency / binary-segmentation metrics, computed with ``pysodmetrics`` exactly as SAM2-UNet's ``eval.py``.
 
 Every value comes from a ``py_sod_metrics`` object fed the same 8-bit gray maps that upstream reads
-from disk (prediction ``round(p * 255)``, ground truth binarised by pysodmetrics at ``> 128``):
+from disk (prediction ``floor(p * 255)``, as upstream ``test.py``'s ``(res * 255).astype(np.uint8)``; ground truth binarised by pysodmetrics at ``> 128``):
 
 ============================  ================================================================
 ``mDice`` / ``mIoU``          mean over the 256 thresholds of ``FmeasureV2``'s dynamic Dice / IoU
@@ -67,7 +67,8 @@ HIGHER_IS_BETTER["loss"] = False
 
 
 def to_uint8_map(probability: Any) -> np.ndarray:
-    """A ``(H, W)`` probability map in ``[0, 1]`` (numpy or torch) -> uint8 ``round(p * 255)``.
+    """A ``(H, W)`` probability map in ``[0, 1]`` (numpy or torch) -> uint8 ``floor(p * 255)``: upstream ``test.py`` writes
+    ``(res * 255).astype(np.uint8)`` (truncation; rounding moves wF-measure by ~0.003).
 
     The arithmetic is float32, like the mask PNGs written by :mod:`dsunet_hf.predict`, so a map
     evaluated in memory equals the same map saved and read back. Values are clipped to ``[0, 1]`` and
@@ -85,7 +86,7 @@ def to_uint8_map(probability: Any) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"expected a numeric probability map, got dtype {arr.dtype}")
     p = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.round(np.clip(p, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+    return np.floor(np.clip(p, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
 def _check_map(array: Any, what: str) -> None:

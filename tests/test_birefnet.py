@@ -118,6 +118,10 @@ def test_last_epochs_schedule_compounds_like_upstream():
     matting = tiny_config(task="Matting").loss_weights_at_epoch(149, 150)
     assert matting["bce"] == 30 and matting["ssim"] == pytest.approx(10 * 0.9**10) and matting["iou"] == 0
     assert tiny_config(finetune_last_epochs=0).loss_weights_at_epoch(99, 100) == tiny_config().loss_weights
+    # A run shorter than the window (a short fine-tune of released weights) decays once per epoch run, from
+    # the first: upstream's epoch 1 > 10 - 40 multiplies once (the weights were not decayed 31 times).
+    assert config.loss_weights_at_epoch(0, 10)["iou"] == 0.25
+    assert config.loss_weights_at_epoch(9, 10)["iou"] == pytest.approx(0.5 * 0.5**10)
 
 
 # --- forward contract -------------------------------------------------------------------------------------
@@ -423,3 +427,40 @@ def test_a_self_contained_copy_serves_as_the_base_of_a_fine_tune(tmp_path):
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():  # LoRA starts as the identity (B = 0)
         assert torch.allclose(tuned(pixels).logits, full(pixels).logits, rtol=0, atol=1e-6)
+
+
+# --- training augmentation -----------------------------------------------------------------------------------
+
+def test_training_augmentation_is_upstreams_rotate_enhance_pepper_and_repeats_per_epoch():
+    """BiRefNet trains on cv2-resized pairs, rotated (p=0.2, both), colour-enhanced and peppered (0.15 % of the
+    pixels black or white); the draws are a function of (seed, epoch, sample) like the flips."""
+    from dsunet_hf import SegmentationImageProcessor
+    from dsunet_hf.data import SegmentationTransform
+    from dsunet_hf.models import get_model_spec
+    from dsunet_hf.models.birefnet.augmentation import resize_like_upstream
+
+    size = 128
+    processor = SegmentationImageProcessor(size=size, do_normalize=False)
+    transform = SegmentationTransform(processor, train=True, vflip=False, augment=get_model_spec("birefnet").augment)
+    grey = Image.new("RGB", (200, 150), (128, 128, 128))
+    batch = {"image": [grey] * 40, "mask": [np.ones((150, 200), np.float32)] * 40, "sample_id": list(range(40))}
+    out = transform(batch)
+    masks = torch.stack(out["labels"])[:, 0]
+    rotated = masks.mean((1, 2)) < 0.99  # a rotated all-foreground mask has background corners
+    assert masks.shape == (40, size, size) and 2 <= int(rotated.sum()) <= 20  # p=0.2 of 40
+    for pixels in torch.stack(out["pixel_values"])[~rotated]:
+        values = torch.round(pixels * 255)
+        salt_and_pepper = ((values == 0) | (values == 255)).all(0)
+        assert 20 <= int(salt_and_pepper.sum()) <= int(0.0015 * size * size)  # 24 drawn (a pixel may repeat)
+        assert len(torch.unique(values[:, ~salt_and_pepper])) <= 3  # the rest one enhanced grey
+    assert all(torch.equal(a, b) for a, b in zip(out["pixel_values"], transform(batch)["pixel_values"]))
+    transform.epoch = 1
+    assert not torch.equal(torch.stack(out["pixel_values"]), torch.stack(transform(batch)["pixel_values"]))
+
+    # Resized at load as upstream: cv2 INTER_LINEAR for both (no antialiasing), not PIL's filter.
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    image, mask = resize_like_upstream(photo, np.full((300, 500), 0.5, np.float32), {"height": size, "width": size})
+    import cv2
+
+    assert np.array_equal(np.asarray(image), cv2.resize(np.asarray(photo), (size, size), interpolation=cv2.INTER_LINEAR))
+    assert mask.shape == (size, size) and np.allclose(mask, 128 / 255)

@@ -494,3 +494,16 @@ def test_synthetic_data_is_camouflaged_but_has_a_texture_cue():
     assert np.mean(np.array(texture_ratios) > 1.0) >= 0.8
     with pytest.raises(ValueError):
         make_camouflage_sample(0, (8, 8))
+
+
+def test_a_dataset_dicts_own_split_names_are_found_by_alias(tmp_path):
+    """`val`, `valid`, `dev` in a DatasetDict (save_to_disk, load_dataset) are the validation split, as split
+    folders are; training asks for "validation" and stopped with 'no split' before."""
+    rows = {"image": [_rgb(8, 8, seed) for seed in range(3)], "mask": [Image.new("L", (8, 8), 255)] * 3}
+    for name in ("val", "valid", "dev"):
+        loaded = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
+                                       name: datasets.Dataset.from_dict({k: v[:2] for k, v in rows.items()})})
+        assert len(load_segmentation_dataset(loaded, "validation")) == 2
+        assert len(load_segmentation_dataset(loaded, "train")) == 3
+    with pytest.raises(ValueError, match=r"no split 'test'; splits: \['train', 'dev'\]"):
+        load_segmentation_dataset(loaded, "test")

@@ -286,6 +286,22 @@ def test_malformed_config_overrides_are_named(generated_data, tmp_path):
         build_config(TrainingArguments(train_data=str(generated_data), model="dinov2-seg", image_size=224))
 
 
+def test_a_backbone_preset_fetches_that_size_s_repo(generated_data):
+    """--backbone-preset tiny trained on Hiera-L's repo before (a size-mismatch error after the download)."""
+    from dsunet_hf.training import build_config
+
+    def repos(model, preset, **overrides):
+        _, config = build_config(TrainingArguments(train_data=str(generated_data), model=model, backbone_preset=preset,
+                                                   config_overrides=json.dumps(overrides)))
+        return [getattr(config, name) for name in ("backbone_repo_id", "sam_backbone_repo_id", "dino_backbone_repo_id")
+                if hasattr(config, name)]
+
+    assert repos("sam2-unet", "tiny") == ["facebook/sam2-hiera-tiny"]
+    assert repos("dsunet", "base_plus", dino_preset="base") == ["facebook/sam2.1-hiera-base-plus", "facebook/dinov2-base"]
+    assert repos("dinov2-seg", "small") == ["facebook/dinov2-small"]
+    assert repos("sam2-unet", "small", backbone_repo_id="me/my-hiera") == ["me/my-hiera"]  # a given repo stays
+
+
 def test_a_runs_training_args_json_reproduces_it(generated_data, tmp_path):
     from dsunet_hf.training import main as train_main
 
@@ -347,6 +363,44 @@ def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(gener
     assert next(scores) == 0.9
     with pytest.raises(ValueError, match="early-stopping-patience must be at least 1"):
         train(tiny_args(generated_data, tmp_path / "x", early_stopping_patience=0))
+
+
+def test_a_model_trained_without_a_repo_id_is_pushed_with_a_card_naming_the_repo(generated_data, tmp_path, offline_hub):
+    """Trained without --hub-model-id, the card's snippets say path/to/this-model and its results carry the output
+    folder's name; `dsunet-hf push` names the repo in both. --push-to-hub leaves a new repo's visibility alone."""
+    from huggingface_hub import ModelCard
+
+    from dsunet_hf.cli import main
+
+    train(tiny_args(generated_data, tmp_path / "run", max_steps=2, eval_steps=2))
+    assert "path/to/this-model" in (tmp_path / "run" / "model" / "README.md").read_text()
+    # Weights readable like the config (safetensors writes 0600 whatever the umask), checkpoints too.
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "run").rglob("*")
+             if path.suffix in (".safetensors", ".json") and path.parent.name in ("model", "checkpoint-2")}
+    assert modes["model.safetensors"] == modes["config.json"] == modes["trainable_weights.safetensors"]
+    assert main(["push", str(tmp_path / "run" / "model"), "alice/camo-adapter"]) == 0
+    card = ModelCard.load(next((offline_hub.repo_dir("alice/camo-adapter") / "snapshots").iterdir()) / "README.md")
+    assert "path/to/this-model" not in card.content and 'from_pretrained("alice/camo-adapter")' in card.content
+    assert card.data.model_name == "camo-adapter" and card.data.eval_results
+    train(tiny_args(generated_data, tmp_path / "pushed", max_steps=1, eval_steps=1, push_to_hub=True,
+                    hub_model_id="org/m"))
+    assert offline_hub.create_calls[-1] == ("org/m", None)  # not False: a new repo gets the account's default
+
+
+def test_a_resume_into_another_output_dir_chooses_the_best_again(generated_data, tmp_path, monkeypatch, caplog):
+    """The earlier run's best/ is not in the new folder: its model/ was silently the last weights, with the old
+    best's numbers in the summary."""
+    import dsunet_hf.evaluate
+
+    scores = iter([0.9, 0.1])
+    monkeypatch.setattr(dsunet_hf.evaluate, "evaluate_model",
+                        lambda *args, **kwargs: {"S-measure": next(scores), "MAE": 0.1, "loss": 1.0})
+    train(tiny_args(generated_data, tmp_path / "a", max_steps=4, eval_steps=2, stop_after_steps=2))
+    resumed = train(tiny_args(generated_data, tmp_path / "b", max_steps=4, eval_steps=2,
+                              resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "checkpoint-2")))
+    assert "the best model so far (step 2, S-measure 0.9000) is not in" in caplog.text
+    assert resumed["best_step"] == 4 and resumed["best_metrics"]["S-measure"] == 0.1
+    assert "| S-measure | 0.1" in (tmp_path / "b" / "model" / "README.md").read_text()
 
 
 def test_torch_compile_trains_like_eager(generated_data, tmp_path):
@@ -416,9 +470,12 @@ def test_warmup_and_decay_count_optimizer_steps_at_any_process_count(schedule):
     two = lr_lambda_factory(args, total_steps=10, steps_per_epoch=5, num_processes=2)
     # accelerate steps a prepared scheduler num_processes times per optimizer step.
     assert [two(2 * step) for step in range(11)] == [one(step) for step in range(11)]
-    assert [two(2 * step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]  # warm-up: --warmup-steps optimizer steps
-    if schedule == "poly":
+    if schedule == "poly":  # mmcv: (1 - step/total) from step 0, times a linear warm-up from 1e-6
+        assert [two(2 * step) for step in range(6)] == pytest.approx(
+            [1e-6, 0.9 * (0.25 + 0.75e-6), 0.8 * (0.5 + 0.5e-6), 0.7 * (0.75 + 0.25e-6), 0.6, 0.5], rel=1e-9)
         assert two(2 * 10) == 0.0
+    else:
+        assert [two(2 * step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]  # warm-up: --warmup-steps optimizer steps
 
 
 def test_best_model_metric_must_be_one_the_validation_computes(generated_data, tmp_path):

@@ -513,6 +513,10 @@ def _pick_split(loaded: datasets.DatasetDict, split: str | None, source: str) ->
     for name in (split, wanted):
         if name in loaded:
             return loaded[name]
+    # A DatasetDict's own names for the split ("val", "valid", "dev" for validation), as for split folders.
+    same = [name for name in names if _SPLIT_ALIASES.get(_split_key(name)) == wanted]
+    if len(same) == 1:
+        return loaded[same[0]]
     if len(names) == 1:  # a folder without split subfolders is used whole, whatever the split
         return loaded[names[0]]
     raise ValueError(f"{source}: no split {split!r}; splits: {names}")
@@ -764,7 +768,7 @@ class SegmentationTransform:
     tensor the processor returns is passed through the same way.
 
     Training augmentation is SAM2-UNet's: a random horizontal and a random vertical flip, p=0.5 each,
-    identical for image and mask, before the processor's resize. The flips are a pure function of
+    identical for image and mask, before the processor's resize; ``augment`` adds a model's own (BiRefNet's). The flips are a pure function of
     ``(seed, epoch, sample_id)`` (see :meth:`flips`) and never of global RNG state, so a batch replayed
     after resuming is augmented exactly as before. The training loop sets :attr:`epoch` at the start of
     every epoch. With ``DataLoader(num_workers > 0)`` the workers hold a copy of this object made when the
@@ -772,12 +776,16 @@ class SegmentationTransform:
     (the workers would keep the first epoch's value).
     """
 
-    def __init__(self, processor: Any, train: bool, hflip: bool = True, vflip: bool = True, seed: int = 0):
+    def __init__(self, processor: Any, train: bool, hflip: bool = True, vflip: bool = True, seed: int = 0,
+                 augment: Any = None):
         self.processor = processor
         self.train = bool(train)
         self.hflip = bool(hflip)
         self.vflip = bool(vflip)
         self.seed = int(seed)
+        # A model's own training augmentation after the flips (BiRefNet's rotate / enhance / pepper):
+        # ``augment(image, mask, rng, processor.size) -> (image, mask)``, a module-level function (workers pickle it).
+        self.augment = augment
         self.epoch = 0
 
     def flips(self, sample_id: int, epoch: int | None = None) -> tuple[bool, bool]:
@@ -813,6 +821,9 @@ class SegmentationTransform:
                     image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
                     mask = mask[::-1, :]
                 mask = np.ascontiguousarray(mask)
+                if self.augment is not None:  # its own stream: the flips stay what they were
+                    rng = random.Random(f"{self.seed}:{int(self.epoch)}:{int(sample_id)}:augment")
+                    image, mask = self.augment(image, mask, rng, self.processor.size)
             else:
                 ground_truths.append(np.round(mask * 255.0).astype(np.uint8))
                 sizes.append((image.height, image.width))

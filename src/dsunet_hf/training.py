@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from .distributed import use_cpu
-from .files import write_json_atomic
+from .files import give_new_file_modes, write_json_atomic
 from .hub import add_validation_results_to_card
 from .predict import pixel_inputs
 
@@ -75,18 +75,24 @@ class TrainingArguments:
     lr_schedule: str | None = field(
         default=None,
         metadata={"help": "cosine-epoch (upstream: constant within an epoch) | cosine (per step) | poly (DINOv2 "
-                          "heads: (1 - step/total)^1 after warm-up) | constant; default: the model's"},
+                          "heads, as mmcv: (1 - step/total)^1, times a linear warm-up from 1e-6) | constant; "
+                          "default: the model's"},
     )
     warmup_steps: int | None = field(default=None, metadata={"help": "linear warm-up steps (default: the "
                                                                       "model's, 0; 1500 for dinov2-seg)"})
     num_epochs: int | None = field(default=None, metadata={"help": "epochs (default: the model's recipe, 20 for "
-                                                                     "sam2-unet, 50 for dsunet; ignored with --max-steps)"})
-    max_steps: int | None = field(default=None, metadata={"help": "total optimizer steps"})
+                                                                     "sam2-unet, 50 for dsunet, per task for birefnet "
+                                                                     "(General 200, DIS5K 500, ...); ignored with "
+                                                                     "--max-steps)"})
+    max_steps: int | None = field(default=None, metadata={"help": "total optimizer steps (default: the recipe's "
+                                                                    "epochs; 40000 for dinov2-seg)"})
     batch_size: int | None = field(default=None, metadata={"help": "per-device batch size (default: the model's "
                                                                       "recipe, 12 for sam2-unet, 4 for dsunet)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (upstream: none)"})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no | fp16 | bf16 (default: accelerate's, from `accelerate launch "
+                                        "--mixed_precision` or `accelerate config`; else no)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute backbone activations"})
     torch_compile: bool = field(
         default=False, metadata={"help": "torch.compile the training forward (inductor): faster steps "
@@ -120,7 +126,8 @@ class TrainingArguments:
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
     push_to_hub: bool = field(default=False, metadata={"help": "upload the final model"})
     hub_model_id: str | None = field(default=None, metadata={"help": "repo id for --push-to-hub"})
-    hub_private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+    hub_private: bool = field(default=False, metadata={"help": "make the Hub repo private (default: a new repo gets "
+                                                                 "the account's default visibility)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -288,6 +295,9 @@ def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: in
     return classes
 
 
+MMCV_WARMUP_RATIO = 1e-6  # the DINOv2 heads' configs: warmup='linear', warmup_ratio=1e-6
+
+
 def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch: int, num_processes: int = 1):
     """Multiplier of the base lr per optimizer step. Written here (not transformers' schedules) because the
     upstream recipe steps a cosine per *epoch* (CosineAnnealingLR, T_max=epochs, eta_min=1e-7).
@@ -299,14 +309,19 @@ def lr_lambda_factory(args: TrainingArguments, total_steps: int, steps_per_epoch
 
     def multiplier(scheduler_step: int) -> float:
         step = scheduler_step // num_processes
+        if args.lr_schedule == "poly":
+            # mmcv's PolyLrUpdaterHook (the DINOv2 heads' recipe): (1 - step/total)^1 from step 0, and during the
+            # warm-up that value times mmcv's linear warm-up factor, from warmup_ratio 1e-6 up to 1.
+            poly = max(0.0, 1 - step / max(1, total_steps))  # min_lr 0 (--min-learning-rate is the cosine floor)
+            if step < args.warmup_steps:
+                return poly * (1 - (1 - step / args.warmup_steps) * (1 - MMCV_WARMUP_RATIO))
+            return poly
         if step < args.warmup_steps:
             return (step + 1) / args.warmup_steps
         if args.lr_schedule == "constant":
             return 1.0
         if args.lr_schedule == "cosine-epoch":
             progress = (step // steps_per_epoch) / total_epochs
-        elif args.lr_schedule == "poly":
-            return max(0.0, 1 - (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
         elif args.lr_schedule == "cosine":
             progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
         else:
@@ -433,6 +448,7 @@ def register_trainable_checkpoint_hooks(accelerator: Accelerator) -> None:
                     {k: v.detach().contiguous().cpu() for k, v in accelerator.unwrap_model(model, keep_torch_compile=False).trainable_state_dict().items()},
                     os.path.join(output_dir, TRAINABLE_WEIGHTS),
                 )
+                give_new_file_modes(output_dir)
         weights.clear()  # keep accelerate from also writing the full model
 
     def load_hook(models, input_dir):
@@ -487,6 +503,11 @@ def train(args: TrainingArguments) -> dict:
     if args.metric_for_best_model not in validation_metrics(task):  # refused now, not after an epoch of training
         raise ValueError(f"--metric-for-best-model {args.metric_for_best_model!r}: the validation of this model "
                          f"({task}) computes {', '.join(validation_metrics(task))}")
+    args.mixed_precision = accelerator.mixed_precision  # what runs (accelerate's setting when the flag is unset)
+    if args.num_epochs is None and args.max_steps is None:  # the recipe's length: steps (DINOv2 heads) or epochs
+        args.max_steps = spec.default("max_steps")
+        recipe_epochs = getattr(model.config, "recipe_num_epochs", None)  # BiRefNet: per task
+        args.num_epochs = recipe_epochs() if recipe_epochs else spec.default("num_epochs")
     for name in ("batch_size", "num_epochs", "weight_decay", "lr_schedule", "warmup_steps"):
         if getattr(args, name) is None:  # unset flags take the model's upstream recipe
             setattr(args, name, spec.default(name))
@@ -520,7 +541,8 @@ def train(args: TrainingArguments) -> dict:
             scale_range=training_scale_range(model.config),
         )
     else:
-        train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip, seed=args.seed)
+        train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip,
+                                                seed=args.seed, augment=spec.augment)
     if task != "visual-prompt":
         train_episodes = train_set.with_transform(train_transform)
     # The loader's own generator: creating an iterator draws a seed from it, which from the global RNG would shift
@@ -554,6 +576,15 @@ def train(args: TrainingArguments) -> dict:
         accelerator.load_state(str(resume_path))
         state = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
+        if state.best_step is not None and not (output_dir / "best").is_dir():
+            # Resumed into another output dir (or best/ was deleted): the best weights are not here, and the final
+            # model/ must not silently become the last weights; the best is chosen again from the coming validations.
+            logger.warning("the best model so far (step %d, %s %.4f) is not in %s (the earlier run's best/ stays "
+                           "where it was): the best is chosen again from the validations after step %d",
+                           state.best_step, args.metric_for_best_model, state.best_metric, output_dir / "best",
+                           state.global_step)
+            state.best_metric, state.best_step, state.best_metrics = None, None, {}
+            state.validations_without_improvement = 0
 
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # validation and saving: eager
     train_names = [dataset_name(args.train_data)]
@@ -725,7 +756,7 @@ def train(args: TrainingArguments) -> dict:
             from .hub import upload_folder_to_hub
 
             summary["hub_repo_id"] = upload_folder_to_hub(
-                final, args.hub_model_id, private=args.hub_private, commit_message="End of training"
+                final, args.hub_model_id, private=args.hub_private or None, commit_message="End of training"
             )
         write_json_atomic(output_dir / "train_summary.json", summary)
     accelerator.end_training()

@@ -34,6 +34,8 @@ TASK_LOSS_WEIGHTS = {
 # "Fine-tune last epochs": from this many epochs before the end, the weights are multiplied by these
 # factors once per epoch, compounding (regional-loss fine-tuning from the paper).
 TASK_FINETUNE_LAST_EPOCHS = {"DIS5K": 40, "COD": 20, "HRSOD": 20, "General": 20, "General-2K": 20, "Matting": 10}
+# Upstream train.sh's epochs per task (from ImageNet backbones).
+TASK_EPOCHS = {"DIS5K": 500, "COD": 150, "HRSOD": 150, "General": 200, "General-2K": 250, "Matting": 150}
 LAST_EPOCHS_DECAY = {"bce": 0.0, "iou": 0.5, "ssim": 1.0, "mae": 0.9, "mse": 1.0}
 MATTING_LAST_EPOCHS_DECAY = {"bce": 1.0, "iou": 1.0, "ssim": 0.9, "mae": 1.0, "mse": 0.9}
 
@@ -219,10 +221,17 @@ class BiRefNetConfig(PreTrainedConfig):
         from ImageNet backbones; the author suggests 1/2-1/10 of it when fine-tuning released weights)."""
         return (1e-4 if self.task == "DIS5K" else 1e-5) * math.sqrt(batch_size / 4)
 
+    def recipe_num_epochs(self) -> int:
+        """Upstream's epochs for this task (``train.sh``): DIS5K 500, COD/HRSOD/Matting 150, General 200,
+        General-2K 250; the last-epochs loss schedule is measured against them."""
+        return TASK_EPOCHS[self.task]
+
     def loss_weights_at_epoch(self, epoch: int, num_epochs: int) -> dict[str, float]:
         """Pixel-loss weights for 0-based ``epoch`` of ``num_epochs``: the task weights, decayed once per epoch
         (compounding) during the last ``finetune_last_epochs`` epochs, as upstream's training loop does."""
-        decayed_epochs = epoch + 1 - (num_epochs - self.finetune_last_epochs)
+        # Upstream multiplies the weights once in each epoch past num_epochs - finetune_last_epochs; a run shorter
+        # than that window decays from its first epoch, once per epoch run (not for epochs before the start).
+        decayed_epochs = epoch + 1 - max(0, num_epochs - self.finetune_last_epochs)
         if not self.finetune_last_epochs or decayed_epochs <= 0:
             return dict(self.loss_weights)
         decay = MATTING_LAST_EPOCHS_DECAY if self.task == "Matting" else LAST_EPOCHS_DECAY

@@ -325,7 +325,9 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         self._epoch_progress = (epoch, num_epochs)
 
     def current_loss_weights(self) -> dict[str, float]:
-        if self._epoch_progress is None:
+        # Validation (eval mode) scores with the task's fixed weights: the decayed ones would make the last epochs'
+        # loss look better by construction (and --metric-for-best-model loss pick them).
+        if self._epoch_progress is None or not self.training:
             return dict(self.config.loss_weights)
         return self.config.loss_weights_at_epoch(*self._epoch_progress)
 

@@ -122,6 +122,11 @@ def test_last_epochs_schedule_compounds_like_upstream():
     # the first: upstream's epoch 1 > 10 - 40 multiplies once (the weights were not decayed 31 times).
     assert config.loss_weights_at_epoch(0, 10)["iou"] == 0.25
     assert config.loss_weights_at_epoch(9, 10)["iou"] == pytest.approx(0.5 * 0.5**10)
+    # Validation (eval mode) scores with the fixed task weights: a decayed loss would improve by construction.
+    model = BiRefNetForImageSegmentation(config)
+    model.set_epoch(5, 10)
+    assert model.train().current_loss_weights()["iou"] == pytest.approx(0.5 * 0.5**6)
+    assert model.eval().current_loss_weights() == config.loss_weights
 
 
 # --- forward contract -------------------------------------------------------------------------------------

@@ -234,3 +234,61 @@ def test_ade20k_heads_convert_with_reduced_labels(tmp_path):
     convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_ade20k_linear_head.pth", tmp_path / "raw",
                                    reduce_zero_label=False)
     assert not SegmentationImageProcessor.from_pretrained(tmp_path / "raw").do_reduce_labels
+
+
+def _class_logits(crop: torch.Tensor) -> torch.Tensor:
+    """A stub head: the crop's own pixels (x4) as the logits of three classes (window averages are the image)."""
+    return crop * 4
+
+
+def test_logits_are_resized_to_the_output_size_before_the_softmax():
+    """Upstream (mmseg): each view's window-averaged logits are resized to the original size, THEN the softmax;
+    resizing the probabilities instead gives other numbers."""
+    from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import segment_with_schedule
+
+    config = tiny(crop_size=16, stride=8, test_scales=[1.0, 1.5], test_flip=True)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 20, 26)
+    out = (31, 43)
+
+    def upstream(logits):
+        return F.interpolate(logits, size=out, mode="bilinear", align_corners=False).softmax(1)
+
+    for schedule in ("single", "slide"):
+        got = segment_with_schedule(_class_logits, x, schedule, config, output_size=out)
+        torch.testing.assert_close(got, upstream(x * 4))
+        wrong_order = F.interpolate((x * 4).softmax(1), size=out, mode="bilinear", align_corners=False)
+        assert (got - wrong_order).abs().max() > 1e-2
+    views = [x, F.interpolate(x, size=(30, 39), mode="bilinear", align_corners=False)]
+    got = segment_with_schedule(_class_logits, views, "multiscale", config, output_size=out)
+    torch.testing.assert_close(got, (upstream(views[0] * 4) + upstream(views[1] * 4)) / 2)  # flips: the same here
+    # The default output size is the input's (the first view's for a list): the public API as before.
+    assert segment_with_schedule(_class_logits, x, "slide", config).shape == (1, 3, 20, 26)
+    assert segment_with_schedule(_class_logits, views, "multiscale", config).shape == (1, 3, 20, 26)
+    with pytest.raises(ValueError, match="per-scale inputs is for the 'multiscale'"):
+        segment_with_schedule(_class_logits, views, "slide", config)
+    with pytest.raises(ValueError, match="1 per-scale inputs for 2 test scales"):
+        segment_with_schedule(_class_logits, views[:1], "multiscale", config)
+    # The model's segment() takes it too.
+    model = randomized(Dinov2ForSemanticSegmentation(tiny()))
+    pixels = torch.randn(1, 3, 56, 70)
+    with torch.no_grad():
+        expected = F.interpolate(model(pixels).logits, size=(90, 113), mode="bilinear", align_corners=False).softmax(1)
+    torch.testing.assert_close(model.segment(pixels, "single", output_size=(90, 113)), expected)
+
+
+def test_multiscale_views_of_one_tensor_take_mmcv_sizes():
+    """From a single tensor, the scale-r view has short side int(short x r) (mmcv's MultiScaleFlipAug floors
+    640 x 1.32 = 844.8 to 844) and each side int(side x s + 0.5), s = 844 / 640."""
+    from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import segment_with_schedule
+
+    config = tiny(crop_size=10_000, stride=5_000, test_scales=[1.0, 1.32, 1.73, 2.28, 3.0], test_flip=False)
+    seen = []
+
+    def record(crop):  # one window covers a whole view
+        seen.append(tuple(crop.shape[-2:]))
+        return crop.new_zeros(crop.shape[0], 3, *crop.shape[-2:])
+
+    segment_with_schedule(record, torch.zeros(1, 3, 640, 853), "multiscale", config)
+    # (From the 500 x 375 original, the long sides would be 853, 1125, 1476, 1945, 2560: see test_semantic.)
+    assert seen == [(640, 853), (844, 1125), (1107, 1475), (1459, 1945), (1920, 2559)]

@@ -238,7 +238,7 @@ def test_schedule_options_reach_predict_and_are_refused_for_binary_models(tmp_pa
     # --autocast reaches multi-class models too (it was ignored for them).
     seen = []
     segment = model.segment
-    model.segment = lambda *args: seen.append(torch.is_autocast_enabled("cpu")) or segment(*args)
+    model.segment = lambda *args, **kwargs: seen.append(torch.is_autocast_enabled("cpu")) or segment(*args, **kwargs)
     predict_files(model, model.default_image_processor(), [rows["image"][0]], tmp_path / "bf16", progress=False,
                   autocast_dtype=torch.bfloat16)
     assert seen == [True]
@@ -277,3 +277,87 @@ def test_undecoded_dataset_cells_are_read_as_the_binary_path_reads_them():
     transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=False, crop_size=32)
     example = rows.with_transform(transform)[0]
     assert torch.equal(example["labels"], torch.from_numpy(labels).long())
+
+
+def test_resizes_are_opencv_bilinear_without_antialiasing():
+    """mmcv resizes with cv2 INTER_LINEAR: no antialiasing, other pixels than PIL's BILINEAR when downscaling."""
+    import cv2
+
+    original = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    processor = SegmentationImageProcessor()
+    transform = SemanticSegmentationTransform(processor, train=False, crop_size=20)
+    example = transform._example(Image.fromarray(original), np.zeros((48, 64), np.int64), 0)
+    expected = cv2.resize(original, (27, 20), interpolation=cv2.INTER_LINEAR)  # 64 x 20/48 = 26.7 -> 27
+    pil = np.asarray(Image.fromarray(original).resize((27, 20), Image.Resampling.BILINEAR))
+    assert not np.array_equal(expected, pil)
+    mean, std = np.asarray(processor.image_mean, np.float32), np.asarray(processor.image_std, np.float32)
+    normalised = (expected.astype(np.float32) / np.float32(255.0) - mean) / std
+    np.testing.assert_array_equal(example["pixel_values"].numpy(), normalised.transpose(2, 0, 1))
+
+
+def test_training_label_maps_are_resized_as_opencv_nearest():
+    """mmcv resizes label maps with cv2 INTER_NEAREST (source index floor(x * in / out)); PIL's NEAREST samples
+    pixel centres: other labels."""
+    import cv2
+
+    labels = (np.arange(13 * 17).reshape(13, 17) % 200).astype(np.int64)
+    image = Image.fromarray(np.zeros((13, 17, 3), np.uint8))
+    # Short side 13 -> 20 (width 17 -> 26); the 26-px crop of the padded 26 x 26 map is the whole map.
+    transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=True, crop_size=26, base_size=20,
+                                              scale_range=(1.0, 1.0))
+    got = transform._example(image, labels, 0)["labels"].numpy()
+    expected = cv2.resize(labels.astype(np.uint8), (26, 20), interpolation=cv2.INTER_NEAREST)
+    pil = np.asarray(Image.fromarray(labels.astype(np.int32), mode="I").resize((26, 20), Image.Resampling.NEAREST))
+    assert not np.array_equal(expected, pil) and (got[20:] == 255).all()
+    assert np.array_equal(got[:20], expected) or np.array_equal(got[:20, ::-1], expected)  # maybe flipped
+    from dsunet_hf.semantic import _resize_labels
+
+    for step, offset in ((300, 0), (1, -100), (50_000, 0)):  # uint16, int16, float32 inside: exact values
+        resized = _resize_labels(labels * step + offset, 26, 20)
+        assert resized.dtype == np.int64 and np.array_equal(resized, expected.astype(np.int64) * step + offset)
+    with pytest.raises(ValueError, match="at most 2"):
+        _resize_labels(labels * 100_000, 26, 20)
+
+
+def test_multiscale_views_come_from_the_original_image_and_probabilities_from_its_size(rows):
+    """mmcv's MultiScaleFlipAug: img_scale (99999999, 640) x ratios [1.0, 1.32, 1.73, 2.28, 3.0] rescales the
+    ORIGINAL image to short sides 640, 844, 1107, 1459, 1920; the logits go to the original size before the softmax
+    (the model's segment is given that size)."""
+    import cv2
+
+    from dsunet_hf.semantic import class_probabilities, predict_classes
+
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4), head_type="multilayer", id2label={0: "a", 1: "b", 2: "c"})
+    assert config.crop_size == 640 and config.test_scales == [1.0, 1.32, 1.73, 2.28, 3.0]
+    model = Dinov2ForSemanticSegmentation(config).eval()
+    calls = []
+
+    def segment(pixel_values, schedule="slide", output_size=None):  # a stub: records its inputs
+        views = pixel_values if isinstance(pixel_values, list) else [pixel_values]
+        calls.append(([tuple(v.shape[-2:]) for v in views], output_size, views[0]))
+        probabilities = torch.zeros(1, 3, *output_size)
+        probabilities[:, 1] = 1
+        return probabilities
+
+    model.segment = segment
+    original = np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)
+    image = Image.fromarray(original)
+    assert (predict_classes(model, image, "multiscale") == 1).all()
+    sizes, output_size, first = calls.pop()
+    assert sizes == [(640, 853), (844, 1125), (1107, 1476), (1459, 1945), (1920, 2560)]
+    assert output_size == (375, 500)
+    processor = model.default_image_processor()
+    mean, std = np.asarray(processor.image_mean, np.float32), np.asarray(processor.image_std, np.float32)
+    resized = cv2.resize(original, (853, 640), interpolation=cv2.INTER_LINEAR).astype(np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(first[0].numpy(), ((resized - mean) / std).transpose(2, 0, 1))
+    predict_classes(model, image, "slide")
+    assert calls.pop()[:2] == ([(640, 853)], (375, 500))
+    assert class_probabilities(model, image, "slide").shape == (1, 3, 640, 853)  # by default the working size
+    # evaluate: the probabilities at each label map's size.
+    model.config.crop_size = 28
+    model.config.test_scales = [1.0, 1.5]
+    evaluate_semantic(model, rows, schedule="multiscale")
+    assert [(sizes, size) for sizes, size, _ in calls[1:]] == [([(28, 37), (42, 56)], (30, 40)),
+                                                               ([(28, 36), (42, 54)], (31, 40)),
+                                                               ([(28, 35), (42, 53)], (32, 40))]

@@ -365,9 +365,11 @@ def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(gener
         train(tiny_args(generated_data, tmp_path / "x", early_stopping_patience=0))
 
 
-def test_a_model_trained_without_a_repo_id_is_pushed_with_a_card_naming_the_repo(generated_data, tmp_path, offline_hub):
+def test_a_model_trained_without_a_repo_id_is_pushed_with_a_card_naming_the_repo(generated_data, tmp_path, offline_hub,
+                                                                                monkeypatch):
     """Trained without --hub-model-id, the card's snippets say path/to/this-model and its results carry the output
-    folder's name; `dsunet-hf push` names the repo in both. --push-to-hub leaves a new repo's visibility alone."""
+    folder's name; `dsunet-hf push` names the repo in both. --push-to-hub leaves a new repo's visibility alone;
+    the mixed precision left unset is accelerate's."""
     from huggingface_hub import ModelCard
 
     from dsunet_hf.cli import main
@@ -382,8 +384,17 @@ def test_a_model_trained_without_a_repo_id_is_pushed_with_a_card_naming_the_repo
     card = ModelCard.load(next((offline_hub.repo_dir("alice/camo-adapter") / "snapshots").iterdir()) / "README.md")
     assert "path/to/this-model" not in card.content and 'from_pretrained("alice/camo-adapter")' in card.content
     assert card.data.model_name == "camo-adapter" and card.data.eval_results
-    train(tiny_args(generated_data, tmp_path / "pushed", max_steps=1, eval_steps=1, push_to_hub=True,
-                    hub_model_id="org/m"))
+    # `accelerate launch --mixed_precision bf16` (ACCELERATE_MIXED_PRECISION) was overridden by the flag's "no".
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    AcceleratorState._reset_state(True)  # accelerate's state is per process: the first run in it decides, as launched
+    try:
+        train(tiny_args(generated_data, tmp_path / "pushed", max_steps=1, eval_steps=1, push_to_hub=True,
+                        hub_model_id="org/m"))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert json.loads((tmp_path / "pushed" / "training_args.json").read_text())["mixed_precision"] == "bf16"
     assert offline_hub.create_calls[-1] == ("org/m", None)  # not False: a new repo gets the account's default
 
 

@@ -73,15 +73,16 @@ def labels_like(labels: torch.Tensor, logits: torch.Tensor, clamp: bool = False)
     return labels.to(logits.dtype)
 
 
-def probabilities_from_one_pass(logits_of, pixel_values: torch.Tensor, model_size: tuple[int, int]) -> torch.Tensor:
-    """Class probabilities (B, K, H, W) at the input's size from one pass at ``model_size``: the input resized to
-    it (bilinear), ``logits_of(resized)`` softmaxed, the probabilities resized back."""
-    size = tuple(pixel_values.shape[-2:])
+def probabilities_from_one_pass(logits_of, pixel_values: torch.Tensor, model_size: tuple[int, int],
+                                output_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Class probabilities (B, K, H, W) at ``output_size`` (default: the input's size) from one pass at
+    ``model_size``: the input resized to it (bilinear), ``logits_of(resized)`` softmaxed, the probabilities resized."""
+    size = tuple(output_size or pixel_values.shape[-2:])
     model_size = tuple(model_size)
     if size != model_size:
         pixel_values = F.interpolate(pixel_values, size=model_size, mode="bilinear", align_corners=False)
     probabilities = logits_of(pixel_values).float().softmax(dim=1)
-    if size != model_size:
+    if tuple(probabilities.shape[-2:]) != size:
         probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
     return probabilities
 

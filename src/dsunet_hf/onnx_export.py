@@ -326,7 +326,7 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
     (``repo_id`` in the snippets). ``dsunet-hf push`` renders it again with the repo id it pushes to."""
     from huggingface_hub import ModelCardData
 
-    from .hub import looks_like_hub_id, render_model_card
+    from .hub import PLACEHOLDER_REPO_ID, looks_like_hub_id, render_model_card
 
     folder = Path(folder)
     report = read_export_report(folder)
@@ -347,7 +347,7 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
         "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id,
         model_type=config.get("model_type"), report=report, dynamic_size=report.traced_size is not None,
         size_multiple=DYNAMIC_SIZE_MULTIPLE.get(config.get("model_type"), 32),
-        labels=labels if len(labels) > 2 else [], repo_id=repo_id or "path/to/this-model",
+        labels=labels if len(labels) > 2 else [], repo_id=repo_id or PLACEHOLDER_REPO_ID,
         versions=versions or "dsunet-hf",
     )
 
@@ -525,10 +525,12 @@ class OnnxSegmentationModel(nn.Module):
             self._processor = AutoImageProcessor.from_pretrained(self.folder)
         return self._processor
 
-    def segment(self, pixel_values: torch.Tensor, schedule: str | None = None) -> torch.Tensor:
-        """Class probabilities (B, K, H, W) at the input size (multi-class graphs). A DINOv2 head's graph runs its
-        schedules (``slide`` by default) on windows of the graph's size; other graphs one pass with the input
-        resized to the graph's size, softmax, resized back (``single``)."""
+    def segment(self, pixel_values, schedule: str | None = None, output_size: tuple[int, int] | None = None
+                ) -> torch.Tensor:
+        """Class probabilities (B, K, H, W) at ``output_size`` (default: the input size; multi-class graphs). A
+        DINOv2 head's graph runs its schedules (``slide`` by default) on windows of the graph's size, logits resized
+        before the softmax as the PyTorch head (``multiscale`` also takes its per-scale views as a list); other graphs
+        one pass with the input resized to the graph's size, softmax, resized back (``single``)."""
         from .modeling_utils import probabilities_from_one_pass
 
         if not self.predicts_class_maps:
@@ -537,14 +539,14 @@ class OnnxSegmentationModel(nn.Module):
         if self.sliding_window:
             from .models.dinov2_seg.modeling_dinov2_seg import segment_with_schedule
 
-            return segment_with_schedule(self._window_logits, pixel_values, schedule, self.config)
+            return segment_with_schedule(self._window_logits, pixel_values, schedule, self.config, output_size)
         if schedule != "single":
             raise ValueError(f"{self.folder}: this graph runs the 'single' schedule (one pass at the model's size); "
                              f"got {schedule!r}")
         processor_size = self.default_image_processor().size
         size = self.input_size or (processor_size["height"], processor_size["width"])
         return probabilities_from_one_pass(lambda pixels: self(pixel_values=pixels).logits, pixel_values.float(),
-                                           size)
+                                           size, output_size)
 
     def _window_logits(self, window: torch.Tensor) -> torch.Tensor:
         if not self.dynamic_size and tuple(window.shape[-2:]) != self.input_size:

@@ -4,7 +4,12 @@ Training augmentation follows the DINOv2 head recipe (mmseg): keep-ratio resize 
 (short side), random ``crop_size`` crop with up to 10 retries until no class covers more than
 ``cat_max_ratio`` of the labelled pixels (image padded with 0 after normalisation, labels with the ignore
 index), horizontal flip, photometric distortion (brightness, contrast, saturation, hue; each p=0.5).
-Like the binary transform, every random choice is a function of (seed, epoch, sample_id).
+Like the binary transform, every random choice is a function of (seed, epoch, sample_id). Images are resized as
+mmcv does, with OpenCV: bilinear without antialiasing; label maps nearest-neighbour.
+
+Inference follows mmseg's test pipeline: the image resized to short side ``crop_size`` (for ``multiscale``, one view
+per test scale, each resized from the original image to short side int(crop_size x ratio)); each view's logits
+resized to the original image's size before the softmax; probabilities averaged over the views.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import logging
 import random
 
+import cv2  # installed with pysodmetrics (it depends on OpenCV): mmcv's resizes
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .image_io import ImageReadError, load_image, load_label_map
+from .models.dinov2_seg.modeling_dinov2_seg import rescaled_size
 from .predict import device_and_dtype, output_file
 
 logger = logging.getLogger(__name__)
@@ -62,9 +69,28 @@ def training_scale_range(config) -> tuple[float, float]:
     return (1.0, 3.0) if getattr(config, "head_type", None) == "multilayer" else (0.5, 2.0)
 
 
-def _short_side_resize(image: Image.Image, short_side: int, resample) -> Image.Image:
-    scale = short_side / min(image.size)
-    return image.resize((max(1, int(image.width * scale + 0.5)), max(1, int(image.height * scale + 0.5))), resample)
+def _short_side_resize(image: Image.Image, short_side: int) -> Image.Image:
+    """mmcv's keep-ratio resize to ``short_side`` (each side int(side x s + 0.5)): OpenCV bilinear (INTER_LINEAR,
+    no antialiasing) on the 8-bit pixels, as upstream. PIL's BILINEAR antialiases when it downscales: other pixels."""
+    height, width = rescaled_size(image.height, image.width, short_side)
+    if (width, height) == image.size:
+        return image
+    return Image.fromarray(cv2.resize(np.asarray(image), (width, height), interpolation=cv2.INTER_LINEAR))
+
+
+def _resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A label map resized nearest-neighbour as mmcv does (OpenCV INTER_NEAREST), in the first type OpenCV takes
+    that holds every value exactly (uint8, uint16, int16, else float32: integers up to 2^24), back in its own type."""
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    for dtype in (np.uint8, np.uint16, np.int16):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            break
+    else:
+        if max(-low, high) > 2 ** 24:
+            raise ValueError(f"label values {low}..{high}: at most 2^24 in magnitude can be resized")
+        dtype = np.float32
+    resized = cv2.resize(labels.astype(dtype), (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(labels.dtype)
 
 
 class SemanticSegmentationTransform:
@@ -116,17 +142,15 @@ class SemanticSegmentationTransform:
                                  f"every class (id2label.json beside the data, or num_labels)"
                                  + (" or, if 0 means 'other' and the classes start at 1 (ADE20K), pass "
                                     "--reduce-zero-label" if bad == self.num_labels else ""))
-        label_image = Image.fromarray(labels.astype(np.int32), mode="I")
         if not self.train:  # evaluation: resized image, labels kept at the original size
-            resized = _short_side_resize(image, self.base_size, Image.Resampling.BILINEAR)
+            resized = _short_side_resize(image, self.base_size)
             return {"pixel_values": _normalise(resized, self.processor), "labels": torch.from_numpy(labels),
                     "sample_id": sample_id}
         rng = random.Random(f"{self.seed}:{self.epoch}:{sample_id}")
         short_side = int(self.base_size * rng.uniform(*self.scale_range))
-        image = photometric_distortion(_short_side_resize(image, short_side, Image.Resampling.BILINEAR), rng)
-        label_image = label_image.resize(image.size, Image.Resampling.NEAREST)
+        image = photometric_distortion(_short_side_resize(image, short_side), rng)
         pixels = _normalise(image, self.processor)
-        labels = torch.from_numpy(np.asarray(label_image, dtype=np.int64))
+        labels = torch.from_numpy(_resize_labels(labels, image.width, image.height).astype(np.int64))
         pad_h, pad_w = max(self.crop_size - pixels.shape[1], 0), max(self.crop_size - pixels.shape[2], 0)
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
         labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.ignore_index)
@@ -172,7 +196,6 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
                                               ignore_index=config.semantic_loss_ignore_index,
                                               num_labels=None if reduce_zero_label else config.num_labels)
     transform.processor = model.default_image_processor()
-    device, dtype = device_and_dtype(model)
     was_training = model.training
     model.eval()
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
@@ -190,10 +213,8 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
                 skipped_here.append(str(error) if names in str(error) else f"{names}: {error}")
                 continue
             example = transform._example(image, labels, index, names)
-            pixels = example["pixel_values"][None].to(device=device, dtype=dtype)
-            probabilities = model.segment(pixels, schedule)
-            probabilities = F.interpolate(probabilities.float(), size=labels.shape, mode="bilinear",
-                                          align_corners=False)
+            # As upstream: the logits resized to the label map's (the original image's) size before the softmax.
+            probabilities = _segment_image(model, image, schedule, labels.shape, example["pixel_values"][None])
             metrics.update(probabilities.argmax(1)[0].cpu().numpy(), labels)
     finally:
         model.train(was_training)
@@ -252,30 +273,71 @@ def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[
 
 
 @torch.no_grad()
-def class_probabilities(model, image: Image.Image, schedule: str | None = None) -> torch.Tensor:
-    """(1, K, h, w) class probabilities at the working size (short side resized to the crop size), from
-    ``model.segment`` with the model's default schedule unless given."""
+def _segment_image(model, image: Image.Image, schedule: str, output_size=None,
+                   pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """(1, K, *output_size*) fp32 class probabilities of ``image`` (default size: the working size, short side
+    resized to the crop size). ``pixels``: the working-size input when the caller has it already.
+
+    The DINOv2 heads (and their graphs) as upstream: logits resized to ``output_size`` before the softmax, and for
+    ``multiscale`` one input per test scale, each resized from the original image to short side
+    int(crop_size x ratio) (mmcv's MultiScaleFlipAug). A multi-class SAM2-UNet resizes its probabilities."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
     device, dtype = device_and_dtype(model)
-    pixels = _normalise(_short_side_resize(image.convert("RGB"), model.config.crop_size, Image.Resampling.BILINEAR),
-                        model.default_image_processor())
-    return model.segment(pixels[None].to(device=device, dtype=dtype), schedule or model.default_schedule).float()
+    crop = model.config.crop_size
+    processor = model.default_image_processor()
+
+    def working_input(short_side: int) -> torch.Tensor:
+        return _normalise(_short_side_resize(image, short_side), processor)[None].to(device=device, dtype=dtype)
+
+    inputs = working_input(crop) if pixels is None else pixels.to(device=device, dtype=dtype)
+    if schedule == "multiscale":
+        inputs = [inputs if int(crop * ratio) == crop else working_input(int(crop * ratio))
+                  for ratio in model.config.test_scales]
+    size = tuple(output_size) if output_size is not None else rescaled_size(image.height, image.width, crop)
+    return model.segment(inputs, schedule, output_size=size).float()
+
+
+def class_probabilities(model, image: Image.Image, schedule: str | None = None,
+                        output_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(1, K, h, w) class probabilities at ``output_size`` (height, width) — the image's own size gives
+    upstream's — or by default at the working size (short side resized to the crop size), from ``model.segment``
+    with the model's default schedule unless given. The DINOv2 heads resize their logits to that size before the
+    softmax, as upstream."""
+    return _segment_image(model, image, schedule or model.default_schedule, output_size)
+
+
+# Upstream's probabilities at the original size take K x H x W floats per view (plus the running sum): beyond
+# 2^28 elements (1 GiB in fp32: e.g. 150 classes on a 1.8-megapixel image) predictions keep them at the working
+# size and resize the probabilities instead (the argmax can differ from upstream's at class borders).
+MAX_PROBABILITY_ELEMENTS = 2 ** 28
+
+
+def _prediction_size(model, image: Image.Image) -> tuple[int, int] | None:
+    """The image's size for the probabilities (as upstream), or None (the working size) past the memory guard."""
+    if model.config.num_labels * image.height * image.width > MAX_PROBABILITY_ELEMENTS:
+        return None
+    return image.height, image.width
 
 
 def _classes_at(probabilities: torch.Tensor, image: Image.Image) -> np.ndarray:
-    probabilities = F.interpolate(probabilities, size=(image.height, image.width), mode="bilinear", align_corners=False)
+    if tuple(probabilities.shape[-2:]) != (image.height, image.width):
+        probabilities = F.interpolate(probabilities, size=(image.height, image.width), mode="bilinear",
+                                      align_corners=False)
     return probabilities.argmax(1)[0].cpu().numpy()
 
 
 def predict_classes(model, image: Image.Image, schedule: str | None = None) -> np.ndarray:
-    """Class indices (H, W) at the image's size: :func:`class_probabilities` resized back, argmax."""
-    return _classes_at(class_probabilities(model, image, schedule), image)
+    """Class indices (H, W) at the image's size: the argmax of :func:`class_probabilities` at that size (past
+    ``MAX_PROBABILITY_ELEMENTS``, at the working size, resized)."""
+    return _classes_at(class_probabilities(model, image, schedule, _prediction_size(model, image)), image)
 
 
 def smoothed_class_predictor(model, schedule: str | None, strength: float):
     """``predict(frames) -> class indices`` for one video's frames in order, each frame's class probabilities
-    passed through :class:`dsunet_hf.video.TemporalSmoothing` (at the working size, with the frame resized to it)
-    before the argmax: a pixel keeps its class where the picture stays still and two classes are close, instead of
-    flipping from frame to frame. Holds one frame's probabilities (K x working size) between frames."""
+    (as :func:`predict_classes` computes them: at the frame's size, or past the memory guard at the working size
+    with the frame resized to it) passed through :class:`dsunet_hf.video.TemporalSmoothing` before the argmax: a
+    pixel keeps its class where the picture stays still and two classes are close, instead of flipping from frame
+    to frame. Holds one frame's probabilities between frames."""
     from .video import TemporalSmoothing
 
     smooth = TemporalSmoothing(strength)
@@ -283,10 +345,13 @@ def smoothed_class_predictor(model, schedule: str | None, strength: float):
     def predict(frames: list[Image.Image]) -> list[np.ndarray]:
         classes = []
         for frame in frames:
-            probabilities = class_probabilities(model, frame, schedule)
+            frame = frame.convert("RGB")
+            probabilities = class_probabilities(model, frame, schedule, _prediction_size(model, frame))
             height, width = probabilities.shape[-2:]
-            small = np.asarray(frame.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
-            steadied = smooth(small, probabilities[0].cpu().numpy())
+            pixels = np.asarray(frame)
+            if (height, width) != pixels.shape[:2]:
+                pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+            steadied = smooth(pixels, probabilities[0].cpu().numpy())
             classes.append(_classes_at(torch.from_numpy(steadied)[None], frame))
         return classes
 

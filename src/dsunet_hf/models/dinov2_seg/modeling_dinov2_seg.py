@@ -37,31 +37,66 @@ def sliding_window_logits(logits_of, pixel_values: torch.Tensor, crop: int, stri
     return total / count
 
 
-def segment_with_schedule(logits_of, pixel_values: torch.Tensor, schedule: str, config) -> torch.Tensor:
+def rescaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """mmcv's keep-ratio rescale to a short side: scale s = short_side / min(height, width), each side
+    int(side * s + 0.5)."""
+    scale = short_side / min(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def segment_with_schedule(logits_of, pixel_values: torch.Tensor | list[torch.Tensor], schedule: str, config,
+                          output_size: tuple[int, int] | None = None) -> torch.Tensor:
     """The three inference schedules of the DINOv2 heads around any ``logits_of(crop)`` (the PyTorch head, or
-    its ONNX graph): class probabilities (B, K, H, W) at the input size."""
+    its ONNX graph): class probabilities (B, K, *output_size*).
+
+    As upstream (mmseg), each view's logits (window-averaged for ``slide`` / ``multiscale``) are bilinearly
+    resized to ``output_size`` *before* the softmax; flipped views are flipped back after it; ``multiscale``
+    averages the probabilities of all scale x flip views. ``output_size`` defaults to the input's size (the first
+    view's for a list); upstream's is the original image's.
+
+    ``pixel_values``: a (B, 3, H, W) tensor, or for ``multiscale`` a list of them, one per ``config.test_scales``
+    (upstream's views: each made from the original image, short side int(base x ratio)). From a single tensor the
+    views are resized from it (bilinear): short side int(short x ratio), each side int(side x s + 0.5).
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    views = list(pixel_values) if isinstance(pixel_values, (list, tuple)) else None
+    if views is not None:
+        if schedule != "multiscale":
+            raise ValueError(f"a list of per-scale inputs is for the 'multiscale' schedule, got {schedule!r}")
+        if len(views) != len(config.test_scales):
+            raise ValueError(f"{len(views)} per-scale inputs for {len(config.test_scales)} test scales "
+                             f"{config.test_scales}")
+    size = tuple(output_size or (views[0] if views is not None else pixel_values).shape[-2:])
+
+    def probabilities_of(logits):
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1)
+
     if schedule == "single":
-        return logits_of(pixel_values).softmax(dim=1)
+        return probabilities_of(logits_of(pixel_values))
 
     def slide(view):
         return sliding_window_logits(logits_of, view, config.crop_size, config.stride, config.num_labels)
 
     if schedule == "slide":
-        return slide(pixel_values).softmax(dim=1)
-    size = pixel_values.shape[-2:]
-    probabilities, views = 0, 0
-    for scale in config.test_scales:
-        scaled_size = [int(side * scale + 0.5) for side in size]
-        scaled = F.interpolate(pixel_values, size=scaled_size, mode="bilinear", align_corners=False)
+        return probabilities_of(slide(pixel_values))
+    if views is None:  # lazily, one scale at a time
+        height, width = pixel_values.shape[-2:]
+        scaled_sizes = [rescaled_size(height, width, int(min(height, width) * scale)) for scale in config.test_scales]
+        views = (pixel_values if scaled == (height, width) else
+                 F.interpolate(pixel_values, size=scaled, mode="bilinear", align_corners=False)
+                 for scaled in scaled_sizes)
+    probabilities, count = None, 0
+    for view in views:
         for flip in (False, True) if config.test_flip else (False,):
-            view = scaled.flip(-1) if flip else scaled
-            logits = F.interpolate(slide(view), size=size, mode="bilinear", align_corners=False)
-            view_probabilities = logits.softmax(dim=1)
-            probabilities = probabilities + (view_probabilities.flip(-1) if flip else view_probabilities)
-            views += 1
-    return probabilities / views
+            view_probabilities = probabilities_of(slide(view.flip(-1) if flip else view))
+            if flip:
+                view_probabilities = view_probabilities.flip(-1)
+            probabilities = view_probabilities if probabilities is None else probabilities.add_(view_probabilities)
+            count += 1
+    return probabilities.div_(count)
 
 
 class BNHead(nn.Module):
@@ -135,12 +170,19 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
 
     # --- inference schedules ---------------------------------------------------------------------------
     @torch.no_grad()
-    def segment(self, pixel_values: torch.Tensor, schedule: str = "slide") -> torch.Tensor:
-        """Class probabilities (B, K, H, W) at the input size: ``single`` pass, ``slide`` (sliding window),
-        or ``multiscale`` (sliding window at each of ``config.test_scales`` of the input size, plus flipped
-        views, probabilities averaged). Scales are relative to the tensor given: prepare it at the base
-        short side (512 linear, 640 multi-layer) as upstream does."""
-        return segment_with_schedule(lambda crop: self(crop).logits, pixel_values, schedule, self.config)
+    def segment(self, pixel_values: torch.Tensor | list[torch.Tensor], schedule: str = "slide",
+                output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Class probabilities (B, K, *output_size*): ``single`` pass, ``slide`` (sliding window), or
+        ``multiscale`` (sliding window at each of ``config.test_scales``, plus flipped views, probabilities
+        averaged). Each view's logits are resized to ``output_size`` (default: the input's size) before the
+        softmax, as upstream does at the original image's size.
+
+        Prepare the input at the base short side (512 linear, 640 multi-layer) as upstream does. For
+        ``multiscale``, upstream's views are a list of tensors, one per test scale, each resized from the
+        original image to short side int(base x ratio) (``dsunet_hf.semantic`` does this); from a single
+        tensor the views are resized from it instead."""
+        return segment_with_schedule(lambda crop: self(crop).logits, pixel_values, schedule, self.config,
+                                     output_size=output_size)
 
     def default_image_processor(self):
         from ...image_processing import SegmentationImageProcessor

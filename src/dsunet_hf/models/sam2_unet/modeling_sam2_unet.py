@@ -93,9 +93,11 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         return self.config.is_multiclass
 
     @torch.no_grad()
-    def segment(self, pixel_values: torch.Tensor, schedule: str = "single") -> torch.Tensor:
-        """Class probabilities (B, K, H, W) at the input size from one pass at ``config.image_size`` (the
-        input is resized to the square the model was trained at, the probabilities back)."""
+    def segment(self, pixel_values: torch.Tensor, schedule: str = "single",
+                output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Class probabilities (B, K, H, W) at ``output_size`` (default: the input size) from one pass at
+        ``config.image_size`` (the input is resized to the square the model was trained at, the probabilities
+        back)."""
         if not self.config.is_multiclass:
             raise ValueError("segment() is for multi-class models (num_labels > 2); this one predicts one "
                              "foreground map: use the logits (sigmoid) or the image processor")
@@ -103,7 +105,7 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
             raise ValueError(f"SAM2-UNet has one inference schedule, 'single' (a pass at {self.config.image_size}"
                              f"px); got {schedule!r}")
         square = (self.config.image_size, self.config.image_size)
-        return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square)
+        return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square, output_size)
 
     # --- frozen backbone ------------------------------------------------------------------------------
     def load_frozen_backbones(self) -> None:

@@ -131,25 +131,25 @@ def test_accelerate_launch_on_real_samples(tmp_path):
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data, tmp_path):
-    straight = train(tiny_args(generated_data, tmp_path / "straight"))
-    assert straight["global_step"] == 8
+    straight = train(tiny_args(generated_data, tmp_path / "straight", max_steps=6))
+    assert straight["global_step"] == 6
     # Stop after step 3 (mid-epoch: 5 batches per epoch), then resume from the latest checkpoint.
-    first = train(tiny_args(generated_data, tmp_path / "split", stop_after_steps=3))
+    first = train(tiny_args(generated_data, tmp_path / "split", max_steps=6, stop_after_steps=3))
     assert first["global_step"] == 3 and "model_dir" not in first
     assert [p.name for p in checkpoint_dirs(tmp_path / "split")] == ["checkpoint-2", "checkpoint-3"]
     (tmp_path / "split" / "model").mkdir()
     (tmp_path / "split" / "model" / "stale.safetensors").write_text("an older model's file")
-    resumed = train(tiny_args(generated_data, tmp_path / "split", resume_from_checkpoint="latest"))
-    assert resumed["global_step"] == 8
+    resumed = train(tiny_args(generated_data, tmp_path / "split", max_steps=6, resume_from_checkpoint="latest"))
+    assert resumed["global_step"] == 6
     assert not (tmp_path / "split" / "model" / "stale.safetensors").exists()  # the best model replaced model/ whole
 
-    final_straight = load_file(str(tmp_path / "straight/checkpoints/checkpoint-8/trainable_weights.safetensors"))
-    final_split = load_file(str(tmp_path / "split/checkpoints/checkpoint-8/trainable_weights.safetensors"))
+    final_straight = load_file(str(tmp_path / "straight/checkpoints/checkpoint-6/trainable_weights.safetensors"))
+    final_split = load_file(str(tmp_path / "split/checkpoints/checkpoint-6/trainable_weights.safetensors"))
     assert final_straight.keys() == final_split.keys()
     for key, value in final_straight.items():
         assert torch.equal(value, final_split[key]), key
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[:3] == [1, 2, 3] and max(steps) == 8 and 4 in steps  # the counter continued after step 3
+    assert steps[:3] == [1, 2, 3] and max(steps) == 6 and 4 in steps  # the counter continued after step 3
     assert straight["best_metrics"] == resumed["best_metrics"]
 
 

@@ -55,7 +55,7 @@ def test_foreground_page_gives_mask_cutout_and_new_background():
     composite = np.asarray(composite).astype(int)
     assert np.abs(composite[15, 20] - RED).max() < 10 and composite[35, 50].tolist() == [0, 0, 255]
     soft = np.asarray(red_demo().foreground(photo)[0])
-    assert len(np.unique(soft)) > 2  # threshold 0: the soft map
+    assert set(np.unique(soft).tolist()) - {0, 255}  # threshold 0: the soft map (a thresholded one is 0/255 only)
 
 
 def test_crop_refine_on_the_page_is_the_predict_commands():

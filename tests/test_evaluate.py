@@ -81,7 +81,7 @@ def by_hand(model, processor, items, minmax_normalize=True) -> dict[str, float]:
         p = x.sigmoid()[0, 0]
         if minmax_normalize:
             p = (p - p.min()) / (p.max() - p.min() + 1e-8)
-        metrics.update(np.round(p.numpy() * 255).astype(np.uint8), gt)
+        metrics.update((p.numpy() * 255).astype(np.uint8), gt)
     return metrics.compute()
 
 

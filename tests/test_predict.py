@@ -52,7 +52,8 @@ def test_predict_writes_masks_at_original_size_and_reports_bad_files(artifact, i
     cutout = np.asarray(Image.open(tmp_path / "out" / "cutouts" / "a.png"), dtype=np.float32)
     alpha = cutout[..., 3:] / 255  # the composite is the cut-out laid on white
     assert composite.shape == (40, 50, 3)
-    assert np.abs(composite - (cutout[..., :3] * alpha + 255 * (1 - alpha))).max() <= 1.0
+    # the 8-bit alpha is floor(p * 255): up to 1/255 of the colour difference, plus the composite's rounding
+    assert np.abs(composite - (cutout[..., :3] * alpha + 255 * (1 - alpha))).max() <= 1.5
     saved_report = json.loads((tmp_path / "out" / "prediction_report.json").read_text())
     assert saved_report["failed"] == report.failed
     umask = os.umask(0)
@@ -65,7 +66,8 @@ def test_predict_writes_masks_at_original_size_and_reports_bad_files(artifact, i
         logits = model(pixel_values=inputs["pixel_values"]).logits
     (expected,) = processor.post_process_probabilities(logits, target_sizes=inputs["original_sizes"])
     written = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"), dtype=np.float32) / 255
-    assert np.abs(written - expected.numpy()).max() <= 0.5 / 255 + 1e-6
+    difference = expected.numpy() - written  # floor(p * 255), as upstream writes its maps: 0 <= p - mask < 1/255
+    assert difference.min() >= -1e-6 and difference.max() < 1 / 255 + 1e-6 and difference.max() > 0.5 / 255
 
     # A second run resumes: finished masks are kept, only the failure is retried.
     again = predict_files(model, processor, [images], tmp_path / "out", progress=False)

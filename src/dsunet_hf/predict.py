@@ -151,7 +151,8 @@ def cutout_image(image: Image.Image, probability: np.ndarray, colors: str = "est
                  device: str | torch.device = "cpu") -> Image.Image:
     """RGBA with the probability as alpha: background removal (colours as :func:`foreground_colors`)."""
     rgba = foreground_colors(image, probability, colors, device)
-    rgba.putalpha(Image.fromarray((probability * 255).round().astype(np.uint8)))
+    # floor(p * 255): the written mask, as BiRefNet's ToPILImage makes its alpha
+    rgba.putalpha(Image.fromarray((np.clip(probability, 0, 1) * np.float32(255)).astype(np.uint8)))
     return rgba
 
 
@@ -225,7 +226,8 @@ def render_output(kind: str, image: Image.Image, probability: np.ndarray, option
     ``composites`` (H, W, 3), ``cutouts`` (H, W, 4)."""
     if kind == "masks":
         shown = probability >= options.threshold if options.threshold is not None else probability
-        return (shown * 255).round().astype(np.uint8)
+        # floor(p * 255), as upstream test.py writes its maps and evaluation scores them (metrics.to_uint8_map)
+        return (np.clip(shown, 0, 1) * np.float32(255)).astype(np.uint8)
     if kind == "overlays":
         return np.asarray(overlay_image(image, probability))
     if kind == "cutouts":

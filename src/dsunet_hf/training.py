@@ -143,6 +143,9 @@ class TrainerState:
     best_metrics: dict = field(default_factory=dict)
     validations_without_improvement: int = 0
     stopped_early: bool = False  # a resumed run that had stopped early finishes at once
+    # The train/loss logging window so far (sum, micro-batches): a resumed run logs what an uninterrupted one would.
+    running_loss: float = 0.0
+    running_count: int = 0
 
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -681,7 +684,6 @@ def train(args: TrainingArguments) -> dict:
     bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step",
                disable=not (args.progress and accelerator.is_local_main_process))
     model.train()
-    running_loss, running_count = 0.0, 0
     stop_at = min(total_steps, args.stop_after_steps or total_steps)
     while state.global_step < stop_at and state.epoch < num_epochs and not state.stopped_early:
         train_transform.epoch = state.epoch
@@ -708,17 +710,18 @@ def train(args: TrainingArguments) -> dict:
                 scheduler.step()
                 optimizer.zero_grad()
             state.batches_in_epoch += 1
-            running_loss += loss.detach().float().item()
-            running_count += 1
+            state.running_loss += loss.detach().float().item()
+            state.running_count += 1
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
             bar.update(1)
-            if state.global_step % args.logging_steps == 0 or state.global_step == stop_at:
-                values = {"train/loss": running_loss / running_count, "train/lr": scheduler.get_last_lr()[0]}
+            # Not at a --stop-after-steps stop: the window goes on in the resumed run (and is logged there, whole).
+            if state.global_step % args.logging_steps == 0 or state.global_step == total_steps:
+                values = {"train/loss": state.running_loss / state.running_count, "train/lr": scheduler.get_last_lr()[0]}
                 bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{values['train/lr']:.2e}")
                 log(values)
-                running_loss, running_count = 0.0, 0
+                state.running_loss, state.running_count = 0.0, 0
             end_of_epoch = state.batches_in_epoch >= len(train_loader)
             if end_of_epoch:  # the epoch is complete: a checkpoint taken now resumes at the next one
                 state.epoch += 1

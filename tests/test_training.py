@@ -307,6 +307,33 @@ def test_a_backbone_preset_fetches_that_size_s_repo(generated_data):
     assert repos("sam2-unet", "small", backbone_repo_id="me/my-hiera") == ["me/my-hiera"]  # a given repo stays
 
 
+def test_bad_numbers_and_a_truncated_file_are_one_line_and_verify_data_full_leaves_it_out(generated_data, tmp_path):
+    """`train` printed tracebacks for every refused argument (--batch-size 0 was a ZeroDivisionError); a truncated
+    file (it passes the header check) stopped training at its batch with a traceback."""
+    import shutil
+    from dataclasses import asdict
+
+    from dsunet_hf.training import main as train_main
+
+    saved = tmp_path / "args.json"
+    saved.write_text(json.dumps(asdict(tiny_args(generated_data, tmp_path / "x", max_steps=2, eval_steps=2))))
+    for flags, message in ((["--batch-size", "0"], "train: --batch-size must be at least 1, got 0"),
+                           (["--learning-rate", "nan"], "train: --learning-rate must be a finite number >= 0, got nan"),
+                           (["--validation-ratio", "1.5"], r"train: --validation-ratio must be in \[0, 1\)"),
+                           (["--verify-data", "some"], "train: --verify-data must be header, full or none")):
+        with pytest.raises(SystemExit, match=message):
+            train_main([str(saved), *flags])
+    data = tmp_path / "data"
+    shutil.copytree(generated_data, data)
+    for mask in sorted((data / "masks").iterdir())[::2]:  # every other mask: the first batch meets one
+        mask.write_bytes(mask.read_bytes()[: mask.stat().st_size // 2])  # a valid header, half the pixels
+    with pytest.raises(SystemExit, match=r"train: cannot read mask .*truncated.*--verify-data full"):
+        train_main([str(saved), "--train-data", str(data), "--output-dir", str(tmp_path / "header"),
+                    "--max-steps", "1"])
+    summary = train(tiny_args(data, tmp_path / "full", max_steps=1, eval_steps=1, verify_data="full"))
+    assert summary["global_step"] == 1
+
+
 def test_a_runs_training_args_json_reproduces_it(generated_data, tmp_path):
     from dsunet_hf.training import main as train_main
 

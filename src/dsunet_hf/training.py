@@ -124,6 +124,9 @@ class TrainingArguments:
     logging_steps: int = field(default=10, metadata={"help": "log loss and lr every N steps"})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker (tensorboard | none | ...)"})
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    verify_data: str = field(
+        default="header", metadata={"help": "check local image/mask folders before training: header (sizes; fast), "
+                                            "full (decode every file: also leaves out truncated ones) or none"})
     push_to_hub: bool = field(default=False, metadata={"help": "upload the final model"})
     hub_model_id: str | None = field(default=None, metadata={"help": "repo id for --push-to-hub"})
     hub_private: bool = field(default=False, metadata={"help": "make the Hub repo private (default: a new repo gets "
@@ -269,7 +272,10 @@ def build_model(args: TrainingArguments):
 def build_datasets(args: TrainingArguments):
     from .data import load_segmentation_dataset, train_validation_split
 
-    columns = {"image_column": args.image_column, "mask_column": args.mask_column}
+    verify = {"header": True, "full": "full", "none": False}.get(args.verify_data)
+    if verify is None:
+        raise ValueError(f"--verify-data must be header, full or none, got {args.verify_data!r}")
+    columns = {"image_column": args.image_column, "mask_column": args.mask_column, "verify": verify}
     if args.val_data:
         train = load_segmentation_dataset(args.train_data, split="train", **columns)
         validation = load_segmentation_dataset(args.val_data, split="validation", **columns)
@@ -472,6 +478,26 @@ def load_trainable_weights(model, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def check_numbers(args: TrainingArguments) -> None:
+    """Numeric flags out of range are refused before anything loads (0 would divide by zero hours later)."""
+    at_least_one = ("batch_size", "logging_steps", "gradient_accumulation_steps", "max_steps", "num_epochs",
+                    "early_stopping_patience", "image_size")
+    for name in at_least_one:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("eval_steps", "save_steps", "save_total_limit", "num_workers"):  # 0: each epoch / keep all / none
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    for name in ("learning_rate", "weight_decay", "max_grad_norm", "min_learning_rate"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if not 0 <= args.validation_ratio < 1:
+        raise ValueError(f"--validation-ratio must be in [0, 1), got {args.validation_ratio}")
+
+
 # --- the loop -------------------------------------------------------------------------------------
 
 def train(args: TrainingArguments) -> dict:
@@ -481,10 +507,7 @@ def train(args: TrainingArguments) -> dict:
     from .metrics import DIS_METRIC_NAMES, is_better
 
     output_dir = Path(args.output_dir)
-    if args.logging_steps < 1:
-        raise ValueError(f"--logging-steps must be at least 1, got {args.logging_steps}")
-    if args.early_stopping_patience is not None and args.early_stopping_patience < 1:
-        raise ValueError(f"--early-stopping-patience must be at least 1, got {args.early_stopping_patience}")
+    check_numbers(args)
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push-to-hub needs --hub-model-id")
     report_to = None if args.report_to in ("none", "", None) else args.report_to
@@ -770,7 +793,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 
-    summary = train(parse_args(argv))
+    try:
+        summary = train(parse_args(argv))
+    except (ValueError, OSError) as error:  # bad arguments, data or files: one line naming them, not a traceback
+        from .image_io import ImageReadError
+
+        hint = (" (--verify-data full decodes every file before training and leaves out unreadable ones; continue "
+                "with --resume-from-checkpoint latest)") if isinstance(error, ImageReadError) else ""
+        raise SystemExit(f"train: {error}{hint}") from error
     from .distributed import process_state
 
     if process_state().is_main_process:  # one summary per run, not one per process

@@ -33,8 +33,9 @@ def square_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.nda
 
 
 def write_video(path: Path, frames: list[np.ndarray], *, codec: str = "libx264", pix_fmt: str = "yuv420p",
-                rate: int = 25, pts: list[int] | None = None, rotation: int | None = None) -> Path:
-    with av.open(str(path), "w") as container:
+                rate: int = 25, pts: list[int] | None = None, rotation: int | None = None,
+                faststart: bool = False) -> Path:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = pix_fmt
@@ -177,6 +178,15 @@ def test_bad_video_is_reported_and_a_failure_leaves_no_partial_output(tmp_path, 
     assert report.failed[str(folder / "broken.mp4")].startswith(f"{folder / 'broken.mp4'}: not a readable video")
     assert (tmp_path / "out" / "masks" / "still.png").exists() and (tmp_path / "out" / "overlays" / "good.mp4").exists()
     assert not (tmp_path / "out" / "masks" / "broken.mp4").exists()
+
+    # A video cut short at a packet boundary decodes without an error: its declared frame count tells (it was
+    # "written" with a third of its frames).
+    whole = write_video(tmp_path / "whole.mp4", [square_frame(i) for i in range(30)], faststart=True).read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "cut.mp4").write_bytes(whole[: int(len(whole) * 0.8)])
+    cut = predict_files(RedChannelModel(), processor, [tmp_path / "cut"], tmp_path / "cut-out", progress=False)
+    assert not cut.written and "ends early" in cut.failed[str(tmp_path / "cut" / "cut.mp4")]
+    assert not (tmp_path / "cut-out" / "masks" / "cut.mp4").exists()
 
     # A run that dies in the middle of a video (here: the model, at the second batch) leaves neither the video's
     # outputs nor temporary files; the next run does that video again and keeps the finished ones.

@@ -126,6 +126,11 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
             raise VideoReadError(f"{path}: decoding failed at frame {index} ({error})") from error
         if index == 0:
             raise VideoReadError(f"{path}: the video has no frames")
+        # A file cut short at a packet boundary decodes without an error (FFmpeg's threaded decoder swallows the
+        # rest): the container's own frame count tells.
+        if stream.frames and index < stream.frames:
+            raise VideoReadError(f"{path}: ends early: {index} of the {stream.frames} frames it declares could be "
+                                 f"decoded (truncated or damaged)")
 
 
 def frame_rate(path: str | Path) -> Fraction:

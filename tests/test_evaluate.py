@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import types
 
@@ -276,15 +277,18 @@ def test_bad_samples_are_skipped_and_logged(model, processor, samples, tmp_path,
         {"image": str(corrupt), "mask": samples[0]["mask"]},
         {"image": samples[1]["image"], "mask": str(small_mask)},  # size differs from its image
         {"image": str(tmp_path / "missing.jpg"), "mask": samples[0]["mask"]},
+        # 1x1: scored, its E-measure (~2e15) would swamp the dataset's
+        {"image": Image.new("RGB", (1, 1)), "mask": np.full((1, 1), 255, np.uint8), "sample_id": "one-pixel"},
     ]
     skipped: list[str] = []
     with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
         got = evaluate_model(model, processor, bad[:1] + samples + bad[1:], batch_size=8, progress=False,
                              skipped=skipped)
     assert got == by_hand(model, processor, samples)
-    assert len(skipped) == 3
+    assert len(skipped) == 4
     assert "corrupt.png" in caplog.text and "missing.jpg" in caplog.text
-    assert "differs" in caplog.text and "skipped 3 of 7" in caplog.text
+    assert "differs" in caplog.text and "skipped 4 of 8" in caplog.text
+    assert "sample one-pixel: ground truth is 1x1 (WxH) pixels: the metrics need at least 2" in skipped[-1]
 
     with pytest.raises(ValueError, match="no sample could be evaluated"):
         evaluate_model(model, processor, bad, progress=False)
@@ -329,8 +333,15 @@ def test_prediction_folders_skip_bad_files_and_need_a_match(folders, tmp_path):
     pred_dir, gt_dir = folders
     (pred_dir / "s0.png").write_bytes(b"garbage")
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(pred_dir / "s2.png")  # wrong size
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(pred_dir / "one.png")  # 1x1: would swamp the E-measure
+    Image.fromarray(np.full((1, 1), 255, np.uint8)).save(gt_dir / "one.png")
     metrics, info = evaluate_prediction_folders(pred_dir, gt_dir)
-    assert info["evaluated"] == 1 and set(info["unreadable"]) == {str(pred_dir / "s0.png"), str(pred_dir / "s2.png")}
+    assert info["evaluated"] == 1 and set(info["unreadable"]) == {str(pred_dir / "s0.png"), str(pred_dir / "s2.png"),
+                                                                  str(gt_dir / "one.png")}
+    assert "1x1 (WxH) pixels" in info["unreadable"][str(gt_dir / "one.png")]
+    only_s1 = SegmentationMetrics()
+    only_s1.update(np.asarray(Image.open(pred_dir / "s1.png")), np.asarray(Image.open(gt_dir / "s1.bmp")))
+    assert metrics == only_s1.compute()
 
     other = tmp_path / "other"
     other.mkdir()
@@ -410,15 +421,53 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
         with pytest.raises(SystemExit, match=f"evaluate: {flag} must be >= {least}, got {value}"):
             run_evaluate_cli(make_parser().parse_args(
                 ["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir), flag, value]))
+    # Bad folders: one line naming the folder and the problem, no traceback (and no report).
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "other" / "nothing-alike.png")
+    for predictions, ground_truth, problem in (
+        (tmp_path / "nope", gt_dir, f"predictions folder {tmp_path / 'nope'} does not exist"),
+        (pred_dir, tmp_path / "empty", f"no image files in ground truth folder {tmp_path / 'empty'}"),
+        (tmp_path / "other", gt_dir, f"no prediction in {tmp_path / 'other'} matches a ground-truth file in {gt_dir}"),
+    ):
+        with pytest.raises(SystemExit, match=f"^evaluate: {re.escape(problem)}"):
+            run_evaluate_cli(make_parser().parse_args(
+                ["evaluate", "--predictions", str(predictions), "--ground-truth", str(ground_truth), "--output-dir",
+                 str(tmp_path / "failed")]))
+    assert not (tmp_path / "failed").exists()
 
 
-def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch, capsys):
+def test_class_index_ground_truth_is_flagged(folders, tmp_path, caplog):
+    """Foreground metrics read GT > 128 as foreground: class-index masks (0/3) are empty ground truth, so warn."""
+    pred_dir, _ = folders
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for i, (h, w) in enumerate(SIZES[:3]):
+        Image.fromarray((disc_mask(h, w, i) > 0).astype(np.uint8) * 3).save(labels / f"s{i}.png")
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
+        evaluate_prediction_folders(pred_dir, labels, progress=False)
+    assert f"{labels}: the ground-truth masks hold class indices (0..3)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
+        evaluate_prediction_folders(*folders, progress=False)  # 0/255 masks
+    assert "class indices" not in caplog.text
+
+
+def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch, capsys, offline_hub):
     """--model/--data wiring, with stand-ins for the dataset loader and the model loader."""
     import dsunet_hf.predict
 
     data = {"setA": samples[:2], "setB": samples[2:]}
     fake = types.ModuleType("dsunet_hf.data")
-    fake.load_segmentation_dataset = lambda source, split=None, **kw: data[source]
+
+    def load_segmentation_dataset(source, split=None, **kwargs):  # the real loader's errors for bad sources
+        if source.startswith("hub/"):
+            raise FileNotFoundError(f"cannot load Hub dataset {source!r}: not in the cache (offline)")
+        if source not in data:
+            raise ValueError(f"{source}: no image/mask folder pair found")
+        return data[source]
+
+    fake.load_segmentation_dataset = load_segmentation_dataset
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {}
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
@@ -442,3 +491,68 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
     assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
     assert "name-setA" in capsys.readouterr().out
+
+
+def test_cli_model_keeps_finished_datasets(model, processor, samples, tmp_path, monkeypatch, caplog,
+                                            offline_hub):
+    """Every --data is loaded before the model runs any (a bad one costs nothing); a dataset nothing can be scored on
+    is reported, the others are scored and written, and the run still fails with one line naming it."""
+    import dsunet_hf.predict
+
+    read = []
+
+    class Recorded(list):
+        def __getitem__(self, index):
+            read.append(index)
+            return super().__getitem__(index)
+
+    labels = [{"image": Image.open(item["image"]), "mask": (np.asarray(Image.open(item["mask"])) > 0) * np.uint8(3)}
+              for item in samples[:2]]  # class-index masks (0/3): empty ground truth for a foreground model
+    data = {"setA": Recorded(samples[:2]), "setB": samples[2:], "labels": labels,
+            "unreadable": [{"image": str(tmp_path / "missing.jpg"), "mask": samples[0]["mask"]}]}
+
+    def load_segmentation_dataset(source, split=None, **kwargs):
+        if source.startswith("hub/"):
+            raise FileNotFoundError(f"cannot load Hub dataset {source!r}: not in the cache (offline)")
+        if source not in data:
+            raise ValueError(f"{source}: no image/mask folder pair found")
+        return data[source]
+
+    fake = types.ModuleType("dsunet_hf.data")
+    fake.load_segmentation_dataset = load_segmentation_dataset
+    fake.dataset_name = lambda source: f"name-{source}"
+    fake.dropped_files = lambda dataset: {"lonely.jpg": "no mask"} if dataset is data["unreadable"] else {}
+    monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
+
+    def run(*data_args, out):
+        return run_evaluate_cli(make_parser().parse_args(
+            ["evaluate", "--model", "m", *(f"--data={source}" for source in data_args), "--output-dir", str(out),
+             "--max-samples", "1", "--no-progress", "--metric-workers", "0"]))
+
+    for bad, problem in (("typo", "typo: no image/mask folder pair found"),
+                         ("hub/typo", "cannot load Hub dataset 'hub/typo': not in the cache")):
+        with pytest.raises(SystemExit, match=f"^evaluate: --data {re.escape(problem)}"):
+            run("setA", bad, out=tmp_path / "typo")
+    assert read == [] and not (tmp_path / "typo").exists()  # setA was never run
+
+    out = tmp_path / "report"
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
+        with pytest.raises(SystemExit, match=re.escape(
+                "evaluate: 1 of 4 datasets not scored (unreadable: no sample could be evaluated (1 requested, 1 "
+                f"skipped)); the report of the others: {out / 'evaluation.json'}")):
+            run("setA", "unreadable", "labels", "setB", out=out)
+    payload = json.loads((out / "evaluation.json").read_text())
+    assert list(payload["results"]) == ["name-setA", "name-labels", "name-setB"]
+    assert payload["results"]["name-setB"] == by_hand(model, processor, samples[2:3])
+    assert payload["info"]["failed_datasets"] == {
+        "name-unreadable": "unreadable: no sample could be evaluated (1 requested, 1 skipped)"}
+    assert "name-unreadable" not in payload["info"]["data"]
+    skipped = payload["info"]["skipped"]["name-unreadable"]
+    assert "missing.jpg" in skipped[0] and skipped[1] == "lonely.jpg: no mask (left out when loading)"
+    assert "labels: the ground-truth masks hold class indices (0..3)" in caplog.text
+    assert "setA: the ground-truth masks hold class indices" not in caplog.text
+
+    with pytest.raises(SystemExit, match=r"^evaluate: unreadable: no sample could be evaluated \(1 requested"):
+        run("unreadable", out=tmp_path / "none")  # nothing scored: nothing to report
+    assert not (tmp_path / "none").exists()

@@ -141,6 +141,19 @@ def test_shape_mismatch_and_types():
     assert len(metrics) == 0
 
 
+def test_single_pixel_maps_are_refused():
+    """A 1x1 pair made pysodmetrics' E-measure divide by (pixels - 1): ~2e15, silently, for the whole dataset."""
+    metrics = SegmentationMetrics()
+    metrics.update(disc(10, 10, 5, 5, 3), disc(10, 10, 4, 5, 3))
+    with pytest.raises(ValueError, match=r"prediction is 1x1 \(WxH\) pixels: the metrics need at least 2"):
+        metrics.update(np.zeros((1, 1), np.uint8), np.full((1, 1), 255, np.uint8))
+    assert len(metrics) == 1 and metrics.compute()["E-measure (max)"] <= 1  # the dataset's numbers are untouched
+    with warnings.catch_warnings():  # S-measure splits so small a map into empty quadrants: numpy warns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        metrics.update(np.array([[0, 255]], np.uint8), np.array([[0, 255]], np.uint8))  # 2 pixels are scored
+    assert len(metrics) == 2
+
+
 def test_compute_without_samples_raises():
     with pytest.raises(ValueError, match="no samples"):
         SegmentationMetrics().compute()

@@ -3,7 +3,8 @@
 Protocol (upstream ``test.py`` + ``eval.py``): logits are upsampled bilinearly to the ground-truth
 size, passed through a sigmoid, min-max normalised per image (default on), written as
 ``floor(p * 255)`` 8-bit maps and scored with pysodmetrics against the 8-bit ground truth (see
-:mod:`dsunet_hf.metrics`). Unreadable or mismatched samples are skipped with a warning, never fatal.
+:mod:`dsunet_hf.metrics`). Unreadable or mismatched samples, and maps of a single pixel, are skipped with a warning,
+never fatal.
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
-from .image_io import ImageReadError, load_image, load_mask
-from .metrics import DIS_METRIC_NAMES, HIGHER_IS_BETTER, METRIC_NAMES, SegmentationMetrics, to_uint8_map
+from .image_io import ImageReadError, class_index_maximum, load_image, load_mask
+from .metrics import (
+    DIS_METRIC_NAMES,
+    HIGHER_IS_BETTER,
+    METRIC_NAMES,
+    SegmentationMetrics,
+    check_map,
+    to_uint8_map,
+)
 from .predict import (
     add_resolution_arguments,
     check_resolution,
@@ -92,6 +100,7 @@ def _load_sample(item: Any) -> tuple[Image.Image, np.ndarray]:
             f"mask size {ground_truth.shape[1]}x{ground_truth.shape[0]} (WxH) differs from "
             f"image size {image.width}x{image.height}"
         )
+    check_map(ground_truth, "ground truth")  # at least 2 pixels (a 1x1 map would wreck the dataset's E-measure)
     return image, ground_truth
 
 
@@ -144,8 +153,8 @@ def evaluate_model(
             process); the metrics are merged in sample order, so the numbers are the same as without them. The
             metrics cost as much as a small model's forward pass on a CPU and far more than one on a GPU.
 
-    Samples whose image or mask cannot be read, or whose sizes differ, are skipped with a logged
-    warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
+    Samples whose image or mask cannot be read, whose sizes differ, or of a single pixel (see
+    :data:`~dsunet_hf.metrics.MIN_PIXELS`) are skipped with a logged warning. The model is put in eval mode for the run and restored to its previous mode afterwards.
 
     Raises:
         ValueError: if no sample at all could be evaluated.
@@ -303,6 +312,30 @@ def evaluate_datasets(model, processor, datasets: dict[str, object], **kwargs) -
     return results
 
 
+def _warn_if_class_index_masks(dataset, where: str, samples: int = 8) -> int | None:
+    """Warn when the first ``samples`` ground-truth masks of ``dataset`` (items with a ``mask``) are all class-index
+    label maps (0..k with k >= 2, or palette PNGs; see :func:`~dsunet_hf.image_io.class_index_maximum`), as training
+    does: the foreground metrics read a mask as an intensity, foreground ``> 128``, so class k counts as background
+    and the ground truth is empty. Returns k, or None (0/255 and 0/1 masks, soft masks, unreadable files)."""
+    found = []
+    for index in range(min(samples, len(dataset))):
+        try:
+            found.append(class_index_maximum(_decodable(dataset[index]["mask"])))
+        except _SAMPLE_ERRORS:  # unreadable: the evaluation itself skips and reports it
+            return None
+        if found[-1] is None:
+            return None
+    if not found:
+        return None
+    classes = max(found)
+    logger.warning(
+        "%s: the ground-truth masks hold class indices (0..%d), but the metrics read a mask as foreground intensity "
+        "(> 128 is foreground): class %d counts as background and the ground truth is empty. Save binary masks as "
+        "0/255 or 0/1; multi-class label maps need a multi-class model.", where, classes, classes,
+    )
+    return classes
+
+
 # -------------------------------------------------------------------------------------------- folders
 def _index_images(folder: Path) -> dict[str, Path]:
     """Image files under ``folder`` keyed by relative path without suffix (the stem for flat folders).
@@ -340,7 +373,7 @@ def evaluate_prediction_folders(
 
     Returns:
         ``(metrics, info)`` with ``info = {"missing_predictions": [GT files without prediction],
-        "unreadable": {file: reason} (unreadable files and size mismatches), "matched": pairs found,
+        "unreadable": {file: reason} (unreadable files, size mismatches, 1-pixel maps), "matched": pairs found,
         "evaluated": pairs scored, "extra_predictions": [predictions without GT]}``.
 
     Raises:
@@ -370,6 +403,7 @@ def evaluate_prediction_folders(
     if missing:
         logger.warning("%d of %d ground-truth files have no prediction in %s", len(missing), len(ground_truths),
                        predictions_dir)
+    _warn_if_class_index_masks([{"mask": ground_truths[key]} for key in matched], str(ground_truth_dir))
     unreadable: dict[str, str] = {}
     with _BatchedMetrics(dis_metrics, metric_workers) as batched:
         maps = []
@@ -398,6 +432,7 @@ def _read_pair(prediction_path: Path, ground_truth_path: Path, unreadable: dict[
     """(prediction, ground truth) uint8 maps of one matched pair, or None with the reason in ``unreadable``."""
     try:
         ground_truth = to_uint8_map(load_mask(ground_truth_path))
+        check_map(ground_truth, "ground truth")  # at least 2 pixels (a 1x1 map would wreck the E-measure)
     except _SAMPLE_ERRORS as error:
         unreadable[str(ground_truth_path)] = str(error)
         logger.warning("skipping %s: %s", ground_truth_path, error)
@@ -601,6 +636,11 @@ def _folder_name(folder: Path) -> str:
     return folder.parent.name if folder.name.lower() in generic and folder.parent.name else folder.name
 
 
+def _naming(source, error: Exception) -> str:
+    """``error``'s message, led by ``source`` unless it names it already."""
+    return str(error) if os.fspath(source) in str(error) else f"{source}: {error}"
+
+
 def _unique(name: str, taken: dict) -> str:
     candidate, n = name, 2
     while candidate in taken:
@@ -628,8 +668,11 @@ def run_evaluate_cli(args) -> int:
     if folders_mode:
         if args.predictions is None or args.ground_truth is None:
             raise SystemExit("evaluate: --predictions and --ground-truth go together")
-        metrics, info = evaluate_prediction_folders(args.predictions, args.ground_truth, progress=args.progress,
-                                                    dis_metrics=args.dis_metrics, metric_workers=metric_workers)
+        try:
+            metrics, info = evaluate_prediction_folders(args.predictions, args.ground_truth, progress=args.progress,
+                                                        dis_metrics=args.dis_metrics, metric_workers=metric_workers)
+        except (FileNotFoundError, ValueError) as error:  # a folder missing or empty, no match, no pair readable
+            raise SystemExit(f"evaluate: {error}") from error
         results = {_folder_name(Path(args.ground_truth)): metrics}
         extra = {"mode": "prediction folders", "predictions": str(args.predictions),
                  "ground_truth": str(args.ground_truth), **info}
@@ -667,54 +710,52 @@ def run_evaluate_cli(args) -> int:
                              f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
                              else bool(getattr(processor, "do_reduce_labels", False)))
+        # Every --data is loaded (its files checked) before the model runs any of them: a typo costs nothing.
+        loaded = []
+        for source in args.data:
+            if visual_prompt is not None and is_davis_layout(source):
+                loaded.append(None)  # videos: evaluate_tracking reads the folder itself
+                continue
+            try:
+                loaded.append(load_segmentation_dataset(source) if args.split is None
+                              else load_segmentation_dataset(source, split=args.split))
+            except (ValueError, OSError) as error:  # no pairs in it, a file, no such folder, a Hub id unavailable
+                raise SystemExit(f"evaluate: --data {_naming(source, error)}") from error
         results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
         results_only, evaluated = {}, {}  # tracking sequences for a server; samples scored per dataset
-        for source in args.data:
-            name = _unique(dataset_name(source), results)
+        failed: dict[str, str] = {}  # datasets nothing could be scored on: the others are still reported
+        for source, dataset in zip(args.data, loaded):
+            name = _unique(dataset_name(source), {**sources, **failed})
             skipped: list[str] = []
-            if visual_prompt is not None and is_davis_layout(source):  # videos: tracking, DAVIS J&F
-                unscored: list[str] = []
-                try:
+            try:
+                if dataset is None:  # videos: tracking, DAVIS J&F
+                    unscored: list[str] = []
                     results[name], per_object[name] = evaluate_tracking(
                         model, source, memory_size=track_memory, max_sequences=args.max_samples,
                         progress=args.progress, unscored=unscored,
                         save_dir=None if args.save_predictions is None else Path(args.save_predictions) / name)
-                except ValueError as error:
-                    raise SystemExit(f"evaluate: {source}: {error}") from error
-                if unscored:  # first-appearance annotations only: the benchmark's server scores the results
-                    results_only[name] = unscored
-                    print(f"{name}: {len(unscored)} sequence(s) annotated on their objects' first appearances only, "
-                          f"not scored here: results for the server in {Path(args.save_predictions) / name}")
-                sources[name], skipped_per_dataset[name] = _source_record(source), skipped
-                continue
-            dataset = (
-                load_segmentation_dataset(source) if args.split is None
-                else load_segmentation_dataset(source, split=args.split)
-            )
-            if visual_prompt is not None:  # one query per (image, class): foreground IoU per class
-                from .models.visual_prompt import evaluate_visual_prompt
+                    if unscored:  # first-appearance annotations only: the benchmark's server scores the results
+                        results_only[name] = unscored
+                        print(f"{name}: {len(unscored)} sequence(s) annotated on their objects' first appearances "
+                              f"only, not scored here: results for the server in {Path(args.save_predictions) / name}")
+                elif visual_prompt is not None:  # one query per (image, class): foreground IoU per class
+                    from .models.visual_prompt import evaluate_visual_prompt
 
-                try:
                     scores = evaluate_visual_prompt(model, dataset, shots=args.shots, prompt_kind=args.prompt_kind,
                                                     max_queries=args.max_samples, progress=args.progress,
                                                     id2label=_dataset_labels(source),
                                                     absent_queries=args.absent_queries)
-                except ValueError as error:
-                    raise SystemExit(f"evaluate: {source}: {error}") from error
-                per_class[name] = scores.pop("per_class_iou")
-                results[name] = scores
-            elif multi_class:
-                from .semantic import evaluate_semantic
+                    per_class[name] = scores.pop("per_class_iou")
+                    results[name] = scores
+                elif multi_class:
+                    from .semantic import evaluate_semantic
 
-                try:
                     semantic = evaluate_semantic(model, dataset, schedule=args.schedule, max_samples=args.max_samples,
                                                  reduce_zero_label=reduce_zero_label, skipped=skipped)
-                except ValueError as error:  # no sample readable, a class the model does not have
-                    raise SystemExit(f"evaluate: {source}: {error}") from error
-                per_class[name] = semantic.pop("per_class_iou")
-                results[name] = semantic
-            else:
-                try:
+                    per_class[name] = semantic.pop("per_class_iou")
+                    results[name] = semantic
+                else:
+                    _warn_if_class_index_masks(dataset, str(source))
                     results[name] = evaluate_model(
                         model, processor, dataset, batch_size=args.batch_size, minmax_normalize=args.minmax_normalize,
                         progress=args.progress, max_samples=args.max_samples, skipped=skipped,
@@ -722,14 +763,20 @@ def run_evaluate_cli(args) -> int:
                         resolution=args.resolution, max_side=args.max_side, num_workers=args.num_workers,
                         metric_workers=metric_workers,
                     )
-                except ValueError as error:  # no sample could be read
-                    raise SystemExit(f"evaluate: {source}: {error}") from error
-            if visual_prompt is None:  # (visual prompts count queries, in their scores)
-                requested = len(dataset) if args.max_samples is None else min(args.max_samples, len(dataset))
-                evaluated[name] = requested - len(skipped)
-            # Files the loader left out (unpaired, unreadable, sizes differ) are not scored either: say so.
-            skipped += [f"{path}: {reason} (left out when loading)" for path, reason in dropped_files(dataset).items()]
-            sources[name], skipped_per_dataset[name] = _source_record(source), skipped
+            except ValueError as error:  # no sample readable, a class the model does not have: go on with the rest
+                failed[name] = _naming(source, error)
+                logger.warning("%s: not scored: %s", name, failed[name])
+            else:
+                sources[name] = _source_record(source)
+                if visual_prompt is None:  # (visual prompts count queries, in their scores)
+                    requested = len(dataset) if args.max_samples is None else min(args.max_samples, len(dataset))
+                    evaluated[name] = requested - len(skipped)
+            if dataset is not None:  # files the loader left out (unpaired, unreadable, sizes differ): say so
+                skipped += [f"{path}: {reason} (left out when loading)"
+                            for path, reason in dropped_files(dataset).items()]
+            skipped_per_dataset[name] = skipped  # a dataset not scored too: why its samples were skipped
+        if not results:
+            raise SystemExit(f"evaluate: {'; '.join(failed.values())}")
         extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,
@@ -750,6 +797,8 @@ def run_evaluate_cli(args) -> int:
             extra.update(schedule=args.schedule or model.default_schedule, reduce_zero_label=reduce_zero_label)
         if visual_prompt is not None:
             extra.update(shots=args.shots, prompt_kind=args.prompt_kind)
+        if failed:
+            extra["failed_datasets"] = failed
     print(format_table(results))
     for name, ious in extra.get("per_class_iou", {}).items():
         print(f"per-class IoU, {name}: " + ", ".join(f"{label} {iou:.3f}" for label, iou in ious.items()))
@@ -762,4 +811,8 @@ def run_evaluate_cli(args) -> int:
         protocol = TRACKING_PROTOCOL if not extra.get("per_class_iou") else f"{protocol}; videos: {TRACKING_PROTOCOL}"
     json_path, markdown_path = write_report(results, args.output_dir, extra=extra, protocol=protocol)
     print(f"report: {json_path} and {markdown_path}")
+    if extra.get("failed_datasets"):  # the others' results are in the report; the run still fails
+        failed = extra["failed_datasets"]
+        raise SystemExit(f"evaluate: {len(failed)} of {len(failed) + len(results)} datasets not scored "
+                         f"({'; '.join(failed.values())}); the report of the others: {json_path}")
     return 0

@@ -39,7 +39,8 @@ import numpy as np
 import py_sod_metrics as psm
 from py_sod_metrics.utils import prepare_data
 
-__all__ = ["METRIC_NAMES", "DIS_METRIC_NAMES", "HIGHER_IS_BETTER", "to_uint8_map", "SegmentationMetrics", "SemanticSegmentationMetrics", "is_better"]
+__all__ = ["METRIC_NAMES", "DIS_METRIC_NAMES", "HIGHER_IS_BETTER", "MIN_PIXELS", "to_uint8_map", "check_map",
+           "SegmentationMetrics", "SemanticSegmentationMetrics", "is_better"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "mDice",
@@ -89,7 +90,14 @@ def to_uint8_map(probability: Any) -> np.ndarray:
     return np.floor(np.clip(p, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
-def _check_map(array: Any, what: str) -> None:
+# Fewer pixels make pysodmetrics' E-measure divide by (pixels - 1) = 0: ~2e15 for one sample, which then swamps the
+# whole dataset's mean without any error. update() refuses such maps; evaluate skips and reports them.
+MIN_PIXELS = 2
+
+
+def check_map(array: Any, what: str) -> None:
+    """Raise unless ``array`` is what :meth:`SegmentationMetrics.update` scores: a uint8 ``(H, W)`` numpy map of at
+    least :data:`MIN_PIXELS` pixels (TypeError for the type, ValueError for the shape); ``what`` names it."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{what} must be a numpy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
@@ -98,6 +106,9 @@ def _check_map(array: Any, what: str) -> None:
         )
     if array.ndim != 2 or array.size == 0:
         raise ValueError(f"{what} must be a non-empty (H, W) map, got shape {array.shape}")
+    if array.size < MIN_PIXELS:
+        raise ValueError(f"{what} is {array.shape[1]}x{array.shape[0]} (WxH) pixels: the metrics need at least "
+                         f"{MIN_PIXELS} (pysodmetrics' E-measure divides by the pixel count - 1)")
 
 
 def boundary_accuracy(prediction: np.ndarray, ground_truth: np.ndarray) -> float | None:
@@ -197,9 +208,14 @@ class SegmentationMetrics:
         self._count = 0
 
     def update(self, prediction: np.ndarray, ground_truth: np.ndarray) -> None:
-        """Add one sample: both uint8 ``(H, W)`` gray maps of the same size (GT foreground is ``> 128``)."""
-        _check_map(prediction, "prediction")
-        _check_map(ground_truth, "ground truth")
+        """Add one sample: both uint8 ``(H, W)`` gray maps of the same size (GT foreground is ``> 128``).
+
+        Raises:
+            TypeError: a map is not a uint8 numpy array.
+            ValueError: a map is not 2-D, has fewer than :data:`MIN_PIXELS` pixels, or the sizes differ.
+        """
+        check_map(prediction, "prediction")
+        check_map(ground_truth, "ground truth")
         if prediction.shape != ground_truth.shape:
             raise ValueError(
                 f"prediction shape {prediction.shape} differs from ground truth shape {ground_truth.shape}"

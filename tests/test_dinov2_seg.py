@@ -116,6 +116,7 @@ def test_full_size_official_head_converts_with_voc_labels(tmp_path):
                      str(tmp_path / "out")]) == 0
     model = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_ms_head.pth", tmp_path / "out")
     assert model.config.head_type == "multilayer" and model.config.id2label[15] == "person"
+    assert model.config.max_long_side is None  # the ms configs: scale (99999999, 640)
     assert not SegmentationImageProcessor.from_pretrained(tmp_path / "out").do_reduce_labels  # VOC: indices as they are
     from safetensors import safe_open
 
@@ -229,11 +230,15 @@ def test_ade20k_heads_convert_with_reduced_labels(tmp_path):
             "decode_head.conv_seg.weight": torch.randn(150, 384, 1, 1), "decode_head.conv_seg.bias": torch.randn(150)}
     torch.save({"state_dict": head}, tmp_path / "dinov2_vits14_ade20k_linear_head.pth")
     model = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_ade20k_linear_head.pth", tmp_path / "out")
-    assert model.config.id2label[0] == "wall"
+    assert model.config.id2label[0] == "wall" and model.config.max_long_side is None  # (99999999, 512)
     assert SegmentationImageProcessor.from_pretrained(tmp_path / "out").do_reduce_labels
     convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_ade20k_linear_head.pth", tmp_path / "raw",
                                    reduce_zero_label=False)
     assert not SegmentationImageProcessor.from_pretrained(tmp_path / "raw").do_reduce_labels
+    voc = {**head, "decode_head.conv_seg.weight": torch.randn(21, 384, 1, 1), "decode_head.conv_seg.bias": torch.randn(21)}
+    torch.save({"state_dict": voc}, tmp_path / "dinov2_vits14_voc2012_linear_head.pth")
+    linear_voc = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_linear_head.pth", tmp_path / "voc")
+    assert linear_voc.config.max_long_side == 2048  # mmseg's VOC linear configs: scale (2048, 512)
 
 
 def _class_logits(crop: torch.Tensor) -> torch.Tensor:

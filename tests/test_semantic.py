@@ -295,6 +295,20 @@ def test_resizes_are_opencv_bilinear_without_antialiasing():
     np.testing.assert_array_equal(example["pixel_values"].numpy(), normalised.transpose(2, 0, 1))
 
 
+def test_the_voc_linear_heads_cap_the_long_side_as_mmseg():
+    """mmseg's VOC linear configs resize to scale (2048, 512): the short side to 512 unless the long side would pass
+    2048 (a panorama); training scales both with the jitter. Capped at 4x the crop here."""
+    panorama = Image.fromarray(np.zeros((50, 600, 3), np.uint8))
+    labels = np.zeros((50, 600), np.int64)
+    capped = SemanticSegmentationTransform(SegmentationImageProcessor(), train=False, crop_size=20, max_long_side=80)
+    assert tuple(capped._example(panorama, labels, 0)["pixel_values"].shape) == (3, 7, 80)  # not (3, 20, 240)
+    plain = SemanticSegmentationTransform(SegmentationImageProcessor(), train=False, crop_size=20)
+    assert tuple(plain._example(panorama, labels, 0)["pixel_values"].shape) == (3, 20, 240)
+    from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import rescaled_size
+
+    assert rescaled_size(500, 2100, 512, 2048) == (488, 2048) and rescaled_size(375, 500, 512, 2048) == (512, 683)
+
+
 def test_training_label_maps_are_resized_as_opencv_nearest():
     """mmcv resizes label maps with cv2 INTER_NEAREST (source index floor(x * in / out)); PIL's NEAREST samples
     pixel centres: other labels."""

@@ -69,10 +69,10 @@ def training_scale_range(config) -> tuple[float, float]:
     return (1.0, 3.0) if getattr(config, "head_type", None) == "multilayer" else (0.5, 2.0)
 
 
-def _short_side_resize(image: Image.Image, short_side: int) -> Image.Image:
+def _short_side_resize(image: Image.Image, short_side: int, max_long_side: int | None = None) -> Image.Image:
     """mmcv's keep-ratio resize to ``short_side`` (each side int(side x s + 0.5)): OpenCV bilinear (INTER_LINEAR,
     no antialiasing) on the 8-bit pixels, as upstream. PIL's BILINEAR antialiases when it downscales: other pixels."""
-    height, width = rescaled_size(image.height, image.width, short_side)
+    height, width = rescaled_size(image.height, image.width, short_side, max_long_side)
     if (width, height) == image.size:
         return image
     return Image.fromarray(cv2.resize(np.asarray(image), (width, height), interpolation=cv2.INTER_LINEAR))
@@ -99,8 +99,9 @@ class SemanticSegmentationTransform:
     def __init__(self, processor, train: bool, crop_size: int, base_size: int | None = None,
                  scale_range: tuple[float, float] = (0.5, 2.0), ignore_index: int = 255,
                  reduce_zero_label: bool = False, seed: int = 0, cat_max_ratio: float = 0.75,
-                 num_labels: int | None = None):
+                 num_labels: int | None = None, max_long_side: int | None = None):
         self.processor = processor
+        self.max_long_side = max_long_side  # the long side's cap at base size (scaled with the jitter in training)
         self.num_labels = num_labels  # when given, a label outside 0..num_labels-1 (and not ignored) is an error
         self.train = train
         self.crop_size = crop_size
@@ -143,12 +144,13 @@ class SemanticSegmentationTransform:
                                  + (" or, if 0 means 'other' and the classes start at 1 (ADE20K), pass "
                                     "--reduce-zero-label" if bad == self.num_labels else ""))
         if not self.train:  # evaluation: resized image, labels kept at the original size
-            resized = _short_side_resize(image, self.base_size)
+            resized = _short_side_resize(image, self.base_size, self.max_long_side)
             return {"pixel_values": _normalise(resized, self.processor), "labels": torch.from_numpy(labels),
                     "sample_id": sample_id}
         rng = random.Random(f"{self.seed}:{self.epoch}:{sample_id}")
-        short_side = int(self.base_size * rng.uniform(*self.scale_range))
-        image = photometric_distortion(_short_side_resize(image, short_side), rng)
+        ratio = rng.uniform(*self.scale_range)  # mmseg: both sides of the scale times the ratio
+        long_side = int(self.max_long_side * ratio) if self.max_long_side else None
+        image = photometric_distortion(_short_side_resize(image, int(self.base_size * ratio), long_side), rng)
         pixels = _normalise(image, self.processor)
         labels = torch.from_numpy(_resize_labels(labels, image.width, image.height).astype(np.int64))
         pad_h, pad_w = max(self.crop_size - pixels.shape[1], 0), max(self.crop_size - pixels.shape[2], 0)
@@ -194,7 +196,8 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
     metrics = SemanticSegmentationMetrics(config.num_labels, config.semantic_loss_ignore_index, reduce_zero_label)
     transform = SemanticSegmentationTransform(None, train=False, crop_size=config.crop_size,
                                               ignore_index=config.semantic_loss_ignore_index,
-                                              num_labels=None if reduce_zero_label else config.num_labels)
+                                              num_labels=None if reduce_zero_label else config.num_labels,
+                                              max_long_side=getattr(config, "max_long_side", None))
     transform.processor = model.default_image_processor()
     was_training = model.training
     model.eval()
@@ -286,14 +289,16 @@ def _segment_image(model, image: Image.Image, schedule: str, output_size=None,
     crop = model.config.crop_size
     processor = model.default_image_processor()
 
-    def working_input(short_side: int) -> torch.Tensor:
-        return _normalise(_short_side_resize(image, short_side), processor)[None].to(device=device, dtype=dtype)
+    long_side = getattr(model.config, "max_long_side", None)  # mmseg's VOC linear heads: 2048
 
-    inputs = working_input(crop) if pixels is None else pixels.to(device=device, dtype=dtype)
+    def working_input(ratio: float) -> torch.Tensor:
+        resized = _short_side_resize(image, int(crop * ratio), int(long_side * ratio) if long_side else None)
+        return _normalise(resized, processor)[None].to(device=device, dtype=dtype)
+
+    inputs = working_input(1.0) if pixels is None else pixels.to(device=device, dtype=dtype)
     if schedule == "multiscale":
-        inputs = [inputs if int(crop * ratio) == crop else working_input(int(crop * ratio))
-                  for ratio in model.config.test_scales]
-    size = tuple(output_size) if output_size is not None else rescaled_size(image.height, image.width, crop)
+        inputs = [inputs if ratio == 1.0 else working_input(ratio) for ratio in model.config.test_scales]
+    size = tuple(output_size) if output_size is not None else rescaled_size(image.height, image.width, crop, long_side)
     return model.segment(inputs, schedule, output_size=size).float()
 
 

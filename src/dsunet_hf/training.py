@@ -564,7 +564,7 @@ def train(args: TrainingArguments) -> dict:
         train_transform = SemanticSegmentationTransform(
             processor, train=True, crop_size=model.config.crop_size, ignore_index=model.config.semantic_loss_ignore_index,
             reduce_zero_label=args.reduce_zero_label, seed=args.seed, num_labels=model.config.num_labels,
-            scale_range=training_scale_range(model.config),
+            scale_range=training_scale_range(model.config), max_long_side=getattr(model.config, "max_long_side", None),
         )
     else:
         train_transform = SegmentationTransform(processor, train=True, hflip=spec.hflip, vflip=spec.vflip,

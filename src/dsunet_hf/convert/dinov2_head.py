@@ -49,7 +49,9 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
         id2label = dict(enumerate(known[num_labels])) if num_labels in known else {i: f"class_{i}" for i in range(num_labels)}
     config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=backbone_repo_id or dinov2_hub_repo(preset),
                              backbone_revision=backbone_revision,
-                             head_type="linear" if channels == hidden else "multilayer", id2label=id2label)
+                             head_type="linear" if channels == hidden else "multilayer", id2label=id2label,
+                             # mmseg's VOC linear configs resize to (2048, 512): the long side capped too
+                             max_long_side=2048 if channels == hidden and num_labels == 21 else None)
     model = Dinov2ForSemanticSegmentation(config)
     full = {**{k: v for k, v in model.state_dict().items() if not k.startswith("decode_head.")}, **state_dict}
     processor = model.default_image_processor()

@@ -43,6 +43,8 @@ class Dinov2SegConfig(PreTrainedConfig):
         crop_size / stride (`int`, *optional*): sliding-window inference (512/341 linear, 640/320 multilayer).
         test_scales (`list[float]`): multi-scale inference ratios (upstream 1.0, 1.32, 1.73, 2.28, 3.0).
         test_flip (`bool`, defaults to `True`): add horizontally flipped views in multi-scale inference.
+        max_long_side (`int`, *optional*): the keep-ratio resize to the crop size also keeps the long side within
+            this (mmseg's VOC linear heads: scale (2048, 512)); training scales it with the jitter. None: no cap.
         semantic_loss_ignore_index (`int`, defaults to 255): label value ignored by the loss and metrics.
         upstream_position_interpolation (`bool`, defaults to `True`): interpolate position embeddings for other
             grids than 37x37 with DINOv2's original ``(grid + 0.1) / 37`` scale factors, as the official heads were
@@ -65,6 +67,7 @@ class Dinov2SegConfig(PreTrainedConfig):
         stride: int | None = None,
         test_scales: list[float] | None = None,
         test_flip: bool = True,
+        max_long_side: int | None = None,
         semantic_loss_ignore_index: int = 255,
         upstream_position_interpolation: bool = True,
         finetune_strategy: str = "frozen",
@@ -92,6 +95,7 @@ class Dinov2SegConfig(PreTrainedConfig):
         self.stride = stride or default_stride
         self.test_scales = list(test_scales or [1.0, 1.32, 1.73, 2.28, 3.0])
         self.test_flip = test_flip
+        self.max_long_side = max_long_side
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.upstream_position_interpolation = upstream_position_interpolation
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,

@@ -37,10 +37,12 @@ def sliding_window_logits(logits_of, pixel_values: torch.Tensor, crop: int, stri
     return total / count
 
 
-def rescaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """mmcv's keep-ratio rescale to a short side: scale s = short_side / min(height, width), each side
-    int(side * s + 0.5)."""
+def rescaled_size(height: int, width: int, short_side: int, max_long_side: int | None = None) -> tuple[int, int]:
+    """mmcv's keep-ratio rescale to a short side (and at most ``max_long_side`` on the long one): scale
+    s = min(short_side / min(height, width), max_long_side / max(height, width)), each side int(side * s + 0.5)."""
     scale = short_side / min(height, width)
+    if max_long_side:
+        scale = min(scale, max_long_side / max(height, width))
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 

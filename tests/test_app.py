@@ -305,3 +305,50 @@ def test_app_command_serves_the_models_page(tmp_path, monkeypatch):
     (page, kwargs), = launched
     assert kwargs == {"server_name": "0.0.0.0", "server_port": 7999, "share": False}
     assert page.title == str(tmp_path / "binary") and "segment" in {fn.api_name for fn in page.fns.values()}
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--port", "70000"], r"--port must be between 0 and 65535, got 70000"),
+    (["--port", "-1"], r"--port must be between 0 and 65535, got -1"),
+    (["--device", "bogus"], r"--device 'bogus' is not a device name"),
+    (["--max-side", "0", "--resolution", "native"], r"--max-side must be >= 32"),
+])
+def test_cli_app_refuses_bad_options_before_loading_the_model(tmp_path, options, message):
+    with pytest.raises(SystemExit, match="^app: " + message):
+        main(["app", "--model", str(tmp_path), *options])  # no model there: the options are checked first
+
+
+def test_cli_app_says_when_the_port_is_taken(monkeypatch):
+    class Page:
+        def launch(self, **kwargs):
+            raise OSError(f"Cannot find empty port in range: {kwargs['server_port']}-{kwargs['server_port']}. You "
+                          f"can specify a different port ...\nmore")
+
+    monkeypatch.setattr(Demo, "from_pretrained", classmethod(lambda cls, *args, **kwargs: red_demo()))
+    monkeypatch.setattr("dsunet_hf.app.build_app", lambda demo, title=None: Page())
+    with pytest.raises(SystemExit, match=r"^app: cannot serve on 127.0.0.1:7860: Cannot find empty port in range: "
+                                         r"7860-7860. You can specify a different port ...$"):
+        main(["app", "--model", "org/model", "--port", "7860"])
+
+
+def test_space_refuses_a_file_as_its_folder_and_a_bad_max_side(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/afile is a file, not a folder"):
+        write_space(tmp_path / "afile", "org/model")
+    with pytest.raises(ValueError, match=r"max_side \(--max-side\) must be an integer >= 32"):
+        write_space(tmp_path / "space", "org/model", resolution="native", max_side=0)
+    with pytest.raises(SystemExit, match=rf"^space: FOLDER {tmp_path}/afile/space: {tmp_path}/afile is a file"):
+        main(["space", str(tmp_path / "afile" / "space"), "--model", "org/model"])
+    assert not (tmp_path / "space").exists()
+
+
+def test_a_truncated_visual_prompt_model_is_named(tmp_path):
+    from test_visual_prompt_head import tiny_model
+
+    tiny_model().save_pretrained(tmp_path / "head", include_backbone=True)
+    weights = tmp_path / "head" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(OSError, match=rf"^{weights}: not a readable safetensors file"):
+        Demo.from_pretrained(str(tmp_path / "head"))
+    with pytest.raises(SystemExit, match=rf"^app: cannot load {tmp_path}/head: {weights}: not a readable"):
+        main(["app", "--model", str(tmp_path / "head")])

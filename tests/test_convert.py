@@ -109,3 +109,30 @@ def test_cli_converts_meta_hiera_checkpoint(tmp_path):
     assert cli_main(["convert", "sam2-hiera", str(tmp_path / "sam2_hiera_tiny.pt"), str(tmp_path / "hiera")]) == 0
     reloaded = Sam2HieraDetModel.from_pretrained(tmp_path / "hiera")
     assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in trunk.state_dict().items())
+
+
+@pytest.mark.parametrize("overrides, kind", [("[1]", "list"), ("3", "int"), ('"use_bn"', "str")])
+def test_cli_birefnet_config_overrides_must_be_a_json_object(tmp_path, overrides, kind):
+    with pytest.raises(SystemExit, match=rf"^convert birefnet: --config-overrides must be a JSON object of config "
+                                         rf"fields .*, got a JSON {kind}: "):
+        cli_main(["convert", "birefnet", str(tmp_path / "weights.safetensors"), str(tmp_path / "out"),
+                  "--config-overrides", overrides])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"BiRefNet"', "null"])
+def test_a_config_that_is_json_but_no_object_is_named(tmp_path, content):
+    """is_official_birefnet_source read ``config.get`` of any JSON: an AttributeError traceback in predict, export,
+    app and evaluate."""
+    from dsunet_hf.convert.birefnet import is_official_birefnet_source
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(content)
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/model/config.json: not a model config \(a JSON object"):
+        is_official_birefnet_source(tmp_path / "model")
+    (tmp_path / "in.png").write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^predict: cannot load {tmp_path}/model: {tmp_path}/model/config.json: "
+                                         rf"not a model config"):
+        cli_main(["predict", "--model", str(tmp_path / "model"), str(tmp_path / "in.png"), "--output-dir",
+                  str(tmp_path / "out")])

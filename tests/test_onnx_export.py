@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -546,3 +548,54 @@ def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, c
     with torch.no_grad():
         expected = model(pixel_values=pixels).logits
     assert torch.allclose(graph(pixel_values=pixels).logits, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--size", "0"], r"size \(--size\) 0: sides must be positive integers"),
+    (["--size", "64", "-32"], r"size \(--size\) \(64, -32\): sides must be positive"),
+    (["--opset", "12"], r"opset \(--opset\) 12: this exporter \(torch .*\) writes opsets 18 to \d+"),
+    (["--opset", "99"], r"opset \(--opset\) 99: "),
+    (["{model}"], r"OUTPUT_DIR \S+model is the model's own folder"),
+    (["{other_model}"], r"OUTPUT_DIR \S+other holds a PyTorch model \(config.json and its weights\)"),
+    (["{file}"], r"OUTPUT_DIR \S+afile is a file, not a folder"),
+])
+def test_cli_export_refuses_bad_options_before_loading_the_model(tmp_path, options, message):
+    """--size 0 stopped deep in torch.export; a low --opset printed the converter's traceback and wrote opset 18;
+    exporting into a model's folder turned it into an ONNX folder (its config and card overwritten)."""
+    from dsunet_hf.cli import main
+
+    for folder in ("model", "other"):  # never loaded: the checks come first
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+        (tmp_path / folder / "model.safetensors").write_bytes(b"")
+    (tmp_path / "afile").write_text("")
+    paths = {"model": tmp_path / "model", "other_model": tmp_path / "other", "file": tmp_path / "afile"}
+    output = [option.format(**paths) for option in options if option.startswith("{")] or [str(tmp_path / "out")]
+    options = [option for option in options if not option.startswith("{")]
+    with pytest.raises(SystemExit, match="^export: " + message):
+        main(["export", "onnx", "--model", str(tmp_path / "model"), *output, *options])
+    assert not (tmp_path / "out").exists() and (tmp_path / "model" / "config.json").read_text() == "{}"
+
+
+def test_export_onnx_refuses_bad_options_and_an_opset_the_exporter_did_not_write(tmp_path, monkeypatch):
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    processor = SegmentationImageProcessor(size=TINY_SIZE)
+    with pytest.raises(ValueError, match=r"size \(--size\) \(0, 64\): sides must be positive integers"):
+        export_onnx(model, processor, tmp_path / "out", size=(0, 64))
+    with pytest.raises(ValueError, match=r"opset \(--opset\) 17: .* writes opsets 18 to"):
+        export_onnx(model, processor, tmp_path / "out", opset=17)
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    with pytest.raises(ValueError, match="holds a PyTorch model"):
+        export_onnx(model, processor, tmp_path / "model")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "model" / "model.onnx").exists()
+
+    class Program:  # what the exporter returns when its down-conversion fails: the graph at its own opset
+        model = SimpleNamespace(opset_imports={"": 19})
+
+        def save(self, path, external_data=False):
+            Path(path).write_bytes(b"a graph")
+
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: Program())
+    with pytest.raises(RuntimeError, match=r"model.onnx not written: the exporter made opset 19, not the 20 asked for"):
+        export_onnx(model, processor, tmp_path / "out", opset=20, check=False)
+    assert not list((tmp_path / "out").iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -436,7 +437,7 @@ def test_native_resolution_is_refused_for_fixed_size_models(artifact, images, tm
         predict_files(model, two_views, [images], tmp_path / "out", resolution="native", progress=False)
 
 
-def test_a_failing_batch_keeps_the_outputs_of_the_batches_before_it(artifact, tmp_path):
+def test_a_failing_batch_keeps_the_outputs_of_the_batches_before_it(artifact, tmp_path, monkeypatch):
     """Outputs are written in background threads while the next batch runs; an error in a later batch must
     still leave every earlier output on disk, whole, and an error while writing must not pass silently."""
     model, _ = artifact
@@ -464,9 +465,13 @@ def test_a_failing_batch_keeps_the_outputs_of_the_batches_before_it(artifact, tm
     report = predict_files(model, processor, [folder], tmp_path / "out", batch_size=2, progress=False)
     assert sorted(Path(p).name for p in report.written) == ["4.png", "5.png"] and len(report.skipped_existing) == 4
 
-    (tmp_path / "blocked").write_text("a file where the output folder should be")
-    with pytest.raises(OSError):
-        predict_files(model, processor, [folder], tmp_path / "blocked", batch_size=2, progress=False)
+    # An error while writing (here: a full disk) is raised, not swallowed by the writer threads.
+    def disk_full(image, path):
+        raise OSError(f"{path}: No space left on device")
+
+    monkeypatch.setattr("dsunet_hf.predict.save_image_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        predict_files(model, processor, [folder], tmp_path / "full", batch_size=2, progress=False)
 
 
 def test_batches_are_stacked_in_the_loader_so_they_can_be_pinned():
@@ -507,3 +512,121 @@ def test_a_missing_model_folder_is_one_clear_error(tmp_path, command, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match=f"^{command[0]}: cannot load {tmp_path}: "):  # a folder, but no model in it
         main([arg.format(model=tmp_path) for arg in command])
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--output-dir", "{file}"], r"--output-dir \S+afile is a file, not a folder"),
+    (["--output-dir", "{file}/sub"], r"--output-dir \S+afile/sub: \S+afile is a file, so no folder can be made under"),
+    (["--device", "bogus"], r"--device 'bogus' is not a device name"),
+    (["--device", "cuda:99"], r"--device cuda:99: "),  # no CUDA here, or fewer devices
+    (["--device", "meta"], r"--device meta: not a device to run a model on"),
+    (["--crop-refine", "--crop-margin", "nan"], r"--crop-margin: crop_margin must be >= 0 and finite .*got nan"),
+    (["--crop-margin", "inf"], r"--crop-margin: crop_margin must be >= 0 and finite .*got inf"),
+    (["--resolution", "native", "--max-side", "0"], r"--max-side must be >= 32 .*got 0"),
+    (["--max-side", "-64"], r"--max-side must be >= 32 .*got -64"),
+    (["--batch-size", "0"], r"--batch-size must be >= 1, got 0"),
+    (["--reference", "r.jpg", "--prompt", "box:1,1,5,5", "--output-dir", "{file}"], r"--output-dir \S+ is a file"),
+])
+def test_cli_predict_refuses_bad_options_before_loading_the_model(tmp_path, options, message):
+    """Each a one-line error naming the option (no model is loaded: the folder holds none)."""
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    (tmp_path / "in.png").write_bytes(b"")
+    options = [option.format(file=tmp_path / "afile") for option in options]
+    with pytest.raises(SystemExit, match="^predict: " + message):
+        cli_main(["predict", "--model", str(tmp_path), str(tmp_path / "in.png"), *options])
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "--model", "{model}", "{images}", "--output-dir", "{file}"],
+    ["export", "onnx", "--model", "{model}", "{file}/onnx"],
+    ["space", "{file}", "--model", "org/name"],
+    ["demo", "--output-dir", "{file}"],
+    ["evaluate", "--predictions", "{images}", "--ground-truth", "{images}", "--output-dir", "{file}"],
+])
+def test_an_output_folder_that_is_a_file_is_one_clear_error(tmp_path, images, command):
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    args = [arg.format(model=tmp_path, images=images, file=tmp_path / "afile") for arg in command]
+    with pytest.raises(SystemExit, match=rf"^{command[0]}: \S+ {tmp_path / 'afile'}(/onnx: \S+)? is a file"):
+        cli_main(args)
+
+
+@pytest.mark.parametrize("command", [["predict", "--model", "{model}", "{images}", "--output-dir", "{out}"],
+                                     ["export", "onnx", "--model", "{model}", "{out}"], ["app", "--model", "{model}"],
+                                     ["evaluate", "--model", "{model}", "--data", "{images}"]])
+def test_a_truncated_weights_file_is_one_clear_error(artifact, images, tmp_path, command):
+    """safetensors' own error (no OSError) named the problem but not the file, as a traceback."""
+    _, folder = artifact
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+    with pytest.raises(SystemExit, match=rf"^{command[0]}: cannot load {folder}: {weights}: not a readable "
+                                         rf"safetensors file, truncated or damaged"):
+        cli_main([arg.format(model=folder, images=images, out=tmp_path / "out") for arg in command])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{bad", r"preprocessor_config.json: not a readable image processor config"),
+    (json.dumps({"image_processor_type": "SegmentationImageProcessor", "size": {"height": -5, "width": 0}}),
+     r"preprocessor_config.json: size \{'height': -5, 'width': 0\}: height and width must be positive"),
+])
+def test_a_damaged_processor_config_is_an_error_not_the_default(artifact, content, message):
+    """Only a missing preprocessor_config.json falls back to the model's default processor (a damaged one may have
+    meant another size or normalisation)."""
+    from dsunet_hf.predict import load_model_and_processor
+
+    _, folder = artifact
+    (folder / "preprocessor_config.json").write_text(content)
+    with pytest.raises(ValueError, match=f"^{folder}/" + message):
+        load_model_and_processor(str(folder))
+    (folder / "preprocessor_config.json").unlink()
+    _, processor = load_model_and_processor(str(folder))
+    assert processor.size == {"height": TINY_SIZE, "width": TINY_SIZE}
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, r"batch_size \(--batch-size\) must be an integer >= 1, got 0"),
+    ({"crop_refine": True, "crop_margin": float("nan")}, r"crop_margin must be >= 0 and finite .*got nan"),
+    ({"resolution": "native", "max_side": 0}, r"max_side \(--max-side\) must be an integer >= 32"),
+    ({"output_dir": "afile"}, r"--output-dir \S+afile is a file, not a folder"),
+])
+def test_predict_files_refuses_bad_options_before_anything_runs(artifact, images, tmp_path, options, message):
+    model, _ = artifact
+    (tmp_path / "afile").write_text("")
+    output_dir = tmp_path / options.pop("output_dir", "out")
+    with pytest.raises(ValueError, match=message):
+        predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), [images], output_dir, progress=False,
+                      **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_runs_temporary_files_are_removed_but_not_a_running_ones(artifact, images, tmp_path):
+    """A killed run (SIGKILL, out of memory) leaves atomic_path's ``.<name>.<random>.tmp`` files; the next run
+    removes those (an hour old), not a concurrent run's in-flight file nor other hidden files."""
+    model, _ = artifact
+    out = tmp_path / "out"
+    (out / "masks" / "sub").mkdir(parents=True)
+    (out / "overlays").mkdir()
+    old = [out / "masks" / ".a.png.k2j4x_9q.tmp", out / "masks" / "sub" / ".b.png.abcdefgh.tmp",
+           out / "overlays" / ".c.mp4.0a1b2c3d.tmp", out / ".prediction_report.json.zz_zz_zz.tmp"]
+    kept = [out / "masks" / ".fresh.png.abcdefgh.tmp", out / "masks" / ".notes.tmp", out / "masks" / "keep.tmp"]
+    for path in old + kept:
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in old + kept[1:]:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), [images / "a.jpg"], out, progress=False)
+    assert [path.exists() for path in old] == [False] * len(old)
+    assert [path.exists() for path in kept] == [True] * len(kept)
+    assert (out / "masks" / "a.png").is_file()
+
+
+def test_an_image_and_a_video_of_one_name_do_not_collide_and_collisions_name_their_inputs(tmp_path):
+    for name in ("shots/good.png", "clips/good.mp4", "more/good.jpg", "more/clip.mov", "clips/clip.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    pairs = collect_images([tmp_path / "shots" / "good.png", tmp_path / "clips" / "good.mp4"])
+    assert [str(name) for _, name in pairs] == ["good", "good"]  # masks/good.png and masks/good.mp4
+    with pytest.raises(ValueError, match=rf"same output name\(s\): clip \(videos\) from {tmp_path}/more/clip.mov, "
+                                         rf"{tmp_path}/clips/clip.mp4; good from {tmp_path}/shots/good.png, "
+                                         rf"{tmp_path}/more/good.jpg; "):
+        collect_images([tmp_path / "shots" / "good.png", tmp_path / "more" / "clip.mov", tmp_path / "clips",
+                        tmp_path / "more" / "good.jpg"])

@@ -352,3 +352,33 @@ def test_frame_folders_are_tracked_in_numeric_order(tmp_path, monkeypatch):
     predict_with_prompts(matcher, [reference], ["box:0,0,20,20"], [tmp_path / "frames"], tmp_path / "out",
                          progress=False, track=True)
     assert read == ["reference"] + [f"{t}.png" for t in range(1, 11)]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threshold": float("nan")}, r"threshold \(--threshold\) must be a finite number .*got nan"),
+    ({"threshold": float("inf")}, r"threshold \(--threshold\) must be a finite number .*got inf"),
+    ({"batch_size": 0}, r"batch_size \(--batch-size\) must be an integer >= 1, got 0"),
+    ({"output_dir": "afile"}, r"--output-dir \S+afile is a file, not a folder"),
+])
+def test_bad_options_fail_before_any_target(tmp_path, images, options, message):
+    """A NaN threshold wrote empty masks for everything; batch size 0 stopped on range() after the references."""
+    reference, folder = images
+    model = _FixedScores(object())
+    (tmp_path / "afile").write_text("")
+    output_dir = tmp_path / options.pop("output_dir", "out")
+    with pytest.raises(ValueError, match=message):
+        predict_with_prompts(model, [reference], ["box:1,1,9,9"], [folder], output_dir, progress=False, **options)
+    assert model.calls == [] and model.encoded == 0 and not (tmp_path / "out").exists()
+
+
+def test_cli_a_truncated_visual_prompt_model_is_one_clear_error(tmp_path, head_folder, images):
+    reference, folder = images
+    weights = head_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SystemExit, match=rf"^predict: cannot load {head_folder}: {weights}: not a readable "
+                                         rf"safetensors file"):
+        main(["predict", "--model", str(head_folder), "--reference", str(reference), "--prompt", "box:1,1,9,9",
+              str(folder), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"^predict: --threshold must be a finite number"):
+        main(["predict", "--model", str(head_folder), "--reference", str(reference), "--prompt", "box:1,1,9,9",
+              str(folder), "--output-dir", str(tmp_path / "out"), "--threshold", "nan"])

@@ -50,13 +50,11 @@ class Demo:
                         resolution: str = "model", max_side: int = 2048) -> Demo:
         """An artifact folder, a Hub repo id or an ONNX export folder, loaded as ``dsunet-hf predict`` loads it."""
         from .predict import load_model_and_processor
-        from .prompt_predict import visual_prompt_model_type
+        from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
         if visual_prompt_model_type(name_or_path):
-            from transformers import AutoModel
-
-            model = AutoModel.from_pretrained(name_or_path).to(device=device or "cpu", dtype=dtype or torch.float32)
-            return cls(model.eval(), resolution=resolution, max_side=max_side)
+            model = load_visual_prompt_model(name_or_path, device=device, dtype=dtype)
+            return cls(model, resolution=resolution, max_side=max_side)
         return cls(*load_model_and_processor(name_or_path, device=device, dtype=dtype), resolution=resolution,
                    max_side=max_side)
 
@@ -379,7 +377,8 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     from huggingface_hub import SpaceCard, SpaceCardData
 
     from . import __version__
-    from .files import write_text_atomic
+    from .files import output_folder_problem, write_text_atomic
+    from .predict import check_max_side
 
     try:
         gradio_version = version("gradio")
@@ -389,6 +388,10 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     title = title or f"{model.rstrip('/').split('/')[-1]} segmentation"
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
+    check_max_side(max_side)
+    problem = output_folder_problem(folder)
+    if problem:  # said before anything is written
+        raise ValueError(problem)
     options = f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""
     write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model, options=options))
     from .onnx_export import read_export_report

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 
 def _predict_with_prompts(args) -> int:
-    from transformers import AutoModel
-
-    from .prompt_predict import predict_with_prompts, visual_prompt_model_type
+    from .prompt_predict import load_visual_prompt_model, predict_with_prompts, visual_prompt_model_type
 
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
@@ -33,8 +33,13 @@ def _predict_with_prompts(args) -> int:
     if args.mode and model_type != "visual_prompt":
         raise SystemExit(f"predict: --mode applies to the trained visual-prompt head (model_type visual_prompt); "
                          f"{args.model} is a {model_type}")
-    dtype = _torch_dtype(args.dtype)
-    model = AutoModel.from_pretrained(args.model).to(device=args.device or "cpu", dtype=dtype).eval()
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise SystemExit(f"predict: --threshold must be a finite number on the model's score scale, got "
+                         f"{args.threshold}")
+    try:
+        model = load_visual_prompt_model(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
+    except (ValueError, OSError) as error:  # a damaged weights file, not a model folder
+        raise SystemExit(f"predict: cannot load {args.model}: {error}") from error
     extra = {"mode": args.mode} if args.mode else {}
     try:
         report = predict_with_prompts(
@@ -42,7 +47,7 @@ def _predict_with_prompts(args) -> int:
             overlay=args.overlay, overwrite=args.overwrite, batch_size=args.batch_size, save_scores=args.save_scores,
             track=args.track, track_memory=8 if args.track_memory is None else args.track_memory, **extra,
         )
-    except (ValueError, ImportError, FileNotFoundError) as error:  # a bad reference or prompt, no PyAV
+    except (ValueError, ImportError, OSError) as error:  # a bad reference or prompt, no PyAV, disk full
         raise SystemExit(f"predict: {error}") from error
     print(f"{report.summary()} -> {args.output_dir}")
     for path, reason in report.failed.items():
@@ -58,6 +63,10 @@ def _predict(args) -> int:
     from .predict import check_inputs, load_model_and_processor, predict_files
     from .prompt_predict import visual_prompt_model_type
 
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0)):
+        if value < least:
+            raise SystemExit(f"predict: {flag} must be >= {least}, got {value}")
+    check_output_folder("predict", args.output_dir, "--output-dir")
     try:
         check_inputs(args.inputs)  # a mistyped path: said before a model loads
     except FileNotFoundError as error:
@@ -102,7 +111,7 @@ def _predict(args) -> int:
             max_side=args.max_side, schedule=args.schedule, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
             temporal_smoothing=args.temporal_smoothing,
         )
-    except (ValueError, ImportError, FileNotFoundError) as error:  # options that do not fit, no PyAV, inputs gone
+    except (ValueError, ImportError, OSError) as error:  # options that do not fit, no PyAV, inputs gone, disk full
         raise SystemExit(f"predict: {error}") from error
     if not state.is_main_process:
         return 0
@@ -172,6 +181,9 @@ def _convert_checkpoint(args) -> str:
             overrides = json.loads(args.config_overrides) if args.config_overrides else {}
         except json.JSONDecodeError as error:
             raise ValueError(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--config-overrides must be a JSON object of config fields (e.g. "
+                             f"'{{\"use_bn\": true}}'), got a JSON {type(overrides).__name__}: {args.config_overrides!r}")
         model = convert_birefnet_checkpoint(args.source, args.output, variant=args.variant, **overrides)
         return f"BiRefNet {model.config.backbone}, {parameter_counts(model)[1]:,} parameters, self-contained"
     # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
@@ -251,6 +263,8 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
 def _app(args) -> int:
     from .app import Demo, build_app
 
+    if args.port is not None and not 0 <= args.port <= 65535:  # said before the model loads
+        raise SystemExit(f"app: --port must be between 0 and 65535, got {args.port}")
     try:
         demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
                                     resolution=args.resolution, max_side=args.max_side)
@@ -260,7 +274,12 @@ def _app(args) -> int:
         page = build_app(demo, title=args.title or args.model)
     except ImportError as error:  # no Gradio: says which extra to install
         raise SystemExit(f"app: {error}") from error
-    page.launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        page.launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as error:  # the port is taken (Gradio: "Cannot find empty port"), or the host is not this machine's
+        where = f"{args.host}:{args.port}" if args.port is not None else args.host
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"app: cannot serve on {where}: {reason}") from error
     return 0
 
 
@@ -273,6 +292,7 @@ def _space(args) -> int:
                          f"(dsunet-hf push {args.model} <org/name>) and name that repo")
     if args.private and not args.push_to_hub:
         raise SystemExit("space: --private applies to --push-to-hub")
+    check_output_folder("space", args.folder, "FOLDER")
 
     try:
         folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement,
@@ -389,7 +409,7 @@ def _info(args) -> int:
 
 
 def _export(args) -> int:
-    from .onnx_export import export_onnx
+    from .onnx_export import check_export_options, export_folder_problem, export_onnx
     from .predict import load_model_and_processor
 
     if args.size and len(args.size) > 2:
@@ -397,6 +417,13 @@ def _export(args) -> int:
     if args.private and not args.push_to_hub:
         raise SystemExit("export: --private applies to --push-to-hub")
     size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
+    try:  # before the model loads
+        check_export_options(size, args.opset)
+    except ValueError as error:
+        raise SystemExit(f"export: {error}") from error
+    problem = export_folder_problem(args.output_dir, args.model)
+    if problem:
+        raise SystemExit(f"export: OUTPUT_DIR {problem}")
     try:
         model, processor = load_model_and_processor(args.model)
     except (ValueError, OSError) as error:
@@ -416,6 +443,8 @@ def _export(args) -> int:
 def _demo(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise SystemExit(f"demo: --max-steps must be >= 1, got {args.max_steps}")
+    default_dir = "outputs/demo-visual-prompt" if args.task == "visual-prompt" else "outputs/demo"
+    check_output_folder("demo", args.output_dir or default_dir, "--output-dir")
     if args.task == "visual-prompt":
         from .demo import run_visual_prompt_demo
 
@@ -607,9 +636,79 @@ def main(argv: list[str] | None = None) -> int:
     problem = missing_model_problem(getattr(args, "model", None))
     if problem:
         raise SystemExit(f"{args.command}: {problem}")
+    check_shared_options(args)
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 
     return args.func(args)
+
+
+def check_output_folder(command: str, folder: str | Path | None, option: str) -> None:
+    """SystemExit ``<command>: <option> <why>`` when ``folder`` cannot be the folder a command writes into (a
+    file, or under one; not writable): said up front, not as a traceback at the first write."""
+    from .files import output_folder_problem
+
+    if folder is None:
+        return
+    problem = output_folder_problem(folder)
+    if problem is None:
+        existing = next((p for p in (Path(folder).expanduser(), *Path(folder).expanduser().parents) if p.exists()),
+                        None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{folder}: {existing} is not writable"
+    if problem:
+        raise SystemExit(f"{command}: {option} {problem}")
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot run a model here (not a device name, or no such device available), or None."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return f"--device {device!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)"
+    if parsed.type == "cpu":
+        return None
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available):  # meta, mkldnn, opengl, ...: names torch knows, not devices to run a model on
+        return f"--device {device}: not a device to run a model on (e.g. cpu, cuda, cuda:1, mps)"
+    if not is_available():
+        return (f"--device {device}: no {parsed.type} device is available here (torch {torch.__version__}); use "
+                f"--device cpu or leave it out")
+    count = getattr(torch.mps if parsed.type == "mps" else backend, "device_count", None)
+    if parsed.index is not None and callable(count) and parsed.index >= count():
+        return f"--device {device}: there are {count()} {parsed.type} device(s) here, numbered from 0"
+    return None
+
+
+# Output folders of the commands whose functions live in other modules (the others check their own).
+_OUTPUT_FOLDER_OPTIONS = {"evaluate": (("output_dir", "--output-dir"), ("save_predictions", "--save-predictions"))}
+
+
+def check_shared_options(args) -> None:
+    """The options several commands take, checked before anything loads: ``--device`` (predict, evaluate, app),
+    ``--max-side`` (predict, evaluate, app, space), ``--crop-margin`` (predict, evaluate)."""
+    from .predict import check_max_side
+
+    command = args.command
+    device = getattr(args, "device", None)
+    if device is not None:
+        problem = device_problem(device)
+        if problem:
+            raise SystemExit(f"{command}: {problem}")
+    if getattr(args, "max_side", None) is not None:
+        try:
+            check_max_side(args.max_side)
+        except ValueError as error:
+            raise SystemExit(f"{command}: --max-side must be >= 32 (the longest input side, multiples of 32), got "
+                             f"{args.max_side}") from error
+    margin = getattr(args, "crop_margin", None)
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+        raise SystemExit(f"{command}: --crop-margin: crop_margin must be >= 0 and finite (a fraction of the "
+                         f"foreground box's longer side), got {margin}")
+    for name, option in _OUTPUT_FOLDER_OPTIONS.get(command, ()):
+        check_output_folder(command, getattr(args, name, None), option)
 
 
 def missing_model_problem(name: str | None) -> str | None:

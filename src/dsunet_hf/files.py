@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,50 @@ def give_new_file_modes(folder: Path, pattern: str = "*.safetensors") -> None:
     on a shared machine can load the model, as they can read its config.json."""
     for path in Path(folder).glob(pattern):
         os.chmod(path, 0o666 & ~_UMASK)
+
+
+def output_folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be the folder outputs are written into (it, or a folder above it, is a file), or
+    None. Said before a run starts: ``mkdir`` would otherwise fail at the first write with NotADirectoryError or
+    FileExistsError."""
+    folder = Path(folder).expanduser()
+    if folder.exists():
+        return None if folder.is_dir() else f"{folder} is a file, not a folder"
+    for parent in folder.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{folder}: {parent} is a file, so no folder can be made under it"
+    return None
+
+
+# What atomic_path names its temporary files: ".<start of the name>.<mkstemp's 8 random characters>.tmp".
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# A temporary file this old is left over from a killed run (SIGKILL, out of memory, power loss: an exception or
+# Ctrl-C removes it). Not one of a run writing into the same folder now: an image's lives milliseconds, and a
+# video's grows (its modification time with it) as its encoder emits packets, which takes far less than an hour
+# even for the slowest model behind an encoder's look-ahead. So this is safe with concurrent runs, on any host
+# of a shared file system (no process ids to compare), at the cost of leaving a fresh leftover to the next run.
+STALE_TEMPORARY_SECONDS = 3600
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = True,
+                             older_than: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+    """Remove :func:`atomic_path`'s temporary files (``.<name>.<random>.tmp``) left in ``folder`` (and its
+    sub-folders) by a killed run, those last modified more than ``older_than`` seconds ago; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now, removed = time.time(), []
+    for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        if not _TEMPORARY_NAME.fullmatch(path.name):
+            continue
+        try:
+            if not path.is_file() or now - path.stat().st_mtime <= older_than:
+                continue
+            path.unlink()
+        except OSError:  # gone meanwhile (another run cleaning up), or not ours to remove: left alone
+            continue
+        removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

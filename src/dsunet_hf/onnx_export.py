@@ -36,6 +36,7 @@ import contextlib
 import copy
 import json
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import write_json_atomic
+from .files import output_folder_problem, write_json_atomic
 from .finetune import lora_merged
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
@@ -93,6 +94,61 @@ def _example_inputs(processor, input_names: list[str], batch_size: int,
 # one: it runs DINOv2 and SAM 2 at two fixed sizes of its own.
 DYNAMIC_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32, "dinov2_seg": 1}
 INPUT_SIZE_MULTIPLE = {"sam2_unet": 32, "birefnet": 32, "dsunet": 32}  # what a fixed --size must be a multiple of
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets the exporter writes (both ends included): from the lowest its op translations (torchlib)
+    implement, 18 (below it the exporter converts the graph down afterwards, which fails for these models and then
+    keeps opset 18 after printing the converter's traceback), to the highest it supports."""
+    try:  # private constants: the fallbacks are their values in torch 2.6-2.13
+        from torch.onnx._constants import ONNX_MAX_OPSET as highest
+    except ImportError:
+        highest = 23
+    try:
+        from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET as lowest
+    except ImportError:
+        lowest = 18
+    return int(lowest), int(highest)
+
+
+def check_export_options(size: int | tuple[int, ...] | list[int] | None = None, opset: int | None = None) -> None:
+    """ValueError for a ``size`` side that is not a positive integer or an ``opset`` outside :func:`opset_range`:
+    said before anything is loaded or traced (torch.export would stop with a long dump, or write another opset)."""
+    def integer(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if isinstance(size, dict):
+        sides = [size.get("height"), size.get("width")]
+    else:
+        sides = [] if size is None else [size] if not isinstance(size, (list, tuple)) else list(size)
+    if any(not integer(side) or side < 1 for side in sides):
+        raise ValueError(f"size (--size) {size}: sides must be positive integers")
+    if opset is not None:
+        lowest, highest = opset_range()
+        if not integer(opset) or not lowest <= opset <= highest:
+            raise ValueError(f"opset (--opset) {opset}: this exporter (torch {torch.__version__}) writes opsets "
+                             f"{lowest} to {highest}")
+
+
+def export_folder_problem(output_dir: str | Path, source: str | Path | None = None) -> str | None:
+    """Why ``output_dir`` must not receive an export, or None: it is a file (or under one), it is the model's own
+    folder (``source``'s, or the folder of a ``source`` weights file), or it holds a PyTorch model (config.json and
+    weights), whose config and card the export would overwrite, turning it into an ONNX folder."""
+    problem = output_folder_problem(output_dir)
+    if problem:
+        return problem
+    output_dir = Path(output_dir).expanduser()
+    if source is not None and Path(source).expanduser().exists():
+        model_folder = Path(source).expanduser()
+        model_folder = model_folder if model_folder.is_dir() else model_folder.parent
+        if output_dir.resolve() == model_folder.resolve():
+            return f"{output_dir} is the model's own folder: export into another one (its config and card would be " \
+                   f"overwritten)"
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if (output_dir / "config.json").is_file() and any((output_dir / name).exists() for name in weights):
+        return f"{output_dir} holds a PyTorch model (config.json and its weights): export into another folder " \
+               f"(its config and card would be overwritten)"
+    return None
 
 
 def _generic_trace_size(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -213,6 +269,10 @@ def export_onnx(
         raise ValueError("visual-prompt models take reference images and prompts besides the image: not exportable")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_export_options(size, opset)
+    problem = export_folder_problem(output_dir, source)
+    if problem:
+        raise ValueError(problem)
     convert_to_float16 = _float16_converter() if dtype == "float16" else None  # refused before anything is made
     multiple = _dynamic_size_multiple(model, check) if dynamic_size else None
     crop = getattr(model.config, "crop_size", None) if getattr(model, "predicts_class_maps", False) else None
@@ -261,11 +321,14 @@ def export_onnx(
                 input_names=input_names, output_names=["logits"], opset_version=opset, external_data=external_data,
             )
             program.save(str(scratch_path), external_data=external_data)
+        written_opset = int(program.model.opset_imports[""])
+        if opset is not None and written_opset != opset:  # the exporter's down-conversion failed: it says so in a log
+            raise RuntimeError(f"{path} not written: the exporter made opset {written_opset}, not the {opset} asked for")
         if convert_to_float16 is not None:
             _save_as_float16(scratch_path, convert_to_float16, external_data_written)
         report = OnnxExportReport(
             path=str(path), inputs=_graph_input_shapes(program.model),
-            opset=int(program.model.opset_imports[""]), export_seconds=round(time.perf_counter() - start, 1),
+            opset=written_opset, export_seconds=round(time.perf_counter() - start, 1),
             external_data=external_data_written, traced_size=list(traced_size) if traced_size else None,
             dtype=dtype, compared="logits" if dtype == "float32" else "probabilities",
         )

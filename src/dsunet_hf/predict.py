@@ -8,7 +8,9 @@ and existing outputs are kept (re-running resumes where a previous run stopped).
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refine_with_crops
-from .files import save_image_atomic, write_json_atomic
+from .files import output_folder_problem, remove_stale_temporaries, save_image_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
 from .video import VIDEO_SUFFIXES, is_video, predict_video_into_report, video_output_path
 
@@ -85,10 +87,21 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
                 pairs.append((item, Path(item.stem)))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
-    counts = collections.Counter(str(name) for _, name in pairs)  # linear: folders of a million photos
-    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    # An image writes <kind>/<name>.png, a video <kind>/<name>.mp4 (.mov, .mkv): they collide with their own kind only.
+    counts = collections.Counter((str(name), is_video(path)) for path, name in pairs)  # linear: a million photos
+    duplicates = sorted(key for key, count in counts.items() if count > 1)
     if duplicates:
-        raise ValueError(f"several inputs would write the same output name(s): {duplicates[:5]}")
+        shown = duplicates[:5]
+        inputs_of = {key: [] for key in shown}
+        for path, name in pairs:
+            key = (str(name), is_video(path))
+            if key in inputs_of:
+                inputs_of[key].append(str(path))
+        more = f" (and {len(duplicates) - len(shown)} more)" if len(duplicates) > len(shown) else ""
+        listed = "; ".join(f"{name}{' (videos)' if video else ''} from {', '.join(inputs_of[(name, video)])}"
+                           for name, video in shown)
+        raise ValueError(f"several inputs would write the same output name(s): {listed}{more}; predict them into "
+                         f"separate --output-dir folders, or pass their folder so that sub-folders keep them apart")
     return pairs
 
 
@@ -266,9 +279,18 @@ def probabilities_and_outputs(model, processor, images: list, minmax_normalize: 
     return probabilities, outputs
 
 
+def check_max_side(max_side: int, divisor: int = 32) -> None:
+    """``max_side`` (``--max-side``) is at least one multiple of ``divisor``: below that every image would silently
+    run at ``divisor`` x ``divisor``."""
+    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < divisor:
+        raise ValueError(f"max_side (--max-side) must be an integer >= {divisor} (the longest input side, in "
+                         f"multiples of {divisor}), got {max_side!r}")
+
+
 def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32) -> tuple[int, int]:
     """An image's own resolution as a model input: scaled down (aspect kept) so that no side exceeds
     ``max_side``, then each side rounded to the nearest multiple of ``divisor`` (at least one multiple)."""
+    check_max_side(max_side, divisor)
     scale = min(1.0, max_side / max(height, width))
     return tuple(max(divisor, round(side * scale / divisor) * divisor) for side in (height, width))
 
@@ -276,6 +298,7 @@ def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32
 def input_size_function(processor, resolution: str = "model", max_side: int = 2048):
     """``f(height, width)``: the (height, width) the model runs an image of that size at, the processor's fixed
     size or, ``resolution="native"``, the image's own (:func:`native_size`)."""
+    check_max_side(max_side)  # also at the model's size: a bad --max-side is refused, not silently ignored
     if resolution == "native":
         return lambda height, width: native_size(height, width, max_side)
     fixed = (processor.size["height"], processor.size["width"])
@@ -446,8 +469,6 @@ def predict_files(
     each frame (see :class:`dsunet_hf.video.TemporalSmoothing`; multi-class models: the class probabilities before
     the argmax): less flicker, no trail behind moving objects; 0 (default) predicts every frame as an image.
     """
-    import contextlib
-
     from accelerate.utils import gather_object
 
     from .distributed import process_state
@@ -456,9 +477,12 @@ def predict_files(
     state = process_state(device)
     output_dir = Path(output_dir)
     report = PredictionReport()
+    check_batch_options(output_dir, batch_size)
     images = collect_images(inputs, exclude=output_dir)  # on every process, so that a bad input raises everywhere, not only on one
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (background is not None)
+    if state.is_main_process:  # before the other processes start writing (they wait for the list of inputs)
+        remove_leftover_temporaries(output_dir)
     pending, report.skipped_existing = _pending_inputs(images, output_dir, kinds, semantic, overwrite, state)
     _check_prediction_options(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
@@ -595,6 +619,26 @@ def predict_files(
     return report
 
 
+def check_batch_options(output_dir: Path, batch_size: int) -> None:
+    """A ``batch_size`` of at least one, and an ``output_dir`` that is (or can become) a folder: said before a
+    model runs, not at the first write."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be an integer >= 1, got {batch_size!r}")
+    problem = output_folder_problem(output_dir)
+    if problem:
+        raise ValueError(f"--output-dir {problem}")
+
+
+def remove_leftover_temporaries(output_dir: Path) -> list[Path]:
+    """The temporary files a killed run left in the output folders (see :func:`dsunet_hf.files.remove_stale_temporaries`:
+    only those an hour old, so that a run writing into the same folder meanwhile keeps its own); removed at the
+    start of a run, as it would otherwise leave them there for ever (a finished output is never rewritten)."""
+    removed = remove_stale_temporaries(output_dir, recursive=False)  # prediction_report.json's
+    for kind in OUTPUT_KINDS:
+        removed += remove_stale_temporaries(Path(output_dir) / kind)
+    return removed
+
+
 def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, kinds: list[str], semantic: bool,
                     overwrite: bool, state) -> tuple[list[tuple[Path, Path]], list[str]]:
     """The (path, name) pairs still to predict and the paths whose outputs are already there, listed by the main
@@ -620,13 +664,14 @@ def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors
     """Refuse option combinations the model cannot honour, before anything runs."""
     if cutout_colors not in CUTOUT_COLORS:
         raise ValueError(f"cutout_colors must be one of {CUTOUT_COLORS}, got {cutout_colors!r}")
-    if threshold is not None and not 0 <= threshold <= 1:  # e.g. 128 meant on the 0..255 masks: all black
+    if threshold is not None and not 0 <= threshold <= 1:  # e.g. 128 meant on the 0..255 masks: all black (NaN too)
         raise ValueError(f"threshold={threshold}: it applies to the foreground probabilities, between 0 and 1")
     if semantic and any(foreground_only.values()):
         raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
                          f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
-    if foreground_only["crop_refine"] and crop_margin < 0:
-        raise ValueError(f"crop_margin must be >= 0 (a fraction of the foreground box's longer side), got {crop_margin}")
+    if foreground_only["crop_refine"] and not (math.isfinite(crop_margin) and crop_margin >= 0):
+        raise ValueError(f"crop_margin must be >= 0 and finite (a fraction of the foreground box's longer side), got "
+                         f"{crop_margin}")
     if schedule is not None and not semantic:
         raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
                          f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
@@ -663,20 +708,82 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
             raise ValueError(f"{name_or_path} is an ONNX graph (fp32): onnxruntime picks its devices (CUDA with "
                              f"onnxruntime-gpu); leave out --device and --dtype")
         model = OnnxSegmentationModel(onnx_folder)
-        return model, AutoImageProcessor.from_pretrained(model.folder)
+        processor = AutoImageProcessor.from_pretrained(model.folder)
+        _check_processor_sizes(processor, model.folder)
+        return model, processor
     if is_official_birefnet_source(name_or_path, kwargs.get("revision")):
         # Official BiRefNet weights (Hub id such as ZhengPeng7/BiRefNet, folder or .pth/.safetensors file).
         from .models.birefnet import BiRefNetForImageSegmentation
 
-        model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
+        with readable_weights(name_or_path):
+            model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
         return _to(model, device, dtype).eval(), model.default_image_processor()
     # Inference only: LoRA folded into the frozen weights (in fp32, before the dtype cast).
-    model = _to(AutoModelForImageSegmentation.from_pretrained(name_or_path, merge_lora=True, **kwargs), device, dtype)
+    with readable_weights(name_or_path):
+        model = AutoModelForImageSegmentation.from_pretrained(name_or_path, merge_lora=True, **kwargs)
+    model = _to(model, device, dtype)
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
-    except (OSError, ValueError):
-        processor = model.default_image_processor()
+        processor = AutoImageProcessor.from_pretrained(name_or_path, revision=kwargs.get("revision"))
+    except (OSError, ValueError) as error:
+        saved = _saved_processor_config(name_or_path, kwargs.get("revision"))
+        if saved is None:  # none saved (e.g. a converted checkpoint): the model's default
+            processor = model.default_image_processor()
+        else:  # a damaged one is not silently replaced by a default that may have another size or normalisation
+            raise ValueError(f"{saved}: not a readable image processor config ({_first_line(error)})") from error
+    _check_processor_sizes(processor, name_or_path)
     return model.eval(), processor
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def readable_weights(name_or_path: str | Path):
+    """safetensors' SafetensorError (a truncated or damaged file) as an OSError naming the file, as the callers'
+    ``except (ValueError, OSError)`` report every other unreadable model: it derives from Exception only."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as error:
+        path = Path(name_or_path)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+        where = files[0] if len(files) == 1 else path
+        raise OSError(f"{where}: not a readable safetensors file, truncated or damaged ({error}); download or "
+                      f"save it again") from error
+
+
+def _saved_processor_config(name_or_path: str | Path, revision: str | None = None) -> Path | None:
+    """The model's ``preprocessor_config.json`` (a folder's, or a Hub repo's in the local cache, where loading has
+    just fetched it), None when there is none."""
+    name = "preprocessor_config.json"
+    if Path(name_or_path).is_dir():
+        path = Path(name_or_path) / name
+        return path if path.exists() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(str(name_or_path), name, revision=revision)
+    except ValueError:  # not a repo id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _check_processor_sizes(processor, name_or_path) -> None:
+    """A saved processor whose size (or a DSU-Net extra view's) is not positive: said now, not by every image in
+    a loader worker."""
+    sizes = {"size": getattr(processor, "size", None), **{f"extra_sizes.{key}": value for key, value in
+                                                          (getattr(processor, "extra_sizes", None) or {}).items()}}
+    for field_name, size in sizes.items():
+        if not isinstance(size, dict):
+            continue
+        sides = [size.get(side) for side in ("height", "width") if side in size]
+        if any(isinstance(side, bool) or not isinstance(side, int) or side < 1 for side in sides):
+            where = (Path(name_or_path) / "preprocessor_config.json" if Path(name_or_path).is_dir()
+                     else f"the preprocessor_config.json of {name_or_path}")
+            raise ValueError(f"{where}: {field_name} {size}: height and width must be positive integers")
 
 
 def _to(model, device, dtype):

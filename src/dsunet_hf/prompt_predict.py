@@ -11,6 +11,7 @@ unless ``overwrite`` (a re-run resumes where a previous one stopped).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from pathlib import Path
@@ -22,12 +23,20 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic, save_npy_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
-from .predict import PredictionReport, collect_images, is_finished, output_file, overlay_image
+from .predict import (
+    PredictionReport,
+    check_batch_options,
+    collect_images,
+    is_finished,
+    output_file,
+    overlay_image,
+    remove_leftover_temporaries,
+)
 from .prompts import as_prompt, reference_mask
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
-__all__ = ["PromptTracker", "default_threshold", "frame_order", "predict_with_prompts", "prompt_panel", "render_prompt",
-           "visual_prompt_model_type"]
+__all__ = ["PromptTracker", "default_threshold", "frame_order", "load_visual_prompt_model", "predict_with_prompts",
+           "prompt_panel", "render_prompt", "visual_prompt_model_type"]
 
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
 
@@ -39,9 +48,22 @@ def visual_prompt_model_type(name_or_path: str) -> str | None:
 
     try:
         model_type = AutoConfig.from_pretrained(name_or_path).model_type
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, AttributeError):  # TypeError, AttributeError: a config.json of null, [...]
         return None
     return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
+
+
+def load_visual_prompt_model(name_or_path: str, device=None, dtype=None):
+    """A visual-prompt model (folder or Hub id) in eval mode on ``device`` (default CPU) in ``dtype`` (default fp32);
+    a damaged weights file is an OSError naming it (as :func:`dsunet_hf.predict.load_model_and_processor` says)."""
+    import torch
+    from transformers import AutoModel
+
+    from .predict import readable_weights
+
+    with readable_weights(name_or_path):
+        model = AutoModel.from_pretrained(name_or_path)
+    return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
 
 def render_prompt(image: Image.Image, mask: np.ndarray, color=(40, 220, 90)) -> Image.Image:
@@ -178,6 +200,13 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
                          f"{len(prompts)} prompt(s)")
+    # On the scale of the model's maps (the head's logits, the matcher's scores): any finite number, not NaN,
+    # which no score exceeds (every mask would be empty).
+    if threshold is not None and not math.isfinite(float(threshold)):
+        raise ValueError(f"threshold (--threshold) must be a finite number on the model's score scale (default "
+                         f"{default_threshold(model)}), got {threshold}")
+    output_dir = Path(output_dir)
+    check_batch_options(output_dir, batch_size)
     reference_images = [load_image(reference) for reference in references]  # errors name the file
     prompt_objects = [as_prompt(prompt) for prompt in prompts]
     masks = []
@@ -187,12 +216,12 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
         except ValueError as error:
             raise ValueError(f"prompt {_prompt_text(given)} on reference {source}: {error}") from error
     threshold = default_threshold(model) if threshold is None else float(threshold)
-    output_dir = Path(output_dir)
     report = PredictionReport()
     pending, videos = [], []
     kinds = ["masks"] + ["overlays"] * overlay + ["scores"] * save_scores  # done when all are there
     video_kinds = ["masks"] + ["overlays"] * overlay
     target_files = collect_images(targets, exclude=output_dir)
+    remove_leftover_temporaries(output_dir)  # what a killed run left (an hour old: not a concurrent run's)
     for path, name in target_files:
         if not overwrite and is_finished(output_dir, path, name, video_kinds if is_video(path) else kinds):
             report.skipped_existing.append(str(path))

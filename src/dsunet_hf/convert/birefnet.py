@@ -182,6 +182,9 @@ def is_official_birefnet_source(source: str | Path, revision: str | None = None)
         config = json.loads(Path(config_file).read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    if not isinstance(config, dict):  # valid JSON, but no config (e.g. a list): no model can be loaded from it
+        raise ValueError(f"{config_file}: not a model config (a JSON object of fields), but a JSON "
+                         f"{type(config).__name__}")
     if config.get("model_type") == "birefnet":
         return False  # a dsunet-hf artifact
     # The official repos: architectures ["BiRefNet"] and an auto_map into their remote code birefnet.py.

@@ -214,6 +214,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "train" / "model" / "README.md").is_file()
     (metrics,) = result["metrics"].values()
     assert 0 <= metrics["S-measure"] <= 1
+    from dsunet_hf.cli import main as cli_main
+
+    (tmp_path / "empty").mkdir()
+    for flags, message in ((["--data", str(tmp_path / "empty")], "demo: .*empty: no image/mask folder pair"),
+                           (["--backbone-preset", "huge"], "demo: .*huge")):  # were tracebacks
+        with pytest.raises(SystemExit, match=message):
+            cli_main(["demo", "--output-dir", str(tmp_path / "again"), "--max-steps", "1", *flags])
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ECSSD").is_dir(), reason=f"real benchmark samples not found under {SHARED_DATA}")

@@ -438,6 +438,11 @@ def test_evaluate_command_scores_a_visual_prompt_model(tmp_path):
     with pytest.raises(SystemExit, match=f"{binary}: no evaluation query.*class-index label maps"):
         main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(binary), "--no-progress",
               "--output-dir", str(tmp_path / "eval2")])
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged: was a SafetensorError traceback
+    with pytest.raises(SystemExit, match=r"evaluate: .*model\.safetensors"):
+        main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(folder), "--no-progress",
+              "--output-dir", str(tmp_path / "eval3")])
 
 
 def test_visual_prompt_demo_runs_end_to_end(tmp_path):

@@ -458,9 +458,12 @@ def _demo(args) -> int:
         return 0
     from .demo import run_demo
 
-    run_demo(args.output_dir or "outputs/demo", data=args.data, backbone=args.backbone,
-             backbone_preset=args.backbone_preset or "tiny", max_steps=150 if args.max_steps is None else args.max_steps,
-             seed=args.seed)
+    try:
+        run_demo(args.output_dir or "outputs/demo", data=args.data, backbone=args.backbone,
+                 backbone_preset=args.backbone_preset or "tiny",
+                 max_steps=150 if args.max_steps is None else args.max_steps, seed=args.seed)
+    except (ValueError, OSError) as error:  # bad --data / --backbone / --backbone-preset: one line naming it
+        raise SystemExit(f"demo: {error}") from error
     return 0
 
 

@@ -607,12 +607,16 @@ def add_evaluate_parser(subparsers):
 
 
 def _visual_prompt_model(name_or_path: str):
-    """The trained in-context head or the matcher when ``name_or_path`` holds one, else None."""
-    from transformers import AutoModel
+    """The trained in-context head or the matcher when ``name_or_path`` holds one, else None; a model that cannot be
+    loaded (damaged weights) is one line naming it."""
+    from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
-    from .prompt_predict import visual_prompt_model_type
-
-    return AutoModel.from_pretrained(name_or_path) if visual_prompt_model_type(name_or_path) else None
+    if not visual_prompt_model_type(name_or_path):
+        return None
+    try:
+        return load_visual_prompt_model(name_or_path)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"evaluate: {error}") from error
 
 
 def _dataset_labels(source) -> dict | None:

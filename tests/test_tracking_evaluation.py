@@ -184,5 +184,5 @@ def test_objects_join_at_their_first_appearance_and_results_go_to_the_server(tmp
     assert report["protocol"].startswith("DAVIS-2017 semi-supervised")
     # An unreadable frame, even one before the first annotation (only its size is needed there), is named.
     (root / "JPEGImages" / "blocks" / "00000.png").write_bytes(b"not a png")
-    with pytest.raises(SystemExit, match=r"evaluate: .*ytvos: .*00000.png"):
+    with pytest.raises(SystemExit, match=r"evaluate: cannot read image .*ytvos/JPEGImages/blocks/00000.png"):
         main([*command, "--save-predictions", str(tmp_path / "served")])

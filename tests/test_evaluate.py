@@ -17,6 +17,7 @@ from conftest import tiny_sam2_unet_config
 from PIL import Image
 
 from dsunet_hf import Sam2UNetForImageSegmentation
+from dsunet_hf.data import class_index_mask_maximum
 from dsunet_hf.evaluate import (
     add_evaluate_parser,
     evaluate_datasets,
@@ -470,6 +471,7 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     fake.load_segmentation_dataset = load_segmentation_dataset
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {}
+    fake.class_index_mask_maximum = class_index_mask_maximum  # the real check
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     loaded = {}
 
@@ -522,6 +524,7 @@ def test_cli_model_keeps_finished_datasets(model, processor, samples, tmp_path, 
     fake.load_segmentation_dataset = load_segmentation_dataset
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {"lonely.jpg": "no mask"} if dataset is data["unreadable"] else {}
+    fake.class_index_mask_maximum = class_index_mask_maximum  # the real check
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
 

@@ -630,3 +630,18 @@ def test_an_image_and_a_video_of_one_name_do_not_collide_and_collisions_name_the
                                          rf"{tmp_path}/more/good.jpg; "):
         collect_images([tmp_path / "shots" / "good.png", tmp_path / "more" / "clip.mov", tmp_path / "clips",
                         tmp_path / "more" / "good.jpg"])
+
+
+def test_one_pass_resizes_the_input_to_the_model_whatever_the_output_size_and_max_side_takes_whole_floats():
+    """The input's own size decides the resize to the model's (an output size equal to the model's skipped it); a
+    whole-number float --max-side (YAML, a Gradio number) is a size, a fractional one is refused."""
+    from dsunet_hf.modeling_utils import probabilities_from_one_pass
+    from dsunet_hf.predict import native_size
+
+    seen = []
+    logits_of = lambda pixels: seen.append(tuple(pixels.shape[-2:])) or torch.zeros(1, 3, *pixels.shape[-2:])  # noqa: E731
+    probabilities = probabilities_from_one_pass(logits_of, torch.randn(1, 3, 50, 70), (32, 32), output_size=(32, 32))
+    assert seen == [(32, 32)] and tuple(probabilities.shape) == (1, 3, 32, 32)
+    assert native_size(3000, 2000, max_side=1024.0) == native_size(3000, 2000, max_side=1024) == (1024, 672)
+    with pytest.raises(ValueError, match="max_side"):
+        native_size(3000, 2000, max_side=1000.5)

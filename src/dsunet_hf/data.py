@@ -739,6 +739,23 @@ def _describe(source: Any, sample_id: Any, what: str) -> str:
     return f"{what} {filename}" if filename else f"the {what} of sample {sample_id}"
 
 
+def class_index_mask_maximum(dataset, samples: int = 8) -> int | None:
+    """k when the first ``samples`` masks of ``dataset`` are all class-index label maps (0..k with k >= 2, or palette
+    PNGs; see :func:`~dsunet_hf.image_io.class_index_maximum`), else None (0/255 and 0/1 masks, soft masks,
+    unreadable cells). Training and evaluation warn with it: a binary model reads class k as an intensity."""
+    from .image_io import class_index_maximum
+
+    found = []
+    for index in range(min(samples, len(dataset))):
+        try:
+            found.append(class_index_maximum(_decodable(dataset[index]["mask"])))
+        except (ImageReadError, ValueError, OSError, TypeError):  # unreadable: the run itself reports it
+            return None
+        if found[-1] is None:
+            return None
+    return max(found) if found else None
+
+
 def _decodable(value: Any) -> Any:
     """What ``datasets`` may hand over -> something load_image/load_mask read: an undecoded Image cell
     (``{"bytes", "path"}``) becomes a PIL image or its path, nested lists become an array."""

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
-from .image_io import ImageReadError, class_index_maximum, load_image, load_mask
+from .image_io import ImageReadError, load_image, load_mask
 from .metrics import (
     DIS_METRIC_NAMES,
     HIGHER_IS_BETTER,
@@ -317,17 +317,11 @@ def _warn_if_class_index_masks(dataset, where: str, samples: int = 8) -> int | N
     label maps (0..k with k >= 2, or palette PNGs; see :func:`~dsunet_hf.image_io.class_index_maximum`), as training
     does: the foreground metrics read a mask as an intensity, foreground ``> 128``, so class k counts as background
     and the ground truth is empty. Returns k, or None (0/255 and 0/1 masks, soft masks, unreadable files)."""
-    found = []
-    for index in range(min(samples, len(dataset))):
-        try:
-            found.append(class_index_maximum(_decodable(dataset[index]["mask"])))
-        except _SAMPLE_ERRORS:  # unreadable: the evaluation itself skips and reports it
-            return None
-        if found[-1] is None:
-            return None
-    if not found:
+    from .data import class_index_mask_maximum
+
+    classes = class_index_mask_maximum(dataset, samples)
+    if classes is None:
         return None
-    classes = max(found)
     logger.warning(
         "%s: the ground-truth masks hold class indices (0..%d), but the metrics read a mask as foreground intensity "
         "(> 128 is foreground): class %d counts as background and the ground truth is empty. Save binary masks as "

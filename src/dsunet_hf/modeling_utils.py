@@ -79,7 +79,7 @@ def probabilities_from_one_pass(logits_of, pixel_values: torch.Tensor, model_siz
     ``model_size``: the input resized to it (bilinear), ``logits_of(resized)`` softmaxed, the probabilities resized."""
     size = tuple(output_size or pixel_values.shape[-2:])
     model_size = tuple(model_size)
-    if size != model_size:
+    if tuple(pixel_values.shape[-2:]) != model_size:  # the input's own size decides, not the output's
         pixel_values = F.interpolate(pixel_values, size=model_size, mode="bilinear", align_corners=False)
     probabilities = logits_of(pixel_values).float().softmax(dim=1)
     if tuple(probabilities.shape[-2:]) != size:

@@ -282,7 +282,8 @@ def probabilities_and_outputs(model, processor, images: list, minmax_normalize: 
 def check_max_side(max_side: int, divisor: int = 32) -> None:
     """``max_side`` (``--max-side``) is at least one multiple of ``divisor``: below that every image would silently
     run at ``divisor`` x ``divisor``."""
-    if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < divisor:
+    whole = isinstance(max_side, (int, float, np.integer, np.floating)) and float(max_side).is_integer()
+    if isinstance(max_side, bool) or not whole or max_side < divisor:  # 1024.0 (YAML, a Gradio number) is fine
         raise ValueError(f"max_side (--max-side) must be an integer >= {divisor} (the longest input side, in "
                          f"multiples of {divisor}), got {max_side!r}")
 

@@ -289,12 +289,11 @@ def build_datasets(args: TrainingArguments):
 def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: int = 8) -> int | None:
     """Warn when the first masks of a binary model's data are class-index label maps (0..k, k >= 2, or palette
     PNGs): the model would read class k as a faint foreground of k/255 and learn next to nothing. Returns k."""
-    from .image_io import class_index_maximum
+    from .data import class_index_mask_maximum
 
-    found = [class_index_maximum(dataset[i]["mask"]) for i in range(min(samples, len(dataset)))]
-    if not found or any(k is None for k in found):
+    classes = class_index_mask_maximum(dataset, samples)
+    if classes is None:
         return None
-    classes = max(found)
     logger.warning(
         "%s: the masks hold class indices (0..%d), but %s is a binary model that reads a mask as foreground "
         "intensity (class %d = %.3f). For several classes, SAM2-UNet takes them from an id2label.json beside the data "

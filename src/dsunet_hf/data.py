@@ -16,7 +16,6 @@ duplicate names) are logged as warnings and recorded in ``dataset.info.descripti
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_io import ImageReadError, load_image, load_mask
+from .image_io import ImageReadError, decodable_cell, load_image, load_mask
 
 __all__ = [
     "IMAGE_DIR_NAMES",
@@ -748,28 +747,12 @@ def class_index_mask_maximum(dataset, samples: int = 8) -> int | None:
     found = []
     for index in range(min(samples, len(dataset))):
         try:
-            found.append(class_index_maximum(_decodable(dataset[index]["mask"])))
+            found.append(class_index_maximum(decodable_cell(dataset[index]["mask"])))
         except (ImageReadError, ValueError, OSError, TypeError):  # unreadable: the run itself reports it
             return None
         if found[-1] is None:
             return None
     return max(found) if found else None
-
-
-def _decodable(value: Any) -> Any:
-    """What ``datasets`` may hand over -> something load_image/load_mask read: an undecoded Image cell
-    (``{"bytes", "path"}``) becomes a PIL image or its path, nested lists become an array."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            with Image.open(io.BytesIO(value["bytes"])) as image:
-                image.load()
-                return image.copy()
-        if value.get("path"):
-            return value["path"]
-        raise ValueError(f"cannot decode a dataset cell with keys {sorted(value)}")
-    if isinstance(value, (list, tuple)):
-        return np.asarray(value)
-    return value
 
 
 class SegmentationTransform:
@@ -822,8 +805,8 @@ class SegmentationTransform:
             )
         images, masks, ground_truths, sizes = [], [], [], []
         for image_source, mask_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
-            image = load_image(_decodable(image_source))
-            mask = load_mask(_decodable(mask_source))
+            image = load_image(decodable_cell(image_source))
+            mask = load_mask(decodable_cell(mask_source))
             if mask.shape != (image.height, image.width):
                 raise ValueError(
                     f"{_describe(mask_source, sample_id, 'mask')} is {mask.shape[1]}x{mask.shape[0]} but "

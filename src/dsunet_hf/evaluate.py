@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import io
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
-from .image_io import ImageReadError, load_image, load_mask
+from .image_io import ImageReadError, decodable_cell, load_image, load_mask
 from .metrics import (
     DIS_METRIC_NAMES,
     HIGHER_IS_BETTER,
@@ -61,19 +60,6 @@ _SAMPLE_ERRORS = (ImageReadError, ValueError, OSError, TypeError)
 
 
 # ---------------------------------------------------------------------------------------------- model
-def _decodable(value: Any) -> Any:
-    """A dataset cell -> something load_image/load_mask accept (undecoded datasets Image cells included)."""
-    if isinstance(value, Mapping):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
-        if value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
-            image.load()
-            return image
-        if value.get("path"):
-            return value["path"]
-        raise ValueError("image cell has neither bytes nor path")
-    return value
-
-
 def _describe(item: Any, index: int) -> str:
     """A short name for a sample in log messages: its image path, sample_id or index."""
     if isinstance(item, Mapping):
@@ -93,8 +79,8 @@ def _describe(item: Any, index: int) -> str:
 
 def _load_sample(item: Any) -> tuple[Image.Image, np.ndarray]:
     """A dataset item -> (RGB image, uint8 GT map at the image's size)."""
-    image = load_image(_decodable(item["image"]))
-    ground_truth = to_uint8_map(load_mask(_decodable(item["mask"])))
+    image = load_image(decodable_cell(item["image"]))
+    ground_truth = to_uint8_map(load_mask(decodable_cell(item["mask"])))
     if ground_truth.shape != (image.height, image.width):
         raise ValueError(
             f"mask size {ground_truth.shape[1]}x{ground_truth.shape[0]} (WxH) differs from "

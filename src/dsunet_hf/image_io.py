@@ -8,6 +8,7 @@ float32 ``(H, W)`` array in ``[0, 1]`` for masks.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -225,3 +226,19 @@ def class_index_maximum(source: Any, ignore_index: int = 255, most: int = 32) ->
     if classes.size and 2 <= classes.max() <= most:
         return int(classes.max())
     return None
+
+
+def decodable_cell(value: Any) -> Any:
+    """What ``datasets`` may hand over -> something load_image/load_mask read: an undecoded Image cell
+    (``{"bytes", "path"}``) becomes a PIL image or its path, nested lists become an array."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            with Image.open(io.BytesIO(value["bytes"])) as image:
+                image.load()
+                return image.copy()
+        if value.get("path"):
+            return value["path"]
+        raise ValueError(f"cannot decode a dataset cell with keys {sorted(value)}")
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    return value

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .image_io import ImageReadError, load_image, load_label_map
+from .image_io import ImageReadError, decodable_cell, load_image, load_label_map
 from .models.dinov2_seg.modeling_dinov2_seg import rescaled_size
 from .predict import device_and_dtype, output_file
 
@@ -164,11 +164,10 @@ class SemanticSegmentationTransform:
         return {"pixel_values": pixels.contiguous(), "labels": labels.contiguous(), "sample_id": sample_id}
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        from .data import _decodable  # undecoded dataset cells ({"bytes", "path"})
 
         out: dict[str, list] = {"pixel_values": [], "labels": [], "sample_id": []}
         for image_source, label_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
-            image_source, label_source = _decodable(image_source), _decodable(label_source)
+            image_source, label_source = decodable_cell(image_source), decodable_cell(label_source)
             labels = load_label_map(label_source, self.reduce_zero_label, self.ignore_index)
             names = f"{_name(label_source)} / {_name(image_source)}"
             example = self._example(load_image(image_source), labels, int(sample_id), names)
@@ -188,7 +187,6 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
     ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet). A sample whose
     image or label map cannot be read, or whose sizes differ, is skipped with a warning (``"<files>: <reason>"``
     appended to ``skipped``); a class outside the model's is an error (a setting, e.g. --reduce-zero-label)."""
-    from .data import _decodable
     from .metrics import SemanticSegmentationMetrics
 
     config = model.config
@@ -208,8 +206,8 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
             row = dataset[index]
             names = f"{_name(row['mask'])} / {_name(row['image'])}"
             try:
-                labels = load_label_map(_decodable(row["mask"]))  # raw; the metric applies reduce_zero_label itself
-                image = load_image(_decodable(row["image"]))
+                labels = load_label_map(decodable_cell(row["mask"]))  # raw; the metric applies reduce_zero_label itself
+                image = load_image(decodable_cell(row["image"]))
                 transform.check_sizes(image, labels, names)
             except (ImageReadError, ValueError, OSError) as error:
                 logger.warning("skipping %s", error)

@@ -32,9 +32,9 @@ PROMPT_KINDS = ("mask", "box", "scribble", "point")
 
 
 def _cell(value: Any) -> Any:
-    from ...data import _decodable
+    from ...image_io import decodable_cell
 
-    return _decodable(value)
+    return decodable_cell(value)
 
 
 def index_classes(dataset, ignore_index: int = 255, min_pixels: int = 16) -> list[tuple[int, ...]]:

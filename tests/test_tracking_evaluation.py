@@ -87,14 +87,78 @@ def test_every_first_frame_object_is_tracked_and_scored(tmp_path):
     assert 0.85 < scores["J_mean"] < 1 and scores["F_mean"] > 0.85 and scores["J_recall"] == scores["F_recall"] == 1.0
     assert scores["J&F"] == pytest.approx((scores["J_mean"] + scores["F_mean"]) / 2)
     assert min(per_object.values()) > 0.85
-    # The scores are those of the masks written: J and F recomputed from the saved object-id maps, frames 1..4.
+    # The scores are those of the masks written: J and F recomputed from the saved object-id maps, frames 1..4,
+    # void (the top strip) as background, as the toolkit's semi-supervised evaluation scores it.
     predicted = [np.asarray(Image.open(tmp_path / "results" / "blocks" / f"{t:05d}.png")) for t in range(6)]
-    j = {obj: np.mean([jaccard(labels[t] == obj, predicted[t] == obj, labels[t] == 255) for t in range(1, 5)])
-         for obj in (1, 2)}
-    f = {obj: np.mean([boundary_f_measure(labels[t] == obj, predicted[t] == obj, labels[t] == 255)
-                       for t in range(1, 5)]) for obj in (1, 2)}
-    assert scores["J_mean"] == pytest.approx((j[1] + j[2]) / 2) and scores["F_mean"] == pytest.approx((f[1] + f[2]) / 2)
-    assert per_object["blocks_2"] == pytest.approx((j[2] + f[2]) / 2)
+    j = {obj: [jaccard(labels[t] == obj, predicted[t] == obj) for t in range(1, 5)] for obj in (1, 2)}
+    f = {obj: [boundary_f_measure(labels[t] == obj, predicted[t] == obj) for t in range(1, 5)] for obj in (1, 2)}
+    mean = {key: {obj: np.mean(values[obj]) for obj in (1, 2)} for key, values in (("j", j), ("f", f))}
+    assert scores["J_mean"] == pytest.approx((mean["j"][1] + mean["j"][2]) / 2)
+    assert scores["F_mean"] == pytest.approx((mean["f"][1] + mean["f"][2]) / 2)
+    assert per_object["blocks_2"] == pytest.approx((mean["j"][2] + mean["f"][2]) / 2)
+    # Decay over 4 frames: bins [0, 1], [1], [2], [2, 3]; (first bin's mean - last's) averaged over the objects.
+    expected_decay = np.mean([np.mean(j[obj][0:2]) - np.mean(j[obj][2:4]) for obj in (1, 2)])
+    assert scores["J_decay"] == pytest.approx(expected_decay)
+
+
+def test_void_pixels_count_as_background_as_in_the_toolkits_semi_supervised_scores(tmp_path, monkeypatch):
+    """A prediction that spills into the void strip loses J and F (the toolkit passes no void mask to its metrics
+    in the semi-supervised evaluation)."""
+    import dsunet_hf.tracking_evaluation as tracking
+
+    frames, labels = moving_blocks(4)
+    write_davis(tmp_path / "davis", frames, labels)
+    exact = [np.where(label == 255, 0, label).astype(np.uint8) for label in labels]
+    spilled = [np.where(label == 255, 1, label).astype(np.uint8) for label in labels]  # object 1 covers the void
+    for predicted, expected_j1 in ((exact, 1.0), (spilled, None)):
+        monkeypatch.setattr(tracking, "_track_sequence", lambda *args, predicted=predicted, **kwargs: predicted)
+        scores, per_object = evaluate_tracking(None, tmp_path / "davis", progress=False)
+        j1 = np.mean([jaccard(labels[t] == 1, predicted[t] == 1) for t in (1, 2)])
+        assert scores["J_mean"] == pytest.approx((j1 + 1.0) / 2)
+        if expected_j1 is not None:
+            assert j1 == expected_j1 and per_object["blocks_1"] == 1.0
+        else:
+            assert j1 < 0.7 and per_object["blocks_1"] < 0.7  # ignoring void would have scored it 1
+
+
+def test_davis_split_lists_choose_the_scored_sequences(tmp_path):
+    frames, labels = moving_blocks(4)
+    root = tmp_path / "davis"
+    write_davis(root, frames, labels, name="blocks")
+    write_davis(root, frames, labels, name="others")
+    assert [sequence.name for sequence in davis_sequences(root)] == ["blocks", "others"]  # no ImageSets: all
+    with pytest.raises(ValueError, match="no ImageSets/ folder listing the sequences of split 'val'"):
+        davis_sequences(root, "val")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("others\n")
+    (root / "ImageSets" / "2017" / "train.txt").write_text("blocks\n")
+    assert [sequence.name for sequence in davis_sequences(root)] == ["others"]  # the toolkit's default set: val
+    assert [sequence.name for sequence in davis_sequences(root, "train")] == ["blocks"]
+    with pytest.raises(ValueError, match=r"no list for split 'test-dev' .*lists found: train, val"):
+        davis_sequences(root, "test-dev")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("others\nmissing\n")
+    with pytest.raises(ValueError, match=r"val.txt: no annotations for the listed sequence\(s\) missing"):
+        davis_sequences(root)
+
+
+def test_annotations_are_read_as_the_toolkit_reads_them(tmp_path):
+    from dsunet_hf.tracking_evaluation import read_annotation
+
+    ids = np.zeros((8, 8), np.uint8)
+    ids[:2], ids[2:4], ids[-1] = 1, 2, 255
+    Image.fromarray(ids, mode="L").save(tmp_path / "grey.png")  # a grey index map: values are the ids
+    assert np.array_equal(read_annotation(tmp_path / "grey.png"), ids)
+    binary = np.where(ids == 1, 255, 0).astype(np.uint8)
+    Image.fromarray(binary, mode="L").save(tmp_path / "binary.png")  # 0/255 only: one object
+    assert np.array_equal(read_annotation(tmp_path / "binary.png"), (ids == 1).astype(np.uint8))
+    Image.fromarray(ids == 2).save(tmp_path / "bits.png")
+    assert np.array_equal(read_annotation(tmp_path / "bits.png"), (ids == 2).astype(np.uint8))
+    Image.fromarray(np.stack([binary] * 3, -1)).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match=r"colour.png: a RGB annotation; DAVIS annotations are palette"):
+        read_annotation(tmp_path / "colour.png")
+    (tmp_path / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match=r"damaged.png: not a readable annotation"):
+        read_annotation(tmp_path / "damaged.png")
 
 
 def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
@@ -111,8 +175,9 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     assert np.array_equal(first, np.where(labels[0] == 255, 0, labels[0]))
     report = json.loads((out / "evaluation.json").read_text())
     [(dataset, scores)] = report["results"].items()
-    assert report["metric_names"] == ["J&F", "J_mean", "J_recall", "F_mean", "F_recall"]  # DAVIS's order
-    assert all(0 <= value <= 1 for value in scores.values())
+    assert report["metric_names"] == ["J&F", "J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay"]
+    assert report["higher_is_better"]["J_decay"] is False
+    assert all(-1 <= value <= 1 for value in scores.values())
     assert sorted(report["info"]["per_object_jf"][dataset]) == ["blocks_1", "blocks_2"]
     assert report["info"]["track_memory"] == 2 and report["protocol"].startswith("DAVIS-2017 semi-supervised")
     assert "J&F" in capsys.readouterr().out

@@ -281,3 +281,58 @@ def test_tracking_scores_match_the_davis_toolkit(monkeypatch):
         void = rng.random((height, width)) > 0.9 if trial % 2 else None
         assert jaccard(truth, found, void) == db_eval_iou(truth, found, void)
         assert boundary_f_measure(truth, found, void) == db_eval_boundary(truth, found, void)  # 0 differences measured
+
+
+@pytest.mark.skipif(not DAVIS_TOOLKIT, reason="set DAVIS2017_EVALUATION_DIR to a checkout of "
+                                              "davisvideochallenge/davis2017-evaluation (needs OpenCV and "
+                                              "scikit-image) to compare whole DAVIS evaluations")
+def test_tracking_evaluation_matches_the_davis_toolkits_evaluation(tmp_path, monkeypatch):
+    """The toolkit's DAVISEvaluation (semi-supervised, set val) on the results evaluate_tracking writes: the same
+    mean, recall and decay of J and F per object, with void pixels, two objects and a train sequence left out by
+    ImageSets/2017/val.txt."""
+    pytest.importorskip("cv2", reason="the toolkit's F dilates with OpenCV")
+    pytest.importorskip("skimage", reason="the toolkit's F takes its disk from scikit-image")
+    import numpy as np
+    from PIL import Image
+
+    from dsunet_hf.models.visual_prompt import VisualPromptMatcher
+    from dsunet_hf.tracking_evaluation import evaluate_tracking
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_visual_prompt_matcher import ONE_HOT, RED, colour_image, region, tiny_config
+
+    monkeypatch.setattr(np, "bool", bool, raising=False)  # the toolkit still spells it np.bool (NumPy < 1.24)
+    monkeypatch.syspath_prepend(DAVIS_TOOLKIT)
+    from davis2017.evaluation import DAVISEvaluation
+
+    root = tmp_path / "DAVIS"
+    green = (0, 255, 0)
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (252 * 3) + [224, 224, 192]
+    for name, frames in (("blocks", 9), ("other", 4)):
+        images, annotations = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+        images.mkdir(parents=True)
+        annotations.mkdir(parents=True)
+        for t in range(frames):
+            column = min(t, 5)  # the red block moves right by a patch per frame, then stops
+            red, still = [(1, column, 3, column + 2)], [(5, 5, 7, 7)]
+            Image.fromarray(colour_image({RED: red, green: still})).save(images / f"{t:05d}.jpg", quality=95)
+            label = np.zeros(region(red).shape, np.uint8)
+            annotated_still = still if t < 5 else [(5, 5, 6, 7)]  # later annotated half: J and F decay
+            label[region(red)], label[region(annotated_still)] = 1, 2
+            label[region([(1, column, 3, column + 1)])] = 255  # the red block's left column is void
+            annotation = Image.fromarray(label, mode="P")
+            annotation.putpalette(palette)
+            annotation.save(annotations / f"{t:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("blocks\n")
+    matcher = VisualPromptMatcher(tiny_config()).eval()
+    ours, per_object = evaluate_tracking(matcher, root, progress=False, feature_fn=ONE_HOT, memory_size=2,
+                                         save_dir=tmp_path / "results")
+    assert sorted(per_object) == ["blocks_1", "blocks_2"]  # "other" is not in val.txt
+    theirs = DAVISEvaluation(str(root), "semi-supervised", "val").evaluate(str(tmp_path / "results"))
+    for metric in ("J", "F"):
+        for ours_key, their_key in (("mean", "M"), ("recall", "R"), ("decay", "D")):
+            assert ours[f"{metric}_{ours_key}"] == pytest.approx(np.mean(theirs[metric][their_key]), abs=1e-12)
+    for name, value in per_object.items():
+        assert value == pytest.approx((theirs["J"]["M_per_object"][name] + theirs["F"]["M_per_object"][name]) / 2,
+                                      abs=1e-12)

@@ -435,7 +435,7 @@ def _read_pair(prediction_path: Path, ground_truth_path: Path, unreadable: dict[
 
 
 # --------------------------------------------------------------------------------------------- report
-TRACKING_METRIC_NAMES = ("J&F", "J_mean", "J_recall", "F_mean", "F_recall")  # DAVIS's column order
+TRACKING_METRIC_NAMES = ("J&F", "J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")  # DAVIS's order
 
 
 def _ordered_metrics(results: dict[str, dict[str, float]]) -> list[str]:
@@ -716,7 +716,7 @@ def run_evaluate_cli(args) -> int:
                     unscored: list[str] = []
                     results[name], per_object[name] = evaluate_tracking(
                         model, source, memory_size=track_memory, max_sequences=args.max_samples,
-                        progress=args.progress, unscored=unscored,
+                        progress=args.progress, unscored=unscored, split=args.split,
                         save_dir=None if args.save_predictions is None else Path(args.save_predictions) / name)
                     if unscored:  # first-appearance annotations only: the benchmark's server scores the results
                         results_only[name] = unscored

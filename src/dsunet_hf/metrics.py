@@ -65,6 +65,8 @@ DIS_METRIC_NAMES: tuple[str, ...] = ("HCE", "mBA", "BIoU (max)", "BIoU (mean)", 
 HIGHER_IS_BETTER.update({"HCE": False, "mBA": True, "BIoU (max)": True, "BIoU (mean)": True, "MSE": False})
 # Training's validation loss (the model's own loss on the validation set, in eval mode).
 HIGHER_IS_BETTER["loss"] = False
+# DAVIS tracking: a decay is how much a score drops from the first quarter of the frames to the last.
+HIGHER_IS_BETTER.update({"J_decay": False, "F_decay": False})
 
 
 def to_uint8_map(probability: Any) -> np.ndarray:

@@ -8,8 +8,15 @@ object; where objects' masks overlap, the pixel goes to the object with the high
 has one object per pixel). Scored as the DAVIS-2017 toolkit (``davis2017-evaluation``) scores semi-supervised
 results, written here from its definitions so that no OpenCV / scikit-image are needed: the first and the last
 frame are left out; per frame, J is the IoU and F the boundary F-measure (boundaries one pixel wide, matched within
-``ceil(0.008 * image diagonal)`` pixels, a disk), both ignoring void pixels (label 255); per object, the mean over
-frames (M) and the share of frames above 0.5 (recall, R); J&F = (mean J_M + mean F_M) / 2 over all objects.
+``ceil(0.008 * image diagonal)`` pixels, a disk); void pixels (label 255) count as background, as the toolkit's
+semi-supervised evaluation passes no void mask to its metrics; per object, the mean over frames (M), the share of
+frames above 0.5 (recall, R) and the decay (D: the mean of the first quarter of the frames minus that of the last);
+J&F = (mean J_M + mean F_M) / 2 over all objects. A folder with DAVIS's split lists (``ImageSets/2017/<split>.txt``)
+is scored on the listed sequences only, ``val`` unless another split is named (the toolkit's ``--set``).
+
+Annotations are read as the toolkit reads them, the PNG's values as object ids (palette or grey index maps), with
+one exception for single-object sets: a grey mask of 0 and 255 only (which the toolkit would read as all void) is
+object 1.
 
 Sequences annotated on some frames only (YouTube-VOS validation and DAVIS test-dev give each object's mask on the
 frame where it first appears, objects may appear later) are tracked and written in the results format for the
@@ -33,15 +40,18 @@ from .predict import stored_size
 from .prompt_predict import PromptTracker, default_threshold, frame_order, memory_kwargs
 
 __all__ = ["VideoSequence", "boundary_f_measure", "davis_sequences", "evaluate_tracking", "first_frame_objects",
-           "is_davis_layout", "is_youtube_vos", "jaccard"]
+           "is_davis_layout", "is_youtube_vos", "jaccard", "split_list"]
 
 VOID_LABEL = 255
 BOUNDARY_TOLERANCE = 0.008  # of the image diagonal (the toolkit's bound_th)
 PROTOCOL = (
     "DAVIS-2017 semi-supervised: each object of a sequence's first annotation prompts a tracker (references = that "
     "frame and mask, memory of the last found frames); overlaps go to the highest score; first and last frames left "
-    "out; J = IoU, F = boundary F-measure within ceil(0.008 x diagonal) px, void (255) ignored; M = mean over frames, "
-    "R = share of frames > 0.5, J&F = (mean J_M + mean F_M) / 2 over objects")
+    "out; J = IoU, F = boundary F-measure within ceil(0.008 x diagonal) px, void (255) as background (the toolkit's "
+    "semi-supervised scores); M = mean over frames, R = share of frames > 0.5, D = decay (first quarter's mean minus "
+    "the last's); J&F = (mean J_M + mean F_M) / 2 over objects; the ImageSets/2017/<split>.txt list when there is one "
+    "(val by default)")
+DEFAULT_SPLIT = "val"  # the toolkit's default --set
 
 
 def is_davis_layout(folder: str | Path) -> bool:
@@ -85,13 +95,45 @@ class VideoSequence:
         return [0] if self.scored else sorted(self.annotations)
 
 
-def davis_sequences(root: str | Path) -> list[VideoSequence]:
-    """Every sequence with annotations: all its frames in name order, its annotations matched to them by file
-    stem."""
+def split_list(root: str | Path, split: str | None = None) -> tuple[Path | None, list[str] | None]:
+    """DAVIS's list of the sequences of a split (``ImageSets/2017/<split>.txt``, else ``ImageSets/<split>.txt``):
+    its path and names, ``val`` unless ``split`` names another; (None, None) when the folder has no ``ImageSets``
+    (every annotated sequence is scored; a named split then has nothing to choose and is an error)."""
+    sets = Path(root) / "ImageSets"
+    name = split or DEFAULT_SPLIT
+    if not sets.is_dir():
+        if split is not None:
+            raise ValueError(f"{root}: no ImageSets/ folder listing the sequences of split {split!r}; leave out "
+                             f"--split to score every annotated sequence")
+        return None, None
+    candidates = [sets / "2017" / f"{name}.txt", sets / f"{name}.txt"]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        available = sorted({path.stem for path in sets.rglob("*.txt")})
+        raise ValueError(f"{sets}: no list for split {name!r} ({' or '.join(str(path) for path in candidates)}); "
+                         f"lists found: {', '.join(available) or 'none'}")
+    names = [line.strip() for line in found.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{found}: lists no sequence")
+    return found, names
+
+
+def davis_sequences(root: str | Path, split: str | None = None) -> list[VideoSequence]:
+    """Every sequence with annotations (only those of the split's list when the folder has ``ImageSets``, see
+    :func:`split_list`): all its frames in name order, its annotations matched to them by file stem."""
     root = Path(root)
     images, annotations = _level(root / "JPEGImages"), _level(root / "Annotations")
+    list_path, listed = split_list(root, split)
+    folders = sorted(path for path in annotations.iterdir() if path.is_dir())
+    if listed is not None:
+        present = {folder.name for folder in folders}
+        missing = [name for name in listed if name not in present]
+        if missing:
+            raise ValueError(f"{list_path}: no annotations for the listed sequence(s) {', '.join(missing[:3])}"
+                             f"{' ...' if len(missing) > 3 else ''} under {annotations}")
+        folders = [annotations / name for name in listed]
     sequences = []
-    for folder in sorted(path for path in annotations.iterdir() if path.is_dir()):
+    for folder in folders:
         masks = sorted(folder.glob("*.png"), key=frame_order)
         frames_folder = images / folder.name
         if not masks:
@@ -111,11 +153,24 @@ def davis_sequences(root: str | Path) -> list[VideoSequence]:
 
 
 def read_annotation(path: Path) -> np.ndarray:
-    """Object ids (0 background, 255 void) of a palette PNG; a grey or binary mask is object 1 where > 127."""
-    with Image.open(path) as image:
-        if image.mode == "P":
-            return np.asarray(image).astype(np.uint8)
-        return (np.asarray(image.convert("L")) > 127).astype(np.uint8)
+    """Object ids (0 background, 255 void) as the toolkit reads them: the PNG's values (a palette or grey index
+    map). A 1-bit mask, or a grey one of 0 and 255 only (a binary mask, all void to the toolkit), is object 1.
+    Colour annotations are refused (the toolkit cannot read them either), naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, values = image.mode, np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable annotation ({error})") from error
+    if mode == "1":
+        return values.astype(np.uint8)
+    if mode not in ("P", "L"):
+        raise ValueError(f"{path}: a {mode} annotation; DAVIS annotations are palette (P) or grey (L) PNGs of "
+                         f"object ids")
+    values = values.astype(np.uint8)
+    if mode == "L" and values.max(initial=0) == VOID_LABEL and not np.isin(values, (0, VOID_LABEL), invert=True).any():
+        return (values == VOID_LABEL).astype(np.uint8)
+    return values
 
 
 def jaccard(annotation: np.ndarray, segmentation: np.ndarray, void: np.ndarray | None = None) -> float:
@@ -224,19 +279,28 @@ def _save_results(folder: Path, sequence: VideoSequence, predicted: list[np.ndar
         save_image_atomic(result, folder / f"{path.stem}.png")
 
 
+def decay(per_frame: list[float]) -> float:
+    """The toolkit's decay: the mean of the first of four equal bins of frames minus that of the last (bin edges
+    ``round(linspace(1, n, 5)) - 1``, each bin including its upper edge)."""
+    values = np.asarray(per_frame, dtype=float)
+    edges = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(int)
+    return float(np.mean(values[edges[0] : edges[1] + 1]) - np.mean(values[edges[3] : edges[4] + 1]))
+
+
 def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequences: int | None = None,
                       progress: bool = True, save_dir: str | Path | None = None, unscored: list | None = None,
-                      **segment_kwargs) -> tuple[dict[str, float], dict[str, float]]:
+                      split: str | None = None, **segment_kwargs) -> tuple[dict[str, float], dict[str, float]]:
     """DAVIS-2017 semi-supervised scores of ``model`` (a visual-prompt model) tracking every first-frame object of
-    each fully annotated sequence under ``root`` (see the module docstring). Returns (``{"J&F", "J_mean",
-    "J_recall", "F_mean", "F_recall"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them; both
+    each fully annotated sequence under ``root`` (those of ``split``'s list, ``val`` by default, when ``root`` has
+    DAVIS's ``ImageSets``; see the module docstring). Returns (``{"J&F", "J_mean", "J_recall", "J_decay", "F_mean",
+    "F_recall", "F_decay"}``, J&F per object named ``<sequence>_<id>``, as the toolkit names them; both
     empty when no sequence is fully annotated). ``save_dir``: also write the results as the evaluation servers take
     them, ``<save_dir>/<sequence>/<frame>.png`` (YouTube-VOS: ``<save_dir>/Annotations/<sequence>/...``).
 
     Sequences annotated on some frames only (each object's first appearance: YouTube-VOS validation, DAVIS
     test-dev) cannot be scored here: each object is followed from its first annotation on, the results are written
     (``save_dir`` is then required) and their names appended to ``unscored``."""
-    sequences = davis_sequences(root)[:max_sequences]
+    sequences = davis_sequences(root, split)[:max_sequences]
     prompts_only = [sequence.name for sequence in sequences if not sequence.scored]
     if prompts_only and save_dir is None:
         raise ValueError(f"{', '.join(prompts_only[:3])}{' ...' if len(prompts_only) > 3 else ''}: annotated on some "
@@ -244,7 +308,7 @@ def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequenc
                          f"scored here; write the results for the benchmark's server with --save-predictions")
     if save_dir is not None and is_youtube_vos(root):
         save_dir = Path(save_dir) / "Annotations"
-    per_object: dict[str, tuple[float, float, float, float]] = {}
+    per_object: dict[str, tuple[float, ...]] = {}  # J mean, recall, decay; F mean, recall, decay
     for sequence in tqdm(sequences, desc="track", unit="sequence", disable=not progress):
         name = sequence.name
         if sequence.scored and len(sequence.frames) < 3:
@@ -264,16 +328,17 @@ def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequenc
                 unscored.append(name)
             continue
         scored = list(zip(truth[1:-1], predicted[1:-1]))  # the toolkit leaves out the first and last frames
-        for obj in first_frame_objects(truth[0]):
-            j = [jaccard(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
-            f = [boundary_f_measure(gt == obj, pred == obj, gt == VOID_LABEL) for gt, pred in scored]
-            per_object[f"{name}_{obj}"] = (float(np.mean(j)), float(np.mean(np.asarray(j) > 0.5)),
-                                           float(np.mean(f)), float(np.mean(np.asarray(f) > 0.5)))
+        for obj in first_frame_objects(truth[0]):  # void counts as background: no void mask, as the toolkit
+            j = [jaccard(gt == obj, pred == obj) for gt, pred in scored]
+            f = [boundary_f_measure(gt == obj, pred == obj) for gt, pred in scored]
+            per_object[f"{name}_{obj}"] = (float(np.mean(j)), float(np.mean(np.asarray(j) > 0.5)), decay(j),
+                                           float(np.mean(f)), float(np.mean(np.asarray(f) > 0.5)), decay(f))
     if not per_object:
         if prompts_only:
             return {}, {}
         raise ValueError(f"{root}: no object in any first annotation")
-    j_mean, j_recall, f_mean, f_recall = (float(np.mean(column)) for column in zip(*per_object.values()))
-    scores = {"J&F": (j_mean + f_mean) / 2, "J_mean": j_mean, "J_recall": j_recall, "F_mean": f_mean,
-              "F_recall": f_recall}
-    return scores, {name: (values[0] + values[2]) / 2 for name, values in per_object.items()}
+    j_mean, j_recall, j_decay, f_mean, f_recall, f_decay = (float(np.mean(column))
+                                                            for column in zip(*per_object.values()))
+    scores = {"J&F": (j_mean + f_mean) / 2, "J_mean": j_mean, "J_recall": j_recall, "J_decay": j_decay,
+              "F_mean": f_mean, "F_recall": f_recall, "F_decay": f_decay}
+    return scores, {name: (values[0] + values[3]) / 2 for name, values in per_object.items()}

@@ -208,6 +208,12 @@ def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
         predict_with_prompts(model, [reference, reference], ["box:1,1,9,9"], [folder], tmp_path / "out")
     with pytest.raises(Exception, match="broken.png"):
         predict_with_prompts(model, [folder / "broken.png"], ["box:1,1,9,9"], [folder], tmp_path / "out")
+    # A reference given as an array is named by its index (its repr would be the pixels), a path by the path.
+    with pytest.raises(ValueError, match=r"^prompt box:5,5,9,9 on references\[1\] \(ndarray\): box .* entirely outside"):
+        predict_with_prompts(model, [reference, np.zeros((4, 4, 3), np.uint8)], ["box:1,1,9,9", "box:5,5,9,9"],
+                             [folder], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"^prompt box:500,1,600,9 on reference .*reference\.jpg: box .* entirely outside"):
+        predict_with_prompts(model, [reference], ["box:500,1,600,9"], [folder], tmp_path / "out")
     assert model.calls == [] and not (tmp_path / "out").exists()
 
 

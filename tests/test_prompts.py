@@ -44,24 +44,45 @@ def test_box_partly_outside_is_clipped():
 
 
 def test_point_is_a_disk_of_the_radius():
-    mask = PointPrompt(5, 4, radius=2).rasterize(9, 10)
+    # Pixel (i, j) is the square [i, i+1) x [j, j+1): its centre is (i + 0.5, j + 0.5).
+    mask = PointPrompt(5.5, 4.5, radius=2).rasterize(9, 10)
     expected = {(x, y) for x in range(10) for y in range(9) if (x - 5) ** 2 + (y - 4) ** 2 <= 4}
     assert pixels(mask) == expected
     assert len(expected) == 13  # the radius-2 digital disk: 1 + 4 + 4 + 4
-    assert pixels(PointPrompt(0, 0, radius=0).rasterize(3, 3)) == {(0, 0)}
+    assert pixels(PointPrompt(0.5, 0.5, radius=0).rasterize(3, 3)) == {(0, 0)}
     # A disk at the border is cut by the image, not an error.
-    assert pixels(PointPrompt(0, 0, radius=1).rasterize(3, 3)) == {(0, 0), (1, 0), (0, 1)}
+    assert pixels(PointPrompt(0.5, 0.5, radius=1).rasterize(3, 3)) == {(0, 0), (1, 0), (0, 1)}
+    # An integer point is its pixel's top-left corner: radius 0 marks that pixel, a radius-1 disk the four
+    # pixels around the corner.
+    assert pixels(PointPrompt(0, 0, radius=0).rasterize(3, 3)) == {(0, 0)}
+    assert pixels(PointPrompt(2, 2, radius=1).rasterize(5, 5)) == {(1, 1), (2, 1), (1, 2), (2, 2)}
+
+
+def test_points_follow_the_boxes_pixel_convention():
+    # Regression: points were rasterised with pixel centres at the integer coordinates, so the documented centre
+    # of pixel (0, 0), (0.5, 0.5), marked pixel (1, 1), and a disk centred on a pixel was lopsided.
+    for i, j in ((0, 0), (3, 1), (7, 5)):
+        box = BoxPrompt(i, j, i + 1, j + 1).rasterize(6, 8)
+        for dx, dy in ((0.0, 0.0), (0.5, 0.5), (0.9, 0.9), (0.1, 0.7)):
+            assert np.array_equal(PointPrompt(i + dx, j + dy, radius=0).rasterize(6, 8), box), (i, j, dx, dy)
+        assert np.array_equal(ScribblePrompt([(i + 0.5, j + 0.5)], width=1).rasterize(6, 8), box)
+    assert pixels(PointPrompt(2.5, 2.5, radius=1).rasterize(6, 6)) == {(2, 2), (1, 2), (3, 2), (2, 1), (2, 3)}
+    disk = PointPrompt(4.5, 4.5, radius=3).rasterize(9, 9)  # centred on the middle pixel: symmetric
+    assert disk[4, 4] and np.array_equal(disk, disk[::-1]) and np.array_equal(disk, disk[:, ::-1])
+    stroke = ScribblePrompt([(1.5, 4.5), (7.5, 4.5)], width=3).rasterize(9, 9)
+    assert np.array_equal(stroke, stroke[::-1]) and np.array_equal(stroke, stroke[:, ::-1])
 
 
 def test_several_points_are_several_disks():
-    mask = PointPrompt(points=[(1, 1), (6, 3)], radius=1).rasterize(5, 8)
+    mask = PointPrompt(points=[(1.5, 1.5), (6.5, 3.5)], radius=1).rasterize(5, 8)
     assert pixels(mask) == {(1, 1), (0, 1), (2, 1), (1, 0), (1, 2), (6, 3), (5, 3), (7, 3), (6, 2), (6, 4)}
     assert PointPrompt(3, 4) == PointPrompt(points=[(3, 4)]) and PointPrompt(3, 4).radius == 8
 
 
 def test_two_point_scribble_is_a_capsule_of_the_brush_width():
-    # Horizontal stroke (2, 5) -> (8, 5), brush 5 px: every pixel within 2.5 px of the segment.
-    mask = ScribblePrompt([(2, 5), (8, 5)], width=5).rasterize(11, 12)
+    # Horizontal stroke through the centres of pixels (2, 5) -> (8, 5), brush 5 px: every pixel whose centre is
+    # within 2.5 px of the segment.
+    mask = ScribblePrompt([(2.5, 5.5), (8.5, 5.5)], width=5).rasterize(11, 12)
     body = {(x, y) for x in range(2, 9) for y in range(3, 8)}
     caps = {(1, y) for y in range(3, 8)} | {(9, y) for y in range(3, 8)} | {(0, y) for y in (4, 5, 6)} | {
         (10, y) for y in (4, 5, 6)}
@@ -69,20 +90,24 @@ def test_two_point_scribble_is_a_capsule_of_the_brush_width():
 
 
 def test_one_pixel_scribble_is_exactly_the_pixels_it_passes():
-    diagonal = ScribblePrompt([(0, 0), (3, 3)], width=1).rasterize(4, 4)
+    diagonal = ScribblePrompt([(0.5, 0.5), (3.5, 3.5)], width=1).rasterize(4, 4)
     assert np.array_equal(diagonal, np.eye(4, dtype=bool))
-    bent = ScribblePrompt([(0, 1), (3, 1), (3, 4)], width=1).rasterize(5, 5)
+    bent = ScribblePrompt([(0.5, 1.5), (3.5, 1.5), (3.5, 4.5)], width=1).rasterize(5, 5)
     assert pixels(bent) == {(0, 1), (1, 1), (2, 1), (3, 1), (3, 2), (3, 3), (3, 4)}
-    dot = ScribblePrompt([(2, 2)], width=3).rasterize(5, 5)  # one point: a dot of diameter 3
+    dot = ScribblePrompt([(2.5, 2.5)], width=3).rasterize(5, 5)  # one point: a dot of diameter 3
     assert pixels(dot) == {(x, y) for x in (1, 2, 3) for y in (1, 2, 3)}  # corners: sqrt(2) <= 1.5
-    assert pixels(ScribblePrompt([(2, 2)], width=2).rasterize(5, 5)) == {(2, 2), (1, 2), (3, 2), (2, 1), (2, 3)}
+    assert pixels(ScribblePrompt([(2.5, 2.5)], width=2).rasterize(5, 5)) == {(2, 2), (1, 2), (3, 2), (2, 1), (2, 3)}
+    # Along a pixel edge (integer coordinates) a width-1 brush reaches the centres on both sides of it; the pixel
+    # the last point (3, 2) lies in is marked too.
+    edge = ScribblePrompt([(0, 2), (3, 2)], width=1).rasterize(4, 4)
+    assert pixels(edge) == {(x, y) for x in range(3) for y in (1, 2)} | {(3, 2)}
 
 
 def test_a_fractional_point_with_a_thin_brush_still_marks_its_pixel():
-    # No pixel centre lies within 0 (or 0.25) px of (10.5, 10.4): the pixel the point lies in is the prompt, not
+    # No pixel centre lies within 0 (or 0.25) px of these points: the pixel the point lies in is the prompt, not
     # nothing (an empty prompt would make the trained head attend to the whole image).
-    assert pixels(PointPrompt(10.5, 10.4, radius=0).rasterize(20, 20)) == {(11, 10)}
-    assert pixels(ScribblePrompt([(3.5, 3.5), (3.5, 3.5)], width=0.5).rasterize(8, 8)) == {(4, 4)}
+    assert pixels(PointPrompt(10.2, 10.9, radius=0).rasterize(20, 20)) == {(10, 10)}
+    assert pixels(ScribblePrompt([(3.2, 3.9), (3.2, 3.9)], width=0.5).rasterize(8, 8)) == {(3, 3)}
     assert pixels(PointPrompt(19.6, 0.2, radius=0).rasterize(20, 20)) == {(19, 0)}  # the last column, not beyond
 
 

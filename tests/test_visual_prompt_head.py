@@ -30,6 +30,7 @@ from dsunet_hf.models.visual_prompt.modeling_visual_prompt import (
     pairwise_mask_cost,
     sigmoid_focal_loss,
 )
+from dsunet_hf.prompts import PointPrompt
 
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
                  image_size=64)
@@ -239,6 +240,13 @@ def test_prompt_kinds_are_made_from_the_region():
     assert scribble.any() and not (scribble & ~region).any()
     point = prompt_mask_from_region(region, "point", rng)
     assert point.any() and (point & region).any() and point.sum() < 60
+    # A click on a region pixel is the disk centred on that pixel (pixel (x, y)'s centre is (x + 0.5, y + 0.5), as
+    # prompts.py documents): symmetric around it, not half a pixel down-right.
+    dot = np.zeros((40, 40), bool)
+    dot[7, 11] = True
+    click = prompt_mask_from_region(dot, "point", rng)  # radius 2
+    rows, cols = np.nonzero(click)
+    assert click[7, 11] and click.sum() == 13 and (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 9, 9, 13)
     with pytest.raises(ValueError, match="empty region"):
         prompt_mask_from_region(np.zeros((4, 4), bool), "mask", rng)
     with pytest.raises(ValueError, match="unknown prompt kind"):
@@ -327,6 +335,21 @@ def test_segment_returns_logits_at_each_targets_size_and_checks_prompts(tmp_path
         model.segment([reference], [], [reference])
     with pytest.raises(ValueError, match="entirely outside"):
         model.segment([reference], ["box:100,2,200,20"], [reference])
+
+
+def test_predict_masks_prompt_errors_name_the_prompt_and_the_reference(tmp_path):
+    # Regression: a prompt off one of several references did not say which reference (the CLI's did).
+    model = tiny_model()
+    Image.fromarray(np.zeros((400, 600, 3), np.uint8)).save(tmp_path / "big.jpg")
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "small.jpg")
+    with pytest.raises(ValueError, match=r"prompt box:100,100,200,200 on reference .*small\.jpg: box \(100, 100, "
+                                         r"200, 200\) lies entirely outside the image of size 60x40"):
+        model.predict_masks([tmp_path / "big.jpg", tmp_path / "small.jpg"], ["box:100,100,200,200"] * 2,
+                            [tmp_path / "big.jpg"])
+    array = np.zeros((40, 60, 3), np.uint8)  # not a path: named by its index
+    with pytest.raises(ValueError, match=r"prompt PointPrompt\(.*\) on references\[1\] \(ndarray\): "
+                                         r"point prompt: point\(s\) \(70, 5\) off the image"):
+        model.segment([array, array], ["box:1,1,5,5", PointPrompt(70, 5)], [array])
 
 
 def test_reference_memory_tokens_average_to_the_prompt_and_found_masks_keep_their_core_patches():

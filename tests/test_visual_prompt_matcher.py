@@ -378,6 +378,19 @@ def test_prompt_count_must_match_references(random_matcher):
         random_matcher.segment([image], [np.zeros((28, 28))], [image])
 
 
+def test_prompt_errors_name_the_prompt_and_the_reference(random_matcher, tmp_path):
+    # Regression: predict_masks / segment's prompt errors did not say which of several references they were on.
+    from PIL import Image
+
+    image = np.zeros((28, 28, 3), np.uint8)
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "small.jpg")
+    with pytest.raises(ValueError, match=r"prompt box:100,100,200,200 on reference .*small\.jpg: box \(100, 100, "
+                                         r"200, 200\) lies entirely outside the image of size 60x40"):
+        random_matcher.predict_masks([image, tmp_path / "small.jpg"], ["box:0,0,5,5", "box:100,100,200,200"], [image])
+    with pytest.raises(ValueError, match=r"prompt mask array 28x28 on references\[0\] \(ndarray\): mask is empty"):
+        random_matcher.segment([image], [np.zeros((28, 28))], [image])
+
+
 def test_config_only_artifact_round_trips(tmp_path, offline_hub):
     torch.manual_seed(1)
     Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14)).save_pretrained(tmp_path / "dino")

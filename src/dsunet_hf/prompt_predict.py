@@ -32,7 +32,7 @@ from .predict import (
     overlay_image,
     remove_leftover_temporaries,
 )
-from .prompts import as_prompt, reference_mask
+from .prompts import as_prompt, describe_prompt, reference_masks
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
 __all__ = ["PromptTracker", "default_threshold", "frame_order", "load_visual_prompt_model", "predict_with_prompts",
@@ -91,13 +91,7 @@ def prompt_panel(references: list[tuple[Image.Image, np.ndarray]], target: Image
     return panel
 
 
-def _prompt_text(prompt: Any) -> str:
-    """How a prompt is named in errors and the report: its text, a mask array by its size (the app's painted
-    prompts; its repr would be the pixels), anything else by its repr."""
-    if isinstance(prompt, str):
-        return prompt
-    shape = getattr(prompt, "shape", None)
-    return f"mask array {shape[1]}x{shape[0]}" if shape is not None and len(shape) == 2 else repr(prompt)
+_prompt_text = describe_prompt  # how a prompt is named in errors and the report
 
 
 def frame_order(path: Path) -> list:
@@ -208,13 +202,9 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     output_dir = Path(output_dir)
     check_batch_options(output_dir, batch_size)
     reference_images = [load_image(reference) for reference in references]  # errors name the file
-    prompt_objects = [as_prompt(prompt) for prompt in prompts]
-    masks = []
-    for prompt, given, image, source in zip(prompt_objects, prompts, reference_images, references):
-        try:
-            masks.append(reference_mask(prompt, image))
-        except ValueError as error:
-            raise ValueError(f"prompt {_prompt_text(given)} on reference {source}: {error}") from error
+    for prompt in prompts:
+        as_prompt(prompt)  # malformed text: an error quoting it, before any image is rasterised
+    masks = reference_masks(prompts, reference_images, references)  # errors name the prompt and the reference
     threshold = default_threshold(model) if threshold is None else float(threshold)
     report = PredictionReport()
     pending, videos = [], []

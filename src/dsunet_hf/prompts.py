@@ -5,9 +5,12 @@ is, a scribble as the pixels its brush covers, a box as a filled rectangle. It h
 prompt (points are only position queries there); here a point becomes a small disk, an approximation.
 
 Coordinates are pixels: ``x`` is the column, ``y`` the row, and pixel ``(x, y)`` is the unit square
-``[x, x + 1) x [y, y + 1)`` of the image, so integer coordinates name pixels and a box's corners are
-pixel edges. Every ``rasterize(height, width)`` returns a ``(height, width)`` bool array, and raises
-``ValueError`` with a message naming the problem (empty mask, wrong size, off the image, ...).
+``[x, x + 1) x [y, y + 1)`` of the image, so integer coordinates name pixels (a point ``(x, y)`` lies in
+pixel ``(floor(x), floor(y))``), a box's corners are pixel edges and pixel ``(i, j)``'s centre is
+``(i + 0.5, j + 0.5)``: points and scribbles cover the pixels whose centres their disk / brush reaches (to
+centre a disk exactly on pixel ``(i, j)``, e.g. a click on it, give ``i + 0.5, j + 0.5``). Every
+``rasterize(height, width)`` returns a ``(height, width)`` bool array, and raises ``ValueError`` with a
+message naming the problem (empty mask, wrong size, off the image, ...).
 
 ``parse_prompt`` reads the command-line syntax::
 
@@ -38,8 +41,11 @@ __all__ = [
     "PointPrompt",
     "Prompt",
     "ScribblePrompt",
+    "describe_prompt",
+    "describe_reference",
     "parse_prompt",
     "reference_mask",
+    "reference_masks",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -82,17 +88,17 @@ def _num(value: float) -> str:
 
 
 def _mark_point_pixels(points, height: int, width: int, out: np.ndarray) -> None:
-    """Set the pixel each point lies in (pixel ``(x, y)`` spans ``x - 0.5 .. x + 0.5``): a fractional point with a
-    brush too thin to reach any pixel centre still marks its pixel, so a prompt is never empty."""
+    """Set the pixel each point lies in (pixel ``(x, y)`` spans ``x .. x + 1``): a point with a brush too thin to
+    reach any pixel centre still marks its pixel, so a prompt is never empty."""
     for x, y in points:
-        out[min(int(math.floor(y + 0.5)), height - 1), min(int(math.floor(x + 0.5)), width - 1)] = True
+        out[min(int(math.floor(y)), height - 1), min(int(math.floor(x)), width - 1)] = True
 
 
 def _near_segment(height: int, width: int, a: tuple[float, float], b: tuple[float, float], radius: float,
                   out: np.ndarray) -> None:
     """Set ``out`` where the pixel centre lies within ``radius`` of the segment a-b (a capsule).
 
-    Pixel ``(x, y)`` is represented by the point ``(x, y)`` (its index), as the prompt coordinates are.
+    Pixel ``(x, y)`` is the square ``[x, x + 1) x [y, y + 1)``, as for boxes: its centre is ``(x + 0.5, y + 0.5)``.
     Only the segment's bounding box (grown by the radius) is evaluated.
     """
     (ax, ay), (bx, by) = a, b
@@ -102,7 +108,7 @@ def _near_segment(height: int, width: int, a: tuple[float, float], b: tuple[floa
     y_hi = min(int(math.ceil(max(ay, by) + radius)), height - 1)
     if x_lo > x_hi or y_lo > y_hi:
         return
-    ys, xs = np.mgrid[y_lo : y_hi + 1, x_lo : x_hi + 1].astype(np.float64)
+    ys, xs = np.mgrid[y_lo : y_hi + 1, x_lo : x_hi + 1].astype(np.float64) + 0.5  # pixel centres
     dx, dy = bx - ax, by - ay
     length2 = dx * dx + dy * dy
     if length2 > 0:
@@ -200,8 +206,10 @@ class BoxPrompt:
 
 
 class PointPrompt:
-    """One or more points, each rasterised as a disk: pixel ``(px, py)`` is foreground when
-    ``(px - x)**2 + (py - y)**2 <= radius**2`` for some point (radius 0: the single pixel).
+    """One or more points, each rasterised as a disk: pixel ``(px, py)`` is foreground when its centre is within
+    ``radius`` of a point, ``(px + 0.5 - x)**2 + (py + 0.5 - y)**2 <= radius**2``, and so is the pixel each point
+    lies in (radius 0: exactly that pixel, ``(floor(x), floor(y))``). ``PointPrompt(i + 0.5, j + 0.5, r)`` is the
+    digital disk centred on pixel ``(i, j)``; an integer point ``(i, j)`` is that pixel's top-left corner.
 
     DINOv has no content point prompt (its points are position queries); a small disk mask is the
     approximation used here. ``PointPrompt(x, y)`` or ``PointPrompt(points=[(x, y), ...])``. Every
@@ -248,10 +256,10 @@ class PointPrompt:
 class ScribblePrompt:
     """A polyline through ``points`` drawn with a round brush ``width`` px wide (round joints and caps).
 
-    Pixel ``(px, py)`` is foreground when its distance to the polyline is at most ``width / 2``, so a
-    width-1 scribble along a row, column or diagonal is exactly the pixels it passes through, and a
-    one-point scribble is a dot of diameter ``width``. (DINOv's scribbles are strokes of 2.5-15 px
-    brushes.) Every point must lie on the image.
+    Pixel ``(px, py)`` is foreground when its centre ``(px + 0.5, py + 0.5)`` is at most ``width / 2`` from the
+    polyline (and so are the pixels its points lie in), so a width-1 scribble through pixel centres along a row,
+    column or diagonal is exactly the pixels it passes through, and a one-point scribble is a dot of diameter
+    ``width``. (DINOv's scribbles are strokes of 2.5-15 px brushes.) Every point must lie on the image.
     """
 
     def __init__(self, points: list[tuple[float, float]], width: float = 5):
@@ -366,3 +374,35 @@ def reference_mask(prompt: Any, image: Any) -> np.ndarray:
         loaded = load_image(image)
         height, width = loaded.height, loaded.width
     return as_prompt(prompt).rasterize(height, width)
+
+
+def describe_prompt(prompt: Any) -> str:
+    """How a prompt is named in errors and reports: its text, a mask array by its size (the app's painted prompts;
+    its repr would be the pixels), anything else by its repr."""
+    if isinstance(prompt, str):
+        return prompt
+    shape = getattr(prompt, "shape", None)
+    return f"mask array {shape[1]}x{shape[0]}" if shape is not None and len(shape) == 2 else repr(prompt)
+
+
+def describe_reference(reference: Any, index: int) -> str:
+    """How a reference image is named in errors: its path when it is one, else its index in the references."""
+    if isinstance(reference, (str, os.PathLike)):
+        return f"reference {os.fspath(reference)}"
+    return f"references[{index}] ({type(reference).__name__})"
+
+
+def reference_masks(prompts: Any, images: Any, references: Any | None = None) -> list[np.ndarray]:
+    """:func:`reference_mask` of each prompt on its image; a bad prompt's ``ValueError`` names the prompt and its
+    reference (``references``: the references as given, paths or images, default ``images``), as in ``prompt
+    'box:...' on reference ref2.jpg: box ... lies entirely outside the image ...``."""
+    prompts, images = list(prompts), list(images)
+    references = images if references is None else list(references)
+    masks = []
+    for index, (prompt, image, given) in enumerate(zip(prompts, images, references)):
+        try:
+            masks.append(reference_mask(prompt, image))
+        except ValueError as error:
+            raise ValueError(f"prompt {describe_prompt(prompt)} on {describe_reference(given, index)}: "
+                             f"{error}") from error
+    return masks

@@ -40,7 +40,7 @@ from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...hub import PLACEHOLDER_REPO_ID
 from ...image_io import load_image
 from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
-from ...prompts import reference_mask
+from ...prompts import reference_masks
 from .configuration_visual_prompt import VisualPromptMatcherConfig
 
 __all__ = [
@@ -366,7 +366,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         if not targets:
             raise ValueError("no target image to segment")
         reference_images = [load_image(image) for image in references]
-        masks = [reference_mask(prompt, image) for prompt, image in zip(prompts, reference_images)]
+        masks = reference_masks(prompts, reference_images, references)  # errors name the prompt and the reference
         memory = self.reference_memory(reference_images, masks, feature_fn=feature_fn, batch_size=batch_size)
         return self.segment_with_memory(memory, targets, feature_fn=feature_fn, batch_size=batch_size, refine=refine)
 

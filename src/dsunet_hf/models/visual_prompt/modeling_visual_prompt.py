@@ -44,7 +44,7 @@ from transformers.utils import ModelOutput
 from ...backbones.dinov2 import DINOv2Backbone
 from ...image_io import load_image
 from ...modeling_utils import check_pixel_values, run_backbone
-from ...prompts import reference_mask
+from ...prompts import reference_masks
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
 from .matcher import DinoVisualPromptModel, linear_assignment, patch_mask
 
@@ -426,7 +426,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             raise ValueError(f"need one prompt per reference image, got {len(references)} references and "
                              f"{len(prompts)} prompts")
         images = [load_image(image) for image in references]
-        masks = [reference_mask(prompt, image) for prompt, image in zip(prompts, images)]
+        masks = reference_masks(prompts, images, references)  # errors name the prompt and the reference
         return torch.stack(self.reference_memory(images, masks)).mean(0, keepdim=True)
 
     @torch.no_grad()

@@ -89,11 +89,11 @@ def test_every_metric_equals_direct_pysodmetrics():
     assert len(metrics) == len(pairs)
     got = metrics.compute()
     expected = direct_pysodmetrics(pairs)
-    # HIGHER_IS_BETTER also covers the multi-class accuracies, visual prompting's absent_area and training's
-    # validation loss (both lower is better).
-    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {"mAcc", "aAcc", "absent_area",
-                                                                                        "loss", *DIS_METRIC_NAMES}
-    assert HIGHER_IS_BETTER["absent_area"] is False and HIGHER_IS_BETTER["loss"] is False
+    # HIGHER_IS_BETTER also covers the multi-class accuracies, visual prompting's absent_area, training's
+    # validation loss and DAVIS's decays (lower is better for those four).
+    assert set(got) == EXPECTED_KEYS == set(METRIC_NAMES) == set(HIGHER_IS_BETTER) - {
+        "mAcc", "aAcc", "absent_area", "loss", "J_decay", "F_decay", *DIS_METRIC_NAMES}
+    assert not any(HIGHER_IS_BETTER[name] for name in ("absent_area", "loss", "J_decay", "F_decay"))
     assert list(got) == list(METRIC_NAMES)
     for name in EXPECTED_KEYS:
         assert type(got[name]) is float, name

@@ -282,6 +282,25 @@ def test_verify_drops_mismatch_and_corrupt_files_with_one_warning(tmp_path, capl
     assert dropped_files(train_validation_split(ds, 0.5)[1]) == dropped_files(ds)
 
 
+def test_a_rotated_tiff_is_checked_at_the_size_it_is_shown(tmp_path):
+    """Pillow's TIFF plugin reports a rotated TIFF's displayed size at open already: the header check turned it a
+    second time and dropped a correct pair."""
+    from dsunet_hf.data import _oriented_size
+    from dsunet_hf.image_io import load_image
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    stored = _rgb(30, 40)  # stored 30 wide x 40 high; Orientation 6 shows it 40 x 30
+    stored.save(root / "images" / "a.tif", tiffinfo={0x0112: 6})
+    _with_orientation(stored, root / "images" / "b.jpg", 6)
+    for name in ("a", "b"):
+        _mask(40, 30).save(root / "masks" / f"{name}.png")
+        path = next((root / "images").glob(f"{name}.*"))
+        assert _oriented_size(str(path)) == load_image(path).size == (40, 30), path.name
+    assert [Path(p).stem for p in load_segmentation_dataset(root)["image"]] == ["a", "b"]
+
+
 def test_verify_false_keeps_everything_and_errors_name_the_file(tmp_path, processor):
     root = tmp_path / "set"
     write_pairs(root, "images", "masks", ["a", "b"])
@@ -439,6 +458,61 @@ def test_collate_types(tmp_path, processor):
             assert batch["original_size"] == [(24, 24)] * 3
     with pytest.raises(ValueError):
         collate_segmentation([])
+
+
+def _image_cells(n: int, mask=None) -> datasets.Dataset:
+    masks = [_mask(12, 10)] * n if mask is None else mask
+    return datasets.Dataset.from_dict({"image": [_rgb(12, 10, seed=i) for i in range(n)], "mask": masks},
+                                      features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}))
+
+
+def test_hub_dataset_with_its_validation_split_named_val(tmp_path):
+    """--val-data asks split="validation": a repo that names it "val" failed in datasets.load_dataset ('Unknown split')
+    before the split aliases were looked at; a train split named "training" likewise."""
+    from dsunet_hf.data import _load_hub
+
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    _image_cells(3).to_parquet(str(root / "data" / "tr.parquet"))
+    _image_cells(2).to_parquet(str(root / "data" / "va.parquet"))
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: training\n"
+                                    "    path: data/tr.parquet\n  - split: val\n    path: data/va.parquet\n---\n")
+    kwargs = {"cache_dir": str(tmp_path / "cache")}
+    assert len(_load_hub(str(root), "validation", None, kwargs)) == 2
+    assert len(_load_hub(str(root), "val", None, kwargs)) == 2
+    assert len(_load_hub(str(root), None, None, kwargs)) == len(_load_hub(str(root), "train", None, kwargs)) == 3
+    with pytest.raises(ValueError, match=r"no split 'test'; splits: \['training', 'val'\]"):
+        _load_hub(str(root), "test", None, kwargs)
+
+
+def test_streaming_is_refused_clearly_and_pixel_values_is_an_image_column(tmp_path):
+    """streaming=True failed with "object of type 'IterableDataset' has no len()"; transformers' examples name the
+    image column pixel_values."""
+    write_pairs(tmp_path / "set", "images", "masks", ["a", "b"])
+    with pytest.raises(ValueError, match="streaming datasets .* are not supported"):
+        load_segmentation_dataset(tmp_path / "set", streaming=True)
+    with pytest.raises(ValueError, match="streaming datasets .* are not supported"):
+        load_segmentation_dataset(_image_cells(2).to_iterable_dataset())
+    renamed = _image_cells(2).rename_column("image", "pixel_values").rename_column("mask", "label")
+    ds = load_segmentation_dataset(renamed)
+    assert ds.column_names == ["image", "mask", "sample_id"] and ds[1]["image"].size == (12, 10)
+
+
+@pytest.mark.parametrize("cell", ["none", "corrupt"])
+def test_a_bad_dataset_cell_names_its_sample_column_and_file(cell, processor):
+    """A None mask cell was a TypeError traceback; corrupt Image bytes said "Truncated File Read", naming neither the
+    row nor the column."""
+    from dsunet_hf.data import undecoded_images
+
+    bad = None if cell == "none" else {"bytes": b"\x89PNG\r\n\x1a\n truncated", "path": "case_2_mask.png"}
+    ds = undecoded_images(load_segmentation_dataset(_image_cells(3, [_mask(12, 10), _mask(12, 10), bad])))
+    assert ds.features["image"].decode is False and ds.column_names == ["image", "mask", "sample_id"]
+    transformed = ds.with_transform(SegmentationTransform(processor, train=True))
+    assert transformed[1]["labels"].shape == (1, 32, 32)  # the good cells decode as before
+    expected = ("sample 2, column 'mask': the cell is empty" if cell == "none" else
+                r"sample 2, column 'mask' \(case_2_mask.png\): cannot decode the image bytes \(.*Truncated File Read")
+    with pytest.raises(ValueError, match=expected):
+        transformed[2]
 
 
 # ------------------------------------------------------------------------------------------ real samples

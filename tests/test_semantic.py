@@ -279,6 +279,23 @@ def test_undecoded_dataset_cells_are_read_as_the_binary_path_reads_them():
     assert torch.equal(example["labels"], torch.from_numpy(labels).long())
 
 
+def test_0_255_binary_masks_are_refused_for_a_multi_class_model_and_label_maps_are_not(tmp_path):
+    """0/255 masks given to a multi-class model (255 = the ignore index) trained the background only, silently."""
+    from dsunet_hf.semantic import check_not_binary_255
+
+    binary = np.zeros((20, 20), np.uint8)
+    binary[5:15, 5:15] = 1
+    classes = binary * 2
+    classes[0] = 255  # VOC's void border beside real classes
+    for name, array in {"b255": binary * 255, "b01": binary, "classes": classes, "empty": binary * 0}.items():
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+    rows = lambda *names: [{"mask": str(tmp_path / f"{name}.png")} for name in names]  # noqa: E731
+    with pytest.raises(ValueError, match=r"organs/: the masks of the first 2 samples hold only 0 and 255.*0/1"):
+        check_not_binary_255(rows("b255", "empty"), "organs/", "Dinov2ForSemanticSegmentation")
+    for names in (("b01", "b01"), ("classes", "b255"), ("empty",), ("b255", "b01")):
+        check_not_binary_255(rows(*names), "organs/", "Dinov2ForSemanticSegmentation")  # label maps: fine
+
+
 def test_resizes_are_opencv_bilinear_without_antialiasing():
     """mmcv resizes with cv2 INTER_LINEAR: no antialiasing, other pixels than PIL's BILINEAR when downscaling."""
     import cv2

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA, TINY_HIERA, TINY_SIZE
+from PIL import Image
 from safetensors.torch import load_file
 
 from dsunet_hf.synthetic import make_camouflage_dataset
@@ -339,6 +342,42 @@ def test_bad_numbers_and_a_truncated_file_are_one_line_and_verify_data_full_leav
                     "--max-steps", "1"])
     summary = train(tiny_args(data, tmp_path / "full", max_steps=1, eval_steps=1, verify_data="full"))
     assert summary["global_step"] == 1
+
+
+def test_max_val_samples_below_one_is_refused_before_anything_loads(generated_data, tmp_path):
+    """--max-val-samples 0 was accepted and the run died at its first validation ("no sample could be evaluated")."""
+    from dsunet_hf.training import check_numbers
+
+    for value in (0, -3):
+        with pytest.raises(ValueError, match=f"--max-val-samples must be at least 1, got {value}"):
+            check_numbers(tiny_args(generated_data, tmp_path / "x", max_val_samples=value))
+    check_numbers(tiny_args(generated_data, tmp_path / "x", max_val_samples=1))
+
+
+def test_a_multi_class_model_given_0_255_masks_is_refused(generated_data, tmp_path):
+    """255 is a multi-class model's ignore index: 0/255 binary masks trained the background only, silently."""
+    overrides = json.dumps({"hiera_config": TINY_HIERA, "rfb_channels": 16, "num_labels": 3})
+    with pytest.raises(ValueError, match=r"hold only 0 and 255, and 255 is the ignore index of Sam2UNet.*multi-class"):
+        train(tiny_args(generated_data, tmp_path / "multi", config_overrides=overrides))
+    assert not (tmp_path / "multi" / "checkpoints").exists()
+
+
+def test_a_none_cell_of_a_saved_dataset_is_one_line(tmp_path):
+    """A None mask cell of a datasets.Dataset was a TypeError traceback out of training.main."""
+    from dsunet_hf.training import main as train_main
+
+    mask = np.zeros((TINY_SIZE, TINY_SIZE), np.uint8)
+    mask[4:20, 4:20] = 255
+    images = [Image.fromarray(np.full((TINY_SIZE, TINY_SIZE, 3), 40 * i, np.uint8)) for i in range(4)]
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    masks = [Image.fromarray(mask)] * 3 + [None]
+    datasets.Dataset.from_dict({"image": images, "mask": masks}, features=features).save_to_disk(tmp_path / "train")
+    datasets.Dataset.from_dict({"image": images[:2], "mask": masks[:2]}, features=features).save_to_disk(tmp_path / "val")
+    with pytest.raises(SystemExit, match=r"^train: sample 3, column 'mask': the cell is empty \(None\)$"):
+        train_main(["--train-data", str(tmp_path / "train"), "--val-data", str(tmp_path / "val"), "--output-dir",
+                    str(tmp_path / "out"), "--backbone", "random", "--backbone-preset", "tiny", "--config-overrides",
+                    TINY_OVERRIDES, "--image-size", str(TINY_SIZE), "--batch-size", "4", "--max-steps", "1",
+                    "--report-to", "none", "--no-progress"])
 
 
 def test_a_runs_training_args_json_reproduces_it(generated_data, tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -438,3 +439,75 @@ def test_cover_art_is_not_taken_for_the_video(monkeypatch):
     container.streams.video = [cover]
     with pytest.raises(video.VideoReadError, match="song.mp4: has no video stream"):
         video._open_video("song.mp4")
+
+
+class FullDiskContainer:
+    """An output container whose every mux fails as on a full disk (the first one writes the header), counting
+    the calls: after a failed mux PyAV segfaults muxing into the same container again."""
+
+    def __init__(self, container):
+        self.container, self.muxed = container, 0
+
+    def add_stream(self, *args, **kwargs):
+        return self.container.add_stream(*args, **kwargs)
+
+    def mux(self, packet):
+        self.muxed += 1
+        if self.muxed == 1:
+            time.sleep(0.3)  # the next frames are queued meanwhile, as when writing is slower than predicting
+        raise av.error.OSError(28, "No space left on device", "cutouts/clip.mov")
+
+    def close(self):
+        self.container.close()
+
+
+def test_a_failed_write_leaves_the_video_container_alone(tmp_path, processor, monkeypatch):
+    from dsunet_hf import video
+
+    containers = []
+    original = video.VideoWriter.__init__
+
+    def init(self, file, kind, rate):
+        original(self, file, kind, rate)
+        if kind == "cutouts":  # ProRes: one packet per frame, so the first frame already muxes
+            self.container = FullDiskContainer(self.container)
+            containers.append(self.container)
+
+    monkeypatch.setattr(video.VideoWriter, "__init__", init)
+    clip = write_video(tmp_path / "clip.mp4", [square_frame(i % 10) for i in range(24)])
+    report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", cutout=True, batch_size=4,
+                           progress=False)
+    assert list(report.failed) == [str(clip)] and "No space left on device" in report.failed[str(clip)]
+    assert containers[0].muxed == 1  # neither the next frames nor the encoder's flush touched it again
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "prediction_report.json"]
+
+    # The writer itself refuses every later frame, and closes without flushing into the failed container.
+    writer = video.VideoWriter(tmp_path / "alone.mov", "cutouts", Fraction(25))
+    frame = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(frame, 0, Fraction(1, 25))
+    with pytest.raises(OSError, match="not written after an earlier error"):
+        writer.write(frame, 1, Fraction(1, 25))
+    writer.close()
+    assert containers[-1].muxed == 1
+
+
+@pytest.mark.parametrize("error", [av.error.OSError(28, "No space left on device", "overlays/clip.mp4.audio"),
+                                   OSError(122, "Disk quota exceeded")])
+def test_a_disk_error_while_the_sound_goes_in_fails_the_video(tmp_path, processor, monkeypatch, error):
+    """Only a codec problem keeps a silent video: a full disk kept it as finished, and the re-run after freeing
+    space called it "already present"."""
+    from dsunet_hf import video
+
+    def full_disk(*args):
+        raise error
+
+    monkeypatch.setattr(video, "add_audio", full_disk)
+    clip = write_video_with_sound(tmp_path / "clip.mp4", [square_frame(i) for i in range(5)], "aac", seconds=0.2)
+    report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
+    assert not report.written and error.strerror in report.failed[str(clip)]
+    assert not (tmp_path / "out" / "overlays" / "clip.mp4").exists()
+    assert not (tmp_path / "out" / "masks" / "clip.mp4").exists()
+    monkeypatch.undo()
+    again = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
+    assert again.written == [str(clip)] and audio_of(tmp_path / "out" / "overlays" / "clip.mp4") is not None

@@ -33,7 +33,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_io import ImageReadError, decodable_cell, load_image, load_mask
+from .image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    decodable_cell,
+    displayed_size,
+    load_cell,
+    load_image,
+    load_mask,
+)
 
 __all__ = [
     "IMAGE_DIR_NAMES",
@@ -54,7 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 # Recognised folder names, in order of preference. Names are compared case-insensitively with "-", "_" and
 # spaces treated alike ("Ground Truth" == "ground_truth"). The two lists share no name, and a name like
@@ -80,7 +87,7 @@ _SPLIT_ALIASES = {
 # Mask file names sometimes carry a suffix: ISIC_0000000_segmentation.png, 0001_mask.png, 0001-gt.png.
 MASK_STEM_SUFFIXES = ("_segmentation", "_mask", "-mask", "_gt", "-gt", "_label", "_labels", "_anno", "_annotation")
 _JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
-IMAGE_COLUMN_NAMES = ("image", "img", "images", "input", "rgb")
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "input", "rgb", "pixel_values")  # the last: transformers' examples
 MASK_COLUMN_NAMES = ("mask", "label", "annotation", "segmentation", "gt",
                      "masks", "labels", "annotations", "segmentation_mask", "ground_truth", "gt_mask")
 _DROPPED_MARKER = "dropped-files-json: "
@@ -348,18 +355,10 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
 
 
 # ----------------------------------------------------------------------------------------- verification
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-
-
 def _oriented_size(path: str) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the file header (pixel data is not decoded)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        # PNG's getexif() decodes the whole file to find an eXIf chunk after the pixel data; the base
-        # implementation reads only what the header parse put in ``info`` (eXIf/XMP before the pixels).
-        exif = Image.Image.getexif(image) if image.format == "PNG" else image.getexif()
-        orientation = exif.get(0x0112, 1)
-    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+    """(width, height) after EXIF orientation, from the file header (pixel data is not decoded; a PNG's EXIF from
+    the chunks before the pixels only): see :func:`dsunet_hf.image_io.displayed_size`."""
+    return displayed_size(path, header_only=True)
 
 
 def _decoded_size(path: str, what: str) -> tuple[int, int]:
@@ -497,6 +496,17 @@ def _normalise_columns(
     return _with_sample_ids(dataset)
 
 
+def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """``dataset`` with its ``Image`` columns cast to ``Image(decode=False)``: cells reach the transforms as
+    ``{"bytes", "path"}`` and are decoded there (:func:`~dsunet_hf.image_io.load_cell`), so a bad cell is named by
+    its sample, column and file instead of failing inside ``datasets`` ("Truncated File Read"). Only the features
+    change; no row is rewritten. Training applies it; :func:`load_segmentation_dataset` keeps decoded images."""
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(mode=feature.mode, decode=False))
+    return dataset
+
+
 def _set_name(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
     dataset.info.dataset_name = name
     return dataset
@@ -529,7 +539,13 @@ def _hub_offline() -> bool:
 
 def _load_hub(repo_id: str, split: str | None, num_proc: int | None, load_kwargs: dict) -> datasets.Dataset:
     try:
-        loaded = datasets.load_dataset(repo_id, split=split or "train", num_proc=num_proc, **load_kwargs)
+        try:
+            loaded = datasets.load_dataset(repo_id, split=split or "train", num_proc=num_proc, **load_kwargs)
+        except ValueError as err:  # 'Unknown split "validation". Should be one of [...]': the repo names it "val"
+            if "unknown split" not in str(err).lower():
+                raise
+            loaded = datasets.load_dataset(repo_id, num_proc=num_proc, **load_kwargs)  # every split; then the aliases
+            split = split or "train"
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
         first_line = (str(err).splitlines() or [""])[0]
         local = f" There is no local folder {os.path.abspath(repo_id)} either." if "/" in repo_id or "." in repo_id else ""
@@ -592,6 +608,12 @@ def load_segmentation_dataset(
     (threads) and is passed to ``datasets.load_dataset``; other keyword arguments (``cache_dir``,
     ``revision``, ``token``, ...) go to ``datasets.load_dataset`` too.
     """
+    if load_kwargs.get("streaming") or isinstance(source, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise ValueError(
+            "streaming datasets (streaming=True, datasets.IterableDataset) are not supported: training and evaluation "
+            "need the number of samples and random access. Load the dataset without streaming (it is downloaded "
+            "and cached once), or pass a local folder of image/mask pairs"
+        )
     if isinstance(source, datasets.DatasetDict):
         source = _pick_split(source, split, "DatasetDict")
     if isinstance(source, datasets.Dataset):
@@ -755,6 +777,28 @@ def class_index_mask_maximum(dataset, samples: int = 8) -> int | None:
     return max(found) if found else None
 
 
+def colour_coded_mask_values(dataset, samples: int = 8) -> int | None:
+    """The most colours among the first ``samples`` masks of ``dataset`` that are colour-coded (palette or RGB masks
+    with colours that are not grey and not one of the binary forms; see
+    :func:`~dsunet_hf.image_io.colour_coded_values`), or None when none is, or when one of the others is a mask read
+    as it is with foreground in it (a mixed set, as :func:`class_index_mask_maximum` leaves it alone; an empty mask
+    says nothing). Training and evaluation warn with it: such a mask is read by its luminance (a red object as 0.3)."""
+    from .image_io import colour_coded_values
+
+    found = []
+    for index in range(min(samples, len(dataset))):
+        try:
+            cell = decodable_cell(dataset[index]["mask"])
+            count = colour_coded_values(cell)
+            if count is None and load_mask(cell).any():
+                return None
+        except (ImageReadError, ValueError, OSError, TypeError):  # unreadable: the run itself reports it
+            continue
+        if count is not None:
+            found.append(count)
+    return max(found) if found else None
+
+
 class SegmentationTransform:
     """Rows -> model inputs, for ``dataset.with_transform(SegmentationTransform(processor, train=...))``.
 
@@ -805,8 +849,8 @@ class SegmentationTransform:
             )
         images, masks, ground_truths, sizes = [], [], [], []
         for image_source, mask_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
-            image = load_image(decodable_cell(image_source))
-            mask = load_mask(decodable_cell(mask_source))
+            image = load_cell(load_image, image_source, "image", sample_id)  # a bad cell: its sample, column, file
+            mask = load_cell(load_mask, mask_source, "mask", sample_id)
             if mask.shape != (image.height, image.width):
                 raise ValueError(
                     f"{_describe(mask_source, sample_id, 'mask')} is {mask.shape[1]}x{mask.shape[0]} but "

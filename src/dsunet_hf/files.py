@@ -82,7 +82,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The name's start only: a name near the file system's limit (255 bytes) plus the random part would pass it.
-    start = path.name.encode()[:64].decode(errors="ignore")  # bytes count towards the limit, not characters
+    # Bytes count towards the limit, not characters: whole characters up to 64 bytes, counted by os.fsencode, which
+    # keeps a name that is not UTF-8 (a Latin-1 "café" from an old camera card, surrogate-escaped) as its bytes.
+    start, size = "", 0
+    for character in path.name:
+        size += len(os.fsencode(character))
+        if size > 64:
+            break
+        start += character
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{start}.", suffix=".tmp")
     os.close(descriptor)
     try:
@@ -95,8 +102,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def _atomic(path: Path, write) -> None:
-    with atomic_path(path) as temporary:
-        write(str(temporary))
+    try:
+        with atomic_path(path) as temporary:
+            write(str(temporary))
+    except OSError as error:  # a full disk, a quota, an I/O error: said with the file it was writing
+        raise _naming(error, path) from error
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` as an OSError of the same errno that names ``path`` (Pillow and json writes name no file, and a
+    temporary file's name is not the output's)."""
+    if error.errno is None:
+        return OSError(f"{path}: {error}")
+    return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -107,8 +125,11 @@ def write_json_atomic(path: Path, payload) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def save_image_atomic(image: Image.Image, path: Path) -> None:
-    _atomic(path, lambda temporary: image.save(temporary, format="PNG"))
+def save_image_atomic(image: Image.Image, path: Path, icc_profile: bytes | None = None) -> None:
+    """``image`` as a PNG at ``path``; ``icc_profile`` (the input photo's colour profile, e.g. Display P3) is
+    embedded, so that viewers show the colours as the photo's."""
+    extra = {"icc_profile": icc_profile} if icc_profile else {}
+    _atomic(path, lambda temporary: image.save(temporary, format="PNG", **extra))
 
 
 def save_npy_atomic(array, path: Path) -> None:

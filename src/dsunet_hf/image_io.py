@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageReadError", "load_image", "load_label_map", "load_mask"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "colour_coded_values", "displayed_size", "load_image", "load_label_map",
+           "load_mask"]
+
+# The image files read from folders, by training, prediction and evaluation alike (lower case; Pillow reads more).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 _PathLike = (str, os.PathLike)
 
@@ -34,6 +38,30 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
     except Exception as err:  # decoders raise OSError, SyntaxError, struct.error, ... on bad data
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
         raise ImageReadError(f"cannot read {what} {os.fspath(path)}: {reason}") from err
+
+
+# EXIF orientations that turn the picture a quarter (transpose, rotate 90 or 270 degrees, transverse).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_TIFF_WIDTH, _TIFF_LENGTH = 256, 257
+
+
+def displayed_size(path: str | os.PathLike, header_only: bool = False) -> tuple[int, int]:
+    """(width, height) of the image :func:`load_image` gives for ``path`` (EXIF orientation applied), from the
+    file's header: the pixel data is not decoded. Raises what ``Image.open`` raises for an unreadable file.
+
+    Recent Pillow's TIFF plugin reports a rotated TIFF's displayed size at open already (older versions the stored
+    one): the sides are swapped only where ``size`` is still the stored size. ``header_only``: a PNG's
+    EXIF is read from the chunks before the pixel data only (``getexif`` otherwise decodes the whole file to find
+    an eXIf chunk after it)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        exif = Image.Image.getexif(image) if header_only and image.format == "PNG" else image.getexif()
+        if exif.get(0x0112, 1) not in _SWAPPING_ORIENTATIONS or width == height:
+            return width, height
+        tags = getattr(image, "tag_v2", None)  # TIFF: the stored size, to tell whether Pillow turned it already
+        if tags is not None and (tags.get(_TIFF_WIDTH), tags.get(_TIFF_LENGTH)) == (height, width):
+            return width, height
+        return height, width
 
 
 def _as_numpy(source: Any) -> np.ndarray | None:
@@ -130,8 +158,9 @@ def _mask_values(arr: np.ndarray) -> np.ndarray:
     """Map a 2-D mask array to float32 [0, 1].
 
     Integer masks whose max is <= 1 are 0/1 masks and kept as is; otherwise uint8 (and other
-    integers up to 255) are divided by 255, uint16 by 65535 and wider integers by their max.
-    Float masks are read as [0, 1] unless their max exceeds 1 (then as 0..255).
+    integers up to 255) are divided by 255, uint16 by 65535 (by 255 when its max is <= 255: 8-bit
+    data saved in 16 bits) and wider integers by their max. Float masks are read as [0, 1] unless
+    their max exceeds 1 (then as 0..255).
     """
     arr = _native(arr)
     if arr.dtype == np.bool_:
@@ -139,7 +168,7 @@ def _mask_values(arr: np.ndarray) -> np.ndarray:
     a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     peak = float(a.max()) if a.size else 0.0
     if peak > 1.0:
-        if arr.dtype == np.uint16:
+        if arr.dtype == np.uint16 and peak > 255.0:
             a = a / 65535.0
         elif np.issubdtype(arr.dtype, np.integer) and peak > 255.0:
             a = a / peak
@@ -148,11 +177,57 @@ def _mask_values(arr: np.ndarray) -> np.ndarray:
     return np.clip(a, 0.0, 1.0).astype(np.float32)
 
 
+def _is_grey(colours: np.ndarray) -> bool:
+    """Whether every colour of an (..., 3) uint8 array has R == G == B."""
+    return bool(np.array_equal(colours[..., 0], colours[..., 1]) and np.array_equal(colours[..., 1], colours[..., 2]))
+
+
+def _palette_colours(im: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(the palette indices a "P" image uses, their RGB colours as a (n, 3) uint8 array)."""
+    used = np.flatnonzero(np.bincount(np.asarray(im).ravel(), minlength=256))
+    palette = np.zeros(768, np.uint8)
+    entries = np.asarray(im.getpalette("RGB") or [], np.uint8)[:768]
+    palette[: entries.size] = entries  # indices past a short palette are black, as Pillow converts them
+    return used, palette.reshape(256, 3)[used]
+
+
+def _binary_palette_mask(im: Image.Image) -> np.ndarray | None:
+    """A VOC-style palette mask that holds two indices, 0 (background) and k (the object), with colours that are
+    not all grey: foreground where the index is not 0. None for anything else (a grey palette - black/white or
+    grey levels - reads as the grey it shows, as today)."""
+    used, colours = _palette_colours(im)
+    if used.size != 2 or used[0] != 0 or _is_grey(colours):
+        return None
+    return np.asarray(im) != 0
+
+
+def _binary_colour_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """An (H, W, 3) uint8 mask of exactly two colours, one black and one not grey (a red object on black): foreground
+    where not black. None for anything else (grey masks keep their grey; more colours read by luminance)."""
+    if _is_grey(rgb):
+        return None
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    background = packed == 0
+    others = packed[~background]  # not empty: the mask is not grey
+    if not background.any() or not (others == others[0]).all():
+        return None
+    return ~background
+
+
 def _pil_mask_array(im: Image.Image) -> np.ndarray:
     if im.mode == "1":
         return np.asarray(im.convert("L"))
     if im.mode == "L" or im.mode.startswith("I") or im.mode == "F":
         return np.asarray(im)
+    # Binary masks saved with colours: a palette PNG of indices {0, k}, a coloured object on black.
+    if im.mode == "P":
+        binary = _binary_palette_mask(im)
+    elif im.mode in ("RGB", "RGBA"):
+        binary = _binary_colour_mask(np.asarray(im)[..., :3])
+    else:
+        binary = None
+    if binary is not None:
+        return binary
     # RGB/RGBA/P/CMYK/LA...: luminance via PIL, which is what lossy colour-saved masks need.
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
@@ -163,7 +238,11 @@ def load_mask(source: Any, threshold: float | None = None) -> np.ndarray:
     """Load a segmentation mask as a float32 ``(H, W)`` array in ``[0, 1]``.
 
     ``source`` may be a path, a PIL image or an array (as for :func:`load_image`). 0/255 and 0/1
-    masks give the same result; colour masks are converted to gray. With ``threshold`` the mask is
+    masks give the same result, and so do the binary masks saved otherwise: a palette PNG holding the indices 0
+    (background) and k with colours that are not grey (VOC style) is foreground where the index is not 0, an
+    RGB(A) mask of exactly two colours, black and one that is not grey, is foreground where not black, and a
+    16-bit mask whose maximum is <= 255 is read as 8-bit values. Other colour masks are converted to gray
+    (luminance; :func:`colour_coded_values` tells them apart for a warning). With ``threshold`` the mask is
     binarised to {0, 1} by ``value >= threshold`` (useful for lossy JPEG masks).
     """
     if isinstance(source, _PathLike):
@@ -176,7 +255,9 @@ def load_mask(source: Any, threshold: float | None = None) -> np.ndarray:
             raise TypeError(f"unsupported mask type {type(source).__name__}")
         arr = _channels_last(raw)
         if arr.ndim == 3:
-            arr = np.asarray(Image.fromarray(np.ascontiguousarray(_to_uint8(arr))).convert("L"))
+            rgb = np.ascontiguousarray(_to_uint8(arr))
+            binary = _binary_colour_mask(rgb)
+            arr = binary if binary is not None else np.asarray(Image.fromarray(rgb).convert("L"))
     mask = _mask_values(arr)
     if threshold is not None:
         mask = (mask >= threshold).astype(np.float32)
@@ -216,8 +297,13 @@ def class_index_maximum(source: Any, ignore_index: int = 255, most: int = 32) ->
     """The largest class of a mask that looks like a class-index label map (a palette PNG's indices, or integer
     values up to ``most`` besides ``ignore_index``, at least one of them >= 2); None for 0/1 and 0/255
     masks, soft or anti-aliased masks, and anything unreadable. Used to warn when a binary model is given
-    multi-class labels (it would read class 3 as a foreground intensity of 3/255)."""
+    multi-class labels (it would read class 3 as a foreground intensity of 3/255). A palette mask that
+    :func:`load_mask` reads as binary (the indices 0 and k, colours not grey) gives None too."""
     try:
+        if isinstance(source, _PathLike):
+            source = _open(source, "label map")
+        if isinstance(source, Image.Image) and source.mode == "P" and _binary_palette_mask(source) is not None:
+            return None
         labels = load_label_map(source, ignore_index=ignore_index)
     except (OSError, ValueError, TypeError):
         return None
@@ -228,17 +314,74 @@ def class_index_maximum(source: Any, ignore_index: int = 255, most: int = 32) ->
     return None
 
 
+def colour_coded_values(source: Any, most: int = 256) -> int | None:
+    """The number of colours of a colour-coded mask that :func:`load_mask` reads by its luminance: a palette or
+    RGB(A) mask with colours that are not grey, at most ``most`` of them (palette masks: any number of indices),
+    and none of the binary forms load_mask recognises. None for grey masks (also grey palettes and RGB files
+    holding grey), binary ones, lossy files with more colours (a JPEG of a grey mask), arrays and anything
+    unreadable. Used to warn that a binary model or the metrics would read such masks as faint foreground."""
+    try:
+        image = _open(source, "mask") if isinstance(source, _PathLike) else source
+    except ImageReadError:
+        return None
+    if not isinstance(image, Image.Image):
+        return None
+    if image.mode == "P":
+        used, colours = _palette_colours(image)
+        if _is_grey(colours) or _binary_palette_mask(image) is not None:
+            return None
+        return int(used.size)
+    if image.mode not in ("RGB", "RGBA"):
+        return None
+    rgb = np.asarray(image)[..., :3]
+    if _is_grey(rgb) or _binary_colour_mask(rgb) is not None:
+        return None
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    count = int(np.unique(packed).size)
+    return count if count <= most else None
+
+
 def decodable_cell(value: Any) -> Any:
     """What ``datasets`` may hand over -> something load_image/load_mask read: an undecoded Image cell
     (``{"bytes", "path"}``) becomes a PIL image or its path, nested lists become an array."""
+    if value is None:
+        raise ValueError("the cell is empty (None)")
     if isinstance(value, dict):
         if value.get("bytes"):
-            with Image.open(io.BytesIO(value["bytes"])) as image:
-                image.load()
-                return image.copy()
+            try:
+                with Image.open(io.BytesIO(value["bytes"])) as image:
+                    image.load()
+                    return image.copy()
+            except Exception as err:  # decoders raise OSError, SyntaxError, struct.error, ... on bad data
+                reason = str(err) or type(err).__name__
+                raise ImageReadError(f"cannot decode the image bytes ({type(err).__name__}: {reason})") from err
         if value.get("path"):
             return value["path"]
-        raise ValueError(f"cannot decode a dataset cell with keys {sorted(value)}")
+        raise ValueError(f"cannot decode a dataset cell with keys {sorted(value)} and no bytes or path")
     if isinstance(value, (list, tuple)):
         return np.asarray(value)
     return value
+
+
+def cell_path(value: Any) -> str | None:
+    """The file a dataset cell comes from, when known: a path, an Image cell's ``path``, a PIL image's filename."""
+    if isinstance(value, _PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return value.get("path") or None
+    return getattr(value, "filename", None) or None
+
+
+def load_cell(load: Any, value: Any, column: str, sample_id: Any, *args: Any, **kwargs: Any) -> Any:
+    """``load(decodable_cell(value), *args, **kwargs)`` (``load`` is :func:`load_image`, :func:`load_mask` or
+    :func:`load_label_map`), where a cell that cannot be read is one ``ValueError`` naming the sample, the column and
+    the cell's file when known: ``sample 7, column 'mask' (case_7.png): cannot decode the image bytes (...)``. A path
+    cell's errors name their file already and pass unchanged."""
+    try:
+        return load(decodable_cell(value), *args, **kwargs)
+    except (ValueError, TypeError, OSError) as err:  # ImageReadError is a ValueError
+        if isinstance(value, _PathLike):
+            raise
+        path = cell_path(value)
+        where = f"sample {sample_id}, column {column!r}" + (f" ({path})" if path and path not in str(err) else "")
+        raise ValueError(f"{where}: {err}") from err

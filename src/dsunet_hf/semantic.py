@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .image_io import ImageReadError, decodable_cell, load_image, load_label_map
+from .image_io import ImageReadError, cell_path, decodable_cell, load_cell, load_image, load_label_map
 from .models.dinov2_seg.modeling_dinov2_seg import rescaled_size
 from .predict import device_and_dtype, output_file
 
@@ -167,17 +167,41 @@ class SemanticSegmentationTransform:
 
         out: dict[str, list] = {"pixel_values": [], "labels": [], "sample_id": []}
         for image_source, label_source, sample_id in zip(batch["image"], batch["mask"], batch["sample_id"]):
-            image_source, label_source = decodable_cell(image_source), decodable_cell(label_source)
-            labels = load_label_map(label_source, self.reduce_zero_label, self.ignore_index)
+            labels = load_cell(load_label_map, label_source, "mask", sample_id, self.reduce_zero_label,
+                               self.ignore_index)  # a bad cell: its sample, column and file
+            image = load_cell(load_image, image_source, "image", sample_id)
             names = f"{_name(label_source)} / {_name(image_source)}"
-            example = self._example(load_image(image_source), labels, int(sample_id), names)
+            example = self._example(image, labels, int(sample_id), names)
             for key, value in example.items():
                 out[key].append(value)
         return out
 
 
+def check_not_binary_255(dataset, source: str, model_name: str, ignore_index: int = 255, samples: int = 8) -> None:
+    """Refuse data whose first ``samples`` label maps hold nothing but 0 and ``ignore_index`` (one of them that
+    value): 0/255 binary masks given to a multi-class model, which would ignore every foreground pixel and learn
+    the background only. Unreadable cells are left to the run itself to report."""
+    checked, with_ignored = 0, 0
+    for index in range(min(samples, len(dataset))):
+        try:
+            values = np.unique(load_label_map(decodable_cell(dataset[index]["mask"])))
+        except (ImageReadError, ValueError, OSError, TypeError):
+            return
+        if not set(values.tolist()) <= {0, ignore_index}:
+            return
+        checked += 1
+        with_ignored += bool((values == ignore_index).any())
+    if checked and with_ignored:
+        raise ValueError(
+            f"{source}: the masks of the first {checked} samples hold only 0 and {ignore_index}, and {ignore_index} is "
+            f"the ignore index of {model_name} (a multi-class model): every foreground pixel would be ignored. For "
+            "foreground / background, save the masks as class indices 0/1, or train a binary model (a SAM2-UNet "
+            "without num_labels); in class-index label maps, 255 marks unlabelled pixels only"
+        )
+
+
 def _name(source) -> str:
-    return str(source) if isinstance(source, str) else getattr(source, "filename", "") or type(source).__name__
+    return cell_path(source) or type(source).__name__
 
 
 @torch.no_grad()

@@ -270,7 +270,9 @@ def build_model(args: TrainingArguments):
 
 
 def build_datasets(args: TrainingArguments):
-    from .data import load_segmentation_dataset, train_validation_split
+    """(train, validation) datasets; their Image columns are decoded by the transforms, which name a bad cell's
+    sample, column and file (see :func:`~dsunet_hf.data.undecoded_images`)."""
+    from .data import load_segmentation_dataset, train_validation_split, undecoded_images
 
     verify = {"header": True, "full": "full", "none": False}.get(args.verify_data)
     if verify is None:
@@ -283,17 +285,28 @@ def build_datasets(args: TrainingArguments):
         train, validation = train_validation_split(
             load_segmentation_dataset(args.train_data, split="train", **columns), args.validation_ratio, args.seed
         )
-    return train, validation
+    return undecoded_images(train), undecoded_images(validation)
 
 
 def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: int = 8) -> int | None:
     """Warn when the first masks of a binary model's data are class-index label maps (0..k, k >= 2, or palette
-    PNGs): the model would read class k as a faint foreground of k/255 and learn next to nothing. Returns k."""
-    from .data import class_index_mask_maximum
+    PNGs): the model would read class k as a faint foreground of k/255 and learn next to nothing. Returns k; else,
+    when one of them is colour-coded (a palette or RGB mask of several colours, read by its luminance), warns
+    about that and returns the number of colours; None when there is nothing to warn about."""
+    from .data import class_index_mask_maximum, colour_coded_mask_values
 
     classes = class_index_mask_maximum(dataset, samples)
     if classes is None:
-        return None
+        colours = colour_coded_mask_values(dataset, samples)
+        if colours is not None:
+            logger.warning(
+                "%s: colour-coded masks (%d colours in a palette or RGB mask), but %s is a binary model that reads "
+                "such a mask by its luminance: objects become faint foreground (a red one 0.3). Save binary masks as "
+                "0/255 or 0/1 gray PNGs (a palette PNG of the indices 0 and k, or one colour on black, is read as "
+                "binary too); for several classes, class-index label maps with an id2label.json beside the data.",
+                source, colours, model_name,
+            )
+        return colours
     logger.warning(
         "%s: the masks hold class indices (0..%d), but %s is a binary model that reads a mask as foreground "
         "intensity (class %d = %.3f). For several classes, SAM2-UNet takes them from an id2label.json beside the data "
@@ -480,7 +493,7 @@ def load_trainable_weights(model, path: Path) -> None:
 def check_numbers(args: TrainingArguments) -> None:
     """Numeric flags out of range are refused before anything loads (0 would divide by zero hours later)."""
     at_least_one = ("batch_size", "logging_steps", "gradient_accumulation_steps", "max_steps", "num_epochs",
-                    "early_stopping_patience", "image_size")
+                    "early_stopping_patience", "image_size", "max_val_samples")
     for name in at_least_one:
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -546,6 +559,10 @@ def train(args: TrainingArguments) -> dict:
                              "SAM2-UNet); this model is trained on binary masks")
         processor.do_reduce_labels = True  # saved with the model: evaluation reads its labels the same way
     train_set, validation_set = build_datasets(args)
+    if task == "semantic":  # 0/255 masks: 255 is the ignore index, the foreground would never be learnt
+        from .semantic import check_not_binary_255
+
+        check_not_binary_255(train_set, args.train_data, type(model).__name__, model.config.semantic_loss_ignore_index)
     if overwrite:  # only now, with every argument and the data checked: a typo must not cost the earlier run
         clear_earlier_run(output_dir, accelerator)
     if task == "binary":

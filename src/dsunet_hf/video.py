@@ -149,10 +149,23 @@ class VideoWriter:
     def __init__(self, file: Path, kind: str, rate: Fraction):
         av = import_av()
         _, container, self.codec, self.pix_fmt, self.options = OUTPUT_FORMATS[kind]
+        self.file = file
         self.container = av.open(str(file), "w", format=container)
         self.rate, self.stream, self.last_pts, self.av = rate, None, None, av
+        # The first error of an encode or mux: the container is not touched again (PyAV segfaults muxing into a
+        # container whose header failed to write, e.g. on a full disk), only closed.
+        self.failure: BaseException | None = None
 
     def write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
+        if self.failure is not None:
+            raise OSError(f"{self.file}: not written after an earlier error ({self.failure})") from self.failure
+        try:
+            self._write(array, pts, time_base)
+        except BaseException as error:
+            self.failure = error
+            raise
+
+    def _write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
         height, width = array.shape[:2]
         if (height % 2 or width % 2) and self.codec != "ffv1":  # FFV1 takes any size: class indices stay unpadded
             array = np.pad(array, ((0, height % 2), (0, width % 2)) + ((0, 0),) * (array.ndim - 2), mode="edge")
@@ -175,10 +188,15 @@ class VideoWriter:
             self.container.mux(packet)
 
     def close(self, flush: bool = True) -> None:
+        """Flush the encoder (unless ``flush`` is False, or a write failed: then the file is abandoned) and close."""
         try:
-            if flush and self.stream is not None:
-                for packet in self.stream.encode(None):
-                    self.container.mux(packet)
+            if flush and self.failure is None and self.stream is not None:
+                try:
+                    for packet in self.stream.encode(None):
+                        self.container.mux(packet)
+                except BaseException as error:
+                    self.failure = error
+                    raise
         finally:
             self.container.close()
 
@@ -406,6 +424,8 @@ def predict_video(
                 if not add_audio(file, path, OUTPUT_FORMATS[kind].container):
                     break  # the source has no sound
             except import_av().FFmpegError as error:  # keep the finished pictures: a silent video, said so
+                if isinstance(error, OSError):  # the disk (full, a quota, an I/O error), not the sound's codec: a
+                    raise  # silent video kept as finished would be "already present" to the re-run that could fix it
                 logger.warning("%s: the sound could not be put into %s (%s); written without it", path, kind, error)
 
 

@@ -47,6 +47,7 @@ class OfflineHub:
 
     ``add(repo_id, folder)`` publishes a folder as a new revision; ``HfApi`` is stubbed so that
     ``create_repo`` / ``upload_folder`` write into the same cache, so push -> from_pretrained round-trips.
+    As on the Hub, an upload to a branch other than ``main`` needs ``create_branch`` first.
     """
 
     def __init__(self, cache: Path):
@@ -55,11 +56,12 @@ class OfflineHub:
         self.repo_types: dict[str, str] = {}  # repo id -> "model" / "space" / "dataset", as created
         self.private: dict[str, bool] = {}  # repo id -> private
         self.create_calls: list[tuple[str, bool | None]] = []  # (repo id, the private argument as given)
+        self.branches: dict[str, set[str]] = {}  # repo id -> branches made with create_branch ("main" always exists)
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.cache / ("models--" + repo_id.replace("/", "--"))
 
-    def add(self, repo_id: str, folder: Path, files: dict[str, Path] | None = None) -> str:
+    def add(self, repo_id: str, folder: Path, files: dict[str, Path] | None = None, branch: str = "main") -> str:
         files = files or {p.relative_to(folder).as_posix(): p for p in Path(folder).rglob("*") if p.is_file()}
         digest = hashlib.sha1()
         for name in sorted(files):
@@ -70,8 +72,8 @@ class OfflineHub:
         for name, source in files.items():
             (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, snapshot / name)
-        (self.repo_dir(repo_id) / "refs").mkdir(parents=True, exist_ok=True)
-        (self.repo_dir(repo_id) / "refs" / "main").write_text(sha)
+        (self.repo_dir(repo_id) / "refs" / branch).parent.mkdir(parents=True, exist_ok=True)
+        (self.repo_dir(repo_id) / "refs" / branch).write_text(sha)
         return sha
 
 
@@ -99,8 +101,16 @@ def offline_hub(tmp_path, monkeypatch):
         url.repo_id = repo_id
         return url
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
-        sha = hub.add(repo_id, Path(folder_path))
+    def create_branch(self, repo_id, *, branch, exist_ok=False, **kwargs):
+        if branch in hub.branches.setdefault(repo_id, {"main"}) and not exist_ok:
+            raise RuntimeError(f"409 Conflict: branch {branch} exists in {repo_id}")
+        hub.branches[repo_id].add(branch)
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, revision=None, create_pr=False, **kwargs):
+        branch = revision or "main"
+        if not create_pr and branch not in hub.branches.get(repo_id, {"main"}):  # what the Hub answers
+            raise RuntimeError(f"404 Revision Not Found for {repo_id}: Invalid rev id: {branch}")
+        sha = hub.add(repo_id, Path(folder_path), branch="main" if create_pr else branch)
         hub.pushes.append((repo_id, commit_message))
         return sha
 
@@ -111,4 +121,5 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "update_repo_settings", update_repo_settings)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
     return hub

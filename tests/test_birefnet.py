@@ -108,6 +108,53 @@ def test_losses_follow_their_definitions():
     assert outward_reference_loss([coarse], [gradient_target]).item() == pytest.approx(manual.item(), rel=1e-5)
 
 
+def test_iou_term_is_summed_in_training_and_a_per_sample_mean_in_eval_mode():
+    """Training keeps upstream's loss (IoU summed over the batch: its value and gradient); eval mode (the validation
+    loss) averages it, so that the loss of a batch is the mean of its samples' losses, whatever the batch size."""
+    torch.manual_seed(0)
+    target = (torch.rand(3, 1, 24, 24) > 0.5).float()
+    probabilities = torch.rand(3, 1, 24, 24)
+    assert iou_loss(probabilities, target, reduction="mean").item() == pytest.approx(
+        iou_loss(probabilities, target).item() / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        iou_loss(probabilities, target, reduction="none")
+    logits = torch.randn(3, 1, 24, 24)
+    weights = {"bce": 30.0, "iou": 0.5, "ssim": 10.0}
+    summed = birefnet_pixel_loss([logits], target, weights)
+    mean = birefnet_pixel_loss([logits], target, weights, iou_reduction="mean")
+    assert (summed - mean).item() == pytest.approx(0.5 * (iou_loss(logits.sigmoid(), target) * 2 / 3).item(), rel=1e-5)
+
+    model = BiRefNetForImageSegmentation(tiny_config(finetune_strategy="full")).eval()
+    pixels, labels = torch.randn(3, 3, 64, 64), (torch.rand(3, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        batch = model(pixels, labels=labels).loss
+        alone = [model(pixels[i : i + 1], labels=labels[i : i + 1]).loss for i in range(3)]
+        final = model(pixels).logits
+    assert batch.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5)
+    assert batch.item() == pytest.approx(birefnet_pixel_loss([final], labels, model.config.loss_weights,
+                                                             iou_reduction="mean").item(), rel=1e-5)
+    model.train()
+    torch.manual_seed(1)  # the same dropout as below
+    out = model(pixels, labels=labels)
+    torch.manual_seed(1)
+    logits_again = model(pixels)
+    weights = model.current_loss_weights()
+    upstream = birefnet_pixel_loss([*logits_again.aux_logits, logits_again.logits], labels, weights)  # IoU summed
+    upstream = upstream + model.config.outward_reference_loss_weight * outward_reference_loss(
+        logits_again.gradient_logits, logits_again.gradient_targets)
+    assert out.loss.item() == pytest.approx(upstream.item(), rel=1e-5)
+
+
+def test_default_image_processor_post_processes_as_upstream_inference():
+    """sigmoid, then the probabilities resized with align_corners=True (BiRefNet's inference.py)."""
+    processor = BiRefNetForImageSegmentation(tiny_config()).default_image_processor()
+    assert processor.post_processing == "birefnet"
+    logits = 3 * torch.randn(1, 1, 8, 8)
+    (probability,) = processor.post_process_probabilities(logits, target_sizes=[(21, 13)])
+    expected = F.interpolate(logits.sigmoid(), size=(21, 13), mode="bilinear", align_corners=True)[0, 0]
+    assert torch.allclose(probability, expected, atol=1e-6)
+
+
 def test_last_epochs_schedule_compounds_like_upstream():
     config = tiny_config(task="DIS5K")  # 40 last epochs: bce off, iou halves each epoch
     assert config.loss_weights_at_epoch(0, 100) == config.loss_weights
@@ -331,6 +378,25 @@ def test_official_hub_repo_loads_directly(official_base):
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(again(pixels).logits, model(pixels).logits, rtol=0, atol=1e-6)
+
+
+def test_official_weights_and_the_base_come_from_the_given_cache_dir(official_base, offline_hub, tmp_path):
+    """cache_dir (like token, local_files_only) reaches the official repo's files and a fine-tuned model's base."""
+    import shutil
+
+    custom = tmp_path / "custom-cache"
+    shutil.move(str(offline_hub.cache), str(custom))
+    offline_hub.cache.mkdir()
+    fields = dict(backbone="swin_v1_t", backbone_config=TINY_SWIN, image_size=SIZE)
+    official = BiRefNetForImageSegmentation.from_pretrained("test-org/tiny-birefnet", cache_dir=str(custom),
+                                                            local_files_only=True, **fields)
+    assert official.config.base_revision == official_base
+    model = BiRefNetForImageSegmentation.from_pretrained_backbones(tiny_config(finetune_strategy="lora"),
+                                                                   cache_dir=str(custom))
+    assert model.config.base_revision == official_base
+    model.save_pretrained(tmp_path / "m")
+    assert BiRefNetForImageSegmentation.from_pretrained(tmp_path / "m", cache_dir=str(custom)).config.base_revision \
+        == official_base
 
 
 @pytest.mark.parametrize("strategy", ["lora", "frozen"])

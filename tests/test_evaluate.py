@@ -16,8 +16,13 @@ import torch.nn.functional as F
 from conftest import tiny_sam2_unet_config
 from PIL import Image
 
-from dsunet_hf import Sam2UNetForImageSegmentation
-from dsunet_hf.data import class_index_mask_maximum
+from dsunet_hf import (
+    BiRefNetConfig,
+    BiRefNetForImageSegmentation,
+    Sam2UNetForImageSegmentation,
+    SegmentationImageProcessor,
+)
+from dsunet_hf.data import class_index_mask_maximum, colour_coded_mask_values
 from dsunet_hf.evaluate import (
     add_evaluate_parser,
     evaluate_datasets,
@@ -121,6 +126,63 @@ def test_validation_loss_is_the_models_own_loss_from_the_same_pass(model, proces
     assert scored["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     in_threes = evaluate_model(model, processor, samples, batch_size=3, progress=False, with_loss=True)
     assert in_threes["loss"] == pytest.approx(scored["loss"], rel=1e-5)  # a mean over samples, not over batches
+
+
+def tiny_birefnet() -> BiRefNetForImageSegmentation:
+    torch.manual_seed(0)
+    swin = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4}
+    config = BiRefNetConfig(backbone="swin_v1_t", backbone_config=swin, image_size=64,
+                            base_repo_id="test-org/tiny-birefnet")
+    return BiRefNetForImageSegmentation(config).eval()
+
+
+def birefnet_by_hand(model, processor, items, minmax_normalize=False) -> dict[str, float]:
+    """BiRefNet's inference.py, spelled out: sigmoid, then the probabilities resized to the GT size with
+    align_corners=True, ToPILImage's floor(p * 255); no min-max unless asked."""
+    images = [Image.open(item["image"]).convert("RGB") for item in items]
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images)["pixel_values"]).logits
+    metrics = SegmentationMetrics()
+    for i, item in enumerate(items):
+        gt = np.asarray(Image.open(item["mask"]))
+        p = F.interpolate(logits[i : i + 1].float().sigmoid(), size=gt.shape, mode="bilinear", align_corners=True)[0, 0]
+        if minmax_normalize:
+            p = (p - p.min()) / (p.max() - p.min() + 1e-8)
+        metrics.update((p.numpy() * 255).astype(np.uint8), gt)
+    return metrics.compute()
+
+
+def test_birefnet_is_evaluated_as_its_upstream_inference_py(samples):
+    """BiRefNet's maps: sigmoid, then resize (align_corners=True), no min-max, as its inference.py; with its own
+    processor, and with one that records no order (saved before it was recorded). minmax_normalize=True still
+    normalises; SAM2-UNet's order would give other numbers."""
+    model = tiny_birefnet()
+    recorded, unrecorded = model.default_image_processor(), SegmentationImageProcessor(size=64)
+    assert recorded.post_processing == "birefnet" and unrecorded.post_processing is None
+    expected = birefnet_by_hand(model, recorded, samples)
+    for processor in (recorded, unrecorded):
+        assert evaluate_model(model, processor, samples, batch_size=8, progress=False) == expected
+    assert unrecorded.post_processing is None  # the caller's processor is not changed
+    normalised = evaluate_model(model, recorded, samples, batch_size=8, progress=False, minmax_normalize=True)
+    assert normalised == birefnet_by_hand(model, recorded, samples, minmax_normalize=True) and normalised != expected
+    sam2_order = SegmentationImageProcessor(size=64, post_processing="sam2_unet")
+    assert evaluate_model(model, sam2_order, samples, batch_size=8, progress=False, minmax_normalize=False) != expected
+
+
+def test_birefnet_validation_loss_does_not_depend_on_the_batch_size(samples):
+    """BiRefNet's IoU term is summed over the batch in training (upstream); the loss evaluate reports is the mean over
+    samples of each one's loss alone, whatever the batch size."""
+    model = tiny_birefnet()
+    processor = model.default_image_processor()
+    alone = []
+    for item in samples:
+        inputs = processor([Image.open(item["image"]).convert("RGB")],
+                           masks=[np.asarray(Image.open(item["mask"]), np.float32) / 255])
+        with torch.no_grad():
+            alone.append(float(model(pixel_values=inputs["pixel_values"], labels=inputs["labels"]).loss))
+    for batch_size in (1, 3, 8):
+        scored = evaluate_model(model, processor, samples, batch_size=batch_size, progress=False, with_loss=True)
+        assert scored["loss"] == pytest.approx(np.mean(alone), rel=1e-5), batch_size
 
 
 def test_native_resolution_scores_what_predict_native_writes(model, processor, samples, tmp_path):
@@ -472,6 +534,7 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {}
     fake.class_index_mask_maximum = class_index_mask_maximum  # the real check
+    fake.colour_coded_mask_values = colour_coded_mask_values
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     loaded = {}
 
@@ -493,6 +556,32 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
     assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
     assert "name-setA" in capsys.readouterr().out
+
+
+def test_cli_records_the_post_processing_of_a_birefnet(samples, tmp_path, monkeypatch, offline_hub):
+    """A BiRefNet (its saved processor from before the order was recorded) is evaluated in its upstream's order
+    without min-max; the report says so; --minmax-normalize still normalises."""
+    import dsunet_hf.predict
+
+    model, processor = tiny_birefnet(), SegmentationImageProcessor(size=64)
+    fake = types.ModuleType("dsunet_hf.data")
+    fake.load_segmentation_dataset = lambda source, split=None, **kwargs: samples
+    fake.dataset_name = lambda source: f"name-{source}"
+    fake.dropped_files = lambda dataset: {}
+    fake.class_index_mask_maximum = class_index_mask_maximum
+    fake.colour_coded_mask_values = colour_coded_mask_values
+    monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
+    for flags, minmax in (([], False), (["--minmax-normalize"], True)):
+        out = tmp_path / f"report{len(flags)}"
+        args = make_parser().parse_args(["evaluate", "--model", "m", "--data", "set", "--output-dir", str(out),
+                                         "--no-progress", "--metric-workers", "0", *flags])
+        assert run_evaluate_cli(args) == 0
+        payload = json.loads((out / "evaluation.json").read_text())
+        assert payload["results"]["name-set"] == birefnet_by_hand(model, processor, samples, minmax_normalize=minmax)
+        assert payload["info"]["post_processing"] == "birefnet" and payload["info"]["minmax_normalize"] is minmax
+        assert payload["protocol"].startswith("BiRefNet inference.py: sigmoid, bilinear upsampling to GT size "
+                                              "(align_corners=True), " + ("per-image min-max" if minmax else "no min-max"))
 
 
 def test_cli_model_keeps_finished_datasets(model, processor, samples, tmp_path, monkeypatch, caplog,
@@ -525,6 +614,7 @@ def test_cli_model_keeps_finished_datasets(model, processor, samples, tmp_path, 
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {"lonely.jpg": "no mask"} if dataset is data["unreadable"] else {}
     fake.class_index_mask_maximum = class_index_mask_maximum  # the real check
+    fake.colour_coded_mask_values = colour_coded_mask_values
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
 

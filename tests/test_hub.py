@@ -164,3 +164,150 @@ def test_nan_metrics_stay_out_of_the_model_index(tmp_path):
     assert "nan" not in text.split("---")[1].lower()  # the YAML header
     (row,) = [line for line in text.splitlines() if line.startswith("| ECSSD |")]
     assert "| 0.900 |" in row and "| nan |" in row
+
+
+# --- Hub arguments, Trainer saves, self-contained artifacts, branches, namespaces (review fixes) ------------------
+
+def test_hub_download_arguments_reach_the_backbone_repos(trained_model, offline_hub, tmp_path, monkeypatch):
+    """A cache_dir (and token, local_files_only) given to from_pretrained also applies to the frozen backbone's
+    own repo: with everything in a custom cache, the backbone was looked up in the default one only."""
+    import shutil
+
+    import dsunet_hf.hub as hub_module
+
+    trained_model.push_to_hub("me/custom-cache")
+    custom = tmp_path / "custom-cache"
+    shutil.move(str(offline_hub.cache), str(custom))
+    offline_hub.cache.mkdir()
+    calls = []
+    download = hub_module.hf_hub_download
+    monkeypatch.setattr(hub_module, "hf_hub_download",
+                        lambda repo_id, filename, **kw: calls.append((repo_id, kw)) or download(repo_id, filename, **kw))
+    loaded = Sam2UNetForImageSegmentation.from_pretrained("me/custom-cache", cache_dir=str(custom), token="hf_x",
+                                                          local_files_only=True)
+    assert calls and all(repo == "test-org/tiny-hiera" and kw["cache_dir"] == str(custom) and kw["token"] == "hf_x"
+                         and kw["local_files_only"] for repo, kw in calls)
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(trained_model(x).logits, loaded(x).logits)
+    fresh = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), cache_dir=str(custom))
+    assert torch.equal(fresh.backbone.encoder.pos_embed, trained_model.backbone.encoder.pos_embed)
+
+
+def test_save_pretrained_with_state_dict_none_writes_the_trainable_part(trained_model, tmp_path):
+    """transformers' Trainer saves with save_pretrained(dir, state_dict=None): the default, not the whole network
+    (the config says the backbone is not included)."""
+    import json
+
+    trained_model.save_pretrained(tmp_path / "m", state_dict=None)
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(trained_model.trainable_state_dict())
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone_weights_included"] is False
+
+
+def test_a_self_contained_artifact_missing_backbone_tensors_is_refused(trained_model, tmp_path):
+    """include_backbone=True: the backbone is not fetched, so a backbone tensor missing from the file would keep its
+    random init; the loader names it instead."""
+    from safetensors.torch import load_file, save_file
+
+    from dsunet_hf.modeling_utils import CheckpointMismatchError
+
+    trained_model.save_pretrained(tmp_path / "m", include_backbone=True)
+    Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")  # complete: loads
+    tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del tensors["backbone.encoder.pos_embed"]
+    save_file(tensors, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError, match=r"holds the backbone weights.*backbone\.encoder\.pos_embed"):
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")
+
+
+def test_push_to_a_new_branch_creates_it(trained_model, offline_hub, tmp_path):
+    """The Hub refuses a commit to a branch that does not exist: push_to_hub(revision=...) creates it first."""
+    trained_model.push_to_hub("me/branched")
+    main = (offline_hub.repo_dir("me/branched") / "refs" / "main").read_text()
+    trained_model.push_to_hub("me/branched", revision="experiment-1", image_processor=SegmentationImageProcessor(96))
+    assert "experiment-1" in offline_hub.branches["me/branched"]
+    assert (offline_hub.repo_dir("me/branched") / "refs" / "main").read_text() == main  # main untouched
+    assert AutoImageProcessor.from_pretrained("me/branched", revision="experiment-1").size["height"] == 96
+    trained_model.save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="me/saved", revision="exp-2")
+    assert (offline_hub.repo_dir("me/saved") / "refs" / "exp-2").is_file()
+
+
+def test_a_repo_name_without_namespace_is_named_in_full_on_the_card(trained_model, offline_hub, tmp_path,
+                                                                    monkeypatch):
+    """push_to_hub("name"): the Hub creates "<user>/name"; the card's snippets name that, not the bare name."""
+    import huggingface_hub
+
+    from dsunet_hf.cli import main as cli_main
+
+    create = huggingface_hub.HfApi.create_repo
+
+    def create_in_my_namespace(self, repo_id, *args, **kwargs):
+        return create(self, repo_id if "/" in repo_id else f"me/{repo_id}", *args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_in_my_namespace)
+    assert trained_model.push_to_hub("sam2unet-cod") == "me/sam2unet-cod"
+    trained_model.save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="saved-cod")
+    trained_model.save_pretrained(tmp_path / "plain")
+    assert cli_main(["push", str(tmp_path / "plain"), "cli-cod"]) == 0
+    for repo in ("me/sam2unet-cod", "me/saved-cod", "me/cli-cod"):
+        card = (next((offline_hub.repo_dir(repo) / "snapshots").iterdir()) / "README.md").read_text()
+        assert f'from_pretrained("{repo}")' in card and f'from_pretrained("{repo.split("/")[1]}")' not in card
+
+
+def test_republishing_keeps_the_processor_of_the_subfolder_and_revision(trained_model, offline_hub, tmp_path):
+    """The processor the model was loaded with comes from the same subfolder / revision as the model."""
+    custom = SegmentationImageProcessor(size=96, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+    trained_model.save_pretrained(tmp_path / "repo" / "cod", image_processor=custom)
+    offline_hub.add("me/multi", tmp_path / "repo")
+    Sam2UNetForImageSegmentation.from_pretrained("me/multi", subfolder="cod").push_to_hub("me/from-subfolder")
+    assert AutoImageProcessor.from_pretrained("me/from-subfolder").to_dict() == custom.to_dict()
+
+    trained_model.push_to_hub("me/rev", image_processor=custom)
+    first = (offline_hub.repo_dir("me/rev") / "refs" / "main").read_text()
+    trained_model.push_to_hub("me/rev", image_processor=SegmentationImageProcessor(size=32))
+    Sam2UNetForImageSegmentation.from_pretrained("me/rev", revision=first).push_to_hub("me/from-revision")
+    assert AutoImageProcessor.from_pretrained("me/from-revision").size == {"height": 96, "width": 96}
+
+
+def test_frozen_weights_changed_after_loading_are_not_dropped_silently(trained_model, tmp_path):
+    """peft's merge_and_unload() into the frozen backbone changes weights a trainable-only file does not hold:
+    save_pretrained refuses (naming the ways out) rather than write a model that loads with other outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    trained_model.save_pretrained(tmp_path / "base")
+    model = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["attn.qkv"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    merged = peft_model.merge_and_unload()
+    with pytest.raises(ValueError, match=r"frozen backbone weights changed.*include_backbone=True.*\"lora\""):
+        merged.save_pretrained(tmp_path / "merged")
+    merged.save_pretrained(tmp_path / "merged", include_backbone=True)  # self-contained: the merged weights kept
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(merged(x).logits, Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "merged")(x).logits)
+    cast = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "base").to(torch.bfloat16).to(torch.float32)
+    cast.save_pretrained(tmp_path / "cast")  # a dtype round trip is no change
+
+
+def test_matcher_through_auto_model_warns_of_no_hub_argument(offline_hub, tmp_path, caplog):
+    """AutoModel passes its Hub arguments (cache_dir, revision, ...) with the config it read: they are not
+    "ignored" arguments the user gave; the DINOv2 repo is read with them."""
+    import logging
+
+    from transformers import Dinov2Config, Dinov2Model
+
+    from dsunet_hf import VisualPromptMatcher, VisualPromptMatcherConfig
+
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=518,
+                             patch_size=14)).save_pretrained(tmp_path / "dino")
+    offline_hub.add("test-org/tiny-dinov2", tmp_path / "dino")
+    config = VisualPromptMatcherConfig(dino_preset="small", image_size=112, dino_backbone_repo_id="test-org/tiny-dinov2",
+                                       dino_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4))
+    VisualPromptMatcher.from_pretrained_backbones(config).save_pretrained(tmp_path / "matcher")
+    with caplog.at_level(logging.WARNING):
+        model = AutoModel.from_pretrained(tmp_path / "matcher", cache_dir=str(offline_hub.cache))
+    assert isinstance(model, VisualPromptMatcher) and "ignores" not in caplog.text

@@ -191,6 +191,82 @@ def test_mask_16bit_and_soft_values(tmp_path):
     assert load_mask(np.array([[0.0, 0.25, 1.0]])).tolist() == [[0.0, 0.25, 1.0]]
 
 
+def test_binary_masks_saved_as_palette_colour_or_16_bit_read_as_0_1(tmp_path, caplog):
+    """A VOC-style palette PNG of indices 0/1 read 0.149 (its colour's gray), a red object on black 0.298, a 16-bit
+    PNG holding 0/255 0.004 (divided by 65535): faint foreground, silently, and no ground truth past the metrics'
+    > 128 cut. Gray masks (palettes and RGB files holding gray too) read as they did; colour masks of more values
+    keep their luminance reading, with a warning."""
+    from dsunet_hf.image_io import class_index_maximum, colour_coded_values
+    from dsunet_hf.training import warn_if_class_index_masks
+
+    binary = np.zeros((20, 30), np.uint8)
+    binary[5:15, 10:25] = 1
+    expected = binary.astype(np.float32)
+
+    def palette(indices, colours):
+        image = Image.fromarray(np.asarray(indices, np.uint8))
+        image.putpalette([value for colour in colours for value in colour])
+        return image
+
+    palette(binary, [(0, 0, 0), (128, 0, 0)]).save(tmp_path / "voc.png")
+    palette(binary * 5, [(0, 0, 0)] * 5 + [(0, 64, 128)]).save(tmp_path / "voc5.png")  # the object as class 5
+    Image.fromarray(np.dstack([binary * 255, binary * 0, binary * 0])).save(tmp_path / "red.png")
+    Image.fromarray(np.dstack([binary * 0, binary * 200, binary * 0, np.full_like(binary, 255)])).save(tmp_path / "g.png")
+    Image.fromarray(binary.astype(np.uint16) * 255).save(tmp_path / "m16_255.png")
+    Image.fromarray(binary.astype(np.uint16)).save(tmp_path / "m16_01.png")
+    Image.fromarray(binary.astype(np.uint16) * 65535).save(tmp_path / "m16_full.png")
+    for name in ("voc", "voc5", "red", "g", "m16_255", "m16_01", "m16_full"):
+        assert np.array_equal(load_mask(tmp_path / f"{name}.png"), expected), name
+        assert class_index_maximum(tmp_path / f"{name}.png") is None, name
+        assert colour_coded_values(tmp_path / f"{name}.png") is None, name
+    assert np.array_equal(load_mask(np.dstack([binary * 255, binary * 0, binary * 0])), expected)  # arrays too
+    assert np.array_equal(load_mask(Image.open(tmp_path / "voc.png")), expected)  # a datasets Image cell
+
+    # Gray stays gray: a black/white or gray-level palette and an RGB file of gray are read by their gray level.
+    palette(binary, [(0, 0, 0), (255, 255, 255)]).save(tmp_path / "bw.png")
+    palette(binary, [(0, 0, 0), (128, 128, 128)]).save(tmp_path / "grey_palette.png")
+    Image.fromarray(np.dstack([binary * 128] * 3)).save(tmp_path / "grey_rgb.png")
+    assert np.array_equal(load_mask(tmp_path / "bw.png"), expected)
+    for name in ("grey_palette", "grey_rgb"):
+        assert np.allclose(load_mask(tmp_path / f"{name}.png"), expected * 128 / 255), name
+        assert colour_coded_values(tmp_path / f"{name}.png") is None, name
+
+    # More than two values: read as before (luminance), flagged. VOC's void border (255) makes three indices.
+    voc_void = binary.copy()
+    voc_void[4, 9:26] = 255
+    colours = [(0, 0, 0), (128, 0, 0)] + [(0, 0, 0)] * 253 + [(224, 224, 192)]
+    palette(voc_void, colours).save(tmp_path / "voc_void.png")
+    three = np.dstack([binary * 255, binary * 0, binary * 0])
+    three[0, 0] = (0, 255, 0)
+    Image.fromarray(three).save(tmp_path / "three.png")
+    gray = np.asarray(Image.open(tmp_path / "voc_void.png").convert("L")) / 255
+    assert np.allclose(load_mask(tmp_path / "voc_void.png"), gray)
+    assert np.allclose(load_mask(tmp_path / "three.png"), np.asarray(Image.fromarray(three).convert("L")) / 255)
+    assert colour_coded_values(tmp_path / "voc_void.png") == 3 and colour_coded_values(tmp_path / "three.png") == 3
+    rows = [{"mask": str(tmp_path / f"{name}.png")} for name in ("voc_void", "three", "red")]
+    with caplog.at_level("WARNING"):
+        assert warn_if_class_index_masks(rows[:2], "voc/", "Sam2UNetForImageSegmentation") == 3
+    assert "colour-coded masks (3 colours" in caplog.text and "voc/" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # binary masks read as such, and a mixed set, are left alone
+        assert warn_if_class_index_masks(rows[2:], "red/", "Sam2UNetForImageSegmentation") is None
+        assert warn_if_class_index_masks(rows, "mixed/", "Sam2UNetForImageSegmentation") is None
+    assert not caplog.text
+
+
+def test_benchmark_masks_read_as_opencv_gray():
+    """Evaluation reads ground truth as upstream's eval.py does (cv2.imread(path, IMREAD_GRAYSCALE)), pixel for pixel,
+    for every mask of the real samples (gray PNGs, lossy RGB JPEGs)."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed")
+    from dsunet_hf.metrics import to_uint8_map
+
+    files = sorted(SHARED_DATA.glob("*/masks/*"))
+    if not files:
+        pytest.skip(f"real benchmark samples not found under {SHARED_DATA}")
+    for path in files:
+        assert np.array_equal(to_uint8_map(load_mask(path)), cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)), path
+
+
 def test_lossy_rgb_jpeg_mask_thresholded_is_binary(tmp_path):
     mask = np.zeros((40, 48, 3), np.uint8)
     mask[10:30, 12:36] = 255
@@ -272,6 +348,68 @@ def test_post_process_model_output_and_minmax(processor):
         processor.post_process_semantic_segmentation(Output.logits, target_sizes=[(2, 2), (3, 3)])
     with pytest.raises(ValueError, match="expected logits"):
         processor.post_process_probabilities(torch.zeros(2, 2))
+
+
+def test_birefnet_post_processing_is_sigmoid_then_align_corners_resize():
+    """BiRefNet's inference.py: sigmoid first, then the probabilities resized with align_corners=True (not the logits
+    with align_corners=False); multi-class logits likewise softmax first. A map already at its size is left as it is."""
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(2, 1, 6, 5)
+    birefnet = SegmentationImageProcessor(size=16, post_processing="birefnet")
+    maps = birefnet.post_process_probabilities(logits, target_sizes=[(23, 17), (6, 5)])
+    expected = torch.nn.functional.interpolate(logits[:1].sigmoid(), (23, 17), mode="bilinear", align_corners=True)
+    assert torch.allclose(maps[0], expected[0, 0], atol=1e-6) and torch.allclose(maps[1], logits[1, 0].sigmoid())
+    (sam2,) = SegmentationImageProcessor(size=16).post_process_probabilities(logits[:1], target_sizes=[(23, 17)])
+    assert (sam2 - maps[0]).abs().max() > 1e-2  # the two upstream orders differ
+    (minmax,) = birefnet.post_process_probabilities(logits[:1], target_sizes=[(23, 17)], minmax_normalize=True)
+    assert minmax.min().item() == 0.0 and minmax.max().item() == pytest.approx(1.0, abs=1e-6)
+    classes = torch.randn(1, 3, 4, 6)
+    (probabilities,) = birefnet.post_process_probabilities(classes, target_sizes=[(9, 11)])
+    expected = torch.nn.functional.interpolate(classes.softmax(1), (9, 11), mode="bilinear", align_corners=True)
+    assert torch.allclose(probabilities, expected[0], atol=1e-6)
+    (labels,) = birefnet.post_process_semantic_segmentation(logits[:1], target_sizes=[(23, 17)])
+    assert torch.equal(labels, (maps[0] >= 0.5).long())
+    with pytest.raises(ValueError, match="post_processing must be one of"):
+        SegmentationImageProcessor(post_processing="bicubic")
+
+
+def test_post_processing_order_is_saved_and_old_processors_take_their_models(tmp_path):
+    """The order is a processor attribute saved in preprocessor_config.json; a processor saved before it existed (no
+    key) still loads, records none, and processor_for_model gives it its model's upstream order."""
+    import types
+
+    from transformers import AutoImageProcessor
+
+    from dsunet_hf.image_processing import model_post_processing, processor_for_model
+
+    SegmentationImageProcessor(size=16, post_processing="birefnet").save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "preprocessor_config.json").read_text())["post_processing"] == "birefnet"
+    assert AutoImageProcessor.from_pretrained(tmp_path / "new").post_processing == "birefnet"
+
+    SegmentationImageProcessor(size=16).save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "preprocessor_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("post_processing", None)
+    config_path.write_text(json.dumps(config))
+    old = SegmentationImageProcessor.from_pretrained(tmp_path / "old")
+    assert old.post_processing is None
+
+    def model(model_type):
+        return types.SimpleNamespace(config=types.SimpleNamespace(model_type=model_type))
+
+    assert model_post_processing(model("birefnet")) == "birefnet"
+    assert model_post_processing(model("sam2_unet")) == model_post_processing(model("dsunet")) == "sam2_unet"
+    resolved = processor_for_model(old, model("birefnet"))
+    assert resolved.post_processing == "birefnet" and old.post_processing is None  # a copy; the original unchanged
+    assert resolved.size == old.size
+    assert processor_for_model(old, model("sam2_unet")).post_processing == "sam2_unet"
+    recorded = SegmentationImageProcessor(post_processing="sam2_unet")
+    assert processor_for_model(recorded, model("birefnet")) is recorded  # an explicit order is kept
+    logits = 3 * torch.randn(1, 1, 5, 7)
+    (got,) = resolved.post_process_probabilities(logits, target_sizes=[(13, 9)])
+    (want,) = SegmentationImageProcessor(post_processing="birefnet").post_process_probabilities(
+        logits, target_sizes=[(13, 9)])
+    assert torch.equal(got, want)
 
 
 def test_to_pil_masks(processor):

@@ -68,6 +68,7 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(name, tmp_path):
     assert attention == {id(m): m.config._attn_implementation for m in model.modules()
                          if hasattr(getattr(m, "config", None), "_attn_implementation")}  # restored after export
     if name == "dinov2-seg":  # multi-class: the head's schedules over windows of the graph's (crop) size
+        assert json.loads((tmp_path / "onnx" / "onnx_export.json").read_text())["class_maps"] is True
         graph = OnnxSegmentationModel(tmp_path / "onnx")
         assert graph.predicts_class_maps and graph.default_schedule == "slide"
         crop = model.config.crop_size
@@ -514,6 +515,7 @@ def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, c
     model = BiRefNetForImageSegmentation(tiny_config(decoder_attention="ASPP", multi_scale_input="")).eval()
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     processor = model.default_image_processor()
+    processor.post_processing = None  # as saved before the order was recorded: the export records BiRefNet's
     processor.save_pretrained(tmp_path / "model")
     folder = tmp_path / "onnx"
     assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(folder), "--dynamic-size",
@@ -524,7 +526,8 @@ def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, c
     assert "Any height and width that are multiples of 32 (traced at 352×416)" in card
     assert "dsunet-hf predict --model me/birefnet-onnx photos/ --output-dir out --cutout --resolution native" in card
     report = json.loads((folder / "onnx_export.json").read_text())
-    assert report["traced_size"] == [352, 416]
+    assert json.loads((folder / "preprocessor_config.json").read_text())["post_processing"] == "birefnet"
+    assert report["traced_size"] == [352, 416] and report["class_maps"] is False
     assert set(report["max_abs_difference"]) == {"1", "3", "1@320x480", "2@160x352"}  # model size 64x64 + two
     assert max(report["max_abs_difference"].values()) <= 1e-4
     ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
@@ -599,3 +602,26 @@ def test_export_onnx_refuses_bad_options_and_an_opset_the_exporter_did_not_write
     with pytest.raises(RuntimeError, match=r"model.onnx not written: the exporter made opset 19, not the 20 asked for"):
         export_onnx(model, processor, tmp_path / "out", opset=20, check=False)
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_the_card_of_a_two_class_graph_is_a_class_graphs_card(exported_sam2_unet, tmp_path):
+    """Two classes (background, road) are still class maps: the card gives overlays and class-map post-processing,
+    not cut-outs (which predict refuses for class models). Exports written before the kind was recorded keep the
+    old guess (more than two labels)."""
+    import shutil
+
+    from dsunet_hf.onnx_export import onnx_model_card
+
+    _, exported, _ = exported_sam2_unet
+    folder = tmp_path / "two-class"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="dinov2_seg", id2label={"0": "background", "1": "road"})
+    (folder / "config.json").write_text(json.dumps(config))
+    report = json.loads((folder / "onnx_export.json").read_text())
+    for class_maps, expected in ((True, True), (None, False)):
+        report["class_maps"] = class_maps
+        (folder / "onnx_export.json").write_text(json.dumps(report))
+        card = str(onnx_model_card(folder))
+        assert ("Classes: background, road." in card and "--overlay" in card and "--cutout" not in card
+                and "post_process_semantic_segmentation" in card) is expected, class_maps

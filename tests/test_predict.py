@@ -466,7 +466,7 @@ def test_a_failing_batch_keeps_the_outputs_of_the_batches_before_it(artifact, tm
     assert sorted(Path(p).name for p in report.written) == ["4.png", "5.png"] and len(report.skipped_existing) == 4
 
     # An error while writing (here: a full disk) is raised, not swallowed by the writer threads.
-    def disk_full(image, path):
+    def disk_full(image, path, **options):
         raise OSError(f"{path}: No space left on device")
 
     monkeypatch.setattr("dsunet_hf.predict.save_image_atomic", disk_full)
@@ -645,3 +645,141 @@ def test_one_pass_resizes_the_input_to_the_model_whatever_the_output_size_and_ma
     assert native_size(3000, 2000, max_side=1024.0) == native_size(3000, 2000, max_side=1024) == (1024, 672)
     with pytest.raises(ValueError, match="max_side"):
         native_size(3000, 2000, max_side=1000.5)
+
+
+def red_model_and_processor():
+    from helpers import RedChannelModel
+
+    return RedChannelModel(), SegmentationImageProcessor(size=64)
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_reported(tmp_path):
+    """A Latin-1 name (surrogate-escaped by Python) stopped the whole batch: the temporary file's name was encoded
+    as UTF-8."""
+    from dsunet_hf.files import atomic_path
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9")
+    try:
+        Image.new("RGB", (20, 16), (200, 20, 20)).save(folder / f"{name}.png")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    Image.new("RGB", (20, 16)).save(folder / "ok.png")
+    report = predict_files(*red_model_and_processor(), [folder], tmp_path / "out", overlay=True, progress=False)
+    assert sorted(report.written) == sorted([str(folder / f"{name}.png"), str(folder / "ok.png")])
+    assert Image.open(tmp_path / "out" / "overlays" / f"{name}.png").size == (20, 16)
+    saved = json.loads((tmp_path / "out" / "prediction_report.json").read_text(encoding="utf-8"))
+    assert str(folder / f"{name}.png") in saved["written"]
+    # A long name is cut for the temporary file at 64 bytes, its bytes kept.
+    long_name = os.fsdecode(b"\xe9" * 100 + b".png")
+    with atomic_path(tmp_path / long_name) as temporary:
+        assert os.fsencode(temporary.name).startswith(b"." + b"\xe9" * 64 + b".")
+        temporary.write_bytes(b"x")
+    assert (tmp_path / long_name).read_bytes() == b"x"
+
+
+def test_a_disk_error_while_writing_names_the_output_file(tmp_path, monkeypatch):
+    import errno
+
+    Image.new("RGB", (20, 16)).save(tmp_path / "a.png")
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(OSError, match=r"No space left on device: '.*out/masks/a\.png'") as raised:
+        predict_files(*red_model_and_processor(), [tmp_path / "a.png"], tmp_path / "out", progress=False,
+                      write_workers=0)
+    assert raised.value.errno == errno.ENOSPC
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # no temporary file left
+
+
+def test_the_background_writer_runs_nothing_after_a_failed_write():
+    """A video's next frame was muxed into the container whose write had just failed (PyAV segfaults there)."""
+    import threading
+
+    from dsunet_hf.predict import BackgroundWriter
+
+    ran, release = [], threading.Event()
+
+    def write(index):
+        release.wait(5)  # the later tasks are queued before the first one fails
+        ran.append(index)
+        if index == 0:
+            raise OSError(28, "No space left on device")
+        return index
+
+    writer = BackgroundWriter(1, max_pending=10, on_done=lambda _: None)
+    for index in range(5):
+        writer.submit(write, index)
+    release.set()
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert ran == [0]
+
+
+def test_colour_outputs_keep_the_photos_icc_profile_and_masks_have_none(tmp_path):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # stands in for Display P3
+    Image.new("RGB", (20, 16), (200, 30, 30)).save(tmp_path / "p3.jpg", icc_profile=profile)
+    Image.new("CMYK", (20, 16)).save(tmp_path / "cmyk.jpg", icc_profile=b"\0" * 16 + b"CMYK" + b"\0" * 108)
+    predict_files(*red_model_and_processor(), [tmp_path / "p3.jpg", tmp_path / "cmyk.jpg"], tmp_path / "out",
+                  overlay=True, cutout=True, background="white", progress=False)
+    for kind in ("overlays", "cutouts", "composites"):
+        assert Image.open(tmp_path / "out" / kind / "p3.png").info.get("icc_profile") == profile, kind
+        assert "icc_profile" not in Image.open(tmp_path / "out" / kind / "cmyk.png").info  # not an RGB profile
+    assert "icc_profile" not in Image.open(tmp_path / "out" / "masks" / "p3.png").info
+
+
+def test_predict_reads_every_image_type_training_reads_and_warns_of_frames_left_out(tmp_path, caplog):
+    from dsunet_hf.data import IMAGE_EXTENSIONS
+    from dsunet_hf.predict import IMAGE_SUFFIXES
+
+    assert IMAGE_SUFFIXES == set(IMAGE_EXTENSIONS)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    red = Image.new("RGB", (20, 16), (200, 30, 30))
+    red.save(folder / "a.gif")
+    red.save(folder / "b.jfif", format="JPEG")
+    red.save(folder / "c.ppm")
+    red.convert("L").save(folder / "d.pgm")
+    red.save(folder / "pages.tif", save_all=True, append_images=[Image.new("RGB", (20, 16))] * 2)
+    with caplog.at_level("WARNING", logger="dsunet_hf.predict"):
+        report = predict_files(*red_model_and_processor(), [folder], tmp_path / "out", progress=False)
+    assert len(report.written) == 5 and not report.failed
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [
+        "a.png", "b.png", "c.png", "d.png", "pages.png"]
+    assert f"{folder / 'pages.tif'}: has 3 frames" in caplog.text and "a.gif" not in caplog.text
+
+
+def test_two_files_of_one_name_in_one_folder_get_advice_that_applies(tmp_path):
+    for name in ("p0.jpg", "p0.png", "p1.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    with pytest.raises(ValueError) as raised:
+        collect_images([tmp_path])
+    message = str(raised.value)
+    assert f"p0 from {tmp_path / 'p0.jpg'}, {tmp_path / 'p0.png'}" in message
+    assert "rename one of them" in message and "separate --output-dir" in message
+    assert "pass their folder" not in message  # they came from their folder already
+
+
+def test_a_rotated_tiff_runs_at_its_displayed_size(tmp_path):
+    """Pillow's TIFF plugin reports a rotated TIFF's displayed size at open: stored_size turned it a second time,
+    and --resolution native fed a squashed image."""
+    from dsunet_hf.image_io import load_image
+    from dsunet_hf.predict import stored_size
+
+    stored = Image.new("RGB", (32, 64))  # stored portrait; Orientation 6 shows it 64 wide x 32 high
+    stored.save(tmp_path / "photo.tif", tiffinfo={0x0112: 6})
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "twin.jpg", exif=exif)
+    for name in ("photo.tif", "twin.jpg"):
+        assert load_image(tmp_path / name).size == (64, 32)
+        assert stored_size(tmp_path / name) == (32, 64), name
+    model, processor = red_model_and_processor()
+    predict_files(model, processor, [tmp_path / "photo.tif"], tmp_path / "out", resolution="native", progress=False)
+    assert model.input_sizes == {(32, 64)}
+    assert Image.open(tmp_path / "out" / "masks" / "photo.png").size == (64, 32)

@@ -224,25 +224,34 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
                  private: bool) -> int:
     """Upload a saved model or ONNX export folder (its card first: an export's names the repo; evaluation
     reports onto a model's)."""
-    from .hub import upload_folder_to_hub
+    from .hub import create_hub_repo, upload_folder_to_hub
     from .onnx_export import is_onnx_export, onnx_model_card
 
     folder = Path(folder)
-    if is_onnx_export(folder) and (folder / "onnx_export.json").is_file():  # an ONNX export: its card names the repo
-        readme = folder / "README.md"
+    export = is_onnx_export(folder) and (folder / "onnx_export.json").is_file()
+    if export:
         try:
-            ours = {onnx_model_card(folder, repo_id=repo).content for repo in (None, repo_id)}
+            onnx_model_card(folder)
         except ValueError as error:  # a damaged onnx_export.json
             raise SystemExit(f"push: {error}") from error
-        if not readme.is_file() or readme.read_text(encoding="utf-8") in ours:
-            onnx_model_card(folder, repo_id=repo_id).save(readme)
-        else:  # edited by hand since the export wrote it: the user's words win
-            print(f"{readme}: edited since the export, uploaded as it is (its snippets may not name {repo_id})")
     else:
         for required in ("config.json", "model.safetensors"):
             if not (folder / required).is_file():
                 raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained or "
                                  f"dsunet-hf export onnx first")
+    given = repo_id
+    try:  # the Hub's full id (a name without a namespace gets the user's): the card's snippets name it
+        repo_id = create_hub_repo(repo_id, private=private)
+    except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
+        raise SystemExit(f"push: creating {repo_id} failed ({type(error).__name__}: {error})") from error
+    if export:  # an ONNX export: its card names the repo
+        readme = folder / "README.md"
+        ours = {onnx_model_card(folder, repo_id=repo).content for repo in (None, given, repo_id)}
+        if not readme.is_file() or readme.read_text(encoding="utf-8") in ours:
+            onnx_model_card(folder, repo_id=repo_id).save(readme)
+        else:  # edited by hand since the export wrote it: the user's words win
+            print(f"{readme}: edited since the export, uploaded as it is (its snippets may not name {repo_id})")
+    else:
         name_card_after_repo(folder / "README.md", repo_id)
     if evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
         from .hub import add_evaluation_to_card

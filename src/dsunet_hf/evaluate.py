@@ -1,10 +1,12 @@
-"""Evaluation with SAM2-UNet's protocol: a model on datasets, or saved prediction maps against ground truth.
+"""Evaluation with the upstream protocols: a model on datasets, or saved prediction maps against ground truth.
 
-Protocol (upstream ``test.py`` + ``eval.py``): logits are upsampled bilinearly to the ground-truth
-size, passed through a sigmoid, min-max normalised per image (default on), written as
-``floor(p * 255)`` 8-bit maps and scored with pysodmetrics against the 8-bit ground truth (see
-:mod:`dsunet_hf.metrics`). Unreadable or mismatched samples, and maps of a single pixel, are skipped with a warning,
-never fatal.
+Protocol: each model's maps are brought to the ground-truth size as its upstream's test script does (the image
+processor's ``post_processing``): SAM2-UNet's and DSU-Net's ``test.py`` upsample the logits bilinearly, apply the
+sigmoid and min-max normalise each map; BiRefNet's ``inference.py`` applies the sigmoid, upsamples the probabilities
+bilinearly with ``align_corners=True`` and does not normalise (``minmax_normalize`` overrides either default). The
+maps are written as ``floor(p * 255)`` 8-bit maps and scored with pysodmetrics against the 8-bit ground truth (the
+``eval.py`` step; see :mod:`dsunet_hf.metrics`). Unreadable or mismatched samples, and maps of a single pixel, are
+skipped with a warning, never fatal.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
-from .image_io import ImageReadError, decodable_cell, load_image, load_mask
+from .image_io import IMAGE_EXTENSIONS, ImageReadError, decodable_cell, load_image, load_mask
+from .image_processing import processor_for_model
 from .metrics import (
     DIS_METRIC_NAMES,
     HIGHER_IS_BETTER,
@@ -50,11 +53,12 @@ __all__ = [
     "write_report",
     "add_evaluate_parser",
     "run_evaluate_cli",
+    "foreground_protocol",
 ]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # the images training and predict read (image_io.py)
 # Errors that mean "this sample cannot be used" (bad file, bad array, size mismatch), not a bug.
 _SAMPLE_ERRORS = (ImageReadError, ValueError, OSError, TypeError)
 
@@ -90,13 +94,24 @@ def _load_sample(item: Any) -> tuple[Image.Image, np.ndarray]:
     return image, ground_truth
 
 
+def foreground_protocol(model, processor, minmax_normalize: bool | None = None):
+    """``(processor, minmax_normalize)`` as :func:`evaluate_model` scores ``model``: the processor with the model's
+    post-processing order when it records none (see :func:`dsunet_hf.image_processing.processor_for_model`), and
+    the min-max normalisation asked for, or by default its upstream's: on after SAM2-UNet's and DSU-Net's
+    ``test.py`` (``post_processing="sam2_unet"``), off after BiRefNet's ``inference.py`` (``"birefnet"``)."""
+    processor = processor_for_model(processor, model)
+    if minmax_normalize is None:
+        minmax_normalize = getattr(processor, "post_processing", None) != "birefnet"
+    return processor, bool(minmax_normalize)
+
+
 def evaluate_model(
     model,
     processor,
     dataset,
     *,
     batch_size: int = 8,
-    minmax_normalize: bool = True,
+    minmax_normalize: bool | None = None,
     progress: bool = True,
     max_samples: int | None = None,
     skipped: list[str] | None = None,
@@ -109,7 +124,7 @@ def evaluate_model(
     num_workers: int = 0,
     metric_workers: int = 0,
 ) -> dict[str, float]:
-    """Score ``model`` on ``dataset`` with SAM2-UNet's protocol; returns :func:`SegmentationMetrics.compute`
+    """Score ``model`` on ``dataset`` with its upstream's protocol; returns :func:`SegmentationMetrics.compute`
     (and, ``with_loss``, the model's loss under ``"loss"``).
 
     Args:
@@ -118,13 +133,17 @@ def evaluate_model(
         dataset: indexable with ``len()``; items are dicts with ``image`` and ``mask`` (paths, PIL
             images or arrays), e.g. a ``datasets.Dataset`` or a list of dicts.
         batch_size: images per forward pass.
-        minmax_normalize: per-image min-max normalisation of the probabilities (upstream ``test.py``).
+        minmax_normalize: per-image min-max normalisation of the probabilities (SAM2-UNet's ``test.py``); None
+            (default): the model's upstream's choice, on for SAM2-UNet and DSU-Net, off for BiRefNet (see
+            :func:`foreground_protocol`). The maps reach the ground-truth size in the processor's
+            ``post_processing`` order (BiRefNet's: sigmoid, then resize with ``align_corners=True``).
         progress: show a tqdm progress bar.
         max_samples: evaluate only the first ``max_samples`` samples.
         skipped: optional list that receives ``"<sample>: <reason>"`` for every skipped sample.
-        with_loss: also the model's own loss (eval mode: BiRefNet's final map only; SAM2-UNet and DSU-Net with
-            their side outputs), from the same forward pass with the masks resized to the model's size as in
-            training; the mean over samples. What training logs as ``val/loss``.
+        with_loss: also the model's own loss (eval mode: BiRefNet's final map only, its IoU term a per-sample mean
+            rather than upstream's sum over the batch; SAM2-UNet and DSU-Net with their side outputs), from the same
+            forward pass with the masks resized to the model's size as in training; the mean over samples, the same
+            whatever the batch size. What training logs as ``val/loss``.
         dis_metrics: also BiRefNet's DIS metrics (HCE, mBA, BIoU, MSE; see :class:`SegmentationMetrics`).
         crop_refine: predict once more on the crop around each image's foreground (grown by ``crop_margin``; see
             :mod:`dsunet_hf.crop_refine`), as ``dsunet-hf predict --crop-refine``; the loss stays the first pass's.
@@ -150,6 +169,7 @@ def evaluate_model(
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
     check_resolution(model, processor, resolution)
+    processor, minmax_normalize = foreground_protocol(model, processor, minmax_normalize)
     input_size = input_size_function(processor, resolution, max_side)
 
     total = len(dataset)
@@ -302,12 +322,22 @@ def _warn_if_class_index_masks(dataset, where: str, samples: int = 8) -> int | N
     """Warn when the first ``samples`` ground-truth masks of ``dataset`` (items with a ``mask``) are all class-index
     label maps (0..k with k >= 2, or palette PNGs; see :func:`~dsunet_hf.image_io.class_index_maximum`), as training
     does: the foreground metrics read a mask as an intensity, foreground ``> 128``, so class k counts as background
-    and the ground truth is empty. Returns k, or None (0/255 and 0/1 masks, soft masks, unreadable files)."""
-    from .data import class_index_mask_maximum
+    and the ground truth is empty. Returns k, or None (0/255 and 0/1 masks, soft masks, unreadable files). Else, when
+    one of them is colour-coded (a palette or RGB mask of several colours, read by its luminance), warns about that
+    and returns the number of colours."""
+    from .data import class_index_mask_maximum, colour_coded_mask_values
 
     classes = class_index_mask_maximum(dataset, samples)
     if classes is None:
-        return None
+        colours = colour_coded_mask_values(dataset, samples)
+        if colours is not None:
+            logger.warning(
+                "%s: colour-coded ground-truth masks (%d colours in a palette or RGB mask), but the metrics read a "
+                "mask by its luminance (> 128 is foreground): a dark colour counts as background. Save binary "
+                "masks as 0/255 or 0/1 gray PNGs (a palette PNG of the indices 0 and k, or one colour on black, is "
+                "read as binary too).", where, colours,
+            )
+        return colours
     logger.warning(
         "%s: the ground-truth masks hold class indices (0..%d), but the metrics read a mask as foreground intensity "
         "(> 128 is foreground): class %d counts as background and the ground truth is empty. Save binary masks as "
@@ -489,6 +519,18 @@ VISUAL_PROMPT_PROTOCOL = (
     "FB-IoU = mean of foreground and background IoU; absent_area = mean fraction of a target predicted for a "
     "prompted class it does not contain")
 
+_POST_PROCESSING_PROTOCOLS = {
+    "sam2_unet": "SAM2-UNet/DSU-Net test.py: bilinear upsampling of the logits to GT size, sigmoid",
+    "birefnet": "BiRefNet inference.py: sigmoid, bilinear upsampling to GT size (align_corners=True)",
+}
+
+
+def sod_protocol(post_processing: str | None, minmax_normalize: bool) -> str:
+    """The report's protocol line for a foreground model scored with this post-processing order and min-max."""
+    steps = _POST_PROCESSING_PROTOCOLS.get(post_processing or "sam2_unet", _POST_PROCESSING_PROTOCOLS["sam2_unet"])
+    return (f"{steps}, {'per-image min-max' if minmax_normalize else 'no min-max'}, floor(p*255) uint8 maps scored "
+            f"with pysodmetrics (eval.py); mDice/mIoU averaged over 256 thresholds")
+
 
 def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict | None = None,
                  protocol: str = SOD_PROTOCOL) -> tuple[Path, Path]:
@@ -528,7 +570,7 @@ def add_evaluate_parser(subparsers):
         "evaluate",
         help="score a model on datasets, or prediction folders against ground truth",
         description=(
-            "Either  --model M --data PATH [--data PATH ...]  (run the model, SAM2-UNet protocol)  or  "
+            "Either  --model M --data PATH [--data PATH ...]  (run the model, its upstream's protocol)  or  "
             "--predictions DIR --ground-truth DIR  (score saved maps, matched by file name)."
         ),
     )
@@ -546,8 +588,10 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers reading and decoding samples while the model runs (default 0: in "
                              "this process; decoding is ~8%% of a 2-core CPU run, more with large photos on a GPU)")
-    parser.add_argument("--no-minmax-normalize", dest="minmax_normalize", action="store_false",
-                        help="skip upstream test.py's per-image min-max normalisation")
+    parser.add_argument("--minmax-normalize", default=None, action=argparse.BooleanOptionalAction,
+                        help="foreground models: per-image min-max normalisation of the maps (SAM2-UNet's test.py); "
+                             "default: as the model's upstream evaluates, on for SAM2-UNet and DSU-Net, off for "
+                             "BiRefNet (its inference.py)")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="evaluate only the first N per dataset (visual-prompt models: N queries)")
     parser.add_argument("--shots", type=int, default=1,
@@ -705,6 +749,9 @@ def run_evaluate_cli(args) -> int:
                               else load_segmentation_dataset(source, split=args.split))
             except (ValueError, OSError) as error:  # no pairs in it, a file, no such folder, a Hub id unavailable
                 raise SystemExit(f"evaluate: --data {_naming(source, error)}") from error
+        # Foreground models: the post-processing order and min-max normalisation evaluate_model uses, for the report.
+        foreground = (None if visual_prompt is not None or multi_class
+                      else foreground_protocol(model, processor, args.minmax_normalize))
         results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
         results_only, evaluated = {}, {}  # tracking sequences for a server; samples scored per dataset
         failed: dict[str, str] = {}  # datasets nothing could be scored on: the others are still reported
@@ -765,6 +812,9 @@ def run_evaluate_cli(args) -> int:
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,
                  "evaluated_samples": evaluated}
+        if foreground is not None:  # foreground maps were scored: how they were post-processed
+            extra.update(post_processing=getattr(foreground[0], "post_processing", None),
+                         minmax_normalize=foreground[1])
         if args.crop_refine:
             extra.update(crop_refine=True, crop_margin=args.crop_margin)
         if args.resolution == "native":
@@ -787,6 +837,8 @@ def run_evaluate_cli(args) -> int:
     for name, ious in extra.get("per_class_iou", {}).items():
         print(f"per-class IoU, {name}: " + ", ".join(f"{label} {iou:.3f}" for label, iou in ious.items()))
     protocol = SOD_PROTOCOL
+    if "post_processing" in extra:  # a foreground model: how its maps were made
+        protocol = sod_protocol(extra["post_processing"], extra["minmax_normalize"])
     if extra.get("per_class_iou"):
         protocol = VISUAL_PROMPT_PROTOCOL if "prompt_kind" in extra else SEMANTIC_PROTOCOL
     if "track_memory" in extra:

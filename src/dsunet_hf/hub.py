@@ -45,10 +45,22 @@ class BackboneNotAvailableError(OSError):
         )
 
 
-def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None) -> tuple[Path | None, str | None]:
-    """Local path of one file of a Hub repo (downloaded or from the cache), or (None, why not)."""
+# ``from_pretrained``'s download arguments that also apply to the frozen backbones' own repos (``hf_hub_download``
+# takes no ``proxies`` any more; transformers drops it too).
+HUB_DOWNLOAD_KWARGS = ("cache_dir", "token", "local_files_only", "force_download")
+
+
+def hub_download_kwargs(kwargs: dict) -> dict:
+    """The download arguments (:data:`HUB_DOWNLOAD_KWARGS`) among ``kwargs`` that are set, for the backbones' files."""
+    return {key: kwargs[key] for key in HUB_DOWNLOAD_KWARGS if kwargs.get(key) not in (None, False)}
+
+
+def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None,
+                      **download_kwargs) -> tuple[Path | None, str | None]:
+    """Local path of one file of a Hub repo (downloaded or from the cache), or (None, why not).
+    ``download_kwargs``: ``cache_dir``, ``token``, ``local_files_only``, ``force_download`` (as ``hf_hub_download``)."""
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision)), None
+        return Path(hf_hub_download(repo_id, filename, revision=revision, **hub_download_kwargs(download_kwargs))), None
     except (
         EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, HFValidationError, OSError
     ) as error:
@@ -88,6 +100,19 @@ def render_model_card(template_name: str, card_data: ModelCardData, **variables)
     return ModelCard.from_template(card_data, template_str=template, **variables)
 
 
+def create_hub_repo(repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    space_sdk: str | None = None) -> str:
+    """Create the repo if needed and return its full id (``name`` -> ``<user>/name``, as the Hub names it): cards
+    rendered before the upload need it for their snippets. ``private``/``space_sdk`` as in
+    :func:`upload_folder_to_hub`."""
+    api = HfApi(token=token)
+    repo_type = "space" if space_sdk else None
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk).repo_id
+    if private:
+        api.update_repo_settings(repo_id, private=True, repo_type=repo_type)
+    return repo_id
+
+
 def upload_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -102,12 +127,13 @@ def upload_folder_to_hub(
     """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id.
     ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo. ``private=True`` makes the repo
     private, an existing one too (``create_repo`` leaves an existing repo's visibility as it is); None: a new
-    repo gets the account's default visibility."""
+    repo gets the account's default visibility. ``revision``: the branch to commit to, created when missing."""
     api = HfApi(token=token)
     repo_type = "space" if space_sdk else None
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk).repo_id
-    if private:
-        api.update_repo_settings(repo_id, private=True, repo_type=repo_type)
+    repo_id = create_hub_repo(repo_id, private=private, token=token, space_sdk=space_sdk)
+    if revision and not create_pr and not revision.startswith("refs/pr/"):
+        # The Hub refuses a commit to a branch that does not exist (404); transformers' push_to_hub creates it too.
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -15,11 +16,28 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .image_io import load_image, load_mask
 
-__all__ = ["SegmentationImageProcessor", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD"]
+__all__ = [
+    "SegmentationImageProcessor",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "POST_PROCESSING_ORDERS",
+    "model_post_processing",
+    "processor_for_model",
+]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _DEFAULT_SIZE = 352
+
+# How logits become maps at the original size, named after the upstream script each one reproduces:
+#   "sam2_unet": logits resized bilinearly (align_corners=False), then sigmoid / softmax (SAM2-UNet's and DSU-Net's
+#                test.py; transformers' convention). What a processor with no recorded order does.
+#   "birefnet":  sigmoid / softmax first, then the probabilities resized bilinearly with align_corners=True
+#                (BiRefNet's inference.py).
+POST_PROCESSING_ORDERS = ("sam2_unet", "birefnet")
+# The order of each model type whose upstream differs from "sam2_unet" (a processor saved before the order was
+# recorded is given its model's order by processor_for_model).
+_MODEL_POST_PROCESSING = {"birefnet": "birefnet"}
 
 
 def _normalize_size(size: int | dict | Sequence[int] | None) -> dict[str, int]:
@@ -58,10 +76,13 @@ class SegmentationImageProcessor(BaseImageProcessor):
     with PIL's bilinear filter, scaled to [0, 1] and normalised with ImageNet statistics; masks are
     converted to 8-bit gray and resized bicubically (kept soft, never re-binarised).
 
-    Post-processing upsamples logits bilinearly to the original size: ``post_process_probabilities`` applies a
-    sigmoid (softmax for multi-class logits), with optional per-image min-max normalisation (as in SAM2-UNet's
-    ``test.py``); ``post_process_semantic_segmentation`` gives class-index maps, the transformers convention
-    that ``pipeline("image-segmentation")`` relies on.
+    Post-processing brings the maps to the original size in the order of the model's upstream
+    (``post_processing``, saved in ``preprocessor_config.json``): ``"sam2_unet"`` upsamples the logits
+    bilinearly and then applies the sigmoid (softmax for multi-class logits), as SAM2-UNet's and DSU-Net's
+    ``test.py``; ``"birefnet"`` applies the sigmoid first and upsamples the probabilities bilinearly with
+    ``align_corners=True``, as BiRefNet's ``inference.py``. ``post_process_probabilities`` gives the soft maps, with
+    optional per-image min-max normalisation (as in SAM2-UNet's ``test.py``); ``post_process_semantic_segmentation``
+    gives class-index maps, the transformers convention that ``pipeline("image-segmentation")`` relies on.
 
     Note: we subclass ``BaseImageProcessor`` (the backend-agnostic ``ImageProcessingMixin`` subclass
     that ``AutoImageProcessor.register`` requires) and not the transformers PIL or torchvision
@@ -82,6 +103,7 @@ class SegmentationImageProcessor(BaseImageProcessor):
         image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
         extra_sizes: dict[str, Any] | None = None,
         do_reduce_labels: bool = False,
+        post_processing: str | None = None,
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
@@ -99,6 +121,13 @@ class SegmentationImageProcessor(BaseImageProcessor):
         # transformers' Segformer/BEiT processors' flag. Recorded with the model by training and conversion,
         # so that evaluation reads the labels the way the model was trained on them.
         self.do_reduce_labels = bool(do_reduce_labels)
+        # The upstream order of post-processing (POST_PROCESSING_ORDERS), set by each model's
+        # default_image_processor(). None: not recorded (a processor saved before it was), "sam2_unet" when used on
+        # its own; processor_for_model gives it its model's order.
+        if post_processing is not None and post_processing not in POST_PROCESSING_ORDERS:
+            raise ValueError(f"post_processing must be one of {POST_PROCESSING_ORDERS} (or None), "
+                             f"got {post_processing!r}")
+        self.post_processing = post_processing
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (RGB)")
 
@@ -191,8 +220,10 @@ class SegmentationImageProcessor(BaseImageProcessor):
         Args:
             outputs: a model output with a ``logits`` field, or the logits: (B, 1, h, w) / (B, h, w) for a
                 foreground/background model, (B, C, h, w) with C > 1 for a multi-class one.
-            target_sizes: one ``(height, width)`` per image (e.g. ``original_sizes``); logits are
-                upsampled bilinearly (``align_corners=False``) first, as upstream. ``None`` keeps their size.
+            target_sizes: one ``(height, width)`` per image (e.g. ``original_sizes``); maps are upsampled in the
+                order of ``post_processing``: the logits bilinearly (``align_corners=False``), then the sigmoid
+                (``"sam2_unet"``, the default), or the sigmoid, then the probabilities bilinearly with
+                ``align_corners=True`` (``"birefnet"``), as each upstream. ``None`` keeps their size.
             threshold: foreground/background models: label 1 where ``p >= threshold`` (inclusive, so that
                 0.5 maps a logit of exactly 0 to foreground). Multi-class models take the arg-max.
             minmax_normalize: SAM2-UNet ``test.py``'s per-image min-max normalisation before thresholding.
@@ -229,17 +260,22 @@ class SegmentationImageProcessor(BaseImageProcessor):
         if target_sizes is not None and len(target_sizes) != batch:
             raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
 
+        activation_first = self.post_processing == "birefnet"
         results = []
         for i in range(batch):
             x = logits[i : i + 1].detach().float()
-            if target_sizes is not None:
-                size = tuple(int(v) for v in target_sizes[i])
-                if size != tuple(x.shape[-2:]):
-                    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            size = None if target_sizes is None else tuple(int(v) for v in target_sizes[i])
+            if size == tuple(x.shape[-2:]):
+                size = None
+            if size is not None and not activation_first:  # SAM2-UNet / DSU-Net test.py: resize the logits
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = x.softmax(dim=1) if x.shape[1] > 1 else x.sigmoid()
+            if size is not None and activation_first:  # BiRefNet inference.py: resize the probabilities
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
             if x.shape[1] > 1:
-                results.append(x[0].softmax(dim=0))
+                results.append(x[0])
                 continue
-            p = x.sigmoid()[0, 0]
+            p = x[0, 0]
             if minmax_normalize:
                 p = (p - p.min()) / (p.max() - p.min() + 1e-8)
             results.append(p)
@@ -258,3 +294,21 @@ class SegmentationImageProcessor(BaseImageProcessor):
             p = np.clip(np.asarray(p, dtype=np.float32), 0.0, 1.0)
             out.append(Image.fromarray(np.floor(p * np.float32(255.0)).astype(np.uint8)))
         return out
+
+
+def model_post_processing(model) -> str:
+    """The post-processing order (:data:`POST_PROCESSING_ORDERS`) of ``model``'s upstream, by its config's
+    ``model_type`` (ONNX exports carry their model's config): ``"birefnet"`` for BiRefNet, else ``"sam2_unet"``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return _MODEL_POST_PROCESSING.get(model_type, "sam2_unet")
+
+
+def processor_for_model(processor, model):
+    """``processor`` as it post-processes ``model``'s outputs: itself when it records its post-processing order, or a
+    copy with the model's (:func:`model_post_processing`) when it does not (a processor saved before the order was
+    recorded, or built by hand)."""
+    if processor is None or getattr(processor, "post_processing", "") is not None:
+        return processor
+    resolved = copy.copy(processor)
+    resolved.post_processing = model_post_processing(model)
+    return resolved

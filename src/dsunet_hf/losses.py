@@ -103,19 +103,23 @@ def ssim_loss(prediction: torch.Tensor, target: torch.Tensor, window_size: int =
     return 1 - (1 + ssim.mean()) / 2
 
 
-def iou_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft IoU loss ``1 - |P∩G| / |P∪G|`` per image, **summed** over the batch (as upstream)."""
+def iou_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Soft IoU loss ``1 - |P∩G| / |P∪G|`` per image, **summed** over the batch (as upstream trains), or with
+    ``reduction="mean"`` averaged over it (a per-sample value that does not grow with the batch size)."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     intersection = (prediction * target).flatten(1).sum(1)
     union = prediction.flatten(1).sum(1) + target.flatten(1).sum(1) - intersection
-    return (1 - intersection / union).sum()
+    per_image = 1 - intersection / union
+    return per_image.sum() if reduction == "sum" else per_image.mean()
 
 
-def _pixel_term(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _pixel_term(name: str, logits: torch.Tensor, target: torch.Tensor, iou_reduction: str = "sum") -> torch.Tensor:
     if name == "bce":
         return F.binary_cross_entropy_with_logits(logits, target)
     probabilities = torch.sigmoid(logits)
     if name == "iou":
-        return iou_loss(probabilities, target)
+        return iou_loss(probabilities, target, reduction=iou_reduction)
     if name == "ssim":
         return ssim_loss(probabilities, target)
     if name == "mae":
@@ -126,19 +130,23 @@ def _pixel_term(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 def birefnet_pixel_loss(
-    outputs: Sequence[torch.Tensor], target: torch.Tensor, weights: dict[str, float]
+    outputs: Sequence[torch.Tensor], target: torch.Tensor, weights: dict[str, float], iou_reduction: str = "sum"
 ) -> torch.Tensor:
     """BiRefNet's ``PixLoss``: every output (auxiliary maps first, final last) is resized to the target
     (bilinear, align_corners=True) and scored with the weighted BCE / IoU / SSIM / MAE / MSE on its sigmoid,
     all levels with equal weight. The BCE is computed from logits (upstream applies ``nn.BCELoss`` to the
-    sigmoid: the same value without its log clamp, and safe under autocast)."""
+    sigmoid: the same value without its log clamp, and safe under autocast).
+
+    The other terms are means over the batch, the IoU term upstream's sum over it (``iou_reduction="sum"``, what
+    training optimises); ``"mean"`` makes the whole loss a per-sample mean, independent of the batch size (what
+    the model reports in eval mode, as the validation loss)."""
     total = target.new_zeros(())
     for logits in outputs:
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
         for name, weight in weights.items():
             if weight:
-                total = total + weight * _pixel_term(name, logits.float(), target)
+                total = total + weight * _pixel_term(name, logits.float(), target, iou_reduction)
     return total
 
 

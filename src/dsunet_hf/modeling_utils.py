@@ -25,6 +25,8 @@ from .finetune import add_lora, is_trainable_key, lora_layers, merge_lora, param
 from .hub import (
     PLACEHOLDER_REPO_ID,
     add_evaluation_to_card,
+    create_hub_repo,
+    hub_download_kwargs,
     looks_like_hub_id,
     render_model_card,
     upload_folder_to_hub,
@@ -230,18 +232,79 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         return super().train(mode)
 
     # --- frozen backbones ---------------------------------------------------------------------------
-    def load_frozen_backbones(self) -> None:
-        """Load every frozen backbone's weights from the repo/revision recorded in the config."""
+    def load_frozen_backbones(self, **download_kwargs) -> None:
+        """Load every frozen backbone's weights from the repo/revision recorded in the config (then
+        :meth:`record_frozen_weights`). ``download_kwargs``: ``cache_dir``, ``token``, ``local_files_only``,
+        ``force_download``, as ``from_pretrained`` takes them."""
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained_backbones(cls, config=None, **config_kwargs):
+    def from_pretrained_backbones(cls, config=None, *, cache_dir=None, token=None, local_files_only: bool = False,
+                                  force_download: bool = False, **config_kwargs):
         """A new model (random decoder/adapters) whose frozen backbones hold their pretrained weights:
-        the starting point for fine-tuning."""
+        the starting point for fine-tuning. ``cache_dir``, ``token``, ``local_files_only`` and ``force_download``
+        apply to the backbones' Hub files, as in ``from_pretrained``."""
         config = config if config is not None else cls.config_class(**config_kwargs)
         model = cls(config)
-        model.load_frozen_backbones()
+        model.load_frozen_backbones(cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                                    force_download=force_download)
         return model
+
+    # A trainable-only artifact does not hold the frozen weights: changed after loading (peft's merge_and_unload
+    # into the backbone, a backbone trained by hand), they would be lost silently. A few values of every frozen
+    # tensor, taken when the backbones are loaded, tell cheaply (32 values a tensor) whether that happened.
+    # A low-rank update moves every value of a tensor; one of them past the tolerance is enough.
+    _FROZEN_SAMPLES_PER_TENSOR = 32
+    # Casts (model.half(), a bfloat16 round trip) move a value by at most half a bfloat16 step (2^-9 of it).
+    _FROZEN_RTOL, _FROZEN_ATOL = 2**-7, 1e-6
+
+    def _frozen_weight_samples(self) -> dict[str, tuple[int, torch.Tensor]]:
+        """``{name: (numel, sampled values as float32)}`` of the parameters a trainable-only file leaves out
+        (names without peft's ``.base_layer``, so that merged and unmerged LoRA layers compare)."""
+        names, sizes, parts = [], [], []
+        for name, parameter in self.named_parameters():
+            if (self.is_trainable_key(name) or parameter.device.type == "meta" or parameter.numel() == 0
+                    or not parameter.dtype.is_floating_point):
+                continue
+            flat = parameter.detach().reshape(-1)
+            count = min(flat.numel(), self._FROZEN_SAMPLES_PER_TENSOR)
+            index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+            names.append(name.replace(".base_layer", ""))
+            sizes.append(flat.numel())
+            parts.append(flat[index].float().cpu())
+        return {name: (size, values) for name, size, values in zip(names, sizes, parts)}
+
+    def record_frozen_weights(self) -> None:
+        """Remember the frozen weights as loaded (see :meth:`changed_frozen_weights`); the loaders call it."""
+        self.__dict__["_frozen_weight_fingerprint"] = self._frozen_weight_samples()
+
+    def changed_frozen_weights(self) -> list[str]:
+        """The frozen parameters (those a trainable-only ``save_pretrained`` leaves out) whose sampled values differ
+        from the ones loaded by more than a dtype cast (``model.half()``, bfloat16) moves them."""
+        recorded = self.__dict__.get("_frozen_weight_fingerprint")
+        if not recorded:
+            return []
+        now = self._frozen_weight_samples()
+        changed = []
+        for name, (size, values) in recorded.items():
+            current = now.get(name)
+            if current is None or current[0] != size:  # gone, or sharded (FSDP/DeepSpeed): nothing to compare
+                continue
+            if not torch.allclose(current[1], values, rtol=self._FROZEN_RTOL, atol=self._FROZEN_ATOL):
+                changed.append(name)
+        return changed
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        # transformers drops the missing keys that `_keys_to_ignore_on_load_missing` matches (the frozen backbone
+        # tensors, absent from trainable-only files by design). A self-contained artifact (include_backbone=True,
+        # strategy full) holds them: one missing there would keep its random init, so it stays reported.
+        included = getattr(self.config, "backbone_weights_included", False)
+        before = set(loading_info.missing_keys) if included else set()
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        if included:
+            loading_info.missing_keys = set(loading_info.missing_keys) | {
+                key for key in before if key not in self.unused_parameters  # never saved under `full`
+            }
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -255,6 +318,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         """
         want_info = kwargs.pop("output_loading_info", False)
         merge = kwargs.pop("merge_lora", False)
+        # The Hub arguments also reach the backbones' own repos (a custom cache_dir, a token, offline use).
+        download = hub_download_kwargs(kwargs)
         # Report shape mismatches as our own error naming the keys, not transformers' generic one.
         kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(
@@ -263,14 +328,24 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         missing = sorted(info.get("missing_keys", []))
         unexpected = sorted(info.get("unexpected_keys", []))
         mismatched = sorted(str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys", []))
+        included = getattr(model.config, "backbone_weights_included", False)
         if missing or unexpected or mismatched:
+            what = ("; its config.json says it holds the backbone weights too (self-contained: include_backbone=True "
+                    "or strategy 'full'), so none may be missing" if included else "")
             raise CheckpointMismatchError(
                 f"{pretrained_model_name_or_path}: checkpoint does not fit {cls.__name__} with this config "
-                f"(strategy {model.config.finetune_strategy!r}); missing keys: {_preview(missing)}; "
+                f"(strategy {model.config.finetune_strategy!r}){what}; missing keys: {_preview(missing)}; "
                 f"unexpected keys: {_preview(unexpected)}; shape mismatches: {_preview(mismatched)}"
             )
-        if not getattr(model.config, "backbone_weights_included", False):
-            model.load_frozen_backbones()
+        if included:
+            model.record_frozen_weights()
+        else:
+            model.load_frozen_backbones(**download)
+        # Where the artifact came from, for its image processor when it is saved or pushed again.
+        model.__dict__["_source_load_kwargs"] = {
+            **{key: kwargs[key] for key in ("subfolder", "revision") if kwargs.get(key)},
+            **{key: value for key, value in download.items() if key != "force_download"},
+        }
         # Loading materialises fresh parameters (requires_grad=True): restore what the strategy trains.
         model.apply_finetune_strategy()
         model.eval()
@@ -293,9 +368,22 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         push_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "token", "revision", "create_pr")
                        if key in kwargs}
         repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
-        if push:
-            card_kwargs.setdefault("repo_id", repo_id)
-        if "state_dict" not in kwargs and not include_backbone:
+        # Recorded in config.json so that from_pretrained knows not to fetch the backbone repos.
+        backbone_included = include_backbone or self.config.finetune_strategy == "full"
+        # transformers' Trainer passes state_dict=None: the default, the trainable part.
+        if kwargs.get("state_dict") is None and not include_backbone:
+            if not backbone_included and not self.lora_is_merged and (changed := self.changed_frozen_weights()):
+                # Refused, not warned: the file would load with the backbone repos' weights and give other outputs
+                # than this model, with nothing to tell (a warning scrolls away in a training log).
+                raise ValueError(
+                    f"{type(self).__name__}: frozen backbone weights changed since they were loaded "
+                    f"({_preview(changed, 4)}; e.g. peft's merge_and_unload() or a backbone trained by hand), and "
+                    f"save_pretrained writes only the trainable part (strategy {self.config.finetune_strategy!r}): "
+                    f"the saved model would load with the original backbone weights. Save with include_backbone=True "
+                    f"(self-contained), or train the backbone with finetune_strategy=\"lora\" (saved as LoRA "
+                    f"tensors) or \"full\"; to save the trainable part anyway, pass "
+                    f"state_dict=model.trainable_state_dict()."
+                )
             kwargs["state_dict"] = self.trainable_state_dict()
         if self.lora_is_merged:
             # Trainable-only files hold the LoRA tensors and none of the (frozen) weights they were merged into;
@@ -305,8 +393,10 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             if merged:
                 raise ValueError(f"LoRA is merged into {_preview(merged)}: saving them would apply LoRA twice "
                                  f"when loaded; save the model before merge_lora(), or without include_backbone")
-        # Recorded in config.json so that from_pretrained knows not to fetch the backbone repos.
-        backbone_included = include_backbone or self.config.finetune_strategy == "full"
+        if push and kwargs.get("is_main_process", True):
+            # The Hub's full id (a name without a namespace gets the user's) for the card's snippets.
+            repo_id = create_hub_repo(repo_id, private=push_kwargs.get("private"), token=push_kwargs.get("token"))
+            card_kwargs.setdefault("repo_id", repo_id)
         self.config.backbone_weights_included = backbone_included
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
@@ -333,8 +423,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         default = self.default_image_processor()
         source = self.name_or_path
         if source and (os.path.isdir(source) or looks_like_hub_id(source)):
-            try:
-                loaded = AutoImageProcessor.from_pretrained(source)
+            try:  # from where the model was: its subfolder, revision, cache_dir and token
+                loaded = AutoImageProcessor.from_pretrained(source, **self.__dict__.get("_source_load_kwargs", {}))
             except (OSError, ValueError):  # no preprocessor_config.json there, or not reachable now
                 return default
             if isinstance(loaded, type(default)):  # not another library's (e.g. an official repo's remote code)
@@ -400,6 +490,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         save_kwargs = {key: kwargs.pop(key) for key in ("max_shard_size",) if key in kwargs}
         if kwargs:
             raise TypeError(f"push_to_hub() got unexpected keyword arguments {sorted(kwargs)}")
+        # The Hub's full id (a name without a namespace gets the user's) for the card's snippets.
+        repo_id = create_hub_repo(repo_id, private=private, token=token)
         with tempfile.TemporaryDirectory(prefix="dsunet-hf-push-") as folder:
             self.save_pretrained(
                 folder,

@@ -48,6 +48,7 @@ from torch import nn
 
 from .files import output_folder_problem, write_json_atomic
 from .finetune import lora_merged
+from .image_processing import processor_for_model
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
            "onnx_export_from_hub", "onnx_input_names", "onnx_model_card", "read_export_report"]
@@ -213,6 +214,7 @@ class OnnxExportReport:
     versions: dict[str, str] = field(default_factory=dict)  # dsunet-hf, torch, onnx, onnxscript, onnxruntime
     dtype: str = "float32"  # the graph's weights and arithmetic; inputs and outputs are fp32 either way
     compared: str = "logits"  # what max_abs_difference measures: "logits" (fp32) or "probabilities" (fp16)
+    class_maps: bool | None = None  # the graph predicts class maps (None: an export written before this was recorded)
 
     def summary(self) -> str:
         check = (f"onnxruntime max |{self.compared} diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
@@ -331,6 +333,7 @@ def export_onnx(
             opset=written_opset, export_seconds=round(time.perf_counter() - start, 1),
             external_data=external_data_written, traced_size=list(traced_size) if traced_size else None,
             dtype=dtype, compared="logits" if dtype == "float32" else "probabilities",
+            class_maps=bool(getattr(model, "predicts_class_maps", False)),
         )
         if check:
             try:
@@ -347,7 +350,9 @@ def export_onnx(
     report.license = _source_license(model)
     report.versions = package_versions("dsunet-hf", "torch", "onnx", "onnxscript", "onnxruntime")
     model.config.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    # The post-processing order recorded (BiRefNet's differs), so that the folder's own processor follows it for
+    # any reader, also one saved before the order was (see image_processing.processor_for_model).
+    processor_for_model(processor, model).save_pretrained(output_dir)
     write_json_atomic(output_dir / "onnx_export.json", asdict(report))
     onnx_model_card(output_dir).save(output_dir / "README.md")
     return report
@@ -399,6 +404,7 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
     source = report.source
     source_is_hub_id = bool(source) and looks_like_hub_id(source)
     labels = list((config.get("id2label") or {}).values())
+    class_maps = report.class_maps if report.class_maps is not None else len(labels) > 2
     data = ModelCardData(
         license=report.license, library_name="onnx", pipeline_tag="image-segmentation",
         tags=["onnx", "dsunet-hf", config.get("model_type", "segmentation")],
@@ -410,7 +416,7 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
         "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id,
         model_type=config.get("model_type"), report=report, dynamic_size=report.traced_size is not None,
         size_multiple=DYNAMIC_SIZE_MULTIPLE.get(config.get("model_type"), 32),
-        labels=labels if len(labels) > 2 else [], repo_id=repo_id or PLACEHOLDER_REPO_ID,
+        labels=labels if class_maps else [], repo_id=repo_id or PLACEHOLDER_REPO_ID,
         versions=versions or "dsunet-hf",
     )
 

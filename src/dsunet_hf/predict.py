@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import glob
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,11 +23,14 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refine_with_crops
 from .files import output_folder_problem, remove_stale_temporaries, save_image_atomic, write_json_atomic
-from .image_io import ImageReadError, load_image
+from .image_io import IMAGE_EXTENSIONS, ImageReadError, displayed_size, load_image
+from .image_processing import processor_for_model
 from .video import VIDEO_SUFFIXES, is_video, predict_video_into_report, video_output_path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # the images training reads (data.py), the same list
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,8 +104,19 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
         more = f" (and {len(duplicates) - len(shown)} more)" if len(duplicates) > len(shown) else ""
         listed = "; ".join(f"{name}{' (videos)' if video else ''} from {', '.join(inputs_of[(name, video)])}"
                            for name, video in shown)
-        raise ValueError(f"several inputs would write the same output name(s): {listed}{more}; predict them into "
-                         f"separate --output-dir folders, or pass their folder so that sub-folders keep them apart")
+        # Files of one name in one folder (p0.jpg and p0.png) stay together whatever folder is passed.
+        one_folder = [paths for paths in inputs_of.values() if len({Path(path).parent for path in paths}) == 1]
+        if one_folder:
+            first = [Path(path) for path in one_folder[0]]
+            runs = " and ".join(f"'{first[0].parent / ('*' + path.suffix)}'" for path in first[:2])
+            advice = (f"files of one name in one folder that differ only in their extension: rename one of them, "
+                      f"or predict them in separate runs with separate --output-dir folders (e.g. {runs})")
+            if len(one_folder) < len(shown):
+                advice += "; inputs from different folders: pass their folder so that sub-folders keep them apart"
+        else:
+            advice = ("predict them into separate --output-dir folders, or pass their folder so that sub-folders keep "
+                      "them apart")
+        raise ValueError(f"several inputs would write the same output name(s): {listed}{more}; {advice}")
     return pairs
 
 
@@ -273,7 +288,7 @@ def probabilities_and_outputs(model, processor, images: list, minmax_normalize: 
     inputs = processor(images, masks=masks, size=None if size is None else {"height": size[0], "width": size[1]})
     labels = {} if masks is None else {"labels": torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)}
     outputs = model(**pixel_inputs(inputs, device, dtype), **labels)
-    probabilities = processor.post_process_probabilities(
+    probabilities = processor_for_model(processor, model).post_process_probabilities(  # the model's upstream order
         outputs.logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )
     return probabilities, outputs
@@ -318,10 +333,7 @@ def stored_size(path: Path) -> tuple[int, int] | None:
     """(height, width) after EXIF orientation from the file header alone; None if it cannot be read
     (the file then fails, and is reported, when it is decoded)."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap the sides
-                width, height = height, width
+        width, height = displayed_size(path)  # the size load_image gives (a rotated TIFF: once turned, not twice)
         return height, width
     except Exception:  # any unreadable header: decoding reports the real error
         return None
@@ -352,6 +364,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             image = load_image(path)
         except (ImageReadError, ValueError, OSError) as error:
             return {"path": path, "name": name, "error": str(error)}
+        warn_if_several_frames(path)
         size = self.sizes[index] if self.sizes else None
         inputs = self.processor([image], size=size) if self.preprocess else None
         return {"path": path, "name": name, "image": image, "inputs": inputs}
@@ -369,12 +382,31 @@ def _collate(items: list[dict]) -> dict:
     return batch
 
 
+def warn_if_several_frames(path: Path) -> None:
+    """An animated GIF, WebP or PNG, or a multi-page TIFF, is predicted on its first frame only: a warning names it."""
+    try:
+        with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+    except Exception:  # unreadable: load_image has reported it
+        return
+    if frames > 1:
+        logger.warning("%s: has %d frames (an animation or pages); only the first is predicted", path, frames)
+
+
+def rgb_icc_profile(image: Image.Image) -> bytes | None:
+    """The image's embedded ICC colour profile when it describes RGB (e.g. a phone's Display P3), else None (a
+    CMYK or gray profile does not describe the RGB pixels written from it)."""
+    profile = image.info.get("icc_profile")
+    return profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None
+
+
 def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path, kinds: list[str],
                           options: OutputOptions) -> str:
     name = output_file(item["name"], ".png")
+    profile = rgb_icc_profile(item["image"])  # the colour outputs keep the photo's colours; a mask has none
     for kind in kinds:
         save_image_atomic(Image.fromarray(render_output(kind, item["image"], probability, options)),
-                          output_dir / kind / name)
+                          output_dir / kind / name, icc_profile=None if kind == "masks" else profile)
     return str(item["path"])
 
 
@@ -390,12 +422,22 @@ class BackgroundWriter:
             raise ValueError(f"write_workers must be 0 (write in this thread) or more, got {workers}")
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-writer") if workers else None
         self.pending, self.max_pending, self.on_done = [], max_pending, on_done
+        self.failure: BaseException | None = None  # the first failed write: the tasks queued after it do not run
+
+    def _run(self, fn, *args):
+        if self.failure is not None:  # e.g. the next frame of a video whose container failed: never touched again
+            raise RuntimeError(f"not run after an earlier write failed ({self.failure})") from self.failure
+        try:
+            return fn(*args)
+        except BaseException as error:
+            self.failure = error
+            raise
 
     def submit(self, fn, *args) -> None:
         if self.pool is None:
-            self.on_done(fn(*args))
+            self.on_done(self._run(fn, *args))
             return
-        self.pending.append(self.pool.submit(fn, *args))
+        self.pending.append(self.pool.submit(self._run, fn, *args))
         while len(self.pending) > self.max_pending:
             self.on_done(self.pending.pop(0).result())
 
@@ -514,7 +556,8 @@ def predict_files(
             pixel_values = {k: v.contiguous(memory_format=torch.channels_last) for k, v in pixel_values.items()}
         with precision():
             logits = model(**pixel_values).logits
-        probabilities = processor.post_process_probabilities(logits.float(), target_sizes=inputs["original_sizes"])
+        probabilities = processor_for_model(processor, model).post_process_probabilities(
+            logits.float(), target_sizes=inputs["original_sizes"])
         return [probability.cpu().numpy() for probability in probabilities]
 
     def foreground_maps(images: list[Image.Image], inputs: dict) -> list[np.ndarray]:

@@ -319,14 +319,15 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_dinov2_state_dict(
-    source: str | Path, revision: str | None = None
+    source: str | Path, revision: str | None = None, **download_kwargs
 ) -> tuple[dict[str, torch.Tensor], str | None]:
     """Load DINOv2 weights as a transformers-5 ``Dinov2Model`` state dict.
 
     ``source`` is a Hub repo id (its ``model.safetensors``), a local folder (``model.safetensors`` or a
     ``.pth``/``.pt``), or a ``.safetensors`` / ``.pth`` / ``.pt`` file (torch.hub checkpoints are converted).
     Returns the state dict and the resolved Hub commit (None for local sources). Raises
-    ``BackboneNotAvailableError`` with the ways to fix it when the weights cannot be had.
+    ``BackboneNotAvailableError`` with the ways to fix it when the weights cannot be had. ``download_kwargs``
+    (``cache_dir``, ``token``, ``local_files_only``, ``force_download``) apply to a Hub repo's files.
     """
     path = Path(source)
     if path.is_file():
@@ -341,7 +342,7 @@ def load_dinov2_state_dict(
     repo_id = str(source)
     if path.suffix in (".pt", ".pth", ".safetensors") or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
         raise BackboneNotAvailableError(f"{source}: no such backbone file or folder")
-    local_file, error = resolve_repo_file(repo_id, "model.safetensors", revision)
+    local_file, error = resolve_repo_file(repo_id, "model.safetensors", revision, **download_kwargs)
     if local_file is None:
         raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"model.safetensors: {error}"])
     return _read_file(local_file), snapshot_revision(local_file)

@@ -206,14 +206,15 @@ def _default_checkpoint_name(repo_id: str) -> str:
 
 
 def load_hiera_state_dict(
-    source: str | Path, revision: str | None = None
+    source: str | Path, revision: str | None = None, **download_kwargs
 ) -> tuple[dict[str, torch.Tensor], str | None]:
     """Load SAM 2 Hiera trunk weights as a ``Sam2HieraDetModel`` state dict.
 
     ``source`` is a Hub repo id (transformers ``model.safetensors``, else Meta's ``<name>.pt`` in the same
     repo), a local folder with either, or a ``.safetensors`` / ``.pt`` file. Returns the state dict and
     the resolved Hub commit (None for local sources). Raises ``BackboneNotAvailableError`` with the
-    ways to fix it when the weights cannot be had.
+    ways to fix it when the weights cannot be had. ``download_kwargs`` (``cache_dir``, ``token``,
+    ``local_files_only``, ``force_download``) apply to a Hub repo's files.
     """
     path = Path(source)
     if path.is_file():
@@ -234,7 +235,7 @@ def load_hiera_state_dict(
         raise BackboneNotAvailableError(f"{source}: no such backbone file or folder")
     errors = []
     for filename in ("model.safetensors", _default_checkpoint_name(repo_id)):
-        local_file, error = resolve_repo_file(repo_id, filename, revision)
+        local_file, error = resolve_repo_file(repo_id, filename, revision, **download_kwargs)
         if local_file is not None:
             state_dict = (
                 _trunk_from_safetensors(local_file)

@@ -119,8 +119,10 @@ def _weights_in_folder(folder: Path) -> Path | None:
     return checkpoints[0] if checkpoints else None
 
 
-def locate_birefnet_weights(source: str | Path, revision: str | None = None) -> tuple[Path, str | None]:
-    """Local path of the weights file for a file, folder or Hub repo id, and the Hub commit (or None)."""
+def locate_birefnet_weights(source: str | Path, revision: str | None = None,
+                            **download_kwargs) -> tuple[Path, str | None]:
+    """Local path of the weights file for a file, folder or Hub repo id, and the Hub commit (or None).
+    ``download_kwargs`` (``cache_dir``, ``token``, ``local_files_only``, ``force_download``) apply to a Hub repo."""
     path = Path(source)
     if path.is_file():
         return path, None
@@ -134,7 +136,7 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None) -> 
         raise BackboneNotAvailableError(f"{source}: no such BiRefNet weights file or folder")
     errors = []
     for filename in OFFICIAL_WEIGHT_FILES[:1]:
-        local_file, error = resolve_repo_file(repo_id, filename, revision)
+        local_file, error = resolve_repo_file(repo_id, filename, revision, **download_kwargs)
         if local_file is not None:
             return local_file, snapshot_revision(local_file)
         errors.append(f"{filename}: {error}")
@@ -148,23 +150,25 @@ def _is_dsunet_artifact(folder: Path) -> bool:
         return False
 
 
-def load_birefnet_weights(source, revision, config) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Official (or dsunet-hf) BiRefNet weights in this package's names, and the commit."""
-    path, commit = locate_birefnet_weights(source, revision)
+def load_birefnet_weights(source, revision, config, **download_kwargs) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Official (or dsunet-hf) BiRefNet weights in this package's names, and the commit. ``download_kwargs`` as
+    :func:`locate_birefnet_weights`'s."""
+    path, commit = locate_birefnet_weights(source, revision, **download_kwargs)
     if _is_dsunet_artifact(path.parent):
         # A dsunet-hf copy: transformers writes nested backbones under their legacy names and maps them back
         # on load, so it is read through from_pretrained (which also follows its own base, if any).
         from ..models.birefnet import BiRefNetForImageSegmentation
 
-        model = BiRefNetForImageSegmentation.from_pretrained(str(path.parent))
+        model = BiRefNetForImageSegmentation.from_pretrained(str(path.parent), **download_kwargs)
         plain = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
         return plain, commit
     return convert_birefnet_state_dict(read_checkpoint(path), config, source=str(path)), commit
 
 
-def is_official_birefnet_source(source: str | Path, revision: str | None = None) -> bool:
+def is_official_birefnet_source(source: str | Path, revision: str | None = None, **download_kwargs) -> bool:
     """True when ``source`` holds official BiRefNet weights rather than a dsunet-hf artifact: a weights file,
-    a folder of weights without config.json, or a folder / Hub repo whose config.json is the official one."""
+    a folder of weights without config.json, or a folder / Hub repo whose config.json is the official one.
+    ``download_kwargs`` (``cache_dir``, ``token``, ...) apply to a Hub repo's config.json."""
     path = Path(source)
     if path.is_file():
         return path.suffix in (".safetensors", ".pth", ".bin")
@@ -173,7 +177,7 @@ def is_official_birefnet_source(source: str | Path, revision: str | None = None)
     else:
         if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
             return False
-        config_file, _ = resolve_repo_file(str(source), "config.json", revision)
+        config_file, _ = resolve_repo_file(str(source), "config.json", revision, **download_kwargs)
         if config_file is None:
             return False
     if config_file is None or not Path(config_file).is_file():

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...finetune import add_lora
+from ...hub import HUB_DOWNLOAD_KWARGS, hub_download_kwargs
 from ...losses import birefnet_pixel_loss, outward_reference_loss
 from ...modeling_utils import (
     SegmentationOutput,
@@ -47,7 +48,8 @@ class BiRefNetOutput(SegmentationOutput):
     gradient_logits: training only: OutRef gradient predictions at 1/32, 1/16, 1/8.
     gradient_targets: training only: their targets at the input size (Laplacian of the grey input masked
         by each stage's auxiliary map).
-    loss: pixel losses on all four maps + the OutRef BCE, when labels are given.
+    loss: pixel losses on all four maps + the OutRef BCE, when labels are given (training: upstream's, its IoU
+        term summed over the batch; eval mode: the final map's, a per-sample mean independent of the batch size).
     """
 
     gradient_logits: tuple[torch.Tensor, ...] | None = None
@@ -366,7 +368,10 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         loss = None
         if labels is not None:
             target = labels_like(labels, logits, clamp=True)
-            loss = birefnet_pixel_loss([*aux, logits], target, self.current_loss_weights())
+            # Training: upstream's loss (its IoU term summed over the batch). Eval mode (validation): the IoU term
+            # averaged, so that the loss is a per-sample mean whatever the batch size.
+            loss = birefnet_pixel_loss([*aux, logits], target, self.current_loss_weights(),
+                                       iou_reduction="sum" if self.training else "mean")
             if gradient_logits:
                 loss = loss + self.config.outward_reference_loss_weight * outward_reference_loss(
                     gradient_logits, gradient_targets
@@ -379,11 +384,15 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
 
     # --- loading ------------------------------------------------------------------------------------------
     @classmethod
-    def from_official(cls, source, variant: str | None = None, revision: str | None = None, **config_overrides):
+    def from_official(cls, source, variant: str | None = None, revision: str | None = None, *, cache_dir=None,
+                      token=None, local_files_only: bool = False, force_download: bool = False, **config_overrides):
         """Load official BiRefNet weights (Hub id such as ``"ZhengPeng7/BiRefNet"``, a local folder, or a
         ``model.safetensors`` / ``.pth`` file). The variant comes from the name or ``variant=``; backbone and
         BatchNorm are read from the tensors. ``finetune_strategy`` defaults to ``full`` (no LoRA layers: the
-        plain network); pass ``finetune_strategy="lora"`` to start fine-tuning from these weights."""
+        plain network); pass ``finetune_strategy="lora"`` to start fine-tuning from these weights. ``cache_dir``,
+        ``token``, ``local_files_only`` and ``force_download`` apply to a Hub repo's files."""
+        download_kwargs = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only,
+                           "force_download": force_download}
         from ...convert.birefnet import (
             birefnet_config_for_weights,
             convert_birefnet_state_dict,
@@ -391,7 +400,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
             read_checkpoint,
         )
 
-        path, commit = locate_birefnet_weights(source, revision)
+        path, commit = locate_birefnet_weights(source, revision, **download_kwargs)
         raw = read_checkpoint(path)
         config_overrides.setdefault("finetune_strategy", "full")
         config = birefnet_config_for_weights(source, raw, variant, **config_overrides)
@@ -399,18 +408,23 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         model = cls(config)
         model.load_base_state_dict(convert_birefnet_state_dict(raw, config, source=str(path)), source=str(path),
                                    include_trainable=True)
+        model.record_frozen_weights()
         return model.eval()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """A dsunet-hf BiRefNet artifact, or (detected by its config) an official BiRefNet repo, folder or
         weights file, which goes through ``from_official``: there ``revision``, ``variant`` (the BiRefNet
-        variant), config fields, ``dtype`` / ``torch_dtype``, ``merge_lora`` and ``output_loading_info`` apply;
-        any other argument is refused (``TypeError``)."""
+        variant), ``cache_dir``, ``token``, ``local_files_only``, ``force_download``, config fields, ``dtype`` /
+        ``torch_dtype``, ``merge_lora`` and ``output_loading_info`` apply; any other argument is refused
+        (``TypeError``)."""
         from ...convert.birefnet import is_official_birefnet_source
 
-        if not is_official_birefnet_source(pretrained_model_name_or_path, kwargs.get("revision")):
+        download = hub_download_kwargs(kwargs)
+        if not is_official_birefnet_source(pretrained_model_name_or_path, kwargs.get("revision"), **download):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        for key in HUB_DOWNLOAD_KWARGS:
+            kwargs.pop(key, None)
         want_info = kwargs.pop("output_loading_info", False)
         merge = kwargs.pop("merge_lora", False)
         dtype = pop_dtype(kwargs)
@@ -422,10 +436,12 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         if model_args or refused:
             raise TypeError(
                 f"{pretrained_model_name_or_path} holds official BiRefNet weights, loaded by from_official, which "
-                f"does not take {refused or list(model_args)}; it takes revision, variant, config fields, dtype, "
-                "merge_lora and output_loading_info (convert the weights with `dsunet-hf convert birefnet` for the rest)"
+                f"does not take {refused or list(model_args)}; it takes revision, variant, cache_dir, token, "
+                "local_files_only, force_download, config fields, dtype, merge_lora and output_loading_info (convert "
+                "the weights with `dsunet-hf convert birefnet` for the rest)"
             )
-        model = cls.from_official(pretrained_model_name_or_path, variant=variant, revision=revision, **overrides)
+        model = cls.from_official(pretrained_model_name_or_path, variant=variant, revision=revision, **download,
+                                  **overrides)
         if merge:
             model.merge_lora()  # in float32, before the cast (as predict does)
         if dtype is not None:
@@ -433,14 +449,16 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         return (model, clean_loading_info()) if want_info else model
 
     # --- base weights -------------------------------------------------------------------------------------
-    def load_frozen_backbones(self) -> None:
+    def load_frozen_backbones(self, **download_kwargs) -> None:
         """Load every tensor that does not train from the official checkpoint in ``config.base_repo_id``."""
         from ...convert.birefnet import load_birefnet_weights
 
-        state_dict, commit = load_birefnet_weights(self.config.base_repo_id, self.config.base_revision, self.config)
+        state_dict, commit = load_birefnet_weights(self.config.base_repo_id, self.config.base_revision, self.config,
+                                                   **download_kwargs)
         self.load_base_state_dict(state_dict, source=self.config.base_repo_id)
         if commit is not None:
             self.config.base_revision = commit
+        self.record_frozen_weights()
 
     @torch.no_grad()
     def load_base_state_dict(
@@ -471,7 +489,8 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         from ...image_processing import SegmentationImageProcessor
 
         height, width = self.config.image_size
-        return SegmentationImageProcessor(size={"height": height, "width": width})
+        # Upstream inference.py's order: sigmoid, then the probabilities resized to the image (align_corners=True).
+        return SegmentationImageProcessor(size={"height": height, "width": width}, post_processing="birefnet")
 
     def model_card(self, metrics=None, dataset_names=None, repo_id=None, **extra):
         config = self.config

@@ -202,10 +202,12 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
                                 repo_id=repo_id, labels=[config.id2label[i] for i in sorted(config.id2label)], **extra)
 
     # --- frozen backbone --------------------------------------------------------------------------------
-    def load_frozen_backbones(self) -> None:
-        state_dict, commit = load_dinov2_state_dict(self.config.backbone_repo_id, self.config.backbone_revision)
+    def load_frozen_backbones(self, **download_kwargs) -> None:
+        state_dict, commit = load_dinov2_state_dict(self.config.backbone_repo_id, self.config.backbone_revision,
+                                                    **download_kwargs)
         self.backbone.load_encoder_state_dict(state_dict, source=self.config.backbone_repo_id)
         self.config.backbone_revision = commit or self.config.backbone_revision
+        self.record_frozen_weights()
 
 
 __all__ = ["BNHead", "Dinov2ForSemanticSegmentation", "center_pad"]

@@ -105,14 +105,17 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     # --- frozen backbones -----------------------------------------------------------------------------
-    def load_frozen_backbones(self) -> None:
+    def load_frozen_backbones(self, **download_kwargs) -> None:
         config = self.config
-        hiera, commit = load_hiera_state_dict(config.sam_backbone_repo_id, config.sam_backbone_revision)
+        hiera, commit = load_hiera_state_dict(config.sam_backbone_repo_id, config.sam_backbone_revision,
+                                              **download_kwargs)
         self.backbone_sam.load_trunk_state_dict(hiera, source=config.sam_backbone_repo_id)
         config.sam_backbone_revision = commit or config.sam_backbone_revision
-        dino, commit = load_dinov2_state_dict(config.dino_backbone_repo_id, config.dino_backbone_revision)
+        dino, commit = load_dinov2_state_dict(config.dino_backbone_repo_id, config.dino_backbone_revision,
+                                              **download_kwargs)
         self.backbone_dino.load_encoder_state_dict(dino, source=config.dino_backbone_repo_id)
         config.dino_backbone_revision = commit or config.dino_backbone_revision
+        self.record_frozen_weights()
 
     def default_image_processor(self):
         from ...image_processing import SegmentationImageProcessor

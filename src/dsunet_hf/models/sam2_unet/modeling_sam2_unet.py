@@ -108,11 +108,13 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square, output_size)
 
     # --- frozen backbone ------------------------------------------------------------------------------
-    def load_frozen_backbones(self) -> None:
-        state_dict, commit = load_hiera_state_dict(self.config.backbone_repo_id, self.config.backbone_revision)
+    def load_frozen_backbones(self, **download_kwargs) -> None:
+        state_dict, commit = load_hiera_state_dict(self.config.backbone_repo_id, self.config.backbone_revision,
+                                                   **download_kwargs)
         self.backbone.load_trunk_state_dict(state_dict, source=self.config.backbone_repo_id)
         if commit is not None:
             self.config.backbone_revision = commit
+        self.record_frozen_weights()
 
     def default_image_processor(self):
         from ...image_processing import SegmentationImageProcessor

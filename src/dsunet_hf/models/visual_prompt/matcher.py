@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
-from ...hub import PLACEHOLDER_REPO_ID
+from ...hub import PLACEHOLDER_REPO_ID, hub_download_kwargs
 from ...image_io import load_image
 from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
 from ...prompts import reference_masks
@@ -268,11 +268,12 @@ class DinoVisualPromptModel(SegmentationPreTrainedModel):
     """What both visual-prompt models share: a frozen DINOv2 under ``backbone.`` loaded from
     ``config.dino_backbone_repo_id``, a square-resize processor and the card metadata."""
 
-    def load_frozen_backbones(self) -> None:
+    def load_frozen_backbones(self, **download_kwargs) -> None:
         repo = self.config.dino_backbone_repo_id
-        state_dict, commit = load_dinov2_state_dict(repo, self.config.dino_backbone_revision)
+        state_dict, commit = load_dinov2_state_dict(repo, self.config.dino_backbone_revision, **download_kwargs)
         self.backbone.load_encoder_state_dict(state_dict, source=repo)
         self.config.dino_backbone_revision = commit or self.config.dino_backbone_revision
+        self.record_frozen_weights()
 
     def default_image_processor(self):
         from ...image_processing import SegmentationImageProcessor
@@ -512,9 +513,11 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         through the shared loader. Config fields can be overridden as keyword arguments, e.g.
         ``from_pretrained(path, dino_backbone_repo_id="/local/dinov2-large", matching="bidirectional")``;
         ``dtype`` / ``torch_dtype`` cast the model. Hub arguments (``revision``, ``cache_dir``, ``token``,
-        ``local_files_only``...) apply to the config.
+        ``local_files_only``...) apply to the config; ``cache_dir``, ``token``, ``local_files_only`` and
+        ``force_download`` to the DINOv2 repo too.
         """
         original = dict(kwargs)
+        download = hub_download_kwargs(kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         dtype = pop_dtype(kwargs)
         config = kwargs.pop("config", None)
@@ -526,13 +529,22 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             unused = kwargs
         if getattr(config, "backbone_weights_included", False):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **original)
-        ignored = sorted(k for k in unused if not k.startswith("_"))
+        # The Hub arguments every loader is given (AutoModel passes them all, with the config it read) are not
+        # ignored: they are used above, or have nothing left to apply to.
+        standard = {"cache_dir", "force_download", "local_files_only", "proxies", "subfolder", "revision", "token",
+                    "trust_remote_code", "adapter_kwargs", "code_revision"}
+        ignored = sorted(k for k in unused if not k.startswith("_") and k not in standard)
         if ignored:
             logger.warning("VisualPromptMatcher.from_pretrained ignores %s", ", ".join(ignored))
         with torch.device("meta"):  # every tensor is the backbone's, overwritten by the loader below
             model = cls(config)
         model.to_empty(device="cpu")
-        model.load_frozen_backbones()
+        model.load_frozen_backbones(**download)
+        # Where the config came from, for its image processor when it is saved or pushed again.
+        model.__dict__["_source_load_kwargs"] = {
+            **{key: original[key] for key in ("subfolder", "revision") if original.get(key)},
+            **{key: value for key, value in download.items() if key != "force_download"},
+        }
         if dtype is not None:
             model.to(dtype)
         model.eval()

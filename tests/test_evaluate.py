@@ -331,6 +331,21 @@ def test_evaluate_model_accepts_pil_items_and_hf_datasets(model, processor, samp
     assert evaluate_model(model, processor, decoded, progress=False) == expected  # PIL cells
 
 
+def test_a_corrupt_dataset_cell_is_skipped_naming_its_sample_column_and_file(model, processor, samples):
+    """datasets decoded the Image cells itself and failed with "Truncated File Read", naming no file."""
+    datasets = pytest.importorskip("datasets")
+    masks = [open(s["mask"], "rb").read() for s in samples]
+    masks[1] = b"\x89PNG\r\n\x1a\n truncated"
+    table = datasets.Dataset.from_dict(
+        {"image": [s["image"] for s in samples], "mask": [{"bytes": m, "path": f"m{i}.png"} for i, m in enumerate(masks)]},
+        features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}))
+    skipped: list[str] = []
+    got = evaluate_model(model, processor, table, progress=False, skipped=skipped)
+    assert got == by_hand(model, processor, samples[:1] + samples[2:])
+    [reason] = skipped
+    assert "sample 1, column 'mask' (m1.png): cannot decode the image bytes" in reason
+
+
 def test_bad_samples_are_skipped_and_logged(model, processor, samples, tmp_path, caplog):
     corrupt = tmp_path / "images" / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")

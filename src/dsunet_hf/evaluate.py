@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
-from .image_io import IMAGE_EXTENSIONS, ImageReadError, decodable_cell, load_image, load_mask
+from .image_io import IMAGE_EXTENSIONS, ImageReadError, load_cell, load_image, load_mask
 from .image_processing import processor_for_model
 from .metrics import (
     DIS_METRIC_NAMES,
@@ -81,10 +81,11 @@ def _describe(item: Any, index: int) -> str:
     return f"sample #{index}"
 
 
-def _load_sample(item: Any) -> tuple[Image.Image, np.ndarray]:
-    """A dataset item -> (RGB image, uint8 GT map at the image's size)."""
-    image = load_image(decodable_cell(item["image"]))
-    ground_truth = to_uint8_map(load_mask(decodable_cell(item["mask"])))
+def _load_sample(item: Any, index: int = 0) -> tuple[Image.Image, np.ndarray]:
+    """A dataset item -> (RGB image, uint8 GT map at the image's size); a cell that cannot be read is an error
+    naming the sample, the column and its file."""
+    image = load_cell(load_image, item["image"], "image", index)
+    ground_truth = to_uint8_map(load_cell(load_mask, item["mask"], "mask", index))
     if ground_truth.shape != (image.height, image.width):
         raise ValueError(
             f"mask size {ground_truth.shape[1]}x{ground_truth.shape[0]} (WxH) differs from "
@@ -293,14 +294,21 @@ class _Samples(torch.utils.data.Dataset):
         try:
             item = self.dataset[index]  # a datasets.Dataset decodes image columns here: may fail
             name = _describe(item, index)
-            return name, _load_sample(item)
+            return name, _load_sample(item, index)
         except _SAMPLE_ERRORS as error:
             return name, str(error)
 
 
 def _read_samples(dataset, total: int, num_workers: int):
     """The first ``total`` samples of ``dataset`` in order, through a DataLoader (one sample per step, no
-    collation: PIL images and arrays pass through as they are)."""
+    collation: PIL images and arrays pass through as they are). A ``datasets.Dataset``'s image columns are decoded
+    here, not by ``datasets`` (where a bad cell fails without its file's name)."""
+    import datasets
+
+    from .data import undecoded_images
+
+    if isinstance(dataset, datasets.Dataset):
+        dataset = undecoded_images(dataset)
     return torch.utils.data.DataLoader(_Samples(dataset, total), batch_size=None, collate_fn=_as_is,
                                        num_workers=num_workers, prefetch_factor=8 if num_workers else None)
 

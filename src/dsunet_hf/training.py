@@ -533,6 +533,12 @@ def train(args: TrainingArguments) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     overwrite = check_output_dir(args)
+    if args.push_to_hub and accelerator.is_main_process:
+        # As transformers' Trainer: the repo is created now, so that a bad token or name stops the run before it
+        # trains, and a name without a namespace becomes the Hub's full id (the cards' snippets name it).
+        from .hub import create_hub_repo
+
+        args.hub_model_id = create_hub_repo(args.hub_model_id, private=args.hub_private or None)
     set_seed(args.seed)
     spec, model = build_model(args)
     # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).

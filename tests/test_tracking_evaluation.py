@@ -4,6 +4,7 @@ DAVIS-layout folder)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -180,7 +181,18 @@ def test_evaluate_command_on_a_davis_folder(tmp_path, capsys):
     assert all(-1 <= value <= 1 for value in scores.values())
     assert sorted(report["info"]["per_object_jf"][dataset]) == ["blocks_1", "blocks_2"]
     assert report["info"]["track_memory"] == 2 and report["protocol"].startswith("DAVIS-2017 semi-supervised")
+    assert report["info"]["sequence_lists"] == {dataset: None}  # no ImageSets: every annotated sequence
     assert "J&F" in capsys.readouterr().out
+    (tmp_path / "davis" / "ImageSets" / "2017").mkdir(parents=True)
+    (tmp_path / "davis" / "ImageSets" / "2017" / "val.txt").write_text("blocks\n")
+    assert main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir",
+                 str(out), "--track-memory", "2", "--no-progress"]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["info"]["sequence_lists"] == {dataset: str(tmp_path / "davis" / "ImageSets" / "2017" / "val.txt")}
+    (tmp_path / "davis" / "ImageSets" / "2017" / "val.txt").unlink()
+    with pytest.raises(SystemExit, match=r"ImageSets: no list for split 'val' .*lists found: none"):  # an empty ImageSets
+        main(["evaluate", "--model", str(tmp_path / "head"), "--data", str(tmp_path / "davis"), "--output-dir", str(out)])
+    shutil.rmtree(tmp_path / "davis" / "ImageSets")
     # Bad input: an annotation of another size than its frame, annotations without their frames.
     Image.fromarray(labels[1][:-2], mode="P").save(tmp_path / "davis" / "Annotations" / "480p" / "blocks" / "00001.png")
     with pytest.raises(SystemExit, match=r"00001.png: the annotation is 112x110, its frame 112x112"):

@@ -719,7 +719,7 @@ def run_evaluate_cli(args) -> int:
     else:
         from .data import dataset_name, dropped_files, load_segmentation_dataset
         from .predict import load_model_and_processor
-        from .tracking_evaluation import evaluate_tracking, is_davis_layout
+        from .tracking_evaluation import evaluate_tracking, is_davis_layout, split_list
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         visual_prompt = _visual_prompt_model(args.model)
@@ -762,12 +762,15 @@ def run_evaluate_cli(args) -> int:
                       else foreground_protocol(model, processor, args.minmax_normalize))
         results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
         results_only, evaluated = {}, {}  # tracking sequences for a server; samples scored per dataset
+        sequence_lists: dict[str, str | None] = {}  # tracking: the ImageSets list that chose the sequences
         failed: dict[str, str] = {}  # datasets nothing could be scored on: the others are still reported
         for source, dataset in zip(args.data, loaded):
             name = _unique(dataset_name(source), {**sources, **failed})
             skipped: list[str] = []
             try:
                 if dataset is None:  # videos: tracking, DAVIS J&F
+                    list_path, _ = split_list(source, args.split)  # DAVIS's ImageSets list, when the folder has it
+                    sequence_lists[name] = None if list_path is None else str(list_path)
                     unscored: list[str] = []
                     results[name], per_object[name] = evaluate_tracking(
                         model, source, memory_size=track_memory, max_sequences=args.max_samples,
@@ -830,7 +833,7 @@ def run_evaluate_cli(args) -> int:
         if per_class:
             extra["per_class_iou"] = per_class
         if per_object:
-            extra.update(per_object_jf=per_object, track_memory=track_memory)
+            extra.update(per_object_jf=per_object, track_memory=track_memory, sequence_lists=sequence_lists)
         if results_only:
             extra["unscored_sequences"] = results_only
         if args.save_predictions is not None:

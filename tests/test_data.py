@@ -483,6 +483,14 @@ def test_hub_dataset_with_its_validation_split_named_val(tmp_path):
     assert len(_load_hub(str(root), None, None, kwargs)) == len(_load_hub(str(root), "train", None, kwargs)) == 3
     with pytest.raises(ValueError, match=r"no split 'test'; splits: \['training', 'val'\]"):
         _load_hub(str(root), "test", None, kwargs)
+    # A repo with one split: that split is not any split asked for (a flat local folder is; a repo's is its own).
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                    "    path: data/tr.parquet\n---\n")
+    (root / "data" / "va.parquet").unlink()
+    assert len(_load_hub(str(root), None, None, kwargs)) == 3
+    for split in ("validation", "test"):
+        with pytest.raises(ValueError, match=rf"no split '{split}'; splits: \['train'\]"):
+            _load_hub(str(root), split, None, kwargs)
 
 
 def test_streaming_is_refused_clearly_and_pixel_values_is_an_image_column(tmp_path):

@@ -137,6 +137,13 @@ def test_davis_split_lists_choose_the_scored_sequences(tmp_path):
     assert [sequence.name for sequence in davis_sequences(root, "train")] == ["blocks"]
     with pytest.raises(ValueError, match=r"no list for split 'test-dev' .*lists found: train, val"):
         davis_sequences(root, "test-dev")
+    (root / "ImageSets" / "2017" / "val.txt").unlink()  # only train.txt: the only list is taken
+    assert [sequence.name for sequence in davis_sequences(root)] == ["blocks"]
+    (root / "ImageSets" / "2017" / "test-dev.txt").write_text("others\n")  # two lists, no val: name one
+    with pytest.raises(ValueError, match=r"no list for split 'val' .*lists found: test-dev, train; name one with"):
+        davis_sequences(root)
+    (root / "ImageSets" / "2017" / "train.txt").unlink()  # a test-dev download: test-dev.txt alone
+    assert [sequence.name for sequence in davis_sequences(root)] == ["others"]
     (root / "ImageSets" / "2017" / "val.txt").write_text("others\nmissing\n")
     with pytest.raises(ValueError, match=r"val.txt: no annotations for the listed sequence\(s\) missing"):
         davis_sequences(root)
@@ -152,6 +159,11 @@ def test_annotations_are_read_as_the_toolkit_reads_them(tmp_path):
     binary = np.where(ids == 1, 255, 0).astype(np.uint8)
     Image.fromarray(binary, mode="L").save(tmp_path / "binary.png")  # 0/255 only: one object
     assert np.array_equal(read_annotation(tmp_path / "binary.png"), (ids == 1).astype(np.uint8))
+    # Within a grey index map's sequence, a frame showing only background and void keeps its void.
+    void_only = np.where(ids == 255, 255, 0).astype(np.uint8)
+    Image.fromarray(void_only, mode="L").save(tmp_path / "void-only.png")
+    assert np.array_equal(read_annotation(tmp_path / "void-only.png", binary=False), void_only)
+    assert np.array_equal(read_annotation(tmp_path / "binary.png", binary=True), (ids == 1).astype(np.uint8))
     Image.fromarray(ids == 2).save(tmp_path / "bits.png")
     assert np.array_equal(read_annotation(tmp_path / "bits.png"), (ids == 2).astype(np.uint8))
     Image.fromarray(np.stack([binary] * 3, -1)).save(tmp_path / "colour.png")

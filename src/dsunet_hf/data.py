@@ -512,7 +512,10 @@ def _set_name(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
     return dataset
 
 
-def _pick_split(loaded: datasets.DatasetDict, split: str | None, source: str) -> datasets.Dataset:
+def _pick_split(loaded: datasets.DatasetDict, split: str | None, source: str,
+                whole_if_single: bool = True) -> datasets.Dataset:
+    """The split asked for, by name or alias. ``whole_if_single``: a lone split stands for any split asked for (a
+    folder without split subfolders); not for a Hub repo, whose lone split is a split of its own."""
     names = list(loaded.keys())
     if split is None:
         if "train" in loaded or len(names) == 1:
@@ -526,7 +529,7 @@ def _pick_split(loaded: datasets.DatasetDict, split: str | None, source: str) ->
     same = [name for name in names if _SPLIT_ALIASES.get(_split_key(name)) == wanted]
     if len(same) == 1:
         return loaded[same[0]]
-    if len(names) == 1:  # a folder without split subfolders is used whole, whatever the split
+    if len(names) == 1 and whole_if_single:  # a folder without split subfolders is used whole, whatever the split
         return loaded[names[0]]
     raise ValueError(f"{source}: no split {split!r}; splits: {names}")
 
@@ -538,6 +541,7 @@ def _hub_offline() -> bool:
 
 
 def _load_hub(repo_id: str, split: str | None, num_proc: int | None, load_kwargs: dict) -> datasets.Dataset:
+    aliases_only = False  # the repo has no split of the name asked: only its aliases may stand for it
     try:
         try:
             loaded = datasets.load_dataset(repo_id, split=split or "train", num_proc=num_proc, **load_kwargs)
@@ -545,7 +549,7 @@ def _load_hub(repo_id: str, split: str | None, num_proc: int | None, load_kwargs
             if "unknown split" not in str(err).lower():
                 raise
             loaded = datasets.load_dataset(repo_id, num_proc=num_proc, **load_kwargs)  # every split; then the aliases
-            split = split or "train"
+            split, aliases_only = split or "train", True
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
         first_line = (str(err).splitlines() or [""])[0]
         local = f" There is no local folder {os.path.abspath(repo_id)} either." if "/" in repo_id or "." in repo_id else ""
@@ -564,7 +568,7 @@ def _load_hub(repo_id: str, split: str | None, num_proc: int | None, load_kwargs
             f"cannot load Hub dataset {repo_id!r}: {type(err).__name__}: {first_line}. {advice}{local}"
         ) from err
     if isinstance(loaded, datasets.DatasetDict):
-        loaded = _pick_split(loaded, split, repo_id)
+        loaded = _pick_split(loaded, split, repo_id, whole_if_single=not aliases_only)
     return loaded
 
 

@@ -97,8 +97,9 @@ class VideoSequence:
 
 def split_list(root: str | Path, split: str | None = None) -> tuple[Path | None, list[str] | None]:
     """DAVIS's list of the sequences of a split (``ImageSets/2017/<split>.txt``, else ``ImageSets/<split>.txt``):
-    its path and names, ``val`` unless ``split`` names another; (None, None) when the folder has no ``ImageSets``
-    (every annotated sequence is scored; a named split then has nothing to choose and is an error)."""
+    its path and names. Unnamed: ``val`` (the toolkit's default), or the only list there is (a test-dev download
+    holds ``test-dev.txt`` alone). (None, None) when the folder has no ``ImageSets`` (every annotated sequence is
+    scored; a named split then has nothing to choose and is an error)."""
     sets = Path(root) / "ImageSets"
     name = split or DEFAULT_SPLIT
     if not sets.is_dir():
@@ -108,10 +109,14 @@ def split_list(root: str | Path, split: str | None = None) -> tuple[Path | None,
         return None, None
     candidates = [sets / "2017" / f"{name}.txt", sets / f"{name}.txt"]
     found = next((path for path in candidates if path.is_file()), None)
+    lists = sorted(sets.glob("2017/*.txt")) or sorted(sets.glob("*.txt"))
+    if found is None and split is None and len(lists) == 1:
+        found = lists[0]
     if found is None:
         available = sorted({path.stem for path in sets.rglob("*.txt")})
         raise ValueError(f"{sets}: no list for split {name!r} ({' or '.join(str(path) for path in candidates)}); "
-                         f"lists found: {', '.join(available) or 'none'}")
+                         f"lists found: {', '.join(available) or 'none'}"
+                         f"{'; name one with --split' if available and split is None else ''}")
     names = [line.strip() for line in found.read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{found}: lists no sequence")
@@ -152,25 +157,42 @@ def davis_sequences(root: str | Path, split: str | None = None) -> list[VideoSeq
     return sequences
 
 
-def read_annotation(path: Path) -> np.ndarray:
-    """Object ids (0 background, 255 void) as the toolkit reads them: the PNG's values (a palette or grey index
-    map). A 1-bit mask, or a grey one of 0 and 255 only (a binary mask, all void to the toolkit), is object 1.
-    Colour annotations are refused (the toolkit cannot read them either), naming the file."""
+def _read_ids(path: Path) -> tuple[str, np.ndarray]:
     try:
         with Image.open(path) as image:
             image.load()
             mode, values = image.mode, np.asarray(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable annotation ({error})") from error
-    if mode == "1":
-        return values.astype(np.uint8)
-    if mode not in ("P", "L"):
+    if mode not in ("1", "P", "L"):
         raise ValueError(f"{path}: a {mode} annotation; DAVIS annotations are palette (P) or grey (L) PNGs of "
                          f"object ids")
-    values = values.astype(np.uint8)
-    if mode == "L" and values.max(initial=0) == VOID_LABEL and not np.isin(values, (0, VOID_LABEL), invert=True).any():
-        return (values == VOID_LABEL).astype(np.uint8)
+    return mode, values.astype(np.uint8)
+
+
+def _binary_grey(mode: str, values: np.ndarray) -> bool:
+    """A grey mask of 0 and 255 only: a single-object binary mask (all void to the toolkit)."""
+    return mode == "L" and values.max(initial=0) == VOID_LABEL and not np.isin(values, (0, VOID_LABEL), invert=True).any()
+
+
+def read_annotation(path: Path, binary: bool | None = None) -> np.ndarray:
+    """Object ids (0 background, 255 void) as the toolkit reads them: the PNG's values (a palette or grey index
+    map). A 1-bit mask is object 1, and so is a grey mask of a binary sequence (``binary``: decided by the
+    sequence's first annotation, see :func:`reads_binary`; None: by this file, 0 and 255 only). Colour annotations
+    are refused (the toolkit cannot read them either), naming the file."""
+    mode, values = _read_ids(path)
+    if mode == "1":
+        return values
+    if mode == "L" and (binary if binary is not None else _binary_grey(mode, values)):
+        return (values > 127).astype(np.uint8)
     return values
+
+
+def reads_binary(sequence: VideoSequence) -> bool:
+    """Whether the sequence's annotations are binary grey masks (its first annotation of 0 and 255 only): then 255
+    is object 1 on every frame, else void as the toolkit reads it (a frame of a grey index map that shows only
+    background and void stays so)."""
+    return _binary_grey(*_read_ids(sequence.annotations[min(sequence.annotations)]))
 
 
 def jaccard(annotation: np.ndarray, segmentation: np.ndarray, void: np.ndarray | None = None) -> float:
@@ -229,10 +251,11 @@ def _track_sequence(model, sequence: VideoSequence, memory_size: int, **segment_
     trackers: list[PromptTracker] = []
     predictions = []
     prompt_frames = set(sequence.prompt_frames)
+    binary = reads_binary(sequence)
     for index, path in enumerate(sequence.frames):
         given, new = None, []
         if index in prompt_frames:
-            given = read_annotation(sequence.annotations[index])
+            given = read_annotation(sequence.annotations[index], binary)
             new = [obj for obj in first_frame_objects(given) if obj not in objects]
         if not trackers and not new:  # nothing followed yet: no need to decode the frame
             predictions.append(np.zeros(_frame_size(path), np.uint8))
@@ -315,7 +338,8 @@ def evaluate_tracking(model, root: str | Path, memory_size: int = 8, max_sequenc
             raise ValueError(f"{name}: {len(sequence.frames)} frame(s); the protocol scores frames between the first "
                              f"and last")
         predicted = _track_sequence(model, sequence, memory_size, **segment_kwargs)
-        truth = [read_annotation(sequence.annotations[index]) for index in range(len(sequence.frames))
+        binary = reads_binary(sequence)
+        truth = [read_annotation(sequence.annotations[index], binary) for index in range(len(sequence.frames))
                  ] if sequence.scored else []
         for labels, found, index in zip(truth, predicted, range(len(truth))):
             if labels.shape != found.shape:

@@ -719,6 +719,94 @@ def test_the_background_writer_runs_nothing_after_a_failed_write():
     assert ran == [0]
 
 
+def test_a_disk_filling_up_under_two_writer_threads_ends_the_cli_with_one_line_naming_the_file(
+        artifact, tmp_path, monkeypatch):
+    """With the default write_workers=2 the first failed write raised out of submit, then close() (in predict_files'
+    finally) took a task queued after it, whose RuntimeError replaced the OSError: a traceback past the CLI."""
+    import errno
+    import inspect
+    import re
+    import threading
+
+    import dsunet_hf.predict as predict_module
+
+    assert inspect.signature(predict_files).parameters["write_workers"].default == 2  # what the CLI runs
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(40):
+        Image.new("RGB", (20, 16), (200, 30, 30)).save(photos / f"{index:03d}.png")
+    monkeypatch.setattr(predict_module, "load_model_and_processor", lambda *a, **k: red_model_and_processor())  # fast
+    real_save, saved, lock, room = Image.Image.save, [], threading.Lock(), 5
+
+    def filling_disk(self, fp, *args, **kwargs):
+        if str(fp).endswith(".tmp"):  # an output's temporary file (the inputs were saved above)
+            with lock:
+                if len(saved) >= room:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+                saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", filling_disk)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as raised:
+        cli_main(["predict", "--model", str(artifact[1]), str(photos), "--output-dir", str(out), "--batch-size", "4"])
+    message = str(raised.value.code)
+    assert "\n" not in message
+    assert re.fullmatch(r"predict: \[Errno 28\] No space left on device: '.*/out/masks/0\d\d\.png'", message), message
+    # The outputs written before the disk filled stay, whole; no temporary file is left.
+    finished = sorted((out / "masks").iterdir())
+    assert len(finished) == room and all(p.suffix == ".png" for p in finished)
+    for path in finished:
+        assert Image.open(path).size == (20, 16)
+
+
+def test_the_background_writer_raises_its_first_failure_once_and_waits_for_the_writes_under_way():
+    import threading
+    import time
+
+    from dsunet_hf.predict import BackgroundWriter
+
+    done, started, submitted = [], threading.Barrier(2), threading.Event()
+
+    def write(index):
+        if index < 2:
+            started.wait(5)  # both threads are writing when the first one fails
+            if index == 0:
+                submitted.wait(5)  # every task is queued before the first one fails
+                raise OSError(28, "No space left on device", "first.png")
+            deadline = time.monotonic() + 5
+            while writer.failure is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            raise OSError(28, "No space left on device", "second.png")  # fails beside it: not the one reported
+        return index
+
+    writer = BackgroundWriter(2, max_pending=100, on_done=done.append)
+    for index in range(6):
+        writer.submit(write, index)
+    submitted.set()
+    with pytest.raises(OSError) as raised:
+        writer.close()
+    assert raised.value.filename == "first.png"
+    assert done == []  # the tasks queued after the failure did not run
+    writer.close()  # the failure was raised once: a close in a finally block lets it through
+    with pytest.raises(OSError) as again:
+        writer.submit(write, 9)  # nothing runs after it; the same error
+    assert again.value is raised.value
+    # Raised from submit (the queue full), close() in the caller's finally does not replace it.
+    writer = BackgroundWriter(2, max_pending=1, on_done=done.append)
+
+    def failing(index):
+        raise OSError(28, "No space left on device", f"{index}.png")
+
+    with pytest.raises(OSError) as raised:
+        try:
+            for index in range(10):
+                writer.submit(failing if index == 0 else write, index + 10)
+        finally:
+            writer.close()
+    assert raised.value.filename == "10.png"
+
+
 def test_colour_outputs_keep_the_photos_icc_profile_and_masks_have_none(tmp_path):
     from PIL import ImageCms
 
@@ -752,6 +840,43 @@ def test_predict_reads_every_image_type_training_reads_and_warns_of_frames_left_
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [
         "a.png", "b.png", "c.png", "d.png", "pages.png"]
     assert f"{folder / 'pages.tif'}: has 3 frames" in caplog.text and "a.gif" not in caplog.text
+
+
+def test_a_phone_jpeg_with_an_mpf_image_is_not_warned_of_and_each_input_is_opened_once(tmp_path, caplog,
+                                                                                       monkeypatch):
+    """Pillow opens a JPEG carrying an MPF second image (an Ultra HDR gain map, a camera's preview) as MPO with
+    n_frames == 2: every such photo was warned of "frames left out". And the frames were counted by opening every
+    input a second time."""
+    from dsunet_hf.predict import warn_if_several_frames
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8))
+    photo.save(folder / "PXL_0001.jpg", format="MPO", save_all=True, append_images=[photo.resize((40, 30))])
+    assert Image.open(folder / "PXL_0001.jpg").format == "MPO" and Image.open(folder / "PXL_0001.jpg").n_frames == 2
+    red = Image.new("RGB", (20, 16), (200, 30, 30))
+    red.save(folder / "anim.gif", save_all=True, append_images=[Image.new("RGB", (20, 16))])
+    red.save(folder / "apng.png", save_all=True, append_images=[Image.new("RGB", (20, 16))])  # APNG
+    opened, real_open = [], Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(Path(fp).name if isinstance(fp, (str, os.PathLike)) else None)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    with caplog.at_level("WARNING", logger="dsunet_hf.predict"):
+        report = predict_files(*red_model_and_processor(), [folder], tmp_path / "out", progress=False)
+        warn_if_several_frames(folder / "PXL_0001.jpg")  # counted from the path: the same rule
+    assert len(report.written) == 3 and not report.failed
+    assert "PXL_0001" not in caplog.text
+    assert f"{folder / 'anim.gif'}: has 2 frames" in caplog.text and f"{folder / 'apng.png'}: has 2 frames" in caplog.text
+    assert sorted(name for name in opened if name in ("PXL_0001.jpg", "anim.gif", "apng.png")) == [
+        "PXL_0001.jpg", "PXL_0001.jpg", "anim.gif", "apng.png"]  # one each, + the PXL_0001 check after the run
+    monkeypatch.undo()
+    from dsunet_hf.image_io import load_image_file
+
+    assert load_image_file(folder / "PXL_0001.jpg")[1] == 1 and load_image_file(folder / "anim.gif")[1] == 2
+    assert load_image_file(folder / "anim.gif")[0].getpixel((0, 0)) == (200, 30, 30)  # the first frame, whole
 
 
 def test_two_files_of_one_name_in_one_folder_get_advice_that_applies(tmp_path):

@@ -142,6 +142,13 @@ def test_parse_each_syntax(tmp_path):
     Image.fromarray(np.full((3, 3), 255, np.uint8)).save(tmp_path / "ref.png")
     assert parse_prompt(f"mask:{tmp_path / 'ref.png'}") == MaskPrompt(str(tmp_path / "ref.png"))
     assert parse_prompt(str(tmp_path / "ref.png")) == MaskPrompt(str(tmp_path / "ref.png"))
+    # A bare path is a mask for every image type the package reads (.jfif, .ppm, .pgm were "malformed prompt").
+    from dsunet_hf.image_io import IMAGE_EXTENSIONS
+
+    for suffix in IMAGE_EXTENSIONS + (".PGM",):
+        path = tmp_path / f"ref{suffix}"
+        Image.fromarray(np.full((3, 3), 255, np.uint8)).save(path, format="JPEG" if suffix == ".jfif" else None)
+        assert parse_prompt(str(path)) == MaskPrompt(str(path)), suffix
     assert as_prompt("point:1,1") == PointPrompt(1, 1)
 
 

@@ -493,10 +493,12 @@ def test_a_failed_write_leaves_the_video_container_alone(tmp_path, processor, mo
 
 
 @pytest.mark.parametrize("error", [av.error.OSError(28, "No space left on device", "overlays/clip.mp4.audio"),
-                                   OSError(122, "Disk quota exceeded")])
+                                   av.error.OSError(122, "Disk quota exceeded", "overlays/clip.mp4.audio")])
 def test_a_disk_error_while_the_sound_goes_in_fails_the_video(tmp_path, processor, monkeypatch, error):
     """Only a codec problem keeps a silent video: a full disk kept it as finished, and the re-run after freeing
-    space called it "already present"."""
+    space called it "already present". The disk errors are PyAV's (av.error.OSError: FFmpegError and OSError at
+    once), which the codec handler caught as well; a plain OSError never reached it."""
+    assert isinstance(error, av.FFmpegError) and isinstance(error, OSError)
     from dsunet_hf import video
 
     def full_disk(*args):

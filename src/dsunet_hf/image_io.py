@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "colour_coded_values", "displayed_size", "load_image", "load_label_map",
-           "load_mask"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "colour_coded_values", "displayed_size", "load_image", "load_image_file",
+           "load_label_map", "load_mask", "picture_frames"]
 
 # The image files read from folders, by training, prediction and evaluation alike (lower case; Pillow reads more).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -28,16 +28,49 @@ class ImageReadError(ValueError):
     """An image or mask file could not be read; the message names the file and the problem."""
 
 
-def _open(path: str | os.PathLike, what: str) -> Image.Image:
-    """Open, fully decode and EXIF-orient ``path`` so that the file handle is closed on return."""
+# Formats whose further frames are pictures of their own (animation frames, pages). An MPO's are not: a phone or
+# camera JPEG with an MPF preview, depth map or Ultra HDR gain map opens as MPO with n_frames == 2.
+_MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})
+
+
+def picture_frames(im: Image.Image) -> int:
+    """How many frames of the open file ``im`` are pictures (1 for a still image and for an MPO's extra images).
+    ``is_animated`` first: it looks at the second frame at most, where a GIF's ``n_frames`` walks the whole file."""
+    if im.format not in _MULTI_FRAME_FORMATS:
+        return 1
+    try:
+        return int(im.n_frames) if getattr(im, "is_animated", False) else 1
+    except Exception:  # a later frame that does not parse: the first one, decoded already, is what is read
+        return 1
+
+
+def _decode(path: str | os.PathLike, what: str, count_frames: bool) -> tuple[Image.Image, int]:
+    """Open, fully decode and EXIF-orient ``path`` so that the file handle is closed on return; with
+    ``count_frames`` also the number of frames that are pictures of their own (see :func:`picture_frames`), read
+    from the file already open."""
     try:
         with Image.open(path) as im:
             im.load()
-            # exif_transpose copies the pixel data, so the result outlives the file handle.
-            return ImageOps.exif_transpose(im)
+            # exif_transpose copies the pixel data, so the result outlives the file handle (and counting the frames
+            # below, which seeks in the file, does not touch it).
+            image = ImageOps.exif_transpose(im)
+            return image, picture_frames(im) if count_frames else 1
     except Exception as err:  # decoders raise OSError, SyntaxError, struct.error, ... on bad data
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
         raise ImageReadError(f"cannot read {what} {os.fspath(path)}: {reason}") from err
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+    """Open, fully decode and EXIF-orient ``path`` so that the file handle is closed on return."""
+    return _decode(path, what, count_frames=False)[0]
+
+
+def load_image_file(path: str | os.PathLike) -> tuple[Image.Image, int]:
+    """:func:`load_image` of a file, and how many of its frames are pictures of their own (animation frames, a
+    TIFF's pages; the extra images of an MPO - a phone JPEG's preview or gain map - do not count): the first
+    is the image returned. The count costs no second opening of the file."""
+    image, frames = _decode(path, "image", count_frames=True)
+    return _pil_to_rgb(image), frames
 
 
 # EXIF orientations that turn the picture a quarter (transpose, rotate 90 or 270 degrees, transverse).
@@ -201,17 +234,32 @@ def _binary_palette_mask(im: Image.Image) -> np.ndarray | None:
     return np.asarray(im) != 0
 
 
-def _binary_colour_mask(rgb: np.ndarray) -> np.ndarray | None:
-    """An (H, W, 3) uint8 mask of exactly two colours, one black and one not grey (a red object on black): foreground
-    where not black. None for anything else (grey masks keep their grey; more colours read by luminance)."""
-    if _is_grey(rgb):
+def _rgb_colours(im: Image.Image, most: int) -> np.ndarray | None:
+    """The colours of an RGB(A) image, alpha left out, as a (n, 3) uint8 array when there are at most ``most`` of
+    them, else None. Counted by PIL, which stops at the first colour past ``most``: a lossy JPEG mask or a photo is
+    told apart without building any array."""
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    found = rgb.getcolors(maxcolors=max(most, 1))
+    if found is None or len(found) > most:
         return None
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-    background = packed == 0
-    others = packed[~background]  # not empty: the mask is not grey
-    if not background.any() or not (others == others[0]).all():
+    return np.array([colour for _, colour in found], np.uint8).reshape(-1, 3)
+
+
+def _binary_colour_mask(im: Image.Image) -> np.ndarray | None:
+    """An RGB(A) mask of exactly two colours, one black and one not grey (a red object on black): foreground where
+    not black. None for anything else (grey masks keep their grey; more colours read by luminance)."""
+    colours = _rgb_colours(im, 2)
+    if colours is None or not _is_binary_colours(colours):
         return None
-    return ~background
+    return np.asarray(im)[..., :3].any(axis=2)
+
+
+def _is_binary_colours(colours: np.ndarray) -> bool:
+    """Whether the (n, 3) colours an RGB mask holds are black and one colour that is not grey."""
+    if len(colours) != 2:
+        return False
+    black = ~colours.any(axis=1)
+    return bool(black.any()) and not _is_grey(colours[~black])
 
 
 def _pil_mask_array(im: Image.Image) -> np.ndarray:
@@ -223,7 +271,7 @@ def _pil_mask_array(im: Image.Image) -> np.ndarray:
     if im.mode == "P":
         binary = _binary_palette_mask(im)
     elif im.mode in ("RGB", "RGBA"):
-        binary = _binary_colour_mask(np.asarray(im)[..., :3])
+        binary = _binary_colour_mask(im)
     else:
         binary = None
     if binary is not None:
@@ -254,10 +302,8 @@ def load_mask(source: Any, threshold: float | None = None) -> np.ndarray:
         if raw is None:
             raise TypeError(f"unsupported mask type {type(source).__name__}")
         arr = _channels_last(raw)
-        if arr.ndim == 3:
-            rgb = np.ascontiguousarray(_to_uint8(arr))
-            binary = _binary_colour_mask(rgb)
-            arr = binary if binary is not None else np.asarray(Image.fromarray(rgb).convert("L"))
+        if arr.ndim == 3:  # read as the RGB file it would be
+            arr = _pil_mask_array(Image.fromarray(np.ascontiguousarray(_to_uint8(arr))))
     mask = _mask_values(arr)
     if threshold is not None:
         mask = (mask >= threshold).astype(np.float32)
@@ -333,12 +379,10 @@ def colour_coded_values(source: Any, most: int = 256) -> int | None:
         return int(used.size)
     if image.mode not in ("RGB", "RGBA"):
         return None
-    rgb = np.asarray(image)[..., :3]
-    if _is_grey(rgb) or _binary_colour_mask(rgb) is not None:
+    colours = _rgb_colours(image, most)
+    if colours is None or _is_grey(colours) or _is_binary_colours(colours):
         return None
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-    count = int(np.unique(packed).size)
-    return count if count <= most else None
+    return len(colours)
 
 
 def decodable_cell(value: Any) -> Any:

@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refine_with_crops
 from .files import output_folder_problem, remove_stale_temporaries, save_image_atomic, write_json_atomic
-from .image_io import IMAGE_EXTENSIONS, ImageReadError, displayed_size, load_image
+from .image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    displayed_size,
+    load_image,
+    load_image_file,
+    picture_frames,
+)
 from .image_processing import processor_for_model
 from .video import VIDEO_SUFFIXES, is_video, predict_video_into_report, video_output_path
 
@@ -361,10 +368,10 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         path, name = self.items[index]
         try:
-            image = load_image(path)
+            image, frames = load_image_file(path)
         except (ImageReadError, ValueError, OSError) as error:
             return {"path": path, "name": name, "error": str(error)}
-        warn_if_several_frames(path)
+        warn_if_several_frames(path, frames)
         size = self.sizes[index] if self.sizes else None
         inputs = self.processor([image], size=size) if self.preprocess else None
         return {"path": path, "name": name, "image": image, "inputs": inputs}
@@ -382,13 +389,16 @@ def _collate(items: list[dict]) -> dict:
     return batch
 
 
-def warn_if_several_frames(path: Path) -> None:
-    """An animated GIF, WebP or PNG, or a multi-page TIFF, is predicted on its first frame only: a warning names it."""
-    try:
-        with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-    except Exception:  # unreadable: load_image has reported it
-        return
+def warn_if_several_frames(path: Path, frames: int | None = None) -> None:
+    """An animated GIF, WebP or PNG, or a multi-page TIFF, is predicted on its first frame only: a warning names it.
+    ``frames``: the count :func:`dsunet_hf.image_io.load_image_file` gave (else the file is opened to count them).
+    A JPEG's MPF images (MPO: a phone's preview or Ultra HDR gain map) are not frames left out: no warning."""
+    if frames is None:
+        try:
+            with Image.open(path) as image:
+                frames = picture_frames(image)
+        except Exception:  # unreadable: load_image has reported it
+            return
     if frames > 1:
         logger.warning("%s: has %d frames (an animation or pages); only the first is predicted", path, frames)
 
@@ -410,12 +420,21 @@ def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path,
     return str(item["path"])
 
 
+_SKIPPED = object()  # what a task queued after a failed write returns instead of running
+
+
 class BackgroundWriter:
     """PNG encoding in threads (Pillow releases the GIL while it compresses), so that the device runs the
     next batch meanwhile. At most ``max_pending`` images wait, which bounds the memory they hold; a write
-    that fails raises here, in the caller's thread. ``workers=0`` writes in the caller's thread (no overlap)."""
+    that fails raises here, in the caller's thread. ``workers=0`` writes in the caller's thread (no overlap).
+
+    After the first failed write no queued task runs (e.g. the next frame of a video whose container failed is
+    never muxed into it). That first failure is the one error raised, once, from :meth:`submit` or :meth:`close`:
+    a write failing beside it in another thread, or the tasks left out, never replace it (``close`` in a
+    ``finally`` block lets it through and still waits for every write under way)."""
 
     def __init__(self, workers: int, max_pending: int, on_done):
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         if workers < 0:
@@ -423,31 +442,68 @@ class BackgroundWriter:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-writer") if workers else None
         self.pending, self.max_pending, self.on_done = [], max_pending, on_done
         self.failure: BaseException | None = None  # the first failed write: the tasks queued after it do not run
+        self._reported = False  # whether the failure has been raised to the caller
+        self._lock = threading.Lock()
 
     def _run(self, fn, *args):
-        if self.failure is not None:  # e.g. the next frame of a video whose container failed: never touched again
-            raise RuntimeError(f"not run after an earlier write failed ({self.failure})") from self.failure
+        if self.failure is not None:
+            return _SKIPPED
         try:
             return fn(*args)
         except BaseException as error:
-            self.failure = error
+            with self._lock:
+                if self.failure is None:
+                    self.failure = error
             raise
 
+    def _raise_failure(self) -> None:
+        """Raise the first failure, unless the caller has had it already."""
+        if self.failure is not None and not self._reported:
+            self._reported = True
+            raise self.failure
+
+    def _finish(self, future) -> None:
+        """Wait for one task; report its output, or raise the first failure (which may be another task's)."""
+        try:
+            result = future.result()
+        except BaseException:  # recorded in self.failure (this one, or an earlier one)
+            result = _SKIPPED
+        if result is _SKIPPED:
+            self._raise_failure()
+        else:
+            self.on_done(result)
+
     def submit(self, fn, *args) -> None:
+        if self.failure is not None:  # nothing more runs after a failed write: the same error again
+            self._reported = True
+            raise self.failure
         if self.pool is None:
-            self.on_done(self._run(fn, *args))
+            try:
+                result = self._run(fn, *args)
+            finally:
+                self._reported = self.failure is not None
+            self.on_done(result)
             return
         self.pending.append(self.pool.submit(self._run, fn, *args))
         while len(self.pending) > self.max_pending:
-            self.on_done(self.pending.pop(0).result())
+            self._finish(self.pending.pop(0))
 
     def close(self) -> None:
+        """Wait for every queued write (finished ones are reported), then raise the first failure if the caller has
+        not had it yet."""
         try:
             while self.pending:
-                self.on_done(self.pending.pop(0).result())
+                future = self.pending.pop(0)
+                try:
+                    result = future.result()
+                except BaseException:  # recorded in self.failure: raised below
+                    continue
+                if result is not _SKIPPED:
+                    self.on_done(result)
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
+        self._raise_failure()
 
 
 @torch.inference_mode()

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .image_io import load_image, load_mask
+from .image_io import IMAGE_EXTENSIONS, load_image, load_mask
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -48,7 +48,8 @@ __all__ = [
     "reference_masks",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# A bare prompt text ending in one of these is a mask file: the image files read everywhere else (image_io.py).
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 
 
 def _size_text(height: int, width: int) -> str:

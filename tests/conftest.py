@@ -123,3 +123,18 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
     return hub
+
+
+@pytest.fixture
+def hub_namespace(offline_hub, monkeypatch):
+    """The offline Hub creating a repo name without a namespace as the Hub does, in the user's ("me"): name ->
+    me/name."""
+    import huggingface_hub
+
+    create = huggingface_hub.HfApi.create_repo
+
+    def create_in_my_namespace(self, repo_id, *args, **kwargs):
+        return create(self, repo_id if "/" in repo_id else f"me/{repo_id}", *args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_in_my_namespace)
+    return offline_hub

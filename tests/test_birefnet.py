@@ -145,6 +145,22 @@ def test_iou_term_is_summed_in_training_and_a_per_sample_mean_in_eval_mode():
     assert out.loss.item() == pytest.approx(upstream.item(), rel=1e-5)
 
 
+def test_a_processor_saved_without_the_order_is_saved_again_with_birefnets(tmp_path):
+    """A BiRefNet artifact saved before the order was recorded: saving the model again (with that processor, as
+    re-publishing does) records "birefnet", for pipeline() and AutoImageProcessor users too."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    model = BiRefNetForImageSegmentation(tiny_config())
+    old = model.default_image_processor()
+    old.post_processing = None
+    model.save_pretrained(tmp_path / "resaved", image_processor=old)
+    assert json.loads((tmp_path / "resaved" / "preprocessor_config.json").read_text())["post_processing"] == "birefnet"
+    assert AutoImageProcessor.from_pretrained(tmp_path / "resaved").post_processing == "birefnet"
+    assert old.post_processing is None  # the caller's processor is left as it was
+
+
 def test_default_image_processor_post_processes_as_upstream_inference():
     """sigmoid, then the probabilities resized with align_corners=True (BiRefNet's inference.py)."""
     processor = BiRefNetForImageSegmentation(tiny_config()).default_image_processor()

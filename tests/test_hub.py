@@ -233,19 +233,11 @@ def test_push_to_a_new_branch_creates_it(trained_model, offline_hub, tmp_path):
     assert (offline_hub.repo_dir("me/saved") / "refs" / "exp-2").is_file()
 
 
-def test_a_repo_name_without_namespace_is_named_in_full_on_the_card(trained_model, offline_hub, tmp_path,
-                                                                    monkeypatch):
+def test_a_repo_name_without_namespace_is_named_in_full_on_the_card(trained_model, hub_namespace, tmp_path):
     """push_to_hub("name"): the Hub creates "<user>/name"; the card's snippets name that, not the bare name."""
-    import huggingface_hub
-
     from dsunet_hf.cli import main as cli_main
 
-    create = huggingface_hub.HfApi.create_repo
-
-    def create_in_my_namespace(self, repo_id, *args, **kwargs):
-        return create(self, repo_id if "/" in repo_id else f"me/{repo_id}", *args, **kwargs)
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_in_my_namespace)
+    offline_hub = hub_namespace
     assert trained_model.push_to_hub("sam2unet-cod") == "me/sam2unet-cod"
     trained_model.save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="saved-cod")
     trained_model.save_pretrained(tmp_path / "plain")
@@ -253,6 +245,40 @@ def test_a_repo_name_without_namespace_is_named_in_full_on_the_card(trained_mode
     for repo in ("me/sam2unet-cod", "me/saved-cod", "me/cli-cod"):
         card = (next((offline_hub.repo_dir(repo) / "snapshots").iterdir()) / "README.md").read_text()
         assert f'from_pretrained("{repo}")' in card and f'from_pretrained("{repo.split("/")[1]}")' not in card
+    assert offline_hub.create_calls == [(repo, None) for repo in ("me/sam2unet-cod", "me/saved-cod", "me/cli-cod")]
+
+
+def test_a_refused_push_leaves_no_repo_behind(trained_model, offline_hub, tmp_path, capsys):
+    """The refusals (frozen weights changed since loading, LoRA merged and include_backbone, a bad evaluation
+    report) run before the Hub repo is created: a refused push leaves no new empty repo. A pushed one is created
+    once, private included."""
+    from dsunet_hf.cli import main as cli_main
+
+    trained_model.save_pretrained(tmp_path / "plain")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a `dsunet-hf evaluate` report"):
+        cli_main(["push", str(tmp_path / "plain"), "me/cli", "--evaluation", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="not a `dsunet-hf evaluate` report"):
+        trained_model.push_to_hub("me/evaluated", evaluation_reports=[str(tmp_path / "bad.json")])
+
+    merged = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy="lora")).eval()
+    merged.merge_lora()
+    with pytest.raises(ValueError, match="apply LoRA twice"):
+        merged.push_to_hub("me/merged", include_backbone=True)
+    with pytest.raises(ValueError, match="apply LoRA twice"):
+        merged.save_pretrained(tmp_path / "merged", include_backbone=True, push_to_hub=True, repo_id="me/merged")
+
+    with torch.no_grad():
+        next(p for n, p in trained_model.named_parameters()
+             if n.startswith("backbone.") and not trained_model.is_trainable_key(n)).add_(1.0)
+    with pytest.raises(ValueError, match="frozen backbone weights changed"):
+        trained_model.push_to_hub("me/changed")
+    with pytest.raises(ValueError, match="frozen backbone weights changed"):
+        trained_model.save_pretrained(tmp_path / "changed", push_to_hub=True, repo_id="me/changed")
+    assert offline_hub.create_calls == [] and offline_hub.pushes == []
+
+    assert cli_main(["push", str(tmp_path / "plain"), "me/cli", "--private"]) == 0
+    assert offline_hub.create_calls == [("me/cli", True)] and offline_hub.private["me/cli"]
 
 
 def test_republishing_keeps_the_processor_of_the_subfolder_and_revision(trained_model, offline_hub, tmp_path):

@@ -267,6 +267,41 @@ def test_benchmark_masks_read_as_opencv_gray():
         assert np.array_equal(to_uint8_map(load_mask(path)), cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)), path
 
 
+def test_rgb_masks_are_told_from_binary_colour_masks_before_any_array_is_built(tmp_path, monkeypatch):
+    """Gray RGB PNGs and lossy RGB JPEG masks (Kvasir's) read ~1.9x slower: the RGB pixels were copied into an
+    array and compared channel by channel, then packed into 32-bit colours, before the luminance reading. PIL's
+    getcolors(maxcolors=2) tells the binary colour masks from them first; the results are those of before."""
+    from dsunet_hf.image_io import colour_coded_values
+
+    binary = np.zeros((40, 48), np.uint8)
+    binary[10:30, 12:36] = 1
+    Image.fromarray(np.dstack([binary * 255] * 3)).save(tmp_path / "grey_rgb.png")
+    Image.fromarray(np.dstack([binary * 255] * 3)).save(tmp_path / "lossy.jpg", quality=90)
+    red = Image.fromarray(np.dstack([binary * 255, binary * 0, binary * 0]))
+    alpha = np.random.default_rng(0).integers(0, 256, binary.shape, np.uint8)  # alpha is not a colour
+    rgba = Image.fromarray(np.dstack([binary * 255, binary * 0, binary * 0, alpha]))
+    decoded = {name: Image.open(tmp_path / name) for name in ("grey_rgb.png", "lossy.jpg")}
+    for image in decoded.values():
+        image.load()
+    arrays, interface = [], Image.Image.__array_interface__
+
+    def counted(image):
+        arrays.append(image.mode)
+        return interface.fget(image)
+
+    monkeypatch.setattr(Image.Image, "__array_interface__", property(counted))
+    assert np.array_equal(load_mask(decoded["grey_rgb.png"]), binary.astype(np.float32))
+    lossy = load_mask(decoded["lossy.jpg"])
+    assert arrays == ["L", "L"]  # each read once, as the gray picture it is
+    assert np.array_equal(lossy, np.asarray(decoded["lossy.jpg"].convert("L"), np.float32) / 255)
+    arrays.clear()
+    assert colour_coded_values(decoded["lossy.jpg"]) is None and colour_coded_values(decoded["grey_rgb.png"]) is None
+    assert arrays == []
+    for image in (red, rgba, np.asarray(rgba)):
+        assert np.array_equal(load_mask(image), binary.astype(np.float32))
+        assert colour_coded_values(image) is None
+
+
 def test_lossy_rgb_jpeg_mask_thresholded_is_binary(tmp_path):
     mask = np.zeros((40, 48, 3), np.uint8)
     mask[10:30, 12:36] = 255
@@ -402,7 +437,7 @@ def test_post_processing_order_is_saved_and_old_processors_take_their_models(tmp
     resolved = processor_for_model(old, model("birefnet"))
     assert resolved.post_processing == "birefnet" and old.post_processing is None  # a copy; the original unchanged
     assert resolved.size == old.size
-    assert processor_for_model(old, model("sam2_unet")).post_processing == "sam2_unet"
+    assert processor_for_model(old, model("sam2_unet")) is old  # None already is SAM2-UNet's order
     recorded = SegmentationImageProcessor(post_processing="sam2_unet")
     assert processor_for_model(recorded, model("birefnet")) is recorded  # an explicit order is kept
     logits = 3 * torch.randn(1, 1, 5, 7)

@@ -185,20 +185,14 @@ def test_bad_arguments_are_refused(generated_data, tmp_path):
         train(tiny_args(generated_data, tmp_path / "x", logging_steps=0))
 
 
-def test_push_to_hub_at_the_end(generated_data, tmp_path, offline_hub, monkeypatch):
-    """The repo is created before training (a bad token stops the run first); a name without a namespace is the
-    Hub's full id in the cards."""
-    import huggingface_hub
-
-    create = huggingface_hub.HfApi.create_repo
-
-    def create_in_my_namespace(self, repo_id, *args, **kwargs):
-        return create(self, repo_id if "/" in repo_id else f"me/{repo_id}", *args, **kwargs)
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_in_my_namespace)
+def test_push_to_hub_at_the_end(generated_data, tmp_path, hub_namespace):
+    """The repo is created before training (a bad token stops the run first), once; a name without a namespace is
+    the Hub's full id in the cards."""
+    offline_hub = hub_namespace
     summary = train(tiny_args(generated_data, tmp_path / "run", max_steps=2, eval_steps=2, push_to_hub=True,
                               hub_model_id="camo-tiny"))
     assert offline_hub.pushes == [("me/camo-tiny", "End of training")] and summary["hub_repo_id"] == "me/camo-tiny"
+    assert offline_hub.create_calls == [("me/camo-tiny", None)]
     assert 'from_pretrained("me/camo-tiny")' in (tmp_path / "run" / "model" / "README.md").read_text()
     from dsunet_hf import Sam2UNetForImageSegmentation
 

@@ -224,7 +224,7 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
                  private: bool) -> int:
     """Upload a saved model or ONNX export folder (its card first: an export's names the repo; evaluation
     reports onto a model's)."""
-    from .hub import create_hub_repo, upload_folder_to_hub
+    from .hub import add_evaluation_to_card, check_evaluation_for_card, create_hub_repo, upload_folder_to_hub
     from .onnx_export import is_onnx_export, onnx_model_card
 
     folder = Path(folder)
@@ -239,6 +239,11 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
             if not (folder / required).is_file():
                 raise SystemExit(f"{folder}: not a saved model folder (no {required}); run save_pretrained or "
                                  f"dsunet-hf export onnx first")
+    if evaluation:  # refused before the repo is created: a refused push leaves no empty repo behind
+        try:  # an export's card is written below, once the repo's full id is known
+            check_evaluation_for_card(evaluation, None if export else folder)
+        except ValueError as error:
+            raise SystemExit(f"push: {error}") from error
     given = repo_id
     try:  # the Hub's full id (a name without a namespace gets the user's): the card's snippets name it
         repo_id = create_hub_repo(repo_id, private=private)
@@ -254,15 +259,14 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
     else:
         name_card_after_repo(folder / "README.md", repo_id)
     if evaluation:  # benchmark results onto the card (model-index + a table), written into the folder too
-        from .hub import add_evaluation_to_card
-
         try:
             card = add_evaluation_to_card(folder, evaluation, model_name=repo_id.split("/")[-1])
         except ValueError as error:
             raise SystemExit(f"push: {error}") from error
         print(f"model card: {len(card.data.eval_results)} results from {', '.join(evaluation)}")
     try:
-        pushed = upload_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private)
+        pushed = upload_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private,
+                                      repo_created=True)
     except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
         raise SystemExit(f"push: uploading {folder} to {repo_id} failed ({type(error).__name__}: {error})") from error
     print(f"pushed {folder} -> https://huggingface.co/{pushed}")

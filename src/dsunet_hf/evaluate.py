@@ -305,9 +305,9 @@ def _read_samples(dataset, total: int, num_workers: int):
     here, not by ``datasets`` (where a bad cell fails without its file's name)."""
     import datasets
 
-    from .data import undecoded_images
-
     if isinstance(dataset, datasets.Dataset):
+        from .data import undecoded_images
+
         dataset = undecoded_images(dataset)
     return torch.utils.data.DataLoader(_Samples(dataset, total), batch_size=None, collate_fn=_as_is,
                                        num_workers=num_workers, prefetch_factor=8 if num_workers else None)

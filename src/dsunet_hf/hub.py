@@ -123,14 +123,18 @@ def upload_folder_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     space_sdk: str | None = None,
+    repo_created: bool = False,
 ) -> str:
     """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id.
     ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo. ``private=True`` makes the repo
     private, an existing one too (``create_repo`` leaves an existing repo's visibility as it is); None: a new
-    repo gets the account's default visibility. ``revision``: the branch to commit to, created when missing."""
+    repo gets the account's default visibility. ``revision``: the branch to commit to, created when missing.
+    ``repo_created=True``: :func:`create_hub_repo` made the repo already (``repo_id`` is the full id it returned,
+    ``private`` applied), so it is not created again."""
     api = HfApi(token=token)
     repo_type = "space" if space_sdk else None
-    repo_id = create_hub_repo(repo_id, private=private, token=token, space_sdk=space_sdk)
+    if not repo_created:
+        repo_id = create_hub_repo(repo_id, private=private, token=token, space_sdk=space_sdk)
     if revision and not create_pr and not revision.startswith("refs/pr/"):
         # The Hub refuses a commit to a branch that does not exist (404); transformers' push_to_hub creates it too.
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
@@ -192,6 +196,15 @@ def add_validation_results_to_card(folder: str | os.PathLike, metrics: dict, dat
     card.save(card_path)
 
 
+def check_evaluation_for_card(reports: list[str | os.PathLike], folder: str | os.PathLike | None = None) -> list[dict]:
+    """What :func:`add_evaluation_to_card` refuses (ValueError), checked without writing anything, e.g. before a
+    Hub repo is created: ``reports`` that are not ``dsunet-hf evaluate`` reports, and (with ``folder``) a folder
+    with no ``README.md`` model card. Returns the reports read."""
+    if folder is not None and not (Path(folder) / "README.md").is_file():
+        raise ValueError(f"{folder}: no README.md model card (save the model with save_pretrained first)")
+    return [_read_evaluation_report(Path(path)) for path in reports]
+
+
 def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.PathLike],
                            model_name: str | None = None) -> ModelCard:
     """Fold ``dsunet-hf evaluate`` reports (``evaluation.json``) into the model card in ``folder``: the Hub's
@@ -204,10 +217,8 @@ def add_evaluation_to_card(folder: str | os.PathLike, reports: list[str | os.Pat
 
     folder = Path(folder)
     card_path = folder / "README.md"
-    if not card_path.is_file():
-        raise ValueError(f"{folder}: no README.md model card (save the model with save_pretrained first)")
+    loaded = check_evaluation_for_card(reports, folder)
     card = ModelCard.load(card_path)
-    loaded = [_read_evaluation_report(Path(path)) for path in reports]
     reported = {}  # (dataset, metric) -> (value, source, split); a later report wins
     for report in loaded:
         sources = report.get("info", {}).get("data") or {}

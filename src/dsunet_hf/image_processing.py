@@ -309,6 +309,9 @@ def processor_for_model(processor, model):
     recorded, or built by hand)."""
     if processor is None or getattr(processor, "post_processing", "") is not None:
         return processor
+    order = model_post_processing(model)
+    if order == "sam2_unet":  # what an unrecorded order does already: nothing to change (or to save)
+        return processor
     resolved = copy.copy(processor)
-    resolved.post_processing = model_post_processing(model)
+    resolved.post_processing = order
     return resolved

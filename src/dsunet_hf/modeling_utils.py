@@ -25,12 +25,14 @@ from .finetune import add_lora, is_trainable_key, lora_layers, merge_lora, param
 from .hub import (
     PLACEHOLDER_REPO_ID,
     add_evaluation_to_card,
+    check_evaluation_for_card,
     create_hub_repo,
     hub_download_kwargs,
     looks_like_hub_id,
     render_model_card,
     upload_folder_to_hub,
 )
+from .image_processing import processor_for_model
 
 
 @dataclass
@@ -341,11 +343,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             model.record_frozen_weights()
         else:
             model.load_frozen_backbones(**download)
-        # Where the artifact came from, for its image processor when it is saved or pushed again.
-        model.__dict__["_source_load_kwargs"] = {
-            **{key: kwargs[key] for key in ("subfolder", "revision") if kwargs.get(key)},
-            **{key: value for key, value in download.items() if key != "force_download"},
-        }
+        model.remember_load_source(kwargs, download)
         # Loading materialises fresh parameters (requires_grad=True): restore what the strategy trains.
         model.apply_finetune_strategy()
         model.eval()
@@ -370,29 +368,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
         # Recorded in config.json so that from_pretrained knows not to fetch the backbone repos.
         backbone_included = include_backbone or self.config.finetune_strategy == "full"
-        # transformers' Trainer passes state_dict=None: the default, the trainable part.
-        if kwargs.get("state_dict") is None and not include_backbone:
-            if not backbone_included and not self.lora_is_merged and (changed := self.changed_frozen_weights()):
-                # Refused, not warned: the file would load with the backbone repos' weights and give other outputs
-                # than this model, with nothing to tell (a warning scrolls away in a training log).
-                raise ValueError(
-                    f"{type(self).__name__}: frozen backbone weights changed since they were loaded "
-                    f"({_preview(changed, 4)}; e.g. peft's merge_and_unload() or a backbone trained by hand), and "
-                    f"save_pretrained writes only the trainable part (strategy {self.config.finetune_strategy!r}): "
-                    f"the saved model would load with the original backbone weights. Save with include_backbone=True "
-                    f"(self-contained), or train the backbone with finetune_strategy=\"lora\" (saved as LoRA "
-                    f"tensors) or \"full\"; to save the trainable part anyway, pass "
-                    f"state_dict=model.trainable_state_dict()."
-                )
-            kwargs["state_dict"] = self.trainable_state_dict()
-        if self.lora_is_merged:
-            # Trainable-only files hold the LoRA tensors and none of the (frozen) weights they were merged into;
-            # a file with those weights would apply LoRA twice when loaded.
-            state = kwargs.get("state_dict") or self.state_dict()
-            merged = sorted(key for key in state if ".base_layer." in key)
-            if merged:
-                raise ValueError(f"LoRA is merged into {_preview(merged)}: saving them would apply LoRA twice "
-                                 f"when loaded; save the model before merge_lora(), or without include_backbone")
+        # Refused before anything is written or created on the Hub.
+        kwargs["state_dict"] = self._check_saveable(include_backbone, kwargs.get("state_dict"))
         if push and kwargs.get("is_main_process", True):
             # The Hub's full id (a name without a namespace gets the user's) for the card's snippets.
             repo_id = create_hub_repo(repo_id, private=push_kwargs.get("private"), token=push_kwargs.get("token"))
@@ -411,9 +388,51 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             if image_processor is None and not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
                 image_processor = self.source_image_processor()
             if image_processor is not None:
-                image_processor.save_pretrained(save_directory)
+                # One that records no post-processing order (saved before it was, or built by hand) is saved with
+                # its model's, so that pipeline() and AutoImageProcessor users get the upstream's order too.
+                processor_for_model(image_processor, self).save_pretrained(save_directory)
             if push:
-                upload_folder_to_hub(save_directory, repo_id, **push_kwargs)
+                upload_folder_to_hub(save_directory, repo_id, **push_kwargs, repo_created=True)
+
+    def _check_saveable(self, include_backbone: bool = False, state_dict: dict | None = None) -> dict | None:
+        """The state dict :meth:`save_pretrained` writes: ``state_dict`` when given, else the trainable part (None
+        with ``include_backbone``: the whole model), once its refusals have passed. Refused (ValueError): a
+        trainable-only save after frozen backbone weights changed since loading, and LoRA merged into weights
+        that would be saved. :meth:`push_to_hub` calls it before the Hub repo is created."""
+        # transformers' Trainer passes state_dict=None: the default, the trainable part.
+        if state_dict is None and not include_backbone:
+            full = self.config.finetune_strategy == "full"
+            if not full and not self.lora_is_merged and (changed := self.changed_frozen_weights()):
+                # Refused, not warned: the file would load with the backbone repos' weights and give other outputs
+                # than this model, with nothing to tell (a warning scrolls away in a training log).
+                raise ValueError(
+                    f"{type(self).__name__}: frozen backbone weights changed since they were loaded "
+                    f"({_preview(changed, 4)}; e.g. peft's merge_and_unload() or a backbone trained by hand), and "
+                    f"save_pretrained writes only the trainable part (strategy {self.config.finetune_strategy!r}): "
+                    f"the saved model would load with the original backbone weights. Save with include_backbone=True "
+                    f"(self-contained), or train the backbone with finetune_strategy=\"lora\" (saved as LoRA "
+                    f"tensors) or \"full\"; to save the trainable part anyway, pass "
+                    f"state_dict=model.trainable_state_dict()."
+                )
+            state_dict = self.trainable_state_dict()
+        if self.lora_is_merged:
+            # Trainable-only files hold the LoRA tensors and none of the (frozen) weights they were merged into;
+            # a file with those weights would apply LoRA twice when loaded.
+            state = state_dict or self.state_dict()
+            merged = sorted(key for key in state if ".base_layer." in key)
+            if merged:
+                raise ValueError(f"LoRA is merged into {_preview(merged)}: saving them would apply LoRA twice "
+                                 f"when loaded; save the model before merge_lora(), or without include_backbone")
+        return state_dict
+
+    def remember_load_source(self, load_kwargs: dict, download: dict) -> None:
+        """Record where this model was loaded from (``subfolder``, ``revision`` among ``load_kwargs``; the Hub
+        download arguments ``download`` but ``force_download``): :meth:`source_image_processor` reads the image
+        processor from there when the model is saved or pushed again."""
+        self.__dict__["_source_load_kwargs"] = {
+            **{key: load_kwargs[key] for key in ("subfolder", "revision") if load_kwargs.get(key)},
+            **{key: value for key, value in download.items() if key != "force_download"},
+        }
 
     def source_image_processor(self):
         """The image processor saved beside the artifact this model was loaded from (e.g. an ADE20K head's
@@ -490,6 +509,10 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         save_kwargs = {key: kwargs.pop(key) for key in ("max_shard_size",) if key in kwargs}
         if kwargs:
             raise TypeError(f"push_to_hub() got unexpected keyword arguments {sorted(kwargs)}")
+        # Refused before the repo is created: a refused push leaves no empty repo behind.
+        self._check_saveable(include_backbone)
+        if evaluation_reports:
+            check_evaluation_for_card(evaluation_reports)
         # The Hub's full id (a name without a namespace gets the user's) for the card's snippets.
         repo_id = create_hub_repo(repo_id, private=private, token=token)
         with tempfile.TemporaryDirectory(prefix="dsunet-hf-push-") as folder:
@@ -504,7 +527,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 add_evaluation_to_card(folder, evaluation_reports, model_name=repo_id.split("/")[-1])
             return upload_folder_to_hub(
                 Path(folder), repo_id, commit_message=commit_message, private=private, token=token,
-                revision=revision, create_pr=create_pr,
+                revision=revision, create_pr=create_pr, repo_created=True,
             )
 
     def default_image_processor(self):

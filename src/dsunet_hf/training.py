@@ -804,7 +804,8 @@ def train(args: TrainingArguments) -> dict:
             from .hub import upload_folder_to_hub
 
             summary["hub_repo_id"] = upload_folder_to_hub(
-                final, args.hub_model_id, private=args.hub_private or None, commit_message="End of training"
+                final, args.hub_model_id, private=args.hub_private or None, commit_message="End of training",
+                repo_created=True,  # at the start, on this (the main) process
             )
         write_json_atomic(output_dir / "train_summary.json", summary)
     accelerator.end_training()

@@ -540,11 +540,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             model = cls(config)
         model.to_empty(device="cpu")
         model.load_frozen_backbones(**download)
-        # Where the config came from, for its image processor when it is saved or pushed again.
-        model.__dict__["_source_load_kwargs"] = {
-            **{key: original[key] for key in ("subfolder", "revision") if original.get(key)},
-            **{key: value for key, value in download.items() if key != "force_download"},
-        }
+        model.remember_load_source(original, download)  # for its image processor when saved or pushed again
         if dtype is not None:
             model.to(dtype)
         model.eval()

@@ -22,7 +22,7 @@ from dsunet_hf import (
     Sam2UNetForImageSegmentation,
     SegmentationImageProcessor,
 )
-from dsunet_hf.data import class_index_mask_maximum, colour_coded_mask_values
+from dsunet_hf.data import binary_mask_problem
 from dsunet_hf.evaluate import (
     add_evaluate_parser,
     evaluate_datasets,
@@ -548,8 +548,7 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     fake.load_segmentation_dataset = load_segmentation_dataset
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {}
-    fake.class_index_mask_maximum = class_index_mask_maximum  # the real check
-    fake.colour_coded_mask_values = colour_coded_mask_values
+    fake.binary_mask_problem = binary_mask_problem  # the real check
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     loaded = {}
 
@@ -583,8 +582,7 @@ def test_cli_records_the_post_processing_of_a_birefnet(samples, tmp_path, monkey
     fake.load_segmentation_dataset = lambda source, split=None, **kwargs: samples
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {}
-    fake.class_index_mask_maximum = class_index_mask_maximum
-    fake.colour_coded_mask_values = colour_coded_mask_values
+    fake.binary_mask_problem = binary_mask_problem
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
     for flags, minmax in (([], False), (["--minmax-normalize"], True)):
@@ -628,8 +626,7 @@ def test_cli_model_keeps_finished_datasets(model, processor, samples, tmp_path, 
     fake.load_segmentation_dataset = load_segmentation_dataset
     fake.dataset_name = lambda source: f"name-{source}"
     fake.dropped_files = lambda dataset: {"lonely.jpg": "no mask"} if dataset is data["unreadable"] else {}
-    fake.class_index_mask_maximum = class_index_mask_maximum  # the real check
-    fake.colour_coded_mask_values = colour_coded_mask_values
+    fake.binary_mask_problem = binary_mask_problem  # the real check
     monkeypatch.setitem(sys.modules, "dsunet_hf.data", fake)
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
 

@@ -803,6 +803,17 @@ def colour_coded_mask_values(dataset, samples: int = 8) -> int | None:
     return max(found) if found else None
 
 
+def binary_mask_problem(dataset, samples: int = 8) -> tuple[str, int] | None:
+    """What makes the first ``samples`` masks of ``dataset`` wrong for a foreground/background reading, for training
+    and evaluation to warn about: ``("class indices", k)`` (:func:`class_index_mask_maximum`), else ``("colours", n)``
+    (:func:`colour_coded_mask_values`), else None."""
+    classes = class_index_mask_maximum(dataset, samples)
+    if classes is not None:
+        return "class indices", classes
+    colours = colour_coded_mask_values(dataset, samples)
+    return None if colours is None else ("colours", colours)
+
+
 class SegmentationTransform:
     """Rows -> model inputs, for ``dataset.with_transform(SegmentationTransform(processor, train=...))``.
 

@@ -333,25 +333,26 @@ def _warn_if_class_index_masks(dataset, where: str, samples: int = 8) -> int | N
     and the ground truth is empty. Returns k, or None (0/255 and 0/1 masks, soft masks, unreadable files). Else, when
     one of them is colour-coded (a palette or RGB mask of several colours, read by its luminance), warns about that
     and returns the number of colours."""
-    from .data import class_index_mask_maximum, colour_coded_mask_values
+    from .data import binary_mask_problem
 
-    classes = class_index_mask_maximum(dataset, samples)
-    if classes is None:
-        colours = colour_coded_mask_values(dataset, samples)
-        if colours is not None:
-            logger.warning(
-                "%s: colour-coded ground-truth masks (%d colours in a palette or RGB mask), but the metrics read a "
-                "mask by its luminance (> 128 is foreground): a dark colour counts as background. Save binary "
-                "masks as 0/255 or 0/1 gray PNGs (a palette PNG of the indices 0 and k, or one colour on black, is "
-                "read as binary too).", where, colours,
-            )
-        return colours
+    problem = binary_mask_problem(dataset, samples)
+    if problem is None:
+        return None
+    kind, count = problem
+    if kind == "colours":
+        logger.warning(
+            "%s: colour-coded ground-truth masks (%d colours in a palette or RGB mask), but the metrics read a "
+            "mask by its luminance (> 128 is foreground): a dark colour counts as background. Save binary "
+            "masks as 0/255 or 0/1 gray PNGs (a palette PNG of the indices 0 and k, or one colour on black, is "
+            "read as binary too).", where, count,
+        )
+        return count
     logger.warning(
         "%s: the ground-truth masks hold class indices (0..%d), but the metrics read a mask as foreground intensity "
         "(> 128 is foreground): class %d counts as background and the ground truth is empty. Save binary masks as "
-        "0/255 or 0/1; multi-class label maps need a multi-class model.", where, classes, classes,
+        "0/255 or 0/1; multi-class label maps need a multi-class model.", where, count, count,
     )
-    return classes
+    return count
 
 
 # -------------------------------------------------------------------------------------------- folders

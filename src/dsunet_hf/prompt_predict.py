@@ -91,8 +91,6 @@ def prompt_panel(references: list[tuple[Image.Image, np.ndarray]], target: Image
     return panel
 
 
-_prompt_text = describe_prompt  # how a prompt is named in errors and the report
-
 
 def frame_order(path: Path) -> list:
     """Sort key of a frame file: numbers by value (``2.jpg`` before ``10.jpg``), the rest as text."""
@@ -304,7 +302,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "prediction_report.json", {
         **report.__dict__, "references": [str(r) for r in references],
-        "prompts": [_prompt_text(p) for p in prompts], "threshold": threshold,
+        "prompts": [describe_prompt(p) for p in prompts], "threshold": threshold,
         "track_memory": track_memory if track else None,
     })
     return report

@@ -293,27 +293,28 @@ def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: in
     PNGs): the model would read class k as a faint foreground of k/255 and learn next to nothing. Returns k; else,
     when one of them is colour-coded (a palette or RGB mask of several colours, read by its luminance), warns
     about that and returns the number of colours; None when there is nothing to warn about."""
-    from .data import class_index_mask_maximum, colour_coded_mask_values
+    from .data import binary_mask_problem
 
-    classes = class_index_mask_maximum(dataset, samples)
-    if classes is None:
-        colours = colour_coded_mask_values(dataset, samples)
-        if colours is not None:
-            logger.warning(
-                "%s: colour-coded masks (%d colours in a palette or RGB mask), but %s is a binary model that reads "
-                "such a mask by its luminance: objects become faint foreground (a red one 0.3). Save binary masks as "
-                "0/255 or 0/1 gray PNGs (a palette PNG of the indices 0 and k, or one colour on black, is read as "
-                "binary too); for several classes, class-index label maps with an id2label.json beside the data.",
-                source, colours, model_name,
-            )
-        return colours
+    problem = binary_mask_problem(dataset, samples)
+    if problem is None:
+        return None
+    kind, count = problem
+    if kind == "colours":
+        logger.warning(
+            "%s: colour-coded masks (%d colours in a palette or RGB mask), but %s is a binary model that reads "
+            "such a mask by its luminance: objects become faint foreground (a red one 0.3). Save binary masks as "
+            "0/255 or 0/1 gray PNGs (a palette PNG of the indices 0 and k, or one colour on black, is read as "
+            "binary too); for several classes, class-index label maps with an id2label.json beside the data.",
+            source, count, model_name,
+        )
+        return count
     logger.warning(
         "%s: the masks hold class indices (0..%d), but %s is a binary model that reads a mask as foreground "
         "intensity (class %d = %.3f). For several classes, SAM2-UNet takes them from an id2label.json beside the data "
         "or --config-overrides '{\"num_labels\": %d}'; for foreground / background, save masks as 0/255 or 0/1.",
-        source, classes, model_name, classes, classes / 255, classes + 1,
+        source, count, model_name, count, count / 255, count + 1,
     )
-    return classes
+    return count
 
 
 MMCV_WARMUP_RATIO = 1e-6  # the DINOv2 heads' configs: warmup='linear', warmup_ratio=1e-6

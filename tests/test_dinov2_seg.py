@@ -9,6 +9,7 @@ from transformers import AutoModelForSemanticSegmentation, Dinov2Config, Dinov2M
 
 from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig, SegmentationImageProcessor
 from dsunet_hf.convert.dinov2_head import convert_dinov2_head_checkpoint
+from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import BNHead
 
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4)
 
@@ -70,6 +71,21 @@ def test_schedules_agree_and_slide_equals_single_when_one_window_covers_the_imag
         model.segment(small, "tta")
 
 
+def test_windows_that_leave_gaps_and_empty_settings_are_refused():
+    """A stride past the crop leaves pixels no window covers (their average was 0/0: NaN probabilities); an explicit
+    0 meant the default; no test scale or layer cannot be averaged. A small crop's default stride is the crop."""
+    for fields, message in [(dict(crop_size=28, stride=42), r"stride must be in 1..crop_size \(28\).*got stride=42"),
+                            (dict(stride=0), "got stride=0"), (dict(crop_size=0), "crop_size must be a positive"),
+                            (dict(test_scales=[]), "test_scales must be a non-empty"),
+                            (dict(num_layers=0), "num_layers must be at least 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            tiny(**fields)
+    config = tiny(crop_size=28, stride=None)
+    assert config.stride == 28 and tiny(head_type="linear", num_layers=0).num_layers == 0  # unused by linear heads
+    model = Dinov2ForSemanticSegmentation(config).eval()
+    assert not model.segment(torch.randn(1, 3, 28, 100), "slide").isnan().any()
+
+
 def test_loss_averages_over_all_pixels_including_ignored():
     model = Dinov2ForSemanticSegmentation(tiny()).eval()
     x = torch.randn(1, 3, 28, 28)
@@ -99,6 +115,14 @@ def test_head_files_of_another_size_or_layout_are_refused(tmp_path):
     torch.save({"meta": {}, "state_dict": head_state}, tmp_path / "dinov2_vits14_voc2012_ms_head.pth")
     with pytest.raises(ValueError, match="fit neither"):
         convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_ms_head.pth", tmp_path / "out")
+    # Renamed, 1536 channels: a ViT-S/14 multi-layer head or a ViT-g/14 linear one; the CLI says how to tell.
+    wide = {f"decode_head.{k}": v for k, v in BNHead(1536, 21).state_dict().items()}
+    torch.save({"state_dict": wide}, tmp_path / "my_head.pth")
+    from dsunet_hf.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match=r"my_head\.pth: cannot tell the backbone size \(1536 channels fit small and "
+                                         r"giant\): name the file as Meta does \(dinov2_vits14_"):
+        cli_main(["convert", "dinov2-head", str(tmp_path / "my_head.pth"), str(tmp_path / "out")])
     torch.save({"state_dict": {"decode_head.bn.weight": torch.ones(3)}}, tmp_path / "broken_head.pth")
     with pytest.raises(ValueError, match="not a DINOv2 BNHead"):
         convert_dinov2_head_checkpoint(tmp_path / "broken_head.pth", tmp_path / "out")
@@ -236,8 +260,10 @@ def test_ade20k_heads_convert_with_reduced_labels(tmp_path):
                                    reduce_zero_label=False)
     assert not SegmentationImageProcessor.from_pretrained(tmp_path / "raw").do_reduce_labels
     voc = {**head, "decode_head.conv_seg.weight": torch.randn(21, 384, 1, 1), "decode_head.conv_seg.bias": torch.randn(21)}
-    torch.save({"state_dict": voc}, tmp_path / "dinov2_vits14_voc2012_linear_head.pth")
-    linear_voc = convert_dinov2_head_checkpoint(tmp_path / "dinov2_vits14_voc2012_linear_head.pth", tmp_path / "voc")
+    # A renamed file: the size is the one whose channels fit (384: ViT-S/14 linear), as the CLI has no --preset.
+    torch.save({"state_dict": voc}, tmp_path / "voc2012_linear_head.pth")
+    linear_voc = convert_dinov2_head_checkpoint(tmp_path / "voc2012_linear_head.pth", tmp_path / "voc")
+    assert linear_voc.config.backbone_preset == "small" and linear_voc.config.head_type == "linear"
     assert linear_voc.config.max_long_side == 2048  # mmseg's VOC linear configs: scale (2048, 512)
 
 

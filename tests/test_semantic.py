@@ -173,6 +173,25 @@ def test_size_mismatch_names_both_files(tmp_path):
         transform(rows[:1])
 
 
+
+def test_a_label_outside_the_classes_after_reduction_names_its_file(tmp_path):
+    """With --reduce-zero-label, a label beyond the classes is reported with its file and its own value (evaluation
+    said only "labels outside 0..2"; training told to pass the flag it had)."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    Image.fromarray(np.full((30, 40), 4, np.uint8)).save(tmp_path / "lab.png")  # 4 -> class 3 of a 3-class model
+    rows = datasets.Dataset.from_dict({"image": [str(tmp_path / "img.png")], "mask": [str(tmp_path / "lab.png")],
+                                       "sample_id": [0]})
+    message = r"lab\.png / .*img\.png: label 4 in the label map \(class 3 after --reduce-zero-label\), but the model has 3"
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ValueError, match=message):
+        evaluate_semantic(Dinov2ForSemanticSegmentation(config), rows, reduce_zero_label=True)
+    transform = SemanticSegmentationTransform(SegmentationImageProcessor(), train=True, crop_size=16,
+                                              reduce_zero_label=True, num_labels=3)
+    with pytest.raises(ValueError, match=message) as error:
+        transform(rows[:1])
+    assert "pass --reduce-zero-label" not in str(error.value)
+
 def _tiny_head(tmp_path, processor_reduces: bool):
     config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
                              num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})

@@ -138,11 +138,15 @@ class SemanticSegmentationTransform:
             if classes.size and (classes.min() < 0 or classes.max() >= self.num_labels):
                 where = names or f"sample {sample_id}"
                 bad = int(classes.max() if classes.max() >= self.num_labels else classes.min())
-                raise ValueError(f"{where}: class {bad} in the label map, but the model has {self.num_labels} "
+                # Reduced labels: name the file's own value (the hint to reduce would repeat what is set).
+                found = (f"label {bad + 1} in the label map (class {bad} after --reduce-zero-label)"
+                         if self.reduce_zero_label else f"class {bad} in the label map")
+                raise ValueError(f"{where}: {found}, but the model has {self.num_labels} "
                                  f"classes (0..{self.num_labels - 1}; {self.ignore_index} is ignored): give the model "
                                  f"every class (id2label.json beside the data, or num_labels)"
                                  + (" or, if 0 means 'other' and the classes start at 1 (ADE20K), pass "
-                                    "--reduce-zero-label" if bad == self.num_labels else ""))
+                                    "--reduce-zero-label" if bad == self.num_labels and not self.reduce_zero_label
+                                    else ""))
         if not self.train:  # evaluation: resized image, labels kept at the original size
             resized = _short_side_resize(image, self.base_size, self.max_long_side)
             return {"pixel_values": _normalise(resized, self.processor), "labels": torch.from_numpy(labels),
@@ -215,10 +219,11 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
 
     config = model.config
     schedule = schedule or model.default_schedule
-    metrics = SemanticSegmentationMetrics(config.num_labels, config.semantic_loss_ignore_index, reduce_zero_label)
-    transform = SemanticSegmentationTransform(None, train=False, crop_size=config.crop_size,
-                                              ignore_index=config.semantic_loss_ignore_index,
-                                              num_labels=None if reduce_zero_label else config.num_labels,
+    ignore_index = config.semantic_loss_ignore_index
+    # Labels are read reduced (if asked) so that one outside the classes is reported with its file, as in training.
+    metrics = SemanticSegmentationMetrics(config.num_labels, ignore_index)
+    transform = SemanticSegmentationTransform(None, train=False, crop_size=config.crop_size, ignore_index=ignore_index,
+                                              reduce_zero_label=reduce_zero_label, num_labels=config.num_labels,
                                               max_long_side=getattr(config, "max_long_side", None))
     transform.processor = model.default_image_processor()
     was_training = model.training
@@ -230,7 +235,7 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
             row = dataset[index]
             names = f"{_name(row['mask'])} / {_name(row['image'])}"
             try:
-                labels = load_label_map(decodable_cell(row["mask"]))  # raw; the metric applies reduce_zero_label itself
+                labels = load_label_map(decodable_cell(row["mask"]), reduce_zero_label, ignore_index)
                 image = load_image(decodable_cell(row["image"]))
                 transform.check_sizes(image, labels, names)
             except (ImageReadError, ValueError, OSError) as error:

@@ -20,12 +20,24 @@ HEAD_KEYS = {f"decode_head.{k}" for k in ("bn.weight", "bn.bias", "bn.running_me
                                           "bn.num_batches_tracked", "conv_seg.weight", "conv_seg.bias")}
 
 
+def _preset_of_channels(source, channels: int) -> str:
+    """The backbone size of a renamed head file, from its channel count (D linear, 4·D multi-layer): unique but for
+    1536, a ViT-S/14 multi-layer head or a ViT-g/14 linear one."""
+    fits = [preset for preset, fields in DINOV2_PRESETS.items()
+            if channels in (fields["hidden_size"], 4 * fields["hidden_size"])]
+    if len(fits) == 1:
+        return fits[0]
+    reason = f"{channels} channels fit {' and '.join(fits)}" if fits else f"{channels} channels fit no DINOv2 size"
+    raise ValueError(f"{source}: cannot tell the backbone size ({reason}): name the file as Meta does "
+                     f"(dinov2_vits14_..., vitb14, vitl14, vitg14), or pass preset= in Python")
+
+
 def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, preset: str | None = None,
                                    id2label: dict[int, str] | None = None, reduce_zero_label: bool | None = None,
                                    backbone_repo_id: str | None = None, backbone_revision: str | None = None):
-    """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name, ``id2label`` to the
-    VOC names for 21 classes and the ADE20K names for 150 (other counts are named ``class_<i>``), and
-    ``reduce_zero_label`` (recorded as the processor's ``do_reduce_labels``) to True for the 150-class ADE20K
+    """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name (else to the one size whose
+    channels fit), ``id2label`` to the VOC names for 21 classes and the ADE20K names for 150 (other counts are
+    named ``class_<i>``), and ``reduce_zero_label`` (recorded as the processor's ``do_reduce_labels``) to True for the 150-class ADE20K
     heads (labels 1..150, 0 = other). The backbone repo defaults to Meta's of the size."""
     from ..models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
     from ..models.dinov2_seg.configuration_dinov2_seg import ADE20K_LABELS, VOC_LABELS
@@ -34,12 +46,10 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
     if set(state_dict) != HEAD_KEYS:
         raise ValueError(f"{source}: not a DINOv2 BNHead checkpoint; expected keys {sorted(HEAD_KEYS)}, "
                          f"got {sorted(state_dict)[:8]}")
+    num_labels, channels = state_dict["decode_head.conv_seg.weight"].shape[:2]
     if preset is None:
         match = re.search(r"(vit[sblg]14)", Path(source).name)
-        if not match:
-            raise ValueError(f"{source}: cannot tell the backbone size from the name; pass preset=")
-        preset = _ARCH_TO_PRESET[match.group(1)]
-    num_labels, channels = state_dict["decode_head.conv_seg.weight"].shape[:2]
+        preset = _ARCH_TO_PRESET[match.group(1)] if match else _preset_of_channels(source, channels)
     hidden = DINOV2_PRESETS[preset]["hidden_size"]
     if channels not in (hidden, 4 * hidden):
         raise ValueError(f"{source}: {channels} head channels fit neither a linear ({hidden}) nor a multi-layer "

@@ -40,7 +40,8 @@ class Dinov2SegConfig(PreTrainedConfig):
         head_type (`str`, defaults to `"linear"`): `linear` reads the last block; `multilayer` (the paper's
             "+ms") concatenates the last four blocks.
         num_layers (`int`, defaults to 4): how many last blocks `multilayer` concatenates.
-        crop_size / stride (`int`, *optional*): sliding-window inference (512/341 linear, 640/320 multilayer).
+        crop_size / stride (`int`, *optional*): sliding-window inference (512/341 linear, 640/320 multilayer);
+            the stride at most the crop size (a smaller crop's default stride is the crop size).
         test_scales (`list[float]`): multi-scale inference ratios (upstream 1.0, 1.32, 1.73, 2.28, 3.0).
         test_flip (`bool`, defaults to `True`): add horizontally flipped views in multi-scale inference.
         max_long_side (`int`, *optional*): the keep-ratio resize to the crop size also keeps the long side within
@@ -88,12 +89,25 @@ class Dinov2SegConfig(PreTrainedConfig):
         self.dino_config = dinov2_config_dict(backbone_preset, dino_config)
         self.backbone_repo_id = backbone_repo_id or dinov2_hub_repo(backbone_preset)
         self.backbone_revision = backbone_revision
+        if head_type == "multilayer" and num_layers < 1:  # (more than the blocks: refused by the forward)
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         self.head_type = head_type
         self.num_layers = num_layers
         default_crop, default_stride = SLIDE_DEFAULTS[head_type]
-        self.crop_size = crop_size or default_crop
-        self.stride = stride or default_stride
-        self.test_scales = list(test_scales or [1.0, 1.32, 1.73, 2.28, 3.0])
+        crop_size = default_crop if crop_size is None else crop_size
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be a positive number of pixels, got {crop_size}")
+        stride = min(default_stride, crop_size) if stride is None else stride  # a small crop: windows side by side
+        # Windows further apart than they are long leave pixels no window covers: their average is 0/0 (NaN).
+        if not 0 < stride <= crop_size:
+            raise ValueError(f"stride must be in 1..crop_size ({crop_size}) so that the sliding windows cover the "
+                             f"image, got stride={stride}")
+        test_scales = [1.0, 1.32, 1.73, 2.28, 3.0] if test_scales is None else list(test_scales)
+        if not test_scales or min(test_scales) <= 0:
+            raise ValueError(f"test_scales must be a non-empty list of positive ratios, got {test_scales}")
+        self.crop_size = crop_size
+        self.stride = stride
+        self.test_scales = test_scales
         self.test_flip = test_flip
         self.max_long_side = max_long_side
         self.semantic_loss_ignore_index = semantic_loss_ignore_index

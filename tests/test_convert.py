@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +137,171 @@ def test_a_config_that_is_json_but_no_object_is_named(tmp_path, content):
                                          rf"not a model config"):
         cli_main(["predict", "--model", str(tmp_path / "model"), str(tmp_path / "in.png"), "--output-dir",
                   str(tmp_path / "out")])
+
+
+# --- how files are read and written ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wrap", ["module_prefix", "resume_dict"])
+def test_dataparallel_and_resume_checkpoints_convert(upstream_checkpoint, tmp_path, wrap):
+    """`module.` (nn.DataParallel) names, and the maintainer's resume snippet {'model', 'optim', 'epoch', 'lr'}."""
+    model, path = upstream_checkpoint
+    state = torch.load(path, weights_only=True)
+    if wrap == "module_prefix":
+        state = {f"module.{k}": v for k, v in state.items()}
+    else:
+        state = {"model": state, "optim": {"state": {}, "param_groups": []}, "epoch": 20, "lr": 1e-7}
+    torch.save(state, tmp_path / "wrapped.pth")
+    converted = convert_sam2_unet_checkpoint(tmp_path / "wrapped.pth", tmp_path / "out", include_backbone=True,
+                                             config=tiny_sam2_unet_config())
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, converted(x).logits)
+
+
+def test_a_failed_write_leaves_the_previous_artifact(upstream_checkpoint, tmp_path, monkeypatch):
+    """A full disk while writing model.safetensors left a 1 kB file over the good artifact (from_pretrained then
+    failed in safetensors), and a half-written folder where there was none; the error named no folder."""
+    import errno
+
+    import transformers.modeling_utils
+
+    model, path = upstream_checkpoint
+    convert_sam2_unet_checkpoint(path, tmp_path / "out", include_backbone=True, config=tiny_sam2_unet_config())
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk)
+    for output in ("out", "fresh"):
+        with pytest.raises(OSError, match=rf"^{tmp_path / output}: the converted model could not be written "
+                                          r"\(\[Errno 28\] No space left"):
+            convert_sam2_unet_checkpoint(path, tmp_path / output, include_backbone=True, config=tiny_sam2_unet_config())
+    monkeypatch.undo()
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SAM2UNet-COD.pth", "out"]  # no temporary folder left
+    reloaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "out")
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, reloaded(x).logits)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", r"truncated or corrupt checkpoint \([\d,]+ bytes; PytorchStreamReader failed reading zip archive"),
+    ("empty", r"truncated or corrupt checkpoint \(0 bytes; EOFError\); download or copy it again"),
+    ("pickled_object", r"holds pickled argparse\.Namespace objects besides tensors, which are not loaded"),
+    ("folder", r"a folder, not a checkpoint file"),
+])
+def test_unreadable_checkpoints_are_one_line_errors_naming_the_file(upstream_checkpoint, tmp_path, case, message):
+    """torch.load's own messages: 6 lines with terminal colour codes (a pickled argparse.Namespace), an empty reason
+    (an empty file), a FileNotFoundError for a folder."""
+    import argparse
+
+    _, path = upstream_checkpoint
+    bad = tmp_path / "bad.pth"
+    if case == "truncated":
+        bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "empty":
+        bad.write_bytes(b"")
+    elif case == "pickled_object":
+        torch.save({"model": torch.load(path, weights_only=True), "args": argparse.Namespace(lr=1e-3)}, bad)
+    else:
+        bad.mkdir()
+    with pytest.raises(ValueError, match=rf"^{bad}: {message}") as error:
+        convert_sam2_unet_checkpoint(bad, tmp_path / "out")
+    assert "\n" not in str(error.value) and "\x1b" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trunk_without_patch_embedding_is_named(upstream_checkpoint, tmp_path):
+    """The Hiera size is read from the patch embedding: without it, a KeyError traceback (sam2-unet, dsunet,
+    sam2-hiera) that named no file."""
+    from helpers import tiny_hiera, write_meta_checkpoint
+
+    _, path = upstream_checkpoint
+    state = torch.load(path, weights_only=True)
+    del state["encoder.patch_embed.proj.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial\.pth: the SAM 2 Hiera trunk has no patch embedding"):
+        convert_sam2_unet_checkpoint(tmp_path / "partial.pth", tmp_path / "out")
+    meta = torch.load(write_meta_checkpoint(tmp_path / "sam2_hiera_tiny.pt", tiny_hiera()), weights_only=True)
+    del meta["model"]["image_encoder.trunk.patch_embed.proj.weight"]
+    torch.save(meta, tmp_path / "sam2_hiera_tiny.pt")
+    with pytest.raises(SystemExit, match=r"^convert sam2-hiera: \S+sam2_hiera_tiny\.pt: the SAM 2 Hiera trunk has no "):
+        cli_main(["convert", "sam2-hiera", str(tmp_path / "sam2_hiera_tiny.pt"), str(tmp_path / "hiera")])
+
+
+@pytest.fixture(scope="module")
+def meta_tiny_checkpoint(tmp_path_factory):
+    """Meta's layout of a real-size Hiera-tiny (the size is read from the tensors), with other SAM 2 parts."""
+    from helpers import write_meta_checkpoint
+    from transformers import Sam2HieraDetModel
+
+    from dsunet_hf import hiera_config
+
+    torch.manual_seed(0)
+    trunk = Sam2HieraDetModel(hiera_config("tiny")).eval()
+    path = write_meta_checkpoint(tmp_path_factory.mktemp("meta") / "sam2.1_hiera_tiny.pt", trunk)
+    return trunk, path
+
+
+def test_sam2_hiera_conversion_is_strict_and_names_the_file(meta_tiny_checkpoint, tmp_path):
+    """The sam2-hiera CLI loaded with load_state_dict: a two-line 'Error(s) in loading state_dict for
+    Sam2HieraDetModel' naming no file. The SAM 2 parts besides the trunk are left out on purpose."""
+    from transformers import Sam2HieraDetModel
+
+    from dsunet_hf.convert.sam2 import convert_sam2_hiera_checkpoint
+
+    trunk, path = meta_tiny_checkpoint
+    converted, preset = convert_sam2_hiera_checkpoint(path, tmp_path / "hiera")
+    reloaded = Sam2HieraDetModel.from_pretrained(tmp_path / "hiera")
+    assert preset == "tiny" and reloaded.state_dict().keys() == trunk.state_dict().keys()
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in trunk.state_dict().items())
+    meta = torch.load(path, weights_only=True)
+    for change, message in [("drop", r"not a SAM 2 Hiera-tiny trunk; missing keys \['blocks\.3\.attn\.qkv\.weight'\]"),
+                            ("resize", r"blocks\.3\.attn\.qkv\.weight has shape \(3, 3\), Hiera-tiny expects")]:
+        state = dict(meta["model"])
+        if change == "drop":
+            del state["image_encoder.trunk.blocks.3.attn.qkv.weight"]
+        else:
+            state["image_encoder.trunk.blocks.3.attn.qkv.weight"] = torch.zeros(3, 3)
+        torch.save({"model": state}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=rf"^{tmp_path / 'bad.pt'}: {message}"):
+            convert_sam2_hiera_checkpoint(tmp_path / "bad.pt", tmp_path / "bad-out")
+        assert not (tmp_path / "bad-out").exists()
+
+
+def test_dsunet_dinov2_key_errors_name_the_file():
+    """convert_dinov2_hub_state_dict's errors named the key without its prefix and no file."""
+    from dsunet_hf.convert.dsunet import convert_dsunet_state_dict
+
+    state = {"backbone_sam.sam_encoder.blocks.0.prompt_learn.0.weight": torch.zeros(4, 4),
+             "fusion4.conv.weight": torch.zeros(1),
+             "backbone_dino.dino_encoder.blocks.0.attn.qkv.weight": torch.zeros(10, 4)}
+    with pytest.raises(ValueError, match=r"^DGSUNet-5\.pth: backbone_dino\.dino_encoder\.blocks\.0\.attn\.qkv\.weight: "
+                                         r"first dimension 10 does not split into 3"):
+        convert_dsunet_state_dict(state, "DGSUNet-5.pth")
+
+
+def test_birefnet_folder_of_several_checkpoints_is_refused(tmp_path):
+    """A training run's folder (epoch_*.pth) converted whichever file sorted first (epoch_100 before epoch_95)."""
+    from dsunet_hf.convert.birefnet import locate_birefnet_weights
+
+    for epoch in (95, 100):
+        torch.save({"bb.patch_embed.proj.weight": torch.zeros(1)}, tmp_path / f"epoch_{epoch}.pth")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: holds 2 \.pth checkpoints \(epoch_100\.pth, epoch_95\.pth\); "
+                                         r"give the file to use"):
+        locate_birefnet_weights(tmp_path)
+    with pytest.raises(SystemExit, match=r"^convert birefnet: .*holds 2 \.pth checkpoints"):
+        cli_main(["convert", "birefnet", str(tmp_path), str(tmp_path / "out")])
+    assert locate_birefnet_weights(tmp_path / "epoch_95.pth")[0] == tmp_path / "epoch_95.pth"
+
+
+def test_birefnet_converter_names_other_checkpoints(tmp_path):
+    """A SAM 2 .pt given to `convert birefnet`: 'not a state dict of tensors' (its tensors sit under 'model')."""
+    from helpers import tiny_hiera, write_meta_checkpoint
+
+    write_meta_checkpoint(tmp_path / "sam2_hiera_tiny.pt", tiny_hiera())
+    with pytest.raises(SystemExit, match=r"^convert birefnet: \S+sam2_hiera_tiny\.pt: not a BiRefNet checkpoint "
+                                         r"\(no 'bb\.\*' backbone tensors; first keys: \['image_encoder\.trunk\."):
+        cli_main(["convert", "birefnet", str(tmp_path / "sam2_hiera_tiny.pt"), str(tmp_path / "out")])

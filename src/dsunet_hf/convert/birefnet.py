@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+from . import write_folder_atomically
+from .sam2 import read_torch_checkpoint
 
 OFFICIAL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _PREFIXES = re.compile(r"^(module\.|_orig_mod\.)+")
@@ -42,18 +44,19 @@ def is_official_layout(state_dict: dict) -> bool:
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth/.bin`` file (``weights_only`` unpickling), prefixes stripped."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_torch_checkpoint(path)  # one-line errors naming the file, containers unwrapped
     try:
-        if path.suffix == ".safetensors":
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
-                state_dict = state_dict["state_dict"]
-    except Exception as error:  # the loaders' own errors do not name the file
-        raise ValueError(f"{path}: cannot read as a checkpoint: {error}") from error
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        state_dict = load_file(str(path))
+    except Exception as error:  # safetensors' own errors do not name the file
+        raise ValueError(f"{path}: cannot read as safetensors: {error}") from error
     return strip_wrapper_prefixes(state_dict)
+
+
+def _check_birefnet_tensors(state_dict: dict, source) -> None:
+    if not any(k.startswith("bb.") for k in state_dict):
+        raise ValueError(f"{source}: not a BiRefNet checkpoint (no 'bb.*' backbone tensors; first keys: "
+                         f"{sorted(state_dict)[:5]})")
 
 
 def uses_batchnorm(state_dict: dict) -> bool:
@@ -89,6 +92,7 @@ def convert_birefnet_state_dict(state_dict: dict[str, torch.Tensor], config, sou
     """Official BiRefNet state dict -> this package's names for ``config`` (un-LoRA'd)."""
     state_dict = strip_wrapper_prefixes(state_dict)
     if not is_official_layout(state_dict):
+        _check_birefnet_tensors(state_dict, source)
         return state_dict  # already in our names (a self-contained dsunet-hf copy)
     backbone = {k[len("bb."):]: v for k, v in state_dict.items() if k.startswith("bb.")}
     rest = {k: v for k, v in state_dict.items() if not k.startswith("bb.")}
@@ -111,11 +115,16 @@ def convert_birefnet_state_dict(state_dict: dict[str, torch.Tensor], config, sou
     return {**{f"bb.{k}": v for k, v in converted.items()}, **rest}
 
 
-def _weights_in_folder(folder: Path) -> Path | None:
+def _weights_in_folder(folder: Path, pick: bool = False) -> Path | None:
+    """The weights file of a folder (or None). With ``pick``, a folder of several ``.pth`` files (a training run's
+    epochs) is refused, naming them, rather than one of them taken by name order."""
     for name in OFFICIAL_WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
     checkpoints = sorted(folder.glob("*.pth"))
+    if pick and len(checkpoints) > 1:
+        names = ", ".join(p.name for p in checkpoints[:4]) + (" ..." if len(checkpoints) > 4 else "")
+        raise ValueError(f"{folder}: holds {len(checkpoints)} .pth checkpoints ({names}); give the file to use")
     return checkpoints[0] if checkpoints else None
 
 
@@ -127,7 +136,7 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None,
     if path.is_file():
         return path, None
     if path.is_dir():
-        found = _weights_in_folder(path)
+        found = _weights_in_folder(path, pick=True)
         if found is None:
             raise BackboneNotAvailableError(f"{path}: folder holds neither model.safetensors nor a .pth checkpoint")
         return found, None
@@ -227,6 +236,7 @@ def birefnet_config_for_weights(source, state_dict: dict, variant: str | None = 
     BatchNorm read from the tensors (they win over the variant when they disagree)."""
     from ..models.birefnet.configuration_birefnet import VARIANTS, BiRefNetConfig
 
+    _check_birefnet_tensors(strip_wrapper_prefixes(state_dict), source)  # before a model is built for them
     variant = official_variant_name(variant) if variant else variant_for_source(source)
     fields = dict(VARIANTS[variant][0]) if variant else {}
     if is_official_layout(state_dict):
@@ -245,8 +255,12 @@ def convert_birefnet_checkpoint(source, output_dir, variant: str | None = None, 
     from ..models.birefnet import BiRefNetForImageSegmentation
 
     model = BiRefNetForImageSegmentation.from_official(source, variant=variant, revision=revision, **config_overrides)
-    model.save_pretrained(output_dir, include_backbone=True)
-    model.default_image_processor().save_pretrained(output_dir)
+
+    def write(folder):
+        model.save_pretrained(folder, include_backbone=True)
+        model.default_image_processor().save_pretrained(folder)
+
+    write_folder_atomically(output_dir, write)
     return model
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from ..backbones.dinov2 import DINOV2_PRESETS, convert_dinov2_hub_state_dict, dinov2_hub_repo
-from ..backbones.hiera import hiera_hub_repo, infer_hiera_preset
+from ..backbones.hiera import hiera_hub_repo
 from . import save_converted_model
-from .sam2 import read_torch_checkpoint
+from .sam2 import infer_trunk_preset, read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
 
 SAM_PREFIX = "backbone_sam.sam_encoder."
@@ -54,7 +54,11 @@ def convert_dsunet_state_dict(state_dict: dict[str, torch.Tensor], source: str =
             unknown.append(key)
     if unknown:
         raise ValueError(f"{source}: keys with no mapping: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
-    converted.update({"backbone_dino.encoder." + k: v for k, v in convert_dinov2_hub_state_dict(dino).items()})
+    try:
+        dino = convert_dinov2_hub_state_dict(dino)
+    except ValueError as error:  # its messages name the key without the prefix, and no file
+        raise ValueError(f"{source}: {DINO_PREFIX}{error}") from error
+    converted.update({"backbone_dino.encoder." + k: v for k, v in dino.items()})
     return converted
 
 
@@ -65,7 +69,7 @@ def infer_dsunet_presets(converted: dict[str, torch.Tensor], source: str = "chec
     if patch_embedding is None:
         raise ValueError(f"{source}: no DINOv2 tensors ('{DINO_PREFIX}*'): not a whole DSU-Net checkpoint")
     trunk = {k[len("backbone_sam.encoder."):]: v for k, v in converted.items() if k.startswith("backbone_sam.encoder.")}
-    sam_preset = infer_hiera_preset(trunk, source)
+    sam_preset = infer_trunk_preset(trunk, source)
     width = patch_embedding.shape[0]
     depth = len({k.split(".")[4] for k in converted if k.startswith("backbone_dino.encoder.encoder.layer.")})
     for name, preset in DINOV2_PRESETS.items():

@@ -13,7 +13,10 @@ key map; every other key (``pos_embed``, ``pos_embed_window``, ``blocks.N.attn.q
 | ``blocks.N.mlp.layers.0.*`` | ``blocks.N.mlp.proj_in.*``     |
 | ``blocks.N.mlp.layers.1.*`` | ``blocks.N.mlp.proj_out.*``    |
 
-In a full SAM 2 checkpoint the trunk sits under ``image_encoder.trunk.`` inside the ``"model"`` entry.
+In a full SAM 2 checkpoint the trunk sits under ``image_encoder.trunk.`` inside the ``"model"`` entry. Only the
+trunk is read; everything else (the FPN neck ``image_encoder.neck``, the prompt encoder, mask decoder, memory
+encoder / attention and object-pointer layers) is left out on purpose: the segmentation models here use the
+trunk's four stage maps alone, as SAM2-UNet and DSU-Net do upstream.
 """
 
 from __future__ import annotations
@@ -47,25 +50,57 @@ def convert_sam2_trunk_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[s
     return {sam2_trunk_key_to_transformers(k): v for k, v in state_dict.items()}
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """One line saying why ``torch.load`` failed (its own messages run over several lines and name no file)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+    if refused := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (f"{path}: holds pickled {refused.group(1)} objects besides tensors, which are not loaded (weights_only="
+                f"True: no code from a checkpoint runs); if you trust the file, load it with torch.load(file, "
+                f"weights_only=False) and torch.save its state dict alone")
+    size = path.stat().st_size
+    if isinstance(error, EOFError) or "central directory" in text or size == 0:
+        return (f"{path}: truncated or corrupt checkpoint ({size:,} bytes; {text.split('. ')[0] or type(error).__name__}); "
+                f"download or copy it again")
+    return f"{path}: cannot read as a PyTorch checkpoint: {text or type(error).__name__}"
+
+
 def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a ``.pt``/``.pth`` state dict without executing pickled code (``weights_only=True``).
 
     Unwraps the ``{"model": ...}`` / ``{"state_dict": ...}`` containers and strips the ``module.``
-    (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes.
+    (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes. Errors are one line naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip errors carry no file name: add it
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint with weights_only=True: {error}") from error
+        raise ValueError(_unreadable(path, error)) from error
     for container in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(container), dict):
             checkpoint = checkpoint[container]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(f"{path}: expected a state dict of tensors, got {type(checkpoint).__name__}")
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in checkpoint.items()}
+
+
+def infer_trunk_preset(trunk: dict[str, torch.Tensor], source: str | Path) -> str:
+    """The Hiera size preset of a trunk state dict (transformers names); a one-line error naming ``source`` when
+    the trunk has no patch embedding (an incomplete file) or matches no preset."""
+    from ..backbones.hiera import infer_hiera_preset
+
+    _check_patch_embedding(trunk, source)
+    return infer_hiera_preset(trunk, str(source))
+
+
+def _check_patch_embedding(trunk: dict[str, torch.Tensor], source: str | Path) -> None:
+    # Sizes are read from it; without it a KeyError traceback said nothing of the file.
+    if "patch_embed.projection.weight" not in trunk:
+        raise ValueError(f"{source}: the SAM 2 Hiera trunk has no patch embedding (patch_embed.proj.weight): an "
+                         f"incomplete checkpoint")
 
 
 def trunk_state_dict_from_sam2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -77,4 +112,31 @@ def trunk_state_dict_from_sam2_checkpoint(path: str | Path) -> dict[str, torch.T
             f"{path}: no '{SAM2_TRUNK_PREFIX}*' keys; this is not a SAM 2 checkpoint "
             f"(first keys: {sorted(state_dict)[:5]})"
         )
-    return convert_sam2_trunk_state_dict(trunk)
+    trunk = convert_sam2_trunk_state_dict(trunk)
+    _check_patch_embedding(trunk, path)
+    return trunk
+
+
+def convert_sam2_hiera_checkpoint(source: str | Path, output_dir: str | Path):
+    """Meta's ``sam2*_hiera_*.pt`` -> a ``Sam2HieraDetModel`` folder (usable as ``backbone_repo_id``), written
+    atomically. The size preset is read from the tensors; a missing, unexpected or resized tensor is a one-line
+    ``ValueError`` naming the file. Returns the model and its preset."""
+    from transformers import Sam2HieraDetModel
+
+    from ..backbones.hiera import hiera_config
+    from ..backbones.loading import load_state_dict_strictly
+    from ..files import give_new_file_modes
+    from . import write_folder_atomically
+
+    state_dict = trunk_state_dict_from_sam2_checkpoint(source)
+    preset = infer_trunk_preset(state_dict, source)
+    trunk = Sam2HieraDetModel(hiera_config(preset)).eval()
+    load_state_dict_strictly(trunk, state_dict, str(source), what=f"a SAM 2 Hiera-{preset} trunk",
+                             expected_by=f"Hiera-{preset}")
+
+    def write(folder):
+        trunk.save_pretrained(folder)
+        give_new_file_modes(folder)  # safetensors writes 0600: others on a shared machine could not load it
+
+    write_folder_atomically(output_dir, write)
+    return trunk, preset

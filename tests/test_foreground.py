@@ -104,6 +104,19 @@ def test_refine_foreground_takes_pil_masks_of_another_size_and_arrays():
         refine_foreground(photo, alpha[:, :10])
 
 
+
+def test_an_8bit_mask_array_reads_as_its_pil_mask_and_alpha_outside_0_1_is_refused():
+    """np.asarray of an 8-bit mask (0..255) was read as alpha 0..255: colours of nothing, silently."""
+    image, alpha, _ = composite()
+    photo = Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+    mask = Image.fromarray((alpha * 255).round().astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(refine_foreground(photo, np.asarray(mask))),
+                                  np.asarray(refine_foreground(photo, mask)))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got values from 0 to 255 .*divide it by 255"):
+        refine_foreground(photo, np.asarray(mask, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        estimate_foreground(torch.from_numpy(image), torch.from_numpy(alpha) * 255)
+
 def test_cutout_colours_estimated_or_original():
     image, alpha, foreground = composite()
     photo = Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8))

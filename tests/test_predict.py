@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -93,6 +94,55 @@ def test_duplicate_output_names_are_refused(images, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         collect_images([tmp_path / "nope"])
 
+
+
+def test_a_pattern_gives_the_images_beside_its_folders_too_and_each_file_is_predicted_once(tmp_path):
+    """"shots/*" over day1/, day2/ and cover.jpg predicted cover.jpg alone (the folders' images silently left out);
+    "shots/**/" predicted each image twice (as shots/day1/a and day1/a); a file given twice was refused as two
+    files "that differ only in their extension"."""
+    shots = tmp_path / "shots"
+    for name in ("day1/a.jpg", "day2/a.jpg", "cover.jpg"):
+        (shots / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(shots / name)
+    named = [(path.relative_to(shots).as_posix(), name.as_posix()) for path, name in collect_images([shots / "*"])]
+    assert named == [("cover.jpg", "cover"), ("day1/a.jpg", "day1/a"), ("day2/a.jpg", "day2/a")]
+    named = [(path.relative_to(shots).as_posix(), name.as_posix()) for path, name in collect_images([f"{shots}/**/"])]
+    assert named == [("cover.jpg", "shots/cover"), ("day1/a.jpg", "shots/day1/a"), ("day2/a.jpg", "shots/day2/a")]
+    cover = shots / "cover.jpg"
+    assert collect_images([shots / "*.jpg", cover, Path(os.path.relpath(cover))]) == [(cover, Path("cover"))]
+
+
+def test_a_folder_or_pattern_with_no_image_to_predict_is_one_clear_error(artifact, tmp_path):
+    """A folder of iPhone .heic photos ended as "0 written, 0 already present, 0 failed" with exit code 0."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"IMG_{i}.HEIC").write_bytes(b"not read")
+    with pytest.raises(SystemExit, match=rf"^predict: {re.escape(str(photos))}: no image or video file to predict "
+                                         rf"\(found 3 \.heic; the types read: .*\.jpg .*\.mp4 "):
+        cli_main(["predict", "--model", str(artifact[1]), str(photos), "--output-dir", str(tmp_path / "out")])
+    model, processor = red_model_and_processor()
+    (photos / "empty").mkdir()
+    for given, found in ((photos / "*.HEIC", "3 .heic"), (photos / "empty", "no file")):
+        with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(given))}: no image or video file to predict "
+                                                    rf"\(found {found};"):
+            predict_files(model, processor, [given], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hidden_files_and_folders_in_a_folder_are_left_out_as_training_leaves_them_out(tmp_path):
+    """macOS writes ._IMG_1.jpg (no image) beside each photo on a USB drive or share: each one was a failure and the
+    run's exit code 1; a file manager's .thumbnails/ was predicted as photos."""
+    usb = tmp_path / "usb"
+    (usb / ".thumbnails").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(usb / "IMG_1.jpg")
+    (usb / "._IMG_1.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X" + bytes(64))
+    Image.new("RGB", (8, 8)).save(usb / ".thumbnails" / "IMG_1.png")
+    assert collect_images([usb]) == [(usb / "IMG_1.jpg", Path("IMG_1"))]
+    assert collect_images([usb / "._IMG_1.jpg"]) == [(usb / "._IMG_1.jpg", Path("._IMG_1"))]  # named: read
+    (usb / "IMG_1.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="usb: no image or video file to predict \\(found no file;"):
+        collect_images([usb])
 
 def test_output_names_keep_dots_patterns_expand_folders_and_outputs_inside_inputs_are_left_out(
         artifact, tmp_path, capsys):

@@ -109,6 +109,9 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor,
         raise ValueError(f"alpha must be (H, W) = {tuple(image.shape[-2:])}, got shape {tuple(alpha.shape)}")
     image = image.float()
     alpha = alpha.to(device=image.device, dtype=torch.float32)
+    if alpha.numel() and (alpha.min() < -1e-3 or alpha.max() > 1 + 1e-3):  # e.g. a 0..255 mask: colours of nothing
+        raise ValueError(f"alpha must be in [0, 1], got values from {alpha.min().item():g} to {alpha.max().item():g} "
+                         f"(an 8-bit mask: divide it by 255)")
     foreground = background = image
     for size in sizes:
         foreground, background = _blur_fusion_step(image, foreground, background, alpha, size)
@@ -118,14 +121,17 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor,
 def refine_foreground(image: Image.Image, alpha: np.ndarray | Image.Image, device: str | torch.device = "cpu",
                       sizes: tuple[int, ...] = BLUR_FUSION_SIZES) -> Image.Image:
     """RGB image of the estimated foreground colours of a PIL ``image`` under ``alpha`` (a float array in
-    [0, 1] or an 8-bit PIL mask, resized to the image if needed). Put the alpha back on it for a cut-out."""
+    [0, 1], an 8-bit PIL mask, resized to the image if needed, or a uint8 array of one). Put the alpha back on it
+    for a cut-out."""
     rgb = image.convert("RGB")
     if isinstance(alpha, Image.Image):
         mask = alpha.convert("L")
         if mask.size != rgb.size:
             mask = mask.resize(rgb.size, Image.BILINEAR)
         alpha = np.asarray(mask, dtype=np.float32) / 255
-    alpha = np.asarray(alpha, dtype=np.float32)
+    alpha = np.asarray(alpha)
+    # An 8-bit mask as an array (np.asarray of the PIL mask) is read as the PIL mask is, not as alpha 0..255.
+    alpha = alpha.astype(np.float32) / 255 if alpha.dtype == np.uint8 else alpha.astype(np.float32, copy=False)
     if alpha.shape != (rgb.height, rgb.width):
         raise ValueError(f"alpha has shape {alpha.shape}, the image is {rgb.height}x{rgb.width} (H x W)")
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1).to(device)

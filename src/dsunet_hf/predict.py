@@ -12,6 +12,7 @@ import contextlib
 import glob
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,12 @@ def _is_pattern(item: str | Path) -> bool:
 def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
     """Expand files, folders and glob patterns into (image or video path, output name without suffix) pairs.
 
-    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide; a pattern
-    that matches folders only (``shots/*``) predicts their images, each keeping its folder's name. Files in the
-    output folders of ``exclude`` (the output directory: ``masks/``, ``overlays/``, ...) are left out, when it lies
-    inside an input folder or under a pattern: a re-run would otherwise predict the previous run's outputs.
+    Files in a folder keep their path relative to it, so equal names in sub-folders do not collide; the folders a
+    pattern matches (``shots/*``) give their images, each keeping its folder's name; hidden files and folders in a
+    folder are left out, as patterns leave them out. One file given twice under one name is predicted once; a
+    folder or pattern without any image or video file is an error. Files in the output folders of ``exclude`` (the
+    output directory: ``masks/``, ``overlays/``, ...) are left out, when it lies inside an input folder or under a
+    pattern: a re-run would otherwise predict the previous run's outputs.
     """
     pairs: list[tuple[Path, Path]] = []
     expanded: list[tuple[Path, bool]] = []  # (path, a folder matched by a pattern)
@@ -76,10 +79,19 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
             matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
+            _check_media(item, matches)
             files = [m for m in matches if m.is_file() and m.suffix.lower() in MEDIA_SUFFIXES]
-            # Files if it matches any (as "data/**" matches data/, its folders and their files); else its folders.
-            expanded += [(m, False) for m in files] if files else [(m, True) for m in matches if m.is_dir()]
+            # The files it matches, and the folders it matches whose files it does not reach itself: "shots/*" gives
+            # the images beside the folders and the folders' images, "data/**" (data/, its folders and their files)
+            # each file once, by its name; a folder inside another one matched ("shots/**/") comes with that one.
+            reached = {parent for file in files for parent in file.parents}
+            folders = [m for m in matches if m.is_dir() and m not in reached]
+            outermost = set(folders)
+            expanded += [(m, False) for m in files] + [(m, True) for m in folders
+                                                      if not any(parent in outermost for parent in m.parents)]
         else:
+            if Path(item).is_dir():
+                _check_media(item, [Path(item)])
             expanded.append((Path(item), False))
     outputs = [Path(exclude).resolve() / kind for kind in OUTPUT_KINDS] if exclude is not None else []
 
@@ -88,7 +100,7 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
 
     for item, matched_folder in expanded:
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+            files = sorted(_visible_files(item, MEDIA_SUFFIXES))
             if any(folder.is_relative_to(item.resolve()) for folder in outputs):  # (resolving each file: only then)
                 files = [p for p in files if not is_output(p)]
             base = item.parent if matched_folder else item
@@ -98,6 +110,11 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
                 pairs.append((item, Path(item.stem)))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
+    # One file given twice under one name ("*.jpg" and a.jpg) is predicted once.
+    unique: dict = {}
+    for path, name in pairs:
+        unique.setdefault((os.path.abspath(path), name), (path, name))
+    pairs = list(unique.values())
     # An image writes <kind>/<name>.png, a video <kind>/<name>.mp4 (.mov, .mkv): they collide with their own kind only.
     counts = collections.Counter((str(name), is_video(path)) for path, name in pairs)  # linear: a million photos
     duplicates = sorted(key for key, count in counts.items() if count > 1)
@@ -135,6 +152,36 @@ def check_inputs(inputs: list[str | Path]) -> None:
             raise FileNotFoundError(f"{item}: the pattern matches no file")
         if not _is_pattern(item) and not Path(item).exists():
             raise FileNotFoundError(f"{item}: no such file or folder")
+
+
+def _check_media(item: str | Path, matches: list[Path]) -> None:
+    """Raise FileNotFoundError for a folder or pattern (``matches``: the folder, or what the pattern matches) with
+    no image or video file in it, naming the file types it has: a folder of .heic photos would otherwise end as
+    "0 written, 0 already present, 0 failed". Each folder is read up to its first image only."""
+    if any(_holds_media(path) for path in matches):
+        return
+    files = [f for path in matches for f in ([path] if path.is_file() else _visible_files(path))]
+    kinds = collections.Counter(f.suffix.lower() or f.name for f in files).most_common(3)
+    found = ", ".join(f"{count} {suffix}" for suffix, count in kinds) if kinds else "no file"
+    raise FileNotFoundError(f"{item}: no image or video file to predict (found {found}; the types read: "
+                            f"{' '.join(sorted(MEDIA_SUFFIXES))})")
+
+
+def _holds_media(path: Path) -> bool:
+    """Whether ``path`` is an image or video file, or a folder with one in it (found: no further reading)."""
+    if path.is_dir():
+        return next(_visible_files(path, MEDIA_SUFFIXES), None) is not None
+    return path.suffix.lower() in MEDIA_SUFFIXES
+
+
+def _visible_files(folder: Path, suffixes=None):
+    """The files under ``folder`` (of ``suffixes``, lower case), hidden files and folders left out as training and
+    evaluation leave them out: macOS's ``._IMG_1.jpg`` beside each photo on a USB drive or share (no image: each
+    one a failure), a file manager's ``.thumbnails/`` (predicted as photos)."""
+    for path in folder.rglob("*"):
+        if ((suffixes is None or path.suffix.lower() in suffixes)
+                and not any(part.startswith(".") for part in path.relative_to(folder).parts) and path.is_file()):
+            yield path
 
 
 def output_file(name: Path, suffix: str) -> Path:

@@ -334,7 +334,7 @@ def test_bad_numbers_and_a_truncated_file_are_one_line_and_verify_data_full_leav
     saved.write_text(json.dumps(asdict(tiny_args(generated_data, tmp_path / "x", max_steps=2, eval_steps=2))))
     for flags, message in ((["--batch-size", "0"], "train: --batch-size must be at least 1, got 0"),
                            (["--learning-rate", "nan"], "train: --learning-rate must be a finite number >= 0, got nan"),
-                           (["--validation-ratio", "1.5"], r"train: --validation-ratio must be in \[0, 1\)"),
+                           (["--validation-ratio", "1.5"], r"train: --validation-ratio must be in \(0, 1\)"),
                            (["--verify-data", "some"], "train: --verify-data must be header, full or none")):
         with pytest.raises(SystemExit, match=message):
             train_main([str(saved), *flags])
@@ -357,6 +357,65 @@ def test_max_val_samples_below_one_is_refused_before_anything_loads(generated_da
         with pytest.raises(ValueError, match=f"--max-val-samples must be at least 1, got {value}"):
             check_numbers(tiny_args(generated_data, tmp_path / "x", max_val_samples=value))
     check_numbers(tiny_args(generated_data, tmp_path / "x", max_val_samples=1))
+
+
+def test_bad_options_are_refused_before_anything_loads(generated_data, tmp_path):
+    """--lr-schedule was checked only once the model and data had loaded (naming `lr_schedule`); --warmup-steps -5
+    and --stop-after-steps -1 (a run that stopped at once, without a checkpoint) were accepted; --validation-ratio 0
+    passed here and was refused by the data split after the model had loaded."""
+    from dsunet_hf.training import check_numbers
+
+    for options, message in (({"lr_schedule": "linear"}, "--lr-schedule must be one of cosine-epoch, cosine, poly, "
+                                                         "constant, got 'linear'"),
+                             ({"warmup_steps": -5}, "--warmup-steps must be 0 or more, got -5"),
+                             ({"stop_after_steps": -1}, "--stop-after-steps must be at least 1, got -1"),
+                             ({"stop_after_steps": 0}, "--stop-after-steps must be at least 1, got 0"),
+                             ({"validation_ratio": 0.0}, r"--validation-ratio must be in \(0, 1\) without --val-data"),
+                             ({"verify_data": "all"}, "--verify-data must be header, full or none, got 'all'")):
+        with pytest.raises(ValueError, match=message):
+            check_numbers(tiny_args(generated_data, tmp_path / "x", **options))
+    # With --val-data nothing is split off: the ratio is not used.
+    check_numbers(tiny_args(generated_data, tmp_path / "x", val_data=str(generated_data), validation_ratio=0.0,
+                            lr_schedule="poly", warmup_steps=0, stop_after_steps=1))
+
+
+def test_an_epochs_short_last_accumulation_window_averages_its_micro_batches(generated_data, tmp_path, monkeypatch):
+    """accelerate divides each loss by --gradient-accumulation-steps, also in an epoch's last window of fewer
+    micro-batches: with 4 steps asked for and an epoch of 2 micro-batches, the step got half the gradient."""
+    norms = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for accumulation in (2, 4):  # 18 training samples in batches of 12: 2 micro-batches per epoch
+        train(tiny_args(generated_data, tmp_path / f"ga{accumulation}", batch_size=12, max_steps=1, save_steps=100,
+                        eval_steps=100, max_val_samples=1, gradient_accumulation_steps=accumulation))
+    assert len(norms) == 2 and norms[1] == pytest.approx(norms[0], rel=1e-6)
+
+
+def test_a_run_killed_after_its_checkpoint_logs_each_step_once_when_resumed(generated_data, tmp_path):
+    """Steps logged after the last checkpoint were logged again by the resumed run: twice in metrics.jsonl and
+    TensorBoard (with different values where the replay is not bit-identical, as on GPUs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = tmp_path / "run"
+    options = dict(max_steps=3, save_steps=1, eval_steps=2, max_val_samples=1, report_to="tensorboard")
+    train(tiny_args(generated_data, output, stop_after_steps=2, **options))
+    # Killed while writing checkpoint-2: the steps after checkpoint-1 are replayed.
+    (output / "checkpoints" / "checkpoint-2").rename(output / "checkpoints" / "checkpoint-2.tmp")
+    with open(output / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 3, "train/lo')  # a line cut short by the kill
+    train(tiny_args(generated_data, output, resume_from_checkpoint="latest", **options))
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "train/loss" in row] == [1, 2, 3]
+    assert [row["step"] for row in rows if "val/S-measure" in row] == [2, 3]
+    events = EventAccumulator(str(output / "logs" / "dsunet-hf"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
 
 
 def test_a_multi_class_model_given_0_255_masks_is_refused(generated_data, tmp_path):

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from .distributed import use_cpu
-from .files import give_new_file_modes, write_json_atomic
+from .files import give_new_file_modes, write_json_atomic, write_text_atomic
 from .hub import add_validation_results_to_card
 from .predict import pixel_inputs
 
@@ -177,14 +177,14 @@ def read_training_config(path: str | Path) -> dict:
     return values
 
 
-def parse_args(argv: list[str] | None = None) -> TrainingArguments:
+def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> TrainingArguments:
     """Command-line flags, optionally after a JSON/YAML config file whose values they override:
     ``examples/train.py recipe.yaml --max-steps 100`` (a run's own ``training_args.json`` reproduces it)."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(
-        TrainingArguments, usage="train.py [RECIPE.yaml|RECIPE.json] [--option value ...]",
+        TrainingArguments, prog=prog, usage=f"{prog} [RECIPE.yaml|RECIPE.json] [--option value ...]",
         description="Options come from the flags, or from a JSON/YAML recipe file given first (flags after it win).")
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         values = read_training_config(argv.pop(0))
@@ -445,6 +445,22 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
     return path
 
 
+def forget_logs_after(log_file: Path, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` logged after ``step`` (and a line cut short): a run killed after its
+    last checkpoint logged steps that the resumed run logs again, so each step would be there twice."""
+    if not log_file.is_file():
+        return
+    kept = []
+    for line in log_file.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    write_text_atomic(log_file, "".join(kept))
+
+
 def _temporary(folder: Path, clear: bool = True) -> Path:
     """``folder.tmp``, where ``folder`` is written before :func:`_replace_dir`; emptied (``clear``): what a killed
     run left there would otherwise be renamed into ``folder`` with the new files."""
@@ -491,15 +507,22 @@ def load_trainable_weights(model, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+LR_SCHEDULES = ("cosine-epoch", "cosine", "poly", "constant")
+VERIFY_DATA = ("header", "full", "none")
+
+
 def check_numbers(args: TrainingArguments) -> None:
-    """Numeric flags out of range are refused before anything loads (0 would divide by zero hours later)."""
+    """Flags out of range are refused before anything loads (0 would divide by zero hours later; a misspelt
+    --lr-schedule would be found only once the model and data had loaded)."""
+    # --stop-after-steps 0 or less stopped at once, without a checkpoint: nothing to resume.
     at_least_one = ("batch_size", "logging_steps", "gradient_accumulation_steps", "max_steps", "num_epochs",
-                    "early_stopping_patience", "image_size", "max_val_samples")
+                    "early_stopping_patience", "image_size", "max_val_samples", "stop_after_steps")
     for name in at_least_one:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name in ("eval_steps", "save_steps", "save_total_limit", "num_workers"):  # 0: each epoch / keep all / none
+    # 0: each epoch / keep all / none / no warm-up
+    for name in ("eval_steps", "save_steps", "save_total_limit", "num_workers", "warmup_steps"):
         value = getattr(args, name, None)
         if value is not None and value < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
@@ -507,8 +530,12 @@ def check_numbers(args: TrainingArguments) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-    if not 0 <= args.validation_ratio < 1:
-        raise ValueError(f"--validation-ratio must be in [0, 1), got {args.validation_ratio}")
+    if not args.val_data and not 0 < args.validation_ratio < 1:  # the share split off when there is no --val-data
+        raise ValueError(f"--validation-ratio must be in (0, 1) without --val-data, got {args.validation_ratio}")
+    if args.lr_schedule is not None and args.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {args.lr_schedule!r}")
+    if args.verify_data not in VERIFY_DATA:
+        raise ValueError(f"--verify-data must be header, full or none, got {args.verify_data!r}")
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -612,7 +639,8 @@ def train(args: TrainingArguments) -> dict:
         # dynamic shapes, static first, then one recompile that makes the changed size (the last, smaller batch)
         # symbolic. dynamic=True (everything symbolic) did not finish compiling SAM2-UNet's backward in 5 minutes.
         model = torch.compile(model, backend=args.torch_compile_backend)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+    accumulation = args.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))
     total_steps = args.max_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     multiplier = lr_lambda_factory(args, total_steps, steps_per_epoch, accelerator.num_processes)
@@ -643,8 +671,13 @@ def train(args: TrainingArguments) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "training_args.json", asdict(args))
+        if resume_path is not None:
+            forget_logs_after(output_dir / "metrics.jsonl", state.global_step)
+    # A resumed run replays the steps after its checkpoint: TensorBoard drops what the stopped run logged after it.
+    tracker_kwargs = {"tensorboard": {"purge_step": state.global_step + 1}} if resume_path is not None else {}
     if report_to:
-        accelerator.init_trackers("dsunet-hf", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("dsunet-hf", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))},
+                                  init_kwargs=tracker_kwargs)
 
     def log(values: dict) -> None:
         accelerator.log(values, step=state.global_step)
@@ -749,7 +782,11 @@ def train(args: TrainingArguments) -> dict:
                 # Non-image inputs some models take (visual prompts: reference masks, target segments).
                 inputs.update({k: batch[k] for k in getattr(unwrapped, "extra_input_names", ()) if k in batch})
                 loss = model(**inputs, labels=labels).loss
-                accelerator.backward(loss)
+                # accelerate divides every loss by --gradient-accumulation-steps, also in an epoch's last window of
+                # fewer micro-batches (whose step then got a fraction of the gradient): each optimizer step averages
+                # the micro-batches it has, as transformers' Trainer does.
+                window = min(accumulation, len(train_loader) - state.batches_in_epoch // accumulation * accumulation)
+                accelerator.backward(loss * (accumulation / window) if window < accumulation else loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
@@ -813,12 +850,12 @@ def train(args: TrainingArguments) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 
     try:
-        summary = train(parse_args(argv))
+        summary = train(parse_args(argv, prog=prog))
     except (ValueError, OSError) as error:  # bad arguments, data or files: one line naming them, not a traceback
         from .image_io import ImageReadError
 

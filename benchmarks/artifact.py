@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    from inference import build
+    from inference import build, environment
 
     from dsunet_hf.finetune import parameter_counts
 
@@ -88,7 +88,8 @@ def main() -> None:
         "preset": args.preset, "strategy": strategy, "trainable_params": trainable, "total_params": total,
         "artifact_mb": round(size / 1e6, 2), "full_fp32_model_mb": round(full_bytes / 1e6, 1),
         "artifact_percent_of_full": round(100 * size / full_bytes, 2),
-        "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "compile": args.compile,
+        **environment(torch.device(args.device)), "dtype": args.dtype, "batch_size": args.batch_size,
+        "compile": args.compile, "loads": args.loads,
         "cold_start_load_seconds_median": round(statistics.median(float(r[0]) for r in runs), 2),
         "first_prediction_seconds_median": round(statistics.median(float(r[1]) for r in runs), 2),
     }, indent=2))

@@ -12,7 +12,14 @@ if [ $# -ne 3 ]; then
   echo "usage: $0 SAM2-UNET_CHECKOUT SAM2DINO-SEG_CHECKOUT DINOV2_CHECKOUT" >&2
   exit 2
 fi
-checkouts=("$(realpath "$1")" "$(realpath "$2")" "$(realpath "$3")")
+checkouts=("$(realpath -m "$1")" "$(realpath -m "$2")" "$(realpath -m "$3")")
+entries=(SAM2UNet.py sam2dino_seg/DGSUNet.py hubconf.py)  # one file each checkout must have (order mistakes)
+for i in 0 1 2; do
+  if [ ! -f "${checkouts[$i]}/${entries[$i]}" ]; then
+    echo "$0: argument $((i + 1)), ${checkouts[$i]}: no ${entries[$i]} there; usage: $0 SAM2-UNET SAM2DINO-SEG DINOV2" >&2
+    exit 2
+  fi
+done
 cd "$(dirname "$0")/.."
 dest=.gpu
 grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude

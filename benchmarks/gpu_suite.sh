@@ -15,17 +15,30 @@
 #   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
 #                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
 #                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
-#                                                 # inference b16; for a session with little device time
+#                                                 # inference b16; for a session with little device time. Its
+#                                                 # training runs bf16 autocast without torch.compile, as
+#                                                 # `dsunet-hf train --mixed-precision bf16` does by default (two
+#                                                 # compiled training processes would take minutes of compiling);
+#                                                 # TRAIN_FAST="--dtype bfloat16 --compile" compiles it too
 #
 # Needs .gpu/ from benchmarks/gpu_prepare.sh (the device call carries it). Ours runs as published by this
 # package's fast paths (FAST, default: bf16 autocast + torch.compile + channels_last) and plain fp32; the
 # authors' code as they publish it (fp32, no compile), in the same process. JSON files go to $OUT (the device
 # tool's folder that comes back) or benchmarks/results/gpu. DEVICE, BATCHES, TRAIN_BATCH, WARMUP, REPEATS,
-# STEPS and FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
+# STEPS, FAST and TRAIN_FAST override the defaults (e.g. DEVICE=cpu for a smoke run of this script).
 set -euo pipefail
 part=${1:?usage: gpu_suite.sh sam2-unet|sam2-unet-train|dsunet|dsunet-train|birefnet|video|evaluate|tracking|goals}
 cd "$(dirname "$0")/.."
 root=$(pwd)
+case "$part" in  # the parts that time the authors' code: stop now, not after our first measurement
+  sam2-unet | sam2-unet-train | dsunet | dsunet-train | goals)
+    for checkout in SAM2-UNet SAM2DINO-Seg dinov2; do
+      if [ ! -d ".gpu/$checkout" ]; then
+        echo "gpu_suite.sh: no .gpu/$checkout: run benchmarks/gpu_prepare.sh first and carry .gpu with the call" >&2
+        exit 2
+      fi
+    done ;;
+esac
 out=${OUT:-$root/benchmarks/results/gpu}
 mkdir -p "$out"
 device=${DEVICE:-cuda}
@@ -47,15 +60,16 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" >&2
 
 bench() {  # bench NAME SCRIPT ARGS...: one JSON file per measurement; a failure is reported, the rest go on
-  local name=$1 script=$2
+  local name=$1 script=$2 start=$SECONDS
   shift 2
   echo "== $name: $script $*" >&2
   if ! (cd "$root/benchmarks" && python3 "$script" --device "$device" "$@") > "$out/$name.json.tmp"; then
-    echo "!! $name failed" >&2
+    echo "!! $name failed after $((SECONDS - start)) s" >&2
     rm -f "$out/$name.json.tmp"
     return 0
   fi
   mv "$out/$name.json.tmp" "$out/$name.json"
+  echo "== $name: $((SECONDS - start)) s" >&2  # wall time, for sizing the next device call
 }
 
 sam2unet=(--reference "$root/.gpu/SAM2-UNet")
@@ -63,6 +77,7 @@ dsunet=(--reference "$root/.gpu/SAM2DINO-Seg" --reference-dinov2 "$root/.gpu/din
 timing=(--warmup "$warmup" --repeats "$repeats")
 fast_train=()  # training.py has no channels_last switch
 for flag in "${fast[@]}"; do [ "$flag" = --channels-last ] || fast_train+=("$flag"); done
+read -r -a goals_train <<< "${TRAIN_FAST:---dtype bfloat16}"
 case "$part" in
   sam2-unet)
     for batch in ${BATCHES:-1 32}; do
@@ -91,8 +106,8 @@ case "$part" in
     infer_batch=${INFER_BATCH:-32} dsunet_batch=${DSUNET_BATCH:-16} batch=${TRAIN_BATCH:-12}
     bench "sam2unet_infer_fast_b$infer_batch" inference.py --model sam2-unet --preset large \
       --batch-size "$infer_batch" "${timing[@]}" "${fast[@]}" "${sam2unet[@]}"
-    bench "sam2-unet_train_fast_b$batch" training.py --model sam2-unet --preset large --batch-size "$batch" \
-      --strategies adapter --checkpointing both --steps "$steps" "${fast_train[@]}" "${sam2unet[@]}"
+    bench "sam2-unet_train_bf16_b$batch" training.py --model sam2-unet --preset large --batch-size "$batch" \
+      --strategies adapter --checkpointing both --steps "$steps" "${goals_train[@]}" "${sam2unet[@]}"
     bench "dsunet_infer_fast_b$dsunet_batch" inference.py --model dsunet --batch-size "$dsunet_batch" \
       "${timing[@]}" "${fast[@]}" "${dsunet[@]}" ;;
   birefnet)

@@ -28,8 +28,13 @@ from pathlib import Path
 
 import torch
 
-# Dense bf16 peak of the GPUs this is likely to run on (TFLOP/s, vendor figures).
-BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+# Dense (not 2:4 sparse) bf16 tensor-core peak of the GPUs this is likely to run on, TFLOP/s, NVIDIA's datasheets.
+# First match in the device name wins: the H100 SXM reports itself as "NVIDIA H100 80GB HBM3", the PCIe card as
+# "NVIDIA H100 PCIe", the NVL as "NVIDIA H100 NVL".
+BF16_PEAK_TFLOPS = [
+    ("H100 PCIe", "H100 PCIe", 756.0), ("H100 NVL", "H100 NVL", 835.0), ("H100", "H100 SXM", 989.4),
+    ("H200 NVL", "H200 NVL", 835.0), ("H200", "H200 SXM", 989.4), ("A100", "A100", 312.0),
+]
 
 
 def build(model_name: str, preset: str | None, backbone: str | None = None):
@@ -56,11 +61,21 @@ def native_inputs(config, batch_size: int, device) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def bf16_peak(device: torch.device) -> float | None:
+def bf16_peak(device: torch.device) -> tuple[str, float] | None:
+    """(which GPU's figure, dense bf16 TFLOP/s) for ``device``; None on a CPU or an unlisted GPU."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+    return next(((label, peak) for key, label, peak in BF16_PEAK_TFLOPS if key in name), None)
+
+
+def environment(device: torch.device) -> dict:
+    """What a result depends on besides its arguments: the device by name and the library versions."""
+    import transformers
+
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "cuda": torch.version.cuda if device.type == "cuda" else None,
+            "transformers": transformers.__version__, "platform": platform.platform()}
 
 
 def _count_cpu_sdpa() -> None:
@@ -135,7 +150,8 @@ def summarise(times: list[float], warmup_seconds: float, step, batch: int, devic
               "achieved_tflops": round(flops / seconds / 1e12, 4)}
     peak = bf16_peak(device)
     if peak:
-        result["fraction_of_bf16_peak"] = round(flops / seconds / 1e12 / peak, 4)
+        result["fraction_of_bf16_peak"] = round(flops / seconds / 1e12 / peak[1], 4)
+        result["bf16_peak_used"] = {"gpu": peak[0], "dense_bf16_tflops": peak[1]}
     return result
 
 
@@ -145,7 +161,8 @@ def run(step, batch: int, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = [timed(step, device) for _ in range(args.repeats)]
-    return {**summarise(times, warmup_seconds, step, batch, device), **peak_memory(device)}
+    memory = peak_memory(device)  # before the FLOP count: that call runs eagerly, even for a compiled model
+    return {**summarise(times, warmup_seconds, step, batch, device), **memory}
 
 
 def run_interleaved(steps: dict, batch: int, args, device) -> dict:
@@ -190,15 +207,18 @@ def main() -> None:
     torch.manual_seed(0)
     if args.backbone and args.model != "birefnet":
         parser.error("--backbone applies to birefnet")
+    if args.reference:  # before ours is measured: a wrong path must not cost that time
+        from upstream import check_reference
+
+        check_reference(args.model, args.reference, args.preset, args.reference_dinov2)
     model = build(args.model, args.preset, args.backbone).to(device)
     inputs = native_inputs(model.config, args.batch_size, device)
     flags = {k: getattr(args, k) for k in ("dtype", "compile", "channels_last")}
     report = {
         "benchmark": "inference", "date": datetime.date.today().isoformat(), "model": args.model,
         "preset": args.preset, "backbone": args.backbone, "batch_size": args.batch_size,
-        "input_shape": list(inputs["pixel_values"].shape),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "torch": torch.__version__, "platform": platform.platform(), "ours_flags": flags,
+        "input_shape": list(inputs["pixel_values"].shape), **environment(device),
+        "warmup_calls": args.warmup, "timed_calls": args.repeats, "ours_flags": flags,
     }
     batch = args.batch_size
     ours = prepare(model, lambda m, x: m(**x).logits, inputs, args, device)

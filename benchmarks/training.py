@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from inference import environment
 
 STRATEGIES = {"birefnet": ["lora", "frozen", "full"], "dinov2-seg": ["frozen"]}
 
@@ -129,6 +130,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.reference and args.model not in ("sam2-unet", "dsunet"):
         parser.error("--reference trains the authors' SAM2-UNet or DSU-Net only")
+    if args.reference and not args.child:  # before our runs: a wrong path must not cost their time
+        from upstream import check_reference
+
+        check_reference(args.model, args.reference, args.preset, args.reference_dinov2)
     if args.child:
         strategy, mode, who = args.child
         print(json.dumps(one_configuration(args, strategy, mode == "on", who == "reference")))
@@ -143,8 +148,8 @@ def main() -> None:
         command = [sys.executable, __file__, *sys.argv[1:], "--child", strategy, mode, who]
         output = subprocess.run(command, capture_output=True, text=True)
         if output.returncode:
-            results.append({"strategy": strategy, "gradient_checkpointing": mode == "on",
-                            "error": output.stderr.strip().splitlines()[-1:]})
+            results.append({"strategy": "upstream (adapter)" if who == "reference" else strategy,
+                            "gradient_checkpointing": mode == "on", "error": output.stderr.strip().splitlines()[-1:]})
             continue
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
     reference = next((r for r in results if r["strategy"].startswith("upstream") and "error" not in r), None)
@@ -155,9 +160,9 @@ def main() -> None:
                 result["steps_per_second"] / reference["steps_per_second"], 3)
             result["peak_memory_over_reference"] = round(result[memory_key] / reference[memory_key], 3)
     print(json.dumps({"benchmark": "training", "date": datetime.date.today().isoformat(), "model": args.model,
-                      "preset": args.preset, "batch_size": args.batch_size, "device": args.device,
+                      "preset": args.preset, "batch_size": args.batch_size, **environment(torch.device(args.device)),
                       "dtype": args.dtype, "compile": args.compile, "reference_same_flags": args.reference_same_flags,
-                      "results": results}, indent=2))
+                      "warmup_steps": args.warmup, "timed_steps": args.steps, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

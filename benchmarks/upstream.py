@@ -188,24 +188,51 @@ def build_upstream_dsunet(checkout: str, dinov2_checkout: str, sam_config: str =
     return model.eval()
 
 
+# The file each checkout must hold, and the packages its model code imports.
+REFERENCE_ENTRY = {"sam2-unet": "SAM2UNet.py", "dsunet": "sam2dino_seg/DGSUNet.py", "birefnet": "models/birefnet.py"}
+REFERENCE_PACKAGES = {"sam2-unet": ["sam2"], "dsunet": ["sam2", "pywt", "einops"], "birefnet": ["einops", "kornia"]}
+
+
+def check_reference(model_name: str, checkout: str, preset: str | None = None,
+                    dinov2_checkout: str | None = None) -> None:
+    """Stop with a one-line message when the authors' model cannot be built, before anything is measured (the
+    benchmarks time ours first: a wrong path would otherwise show only after minutes, with ours' figures lost)."""
+    if model_name not in REFERENCE_ENTRY:
+        raise SystemExit(f"--reference is supported for birefnet, sam2-unet and dsunet, not {model_name}")
+    if model_name in ("sam2-unet", "dsunet") and (preset or "large") != "large":
+        raise SystemExit(f"the authors' {model_name} exists for Hiera-L only: use --preset large")
+    entry = Path(checkout) / REFERENCE_ENTRY[model_name]
+    if not entry.is_file():
+        raise SystemExit(f"--reference {checkout}: no {REFERENCE_ENTRY[model_name]} there (not a checkout of the "
+                         f"authors' {model_name} repository?)")
+    if model_name == "dsunet":
+        if not dinov2_checkout:
+            raise SystemExit("the authors' DSU-Net loads DINOv2 through torch.hub: pass --reference-dinov2 "
+                             "with a checkout of facebookresearch/dinov2")
+        if not (Path(dinov2_checkout) / "hubconf.py").is_file():
+            raise SystemExit(f"--reference-dinov2 {dinov2_checkout}: no hubconf.py there (not a dinov2 checkout?)")
+    for name in REFERENCE_PACKAGES[model_name]:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # e.g. sam2 present but its hydra missing: say which
+            package = {"pywt": "PyWavelets"}.get(name, name)
+            raise SystemExit(f"the authors' {model_name} needs {name} (pip install {package}), which does not "
+                             f"import: {error}") from None
+
+
 def build_reference(model_name: str, checkout: str, preset: str | None = None, dinov2_checkout: str | None = None,
                     backbone: str | None = None):
     """The authors' model for ``model_name`` and ``maps(model, inputs)``: its prediction maps, final map last,
     from our benchmark inputs (``pixel_values``, and ``dino_pixel_values`` for DSU-Net). ``backbone``
     (BiRefNet) replaces the variant's encoder."""
+    check_reference(model_name, checkout, preset, dinov2_checkout)
     if model_name == "birefnet":
         from dsunet_hf.models.birefnet.configuration_birefnet import VARIANTS
 
         backbone = backbone or VARIANTS[preset or "BiRefNet"][0]["backbone"]
         return build_upstream_birefnet(checkout, backbone), lambda m, x: [m(x["pixel_values"])[-1]]
-    if model_name in ("sam2-unet", "dsunet") and (preset or "large") != "large":
-        raise SystemExit(f"the authors' {model_name} exists for Hiera-L only: use --preset large")
     if model_name == "sam2-unet":  # returns (final, side 1/16, side 1/8)
         return build_upstream_sam2_unet(checkout), lambda m, x: list(m(x["pixel_values"]))[::-1]
-    if model_name == "dsunet":  # DGSUNet(x_dino, x_sam) returns (side 1/16, side 1/8, final)
-        if not dinov2_checkout:
-            raise SystemExit("the authors' DSU-Net loads DINOv2 through torch.hub: pass --reference-dinov2 "
-                             "with a checkout of facebookresearch/dinov2")
-        return (build_upstream_dsunet(checkout, dinov2_checkout),
-                lambda m, x: list(m(x["dino_pixel_values"], x["pixel_values"])))
-    raise SystemExit(f"--reference is supported for birefnet, sam2-unet and dsunet, not {model_name}")
+    # dsunet: DGSUNet(x_dino, x_sam) returns (side 1/16, side 1/8, final)
+    return (build_upstream_dsunet(checkout, dinov2_checkout),
+            lambda m, x: list(m(x["dino_pixel_values"], x["pixel_values"])))

@@ -145,6 +145,19 @@ def test_card_says_what_the_artifact_holds(offline_hub, tmp_path, strategy, incl
         assert text not in card, text
 
 
+def test_a_local_backbone_path_is_named_on_the_card_not_linked_as_a_hub_page(tmp_path):
+    trunk = write_transformers_trunk_repo(tmp_path / "converted-trunk", tiny_hiera())
+    model = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(backbone_repo_id=str(trunk)))
+    model.save_pretrained(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text()
+    # Was: [`/tmp/.../converted-trunk`](https://huggingface.co//tmp/.../converted-trunk), a page that does not exist.
+    assert "huggingface.co//" not in card and f"`{trunk}` (a local path)" in card
+    from dsunet_hf.hub import repo_link
+
+    assert repo_link("facebook/sam2-hiera-large") == "[`facebook/sam2-hiera-large`](https://huggingface.co/facebook/sam2-hiera-large)"
+    assert repo_link("./weights") == "`./weights` (a local path)"
+
+
 def test_nan_metrics_stay_out_of_the_model_index(tmp_path):
     """The model-index cannot hold NaN (a metric undefined on the data): such values show in the table only."""
     import json

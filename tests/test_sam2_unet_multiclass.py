@@ -202,3 +202,18 @@ def test_a_label_beyond_the_models_classes_names_the_file(tmp_path):
     labels[labels == 5] = 255  # ignored pixels are fine
     Image.fromarray(labels).save(tmp_path / "mask.png")
     assert transform(batch)["labels"][0].shape == (32, 32)
+
+
+def test_a_trained_head_is_reused_for_other_classes_with_ignore_mismatched_sizes(tmp_path):
+    four = tiny_multiclass()
+    four.save_pretrained(tmp_path / "four", include_backbone=True)
+    from dsunet_hf.modeling_utils import CheckpointMismatchError
+
+    six = {i: f"class {i}" for i in range(6)}
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches: .*head"):  # unasked: refused, naming it
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "four", id2label=six)
+    reused = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "four", id2label=six, ignore_mismatched_sizes=True)
+    assert reused.config.num_labels == 6 and reused.head.out_channels == 6
+    class_maps = ("head.", "side1.", "side2.")  # the final and the two deep-supervision maps
+    kept = {k: v for k, v in four.state_dict().items() if not k.startswith(class_maps)}
+    assert [k for k, v in kept.items() if not torch.equal(reused.state_dict()[k], v)] == []

@@ -59,7 +59,7 @@ def _predict(args) -> int:
     import torch
 
     from .distributed import process_state
-    from .onnx_export import OnnxSegmentationModel
+    from .onnx_export import OnnxSegmentationModel, is_onnx_export
     from .predict import check_inputs, load_model_and_processor, predict_files
     from .prompt_predict import visual_prompt_model_type
 
@@ -83,12 +83,15 @@ def _predict(args) -> int:
     if visual_prompt_model_type(args.model):
         raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
                          "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
+    if is_onnx_export(args.model):
+        check_extra("predict", "onnx", ("onnxruntime",))
     dtype = _torch_dtype(args.dtype)
     state = process_state(args.device)  # under `accelerate launch` / torchrun: one device per process, files split
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     try:
         model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
-    except (ValueError, OSError) as error:  # OSError: not a model folder, or a Hub id neither cached nor reachable
+    except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
+        # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
         raise SystemExit(f"predict: cannot load {args.model}: {error}") from error
     if isinstance(model, OnnxSegmentationModel):  # an exported graph, run by onnxruntime
         torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
@@ -187,17 +190,10 @@ def _convert_checkpoint(args) -> str:
         model = convert_birefnet_checkpoint(args.source, args.output, variant=args.variant, **overrides)
         return f"BiRefNet {model.config.backbone}, {parameter_counts(model)[1]:,} parameters, self-contained"
     # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
-    from transformers import Sam2HieraDetModel
+    from .convert.sam2 import convert_sam2_hiera_checkpoint
 
-    from .backbones.hiera import hiera_config, infer_hiera_preset
-    from .convert.sam2 import trunk_state_dict_from_sam2_checkpoint
-
-    state_dict = trunk_state_dict_from_sam2_checkpoint(args.source)
-    preset = infer_hiera_preset(state_dict, str(args.source))
-    trunk = Sam2HieraDetModel(hiera_config(preset))
-    trunk.load_state_dict(state_dict, strict=True)
-    trunk.save_pretrained(args.output)
-    return f"Hiera {preset}, {len(state_dict)} tensors"
+    trunk, preset = convert_sam2_hiera_checkpoint(args.source, args.output)
+    return f"Hiera {preset}, {len(trunk.state_dict())} tensors"
 
 
 def _push(args) -> int:
@@ -275,13 +271,17 @@ def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, com
 
 def _app(args) -> int:
     from .app import Demo, build_app
+    from .onnx_export import is_onnx_export
 
     if args.port is not None and not 0 <= args.port <= 65535:  # said before the model loads
         raise SystemExit(f"app: --port must be between 0 and 65535, got {args.port}")
+    if is_onnx_export(args.model):
+        check_extra("app", "onnx", ("onnxruntime",))
     try:
         demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
                                     resolution=args.resolution, max_side=args.max_side)
-    except (ValueError, OSError) as error:  # OSError: not a model folder, or a Hub id neither cached nor reachable
+    except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
+        # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
         raise SystemExit(f"app: cannot load {args.model}: {error}") from error
     try:
         page = build_app(demo, title=args.title or args.model)
@@ -429,6 +429,7 @@ def _export(args) -> int:
         raise SystemExit(f"export: --size takes a height and an optional width, got {args.size}")
     if args.private and not args.push_to_hub:
         raise SystemExit("export: --private applies to --push-to-hub")
+    check_extra("export", "onnx", ("onnx", "onnxscript"))  # torch's exporter needs both: said before the model loads
     size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:  # before the model loads
         check_export_options(size, args.opset)
@@ -471,6 +472,9 @@ def _demo(args) -> int:
         return 0
     from .demo import run_demo
 
+    if args.backbone_preset is not None and args.backbone is None:  # the demo's random Hiera has its own size
+        raise SystemExit(f"demo: --backbone-preset {args.backbone_preset}: the size of the --backbone weights; "
+                         f"without --backbone the demo trains its own small random Hiera")
     try:
         run_demo(args.output_dir or "outputs/demo", data=args.data, backbone=args.backbone,
                  backbone_preset=args.backbone_preset or "tiny",
@@ -494,10 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
                               ".webm -> masks/<name>.mp4; the [video] extra)")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--batch-size", type=int, default=4)
-    predict.add_argument("--threshold", type=float, default=None, help="write binary masks (p >= threshold)")
+    predict.add_argument("--threshold", type=float, default=None, help="write binary masks (foreground where the probability, 0-1, is >= threshold)")
     predict.add_argument("--minmax-normalize", action="store_true", help="upstream test.py's per-image min-max")
     predict.add_argument("--overlay", action="store_true", help="also write overlays/ (videos: overlays/<name>.mp4)")
-    predict.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs/ (videos: ProRes 4444 .mov with alpha)")
+    predict.add_argument("--cutout", action="store_true", help="also write RGBA cutouts/ (videos: ProRes 4444 .mov with alpha)")
     predict.add_argument("--cutout-colors", default="estimate", choices=["estimate", "original"],
                          help="cut-out RGB under soft alpha: estimated foreground colours (blur-fusion, as BiRefNet's "
                               "refine_foreground: no halo of the old background) or the photo's own")
@@ -505,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write composites/: the foreground (colours as --cutout-colors) on a new "
                               "background, a colour (white, #00b140, 0,177,64) or an image file scaled to cover "
                               "(videos: composites/<name>.mp4)")
-    predict.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    predict.add_argument("--overwrite", action="store_true", help="recompute every output (by default an input whose outputs all exist is skipped)")
     predict.add_argument("--device", default=None)
     predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
     predict.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16", "bfloat16", "float16"],
@@ -602,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (outputs/demo-visual-prompt)")
     demo.add_argument("--data", default=None, help="image/mask folder (default: generated camouflage-like data)")
     demo.add_argument("--backbone", default=None, help="real SAM 2 weights (Hub id/folder); default: random tiny")
-    demo.add_argument("--backbone-preset", default=None, help="the backbone's size (default: tiny)")
+    demo.add_argument("--backbone-preset", default=None, help="the size of the --backbone weights (default: tiny)")
     demo.add_argument("--max-steps", type=int, default=None, help="default: 150 (visual-prompt: 600)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--task", default="sam2-unet", choices=["sam2-unet", "visual-prompt"],
@@ -647,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         from .training import main as train_main
 
-        return train_main(argv[1:])
+        return train_main(argv[1:], prog="dsunet-hf train")
     args = build_parser().parse_args(argv)
     problem = missing_model_problem(getattr(args, "model", None))
     if problem:
@@ -656,6 +660,16 @@ def main(argv: list[str] | None = None) -> int:
     import dsunet_hf  # noqa: F401  (registers the Auto classes)
 
     return args.func(args)
+
+
+def check_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
+    """SystemExit naming the optional extra to install when one of ``modules`` is not installed: one line before
+    anything loads, not an ImportError traceback from deep inside torch or onnxruntime."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"{command}: needs {', '.join(missing)}, not installed: pip install \"dsunet-hf[{extra}]\"")
 
 
 def check_output_folder(command: str, folder: str | Path | None, option: str) -> None:

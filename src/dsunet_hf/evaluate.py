@@ -733,7 +733,8 @@ def run_evaluate_cli(args) -> int:
         else:
             try:
                 model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
-            except (ValueError, OSError) as error:  # not a model folder, or a Hub id neither cached nor reachable
+            except (ValueError, OSError, ImportError) as error:  # not a model folder, a Hub id neither cached nor
+                # reachable, or an ONNX export without onnxruntime
                 raise SystemExit(f"evaluate: cannot load {args.model}: {error}") from error
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
         foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine,

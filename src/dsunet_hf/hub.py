@@ -94,10 +94,33 @@ def package_versions(*packages: str) -> dict[str, str]:
     return versions
 
 
+def repo_link(repo_id: str) -> str:
+    """Markdown for a model source in a card: a Hub id links to its page; a local folder or file (a converted
+    trunk, an offline copy) is named as a path, not linked to a Hub page that does not exist."""
+    text = str(repo_id)
+    if is_hub_repo_id(text):
+        return f"[`{text}`](https://huggingface.co/{text})"
+    return f"`{text}` (a local path)"
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """``name`` or ``namespace/name`` that is not an existing local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or "\\" in text:
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 def render_model_card(template_name: str, card_data: ModelCardData, **variables) -> ModelCard:
-    """Render ``model_cards/<template_name>`` (Jinja) with ``huggingface_hub.ModelCard``."""
+    """Render ``model_cards/<template_name>`` (Jinja) with ``huggingface_hub.ModelCard``; templates link model
+    sources with ``repo_link``."""
     template = resources.files("dsunet_hf").joinpath("model_cards", template_name).read_text(encoding="utf-8")
-    return ModelCard.from_template(card_data, template_str=template, **variables)
+    return ModelCard.from_template(card_data, template_str=template, repo_link=repo_link, **variables)
 
 
 def create_hub_repo(repo_id: str, *, private: bool | None = None, token: str | None = None,

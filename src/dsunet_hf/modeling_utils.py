@@ -322,18 +322,23 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         merge = kwargs.pop("merge_lora", False)
         # The Hub arguments also reach the backbones' own repos (a custom cache_dir, a token, offline use).
         download = hub_download_kwargs(kwargs)
-        # Report shape mismatches as our own error naming the keys, not transformers' generic one.
-        kwargs.setdefault("ignore_mismatched_sizes", True)
+        # Report shape mismatches as our own error naming the keys, not transformers' generic one; a caller who asks
+        # for ignore_mismatched_sizes=True (a trained head reused for other classes) gets transformers' behaviour:
+        # those tensors start from a fresh init, with its warning.
+        mismatch_allowed = bool(kwargs.get("ignore_mismatched_sizes", False))
+        kwargs["ignore_mismatched_sizes"] = True
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
         missing = sorted(info.get("missing_keys", []))
         unexpected = sorted(info.get("unexpected_keys", []))
-        mismatched = sorted(str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys", []))
+        mismatched = [] if mismatch_allowed else sorted(
+            str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys", [])
+        )
         included = getattr(model.config, "backbone_weights_included", False)
         if missing or unexpected or mismatched:
             what = ("; its config.json says it holds the backbone weights too (self-contained: include_backbone=True "
-                    "or strategy 'full'), so none may be missing" if included else "")
+                    "or strategy 'full'), so none may be missing" if included and missing else "")
             raise CheckpointMismatchError(
                 f"{pretrained_model_name_or_path}: checkpoint does not fit {cls.__name__} with this config "
                 f"(strategy {model.config.finetune_strategy!r}){what}; missing keys: {_preview(missing)}; "

@@ -562,7 +562,11 @@ class OnnxSegmentationModel(nn.Module):
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         super().__init__()
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError(f"{path}: ONNX exports run on onnxruntime, not installed: "
+                              f"pip install \"dsunet-hf[onnx]\"") from error
         from transformers import AutoConfig
 
         path = Path(path)

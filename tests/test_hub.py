@@ -93,10 +93,19 @@ def test_processor_and_model_work_together(trained_model, tmp_path):
 
 
 def test_backbone_config_override_at_load_time(trained_model, tmp_path, offline_hub):
-    """A user without Hub access points the saved artifact at a local backbone folder."""
+    """A user without Hub access points the saved artifact at a local backbone folder holding its trunk; another
+    trunk there is refused unless verify_backbone_weights=False."""
+    from dsunet_hf import CheckpointMismatchError
+
     trained_model.save_pretrained(tmp_path / "m")
-    local_trunk = write_transformers_trunk_repo(tmp_path / "local-trunk", tiny_hiera(seed=5))
-    loaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", backbone_repo_id=str(local_trunk))
+    same = write_transformers_trunk_repo(tmp_path / "local-trunk", tiny_hiera())
+    loaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", backbone_repo_id=str(same))
+    assert loaded.config.backbone_repo_id == str(same)
+    other = write_transformers_trunk_repo(tmp_path / "other-trunk", tiny_hiera(seed=5))
+    with pytest.raises(CheckpointMismatchError, match="verify_backbone_weights=False"):
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", backbone_repo_id=str(other))
+    loaded = Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", backbone_repo_id=str(other),
+                                                          verify_backbone_weights=False)
     assert torch.equal(loaded.backbone.encoder.pos_embed, tiny_hiera(seed=5).pos_embed)
 
 

@@ -126,6 +126,43 @@ def clean_loading_info() -> dict[str, list]:
     return {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
 
 
+# How many standard deviations of a cast's rounding the fingerprint numbers may move (see _fingerprint_numbers).
+_FINGERPRINT_DEVIATIONS = 8
+
+
+def _fingerprint_numbers(parts: list[torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
+    """(numbers, tolerances) of one backbone's sampled values, one float32 tensor per frozen weight.
+
+    Numbers: ``tensors`` (their count); ``sum``, the sum of each tensor's values divided by its RMS, and
+    ``log_rms``, the sum of the log RMS (all-zero tensors left out of both). Scaled tensor by tensor, so that each
+    counts alike: raw sums would be ruled by the large norm weights, blind to the matrices. Another checkpoint of
+    the same shapes moves ``sum`` by about sqrt(values) x the relative difference and ``log_rms`` by any rescaling.
+
+    Tolerances: a cast to bfloat16/float16 moves each value v by a rounding error, unbiased, independent from value
+    to value, with a standard deviation below 2^-8 |v| (+ 2^-24 for float16's subnormals); each number then moves
+    by that through its derivative by each value, summed in quadrature: 8 such deviations are allowed."""
+    if not parts:
+        return {"tensors": 0, "sum": 0.0, "log_rms": 0.0}, {"tensors": 0, "sum": 0.0, "log_rms": 0.0}
+    values = torch.nn.utils.rnn.pad_sequence([p.double() for p in parts], batch_first=True)  # (tensors, samples)
+    counts = torch.tensor([len(p) for p in parts], dtype=torch.float64)
+    squares = values.square().sum(1)
+    live = squares > 0
+    squares = torch.where(live, squares, 1.0)
+    rms = (squares / counts).sqrt()
+    scaled_sums = values.sum(1) / rms
+    # d(sum_t S_t / rms_t) / dv_i = 1 / rms - (S_t / rms) v_i / Q_t ; d(sum_t log rms_t) / dv_i = v_i / Q_t
+    d_sum = (1 / rms)[:, None] - (scaled_sums / squares)[:, None] * values
+    d_log = values / squares[:, None]
+    rounding = 2**-8 * values.abs() + 2**-24
+    rounding = torch.where(torch.arange(values.shape[1]) < counts[:, None], rounding, 0.0)  # not the padding
+    numbers = {"tensors": len(parts), "sum": scaled_sums[live].sum().item(), "log_rms": rms.log()[live].sum().item()}
+    tolerances = {"tensors": 0}
+    for key, derivative in (("sum", d_sum), ("log_rms", d_log)):
+        spread = (derivative * rounding)[live].square().sum().sqrt().item()
+        tolerances[key] = _FINGERPRINT_DEVIATIONS * spread
+    return numbers, tolerances
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not belong to this architecture/configuration."""
 
@@ -277,8 +314,14 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         return {name: (size, values) for name, size, values in zip(names, sizes, parts)}
 
     def record_frozen_weights(self) -> None:
-        """Remember the frozen weights as loaded (see :meth:`changed_frozen_weights`); the loaders call it."""
+        """Remember the frozen weights as loaded (see :meth:`changed_frozen_weights`); the loaders call it. A config
+        read from a trainable-only artifact holds the fingerprint of the backbone weights it was saved with
+        (``backbone_fingerprint``): the weights just loaded must match it (see :meth:`check_backbone_fingerprint`)."""
         self.__dict__["_frozen_weight_fingerprint"] = self._frozen_weight_samples()
+        # Popped: checked once, against the weights it describes; save_pretrained writes a new one.
+        expected = self.config.__dict__.pop("backbone_fingerprint", None)
+        if expected:
+            self.check_backbone_fingerprint(expected)
 
     def changed_frozen_weights(self) -> list[str]:
         """The frozen parameters (those a trainable-only ``save_pretrained`` leaves out) whose sampled values differ
@@ -295,6 +338,60 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             if not torch.allclose(current[1], values, rtol=self._FROZEN_RTOL, atol=self._FROZEN_ATOL):
                 changed.append(name)
         return changed
+
+    # --- which backbone weights a trainable-only artifact was saved with -------------------------------------
+    # Its adapters/LoRA/decoder only fit the frozen weights they were trained with, but those load from their own
+    # repos, where another checkpoint can stand (SAM 2.0 vs 2.1, a revision "main" that moved, a local folder).
+    # save_pretrained writes per backbone a few numbers of the values sampled above (as loaded), see
+    # _fingerprint_numbers; from_pretrained compares them once the backbones are loaded.
+
+    def _fingerprint_groups(self, samples: dict[str, tuple[int, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+        """The sampled values of each frozen backbone (``frozen_backbone_prefixes``, dot dropped), tensor by tensor;
+        ``unused_parameters`` left out (they change no output)."""
+        groups: dict[str, list[torch.Tensor]] = {}
+        for name, (_, values) in samples.items():
+            prefix = next((p for p in self.frozen_backbone_prefixes if name.startswith(p)), None)
+            if prefix is not None and name not in self.unused_parameters:
+                groups.setdefault(prefix.rstrip("."), []).append(values)
+        return groups
+
+    def backbone_fingerprint(self) -> dict[str, dict] | None:
+        """``{backbone: {"tensors", "sum", "log_rms"}}`` of the frozen weights as loaded (see
+        :meth:`record_frozen_weights` and :func:`_fingerprint_numbers`), what a trainable-only ``save_pretrained``
+        writes to ``config.json``; None when no loader recorded them (backbones left at their random init)."""
+        recorded = self.__dict__.get("_frozen_weight_fingerprint")
+        if not recorded:
+            return None
+        return {group: _fingerprint_numbers(parts)[0] for group, parts in self._fingerprint_groups(recorded).items()}
+
+    def backbone_source(self, group: str) -> tuple[str, str]:
+        """The config fields (repo id, revision) a frozen backbone (``group``: its prefix without the dot) loads from,
+        named in :meth:`check_backbone_fingerprint`'s error."""
+        stems = {"backbone_sam": "sam_backbone", "backbone_dino": "dino_backbone", "bb": "base"}
+        for stem in (stems.get(group), "backbone", "dino_backbone", "base"):
+            if stem and hasattr(self.config, f"{stem}_repo_id"):
+                return f"{stem}_repo_id", f"{stem}_revision"
+        return "backbone_repo_id", "backbone_revision"
+
+    def check_backbone_fingerprint(self, expected: dict[str, dict]) -> None:
+        """Refuse (:class:`CheckpointMismatchError`) frozen weights, as just loaded, that are not those ``expected``
+        (a saved :meth:`backbone_fingerprint`) describes, to a cast's rounding (bfloat16/float16 loads pass)."""
+        groups = self._fingerprint_groups(self.__dict__.get("_frozen_weight_fingerprint") or {})
+        for group, saved in expected.items():
+            numbers, tolerances = _fingerprint_numbers(groups.get(group, []))
+            saved = {key: float(saved.get(key, "nan")) for key in numbers}  # a number missing differs
+            differs = [key for key in numbers if not abs(numbers[key] - saved[key]) <= tolerances[key]]
+            if not differs:
+                continue
+            what = ", ".join(f"{key} {numbers[key]:.6g} (saved: {saved[key]:.6g})" for key in differs)
+            repo_field, revision_field = self.backbone_source(group)
+            repo, revision = getattr(self.config, repo_field, None), getattr(self.config, revision_field, None)
+            raise CheckpointMismatchError(
+                f"{self.name_or_path or type(self).__name__}: the frozen {group} weights loaded from {repo}"
+                f"{f' (revision {revision})' if revision else ''} are not those it was saved with ({what}); its "
+                f"trained parts would give other outputs. Pass the {repo_field}/{revision_field} it was trained "
+                f"with, or verify_backbone_weights=False to load it anyway"
+            )
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         # transformers drops the missing keys that `_keys_to_ignore_on_load_missing` matches (the frozen backbone
@@ -317,9 +414,17 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         ``from_pretrained(repo, backbone_repo_id="/local/sam2-hiera-large")``. ``merge_lora=True`` returns the model
         ready for inference with LoRA merged (see :meth:`merge_lora`); in a pipeline:
         ``pipeline("image-segmentation", model=repo, model_kwargs={"merge_lora": True})``.
+
+        A trainable-only artifact records a fingerprint of the backbone weights it was saved with
+        (``backbone_fingerprint`` in ``config.json``): backbone weights that do not match it (another checkpoint or
+        revision in the repo, e.g. SAM 2.1's trunk for a model trained on SAM 2.0's) are refused
+        (:class:`CheckpointMismatchError`); the same weights in ``dtype=bfloat16``/``float16`` pass.
+        ``verify_backbone_weights=False`` loads them anyway (the fingerprint is then dropped: a save records the
+        weights loaded). Artifacts saved before the fingerprint existed load unchecked.
         """
         want_info = kwargs.pop("output_loading_info", False)
         merge = kwargs.pop("merge_lora", False)
+        verify = kwargs.pop("verify_backbone_weights", True)
         # The Hub arguments also reach the backbones' own repos (a custom cache_dir, a token, offline use).
         download = hub_download_kwargs(kwargs)
         # Report shape mismatches as our own error naming the keys, not transformers' generic one; a caller who asks
@@ -344,10 +449,12 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 f"(strategy {model.config.finetune_strategy!r}){what}; missing keys: {_preview(missing)}; "
                 f"unexpected keys: {_preview(unexpected)}; shape mismatches: {_preview(mismatched)}"
             )
+        if not verify:
+            model.config.__dict__.pop("backbone_fingerprint", None)
         if included:
             model.record_frozen_weights()
         else:
-            model.load_frozen_backbones(**download)
+            model.load_frozen_backbones(**download)  # checks the fingerprint (record_frozen_weights)
         model.remember_load_source(kwargs, download)
         # Loading materialises fresh parameters (requires_grad=True): restore what the strategy trains.
         model.apply_finetune_strategy()
@@ -362,6 +469,10 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         ``include_backbone=True``: a self-contained copy for offline use), a model card ``README.md`` and the
         image processor ``preprocessor_config.json``: ``image_processor`` when given, else (only where the folder
         has none yet) the one this model was loaded with (see :meth:`source_image_processor`).
+
+        A trainable-only artifact also records in ``config.json`` a fingerprint of the frozen backbone weights it
+        needs (``backbone_fingerprint``: a few numbers per backbone, of the weights as loaded, see
+        :meth:`backbone_fingerprint`), which ``from_pretrained`` checks; none when the backbones were never loaded.
 
         ``push_to_hub=True`` (with ``repo_id``, ``commit_message``, ``private``, ``token``, ``revision``,
         ``create_pr``) uploads the finished folder, card and processor included; transformers' own upload would
@@ -380,10 +491,17 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             repo_id = create_hub_repo(repo_id, private=push_kwargs.get("private"), token=push_kwargs.get("token"))
             card_kwargs.setdefault("repo_id", repo_id)
         self.config.backbone_weights_included = backbone_included
+        # The backbone weights a trainable-only artifact must load with (checked by from_pretrained); only a loader
+        # records them: a model whose backbones were never loaded (random init) saves none, as before.
+        fingerprint = None if backbone_included else self.backbone_fingerprint()
+        self.config.__dict__.pop("backbone_fingerprint", None)  # one read from a config, never checked: not ours
+        if fingerprint:
+            self.config.backbone_fingerprint = fingerprint
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             del self.config.backbone_weights_included
+            self.config.__dict__.pop("backbone_fingerprint", None)
         if kwargs.get("is_main_process", True):
             give_new_file_modes(save_directory)
             card = self.model_card(**card_kwargs, backbone_included=backbone_included)

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from ..backbones.dinov2 import DINOV2_PRESETS, convert_dinov2_hub_state_dict, dinov2_hub_repo
-from ..backbones.hiera import hiera_hub_repo
+from ..backbones.hiera import hiera_hub_repo, infer_hiera_preset
 from . import save_converted_model
-from .sam2 import infer_trunk_preset, read_torch_checkpoint
+from .sam2 import read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
 
 SAM_PREFIX = "backbone_sam.sam_encoder."
@@ -69,7 +69,7 @@ def infer_dsunet_presets(converted: dict[str, torch.Tensor], source: str = "chec
     if patch_embedding is None:
         raise ValueError(f"{source}: no DINOv2 tensors ('{DINO_PREFIX}*'): not a whole DSU-Net checkpoint")
     trunk = {k[len("backbone_sam.encoder."):]: v for k, v in converted.items() if k.startswith("backbone_sam.encoder.")}
-    sam_preset = infer_trunk_preset(trunk, source)
+    sam_preset = infer_hiera_preset(trunk, str(source))
     width = patch_embedding.shape[0]
     depth = len({k.split(".")[4] for k in converted if k.startswith("backbone_dino.encoder.encoder.layer.")})
     for name, preset in DINOV2_PRESETS.items():
@@ -99,4 +99,5 @@ def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config
             dino_backbone_repo_id=dino_backbone_repo_id or dinov2_hub_repo(dino_preset),
             dino_backbone_revision=dino_backbone_revision,
         )
-    return save_converted_model(DSUNetForImageSegmentation(config), converted, source, output_dir, include_backbone)
+    return save_converted_model(DSUNetForImageSegmentation(config), converted, source, output_dir, include_backbone,
+                                holds_backbones=True)

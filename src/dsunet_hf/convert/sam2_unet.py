@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.hiera import infer_hiera_preset
 from . import save_converted_model
-from .sam2 import infer_trunk_preset, read_torch_checkpoint, sam2_trunk_key_to_transformers
+from .sam2 import read_torch_checkpoint, sam2_trunk_key_to_transformers
 
 _ADAPTER = re.compile(r"^encoder\.blocks\.(\d+)\.prompt_learn\.([02])\.(weight|bias)$")
 _BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.block\.(.+)$")
@@ -78,7 +79,7 @@ def convert_sam2_unet_state_dict(state_dict: dict[str, torch.Tensor], source: st
         for k, v in converted.items()
         if k.startswith("backbone.encoder.") and ".adapter." not in k
     }
-    return converted, infer_trunk_preset(trunk, source)
+    return converted, infer_hiera_preset(trunk, str(source))
 
 
 def convert_sam2_unet_checkpoint(
@@ -107,4 +108,5 @@ def convert_sam2_unet_checkpoint(
             backbone_revision=backbone_revision,
             **({"num_labels": classes} if classes > 1 else {}),
         )
-    return save_converted_model(Sam2UNetForImageSegmentation(config), converted, source, output_dir, include_backbone)
+    return save_converted_model(Sam2UNetForImageSegmentation(config), converted, source, output_dir, include_backbone,
+                                holds_backbones=True)

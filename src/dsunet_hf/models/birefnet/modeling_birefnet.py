@@ -430,6 +430,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         dtype = pop_dtype(kwargs)
         revision, variant = kwargs.pop("revision", None), kwargs.pop("variant", None)
         kwargs.pop("trust_remote_code", None)  # (the official snippet passes it; no remote code runs here)
+        kwargs.pop("verify_backbone_weights", None)  # whole official weights: no separate backbone to check
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.config_class().to_dict()}
         # Underscored arguments are transformers' own bookkeeping (_from_auto, _from_pipeline, ...).
         refused = sorted(k for k in kwargs if not k.startswith("_"))

@@ -514,9 +514,11 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         ``from_pretrained(path, dino_backbone_repo_id="/local/dinov2-large", matching="bidirectional")``;
         ``dtype`` / ``torch_dtype`` cast the model. Hub arguments (``revision``, ``cache_dir``, ``token``,
         ``local_files_only``...) apply to the config; ``cache_dir``, ``token``, ``local_files_only`` and
-        ``force_download`` to the DINOv2 repo too.
+        ``force_download`` to the DINOv2 repo too. DINOv2 weights other than those it was saved with are refused
+        unless ``verify_backbone_weights=False`` (see ``SegmentationPreTrainedModel.from_pretrained``).
         """
         original = dict(kwargs)
+        verify = kwargs.pop("verify_backbone_weights", True)
         download = hub_download_kwargs(kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         dtype = pop_dtype(kwargs)
@@ -536,10 +538,13 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         ignored = sorted(k for k in unused if not k.startswith("_") and k not in standard)
         if ignored:
             logger.warning("VisualPromptMatcher.from_pretrained ignores %s", ", ".join(ignored))
+        if not verify:  # see SegmentationPreTrainedModel.from_pretrained
+            config.__dict__.pop("backbone_fingerprint", None)
+        config.name_or_path = str(pretrained_model_name_or_path)  # named in errors; its processor found on a re-save
         with torch.device("meta"):  # every tensor is the backbone's, overwritten by the loader below
             model = cls(config)
         model.to_empty(device="cpu")
-        model.load_frozen_backbones(**download)
+        model.load_frozen_backbones(**download)  # checks the fingerprint (record_frozen_weights)
         model.remember_load_source(original, download)  # for its image processor when saved or pushed again
         if dtype is not None:
             model.to(dtype)

@@ -138,6 +138,60 @@ def test_demo_backbone_preset_needs_backbone(tmp_path, monkeypatch):
         main(["demo", "--backbone-preset", "large", "--output-dir", str(tmp_path / "demo")])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "--model", "org/m", "{image}", "--crop-margin", "0.5"], "predict: --crop-margin needs --crop-refine"),
+    (["predict", "--model", "org/m", "{image}", "--max-side", "1024"], "predict: --max-side needs --resolution native"),
+    (["predict", "--model", "org/m", "{image}", "--cutout-colors", "original", "--overlay"],
+     r"predict: --cutout-colors needs --cutout or --background \(the colours of their foreground\)"),
+    (["evaluate", "--model", "org/m", "--data", "d", "--crop-margin", "0.1"], "evaluate: --crop-margin needs --crop-refine"),
+    (["evaluate", "--model", "org/m", "--data", "d", "--max-side", "512"], "evaluate: --max-side needs --resolution native"),
+    (["app", "--model", "org/m", "--max-side", "512"], "app: --max-side needs --resolution native"),
+    (["space", "{tmp}/space", "--model", "org/m", "--max-side", "512"], "space: --max-side needs --resolution native"),
+    (["export", "onnx", "--model", "org/m", "{tmp}/onnx", "--no-check", "--atol", "0.1"],
+     "export: --atol is the tolerance of the onnxruntime check, which --no-check skips"),
+])
+def test_an_option_that_only_tunes_another_one_needs_it(tmp_path, no_model_loading, argv, message):
+    """Each was silently ignored (the run went on with the option doing nothing)."""
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=f"^{message}$"):
+        main([arg.format(image=tmp_path / "a.png", tmp=tmp_path) for arg in argv])
+
+
+def test_options_that_tune_another_one_keep_their_defaults(tmp_path, monkeypatch):
+    """--crop-margin, --max-side and --cutout-colors default to None in the parsers (given or not): what runs still
+    gets 0.25, 2048 and estimated colours, and what is given where it applies."""
+    import dsunet_hf.predict
+    from dsunet_hf.cli import check_shared_options
+
+    seen = {}
+
+    class Report:
+        failed = {}
+
+        def summary(self):
+            return "done"
+
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (object(), None))
+    monkeypatch.setattr(dsunet_hf.predict, "predict_files", lambda *args, **kwargs: seen.update(kwargs) or Report())
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "model").mkdir()  # a folder: no Hub lookups
+    base = ["predict", "--model", str(tmp_path / "model"), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out")]
+    assert main(base) == 0
+    assert (seen["crop_margin"], seen["max_side"], seen["cutout_colors"]) == (0.25, 2048, "estimate")
+    assert main([*base, "--crop-refine", "--crop-margin", "0.5", "--resolution", "native", "--max-side", "1024",
+                 "--cutout", "--cutout-colors", "original"]) == 0
+    assert (seen["crop_margin"], seen["max_side"], seen["cutout_colors"]) == (0.5, 1024, "original")
+    for argv, expected in [(["evaluate", "--model", "m", "--data", "d"], (0.25, 2048)),
+                           (["evaluate", "--model", "m", "--data", "d", "--crop-refine", "--crop-margin", "0.1",
+                             "--resolution", "native", "--max-side", "512"], (0.1, 512))]:
+        args = build_parser().parse_args(argv)
+        check_shared_options(args)
+        assert (args.crop_margin, args.max_side) == expected
+    args = build_parser().parse_args(["app", "--model", "m"])
+    check_shared_options(args)
+    assert args.max_side == 2048
+
+
 # --- pyproject.toml --------------------------------------------------------------------------------------------
 
 # Imported without a guard but only on paths that check for them first: torchvision (deform_conv.get_backend),

@@ -158,6 +158,24 @@ def test_dataparallel_and_resume_checkpoints_convert(upstream_checkpoint, tmp_pa
         assert torch.equal(model(x).logits, converted(x).logits)
 
 
+def test_a_killed_conversions_staging_folder_is_removed_by_the_next_one(tmp_path):
+    import os
+    import time
+
+    from dsunet_hf.convert import write_folder_atomically
+
+    stale, fresh = tmp_path / ".out.abcd1234.tmp", tmp_path / ".out.efgh5678.tmp"  # killed: left behind
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 10)
+    hour_ago = time.time() - 3700
+    os.utime(stale, (hour_ago, hour_ago))
+    write_folder_atomically(tmp_path / "out", lambda folder: (folder / "config.json").write_text("{}"))
+    # An hour-old staging folder of the same output is removed; a recent one may be another conversion's, kept.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.efgh5678.tmp", "out"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.json"]
+
+
 def test_a_failed_write_leaves_the_previous_artifact(upstream_checkpoint, tmp_path, monkeypatch):
     """A full disk while writing model.safetensors left a 1 kB file over the good artifact (from_pretrained then
     failed in safetensors), and a half-written folder where there was none; the error named no folder."""
@@ -305,3 +323,48 @@ def test_birefnet_converter_names_other_checkpoints(tmp_path):
     with pytest.raises(SystemExit, match=r"^convert birefnet: \S+sam2_hiera_tiny\.pt: not a BiRefNet checkpoint "
                                          r"\(no 'bb\.\*' backbone tensors; first keys: \['image_encoder\.trunk\."):
         cli_main(["convert", "birefnet", str(tmp_path / "sam2_hiera_tiny.pt"), str(tmp_path / "out")])
+
+
+def test_birefnet_release_file_names_give_their_variant_and_an_unknown_one_is_said(tmp_path, caplog):
+    """GitHub release files (BiRefNet-general-epoch_244.pth) got the default variant silently, whatever variant
+    their name started with: an _HR file ran at 1024² instead of 2048²."""
+    from dsunet_hf.convert.birefnet import birefnet_config_for_weights, variant_for_source
+
+    (tmp_path / "BiRefNet-general-epoch_244.pth").write_bytes(b"")
+    assert variant_for_source(tmp_path / "BiRefNet-general-epoch_244.pth") == "BiRefNet"  # the released name
+    # The rule: a variant's name, with -general and a final -epoch_N dropped, in any letter case.
+    for name, variant in [("BiRefNet_HR-general-epoch_12.pth", "BiRefNet_HR"), ("birefnet_lite-epoch_3", "BiRefNet_lite"),
+                          ("BiRefNet-matting-epoch_100.safetensors", "BiRefNet-matting"),
+                          ("ZhengPeng7/BiRefNet_lite-2K", "BiRefNet_lite-2K"), ("BiRefNet-DIS-epoch_590.pth", None),
+                          ("BiRefNet-generalist", None), ("epoch_95.pth", None)]:
+        assert variant_for_source(name) == variant, name
+    state = {"bb.patch_embed.proj.weight": torch.zeros(192, 3, 4, 4),
+             **{f"bb.layers.2.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(18)}}
+    config = birefnet_config_for_weights(tmp_path / "BiRefNet_HR-general-epoch_12.pth", state)
+    assert config.image_size == [2048, 2048] and "no BiRefNet variant recognised" not in caplog.text
+    config = birefnet_config_for_weights(tmp_path / "epoch_95.pth", state)
+    assert (config.task, config.image_size, config.backbone) == ("General", [1024, 1024], "swin_v1_l")
+    assert (f"{tmp_path / 'epoch_95.pth'}: no BiRefNet variant recognised in the name; assumed task General, image "
+            f"size 1024x1024 (the general BiRefNet's; backbone and BatchNorm read from the weights): --variant (Python: "
+            f"variant=) sets the variant, one of BiRefNet, BiRefNet_lite, ") in caplog.text
+    caplog.clear()
+    assert birefnet_config_for_weights(tmp_path / "epoch_95.pth", state, variant="BiRefNet_HR").image_size == [2048, 2048]
+    assert "no BiRefNet variant recognised" not in caplog.text
+
+
+def test_a_converted_checkpoint_refuses_another_trunk(tmp_path, offline_hub):
+    """The trunk inside an authors' checkpoint is the one its adapters were trained on: a trainable-only conversion
+    records it, and loading on another trunk (SAM 2.1's for one trained on SAM 2.0's) is refused."""
+    from helpers import tiny_hiera, write_transformers_trunk_repo
+
+    from dsunet_hf import CheckpointMismatchError
+
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+    model.backbone.load_trunk_state_dict(tiny_hiera(1).state_dict())  # trained on trunk 1
+    torch.save({to_upstream_key(k): v for k, v in model.state_dict().items()}, tmp_path / "SAM2UNet.pth")
+    convert_sam2_unet_checkpoint(tmp_path / "SAM2UNet.pth", tmp_path / "out", config=tiny_sam2_unet_config())
+    offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "h2", tiny_hiera(2)))
+    with pytest.raises(CheckpointMismatchError, match="frozen backbone weights loaded from test-org/tiny-hiera"):
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "out")
+    offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "h1", tiny_hiera(1)))
+    Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "out")  # the trunk it was trained with: loads

@@ -71,11 +71,16 @@ def test_schedules_agree_and_slide_equals_single_when_one_window_covers_the_imag
         model.segment(small, "tta")
 
 
-def test_windows_that_leave_gaps_and_empty_settings_are_refused():
-    """A stride past the crop leaves pixels no window covers (their average was 0/0: NaN probabilities); an explicit
-    0 meant the default; no test scale or layer cannot be averaged. A small crop's default stride is the crop."""
-    for fields, message in [(dict(crop_size=28, stride=42), r"stride must be in 1..crop_size \(28\).*got stride=42"),
-                            (dict(stride=0), "got stride=0"), (dict(crop_size=0), "crop_size must be a positive"),
+def test_windows_that_leave_gaps_and_empty_settings_are_refused(caplog):
+    """A stride past the crop leaves pixels no window covers (their average was 0/0: NaN probabilities): such a
+    config (saved by older versions, whose default stride ignored a small crop) runs its windows side by side, with
+    a warning; an explicit 0 meant the default; no test scale or layer cannot be averaged. A small crop's default
+    stride is the crop."""
+    with caplog.at_level("WARNING"):
+        assert tiny(crop_size=28, stride=42).stride == 28
+    assert "stride 42 is larger than crop_size 28" in caplog.text
+    for fields, message in [(dict(stride=0), "stride must be a positive number of pixels.*got 0"),
+                            (dict(crop_size=0), "crop_size must be a positive"),
                             (dict(test_scales=[]), "test_scales must be a non-empty"),
                             (dict(num_layers=0), "num_layers must be at least 1, got 0")]:
         with pytest.raises(ValueError, match=message):

@@ -499,6 +499,13 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
         with pytest.raises(SystemExit, match=f"evaluate: {flag} must be >= {least}, got {value}"):
             run_evaluate_cli(make_parser().parse_args(
                 ["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir), flag, value]))
+    # Options of running a model were silently ignored on saved maps.
+    for given, named in ((["--crop-refine"], "--crop-refine"), (["--minmax-normalize"], "--minmax-normalize"),
+                         (["--schedule", "slide", "--dtype", "bfloat16"], "--schedule, --dtype"),
+                         (["--shots", "3"], "--shots")):
+        with pytest.raises(SystemExit, match=f"^evaluate: {named}: for --model/--data, not for --predictions"):
+            run_evaluate_cli(make_parser().parse_args(
+                ["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir), *given]))
     # Bad folders: one line naming the folder and the problem, no traceback (and no report).
     (tmp_path / "empty").mkdir()
     (tmp_path / "other").mkdir()
@@ -570,6 +577,10 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
     assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
     assert "name-setA" in capsys.readouterr().out
+    # The visual-prompting options were silently ignored for other models.
+    with pytest.raises(SystemExit, match=r"^evaluate: --shots, --prompt-kind: for visual-prompt models; some/model"):
+        run_evaluate_cli(make_parser().parse_args(["evaluate", "--model", "some/model", "--data", "setA", "--shots",
+                                                   "5", "--prompt-kind", "box", "--output-dir", str(out)]))
 
 
 def test_cli_records_the_post_processing_of_a_birefnet(samples, tmp_path, monkeypatch, offline_hub):

@@ -116,6 +116,10 @@ def test_an_8bit_mask_array_reads_as_its_pil_mask_and_alpha_outside_0_1_is_refus
         refine_foreground(photo, np.asarray(mask, dtype=np.float32))
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         estimate_foreground(torch.from_numpy(image), torch.from_numpy(alpha) * 255)
+    binary = alpha > 0.5  # `(p > 0.5).astype(np.uint8)` is alpha 0/1, not 0/255 (was read as at most 1/255)
+    np.testing.assert_array_equal(np.asarray(refine_foreground(photo, binary.astype(np.uint8))),
+                                  np.asarray(refine_foreground(photo, binary.astype(np.float32))))
+
 
 def test_cutout_colours_estimated_or_original():
     image, alpha, foreground = composite()

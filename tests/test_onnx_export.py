@@ -249,6 +249,7 @@ def test_a_broken_exported_folder_is_a_clear_error(exported_sam2_unet, tmp_path)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.onnx").write_bytes(b"not a graph")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")  # something to predict: checked before the model loads
     with pytest.raises(SystemExit, match=r"broken has no config\.json beside model\.onnx"):
         main(["predict", "--model", str(broken), str(tmp_path), "--output-dir", str(tmp_path / "out")])
     for name in ("config.json", "preprocessor_config.json"):

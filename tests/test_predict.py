@@ -112,7 +112,7 @@ def test_a_pattern_gives_the_images_beside_its_folders_too_and_each_file_is_pred
     assert collect_images([shots / "*.jpg", cover, Path(os.path.relpath(cover))]) == [(cover, Path("cover"))]
 
 
-def test_a_folder_or_pattern_with_no_image_to_predict_is_one_clear_error(artifact, tmp_path):
+def test_a_folder_or_pattern_with_no_image_to_predict_is_one_clear_error(artifact, tmp_path, caplog):
     """A folder of iPhone .heic photos ended as "0 written, 0 already present, 0 failed" with exit code 0."""
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -128,6 +128,13 @@ def test_a_folder_or_pattern_with_no_image_to_predict_is_one_clear_error(artifac
                                                     rf"\(found {found};"):
             predict_files(model, processor, [given], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+    # Said before the model loads; one such folder among others is skipped with a warning, the others predicted.
+    with pytest.raises(SystemExit, match=r"^predict: .*photos: no image or video file to predict \(found 3 \.heic;"):
+        cli_main(["predict", "--model", str(photos / "empty"), str(photos), "--output-dir", str(tmp_path / "o")])
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.jpg")
+    with caplog.at_level("WARNING"):
+        assert collect_images([photos, tmp_path / "one.jpg", photos / "*.HEIC"]) == [(tmp_path / "one.jpg", Path("one"))]
+    assert caplog.text.count("no image or video file to predict (found 3 .heic;") == 2
 
 
 def test_hidden_files_and_folders_in_a_folder_are_left_out_as_training_leaves_them_out(tmp_path):
@@ -550,18 +557,21 @@ def test_writing_in_the_callers_thread_gives_the_same_outputs(artifact, images, 
         predict_files(model, processor, [images], tmp_path / "bad", progress=False, write_workers=-1)
 
 
-@pytest.mark.parametrize("command", [["predict", "--model", "{model}", "."], ["app", "--model", "{model}"],
+@pytest.mark.parametrize("command", [["predict", "--model", "{model}", "{photos}"], ["app", "--model", "{model}"],
                                      ["evaluate", "--model", "{model}", "--data", "d"],
                                      ["export", "onnx", "--model", "{model}", "out"]])
 def test_a_missing_model_folder_is_one_clear_error(tmp_path, command, monkeypatch):
     from dsunet_hf.cli import main
 
     missing = str(tmp_path / "runs" / "cod" / "model")
+    photos = tmp_path / "photos"  # something to predict (checked before the model loads)
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
     with pytest.raises(SystemExit, match=f"^{command[0]}: {missing}: no such model folder or file$"):
-        main([arg.format(model=missing) for arg in command])
+        main([arg.format(model=missing, photos=photos) for arg in command])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match=f"^{command[0]}: cannot load {tmp_path}: "):  # a folder, but no model in it
-        main([arg.format(model=tmp_path) for arg in command])
+        main([arg.format(model=tmp_path, photos=photos) for arg in command])
 
 
 @pytest.mark.parametrize("options, message", [
@@ -938,6 +948,25 @@ def test_two_files_of_one_name_in_one_folder_get_advice_that_applies(tmp_path):
     assert f"p0 from {tmp_path / 'p0.jpg'}, {tmp_path / 'p0.png'}" in message
     assert "rename one of them" in message and "separate --output-dir" in message
     assert "pass their folder" not in message  # they came from their folder already
+
+
+def test_output_names_that_differ_only_in_letter_case_clash(tmp_path):
+    """A.jpg and a.jpg (or Shots/x.jpg and shots/x.jpg) wrote masks/A.png and masks/a.png: one file on macOS and
+    Windows, so one prediction silently replaced the other."""
+    for name in ("one/A.jpg", "one/a.jpg", "two/Shots/x.jpg", "two/shots/x.jpg", "three/B.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    for folder, names, files in [("one", "A / a", ("A.jpg", "a.jpg")),
+                                 ("two", "Shots/x / shots/x", ("Shots/x.jpg", "shots/x.jpg"))]:
+        listed = ", ".join(re.escape(str(tmp_path / folder / file)) for file in files)
+        with pytest.raises(ValueError, match=rf"^several inputs would write the same output name\(s\): "
+                                             rf"{re.escape(names)} from {listed}; names that differ only in letter "
+                                             rf"case are one file on macOS and Windows: rename one of them"):
+            collect_images([tmp_path / folder])
+    # One file named in two letter cases (a.jpg typed for B.jpg where the file system ignores case; here a hard
+    # link) is predicted once.
+    os.link(tmp_path / "three" / "B.jpg", tmp_path / "three" / "b.jpg")
+    assert [str(name) for _, name in collect_images([tmp_path / "three"])] == ["B"]
 
 
 def test_a_rotated_tiff_runs_at_its_displayed_size(tmp_path):

@@ -631,6 +631,28 @@ def test_warmup_and_decay_count_optimizer_steps_at_any_process_count(schedule):
         assert [two(2 * step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]  # warm-up: --warmup-steps optimizer steps
 
 
+def test_a_warmup_as_long_as_the_run_is_warned_of(generated_data, tmp_path, monkeypatch, caplog):
+    """dinov2-seg's recipe warm-up (1500 steps) in a --max-steps 500 run: the learning rate never got to its peak,
+    silently."""
+    import dsunet_hf.training
+
+    class Scheduled(Exception):
+        """Raised where the schedule is built: the warning comes before it, nothing needs to train."""
+
+    def stop(*args, **kwargs):
+        raise Scheduled
+
+    monkeypatch.setattr(dsunet_hf.training, "lr_lambda_factory", stop)
+    with pytest.raises(Scheduled):
+        train(tiny_args(generated_data, tmp_path / "run", warmup_steps=500, max_steps=500, learning_rate=1e-3))
+    assert ("--warmup-steps 500 >= this run's 500 optimizer steps: the whole run is warm-up, below the peak "
+            "--learning-rate 0.001; give --warmup-steps below 500 (e.g. 50, a tenth of the run)") in caplog.text
+    caplog.clear()
+    with pytest.raises(Scheduled):
+        train(tiny_args(generated_data, tmp_path / "run2", warmup_steps=499, max_steps=500))
+    assert "--warmup-steps" not in caplog.text
+
+
 def test_best_model_metric_must_be_one_the_validation_computes(generated_data, tmp_path):
     from dsunet_hf.training import validation_metrics
 

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+DEFAULT_CROP_MARGIN = 0.25  # --crop-margin of predict and evaluate
+
 
 def _predict_with_prompts(args) -> int:
     from .prompt_predict import load_visual_prompt_model, predict_with_prompts, visual_prompt_model_type
@@ -66,6 +68,8 @@ def _predict(args) -> int:
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0)):
         if value < least:
             raise SystemExit(f"predict: {flag} must be >= {least}, got {value}")
+    if args.cutout_colors is not None and not (args.cutout or args.background is not None):
+        raise SystemExit("predict: --cutout-colors needs --cutout or --background (the colours of their foreground)")
     check_output_folder("predict", args.output_dir, "--output-dir")
     try:
         check_inputs(args.inputs)  # a mistyped path: said before a model loads
@@ -108,7 +112,7 @@ def _predict(args) -> int:
         report = predict_files(
             model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
             minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout,
-            cutout_colors=args.cutout_colors, background=args.background, overwrite=args.overwrite,
+            cutout_colors=args.cutout_colors or "estimate", background=args.background, overwrite=args.overwrite,
             num_workers=args.num_workers,
             autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
             max_side=args.max_side, schedule=args.schedule, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
@@ -429,6 +433,8 @@ def _export(args) -> int:
         raise SystemExit(f"export: --size takes a height and an optional width, got {args.size}")
     if args.private and not args.push_to_hub:
         raise SystemExit("export: --private applies to --push-to-hub")
+    if args.atol is not None and args.no_check:
+        raise SystemExit("export: --atol is the tolerance of the onnxruntime check, which --no-check skips")
     check_extra("export", "onnx", ("onnx", "onnxscript"))  # torch's exporter needs both: said before the model loads
     size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:  # before the model loads
@@ -502,9 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--minmax-normalize", action="store_true", help="upstream test.py's per-image min-max")
     predict.add_argument("--overlay", action="store_true", help="also write overlays/ (videos: overlays/<name>.mp4)")
     predict.add_argument("--cutout", action="store_true", help="also write RGBA cutouts/ (videos: ProRes 4444 .mov with alpha)")
-    predict.add_argument("--cutout-colors", default="estimate", choices=["estimate", "original"],
-                         help="cut-out RGB under soft alpha: estimated foreground colours (blur-fusion, as BiRefNet's "
-                              "refine_foreground: no halo of the old background) or the photo's own")
+    predict.add_argument("--cutout-colors", default=None, choices=["estimate", "original"],
+                         help="--cutout, --background: RGB under soft alpha: estimated foreground colours (default; "
+                              "blur-fusion, as BiRefNet's refine_foreground: no halo of the old background) or the "
+                              "photo's own")
     predict.add_argument("--background", default=None, metavar="COLOR|IMAGE",
                          help="also write composites/: the foreground (colours as --cutout-colors) on a new "
                               "background, a colour (white, #00b140, 0,177,64) or an image file scaled to cover "
@@ -525,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="predict once more on the crop around each object (or group of nearby objects), "
                               "zoomed to the model's input: finer edges for objects that fill a small part of a large "
                               "image")
-    predict.add_argument("--crop-margin", type=float, default=0.25,
-                         help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
+    predict.add_argument("--crop-margin", type=float, default=None,
+                         help=f"--crop-refine: margin around the foreground, a fraction of its box's longer side "
+                              f"(default {DEFAULT_CROP_MARGIN})")
     predict.add_argument("--temporal-smoothing", type=float, default=0.0, metavar="S",
                          help="videos: keep S (0 to <1, e.g. 0.6) of the previous frame's map (class models: class "
                               "probabilities) where the picture stays still: less flicker, no trail behind moving "
@@ -639,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .evaluate import add_evaluate_parser
 
-    add_evaluate_parser(commands)
+    # None = not given, as predict's: check_shared_options refuses it without --crop-refine, then fills in 0.25.
+    add_evaluate_parser(commands).set_defaults(crop_margin=None)
     # `train` is parsed by transformers' HfArgumentParser from the TrainingArguments dataclass (see main).
     commands.add_parser("train", help="fine-tune (same as accelerate launch examples/train.py); train --help",
                         add_help=False)
@@ -718,7 +727,8 @@ _OUTPUT_FOLDER_OPTIONS = {"evaluate": (("output_dir", "--output-dir"), ("save_pr
 
 def check_shared_options(args) -> None:
     """The options several commands take, checked before anything loads: ``--device`` (predict, evaluate, app),
-    ``--max-side`` (predict, evaluate, app, space), ``--crop-margin`` (predict, evaluate)."""
+    ``--max-side`` (predict, evaluate, app, space: needs ``--resolution native``), ``--crop-margin`` (predict,
+    evaluate: needs ``--crop-refine``)."""
     from .predict import check_max_side
 
     command = args.command
@@ -737,6 +747,21 @@ def check_shared_options(args) -> None:
     if margin is not None and not (math.isfinite(margin) and margin >= 0):
         raise SystemExit(f"{command}: --crop-margin: crop_margin must be >= 0 and finite (a fraction of the "
                          f"foreground box's longer side), got {margin}")
+    # Options that only tune another one: refused without it rather than silently ignored. Their parsers default
+    # to None (not given); the defaults are filled in once checked.
+    from .predict import DEFAULT_MAX_SIDE
+
+    for name, option, needed, needs, default in (
+        ("max_side", "--max-side", getattr(args, "resolution", None) == "native", "--resolution native",
+         DEFAULT_MAX_SIDE),
+        ("crop_margin", "--crop-margin", getattr(args, "crop_refine", False), "--crop-refine", DEFAULT_CROP_MARGIN),
+    ):
+        if not hasattr(args, name):
+            continue
+        if getattr(args, name) is not None and not needed:
+            raise SystemExit(f"{command}: {option} needs {needs}")
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     for name, option in _OUTPUT_FOLDER_OPTIONS.get(command, ()):
         check_output_folder(command, getattr(args, name, None), option)
 

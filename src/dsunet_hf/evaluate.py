@@ -696,6 +696,17 @@ def run_evaluate_cli(args) -> int:
     if folders_mode and any(tracking_only.values()):
         raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for --model on "
                          f"DAVIS-layout folders")
+    # Options of running a model mean nothing to saved maps; one given there would be silently ignored. (Those with
+    # a default other than None are seen only when they differ from it.)
+    model_only = {"--crop-refine": args.crop_refine, "--resolution native": args.resolution == "native",
+                  "--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label is not None,
+                  "--minmax-normalize": args.minmax_normalize is not None, "--split": args.split is not None,
+                  "--max-samples": args.max_samples is not None, "--dtype": args.dtype != "float32",
+                  "--shots": args.shots != 1, "--absent-queries": args.absent_queries != 50,
+                  "--prompt-kind": args.prompt_kind != "mask"}
+    if folders_mode and any(model_only.values()):
+        raise SystemExit(f"evaluate: {', '.join(k for k, v in model_only.items() if v)}: for --model/--data, not "
+                         f"for --predictions/--ground-truth (saved maps are scored as they are)")
     # Default: a worker per core (at most 8): the same numbers, and the metrics, not the model, bound a GPU run.
     metric_workers = min(8, os.cpu_count() or 1) if args.metric_workers is None else args.metric_workers
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
@@ -737,6 +748,11 @@ def run_evaluate_cli(args) -> int:
                 # reachable, or an ONNX export without onnxruntime
                 raise SystemExit(f"evaluate: cannot load {args.model}: {error}") from error
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
+        prompting_options = {"--shots": args.shots != 1, "--absent-queries": args.absent_queries != 50,
+                             "--prompt-kind": args.prompt_kind != "mask"}
+        if visual_prompt is None and any(prompting_options.values()):
+            raise SystemExit(f"evaluate: {', '.join(k for k, v in prompting_options.items() if v)}: for visual-prompt "
+                             f"models; {args.model} is not one")
         foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine,
                               "--resolution native": args.resolution == "native"}
         if any(foreground_options.values()) and (visual_prompt is not None or multi_class):

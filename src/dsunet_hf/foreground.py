@@ -130,8 +130,10 @@ def refine_foreground(image: Image.Image, alpha: np.ndarray | Image.Image, devic
             mask = mask.resize(rgb.size, Image.BILINEAR)
         alpha = np.asarray(mask, dtype=np.float32) / 255
     alpha = np.asarray(alpha)
-    # An 8-bit mask as an array (np.asarray of the PIL mask) is read as the PIL mask is, not as alpha 0..255.
-    alpha = alpha.astype(np.float32) / 255 if alpha.dtype == np.uint8 else alpha.astype(np.float32, copy=False)
+    # An 8-bit mask as an array (np.asarray of the PIL mask) is read as the PIL mask is, not as alpha 0..255; a
+    # uint8 array of 0/1 (``(p > 0.5).astype(np.uint8)``) is already alpha.
+    scale = 255 if alpha.dtype == np.uint8 and alpha.max(initial=0) > 1 else 1
+    alpha = alpha.astype(np.float32) / scale
     if alpha.shape != (rgb.height, rgb.width):
         raise ValueError(f"alpha has shape {alpha.shape}, the image is {rgb.height}x{rgb.width} (H x W)")
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1).to(device)

@@ -69,8 +69,18 @@ def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None,
 
 
 def looks_like_hub_id(name: str) -> bool:
-    """``org/name`` that is not a local path (relative, absolute, home or existing)."""
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+    """``org/name`` that is not a local path (relative, absolute, home or existing) and that the Hub accepts as an
+    id (no ``@revision``, spaces or ``..``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = str(name)
+    if not name or name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def snapshot_revision(local_file: Path) -> str | None:
@@ -98,22 +108,9 @@ def repo_link(repo_id: str) -> str:
     """Markdown for a model source in a card: a Hub id links to its page; a local folder or file (a converted
     trunk, an offline copy) is named as a path, not linked to a Hub page that does not exist."""
     text = str(repo_id)
-    if is_hub_repo_id(text):
+    if looks_like_hub_id(text):
         return f"[`{text}`](https://huggingface.co/{text})"
     return f"`{text}` (a local path)"
-
-
-def is_hub_repo_id(text: str) -> bool:
-    """``name`` or ``namespace/name`` that is not an existing local path."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or "\\" in text:
-        return False
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
 
 
 def render_model_card(template_name: str, card_data: ModelCardData, **variables) -> ModelCard:

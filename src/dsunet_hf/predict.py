@@ -68,18 +68,23 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
     Files in a folder keep their path relative to it, so equal names in sub-folders do not collide; the folders a
     pattern matches (``shots/*``) give their images, each keeping its folder's name; hidden files and folders in a
     folder are left out, as patterns leave them out. One file given twice under one name is predicted once; a
-    folder or pattern without any image or video file is an error. Files in the output folders of ``exclude`` (the
+    folder or pattern without any image or video file is skipped with a warning naming it, an error when no input
+    has one. Files in the output folders of ``exclude`` (the
     output directory: ``masks/``, ``overlays/``, ...) are left out, when it lies inside an input folder or under a
-    pattern: a re-run would otherwise predict the previous run's outputs.
+    pattern: a re-run would otherwise predict the previous run's outputs. Inputs that would write one output (equal
+    names, or names that differ only in letter case: one file on macOS and Windows) are a ValueError naming them.
     """
     pairs: list[tuple[Path, Path]] = []
     expanded: list[tuple[Path, bool]] = []  # (path, a folder matched by a pattern)
+    without_media: list[str] = []  # a folder of .heic photos: said, not "0 written, 0 failed"
     for item in inputs:
         if _is_pattern(item):
             matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            _check_media(item, matches)
+            if not _holds_media(matches):
+                without_media.append(_no_media_problem(item, matches))
+                continue
             files = [m for m in matches if m.is_file() and m.suffix.lower() in MEDIA_SUFFIXES]
             # The files it matches, and the folders it matches whose files it does not reach itself: "shots/*" gives
             # the images beside the folders and the folders' images, "data/**" (data/, its folders and their files)
@@ -90,8 +95,9 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
             expanded += [(m, False) for m in files] + [(m, True) for m in folders
                                                       if not any(parent in outermost for parent in m.parents)]
         else:
-            if Path(item).is_dir():
-                _check_media(item, [Path(item)])
+            if Path(item).is_dir() and not _holds_media([Path(item)]):
+                without_media.append(_no_media_problem(item, [Path(item)]))
+                continue
             expanded.append((Path(item), False))
     outputs = [Path(exclude).resolve() / kind for kind in OUTPUT_KINDS] if exclude is not None else []
 
@@ -110,73 +116,110 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
                 pairs.append((item, Path(item.stem)))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
+    if without_media and not expanded:
+        raise FileNotFoundError(without_media[0])
+    for problem in without_media:  # the other inputs are predicted
+        logger.warning("%s; skipped", problem)
     # One file given twice under one name ("*.jpg" and a.jpg) is predicted once.
     unique: dict = {}
     for path, name in pairs:
         unique.setdefault((os.path.abspath(path), name), (path, name))
     pairs = list(unique.values())
     # An image writes <kind>/<name>.png, a video <kind>/<name>.mp4 (.mov, .mkv): they collide with their own kind only.
-    counts = collections.Counter((str(name), is_video(path)) for path, name in pairs)  # linear: a million photos
+    # Names are compared case-folded: A.jpg and a.jpg (or Shots/ and shots/) write one file on macOS and Windows, and
+    # an output folder is copied there.
+    def output_key(path: Path, name: Path) -> tuple[str, bool]:
+        return str(name).casefold(), is_video(path)
+
+    counts = collections.Counter(output_key(path, name) for path, name in pairs)  # linear: a million photos
+    if any(count > 1 for count in counts.values()):
+        # One file named twice in different letter case (a.jpg typed for A.jpg, on macOS) is predicted once.
+        seen, kept = set(), []
+        for path, name in pairs:
+            if counts[output_key(path, name)] > 1:
+                stat = os.stat(path)
+                same_file = (output_key(path, name), stat.st_dev, stat.st_ino)
+                if same_file in seen:
+                    continue
+                seen.add(same_file)
+            kept.append((path, name))
+        pairs = kept
+        counts = collections.Counter(output_key(path, name) for path, name in pairs)
     duplicates = sorted(key for key, count in counts.items() if count > 1)
     if duplicates:
         shown = duplicates[:5]
         inputs_of = {key: [] for key in shown}
+        names_of = {key: [] for key in shown}
         for path, name in pairs:
-            key = (str(name), is_video(path))
+            key = output_key(path, name)
             if key in inputs_of:
                 inputs_of[key].append(str(path))
+                names_of[key] += [str(name)] if str(name) not in names_of[key] else []
         more = f" (and {len(duplicates) - len(shown)} more)" if len(duplicates) > len(shown) else ""
-        listed = "; ".join(f"{name}{' (videos)' if video else ''} from {', '.join(inputs_of[(name, video)])}"
-                           for name, video in shown)
+        listed = "; ".join(f"{' / '.join(names_of[key])}{' (videos)' if key[1] else ''} from {', '.join(inputs_of[key])}"
+                           for key in shown)
+        case_only = [key for key in shown if len(names_of[key]) > 1]
         # Files of one name in one folder (p0.jpg and p0.png) stay together whatever folder is passed.
-        one_folder = [paths for paths in inputs_of.values() if len({Path(path).parent for path in paths}) == 1]
+        one_folder = [inputs_of[key] for key in shown
+                      if key not in case_only and len({Path(path).parent for path in inputs_of[key]}) == 1]
+        advice = []
+        if case_only:
+            advice.append("names that differ only in letter case are one file on macOS and Windows: rename one of "
+                          "them, or predict them into separate --output-dir folders")
         if one_folder:
             first = [Path(path) for path in one_folder[0]]
             runs = " and ".join(f"'{first[0].parent / ('*' + path.suffix)}'" for path in first[:2])
-            advice = (f"files of one name in one folder that differ only in their extension: rename one of them, "
-                      f"or predict them in separate runs with separate --output-dir folders (e.g. {runs})")
-            if len(one_folder) < len(shown):
-                advice += "; inputs from different folders: pass their folder so that sub-folders keep them apart"
-        else:
-            advice = ("predict them into separate --output-dir folders, or pass their folder so that sub-folders keep "
-                      "them apart")
-        raise ValueError(f"several inputs would write the same output name(s): {listed}{more}; {advice}")
+            advice.append(f"files of one name in one folder that differ only in their extension: rename one of them, "
+                          f"or predict them in separate runs with separate --output-dir folders (e.g. {runs})")
+        if len(case_only) + len(one_folder) < len(shown):
+            advice.append("inputs from different folders: pass their folder so that sub-folders keep them apart"
+                          if advice else "predict them into separate --output-dir folders, or pass their folder so "
+                                         "that sub-folders keep them apart")
+        raise ValueError(f"several inputs would write the same output name(s): {listed}{more}; {'; '.join(advice)}")
     return pairs
 
 
 def check_inputs(inputs: list[str | Path]) -> None:
-    """Raise FileNotFoundError for an input that is neither a file or folder nor a pattern matching one (cheap:
-    before a model loads)."""
+    """Raise FileNotFoundError for an input that is neither a file or folder nor a pattern matching one, or when no
+    input holds an image or video (cheap: before a model loads; each folder is read up to its first image)."""
+    found_media, first_problem = False, None
     for item in inputs:
-        if _is_pattern(item) and not glob.glob(str(item), recursive=True):
+        matches = [Path(m) for m in glob.glob(str(item), recursive=True)] if _is_pattern(item) else [Path(item)]
+        if _is_pattern(item) and not matches:
             raise FileNotFoundError(f"{item}: the pattern matches no file")
         if not _is_pattern(item) and not Path(item).exists():
             raise FileNotFoundError(f"{item}: no such file or folder")
+        if _holds_media(matches):
+            found_media = True
+        elif first_problem is None:
+            first_problem = _no_media_problem(item, matches)
+    if not found_media and first_problem is not None:
+        raise FileNotFoundError(first_problem)
 
 
-def _check_media(item: str | Path, matches: list[Path]) -> None:
-    """Raise FileNotFoundError for a folder or pattern (``matches``: the folder, or what the pattern matches) with
-    no image or video file in it, naming the file types it has: a folder of .heic photos would otherwise end as
-    "0 written, 0 already present, 0 failed". Each folder is read up to its first image only."""
-    if any(_holds_media(path) for path in matches):
-        return
-    files = [f for path in matches for f in ([path] if path.is_file() else _visible_files(path))]
+def _no_media_problem(item: str | Path, matches: list[Path]) -> str:
+    """What a folder or pattern (``matches``: the folder, or what the pattern matches) without any image or video
+    holds, naming its file types."""
+    files = {f for path in matches for f in ([path] if path.is_file() else _visible_files(path))}
     kinds = collections.Counter(f.suffix.lower() or f.name for f in files).most_common(3)
     found = ", ".join(f"{count} {suffix}" for suffix, count in kinds) if kinds else "no file"
-    raise FileNotFoundError(f"{item}: no image or video file to predict (found {found}; the types read: "
-                            f"{' '.join(sorted(MEDIA_SUFFIXES))})")
+    return f"{item}: no image or video file to predict (found {found}; the types read: {' '.join(sorted(MEDIA_SUFFIXES))})"
 
 
-def _holds_media(path: Path) -> bool:
-    """Whether ``path`` is an image or video file, or a folder with one in it (found: no further reading)."""
-    if path.is_dir():
-        return next(_visible_files(path, MEDIA_SUFFIXES), None) is not None
-    return path.suffix.lower() in MEDIA_SUFFIXES
+def _holds_media(paths: list[Path]) -> bool:
+    """Whether one of ``paths`` is an image or video file, or a folder with one in it (found: no further reading)."""
+    for path in paths:
+        if path.is_dir():
+            if next(_visible_files(path, MEDIA_SUFFIXES), None) is not None:
+                return True
+        elif path.suffix.lower() in MEDIA_SUFFIXES:
+            return True
+    return False
 
 
 def _visible_files(folder: Path, suffixes=None):
-    """The files under ``folder`` (of ``suffixes``, lower case), hidden files and folders left out as training and
-    evaluation leave them out: macOS's ``._IMG_1.jpg`` beside each photo on a USB drive or share (no image: each
+    """The files under ``folder`` (of ``suffixes``, lower case), hidden files and folders left out as training leaves
+    them out (evaluation leaves out hidden files): macOS's ``._IMG_1.jpg`` beside each photo on a USB drive or share (no image: each
     one a failure), a file manager's ``.thumbnails/`` (predicted as photos)."""
     for path in folder.rglob("*"):
         if ((suffixes is None or path.suffix.lower() in suffixes)
@@ -357,7 +400,10 @@ def check_max_side(max_side: int, divisor: int = 32) -> None:
                          f"multiples of {divisor}), got {max_side!r}")
 
 
-def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32) -> tuple[int, int]:
+DEFAULT_MAX_SIDE = 2048  # --max-side
+
+
+def native_size(height: int, width: int, max_side: int = DEFAULT_MAX_SIDE, divisor: int = 32) -> tuple[int, int]:
     """An image's own resolution as a model input: scaled down (aspect kept) so that no side exceeds
     ``max_side``, then each side rounded to the nearest multiple of ``divisor`` (at least one multiple)."""
     check_max_side(max_side, divisor)
@@ -365,9 +411,11 @@ def native_size(height: int, width: int, max_side: int = 2048, divisor: int = 32
     return tuple(max(divisor, round(side * scale / divisor) * divisor) for side in (height, width))
 
 
-def input_size_function(processor, resolution: str = "model", max_side: int = 2048):
+def input_size_function(processor, resolution: str = "model", max_side: int | None = DEFAULT_MAX_SIDE):
     """``f(height, width)``: the (height, width) the model runs an image of that size at, the processor's fixed
-    size or, ``resolution="native"``, the image's own (:func:`native_size`)."""
+    size or, ``resolution="native"``, the image's own (:func:`native_size`; ``max_side`` None: 2048, the
+    command line's default)."""
+    max_side = DEFAULT_MAX_SIDE if max_side is None else max_side
     check_max_side(max_side)  # also at the model's size: a bad --max-side is refused, not silently ignored
     if resolution == "native":
         return lambda height, width: native_size(height, width, max_side)
@@ -380,7 +428,9 @@ def add_resolution_arguments(parser) -> None:
     parser.add_argument("--resolution", default="model", choices=["model", "native"],
                         help="foreground models: native = each image at its own size (multiples of 32, at most "
                              "--max-side; BiRefNet_dynamic/_HR, SAM2-UNet, dynamic-size ONNX), batched by equal size")
-    parser.add_argument("--max-side", type=int, default=2048, help="--resolution native: longest input side")
+    # None: not given (refused without --resolution native by the command line, which then fills in 2048).
+    parser.add_argument("--max-side", type=int, default=None,
+                        help=f"--resolution native: longest input side (default {DEFAULT_MAX_SIDE})")
 
 
 def stored_size(path: Path) -> tuple[int, int] | None:

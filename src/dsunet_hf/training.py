@@ -514,7 +514,8 @@ VERIFY_DATA = ("header", "full", "none")
 def check_numbers(args: TrainingArguments) -> None:
     """Flags out of range are refused before anything loads (0 would divide by zero hours later; a misspelt
     --lr-schedule would be found only once the model and data had loaded)."""
-    # --stop-after-steps 0 or less stopped at once, without a checkpoint: nothing to resume.
+    # --stop-after-steps: 0 meant no stop (a recipe file could hold it), a negative value stopped at once without a
+    # checkpoint: both refused.
     at_least_one = ("batch_size", "logging_steps", "gradient_accumulation_steps", "max_steps", "num_epochs",
                     "early_stopping_patience", "image_size", "max_val_samples", "stop_after_steps")
     for name in at_least_one:
@@ -643,6 +644,10 @@ def train(args: TrainingArguments) -> dict:
     steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))
     total_steps = args.max_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
+    if args.warmup_steps and args.warmup_steps >= total_steps:  # e.g. dinov2-seg's 1500 in a 500-step run
+        logger.warning("--warmup-steps %d >= this run's %d optimizer steps: the whole run is warm-up, below the "
+                       "peak --learning-rate %g; give --warmup-steps below %d (e.g. %d, a tenth of the run)",
+                       args.warmup_steps, total_steps, args.learning_rate, total_steps, total_steps // 10)
     multiplier = lr_lambda_factory(args, total_steps, steps_per_epoch, accelerator.num_processes)
     scheduler = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier))
     register_trainable_checkpoint_hooks(accelerator)

@@ -249,7 +249,11 @@ def load_hiera_state_dict(
 
 
 def infer_hiera_preset(trunk_state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
-    """The size preset of a trunk state dict (transformers names), from its width and block count."""
+    """The size preset of a trunk state dict (transformers names), from its width and block count; a one-line
+    error naming ``source`` when the trunk has no patch embedding (an incomplete file) or matches no preset."""
+    if "patch_embed.projection.weight" not in trunk_state_dict:  # a KeyError traceback said nothing of the file
+        raise ValueError(f"{source}: the SAM 2 Hiera trunk has no patch embedding (patch_embed.proj.weight): an "
+                         f"incomplete checkpoint")
     width = trunk_state_dict["patch_embed.projection.weight"].shape[0]
     num_blocks = len({k.split(".")[1] for k in trunk_state_dict if k.startswith("blocks.")})
     for name, preset in HIERA_PRESETS.items():

@@ -19,6 +19,7 @@ BatchNorm present or not); variant names (``BiRefNet_lite``, ...) give the rest.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from safetensors.torch import load_file
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
 from . import write_folder_atomically
 from .sam2 import read_torch_checkpoint
+
+logger = logging.getLogger(__name__)
 
 OFFICIAL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _PREFIXES = re.compile(r"^(module\.|_orig_mod\.)+")
@@ -204,17 +207,24 @@ def is_official_birefnet_source(source: str | Path, revision: str | None = None,
     return "BiRefNet" in (config.get("architectures") or []) or "birefnet" in json.dumps(config.get("auto_map", {}))
 
 
+# Parts of a checkpoint's name beside its variant: the task it was trained on ("-general") and the epoch it was saved
+# at ("-epoch_244"), as in the GitHub release file BiRefNet-general-epoch_244.pth.
+_NAME_PARTS = re.compile(r"-general(?=-|$)|-epoch_\d+$", re.IGNORECASE)
+
+
 def variant_for_source(source: str | Path) -> str | None:
-    """The official variant a Hub id or folder is named after (``ZhengPeng7/BiRefNet_lite`` -> BiRefNet_lite)."""
+    """The official variant a Hub id, folder or weights file is named after, or None.
+
+    The name (a file's without its suffix) is a variant's name in any letter case (``ZhengPeng7/BiRefNet_lite`` ->
+    BiRefNet_lite), optionally with ``-general`` and a final ``-epoch_<N>``, the parts of the GitHub release
+    files' names (``BiRefNet-general-epoch_244.pth`` -> BiRefNet); other names are not guessed at."""
     from ..models.birefnet.configuration_birefnet import VARIANTS
 
     name = Path(str(source).rstrip("/")).name
-    if Path(source).is_file():
-        name = Path(source).stem
-    for variant in sorted(VARIANTS, key=len, reverse=True):
-        if name.lower() == variant.lower():
-            return variant
-    return None
+    if Path(source).is_file() or Path(name).suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
+        name = Path(name).stem
+    name = _NAME_PARTS.sub("", name).lower()
+    return next((variant for variant in VARIANTS if variant.lower() == name), None)
 
 
 def official_variant_name(name: str) -> str:
@@ -246,7 +256,13 @@ def birefnet_config_for_weights(source, state_dict: dict, variant: str | None = 
             fields.update(infer_birefnet_fields(state_dict, str(source)))
     fields["base_repo_id"] = str(source)
     fields.update(overrides)
-    return BiRefNetConfig(**fields)
+    config = BiRefNetConfig(**fields)
+    if variant is None:  # the task and image size are not in the tensors: said, not silently the general model's
+        logger.warning("%s: no BiRefNet variant recognised in the name; assumed task %s, image size %s (the "
+                       "general BiRefNet's; backbone and BatchNorm read from the weights): --variant (Python: "
+                       "variant=) sets the variant, one of %s", source, config.task,
+                       "x".join(map(str, config.image_size)), ", ".join(VARIANTS))
+    return config
 
 
 def convert_birefnet_checkpoint(source, output_dir, variant: str | None = None, revision: str | None = None,

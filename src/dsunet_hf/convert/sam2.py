@@ -87,22 +87,6 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in checkpoint.items()}
 
 
-def infer_trunk_preset(trunk: dict[str, torch.Tensor], source: str | Path) -> str:
-    """The Hiera size preset of a trunk state dict (transformers names); a one-line error naming ``source`` when
-    the trunk has no patch embedding (an incomplete file) or matches no preset."""
-    from ..backbones.hiera import infer_hiera_preset
-
-    _check_patch_embedding(trunk, source)
-    return infer_hiera_preset(trunk, str(source))
-
-
-def _check_patch_embedding(trunk: dict[str, torch.Tensor], source: str | Path) -> None:
-    # Sizes are read from it; without it a KeyError traceback said nothing of the file.
-    if "patch_embed.projection.weight" not in trunk:
-        raise ValueError(f"{source}: the SAM 2 Hiera trunk has no patch embedding (patch_embed.proj.weight): an "
-                         f"incomplete checkpoint")
-
-
 def trunk_state_dict_from_sam2_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Meta's ``sam2_hiera_*.pt`` / ``sam2.1_hiera_*.pt`` -> ``Sam2HieraDetModel`` state dict."""
     state_dict = read_torch_checkpoint(path)
@@ -112,9 +96,7 @@ def trunk_state_dict_from_sam2_checkpoint(path: str | Path) -> dict[str, torch.T
             f"{path}: no '{SAM2_TRUNK_PREFIX}*' keys; this is not a SAM 2 checkpoint "
             f"(first keys: {sorted(state_dict)[:5]})"
         )
-    trunk = convert_sam2_trunk_state_dict(trunk)
-    _check_patch_embedding(trunk, path)
-    return trunk
+    return convert_sam2_trunk_state_dict(trunk)
 
 
 def convert_sam2_hiera_checkpoint(source: str | Path, output_dir: str | Path):
@@ -123,13 +105,13 @@ def convert_sam2_hiera_checkpoint(source: str | Path, output_dir: str | Path):
     ``ValueError`` naming the file. Returns the model and its preset."""
     from transformers import Sam2HieraDetModel
 
-    from ..backbones.hiera import hiera_config
+    from ..backbones.hiera import hiera_config, infer_hiera_preset
     from ..backbones.loading import load_state_dict_strictly
     from ..files import give_new_file_modes
     from . import write_folder_atomically
 
     state_dict = trunk_state_dict_from_sam2_checkpoint(source)
-    preset = infer_trunk_preset(state_dict, source)
+    preset = infer_hiera_preset(state_dict, str(source))
     trunk = Sam2HieraDetModel(hiera_config(preset)).eval()
     load_state_dict_strictly(trunk, state_dict, str(source), what=f"a SAM 2 Hiera-{preset} trunk",
                              expected_by=f"Hiera-{preset}")

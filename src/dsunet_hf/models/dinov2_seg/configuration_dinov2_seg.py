@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from transformers import Dinov2Config, PreTrainedConfig
+from transformers.utils import logging
 
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
 from ...labels import set_default_labels
+
+logger = logging.get_logger(__name__)
 
 HEAD_TYPES = ("linear", "multilayer")
 # Crop / stride of the official sliding-window inference per head type.
@@ -98,10 +101,13 @@ class Dinov2SegConfig(PreTrainedConfig):
         if crop_size < 1:
             raise ValueError(f"crop_size must be a positive number of pixels, got {crop_size}")
         stride = min(default_stride, crop_size) if stride is None else stride  # a small crop: windows side by side
-        # Windows further apart than they are long leave pixels no window covers: their average is 0/0 (NaN).
-        if not 0 < stride <= crop_size:
-            raise ValueError(f"stride must be in 1..crop_size ({crop_size}) so that the sliding windows cover the "
-                             f"image, got stride={stride}")
+        if stride < 1:
+            raise ValueError(f"stride must be a positive number of pixels, at most crop_size ({crop_size}), "
+                             f"got {stride}")
+        if stride > crop_size:  # windows further apart than they are long leave pixels uncovered: 0/0 (NaN)
+            logger.warning("stride %d is larger than crop_size %d: windows side by side (stride %d) instead, so "
+                           "that they cover the image", stride, crop_size, crop_size)
+            stride = crop_size
         test_scales = [1.0, 1.32, 1.73, 2.28, 3.0] if test_scales is None else list(test_scales)
         if not test_scales or min(test_scales) <= 0:
             raise ValueError(f"test_scales must be a non-empty list of positive ratios, got {test_scales}")

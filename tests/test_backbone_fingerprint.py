@@ -212,3 +212,17 @@ def test_a_converted_checkpoint_records_the_trunk_it_holds(hiera_repo, tmp_path)
     model.save_pretrained(tmp_path / "converted")
     with pytest.raises(CheckpointMismatchError, match="backbone weights loaded from test-org/tiny-hiera"):
         Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "converted")
+
+
+def test_a_config_read_from_an_artifact_starts_a_new_model_on_any_backbone(hiera_repo, tmp_path):
+    """from_pretrained_backbones(AutoConfig.from_pretrained(artifact)) trains anew: nothing to check (it was refused
+    as if trained parts would give other outputs)."""
+    from transformers import AutoConfig
+
+    hiera_repo(tiny_hiera(1))
+    Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config()).save_pretrained(tmp_path / "a")
+    config = AutoConfig.from_pretrained(tmp_path / "a")
+    assert "backbone_fingerprint" in config.to_dict()
+    hiera_repo(tiny_hiera(2))
+    model = Sam2UNetForImageSegmentation.from_pretrained_backbones(config)
+    assert "backbone_fingerprint" not in model.config.to_dict()

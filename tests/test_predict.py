@@ -135,6 +135,10 @@ def test_a_folder_or_pattern_with_no_image_to_predict_is_one_clear_error(artifac
     with caplog.at_level("WARNING"):
         assert collect_images([photos, tmp_path / "one.jpg", photos / "*.HEIC"]) == [(tmp_path / "one.jpg", Path("one"))]
     assert caplog.text.count("no image or video file to predict (found 3 .heic;") == 2
+    from dsunet_hf.predict import check_inputs
+
+    (tmp_path / "scan.jp2").write_bytes(b"named directly: read by its content, whatever its suffix")
+    check_inputs([tmp_path / "scan.jp2"])
 
 
 def test_hidden_files_and_folders_in_a_folder_are_left_out_as_training_leaves_them_out(tmp_path):
@@ -967,6 +971,10 @@ def test_output_names_that_differ_only_in_letter_case_clash(tmp_path):
     # link) is predicted once.
     os.link(tmp_path / "three" / "B.jpg", tmp_path / "three" / "b.jpg")
     assert [str(name) for _, name in collect_images([tmp_path / "three"])] == ["B"]
+    for name in ("four/Straße.jpg", "four/Strasse.jpg"):  # two files on every file system (casefold made them one)
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    assert len(collect_images([tmp_path / "four"])) == 2
 
 
 def test_a_rotated_tiff_runs_at_its_displayed_size(tmp_path):

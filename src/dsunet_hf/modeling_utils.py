@@ -284,6 +284,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         the starting point for fine-tuning. ``cache_dir``, ``token``, ``local_files_only`` and ``force_download``
         apply to the backbones' Hub files, as in ``from_pretrained``."""
         config = config if config is not None else cls.config_class(**config_kwargs)
+        config.__dict__.pop("backbone_fingerprint", None)  # a config read from an artifact: nothing trained to check
         model = cls(config)
         model.load_frozen_backbones(cache_dir=cache_dir, token=token, local_files_only=local_files_only,
                                     force_download=force_download)
@@ -307,7 +308,10 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 continue
             flat = parameter.detach().reshape(-1)
             count = min(flat.numel(), self._FROZEN_SAMPLES_PER_TENSOR)
-            index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+            # Exact integer positions (not a float linspace, whose rounding differs between devices and kernels): the
+            # saved fingerprint must sample the same elements wherever the artifact is loaded.
+            index = torch.arange(count, dtype=torch.int64) * (flat.numel() - 1) // max(count - 1, 1)
+            index = index.to(flat.device)
             names.append(name.replace(".base_layer", ""))
             sizes.append(flat.numel())
             parts.append(flat[index].float().cpu())

@@ -126,10 +126,10 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
         unique.setdefault((os.path.abspath(path), name), (path, name))
     pairs = list(unique.values())
     # An image writes <kind>/<name>.png, a video <kind>/<name>.mp4 (.mov, .mkv): they collide with their own kind only.
-    # Names are compared case-folded: A.jpg and a.jpg (or Shots/ and shots/) write one file on macOS and Windows, and
+    # Names are compared in lower case: A.jpg and a.jpg (or Shots/ and shots/) write one file on macOS and Windows, and
     # an output folder is copied there.
     def output_key(path: Path, name: Path) -> tuple[str, bool]:
-        return str(name).casefold(), is_video(path)
+        return str(name).lower(), is_video(path)  # not casefold(): "ß" and "ss" are two files everywhere
 
     counts = collections.Counter(output_key(path, name) for path, name in pairs)  # linear: a million photos
     if any(count > 1 for count in counts.values()):
@@ -189,7 +189,7 @@ def check_inputs(inputs: list[str | Path]) -> None:
             raise FileNotFoundError(f"{item}: the pattern matches no file")
         if not _is_pattern(item) and not Path(item).exists():
             raise FileNotFoundError(f"{item}: no such file or folder")
-        if _holds_media(matches):
+        if _holds_media(matches) or Path(item).is_file():  # a file named directly is read whatever its suffix
             found_media = True
         elif first_problem is None:
             first_problem = _no_media_problem(item, matches)

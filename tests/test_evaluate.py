@@ -111,19 +111,24 @@ def test_evaluate_model_equals_manual_protocol(model, processor, samples):
     assert first_two == by_hand(model, processor, samples[:2])
 
 
-def test_validation_loss_is_the_models_own_loss_from_the_same_pass(model, processor, samples):
-    """with_loss (what training logs as val/loss): the mean over samples of the model's loss on each image with
-    its mask at the model's size, as training computes it; the metrics are unchanged."""
-    plain = evaluate_model(model, processor, samples, batch_size=8, progress=False)
-    scored = evaluate_model(model, processor, samples, batch_size=8, progress=False, with_loss=True)
-    assert {k: v for k, v in scored.items() if k != "loss"} == plain
+def losses_one_by_one(model, processor, samples) -> list[float]:
+    """The model's loss on each sample alone, its mask at the model's size, as training computes it."""
     losses = []
     for item in samples:
         inputs = processor([Image.open(item["image"]).convert("RGB")],
                            masks=[np.asarray(Image.open(item["mask"]), np.float32) / 255])
         with torch.no_grad():
             losses.append(float(model(pixel_values=inputs["pixel_values"], labels=inputs["labels"]).loss))
-    assert scored["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    return losses
+
+
+def test_validation_loss_is_the_models_own_loss_from_the_same_pass(model, processor, samples):
+    """with_loss (what training logs as val/loss): the mean over samples of the model's loss on each image with
+    its mask at the model's size, as training computes it; the metrics are unchanged."""
+    plain = evaluate_model(model, processor, samples, batch_size=8, progress=False)
+    scored = evaluate_model(model, processor, samples, batch_size=8, progress=False, with_loss=True)
+    assert {k: v for k, v in scored.items() if k != "loss"} == plain
+    assert scored["loss"] == pytest.approx(np.mean(losses_one_by_one(model, processor, samples)), rel=1e-5)
     in_threes = evaluate_model(model, processor, samples, batch_size=3, progress=False, with_loss=True)
     assert in_threes["loss"] == pytest.approx(scored["loss"], rel=1e-5)  # a mean over samples, not over batches
 
@@ -174,12 +179,7 @@ def test_birefnet_validation_loss_does_not_depend_on_the_batch_size(samples):
     samples of each one's loss alone, whatever the batch size."""
     model = tiny_birefnet()
     processor = model.default_image_processor()
-    alone = []
-    for item in samples:
-        inputs = processor([Image.open(item["image"]).convert("RGB")],
-                           masks=[np.asarray(Image.open(item["mask"]), np.float32) / 255])
-        with torch.no_grad():
-            alone.append(float(model(pixel_values=inputs["pixel_values"], labels=inputs["labels"]).loss))
+    alone = losses_one_by_one(model, processor, samples)
     for batch_size in (1, 3, 8):
         scored = evaluate_model(model, processor, samples, batch_size=batch_size, progress=False, with_loss=True)
         assert scored["loss"] == pytest.approx(np.mean(alone), rel=1e-5), batch_size

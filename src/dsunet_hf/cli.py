@@ -729,7 +729,7 @@ def check_shared_options(args) -> None:
     """The options several commands take, checked before anything loads: ``--device`` (predict, evaluate, app),
     ``--max-side`` (predict, evaluate, app, space: needs ``--resolution native``), ``--crop-margin`` (predict,
     evaluate: needs ``--crop-refine``)."""
-    from .predict import check_max_side
+    from .predict import DEFAULT_MAX_SIDE, check_max_side
 
     command = args.command
     device = getattr(args, "device", None)
@@ -749,8 +749,6 @@ def check_shared_options(args) -> None:
                          f"foreground box's longer side), got {margin}")
     # Options that only tune another one: refused without it rather than silently ignored. Their parsers default
     # to None (not given); the defaults are filled in once checked.
-    from .predict import DEFAULT_MAX_SIDE
-
     for name, option, needed, needs, default in (
         ("max_side", "--max-side", getattr(args, "resolution", None) == "native", "--resolution native",
          DEFAULT_MAX_SIDE),

@@ -122,6 +122,33 @@ def test_float_image_and_arrays():
     assert np.asarray(load_image(t8))[0, 0].tolist() == [9, 9, 9]
 
 
+def test_bfloat16_tensor_image():
+    t = torch.zeros(3, 4, 5, dtype=torch.bfloat16)
+    t[0] = 1.0
+    assert np.asarray(load_image(t))[0, 0].tolist() == [255, 0, 0]  # numpy has no bfloat16: was a TypeError
+
+
+def test_normalised_float_image_is_refused_and_overshoot_is_not():
+    image = torch.rand(3, 6, 8, generator=torch.Generator().manual_seed(0))
+    normalised = (image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    with pytest.raises(ValueError, match="before normalisation"):  # was read as 0..255 and clipped: nearly black
+        SegmentationImageProcessor(size=8)(normalised)
+    with pytest.raises(ValueError, match="from -1"):
+        load_image(np.full((2, 2, 3), -1.0, np.float32))
+    overshoot = image.clone()
+    overshoot[0, 0, 0] = -0.1  # a bicubic resize's ringing below 0 is still an image
+    assert np.asarray(load_image(overshoot))[0, 0, 0] == 0
+    assert np.asarray(load_image(overshoot * 255))[0, 0, 0] == 0
+
+
+def test_empty_batch_and_empty_image_are_refused_clearly():
+    processor = SegmentationImageProcessor(size=8)
+    with pytest.raises(ValueError, match="no images given"):  # was numpy's "need at least one array to stack"
+        processor([])
+    with pytest.raises(ValueError, match=r"image #1 is empty \(5x0 pixels\)"):  # was a uniform picture
+        processor([np.zeros((4, 5, 3), np.uint8), np.zeros((0, 5, 3), np.uint8)])
+
+
 def test_exif_orientation_applied(tmp_path, processor):
     img = Image.fromarray(_gradient(20, 30))  # width 30, height 20
     exif = Image.Exif()
@@ -385,6 +412,41 @@ def test_post_process_model_output_and_minmax(processor):
         processor.post_process_probabilities(torch.zeros(2, 2))
 
 
+def test_birefnet_resizes_like_its_upstream_with_opencv_without_antialiasing(tmp_path):
+    """BiRefNet's inference.py (and training) resize with cv2.resize INTER_LINEAR; SAM2-UNet's and DSU-Net's with
+    torchvision's Resize on PIL images. Downscaling a detailed picture, the two differ by many grey levels."""
+    import types
+
+    import cv2
+
+    from dsunet_hf.image_processing import processor_for_model
+
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    opencv = cv2.resize(pixels, (24, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    pil = np.asarray(Image.fromarray(pixels).resize((24, 32), Image.Resampling.BILINEAR), np.float32) / 255
+    assert np.abs(opencv - pil).max() > 0.1
+
+    def prepared(**kwargs):
+        processor = SegmentationImageProcessor(size={"height": 32, "width": 24}, do_normalize=False, **kwargs)
+        return processor(pixels, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+
+    assert np.array_equal(prepared(post_processing="birefnet"), opencv)  # was PIL's
+    assert np.array_equal(prepared(), pil) and np.array_equal(prepared(post_processing="sam2_unet"), pil)
+    assert np.array_equal(prepared(post_processing="birefnet", antialias=True), pil)
+    assert np.array_equal(prepared(antialias=False), opencv)
+    cubic = cv2.resize(pixels, (24, 32), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
+    assert np.array_equal(prepared(antialias=False, resample=int(Image.Resampling.BICUBIC)), cubic)
+    with pytest.raises(ValueError, match="antialias=False"):
+        SegmentationImageProcessor(antialias=False, resample=int(Image.Resampling.LANCZOS))
+
+    SegmentationImageProcessor(size=8, antialias=False).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["antialias"] is False
+    assert SegmentationImageProcessor.from_pretrained(tmp_path).resize_antialiases() is False
+    # A BiRefNet processor saved before the order was recorded resizes as BiRefNet once given its model's order.
+    birefnet = types.SimpleNamespace(config=types.SimpleNamespace(model_type="birefnet"))
+    assert processor_for_model(SegmentationImageProcessor(), birefnet).resize_antialiases() is False
+
+
 def test_birefnet_post_processing_is_sigmoid_then_align_corners_resize():
     """BiRefNet's inference.py: sigmoid first, then the probabilities resized with align_corners=True (not the logits
     with align_corners=False); multi-class logits likewise softmax first. A map already at its size is left as it is."""
@@ -475,6 +537,12 @@ def test_defaults():
     assert p.model_input_names == ["pixel_values"]
 
 
+def test_numpy_integers_are_sizes():
+    # was "size must be an int, ...", e.g. for a size read from an array or a numpy config
+    assert SegmentationImageProcessor(size=np.int64(12)).size == {"height": 12, "width": 12}
+    assert SegmentationImageProcessor(size=8)(np.zeros((4, 4, 3), np.uint8), size=np.int32(6))["pixel_values"].shape[-1] == 6
+
+
 # ----------------------------------------------------------------------------- real data
 def test_real_kvasir_mask():
     files = sorted((SHARED_DATA / "Kvasir-SEG" / "masks").glob("*.jpg"))
@@ -485,3 +553,20 @@ def test_real_kvasir_mask():
     assert 0.0 <= mask.min() and mask.max() <= 1.0 and mask.max() > 0.9
     hard = load_mask(files[0], threshold=0.5)
     assert set(np.unique(hard).tolist()) <= {0.0, 1.0} and hard.sum() > 0
+
+
+def test_a_shape_cut_out_of_a_plain_layer_reads_as_its_alpha(tmp_path):
+    """A mask saved as one colour with the object in the alpha channel (white on transparent, an LA PNG) read as
+    an all-foreground or empty mask: its colour says nothing, so the alpha is the mask. Alpha beside colours that
+    vary is still not read."""
+    shape = np.zeros((24, 32), np.uint8)
+    shape[6:18, 8:20] = 255
+    white_on_clear = Image.fromarray(np.dstack([np.full_like(shape, 255)] * 3 + [shape]), "RGBA")
+    white_on_clear.save(tmp_path / "white.png")
+    black_la = Image.fromarray(np.dstack([np.zeros_like(shape), shape]), "LA")
+    for source in (tmp_path / "white.png", white_on_clear, black_la):
+        assert np.array_equal(load_mask(source), shape / 255.0), source
+    opaque_white = Image.fromarray(np.full((24, 32, 4), 255, np.uint8), "RGBA")
+    assert load_mask(opaque_white).min() == 1.0  # alpha that does not vary: the colour, as before
+    two_colours = np.dstack([shape, shape * 0, shape * 0, np.arange(24 * 32, dtype=np.uint8).reshape(24, 32)])
+    assert np.array_equal(load_mask(Image.fromarray(two_colours, "RGBA")), shape / 255.0)

@@ -107,6 +107,8 @@ def _as_numpy(source: Any) -> np.ndarray | None:
         return None
     if isinstance(source, torch.Tensor):
         t = source.detach().cpu()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.float()  # bfloat16 and the float8 types have no numpy dtype
         if t.ndim == 3:
             if t.shape[0] not in (1, 3):
                 raise ValueError(
@@ -183,8 +185,21 @@ def load_image(source: Any) -> Image.Image:
     arr = _as_numpy(source)
     if arr is None:
         raise TypeError(f"unsupported image type {type(source).__name__}")
-    arr = _to_uint8(_channels_last(arr))
+    arr = _channels_last(arr)
+    _check_float_range(arr)
+    arr = _to_uint8(arr)
     return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+
+
+def _check_float_range(arr: np.ndarray) -> None:
+    """Refuse float pixels far below 0: an image normalised already (ImageNet mean/std, or to [-1, 1]) would
+    otherwise be clipped to a nearly black picture. A resize's overshoot below 0 stays well within the margin."""
+    if not np.issubdtype(arr.dtype, np.floating) or not arr.size:
+        return
+    low, high = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if low < -0.25 * max(high, 1.0):
+        raise ValueError(f"float image values range from {low:.3g} to {high:.3g}: expected [0, 1] or 0..255; "
+                         "pass the image before normalisation (the processor normalises it)")
 
 
 def _mask_values(arr: np.ndarray) -> np.ndarray:
@@ -262,7 +277,25 @@ def _is_binary_colours(colours: np.ndarray) -> bool:
     return bool(black.any()) and not _is_grey(colours[~black])
 
 
+def _alpha_only_mask(im: Image.Image) -> np.ndarray | None:
+    """The alpha channel of a mask whose pixels all have one colour and whose alpha varies (a shape cut out of a
+    plain white or black layer): its colour says nothing, so the object is the alpha. None for anything else
+    (alpha beside colours that vary is not read, as upstream's ``convert("L")``)."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return None
+    alpha = im.getchannel("A")
+    low, high = alpha.getextrema()
+    if low == high or _rgb_colours(im, 1) is None:
+        return None
+    return np.asarray(alpha)
+
+
 def _pil_mask_array(im: Image.Image) -> np.ndarray:
+    alpha_only = _alpha_only_mask(im)
+    if alpha_only is not None:
+        return alpha_only
     if im.mode == "1":
         return np.asarray(im.convert("L"))
     if im.mode == "L" or im.mode.startswith("I") or im.mode == "F":
@@ -289,7 +322,8 @@ def load_mask(source: Any, threshold: float | None = None) -> np.ndarray:
     masks give the same result, and so do the binary masks saved otherwise: a palette PNG holding the indices 0
     (background) and k with colours that are not grey (VOC style) is foreground where the index is not 0, an
     RGB(A) mask of exactly two colours, black and one that is not grey, is foreground where not black, and a
-    16-bit mask whose maximum is <= 255 is read as 8-bit values. Other colour masks are converted to gray
+    16-bit mask whose maximum is <= 255 is read as 8-bit values, and a mask of one colour whose alpha varies (a
+    shape cut out of a plain layer) is its alpha. Other colour masks are converted to gray
     (luminance; :func:`colour_coded_values` tells them apart for a warning). With ``threshold`` the mask is
     binarised to {0, 1} by ``value >= threshold`` (useful for lossy JPEG masks).
     """

@@ -38,13 +38,19 @@ POST_PROCESSING_ORDERS = ("sam2_unet", "birefnet")
 # The order of each model type whose upstream differs from "sam2_unet" (a processor saved before the order was
 # recorded is given its model's order by processor_for_model).
 _MODEL_POST_PROCESSING = {"birefnet": "birefnet"}
+# How each upstream resizes its inputs, by post-processing order: SAM2-UNet and DSU-Net with torchvision's Resize on
+# PIL images (PIL's filters, widened when they downscale: antialiased); BiRefNet's inference.py with cv2.resize
+# (INTER_LINEAR samples the 2x2 nearest pixels whatever the scale: no antialiasing).
+_UPSTREAM_ANTIALIAS = {"sam2_unet": True, "birefnet": False}
+# OpenCV's counterparts of PIL's filters, for antialias=False.
+_OPENCV_INTERPOLATION = {int(Image.Resampling.BILINEAR): "INTER_LINEAR", int(Image.Resampling.BICUBIC): "INTER_CUBIC"}
 
 
 def _normalize_size(size: int | dict | Sequence[int] | None) -> dict[str, int]:
     if size is None:
         size = _DEFAULT_SIZE
-    if isinstance(size, int):
-        return {"height": size, "width": size}
+    if isinstance(size, (int, np.integer)):
+        return {"height": int(size), "width": int(size)}
     if isinstance(size, dict):
         if "height" not in size or "width" not in size:
             raise ValueError(f"size dict must have 'height' and 'width' keys, got {size}")
@@ -90,6 +96,11 @@ class SegmentationImageProcessor(BaseImageProcessor):
     the PIL image, exactly like torchvision's ``Resize`` on a PIL image in the upstream SAM2-UNet
     data pipeline; the transformers backends do not guarantee that (they may resize tensors or
     arrays with different filters/antialiasing), which would shift the model's inputs.
+
+    ``antialias=False`` resizes with OpenCV's ``cv2.resize`` instead (``INTER_LINEAR`` for bilinear), which does not
+    widen its filter when it downscales, as BiRefNet's ``inference.py`` (and its training) resize: on a 2400 px photo
+    brought to 1024 px the two differ by 1-3 grey levels on average and up to ~70. ``None`` (the default) follows the
+    upstream that ``post_processing`` names: no antialiasing for ``"birefnet"``, antialiasing otherwise.
     """
 
     model_input_names = ["pixel_values"]
@@ -104,6 +115,7 @@ class SegmentationImageProcessor(BaseImageProcessor):
         extra_sizes: dict[str, Any] | None = None,
         do_reduce_labels: bool = False,
         post_processing: str | None = None,
+        antialias: bool | None = None,
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
@@ -128,15 +140,36 @@ class SegmentationImageProcessor(BaseImageProcessor):
             raise ValueError(f"post_processing must be one of {POST_PROCESSING_ORDERS} (or None), "
                              f"got {post_processing!r}")
         self.post_processing = post_processing
+        # None: as the upstream of post_processing (see resize_antialiases); recorded so that a saved choice is kept.
+        self.antialias = None if antialias is None else bool(antialias)
+        if self.antialias is False and self.resample not in _OPENCV_INTERPOLATION:
+            raise ValueError(f"antialias=False resizes with OpenCV, which has no counterpart of PIL resample "
+                             f"{self.resample}; use bilinear (2) or bicubic (3)")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (RGB)")
 
     # ------------------------------------------------------------------ pre-processing
+    def resize_antialiases(self) -> bool:
+        """Whether images are resized with PIL (antialiased) or with OpenCV (not): ``antialias``, or when that is
+        None the way the upstream of ``post_processing`` resizes (BiRefNet's with OpenCV)."""
+        if self.antialias is not None:
+            return self.antialias
+        return _UPSTREAM_ANTIALIAS.get(self.post_processing or "sam2_unet", True)
+
+    def _resized_pixels(self, image: Image.Image, width: int, height: int) -> np.ndarray:
+        """``image`` at (width, height) as a uint8 (H, W, 3) array, with PIL or OpenCV (see resize_antialiases)."""
+        if image.size == (width, height):
+            return np.asarray(image)
+        if self.resize_antialiases() or self.resample not in _OPENCV_INTERPOLATION:
+            return np.asarray(image.resize((width, height), resample=self.resample))
+        import cv2  # a declared dependency; imported here so that importing the package stays fast
+
+        interpolation = getattr(cv2, _OPENCV_INTERPOLATION[self.resample])
+        return cv2.resize(np.asarray(image), (width, height), interpolation=interpolation)
+
     def _image_to_array(self, image: Image.Image, size: dict[str, int] | None = None) -> np.ndarray:
         h, w = (size or self.size)["height"], (size or self.size)["width"]
-        if image.size != (w, h):
-            image = image.resize((w, h), resample=self.resample)
-        arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        arr = self._resized_pixels(image, w, h).astype(np.float32) / np.float32(255.0)
         if self.do_normalize:
             # float32 subtract-then-divide, the same arithmetic as torchvision's Normalize.
             arr = (arr - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
@@ -176,6 +209,8 @@ class SegmentationImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         image_list = _as_list(images)
+        if not image_list:
+            raise ValueError("no images given (an empty list)")
         mask_list = None if masks is None else _as_list(masks)
         if mask_list is not None and len(mask_list) != len(image_list):
             raise ValueError(f"got {len(image_list)} images but {len(mask_list)} masks")
@@ -184,6 +219,8 @@ class SegmentationImageProcessor(BaseImageProcessor):
         extra: dict[str, list] = {name: [] for name in self.extra_sizes}
         for i, item in enumerate(image_list):
             image = load_image(item)
+            if not image.width or not image.height:  # would be resized to a uniform picture, then fail post-processing
+                raise ValueError(f"{_describe(item, 'image', i)} is empty ({image.width}x{image.height} pixels)")
             original_sizes.append((image.height, image.width))
             pixel_values.append(self._image_to_array(image, size))
             for name, extra_size in self.extra_sizes.items():
@@ -306,7 +343,7 @@ def model_post_processing(model) -> str:
 def processor_for_model(processor, model):
     """``processor`` as it post-processes ``model``'s outputs: itself when it records its post-processing order, or a
     copy with the model's (:func:`model_post_processing`) when it does not (a processor saved before the order was
-    recorded, or built by hand)."""
+    recorded, or built by hand). The copy also resizes as that upstream when its ``antialias`` is None."""
     if processor is None or getattr(processor, "post_processing", "") is not None:
         return processor
     order = model_post_processing(model)

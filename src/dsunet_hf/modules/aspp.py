@@ -55,6 +55,16 @@ class _PyramidPooling(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(0.5)
 
+    def _check_batch(self, x: torch.Tensor) -> None:
+        # The pooled branch is 1x1, so a training BatchNorm sees one value per channel for a batch of one image;
+        # torch's own error names neither the block nor the remedy. Checked before the costly branches.
+        norm = self.global_avg_pool[2]
+        if isinstance(norm, nn.BatchNorm2d) and norm.training and x.shape[0] == 1:  # no shape read in eval/export
+            raise ValueError(f"{type(self).__name__}: BatchNorm cannot train on a batch of one image (the global "
+                             "average pooling branch is 1x1); use batches of 2 or more images per device, keep "
+                             "BatchNorm in eval mode (as LoRA fine-tuning does), or build with use_bn=False "
+                             "(upstream BiRefNet's choice at batch size 1)")
+
     def _fuse(self, x: torch.Tensor, branch_outputs: list[torch.Tensor]) -> torch.Tensor:
         pooled = self.global_avg_pool(x)
         pooled = F.interpolate(pooled, size=branch_outputs[0].shape[2:], mode="bilinear", align_corners=True)
@@ -75,6 +85,7 @@ class ASPP(_PyramidPooling):
         self._build_tail(in_channels, out_channels, 4, use_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_batch(x)
         return self._fuse(x, [self.aspp1(x), self.aspp2(x), self.aspp3(x), self.aspp4(x)])
 
 
@@ -94,6 +105,7 @@ class ASPPDeformable(_PyramidPooling):
         self._build_tail(in_channels, out_channels, 1 + len(kernel_sizes), use_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_batch(x)
         return self._fuse(x, [self.aspp1(x), *(branch(x) for branch in self.aspp_deforms)])
 
 

@@ -340,6 +340,48 @@ def test_train_validation_split_reproducible_and_disjoint():
         train_validation_split(ds, 0.0)
 
 
+def test_a_pair_dropped_by_verification_moves_no_other_sample_across_the_split(tmp_path):
+    """The recovery the training error advises for a truncated file (--verify-data full, then resume) drops its pair;
+    the split permuted the rows left, so half the validation images moved into training (and back)."""
+    root = tmp_path / "d"
+    write_pairs(root, "images", "masks", [f"{i:03d}" for i in range(40)])
+
+    def split():
+        ds = load_segmentation_dataset(root, verify="full")
+        train, val = train_validation_split(ds, 0.25, seed=0)
+        ids = {Path(image).stem: sample_id for image, sample_id in zip(ds["image"], ds["sample_id"])}
+        return ids, {Path(p).stem for p in train["image"]}, {Path(p).stem for p in val["image"]}
+
+    ids, train, val = split()
+    ds = load_segmentation_dataset(root, verify="full")
+    same = ds.train_test_split(test_size=10, seed=0)  # nothing dropped: the split runs had before
+    assert list(train_validation_split(ds, 0.25, seed=0)[1]["sample_id"]) == list(same["test"]["sample_id"])
+    assert list(train_validation_split(ds, 0.25, seed=0)[0]["sample_id"]) == list(same["train"]["sample_id"])
+    for victim, in_validation in ((min(train), False), (min(val), True)):
+        mask = root / "masks" / f"{victim}.png"
+        data = mask.read_bytes()
+        mask.write_bytes(data[: len(data) // 2])  # truncated: verification drops the pair
+        dropped_ids, dropped_train, dropped_val = split()
+        mask.write_bytes(data)
+        assert victim not in dropped_ids and all(dropped_ids[stem] == ids[stem] for stem in dropped_ids)
+        assert len(dropped_val) == 10
+        if in_validation:  # one training image takes its place
+            assert len(dropped_val - val) == 1 and dropped_train < train
+        else:
+            assert dropped_val == val and dropped_train == train - {victim}
+
+
+def test_empty_image_and_mask_folders_are_named_as_empty(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(ValueError, match=r"no usable image/mask pairs in images/ \+ masks/: neither holds an image "
+                                         r"file$"):
+        load_segmentation_dataset(tmp_path)
+    _rgb(8, 8).save(tmp_path / "images" / "a.jpg")
+    with pytest.raises(ValueError, match="they hold 1 and 0 image files; see the warnings above"):
+        load_segmentation_dataset(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------ transform
 def _asymmetric_dataset(root: Path, n: int = 8, size: int = 24) -> datasets.Dataset:
     """Images whose mask is derived from the image itself: mask = red channel > 127 (an asymmetric L shape)."""

@@ -692,3 +692,69 @@ def test_class_names_come_from_beside_the_split_folders(tmp_path):
     args = TrainingArguments(train_data=str(tmp_path / "organs" / "train"), config_overrides=TINY_OVERRIDES)
     _, config = build_config(args)
     assert config.num_labels == 3 and config.id2label[2] == "kidney"
+
+
+def test_a_resume_on_other_backbone_weights_is_refused_naming_the_checkpoint_and_the_fix(generated_data, tmp_path,
+                                                                                        offline_hub):
+    """Checkpoints hold only the trainable tensors: resumed after the backbone repo's unpinned "main" moved on, the
+    adapters went on training on another trunk, silently. Each checkpoint now records the trunk's fingerprint."""
+    from helpers import tiny_hiera, write_transformers_trunk_repo
+
+    from dsunet_hf import CheckpointMismatchError
+
+    first = offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "h1", tiny_hiera(1)))
+    run = tmp_path / "run"
+    options = dict(backbone="test-org/tiny-hiera", max_steps=4, eval_steps=2, save_steps=2)
+    train(tiny_args(generated_data, run, stop_after_steps=2, **options))
+    record = json.loads((run / "checkpoints" / "checkpoint-2" / "backbone_fingerprint.json").read_text())
+    assert record["backbone"]["repo"] == "test-org/tiny-hiera" and record["backbone"]["revision"] == first
+    assert set(record["backbone"]["fingerprint"]) == {"tensors", "sum", "log_rms"}
+
+    moved = offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "h2", tiny_hiera(2)))
+    with pytest.raises(CheckpointMismatchError) as error:
+        train(tiny_args(generated_data, run, resume_from_checkpoint="latest", **options))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(
+        f"{run / 'checkpoints' / 'checkpoint-2'}: the frozen backbone weights loaded now from test-org/tiny-hiera "
+        f"(revision {moved}) are not those it was trained on, from test-org/tiny-hiera (revision {first})")
+    assert f'add "backbone_revision": "{first}" to --config-overrides' in message
+    assert "--no-verify-backbone-weights" in message
+    assert [p.name for p in checkpoint_dirs(run)] == ["checkpoint-2"]  # refused before training a step
+
+    # The fix it names resumes; the final model/ and best/ record the trunk they were trained on.
+    pinned = json.dumps({**json.loads(TINY_OVERRIDES), "backbone_revision": first})
+    assert train(tiny_args(generated_data, run, resume_from_checkpoint="latest", config_overrides=pinned,
+                           **options))["global_step"] == 4
+    for folder in ("best", "model"):
+        config = json.loads((run / folder / "config.json").read_text())
+        assert config["backbone_fingerprint"] == {"backbone": record["backbone"]["fingerprint"]}, folder
+        assert config["backbone_revision"] == first
+
+
+def test_no_verify_backbone_weights_resumes_anyway_and_older_checkpoints_resume_unchecked(generated_data, tmp_path,
+                                                                                        caplog):
+    import logging
+    import shutil
+
+    from helpers import tiny_hiera, write_transformers_trunk_repo
+
+    from dsunet_hf.training import parse_args
+
+    assert parse_args(["--train-data", "x"]).verify_backbone_weights
+    assert not parse_args(["--train-data", "x", "--no-verify-backbone-weights"]).verify_backbone_weights
+    trunk = write_transformers_trunk_repo(tmp_path / "trunk", tiny_hiera(1))  # a local folder
+    run = tmp_path / "run"
+    options = dict(backbone=str(trunk), max_steps=3, eval_steps=3, save_steps=1)
+    train(tiny_args(generated_data, run, stop_after_steps=1, **options))
+    shutil.rmtree(trunk)
+    write_transformers_trunk_repo(trunk, tiny_hiera(2))  # another checkpoint in the same folder
+    with caplog.at_level(logging.INFO, logger="dsunet_hf.training"):
+        train(tiny_args(generated_data, run, resume_from_checkpoint="latest", stop_after_steps=2,
+                        verify_backbone_weights=False, **options))
+        assert f"--no-verify-backbone-weights: resuming {run / 'checkpoints' / 'checkpoint-1'}" in caplog.text
+        # A checkpoint written before they recorded the backbone resumes as before, on any weights.
+        (run / "checkpoints" / "checkpoint-2" / "backbone_fingerprint.json").unlink()
+        shutil.rmtree(trunk)
+        write_transformers_trunk_repo(trunk, tiny_hiera(1))
+        assert train(tiny_args(generated_data, run, resume_from_checkpoint="latest", **options))["global_step"] == 3
+        assert "checkpoint-2 records no backbone fingerprint" in caplog.text

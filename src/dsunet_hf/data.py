@@ -91,6 +91,9 @@ IMAGE_COLUMN_NAMES = ("image", "img", "images", "input", "rgb", "pixel_values") 
 MASK_COLUMN_NAMES = ("mask", "label", "annotation", "segmentation", "gt",
                      "masks", "labels", "annotations", "segmentation_mask", "ground_truth", "gt_mask")
 _DROPPED_MARKER = "dropped-files-json: "
+# How many pairs a local folder held before verification dropped any: their sample_ids number them all, and
+# train_validation_split splits them all (see there).
+_PAIRS_FOUND_MARKER = "pairs-found: "
 _DATASETS_BUILDER_NAMES = {"imagefolder", "parquet", "arrow", "json", "csv", "generator", "text", "webdataset"}
 
 
@@ -602,8 +605,9 @@ def load_segmentation_dataset(
     * a ``datasets.Dataset`` (or ``DatasetDict``), used as it is.
 
     ``image_column``/``mask_column`` name the columns to use (renamed to ``image``/``mask``); other columns
-    are dropped. ``sample_id`` is 0..n-1 in file-name order, except that a dataset which already has a
-    unique integer ``sample_id`` (e.g. a subset from :func:`train_validation_split`) keeps it.
+    are dropped. ``sample_id`` is 0..n-1 in file-name order (a local folder numbers the pairs found, so a pair that
+    verification drops leaves a gap), except that a dataset which already has a unique integer ``sample_id`` (e.g.
+    a subset from :func:`train_validation_split`) keeps it.
 
     ``verify`` (local folders of pairs): ``True`` reads every file's header and drops unreadable files and
     image/mask size mismatches, ``"full"`` decodes every file (also catches truncated data), ``False``
@@ -668,12 +672,18 @@ def _load_local(
             loaded = datasets.load_dataset(str(path), num_proc=num_proc, **load_kwargs)
             return _normalise_columns(_pick_split(loaded, split, label), image_column, mask_column, label)
         raise
+    # Numbered before verification drops any: a pair left out (a truncated file, after the hint to rerun with
+    # --verify-data full) leaves a gap, and every other sample keeps its id, augmentation and validation side.
+    found = {pair: index for index, pair in enumerate(scan.pairs)}
     if verify:
         verify_pairs(scan, full=verify == "full", num_proc=num_proc)
     if not scan.pairs:
+        counts = [len(_list_files(Path(folder))[0]) for folder in (scan.image_dir, scan.mask_dir)]
+        why = ("neither holds an image file" if counts == [0, 0] else
+               f"they hold {counts[0]} and {counts[1]} image files; see the warnings above for why none is used")
         raise ValueError(
             f"{path}: no usable image/mask pairs in {scan.relative(scan.image_dir)}/ + "
-            f"{scan.relative(scan.mask_dir)}/ (see the warnings above for the files found)"
+            f"{scan.relative(scan.mask_dir)}/: {why}"
         )
     unused = dict(scan.problems)
     for p in scan.unpaired_images:
@@ -683,7 +693,8 @@ def _load_local(
     description = (
         f"{len(scan.pairs)} image/mask pairs from {scan.root} (images: {scan.relative(scan.image_dir)}/, "
         f"masks: {scan.relative(scan.mask_dir)}/); {len(unused)} file(s) not used, see "
-        f"dsunet_hf.data.dropped_files(dataset).\n{_DROPPED_MARKER}{json.dumps(unused)}"
+        f"dsunet_hf.data.dropped_files(dataset).\n{_DROPPED_MARKER}{json.dumps(unused)}\n"
+        f"{_PAIRS_FOUND_MARKER}{len(found)}"
     )
     features = datasets.Features(
         {"image": datasets.Value("string"), "mask": datasets.Value("string"), "sample_id": datasets.Value("int64")}
@@ -692,7 +703,7 @@ def _load_local(
         {
             "image": [image for image, _ in scan.pairs],
             "mask": [mask for _, mask in scan.pairs],
-            "sample_id": list(range(len(scan.pairs))),
+            "sample_id": [found[pair] for pair in scan.pairs],
         },
         info=datasets.DatasetInfo(description=description, features=features),
     )
@@ -705,6 +716,10 @@ def train_validation_split(
 
     The validation part has ``ceil(validation_ratio * len(dataset))`` rows (as ``train_test_split``); rows
     keep their ``sample_id``. Raises ``ValueError`` if either part would be empty.
+
+    A local folder whose verification dropped pairs is split by sample id over all the pairs found: the others stay
+    on their side (at most one crosses), as they were before the drop. (Splitting the rows left would reshuffle the
+    whole split: a run resumed after a truncated file was left out would validate on images it had trained on.)
     """
     if not 0.0 < float(validation_ratio) < 1.0:
         raise ValueError(f"validation_ratio must be between 0 and 1 (exclusive), got {validation_ratio}")
@@ -715,8 +730,26 @@ def train_validation_split(
             f"cannot split {n} sample(s) with validation_ratio={validation_ratio}: "
             f"{n - n_validation} train / {n_validation} validation; one side would be empty"
         )
-    parts = dataset.train_test_split(test_size=n_validation, shuffle=True, seed=seed)
-    return parts["train"], parts["test"]
+    found = _pairs_found(dataset)
+    if found is None or found == n:  # nothing dropped: the rows are the samples (sample_id = row)
+        parts = dataset.train_test_split(test_size=n_validation, shuffle=True, seed=seed)
+        return parts["train"], parts["test"]
+    # train_test_split's permutation, of every pair found, skipping those dropped.
+    row_of = {int(sample_id): row for row, sample_id in enumerate(dataset["sample_id"])}
+    rows = [row_of[i] for i in np.random.default_rng(seed).permutation(found).tolist() if i in row_of]
+    if len(rows) != n:  # ids that are not those of the pairs found (a dataset built otherwise): the rows as they are
+        parts = dataset.train_test_split(test_size=n_validation, shuffle=True, seed=seed)
+        return parts["train"], parts["test"]
+    return dataset.select(rows[n_validation:]), dataset.select(rows[:n_validation])
+
+
+def _pairs_found(dataset: datasets.Dataset) -> int | None:
+    """How many pairs the local folder of ``dataset`` held before verification (None: not from a local folder)."""
+    description = getattr(getattr(dataset, "info", None), "description", None) or ""
+    for line in description.splitlines():
+        if line.startswith(_PAIRS_FOUND_MARKER):
+            return int(line[len(_PAIRS_FOUND_MARKER):])
+    return None
 
 
 def find_labels_file(source: Any) -> Path | None:

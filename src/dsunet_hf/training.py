@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 TRAINER_STATE = "trainer_state.json"
+# The frozen backbones a checkpoint's trainable tensors were trained on (fingerprint and source of each).
+BACKBONE_RECORD = "backbone_fingerprint.json"
 
 
 @dataclass
@@ -114,6 +116,11 @@ class TrainingArguments:
     save_steps: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (oldest removed; 0 keeps all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    verify_backbone_weights: bool = field(
+        default=True, metadata={"help": "a resumed run refuses frozen backbone weights other than those its checkpoint "
+                                        "was trained on (a moved revision, another folder); "
+                                        "--no-verify-backbone-weights resumes on them anyway"}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "start afresh in an --output-dir that holds an earlier run: its checkpoints, "
                                          "best model, final model and logs are deleted first"}
@@ -507,6 +514,58 @@ def load_trainable_weights(model, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+# A checkpoint holds only the trainable tensors: resumed, they go on training on whatever the backbone repos or folders
+# hold now (an unpinned "main" that moved, a folder holding another checkpoint), as the final artifact's fingerprint
+# (see SegmentationPreTrainedModel.backbone_fingerprint) would only tell after the run. So each checkpoint records
+# the fingerprint of the frozen weights it was trained on, with where they came from, and a resume compares.
+
+def backbone_record(model) -> dict:
+    """``{backbone: {"fingerprint", "repo_field", "repo", "revision_field", "revision"}}`` of the frozen backbones as
+    loaded; empty when none was loaded (``--backbone random``) or none is frozen (strategy ``full``)."""
+    record = {}
+    for group, fingerprint in (model.backbone_fingerprint() or {}).items():
+        repo_field, revision_field = model.backbone_source(group)
+        record[group] = {"fingerprint": fingerprint, "repo_field": repo_field,
+                         "repo": getattr(model.config, repo_field, None), "revision_field": revision_field,
+                         "revision": getattr(model.config, revision_field, None)}
+    return record
+
+
+def check_checkpoint_backbones(model, checkpoint: Path, verify: bool = True) -> None:
+    """Refuse (:class:`~dsunet_hf.CheckpointMismatchError`, one line naming the checkpoint, the backbone and the fix)
+    to resume ``checkpoint`` on frozen backbone weights, as ``model`` loaded them, other than those it was trained on;
+    ``verify=False`` (``--no-verify-backbone-weights``) warns instead. Checkpoints written before the record: unchecked."""
+    from .modeling_utils import CheckpointMismatchError
+
+    path = checkpoint / BACKBONE_RECORD
+    if not path.is_file():
+        logger.info("%s records no backbone fingerprint (written before checkpoints did): the frozen backbone weights "
+                    "are not compared with those it was trained on", checkpoint)
+        return
+    for group, saved in json.loads(path.read_text()).items():
+        try:
+            model.check_backbone_fingerprint({group: saved["fingerprint"]})
+        except CheckpointMismatchError:
+            now = model.backbone_source(group)
+            now = f"{getattr(model.config, now[0], None)}{_at_revision(getattr(model.config, now[1], None))}"
+            then = f"{saved['repo']}{_at_revision(saved['revision'])}"
+            if not verify:
+                logger.warning("--no-verify-backbone-weights: resuming %s, trained on the frozen %s weights of %s, on "
+                               "other ones (%s)", checkpoint, group, then, now)
+                continue
+            pin = (f" (the same repo pinned: add \"{saved['revision_field']}\": \"{saved['revision']}\" to "
+                   f"--config-overrides)" if saved["revision"] else "")
+            raise CheckpointMismatchError(
+                f"{checkpoint}: the frozen {group} weights loaded now from {now} are not those it was trained on, from "
+                f"{then}: resuming would train its adapters on another backbone. Resume with the weights it was "
+                f"trained on{pin}, or pass --no-verify-backbone-weights to resume on these anyway"
+            ) from None
+
+
+def _at_revision(revision: str | None) -> str:
+    return f" (revision {revision})" if revision else ""
+
+
 LR_SCHEDULES = ("cosine-epoch", "cosine", "poly", "constant")
 VERIFY_DATA = ("header", "full", "none")
 
@@ -568,8 +627,11 @@ def train(args: TrainingArguments) -> dict:
         from .hub import create_hub_repo
 
         args.hub_model_id = create_hub_repo(args.hub_model_id, private=args.hub_private or None)
+    resume_path = resolve_resume_path(args)  # a bad path is refused before the backbones load
     set_seed(args.seed)
     spec, model = build_model(args)
+    if resume_path is not None:  # before any data loads: the checkpoint's adapters fit only its backbone weights
+        check_checkpoint_backbones(model, resume_path, args.verify_backbone_weights)
     # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).
     task = "semantic" if getattr(model, "predicts_class_maps", False) else spec.task
     args.metric_for_best_model = args.metric_for_best_model or ("mIoU" if task == "semantic" else spec.best_metric)
@@ -653,7 +715,6 @@ def train(args: TrainingArguments) -> dict:
     register_trainable_checkpoint_hooks(accelerator)
 
     state = TrainerState()
-    resume_path = resolve_resume_path(args)
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
         state = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
@@ -699,6 +760,7 @@ def train(args: TrainingArguments) -> dict:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(temporary / TRAINER_STATE, asdict(state))
+            write_json_atomic(temporary / BACKBONE_RECORD, backbone_record(unwrapped))
             _replace_dir(temporary, final)
             if args.save_total_limit:
                 for old in checkpoint_dirs(output_dir)[: -args.save_total_limit]:

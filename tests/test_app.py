@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from conftest import tiny_sam2_unet_config
 from helpers import RedChannelModel
+from packaging.requirements import Requirement
 from PIL import Image, ImageDraw
 from test_crop_refine import RED, iou, small_object_photo
 from test_visual_prompt_matcher import ONE_HOT, SIZE, P, colour_image, region, tiny_config
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
-from dsunet_hf.app import Demo, build_app, write_space
+from dsunet_hf.app import Demo, build_app, default_requirement, write_space
 from dsunet_hf.cli import main
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher
 
@@ -65,7 +66,7 @@ def test_crop_refine_on_the_page_is_the_predict_commands():
     assert iou(refined, mask) > iou(coarse, mask) + 0.03
 
 
-def test_native_resolution_on_the_page_runs_each_image_at_its_own_size(tmp_path):
+def test_native_resolution_on_the_page_runs_each_image_at_its_own_size(tmp_path, offline_hub):  # no Hub calls
     photo, mask, _ = small_object_photo()  # 960x720
     model = RedChannelModel()
     native = Demo(model, SegmentationImageProcessor(size=64), resolution="native", max_side=480)
@@ -274,13 +275,13 @@ def test_space_folder_and_push(tmp_path, offline_hub):
     readme = (tmp_path / "space" / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
     assert "- me/sam2unet-cod" in readme  # the model the Space links to
-    assert (tmp_path / "space" / "requirements.txt").read_text().startswith("dsunet-hf[app]==")
+    assert (tmp_path / "space" / "requirements.txt").read_text() == default_requirement() + "\n"
     assert offline_hub.pushes == [("me/cod-demo", "dsunet-hf demo of me/sam2unet-cod")]
     assert offline_hub.repo_types == {"me/cod-demo": "space"}
     pushed = next(offline_hub.repo_dir("me/cod-demo").glob("snapshots/*"))
     assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "app.py", "requirements.txt"]
-    write_space(tmp_path / "git", "me/x", requirement="git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app]")
-    assert (tmp_path / "git" / "requirements.txt").read_text().startswith("git+https://")
+    write_space(tmp_path / "git", "me/x", requirement="dsunet-hf[app] @ git+https://github.com/dsunet-hf/dsunet-hf")
+    assert (tmp_path / "git" / "requirements.txt").read_text().startswith("dsunet-hf[app] @ git+https://")
     # --private: a new Space private, and an existing public one made private (not uploaded into it unchanged).
     assert offline_hub.private["me/cod-demo"] is False
     assert main(["space", str(tmp_path / "space"), "--model", "me/sam2unet-cod", "--push-to-hub", "me/cod-demo",
@@ -352,3 +353,133 @@ def test_a_truncated_visual_prompt_model_is_named(tmp_path):
         Demo.from_pretrained(str(tmp_path / "head"))
     with pytest.raises(SystemExit, match=rf"^app: cannot load {tmp_path}/head: {weights}: not a readable"):
         main(["app", "--model", str(tmp_path / "head")])
+
+
+def test_uploads_of_any_mode_reach_the_page_as_predict_reads_them(served, tmp_path):
+    """Gradio's default conversion to RGB is PIL's convert(), which clips a 16-bit picture to white: the page takes
+    uploads as opened and reads them as `predict` reads files (16-bit scaled, EXIF orientation applied once)."""
+    from gradio_client import handle_file
+
+    from dsunet_hf.image_io import load_image
+
+    received = []
+
+    class Recording(Demo):
+        def foreground(self, image, *args):
+            received.append(image)
+            return super().foreground(image, *args)
+
+    client = served(Recording(RedChannelModel(), SegmentationImageProcessor(size=64)))
+    Image.fromarray(np.tile(np.linspace(0, 65535, 64), (48, 1)).astype(np.uint16)).save(tmp_path / "gray16.png")
+    turned = Image.new("RGB", (64, 48))
+    turned.paste(RED, (0, 0, 16, 48))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # shown turned a quarter
+    turned.save(tmp_path / "turned.png", exif=exif)
+    for name in ("gray16.png", "turned.png"):
+        client.predict(handle_file(str(tmp_path / name)), 0.5, False, "#ffffff", api_name="/segment")
+        expected = np.asarray(load_image(tmp_path / name)).astype(int)
+        got = np.asarray(load_image(received[-1])).astype(int)
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1, name
+
+
+def test_the_page_says_an_unreadable_image_and_reads_no_server_file_as_background(tmp_path):
+    photo = Image.new("RGB", (60, 40), (40, 90, 60))
+    Image.new("RGB", (600, 400), RED).save(tmp_path / "whole.jpg", quality=95)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:3000])  # the header, part of the rest
+    with pytest.raises(ValueError, match=r"^the image cannot be read \(image file is truncated"):
+        red_demo().foreground(Image.open(tmp_path / "cut.jpg"))  # as the page hands over an upload: not decoded yet
+    # predict's --background may be an image file; a page (a public Space) is sent what anyone types.
+    Image.new("RGB", (60, 40), (0, 0, 255)).save(tmp_path / "server.png")
+    for background in (str(tmp_path / "server.png"), "../server.png"):
+        with pytest.raises(ValueError, match=r"a colour here \(#RRGGBB, rgb\(R, G, B\) or a name such as white\), not a file"):
+            red_demo().foreground(photo, 0.5, False, background)
+        with pytest.raises(ValueError, match="a colour here"):
+            red_demo().foreground_video(str(tmp_path / "clip.mp4"), background=background, output_dir=tmp_path / "v")
+    with pytest.raises(ValueError, match=r"^background: not a colour \(300 characters\)$"):  # not stat's OSError
+        red_demo().foreground(photo, 0.5, False, "x" * 300)
+    composite = red_demo().foreground(photo, 0.5, False, "rgba(0, 177, 64, 1)")[2]  # what Gradio's picker sends
+    assert np.asarray(composite)[0, 0].tolist() == [0, 177, 64]
+
+
+def test_the_class_page_offers_the_schedules_the_model_runs():
+    from test_dinov2_seg import tiny
+
+    from dsunet_hf import Dinov2ForSemanticSegmentation
+
+    gradio = pytest.importorskip("gradio", reason="the demo page needs Gradio (the [app] extra)")
+    one_pass = Demo(Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3)).eval(),
+                    SegmentationImageProcessor(size=64))
+    assert one_pass.schedules == ("single",)
+    radio, = [block for block in build_app(one_pass).blocks.values() if isinstance(block, gradio.Radio)]
+    assert [choice for _, choice in radio.choices] == ["single"] and radio.value == "single" and not radio.visible
+    for schedule in ("slide", "multiscale"):  # through the API: said, not an AttributeError deep in the semantic path
+        with pytest.raises(ValueError, match=rf"^schedule '{schedule}': Sam2UNetForImageSegmentation runs single$"):
+            one_pass.classes(Image.new("RGB", (40, 30)), schedule)
+    head = Demo(Dinov2ForSemanticSegmentation(tiny()).eval(), SegmentationImageProcessor(size=56))
+    assert head.schedules == ("single", "slide", "multiscale")
+    radio, = [block for block in build_app(head).blocks.values() if isinstance(block, gradio.Radio)]
+    assert len(radio.choices) == 3 and radio.value == "slide" and radio.visible
+
+
+def test_a_space_for_an_onnx_repo_leaves_the_device_to_onnxruntime(tmp_path, monkeypatch):
+    monkeypatch.setattr("dsunet_hf.onnx_export.read_export_report", lambda name: object())  # an export's repo
+    write_space(tmp_path / "space", "me/birefnet-onnx")
+    app = (tmp_path / "space" / "app.py").read_text()
+    ast.parse(app)
+    # device="cuda" on a GPU Space would be refused by the ONNX loader: the Space would not start.
+    assert "device" not in app and "import torch" not in app and "build_app('me/birefnet-onnx', title=" in app
+    assert Requirement((tmp_path / "space" / "requirements.txt").read_text().strip()).extras == {"app", "onnx"}
+
+
+@pytest.mark.parametrize("direct_url, expected", [
+    (None, "dsunet-hf[app]==VERSION"),  # from an index (PyPI): no direct_url.json (PEP 610)
+    ({"url": "file:///home/me/dsunet-hf", "dir_info": {"editable": True}},
+     "dsunet-hf[app] @ git+https://github.com/dsunet-hf/dsunet-hf"),  # a checkout the Space cannot reach
+    ({"url": "https://github.com/me/fork.git", "vcs_info": {"vcs": "git", "commit_id": "abc123"}},
+     "dsunet-hf[app] @ git+https://github.com/me/fork.git@abc123"),  # what pip installed from git
+])
+def test_a_spaces_requirement_installs_what_runs_here(monkeypatch, direct_url, expected):
+    import importlib.metadata
+
+    from dsunet_hf import __version__
+
+    class Installed:
+        def read_text(self, name):
+            return None if direct_url is None or name != "direct_url.json" else json.dumps(direct_url)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Installed())
+    line = default_requirement()
+    assert line == expected.replace("VERSION", __version__)
+    assert Requirement(line).name == "dsunet-hf" and Requirement(line).extras == {"app"}
+
+
+def test_a_space_refuses_extras_in_an_egg_fragment(tmp_path):
+    # pip 26 stops at such a line ("invalid-egg-fragment"): the Space would never build.
+    with pytest.raises(ValueError, match=r"pip refuses extras in #egg=; write it as 'dsunet-hf\[app\] @ git\+https"):
+        write_space(tmp_path / "space", "me/x", requirement="git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app]")
+    assert not (tmp_path / "space").exists()
+
+
+def test_cli_app_loads_on_other_backbone_weights_only_on_request(tmp_path, monkeypatch):
+    loads = []
+
+    def from_pretrained(cls, name, **kwargs):
+        loads.append(kwargs["verify_backbone_weights"])
+        if kwargs["verify_backbone_weights"]:
+            raise ValueError(f"{name}: the frozen backbone weights differ; verify_backbone_weights=False to load it")
+        return red_demo()
+
+    monkeypatch.setattr(Demo, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr("dsunet_hf.app.build_app", lambda demo, title=None: type("Page", (), {"launch": lambda page, **kwargs: None})())
+    with pytest.raises(SystemExit, match=r"^app: cannot load org/model: org/model: .* --no-verify-backbone-weights "
+                                         r"to load it$"):
+        main(["app", "--model", "org/model"])
+    assert main(["app", "--model", "org/model", "--no-verify-backbone-weights"]) == 0
+    assert loads == [True, False]
+    monkeypatch.undo()
+    (tmp_path / "graph").mkdir()  # an ONNX graph holds all its weights: nothing to verify, the flag is refused
+    (tmp_path / "graph" / "model.onnx").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"^app: cannot load .*graph: .* an ONNX graph, .* leave out "
+                                         r"--no-verify-backbone-weights$"):
+        main(["app", "--model", str(tmp_path / "graph"), "--no-verify-backbone-weights"])

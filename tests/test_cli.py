@@ -178,6 +178,7 @@ def test_options_that_tune_another_one_keep_their_defaults(tmp_path, monkeypatch
     base = ["predict", "--model", str(tmp_path / "model"), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out")]
     assert main(base) == 0
     assert (seen["crop_margin"], seen["max_side"], seen["cutout_colors"]) == (0.25, 2048, "estimate")
+    assert seen["num_workers"] == 2
     assert main([*base, "--crop-refine", "--crop-margin", "0.5", "--resolution", "native", "--max-side", "1024",
                  "--cutout", "--cutout-colors", "original"]) == 0
     assert (seen["crop_margin"], seen["max_side"], seen["cutout_colors"]) == (0.5, 1024, "original")
@@ -331,3 +332,197 @@ def test_model_card_metadata_and_snippets_run(tmp_path, monkeypatch, family):
         exec(compile(snippet.replace(PLACEHOLDER_REPO_ID, "model"), f"{family} card", "exec"), {})
     # Was: the DINOv2 head's and the visual-prompt head's cards showed the demo-page line only with metrics.
     assert f"dsunet-hf app --model {PLACEHOLDER_REPO_ID}" in card
+
+
+# --- --no-verify-backbone-weights ------------------------------------------------------------------------------
+
+def _on_other_backbone_weights(tmp_path, family: str) -> Path:
+    """A trainable-only artifact (SAM2-UNet) or a config-only matcher saved on a local backbone folder, whose
+    folder then gets another checkpoint of the same shapes (as a moved revision would): its fingerprint refuses it."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    backbone = tmp_path / f"{family}-backbone"
+    if family == "sam2_unet":
+        from conftest import tiny_sam2_unet_config
+        from helpers import tiny_hiera
+
+        from dsunet_hf import Sam2UNetForImageSegmentation
+
+        tiny_hiera(1).save_pretrained(backbone)
+        model = Sam2UNetForImageSegmentation.from_pretrained_backbones(
+            tiny_sam2_unet_config(backbone_repo_id=str(backbone)))
+        swap = lambda: tiny_hiera(2).save_pretrained(backbone)  # noqa: E731
+    else:
+        from test_visual_prompt_matcher import TINY_DINO, tiny_config
+
+        from dsunet_hf.models.visual_prompt import VisualPromptMatcher
+
+        def dinov2(seed):
+            torch.manual_seed(seed)
+            Dinov2Model(Dinov2Config(**TINY_DINO, image_size=518, patch_size=14)).save_pretrained(backbone)
+
+        dinov2(1)
+        model = VisualPromptMatcher.from_pretrained_backbones(tiny_config(dino_backbone_repo_id=str(backbone)))
+        swap = lambda: dinov2(2)  # noqa: E731
+    model.save_pretrained(tmp_path / family)
+    swap()
+    return tmp_path / family
+
+
+REFUSED_BACKBONE = (r"cannot load {model}: {model}: the frozen backbone weights loaded from .* are not those it was "
+                    r"saved with .* or --no-verify-backbone-weights to load it anyway$")
+
+
+def test_no_verify_backbone_weights_predict(tmp_path):
+    """Was: no such flag; the refusal named the Python keyword (verify_backbone_weights=False), which the command
+    line does not take, so such a model could not be run from it at all."""
+    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
+    refused = REFUSED_BACKBONE.format(model=re.escape(str(model)))
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    predict = ["predict", "--model", str(model), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out"),
+               "--num-workers", "0"]
+    with pytest.raises(SystemExit, match=f"^predict: {refused}"):
+        main(predict)
+    assert main([*predict, "--no-verify-backbone-weights"]) == 0
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+
+
+def test_no_verify_backbone_weights_evaluate_and_export(tmp_path, monkeypatch):
+    import dsunet_hf.onnx_export
+
+    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
+    refused = REFUSED_BACKBONE.format(model=re.escape(str(model)))
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(data / "images" / "a.png")
+    Image.new("L", (32, 32)).save(data / "masks" / "a.png")
+    evaluate = ["evaluate", "--model", str(model), "--data", str(data), "--output-dir", str(tmp_path / "report"),
+                "--no-progress", "--metric-workers", "0"]
+    with pytest.raises(SystemExit, match=f"^evaluate: {refused}"):
+        main(evaluate)
+    assert main([*evaluate, "--no-verify-backbone-weights"]) == 0
+
+    def exported(model, *args, **kwargs):  # the model loaded: that is what is checked here
+        raise Loaded("export_onnx")
+
+    monkeypatch.setattr(dsunet_hf.onnx_export, "export_onnx", exported)
+    export = ["export", "onnx", "--model", str(model), str(tmp_path / "onnx")]
+    with pytest.raises(SystemExit, match=f"^export: {refused}"):
+        main(export)
+    with pytest.raises(Loaded):
+        main([*export, "--no-verify-backbone-weights"])
+
+
+def test_no_verify_backbone_weights_for_visual_prompt_models(tmp_path):
+    model = _on_other_backbone_weights(tmp_path, "matcher")
+    refused = REFUSED_BACKBONE.format(model=re.escape(str(model)))
+    Image.new("RGB", (28, 28), (200, 30, 30)).save(tmp_path / "a.png")
+    predict = ["predict", "--model", str(model), str(tmp_path / "a.png"), "--reference", str(tmp_path / "a.png"),
+               "--prompt", "box:2,2,20,20", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=f"^predict: {refused}"):
+        main(predict)
+    assert main([*predict, "--no-verify-backbone-weights"]) == 0
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+    evaluate = ["evaluate", "--model", str(model), "--data", str(tmp_path / "no-data"), "--output-dir",
+                str(tmp_path / "report")]
+    with pytest.raises(SystemExit, match=f"^evaluate: {refused}"):
+        main(evaluate)
+    with pytest.raises(SystemExit, match=r"^evaluate: --data .*no-data"):  # loaded: on to the data
+        main([*evaluate, "--no-verify-backbone-weights"])
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+def test_no_verify_backbone_weights_is_refused_for_an_onnx_export(tmp_path, command):
+    """An ONNX graph holds all its weights: the flag has nothing to apply to (was: silently ignored)."""
+    folder = tmp_path / "model-onnx"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"")
+    (folder / "config.json").write_text("{}")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    argv = {"predict": ["predict", "--model", str(folder), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")],
+            "evaluate": ["evaluate", "--model", str(folder), "--data", str(tmp_path), "--output-dir", str(tmp_path / "r")],
+            "export": ["export", "onnx", "--model", str(folder), str(tmp_path / "onnx")]}[command]
+    with pytest.raises(SystemExit, match=rf"^{command}: cannot load {folder}: {folder} is an ONNX graph, which holds "
+                                         r"all its weights: .*; leave out --no-verify-backbone-weights$"):
+        main([*argv, "--no-verify-backbone-weights"])
+
+
+# --- evaluate on saved maps, options checked before the model loads --------------------------------------------
+
+@pytest.mark.parametrize("given", [["--device", "cpu"], ["--device", "cuda:7"], ["--batch-size", "2"],
+                                   ["--num-workers", "3"], ["--dtype", "float32"], ["--shots", "1"],
+                                   ["--prompt-kind", "mask"], ["--no-verify-backbone-weights"],
+                                   ["--crop-margin", "0.3"], ["--crop-margin", "-1"], ["--max-side", "512"]])
+def test_evaluate_refuses_options_of_running_a_model_on_saved_maps(tmp_path, given):
+    """Was: silently ignored (the first six with their default value: refused only when they differed from it), or
+    refused for another reason (--crop-margin "needs --crop-refine", which is refused there too; --device cuda:7
+    "no cuda device")."""
+    for sub in ("pred", "gt"):
+        (tmp_path / sub).mkdir()
+        Image.new("L", (16, 16), 200).save(tmp_path / sub / "a.png")
+    argv = ["evaluate", "--predictions", str(tmp_path / "pred"), "--ground-truth", str(tmp_path / "gt"),
+            "--output-dir", str(tmp_path / "report"), "--no-progress", "--metric-workers", "0"]
+    with pytest.raises(SystemExit, match=f"^evaluate: {given[0]}: for --model/--data, not for --predictions/"
+                                         r"--ground-truth \(saved maps are scored as they are\)$"):
+        main([*argv, *given])
+    assert not (tmp_path / "report").exists()
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("given", [["--shots", "3"], ["--absent-queries", "0"], ["--prompt-kind", "box"],
+                                   ["--track-memory", "4"]])
+def test_evaluate_refuses_visual_prompt_options_before_loading_another_model(tmp_path, no_model_loading, given):
+    """Was: the model loaded (minutes for a large one), then the options were refused."""
+    (tmp_path / "model").mkdir()  # no visual-prompt config: another kind of model
+    with pytest.raises(SystemExit, match=rf"^evaluate: {given[0]}: (for visual-prompt models; |tracking, for a "
+                                         r"visual-prompt model)"):
+        main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path), *given,
+              "--output-dir", str(tmp_path / "report")])
+
+
+@pytest.mark.parametrize("given", [["--minmax-normalize"], ["--batch-size", "8"], ["--num-workers", "2"],
+                                   ["--metric-workers", "0"], ["--crop-refine"]])
+def test_evaluate_refuses_foreground_options_for_other_models(tmp_path, monkeypatch, offline_hub, given):
+    """Multi-class and visual-prompt models are scored without batches of maps (nor min-max, nor metric processes):
+    was silently ignored (and --minmax-normalize recorded in the report as used); a visual-prompt model's were
+    refused only once it loaded (--crop-refine)."""
+    import types
+
+    import dsunet_hf.predict
+    from dsunet_hf.models.visual_prompt import VisualPromptMatcherConfig
+
+    message = rf"^evaluate: {given[0]}: for models that predict one foreground map; .* is not such a model$"
+    VisualPromptMatcherConfig().save_pretrained(tmp_path / "matcher")  # its DINOv2 is nowhere: it cannot load
+    with pytest.raises(SystemExit, match=message):
+        main(["evaluate", "--model", str(tmp_path / "matcher"), "--data", "d", *given])
+    multi_class = types.SimpleNamespace(predicts_class_maps=True)
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (multi_class, None))
+    (tmp_path / "head").mkdir()
+    with pytest.raises(SystemExit, match=message):
+        main(["evaluate", "--model", str(tmp_path / "head"), "--data", "d", *given])
+
+
+def test_predict_refuses_num_workers_for_visual_prompt_models(tmp_path, offline_hub, no_model_loading):
+    """They read their targets in this process: --num-workers was silently ignored (its default, 2, hid it)."""
+    from dsunet_hf.models.visual_prompt import VisualPromptMatcherConfig
+
+    VisualPromptMatcherConfig().save_pretrained(tmp_path / "matcher")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=r"^predict: --num-workers: not for visual-prompt models"):
+        main(["predict", "--model", str(tmp_path / "matcher"), str(tmp_path / "a.png"), "--reference",
+              str(tmp_path / "a.png"), "--prompt", "box:1,1,9,9", "--num-workers", "4", "--output-dir",
+              str(tmp_path / "out")])
+
+
+def test_evaluate_refuses_no_reduce_zero_label_for_a_foreground_model(tmp_path, monkeypatch):
+    """Was: --reduce-zero-label refused for it, --no-reduce-zero-label silently ignored."""
+    import types
+
+    import dsunet_hf.predict
+
+    foreground = types.SimpleNamespace(predicts_class_maps=False)
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (foreground, None))
+    (tmp_path / "model").mkdir()
+    with pytest.raises(SystemExit, match=r"^evaluate: --reduce-zero-label apply to multi-class models"):
+        main(["evaluate", "--model", str(tmp_path / "model"), "--data", "d", "--no-reduce-zero-label"])

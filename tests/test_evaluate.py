@@ -32,6 +32,7 @@ from dsunet_hf.evaluate import (
     run_evaluate_cli,
     write_report,
 )
+from dsunet_hf.image_processing import processor_for_model
 from dsunet_hf.metrics import METRIC_NAMES, SegmentationMetrics
 from dsunet_hf.predict import native_size
 
@@ -496,9 +497,11 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
         run_evaluate_cli(make_parser().parse_args(
             ["evaluate", "--model", "m", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir)]))
     for flag, value, least in (("--metric-workers", "-1", 0), ("--num-workers", "-2", 0), ("--batch-size", "0", 1)):
+        # --num-workers and --batch-size run a model (refused on saved maps, below): checked before it loads
+        mode = ["--predictions", str(pred_dir), "--ground-truth", str(gt_dir)] if flag == "--metric-workers" else \
+            ["--model", "m", "--data", "d"]
         with pytest.raises(SystemExit, match=f"evaluate: {flag} must be >= {least}, got {value}"):
-            run_evaluate_cli(make_parser().parse_args(
-                ["evaluate", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir), flag, value]))
+            run_evaluate_cli(make_parser().parse_args(["evaluate", *mode, flag, value]))
     # Options of running a model were silently ignored on saved maps.
     for given, named in ((["--crop-refine"], "--crop-refine"), (["--minmax-normalize"], "--minmax-normalize"),
                          (["--schedule", "slide", "--dtype", "bfloat16"], "--schedule, --dtype"),
@@ -602,7 +605,9 @@ def test_cli_records_the_post_processing_of_a_birefnet(samples, tmp_path, monkey
                                          "--no-progress", "--metric-workers", "0", *flags])
         assert run_evaluate_cli(args) == 0
         payload = json.loads((out / "evaluation.json").read_text())
-        assert payload["results"]["name-set"] == birefnet_by_hand(model, processor, samples, minmax_normalize=minmax)
+        # By hand with the processor as resolved for a BiRefNet (its order; its upstream's resizing where recorded).
+        resolved = processor_for_model(processor, model)
+        assert payload["results"]["name-set"] == birefnet_by_hand(model, resolved, samples, minmax_normalize=minmax)
         assert payload["info"]["post_processing"] == "birefnet" and payload["info"]["minmax_normalize"] is minmax
         assert payload["protocol"].startswith("BiRefNet inference.py: sigmoid, bilinear upsampling to GT size "
                                               "(align_corners=True), " + ("per-image min-max" if minmax else "no min-max"))

@@ -411,6 +411,50 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     assert len(list((tmp_path / "out" / "masks").iterdir())) == 7 + len(videos)
 
 
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with gloo (two CPU processes)")
+def test_a_failing_process_stops_every_process_promptly_and_the_report_is_kept(artifact, tmp_path):
+    import subprocess
+    import sys
+
+    _, folder = artifact
+    images = tmp_path / "many"
+    images.mkdir()
+    for i in range(24):  # process 0 takes 00..11, process 1 12..23
+        Image.new("RGB", (40, 30), (i * 20, 100, 50)).save(images / f"{i:02d}.png")
+    out = tmp_path / "out"
+    (out / "overlays" / "12.png").mkdir(parents=True)  # process 1's first write fails (a folder in the way)
+    # Process 0 writes slowly (0.5 s a picture): it must stop at its next batch, not finish its share (nor wait in
+    # the final gather, up to the group's 30-minute timeout, when the failed process lives on).
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('RANK') == '0':\n"
+        "    from PIL import Image\n"
+        "    save = Image.Image.save\n"
+        "    def slow_save(self, *args, **kwargs):\n"
+        "        time.sleep(0.5)\n"
+        "        return save(self, *args, **kwargs)\n"
+        "    Image.Image.save = slow_save\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "dsunet_hf.cli", "predict", "--model", str(folder), str(images), "--output-dir", str(out), "--overlay",
+               "--batch-size", "1", "--num-workers", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    # Every process ends with one line naming the failure (not gloo's "Connection closed by peer" on the others).
+    assert "predict: process 1 of 2 failed (IsADirectoryError: [Errno 21] Is a directory:" in result.stderr, result.stderr[-3000:]
+    assert "Connection closed" not in result.stderr and "Timed out" not in result.stderr
+    # The report of what was finished is written, and process 0 stopped early.
+    report = json.loads((out / "prediction_report.json").read_text())
+    assert 0 < len(report["written"]) < 12, report
+    for path in report["written"]:
+        assert (out / "masks" / Path(path).name).exists() and (out / "overlays" / Path(path).name).exists()
+
+
 def test_autocast_and_channels_last_stay_close_to_fp32(artifact, images, tmp_path):
     model, _ = artifact
     processor = SegmentationImageProcessor(size=TINY_SIZE)

@@ -59,6 +59,14 @@ def test_segment_returns_class_probabilities_at_any_input_size():
     torch.testing.assert_close(model.segment(square), model(square).logits.softmax(1))
     with pytest.raises(ValueError, match="one inference schedule"):
         model.segment(square, "slide")
+    from PIL import Image
+
+    from dsunet_hf.semantic import class_probabilities
+
+    photo = Image.new("RGB", (40, 30))
+    for schedule in ("slide", "multiscale"):  # multiscale was an AttributeError (no test_scales) before the model
+        with pytest.raises(ValueError, match="one inference schedule"):
+            class_probabilities(model, photo, schedule)
     with pytest.raises(ValueError, match="multi-class"):
         Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).segment(square)
 

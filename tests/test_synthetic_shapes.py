@@ -142,3 +142,16 @@ def test_dataset_folder_loads_and_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError):
         make_textured_shapes_dataset(tmp_path / "none", num_images=0)
     assert make_textured_shapes_sample(0, 32, num_classes=1)[1].max() == 1
+
+
+@pytest.mark.parametrize("task", ["sam2-unet", "visual-prompt"])
+def test_a_negative_demo_seed_is_refused_by_name(tmp_path, task):
+    from dsunet_hf.cli import main as cli_main
+    from dsunet_hf.synthetic import make_camouflage_dataset
+
+    # Was: numpy's "expected non-negative integer", naming neither --seed nor its value.
+    with pytest.raises(ValueError, match=r"^seed \(--seed\) must be an integer >= 0, got -1$"):
+        make_camouflage_dataset(tmp_path / "data", num_pairs=1, seed=-1)
+    with pytest.raises(SystemExit, match=r"^demo: seed \(--seed\) must be an integer >= 0, got -1"):
+        cli_main(["demo", "--task", task, "--seed", "-1", "--max-steps", "1", "--output-dir", str(tmp_path / "demo")])
+    assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").rglob("*.png"))  # refused before generating

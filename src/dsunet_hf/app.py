@@ -9,6 +9,7 @@ without a browser; :func:`build_app` wires them into ``gradio.Blocks`` (the ``[a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Demo", "build_app", "write_space"]
+__all__ = ["Demo", "build_app", "default_requirement", "write_space"]
 
 KINDS = ("foreground", "classes", "prompt")
+SCHEDULES = ("single", "slide", "multiscale")  # those of DINOv2 heads (predict --schedule)
 
 
 class Demo:
@@ -47,39 +49,36 @@ class Demo:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
-                        resolution: str = "model", max_side: int = 2048) -> Demo:
-        """An artifact folder, a Hub repo id or an ONNX export folder, loaded as ``dsunet-hf predict`` loads it."""
+                        resolution: str = "model", max_side: int = 2048, verify_backbone_weights: bool = True) -> Demo:
+        """An artifact folder, a Hub repo id or an ONNX export folder, loaded as ``dsunet-hf predict`` loads it
+        (``verify_backbone_weights=False``: as ``--no-verify-backbone-weights``, refused for ONNX graphs)."""
         from .predict import load_model_and_processor
         from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
         if visual_prompt_model_type(name_or_path):
-            model = load_visual_prompt_model(name_or_path, device=device, dtype=dtype)
+            model = load_visual_prompt_model(name_or_path, device=device, dtype=dtype,
+                                             verify_backbone_weights=verify_backbone_weights)
             return cls(model, resolution=resolution, max_side=max_side)
-        return cls(*load_model_and_processor(name_or_path, device=device, dtype=dtype), resolution=resolution,
-                   max_side=max_side)
+        loaded = load_model_and_processor(name_or_path, device=device, dtype=dtype,
+                                          verify_backbone_weights=verify_backbone_weights)
+        return cls(*loaded, resolution=resolution, max_side=max_side)
 
     @torch.inference_mode()
     def foreground(self, image: Image.Image, threshold: float = 0.0, crop_refine: bool = False,
                    background: str = "#ffffff") -> tuple[Image.Image, Image.Image, Image.Image]:
         """(mask, RGBA cut-out, composite on ``background``) for one image; ``threshold`` 0 keeps the soft mask."""
         from .crop_refine import refined_predictions
-        from .predict import (
-            Backdrop,
-            OutputOptions,
-            device_and_dtype,
-            probabilities_and_outputs,
-            render_output,
-        )
+        from .predict import OutputOptions, device_and_dtype, probabilities_and_outputs, render_output
 
         self._expect("foreground")
+        backdrop = _backdrop(background)
         image = _rgb(image)
         size = self.input_size(image.height, image.width)
         probability = probabilities_and_outputs(self.model, self.processor, [image], size=size)[0][0].cpu().numpy()
         if crop_refine:
             probability = refined_predictions(self.model, self.processor, [image], [probability],
                                               input_size=self.input_size)[0]
-        options = OutputOptions(threshold=threshold or None, backdrop=Backdrop(background or "#ffffff"),
-                                device=device_and_dtype(self.model)[0])
+        options = OutputOptions(threshold=threshold or None, backdrop=backdrop, device=device_and_dtype(self.model)[0])
         return tuple(Image.fromarray(render_output(kind, image, probability, options))
                      for kind in ("masks", "cutouts", "composites"))
 
@@ -89,6 +88,7 @@ class Demo:
         from .semantic import overlay_with_legend, palette_png, predict_classes
 
         self._expect("classes")
+        self._check_schedule(schedule)
         image = _rgb(image)
         classes = predict_classes(self.model, image, schedule or None)
         return (overlay_with_legend(image, classes, self.model.config.id2label),
@@ -103,6 +103,7 @@ class Demo:
         from .predict import predict_files
 
         self._expect("classes")
+        self._check_schedule(schedule)
         if not video:
             raise ValueError("no video: upload one first")
         output_dir = self._video_output_dir(output_dir)
@@ -198,11 +199,12 @@ class Demo:
         from .predict import predict_files
 
         self._expect("foreground")
+        backdrop = _backdrop(background)
         if not video:
             raise ValueError("no video: upload one first")
         output_dir = self._video_output_dir(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
-                               cutout=True, background=background or "#ffffff", crop_refine=crop_refine,
+                               cutout=True, background=backdrop, crop_refine=crop_refine,
                                progress=False, overwrite=True, resolution=self.resolution, max_side=self.max_side,
                                temporal_smoothing=temporal_smoothing)
         if report.failed:
@@ -210,6 +212,16 @@ class Demo:
         stem = Path(video).stem
         return tuple(str(output_dir / kind / f"{stem}{suffix}")
                      for kind, suffix in (("composites", ".mp4"), ("masks", ".mp4"), ("cutouts", ".mov")))
+
+    @property
+    def schedules(self) -> tuple[str, ...]:
+        """The inference schedules the model runs: DINOv2 heads (and their sliding-window ONNX graphs) all three,
+        multi-class SAM2-UNets and their graphs one pass only (their default schedule)."""
+        return ("single",) if getattr(self.model, "default_schedule", "single") == "single" else SCHEDULES
+
+    def _check_schedule(self, schedule: str | None) -> None:
+        if schedule and schedule not in self.schedules:
+            raise ValueError(f"schedule {schedule!r}: {type(self.model).__name__} runs {' or '.join(self.schedules)}")
 
     def _expect(self, kind: str) -> None:
         if self.kind != kind:
@@ -221,7 +233,25 @@ def _rgb(image: Any) -> Image.Image:
         raise ValueError("no image: upload one first")
     from .image_io import load_image
 
-    return load_image(image)
+    try:
+        return load_image(image)
+    except OSError as error:  # the page hands over uploads undecoded (image_mode=None): a truncated or damaged file
+        raise ValueError(f"the image cannot be read ({error})") from error
+
+
+def _backdrop(colour: str | None):
+    """The new background of a page: a colour only. ``predict``'s backgrounds may also be image files, but what a
+    page (a public Space) is sent must not read the server's files."""
+    from .predict import Backdrop
+
+    text = str(colour or "#ffffff").strip()
+    # No colour is over 64 characters long (and a name that long may fail to stat: an OSError, not a message).
+    if any(separator in text for separator in "/\\") or (len(text) <= 64 and Path(text).is_file()):
+        raise ValueError(f"background {text!r}: a colour here (#RRGGBB, rgb(R, G, B) or a name such as white), "
+                         f"not a file")
+    if len(text) > 64:
+        raise ValueError(f"background: not a colour ({len(text)} characters)")
+    return Backdrop(text)
 
 
 def _editor_value(value: Any) -> tuple[Image.Image, np.ndarray | None]:
@@ -238,7 +268,7 @@ def _editor_value(value: Any) -> tuple[Image.Image, np.ndarray | None]:
 
 def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
     """The Gradio page for ``demo`` (a :class:`Demo`, or a model to load with :meth:`Demo.from_pretrained`, which
-    gets ``load_kwargs``: ``device``, ``dtype``, ``resolution``, ``max_side``)."""
+    gets ``load_kwargs``: ``device``, ``dtype``, ``resolution``, ``max_side``, ``verify_backbone_weights``)."""
     try:
         import gradio as gr
     except ImportError as error:
@@ -246,8 +276,10 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
     name = demo if isinstance(demo, str) else getattr(demo.model, "name_or_path", "") or type(demo.model).__name__
     demo = Demo.from_pretrained(demo, **load_kwargs) if isinstance(demo, str) else demo
     errors_shown = _shown_as_errors(gr)
+    # Uploads reach the handlers as opened (image_mode=None), to be read as `predict` reads files: Gradio's own
+    # conversion to RGB is PIL's convert(), which clips 16-bit pictures to white.
     with gr.Blocks(title=title or f"dsunet-hf: {name}") as page:
-        gr.Markdown(f"# {title or name}\nSegmentation with [dsunet-hf](https://github.com/dsunet-hf/dsunet-hf).")
+        gr.Markdown(f"# {title or name}\nSegmentation with [dsunet-hf]({REPOSITORY}).")
         if demo.kind == "foreground":
             with gr.Row():
                 threshold = gr.Slider(0, 1, value=0, step=0.05, label="threshold (0: soft mask)")
@@ -255,7 +287,7 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                 background = gr.ColorPicker(value="#ffffff", label="new background")
             with gr.Tab("image"), gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="pil", label="image")
+                    image = gr.Image(type="pil", label="image", image_mode=None)
                     run = gr.Button("segment", variant="primary")
                 with gr.Column():
                     outputs = [gr.Image(type="pil", label="mask", format="png"),
@@ -274,12 +306,12 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                                 api_name="segment_video")
         elif demo.kind == "classes":
             with gr.Row():
-                image = gr.Image(type="pil", label="image")
+                image = gr.Image(type="pil", label="image", image_mode=None)
                 with gr.Column():
                     outputs = [gr.Image(type="pil", label="classes", format="png"),
                                gr.Image(type="pil", label="class indices (palette PNG)", format="png")]
-            schedule = gr.Radio(["single", "slide", "multiscale"], value=getattr(demo.model, "default_schedule", None),
-                                label="inference schedule")
+            schedule = gr.Radio(list(demo.schedules), value=getattr(demo.model, "default_schedule", "single"), label="inference schedule",
+                                visible=len(demo.schedules) > 1)
             run = gr.Button("segment", variant="primary")
             run.click(errors_shown(demo.classes), [image, schedule], outputs, api_name="segment")
             if _has_pyav():  # the [video] extra
@@ -293,7 +325,7 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
             brush = gr.Brush(colors=["#ff0050"])
             with gr.Row():
                 reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find", brush=brush)
-                target = gr.Image(type="pil", label="target")
+                target = gr.Image(type="pil", label="target", image_mode=None)
             prompt_text = gr.Textbox(label="or a prompt on the reference", placeholder="box:x0,y0,x1,y1 | point:x,y")
             with gr.Accordion("more references (optional: several examples find more)", open=False), gr.Row():
                 more = [gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush) for number in (2, 3)]
@@ -346,13 +378,15 @@ def _shown_as_errors(gr):
 
 
 SPACE_APP = '''"""A dsunet-hf demo page, written by `dsunet-hf space`."""
-
-import torch
-
+{imports}
 from dsunet_hf.app import build_app
 
-build_app({model!r}, title={title!r}, device="cuda" if torch.cuda.is_available() else "cpu"{options}).launch()
+build_app({model!r}, title={title!r}{options}).launch()
 '''
+# PyTorch models on the Space's GPU where it has one; ONNX graphs refuse a device (onnxruntime picks its own).
+SPACE_DEVICE = ', device="cuda" if torch.cuda.is_available() else "cpu"'
+
+REPOSITORY = "https://github.com/dsunet-hf/dsunet-hf"
 
 
 SPACE_README = """---
@@ -362,22 +396,23 @@ SPACE_README = """---
 # {{ title }}
 
 A demo of [{{ model }}](https://huggingface.co/{{ model }}) made with `dsunet-hf space`. Run it locally:
-`pip install "dsunet-hf[app]"`, then `dsunet-hf app --model {{ model }}`.
+`pip install -r requirements.txt` (this Space's), then `dsunet-hf app --model {{ model }}`.
 """
 
 
 def write_space(folder: str | Path, model: str, *, title: str | None = None, requirement: str | None = None,
                 resolution: str = "model", max_side: int = 2048) -> Path:
     """A Hugging Face Space (Gradio SDK) for ``model``: ``app.py``, ``requirements.txt`` and ``README.md`` with the
-    Space's front matter. ``requirement`` is the line that installs this package there (default: this version from
-    PyPI with the ``[app]`` extra, and ``[onnx]`` for an ONNX export's repo; a ``git+https://...`` URL works too). ``resolution="native"``: the page runs
-    each image at its own size (see :class:`Demo`)."""
+    Space's front matter. ``requirement`` is the line that installs this package there (default:
+    :func:`default_requirement`, with the ``[app]`` extra, and ``[onnx]`` for an ONNX export's repo; extras of a
+    URL are written ``dsunet-hf[app] @ git+https://...``). ``resolution="native"``: the page runs each image at its
+    own size (see :class:`Demo`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from huggingface_hub import SpaceCard, SpaceCardData
 
-    from . import __version__
     from .files import output_folder_problem, write_text_atomic
+    from .onnx_export import read_export_report
     from .predict import check_max_side
 
     try:
@@ -389,17 +424,44 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     check_max_side(max_side)
+    if requirement is not None and re.search(r"[#&]egg=[^&]*\[", requirement):
+        # pip 26 refuses extras in an egg fragment: the Space's build would stop at requirements.txt.
+        raise ValueError(f"requirement {requirement!r}: pip refuses extras in #egg=; write it as "
+                         f"'dsunet-hf[app] @ git+https://...'")
     problem = output_folder_problem(folder)
     if problem:  # said before anything is written
         raise ValueError(problem)
-    options = f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""
-    write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model, options=options))
-    from .onnx_export import read_export_report
-
-    extras = "app,onnx" if read_export_report(model) is not None else "app"  # an ONNX repo runs on onnxruntime
-    write_text_atomic(folder / "requirements.txt", (requirement or f"dsunet-hf[{extras}]=={__version__}") + "\n")
+    onnx = read_export_report(model) is not None  # an ONNX repo runs on onnxruntime, which picks its device
+    options = "" if onnx else SPACE_DEVICE
+    options += f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""
+    write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model, options=options,
+                                                          imports="" if onnx else "\nimport torch\n"))
+    requirement = requirement or default_requirement("app,onnx" if onnx else "app")
+    write_text_atomic(folder / "requirements.txt", requirement.strip() + "\n")
     data = SpaceCardData(title=title, sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[model],
                          tags=["dsunet-hf", "image-segmentation"])
     card = SpaceCard.from_template(data, template_str=SPACE_README, title=title, model=model)
     write_text_atomic(folder / "README.md", str(card))
     return folder
+
+
+def default_requirement(extras: str = "app") -> str:
+    """The ``requirements.txt`` line that installs this dsunet-hf on a Space: ``dsunet-hf[extras]==<version>``
+    where it was installed from a package index (PyPI); from its git repository and commit where pip installed it
+    from one; otherwise (a local folder or an editable checkout, which the Space cannot reach) the project's
+    repository, ``dsunet-hf[extras] @ git+https://github.com/dsunet-hf/dsunet-hf`` (its default branch)."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from . import __version__
+
+    try:
+        direct = json.loads(distribution("dsunet-hf").read_text("direct_url.json") or "null")
+    except (PackageNotFoundError, ValueError):  # not installed (a source tree on sys.path), an unreadable record
+        direct = {}
+    if direct is None:  # PEP 610: no direct_url.json for a distribution installed from an index
+        return f"dsunet-hf[{extras}]=={__version__}"
+    url, vcs = str(direct.get("url", "")), direct.get("vcs_info") or {}
+    if vcs.get("vcs") == "git" and vcs.get("commit_id") and not url.startswith("file:"):
+        return f"dsunet-hf[{extras}] @ git+{url}@{vcs['commit_id']}"
+    return f"dsunet-hf[{extras}] @ git+{REPOSITORY}"

@@ -11,6 +11,17 @@ from pathlib import Path
 
 DEFAULT_CROP_MARGIN = 0.25  # --crop-margin of predict and evaluate
 
+VERIFY_HELP = ("trainable-only artifacts: load even on frozen backbone weights other than those the model was saved "
+               "with (its config.json's backbone_fingerprint: a moved revision, another local folder); the outputs "
+               "then differ from the trained model's")
+
+
+def load_failure(command: str, name: str, error: Exception) -> SystemExit:
+    """``<command>: cannot load <name>: <why>`` in one line; where the error names the Python keyword that loads a
+    model on other backbone weights anyway, the command line's flag instead."""
+    reason = str(error).replace("verify_backbone_weights=False", "--no-verify-backbone-weights")
+    return SystemExit(f"{command}: cannot load {name}: {reason}")
+
 
 def _predict_with_prompts(args) -> int:
     from .prompt_predict import load_visual_prompt_model, predict_with_prompts, visual_prompt_model_type
@@ -26,7 +37,7 @@ def _predict_with_prompts(args) -> int:
               "--minmax-normalize": args.minmax_normalize, "--schedule": args.schedule is not None,
               "--resolution native": args.resolution == "native", "--autocast": args.autocast != "none",
               "--channels-last": args.channels_last, "--compile": args.compile, "--crop-refine": args.crop_refine,
-              "--temporal-smoothing": bool(args.temporal_smoothing)}
+              "--temporal-smoothing": bool(args.temporal_smoothing), "--num-workers": args.num_workers is not None}
     if any(unused.values()):  # rather than silently ignored
         raise SystemExit(f"predict: {', '.join(k for k, v in unused.items() if v)}: not for visual-prompt models "
                          f"(they write masks, --overlay and --save-scores)")
@@ -39,9 +50,10 @@ def _predict_with_prompts(args) -> int:
         raise SystemExit(f"predict: --threshold must be a finite number on the model's score scale, got "
                          f"{args.threshold}")
     try:
-        model = load_visual_prompt_model(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
-    except (ValueError, OSError) as error:  # a damaged weights file, not a model folder
-        raise SystemExit(f"predict: cannot load {args.model}: {error}") from error
+        model = load_visual_prompt_model(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
+                                         verify_backbone_weights=args.verify_backbone_weights)
+    except (ValueError, OSError) as error:  # a damaged weights file, not a model folder, other backbone weights
+        raise load_failure("predict", args.model, error) from error
     extra = {"mode": args.mode} if args.mode else {}
     try:
         report = predict_with_prompts(
@@ -66,7 +78,7 @@ def _predict(args) -> int:
     from .prompt_predict import visual_prompt_model_type
 
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise SystemExit(f"predict: {flag} must be >= {least}, got {value}")
     if args.cutout_colors is not None and not (args.cutout or args.background is not None):
         raise SystemExit("predict: --cutout-colors needs --cutout or --background (the colours of their foreground)")
@@ -93,10 +105,11 @@ def _predict(args) -> int:
     state = process_state(args.device)  # under `accelerate launch` / torchrun: one device per process, files split
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     try:
-        model, processor = load_model_and_processor(args.model, device=device, dtype=dtype)
+        model, processor = load_model_and_processor(args.model, device=device, dtype=dtype,
+                                                    verify_backbone_weights=args.verify_backbone_weights)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
-        raise SystemExit(f"predict: cannot load {args.model}: {error}") from error
+        raise load_failure("predict", args.model, error) from error
     if isinstance(model, OnnxSegmentationModel):  # an exported graph, run by onnxruntime
         torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
                       "--compile": args.compile}
@@ -113,7 +126,7 @@ def _predict(args) -> int:
             model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,
             minmax_normalize=args.minmax_normalize, overlay=args.overlay, cutout=args.cutout,
             cutout_colors=args.cutout_colors or "estimate", background=args.background, overwrite=args.overwrite,
-            num_workers=args.num_workers,
+            num_workers=2 if args.num_workers is None else args.num_workers,
             autocast_dtype=autocast, channels_last=args.channels_last, resolution=args.resolution,
             max_side=args.max_side, schedule=args.schedule, crop_refine=args.crop_refine, crop_margin=args.crop_margin,
             temporal_smoothing=args.temporal_smoothing,
@@ -283,10 +296,12 @@ def _app(args) -> int:
         check_extra("app", "onnx", ("onnxruntime",))
     try:
         demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
-                                    resolution=args.resolution, max_side=args.max_side)
+                                    resolution=args.resolution, max_side=args.max_side,
+                                    verify_backbone_weights=args.verify_backbone_weights)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
-        # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
-        raise SystemExit(f"app: cannot load {args.model}: {error}") from error
+        # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime; ValueError: other backbone
+        # weights, --no-verify-backbone-weights for an ONNX graph
+        raise load_failure("app", args.model, error) from error
     try:
         page = build_app(demo, title=args.title or args.model)
     except ImportError as error:  # no Gradio: says which extra to install
@@ -316,7 +331,8 @@ def _space(args) -> int:
                              resolution=args.resolution, max_side=args.max_side)
     except ValueError as error:  # e.g. the model's repo holds a damaged onnx_export.json
         raise SystemExit(f"space: {error}") from error
-    print(f"space written to {folder}")
+    requirement = (folder / "requirements.txt").read_text().strip()
+    print(f"space written to {folder} (requirements.txt: {requirement})")
     if args.push_to_hub:
         from .hub import upload_folder_to_hub
 
@@ -445,9 +461,9 @@ def _export(args) -> int:
     if problem:
         raise SystemExit(f"export: OUTPUT_DIR {problem}")
     try:
-        model, processor = load_model_and_processor(args.model)
+        model, processor = load_model_and_processor(args.model, verify_backbone_weights=args.verify_backbone_weights)
     except (ValueError, OSError) as error:
-        raise SystemExit(f"export: cannot load {args.model}: {error}") from error
+        raise load_failure("export", args.model, error) from error
     try:
         report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
                              atol=args.atol, dynamic_size=args.dynamic_size, source=args.model, dtype=args.dtype)
@@ -473,8 +489,11 @@ def _demo(args) -> int:
         if any(sam2_unet_only.values()):  # rather than silently ignored
             raise SystemExit(f"demo: {', '.join(k for k, v in sam2_unet_only.items() if v)}: for --task sam2-unet; "
                              f"the visual-prompt demo generates its data and uses a tiny DINOv2")
-        run_visual_prompt_demo(args.output_dir or "outputs/demo-visual-prompt",
-                               max_steps=600 if args.max_steps is None else args.max_steps, seed=args.seed)
+        try:
+            run_visual_prompt_demo(args.output_dir or "outputs/demo-visual-prompt",
+                                   max_steps=600 if args.max_steps is None else args.max_steps, seed=args.seed)
+        except (ValueError, OSError) as error:  # a bad --seed, an unwritable --output-dir: one line naming it
+            raise SystemExit(f"demo: {error}") from error
         return 0
     from .demo import run_demo
 
@@ -518,12 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "(videos: composites/<name>.mp4)")
     predict.add_argument("--overwrite", action="store_true", help="recompute every output (by default an input whose outputs all exist is skipped)")
     predict.add_argument("--device", default=None)
-    predict.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing images")
+    # None: not given (refused for visual-prompt models, which read their targets in this process), else 2.
+    predict.add_argument("--num-workers", type=int, default=None,
+                         help="DataLoader workers decoding and resizing images (default 2)")
     predict.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16", "bfloat16", "float16"],
                          help="mixed precision with fp32 weights (fast on GPUs)")
     predict.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv decoders")
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (long first call)")
     predict.add_argument("--dtype", default="float32", choices=list(PRECISIONS))
+    predict.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
+                         help=VERIFY_HELP)
     add_resolution_arguments(predict)
     predict.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                          help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
@@ -589,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest allowed difference in the check: |logit| for float32 (default 1e-4), "
                              "|probability| for float16 (default 0.02)")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
+                        help=VERIFY_HELP)
     export.add_argument("--dynamic-size", action="store_true",
                         help="any height and width (multiples of 32 for SAM2-UNet and BiRefNet, for predict "
                              "--resolution native; any for DINOv2 heads, for every schedule); checked at three sizes")
@@ -630,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     app.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or the next free one)")
     app.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    app.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
+                     help=VERIFY_HELP)
     add_resolution_arguments(app)
     app.set_defaults(func=_app)
 
@@ -638,8 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument("--model", required=True, help="the Hub repo id the Space shows")
     space.add_argument("--title", default=None)
     space.add_argument("--requirement", default=None,
-                       help="the requirements.txt line that installs dsunet-hf on the Space (default: this version "
-                            "from PyPI with [app]; e.g. git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app])")
+                       help="the requirements.txt line that installs dsunet-hf on the Space (default: "
+                            "dsunet-hf[app]==VERSION where this one came from PyPI, else from git: the commit pip "
+                            "installed, or for a local checkout 'dsunet-hf[app] @ "
+                            "git+https://github.com/dsunet-hf/dsunet-hf'; [app,onnx] for an ONNX export's repo)")
     space.add_argument("--push-to-hub", metavar="SPACE_ID", default=None, help="create/update this Space (user/name)")
     space.add_argument("--private", action="store_true")
     add_resolution_arguments(space)
@@ -647,8 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .evaluate import add_evaluate_parser
 
-    # None = not given, as predict's: check_shared_options refuses it without --crop-refine, then fills in 0.25.
-    add_evaluate_parser(commands).set_defaults(crop_margin=None)
+    add_evaluate_parser(commands)
     # `train` is parsed by transformers' HfArgumentParser from the TrainingArguments dataclass (see main).
     commands.add_parser("train", help="fine-tune (same as accelerate launch examples/train.py); train --help",
                         add_help=False)
@@ -732,29 +760,31 @@ def check_shared_options(args) -> None:
     from .predict import DEFAULT_MAX_SIDE, check_max_side
 
     command = args.command
+    # Saved maps (evaluate --predictions) run no model: run_evaluate_cli refuses these options there, for that reason.
+    saved_maps = command == "evaluate" and (args.predictions is not None or args.ground_truth is not None)
     device = getattr(args, "device", None)
-    if device is not None:
+    if device is not None and not saved_maps:
         problem = device_problem(device)
         if problem:
             raise SystemExit(f"{command}: {problem}")
-    if getattr(args, "max_side", None) is not None:
+    if getattr(args, "max_side", None) is not None and not saved_maps:
         try:
             check_max_side(args.max_side)
         except ValueError as error:
             raise SystemExit(f"{command}: --max-side must be >= 32 (the longest input side, multiples of 32), got "
                              f"{args.max_side}") from error
     margin = getattr(args, "crop_margin", None)
-    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+    if margin is not None and not saved_maps and not (math.isfinite(margin) and margin >= 0):
         raise SystemExit(f"{command}: --crop-margin: crop_margin must be >= 0 and finite (a fraction of the "
                          f"foreground box's longer side), got {margin}")
     # Options that only tune another one: refused without it rather than silently ignored. Their parsers default
-    # to None (not given); the defaults are filled in once checked.
+    # to None (not given); the defaults are filled in once checked (on saved maps: left None, refused if given).
     for name, option, needed, needs, default in (
         ("max_side", "--max-side", getattr(args, "resolution", None) == "native", "--resolution native",
          DEFAULT_MAX_SIDE),
         ("crop_margin", "--crop-margin", getattr(args, "crop_refine", False), "--crop-refine", DEFAULT_CROP_MARGIN),
     ):
-        if not hasattr(args, name):
+        if not hasattr(args, name) or saved_maps:
             continue
         if getattr(args, name) is not None and not needed:
             raise SystemExit(f"{command}: {option} needs {needs}")

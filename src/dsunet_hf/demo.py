@@ -31,9 +31,10 @@ def run_demo(
     from .files import save_image_atomic
     from .image_io import load_image, load_mask
     from .predict import contact_sheet, load_model_and_processor, predict_files
-    from .synthetic import make_camouflage_dataset
+    from .synthetic import check_seed, make_camouflage_dataset
     from .training import TrainingArguments, train
 
+    check_seed(seed)  # before the data is generated or --data is split with it
     output_dir = Path(output_dir)
     if data is None:
         data = str(make_camouflage_dataset(output_dir / "synthetic-camouflage", num_pairs=num_pairs,
@@ -100,9 +101,10 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
     from .image_io import load_label_map
     from .models.visual_prompt import VisualPromptForSegmentation, evaluate_visual_prompt, index_classes
     from .prompt_predict import predict_with_prompts
-    from .synthetic import make_textured_shapes_dataset
+    from .synthetic import check_seed, make_textured_shapes_dataset
     from .training import TrainingArguments, train
 
+    check_seed(seed)
     output_dir = Path(output_dir)
     size = (image_size, image_size)
     train_dir = make_textured_shapes_dataset(output_dir / "shapes-train", num_images, size, seed=seed)

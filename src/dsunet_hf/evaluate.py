@@ -590,23 +590,26 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--predictions", metavar="DIR", help="folder of predicted maps (PNG)")
     parser.add_argument("--ground-truth", metavar="DIR", help="folder of ground-truth masks")
     parser.add_argument("--output-dir", default="evaluation", help="where evaluation.json/.md go")
-    parser.add_argument("--batch-size", type=int, default=8)
+    # Options of running a model default to None (not given: refused on saved maps), filled in by run_evaluate_cli.
+    parser.add_argument("--batch-size", type=int, default=None, help="foreground models: images per batch (default 8)")
     parser.add_argument("--metric-workers", type=int, default=None,
                         help="processes computing the metrics while the model runs or the next files are read (the "
                              "same numbers; default: one per CPU core, at most 8; 0: in this process)")
-    parser.add_argument("--num-workers", type=int, default=0,
-                        help="DataLoader workers reading and decoding samples while the model runs (default 0: in "
-                             "this process; decoding is ~8%% of a 2-core CPU run, more with large photos on a GPU)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="foreground models: DataLoader workers reading and decoding samples while the model "
+                             "runs (default 0: in this process; decoding is ~8%% of a 2-core CPU run, more with large "
+                             "photos on a GPU)")
     parser.add_argument("--minmax-normalize", default=None, action=argparse.BooleanOptionalAction,
                         help="foreground models: per-image min-max normalisation of the maps (SAM2-UNet's test.py); "
                              "default: as the model's upstream evaluates, on for SAM2-UNet and DSU-Net, off for "
                              "BiRefNet (its inference.py)")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="evaluate only the first N per dataset (visual-prompt models: N queries)")
-    parser.add_argument("--shots", type=int, default=1,
-                        help="visual-prompt models: reference images per query (other images of the class)")
-    parser.add_argument("--absent-queries", type=int, default=50,
-                        help="visual-prompt models: also prompt N classes absent from the target (absent_area)")
+    parser.add_argument("--shots", type=int, default=None,
+                        help="visual-prompt models: reference images per query (other images of the class; default 1)")
+    parser.add_argument("--absent-queries", type=int, default=None,
+                        help="visual-prompt models: also prompt N classes absent from the target (absent_area; "
+                             "default 50)")
     parser.add_argument("--track-memory", type=int, default=None,
                         help="visual-prompt models on a DAVIS-layout folder (JPEGImages/, Annotations/): frames kept "
                              "in each tracker's memory beside the first annotated frame (default 8)")
@@ -615,16 +618,17 @@ def add_evaluate_parser(subparsers):
                              "(DIR/<dataset>/<sequence>/<frame>.png, palette object ids; YouTube-VOS: "
                              "DIR/<dataset>/Annotations/...) for the evaluation server; required where only first "
                              "appearances are annotated (DAVIS test-dev, YouTube-VOS valid)")
-    parser.add_argument("--prompt-kind", default="mask", choices=["mask", "box", "scribble", "point"],
-                        help="visual-prompt models: the prompt made from each reference's class mask")
+    parser.add_argument("--prompt-kind", default=None, choices=["mask", "box", "scribble", "point"],
+                        help="visual-prompt models: the prompt made from each reference's class mask (default mask)")
     parser.add_argument("--dis-metrics", action="store_true",
                         help="also the rest of BiRefNet's table: HCE (human correction effort), mBA, BIoU (max/mean), "
                              "MSE; slower (HCE skeletonises every ground truth)")
     parser.add_argument("--crop-refine", action="store_true",
                         help="foreground models: predict once more on the crop around each image's foreground (finer "
                              "edges for small objects in large images), as predict --crop-refine")
-    parser.add_argument("--crop-margin", type=float, default=0.25,
-                        help="--crop-refine: margin around the foreground, a fraction of its box's longer side")
+    parser.add_argument("--crop-margin", type=float, default=None,
+                        help="--crop-refine: margin around the foreground, a fraction of its box's longer side "
+                             "(default 0.25)")
     add_resolution_arguments(parser)
     parser.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                         help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
@@ -633,23 +637,29 @@ def add_evaluate_parser(subparsers):
                         help="multi-class label maps: 0 is 'other' (ignored), classes start at 1 (ADE20K); "
                              "default: as the model was trained (its processor's do_reduce_labels)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="the model's weights and arithmetic (default float32)")
+    parser.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
+                        help="trainable-only artifacts: load even on frozen backbone weights other than those the "
+                             "model was saved with (its config.json's backbone_fingerprint: a moved revision, another "
+                             "local folder); the scores are then not the trained model's")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run_evaluate_cli)
     return parser
 
 
-def _visual_prompt_model(name_or_path: str):
+def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True):
     """The trained in-context head or the matcher when ``name_or_path`` holds one, else None; a model that cannot be
-    loaded (damaged weights) is one line naming it."""
+    loaded (damaged weights, other DINOv2 weights than those it was saved with) is one line naming it."""
+    from .cli import load_failure
     from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
     if not visual_prompt_model_type(name_or_path):
         return None
     try:
-        return load_visual_prompt_model(name_or_path)
+        return load_visual_prompt_model(name_or_path, verify_backbone_weights=verify_backbone_weights)
     except (ValueError, OSError) as error:
-        raise SystemExit(f"evaluate: {error}") from error
+        raise load_failure("evaluate", name_or_path, error) from error
 
 
 def _dataset_labels(source) -> dict | None:
@@ -696,17 +706,29 @@ def run_evaluate_cli(args) -> int:
     if folders_mode and any(tracking_only.values()):
         raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for --model on "
                          f"DAVIS-layout folders")
-    # Options of running a model mean nothing to saved maps; one given there would be silently ignored. (Those with
-    # a default other than None are seen only when they differ from it.)
-    model_only = {"--crop-refine": args.crop_refine, "--resolution native": args.resolution == "native",
+    # Options of running a model mean nothing to saved maps; one given there would be silently ignored. (Their
+    # parser defaults are None, not given, filled in below; --crop-margin and --max-side left so by the command line.)
+    prompting_options = {"--shots": args.shots is not None, "--absent-queries": args.absent_queries is not None,
+                         "--prompt-kind": args.prompt_kind is not None}
+    model_only = {"--crop-refine": args.crop_refine, "--crop-margin": args.crop_margin is not None,
+                  "--resolution native": args.resolution == "native", "--max-side": args.max_side is not None,
                   "--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label is not None,
                   "--minmax-normalize": args.minmax_normalize is not None, "--split": args.split is not None,
-                  "--max-samples": args.max_samples is not None, "--dtype": args.dtype != "float32",
-                  "--shots": args.shots != 1, "--absent-queries": args.absent_queries != 50,
-                  "--prompt-kind": args.prompt_kind != "mask"}
+                  "--max-samples": args.max_samples is not None, "--dtype": args.dtype is not None,
+                  "--device": args.device is not None, "--batch-size": args.batch_size is not None,
+                  "--num-workers": args.num_workers is not None,
+                  "--no-verify-backbone-weights": not args.verify_backbone_weights, **prompting_options}
     if folders_mode and any(model_only.values()):
         raise SystemExit(f"evaluate: {', '.join(k for k, v in model_only.items() if v)}: for --model/--data, not "
                          f"for --predictions/--ground-truth (saved maps are scored as they are)")
+    from .cli import DEFAULT_CROP_MARGIN
+    from .predict import DEFAULT_MAX_SIDE
+
+    for name, default in (("batch_size", 8), ("num_workers", 0), ("dtype", "float32"), ("shots", 1),
+                          ("absent_queries", 50), ("prompt_kind", "mask"), ("crop_margin", DEFAULT_CROP_MARGIN),
+                          ("max_side", DEFAULT_MAX_SIDE)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     # Default: a worker per core (at most 8): the same numbers, and the metrics, not the model, bound a GPU run.
     metric_workers = min(8, os.cpu_count() or 1) if args.metric_workers is None else args.metric_workers
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
@@ -729,39 +751,54 @@ def run_evaluate_cli(args) -> int:
     elif args.model is None or not args.data:
         raise SystemExit("evaluate: give --model and at least one --data, or --predictions and --ground-truth")
     else:
+        from .cli import load_failure
         from .data import dataset_name, dropped_files, load_segmentation_dataset
         from .predict import load_model_and_processor
+        from .prompt_predict import visual_prompt_model_type
         from .tracking_evaluation import evaluate_tracking, is_davis_layout, split_list
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-        visual_prompt = _visual_prompt_model(args.model)
-        if any(tracking_only.values()) and (visual_prompt is None or not all(map(is_davis_layout, args.data))):
+        # Read from its config alone: the options for visual-prompt models are refused before any model loads.
+        is_visual_prompt = visual_prompt_model_type(args.model) is not None
+        if not is_visual_prompt and any(prompting_options.values()):
+            raise SystemExit(f"evaluate: {', '.join(k for k, v in prompting_options.items() if v)}: for visual-prompt "
+                             f"models; {args.model} is not one")
+        if any(tracking_only.values()) and (not is_visual_prompt or not all(map(is_davis_layout, args.data))):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for a "
                              f"visual-prompt model on DAVIS-layout folders (JPEGImages/, Annotations/)")
+        # Options the other kinds of model do not use (refused rather than ignored): a visual-prompt model is known
+        # from its config (refused before it loads), a multi-class one once loaded.
+        foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine,
+                              "--resolution native": args.resolution == "native",
+                              "--minmax-normalize": args.minmax_normalize is not None,
+                              "--batch-size": model_only["--batch-size"], "--num-workers": model_only["--num-workers"],
+                              "--metric-workers": args.metric_workers is not None}
+        semantic_options = {"--schedule": args.schedule is not None,
+                            "--reduce-zero-label": args.reduce_zero_label is not None}  # --no-reduce-zero-label too
+
+        def refuse_unused_options(multi_class: bool) -> None:
+            if any(foreground_options.values()) and (is_visual_prompt or multi_class):
+                raise SystemExit(f"evaluate: {', '.join(k for k, v in foreground_options.items() if v)}: for models "
+                                 f"that predict one foreground map; {args.model} is not such a model")
+            if not multi_class and any(semantic_options.values()):
+                raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} apply to "
+                                 f"multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
+
+        if is_visual_prompt:
+            refuse_unused_options(multi_class=False)
+        visual_prompt = _visual_prompt_model(args.model, args.verify_backbone_weights) if is_visual_prompt else None
         track_memory = 8 if args.track_memory is None else args.track_memory
         if visual_prompt is not None:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
             try:
-                model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype)
+                model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype,
+                                                            verify_backbone_weights=args.verify_backbone_weights)
             except (ValueError, OSError, ImportError) as error:  # not a model folder, a Hub id neither cached nor
-                # reachable, or an ONNX export without onnxruntime
-                raise SystemExit(f"evaluate: cannot load {args.model}: {error}") from error
+                # reachable, an ONNX export without onnxruntime, other backbone weights than it was saved with
+                raise load_failure("evaluate", args.model, error) from error
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
-        prompting_options = {"--shots": args.shots != 1, "--absent-queries": args.absent_queries != 50,
-                             "--prompt-kind": args.prompt_kind != "mask"}
-        if visual_prompt is None and any(prompting_options.values()):
-            raise SystemExit(f"evaluate: {', '.join(k for k, v in prompting_options.items() if v)}: for visual-prompt "
-                             f"models; {args.model} is not one")
-        foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine,
-                              "--resolution native": args.resolution == "native"}
-        if any(foreground_options.values()) and (visual_prompt is not None or multi_class):
-            raise SystemExit(f"evaluate: {', '.join(k for k, v in foreground_options.items() if v)}: for models that "
-                             f"predict one foreground map; {args.model} is not such a model")
-        semantic_options = {"--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label}
-        if not multi_class and any(semantic_options.values()):
-            raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} "
-                             f"apply to multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
+        refuse_unused_options(multi_class)
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
                              else bool(getattr(processor, "do_reduce_labels", False)))
         # Every --data is loaded (its files checked) before the model runs any of them: a typo costs nothing.

@@ -382,10 +382,11 @@ def probabilities_and_outputs(model, processor, images: list, minmax_normalize: 
     size as in training and passed as labels, so the output carries the model's loss. ``size`` (height, width):
     the input size for this batch instead of the processor's (``resolution="native"``)."""
     device, dtype = device_and_dtype(model)
+    processor = processor_for_model(processor, model)  # the model's upstream resizing and post-processing order
     inputs = processor(images, masks=masks, size=None if size is None else {"height": size[0], "width": size[1]})
     labels = {} if masks is None else {"labels": torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)}
     outputs = model(**pixel_inputs(inputs, device, dtype), **labels)
-    probabilities = processor_for_model(processor, model).post_process_probabilities(  # the model's upstream order
+    probabilities = processor.post_process_probabilities(  # the model's upstream order
         outputs.logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )
     return probabilities, outputs
@@ -667,12 +668,13 @@ def predict_files(
     """
     from accelerate.utils import gather_object
 
-    from .distributed import process_state
+    from .distributed import ProcessFailures, StopRequested, process_state
 
     device, dtype = device_and_dtype(model)
     state = process_state(device)
     output_dir = Path(output_dir)
     report = PredictionReport()
+    processor = processor_for_model(processor, model)  # one saved before its order was: resized as its upstream
     check_batch_options(output_dir, batch_size)
     images = collect_images(inputs, exclude=output_dir)  # on every process, so that a bad input raises everywhere, not only on one
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
@@ -751,68 +753,88 @@ def predict_files(
             return (prepare, lambda prepared: foreground_maps(*prepared),
                     lambda kind, frame, probability: render_output(kind, frame, probability, options))
 
+    stop = ProcessFailures(state)  # a process that fails makes the others stop at their next batch
+    failure, own_error = None, None
     with state.split_between_processes(pending) as mine:
-        mine_videos = [item for item in mine if is_video(item[0])]
-        mine = [item for item in mine if not is_video(item[0])]
-        if resolution == "native":
-            stored = [stored_size(path) for path, _ in mine]
-            sizes = [native_size(*size, max_side=max_side) if size else None for size in stored]
-            batching = {"batch_sampler": size_buckets(sizes, batch_size)}
-        else:
-            sizes, batching = None, {"batch_size": batch_size}
-        loader = torch.utils.data.DataLoader(
-            _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
-            num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-        ) if mine else []  # videos only: no decoding workers to start
-        bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process and mine))
-
-        def written(path: str) -> None:
-            report.written.append(path)
-            bar.update(1)
-
-        writer = BackgroundWriter(write_workers, max_pending=4 * batch_size, on_done=written)
         try:
-            for batch in loader:
-                for item in batch["items"]:
-                    if "error" in item:
-                        report.failed[str(item["path"])] = item["error"]
-                good = [item for item in batch["items"] if "error" not in item]
-                bar.update(len(batch["items"]) - len(good))
-                if not good:
-                    continue
-                if semantic:
-                    from .semantic import predict_classes, write_class_outputs
+            mine_videos = [item for item in mine if is_video(item[0])]
+            mine = [item for item in mine if not is_video(item[0])]
+            if resolution == "native":
+                stored = [stored_size(path) for path, _ in mine]
+                sizes = [native_size(*size, max_side=max_side) if size else None for size in stored]
+                batching = {"batch_sampler": size_buckets(sizes, batch_size)}
+            else:
+                sizes, batching = None, {"batch_size": batch_size}
+            loader = torch.utils.data.DataLoader(
+                _ImageFiles(mine, processor, preprocess=not semantic, sizes=sizes), **batching,
+                num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+            ) if mine else []  # videos only: no decoding workers to start
+            bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not (progress and state.is_main_process and mine))
 
-                    for item in good:
-                        with precision():
-                            classes = predict_classes(model, item["image"], schedule)
-                        write_class_outputs(model, item["image"], classes, output_dir, item["name"], overlay)
-                        written(str(item["path"]))
-                    continue
-                probabilities = foreground_maps([item["image"] for item in good],
-                                                {**batch["pixel_values"], "original_sizes": batch["original_sizes"]})
-                for item, probability in zip(good, probabilities):
-                    writer.submit(_write_binary_outputs, item, probability, output_dir, kinds, options)
-        finally:
-            writer.close()  # every finished image is written (and reported) even when a later batch fails
-        bar.close()
-        for path, name in mine_videos:
-            with tqdm(desc=f"predict {path.name}", unit="frame",
-                      disable=not (progress and state.is_main_process)) as frames_bar:
-                predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name)
-                                                         for kind in video_kinds}, *video_steps_for_one_video(),
-                                          batch_size=batch_size, on_frames=frames_bar.update,
-                                          temporal_smoothing=0.0 if semantic else temporal_smoothing)
+            def written(path: str) -> None:
+                report.written.append(path)
+                bar.update(1)
+
+            writer = BackgroundWriter(write_workers, max_pending=4 * batch_size, on_done=written)
+            try:
+                for batch in loader:
+                    stop.check()
+                    for item in batch["items"]:
+                        if "error" in item:
+                            report.failed[str(item["path"])] = item["error"]
+                    good = [item for item in batch["items"] if "error" not in item]
+                    bar.update(len(batch["items"]) - len(good))
+                    if not good:
+                        continue
+                    if semantic:
+                        from .semantic import predict_classes, write_class_outputs
+
+                        for item in good:
+                            with precision():
+                                classes = predict_classes(model, item["image"], schedule)
+                            write_class_outputs(model, item["image"], classes, output_dir, item["name"], overlay)
+                            written(str(item["path"]))
+                        continue
+                    probabilities = foreground_maps([item["image"] for item in good],
+                                                    {**batch["pixel_values"], "original_sizes": batch["original_sizes"]})
+                    for item, probability in zip(good, probabilities):
+                        writer.submit(_write_binary_outputs, item, probability, output_dir, kinds, options)
+            finally:
+                writer.close()  # every finished image is written (and reported) even when a later batch fails
+            bar.close()
+            for path, name in mine_videos:
+                stop.check()
+                with tqdm(desc=f"predict {path.name}", unit="frame",
+                          disable=not (progress and state.is_main_process)) as frames_bar:
+                    predict_video_into_report(report, path, {kind: video_output_path(output_dir, kind, name)
+                                                             for kind in video_kinds}, *video_steps_for_one_video(),
+                                              batch_size=batch_size, on_frames=lambda n: (stop.check(), frames_bar.update(n)),
+                                              temporal_smoothing=0.0 if semantic else temporal_smoothing)
+        except StopRequested:  # another process failed: this one's finished outputs are kept and reported
+            pass
+        except Exception as error:
+            if state.num_processes == 1:
+                raise
+            # Not raised yet: the other processes would wait for this one's part of the report (in gather_object,
+            # up to the group's timeout). Every process reaches the gather; the report is written; all raise.
+            failure, own_error = stop.fail(error), error
+    failures = []
     if state.num_processes > 1:
-        parts = gather_object([report.__dict__])
+        parts = gather_object([{**report.__dict__, "failure": failure}])
         report = PredictionReport(
             written=[p for part in parts for p in part["written"]],
             skipped_existing=parts[0]["skipped_existing"],
             failed={k: v for part in parts for k, v in part["failed"].items()},
         )
-    if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
+        failures = [part["failure"] for part in parts if part["failure"]]
+    try:
+        if state.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
+    finally:
+        if failures:  # the report is written before any process exits (torchrun then ends the others at once)
+            state.wait_for_everyone()
+    stop.raise_for(failures, own_error)
     return report
 
 
@@ -889,9 +911,12 @@ def check_resolution(model, processor, resolution: str, semantic: bool = False) 
                          f"{model.input_size}; export with --dynamic-size for one that takes any size")
 
 
-def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, **kwargs):
+def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, *,
+                             verify_backbone_weights: bool = True, **kwargs):
     """Any dsunet-hf artifact (local folder or Hub id) with its saved image processor (or the default), ready
-    for inference: in eval mode, with LoRA merged into the frozen weights (``merge_lora``)."""
+    for inference: in eval mode, with LoRA merged into the frozen weights (``merge_lora``).
+    ``verify_backbone_weights=False`` loads a trainable-only artifact on frozen backbone weights other than those it
+    was saved with (see ``from_pretrained``); an ONNX graph, which holds all its weights, refuses it."""
     from transformers import AutoImageProcessor, AutoModelForImageSegmentation
 
     from .convert.birefnet import is_official_birefnet_source
@@ -904,6 +929,9 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         if (device is not None and str(device) != "cpu") or dtype not in (None, torch.float32):
             raise ValueError(f"{name_or_path} is an ONNX graph (fp32): onnxruntime picks its devices (CUDA with "
                              f"onnxruntime-gpu); leave out --device and --dtype")
+        if not verify_backbone_weights:  # rather than silently ignored
+            raise ValueError(f"{name_or_path} is an ONNX graph, which holds all its weights: no backbone weights "
+                             f"load apart to verify; leave out --no-verify-backbone-weights")
         model = OnnxSegmentationModel(onnx_folder)
         processor = AutoImageProcessor.from_pretrained(model.folder)
         _check_processor_sizes(processor, model.folder)
@@ -917,7 +945,8 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         return _to(model, device, dtype).eval(), model.default_image_processor()
     # Inference only: LoRA folded into the frozen weights (in fp32, before the dtype cast).
     with readable_weights(name_or_path):
-        model = AutoModelForImageSegmentation.from_pretrained(name_or_path, merge_lora=True, **kwargs)
+        model = AutoModelForImageSegmentation.from_pretrained(
+            name_or_path, merge_lora=True, verify_backbone_weights=verify_backbone_weights, **kwargs)
     model = _to(model, device, dtype)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path, revision=kwargs.get("revision"))
@@ -928,7 +957,8 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         else:  # a damaged one is not silently replaced by a default that may have another size or normalisation
             raise ValueError(f"{saved}: not a readable image processor config ({_first_line(error)})") from error
     _check_processor_sizes(processor, name_or_path)
-    return model.eval(), processor
+    # A processor saved before the post-processing order was recorded: its model's order and upstream resizing.
+    return model.eval(), processor_for_model(processor, model)
 
 
 def _first_line(error: BaseException) -> str:

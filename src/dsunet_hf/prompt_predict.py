@@ -53,16 +53,17 @@ def visual_prompt_model_type(name_or_path: str) -> str | None:
     return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
 
 
-def load_visual_prompt_model(name_or_path: str, device=None, dtype=None):
+def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, verify_backbone_weights: bool = True):
     """A visual-prompt model (folder or Hub id) in eval mode on ``device`` (default CPU) in ``dtype`` (default fp32);
-    a damaged weights file is an OSError naming it (as :func:`dsunet_hf.predict.load_model_and_processor` says)."""
+    a damaged weights file is an OSError naming it (as :func:`dsunet_hf.predict.load_model_and_processor` says).
+    ``verify_backbone_weights=False`` loads it on DINOv2 weights other than those it was saved with."""
     import torch
     from transformers import AutoModel
 
     from .predict import readable_weights
 
     with readable_weights(name_or_path):
-        model = AutoModel.from_pretrained(name_or_path)
+        model = AutoModel.from_pretrained(name_or_path, verify_backbone_weights=verify_backbone_weights)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
 

@@ -323,7 +323,7 @@ def _segment_image(model, image: Image.Image, schedule: str, output_size=None,
         return _normalise(resized, processor)[None].to(device=device, dtype=dtype)
 
     inputs = working_input(1.0) if pixels is None else pixels.to(device=device, dtype=dtype)
-    if schedule == "multiscale":
+    if schedule == "multiscale" and hasattr(model.config, "test_scales"):  # else the model names its schedules
         inputs = [inputs if ratio == 1.0 else working_input(ratio) for ratio in model.config.test_scales]
     size = tuple(output_size) if output_size is not None else rescaled_size(image.height, image.width, crop, long_side)
     return model.segment(inputs, schedule, output_size=size).float()

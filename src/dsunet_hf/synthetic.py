@@ -145,11 +145,18 @@ def make_camouflage_sample(
     return pil, Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
+def check_seed(seed) -> None:
+    """A seed numpy takes (an integer >= 0), said by name: numpy's own error for -1 is "expected non-negative integer"."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
+
+
 def _write_pairs(folder, count: int, make_pair, seed: int) -> Path:
     """``folder/images/NNNN.png`` + ``folder/masks/NNNN.png`` for ``make_pair(rng)`` -> (image, mask) with the
     generator seeded ``(seed, i)``: sample ``i`` does not depend on ``count``."""
     if count < 1:
         raise ValueError(f"the number of images must be >= 1, got {count}")
+    check_seed(seed)
     root = Path(folder)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)

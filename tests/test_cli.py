@@ -448,12 +448,24 @@ def test_no_verify_backbone_weights_is_refused_for_an_onnx_export(tmp_path, comm
         main([*argv, "--no-verify-backbone-weights"])
 
 
+
+def test_no_verify_backbone_weights_is_refused_for_official_birefnet_weights(tmp_path):
+    """Official BiRefNet weights hold the whole model: the flag has nothing to apply to (was: silently ignored)."""
+    weights = tmp_path / "BiRefNet-general-epoch_244.pth"
+    weights.write_bytes(b"")  # refused before anything is read
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=rf"^predict: cannot load {weights}: {weights} holds BiRefNet's whole "
+                                         r"official weights: .*; leave out --no-verify-backbone-weights$"):
+        main(["predict", "--model", str(weights), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o"),
+              "--no-verify-backbone-weights"])
+
 # --- evaluate on saved maps, options checked before the model loads --------------------------------------------
 
 @pytest.mark.parametrize("given", [["--device", "cpu"], ["--device", "cuda:7"], ["--batch-size", "2"],
                                    ["--num-workers", "3"], ["--dtype", "float32"], ["--shots", "1"],
                                    ["--prompt-kind", "mask"], ["--no-verify-backbone-weights"],
-                                   ["--crop-margin", "0.3"], ["--crop-margin", "-1"], ["--max-side", "512"]])
+                                   ["--crop-margin", "0.3"], ["--crop-margin", "-1"], ["--max-side", "512"],
+                                   ["--no-reduce-zero-label"], ["--no-minmax-normalize"]])
 def test_evaluate_refuses_options_of_running_a_model_on_saved_maps(tmp_path, given):
     """Was: silently ignored (the first six with their default value: refused only when they differed from it), or
     refused for another reason (--crop-margin "needs --crop-refine", which is refused there too; --device cuda:7
@@ -481,8 +493,8 @@ def test_evaluate_refuses_visual_prompt_options_before_loading_another_model(tmp
               "--output-dir", str(tmp_path / "report")])
 
 
-@pytest.mark.parametrize("given", [["--minmax-normalize"], ["--batch-size", "8"], ["--num-workers", "2"],
-                                   ["--metric-workers", "0"], ["--crop-refine"]])
+@pytest.mark.parametrize("given", [["--minmax-normalize"], ["--no-minmax-normalize"], ["--batch-size", "8"],
+                                   ["--num-workers", "2"], ["--metric-workers", "0"], ["--crop-refine"]])
 def test_evaluate_refuses_foreground_options_for_other_models(tmp_path, monkeypatch, offline_hub, given):
     """Multi-class and visual-prompt models are scored without batches of maps (nor min-max, nor metric processes):
     was silently ignored (and --minmax-normalize recorded in the report as used); a visual-prompt model's were
@@ -524,5 +536,6 @@ def test_evaluate_refuses_no_reduce_zero_label_for_a_foreground_model(tmp_path, 
     foreground = types.SimpleNamespace(predicts_class_maps=False)
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (foreground, None))
     (tmp_path / "model").mkdir()
-    with pytest.raises(SystemExit, match=r"^evaluate: --reduce-zero-label apply to multi-class models"):
+    # Named as given (was "--reduce-zero-label", which the user had not typed).
+    with pytest.raises(SystemExit, match=r"^evaluate: --no-reduce-zero-label apply to multi-class models"):
         main(["evaluate", "--model", str(tmp_path / "model"), "--data", "d", "--no-reduce-zero-label"])

@@ -570,3 +570,23 @@ def test_a_shape_cut_out_of_a_plain_layer_reads_as_its_alpha(tmp_path):
     assert load_mask(opaque_white).min() == 1.0  # alpha that does not vary: the colour, as before
     two_colours = np.dstack([shape, shape * 0, shape * 0, np.arange(24 * 32, dtype=np.uint8).reshape(24, 32)])
     assert np.array_equal(load_mask(Image.fromarray(two_colours, "RGBA")), shape / 255.0)
+
+
+def test_a_coloured_shape_cut_out_of_a_plain_layer_is_not_warned_of_as_colour_coded(tmp_path):
+    """Read as its alpha (above), but training and evaluate warned that it was read by its luminance ("a red one
+    0.3"): colour_coded_values counted its one colour."""
+    from dsunet_hf.data import binary_mask_problem, load_segmentation_dataset
+    from dsunet_hf.image_io import colour_coded_values
+
+    shape = np.zeros((24, 32), np.uint8)
+    shape[6:18, 8:20] = 255
+    red_on_clear = Image.fromarray(np.dstack([np.full_like(shape, 220), shape * 0, shape * 0, shape]), "RGBA")
+    assert np.array_equal(load_mask(red_on_clear), shape / 255.0)
+    assert colour_coded_values(red_on_clear) is None
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    Image.new("RGB", (32, 24)).save(tmp_path / "images" / "a.png")
+    red_on_clear.save(tmp_path / "masks" / "a.png")
+    assert binary_mask_problem(load_segmentation_dataset(str(tmp_path))) is None
+    red_opaque = Image.fromarray(np.dstack([np.full_like(shape, 220), shape * 0, shape * 0, shape | 255]), "RGBA")
+    assert colour_coded_values(red_opaque) == 1  # its alpha says nothing: read by luminance, warned of as before

@@ -210,8 +210,9 @@ def test_bad_config_values_are_refused():
         Sam2UNetConfig(finetune_strategy="qlora")
     with pytest.raises(ValueError, match="backbone_preset"):
         Sam2UNetConfig(backbone_preset="huge")
-    with pytest.raises(ValueError, match="multiple of 32"):
-        Sam2UNetConfig(image_size=350)
+    for size in (350, 0, -32):  # 0 and negative sizes passed the multiple-of-32 check
+        with pytest.raises(ValueError, match=f"positive multiple of 32 .*got {size}"):
+            Sam2UNetConfig(image_size=size)
 
 
 def test_tiny_hiera_fixture_is_consistent():

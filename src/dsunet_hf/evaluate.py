@@ -708,12 +708,15 @@ def run_evaluate_cli(args) -> int:
                          f"DAVIS-layout folders")
     # Options of running a model mean nothing to saved maps; one given there would be silently ignored. (Their
     # parser defaults are None, not given, filled in below; --crop-margin and --max-side left so by the command line.)
+    # Named as given: --no-reduce-zero-label and --no-minmax-normalize are refused too, and said so.
+    reduce_flag = "--no-reduce-zero-label" if args.reduce_zero_label is False else "--reduce-zero-label"
+    minmax_flag = "--no-minmax-normalize" if args.minmax_normalize is False else "--minmax-normalize"
     prompting_options = {"--shots": args.shots is not None, "--absent-queries": args.absent_queries is not None,
                          "--prompt-kind": args.prompt_kind is not None}
     model_only = {"--crop-refine": args.crop_refine, "--crop-margin": args.crop_margin is not None,
                   "--resolution native": args.resolution == "native", "--max-side": args.max_side is not None,
-                  "--schedule": args.schedule is not None, "--reduce-zero-label": args.reduce_zero_label is not None,
-                  "--minmax-normalize": args.minmax_normalize is not None, "--split": args.split is not None,
+                  "--schedule": args.schedule is not None, reduce_flag: args.reduce_zero_label is not None,
+                  minmax_flag: args.minmax_normalize is not None, "--split": args.split is not None,
                   "--max-samples": args.max_samples is not None, "--dtype": args.dtype is not None,
                   "--device": args.device is not None, "--batch-size": args.batch_size is not None,
                   "--num-workers": args.num_workers is not None,
@@ -770,11 +773,11 @@ def run_evaluate_cli(args) -> int:
         # from its config (refused before it loads), a multi-class one once loaded.
         foreground_options = {"--dis-metrics": args.dis_metrics, "--crop-refine": args.crop_refine,
                               "--resolution native": args.resolution == "native",
-                              "--minmax-normalize": args.minmax_normalize is not None,
+                              minmax_flag: args.minmax_normalize is not None,
                               "--batch-size": model_only["--batch-size"], "--num-workers": model_only["--num-workers"],
                               "--metric-workers": args.metric_workers is not None}
         semantic_options = {"--schedule": args.schedule is not None,
-                            "--reduce-zero-label": args.reduce_zero_label is not None}  # --no-reduce-zero-label too
+                            reduce_flag: args.reduce_zero_label is not None}
 
         def refuse_unused_options(multi_class: bool) -> None:
             if any(foreground_options.values()) and (is_visual_prompt or multi_class):

@@ -397,14 +397,17 @@ def class_index_maximum(source: Any, ignore_index: int = 255, most: int = 32) ->
 def colour_coded_values(source: Any, most: int = 256) -> int | None:
     """The number of colours of a colour-coded mask that :func:`load_mask` reads by its luminance: a palette or
     RGB(A) mask with colours that are not grey, at most ``most`` of them (palette masks: any number of indices),
-    and none of the binary forms load_mask recognises. None for grey masks (also grey palettes and RGB files
-    holding grey), binary ones, lossy files with more colours (a JPEG of a grey mask), arrays and anything
-    unreadable. Used to warn that a binary model or the metrics would read such masks as faint foreground."""
+    and none of the binary forms load_mask recognises (nor one colour with the object in its alpha). None for grey
+    masks (also grey palettes and RGB files holding grey), binary ones, alpha-only ones, lossy files with more colours
+    (a JPEG of a grey mask), arrays and anything unreadable. Used to warn that a binary model or the metrics would
+    read such masks as faint foreground."""
     try:
         image = _open(source, "mask") if isinstance(source, _PathLike) else source
     except ImageReadError:
         return None
     if not isinstance(image, Image.Image):
+        return None
+    if _alpha_only_mask(image) is not None:  # one colour, the object in its alpha: load_mask reads the alpha
         return None
     if image.mode == "P":
         used, colours = _palette_colours(image)

@@ -940,6 +940,10 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         # Official BiRefNet weights (Hub id such as ZhengPeng7/BiRefNet, folder or .pth/.safetensors file).
         from .models.birefnet import BiRefNetForImageSegmentation
 
+        if not verify_backbone_weights:  # rather than silently ignored
+            raise ValueError(f"{name_or_path} holds BiRefNet's whole official weights: no backbone weights load apart "
+                             f"to verify; leave out --no-verify-backbone-weights")
+
         with readable_weights(name_or_path):
             model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
         return _to(model, device, dtype).eval(), model.default_image_processor()

@@ -64,8 +64,8 @@ class Sam2UNetConfig(PreTrainedConfig):
     ):
         if backbone_preset not in HIERA_PRESETS:
             raise ValueError(f"unknown backbone_preset {backbone_preset!r}; choose one of {sorted(HIERA_PRESETS)}")
-        if image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 (Hiera's total stride), got {image_size}")
+        if image_size % 32 or image_size < 32:
+            raise ValueError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}")
         if bce_weighting not in BCE_WEIGHTINGS:
             raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
         self.backbone_preset = backbone_preset

@@ -338,7 +338,10 @@ def test_model_card_metadata_and_snippets_run(tmp_path, monkeypatch, family):
 
 def _on_other_backbone_weights(tmp_path, family: str) -> Path:
     """A trainable-only artifact (SAM2-UNet) or a config-only matcher saved on a local backbone folder, whose
-    folder then gets another checkpoint of the same shapes (as a moved revision would): its fingerprint refuses it."""
+    folder then gets another checkpoint of the same shapes (as a moved revision would): its fingerprint refuses it.
+    A copy of the original backbone stays in ``<family>-original``."""
+    import shutil
+
     from transformers import Dinov2Config, Dinov2Model
 
     backbone = tmp_path / f"{family}-backbone"
@@ -365,6 +368,7 @@ def _on_other_backbone_weights(tmp_path, family: str) -> Path:
         model = VisualPromptMatcher.from_pretrained_backbones(tiny_config(dino_backbone_repo_id=str(backbone)))
         swap = lambda: dinov2(2)  # noqa: E731
     model.save_pretrained(tmp_path / family)
+    shutil.copytree(backbone, tmp_path / f"{family}-original")
     swap()
     return tmp_path / family
 
@@ -459,12 +463,148 @@ def test_no_verify_backbone_weights_is_refused_for_official_birefnet_weights(tmp
         main(["predict", "--model", str(weights), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o"),
               "--no-verify-backbone-weights"])
 
+# --- --backbone-source ------------------------------------------------------------------------------------------
+
+def test_backbone_source_loads_on_the_backbone_it_was_trained_with(tmp_path, monkeypatch):
+    """Was: no such option; the refusal of other backbone weights named the Python keywords
+    (backbone_repo_id/backbone_revision), which the command line does not take: only --no-verify-backbone-weights
+    (other outputs) was left."""
+    import dsunet_hf.app
+    import dsunet_hf.onnx_export
+
+    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
+    original = tmp_path / "sam2_unet-original"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "a.png")
+    predict = ["predict", "--model", str(model), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out"),
+               "--num-workers", "0"]
+    with pytest.raises(SystemExit, match=r"Pass the backbone it was trained with \(--backbone-source "
+                                         r"backbone_repo_id=REPO_OR_FOLDER and/or --backbone-source "
+                                         r"backbone_revision=REVISION\), or --no-verify-backbone-weights"):
+        main(predict)
+    source = ["--backbone-source", f"backbone_repo_id={original}"]
+    assert main([*predict, *source]) == 0
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(data / "images" / "a.png")
+    Image.new("L", (32, 32)).save(data / "masks" / "a.png")
+    evaluate = ["evaluate", "--model", str(model), "--data", str(data), "--output-dir", str(tmp_path / "report"),
+                "--no-progress", "--metric-workers", "0"]
+    with pytest.raises(SystemExit, match="^evaluate: .*--backbone-source backbone_repo_id="):
+        main(evaluate)
+    assert main([*evaluate, *source]) == 0
+
+    def loaded(*args, **kwargs):  # the model loaded: that is what is checked here
+        raise Loaded
+
+    monkeypatch.setattr(dsunet_hf.onnx_export, "export_onnx", loaded)
+    monkeypatch.setattr(dsunet_hf.app, "build_app", loaded)
+    for argv in (["export", "onnx", "--model", str(model), str(tmp_path / "onnx")], ["app", "--model", str(model)]):
+        with pytest.raises(SystemExit, match=f"^{argv[0]}: .*--backbone-source backbone_repo_id="):
+            main(argv)
+        with pytest.raises(Loaded):
+            main([*argv, *source])
+
+
+def test_backbone_source_for_visual_prompt_models(tmp_path):
+    model = _on_other_backbone_weights(tmp_path, "matcher")
+    Image.new("RGB", (28, 28), (200, 30, 30)).save(tmp_path / "a.png")
+    predict = ["predict", "--model", str(model), str(tmp_path / "a.png"), "--reference", str(tmp_path / "a.png"),
+               "--prompt", "box:2,2,20,20", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"--backbone-source dino_backbone_repo_id=REPO_OR_FOLDER and/or "
+                                         r"--backbone-source dino_backbone_revision=REVISION"):
+        main(predict)
+    source = ["--backbone-source", f"dino_backbone_repo_id={tmp_path / 'matcher-original'}"]
+    assert main([*predict, *source]) == 0
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+    evaluate = ["evaluate", "--model", str(model), "--data", str(tmp_path / "no-data"), "--output-dir",
+                str(tmp_path / "report")]
+    with pytest.raises(SystemExit, match="^evaluate: .*--backbone-source dino_backbone_repo_id="):
+        main(evaluate)
+    with pytest.raises(SystemExit, match=r"^evaluate: --data .*no-data"):  # loaded: on to the data
+        main([*evaluate, *source])
+    with pytest.raises(SystemExit, match=r"^predict: cannot load .*: a visual_prompt_matcher model loads no backbone "
+                                         r"from backbone_revision \(--backbone-source\); its fields: "
+                                         r"dino_backbone_repo_id, dino_backbone_revision$"):
+        main([*predict, "--backbone-source", "backbone_revision=main"])
+
+
+@pytest.mark.parametrize("given, message", [
+    (["backbone_revision"], "takes FIELD=VALUE .*, got 'backbone_revision'"),
+    (["backbone_preset=large"], "takes FIELD=VALUE .*, got 'backbone_preset=large'"),
+    (["backbone_revision="], "takes FIELD=VALUE .*, got 'backbone_revision='"),
+    (["backbone_revision=a", "backbone_revision=b"], "backbone_revision given twice")])
+def test_backbone_source_refuses_a_malformed_option(tmp_path, no_model_loading, given, message):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=f"^predict: --backbone-source {message}$"):
+        main(["predict", "--model", str(tmp_path), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o"),
+              *[arg for value in given for arg in ("--backbone-source", value)]])
+
+
+def test_backbone_source_refuses_fields_the_model_has_not_and_self_contained_artifacts(tmp_path):
+    """Was (Python keywords): transformers' TypeError (an unknown field) or silently ignored (self-contained)."""
+    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    predict = ["predict", "--model", str(model), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match=r"^predict: cannot load .*: a sam2_unet model loads no backbone from "
+                                         r"dino_backbone_revision \(--backbone-source\); its fields: "
+                                         r"backbone_repo_id, backbone_revision$"):
+        main([*predict, "--backbone-source", "dino_backbone_revision=main"])
+    _tiny_model("sam2_unet").save_pretrained(tmp_path / "whole", include_backbone=True)
+    predict[2] = str(tmp_path / "whole")
+    with pytest.raises(SystemExit, match=r"^predict: cannot load .*whole: .*whole is self-contained \(it holds its "
+                                         r"backbone weights\): none load from elsewhere; leave out --backbone-source$"):
+        main([*predict, "--backbone-source", "backbone_revision=main"])
+
+
+def test_a_backbone_not_available_names_the_option(tmp_path, offline_hub):
+    """Was: "point at a local copy: from_pretrained(..., backbone_repo_id='...')", a Python call, on the command line."""
+    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", "--model", str(model), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o"),
+              "--backbone-source", "backbone_repo_id=test-org/absent"])
+    message = str(refused.value)
+    assert "Cannot load the frozen backbone 'test-org/absent'" in message and "from_pretrained(..., " not in message
+    assert "point at a local copy: --backbone-source backbone_repo_id=/path/to/folder-or-checkpoint" in message
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "app"])
+def test_backbone_source_is_refused_for_an_onnx_export(tmp_path, monkeypatch, command):
+    monkeypatch.setattr("dsunet_hf.cli.check_extra", lambda *args: None)  # refused before onnxruntime is needed
+    folder = tmp_path / "model-onnx"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"")
+    (folder / "config.json").write_text("{}")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    argv = {"predict": ["predict", "--model", str(folder), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")],
+            "evaluate": ["evaluate", "--model", str(folder), "--data", str(tmp_path), "--output-dir", str(tmp_path / "r")],
+            "export": ["export", "onnx", "--model", str(folder), str(tmp_path / "onnx")],
+            "app": ["app", "--model", str(folder)]}[command]
+    with pytest.raises(SystemExit, match=rf"^{command}: cannot load {folder}: {folder} is an ONNX graph, which holds "
+                                         r"all its weights: .*; leave out --backbone-source$"):
+        main([*argv, "--backbone-source", "backbone_revision=main"])
+
+
+def test_backbone_source_is_refused_for_official_birefnet_weights(tmp_path):
+    weights = tmp_path / "BiRefNet-general-epoch_244.pth"
+    weights.write_bytes(b"")  # refused before anything is read
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=rf"^predict: cannot load {weights}: {weights} holds BiRefNet's whole "
+                                         r"official weights: .*; leave out --no-verify-backbone-weights and "
+                                         r"--backbone-source$"):
+        main(["predict", "--model", str(weights), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o"),
+              "--no-verify-backbone-weights", "--backbone-source", "base_revision=main"])
+
+
 # --- evaluate on saved maps, options checked before the model loads --------------------------------------------
 
 @pytest.mark.parametrize("given", [["--device", "cpu"], ["--device", "cuda:7"], ["--batch-size", "2"],
                                    ["--num-workers", "3"], ["--dtype", "float32"], ["--shots", "1"],
                                    ["--prompt-kind", "mask"], ["--no-verify-backbone-weights"],
-                                   ["--crop-margin", "0.3"], ["--crop-margin", "-1"], ["--max-side", "512"],
+                                   ["--backbone-source", "backbone_revision=main"], ["--crop-margin", "0.3"], ["--crop-margin", "-1"], ["--max-side", "512"],
                                    ["--no-reduce-zero-label"], ["--no-minmax-normalize"]])
 def test_evaluate_refuses_options_of_running_a_model_on_saved_maps(tmp_path, given):
     """Was: silently ignored (the first six with their default value: refused only when they differed from it), or

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,11 +17,37 @@ VERIFY_HELP = ("trainable-only artifacts: load even on frozen backbone weights o
                "then differ from the trained model's")
 
 
+BACKBONE_SOURCE_HELP = ("trainable-only artifacts: load a frozen backbone from another repo id, local folder or "
+                        "revision, a field of the model's config.json: backbone_repo_id, backbone_revision (DSU-Net: "
+                        "sam_backbone_*, dino_backbone_*; visual-prompt models: dino_backbone_*; BiRefNet: base_*), "
+                        "e.g. backbone_revision=COMMIT (a refusal of other backbone weights names the model's "
+                        "fields); repeat for several")
+
+
 def load_failure(command: str, name: str, error: Exception) -> SystemExit:
-    """``<command>: cannot load <name>: <why>`` in one line; where the error names the Python keyword that loads a
-    model on other backbone weights anyway, the command line's flag instead."""
+    """``<command>: cannot load <name>: <why>`` in one line; where the error names the Python keywords that choose
+    the backbone weights (or load a model on others anyway), the command line's options instead."""
     reason = str(error).replace("verify_backbone_weights=False", "--no-verify-backbone-weights")
+    reason = re.sub(r"Pass the (\w+)/(\w+) it was trained with",
+                    r"Pass the backbone it was trained with (--backbone-source \1=REPO_OR_FOLDER and/or "
+                    r"--backbone-source \2=REVISION)", reason)
+    reason = re.sub(r"from_pretrained\(\.\.\., (\w+)='([^']*)'\)", r"--backbone-source \1=\2", reason)
     return SystemExit(f"{command}: cannot load {name}: {reason}")
+
+
+def backbone_sources(command: str, given: list[str] | None) -> dict[str, str]:
+    """``--backbone-source FIELD=VALUE`` options as ``from_pretrained`` keywords (which fields a model has is checked
+    where it loads)."""
+    sources: dict[str, str] = {}
+    for item in given or []:
+        field, _, value = item.partition("=")
+        if not re.fullmatch(r"\w+_(repo_id|revision)", field) or not value:
+            raise SystemExit(f"{command}: --backbone-source takes FIELD=VALUE with FIELD a config field ending in "
+                             f"_repo_id or _revision (e.g. backbone_revision=main), got {item!r}")
+        if field in sources:
+            raise SystemExit(f"{command}: --backbone-source {field} given twice")
+        sources[field] = value
+    return sources
 
 
 def _predict_with_prompts(args) -> int:
@@ -51,7 +78,8 @@ def _predict_with_prompts(args) -> int:
                          f"{args.threshold}")
     try:
         model = load_visual_prompt_model(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
-                                         verify_backbone_weights=args.verify_backbone_weights)
+                                         verify_backbone_weights=args.verify_backbone_weights,
+                                         backbone_sources=backbone_sources("predict", args.backbone_source))
     except (ValueError, OSError) as error:  # a damaged weights file, not a model folder, other backbone weights
         raise load_failure("predict", args.model, error) from error
     extra = {"mode": args.mode} if args.mode else {}
@@ -83,6 +111,7 @@ def _predict(args) -> int:
     if args.cutout_colors is not None and not (args.cutout or args.background is not None):
         raise SystemExit("predict: --cutout-colors needs --cutout or --background (the colours of their foreground)")
     check_output_folder("predict", args.output_dir, "--output-dir")
+    sources = backbone_sources("predict", args.backbone_source)  # a malformed one: said before anything loads
     try:
         check_inputs(args.inputs)  # a mistyped path: said before a model loads
     except FileNotFoundError as error:
@@ -106,7 +135,8 @@ def _predict(args) -> int:
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     try:
         model, processor = load_model_and_processor(args.model, device=device, dtype=dtype,
-                                                    verify_backbone_weights=args.verify_backbone_weights)
+                                                    verify_backbone_weights=args.verify_backbone_weights,
+                                                    backbone_sources=sources)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
         raise load_failure("predict", args.model, error) from error
@@ -292,12 +322,13 @@ def _app(args) -> int:
 
     if args.port is not None and not 0 <= args.port <= 65535:  # said before the model loads
         raise SystemExit(f"app: --port must be between 0 and 65535, got {args.port}")
+    sources = backbone_sources("app", args.backbone_source)
     if is_onnx_export(args.model):
         check_extra("app", "onnx", ("onnxruntime",))
     try:
         demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
                                     resolution=args.resolution, max_side=args.max_side,
-                                    verify_backbone_weights=args.verify_backbone_weights)
+                                    verify_backbone_weights=args.verify_backbone_weights, backbone_sources=sources)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime; ValueError: other backbone
         # weights, --no-verify-backbone-weights for an ONNX graph
@@ -460,8 +491,10 @@ def _export(args) -> int:
     problem = export_folder_problem(args.output_dir, args.model)
     if problem:
         raise SystemExit(f"export: OUTPUT_DIR {problem}")
+    sources = backbone_sources("export", args.backbone_source)
     try:
-        model, processor = load_model_and_processor(args.model, verify_backbone_weights=args.verify_backbone_weights)
+        model, processor = load_model_and_processor(args.model, verify_backbone_weights=args.verify_backbone_weights,
+                                                    backbone_sources=sources)
     except (ValueError, OSError) as error:
         raise load_failure("export", args.model, error) from error
     try:
@@ -547,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--dtype", default="float32", choices=list(PRECISIONS))
     predict.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                          help=VERIFY_HELP)
+    predict.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
     add_resolution_arguments(predict)
     predict.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                          help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
@@ -614,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     export.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                         help=VERIFY_HELP)
+    export.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
     export.add_argument("--dynamic-size", action="store_true",
                         help="any height and width (multiples of 32 for SAM2-UNet and BiRefNet, for predict "
                              "--resolution native; any for DINOv2 heads, for every schedule); checked at three sizes")
@@ -657,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
     app.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                      help=VERIFY_HELP)
+    app.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
     add_resolution_arguments(app)
     app.set_defaults(func=_app)
 

@@ -643,12 +643,15 @@ def add_evaluate_parser(subparsers):
                         help="trainable-only artifacts: load even on frozen backbone weights other than those the "
                              "model was saved with (its config.json's backbone_fingerprint: a moved revision, another "
                              "local folder); the scores are then not the trained model's")
+    from .cli import BACKBONE_SOURCE_HELP
+
+    parser.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run_evaluate_cli)
     return parser
 
 
-def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True):
+def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True, backbone_sources=None):
     """The trained in-context head or the matcher when ``name_or_path`` holds one, else None; a model that cannot be
     loaded (damaged weights, other DINOv2 weights than those it was saved with) is one line naming it."""
     from .cli import load_failure
@@ -657,7 +660,8 @@ def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True
     if not visual_prompt_model_type(name_or_path):
         return None
     try:
-        return load_visual_prompt_model(name_or_path, verify_backbone_weights=verify_backbone_weights)
+        return load_visual_prompt_model(name_or_path, verify_backbone_weights=verify_backbone_weights,
+                                        backbone_sources=backbone_sources)
     except (ValueError, OSError) as error:
         raise load_failure("evaluate", name_or_path, error) from error
 
@@ -720,7 +724,8 @@ def run_evaluate_cli(args) -> int:
                   "--max-samples": args.max_samples is not None, "--dtype": args.dtype is not None,
                   "--device": args.device is not None, "--batch-size": args.batch_size is not None,
                   "--num-workers": args.num_workers is not None,
-                  "--no-verify-backbone-weights": not args.verify_backbone_weights, **prompting_options}
+                  "--no-verify-backbone-weights": not args.verify_backbone_weights,
+                  "--backbone-source": bool(args.backbone_source), **prompting_options}
     if folders_mode and any(model_only.values()):
         raise SystemExit(f"evaluate: {', '.join(k for k, v in model_only.items() if v)}: for --model/--data, not "
                          f"for --predictions/--ground-truth (saved maps are scored as they are)")
@@ -754,13 +759,14 @@ def run_evaluate_cli(args) -> int:
     elif args.model is None or not args.data:
         raise SystemExit("evaluate: give --model and at least one --data, or --predictions and --ground-truth")
     else:
-        from .cli import load_failure
+        from .cli import backbone_sources, load_failure
         from .data import dataset_name, dropped_files, load_segmentation_dataset
         from .predict import load_model_and_processor
         from .prompt_predict import visual_prompt_model_type
         from .tracking_evaluation import evaluate_tracking, is_davis_layout, split_list
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        sources = backbone_sources("evaluate", args.backbone_source)
         # Read from its config alone: the options for visual-prompt models are refused before any model loads.
         is_visual_prompt = visual_prompt_model_type(args.model) is not None
         if not is_visual_prompt and any(prompting_options.values()):
@@ -789,14 +795,16 @@ def run_evaluate_cli(args) -> int:
 
         if is_visual_prompt:
             refuse_unused_options(multi_class=False)
-        visual_prompt = _visual_prompt_model(args.model, args.verify_backbone_weights) if is_visual_prompt else None
+        visual_prompt = (_visual_prompt_model(args.model, args.verify_backbone_weights, sources) if is_visual_prompt
+                         else None)
         track_memory = 8 if args.track_memory is None else args.track_memory
         if visual_prompt is not None:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
         else:
             try:
                 model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype,
-                                                            verify_backbone_weights=args.verify_backbone_weights)
+                                                            verify_backbone_weights=args.verify_backbone_weights,
+                                                            backbone_sources=sources)
             except (ValueError, OSError, ImportError) as error:  # not a model folder, a Hub id neither cached nor
                 # reachable, an ONNX export without onnxruntime, other backbone weights than it was saved with
                 raise load_failure("evaluate", args.model, error) from error

@@ -912,16 +912,21 @@ def check_resolution(model, processor, resolution: str, semantic: bool = False) 
 
 
 def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None, *,
-                             verify_backbone_weights: bool = True, **kwargs):
+                             verify_backbone_weights: bool = True, backbone_sources: dict | None = None, **kwargs):
     """Any dsunet-hf artifact (local folder or Hub id) with its saved image processor (or the default), ready
     for inference: in eval mode, with LoRA merged into the frozen weights (``merge_lora``).
     ``verify_backbone_weights=False`` loads a trainable-only artifact on frozen backbone weights other than those it
-    was saved with (see ``from_pretrained``); an ONNX graph, which holds all its weights, refuses it."""
-    from transformers import AutoImageProcessor, AutoModelForImageSegmentation
+    was saved with (see ``from_pretrained``); ``backbone_sources`` (e.g. ``{"backbone_revision": "abc123"}``, fields
+    of its config) loads its frozen backbones from another repo, folder or revision. An ONNX graph or official
+    BiRefNet weights, which hold all their weights, refuse both."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageSegmentation
 
     from .convert.birefnet import is_official_birefnet_source
     from .onnx_export import OnnxSegmentationModel, is_onnx_export, onnx_export_from_hub
 
+    backbone_sources = backbone_sources or {}
+    given = " and ".join(flag for flag, on in (("--no-verify-backbone-weights", not verify_backbone_weights),
+                                               ("--backbone-source", bool(backbone_sources))) if on)
     # A folder written by `dsunet-hf export onnx`, or a Hub repo it was pushed to: run by onnxruntime.
     onnx_folder = name_or_path if is_onnx_export(name_or_path) else onnx_export_from_hub(name_or_path,
                                                                                           kwargs.get("revision"))
@@ -929,9 +934,9 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         if (device is not None and str(device) != "cpu") or dtype not in (None, torch.float32):
             raise ValueError(f"{name_or_path} is an ONNX graph (fp32): onnxruntime picks its devices (CUDA with "
                              f"onnxruntime-gpu); leave out --device and --dtype")
-        if not verify_backbone_weights:  # rather than silently ignored
+        if given:  # rather than silently ignored
             raise ValueError(f"{name_or_path} is an ONNX graph, which holds all its weights: no backbone weights "
-                             f"load apart to verify; leave out --no-verify-backbone-weights")
+                             f"load apart to verify or choose; leave out {given}")
         model = OnnxSegmentationModel(onnx_folder)
         processor = AutoImageProcessor.from_pretrained(model.folder)
         _check_processor_sizes(processor, model.folder)
@@ -940,17 +945,29 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         # Official BiRefNet weights (Hub id such as ZhengPeng7/BiRefNet, folder or .pth/.safetensors file).
         from .models.birefnet import BiRefNetForImageSegmentation
 
-        if not verify_backbone_weights:  # rather than silently ignored
+        if given:  # rather than silently ignored
             raise ValueError(f"{name_or_path} holds BiRefNet's whole official weights: no backbone weights load apart "
-                             f"to verify; leave out --no-verify-backbone-weights")
+                             f"to verify or choose; leave out {given}")
 
         with readable_weights(name_or_path):
             model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
         return _to(model, device, dtype).eval(), model.default_image_processor()
+    if backbone_sources:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
+        config = AutoConfig.from_pretrained(name_or_path, revision=kwargs.get("revision"))
+        if getattr(config, "backbone_weights_included", False):
+            raise ValueError(f"{name_or_path} is self-contained (it holds its backbone weights): none load from "
+                             f"elsewhere; leave out --backbone-source")
+        fields = [f"{stem}_{key}" for stem in ("backbone", "sam_backbone", "dino_backbone", "base")
+                  for key in ("repo_id", "revision") if hasattr(config, f"{stem}_{key}")]
+        for field in backbone_sources:
+            if field not in fields:
+                raise ValueError(f"a {config.model_type} model loads no backbone from {field} (--backbone-source); "
+                                 f"its fields: {', '.join(fields) or 'none'}")
     # Inference only: LoRA folded into the frozen weights (in fp32, before the dtype cast).
     with readable_weights(name_or_path):
         model = AutoModelForImageSegmentation.from_pretrained(
-            name_or_path, merge_lora=True, verify_backbone_weights=verify_backbone_weights, **kwargs)
+            name_or_path, merge_lora=True, verify_backbone_weights=verify_backbone_weights,
+            **{**kwargs, **backbone_sources})
     model = _to(model, device, dtype)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path, revision=kwargs.get("revision"))

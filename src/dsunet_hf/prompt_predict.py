@@ -53,17 +53,31 @@ def visual_prompt_model_type(name_or_path: str) -> str | None:
     return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
 
 
-def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, verify_backbone_weights: bool = True):
+def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, verify_backbone_weights: bool = True,
+                             backbone_sources: dict | None = None):
     """A visual-prompt model (folder or Hub id) in eval mode on ``device`` (default CPU) in ``dtype`` (default fp32);
     a damaged weights file is an OSError naming it (as :func:`dsunet_hf.predict.load_model_and_processor` says).
-    ``verify_backbone_weights=False`` loads it on DINOv2 weights other than those it was saved with."""
+    ``verify_backbone_weights=False`` loads it on DINOv2 weights other than those it was saved with;
+    ``backbone_sources`` (``{"dino_backbone_repo_id": ..., "dino_backbone_revision": ...}``) from another source."""
     import torch
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     from .predict import readable_weights
 
+    backbone_sources = backbone_sources or {}
+    if backbone_sources:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
+        config = AutoConfig.from_pretrained(name_or_path)
+        if getattr(config, "backbone_weights_included", False):
+            raise ValueError(f"{name_or_path} is self-contained (it holds its backbone weights): none load from "
+                             f"elsewhere; leave out --backbone-source")
+        fields = [f"dino_backbone_{key}" for key in ("repo_id", "revision")]
+        for field in backbone_sources:
+            if field not in fields:
+                raise ValueError(f"a {config.model_type} model loads no backbone from {field} (--backbone-source); "
+                                 f"its fields: {', '.join(fields)}")
     with readable_weights(name_or_path):
-        model = AutoModel.from_pretrained(name_or_path, verify_backbone_weights=verify_backbone_weights)
+        model = AutoModel.from_pretrained(name_or_path, verify_backbone_weights=verify_backbone_weights,
+                                          **backbone_sources)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
 

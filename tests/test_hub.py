@@ -359,3 +359,17 @@ def test_matcher_through_auto_model_warns_of_no_hub_argument(offline_hub, tmp_pa
     with caplog.at_level(logging.WARNING):
         model = AutoModel.from_pretrained(tmp_path / "matcher", cache_dir=str(offline_hub.cache))
     assert isinstance(model, VisualPromptMatcher) and "ignores" not in caplog.text
+
+
+def test_a_missing_backbone_is_named_by_its_config_field(offline_hub):
+    """The advice to point at a local copy named backbone_repo_id for every model; a visual-prompt model's (and
+    DSU-Net's, BiRefNet's) field is another one, which from_pretrained would not apply."""
+    from dsunet_hf import VisualPromptMatcher, VisualPromptMatcherConfig
+    from dsunet_hf.hub import BackboneNotAvailableError
+
+    config = VisualPromptMatcherConfig(dino_preset="small", image_size=112, dino_backbone_repo_id="test-org/absent",
+                                       dino_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4))
+    with pytest.raises(BackboneNotAvailableError, match="'test-org/absent'") as error:
+        VisualPromptMatcher.from_pretrained_backbones(config)
+    assert "from_pretrained(..., dino_backbone_repo_id='/path/to/folder-or-checkpoint')" in str(error.value)
+    assert "backbone_repo_id='" not in str(error.value).replace("dino_backbone_repo_id='", "")

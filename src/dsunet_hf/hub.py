@@ -33,7 +33,7 @@ class BackboneNotAvailableError(OSError):
             if hub_constants.HF_HUB_OFFLINE
             else "could not be downloaded"
         )
-        return cls(
+        error = cls(
             f"Cannot load the frozen backbone {where}: it {state}.\n"
             + "".join(f"  - tried {line}\n" for line in details)
             + "Fix it in one of these ways:\n"
@@ -43,6 +43,21 @@ class BackboneNotAvailableError(OSError):
             "  2. point at a local copy: from_pretrained(..., backbone_repo_id='/path/to/folder-or-checkpoint')\n"
             "  3. use a self-contained artifact written with save_pretrained(..., include_backbone=True)"
         )
+        error.repo_id = repo_id
+        return error
+
+    def naming_field(self, config) -> BackboneNotAvailableError:
+        """This error with its advice naming the config field that holds the missing repo (DSU-Net's
+        ``sam_backbone_repo_id`` / ``dino_backbone_repo_id``, BiRefNet's ``base_repo_id``, ...) instead of
+        ``backbone_repo_id``; itself when that is the field or none is found."""
+        repo_id = getattr(self, "repo_id", None)
+        field = next((name for name, value in sorted(vars(config).items())
+                      if name.endswith("_repo_id") and value == repo_id), None)
+        if repo_id is None or field in (None, "backbone_repo_id"):
+            return self
+        renamed = type(self)(str(self).replace("backbone_repo_id='", f"{field}='"))
+        renamed.repo_id = repo_id
+        return renamed
 
 
 # ``from_pretrained``'s download arguments that also apply to the frozen backbones' own repos (``hf_hub_download``

@@ -277,6 +277,18 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         ``force_download``, as ``from_pretrained`` takes them."""
         raise NotImplementedError
 
+    def load_frozen_backbones_named(self, **download_kwargs) -> None:
+        """:meth:`load_frozen_backbones`, where a backbone that cannot be had is named by its config field."""
+        from .hub import BackboneNotAvailableError
+
+        try:
+            self.load_frozen_backbones(**download_kwargs)
+        except BackboneNotAvailableError as error:
+            renamed = error.naming_field(self.config)
+            if renamed is error:
+                raise
+            raise renamed from error
+
     @classmethod
     def from_pretrained_backbones(cls, config=None, *, cache_dir=None, token=None, local_files_only: bool = False,
                                   force_download: bool = False, **config_kwargs):
@@ -286,8 +298,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         config = config if config is not None else cls.config_class(**config_kwargs)
         config.__dict__.pop("backbone_fingerprint", None)  # a config read from an artifact: nothing trained to check
         model = cls(config)
-        model.load_frozen_backbones(cache_dir=cache_dir, token=token, local_files_only=local_files_only,
-                                    force_download=force_download)
+        model.load_frozen_backbones_named(cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                                          force_download=force_download)
         return model
 
     # A trainable-only artifact does not hold the frozen weights: changed after loading (peft's merge_and_unload
@@ -458,7 +470,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         if included:
             model.record_frozen_weights()
         else:
-            model.load_frozen_backbones(**download)  # checks the fingerprint (record_frozen_weights)
+            model.load_frozen_backbones_named(**download)  # checks the fingerprint (record_frozen_weights)
         model.remember_load_source(kwargs, download)
         # Loading materialises fresh parameters (requires_grad=True): restore what the strategy trains.
         model.apply_finetune_strategy()

@@ -952,11 +952,11 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         with readable_weights(name_or_path):
             model = BiRefNetForImageSegmentation.from_official(name_or_path, **kwargs)
         return _to(model, device, dtype).eval(), model.default_image_processor()
-    if backbone_sources:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
+    if given:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
         config = AutoConfig.from_pretrained(name_or_path, revision=kwargs.get("revision"))
         if getattr(config, "backbone_weights_included", False):
             raise ValueError(f"{name_or_path} is self-contained (it holds its backbone weights): none load from "
-                             f"elsewhere; leave out --backbone-source")
+                             f"elsewhere; leave out {given}")
         fields = [f"{stem}_{key}" for stem in ("backbone", "sam_backbone", "dino_backbone", "base")
                   for key in ("repo_id", "revision") if hasattr(config, f"{stem}_{key}")]
         for field in backbone_sources:

@@ -544,7 +544,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         with torch.device("meta"):  # every tensor is the backbone's, overwritten by the loader below
             model = cls(config)
         model.to_empty(device="cpu")
-        model.load_frozen_backbones(**download)  # checks the fingerprint (record_frozen_weights)
+        model.load_frozen_backbones_named(**download)  # checks the fingerprint (record_frozen_weights)
         model.remember_load_source(original, download)  # for its image processor when saved or pushed again
         if dtype is not None:
             model.to(dtype)

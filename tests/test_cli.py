@@ -391,18 +391,23 @@ def test_no_verify_backbone_weights_predict(tmp_path):
     assert (tmp_path / "out" / "masks" / "a.png").is_file()
 
 
-def test_no_verify_backbone_weights_evaluate_and_export(tmp_path, monkeypatch):
-    import dsunet_hf.onnx_export
-
-    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
-    refused = REFUSED_BACKBONE.format(model=re.escape(str(model)))
+def _evaluate_one_pair(tmp_path, model) -> list[str]:
+    """``dsunet-hf evaluate`` arguments scoring ``model`` on a folder of one image/mask pair."""
     data = tmp_path / "data"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(data / "images" / "a.png")
     Image.new("L", (32, 32)).save(data / "masks" / "a.png")
-    evaluate = ["evaluate", "--model", str(model), "--data", str(data), "--output-dir", str(tmp_path / "report"),
-                "--no-progress", "--metric-workers", "0"]
+    return ["evaluate", "--model", str(model), "--data", str(data), "--output-dir", str(tmp_path / "report"),
+            "--no-progress", "--metric-workers", "0"]
+
+
+def test_no_verify_backbone_weights_evaluate_and_export(tmp_path, monkeypatch):
+    import dsunet_hf.onnx_export
+
+    model = _on_other_backbone_weights(tmp_path, "sam2_unet")
+    refused = REFUSED_BACKBONE.format(model=re.escape(str(model)))
+    evaluate = _evaluate_one_pair(tmp_path, model)
     with pytest.raises(SystemExit, match=f"^evaluate: {refused}"):
         main(evaluate)
     assert main([*evaluate, "--no-verify-backbone-weights"]) == 0
@@ -434,22 +439,6 @@ def test_no_verify_backbone_weights_for_visual_prompt_models(tmp_path):
         main(evaluate)
     with pytest.raises(SystemExit, match=r"^evaluate: --data .*no-data"):  # loaded: on to the data
         main([*evaluate, "--no-verify-backbone-weights"])
-
-
-@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
-def test_no_verify_backbone_weights_is_refused_for_an_onnx_export(tmp_path, command):
-    """An ONNX graph holds all its weights: the flag has nothing to apply to (was: silently ignored)."""
-    folder = tmp_path / "model-onnx"
-    folder.mkdir()
-    (folder / "model.onnx").write_bytes(b"")
-    (folder / "config.json").write_text("{}")
-    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    argv = {"predict": ["predict", "--model", str(folder), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")],
-            "evaluate": ["evaluate", "--model", str(folder), "--data", str(tmp_path), "--output-dir", str(tmp_path / "r")],
-            "export": ["export", "onnx", "--model", str(folder), str(tmp_path / "onnx")]}[command]
-    with pytest.raises(SystemExit, match=rf"^{command}: cannot load {folder}: {folder} is an ONNX graph, which holds "
-                                         r"all its weights: .*; leave out --no-verify-backbone-weights$"):
-        main([*argv, "--no-verify-backbone-weights"])
 
 
 
@@ -485,13 +474,7 @@ def test_backbone_source_loads_on_the_backbone_it_was_trained_with(tmp_path, mon
     assert main([*predict, *source]) == 0
     assert (tmp_path / "out" / "masks" / "a.png").is_file()
 
-    data = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-    Image.new("RGB", (32, 32)).save(data / "images" / "a.png")
-    Image.new("L", (32, 32)).save(data / "masks" / "a.png")
-    evaluate = ["evaluate", "--model", str(model), "--data", str(data), "--output-dir", str(tmp_path / "report"),
-                "--no-progress", "--metric-workers", "0"]
+    evaluate = _evaluate_one_pair(tmp_path, model)
     with pytest.raises(SystemExit, match="^evaluate: .*--backbone-source backbone_repo_id="):
         main(evaluate)
     assert main([*evaluate, *source]) == 0
@@ -572,7 +555,9 @@ def test_a_backbone_not_available_names_the_option(tmp_path, offline_hub):
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "export", "app"])
-def test_backbone_source_is_refused_for_an_onnx_export(tmp_path, monkeypatch, command):
+@pytest.mark.parametrize("option", [["--no-verify-backbone-weights"], ["--backbone-source", "backbone_revision=main"]])
+def test_backbone_options_are_refused_for_an_onnx_export(tmp_path, monkeypatch, command, option):
+    """An ONNX graph holds all its weights: the options have nothing to apply to (was: silently ignored)."""
     monkeypatch.setattr("dsunet_hf.cli.check_extra", lambda *args: None)  # refused before onnxruntime is needed
     folder = tmp_path / "model-onnx"
     folder.mkdir()
@@ -584,8 +569,8 @@ def test_backbone_source_is_refused_for_an_onnx_export(tmp_path, monkeypatch, co
             "export": ["export", "onnx", "--model", str(folder), str(tmp_path / "onnx")],
             "app": ["app", "--model", str(folder)]}[command]
     with pytest.raises(SystemExit, match=rf"^{command}: cannot load {folder}: {folder} is an ONNX graph, which holds "
-                                         r"all its weights: .*; leave out --backbone-source$"):
-        main([*argv, "--backbone-source", "backbone_revision=main"])
+                                         rf"all its weights: .*; leave out {option[0]}$"):
+        main([*argv, *option])
 
 
 def test_backbone_source_is_refused_for_official_birefnet_weights(tmp_path):

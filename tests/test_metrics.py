@@ -189,6 +189,17 @@ def test_to_uint8_map():
         to_uint8_map(np.zeros((1, 2, 2)))
 
 
+
+def test_to_uint8_map_keeps_integer_gray_maps():
+    # A uint8 tensor is a gray map like a uint8 array (it was cast to float and clipped: 100 -> 255).
+    gray = np.array([[0, 100], [200, 255]], np.uint8)
+    np.testing.assert_array_equal(to_uint8_map(torch.from_numpy(gray)), gray)
+    np.testing.assert_array_equal(to_uint8_map(gray.astype(np.int64)), gray)
+    np.testing.assert_array_equal(to_uint8_map(torch.tensor([[0, 1]])), [[0, 255]])  # 0/1 mask, as load_mask
+    np.testing.assert_array_equal(to_uint8_map(torch.tensor([[True, False]])), [[255, 0]])
+    with pytest.raises(ValueError, match="integer map with values 0..300"):
+        to_uint8_map(np.array([[0, 300]]))
+
 def test_dis_metrics_score_boundaries_and_correction_effort():
     """With dis=True (optional): 0 HCE / MSE and full mBA / BIoU for a perfect map; more correction effort and lower
     boundary scores for worse maps; the prediction is binarised at > 128 as in BiRefNet's and DIS's code

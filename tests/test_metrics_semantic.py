@@ -54,3 +54,26 @@ def test_matches_torchmetrics_on_random_maps():
     result = ours.compute()
     np.testing.assert_allclose(result["per_class_iou"], reference.compute().numpy(), rtol=1e-6)
     assert result["aAcc"] == pytest.approx(accuracy.compute().item())
+
+
+def test_predictions_outside_the_classes_count_as_no_class():
+    # mmseg's mean_iou histograms (torch.histc over 0..num_classes - 1) drop such predictions: the pixel is a miss
+    # for its label, but no class's predicted area grows (255 used to be clipped into the last class).
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 3, (12, 10))
+    label[0, :4] = 255
+    prediction = rng.integers(0, 3, (12, 10))
+    prediction[rng.random((12, 10)) < 0.2] = 255
+    prediction[5, :3] = -1
+    metrics = SemanticSegmentationMetrics(num_labels=3)
+    metrics.update(prediction, label)
+    result = metrics.compute()
+
+    keep = label != 255
+    pred, lab = torch.from_numpy(prediction[keep]).float(), torch.from_numpy(label[keep]).float()
+    def histogram(values):
+        return torch.histc(values, bins=3, min=0, max=2).double().numpy()
+    inter, area_pred, area_label = histogram(pred[pred == lab]), histogram(pred), histogram(lab)
+    np.testing.assert_allclose(result["per_class_iou"], inter / (area_pred + area_label - inter), rtol=1e-12)
+    assert result["aAcc"] == pytest.approx(inter.sum() / area_label.sum())
+    assert result["mAcc"] == pytest.approx(np.mean(inter / area_label))

@@ -87,12 +87,17 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, like: torch.Tensor | No
 
 def ssim_loss(prediction: torch.Tensor, target: torch.Tensor, window_size: int = 11) -> torch.Tensor:
     """``1 - (1 + SSIM) / 2`` with an 11x11 Gaussian window (sigma 1.5, zero padding), SSIM averaged over all
-    pixels of the batch: BiRefNet's boundary-level loss. Inputs are probabilities (B, 1, H, W)."""
+    pixels of the batch: BiRefNet's boundary-level loss. Inputs are probabilities (B, 1, H, W).
+
+    Always float32, autocast or not: the variances are differences of blurred squares, which a bf16/fp16
+    convolution (autocast runs conv2d in half precision) would lose (upstream computes its loss outside autocast)."""
+    prediction, target = prediction.float(), target.float()
     window = _gaussian_window(window_size, like=prediction)
     pad = window_size // 2
 
     def blur(x):
-        return F.conv2d(x, window, padding=pad)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.conv2d(x, window, padding=pad)
 
     mu_p, mu_t = blur(prediction), blur(target)
     var_p = blur(prediction * prediction) - mu_p**2
@@ -110,7 +115,9 @@ def iou_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "s
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     intersection = (prediction * target).flatten(1).sum(1)
     union = prediction.flatten(1).sum(1) + target.flatten(1).sum(1) - intersection
-    per_image = 1 - intersection / union
+    # An empty mask predicted empty to float precision (sigmoid(logit < -103) == 0) has union 0: loss 1 (the limit
+    # of any empty-mask IoU) instead of 0/0 = NaN, which would poison the loss and every gradient.
+    per_image = 1 - intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
     return per_image.sum() if reduction == "sum" else per_image.mean()
 
 
@@ -142,11 +149,12 @@ def birefnet_pixel_loss(
     the model reports in eval mode, as the validation loss)."""
     total = target.new_zeros(())
     for logits in outputs:
+        logits = logits.float()  # resize in float32 too, as upstream does on accelerate's float32 outputs
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
         for name, weight in weights.items():
             if weight:
-                total = total + weight * _pixel_term(name, logits.float(), target, iou_reduction)
+                total = total + weight * _pixel_term(name, logits, target, iou_reduction)
     return total
 
 

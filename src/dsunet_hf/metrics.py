@@ -75,10 +75,15 @@ def to_uint8_map(probability: Any) -> np.ndarray:
 
     The arithmetic is float32, like the mask PNGs written by :mod:`dsunet_hf.predict`, so a map
     evaluated in memory equals the same map saved and read back. Values are clipped to ``[0, 1]`` and
-    NaN counts as 0. Bool maps give 0/255; uint8 maps are returned unchanged.
+    NaN counts as 0. Bool maps give 0/255; uint8 maps (numpy or torch) are returned unchanged. Other integer
+    maps follow :func:`dsunet_hf.image_io.load_mask`: 0/1 masks give 0/255, larger values up to 255 are gray.
     """
     if hasattr(probability, "detach"):  # torch.Tensor, without importing torch here
-        probability = probability.detach().cpu().float().numpy()
+        probability = probability.detach().cpu()
+        # Keep bool / integer tensors as they are (a uint8 tensor is a gray map, not probabilities to clip).
+        if probability.is_floating_point():
+            probability = probability.float()
+        probability = probability.numpy()
     arr = np.asarray(probability)
     if arr.ndim != 2:
         raise ValueError(f"expected a (H, W) map, got shape {arr.shape}")
@@ -86,7 +91,12 @@ def to_uint8_map(probability: Any) -> np.ndarray:
         return arr.copy()
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * np.uint8(255)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if np.issubdtype(arr.dtype, np.integer):
+        low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if low < 0 or high > 255:
+            raise ValueError(f"integer map with values {low}..{high}: expected a 0/1 mask or 8-bit gray 0..255")
+        return arr.astype(np.uint8) * np.uint8(255 if high <= 1 else 1)
+    if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(f"expected a numeric probability map, got dtype {arr.dtype}")
     p = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     return np.floor(np.clip(p, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
@@ -317,13 +327,16 @@ class SemanticSegmentationMetrics:
     against ``torchmetrics`` and against values computed by hand. Classes absent from both the predictions
     and the labels have no IoU and are skipped by the mean (NaN in ``per_class_iou``).
     ``reduce_zero_label`` applies ADE20K's convention to the labels: 0 -> ignore, every other label - 1.
+    A prediction outside ``0..num_labels - 1`` (e.g. 255 in a saved map) is wrong for its pixel's label and counts
+    as no class's prediction, as in mmseg (its histograms drop such values).
     """
 
     def __init__(self, num_labels: int, ignore_index: int = 255, reduce_zero_label: bool = False):
         self.num_labels = num_labels
         self.ignore_index = ignore_index
         self.reduce_zero_label = reduce_zero_label
-        self.confusion = np.zeros((num_labels, num_labels), dtype=np.int64)  # rows: label, columns: prediction
+        # rows: label, columns: prediction; the extra last column counts predictions outside the classes
+        self.confusion = np.zeros((num_labels, num_labels + 1), dtype=np.int64)
 
     def update(self, prediction: Any, label: Any) -> None:
         prediction, label = np.asarray(prediction).astype(np.int64), np.asarray(label).astype(np.int64)
@@ -335,15 +348,18 @@ class SemanticSegmentationMetrics:
         keep = label != self.ignore_index
         if np.any((label[keep] < 0) | (label[keep] >= self.num_labels)):
             raise ValueError(f"labels outside 0..{self.num_labels - 1} (and not {self.ignore_index})")
-        index = label[keep] * self.num_labels + np.clip(prediction[keep], 0, self.num_labels - 1)
-        self.confusion += np.bincount(index, minlength=self.num_labels**2).reshape(self.num_labels, self.num_labels)
+        predicted = prediction[keep]
+        predicted = np.where((predicted >= 0) & (predicted < self.num_labels), predicted, self.num_labels)
+        columns = self.num_labels + 1
+        index = label[keep] * columns + predicted
+        self.confusion += np.bincount(index, minlength=self.num_labels * columns).reshape(self.num_labels, columns)
 
     def compute(self) -> dict[str, Any]:
         if not self.confusion.any():
             raise ValueError("no labelled pixels seen")
         intersection = np.diag(self.confusion).astype(np.float64)
-        union = self.confusion.sum(0) + self.confusion.sum(1) - intersection
         label_count = self.confusion.sum(1)
+        union = self.confusion[:, :self.num_labels].sum(0) + label_count - intersection
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = np.where(union > 0, intersection / union, np.nan)
             accuracy = np.where(label_count > 0, intersection / label_count, np.nan)

@@ -199,3 +199,31 @@ def test_bad_prompts_raise_clear_errors(tmp_path):
         ScribblePrompt([(1, 1), (3, 9)]).rasterize(6, 8)
     with pytest.raises(ValueError, match="width"):
         ScribblePrompt([(1, 1)], width=0)
+
+
+def test_a_box_in_fractions_of_the_image_is_refused_with_its_pixel_box():
+    # box:0.1,0.1,0.9,0.9 (YOLO-style fractions) used to mark pixel (0, 0) alone, silently.
+    with pytest.raises(ValueError, match=r"lies within pixel \(0, 0\).*not fractions.*it is box:8,6,72,54"):
+        parse_prompt("box:0.1,0.1,0.9,0.9").rasterize(60, 80)
+    with pytest.raises(ValueError, match="not fractions"):
+        BoxPrompt(0, 0, 1, 0.5).rasterize(60, 80)
+    # Pixel boxes near the corner still work, pixel (0, 0) itself too, and any box on a one-pixel image.
+    assert pixels(BoxPrompt(0, 0, 1, 1).rasterize(60, 80)) == {(0, 0)}
+    assert pixels(BoxPrompt(0.5, 0, 1.5, 1).rasterize(60, 80)) == {(0, 0), (1, 0)}
+    assert BoxPrompt(0.2, 0.2, 0.8, 0.8).rasterize(1, 1).all()
+    with pytest.raises(ValueError, match="not x, y, width, height"):
+        parse_prompt("box:300,200,50,40")  # COCO's x, y, width, height
+
+
+def test_a_mask_drawn_on_an_exif_turned_photo_s_stored_pixels_says_why_it_does_not_fit(tmp_path):
+    # The photo is 80x60 on disk (what PIL's .size and most tools report) but shown, and read, 60x80: the bare size
+    # mismatch pointed nowhere.
+    photo = Image.fromarray(np.zeros((60, 80, 3), np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # turned 90 degrees, as phones record portrait photos
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    Image.fromarray(np.full((60, 80), 255, np.uint8)).save(tmp_path / "mask.png")
+    with pytest.raises(ValueError, match=r"size 80x60 \(WxH\) but the image has size 60x80.*EXIF orientation"):
+        reference_mask(f"mask:{tmp_path / 'mask.png'}", tmp_path / "phone.jpg")
+    with pytest.raises(ValueError, match=r"must match its reference image$"):  # not swapped: no EXIF hint
+        reference_mask(f"mask:{tmp_path / 'mask.png'}", (60, 70))

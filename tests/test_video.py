@@ -513,3 +513,41 @@ def test_a_disk_error_while_the_sound_goes_in_fails_the_video(tmp_path, processo
     monkeypatch.undo()
     again = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
     assert again.written == [str(clip)] and audio_of(tmp_path / "out" / "overlays" / "clip.mp4") is not None
+
+
+@pytest.mark.parametrize("kind", ["overlays", "cutouts", "masks"])
+def test_colour_outputs_are_bt709_limited_range_and_tagged_so(tmp_path, kind):
+    # Players and browsers show an untagged HD video as BT.709: frames converted with another matrix, or untagged,
+    # come out with shifted colours (a red of (200, 40, 40) showed as (212, 54, 36)).
+    from dsunet_hf.video import OUTPUT_FORMATS, VideoWriter
+
+    colour = np.array([200, 40, 40], np.uint8) if kind != "masks" else np.array([150], np.uint8)
+    array = np.broadcast_to(colour, (32, 48, colour.size)).copy()
+    if kind == "cutouts":
+        array = np.dstack([array, np.full((32, 48), 255, np.uint8)])
+    file = tmp_path / f"out.{OUTPUT_FORMATS[kind].extension}"
+    writer = VideoWriter(file, kind, Fraction(25))
+    for index in range(2):
+        writer.write(array[..., 0] if kind == "masks" else array, index, Fraction(1, 25))
+    writer.close()
+    with av.open(str(file)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.colorspace, context.color_primaries, context.color_trc, context.color_range) == (1, 1, 1, 1)
+        frame = next(container.decode(video=0))
+    shown = frame.reformat(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG").to_ndarray()
+    expected = colour if kind != "masks" else colour.repeat(3)
+    assert np.abs(shown[16, 24].astype(int) - expected).max() <= (1 if kind == "masks" else 3)
+
+
+def test_a_cut_short_matroska_video_is_an_error_not_a_short_output(tmp_path, processor):
+    # Matroska / WebM declare no frame count: a cut-short file decoded "whole" with the first half of its frames,
+    # was written and then skipped by re-runs as done. Its video track's DURATION tag tells.
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(20)]  # noise: big packets
+    whole = write_video(tmp_path / "whole.mkv", frames)
+    assert len(list(read_video(whole))) == 20
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "cut.mkv").write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])
+    report = predict_files(RedChannelModel(), processor, [tmp_path / "cut"], tmp_path / "out", progress=False)
+    assert not report.written and "ends early" in report.failed[str(tmp_path / "cut" / "cut.mkv")]
+    assert not (tmp_path / "out" / "masks" / "cut.mp4").exists()

@@ -140,9 +140,13 @@ class MaskPrompt:
         height, width = _check_image_size(height, width)
         values = load_mask(self.mask)
         if values.shape != (height, width):
+            # Width and height swapped: most likely a photo turned by its EXIF orientation (read as displayed) and a
+            # mask drawn on its stored pixels, which the size on disk does not reveal.
+            turned = ("; the reference is read as displayed, turned by its EXIF orientation if it has one: draw the "
+                      "mask on the image as shown" if values.shape == (width, height) else "")
             raise ValueError(
                 f"{self._source_name()} has size {_size_text(*values.shape)} but the image has size "
-                f"{_size_text(height, width)}; a mask prompt must match its reference image"
+                f"{_size_text(height, width)}; a mask prompt must match its reference image{turned}"
             )
         mask = values > 0 if self.threshold is None else values >= self.threshold
         if not mask.any():
@@ -189,11 +193,20 @@ class BoxPrompt:
         if self.x1 <= self.x0 or self.y1 <= self.y0:
             raise ValueError(
                 f"box ({_num(self.x0)}, {_num(self.y0)}, {_num(self.x1)}, {_num(self.y1)}) is empty: "
-                "it needs x1 > x0 and y1 > y0 (corners x0, y0, x1, y1 in pixels)"
+                "it needs x1 > x0 and y1 > y0 (corners x0, y0, x1, y1 in pixels, not x, y, width, height)"
             )
 
     def rasterize(self, height: int, width: int) -> np.ndarray:
         height, width = _check_image_size(height, width)
+        corners = (self.x0, self.y0, self.x1, self.y1)
+        if (height, width) != (1, 1) and all(0 <= v <= 1 for v in corners) and corners != (0, 0, 1, 1):
+            # Inside pixel (0, 0): fractions of the image size (YOLO, DINOv's own boxes), which would mark one pixel.
+            scaled = (self.x0 * width, self.y0 * height, self.x1 * width, self.y1 * height)
+            raise ValueError(
+                f"box ({', '.join(_num(v) for v in corners)}) lies within pixel (0, 0): box corners are pixels, not "
+                f"fractions of the image; as fractions of this {_size_text(height, width)} image it is "
+                f"box:{','.join(_num(round(v, 2)) for v in scaled)}"
+            )
         left, top = max(math.floor(self.x0), 0), max(math.floor(self.y0), 0)
         right, bottom = min(math.ceil(self.x1), width), min(math.ceil(self.y1), height)
         if left >= right or top >= bottom:

@@ -66,6 +66,8 @@ OUTPUT_FORMATS = {
     # indices come back exactly, as from the palette PNGs of images.
     "classes": VideoFormat("mkv", "matroska", "ffv1", "gray", {}),
 }
+# FFmpeg's codes for BT.709 (matrix, primaries and transfer alike) and for the limited (TV, "MPEG") range.
+BT709, LIMITED_RANGE = 1, 1
 OUTPUT_FOLDERS = {"classes": "masks"}  # the folder of each kind's videos, where it is not the kind's name
 
 
@@ -114,9 +116,11 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
     container, stream = _open_video(path)
     with container:
         stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads
-        index = 0
+        index, last_time = 0, None
         try:
             for frame in container.decode(stream):
+                if frame.pts is not None and frame.time_base:
+                    last_time = float(frame.pts * frame.time_base)
                 rgb = frame.to_ndarray(format="rgb24")
                 # The display matrix rotates counterclockwise by `rotation` degrees (phones record -90 for portrait).
                 turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # older PyAV does not read it
@@ -132,6 +136,24 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
         if stream.frames and stream.frames - index > max(1, stream.frames // 100):
             raise VideoReadError(f"{path}: ends early: {index} of the {stream.frames} frames it declares could be "
                                  f"decoded (truncated or damaged)")
+        # Matroska / WebM count no frames, but FFmpeg and mkvmerge tag each track with its duration (the end of its
+        # last frame): a file cut short ends well before it. Gaps of up to 2 frames (or 1 %) are let through.
+        declared = _tagged_duration(stream)
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        if not stream.frames and declared and last_time is not None and \
+                declared - last_time > max(2 / rate, declared / 100):
+            raise VideoReadError(f"{path}: ends early: its frames stop at {last_time:.2f} s of the {declared:.2f} s it "
+                                 f"declares (truncated or damaged)")
+
+
+def _tagged_duration(stream) -> float | None:
+    """A track's ``DURATION`` tag (Matroska: ``HH:MM:SS.nnnnnnnnn``) in seconds, None when absent or unreadable."""
+    text = next((value for key, value in stream.metadata.items() if key.upper() == "DURATION"), None)
+    try:
+        hours, minutes, seconds = str(text).split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def frame_rate(path: str | Path) -> Fraction:
@@ -173,6 +195,13 @@ class VideoWriter:
             self.stream = self.container.add_stream(self.codec, rate=self.rate)
             self.stream.width, self.stream.height = array.shape[1], array.shape[0]
             self.stream.pix_fmt, self.stream.options = self.pix_fmt, dict(self.options)
+            if self.codec != "ffv1":  # class indices are not colours
+                # Tagged BT.709, limited range (what the frames are converted with, below): an untagged HD video is
+                # shown as BT.709 by players and browsers, so PyAV's default BT.601 conversion shifted its colours.
+                tags = {"colorspace": BT709, "color_range": LIMITED_RANGE, "color_primaries": BT709, "color_trc": BT709}
+                for name, value in tags.items():
+                    with contextlib.suppress(AttributeError):  # an older PyAV without the setter: the others still
+                        setattr(self.stream.codec_context, name, value)
             self.time_base = time_base if pts is not None and time_base else Fraction(1) / self.rate
             # The encoder counts in the input's time base too: its default, 1/rate, would round timestamps of a
             # variable-rate video onto a grid (two frames on one tick, which the muxer refuses).
@@ -183,6 +212,8 @@ class VideoWriter:
             pts = self.last_pts + 1
         image_format = "gray" if array.ndim == 2 else {3: "rgb24", 4: "rgba"}[array.shape[2]]
         frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=image_format)
+        if self.codec != "ffv1" and array.ndim == 3:  # grey (masks) has no colour matrix: the encoder converts it
+            frame = frame.reformat(format=self.pix_fmt, dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
         frame.pts, frame.time_base, self.last_pts = pts, self.time_base, pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)

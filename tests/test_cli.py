@@ -542,6 +542,19 @@ def test_backbone_source_refuses_fields_the_model_has_not_and_self_contained_art
         main([*predict, "--backbone-source", "backbone_revision=main"])
 
 
+
+def test_no_verify_backbone_weights_is_refused_for_a_self_contained_visual_prompt_model(tmp_path):
+    """Was: accepted and ignored for visual-prompt models (refused for the others), against the README."""
+    _tiny_model("visual_prompt").save_pretrained(tmp_path / "whole", include_backbone=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=r"^predict: cannot load .*whole: .*whole is self-contained \(it holds its "
+                                         r"backbone weights\): none load from elsewhere; leave out "
+                                         r"--no-verify-backbone-weights$"):
+        main(["predict", "--model", str(tmp_path / "whole"), str(tmp_path / "a.png"), "--reference",
+              str(tmp_path / "a.png"), "--prompt", "box:2,2,20,20", "--output-dir", str(tmp_path / "out"),
+              "--no-verify-backbone-weights"])
+    assert not (tmp_path / "out").exists()
+
 def test_a_backbone_not_available_names_the_option(tmp_path, offline_hub):
     """Was: "point at a local copy: from_pretrained(..., backbone_repo_id='...')", a Python call, on the command line."""
     model = _on_other_backbone_weights(tmp_path, "sam2_unet")

@@ -551,3 +551,22 @@ def test_a_cut_short_matroska_video_is_an_error_not_a_short_output(tmp_path, pro
     report = predict_files(RedChannelModel(), processor, [tmp_path / "cut"], tmp_path / "out", progress=False)
     assert not report.written and "ends early" in report.failed[str(tmp_path / "cut" / "cut.mkv")]
     assert not (tmp_path / "out" / "masks" / "cut.mp4").exists()
+
+
+def test_a_matroska_video_whose_last_frame_is_held_reads_whole(tmp_path):
+    # The DURATION tag is the end of the last frame, not its start: a whole file whose last frame is shown for 3 s
+    # (a held still, a slide show) was refused as cut short.
+    path = tmp_path / "held.mkv"
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "gray"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for pts in (0, 40, 80):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16), pts, np.uint8), format="gray")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for packet in [*stream.encode(frame), *(stream.encode(None) if pts == 80 else [])]:
+                packet.duration = 3000 if packet.pts == 80 else 40
+                container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].metadata["DURATION"].startswith("00:00:03.08")
+    assert [pts for _, pts, _ in read_video(path)] == [0, 40, 80]

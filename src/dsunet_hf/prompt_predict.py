@@ -65,11 +65,13 @@ def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, veri
     from .predict import readable_weights
 
     backbone_sources = backbone_sources or {}
-    if backbone_sources:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
+    given = " and ".join(flag for flag, on in (("--no-verify-backbone-weights", not verify_backbone_weights),
+                                               ("--backbone-source", bool(backbone_sources))) if on)
+    if given:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
         config = AutoConfig.from_pretrained(name_or_path)
         if getattr(config, "backbone_weights_included", False):
             raise ValueError(f"{name_or_path} is self-contained (it holds its backbone weights): none load from "
-                             f"elsewhere; leave out --backbone-source")
+                             f"elsewhere; leave out {given}")
         fields = [f"dino_backbone_{key}" for key in ("repo_id", "revision")]
         for field in backbone_sources:
             if field not in fields:

@@ -119,8 +119,8 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
         index, last_time = 0, None
         try:
             for frame in container.decode(stream):
-                if frame.pts is not None and frame.time_base:
-                    last_time = float(frame.pts * frame.time_base)
+                if frame.pts is not None and frame.time_base:  # the end of the frame: a held last frame is whole
+                    last_time = float((frame.pts + max(getattr(frame, "duration", 0) or 0, 0)) * frame.time_base)
                 rgb = frame.to_ndarray(format="rgb24")
                 # The display matrix rotates counterclockwise by `rotation` degrees (phones record -90 for portrait).
                 turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # older PyAV does not read it
@@ -148,7 +148,8 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
 
 def _tagged_duration(stream) -> float | None:
     """A track's ``DURATION`` tag (Matroska: ``HH:MM:SS.nnnnnnnnn``) in seconds, None when absent or unreadable."""
-    text = next((value for key, value in stream.metadata.items() if key.upper() == "DURATION"), None)
+    # mkvmerge may name it per language (DURATION-eng)
+    text = next((value for key, value in stream.metadata.items() if key.upper().split("-")[0] == "DURATION"), None)
     try:
         hours, minutes, seconds = str(text).split(":")
         return int(hours) * 3600 + int(minutes) * 60 + float(seconds)

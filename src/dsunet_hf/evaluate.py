@@ -639,12 +639,10 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="the model's weights and arithmetic (default float32)")
-    parser.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
-                        help="trainable-only artifacts: load even on frozen backbone weights other than those the "
-                             "model was saved with (its config.json's backbone_fingerprint: a moved revision, another "
-                             "local folder); the scores are then not the trained model's")
-    from .cli import BACKBONE_SOURCE_HELP
+    from .cli import BACKBONE_SOURCE_HELP, VERIFY_HELP
 
+    parser.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
+                        help=VERIFY_HELP)
     parser.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run_evaluate_cli)

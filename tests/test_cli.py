@@ -624,10 +624,24 @@ def test_evaluate_refuses_options_of_running_a_model_on_saved_maps(tmp_path, giv
                                    ["--track-memory", "4"]])
 def test_evaluate_refuses_visual_prompt_options_before_loading_another_model(tmp_path, no_model_loading, given):
     """Was: the model loaded (minutes for a large one), then the options were refused."""
-    (tmp_path / "model").mkdir()  # no visual-prompt config: another kind of model
+    from dsunet_hf import Sam2UNetConfig
+
+    Sam2UNetConfig().save_pretrained(tmp_path / "model")  # another kind of model (its config alone)
     with pytest.raises(SystemExit, match=rf"^evaluate: {given[0]}: (for visual-prompt models; |tracking, for a "
                                          r"visual-prompt model)"):
         main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path), *given,
+              "--output-dir", str(tmp_path / "report")])
+
+
+def test_visual_prompt_options_for_a_model_that_cannot_be_reached(tmp_path, offline_hub):
+    """Was: "--reference/--prompt need a visual-prompt model; <model> is not one" for a Hub id that cannot be
+    reached (offline, mistyped): it is named as not loadable instead."""
+    (tmp_path / "r.png").touch()
+    with pytest.raises(SystemExit, match="^predict: cannot load someone/no-such-model: "):
+        main(["predict", "--model", "someone/no-such-model", "--reference", str(tmp_path / "r.png"), "--prompt",
+              "box:1,1,9,9", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="^evaluate: cannot load someone/no-such-model: "):
+        main(["evaluate", "--model", "someone/no-such-model", "--data", str(tmp_path), "--shots", "3",
               "--output-dir", str(tmp_path / "report")])
 
 

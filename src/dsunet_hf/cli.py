@@ -35,6 +35,20 @@ def load_failure(command: str, name: str, error: Exception) -> SystemExit:
     return SystemExit(f"{command}: cannot load {name}: {reason}")
 
 
+def not_visual_prompt(command: str, name: str, refusal: str) -> SystemExit:
+    """``refusal`` (visual-prompt options for a model that is not one), unless the model's config cannot be reached
+    at all (a mistyped folder, no network): that is said instead, not "not a visual-prompt model"."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as error:
+        return load_failure(command, name, error)
+    except (ValueError, TypeError, AttributeError):  # readable but not ours (e.g. remote code): not one indeed
+        pass
+    return SystemExit(refusal)
+
+
 def backbone_sources(command: str, given: list[str] | None) -> dict[str, str]:
     """``--backbone-source FIELD=VALUE`` options as ``from_pretrained`` keywords (which fields a model has is checked
     where it loads)."""
@@ -58,8 +72,8 @@ def _predict_with_prompts(args) -> int:
                          f"{len(args.prompt or [])} prompt(s))")
     model_type = visual_prompt_model_type(args.model)
     if model_type is None:
-        raise SystemExit(f"predict: --reference/--prompt need a visual-prompt model (model_type visual_prompt or "
-                         f"visual_prompt_matcher); {args.model} is not one")
+        raise not_visual_prompt("predict", args.model, "predict: --reference/--prompt need a visual-prompt model "
+                                f"(model_type visual_prompt or visual_prompt_matcher); {args.model} is not one")
     unused = {"--cutout": args.cutout, "--background": args.background is not None,
               "--minmax-normalize": args.minmax_normalize, "--schedule": args.schedule is not None,
               "--resolution native": args.resolution == "native", "--autocast": args.autocast != "none",

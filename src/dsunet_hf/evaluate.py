@@ -757,7 +757,7 @@ def run_evaluate_cli(args) -> int:
     elif args.model is None or not args.data:
         raise SystemExit("evaluate: give --model and at least one --data, or --predictions and --ground-truth")
     else:
-        from .cli import backbone_sources, load_failure
+        from .cli import backbone_sources, load_failure, not_visual_prompt
         from .data import dataset_name, dropped_files, load_segmentation_dataset
         from .predict import load_model_and_processor
         from .prompt_predict import visual_prompt_model_type
@@ -768,8 +768,9 @@ def run_evaluate_cli(args) -> int:
         # Read from its config alone: the options for visual-prompt models are refused before any model loads.
         is_visual_prompt = visual_prompt_model_type(args.model) is not None
         if not is_visual_prompt and any(prompting_options.values()):
-            raise SystemExit(f"evaluate: {', '.join(k for k, v in prompting_options.items() if v)}: for visual-prompt "
-                             f"models; {args.model} is not one")
+            given = ", ".join(k for k, v in prompting_options.items() if v)
+            raise not_visual_prompt("evaluate", args.model, f"evaluate: {given}: for visual-prompt models; {args.model} "
+                                    "is not one")
         if any(tracking_only.values()) and (not is_visual_prompt or not all(map(is_davis_layout, args.data))):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for a "
                              f"visual-prompt model on DAVIS-layout folders (JPEGImages/, Annotations/)")

@@ -216,7 +216,11 @@ def test_push_to_hub_at_the_end(generated_data, tmp_path, hub_namespace):
 def test_demo_runs_end_to_end(tmp_path):
     from dsunet_hf.demo import run_demo
 
+    stale = tmp_path / "demo" / "predictions" / "masks" / "from-another-run.png"  # was: left beside the new ones
+    stale.parent.mkdir(parents=True)
+    stale.touch()
     result = run_demo(tmp_path / "demo", max_steps=3, num_pairs=10, image_size=64)
+    assert not stale.exists() and len(list(stale.parent.glob("*.png"))) == 2  # the validation share of 10 pairs
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
     assert (tmp_path / "demo" / "evaluation" / "evaluation.json").is_file()
     assert (tmp_path / "demo" / "train" / "model" / "README.md").is_file()

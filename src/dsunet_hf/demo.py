@@ -4,6 +4,7 @@ predictions, an overlay contact sheet and a saved artifact with its card."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,9 @@ def run_demo(
     print(format_table(results))
 
     images = [validation[i]["image"] for i in range(len(validation))]
+    # The demo's own folder: a re-run (perhaps on other --data) starts afresh, as training does, rather than leaving
+    # the earlier run's predictions beside this one's.
+    shutil.rmtree(output_dir / "predictions", ignore_errors=True)
     report = predict_files(model, processor, images, output_dir / "predictions", overlay=True, overwrite=True,
                            progress=False)
     rows = []
@@ -141,6 +145,7 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
     with_class = [i for i in range(1, len(test)) if value in classes[i]][:5]
     without = [i for i in range(1, len(test)) if value not in classes[i]][:3]
     targets = [test[i]["image"] for i in with_class + without]
+    shutil.rmtree(output_dir / "predictions", ignore_errors=True)  # a re-run starts afresh (see run_demo)
     report = predict_with_prompts(model, [test[0]["image"]], [box], targets, output_dir / "predictions", overlay=True,
                                   overwrite=True, progress=False)
     print(f"model (with its card): {summary['model_dir']}")

@@ -233,6 +233,48 @@ def test_bad_inputs_are_refused_clearly():
         tiny_config(finetune_strategy="adapter")
     with pytest.raises(ValueError, match="multiple of 32"):
         tiny_config(image_size=1000)
+    # 0 (or less) squeeze blocks built one all the same; a string count failed with a bare TypeError.
+    for fields in ({"squeeze_block_count": 0}, {"squeeze_block_count": -1}, {"context_count": "3"}):
+        with pytest.raises(ValueError, match=next(iter(fields))):
+            tiny_config(**fields)
+
+
+def test_every_official_release_is_a_variant_named_by_its_repo_file_or_cache_path(tmp_path):
+    """BiRefNet_HR-matting (upstream README), _lite-matting and _dynamic-matting were no variants: converted as the
+    general 1024² model (task General), and --variant refused their names. A Hub file (<repo>/model.safetensors) or
+    the Hub cache's snapshot path gave no variant either."""
+    from dsunet_hf.convert.birefnet import (
+        is_official_birefnet_source,
+        official_variant_name,
+        variant_for_source,
+    )
+
+    expected = {"BiRefNet_HR-matting": ("swin_v1_l", "Matting", [2048, 2048], None),
+                "BiRefNet_lite-matting": ("swin_v1_t", "Matting", [1024, 1024], None),
+                "BiRefNet_dynamic-matting": ("swin_v1_l", "Matting", [1024, 1024], [[256, 2304], [256, 2304]])}
+    for variant, fields in expected.items():
+        config = BiRefNetConfig.from_variant(variant)
+        assert (config.backbone, config.task, config.image_size, config.dynamic_size) == fields
+        assert config.base_repo_id == f"ZhengPeng7/{variant}" and official_variant_name(variant.lower()) == variant
+        assert variant_for_source(f"ZhengPeng7/{variant}") == variant
+    # GitHub release v1 files: BiRefNet_dynamic-matting's, and those whose names are not their variant's (the 512²
+    # model ran at 1024²).
+    for name, variant in [("BiRefNet_dynamic-matting-epoch_159.pth", "BiRefNet_dynamic-matting"),
+                          ("BiRefNet-general-resolution_512x512-fp16-epoch_216.pth", "BiRefNet_512x512"),
+                          ("BiRefNet-HRSOD_DHU-epoch_115.pth", "BiRefNet-HRSOD"),
+                          ("BiRefNet-general-bb_swin_v1_tiny-epoch_232.pth", "BiRefNet_lite")]:
+        assert variant_for_source(name) == variant, name
+    (tmp_path / "BiRefNet_lite-2K").mkdir()
+    (tmp_path / "BiRefNet_lite-2K" / "model.safetensors").write_bytes(b"")
+    cache = "hub/models--ZhengPeng7--BiRefNet_HR/snapshots/0123abcd"
+    for source, variant in [(tmp_path / "BiRefNet_lite-2K" / "model.safetensors", "BiRefNet_lite-2K"),
+                            ("BiRefNet_HR-matting/pytorch_model.bin", "BiRefNet_HR-matting"),
+                            (cache, "BiRefNet_HR"), (f"{cache}/model.safetensors", "BiRefNet_HR"),
+                            ("runs/BiRefNet/epoch_95.pth", None), ("downloads/model.safetensors", None)]:
+        assert variant_for_source(source) == variant, source
+    # torch.save's .pt suffix: from_pretrained took the file for a Hub repo id ("Repo id must be in the form ...").
+    (tmp_path / "BiRefNet_lite.pt").write_bytes(b"")
+    assert is_official_birefnet_source(tmp_path / "BiRefNet_lite.pt")
 
 
 def test_without_batchnorm_there_are_no_bn_tensors():

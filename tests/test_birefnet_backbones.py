@@ -185,6 +185,12 @@ def test_presets_and_config_validation():
         swin_config("swin_v1_t", {"windw_size": 7})
     with pytest.raises(ValueError, match="out_features"):
         pvt_v2_config("pvt_v2_b0", {"out_features": ["stage4"]})
+    # Per-stage lists of another length failed deep in transformers (IndexError, "out_features must be a subset").
+    for config_fn, preset, overrides in [(swin_config, "swin_v1_t", {"num_heads": [1, 1]}),
+                                         (pvt_v2_config, "pvt_v2_b0", {"depths": [1, 1, 1]}),
+                                         (pvt_v2_config, "pvt_v2_b0", {"sr_ratios": 8})]:
+        with pytest.raises(ValueError, match=f"{next(iter(overrides))} must list the 4 stages"):
+            config_fn(preset, overrides)
 
 
 def test_pvt_v2_layer_norm_eps_follow_upstream():

@@ -81,6 +81,11 @@ def preset_config(config_class: type, presets: dict[str, dict], preset: str, ove
     unknown = sorted(k for k in overrides if k not in known or k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} fields in the backbone overrides: {unknown}")
+    # Per-stage lists (depths, heads, widths, ...) need one entry per stage; others fail deep in transformers.
+    defaults = config_class()
+    for key, value in overrides.items():
+        if isinstance(getattr(defaults, key), (list, tuple)) and (not isinstance(value, (list, tuple)) or len(value) != 4):
+            raise ValueError(f"backbone override {key} must list the 4 stages of a BiRefNet backbone, got {value!r}")
     return config_class(**{**presets[preset], **overrides}, out_features=list(STAGES))
 
 

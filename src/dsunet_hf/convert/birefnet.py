@@ -33,6 +33,7 @@ from .sam2 import read_torch_checkpoint
 logger = logging.getLogger(__name__)
 
 OFFICIAL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # .pt: torch.save's other usual suffix
 _PREFIXES = re.compile(r"^(module\.|_orig_mod\.)+")
 
 
@@ -144,7 +145,7 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None,
             raise BackboneNotAvailableError(f"{path}: folder holds neither model.safetensors nor a .pth checkpoint")
         return found, None
     repo_id = str(source)
-    if path.suffix in (".pth", ".safetensors", ".bin") or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+    if path.suffix in WEIGHT_SUFFIXES or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
         raise BackboneNotAvailableError(f"{source}: no such BiRefNet weights file or folder")
     errors = []
     for filename in OFFICIAL_WEIGHT_FILES[:1]:
@@ -183,7 +184,7 @@ def is_official_birefnet_source(source: str | Path, revision: str | None = None,
     ``download_kwargs`` (``cache_dir``, ``token``, ...) apply to a Hub repo's config.json."""
     path = Path(source)
     if path.is_file():
-        return path.suffix in (".safetensors", ".pth", ".bin")
+        return path.suffix in WEIGHT_SUFFIXES
     if path.is_dir():
         config_file = path / "config.json"
     else:
@@ -210,6 +211,10 @@ def is_official_birefnet_source(source: str | Path, revision: str | None = None,
 # Parts of a checkpoint's name beside its variant: the task it was trained on ("-general") and the epoch it was saved
 # at ("-epoch_244"), as in the GitHub release file BiRefNet-general-epoch_244.pth.
 _NAME_PARTS = re.compile(r"-general(?=-|$)|-epoch_\d+$", re.IGNORECASE)
+# GitHub release v1 files whose name (so reduced, lower case) is not their variant's: the 512² model would run at
+# 1024², the HRSOD one train with the general task's recipe.
+_RELEASE_NAMES = {"birefnet-resolution_512x512-fp16": "BiRefNet_512x512", "birefnet-hrsod_dhu": "BiRefNet-HRSOD",
+                  "birefnet-bb_swin_v1_tiny": "BiRefNet_lite"}
 
 
 def variant_for_source(source: str | Path) -> str | None:
@@ -217,14 +222,26 @@ def variant_for_source(source: str | Path) -> str | None:
 
     The name (a file's without its suffix) is a variant's name in any letter case (``ZhengPeng7/BiRefNet_lite`` ->
     BiRefNet_lite), optionally with ``-general`` and a final ``-epoch_<N>``, the parts of the GitHub release
-    files' names (``BiRefNet-general-epoch_244.pth`` -> BiRefNet); other names are not guessed at."""
+    files' names (``BiRefNet-general-epoch_244.pth`` -> BiRefNet), and the release files named otherwise
+    (``_RELEASE_NAMES``: ``BiRefNet-general-resolution_512x512-fp16-epoch_216.pth`` -> BiRefNet_512x512, ...); other
+    names are not guessed at. A Hub file name
+    (``BiRefNet_HR/model.safetensors``) is named by its folder, and a file or folder in the Hub cache
+    (``.../models--ZhengPeng7--BiRefNet_HR/snapshots/<commit>``) by its repo."""
     from ..models.birefnet.configuration_birefnet import VARIANTS
 
-    name = Path(str(source).rstrip("/")).name
-    if Path(source).is_file() or Path(name).suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
-        name = Path(name).stem
-    name = _NAME_PARTS.sub("", name).lower()
-    return next((variant for variant in VARIANTS if variant.lower() == name), None)
+    path = Path(str(source).rstrip("/"))
+    names = [path.name]
+    if path.is_file() or path.suffix.lower() in WEIGHT_SUFFIXES:
+        names = [path.stem]
+        if path.stem.lower() in ("model", "pytorch_model"):  # the Hub's file names say nothing: its folder's does
+            names.append(path.parent.name)
+    names += [part.split("--")[-1] for part in path.parts if part.startswith("models--")]
+    for name in names:
+        name = _NAME_PARTS.sub("", name).lower()
+        variant = next((variant for variant in VARIANTS if variant.lower() == name), _RELEASE_NAMES.get(name))
+        if variant is not None:
+            return variant
+    return None
 
 
 def official_variant_name(name: str) -> str:

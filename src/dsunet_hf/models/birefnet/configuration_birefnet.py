@@ -47,10 +47,15 @@ VARIANTS = {
                          "ZhengPeng7/BiRefNet_lite-2K"),
     "BiRefNet-matting": ({"backbone": "swin_v1_l", "task": "Matting"}, "ZhengPeng7/BiRefNet-matting"),
     "BiRefNet-portrait": ({"backbone": "swin_v1_l", "task": "Matting"}, "ZhengPeng7/BiRefNet-portrait"),
+    "BiRefNet_lite-matting": ({"backbone": "swin_v1_t", "task": "Matting"}, "ZhengPeng7/BiRefNet_lite-matting"),
     "BiRefNet_HR": ({"backbone": "swin_v1_l", "task": "General", "image_size": [2048, 2048]},
                     "ZhengPeng7/BiRefNet_HR"),
+    "BiRefNet_HR-matting": ({"backbone": "swin_v1_l", "task": "Matting", "image_size": [2048, 2048]},
+                            "ZhengPeng7/BiRefNet_HR-matting"),
     "BiRefNet_dynamic": ({"backbone": "swin_v1_l", "task": "General", "dynamic_size": [[256, 2304], [256, 2304]]},
                          "ZhengPeng7/BiRefNet_dynamic"),
+    "BiRefNet_dynamic-matting": ({"backbone": "swin_v1_l", "task": "Matting",
+                                  "dynamic_size": [[256, 2304], [256, 2304]]}, "ZhengPeng7/BiRefNet_dynamic-matting"),
     "BiRefNet_512x512": ({"backbone": "swin_v1_l", "task": "General", "image_size": [512, 512]},
                          "ZhengPeng7/BiRefNet_512x512"),
     "BiRefNet-DIS5K": ({"backbone": "swin_v1_l", "task": "DIS5K"}, "ZhengPeng7/BiRefNet-DIS5K"),
@@ -164,8 +169,11 @@ class BiRefNetConfig(PreTrainedConfig):
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        if not 0 <= context_count <= 3:
-            raise ValueError(f"context_count must be 0..3 (stages x1..x3), got {context_count}")
+        if not isinstance(context_count, int) or not 0 <= context_count <= 3:
+            raise ValueError(f"context_count must be 0..3 (stages x1..x3), got {context_count!r}")
+        if not isinstance(squeeze_block_count, int) or squeeze_block_count < 1:  # 0 built one block all the same
+            raise ValueError(f"squeeze_block_count must be 1 or more (squeeze_block='' for none), got "
+                             f"{squeeze_block_count!r}")
         if finetune_strategy == "adapter":
             raise ValueError("BiRefNet has no bottleneck adapters: use finetune_strategy lora, frozen or full")
         self.backbone = backbone

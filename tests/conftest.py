@@ -71,7 +71,8 @@ class OfflineHub:
         snapshot = self.repo_dir(repo_id) / "snapshots" / sha
         for name, source in files.items():
             (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, snapshot / name)
+            if Path(source) != snapshot / name:  # a push that changes nothing: the same snapshot
+                shutil.copyfile(source, snapshot / name)
         (self.repo_dir(repo_id) / "refs" / branch).parent.mkdir(parents=True, exist_ok=True)
         (self.repo_dir(repo_id) / "refs" / branch).write_text(sha)
         return sha
@@ -110,7 +111,22 @@ def offline_hub(tmp_path, monkeypatch):
         branch = revision or "main"
         if not create_pr and branch not in hub.branches.get(repo_id, {"main"}):  # what the Hub answers
             raise RuntimeError(f"404 Revision Not Found for {repo_id}: Invalid rev id: {branch}")
-        sha = hub.add(repo_id, Path(folder_path), branch="main" if create_pr else branch)
+        # As the Hub: a commit adds the allowed files of the folder to the branch's files, less delete_patterns.
+        from huggingface_hub.utils import filter_repo_objects
+
+        target = "main" if create_pr else branch
+        folder = Path(folder_path)
+        uploads = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+        uploads = {name: uploads[name] for name in filter_repo_objects(
+            list(uploads), allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=kwargs.get("ignore_patterns"))}
+        head = hub.repo_dir(repo_id) / "refs" / target
+        kept = {}
+        if head.is_file():
+            snapshot = hub.repo_dir(repo_id) / "snapshots" / head.read_text()
+            kept = {p.relative_to(snapshot).as_posix(): p for p in snapshot.rglob("*") if p.is_file()}
+            kept = {name: kept[name] for name in filter_repo_objects(
+                list(kept), ignore_patterns=kwargs.get("delete_patterns"))}
+        sha = hub.add(repo_id, folder, {**kept, **uploads}, branch=target)
         hub.pushes.append((repo_id, commit_message))
         return sha
 

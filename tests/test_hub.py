@@ -373,3 +373,81 @@ def test_a_missing_backbone_is_named_by_its_config_field(offline_hub):
         VisualPromptMatcher.from_pretrained_backbones(config)
     assert "from_pretrained(..., dino_backbone_repo_id='/path/to/folder-or-checkpoint')" in str(error.value)
     assert "backbone_repo_id='" not in str(error.value).replace("dino_backbone_repo_id='", "")
+
+
+def test_a_save_in_the_other_layout_leaves_no_older_weights_behind(trained_model, tmp_path):
+    """transformers keeps a single model.safetensors beside new shards (and from_pretrained loads it: the older
+    model, silently) and an index beside a new single file; save_pretrained removes the one of the earlier save."""
+    trained_model.save_pretrained(tmp_path / "m")  # one file
+    with torch.no_grad():
+        trained_model.head.weight.add_(1.0)  # trained further
+    trained_model.save_pretrained(tmp_path / "m", max_shard_size="200KB")
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert "model.safetensors" not in names and "model.safetensors.index.json" in names
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        assert torch.equal(trained_model(x).logits, Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")(x).logits)
+    trained_model.save_pretrained(tmp_path / "m")  # back to one file: no index naming deleted shards
+    assert {p.name for p in (tmp_path / "m").iterdir() if p.name.startswith("model")} == {"model.safetensors"}
+
+
+def test_a_push_replaces_the_repos_older_weight_files_and_refuses_a_pr_to_a_branch(trained_model, offline_hub,
+                                                                                   monkeypatch):
+    """upload_folder only adds files: a sharded push onto a repo holding model.safetensors left it there (and
+    from_pretrained loads that older model). create_pr=True with a revision is refused by the Hub only after the repo
+    was created: refused first."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    upload = huggingface_hub.HfApi.upload_folder
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(kw) or upload(self, **kw))
+    trained_model.push_to_hub("me/sharded", max_shard_size="200KB")
+    remote = ["model.safetensors", "model-00001-of-00009.safetensors", "model.safetensors.index.json", "README.md",
+              "onnx/model.onnx", "model.onnx", ".gitattributes"]
+    assert set(filter_repo_objects(remote, allow_patterns=calls[-1]["delete_patterns"])) == set(remote[:3])
+    with pytest.raises(ValueError, match="create_pr=True .* takes no revision"):
+        trained_model.push_to_hub("me/pr", revision="dev", create_pr=True)
+    assert [repo for repo, _ in offline_hub.create_calls] == ["me/sharded"]
+
+
+def test_a_damaged_weights_file_is_named_by_from_pretrained(trained_model, tmp_path):
+    """safetensors' own error (no OSError) named neither the file nor the model; a damaged shard is named."""
+    trained_model.save_pretrained(tmp_path / "m", max_shard_size="200KB")
+    shard = tmp_path / "m" / "model-00002-of-00004.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(OSError, match=rf"^{shard}: not a readable safetensors file, truncated or damaged"):
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")
+
+
+def test_push_to_hub_takes_transformers_tags_and_commit_description(trained_model, offline_hub, monkeypatch):
+    """transformers' push_to_hub(tags=..., commit_description=...) and add_model_tags: refused (TypeError), and the
+    tags of add_model_tags left off the card."""
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    upload = huggingface_hub.HfApi.upload_folder
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(kw) or upload(self, **kw))
+    trained_model.add_model_tags(["polyp"])
+    trained_model.push_to_hub("me/tagged", tags=["kvasir", "polyp"], commit_description="20 epochs on Kvasir")
+    assert calls[-1]["commit_description"] == "20 epochs on Kvasir"
+    tags = ModelCard.load(next((offline_hub.repo_dir("me/tagged") / "snapshots").iterdir()) / "README.md").data.tags
+    assert tags[-2:] == ["polyp", "kvasir"] and "sam2-unet" in tags
+
+
+def test_save_pretrained_pushes_only_the_files_it_wrote(trained_model, offline_hub, tmp_path, monkeypatch):
+    """save_pretrained(folder, push_to_hub=True) into a Trainer's output folder uploaded all of it (checkpoints,
+    optimizer states, anything else there); transformers uploads only the files its save wrote."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(kw))
+    (tmp_path / "out" / "checkpoint-500").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-500" / "optimizer.pt").write_bytes(b"state")
+    (tmp_path / "out" / "notes.txt").write_text("private")
+    trained_model.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/out")
+    files = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert sorted(filter_repo_objects(files, allow_patterns=calls[-1]["allow_patterns"])) == [
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]

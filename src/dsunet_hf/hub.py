@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -135,6 +136,57 @@ def render_model_card(template_name: str, card_data: ModelCardData, **variables)
     return ModelCard.from_template(card_data, template_str=template, repo_link=repo_link, **variables)
 
 
+def weight_file_names(variant: str | None = None) -> tuple[str, str]:
+    """(single file, shard index) names of a model's safetensors weights, as transformers names them."""
+    if not variant:
+        return "model.safetensors", "model.safetensors.index.json"
+    return f"model.{variant}.safetensors", f"model.safetensors.index.{variant}.json"
+
+
+def remove_stale_weights(folder: str | os.PathLike, variant: str | None = None) -> None:
+    """After ``save_pretrained`` into ``folder``: remove the weights an earlier save left in the other layout.
+    transformers deletes the old shards that a new save does not rewrite, but keeps a single weights file beside new
+    shards (``from_pretrained`` loads that one: the older model) and an index beside a new single file (naming shards
+    that are gone)."""
+    single, index = (Path(folder) / name for name in weight_file_names(variant))
+    if not index.is_file():
+        return
+    try:
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable: not one this save wrote
+        shards = set()
+    # All of the index's shards there: this save was sharded (an unsharded one deletes every file named as a shard).
+    shard_name = re.escape(single.name.removesuffix(".safetensors")) + r"-\d{5}-of-\d{5}\.safetensors"
+    sharded = bool(shards) and all(isinstance(shard, str) and re.fullmatch(shard_name, shard)
+                                   and (Path(folder) / shard).is_file() for shard in shards)
+    stale = single if sharded else index
+    if stale.is_file():
+        stale.unlink()
+
+
+# A model repo's weight files (one file, or shards and their index): a push replaces those of an earlier push, so that
+# the Hub never serves an older single file beside new shards (which from_pretrained would load) or a stale index.
+HUB_WEIGHT_PATTERNS = ["model.safetensors", "model-?????-of-?????.safetensors", "model.safetensors.index.json"]
+
+
+def saved_file_patterns(variant: str | None = None) -> list[str]:
+    """The files ``save_pretrained`` writes at the top of its folder (config, card, image processor, weights): what it
+    uploads with ``push_to_hub=True``, as transformers uploads only the files its save wrote, not the folder's others
+    (a Trainer's checkpoints, a user's notes)."""
+    single, index = weight_file_names(variant)
+    shards = single.removesuffix(".safetensors") + "-?????-of-?????.safetensors"
+    return ["config.json", "README.md", "preprocessor_config.json", single, shards, index]
+
+
+def check_push_target(revision: str | None, create_pr: bool) -> None:
+    """Refuse (ValueError) what the Hub would refuse only after the repo is created: a pull request is always opened
+    against ``main``, so ``create_pr=True`` takes no other ``revision``."""
+    if create_pr and revision and revision != "main":
+        raise ValueError(f"push_to_hub: create_pr=True opens a pull request against the main branch, so it takes no "
+                         f"revision ({revision!r}); push to that branch without create_pr, or open the pull request "
+                         f"against main")
+
+
 def create_hub_repo(repo_id: str, *, private: bool | None = None, token: str | None = None,
                     space_sdk: str | None = None) -> str:
     """Create the repo if needed and return its full id (``name`` -> ``<user>/name``, as the Hub names it): cards
@@ -153,19 +205,23 @@ def upload_folder_to_hub(
     repo_id: str,
     *,
     commit_message: str = "Upload fine-tuned dsunet-hf model",
+    commit_description: str | None = None,
     private: bool | None = None,
     token: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
     space_sdk: str | None = None,
     repo_created: bool = False,
+    allow_patterns: list[str] | None = None,
 ) -> str:
     """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id.
     ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo. ``private=True`` makes the repo
     private, an existing one too (``create_repo`` leaves an existing repo's visibility as it is); None: a new
     repo gets the account's default visibility. ``revision``: the branch to commit to, created when missing.
     ``repo_created=True``: :func:`create_hub_repo` made the repo already (``repo_id`` is the full id it returned,
-    ``private`` applied), so it is not created again."""
+    ``private`` applied), so it is not created again. ``allow_patterns``: only those files of the folder (default:
+    all)."""
+    check_push_target(revision, create_pr)
     api = HfApi(token=token)
     repo_type = "space" if space_sdk else None
     if not repo_created:
@@ -173,13 +229,18 @@ def upload_folder_to_hub(
     if revision and not create_pr and not revision.startswith("refs/pr/"):
         # The Hub refuses a commit to a branch that does not exist (404); transformers' push_to_hub creates it too.
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
+    # A model folder with weights replaces the repo's older weight files (those it uploads are not deleted).
+    holds_weights = any((Path(folder) / name).is_file() for name in weight_file_names())
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message=commit_message,
+        commit_description=commit_description,
         revision=revision,
         create_pr=create_pr,
         repo_type=repo_type,
+        allow_patterns=allow_patterns,
+        delete_patterns=HUB_WEIGHT_PATTERNS if holds_weights and not space_sdk else None,
     )
     return repo_id
 

@@ -26,10 +26,13 @@ from .hub import (
     PLACEHOLDER_REPO_ID,
     add_evaluation_to_card,
     check_evaluation_for_card,
+    check_push_target,
     create_hub_repo,
     hub_download_kwargs,
     looks_like_hub_id,
+    remove_stale_weights,
     render_model_card,
+    saved_file_patterns,
     upload_folder_to_hub,
 )
 from .image_processing import processor_for_model
@@ -448,9 +451,14 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         # those tensors start from a fresh init, with its warning.
         mismatch_allowed = bool(kwargs.get("ignore_mismatched_sizes", False))
         kwargs["ignore_mismatched_sizes"] = True
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
+        from safetensors import SafetensorError
+
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:  # no OSError, and it names no file (an interrupted save or download)
+            raise OSError(_unreadable_weights(pretrained_model_name_or_path, kwargs.get("subfolder"), error)) from error
         missing = sorted(info.get("missing_keys", []))
         unexpected = sorted(info.get("unexpected_keys", []))
         mismatched = [] if mismatch_allowed else sorted(
@@ -490,18 +498,22 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         needs (``backbone_fingerprint``: a few numbers per backbone, of the weights as loaded, see
         :meth:`backbone_fingerprint`), which ``from_pretrained`` checks; none when the backbones were never loaded.
 
-        ``push_to_hub=True`` (with ``repo_id``, ``commit_message``, ``private``, ``token``, ``revision``,
-        ``create_pr``) uploads the finished folder, card and processor included; transformers' own upload would
-        run before they are written and publish its generic card."""
-        card_kwargs = kwargs.pop("model_card_kwargs", None) or {}
+        ``push_to_hub=True`` (with ``repo_id``, ``commit_message``, ``commit_description``, ``private``, ``token``,
+        ``revision``, ``create_pr``) uploads the files this save wrote, card and processor included, once written
+        (transformers' own upload would run before them and publish its generic card); the folder's other files are
+        not uploaded. Weights of an earlier save in the other layout (one file / shards) are removed, here and on the
+        Hub."""
+        card_kwargs = dict(kwargs.pop("model_card_kwargs", None) or {})
         push = kwargs.pop("push_to_hub", False)
-        push_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "private", "token", "revision", "create_pr")
-                       if key in kwargs}
+        push_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "commit_description", "private", "token",
+                                                         "revision", "create_pr") if key in kwargs}
         repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
         # Recorded in config.json so that from_pretrained knows not to fetch the backbone repos.
         backbone_included = include_backbone or self.config.finetune_strategy == "full"
         # Refused before anything is written or created on the Hub.
         kwargs["state_dict"] = self._check_saveable(include_backbone, kwargs.get("state_dict"))
+        if push:
+            check_push_target(push_kwargs.get("revision"), push_kwargs.get("create_pr", False))
         if push and kwargs.get("is_main_process", True):
             # The Hub's full id (a name without a namespace gets the user's) for the card's snippets.
             repo_id = create_hub_repo(repo_id, private=push_kwargs.get("private"), token=push_kwargs.get("token"))
@@ -519,8 +531,16 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             del self.config.backbone_weights_included
             self.config.__dict__.pop("backbone_fingerprint", None)
         if kwargs.get("is_main_process", True):
+            remove_stale_weights(save_directory, kwargs.get("variant"))
             give_new_file_modes(save_directory)
+            extra_tags = card_kwargs.pop("tags", None) or []
+            extra_tags = [extra_tags] if isinstance(extra_tags, str) else list(extra_tags)
             card = self.model_card(**card_kwargs, backbone_included=backbone_included)
+            # transformers' tags (add_model_tags, push_to_hub(tags=...)) join the card's own, as in its cards.
+            card.data.tags = list(card.data.tags or [])
+            for tag in [*(getattr(self, "model_tags", None) or []), *extra_tags]:
+                if tag not in card.data.tags:
+                    card.data.tags.append(tag)
             card.save(os.path.join(save_directory, "README.md"))
             # The card's usage (AutoImageProcessor, pipeline) reads the processor from the same folder; one that is
             # there already was saved on purpose and stays.
@@ -531,7 +551,9 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 # its model's, so that pipeline() and AutoImageProcessor users get the upstream's order too.
                 processor_for_model(image_processor, self).save_pretrained(save_directory)
             if push:
-                upload_folder_to_hub(save_directory, repo_id, **push_kwargs, repo_created=True)
+                # Only what this save wrote: the folder may hold other files (a Trainer's checkpoints, notes).
+                upload_folder_to_hub(save_directory, repo_id, **push_kwargs, repo_created=True,
+                                     allow_patterns=saved_file_patterns(kwargs.get("variant")))
 
     def _check_saveable(self, include_backbone: bool = False, state_dict: dict | None = None) -> dict | None:
         """The state dict :meth:`save_pretrained` writes: ``state_dict`` when given, else the trainable part (None
@@ -629,18 +651,21 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         metrics: dict | None = None,
         dataset_names: list[str] | None = None,
         commit_message: str = "Upload fine-tuned model with dsunet-hf",
+        commit_description: str | None = None,
         private: bool | None = None,
         token: str | None = None,
         revision: str | None = None,
         create_pr: bool = False,
         include_backbone: bool = False,
         evaluation_reports: list[str] | None = None,
+        tags: list[str] | str | None = None,
         **kwargs,
     ) -> str:
         """Push the trainable-only artifact, its image processor (``image_processor``, else the one the model was
         loaded with, else the default) and a filled model card in one commit; ``evaluation_reports``
         (``dsunet-hf evaluate``'s ``evaluation.json`` files) put benchmark results on the card (see
-        :func:`dsunet_hf.hub.add_evaluation_to_card`).
+        :func:`dsunet_hf.hub.add_evaluation_to_card`). ``tags`` join the card's (as those of ``add_model_tags``);
+        ``commit_description`` describes the commit (or the pull request, with ``create_pr=True``).
 
         (transformers' own ``push_to_hub`` would replace our card with a generic one.) ``max_shard_size`` reaches
         ``save_pretrained``; other keyword arguments are refused rather than ignored.
@@ -649,6 +674,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         if kwargs:
             raise TypeError(f"push_to_hub() got unexpected keyword arguments {sorted(kwargs)}")
         # Refused before the repo is created: a refused push leaves no empty repo behind.
+        check_push_target(revision, create_pr)
         self._check_saveable(include_backbone)
         if evaluation_reports:
             check_evaluation_for_card(evaluation_reports)
@@ -660,17 +686,36 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 include_backbone=include_backbone,
                 **save_kwargs,
                 image_processor=image_processor,  # None: the processor the model was loaded with, else the default
-                model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id},
+                model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id,
+                                   "tags": tags},
             )
             if evaluation_reports:
                 add_evaluation_to_card(folder, evaluation_reports, model_name=repo_id.split("/")[-1])
             return upload_folder_to_hub(
-                Path(folder), repo_id, commit_message=commit_message, private=private, token=token,
-                revision=revision, create_pr=create_pr, repo_created=True,
+                Path(folder), repo_id, commit_message=commit_message, commit_description=commit_description,
+                private=private, token=token, revision=revision, create_pr=create_pr, repo_created=True,
             )
 
     def default_image_processor(self):
         raise NotImplementedError
+
+
+def _unreadable_weights(source, subfolder: str | None, error: Exception) -> str:
+    """The error for weights safetensors cannot read, naming the file where the artifact is a local folder."""
+    from safetensors import SafetensorError, safe_open
+
+    where = f"{source}: its weights"
+    folder = Path(source, subfolder or "")
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except SafetensorError:
+                where = str(path)
+                break
+    return (f"{where}: not a readable safetensors file, truncated or damaged ({error}); save it again, or download it "
+            f"again (force_download=True)")
 
 
 def _preview(keys: list[str], limit: int = 8) -> str:

@@ -131,6 +131,10 @@ def test_head_files_of_another_size_or_layout_are_refused(tmp_path):
     torch.save({"state_dict": {"decode_head.bn.weight": torch.ones(3)}}, tmp_path / "broken_head.pth")
     with pytest.raises(ValueError, match="not a DINOv2 BNHead"):
         convert_dinov2_head_checkpoint(tmp_path / "broken_head.pth", tmp_path / "out")
+    # Names for another number of classes than the head's: the names are wrong, not the file.
+    with pytest.raises(ValueError, match=r"id2label names 2 classes, but the head in .*my_head\.pth predicts 21"):
+        convert_dinov2_head_checkpoint(tmp_path / "my_head.pth", tmp_path / "out", preset="small",
+                                       id2label={0: "a", 1: "b"})
 
 
 def test_full_size_official_head_converts_with_voc_labels(tmp_path):
@@ -250,6 +254,18 @@ def test_label_sets():
     assert ADE20K_LABELS[-1] == "flag" and len(VOC_LABELS) == 21 and VOC_LABELS[15] == "person"
 
 
+def test_a_two_class_config_reloads_with_its_classes_and_names_need_no_gaps(tmp_path):
+    """transformers leaves LABEL_0 / LABEL_1 (its own default) out of config.json: read back, a num_labels=2 config
+    got the 21 VOC classes and its saved head no longer loaded."""
+    tiny(id2label=None, num_labels=2).save_pretrained(tmp_path)
+    reloaded = Dinov2SegConfig.from_pretrained(tmp_path)
+    assert reloaded.num_labels == 2 and reloaded.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert reloaded.label2id == {"LABEL_0": 0, "LABEL_1": 1}
+    # Names with a gap: 3 head outputs, class 2 nameless (evaluation ended in a KeyError): refused up front.
+    with pytest.raises(ValueError, match=r"id2label must name the classes 0..2 .*got the ids \[0, 1, 3\]"):
+        tiny(id2label={0: "a", 1: "b", 3: "d"})
+
+
 def test_ade20k_heads_convert_with_reduced_labels(tmp_path):
     """ADE20K annotations are 1..150 with 0 = other (the heads were trained with reduce_zero_label): the converted
     artifact's processor records it, so that `dsunet-hf evaluate` reads ADE20K masks correctly by itself."""
@@ -311,6 +327,21 @@ def test_logits_are_resized_to_the_output_size_before_the_softmax():
     with torch.no_grad():
         expected = F.interpolate(model(pixels).logits, size=(90, 113), mode="bilinear", align_corners=False).softmax(1)
     torch.testing.assert_close(model.segment(pixels, "single", output_size=(90, 113)), expected)
+
+
+def test_a_bf16_model_averages_windows_and_views_in_float32():
+    """bf16 logits (a model loaded in bf16) are summed over windows and views in float32: bf16 sums rounded each
+    addition (probabilities summing to 0.995..1.006, other classes at near-ties)."""
+    from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import segment_with_schedule
+
+    config = tiny(crop_size=16, stride=4, test_scales=[1.0, 1.0, 1.0], test_flip=True)
+    torch.manual_seed(0)
+    x = (torch.randn(1, 3, 40, 44) * 3).bfloat16()  # a bf16 model's input, and its bf16 logits
+    logits = _class_logits(x)
+    for schedule, pixels in (("slide", x), ("multiscale", [x, x, x])):
+        got = segment_with_schedule(_class_logits, pixels, schedule, config)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, logits.float().softmax(1), atol=1e-6, rtol=1e-5)
 
 
 def test_multiscale_views_of_one_tensor_take_mmcv_sizes():

@@ -63,6 +63,27 @@ def test_evaluate_semantic_reports_named_classes(rows):
     assert set(result["per_class_iou"]) == {"a", "b", "c"} and 0 <= result["mIoU"] <= 1 and 0 <= result["aAcc"] <= 1
 
 
+def test_evaluate_semantic_against_a_hand_computed_case(tmp_path):
+    """Two ADE20K-style label maps (0 = other, 255 unlabelled) read reduced, fixed predictions: dataset-level
+    intersections / unions counted by hand."""
+    labels = [np.array([[1, 1, 2, 2], [0, 3, 3, 255]], np.uint8), np.array([[2, 2, 2, 0], [1, 1, 3, 3]], np.uint8)]
+    predictions = iter([np.array([[0, 0, 1, 0], [2, 2, 2, 2]]), np.array([[1, 1, 0, 0], [0, 2, 2, 2]])])
+    for index, label in enumerate(labels):
+        Image.fromarray(label).save(tmp_path / f"m{index}.png")
+        Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / f"i{index}.png")
+    rows = datasets.Dataset.from_dict({"image": [str(tmp_path / f"i{i}.png") for i in range(2)],
+                                       "mask": [str(tmp_path / f"m{i}.png") for i in range(2)]})
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=4), crop_size=28, id2label={0: "a", 1: "b", 2: "c"})
+    model = Dinov2ForSemanticSegmentation(config)
+    model.segment = lambda inputs, schedule, output_size: torch.nn.functional.one_hot(
+        torch.as_tensor(next(predictions)), 3).permute(2, 0, 1)[None].float()
+    result = evaluate_semantic(model, rows, reduce_zero_label=True)
+    # reduced labels [[0, 0, 1, 1], [-, 2, 2, -]] and [[1, 1, 1, -], [0, 0, 2, 2]]: I / U = 3/6, 3/5, 4/5
+    assert result["per_class_iou"] == pytest.approx({"a": 0.5, "b": 0.6, "c": 0.8})
+    assert result["mIoU"] == pytest.approx(1.9 / 3) and result["aAcc"] == pytest.approx(10 / 13)
+
+
 def test_overlay_has_a_legend_of_present_classes():
     image = Image.new("RGB", (40, 30), (200, 200, 200))
     classes = np.zeros((30, 40), dtype=np.int64)

@@ -57,6 +57,8 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
     if id2label is None:
         known = {21: VOC_LABELS, 150: ADE20K_LABELS}
         id2label = dict(enumerate(known[num_labels])) if num_labels in known else {i: f"class_{i}" for i in range(num_labels)}
+    elif len(id2label) != num_labels:  # else the file is blamed ("does not fit"): the names are what is wrong
+        raise ValueError(f"id2label names {len(id2label)} classes, but the head in {source} predicts {num_labels}")
     config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=backbone_repo_id or dinov2_hub_repo(preset),
                              backbone_revision=backbone_revision,
                              head_type="linear" if channels == hidden else "multilayer", id2label=id2label,

@@ -121,6 +121,20 @@ class Dinov2SegConfig(PreTrainedConfig):
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
                             lora_target_modules or ["q_proj", "v_proj"])
         super().__init__(**kwargs)
+        # One name per head output: with gaps (e.g. {0, 1, 3}) the head has 3 outputs and class 2 no name
+        # (evaluation failed with KeyError at the end, labels 3 were refused as beyond the classes).
+        if sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"id2label must name the classes 0..{self.num_labels - 1} (one per head output), "
+                             f"got the ids {sorted(self.id2label)[:12]}")
+
+    def to_diff_dict(self) -> dict:
+        # transformers leaves out an id2label equal to its own default (LABEL_0, LABEL_1): read back without one,
+        # a 2-class config would get the 21 VOC classes (and its head would not load). Always write the classes.
+        diff = super().to_diff_dict()
+        full = self.to_dict()
+        for key in ("id2label", "label2id"):
+            diff.setdefault(key, full[key])
+        return diff
 
     def get_dino_config(self) -> Dinov2Config:
         return dinov2_config(self.backbone_preset, **self.dino_config)

@@ -24,15 +24,16 @@ SCHEDULES = ("single", "slide", "multiscale")
 
 def sliding_window_logits(logits_of, pixel_values: torch.Tensor, crop: int, stride: int, num_labels: int):
     """Average the logits (``logits_of(window)``) of overlapping crop x crop windows, mmseg-style: windows keep
-    the full crop length, the last one flush with the border (smaller only when the image is)."""
+    the full crop length, the last one flush with the border (smaller only when the image is). The sums are
+    float32 whatever the model's dtype (a bf16 sum rounds every addition)."""
     batch, _, height, width = pixel_values.shape
-    total = pixel_values.new_zeros(batch, num_labels, height, width)
-    count = pixel_values.new_zeros(1, 1, height, width)
+    total = pixel_values.new_zeros(batch, num_labels, height, width, dtype=torch.float32)
+    count = pixel_values.new_zeros(1, 1, height, width, dtype=torch.float32)
     for row in range(math.ceil(max(height - crop, 0) / stride) + 1):
         for column in range(math.ceil(max(width - crop, 0) / stride) + 1):
             y2, x2 = min(row * stride + crop, height), min(column * stride + crop, width)
             y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            total[:, :, y1:y2, x1:x2] += logits_of(pixel_values[:, :, y1:y2, x1:x2])
+            total[:, :, y1:y2, x1:x2] += logits_of(pixel_values[:, :, y1:y2, x1:x2]).float()
             count[:, :, y1:y2, x1:x2] += 1
     return total / count
 
@@ -49,7 +50,7 @@ def rescaled_size(height: int, width: int, short_side: int, max_long_side: int |
 def segment_with_schedule(logits_of, pixel_values: torch.Tensor | list[torch.Tensor], schedule: str, config,
                           output_size: tuple[int, int] | None = None) -> torch.Tensor:
     """The three inference schedules of the DINOv2 heads around any ``logits_of(crop)`` (the PyTorch head, or
-    its ONNX graph): class probabilities (B, K, *output_size*).
+    its ONNX graph): float32 class probabilities (B, K, *output_size*), whatever the model's dtype.
 
     As upstream (mmseg), each view's logits (window-averaged for ``slide`` / ``multiscale``) are bilinearly
     resized to ``output_size`` *before* the softmax; flipped views are flipped back after it; ``multiscale``
@@ -72,6 +73,7 @@ def segment_with_schedule(logits_of, pixel_values: torch.Tensor | list[torch.Ten
     size = tuple(output_size or (views[0] if views is not None else pixel_values).shape[-2:])
 
     def probabilities_of(logits):
+        logits = logits.float()  # resize, softmax and the average over views in float32, also for a bf16 model
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.softmax(dim=1)
@@ -174,7 +176,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
     @torch.no_grad()
     def segment(self, pixel_values: torch.Tensor | list[torch.Tensor], schedule: str = "slide",
                 output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Class probabilities (B, K, *output_size*): ``single`` pass, ``slide`` (sliding window), or
+        """float32 class probabilities (B, K, *output_size*): ``single`` pass, ``slide`` (sliding window), or
         ``multiscale`` (sliding window at each of ``config.test_scales``, plus flipped views, probabilities
         averaged). Each view's logits are resized to ``output_size`` (default: the input's size) before the
         softmax, as upstream does at the original image's size.

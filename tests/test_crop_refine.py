@@ -178,6 +178,20 @@ def test_images_the_crop_cannot_enlarge_keep_their_first_pass():
     assert refined[0] is not first[0]  # new maps: the caller's stay as they were
 
 
+
+def test_maps_not_at_their_images_size_are_refused():
+    """A map at another size (the model's 1024², a transposed EXIF-rotated photo) was cropped where its box would
+    be on the image: the wrong part of the photo pasted in, silently."""
+    first = np.zeros((100, 200), np.float32)
+    first[10:20, 10:20] = 1
+
+    def predict(crops, size):
+        return [np.ones((crop.height, crop.width), np.float32) for crop in crops]
+
+    for size in [(400, 200), (100, 200)]:  # (W, H): larger, transposed
+        with pytest.raises(ValueError, match=r"map 0 has shape \(100, 200\) but its image is"):
+            refine_with_crops([Image.new("RGB", size)], [first], predict, lambda h, w: (64, 64))
+
 def test_crops_of_one_input_size_share_batches():
     photo, _, _ = small_object_photo(480, 360)
     first = [np.asarray(photo)[..., 0].astype(np.float32) / 255 > 0.5] * 5

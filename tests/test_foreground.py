@@ -121,6 +121,42 @@ def test_an_8bit_mask_array_reads_as_its_pil_mask_and_alpha_outside_0_1_is_refus
                                   np.asarray(refine_foreground(photo, binary.astype(np.float32))))
 
 
+
+def test_pil_masks_are_read_by_their_values_not_as_8bit_grey():
+    """convert("L") read a 0/1 PNG (L, I, P) as alpha <= 1/255 (colours of nothing), clipped a soft 16-bit mask to
+    alpha 1 where its level was over 255 and truncated a float ("F") mask to 0/1 levels."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    binary = np.zeros((20, 30), np.uint8)
+    binary[4:16, 6:24] = 1
+    soft = np.linspace(0, 1, 600, dtype=np.float32).reshape(20, 30)
+    levels16 = (soft * 65535).round().astype(np.uint16)
+    for alpha, masks in [
+        (binary.astype(np.float32), [Image.fromarray(binary), Image.fromarray(binary * 255).convert("1"),
+                                     Image.fromarray(binary).convert("P"), Image.fromarray(binary.astype(np.int32), "I"),
+                                     binary, binary.astype(bool), binary.astype(np.int64) * 255]),
+        (soft, [Image.fromarray(levels16), Image.frombytes("I;16B", (30, 20), levels16.astype(">u2").tobytes()),
+                Image.fromarray(levels16.astype(np.int32), "I"), Image.fromarray(soft, "F"), levels16]),
+    ]:
+        expected = np.asarray(refine_foreground(photo, alpha))
+        for mask in masks:
+            name = getattr(mask, "mode", getattr(mask, "dtype", None))
+            np.testing.assert_array_equal(np.asarray(refine_foreground(photo, mask)), expected, err_msg=str(name))
+    with pytest.raises(ValueError, match=r"the alpha mask is 20x30 \(W x H\) but the image 30x20: transposed"):
+        refine_foreground(photo, Image.fromarray(binary * 255).transpose(Image.Transpose.TRANSPOSE))
+    with pytest.raises(ValueError, match="alpha of dtype int64 has values up to 1000: pass alpha as floats"):
+        refine_foreground(photo, (soft * 1000).astype(np.int64))
+
+
+def test_estimate_reads_uint8_images_as_0_255_and_refuses_float_colours_over_1():
+    """A uint8 image tensor (torchvision's decode_image) was used as colours 0..255: clamped to white, silently."""
+    image, alpha, _ = composite(24, 40)
+    as_bytes = torch.from_numpy((image * 255).round().astype(np.uint8))
+    torch.testing.assert_close(estimate_foreground(as_bytes, torch.from_numpy(alpha)),
+                               estimate_foreground(as_bytes.float() / 255, torch.from_numpy(alpha)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"image must be in \[0, 1\] \(or uint8\), got values from"):
+        estimate_foreground(as_bytes.float(), torch.from_numpy(alpha))
+
 def test_cutout_colours_estimated_or_original():
     image, alpha, foreground = composite()
     photo = Image.fromarray((image.transpose(1, 2, 0) * 255).round().astype(np.uint8))

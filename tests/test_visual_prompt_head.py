@@ -19,6 +19,7 @@ from dsunet_hf.models.visual_prompt import (
     VisualPromptConfig,
     VisualPromptEpisodes,
     VisualPromptForSegmentation,
+    VisualPromptOutput,
     collate_visual_prompt,
     evaluate_visual_prompt,
     evaluation_episodes,
@@ -105,6 +106,11 @@ def test_config_errors_and_defaults():
         tiny_config(feature_layers=[3])
     with pytest.raises(ValueError, match="multiple of the patch size"):
         tiny_config(image_size=60)
+    # Regression: a 0-wide projection built a model scoring every proposal 0; a negative weight trained uphill.
+    for field, value in [("projection_dim", 0), ("intermediate_size", 0), ("mask_bce_weight", -1.0),
+                         ("match_weight", float("nan"))]:
+        with pytest.raises(ValueError, match=rf"{field} must be"):
+            tiny_config(**{field: value})
     lora = VisualPromptForSegmentation(tiny_config(finetune_strategy="lora"))
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     assert trainable and all("lora_" in n for n in trainable)
@@ -166,6 +172,15 @@ def test_concept_logits_modes():
             model.concept_logits(output, "other")
 
 
+
+def test_generic_logits_of_a_bf16_model_stay_finite():
+    """bf16 rounds the clamp's 1 - 1e-6 to 1: a confident proposal gave logit +inf, NaN once resized (a hole)."""
+    saturated = VisualPromptOutput(proposal_scores=torch.full((1, 3), 20.0, dtype=torch.bfloat16),
+                                   proposal_logits=torch.full((1, 3, 4, 4), 20.0, dtype=torch.bfloat16))
+    logits = VisualPromptForSegmentation.concept_logits(saturated, "generic")
+    assert torch.isfinite(logits).all() and logits.min() > 10
+    assert not F.interpolate(logits.float(), size=(7, 9), mode="bilinear").isnan().any()
+
 # --- losses ------------------------------------------------------------------------------------------------
 
 def test_loss_pieces_match_their_definitions():
@@ -185,6 +200,17 @@ def test_loss_pieces_match_their_definitions():
     perfect = torch.full((1, 40), -20.0)
     perfect[0, targets[0].bool()] = 20.0
     assert dice_loss(perfect, targets[:1]) < 1e-3
+
+
+def test_a_dice_only_loss_is_finite():
+    """mask_bce_weight=0 divided the proposals' Dice term by it: a NaN loss."""
+    model = tiny_model(mask_bce_weight=0.0).train()
+    segments = torch.zeros(1, 2, SIDE, SIDE)
+    segments[0, 0, :20, :20] = segments[0, 1, 30:, 30:] = 1
+    pixels = torch.randn(1, 3, SIDE, SIDE)
+    loss = model(pixels, pixels, segments[:, 0], labels=segments[:, 0], target_segments=segments,
+                 segment_is_prompted=torch.tensor([[1, 0]])).loss
+    assert torch.isfinite(loss) and loss > 0
 
 
 def test_training_loss_backpropagates_to_every_head_parameter_only():
@@ -288,6 +314,11 @@ def test_evaluation_episodes_cover_every_class_round_robin():
     assert len(evaluation_episodes(classes, max_queries=3)) == 3
     fallback = evaluation_episodes(classes, self_reference_fallback=True)
     assert (4, 4, [4]) in fallback and (2, 3, [2]) in fallback
+    # Regression: --shots 0 prompted the model with no reference ("need one prompt per reference image, got 0
+    # references"), --shots -1 failed in random.sample.
+    for shots in (0, -1):
+        with pytest.raises(ValueError, match=rf"shots \(--shots\) must be at least 1, got {shots}"):
+            evaluation_episodes(classes, shots=shots)
 
 
 class _Oracle:
@@ -360,6 +391,9 @@ def test_reference_memory_tokens_average_to_the_prompt_and_found_masks_keep_thei
     masks[0][8:24, 8:24], masks[1][40:48, 0:30] = True, True
     memory = model.reference_memory(images, masks)
     assert len(memory) == 2 and memory[0].shape == (32,)
+    # Regression: an empty mask silently gave a token of the whole reference image (the prompt encoder's fallback).
+    with pytest.raises(ValueError, match="reference 1 has no foreground patch: its prompt is empty"):
+        model.reference_memory(images, [masks[0], np.zeros((SIDE, SIDE), bool)])
     assert torch.allclose(torch.stack(memory).mean(0, keepdim=True), model.prompt_from_references(images, masks))
     target = [images[1]]
     assert np.allclose(model.segment_with_memory(memory, target)[0], model.segment(images, masks, target)[0], atol=1e-6)

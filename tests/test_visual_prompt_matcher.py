@@ -13,6 +13,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from dsunet_hf.image_processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from dsunet_hf.models.visual_prompt import (
+    MATCHING_MODES,
     VisualPromptMatcher,
     VisualPromptMatcherConfig,
     bidirectional_matches,
@@ -248,6 +249,14 @@ def test_bidirectional_mode_segments_the_prompted_region():
     [mask] = model.predict_masks([reference], [BoxPrompt(P, 2 * P, 4 * P, 5 * P)], [target], feature_fn=ONE_HOT)
     assert iou(mask, region([(0, 4, 2, 8)])) > 0.85
 
+    # Regression: an empty prompt in the memory (reference_memory takes any mask) failed inside torch's amax in
+    # bidirectional mode; both modes now say which reference.
+    memory = model.reference_memory([reference, reference], [np.ones((SIZE, SIZE)), np.zeros((SIZE, SIZE))],
+                                    feature_fn=ONE_HOT)
+    for matching in MATCHING_MODES:
+        model.config.matching = matching
+        with pytest.raises(ValueError, match="reference 1 has no foreground patch: its prompt is empty"):
+            model.segment_with_memory(memory, [target], feature_fn=ONE_HOT)
 
 # --- tiny DINOv2 end to end, config, saving -------------------------------------------------------------------
 

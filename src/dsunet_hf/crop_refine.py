@@ -135,6 +135,10 @@ def refine_with_crops(
     if len(images) != len(probabilities):
         raise ValueError(f"{len(images)} images but {len(probabilities)} maps")
     refined = [np.array(p, dtype=np.float32, copy=True) for p in probabilities]
+    for index, (image, probability) in enumerate(zip(images, refined)):
+        if probability.shape != (image.height, image.width):  # else the crops are cut from the wrong place
+            raise ValueError(f"map {index} has shape {probability.shape} but its image is {image.height}x{image.width} "
+                             f"(H x W): pass the first pass's maps at the images' sizes")
     jobs: dict[tuple[int, int], list[tuple[int, Box]]] = {}
     for index, probability in enumerate(refined):
         for box in foreground_boxes(probability, margin):

@@ -100,14 +100,18 @@ def _blur_fusion_step(image, foreground, background, alpha, size):
 
 def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor,
                         sizes: tuple[int, ...] = BLUR_FUSION_SIZES) -> torch.Tensor:
-    """Foreground colours (C, H, W) in [0, 1] of ``image`` (C, H, W) in [0, 1] under ``alpha`` (H, W) or
-    (1, H, W) in [0, 1], by blur-fusion with one pass per box size. Runs on the inputs' device in float32."""
+    """Foreground colours (C, H, W) in [0, 1] of ``image`` (C, H, W) in [0, 1] (uint8: 0..255, as torchvision's
+    ``decode_image`` gives) under ``alpha`` (H, W) or (1, H, W) in [0, 1], by blur-fusion with one pass per box
+    size. Runs on the inputs' device in float32."""
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
     alpha = alpha.reshape(1, *alpha.shape[-2:]) if alpha.ndim in (2, 3) else alpha
     if alpha.ndim != 3 or alpha.shape[0] != 1 or alpha.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"alpha must be (H, W) = {tuple(image.shape[-2:])}, got shape {tuple(alpha.shape)}")
-    image = image.float()
+    image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    if image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):  # colours 0..255 would clamp to white
+        raise ValueError(f"image must be in [0, 1] (or uint8), got values from {image.min().item():g} to "
+                         f"{image.max().item():g}")
     alpha = alpha.to(device=image.device, dtype=torch.float32)
     if alpha.numel() and (alpha.min() < -1e-3 or alpha.max() > 1 + 1e-3):  # e.g. a 0..255 mask: colours of nothing
         raise ValueError(f"alpha must be in [0, 1], got values from {alpha.min().item():g} to {alpha.max().item():g} "
@@ -118,22 +122,51 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor,
     return foreground
 
 
+def _alpha_values(alpha: np.ndarray, what: str) -> np.ndarray:
+    """Alpha in [0, 1] (float32) from mask values, read by their type as ``image_io.load_mask`` reads masks: bool
+    and 0/1 integers as they are (``(p > 0.5).astype(np.uint8)``, a 0/1 PNG), other integers as 8-bit levels, a
+    uint16 mask above 255 as 16-bit levels. Floats are alpha already (checked to be in [0, 1] later)."""
+    alpha = alpha.astype(alpha.dtype.newbyteorder("="), copy=False)  # big-endian ("I;16B") is uint16 too
+    if alpha.dtype == np.bool_ or np.issubdtype(alpha.dtype, np.floating):
+        return alpha.astype(np.float32)
+    if not np.issubdtype(alpha.dtype, np.integer):
+        raise ValueError(f"{what} must be a bool, integer or float mask, got dtype {alpha.dtype}")
+    peak = int(alpha.max(initial=0))
+    if alpha.min(initial=0) < 0:
+        raise ValueError(f"{what} of dtype {alpha.dtype} has negative values: pass alpha as floats in [0, 1]")
+    if peak <= 1:
+        return alpha.astype(np.float32)
+    if peak <= 255:
+        return alpha.astype(np.float32) / 255
+    if alpha.dtype == np.uint16:
+        return (alpha / 65535).astype(np.float32)
+    # e.g. an int64 array of 0..1000: neither 8-bit nor 16-bit levels, so there is no scale to guess
+    raise ValueError(f"{what} of dtype {alpha.dtype} has values up to {peak}: pass alpha as floats in [0, 1] "
+                     f"(8-bit masks 0..255, 16-bit masks as uint16 0..65535)")
+
+
 def refine_foreground(image: Image.Image, alpha: np.ndarray | Image.Image, device: str | torch.device = "cpu",
                       sizes: tuple[int, ...] = BLUR_FUSION_SIZES) -> Image.Image:
-    """RGB image of the estimated foreground colours of a PIL ``image`` under ``alpha`` (a float array in
-    [0, 1], an 8-bit PIL mask, resized to the image if needed, or a uint8 array of one). Put the alpha back on it
-    for a cut-out."""
+    """RGB image of the estimated foreground colours of a PIL ``image`` under ``alpha``, the image's size: a
+    float array in [0, 1], a bool array, an integer array of 0/1 or of 8-bit levels (uint16: 16-bit levels), or a
+    PIL mask (read as ``dsunet_hf.image_io.load_mask`` reads one: 0/1 and 0/255 alike, 16-bit and float modes
+    by their values), which is resized to the image if needed. Put the alpha back on it for a cut-out."""
+    from .image_io import _pil_mask_array
+
     rgb = image.convert("RGB")
     if isinstance(alpha, Image.Image):
-        mask = alpha.convert("L")
-        if mask.size != rgb.size:
-            mask = mask.resize(rgb.size, Image.BILINEAR)
-        alpha = np.asarray(mask, dtype=np.float32) / 255
-    alpha = np.asarray(alpha)
-    # An 8-bit mask as an array (np.asarray of the PIL mask) is read as the PIL mask is, not as alpha 0..255; a
-    # uint8 array of 0/1 (``(p > 0.5).astype(np.uint8)``) is already alpha.
-    scale = 255 if alpha.dtype == np.uint8 and alpha.max(initial=0) > 1 else 1
-    alpha = alpha.astype(np.float32) / scale
+        if alpha.size != rgb.size and alpha.size == rgb.size[::-1]:  # stretching it would scramble the cut-out
+            raise ValueError(f"the alpha mask is {alpha.width}x{alpha.height} (W x H) but the image "
+                             f"{rgb.width}x{rgb.height}: transposed (one of them EXIF-rotated?)")
+        # Not convert("L") / 255: that reads a 0/1 mask as alpha <= 1/255 and clips 16-bit and float masks.
+        values = _pil_mask_array(alpha)
+        if alpha.mode.startswith("I") and 0 <= values.min(initial=0) and values.max(initial=0) <= 65535:
+            values = values.astype(np.uint16)  # a 16-bit PNG (older Pillow opens it as mode "I", int32)
+        values = _alpha_values(values, f"the alpha mask (PIL mode {alpha.mode})")
+        if alpha.size != rgb.size:
+            values = np.asarray(Image.fromarray(values, "F").resize(rgb.size, Image.BILINEAR))
+        alpha = values
+    alpha = _alpha_values(np.asarray(alpha), "alpha")
     if alpha.shape != (rgb.height, rgb.width):
         raise ValueError(f"alpha has shape {alpha.shape}, the image is {rgb.height}x{rgb.width} (H x W)")
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1).to(device)

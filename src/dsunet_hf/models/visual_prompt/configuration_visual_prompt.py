@@ -203,6 +203,14 @@ class VisualPromptConfig(PreTrainedConfig):
             raise ValueError(f"hidden_size must be a multiple of 8 (the mask features use hidden_size / 8), got {hidden_size}")
         if num_queries < 1 or num_decoder_layers < 1:
             raise ValueError("num_queries and num_decoder_layers must be at least 1")
+        for name, value in (("intermediate_size", intermediate_size), ("projection_dim", projection_dim)):
+            if value < 1:  # a 0-wide layer builds, and scores every proposal 0
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        weights = {"mask_bce_weight": mask_bce_weight, "mask_dice_weight": mask_dice_weight,
+                   "score_weight": score_weight, "match_weight": match_weight}
+        for name, value in weights.items():
+            if not value >= 0:  # also NaN
+                raise ValueError(f"{name} must be >= 0, got {value}")
         depth = _set_dino_fields(self, dino_preset, dino_config, dino_backbone_repo_id, dino_backbone_revision,
                                  image_size)
         layers = list(feature_layers) if feature_layers else default_feature_layers(depth)

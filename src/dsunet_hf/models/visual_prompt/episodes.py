@@ -212,6 +212,8 @@ def evaluation_episodes(classes: list[tuple[int, ...]], shots: int = 1, seed: in
     ``max_queries``, queries are taken round-robin over classes so every class is represented. With
     ``self_reference_fallback``, a class found in too few other images is prompted on the target itself
     (self-referring, as in training; for validation splits too small to pair images)."""
+    if shots < 1:  # 0 asked the model for a prompt without references; < 0 failed inside random.sample
+        raise ValueError(f"shots (--shots) must be at least 1, got {shots}")
     samples_with = samples_by_class(classes)
     per_class: dict[int, list[tuple[int, int, list[int]]]] = {}
     for index, present in enumerate(classes):

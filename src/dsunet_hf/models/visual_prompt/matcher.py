@@ -406,6 +406,9 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             raise ValueError("no target image to segment")
         ref_features = [feature for feature, _ in memory]
         patch_masks = [mask for _, mask in memory]
+        for index, mask in enumerate(patch_masks):  # both matchings (bidirectional failed inside torch's amax)
+            if not mask.any():
+                raise ValueError(f"reference {index} has no foreground patch: its prompt is empty")
         target_images = [load_image(image) for image in targets]
         target_features = (self._extract(target_images, feature_fn, batch_size) if encodings is None
                            else torch.stack(list(encodings)))

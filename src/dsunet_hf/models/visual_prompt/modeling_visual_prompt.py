@@ -353,8 +353,8 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             flat = proposal_masks.flatten(1)
             rows, cols = linear_assignment(-pairwise_mask_cost(flat, target))
             rows, cols = rows.to(flat.device), cols.to(flat.device)
-            mask_terms.append(F.binary_cross_entropy_with_logits(flat[rows], target[cols])
-                              + dice_loss(flat[rows], target[cols]) * config.mask_dice_weight / config.mask_bce_weight)
+            mask_terms.append(config.mask_bce_weight * F.binary_cross_entropy_with_logits(flat[rows], target[cols])
+                              + config.mask_dice_weight * dice_loss(flat[rows], target[cols]))
             positives = rows[flags[cols] == 1]
             score_target = torch.zeros_like(proposal_scores)
             score_target[positives] = 1
@@ -363,7 +363,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
                 match_terms.append(F.cross_entropy(proposal_scores[None], positives[:1]))
         loss = masks.new_zeros(())
         if mask_terms:
-            loss = loss + config.mask_bce_weight * torch.stack(mask_terms).mean()
+            loss = loss + torch.stack(mask_terms).mean()
             loss = loss + config.score_weight * torch.stack(score_terms).mean()
         if match_terms:
             loss = loss + config.match_weight * torch.stack(match_terms).mean()
@@ -378,7 +378,9 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         if mode == "prompt":
             return output.logits
         if mode == "generic":
-            probability = (output.proposal_scores.sigmoid()[..., None, None] * output.proposal_logits.sigmoid()).amax(1)
+            # float32: in bf16 / fp16 the clamp's 1 - 1e-6 rounds to 1, and logit(1) = inf turns to NaN when resized
+            scores, masks = output.proposal_scores.float(), output.proposal_logits.float()
+            probability = (scores.sigmoid()[..., None, None] * masks.sigmoid()).amax(1)
             return torch.logit(probability.clamp(1e-6, 1 - 1e-6))[:, None]
         if mode == "referring":
             best = output.proposal_scores.argmax(1)
@@ -410,6 +412,9 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         where none is. Video tracking adds the frames it has segmented with 0.5
         (:class:`dsunet_hf.prompt_predict.PromptTracker`): a found mask's soft edge reaches into the background.
         ``encodings``: the images' :meth:`encode_frames`, when already computed."""
+        for index, mask in enumerate(masks):  # the prompt encoder would attend to the whole image: another concept
+            if not np.asarray(mask).any():
+                raise ValueError(f"reference {index} has no foreground patch: its prompt is empty")
         encodings = self.encode_frames(images) if encodings is None else encodings
         levels = [torch.stack(level) for level in zip(*encodings)]
         side, grid = self.config.image_size, tuple(levels[0].shape[-2:])

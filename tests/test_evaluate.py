@@ -496,7 +496,8 @@ def test_cli_prediction_folders(folders, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_evaluate_cli(make_parser().parse_args(
             ["evaluate", "--model", "m", "--predictions", str(pred_dir), "--ground-truth", str(gt_dir)]))
-    for flag, value, least in (("--metric-workers", "-1", 0), ("--num-workers", "-2", 0), ("--batch-size", "0", 1)):
+    for flag, value, least in (("--metric-workers", "-1", 0), ("--num-workers", "-2", 0), ("--batch-size", "0", 1),
+                               ("--shots", "0", 1), ("--absent-queries", "-1", 0)):  # the last two: once it loaded
         # --num-workers and --batch-size run a model (refused on saved maps, below): checked before it loads
         mode = ["--predictions", str(pred_dir), "--ground-truth", str(gt_dir)] if flag == "--metric-workers" else \
             ["--model", "m", "--data", "d"]

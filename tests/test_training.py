@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -308,6 +309,21 @@ def test_malformed_config_overrides_are_named(generated_data, tmp_path):
     # dinov2-seg has no single input size: --image-size would be ignored.
     with pytest.raises(ValueError, match=r"--image-size does not apply to dinov2-seg.*crop_size"):
         build_config(TrainingArguments(train_data=str(generated_data), model="dinov2-seg", image_size=224))
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"0": "sky", "1": "road", "3": "car"}', "id2label must name the classes 0..2"),  # was: no file named
+    ('{"0": "sky", "one": "road"}', "not a JSON object of class id -> name"),  # was: int()'s "invalid literal"
+    ('["sky", "road"]', "not a JSON object of class id -> name"),  # was: "'list' object has no attribute 'items'"
+])
+def test_a_bad_labels_file_is_named(tmp_path, content, message):
+    from dsunet_hf.training import build_config
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "id2label.json").write_text(content)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'id2label.json'))}: .*{re.escape(message)}"):
+        build_config(TrainingArguments(train_data=str(tmp_path), model="dinov2-seg"))
 
 
 def test_a_backbone_preset_fetches_that_size_s_repo(generated_data):

@@ -762,6 +762,17 @@ def find_labels_file(source: Any) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
+def read_labels_file(path: Path) -> dict[int, str]:
+    """An ``id2label.json`` as ``{class id: name}``; ValueError naming the file when it is not a JSON object of
+    integer ids (rather than a bare JSONDecodeError or ``int()`` error later)."""
+    try:
+        names = json.loads(Path(path).read_text())
+        return {int(key): str(name) for key, name in names.items()}
+    except (ValueError, AttributeError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a JSON object of class id -> name, e.g. {{\"0\": \"background\"}} "
+                         f"({error})") from None
+
+
 def dataset_name(source: Any) -> str:
     """A human name for model cards and reports.
 

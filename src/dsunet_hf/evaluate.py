@@ -666,10 +666,10 @@ def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True
 
 def _dataset_labels(source) -> dict | None:
     """Class names of a local dataset folder (``id2label.json`` in it or beside its split folders), if it has them."""
-    from .data import find_labels_file
+    from .data import find_labels_file, read_labels_file
 
     path = find_labels_file(source)
-    return json.loads(path.read_text()) if path else None
+    return {str(k): v for k, v in read_labels_file(path).items()} if path else None
 
 
 def _source_record(source) -> str:
@@ -738,7 +738,8 @@ def run_evaluate_cli(args) -> int:
     # Default: a worker per core (at most 8): the same numbers, and the metrics, not the model, bound a GPU run.
     metric_workers = min(8, os.cpu_count() or 1) if args.metric_workers is None else args.metric_workers
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
-                               ("--metric-workers", metric_workers, 0)):
+                               ("--metric-workers", metric_workers, 0), ("--shots", args.shots, 1),
+                               ("--absent-queries", args.absent_queries, 0)):  # before a model loads
         if value < least:
             raise SystemExit(f"evaluate: {flag} must be >= {least}, got {value}")
     if folders_mode:

@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> Trainin
 def build_config(args: TrainingArguments):
     """(model spec, model config) from the training options: --config-overrides, preset, size, strategy,
     backbone repo and the data's id2label.json."""
-    from .data import find_labels_file
+    from .data import find_labels_file, read_labels_file
     from .models import get_model_spec
 
     spec = get_model_spec(args.model)
@@ -245,10 +245,16 @@ def build_config(args: TrainingArguments):
         config_kwargs[repo_field] = args.backbone
     labels_file = find_labels_file(args.train_data)
     takes_labels = spec.task in ("semantic", "visual-prompt") or spec.multiclass
-    if takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file:
+    from_file = takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file
+    if from_file:
         # The class names travel from the dataset to the config, the card and the evaluation report.
-        config_kwargs["id2label"] = {int(k): v for k, v in json.loads(labels_file.read_text()).items()}
-    return spec, spec.config_class(**config_kwargs)
+        config_kwargs["id2label"] = read_labels_file(labels_file)
+    try:
+        return spec, spec.config_class(**config_kwargs)
+    except ValueError as error:
+        if from_file and "id2label" in str(error):  # the file's classes (e.g. ids with a gap): name it
+            raise ValueError(f"{labels_file}: {error}") from None
+        raise
 
 
 def config_fields(config_class) -> list[str]:

@@ -216,6 +216,9 @@ def test_mask_16bit_and_soft_values(tmp_path):
     assert np.allclose(load_mask(soft), soft / 255)
     assert load_mask(soft, threshold=0.5).tolist() == [[0.0, 0.0, 1.0, 1.0]]
     assert load_mask(np.array([[0.0, 0.25, 1.0]])).tolist() == [[0.0, 0.25, 1.0]]
+    # A bicubic-resized 0/1 map overshoots 1 a little: was read as 0..255 (foreground ~0.004, nearly empty).
+    assert load_mask(np.array([[-0.08, 0.25, 1.12]], np.float32)).tolist() == [[0.0, 0.25, 1.0]]
+    assert np.allclose(load_mask(np.array([[0.0, 64.0, 255.0]], np.float32)), [[0.0, 64 / 255, 1.0]])  # 0..255 floats
 
 
 def test_binary_masks_saved_as_palette_colour_or_16_bit_read_as_0_1(tmp_path, caplog):

@@ -202,20 +202,26 @@ def _check_float_range(arr: np.ndarray) -> None:
                          "pass the image before normalisation (the processor normalises it)")
 
 
+# A float mask peaking at most this high is [0, 1] values with resampling overshoot; above it, 0..255 values.
+FLOAT_MASK_OVERSHOOT = 2.0
+
+
 def _mask_values(arr: np.ndarray) -> np.ndarray:
     """Map a 2-D mask array to float32 [0, 1].
 
     Integer masks whose max is <= 1 are 0/1 masks and kept as is; otherwise uint8 (and other
     integers up to 255) are divided by 255, uint16 by 65535 (by 255 when its max is <= 255: 8-bit
     data saved in 16 bits) and wider integers by their max. Float masks are read as [0, 1] unless
-    their max exceeds 1 (then as 0..255).
+    their max exceeds 2 (then as 0..255): a resampled probability map overshoots 1 a little (bicubic, Lanczos:
+    up to ~1.2) and is clipped, not read as near-empty 0..255 values.
     """
     arr = _native(arr)
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     peak = float(a.max()) if a.size else 0.0
-    if peak > 1.0:
+    float_overshoot = np.issubdtype(arr.dtype, np.floating) and peak <= FLOAT_MASK_OVERSHOOT
+    if peak > 1.0 and not float_overshoot:
         if arr.dtype == np.uint16 and peak > 255.0:
             a = a / 65535.0
         elif np.issubdtype(arr.dtype, np.integer) and peak > 255.0:

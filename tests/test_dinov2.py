@@ -136,8 +136,9 @@ def test_presets_and_parameter_counts():
             backbone = DINOv2Backbone(dinov2_config(preset))
         counts[preset] = sum(p.numel() for p in backbone.parameters())
         assert backbone.patch_size == 14 and backbone.config.image_size == 518
-    assert counts["large"] == 304_368_640
-    assert counts["small"] < counts["base"] < counts["large"] < counts["giant"]
+    # torch.hub's vit_{small,base,large,giant2}(patch_size=14, img_size=518, block_chunks=0), giant with
+    # ffn_layer="swiglufused", built on the meta device from facebookresearch/dinov2 (checked)
+    assert counts == {"small": 22_056_576, "base": 86_580_480, "large": 304_368_640, "giant": 1_136_480_768}
     assert dinov2_config("giant").use_swiglu_ffn and not dinov2_config("large").use_swiglu_ffn
     assert dinov2_config("large").layer_norm_eps == 1e-6 and dinov2_config("large").layerscale_value == 1.0
     assert dinov2_hub_repo("large") == "facebook/dinov2-large"
@@ -222,7 +223,11 @@ def test_load_from_offline_hub(tmp_path, offline_hub):
 def test_load_prefixed_torch_hub_weights_from_a_dsunet_checkpoint(tmp_path):
     source = tiny_backbone(seed=11)
     state = {f"backbone_dino.dino_encoder.{k}": v for k, v in to_hub_state_dict(source.encoder_state_dict()).items()}
-    state["backbone_sam.sam_encoder.blocks.0.norm1.weight"] = torch.ones(4)  # the rest of DSU-Net: ignored
+    # The rest of DSU-Net is ignored, its SAM 2 Hiera trunk's patch_embed.proj (torch.hub's name too) included: it
+    # was taken for a second DINOv2 encoder ("expected one DINOv2 encoder, found patch embeddings at [...]").
+    for key, shape in [("patch_embed.proj.weight", (16, 3, 7, 7)), ("pos_embed", (1, 16, 4, 4)),
+                       ("blocks.0.norm1.weight", (16,))]:
+        state[f"backbone_sam.sam_encoder.{key}"] = torch.ones(shape)
     state["head.weight"] = torch.ones(1, 1, 1, 1)
     path = tmp_path / "DGSUNet-test.pth"
     torch.save(state, path)
@@ -287,3 +292,16 @@ def test_the_export_form_of_upstream_position_interpolation_matches_it():
                                  antialias=False)[0]
         got = _upstream_grid_for_export(grid, rows, columns)
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)  # measured: <= 3.1e-6
+
+
+def test_a_folder_of_several_checkpoints_is_an_error(tmp_path):
+    """A folder of several torch.hub checkpoints loaded whichever sorted first (vitb14 before vitl14) unnamed."""
+    for seed, name in [(1, "dinov2_vitl14_pretrain.pth"), (2, "dinov2_vitb14_pretrain.pth")]:
+        torch.save(to_hub_state_dict(tiny_backbone(seed=seed).encoder_state_dict()), tmp_path / name)
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: folder holds several DINOv2 checkpoints "
+                                         r"\['dinov2_vitb14_pretrain\.pth', 'dinov2_vitl14_pretrain\.pth'\]"):
+        load_dinov2_state_dict(tmp_path)
+    state_dict, _ = load_dinov2_state_dict(tmp_path / "dinov2_vitl14_pretrain.pth")
+    target = tiny_backbone(seed=3)
+    target.load_encoder_state_dict(state_dict)
+    assert_same_weights(target, tiny_backbone(seed=1))

@@ -409,3 +409,66 @@ def test_corrupt_safetensors_and_mistyped_paths_name_the_file(tmp_path):
         load_hiera_state_dict(str(tmp_path / "nope" / "sam2_hiera_large.pt"))
     with pytest.raises(BackboneNotAvailableError, match="nope"):
         load_hiera_state_dict("./nope")
+
+
+@pytest.mark.parametrize("height, width", [(72, 72), (64, 100), (80, 112), (48, 48), (0, 64)])
+def test_input_sizes_not_multiples_of_32_are_refused(height, width):
+    """transformers (as the official trunk) tiles the 4 x 4 window position embedding over the patch grid: 72 x 72
+    failed with "The size of tensor a (18) must match the size of tensor b (16)"; an odd stride-16 grid (80 x 112)
+    made the stage-4 query-pooling block put its windows back wrongly: stage maps of batch 2 for an image of batch 1."""
+    backbone = HieraBackbone(Sam2HieraDetConfig(**TINY_HIERA)).eval()
+    message = rf"^HieraBackbone: input height and width must be multiples of 32, got {height}x{width}$"
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        backbone(torch.randn(1, 3, height, width))
+    with torch.no_grad():
+        assert [m.shape[0] for m in backbone(torch.randn(1, 3, 96, 32))] == [1, 1, 1, 1]
+    assert backbone.input_size_multiple == 32
+
+
+def test_a_folder_of_several_checkpoints_is_an_error(tmp_path):
+    """SAM 2's download script leaves every size (and both releases) side by side: the folder loaded whichever
+    sorted first (sam2.1_hiera_large.pt before sam2_hiera_large.pt) without a word."""
+    write_meta_checkpoint(tmp_path / "sam2_hiera_large.pt", tiny_hiera(seed=1))
+    write_meta_checkpoint(tmp_path / "sam2.1_hiera_large.pt", tiny_hiera(seed=2))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: folder holds several SAM 2 checkpoints "
+                                         r"\['sam2\.1_hiera_large\.pt', 'sam2_hiera_large\.pt'\]; name the file"):
+        load_hiera_state_dict(tmp_path)
+    state_dict, _ = load_hiera_state_dict(tmp_path / "sam2_hiera_large.pt")
+    assert_same_state_dict(state_dict, tiny_hiera(seed=1).state_dict())
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 898083611\n"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("sam2_hiera_large.pt", LFS_POINTER, r"a Git LFS pointer \(\d+ bytes\), not the weights: .*git lfs pull"),
+    ("model.safetensors", LFS_POINTER, r"a Git LFS pointer \(\d+ bytes\), not the weights: .*git lfs pull"),
+    ("sam2_hiera_large.pt", b"<!DOCTYPE html><html>404</html>", r"not a PyTorch checkpoint \(neither a zip archive "
+                                                                  r"nor a pickle; it starts with b'<!DOCTYPE html><'\)$"),
+], ids=["lfs-pointer-pt", "lfs-pointer-safetensors", "html-page-pt"])
+def test_files_that_hold_no_weights_are_named_for_what_they_are(tmp_path, name, content, message):
+    """A clone without git-lfs leaves pointers: torch.load advised weights_only=False ("Unsupported operand 118"),
+    safetensors said "header too large"; an HTML page saved as .pt got the same weights_only advice."""
+    from dsunet_hf.backbones.dinov2 import load_dinov2_state_dict
+
+    (tmp_path / name).write_bytes(content)
+    for load in (load_hiera_state_dict, load_dinov2_state_dict):
+        with pytest.raises(ValueError, match=rf"^{tmp_path / name}: {message}") as error:
+            load(tmp_path / name)
+        assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_cut_short_and_a_birefnet_lfs_pointer_are_named(tmp_path):
+    """A .pt cut at half its size (a partial download): was "cannot read as a PyTorch checkpoint: [Errno 22] Invalid
+    argument"; a BiRefNet .safetensors pointer: was safetensors' "header too large"."""
+    from dsunet_hf.convert.birefnet import read_checkpoint
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"weight": torch.randn(64, 64)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"^{cut}: truncated or corrupt checkpoint .*download or copy it again"):
+        load_hiera_state_dict(cut)
+    (tmp_path / "BiRefNet.safetensors").write_bytes(LFS_POINTER)
+    with pytest.raises(ValueError, match=r"a Git LFS pointer \(\d+ bytes\), not the weights"):
+        read_checkpoint(tmp_path / "BiRefNet.safetensors")

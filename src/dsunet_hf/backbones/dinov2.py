@@ -22,7 +22,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from ..convert.sam2 import read_torch_checkpoint
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
-from .loading import load_state_dict_strictly
+from .loading import git_lfs_pointer, load_state_dict_strictly, single_checkpoint
 
 # Meta's DINOv2 ViT/14 sizes (torch.hub dinov2_vit{s,b,l,g}14): 518 px, LayerScale 1.0, LayerNorm eps 1e-6.
 _COMMON = dict(patch_size=14, image_size=518, layerscale_value=1.0, layer_norm_eps=1e-6, mlp_ratio=4)
@@ -288,10 +288,12 @@ def _encoder_from_named(state_dict: dict[str, torch.Tensor], source: str) -> dic
     prefix is the one found before the patch-embedding weight; keys outside it (heads, other models) are
     ignored.
     """
-    hub_anchors = [k for k in state_dict if _HUB_ANCHOR.search(k)]
+    # A SAM 2 Hiera trunk has torch.hub's patch_embed.proj too (DSU-Net checkpoints hold both): DINOv2's has a CLS token.
+    hub_anchors = [k for k in state_dict if _HUB_ANCHOR.search(k) and k[: -len("patch_embed.proj.weight")] + "cls_token"
+                   in state_dict]
     anchors = [k for k in state_dict if k == _ANCHOR or k.endswith("." + _ANCHOR)]
     if len(hub_anchors) + len(anchors) != 1:
-        raise ValueError(f"{source}: expected one DINOv2 encoder, found patch embeddings at {hub_anchors + anchors}")
+        raise ValueError(f"{source}: expected one DINOv2 encoder, found DINOv2 patch embeddings at {hub_anchors + anchors}")
     if hub_anchors:
         prefix = hub_anchors[0][: -len("patch_embed.proj.weight")]
         return convert_dinov2_hub_state_dict(
@@ -308,7 +310,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         handle = safe_open(str(path), framework="pt")
     except Exception as error:  # safetensors' own error names no file
-        raise ValueError(f"{path}: cannot read as safetensors: {error}") from error
+        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors: {error}") from error
     with handle:
         return {k: handle.get_tensor(k) for k in handle.keys()}
 
@@ -335,9 +337,9 @@ def load_dinov2_state_dict(
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _read_file(path / "model.safetensors"), None
-        checkpoints = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
-        if checkpoints:
-            return _read_file(checkpoints[0]), None
+        checkpoint = single_checkpoint(path, ("*.pth", "*.pt"), "DINOv2")
+        if checkpoint is not None:
+            return _read_file(checkpoint), None
         raise BackboneNotAvailableError(f"{path}: folder holds neither model.safetensors nor a DINOv2 .pth checkpoint")
     repo_id = str(source)
     if path.suffix in (".pt", ".pth", ".safetensors") or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import types
 from pathlib import Path
@@ -19,7 +20,7 @@ from transformers.models.sam2.modeling_sam2 import ALL_ATTENTION_FUNCTIONS, do_p
 
 from ..convert.sam2 import convert_sam2_trunk_state_dict, trunk_state_dict_from_sam2_checkpoint
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
-from .loading import load_state_dict_strictly
+from .loading import git_lfs_pointer, load_state_dict_strictly, single_checkpoint
 
 # Exact SAM 2 / SAM 2.1 trunk settings (identical for both releases; only the weights differ).
 HIERA_PRESETS: dict[str, dict] = {
@@ -152,7 +153,27 @@ class HieraBackbone(nn.Module):
                 raise RuntimeError("adapters are already inserted")
             self.encoder.blocks[index] = AdaptedBlock(block, make_adapter(block.dim))
 
+    @property
+    def input_size_multiple(self) -> int:
+        """What input heights and widths must be multiples of: 32 for every SAM 2 size (see ``check_input_size``)."""
+        config = self.config
+        stride = _first_int(config.patch_stride)
+        total_stride = stride * _first_int(config.query_stride) ** config.num_query_pool_stages
+        return math.lcm(stride * config.window_size_per_stage[0], total_stride)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """transformers (as the official trunk) tiles the window position embedding over the patch grid, and a
+        query-pooling block splits an odd grid into windows that it puts back together wrongly: other sizes failed
+        deep inside ("The size of tensor a (25) must match the size of tensor b (24)") or, worse, returned stage
+        maps of twice the batch (an 80 x 112 input to a trunk of 4 x 4 windows)."""
+        multiple = self.input_size_multiple
+        if height % multiple or width % multiple or height < 1 or width < 1:
+            raise ValueError(f"HieraBackbone: input height and width must be multiples of {multiple}, got "
+                             f"{height}x{width}")
+
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        if not torch.compiler.is_compiling():  # traced sizes may be symbolic; the models check multiples of 32 too
+            self.check_input_size(*pixel_values.shape[-2:])
         output = self.encoder(pixel_values)
         # transformers returns (B, H, W, C) stage maps; permuted to NCHW shape they are channels_last in memory,
         # which the convolutions after them take as is (no copy; oneDNN's NHWC kernels, as upstream runs them).
@@ -173,6 +194,11 @@ class HieraBackbone(nn.Module):
         )
 
 
+def _first_int(value) -> int:
+    """A config size given as an int or a per-dimension list (transformers' configs use both)."""
+    return int(value if isinstance(value, int) else value[0])
+
+
 def plain_block(block: nn.Module) -> nn.Module:
     return block.block if isinstance(block, AdaptedBlock) else block
 
@@ -185,7 +211,7 @@ def _trunk_from_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         handle = safe_open(str(path), framework="pt")
     except Exception as error:  # safetensors' own error names no file
-        raise ValueError(f"{path}: cannot read as safetensors: {error}") from error
+        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors: {error}") from error
     with handle:
         keys = list(handle.keys())
         anchors = [k for k in keys if re.search(r"(^|\.)patch_embed\.proj(ection)?\.weight$", k)]
@@ -224,9 +250,9 @@ def load_hiera_state_dict(
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _trunk_from_safetensors(path / "model.safetensors"), None
-        checkpoints = sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
-        if checkpoints:
-            return trunk_state_dict_from_sam2_checkpoint(checkpoints[0]), None
+        checkpoint = single_checkpoint(path, ("*.pt", "*.pth"), "SAM 2")
+        if checkpoint is not None:
+            return trunk_state_dict_from_sam2_checkpoint(checkpoint), None
         raise BackboneNotAvailableError(
             f"{path}: folder holds neither model.safetensors nor a SAM 2 .pt checkpoint"
         )

@@ -1,6 +1,9 @@
-"""Strict, all-or-nothing loading of plain backbone state dicts into (possibly wrapped) modules."""
+"""Strict, all-or-nothing loading of plain backbone state dicts into (possibly wrapped) modules, and the checks of
+backbone checkpoint files shared by the loaders."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -51,3 +54,25 @@ def load_state_dict_strictly(
     for name, tensor in state_dict.items():
         target = own[own_names[name]]
         target.copy_(tensor.to(dtype=target.dtype, device=target.device))
+
+
+def git_lfs_pointer(path: Path) -> str | None:
+    """One line for a Git LFS pointer in place of the weights (a repo cloned without git-lfs), else None: torch and
+    safetensors read its text as a broken pickle / header and say nothing of the cause."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return None
+    return (f"{path}: a Git LFS pointer ({path.stat().st_size} bytes), not the weights: the repository was cloned "
+            f"without Git LFS; run `git lfs pull` in it, or download the file with `hf download`")
+
+
+def single_checkpoint(folder: Path, patterns: tuple[str, ...], what: str) -> Path | None:
+    """The one checkpoint file in ``folder`` matching ``patterns`` (None if there is none); several are an error
+    naming them, since picking one would load whichever sorts first (SAM 2's download script leaves all sizes of a
+    release, or both releases, side by side)."""
+    found = sorted({file for pattern in patterns for file in folder.glob(pattern) if file.is_file()})
+    if len(found) > 1:
+        raise ValueError(f"{folder}: folder holds several {what} checkpoints {[file.name for file in found]}; name "
+                         f"the file to load instead of the folder")
+    return found[0] if found else None

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..backbones.loading import git_lfs_pointer
 from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
 from . import write_folder_atomically
 from .sam2 import read_torch_checkpoint
@@ -53,7 +54,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         state_dict = load_file(str(path))
     except Exception as error:  # safetensors' own errors do not name the file
-        raise ValueError(f"{path}: cannot read as safetensors: {error}") from error
+        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors: {error}") from error
     return strip_wrapper_prefixes(state_dict)
 
 

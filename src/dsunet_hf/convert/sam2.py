@@ -22,9 +22,12 @@ trunk's four stage maps alone, as SAM2-UNet and DSU-Net do upstream.
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import torch
+
+from ..backbones.loading import git_lfs_pointer
 
 SAM2_TRUNK_PREFIX = "image_encoder.trunk."
 
@@ -57,8 +60,19 @@ def _unreadable(path: Path, error: Exception) -> str:
         return (f"{path}: holds pickled {refused.group(1)} objects besides tensors, which are not loaded (weights_only="
                 f"True: no code from a checkpoint runs); if you trust the file, load it with torch.load(file, "
                 f"weights_only=False) and torch.save its state dict alone")
+    if pointer := git_lfs_pointer(path):
+        return pointer
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    # torch.save writes a zip archive (PK) or, in its legacy format, a pickle (protocol >= 2 starts with 0x80);
+    # anything else is some other file (an HTML error page, JSON), whatever weights_only's advice says.
+    if head and not head.startswith((b"PK", b"\x80")):
+        return f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with {head!r})"
     size = path.stat().st_size
-    if isinstance(error, EOFError) or "central directory" in text or size == 0:
+    # A zip cut short (a partial download) has no central directory: zipfile says so where torch's reader gives
+    # "[Errno 22] Invalid argument" or the like.
+    cut_zip = head.startswith(b"PK") and not zipfile.is_zipfile(path)
+    if isinstance(error, EOFError) or "central directory" in text or size == 0 or cut_zip:
         return (f"{path}: truncated or corrupt checkpoint ({size:,} bytes; {text.split('. ')[0] or type(error).__name__}); "
                 f"download or copy it again")
     return f"{path}: cannot read as a PyTorch checkpoint: {text or type(error).__name__}"

@@ -63,6 +63,26 @@ def test_forward_and_weighted_deep_supervision_loss():
     torch.testing.assert_close(output.loss, expected)
     with pytest.raises(ValueError, match="dino_pixel_values"):
         model(pixel_values=sam, dino_pixel_values=torch.randn(2, 3, 50, 50))
+    # One DINO view for two images was broadcast by the fusion: both images got the first one's DINO features.
+    with pytest.raises(ValueError, match=r"dino_pixel_values holds 1 images, pixel_values 2: they must be two views"):
+        model(pixel_values=sam, dino_pixel_values=dino[:1])
+
+
+def test_bad_config_values_are_refused_before_the_model_is_built():
+    """A fusion_reduction above the deepest channels failed as an IndexError in a conv's init; 0 a ZeroDivisionError;
+    floats, strings and 0 widths as tensor-shape errors; a negative loss weight was accepted."""
+    deepest = TINY_HIERA["embed_dim_per_stage"][-1]
+    with pytest.raises(ValueError, match=rf"^fusion_reduction \({deepest + 1}\) must be at most the deepest Hiera "
+                                         rf"stage's {deepest} channels"):
+        tiny_config(fusion_reduction=deepest + 1)
+    assert tiny_config(fusion_reduction=deepest).fusion_reduction == deepest
+    for field, value in [("fusion_reduction", 0), ("fusion_reduction", 2.0), ("adapter_dim", 0),
+                         ("decoder_channels", "16"), ("wtconv_levels", 0), ("wtconv_kernel_size", -3),
+                         ("dino_image_size", 56.0), ("image_size", "128")]:
+        with pytest.raises(ValueError, match=rf"^{field} must be a positive integer, got {re.escape(repr(value))}$"):
+            tiny_config(**{field: value})
+    with pytest.raises(ValueError, match=r"loss_weights needs 3 non-negative numbers, not all 0 \(side 1/16"):
+        tiny_config(loss_weights=[0.25, -0.5, 1.0])
 
 
 @pytest.mark.parametrize("strategy", ["adapter", "lora", "full", "frozen"])

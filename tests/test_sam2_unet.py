@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -213,6 +214,33 @@ def test_bad_config_values_are_refused():
     for size in (350, 0, -32):  # 0 and negative sizes passed the multiple-of-32 check
         with pytest.raises(ValueError, match=f"positive multiple of 32 .*got {size}"):
             Sam2UNetConfig(image_size=size)
+    # Floats, strings, 0 and negative widths built a model that failed later with tensor-shape errors (or, for
+    # adapter_dim=0, silently trained bias-only adapters); 64.0 was stored as a float size.
+    for field, value in [("adapter_dim", 0), ("adapter_dim", 2.5), ("rfb_channels", 0), ("rfb_channels", "16"),
+                         ("rfb_channels", -1)]:
+        with pytest.raises(ValueError, match=rf"^{field} must be a positive integer, got {re.escape(repr(value))}$"):
+            Sam2UNetConfig(**{field: value})
+    for size in (64.0, "64"):
+        with pytest.raises(ValueError, match="image_size must be a positive multiple of 32"):
+            Sam2UNetConfig(image_size=size)
+    # A negative weight trained that output away from the labels; a non-number failed inside the loss.
+    for weights in ([-1, 1, 1], [1, "a", 1], [0, 0, 0], [1, 1], 5, [1, float("nan"), 1]):
+        with pytest.raises(ValueError, match=r"loss_weights needs 3 non-negative numbers, not all 0 \(final, side1"):
+            Sam2UNetConfig(loss_weights=weights)
+    with pytest.raises(ValueError, match="semantic_loss_ignore_index must be an integer"):
+        Sam2UNetConfig(semantic_loss_ignore_index=1.5)
+    assert Sam2UNetConfig(loss_weights=[1, 0, 0.5]).loss_weights == [1.0, 0.0, 0.5]
+
+
+def test_training_on_one_image_whose_deepest_map_is_1x1_is_a_clear_error():
+    """PyTorch's "Expected more than 1 value per channel when training" came from deep inside RFB4."""
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).train()
+    pixel_values, labels = batch(n=1, size=32)
+    with pytest.raises(ValueError, match=r"cannot train on one 32x32 image: the deepest \(1/32\) map is 1x1.*batches "
+                                         r"of 2 or more, or inputs of at least 64 px"):
+        model(pixel_values, labels=labels)
+    assert torch.isfinite(model(*batch(n=2, size=32)).loss)
+    assert model.eval()(pixel_values).logits.shape == (1, 1, 32, 32)  # running statistics: fine in inference
 
 
 def test_tiny_hiera_fixture_is_consistent():

@@ -33,6 +33,9 @@ _HEAD = re.compile(r"^(fusion4|dino2sam_down14|rfb[1-4]|decoder[1-3]|side1|side2
 
 def convert_dsunet_state_dict(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
     if not any(k.startswith(SAM_PREFIX) for k in state_dict) or "fusion4.conv.weight" not in state_dict:
+        if "encoder.blocks.0.prompt_learn.0.weight" in state_dict:
+            raise ValueError(f"{source}: a SAM2-UNet checkpoint, not a DSU-Net one: convert it with "
+                             f"`dsunet-hf convert sam2-unet`")
         raise ValueError(
             f"{source}: not a DSU-Net checkpoint (no '{SAM_PREFIX}*' / 'fusion4.conv.weight'; "
             f"first keys: {sorted(state_dict)[:5]})"

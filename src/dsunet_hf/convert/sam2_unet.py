@@ -13,8 +13,10 @@ Key map (everything else is an error):
 | ``rfb{1-4}.*``, ``up{1-3}.*``, ``side1.*``, ``side2.*``, ``head.*`` | unchanged                     |
 | ``up4.*`` (defined but never used upstream)    | dropped                                                    |
 
-A head with C > 1 output channels (the authors' advice for multi-class data: change the head's channels and
-train with cross-entropy) gives a config with ``num_labels = C``.
+A head with C > 2 output channels (the authors' advice for multi-class data: change the head's channels and
+train with cross-entropy) gives a config with ``num_labels = C``. A two-channel (background, foreground)
+cross-entropy head becomes the single foreground logit ``l1 - l0`` of each output (``sigmoid(l1 - l0)`` is the
+softmax's foreground probability), so it converts to the binary model.
 
 sam2 -> transformers trunk names follow ``convert/sam2.py``. The trunk is used to check the file and,
 with ``include_backbone=True``, kept in a self-contained copy; by default the artifact holds only the
@@ -57,6 +59,9 @@ def map_sam2_unet_key(key: str) -> str | None:
 def convert_sam2_unet_state_dict(state_dict: dict[str, torch.Tensor], source: str = "checkpoint", infer: bool = True):
     """Upstream state dict -> (our state dict, inferred Hiera preset or None)."""
     if "encoder.blocks.0.prompt_learn.0.weight" not in state_dict or "head.weight" not in state_dict:
+        if "fusion4.conv.weight" in state_dict:
+            raise ValueError(f"{source}: a DSU-Net (DGSUNet) checkpoint, not a SAM2-UNet one: convert it with "
+                             f"`dsunet-hf convert dsunet`")
         raise ValueError(
             f"{source}: not a SAM2-UNet checkpoint (no 'encoder.blocks.0.prompt_learn.0.weight' / 'head.weight'; "
             f"first keys: {sorted(state_dict)[:5]})"
@@ -72,6 +77,11 @@ def convert_sam2_unet_state_dict(state_dict: dict[str, torch.Tensor], source: st
             converted[new_key] = tensor
     if unknown:
         raise ValueError(f"{source}: keys with no mapping: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+    if converted["head.weight"].shape[0] == 2:  # two classes are our single-map binary model
+        for name in ("side1", "side2", "head"):
+            for kind in ("weight", "bias"):
+                if (pair := converted.get(f"{name}.{kind}")) is not None:  # a missing one is named by the load
+                    converted[f"{name}.{kind}"] = pair[1:] - pair[:1]
     if not infer:
         return converted, None
     trunk = {

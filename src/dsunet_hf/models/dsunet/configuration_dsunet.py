@@ -9,6 +9,7 @@ from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_d
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
 from ...losses import BCE_WEIGHTINGS
+from ..sam2_unet.configuration_sam2_unet import check_loss_weights, check_positive_int
 
 
 class DSUNetConfig(PreTrainedConfig):
@@ -70,6 +71,8 @@ class DSUNetConfig(PreTrainedConfig):
             raise ValueError(f"unknown sam_preset {sam_preset!r}; choose one of {sorted(HIERA_PRESETS)}")
         if dino_preset not in DINOV2_PRESETS:
             raise ValueError(f"unknown dino_preset {dino_preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
+        check_positive_int("image_size", image_size)
+        check_positive_int("dino_image_size", dino_image_size)
         if image_size % 32 or image_size < 128:
             raise ValueError(
                 f"image_size must be a multiple of 32 (Hiera's total stride) and at least 128 (CGAFusion's "
@@ -89,6 +92,14 @@ class DSUNetConfig(PreTrainedConfig):
         self.dino_backbone_revision = dino_backbone_revision
         self.image_size = image_size
         self.dino_image_size = dino_image_size
+        for name, value in [("adapter_dim", adapter_dim), ("fusion_reduction", fusion_reduction),
+                            ("wtconv_kernel_size", wtconv_kernel_size), ("wtconv_levels", wtconv_levels),
+                            ("decoder_channels", decoder_channels)]:
+            check_positive_int(name, value)
+        deepest = self.get_hiera_config().embed_dim_per_stage[-1]
+        if fusion_reduction > deepest:  # CGAFusion's channel attention narrows the deepest channels by it
+            raise ValueError(f"fusion_reduction ({fusion_reduction}) must be at most the deepest Hiera stage's "
+                             f"{deepest} channels (CGAFusion's channel attention narrows them to channels // fusion_reduction)")
         self.adapter_dim = adapter_dim
         self.fusion_reduction = fusion_reduction
         self.wtconv_kernel_size = wtconv_kernel_size
@@ -96,9 +107,8 @@ class DSUNetConfig(PreTrainedConfig):
         self.decoder_channels = decoder_channels
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
                             lora_target_modules or HIERA_LORA_TARGETS)
-        self.loss_weights = list(loss_weights or [0.25, 0.5, 1.0])
-        if len(self.loss_weights) != 3:
-            raise ValueError(f"loss_weights needs 3 values (side 1/16, side 1/8, final), got {self.loss_weights}")
+        self.loss_weights = check_loss_weights([0.25, 0.5, 1.0] if loss_weights is None else loss_weights,
+                                               "side 1/16, side 1/8, final")
         self.bce_weighting = bce_weighting
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)

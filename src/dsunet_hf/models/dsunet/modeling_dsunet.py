@@ -84,6 +84,9 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
             dino_size = (self.config.dino_image_size, self.config.dino_image_size)
             dino_pixel_values = F.interpolate(pixel_values, size=dino_size, mode="bilinear", align_corners=False)
         check_pixel_values(dino_pixel_values, self.backbone_dino.patch_size, "dino_pixel_values")
+        if dino_pixel_values.shape[0] != pixel_values.shape[0]:  # else the fusion broadcasts one image's DINO map
+            raise ValueError(f"dino_pixel_values holds {dino_pixel_values.shape[0]} images, pixel_values "
+                             f"{pixel_values.shape[0]}: they must be two views of the same batch")
         x1, x2, x3, x4 = run_backbone(self.backbone_sam, pixel_values)
         dino = run_backbone(self.backbone_dino, dino_pixel_values)
         dino = F.interpolate(dino, size=x4.shape[-2:], mode="bilinear", align_corners=False)

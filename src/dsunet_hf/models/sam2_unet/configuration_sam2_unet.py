@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig, Sam2HieraDetConfig
 
 from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict, hiera_hub_repo
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
+
+
+def check_positive_int(name: str, value) -> None:
+    """Refuse what would otherwise fail later as an opaque tensor-shape error (a float, a string, 0 or less)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_loss_weights(weights, order: str) -> list[float]:
+    """Three finite, non-negative numbers, not all zero (a negative weight would train that output away from the
+    labels, all zeros would train nothing)."""
+    numbers = isinstance(weights, (list, tuple)) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+    )
+    if not numbers or len(weights) != 3 or not any(weights):
+        raise ValueError(f"loss_weights needs 3 non-negative numbers, not all 0 ({order}), got {weights!r}")
+    return [float(w) for w in weights]
 
 
 class Sam2UNetConfig(PreTrainedConfig):
@@ -64,23 +83,27 @@ class Sam2UNetConfig(PreTrainedConfig):
     ):
         if backbone_preset not in HIERA_PRESETS:
             raise ValueError(f"unknown backbone_preset {backbone_preset!r}; choose one of {sorted(HIERA_PRESETS)}")
-        if image_size % 32 or image_size < 32:
-            raise ValueError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % 32 or image_size < 32:
+            raise ValueError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size!r}")
         if bce_weighting not in BCE_WEIGHTINGS:
             raise ValueError(f"bce_weighting must be one of {BCE_WEIGHTINGS}, got {bce_weighting!r}")
         self.backbone_preset = backbone_preset
         self.hiera_config = hiera_config_dict(backbone_preset, hiera_config)
         self.backbone_repo_id = backbone_repo_id or hiera_hub_repo(backbone_preset, "2.0")
         self.backbone_revision = backbone_revision
+        check_positive_int("adapter_dim", adapter_dim)
+        check_positive_int("rfb_channels", rfb_channels)
         self.adapter_dim = adapter_dim
         self.rfb_channels = rfb_channels
         self.image_size = image_size
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
                             lora_target_modules or HIERA_LORA_TARGETS)
-        self.loss_weights = list(loss_weights or [1.0, 1.0, 1.0])
-        if len(self.loss_weights) != 3:
-            raise ValueError(f"loss_weights needs 3 values (final, side1, side2), got {self.loss_weights}")
+        self.loss_weights = check_loss_weights([1.0, 1.0, 1.0] if loss_weights is None else loss_weights,
+                                               "final, side1, side2")
         self.bce_weighting = bce_weighting
+        if isinstance(semantic_loss_ignore_index, bool) or not isinstance(semantic_loss_ignore_index, int):
+            raise ValueError(f"semantic_loss_ignore_index must be an integer label value, got "
+                             f"{semantic_loss_ignore_index!r}")
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)

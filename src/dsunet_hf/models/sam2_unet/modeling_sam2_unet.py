@@ -63,6 +63,13 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
     ) -> Sam2UNetOutput | tuple:
         check_pixel_values(pixel_values, 32)
         size = pixel_values.shape[-2:]
+        if self.rfb4.training and pixel_values.shape[0] * (size[0] // 32) * (size[1] // 32) == 1:
+            # Else PyTorch's "Expected more than 1 value per channel" from deep inside RFB4.
+            raise ValueError(
+                f"cannot train on one {size[0]}x{size[1]} image: the deepest (1/32) map is 1x1, and RFB4's "
+                f"BatchNorm needs more than one value per channel in training; use batches of 2 or more, or "
+                f"inputs of at least 64 px (image_size)"
+            )
         x1, x2, x3, x4 = run_backbone(self.backbone, pixel_values)
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
         side1, side2, logits = decode_with_side_outputs(

@@ -72,7 +72,7 @@ def test_other_checkpoints_are_refused_with_names(tmp_path):
     with pytest.raises(ValueError, match=r"sam2\.pt: not a SAM2-UNet checkpoint"):
         convert_sam2_unet_checkpoint(tmp_path / "sam2.pt", tmp_path / "out")
     (tmp_path / "broken.pth").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match=r"broken\.pth: cannot read"):
+    with pytest.raises(ValueError, match=r"broken\.pth: not a PyTorch checkpoint \(neither a zip archive nor a pickle"):
         convert_sam2_unet_checkpoint(tmp_path / "broken.pth", tmp_path / "out")
 
 
@@ -83,6 +83,25 @@ def test_unknown_keys_are_named(upstream_checkpoint, tmp_path):
     torch.save(state, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match="decoder_extra.weight"):
         convert_sam2_unet_checkpoint(tmp_path / "extra.pth", tmp_path / "out", config=tiny_sam2_unet_config())
+
+
+def test_a_two_class_cross_entropy_head_converts_to_the_foreground_logit():
+    """The authors' advice (widen the head, train with cross-entropy) at two classes gave num_labels=2, i.e. our
+    single-map model, which then refused the 2-channel heads: the checkpoint could not be converted at all."""
+    from dsunet_hf.convert.sam2_unet import convert_sam2_unet_state_dict
+
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    state = {to_upstream_key(k): v for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    for name in ("side1", "side2", "head"):  # background logit b, foreground b + the binary model's logit
+        for kind in ("weight", "bias"):
+            tensor = state[f"{name}.{kind}"]
+            background = torch.randn_like(tensor)
+            state[f"{name}.{kind}"] = torch.cat([background, background + tensor])
+    converted, _ = convert_sam2_unet_state_dict(state, "SAM2UNet-ce.pth", infer=False)
+    for name, tensor in model.state_dict().items():  # sigmoid(l1 - l0) is the softmax's foreground probability
+        torch.testing.assert_close(converted[name], tensor, rtol=0, atol=1e-5)
+    model.load_state_dict(converted, strict=True)
 
 
 def test_preset_inference():
@@ -301,6 +320,23 @@ def test_dsunet_dinov2_key_errors_name_the_file():
         convert_dsunet_state_dict(state, "DGSUNet-5.pth")
 
 
+def test_a_checkpoint_given_to_the_other_converter_names_the_right_one():
+    """A DSU-Net file given to the SAM2-UNet converter (or the reverse) was "not a SAM2-UNet checkpoint" with a key
+    list, not the converter that reads it."""
+    from dsunet_hf.convert.dsunet import convert_dsunet_state_dict
+    from dsunet_hf.convert.sam2_unet import convert_sam2_unet_state_dict
+
+    dsunet = {"backbone_sam.sam_encoder.blocks.0.prompt_learn.0.weight": torch.zeros(1),
+              "fusion4.conv.weight": torch.zeros(1), "head.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"^DGSUNet-5\.pth: a DSU-Net \(DGSUNet\) checkpoint, not a SAM2-UNet one: "
+                                         r"convert it with `dsunet-hf convert dsunet`$"):
+        convert_sam2_unet_state_dict(dsunet, "DGSUNet-5.pth")
+    sam2_unet = {"encoder.blocks.0.prompt_learn.0.weight": torch.zeros(1), "head.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"^SAM2UNet\.pth: a SAM2-UNet checkpoint, not a DSU-Net one: convert it with "
+                                         r"`dsunet-hf convert sam2-unet`$"):
+        convert_dsunet_state_dict(sam2_unet, "SAM2UNet.pth")
+
+
 def test_birefnet_folder_of_several_checkpoints_is_refused(tmp_path):
     """A training run's folder (epoch_*.pth) converted whichever file sorted first (epoch_100 before epoch_95)."""
     from dsunet_hf.convert.birefnet import locate_birefnet_weights
@@ -335,7 +371,7 @@ def test_birefnet_release_file_names_give_their_variant_and_an_unknown_one_is_sa
     # The rule: a variant's name, with -general and a final -epoch_N dropped, in any letter case.
     for name, variant in [("BiRefNet_HR-general-epoch_12.pth", "BiRefNet_HR"), ("birefnet_lite-epoch_3", "BiRefNet_lite"),
                           ("BiRefNet-matting-epoch_100.safetensors", "BiRefNet-matting"),
-                          ("ZhengPeng7/BiRefNet_lite-2K", "BiRefNet_lite-2K"), ("BiRefNet-DIS-epoch_590.pth", None),
+                          ("ZhengPeng7/BiRefNet_lite-2K", "BiRefNet_lite-2K"), ("BiRefNet-DIS-epoch_590.pth", "BiRefNet-DIS5K"),
                           ("BiRefNet-generalist", None), ("epoch_95.pth", None)]:
         assert variant_for_source(name) == variant, name
     state = {"bb.patch_embed.proj.weight": torch.zeros(192, 3, 4, 4),

@@ -215,7 +215,7 @@ _NAME_PARTS = re.compile(r"-general(?=-|$)|-epoch_\d+$", re.IGNORECASE)
 # GitHub release v1 files whose name (so reduced, lower case) is not their variant's: the 512² model would run at
 # 1024², the HRSOD one train with the general task's recipe.
 _RELEASE_NAMES = {"birefnet-resolution_512x512-fp16": "BiRefNet_512x512", "birefnet-hrsod_dhu": "BiRefNet-HRSOD",
-                  "birefnet-bb_swin_v1_tiny": "BiRefNet_lite"}
+                  "birefnet-bb_swin_v1_tiny": "BiRefNet_lite", "birefnet-dis": "BiRefNet-DIS5K"}
 
 
 def variant_for_source(source: str | Path) -> str | None:

@@ -230,6 +230,19 @@ def test_bad_config_values_are_refused():
     with pytest.raises(ValueError, match="semantic_loss_ignore_index must be an integer"):
         Sam2UNetConfig(semantic_loss_ignore_index=1.5)
     assert Sam2UNetConfig(loss_weights=[1, 0, 0.5]).loss_weights == [1.0, 0.0, 0.5]
+    # LoRA settings: alpha 0 trained nothing (all LoRA gradients 0), a negative dropout passed, rank 0 / 2.5 failed in
+    # peft or as a tensor-size TypeError; every config shares the check (finetune.set_finetune_fields).
+    from dsunet_hf import BiRefNetConfig
+
+    for field, value, message in [("lora_rank", 0, "positive integer"), ("lora_rank", 2.5, "positive integer"),
+                                  ("lora_alpha", 0, "positive number"), ("lora_dropout", -0.5, r"probability in \[0, 1\)"),
+                                  ("lora_dropout", 1, r"probability in \[0, 1\)"),
+                                  ("lora_target_modules", "qkv", "non-empty list"),
+                                  ("lora_target_modules", ["qkv", 3], "non-empty list")]:
+        for config_class in (Sam2UNetConfig, BiRefNetConfig):
+            with pytest.raises(ValueError, match=f"^{field} must be a {message}"):
+                config_class(finetune_strategy="lora", **{field: value})
+    assert Sam2UNetConfig(lora_alpha=0.5, lora_dropout=0.0).lora_alpha == 0.5
 
 
 def test_training_on_one_image_whose_deepest_map_is_1x1_is_a_clear_error():

@@ -25,7 +25,16 @@ def check_strategy(strategy: str) -> str:
 
 
 def set_finetune_fields(config, strategy: str, rank: int, alpha: int, dropout: float, targets: list[str]) -> None:
-    """The fine-tuning fields every model config shares (strategy and its LoRA settings)."""
+    """The fine-tuning fields every model config shares (strategy and its LoRA settings), checked: alpha 0 trained
+    nothing (every LoRA gradient is 0) and a negative dropout passed silently; rank 0 or 2.5 failed in peft."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"lora_rank must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+        raise ValueError(f"lora_alpha must be a positive number (LoRA's scale is alpha / rank), got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"lora_dropout must be a probability in [0, 1), got {dropout!r}")
+    if isinstance(targets, str) or not all(isinstance(name, str) for name in targets) or not targets:
+        raise ValueError(f"lora_target_modules must be a non-empty list of module names, got {targets!r}")
     config.finetune_strategy = check_strategy(strategy)
     config.lora_rank = rank
     config.lora_alpha = alpha

@@ -51,3 +51,16 @@ def test_iou_loss_of_an_empty_mask_predicted_empty_is_finite():
     inter = (prediction * mask).sum((1, 2, 3))
     union = prediction.sum((1, 2, 3)) + mask.sum((1, 2, 3)) - inter
     assert iou_loss(prediction, mask).item() == pytest.approx((1 - inter / union).sum().item())
+
+
+def test_multiclass_labels_outside_the_classes_are_named():
+    """Was torch's "IndexError: Target 9 is out of bounds" (a device-side assert on a GPU); ignored pixels pass."""
+    from dsunet_hf.losses import multiclass_deep_supervision_loss
+
+    logits = [torch.randn(2, 3, 4, 4)]
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[0, 0, 0], labels[1, 1, 1] = 255, 2
+    assert torch.isfinite(multiclass_deep_supervision_loss(logits, labels, [1.0]))
+    labels[1, 2, 2] = 9
+    with pytest.raises(ValueError, match=r"labels hold class 9, but the model has 3 classes \(0..2; 255 = ignored\)"):
+        multiclass_deep_supervision_loss(logits, labels, [1.0])

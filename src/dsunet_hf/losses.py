@@ -68,6 +68,13 @@ def multiclass_deep_supervision_loss(
     if labels.shape[-2:] != outputs[0].shape[-2:]:
         raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(outputs[0].shape[-2:])}")
     labels = labels.long()
+    if not torch.compiler.is_compiling():  # a check syncs the device: not inside a compiled graph
+        # Was torch's "Target 9 is out of bounds" (on a GPU a device-side assert that kills the process).
+        num_classes = outputs[0].shape[1]
+        bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= num_classes))]
+        if bad.numel():
+            raise ValueError(f"labels hold class {int(bad[0])}, but the model has {num_classes} classes (0.."
+                             f"{num_classes - 1}; {ignore_index} = ignored): check num_labels / id2label")
     labelled = (labels != ignore_index).sum().clamp(min=1)
     return sum(
         w * F.cross_entropy(o.float(), labels, ignore_index=ignore_index, reduction="sum") / labelled

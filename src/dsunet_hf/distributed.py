@@ -73,13 +73,15 @@ class ProcessFailures:
         if self.store is not None and self.store.check([self.key]):
             raise StopRequested
 
-    def raise_for(self, failures: list[dict], own: BaseException | None) -> None:
+    def raise_for(self, failures: list[dict], own: BaseException | None, started: bool = True) -> None:
         """After the gather: ``own`` (this process's error) again, else the first other process's failure, as an error
-        of its kind (OSError, ValueError, ImportError, else RuntimeError) that names it."""
+        of its kind (OSError, ValueError, ImportError, else RuntimeError) that names it. ``started=False``: the
+        failure came before any output was written (the main process listing the inputs)."""
         if own is not None:
             raise own
         if failures:
             first = failures[0]
             kind = {"OSError": OSError, "ValueError": ValueError, "ImportError": ImportError}.get(first["kind"], RuntimeError)
+            then = ("the outputs finished are kept: a re-run resumes" if started else "before any output was written")
             raise kind(f"process {first['process']} of {self.state.num_processes} failed ({first['message']}); every "
-                       f"process stopped, the outputs finished are kept: a re-run resumes")
+                       f"process stopped, {then}")

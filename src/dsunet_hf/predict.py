@@ -666,7 +666,7 @@ def predict_files(
     each frame (see :class:`dsunet_hf.video.TemporalSmoothing`; multi-class models: the class probabilities before
     the argmax): less flicker, no trail behind moving objects; 0 (default) predicts every frame as an image.
     """
-    from accelerate.utils import gather_object
+    from accelerate.utils import broadcast_object_list, gather_object
 
     from .distributed import ProcessFailures, StopRequested, process_state
 
@@ -679,9 +679,8 @@ def predict_files(
     images = collect_images(inputs, exclude=output_dir)  # on every process, so that a bad input raises everywhere, not only on one
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (background is not None)
-    if state.is_main_process:  # before the other processes start writing (they wait for the list of inputs)
-        remove_leftover_temporaries(output_dir)
-    pending, report.skipped_existing = _pending_inputs(images, output_dir, kinds, semantic, overwrite, state)
+    stop = ProcessFailures(state)  # a process that fails makes the others stop: at the listing or their next batch
+    pending, report.skipped_existing = _pending_inputs(images, output_dir, kinds, semantic, overwrite, state, stop)
     _check_prediction_options(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
         crop_margin=crop_margin, threshold=threshold, foreground_only={"cutout": cutout, "background": background is not None,
@@ -753,12 +752,12 @@ def predict_files(
             return (prepare, lambda prepared: foreground_maps(*prepared),
                     lambda kind, frame, probability: render_output(kind, frame, probability, options))
 
-    stop = ProcessFailures(state)  # a process that fails makes the others stop at their next batch
     failure, own_error = None, None
-    with state.split_between_processes(pending) as mine:
+    # Videos shared out apart from the images: listed together (a clips/ folder, sorted after the photos), they would
+    # all fall to the last process, which would run every frame while the others had finished their photos.
+    mine_videos = [item for item in pending if is_video(item[0])][state.process_index::state.num_processes]
+    with state.split_between_processes([item for item in pending if not is_video(item[0])]) as mine:
         try:
-            mine_videos = [item for item in mine if is_video(item[0])]
-            mine = [item for item in mine if not is_video(item[0])]
             if resolution == "native":
                 stored = [stored_size(path) for path, _ in mine]
                 sizes = [native_size(*size, max_side=max_side) if size else None for size in stored]
@@ -827,14 +826,21 @@ def predict_files(
             failed={k: v for part in parts for k, v in part["failed"].items()},
         )
         failures = [part["failure"] for part in parts if part["failure"]]
-    try:
-        if state.is_main_process:
+    report_failure, report_error = None, None
+    if state.is_main_process:
+        try:
             output_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(output_dir / "prediction_report.json", report.__dict__)
-    finally:
-        if failures:  # the report is written before any process exits (torchrun then ends the others at once)
-            state.wait_for_everyone()
+        except Exception as error:
+            if state.num_processes == 1:
+                raise
+            report_failure, report_error = stop.fail(error), error
+    if state.num_processes > 1:
+        # Every process waits for the report (torchrun ends the others once one exits) and learns whether it was
+        # written: none returns as if all went well while the main process raises (and leaves the group).
+        [report_failure] = broadcast_object_list([report_failure])
     stop.raise_for(failures, own_error)
+    stop.raise_for([report_failure] if report_failure else [], report_error)
     return report
 
 
@@ -859,21 +865,31 @@ def remove_leftover_temporaries(output_dir: Path) -> list[Path]:
 
 
 def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, kinds: list[str], semantic: bool,
-                    overwrite: bool, state) -> tuple[list[tuple[Path, Path]], list[str]]:
+                    overwrite: bool, state, stop) -> tuple[list[tuple[Path, Path]], list[str]]:
     """The (path, name) pairs still to predict and the paths whose outputs are already there, listed by the main
     process and sent to every other: a process that scanned the output folder after another one had started
-    writing would see different "already present" files and split a different list."""
-    pending, skipped_existing = [], []
+    writing would see different "already present" files and split a different list. The main process first removes
+    what a killed run left (before the others start writing). Should that or the listing fail there, its error is
+    sent instead and every process raises it (``stop``: a :class:`~dsunet_hf.distributed.ProcessFailures`), rather
+    than the others waiting in the broadcast for the group's timeout (30 minutes) when the main process lives on."""
+    pending, skipped_existing, failure, error = [], [], None, None
     if state.is_main_process:
-        for path, name in images:
-            if not overwrite and is_finished(output_dir, path, name, kinds, semantic):
-                skipped_existing.append(str(path))
-            else:
-                pending.append((path, name))
+        try:
+            remove_leftover_temporaries(output_dir)
+            for path, name in images:
+                if not overwrite and is_finished(output_dir, path, name, kinds, semantic):
+                    skipped_existing.append(str(path))
+                else:
+                    pending.append((path, name))
+        except Exception as caught:
+            if state.num_processes == 1:
+                raise
+            failure, error = stop.fail(caught), caught
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        pending, skipped_existing = broadcast_object_list([pending, skipped_existing])
+        pending, skipped_existing, failure = broadcast_object_list([pending, skipped_existing, failure])
+        stop.raise_for([failure] if failure else [], error, started=False)
     return pending, skipped_existing
 
 

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: install (torch 2.13 first: the CPU build where pip finds one locally),
-# then run the demo on the built-in samples.
+# then run the demo on the built-in samples. A torch already installed in the project's range (2.5 to 2.14.1)
+# is kept: pip would otherwise swap it (a CUDA build, say) for 2.13.0.
+# Run from anywhere: the outputs go to the repository's outputs/demo/, and paths given to it (--data DIR,
+# --output-dir DIR) are read from the folder it was started in.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python -m pip install --quiet "torch==2.13.0" 2>/dev/null || python -m pip install --quiet "torch>=2.5,<=2.14.1"
-python -m pip install --quiet -e ".[dev]"
-dsunet-hf demo --output-dir outputs/demo "$@"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if ! python -c 'import re, sys, torch
+version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__.split("+")[0])[:3])
+sys.exit(not (2, 5) <= version <= (2, 14, 1))' 2>/dev/null; then
+  python -m pip install --quiet "torch==2.13.0" 2>/dev/null || python -m pip install --quiet "torch>=2.5,<=2.14.1"
+fi
+python -m pip install --quiet -e "$repo[dev]"
+dsunet-hf demo --output-dir "$repo/outputs/demo" "$@"

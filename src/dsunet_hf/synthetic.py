@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +162,16 @@ def _write_pairs(folder, count: int, make_pair, seed: int) -> Path:
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(count - 1)))
-    for i in range(count):
+    names = [f"{i:0{width}d}.png" for i in range(count)]
+    keep = set(names)
+    # An earlier call into the same folder (more pairs, or another name width) left its own numbered files: they
+    # would load as extra pairs. Other files are the user's and stay.
+    for sub in ("images", "masks"):
+        for path in (root / sub).glob("*.png"):
+            if re.fullmatch(r"\d{4,}\.png", path.name) and path.name not in keep:
+                path.unlink()
+    for i, name in enumerate(names):
         image, mask = make_pair(np.random.default_rng([seed, i]))
-        name = f"{i:0{width}d}.png"
         image.save(root / "images" / name, compress_level=1)
         mask.save(root / "masks" / name, compress_level=1)
     return root

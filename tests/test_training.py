@@ -502,6 +502,14 @@ def test_bad_training_config_files_are_named(tmp_path):
         parse_args([str(tmp_path / "broken.json")])
     with pytest.raises(FileNotFoundError, match="no such training config file"):
         parse_args([str(tmp_path / "missing.yaml")])
+    # Was PyYAML's 8 lines naming "<unicode string>"; an upper-case suffix was not taken for a recipe at all.
+    (tmp_path / "bad.YAML").write_text("train_data: x\nmodel: [sam2-unet\n")
+    with pytest.raises(ValueError, match=r"^\S*bad\.YAML: not valid YAML \(line 3, column 1: expected ',' or ']'[^\n]*$"):
+        parse_args([str(tmp_path / "bad.YAML")])
+    # Repeating a run from its training_args.json (written with --overwrite-output-dir) deleted that run.
+    (tmp_path / "training_args.json").write_text(json.dumps({"train_data": "x", "overwrite_output_dir": True}))
+    assert parse_args([str(tmp_path / "training_args.json")]).overwrite_output_dir is False
+    assert parse_args([str(tmp_path / "training_args.json"), "--overwrite-output-dir"]).overwrite_output_dir is True
 
 
 def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(generated_data, tmp_path, monkeypatch):

@@ -170,9 +170,14 @@ def read_training_config(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such training config file")
     try:
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: not valid {path.suffix[1:].upper()} ({error})") from error
+        values = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    except yaml.YAMLError as error:  # PyYAML's own text runs over several lines and names "<unicode string>"
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark and problem else \
+            str(error).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML ({where})") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a training config is a mapping of options (train_data: ..., model: ...)")
     values = {key.replace("-", "_"): value for key, value in values.items()}
@@ -181,6 +186,9 @@ def read_training_config(path: str | Path) -> dict:
         raise ValueError(f"{path}: unknown training options {unknown} (see examples/train.py --help)")
     if isinstance(values.get("config_overrides"), dict):
         values["config_overrides"] = json.dumps(values["config_overrides"])
+    if values.pop("overwrite_output_dir", False):  # a run's own training_args.json, repeated, would delete that run
+        logger.warning("%s: overwrite_output_dir is taken from the command line only (--overwrite-output-dir), not "
+                       "from a file", path)
     return values
 
 
@@ -193,7 +201,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> Trainin
     parser = HfArgumentParser(
         TrainingArguments, prog=prog, usage=f"{prog} [RECIPE.yaml|RECIPE.json] [--option value ...]",
         description="Options come from the flags, or from a JSON/YAML recipe file given first (flags after it win).")
-    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+    if argv and argv[0].lower().endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         values = read_training_config(argv.pop(0))
         parser.set_defaults(**values)
         for action in parser._actions:  # what the file sets is no longer required on the command line

@@ -228,8 +228,9 @@ def test_command_line_refuses_crop_refine_for_class_maps_and_records_it_in_repor
     SegmentationImageProcessor(size=64).save_pretrained(tmp_path / "multi")
     photo, mask, _ = small_object_photo(160, 120)
     photo.save(tmp_path / "photo.png")
-    with pytest.raises(SystemExit, match="crop_refine"):
-        main(["predict", "--model", str(tmp_path / "multi"), "--crop-refine", str(tmp_path / "photo.png"),
+    with pytest.raises(SystemExit, match="^predict: --cutout, --crop-refine: for models that predict one foreground "
+                                         "map; .*multi predicts class maps"):  # were named "cutout, crop_refine"
+        main(["predict", "--model", str(tmp_path / "multi"), "--crop-refine", "--cutout", str(tmp_path / "photo.png"),
               "--output-dir", str(tmp_path / "out")])
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "masks").mkdir()

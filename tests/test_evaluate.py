@@ -579,6 +579,7 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     assert list(payload["results"]) == ["name-setA", "name-setB"]
     assert payload["results"]["name-setB"] == by_hand(model, processor, samples[2:3], minmax_normalize=False)
     assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
+    assert payload["info"]["post_processing"] == "sam2_unet"  # was None: its processor records no order
     assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
     assert "name-setA" in capsys.readouterr().out
     # The visual-prompting options were silently ignored for other models (some/model has no config to tell its

@@ -165,6 +165,12 @@ def _predict(args) -> int:
     if args.compile:  # dynamic shapes: the last, smaller batch does not trigger a recompile
         model = torch.compile(model, dynamic=True)
     autocast = None if args.autocast == "none" else _torch_dtype(args.autocast)
+    foreground_only = {"--cutout": args.cutout, "--background": args.background is not None,
+                       "--threshold": args.threshold is not None, "--minmax-normalize": args.minmax_normalize,
+                       "--crop-refine": args.crop_refine}
+    if getattr(model, "predicts_class_maps", False) and any(foreground_only.values()):  # named as flags, not keywords
+        raise SystemExit(f"predict: {', '.join(k for k, v in foreground_only.items() if v)}: for models that predict "
+                         f"one foreground map; {args.model} predicts class maps (palette masks, --overlay)")
     try:
         report = predict_files(
             model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,

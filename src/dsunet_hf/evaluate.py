@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .crop_refine import minmax_normalized, refined_predictions
 from .files import write_text_atomic
 from .image_io import IMAGE_EXTENSIONS, ImageReadError, load_cell, load_image, load_mask
-from .image_processing import processor_for_model
+from .image_processing import model_post_processing, processor_for_model
 from .metrics import (
     DIS_METRIC_NAMES,
     HIGHER_IS_BETTER,
@@ -890,7 +890,8 @@ def run_evaluate_cli(args) -> int:
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,
                  "evaluated_samples": evaluated}
         if foreground is not None:  # foreground maps were scored: how they were post-processed
-            extra.update(post_processing=getattr(foreground[0], "post_processing", None),
+            # The order used: a processor that records none post-processes in its model's (processor_for_model).
+            extra.update(post_processing=getattr(foreground[0], "post_processing", None) or model_post_processing(model),
                          minmax_normalize=foreground[1])
         if args.crop_refine:
             extra.update(crop_refine=True, crop_margin=args.crop_margin)

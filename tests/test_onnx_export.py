@@ -38,6 +38,19 @@ def input_shapes(path) -> dict[str, list]:
     return {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
 
 
+def record_traces(patch, programs: list) -> None:
+    """Keep each graph torch.onnx.export traces in ``programs``: tests that export the same model at the same size
+    again give it back to export_onnx (``patch.setattr(torch.onnx, "export", lambda *a, **k: program)``), which
+    then saves, converts and checks it as usual; the trace is most of an export's time."""
+    trace = torch.onnx.export
+
+    def recorded(*args, **kwargs):
+        programs.append(trace(*args, **kwargs))
+        return programs[-1]
+
+    patch.setattr(torch.onnx, "export", recorded)
+
+
 def check_export(report, processor, folder, name):
 
     assert report.checked_with.startswith("onnxruntime")
@@ -106,6 +119,26 @@ def exported_sam2_unet(tmp_path_factory):
         patch.setattr(onnx_export, "_SINGLE_FILE_LIMIT_BYTES", 0)
         report = export_onnx(model, SegmentationImageProcessor(size=TINY_SIZE), folder, size=96)
     return model, folder, report
+
+
+@pytest.fixture(scope="module")
+def traced_sam2_unet(tmp_path_factory):
+    """``traced_sam2_unet(num_labels)``: a tiny SAM2-UNet and the fp32 graph traced for it at its own size (64),
+    made once for the module's tests that export that model (each still saves, converts and checks the graph)."""
+    traced = {}
+
+    def model_and_graph(num_labels: int):
+        if num_labels not in traced:
+            model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=num_labels)).eval()
+            programs = []
+            with pytest.MonkeyPatch.context() as patch:
+                record_traces(patch, programs)
+                export_onnx(model, model.default_image_processor(), tmp_path_factory.mktemp("traced") / "onnx",
+                            check=False)
+            traced[num_labels] = model, programs[0]
+        return traced[num_labels]
+
+    return model_and_graph
 
 
 def test_large_weights_go_to_an_external_data_file_that_onnxruntime_reads(exported_sam2_unet):
@@ -281,22 +314,27 @@ def test_without_onnxruntime_the_export_says_it_is_unchecked(exported_sam2_unet,
                                 "not checked (pip install onnxruntime)")
 
 
-def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys):
+def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys, monkeypatch):
     from dsunet_hf.cli import main
 
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
 
+    programs = []
+    record_traces(monkeypatch, programs)  # the traced graph, kept for the failing export below
     assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx"), "--size", "64", "96"]) == 0
     assert "onnxruntime max |logits diff|" in capsys.readouterr().out
     assert input_shapes(tmp_path / "onnx" / "model.onnx")["pixel_values"][1:] == [3, 64, 96]
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["model_type"] == "sam2_unet" and config["id2label"] == {"0": "background", "1": "foreground"}
 
-    # A graph that fails the check is not written (here: a tolerance nothing meets).
+    # A graph that fails the check is not written (here: a tolerance nothing meets). The same model and size as
+    # above: the graph traced there is saved and checked again with onnxruntime (tracing it twice took ~10 s).
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: programs[0])
     with pytest.raises(SystemExit, match=r"model\.onnx not written: onnxruntime's logits differ .* \(tolerance -1\)"):
-        main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "failed"), "--atol", "-1"])
+        main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "failed"), "--size", "64", "96",
+              "--atol", "-1"])
     assert not list((tmp_path / "failed").iterdir())
 
     with pytest.raises(SystemExit, match="--size takes a height and an optional width"):
@@ -327,15 +365,16 @@ def initializer_bytes(path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("multiclass", [False, True])
-def test_a_float16_export_halves_the_weights_and_predicts_like_the_fp32_model(multiclass, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_a_float16_export_halves_the_weights_and_predicts_like_the_fp32_model(multiclass, traced_sam2_unet, tmp_path,
+                                                                             capsys, monkeypatch):
     from dsunet_hf.cli import main
 
     if multiclass:  # as if over protobuf's limit even in fp16: the fp16 weights go to model.onnx.data
         monkeypatch.setattr(onnx_export, "_SINGLE_FILE_LIMIT_BYTES", 0)
-    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=4 if multiclass else 1)).eval()
+    model, program = traced_sam2_unet(4 if multiclass else 1)
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     model.default_image_processor().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: program)  # its fp32 graph: converted here
     assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx16"),
                  "--dtype", "float16"]) == 0
     assert "float16; opset" in capsys.readouterr().out
@@ -366,12 +405,15 @@ def test_a_float16_export_halves_the_weights_and_predicts_like_the_fp32_model(mu
             assert np.abs(onnx_mask - torch_mask).max() <= 3
 
 
-def test_a_float16_export_is_checked_on_probabilities_and_refused_where_it_cannot_be(tmp_path, monkeypatch):
-    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
+def test_a_float16_export_is_checked_on_probabilities_and_refused_where_it_cannot_be(traced_sam2_unet, tmp_path,
+                                                                                     monkeypatch):
+    model, program = traced_sam2_unet(1)
     processor = model.default_image_processor()
-    with pytest.raises(RuntimeError, match=r"model\.onnx not written: onnxruntime's probabilities differ .* "
-                                           r"\(tolerance 1e-09\)"):
-        export_onnx(model, processor, tmp_path / "failed", dtype="float16", atol=1e-9)
+    with monkeypatch.context() as patch:  # the fixture's fp32 graph, converted and checked
+        patch.setattr(torch.onnx, "export", lambda *args, **kwargs: program)
+        with pytest.raises(RuntimeError, match=r"model\.onnx not written: onnxruntime's probabilities differ .* "
+                                               r"\(tolerance 1e-09\)"):
+            export_onnx(model, processor, tmp_path / "failed", dtype="float16", atol=1e-9)
     assert not list((tmp_path / "failed").iterdir())
     with pytest.raises(ValueError, match="dtype must be one of float32, float16, got 'bfloat16'"):
         export_onnx(model, processor, tmp_path / "bf16", dtype="bfloat16")
@@ -389,12 +431,13 @@ def test_visual_prompt_models_are_refused_with_the_reason(tmp_path):
         export_onnx(model, model.default_image_processor(), tmp_path / "onnx")
 
 
-def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(tmp_path):
+def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(traced_sam2_unet, tmp_path, monkeypatch):
     from dsunet_hf.cli import main
 
-    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=4)).eval()
+    model, program = traced_sam2_unet(4)
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     model.default_image_processor().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: program)  # its graph, saved and checked here
     assert main(["export", "onnx", "--model", str(tmp_path / "model"), str(tmp_path / "onnx")]) == 0
     predict_with_both(tmp_path, tmp_path / "onnx", tmp_path / "model", "--overlay")
     for index in range(2):

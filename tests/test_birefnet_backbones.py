@@ -191,6 +191,9 @@ def test_presets_and_config_validation():
                                          (pvt_v2_config, "pvt_v2_b0", {"sr_ratios": 8})]:
         with pytest.raises(ValueError, match=f"{next(iter(overrides))} must list the 4 stages"):
             config_fn(preset, overrides)
+    # A list-valued field that is not per stage (PvtV2Config's image_size, a pair) is no stage list: it loads as before.
+    assert tuple(pvt_v2_config("pvt_v2_b0", {"image_size": 512}).image_size) == (512, 512)
+    assert list(pvt_v2_config("pvt_v2_b0", {"image_size": [512, 384]}).image_size) == [512, 384]
 
 
 def test_pvt_v2_layer_norm_eps_follow_upstream():

@@ -451,3 +451,13 @@ def test_save_pretrained_pushes_only_the_files_it_wrote(trained_model, offline_h
     files = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert sorted(filter_repo_objects(files, allow_patterns=calls[-1]["allow_patterns"])) == [
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+
+
+def test_a_variant_push_keeps_the_repos_main_weights(trained_model, offline_hub, tmp_path):
+    """save_pretrained(variant="fp16", push_to_hub=True) into the folder of the main weights deleted the repo's
+    model.safetensors (the push's delete patterns were the main weights', its uploads only the variant's)."""
+    trained_model.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/variants")
+    trained_model.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="me/variants", variant="fp16")
+    head = (offline_hub.repo_dir("me/variants") / "refs" / "main").read_text()
+    files = {p.name for p in (offline_hub.repo_dir("me/variants") / "snapshots" / head).iterdir()}
+    assert {"model.safetensors", "model.fp16.safetensors"} <= files

@@ -166,16 +166,17 @@ def remove_stale_weights(folder: str | os.PathLike, variant: str | None = None) 
 
 # A model repo's weight files (one file, or shards and their index): a push replaces those of an earlier push, so that
 # the Hub never serves an older single file beside new shards (which from_pretrained would load) or a stale index.
-HUB_WEIGHT_PATTERNS = ["model.safetensors", "model-?????-of-?????.safetensors", "model.safetensors.index.json"]
+# A variant's (``model.fp16.safetensors``, ...) are its own: a push of one variant leaves the others' files alone.
+def hub_weight_patterns(variant: str | None = None) -> list[str]:
+    single, index = weight_file_names(variant)
+    return [single, single.removesuffix(".safetensors") + "-?????-of-?????.safetensors", index]
 
 
 def saved_file_patterns(variant: str | None = None) -> list[str]:
     """The files ``save_pretrained`` writes at the top of its folder (config, card, image processor, weights): what it
     uploads with ``push_to_hub=True``, as transformers uploads only the files its save wrote, not the folder's others
     (a Trainer's checkpoints, a user's notes)."""
-    single, index = weight_file_names(variant)
-    shards = single.removesuffix(".safetensors") + "-?????-of-?????.safetensors"
-    return ["config.json", "README.md", "preprocessor_config.json", single, shards, index]
+    return ["config.json", "README.md", "preprocessor_config.json", *hub_weight_patterns(variant)]
 
 
 def check_push_target(revision: str | None, create_pr: bool) -> None:
@@ -213,6 +214,7 @@ def upload_folder_to_hub(
     space_sdk: str | None = None,
     repo_created: bool = False,
     allow_patterns: list[str] | None = None,
+    variant: str | None = None,
 ) -> str:
     """Create the repo if needed and upload a saved artifact folder in one commit; returns the repo id.
     ``space_sdk`` (e.g. ``"gradio"``) makes it a Space instead of a model repo. ``private=True`` makes the repo
@@ -220,7 +222,8 @@ def upload_folder_to_hub(
     repo gets the account's default visibility. ``revision``: the branch to commit to, created when missing.
     ``repo_created=True``: :func:`create_hub_repo` made the repo already (``repo_id`` is the full id it returned,
     ``private`` applied), so it is not created again. ``allow_patterns``: only those files of the folder (default:
-    all)."""
+    all). ``variant``: the weights of that variant (``save_pretrained(variant=...)``) replace the repo's older ones
+    of that variant; the main weights and other variants stay."""
     check_push_target(revision, create_pr)
     api = HfApi(token=token)
     repo_type = "space" if space_sdk else None
@@ -230,7 +233,7 @@ def upload_folder_to_hub(
         # The Hub refuses a commit to a branch that does not exist (404); transformers' push_to_hub creates it too.
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     # A model folder with weights replaces the repo's older weight files (those it uploads are not deleted).
-    holds_weights = any((Path(folder) / name).is_file() for name in weight_file_names())
+    holds_weights = any((Path(folder) / name).is_file() for name in weight_file_names(variant))
     api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
@@ -240,7 +243,7 @@ def upload_folder_to_hub(
         create_pr=create_pr,
         repo_type=repo_type,
         allow_patterns=allow_patterns,
-        delete_patterns=HUB_WEIGHT_PATTERNS if holds_weights and not space_sdk else None,
+        delete_patterns=hub_weight_patterns(variant) if holds_weights and not space_sdk else None,
     )
     return repo_id
 

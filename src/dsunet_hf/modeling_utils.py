@@ -553,7 +553,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             if push:
                 # Only what this save wrote: the folder may hold other files (a Trainer's checkpoints, notes).
                 upload_folder_to_hub(save_directory, repo_id, **push_kwargs, repo_created=True,
-                                     allow_patterns=saved_file_patterns(kwargs.get("variant")))
+                                     allow_patterns=saved_file_patterns(kwargs.get("variant")),
+                                     variant=kwargs.get("variant"))
 
     def _check_saveable(self, include_backbone: bool = False, state_dict: dict | None = None) -> dict | None:
         """The state dict :meth:`save_pretrained` writes: ``state_dict`` when given, else the trainable part (None

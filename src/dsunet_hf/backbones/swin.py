@@ -82,9 +82,12 @@ def preset_config(config_class: type, presets: dict[str, dict], preset: str, ove
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} fields in the backbone overrides: {unknown}")
     # Per-stage lists (depths, heads, widths, ...) need one entry per stage; others fail deep in transformers.
+    # (Per stage: a default of 4 entries; PvtV2Config's image_size is a (height, width) pair.)
     defaults = config_class()
     for key, value in overrides.items():
-        if isinstance(getattr(defaults, key), (list, tuple)) and (not isinstance(value, (list, tuple)) or len(value) != 4):
+        default = getattr(defaults, key)
+        per_stage = isinstance(default, (list, tuple)) and len(default) == len(STAGES)
+        if per_stage and (not isinstance(value, (list, tuple)) or len(value) != len(STAGES)):
             raise ValueError(f"backbone override {key} must list the 4 stages of a BiRefNet backbone, got {value!r}")
     return config_class(**{**presets[preset], **overrides}, out_features=list(STAGES))
 

@@ -332,7 +332,7 @@ def test_cli_app_says_when_the_port_is_taken(monkeypatch):
         main(["app", "--model", "org/model", "--port", "7860"])
 
 
-def test_space_refuses_a_file_as_its_folder_and_a_bad_max_side(tmp_path):
+def test_space_refuses_a_file_as_its_folder_and_a_bad_max_side(tmp_path, offline_hub):
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match=rf"^{tmp_path}/afile is a file, not a folder"):
         write_space(tmp_path / "afile", "org/model")
@@ -422,7 +422,7 @@ def test_the_class_page_offers_the_schedules_the_model_runs():
     assert len(radio.choices) == 3 and radio.value == "slide" and radio.visible
 
 
-def test_a_space_for_an_onnx_repo_leaves_the_device_to_onnxruntime(tmp_path, monkeypatch):
+def test_a_space_for_an_onnx_repo_leaves_the_device_to_onnxruntime(tmp_path, monkeypatch, offline_hub):
     monkeypatch.setattr("dsunet_hf.onnx_export.read_export_report", lambda name: object())  # an export's repo
     write_space(tmp_path / "space", "me/birefnet-onnx")
     app = (tmp_path / "space" / "app.py").read_text()
@@ -454,7 +454,7 @@ def test_a_spaces_requirement_installs_what_runs_here(monkeypatch, direct_url, e
     assert Requirement(line).name == "dsunet-hf" and Requirement(line).extras == {"app"}
 
 
-def test_a_space_refuses_extras_in_an_egg_fragment(tmp_path):
+def test_a_space_refuses_extras_in_an_egg_fragment(tmp_path, offline_hub):
     # pip 26 stops at such a line ("invalid-egg-fragment"): the Space would never build.
     with pytest.raises(ValueError, match=r"pip refuses extras in #egg=; write it as 'dsunet-hf\[app\] @ git\+https"):
         write_space(tmp_path / "space", "me/x", requirement="git+https://github.com/dsunet-hf/dsunet-hf#egg=dsunet-hf[app]")
@@ -483,3 +483,80 @@ def test_cli_app_loads_on_other_backbone_weights_only_on_request(tmp_path, monke
     with pytest.raises(SystemExit, match=r"^app: cannot load .*graph: .* an ONNX graph, .* leave out "
                                          r"--no-verify-backbone-weights$"):
         main(["app", "--model", str(tmp_path / "graph"), "--no-verify-backbone-weights"])
+
+
+def test_the_reference_editor_reads_16_bit_uploads_as_predict_does(tmp_path):
+    # The image editor converted its background with PIL's convert("RGBA"), which clips 16 bits to white.
+    gradio = pytest.importorskip("gradio", reason="the demo page needs Gradio (the [app] extra)")
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+
+    from dsunet_hf.app import _editor_value
+    from dsunet_hf.image_io import load_image
+
+    path = tmp_path / "gray16.png"
+    Image.fromarray(np.tile(np.linspace(0, 65535, 64), (48, 1)).astype(np.uint16)).save(path)
+    editors = [block for block in build_app(Demo(OneHotMatcher(tiny_config()).eval())).blocks.values()
+               if isinstance(block, gradio.ImageEditor)]
+    assert len(editors) == 3  # the reference and the two optional ones
+    for editor in editors:
+        value = editor.preprocess(EditorData(background=FileData(path=str(path), orig_name=path.name), layers=[]))
+        got = np.asarray(_editor_value(value)[0]).astype(int)
+        assert np.abs(got - np.asarray(load_image(path)).astype(int)).max() <= 1
+
+
+def test_a_failure_of_the_model_is_one_line_on_the_page_and_a_traceback_in_the_log(caplog):
+    gradio = pytest.importorskip("gradio", reason="the demo page needs Gradio (the [app] extra)")
+    import re
+
+    import torch
+
+    from dsunet_hf.app import _shown_as_errors
+
+    def failing(error):
+        def segment(*args):
+            raise error
+        return _shown_as_errors(gradio)(segment)
+
+    for error, expected in [
+            (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+             r"^out of memory \(OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\): .*--max-side"),
+            (MemoryError(), r"^out of memory \(MemoryError\): try a smaller image .*another --device$"),
+            (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"), r"^out of memory"),
+            (RuntimeError("shapes cannot be multiplied\ndetails"),
+             r"^the model failed \(RuntimeError: shapes cannot be multiplied\); the server's log has details$")]:
+        caplog.clear()
+        with pytest.raises(gradio.Error) as raised:
+            failing(error)()
+        assert re.search(expected, raised.value.message), raised.value.message
+        assert "\n" not in raised.value.message and caplog.records[-1].exc_info[1] is error
+    for bug in (TypeError("a bug"), NotImplementedError("a bug")):  # programming errors: not dressed as messages
+        with pytest.raises(type(bug), match="a bug"):
+            failing(bug)()
+
+
+def test_a_space_card_names_the_python_and_the_models_license(tmp_path, offline_hub):
+    import sys
+
+    import yaml
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "README.md").write_text("---\nlicense: mit\ntags:\n- dsunet-hf\n---\n# a model\n")
+    offline_hub.add("me/licensed", tmp_path / "model")
+    for model, license in (("me/licensed", "mit"), ("me/unknown", None)):  # a card that cannot be read: none said
+        write_space(tmp_path / model, model)
+        meta = yaml.safe_load((tmp_path / model / "README.md").read_text().split("---")[1])
+        assert meta.get("license") == license
+        assert meta["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+        assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["models"] == [model]
+
+
+def test_a_video_of_a_format_not_read_here_is_named_not_called_an_unreadable_image(tmp_path):
+    # Gradio's video box takes any file: a .ts upload reached predict as an image ("cannot read image ...").
+    (tmp_path / "clip.ts").write_bytes(b"\x47" * 376)  # what it holds is not looked at
+    with pytest.raises(ValueError, match=r"^clip\.ts: not a video format read here \(\.avi, .*\.mp4, .*\); convert "
+                                         r"it first, e.g. ffmpeg -i clip\.ts clip\.mp4$"):
+        red_demo().foreground_video(str(tmp_path / "clip.ts"), output_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"^clip\.ts: not a video format read here"):
+        Demo(OneHotMatcher(tiny_config()).eval()).prompt_video(Image.fromarray(colour_image(REFERENCE_BOXES)),
+                                                                f"point:{P},{P}", str(tmp_path / "clip.ts"))

@@ -570,3 +570,26 @@ def test_a_matroska_video_whose_last_frame_is_held_reads_whole(tmp_path):
     with av.open(str(path)) as container:
         assert container.streams.video[0].metadata["DURATION"].startswith("00:00:03.08")
     assert [pts for _, pts, _ in read_video(path)] == [0, 40, 80]
+
+
+def test_a_video_cut_after_its_header_is_said_to_be_damaged_naming_the_file(tmp_path):
+    # A Matroska file cut inside its first frame opens and decodes nothing: it was "the video has no frames".
+    whole = write_video(tmp_path / "whole.mkv", [square_frame(i) for i in range(5)], codec="ffv1", pix_fmt="bgr0")
+    with av.open(str(whole)) as container:
+        first = next(packet for packet in container.demux(container.streams.video[0]) if packet.size)
+        cut_at = first.pos + first.size // 2
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[:cut_at])
+    with pytest.raises(ValueError) as raised:
+        list(read_video(cut))
+    assert str(raised.value) == f"{cut}: no frame could be decoded (the video is damaged or cut short)"
+    # A file that does not open: one line naming the file once, and what it may be.
+    (tmp_path / "header.mkv").write_bytes(whole.read_bytes()[:40])
+    (tmp_path / "text.mp4").write_bytes(b"not a video")
+    for path in (tmp_path / "header.mkv", tmp_path / "text.mp4"):
+        with pytest.raises(ValueError) as raised:
+            list(read_video(path))
+        message = str(raised.value)
+        assert message.startswith(f"{path}: not a readable video (") and message.endswith(
+            ": damaged, cut short or not a video)")
+        assert message.count(str(path)) == 1 and "\n" not in message

@@ -9,13 +9,17 @@ without a browser; :func:`build_app` wires them into ``gradio.Blocks`` (the ``[a
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Demo", "build_app", "default_requirement", "write_space"]
 
@@ -108,8 +112,7 @@ class Demo:
 
         self._expect("classes")
         self._check_schedule(schedule)
-        if not video:
-            raise ValueError("no video: upload one first")
+        _check_video(video)
         output_dir = self._video_output_dir(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, overlay=True, progress=False,
                                overwrite=True, schedule=schedule or None, temporal_smoothing=temporal_smoothing)
@@ -170,8 +173,7 @@ class Demo:
         from .prompt_predict import predict_with_prompts
 
         examples = self._examples(reference, prompt_text, more_references)
-        if not video:
-            raise ValueError("no video: upload one first")
+        _check_video(video)
         output_dir = self._video_output_dir(output_dir)
         report = predict_with_prompts(self.model, [e[0] for e in examples], [e[1] for e in examples], [video],
                                       output_dir, overlay=True, overwrite=True, progress=False, track=bool(track))
@@ -204,8 +206,7 @@ class Demo:
 
         self._expect("foreground")
         backdrop = _backdrop(background)
-        if not video:
-            raise ValueError("no video: upload one first")
+        _check_video(video)
         output_dir = self._video_output_dir(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, threshold=threshold or None,
                                cutout=True, background=backdrop, crop_refine=crop_refine,
@@ -241,6 +242,18 @@ def _rgb(image: Any) -> Image.Image:
         return load_image(image)
     except OSError as error:  # the page hands over uploads undecoded (image_mode=None): a truncated or damaged file
         raise ValueError(f"the image cannot be read ({error})") from error
+
+
+def _check_video(video: str | None) -> None:
+    """A video upload of a format ``predict`` reads as a video: another (.ts, .mpg, .3gp, ...) would be read as an
+    image and said to be an unreadable image."""
+    from .video import VIDEO_SUFFIXES, is_video
+
+    if not video:
+        raise ValueError("no video: upload one first")
+    if not is_video(video):
+        raise ValueError(f"{Path(video).name}: not a video format read here ({', '.join(sorted(VIDEO_SUFFIXES))}); "
+                         f"convert it first, e.g. ffmpeg -i {Path(video).name} {Path(video).stem}.mp4")
 
 
 def _backdrop(colour: str | None):
@@ -329,11 +342,13 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
         else:
             brush = gr.Brush(colors=["#ff0050"])
             with gr.Row():
-                reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find", brush=brush)
+                reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find", brush=brush,
+                                            image_mode=None)
                 target = gr.Image(type="pil", label="target", image_mode=None)
             prompt_text = gr.Textbox(label="or a prompt on the reference", placeholder="box:x0,y0,x1,y1 | point:x,y")
             with gr.Accordion("more references (optional: several examples find more)", open=False), gr.Row():
-                more = [gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush) for number in (2, 3)]
+                more = [gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush, image_mode=None)
+                        for number in (2, 3)]
             run = gr.Button("find", variant="primary")
             outputs = [gr.Image(type="pil", label="references and what was found", format="png"),
                        gr.Image(type="pil", label="mask", format="png")]
@@ -367,8 +382,25 @@ def _has_pyav() -> bool:
     return importlib.util.find_spec("av") is not None
 
 
+OUT_OF_MEMORY_REMEDY = ("try a smaller image or video, or start the page with a smaller --max-side (with "
+                        "--resolution native), --dtype bfloat16 or another --device")
+
+
+def _failure_message(error: BaseException) -> str | None:
+    """The one line the page shows for a failure of the model (out of memory, a RuntimeError of torch or
+    onnxruntime), or None for other errors (programming errors: Gradio's own "Error", traceback in the log)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(error, RuntimeError) and re.search(r"out of memory|not enough memory", first_line, re.I)):
+        return f"out of memory ({type(error).__name__}{': ' + first_line if first_line else ''}): {OUT_OF_MEMORY_REMEDY}"
+    if isinstance(error, RuntimeError) and not isinstance(error, (NotImplementedError, RecursionError)):
+        return f"the model failed ({type(error).__name__}: {first_line or 'no message'}); the server's log has details"
+    return None
+
+
 def _shown_as_errors(gr):
-    """Bad input (no image, an empty prompt) as a message on the page instead of a generic failure."""
+    """Bad input (no image, an empty prompt) and failures of the model (out of memory, a RuntimeError) as a
+    one-line message on the page instead of a generic failure; the traceback of the latter goes to the log."""
     import functools
 
     def wrap(handler):
@@ -378,6 +410,12 @@ def _shown_as_errors(gr):
                 return handler(*args)
             except (ValueError, ImportError) as error:  # bad input; a missing extra names itself
                 raise gr.Error(str(error)) from error
+            except (MemoryError, RuntimeError) as error:
+                message = _failure_message(error)
+                if message is None:  # NotImplementedError, RecursionError: a bug, Gradio's generic "Error"
+                    raise
+                logger.exception("%s failed", handler.__name__)
+                raise gr.Error(message) from error
         return run
     return wrap
 
@@ -443,11 +481,34 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
                                                           imports="" if onnx else "\nimport torch\n"))
     requirement = requirement or default_requirement("app,onnx" if onnx else "app")
     write_text_atomic(folder / "requirements.txt", requirement.strip() + "\n")
+    # python_version: the Python the page ran with here (the Hub's default, 3.10, may resolve other versions of
+    # the dependencies); the license: the model's, as its card says (a Space card without one says none).
     data = SpaceCardData(title=title, sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[model],
-                         tags=["dsunet-hf", "image-segmentation"])
+                         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+                         tags=["dsunet-hf", "image-segmentation"], **_model_license(model))
     card = SpaceCard.from_template(data, template_str=SPACE_README, title=title, model=model)
     write_text_atomic(folder / "README.md", str(card))
     return folder
+
+
+def _model_license(model: str) -> dict:
+    """``license`` (and ``license_name`` / ``license_link`` for "other") of a Hub model's card: from the local cache,
+    else from the Hub (one request); empty when the card names none or cannot be read (offline, a private repo)."""
+    from huggingface_hub import HfApi, ModelCard, constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, "README.md")
+        if isinstance(cached, str):
+            data = ModelCard(Path(cached).read_text(encoding="utf-8")).data.to_dict()
+        elif constants.HF_HUB_OFFLINE:
+            return {}
+        else:
+            data = (HfApi().model_info(model, expand=["cardData"]).card_data or {})
+            data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    except Exception as error:  # optional metadata: a network, HTTP or card-format error leaves it out
+        logger.info("the license of %s is not known (%s: %s)", model, type(error).__name__, error)
+        return {}
+    return {key: data[key] for key in ("license", "license_name", "license_link") if data.get(key)}
 
 
 def default_requirement(extras: str = "app") -> str:

@@ -99,8 +99,9 @@ def _open_video(path: str | Path):
     av = import_av()
     try:
         container = av.open(str(path))
-    except av.FFmpegError as error:
-        raise VideoReadError(f"{path}: not a readable video ({error})") from error
+    except av.FFmpegError as error:  # FFmpeg's reason without the file name it repeats
+        reason = getattr(error, "strerror", None) or str(error)
+        raise VideoReadError(f"{path}: not a readable video ({reason}: damaged, cut short or not a video)") from error
     # Cover art (an attached picture, as music videos and podcasts carry) is a one-frame video stream: not the video.
     cover = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
     streams = [stream for stream in container.streams.video if not (cover and stream.disposition & cover)]
@@ -127,9 +128,11 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
                 yield np.ascontiguousarray(np.rot90(rgb, turns)), frame.pts, frame.time_base
                 index += 1
         except av.FFmpegError as error:
-            raise VideoReadError(f"{path}: decoding failed at frame {index} ({error})") from error
-        if index == 0:
-            raise VideoReadError(f"{path}: the video has no frames")
+            reason = getattr(error, "strerror", None) or str(error)  # without the file name FFmpeg repeats
+            raise VideoReadError(f"{path}: decoding failed at frame {index} ({reason}: damaged or cut short)"
+                                 ) from error
+        if index == 0:  # a header and no whole frame: what a file cut short after its header leaves
+            raise VideoReadError(f"{path}: no frame could be decoded (the video is damaged or cut short)")
         # A file cut short at a packet boundary decodes without an error (FFmpeg's threaded decoder swallows the
         # rest): the container's own frame count tells. Some containers count one frame more than they hold (AVI
         # with MP3 sound: 26 for 25), so a shortfall of one frame (or 1 %) is let through.

@@ -41,6 +41,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="the exported graph's")
     parser.add_argument("--reference-dinov2", default=None, help="dsunet: checkout of facebookresearch/dinov2")
     args = parser.parse_args()
+    if args.reference:  # before the export: a wrong path or preset must not cost its minutes
+        from upstream import check_reference
+
+        check_reference(args.model, args.reference, args.preset, args.reference_dinov2)
 
     import onnxruntime
 

@@ -12,6 +12,8 @@
 #                                                 # composites): pipelined vs one thread vs the model alone
 #   bash benchmarks/gpu_suite.sh evaluate         # evaluate on 200 synthetic 1024² pairs (SAM2-UNet-L, bf16): the
 #                                                 # metrics in this process vs in 8 worker processes
+#   bash benchmarks/gpu_suite.sh tracking         # visual-prompt tracking (DINOv2-L head, bf16): frames/s with each
+#                                                 # frame encoded once vs per use, 1 and 3 objects
 #   bash benchmarks/gpu_suite.sh goals            # only the goals' figures, each once, most important first:
 #                                                 # SAM2-UNet-L inference b32 (ratio, % of bf16 peak), adapter
 #                                                 # training b12 (steps/s, memory with checkpointing), DSU-Net-L
@@ -130,7 +132,7 @@ case "$part" in
     bench sam2unet_evaluate_bf16 evaluate.py --data "$data" --model sam2-unet --preset large --dtype bfloat16 \
       --batch-size 16 --metric-workers 0 8 ;;
   tracking)
-    bench tracking_head_large_bf16 tracking.py --model visual-prompt --preset large --device cuda --dtype bfloat16 \
+    bench tracking_head_large_bf16 tracking.py --model visual-prompt --preset large --dtype bfloat16 \
       --objects 1 3 --frames 24 ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac

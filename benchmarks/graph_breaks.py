@@ -21,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sam2-unet")
     parser.add_argument("--preset", default=None)
-    parser.add_argument("--size", type=int, default=None, help="input side (default: the model's native size)")
+    parser.add_argument("--size", type=int, default=None, help="input side (default: the model's native size; Hiera models: a multiple of 32)")
     args = parser.parse_args()
     from inference import build, native_inputs
 

@@ -461,3 +461,49 @@ def test_a_variant_push_keeps_the_repos_main_weights(trained_model, offline_hub,
     head = (offline_hub.repo_dir("me/variants") / "refs" / "main").read_text()
     files = {p.name for p in (offline_hub.repo_dir("me/variants") / "snapshots" / head).iterdir()}
     assert {"model.safetensors", "model.fp16.safetensors"} <= files
+
+
+def test_the_card_names_the_weight_files_the_save_wrote(tmp_path):
+    """The card's table said `model.safetensors` after a sharded or variant save, which writes no such file."""
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+
+    def weights_row():
+        return next(line for line in (tmp_path / "m" / "README.md").read_text().splitlines() if "this repository (" in line)
+
+    model.save_pretrained(tmp_path / "m", max_shard_size="100KB")
+    shards = sorted(p.name for p in (tmp_path / "m").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1
+    assert f"`model.safetensors.index.json` and its {len(shards)} shards `{shards[0]}` … `{shards[-1]}`" in weights_row()
+    model.save_pretrained(tmp_path / "m", variant="fp16")
+    assert "(`model.fp16.safetensors`)" in weights_row()
+    model.save_pretrained(tmp_path / "m")
+    assert "(`model.safetensors`)" in weights_row()
+    for template in ("sam2_unet.md", "dsunet.md", "birefnet.md"):  # no template names a fixed file any more
+        from importlib import resources
+
+        assert "`model.safetensors`" not in resources.files("dsunet_hf").joinpath("model_cards", template).read_text()
+
+
+@pytest.mark.parametrize("writer", ["save", "validation_results"])
+def test_a_card_write_that_dies_midway_leaves_the_earlier_card(tmp_path, monkeypatch, writer):
+    """card.save truncated README.md before it rendered the card: a save killed then left an empty card."""
+    from huggingface_hub import ModelCardData
+
+    from dsunet_hf.hub import add_validation_results_to_card
+
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    model.save_pretrained(tmp_path / "m")
+    before = (tmp_path / "m" / "README.md").read_text()
+    card = model.model_card()  # rendered before the write is killed
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ModelCardData, "to_yaml", killed)
+    with pytest.raises(KeyboardInterrupt):
+        if writer == "save":
+            card.save(tmp_path / "m" / "README.md")
+        else:
+            add_validation_results_to_card(tmp_path / "m", {"dice": 0.5}, "data", "data", "m")
+    assert (tmp_path / "m" / "README.md").read_text() == before
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.suffix == ".tmp"] == []

@@ -786,3 +786,24 @@ def test_no_verify_backbone_weights_resumes_anyway_and_older_checkpoints_resume_
         write_transformers_trunk_repo(trunk, tiny_hiera(1))
         assert train(tiny_args(generated_data, run, resume_from_checkpoint="latest", **options))["global_step"] == 3
         assert "checkpoint-2 records no backbone fingerprint" in caplog.text
+
+
+def test_a_recipe_value_of_the_wrong_type_is_named_with_its_file(tmp_path):
+    """`batch_size: abc` was argparse's `argument --batch-size: invalid int value` (no file named, exit 2), and
+    `batch_size: 2.5` was taken as it was."""
+    from dsunet_hf.training import parse_args
+
+    for text, problem in [("batch_size: abc", "batch_size must be an integer, got 'abc'"),
+                          ("batch_size: 2.5", "batch_size must be an integer, got 2.5"),
+                          ("learning_rate: fast", "learning_rate must be a number, got 'fast'"),
+                          ("gradient_checkpointing: maybe", "gradient_checkpointing must be true or false, got 'maybe'"),
+                          ("seed: true", "seed must be an integer, got True")]:
+        (tmp_path / "recipe.yaml").write_text(f"train_data: x\n{text}\n")
+        with pytest.raises(ValueError, match=rf"^\S*recipe\.yaml: {re.escape(problem)}$"):
+            parse_args([str(tmp_path / "recipe.yaml")])
+    # Valid values are taken as before: YAML's 1e-4 is text (argparse's float() reads it), yes/no and 0/1 switches.
+    (tmp_path / "recipe.yaml").write_text("train_data: x\nlearning_rate: 1e-4\nbatch_size: 4\nimage_size: '64'\n"
+                                          "gradient_checkpointing: yes\ntorch_compile: 0\nmax_grad_norm: 1\n")
+    args = parse_args([str(tmp_path / "recipe.yaml")])
+    assert (args.learning_rate, args.batch_size, args.image_size) == (1e-4, 4, 64)
+    assert args.gradient_checkpointing is True and not args.torch_compile and args.max_grad_norm == 1

@@ -273,6 +273,7 @@ def name_card_after_repo(readme: Path, repo_id: str) -> None:
     snippets and the output folder's name in its results: both become the repo's before the upload."""
     from huggingface_hub import ModelCard
 
+    from .files import write_text_atomic
     from .hub import PLACEHOLDER_REPO_ID
 
     if not readme.is_file() or PLACEHOLDER_REPO_ID not in (text := readme.read_text(encoding="utf-8")):
@@ -280,7 +281,7 @@ def name_card_after_repo(readme: Path, repo_id: str) -> None:
     card = ModelCard(text.replace(PLACEHOLDER_REPO_ID, repo_id))
     if card.data.eval_results:
         card.data.model_name = repo_id.split("/")[-1]
-    card.save(readme)
+    write_text_atomic(readme, str(card))  # ModelCard.save empties the file before writing it
 
 
 def _push_folder(folder: str, repo_id: str, *, evaluation: list[str] | None, commit_message: str,

@@ -129,11 +129,53 @@ def repo_link(repo_id: str) -> str:
     return f"`{text}` (a local path)"
 
 
+# How a card names the weights in its table until it is saved beside them (see PackageModelCard.save).
+DEFAULT_WEIGHT_FILES = "`model.safetensors`"
+
+
+def describe_weight_files(folder: str | os.PathLike) -> str | None:
+    """Markdown naming the safetensors weights last saved in ``folder``: one file, or an index and its shards (a
+    variant's own names included), or None where there are none. The newest of them is the one a save just wrote
+    (another variant's may be there beside it)."""
+    folder = Path(folder)
+    candidates = [path for path in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index*.json")]
+                  if path.is_file() and not re.search(r"-\d{5}-of-\d{5}\.safetensors$", path.name)]
+    if not candidates:
+        return None
+    newest = max(candidates, key=lambda path: path.stat().st_mtime_ns)
+    if newest.suffix != ".json":
+        return f"`{newest.name}`"
+    try:
+        shards = sorted(set(json.loads(newest.read_text()).get("weight_map", {}).values()))
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable: the index is named alone
+        shards = []
+    if not shards:
+        return f"`{newest.name}`"
+    named = f"`{shards[0]}`" if len(shards) == 1 else f"`{shards[0]}` … `{shards[-1]}`"
+    return f"`{newest.name}` and its {len(shards)} shard{'s' if len(shards) > 1 else ''} {named}"
+
+
+class PackageModelCard(ModelCard):
+    """A card rendered from this package's templates. :meth:`save` writes it atomically (a killed save never
+    leaves half a card) and names the weight files actually beside it: a sharded (``max_shard_size``) or variant
+    save writes no ``model.safetensors``."""
+
+    def save(self, filepath: str | os.PathLike) -> None:
+        from .files import write_text_atomic
+
+        filepath = Path(filepath)
+        weights = describe_weight_files(filepath.parent)
+        if weights:  # the table's cell, as the template renders it (a card's text is ours: no other such phrase)
+            self.text = self.text.replace(f"this repository ({DEFAULT_WEIGHT_FILES})", f"this repository ({weights})")
+        write_text_atomic(filepath, str(self))
+
+
 def render_model_card(template_name: str, card_data: ModelCardData, **variables) -> ModelCard:
     """Render ``model_cards/<template_name>`` (Jinja) with ``huggingface_hub.ModelCard``; templates link model
-    sources with ``repo_link``."""
+    sources with ``repo_link`` and name the weights with ``weight_files``."""
     template = resources.files("dsunet_hf").joinpath("model_cards", template_name).read_text(encoding="utf-8")
-    return ModelCard.from_template(card_data, template_str=template, repo_link=repo_link, **variables)
+    variables.setdefault("weight_files", DEFAULT_WEIGHT_FILES)
+    return PackageModelCard.from_template(card_data, template_str=template, repo_link=repo_link, **variables)
 
 
 def weight_file_names(variant: str | None = None) -> tuple[str, str]:
@@ -292,7 +334,9 @@ def add_validation_results_to_card(folder: str | os.PathLike, metrics: dict, dat
     card.data.eval_results = [eval_result(dataset, source, "validation", metric, value)
                               for metric, value in metrics.items() if _is_finite_number(value)]
     card.data.model_name = model_name
-    card.save(card_path)
+    from .files import write_text_atomic
+
+    write_text_atomic(card_path, str(card))  # a killed run never leaves half a card
 
 
 def check_evaluation_for_card(reports: list[str | os.PathLike], folder: str | os.PathLike | None = None) -> list[dict]:

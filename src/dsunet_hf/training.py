@@ -163,8 +163,13 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 def read_training_config(path: str | Path) -> dict:
     """Training options from a JSON or YAML file (a mapping of field names, as in ``training_args.json``;
-    ``config_overrides`` may be a mapping). Unknown names are an error naming them."""
+    ``config_overrides`` may be a mapping). Unknown names, and values not of their option's type, are an error
+    naming them."""
+    import argparse
+    import typing
+
     import yaml
+    from transformers.hf_argparser import string_to_bool
 
     path = Path(path)
     if not path.is_file():
@@ -184,6 +189,29 @@ def read_training_config(path: str | Path) -> dict:
     unknown = sorted(set(values) - {f.name for f in fields(TrainingArguments)})
     if unknown:
         raise ValueError(f"{path}: unknown training options {unknown} (see examples/train.py --help)")
+    # argparse converts a file's text values as if they were flags, and its error names the flag, not the file;
+    # numbers and lists it takes unchecked (batch_size: 2.5 reached the DataLoader). So each number and switch is
+    # checked here against its field's type; the values themselves are passed on unchanged.
+    kinds = typing.get_type_hints(TrainingArguments)
+    expected = {int: "an integer", float: "a number", bool: "true or false"}
+    problems = []
+    for name, value in values.items():
+        kind = next(k for k in typing.get_args(kinds[name]) or (kinds[name],) if k is not type(None))
+        if value is None or kind not in expected:
+            continue
+        if isinstance(value, str):
+            try:
+                (string_to_bool if kind is bool else kind)(value)
+                continue
+            except (ValueError, argparse.ArgumentTypeError):
+                pass
+        elif kind is bool and value in (True, False, 0, 1) and not isinstance(value, float):
+            continue
+        elif kind is not bool and not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float)):
+            continue
+        problems.append(f"{name} must be {expected[kind]}, got {value!r}")
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
     if isinstance(values.get("config_overrides"), dict):
         values["config_overrides"] = json.dumps(values["config_overrides"])
     if values.pop("overwrite_output_dir", False):  # a run's own training_args.json, repeated, would delete that run

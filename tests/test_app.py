@@ -496,13 +496,18 @@ def test_the_reference_editor_reads_16_bit_uploads_as_predict_does(tmp_path):
 
     path = tmp_path / "gray16.png"
     Image.fromarray(np.tile(np.linspace(0, 65535, 64), (48, 1)).astype(np.uint16)).save(path)
+    # A transparent upload: its stored colours, as predict and the target's box read it (Gradio put it on white).
+    cutout = np.zeros((48, 64, 4), np.uint8)
+    cutout[..., 0], cutout[24:, :, 3] = 200, 255
+    Image.fromarray(cutout, "RGBA").save(tmp_path / "cutout.png")
     editors = [block for block in build_app(Demo(OneHotMatcher(tiny_config()).eval())).blocks.values()
                if isinstance(block, gradio.ImageEditor)]
     assert len(editors) == 3  # the reference and the two optional ones
     for editor in editors:
-        value = editor.preprocess(EditorData(background=FileData(path=str(path), orig_name=path.name), layers=[]))
-        got = np.asarray(_editor_value(value)[0]).astype(int)
-        assert np.abs(got - np.asarray(load_image(path)).astype(int)).max() <= 1
+        for path in (tmp_path / "gray16.png", tmp_path / "cutout.png"):
+            value = editor.preprocess(EditorData(background=FileData(path=str(path), orig_name=path.name), layers=[]))
+            got = np.asarray(_editor_value(value)[0]).astype(int)
+            assert np.abs(got - np.asarray(load_image(path)).astype(int)).max() <= 1, path.name
 
 
 def test_a_failure_of_the_model_is_one_line_on_the_page_and_a_traceback_in_the_log(caplog):
@@ -518,7 +523,14 @@ def test_a_failure_of_the_model_is_one_line_on_the_page_and_a_traceback_in_the_l
             raise error
         return _shown_as_errors(gradio)(segment)
 
+    class RuntimeException(Exception):  # as onnxruntime raises them (an ONNX repo's page): not RuntimeErrors
+        __module__ = "onnxruntime.capi.onnxruntime_pybind11_state"
+
     for error, expected in [
+            (RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested "
+                              "buffer of size 4294967296"), r"^out of memory \(RuntimeException: .*--max-side"),
+            (RuntimeException("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT"),
+             r"^the model failed \(RuntimeException: .*INVALID_ARGUMENT\); the server's log has details$"),
             (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
              r"^out of memory \(OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\): .*--max-side"),
             (MemoryError(), r"^out of memory \(MemoryError\): try a smaller image .*another --device$"),
@@ -560,3 +572,25 @@ def test_a_video_of_a_format_not_read_here_is_named_not_called_an_unreadable_ima
     with pytest.raises(ValueError, match=r"^clip\.ts: not a video format read here"):
         Demo(OneHotMatcher(tiny_config()).eval()).prompt_video(Image.fromarray(colour_image(REFERENCE_BOXES)),
                                                                 f"point:{P},{P}", str(tmp_path / "clip.ts"))
+
+
+def test_the_license_look_up_gives_up_on_a_hub_that_never_answers(monkeypatch):
+    # huggingface_hub's client has no timeout of its own: `space` hung on a network that holds connections.
+    import socket
+    import threading
+
+    from huggingface_hub import constants
+
+    from dsunet_hf.app import _model_license
+
+    with socket.socket() as server:  # accepts connections, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.2)
+        found = []
+        worker = threading.Thread(target=lambda: found.append(_model_license("me/never-answers")), daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+    assert found == [{}]

@@ -342,13 +342,13 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
         else:
             brush = gr.Brush(colors=["#ff0050"])
             with gr.Row():
-                reference = gr.ImageEditor(type="pil", label="reference: paint over the thing to find", brush=brush,
-                                            image_mode=None)
+                reference = _as_opened(gr.ImageEditor(type="pil", label="reference: paint over the thing to find",
+                                                      brush=brush, image_mode=None))
                 target = gr.Image(type="pil", label="target", image_mode=None)
             prompt_text = gr.Textbox(label="or a prompt on the reference", placeholder="box:x0,y0,x1,y1 | point:x,y")
             with gr.Accordion("more references (optional: several examples find more)", open=False), gr.Row():
-                more = [gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush, image_mode=None)
-                        for number in (2, 3)]
+                more = [_as_opened(gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush,
+                                                  image_mode=None)) for number in (2, 3)]
             run = gr.Button("find", variant="primary")
             outputs = [gr.Image(type="pil", label="references and what was found", format="png"),
                        gr.Image(type="pil", label="mask", format="png")]
@@ -376,6 +376,15 @@ def _video_inputs(gr, smoothing_effect: str):
     return video, smoothing, run
 
 
+def _as_opened(editor):
+    """An image editor whose background reaches the handler as opened: with image_mode=None Gradio puts a transparent
+    upload on white, where ``predict`` and the target's box drop the alpha and keep the stored colours."""
+    convert = getattr(editor, "convert_and_format_image", None)
+    if convert is not None:
+        editor.convert_and_format_image = lambda file, flatten_on_white=False: convert(file)
+    return editor
+
+
 def _has_pyav() -> bool:
     import importlib.util
 
@@ -390,10 +399,13 @@ def _failure_message(error: BaseException) -> str | None:
     """The one line the page shows for a failure of the model (out of memory, a RuntimeError of torch or
     onnxruntime), or None for other errors (programming errors: Gradio's own "Error", traceback in the log)."""
     first_line = (str(error).strip().splitlines() or [""])[0]
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
-            isinstance(error, RuntimeError) and re.search(r"out of memory|not enough memory", first_line, re.I)):
+    # onnxruntime's errors (an ONNX repo's page) are Exceptions of its own, not RuntimeErrors.
+    model_error = (isinstance(error, RuntimeError) and not isinstance(error, (NotImplementedError, RecursionError))
+                   ) or type(error).__module__.startswith("onnxruntime")
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (model_error and re.search(
+            r"out of memory|not enough memory|failed to allocate memory", first_line, re.I)):
         return f"out of memory ({type(error).__name__}{': ' + first_line if first_line else ''}): {OUT_OF_MEMORY_REMEDY}"
-    if isinstance(error, RuntimeError) and not isinstance(error, (NotImplementedError, RecursionError)):
+    if model_error:
         return f"the model failed ({type(error).__name__}: {first_line or 'no message'}); the server's log has details"
     return None
 
@@ -410,7 +422,7 @@ def _shown_as_errors(gr):
                 return handler(*args)
             except (ValueError, ImportError) as error:  # bad input; a missing extra names itself
                 raise gr.Error(str(error)) from error
-            except (MemoryError, RuntimeError) as error:
+            except Exception as error:  # what is not a failure of the model is raised again
                 message = _failure_message(error)
                 if message is None:  # NotImplementedError, RecursionError: a bug, Gradio's generic "Error"
                     raise
@@ -503,7 +515,9 @@ def _model_license(model: str) -> dict:
         elif constants.HF_HUB_OFFLINE:
             return {}
         else:
-            data = (HfApi().model_info(model, expand=["cardData"]).card_data or {})
+            # huggingface_hub sets no timeout of its own: a network that holds the connection would hang `space`.
+            data = (HfApi().model_info(model, expand=["cardData"], timeout=constants.HF_HUB_ETAG_TIMEOUT).card_data
+                    or {})
             data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
     except Exception as error:  # optional metadata: a network, HTTP or card-format error leaves it out
         logger.info("the license of %s is not known (%s: %s)", model, type(error).__name__, error)

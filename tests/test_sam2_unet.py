@@ -245,6 +245,27 @@ def test_bad_config_values_are_refused():
     assert Sam2UNetConfig(lora_alpha=0.5, lora_dropout=0.0).lora_alpha == 0.5
 
 
+
+def test_from_pretrained_overrides_are_checked_like_the_file(tmp_path):
+    """transformers set from_pretrained(..., field=value) overrides with setattr, past the config's checks: a DSU-Net
+    with too large a fusion_reduction failed later with an IndexError, rfb_channels=0 with a ZeroDivisionError."""
+    from transformers import AutoConfig, AutoModelForImageSegmentation
+
+    from dsunet_hf import DSUNetConfig
+
+    Sam2UNetConfig().save_pretrained(tmp_path / "sam2unet")
+    DSUNetConfig().save_pretrained(tmp_path / "dsunet")
+    with pytest.raises(ValueError, match="^rfb_channels must be a positive integer, got 0$"):
+        AutoConfig.from_pretrained(tmp_path / "sam2unet", rfb_channels=0)
+    with pytest.raises(ValueError, match="fusion_reduction"):
+        DSUNetConfig.from_pretrained(tmp_path / "dsunet", fusion_reduction=5000)
+    with pytest.raises(ValueError, match="fusion_reduction"):  # the model's from_pretrained passes them on too
+        AutoModelForImageSegmentation.from_pretrained(tmp_path / "dsunet", fusion_reduction=5000)
+    config, unused = Sam2UNetConfig.from_pretrained(tmp_path / "sam2unet", image_size=64, not_a_field=1,
+                                                    return_unused_kwargs=True)
+    assert config.image_size == 64 and unused == {"not_a_field": 1}
+
+
 def test_training_on_one_image_whose_deepest_map_is_1x1_is_a_clear_error():
     """PyTorch's "Expected more than 1 value per channel when training" came from deep inside RFB4."""
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).train()

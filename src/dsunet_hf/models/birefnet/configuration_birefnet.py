@@ -14,6 +14,7 @@ from transformers import PreTrainedConfig
 
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
+from ..checked_config import CheckedOverrides
 
 BACKBONES = ("swin_v1_t", "swin_v1_s", "swin_v1_b", "swin_v1_l", "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5")
 MULTI_SCALE_INPUTS = ("", "add", "cat")
@@ -77,7 +78,7 @@ def _size_pair(value, name: str) -> list[int]:
     return pair
 
 
-class BiRefNetConfig(PreTrainedConfig):
+class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
     """BiRefNet configuration. Defaults are the general-use ``ZhengPeng7/BiRefNet`` model (Swin-L, 1024²).
 
     Args:

@@ -8,6 +8,7 @@ from transformers.utils import logging
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
 from ...labels import set_default_labels
+from ..checked_config import CheckedOverrides
 
 logger = logging.get_logger(__name__)
 
@@ -32,7 +33,7 @@ trade name|microwave|pot|animal|bicycle|lake|dishwasher|screen|blanket|sculpture
 ashcan|fan|pier|crt screen|plate|monitor|bulletin board|shower|radiator|glass|clock|flag""".replace("\n", "").split("|")
 
 
-class Dinov2SegConfig(PreTrainedConfig):
+class Dinov2SegConfig(CheckedOverrides, PreTrainedConfig):
     """DINOv2 linear / multi-layer segmentation head configuration (defaults: ViT-L/14, linear, VOC labels).
 
     Args:

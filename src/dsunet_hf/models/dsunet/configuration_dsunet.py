@@ -9,10 +9,11 @@ from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_d
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
 from ...losses import BCE_WEIGHTINGS
+from ..checked_config import CheckedOverrides
 from ..sam2_unet.configuration_sam2_unet import check_loss_weights, check_positive_int
 
 
-class DSUNetConfig(PreTrainedConfig):
+class DSUNetConfig(CheckedOverrides, PreTrainedConfig):
     """DSU-Net configuration. Defaults reproduce the paper's model (SAM 2.1 Hiera-L at 352 px, DINOv2-L at 518 px).
 
     Args:

@@ -10,6 +10,7 @@ from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_d
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
+from ..checked_config import CheckedOverrides
 
 
 def check_positive_int(name: str, value) -> None:
@@ -29,7 +30,7 @@ def check_loss_weights(weights, order: str) -> list[float]:
     return [float(w) for w in weights]
 
 
-class Sam2UNetConfig(PreTrainedConfig):
+class Sam2UNetConfig(CheckedOverrides, PreTrainedConfig):
     """SAM2-UNet configuration. Defaults reproduce the paper's model (SAM 2.0 Hiera-L, 352 px).
 
     Args:

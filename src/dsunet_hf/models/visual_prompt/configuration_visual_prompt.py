@@ -7,6 +7,7 @@ from transformers import Dinov2Config, PreTrainedConfig
 
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
+from ..checked_config import CheckedOverrides
 
 MATCHING_MODES = ("prototype", "bidirectional")
 
@@ -32,7 +33,7 @@ def _check_layer(layer: int, depth: int, what: str) -> None:
         raise ValueError(f"{what} {layer} is out of range for a {depth}-block DINOv2 (use 1..{depth} or -{depth}..-1)")
 
 
-class VisualPromptMatcherConfig(PreTrainedConfig):
+class VisualPromptMatcherConfig(CheckedOverrides, PreTrainedConfig):
     """Reference image + visual prompt -> target mask, without training (defaults: DINOv2 ViT-L/14 at 518 px).
 
     Args:
@@ -129,7 +130,7 @@ def default_feature_layers(depth: int) -> list[int]:
     return sorted({max(1, depth * k // 4) for k in range(1, 5)})
 
 
-class VisualPromptConfig(PreTrainedConfig):
+class VisualPromptConfig(CheckedOverrides, PreTrainedConfig):
     """Trained visual in-context segmentation head (DINOv / SINE-like) on frozen DINOv2 (defaults: ViT-L/14, 518 px).
 
     A reference image with a visual prompt (mask, box, scribble or point, rasterised to a mask) becomes one

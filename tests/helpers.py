@@ -1,4 +1,4 @@
-"""Builders for tiny backbone checkpoints in the layouts found on the Hub, and a model with known outputs."""
+"""Builders for tiny backbone checkpoints in the layouts found on the Hub, a model with known outputs, and input folders."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from conftest import TINY_HIERA
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -29,6 +30,16 @@ def tiny_hiera(seed: int = 1) -> Sam2HieraDetModel:
         model.pos_embed.normal_()
         model.pos_embed_window.normal_()
     return model
+
+
+def write_photos_and_a_bad_file(folder: Path, count: int) -> list[str]:
+    """``count`` small photos ``0.png``... of different widths in a new ``folder``, and ``bad.png``, which is not an
+    image (predict reports it as failed, the rest go on): the photos' paths."""
+    folder.mkdir()
+    for i in range(count):
+        Image.new("RGB", (40 + i, 30), (i * 30, 100, 50)).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    return [str(folder / f"{i}.png") for i in range(count)]
 
 
 def to_official_name(key: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_SIZE, tiny_sam2_unet_config
-from PIL import Image
+from helpers import write_photos_and_a_bad_file
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 
@@ -87,10 +87,7 @@ def test_two_processes_share_list_resume_and_fail_together(tmp_path):
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
     images = tmp_path / "images"
-    images.mkdir()
-    for i in range(4):
-        Image.new("RGB", (40 + i, 30), (i * 50, 100, 50)).save(images / f"{i}.png")
-    (images / "bad.png").write_bytes(b"not an image")
+    png = write_photos_and_a_bad_file(images, 4)
     clips = []
     if importlib.util.find_spec("av"):  # in a folder sorted after the photos
         from test_video import square_frame, write_video
@@ -106,7 +103,6 @@ def test_two_processes_share_list_resume_and_fail_together(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     log = result.stderr[-3000:]
     ranks = [json.loads((results / f"{rank}.json").read_text()) for rank in (0, 1)]
-    png = [str(images / f"{i}.png") for i in range(4)]
 
     # 1. Every process raises at once (not the others waiting in the broadcast for the group's timeout), the main
     # process its own error, the other one naming it and its cause.

@@ -370,11 +370,10 @@ def test_two_processes_split_the_files_and_write_each_output_once(artifact, tmp_
     import sys
 
     _, folder = artifact
+    from helpers import write_photos_and_a_bad_file
+
     images = tmp_path / "many"
-    images.mkdir()
-    for i in range(7):
-        Image.new("RGB", (40 + i, 30), (i * 30, 100, 50)).save(images / f"{i}.png")
-    (images / "bad.png").write_bytes(b"not an image")
+    write_photos_and_a_bad_file(images, 7)
     videos = []
     if importlib.util.find_spec("av"):  # videos are split between the processes too, whole
         from test_video import square_frame, write_video

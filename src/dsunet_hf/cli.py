@@ -116,7 +116,7 @@ def _predict(args) -> int:
 
     from .distributed import process_state
     from .onnx_export import OnnxSegmentationModel, is_onnx_export
-    from .predict import check_inputs, load_model_and_processor, predict_files
+    from .predict import check_inputs, class_map_refusal, load_model_and_processor, predict_files
     from .prompt_predict import visual_prompt_model_type
 
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0)):
@@ -169,8 +169,7 @@ def _predict(args) -> int:
                        "--threshold": args.threshold is not None, "--minmax-normalize": args.minmax_normalize,
                        "--crop-refine": args.crop_refine}
     if getattr(model, "predicts_class_maps", False) and any(foreground_only.values()):  # named as flags, not keywords
-        raise SystemExit(f"predict: {', '.join(k for k, v in foreground_only.items() if v)}: for models that predict "
-                         f"one foreground map; {args.model} predicts class maps (palette masks, --overlay)")
+        raise SystemExit(f"predict: {class_map_refusal(foreground_only, args.model)}")
     try:
         report = predict_files(
             model, processor, args.inputs, args.output_dir, batch_size=args.batch_size, threshold=args.threshold,

@@ -123,26 +123,23 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor,
 
 
 def _alpha_values(alpha: np.ndarray, what: str) -> np.ndarray:
-    """Alpha in [0, 1] (float32) from mask values, read by their type as ``image_io.load_mask`` reads masks: bool
-    and 0/1 integers as they are (``(p > 0.5).astype(np.uint8)``, a 0/1 PNG), other integers as 8-bit levels, a
-    uint16 mask above 255 as 16-bit levels. Floats are alpha already (checked to be in [0, 1] later)."""
-    alpha = alpha.astype(alpha.dtype.newbyteorder("="), copy=False)  # big-endian ("I;16B") is uint16 too
+    """Alpha in [0, 1] (float32) from mask values: floats and bools as they are (floats checked to be in [0, 1]
+    later), integers by ``image_io``'s mask reading (0/1 as is, 8-bit levels, a uint16 mask above 255 as 16-bit
+    levels), refusing the integers that have no level scale to go by."""
+    from .image_io import _mask_values
+
     if alpha.dtype == np.bool_ or np.issubdtype(alpha.dtype, np.floating):
         return alpha.astype(np.float32)
     if not np.issubdtype(alpha.dtype, np.integer):
         raise ValueError(f"{what} must be a bool, integer or float mask, got dtype {alpha.dtype}")
-    peak = int(alpha.max(initial=0))
     if alpha.min(initial=0) < 0:
         raise ValueError(f"{what} of dtype {alpha.dtype} has negative values: pass alpha as floats in [0, 1]")
-    if peak <= 1:
-        return alpha.astype(np.float32)
-    if peak <= 255:
-        return alpha.astype(np.float32) / 255
-    if alpha.dtype == np.uint16:
-        return (alpha / 65535).astype(np.float32)
-    # e.g. an int64 array of 0..1000: neither 8-bit nor 16-bit levels, so there is no scale to guess
-    raise ValueError(f"{what} of dtype {alpha.dtype} has values up to {peak}: pass alpha as floats in [0, 1] "
-                     f"(8-bit masks 0..255, 16-bit masks as uint16 0..65535)")
+    peak = int(alpha.max(initial=0))
+    if peak > 255 and alpha.dtype.newbyteorder("=") != np.uint16:  # big-endian ("I;16B") is uint16 too
+        # e.g. an int64 array of 0..1000: neither 8-bit nor 16-bit levels (load_mask would divide it by its max)
+        raise ValueError(f"{what} of dtype {alpha.dtype} has values up to {peak}: pass alpha as floats in [0, 1] "
+                         f"(8-bit masks 0..255, 16-bit masks as uint16 0..65535)")
+    return _mask_values(alpha)
 
 
 def refine_foreground(image: Image.Image, alpha: np.ndarray | Image.Image, device: str | torch.device = "cpu",

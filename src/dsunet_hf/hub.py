@@ -133,38 +133,34 @@ def repo_link(repo_id: str) -> str:
 DEFAULT_WEIGHT_FILES = "`model.safetensors`"
 
 
-def describe_weight_files(folder: str | os.PathLike) -> str | None:
-    """Markdown naming the safetensors weights last saved in ``folder``: one file, or an index and its shards (a
-    variant's own names included), or None where there are none. The newest of them is the one a save just wrote
-    (another variant's may be there beside it)."""
-    folder = Path(folder)
-    candidates = [path for path in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index*.json")]
-                  if path.is_file() and not re.search(r"-\d{5}-of-\d{5}\.safetensors$", path.name)]
-    if not candidates:
+def describe_weight_files(folder: str | os.PathLike, variant: str | None = None) -> str | None:
+    """Markdown naming the safetensors weights of ``variant`` in ``folder``: one file, or an index and its shards, or
+    None where there are none (a save leaves one layout per variant: :func:`remove_stale_weights`)."""
+    single, index = (Path(folder) / name for name in weight_file_names(variant))
+    if single.is_file():
+        return f"`{single.name}`"
+    if not index.is_file():
         return None
-    newest = max(candidates, key=lambda path: path.stat().st_mtime_ns)
-    if newest.suffix != ".json":
-        return f"`{newest.name}`"
     try:
-        shards = sorted(set(json.loads(newest.read_text()).get("weight_map", {}).values()))
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
     except (OSError, ValueError, AttributeError, TypeError):  # unreadable: the index is named alone
         shards = []
     if not shards:
-        return f"`{newest.name}`"
+        return f"`{index.name}`"
     named = f"`{shards[0]}`" if len(shards) == 1 else f"`{shards[0]}` … `{shards[-1]}`"
-    return f"`{newest.name}` and its {len(shards)} shard{'s' if len(shards) > 1 else ''} {named}"
+    return f"`{index.name}` and its {len(shards)} shard{'s' if len(shards) > 1 else ''} {named}"
 
 
 class PackageModelCard(ModelCard):
     """A card rendered from this package's templates. :meth:`save` writes it atomically (a killed save never
     leaves half a card) and names the weight files actually beside it: a sharded (``max_shard_size``) or variant
-    save writes no ``model.safetensors``."""
+    save writes no ``model.safetensors`` (``weights_variant``: the variant saved, if any)."""
 
     def save(self, filepath: str | os.PathLike) -> None:
         from .files import write_text_atomic
 
         filepath = Path(filepath)
-        weights = describe_weight_files(filepath.parent)
+        weights = describe_weight_files(filepath.parent, getattr(self, "weights_variant", None))
         if weights:  # the table's cell, as the template renders it (a card's text is ours: no other such phrase)
             self.text = self.text.replace(f"this repository ({DEFAULT_WEIGHT_FILES})", f"this repository ({weights})")
         write_text_atomic(filepath, str(self))

@@ -541,6 +541,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             for tag in [*(getattr(self, "model_tags", None) or []), *extra_tags]:
                 if tag not in card.data.tags:
                     card.data.tags.append(tag)
+            card.weights_variant = kwargs.get("variant")  # the card names the weight files this save wrote
             card.save(os.path.join(save_directory, "README.md"))
             # The card's usage (AutoImageProcessor, pipeline) reads the processor from the same folder; one that is
             # there already was saved on purpose and stays.

@@ -902,8 +902,7 @@ def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors
     if threshold is not None and not 0 <= threshold <= 1:  # e.g. 128 meant on the 0..255 masks: all black (NaN too)
         raise ValueError(f"threshold={threshold}: it applies to the foreground probabilities, between 0 and 1")
     if semantic and any(foreground_only.values()):
-        raise ValueError(f"{', '.join(k for k, v in foreground_only.items() if v)}: for models that predict one "
-                         f"foreground map; {type(model).__name__} predicts class maps (palette masks, --overlay)")
+        raise ValueError(class_map_refusal(foreground_only, type(model).__name__))
     if foreground_only["crop_refine"] and not (math.isfinite(crop_margin) and crop_margin >= 0):
         raise ValueError(f"crop_margin must be >= 0 and finite (a fraction of the foreground box's longer side), got "
                          f"{crop_margin}")
@@ -911,6 +910,12 @@ def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors
         raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
                          f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
     check_resolution(model, processor, resolution, semantic)
+
+
+def class_map_refusal(given: dict[str, bool], model_name: str) -> str:
+    """The refusal of foreground-map options (``given``: their names, as keywords or flags) for a class-map model."""
+    return (f"{', '.join(k for k, v in given.items() if v)}: for models that predict one foreground map; {model_name} "
+            f"predicts class maps (palette masks, --overlay)")
 
 
 def check_resolution(model, processor, resolution: str, semantic: bool = False) -> None:

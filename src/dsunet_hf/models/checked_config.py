@@ -1,8 +1,27 @@
-"""Keyword overrides of ``from_pretrained`` checked like the config file's values."""
+"""Checks shared by the model configs, and keyword overrides of ``from_pretrained`` checked like the config file's
+values."""
 
 from __future__ import annotations
 
 import inspect
+import math
+
+
+def check_positive_int(name: str, value) -> None:
+    """Refuse what would otherwise fail later as an opaque tensor-shape error (a float, a string, 0 or less)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_loss_weights(weights, order: str) -> list[float]:
+    """Three finite, non-negative numbers, not all zero (a negative weight would train that output away from the
+    labels, all zeros would train nothing)."""
+    numbers = isinstance(weights, (list, tuple)) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+    )
+    if not numbers or len(weights) != 3 or not any(weights):
+        raise ValueError(f"loss_weights needs 3 non-negative numbers, not all 0 ({order}), got {weights!r}")
+    return [float(w) for w in weights]
 
 
 class CheckedOverrides:

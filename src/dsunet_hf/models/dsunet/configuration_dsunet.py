@@ -9,8 +9,7 @@ from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_d
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
 from ...losses import BCE_WEIGHTINGS
-from ..checked_config import CheckedOverrides
-from ..sam2_unet.configuration_sam2_unet import check_loss_weights, check_positive_int
+from ..checked_config import CheckedOverrides, check_loss_weights, check_positive_int
 
 
 class DSUNetConfig(CheckedOverrides, PreTrainedConfig):

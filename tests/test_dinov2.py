@@ -125,6 +125,10 @@ def test_non_square_input():
     backbone = tiny_backbone()
     with torch.no_grad():
         assert backbone(torch.randn(1, 3, 28, 70)).shape == (1, 32, 2, 5)
+        # Sides that are not multiples of 14: the stride-14 patch embedding dropped the border pixels silently.
+        for call in (backbone, lambda x: backbone.forward_layers(x, [-1]), lambda x: backbone.block_tokens(x, [1])):
+            with pytest.raises(ValueError, match=r"multiples of the patch size 14, got 30x70 \(pad the image first\)"):
+                call(torch.randn(1, 3, 30, 70))
 
 
 # --- presets and counts ----------------------------------------------------------------------------

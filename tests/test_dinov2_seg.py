@@ -266,6 +266,27 @@ def test_a_two_class_config_reloads_with_its_classes_and_names_need_no_gaps(tmp_
         tiny(id2label={0: "a", 1: "b", 3: "d"})
 
 
+def test_a_two_class_artifact_saved_without_its_classes_still_loads(tmp_path):
+    """Artifacts saved before the classes were always written hold no id2label / num_labels at all for 2 classes:
+    they were read as the 21 VOC classes and the saved 2-output head was refused (shape mismatch)."""
+    import json
+
+    model = randomized(Dinov2ForSemanticSegmentation(tiny(id2label=None, num_labels=2, head_type="linear")))
+    model.save_pretrained(tmp_path, include_backbone=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("id2label", "label2id"):  # as the older to_diff_dict wrote it
+        del config[key]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = Dinov2ForSemanticSegmentation.from_pretrained(tmp_path)
+    assert loaded.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, loaded(x).logits)
+    # A dict without the bookkeeping of a saved file keeps the default classes; an explicit count is kept.
+    assert Dinov2SegConfig.from_dict({"backbone_preset": "small"}).num_labels == 21
+    assert Dinov2SegConfig.from_pretrained(tmp_path, num_labels=4).num_labels == 4
+
+
 def test_ade20k_heads_convert_with_reduced_labels(tmp_path):
     """ADE20K annotations are 1..150 with 0 = other (the heads were trained with reduce_zero_label): the converted
     artifact's processor records it, so that `dsunet-hf evaluate` reads ADE20K masks correctly by itself."""

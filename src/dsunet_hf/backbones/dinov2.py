@@ -151,7 +151,17 @@ class DINOv2Backbone(nn.Module):
         rows, cols = height // self.patch_size, width // self.patch_size
         return patches.reshape(patches.shape[0], rows, cols, patches.shape[-1]).permute(0, 3, 1, 2).contiguous()
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """The patch embedding (a stride-14 conv) would silently drop the rows and columns past the last whole
+        patch; upstream's asserts the same. Pad first (the DINOv2 heads centre-pad as upstream)."""
+        patch = self.patch_size
+        if height % patch or width % patch or height < 1 or width < 1:
+            raise ValueError(f"DINOv2Backbone: input height and width must be multiples of the patch size {patch}, "
+                             f"got {height}x{width} (pad the image first)")
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():  # traced sizes may be symbolic; the models pad or check first too
+            self.check_input_size(*pixel_values.shape[-2:])
         tokens = self.encoder(pixel_values).last_hidden_state  # already through the final LayerNorm
         return self._to_map(tokens, *pixel_values.shape[-2:])
 
@@ -168,6 +178,8 @@ class DINOv2Backbone(nn.Module):
 
         Runs the embeddings and blocks directly rather than ``output_hidden_states=True``: transformers'
         output capturing enters a lock that torch.compile cannot trace (a graph break per call)."""
+        if not torch.compiler.is_compiling():
+            self.check_input_size(*pixel_values.shape[-2:])
         hidden = self.encoder.embeddings(pixel_values)
         wanted, tokens = set(indices), {}
         for index, block in enumerate(self.encoder.encoder.layer[: max(indices)], start=1):

@@ -137,6 +137,16 @@ class Dinov2SegConfig(CheckedOverrides, PreTrainedConfig):
             diff.setdefault(key, full[key])
         return diff
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # A saved config.json (it records transformers_version) always names its classes since to_diff_dict does;
+        # one written earlier without any is a 2-class head whose LABEL_0 / LABEL_1 transformers left out as its
+        # own default (read as the 21 VOC classes, its head failed to load). Dicts built by hand keep VOC.
+        if ("transformers_version" in config_dict and "num_labels" not in kwargs
+                and not {"id2label", "num_labels"} & set(config_dict)):
+            config_dict = {**config_dict, "num_labels": 2}
+        return super().from_dict(config_dict, **kwargs)
+
     def get_dino_config(self) -> Dinov2Config:
         return dinov2_config(self.backbone_preset, **self.dino_config)
 

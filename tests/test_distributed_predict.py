@@ -60,6 +60,18 @@ if rank == 0:
     P.is_finished = unreadable
 run("listing", [images])
 P.is_finished = finished
+# 1b. Listing the inputs fails on the main process only (a folder unreadable from its node): every process raises at
+# once; the inputs are listed by the main process alone, so a listing failing on another process alone cannot be.
+collect, listed = P.collect_images, []
+def collect_or_fail(*args, **kwargs):
+    listed.append(rank)
+    if rank == 0:
+        raise PermissionError(13, "Permission denied", str(images / "clips"))
+    return collect(*args, **kwargs)
+P.collect_images = collect_or_fail
+run("inputs", [images])
+P.collect_images = collect
+done["inputs"]["listed"] = listed
 # 2. Images, a bad file and videos; 3. a re-run after two outputs were lost (a killed run); 4. nothing left to do;
 # 5. fewer inputs left than processes.
 run("first", [images])
@@ -110,6 +122,10 @@ def test_two_processes_share_list_resume_and_fail_together(tmp_path):
     assert ranks[1]["listing"]["error"].startswith(
         "OSError: process 0 of 2 failed (PermissionError: [Errno 13] Permission denied"), (ranks[1], log)
     assert ranks[1]["listing"]["seconds"] < 10
+    assert ranks[0]["inputs"]["error"].startswith("PermissionError: [Errno 13] Permission denied"), ranks[0]["inputs"]
+    assert ranks[1]["inputs"]["error"].startswith(
+        "OSError: process 0 of 2 failed (PermissionError: [Errno 13] Permission denied"), (ranks[1]["inputs"], log)
+    assert ranks[1]["inputs"]["seconds"] < 10 and ranks[1]["inputs"]["listed"] == []
     assert result.returncode == 0, log
 
     # 2. Each output written by one process; the videos shared out (not both to the process with the last photos);

@@ -304,6 +304,23 @@ def test_sound_goes_into_the_viewable_outputs(tmp_path, processor, suffix, audio
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".audio"]
 
 
+def test_transport_program_and_3gpp_streams_are_read_as_videos(tmp_path, processor):
+    # .ts / .mts (camcorders, recorders), .mpg (DVD, old cameras), .3gp (old phones): FFmpeg reads them, but they
+    # were left out of folders and, named, read as images ("cannot identify image file").
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    frames = [square_frame(i) for i in range(6)]
+    clips = [write_video_with_sound(folder / "cam.ts", frames, "mp2", seconds=0.3),
+             write_video_with_sound(folder / "dvd.MPG", frames, "mp2", seconds=0.3, video_codec="mpeg2video"),
+             write_video(folder / "phone.3gp", frames)]
+    report = predict_files(RedChannelModel(), processor, [folder], tmp_path / "out", overlay=True, progress=False)
+    assert sorted(report.written) == sorted(map(str, clips)) and not report.failed
+    for clip in clips:
+        masks, seconds = decoded(tmp_path / "out" / "masks" / f"{clip.stem}.mp4")
+        assert len(masks) == len(frames) and seconds == pytest.approx(decoded(clip)[1], abs=1e-3)
+    assert audio_of(tmp_path / "out" / "overlays" / "cam.mp4")[0] == "aac"  # MP2 sound re-encoded, as it is not copied
+
+
 def first_sound_time(path: Path) -> float:
     with av.open(str(path)) as container:
         frame = next(container.decode(audio=0))
@@ -338,6 +355,42 @@ def test_a_sound_failure_keeps_the_pictures(tmp_path, processor, monkeypatch, ca
         report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, progress=False)
     assert report.written == [str(clip)] and audio_of(tmp_path / "out" / "overlays" / "clip.mp4") is None
     assert "clip.mp4: the sound could not be put into overlays" in caplog.text
+
+
+def test_a_run_killed_while_the_sound_goes_in_leaves_nothing_the_next_run_keeps(tmp_path):
+    # The sound was muxed into "<temporary video>.audio", a name the next run's clean-up did not know: a run killed
+    # then (SIGKILL, out of memory) left a hidden copy of the video in the output folder for ever.
+    import heapq
+    import shutil
+
+    from dsunet_hf.files import STALE_TEMPORARY_SECONDS
+    from dsunet_hf.predict import remove_leftover_temporaries
+    from dsunet_hf.video import add_audio
+
+    clip = write_video_with_sound(tmp_path / "clip.mp4", [square_frame(i) for i in range(5)], "aac", seconds=0.2)
+    folder = tmp_path / "out" / "overlays"
+    folder.mkdir(parents=True)
+    pictures = shutil.copy(clip, folder / ".clip.mp4.abcd1234.tmp")  # named as predict_video names its temporaries
+    merge = heapq.merge
+    pid = os.fork()
+    if pid == 0:  # the killed run: it ends at once, with no clean-up, while the packets are being muxed
+        def killed(*iterables, **kwargs):
+            for index, item in enumerate(merge(*iterables, **kwargs)):
+                if index == 3:
+                    os._exit(0)
+                yield item
+
+        heapq.merge = killed
+        try:
+            add_audio(Path(pictures), clip, "mp4")
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0  # killed while muxing
+    assert len(list(folder.iterdir())) == 2  # the pictures and the file the sound went into
+    for path in folder.iterdir():
+        os.utime(path, (time.time() - 2 * STALE_TEMPORARY_SECONDS,) * 2)
+    remove_leftover_temporaries(tmp_path / "out")
+    assert list(folder.iterdir()) == []
 
 
 class FlickeringRedChannelModel(RedChannelModel):
@@ -433,7 +486,12 @@ def test_cover_art_is_not_taken_for_the_video(monkeypatch):
 
     cover = SimpleNamespace(disposition=av.stream.Disposition.attached_pic)
     real = SimpleNamespace(disposition=av.stream.Disposition(0))
-    container = SimpleNamespace(streams=SimpleNamespace(video=[cover, real]), close=lambda: None)
+    class Streams(list):  # all the streams; .video: the video ones
+        pass
+
+    streams = Streams([cover, real])
+    streams.video = [cover, real]
+    container = SimpleNamespace(streams=streams, close=lambda: None)
     monkeypatch.setattr(av, "open", lambda path: container)
     assert video._open_video("song.mp4") == (container, real)
     container.streams.video = [cover]
@@ -583,6 +641,16 @@ def test_a_video_cut_after_its_header_is_said_to_be_damaged_naming_the_file(tmp_
     with pytest.raises(ValueError) as raised:
         list(read_video(cut))
     assert str(raised.value) == f"{cut}: no frame could be decoded (the video is damaged or cut short)"
+    # A whole video of no frames (declaring none, holding none; an MP4 of an empty track opens with no stream) is said
+    # to be empty, not damaged.
+    for empty in (tmp_path / "empty.avi", tmp_path / "empty.mp4"):
+        with av.open(str(empty), "w") as container:
+            stream = container.add_stream("mpeg4", rate=25)
+            stream.width, stream.height = WIDTH, HEIGHT
+            container.start_encoding()
+        with pytest.raises(ValueError) as raised:
+            list(read_video(empty))
+        assert str(raised.value) == f"{empty}: has no frames (an empty video): nothing to predict"
     # A file that does not open: one line naming the file once, and what it may be.
     (tmp_path / "header.mkv").write_bytes(whole.read_bytes()[:40])
     (tmp_path / "text.mp4").write_bytes(b"not a video")

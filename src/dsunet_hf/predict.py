@@ -676,11 +676,10 @@ def predict_files(
     report = PredictionReport()
     processor = processor_for_model(processor, model)  # one saved before its order was: resized as its upstream
     check_batch_options(output_dir, batch_size)
-    images = collect_images(inputs, exclude=output_dir)  # on every process, so that a bad input raises everywhere, not only on one
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (background is not None)
     stop = ProcessFailures(state)  # a process that fails makes the others stop: at the listing or their next batch
-    pending, report.skipped_existing = _pending_inputs(images, output_dir, kinds, semantic, overwrite, state, stop)
+    pending, report.skipped_existing = _pending_inputs(inputs, output_dir, kinds, semantic, overwrite, state, stop)
     _check_prediction_options(
         model, processor, semantic, cutout_colors=cutout_colors, resolution=resolution, schedule=schedule,
         crop_margin=crop_margin, threshold=threshold, foreground_only={"cutout": cutout, "background": background is not None,
@@ -864,17 +863,20 @@ def remove_leftover_temporaries(output_dir: Path) -> list[Path]:
     return removed
 
 
-def _pending_inputs(images: list[tuple[Path, Path]], output_dir: Path, kinds: list[str], semantic: bool,
+def _pending_inputs(inputs: list[str | Path], output_dir: Path, kinds: list[str], semantic: bool,
                     overwrite: bool, state, stop) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """The (path, name) pairs still to predict and the paths whose outputs are already there, listed by the main
-    process and sent to every other: a process that scanned the output folder after another one had started
-    writing would see different "already present" files and split a different list. The main process first removes
-    what a killed run left (before the others start writing). Should that or the listing fail there, its error is
-    sent instead and every process raises it (``stop``: a :class:`~dsunet_hf.distributed.ProcessFailures`), rather
-    than the others waiting in the broadcast for the group's timeout (30 minutes) when the main process lives on."""
+    """The (path, name) pairs of ``inputs`` still to predict and the paths whose outputs are already there, listed
+    by the main process alone and sent to every other: processes listing the inputs (files still arriving, a
+    permission error on one node) or the output folder (another process already writing) each on their own would
+    split different lists, or fail on some processes only, which the others would wait for at the next collective.
+    The main process first removes what a killed run left (before the others start writing). Should that or the
+    listing fail there, its error is sent instead and every process raises it (``stop``: a
+    :class:`~dsunet_hf.distributed.ProcessFailures`), rather than the others waiting in the broadcast for the
+    group's timeout (30 minutes) when the main process lives on."""
     pending, skipped_existing, failure, error = [], [], None, None
     if state.is_main_process:
         try:
+            images = collect_images(inputs, exclude=output_dir)
             remove_leftover_temporaries(output_dir)
             for path, name in images:
                 if not overwrite and is_finished(output_dir, path, name, kinds, semantic):

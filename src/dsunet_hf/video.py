@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +43,9 @@ from .files import atomic_path
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
+# What FFmpeg reads of what cameras, phones and recorders write: MPEG transport streams (.ts; AVCHD .mts / .m2ts), MPEG
+# program streams (.mpg, .mpeg: DVD, old cameras), 3GPP (old phones). Their outputs are .mp4 / .mov / .mkv as any video's.
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".3gp"}
 
 
 class VideoFormat(NamedTuple):
@@ -106,8 +107,11 @@ def _open_video(path: str | Path):
     cover = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
     streams = [stream for stream in container.streams.video if not (cover and stream.disposition & cover)]
     if not streams:
+        # An MP4 or MOV whose tracks hold no sample (a recording stopped at once) opens with no stream at all.
+        empty = len(container.streams) == 0
         container.close()
-        raise VideoReadError(f"{path}: has no video stream")
+        raise VideoReadError(f"{path}: has no frames (an empty video): nothing to predict" if empty
+                             else f"{path}: has no video stream")
     return container, streams[0]
 
 
@@ -131,7 +135,12 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
             reason = getattr(error, "strerror", None) or str(error)  # without the file name FFmpeg repeats
             raise VideoReadError(f"{path}: decoding failed at frame {index} ({reason}: damaged or cut short)"
                                  ) from error
-        if index == 0:  # a header and no whole frame: what a file cut short after its header leaves
+        if index == 0:
+            # A whole video of no frames (a recording stopped at once) declares none and holds none; a header and no
+            # whole frame is what a file cut short after its header leaves.
+            declared = stream.frames or (stream.duration or 0) > 0 or _tagged_duration(stream)
+            if not declared and not _holds_packets(path, stream.index):
+                raise VideoReadError(f"{path}: has no frames (an empty video): nothing to predict")
             raise VideoReadError(f"{path}: no frame could be decoded (the video is damaged or cut short)")
         # A file cut short at a packet boundary decodes without an error (FFmpeg's threaded decoder swallows the
         # rest): the container's own frame count tells. Some containers count one frame more than they hold (AVI
@@ -147,6 +156,16 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
                 declared - last_time > max(2 / rate, declared / 100):
             raise VideoReadError(f"{path}: ends early: its frames stop at {last_time:.2f} s of the {declared:.2f} s it "
                                  f"declares (truncated or damaged)")
+
+
+def _holds_packets(path: str | Path, index: int) -> bool:
+    """Whether stream ``index`` of ``path`` holds a packet with data (an unreadable file counts as holding some)."""
+    av = import_av()
+    try:
+        with av.open(str(path)) as container:
+            return any(packet.size for packet in container.demux(container.streams[index]))
+    except av.FFmpegError:
+        return True
 
 
 def _tagged_duration(stream) -> float | None:
@@ -253,8 +272,8 @@ def add_audio(video_file: Path, source: str | Path, container_format: str) -> bo
     with av.open(str(source)) as probe:
         if not probe.streams.audio:
             return False
-    temporary = video_file.with_name(video_file.name + ".audio")
-    try:
+    # Named as every temporary file of ours, so that one a killed run leaves is removed by the next run.
+    with atomic_path(video_file) as temporary:
         with av.open(str(source)) as sound, av.open(str(video_file), format=container_format) as pictures, \
                 av.open(str(temporary), "w", format=container_format) as output:
             audio_in, video_in = sound.streams.audio[0], pictures.streams.video[0]
@@ -296,10 +315,6 @@ def add_audio(video_file: Path, source: str | Path, container_format: str) -> bo
                 if stream is video_out or copy:
                     packet.stream = stream
                 output.mux(packet)
-        os.replace(temporary, video_file)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return True
 
 

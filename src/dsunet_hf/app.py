@@ -221,7 +221,7 @@ class Demo:
     @property
     def schedules(self) -> tuple[str, ...]:
         """The inference schedules the model runs: DINOv2 heads (and their sliding-window ONNX graphs) all three,
-        multi-class SAM2-UNets and their graphs one pass only (their default schedule)."""
+        multi-class SAM2-UNets / DSU-Nets and their graphs one pass only (their default schedule)."""
         return ("single",) if getattr(self.model, "default_schedule", "single") == "single" else SCHEDULES
 
     def _check_schedule(self, schedule: str | None) -> None:
@@ -245,7 +245,7 @@ def _rgb(image: Any) -> Image.Image:
 
 
 def _check_video(video: str | None) -> None:
-    """A video upload of a format ``predict`` reads as a video: another (.ts, .mpg, .3gp, ...) would be read as an
+    """A video upload of a format ``predict`` reads as a video: another (.flv, .wmv, .ogv, ...) would be read as an
     image and said to be an unreadable image."""
     from .video import VIDEO_SUFFIXES, is_video
 

@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="artifact folder, Hub repo id, or a folder written by `dsunet-hf export onnx`")
     predict.add_argument("inputs", nargs="+",
                          help="image and video files, folders, glob patterns (videos: .mp4 .mov .m4v .mkv .avi "
-                              ".webm -> masks/<name>.mp4; the [video] extra)")
+                              ".webm .ts .mts .m2ts .mpg .mpeg .3gp -> masks/<name>.mp4; the [video] extra)")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--batch-size", type=int, default=4)
     predict.add_argument("--threshold", type=float, default=None, help="write binary masks (foreground where the probability, 0-1, is >= threshold)")

@@ -791,7 +791,7 @@ def run_evaluate_cli(args) -> int:
                                  f"that predict one foreground map; {args.model} is not such a model")
             if not multi_class and any(semantic_options.values()):
                 raise SystemExit(f"evaluate: {', '.join(k for k, v in semantic_options.items() if v)} apply to "
-                                 f"multi-class models (DINOv2 heads, multi-class SAM2-UNet) only, not to {args.model}")
+                                 f"multi-class models (DINOv2 heads, multi-class SAM2-UNet / DSU-Net) only, not to {args.model}")
 
         if is_visual_prompt:
             refuse_unused_options(multi_class=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Every single-channel model (SAM2-UNet, DSU-Net, BiRefNet) predicts foreground vs background.
+# Every single-channel model (SAM2-UNet and DSU-Net with two classes, BiRefNet) predicts foreground vs background.
 FOREGROUND_LABELS = ("background", "foreground")
 
 
@@ -15,7 +15,8 @@ def set_default_labels(config_kwargs: dict, names) -> None:
 
 
 def require_binary(config, model_name: str) -> None:
-    """Single-channel models predict foreground vs background only: more classes would be silently ignored."""
+    """Single-channel models (BiRefNet) predict foreground vs background only: more classes would be silently
+    ignored."""
     if config.num_labels > 2:
         raise ValueError(f"{model_name} predicts one foreground map, so num_labels must be at most 2, got "
-                         f"{config.num_labels}; SAM2-UNet and the DINOv2 heads are the multi-class models")
+                         f"{config.num_labels}; SAM2-UNet, DSU-Net and the DINOv2 heads are the multi-class models")

@@ -910,7 +910,7 @@ def _check_prediction_options(model, processor, semantic: bool, *, cutout_colors
                          f"{crop_margin}")
     if schedule is not None and not semantic:
         raise ValueError(f"schedule={schedule!r}: inference schedules are for multi-class models (DINOv2 heads, "
-                         f"multi-class SAM2-UNet); {type(model).__name__} predicts one foreground map")
+                         f"multi-class SAM2-UNet / DSU-Net); {type(model).__name__} predicts one foreground map")
     check_resolution(model, processor, resolution, semantic)
 
 

@@ -199,8 +199,8 @@ def check_not_binary_255(dataset, source: str, model_name: str, ignore_index: in
         raise ValueError(
             f"{source}: the masks of the first {checked} samples hold only 0 and {ignore_index}, and {ignore_index} is "
             f"the ignore index of {model_name} (a multi-class model): every foreground pixel would be ignored. For "
-            "foreground / background, save the masks as class indices 0/1, or train a binary model (a SAM2-UNet "
-            "without num_labels); in class-index label maps, 255 marks unlabelled pixels only"
+            "foreground / background, save the masks as class indices 0/1, or train a binary model (a SAM2-UNet or "
+            "DSU-Net without num_labels); in class-index label maps, 255 marks unlabelled pixels only"
         )
 
 
@@ -212,7 +212,7 @@ def _name(source) -> str:
 def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zero_label: bool = False,
                       max_samples: int | None = None, skipped: list[str] | None = None) -> dict:
     """Dataset-level mIoU / per-class IoU (with label names) / pixel accuracy, at each label's original size.
-    ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet). A sample whose
+    ``schedule`` defaults to the model's (``slide`` for the DINOv2 heads, ``single`` for SAM2-UNet / DSU-Net). A sample whose
     image or label map cannot be read, or whose sizes differ, is skipped with a warning (``"<files>: <reason>"``
     appended to ``skipped``); a class outside the model's is an error (a setting, e.g. --reduce-zero-label)."""
     from .metrics import SemanticSegmentationMetrics

@@ -8,6 +8,10 @@ Key map (everything else is an error):
 | ``backbone_dino.dino_encoder.<torch.hub DINOv2 key>`` | ``backbone_dino.encoder.<transformers Dinov2Model key>`` (``convert_dinov2_hub_state_dict``) |
 | ``fusion4.*``, ``dino2sam_down14.*``, ``rfb{1-4}.*``, ``decoder{1-3}.*``, ``side1.*``, ``side2.*``, ``head.*`` | unchanged |
 
+A head with C > 2 output channels (a multi-class DSU-Net: the head widened as the SAM2-UNet authors advise for
+multi-class data) gives a config with ``num_labels = C``; a two-channel (background, foreground) head becomes the
+binary model's single foreground logit ``l1 - l0``, as in ``convert/sam2_unet.py``.
+
 No trained DSU-Net weights are published; the converter serves checkpoints people trained with the
 official code. By default the artifact keeps only the trainable tensors; the frozen backbones come from
 the repos recorded in the config.
@@ -22,6 +26,7 @@ import torch
 
 from ..backbones.dinov2 import DINOV2_PRESETS, convert_dinov2_hub_state_dict, dinov2_hub_repo
 from ..backbones.hiera import hiera_hub_repo, infer_hiera_preset
+from ..models.class_maps import fold_two_class_heads
 from . import save_converted_model
 from .sam2 import read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
@@ -62,6 +67,7 @@ def convert_dsunet_state_dict(state_dict: dict[str, torch.Tensor], source: str =
     except ValueError as error:  # its messages name the key without the prefix, and no file
         raise ValueError(f"{source}: {DINO_PREFIX}{error}") from error
     converted.update({"backbone_dino.encoder." + k: v for k, v in dino.items()})
+    fold_two_class_heads(converted)
     return converted
 
 
@@ -91,6 +97,7 @@ def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config
     from ..models.dsunet import DSUNetConfig, DSUNetForImageSegmentation
 
     converted = convert_dsunet_state_dict(read_torch_checkpoint(source), str(source))
+    classes = converted["head.weight"].shape[0] if "head.weight" in converted else 1  # a missing one: the load names it
     repos = (sam_backbone_repo_id, sam_backbone_revision, dino_backbone_repo_id, dino_backbone_revision)
     if config is not None and any(repos):
         raise ValueError("give the backbone repos in the config when passing one (the repo arguments build a config)")
@@ -100,7 +107,7 @@ def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config
             sam_preset=sam_preset, sam_backbone_repo_id=sam_backbone_repo_id or hiera_hub_repo(sam_preset, "2.1"),
             sam_backbone_revision=sam_backbone_revision, dino_preset=dino_preset,
             dino_backbone_repo_id=dino_backbone_repo_id or dinov2_hub_repo(dino_preset),
-            dino_backbone_revision=dino_backbone_revision,
+            dino_backbone_revision=dino_backbone_revision, **({"num_labels": classes} if classes > 1 else {}),
         )
     return save_converted_model(DSUNetForImageSegmentation(config), converted, source, output_dir, include_backbone,
                                 holds_backbones=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.hiera import infer_hiera_preset
+from ..models.class_maps import fold_two_class_heads
 from . import save_converted_model
 from .sam2 import read_torch_checkpoint, sam2_trunk_key_to_transformers
 
@@ -77,11 +78,7 @@ def convert_sam2_unet_state_dict(state_dict: dict[str, torch.Tensor], source: st
             converted[new_key] = tensor
     if unknown:
         raise ValueError(f"{source}: keys with no mapping: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
-    if converted["head.weight"].shape[0] == 2:  # two classes are our single-map binary model
-        for name in ("side1", "side2", "head"):
-            for kind in ("weight", "bias"):
-                if (pair := converted.get(f"{name}.{kind}")) is not None:  # a missing one is named by the load
-                    converted[f"{name}.{kind}"] = pair[1:] - pair[:1]
+    fold_two_class_heads(converted)  # two classes are our single-map binary model
     if not infer:
         return converted, None
     trunk = {

@@ -22,7 +22,7 @@ class ModelSpec:
     # into reference/prompt/target episodes, per-class foreground IoU)
     task: str = "binary"
     best_metric: str = "S-measure"
-    # A binary model that becomes multi-class with num_labels > 2 (SAM2-UNet): then the semantic path.
+    # A binary model that becomes multi-class with num_labels > 2 (SAM2-UNet, DSU-Net): then the semantic path.
     multiclass: bool = False
     # More training augmentation after the flips (see SegmentationTransform's ``augment``).
     augment: Any = None
@@ -51,7 +51,8 @@ def get_model_spec(name: str) -> ModelSpec:
             BiRefNetConfig, BiRefNetForImageSegmentation, vflip=False, augment=birefnet_training_augmentation,
             recipe={"batch_size": 4, "weight_decay": 1e-2, "lr_schedule": "constant"},
         ),
-        "dsunet": ModelSpec(DSUNetConfig, DSUNetForImageSegmentation, recipe={"batch_size": 4, "num_epochs": 50}),
+        "dsunet": ModelSpec(DSUNetConfig, DSUNetForImageSegmentation, multiclass=True,
+                            recipe={"batch_size": 4, "num_epochs": 50}),
         # DINOv2 heads: 40k iterations of batch 16, AdamW wd 1e-4, 1500 warm-up steps then poly decay.
         "dinov2-seg": ModelSpec(
             Dinov2SegConfig, Dinov2ForSemanticSegmentation, task="semantic", best_metric="mIoU",

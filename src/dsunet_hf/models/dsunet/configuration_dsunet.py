@@ -7,12 +7,13 @@ from transformers import Dinov2Config, PreTrainedConfig, Sam2HieraDetConfig
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_dict, hiera_hub_repo
 from ...finetune import set_finetune_fields
-from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
+from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
 from ..checked_config import CheckedOverrides, check_loss_weights, check_positive_int
+from ..class_maps import ClassMapsConfig, check_ignore_index
 
 
-class DSUNetConfig(CheckedOverrides, PreTrainedConfig):
+class DSUNetConfig(ClassMapsConfig, CheckedOverrides, PreTrainedConfig):
     """DSU-Net configuration. Defaults reproduce the paper's model (SAM 2.1 Hiera-L at 352 px, DINOv2-L at 518 px).
 
     Args:
@@ -37,6 +38,12 @@ class DSUNetConfig(CheckedOverrides, PreTrainedConfig):
         loss_weights (`list[float]`, defaults to `[0.25, 0.5, 1.0]`): structure-loss weights of the 1/16 side
             output, the 1/8 side output and the final map (upstream order, since commit a63c7fa).
         bce_weighting (`str`, defaults to `"global"`): see `losses.structure_loss`.
+        semantic_loss_ignore_index (`int`, defaults to 255): multi-class only: the label value that no loss
+            or metric counts.
+        num_labels / id2label: two classes (the default: background, foreground) give the paper's single
+            sigmoid map and structure loss; more give one logit map per class on the three heads, softmax
+            cross-entropy on the three outputs and the multi-class path (label maps, mIoU, palette predictions),
+            as SAM2-UNet's (see `models/class_maps.py`).
     """
 
     model_type = "dsunet"
@@ -65,6 +72,7 @@ class DSUNetConfig(CheckedOverrides, PreTrainedConfig):
         lora_target_modules: list[str] | None = None,
         loss_weights: list[float] | None = None,
         bce_weighting: str = "global",
+        semantic_loss_ignore_index: int = 255,
         **kwargs,
     ):
         if sam_preset not in HIERA_PRESETS:
@@ -110,9 +118,9 @@ class DSUNetConfig(CheckedOverrides, PreTrainedConfig):
         self.loss_weights = check_loss_weights([0.25, 0.5, 1.0] if loss_weights is None else loss_weights,
                                                "side 1/16, side 1/8, final")
         self.bce_weighting = bce_weighting
+        self.semantic_loss_ignore_index = check_ignore_index(semantic_loss_ignore_index)
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
-        require_binary(self, "DSU-Net")
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:
         return Sam2HieraDetConfig(**self.hiera_config)

@@ -2,7 +2,9 @@
 
 Forward (as upstream ``DGSUNet``): Hiera stage maps x1..x4; the DINOv2 patch-token map resized
 bilinearly to x4's size, projected by a depthwise-separable WTConv, fused into x4 by CGAFusion; RFB to 64
-channels; three SFF decoders (1/16, 1/8, 1/4) with side heads; outputs resized to the input size.
+channels; three SFF decoders (1/16, 1/8, 1/4) with side heads; outputs resized to the input size. With more
+than two classes (``config.num_labels``) the three heads predict one logit map per class, trained with softmax
+cross-entropy (``models/class_maps.py``, as SAM2-UNet).
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from torch import nn
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
 from ...finetune import uses_adapters
-from ...losses import deep_supervision_loss
 from ...modeling_utils import (
     SegmentationOutput,
     SegmentationPreTrainedModel,
     check_pixel_values,
-    labels_like,
     run_backbone,
 )
 from ...modules.adapters import BottleneckAdapter
@@ -28,6 +28,7 @@ from ...modules.fusion import CGAFusion
 from ...modules.rfb import RFB
 from ...modules.sff import SFF
 from ...modules.wtconv import DepthwiseSeparableWTConv
+from ..class_maps import ClassMapsModel
 from .configuration_dsunet import DSUNetConfig
 
 
@@ -36,7 +37,7 @@ class DSUNetOutput(SegmentationOutput):
     ``labels``, or with ``output_aux_logits=True``), ``loss``."""
 
 
-class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
+class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
     config_class = DSUNetConfig
     config: DSUNetConfig
     base_model_prefix = "dsunet"
@@ -44,6 +45,7 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
     frozen_backbone_prefixes = ("backbone_sam.", "backbone_dino.")
     _keys_to_ignore_on_load_missing = [r"^backbone_(sam|dino)\.(?!.*(\.adapter\.|lora_))"]
     unused_parameters = ("backbone_dino.encoder.embeddings.mask_token",)
+    display_name = "DSU-Net"
 
     def __init__(self, config: DSUNetConfig):
         super().__init__(config)
@@ -60,9 +62,10 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
         self.rfb1, self.rfb2 = RFB(c1, width), RFB(c2, width)
         self.rfb3, self.rfb4 = RFB(c3, width), RFB(c4, width)
         self.decoder1, self.decoder2, self.decoder3 = SFF(width), SFF(width), SFF(width)
-        self.side1 = nn.Conv2d(width, 1, kernel_size=1)
-        self.side2 = nn.Conv2d(width, 1, kernel_size=1)
-        self.head = nn.Conv2d(width, 1, kernel_size=1)
+        classes = config.num_output_channels  # 1 (foreground logit) or one per class
+        self.side1 = nn.Conv2d(width, classes, kernel_size=1)
+        self.side2 = nn.Conv2d(width, classes, kernel_size=1)
+        self.head = nn.Conv2d(width, classes, kernel_size=1)
         self.finish_init(lora_module=self.backbone_sam.encoder)
 
     def forward(
@@ -75,7 +78,9 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
         **kwargs,
     ) -> DSUNetOutput | tuple:
         """``pixel_values``: the 352 px view; ``dino_pixel_values``: the 518 px view of the same image (the
-        image processor makes both). Without it, the 352 px view is resized bilinearly (an approximation)."""
+        image processor makes both). Without it, the 352 px view is resized bilinearly (an approximation; what the
+        multi-class path does: it trains on crops and segments with one tensor). ``labels``: 0/1 masks, or with
+        more than two classes class-index maps (B, H, W)."""
         check_pixel_values(pixel_values, 32)
         if min(pixel_values.shape[-2:]) < 128:
             raise ValueError(f"DSU-Net needs inputs of at least 128 px, got {tuple(pixel_values.shape[-2:])}")
@@ -98,9 +103,7 @@ class DSUNetForImageSegmentation(SegmentationPreTrainedModel):
 
         loss = None
         if labels is not None:
-            target = labels_like(labels, logits)
-            loss = deep_supervision_loss([side1, side2, logits], target, self.config.loss_weights,
-                                         self.config.bce_weighting)
+            loss = self.class_maps_loss([side1, side2, logits], labels)
         # The side outputs where they are used (training, a loss) or asked for: a tuple of maps in an inference
         # output breaks transformers' pipeline, which splits every output field by image.
         with_aux = self.training or labels is not None or bool(output_aux_logits)

@@ -9,9 +9,10 @@ from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
 from ..checked_config import CheckedOverrides, check_loss_weights, check_positive_int
+from ..class_maps import ClassMapsConfig, check_ignore_index
 
 
-class Sam2UNetConfig(CheckedOverrides, PreTrainedConfig):
+class Sam2UNetConfig(ClassMapsConfig, CheckedOverrides, PreTrainedConfig):
     """SAM2-UNet configuration. Defaults reproduce the paper's model (SAM 2.0 Hiera-L, 352 px).
 
     Args:
@@ -83,25 +84,9 @@ class Sam2UNetConfig(CheckedOverrides, PreTrainedConfig):
         self.loss_weights = check_loss_weights([1.0, 1.0, 1.0] if loss_weights is None else loss_weights,
                                                "final, side1, side2")
         self.bce_weighting = bce_weighting
-        if isinstance(semantic_loss_ignore_index, bool) or not isinstance(semantic_loss_ignore_index, int):
-            raise ValueError(f"semantic_loss_ignore_index must be an integer label value, got "
-                             f"{semantic_loss_ignore_index!r}")
-        self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self.semantic_loss_ignore_index = check_ignore_index(semantic_loss_ignore_index)
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
-
-    @property
-    def is_multiclass(self) -> bool:
-        return self.num_labels > 2
-
-    @property
-    def num_output_channels(self) -> int:
-        return self.num_labels if self.is_multiclass else 1
-
-    @property
-    def crop_size(self) -> int:
-        """The multi-class training crop (and evaluation short side): the model's input size."""
-        return self.image_size
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:
         return Sam2HieraDetConfig(**self.hiera_config)

@@ -3,7 +3,7 @@
 Forward (as upstream): four Hiera stage maps -> RFB to 64 channels -> three up blocks (1/16, 1/8, 1/4)
 -> side heads; every output is bilinearly resized to the input size. Upstream's unused ``up4`` is not
 built, so DDP needs no ``find_unused_parameters``. With more than two classes (``config.num_labels``) the
-three heads predict one logit map per class, trained with softmax cross-entropy.
+three heads predict one logit map per class, trained with softmax cross-entropy (``models/class_maps.py``).
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ from torch import nn
 
 from ...backbones.hiera import HieraBackbone, load_hiera_state_dict
 from ...finetune import uses_adapters
-from ...losses import deep_supervision_loss, multiclass_deep_supervision_loss
 from ...modeling_utils import (
     SegmentationOutput,
     SegmentationPreTrainedModel,
     check_pixel_values,
-    labels_like,
-    probabilities_from_one_pass,
     run_backbone,
 )
 from ...modules.adapters import BottleneckAdapter
 from ...modules.decoder_blocks import UpBlock, decode_with_side_outputs
 from ...modules.rfb import RFB
+from ..class_maps import ClassMapsModel
 from .configuration_sam2_unet import Sam2UNetConfig
 
 
@@ -33,11 +31,12 @@ class Sam2UNetOutput(SegmentationOutput):
     ``labels``, or with ``output_aux_logits=True``), ``loss``."""
 
 
-class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
+class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
     config_class = Sam2UNetConfig
     config: Sam2UNetConfig
     base_model_prefix = "sam2_unet"
     _no_split_modules = ["Sam2MultiScaleBlock"]
+    display_name = "SAM2-UNet"
 
     def __init__(self, config: Sam2UNetConfig):
         super().__init__(config)
@@ -77,42 +76,13 @@ class Sam2UNetForImageSegmentation(SegmentationPreTrainedModel):
         )
 
         loss = None
-        if labels is not None and self.config.is_multiclass:  # class-index maps (B, H, W)
-            loss = multiclass_deep_supervision_loss(
-                [logits, side1, side2], labels, self.config.loss_weights, self.config.semantic_loss_ignore_index
-            )
-        elif labels is not None:
-            target = labels_like(labels, logits)
-            loss = deep_supervision_loss(
-                [logits, side1, side2], target, self.config.loss_weights, self.config.bce_weighting
-            )
+        if labels is not None:  # 0/1 masks, or class-index maps (B, H, W) with more than two classes
+            loss = self.class_maps_loss([logits, side1, side2], labels)
         # The side outputs where they are used (training, a loss) or asked for: a tuple of maps in an inference
         # output breaks transformers' pipeline, which splits every output field by image.
         with_aux = self.training or labels is not None or bool(output_aux_logits)
         output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
         return output if return_dict is not False else output.to_tuple()
-
-    # --- multi-class inference (the semantic path: evaluate_semantic, predict_classes) ------------------
-    default_schedule = "single"
-
-    @property
-    def predicts_class_maps(self) -> bool:
-        return self.config.is_multiclass
-
-    @torch.no_grad()
-    def segment(self, pixel_values: torch.Tensor, schedule: str = "single",
-                output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Class probabilities (B, K, H, W) at ``output_size`` (default: the input size) from one pass at
-        ``config.image_size`` (the input is resized to the square the model was trained at, the probabilities
-        back)."""
-        if not self.config.is_multiclass:
-            raise ValueError("segment() is for multi-class models (num_labels > 2); this one predicts one "
-                             "foreground map: use the logits (sigmoid) or the image processor")
-        if schedule != "single":
-            raise ValueError(f"SAM2-UNet has one inference schedule, 'single' (a pass at {self.config.image_size}"
-                             f"px); got {schedule!r}")
-        square = (self.config.image_size, self.config.image_size)
-        return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square, output_size)
 
     # --- frozen backbone ------------------------------------------------------------------------------
     def load_frozen_backbones(self, **download_kwargs) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 import types
@@ -460,6 +461,20 @@ def test_format_table_and_write_report(tmp_path):
     markdown = md_path.read_text()
     assert "ECSSD" in markdown and "Kvasir\\|SEG" in markdown and "tiny" in markdown
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.json", "evaluation.md"]
+
+
+def test_the_report_is_strict_json_with_undefined_metrics_as_null(tmp_path):
+    # Python wrote NaN (a class absent from every label map has no IoU), which jq / JavaScript / strict readers refuse.
+    results = {"ADE": {"mIoU": 0.5, "mAcc": math.nan}}
+    json_path, md_path = write_report(results, tmp_path, extra={"per_class_iou": {"ADE": {"wall": 0.5, "cat": math.nan}}})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    payload = json.loads(json_path.read_text(), parse_constant=refuse)
+    assert payload["results"]["ADE"] == {"mIoU": 0.5, "mAcc": None}
+    assert payload["info"]["per_class_iou"]["ADE"] == {"wall": 0.5, "cat": None}
+    assert "| ADE | 0.500 |" in md_path.read_text()
 
 
 def make_parser():

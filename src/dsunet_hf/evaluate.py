@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -541,6 +542,18 @@ def sod_protocol(post_processing: str | None, minmax_normalize: bool) -> str:
             f"with pysodmetrics (eval.py); mDice/mIoU averaged over 256 thresholds")
 
 
+def _strict_json(value):
+    """``value`` with NaN / inf as ``null``: strict JSON readers (jq, JavaScript, pandas' default) refuse
+    Python's ``NaN``, which a metric undefined on the data (e.g. the IoU of a class absent everywhere) is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
 def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict | None = None,
                  protocol: str = SOD_PROTOCOL) -> tuple[Path, Path]:
     """Write ``evaluation.json`` (every metric per dataset, ``extra`` under ``"info"``) and ``evaluation.md``.
@@ -557,7 +570,7 @@ def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict |
         "info": extra or {},
     }
     json_path, markdown_path = output_dir / "evaluation.json", output_dir / "evaluation.md"
-    write_text_atomic(json_path, json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(json_path, json.dumps(_strict_json(payload), indent=2, default=str, allow_nan=False) + "\n")
     lines = ["# Evaluation", "", format_table(results), ""]
     lines.append(f"↑ higher is better, ↓ lower is better. Protocol: {protocol}.")
     if extra:

@@ -411,6 +411,20 @@ def test_corrupt_safetensors_and_mistyped_paths_name_the_file(tmp_path):
         load_hiera_state_dict("./nope")
 
 
+def test_a_damaged_trunk_in_the_hub_cache_names_the_file_to_delete(offline_hub, tmp_path):
+    """Deleting the snapshot's file (a link) does not help: a new download links the damaged blob again."""
+    offline_hub.add("org/damaged-trunk", write_transformers_trunk_repo(tmp_path / "repo", tiny_hiera()))
+    weights = next((offline_hub.repo_dir("org/damaged-trunk") / "snapshots").iterdir()) / "model.safetensors"
+    blob = offline_hub.repo_dir("org/damaged-trunk") / "blobs" / "0123abcd"
+    blob.parent.mkdir()
+    blob.write_bytes(weights.read_bytes()[:100])
+    weights.unlink()
+    weights.symlink_to(blob)
+    with pytest.raises(ValueError, match=rf"^{weights}: cannot read as safetensors: .*; delete {blob} \(the Hub "
+                                         rf"cache's copy\) and load again, or load with force_download=True"):
+        load_hiera_state_dict("org/damaged-trunk")
+
+
 @pytest.mark.parametrize("height, width", [(72, 72), (64, 100), (80, 112), (48, 48), (0, 64)])
 def test_input_sizes_not_multiples_of_32_are_refused(height, width):
     """transformers (as the official trunk) tiles the 4 x 4 window position embedding over the patch grid: 72 x 72

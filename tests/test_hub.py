@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import TINY_SIZE, tiny_sam2_unet_config
@@ -227,20 +229,34 @@ def test_save_pretrained_with_state_dict_none_writes_the_trainable_part(trained_
     assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone_weights_included"] is False
 
 
-def test_a_self_contained_artifact_missing_backbone_tensors_is_refused(trained_model, tmp_path):
+def test_a_self_contained_artifact_missing_backbone_tensors_is_refused(trained_model, tmp_path, caplog):
     """include_backbone=True: the backbone is not fetched, so a backbone tensor missing from the file would keep its
-    random init; the loader names it instead."""
+    random init; the loader names it instead, in one error: transformers' LOAD REPORT table of the same keys (a wall
+    of text before it) is held back."""
     from safetensors.torch import load_file, save_file
 
     from dsunet_hf.modeling_utils import CheckpointMismatchError
 
     trained_model.save_pretrained(tmp_path / "m", include_backbone=True)
     Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")  # complete: loads
-    tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
-    del tensors["backbone.encoder.pos_embed"]
-    save_file(tensors, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CheckpointMismatchError, match=r"holds the backbone weights.*backbone\.encoder\.pos_embed"):
-        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")
+    transformers_logger = logging.getLogger("transformers.modeling_utils")  # it does not propagate to caplog's
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        with pytest.raises(CheckpointMismatchError, match=r"shape mismatches: head\.weight"):
+            Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", rfb_channels=8)
+        tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
+        del tensors["backbone.encoder.pos_embed"]
+        save_file(tensors, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(CheckpointMismatchError, match=r"holds the backbone weights.*backbone\.encoder\.pos_embed"):
+            Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")
+        assert "LOAD REPORT" not in caplog.text
+        # Re-initialised tensors asked for: the load goes on, and transformers' report tells which, once.
+        tensors["backbone.encoder.pos_embed"] = trained_model.state_dict()["backbone.encoder.pos_embed"]
+        save_file(tensors, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", rfb_channels=8, ignore_mismatched_sizes=True)
+        assert caplog.text.count("LOAD REPORT") == 1
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
 
 
 def test_push_to_a_new_branch_creates_it(trained_model, offline_hub, tmp_path):
@@ -418,6 +434,31 @@ def test_a_damaged_weights_file_is_named_by_from_pretrained(trained_model, tmp_p
     shard.write_bytes(shard.read_bytes()[:1000])  # an interrupted copy
     with pytest.raises(OSError, match=rf"^{shard}: not a readable safetensors file, truncated or damaged"):
         Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")
+
+
+def test_a_damaged_weights_file_in_the_hub_cache_is_named_by_its_path(trained_model, offline_hub):
+    """An interrupted download leaves a damaged blob in the Hub cache, read again at every load: the error names the
+    file to delete (the blob the snapshot links to, not the repo id) and force_download."""
+    repo_id = trained_model.push_to_hub("me/damaged")
+    weights = next((offline_hub.repo_dir(repo_id) / "snapshots").iterdir()) / "model.safetensors"
+    blob = offline_hub.repo_dir(repo_id) / "blobs" / "0123abcd"  # the Hub cache's layout: a snapshot links to a blob
+    blob.parent.mkdir()
+    blob.write_bytes(weights.read_bytes()[:1000])
+    weights.unlink()
+    weights.symlink_to(blob)
+    with pytest.raises(OSError, match=rf"^{weights}: the Hub cache's copy of me/damaged's weights is not a readable "
+                                      rf"safetensors file.*delete {blob} .*and load again.*force_download=True"):
+        Sam2UNetForImageSegmentation.from_pretrained(repo_id)
+
+
+def test_a_folder_with_variant_weights_only_names_the_variant_to_load(tmp_path):
+    """transformers said only "no file named model.safetensors" beside a model.fp16.safetensors."""
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config())
+    model.save_pretrained(tmp_path / "m", include_backbone=True, variant="fp16", max_shard_size="1MB")
+    with pytest.raises(OSError, match=r"no file named model\.safetensors.*It holds the weights of variant 'fp16' "
+                                      r"only .*load with variant='fp16'"):
+        Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m")
+    Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "m", variant="fp16")
 
 
 def test_push_to_hub_takes_transformers_tags_and_commit_description(trained_model, offline_hub, monkeypatch):

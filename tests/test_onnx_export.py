@@ -604,24 +604,42 @@ def test_a_dynamic_size_birefnet_graph_runs_photos_at_their_own_size(tmp_path, c
     (["--opset", "99"], r"opset \(--opset\) 99: "),
     (["{model}"], r"OUTPUT_DIR \S+model is the model's own folder"),
     (["{other_model}"], r"OUTPUT_DIR \S+other holds a PyTorch model \(config.json and its weights\)"),
+    (["{variant_model}"], r"OUTPUT_DIR \S+variant holds a PyTorch model \(config.json and its weights\)"),
+    (["{sharded_model}"], r"OUTPUT_DIR \S+sharded holds a PyTorch model \(config.json and its weights\)"),
     (["{file}"], r"OUTPUT_DIR \S+afile is a file, not a folder"),
 ])
 def test_cli_export_refuses_bad_options_before_loading_the_model(tmp_path, options, message):
     """--size 0 stopped deep in torch.export; a low --opset printed the converter's traceback and wrote opset 18;
-    exporting into a model's folder turned it into an ONNX folder (its config and card overwritten)."""
+    exporting into a model's folder turned it into an ONNX folder (its config and card overwritten), also one saved
+    as a variant (save_pretrained(variant="fp16"), sharded or not)."""
     from dsunet_hf.cli import main
 
-    for folder in ("model", "other"):  # never loaded: the checks come first
+    weights = {"model": ["model.safetensors"], "other": ["model.safetensors"], "variant": ["model.fp16.safetensors"],
+               "sharded": ["model.safetensors.index.fp16.json", "model.fp16-00001-of-00002.safetensors"]}
+    for folder, names in weights.items():  # never loaded: the checks come first
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "config.json").write_text("{}")
-        (tmp_path / folder / "model.safetensors").write_bytes(b"")
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"")
     (tmp_path / "afile").write_text("")
-    paths = {"model": tmp_path / "model", "other_model": tmp_path / "other", "file": tmp_path / "afile"}
+    paths = {"model": tmp_path / "model", "other_model": tmp_path / "other", "file": tmp_path / "afile",
+             "variant_model": tmp_path / "variant", "sharded_model": tmp_path / "sharded"}
     output = [option.format(**paths) for option in options if option.startswith("{")] or [str(tmp_path / "out")]
     options = [option for option in options if not option.startswith("{")]
     with pytest.raises(SystemExit, match="^export: " + message):
         main(["export", "onnx", "--model", str(tmp_path / "model"), *output, *options])
     assert not (tmp_path / "out").exists() and (tmp_path / "model" / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "model.fp16.safetensors", "model.safetensors.index.fp16.json"])
+def test_a_folder_with_pytorch_weights_of_any_variant_is_not_taken_for_an_onnx_export(tmp_path, weights):
+    from dsunet_hf.onnx_export import is_onnx_export
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    (tmp_path / "model.onnx.data").write_bytes(b"")
+    assert is_onnx_export(tmp_path)
+    (tmp_path / weights).write_bytes(b"")
+    assert not is_onnx_export(tmp_path)
 
 
 def test_export_onnx_refuses_bad_options_and_an_opset_the_exporter_did_not_write(tmp_path, monkeypatch):

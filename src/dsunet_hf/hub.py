@@ -107,6 +107,15 @@ def snapshot_revision(local_file: Path) -> str | None:
     return None
 
 
+def damaged_cache_file_advice(path: str | os.PathLike) -> str | None:
+    """What to do about a damaged file inside a Hub cache snapshot (None for a file elsewhere): a snapshot's file links
+    to a blob, which a new download links to again unless the blob is deleted or the download forced."""
+    path = Path(path)
+    if snapshot_revision(path) is None:
+        return None
+    return f"delete {path.resolve()} (the Hub cache's copy) and load again, or load with force_download=True"
+
+
 def package_versions(*packages: str) -> dict[str, str]:
     """``{package: version}`` of those installed (for reports and cards)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -179,6 +188,18 @@ def weight_file_names(variant: str | None = None) -> tuple[str, str]:
     if not variant:
         return "model.safetensors", "model.safetensors.index.json"
     return f"model.{variant}.safetensors", f"model.safetensors.index.{variant}.json"
+
+
+# The weight files of a saved model in any variant and layout (``weight_file_names`` for every variant, its shards too;
+# transformers' older pytorch_model*.bin as well): an ONNX export's own files (model.onnx, model.onnx.data) match none.
+SAVED_WEIGHT_GLOBS = ("model*.safetensors", "model.safetensors.index*.json", "pytorch_model*.bin",
+                      "pytorch_model.bin.index*.json")
+
+
+def saved_weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The PyTorch weight files in ``folder`` (:data:`SAVED_WEIGHT_GLOBS`), e.g. to tell a model's folder from an
+    ONNX export's."""
+    return sorted({path for pattern in SAVED_WEIGHT_GLOBS for path in Path(folder).glob(pattern) if path.is_file()})
 
 
 def remove_stale_weights(folder: str | os.PathLike, variant: str | None = None) -> None:

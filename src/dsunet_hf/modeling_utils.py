@@ -7,7 +7,9 @@ the config (never inside ``__init__``: transformers 5 builds models on the meta 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +30,15 @@ from .hub import (
     check_evaluation_for_card,
     check_push_target,
     create_hub_repo,
+    damaged_cache_file_advice,
     hub_download_kwargs,
     looks_like_hub_id,
     remove_stale_weights,
     render_model_card,
     saved_file_patterns,
+    saved_weight_files,
     upload_folder_to_hub,
+    weight_file_names,
 )
 from .image_processing import processor_for_model
 
@@ -453,12 +458,22 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         kwargs["ignore_mismatched_sizes"] = True
         from safetensors import SafetensorError
 
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        except SafetensorError as error:  # no OSError, and it names no file (an interrupted save or download)
-            raise OSError(_unreadable_weights(pretrained_model_name_or_path, kwargs.get("subfolder"), error)) from error
+        # transformers logs a table of every missing/unexpected/mismatched key (hundreds of lines): held back, so that
+        # a user sees the one error below naming them; logged where the load goes on (ignore_mismatched_sizes=True)
+        # or transformers' own error refers to it.
+        with _HeldLoadReport(cls.__name__) as report:
+            try:
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+                )
+            except SafetensorError as error:  # no OSError, and it names no file (an interrupted save or download)
+                raise OSError(_unreadable_weights(pretrained_model_name_or_path, kwargs, error)) from error
+            except OSError as error:
+                variants = None if kwargs.get("variant") else _saved_variants(pretrained_model_name_or_path, kwargs)
+                if not variants:
+                    raise
+                raise OSError(f"{error} It holds the weights of variant {' and '.join(map(repr, variants))} only "
+                              f"(save_pretrained(variant=...)): load with variant={variants[0]!r}") from error
         missing = sorted(info.get("missing_keys", []))
         unexpected = sorted(info.get("unexpected_keys", []))
         mismatched = [] if mismatch_allowed else sorted(
@@ -473,6 +488,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 f"(strategy {model.config.finetune_strategy!r}){what}; missing keys: {_preview(missing)}; "
                 f"unexpected keys: {_preview(unexpected)}; shape mismatches: {_preview(mismatched)}"
             )
+        report.release()
         if not verify:
             model.config.__dict__.pop("backbone_fingerprint", None)
         if included:
@@ -702,22 +718,78 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         raise NotImplementedError
 
 
-def _unreadable_weights(source, subfolder: str | None, error: Exception) -> str:
-    """The error for weights safetensors cannot read, naming the file where the artifact is a local folder."""
+class _HeldLoadReport(logging.Filter):
+    """While entered, holds back transformers' LOAD REPORT warnings for ``model_class`` (a class name: another model
+    loaded meanwhile keeps its own); :meth:`release` logs them. Left with an exception (e.g. transformers' error after
+    a conversion failure, which points at the report), they are logged then."""
+
+    _logger = logging.getLogger("transformers.modeling_utils")
+
+    def __init__(self, model_class: str):
+        super().__init__()
+        self.marker = f"{model_class} LOAD REPORT"
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.marker in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
+    def __enter__(self) -> _HeldLoadReport:
+        self._logger.addFilter(self)
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self._logger.removeFilter(self)
+        if error_type is not None:
+            self.release()
+
+    def release(self) -> None:
+        for record in self.records:
+            self._logger.handle(record)
+        self.records = []
+
+
+def _unreadable_weights(source, load_kwargs: dict, error: Exception) -> str:
+    """The error for weights safetensors cannot read, naming the file: in a local folder, or in the Hub cache (where
+    ``from_pretrained`` would read the damaged copy again and again until it is deleted or downloaded anew)."""
+    from huggingface_hub import try_to_load_from_cache
     from safetensors import SafetensorError, safe_open
 
-    where = f"{source}: its weights"
-    folder = Path(source, subfolder or "")
+    subfolder = load_kwargs.get("subfolder") or ""
+    folder, cached = Path(source, subfolder), False
+    if not folder.is_dir() and looks_like_hub_id(str(source)):
+        # The repo's snapshot in the cache: where its config.json, read before the weights, lies.
+        config = try_to_load_from_cache(str(source), "/".join(filter(None, [subfolder, "config.json"])),
+                                        cache_dir=load_kwargs.get("cache_dir"), revision=load_kwargs.get("revision"))
+        folder, cached = (Path(config).parent, True) if isinstance(config, str) else (folder, False)
     if folder.is_dir():
         for path in sorted(folder.glob("*.safetensors")):
             try:
                 with safe_open(str(path), "pt"):
                     pass
             except SafetensorError:
-                where = str(path)
-                break
-    return (f"{where}: not a readable safetensors file, truncated or damaged ({error}); save it again, or download it "
+                if cached:
+                    return (f"{path}: the Hub cache's copy of {source}'s weights is not a readable safetensors file, "
+                            f"truncated or damaged ({error}); {damaged_cache_file_advice(path)}")
+                return (f"{path}: not a readable safetensors file, truncated or damaged ({error}); save it again, or "
+                        f"copy it again")
+    return (f"{source}: its weights: not a readable safetensors file, truncated or damaged ({error}); download them "
             f"again (force_download=True)")
+
+
+def _saved_variants(source, load_kwargs: dict) -> list[str]:
+    """The weight variants (``model.<variant>.safetensors``, sharded or not) in a local model folder that holds no
+    weights without a variant (the ones loaded by default)."""
+    folder = Path(source, load_kwargs.get("subfolder") or "")
+    if not folder.is_dir() or any((folder / name).exists() for name in weight_file_names()):
+        return []
+    names = [path.name for path in saved_weight_files(folder)]
+    found = {match.group(1) for name in names
+             if (match := re.fullmatch(r"model\.(?:safetensors\.index\.)?([^.]+?)(?:-\d{5}-of-\d{5})?\.(?:safetensors|json)",
+                                       name))}
+    return sorted(found)
 
 
 def _preview(keys: list[str], limit: int = 8) -> str:

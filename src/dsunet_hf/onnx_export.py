@@ -48,6 +48,7 @@ from torch import nn
 
 from .files import output_folder_problem, write_json_atomic
 from .finetune import lora_merged
+from .hub import saved_weight_files
 from .image_processing import processor_for_model
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
@@ -145,8 +146,7 @@ def export_folder_problem(output_dir: str | Path, source: str | Path | None = No
         if output_dir.resolve() == model_folder.resolve():
             return f"{output_dir} is the model's own folder: export into another one (its config and card would be " \
                    f"overwritten)"
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    if (output_dir / "config.json").is_file() and any((output_dir / name).exists() for name in weights):
+    if (output_dir / "config.json").is_file() and saved_weight_files(output_dir):  # any variant, sharded or not
         return f"{output_dir} holds a PyTorch model (config.json and its weights): export into another folder " \
                f"(its config and card would be overwritten)"
     return None
@@ -544,7 +544,7 @@ def is_onnx_export(name_or_path) -> bool:
     path = Path(name_or_path)
     if path.is_file():
         return path.suffix == ".onnx"
-    return (path / "model.onnx").is_file() and not (path / "model.safetensors").exists()
+    return (path / "model.onnx").is_file() and not saved_weight_files(path)
 
 
 class OnnxSegmentationModel(nn.Module):

@@ -19,7 +19,7 @@ from transformers import Sam2HieraDetConfig, Sam2HieraDetModel
 from transformers.models.sam2.modeling_sam2 import ALL_ATTENTION_FUNCTIONS, do_pool, eager_attention_forward
 
 from ..convert.sam2 import convert_sam2_trunk_state_dict, trunk_state_dict_from_sam2_checkpoint
-from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+from ..hub import BackboneNotAvailableError, damaged_cache_file_advice, resolve_repo_file, snapshot_revision
 from .loading import git_lfs_pointer, load_state_dict_strictly, single_checkpoint
 
 # Exact SAM 2 / SAM 2.1 trunk settings (identical for both releases; only the weights differ).
@@ -211,7 +211,9 @@ def _trunk_from_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         handle = safe_open(str(path), framework="pt")
     except Exception as error:  # safetensors' own error names no file
-        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors: {error}") from error
+        advice = damaged_cache_file_advice(path)  # a damaged download in the Hub cache is read again until deleted
+        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors: {error}"
+                         + (f"; {advice}" if advice else "")) from error
     with handle:
         keys = list(handle.keys())
         anchors = [k for k in keys if re.search(r"(^|\.)patch_embed\.proj(ection)?\.weight$", k)]

@@ -618,8 +618,15 @@ class OnnxSegmentationModel(nn.Module):
                              f"got {schedule!r}")
         processor_size = self.default_image_processor().size
         size = self.input_size or (processor_size["height"], processor_size["width"])
-        return probabilities_from_one_pass(lambda pixels: self(pixel_values=pixels).logits, pixel_values.float(),
-                                           size, output_size)
+        return probabilities_from_one_pass(self._one_pass_logits, pixel_values.float(), size, output_size)
+
+    def _one_pass_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        inputs = {"pixel_values": pixels}
+        if "dino_pixel_values" in self.input_names:  # DSU-Net: its DINOv2 view of the same tensor, as in PyTorch
+            side = self.config.dino_image_size
+            inputs["dino_pixel_values"] = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bilinear",
+                                                                          align_corners=False)
+        return self(**inputs).logits
 
     def _window_logits(self, window: torch.Tensor) -> torch.Tensor:
         if not self.dynamic_size and tuple(window.shape[-2:]) != self.input_size:

@@ -237,6 +237,42 @@ def test_bad_inputs_are_refused_clearly():
     for fields in ({"squeeze_block_count": 0}, {"squeeze_block_count": -1}, {"context_count": "3"}):
         with pytest.raises(ValueError, match=next(iter(fields))):
             tiny_config(**fields)
+    # The string "false" (a YAML/JSON typo) counted as True: use_bn="false" built (and loaded) BatchNorm.
+    for name in ("use_bn", "inward_reference", "inward_reference_split", "multi_scale_supervision",
+                 "outward_reference", "lora_decoder"):
+        with pytest.raises(ValueError, match=f"{name} must be true or false"):
+            tiny_config(**{name: "false"})
+    # A bare TypeError / int() error naming no field; a string OutRef weight failed in the first training step, a
+    # negative or all-zero loss_weights trained away from the labels or on nothing.
+    for fields in ({"dynamic_size": [256, 512]}, {"finetune_last_epochs": "x"},
+                   {"outward_reference_loss_weight": "1"}, {"outward_reference_loss_weight": -1.0},
+                   {"loss_weights": {"bce": -1.0}}, {"loss_weights": {}}, {"loss_weights": {"bce": "30"}},
+                   {"loss_weights": {"bce": float("nan")}}):
+        with pytest.raises(ValueError, match=next(iter(fields))):
+            tiny_config(**fields)
+    assert tiny_config(finetune_last_epochs=-20, outward_reference_loss_weight=0).finetune_last_epochs == 20
+
+
+def test_pvt_v2_minimum_size_is_a_clear_error():
+    """PVT-v2's spatial-reduction convs need stage maps of at least their ratio (32 px input); with multi_scale_input
+    the half-size pass needs that too. 32 px with 'cat' failed deep inside with "Kernel size can't be greater than
+    actual input size", and a dynamic_size reaching below it would fail at a random later training step."""
+    tiny_pvt = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1]}
+    fast = {"decoder_attention": "", "finetune_strategy": "full"}  # (the attention is not what is tested)
+    model = BiRefNetForImageSegmentation(BiRefNetConfig(backbone="pvt_v2_b0", backbone_config=tiny_pvt, image_size=64,
+                                                        **fast)).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="pvt_v2_b0 and multi_scale_input='cat' needs at least 64 px"):
+        model(torch.randn(1, 3, 32, 64))
+    with pytest.raises(ValueError, match="at least 32 px per side"):
+        model.bb(torch.randn(1, 3, 16, 64))
+    for sizes in ({"image_size": 32}, {"image_size": 64, "dynamic_size": [[32, 128], [64, 128]]}):
+        with pytest.raises(ValueError, match="needs image_size and dynamic_size of at least 64 px"):
+            BiRefNetConfig(backbone="pvt_v2_b0", backbone_config=tiny_pvt, **sizes)
+    # Without the half-size pass 32 px is enough (as upstream).
+    model = BiRefNetForImageSegmentation(BiRefNetConfig(backbone="pvt_v2_b0", backbone_config=tiny_pvt, image_size=32,
+                                                        multi_scale_input="", **fast)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 1, 32, 32)
 
 
 def test_every_official_release_is_a_variant_named_by_its_repo_file_or_cache_path(tmp_path):
@@ -262,8 +298,16 @@ def test_every_official_release_is_a_variant_named_by_its_repo_file_or_cache_pat
     for name, variant in [("BiRefNet_dynamic-matting-epoch_159.pth", "BiRefNet_dynamic-matting"),
                           ("BiRefNet-general-resolution_512x512-fp16-epoch_216.pth", "BiRefNet_512x512"),
                           ("BiRefNet-HRSOD_DHU-epoch_115.pth", "BiRefNet-HRSOD"),
-                          ("BiRefNet-general-bb_swin_v1_tiny-epoch_232.pth", "BiRefNet_lite")]:
+                          ("BiRefNet-general-bb_swin_v1_tiny-epoch_232.pth", "BiRefNet_lite"),
+                          # These were not recognised (the general model's task assumed, with a warning):
+                          ("BiRefNet-massive-TR_DIS5K_TR_TEs-epoch_420.pth", "BiRefNet-DIS5K-TR_TEs"),
+                          ("ZhengPeng7/BiRefNet-DIS5K-TR_TEs", "BiRefNet-DIS5K-TR_TEs"),
+                          ("ZhengPeng7/BiRefNet-legacy", "BiRefNet-legacy"), ("ZhengPeng7/BiRefNet_T", "BiRefNet_lite"),
+                          ("BiRefNet-DIS_ep580.pth", "BiRefNet-DIS5K"),
+                          ("BiRefNet-portrait-TR_P3M_10k-epoch_120.pth", "BiRefNet-portrait"),
+                          ("BiRefNet-massive-epoch_240.pth", None)]:  # task of that older "massive" not known
         assert variant_for_source(name) == variant, name
+    assert BiRefNetConfig.from_variant("BiRefNet-DIS5K-TR_TEs").task == "DIS5K"
     (tmp_path / "BiRefNet_lite-2K").mkdir()
     (tmp_path / "BiRefNet_lite-2K" / "model.safetensors").write_bytes(b"")
     cache = "hub/models--ZhengPeng7--BiRefNet_HR/snapshots/0123abcd"

@@ -81,6 +81,17 @@ def pvt_v2_config(preset: str, overrides: dict | None = None) -> PvtV2Config:
     return preset_config(PvtV2Config, PVT_V2_PRESETS, preset, overrides)
 
 
+def pvt_v2_min_input_size(config: PvtV2Config) -> int:
+    """The smallest image side the backbone runs on (32 px for the presets): each stage's spatial reduction is a
+    conv with kernel = stride = its sr ratio, so that stage's map must be at least that large, or the conv fails
+    with a bare kernel-size error."""
+    stride, minimum = 1, 1
+    for step, ratio in zip(config.strides, config.sr_ratios):
+        stride *= step
+        minimum = max(minimum, stride * ratio)
+    return minimum
+
+
 def _sdpa_attention_forward(self, hidden_states: torch.Tensor, height: int, width: int,
                             output_attentions: bool = False) -> tuple[torch.Tensor, ...]:
     """transformers' ``PvtV2SelfAttention.forward`` with the score matrix, softmax, dropout and weighted sum
@@ -115,8 +126,14 @@ class PvtV2Backbone(nn.Module):
                     block.attention.layer_norm.eps = UPSTREAM_DEFAULT_EPS
                 block.attention.forward = types.MethodType(_sdpa_attention_forward, block.attention)
         self.channels: list[int] = list(config.hidden_sizes)
+        self.min_input_size = pvt_v2_min_input_size(config)
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        height, width = pixel_values.shape[-2:]
+        # (Not while exporting: a shape guard would narrow a dynamic-size export's height and width.)
+        if not torch.compiler.is_exporting() and (height < self.min_input_size or width < self.min_input_size):
+            raise ValueError(f"PVT-v2 backbone: images need at least {self.min_input_size} px per side (its "
+                             f"spatial-reduction convs), got {tuple(pixel_values.shape[-2:])}")
         return list(self.model(pixel_values).feature_maps)
 
 

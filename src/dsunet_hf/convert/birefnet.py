@@ -210,12 +210,14 @@ def is_official_birefnet_source(source: str | Path, revision: str | None = None,
 
 
 # Parts of a checkpoint's name beside its variant: the task it was trained on ("-general") and the epoch it was saved
-# at ("-epoch_244"), as in the GitHub release file BiRefNet-general-epoch_244.pth.
-_NAME_PARTS = re.compile(r"-general(?=-|$)|-epoch_\d+$", re.IGNORECASE)
-# GitHub release v1 files whose name (so reduced, lower case) is not their variant's: the 512² model would run at
-# 1024², the HRSOD one train with the general task's recipe.
+# at ("-epoch_244", or "_ep580" in older files), as in the GitHub release file BiRefNet-general-epoch_244.pth.
+_NAME_PARTS = re.compile(r"-general(?=-|$)|-epoch_\d+$|_ep\d+$", re.IGNORECASE)
+# Release files and former Hub names whose name (so reduced, lower case) is not their variant's: the 512² model would
+# run at 1024², the HRSOD and DIS ones train with the general task's recipe.
 _RELEASE_NAMES = {"birefnet-resolution_512x512-fp16": "BiRefNet_512x512", "birefnet-hrsod_dhu": "BiRefNet-HRSOD",
-                  "birefnet-bb_swin_v1_tiny": "BiRefNet_lite", "birefnet-dis": "BiRefNet-DIS5K"}
+                  "birefnet-bb_swin_v1_tiny": "BiRefNet_lite", "birefnet-dis": "BiRefNet-DIS5K",
+                  "birefnet-massive-tr_dis5k_tr_tes": "BiRefNet-DIS5K-TR_TEs", "birefnet_t": "BiRefNet_lite",
+                  "birefnet-portrait-tr_p3m_10k": "BiRefNet-portrait"}
 
 
 def variant_for_source(source: str | Path) -> str | None:

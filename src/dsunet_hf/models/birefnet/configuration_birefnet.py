@@ -9,6 +9,7 @@ and the official Hub variants are presets (``BiRefNetConfig.from_variant("BiRefN
 from __future__ import annotations
 
 import math
+import numbers
 
 from transformers import PreTrainedConfig
 
@@ -62,6 +63,11 @@ VARIANTS = {
     "BiRefNet-DIS5K": ({"backbone": "swin_v1_l", "task": "DIS5K"}, "ZhengPeng7/BiRefNet-DIS5K"),
     "BiRefNet-COD": ({"backbone": "swin_v1_l", "task": "COD"}, "ZhengPeng7/BiRefNet-COD"),
     "BiRefNet-HRSOD": ({"backbone": "swin_v1_l", "task": "HRSOD"}, "ZhengPeng7/BiRefNet-HRSOD"),
+    # The "massive" DIS model (GitHub release BiRefNet-massive-TR_DIS5K_TR_TEs): upstream's DIS5K task trained on
+    # DIS-TR + DIS-TE1..4.
+    "BiRefNet-DIS5K-TR_TEs": ({"backbone": "swin_v1_l", "task": "DIS5K"}, "ZhengPeng7/BiRefNet-DIS5K-TR_TEs"),
+    # The previous general-use release.
+    "BiRefNet-legacy": ({"backbone": "swin_v1_l", "task": "General"}, "ZhengPeng7/BiRefNet-legacy"),
 }
 
 # LoRA targets in the backbone: every linear of transformers' Swin except the key projection. With
@@ -76,6 +82,22 @@ def _size_pair(value, name: str) -> list[int]:
     if len(pair) != 2 or min(pair) <= 0 or pair[0] % 32 or pair[1] % 32:
         raise ValueError(f"{name} must be a positive multiple of 32 (or [height, width] of them), got {value!r}")
     return pair
+
+
+def _is_weight(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _check_pvt_sizes(backbone: str, backbone_config: dict, multi_scale_input: str, image_size, dynamic_size) -> None:
+    """PVT-v2 has a minimum input size, which the half-size pass of multi_scale_input must meet too: refused here
+    rather than at the first (or, for dynamic sizes, a random later) training step."""
+    from ...backbones.pvt_v2 import pvt_v2_config, pvt_v2_min_input_size
+
+    minimum = pvt_v2_min_input_size(pvt_v2_config(backbone, backbone_config or None)) * (2 if multi_scale_input else 1)
+    smallest = min(image_size + ([low for low, _ in dynamic_size] if dynamic_size else []))
+    if smallest < minimum:
+        raise ValueError(f"{backbone} with multi_scale_input={multi_scale_input!r} needs image_size and dynamic_size "
+                         f"of at least {minimum} px per side, got {smallest}")
 
 
 class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
@@ -177,6 +199,12 @@ class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
                              f"{squeeze_block_count!r}")
         if finetune_strategy == "adapter":
             raise ValueError("BiRefNet has no bottleneck adapters: use finetune_strategy lora, frozen or full")
+        for name, value in (("inward_reference", inward_reference), ("inward_reference_split", inward_reference_split),
+                            ("multi_scale_supervision", multi_scale_supervision),
+                            ("outward_reference", outward_reference), ("use_bn", use_bn),
+                            ("lora_decoder", lora_decoder)):
+            if not isinstance(value, bool):  # the string "false" (a YAML/JSON typo) would count as True
+                raise ValueError(f"{name} must be true or false (a boolean), got {value!r}")
         self.backbone = backbone
         self.backbone_config = dict(backbone_config or {})
         self.multi_scale_input = multi_scale_input
@@ -193,17 +221,32 @@ class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
         self.use_bn = use_bn
         self.image_size = _size_pair(image_size, "image_size")
         if dynamic_size is not None:
-            dynamic_size = [[int(a), int(b)] for a, b in dynamic_size]
+            bad = ValueError(f"dynamic_size must be [[min_h, max_h], [min_w, max_w]] >= 32, got {dynamic_size!r}")
+            try:
+                dynamic_size = [[int(a), int(b)] for a, b in dynamic_size]
+            except (TypeError, ValueError):  # e.g. [256, 512]: a bare "cannot unpack non-iterable int"
+                raise bad from None
             if len(dynamic_size) != 2 or any(not 32 <= a <= b for a, b in dynamic_size):
-                raise ValueError(f"dynamic_size must be [[min_h, max_h], [min_w, max_w]] >= 32, got {dynamic_size}")
+                raise bad
         self.dynamic_size = dynamic_size
+        if backbone.startswith("pvt"):
+            _check_pvt_sizes(backbone, self.backbone_config, multi_scale_input, self.image_size, dynamic_size)
         self.task = task
         weights = dict(TASK_LOSS_WEIGHTS[task] if loss_weights is None else loss_weights)
         unknown = sorted(set(weights) - set(LOSS_NAMES))
         if unknown:
             raise ValueError(f"unknown loss names {unknown} in loss_weights; known: {LOSS_NAMES}")
+        # A string weight failed in the loss; a negative one trained away from the labels, all zeros trained nothing.
+        if not all(_is_weight(w) for w in weights.values()) or not any(weights.values()):
+            raise ValueError(f"loss_weights needs finite, non-negative numbers, not all 0, got {weights!r}")
         self.loss_weights = {name: float(weights.get(name, 0.0)) for name in LOSS_NAMES}
-        self.outward_reference_loss_weight = outward_reference_loss_weight
+        if not _is_weight(outward_reference_loss_weight):
+            raise ValueError(f"outward_reference_loss_weight must be a finite, non-negative number, got "
+                             f"{outward_reference_loss_weight!r}")
+        self.outward_reference_loss_weight = float(outward_reference_loss_weight)
+        if finetune_last_epochs is not None and (isinstance(finetune_last_epochs, bool)
+                                                 or not isinstance(finetune_last_epochs, numbers.Integral)):
+            raise ValueError(f"finetune_last_epochs must be an integer (0: off), got {finetune_last_epochs!r}")
         self.finetune_last_epochs = (
             TASK_FINETUNE_LAST_EPOCHS[task] if finetune_last_epochs is None else abs(int(finetune_last_epochs))
         )

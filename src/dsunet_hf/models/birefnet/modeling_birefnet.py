@@ -358,6 +358,17 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
     ) -> BiRefNetOutput | tuple:
         check_pixel_values(pixel_values, 32)
+        # PVT-v2 needs a minimum size (its spatial-reduction convs), which the half-size pass must meet too. Only
+        # checked where 32 (the multiple) is not enough, and not while exporting: a shape guard there would narrow
+        # a dynamic-size export's height and width.
+        minimum = getattr(self.bb, "min_input_size", 1) * (2 if self.config.multi_scale_input else 1)
+        height, width = pixel_values.shape[-2:]
+        if minimum > 32 and not torch.compiler.is_exporting() and (height < minimum or width < minimum):
+            raise ValueError(
+                f"pixel_values: BiRefNet with {self.config.backbone} and multi_scale_input="
+                f"{self.config.multi_scale_input!r} needs at least {minimum} px per side, got "
+                f"{tuple(pixel_values.shape[-2:])}"
+            )
         x1, x2, x3, x4 = self.encode(pixel_values)
         gradient_target = None
         if self.training and self.config.outward_reference:

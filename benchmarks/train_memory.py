@@ -1,6 +1,6 @@
 """Peak CPU memory and time of one full-size training step (random weights), per batch size.
 
-    python benchmarks/train_memory.py --model dsunet --batch-sizes 1 2 [--gradient-checkpointing]
+    python benchmarks/train_memory.py --model dsunet --batch-sizes 1 2 [--preset tiny] [--gradient-checkpointing]
 
 Each batch size runs in a fresh process (peak RSS is per process). Prints JSON; not part of the tests.
 """
@@ -15,14 +15,19 @@ import sys
 import time
 
 
-def one_step(model_name: str, batch_size: int, checkpointing: bool) -> dict:
+def one_step(model_name: str, batch_size: int, checkpointing: bool, preset: str | None = None) -> dict:
     import torch
 
     from dsunet_hf.modeling_utils import enable_activation_checkpointing
     from dsunet_hf.models import get_model_spec
 
     spec = get_model_spec(model_name)
-    model = spec.model_class(spec.config_class()).train()
+    if model_name == "birefnet":  # the preset is a variant (BiRefNet_lite, ...), as in benchmarks/training.py
+        config = spec.config_class.from_variant(preset or "BiRefNet")
+    else:
+        key = "sam_preset" if model_name == "dsunet" else "backbone_preset"
+        config = spec.config_class(**({key: preset} if preset else {}))
+    model = spec.model_class(config).train()
     if checkpointing:
         enable_activation_checkpointing(model)
     size = model.config.image_size
@@ -36,7 +41,7 @@ def one_step(model_name: str, batch_size: int, checkpointing: bool) -> dict:
     start = time.time()
     model(**inputs, labels=labels).loss.backward()
     optimizer.step()
-    return {"model": model_name, "batch_size": batch_size, "gradient_checkpointing": checkpointing,
+    return {"model": model_name, "preset": preset, "batch_size": batch_size, "gradient_checkpointing": checkpointing,
             "step_seconds": round(time.time() - start, 1),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
@@ -44,16 +49,20 @@ def one_step(model_name: str, batch_size: int, checkpointing: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="dsunet")
+    parser.add_argument("--preset", default=None, help="size preset (sam2-unet, dsunet: tiny..large; birefnet: "
+                                                        "variant); default: the model's full size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(one_step(args.model, args.child, args.gradient_checkpointing)))
+        print(json.dumps(one_step(args.model, args.child, args.gradient_checkpointing, args.preset)))
         return
     results = []
     for batch_size in args.batch_sizes:
         command = [sys.executable, __file__, "--model", args.model, "--child", str(batch_size)]
+        if args.preset:
+            command += ["--preset", args.preset]
         if args.gradient_checkpointing:
             command.append("--gradient-checkpointing")
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout

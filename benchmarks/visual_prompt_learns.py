@@ -1,6 +1,7 @@
 """Does the in-context head learn to pick the *prompted* class? A CPU run on generated textured shapes.
 
     python benchmarks/visual_prompt_learns.py --output-dir outputs/visual-prompt-learns --max-steps 1000
+    python benchmarks/visual_prompt_learns.py --smoke   # the whole pipeline at a tiny size (under a minute; no findings)
 
 Data (``dsunet_hf.synthetic.make_textured_shapes_dataset``): every image holds 2-3 textured shape classes on a
 textured background; class appearance is fixed per class. Training never sees the last ``--held-out``
@@ -62,9 +63,14 @@ def oracle_baselines(dataset, classes, present_classes, seed: int) -> dict:
     return {name: float(np.mean([i / u for i, u in per_class.values()])) for name, per_class in totals.items()}
 
 
-def score(model, dataset, classes, names, seed, **kwargs) -> dict:
-    result = evaluate_visual_prompt(model, dataset, classes=classes, id2label=names, seed=seed, absent_queries=100,
-                                    **kwargs)
+# --smoke: small enough to check that the script runs end to end (its numbers say nothing about learning).
+SMOKE = {"train_images": 16, "test_images": 4, "image_size": 64, "max_steps": 4, "batch_size": 4, "absent_queries": 2,
+         "max_val_samples": 2}
+
+
+def score(model, dataset, classes, names, seed, absent_queries: int = 100, **kwargs) -> dict:
+    result = evaluate_visual_prompt(model, dataset, classes=classes, id2label=names, seed=seed,
+                                    absent_queries=absent_queries, **kwargs)
     return {key: result[key] for key in ("mIoU", "query_mIoU", "absent_area", "per_class_iou")}
 
 
@@ -80,6 +86,13 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=8, help="texture classes in all")
     parser.add_argument("--held-out", type=int, default=2, help="the last N classes never appear in training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-val-samples", type=int, default=60, help="validation queries during training")
+    parser.add_argument("--absent-queries", type=int, default=100, help="queries of a class absent from the target")
+    smoke = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in SMOKE.items())
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny defaults for a quick end-to-end check ({smoke}); flags given still win")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(**SMOKE)
     args = parser.parse_args()
     seen = list(range(1, args.num_classes - args.held_out + 1))
     unseen = list(range(args.num_classes - args.held_out + 1, args.num_classes + 1))
@@ -103,7 +116,7 @@ def main() -> None:
         train_data=str(train_dir), model="visual-prompt", output_dir=str(out / "run"), backbone="random",
         config_overrides=json.dumps(overrides), max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, warmup_steps=20, lr_schedule="cosine", eval_steps=max(1, args.max_steps // 4),
-        max_val_samples=60, report_to="none", progress=False, seed=args.seed, validation_ratio=0.1,
+        max_val_samples=args.max_val_samples, report_to="none", progress=False, seed=args.seed, validation_ratio=0.1,
     ))
     train_seconds = time.perf_counter() - started
     model = VisualPromptForSegmentation.from_pretrained(out / "run" / "model")
@@ -114,7 +127,7 @@ def main() -> None:
     matcher.backbone.load_state_dict(model.backbone.state_dict())
 
     report = {"command": "python benchmarks/visual_prompt_learns.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "smoke") + (" --smoke" if args.smoke else ""),
         "train_seconds": round(train_seconds, 1), "steps": summary["global_step"],
         "trainable_parameters": model.num_parameters_summary(), "torch": torch.__version__}
     for split, folder in (("seen classes", seen_dir), ("held-out classes", unseen_dir)):
@@ -123,11 +136,11 @@ def main() -> None:
         classes = present_classes
         if split == "held-out classes":  # queries on the held-out classes only
             classes = [tuple(c for c in present if c in unseen) for present in present_classes]
-        results = {f"head ({mode})": score(model, dataset, classes, names, args.seed, mode=mode)
-                   for mode in ("prompt", "generic", "referring")}
-        results["head (prompt), box prompts"] = score(model, dataset, classes, names, args.seed, prompt_kind="box")
-        results["head (prompt), point prompts"] = score(model, dataset, classes, names, args.seed, prompt_kind="point")
-        results["matcher (same random backbone)"] = score(matcher, dataset, classes, names, args.seed)
+        common = (dataset, classes, names, args.seed, args.absent_queries)
+        results = {f"head ({mode})": score(model, *common, mode=mode) for mode in ("prompt", "generic", "referring")}
+        results["head (prompt), box prompts"] = score(model, *common, prompt_kind="box")
+        results["head (prompt), point prompts"] = score(model, *common, prompt_kind="point")
+        results["matcher (same random backbone)"] = score(matcher, *common)
         baselines = oracle_baselines(dataset, classes, present_classes, args.seed)
         results.update({k: {"mIoU": v} for k, v in baselines.items()})
         results["num_queries"] = len(evaluation_episodes(classes, seed=args.seed))

@@ -250,6 +250,11 @@ def test_dataset_name(tmp_path):
     (tmp_path / "COD10K" / "Train").mkdir(parents=True)
     assert dataset_name(tmp_path / "COD10K" / "Train") == "COD10K (Train)"
     assert dataset_name(str(tmp_path / "COD10K") + "/") == "COD10K"
+    # A Hub-cache snapshot (what snapshot_download returns) is named by its repo: the model card named the commit.
+    snapshot = tmp_path / "hub" / "datasets--some-org--COD10K" / "snapshots" / ("0123abcd" * 5)
+    (snapshot / "Train").mkdir(parents=True)
+    assert dataset_name(snapshot) == "some-org/COD10K" and dataset_name(str(snapshot) + "/") == "some-org/COD10K"
+    assert dataset_name(snapshot / "Train") == "some-org/COD10K (Train)"
 
 
 # ------------------------------------------------------------------------------------------ verification

@@ -141,6 +141,12 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data,
     first = train(tiny_args(generated_data, tmp_path / "split", max_steps=6, logging_steps=4, stop_after_steps=3))
     assert first["global_step"] == 3 and "model_dir" not in first
     assert [p.name for p in checkpoint_dirs(tmp_path / "split")] == ["checkpoint-2", "checkpoint-3"]
+    # Resumed at another batch size it skipped the wrong samples, or never reached its last step: refused, naming it.
+    for other, named in ((dict(batch_size=2), r"--batch-size 4 \(now 2\)"),
+                         (dict(gradient_accumulation_steps=2), r"--gradient-accumulation-steps 1 \(now 2\)")):
+        with pytest.raises(ValueError, match=rf"checkpoint-3: trained with {named}.*Resume with --batch-size 4"):
+            train(tiny_args(generated_data, tmp_path / "split", max_steps=6, logging_steps=4,
+                            resume_from_checkpoint="latest", **other))
     (tmp_path / "split" / "model").mkdir()
     (tmp_path / "split" / "model" / "stale.safetensors").write_text("an older model's file")
     resumed = train(tiny_args(generated_data, tmp_path / "split", max_steps=6, logging_steps=4,
@@ -186,7 +192,7 @@ def test_bad_arguments_are_refused(generated_data, tmp_path):
         train(tiny_args(generated_data, tmp_path / "x", logging_steps=0))
 
 
-def test_push_to_hub_at_the_end(generated_data, tmp_path, hub_namespace):
+def test_push_to_hub_at_the_end(generated_data, tmp_path, hub_namespace, monkeypatch):
     """The repo is created before training (a bad token stops the run first), once; a name without a namespace is
     the Hub's full id in the cards."""
     offline_hub = hub_namespace
@@ -212,6 +218,18 @@ def test_push_to_hub_at_the_end(generated_data, tmp_path, hub_namespace):
     assert results["S-measure"].dataset_split == "validation"
     assert results["S-measure"].dataset_name.endswith("(25% held out)")
     assert pulled(torch.randn(1, 3, TINY_SIZE, TINY_SIZE)).logits.shape[-1] == TINY_SIZE
+    # An upload that fails at the end said only the network's error, as if the run had failed: now where the model is.
+    import huggingface_hub
+
+    def unreachable(self, **kwargs):
+        raise ConnectionError("Connection aborted.")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", unreachable)
+    with pytest.raises(OSError, match=r"^training finished and the model is saved in .*model, but uploading it to "
+                                      r"me/camo-tiny failed \(ConnectionError: Connection aborted.\); upload it with "
+                                      r"`dsunet-hf push .*model me/camo-tiny`$"):
+        train(tiny_args(generated_data, tmp_path / "run", max_steps=2, eval_steps=2, push_to_hub=True,
+                        hub_model_id="camo-tiny", resume_from_checkpoint="latest"))  # done: straight to the upload
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -387,6 +387,26 @@ def test_prompt_count_must_match_references(random_matcher):
         random_matcher.segment([image], [np.zeros((28, 28))], [image])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(bad):
+    # Regression: threshold=nan compared False everywhere and gave empty masks, silently.
+    with pytest.raises(ValueError, match=r"VisualPromptMatcherConfig threshold must be a finite number, got"):
+        VisualPromptMatcher(tiny_config(threshold=bad))
+    reference = colour_image({RED: [(2, 1, 5, 4)]})
+    with pytest.raises(ValueError, match=r"^threshold must be a finite number, got"):
+        VisualPromptMatcher(tiny_config()).predict_masks([reference], ["box:14,28,56,70"], [reference],
+                                                          feature_fn=ONE_HOT, threshold=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_a_batch_size_below_one_or_not_an_integer_is_refused(bad):
+    # Regression: batch_size=0 failed inside range() ("arg 3 must not be zero"), 1.5 inside slicing.
+    reference = colour_image({RED: [(2, 1, 5, 4)]})
+    with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got {bad}$"):
+        VisualPromptMatcher(tiny_config()).segment([reference], ["box:14,28,56,70"], [reference], feature_fn=ONE_HOT,
+                                                   batch_size=bad)
+
+
 def test_prompt_errors_name_the_prompt_and_the_reference(random_matcher, tmp_path):
     # Regression: predict_masks / segment's prompt errors did not say which of several references they were on.
     from PIL import Image

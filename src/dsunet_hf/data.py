@@ -777,8 +777,9 @@ def dataset_name(source: Any) -> str:
     """A human name for model cards and reports.
 
     A folder gives its name (``"ECSSD"``); a generic split or layout folder name is qualified by its
-    parent (``"COD10K (Train)"``). A Hub id is returned as is; a ``Dataset`` gives the name recorded
-    by :func:`load_segmentation_dataset` (or ``"dataset"``).
+    parent (``"COD10K (Train)"``). A Hub id is returned as is, and so is the repo of a Hub-cache snapshot folder
+    (``.../datasets--org--COD10K/snapshots/<commit>[/Train]``: ``"org/COD10K [(Train)]"``, not the commit); a
+    ``Dataset`` gives the name recorded by :func:`load_segmentation_dataset` (or ``"dataset"``).
     """
     if isinstance(source, datasets.DatasetDict):
         source = next(iter(source.values()), None)
@@ -795,9 +796,18 @@ def dataset_name(source: Any) -> str:
         name = path.name if path.is_dir() else path.stem
         generic = _split_key(name) in _SPLIT_ALIASES or _norm(name) in IMAGE_DIR_NAMES + MASK_DIR_NAMES
         if generic and path.parent.name:
-            return f"{path.parent.name} ({name})"
-        return name or str(path)
+            return f"{_hub_cache_repo(path.parent) or path.parent.name} ({name})"
+        return _hub_cache_repo(path) or name or str(path)
     return text
+
+
+def _hub_cache_repo(folder: Path) -> str | None:
+    """``org/name`` for a Hub-cache snapshot folder (``datasets--org--name/snapshots/<commit>``, as
+    ``snapshot_download`` returns it), whose own name is a commit hash; None for any other folder."""
+    repo_folder = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and repo_folder.startswith("datasets--"):
+        return repo_folder.split("--", 1)[1].replace("--", "/")
+    return None
 
 
 # ----------------------------------------------------------------------------------------- transform

@@ -156,6 +156,8 @@ class TrainerState:
     # The train/loss logging window so far (sum, micro-batches): a resumed run logs what an uninterrupted one would.
     running_loss: float = 0.0
     running_count: int = 0
+    # What the step counter and the data position count in (see data_layout); None in older checkpoints.
+    data_layout: dict | None = None
 
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -604,6 +606,33 @@ def check_checkpoint_backbones(model, checkpoint: Path, verify: bool = True) -> 
             ) from None
 
 
+LAYOUT_NAMES = {"batch_size": "--batch-size", "gradient_accumulation_steps": "--gradient-accumulation-steps",
+                "num_processes": "processes", "train_samples": "training samples"}
+
+
+def data_layout(args: TrainingArguments, num_processes: int, train_samples: int) -> dict:
+    """What a run's step counter, its position in an epoch (micro-batches consumed) and its schedule count in."""
+    return {"batch_size": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "num_processes": num_processes, "train_samples": train_samples}
+
+
+def check_data_layout(checkpoint: Path, saved: dict | None, now: dict) -> None:
+    """Refuse to resume ``checkpoint`` with another batch size, accumulation, process count or training set: the
+    batches it skips, its optimizer steps per epoch and so its schedule and end would count in other units (a run
+    resumed at another batch size repeated samples, or stopped short of its last epoch without a final model)."""
+    if saved is None:  # written before checkpoints recorded it
+        return
+    differs = [f"{LAYOUT_NAMES.get(key, key)} {saved.get(key)} (now {now[key]})" for key in now
+               if saved.get(key) != now[key]]
+    if differs:
+        same = " ".join(f"--{key.replace('_', '-')} {saved[key]}" for key in ("batch_size", "gradient_accumulation_steps")
+                        if key in saved)
+        raise ValueError(f"{checkpoint}: trained with {', '.join(differs)}: its step count, position in the epoch and "
+                         f"learning-rate schedule hold only for the same data layout. Resume with {same} on "
+                         f"{saved.get('num_processes')} process(es) and the same training data, or start a new run "
+                         "in another --output-dir")
+
+
 def _at_revision(revision: str | None) -> str:
     return f" (revision {revision})" if revision else ""
 
@@ -756,10 +785,14 @@ def train(args: TrainingArguments) -> dict:
     scheduler = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier))
     register_trainable_checkpoint_hooks(accelerator)
 
-    state = TrainerState()
+    layout = data_layout(args, accelerator.num_processes, len(train_episodes))
+    state = TrainerState(data_layout=layout)
     if resume_path is not None:
+        saved = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
+        check_data_layout(resume_path, saved.data_layout, layout)  # before load_state: nothing changed yet
         accelerator.load_state(str(resume_path))
-        state = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
+        state = saved
+        state.data_layout = layout
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
         if state.best_step is not None and not (output_dir / "best").is_dir():
             # Resumed into another output dir (or best/ was deleted): the best weights are not here, and the final
@@ -947,14 +980,21 @@ def train(args: TrainingArguments) -> dict:
         else:
             save_model(final, {})
         summary["model_dir"] = str(final)
+        write_json_atomic(output_dir / "train_summary.json", summary)  # there also when the upload fails
         if args.push_to_hub:
             from .hub import upload_folder_to_hub
 
-            summary["hub_repo_id"] = upload_folder_to_hub(
-                final, args.hub_model_id, private=args.hub_private or None, commit_message="End of training",
-                repo_created=True,  # at the start, on this (the main) process
-            )
-        write_json_atomic(output_dir / "train_summary.json", summary)
+            try:
+                summary["hub_repo_id"] = upload_folder_to_hub(
+                    final, args.hub_model_id, private=args.hub_private or None, commit_message="End of training",
+                    repo_created=True,  # at the start, on this (the main) process
+                )
+            except Exception as error:  # the run itself is done: say so, and where its model is, not only the error
+                first_line = (str(error).splitlines() or [""])[0]
+                raise OSError(f"training finished and the model is saved in {final}, but uploading it to "
+                              f"{args.hub_model_id} failed ({type(error).__name__}: {first_line}); upload it with "
+                              f"`dsunet-hf push {final} {args.hub_model_id}`") from error
+            write_json_atomic(output_dir / "train_summary.json", summary)
     accelerator.end_training()
     return summary
 

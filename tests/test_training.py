@@ -825,3 +825,29 @@ def test_a_recipe_value_of_the_wrong_type_is_named_with_its_file(tmp_path):
     args = parse_args([str(tmp_path / "recipe.yaml")])
     assert (args.learning_rate, args.batch_size, args.image_size) == (1e-4, 4, 64)
     assert args.gradient_checkpointing is True and not args.torch_compile and args.max_grad_norm == 1
+
+
+def test_a_run_killed_while_best_is_replaced_keeps_the_older_one_whole(tmp_path, monkeypatch):
+    # Regression: the older folder was deleted before the new one was renamed in: a kill in between lost both.
+    from dsunet_hf import training
+
+    final, temporary = tmp_path / "best", tmp_path / "best.tmp"
+    final.mkdir()
+    (final / "model.safetensors").write_text("older")
+    temporary.mkdir()
+    (temporary / "model.safetensors").write_text("newer")
+    rename = os.replace
+
+    def killed_before_the_new_one_is_in(source, target):
+        if Path(source) == temporary:
+            raise KeyboardInterrupt
+        rename(source, target)
+
+    monkeypatch.setattr(training.os, "replace", killed_before_the_new_one_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        training._replace_dir(temporary, final)
+    assert (tmp_path / "best.old" / "model.safetensors").read_text() == "older"
+    monkeypatch.setattr(training.os, "replace", rename)
+    training._replace_dir(temporary, final)  # the next save: the new one in, nothing left aside
+    assert (final / "model.safetensors").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

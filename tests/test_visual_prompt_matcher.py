@@ -390,8 +390,10 @@ def test_prompt_count_must_match_references(random_matcher):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_threshold_that_is_not_a_finite_number_is_refused(bad):
     # Regression: threshold=nan compared False everywhere and gave empty masks, silently.
-    with pytest.raises(ValueError, match=r"VisualPromptMatcherConfig threshold must be a finite number, got"):
+    with pytest.raises(ValueError, match=r"^threshold must be a finite number, got"):
         VisualPromptMatcher(tiny_config(threshold=bad))
+    with pytest.raises(ValueError, match=r"^threshold must be a finite number, got 'abc'"):
+        tiny_config(threshold="abc")  # was float()'s message, naming no field
     reference = colour_image({RED: [(2, 1, 5, 4)]})
     with pytest.raises(ValueError, match=r"^threshold must be a finite number, got"):
         VisualPromptMatcher(tiny_config()).predict_masks([reference], ["box:14,28,56,70"], [reference],

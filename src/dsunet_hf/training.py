@@ -522,9 +522,14 @@ def _temporary(folder: Path, clear: bool = True) -> Path:
 
 
 def _replace_dir(temporary: Path, final: Path) -> None:
+    """Move ``temporary`` into place as ``final``; the older ``final`` is moved aside first and deleted only after,
+    so a run killed in between leaves one of the two whole (``final.old`` where ``final`` is missing)."""
+    aside = final.with_name(final.name + ".old")
+    shutil.rmtree(aside, ignore_errors=True)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, aside)
     os.replace(temporary, final)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def register_trainable_checkpoint_hooks(accelerator: Accelerator) -> None:

@@ -13,6 +13,13 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_finite_number(name: str, value) -> float:
+    """A real number, not NaN / inf (a NaN threshold compares False everywhere: empty masks, silently)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def check_loss_weights(weights, order: str) -> list[float]:
     """Three finite, non-negative numbers, not all zero (a negative weight would train that output away from the
     labels, all zeros would train nothing)."""

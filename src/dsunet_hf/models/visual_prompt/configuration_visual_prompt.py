@@ -7,7 +7,7 @@ from transformers import Dinov2Config, PreTrainedConfig
 
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
-from ..checked_config import CheckedOverrides
+from ..checked_config import CheckedOverrides, check_finite_number
 
 MATCHING_MODES = ("prototype", "bidirectional")
 
@@ -100,7 +100,7 @@ class VisualPromptMatcherConfig(CheckedOverrides, PreTrainedConfig):
         self.feature_layer_norm = bool(feature_layer_norm)
         self.background_prototype = bool(background_prototype)
         self.matching = matching
-        self.threshold = None if threshold is None else float(threshold)
+        self.threshold = None if threshold is None else check_finite_number("threshold", threshold)
         self.sam_repo_id = sam_repo_id
         self.sam_revision = sam_revision
         if sam_num_points < 1:

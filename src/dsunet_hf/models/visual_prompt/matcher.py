@@ -28,7 +28,6 @@ The functions work on plain feature maps so they can be checked with known featu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from ...hub import PLACEHOLDER_REPO_ID, hub_download_kwargs
 from ...image_io import load_image
 from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
 from ...prompts import reference_masks
-from ..checked_config import check_positive_int
+from ..checked_config import check_finite_number, check_positive_int
 from .configuration_visual_prompt import VisualPromptMatcherConfig
 
 __all__ = [
@@ -63,17 +62,6 @@ logger = logging.get_logger(__name__)
 
 SOLVERS = ("auto", "hungarian", "greedy")
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def check_threshold(name: str, value) -> float:
-    """A finite number: NaN compares False everywhere (an empty mask, silently), an infinity marks all or nothing."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return number
 
 
 # --- pure functions over feature maps ---------------------------------------------------------------------
@@ -316,8 +304,6 @@ class VisualPromptMatcher(DinoVisualPromptModel):
     unused_parameters = ("backbone.encoder.embeddings.mask_token",)
 
     def __init__(self, config: VisualPromptMatcherConfig):
-        if config.threshold is not None:  # also reached by from_pretrained(..., threshold=...) and a config file
-            check_threshold("VisualPromptMatcherConfig threshold", config.threshold)
         super().__init__(config)
         self.backbone = DINOv2Backbone(config.get_dino_config())
         self.post_init()
@@ -471,7 +457,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         refine = bool(self.config.sam_repo_id) if refine is None else refine
         if threshold is None:
             threshold = 0.0 if refine else self.config.score_threshold
-        threshold = check_threshold("threshold", threshold)  # before the backbone runs
+        threshold = check_finite_number("threshold", threshold)  # before the backbone runs
         return [score > threshold for score in self.segment(references, prompts, targets, **kwargs)]
 
     # --- SAM 2 refinement -------------------------------------------------------------------------------

@@ -603,7 +603,8 @@ def test_backbone_source_is_refused_for_official_birefnet_weights(tmp_path):
                                    ["--num-workers", "3"], ["--dtype", "float32"], ["--shots", "1"],
                                    ["--prompt-kind", "mask"], ["--no-verify-backbone-weights"],
                                    ["--backbone-source", "backbone_revision=main"], ["--crop-margin", "0.3"], ["--crop-margin", "-1"], ["--max-side", "512"],
-                                   ["--no-reduce-zero-label"], ["--no-minmax-normalize"]])
+                                   ["--no-reduce-zero-label"], ["--no-minmax-normalize"], ["--revision", "main"],
+                                   ["--variant", "fp16"]])
 def test_evaluate_refuses_options_of_running_a_model_on_saved_maps(tmp_path, given):
     """Was: silently ignored (the first six with their default value: refused only when they differed from it), or
     refused for another reason (--crop-margin "needs --crop-refine", which is refused there too; --device cuda:7
@@ -691,3 +692,128 @@ def test_evaluate_refuses_no_reduce_zero_label_for_a_foreground_model(tmp_path, 
     # Named as given (was "--reduce-zero-label", which the user had not typed).
     with pytest.raises(SystemExit, match=r"^evaluate: --no-reduce-zero-label apply to multi-class models"):
         main(["evaluate", "--model", str(tmp_path / "model"), "--data", "d", "--no-reduce-zero-label"])
+
+
+# --- --revision / --variant: which version of a model a command loads -------------------------------------------
+
+def _predict_one(tmp_path, model: str, *options: str) -> np.ndarray:
+    """The mask ``dsunet-hf predict`` writes for one generated image (a fresh output folder each call)."""
+    image = tmp_path / "a.png"
+    if not image.exists():
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+    assert main(["predict", "--model", model, str(image), "--output-dir", str(out), "--num-workers", "0",
+                 *options]) == 0
+    return np.asarray(Image.open(out / "masks" / "a.png"))
+
+
+def test_revision_loads_that_commit_with_its_processor(tmp_path, offline_hub, monkeypatch):
+    """Was: no --revision on any command: a Hub model could only be run at its latest commit from the command line."""
+    import dsunet_hf.app
+    import dsunet_hf.onnx_export
+    from dsunet_hf import SegmentationImageProcessor
+
+    for seed, size in ((1, 96), (2, 64)):  # two pushes: other weights, another processor size
+        torch.manual_seed(seed)
+        _tiny_model("sam2_unet").save_pretrained(tmp_path / f"v{seed}", include_backbone=True,
+                                                 image_processor=SegmentationImageProcessor(size=size))
+    first = offline_hub.add("me/rev", tmp_path / "v1")
+    offline_hub.add("me/rev", tmp_path / "v2")
+    old = _predict_one(tmp_path, str(tmp_path / "v1"))
+    assert np.array_equal(_predict_one(tmp_path, "me/rev", "--revision", first), old)
+    assert not np.array_equal(_predict_one(tmp_path, "me/rev"), old)  # main: the second push
+
+    def loaded(demo_or_model, processor=None, *args, **kwargs):  # what app and export were given
+        raise Loaded((processor or demo_or_model.processor).size["height"])
+
+    monkeypatch.setattr(dsunet_hf.onnx_export, "export_onnx", loaded)
+    monkeypatch.setattr(dsunet_hf.app, "build_app", loaded)
+    for argv in (["export", "onnx", "--model", "me/rev", str(tmp_path / "onnx")], ["app", "--model", "me/rev"]):
+        with pytest.raises(Loaded, match="^96$"):
+            main([*argv, "--revision", first])
+    with pytest.raises(SystemExit, match=r"^predict: --revision main: a Hub repo's branch, tag or commit, but .*v1 "
+                                         r"is a local path"):  # was (Python): silently ignored
+        main(["predict", "--model", str(tmp_path / "v1"), str(tmp_path / "a.png"), "--revision", "main"])
+
+
+def test_revision_of_a_visual_prompt_model(tmp_path, offline_hub):
+    """The model's kind is read from the revision asked for: a repo whose main is now another kind of model."""
+    _tiny_model("visual_prompt").save_pretrained(tmp_path / "prompt", include_backbone=True)
+    _tiny_model("sam2_unet").save_pretrained(tmp_path / "other", include_backbone=True)
+    first = offline_hub.add("me/kinds", tmp_path / "prompt")
+    offline_hub.add("me/kinds", tmp_path / "other")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "a.png")
+    predict = ["predict", "--model", "me/kinds", str(tmp_path / "a.png"), "--reference", str(tmp_path / "a.png"),
+               "--prompt", "box:2,2,40,40", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="need a visual-prompt model"):
+        main(predict)
+    assert main([*predict, "--revision", first]) == 0
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+
+
+def test_variant_loads_weights_saved_as_a_variant(tmp_path, monkeypatch, offline_hub):
+    """Was: a folder of model.fp16.safetensors only could not be loaded from the command line, and its refusal said
+    "load with variant='fp16'", a Python keyword; a Hub repo of them got no hint at all."""
+    import dsunet_hf.app
+    import dsunet_hf.onnx_export
+
+    _tiny_model("sam2_unet").save_pretrained(tmp_path / "fp16", include_backbone=True, variant="fp16")
+    model = str(tmp_path / "fp16")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=r"^predict: cannot load .*fp16: .* holds the weights of variant 'fp16' only "
+                                         r"\(save_pretrained\(variant=\.\.\.\)\): add --variant fp16$"):
+        main(["predict", "--model", model, str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")])
+    offline_hub.add("me/fp16", tmp_path / "fp16")
+    with pytest.raises(SystemExit, match=r"^predict: cannot load me/fp16: .* holds the weights of variant 'fp16' "
+                                         r"only .*: add --variant fp16$"):
+        main(["predict", "--model", "me/fp16", str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")])
+    plain = tmp_path / "plain"
+    _tiny_model("sam2_unet").save_pretrained(plain, include_backbone=True)
+    assert np.array_equal(_predict_one(tmp_path, model, "--variant", "fp16"), _predict_one(tmp_path, str(plain)))
+
+    def loaded(*args, **kwargs):  # the model loaded: that is what is checked here
+        raise Loaded
+
+    monkeypatch.setattr(dsunet_hf.onnx_export, "export_onnx", loaded)
+    monkeypatch.setattr(dsunet_hf.app, "build_app", loaded)
+    for argv in (["export", "onnx", "--model", model, str(tmp_path / "onnx")], ["app", "--model", model]):
+        with pytest.raises(SystemExit, match=f"^{argv[0]}: .*add --variant fp16$"):
+            main(argv)
+        with pytest.raises(Loaded):
+            main([*argv, "--variant", "fp16"])
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "app"])
+def test_variant_is_refused_for_an_onnx_export(tmp_path, monkeypatch, command):
+    """A graph has no weight variants: --variant was silently ignored (Python: variant=)."""
+    monkeypatch.setattr("dsunet_hf.cli.check_extra", lambda *args: None)  # refused before onnxruntime is needed
+    folder = tmp_path / "model-onnx"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"")
+    (folder / "config.json").write_text("{}")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    argv = {"predict": ["predict", "--model", str(folder), str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")],
+            "evaluate": ["evaluate", "--model", str(folder), "--data", str(tmp_path), "--output-dir", str(tmp_path / "r")],
+            "export": ["export", "onnx", "--model", str(folder), str(tmp_path / "onnx")],
+            "app": ["app", "--model", str(folder)]}[command]
+    with pytest.raises(SystemExit, match=rf"^{command}: cannot load {folder}: {folder} is an ONNX graph: it has no "
+                                         r"weight variants .*; leave out --variant$"):
+        main([*argv, "--variant", "fp16"])
+
+
+def test_convert_birefnet_revision(tmp_path, monkeypatch):
+    """Official BiRefNet weights from a Hub repo's revision (was: convert had no --revision; main only)."""
+    import dsunet_hf.convert.birefnet
+
+    def convert(source, output_dir, **kwargs):
+        raise Loaded(kwargs["revision"])
+
+    monkeypatch.setattr(dsunet_hf.convert.birefnet, "convert_birefnet_checkpoint", convert)
+    with pytest.raises(Loaded, match="^abc123$"):
+        main(["convert", "birefnet", "ZhengPeng7/BiRefNet_lite", str(tmp_path / "out"), "--revision", "abc123"])
+    weights = tmp_path / "BiRefNet_lite.pth"
+    weights.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"^convert birefnet: --revision abc123: a Hub repo's .* is a local path$"):
+        main(["convert", "birefnet", str(weights), str(tmp_path / "out"), "--revision", "abc123"])
+    with pytest.raises(SystemExit, match=r"^convert sam2-unet: --revision do\(es\) not apply to this kind$"):
+        main(["convert", "sam2-unet", str(weights), str(tmp_path / "out"), "--revision", "abc123"])

@@ -579,23 +579,28 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     loaded = {}
 
     def fake_loader(name_or_path, device=None, dtype=None, **kwargs):
-        loaded.update(name=name_or_path, device=device, dtype=dtype)
+        loaded.update(name=name_or_path, device=device, dtype=dtype, revision=kwargs.get("revision"),
+                      variant=kwargs.get("variant"))
         return model, processor
 
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", fake_loader)
     out = tmp_path / "report"
     args = make_parser().parse_args(
         ["evaluate", "--model", "some/model", "--data", "setA", "--data", "setB", "--output-dir", str(out),
-         "--batch-size", "2", "--no-minmax-normalize", "--max-samples", "1", "--no-progress"]
+         "--batch-size", "2", "--no-minmax-normalize", "--max-samples", "1", "--no-progress", "--revision", "v1.0",
+         "--variant", "fp16"]
     )
     assert run_evaluate_cli(args) == 0
-    assert loaded == {"name": "some/model", "device": None, "dtype": torch.float32}
+    # Was: no --revision / --variant (the latest weights without a variant only), nor recorded in the report.
+    assert loaded == {"name": "some/model", "device": None, "dtype": torch.float32, "revision": "v1.0",
+                      "variant": "fp16"}
     payload = json.loads((out / "evaluation.json").read_text())
     assert list(payload["results"]) == ["name-setA", "name-setB"]
     assert payload["results"]["name-setB"] == by_hand(model, processor, samples[2:3], minmax_normalize=False)
     assert payload["info"]["minmax_normalize"] is False and payload["info"]["max_samples"] == 1
     assert payload["info"]["post_processing"] == "sam2_unet"  # was None: its processor records no order
     assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
+    assert payload["info"]["revision"] == "v1.0" and payload["info"]["variant"] == "fp16"
     assert "name-setA" in capsys.readouterr().out
     # The visual-prompting options were silently ignored for other models (some/model has no config to tell its
     # kind by: it cannot be reached, which is said first; a model of another kind: tests/test_cli.py).

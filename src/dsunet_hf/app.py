@@ -54,21 +54,22 @@ class Demo:
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
                         resolution: str = "model", max_side: int = 2048, verify_backbone_weights: bool = True,
-                        backbone_sources: dict | None = None) -> Demo:
+                        backbone_sources: dict | None = None, **kwargs) -> Demo:
         """An artifact folder, a Hub repo id or an ONNX export folder, loaded as ``dsunet-hf predict`` loads it
         (``verify_backbone_weights=False``: as ``--no-verify-backbone-weights``; ``backbone_sources``: as
-        ``--backbone-source``, e.g. ``{"backbone_revision": "abc123"}``; both refused for ONNX graphs)."""
+        ``--backbone-source``, e.g. ``{"backbone_revision": "abc123"}``; both refused for ONNX graphs; ``kwargs``:
+        ``revision``, ``variant``, as ``--revision``, ``--variant``)."""
         from .predict import load_model_and_processor
         from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
-        if visual_prompt_model_type(name_or_path):
+        if visual_prompt_model_type(name_or_path, revision=kwargs.get("revision")):
             model = load_visual_prompt_model(name_or_path, device=device, dtype=dtype,
                                              verify_backbone_weights=verify_backbone_weights,
-                                             backbone_sources=backbone_sources)
+                                             backbone_sources=backbone_sources, **kwargs)
             return cls(model, resolution=resolution, max_side=max_side)
         loaded = load_model_and_processor(name_or_path, device=device, dtype=dtype,
                                           verify_backbone_weights=verify_backbone_weights,
-                                          backbone_sources=backbone_sources)
+                                          backbone_sources=backbone_sources, **kwargs)
         return cls(*loaded, resolution=resolution, max_side=max_side)
 
     @torch.inference_mode()
@@ -286,7 +287,7 @@ def _editor_value(value: Any) -> tuple[Image.Image, np.ndarray | None]:
 def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
     """The Gradio page for ``demo`` (a :class:`Demo`, or a model to load with :meth:`Demo.from_pretrained`, which
     gets ``load_kwargs``: ``device``, ``dtype``, ``resolution``, ``max_side``, ``verify_backbone_weights``,
-    ``backbone_sources``)."""
+    ``backbone_sources``, ``revision``, ``variant``)."""
     try:
         import gradio as gr
     except ImportError as error:

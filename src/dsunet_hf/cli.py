@@ -32,16 +32,17 @@ def load_failure(command: str, name: str, error: Exception) -> SystemExit:
                     r"Pass the backbone it was trained with (--backbone-source \1=REPO_OR_FOLDER and/or "
                     r"--backbone-source \2=REVISION)", reason)
     reason = re.sub(r"from_pretrained\(\.\.\., (\w+)='([^']*)'\)", r"--backbone-source \1=\2", reason)
+    reason = re.sub(r"load with variant='([^']*)'", r"add --variant \1", reason)  # a folder of variant weights only
     return SystemExit(f"{command}: cannot load {name}: {reason}")
 
 
-def not_visual_prompt(command: str, name: str, refusal: str) -> SystemExit:
-    """``refusal`` (visual-prompt options for a model that is not one), unless the model's config cannot be reached
-    at all (a mistyped folder, no network): that is said instead, not "not a visual-prompt model"."""
+def not_visual_prompt(command: str, name: str, refusal: str, revision: str | None = None) -> SystemExit:
+    """``refusal`` (visual-prompt options for a model that is not one), unless the model's config (of ``revision``)
+    cannot be reached at all (a mistyped folder, no network): that is said instead, not "not a visual-prompt model"."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(name)
+        AutoConfig.from_pretrained(name, revision=revision)
     except OSError as error:
         return load_failure(command, name, error)
     except (ValueError, TypeError, AttributeError):  # readable but not ours (e.g. remote code): not one indeed
@@ -64,16 +65,44 @@ def backbone_sources(command: str, given: list[str] | None) -> dict[str, str]:
     return sources
 
 
+REVISION_HELP = ("a Hub repo's branch, tag or commit to load (default: main), as from_pretrained(revision=...); "
+                 "the image processor comes from the same one")
+VARIANT_HELP = ("load the weights saved with save_pretrained(variant=VARIANT): model.VARIANT.safetensors (e.g. fp16); "
+                "official BiRefNet weights: the official variant (BiRefNet_lite, BiRefNet_HR, ...) where their name "
+                "does not say it; ONNX exports have none")
+
+
+def add_model_source_arguments(parser) -> None:
+    """``--revision`` and ``--variant``: which version of ``--model`` a command loads."""
+    parser.add_argument("--revision", default=None, metavar="BRANCH|TAG|COMMIT", help=REVISION_HELP)
+    parser.add_argument("--variant", default=None, help=VARIANT_HELP)
+
+
+def model_source(command: str, args) -> dict:
+    """``--revision`` / ``--variant`` as the ``from_pretrained`` keywords given; a revision of a local path (which
+    names no Hub repo, so it would be ignored) or an empty value is refused before anything loads."""
+    given = {key: getattr(args, key, None) for key in ("revision", "variant")}
+    for key, value in given.items():
+        if value is not None and not value.strip():
+            raise SystemExit(f"{command}: --{key} is empty")
+    if given["revision"] is not None and args.model and Path(args.model).expanduser().exists():
+        raise SystemExit(f"{command}: --revision {given['revision']}: a Hub repo's branch, tag or commit, but "
+                         f"{args.model} is a local path; name the Hub repo, or check that revision out there")
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _predict_with_prompts(args) -> int:
     from .prompt_predict import load_visual_prompt_model, predict_with_prompts, visual_prompt_model_type
 
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
                          f"{len(args.prompt or [])} prompt(s))")
-    model_type = visual_prompt_model_type(args.model)
+    source = model_source("predict", args)
+    model_type = visual_prompt_model_type(args.model, revision=source.get("revision"))
     if model_type is None:
         raise not_visual_prompt("predict", args.model, "predict: --reference/--prompt need a visual-prompt model "
-                                f"(model_type visual_prompt or visual_prompt_matcher); {args.model} is not one")
+                                f"(model_type visual_prompt or visual_prompt_matcher); {args.model} is not one",
+                                revision=source.get("revision"))
     unused = {"--cutout": args.cutout, "--background": args.background is not None,
               "--minmax-normalize": args.minmax_normalize, "--schedule": args.schedule is not None,
               "--resolution native": args.resolution == "native", "--autocast": args.autocast != "none",
@@ -93,7 +122,7 @@ def _predict_with_prompts(args) -> int:
     try:
         model = load_visual_prompt_model(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
                                          verify_backbone_weights=args.verify_backbone_weights,
-                                         backbone_sources=backbone_sources("predict", args.backbone_source))
+                                         backbone_sources=backbone_sources("predict", args.backbone_source), **source)
     except (ValueError, OSError) as error:  # a damaged weights file, not a model folder, other backbone weights
         raise load_failure("predict", args.model, error) from error
     extra = {"mode": args.mode} if args.mode else {}
@@ -126,6 +155,7 @@ def _predict(args) -> int:
         raise SystemExit("predict: --cutout-colors needs --cutout or --background (the colours of their foreground)")
     check_output_folder("predict", args.output_dir, "--output-dir")
     sources = backbone_sources("predict", args.backbone_source)  # a malformed one: said before anything loads
+    source = model_source("predict", args)
     try:
         check_inputs(args.inputs)  # a mistyped path: said before a model loads
     except FileNotFoundError as error:
@@ -139,7 +169,7 @@ def _predict(args) -> int:
     if any(prompt_only.values()):  # rather than silently ignored
         raise SystemExit(f"predict: {', '.join(k for k, v in prompt_only.items() if v)}: for visual-prompt models "
                          f"with --reference and --prompt")
-    if visual_prompt_model_type(args.model):
+    if visual_prompt_model_type(args.model, revision=source.get("revision")):
         raise SystemExit(f"predict: {args.model} is a visual-prompt model: pass --reference IMAGE --prompt PROMPT "
                          "(e.g. box:x0,y0,x1,y1, point:x,y, scribble:x,y;x,y or mask.png)")
     if is_onnx_export(args.model):
@@ -150,7 +180,7 @@ def _predict(args) -> int:
     try:
         model, processor = load_model_and_processor(args.model, device=device, dtype=dtype,
                                                     verify_backbone_weights=args.verify_backbone_weights,
-                                                    backbone_sources=sources)
+                                                    backbone_sources=sources, **source)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
         raise load_failure("predict", args.model, error) from error
@@ -197,7 +227,7 @@ _CONVERT_OPTIONS = {
                "include_backbone"},
     "dinov2-head": {"backbone_repo_id", "backbone_revision"},
     "sam2-hiera": set(),
-    "birefnet": {"variant", "config_overrides"},  # always self-contained (the backbone is part of the weights)
+    "birefnet": {"variant", "config_overrides", "revision"},  # always self-contained (the backbone is in the weights)
 }
 
 
@@ -253,7 +283,11 @@ def _convert_checkpoint(args) -> str:
         if not isinstance(overrides, dict):
             raise ValueError(f"--config-overrides must be a JSON object of config fields (e.g. "
                              f"'{{\"use_bn\": true}}'), got a JSON {type(overrides).__name__}: {args.config_overrides!r}")
-        model = convert_birefnet_checkpoint(args.source, args.output, variant=args.variant, **overrides)
+        if args.revision is not None and Path(args.source).expanduser().exists():  # it would change nothing
+            raise ValueError(f"--revision {args.revision}: a Hub repo's branch, tag or commit, but {args.source} is a "
+                             f"local path")
+        model = convert_birefnet_checkpoint(args.source, args.output, variant=args.variant, revision=args.revision,
+                                            **overrides)
         return f"BiRefNet {model.config.backbone}, {parameter_counts(model)[1]:,} parameters, self-contained"
     # sam2-hiera: Meta's .pt -> a transformers Sam2HieraDetModel folder usable as backbone_repo_id
     from .convert.sam2 import convert_sam2_hiera_checkpoint
@@ -343,12 +377,14 @@ def _app(args) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:  # said before the model loads
         raise SystemExit(f"app: --port must be between 0 and 65535, got {args.port}")
     sources = backbone_sources("app", args.backbone_source)
+    source = model_source("app", args)
     if is_onnx_export(args.model):
         check_extra("app", "onnx", ("onnxruntime",))
     try:
         demo = Demo.from_pretrained(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
                                     resolution=args.resolution, max_side=args.max_side,
-                                    verify_backbone_weights=args.verify_backbone_weights, backbone_sources=sources)
+                                    verify_backbone_weights=args.verify_backbone_weights, backbone_sources=sources,
+                                    **source)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime; ValueError: other backbone
         # weights, --no-verify-backbone-weights for an ONNX graph
@@ -512,9 +548,10 @@ def _export(args) -> int:
     if problem:
         raise SystemExit(f"export: OUTPUT_DIR {problem}")
     sources = backbone_sources("export", args.backbone_source)
+    source = model_source("export", args)
     try:
         model, processor = load_model_and_processor(args.model, verify_backbone_weights=args.verify_backbone_weights,
-                                                    backbone_sources=sources)
+                                                    backbone_sources=sources, **source)
     except (ValueError, OSError) as error:
         raise load_failure("export", args.model, error) from error
     try:
@@ -601,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                          help=VERIFY_HELP)
     predict.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
+    add_model_source_arguments(predict)
     add_resolution_arguments(predict)
     predict.add_argument("--schedule", default=None, choices=["single", "slide", "multiscale"],
                          help="multi-class models: inference schedule (default: the model's; DINOv2 heads: slide; "
@@ -650,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--variant", default=None, help="birefnet: official variant (BiRefNet, BiRefNet_lite, "
                                                        "BiRefNet_HR, ...); default: from the name")
     convert.add_argument("--config-overrides", default=None, help="birefnet: JSON of extra config fields")
+    convert.add_argument("--revision", default=None, metavar="BRANCH|TAG|COMMIT",
+                         help="birefnet: the Hub repo's branch, tag or commit (default: main)")
     convert.set_defaults(func=_convert)
 
     export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, checked with onnxruntime)")
@@ -669,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                         help=VERIFY_HELP)
     export.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
+    add_model_source_arguments(export)
     export.add_argument("--dynamic-size", action="store_true",
                         help="any height and width (multiples of 32 for SAM2-UNet and BiRefNet, for predict "
                              "--resolution native; any for DINOv2 heads, for every schedule); checked at three sizes")
@@ -713,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                      help=VERIFY_HELP)
     app.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
+    add_model_source_arguments(app)
     add_resolution_arguments(app)
     app.set_defaults(func=_app)
 

@@ -652,27 +652,29 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="the model's weights and arithmetic (default float32)")
-    from .cli import BACKBONE_SOURCE_HELP, VERIFY_HELP
+    from .cli import BACKBONE_SOURCE_HELP, VERIFY_HELP, add_model_source_arguments
 
     parser.add_argument("--no-verify-backbone-weights", dest="verify_backbone_weights", action="store_false",
                         help=VERIFY_HELP)
     parser.add_argument("--backbone-source", action="append", metavar="FIELD=VALUE", help=BACKBONE_SOURCE_HELP)
+    add_model_source_arguments(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run_evaluate_cli)
     return parser
 
 
-def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True, backbone_sources=None):
+def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True, backbone_sources=None,
+                         **kwargs):
     """The trained in-context head or the matcher when ``name_or_path`` holds one, else None; a model that cannot be
     loaded (damaged weights, other DINOv2 weights than those it was saved with) is one line naming it."""
     from .cli import load_failure
     from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
-    if not visual_prompt_model_type(name_or_path):
+    if not visual_prompt_model_type(name_or_path, revision=kwargs.get("revision")):
         return None
     try:
         return load_visual_prompt_model(name_or_path, verify_backbone_weights=verify_backbone_weights,
-                                        backbone_sources=backbone_sources)
+                                        backbone_sources=backbone_sources, **kwargs)
     except (ValueError, OSError) as error:
         raise load_failure("evaluate", name_or_path, error) from error
 
@@ -736,7 +738,8 @@ def run_evaluate_cli(args) -> int:
                   "--device": args.device is not None, "--batch-size": args.batch_size is not None,
                   "--num-workers": args.num_workers is not None,
                   "--no-verify-backbone-weights": not args.verify_backbone_weights,
-                  "--backbone-source": bool(args.backbone_source), **prompting_options}
+                  "--backbone-source": bool(args.backbone_source), "--revision": args.revision is not None,
+                  "--variant": args.variant is not None, **prompting_options}
     if folders_mode and any(model_only.values()):
         raise SystemExit(f"evaluate: {', '.join(k for k, v in model_only.items() if v)}: for --model/--data, not "
                          f"for --predictions/--ground-truth (saved maps are scored as they are)")
@@ -771,7 +774,7 @@ def run_evaluate_cli(args) -> int:
     elif args.model is None or not args.data:
         raise SystemExit("evaluate: give --model and at least one --data, or --predictions and --ground-truth")
     else:
-        from .cli import backbone_sources, load_failure, not_visual_prompt
+        from .cli import backbone_sources, load_failure, model_source, not_visual_prompt
         from .data import dataset_name, dropped_files, load_segmentation_dataset
         from .predict import load_model_and_processor
         from .prompt_predict import visual_prompt_model_type
@@ -779,12 +782,13 @@ def run_evaluate_cli(args) -> int:
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         sources = backbone_sources("evaluate", args.backbone_source)
+        model_version = model_source("evaluate", args)  # --revision, --variant
         # Read from its config alone: the options for visual-prompt models are refused before any model loads.
-        is_visual_prompt = visual_prompt_model_type(args.model) is not None
+        is_visual_prompt = visual_prompt_model_type(args.model, revision=args.revision) is not None
         if not is_visual_prompt and any(prompting_options.values()):
             given = ", ".join(k for k, v in prompting_options.items() if v)
             raise not_visual_prompt("evaluate", args.model, f"evaluate: {given}: for visual-prompt models; {args.model} "
-                                    "is not one")
+                                    "is not one", revision=args.revision)
         if any(tracking_only.values()) and (not is_visual_prompt or not all(map(is_davis_layout, args.data))):
             raise SystemExit(f"evaluate: {', '.join(k for k, v in tracking_only.items() if v)}: tracking, for a "
                              f"visual-prompt model on DAVIS-layout folders (JPEGImages/, Annotations/)")
@@ -808,8 +812,8 @@ def run_evaluate_cli(args) -> int:
 
         if is_visual_prompt:
             refuse_unused_options(multi_class=False)
-        visual_prompt = (_visual_prompt_model(args.model, args.verify_backbone_weights, sources) if is_visual_prompt
-                         else None)
+        visual_prompt = (_visual_prompt_model(args.model, args.verify_backbone_weights, sources, **model_version)
+                         if is_visual_prompt else None)
         track_memory = 8 if args.track_memory is None else args.track_memory
         if visual_prompt is not None:
             model, processor = visual_prompt.to(device=args.device or "cpu", dtype=dtype).eval(), None
@@ -817,7 +821,7 @@ def run_evaluate_cli(args) -> int:
             try:
                 model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype,
                                                             verify_backbone_weights=args.verify_backbone_weights,
-                                                            backbone_sources=sources)
+                                                            backbone_sources=sources, **model_version)
             except (ValueError, OSError, ImportError) as error:  # not a model folder, a Hub id neither cached nor
                 # reachable, an ONNX export without onnxruntime, other backbone weights than it was saved with
                 raise load_failure("evaluate", args.model, error) from error
@@ -898,7 +902,7 @@ def run_evaluate_cli(args) -> int:
             skipped_per_dataset[name] = skipped  # a dataset not scored too: why its samples were skipped
         if not results:
             raise SystemExit(f"evaluate: {'; '.join(failed.values())}")
-        extra = {"mode": "model", "model": str(args.model), "data": sources, "split": args.split,
+        extra = {"mode": "model", "model": str(args.model), **model_version, "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,
                  "evaluated_samples": evaluated}

@@ -780,12 +780,34 @@ def _unreadable_weights(source, load_kwargs: dict, error: Exception) -> str:
 
 
 def _saved_variants(source, load_kwargs: dict) -> list[str]:
-    """The weight variants (``model.<variant>.safetensors``, sharded or not) in a local model folder that holds no
-    weights without a variant (the ones loaded by default)."""
-    folder = Path(source, load_kwargs.get("subfolder") or "")
-    if not folder.is_dir() or any((folder / name).exists() for name in weight_file_names()):
+    """The weight variants (``model.<variant>.safetensors``, sharded or not) in a local model folder, or a Hub repo
+    (its snapshot in the local cache, else its files on the Hub), that holds no weights without a variant (the ones
+    loaded by default)."""
+    subfolder = load_kwargs.get("subfolder") or ""
+    folder = Path(source, subfolder)
+    if folder.is_dir():
+        names = [path.name for path in saved_weight_files(folder)]
+    elif looks_like_hub_id(str(source)):  # (an error path: a listing request is affordable)
+        import huggingface_hub
+
+        where = {"revision": load_kwargs.get("revision"), "token": load_kwargs.get("token")}
+        try:
+            snapshot = huggingface_hub.snapshot_download(str(source), cache_dir=load_kwargs.get("cache_dir"),
+                                                         local_files_only=True, **where)
+            names = [path.name for path in saved_weight_files(Path(snapshot, subfolder))]
+        except Exception:  # not in the cache
+            names = []
+        if not names and not huggingface_hub.constants.HF_HUB_OFFLINE:
+            try:
+                files = huggingface_hub.list_repo_files(str(source), **where)
+            except Exception:  # no such repo or revision, no access, no network: no hint
+                return []
+            prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+            names = [name[len(prefix):] for name in files if name.startswith(prefix) and "/" not in name[len(prefix):]]
+    else:
         return []
-    names = [path.name for path in saved_weight_files(folder)]
+    if any(name in names for name in weight_file_names()):
+        return []
     found = {match.group(1) for name in names
              if (match := re.fullmatch(r"model\.(?:safetensors\.index\.)?([^.]+?)(?:-\d{5}-of-\d{5})?\.(?:safetensors|json)",
                                        name))}

@@ -941,7 +941,10 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     ``verify_backbone_weights=False`` loads a trainable-only artifact on frozen backbone weights other than those it
     was saved with (see ``from_pretrained``); ``backbone_sources`` (e.g. ``{"backbone_revision": "abc123"}``, fields
     of its config) loads its frozen backbones from another repo, folder or revision. An ONNX graph or official
-    BiRefNet weights, which hold all their weights, refuse both."""
+    BiRefNet weights, which hold all their weights, refuse both. ``kwargs`` go to ``from_pretrained``: ``revision``
+    (a Hub repo's branch, tag or commit: the processor, an ONNX export's graph too) and ``variant`` (weights saved
+    with ``save_pretrained(variant=...)``; official BiRefNet weights: the official variant, ``from_official``'s;
+    refused for an ONNX graph, which has none)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageSegmentation
 
     from .convert.birefnet import is_official_birefnet_source
@@ -960,6 +963,9 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
         if given:  # rather than silently ignored
             raise ValueError(f"{name_or_path} is an ONNX graph, which holds all its weights: no backbone weights "
                              f"load apart to verify or choose; leave out {given}")
+        if kwargs.get("variant"):  # rather than silently ignored: the graph is what it is
+            raise ValueError(f"{name_or_path} is an ONNX graph: it has no weight variants (model.<variant>."
+                             f"safetensors) to choose from; leave out --variant")
         model = OnnxSegmentationModel(onnx_folder)
         processor = AutoImageProcessor.from_pretrained(model.folder)
         _check_processor_sizes(processor, model.folder)

@@ -41,24 +41,25 @@ __all__ = ["PromptTracker", "default_threshold", "frame_order", "load_visual_pro
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
 
 
-def visual_prompt_model_type(name_or_path: str) -> str | None:
-    """The model_type of a visual-prompt artifact (folder or Hub id), None for anything else or an unreadable config
-    (e.g. the official BiRefNet repos, remote code)."""
+def visual_prompt_model_type(name_or_path: str, revision: str | None = None) -> str | None:
+    """The model_type of a visual-prompt artifact (folder or Hub id, at ``revision``), None for anything else or an
+    unreadable config (e.g. the official BiRefNet repos, remote code)."""
     from transformers import AutoConfig
 
     try:
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+        model_type = AutoConfig.from_pretrained(name_or_path, revision=revision).model_type
     except (OSError, ValueError, TypeError, AttributeError):  # TypeError, AttributeError: a config.json of null, [...]
         return None
     return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
 
 
 def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, verify_backbone_weights: bool = True,
-                             backbone_sources: dict | None = None):
+                             backbone_sources: dict | None = None, **kwargs):
     """A visual-prompt model (folder or Hub id) in eval mode on ``device`` (default CPU) in ``dtype`` (default fp32);
     a damaged weights file is an OSError naming it (as :func:`dsunet_hf.predict.load_model_and_processor` says).
     ``verify_backbone_weights=False`` loads it on DINOv2 weights other than those it was saved with;
-    ``backbone_sources`` (``{"dino_backbone_repo_id": ..., "dino_backbone_revision": ...}``) from another source."""
+    ``backbone_sources`` (``{"dino_backbone_repo_id": ..., "dino_backbone_revision": ...}``) from another source.
+    ``kwargs`` (``revision``, ``variant``, ...) go to ``from_pretrained``."""
     import torch
     from transformers import AutoConfig, AutoModel
 
@@ -68,7 +69,7 @@ def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, veri
     given = " and ".join(flag for flag, on in (("--no-verify-backbone-weights", not verify_backbone_weights),
                                                ("--backbone-source", bool(backbone_sources))) if on)
     if given:  # rather than ignored (self-contained) or transformers' TypeError (a field it has not)
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, revision=kwargs.get("revision"))
         if getattr(config, "backbone_weights_included", False):
             raise ValueError(f"{name_or_path} is self-contained (it holds its backbone weights): none load from "
                              f"elsewhere; leave out {given}")
@@ -79,7 +80,7 @@ def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, veri
                                  f"its fields: {', '.join(fields)}")
     with readable_weights(name_or_path):
         model = AutoModel.from_pretrained(name_or_path, verify_backbone_weights=verify_backbone_weights,
-                                          **backbone_sources)
+                                          **{**kwargs, **backbone_sources})
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
 
 

@@ -400,6 +400,17 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused(bad):
                                                           feature_fn=ONE_HOT, threshold=bad)
 
 
+@pytest.mark.parametrize("value", [np.float32(0.25), np.int64(0), torch.tensor(0.25), 1])
+def test_a_threshold_given_as_a_numpy_or_tensor_number_is_taken(value):
+    # Regression: the finite-number check refused np.float32(0.25) ("must be a finite number"), which float() took.
+    assert tiny_config(threshold=value).threshold == float(value)
+    reference = colour_image({RED: [(2, 1, 5, 4)]})
+    masks = VisualPromptMatcher(tiny_config()).predict_masks([reference], ["box:14,28,56,70"], [reference],
+                                                              feature_fn=ONE_HOT, threshold=value,
+                                                              batch_size=np.int64(2))  # was refused too
+    assert masks[0].dtype == bool
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5])
 def test_a_batch_size_below_one_or_not_an_integer_is_refused(bad):
     # Regression: batch_size=0 failed inside range() ("arg 3 must not be zero"), 1.5 inside slicing.

@@ -14,10 +14,15 @@ def check_positive_int(name: str, value) -> None:
 
 
 def check_finite_number(name: str, value) -> float:
-    """A real number, not NaN / inf (a NaN threshold compares False everywhere: empty masks, silently)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A real number, not NaN / inf (a NaN threshold compares False everywhere: empty masks, silently). NumPy and
+    0-d tensor numbers (a threshold computed from scores) count as numbers, as ``float()`` takes them."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # 'abc', None, a list
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_loss_weights(weights, order: str) -> list[float]:

@@ -330,6 +330,8 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         return self.features(pixel_values)
 
     def _extract(self, images: list, feature_fn: FeatureFn | None, batch_size: int) -> torch.Tensor:
+        if isinstance(batch_size, np.integer):  # a NumPy integer is one (range() and slicing take it)
+            batch_size = int(batch_size)
         check_positive_int("batch_size", batch_size)  # 0 failed inside range(), a float inside slicing
         processor = self.default_image_processor()
         extract = feature_fn or self.features

@@ -332,6 +332,40 @@ def test_cli_app_says_when_the_port_is_taken(monkeypatch):
         main(["app", "--model", "org/model", "--port", "7860"])
 
 
+def test_a_space_pins_the_revision_its_app_loads(tmp_path, offline_hub, monkeypatch):
+    """Was: no --revision on `space`: the Space's app.py loaded main, so it changed whenever the model was pushed."""
+    import runpy
+
+    import dsunet_hf.app
+
+    for size in (96, 64):  # two pushes, told apart by their processor's size
+        Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).save_pretrained(
+            tmp_path / f"v{size}", include_backbone=True, image_processor=SegmentationImageProcessor(size=size))
+    first = offline_hub.add("me/rev", tmp_path / "v96")
+    offline_hub.add("me/rev", tmp_path / "v64")
+    assert main(["space", str(tmp_path / "space"), "--model", "me/rev", "--revision", first,
+                 "--push-to-hub", "me/rev-demo"]) == 0
+    readme = (tmp_path / "space" / "README.md").read_text()
+    assert f"dsunet-hf app --model me/rev --revision {first}" in readme and "- me/rev" in readme
+    assert offline_hub.pushes[-1] == ("me/rev-demo", f"dsunet-hf demo of me/rev at {first}")
+
+    class Page:
+        def launch(self):
+            pass
+
+    loaded = []  # the Space's app.py run here, its page built from the model as build_app loads it
+
+    def build_app(model, title=None, **load_kwargs):
+        loaded.append(Demo.from_pretrained(model, **load_kwargs).processor.size["height"])
+        return Page()
+
+    monkeypatch.setattr(dsunet_hf.app, "build_app", build_app)
+    runpy.run_path(str(tmp_path / "space" / "app.py"))
+    assert loaded == [96]  # the pinned commit, not main's
+    with pytest.raises(SystemExit, match=r"^space: --revision is empty$"):
+        main(["space", str(tmp_path / "space2"), "--model", "me/rev", "--revision", " "])
+
+
 def test_space_refuses_a_file_as_its_folder_and_a_bad_max_side(tmp_path, offline_hub):
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match=rf"^{tmp_path}/afile is a file, not a folder"):
@@ -423,10 +457,13 @@ def test_the_class_page_offers_the_schedules_the_model_runs():
 
 
 def test_a_space_for_an_onnx_repo_leaves_the_device_to_onnxruntime(tmp_path, monkeypatch, offline_hub):
-    monkeypatch.setattr("dsunet_hf.onnx_export.read_export_report", lambda name: object())  # an export's repo
-    write_space(tmp_path / "space", "me/birefnet-onnx")
+    asked = []  # an export's repo, at the revision the Space loads
+    monkeypatch.setattr("dsunet_hf.onnx_export.read_export_report", lambda name, revision=None: asked.append(revision)
+                        or object())
+    write_space(tmp_path / "space", "me/birefnet-onnx", revision="v2")
     app = (tmp_path / "space" / "app.py").read_text()
     ast.parse(app)
+    assert asked == ["v2"] and "revision='v2'" in app
     # device="cuda" on a GPU Space would be refused by the ONNX loader: the Space would not start.
     assert "device" not in app and "import torch" not in app and "build_app('me/birefnet-onnx', title=" in app
     assert Requirement((tmp_path / "space" / "requirements.txt").read_text().strip()).extras == {"app", "onnx"}

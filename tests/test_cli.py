@@ -736,6 +736,40 @@ def test_revision_loads_that_commit_with_its_processor(tmp_path, offline_hub, mo
         main(["predict", "--model", str(tmp_path / "v1"), str(tmp_path / "a.png"), "--revision", "main"])
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "app"])
+def test_a_revision_not_in_the_offline_cache_is_named(tmp_path, offline_hub, command):
+    """Was: transformers' two generic lines ("We couldn't connect to 'https://huggingface.co' ... couldn't find them
+    in the cached files"), naming neither the repo nor the revision, nor how to get it."""
+    _tiny_model("sam2_unet").save_pretrained(tmp_path / "v1", include_backbone=True)
+    offline_hub.add("me/rev", tmp_path / "v1")  # main is cached, the tag asked for is not
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    argv = {"predict": ["predict", str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o")],
+            "evaluate": ["evaluate", "--data", str(tmp_path), "--output-dir", str(tmp_path / "r")],
+            "export": ["export", "onnx", str(tmp_path / "onnx")], "app": ["app"]}[command]
+    with pytest.raises(SystemExit, match=rf"^{command}: cannot load me/rev: revision v9 of me/rev is not in the local "
+                                         r"Hub cache and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or "
+                                         r"`hf download me/rev --revision v9` first$"):
+        main([*argv, "--model", "me/rev", "--revision", "v9"])
+
+
+def test_a_hub_repo_not_in_the_cache_is_named_when_the_hub_cannot_be_reached(monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from dsunet_hf.cli import load_failure
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:  # transformers' OSError, raised from huggingface_hub's
+        try:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub ...")
+        except LocalEntryNotFoundError as cause:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files ...") from cause
+    except OSError as error:
+        message = str(load_failure("predict", "me/absent", error))
+    assert message == ("predict: cannot load me/absent: me/absent is not in the local Hub cache and the Hub cannot be "
+                       "reached: run it where the Hub is, or `hf download me/absent` there first")
+
+
 def test_revision_of_a_visual_prompt_model(tmp_path, offline_hub):
     """The model's kind is read from the revision asked for: a repo whose main is now another kind of model."""
     _tiny_model("visual_prompt").save_pretrained(tmp_path / "prompt", include_backbone=True)

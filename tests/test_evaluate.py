@@ -584,6 +584,9 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
         return model, processor
 
     monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", fake_loader)
+    (tmp_path / "tagged").mkdir()
+    (tmp_path / "tagged" / "config.json").write_text("{}")
+    tagged = offline_hub.add("some/model", tmp_path / "tagged", branch="v1.0")  # the commit the tag points to
     out = tmp_path / "report"
     args = make_parser().parse_args(
         ["evaluate", "--model", "some/model", "--data", "setA", "--data", "setB", "--output-dir", str(out),
@@ -601,6 +604,7 @@ def test_cli_model_on_datasets(model, processor, samples, tmp_path, monkeypatch,
     assert payload["info"]["post_processing"] == "sam2_unet"  # was None: its processor records no order
     assert payload["info"]["evaluated_samples"] == {"name-setA": 1, "name-setB": 1}
     assert payload["info"]["revision"] == "v1.0" and payload["info"]["variant"] == "fp16"
+    assert payload["info"]["commit"] == tagged  # was: the tag only, which moves (transformers 5 records no commit)
     assert "name-setA" in capsys.readouterr().out
     # The visual-prompting options were silently ignored for other models (some/model has no config to tell its
     # kind by: it cannot be reached, which is said first; a model of another kind: tests/test_cli.py).

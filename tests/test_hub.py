@@ -548,3 +548,35 @@ def test_a_card_write_that_dies_midway_leaves_the_earlier_card(tmp_path, monkeyp
             add_validation_results_to_card(tmp_path / "m", {"dice": 0.5}, "data", "data", "m")
     assert (tmp_path / "m" / "README.md").read_text() == before
     assert [p.name for p in (tmp_path / "m").iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_a_held_load_report_is_per_thread():
+    # Regression: the filter sat on transformers' global logger and matched the class name only: a load of the same
+    # class in another thread lost its report to this one's holder (dropped when this load raised).
+    import logging
+    import threading
+
+    from dsunet_hf.modeling_utils import _HeldLoadReport
+
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger, handler = logging.getLogger("transformers.modeling_utils"), Collect()
+    logger.addHandler(handler)
+    try:
+        with _HeldLoadReport("Sam2UNetForImageSegmentation"):  # this load ends in our error: its report dropped
+
+            def other_load():
+                with _HeldLoadReport("Sam2UNetForImageSegmentation") as report:
+                    logger.warning("Sam2UNetForImageSegmentation LOAD REPORT from: other/model")
+                report.release()  # that load went on: its report is shown
+
+            thread = threading.Thread(target=other_load)
+            thread.start()
+            thread.join()
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Sam2UNetForImageSegmentation LOAD REPORT from: other/model"]

@@ -463,6 +463,31 @@ def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(traced
     assert "post_process_semantic_segmentation" in card
 
 
+def test_an_export_records_the_revision_and_commit_of_its_hub_source(traced_sam2_unet, tmp_path, monkeypatch,
+                                                                     offline_hub):
+    """Was: `export onnx --model REPO --revision TAG` recorded REPO alone (onnx_export.json, the card): the graph could
+    not be traced to the weights it came from. The tag is resolved to its commit from the local Hub cache."""
+    from dsunet_hf.cli import main
+    from dsunet_hf.onnx_export import onnx_model_card
+
+    model, program = traced_sam2_unet(1)
+    model.save_pretrained(tmp_path / "model", include_backbone=True)
+    model.default_image_processor().save_pretrained(tmp_path / "model")
+    tagged = offline_hub.add("me/rev", tmp_path / "model", branch="v1.0")
+    (tmp_path / "model" / "notes.txt").write_text("a later push")
+    offline_hub.add("me/rev", tmp_path / "model")  # main: another commit
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: program)  # its graph, saved here
+    assert main(["export", "onnx", "--model", "me/rev", "--revision", "v1.0", str(tmp_path / "onnx"), "--no-check"]) == 0
+    report = json.loads((tmp_path / "onnx" / "onnx_export.json").read_text())
+    assert (report["source"], report["revision"], report["commit"]) == ("me/rev", "v1.0", tagged)
+    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert "base_model: me/rev" in card and f"at commit [`{tagged[:10]}`](https://huggingface.co/me/rev/tree/{tagged})" in card
+    assert f"/tree/{tagged}" in str(onnx_model_card(tmp_path / "onnx", repo_id="me/rev-onnx"))  # as `push` renders it
+    report.update(commit=None)  # a commit the cache did not tell: the revision as given
+    (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(report))
+    assert "at revision `v1.0`" in str(onnx_model_card(tmp_path / "onnx"))
+
+
 def test_generic_trace_sizes_pad_every_window_and_are_not_square():
     from dsunet_hf.onnx_export import _generic_trace_size
 

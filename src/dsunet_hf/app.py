@@ -451,18 +451,20 @@ SPACE_README = """---
 
 # {{ title }}
 
-A demo of [{{ model }}](https://huggingface.co/{{ model }}) made with `dsunet-hf space`. Run it locally:
-`pip install -r requirements.txt` (this Space's), then `dsunet-hf app --model {{ model }}`.
+A demo of [{{ model }}](https://huggingface.co/{{ model }}){{ " at revision `%s`" % revision if revision else "" }} made
+with `dsunet-hf space`. Run it locally: `pip install -r requirements.txt` (this Space's), then
+`dsunet-hf app --model {{ model }}{{ " --revision %s" % revision if revision else "" }}`.
 """
 
 
 def write_space(folder: str | Path, model: str, *, title: str | None = None, requirement: str | None = None,
-                resolution: str = "model", max_side: int = 2048) -> Path:
+                resolution: str = "model", max_side: int = 2048, revision: str | None = None) -> Path:
     """A Hugging Face Space (Gradio SDK) for ``model``: ``app.py``, ``requirements.txt`` and ``README.md`` with the
     Space's front matter. ``requirement`` is the line that installs this package there (default:
     :func:`default_requirement`, with the ``[app]`` extra, and ``[onnx]`` for an ONNX export's repo; extras of a
     URL are written ``dsunet-hf[app] @ git+https://...``). ``resolution="native"``: the page runs each image at its
-    own size (see :class:`Demo`)."""
+    own size (see :class:`Demo`). ``revision`` (a branch, tag or commit of ``model``) pins the version the page
+    loads (default: main, which changes with each push to the model's repo)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from huggingface_hub import SpaceCard, SpaceCardData
@@ -477,6 +479,8 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
         gradio_version = None
     folder = Path(folder)
     title = title or f"{model.rstrip('/').split('/')[-1]} segmentation"
+    if revision is not None and not str(revision).strip():
+        raise ValueError("revision is empty")
     if resolution not in ("model", "native"):
         raise ValueError(f"resolution must be 'model' or 'native', got {resolution!r}")
     check_max_side(max_side)
@@ -487,8 +491,10 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     problem = output_folder_problem(folder)
     if problem:  # said before anything is written
         raise ValueError(problem)
-    onnx = read_export_report(model) is not None  # an ONNX repo runs on onnxruntime, which picks its device
-    options = "" if onnx else SPACE_DEVICE
+    # An ONNX repo (at that revision) runs on onnxruntime, which picks its device.
+    onnx = read_export_report(model, revision) is not None
+    options = f", revision={revision!r}" if revision else ""  # what the page loads: not main, which moves
+    options += "" if onnx else SPACE_DEVICE
     options += f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""
     write_text_atomic(folder / "app.py", SPACE_APP.format(title=title, model=model, options=options,
                                                           imports="" if onnx else "\nimport torch\n"))
@@ -498,27 +504,28 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     # the dependencies); the license: the model's, as its card says (a Space card without one says none).
     data = SpaceCardData(title=title, sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[model],
                          python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
-                         tags=["dsunet-hf", "image-segmentation"], **_model_license(model))
-    card = SpaceCard.from_template(data, template_str=SPACE_README, title=title, model=model)
+                         tags=["dsunet-hf", "image-segmentation"], **_model_license(model, revision))
+    card = SpaceCard.from_template(data, template_str=SPACE_README, title=title, model=model, revision=revision)
     write_text_atomic(folder / "README.md", str(card))
     return folder
 
 
-def _model_license(model: str) -> dict:
-    """``license`` (and ``license_name`` / ``license_link`` for "other") of a Hub model's card: from the local cache,
-    else from the Hub (one request); empty when the card names none or cannot be read (offline, a private repo)."""
+def _model_license(model: str, revision: str | None = None) -> dict:
+    """``license`` (and ``license_name`` / ``license_link`` for "other") of a Hub model's card (at ``revision``): from
+    the local cache, else from the Hub (one request); empty when the card names none or cannot be read (offline, a
+    private repo)."""
     from huggingface_hub import HfApi, ModelCard, constants, try_to_load_from_cache
 
     try:
-        cached = try_to_load_from_cache(model, "README.md")
+        cached = try_to_load_from_cache(model, "README.md", revision=revision)
         if isinstance(cached, str):
             data = ModelCard(Path(cached).read_text(encoding="utf-8")).data.to_dict()
         elif constants.HF_HUB_OFFLINE:
             return {}
         else:
             # huggingface_hub sets no timeout of its own: a network that holds the connection would hang `space`.
-            data = (HfApi().model_info(model, expand=["cardData"], timeout=constants.HF_HUB_ETAG_TIMEOUT).card_data
-                    or {})
+            data = (HfApi().model_info(model, revision=revision, expand=["cardData"],
+                                       timeout=constants.HF_HUB_ETAG_TIMEOUT).card_data or {})
             data = data.to_dict() if hasattr(data, "to_dict") else dict(data)
     except Exception as error:  # optional metadata: a network, HTTP or card-format error leaves it out
         logger.info("the license of %s is not known (%s: %s)", model, type(error).__name__, error)

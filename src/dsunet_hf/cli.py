@@ -24,9 +24,13 @@ BACKBONE_SOURCE_HELP = ("trainable-only artifacts: load a frozen backbone from a
                         "fields); repeat for several")
 
 
-def load_failure(command: str, name: str, error: Exception) -> SystemExit:
+def load_failure(command: str, name: str, error: Exception, revision: str | None = None) -> SystemExit:
     """``<command>: cannot load <name>: <why>`` in one line; where the error names the Python keywords that choose
-    the backbone weights (or load a model on others anyway), the command line's options instead."""
+    the backbone weights (or load a model on others anyway), the command line's options instead; a Hub repo (at
+    ``revision``, --revision) that is not in the local cache and cannot be downloaded is said so, naming both."""
+    not_cached = _not_in_local_cache(name, error, revision)
+    if not_cached:
+        return SystemExit(f"{command}: cannot load {name}: {not_cached}")
     reason = str(error).replace("verify_backbone_weights=False", "--no-verify-backbone-weights")
     reason = re.sub(r"Pass the (\w+)/(\w+) it was trained with",
                     r"Pass the backbone it was trained with (--backbone-source \1=REPO_OR_FOLDER and/or "
@@ -34,6 +38,32 @@ def load_failure(command: str, name: str, error: Exception) -> SystemExit:
     reason = re.sub(r"from_pretrained\(\.\.\., (\w+)='([^']*)'\)", r"--backbone-source \1=\2", reason)
     reason = re.sub(r"load with variant='([^']*)'", r"add --variant \1", reason)  # a folder of variant weights only
     return SystemExit(f"{command}: cannot load {name}: {reason}")
+
+
+def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> str | None:
+    """Why a Hub repo's files could not be had, where the cause is huggingface_hub's LocalEntryNotFoundError (not in
+    the local cache, and offline or the Hub not reachable): transformers says that in two generic lines naming
+    neither the repo nor the revision."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from .hub import looks_like_hub_id
+    from .modeling_utils import cached_commit
+
+    cause, seen = error, set()
+    while cause is not None and not isinstance(cause, LocalEntryNotFoundError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, LocalEntryNotFoundError) or not looks_like_hub_id(name):
+        return None
+    what = f"revision {revision} of {name}" if revision else name
+    commit = cached_commit(name, revision)
+    where = (f"is only partly in the local Hub cache (snapshot {commit})" if commit else
+             "is not in the local Hub cache")
+    download = f"`hf download {name}" + (f" --revision {revision}`" if revision else "`")
+    if constants.HF_HUB_OFFLINE:
+        return f"{what} {where} and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or {download} first"
+    return f"{what} {where} and the Hub cannot be reached: run it where the Hub is, or {download} there first"
 
 
 def not_visual_prompt(command: str, name: str, refusal: str, revision: str | None = None) -> SystemExit:
@@ -44,7 +74,7 @@ def not_visual_prompt(command: str, name: str, refusal: str, revision: str | Non
     try:
         AutoConfig.from_pretrained(name, revision=revision)
     except OSError as error:
-        return load_failure(command, name, error)
+        return load_failure(command, name, error, revision=revision)
     except (ValueError, TypeError, AttributeError):  # readable but not ours (e.g. remote code): not one indeed
         pass
     return SystemExit(refusal)
@@ -124,7 +154,7 @@ def _predict_with_prompts(args) -> int:
                                          verify_backbone_weights=args.verify_backbone_weights,
                                          backbone_sources=backbone_sources("predict", args.backbone_source), **source)
     except (ValueError, OSError) as error:  # a damaged weights file, not a model folder, other backbone weights
-        raise load_failure("predict", args.model, error) from error
+        raise load_failure("predict", args.model, error, revision=source.get("revision")) from error
     extra = {"mode": args.mode} if args.mode else {}
     try:
         report = predict_with_prompts(
@@ -183,7 +213,7 @@ def _predict(args) -> int:
                                                     backbone_sources=sources, **source)
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime
-        raise load_failure("predict", args.model, error) from error
+        raise load_failure("predict", args.model, error, revision=source.get("revision")) from error
     if isinstance(model, OnnxSegmentationModel):  # an exported graph, run by onnxruntime
         torch_only = {"--autocast": args.autocast != "none", "--channels-last": args.channels_last,
                       "--compile": args.compile}
@@ -388,7 +418,7 @@ def _app(args) -> int:
     except (ValueError, OSError, ImportError) as error:  # OSError: not a model folder, or a Hub id neither cached
         # nor reachable; ImportError: a Hub repo of an ONNX export without onnxruntime; ValueError: other backbone
         # weights, --no-verify-backbone-weights for an ONNX graph
-        raise load_failure("app", args.model, error) from error
+        raise load_failure("app", args.model, error, revision=source.get("revision")) from error
     try:
         page = build_app(demo, title=args.title or args.model)
     except ImportError as error:  # no Gradio: says which extra to install
@@ -412,10 +442,11 @@ def _space(args) -> int:
     if args.private and not args.push_to_hub:
         raise SystemExit("space: --private applies to --push-to-hub")
     check_output_folder("space", args.folder, "FOLDER")
+    revision = model_source("space", args).get("revision")  # an empty one: refused
 
     try:
         folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement,
-                             resolution=args.resolution, max_side=args.max_side)
+                             resolution=args.resolution, max_side=args.max_side, revision=revision)
     except ValueError as error:  # e.g. the model's repo holds a damaged onnx_export.json
         raise SystemExit(f"space: {error}") from error
     requirement = (folder / "requirements.txt").read_text().strip()
@@ -426,7 +457,8 @@ def _space(args) -> int:
         try:
             repo_id = upload_folder_to_hub(folder, args.push_to_hub, private=args.private or None,
                                            space_sdk="gradio",
-                                           commit_message=f"dsunet-hf demo of {args.model}")
+                                           commit_message=f"dsunet-hf demo of {args.model}"
+                                                          + (f" at {revision}" if revision else ""))
         except Exception as error:  # the Hub client's HTTP, connection and offline-mode errors have no common base
             raise SystemExit(f"space: pushing {folder} to {args.push_to_hub} failed ({type(error).__name__}: "
                              f"{error})") from error
@@ -553,16 +585,19 @@ def _export(args) -> int:
         model, processor = load_model_and_processor(args.model, verify_backbone_weights=args.verify_backbone_weights,
                                                     backbone_sources=sources, **source)
     except (ValueError, OSError) as error:
-        raise load_failure("export", args.model, error) from error
-    try:
+        raise load_failure("export", args.model, error, revision=source.get("revision")) from error
+    try:  # the revision is recorded with the commit it resolved to (onnx_export.json, the card)
         report = export_onnx(model, processor, args.output_dir, size=size, opset=args.opset, check=not args.no_check,
-                             atol=args.atol, dynamic_size=args.dynamic_size, source=args.model, dtype=args.dtype)
+                             atol=args.atol, dynamic_size=args.dynamic_size, source=args.model, dtype=args.dtype,
+                             revision=source.get("revision"))
     except (ValueError, TypeError, RuntimeError) as error:  # not exportable, or the graph disagrees with PyTorch
         raise SystemExit(f"export: {args.model}: {error}") from error
     print(report.summary())
     if args.push_to_hub:  # the folder with its card, named after the repo (as `dsunet-hf push` does)
+        version = report.commit or report.revision
         return _push_folder(args.output_dir, args.push_to_hub, evaluation=None,
-                            commit_message=f"ONNX export of {args.model}", private=args.private or None)
+                            commit_message=f"ONNX export of {args.model}" + (f" at {version}" if version else ""),
+                            private=args.private or None)
     return 0
 
 
@@ -761,6 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
     space = commands.add_parser("space", help="write (and push) a Hugging Face Space with the demo page of a model")
     space.add_argument("folder", help="where app.py, requirements.txt and README.md go")
     space.add_argument("--model", required=True, help="the Hub repo id the Space shows")
+    space.add_argument("--revision", default=None, metavar="BRANCH|TAG|COMMIT",
+                       help="the version of --model the Space's app.py loads, e.g. a tag or commit (default: main, "
+                            "which changes what the Space shows whenever the model's repo is pushed to)")
     space.add_argument("--title", default=None)
     space.add_argument("--requirement", default=None,
                        help="the requirements.txt line that installs dsunet-hf on the Space (default: "

@@ -676,7 +676,7 @@ def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True
         return load_visual_prompt_model(name_or_path, verify_backbone_weights=verify_backbone_weights,
                                         backbone_sources=backbone_sources, **kwargs)
     except (ValueError, OSError) as error:
-        raise load_failure("evaluate", name_or_path, error) from error
+        raise load_failure("evaluate", name_or_path, error, revision=kwargs.get("revision")) from error
 
 
 def _dataset_labels(source) -> dict | None:
@@ -824,7 +824,7 @@ def run_evaluate_cli(args) -> int:
                                                             backbone_sources=sources, **model_version)
             except (ValueError, OSError, ImportError) as error:  # not a model folder, a Hub id neither cached nor
                 # reachable, an ONNX export without onnxruntime, other backbone weights than it was saved with
-                raise load_failure("evaluate", args.model, error) from error
+                raise load_failure("evaluate", args.model, error, revision=args.revision) from error
         multi_class = getattr(model, "predicts_class_maps", False)  # mIoU / accuracies, per-class IoU with names
         refuse_unused_options(multi_class)
         reduce_zero_label = (args.reduce_zero_label if args.reduce_zero_label is not None
@@ -902,7 +902,12 @@ def run_evaluate_cli(args) -> int:
             skipped_per_dataset[name] = skipped  # a dataset not scored too: why its samples were skipped
         if not results:
             raise SystemExit(f"evaluate: {'; '.join(failed.values())}")
-        extra = {"mode": "model", "model": str(args.model), **model_version, "data": sources, "split": args.split,
+        from .modeling_utils import cached_commit
+
+        # The commit --revision (or main) resolved to, where the local Hub cache tells it: a branch or tag moves.
+        commit = cached_commit(args.model, args.revision)
+        extra = {"mode": "model", "model": str(args.model), **model_version, **({"commit": commit} if commit else {}),
+                 "data": sources, "split": args.split,
                  "batch_size": args.batch_size, "minmax_normalize": args.minmax_normalize,
                  "max_samples": args.max_samples, "dtype": args.dtype, "skipped": skipped_per_dataset,
                  "evaluated_samples": evaluated}

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -728,10 +729,11 @@ class _HeldLoadReport(logging.Filter):
     def __init__(self, model_class: str):
         super().__init__()
         self.marker = f"{model_class} LOAD REPORT"
+        self.thread = threading.get_ident()  # a load in another thread keeps its own report (the logger is global)
         self.records: list[logging.LogRecord] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.marker in str(record.msg):
+        if record.thread == self.thread and self.marker in str(record.msg):
             self.records.append(record)
             return False
         return True
@@ -812,6 +814,27 @@ def _saved_variants(source, load_kwargs: dict) -> list[str]:
              if (match := re.fullmatch(r"model\.(?:safetensors\.index\.)?([^.]+?)(?:-\d{5}-of-\d{5})?\.(?:safetensors|json)",
                                        name))}
     return sorted(found)
+
+
+def cached_commit(name_or_path, revision: str | None = None) -> str | None:
+    """The commit a model loads from, as the local Hub cache tells it without a request: the snapshot
+    (``models--org--name/snapshots/<commit>/``) that ``revision`` (a branch, tag or commit; default main) of a Hub
+    repo resolves to there, or the snapshot a local folder lies in; None where not known (another folder, a revision
+    not in the cache). For reports: transformers 5 no longer records it (``config._commit_hash``)."""
+    import huggingface_hub
+
+    from .hub import snapshot_revision
+
+    path = Path(str(name_or_path)).expanduser()
+    if path.exists():
+        return snapshot_revision(path.absolute() / "config.json")
+    if not looks_like_hub_id(str(name_or_path)):
+        return None
+    try:  # a branch or tag: its refs/ file, written by the download that loaded it
+        snapshot = huggingface_hub.snapshot_download(str(name_or_path), revision=revision, local_files_only=True)
+    except Exception:  # not in the cache
+        return None
+    return snapshot_revision(Path(snapshot) / "config.json")
 
 
 def _preview(keys: list[str], limit: int = 8) -> str:

@@ -210,6 +210,8 @@ class OnnxExportReport:
     max_abs_difference: dict[str, float] = field(default_factory=dict)  # per checked batch ("1") or "1@HxW"
     traced_size: list[int] | None = None  # dynamic-size graphs: the (height, width) traced
     source: str | None = None  # the model exported (folder or Hub id), for the card
+    revision: str | None = None  # the Hub repo's branch, tag or commit asked for (--revision), as given
+    commit: str | None = None  # the commit it resolved to in the local Hub cache, where known
     license: str | None = None  # the source model's, for the card
     versions: dict[str, str] = field(default_factory=dict)  # dsunet-hf, torch, onnx, onnxscript, onnxruntime
     dtype: str = "float32"  # the graph's weights and arithmetic; inputs and outputs are fp32 either way
@@ -234,6 +236,7 @@ def export_onnx(
     dynamic_size: bool = False,
     source: str | None = None,
     dtype: str = "float32",
+    revision: str | None = None,
 ) -> OnnxExportReport:
     """Export ``model`` (eval mode, on the CPU, fp32) to ``output_dir/model.onnx``.
 
@@ -254,6 +257,10 @@ def export_onnx(
             processor keeps the model's size (what ``predict`` runs at unless ``--resolution native``).
         source: the model's folder or Hub id, named on the model card (``README.md``, see :func:`onnx_model_card`);
             default: the model's ``name_or_path``.
+        revision: the branch, tag or commit of the Hub repo ``source`` the model was loaded from (default: main),
+            recorded with the commit it resolves to in the local Hub cache (``commit``; also for a ``source`` folder
+            that is a Hub-cache snapshot), so that the graph can be traced to its weights. Without ``source`` no
+            commit is recorded (the model does not tell which revision it was loaded from).
         dtype: ``"float32"``, or ``"float16"``: the traced fp32 graph converted to fp16 weights and arithmetic
             (fp32 inputs and outputs) with onnxruntime's converter, then checked on probabilities.
 
@@ -347,6 +354,11 @@ def export_onnx(
         for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
             os.replace(written, output_dir / written.name)
     report.source = source or getattr(model, "name_or_path", None) or None
+    report.revision = revision
+    if source:  # the revision loaded is known only to the caller (the command line passes both)
+        from .modeling_utils import cached_commit
+
+        report.commit = cached_commit(source, revision)
     report.license = _source_license(model)
     report.versions = package_versions("dsunet-hf", "torch", "onnx", "onnxscript", "onnxruntime")
     model.config.save_pretrained(output_dir)
@@ -411,9 +423,13 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
         base_model=source if source_is_hub_id else None,
     )
     title = source.rstrip("/").split("/")[-1] if source else config.get("model_type", "segmentation")
+    # Which version of the repo: the commit (a link to its files), else the revision as given.
+    source_version = (f" at commit [`{report.commit[:10]}`](https://huggingface.co/{source}/tree/{report.commit})"
+                      if source_is_hub_id and report.commit else
+                      f" at revision `{report.revision}`" if source_is_hub_id and report.revision else "")
     versions = ", ".join(f"{name} {version}" for name, version in report.versions.items())
     return render_model_card(
-        "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id,
+        "onnx.md", data, title=title, source=source, source_is_hub_id=source_is_hub_id, source_version=source_version,
         model_type=config.get("model_type"), report=report, dynamic_size=report.traced_size is not None,
         size_multiple=DYNAMIC_SIZE_MULTIPLE.get(config.get("model_type"), 32),
         labels=labels if class_maps else [], repo_id=repo_id or PLACEHOLDER_REPO_ID,

@@ -464,7 +464,7 @@ def test_a_multiclass_graph_predicts_palette_masks_like_the_pytorch_model(traced
 
 
 def test_an_export_records_the_revision_and_commit_of_its_hub_source(traced_sam2_unet, tmp_path, monkeypatch,
-                                                                     offline_hub):
+                                                                     offline_hub, capsys):
     """Was: `export onnx --model REPO --revision TAG` recorded REPO alone (onnx_export.json, the card): the graph could
     not be traced to the weights it came from. The tag is resolved to its commit from the local Hub cache."""
     from dsunet_hf.cli import main
@@ -483,6 +483,9 @@ def test_an_export_records_the_revision_and_commit_of_its_hub_source(traced_sam2
     card = (tmp_path / "onnx" / "README.md").read_text()
     assert "base_model: me/rev" in card and f"at commit [`{tagged[:10]}`](https://huggingface.co/me/rev/tree/{tagged})" in card
     assert f"/tree/{tagged}" in str(onnx_model_card(tmp_path / "onnx", repo_id="me/rev-onnx"))  # as `push` renders it
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "onnx")]) == 0
+    assert f"ONNX export of me/rev at commit {tagged}: " in capsys.readouterr().out
     report.update(commit=None)  # a commit the cache did not tell: the revision as given
     (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(report))
     assert "at revision `v1.0`" in str(onnx_model_card(tmp_path / "onnx"))

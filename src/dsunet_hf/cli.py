@@ -550,7 +550,9 @@ def _info(args) -> int:
         except ValueError as error:  # a damaged onnx_export.json
             raise SystemExit(f"info: {error}") from error
         if export is not None:  # an ONNX export (folder or Hub repo): what it takes and how it was checked
-            print(f"ONNX export of {export.source or 'a model'}: {export.summary()}")
+            version = (f" at commit {export.commit}" if export.commit else
+                       f" at revision {export.revision}" if export.revision else "")
+            print(f"ONNX export of {export.source or 'a model'}{version}: {export.summary()}")
         print(json.dumps(config.to_diff_dict(), indent=2, default=str))
     else:
         from .models import MODEL_NAMES, get_model_spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,43 @@ def test_demo_sh_keeps_a_torch_in_range_and_runs_the_demo_where_started(tmp_path
     where, command = calls.splitlines()[-1].split(": ", 1)
     assert where == f"in {tmp_path.resolve()}" and command.endswith(" --data mine")
     assert Path(command.split()[3]).resolve() == REPO / "outputs" / "demo"
+
+
+RECIPES = REPO / "examples" / "configs"
+
+
+def test_every_recipe_is_a_yaml_file_so_the_recipe_parsing_test_sees_it():
+    # tests/test_training.py::test_example_recipes_parse_into_model_configs parses every *.yaml recipe.
+    assert sorted(p.suffix for p in RECIPES.iterdir()) == [".yaml"] * len(list(RECIPES.iterdir()))
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*multiclass*.yaml")), ids=lambda p: p.stem)
+def test_multiclass_recipes_take_their_classes_from_the_id2label_json_their_comment_names(recipe, tmp_path,
+                                                                                          monkeypatch):
+    from dsunet_hf.training import build_config, parse_args
+
+    args = parse_args([str(recipe)])
+    names = {0: "background", 1: "liver", 2: "kidney", 3: "spleen"}
+    labels = Path(args.train_data).parent / "id2label.json"  # beside train/ and val/, as each recipe says
+    assert f"{labels}" in recipe.read_text()
+    monkeypatch.chdir(tmp_path)
+    labels.parent.mkdir(parents=True)
+    labels.write_text(json.dumps(names))
+    spec, config = build_config(args)
+    assert spec.multiclass and config.num_labels == 4 and config.id2label == names
+
+
+def test_the_dsunet_multiclass_recipe_is_dsunets_own_recipe():
+    """DSU-Net's upstream settings (SAM 2.1 + DINOv2-L, 352 / 518 px, batch 4, 50 epochs, AdamW 1e-3 / 5e-4,
+    cosine per epoch), not SAM2-UNet's batch 12 / 20 epochs."""
+    from dsunet_hf.training import build_config, parse_args
+
+    args = parse_args([str(RECIPES / "dsunet_multiclass.yaml")])
+    spec, config = build_config(args)
+    assert (args.model, args.finetune_strategy, args.batch_size, args.num_epochs) == ("dsunet", "adapter", 4, 50)
+    assert (args.learning_rate, args.weight_decay, args.lr_schedule) == (1e-3, 5e-4, "cosine-epoch")
+    assert (config.sam_backbone_repo_id, config.dino_backbone_repo_id) == ("facebook/sam2.1-hiera-large",
+                                                                           "facebook/dinov2-large")
+    assert (config.image_size, config.dino_image_size, config.loss_weights) == (352, 518, [0.25, 0.5, 1.0])
+    assert all(getattr(args, k) == spec.default(k) for k in ("batch_size", "num_epochs", "learning_rate",
+                                                             "weight_decay", "lr_schedule"))  # the package's too

@@ -149,3 +149,14 @@ def test_train_save_predict_and_evaluate_on_label_maps(shapes_data, tmp_path):
     (scores,) = report["results"].values()
     assert 0 <= scores["mIoU"] <= 1
     assert set(next(iter(report["info"]["per_class_iou"].values()))) == set(names.values())
+
+
+def test_a_model_given_another_models_config_says_so():
+    # Was: AttributeError 'DSUNetConfig' object has no attribute 'rfb_channels' (the README's snippet, followed
+    # with the other config class, reached it).
+    from dsunet_hf import DSUNetConfig, Sam2UNetConfig, Sam2UNetForImageSegmentation
+
+    with pytest.raises(TypeError, match="^Sam2UNetForImageSegmentation takes a Sam2UNetConfig, got DSUNetConfig"):
+        Sam2UNetForImageSegmentation(DSUNetConfig())
+    with pytest.raises(TypeError, match="^DSUNetForImageSegmentation takes a DSUNetConfig, got Sam2UNetConfig"):
+        DSUNetForImageSegmentation(Sam2UNetConfig())

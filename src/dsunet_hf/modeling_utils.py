@@ -195,6 +195,13 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     # training, evaluation and prediction: label maps, mIoU, palette PNGs. Single-channel models do not.
     predicts_class_maps = False
 
+    def __init__(self, config, *args, **kwargs):
+        # Another model's config (the classes share field names) failed later with an AttributeError on a field.
+        if self.config_class is not None and not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got "
+                            f"{type(config).__name__}: build its own model class from that config")
+        super().__init__(config, *args, **kwargs)
+
     # --- what trains, what is saved ----------------------------------------------------------------
     def is_trainable_key(self, name: str) -> bool:
         if name in self.unused_parameters:

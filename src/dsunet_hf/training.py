@@ -104,7 +104,7 @@ class TrainingArguments:
     seed: int = field(default=0, metadata={"help": "seed of init, data order and augmentation"})
     eval_steps: int | None = field(default=None, metadata={"help": "validate every N steps (default: each epoch)"})
     metric_for_best_model: str | None = field(
-        default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg; "
+        default=None, metadata={"help": "metric that selects the best model (default: S-measure; mIoU for dinov2-seg and multi-class models; "
                                         "loss: the lowest validation loss; HCE, mBA, 'BIoU (max)', 'BIoU (mean)', MSE: validation adds "
                                         "BiRefNet's DIS metrics)"}
     )
@@ -361,7 +361,7 @@ def warn_if_class_index_masks(dataset, source: str, model_name: str, samples: in
         return count
     logger.warning(
         "%s: the masks hold class indices (0..%d), but %s is a binary model that reads a mask as foreground "
-        "intensity (class %d = %.3f). For several classes, SAM2-UNet takes them from an id2label.json beside the data "
+        "intensity (class %d = %.3f). For several classes, SAM2-UNet and DSU-Net take them from an id2label.json beside the data "
         "or --config-overrides '{\"num_labels\": %d}'; for foreground / background, save masks as 0/255 or 0/1.",
         source, count, model_name, count, count / 255, count + 1,
     )

@@ -84,9 +84,12 @@ def test_a_wider_upstream_head_converts_with_its_class_count(tmp_path, monkeypat
     # The tiny trunks match no published preset: the inferred config is this tiny one, with what the converter reads.
     monkeypatch.setattr("dsunet_hf.convert.dsunet.infer_dsunet_presets", lambda *a: ("tiny", "small"))
     monkeypatch.setattr(dsunet_models, "DSUNetConfig",
-                        lambda **kw: tiny_config(**{k: v for k, v in kw.items() if k == "num_labels"}))
+                        lambda **kw: tiny_config(**{k: v for k, v in kw.items() if k in ("num_labels", "id2label")}))
     converted = convert_dsunet_checkpoint(tmp_path / "DGSUNet-organs.pth", tmp_path / "out", include_backbone=True)
     assert converted.config.num_labels == 4 and converted.head.out_channels == 4
+    names = {0: "background", 1: "liver", 2: "kidney", 3: "spleen"}
+    named = convert_dsunet_checkpoint(tmp_path / "DGSUNet-organs.pth", tmp_path / "named", id2label=names)
+    assert named.config.id2label == names and named.head.out_channels == 4
     sam, dino = inputs(1)
     with torch.no_grad():
         torch.testing.assert_close(converted(sam, dino).logits, model(sam, dino).logits, rtol=0, atol=0)

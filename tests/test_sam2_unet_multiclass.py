@@ -91,6 +91,21 @@ def test_a_multiclass_upstream_checkpoint_converts_with_its_class_count(tmp_path
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(converted(pixels).logits, model(pixels).logits, rtol=0, atol=0)
+    # The checkpoint holds no class names: --id2label gives them (was: LABEL_i, edited into config.json by hand).
+    from dsunet_hf.cli import main
+
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "background", "1": "liver", "2": "kidney"}))
+    assert main(["convert", "sam2-unet", str(tmp_path / "SAM2UNet-organs.pth"), str(tmp_path / "named"),
+                 "--id2label", str(tmp_path / "id2label.json")]) == 0
+    assert Sam2UNetConfig.from_pretrained(tmp_path / "named").id2label == {0: "background", 1: "liver", 2: "kidney"}
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "background", "1": "liver"}))
+    with pytest.raises(SystemExit, match=r"SAM2UNet-organs.pth: its head predicts 3 classes \(ids 0..2\), but the "
+                                         r"class names given are for ids \[0, 1\]"):
+        main(["convert", "sam2-unet", str(tmp_path / "SAM2UNet-organs.pth"), str(tmp_path / "other"),
+              "--id2label", str(tmp_path / "id2label.json")])
+    with pytest.raises(SystemExit, match="--id2label do"):
+        main(["convert", "dinov2-head", str(tmp_path / "SAM2UNet-organs.pth"), str(tmp_path / "other"),
+              "--id2label", str(tmp_path / "id2label.json")])
 
 
 @pytest.fixture(scope="module")

@@ -252,9 +252,9 @@ def _predict(args) -> int:
 
 # Which convert options each kind takes (the rest are refused, not silently ignored).
 _CONVERT_OPTIONS = {
-    "sam2-unet": {"backbone_repo_id", "backbone_revision", "include_backbone"},
+    "sam2-unet": {"backbone_repo_id", "backbone_revision", "include_backbone", "id2label"},
     "dsunet": {"backbone_repo_id", "backbone_revision", "dino_backbone_repo_id", "dino_backbone_revision",
-               "include_backbone"},
+               "include_backbone", "id2label"},
     "dinov2-head": {"backbone_repo_id", "backbone_revision"},
     "sam2-hiera": set(),
     "birefnet": {"variant", "config_overrides", "revision"},  # always self-contained (the backbone is in the weights)
@@ -278,14 +278,16 @@ def _convert(args) -> int:
 
 def _convert_checkpoint(args) -> str:
     """Convert ``args.source`` as ``args.kind``; returns a one-line summary of what was written."""
+    from .data import read_labels_file
     from .finetune import parameter_counts, trainable_summary
 
+    id2label = read_labels_file(args.id2label) if args.id2label else None  # ValueError / OSError name the file
     if args.kind == "sam2-unet":
         from .convert.sam2_unet import convert_sam2_unet_checkpoint
 
         model = convert_sam2_unet_checkpoint(
             args.source, args.output, backbone_repo_id=args.backbone_repo_id,
-            backbone_revision=args.backbone_revision, include_backbone=args.include_backbone,
+            backbone_revision=args.backbone_revision, include_backbone=args.include_backbone, id2label=id2label,
         )
         return trainable_summary(model)
     if args.kind == "dinov2-head":
@@ -301,6 +303,7 @@ def _convert_checkpoint(args) -> str:
             args.source, args.output, include_backbone=args.include_backbone,
             sam_backbone_repo_id=args.backbone_repo_id, sam_backbone_revision=args.backbone_revision,
             dino_backbone_repo_id=args.dino_backbone_repo_id, dino_backbone_revision=args.dino_backbone_revision,
+            id2label=id2label,
         )
         return trainable_summary(model)
     if args.kind == "birefnet":
@@ -722,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dino-backbone-revision", default=None, help="dsunet: its revision")
     convert.add_argument("--include-backbone", action="store_true",
                          help="sam2-unet, dsunet: write a self-contained copy")
+    convert.add_argument("--id2label", default=None, metavar="id2label.json",
+                         help="sam2-unet, dsunet: the names of the head's classes ({\"0\": \"background\", ...}, as "
+                              "beside training data); default: LABEL_0, LABEL_1, ...")
     convert.add_argument("--variant", default=None, help="birefnet: official variant (BiRefNet, BiRefNet_lite, "
                                                        "BiRefNet_HR, ...); default: from the name")
     convert.add_argument("--config-overrides", default=None, help="birefnet: JSON of extra config fields")

@@ -55,6 +55,18 @@ def _remove_stale_staging(parent: Path, prefix: str, older_than: float | None = 
             continue
 
 
+def head_classes(classes: int, id2label: dict[int, str] | None, source) -> dict:
+    """Config fields for a converted head of ``classes`` output channels (1: the binary foreground logit): its class
+    count, named by ``id2label`` when given (upstream checkpoints carry no names, so they would be LABEL_0, ...)."""
+    count = max(classes, 2)
+    if id2label is None:
+        return {"num_labels": classes} if classes > 1 else {}
+    if sorted(id2label) != list(range(count)):
+        raise ValueError(f"{source}: its head predicts {count} classes (ids 0..{count - 1}), but the class names given "
+                         f"are for ids {sorted(id2label)}")
+    return {"id2label": dict(id2label)}
+
+
 def save_converted_model(model, converted: dict, source, output_dir, include_backbone: bool = False,
                          processor=None, holds_backbones: bool = False):
     """Load a converted state dict strictly (every tensor of the model, nothing else), then write the

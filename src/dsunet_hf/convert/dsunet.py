@@ -27,7 +27,7 @@ import torch
 from ..backbones.dinov2 import DINOV2_PRESETS, convert_dinov2_hub_state_dict, dinov2_hub_repo
 from ..backbones.hiera import hiera_hub_repo, infer_hiera_preset
 from ..models.class_maps import fold_two_class_heads
-from . import save_converted_model
+from . import head_classes, save_converted_model
 from .sam2 import read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
 
@@ -89,25 +89,28 @@ def infer_dsunet_presets(converted: dict[str, torch.Tensor], source: str = "chec
 
 def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config=None, include_backbone: bool = False,
                               sam_backbone_repo_id: str | None = None, sam_backbone_revision: str | None = None,
-                              dino_backbone_repo_id: str | None = None, dino_backbone_revision: str | None = None):
+                              dino_backbone_repo_id: str | None = None, dino_backbone_revision: str | None = None,
+                              id2label: dict[int, str] | None = None):
     """Convert ``DGSUNet-*.pth`` into an artifact folder; strict: missing/unexpected tensors are named.
 
     ``config`` defaults to the sizes the checkpoint's tensors show (the paper's: SAM 2.1 Hiera-L + DINOv2-L), with
-    the backbone repos given or Meta's of those sizes (SAM 2.1, what DSU-Net trains from)."""
+    the backbone repos given or Meta's of those sizes (SAM 2.1, what DSU-Net trains from); ``id2label`` names the
+    head's classes (as many as it predicts; 2 for a binary head)."""
     from ..models.dsunet import DSUNetConfig, DSUNetForImageSegmentation
 
     converted = convert_dsunet_state_dict(read_torch_checkpoint(source), str(source))
     classes = converted["head.weight"].shape[0] if "head.weight" in converted else 1  # a missing one: the load names it
     repos = (sam_backbone_repo_id, sam_backbone_revision, dino_backbone_repo_id, dino_backbone_revision)
-    if config is not None and any(repos):
-        raise ValueError("give the backbone repos in the config when passing one (the repo arguments build a config)")
+    if config is not None and (any(repos) or id2label is not None):
+        raise ValueError("give the backbone repos and id2label in the config when passing one (the arguments build "
+                         "a config)")
     if config is None:
         sam_preset, dino_preset = infer_dsunet_presets(converted, str(source))
         config = DSUNetConfig(
             sam_preset=sam_preset, sam_backbone_repo_id=sam_backbone_repo_id or hiera_hub_repo(sam_preset, "2.1"),
             sam_backbone_revision=sam_backbone_revision, dino_preset=dino_preset,
             dino_backbone_repo_id=dino_backbone_repo_id or dinov2_hub_repo(dino_preset),
-            dino_backbone_revision=dino_backbone_revision, **({"num_labels": classes} if classes > 1 else {}),
+            dino_backbone_revision=dino_backbone_revision, **head_classes(classes, id2label, source),
         )
     return save_converted_model(DSUNetForImageSegmentation(config), converted, source, output_dir, include_backbone,
                                 holds_backbones=True)

@@ -32,7 +32,7 @@ import torch
 
 from ..backbones.hiera import infer_hiera_preset
 from ..models.class_maps import fold_two_class_heads
-from . import save_converted_model
+from . import head_classes, save_converted_model
 from .sam2 import read_torch_checkpoint, sam2_trunk_key_to_transformers
 
 _ADAPTER = re.compile(r"^encoder\.blocks\.(\d+)\.prompt_learn\.([02])\.(weight|bias)$")
@@ -96,24 +96,26 @@ def convert_sam2_unet_checkpoint(
     backbone_revision: str | None = None,
     include_backbone: bool = False,
     config=None,
+    id2label: dict[int, str] | None = None,
 ):
     """Convert ``SAM2UNet-*.pth`` into a dsunet-hf artifact folder (config, safetensors, processor, card).
 
     ``config`` (a ``Sam2UNetConfig``) is inferred from the checkpoint's trunk when not given. Returns the
     converted model (fp32, eval mode). Loading is strict: a missing or unexpected tensor raises
-    ``ValueError`` naming it.
+    ``ValueError`` naming it. ``id2label`` names the head's classes (as many as it predicts; 2 for a binary head).
     """
     from ..backbones.hiera import hiera_hub_repo
     from ..models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation
 
     converted, preset = convert_sam2_unet_state_dict(read_torch_checkpoint(source), str(source), infer=config is None)
+    if config is not None and id2label is not None:
+        raise ValueError("give id2label in the config when passing one")
     if config is None:
-        classes = converted["head.weight"].shape[0]
         config = Sam2UNetConfig(
             backbone_preset=preset,
             backbone_repo_id=backbone_repo_id or hiera_hub_repo(preset, "2.0"),
             backbone_revision=backbone_revision,
-            **({"num_labels": classes} if classes > 1 else {}),
+            **head_classes(converted["head.weight"].shape[0], id2label, source),
         )
     return save_converted_model(Sam2UNetForImageSegmentation(config), converted, source, output_dir, include_backbone,
                                 holds_backbones=True)

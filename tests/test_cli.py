@@ -752,6 +752,51 @@ def test_a_revision_not_in_the_offline_cache_is_named(tmp_path, offline_hub, com
         main([*argv, "--model", "me/rev", "--revision", "v9"])
 
 
+def test_an_offline_short_commit_hash_names_the_full_one_in_the_cache(tmp_path, offline_hub):
+    """Was: "revision 1a2b3c4 of me/rev is not in the local Hub cache" (advice: download it) for a commit that is
+    there, under its full hash: offline, huggingface_hub resolves a short hash only through a refs/ file."""
+    _tiny_model("sam2_unet").save_pretrained(tmp_path / "v1", include_backbone=True)
+    commit = offline_hub.add("me/rev", tmp_path / "v1")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=rf"^predict: cannot load me/rev: revision {commit[:7]} of me/rev: offline, a "
+                                         rf"short commit hash is not resolved; the local Hub cache holds commit "
+                                         rf"{commit}: pass --revision {commit}$"):
+        main(["predict", "--model", "me/rev", str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "o"),
+              "--revision", commit[:7]])
+
+
+def test_convert_birefnet_of_a_revision_that_cannot_be_had_is_one_line(tmp_path, offline_hub, monkeypatch):
+    """Was: eight lines calling the official weights "the frozen backbone" with a Python fix
+    (from_pretrained(..., backbone_repo_id=...)) that convert has no option for."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    import dsunet_hf.convert.birefnet
+    from dsunet_hf.hub import BackboneNotAvailableError
+
+    (tmp_path / "base").mkdir()
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "base" / "model.safetensors"))
+    commit = offline_hub.add("ZhengPeng7/BiRefNet_lite", tmp_path / "base")
+    convert = ["convert", "birefnet", "ZhengPeng7/BiRefNet_lite", str(tmp_path / "out"), "--revision"]
+    with pytest.raises(SystemExit, match=r"^convert birefnet: cannot load ZhengPeng7/BiRefNet_lite: revision v9 of "
+                                         r"ZhengPeng7/BiRefNet_lite is not in the local Hub cache and HF_HUB_OFFLINE is "
+                                         r"set: run once without HF_HUB_OFFLINE=1, or `hf download "
+                                         r"ZhengPeng7/BiRefNet_lite --revision v9` first$"):
+        main([*convert, "v9"])
+    with pytest.raises(SystemExit, match=rf"^convert birefnet: .*: pass --revision {commit}$"):
+        main([*convert, commit[:7]])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(source, output_dir, revision=None, **kwargs):  # what the Hub answers a mistyped revision
+        raise BackboneNotAvailableError.for_repo(source, revision, ["model.safetensors: RevisionNotFoundError: 404"])
+
+    monkeypatch.setattr(dsunet_hf.convert.birefnet, "convert_birefnet_checkpoint", unreachable)
+    with pytest.raises(SystemExit, match=r"^convert birefnet: cannot load ZhengPeng7/BiRefNet_lite: revision v9 of "
+                                         r"ZhengPeng7/BiRefNet_lite could not be downloaded \(model.safetensors: "
+                                         r"RevisionNotFoundError: 404\)$"):
+        main([*convert, "v9"])
+
+
 def test_a_hub_repo_not_in_the_cache_is_named_when_the_hub_cannot_be_reached(monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError

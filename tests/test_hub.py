@@ -580,3 +580,21 @@ def test_a_held_load_report_is_per_thread():
     finally:
         logger.removeHandler(handler)
     assert seen == ["Sam2UNetForImageSegmentation LOAD REPORT from: other/model"]
+
+
+def test_cached_commit_of_a_folder_is_the_snapshot_it_leads_to(tmp_path, offline_hub, monkeypatch):
+    # Regression: the path was read as written: `--model ../<other commit>` from inside a snapshot recorded the commit
+    # it passed through (evaluation.json, onnx_export.json), and a link to a snapshot folder recorded none.
+    from dsunet_hf.modeling_utils import cached_commit
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    first = offline_hub.add("me/rev", tmp_path / "m")
+    (tmp_path / "m" / "notes.txt").write_text("a later push")
+    second = offline_hub.add("me/rev", tmp_path / "m")
+    snapshots = offline_hub.repo_dir("me/rev") / "snapshots"
+    (tmp_path / "link").symlink_to(snapshots / second)
+    monkeypatch.chdir(snapshots / first)
+    assert cached_commit(f"../{second}") == cached_commit(tmp_path / "link") == second
+    assert cached_commit(".") == cached_commit(snapshots / first / "config.json") == cached_commit("me/rev", first) == first
+    assert cached_commit("me/rev") == second and cached_commit(tmp_path / "m") is None

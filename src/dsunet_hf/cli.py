@@ -58,12 +58,29 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
         return None
     what = f"revision {revision} of {name}" if revision else name
     commit = cached_commit(name, revision)
+    # Offline, huggingface_hub resolves a short commit hash only through a refs/ file (written by a download that
+    # named it so): the commit itself may well be in the cache, under its full hash.
+    full = _cached_full_commits(name, revision) if constants.HF_HUB_OFFLINE and not commit else []
+    if len(full) == 1:
+        return (f"{what}: offline, a short commit hash is not resolved; the local Hub cache holds commit {full[0]}: "
+                f"pass --revision {full[0]}")
     where = (f"is only partly in the local Hub cache (snapshot {commit})" if commit else
              "is not in the local Hub cache")
     download = f"`hf download {name}" + (f" --revision {revision}`" if revision else "`")
     if constants.HF_HUB_OFFLINE:
         return f"{what} {where} and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or {download} first"
     return f"{what} {where} and the Hub cannot be reached: run it where the Hub is, or {download} there first"
+
+
+def _cached_full_commits(name: str, revision: str | None) -> list[str]:
+    """The commits in the local Hub cache's snapshots of Hub repo ``name`` that ``revision`` (a short commit hash)
+    starts; none for anything else."""
+    from huggingface_hub import constants
+
+    if not revision or not re.fullmatch(r"[0-9a-f]{4,39}", revision):
+        return []
+    snapshots = Path(constants.HF_HUB_CACHE, f"models--{name.replace('/', '--')}", "snapshots")
+    return sorted(p.name for p in snapshots.glob(f"{revision}*") if re.fullmatch(r"[0-9a-f]{40}", p.name))
 
 
 def not_visual_prompt(command: str, name: str, refusal: str, revision: str | None = None) -> SystemExit:
@@ -271,6 +288,17 @@ def _convert(args) -> int:
     try:
         summary = _convert_checkpoint(args)
     except (ValueError, OSError, RuntimeError) as error:  # a missing file, not such a checkpoint, another size
+        if args.kind == "birefnet" and getattr(error, "repo_id", None) == args.source:
+            # The official weights themselves (not a "frozen backbone" to point backbone_repo_id= at): one line.
+            from huggingface_hub import constants
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            why = (_not_in_local_cache(args.source, LocalEntryNotFoundError(""), args.revision)
+                   if constants.HF_HUB_OFFLINE else None)
+            tried = [line.strip()[len("- tried "):] for line in str(error).splitlines() if "- tried " in line]
+            why = why or (f"{f'revision {args.revision} of ' if args.revision else ''}{args.source} could not be "
+                          f"downloaded ({tried[0] if tried else error})")
+            raise SystemExit(f"convert birefnet: cannot load {args.source}: {why}") from error
         raise SystemExit(f"convert {args.kind}: {error}") from error
     print(f"converted {args.source} -> {args.output} ({summary})")
     return 0

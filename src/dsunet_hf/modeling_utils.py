@@ -834,7 +834,10 @@ def cached_commit(name_or_path, revision: str | None = None) -> str | None:
 
     path = Path(str(name_or_path)).expanduser()
     if path.exists():
-        return snapshot_revision(path.absolute() / "config.json")
+        # The folder resolved (a snapshot's folders are real, its files links into blobs/): `..` and a link to a
+        # snapshot name the snapshot they lead to, not the one the path passes through.
+        folder = path if path.is_dir() else path.parent
+        return snapshot_revision(folder.resolve() / "config.json")
     if not looks_like_hub_id(str(name_or_path)):
         return None
     try:  # a branch or tag: its refs/ file, written by the download that loaded it

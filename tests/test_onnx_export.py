@@ -324,6 +324,8 @@ def test_without_onnxruntime_the_export_says_it_is_unchecked(exported_sam2_unet,
                               export_seconds=1.0, external_data=False)
     assert report.summary() == ("m.onnx: pixel_values ['batch', 3, 96, 96]; float32; opset 20; "
                                 "not checked (pip install onnxruntime)")
+    monkeypatch.undo()  # installed: the export was asked not to check (it said to install what was there)
+    assert report.summary().endswith("; not checked (--no-check)")
 
 
 def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys, monkeypatch):

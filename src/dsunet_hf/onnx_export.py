@@ -219,8 +219,14 @@ class OnnxExportReport:
     class_maps: bool | None = None  # the graph predicts class maps (None: an export written before this was recorded)
 
     def summary(self) -> str:
+        try:  # the reason it was not checked: the export skipped it, or there is nothing to check with
+            import onnxruntime  # noqa: F401
+
+            why = "--no-check"
+        except ImportError:
+            why = "pip install onnxruntime"
         check = (f"onnxruntime max |{self.compared} diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
-                 if self.checked_with else "not checked (pip install onnxruntime)")
+                 if self.checked_with else f"not checked ({why})")
         shapes = ", ".join(f"{name} {shape}" for name, shape in self.inputs.items())
         return f"{self.path}: {shapes}; {self.dtype}; opset {self.opset}; {check}"
 

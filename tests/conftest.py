@@ -61,6 +61,17 @@ class OfflineHub:
     def repo_dir(self, repo_id: str) -> Path:
         return self.cache / ("models--" + repo_id.replace("/", "--"))
 
+    def damage(self, repo_id: str, filename: str, keep_bytes: int) -> tuple[Path, Path]:
+        """As an interrupted download leaves it: the snapshot's ``filename`` links to a blob cut after
+        ``keep_bytes`` (the Hub cache's layout). Returns (the snapshot's file, the blob)."""
+        snapshot_file = next((self.repo_dir(repo_id) / "snapshots").iterdir()) / filename
+        blob = self.repo_dir(repo_id) / "blobs" / "0123abcd"
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(snapshot_file.read_bytes()[:keep_bytes])
+        snapshot_file.unlink()
+        snapshot_file.symlink_to(blob)
+        return snapshot_file, blob
+
     def add(self, repo_id: str, folder: Path, files: dict[str, Path] | None = None, branch: str = "main") -> str:
         files = files or {p.relative_to(folder).as_posix(): p for p in Path(folder).rglob("*") if p.is_file()}
         digest = hashlib.sha1()

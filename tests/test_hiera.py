@@ -414,12 +414,7 @@ def test_corrupt_safetensors_and_mistyped_paths_name_the_file(tmp_path):
 def test_a_damaged_trunk_in_the_hub_cache_names_the_file_to_delete(offline_hub, tmp_path):
     """Deleting the snapshot's file (a link) does not help: a new download links the damaged blob again."""
     offline_hub.add("org/damaged-trunk", write_transformers_trunk_repo(tmp_path / "repo", tiny_hiera()))
-    weights = next((offline_hub.repo_dir("org/damaged-trunk") / "snapshots").iterdir()) / "model.safetensors"
-    blob = offline_hub.repo_dir("org/damaged-trunk") / "blobs" / "0123abcd"
-    blob.parent.mkdir()
-    blob.write_bytes(weights.read_bytes()[:100])
-    weights.unlink()
-    weights.symlink_to(blob)
+    weights, blob = offline_hub.damage("org/damaged-trunk", "model.safetensors", keep_bytes=100)
     with pytest.raises(ValueError, match=rf"^{weights}: cannot read as safetensors: .*; delete {blob} \(the Hub "
                                          rf"cache's copy\) and load again, or load with force_download=True"):
         load_hiera_state_dict("org/damaged-trunk")

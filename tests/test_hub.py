@@ -440,12 +440,7 @@ def test_a_damaged_weights_file_in_the_hub_cache_is_named_by_its_path(trained_mo
     """An interrupted download leaves a damaged blob in the Hub cache, read again at every load: the error names the
     file to delete (the blob the snapshot links to, not the repo id) and force_download."""
     repo_id = trained_model.push_to_hub("me/damaged")
-    weights = next((offline_hub.repo_dir(repo_id) / "snapshots").iterdir()) / "model.safetensors"
-    blob = offline_hub.repo_dir(repo_id) / "blobs" / "0123abcd"  # the Hub cache's layout: a snapshot links to a blob
-    blob.parent.mkdir()
-    blob.write_bytes(weights.read_bytes()[:1000])
-    weights.unlink()
-    weights.symlink_to(blob)
+    weights, blob = offline_hub.damage(repo_id, "model.safetensors", keep_bytes=1000)
     with pytest.raises(OSError, match=rf"^{weights}: the Hub cache's copy of me/damaged's weights is not a readable "
                                       rf"safetensors file.*delete {blob} .*and load again.*force_download=True"):
         Sam2UNetForImageSegmentation.from_pretrained(repo_id)

@@ -711,7 +711,7 @@ def _predict_one(tmp_path, model: str, *options: str) -> np.ndarray:
     return np.asarray(Image.open(out / "masks" / "a.png"))
 
 
-def test_revision_loads_that_commit_with_its_processor(tmp_path, offline_hub, monkeypatch):
+def test_revision_loads_that_commit_with_its_processor(tmp_path, offline_hub, monkeypatch, capsys):
     """Was: no --revision on any command: a Hub model could only be run at its latest commit from the command line."""
     import dsunet_hf.app
     import dsunet_hf.onnx_export
@@ -719,8 +719,11 @@ def test_revision_loads_that_commit_with_its_processor(tmp_path, offline_hub, mo
 
     for seed, size in ((1, 96), (2, 64)):  # two pushes: other weights, another processor size
         torch.manual_seed(seed)
-        _tiny_model("sam2_unet").save_pretrained(tmp_path / f"v{seed}", include_backbone=True,
-                                                 image_processor=SegmentationImageProcessor(size=size))
+        model = _tiny_model("sam2_unet")
+        if seed == 1:  # a config that tells the pushes apart (info below)
+            model.config.id2label = {0: "background", 1: "camouflaged"}
+        model.save_pretrained(tmp_path / f"v{seed}", include_backbone=True,
+                              image_processor=SegmentationImageProcessor(size=size))
     first = offline_hub.add("me/rev", tmp_path / "v1")
     offline_hub.add("me/rev", tmp_path / "v2")
     old = _predict_one(tmp_path, str(tmp_path / "v1"))
@@ -735,6 +738,12 @@ def test_revision_loads_that_commit_with_its_processor(tmp_path, offline_hub, mo
     for argv in (["export", "onnx", "--model", "me/rev", str(tmp_path / "onnx")], ["app", "--model", "me/rev"]):
         with pytest.raises(Loaded, match="^96$"):
             main([*argv, "--revision", first])
+    # info reads that revision's config (was: main's only)
+    capsys.readouterr()
+    assert main(["info", "me/rev", "--revision", first]) == 0 and '"camouflaged"' in capsys.readouterr().out
+    assert main(["info", "me/rev"]) == 0 and '"camouflaged"' not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"^info: cannot load me/rev: revision v9 of me/rev is not in the local Hub"):
+        main(["info", "me/rev", "--revision", "v9"])
     with pytest.raises(SystemExit, match=r"^predict: --revision main: a Hub repo's branch, tag or commit, but .*v1 "
                                          r"is a local path"):  # was (Python): silently ignored
         main(["predict", "--model", str(tmp_path / "v1"), str(tmp_path / "a.png"), "--revision", "main"])

@@ -572,12 +572,13 @@ def _info(args) -> int:
 
         from .onnx_export import read_export_report
 
+        revision = model_source("info", args).get("revision")
         try:
-            config = AutoConfig.from_pretrained(args.model)
+            config = AutoConfig.from_pretrained(args.model, revision=revision)
         except (ValueError, OSError) as error:
-            raise SystemExit(f"info: cannot read the config of {args.model}: {error}") from error
+            raise load_failure("info", args.model, error, revision=revision) from error
         try:
-            export = read_export_report(args.model)
+            export = read_export_report(args.model, revision)
         except ValueError as error:  # a damaged onnx_export.json
             raise SystemExit(f"info: {error}") from error
         if export is not None:  # an ONNX export (folder or Hub repo): what it takes and how it was checked
@@ -800,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="versions, or a saved model's config")
     info.add_argument("model", nargs="?")
+    info.add_argument("--revision", default=None, metavar="BRANCH|TAG|COMMIT", help=REVISION_HELP)
     info.set_defaults(func=_info)
 
     demo = commands.add_parser("demo", help="short fine-tune + evaluation + predictions on built-in data")

@@ -65,8 +65,11 @@ def main() -> None:
             command += ["--preset", args.preset]
         if args.gradient_checkpointing:
             command.append("--gradient-checkpointing")
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        results.append(json.loads(output.strip().splitlines()[-1]))
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode:  # the child's own last line (a bad --preset, ...), not a CalledProcessError traceback
+            last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode} (killed: out of memory?)"])[-1]
+            sys.exit(f"train_memory.py: --model {args.model} batch size {batch_size}: {last}")
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     print(json.dumps(results, indent=2))
 
 

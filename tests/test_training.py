@@ -531,6 +531,8 @@ def test_bad_training_config_files_are_named(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(generated_data, tmp_path, monkeypatch):
+    import shutil
+
     import dsunet_hf.evaluate
 
     scores = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9])  # best at the 2nd validation, then two without improvement
@@ -545,9 +547,15 @@ def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(gener
     assert summary["best_metrics"]["S-measure"] == 0.6
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["checkpoint-4"]  # where it stopped: resumable
     assert "| S-measure | 0.6" in (tmp_path / "run" / "model" / "README.md").read_text()  # the best model's card
+    # Killed while a newer best/ went in (_replace_dir moved the recorded one aside to best.old): the resume puts it
+    # back; it was dropped with a "not in" warning and model/ became the last weights.
+    os.replace(tmp_path / "run" / "best", tmp_path / "run" / "best.old")
+    shutil.rmtree(tmp_path / "run" / "model")
     resumed = train(tiny_args(generated_data, tmp_path / "run", eval_steps=1, save_steps=100,
                               early_stopping_patience=2, resume_from_checkpoint="latest"))
     assert resumed["stopped_early"] and resumed["global_step"] == 4  # no step more, no validation more
+    assert resumed["best_step"] == 2 and not (tmp_path / "run" / "best.old").exists()
+    assert "| S-measure | 0.6" in (tmp_path / "run" / "model" / "README.md").read_text()
     assert next(scores) == 0.9
     with pytest.raises(ValueError, match="early-stopping-patience must be at least 1"):
         train(tiny_args(generated_data, tmp_path / "x", early_stopping_patience=0))

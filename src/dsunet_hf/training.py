@@ -799,6 +799,11 @@ def train(args: TrainingArguments) -> dict:
         state = saved
         state.data_layout = layout
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
+        aside = output_dir / "best.old"  # a run killed while a newer best/ went in (_replace_dir): the one it recorded
+        if accelerator.is_main_process and state.best_step is not None and aside.is_dir() and \
+                not (output_dir / "best").exists():
+            os.replace(aside, output_dir / "best")
+        accelerator.wait_for_everyone()
         if state.best_step is not None and not (output_dir / "best").is_dir():
             # Resumed into another output dir (or best/ was deleted): the best weights are not here, and the final
             # model/ must not silently become the last weights; the best is chosen again from the coming validations.

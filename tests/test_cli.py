@@ -875,6 +875,34 @@ def test_variant_loads_weights_saved_as_a_variant(tmp_path, monkeypatch, offline
             main([*argv, "--variant", "fp16"])
 
 
+@pytest.mark.parametrize("content, problem", [(None, "cannot be read (No such file or directory)"),
+                                              ("{bad", "not a JSON object of class id -> name")])
+def test_convert_id2label_that_cannot_be_read_names_the_option(tmp_path, content, problem):
+    """A missing or malformed --id2label: one line naming the option and the file, before the checkpoint is read
+    (was: "convert sam2-unet: [Errno 2] No such file or directory: 'x.json'")."""
+    labels = tmp_path / "id2label.json"
+    if content is not None:
+        labels.write_text(content)
+    with pytest.raises(SystemExit) as raised:
+        main(["convert", "sam2-unet", str(tmp_path / "missing.pth"), str(tmp_path / "out"), "--id2label", str(labels)])
+    message = str(raised.value.code)
+    assert message.startswith(f"convert sam2-unet: --id2label {labels}") and problem in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("option", ["--revision", "--variant"])
+def test_convert_birefnet_refuses_an_empty_revision_or_variant(tmp_path, option, monkeypatch):
+    """As predict / export / app / space do (was: '' downloaded main's default weights, silently)."""
+    import dsunet_hf.convert.birefnet
+
+    def converted(*args, **kwargs):
+        raise AssertionError("converted")
+
+    monkeypatch.setattr(dsunet_hf.convert.birefnet, "convert_birefnet_checkpoint", converted)
+    with pytest.raises(SystemExit, match=rf"^convert birefnet: {option} is empty$"):
+        main(["convert", "birefnet", "ZhengPeng7/BiRefNet", str(tmp_path / "out"), option, " "])
+
+
 def test_convert_birefnet_revision(tmp_path, monkeypatch):
     """Official BiRefNet weights from a Hub repo's revision (was: convert had no --revision; main only)."""
     import dsunet_hf.convert.birefnet

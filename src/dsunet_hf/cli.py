@@ -280,6 +280,9 @@ _CONVERT_OPTIONS = {
 
 def _convert(args) -> int:
     options = sorted(set().union(*_CONVERT_OPTIONS.values()))
+    for name in ("revision", "variant"):  # an empty one loaded main / the default weights silently
+        if getattr(args, name) is not None and not getattr(args, name).strip():
+            raise SystemExit(f"convert {args.kind}: --{name} is empty")
     given = [name for name in options if getattr(args, name) not in (None, False)]
     refused = [name for name in given if name not in _CONVERT_OPTIONS[args.kind]]
     if refused:
@@ -309,7 +312,14 @@ def _convert_checkpoint(args) -> str:
     from .data import read_labels_file
     from .finetune import parameter_counts, trainable_summary
 
-    id2label = read_labels_file(args.id2label) if args.id2label else None  # ValueError / OSError name the file
+    id2label = None
+    if args.id2label:  # said before the checkpoint is read, naming the option
+        try:
+            id2label = read_labels_file(args.id2label)
+        except OSError as error:  # e.g. "[Errno 2] No such file or directory: 'x.json'" named neither the option
+            raise ValueError(f"--id2label {args.id2label}: cannot be read ({error.strerror or error})") from error
+        except ValueError as error:
+            raise ValueError(f"--id2label {error}") from error
     if args.kind == "sam2-unet":
         from .convert.sam2_unet import convert_sam2_unet_checkpoint
 

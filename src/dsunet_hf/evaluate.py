@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refined_predictions
-from .files import write_text_atomic
+from .files import write_json_atomic, write_text_atomic
 from .image_io import IMAGE_EXTENSIONS, ImageReadError, load_cell, load_image, load_mask
 from .image_processing import model_post_processing, processor_for_model
 from .metrics import (
@@ -570,7 +570,7 @@ def write_report(results: dict[str, dict[str, float]], output_dir, extra: dict |
         "info": extra or {},
     }
     json_path, markdown_path = output_dir / "evaluation.json", output_dir / "evaluation.md"
-    write_text_atomic(json_path, json.dumps(_strict_json(payload), indent=2, default=str, allow_nan=False) + "\n")
+    write_json_atomic(json_path, _strict_json(payload))
     lines = ["# Evaluation", "", format_table(results), ""]
     lines.append(f"↑ higher is better, ↓ lower is better. Protocol: {protocol}.")
     if extra:

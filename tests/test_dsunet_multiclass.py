@@ -52,6 +52,13 @@ def test_num_labels_sets_the_class_maps_and_the_ignore_index_is_checked():
     assert DSUNetConfig(num_labels=5).crop_size == 352 and DSUNetConfig().semantic_loss_ignore_index == 255
     with pytest.raises(ValueError, match="semantic_loss_ignore_index must be an integer label value, got 1.5"):
         DSUNetConfig(semantic_loss_ignore_index=1.5)
+    # Gapped ids gave a 3-class head with class 2 unnamed: evaluation ended in a KeyError (as the DINOv2 heads).
+    from dsunet_hf import Sam2UNetConfig
+
+    for config_class in (DSUNetConfig, Sam2UNetConfig):
+        with pytest.raises(ValueError, match=r"id2label must name the classes 0..2 \(one per head output\), got the "
+                                             r"ids \[0, 1, 5\]"):
+            config_class(id2label={0: "background", 1: "liver", 5: "kidney"})
     with pytest.raises(ValueError, match="num_labels must be at most 2, got 5; SAM2-UNet, DSU-Net and the DINOv2"):
         BiRefNetConfig(num_labels=5)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 
 
 def check_positive_int(name: str, value) -> None:
@@ -25,13 +26,23 @@ def check_finite_number(name: str, value) -> float:
     return number
 
 
+def check_class_ids(config) -> None:
+    """One name per head output: with gaps (e.g. {0, 1, 3}) the head has 3 outputs and class 2 no name (evaluation
+    failed with KeyError at the end, labels 3 were refused as beyond the classes). After ``super().__init__``."""
+    if sorted(config.id2label) != list(range(config.num_labels)):
+        raise ValueError(f"id2label must name the classes 0..{config.num_labels - 1} (one per head output), "
+                         f"got the ids {sorted(config.id2label)[:12]}")
+
+
+def is_loss_weight(value) -> bool:
+    """A finite, non-negative number (a negative weight would train that output away from the labels)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def check_loss_weights(weights, order: str) -> list[float]:
-    """Three finite, non-negative numbers, not all zero (a negative weight would train that output away from the
-    labels, all zeros would train nothing)."""
-    numbers = isinstance(weights, (list, tuple)) and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
-    )
-    if not numbers or len(weights) != 3 or not any(weights):
+    """Three loss weights, not all zero (all zeros would train nothing)."""
+    valid = isinstance(weights, (list, tuple)) and all(is_loss_weight(w) for w in weights)
+    if not valid or len(weights) != 3 or not any(weights):
         raise ValueError(f"loss_weights needs 3 non-negative numbers, not all 0 ({order}), got {weights!r}")
     return [float(w) for w in weights]
 

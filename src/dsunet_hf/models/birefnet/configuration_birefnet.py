@@ -15,7 +15,7 @@ from transformers import PreTrainedConfig
 
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, require_binary, set_default_labels
-from ..checked_config import CheckedOverrides
+from ..checked_config import CheckedOverrides, is_loss_weight
 
 BACKBONES = ("swin_v1_t", "swin_v1_s", "swin_v1_b", "swin_v1_l", "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b5")
 MULTI_SCALE_INPUTS = ("", "add", "cat")
@@ -82,10 +82,6 @@ def _size_pair(value, name: str) -> list[int]:
     if len(pair) != 2 or min(pair) <= 0 or pair[0] % 32 or pair[1] % 32:
         raise ValueError(f"{name} must be a positive multiple of 32 (or [height, width] of them), got {value!r}")
     return pair
-
-
-def _is_weight(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _check_pvt_sizes(backbone: str, backbone_config: dict, multi_scale_input: str, image_size, dynamic_size) -> None:
@@ -237,10 +233,10 @@ class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
         if unknown:
             raise ValueError(f"unknown loss names {unknown} in loss_weights; known: {LOSS_NAMES}")
         # A string weight failed in the loss; a negative one trained away from the labels, all zeros trained nothing.
-        if not all(_is_weight(w) for w in weights.values()) or not any(weights.values()):
+        if not all(is_loss_weight(w) for w in weights.values()) or not any(weights.values()):
             raise ValueError(f"loss_weights needs finite, non-negative numbers, not all 0, got {weights!r}")
         self.loss_weights = {name: float(weights.get(name, 0.0)) for name in LOSS_NAMES}
-        if not _is_weight(outward_reference_loss_weight):
+        if not is_loss_weight(outward_reference_loss_weight):
             raise ValueError(f"outward_reference_loss_weight must be a finite, non-negative number, got "
                              f"{outward_reference_loss_weight!r}")
         self.outward_reference_loss_weight = float(outward_reference_loss_weight)

@@ -8,7 +8,7 @@ from transformers.utils import logging
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
 from ...labels import set_default_labels
-from ..checked_config import CheckedOverrides
+from ..checked_config import CheckedOverrides, check_class_ids
 
 logger = logging.get_logger(__name__)
 
@@ -122,11 +122,7 @@ class Dinov2SegConfig(CheckedOverrides, PreTrainedConfig):
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
                             lora_target_modules or ["q_proj", "v_proj"])
         super().__init__(**kwargs)
-        # One name per head output: with gaps (e.g. {0, 1, 3}) the head has 3 outputs and class 2 no name
-        # (evaluation failed with KeyError at the end, labels 3 were refused as beyond the classes).
-        if sorted(self.id2label) != list(range(self.num_labels)):
-            raise ValueError(f"id2label must name the classes 0..{self.num_labels - 1} (one per head output), "
-                             f"got the ids {sorted(self.id2label)[:12]}")
+        check_class_ids(self)
 
     def to_diff_dict(self) -> dict:
         # transformers leaves out an id2label equal to its own default (LABEL_0, LABEL_1): read back without one,

@@ -9,7 +9,7 @@ from ...backbones.hiera import HIERA_LORA_TARGETS, HIERA_PRESETS, hiera_config_d
 from ...finetune import set_finetune_fields
 from ...labels import FOREGROUND_LABELS, set_default_labels
 from ...losses import BCE_WEIGHTINGS
-from ..checked_config import CheckedOverrides, check_loss_weights, check_positive_int
+from ..checked_config import CheckedOverrides, check_class_ids, check_loss_weights, check_positive_int
 from ..class_maps import ClassMapsConfig, check_ignore_index
 
 
@@ -121,6 +121,7 @@ class DSUNetConfig(ClassMapsConfig, CheckedOverrides, PreTrainedConfig):
         self.semantic_loss_ignore_index = check_ignore_index(semantic_loss_ignore_index)
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)
+        check_class_ids(self)  # the multi-class path names every class by its id
 
     def get_hiera_config(self) -> Sam2HieraDetConfig:
         return Sam2HieraDetConfig(**self.hiera_config)

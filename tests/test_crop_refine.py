@@ -178,6 +178,35 @@ def test_images_the_crop_cannot_enlarge_keep_their_first_pass():
     assert refined[0] is not first[0]  # new maps: the caller's stay as they were
 
 
+@pytest.mark.parametrize("height, width", [(300, 4000), (4000, 300), (1, 4000), (4000, 1)])
+def test_panoramas_and_one_pixel_strips_crop_inside_the_image_at_its_aspect(height, width):
+    # Extreme aspects: the crop stays inside the image, at its aspect, around the object; a strip one pixel across
+    # cannot be zoomed in on (the crop spans it): its first pass is kept, nothing runs.
+    first = np.zeros((height, width), np.float32)
+    rows, columns = (slice(100, 140), slice(2000, 2040)) if height < width else (slice(2000, 2040), slice(100, 140))
+    if min(height, width) == 1:
+        rows, columns = (slice(0, 1), slice(2000, 2010)) if height == 1 else (slice(2000, 2010), slice(0, 1))
+    first[rows, columns] = 0.9
+    runs = []
+
+    def predict(crops, size):
+        runs.extend((crop.height, crop.width) for crop in crops)
+        return [np.full((crop.height, crop.width), 0.7, np.float32) for crop in crops]
+
+    refined = refine_with_crops([Image.new("RGB", (width, height))], [first], predict, lambda h, w: (64, 64))[0]
+    if min(height, width) == 1:
+        assert not runs and np.array_equal(refined, first)
+        return
+    (top, left, bottom, right), = foreground_boxes(first)
+    assert 0 <= top <= rows.start and rows.stop <= bottom <= height and 0 <= left <= columns.start <= right <= width
+    assert (right - left) * height == pytest.approx((bottom - top) * width, rel=0.02)
+    assert runs == [(bottom - top, right - left)]
+    assert np.all(refined[top:bottom, left:right] == np.float32(0.7))  # >= 0.5: kept as it is, in the band too
+    outside = np.ones_like(first, bool)
+    outside[top:bottom, left:right] = False
+    assert np.array_equal(refined[outside], first[outside])
+
+
 
 def test_maps_not_at_their_images_size_are_refused():
     """A map at another size (the model's 1024², a transposed EXIF-rotated photo) was cropped where its box would

@@ -18,7 +18,7 @@ from helpers import RedChannelModel
 from PIL import Image
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
-from dsunet_hf.predict import predict_files
+from dsunet_hf.predict import collect_images, predict_files
 from dsunet_hf.video import TemporalSmoothing, read_video
 
 av = pytest.importorskip("av", reason="video prediction needs PyAV (the [video] extra)")
@@ -312,13 +312,23 @@ def test_transport_program_and_3gpp_streams_are_read_as_videos(tmp_path, process
     frames = [square_frame(i) for i in range(6)]
     clips = [write_video_with_sound(folder / "cam.ts", frames, "mp2", seconds=0.3),
              write_video_with_sound(folder / "dvd.MPG", frames, "mp2", seconds=0.3, video_codec="mpeg2video"),
-             write_video(folder / "phone.3gp", frames)]
+             write_video(folder / "phone.3gp", frames),
+             write_video(folder / "bluray.m2ts", frames)]  # M2TS: 192-byte packets, a 4-byte prefix before each sync
+    # TypeScript sources share .ts / .mts: text, not transport streams, so left out as any other non-media file (they
+    # were "2 failed: not a readable video"), even with a "G" (the sync byte) 188 bytes apart.
+    (folder / "app.ts").write_text(("G" + " " * 187) * 3 + "export const app = 1;\n")
+    (folder / "lib.mts").write_text("import { app } from './app';\n")
     report = predict_files(RedChannelModel(), processor, [folder], tmp_path / "out", overlay=True, progress=False)
     assert sorted(report.written) == sorted(map(str, clips)) and not report.failed
     for clip in clips:
         masks, seconds = decoded(tmp_path / "out" / "masks" / f"{clip.stem}.mp4")
         assert len(masks) == len(frames) and seconds == pytest.approx(decoded(clip)[1], abs=1e-3)
     assert audio_of(tmp_path / "out" / "overlays" / "cam.mp4")[0] == "aac"  # MP2 sound re-encoded, as it is not copied
+    sources = tmp_path / "sources"  # a folder of TypeScript only: nothing to predict, said so
+    sources.mkdir()
+    (sources / "app.ts").write_text("export const app = 1;\n")
+    with pytest.raises(FileNotFoundError, match=r"found 1 \.ts; \.ts / \.mts files that are no MPEG transport stream"):
+        collect_images([sources])
 
 
 def first_sound_time(path: Path) -> float:

@@ -33,7 +33,14 @@ from .image_io import (
     picture_frames,
 )
 from .image_processing import processor_for_model
-from .video import VIDEO_SUFFIXES, is_video, predict_video_into_report, video_output_path
+from .video import (
+    TRANSPORT_SUFFIXES,
+    VIDEO_SUFFIXES,
+    is_video,
+    looks_like_video,
+    predict_video_into_report,
+    video_output_path,
+)
 
 IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # the images training reads (data.py), the same list
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
@@ -85,7 +92,7 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
             if not _holds_media(matches):
                 without_media.append(_no_media_problem(item, matches))
                 continue
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in MEDIA_SUFFIXES]
+            files = [m for m in matches if m.is_file() and _is_media(m)]
             # The files it matches, and the folders it matches whose files it does not reach itself: "shots/*" gives
             # the images beside the folders and the folders' images, "data/**" (data/, its folders and their files)
             # each file once, by its name; a folder inside another one matched ("shots/**/") comes with that one.
@@ -106,7 +113,7 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
 
     for item, matched_folder in expanded:
         if item.is_dir():
-            files = sorted(_visible_files(item, MEDIA_SUFFIXES))
+            files = sorted(_visible_files(item, media_only=True))
             if any(folder.is_relative_to(item.resolve()) for folder in outputs):  # (resolving each file: only then)
                 files = [p for p in files if not is_output(p)]
             base = item.parent if matched_folder else item
@@ -203,6 +210,8 @@ def _no_media_problem(item: str | Path, matches: list[Path]) -> str:
     files = {f for path in matches for f in ([path] if path.is_file() else _visible_files(path))}
     kinds = collections.Counter(f.suffix.lower() or f.name for f in files).most_common(3)
     found = ", ".join(f"{count} {suffix}" for suffix, count in kinds) if kinds else "no file"
+    if any(suffix in TRANSPORT_SUFFIXES for suffix, _ in kinds):
+        found += "; .ts / .mts files that are no MPEG transport stream (TypeScript) are not videos"
     return f"{item}: no image or video file to predict (found {found}; the types read: {' '.join(sorted(MEDIA_SUFFIXES))})"
 
 
@@ -210,20 +219,28 @@ def _holds_media(paths: list[Path]) -> bool:
     """Whether one of ``paths`` is an image or video file, or a folder with one in it (found: no further reading)."""
     for path in paths:
         if path.is_dir():
-            if next(_visible_files(path, MEDIA_SUFFIXES), None) is not None:
+            if next(_visible_files(path, media_only=True), None) is not None:
                 return True
-        elif path.suffix.lower() in MEDIA_SUFFIXES:
+        elif path.is_file() and _is_media(path):
             return True
     return False
 
 
-def _visible_files(folder: Path, suffixes=None):
-    """The files under ``folder`` (of ``suffixes``, lower case), hidden files and folders left out as training leaves
-    them out (evaluation leaves out hidden files): macOS's ``._IMG_1.jpg`` beside each photo on a USB drive or share (no image: each
-    one a failure), a file manager's ``.thumbnails/`` (predicted as photos)."""
+def _is_media(path: Path) -> bool:
+    """Whether a file found in a folder or by a pattern is an image or video to predict (by its suffix; a ``.ts`` /
+    ``.mts`` only when it is a transport stream: TypeScript sources share the suffixes)."""
+    return path.suffix.lower() in MEDIA_SUFFIXES and (not is_video(path) or looks_like_video(path))
+
+
+def _visible_files(folder: Path, media_only: bool = False):
+    """The files under ``folder`` (only images and videos with ``media_only``: see :func:`_is_media`), hidden files
+    and folders left out as training leaves them out (evaluation leaves out hidden files): macOS's ``._IMG_1.jpg``
+    beside each photo on a USB drive or share (no image: each one a failure), a file manager's ``.thumbnails/``
+    (predicted as photos)."""
     for path in folder.rglob("*"):
-        if ((suffixes is None or path.suffix.lower() in suffixes)
-                and not any(part.startswith(".") for part in path.relative_to(folder).parts) and path.is_file()):
+        if ((not media_only or path.suffix.lower() in MEDIA_SUFFIXES)
+                and not any(part.startswith(".") for part in path.relative_to(folder).parts) and path.is_file()
+                and (not media_only or _is_media(path))):  # (a .ts file's head is read only here)
             yield path
 
 

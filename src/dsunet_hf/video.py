@@ -80,6 +80,36 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+# Suffixes that TypeScript source shares with transport streams (.ts, .mts; .m2ts is checked alike).
+TRANSPORT_SUFFIXES = {".ts", ".mts", ".m2ts"}
+SYNC_BYTE, SYNC_CHECKS = 0x47, 4
+
+
+def looks_like_video(path: str | Path) -> bool:
+    """Whether a file found in a folder is to be read as a video: a video suffix, and for ``.ts`` / ``.mts`` /
+    ``.m2ts`` the sync byte of an MPEG transport stream (0x47) every 188 bytes (M2TS: every 192, after a 4-byte
+    prefix) in its first packets, or at least binary data (a NUL byte: another container misnamed, which FFmpeg
+    reads by its content), so that TypeScript sources (text) beside the clips are not videos that "failed". A file
+    that cannot be read counts as a video (its error is reported when it is predicted)."""
+    if not is_video(path):
+        return False
+    if Path(path).suffix.lower() not in TRANSPORT_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as file:
+            head = file.read(192 * SYNC_CHECKS)
+    except OSError:
+        return True
+    if b"\0" in head:
+        return True
+    for size in (188, 192):
+        for start in range(size):  # a recording cut from a broadcast may begin inside a packet
+            syncs = head[start::size][:SYNC_CHECKS]
+            if len(syncs) >= 3 and all(byte == SYNC_BYTE for byte in syncs):  # 3: a stray "G" in text is no sync
+                return True
+    return False
+
+
 def video_output_path(output_dir: str | Path, kind: str, name: Path) -> Path:
     """Where a video's ``kind`` output (masks, classes, overlays, cutouts, composites) goes:
     ``<output_dir>/<folder>/<name>.<ext>``, the folder being the kind's name (``masks`` for ``classes``)."""

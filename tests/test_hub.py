@@ -393,6 +393,8 @@ def test_a_missing_backbone_is_named_by_its_config_field(offline_hub):
         VisualPromptMatcher.from_pretrained_backbones(config)
     assert "from_pretrained(..., dino_backbone_repo_id='/path/to/folder-or-checkpoint')" in str(error.value)
     assert "backbone_repo_id='" not in str(error.value).replace("dino_backbone_repo_id='", "")
+    # Nor in the traceback: the error it replaces is not shown above it.
+    assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
 def test_a_save_in_the_other_layout_leaves_no_older_weights_behind(trained_model, tmp_path):
@@ -597,3 +599,168 @@ def test_cached_commit_of_a_folder_is_the_snapshot_it_leads_to(tmp_path, offline
     assert cached_commit(f"../{second}") == cached_commit(tmp_path / "link") == second
     assert cached_commit(".") == cached_commit(snapshots / first / "config.json") == cached_commit("me/rev", first) == first
     assert cached_commit("me/rev") == second and cached_commit(tmp_path / "m") is None
+
+
+def _config_only(tmp_path, offline_hub, repo_id: str, config: dict) -> str:
+    """A Hub repo of which only config.json reached the local cache (an interrupted download): its commit."""
+    import json
+
+    (tmp_path / "cfg").mkdir(exist_ok=True)
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(config))
+    return offline_hub.add(repo_id, tmp_path / "cfg")
+
+
+@pytest.mark.parametrize("kind", ["official_birefnet", "artifact"])
+def test_a_partly_cached_repo_without_its_weights_says_so_in_one_line(tmp_path, offline_hub, kind):
+    """Was, offline: official BiRefNet weights got eight lines calling them "the frozen backbone" (with Python advice,
+    backbone_repo_id=...); a dsunet-hf artifact "does not appear to have a file named model.safetensors", as if the
+    repo had none. Both: the snapshot lacks the weights, and `hf download` gets them."""
+    from PIL import Image
+
+    from dsunet_hf.cli import main
+
+    if kind == "official_birefnet":
+        repo_id, config = "ZhengPeng7/BiRefNet", {"architectures": ["BiRefNet"],
+                                                  "auto_map": {"AutoModelForImageSegmentation": "birefnet.BiRefNet"}}
+    else:
+        repo_id, config = "me/art", {**tiny_sam2_unet_config().to_dict(), "backbone_weights_included": True}
+    commit = _config_only(tmp_path, offline_hub, repo_id, config)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", repo_id, str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out")])
+    assert str(exit_info.value) == (
+        f"predict: cannot load {repo_id}: {repo_id} is only partly in the local Hub cache (snapshot {commit}, without "
+        f"its weights file: an interrupted download?) and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, "
+        f"or `hf download {repo_id}` first")
+
+
+def test_a_missing_backbone_of_a_weightless_artifact_keeps_its_own_advice(tmp_path, offline_hub):
+    """A visual-prompt matcher's artifact holds no weights by design: a frozen backbone (another repo) that is not in
+    the cache is that repo's problem, not an interrupted download of the matcher."""
+    from dsunet_hf.cli import load_failure
+    from dsunet_hf.hub import BackboneNotAvailableError
+    from dsunet_hf.modeling_utils import CheckpointMismatchError
+
+    _config_only(tmp_path, offline_hub, "me/matcher", {"model_type": "visual_prompt_matcher"})
+    error = BackboneNotAvailableError.for_repo("facebook/dinov2-small", None, ["model.safetensors: LocalEntryNotFound"])
+    message = str(load_failure("predict", "me/matcher", error))
+    assert "partly" not in message and "'facebook/dinov2-small'" in message and "hf download facebook/dinov2-small" in message
+    mismatch = CheckpointMismatchError("me/matcher: the frozen backbone weights loaded are not those it was saved with")
+    assert str(load_failure("predict", "me/matcher", mismatch)) == f"predict: cannot load me/matcher: {mismatch}"
+
+
+def test_official_weights_that_cannot_be_downloaded_are_one_line_built_from_the_errors_fields(offline_hub,
+                                                                                               monkeypatch):
+    """Online, official BiRefNet weights (the model's own repo) that fail to download: one line naming the revision
+    and the file's error, not a frozen backbone's advice; naming_field keeps the fields it is built from."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import constants
+
+    from dsunet_hf.cli import load_failure
+    from dsunet_hf.hub import BackboneNotAvailableError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    error = BackboneNotAvailableError.for_repo("ZhengPeng7/BiRefNet", "v2", ["model.safetensors: HfHubHTTPError: 500"])
+    renamed = error.naming_field(SimpleNamespace(base_repo_id="ZhengPeng7/BiRefNet"))
+    assert "from_pretrained(..., base_repo_id='/path" in str(renamed) and "backbone_repo_id" not in str(renamed)
+    for failed in (error, renamed):
+        assert str(load_failure("info", "ZhengPeng7/BiRefNet", failed, revision="v2")) == (
+            "info: cannot load ZhengPeng7/BiRefNet: revision v2 of ZhengPeng7/BiRefNet could not be downloaded "
+            "(model.safetensors: HfHubHTTPError: 500)")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline, not in the cache at all (convert birefnet)
+    error = BackboneNotAvailableError.for_repo("ZhengPeng7/BiRefNet", "v2", ["model.safetensors: LocalEntryNotFound"])
+    assert str(load_failure("convert birefnet", "ZhengPeng7/BiRefNet", error, revision="v2")) == (
+        "convert birefnet: cannot load ZhengPeng7/BiRefNet: revision v2 of ZhengPeng7/BiRefNet is not in the local Hub "
+        "cache and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or `hf download ZhengPeng7/BiRefNet "
+        "--revision v2` first")
+
+
+def test_cached_full_commits_finds_the_snapshots_a_short_hash_starts(tmp_path, offline_hub):
+    from dsunet_hf.modeling_utils import cached_full_commits
+
+    commit = _config_only(tmp_path, offline_hub, "me/rev", {})
+    assert cached_full_commits("me/rev", commit[:7]) == [commit]
+    assert cached_full_commits("me/rev", "main") == cached_full_commits("me/other", commit[:7]) == []
+
+
+@pytest.fixture
+def variant_only_hub_repo(tmp_path, offline_hub, monkeypatch):
+    """Online (no request made: the load's failure and the Hub's listing are stubbed), a Hub repo that holds only
+    fp16 weights, none of it cached: the listing requests made, as (repo id, timeout)."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub import constants
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    requests = []
+
+    def model_info(self, repo_id, *, revision=None, timeout=None, **kwargs):
+        requests.append((repo_id, timeout))
+        if repo_id == "me/down":
+            raise TimeoutError("the Hub did not answer")
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=n) for n in ("config.json", "model.fp16.safetensors")])
+
+    def list_repo_files(repo_id, **kwargs):
+        requests.append((repo_id, None))  # no timeout of its own: may wait forever where the network drops packets
+        return [] if repo_id == "me/down" else ["config.json", "model.fp16.safetensors"]
+
+    def no_weights(cls, name, *args, **kwargs):
+        raise OSError(f"{name} does not appear to have a file named model.safetensors.")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(no_weights))
+    return requests
+
+
+def test_a_hub_repo_with_variant_weights_only_names_the_variant(variant_only_hub_repo):
+    """The online hint: after the load fails, the repo's files (one request, with a timeout) name --variant."""
+    from dsunet_hf.cli import load_failure
+
+    with pytest.raises(OSError, match=r"^me/fp16 does not appear to have a file named model\.safetensors\. It holds the "
+                                      r"weights of variant 'fp16' only .*load with variant='fp16'$") as error:
+        Sam2UNetForImageSegmentation.from_pretrained("me/fp16")
+    assert str(load_failure("predict", "me/fp16", error.value)).endswith("add --variant fp16")
+    assert [(repo, timeout is not None) for repo, timeout in variant_only_hub_repo] == [("me/fp16", True)]
+
+
+def test_the_variant_hint_never_replaces_or_delays_the_load_error(variant_only_hub_repo, monkeypatch):
+    """A listing that fails leaves the load's error as it was; none is asked for where the Hub was just found
+    unreachable (LocalEntryNotFoundError: another request would wait out another timeout) or local_files_only."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from transformers import PreTrainedModel
+
+    with pytest.raises(OSError, match=r"^me/down does not appear to have a file named model\.safetensors\.$"):
+        Sam2UNetForImageSegmentation.from_pretrained("me/down")
+    assert len(variant_only_hub_repo) == 1
+    with pytest.raises(OSError, match=r"^me/fp16 does not appear .*safetensors\.$"):
+        Sam2UNetForImageSegmentation.from_pretrained("me/fp16", local_files_only=True)
+
+    def unreachable(cls, name, *args, **kwargs):
+        try:
+            raise LocalEntryNotFoundError("cannot reach the Hub")
+        except LocalEntryNotFoundError as cause:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from cause
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(unreachable))
+    with pytest.raises(OSError, match=r"^We couldn't connect"):
+        Sam2UNetForImageSegmentation.from_pretrained("me/fp16")
+    assert len(variant_only_hub_repo) == 1
+
+
+def test_visual_prompts_for_a_weights_file_are_refused_as_such(tmp_path):
+    """Was: "cannot load BiRefNet.pth: It looks like the config file at ... is not a valid JSON file" for official
+    BiRefNet weights (a file, without config), which load fine: they are no visual-prompt model."""
+    from PIL import Image
+
+    from dsunet_hf.cli import main
+
+    torch.save({"x": torch.zeros(1)}, tmp_path / "BiRefNet-general-epoch_244.pth")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=r"^predict: --reference/--prompt need a visual-prompt model .*"
+                                         r"BiRefNet-general-epoch_244\.pth is not one$"):
+        main(["predict", "--model", str(tmp_path / "BiRefNet-general-epoch_244.pth"), str(tmp_path / "a.png"),
+              "--reference", str(tmp_path / "a.png"), "--prompt", "box:2,2,20,20", "--output-dir", str(tmp_path / "o")])

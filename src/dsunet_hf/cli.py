@@ -28,9 +28,14 @@ def load_failure(command: str, name: str, error: Exception, revision: str | None
     """``<command>: cannot load <name>: <why>`` in one line; where the error names the Python keywords that choose
     the backbone weights (or load a model on others anyway), the command line's options instead; a Hub repo (at
     ``revision``, --revision) that is not in the local cache and cannot be downloaded is said so, naming both."""
+    from .hub import BackboneNotAvailableError
+
     not_cached = _not_in_local_cache(name, error, revision)
     if not_cached:
         return SystemExit(f"{command}: cannot load {name}: {not_cached}")
+    if isinstance(error, BackboneNotAvailableError) and error.repo_id == name:
+        # The model's own weights (official BiRefNet weights), not a frozen backbone to point elsewhere: one line.
+        return SystemExit(f"{command}: cannot load {name}: {error.download_failure()}")
     reason = str(error).replace("verify_backbone_weights=False", "--no-verify-backbone-weights")
     reason = re.sub(r"Pass the (\w+)/(\w+) it was trained with",
                     r"Pass the backbone it was trained with (--backbone-source \1=REPO_OR_FOLDER and/or "
@@ -42,29 +47,47 @@ def load_failure(command: str, name: str, error: Exception, revision: str | None
 
 def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> str | None:
     """Why a Hub repo's files could not be had, where the cause is huggingface_hub's LocalEntryNotFoundError (not in
-    the local cache, and offline or the Hub not reachable): transformers says that in two generic lines naming
-    neither the repo nor the revision."""
+    the local cache, and offline or the Hub not reachable), or where, offline, the repo's snapshot in the local cache
+    holds no weights (an interrupted download): transformers says that in two generic lines naming neither the repo
+    nor the revision, or as if the repo had no weights ("does not appear to have a file named model.safetensors"),
+    and the loader of official BiRefNet weights as if they were a frozen backbone."""
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from .hub import looks_like_hub_id
-    from .modeling_utils import cached_commit
+    from .hub import BackboneNotAvailableError, looks_like_hub_id, saved_weight_files, snapshot_revision
+    from .modeling_utils import cached_full_commits, cached_snapshot
 
-    cause, seen = error, set()
-    while cause is not None and not isinstance(cause, LocalEntryNotFoundError) and id(cause) not in seen:
-        seen.add(id(cause))
+    if not looks_like_hub_id(name):
+        return None
+    chain, cause = [], error
+    while cause is not None and all(cause is not seen for seen in chain):
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    if not isinstance(cause, LocalEntryNotFoundError) or not looks_like_hub_id(name):
+    # Offline, the model's own weights (official BiRefNet's) missing from the cache are as transformers' files.
+    own_weights = any(isinstance(cause, BackboneNotAvailableError) and cause.repo_id == name for cause in chain)
+    unreachable = (any(isinstance(cause, LocalEntryNotFoundError) for cause in chain)
+                   or (own_weights and constants.HF_HUB_OFFLINE))
+    # Another repo's files (a frozen backbone's) are that error's own to tell.
+    other_repo = any(isinstance(cause, BackboneNotAvailableError) and cause.repo_id != name for cause in chain)
+    if not unreachable and (other_repo or not constants.HF_HUB_OFFLINE):
+        return None
+    snapshot = cached_snapshot(name, revision)
+    # Offline, a file missing (OSError) from a snapshot without any weights file; a visual-prompt matcher's artifact
+    # has none by design, and fails on other repos (other_repo) or with a ValueError.
+    weightless = (isinstance(error, OSError) and snapshot is not None and not saved_weight_files(snapshot)
+                  and not any(snapshot.glob("*.onnx")))
+    if not unreachable and not weightless:
         return None
     what = f"revision {revision} of {name}" if revision else name
-    commit = cached_commit(name, revision)
+    commit = None if snapshot is None else snapshot_revision(snapshot / "config.json")
     # Offline, huggingface_hub resolves a short commit hash only through a refs/ file (written by a download that
     # named it so): the commit itself may well be in the cache, under its full hash.
-    full = _cached_full_commits(name, revision) if constants.HF_HUB_OFFLINE and not commit else []
+    full = cached_full_commits(name, revision) if constants.HF_HUB_OFFLINE and not commit else []
     if len(full) == 1:
         return (f"{what}: offline, a short commit hash is not resolved; the local Hub cache holds commit {full[0]}: "
                 f"pass --revision {full[0]}")
-    where = (f"is only partly in the local Hub cache (snapshot {commit})" if commit else
+    where = (f"is only partly in the local Hub cache (snapshot {commit}"
+             + (", without its weights file: an interrupted download?)" if weightless else ")") if commit else
              "is not in the local Hub cache")
     download = f"`hf download {name}" + (f" --revision {revision}`" if revision else "`")
     if constants.HF_HUB_OFFLINE:
@@ -72,22 +95,13 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
     return f"{what} {where} and the Hub cannot be reached: run it where the Hub is, or {download} there first"
 
 
-def _cached_full_commits(name: str, revision: str | None) -> list[str]:
-    """The commits in the local Hub cache's snapshots of Hub repo ``name`` that ``revision`` (a short commit hash)
-    starts; none for anything else."""
-    from huggingface_hub import constants
-
-    if not revision or not re.fullmatch(r"[0-9a-f]{4,39}", revision):
-        return []
-    snapshots = Path(constants.HF_HUB_CACHE, f"models--{name.replace('/', '--')}", "snapshots")
-    return sorted(p.name for p in snapshots.glob(f"{revision}*") if re.fullmatch(r"[0-9a-f]{40}", p.name))
-
-
 def not_visual_prompt(command: str, name: str, refusal: str, revision: str | None = None) -> SystemExit:
     """``refusal`` (visual-prompt options for a model that is not one), unless the model's config (of ``revision``)
     cannot be reached at all (a mistyped folder, no network): that is said instead, not "not a visual-prompt model"."""
     from transformers import AutoConfig
 
+    if Path(name).expanduser().is_file():  # a weights file (official BiRefNet's .pth): no config, no visual prompts
+        return SystemExit(refusal)
     try:
         AutoConfig.from_pretrained(name, revision=revision)
     except OSError as error:

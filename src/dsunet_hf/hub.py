@@ -24,10 +24,18 @@ PLACEHOLDER_REPO_ID = "path/to/this-model"
 
 
 class BackboneNotAvailableError(OSError):
-    """A frozen backbone's weights cannot be had (not cached offline, missing repo or file)."""
+    """A frozen backbone's weights cannot be had (not cached offline, missing repo or file). Made by :meth:`for_repo`,
+    it keeps the Hub repo's ``repo_id``, ``revision`` and the files ``tried`` (one line each), whence its message."""
+
+    repo_id: str | None = None
+    revision: str | None = None
+    tried: tuple[str, ...] = ()
 
     @classmethod
-    def for_repo(cls, repo_id: str, revision: str | None, details: list[str]) -> BackboneNotAvailableError:
+    def for_repo(cls, repo_id: str, revision: str | None, details: list[str],
+                 field: str = "backbone_repo_id") -> BackboneNotAvailableError:
+        """The error for Hub repo ``repo_id`` at ``revision``, of which each file tried failed (``details``: one line
+        each); its advice names the config ``field`` that holds the repo."""
         where = f"'{repo_id}' (revision {revision or 'main'})"
         state = (
             "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
@@ -41,24 +49,27 @@ class BackboneNotAvailableError(OSError):
             f"  1. download it once where the Hub is reachable: hf download {repo_id}"
             + (f" --revision {revision}" if revision else "")
             + "\n"
-            "  2. point at a local copy: from_pretrained(..., backbone_repo_id='/path/to/folder-or-checkpoint')\n"
+            f"  2. point at a local copy: from_pretrained(..., {field}='/path/to/folder-or-checkpoint')\n"
             "  3. use a self-contained artifact written with save_pretrained(..., include_backbone=True)"
         )
-        error.repo_id = repo_id
+        error.repo_id, error.revision, error.tried = repo_id, revision, tuple(details)
         return error
 
     def naming_field(self, config) -> BackboneNotAvailableError:
         """This error with its advice naming the config field that holds the missing repo (DSU-Net's
         ``sam_backbone_repo_id`` / ``dino_backbone_repo_id``, BiRefNet's ``base_repo_id``, ...) instead of
         ``backbone_repo_id``; itself when that is the field or none is found."""
-        repo_id = getattr(self, "repo_id", None)
         field = next((name for name, value in sorted(vars(config).items())
-                      if name.endswith("_repo_id") and value == repo_id), None)
-        if repo_id is None or field in (None, "backbone_repo_id"):
+                      if name.endswith("_repo_id") and value == self.repo_id), None)
+        if self.repo_id is None or field in (None, "backbone_repo_id"):
             return self
-        renamed = type(self)(str(self).replace("backbone_repo_id='", f"{field}='"))
-        renamed.repo_id = repo_id
-        return renamed
+        return type(self).for_repo(self.repo_id, self.revision, list(self.tried), field=field)
+
+    def download_failure(self) -> str:
+        """One line for a repo whose files are the model's own (official BiRefNet weights), not a frozen backbone
+        to point elsewhere: ``revision R of ORG/NAME could not be downloaded (FILE: WHY)``."""
+        what = f"revision {self.revision} of {self.repo_id}" if self.revision else str(self.repo_id)
+        return f"{what} could not be downloaded ({self.tried[0] if self.tried else 'no file tried'})"
 
 
 # ``from_pretrained``'s download arguments that also apply to the frozen backbones' own repos (``hf_hub_download``

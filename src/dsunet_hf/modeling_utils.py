@@ -303,7 +303,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             renamed = error.naming_field(self.config)
             if renamed is error:
                 raise
-            raise renamed from error
+            # Not chained for display: the traceback would show first the advice naming the wrong field.
+            raise renamed from None
 
     @classmethod
     def from_pretrained_backbones(cls, config=None, *, cache_dir=None, token=None, local_files_only: bool = False,
@@ -477,7 +478,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             except SafetensorError as error:  # no OSError, and it names no file (an interrupted save or download)
                 raise OSError(_unreadable_weights(pretrained_model_name_or_path, kwargs, error)) from error
             except OSError as error:
-                variants = None if kwargs.get("variant") else _saved_variants(pretrained_model_name_or_path, kwargs)
+                variants = (None if kwargs.get("variant")
+                            else _saved_variants(pretrained_model_name_or_path, kwargs, error))
                 if not variants:
                     raise
                 raise OSError(f"{error} It holds the weights of variant {' and '.join(map(repr, variants))} only "
@@ -788,16 +790,18 @@ def _unreadable_weights(source, load_kwargs: dict, error: Exception) -> str:
             f"again (force_download=True)")
 
 
-def _saved_variants(source, load_kwargs: dict) -> list[str]:
+def _saved_variants(source, load_kwargs: dict, error: Exception | None = None) -> list[str]:
     """The weight variants (``model.<variant>.safetensors``, sharded or not) in a local model folder, or a Hub repo
     (its snapshot in the local cache, else its files on the Hub), that holds no weights without a variant (the ones
-    loaded by default)."""
+    loaded by default). The Hub is not asked offline, with ``local_files_only``, or where ``error`` (the load's) says
+    it could not be reached."""
     subfolder = load_kwargs.get("subfolder") or ""
     folder = Path(source, subfolder)
     if folder.is_dir():
         names = [path.name for path in saved_weight_files(folder)]
     elif looks_like_hub_id(str(source)):  # (an error path: a listing request is affordable)
         import huggingface_hub
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
         where = {"revision": load_kwargs.get("revision"), "token": load_kwargs.get("token")}
         try:
@@ -806,9 +810,18 @@ def _saved_variants(source, load_kwargs: dict) -> list[str]:
             names = [path.name for path in saved_weight_files(Path(snapshot, subfolder))]
         except Exception:  # not in the cache
             names = []
-        if not names and not huggingface_hub.constants.HF_HUB_OFFLINE:
-            try:
-                files = huggingface_hub.list_repo_files(str(source), **where)
+        causes, cause = [], error
+        while cause is not None and all(cause is not seen for seen in causes):
+            causes.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        unreachable = any(isinstance(cause, LocalEntryNotFoundError) for cause in causes)
+        if not names and not (huggingface_hub.constants.HF_HUB_OFFLINE or load_kwargs.get("local_files_only")
+                              or unreachable):
+            try:  # with a timeout: huggingface_hub's API requests have none, and a hint must not hang the error
+                info = huggingface_hub.HfApi().model_info(str(source), expand=["siblings"],
+                                                          timeout=huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT,
+                                                          **where)
+                files = [sibling.rfilename for sibling in info.siblings or []]
             except Exception:  # no such repo or revision, no access, no network: no hint
                 return []
             prefix = f"{subfolder.strip('/')}/" if subfolder else ""
@@ -823,13 +836,37 @@ def _saved_variants(source, load_kwargs: dict) -> list[str]:
     return sorted(found)
 
 
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The folder of the local Hub cache's snapshot that ``revision`` (a branch, tag or commit; default main) of Hub
+    repo ``repo_id`` resolves to there, without a request (a branch or tag through its refs/ file, written by the
+    download that named it); None where the cache has none."""
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # not in the cache
+        return None
+
+
+def cached_full_commits(repo_id: str, revision: str | None) -> list[str]:
+    """The commits of Hub repo ``repo_id`` whose snapshots the local Hub cache holds and that ``revision`` (a short
+    commit hash) starts; none for anything else. (Offline, huggingface_hub resolves a short hash only through a refs/
+    file, which only a download that named it so writes.)"""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if not revision or not re.fullmatch(r"[0-9a-f]{4,39}", revision):
+        return []
+    snapshots = Path(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id, repo_type="model"), "snapshots")
+    return sorted(p.name for p in snapshots.glob(f"{revision}*") if re.fullmatch(r"[0-9a-f]{40}", p.name))
+
+
 def cached_commit(name_or_path, revision: str | None = None) -> str | None:
     """The commit a model loads from, as the local Hub cache tells it without a request: the snapshot
     (``models--org--name/snapshots/<commit>/``) that ``revision`` (a branch, tag or commit; default main) of a Hub
-    repo resolves to there, or the snapshot a local folder lies in; None where not known (another folder, a revision
-    not in the cache). For reports: transformers 5 no longer records it (``config._commit_hash``)."""
-    import huggingface_hub
-
+    repo resolves to there (:func:`cached_snapshot`), or the snapshot a local folder lies in; None where not known
+    (another folder, a revision not in the cache). For reports: transformers 5 no longer records it
+    (``config._commit_hash``)."""
     from .hub import snapshot_revision
 
     path = Path(str(name_or_path)).expanduser()
@@ -840,11 +877,8 @@ def cached_commit(name_or_path, revision: str | None = None) -> str | None:
         return snapshot_revision(folder.resolve() / "config.json")
     if not looks_like_hub_id(str(name_or_path)):
         return None
-    try:  # a branch or tag: its refs/ file, written by the download that loaded it
-        snapshot = huggingface_hub.snapshot_download(str(name_or_path), revision=revision, local_files_only=True)
-    except Exception:  # not in the cache
-        return None
-    return snapshot_revision(Path(snapshot) / "config.json")
+    snapshot = cached_snapshot(str(name_or_path), revision)
+    return None if snapshot is None else snapshot_revision(snapshot / "config.json")
 
 
 def _preview(keys: list[str], limit: int = 8) -> str:

@@ -195,6 +195,32 @@ def test_a_killed_conversions_staging_folder_is_removed_by_the_next_one(tmp_path
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.json"]
 
 
+def test_a_folder_of_other_files_is_not_written_over(tmp_path):
+    """Converting into a project folder replaced its README.md with the model card (and another model's config and
+    weights with the converted ones); an earlier conversion to the same kind of model is still replaced."""
+    import json
+
+    from dsunet_hf.convert import write_folder_atomically
+
+    def write(model_type):
+        def write_files(folder):
+            (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+            (folder / "README.md").write_text(f"card of a {model_type}")
+        return write_files
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "README.md").write_text("my notes")
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'project'}: already holds README\.md, not of a saved sam2_unet "
+                                         r"model, which the converted model's files would replace: give a new or empty"):
+        write_folder_atomically(tmp_path / "project", write("sam2_unet"))
+    assert [p.name for p in (tmp_path / "project").iterdir()] == ["README.md"]
+    assert (tmp_path / "project" / "README.md").read_text() == "my notes" and len(list(tmp_path.iterdir())) == 1
+    write_folder_atomically(tmp_path / "out", write("sam2_unet"))
+    write_folder_atomically(tmp_path / "out", write("sam2_unet"))  # converted again: replaced
+    with pytest.raises(ValueError, match=r"already holds README\.md, config\.json, not of a saved dsunet model"):
+        write_folder_atomically(tmp_path / "out", write("dsunet"))
+    assert (tmp_path / "out" / "README.md").read_text() == "card of a sam2_unet"
+
 def test_a_failed_write_leaves_the_previous_artifact(upstream_checkpoint, tmp_path, monkeypatch):
     """A full disk while writing model.safetensors left a 1 kB file over the good artifact (from_pretrained then
     failed in safetensors), and a half-written folder where there was none; the error named no folder."""
@@ -351,6 +377,39 @@ def test_birefnet_folder_of_several_checkpoints_is_refused(tmp_path):
     assert locate_birefnet_weights(tmp_path / "epoch_95.pth")[0] == tmp_path / "epoch_95.pth"
 
 
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_birefnet_is_not_converted_over_its_own_folder(tmp_path, given):
+    """`convert birefnet FOLDER FOLDER` replaced the official model.safetensors, config.json and model card with the
+    artifact's (upstream's code could no longer load the folder), and said it had converted."""
+    folder = tmp_path / "BiRefNet"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json", "README.md"):
+        (folder / name).write_text(f"official {name}")
+    source = folder if given == "folder" else folder / "model.safetensors"
+    with pytest.raises(SystemExit, match=rf"^convert birefnet: {re.escape(str(folder))}/?: the folder of the weights "
+                                         r"being converted .*: give another output folder$"):
+        cli_main(["convert", "birefnet", str(source), str(folder) + "/"])
+    assert sorted(p.read_text() for p in folder.iterdir()) == [f"official {name}" for name in
+                                                               ("README.md", "config.json", "model.safetensors")]
+
+def test_a_birefnet_safetensors_cut_short_says_what_to_do(tmp_path):
+    """Was "cannot read as safetensors: Error while deserializing header: incomplete metadata, file not fully
+    covered": no size, no advice; a damaged file in the Hub cache is read again on every try until deleted."""
+    from safetensors.torch import save_file
+
+    from dsunet_hf.convert.birefnet import read_checkpoint
+
+    snapshot = tmp_path / "models--ZhengPeng7--BiRefNet" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({"bb.patch_embed.proj.weight": torch.zeros(64, 64)}, str(tmp_path / "whole.safetensors"))
+    whole = (tmp_path / "whole.safetensors").read_bytes()
+    for path, advice in [(tmp_path / "cut.safetensors", "download or copy it again"),
+                         (snapshot / "model.safetensors", rf"delete {re.escape(str(snapshot))}/model\.safetensors")]:
+        path.write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: cannot read as safetensors \({len(whole) // 2:,} "
+                                             rf"bytes; .*\): cut short or of another format; {advice}"):
+            read_checkpoint(path)
+
 def test_birefnet_converter_names_other_checkpoints(tmp_path):
     """A SAM 2 .pt given to `convert birefnet`: 'not a state dict of tensors' (its tensors sit under 'model')."""
     from helpers import tiny_hiera, write_meta_checkpoint
@@ -404,3 +463,34 @@ def test_a_converted_checkpoint_refuses_another_trunk(tmp_path, offline_hub):
         Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "out")
     offline_hub.add("test-org/tiny-hiera", write_transformers_trunk_repo(tmp_path / "h1", tiny_hiera(1)))
     Sam2UNetForImageSegmentation.from_pretrained(tmp_path / "out")  # the trunk it was trained with: loads
+
+
+# --- class names given for a converted head -----------------------------------------------------------------
+
+def test_class_names_must_be_the_heads_ids_and_errors_name_the_names_file(upstream_checkpoint, tmp_path, monkeypatch):
+    """A gap in the names ({"0": "a", "2": "b"} for a 2-class head) was refused by the DINOv2 config naming neither
+    the names nor the checkpoint; the CLI's sam2-unet/dsunet refusal blamed the checkpoint, not the --id2label file;
+    JSON-style string ids given in Python were refused as another class set."""
+    import json
+
+    import dsunet_hf.convert.sam2_unet
+    from dsunet_hf.convert import head_classes
+    from dsunet_hf.convert.dinov2_head import convert_dinov2_head_checkpoint
+    from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import BNHead
+
+    assert head_classes(2, {"0": "bg", "1": "fg"}, "x.pth") == {"id2label": {0: "bg", 1: "fg"}}
+    head = tmp_path / "dinov2_vits14_custom_linear_head.pth"
+    torch.save({"state_dict": {f"decode_head.{k}": v for k, v in BNHead(384, 2).state_dict().items()}}, head)
+    (tmp_path / "gap.json").write_text(json.dumps({"0": "a", "2": "b"}))
+    for names, given in [({"0": "a", "2": "b"}, "id2label"), (tmp_path / "gap.json", str(tmp_path / "gap.json"))]:
+        with pytest.raises(ValueError, match=rf"^{re.escape(given)} names the class ids \[0, 2\], but the head in "
+                                             rf"{re.escape(str(head))} predicts the ids 0\.\.1, one name each$"):
+            convert_dinov2_head_checkpoint(head, tmp_path / "out", id2label=names)
+    assert not (tmp_path / "out").exists()
+    # The CLI hands the file on: the refusal names it (the trunk's size is read before the names are checked).
+    _, path = upstream_checkpoint
+    monkeypatch.setattr(dsunet_hf.convert.sam2_unet, "infer_hiera_preset", lambda trunk, source: "tiny")
+    with pytest.raises(SystemExit, match=rf"^convert sam2-unet: {re.escape(str(tmp_path / 'gap.json'))} names the "
+                                         rf"class ids \[0, 2\], but the head in \S+SAM2UNet-COD\.pth predicts"):
+        cli_main(["convert", "sam2-unet", str(path), str(tmp_path / "out"), "--id2label", str(tmp_path / "gap.json")])
+    assert not (tmp_path / "out").exists()

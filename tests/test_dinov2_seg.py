@@ -151,6 +151,13 @@ def test_full_size_official_head_converts_with_voc_labels(tmp_path):
     assert model.config.head_type == "multilayer" and model.config.id2label[15] == "person"
     assert model.config.max_long_side is None  # the ms configs: scale (99999999, 640)
     assert not SegmentationImageProcessor.from_pretrained(tmp_path / "out").do_reduce_labels  # VOC: indices as they are
+    # Other names for the same 21 classes, from the command line as beside training data.
+    import json
+
+    (tmp_path / "id2label.json").write_text(json.dumps({str(i): f"thing{i}" for i in range(21)}))
+    assert cli_main(["convert", "dinov2-head", str(tmp_path / "dinov2_vits14_voc2012_ms_head.pth"),
+                     str(tmp_path / "named"), "--id2label", str(tmp_path / "id2label.json")]) == 0
+    assert Dinov2SegConfig.from_pretrained(tmp_path / "named").id2label[15] == "thing15"
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:

@@ -99,12 +99,9 @@ def test_a_multiclass_upstream_checkpoint_converts_with_its_class_count(tmp_path
                  "--id2label", str(tmp_path / "id2label.json")]) == 0
     assert Sam2UNetConfig.from_pretrained(tmp_path / "named").id2label == {0: "background", 1: "liver", 2: "kidney"}
     (tmp_path / "id2label.json").write_text(json.dumps({"0": "background", "1": "liver"}))
-    with pytest.raises(SystemExit, match=r"SAM2UNet-organs.pth: its head predicts 3 classes \(ids 0..2\), but the "
-                                         r"class names given are for ids \[0, 1\]"):
+    with pytest.raises(SystemExit, match=r"id2label\.json names 2 classes, but the head in \S+SAM2UNet-organs\.pth "
+                                         r"predicts 3$"):
         main(["convert", "sam2-unet", str(tmp_path / "SAM2UNet-organs.pth"), str(tmp_path / "other"),
-              "--id2label", str(tmp_path / "id2label.json")])
-    with pytest.raises(SystemExit, match="--id2label do"):
-        main(["convert", "dinov2-head", str(tmp_path / "SAM2UNet-organs.pth"), str(tmp_path / "other"),
               "--id2label", str(tmp_path / "id2label.json")])
 
 

@@ -286,7 +286,7 @@ _CONVERT_OPTIONS = {
     "sam2-unet": {"backbone_repo_id", "backbone_revision", "include_backbone", "id2label"},
     "dsunet": {"backbone_repo_id", "backbone_revision", "dino_backbone_repo_id", "dino_backbone_revision",
                "include_backbone", "id2label"},
-    "dinov2-head": {"backbone_repo_id", "backbone_revision"},
+    "dinov2-head": {"backbone_repo_id", "backbone_revision", "id2label"},
     "sam2-hiera": set(),
     "birefnet": {"variant", "config_overrides", "revision"},  # always self-contained (the backbone is in the weights)
 }
@@ -307,15 +307,14 @@ def _convert(args) -> int:
     except (ValueError, OSError, RuntimeError) as error:  # a missing file, not such a checkpoint, another size
         if args.kind == "birefnet" and getattr(error, "repo_id", None) == args.source:
             # The official weights themselves (not a "frozen backbone" to point backbone_repo_id= at): one line.
+            # Offline, what failed is the local cache (hf_hub_download raises LocalEntryNotFoundError then; the
+            # error keeps only its text, so the cache's own message is asked for with a stand-in of that cause).
             from huggingface_hub import constants
             from huggingface_hub.errors import LocalEntryNotFoundError
 
             why = (_not_in_local_cache(args.source, LocalEntryNotFoundError(""), args.revision)
                    if constants.HF_HUB_OFFLINE else None)
-            tried = [line.strip()[len("- tried "):] for line in str(error).splitlines() if "- tried " in line]
-            why = why or (f"{f'revision {args.revision} of ' if args.revision else ''}{args.source} could not be "
-                          f"downloaded ({tried[0] if tried else error})")
-            raise SystemExit(f"convert birefnet: cannot load {args.source}: {why}") from error
+            raise SystemExit(f"convert birefnet: cannot load {args.source}: {why or error.download_failure()}") from error
         raise SystemExit(f"convert {args.kind}: {error}") from error
     print(f"converted {args.source} -> {args.output} ({summary})")
     return 0
@@ -326,10 +325,10 @@ def _convert_checkpoint(args) -> str:
     from .data import read_labels_file
     from .finetune import parameter_counts, trainable_summary
 
-    id2label = None
+    id2label = args.id2label or None  # the file: the converters' class-id checks name it
     if args.id2label:  # said before the checkpoint is read, naming the option
         try:
-            id2label = read_labels_file(args.id2label)
+            read_labels_file(args.id2label)
         except OSError as error:  # e.g. "[Errno 2] No such file or directory: 'x.json'" named neither the option
             raise ValueError(f"--id2label {args.id2label}: cannot be read ({error.strerror or error})") from error
         except ValueError as error:
@@ -346,7 +345,7 @@ def _convert_checkpoint(args) -> str:
         from .convert.dinov2_head import convert_dinov2_head_checkpoint
 
         model = convert_dinov2_head_checkpoint(args.source, args.output, backbone_repo_id=args.backbone_repo_id,
-                                               backbone_revision=args.backbone_revision)
+                                               backbone_revision=args.backbone_revision, id2label=id2label)
         return f"{model.config.head_type} head, {model.config.num_labels} classes"
     if args.kind == "dsunet":
         from .convert.dsunet import convert_dsunet_checkpoint
@@ -779,8 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--include-backbone", action="store_true",
                          help="sam2-unet, dsunet: write a self-contained copy")
     convert.add_argument("--id2label", default=None, metavar="id2label.json",
-                         help="sam2-unet, dsunet: the names of the head's classes ({\"0\": \"background\", ...}, as "
-                              "beside training data); default: LABEL_0, LABEL_1, ...")
+                         help="sam2-unet, dsunet, dinov2-head: the names of the head's classes ({\"0\": "
+                              "\"background\", ...}, as beside training data); default: LABEL_0, LABEL_1, ... "
+                              "(dinov2-head: VOC's names for 21 classes, ADE20K's for 150, else class_0, ...)")
     convert.add_argument("--variant", default=None, help="birefnet: official variant (BiRefNet, BiRefNet_lite, "
                                                        "BiRefNet_HR, ...); default: from the name")
     convert.add_argument("--config-overrides", default=None, help="birefnet: JSON of extra config fields")

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 
 def write_folder_atomically(output_dir, write) -> None:
     """Run ``write(folder)`` on a hidden temporary folder beside ``output_dir``, then move its files into place.
 
     A failed write (full disk, Ctrl-C) leaves ``output_dir`` as it was, never a half-written artifact over a good
-    one; an existing folder keeps its other files and gets the new ones. Errors name ``output_dir``."""
+    one; an existing folder keeps its other files and gets the new ones, where the files they replace are those of a
+    saved model of the same type (else it is refused: see :func:`_replaced_files_problem`). Errors name ``output_dir``."""
     from ..files import _UMASK, output_folder_problem
 
     output = Path(output_dir).expanduser()
@@ -27,6 +31,8 @@ def write_folder_atomically(output_dir, write) -> None:
     moved = 0
     try:
         write(staging)
+        if problem := _replaced_files_problem(output, staging):
+            raise ValueError(problem)
         os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it private (0700): give it a new folder's mode
         if output.is_dir():
             for path in sorted(staging.iterdir()):
@@ -42,6 +48,25 @@ def write_folder_atomically(output_dir, write) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _model_type(folder: Path) -> str | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def _replaced_files_problem(output: Path, staging: Path) -> str | None:
+    """Why the files written to ``staging`` may not replace those of the same names in ``output``: they are not an
+    earlier conversion to the same kind of model (a project's README.md, another model's config and weights)."""
+    replaced = sorted(path.name for path in staging.iterdir() if (output / path.name).exists())
+    kind = _model_type(staging)
+    if not replaced or (kind is not None and _model_type(output) == kind):
+        return None
+    return (f"{output}: already holds {', '.join(replaced)}, not of a saved {kind or 'model of this'} model, which the "
+            f"converted model's files would replace: give a new or empty folder")
+
+
 def _remove_stale_staging(parent: Path, prefix: str, older_than: float | None = None) -> None:
     """Staging folders a killed conversion left beside its output (possibly gigabytes), an hour old."""
     from ..files import STALE_TEMPORARY_SECONDS
@@ -55,16 +80,50 @@ def _remove_stale_staging(parent: Path, prefix: str, older_than: float | None = 
             continue
 
 
-def head_classes(classes: int, id2label: dict[int, str] | None, source) -> dict:
+def class_names(count: int, id2label: dict | str | os.PathLike, source) -> dict[int, str]:
+    """``id2label`` (a dict, or an ``id2label.json`` file as beside training data) checked to name exactly the ids
+    0..count-1 of the head in ``source``: a gap or a missing class is refused here, naming both, rather than by the
+    config (naming neither) or at the end of an evaluation."""
+    given = "id2label"
+    if isinstance(id2label, (str, os.PathLike)):
+        from ..data import read_labels_file
+
+        given, id2label = str(id2label), read_labels_file(id2label)
+    names = {}
+    for key, name in id2label.items():
+        try:  # JSON-style string ids ("0") are the ids transformers' configs make of them
+            names[int(key) if isinstance(key, str) else key] = str(name)
+        except ValueError:  # not a number: refused below with the rest
+            names[key] = str(name)
+    if len(names) != count:
+        raise ValueError(f"{given} names {len(names)} classes, but the head in {source} predicts {count}")
+    if set(names) != set(range(count)):
+        ids = sorted(names, key=lambda key: (not isinstance(key, int), str(key).zfill(12)))
+        raise ValueError(f"{given} names the class ids {ids}, but the head in {source} predicts the ids "
+                         f"0..{count - 1}, one name each")
+    return names
+
+
+def head_classes(classes: int, id2label: dict | str | os.PathLike | None, source) -> dict:
     """Config fields for a converted head of ``classes`` output channels (1: the binary foreground logit): its class
-    count, named by ``id2label`` when given (upstream checkpoints carry no names, so they would be LABEL_0, ...)."""
-    count = max(classes, 2)
+    count, named by ``id2label`` when given (see :func:`class_names`; upstream checkpoints carry no names, so they
+    would be LABEL_0, ...)."""
     if id2label is None:
         return {"num_labels": classes} if classes > 1 else {}
-    if sorted(id2label) != list(range(count)):
-        raise ValueError(f"{source}: its head predicts {count} classes (ids 0..{count - 1}), but the class names given "
-                         f"are for ids {sorted(id2label)}")
-    return {"id2label": dict(id2label)}
+    return {"id2label": class_names(max(classes, 2), id2label, source)}
+
+
+def fold_two_class_heads(state_dict: dict[str, torch.Tensor]) -> None:
+    """A two-channel (background, foreground) cross-entropy head (and side heads) of an upstream checkpoint becomes
+    the binary model's single foreground logit ``l1 - l0`` (``sigmoid(l1 - l0)`` is the softmax's foreground
+    probability), in place; other heads stay as they are (C > 2 channels: a C-class model)."""
+    head = state_dict.get("head.weight")
+    if head is None or head.shape[0] != 2:
+        return
+    for name in ("side1", "side2", "head"):
+        for kind in ("weight", "bias"):
+            if (pair := state_dict.get(f"{name}.{kind}")) is not None:  # a missing one is named by the load
+                state_dict[f"{name}.{kind}"] = pair[1:] - pair[:1]
 
 
 def save_converted_model(model, converted: dict, source, output_dir, include_backbone: bool = False,

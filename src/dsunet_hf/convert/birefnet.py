@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..backbones.loading import git_lfs_pointer
-from ..hub import BackboneNotAvailableError, resolve_repo_file, snapshot_revision
+from ..hub import BackboneNotAvailableError, damaged_cache_file_advice, resolve_repo_file, snapshot_revision
 from . import write_folder_atomically
 from .sam2 import read_torch_checkpoint
 
@@ -53,8 +53,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         return read_torch_checkpoint(path)  # one-line errors naming the file, containers unwrapped
     try:
         state_dict = load_file(str(path))
-    except Exception as error:  # safetensors' own errors do not name the file
-        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors: {error}") from error
+    except Exception as error:  # safetensors' own errors do not name the file, nor say what to do
+        # A damaged file in the Hub cache is read again on every try until its blob is deleted.
+        advice = damaged_cache_file_advice(path) or "download or copy it again"
+        raise ValueError(git_lfs_pointer(path) or f"{path}: cannot read as safetensors ({path.stat().st_size:,} bytes; "
+                                                  f"{error}): cut short or of another format; {advice}") from error
     return strip_wrapper_prefixes(state_dict)
 
 
@@ -287,9 +290,19 @@ def birefnet_config_for_weights(source, state_dict: dict, variant: str | None = 
 
 def convert_birefnet_checkpoint(source, output_dir, variant: str | None = None, revision: str | None = None,
                                 **config_overrides):
-    """Official weights (file, folder or Hub id) -> a self-contained dsunet-hf artifact in ``output_dir``."""
+    """Official weights (file, folder or Hub id) -> a self-contained dsunet-hf artifact in ``output_dir``, which must
+    not be the weights' own folder."""
     from ..models.birefnet import BiRefNetForImageSegmentation
 
+    # Written into the weights' folder, the artifact replaced the official model.safetensors, config.json and model
+    # card (upstream's code could not load the folder any more): refused before anything is read (other files the
+    # artifact would replace are refused by write_folder_atomically, once it is written).
+    local = Path(str(source)).expanduser()
+    folder = local if local.is_dir() else local.parent
+    replaced = local.is_dir() or local.name == "model.safetensors"
+    if replaced and local.exists() and Path(output_dir).expanduser().resolve() == folder.resolve():
+        raise ValueError(f"{output_dir}: the folder of the weights being converted ({source}); the artifact's files "
+                         f"(model.safetensors, config.json, README.md) would replace theirs: give another output folder")
     model = BiRefNetForImageSegmentation.from_official(source, variant=variant, revision=revision, **config_overrides)
 
     def write(folder):

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..backbones.dinov2 import DINOV2_PRESETS, dinov2_hub_repo
-from . import save_converted_model
+from . import class_names, save_converted_model
 from .sam2 import read_torch_checkpoint
 
 _ARCH_TO_PRESET = {"vits14": "small", "vitb14": "base", "vitl14": "large", "vitg14": "giant"}
@@ -33,12 +33,13 @@ def _preset_of_channels(source, channels: int) -> str:
 
 
 def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, preset: str | None = None,
-                                   id2label: dict[int, str] | None = None, reduce_zero_label: bool | None = None,
-                                   backbone_repo_id: str | None = None, backbone_revision: str | None = None):
+                                   id2label: dict[int, str] | str | Path | None = None,
+                                   reduce_zero_label: bool | None = None, backbone_repo_id: str | None = None,
+                                   backbone_revision: str | None = None):
     """Convert an official head file; ``preset`` defaults to the ``vit?14`` in its name (else to the one size whose
-    channels fit), ``id2label`` to the VOC names for 21 classes and the ADE20K names for 150 (other counts are
-    named ``class_<i>``), and ``reduce_zero_label`` (recorded as the processor's ``do_reduce_labels``) to True for the 150-class ADE20K
-    heads (labels 1..150, 0 = other). The backbone repo defaults to Meta's of the size."""
+    channels fit), ``id2label`` (a dict or an ``id2label.json`` file, ids 0..K-1) to the VOC names for 21 classes and
+    the ADE20K names for 150 (other counts are named ``class_<i>``), and ``reduce_zero_label`` (recorded as the
+    processor's ``do_reduce_labels``) to True for the 150-class ADE20K heads (labels 1..150, 0 = other). The backbone repo defaults to Meta's of the size."""
     from ..models.dinov2_seg import Dinov2ForSemanticSegmentation, Dinov2SegConfig
     from ..models.dinov2_seg.configuration_dinov2_seg import ADE20K_LABELS, VOC_LABELS
 
@@ -57,8 +58,8 @@ def convert_dinov2_head_checkpoint(source: str | Path, output_dir: str | Path, p
     if id2label is None:
         known = {21: VOC_LABELS, 150: ADE20K_LABELS}
         id2label = dict(enumerate(known[num_labels])) if num_labels in known else {i: f"class_{i}" for i in range(num_labels)}
-    elif len(id2label) != num_labels:  # else the file is blamed ("does not fit"): the names are what is wrong
-        raise ValueError(f"id2label names {len(id2label)} classes, but the head in {source} predicts {num_labels}")
+    else:  # checked here, naming the names and the file (the config's own check names neither)
+        id2label = class_names(num_labels, id2label, source)
     config = Dinov2SegConfig(backbone_preset=preset, backbone_repo_id=backbone_repo_id or dinov2_hub_repo(preset),
                              backbone_revision=backbone_revision,
                              head_type="linear" if channels == hidden else "multilayer", id2label=id2label,

@@ -26,8 +26,7 @@ import torch
 
 from ..backbones.dinov2 import DINOV2_PRESETS, convert_dinov2_hub_state_dict, dinov2_hub_repo
 from ..backbones.hiera import hiera_hub_repo, infer_hiera_preset
-from ..models.class_maps import fold_two_class_heads
-from . import head_classes, save_converted_model
+from . import fold_two_class_heads, head_classes, save_converted_model
 from .sam2 import read_torch_checkpoint
 from .sam2_unet import map_sam2_unet_key
 
@@ -90,12 +89,12 @@ def infer_dsunet_presets(converted: dict[str, torch.Tensor], source: str = "chec
 def convert_dsunet_checkpoint(source: str | Path, output_dir: str | Path, config=None, include_backbone: bool = False,
                               sam_backbone_repo_id: str | None = None, sam_backbone_revision: str | None = None,
                               dino_backbone_repo_id: str | None = None, dino_backbone_revision: str | None = None,
-                              id2label: dict[int, str] | None = None):
+                              id2label: dict[int, str] | str | Path | None = None):
     """Convert ``DGSUNet-*.pth`` into an artifact folder; strict: missing/unexpected tensors are named.
 
     ``config`` defaults to the sizes the checkpoint's tensors show (the paper's: SAM 2.1 Hiera-L + DINOv2-L), with
-    the backbone repos given or Meta's of those sizes (SAM 2.1, what DSU-Net trains from); ``id2label`` names the
-    head's classes (as many as it predicts; 2 for a binary head)."""
+    the backbone repos given or Meta's of those sizes (SAM 2.1, what DSU-Net trains from); ``id2label`` (a dict
+    or an ``id2label.json`` file) names the head's classes: ids 0..C-1 (2 for a binary head)."""
     from ..models.dsunet import DSUNetConfig, DSUNetForImageSegmentation
 
     converted = convert_dsunet_state_dict(read_torch_checkpoint(source), str(source))

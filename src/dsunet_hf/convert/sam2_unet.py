@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.hiera import infer_hiera_preset
-from ..models.class_maps import fold_two_class_heads
-from . import head_classes, save_converted_model
+from . import fold_two_class_heads, head_classes, save_converted_model
 from .sam2 import read_torch_checkpoint, sam2_trunk_key_to_transformers
 
 _ADAPTER = re.compile(r"^encoder\.blocks\.(\d+)\.prompt_learn\.([02])\.(weight|bias)$")
@@ -96,13 +95,13 @@ def convert_sam2_unet_checkpoint(
     backbone_revision: str | None = None,
     include_backbone: bool = False,
     config=None,
-    id2label: dict[int, str] | None = None,
+    id2label: dict[int, str] | str | Path | None = None,
 ):
     """Convert ``SAM2UNet-*.pth`` into a dsunet-hf artifact folder (config, safetensors, processor, card).
 
     ``config`` (a ``Sam2UNetConfig``) is inferred from the checkpoint's trunk when not given. Returns the
     converted model (fp32, eval mode). Loading is strict: a missing or unexpected tensor raises
-    ``ValueError`` naming it. ``id2label`` names the head's classes (as many as it predicts; 2 for a binary head).
+    ``ValueError`` naming it. ``id2label`` (a dict or an ``id2label.json`` file) names the head's classes: ids 0..C-1 (2 for a binary head).
     """
     from ..backbones.hiera import hiera_hub_repo
     from ..models.sam2_unet import Sam2UNetConfig, Sam2UNetForImageSegmentation

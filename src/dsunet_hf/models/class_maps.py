@@ -73,15 +73,3 @@ class ClassMapsModel:
         square = (self.config.image_size, self.config.image_size)
         return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square, output_size)
 
-
-def fold_two_class_heads(state_dict: dict[str, torch.Tensor]) -> None:
-    """For converters of upstream checkpoints: a two-channel (background, foreground) cross-entropy head (and side
-    heads) becomes the binary model's single foreground logit ``l1 - l0`` (``sigmoid(l1 - l0)`` is the softmax's
-    foreground probability), in place; other heads stay as they are (C > 2 channels: a C-class model)."""
-    head = state_dict.get("head.weight")
-    if head is None or head.shape[0] != 2:
-        return
-    for name in ("side1", "side2", "head"):
-        for kind in ("weight", "bias"):
-            if (pair := state_dict.get(f"{name}.{kind}")) is not None:  # a missing one is named by the load
-                state_dict[f"{name}.{kind}"] = pair[1:] - pair[:1]

@@ -84,6 +84,31 @@ def test_cli_errors_name_the_problem(tmp_path, head_folder, images, capsys):
         main([*base, "--reference", str(reference), "--prompt", "box:5,5,40,30", "--track", "--track-memory", "0"])
 
 
+def test_cli_bad_prompts_and_references_are_said_before_the_model_loads(tmp_path, images, monkeypatch):
+    """A typo in a prompt was said only after the model had loaded (for a Hub model, after its download)."""
+    from test_visual_prompt_head import tiny_config as tiny_head_config
+
+    import dsunet_hf.prompt_predict as prompt_predict
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(prompt_predict, "load_visual_prompt_model", no_load)
+    reference, folder = images
+    tiny_head_config().save_pretrained(tmp_path / "head")  # the config alone: what is read before loading
+    base = ["predict", "--model", str(tmp_path / "head"), str(folder), "--output-dir", str(tmp_path / "out")]
+    for extra, message in [(["--prompt", "box:1,2"], "malformed box prompt 'box:1,2'"),
+                           (["--prompt", "point:100,5"], r"point:100,5 on reference .*reference\.jpg: point prompt"),
+                           (["--prompt", f"mask:{folder}"], "is a folder, not a mask image file"),
+                           (["--prompt", "box:1,1,9,9", "--track", "--track-memory", "0"],
+                            "tracking memory .* at least one frame, got 0")]:
+        with pytest.raises(SystemExit, match=f"^predict: .*{message}"):
+            main([*base, "--reference", str(reference), *extra])
+    with pytest.raises(SystemExit, match=r"^predict: cannot read image .*missing\.jpg"):
+        main([*base, "--reference", str(tmp_path / "missing.jpg"), "--prompt", "box:1,1,9,9"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_predicted_mask_is_the_prompted_colour_with_known_features(tmp_path):
     reference = colour_image({RED: [(2, 1, 5, 4)], (0, 255, 0): [(5, 5, 8, 8)]})
     target = colour_image({RED: [(0, 4, 2, 8), (6, 0, 8, 2)], (0, 255, 0): [(3, 3, 5, 5)]})
@@ -97,6 +122,21 @@ def test_predicted_mask_is_the_prompted_colour_with_known_features(tmp_path):
     assert (mask & expected).sum() / (mask | expected).sum() > 0.9
     panel = Image.open(tmp_path / "out" / "overlays" / "target.png")
     assert panel.size == (256 + 6 + 256, 256)  # reference with its prompt, then the target
+
+
+def test_a_matcher_not_refining_is_thresholded_on_its_matching_scores(tmp_path):
+    """Regression: with ``refine=False`` the default threshold was still 0.0 (SAM 2's logits) when the config names
+    a SAM 2 repo: on plain cosines (no background prototype, default 0.5) masks far larger than predict_masks'."""
+    reference = colour_image({RED: [(2, 1, 5, 4)], (0, 255, 0): [(5, 5, 8, 8)]})
+    Image.fromarray(colour_image({RED: [(0, 4, 2, 8)], (0, 255, 0): [(3, 3, 5, 5)]})).save(tmp_path / "target.png")
+    matcher = VisualPromptMatcher(tiny_config(sam_repo_id="facebook/sam2.1-hiera-large", background_prototype=False))
+    prompt, options = f"box:{P},{2 * P},{4 * P},{5 * P}", {"refine": False, "feature_fn": ONE_HOT}
+    predict_with_prompts(matcher.eval(), [reference], [prompt], [tmp_path / "target.png"], tmp_path / "out",
+                         progress=False, **options)
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "target.png")) > 0
+    assert np.array_equal(mask, matcher.predict_masks([reference], [prompt], [tmp_path / "target.png"], **options)[0])
+    assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["threshold"] == 0.5
+    assert matcher.prompt_threshold() == 0.0 and matcher.prompt_threshold(refine=False) == 0.5
 
 
 def test_render_prompt_tints_and_outlines_only_around_the_prompt():
@@ -199,6 +239,34 @@ def test_default_threshold_falls_back_to_the_config_then_zero(tmp_path, images, 
     assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["threshold"] == threshold
 
 
+@pytest.mark.parametrize("threshold", [np.float32(0.25), torch.tensor(0.25)])
+def test_a_numpy_or_0d_tensor_threshold_is_a_number(tmp_path, images, threshold):
+    """A threshold computed from scores (a NumPy scalar, a 0-d tensor) works as the float it holds."""
+    reference, folder = images
+    predict_with_prompts(_FixedScores(object()), [reference], ["point:10,10"], [folder / "a.png"], tmp_path / "out",
+                         threshold=threshold, save_scores=True, progress=False)
+    score = np.load(tmp_path / "out" / "scores" / "a.npy")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png")) > 0, score > 0.25)
+    assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["threshold"] == 0.25
+
+
+def test_one_reference_prompt_and_target_may_be_given_alone(tmp_path, images, monkeypatch):
+    """Regression: a string was iterated letter by letter: the target "/data/a.png" searched "/" (the whole disk),
+    the reference "ref.jpg" was 7 references."""
+    reference, folder = images
+    monkeypatch.chdir(folder)  # on the old code, "a.png" gave the targets "a", ".", "p", ...: kept in tmp_path
+    model = _FixedScores(object())
+    report = predict_with_prompts(model, reference, "point:10,10", "a.png", tmp_path / "out", progress=False)
+    assert report.written == ["a.png"] and model.encoded == 1
+    mask = np.zeros((60, 80), bool)
+    mask[5:9, 5:9] = True
+    report = predict_with_prompts(model, Image.open(reference), mask, Path("b.png"), tmp_path / "out", progress=False)
+    assert report.written == ["b.png"] and model.encoded == 2
+    image = np.asarray(Image.open(reference))  # stacks of references and masks are several, as lists are
+    report = predict_with_prompts(model, np.stack([image]), mask[None], ["c.png"], tmp_path / "out", progress=False)
+    assert report.written == ["c.png"] and model.encoded == 3
+
+
 def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
     reference, folder = images
     model = _FixedScores(object())
@@ -271,8 +339,12 @@ def test_tracker_keeps_the_references_and_the_latest_frames_that_showed_the_obje
                               ["ref a", "ref b", "frame 1", "frame 2"], ["ref a", "ref b", "frame 2", "frame 3"]]
     assert model.coverages == [0.5] * 4  # found masks join with their core patches
     assert model.encoded == 5  # one encoding per frame, shared by segmenting and joining the memory
-    with pytest.raises(ValueError, match="at least one frame"):
-        PromptTracker(model, [], 0.5, memory_size=0)
+    # Regression: 2.5 and "8" were bare TypeErrors ("an integer is required"), True a memory of one frame.
+    for size in (0, 2.5, "8", True):
+        with pytest.raises(ValueError, match=rf"^the tracking memory \(--track-memory\) must hold a whole number of "
+                                             rf"frames, at least one frame, got {size!r}$"):
+            PromptTracker(model, [], 0.5, memory_size=size)
+    assert PromptTracker(model, [], 0.5, memory_size=np.int64(3)).recent.maxlen == 3
     with pytest.raises(ValueError, match="tracking needs a model with encode_frames"):
         PromptTracker(_FixedScores(object()), [], 0.5)
 
@@ -361,8 +433,13 @@ def test_frame_folders_are_tracked_in_numeric_order(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"threshold": float("nan")}, r"threshold \(--threshold\) must be a finite number .*got nan"),
-    ({"threshold": float("inf")}, r"threshold \(--threshold\) must be a finite number .*got inf"),
+    ({"threshold": float("nan")}, r"threshold \(--threshold\) must be a finite number, got nan \(on the model's "
+                                  r"score scale, default 0.0\)"),
+    ({"threshold": float("inf")}, r"threshold \(--threshold\) must be a finite number, got inf"),
+    # Regression: text was float()'s bare "could not convert string to float", True a threshold of 1.0.
+    ({"threshold": "abc"}, r"^threshold \(--threshold\) must be a finite number, got 'abc'"),
+    ({"threshold": True}, r"^threshold \(--threshold\) must be a finite number, got True"),
+    ({"threshold": np.float32("nan")}, r"^threshold \(--threshold\) must be a finite number, got np.float32\(nan\)"),
     ({"batch_size": 0}, r"batch_size \(--batch-size\) must be an integer >= 1, got 0"),
     ({"output_dir": "afile"}, r"--output-dir \S+afile is a file, not a folder"),
 ])

@@ -162,6 +162,7 @@ def test_parse_each_syntax(tmp_path):
     ("hello", "malformed prompt 'hello'"),
     ("mask:", "malformed mask prompt 'mask:'"),
     ("mask:/no/such/mask.png", "no such file /no/such/mask.png"),
+    ("mask:.", r"^mask prompt 'mask:\.': \. is a folder, not a mask image file$"),  # was "no such file ."
     ("box:5,0,5,3", r"box \(5, 0, 5, 3\) is empty"),
 ])
 def test_malformed_text_is_quoted(text, message):

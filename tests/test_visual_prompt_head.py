@@ -107,10 +107,14 @@ def test_config_errors_and_defaults():
     with pytest.raises(ValueError, match="multiple of the patch size"):
         tiny_config(image_size=60)
     # Regression: a 0-wide projection built a model scoring every proposal 0; a negative weight trained uphill.
+    # A string was a bare TypeError (a ZeroDivisionError for 0 heads), 2.5 queries silently 2.
     for field, value in [("projection_dim", 0), ("intermediate_size", 0), ("mask_bce_weight", -1.0),
-                         ("match_weight", float("nan"))]:
-        with pytest.raises(ValueError, match=rf"{field} must be"):
+                         ("match_weight", float("nan")), ("score_weight", "1"), ("num_queries", 2.5),
+                         ("num_decoder_layers", "2"), ("num_attention_heads", 0), ("hidden_size", 32.0)]:
+        with pytest.raises(ValueError, match=rf"^{field} must be .*, got {value!r}$"):
             tiny_config(**{field: value})
+    with pytest.raises(ValueError, match=r"^feature layer must be an integer block index .*, got 1.5$"):
+        tiny_config(feature_layers=[1.5])
     lora = VisualPromptForSegmentation(tiny_config(finetune_strategy="lora"))
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     assert trainable and all("lora_" in n for n in trainable)
@@ -362,10 +366,19 @@ def test_segment_returns_logits_at_each_targets_size_and_checks_prompts(tmp_path
     assert [m.shape for m in maps] == [(30, 70), (64, 64)] and maps[0].dtype == np.float32
     masks = model.predict_masks([reference, reference], ["box:2,2,20,20", "point:30,30"], [reference], mode="generic")
     assert masks[0].dtype == bool and masks[0].shape == (40, 52)
+    # One reference, prompt and target alone, as the matcher takes them (was: the array's 40 rows as references).
+    [alone] = model.predict_masks(reference, "box:2,2,20,20", reference, mode="generic")
+    assert np.array_equal(alone, model.predict_masks([reference], ["box:2,2,20,20"], [reference], mode="generic")[0])
     with pytest.raises(ValueError, match="one prompt per reference"):
         model.segment([reference], [], [reference])
     with pytest.raises(ValueError, match="entirely outside"):
         model.segment([reference], ["box:100,2,200,20"], [reference])
+    # Regression: a NaN threshold gave empty masks silently, "abc" float()'s message; batch size 0 failed in range().
+    for kwargs, message in [({"threshold": float("nan")}, "threshold must be a finite number, got nan"),
+                            ({"threshold": "abc"}, "threshold must be a finite number, got 'abc'"),
+                            ({"batch_size": 0}, "batch_size must be a positive integer, got 0")]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            model.predict_masks([reference], ["box:2,2,20,20"], [reference], **kwargs)
 
 
 def test_predict_masks_prompt_errors_name_the_prompt_and_the_reference(tmp_path):

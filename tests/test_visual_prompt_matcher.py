@@ -311,8 +311,13 @@ def test_config_defaults_and_errors():
         tiny_config(feature_layer=3)
     with pytest.raises(ValueError, match="finetune_strategy must be 'frozen'"):
         tiny_config(finetune_strategy="lora")
-    with pytest.raises(ValueError, match="sam_num_points must be at least 1"):
-        tiny_config(sam_num_points=0)
+    # Regression: "3" was a bare TypeError, 2.5 silently 2 points, 1.5 block 1, "28" a TypeError from `%`.
+    for field, value in [("sam_num_points", 0), ("sam_num_points", "3"), ("sam_num_points", 2.5),
+                         ("image_size", "28")]:
+        with pytest.raises(ValueError, match=rf"^{field} must be a positive integer, got {value!r}$"):
+            tiny_config(**{field: value})
+    with pytest.raises(ValueError, match=r"^feature_layer must be an integer block index \(1..2 or -2..-1\), got 1.5$"):
+        tiny_config(feature_layer=1.5)
     with pytest.raises(ValueError, match="needs config.sam_repo_id"):
         VisualPromptMatcher(tiny_config()).sam_model()
 

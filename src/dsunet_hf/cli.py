@@ -153,7 +153,10 @@ def model_source(command: str, args) -> dict:
 
 
 def _predict_with_prompts(args) -> int:
+    from .image_io import load_image
+    from .models.checked_config import check_finite_number
     from .prompt_predict import load_visual_prompt_model, predict_with_prompts, visual_prompt_model_type
+    from .prompts import reference_masks
 
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
@@ -177,9 +180,18 @@ def _predict_with_prompts(args) -> int:
     if args.mode and model_type != "visual_prompt":
         raise SystemExit(f"predict: --mode applies to the trained visual-prompt head (model_type visual_prompt); "
                          f"{args.model} is a {model_type}")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        raise SystemExit(f"predict: --threshold must be a finite number on the model's score scale, got "
-                         f"{args.threshold}")
+    if args.threshold is not None:  # before the model loads; the same check as predict_with_prompts'
+        try:
+            check_finite_number("--threshold", args.threshold)
+        except ValueError as error:
+            raise SystemExit(f"predict: {error} (on the model's score scale)") from error
+    if args.track and args.track_memory is not None and args.track_memory < 1:
+        raise SystemExit(f"predict: the tracking memory (--track-memory) must hold at least one frame, got "
+                         f"{args.track_memory}")
+    try:  # a typo in a prompt or a reference: said before the model loads (for a Hub model, a download)
+        reference_masks(args.prompt, [load_image(path) for path in args.reference], args.reference)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"predict: {error}") from error
     try:
         model = load_visual_prompt_model(args.model, device=args.device, dtype=_torch_dtype(args.dtype),
                                          verify_backbone_weights=args.verify_backbone_weights,

@@ -11,9 +11,10 @@ unless ``overwrite`` (a re-run resumes where a previous one stopped).
 
 from __future__ import annotations
 
-import math
+import os
 import re
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .files import save_image_atomic, save_npy_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
+from .models.checked_config import check_finite_number
 from .predict import (
     PredictionReport,
     check_batch_options,
@@ -124,11 +126,13 @@ def _read_error(path: Path) -> str | None:
     return None
 
 
-def default_threshold(model) -> float:
-    """The threshold on ``segment``'s maps: ``model.prompt_threshold()`` where the model has it, else its
-    ``config.score_threshold``, else 0.0 (logits)."""
+def default_threshold(model, segment_kwargs: dict | None = None) -> float:
+    """The threshold on ``segment``'s maps: ``model.prompt_threshold()`` where the model has it (given the
+    matcher's ``refine`` of ``segment_kwargs``: refined maps are SAM 2's logits, the others matching scores), else
+    its ``config.score_threshold``, else 0.0 (logits)."""
     if callable(getattr(model, "prompt_threshold", None)):
-        return float(model.prompt_threshold())
+        refine = {"refine": segment_kwargs["refine"]} if "refine" in (segment_kwargs or {}) else {}
+        return float(model.prompt_threshold(**refine))
     return float(getattr(getattr(model, "config", None), "score_threshold", 0.0))
 
 
@@ -158,8 +162,11 @@ class PromptTracker:
     goes through the backbone once: its encoding is segmented, then joins the memory with the found mask."""
 
     def __init__(self, model, memory: list, threshold: float, memory_size: int = 8, **segment_kwargs):
-        if memory_size < 1:
-            raise ValueError(f"the tracking memory (--track-memory) must hold at least one frame, got {memory_size}")
+        if isinstance(memory_size, np.integer):
+            memory_size = int(memory_size)
+        if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:  # 2.5, "8": TypeErrors
+            raise ValueError(f"the tracking memory (--track-memory) must hold a whole number of frames, at least one "
+                             f"frame, got {memory_size!r}")
         for method in ("encode_frames", "reference_memory", "segment_with_memory"):
             if not callable(getattr(model, method, None)):
                 raise ValueError(f"tracking needs a model with {method}() (the visual-prompt models have it); "
@@ -187,6 +194,15 @@ class PromptTracker:
         return [(self.step(frame) > self.threshold).astype(np.float32) for frame in frames]
 
 
+def _as_items(value: Any, item_ndim: int) -> list:
+    """A list of references, prompts or targets as given; one path, image or prompt as a list of one: a string was
+    iterated letter by letter (the target ``"photo.jpg"`` searched ``/``, the whole disk). An array or tensor is one
+    item up to ``item_ndim`` axes (an image: 3, a mask: 2), a stack of them with one more."""
+    shape = getattr(value, "shape", None)  # arrays, tensors
+    single = isinstance(value, (str, os.PathLike, Image.Image)) or (shape is not None and len(shape) <= item_ndim)
+    return [value] if single or not isinstance(value, Iterable) else list(value)
+
+
 def predict_with_prompts(model, references: list, prompts: list, targets: list[str | Path], output_dir: str | Path, *,
                          threshold: float | None = None, overlay: bool = False, overwrite: bool = False,
                          batch_size: int = 4, save_scores: bool = False, progress: bool = True,
@@ -197,7 +213,8 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     references with their prompts beside the target's result), with ``save_scores`` ``scores/<name>.npy``
     (the float32 map ``segment`` returns: logits for the trained head, matching scores for the matcher), and
     ``prediction_report.json``. ``threshold`` defaults to the model's ``prompt_threshold()``. Extra keyword
-    arguments go to ``model.segment`` (e.g. the head's ``mode``).
+    arguments go to ``model.segment`` (e.g. the head's ``mode``). One reference, prompt or target may be given
+    alone (not in a list).
 
     Video targets (the ``[video]`` extra) give ``masks/<name>.mp4`` and, with ``overlay``, ``overlays/<name>.mp4``
     (the frames with the found regions tinted): the concept found in every frame, each frame on its own (see
@@ -207,21 +224,25 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     to do runs again from its first frame (each frame's memory holds the ones before it), unless every frame left is
     unreadable (reported again).
     """
+    references, prompts, targets = _as_items(references, 3), _as_items(prompts, 2), _as_items(targets, 3)
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
                          f"{len(prompts)} prompt(s)")
     # On the scale of the model's maps (the head's logits, the matcher's scores): any finite number, not NaN,
     # which no score exceeds (every mask would be empty).
-    if threshold is not None and not math.isfinite(float(threshold)):
-        raise ValueError(f"threshold (--threshold) must be a finite number on the model's score scale (default "
-                         f"{default_threshold(model)}), got {threshold}")
+    if threshold is not None:
+        try:
+            threshold = check_finite_number("threshold (--threshold)", threshold)
+        except ValueError as error:  # which scale: logits or matching scores
+            raise ValueError(f"{error} (on the model's score scale, default "
+                             f"{default_threshold(model, segment_kwargs)})") from None
     output_dir = Path(output_dir)
     check_batch_options(output_dir, batch_size)
     reference_images = [load_image(reference) for reference in references]  # errors name the file
     for prompt in prompts:
         as_prompt(prompt)  # malformed text: an error quoting it, before any image is rasterised
     masks = reference_masks(prompts, reference_images, references)  # errors name the prompt and the reference
-    threshold = default_threshold(model) if threshold is None else float(threshold)
+    threshold = default_threshold(model, segment_kwargs) if threshold is None else threshold
     report = PredictionReport()
     pending, videos = [], []
     kinds = ["masks"] + ["overlays"] * overlay + ["scores"] * save_scores  # done when all are there

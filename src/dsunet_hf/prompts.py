@@ -364,6 +364,8 @@ def parse_prompt(text: str, radius: float = 8, width: float = 5) -> Prompt:
     path = body.strip()
     if not path:
         raise ValueError(f"malformed mask prompt {text!r}: expected 'mask:path/to/mask.png'")
+    if Path(path).is_dir():  # "no such file" would be wrong: the path is there
+        raise ValueError(f"mask prompt {text!r}: {path} is a folder, not a mask image file")
     if not Path(path).is_file():
         raise ValueError(f"mask prompt {text!r}: no such file {path}")
     return MaskPrompt(path)

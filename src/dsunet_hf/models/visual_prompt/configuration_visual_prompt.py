@@ -7,7 +7,7 @@ from transformers import Dinov2Config, PreTrainedConfig
 
 from ...backbones.dinov2 import DINOV2_PRESETS, dinov2_config, dinov2_config_dict, dinov2_hub_repo
 from ...finetune import check_strategy, set_finetune_fields
-from ..checked_config import CheckedOverrides, check_finite_number
+from ..checked_config import CheckedOverrides, check_finite_number, check_positive_int, is_loss_weight
 
 MATCHING_MODES = ("prototype", "bidirectional")
 
@@ -19,6 +19,7 @@ def _set_dino_fields(config, preset: str, overrides: dict | None, repo_id: str |
         raise ValueError(f"unknown dino_preset {preset!r}; choose one of {sorted(DINOV2_PRESETS)}")
     config.dino_preset = preset
     config.dino_config = dinov2_config_dict(preset, overrides)
+    check_positive_int("image_size", image_size)  # a string or 2.5: an opaque TypeError or a truncated size
     patch = config.dino_config["patch_size"]
     if image_size % patch or image_size < patch:
         raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
@@ -29,6 +30,8 @@ def _set_dino_fields(config, preset: str, overrides: dict | None, repo_id: str |
 
 
 def _check_layer(layer: int, depth: int, what: str) -> None:
+    if isinstance(layer, bool) or not isinstance(layer, int):  # 1.5 was truncated to block 1, "1" a TypeError
+        raise ValueError(f"{what} must be an integer block index (1..{depth} or -{depth}..-1), got {layer!r}")
     if not (1 <= layer <= depth or -depth <= layer <= -1):
         raise ValueError(f"{what} {layer} is out of range for a {depth}-block DINOv2 (use 1..{depth} or -{depth}..-1)")
 
@@ -103,8 +106,7 @@ class VisualPromptMatcherConfig(CheckedOverrides, PreTrainedConfig):
         self.threshold = None if threshold is None else check_finite_number("threshold", threshold)
         self.sam_repo_id = sam_repo_id
         self.sam_revision = sam_revision
-        if sam_num_points < 1:
-            raise ValueError(f"sam_num_points must be at least 1, got {sam_num_points}")
+        check_positive_int("sam_num_points", sam_num_points)  # "3": a TypeError, 2.5: silently 2 points
         self.sam_num_points = int(sam_num_points)
         self.sam_use_box = bool(sam_use_box)
         self.finetune_strategy = "frozen"
@@ -198,20 +200,20 @@ class VisualPromptConfig(CheckedOverrides, PreTrainedConfig):
             raise ValueError("the visual-prompt head has no adapters: use finetune_strategy frozen, lora or full")
         if inference_mode not in INFERENCE_MODES:
             raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {inference_mode!r}")
+        sizes = {"hidden_size": hidden_size, "num_attention_heads": num_attention_heads,
+                 "intermediate_size": intermediate_size, "num_decoder_layers": num_decoder_layers,
+                 "num_queries": num_queries, "projection_dim": projection_dim}
+        for name, value in sizes.items():  # "3": an opaque TypeError, 2.5: silently truncated, 0: a 0-wide layer
+            check_positive_int(name, value)
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by num_attention_heads {num_attention_heads}")
         if hidden_size % 8:
             raise ValueError(f"hidden_size must be a multiple of 8 (the mask features use hidden_size / 8), got {hidden_size}")
-        if num_queries < 1 or num_decoder_layers < 1:
-            raise ValueError("num_queries and num_decoder_layers must be at least 1")
-        for name, value in (("intermediate_size", intermediate_size), ("projection_dim", projection_dim)):
-            if value < 1:  # a 0-wide layer builds, and scores every proposal 0
-                raise ValueError(f"{name} must be at least 1, got {value}")
         weights = {"mask_bce_weight": mask_bce_weight, "mask_dice_weight": mask_dice_weight,
                    "score_weight": score_weight, "match_weight": match_weight}
         for name, value in weights.items():
-            if not value >= 0:  # also NaN
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            if not is_loss_weight(value):  # also NaN, inf and "1" (a TypeError)
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         depth = _set_dino_fields(self, dino_preset, dino_config, dino_backbone_repo_id, dino_backbone_revision,
                                  image_size)
         layers = list(feature_layers) if feature_layers else default_feature_layers(depth)

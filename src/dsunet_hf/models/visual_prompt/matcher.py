@@ -445,20 +445,19 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             results.append(self.refine_with_sam(image, score, score_map) if refine else score_map)
         return results
 
-    def prompt_threshold(self) -> float:
-        """The default threshold on :meth:`segment`'s maps: 0.0 on SAM 2's logits when refining, else
-        ``config.score_threshold``."""
-        return 0.0 if self.config.sam_repo_id else self.config.score_threshold
+    def prompt_threshold(self, refine: bool | None = None) -> float:
+        """The default threshold on :meth:`segment`'s maps: 0.0 on SAM 2's logits when refining (``refine``, as
+        :meth:`segment` takes it: default when ``config.sam_repo_id`` is set), else ``config.score_threshold``."""
+        refine = bool(self.config.sam_repo_id) if refine is None else refine
+        return 0.0 if refine else self.config.score_threshold
 
     def predict_masks(self, references: Sequence[Any], prompts: Sequence[Any], targets: Sequence[Any],
                       threshold: float | None = None, **kwargs) -> list[np.ndarray]:
         """Bool masks ``map > threshold`` of :meth:`segment`. Default threshold: ``config.score_threshold``
         (0.0 with a background prototype, i.e. foreground wins over background; 0.5 cosine without), or 0.0
         on SAM 2's logits when refining."""
-        refine = kwargs.get("refine")
-        refine = bool(self.config.sam_repo_id) if refine is None else refine
         if threshold is None:
-            threshold = 0.0 if refine else self.config.score_threshold
+            threshold = self.prompt_threshold(kwargs.get("refine"))
         threshold = check_finite_number("threshold", threshold)  # before the backbone runs
         return [score > threshold for score in self.segment(references, prompts, targets, **kwargs)]
 

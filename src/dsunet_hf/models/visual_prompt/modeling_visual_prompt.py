@@ -45,8 +45,9 @@ from ...backbones.dinov2 import DINOv2Backbone
 from ...image_io import load_image
 from ...modeling_utils import check_pixel_values, run_backbone
 from ...prompts import reference_masks
+from ..checked_config import check_finite_number, check_positive_int
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
-from .matcher import DinoVisualPromptModel, linear_assignment, patch_mask
+from .matcher import DinoVisualPromptModel, _as_list, linear_assignment, patch_mask
 
 __all__ = ["PromptEncoder", "QueryDecoderLayer", "VisualPromptForSegmentation", "VisualPromptOutput",
            "dice_loss", "pairwise_mask_cost", "sigmoid_focal_loss"]
@@ -426,7 +427,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
     @torch.no_grad()
     def prompt_from_references(self, references: Sequence[Any], prompts: Sequence[Any]) -> torch.Tensor:
         """The (1, hidden_size) prompt token of one concept shown on N references (one prompt each)."""
-        references, prompts = list(references), list(prompts)
+        references, prompts = _as_list(references), _as_list(prompts)  # one alone, as the matcher takes it
         if not references or len(references) != len(prompts):
             raise ValueError(f"need one prompt per reference image, got {len(references)} references and "
                              f"{len(prompts)} prompts")
@@ -457,7 +458,10 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
 
     def _segment_with_prompt(self, prompt: torch.Tensor, targets, batch_size: int, mode: str | None, encodings=None):
         mode = mode or self.config.inference_mode
-        targets = list(targets) if isinstance(targets, (list, tuple)) else [targets]
+        if isinstance(batch_size, np.integer):  # a NumPy integer is one (range() and slicing take it)
+            batch_size = int(batch_size)
+        check_positive_int("batch_size", batch_size)  # 0 failed inside range(), a float there too
+        targets = _as_list(targets)
         if not targets:
             raise ValueError("no target image to segment")
         results = []
@@ -475,7 +479,8 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
 
     def predict_masks(self, references, prompts, targets, threshold: float | None = None, **kwargs) -> list[np.ndarray]:
         """Bool masks ``logits > threshold`` (default 0) of :meth:`segment`."""
-        threshold = self.prompt_threshold() if threshold is None else float(threshold)
+        # Before the backbone runs: a NaN threshold compared False everywhere (every mask empty, silently).
+        threshold = self.prompt_threshold() if threshold is None else check_finite_number("threshold", threshold)
         return [logits > threshold for logits in self.segment(references, prompts, targets, **kwargs)]
 
     # --- card ------------------------------------------------------------------------------------------

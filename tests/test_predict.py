@@ -110,6 +110,11 @@ def test_a_pattern_gives_the_images_beside_its_folders_too_and_each_file_is_pred
     assert named == [("cover.jpg", "shots/cover"), ("day1/a.jpg", "shots/day1/a"), ("day2/a.jpg", "shots/day2/a")]
     cover = shots / "cover.jpg"
     assert collect_images([shots / "*.jpg", cover, Path(os.path.relpath(cover))]) == [(cover, Path("cover"))]
+    # One input given alone, not in a list: a string was walked letter by letter ("/" first: the whole disk).
+    from dsunet_hf.predict import check_inputs
+
+    assert collect_images(str(cover)) == collect_images(cover) == [(cover, Path("cover"))]
+    check_inputs(str(cover))
 
 
 def test_a_folder_or_pattern_with_no_image_to_predict_is_one_clear_error(artifact, tmp_path, caplog):

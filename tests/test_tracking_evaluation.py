@@ -102,6 +102,20 @@ def test_every_first_frame_object_is_tracked_and_scored(tmp_path):
     assert scores["J_decay"] == pytest.approx(expected_decay)
 
 
+def test_the_threshold_follows_the_matchers_refine_option(tmp_path, monkeypatch):
+    """A matcher configured with SAM 2 but run with refine=False gives matching scores: it was thresholded at 0 (the
+    threshold of SAM 2's logits) however it was run."""
+    import dsunet_hf.tracking_evaluation as tracking
+
+    frames, labels = moving_blocks(3)
+    write_davis(tmp_path / "davis", frames, labels)
+    asked = []
+    monkeypatch.setattr(tracking, "default_threshold", lambda model, kwargs=None: asked.append(kwargs) or 0.5)
+    evaluate_tracking(VisualPromptMatcher(tiny_config()).eval(), tmp_path / "davis", progress=False,
+                      feature_fn=ONE_HOT, refine=False)
+    assert asked and all(kwargs.get("refine") is False for kwargs in asked)
+
+
 def test_void_pixels_count_as_background_as_in_the_toolkits_semi_supervised_scores(tmp_path, monkeypatch):
     """A prediction that spills into the void strip loses J and F (the toolkit passes no void mask to its metrics
     in the semi-supervised evaluation)."""

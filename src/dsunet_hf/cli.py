@@ -717,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
                               ".webm .ts .mts .m2ts .mpg .mpeg .3gp -> masks/<name>.mp4; the [video] extra)")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--batch-size", type=int, default=4)
-    predict.add_argument("--threshold", type=float, default=None, help="write binary masks (foreground where the probability, 0-1, is >= threshold)")
+    predict.add_argument("--threshold", type=float, default=None, help="write binary masks (foreground where the probability, 0-1, is >= "
+                         "threshold; visual-prompt models: above it, on their score scale)")
     predict.add_argument("--minmax-normalize", action="store_true", help="upstream test.py's per-image min-max")
     predict.add_argument("--overlay", action="store_true", help="also write overlays/ (videos: overlays/<name>.mp4)")
     predict.add_argument("--cutout", action="store_true", help="also write RGBA cutouts/ (videos: ProRes 4444 .mov with alpha)")

@@ -69,6 +69,11 @@ def _is_pattern(item: str | Path) -> bool:
     return not Path(item).exists() and any(c in str(item) for c in "*?[")
 
 
+def input_list(inputs: str | os.PathLike | list[str | Path]) -> list[str | Path]:
+    """One file, folder or pattern given alone, as a list (a string would be walked letter by letter: ``/`` first)."""
+    return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+
+
 def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
     """Expand files, folders and glob patterns into (image or video path, output name without suffix) pairs.
 
@@ -81,6 +86,7 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
     pattern: a re-run would otherwise predict the previous run's outputs. Inputs that would write one output (equal
     names, or names that differ only in letter case: one file on macOS and Windows) are a ValueError naming them.
     """
+    inputs = input_list(inputs)
     pairs: list[tuple[Path, Path]] = []
     expanded: list[tuple[Path, bool]] = []  # (path, a folder matched by a pattern)
     without_media: list[str] = []  # a folder of .heic photos: said, not "0 written, 0 failed"
@@ -190,7 +196,7 @@ def check_inputs(inputs: list[str | Path]) -> None:
     """Raise FileNotFoundError for an input that is neither a file or folder nor a pattern matching one, or when no
     input holds an image or video (cheap: before a model loads; each folder is read up to its first image)."""
     found_media, first_problem = False, None
-    for item in inputs:
+    for item in input_list(inputs):
         matches = [Path(m) for m in glob.glob(str(item), recursive=True)] if _is_pattern(item) else [Path(item)]
         if _is_pattern(item) and not matches:
             raise FileNotFoundError(f"{item}: the pattern matches no file")

@@ -245,7 +245,7 @@ def _track_sequence(model, sequence: VideoSequence, memory_size: int, **segment_
     tracker (prompted with its mask there; an object already followed is not prompted again); overlaps go to the
     highest score. On a prompt frame the given masks are the result (void as background), the objects followed
     before it predicted around them; before the first prompt, nothing."""
-    threshold = default_threshold(model)
+    threshold = default_threshold(model, segment_kwargs)  # refine=False: matching scores, not SAM 2's logits
     encode_kwargs = memory_kwargs(segment_kwargs)
     objects: list[int] = []
     trackers: list[PromptTracker] = []

@@ -437,11 +437,18 @@ def test_an_epochs_short_last_accumulation_window_averages_its_micro_batches(gen
 
 def test_a_run_killed_after_its_checkpoint_logs_each_step_once_when_resumed(generated_data, tmp_path):
     """Steps logged after the last checkpoint were logged again by the resumed run: twice in metrics.jsonl and
-    TensorBoard (with different values where the replay is not bit-identical, as on GPUs)."""
+    TensorBoard (with different values where the replay is not bit-identical, as on GPUs); so were those of an attempt
+    killed before its first checkpoint, by the run started again."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
 
     output = tmp_path / "run"
     options = dict(max_steps=3, save_steps=1, eval_steps=2, max_val_samples=1, report_to="tensorboard")
+    # An earlier attempt killed before its first checkpoint (nothing to resume): its step 1 was there twice too.
+    output.mkdir()
+    (output / "metrics.jsonl").write_text('{"step": 1, "epoch": 0, "train/loss": 9.0}\n')
+    with SummaryWriter(str(output / "logs" / "dsunet-hf")) as writer:
+        writer.add_scalar("train/loss", 9.0, 1)
     train(tiny_args(generated_data, output, stop_after_steps=2, **options))
     # Killed while writing checkpoint-2: the steps after checkpoint-1 are replayed.
     (output / "checkpoints" / "checkpoint-2").rename(output / "checkpoints" / "checkpoint-2.tmp")
@@ -454,6 +461,7 @@ def test_a_run_killed_after_its_checkpoint_logs_each_step_once_when_resumed(gene
     events = EventAccumulator(str(output / "logs" / "dsunet-hf"))
     events.Reload()
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
+    assert 9.0 not in [event.value for event in events.Scalars("train/loss")]
 
 
 def test_a_multi_class_model_given_0_255_masks_is_refused(generated_data, tmp_path):
@@ -551,8 +559,10 @@ def test_early_stopping_keeps_the_best_model_and_a_resume_finishes_at_once(gener
     # back; it was dropped with a "not in" warning and model/ became the last weights.
     os.replace(tmp_path / "run" / "best", tmp_path / "run" / "best.old")
     shutil.rmtree(tmp_path / "run" / "model")
-    resumed = train(tiny_args(generated_data, tmp_path / "run", eval_steps=1, save_steps=100,
-                              early_stopping_patience=2, resume_from_checkpoint="latest"))
+    # The same folder spelt otherwise is still the checkpoint's own: its best.old is the recorded best.
+    resumed = train(tiny_args(generated_data, tmp_path / "run" / ".." / "run", eval_steps=1, save_steps=100,
+                              early_stopping_patience=2,
+                              resume_from_checkpoint=str(tmp_path / "run" / "checkpoints" / "checkpoint-4")))
     assert resumed["stopped_early"] and resumed["global_step"] == 4  # no step more, no validation more
     assert resumed["best_step"] == 2 and not (tmp_path / "run" / "best.old").exists()
     assert "| S-measure | 0.6" in (tmp_path / "run" / "model" / "README.md").read_text()
@@ -596,13 +606,16 @@ def test_a_model_trained_without_a_repo_id_is_pushed_with_a_card_naming_the_repo
 
 def test_a_resume_into_another_output_dir_chooses_the_best_again(generated_data, tmp_path, monkeypatch, caplog):
     """The earlier run's best/ is not in the new folder: its model/ was silently the last weights, with the old
-    best's numbers in the summary."""
+    best's numbers in the summary (or, where the new folder held another run's best/, that model)."""
     import dsunet_hf.evaluate
 
     scores = iter([0.9, 0.1])
     monkeypatch.setattr(dsunet_hf.evaluate, "evaluate_model",
                         lambda *args, **kwargs: {"S-measure": next(scores), "MAE": 0.1, "loss": 1.0})
     train(tiny_args(generated_data, tmp_path / "a", max_steps=4, eval_steps=2, stop_after_steps=2))
+    # Another run's best/ in the new folder: it became model/ under the checkpoint's best metric.
+    (tmp_path / "b" / "best").mkdir(parents=True)
+    (tmp_path / "b" / "best" / "README.md").write_text("another run's best model")
     resumed = train(tiny_args(generated_data, tmp_path / "b", max_steps=4, eval_steps=2,
                               resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "checkpoint-2")))
     assert "the best model so far (step 2, S-measure 0.9000) is not in" in caplog.text
@@ -859,3 +872,65 @@ def test_a_run_killed_while_best_is_replaced_keeps_the_older_one_whole(tmp_path,
     training._replace_dir(temporary, final)  # the next save: the new one in, nothing left aside
     assert (final / "model.safetensors").read_text() == "newer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_a_training_set_that_lost_a_sample_in_as_many_batches_resumes_with_a_warning(tmp_path, caplog):
+    """The error of a truncated file says to rerun with --verify-data full (which leaves it out) and resume with
+    --resume-from-checkpoint latest; the resume was refused because the training set was one sample smaller."""
+    from dsunet_hf.training import check_data_layout
+
+    saved = {"batch_size": 3, "gradient_accumulation_steps": 1, "num_processes": 1, "train_samples": 18,
+             "train_batches": 6}
+    with caplog.at_level("WARNING", logger="dsunet_hf.training"):
+        check_data_layout(tmp_path / "checkpoint-6", saved, {**saved, "train_samples": 17})  # an epoch boundary
+        check_data_layout(tmp_path / "checkpoint-7", saved, {**saved, "train_samples": 17}, 1)  # mid-epoch
+    assert "checkpoint-6: trained on 18 training samples, now 17 (in as many batches per epoch): resuming on these\n" \
+        in caplog.text + "\n"
+    assert "checkpoint-7: trained on 18 training samples, now 17" in caplog.text and "some samples of that epoch repeat" \
+        in caplog.text
+    # Another number of batches per epoch shifts the step count and the schedule: refused, naming both.
+    with pytest.raises(ValueError, match=r"checkpoint-6: trained with training samples 18 \(now 16\), batches per "
+                                         r"epoch 6 \(now 5\): .*Resume with --batch-size 3"):
+        check_data_layout(tmp_path / "checkpoint-6", saved, {**saved, "train_samples": 16, "train_batches": 5})
+    # Another --seed or --validation-ratio moves samples across the held-out split (and reorders the data).
+    for key, value, named in (("seed", 1, r"--seed 0 \(now 1\)"), ("validation_ratio", 0.2, r"--validation-ratio 0.25 "
+                                                                                          r"\(now 0.2\)")):
+        with pytest.raises(ValueError, match=rf"trained with {named}: .*Resume with --batch-size 3 "
+                                             r"--gradient-accumulation-steps 1 --seed 0 --validation-ratio 0.25 on 1"):
+            check_data_layout(tmp_path / "checkpoint-6", {**saved, "seed": 0, "validation_ratio": 0.25},
+                              {**saved, "seed": 0, "validation_ratio": 0.25, key: value})
+    # A checkpoint that recorded no batch count: the training set size is compared as before.
+    older = {key: value for key, value in saved.items() if key != "train_batches"}
+    with pytest.raises(ValueError, match=r"trained with training samples 18 \(now 17\)"):
+        check_data_layout(tmp_path / "checkpoint-6", older, {**saved, "train_samples": 17})
+
+
+def test_overwrite_output_dir_also_deletes_the_old_and_tmp_folders_of_the_earlier_run(tmp_path):
+    """A run killed while it replaced best/ or model/ leaves best.old / model.old (and best.tmp): they outlived
+    --overwrite-output-dir, the earlier run's models beside the new run's checkpoints."""
+    from types import SimpleNamespace
+
+    from dsunet_hf.training import clear_earlier_run
+
+    names = ["best", "best.old", "best.tmp", "model.old", "model.tmp", "checkpoints", "logs"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text("earlier run")
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "data").mkdir()  # not a run output: kept
+    clear_earlier_run(tmp_path, SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_an_empty_list_of_lora_target_modules_is_refused_naming_the_field(generated_data, tmp_path):
+    """The configs read [] as their default modules (peft reads it as none, an error): LoRA went silently onto
+    every default linear."""
+    from dsunet_hf.training import build_config
+
+    overrides = json.dumps({"hiera_config": TINY_HIERA, "lora_target_modules": []})
+    with pytest.raises(ValueError, match=r"--config-overrides: lora_target_modules must name at least one module "
+                                         r"\(leave it out for the model's defaults\), got \[\]"):
+        build_config(tiny_args(generated_data, tmp_path, finetune_strategy="lora", config_overrides=overrides))
+    overrides = json.dumps({"hiera_config": TINY_HIERA, "lora_target_modules": ["attn.qkv"]})
+    _, config = build_config(tiny_args(generated_data, tmp_path, finetune_strategy="lora", config_overrides=overrides))
+    assert config.lora_target_modules == ["attn.qkv"]

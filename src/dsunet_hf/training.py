@@ -256,6 +256,9 @@ def build_config(args: TrainingArguments):
         raise ValueError(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
     if not isinstance(config_kwargs, dict):
         raise ValueError(f"--config-overrides must be a JSON object of config fields, got {args.config_overrides!r}")
+    if config_kwargs.get("lora_target_modules") == []:  # the configs read an empty list as their defaults; peft as none
+        raise ValueError("--config-overrides: lora_target_modules must name at least one module (leave it out for the "
+                         "model's defaults), got []")
     known = config_fields(spec.config_class)
     unknown = [key for key in config_kwargs if key not in known]
     if unknown:  # a misspelled field would otherwise be stored on the config and ignored
@@ -471,13 +474,15 @@ def check_output_dir(args: TrainingArguments) -> bool:
 def clear_earlier_run(output_dir: Path, accelerator: Accelerator) -> None:
     """Delete an earlier run's outputs (``--overwrite-output-dir``)."""
     if accelerator.is_main_process:
-        logger.warning("--overwrite-output-dir: deleting the earlier run's %s in %s", ", ".join(RUN_OUTPUTS), output_dir)
+        logger.warning("--overwrite-output-dir: deleting the earlier run's %s in %s (with the .old and .tmp folders a "
+                       "killed run leaves beside them)", ", ".join(RUN_OUTPUTS), output_dir)
+        # best.old / model.old (_replace_dir) and best.tmp / model.tmp (_temporary) hold the earlier run's models too.
         for name in RUN_OUTPUTS:
-            path = output_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            for path in (output_dir / name, output_dir / f"{name}.old", output_dir / f"{name}.tmp"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
 
 
@@ -496,20 +501,23 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
     return path
 
 
-def forget_logs_after(log_file: Path, step: int) -> None:
+def forget_logs_after(log_file: Path, step: int) -> int:
     """Drop the rows of ``metrics.jsonl`` logged after ``step`` (and a line cut short): a run killed after its
-    last checkpoint logged steps that the resumed run logs again, so each step would be there twice."""
+    last checkpoint logged steps that the resumed run logs again, so each step would be there twice. Returns how
+    many rows were dropped."""
     if not log_file.is_file():
-        return
-    kept = []
-    for line in log_file.read_text().splitlines():
+        return 0
+    lines, kept = log_file.read_text().splitlines(), []
+    for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
         if row.get("step", 0) <= step:
             kept.append(line + "\n")
-    write_text_atomic(log_file, "".join(kept))
+    if len(kept) < len(lines):
+        write_text_atomic(log_file, "".join(kept))
+    return len(lines) - len(kept)
 
 
 def _temporary(folder: Path, clear: bool = True) -> Path:
@@ -612,28 +620,41 @@ def check_checkpoint_backbones(model, checkpoint: Path, verify: bool = True) -> 
 
 
 LAYOUT_NAMES = {"batch_size": "--batch-size", "gradient_accumulation_steps": "--gradient-accumulation-steps",
-                "num_processes": "processes", "train_samples": "training samples"}
+                "num_processes": "processes", "train_samples": "training samples",
+                "train_batches": "batches per epoch", "seed": "--seed", "validation_ratio": "--validation-ratio"}
 
 
-def data_layout(args: TrainingArguments, num_processes: int, train_samples: int) -> dict:
-    """What a run's step counter, its position in an epoch (micro-batches consumed) and its schedule count in."""
+def data_layout(args: TrainingArguments, num_processes: int, train_samples: int, train_batches: int) -> dict:
+    """What a run's step counter, its position in an epoch (micro-batches consumed) and its schedule count in, and
+    what its data order and held-out validation split are drawn from (another --seed or --validation-ratio moves
+    samples across the split: the resumed run would validate on images it trained on)."""
     return {"batch_size": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "num_processes": num_processes, "train_samples": train_samples}
+            "num_processes": num_processes, "train_samples": train_samples, "train_batches": train_batches,
+            "seed": args.seed, "validation_ratio": None if args.val_data else args.validation_ratio}
 
 
-def check_data_layout(checkpoint: Path, saved: dict | None, now: dict) -> None:
-    """Refuse to resume ``checkpoint`` with another batch size, accumulation, process count or training set: the
-    batches it skips, its optimizer steps per epoch and so its schedule and end would count in other units (a run
-    resumed at another batch size repeated samples, or stopped short of its last epoch without a final model)."""
+def check_data_layout(checkpoint: Path, saved: dict | None, now: dict, batches_consumed: int = 0) -> None:
+    """Refuse to resume ``checkpoint`` with another batch size, accumulation, process count or number of batches per
+    epoch: the batches it skips, its optimizer steps per epoch and so its schedule and end would count in other units
+    (a run resumed at another batch size repeated samples, or stopped short of its last epoch without a final model).
+    A training set that lost or gained a few samples in the same number of batches (a truncated file left out by
+    ``--verify-data full``, as the error that stopped the run says to do) resumes with a warning."""
     if saved is None:  # written before checkpoints recorded it
         return
-    differs = [f"{LAYOUT_NAMES.get(key, key)} {saved.get(key)} (now {now[key]})" for key in now
-               if saved.get(key) != now[key]]
-    if differs:
-        same = " ".join(f"--{key.replace('_', '-')} {saved[key]}" for key in ("batch_size", "gradient_accumulation_steps")
-                        if key in saved)
-        raise ValueError(f"{checkpoint}: trained with {', '.join(differs)}: its step count, position in the epoch and "
-                         f"learning-rate schedule hold only for the same data layout. Resume with {same} on "
+    differs = [key for key in now if key in saved and saved[key] != now[key]]  # keys it lacks: unchecked
+    if differs == ["train_samples"] and "train_batches" in saved:
+        rest = ("; the rest of its current epoch is drawn from a new order, so some samples of that epoch repeat or "
+                "are left out" if batches_consumed else "")
+        logger.warning("%s: trained on %d training samples, now %d (in as many batches per epoch): resuming on "
+                       "these%s", checkpoint, saved["train_samples"], now["train_samples"], rest)
+    elif differs:
+        same = " ".join(f"--{key.replace('_', '-')} {saved[key]}" for key in
+                        ("batch_size", "gradient_accumulation_steps", "seed", "validation_ratio")
+                        if saved.get(key) is not None)
+        named = ", ".join(f"{LAYOUT_NAMES.get(key, key)} {saved[key]} (now {now[key]})" for key in differs)
+        raise ValueError(f"{checkpoint}: trained with {named}: its step count, position in the epoch, data order, "
+                         f"validation split and learning-rate schedule hold only for the same data layout. Resume with "
+                         f"{same} on "
                          f"{saved.get('num_processes')} process(es) and the same training data, or start a new run "
                          "in another --output-dir")
 
@@ -790,21 +811,25 @@ def train(args: TrainingArguments) -> dict:
     scheduler = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier))
     register_trainable_checkpoint_hooks(accelerator)
 
-    layout = data_layout(args, accelerator.num_processes, len(train_episodes))
+    layout = data_layout(args, accelerator.num_processes, len(train_episodes), len(train_loader))
     state = TrainerState(data_layout=layout)
     if resume_path is not None:
         saved = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
-        check_data_layout(resume_path, saved.data_layout, layout)  # before load_state: nothing changed yet
+        # Before load_state: nothing changed yet.
+        check_data_layout(resume_path, saved.data_layout, layout, saved.batches_in_epoch)
         accelerator.load_state(str(resume_path))
         state = saved
         state.data_layout = layout
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
+        # The best/ (or best.old) of this folder is the checkpoint's best only when the checkpoint is this folder's;
+        # another run's best/ would have become model/ under this run's best metric.
+        own = resume_path.resolve().parent == (output_dir / "checkpoints").resolve()
         aside = output_dir / "best.old"  # a run killed while a newer best/ went in (_replace_dir): the one it recorded
-        if accelerator.is_main_process and state.best_step is not None and aside.is_dir() and \
+        if accelerator.is_main_process and own and state.best_step is not None and aside.is_dir() and \
                 not (output_dir / "best").exists():
             os.replace(aside, output_dir / "best")
         accelerator.wait_for_everyone()
-        if state.best_step is not None and not (output_dir / "best").is_dir():
+        if state.best_step is not None and not (own and (output_dir / "best").is_dir()):
             # Resumed into another output dir (or best/ was deleted): the best weights are not here, and the final
             # model/ must not silently become the last weights; the best is chosen again from the coming validations.
             logger.warning("the best model so far (step %d, %s %.4f) is not in %s (the earlier run's best/ stays "
@@ -822,10 +847,13 @@ def train(args: TrainingArguments) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "training_args.json", asdict(args))
-        if resume_path is not None:
-            forget_logs_after(output_dir / "metrics.jsonl", state.global_step)
-    # A resumed run replays the steps after its checkpoint: TensorBoard drops what the stopped run logged after it.
-    tracker_kwargs = {"tensorboard": {"purge_step": state.global_step + 1}} if resume_path is not None else {}
+        # A fresh start too: a run killed before its first checkpoint (nothing to resume) logged steps this one logs again.
+        dropped = forget_logs_after(output_dir / "metrics.jsonl", state.global_step)
+        if dropped and resume_path is None:
+            logger.warning("%s: dropped the %d rows that an earlier run without a checkpoint logged (this run starts "
+                           "at step 0)", output_dir / "metrics.jsonl", dropped)
+    # A resumed (or restarted) run replays steps: TensorBoard drops what the stopped run logged after its checkpoint.
+    tracker_kwargs = {"tensorboard": {"purge_step": state.global_step + 1}}
     if report_to:
         accelerator.init_trackers("dsunet-hf", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))},
                                   init_kwargs=tracker_kwargs)

@@ -366,6 +366,28 @@ def test_a_space_pins_the_revision_its_app_loads(tmp_path, offline_hub, monkeypa
         main(["space", str(tmp_path / "space2"), "--model", "me/rev", "--revision", " "])
 
 
+def test_a_space_loads_the_hub_repo_where_a_local_folder_has_its_name(tmp_path, offline_hub, monkeypatch, capsys):
+    """Was: a folder me/model in the working directory (a model saved under its repo's name) made `space --model
+    me/model` say it is "not a Hub repo id", with or without --revision; and its onnx_export.json was read for the
+    Hub repo's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "me" / "model").mkdir(parents=True)
+    (tmp_path / "me" / "model" / "onnx_export.json").write_text(json.dumps(  # the Hub's is PyTorch
+        {"path": "model.onnx", "inputs": {}, "opset": 18, "export_seconds": 1.0, "external_data": False}))
+    assert main(["space", "space", "--model", "me/model", "--revision", "v2"]) == 0
+    assert "is the Hub repo, not the local folder of that name here" in capsys.readouterr().out
+    app = (tmp_path / "space" / "app.py").read_text()
+    assert "build_app('me/model', title='model segmentation', revision='v2', device=" in app
+    with pytest.raises(SystemExit, match=r"^space: --revision is empty$"):
+        main(["space", "space2", "--model", "me/model", "--revision", ""])
+    with pytest.raises(SystemExit, match=r"--model ./me/model is not a Hub repo id"):  # a path, not an id
+        main(["space", "space3", "--model", "./me/model"])
+    # Where the model is loaded here, the folder wins, and has no revisions: said so, with the way out.
+    with pytest.raises(SystemExit, match=r"^app: --revision v2: me/model is both a folder here and a Hub repo id; "
+                                         r"the folder is loaded, .* run from another directory or rename the folder$"):
+        main(["app", "--model", "me/model", "--revision", "v2"])
+
+
 def test_space_refuses_a_file_as_its_folder_and_a_bad_max_side(tmp_path, offline_hub):
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match=rf"^{tmp_path}/afile is a file, not a folder"):
@@ -458,12 +480,12 @@ def test_the_class_page_offers_the_schedules_the_model_runs():
 
 def test_a_space_for_an_onnx_repo_leaves_the_device_to_onnxruntime(tmp_path, monkeypatch, offline_hub):
     asked = []  # an export's repo, at the revision the Space loads
-    monkeypatch.setattr("dsunet_hf.onnx_export.read_export_report", lambda name, revision=None: asked.append(revision)
-                        or object())
+    monkeypatch.setattr("dsunet_hf.onnx_export.read_export_report",
+                        lambda name, revision=None, hub=False: asked.append((revision, hub)) or object())
     write_space(tmp_path / "space", "me/birefnet-onnx", revision="v2")
     app = (tmp_path / "space" / "app.py").read_text()
     ast.parse(app)
-    assert asked == ["v2"] and "revision='v2'" in app
+    assert asked == [("v2", True)] and "revision='v2'" in app
     # device="cuda" on a GPU Space would be refused by the ONNX loader: the Space would not start.
     assert "device" not in app and "import torch" not in app and "build_app('me/birefnet-onnx', title=" in app
     assert Requirement((tmp_path / "space" / "requirements.txt").read_text().strip()).extras == {"app", "onnx"}

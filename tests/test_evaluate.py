@@ -704,3 +704,28 @@ def test_cli_model_keeps_finished_datasets(model, processor, samples, tmp_path, 
     with pytest.raises(SystemExit, match=r"^evaluate: unreadable: no sample could be evaluated \(1 requested"):
         run("unreadable", out=tmp_path / "none")  # nothing scored: nothing to report
     assert not (tmp_path / "none").exists()
+
+
+def test_a_split_of_a_folder_without_split_folders_is_said_to_score_the_whole_folder(model, processor, samples,
+                                                                                      tmp_path, monkeypatch, caplog,
+                                                                                      offline_hub):
+    """Was: --split test on a flat benchmark folder (images/ + masks/) scored all of it without a word, so a typo
+    (--split tset) or a folder that mixes splits passed unseen, and the report said split 'test'."""
+    import shutil
+
+    import dsunet_hf.predict
+
+    monkeypatch.setattr(dsunet_hf.predict, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
+    for folder in ("flat", "split/test"):  # a folder with split folders: the split is taken, nothing to say
+        for kind in ("images", "masks"):
+            shutil.copytree(tmp_path / kind, tmp_path / folder / kind)
+    for data, said in ((tmp_path / "flat", True), (tmp_path / "split", False)):
+        caplog.clear()
+        out = tmp_path / f"report-{said}"
+        with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
+            assert run_evaluate_cli(make_parser().parse_args(
+                ["evaluate", "--model", "m", "--data", str(data), "--split", "test", "--max-samples", "1",
+                 "--output-dir", str(out), "--no-progress", "--metric-workers", "0"])) == 0
+        line = f"--data {data} has no 'test' split folder: the whole folder is evaluated (the report records split"
+        assert (line in caplog.text) is said
+        assert json.loads((out / "evaluation.json").read_text())["info"]["split"] == "test"

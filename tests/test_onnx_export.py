@@ -491,6 +491,17 @@ def test_an_export_records_the_revision_and_commit_of_its_hub_source(traced_sam2
     report.update(commit=None)  # a commit the cache did not tell: the revision as given
     (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(report))
     assert "at revision `v1.0`" in str(onnx_model_card(tmp_path / "onnx"))
+    assert report["source_is_hub_id"] is True
+    # Was: a relative folder recorded as the source (runs/cod) was taken for a Hub id wherever it is not a folder:
+    # pushed from another directory, the card linked a Hub repo runs/cod (base_model). Told at export now.
+    import shutil
+
+    shutil.copytree(tmp_path / "model", tmp_path / "runs" / "cod")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "onnx", "--model", "runs/cod", "local-onnx", "--no-check"]) == 0
+    monkeypatch.chdir(tmp_path / "runs")  # no runs/cod here
+    card = onnx_model_card(tmp_path / "local-onnx", repo_id="me/cod-onnx")
+    assert card.data.base_model is None and "huggingface.co/runs/cod" not in str(card)
 
 
 def test_generic_trace_sizes_pad_every_window_and_are_not_square():
@@ -729,3 +740,35 @@ def test_the_card_of_a_two_class_graph_is_a_class_graphs_card(exported_sam2_unet
         card = str(onnx_model_card(folder))
         assert ("Classes: background, road." in card and "--overlay" in card and "--cutout" not in card
                 and "post_process_semantic_segmentation" in card) is expected, class_maps
+
+
+def test_the_export_report_look_up_gives_up_on_a_hub_that_never_answers(tmp_path, offline_hub, monkeypatch):
+    # Was: hf_hub_download retried an uncached onnx_export.json (a PyTorch repo never has one) with 60 s timeouts
+    # for minutes, whatever HF_HUB_ETAG_TIMEOUT said: `app`, `predict`, a Space of a cached model waited that long.
+    import socket
+    import threading
+
+    from huggingface_hub import constants
+
+    from dsunet_hf.onnx_export import read_export_report
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "onnx_export.json").write_text(json.dumps(
+        {"path": "model.onnx", "inputs": {}, "opset": 18, "export_seconds": 1.0, "external_data": False,
+         "source": "me/pytorch"}))
+    offline_hub.add("me/cached-export", tmp_path / "export")
+    with socket.socket() as server:  # accepts connections, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.2)
+        found = []
+        worker = threading.Thread(daemon=True, target=lambda: found.extend(
+            read_export_report(name) for name in ("me/never-answers", "me/cached-export")))
+        worker.start()
+        worker.join(timeout=10)
+    assert len(found) == 2 and found[0] is None  # not cached: not known as an export
+    assert found[1].source == "me/pytorch"  # cached: read from the cache

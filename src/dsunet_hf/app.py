@@ -491,8 +491,9 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
     problem = output_folder_problem(folder)
     if problem:  # said before anything is written
         raise ValueError(problem)
-    # An ONNX repo (at that revision) runs on onnxruntime, which picks its device.
-    onnx = read_export_report(model, revision) is not None
+    # An ONNX repo (at that revision) runs on onnxruntime, which picks its device. The Hub's repo: a local folder
+    # of the same name is not what the Space loads.
+    onnx = read_export_report(model, revision, hub=True) is not None
     options = f", revision={revision!r}" if revision else ""  # what the page loads: not main, which moves
     options += "" if onnx else SPACE_DEVICE
     options += f", resolution='native', max_side={int(max_side)}" if resolution == "native" else ""

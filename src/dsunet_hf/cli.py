@@ -147,6 +147,12 @@ def model_source(command: str, args) -> dict:
         if value is not None and not value.strip():
             raise SystemExit(f"{command}: --{key} is empty")
     if given["revision"] is not None and args.model and Path(args.model).expanduser().exists():
+        from .hub import looks_like_hub_id
+
+        if looks_like_hub_id(args.model, even_if_local=True):  # a folder here named like a Hub repo: the folder wins
+            raise SystemExit(f"{command}: --revision {given['revision']}: {args.model} is both a folder here and a Hub "
+                             f"repo id; the folder is loaded, and it has no revisions: to load that revision of the "
+                             f"Hub repo, run from another directory or rename the folder")
         raise SystemExit(f"{command}: --revision {given['revision']}: a Hub repo's branch, tag or commit, but "
                          f"{args.model} is a local path; name the Hub repo, or check that revision out there")
     return {key: value for key, value in given.items() if value is not None}
@@ -502,13 +508,21 @@ def _space(args) -> int:
     from .app import write_space
     from .hub import looks_like_hub_id
 
-    if not looks_like_hub_id(args.model):  # the Space runs on the Hub: it loads the model from there
+    # The Space runs on the Hub: --model is always a Hub repo id, also where a local folder here has its name (a
+    # model saved as org/name before its push), which it cannot reach; --revision then is that repo's.
+    shadowed = Path(args.model).exists() and looks_like_hub_id(args.model, even_if_local=True)
+    if not shadowed and not looks_like_hub_id(args.model):
         raise SystemExit(f"space: --model {args.model} is not a Hub repo id (org/name); push the model first "
                          f"(dsunet-hf push {args.model} <org/name>) and name that repo")
     if args.private and not args.push_to_hub:
         raise SystemExit("space: --private applies to --push-to-hub")
     check_output_folder("space", args.folder, "FOLDER")
-    revision = model_source("space", args).get("revision")  # an empty one: refused
+    revision = args.revision
+    if revision is not None and not revision.strip():
+        raise SystemExit("space: --revision is empty")
+    if shadowed:
+        print(f"space: --model {args.model} is the Hub repo, not the local folder of that name here (the Space "
+              f"cannot reach it; push it first if it is not on the Hub: dsunet-hf push {args.model} {args.model})")
 
     try:
         folder = write_space(args.folder, args.model, title=args.title, requirement=args.requirement,

@@ -599,7 +599,10 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--model", help="artifact folder or Hub repo id")
     parser.add_argument("--data", action="append", default=None, metavar="PATH",
                         help="dataset (folder or Hub id); repeat for several")
-    parser.add_argument("--split", default=None, help="dataset split to evaluate (default: the loader's choice)")
+    parser.add_argument("--split", default=None,
+                        help="dataset split to evaluate (default: the loader's choice): a Hub dataset's split, or a "
+                             "local folder's split folder (train/, val/, test/, ...); a local folder without split "
+                             "folders is scored whole (said in a warning) and recorded as that split")
     parser.add_argument("--predictions", metavar="DIR", help="folder of predicted maps (PNG)")
     parser.add_argument("--ground-truth", metavar="DIR", help="folder of ground-truth masks")
     parser.add_argument("--output-dir", default="evaluation", help="where evaluation.json/.md go")
@@ -685,6 +688,22 @@ def _dataset_labels(source) -> dict | None:
 
     path = find_labels_file(source)
     return {str(k): v for k, v in read_labels_file(path).items()} if path else None
+
+
+def _scored_whole(source, split: str) -> bool:
+    """A local folder of image/mask pairs without a folder for ``split`` (a benchmark's test set is often one flat
+    folder): the loader takes all of it, as it does with no split given."""
+    from .data import find_image_mask_pairs
+
+    path = Path(os.path.expanduser(str(source)))
+    saved = ("state.json", "dataset_dict.json", "metadata.jsonl", "metadata.csv", "metadata.parquet")
+    if not path.is_dir() or any((path / name).is_file() for name in saved):  # Hub ids, datasets: their splits
+        return False
+    try:  # the folders a split that no folder is named after gets: the same, where the loader found no split folder
+        return (find_image_mask_pairs(path, split).image_dir
+                == find_image_mask_pairs(path, "no-such-split-folder").image_dir)
+    except ValueError:  # "no folder for split ...": it has split folders, and the split chose one
+        return False
 
 
 def _source_record(source) -> str:
@@ -840,6 +859,9 @@ def run_evaluate_cli(args) -> int:
                               else load_segmentation_dataset(source, split=args.split))
             except (ValueError, OSError) as error:  # no pairs in it, a file, no such folder, a Hub id unavailable
                 raise SystemExit(f"evaluate: --data {_naming(source, error)}") from error
+            if args.split is not None and _scored_whole(source, args.split):  # said: a typo would pass unseen
+                logger.warning("--data %s has no %r split folder: the whole folder is evaluated (the report "
+                               "records split %r)", source, args.split, args.split)
         # Foreground models: the post-processing order and min-max normalisation evaluate_model uses, for the report.
         foreground = (None if visual_prompt is not None or multi_class
                       else foreground_protocol(model, processor, args.minmax_normalize))

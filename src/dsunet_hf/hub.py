@@ -95,13 +95,14 @@ def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None,
         return None, f"{type(error).__name__}: {first_line}"
 
 
-def looks_like_hub_id(name: str) -> bool:
-    """``org/name`` that is not a local path (relative, absolute, home or existing) and that the Hub accepts as an
-    id (no ``@revision``, spaces or ``..``)."""
+def looks_like_hub_id(name: str, even_if_local: bool = False) -> bool:
+    """``org/name`` that is not a local path (relative, absolute, home or, unless ``even_if_local``, existing) and
+    that the Hub accepts as an id (no ``@revision``, spaces or ``..``)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     name = str(name)
-    if not name or name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists():
+    if (not name or name.count("/") != 1 or name.startswith((".", "/", "~"))
+            or (not even_if_local and Path(name).exists())):
         return False
     try:
         validate_repo_id(name)

@@ -217,6 +217,9 @@ class OnnxExportReport:
     dtype: str = "float32"  # the graph's weights and arithmetic; inputs and outputs are fp32 either way
     compared: str = "logits"  # what max_abs_difference measures: "logits" (fp32) or "probabilities" (fp16)
     class_maps: bool | None = None  # the graph predicts class maps (None: an export written before this was recorded)
+    # source is a Hub repo id, as told where it was exported (a relative folder such as runs/cod reads as one from
+    # another directory); None: an export written before this was recorded
+    source_is_hub_id: bool | None = None
 
     def summary(self) -> str:
         try:  # the reason it was not checked: the export skipped it, or there is nothing to check with
@@ -273,7 +276,7 @@ def export_onnx(
     Returns:
         :class:`OnnxExportReport` (also written to ``onnx_export.json``).
     """
-    from .hub import package_versions
+    from .hub import looks_like_hub_id, package_versions
     from .image_processing import _normalize_size
 
     if not hasattr(processor, "size"):
@@ -360,6 +363,7 @@ def export_onnx(
         for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
             os.replace(written, output_dir / written.name)
     report.source = source or getattr(model, "name_or_path", None) or None
+    report.source_is_hub_id = bool(report.source) and looks_like_hub_id(report.source)
     report.revision = revision
     if source:  # the revision loaded is known only to the caller (the command line passes both)
         from .modeling_utils import cached_commit
@@ -420,7 +424,8 @@ def onnx_model_card(folder: str | Path, repo_id: str | None = None):
         raise ValueError(f"{folder} has no onnx_export.json: not a folder written by dsunet-hf export onnx")
     config = json.loads((folder / "config.json").read_text())
     source = report.source
-    source_is_hub_id = bool(source) and looks_like_hub_id(source)
+    source_is_hub_id = (report.source_is_hub_id if report.source_is_hub_id is not None else
+                        bool(source) and looks_like_hub_id(source))
     labels = list((config.get("id2label") or {}).values())
     class_maps = report.class_maps if report.class_maps is not None else len(labels) > 2
     data = ModelCardData(
@@ -525,29 +530,53 @@ def _quiet_session_options(onnxruntime):
     return options
 
 
-def read_export_report(name_or_path: str | Path, revision: str | None = None) -> OnnxExportReport | None:
+def read_export_report(name_or_path: str | Path, revision: str | None = None, *,
+                       hub: bool = False) -> OnnxExportReport | None:
     """The :class:`OnnxExportReport` of an exported folder or of a Hub repo holding one (only its
     ``onnx_export.json`` is fetched); None for anything else, or a Hub repo that cannot be reached (the caller then
-    treats it as a PyTorch model, whose loading path says why)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
+    treats it as a PyTorch model, whose loading path says why). ``hub=True``: ``name_or_path`` is a Hub repo id
+    even where a local folder has its name (``dsunet-hf space``: the Space loads the Hub's)."""
     from .hub import looks_like_hub_id
 
     path = Path(name_or_path) / "onnx_export.json"
-    if not path.is_file():
-        if not looks_like_hub_id(str(name_or_path)):
+    if hub or not path.is_file():
+        if not hub and not looks_like_hub_id(str(name_or_path)):
             return None
-        try:
-            path = Path(hf_hub_download(str(name_or_path), "onnx_export.json", revision=revision))
-        except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
-            return None  # not an export, or not reachable
+        path = _hub_export_report_file(str(name_or_path), revision)
+        if path is None:
+            return None
     try:
         saved = json.loads(path.read_text())
         known = {f.name for f in fields(OnnxExportReport)}
         return OnnxExportReport(**{key: value for key, value in saved.items() if key in known})
     except (json.JSONDecodeError, AttributeError, TypeError) as error:  # not JSON, not an object, fields missing
         raise ValueError(f"{path}: not a readable dsunet-hf export report ({type(error).__name__}: {error})") from error
+
+
+def _hub_export_report_file(repo_id: str, revision: str | None) -> Path | None:
+    """``onnx_export.json`` of a Hub repo (at ``revision``), or None where it has none or cannot be reached and none
+    is cached. One request, bounded by ``HF_HUB_ETAG_TIMEOUT``, asks whether it is there: ``hf_hub_download`` alone
+    retries a Hub that does not answer for minutes (60 s timeouts) for a file it has not cached, which a PyTorch
+    model's repo never has, so ``app`` / a Space / ``predict`` of a cached model waited that long."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    online = not constants.HF_HUB_OFFLINE
+    if online:
+        try:
+            get_hf_file_metadata(hf_hub_url(repo_id, "onnx_export.json", revision=revision),
+                                 timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        except HfHubHTTPError as error:  # the Hub answered: no such file, repo or revision (or no access)
+            status = getattr(error.response, "status_code", None)
+            if status is not None and status < 500 and status != 429:
+                return None
+            online = False  # a server error or too many requests: as unreachable
+        except Exception:  # timeouts, connection errors (the Hub client's, not OSErrors): the cache decides
+            online = False
+    try:
+        return Path(hf_hub_download(repo_id, "onnx_export.json", revision=revision, local_files_only=not online))
+    except Exception:  # not cached, the Hub gone since, a bad id (errors with no common base): not an export
+        return None
 
 
 def onnx_export_from_hub(repo_id: str, revision: str | None = None) -> Path | None:

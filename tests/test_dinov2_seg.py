@@ -101,6 +101,17 @@ def test_loss_averages_over_all_pixels_including_ignored():
     torch.testing.assert_close(out.loss, per_pixel.sum() / labels.numel())
 
 
+def test_soft_or_out_of_range_labels_are_refused_by_the_loss():
+    """The processor's ``masks`` are soft maps (class k -> k / 255): cast to long they all became class 0."""
+    model = Dinov2ForSemanticSegmentation(tiny()).eval()
+    x, classes = torch.randn(1, 3, 28, 28), torch.randint(0, 3, (1, 28, 28))
+    with pytest.raises(ValueError, match="fractional"):
+        model(x, labels=classes[:, None].float() / 255)
+    assert model(x, labels=classes.float()).loss > 0  # integral floats are class indices
+    with pytest.raises(ValueError, match="class 7, outside 0..2"):
+        model(x, labels=torch.full((1, 28, 28), 7))
+
+
 def test_only_the_head_trains_when_frozen():
     model = Dinov2ForSemanticSegmentation(tiny()).train()
     model(torch.randn(2, 3, 28, 28), labels=torch.randint(0, 3, (2, 28, 28))).loss.backward()

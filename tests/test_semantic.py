@@ -63,9 +63,11 @@ def test_evaluate_semantic_reports_named_classes(rows):
     assert set(result["per_class_iou"]) == {"a", "b", "c"} and 0 <= result["mIoU"] <= 1 and 0 <= result["aAcc"] <= 1
 
 
-def test_evaluate_semantic_against_a_hand_computed_case(tmp_path):
+@pytest.mark.parametrize("names, reported", [(("a", "b", "c"), ("a", "b", "c")),
+                                             (("void", "b", "void"), ("void (0)", "b", "void (2)"))])
+def test_evaluate_semantic_against_a_hand_computed_case(tmp_path, names, reported):
     """Two ADE20K-style label maps (0 = other, 255 unlabelled) read reduced, fixed predictions: dataset-level
-    intersections / unions counted by hand."""
+    intersections / unions counted by hand. A name shared by two classes keeps both IoUs (one was dropped)."""
     labels = [np.array([[1, 1, 2, 2], [0, 3, 3, 255]], np.uint8), np.array([[2, 2, 2, 0], [1, 1, 3, 3]], np.uint8)]
     predictions = iter([np.array([[0, 0, 1, 0], [2, 2, 2, 2]]), np.array([[1, 1, 0, 0], [0, 2, 2, 2]])])
     for index, label in enumerate(labels):
@@ -74,13 +76,13 @@ def test_evaluate_semantic_against_a_hand_computed_case(tmp_path):
     rows = datasets.Dataset.from_dict({"image": [str(tmp_path / f"i{i}.png") for i in range(2)],
                                        "mask": [str(tmp_path / f"m{i}.png") for i in range(2)]})
     config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=1,
-                             num_attention_heads=4), crop_size=28, id2label={0: "a", 1: "b", 2: "c"})
+                             num_attention_heads=4), crop_size=28, id2label=dict(enumerate(names)))
     model = Dinov2ForSemanticSegmentation(config)
     model.segment = lambda inputs, schedule, output_size: torch.nn.functional.one_hot(
         torch.as_tensor(next(predictions)), 3).permute(2, 0, 1)[None].float()
     result = evaluate_semantic(model, rows, reduce_zero_label=True)
     # reduced labels [[0, 0, 1, 1], [-, 2, 2, -]] and [[1, 1, 1, -], [0, 0, 2, 2]]: I / U = 3/6, 3/5, 4/5
-    assert result["per_class_iou"] == pytest.approx({"a": 0.5, "b": 0.6, "c": 0.8})
+    assert result["per_class_iou"] == pytest.approx(dict(zip(reported, (0.5, 0.6, 0.8))))
     assert result["mIoU"] == pytest.approx(1.9 / 3) and result["aAcc"] == pytest.approx(10 / 13)
 
 
@@ -215,7 +217,8 @@ def test_a_label_outside_the_classes_after_reduction_names_its_file(tmp_path):
 
 def _tiny_head(tmp_path, processor_reduces: bool):
     config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"})
+                             num_attention_heads=4), crop_size=28, stride=14, id2label={0: "a", 1: "b", 2: "c"},
+                             test_scales=[1.0, 1.5])  # multiscale: a few windows, not the default 5 scales' hundreds
     model = Dinov2ForSemanticSegmentation(config).eval()
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     processor = model.default_image_processor()
@@ -432,3 +435,24 @@ def test_multiscale_views_come_from_the_original_image_and_probabilities_from_it
     assert [(sizes, size) for sizes, size, _ in calls[1:]] == [([(28, 37), (42, 56)], (30, 40)),
                                                                ([(28, 36), (42, 54)], (31, 40)),
                                                                ([(28, 35), (42, 53)], (32, 40))]
+
+
+def test_predictions_read_16_bit_images_and_arrays_as_the_processor_does(tmp_path):
+    """PIL's convert("RGB") clips 16-bit gray to white: the model saw a blank picture."""
+    from dsunet_hf.semantic import class_probabilities, predict_classes
+
+    config = Dinov2SegConfig(backbone_preset="small", dino_config=dict(hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=4), crop_size=28, id2label={0: "a", 1: "b", 2: "c"})
+    model = Dinov2ForSemanticSegmentation(config).eval()
+    gray = np.random.default_rng(0).integers(0, 256, (28, 35)).astype(np.uint16)
+    Image.fromarray(gray * 257).save(tmp_path / "g16.png")
+    wide = Image.open(tmp_path / "g16.png")
+    assert wide.mode.startswith("I")
+    eight_bit = Image.fromarray(gray.astype(np.uint8)).convert("RGB")
+    torch.testing.assert_close(class_probabilities(model, wide, "single"),
+                               class_probabilities(model, eight_bit, "single"))
+    expected = predict_classes(model, eight_bit, "single")
+    assert np.array_equal(predict_classes(model, wide, "single"), expected)
+    assert np.array_equal(predict_classes(model, np.asarray(eight_bit), "single"), expected)
+    assert np.array_equal(np.asarray(overlay_with_legend(wide, expected, config.id2label))[:28, :35],
+                          np.asarray(overlay_with_legend(eight_bit, expected, config.id2label))[:28, :35])

@@ -23,11 +23,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .image_io import ImageReadError, cell_path, decodable_cell, load_cell, load_image, load_label_map
+from .image_io import (
+    ImageReadError,
+    _pil_to_rgb,
+    cell_path,
+    decodable_cell,
+    load_cell,
+    load_image,
+    load_label_map,
+)
 from .models.dinov2_seg.modeling_dinov2_seg import rescaled_size
 from .predict import device_and_dtype, output_file
 
 logger = logging.getLogger(__name__)
+
+
+def _rgb_image(image) -> Image.Image:
+    """A PIL image in RGB (16-bit, 32-bit and float modes scaled to 8 bit: PIL's own convert clips them to white);
+    a path, array or tensor read as :func:`dsunet_hf.image_io.load_image` reads it."""
+    return _pil_to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
 
 
 def _normalise(image: Image.Image, processor) -> torch.Tensor:
@@ -254,7 +268,9 @@ def evaluate_semantic(model, dataset, *, schedule: str | None = None, reduce_zer
         raise ValueError(f"no sample could be evaluated ({count} requested, all skipped; the first: "
                          f"{skipped_here[0] if skipped_here else 'none'})")
     result = metrics.compute()
-    names = [config.id2label[i] for i in range(config.num_labels)]
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    # A name given to several classes (e.g. two "void") keeps each class's IoU, with its id: "void (0)", "void (2)".
+    names = [f"{name} ({i})" if names.count(name) > 1 else name for i, name in enumerate(names)]
     result["per_class_iou"] = dict(zip(names, result["per_class_iou"]))
     return result
 
@@ -288,7 +304,8 @@ def overlay_with_legend(image: Image.Image, classes: np.ndarray, id2label: dict[
     """The image blended with the class colours, and a legend of the classes present. ``keep_height`` (video
     frames, which must all have one size): the canvas is the image's height and the legend lists what fits."""
     colours = palette(len(id2label))
-    blended = (np.asarray(image.convert("RGB"), np.float32) * (1 - alpha) + colours[classes] * alpha).astype(np.uint8)
+    image = _rgb_image(image)
+    blended = (np.asarray(image, np.float32) * (1 - alpha) + colours[classes] * alpha).astype(np.uint8)
     present = [int(c) for c in np.unique(classes)]
     height = image.height if keep_height else max(image.height, 18 * len(present) + 8)
     present = present[: max(0, (height - 8) // 18)]
@@ -311,7 +328,7 @@ def _segment_image(model, image: Image.Image, schedule: str, output_size=None,
     The DINOv2 heads (and their graphs) as upstream: logits resized to ``output_size`` before the softmax, and for
     ``multiscale`` one input per test scale, each resized from the original image to short side
     int(crop_size x ratio) (mmcv's MultiScaleFlipAug). A multi-class SAM2-UNet resizes its probabilities."""
-    image = image if image.mode == "RGB" else image.convert("RGB")
+    image = _rgb_image(image)
     device, dtype = device_and_dtype(model)
     crop = model.config.crop_size
     processor = model.default_image_processor()
@@ -360,7 +377,9 @@ def _classes_at(probabilities: torch.Tensor, image: Image.Image) -> np.ndarray:
 
 def predict_classes(model, image: Image.Image, schedule: str | None = None) -> np.ndarray:
     """Class indices (H, W) at the image's size: the argmax of :func:`class_probabilities` at that size (past
-    ``MAX_PROBABILITY_ELEMENTS``, at the working size, resized)."""
+    ``MAX_PROBABILITY_ELEMENTS``, at the working size, resized). ``image``: a PIL image of any mode (16-bit gray
+    scaled to 8 bit, alpha dropped), or a path, array or tensor as the image processor takes them."""
+    image = _rgb_image(image)
     return _classes_at(class_probabilities(model, image, schedule, _prediction_size(model, image)), image)
 
 

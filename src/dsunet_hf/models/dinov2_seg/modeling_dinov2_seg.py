@@ -168,6 +168,16 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
             labels = labels[:, 0]
         if labels.shape[-2:] != logits.shape[-2:]:
             raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape[-2:])}")
+        ignore, num_labels = self.config.semantic_loss_ignore_index, self.config.num_labels
+        # Soft maps (the processor's ``masks``: gray / 255) would be truncated to class 0 without a word.
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise ValueError("labels must be class indices (0..num_labels-1, or the ignore index), got fractional "
+                             "values: the processor's `masks` are soft foreground maps for binary models; give a "
+                             "multi-class model its label maps as integer tensors")
+        outside = (labels != ignore) & ((labels < 0) | (labels >= num_labels))
+        if outside.any():  # cross_entropy's own error is an index error (a device-side assert on GPU)
+            raise ValueError(f"labels hold class {int(labels[outside][0])}, outside 0..{num_labels - 1} (and not "
+                             f"the ignore index {ignore})")
         per_pixel = F.cross_entropy(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index,
                                     reduction="none")
         return per_pixel.sum() / per_pixel.numel()

@@ -23,7 +23,9 @@ def test_label_maps_from_palette_gray_and_rgb_files(tmp_path):
     palette_png(classes, 3).save(tmp_path / "p.png")
     Image.fromarray(classes).save(tmp_path / "l.png")
     Image.fromarray(np.stack([classes] * 3, -1)).save(tmp_path / "gray_rgb.png")
-    for name in ("p.png", "l.png", "gray_rgb.png"):
+    # With an alpha channel (GIMP exports): the values or palette indices, as RGBA drops alpha (was "must be 2-D").
+    Image.fromarray(np.stack([classes, np.full_like(classes, 255)], -1), "LA").save(tmp_path / "la.png")
+    for name in ("p.png", "l.png", "gray_rgb.png", "la.png"):
         assert np.array_equal(load_label_map(tmp_path / name), classes), name
     colour = np.zeros((2, 2, 3), np.uint8)
     colour[0, 0] = (128, 0, 0)

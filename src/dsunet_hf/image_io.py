@@ -366,6 +366,8 @@ def load_label_map(source: Any, reduce_zero_label: bool = False, ignore_index: i
             if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
                 raise ValueError(f"{name}: an RGB colour label map; save class indices as a gray or palette PNG")
             array = array[..., 0]
+        elif source.mode in ("LA", "PA"):  # gray / palette with alpha: the values or indices, as RGBA drops alpha
+            array = np.asarray(source.getchannel(0))
         else:
             array = np.asarray(source)  # P: palette indices; L / I / I;16: values
     else:

@@ -201,11 +201,12 @@ def test_load_v4_named_safetensors_with_prefix(tmp_path):
     assert_same_weights(source, target)
 
 
-def test_load_torch_hub_pth_file_and_folder(tmp_path):
+def test_load_torch_hub_pth_file_and_folder(tmp_path, monkeypatch):
     source = tiny_backbone(seed=5)
     path = tmp_path / "dinov2_vitl14_pretrain.pth"
     torch.save(to_hub_state_dict(source.encoder_state_dict()), path)
-    for location in (path, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # a path written with ~ was refused as missing
+    for location in (path, tmp_path, "~/dinov2_vitl14_pretrain.pth", "~"):
         state_dict, commit = load_dinov2_state_dict(location)
         target = tiny_backbone(seed=6)
         target.load_encoder_state_dict(state_dict, str(location))

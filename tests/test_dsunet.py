@@ -222,3 +222,12 @@ def test_converter_reads_the_backbone_sizes_from_the_tensors(dino):
     shapes.update({f"backbone_dino.encoder.encoder.layer.{i}.norm1.weight": (1,) for i in range(depth)})
     tensors = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
     assert infer_dsunet_presets(tensors) == ("large", preset)
+
+
+def test_config_return_dict_false_gives_tuples():
+    """As transformers' models (and SAM2-UNet): config.return_dict=False gives tuples, the call's own return_dict wins."""
+    model = DSUNetForImageSegmentation(tiny_config(return_dict=False)).eval()
+    with torch.no_grad():
+        output = model(*inputs(1))
+        assert isinstance(output, tuple) and output[0].shape == (1, 1, TINY_SIZE, TINY_SIZE)
+        assert not isinstance(model(*inputs(1), return_dict=True), tuple)

@@ -228,10 +228,11 @@ def test_load_pins_the_requested_revision(offline_hub, tmp_path):
     assert_same_state_dict(state_dict, old.state_dict())
 
 
-def test_load_local_folder_and_files(tmp_path):
+def test_load_local_folder_and_files(tmp_path, monkeypatch):
     trunk = tiny_hiera(seed=7)
     folder = write_transformers_trunk_repo(tmp_path / "folder", trunk)
-    for source in (folder, folder / "model.safetensors", str(folder)):
+    monkeypatch.setenv("HOME", str(tmp_path))  # a path written with ~ was refused as missing
+    for source in (folder, folder / "model.safetensors", str(folder), "~/folder/model.safetensors", "~/folder"):
         state_dict, commit = load_hiera_state_dict(source)
         assert commit is None
         assert_same_state_dict(state_dict, trunk.state_dict())

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from dsunet_hf import (
     BackboneNotAvailableError,
     CheckpointMismatchError,
+    DSUNetForImageSegmentation,
     Sam2UNetConfig,
     Sam2UNetForImageSegmentation,
 )
@@ -279,3 +280,29 @@ def test_training_on_one_image_whose_deepest_map_is_1x1_is_a_clear_error():
 
 def test_tiny_hiera_fixture_is_consistent():
     assert Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).backbone.channels == TINY_HIERA["embed_dim_per_stage"]
+
+
+@pytest.mark.parametrize("model_class", [Sam2UNetForImageSegmentation, DSUNetForImageSegmentation])
+def test_trainer_divides_the_loss_by_gradient_accumulation(model_class):
+    """transformers' Trainer takes a forward with **kwargs as one that normalises its loss by the
+    num_items_in_batch it passes, and then does not divide it by gradient_accumulation_steps; these models
+    ignore it: N accumulation steps gave N-times too large gradients. Trainer's own rule, without the
+    slow Trainer import (its introspection in ``Trainer.__init__``)."""
+    import inspect
+
+    if hasattr(model_class, "accepts_loss_kwargs"):
+        accepts = model_class.accepts_loss_kwargs
+    else:
+        accepts = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(model_class.forward).parameters.values())
+    assert accepts is False
+
+
+def test_config_return_dict_false_gives_tuples():
+    """As transformers' models: ``from_pretrained(repo, return_dict=False)`` (config.return_dict) gives tuples, the
+    call's own ``return_dict`` wins (it was ignored: always a ModelOutput)."""
+    model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(return_dict=False)).eval()
+    pixel_values, labels = batch(1)
+    with torch.no_grad():
+        output = model(pixel_values, labels=labels)
+        assert isinstance(output, tuple) and len(output) == 3  # loss, logits, aux_logits
+        assert not isinstance(model(pixel_values, return_dict=True), tuple)

@@ -343,7 +343,7 @@ def load_dinov2_state_dict(
     ``BackboneNotAvailableError`` with the ways to fix it when the weights cannot be had. ``download_kwargs``
     (``cache_dir``, ``token``, ``local_files_only``, ``force_download``) apply to a Hub repo's files.
     """
-    path = Path(source)
+    path = Path(source).expanduser()  # "~/models/dinov2.pth" was refused as missing
     if path.is_file():
         return _read_file(path), None
     if path.is_dir():

@@ -244,7 +244,7 @@ def load_hiera_state_dict(
     ways to fix it when the weights cannot be had. ``download_kwargs`` (``cache_dir``, ``token``,
     ``local_files_only``, ``force_download``) apply to a Hub repo's files.
     """
-    path = Path(source)
+    path = Path(source).expanduser()  # "~/models/sam2_hiera_large.pt" was refused as missing
     if path.is_file():
         if path.suffix == ".safetensors":
             return _trunk_from_safetensors(path), None

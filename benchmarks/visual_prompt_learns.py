@@ -115,7 +115,9 @@ def main() -> None:
         overwrite_output_dir=True,  # a re-run starts afresh
         train_data=str(train_dir), model="visual-prompt", output_dir=str(out / "run"), backbone="random",
         config_overrides=json.dumps(overrides), max_steps=args.max_steps, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, warmup_steps=20, lr_schedule="cosine", eval_steps=max(1, args.max_steps // 4),
+        # 20 warm-up steps (fewer for a short run, --smoke: the script has no --warmup-steps to follow a warning)
+        learning_rate=args.learning_rate, warmup_steps=min(20, args.max_steps // 10), lr_schedule="cosine",
+        eval_steps=max(1, args.max_steps // 4),
         max_val_samples=args.max_val_samples, report_to="none", progress=False, seed=args.seed, validation_ratio=0.1,
     ))
     train_seconds = time.perf_counter() - started

@@ -155,3 +155,78 @@ def test_a_negative_demo_seed_is_refused_by_name(tmp_path, task):
     with pytest.raises(SystemExit, match=r"^demo: seed \(--seed\) must be an integer >= 0, got -1"):
         cli_main(["demo", "--task", task, "--seed", "-1", "--max-steps", "1", "--output-dir", str(tmp_path / "demo")])
     assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").rglob("*.png"))  # refused before generating
+
+
+def test_too_elongated_sizes_raise_instead_of_looping_forever():
+    import threading
+
+    from dsunet_hf.synthetic import make_camouflage_sample
+
+    # Was: the redraw loop never met the area limits on a 16x300 image (shapes are sized by the shorter side) and
+    # never returned. Run in a thread so that the old code fails here instead of hanging the suite.
+    outcome = {}
+
+    def call(make, size):
+        try:
+            make(0, size)
+            outcome[size] = "returned"
+        except ValueError as error:
+            outcome[size] = str(error)
+
+    for make, size in ((make_camouflage_sample, (16, 300)), (make_textured_shapes_sample, (32, 4000))):
+        thread = threading.Thread(target=call, args=(make, size), daemon=True)
+        thread.start()
+        thread.join(timeout=20)
+        assert size in outcome, f"{make.__name__}{size} did not return"
+        assert outcome[size].startswith(f"size {size[0]}x{size[1]}: no ") and "too elongated" in outcome[size]
+    # Ordinary shapes are unchanged (same draws): square and moderately elongated sizes still generate.
+    assert make_camouflage_sample(0, (64, 512))[1].size == (512, 64)
+
+
+def test_a_short_visual_prompt_demo_warms_up_for_less_than_its_run(tmp_path, monkeypatch):
+    import dsunet_hf.training
+    from dsunet_hf.demo import run_visual_prompt_demo
+
+    # Was: 20 warm-up steps whatever --max-steps, so `demo --task visual-prompt --max-steps 3` warned to pass a
+    # --warmup-steps that the demo does not take.
+    seen = []
+
+    def fake_train(args):
+        seen.append(args)
+        raise KeyboardInterrupt  # stop before training: only the arguments are checked
+
+    monkeypatch.setattr(dsunet_hf.training, "train", fake_train)
+    for max_steps, warmup in ((3, 0), (600, 20)):
+        with pytest.raises(KeyboardInterrupt):
+            run_visual_prompt_demo(tmp_path / str(max_steps), max_steps=max_steps, num_images=2, num_test_images=1,
+                                   image_size=32)
+        assert (seen[-1].max_steps, seen[-1].warmup_steps) == (max_steps, warmup)
+
+
+@pytest.mark.parametrize("args, folder", [
+    ([], "demo"), (["--task", "visual-prompt"], "demo-visual-prompt"), (["--task=visual-prompt"], "demo-visual-prompt"),
+    (["--data", "visual-prompt"], "demo"),
+])
+def test_demo_sh_gives_each_task_its_own_output_folder(tmp_path, args, folder):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # Was: always --output-dir outputs/demo, so `bash examples/demo.sh --task visual-prompt` started afresh there and
+    # deleted the SAM2-UNet demo's trained model. `python` (but `-c`, the torch check on a stub torch in range) and
+    # `dsunet-hf` are stubbed.
+    repo = Path(__file__).resolve().parents[1]
+    bin_dir, log, site = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "site"
+    bin_dir.mkdir()
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("__version__ = '2.13.0'\n")
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\nif [ "$1" = "-c" ]; then exec "{sys.executable}" "$@"; fi\n')
+    (bin_dir / "dsunet-hf").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(site)}
+    subprocess.run(["bash", str(repo / "examples" / "demo.sh"), *args], env=env, check=True, timeout=60, cwd=tmp_path)
+    command = log.read_text().split()
+    assert command[:2] == ["demo", "--output-dir"] and command[3:] == args
+    assert Path(command[2]).resolve() == repo / "outputs" / folder

@@ -123,7 +123,8 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
         overwrite_output_dir=True,  # a re-run starts afresh
         train_data=str(train_dir), model="visual-prompt", output_dir=str(output_dir / "train"), backbone="random",
         config_overrides=json.dumps(overrides), max_steps=max_steps, batch_size=batch_size, learning_rate=1e-3,
-        warmup_steps=20, lr_schedule="cosine", eval_steps=max(1, max_steps // 3), max_val_samples=40,
+        # 20 warm-up steps, fewer for a short --max-steps: the demo has no --warmup-steps to follow the warning's advice.
+        warmup_steps=min(20, max_steps // 10), lr_schedule="cosine", eval_steps=max(1, max_steps // 3), max_val_samples=40,
         validation_ratio=0.1, seed=seed, report_to="none",
     ))
     model = VisualPromptForSegmentation.from_pretrained(summary["model_dir"])

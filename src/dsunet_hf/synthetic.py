@@ -32,6 +32,14 @@ __all__ = ["TEXTURE_CLASS_NAMES", "make_camouflage_dataset", "make_camouflage_sa
 # Object area limits as a fraction of the image; samples outside are redrawn.
 _MIN_FOREGROUND = 0.06
 _MAX_FOREGROUND = 0.50
+# Shapes are sized by the image's shorter side, so a very elongated image (16x300) can never meet the area limits:
+# redraws stop here with an error instead of looping forever (ordinary sizes need a few; 8:1 about 30).
+_MAX_REDRAWS = 1000
+
+
+def _too_elongated(h: int, w: int, what: str) -> ValueError:
+    return ValueError(f"size {h}x{w}: no {what} in {_MAX_REDRAWS} draws (shapes are sized by the shorter side, so "
+                      f"the image is too elongated); use an aspect ratio of at most about 8:1")
 
 
 def _noise(rng: np.random.Generator, size: tuple[int, int], cells: tuple[float, ...]) -> np.ndarray:
@@ -99,7 +107,7 @@ def _shape_polygon(rng: np.random.Generator, size: tuple[int, int], scale: float
 def _random_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """A bool (H, W) mask of 1-2 objects covering between 6 % and 50 % of the image."""
     h, w = size
-    while True:
+    for _ in range(_MAX_REDRAWS):
         canvas = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(canvas)
         for _ in range(int(rng.integers(1, 3))):
@@ -107,6 +115,7 @@ def _random_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
         mask = np.asarray(canvas) > 127
         if _MIN_FOREGROUND <= mask.mean() <= _MAX_FOREGROUND:
             return mask
+    raise _too_elongated(h, w, f"objects covering {_MIN_FOREGROUND:.0%} to {_MAX_FOREGROUND:.0%} of the image")
 
 
 def make_camouflage_sample(
@@ -292,7 +301,7 @@ def make_textured_shapes_sample(
     low, high = min(low, len(allowed)), min(high, len(allowed))
 
     background = _apply_palette(_noise(rng, (h, w), (3.0, 6.0, 12.0)), _random_palette(rng))
-    while True:
+    for _ in range(_MAX_REDRAWS):
         chosen = rng.choice(allowed, size=int(rng.integers(low, high + 1)), replace=False)
         shapes = [int(c) for c in chosen for _ in range(int(rng.integers(1, 3)))]
         rng.shuffle(shapes)
@@ -304,6 +313,8 @@ def make_textured_shapes_sample(
         visible = [(labels == c).mean() for c in chosen]
         if min(visible) >= 0.02 and (labels == 0).mean() >= 0.20:
             break
+    else:
+        raise _too_elongated(h, w, "layout with every class on >= 2% of the image and >= 20% background")
     image = background
     for class_id in (int(c) for c in chosen):
         image = np.where((labels == class_id)[..., None], _class_texture(class_id, (h, w), rng), image)

@@ -384,6 +384,22 @@ def test_pvt_v2_output_shapes(size):
     assert [tuple(f.shape) for f in features] == expected
 
 
+def test_pvt_v2_survives_torch_save_and_load():
+    """PVT-v2's fused attention was a bound method on each block: torch.save(model) wrote it by name, and
+    torch.load failed ('PvtV2SelfAttention' object has no attribute '_sdpa_attention_forward'). (transformers'
+    own Swin cannot be pickled at all: a local output-capturing hook.)"""
+    import io
+
+    model = build("pvt_v2_b0", TINY_PVT).eval()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(pixels), loaded(pixels)))
+
+
 # --- opt-in parity with the authors' code ---------------------------------------------------------------
 
 UPSTREAM = os.environ.get("BIREFNET_UPSTREAM_DIR")

@@ -148,6 +148,19 @@ def test_pil_masks_are_read_by_their_values_not_as_8bit_grey():
         refine_foreground(photo, (soft * 1000).astype(np.int64))
 
 
+def test_16bit_and_float_photos_are_scaled_not_clipped():
+    """image.convert("RGB") clipped a 16-bit grey photo (I;16, I) to white and truncated a float ("F") one to black:
+    the colours of the cut-out were lost. They are read as load_image reads them (scaled to 8 bit)."""
+    levels = np.linspace(0, 1, 600, dtype=np.float32).reshape(20, 30)
+    alpha = np.ones((20, 30), np.float32)
+    expected = np.asarray(refine_foreground(Image.fromarray((levels * 255).round().astype(np.uint8)), alpha))
+    levels16 = (levels * 65535).round().astype(np.uint16)
+    for photo in (Image.fromarray(levels16), Image.fromarray(levels16.astype(np.int32) // 257, "I"),
+                  Image.fromarray(levels, "F")):
+        got = np.asarray(refine_foreground(photo, alpha)).astype(int)
+        assert np.abs(got - expected).max() <= 1, photo.mode
+
+
 def test_estimate_reads_uint8_images_as_0_255_and_refuses_float_colours_over_1():
     """A uint8 image tensor (torchvision's decode_image) was used as colours 0..255: clamped to white, silently."""
     image, alpha, _ = composite(24, 40)

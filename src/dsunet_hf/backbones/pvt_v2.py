@@ -42,7 +42,7 @@ Any other official key, and any of our keys left unproduced, is an error.
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +124,9 @@ class PvtV2Backbone(nn.Module):
             for block in layer.blocks:
                 if hasattr(block.attention, "layer_norm"):
                     block.attention.layer_norm.eps = UPSTREAM_DEFAULT_EPS
-                block.attention.forward = types.MethodType(_sdpa_attention_forward, block.attention)
+                # A partial of a module-level function, not types.MethodType: a pickled bound method is looked up
+                # by its name on the instance when loaded, so torch.save(model) could not be loaded back.
+                block.attention.forward = functools.partial(_sdpa_attention_forward, block.attention)
         self.channels: list[int] = list(config.hidden_sizes)
         self.min_input_size = pvt_v2_min_input_size(config)
 

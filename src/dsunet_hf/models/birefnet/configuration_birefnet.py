@@ -78,10 +78,12 @@ PVT_LORA_TARGETS = ["query", "key", "value", "attention.proj", "mlp.dense1", "ml
 
 
 def _size_pair(value, name: str) -> list[int]:
-    pair = [value, value] if isinstance(value, int) else [int(v) for v in value]
-    if len(pair) != 2 or min(pair) <= 0 or pair[0] % 32 or pair[1] % 32:
+    pair = [value, value] if not isinstance(value, (list, tuple)) else list(value)
+    # int() truncated 1000.5 to 1000 and a float 1024.0 failed with a bare "'float' object is not iterable"
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair) \
+            or min(pair) <= 0 or pair[0] % 32 or pair[1] % 32:
         raise ValueError(f"{name} must be a positive multiple of 32 (or [height, width] of them), got {value!r}")
-    return pair
+    return [int(v) for v in pair]
 
 
 def _check_pvt_sizes(backbone: str, backbone_config: dict, multi_scale_input: str, image_size, dynamic_size) -> None:

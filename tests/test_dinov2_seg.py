@@ -108,7 +108,7 @@ def test_soft_or_out_of_range_labels_are_refused_by_the_loss():
     with pytest.raises(ValueError, match="fractional"):
         model(x, labels=classes[:, None].float() / 255)
     assert model(x, labels=classes.float()).loss > 0  # integral floats are class indices
-    with pytest.raises(ValueError, match="class 7, outside 0..2"):
+    with pytest.raises(ValueError, match=r"labels hold class 7, but the model has 3 classes \(0..2; 255 = ignored\)"):
         model(x, labels=torch.full((1, 28, 28), 7))
 
 
@@ -398,3 +398,13 @@ def test_multiscale_views_of_one_tensor_take_mmcv_sizes():
     segment_with_schedule(record, torch.zeros(1, 3, 640, 853), "multiscale", config)
     # (From the 500 x 375 original, the long sides would be 853, 1125, 1476, 1945, 2560: see test_semantic.)
     assert seen == [(640, 853), (844, 1125), (1107, 1475), (1459, 1945), (1920, 2559)]
+
+
+def test_config_return_dict_false_gives_tuples():
+    """``from_pretrained(repo, return_dict=False)`` (config.return_dict) gives tuples, as transformers' models (it
+    was ignored); the call's own ``return_dict`` wins."""
+    model = Dinov2ForSemanticSegmentation(tiny(return_dict=False)).eval()
+    with torch.no_grad():
+        output = model(torch.randn(1, 3, 56, 56), labels=torch.zeros(1, 56, 56, dtype=torch.long))
+        assert isinstance(output, tuple) and len(output) == 2  # loss, logits
+        assert not isinstance(model(torch.randn(1, 3, 56, 56), return_dict=True), tuple)

@@ -216,6 +216,12 @@ def test_hub_download_arguments_reach_the_backbone_repos(trained_model, offline_
         assert torch.equal(trained_model(x).logits, loaded(x).logits)
     fresh = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), cache_dir=str(custom))
     assert torch.equal(fresh.backbone.encoder.pos_embed, trained_model.backbone.encoder.pos_embed)
+    # dtype casts as from_pretrained's; config fields beside a config were ignored without a word.
+    half = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), cache_dir=str(custom),
+                                                                  dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with pytest.raises(TypeError, match=r"config fields \['image_size'\] given with a config"):
+        Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), image_size=64)
 
 
 def test_save_pretrained_with_state_dict_none_writes_the_trainable_part(trained_model, tmp_path):

@@ -64,3 +64,10 @@ def test_multiclass_labels_outside_the_classes_are_named():
     labels[1, 2, 2] = 9
     with pytest.raises(ValueError, match=r"labels hold class 9, but the model has 3 classes \(0..2; 255 = ignored\)"):
         multiclass_deep_supervision_loss(logits, labels, [1.0])
+    # One-hot (B, K, H, W) labels trained on their background channel ([:, 0]); 1.7 was truncated to class 1.
+    one_hot = torch.nn.functional.one_hot(torch.zeros(2, 4, 4, dtype=torch.long), 3).permute(0, 3, 1, 2)
+    with pytest.raises(ValueError, match=r"class-index maps \(B, H, W\) or \(B, 1, H, W\), got shape \(2, 3, 4, 4\)"):
+        multiclass_deep_supervision_loss(logits, one_hot, [1.0])
+    with pytest.raises(ValueError, match="got fractional values"):
+        multiclass_deep_supervision_loss(logits, torch.full((2, 1, 4, 4), 1.7), [1.0])
+    assert torch.isfinite(multiclass_deep_supervision_loss(logits, torch.ones(2, 1, 4, 4), [1.0]))  # whole floats

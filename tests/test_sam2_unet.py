@@ -203,6 +203,9 @@ def test_wrong_input_is_refused_clearly():
         model(torch.randn(1, 4, 64, 64))
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.randn(1, 3, 70, 64))
+    # A read_image-style uint8 tensor ran as 0..255 values (wrong logits, no word).
+    with pytest.raises(ValueError, match=r"^pixel_values is torch.uint8: models take normalised float tensors"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError, match="labels"):
         model(torch.randn(1, 3, 64, 64), labels=torch.rand(1, 1, 32, 32))
 
@@ -212,6 +215,10 @@ def test_bad_config_values_are_refused():
         Sam2UNetConfig(finetune_strategy="qlora")
     with pytest.raises(ValueError, match="backbone_preset"):
         Sam2UNetConfig(backbone_preset="huge")
+    # [] put LoRA on every default module (peft refuses an empty list); None still means the defaults.
+    with pytest.raises(ValueError, match=r"lora_target_modules must be a non-empty list of module names, got \[\]"):
+        Sam2UNetConfig(lora_target_modules=[])
+    assert Sam2UNetConfig(lora_target_modules=None).lora_target_modules
     for size in (350, 0, -32):  # 0 and negative sizes passed the multiple-of-32 check
         with pytest.raises(ValueError, match=f"positive multiple of 32 .*got {size}"):
             Sam2UNetConfig(image_size=size)
@@ -282,7 +289,19 @@ def test_tiny_hiera_fixture_is_consistent():
     assert Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).backbone.channels == TINY_HIERA["embed_dim_per_stage"]
 
 
-@pytest.mark.parametrize("model_class", [Sam2UNetForImageSegmentation, DSUNetForImageSegmentation])
+def _model_classes():
+    from dsunet_hf import (
+        BiRefNetForImageSegmentation,
+        Dinov2ForSemanticSegmentation,
+        VisualPromptForSegmentation,
+    )
+    from dsunet_hf.models.visual_prompt.matcher import VisualPromptMatcher
+
+    return [Sam2UNetForImageSegmentation, DSUNetForImageSegmentation, BiRefNetForImageSegmentation,
+            Dinov2ForSemanticSegmentation, VisualPromptForSegmentation, VisualPromptMatcher]
+
+
+@pytest.mark.parametrize("model_class", _model_classes(), ids=lambda cls: cls.__name__)
 def test_trainer_divides_the_loss_by_gradient_accumulation(model_class):
     """transformers' Trainer takes a forward with **kwargs as one that normalises its loss by the
     num_items_in_batch it passes, and then does not divide it by gradient_accumulation_steps; these models

@@ -57,6 +57,31 @@ def deep_supervision_loss(
     return sum(w * structure_loss(o, target, bce_weighting) for o, w in zip(outputs, weights))
 
 
+def class_index_labels(labels: torch.Tensor, size: torch.Size, num_classes: int, ignore_index: int = 255
+                       ) -> torch.Tensor:
+    """``labels`` (B, H, W) or (B, 1, H, W) class indices (0..num_classes-1 or ``ignore_index``) of spatial ``size``
+    as a long (B, H, W) tensor; anything else is refused in one line rather than trained on wrongly."""
+    if labels.ndim == 4 and labels.shape[1] != 1:  # one-hot (B, K, H, W): [:, 0] would train on the background
+        raise ValueError(f"labels must be class-index maps (B, H, W) or (B, 1, H, W), got shape {tuple(labels.shape)}")
+    labels = labels[:, 0] if labels.ndim == 4 else labels
+    if labels.shape[-2:] != size:
+        raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(size)}")
+    if torch.compiler.is_compiling():  # a check syncs the device: not inside a compiled graph
+        return labels.long()
+    # Soft maps (the processor's ``masks``: gray / 255) would be truncated to class 0 without a word.
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError("labels must be class indices (0..num_labels-1, or the ignore index), got fractional "
+                         "values: the processor's `masks` are soft foreground maps for binary models; give a "
+                         "multi-class model its label maps as integer tensors")
+    labels = labels.long()
+    # Was torch's "Target 9 is out of bounds" (on a GPU a device-side assert that kills the process).
+    bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= num_classes))]
+    if bad.numel():
+        raise ValueError(f"labels hold class {int(bad[0])}, but the model has {num_classes} classes (0.."
+                         f"{num_classes - 1}; {ignore_index} = ignored): check num_labels / id2label")
+    return labels
+
+
 def multiclass_deep_supervision_loss(
     outputs: Sequence[torch.Tensor], labels: torch.Tensor, weights: Sequence[float], ignore_index: int = 255
 ) -> torch.Tensor:
@@ -64,17 +89,7 @@ def multiclass_deep_supervision_loss(
     averaged over the labelled pixels (0 when none is labelled, instead of NaN)."""
     if len(outputs) != len(weights):
         raise ValueError(f"{len(outputs)} outputs but {len(weights)} loss weights")
-    labels = labels[:, 0] if labels.ndim == 4 else labels
-    if labels.shape[-2:] != outputs[0].shape[-2:]:
-        raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(outputs[0].shape[-2:])}")
-    labels = labels.long()
-    if not torch.compiler.is_compiling():  # a check syncs the device: not inside a compiled graph
-        # Was torch's "Target 9 is out of bounds" (on a GPU a device-side assert that kills the process).
-        num_classes = outputs[0].shape[1]
-        bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= num_classes))]
-        if bad.numel():
-            raise ValueError(f"labels hold class {int(bad[0])}, but the model has {num_classes} classes (0.."
-                             f"{num_classes - 1}; {ignore_index} = ignored): check num_labels / id2label")
+    labels = class_index_labels(labels, outputs[0].shape[-2:], outputs[0].shape[1], ignore_index)
     labelled = (labels != ignore_index).sum().clamp(min=1)
     return sum(
         w * F.cross_entropy(o.float(), labels, ignore_index=ignore_index, reduction="sum") / labelled

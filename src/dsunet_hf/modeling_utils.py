@@ -67,6 +67,9 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
         raise ValueError(
             f"{name}: height and width must be multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
         )
+    if not pixel_values.is_floating_point():  # a read_image-style uint8 tensor ran as 0..255 values: wrong logits
+        raise ValueError(f"{name} is {pixel_values.dtype}: models take normalised float tensors; use the model's "
+                         f"image processor")
 
 
 def labels_like(labels: torch.Tensor, logits: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -195,6 +198,15 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     # training, evaluation and prediction: label maps, mIoU, palette PNGs. Single-channel models do not.
     predicts_class_maps = False
 
+    # forward's **kwargs made transformers' Trainer pass num_items_in_batch (ignored here) and then skip dividing
+    # the loss by gradient_accumulation_steps: N-times too large gradients with N accumulation steps.
+    accepts_loss_kwargs = False
+
+    def output_as_asked(self, output: ModelOutput, return_dict: bool | None):
+        """``output``, or its tuple where ``return_dict`` (else the config's, as transformers' models:
+        ``from_pretrained(repo, return_dict=False)``) says so."""
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
+
     def __init__(self, config, *args, **kwargs):
         # Another model's config (the classes share field names) failed later with an AttributeError on a field.
         if self.config_class is not None and not isinstance(config, self.config_class):
@@ -311,13 +323,18 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                                   force_download: bool = False, **config_kwargs):
         """A new model (random decoder/adapters) whose frozen backbones hold their pretrained weights:
         the starting point for fine-tuning. ``cache_dir``, ``token``, ``local_files_only`` and ``force_download``
-        apply to the backbones' Hub files, as in ``from_pretrained``."""
+        apply to the backbones' Hub files, as in ``from_pretrained``; ``dtype`` (or ``torch_dtype``) casts the
+        model, as there; other keywords are config fields (with a ``config`` given they were ignored silently)."""
+        dtype = pop_dtype(config_kwargs)
+        if config is not None and config_kwargs:
+            raise TypeError(f"{cls.__name__}.from_pretrained_backbones: config fields {sorted(config_kwargs)} given "
+                            f"with a config; set them on the config")
         config = config if config is not None else cls.config_class(**config_kwargs)
         config.__dict__.pop("backbone_fingerprint", None)  # a config read from an artifact: nothing trained to check
         model = cls(config)
         model.load_frozen_backbones_named(cache_dir=cache_dir, token=token, local_files_only=local_files_only,
                                           force_download=force_download)
-        return model
+        return model if dtype is None else model.to(dtype)
 
     # A trainable-only artifact does not hold the frozen weights: changed after loading (peft's merge_and_unload
     # into the backbone, a backbone trained by hand), they would be lost silently. A few values of every frozen

@@ -252,7 +252,7 @@ class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
         self.base_revision = base_revision
         default_targets = PVT_LORA_TARGETS if backbone.startswith("pvt") else SWIN_LORA_TARGETS
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
-                            lora_target_modules or default_targets)
+                            (default_targets if lora_target_modules is None else lora_target_modules))
         self.lora_decoder = lora_decoder
         set_default_labels(kwargs, FOREGROUND_LABELS)
         super().__init__(**kwargs)

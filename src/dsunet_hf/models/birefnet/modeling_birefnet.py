@@ -391,7 +391,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
             loss=loss, logits=logits, aux_logits=aux or None,
             gradient_logits=gradient_logits or None, gradient_targets=gradient_targets or None,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return self.output_as_asked(output, return_dict)
 
     # --- loading ------------------------------------------------------------------------------------------
     @classmethod

@@ -120,7 +120,7 @@ class Dinov2SegConfig(CheckedOverrides, PreTrainedConfig):
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.upstream_position_interpolation = upstream_position_interpolation
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
-                            lora_target_modules or ["q_proj", "v_proj"])
+                            (["q_proj", "v_proj"] if lora_target_modules is None else lora_target_modules))
         super().__init__(**kwargs)
         check_class_ids(self)
 

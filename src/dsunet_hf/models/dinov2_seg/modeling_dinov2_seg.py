@@ -16,6 +16,7 @@ from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
+from ...losses import class_index_labels
 from ...modeling_utils import SegmentationPreTrainedModel, run_backbone
 from .configuration_dinov2_seg import Dinov2SegConfig
 
@@ -159,26 +160,14 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         if labels is not None:
             loss = self.loss(logits, labels)
         output = SemanticSegmenterOutput(loss=loss, logits=logits)
-        return output if return_dict is not False else output.to_tuple()
+        return self.output_as_asked(output, return_dict)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy ignoring ``semantic_loss_ignore_index``, averaged over ALL pixels (mmseg's
         ``avg_non_ignore=False``, as the official heads were trained)."""
-        if labels.ndim == 4:
-            labels = labels[:, 0]
-        if labels.shape[-2:] != logits.shape[-2:]:
-            raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(logits.shape[-2:])}")
-        ignore, num_labels = self.config.semantic_loss_ignore_index, self.config.num_labels
-        # Soft maps (the processor's ``masks``: gray / 255) would be truncated to class 0 without a word.
-        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-            raise ValueError("labels must be class indices (0..num_labels-1, or the ignore index), got fractional "
-                             "values: the processor's `masks` are soft foreground maps for binary models; give a "
-                             "multi-class model its label maps as integer tensors")
-        outside = (labels != ignore) & ((labels < 0) | (labels >= num_labels))
-        if outside.any():  # cross_entropy's own error is an index error (a device-side assert on GPU)
-            raise ValueError(f"labels hold class {int(labels[outside][0])}, outside 0..{num_labels - 1} (and not "
-                             f"the ignore index {ignore})")
-        per_pixel = F.cross_entropy(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index,
+        labels = class_index_labels(labels, logits.shape[-2:], self.config.num_labels,
+                                    self.config.semantic_loss_ignore_index)
+        per_pixel = F.cross_entropy(logits, labels, ignore_index=self.config.semantic_loss_ignore_index,
                                     reduction="none")
         return per_pixel.sum() / per_pixel.numel()
 

@@ -114,7 +114,7 @@ class DSUNetConfig(ClassMapsConfig, CheckedOverrides, PreTrainedConfig):
         self.wtconv_levels = wtconv_levels
         self.decoder_channels = decoder_channels
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
-                            lora_target_modules or HIERA_LORA_TARGETS)
+                            (HIERA_LORA_TARGETS if lora_target_modules is None else lora_target_modules))
         self.loss_weights = check_loss_weights([0.25, 0.5, 1.0] if loss_weights is None else loss_weights,
                                                "side 1/16, side 1/8, final")
         self.bce_weighting = bce_weighting

@@ -46,9 +46,6 @@ class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
     _keys_to_ignore_on_load_missing = [r"^backbone_(sam|dino)\.(?!.*(\.adapter\.|lora_))"]
     unused_parameters = ("backbone_dino.encoder.embeddings.mask_token",)
     display_name = "DSU-Net"
-    # forward's **kwargs made transformers' Trainer pass num_items_in_batch (ignored here) and then skip dividing
-    # the loss by gradient_accumulation_steps: N-times too large gradients with N accumulation steps.
-    accepts_loss_kwargs = False
 
     def __init__(self, config: DSUNetConfig):
         super().__init__(config)
@@ -111,9 +108,7 @@ class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         # output breaks transformers' pipeline, which splits every output field by image.
         with_aux = self.training or labels is not None or bool(output_aux_logits)
         output = DSUNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
-        if return_dict is None:  # as transformers' models: from_pretrained(repo, return_dict=False) gives tuples
-            return_dict = self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        return self.output_as_asked(output, return_dict)
 
     # --- frozen backbones -----------------------------------------------------------------------------
     def load_frozen_backbones(self, **download_kwargs) -> None:

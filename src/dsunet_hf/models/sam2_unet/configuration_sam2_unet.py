@@ -80,7 +80,7 @@ class Sam2UNetConfig(ClassMapsConfig, CheckedOverrides, PreTrainedConfig):
         self.rfb_channels = rfb_channels
         self.image_size = image_size
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
-                            lora_target_modules or HIERA_LORA_TARGETS)
+                            (HIERA_LORA_TARGETS if lora_target_modules is None else lora_target_modules))
         self.loss_weights = check_loss_weights([1.0, 1.0, 1.0] if loss_weights is None else loss_weights,
                                                "final, side1, side2")
         self.bce_weighting = bce_weighting

@@ -37,9 +37,6 @@ class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
     base_model_prefix = "sam2_unet"
     _no_split_modules = ["Sam2MultiScaleBlock"]
     display_name = "SAM2-UNet"
-    # forward's **kwargs made transformers' Trainer pass num_items_in_batch (ignored here) and then skip dividing
-    # the loss by gradient_accumulation_steps: N-times too large gradients with N accumulation steps.
-    accepts_loss_kwargs = False
 
     def __init__(self, config: Sam2UNetConfig):
         super().__init__(config)
@@ -85,9 +82,7 @@ class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         # output breaks transformers' pipeline, which splits every output field by image.
         with_aux = self.training or labels is not None or bool(output_aux_logits)
         output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
-        if return_dict is None:  # as transformers' models: from_pretrained(repo, return_dict=False) gives tuples
-            return_dict = self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        return self.output_as_asked(output, return_dict)
 
     # --- frozen backbone ------------------------------------------------------------------------------
     def load_frozen_backbones(self, **download_kwargs) -> None:

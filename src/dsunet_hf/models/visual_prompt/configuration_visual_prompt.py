@@ -233,7 +233,7 @@ class VisualPromptConfig(CheckedOverrides, PreTrainedConfig):
         self.match_weight = float(match_weight)
         self.deep_supervision = bool(deep_supervision)
         set_finetune_fields(self, finetune_strategy, lora_rank, lora_alpha, lora_dropout,
-                            lora_target_modules or ["q_proj", "v_proj"])
+                            (["q_proj", "v_proj"] if lora_target_modules is None else lora_target_modules))
         super().__init__(**kwargs)
 
     def get_dino_config(self) -> Dinov2Config:

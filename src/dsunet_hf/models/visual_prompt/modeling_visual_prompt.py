@@ -319,7 +319,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             loss = self.loss(predictions, labels, target_segments, segment_is_prompted)
         output = VisualPromptOutput(loss=loss, logits=logits, proposal_logits=masks[:, :-1], proposal_scores=scores,
                                     prompt_embeddings=prompt_embeddings)
-        return output if return_dict is not False else output.to_tuple()
+        return self.output_as_asked(output, return_dict)
 
     def loss(self, predictions, labels, target_segments=None, segment_is_prompted=None) -> torch.Tensor:
         config = self.config

@@ -325,3 +325,18 @@ def test_config_return_dict_false_gives_tuples():
         output = model(pixel_values, labels=labels)
         assert isinstance(output, tuple) and len(output) == 3  # loss, logits, aux_logits
         assert not isinstance(model(pixel_values, return_dict=True), tuple)
+    # The package's own paths ask for a ModelOutput (they failed on such a model: "'tuple' has no attribute").
+    from PIL import Image
+
+    from dsunet_hf import SegmentationImageProcessor
+    from dsunet_hf.onnx_export import _ImagesToLogits
+    from dsunet_hf.predict import probabilities_and_outputs
+
+    with torch.no_grad():
+        assert _ImagesToLogits(model)(pixel_values).shape == (1, 1, *pixel_values.shape[-2:])
+        image = Image.new("RGB", (50, 40))
+        probabilities, _ = probabilities_and_outputs(model, SegmentationImageProcessor(size=TINY_SIZE), [image])
+    assert probabilities[0].shape == (40, 50)
+    classes = Sam2UNetForImageSegmentation(
+        tiny_sam2_unet_config(return_dict=False, id2label={0: "a", 1: "b", 2: "c"})).eval()
+    assert classes.segment(pixel_values).shape == (1, 3, *pixel_values.shape[-2:])

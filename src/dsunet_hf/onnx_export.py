@@ -75,7 +75,7 @@ class _ImagesToLogits(nn.Module):
         inputs = {"pixel_values": pixel_values}
         if dino_pixel_values is not None:
             inputs["dino_pixel_values"] = dino_pixel_values
-        return self.model(**inputs).logits
+        return self.model(**inputs, return_dict=True).logits
 
 
 def onnx_input_names(processor) -> list[str]:
@@ -499,7 +499,7 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
         where = f"batch {batch_size}" + (f", {size[0]}x{size[1]}" if size else "")
         inputs = _example_inputs(processor, input_names, batch_size, size)
         with torch.no_grad(), _pure_pytorch_deform_conv():
-            expected = model(**inputs).logits
+            expected = model(**inputs, return_dict=True).logits
         try:
             (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
         except Exception as error:  # onnxruntime's own exception types: a shape fixed in the graph, typically

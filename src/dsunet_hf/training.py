@@ -256,7 +256,7 @@ def build_config(args: TrainingArguments):
         raise ValueError(f"--config-overrides is not valid JSON ({error}): {args.config_overrides!r}") from error
     if not isinstance(config_kwargs, dict):
         raise ValueError(f"--config-overrides must be a JSON object of config fields, got {args.config_overrides!r}")
-    if config_kwargs.get("lora_target_modules") == []:  # the configs read an empty list as their defaults; peft as none
+    if config_kwargs.get("lora_target_modules") == []:  # said naming the option (the configs refuse it too)
         raise ValueError("--config-overrides: lora_target_modules must name at least one module (leave it out for the "
                          "model's defaults), got []")
     known = config_fields(spec.config_class)
@@ -961,7 +961,7 @@ def train(args: TrainingArguments) -> dict:
                                                 args.seed, state.global_step)
                 # Non-image inputs some models take (visual prompts: reference masks, target segments).
                 inputs.update({k: batch[k] for k in getattr(unwrapped, "extra_input_names", ()) if k in batch})
-                loss = model(**inputs, labels=labels).loss
+                loss = model(**inputs, labels=labels, return_dict=True).loss
                 # accelerate divides every loss by --gradient-accumulation-steps, also in an epoch's last window of
                 # fewer micro-batches (whose step then got a fraction of the gradient): each optimizer step averages
                 # the micro-batches it has, as transformers' Trainer does.

@@ -71,5 +71,5 @@ class ClassMapsModel:
             raise ValueError(f"{self.display_name} has one inference schedule, 'single' (a pass at "
                              f"{self.config.image_size}px); got {schedule!r}")
         square = (self.config.image_size, self.config.image_size)
-        return probabilities_from_one_pass(lambda pixels: self(pixels).logits, pixel_values, square, output_size)
+        return probabilities_from_one_pass(lambda pixels: self(pixels, return_dict=True).logits, pixel_values, square, output_size)
 

@@ -184,7 +184,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         ``multiscale``, upstream's views are a list of tensors, one per test scale, each resized from the
         original image to short side int(base x ratio) (``dsunet_hf.semantic`` does this); from a single
         tensor the views are resized from it instead."""
-        return segment_with_schedule(lambda crop: self(crop).logits, pixel_values, schedule, self.config,
+        return segment_with_schedule(lambda crop: self(crop, return_dict=True).logits, pixel_values, schedule, self.config,
                                      output_size=output_size)
 
     def default_image_processor(self):

@@ -470,7 +470,8 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
             features = None
             if encodings is not None:
                 features = [torch.stack(level) for level in zip(*encodings[start : start + batch_size])]
-            output = self(pixel_values=self._pixel_values(images), prompt_embeddings=prompt, pixel_features=features)
+            output = self(pixel_values=self._pixel_values(images), prompt_embeddings=prompt, pixel_features=features,
+                          return_dict=True)
             logits = self.concept_logits(output, mode).float()
             for logit, image in zip(logits, images):
                 resized = F.interpolate(logit[None], size=(image.height, image.width), mode="bilinear", align_corners=False)

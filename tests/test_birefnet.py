@@ -245,7 +245,8 @@ def test_bad_inputs_are_refused_clearly():
     # A bare TypeError / int() error naming no field; a string OutRef weight failed in the first training step, a
     # negative or all-zero loss_weights trained away from the labels or on nothing.
     # image_size 1024.0 failed with "'float' object is not iterable"; [1024.5, 1024] was truncated to 1024.
-    for fields in ({"dynamic_size": [256, 512]}, {"finetune_last_epochs": "x"}, {"image_size": 1024.0},
+    for fields in ({"dynamic_size": [256, 512]}, {"dynamic_size": [[256.5, 512], [256, 512]]},
+                   {"finetune_last_epochs": "x"}, {"image_size": 1024.0},
                    {"image_size": [1024.5, 1024]}, {"image_size": [True, 1024]},
                    {"outward_reference_loss_weight": "1"}, {"outward_reference_loss_weight": -1.0},
                    {"loss_weights": {"bce": -1.0}}, {"loss_weights": {}}, {"loss_weights": {"bce": "30"}},

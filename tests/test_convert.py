@@ -210,14 +210,14 @@ def test_a_folder_of_other_files_is_not_written_over(tmp_path):
 
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "README.md").write_text("my notes")
-    with pytest.raises(ValueError, match=rf"^{tmp_path / 'project'}: already holds README\.md, not of a saved sam2_unet "
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'project'))}: already holds README\.md, not those of a saved sam2_unet "
                                          r"model, which the converted model's files would replace: give a new or empty"):
         write_folder_atomically(tmp_path / "project", write("sam2_unet"))
     assert [p.name for p in (tmp_path / "project").iterdir()] == ["README.md"]
     assert (tmp_path / "project" / "README.md").read_text() == "my notes" and len(list(tmp_path.iterdir())) == 1
     write_folder_atomically(tmp_path / "out", write("sam2_unet"))
     write_folder_atomically(tmp_path / "out", write("sam2_unet"))  # converted again: replaced
-    with pytest.raises(ValueError, match=r"already holds README\.md, config\.json, not of a saved dsunet model"):
+    with pytest.raises(ValueError, match=r"already holds README\.md, config\.json, not those of a saved dsunet model"):
         write_folder_atomically(tmp_path / "out", write("dsunet"))
     assert (tmp_path / "out" / "README.md").read_text() == "card of a sam2_unet"
 

@@ -231,3 +231,18 @@ def test_config_return_dict_false_gives_tuples():
         output = model(*inputs(1))
         assert isinstance(output, tuple) and output[0].shape == (1, 1, TINY_SIZE, TINY_SIZE)
         assert not isinstance(model(*inputs(1), return_dict=True), tuple)
+
+
+def test_a_whole_model_survives_torch_save_and_load():
+    """Hiera's attention and DINOv2's position interpolation were patched in as bound methods, which pickle by name:
+    torch.load of a torch.save'd model failed ("object has no attribute '_multiscale_attention_forward'")."""
+    import io
+
+    model = DSUNetForImageSegmentation(tiny_config()).eval()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, loaded(x).logits)

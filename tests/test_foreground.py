@@ -159,6 +159,11 @@ def test_16bit_and_float_photos_are_scaled_not_clipped():
                   Image.fromarray(levels, "F")):
         got = np.asarray(refine_foreground(photo, alpha)).astype(int)
         assert np.abs(got - expected).max() <= 1, photo.mode
+    # The photo's own colours (--cutout-colors original) alike.
+    from dsunet_hf.predict import cutout_image
+
+    original = np.asarray(cutout_image(Image.fromarray(levels16), alpha, colors="original"))[..., 0].astype(int)
+    assert np.abs(original - (levels * 255).round()).max() <= 1
 
 
 def test_estimate_reads_uint8_images_as_0_255_and_refuses_float_colours_over_1():

@@ -220,6 +220,8 @@ def test_hub_download_arguments_reach_the_backbone_repos(trained_model, offline_
     half = Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), cache_dir=str(custom),
                                                                   dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match=r"dtype must be 'auto' or a torch dtype name .* got 'fp16'"):
+        Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), dtype="fp16")
     with pytest.raises(TypeError, match=r"config fields \['image_size'\] given with a config"):
         Sam2UNetForImageSegmentation.from_pretrained_backbones(tiny_sam2_unet_config(), image_size=64)
 

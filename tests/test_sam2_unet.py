@@ -203,6 +203,8 @@ def test_wrong_input_is_refused_clearly():
         model(torch.randn(1, 4, 64, 64))
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.randn(1, 3, 70, 64))
+    with pytest.raises(ValueError, match=r"positive multiples of 32, got \(0, 64\)"):  # was a conv error deep inside
+        model(torch.randn(1, 3, 0, 64))
     # A read_image-style uint8 tensor ran as 0..255 values (wrong logits, no word).
     with pytest.raises(ValueError, match=r"^pixel_values is torch.uint8: models take normalised float tensors"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))

@@ -63,9 +63,9 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
             f"{name} must be (batch, 3, height, width) RGB, got shape {tuple(pixel_values.shape)}; "
             "use the model's image processor to convert gray/RGBA/palette images"
         )
-    if pixel_values.shape[2] % multiple or pixel_values.shape[3] % multiple:
+    if pixel_values.shape[2] % multiple or pixel_values.shape[3] % multiple or 0 in pixel_values.shape[2:]:
         raise ValueError(
-            f"{name}: height and width must be multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
+            f"{name}: height and width must be positive multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
         )
     if not pixel_values.is_floating_point():  # a read_image-style uint8 tensor ran as 0..255 values: wrong logits
         raise ValueError(f"{name} is {pixel_values.dtype}: models take normalised float tensors; use the model's "
@@ -128,6 +128,8 @@ def pop_dtype(kwargs: dict) -> torch.dtype | None:
     None when absent or ``"auto"`` (the weights' float32), for loaders that build the model themselves."""
     dtype, legacy = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
     dtype = legacy if dtype is None else dtype
+    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"dtype must be 'auto' or a torch dtype name such as 'float16' or 'bfloat16', got {dtype!r}")
     if isinstance(dtype, str):
         dtype = None if dtype == "auto" else getattr(torch, dtype)
     return dtype

@@ -9,9 +9,9 @@ the same for chosen intermediate blocks. Pretrained weights come from a Hub repo
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-import types
 from pathlib import Path
 
 import torch
@@ -130,7 +130,8 @@ class DINOv2Backbone(nn.Module):
         self.encoder = Dinov2Model(config)
         if upstream_position_interpolation:
             embeddings = self.encoder.embeddings
-            embeddings.interpolate_pos_encoding = types.MethodType(upstream_interpolate_pos_encoding, embeddings)
+            # A partial, not types.MethodType: torch.save(model) could not be loaded back (see hiera.py).
+            embeddings.interpolate_pos_encoding = functools.partial(upstream_interpolate_pos_encoding, embeddings)
 
     @property
     def channels(self) -> int:

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-import types
 from pathlib import Path
 
 import torch
@@ -135,7 +135,9 @@ class HieraBackbone(nn.Module):
         self.encoder = Sam2HieraDetModel(config)
         for module in self.encoder.modules():
             if type(module).__name__ == "Sam2MultiScaleAttention":
-                module.forward = types.MethodType(_multiscale_attention_forward, module)
+                # A partial, not types.MethodType: a pickled bound method is looked up by its name on the instance
+                # when loaded, so torch.save(model) could not be loaded back.
+                module.forward = functools.partial(_multiscale_attention_forward, module)
 
     @property
     def channels(self) -> list[int]:

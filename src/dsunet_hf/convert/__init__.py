@@ -63,7 +63,7 @@ def _replaced_files_problem(output: Path, staging: Path) -> str | None:
     kind = _model_type(staging)
     if not replaced or (kind is not None and _model_type(output) == kind):
         return None
-    return (f"{output}: already holds {', '.join(replaced)}, not of a saved {kind or 'model of this'} model, which the "
+    return (f"{output}: already holds {', '.join(replaced)}, not those of a saved {kind or 'model of the same type'}{' model' if kind else ''}, which the "
             f"converted model's files would replace: give a new or empty folder")
 
 

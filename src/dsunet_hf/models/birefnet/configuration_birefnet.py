@@ -221,9 +221,13 @@ class BiRefNetConfig(CheckedOverrides, PreTrainedConfig):
         if dynamic_size is not None:
             bad = ValueError(f"dynamic_size must be [[min_h, max_h], [min_w, max_w]] >= 32, got {dynamic_size!r}")
             try:
-                dynamic_size = [[int(a), int(b)] for a, b in dynamic_size]
+                pairs = [(a, b) for a, b in dynamic_size]
             except (TypeError, ValueError):  # e.g. [256, 512]: a bare "cannot unpack non-iterable int"
                 raise bad from None
+            # whole numbers only: int() truncated 256.5 to 256
+            if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for pair in pairs for v in pair):
+                raise bad
+            dynamic_size = [[int(a), int(b)] for a, b in pairs]
             if len(dynamic_size) != 2 or any(not 32 <= a <= b for a, b in dynamic_size):
                 raise bad
         self.dynamic_size = dynamic_size

@@ -382,6 +382,20 @@ def test_a_space_loads_the_hub_repo_where_a_local_folder_has_its_name(tmp_path, 
         main(["space", "space2", "--model", "me/model", "--revision", ""])
     with pytest.raises(SystemExit, match=r"--model ./me/model is not a Hub repo id"):  # a path, not an id
         main(["space", "space3", "--model", "./me/model"])
+    # Online, a folder the Hub has no repo of (a training folder such as runs/cod) is refused as before.
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(self, repo_id, **kwargs):
+        import httpx
+
+        url = f"https://huggingface.co/api/models/{repo_id}"
+        raise RepositoryNotFoundError("404", response=httpx.Response(404, request=httpx.Request("GET", url)))
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(HfApi, "model_info", not_found)
+    with pytest.raises(SystemExit, match=r"--model me/model is not a Hub repo id \(org/name\); push the model first"):
+        main(["space", "space4", "--model", "me/model"])
     # Where the model is loaded here, the folder wins, and has no revisions: said so, with the way out.
     with pytest.raises(SystemExit, match=r"^app: --revision v2: me/model is both a folder here and a Hub repo id; "
                                          r"the folder is loaded, .* run from another directory or rename the folder$"):

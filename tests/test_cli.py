@@ -136,6 +136,9 @@ def test_demo_backbone_preset_needs_backbone(tmp_path, monkeypatch):
     # Was: the demo trained its own small random Hiera whatever the preset, and the card called it "large Hiera".
     with pytest.raises(SystemExit, match=r"^demo: --backbone-preset large: the size of the --backbone weights"):
         main(["demo", "--backbone-preset", "large", "--output-dir", str(tmp_path / "demo")])
+    # --ta for --task: examples/demo.sh, which picks each task's folder by the full name, missed it.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--ta", "visual-prompt"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -504,6 +504,23 @@ def _app(args) -> int:
     return 0
 
 
+def _hub_repo_may_exist(repo_id: str) -> bool:
+    """False only where the Hub says that model repo does not exist (one request bounded by the etag timeout);
+    offline or unreachable, it may."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        HfApi().model_info(repo_id, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except RepositoryNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - no network, a hung Hub, a gated repo: it may well exist
+        return True
+    return True
+
+
 def _space(args) -> int:
     from .app import write_space
     from .hub import looks_like_hub_id
@@ -511,6 +528,8 @@ def _space(args) -> int:
     # The Space runs on the Hub: --model is always a Hub repo id, also where a local folder here has its name (a
     # model saved as org/name before its push), which it cannot reach; --revision then is that repo's.
     shadowed = Path(args.model).exists() and looks_like_hub_id(args.model, even_if_local=True)
+    if shadowed and not _hub_repo_may_exist(args.model):  # a training folder such as runs/cod: not on the Hub
+        shadowed = False
     if not shadowed and not looks_like_hub_id(args.model):
         raise SystemExit(f"space: --model {args.model} is not a Hub repo id (org/name); push the model first "
                          f"(dsunet-hf push {args.model} <org/name>) and name that repo")
@@ -855,7 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", default=None, metavar="BRANCH|TAG|COMMIT", help=REVISION_HELP)
     info.set_defaults(func=_info)
 
-    demo = commands.add_parser("demo", help="short fine-tune + evaluation + predictions on built-in data")
+    # No abbreviations (--ta for --task): examples/demo.sh reads --task and --output-dir by their full names.
+    demo = commands.add_parser("demo", help="short fine-tune + evaluation + predictions on built-in data",
+                               allow_abbrev=False)
     demo.add_argument("--output-dir", default=None, help="default: outputs/demo (outputs/demo-visual-prompt)")
     demo.add_argument("--data", default=None, help="image/mask folder (default: generated camouflage-like data)")
     demo.add_argument("--backbone", default=None, help="real SAM 2 weights (Hub id/folder); default: random tiny")

@@ -72,6 +72,14 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
                          f"image processor")
 
 
+def model_output(model, **inputs):
+    """``model(**inputs)`` as a ModelOutput, also for a model whose config says ``return_dict=False`` (transformers'
+    option, saved in its config.json); other callables (an onnxruntime graph, a stand-in) are called as they are."""
+    if getattr(getattr(model, "config", None), "return_dict", True) is False:
+        inputs["return_dict"] = True
+    return model(**inputs)
+
+
 def labels_like(labels: torch.Tensor, logits: torch.Tensor, clamp: bool = False) -> torch.Tensor:
     """(B, H, W) or (B, 1, H, W) masks in [0, 1], checked against the logits' size; ``clamp``: values above 1 taken
     as 1 (BiRefNet's loss does so), instead of integer masks above 1 being refused."""

@@ -50,6 +50,7 @@ from .files import output_folder_problem, write_json_atomic
 from .finetune import lora_merged
 from .hub import saved_weight_files
 from .image_processing import processor_for_model
+from .modeling_utils import model_output
 
 __all__ = ["OnnxExportReport", "OnnxSegmentationModel", "compare_with_onnxruntime", "export_onnx", "is_onnx_export",
            "onnx_export_from_hub", "onnx_input_names", "onnx_model_card", "read_export_report"]
@@ -75,7 +76,7 @@ class _ImagesToLogits(nn.Module):
         inputs = {"pixel_values": pixel_values}
         if dino_pixel_values is not None:
             inputs["dino_pixel_values"] = dino_pixel_values
-        return self.model(**inputs, return_dict=True).logits
+        return model_output(self.model, **inputs).logits
 
 
 def onnx_input_names(processor) -> list[str]:
@@ -499,7 +500,7 @@ def compare_with_onnxruntime(model, processor, path: str | Path, atol: float = 1
         where = f"batch {batch_size}" + (f", {size[0]}x{size[1]}" if size else "")
         inputs = _example_inputs(processor, input_names, batch_size, size)
         with torch.no_grad(), _pure_pytorch_deform_conv():
-            expected = model(**inputs, return_dict=True).logits
+            expected = model_output(model, **inputs).logits
         try:
             (logits,) = session.run(["logits"], {name: tensor.numpy() for name, tensor in inputs.items()})
         except Exception as error:  # onnxruntime's own exception types: a shape fixed in the graph, typically

@@ -34,6 +34,7 @@ from .image_io import (
     picture_frames,
 )
 from .image_processing import processor_for_model
+from .modeling_utils import model_output
 from .video import (
     TRANSPORT_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -409,7 +410,7 @@ def probabilities_and_outputs(model, processor, images: list, minmax_normalize: 
     processor = processor_for_model(processor, model)  # the model's upstream resizing and post-processing order
     inputs = processor(images, masks=masks, size=None if size is None else {"height": size[0], "width": size[1]})
     labels = {} if masks is None else {"labels": torch.as_tensor(inputs["labels"]).to(device=device, dtype=dtype)}
-    outputs = model(**pixel_inputs(inputs, device, dtype), **labels, return_dict=True)
+    outputs = model_output(model, **pixel_inputs(inputs, device, dtype), **labels)
     probabilities = processor.post_process_probabilities(  # the model's upstream order
         outputs.logits.float(), target_sizes=inputs["original_sizes"], minmax_normalize=minmax_normalize
     )
@@ -732,7 +733,7 @@ def predict_files(
         if channels_last:
             pixel_values = {k: v.contiguous(memory_format=torch.channels_last) for k, v in pixel_values.items()}
         with precision():
-            logits = model(**pixel_values, return_dict=True).logits
+            logits = model_output(model, **pixel_values).logits
         probabilities = processor_for_model(processor, model).post_process_probabilities(
             logits.float(), target_sizes=inputs["original_sizes"])
         return [probability.cpu().numpy() for probability in probabilities]

@@ -31,6 +31,7 @@ from transformers import HfArgumentParser
 from .distributed import use_cpu
 from .files import give_new_file_modes, write_json_atomic, write_text_atomic
 from .hub import add_validation_results_to_card
+from .modeling_utils import model_output
 from .predict import pixel_inputs
 
 logger = logging.getLogger(__name__)
@@ -961,7 +962,7 @@ def train(args: TrainingArguments) -> dict:
                                                 args.seed, state.global_step)
                 # Non-image inputs some models take (visual prompts: reference masks, target segments).
                 inputs.update({k: batch[k] for k in getattr(unwrapped, "extra_input_names", ()) if k in batch})
-                loss = model(**inputs, labels=labels, return_dict=True).loss
+                loss = model_output(model, **inputs, labels=labels).loss
                 # accelerate divides every loss by --gradient-accumulation-steps, also in an epoch's last window of
                 # fewer micro-batches (whose step then got a fraction of the gradient): each optimizer step averages
                 # the micro-batches it has, as transformers' Trainer does.

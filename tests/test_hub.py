@@ -772,3 +772,14 @@ def test_visual_prompts_for_a_weights_file_are_refused_as_such(tmp_path):
                                          r"BiRefNet-general-epoch_244\.pth is not one$"):
         main(["predict", "--model", str(tmp_path / "BiRefNet-general-epoch_244.pth"), str(tmp_path / "a.png"),
               "--reference", str(tmp_path / "a.png"), "--prompt", "box:2,2,20,20", "--output-dir", str(tmp_path / "o")])
+
+
+def test_error_chain_follows_causes_and_contexts_once():
+    from dsunet_hf.hub import error_chain
+
+    inner, middle = KeyError("a"), OSError("b")
+    middle.__cause__ = inner
+    outer = ValueError("c")
+    outer.__context__ = middle
+    inner.__context__ = outer  # a cycle ends the walk
+    assert error_chain(outer) == [outer, middle, inner]

@@ -54,15 +54,18 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from .hub import BackboneNotAvailableError, looks_like_hub_id, saved_weight_files, snapshot_revision
+    from .hub import (
+        BackboneNotAvailableError,
+        error_chain,
+        looks_like_hub_id,
+        saved_weight_files,
+        snapshot_revision,
+    )
     from .modeling_utils import cached_full_commits, cached_snapshot
 
     if not looks_like_hub_id(name):
         return None
-    chain, cause = [], error
-    while cause is not None and all(cause is not seen for seen in chain):
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    chain = error_chain(error)
     # Offline, the model's own weights (official BiRefNet's) missing from the cache are as transformers' files.
     own_weights = any(isinstance(cause, BackboneNotAvailableError) and cause.repo_id == name for cause in chain)
     unreachable = (any(isinstance(cause, LocalEntryNotFoundError) for cause in chain)

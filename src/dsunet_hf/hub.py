@@ -95,6 +95,15 @@ def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None,
         return None, f"{type(error).__name__}: {first_line}"
 
 
+def error_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the errors it was raised from or while handling, outermost first (each once: a cycle ends it)."""
+    chain, cause = [], error
+    while cause is not None and all(cause is not seen for seen in chain):
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
 def looks_like_hub_id(name: str, even_if_local: bool = False) -> bool:
     """``org/name`` that is not a local path (relative, absolute, home or, unless ``even_if_local``, existing) and
     that the Hub accepts as an id (no ``@revision``, spaces or ``..``)."""

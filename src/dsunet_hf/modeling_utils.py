@@ -32,6 +32,7 @@ from .hub import (
     check_push_target,
     create_hub_repo,
     damaged_cache_file_advice,
+    error_chain,
     hub_download_kwargs,
     looks_like_hub_id,
     remove_stale_weights,
@@ -837,11 +838,7 @@ def _saved_variants(source, load_kwargs: dict, error: Exception | None = None) -
             names = [path.name for path in saved_weight_files(Path(snapshot, subfolder))]
         except Exception:  # not in the cache
             names = []
-        causes, cause = [], error
-        while cause is not None and all(cause is not seen for seen in causes):
-            causes.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        unreachable = any(isinstance(cause, LocalEntryNotFoundError) for cause in causes)
+        unreachable = any(isinstance(cause, LocalEntryNotFoundError) for cause in error_chain(error))
         if not names and not (huggingface_hub.constants.HF_HUB_OFFLINE or load_kwargs.get("local_files_only")
                               or unreachable):
             try:  # with a timeout: huggingface_hub's API requests have none, and a hint must not hang the error

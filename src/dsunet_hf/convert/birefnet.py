@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from ..backbones.loading import git_lfs_pointer
 from ..hub import BackboneNotAvailableError, damaged_cache_file_advice, resolve_repo_file, snapshot_revision
-from . import write_folder_atomically
+from . import _model_type, write_folder_atomically
 from .sam2 import read_torch_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -161,10 +161,7 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None,
 
 
 def _is_dsunet_artifact(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("model_type") == "birefnet"
-    except (OSError, json.JSONDecodeError):
-        return False
+    return _model_type(folder) == "birefnet"
 
 
 def load_birefnet_weights(source, revision, config, **download_kwargs) -> tuple[dict[str, torch.Tensor], str | None]:

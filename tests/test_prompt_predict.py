@@ -439,6 +439,7 @@ def test_frame_folders_are_tracked_in_numeric_order(tmp_path, monkeypatch):
     # Regression: text was float()'s bare "could not convert string to float", True a threshold of 1.0.
     ({"threshold": "abc"}, r"^threshold \(--threshold\) must be a finite number, got 'abc'"),
     ({"threshold": True}, r"^threshold \(--threshold\) must be a finite number, got True"),
+    ({"threshold": "0.5"}, r"^threshold \(--threshold\) must be a finite number, got '0.5'"),  # text, as integers
     ({"threshold": np.float32("nan")}, r"^threshold \(--threshold\) must be a finite number, got np.float32\(nan\)"),
     ({"batch_size": 0}, r"batch_size \(--batch-size\) must be an integer >= 1, got 0"),
     ({"output_dir": "afile"}, r"--output-dir \S+afile is a file, not a folder"),

@@ -318,6 +318,7 @@ def test_transport_program_and_3gpp_streams_are_read_as_videos(tmp_path, process
     # were "2 failed: not a readable video"), even with a "G" (the sync byte) 188 bytes apart.
     (folder / "app.ts").write_text(("G" + " " * 187) * 3 + "export const app = 1;\n")
     (folder / "lib.mts").write_text("import { app } from './app';\n")
+    (folder / "short.ts").write_text(("G" + " " * 187) * 2 + "G = 1;\n")  # three "G"s 188 apart, 384 bytes
     report = predict_files(RedChannelModel(), processor, [folder], tmp_path / "out", overlay=True, progress=False)
     assert sorted(report.written) == sorted(map(str, clips)) and not report.failed
     for clip in clips:

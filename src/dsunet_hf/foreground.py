@@ -149,9 +149,9 @@ def refine_foreground(image: Image.Image, alpha: np.ndarray | Image.Image, devic
     PIL mask (read as ``dsunet_hf.image_io.load_mask`` reads one: 0/1 and 0/255 alike, 16-bit and float modes
     by their values), which is resized to the image if needed. 16-bit, 32-bit and float images are scaled to 8 bit
     as ``load_image`` scales them. Put the alpha back on it for a cut-out."""
-    from .image_io import _pil_mask_array, _pil_to_rgb
+    from .image_io import _pil_mask_array, pil_to_rgb
 
-    rgb = _pil_to_rgb(image)  # not image.convert("RGB"): that clips a 16-bit photo to white, a float one to black
+    rgb = pil_to_rgb(image)  # not image.convert("RGB"): that clips a 16-bit photo to white, a float one to black
     if isinstance(alpha, Image.Image):
         if alpha.size != rgb.size and alpha.size == rgb.size[::-1]:  # stretching it would scramble the cut-out
             raise ValueError(f"the alpha mask is {alpha.width}x{alpha.height} (W x H) but the image "

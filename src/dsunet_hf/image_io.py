@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "colour_coded_values", "displayed_size", "load_image", "load_image_file",
-           "load_label_map", "load_mask", "picture_frames"]
+           "load_label_map", "load_mask", "picture_frames", "pil_to_rgb"]
 
 # The image files read from folders, by training, prediction and evaluation alike (lower case; Pillow reads more).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -70,7 +70,7 @@ def load_image_file(path: str | os.PathLike) -> tuple[Image.Image, int]:
     TIFF's pages; the extra images of an MPO - a phone JPEG's preview or gain map - do not count): the first
     is the image returned. The count costs no second opening of the file."""
     image, frames = _decode(path, "image", count_frames=True)
-    return _pil_to_rgb(image), frames
+    return pil_to_rgb(image), frames
 
 
 # EXIF orientations that turn the picture a quarter (transpose, rotate 90 or 270 degrees, transverse).
@@ -159,7 +159,9 @@ def _channels_last(arr: np.ndarray) -> np.ndarray:
     )
 
 
-def _pil_to_rgb(im: Image.Image) -> Image.Image:
+def pil_to_rgb(im: Image.Image) -> Image.Image:
+    """A PIL image of any mode as RGB (itself when RGB), 16-bit, 32-bit and float ones scaled to 8 bit (PIL's own
+    convert clips them: a 16-bit photo white, a float one black); every reader of images goes through it."""
     if im.mode == "RGB":
         return im
     if im.mode.startswith("I") or im.mode == "F":
@@ -179,9 +181,9 @@ def load_image(source: Any) -> Image.Image:
     of files and PIL images is applied, alpha is dropped and high bit depth gray is scaled to 8 bit.
     """
     if isinstance(source, _PathLike):
-        return _pil_to_rgb(_open(source, "image"))
+        return pil_to_rgb(_open(source, "image"))
     if isinstance(source, Image.Image):
-        return _pil_to_rgb(ImageOps.exif_transpose(source))
+        return pil_to_rgb(ImageOps.exif_transpose(source))
     arr = _as_numpy(source)
     if arr is None:
         raise TypeError(f"unsupported image type {type(source).__name__}")

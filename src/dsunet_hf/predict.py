@@ -27,11 +27,11 @@ from .files import output_folder_problem, remove_stale_temporaries, save_image_a
 from .image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
-    _pil_to_rgb,
     displayed_size,
     load_image,
     load_image_file,
     picture_frames,
+    pil_to_rgb,
 )
 from .image_processing import processor_for_model
 from .modeling_utils import model_output
@@ -294,7 +294,7 @@ def foreground_colors(image: Image.Image, probability: np.ndarray, colors: str =
         from .foreground import refine_foreground
 
         return refine_foreground(image, probability, device=device)
-    return _pil_to_rgb(image).copy()  # not convert("RGB"): that clips a 16-bit photo to white, a float one to black
+    return pil_to_rgb(image).copy()  # not convert("RGB"): that clips a 16-bit photo to white, a float one to black
 
 
 def cutout_image(image: Image.Image, probability: np.ndarray, colors: str = "estimate",

@@ -25,12 +25,12 @@ from PIL import Image, ImageDraw
 
 from .image_io import (
     ImageReadError,
-    _pil_to_rgb,
     cell_path,
     decodable_cell,
     load_cell,
     load_image,
     load_label_map,
+    pil_to_rgb,
 )
 from .models.dinov2_seg.modeling_dinov2_seg import rescaled_size
 from .predict import device_and_dtype, output_file
@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 
 def _rgb_image(image) -> Image.Image:
     """A PIL image in RGB (16-bit, 32-bit and float modes scaled to 8 bit: PIL's own convert clips them to white);
-    a path, array or tensor read as :func:`dsunet_hf.image_io.load_image` reads it."""
-    return _pil_to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
+    a path, array or tensor read as :func:`dsunet_hf.image_io.load_image` reads it. A PIL image is not turned by
+    its EXIF orientation (load_image turns it): the caller's image is taken as shown to us, as before."""
+    return pil_to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
 
 
 def _normalise(image: Image.Image, processor) -> torch.Tensor:

@@ -105,7 +105,9 @@ def looks_like_video(path: str | Path) -> bool:
     for size in (188, 192):
         for start in range(size):  # a recording cut from a broadcast may begin inside a packet
             syncs = head[start::size][:SYNC_CHECKS]
-            if len(syncs) >= 3 and all(byte == SYNC_BYTE for byte in syncs):  # 3: a stray "G" in text is no sync
+            # all four: a few "G"s 188 bytes apart in a short text file are no sync (a real stream this short is
+            # no video, and its first packets hold NUL bytes anyway)
+            if len(syncs) == SYNC_CHECKS and all(byte == SYNC_BYTE for byte in syncs):
                 return True
     return False
 

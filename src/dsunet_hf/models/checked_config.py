@@ -21,7 +21,7 @@ def check_finite_number(name: str, value) -> float:
         number = float(value)
     except (TypeError, ValueError):  # 'abc', None, a list
         number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number):
+    if isinstance(value, (bool, str)) or not math.isfinite(number):  # "0.5": strings, as check_positive_int
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return number
 

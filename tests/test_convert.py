@@ -496,3 +496,15 @@ def test_class_names_must_be_the_heads_ids_and_errors_name_the_names_file(upstre
                                          rf"class ids \[0, 2\], but the head in \S+SAM2UNet-COD\.pth predicts"):
         cli_main(["convert", "sam2-unet", str(path), str(tmp_path / "out"), "--id2label", str(tmp_path / "gap.json")])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_saved_model_type_reader_is_public_and_shared(tmp_path):
+    """convert/birefnet.py imported the private convert._model_type: one public reader both use."""
+    import dsunet_hf.convert.birefnet
+    from dsunet_hf.convert import saved_model_type
+
+    assert dsunet_hf.convert.birefnet.saved_model_type is saved_model_type
+    (tmp_path / "config.json").write_text('{"model_type": "birefnet"}')
+    assert saved_model_type(tmp_path) == "birefnet" and saved_model_type(tmp_path / "none") is None
+    (tmp_path / "config.json").write_text("[1]")
+    assert saved_model_type(tmp_path) is None

@@ -657,7 +657,7 @@ def test_a_missing_backbone_of_a_weightless_artifact_keeps_its_own_advice(tmp_pa
     assert str(load_failure("predict", "me/matcher", mismatch)) == f"predict: cannot load me/matcher: {mismatch}"
 
 
-def test_official_weights_that_cannot_be_downloaded_are_one_line_built_from_the_errors_fields(offline_hub,
+def test_official_weights_that_cannot_be_downloaded_are_one_line_built_from_the_errors_fields(offline_hub, tmp_path,
                                                                                                monkeypatch):
     """Online, official BiRefNet weights (the model's own repo) that fail to download: one line naming the revision
     and the file's error, not a frozen backbone's advice; naming_field keeps the fields it is built from."""
@@ -677,11 +677,12 @@ def test_official_weights_that_cannot_be_downloaded_are_one_line_built_from_the_
             "info: cannot load ZhengPeng7/BiRefNet: revision v2 of ZhengPeng7/BiRefNet could not be downloaded "
             "(model.safetensors: HfHubHTTPError: 500)")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline, not in the cache at all (convert birefnet)
+    monkeypatch.chdir(tmp_path)
     error = BackboneNotAvailableError.for_repo("ZhengPeng7/BiRefNet", "v2", ["model.safetensors: LocalEntryNotFound"])
     assert str(load_failure("convert birefnet", "ZhengPeng7/BiRefNet", error, revision="v2")) == (
         "convert birefnet: cannot load ZhengPeng7/BiRefNet: revision v2 of ZhengPeng7/BiRefNet is not in the local Hub "
-        "cache and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or `hf download ZhengPeng7/BiRefNet "
-        "--revision v2` first")
+        f"cache (nor is there a local folder {tmp_path}/ZhengPeng7/BiRefNet) and HF_HUB_OFFLINE is set: run once "
+        "without HF_HUB_OFFLINE=1, or `hf download ZhengPeng7/BiRefNet --revision v2` first")
 
 
 def test_cached_full_commits_finds_the_snapshots_a_short_hash_starts(tmp_path, offline_hub):
@@ -783,3 +784,120 @@ def test_error_chain_follows_causes_and_contexts_once():
     outer.__context__ = middle
     inner.__context__ = outer  # a cycle ends the walk
     assert error_chain(outer) == [outer, middle, inner]
+
+
+def test_the_download_advice_is_one_command_for_models_and_backbones(offline_hub, tmp_path, monkeypatch):
+    """Was built in two places, worded apart: `hf download o/n --revision v1` (a model) and hf download o/n
+    --revision v1 unquoted (a frozen backbone)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from dsunet_hf.cli import load_failure
+    from dsunet_hf.hub import BackboneNotAvailableError, download_command
+
+    command = download_command("o/n", "v1")
+    assert command == "`hf download o/n --revision v1`" and download_command("o/n") == "`hf download o/n`"
+    assert f"  1. download it once where the Hub is reachable: {command}\n" in str(
+        BackboneNotAvailableError.for_repo("o/n", "v1", ["model.safetensors: LocalEntryNotFoundError"]))
+    assert f"or {command} first" in str(load_failure("predict", "o/n", LocalEntryNotFoundError("x"), revision="v1"))
+
+
+def test_a_mistyped_relative_folder_offline_is_said_to_be_no_local_folder(offline_hub, tmp_path, monkeypatch):
+    """Offline, `--model runs/exp1` (a typo of runs/exp_1: no such folder, so read as a Hub id) was only told to
+    `hf download runs/exp1`; a frozen backbone's mistyped folder (backbone_repo_id=) alike. Now the folder looked for
+    is named; a repo of which the cache holds some revision (a Hub repo indeed) gets no such note."""
+    from PIL import Image
+
+    from dsunet_hf.cli import main
+    from dsunet_hf.hub import BackboneNotAvailableError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "exp_1").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", "runs/exp1", "a.png", "--output-dir", "out"])
+    assert str(exit_info.value) == (
+        f"predict: cannot load runs/exp1: runs/exp1 is not in the local Hub cache (nor is there a local folder "
+        f"{tmp_path}/runs/exp1) and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or `hf download "
+        f"runs/exp1` first")
+    backbone = BackboneNotAvailableError.for_repo("weights/sam2", None, ["model.safetensors: LocalEntryNotFoundError"])
+    assert (f"it is not in the local Hugging Face cache (nor is there a local folder {tmp_path}/weights/sam2) and "
+            f"HF_HUB_OFFLINE is set.") in str(backbone)
+    _config_only(tmp_path, offline_hub, "me/hub-repo", {})
+    assert "local folder" not in str(BackboneNotAvailableError.for_repo("me/hub-repo", "v9", ["model.safetensors: x"]))
+
+
+def test_a_failed_hub_file_keeps_huggingface_hubs_error(offline_hub):
+    """resolve_repo_file kept only the error's text: callers (convert birefnet) made up a LocalEntryNotFoundError to
+    tell the local cache's state. Its failure keeps the exception, which the official weights' error is raised from."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from dsunet_hf.convert.birefnet import locate_birefnet_weights
+    from dsunet_hf.hub import BackboneNotAvailableError, resolve_repo_file
+
+    path, why = resolve_repo_file("me/absent", "config.json")
+    assert path is None and why.startswith("LocalEntryNotFoundError: ")
+    assert isinstance(why.error, LocalEntryNotFoundError)
+    with pytest.raises(BackboneNotAvailableError) as error:
+        locate_birefnet_weights("me/absent")
+    assert isinstance(error.value.__cause__, LocalEntryNotFoundError) and error.value.repo_id == "me/absent"
+
+
+def test_official_weights_partly_cached_with_the_hub_unreachable_say_so(tmp_path, offline_hub, monkeypatch):
+    """Online with the Hub unreachable, the official BiRefNet repo's config cached but not its weights: was "could
+    not be downloaded (model.safetensors: LocalEntryNotFoundError: An error happened ...)"; now the partly-cached
+    line used offline (huggingface_hub's error is the cause the CLI reads)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import dsunet_hf.hub
+    from dsunet_hf.cli import load_failure, main
+    from dsunet_hf.convert.birefnet import locate_birefnet_weights
+
+    commit = _config_only(tmp_path, offline_hub, "ZhengPeng7/BiRefNet", {"architectures": ["BiRefNet"]})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(repo_id, filename, revision=None, **kwargs):  # huggingface_hub with no connection: the cache only
+        cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(cached, str):
+            return cached
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot "
+                                      "find the requested files in the local cache.")
+
+    monkeypatch.setattr(dsunet_hf.hub, "hf_hub_download", unreachable)
+    line = (f"ZhengPeng7/BiRefNet is only partly in the local Hub cache (snapshot {commit}, without its weights file: "
+            f"an interrupted download?) and the Hub cannot be reached: run it where the Hub is, or `hf download "
+            f"ZhengPeng7/BiRefNet` there first")
+    with pytest.raises(OSError) as error:
+        locate_birefnet_weights("ZhengPeng7/BiRefNet")
+    assert str(load_failure("predict", "ZhengPeng7/BiRefNet", error.value)) == f"predict: cannot load ZhengPeng7/BiRefNet: {line}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "birefnet", "ZhengPeng7/BiRefNet", str(tmp_path / "out")])
+    assert str(exit_info.value) == f"convert birefnet: cannot load ZhengPeng7/BiRefNet: {line}"
+
+
+
+def test_the_dsunet_card_names_the_input_sizes_of_its_config():
+    """The DSU-Net card's snippet said "pixel_values (352 px) and dino_pixel_values (518 px)" whatever the model's
+    sizes (its processor makes them from the config: here 128 and 56 px)."""
+    from test_dsunet import tiny_config
+
+    from dsunet_hf import DSUNetForImageSegmentation
+
+    text = DSUNetForImageSegmentation(tiny_config()).model_card().text
+    assert "# pixel_values (128 px) and dino_pixel_values (56 px)" in text and "352 px" not in text
+
+
+def test_a_cached_fine_tune_whose_base_weights_are_not_cached_names_the_base(tmp_path, offline_hub):
+    """The official weights' error is raised from huggingface_hub's (not in the cache): for a cached trainable-only
+    BiRefNet fine-tune (me/bl) whose base repo is missing, that cause must not make me/bl "only partly in the local
+    Hub cache"; the base repo's own error is told."""
+    from dsunet_hf.cli import load_failure
+    from dsunet_hf.convert.birefnet import locate_birefnet_weights
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "model.safetensors").write_bytes(b"weights")
+    _config_only(tmp_path, offline_hub, "me/bl", {"model_type": "birefnet"})
+    with pytest.raises(OSError) as error:
+        locate_birefnet_weights("ZhengPeng7/BiRefNet_lite")
+    message = str(load_failure("predict", "me/bl", error.value))
+    assert "partly" not in message and "Cannot load the frozen backbone 'ZhengPeng7/BiRefNet_lite'" in message

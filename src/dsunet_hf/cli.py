@@ -56,8 +56,10 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
 
     from .hub import (
         BackboneNotAvailableError,
+        download_command,
         error_chain,
         looks_like_hub_id,
+        no_local_folder_note,
         saved_weight_files,
         snapshot_revision,
     )
@@ -70,13 +72,15 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
     own_weights = any(isinstance(cause, BackboneNotAvailableError) and cause.repo_id == name for cause in chain)
     unreachable = (any(isinstance(cause, LocalEntryNotFoundError) for cause in chain)
                    or (own_weights and constants.HF_HUB_OFFLINE))
-    # Another repo's files (a frozen backbone's) are that error's own to tell.
-    other_repo = any(isinstance(cause, BackboneNotAvailableError) and cause.repo_id != name for cause in chain)
-    if not unreachable and (other_repo or not constants.HF_HUB_OFFLINE):
+    # Another repo's files (a frozen backbone's) are that error's own to tell, the cache's error it was raised from
+    # (BiRefNet's base weights) too: the model's own repo is cached.
+    if any(isinstance(cause, BackboneNotAvailableError) and cause.repo_id != name for cause in chain):
+        return None
+    if not unreachable and not constants.HF_HUB_OFFLINE:
         return None
     snapshot = cached_snapshot(name, revision)
     # Offline, a file missing (OSError) from a snapshot without any weights file; a visual-prompt matcher's artifact
-    # has none by design, and fails on other repos (other_repo) or with a ValueError.
+    # has none by design, and fails on other repos (said above) or with a ValueError.
     weightless = (isinstance(error, OSError) and snapshot is not None and not saved_weight_files(snapshot)
                   and not any(snapshot.glob("*.onnx")))
     if not unreachable and not weightless:
@@ -92,8 +96,9 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
     where = (f"is only partly in the local Hub cache (snapshot {commit}"
              + (", without its weights file: an interrupted download?)" if weightless else ")") if commit else
              "is not in the local Hub cache")
-    download = f"`hf download {name}" + (f" --revision {revision}`" if revision else "`")
-    if constants.HF_HUB_OFFLINE:
+    download = download_command(name, revision)
+    if constants.HF_HUB_OFFLINE:  # a mistyped relative folder (runs/exp1) reads as a Hub id: said where it is none
+        where += "" if commit else no_local_folder_note(name)
         return f"{what} {where} and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or {download} first"
     return f"{what} {where} and the Hub cannot be reached: run it where the Hub is, or {download} there first"
 
@@ -327,15 +332,9 @@ def _convert(args) -> int:
         summary = _convert_checkpoint(args)
     except (ValueError, OSError, RuntimeError) as error:  # a missing file, not such a checkpoint, another size
         if args.kind == "birefnet" and getattr(error, "repo_id", None) == args.source:
-            # The official weights themselves (not a "frozen backbone" to point backbone_repo_id= at): one line.
-            # Offline, what failed is the local cache (hf_hub_download raises LocalEntryNotFoundError then; the
-            # error keeps only its text, so the cache's own message is asked for with a stand-in of that cause).
-            from huggingface_hub import constants
-            from huggingface_hub.errors import LocalEntryNotFoundError
-
-            why = (_not_in_local_cache(args.source, LocalEntryNotFoundError(""), args.revision)
-                   if constants.HF_HUB_OFFLINE else None)
-            raise SystemExit(f"convert birefnet: cannot load {args.source}: {why or error.download_failure()}") from error
+            # The official weights themselves (not a "frozen backbone" to point backbone_repo_id= at): one line, the
+            # local cache's state where that is what failed (the error is raised from huggingface_hub's).
+            raise load_failure("convert birefnet", args.source, error, revision=args.revision) from error
         raise SystemExit(f"convert {args.kind}: {error}") from error
     print(f"converted {args.source} -> {args.output} ({summary})")
     return 0

@@ -38,7 +38,7 @@ class BackboneNotAvailableError(OSError):
         each); its advice names the config ``field`` that holds the repo."""
         where = f"'{repo_id}' (revision {revision or 'main'})"
         state = (
-            "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            f"is not in the local Hugging Face cache{no_local_folder_note(repo_id)} and HF_HUB_OFFLINE is set"
             if hub_constants.HF_HUB_OFFLINE
             else "could not be downloaded"
         )
@@ -46,9 +46,7 @@ class BackboneNotAvailableError(OSError):
             f"Cannot load the frozen backbone {where}: it {state}.\n"
             + "".join(f"  - tried {line}\n" for line in details)
             + "Fix it in one of these ways:\n"
-            f"  1. download it once where the Hub is reachable: hf download {repo_id}"
-            + (f" --revision {revision}" if revision else "")
-            + "\n"
+            f"  1. download it once where the Hub is reachable: {download_command(repo_id, revision)}\n"
             f"  2. point at a local copy: from_pretrained(..., {field}='/path/to/folder-or-checkpoint')\n"
             "  3. use a self-contained artifact written with save_pretrained(..., include_backbone=True)"
         )
@@ -82,9 +80,40 @@ def hub_download_kwargs(kwargs: dict) -> dict:
     return {key: kwargs[key] for key in HUB_DOWNLOAD_KWARGS if kwargs.get(key) not in (None, False)}
 
 
+def download_command(repo_id: str, revision: str | None = None) -> str:
+    """The command, quoted as every message quotes it, that puts Hub repo ``repo_id`` (at ``revision``) into the
+    local Hub cache."""
+    return f"`hf download {repo_id}" + (f" --revision {revision}" if revision else "") + "`"
+
+
+def no_local_folder_note(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """`` (nor is there a local folder /abs/name)`` for a Hub id of which the local Hub cache holds nothing, so that a
+    mistyped relative folder (``runs/exp1``, read as a Hub id since no such folder exists) is seen as one; empty
+    where the cache holds some revision of the repo (a Hub repo indeed) or the path exists."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    name = str(name)
+    if not looks_like_hub_id(name):
+        return ""
+    snapshots = Path(cache_dir or hub_constants.HF_HUB_CACHE, repo_folder_name(repo_id=name, repo_type="model"),
+                     "snapshots")
+    if snapshots.is_dir() and any(snapshots.iterdir()):
+        return ""
+    return f" (nor is there a local folder {Path(name).absolute()})"
+
+
+class DownloadFailure(str):
+    """Why one file of a Hub repo could not be had, in one line (``ErrorType: its first line``), keeping the
+    exception itself as ``error``: its type tells a file missing from the local cache (LocalEntryNotFoundError:
+    offline, or the Hub not reachable) from one the Hub does not have, for the messages built on it."""
+
+    error: BaseException
+
+
 def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None,
-                      **download_kwargs) -> tuple[Path | None, str | None]:
-    """Local path of one file of a Hub repo (downloaded or from the cache), or (None, why not).
+                      **download_kwargs) -> tuple[Path | None, DownloadFailure | None]:
+    """Local path of one file of a Hub repo (downloaded or from the cache), or (None, why not: a
+    :class:`DownloadFailure`, whose ``error`` a caller raises its own error from).
     ``download_kwargs``: ``cache_dir``, ``token``, ``local_files_only``, ``force_download`` (as ``hf_hub_download``)."""
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, **hub_download_kwargs(download_kwargs))), None
@@ -92,7 +121,9 @@ def resolve_repo_file(repo_id: str, filename: str, revision: str | None = None,
         EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, HFValidationError, OSError
     ) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return None, f"{type(error).__name__}: {first_line}"
+        why = DownloadFailure(f"{type(error).__name__}: {first_line}")
+        why.error = error
+        return None, why
 
 
 def error_chain(error: BaseException) -> list[BaseException]:

@@ -48,7 +48,8 @@ def write_folder_atomically(output_dir, write) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _model_type(folder: Path) -> str | None:
+def saved_model_type(folder: Path) -> str | None:
+    """The ``model_type`` of the saved model in ``folder`` (its ``config.json``), or None where there is none."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
@@ -60,8 +61,8 @@ def _replaced_files_problem(output: Path, staging: Path) -> str | None:
     """Why the files written to ``staging`` may not replace those of the same names in ``output``: they are not an
     earlier conversion to the same kind of model (a project's README.md, another model's config and weights)."""
     replaced = sorted(path.name for path in staging.iterdir() if (output / path.name).exists())
-    kind = _model_type(staging)
-    if not replaced or (kind is not None and _model_type(output) == kind):
+    kind = saved_model_type(staging)
+    if not replaced or (kind is not None and saved_model_type(output) == kind):
         return None
     return (f"{output}: already holds {', '.join(replaced)}, not those of a saved {kind or 'model of the same type'}{' model' if kind else ''}, which the "
             f"converted model's files would replace: give a new or empty folder")

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from ..backbones.loading import git_lfs_pointer
 from ..hub import BackboneNotAvailableError, damaged_cache_file_advice, resolve_repo_file, snapshot_revision
-from . import _model_type, write_folder_atomically
+from . import saved_model_type, write_folder_atomically
 from .sam2 import read_torch_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -151,17 +151,17 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None,
     repo_id = str(source)
     if path.suffix in WEIGHT_SUFFIXES or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
         raise BackboneNotAvailableError(f"{source}: no such BiRefNet weights file or folder")
-    errors = []
-    for filename in OFFICIAL_WEIGHT_FILES[:1]:
-        local_file, error = resolve_repo_file(repo_id, filename, revision, **download_kwargs)
-        if local_file is not None:
-            return local_file, snapshot_revision(local_file)
-        errors.append(f"{filename}: {error}")
-    raise BackboneNotAvailableError.for_repo(repo_id, revision, errors)
+    filename = OFFICIAL_WEIGHT_FILES[0]
+    local_file, error = resolve_repo_file(repo_id, filename, revision, **download_kwargs)
+    if local_file is not None:
+        return local_file, snapshot_revision(local_file)
+    # Raised from huggingface_hub's error: a LocalEntryNotFoundError (not cached; offline or the Hub unreachable) is
+    # then told as the local cache's state (cli.load_failure), not as a download that failed.
+    raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"{filename}: {error}"]) from error.error
 
 
 def _is_dsunet_artifact(folder: Path) -> bool:
-    return _model_type(folder) == "birefnet"
+    return saved_model_type(folder) == "birefnet"
 
 
 def load_birefnet_weights(source, revision, config, **download_kwargs) -> tuple[dict[str, torch.Tensor], str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import time
@@ -82,6 +83,11 @@ def test_threshold_writes_binary_masks(artifact, images, tmp_path):
                   threshold=0.5, progress=False)
     values = set(np.unique(np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"))))
     assert values <= {0, 255}
+    # Regression: a NumPy batch size passed the check, then the DataLoader refused it ("batch_size should be a
+    # positive integer value, but got batch_size=2").
+    report = predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), [images / "a.jpg"], tmp_path / "np",
+                           batch_size=np.int64(2), progress=False)
+    assert report.written == [str(images / "a.jpg")]
     with pytest.raises(ValueError, match="threshold=128: it applies to the foreground probabilities, between 0 and 1"):
         predict_files(model, SegmentationImageProcessor(size=TINY_SIZE), [images / "a.jpg"], tmp_path / "bad",
                       threshold=128, progress=False)
@@ -200,6 +206,29 @@ def test_output_names_keep_dots_patterns_expand_folders_and_outputs_inside_input
         cli_main(["predict", "--model", str(model), str(tmp_path / "nope.jpg")])
     with pytest.raises(SystemExit, match=r"^predict: .*\*.gif: the pattern matches no file$"):
         cli_main(["predict", "--model", str(model), str(shots / "*.gif")])
+
+
+def test_an_input_of_a_runs_outputs_alone_is_said_not_silently_left_out(tmp_path, caplog):
+    """Regression: masks/ passed back as the input with the same output folder (or a file or pattern in it) was left
+    out silently: "0 written, 0 already present, 0 failed", exit 0."""
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(out / "masks" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.jpg")
+    for given in (out / "masks", out / "masks" / "a.png", str(out / "masks" / "*.png")):
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(given))}: (its images lie|it lies) in the output "
+                                             rf"folders \(masks/, .*\) of --output-dir .*; pass another --output-dir$"):
+            collect_images([given], exclude=out)
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.predict"):  # beside other inputs: a warning
+        assert collect_images([out / "masks", tmp_path / "b.jpg"], exclude=out) == [(tmp_path / "b.jpg", Path("b"))]
+    assert "masks: its images lie in the output folders" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.predict"):  # the usual case: out/ inside the input folder
+        assert collect_images([tmp_path], exclude=out) == [(tmp_path / "b.jpg", Path("b"))]
+    assert not caplog.text
+    # One path alone, or an array of paths (a DataFrame column's values): each path an input.
+    assert collect_images(str(tmp_path / "b.jpg")) == collect_images(np.array([str(tmp_path / "b.jpg")])) == \
+        [(tmp_path / "b.jpg", Path("b"))]
 
 
 def test_cli_predict(artifact, images, tmp_path, capsys):

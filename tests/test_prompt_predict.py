@@ -101,11 +101,19 @@ def test_cli_bad_prompts_and_references_are_said_before_the_model_loads(tmp_path
                            (["--prompt", "point:100,5"], r"point:100,5 on reference .*reference\.jpg: point prompt"),
                            (["--prompt", f"mask:{folder}"], "is a folder, not a mask image file"),
                            (["--prompt", "box:1,1,9,9", "--track", "--track-memory", "0"],
-                            "tracking memory .* at least one frame, got 0")]:
+                            "tracking memory .* at least one frame, got 0"),
+                           (["--prompt", "box:1,1,9,9", "--mask-threshold", "0.5"],
+                            "--mask-threshold applies to mask prompts"),
+                           (["--prompt", str(reference), "--mask-threshold", "128"],
+                            r"mask threshold \(--mask-threshold\) must be above 0 and at most 1 .*got 128.0$"),
+                           (["--prompt", str(reference), "--mask-threshold", "nan"],
+                            r"mask threshold \(--mask-threshold\) must be a finite number, got nan$")]:
         with pytest.raises(SystemExit, match=f"^predict: .*{message}"):
             main([*base, "--reference", str(reference), *extra])
     with pytest.raises(SystemExit, match=r"^predict: cannot read image .*missing\.jpg"):
         main([*base, "--reference", str(tmp_path / "missing.jpg"), "--prompt", "box:1,1,9,9"])
+    with pytest.raises(SystemExit, match=r"^predict: --mask-threshold: for visual-prompt models with --reference"):
+        main([*base, "--mask-threshold", "0.5"])
     assert not (tmp_path / "out").exists()
 
 
@@ -250,6 +258,56 @@ def test_a_numpy_or_0d_tensor_threshold_is_a_number(tmp_path, images, threshold)
     assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["threshold"] == 0.25
 
 
+def test_a_numpy_integer_batch_size_is_taken_by_the_head_and_the_batch_run(tmp_path, images):
+    """A batch size computed with NumPy (np.int64) works as the int it holds (check_positive_int refuses it: the head
+    converts it first)."""
+    rng = np.random.default_rng(0)
+    targets = [rng.integers(0, 255, (40, 52, 3), dtype=np.uint8) for _ in range(3)]
+    head = tiny_model()
+    masks = head.predict_masks([targets[0]], ["box:2,2,20,20"], targets, batch_size=np.int64(2), mode="generic")
+    expected = head.predict_masks([targets[0]], ["box:2,2,20,20"], targets, batch_size=2, mode="generic")
+    assert len(masks) == 3 and all(np.array_equal(m, e) for m, e in zip(masks, expected))
+    reference, folder = images
+    model = _FixedScores(object())
+    report = predict_with_prompts(model, [reference], ["point:10,10"], [folder], tmp_path / "out",
+                                  batch_size=np.int64(2), progress=False)
+    assert model.calls == [2, 1] and len(report.written) == 3
+
+
+class _RecordingMasks(_FixedScores):
+    def reference_memory(self, images, masks):
+        self.masks = masks
+        return super().reference_memory(images, masks)
+
+
+def test_cli_reads_each_reference_and_mask_prompt_once_and_takes_a_mask_threshold(tmp_path, images, monkeypatch):
+    """Regression: the references and mask prompts were read (decoded) before the model loaded and again to predict.
+    --mask-threshold: a JPEG mask's compression noise is no prompt (MaskPrompt's threshold had no option)."""
+    from test_visual_prompt_head import tiny_config as tiny_head_config
+
+    import dsunet_hf.image_io as image_io
+    import dsunet_hf.prompt_predict as prompt_predict
+
+    reference, folder = images
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:30, 20:50] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.jpg", quality=50)
+    jpeg = np.asarray(Image.open(tmp_path / "mask.jpg"))
+    assert (jpeg > 0).sum() > (jpeg >= 128).sum()  # noise around the square
+    model = _RecordingMasks(object())
+    monkeypatch.setattr(prompt_predict, "load_visual_prompt_model", lambda *args, **kwargs: model)
+    read, decode = [], image_io._decode
+    monkeypatch.setattr(image_io, "_decode", lambda path, *args, **kwargs: (read.append(Path(path).name),
+                                                                           decode(path, *args, **kwargs))[1])
+    tiny_head_config().save_pretrained(tmp_path / "head")
+    args = ["predict", "--model", str(tmp_path / "head"), "--reference", str(reference), "--prompt",
+            str(tmp_path / "mask.jpg"), str(folder / "a.png"), "--output-dir", str(tmp_path / "out"), "--overwrite"]
+    assert main(args) == 0
+    assert sorted(read) == ["a.png", "mask.jpg", "reference.jpg"] and np.array_equal(model.masks[0], jpeg > 0)
+    assert main([*args, "--mask-threshold", "0.5"]) == 0
+    assert np.array_equal(model.masks[0], jpeg >= 128)  # load_mask's 0-1 scale: >= 0.5 of 255
+
+
 def test_one_reference_prompt_and_target_may_be_given_alone(tmp_path, images, monkeypatch):
     """Regression: a string was iterated letter by letter: the target "/data/a.png" searched "/" (the whole disk),
     the reference "ref.jpg" was 7 references."""
@@ -274,6 +332,8 @@ def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
         predict_with_prompts(model, [reference], ["box:1,2"], [folder], tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="need one prompt per reference"):
         predict_with_prompts(model, [reference, reference], ["box:1,1,9,9"], [folder], tmp_path / "out")
+    with pytest.raises(ValueError, match="^give the references and their prompts, or a ReferencePrompts with prompts"):
+        predict_with_prompts(model, [reference], None, [folder], tmp_path / "out")  # was load_mask's TypeError
     with pytest.raises(Exception, match="broken.png"):
         predict_with_prompts(model, [folder / "broken.png"], ["box:1,1,9,9"], [folder], tmp_path / "out")
     # A reference given as an array is named by its index (its repr would be the pixels), a path by the path.

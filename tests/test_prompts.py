@@ -14,6 +14,7 @@ from dsunet_hf.prompts import (
     as_prompt,
     parse_prompt,
     reference_mask,
+    reference_masks,
 )
 
 
@@ -120,6 +121,25 @@ def test_mask_passes_through_any_non_zero_is_foreground(tmp_path):
     assert np.array_equal(MaskPrompt(tmp_path / "m.png").rasterize(4, 6), array > 0)
     assert np.array_equal(MaskPrompt(Image.fromarray(array)).rasterize(4, 6), array > 0)
     assert pixels(MaskPrompt(array, threshold=0.5).rasterize(4, 6)) == {(2, 1)}  # 255 only: lossy-JPEG noise out
+
+
+def test_a_mask_threshold_reaches_mask_files_and_arrays_and_is_checked(tmp_path):
+    """Regression: a NaN threshold, or 128 meant on 0-255, was "mask is empty: no foreground (non-zero) pixel", 0
+    silently made the whole image the prompt; the prompt text had no way to a threshold (--mask-threshold)."""
+    array = np.zeros((4, 6), np.uint8)
+    array[1, 2], array[3, 5] = 255, 7  # 7: a JPEG mask's noise
+    Image.fromarray(array).save(tmp_path / "m.png")
+    for prompt in (f"mask:{tmp_path / 'm.png'}", str(tmp_path / "m.png"), tmp_path / "m.png", array):
+        assert pixels(reference_mask(prompt, (4, 6), mask_threshold=0.5)) == {(2, 1)}, prompt
+        assert pixels(reference_masks([prompt], [(4, 6)], mask_threshold=0.5)[0]) == {(2, 1)}
+    assert parse_prompt(str(tmp_path / "m.png"), mask_threshold=0.5) == MaskPrompt(str(tmp_path / "m.png"), 0.5)
+    assert parse_prompt(str(tmp_path / "m.png")) != MaskPrompt(str(tmp_path / "m.png"), 0.5)
+    assert reference_mask(BoxPrompt(0, 0, 2, 1), (4, 6), mask_threshold=0.5).sum() == 2  # other prompts as they are
+    for bad in (float("nan"), 128, 0, -0.5, "0.5"):
+        with pytest.raises(ValueError, match=r"^mask threshold \(--mask-threshold\) must be"):
+            MaskPrompt(array, threshold=bad)
+    with pytest.raises(ValueError, match=r"mask is empty: it has no foreground \(>= the threshold 1.0 of 0-1\) pixel"):
+        MaskPrompt(array // 2, threshold=1).rasterize(4, 6)
 
 
 def test_reference_mask_uses_the_image_size(tmp_path):

@@ -410,10 +410,12 @@ def test_a_threshold_given_as_a_numpy_or_tensor_number_is_taken(value):
     # Regression: the finite-number check refused np.float32(0.25) ("must be a finite number"), which float() took.
     assert tiny_config(threshold=value).threshold == float(value)
     reference = colour_image({RED: [(2, 1, 5, 4)]})
-    masks = VisualPromptMatcher(tiny_config()).predict_masks([reference], ["box:14,28,56,70"], [reference],
-                                                              feature_fn=ONE_HOT, threshold=value,
-                                                              batch_size=np.int64(2))  # was refused too
-    assert masks[0].dtype == bool
+    matcher = VisualPromptMatcher(tiny_config())
+    masks = matcher.predict_masks([reference], ["box:14,28,56,70"], [reference], feature_fn=ONE_HOT, threshold=value,
+                                  batch_size=np.int64(2))  # was refused too
+    [score] = matcher.segment([reference], ["box:14,28,56,70"], [reference], feature_fn=ONE_HOT)
+    # The threshold given, not the default 0: at 0.25 and 1 the masks are smaller than the default's.
+    assert masks[0].dtype == bool and np.array_equal(masks[0], score > float(value))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5])

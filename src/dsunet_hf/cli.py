@@ -167,10 +167,15 @@ def model_source(command: str, args) -> dict:
 
 
 def _predict_with_prompts(args) -> int:
-    from .image_io import load_image
     from .models.checked_config import check_finite_number
-    from .prompt_predict import load_visual_prompt_model, predict_with_prompts, visual_prompt_model_type
-    from .prompts import reference_masks
+    from .prompt_predict import (
+        check_track_memory,
+        load_visual_prompt_model,
+        predict_with_prompts,
+        read_reference_prompts,
+        visual_prompt_model_type,
+    )
+    from .prompts import MaskPrompt, as_prompt, check_mask_threshold
 
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
@@ -199,11 +204,15 @@ def _predict_with_prompts(args) -> int:
             check_finite_number("--threshold", args.threshold)
         except ValueError as error:
             raise SystemExit(f"predict: {error} (on the model's score scale)") from error
-    if args.track and args.track_memory is not None and args.track_memory < 1:
-        raise SystemExit(f"predict: the tracking memory (--track-memory) must hold at least one frame, got "
-                         f"{args.track_memory}")
     try:  # a typo in a prompt or a reference: said before the model loads (for a Hub model, a download)
-        reference_masks(args.prompt, [load_image(path) for path in args.reference], args.reference)
+        if args.track_memory is not None:
+            check_track_memory(args.track_memory)
+        if args.mask_threshold is not None:
+            check_mask_threshold(args.mask_threshold)
+            if not any(isinstance(as_prompt(prompt), MaskPrompt) for prompt in args.prompt):  # rather than ignored
+                raise ValueError("--mask-threshold applies to mask prompts (mask:path.png or a mask image path); "
+                                 "no --prompt is one")
+        given = read_reference_prompts(args.reference, args.prompt, args.mask_threshold)  # read once
     except (ValueError, OSError) as error:
         raise SystemExit(f"predict: {error}") from error
     try:
@@ -215,7 +224,7 @@ def _predict_with_prompts(args) -> int:
     extra = {"mode": args.mode} if args.mode else {}
     try:
         report = predict_with_prompts(
-            model, args.reference, args.prompt, args.inputs, args.output_dir, threshold=args.threshold,
+            model, given, None, args.inputs, args.output_dir, threshold=args.threshold,
             overlay=args.overlay, overwrite=args.overwrite, batch_size=args.batch_size, save_scores=args.save_scores,
             track=args.track, track_memory=8 if args.track_memory is None else args.track_memory, **extra,
         )
@@ -252,7 +261,7 @@ def _predict(args) -> int:
     if args.prompt:
         raise SystemExit("predict: --prompt needs --reference (the image the prompt is drawn on)")
     prompt_only = {"--save-scores": args.save_scores, "--mode": args.mode is not None, "--track": args.track,
-                   "--track-memory": args.track_memory is not None}
+                   "--track-memory": args.track_memory is not None, "--mask-threshold": args.mask_threshold is not None}
     if any(prompt_only.values()):  # rather than silently ignored
         raise SystemExit(f"predict: {', '.join(k for k, v in prompt_only.items() if v)}: for visual-prompt models "
                          f"with --reference and --prompt")
@@ -799,6 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--prompt", action="append", default=[], metavar="PROMPT",
                          help="the prompt on the matching --reference: box:x0,y0,x1,y1 | point:x,y[;x,y] | "
                               "scribble:x,y;x,y[;...] | mask:path.png | path.png")
+    predict.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+                         help="mask prompts: foreground where the mask, scaled to 0-1, is >= T (above 0, at most 1; "
+                              "e.g. 0.5 for JPEG masks, whose compression noise is not zero; default: any non-zero "
+                              "pixel)")
     predict.add_argument("--save-scores", action="store_true", help="visual-prompt models: also write scores/*.npy")
     predict.add_argument("--mode", default=None, choices=["prompt", "generic", "referring"],
                          help="trained visual-prompt head: which output (default: its config's inference_mode)")

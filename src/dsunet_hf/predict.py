@@ -14,8 +14,10 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,9 +73,14 @@ def _is_pattern(item: str | Path) -> bool:
     return not Path(item).exists() and any(c in str(item) for c in "*?[")
 
 
-def input_list(inputs: str | os.PathLike | list[str | Path]) -> list[str | Path]:
-    """One file, folder or pattern given alone, as a list (a string would be walked letter by letter: ``/`` first)."""
-    return [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+def input_list(value: Any, item_ndim: int = 0) -> list:
+    """Inputs as given (a list, tuple or other iterable), one given alone as a list of one: a file, folder or pattern
+    (a string would be walked letter by letter: the target ``"photo.jpg"`` searched ``/``, the whole disk), a PIL
+    image or prompt object. An array or tensor is one item up to ``item_ndim`` axes (paths: 0, so that an array of
+    paths is several; an image: 3; a mask: 2), a stack of them with one more."""
+    shape = getattr(value, "shape", None)  # arrays, tensors
+    single = isinstance(value, (str, os.PathLike, Image.Image)) or (shape is not None and len(shape) <= item_ndim)
+    return [value] if single or not isinstance(value, Iterable) else list(value)
 
 
 def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) -> list[tuple[Path, Path]]:
@@ -90,7 +97,7 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
     """
     inputs = input_list(inputs)
     pairs: list[tuple[Path, Path]] = []
-    expanded: list[tuple[Path, bool]] = []  # (path, a folder matched by a pattern)
+    expanded: list[tuple[Path, bool, str | Path]] = []  # (path, a folder matched by a pattern, the input giving it)
     without_media: list[str] = []  # a folder of .heic photos: said, not "0 written, 0 failed"
     for item in inputs:
         if _is_pattern(item):
@@ -107,30 +114,46 @@ def collect_images(inputs: list[str | Path], exclude: str | Path | None = None) 
             reached = {parent for file in files for parent in file.parents}
             folders = [m for m in matches if m.is_dir() and m not in reached]
             outermost = set(folders)
-            expanded += [(m, False) for m in files] + [(m, True) for m in folders
-                                                      if not any(parent in outermost for parent in m.parents)]
+            expanded += [(m, False, item) for m in files] + [(m, True, item) for m in folders
+                                                            if not any(parent in outermost for parent in m.parents)]
         else:
             if Path(item).is_dir() and not _holds_media([Path(item)]):
                 without_media.append(_no_media_problem(item, [Path(item)]))
                 continue
-            expanded.append((Path(item), False))
+            expanded.append((Path(item), False, item))
     outputs = [Path(exclude).resolve() / kind for kind in OUTPUT_KINDS] if exclude is not None else []
 
     def is_output(path: Path) -> bool:
         return any(path.resolve().is_relative_to(folder) for folder in outputs)
 
-    for item, matched_folder in expanded:
+    outputs_only, predicted = [], set()  # the inputs that gave output files (left out), those that gave others
+    for item, matched_folder, given in expanded:
         if item.is_dir():
             files = sorted(_visible_files(item, media_only=True))
             if any(folder.is_relative_to(item.resolve()) for folder in outputs):  # (resolving each file: only then)
-                files = [p for p in files if not is_output(p)]
+                kept = [p for p in files if not is_output(p)]
+                outputs_only += [given] if len(kept) < len(files) else []
+                files = kept
             base = item.parent if matched_folder else item
             pairs += [(p, p.relative_to(base).with_suffix("")) for p in files]
+            predicted |= {str(given)} if files else set()
         elif item.is_file():
-            if not (outputs and is_output(item)):
+            if outputs and is_output(item):
+                outputs_only.append(given)
+            else:
                 pairs.append((item, Path(item.stem)))
+                predicted.add(str(given))
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
+    # An input whose images are all a run's outputs (masks/ passed back, with the same --output-dir): said, rather
+    # than "0 written, 0 failed"; predicting them would write over them.
+    outputs_only = list(dict.fromkeys(str(given) for given in outputs_only if str(given) not in predicted))
+    for given in outputs_only:
+        problem = (f"{given}: {'it lies' if Path(given).is_file() else 'its images lie'} in the output folders ({'/, '.join(OUTPUT_KINDS)}/) of --output-dir "
+                   f"{exclude}, a run's outputs, which are not predicted (they would be written over)")
+        if not pairs:
+            raise ValueError(f"{problem}; pass another --output-dir")
+        logger.warning("%s; skipped", problem)
     if without_media and not expanded:
         raise FileNotFoundError(without_media[0])
     for problem in without_media:  # the other inputs are predicted
@@ -245,10 +268,12 @@ def _visible_files(folder: Path, media_only: bool = False):
     and folders left out as training leaves them out (evaluation leaves out hidden files): macOS's ``._IMG_1.jpg``
     beside each photo on a USB drive or share (no image: each one a failure), a file manager's ``.thumbnails/``
     (predicted as photos)."""
+    # The suffix first (no stat of the other files), _is_media last: it reads a .ts file's head, which only a
+    # regular file may have read (opening a FIFO named clip.ts would block).
     for path in folder.rglob("*"):
         if ((not media_only or path.suffix.lower() in MEDIA_SUFFIXES)
                 and not any(part.startswith(".") for part in path.relative_to(folder).parts) and path.is_file()
-                and (not media_only or _is_media(path))):  # (a .ts file's head is read only here)
+                and (not media_only or _is_media(path))):
             yield path
 
 
@@ -700,7 +725,7 @@ def predict_files(
     output_dir = Path(output_dir)
     report = PredictionReport()
     processor = processor_for_model(processor, model)  # one saved before its order was: resized as its upstream
-    check_batch_options(output_dir, batch_size)
+    batch_size = check_batch_options(output_dir, batch_size)
     semantic = getattr(model, "predicts_class_maps", False)  # palette PNGs of class indices, overlays + legend
     kinds = ["masks"] + ["overlays"] * overlay + ["cutouts"] * cutout + ["composites"] * (background is not None)
     stop = ProcessFailures(state)  # a process that fails makes the others stop: at the listing or their next batch
@@ -868,14 +893,16 @@ def predict_files(
     return report
 
 
-def check_batch_options(output_dir: Path, batch_size: int) -> None:
+def check_batch_options(output_dir: Path, batch_size: int) -> int:
     """A ``batch_size`` of at least one, and an ``output_dir`` that is (or can become) a folder: said before a
-    model runs, not at the first write."""
+    model runs, not at the first write. Returns the batch size as an int (a NumPy integer: torch's DataLoader
+    refuses it, saying "batch_size should be a positive integer value, but got batch_size=2")."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size (--batch-size) must be an integer >= 1, got {batch_size!r}")
     problem = output_folder_problem(output_dir)
     if problem:
         raise ValueError(f"--output-dir {problem}")
+    return int(batch_size)
 
 
 def remove_leftover_temporaries(output_dir: Path) -> list[Path]:

@@ -11,10 +11,9 @@ unless ``overwrite`` (a re-run resumes where a previous one stopped).
 
 from __future__ import annotations
 
-import os
 import re
 from collections import deque
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from .predict import (
     PredictionReport,
     check_batch_options,
     collect_images,
+    input_list,
     is_finished,
     output_file,
     overlay_image,
@@ -37,8 +37,9 @@ from .predict import (
 from .prompts import as_prompt, describe_prompt, reference_masks
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
-__all__ = ["PromptTracker", "default_threshold", "frame_order", "load_visual_prompt_model", "predict_with_prompts",
-           "prompt_panel", "render_prompt", "visual_prompt_model_type"]
+__all__ = ["PromptTracker", "ReferencePrompts", "check_track_memory", "default_threshold", "frame_order",
+           "load_visual_prompt_model", "predict_with_prompts", "prompt_panel", "read_reference_prompts",
+           "render_prompt", "visual_prompt_model_type"]
 
 VISUAL_PROMPT_MODEL_TYPES = ("visual_prompt", "visual_prompt_matcher")
 
@@ -147,6 +148,17 @@ def memory_kwargs(segment_kwargs: dict) -> dict:
     return {key: segment_kwargs[key] for key in ("feature_fn",) if key in segment_kwargs}
 
 
+def check_track_memory(memory_size) -> int:
+    """The tracking memory's size as an int (a NumPy integer is one); a ValueError naming ``--track-memory`` for
+    anything but a whole number of frames >= 1 (2.5 and "8" were bare TypeErrors, True a memory of one frame)."""
+    if isinstance(memory_size, np.integer):
+        memory_size = int(memory_size)
+    if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
+        raise ValueError(f"the tracking memory (--track-memory) must hold a whole number of frames, at least one "
+                         f"frame, got {memory_size!r}")
+    return memory_size
+
+
 class PromptTracker:
     """Follows a prompted concept through a video, frame by frame, as DINOv does on DAVIS (its section 5.4): the
     concept is the mean of a memory holding the user's references (always kept) and the ``memory_size`` most
@@ -162,11 +174,7 @@ class PromptTracker:
     goes through the backbone once: its encoding is segmented, then joins the memory with the found mask."""
 
     def __init__(self, model, memory: list, threshold: float, memory_size: int = 8, **segment_kwargs):
-        if isinstance(memory_size, np.integer):
-            memory_size = int(memory_size)
-        if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:  # 2.5, "8": TypeErrors
-            raise ValueError(f"the tracking memory (--track-memory) must hold a whole number of frames, at least one "
-                             f"frame, got {memory_size!r}")
+        memory_size = check_track_memory(memory_size)
         for method in ("encode_frames", "reference_memory", "segment_with_memory"):
             if not callable(getattr(model, method, None)):
                 raise ValueError(f"tracking needs a model with {method}() (the visual-prompt models have it); "
@@ -194,16 +202,36 @@ class PromptTracker:
         return [(self.step(frame) > self.threshold).astype(np.float32) for frame in frames]
 
 
-def _as_items(value: Any, item_ndim: int) -> list:
-    """A list of references, prompts or targets as given; one path, image or prompt as a list of one: a string was
-    iterated letter by letter (the target ``"photo.jpg"`` searched ``/``, the whole disk). An array or tensor is one
-    item up to ``item_ndim`` axes (an image: 3, a mask: 2), a stack of them with one more."""
-    shape = getattr(value, "shape", None)  # arrays, tensors
-    single = isinstance(value, (str, os.PathLike, Image.Image)) or (shape is not None and len(shape) <= item_ndim)
-    return [value] if single or not isinstance(value, Iterable) else list(value)
+@dataclass(frozen=True)
+class ReferencePrompts:
+    """References and their prompts read and checked once (:func:`read_reference_prompts`): the images, the masks the
+    prompts mark on them, and both as given (named in the report). :func:`predict_with_prompts` takes it in place of
+    the references (``prompts`` None), so a caller that checks them first (the command line, before the model
+    loads) does not read them twice."""
+
+    references: list
+    prompts: list
+    images: list[Image.Image]
+    masks: list[np.ndarray]
 
 
-def predict_with_prompts(model, references: list, prompts: list, targets: list[str | Path], output_dir: str | Path, *,
+def read_reference_prompts(references, prompts, mask_threshold: float | None = None) -> ReferencePrompts:
+    """Read the reference images and rasterise each prompt on its reference (one of each may be given alone); a bad
+    one is a ValueError (OSError: a file that cannot be read) naming it. ``mask_threshold``: mask prompts given as
+    files or arrays are foreground where ``>=`` it (e.g. 0.5 for JPEG masks) instead of non-zero."""
+    references, prompts = input_list(references, 3), input_list(prompts, 2)
+    if not references or len(references) != len(prompts):
+        raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
+                         f"{len(prompts)} prompt(s)")
+    images = [load_image(reference) for reference in references]  # errors name the file
+    for prompt in prompts:
+        as_prompt(prompt, mask_threshold)  # malformed text: an error quoting it, before any image is rasterised
+    masks = reference_masks(prompts, images, references, mask_threshold)  # errors name the prompt and the reference
+    return ReferencePrompts(references, prompts, images, masks)
+
+
+def predict_with_prompts(model, references: list | ReferencePrompts, prompts: list | None, targets: list[str | Path],
+                         output_dir: str | Path, *,
                          threshold: float | None = None, overlay: bool = False, overwrite: bool = False,
                          batch_size: int = 4, save_scores: bool = False, progress: bool = True,
                          track: bool = False, track_memory: int = 8, **segment_kwargs) -> PredictionReport:
@@ -223,11 +251,12 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
     images of one folder, in name order (numbers by value, ``2.jpg`` before ``10.jpg``); a folder with a frame left
     to do runs again from its first frame (each frame's memory holds the ones before it), unless every frame left is
     unreadable (reported again).
+
+    ``references`` may be a :class:`ReferencePrompts` (``prompts`` None): references and prompts read and checked
+    already.
     """
-    references, prompts, targets = _as_items(references, 3), _as_items(prompts, 2), _as_items(targets, 3)
-    if not references or len(references) != len(prompts):
-        raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
-                         f"{len(prompts)} prompt(s)")
+    if isinstance(references, ReferencePrompts) != (prompts is None):
+        raise ValueError("give the references and their prompts, or a ReferencePrompts with prompts=None")
     # On the scale of the model's maps (the head's logits, the matcher's scores): any finite number, not NaN,
     # which no score exceeds (every mask would be empty).
     if threshold is not None:
@@ -237,11 +266,9 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
             raise ValueError(f"{error} (on the model's score scale, default "
                              f"{default_threshold(model, segment_kwargs)})") from None
     output_dir = Path(output_dir)
-    check_batch_options(output_dir, batch_size)
-    reference_images = [load_image(reference) for reference in references]  # errors name the file
-    for prompt in prompts:
-        as_prompt(prompt)  # malformed text: an error quoting it, before any image is rasterised
-    masks = reference_masks(prompts, reference_images, references)  # errors name the prompt and the reference
+    batch_size = check_batch_options(output_dir, batch_size)
+    given = references if prompts is None else read_reference_prompts(references, prompts)
+    references, prompts, reference_images, masks = given.references, given.prompts, given.images, given.masks
     threshold = default_threshold(model, segment_kwargs) if threshold is None else threshold
     report = PredictionReport()
     pending, videos = [], []
@@ -260,7 +287,7 @@ def predict_with_prompts(model, references: list, prompts: list, targets: list[s
             raise ValueError(f"{videos[0][0]}: --save-scores writes one .npy per image target; not for videos")
     sequences: dict[Path, list[tuple[Path, Path]]] = {}
     if track:
-        PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size: before anything runs
+        PromptTracker(model, [], threshold, track_memory, **segment_kwargs)  # a bad memory size or model: said now
         # Frame sequences: a folder's images in name order. Each frame's memory holds the frames before it, so a
         # sequence with a frame left to do runs again from its first frame; not when every frame left is one that
         # cannot be read (it never gets a mask: the sequence would run again on every re-run).

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .image_io import IMAGE_EXTENSIONS, load_image, load_mask
+from .models.checked_config import check_finite_number
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -41,6 +42,7 @@ __all__ = [
     "PointPrompt",
     "Prompt",
     "ScribblePrompt",
+    "check_mask_threshold",
     "describe_prompt",
     "describe_reference",
     "parse_prompt",
@@ -124,14 +126,14 @@ def _near_segment(height: int, width: int, a: tuple[float, float], b: tuple[floa
 class MaskPrompt:
     """A reference mask: an array, a PIL image, a tensor or a path (read with ``image_io.load_mask``).
 
-    Any non-zero value is foreground; with ``threshold`` (on ``load_mask``'s [0, 1] scale) only values
-    ``>= threshold``, e.g. 0.5 for lossy JPEG masks whose compression noise is not zero. The mask must have
-    the reference image's size exactly.
+    Any non-zero value is foreground; with ``threshold`` (on ``load_mask``'s [0, 1] scale, above 0 and at most 1)
+    only values ``>= threshold``, e.g. 0.5 for lossy JPEG masks whose compression noise is not zero. The mask must
+    have the reference image's size exactly.
     """
 
     def __init__(self, mask: Any, threshold: float | None = None):
         self.mask = mask
-        self.threshold = threshold
+        self.threshold = None if threshold is None else check_mask_threshold(threshold)
 
     def _source_name(self) -> str:
         return f"mask {os.fspath(self.mask)}" if isinstance(self.mask, (str, os.PathLike)) else "mask"
@@ -150,12 +152,15 @@ class MaskPrompt:
             )
         mask = values > 0 if self.threshold is None else values >= self.threshold
         if not mask.any():
-            raise ValueError(f"{self._source_name()} is empty: it has no foreground (non-zero) pixel")
+            foreground = "non-zero" if self.threshold is None else f">= the threshold {self.threshold} of 0-1"
+            raise ValueError(f"{self._source_name()} is empty: it has no foreground ({foreground}) pixel")
         return mask
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, MaskPrompt):
             return NotImplemented
+        if self.threshold != other.threshold:
+            return False
         if isinstance(self.mask, (str, os.PathLike)) and isinstance(other.mask, (str, os.PathLike)):
             return os.fspath(self.mask) == os.fspath(other.mask)
         return self.mask is other.mask
@@ -164,7 +169,17 @@ class MaskPrompt:
 
     def __repr__(self) -> str:
         shown = repr(os.fspath(self.mask)) if isinstance(self.mask, (str, os.PathLike)) else type(self.mask).__name__
-        return f"MaskPrompt({shown})"
+        return f"MaskPrompt({shown}{'' if self.threshold is None else f', threshold={self.threshold}'})"
+
+
+def check_mask_threshold(threshold) -> float:
+    """A mask prompt's threshold as a float in (0, 1] (``load_mask``'s scale): NaN or 128 (meant on 0-255) left every
+    mask empty, said as "no non-zero pixel", and 0 made the whole image the prompt, silently."""
+    threshold = check_finite_number("mask threshold (--mask-threshold)", threshold)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"mask threshold (--mask-threshold) must be above 0 and at most 1 (mask values scaled to "
+                         f"0-1), got {threshold}")
+    return threshold
 
 
 @dataclass(frozen=True)
@@ -333,11 +348,12 @@ def _pairs(body: str, original: str, kind: str) -> list[tuple[float, float]]:
     return pairs
 
 
-def parse_prompt(text: str, radius: float = 8, width: float = 5) -> Prompt:
+def parse_prompt(text: str, radius: float = 8, width: float = 5, mask_threshold: float | None = None) -> Prompt:
     """Parse the command-line prompt syntax (see the module docstring) into a prompt object.
 
-    ``radius`` is the disk radius of ``point:`` prompts and ``width`` the brush width of ``scribble:``
-    prompts. Malformed text raises ``ValueError`` quoting it; a mask file that does not exist too.
+    ``radius`` is the disk radius of ``point:`` prompts, ``width`` the brush width of ``scribble:`` prompts and
+    ``mask_threshold`` the :class:`MaskPrompt` threshold of mask files. Malformed text raises ``ValueError`` quoting
+    it; a mask file that does not exist too.
     """
     if not isinstance(text, str):
         raise ValueError(f"a prompt must be text such as 'box:10,20,110,90', got {text!r}")
@@ -368,28 +384,29 @@ def parse_prompt(text: str, radius: float = 8, width: float = 5) -> Prompt:
         raise ValueError(f"mask prompt {text!r}: {path} is a folder, not a mask image file")
     if not Path(path).is_file():
         raise ValueError(f"mask prompt {text!r}: no such file {path}")
-    return MaskPrompt(path)
+    return MaskPrompt(path, mask_threshold)
 
 
-def as_prompt(prompt: Any) -> Prompt:
+def as_prompt(prompt: Any, mask_threshold: float | None = None) -> Prompt:
     """A prompt object as it is; text through :func:`parse_prompt`; anything else (array, PIL image,
-    tensor, path object) as a :class:`MaskPrompt`."""
+    tensor, path object) as a :class:`MaskPrompt`. ``mask_threshold``: the threshold of the mask prompts made here
+    (see :class:`MaskPrompt`)."""
     if isinstance(prompt, (MaskPrompt, BoxPrompt, PointPrompt, ScribblePrompt)):
         return prompt
     if isinstance(prompt, str):
-        return parse_prompt(prompt)
-    return MaskPrompt(prompt)
+        return parse_prompt(prompt, mask_threshold=mask_threshold)
+    return MaskPrompt(prompt, mask_threshold)
 
 
-def reference_mask(prompt: Any, image: Any) -> np.ndarray:
+def reference_mask(prompt: Any, image: Any, mask_threshold: float | None = None) -> np.ndarray:
     """The prompt rasterised on ``image`` (anything ``image_io.load_image`` reads, or a ``(height, width)``
-    pair): a ``(height, width)`` bool mask. ``prompt`` goes through :func:`as_prompt`."""
+    pair): a ``(height, width)`` bool mask. ``prompt`` goes through :func:`as_prompt` (with ``mask_threshold``)."""
     if isinstance(image, tuple) and len(image) == 2 and all(isinstance(v, (int, np.integer)) for v in image):
         height, width = image
     else:
         loaded = load_image(image)
         height, width = loaded.height, loaded.width
-    return as_prompt(prompt).rasterize(height, width)
+    return as_prompt(prompt, mask_threshold).rasterize(height, width)
 
 
 def describe_prompt(prompt: Any) -> str:
@@ -408,16 +425,17 @@ def describe_reference(reference: Any, index: int) -> str:
     return f"references[{index}] ({type(reference).__name__})"
 
 
-def reference_masks(prompts: Any, images: Any, references: Any | None = None) -> list[np.ndarray]:
-    """:func:`reference_mask` of each prompt on its image; a bad prompt's ``ValueError`` names the prompt and its
-    reference (``references``: the references as given, paths or images, default ``images``), as in ``prompt
-    'box:...' on reference ref2.jpg: box ... lies entirely outside the image ...``."""
+def reference_masks(prompts: Any, images: Any, references: Any | None = None,
+                    mask_threshold: float | None = None) -> list[np.ndarray]:
+    """:func:`reference_mask` of each prompt on its image (with ``mask_threshold``); a bad prompt's ``ValueError``
+    names the prompt and its reference (``references``: the references as given, paths or images, default
+    ``images``), as in ``prompt 'box:...' on reference ref2.jpg: box ... lies entirely outside the image ...``."""
     prompts, images = list(prompts), list(images)
     references = images if references is None else list(references)
     masks = []
     for index, (prompt, image, given) in enumerate(zip(prompts, images, references)):
         try:
-            masks.append(reference_mask(prompt, image))
+            masks.append(reference_mask(prompt, image, mask_threshold))
         except ValueError as error:
             raise ValueError(f"prompt {describe_prompt(prompt)} on {describe_reference(given, index)}: "
                              f"{error}") from error

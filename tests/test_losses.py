@@ -71,3 +71,6 @@ def test_multiclass_labels_outside_the_classes_are_named():
     with pytest.raises(ValueError, match="got fractional values"):
         multiclass_deep_supervision_loss(logits, torch.full((2, 1, 4, 4), 1.7), [1.0])
     assert torch.isfinite(multiclass_deep_supervision_loss(logits, torch.ones(2, 1, 4, 4), [1.0]))  # whole floats
+    # One (H, W) map: cross-entropy named its height as the "target batch_size".
+    with pytest.raises(ValueError, match=r"got shape \(4, 4\); a single map needs its batch dimension"):
+        multiclass_deep_supervision_loss([torch.randn(1, 3, 4, 4)], torch.zeros(4, 4, dtype=torch.long), [1.0])

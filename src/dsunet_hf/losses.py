@@ -64,6 +64,9 @@ def class_index_labels(labels: torch.Tensor, size: torch.Size, num_classes: int,
     if labels.ndim == 4 and labels.shape[1] != 1:  # one-hot (B, K, H, W): [:, 0] would train on the background
         raise ValueError(f"labels must be class-index maps (B, H, W) or (B, 1, H, W), got shape {tuple(labels.shape)}")
     labels = labels[:, 0] if labels.ndim == 4 else labels
+    if labels.ndim != 3:  # one (H, W) map: cross-entropy took its height for a batch size
+        raise ValueError(f"labels must be class-index maps (B, H, W) or (B, 1, H, W), got shape {tuple(labels.shape)}"
+                         + ("; a single map needs its batch dimension: labels[None]" if labels.ndim == 2 else ""))
     if labels.shape[-2:] != size:
         raise ValueError(f"labels {tuple(labels.shape)} must match the input size {tuple(size)}")
     if torch.compiler.is_compiling():  # a check syncs the device: not inside a compiled graph

@@ -316,16 +316,41 @@ def test_a_graph_that_disagrees_with_pytorch_is_an_error(exported_sam2_unet):
             model.head.bias.sub_(0.01)
 
 
-def test_without_onnxruntime_the_export_says_it_is_unchecked(exported_sam2_unet, monkeypatch):
+def test_without_onnxruntime_the_export_says_it_is_unchecked(exported_sam2_unet, traced_sam2_unet, tmp_path,
+                                                             monkeypatch):
+    """Was: why an export was not checked was guessed from whether onnxruntime imports where the report is READ (an
+    export made with --no-check read as "pip install onnxruntime" elsewhere, and the other way round). It is recorded
+    at export time in onnx_export.json now."""
+    from dsunet_hf.onnx_export import read_export_report
+
     model, folder, _ = exported_sam2_unet
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    assert compare_with_onnxruntime(model, SegmentationImageProcessor.from_pretrained(folder), folder / "model.onnx") is None
+    processor = SegmentationImageProcessor.from_pretrained(folder)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)  # import fails
+        assert compare_with_onnxruntime(model, processor, folder / "model.onnx") is None
+    tiny, program = traced_sam2_unet(1)
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: program)  # its graph, saved here
+    export_onnx(tiny, tiny.default_image_processor(), tmp_path / "no-check", check=False)  # onnxruntime installed
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)
+        export_onnx(tiny, tiny.default_image_processor(), tmp_path / "no-ort")  # asked to check, nothing to check with
+        assert read_export_report(tmp_path / "no-check").summary().endswith("; not checked (--no-check)")
+    # The card says the same (it said "onnxruntime was not installed" for every unchecked export).
+    assert "exported with `--no-check`" in (tmp_path / "no-check" / "README.md").read_text()
+    assert "(onnxruntime was not installed)" in (tmp_path / "no-ort" / "README.md").read_text()
+    assert json.loads((tmp_path / "no-ort" / "onnx_export.json").read_text())["unchecked_reason"] == \
+        "onnxruntime not installed"
+    assert read_export_report(tmp_path / "no-ort").summary().endswith(
+        "; not checked (onnxruntime was not installed: pip install onnxruntime)")
+    # A report written before the reason was recorded stays readable, and guesses nothing.
     report = OnnxExportReport(path="m.onnx", inputs={"pixel_values": ["batch", 3, 96, 96]}, opset=20,
                               export_seconds=1.0, external_data=False)
     assert report.summary() == ("m.onnx: pixel_values ['batch', 3, 96, 96]; float32; opset 20; "
-                                "not checked (pip install onnxruntime)")
-    monkeypatch.undo()  # installed: the export was asked not to check (it said to install what was there)
-    assert report.summary().endswith("; not checked (--no-check)")
+                                "not checked at export (--no-check, or onnxruntime not installed)")
+    old = json.loads((tmp_path / "no-ort" / "onnx_export.json").read_text())
+    del old["unchecked_reason"]
+    (tmp_path / "no-ort" / "onnx_export.json").write_text(json.dumps(old))
+    assert read_export_report(tmp_path / "no-ort").summary().endswith("or onnxruntime not installed)")
 
 
 def test_cli_exports_a_saved_artifact_at_another_size(tmp_path, capsys, monkeypatch):

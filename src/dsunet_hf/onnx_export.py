@@ -200,6 +200,10 @@ def _eager_attention(model: nn.Module):
             config._attn_implementation = "sdpa"
 
 
+UNCHECKED_NO_CHECK = "--no-check"  # OnnxExportReport.unchecked_reason
+UNCHECKED_NO_ONNXRUNTIME = "onnxruntime not installed"
+
+
 @dataclass
 class OnnxExportReport:
     path: str
@@ -221,16 +225,20 @@ class OnnxExportReport:
     # source is a Hub repo id, as told where it was exported (a relative folder such as runs/cod reads as one from
     # another directory); None: an export written before this was recorded
     source_is_hub_id: bool | None = None
+    # Why the export did not check the graph, told where it was exported ("--no-check" or "onnxruntime not
+    # installed"; None: checked, or an export written before this was recorded). Whether onnxruntime imports where
+    # the report is read says nothing about the machine that exported it.
+    unchecked_reason: str | None = None
 
     def summary(self) -> str:
-        try:  # the reason it was not checked: the export skipped it, or there is nothing to check with
-            import onnxruntime  # noqa: F401
-
-            why = "--no-check"
-        except ImportError:
-            why = "pip install onnxruntime"
-        check = (f"onnxruntime max |{self.compared} diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
-                 if self.checked_with else f"not checked ({why})")
+        if self.checked_with:
+            check = f"onnxruntime max |{self.compared} diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"
+        elif self.unchecked_reason == UNCHECKED_NO_ONNXRUNTIME:
+            check = "not checked (onnxruntime was not installed: pip install onnxruntime)"
+        elif self.unchecked_reason:
+            check = f"not checked ({self.unchecked_reason})"
+        else:  # an older report: the reason was not recorded
+            check = "not checked at export (--no-check, or onnxruntime not installed)"
         shapes = ", ".join(f"{name} {shape}" for name, shape in self.inputs.items())
         return f"{self.path}: {shapes}; {self.dtype}; opset {self.opset}; {check}"
 
@@ -360,6 +368,10 @@ def export_onnx(
                 raise RuntimeError(f"{path} not written: {error}") from error
             if checked is not None:
                 report.checked_with, report.max_abs_difference = checked
+            else:
+                report.unchecked_reason = UNCHECKED_NO_ONNXRUNTIME
+        else:
+            report.unchecked_reason = UNCHECKED_NO_CHECK
         (output_dir / "model.onnx.data").unlink(missing_ok=True)  # an earlier export's weights, if any
         for written in Path(scratch).iterdir():  # model.onnx (+ model.onnx.data)
             os.replace(written, output_dir / written.name)

@@ -396,9 +396,13 @@ def folders(tmp_path):
     return pred_dir, gt_dir
 
 
-def test_evaluate_prediction_folders(folders):
+def test_evaluate_prediction_folders(folders, caplog):
     pred_dir, gt_dir = folders
-    metrics, info = evaluate_prediction_folders(pred_dir, gt_dir)
+    with caplog.at_level("WARNING", logger="dsunet_hf.evaluate"):
+        metrics, info = evaluate_prediction_folders(pred_dir, gt_dir)
+    # Was: a prediction without ground truth (a misnamed file, typically) was only in evaluation.json, never said.
+    assert f"1 prediction file(s) in {pred_dir} have no ground truth in {gt_dir} and are not scored: " \
+           f"{pred_dir / 'extra.png'}" in caplog.text
     expected = SegmentationMetrics()
     for i in range(3):
         gt_file = gt_dir / f"s{i}.{'bmp' if i == 1 else 'png'}"

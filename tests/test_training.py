@@ -149,10 +149,21 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(generated_data,
                             resume_from_checkpoint="latest", **other))
     (tmp_path / "split" / "model").mkdir()
     (tmp_path / "split" / "model" / "stale.safetensors").write_text("an older model's file")
+    # Was: a resume from an older checkpoint left the later ones of the course it abandons (here a checkpoint-5 that
+    # found a best model at step 5): killed before they were overwritten, `latest` resumed that abandoned course, and
+    # its best/ became model/. They are moved aside now, whole, not deleted.
+    for abandoned in ("checkpoints/checkpoint-5", "best"):
+        (tmp_path / "split" / abandoned).mkdir()
+        (tmp_path / "split" / abandoned / "trainer_state.json").write_text(json.dumps({"best_step": 5}))
     resumed = train(tiny_args(generated_data, tmp_path / "split", max_steps=6, logging_steps=4,
-                              resume_from_checkpoint="latest"))
+                              resume_from_checkpoint=str(tmp_path / "split" / "checkpoints" / "checkpoint-3")))
     assert resumed["global_step"] == 6
     assert not (tmp_path / "split" / "model" / "stale.safetensors").exists()  # the best model replaced model/ whole
+    assert [p.name for p in checkpoint_dirs(tmp_path / "split")] == ["checkpoint-2", "checkpoint-3", "checkpoint-4",
+                                                                      "checkpoint-6"]
+    (aside,) = (tmp_path / "split" / "abandoned-checkpoints").iterdir()
+    assert aside.name.endswith("-resumed-from-checkpoint-3") and sorted(p.name for p in aside.iterdir()) == \
+        ["best", "checkpoint-5"]
 
     final_straight = load_file(str(tmp_path / "straight/checkpoints/checkpoint-6/trainable_weights.safetensors"))
     final_split = load_file(str(tmp_path / "split/checkpoints/checkpoint-6/trainable_weights.safetensors"))
@@ -616,9 +627,14 @@ def test_a_resume_into_another_output_dir_chooses_the_best_again(generated_data,
     # Another run's best/ in the new folder: it became model/ under the checkpoint's best metric.
     (tmp_path / "b" / "best").mkdir(parents=True)
     (tmp_path / "b" / "best" / "README.md").write_text("another run's best model")
+    # Another run's checkpoint in the new folder: `latest` resumed it, and --save-total-limit pruned against it.
+    (tmp_path / "b" / "checkpoints" / "checkpoint-9").mkdir(parents=True)
+    (tmp_path / "b" / "checkpoints" / "checkpoint-9" / "trainer_state.json").write_text("{}")
     resumed = train(tiny_args(generated_data, tmp_path / "b", max_steps=4, eval_steps=2,
                               resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "checkpoint-2")))
     assert "the best model so far (step 2, S-measure 0.9000) is not in" in caplog.text
+    assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["checkpoint-4"]
+    assert [p.name for p in (tmp_path / "b" / "abandoned-checkpoints").glob("*/*")] == ["checkpoint-9"]
     assert resumed["best_step"] == 4 and resumed["best_metrics"]["S-measure"] == 0.1
     assert "| S-measure | 0.1" in (tmp_path / "b" / "model" / "README.md").read_text()
 
@@ -717,7 +733,18 @@ def test_a_warmup_as_long_as_the_run_is_warned_of(generated_data, tmp_path, monk
     caplog.clear()
     with pytest.raises(Scheduled):
         train(tiny_args(generated_data, tmp_path / "run2", warmup_steps=499, max_steps=500))
-    assert "--warmup-steps" not in caplog.text
+    assert "--warmup-steps" not in caplog.text and "--mixed-precision" not in caplog.text
+    # Was: --mixed-precision fp16 on the CPU trained in float32 (accelerate's autocast is a no-op there), silently,
+    # and training_args.json said fp16.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # accelerate's state is per process: the first run in it decides
+    try:
+        with pytest.raises(Scheduled):
+            train(tiny_args(generated_data, tmp_path / "run3", mixed_precision="fp16"))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert "--mixed-precision fp16 does nothing on the CPU" in caplog.text
 
 
 def test_best_model_metric_must_be_one_the_validation_computes(generated_data, tmp_path):
@@ -912,7 +939,7 @@ def test_overwrite_output_dir_also_deletes_the_old_and_tmp_folders_of_the_earlie
 
     from dsunet_hf.training import clear_earlier_run
 
-    names = ["best", "best.old", "best.tmp", "model.old", "model.tmp", "checkpoints", "logs"]
+    names = ["best", "best.old", "best.tmp", "model.old", "model.tmp", "checkpoints", "logs", "abandoned-checkpoints"]
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.safetensors").write_text("earlier run")

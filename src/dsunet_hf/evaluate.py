@@ -423,6 +423,9 @@ def evaluate_prediction_folders(
     if missing:
         logger.warning("%d of %d ground-truth files have no prediction in %s", len(missing), len(ground_truths),
                        predictions_dir)
+    if extra:  # often a naming mismatch (im1_pred.png for im1.png): said here, not only in evaluation.json
+        logger.warning("%d prediction file(s) in %s have no ground truth in %s and are not scored: %s%s", len(extra),
+                       predictions_dir, ground_truth_dir, ", ".join(extra[:5]), ", ..." if len(extra) > 5 else "")
     _warn_if_class_index_masks([{"mask": ground_truths[key]} for key in matched], str(ground_truth_dir))
     unreadable: dict[str, str] = {}
     with _BatchedMetrics(dis_metrics, metric_workers) as batched:

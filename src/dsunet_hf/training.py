@@ -17,6 +17,7 @@ import math
 import os
 import random
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -454,7 +455,9 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-RUN_OUTPUTS = ("checkpoints", "best", "model", "logs", "metrics.jsonl", "train_summary.json")
+# Where a resume from an older checkpoint moves the later ones it abandons (see set_aside_abandoned_checkpoints).
+ABANDONED = "abandoned-checkpoints"
+RUN_OUTPUTS = ("checkpoints", "best", "model", "logs", "metrics.jsonl", "train_summary.json", ABANDONED)
 
 
 def check_output_dir(args: TrainingArguments) -> bool:
@@ -500,6 +503,43 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
     if not (path / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint folder (no {TRAINER_STATE})")
     return path
+
+
+def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: int) -> Path | None:
+    """Move out of ``OUTPUT/checkpoints`` what a resume from ``resume_path`` (at ``step``) abandons: the checkpoints of
+    this folder after that step (a resume from an older checkpoint) or all of them (a resume from another folder's
+    checkpoint), so that ``--resume-from-checkpoint latest`` and ``--save-total-limit`` never take them for this
+    run's (a run killed before it overwrote them resumed the abandoned branch; a new checkpoint-150 was pruned
+    against an abandoned checkpoint-300). Moved aside, not deleted: a resume from the wrong checkpoint (100 for
+    1000) must not cost the hours behind the later ones. ``best/`` goes with them when they record a best model
+    found after ``step`` (it would become this run's ``model/``). Returns the folder they went to, if any."""
+    resume_path = resume_path.resolve()
+    own = resume_path.parent == (output_dir / "checkpoints").resolve()
+    later = [p for p in checkpoint_dirs(output_dir)
+             if p.resolve() != resume_path and (not own or int(p.name.split("-")[-1]) > step)]
+    if not later:
+        return None
+    aside = output_dir / ABANDONED / f"{time.strftime('%Y%m%d-%H%M%S')}-resumed-from-{resume_path.name}"
+    while aside.exists():  # a second resume within the same second
+        aside = aside.with_name(aside.name + "+")
+    aside.mkdir(parents=True)
+    best_steps = []
+    for checkpoint in later:
+        try:
+            best_steps.append(json.loads((checkpoint / TRAINER_STATE).read_text()).get("best_step"))
+        except (OSError, ValueError):
+            pass
+    for checkpoint in later:  # one rename each, in the same file system: a checkpoint is moved whole or not at all
+        os.replace(checkpoint, aside / checkpoint.name)
+    moved = [checkpoint.name for checkpoint in later]
+    if own and any(best is not None and best > step for best in best_steps):
+        for best in ("best", "best.old"):
+            if (output_dir / best).is_dir():
+                os.replace(output_dir / best, aside / best)
+                moved.append(f"{best}/")
+    logger.warning("resuming from %s (step %d): moved %s, written after it by another course of training, to %s "
+                   "(delete it when it is not needed)", resume_path, step, ", ".join(moved), aside)
+    return aside
 
 
 def forget_logs_after(log_file: Path, step: int) -> int:
@@ -737,6 +777,9 @@ def train(args: TrainingArguments) -> dict:
         raise ValueError(f"--metric-for-best-model {args.metric_for_best_model!r}: the validation of this model "
                          f"({task}) computes {', '.join(validation_metrics(task))}")
     args.mixed_precision = accelerator.mixed_precision  # what runs (accelerate's setting when the flag is unset)
+    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate ignores it there, silently
+        logger.warning("--mixed-precision fp16 does nothing on the CPU (accelerate autocasts to fp16 on GPUs only): "
+                       "this run trains in float32; --mixed-precision bf16 autocasts on the CPU")
     if args.num_epochs is None and args.max_steps is None:  # the recipe's length: steps (DINOv2 heads) or epochs
         args.max_steps = spec.default("max_steps")
         recipe_epochs = getattr(model.config, "recipe_num_epochs", None)  # BiRefNet: per task
@@ -822,6 +865,9 @@ def train(args: TrainingArguments) -> dict:
         state = saved
         state.data_layout = layout
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
+        if accelerator.is_main_process:  # only now, with the checkpoint loaded: a refused resume moves nothing
+            set_aside_abandoned_checkpoints(output_dir, resume_path, state.global_step)
+        accelerator.wait_for_everyone()
         # The best/ (or best.old) of this folder is the checkpoint's best only when the checkpoint is this folder's;
         # another run's best/ would have become model/ under this run's best metric.
         own = resume_path.resolve().parent == (output_dir / "checkpoints").resolve()

@@ -415,6 +415,20 @@ def test_post_process_model_output_and_minmax(processor):
         processor.post_process_probabilities(torch.zeros(2, 2))
 
 
+def test_post_process_takes_the_tuple_of_a_return_dict_false_model(processor):
+    """A return_dict=False model returns (logits, ...) or, with labels, (loss, logits, ...): the logits are used (the
+    tuple failed inside NumPy, 'Can't call numpy() on Tensor that requires grad')."""
+    logits = torch.tensor([[-3.0, 3.0], [0.0, 1.0]]).reshape(1, 1, 2, 2).requires_grad_()
+    hidden = (torch.zeros(1, 4, 1, 1),)
+    expected = [[0, 1], [1, 1]]
+    for outputs in ((logits,), (logits, hidden), (torch.tensor(0.5), logits, hidden)):
+        (labels,) = processor.post_process_semantic_segmentation(outputs)
+        assert labels.tolist() == expected
+    multi = torch.randn(2, 3, 2, 2)
+    labels = processor.post_process_semantic_segmentation((torch.tensor(1.0), multi), target_sizes=[(2, 2), (2, 2)])
+    assert [m.tolist() for m in labels] == [m.argmax(0).tolist() for m in multi]
+
+
 def test_birefnet_resizes_like_its_upstream_with_opencv_without_antialiasing(tmp_path):
     """BiRefNet's inference.py (and training) resize with cv2.resize INTER_LINEAR; SAM2-UNet's and DSU-Net's with
     torchvision's Resize on PIL images. Downscaling a detailed picture, the two differ by many grey levels."""

@@ -255,8 +255,9 @@ class SegmentationImageProcessor(BaseImageProcessor):
         """Class-index maps, the transformers convention (so ``pipeline("image-segmentation")`` works).
 
         Args:
-            outputs: a model output with a ``logits`` field, or the logits: (B, 1, h, w) / (B, h, w) for a
-                foreground/background model, (B, C, h, w) with C > 1 for a multi-class one.
+            outputs: a model output with a ``logits`` field (or its tuple, from ``return_dict=False``), or the
+                logits: (B, 1, h, w) / (B, h, w) for a foreground/background model, (B, C, h, w) with C > 1 for a
+                multi-class one.
             target_sizes: one ``(height, width)`` per image (e.g. ``original_sizes``); maps are upsampled in the
                 order of ``post_processing``: the logits bilinearly (``align_corners=False``), then the sigmoid
                 (``"sam2_unet"``, the default), or the sigmoid, then the probabilities bilinearly with
@@ -285,6 +286,9 @@ class SegmentationImageProcessor(BaseImageProcessor):
         :meth:`post_process_semantic_segmentation` (min-max normalisation applies to single-channel maps).
         """
         logits = getattr(outputs, "logits", outputs)
+        if isinstance(logits, tuple) and logits and isinstance(logits[0], torch.Tensor) and logits[0].ndim in (0, 4):
+            # A return_dict=False model's output: (loss, logits, ...) with labels, else (logits, ...).
+            logits = logits[1] if logits[0].ndim == 0 and len(logits) > 1 else logits[0]
         if not isinstance(logits, torch.Tensor):
             logits = torch.as_tensor(np.asarray(logits))
         if logits.ndim == 3:

@@ -51,11 +51,14 @@ class SegmentationOutput(ModelOutput):
     loss: the deep-supervision loss over all outputs (weights ``config.loss_weights``), when labels are given.
     logits: (B, 1, H, W) final logits at the input size.
     aux_logits: the deep-supervision side outputs, coarsest first, each (B, 1, H, W).
+    hidden_states: with ``output_hidden_states=True`` (default ``config.output_hidden_states``): the four encoder
+        feature maps the decoder consumes, finest first, each (B, C_i, H/s_i, W/s_i) (strides 4, 8, 16, 32).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     aux_logits: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "pixel_values") -> None:
@@ -71,6 +74,16 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
     if not pixel_values.is_floating_point():  # a read_image-style uint8 tensor ran as 0..255 values: wrong logits
         raise ValueError(f"{name} is {pixel_values.dtype}: models take normalised float tensors; use the model's "
                          f"image processor")
+
+
+def wants_hidden_states(model, output_hidden_states: bool | None, output_attentions: bool | None) -> bool:
+    """transformers' forward options: ``output_hidden_states`` (default: the config's, as transformers' models);
+    ``output_attentions`` refused, not silently ignored (the backbones' attention weights are not collected: their
+    attention may run fused, as scaled_dot_product_attention, which computes none)."""
+    if model.config.output_attentions if output_attentions is None else output_attentions:
+        raise ValueError(f"{type(model).__name__}: output_attentions=True is not supported: the model returns no "
+                         f"attention weights (output_hidden_states=True returns the encoder feature maps)")
+    return bool(model.config.output_hidden_states if output_hidden_states is None else output_hidden_states)
 
 
 def model_output(model, **inputs):
@@ -832,12 +845,8 @@ def _saved_variants(source, load_kwargs: dict, error: Exception | None = None) -
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         where = {"revision": load_kwargs.get("revision"), "token": load_kwargs.get("token")}
-        try:
-            snapshot = huggingface_hub.snapshot_download(str(source), cache_dir=load_kwargs.get("cache_dir"),
-                                                         local_files_only=True, **where)
-            names = [path.name for path in saved_weight_files(Path(snapshot, subfolder))]
-        except Exception:  # not in the cache
-            names = []
+        snapshot = cached_snapshot(str(source), where["revision"], cache_dir=load_kwargs.get("cache_dir"))
+        names = [] if snapshot is None else [path.name for path in saved_weight_files(snapshot / subfolder)]
         unreachable = any(isinstance(cause, LocalEntryNotFoundError) for cause in error_chain(error))
         if not names and not (huggingface_hub.constants.HF_HUB_OFFLINE or load_kwargs.get("local_files_only")
                               or unreachable):
@@ -860,14 +869,15 @@ def _saved_variants(source, load_kwargs: dict, error: Exception | None = None) -
     return sorted(found)
 
 
-def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The folder of the local Hub cache's snapshot that ``revision`` (a branch, tag or commit; default main) of Hub
-    repo ``repo_id`` resolves to there, without a request (a branch or tag through its refs/ file, written by the
-    download that named it); None where the cache has none."""
+def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir=None) -> Path | None:
+    """The folder of the local Hub cache's (``cache_dir``, default the standard one) snapshot that ``revision`` (a
+    branch, tag or commit; default main) of Hub repo ``repo_id`` resolves to there, without a request (a branch or
+    tag through its refs/ file, written by the download that named it); None where the cache has none."""
     import huggingface_hub
 
     try:
-        return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, local_files_only=True))
+        return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                                      local_files_only=True))
     except Exception:  # not in the cache
         return None
 

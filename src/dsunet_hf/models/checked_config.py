@@ -55,5 +55,8 @@ class CheckedOverrides:
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        if isinstance(kwargs.get("id2label"), dict) and "label2id" not in kwargs:
+            # transformers sets the new id2label and keeps the file's label2id: names of the old classes.
+            kwargs["label2id"] = {name: int(index) for index, name in kwargs["id2label"].items()}
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         return super().from_dict({**config_dict, **overrides}, **kwargs)

@@ -31,6 +31,7 @@ from ...modeling_utils import (
     labels_like,
     pop_dtype,
     run_backbone,
+    wants_hidden_states,
 )
 from ...modules.aspp import ASPP, ASPPDeformable, norm_2d
 from ...modules.deform_conv import DeformableConv2d
@@ -50,6 +51,8 @@ class BiRefNetOutput(SegmentationOutput):
         by each stage's auxiliary map).
     loss: pixel losses on all four maps + the OutRef BCE, when labels are given (training: upstream's, its IoU
         term summed over the batch; eval mode: the final map's, a per-sample mean independent of the batch size).
+    hidden_states: with ``output_hidden_states=True``: the four encoder maps the decoder takes (``encode``'s: after
+        the multi-scale input, context and squeeze), strides 4 to 32.
     """
 
     gradient_logits: tuple[torch.Tensor, ...] | None = None
@@ -355,9 +358,14 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         return [x1, x2, x3, x4]
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
+        output_hidden_states: bool | None = None, output_attentions: bool | None = None, **kwargs
     ) -> BiRefNetOutput | tuple:
+        with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, 32)
+        # The model's dtype, as the Hiera and DINOv2 models take it (a bfloat16 model given the processor's float32
+        # pixels failed inside Swin's patch embedding): the decoder reads the image too.
+        pixel_values = pixel_values.to(self.decoder.conv_out1[0].weight.dtype)
         # PVT-v2 needs a minimum size (its spatial-reduction convs), which the half-size pass must meet too. Only
         # checked where 32 (the multiple) is not enough, and not while exporting: a shape guard there would narrow
         # a dynamic-size export's height and width.
@@ -388,7 +396,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
                     gradient_logits, gradient_targets
                 )
         output = BiRefNetOutput(
-            loss=loss, logits=logits, aux_logits=aux or None,
+            loss=loss, logits=logits, aux_logits=aux or None, hidden_states=(x1, x2, x3, x4) if with_hidden else None,
             gradient_logits=gradient_logits or None, gradient_targets=gradient_targets or None,
         )
         return self.output_as_asked(output, return_dict)

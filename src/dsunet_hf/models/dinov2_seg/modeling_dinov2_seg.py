@@ -17,7 +17,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...losses import class_index_labels
-from ...modeling_utils import SegmentationPreTrainedModel, run_backbone
+from ...modeling_utils import SegmentationPreTrainedModel, run_backbone, wants_hidden_states
 from .configuration_dinov2_seg import Dinov2SegConfig
 
 SCHEDULES = ("single", "slide", "multiscale")
@@ -147,7 +147,11 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
             nn.init.zeros_(module.conv_seg.bias)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
+                output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                 **kwargs) -> SemanticSegmenterOutput | tuple:
+        """``hidden_states`` (with ``output_hidden_states=True``): the patch-token maps (B, C, h, w) of the blocks the
+        head takes (the last one, or the last four for ``multilayer``), final-LayerNorm'd, at token resolution."""
+        with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}")
         size = pixel_values.shape[-2:]
@@ -159,7 +163,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss(logits, labels)
-        output = SemanticSegmenterOutput(loss=loss, logits=logits)
+        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=tuple(maps) if with_hidden else None)
         return self.output_as_asked(output, return_dict)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ...modeling_utils import (
     SegmentationPreTrainedModel,
     check_pixel_values,
     run_backbone,
+    wants_hidden_states,
 )
 from ...modules.adapters import BottleneckAdapter
 from ...modules.decoder_blocks import decode_with_side_outputs
@@ -34,7 +35,8 @@ from .configuration_dsunet import DSUNetConfig
 
 class DSUNetOutput(SegmentationOutput):
     """DSU-Net output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8; in training, with
-    ``labels``, or with ``output_aux_logits=True``), ``loss``."""
+    ``labels``, or with ``output_aux_logits=True``), ``loss``, ``hidden_states`` (with ``output_hidden_states=True``:
+    the four Hiera stage maps, strides 4 to 32, the last one fused with DINOv2's, that the RFB blocks take)."""
 
 
 class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
@@ -75,12 +77,15 @@ class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
         output_aux_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> DSUNetOutput | tuple:
         """``pixel_values``: the 352 px view; ``dino_pixel_values``: the 518 px view of the same image (the
         image processor makes both). Without it, the 352 px view is resized bilinearly (an approximation; what the
         multi-class path does: it trains on crops and segments with one tensor). ``labels``: 0/1 masks, or with
         more than two classes class-index maps (B, H, W)."""
+        with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, 32)
         if min(pixel_values.shape[-2:]) < 128:
             raise ValueError(f"DSU-Net needs inputs of at least 128 px, got {tuple(pixel_values.shape[-2:])}")
@@ -96,6 +101,7 @@ class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         dino = run_backbone(self.backbone_dino, dino_pixel_values)
         dino = F.interpolate(dino, size=x4.shape[-2:], mode="bilinear", align_corners=False)
         x4 = self.fusion4(x4, self.dino2sam_down14(dino))
+        hidden_states = (x1, x2, x3, x4) if with_hidden else None
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
         side1, side2, logits = decode_with_side_outputs(
             [x1, x2, x3, x4], [self.decoder1, self.decoder2, self.decoder3], [self.side1, self.side2, self.head], size
@@ -107,7 +113,8 @@ class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         # The side outputs where they are used (training, a loss) or asked for: a tuple of maps in an inference
         # output breaks transformers' pipeline, which splits every output field by image.
         with_aux = self.training or labels is not None or bool(output_aux_logits)
-        output = DSUNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
+        output = DSUNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None,
+                              hidden_states=hidden_states)
         return self.output_as_asked(output, return_dict)
 
     # --- frozen backbones -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ...modeling_utils import (
     SegmentationPreTrainedModel,
     check_pixel_values,
     run_backbone,
+    wants_hidden_states,
 )
 from ...modules.adapters import BottleneckAdapter
 from ...modules.decoder_blocks import UpBlock, decode_with_side_outputs
@@ -28,7 +29,8 @@ from .configuration_sam2_unet import Sam2UNetConfig
 
 class Sam2UNetOutput(SegmentationOutput):
     """SAM2-UNet output: ``logits`` (final map), ``aux_logits`` (side outputs from 1/16 and 1/8; in training, with
-    ``labels``, or with ``output_aux_logits=True``), ``loss``."""
+    ``labels``, or with ``output_aux_logits=True``), ``loss``, ``hidden_states`` (with ``output_hidden_states=True``:
+    the four Hiera stage maps, strides 4 to 32, that the RFB blocks take)."""
 
 
 class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
@@ -58,8 +60,10 @@ class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
-        output_aux_logits: bool | None = None, **kwargs
+        output_aux_logits: bool | None = None, output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None, **kwargs
     ) -> Sam2UNetOutput | tuple:
+        with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, 32)
         size = pixel_values.shape[-2:]
         if self.rfb4.training and pixel_values.shape[0] * (size[0] // 32) * (size[1] // 32) == 1:
@@ -70,6 +74,7 @@ class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
                 f"inputs of at least 64 px (image_size)"
             )
         x1, x2, x3, x4 = run_backbone(self.backbone, pixel_values)
+        hidden_states = (x1, x2, x3, x4) if with_hidden else None
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
         side1, side2, logits = decode_with_side_outputs(
             [x1, x2, x3, x4], [self.up1, self.up2, self.up3], [self.side1, self.side2, self.head], size
@@ -81,7 +86,8 @@ class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         # The side outputs where they are used (training, a loss) or asked for: a tuple of maps in an inference
         # output breaks transformers' pipeline, which splits every output field by image.
         with_aux = self.training or labels is not None or bool(output_aux_logits)
-        output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None)
+        output = Sam2UNetOutput(loss=loss, logits=logits, aux_logits=(side1, side2) if with_aux else None,
+                                hidden_states=hidden_states)
         return self.output_as_asked(output, return_dict)
 
     # --- frozen backbone ------------------------------------------------------------------------------

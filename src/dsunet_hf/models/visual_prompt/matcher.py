@@ -327,6 +327,9 @@ class VisualPromptMatcher(DinoVisualPromptModel):
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """The patch features used for matching (see :meth:`features`)."""
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):  # else silently ignored
+            raise ValueError("VisualPromptMatcher: output_attentions/output_hidden_states are not supported: its "
+                             "forward returns the patch features (a tensor), see features()")
         return self.features(pixel_values)
 
     def _extract(self, images: list, feature_fn: FeatureFn | None, batch_size: int) -> torch.Tensor:

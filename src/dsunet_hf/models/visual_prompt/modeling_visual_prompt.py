@@ -43,7 +43,7 @@ from transformers.utils import ModelOutput
 
 from ...backbones.dinov2 import DINOv2Backbone
 from ...image_io import load_image
-from ...modeling_utils import check_pixel_values, run_backbone
+from ...modeling_utils import check_pixel_values, run_backbone, wants_hidden_states
 from ...prompts import reference_masks
 from ..checked_config import check_finite_number, check_positive_int
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
@@ -61,6 +61,8 @@ class VisualPromptOutput(ModelOutput):
     proposal_logits: (B, num_queries, h, w) proposal mask logits at the mask-feature size (4x the patch grid).
     proposal_scores: (B, num_queries) prompt-classifier logits (sigmoid: generic, softmax: referring).
     prompt_embeddings: (B, hidden_size) the prompt tokens used (reusable through ``prompt_embeddings=``).
+    hidden_states: with ``output_hidden_states=True``: the target's projected feature levels the decoder attends to
+        (``features(pixel_values)``), each (B, hidden_size, S/p, S/p).
     """
 
     loss: torch.Tensor | None = None
@@ -68,6 +70,7 @@ class VisualPromptOutput(ModelOutput):
     proposal_logits: torch.Tensor | None = None
     proposal_scores: torch.Tensor | None = None
     prompt_embeddings: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 # --- losses ----------------------------------------------------------------------------------------------
@@ -283,6 +286,8 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         reference_valid: torch.Tensor | None = None,
         return_dict: bool | None = None,
         pixel_features: list[torch.Tensor] | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> VisualPromptOutput | tuple:
         """``pixel_values`` (B, 3, S, S) targets; the prompt either from references (``reference_pixel_values``
@@ -291,6 +296,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         ``target_segments`` (B, M, S, S) every concept's mask on the target and ``segment_is_prompted`` (B, M)
         (1 = the prompted concept, 0 = another, -1 = padding). ``pixel_features``: ``self.features(pixel_values)``
         when already computed (video tracking encodes each frame once for every object and for its memory)."""
+        with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, self.backbone.patch_size)
         batch = pixel_values.shape[0]
         if prompt_embeddings is None:
@@ -318,7 +324,8 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         if labels is not None:
             loss = self.loss(predictions, labels, target_segments, segment_is_prompted)
         output = VisualPromptOutput(loss=loss, logits=logits, proposal_logits=masks[:, :-1], proposal_scores=scores,
-                                    prompt_embeddings=prompt_embeddings)
+                                    prompt_embeddings=prompt_embeddings,
+                                    hidden_states=tuple(levels) if with_hidden else None)
         return self.output_as_asked(output, return_dict)
 
     def loss(self, predictions, labels, target_segments=None, segment_is_prompted=None) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""transformers conventions every model follows: forward's output_hidden_states / output_attentions, config label maps
+on from_pretrained overrides, the weight-variant hint's cache lookup (CPU, tiny random configs)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from test_compile import _models
+from test_visual_prompt_head import SIDE
+from test_visual_prompt_head import tiny_model as tiny_visual_prompt
+
+MODELS = ["sam2-unet", "dsunet", "birefnet", "dinov2-seg", "visual-prompt"]
+
+
+@functools.cache  # each model built once for the tests below (BiRefNet's takes seconds); they leave it as it was
+def _model_and_inputs(name):
+    torch.manual_seed(0)
+    if name == "visual-prompt":
+        model = tiny_visual_prompt()
+        pixel_values = torch.randn(1, 3, SIDE, SIDE)
+        return model, {"pixel_values": pixel_values, "reference_pixel_values": pixel_values,
+                       "reference_masks": torch.ones(1, SIDE, SIDE)}
+    model, size = _models()[name]()
+    return model.eval(), {"pixel_values": torch.randn(1, 3, size, size)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_hidden_states_returns_the_encoder_maps_and_output_attentions_is_refused(name):
+    """Both options were swallowed by forward's **kwargs: no hidden_states, no error."""
+    model, inputs = _model_and_inputs(name)
+    with torch.no_grad():
+        plain = model(**inputs)
+        assert plain.hidden_states is None  # off by default: the compiled and exported paths are unchanged
+        output = model(**inputs, output_hidden_states=True)
+        torch.testing.assert_close(output.logits, plain.logits)
+        hidden = output.hidden_states
+        batch = inputs["pixel_values"].shape[0]
+        assert isinstance(hidden, tuple) and len(hidden) >= 1
+        assert all(h.ndim == 4 and h.shape[0] == batch for h in hidden)
+        if name not in ("dinov2-seg", "visual-prompt"):  # the four stage maps, strides 4 to 32, finest first
+            size = inputs["pixel_values"].shape[-1]
+            assert [size // h.shape[-1] for h in hidden] == [4, 8, 16, 32]
+        # transformers' default: the config's; return_dict=False appends the tuple to the outputs
+        model.config.output_hidden_states = True
+        try:
+            as_tuple = model(**inputs, return_dict=False)
+            assert len(as_tuple) == len(plain.to_tuple()) + 1
+            assert all(torch.equal(a, b) for a, b in zip(as_tuple[-1], hidden))
+            assert model(**inputs, output_hidden_states=False).hidden_states is None
+        finally:
+            model.config.output_hidden_states = False
+    with pytest.raises(ValueError, match=f"{type(model).__name__}: output_attentions=True is not supported"):
+        model(**inputs, output_attentions=True)
+
+
+def test_the_matcher_refuses_hidden_states_and_attentions():
+    from test_visual_prompt_matcher import P
+    from test_visual_prompt_matcher import tiny_config as tiny_matcher_config
+
+    from dsunet_hf import VisualPromptMatcher
+
+    matcher = VisualPromptMatcher(tiny_matcher_config()).eval()
+    pixel_values = torch.randn(1, 3, 2 * P, 2 * P)
+    assert matcher(pixel_values).shape[-2:] == (2, 2)
+    for option in ("output_hidden_states", "output_attentions"):
+        with pytest.raises(ValueError, match="VisualPromptMatcher: output_attentions/output_hidden_states"):
+            matcher(pixel_values, **{option: True})
+
+
+@pytest.mark.parametrize("kind", ["dinov2-seg", "sam2-unet"])
+def test_an_id2label_override_brings_its_label2id(tmp_path, kind):
+    """from_pretrained(path, id2label=...) kept the file's label2id (the old class names)."""
+    from conftest import tiny_sam2_unet_config
+    from test_dinov2_seg import tiny
+
+    config = tiny() if kind == "dinov2-seg" else tiny_sam2_unet_config(id2label={0: "bg", 1: "a", 2: "b"})
+    config.save_pretrained(tmp_path)
+    new = {0: "sky", 1: "road", 2: "car", 3: "tree"}
+    loaded = type(config).from_pretrained(tmp_path, id2label=new)
+    assert loaded.id2label == new and loaded.num_labels == 4
+    assert loaded.label2id == {"sky": 0, "road": 1, "car": 2, "tree": 3}
+    # both given: both kept as given
+    kept = type(config).from_pretrained(tmp_path, id2label=new, label2id={"x": 0})
+    assert kept.label2id == {"x": 0}
+    # no override: the file's maps
+    assert type(config).from_pretrained(tmp_path).label2id == config.label2id
+
+
+def test_the_variant_hint_reads_the_snapshot_of_the_given_cache_dir(tmp_path):
+    from dsunet_hf.modeling_utils import _saved_variants, cached_snapshot
+
+    commit = "a" * 40
+    repo = tmp_path / "models--test-org--variants"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.fp16.safetensors").write_bytes(b"")
+    assert cached_snapshot("test-org/variants", cache_dir=tmp_path) == snapshot
+    assert _saved_variants("test-org/variants", {"cache_dir": tmp_path, "local_files_only": True}) == ["fp16"]
+    (snapshot / "model.safetensors").write_bytes(b"")  # the default weights are there: no hint
+    assert _saved_variants("test-org/variants", {"cache_dir": tmp_path, "local_files_only": True}) == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_bfloat16_model_takes_the_processors_float32_pixels(name):
+    """model.to(torch.bfloat16) then the image processor's float32 tensors: BiRefNet failed inside Swin's patch
+    embedding ('Input type (float) and bias type (c10::BFloat16) should be the same'); the others cast."""
+    model, inputs = _model_and_inputs(name)
+    model.to(torch.bfloat16)
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+    finally:
+        model.float()
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()

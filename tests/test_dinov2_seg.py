@@ -69,6 +69,13 @@ def test_schedules_agree_and_slide_equals_single_when_one_window_covers_the_imag
     torch.testing.assert_close(one_view.segment(small, "multiscale"), model.segment(small, "slide"))
     with pytest.raises(ValueError, match="schedule"):
         model.segment(small, "tta")
+    # A uint8 tensor ran (transformers' patch embedding casts it: logits of 0..255 values), as every other model
+    # refuses it; one (3, H, W) image failed inside a schedule with "not enough values to unpack".
+    with pytest.raises(ValueError, match=r"^pixel_values is torch.uint8: models take normalised float tensors"):
+        model(torch.zeros(1, 3, 56, 42, dtype=torch.uint8))
+    for schedule in ("single", "slide", "multiscale"):
+        with pytest.raises(ValueError, match=r"must be \(batch, 3, height, width\) RGB, got shape \(3, 56, 42\)"):
+            model.segment(small[0], schedule)
 
 
 def test_windows_that_leave_gaps_and_empty_settings_are_refused(caplog):

@@ -824,6 +824,14 @@ def test_a_mistyped_relative_folder_offline_is_said_to_be_no_local_folder(offlin
             f"HF_HUB_OFFLINE is set.") in str(backbone)
     _config_only(tmp_path, offline_hub, "me/hub-repo", {})
     assert "local folder" not in str(BackboneNotAvailableError.for_repo("me/hub-repo", "v9", ["model.safetensors: x"]))
+    # In Python too (was transformers' two generic lines naming neither the repo nor a fix).
+    from dsunet_hf import Sam2UNetForImageSegmentation
+
+    with pytest.raises(OSError) as error_info:
+        Sam2UNetForImageSegmentation.from_pretrained("runs/exp1")
+    assert str(error_info.value) == (
+        f"runs/exp1 is not in the local Hub cache (nor is there a local folder {tmp_path}/runs/exp1) and "
+        f"HF_HUB_OFFLINE is set: load it once without HF_HUB_OFFLINE=1, or `hf download runs/exp1` first")
 
 
 def test_a_failed_hub_file_keeps_huggingface_hubs_error(offline_hub):
@@ -840,6 +848,14 @@ def test_a_failed_hub_file_keeps_huggingface_hubs_error(offline_hub):
     with pytest.raises(BackboneNotAvailableError) as error:
         locate_birefnet_weights("me/absent")
     assert isinstance(error.value.__cause__, LocalEntryNotFoundError) and error.value.repo_id == "me/absent"
+    # The frozen backbones' loaders alike (their last file's error).
+    from dsunet_hf.backbones.dinov2 import load_dinov2_state_dict
+    from dsunet_hf.backbones.hiera import load_hiera_state_dict
+
+    for load in (load_hiera_state_dict, load_dinov2_state_dict):
+        with pytest.raises(BackboneNotAvailableError) as error:
+            load("me/absent")
+        assert isinstance(error.value.__cause__, LocalEntryNotFoundError), load
 
 
 def test_official_weights_partly_cached_with_the_hub_unreachable_say_so(tmp_path, offline_hub, monkeypatch):

@@ -61,19 +61,25 @@ class SegmentationOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "pixel_values") -> None:
+def check_image_batch(pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
+    """A (batch, 3, height, width) float tensor: what every model takes (any size)."""
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
         raise ValueError(
             f"{name} must be (batch, 3, height, width) RGB, got shape {tuple(pixel_values.shape)}; "
             "use the model's image processor to convert gray/RGBA/palette images"
         )
+    if not pixel_values.is_floating_point():  # a read_image-style uint8 tensor ran as 0..255 values: wrong logits
+        raise ValueError(f"{name} is {pixel_values.dtype}: models take normalised float tensors; use the model's "
+                         f"image processor")
+
+
+def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "pixel_values") -> None:
+    """:func:`check_image_batch`, with a height and width in positive multiples of ``multiple``."""
+    check_image_batch(pixel_values, name)
     if pixel_values.shape[2] % multiple or pixel_values.shape[3] % multiple or 0 in pixel_values.shape[2:]:
         raise ValueError(
             f"{name}: height and width must be positive multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
         )
-    if not pixel_values.is_floating_point():  # a read_image-style uint8 tensor ran as 0..255 values: wrong logits
-        raise ValueError(f"{name} is {pixel_values.dtype}: models take normalised float tensors; use the model's "
-                         f"image processor")
 
 
 def wants_hidden_states(model, output_hidden_states: bool | None, output_attentions: bool | None) -> bool:
@@ -519,6 +525,8 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             except SafetensorError as error:  # no OSError, and it names no file (an interrupted save or download)
                 raise OSError(_unreadable_weights(pretrained_model_name_or_path, kwargs, error)) from error
             except OSError as error:
+                if offline := _offline_not_cached(pretrained_model_name_or_path, kwargs, error):
+                    raise OSError(offline) from error
                 variants = (None if kwargs.get("variant")
                             else _saved_variants(pretrained_model_name_or_path, kwargs, error))
                 if not variants:
@@ -829,6 +837,22 @@ def _unreadable_weights(source, load_kwargs: dict, error: Exception) -> str:
                         f"copy it again")
     return (f"{source}: its weights: not a readable safetensors file, truncated or damaged ({error}); download them "
             f"again (force_download=True)")
+
+
+def _offline_not_cached(source, load_kwargs: dict, error: Exception) -> str | None:
+    """Offline, a Hub id of which the local Hub cache holds nothing (transformers: two generic lines naming neither
+    the repo nor a fix; a mistyped relative folder such as runs/exp1 reads as such an id): one line naming both."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from .hub import download_command, error_chain, no_local_folder_note
+
+    note = no_local_folder_note(str(source), load_kwargs.get("cache_dir"))
+    if not (note and huggingface_hub.constants.HF_HUB_OFFLINE
+            and any(isinstance(cause, LocalEntryNotFoundError) for cause in error_chain(error))):
+        return None
+    return (f"{source} is not in the local Hub cache{note} and HF_HUB_OFFLINE is set: load it once without "
+            f"HF_HUB_OFFLINE=1, or {download_command(str(source), load_kwargs.get('revision'))} first")
 
 
 def _saved_variants(source, load_kwargs: dict, error: Exception | None = None) -> list[str]:

@@ -274,7 +274,7 @@ def load_hiera_state_dict(
             )
             return state_dict, snapshot_revision(local_file)
         errors.append(f"{filename}: {error}")
-    raise BackboneNotAvailableError.for_repo(repo_id, revision, errors)
+    raise BackboneNotAvailableError.for_repo(repo_id, revision, errors) from error.error  # the last file's
 
 
 

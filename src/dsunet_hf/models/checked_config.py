@@ -7,11 +7,23 @@ import inspect
 import math
 import numbers
 
+import numpy as np
+
 
 def check_positive_int(name: str, value) -> None:
     """Refuse what would otherwise fail later as an opaque tensor-shape error (a float, a string, 0 or less)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as a Python int: a call argument (a batch size) may be a NumPy integer, which range() and slicing
+    take but torch's DataLoader refuses; config fields stay strict (check_positive_int: a stored np.int64 is
+    unwritable JSON)."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    check_positive_int(name, value)
+    return value
 
 
 def check_finite_number(name: str, value) -> float:

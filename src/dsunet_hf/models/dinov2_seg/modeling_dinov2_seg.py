@@ -17,7 +17,12 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...losses import class_index_labels
-from ...modeling_utils import SegmentationPreTrainedModel, run_backbone, wants_hidden_states
+from ...modeling_utils import (
+    SegmentationPreTrainedModel,
+    check_image_batch,
+    run_backbone,
+    wants_hidden_states,
+)
 from .configuration_dinov2_seg import Dinov2SegConfig
 
 SCHEDULES = ("single", "slide", "multiscale")
@@ -71,6 +76,8 @@ def segment_with_schedule(logits_of, pixel_values: torch.Tensor | list[torch.Ten
         if len(views) != len(config.test_scales):
             raise ValueError(f"{len(views)} per-scale inputs for {len(config.test_scales)} test scales "
                              f"{config.test_scales}")
+    for view in views if views is not None else [pixel_values]:  # a (3, H, W) image: "not enough values to unpack"
+        check_image_batch(view)
     size = tuple(output_size or (views[0] if views is not None else pixel_values).shape[-2:])
 
     def probabilities_of(logits):
@@ -152,8 +159,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
         """``hidden_states`` (with ``output_hidden_states=True``): the patch-token maps (B, C, h, w) of the blocks the
         head takes (the last one, or the last four for ``multilayer``), final-LayerNorm'd, at token resolution."""
         with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}")
+        check_image_batch(pixel_values)  # a uint8 tensor ran (transformers' patch embedding casts it): wrong logits
         size = pixel_values.shape[-2:]
         maps = run_backbone(
             self.backbone, center_pad(pixel_values, self.backbone.patch_size), self.layers, method="forward_layers"

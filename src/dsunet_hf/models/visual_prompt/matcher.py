@@ -41,7 +41,7 @@ from ...hub import PLACEHOLDER_REPO_ID, hub_download_kwargs
 from ...image_io import load_image
 from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
 from ...prompts import reference_masks
-from ..checked_config import check_finite_number, check_positive_int
+from ..checked_config import check_finite_number, positive_int
 from .configuration_visual_prompt import VisualPromptMatcherConfig
 
 __all__ = [
@@ -333,9 +333,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         return self.features(pixel_values)
 
     def _extract(self, images: list, feature_fn: FeatureFn | None, batch_size: int) -> torch.Tensor:
-        if isinstance(batch_size, np.integer):  # a NumPy integer is one (range() and slicing take it)
-            batch_size = int(batch_size)
-        check_positive_int("batch_size", batch_size)  # 0 failed inside range(), a float inside slicing
+        batch_size = positive_int("batch_size", batch_size)  # 0 failed inside range(), a float inside slicing
         processor = self.default_image_processor()
         extract = feature_fn or self.features
         maps = []

@@ -45,7 +45,7 @@ from ...backbones.dinov2 import DINOv2Backbone
 from ...image_io import load_image
 from ...modeling_utils import check_pixel_values, run_backbone, wants_hidden_states
 from ...prompts import reference_masks
-from ..checked_config import check_finite_number, check_positive_int
+from ..checked_config import check_finite_number, positive_int
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
 from .matcher import DinoVisualPromptModel, _as_list, linear_assignment, patch_mask
 
@@ -465,9 +465,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
 
     def _segment_with_prompt(self, prompt: torch.Tensor, targets, batch_size: int, mode: str | None, encodings=None):
         mode = mode or self.config.inference_mode
-        if isinstance(batch_size, np.integer):  # a NumPy integer is one (range() and slicing take it)
-            batch_size = int(batch_size)
-        check_positive_int("batch_size", batch_size)  # 0 failed inside range(), a float there too
+        batch_size = positive_int("batch_size", batch_size)  # 0 failed inside range(), a float inside slicing
         targets = _as_list(targets)
         if not targets:
             raise ValueError("no target image to segment")

@@ -350,7 +350,9 @@ def test_evaluation_scores_oracles_exactly(tmp_path):
     perfect = evaluate_visual_prompt(_Oracle(folder, "truth"), dataset, id2label=names)
     assert perfect["mIoU"] == perfect["query_mIoU"] == perfect["FB-IoU"] == 1.0
     assert set(perfect["per_class_iou"]) <= {"red", "green", "blue", "yellow"}
-    assert perfect["num_queries"] == sum(len(c) for c in index_classes(dataset))
+    assert perfect["counts"]["num_queries"] == sum(len(c) for c in index_classes(dataset))
+    # Counts apart from the scores (reports and cards ranked them "higher is better", the card as validation results).
+    assert not {"num_queries", "num_classes", "num_absent_queries"} & set(perfect)
     assert evaluate_visual_prompt(_Oracle(folder, "truth"), dataset, absent_queries=5)["absent_area"] == 0.0
     assert evaluate_visual_prompt(_Oracle(folder, "everything"), dataset, absent_queries=5)["absent_area"] == 1.0
     assert evaluate_visual_prompt(_Oracle(folder, "empty"), dataset)["mIoU"] == 0.0
@@ -496,7 +498,8 @@ def test_evaluate_command_scores_a_visual_prompt_model(tmp_path):
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(folder), "--prompt-kind", "scribble",
                  "--max-samples", "6", "--output-dir", str(tmp_path / "eval"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert report["results"]["data"]["num_queries"] == 6 and 0 <= report["results"]["data"]["mIoU"] <= 1
+    assert report["info"]["query_counts"]["data"]["num_queries"] == 6 and 0 <= report["results"]["data"]["mIoU"] <= 1
+    assert "num_queries" not in report["results"]["data"]
     assert set(report["info"]["per_class_iou"]["data"]) <= {"red", "green", "blue", "yellow"}
     assert report["info"]["prompt_kind"] == "scribble" and "COCO-20i" in report["protocol"]
     binary = tmp_path / "binary"
@@ -525,6 +528,11 @@ def test_visual_prompt_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "train" / "model" / "README.md").is_file()
     report = json.loads((tmp_path / "demo" / "evaluation" / "evaluation.json").read_text())
     assert "mIoU" in report["results"]["textured shapes (test)"] and "COCO-20i" in report["protocol"]
+    assert "num_queries" not in report["results"]["textured shapes (test)"]  # a count, in the info
+    assert report["info"]["query_counts"]["num_queries"] >= 1
+    # The trained model's card lists validation scores only (num_queries / num_classes were "results" there).
+    card = (tmp_path / "demo" / "train" / "model" / "README.md").read_text()
+    assert "mIoU" in card and "num_queries" not in card and "num_classes" not in card
     assert 1 <= len(list((tmp_path / "demo" / "predictions" / "overlays").glob("*.png"))) <= 5
     # The SAM2-UNet demo's options are refused here rather than ignored (a --data folder was silently unused).
     from dsunet_hf.cli import main

@@ -131,9 +131,10 @@ def run_visual_prompt_demo(output_dir: str | Path = "outputs/demo-visual-prompt"
     test = load_segmentation_dataset(str(test_dir))
     names = json.loads((test_dir / "id2label.json").read_text())
     scores = evaluate_visual_prompt(model, test, id2label=names, seed=seed, absent_queries=40)
-    per_class = scores.pop("per_class_iou")
+    per_class, counts = scores.pop("per_class_iou"), scores.pop("counts")
     results = {"textured shapes (test)": scores}
-    json_path, markdown_path = write_report(results, output_dir / "evaluation", extra={"per_class_iou": per_class},
+    json_path, markdown_path = write_report(results, output_dir / "evaluation",
+                                            extra={"per_class_iou": per_class, "query_counts": counts},
                                             protocol=VISUAL_PROMPT_PROTOCOL)
     print(format_table(results))
     # Prompt the first test image's first class with a box around it, find it in the other test images.

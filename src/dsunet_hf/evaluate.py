@@ -869,6 +869,7 @@ def run_evaluate_cli(args) -> int:
         foreground = (None if visual_prompt is not None or multi_class
                       else foreground_protocol(model, processor, args.minmax_normalize))
         results, skipped_per_dataset, sources, per_class, per_object = {}, {}, {}, {}, {}
+        query_counts = {}  # visual prompting: how many queries / classes each score is over
         results_only, evaluated = {}, {}  # tracking sequences for a server; samples scored per dataset
         sequence_lists: dict[str, str | None] = {}  # tracking: the ImageSets list that chose the sequences
         failed: dict[str, str] = {}  # datasets nothing could be scored on: the others are still reported
@@ -896,6 +897,7 @@ def run_evaluate_cli(args) -> int:
                                                     id2label=_dataset_labels(source),
                                                     absent_queries=args.absent_queries)
                     per_class[name] = scores.pop("per_class_iou")
+                    query_counts[name] = scores.pop("counts")  # not scores: in the report's info
                     results[name] = scores
                 elif multi_class:
                     from .semantic import evaluate_semantic
@@ -955,7 +957,7 @@ def run_evaluate_cli(args) -> int:
         if multi_class:
             extra.update(schedule=args.schedule or model.default_schedule, reduce_zero_label=reduce_zero_label)
         if visual_prompt is not None:
-            extra.update(shots=args.shots, prompt_kind=args.prompt_kind)
+            extra.update(shots=args.shots, prompt_kind=args.prompt_kind, query_counts=query_counts)
         if failed:
             extra["failed_datasets"] = failed
     print(format_table(results))

@@ -247,8 +247,9 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
 
     Returns ``mIoU`` (per class: total intersection / total union over its queries; then the mean over
     classes, as COCO-20i / LVIS-92i report), ``query_mIoU`` (mean IoU per query), ``FB-IoU`` (mean of the
-    foreground and background IoU, accumulated over all queries), ``num_queries``, ``num_classes`` and
-    ``per_class_iou`` (by class name when ``id2label`` is given). ``self_reference_fallback``: see
+    foreground and background IoU, accumulated over all queries), ``per_class_iou`` (by class name when
+    ``id2label`` is given) and ``counts`` (``num_queries``, ``num_classes``, ``num_absent_queries``: what was
+    scored, kept apart from the scores so that reports and cards do not rank them). ``self_reference_fallback``: see
     :func:`evaluation_episodes`; other keyword arguments go to ``predict_masks`` (e.g. the head's ``mode``).
 
     ``absent_queries``: also prompt up to this many (target, class *absent* from it) pairs, drawn as a function of
@@ -322,9 +323,8 @@ def evaluate_visual_prompt(model, dataset, *, shots: int = 1, prompt_kind: str =
         "mIoU": float(np.mean(list(per_class.values()))),
         "query_mIoU": float(np.mean(query_ious)),
         "FB-IoU": float((fg_i / max(fg_u, 1.0) + bg_i / max(bg_u, 1.0)) / 2),
-        "num_queries": len(episodes),
-        "num_classes": len(per_class),
+        **({"absent_area": float(np.mean(absent_areas))} if absent_areas else {}),
         "per_class_iou": {names[value]: iou for value, iou in per_class.items()},
-        **({"absent_area": float(np.mean(absent_areas)), "num_absent_queries": len(absent_areas)}
-           if absent_areas else {}),
+        "counts": {"num_queries": len(episodes), "num_classes": len(per_class),
+                   **({"num_absent_queries": len(absent_areas)} if absent_areas else {})},
     }

@@ -427,6 +427,9 @@ def test_post_process_takes_the_tuple_of_a_return_dict_false_model(processor):
     multi = torch.randn(2, 3, 2, 2)
     labels = processor.post_process_semantic_segmentation((torch.tensor(1.0), multi), target_sizes=[(2, 2), (2, 2)])
     assert [m.tolist() for m in labels] == [m.argmax(0).tolist() for m in multi]
+    # Per-image logits in a tuple are no model output: they were read as the first image's alone (one map for two).
+    with pytest.raises(ValueError, match=r"^outputs: a tuple of 2 logits tensors; give one \(B, C, h, w\) tensor"):
+        processor.post_process_semantic_segmentation((logits, logits))
 
 
 def test_birefnet_resizes_like_its_upstream_with_opencv_without_antialiasing(tmp_path):

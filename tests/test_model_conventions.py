@@ -86,6 +86,19 @@ def test_an_id2label_override_brings_its_label2id(tmp_path, kind):
     assert kept.label2id == {"x": 0}
     # no override: the file's maps
     assert type(config).from_pretrained(tmp_path).label2id == config.label2id
+    # A JSON-read map (string keys) kept them (id2label[0]: KeyError); a list of names was saved as a list that did
+    # not load again; a map with a gap went past the class-id check; keys that are no ids failed inside int().
+    for given in ({str(index): name for index, name in new.items()}, list(new.values())):
+        loaded = type(config).from_pretrained(tmp_path, id2label=given)
+        assert loaded.id2label == new and loaded.label2id == {"sky": 0, "road": 1, "car": 2, "tree": 3}
+    legacy = {key: value for key, value in config.to_dict().items() if key not in ("id2label", "label2id")}
+    assert type(config).from_dict(legacy, id2label=new).id2label == new  # a file without classes (DINOv2: 2 of them)
+    loaded.save_pretrained(tmp_path / "again")
+    assert type(config).from_pretrained(tmp_path / "again").id2label == new
+    with pytest.raises(ValueError, match=r"id2label must name the classes 0\.\.1 .* got the ids \[0, 2\]"):
+        type(config).from_pretrained(tmp_path, id2label={0: "sky", 2: "car"})
+    with pytest.raises(ValueError, match=r"^id2label must map the class ids 0, 1, \.\.\. to names .* got \{'sky': 0\}"):
+        type(config).from_pretrained(tmp_path, id2label={"sky": 0})
 
 
 def test_the_variant_hint_reads_the_snapshot_of_the_given_cache_dir(tmp_path):

@@ -287,7 +287,11 @@ class SegmentationImageProcessor(BaseImageProcessor):
         """
         logits = getattr(outputs, "logits", outputs)
         if isinstance(logits, tuple) and logits and isinstance(logits[0], torch.Tensor) and logits[0].ndim in (0, 4):
-            # A return_dict=False model's output: (loss, logits, ...) with labels, else (logits, ...).
+            # A return_dict=False model's output: (loss, logits, ...) with labels, else (logits, ...). Not a tuple of
+            # logits tensors only (one per image?), which was read as its first one's maps alone.
+            if len(logits) > 1 and all(isinstance(item, torch.Tensor) and item.ndim == 4 for item in logits):
+                raise ValueError(f"outputs: a tuple of {len(logits)} logits tensors; give one (B, C, h, w) tensor "
+                                 f"(torch.cat them), or the model's output")
             logits = logits[1] if logits[0].ndim == 0 and len(logits) > 1 else logits[0]
         if not isinstance(logits, torch.Tensor):
             logits = torch.as_tensor(np.asarray(logits))

@@ -46,6 +46,18 @@ def check_class_ids(config) -> None:
                          f"got the ids {sorted(config.id2label)[:12]}")
 
 
+def class_names_by_id(id2label) -> dict:
+    """``id2label`` as ``{class id (int): name}``: a list of names is taken in order, a dict's keys may be strings
+    (JSON's)."""
+    if isinstance(id2label, (list, tuple)):
+        return dict(enumerate(id2label))
+    try:
+        return {int(index): name for index, name in id2label.items()}
+    except (AttributeError, TypeError, ValueError):  # a string, {"sky": ...}
+        raise ValueError(f"id2label must map the class ids 0, 1, ... to names (a dict, or a list of names), got "
+                         f"{id2label!r}") from None
+
+
 def is_loss_weight(value) -> bool:
     """A finite, non-negative number (a negative weight would train that output away from the labels)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
@@ -67,8 +79,14 @@ class CheckedOverrides:
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        if isinstance(kwargs.get("id2label"), dict) and "label2id" not in kwargs:
-            # transformers sets the new id2label and keeps the file's label2id: names of the old classes.
-            kwargs["label2id"] = {name: int(index) for index, name in kwargs["id2label"].items()}
+        if kwargs.get("id2label") is not None:
+            # Through __init__ (int keys, as read from a file; the class-id check), not transformers' setattr, which
+            # kept a JSON-read {"0": ...}'s string keys (id2label[0]: KeyError), saved a list of names that did not
+            # load again, and kept the file's label2id (names of the old classes).
+            id2label = class_names_by_id(kwargs.pop("id2label"))
+            label2id = kwargs.pop("label2id", None) or {name: index for index, name in id2label.items()}
+            # (a num_labels in the dict, one Dinov2SegConfig adds to a file without classes, would win over it)
+            config_dict = {**{key: value for key, value in config_dict.items() if key != "num_labels"},
+                           "id2label": id2label, "label2id": label2id}
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         return super().from_dict({**config_dict, **overrides}, **kwargs)

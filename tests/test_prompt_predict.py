@@ -304,8 +304,11 @@ def test_cli_reads_each_reference_and_mask_prompt_once_and_takes_a_mask_threshol
             str(tmp_path / "mask.jpg"), str(folder / "a.png"), "--output-dir", str(tmp_path / "out"), "--overwrite"]
     assert main(args) == 0
     assert sorted(read) == ["a.png", "mask.jpg", "reference.jpg"] and np.array_equal(model.masks[0], jpeg > 0)
+    assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["mask_threshold"] is None
     assert main([*args, "--mask-threshold", "0.5"]) == 0
     assert np.array_equal(model.masks[0], jpeg >= 128)  # load_mask's 0-1 scale: >= 0.5 of 255
+    # Was: the report named the prompt "mask.jpg" only, not the threshold it was read with.
+    assert json.loads((tmp_path / "out" / "prediction_report.json").read_text())["mask_threshold"] == 0.5
 
 
 def test_one_reference_prompt_and_target_may_be_given_alone(tmp_path, images, monkeypatch):
@@ -332,6 +335,8 @@ def test_bad_prompt_or_reference_fails_before_any_target(tmp_path, images):
         predict_with_prompts(model, [reference], ["box:1,2"], [folder], tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="need one prompt per reference"):
         predict_with_prompts(model, [reference, reference], ["box:1,1,9,9"], [folder], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"got 1 reference\(s\) and 60 prompt\(s\); a 3-D mask array is a stack .* in a list$"):
+        predict_with_prompts(model, [reference], np.zeros((60, 80, 4)), [folder], tmp_path / "out")  # RGBA, alone
     with pytest.raises(ValueError, match="^give the references and their prompts, or a ReferencePrompts with prompts"):
         predict_with_prompts(model, [reference], None, [folder], tmp_path / "out")  # was load_mask's TypeError
     with pytest.raises(Exception, match="broken.png"):

@@ -635,6 +635,7 @@ def test_a_resume_into_another_output_dir_chooses_the_best_again(generated_data,
     assert "the best model so far (step 2, S-measure 0.9000) is not in" in caplog.text
     assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["checkpoint-4"]
     assert [p.name for p in (tmp_path / "b" / "abandoned-checkpoints").glob("*/*")] == ["checkpoint-9"]
+    assert "moved checkpoint-9, this folder's, of another run, to" in caplog.text  # was: "written after it"
     assert resumed["best_step"] == 4 and resumed["best_metrics"]["S-measure"] == 0.1
     assert "| S-measure | 0.1" in (tmp_path / "b" / "model" / "README.md").read_text()
 

@@ -34,7 +34,7 @@ from .predict import (
     overlay_image,
     remove_leftover_temporaries,
 )
-from .prompts import as_prompt, describe_prompt, reference_masks
+from .prompts import as_prompt, check_mask_threshold, describe_prompt, reference_masks
 from .video import import_av, is_video, predict_video_into_report, video_output_path
 
 __all__ = ["PromptTracker", "ReferencePrompts", "check_track_memory", "default_threshold", "frame_order",
@@ -207,27 +207,33 @@ class ReferencePrompts:
     """References and their prompts read and checked once (:func:`read_reference_prompts`): the images, the masks the
     prompts mark on them, and both as given (named in the report). :func:`predict_with_prompts` takes it in place of
     the references (``prompts`` None), so a caller that checks them first (the command line, before the model
-    loads) does not read them twice."""
+    loads) does not read them twice. ``mask_threshold``: the one the mask prompts were read with (in the report)."""
 
     references: list
     prompts: list
     images: list[Image.Image]
     masks: list[np.ndarray]
+    mask_threshold: float | None = None
 
 
 def read_reference_prompts(references, prompts, mask_threshold: float | None = None) -> ReferencePrompts:
     """Read the reference images and rasterise each prompt on its reference (one of each may be given alone); a bad
     one is a ValueError (OSError: a file that cannot be read) naming it. ``mask_threshold``: mask prompts given as
     files or arrays are foreground where ``>=`` it (e.g. 0.5 for JPEG masks) instead of non-zero."""
+    # An (H, W, C) mask alone reads as a stack of H masks, as an (N, H, W) one does: said, not only counted.
+    stacked = len(getattr(prompts, "shape", ())) == 3
     references, prompts = input_list(references, 3), input_list(prompts, 2)
+    if mask_threshold is not None:  # also without a mask prompt: recorded in the report
+        mask_threshold = check_mask_threshold(mask_threshold)
     if not references or len(references) != len(prompts):
         raise ValueError(f"need one prompt per reference image, got {len(references)} reference(s) and "
-                         f"{len(prompts)} prompt(s)")
+                         f"{len(prompts)} prompt(s)" + ("; a 3-D mask array is a stack of (height, width) masks: "
+                                                        "give an RGB(A) mask in a list" if stacked else ""))
     images = [load_image(reference) for reference in references]  # errors name the file
     for prompt in prompts:
         as_prompt(prompt, mask_threshold)  # malformed text: an error quoting it, before any image is rasterised
     masks = reference_masks(prompts, images, references, mask_threshold)  # errors name the prompt and the reference
-    return ReferencePrompts(references, prompts, images, masks)
+    return ReferencePrompts(references, prompts, images, masks, mask_threshold)
 
 
 def predict_with_prompts(model, references: list | ReferencePrompts, prompts: list | None, targets: list[str | Path],
@@ -370,6 +376,7 @@ def predict_with_prompts(model, references: list | ReferencePrompts, prompts: li
         **report.__dict__, "references": [str(r) for r in references],
         "prompts": [describe_prompt(p) for p in prompts], "threshold": threshold,
         "track_memory": track_memory if track else None,
+        "mask_threshold": given.mask_threshold,  # the prompt texts do not say it: mask:m.jpg read with >= 0.5
     })
     return report
 

@@ -537,8 +537,9 @@ def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: i
             if (output_dir / best).is_dir():
                 os.replace(output_dir / best, aside / best)
                 moved.append(f"{best}/")
-    logger.warning("resuming from %s (step %d): moved %s, written after it by another course of training, to %s "
-                   "(delete it when it is not needed)", resume_path, step, ", ".join(moved), aside)
+    whose = "written after it by the course of training it abandons" if own else "this folder's, of another run"
+    logger.warning("resuming from %s (step %d): moved %s, %s, to %s (delete it when it is not needed)", resume_path,
+                   step, ", ".join(moved), whose, aside)
     return aside
 
 

@@ -130,3 +130,16 @@ def test_a_bfloat16_model_takes_the_processors_float32_pixels(name):
     finally:
         model.float()
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_a_home_relative_path_saves_and_loads_in_the_home_folder(tmp_path, monkeypatch):
+    """transformers took "~/models/x" literally: save_pretrained wrote ./~/models/x, from_pretrained said it was not
+    a valid repo id."""
+    model, inputs = _model_and_inputs("sam2-unet")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model.save_pretrained("~/models/x", include_backbone=True)
+    assert (tmp_path / "home" / "models" / "x" / "config.json").is_file() and not (tmp_path / "~").exists()
+    loaded = type(model).from_pretrained("~/models/x").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)

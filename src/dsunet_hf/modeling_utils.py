@@ -82,6 +82,11 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
         )
 
 
+def _expand_home(path):
+    """A ``~/...`` path with the home folder (as a shell would; transformers takes the text literally)."""
+    return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) and str(path).startswith("~") else path
+
+
 def wants_hidden_states(model, output_hidden_states: bool | None, output_attentions: bool | None) -> bool:
     """transformers' forward options: ``output_hidden_states`` (default: the config's, as transformers' models);
     ``output_attentions`` refused, not silently ignored (the backbones' attention weights are not collected: their
@@ -502,6 +507,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         ``verify_backbone_weights=False`` loads them anyway (the fingerprint is then dropped: a save records the
         weights loaded). Artifacts saved before the fingerprint existed load unchecked.
         """
+        pretrained_model_name_or_path = _expand_home(pretrained_model_name_or_path)  # transformers: "not a repo id"
         want_info = kwargs.pop("output_loading_info", False)
         merge = kwargs.pop("merge_lora", False)
         verify = kwargs.pop("verify_backbone_weights", True)
@@ -579,6 +585,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         not uploaded. Weights of an earlier save in the other layout (one file / shards) are removed, here and on the
         Hub."""
         card_kwargs = dict(kwargs.pop("model_card_kwargs", None) or {})
+        save_directory = _expand_home(save_directory)  # transformers wrote "~/models/x" into ./~/models/x
         push = kwargs.pop("push_to_hub", False)
         push_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "commit_description", "private", "token",
                                                          "revision", "create_pr") if key in kwargs}

@@ -633,11 +633,38 @@ def test_a_resume_into_another_output_dir_chooses_the_best_again(generated_data,
     resumed = train(tiny_args(generated_data, tmp_path / "b", max_steps=4, eval_steps=2,
                               resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "checkpoint-2")))
     assert "the best model so far (step 2, S-measure 0.9000) is not in" in caplog.text
+    assert "a resume into another folder does not copy" in caplog.text  # was: "the earlier run's best/ stays"
     assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["checkpoint-4"]
     assert [p.name for p in (tmp_path / "b" / "abandoned-checkpoints").glob("*/*")] == ["checkpoint-9"]
     assert "moved checkpoint-9, this folder's, of another run, to" in caplog.text  # was: "written after it"
     assert resumed["best_step"] == 4 and resumed["best_metrics"]["S-measure"] == 0.1
     assert "| S-measure | 0.1" in (tmp_path / "b" / "model" / "README.md").read_text()
+
+
+def test_a_best_model_saved_after_the_last_checkpoint_is_set_aside_on_resume(generated_data, tmp_path, monkeypatch,
+                                                                             caplog):
+    """Killed after best/ was rewritten (step 4) but before a checkpoint recorded it: the resume from checkpoint-2
+    (best: step 2) kept that best/ under step 2's label, and it became model/, the model of an abandoned course."""
+    import shutil
+
+    import dsunet_hf.evaluate
+
+    scores = iter([0.5, 0.6, 0.55, 0.9, 0.58, 0.55])
+    monkeypatch.setattr(dsunet_hf.evaluate, "evaluate_model",
+                        lambda *args, **kwargs: {"S-measure": next(scores), "MAE": 0.1, "loss": 1.0})
+    run = tmp_path / "run"
+    train(tiny_args(generated_data, run, max_steps=4, eval_steps=1, stop_after_steps=4))
+    assert json.loads((run / "best" / "best_record.json").read_text()) == {"step": 4, "metric": "S-measure",
+                                                                           "value": 0.9}
+    assert not (run / "model" / "best_record.json").exists()  # the record stays out of the artifact
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")  # the kill: best/ of step 4 written, its checkpoint not
+    resumed = train(tiny_args(generated_data, run, max_steps=4, eval_steps=1, resume_from_checkpoint="latest"))
+    (aside,) = (run / "abandoned-checkpoints").iterdir()
+    assert json.loads((aside / "best" / "best_record.json").read_text())["step"] == 4  # moved whole, not deleted
+    assert "moved best/ (the best model of step 4)" in caplog.text
+    assert "is not in" in caplog.text and f"a later best model replaced it, set aside in {aside}" in caplog.text
+    assert resumed["best_step"] == 3 and resumed["best_metrics"]["S-measure"] == 0.58
+    assert "| S-measure | 0.58" in (run / "model" / "README.md").read_text()  # was the abandoned 0.9
 
 
 def test_torch_compile_trains_like_eager(generated_data, tmp_path):

@@ -41,6 +41,9 @@ TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 TRAINER_STATE = "trainer_state.json"
 # The frozen backbones a checkpoint's trainable tensors were trained on (fingerprint and source of each).
 BACKBONE_RECORD = "backbone_fingerprint.json"
+# Inside best/: the step (and metric value) it was saved at, written with it, so that a resume tells whether it is the
+# best its checkpoint records (not copied into model/).
+BEST_RECORD = "best_record.json"
 
 
 @dataclass
@@ -505,38 +508,55 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
     return path
 
 
-def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: int) -> Path | None:
+def read_best_record(folder: Path) -> dict | None:
+    """What ``folder/best_record.json`` says (step, metric, value); None for a best/ saved before it was written."""
+    try:
+        return json.loads((folder / BEST_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: int,
+                                    best: tuple[int | None, float | None] = (None, None)) -> Path | None:
     """Move out of ``OUTPUT/checkpoints`` what a resume from ``resume_path`` (at ``step``) abandons: the checkpoints of
     this folder after that step (a resume from an older checkpoint) or all of them (a resume from another folder's
     checkpoint), so that ``--resume-from-checkpoint latest`` and ``--save-total-limit`` never take them for this
     run's (a run killed before it overwrote them resumed the abandoned branch; a new checkpoint-150 was pruned
     against an abandoned checkpoint-300). Moved aside, not deleted: a resume from the wrong checkpoint (100 for
-    1000) must not cost the hours behind the later ones. ``best/`` goes with them when they record a best model
-    found after ``step`` (it would become this run's ``model/``). Returns the folder they went to, if any."""
+    1000) must not cost the hours behind the later ones. ``best/`` (and ``best.old``) goes with them when it is not
+    the checkpoint's ``best`` (step, value), by its own record, or, saved before that record, when they record a best
+    model found after ``step`` (it would become this run's ``model/``). Returns the folder they went to, if any."""
     resume_path = resume_path.resolve()
     own = resume_path.parent == (output_dir / "checkpoints").resolve()
     later = [p for p in checkpoint_dirs(output_dir)
              if p.resolve() != resume_path and (not own or int(p.name.split("-")[-1]) > step)]
-    if not later:
-        return None
-    aside = output_dir / ABANDONED / f"{time.strftime('%Y%m%d-%H%M%S')}-resumed-from-{resume_path.name}"
-    while aside.exists():  # a second resume within the same second
-        aside = aside.with_name(aside.name + "+")
-    aside.mkdir(parents=True)
     best_steps = []
     for checkpoint in later:
         try:
             best_steps.append(json.loads((checkpoint / TRAINER_STATE).read_text()).get("best_step"))
         except (OSError, ValueError):
             pass
+    bests = {}  # best/ and best.old that are not the checkpoint's best model: {name: the step it was saved at}
+    for name in ("best", "best.old"):
+        if (output_dir / name).is_dir():
+            record = read_best_record(output_dir / name)
+            if record is None:  # saved before best/ recorded its step: judged by the later checkpoints' records
+                if own and any(later_best is not None and later_best > step for later_best in best_steps):
+                    bests[name] = None
+            elif (record.get("step"), record.get("value")) != tuple(best):  # e.g. a run killed before it checkpointed
+                bests[name] = record.get("step")
+    if not later and not bests:
+        return None
+    aside = output_dir / ABANDONED / f"{time.strftime('%Y%m%d-%H%M%S')}-resumed-from-{resume_path.name}"
+    while aside.exists():  # a second resume within the same second
+        aside = aside.with_name(aside.name + "+")
+    aside.mkdir(parents=True)
     for checkpoint in later:  # one rename each, in the same file system: a checkpoint is moved whole or not at all
         os.replace(checkpoint, aside / checkpoint.name)
     moved = [checkpoint.name for checkpoint in later]
-    if own and any(best is not None and best > step for best in best_steps):
-        for best in ("best", "best.old"):
-            if (output_dir / best).is_dir():
-                os.replace(output_dir / best, aside / best)
-                moved.append(f"{best}/")
+    for name, saved_at in bests.items():
+        os.replace(output_dir / name, aside / name)
+        moved.append(f"{name}/" if saved_at is None else f"{name}/ (the best model of step {saved_at})")
     whose = "written after it by the course of training it abandons" if own else "this folder's, of another run"
     logger.warning("resuming from %s (step %d): moved %s, %s, to %s (delete it when it is not needed)", resume_path,
                    step, ", ".join(moved), whose, aside)
@@ -866,24 +886,30 @@ def train(args: TrainingArguments) -> dict:
         state = saved
         state.data_layout = layout
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
+        aside = None
         if accelerator.is_main_process:  # only now, with the checkpoint loaded: a refused resume moves nothing
-            set_aside_abandoned_checkpoints(output_dir, resume_path, state.global_step)
+            aside = set_aside_abandoned_checkpoints(output_dir, resume_path, state.global_step,
+                                                    (state.best_step, state.best_metric))
         accelerator.wait_for_everyone()
         # The best/ (or best.old) of this folder is the checkpoint's best only when the checkpoint is this folder's;
         # another run's best/ would have become model/ under this run's best metric.
         own = resume_path.resolve().parent == (output_dir / "checkpoints").resolve()
-        aside = output_dir / "best.old"  # a run killed while a newer best/ went in (_replace_dir): the one it recorded
-        if accelerator.is_main_process and own and state.best_step is not None and aside.is_dir() and \
+        old = output_dir / "best.old"  # a run killed while a newer best/ went in (_replace_dir): the one it recorded
+        if accelerator.is_main_process and own and state.best_step is not None and old.is_dir() and \
                 not (output_dir / "best").exists():
-            os.replace(aside, output_dir / "best")
+            os.replace(old, output_dir / "best")
         accelerator.wait_for_everyone()
         if state.best_step is not None and not (own and (output_dir / "best").is_dir()):
-            # Resumed into another output dir (or best/ was deleted): the best weights are not here, and the final
-            # model/ must not silently become the last weights; the best is chosen again from the coming validations.
-            logger.warning("the best model so far (step %d, %s %.4f) is not in %s (the earlier run's best/ stays "
-                           "where it was): the best is chosen again from the validations after step %d",
-                           state.best_step, args.metric_for_best_model, state.best_metric, output_dir / "best",
-                           state.global_step)
+            # Resumed into another output dir (or best/ was deleted, or set aside as a later one): the best weights
+            # are not here, and the final model/ must not silently become the last weights (or a model of a course
+            # of training abandoned); the best is chosen again from the coming validations.
+            if accelerator.is_main_process:  # where set_aside_abandoned_checkpoints ran
+                why = ("a resume into another folder does not copy the checkpoint's folder's best/" if not own else
+                       f"a later best model replaced it, set aside in {aside}" if aside and (aside / "best").is_dir()
+                       else "it was deleted")
+                logger.warning("the best model so far (step %d, %s %.4f) is not in %s (%s): the best is chosen again "
+                               "from the validations after step %d", state.best_step, args.metric_for_best_model,
+                               state.best_metric, output_dir / "best", why, state.global_step)
             state.best_metric, state.best_step, state.best_metrics = None, None, {}
             state.validations_without_improvement = 0
 
@@ -928,7 +954,7 @@ def train(args: TrainingArguments) -> dict:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    def save_model(folder: Path, metrics: dict) -> None:
+    def save_model(folder: Path, metrics: dict, record: dict | None = None) -> None:
         temporary = _temporary(folder)
         # A random backbone exists nowhere else: keep it in the artifact so that it loads again.
         unwrapped.save_pretrained(
@@ -938,6 +964,8 @@ def train(args: TrainingArguments) -> dict:
         if metrics:  # the validation results as the card's model-index too (shown on the Hub's model page)
             add_validation_results_to_card(temporary, metrics, validation_name, str(args.val_data or args.train_data),
                                            model_name=(args.hub_model_id or str(output_dir)).rstrip("/").split("/")[-1])
+        if record:  # in the folder before it is renamed into place: the two go in together
+            write_json_atomic(temporary / BEST_RECORD, record)
         _replace_dir(temporary, folder)
 
     def validate() -> None:
@@ -972,7 +1000,8 @@ def train(args: TrainingArguments) -> dict:
             if is_better(args.metric_for_best_model, value, state.best_metric):
                 state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
                 state.validations_without_improvement = 0
-                save_model(output_dir / "best", metrics)
+                save_model(output_dir / "best", metrics, {"step": state.global_step,
+                                                          "metric": args.metric_for_best_model, "value": value})
             else:
                 state.validations_without_improvement += 1
             patience = args.early_stopping_patience
@@ -1061,7 +1090,7 @@ def train(args: TrainingArguments) -> dict:
         final = output_dir / "model"
         if (output_dir / "best").is_dir():  # copied whole, then swapped in: no file of an older model stays
             temporary = _temporary(final)
-            shutil.copytree(output_dir / "best", temporary)
+            shutil.copytree(output_dir / "best", temporary, ignore=shutil.ignore_patterns(BEST_RECORD))
             _replace_dir(temporary, final)
         else:
             save_model(final, {})

@@ -25,6 +25,7 @@ from dsunet_hf.data import (
     dataset_name,
     dropped_files,
     find_image_mask_pairs,
+    find_labels_file,
     load_segmentation_dataset,
     train_validation_split,
 )
@@ -121,6 +122,23 @@ def test_mask_name_suffix_and_name_clash(tmp_path, caplog):
     assert "ambiguous name 'dup'" in warnings_text(caplog)
 
 
+def test_names_differing_in_case_only_pair_when_unique(tmp_path):
+    """IMG_1.JPG + img_1.png (a dataset made on a case-insensitive file system) were left unpaired, the sample lost."""
+    write_pairs(tmp_path, "images", "masks", ["p1"])
+    _rgb(20, 16).save(tmp_path / "images" / "IMG_1.JPG")
+    _mask(20, 16).save(tmp_path / "masks" / "img_1.png")
+    _rgb(20, 16).save(tmp_path / "images" / "Cam_2.jpg")
+    _mask(20, 16).save(tmp_path / "masks" / "cam_2_Mask.png")
+    _rgb(20, 16).save(tmp_path / "images" / "Two.jpg")  # two masks for it: not guessed at
+    _mask(20, 16).save(tmp_path / "masks" / "two.png")
+    _mask(20, 16).save(tmp_path / "masks" / "TWO.png")
+    scan = find_image_mask_pairs(tmp_path)
+    assert [(Path(i).name, Path(m).name) for i, m in scan.pairs] == [
+        ("Cam_2.jpg", "cam_2_Mask.png"), ("IMG_1.JPG", "img_1.png"), ("p1.jpg", "p1.png")]
+    assert [Path(p).name for p in scan.unpaired_images] == ["Two.jpg"]
+    assert [Path(p).name for p in scan.unpaired_masks] == ["TWO.png", "two.png"]
+
+
 def test_split_subfolders(tmp_path):
     write_pairs(tmp_path / "train", "images", "masks", ["t1", "t2", "t3"])
     write_pairs(tmp_path / "val", "Imgs", "GT", ["v1", "v2"])
@@ -133,7 +151,7 @@ def test_split_subfolders(tmp_path):
         load_segmentation_dataset(tmp_path, split="test")
 
 
-def test_split_subfolders_inside_the_image_and_mask_folders(tmp_path):
+def test_split_subfolders_inside_the_image_and_mask_folders(tmp_path, caplog):
     # ADE20K: images/{training,validation} + annotations/{training,validation}; a split must not see the other's files.
     write_pairs(tmp_path, "images/training", "annotations/training", ["t1", "t2"])
     write_pairs(tmp_path, "images/validation", "annotations/validation", ["v1"])
@@ -143,7 +161,49 @@ def test_split_subfolders_inside_the_image_and_mask_folders(tmp_path):
     with pytest.raises(ValueError, match=r"no folder for split 'test'; split folders found in "
                                          r"images/: \['training', 'validation'\]; annotations/: "):
         load_segmentation_dataset(tmp_path, split="test")
-    assert len(find_image_mask_pairs(tmp_path).pairs) == 3  # no split: the folders whole, as before
+    # No split (evaluate without --split): the train pair, as for split folders side by side; mixing both splits
+    # scored training images with the validation ones.
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert [Path(i).stem for i, _ in find_image_mask_pairs(tmp_path).pairs] == ["t1", "t2"]
+    assert "no split given, using images/training + annotations/training (not ['validation']" in warnings_text(caplog)
+
+
+def test_labels_file_is_found_beside_the_data_in_any_layout(tmp_path):
+    """id2label.json in the folder, beside split folders, or inside the split folder that --train-data organs loads
+    (organs/train/): that last one was missed, and a multi-class run built a binary model."""
+    write_pairs(tmp_path / "organs" / "train", "images", "masks", ["a"])
+    write_pairs(tmp_path / "organs" / "val", "images", "masks", ["b"])
+    inner = tmp_path / "organs" / "train" / "id2label.json"
+    inner.write_text('{"0": "background", "1": "liver"}')
+    assert find_labels_file(tmp_path / "organs") == inner
+    assert find_labels_file(tmp_path / "organs" / "train") == inner
+    assert find_labels_file(tmp_path / "organs", split="val") is None  # val/ has none of its own
+    beside = tmp_path / "organs" / "id2label.json"
+    beside.write_text('{"0": "background", "1": "liver"}')
+    assert find_labels_file(tmp_path / "organs" / "val") == beside
+    assert find_labels_file(tmp_path / "photos") is None and find_labels_file("org/name") is None
+
+
+def test_split_folders_on_one_side_with_one_flat_folder_for_all_splits(tmp_path, caplog):
+    """CAMO as released: Images/Train + Images/Test and one flat GT/. Every split paired nothing (the image names
+    carried the split folder); now a split takes its folder, and the other split's masks are not called unpaired."""
+    write_pairs(tmp_path / "CAMO", "Images/Train", "GT", ["c1", "c2"])
+    write_pairs(tmp_path / "CAMO", "Images/Test", "GT", ["c3"])
+    _mask(20, 16).save(tmp_path / "CAMO" / "GT" / "orphan.png")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        train = find_image_mask_pairs(tmp_path / "CAMO", "train")
+    assert [(Path(i).stem, Path(m).stem) for i, m in train.pairs] == [("c1", "c1"), ("c2", "c2")]
+    assert [Path(p).name for p in train.unpaired_masks] == ["orphan.png"]  # c3.png is the test split's
+    assert "orphan.png" in warnings_text(caplog) and "c3" not in warnings_text(caplog)
+    assert [Path(i).stem for i in load_segmentation_dataset(tmp_path / "CAMO", split="test")["image"]] == ["c3"]
+    assert [Path(i).stem for i, _ in find_image_mask_pairs(tmp_path / "CAMO").pairs] == ["c1", "c2"]  # no split
+    with pytest.raises(ValueError, match=r"Images: no folder for split 'val'; split folders found: \['Test', 'Train'\]"):
+        find_image_mask_pairs(tmp_path / "CAMO", "val")
+    # The other way round: one image folder, masks split.
+    write_pairs(tmp_path / "flipped", "images", "masks/train", ["a", "b"])
+    write_pairs(tmp_path / "flipped", "images", "masks/test", ["z"])
+    scan = find_image_mask_pairs(tmp_path / "flipped", "test")
+    assert [Path(i).stem for i, _ in scan.pairs] == ["z"] and not scan.unpaired_images
 
 
 def test_pascal_voc_layout_takes_its_masks_from_segmentation_class(tmp_path):
@@ -179,6 +239,12 @@ def test_unrecognised_layout_error_names_root_and_subfolders(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(ValueError, match="image folder images/ has no mask folder"):
         find_image_mask_pairs(tmp_path)
+    # The image or mask folder itself passed (--train-data TrainDataset/Imgs): said, with the folder to pass.
+    write_pairs(tmp_path / "TrainDataset", "Imgs", "GT", ["a"])
+    for inner in ("Imgs", "GT"):
+        role = "image" if inner == "Imgs" else "mask"
+        with pytest.raises(ValueError, match=f"{inner}/ is the {role} folder itself; pass its parent .*TrainDataset "):
+            load_segmentation_dataset(tmp_path / "TrainDataset" / inner)
 
 
 def test_local_dataset_columns_and_stable_sample_ids(tmp_path):

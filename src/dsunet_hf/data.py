@@ -230,6 +230,10 @@ def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
         raise _no_layout_error(root, f": image folder {image_dir.name}/ has no mask folder beside it")
     if mask_dir is not None:
         raise _no_layout_error(root, f": mask folder {mask_dir.name}/ has no image folder beside it")
+    # The commonest slip: --train-data TrainDataset/Imgs, the image (or mask) folder itself.
+    for role, exact, words in (("image", IMAGE_DIR_NAMES, _IMAGE_WORDS), ("mask", MASK_DIR_NAMES, _MASK_WORDS)):
+        if _rank(root.name, exact, words) is not None and _has_image_file(root):
+            raise _no_layout_error(root, f": {root.name}/ is the {role} folder itself; pass its parent {root.parent}")
     raise _no_layout_error(root)
 
 
@@ -238,15 +242,43 @@ def _split_folders(folder: Path) -> dict[str, Path]:
     return {_SPLIT_ALIASES[_split_key(p.name)]: p for p in _subdirs(folder) if _split_key(p.name) in _SPLIT_ALIASES}
 
 
-def _select_split(image_dir: Path, mask_dir: Path, split: str | None) -> tuple[Path, Path]:
+def _has_top_level_image(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+
+
+def _select_split(image_dir: Path, mask_dir: Path, split: str | None) -> tuple[Path, Path, list[Path]]:
     """ADE20K keeps its splits inside the image and mask folders (``images/training`` + ``annotations/training``):
-    with a split, that pair. Without a split, or without split folders in both, the folders are used whole."""
+    with a split, that pair; without one, the train pair (as for split folders beside each other), never the splits
+    mixed (evaluate would score training images). Without split folders in both, the folders are used whole, except
+    that CAMO's one flat ``GT/`` for ``Images/Train`` + ``Images/Test`` (split folders on one side only, nothing
+    beside them) gives the split's folder + the flat one. The third item: the other split folders of that side, whose
+    partners in the flat folder belong to another split (not reported as unpaired)."""
     image_splits, mask_splits = _split_folders(image_dir), _split_folders(mask_dir)
-    if split is None or not image_splits or not mask_splits:
-        return image_dir, mask_dir
+    one_sided = [(splits, folder) for splits, folder in ((image_splits, image_dir), (mask_splits, mask_dir))
+                 if splits and not _has_top_level_image(folder)]
+    if bool(image_splits) != bool(mask_splits) and one_sided:
+        splits, folder = one_sided[0]
+        wanted = "train" if split is None else _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
+        if wanted not in splits:
+            raise ValueError(f"{folder}: no folder for split {split or 'train'!r}; split folders found: "
+                             f"{sorted(p.name for p in splits.values())}")
+        if split is None:
+            logger.warning("%s: no split given, using %s/%s", folder.parent, folder.name, splits[wanted].name)
+        others = [p for name, p in splits.items() if name != wanted]
+        return ((splits[wanted], mask_dir, others) if folder == image_dir else (image_dir, splits[wanted], others))
+    if not image_splits or not mask_splits:
+        return image_dir, mask_dir, []
+    if split is None:
+        if "train" not in image_splits or "train" not in mask_splits:
+            return image_dir, mask_dir, []
+        others = sorted(p.name for name, p in image_splits.items() if name != "train")
+        logger.warning("%s: no split given, using %s/%s + %s/%s (not %s; pass split=... for another)",
+                       image_dir.parent, image_dir.name, image_splits["train"].name, mask_dir.name,
+                       mask_splits["train"].name, others)
+        return image_splits["train"], mask_splits["train"], []
     wanted = _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
     if wanted in image_splits and wanted in mask_splits:
-        return image_splits[wanted], mask_splits[wanted]
+        return image_splits[wanted], mask_splits[wanted], []
     found = "; ".join(f"{folder.name}/: {sorted(p.name for p in splits.values())}"
                       for folder, splits in ((image_dir, image_splits), (mask_dir, mask_splits)))
     raise ValueError(f"{image_dir.parent}: no folder for split {split!r}; split folders found in {found}")
@@ -280,6 +312,26 @@ def _mask_key(key: str, image_keys: set[str]) -> str:
     return key
 
 
+def _pair_ignoring_case(image_keys: list[str], lone_masks: dict[str, Path]) -> dict[str, Path]:
+    """Unpaired images and masks whose names differ in case only (``IMG_1.JPG`` + ``img_1.png``, as a dataset made
+    on a case-insensitive file system has them), where the match is unique both ways: ``{image key: mask}``. The
+    masks paired are removed from ``lone_masks``."""
+    by_lower: dict[str, list[str]] = {}
+    for key in image_keys:
+        by_lower.setdefault(key.lower(), []).append(key)
+    claims: dict[str, list[str]] = {}  # image key -> mask keys that match it
+    for mask_key in lone_masks:
+        lower = mask_key.lower()
+        names = [lower] + [lower[: -len(suffix)] for suffix in MASK_STEM_SUFFIXES if lower.endswith(suffix)]
+        matches = {key for name in names for key in by_lower.get(name, [])}
+        if len(matches) == 1:
+            claims.setdefault(matches.pop(), []).append(mask_key)
+    found = {key: lone_masks.pop(masks[0]) for key, masks in claims.items() if len(masks) == 1}
+    if found:
+        logger.info("paired %d image(s) with a mask whose name differs in case only", len(found))
+    return found
+
+
 def _preview(paths: Sequence[str], scan: PairScan, limit: int = 5) -> str:
     shown = ", ".join(scan.relative(p) for p in paths[:limit])
     return shown + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
@@ -292,7 +344,7 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
     ``TrainDataset/mask``; with several candidates the ``train`` split folder, else an error). With
     ``split`` a split subfolder (``train/``, ``val/``/``validation/``, ``test/``, or any subfolder of that
     name) is used when there is one; inside the image and mask folders too (ADE20K: ``images/training`` +
-    ``annotations/training``; there a split that is not found is an error). Files are matched by their path relative to the image/mask folder
+    ``annotations/training``; there a split that is not found is an error, and no split is the train pair). Files are matched by their path relative to the image/mask folder
     without extension (a mask suffix like ``_mask`` or ``_segmentation`` is tolerated); pairs are sorted
     by that name. Unpaired files and name clashes are reported in one warning.
 
@@ -304,11 +356,20 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
     if not root_path.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     _, image_dir, mask_dir = _resolve_layout(root_path, split)
-    image_dir, mask_dir = _select_split(image_dir, mask_dir, split)
+    image_dir, mask_dir, other_splits = _select_split(image_dir, mask_dir, split)
     scan = PairScan(root=str(root_path), image_dir=str(image_dir), mask_dir=str(mask_dir))
 
     images, image_others = _list_files(image_dir)
     masks, mask_others = _list_files(mask_dir)
+    if other_splits:  # a flat folder shared by the splits: the other splits' files are theirs, not unpaired
+        elsewhere = {key for folder in other_splits for key in _list_files(folder)[0]}
+        if other_splits[0].parent == image_dir.parent:  # split images, one mask folder
+            masks = {key: paths for key, paths in masks.items()
+                     if _mask_key(key, set(images)) in images or _mask_key(key, elsewhere) not in elsewhere}
+        else:  # split masks, one image folder
+            mine = {_mask_key(key, set(images)) for key in masks}
+            theirs = {_mask_key(key, set(images)) for key in elsewhere}
+            images = {key: paths for key, paths in images.items() if key in mine or key not in theirs}
     for path in image_others + mask_others:
         scan.problems[str(path)] = f"{scan.relative(str(path))} is not an image file (extension {path.suffix or 'none'})"
     # Name clashes ("0001.jpg" + "0001.png"; "0001.png" + "0001_mask.png" for one image) are not guessed at:
@@ -330,16 +391,15 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
         names = [scan.relative(str(p)) for p in involved]
         for path in involved:
             scan.problems[str(path)] = f"ambiguous name {key!r}: {', '.join(names)}"
+    paired = {key: mask_claims[key][0] for key in images if key in mask_claims and key not in clashes}
+    lone_masks = {key: paths[0] for key, paths in mask_claims.items() if key not in images and key not in clashes}
+    paired.update(_pair_ignoring_case([key for key in images if key not in paired and key not in clashes], lone_masks))
     for key in sorted(images):
-        if key in clashes:
-            continue
-        if key in mask_claims:
-            scan.pairs.append((str(images[key][0]), str(mask_claims[key][0])))
-        else:
+        if key in paired:
+            scan.pairs.append((str(images[key][0]), str(paired[key])))
+        elif key not in clashes:
             scan.unpaired_images.append(str(images[key][0]))
-    scan.unpaired_masks = sorted(
-        str(paths[0]) for key, paths in mask_claims.items() if key not in images and key not in clashes
-    )
+    scan.unpaired_masks = sorted(str(path) for path in lone_masks.values())
 
     messages = []
     if scan.unpaired_images:
@@ -752,13 +812,20 @@ def _pairs_found(dataset: datasets.Dataset) -> int | None:
     return None
 
 
-def find_labels_file(source: Any) -> Path | None:
+def find_labels_file(source: Any, split: str | None = None) -> Path | None:
     """The ``id2label.json`` naming a local dataset's classes: in the folder itself, or, for a split folder
-    (``organs/train``), beside the splits (``organs/id2label.json``). None if there is none (or for a Hub id)."""
+    (``organs/train``), beside the splits (``organs/id2label.json``), or beside the data the folder's layout
+    resolves to for ``split`` (``organs/train/id2label.json`` for ``organs``, which loads ``organs/train``).
+    None if there is none (or for a Hub id)."""
     folder = Path(str(source))
     candidates = [folder / "id2label.json"]
     if _split_key(folder.name) in _SPLIT_ALIASES:
         candidates.append(folder.parent / "id2label.json")
+    if folder.is_dir():
+        try:
+            candidates.append(_resolve_layout(Path(os.path.abspath(folder)), split)[0] / "id2label.json")
+        except ValueError:  # not a folder of pairs (imagefolder, saved dataset): its own file only
+            pass
     return next((path for path in candidates if path.is_file()), None)
 
 

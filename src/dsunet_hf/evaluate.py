@@ -685,11 +685,12 @@ def _visual_prompt_model(name_or_path: str, verify_backbone_weights: bool = True
         raise load_failure("evaluate", name_or_path, error, revision=kwargs.get("revision")) from error
 
 
-def _dataset_labels(source) -> dict | None:
-    """Class names of a local dataset folder (``id2label.json`` in it or beside its split folders), if it has them."""
+def _dataset_labels(source, split: str | None = None) -> dict | None:
+    """Class names of a local dataset folder (``id2label.json`` in it, beside its split folders, or in the ``split``
+    folder it loads), if it has them."""
     from .data import find_labels_file, read_labels_file
 
-    path = find_labels_file(source)
+    path = find_labels_file(source, split)
     return {str(k): v for k, v in read_labels_file(path).items()} if path else None
 
 
@@ -894,7 +895,7 @@ def run_evaluate_cli(args) -> int:
 
                     scores = evaluate_visual_prompt(model, dataset, shots=args.shots, prompt_kind=args.prompt_kind,
                                                     max_queries=args.max_samples, progress=args.progress,
-                                                    id2label=_dataset_labels(source),
+                                                    id2label=_dataset_labels(source, args.split),
                                                     absent_queries=args.absent_queries)
                     per_class[name] = scores.pop("per_class_iou")
                     query_counts[name] = scores.pop("counts")  # not scores: in the report's info

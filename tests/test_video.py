@@ -85,7 +85,7 @@ def test_masks_follow_every_frame_with_the_input_timestamps(tmp_path, processor)
     report = predict_files(model, processor, [clip], tmp_path / "out", batch_size=4, progress=False)
     assert report.written == [str(clip)] and not report.failed
 
-    frames = [frame for frame, _, _ in read_video(clip)]
+    frames = [frame for frame, *_ in read_video(clip)]
     expected = expected_probabilities(model, processor, frames)
     masks, seconds = decoded(tmp_path / "out" / "masks" / "clip.mp4")
     assert len(masks) == count and masks[0].shape == (HEIGHT, WIDTH)
@@ -103,7 +103,7 @@ def test_overlay_transparent_cutout_and_composite_videos(tmp_path, processor):
     model = RedChannelModel()
     predict_files(model, processor, [clip], tmp_path / "out", overlay=True, cutout=True, cutout_colors="original",
                   threshold=0.5, background="#00b140", progress=False)
-    frames = [frame for frame, _, _ in read_video(clip)]
+    frames = [frame for frame, *_ in read_video(clip)]
     assert np.array_equal(frames[2], square_frame(2))  # ffv1 is lossless: the model saw exactly these frames
     expected = [p >= 0.5 for p in expected_probabilities(model, processor, frames)]
 
@@ -128,7 +128,7 @@ def test_phone_rotation_is_applied_and_odd_sides_are_padded(tmp_path, processor)
         pytest.skip("writing a rotated test video needs PyAV >= 18 (Stream.set_display_rotation)")
     frames = [square_frame(i, width=45, height=31) for i in range(3)]
     rotated = write_video(tmp_path / "portrait.mkv", frames, codec="ffv1", pix_fmt="bgr0", rotation=-90)
-    read = [frame for frame, _, _ in read_video(rotated)]
+    read = [frame for frame, *_ in read_video(rotated)]
     assert np.array_equal(read[1], np.rot90(frames[1], -1))  # -90: shown turned 90 degrees clockwise
     predict_files(RedChannelModel(), processor, [rotated], tmp_path / "out", threshold=0.5, progress=False)
     masks, _ = decoded(tmp_path / "out" / "masks" / "portrait.mp4")
@@ -254,12 +254,18 @@ def _umask() -> int:
 
 
 def write_video_with_sound(path: Path, frames: list[np.ndarray], audio_codec: str, seconds: float = 1.0,
-                           start: float = 0.0, video_codec: str = "libx264") -> Path:
-    """25 fps frames and a 440 Hz tone of ``seconds`` in ``audio_codec``, starting ``start`` seconds in."""
+                           start: float = 0.0, video_codec: str = "libx264", aspect: Fraction | None = None,
+                           rotation: int | None = None) -> Path:
+    """25 fps frames and a 440 Hz tone of ``seconds`` in ``audio_codec``, starting ``start`` seconds in; ``aspect``:
+    the pixels' aspect ratio (anamorphic video), ``rotation``: the display rotation."""
     with av.open(str(path), "w") as container:
         video = container.add_stream(video_codec, rate=25)
         video.height, video.width = frames[0].shape[:2]
         video.pix_fmt = "yuv420p"
+        if aspect is not None:
+            video.codec_context.sample_aspect_ratio = aspect
+        if rotation is not None:
+            video.set_display_rotation(rotation)
         audio = container.add_stream(audio_codec, rate=48000)
         audio.layout = "stereo"
         for array in frames:
@@ -302,6 +308,46 @@ def test_sound_goes_into_the_viewable_outputs(tmp_path, processor, suffix, audio
         frames, _ = decoded(tmp_path / "out" / output, "rgb24")
         assert len(frames) == 25
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".audio"]
+
+
+@pytest.mark.parametrize("rotation, expected", [(None, Fraction(4, 3)), (-90, Fraction(3, 4))])
+def test_anamorphic_video_keeps_its_pixel_aspect_ratio(tmp_path, processor, rotation, expected):
+    # HDV / AVCHD (1440x1080 shown 16:9) and DVD store pixels wider than square: the outputs were tagged square, so
+    # the mask was shown at another shape than the video it mattes (and the overlay squeezed). Turned a quarter
+    # for display, the pixels are taller than wide.
+    if rotation is not None and not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("writing a rotated test video needs PyAV >= 18 (Stream.set_display_rotation)")
+    clip = write_video_with_sound(tmp_path / "hdv.mp4", [square_frame(i) for i in range(3)], "aac", seconds=0.1,
+                                  aspect=Fraction(4, 3), rotation=rotation)
+    report = predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", overlay=True, cutout=True,
+                           progress=False)
+    assert report.written == [str(clip)], report.failed
+    for output in ("masks/hdv.mp4", "overlays/hdv.mp4", "cutouts/hdv.mov"):  # the last two with the sound put in
+        with av.open(str(tmp_path / "out" / output)) as container:
+            assert container.streams.video[0].sample_aspect_ratio == expected, output
+
+
+def test_a_trimmed_mp4_whose_edit_list_skips_its_first_frames_reads_whole(tmp_path):
+    # A clip trimmed without re-encoding (ffmpeg -ss -c copy, QuickTime) keeps the frames before its start for
+    # decoding, which FFmpeg then drops: the frame count it declares counts them, and the whole clip was refused as
+    # "ends early: 30 of the 40 frames".
+    source = write_video(tmp_path / "source.mp4", [square_frame(i % 12) for i in range(40)])
+    trimmed = tmp_path / "trimmed.mp4"
+    with av.open(str(source)) as reading, av.open(str(trimmed), "w") as writing:
+        stream = writing.add_stream_from_template(reading.streams.video[0])
+        shift = 10 * round(1 / (25 * reading.streams.video[0].time_base))  # 10 frames before the start
+        for packet in reading.demux(reading.streams.video[0]):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+                writing.mux(packet)
+    with av.open(str(trimmed)) as container:
+        assert container.streams.video[0].frames == 40
+    frames = list(read_video(trimmed))
+    assert len(frames) == 30 and np.array_equal(frames[0][0], read_video_frame(source, 10))
+
+
+def read_video_frame(path: Path, index: int) -> np.ndarray:
+    return list(read_video(path))[index][0]
 
 
 def test_transport_program_and_3gpp_streams_are_read_as_videos(tmp_path, processor):
@@ -536,9 +582,9 @@ def test_a_failed_write_leaves_the_video_container_alone(tmp_path, processor, mo
     containers = []
     original = video.VideoWriter.__init__
 
-    def init(self, file, kind, rate):
-        original(self, file, kind, rate)
-        if kind == "cutouts":  # ProRes: one packet per frame, so the first frame already muxes
+    def init(self, file, kind, rate, *args):
+        original(self, file, kind, rate, *args)
+        if kind == "cutouts":  # ProRes: one packet per frame, so the second frame already muxes (the last is held)
             self.container = FullDiskContainer(self.container)
             containers.append(self.container)
 
@@ -553,10 +599,11 @@ def test_a_failed_write_leaves_the_video_container_alone(tmp_path, processor, mo
     # The writer itself refuses every later frame, and closes without flushing into the failed container.
     writer = video.VideoWriter(tmp_path / "alone.mov", "cutouts", Fraction(25))
     frame = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    writer.write(frame, 0, Fraction(1, 25))  # its packet is held until the next one (the last gets the end)
     with pytest.raises(OSError, match="No space left"):
-        writer.write(frame, 0, Fraction(1, 25))
-    with pytest.raises(OSError, match="not written after an earlier error"):
         writer.write(frame, 1, Fraction(1, 25))
+    with pytest.raises(OSError, match="not written after an earlier error"):
+        writer.write(frame, 2, Fraction(1, 25))
     writer.close()
     assert containers[-1].muxed == 1
 
@@ -622,7 +669,7 @@ def test_a_cut_short_matroska_video_is_an_error_not_a_short_output(tmp_path, pro
     assert not (tmp_path / "out" / "masks" / "cut.mp4").exists()
 
 
-def test_a_matroska_video_whose_last_frame_is_held_reads_whole(tmp_path):
+def test_a_matroska_video_whose_last_frame_is_held_reads_whole(tmp_path, processor):
     # The DURATION tag is the end of the last frame, not its start: a whole file whose last frame is shown for 3 s
     # (a held still, a slide show) was refused as cut short.
     path = tmp_path / "held.mkv"
@@ -638,7 +685,13 @@ def test_a_matroska_video_whose_last_frame_is_held_reads_whole(tmp_path):
                 container.mux(packet)
     with av.open(str(path)) as container:
         assert container.streams.video[0].metadata["DURATION"].startswith("00:00:03.08")
-    assert [pts for _, pts, _ in read_video(path)] == [0, 40, 80]
+    assert [pts for _, pts, *_ in read_video(path)] == [0, 40, 80]
+    # The outputs hold it as long (they ended 0.12 s in: the muxers gave it one frame of the rate). H.264's B-frames
+    # reorder the packets, so the masks may end within a frame of it; ProRes ends exactly there.
+    predict_files(RedChannelModel(), processor, [path], tmp_path / "out", cutout=True, progress=False)
+    for output, tolerance in (("masks/held.mp4", 0.041), ("cutouts/held.mov", 0.001)):
+        with av.open(str(tmp_path / "out" / output)) as container:
+            assert container.duration / 1e6 == pytest.approx(3.08, abs=tolerance), output
 
 
 def test_a_video_cut_after_its_header_is_said_to_be_damaged_naming_the_file(tmp_path):

@@ -13,8 +13,8 @@ come:
 - multi-class models: ``masks/<name>.mkv``, the class index of every pixel as its gray value, lossless (FFV1),
   and ``overlays/<name>.mp4`` in class colours with a legend.
 
-Outputs keep the input's frame timestamps (variable frame rates included) and its display orientation (the
-rotation phones record is applied to the pixels). Each output is written under a temporary name and renamed
+Outputs keep the input's frame timestamps (variable frame rates included, the last frame's duration too), its pixel
+aspect ratio (anamorphic video) and its display orientation (the rotation phones record is applied to the pixels). Each output is written under a temporary name and renamed
 when the whole video is done, so an interrupted run leaves no half video and a re-run starts with the videos
 that have no mask yet. The source's sound goes into the overlay, cut-out and composite videos (copied, or re-encoded
 to AAC where the container cannot hold its codec); the mask video has none.
@@ -147,8 +147,9 @@ def _open_video(path: str | Path):
     return container, streams[0]
 
 
-def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fraction | None]]:
-    """The frames of a video's first video stream as (RGB uint8 array in display orientation, pts, time base)."""
+def read_video(path: str | Path, durations: bool = False) -> Iterator[tuple]:
+    """The frames of a video's first video stream as (RGB uint8 array in display orientation, pts, time base), and
+    with ``durations`` each frame's duration in the time base as a fourth item (0 when unknown)."""
     av = import_av()
     container, stream = _open_video(path)
     with container:
@@ -161,7 +162,9 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
                 rgb = frame.to_ndarray(format="rgb24")
                 # The display matrix rotates counterclockwise by `rotation` degrees (phones record -90 for portrait).
                 turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # older PyAV does not read it
-                yield np.ascontiguousarray(np.rot90(rgb, turns)), frame.pts, frame.time_base
+                rotated = np.ascontiguousarray(np.rot90(rgb, turns))
+                yield ((rotated, frame.pts, frame.time_base, max(getattr(frame, "duration", 0) or 0, 0)) if durations
+                       else (rotated, frame.pts, frame.time_base))
                 index += 1
         except av.FFmpegError as error:
             reason = getattr(error, "strerror", None) or str(error)  # without the file name FFmpeg repeats
@@ -177,9 +180,14 @@ def read_video(path: str | Path) -> Iterator[tuple[np.ndarray, int | None, Fract
         # A file cut short at a packet boundary decodes without an error (FFmpeg's threaded decoder swallows the
         # rest): the container's own frame count tells. Some containers count one frame more than they hold (AVI
         # with MP3 sound: 26 for 25), so a shortfall of one frame (or 1 %) is let through.
+        # An MP4 / MOV whose edit list starts after its first stored frames (a clip trimmed without re-encoding:
+        # ffmpeg -ss -c copy, QuickTime) counts them too, though FFmpeg decodes them only to drop them: they are
+        # left out of the count then (the file read again only in that case).
         if stream.frames and stream.frames - index > max(1, stream.frames // 100):
-            raise VideoReadError(f"{path}: ends early: {index} of the {stream.frames} frames it declares could be "
-                                 f"decoded (truncated or damaged)")
+            shown = stream.frames - _dropped_packets(path, stream.index)
+            if shown - index > max(1, shown // 100):
+                raise VideoReadError(f"{path}: ends early: {index} of the {shown} frames it declares could be "
+                                     f"decoded (truncated or damaged)")
         # Matroska / WebM count no frames, but FFmpeg and mkvmerge tag each track with its duration (the end of its
         # last frame): a file cut short ends well before it. Gaps of up to 2 frames (or 1 %) are let through.
         declared = _tagged_duration(stream)
@@ -200,6 +208,18 @@ def _holds_packets(path: str | Path, index: int) -> bool:
         return True
 
 
+def _dropped_packets(path: str | Path, index: int) -> int:
+    """How many packets of stream ``index`` hold a frame that its edit list drops (decoded, not shown: those before
+    a trimmed clip's start), counted as far as the file can be read (a file cut short still misses its end)."""
+    av = import_av()
+    dropped = 0
+    with contextlib.suppress(av.FFmpegError):
+        with av.open(str(path)) as container:
+            for packet in container.demux(container.streams[index]):
+                dropped += bool(packet.size and packet.is_discard)
+    return dropped
+
+
 def _tagged_duration(stream) -> float | None:
     """A track's ``DURATION`` tag (Matroska: ``HH:MM:SS.nnnnnnnnn``) in seconds, None when absent or unreadable."""
     # mkvmerge may name it per language (DURATION-eng)
@@ -218,31 +238,55 @@ def frame_rate(path: str | Path) -> Fraction:
         return stream.average_rate or stream.guessed_rate or Fraction(25)
 
 
+def pixel_aspect(path: str | Path) -> Fraction | None:
+    """The sample (pixel) aspect ratio the outputs declare, None for square pixels: anamorphic video (HDV and AVCHD
+    1440x1080 shown 16:9, DVD and DV 720x480) is stored narrower than it is shown, and a mask of its stored size
+    tagged square would be shown at another shape than the input it mattes. Inverted where the frames are turned
+    a quarter (read from the first frame's rotation)."""
+    av = import_av()
+    container, stream = _open_video(path)
+    with container:
+        aspect = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        if not aspect or aspect == 1:
+            return None
+        try:
+            turns = round((getattr(next(container.decode(stream)), "rotation", 0) or 0) / 90)
+        except (StopIteration, av.FFmpegError):  # no frame: read_video says what is wrong
+            turns = 0
+        return 1 / Fraction(aspect) if turns % 2 else Fraction(aspect)
+
+
 class VideoWriter:
     """One output video, encoded frame by frame into ``file`` (a temporary path: see :func:`predict_video`).
     The stream is created at the first frame, when the size is known; odd sides get one replicated row or
-    column for H.264 and ProRes (their 4:2:0 and 4:2:2 chroma need even sides)."""
+    column for H.264 and ProRes (their 4:2:0 and 4:2:2 chroma need even sides). ``aspect``: the pixel aspect
+    ratio declared (see :func:`pixel_aspect`), square when None."""
 
-    def __init__(self, file: Path, kind: str, rate: Fraction):
+    def __init__(self, file: Path, kind: str, rate: Fraction, aspect: Fraction | None = None):
         av = import_av()
         _, container, self.codec, self.pix_fmt, self.options = OUTPUT_FORMATS[kind]
         self.file = file
         self.container = av.open(str(file), "w", format=container)
-        self.rate, self.stream, self.last_pts, self.av = rate, None, None, av
+        self.rate, self.aspect, self.stream, self.last_pts, self.av = rate, aspect, None, None, av
+        # The last frame's duration (in the time base, 0: unknown), given to the last packet, where the muxers end the
+        # video: the encoders drop frame durations, and the muxers gave the last one a frame of the rate (a held
+        # last frame, a slide show's, ended the video seconds early). That packet is held back until the flush.
+        self.last_duration, self.held_packet = 0, None
         # The first error of an encode or mux: the container is not touched again (PyAV segfaults muxing into a
         # container whose header failed to write, e.g. on a full disk), only closed.
         self.failure: BaseException | None = None
 
-    def write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
+    def write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None, duration: int = 0) -> None:
+        """Encode one frame shown at ``pts`` for ``duration`` (both in ``time_base``; 0: until the next frame)."""
         if self.failure is not None:
             raise OSError(f"{self.file}: not written after an earlier error ({self.failure})") from self.failure
         try:
-            self._write(array, pts, time_base)
+            self._write(array, pts, time_base, duration)
         except BaseException as error:
             self.failure = error
             raise
 
-    def _write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None) -> None:
+    def _write(self, array: np.ndarray, pts: int | None, time_base: Fraction | None, duration: int) -> None:
         height, width = array.shape[:2]
         if (height % 2 or width % 2) and self.codec != "ffv1":  # FFV1 takes any size: class indices stay unpadded
             array = np.pad(array, ((0, height % 2), (0, width % 2)) + ((0, 0),) * (array.ndim - 2), mode="edge")
@@ -250,6 +294,8 @@ class VideoWriter:
             self.stream = self.container.add_stream(self.codec, rate=self.rate)
             self.stream.width, self.stream.height = array.shape[1], array.shape[0]
             self.stream.pix_fmt, self.stream.options = self.pix_fmt, dict(self.options)
+            if self.aspect:
+                self.stream.codec_context.sample_aspect_ratio = self.aspect
             if self.codec != "ffv1":  # class indices are not colours
                 # Tagged BT.709, limited range (what the frames are converted with, below): an untagged HD video is
                 # shown as BT.709 by players and browsers, so PyAV's default BT.601 conversion shifted its colours.
@@ -263,6 +309,7 @@ class VideoWriter:
             self.stream.time_base = self.stream.codec_context.time_base = self.time_base
         if pts is None or time_base != self.time_base:
             pts = 0 if self.last_pts is None else self.last_pts + max(1, round(1 / (self.rate * self.time_base)))
+            duration = 0
         if self.last_pts is not None and pts <= self.last_pts:  # repeated timestamps: encoders need them rising
             pts = self.last_pts + 1
         image_format = "gray" if array.ndim == 2 else {3: "rgb24", 4: "rgba"}[array.shape[2]]
@@ -270,16 +317,25 @@ class VideoWriter:
         if self.codec != "ffv1" and array.ndim == 3:  # grey (masks) has no colour matrix: the encoder converts it
             frame = frame.reformat(format=self.pix_fmt, dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
         frame.pts, frame.time_base, self.last_pts = pts, self.time_base, pts
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
+        self.last_duration = duration
+        self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            if self.held_packet is not None:
+                self.container.mux(self.held_packet)
+            self.held_packet = packet
 
     def close(self, flush: bool = True) -> None:
         """Flush the encoder (unless ``flush`` is False, or a write failed: then the file is abandoned) and close."""
         try:
             if flush and self.failure is None and self.stream is not None:
                 try:
-                    for packet in self.stream.encode(None):
-                        self.container.mux(packet)
+                    self._mux(self.stream.encode(None))
+                    if self.held_packet is not None:
+                        if self.last_duration > 0:
+                            self.held_packet.duration = self.last_duration
+                        self.container.mux(self.held_packet)
                 except BaseException as error:
                     self.failure = error
                     raise
@@ -310,6 +366,8 @@ def add_audio(video_file: Path, source: str | Path, container_format: str) -> bo
                 av.open(str(temporary), "w", format=container_format) as output:
             audio_in, video_in = sound.streams.audio[0], pictures.streams.video[0]
             video_out = output.add_stream_from_template(video_in)
+            if video_in.sample_aspect_ratio:  # MOV keeps it beside the stream (ProRes: not in the codec's parameters)
+                video_out.codec_context.sample_aspect_ratio = video_in.sample_aspect_ratio
             # The codec's name, not its decoder's (MP3 decodes with "mp3float").
             codec = getattr(audio_in.codec_context.codec, "canonical_name", audio_in.codec_context.name)
             copy = codec in COPIED_AUDIO_CODECS
@@ -461,33 +519,34 @@ def predict_video(
     if render is None:
         def render(kind, image, probability):
             return render_output(kind, image, probability, OutputOptions())
-    rate = frame_rate(path)
+    rate, aspect = frame_rate(path), pixel_aspect(path)
     smooth = TemporalSmoothing(temporal_smoothing) if temporal_smoothing else None  # checked before reading
 
     def prepared(batch):  # in the reader thread
-        images = [Image.fromarray(frame) for frame, _, _ in batch]
+        images = [Image.fromarray(frame) for frame, *_ in batch]
         return batch, images, prepare(images)
 
     succeeded = False
     with contextlib.ExitStack() as stack:
         files = {kind: stack.enter_context(atomic_path(final)) for kind, final in output_paths.items()}
-        writers = {kind: VideoWriter(file, kind, rate) for kind, file in files.items()}
+        writers = {kind: VideoWriter(file, kind, rate, aspect) for kind, file in files.items()}
 
-        def render_and_write(kind, image, result, pts, time_base):
-            writers[kind].write(render(kind, image, result), pts, time_base)
+        def render_and_write(kind, image, result, pts, time_base, duration):
+            writers[kind].write(render(kind, image, result), pts, time_base, duration)
 
         # One thread per output, so frames stay in order within a video while the outputs render and encode side by
         # side and the model runs the next batch (cut-out colours and ProRes encoding cost more than a forward pass).
         threads = {kind: BackgroundWriter(1, max_pending=2 * batch_size, on_done=lambda _: None) for kind in writers}
         # Closed explicitly: on an error the reader thread stops now, not when the traceback is collected.
-        batches = stack.enter_context(contextlib.closing(prefetch(map(prepared, _batches(read_video(path), batch_size)))))
+        frames = read_video(path, durations=True)
+        batches = stack.enter_context(contextlib.closing(prefetch(map(prepared, _batches(frames, batch_size)))))
         try:
             for batch, images, inputs in batches:
-                for (frame, pts, time_base), image, result in zip(batch, images, predict(inputs)):
+                for (frame, pts, time_base, duration), image, result in zip(batch, images, predict(inputs)):
                     if smooth is not None:
                         result = smooth(frame, result)
                     for kind, thread in threads.items():
-                        thread.submit(render_and_write, kind, image, result, pts, time_base)
+                        thread.submit(render_and_write, kind, image, result, pts, time_base, duration)
                 on_frames(len(batch))
             for thread in threads.values():
                 thread.close()  # waits for the last frames; a failed render or write raises here

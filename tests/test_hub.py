@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -824,6 +825,16 @@ def test_a_mistyped_relative_folder_offline_is_said_to_be_no_local_folder(offlin
             f"HF_HUB_OFFLINE is set.") in str(backbone)
     _config_only(tmp_path, offline_hub, "me/hub-repo", {})
     assert "local folder" not in str(BackboneNotAvailableError.for_repo("me/hub-repo", "v9", ["model.safetensors: x"]))
+    # A backbone cached in the cache_dir given (at another revision): a Hub repo, no folder note (the default cache
+    # was looked in), also once the advice names another config field.
+    from dsunet_hf.backbones.dinov2 import load_dinov2_state_dict
+
+    (tmp_path / "custom" / "models--me--backbone" / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    with pytest.raises(BackboneNotAvailableError) as error_info:
+        load_dinov2_state_dict("me/backbone", revision="v9", cache_dir=tmp_path / "custom")
+    assert "local folder" not in str(error_info.value)
+    renamed = error_info.value.naming_field(SimpleNamespace(dino_repo_id="me/backbone"))
+    assert "dino_repo_id='/path/to" in str(renamed) and "local folder" not in str(renamed)
     # In Python too (was transformers' two generic lines naming neither the repo nor a fix).
     from dsunet_hf import Sam2UNetForImageSegmentation
 

@@ -30,15 +30,16 @@ class BackboneNotAvailableError(OSError):
     repo_id: str | None = None
     revision: str | None = None
     tried: tuple[str, ...] = ()
+    cache_dir: str | os.PathLike | None = None
 
     @classmethod
     def for_repo(cls, repo_id: str, revision: str | None, details: list[str],
-                 field: str = "backbone_repo_id") -> BackboneNotAvailableError:
+                 field: str = "backbone_repo_id", cache_dir=None) -> BackboneNotAvailableError:
         """The error for Hub repo ``repo_id`` at ``revision``, of which each file tried failed (``details``: one line
-        each); its advice names the config ``field`` that holds the repo."""
+        each); its advice names the config ``field`` that holds the repo. ``cache_dir``: the Hub cache looked in."""
         where = f"'{repo_id}' (revision {revision or 'main'})"
         state = (
-            f"is not in the local Hugging Face cache{no_local_folder_note(repo_id)} and HF_HUB_OFFLINE is set"
+            f"is not in the local Hugging Face cache{no_local_folder_note(repo_id, cache_dir)} and HF_HUB_OFFLINE is set"
             if hub_constants.HF_HUB_OFFLINE
             else "could not be downloaded"
         )
@@ -50,7 +51,7 @@ class BackboneNotAvailableError(OSError):
             f"  2. point at a local copy: from_pretrained(..., {field}='/path/to/folder-or-checkpoint')\n"
             "  3. use a self-contained artifact written with save_pretrained(..., include_backbone=True)"
         )
-        error.repo_id, error.revision, error.tried = repo_id, revision, tuple(details)
+        error.repo_id, error.revision, error.tried, error.cache_dir = repo_id, revision, tuple(details), cache_dir
         return error
 
     def naming_field(self, config) -> BackboneNotAvailableError:
@@ -61,7 +62,8 @@ class BackboneNotAvailableError(OSError):
                       if name.endswith("_repo_id") and value == self.repo_id), None)
         if self.repo_id is None or field in (None, "backbone_repo_id"):
             return self
-        return type(self).for_repo(self.repo_id, self.revision, list(self.tried), field=field)
+        return type(self).for_repo(self.repo_id, self.revision, list(self.tried), field=field,
+                                   cache_dir=self.cache_dir)
 
     def download_failure(self) -> str:
         """One line for a repo whose files are the model's own (official BiRefNet weights), not a frozen backbone

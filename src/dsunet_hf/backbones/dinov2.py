@@ -359,5 +359,6 @@ def load_dinov2_state_dict(
         raise BackboneNotAvailableError(f"{source}: no such backbone file or folder")
     local_file, error = resolve_repo_file(repo_id, "model.safetensors", revision, **download_kwargs)
     if local_file is None:
-        raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"model.safetensors: {error}"]) from error.error
+        raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"model.safetensors: {error}"],
+                                                 cache_dir=download_kwargs.get("cache_dir")) from error.error
     return _read_file(local_file), snapshot_revision(local_file)

@@ -274,7 +274,8 @@ def load_hiera_state_dict(
             )
             return state_dict, snapshot_revision(local_file)
         errors.append(f"{filename}: {error}")
-    raise BackboneNotAvailableError.for_repo(repo_id, revision, errors) from error.error  # the last file's
+    raise BackboneNotAvailableError.for_repo(  # raised from the last file's error
+        repo_id, revision, errors, cache_dir=download_kwargs.get("cache_dir")) from error.error
 
 
 

@@ -157,7 +157,8 @@ def locate_birefnet_weights(source: str | Path, revision: str | None = None,
         return local_file, snapshot_revision(local_file)
     # Raised from huggingface_hub's error: a LocalEntryNotFoundError (not cached; offline or the Hub unreachable) is
     # then told as the local cache's state (cli.load_failure), not as a download that failed.
-    raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"{filename}: {error}"]) from error.error
+    raise BackboneNotAvailableError.for_repo(repo_id, revision, [f"{filename}: {error}"],
+                                             cache_dir=download_kwargs.get("cache_dir")) from error.error
 
 
 def _is_dsunet_artifact(folder: Path) -> bool:

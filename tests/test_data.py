@@ -702,3 +702,45 @@ def test_a_dataset_dicts_own_split_names_are_found_by_alias(tmp_path):
         assert len(load_segmentation_dataset(loaded, "train")) == 3
     with pytest.raises(ValueError, match=r"no split 'test'; splits: \['train', 'dev'\]"):
         load_segmentation_dataset(loaded, "test")
+    both = datasets.DatasetDict({"val": loaded["train"], "dev": loaded["dev"]})
+    with pytest.raises(ValueError, match=r"ambiguous splits \['val', 'dev'\] for split 'validation'"):
+        load_segmentation_dataset(both, "validation")
+
+
+def test_two_folders_of_one_split_are_ambiguous_unless_the_split_names_one(tmp_path, caplog):
+    """`val/` + `validation/` (or `images/train` + `images/training`) silently took the first: often an old and a
+    new set, so a name that is not exactly one of them is an error naming both; the exact name takes it, said."""
+    write_pairs(tmp_path / "side", "images", "masks", ["t"], size=(8, 8))
+    write_pairs(tmp_path / "side" / "val", "images", "masks", ["old"], size=(8, 8))
+    write_pairs(tmp_path / "side" / "validation", "images", "masks", ["new1", "new2"], size=(8, 8))
+    with pytest.raises(ValueError, match=r"side: ambiguous split folders \['val/', 'validation/'\] for split 'valid'"):
+        load_segmentation_dataset(tmp_path / "side", split="valid")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert [Path(p).stem for p in load_segmentation_dataset(tmp_path / "side", split="val")["image"]] == ["old"]
+    assert "using val/ for split 'val'; left out: ['validation/']" in warnings_text(caplog)
+    write_pairs(tmp_path / "ade", "images/train", "annotations/train", ["a"], size=(8, 8))
+    write_pairs(tmp_path / "ade", "images/training", "annotations/training", ["b"], size=(8, 8))
+    with pytest.raises(ValueError, match=r"images: ambiguous split folders \['train/', 'training/'\] for split 'train'"):
+        find_image_mask_pairs(tmp_path / "ade")  # no split: the train pair, of which there are two
+    assert [Path(p).stem for p in load_segmentation_dataset(tmp_path / "ade", split="training")["image"]] == ["b"]
+
+
+def test_a_split_slice_selects_the_rows_datasets_selects(tmp_path):
+    """`split="train[:10%]"` (datasets' syntax) used the whole folder; the rows are those load_dataset("imagefolder")
+    reads: percent boundaries rounded to the closest row (15 rows: [10%:30%] is rows 2-3), negative indices."""
+    stems = [f"s{i:02d}" for i in range(15)]
+    write_pairs(tmp_path, "images", "masks", stems, size=(4, 4), image_ext=".png")
+    for spec in ("train[:10%]", "train[10%:30%]", "train[33%:67%]", "train[-3:]", "train[2:4]"):
+        reference = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "images"), split=spec,
+                                          cache_dir=str(tmp_path / "cache"), drop_labels=True)
+        expected = [Path(row["image"].filename).stem for row in reference]
+        ds = load_segmentation_dataset(tmp_path, spec, verify=False)
+        assert [Path(p).stem for p in ds["image"]] == expected, spec
+        assert ds["sample_id"] == list(range(len(expected)))  # the slice is the dataset: train_validation_split's ids
+    assert [Path(p).stem for p in load_segmentation_dataset(tmp_path, "train[10%:30%]")["image"]] == ["s02", "s03"]
+    rows = datasets.Dataset.from_dict({"image": stems, "mask": stems})
+    assert load_segmentation_dataset(rows, "train[-2:]")["image"] == ["s13", "s14"]
+    with pytest.raises(ValueError, match=r"not several joined with '\+'"):
+        load_segmentation_dataset(tmp_path, "train[:5]+test[:5]")
+    with pytest.raises(ValueError, match=r"selects none of the 15 pairs"):
+        load_segmentation_dataset(tmp_path, "train[20:]")

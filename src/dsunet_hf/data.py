@@ -200,7 +200,7 @@ def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
         wanted = _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
         matches = [c for c in children if split_dirs.get(c) == wanted or _split_key(c.name) == _split_key(split)]
         if matches:
-            base = matches[0]
+            base = _one_split_folder(root, matches, split)
             found = _layout(base)
             if found is None:
                 raise _no_layout_error(base, f" in the {split!r} split folder")
@@ -216,9 +216,10 @@ def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
         return (candidates[0], *_layout(candidates[0]))
     if len(candidates) > 1:
         train = [c for c in candidates if split_dirs.get(c) == "train"]
-        if split is None and len(train) == 1:
-            logger.info("%s: no split given, using the %s/ split folder", root, train[0].name)
-            return (train[0], *_layout(train[0]))
+        if split is None and train:
+            base = _one_split_folder(root, train, None)
+            logger.info("%s: no split given, using the %s/ split folder", root, base.name)
+            return (base, *_layout(base))
         names = [c.name for c in candidates]
         raise ValueError(
             f"{root}: several image/mask folders found in {names}; pass one of them (e.g. {root / names[0]})"
@@ -237,9 +238,37 @@ def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
     raise _no_layout_error(root)
 
 
-def _split_folders(folder: Path) -> dict[str, Path]:
-    """Split-named subfolders of ``folder`` by split (``training/`` -> ``"train"``)."""
-    return {_SPLIT_ALIASES[_split_key(p.name)]: p for p in _subdirs(folder) if _split_key(p.name) in _SPLIT_ALIASES}
+def _split_folders(folder: Path) -> dict[str, list[Path]]:
+    """Split-named subfolders of ``folder`` by split (``training/`` -> ``"train"``); a split may have several
+    (``val/`` and ``validation/``), see :func:`_one_split_folder`."""
+    found: dict[str, list[Path]] = {}
+    for p in _subdirs(folder):
+        if _split_key(p.name) in _SPLIT_ALIASES:
+            found.setdefault(_SPLIT_ALIASES[_split_key(p.name)], []).append(p)
+    return found
+
+
+def _split_names(splits: dict[str, list[Path]]) -> list[str]:
+    return sorted(p.name for folders in splits.values() for p in folders)
+
+
+def _one_split_folder(parent: Path, folders: list[Path], split: str | None) -> Path:
+    """The folder of one split among its names (``val/`` and ``validation/``, ``train/`` and ``training/``): the
+    only one, or the one named exactly as ``split`` (said in a warning), else an error. An error, not a preference
+    order: two such folders often hold different images (an old and a new validation set), and training or scoring
+    on the wrong one would give no other sign."""
+    if len(folders) == 1:
+        return folders[0]
+    exact = ([p for p in folders if p.name == split] or [p for p in folders if _split_key(p.name) == _split_key(split)]
+             if split is not None else [])
+    names = [p.name + "/" for p in folders]
+    if len(exact) == 1:
+        logger.warning("%s: using %s/ for split %r; left out: %s", parent, exact[0].name, split,
+                       [n for n in names if n != exact[0].name + "/"])
+        return exact[0]
+    itself = f", or the folder itself (e.g. {folders[0]})" if _layout(folders[0]) is not None else ""
+    raise ValueError(f"{parent}: ambiguous split folders {names} for split {split or 'train'!r}; pass the exact "
+                     f"folder name as the split (e.g. split={folders[0].name!r}, evaluate's --split){itself}")
 
 
 def _has_top_level_image(folder: Path) -> bool:
@@ -261,25 +290,28 @@ def _select_split(image_dir: Path, mask_dir: Path, split: str | None) -> tuple[P
         wanted = "train" if split is None else _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
         if wanted not in splits:
             raise ValueError(f"{folder}: no folder for split {split or 'train'!r}; split folders found: "
-                             f"{sorted(p.name for p in splits.values())}")
+                             f"{_split_names(splits)}")
+        chosen = _one_split_folder(folder, splits[wanted], split)
         if split is None:
-            logger.warning("%s: no split given, using %s/%s", folder.parent, folder.name, splits[wanted].name)
-        others = [p for name, p in splits.items() if name != wanted]
-        return ((splits[wanted], mask_dir, others) if folder == image_dir else (image_dir, splits[wanted], others))
+            logger.warning("%s: no split given, using %s/%s", folder.parent, folder.name, chosen.name)
+        others = [p for folders in splits.values() for p in folders if p != chosen]
+        return (chosen, mask_dir, others) if folder == image_dir else (image_dir, chosen, others)
     if not image_splits or not mask_splits:
         return image_dir, mask_dir, []
     if split is None:
         if "train" not in image_splits or "train" not in mask_splits:
             return image_dir, mask_dir, []
-        others = sorted(p.name for name, p in image_splits.items() if name != "train")
+        image_split = _one_split_folder(image_dir, image_splits["train"], None)
+        mask_split = _one_split_folder(mask_dir, mask_splits["train"], None)
+        others = sorted(p.name for name, folders in image_splits.items() if name != "train" for p in folders)
         logger.warning("%s: no split given, using %s/%s + %s/%s (not %s; pass split=... for another)",
-                       image_dir.parent, image_dir.name, image_splits["train"].name, mask_dir.name,
-                       mask_splits["train"].name, others)
-        return image_splits["train"], mask_splits["train"], []
+                       image_dir.parent, image_dir.name, image_split.name, mask_dir.name, mask_split.name, others)
+        return image_split, mask_split, []
     wanted = _SPLIT_ALIASES.get(_split_key(split), _split_key(split))
     if wanted in image_splits and wanted in mask_splits:
-        return image_splits[wanted], mask_splits[wanted], []
-    found = "; ".join(f"{folder.name}/: {sorted(p.name for p in splits.values())}"
+        return (_one_split_folder(image_dir, image_splits[wanted], split),
+                _one_split_folder(mask_dir, mask_splits[wanted], split), [])
+    found = "; ".join(f"{folder.name}/: {_split_names(splits)}"
                       for folder, splits in ((image_dir, image_splits), (mask_dir, mask_splits)))
     raise ValueError(f"{image_dir.parent}: no folder for split {split!r}; split folders found in {found}")
 
@@ -592,6 +624,8 @@ def _pick_split(loaded: datasets.DatasetDict, split: str | None, source: str,
     same = [name for name in names if _SPLIT_ALIASES.get(_split_key(name)) == wanted]
     if len(same) == 1:
         return loaded[same[0]]
+    if len(same) > 1:  # as for split folders: no preference order between, say, "val" and "dev"
+        raise ValueError(f"{source}: ambiguous splits {same} for split {split!r}; pass the exact split name")
     if len(names) == 1 and whole_if_single:  # a folder without split subfolders is used whole, whatever the split
         return loaded[names[0]]
     raise ValueError(f"{source}: no split {split!r}; splits: {names}")
@@ -635,6 +669,41 @@ def _load_hub(repo_id: str, split: str | None, num_proc: int | None, load_kwargs
     return loaded
 
 
+# datasets' slicing syntax: "train[:10%]", "test[10:20]", "train[:50%](pct1_dropremainder)".
+_SLICED_SPLIT = re.compile(r"\s*(?P<name>[^\[\]()+]+?)\s*(?P<slice>\[[^\[\]]*\](?:\([^()]*\))?)\s*")
+
+
+def _split_slice(split: str | None) -> tuple[str | None, str | None]:
+    """``"train[:10%]"`` -> ``("train", "[:10%]")``, a plain split name -> ``(name, None)``."""
+    if split is None or not any(c in split for c in "[]()+"):
+        return split, None
+    match = _SLICED_SPLIT.fullmatch(split)
+    if match is None:
+        raise ValueError(f"split={split!r}: one split with an optional slice is supported (as 'train[:10%]', "
+                         "'test[10:20]'), not several joined with '+'")
+    try:  # a bad slice is named before anything is loaded
+        datasets.ReadInstruction.from_spec("split" + match["slice"])
+    except (ValueError, AssertionError) as err:
+        raise ValueError(f"split={split!r}: bad slice: {err}") from None
+    return match["name"], match["slice"]
+
+
+def _slice_rows(spec: str | None, n: int) -> range:
+    """The rows of a split of ``n`` that ``datasets.load_dataset(..., split="name" + spec)`` reads: its own
+    arithmetic (percent boundaries rounded to the closest row, negative indices, clipping), so that both agree."""
+    if spec is None:
+        return range(n)
+    try:
+        (rows,) = datasets.ReadInstruction.from_spec("split" + spec).to_absolute({"split": n})
+    except ValueError as err:  # pct1_dropremainder on fewer than 100 rows
+        raise ValueError(f"split slice {spec!r} of {n} rows: {err}") from None
+    return range(rows.from_, rows.to)
+
+
+def _take_slice(dataset: datasets.Dataset, spec: str | None) -> datasets.Dataset:
+    return dataset if spec is None else dataset.select(_slice_rows(spec, len(dataset)))
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -655,7 +724,8 @@ def load_segmentation_dataset(
     * a local folder of pairs in a benchmark layout (see :func:`find_image_mask_pairs`): ``image``/``mask``
       are file paths. With ``split``, a ``train/``, ``val/``/``validation/``, ``test/`` (or same-named)
       subfolder is used when there is one (also inside the image and mask folders, as ADE20K's
-      ``images/training``), else the whole folder;
+      ``images/training``), else the whole folder. Two folders of one split (``val/`` and ``validation/``) are an
+      error unless ``split`` is the exact name of one;
     * a folder with ``metadata.jsonl`` (or ``.csv``/``.parquet``): an imagefolder dataset, where every
       ``*_file_name`` column becomes an Image column; the mask column is ``mask_column`` or the first of
       ``mask``, ``label``, ``annotation``, ``segmentation``, ``gt``;
@@ -663,6 +733,9 @@ def load_segmentation_dataset(
     * a Hub dataset id (``split`` defaults to ``"train"``); offline it must be in the datasets cache,
       otherwise :class:`DatasetUnavailableError` names the id and says what to do;
     * a ``datasets.Dataset`` (or ``DatasetDict``), used as it is.
+
+    ``split`` may carry datasets' slice (``"train[:10%]"``, ``"test[10:20]"``), for every source: the rows
+    ``datasets.load_dataset`` reads for it, in file-name order for a folder of pairs.
 
     ``image_column``/``mask_column`` name the columns to use (renamed to ``image``/``mask``); other columns
     are dropped. ``sample_id`` is 0..n-1 in file-name order (a local folder numbers the pairs found, so a pair that
@@ -682,11 +755,12 @@ def load_segmentation_dataset(
             "need the number of samples and random access. Load the dataset without streaming (it is downloaded "
             "and cached once), or pass a local folder of image/mask pairs"
         )
+    split, spec = _split_slice(split)  # "train[:10%]": the train split's first 10%, as datasets reads it
     if isinstance(source, datasets.DatasetDict):
         source = _pick_split(source, split, "DatasetDict")
     if isinstance(source, datasets.Dataset):
         name = dataset_name(source)
-        return _set_name(_normalise_columns(source, image_column, mask_column, name), name)
+        return _set_name(_take_slice(_normalise_columns(source, image_column, mask_column, name), spec), name)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a folder, a Hub dataset id or a datasets.Dataset, got {type(source).__name__}")
 
@@ -694,13 +768,13 @@ def load_segmentation_dataset(
     path = Path(os.path.expanduser(text))
     name = dataset_name(source)
     if path.is_dir():
-        dataset = _load_local(path, split, image_column, mask_column, verify, num_proc, load_kwargs)
+        dataset = _load_local(path, split, spec, image_column, mask_column, verify, num_proc, load_kwargs)
         return _set_name(dataset, name)
     if path.exists():
         raise ValueError(f"{text}: is a file; pass a folder of image/mask pairs, a Hub dataset id or a Dataset")
     if not _HUB_ID.match(text):
         raise FileNotFoundError(f"{text}: no such folder (and not a Hub dataset id)")
-    dataset = _load_hub(text, split, num_proc, load_kwargs)
+    dataset = _take_slice(_load_hub(text, split, num_proc, load_kwargs), spec)
     return _set_name(_normalise_columns(dataset, image_column, mask_column, text), name)
 
 
@@ -713,7 +787,7 @@ def _metadata_files(path: Path) -> list[Path]:
 
 
 def _load_local(
-    path: Path, split: str | None, image_column: str | None, mask_column: str | None,
+    path: Path, split: str | None, spec: str | None, image_column: str | None, mask_column: str | None,
     verify: bool | str, num_proc: int | None, load_kwargs: dict,
 ) -> datasets.Dataset:
     label = str(path)
@@ -721,17 +795,22 @@ def _load_local(
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             loaded = _pick_split(loaded, split, label)
-        return _normalise_columns(loaded, image_column, mask_column, label)
+        return _normalise_columns(_take_slice(loaded, spec), image_column, mask_column, label)
     if _metadata_files(path):
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), num_proc=num_proc, **load_kwargs)
-        return _normalise_columns(_pick_split(loaded, split, label), image_column, mask_column, label)
+        return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec), image_column, mask_column, label)
     try:
         scan = find_image_mask_pairs(path, split)
     except ValueError:
         if next(path.glob("**/*.parquet"), None) is not None:
             loaded = datasets.load_dataset(str(path), num_proc=num_proc, **load_kwargs)
-            return _normalise_columns(_pick_split(loaded, split, label), image_column, mask_column, label)
+            return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec), image_column, mask_column, label)
         raise
+    # A slice takes its pairs in file-name order (imagefolder's order), which are then the dataset: numbered alone.
+    rows = _slice_rows(spec, len(scan.pairs))
+    if spec is not None and scan.pairs and not rows:
+        raise ValueError(f"{path}: split slice {spec} selects none of the {len(scan.pairs)} pairs")
+    scan.pairs = [scan.pairs[i] for i in rows]
     # Numbered before verification drops any: a pair left out (a truncated file, after the hint to rerun with
     # --verify-data full) leaves a gap, and every other sample keeps its id, augmentation and validation side.
     found = {pair: index for index, pair in enumerate(scan.pairs)}

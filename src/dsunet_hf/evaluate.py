@@ -699,6 +699,7 @@ def _scored_whole(source, split: str) -> bool:
     folder): the loader takes all of it, as it does with no split given."""
     from .data import find_image_mask_pairs
 
+    split = split.split("[", 1)[0]  # "test[:50%]": the slice is of the split's folder
     path = Path(os.path.expanduser(str(source)))
     saved = ("state.json", "dataset_dict.json", "metadata.jsonl", "metadata.csv", "metadata.parquet")
     if not path.is_dir() or any((path / name).is_file() for name in saved):  # Hub ids, datasets: their splits
@@ -864,8 +865,9 @@ def run_evaluate_cli(args) -> int:
             except (ValueError, OSError) as error:  # no pairs in it, a file, no such folder, a Hub id unavailable
                 raise SystemExit(f"evaluate: --data {_naming(source, error)}") from error
             if args.split is not None and _scored_whole(source, args.split):  # said: a typo would pass unseen
-                logger.warning("--data %s has no %r split folder: the whole folder is evaluated (the report "
-                               "records split %r)", source, args.split, args.split)
+                logger.warning("--data %s has no %r split folder: the whole folder is evaluated%s (the report "
+                               "records split %r)", source, args.split.split("[", 1)[0],
+                               f" (sliced: {args.split})" if "[" in args.split else "", args.split)
         # Foreground models: the post-processing order and min-max normalisation evaluate_model uses, for the report.
         foreground = (None if visual_prompt is not None or multi_class
                       else foreground_protocol(model, processor, args.minmax_normalize))

@@ -268,9 +268,10 @@ class VideoWriter:
         self.file = file
         self.container = av.open(str(file), "w", format=container)
         self.rate, self.aspect, self.stream, self.last_pts, self.av = rate, aspect, None, None, av
-        # The last frame's duration (in the time base, 0: unknown), given to the last packet, where the muxers end the
-        # video: the encoders drop frame durations, and the muxers gave the last one a frame of the rate (a held
-        # last frame, a slide show's, ended the video seconds early). That packet is held back until the flush.
+        # The last frame's duration (in the time base, 0: unknown): the last packet is held back until the flush and
+        # made to end where that frame ends, where the muxers end the video. The encoders drop frame durations, and
+        # the muxers gave the last one a frame of the rate (a held last frame, a slide show's, ended the video
+        # seconds early). With H.264's B-frames the last packet is not the last frame shown: it lasts until then.
         self.last_duration, self.held_packet = 0, None
         # The first error of an encode or mux: the container is not touched again (PyAV segfaults muxing into a
         # container whose header failed to write, e.g. on a full disk), only closed.
@@ -332,10 +333,11 @@ class VideoWriter:
             if flush and self.failure is None and self.stream is not None:
                 try:
                     self._mux(self.stream.encode(None))
-                    if self.held_packet is not None:
-                        if self.last_duration > 0:
-                            self.held_packet.duration = self.last_duration
-                        self.container.mux(self.held_packet)
+                    held = self.held_packet
+                    if held is not None:
+                        if self.last_duration > 0 and held.pts is not None:  # last_pts: the last frame shown
+                            held.duration = self.last_pts + self.last_duration - held.pts
+                        self.container.mux(held)
                 except BaseException as error:
                     self.failure = error
                     raise

@@ -667,6 +667,27 @@ def test_a_best_model_saved_after_the_last_checkpoint_is_set_aside_on_resume(gen
     assert "| S-measure | 0.58" in (run / "model" / "README.md").read_text()  # was the abandoned 0.9
 
 
+@pytest.mark.parametrize("best_step", [4, 5])
+def test_a_best_old_left_beside_the_checkpoints_best_is_not_abandoned(tmp_path, best_step):
+    """Killed while the swap that put best/ of step 4 in deleted best.old (step 2): a resume from checkpoint-4 (which
+    records step 4) moved best.old aside as "written after it by the course of training it abandons". Where best/ is
+    not the checkpoint's (step 5, unrecorded), best.old is its best: it stays, to be put back as best/."""
+    from dsunet_hf.training import set_aside_abandoned_checkpoints
+
+    best = (4, 0.9) if best_step == 4 else (2, 0.6)  # what checkpoint-4 records
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "best_step": best[0],
+                                                               "best_metric": best[1]}))
+    for name, step, value in (("best", best_step, 0.9), ("best.old", 2, 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best_record.json").write_text(json.dumps({"step": step, "metric": "S-measure",
+                                                                      "value": value}))
+    aside = set_aside_abandoned_checkpoints(tmp_path, checkpoint, 4, best)
+    assert (tmp_path / "best.old").is_dir()  # was moved aside when best/ was the checkpoint's
+    assert (aside is None) == (best_step == 4) and (tmp_path / "best").is_dir() == (best_step == 4)
+
+
 def test_torch_compile_trains_like_eager(generated_data, tmp_path):
     # aot_eager: the forward and backward graphs captured as inductor would get them, without its (slow on a
     # 2-core CPU) code generation.

@@ -545,6 +545,10 @@ def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: i
                     bests[name] = None
             elif (record.get("step"), record.get("value")) != tuple(best):  # e.g. a run killed before it checkpointed
                 bests[name] = record.get("step")
+    if (output_dir / "best").is_dir() and "best" not in bests:
+        # best/ is the checkpoint's: a best.old beside it is the older best a killed swap left (_replace_dir), not a
+        # model of the abandoned course (it was moved aside as one, "written after" a resume from the latest).
+        bests.pop("best.old", None)
     if not later and not bests:
         return None
     aside = output_dir / ABANDONED / f"{time.strftime('%Y%m%d-%H%M%S')}-resumed-from-{resume_path.name}"

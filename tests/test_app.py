@@ -394,7 +394,9 @@ def test_a_space_loads_the_hub_repo_where_a_local_folder_has_its_name(tmp_path, 
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(HfApi, "model_info", not_found)
-    with pytest.raises(SystemExit, match=r"--model me/model is not a Hub repo id \(org/name\); push the model first"):
+    # Said as such (was "--model me/model is not a Hub repo id (org/name)", which it is).
+    with pytest.raises(SystemExit, match=r"--model me/model is a folder here, and the Hub has no model repo of that "
+                                         r"name \(or it is private and you are not logged in\): push the model first"):
         main(["space", "space4", "--model", "me/model"])
     # Where the model is loaded here, the folder wins, and has no revisions: said so, with the way out.
     with pytest.raises(SystemExit, match=r"^app: --revision v2: me/model is both a folder here and a Hub repo id; "

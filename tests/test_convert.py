@@ -479,8 +479,11 @@ def test_class_names_must_be_the_heads_ids_and_errors_name_the_names_file(upstre
     from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import BNHead
 
     assert head_classes(2, {"0": "bg", "1": "fg"}, "x.pth") == {"id2label": {0: "bg", 1: "fg"}}
-    with pytest.raises(ValueError, match=r"^id2label must be a dict of class id -> name .*, got a list$"):
-        head_classes(2, ["bg", "fg"], "x.pth")  # was "'list' object has no attribute 'items'"
+    # A list of names is taken in id order, as from_pretrained(id2label=[...]) takes it; other types are named.
+    assert head_classes(2, ["bg", "fg"], "x.pth") == {"id2label": {0: "bg", 1: "fg"}}
+    with pytest.raises(ValueError, match=r"^id2label must be a dict of class id -> name .* or a list of names, got a "
+                                         r"int$"):
+        head_classes(2, 2, "x.pth")
     head = tmp_path / "dinov2_vits14_custom_linear_head.pth"
     torch.save({"state_dict": {f"decode_head.{k}": v for k, v in BNHead(384, 2).state_dict().items()}}, head)
     (tmp_path / "gap.json").write_text(json.dumps({"0": "a", "2": "b"}))

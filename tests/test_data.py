@@ -178,6 +178,7 @@ def test_labels_file_is_found_beside_the_data_in_any_layout(tmp_path):
     assert find_labels_file(tmp_path / "organs") == inner
     assert find_labels_file(tmp_path / "organs" / "train") == inner
     assert find_labels_file(tmp_path / "organs", split="val") is None  # val/ has none of its own
+    assert find_labels_file(tmp_path / "organs", split="train[:50%]") == inner  # a sliced split: its folder's
     beside = tmp_path / "organs" / "id2label.json"
     beside.write_text('{"0": "background", "1": "liver"}')
     assert find_labels_file(tmp_path / "organs" / "val") == beside
@@ -740,6 +741,10 @@ def test_a_split_slice_selects_the_rows_datasets_selects(tmp_path):
     assert [Path(p).stem for p in load_segmentation_dataset(tmp_path, "train[10%:30%]")["image"]] == ["s02", "s03"]
     rows = datasets.Dataset.from_dict({"image": stems, "mask": stems})
     assert load_segmentation_dataset(rows, "train[-2:]")["image"] == ["s13", "s14"]
+    # A Dataset sliced to nothing: was select()'s bare IndexError (past the end) or an empty dataset (10% of 5 rows).
+    for spec in ("train[20:]", "train[:10%]"):
+        with pytest.raises(ValueError, match=r"split slice \[(20:|:10%)\] selects none of the 5 rows"):
+            load_segmentation_dataset(rows.select(range(5)), spec)
     with pytest.raises(ValueError, match=r"not several joined with '\+'"):
         load_segmentation_dataset(tmp_path, "train[:5]+test[:5]")
     with pytest.raises(ValueError, match=r"selects none of the 15 pairs"):

@@ -842,7 +842,7 @@ def test_a_mistyped_relative_folder_offline_is_said_to_be_no_local_folder(offlin
         Sam2UNetForImageSegmentation.from_pretrained("runs/exp1")
     assert str(error_info.value) == (
         f"runs/exp1 is not in the local Hub cache (nor is there a local folder {tmp_path}/runs/exp1) and "
-        f"HF_HUB_OFFLINE is set: load it once without HF_HUB_OFFLINE=1, or `hf download runs/exp1` first")
+        f"HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or `hf download runs/exp1` first")
 
 
 def test_a_failed_hub_file_keeps_huggingface_hubs_error(offline_hub):

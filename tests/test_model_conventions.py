@@ -39,9 +39,11 @@ def test_output_hidden_states_returns_the_encoder_maps_and_output_attentions_is_
         batch = inputs["pixel_values"].shape[0]
         assert isinstance(hidden, tuple) and len(hidden) >= 1
         assert all(h.ndim == 4 and h.shape[0] == batch for h in hidden)
+        size = inputs["pixel_values"].shape[-1]
         if name not in ("dinov2-seg", "visual-prompt"):  # the four stage maps, strides 4 to 32, finest first
-            size = inputs["pixel_values"].shape[-1]
             assert [size // h.shape[-1] for h in hidden] == [4, 8, 16, 32]
+        else:  # DINOv2 token maps: one per patch, of the backbone's width (not, say, the pixels themselves)
+            assert all(h.shape[-2:] == (size // model.backbone.patch_size,) * 2 and h.shape[1] == 32 for h in hidden)
         # transformers' default: the config's; return_dict=False appends the tuple to the outputs
         model.config.output_hidden_states = True
         try:
@@ -67,6 +69,9 @@ def test_the_matcher_refuses_hidden_states_and_attentions():
     for option in ("output_hidden_states", "output_attentions"):
         with pytest.raises(ValueError, match="VisualPromptMatcher: output_attentions/output_hidden_states"):
             matcher(pixel_values, **{option: True})
+    matcher.config.output_hidden_states = True  # the config's default, as every other model reads it
+    with pytest.raises(ValueError, match="VisualPromptMatcher: output_attentions/output_hidden_states"):
+        matcher(pixel_values)
 
 
 @pytest.mark.parametrize("kind", ["dinov2-seg", "sam2-unet"])

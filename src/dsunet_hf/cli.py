@@ -60,6 +60,7 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
         error_chain,
         looks_like_hub_id,
         no_local_folder_note,
+        offline_fix,
         saved_weight_files,
         snapshot_revision,
     )
@@ -96,11 +97,10 @@ def _not_in_local_cache(name: str, error: Exception, revision: str | None) -> st
     where = (f"is only partly in the local Hub cache (snapshot {commit}"
              + (", without its weights file: an interrupted download?)" if weightless else ")") if commit else
              "is not in the local Hub cache")
-    download = download_command(name, revision)
     if constants.HF_HUB_OFFLINE:  # a mistyped relative folder (runs/exp1) reads as a Hub id: said where it is none
         where += "" if commit else no_local_folder_note(name)
-        return f"{what} {where} and HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or {download} first"
-    return f"{what} {where} and the Hub cannot be reached: run it where the Hub is, or {download} there first"
+        return f"{what} {where} and {offline_fix(name, revision)}"
+    return f"{what} {where} and the Hub cannot be reached: run it where the Hub is, or {download_command(name, revision)} there first"
 
 
 def not_visual_prompt(command: str, name: str, refusal: str, revision: str | None = None) -> SystemExit:
@@ -175,7 +175,7 @@ def _predict_with_prompts(args) -> int:
         read_reference_prompts,
         visual_prompt_model_type,
     )
-    from .prompts import MaskPrompt, as_prompt, check_mask_threshold
+    from .prompts import MaskPrompt, as_prompt
 
     if len(args.reference) != len(args.prompt or []):
         raise SystemExit(f"predict: give one --prompt per --reference (got {len(args.reference)} reference(s) and "
@@ -207,8 +207,7 @@ def _predict_with_prompts(args) -> int:
     try:  # a typo in a prompt or a reference: said before the model loads (for a Hub model, a download)
         if args.track_memory is not None:
             check_track_memory(args.track_memory)
-        if args.mask_threshold is not None:
-            check_mask_threshold(args.mask_threshold)
+        if args.mask_threshold is not None:  # its value is checked by read_reference_prompts, below
             if not any(isinstance(as_prompt(prompt), MaskPrompt) for prompt in args.prompt):  # rather than ignored
                 raise ValueError("--mask-threshold applies to mask prompts (mask:path.png or a mask image path); "
                                  "no --prompt is one")
@@ -540,7 +539,9 @@ def _space(args) -> int:
     # model saved as org/name before its push), which it cannot reach; --revision then is that repo's.
     shadowed = Path(args.model).exists() and looks_like_hub_id(args.model, even_if_local=True)
     if shadowed and not _hub_repo_may_exist(args.model):  # a training folder such as runs/cod: not on the Hub
-        shadowed = False
+        raise SystemExit(f"space: --model {args.model} is a folder here, and the Hub has no model repo of that name "
+                         f"(or it is private and you are not logged in): push the model first (dsunet-hf push "
+                         f"{args.model} <org/name>) and name that repo")
     if not shadowed and not looks_like_hub_id(args.model):
         raise SystemExit(f"space: --model {args.model} is not a Hub repo id (org/name); push the model first "
                          f"(dsunet-hf push {args.model} <org/name>) and name that repo")

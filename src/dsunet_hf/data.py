@@ -688,20 +688,29 @@ def _split_slice(split: str | None) -> tuple[str | None, str | None]:
     return match["name"], match["slice"]
 
 
-def _slice_rows(spec: str | None, n: int) -> range:
-    """The rows of a split of ``n`` that ``datasets.load_dataset(..., split="name" + spec)`` reads: its own
-    arithmetic (percent boundaries rounded to the closest row, negative indices, clipping), so that both agree."""
+def split_name(split: str | None) -> str | None:
+    """The split a (possibly sliced) split names: ``"test[:50%]"`` -> ``"test"`` (its folder, its labels file)."""
+    return _split_slice(split)[0]
+
+
+def _slice_rows(spec: str | None, n: int, label: str, unit: str = "rows") -> range:
+    """The rows of ``label``'s split of ``n`` that ``datasets.load_dataset(..., split="name" + spec)`` reads: its own
+    arithmetic (percent boundaries rounded to the closest row, negative indices, clipping), so that both agree. A
+    slice that selects none of them is an error (an empty dataset, or select()'s bare IndexError past the end)."""
     if spec is None:
         return range(n)
     try:
         (rows,) = datasets.ReadInstruction.from_spec("split" + spec).to_absolute({"split": n})
     except ValueError as err:  # pct1_dropremainder on fewer than 100 rows
-        raise ValueError(f"split slice {spec!r} of {n} rows: {err}") from None
-    return range(rows.from_, rows.to)
+        raise ValueError(f"{label}: split slice {spec!r} of {n} {unit}: {err}") from None
+    rows = range(max(rows.from_, 0), min(rows.to, n))
+    if n and not rows:
+        raise ValueError(f"{label}: split slice {spec} selects none of the {n} {unit}")
+    return rows
 
 
-def _take_slice(dataset: datasets.Dataset, spec: str | None) -> datasets.Dataset:
-    return dataset if spec is None else dataset.select(_slice_rows(spec, len(dataset)))
+def _take_slice(dataset: datasets.Dataset, spec: str | None, label: str) -> datasets.Dataset:
+    return dataset if spec is None else dataset.select(_slice_rows(spec, len(dataset), label))
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -760,7 +769,7 @@ def load_segmentation_dataset(
         source = _pick_split(source, split, "DatasetDict")
     if isinstance(source, datasets.Dataset):
         name = dataset_name(source)
-        return _set_name(_take_slice(_normalise_columns(source, image_column, mask_column, name), spec), name)
+        return _set_name(_take_slice(_normalise_columns(source, image_column, mask_column, name), spec, name), name)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a folder, a Hub dataset id or a datasets.Dataset, got {type(source).__name__}")
 
@@ -774,7 +783,7 @@ def load_segmentation_dataset(
         raise ValueError(f"{text}: is a file; pass a folder of image/mask pairs, a Hub dataset id or a Dataset")
     if not _HUB_ID.match(text):
         raise FileNotFoundError(f"{text}: no such folder (and not a Hub dataset id)")
-    dataset = _take_slice(_load_hub(text, split, num_proc, load_kwargs), spec)
+    dataset = _take_slice(_load_hub(text, split, num_proc, load_kwargs), spec, text)
     return _set_name(_normalise_columns(dataset, image_column, mask_column, text), name)
 
 
@@ -795,21 +804,19 @@ def _load_local(
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             loaded = _pick_split(loaded, split, label)
-        return _normalise_columns(_take_slice(loaded, spec), image_column, mask_column, label)
+        return _normalise_columns(_take_slice(loaded, spec, label), image_column, mask_column, label)
     if _metadata_files(path):
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), num_proc=num_proc, **load_kwargs)
-        return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec), image_column, mask_column, label)
+        return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec, label), image_column, mask_column, label)
     try:
         scan = find_image_mask_pairs(path, split)
     except ValueError:
         if next(path.glob("**/*.parquet"), None) is not None:
             loaded = datasets.load_dataset(str(path), num_proc=num_proc, **load_kwargs)
-            return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec), image_column, mask_column, label)
+            return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec, label), image_column, mask_column, label)
         raise
     # A slice takes its pairs in file-name order (imagefolder's order), which are then the dataset: numbered alone.
-    rows = _slice_rows(spec, len(scan.pairs))
-    if spec is not None and scan.pairs and not rows:
-        raise ValueError(f"{path}: split slice {spec} selects none of the {len(scan.pairs)} pairs")
+    rows = _slice_rows(spec, len(scan.pairs), str(path), "pairs")
     scan.pairs = [scan.pairs[i] for i in rows]
     # Numbered before verification drops any: a pair left out (a truncated file, after the hint to rerun with
     # --verify-data full) leaves a gap, and every other sample keeps its id, augmentation and validation side.
@@ -896,6 +903,7 @@ def find_labels_file(source: Any, split: str | None = None) -> Path | None:
     (``organs/train``), beside the splits (``organs/id2label.json``), or beside the data the folder's layout
     resolves to for ``split`` (``organs/train/id2label.json`` for ``organs``, which loads ``organs/train``).
     None if there is none (or for a Hub id)."""
+    split = split_name(split)  # "test[:50%]": the test folder's file
     folder = Path(str(source))
     candidates = [folder / "id2label.json"]
     if _split_key(folder.name) in _SPLIT_ALIASES:

@@ -697,9 +697,9 @@ def _dataset_labels(source, split: str | None = None) -> dict | None:
 def _scored_whole(source, split: str) -> bool:
     """A local folder of image/mask pairs without a folder for ``split`` (a benchmark's test set is often one flat
     folder): the loader takes all of it, as it does with no split given."""
-    from .data import find_image_mask_pairs
+    from .data import find_image_mask_pairs, split_name
 
-    split = split.split("[", 1)[0]  # "test[:50%]": the slice is of the split's folder
+    split = split_name(split)  # "test[:50%]": the slice is of the split's folder
     path = Path(os.path.expanduser(str(source)))
     saved = ("state.json", "dataset_dict.json", "metadata.jsonl", "metadata.csv", "metadata.parquet")
     if not path.is_dir() or any((path / name).is_file() for name in saved):  # Hub ids, datasets: their splits
@@ -865,8 +865,10 @@ def run_evaluate_cli(args) -> int:
             except (ValueError, OSError) as error:  # no pairs in it, a file, no such folder, a Hub id unavailable
                 raise SystemExit(f"evaluate: --data {_naming(source, error)}") from error
             if args.split is not None and _scored_whole(source, args.split):  # said: a typo would pass unseen
+                from .data import split_name
+
                 logger.warning("--data %s has no %r split folder: the whole folder is evaluated%s (the report "
-                               "records split %r)", source, args.split.split("[", 1)[0],
+                               "records split %r)", source, split_name(args.split),
                                f" (sliced: {args.split})" if "[" in args.split else "", args.split)
         # Foreground models: the post-processing order and min-max normalisation evaluate_model uses, for the report.
         foreground = (None if visual_prompt is not None or multi_class

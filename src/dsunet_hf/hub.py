@@ -88,6 +88,11 @@ def download_command(repo_id: str, revision: str | None = None) -> str:
     return f"`hf download {repo_id}" + (f" --revision {revision}" if revision else "") + "`"
 
 
+def offline_fix(repo_id: str, revision: str | None = None) -> str:
+    """The end of every "not in the local Hub cache" message: what to do about it offline."""
+    return f"HF_HUB_OFFLINE is set: run once without HF_HUB_OFFLINE=1, or {download_command(repo_id, revision)} first"
+
+
 def no_local_folder_note(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     """`` (nor is there a local folder /abs/name)`` for a Hub id of which the local Hub cache holds nothing, so that a
     mistyped relative folder (``runs/exp1``, read as a Hub id since no such folder exists) is seen as one; empty

@@ -35,6 +35,8 @@ from .hub import (
     error_chain,
     hub_download_kwargs,
     looks_like_hub_id,
+    no_local_folder_note,
+    offline_fix,
     remove_stale_weights,
     render_model_card,
     saved_file_patterns,
@@ -852,14 +854,11 @@ def _offline_not_cached(source, load_kwargs: dict, error: Exception) -> str | No
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from .hub import download_command, error_chain, no_local_folder_note
-
     note = no_local_folder_note(str(source), load_kwargs.get("cache_dir"))
     if not (note and huggingface_hub.constants.HF_HUB_OFFLINE
             and any(isinstance(cause, LocalEntryNotFoundError) for cause in error_chain(error))):
         return None
-    return (f"{source} is not in the local Hub cache{note} and HF_HUB_OFFLINE is set: load it once without "
-            f"HF_HUB_OFFLINE=1, or {download_command(str(source), load_kwargs.get('revision'))} first")
+    return f"{source} is not in the local Hub cache{note} and {offline_fix(str(source), load_kwargs.get('revision'))}"
 
 
 def _saved_variants(source, load_kwargs: dict, error: Exception | None = None) -> list[str]:

@@ -230,6 +230,13 @@ class OnnxExportReport:
     # the report is read says nothing about the machine that exported it.
     unchecked_reason: str | None = None
 
+    @property
+    def unchecked_why(self) -> str | None:
+        """Why the export was not checked, as the model card says it (None: checked, or not recorded)."""
+        return {UNCHECKED_NO_CHECK: "exported with `--no-check`",
+                UNCHECKED_NO_ONNXRUNTIME: "onnxruntime was not installed"}.get(self.unchecked_reason,
+                                                                                 self.unchecked_reason)
+
     def summary(self) -> str:
         if self.checked_with:
             check = f"onnxruntime max |{self.compared} diff| vs PyTorch {max(self.max_abs_difference.values()):.2e}"

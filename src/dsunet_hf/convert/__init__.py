@@ -90,9 +90,11 @@ def class_names(count: int, id2label: dict | str | os.PathLike, source) -> dict[
         from ..data import read_labels_file
 
         given, id2label = str(id2label), read_labels_file(id2label)
-    if not isinstance(id2label, dict):  # e.g. a list of names: was "'list' object has no attribute 'items'"
-        raise ValueError(f"{given} must be a dict of class id -> name ({{0: 'background', ...}}), got a "
-                         f"{type(id2label).__name__}")
+    if isinstance(id2label, (list, tuple)):  # names in id order, as from_pretrained(id2label=[...]) takes them
+        id2label = dict(enumerate(id2label))
+    if not isinstance(id2label, dict):  # a number, a set: named, not "'int' object has no attribute 'items'"
+        raise ValueError(f"{given} must be a dict of class id -> name ({{0: 'background', ...}}) or a list of names, "
+                         f"got a {type(id2label).__name__}")
     names = {}
     for key, name in id2label.items():
         try:  # JSON-style string ids ("0") are the ids transformers' configs make of them

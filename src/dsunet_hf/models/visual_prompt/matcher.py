@@ -39,7 +39,13 @@ from transformers.utils import logging
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
 from ...hub import PLACEHOLDER_REPO_ID, hub_download_kwargs
 from ...image_io import load_image
-from ...modeling_utils import SegmentationPreTrainedModel, check_pixel_values, clean_loading_info, pop_dtype
+from ...modeling_utils import (
+    SegmentationPreTrainedModel,
+    check_pixel_values,
+    clean_loading_info,
+    pop_dtype,
+    wants_hidden_states,
+)
 from ...prompts import reference_masks
 from ..checked_config import check_finite_number, positive_int
 from .configuration_visual_prompt import VisualPromptMatcherConfig
@@ -327,7 +333,8 @@ class VisualPromptMatcher(DinoVisualPromptModel):
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """The patch features used for matching (see :meth:`features`)."""
-        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):  # else silently ignored
+        # Asked for (also through config.output_hidden_states, as for every model): refused, not silently ignored.
+        if kwargs.get("output_attentions") or wants_hidden_states(self, kwargs.get("output_hidden_states"), False):
             raise ValueError("VisualPromptMatcher: output_attentions/output_hidden_states are not supported: its "
                              "forward returns the patch features (a tensor), see features()")
         return self.features(pixel_values)

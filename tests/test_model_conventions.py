@@ -148,3 +148,14 @@ def test_a_home_relative_path_saves_and_loads_in_the_home_folder(tmp_path, monke
     loaded = type(model).from_pretrained("~/models/x").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_card_metadata_lists_only_hub_dataset_ids():
+    """The card's ``datasets:`` took every training-data name, local folders included ("ECSSD", "COD10K (Train)"):
+    the Hub links each entry to a dataset repo, so those were broken links. The card's text still names them."""
+    model, _ = _model_and_inputs("sam2-unet")
+    names = ["ECSSD", "COD10K (Train)", "org/COD10K (Train)", "org/COD10K", "user/duts"]
+    card = model.model_card(dataset_names=names)
+    assert card.data.datasets == ["org/COD10K", "user/duts"]
+    assert all(name in card.text for name in names)
+    assert model.model_card(dataset_names=["ECSSD"]).data.datasets is None

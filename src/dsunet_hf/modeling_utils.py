@@ -704,12 +704,17 @@ class SegmentationPreTrainedModel(PreTrainedModel):
     @staticmethod
     def card_metadata(*, license: str, tags: list[str], base_models: list[str],
                       dataset_names: list[str] | None = None) -> ModelCardData:
-        """The card's YAML header; ``base_models`` keeps only Hub ids (``org/name``), not local paths."""
+        """The card's YAML header; ``base_models`` and ``dataset_names`` keep only Hub ids (``org/name``): the
+        Hub links each entry to a repo, so a local folder's name (``"ECSSD"``, ``"COD10K (Train)"``) stays in the
+        card's text only. A Hub dataset's split suffix (``"org/COD10K (Train)"``) is dropped."""
         hub_ids = [r for r in base_models if looks_like_hub_id(r)]
+        dataset_ids = list(dict.fromkeys(
+            repo for repo in (str(name).split(" (")[0] for name in dataset_names or [])
+            if looks_like_hub_id(repo, even_if_local=True)))
         return ModelCardData(
             license=license, library_name="dsunet-hf", pipeline_tag="image-segmentation", tags=tags,
             base_model=(hub_ids[0] if len(hub_ids) == 1 else hub_ids) or None,
-            datasets=list(dataset_names) if dataset_names else None,
+            datasets=dataset_ids or None,
         )
 
     def render_card(self, template: str, card_data: ModelCardData, *, metrics: dict | None = None,

@@ -27,6 +27,7 @@ from dsunet_hf.data import (
     find_image_mask_pairs,
     find_labels_file,
     load_segmentation_dataset,
+    pair_folders,
     train_validation_split,
 )
 from dsunet_hf.image_io import ImageReadError
@@ -110,14 +111,19 @@ def test_mask_name_suffix_and_name_clash(tmp_path, caplog):
     _mask(20, 16).save(tmp_path / "masks" / "p2_segmentation.png")  # ISIC-style suffix
     _rgb(20, 16).save(tmp_path / "images" / "p3.jpg")
     _mask(20, 16).save(tmp_path / "masks" / "p3_mask.png")
+    _rgb(20, 16).save(tmp_path / "images" / "p4.jpg")
+    _mask(20, 16).save(tmp_path / "masks" / "p4.jpg.png")  # named after the image file (was: both unpaired)
     _rgb(20, 16).save(tmp_path / "images" / "dup.jpg")
     _rgb(20, 16).save(tmp_path / "images" / "dup.png")
     _mask(20, 16).save(tmp_path / "masks" / "dup.png")
+    _rgb(20, 16).save(tmp_path / "images" / "two.jpg")  # two masks for it: a clash, as before
+    _mask(20, 16).save(tmp_path / "masks" / "two.png")
+    _mask(20, 16).save(tmp_path / "masks" / "two.jpg.png")
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         scan = find_image_mask_pairs(tmp_path)
-    assert [Path(m).name for _, m in scan.pairs] == ["p1.png", "p2_segmentation.png", "p3_mask.png"]
+    assert [Path(m).name for _, m in scan.pairs] == ["p1.png", "p2_segmentation.png", "p3_mask.png", "p4.jpg.png"]
     assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in scan.problems) == [
-        "images/dup.jpg", "images/dup.png", "masks/dup.png"]
+        "images/dup.jpg", "images/dup.png", "images/two.jpg", "masks/dup.png", "masks/two.jpg.png", "masks/two.png"]
     assert not scan.unpaired_images and not scan.unpaired_masks
     assert "ambiguous name 'dup'" in warnings_text(caplog)
 
@@ -129,14 +135,31 @@ def test_names_differing_in_case_only_pair_when_unique(tmp_path):
     _mask(20, 16).save(tmp_path / "masks" / "img_1.png")
     _rgb(20, 16).save(tmp_path / "images" / "Cam_2.jpg")
     _mask(20, 16).save(tmp_path / "masks" / "cam_2_Mask.png")
+    _rgb(20, 16).save(tmp_path / "images" / "Ext_3.jpg")
+    _mask(20, 16).save(tmp_path / "masks" / "ext_3.JPG.png")
     _rgb(20, 16).save(tmp_path / "images" / "Two.jpg")  # two masks for it: not guessed at
     _mask(20, 16).save(tmp_path / "masks" / "two.png")
     _mask(20, 16).save(tmp_path / "masks" / "TWO.png")
     scan = find_image_mask_pairs(tmp_path)
     assert [(Path(i).name, Path(m).name) for i, m in scan.pairs] == [
-        ("Cam_2.jpg", "cam_2_Mask.png"), ("IMG_1.JPG", "img_1.png"), ("p1.jpg", "p1.png")]
+        ("Cam_2.jpg", "cam_2_Mask.png"), ("Ext_3.jpg", "ext_3.JPG.png"), ("IMG_1.JPG", "img_1.png"),
+        ("p1.jpg", "p1.png")]
     assert [Path(p).name for p in scan.unpaired_images] == ["Two.jpg"]
     assert [Path(p).name for p in scan.unpaired_masks] == ["TWO.png", "two.png"]
+
+
+def test_symlinked_subfolders_are_read_once(tmp_path):
+    """A dataset merged by links (images/kvasir -> ../../kvasir/images) lost the linked files without a word; a link
+    to a folder above is not followed round."""
+    write_pairs(tmp_path / "kvasir", "images", "masks", ["k1", "k2"], size=(8, 8))
+    write_pairs(tmp_path / "merged", "images/local", "masks/local", ["m1"], size=(8, 8))
+    for side in ("images", "masks"):
+        (tmp_path / "merged" / side / "kvasir").symlink_to(tmp_path / "kvasir" / side, target_is_directory=True)
+    (tmp_path / "merged" / "images" / "local" / "up").symlink_to(tmp_path / "merged" / "images", target_is_directory=True)
+    scan = find_image_mask_pairs(tmp_path / "merged")
+    assert [Path(i).relative_to(tmp_path / "merged" / "images").with_suffix("").as_posix() for i, _ in scan.pairs] == [
+        "kvasir/k1", "kvasir/k2", "local/m1"]
+    assert not scan.unpaired_images and not scan.unpaired_masks and not scan.problems
 
 
 def test_split_subfolders(tmp_path):
@@ -147,6 +170,9 @@ def test_split_subfolders(tmp_path):
         ds = load_segmentation_dataset(tmp_path, split=split)
         assert [Path(p).stem for p in ds["image"]] == ["v1", "v2"]
     assert len(find_image_mask_pairs(tmp_path).pairs) == 3  # no split: the train folder
+    # A sliced split: its folder's pairs, sliced as the loader slices them (was "no folder for split 'val[:50%]'").
+    assert [Path(i).stem for i, _ in find_image_mask_pairs(tmp_path, "val[:50%]").pairs] == ["v1"]
+    assert [Path(i).stem for i, _ in find_image_mask_pairs(tmp_path, "train[-2:]").pairs] == ["t2", "t3"]
     with pytest.raises(ValueError, match=r"no folder for split 'test'.*train.*val"):
         load_segmentation_dataset(tmp_path, split="test")
 
@@ -168,14 +194,16 @@ def test_split_subfolders_inside_the_image_and_mask_folders(tmp_path, caplog):
     assert "no split given, using images/training + annotations/training (not ['validation']" in warnings_text(caplog)
 
 
-def test_labels_file_is_found_beside_the_data_in_any_layout(tmp_path):
+def test_labels_file_is_found_beside_the_data_in_any_layout(tmp_path, caplog, monkeypatch):
     """id2label.json in the folder, beside split folders, or inside the split folder that --train-data organs loads
     (organs/train/): that last one was missed, and a multi-class run built a binary model."""
     write_pairs(tmp_path / "organs" / "train", "images", "masks", ["a"])
     write_pairs(tmp_path / "organs" / "val", "images", "masks", ["b"])
     inner = tmp_path / "organs" / "train" / "id2label.json"
     inner.write_text('{"0": "background", "1": "liver"}')
-    assert find_labels_file(tmp_path / "organs") == inner
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert find_labels_file(tmp_path / "organs") == inner
+    assert not caplog.records  # training loads split="train": its log said "no split given, using the train/ ..."
     assert find_labels_file(tmp_path / "organs" / "train") == inner
     assert find_labels_file(tmp_path / "organs", split="val") is None  # val/ has none of its own
     assert find_labels_file(tmp_path / "organs", split="train[:50%]") == inner  # a sliced split: its folder's
@@ -183,6 +211,9 @@ def test_labels_file_is_found_beside_the_data_in_any_layout(tmp_path):
     beside.write_text('{"0": "background", "1": "liver"}')
     assert find_labels_file(tmp_path / "organs" / "val") == beside
     assert find_labels_file(tmp_path / "photos") is None and find_labels_file("org/name") is None
+    monkeypatch.setenv("HOME", str(tmp_path))  # "~/organs" (a recipe's train_data) loads, and had no labels file
+    assert find_labels_file("~/organs/val") == beside and len(load_segmentation_dataset("~/organs", "val")) == 1
+    assert len(find_image_mask_pairs("~/organs", "val").pairs) == 1 and pair_folders("~/organs")[0] == inner.parent / "images"
 
 
 def test_split_folders_on_one_side_with_one_flat_folder_for_all_splits(tmp_path, caplog):
@@ -200,6 +231,13 @@ def test_split_folders_on_one_side_with_one_flat_folder_for_all_splits(tmp_path,
     assert [Path(i).stem for i, _ in find_image_mask_pairs(tmp_path / "CAMO").pairs] == ["c1", "c2"]  # no split
     with pytest.raises(ValueError, match=r"Images: no folder for split 'val'; split folders found: \['Test', 'Train'\]"):
         find_image_mask_pairs(tmp_path / "CAMO", "val")
+    # The folders a split reads, said by no message (evaluate --split asks whether a split folder was found: each
+    # warning above was said three times).
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert pair_folders(tmp_path / "CAMO") == (tmp_path / "CAMO" / "Images" / "Train", tmp_path / "CAMO" / "GT")
+        assert pair_folders(tmp_path / "CAMO", "test[:1]")[0].name == "Test"
+    assert not caplog.records
     # The other way round: one image folder, masks split.
     write_pairs(tmp_path / "flipped", "images", "masks/train", ["a", "b"])
     write_pairs(tmp_path / "flipped", "images", "masks/test", ["z"])
@@ -620,6 +658,28 @@ def test_streaming_is_refused_clearly_and_pixel_values_is_an_image_column(tmp_pa
     assert ds.column_names == ["image", "mask", "sample_id"] and ds[1]["image"].size == (12, 10)
 
 
+def test_a_text_label_of_class_names_is_no_mask_column(caplog):
+    """A text "label" of class names was taken as the mask column over a "segmentation" Image column (the transform
+    then said "cannot read mask polyp"); a mask column of another name (cityscapes' "semantic_segmentation") was an
+    error although it is the only other Image column."""
+    cells = _image_cells(2)
+    ds = load_segmentation_dataset(cells.rename_column("mask", "segmentation").add_column("label", ["polyp"] * 2))
+    assert isinstance(ds[0]["mask"], Image.Image)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        ds = load_segmentation_dataset(cells.rename_column("mask", "semantic_segmentation"))
+        # An imagefolder's seg_mask_file_name + a "label" of class names: was the class names.
+        tagged = load_segmentation_dataset(cells.rename_column("mask", "seg_mask").add_column("label", ["cat"] * 2))
+    assert isinstance(ds[0]["mask"], Image.Image) and np.asarray(ds[0]["mask"]).max() == 255
+    assert isinstance(tagged[1]["mask"], Image.Image)
+    assert "no column named like masks; using the image column 'semantic_segmentation'" in warnings_text(caplog)
+    assert load_segmentation_dataset(datasets.Dataset.from_dict({"image": ["a.png"], "label": ["m/a.png"]}))[0][
+        "mask"] == "m/a.png"  # a text column of paths still is one
+    two = datasets.Dataset.from_dict({"image": [_rgb(4, 4)], "depth": [_mask(4, 4)], "seg": [_mask(4, 4)]}, features=
+                                     datasets.Features(dict.fromkeys(("image", "depth", "seg"), datasets.Image())))
+    with pytest.raises(ValueError, match=r"cannot tell which column holds the masks \(columns: \['image', 'depth'"):
+        load_segmentation_dataset(two)
+
+
 @pytest.mark.parametrize("cell", ["none", "corrupt"])
 def test_a_bad_dataset_cell_names_its_sample_column_and_file(cell, processor):
     """A None mask cell was a TypeError traceback; corrupt Image bytes said "Truncated File Read", naming neither the
@@ -718,7 +778,8 @@ def test_two_folders_of_one_split_are_ambiguous_unless_the_split_names_one(tmp_p
         load_segmentation_dataset(tmp_path / "side", split="valid")
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert [Path(p).stem for p in load_segmentation_dataset(tmp_path / "side", split="val")["image"]] == ["old"]
-    assert "using val/ for split 'val'; left out: ['validation/']" in warnings_text(caplog)
+        assert find_labels_file(tmp_path / "side", "val") is None  # evaluate looks for class names: said once
+    assert warnings_text(caplog).count("using val/ for split 'val'; left out: ['validation/']") == 1
     write_pairs(tmp_path / "ade", "images/train", "annotations/train", ["a"], size=(8, 8))
     write_pairs(tmp_path / "ade", "images/training", "annotations/training", ["b"], size=(8, 8))
     with pytest.raises(ValueError, match=r"images: ambiguous split folders \['train/', 'training/'\] for split 'train'"):
@@ -737,6 +798,7 @@ def test_a_split_slice_selects_the_rows_datasets_selects(tmp_path):
         expected = [Path(row["image"].filename).stem for row in reference]
         ds = load_segmentation_dataset(tmp_path, spec, verify=False)
         assert [Path(p).stem for p in ds["image"]] == expected, spec
+        assert [Path(i).stem for i, _ in find_image_mask_pairs(tmp_path, spec).pairs] == expected, spec
         assert ds["sample_id"] == list(range(len(expected)))  # the slice is the dataset: train_validation_split's ids
     assert [Path(p).stem for p in load_segmentation_dataset(tmp_path, "train[10%:30%]")["image"]] == ["s02", "s03"]
     rows = datasets.Dataset.from_dict({"image": stems, "mask": stems})

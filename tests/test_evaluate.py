@@ -723,17 +723,20 @@ def test_a_split_of_a_folder_without_split_folders_is_said_to_score_the_whole_fo
     for folder in ("flat", "split/test"):  # a folder with split folders: the split is taken, nothing to say
         for kind in ("images", "masks"):
             shutil.copytree(tmp_path / kind, tmp_path / folder / kind)
+    stray = next((tmp_path / "flat" / "images").iterdir())  # an image without a mask: said once (was three times)
+    shutil.copy(stray, stray.with_name("stray" + stray.suffix))
     # A sliced split (datasets' "test[:50%]") is a slice of the split's folder: said as such (was "no 'test[:50%]'
     # split folder: the whole folder is evaluated" on a flat folder, of which half was scored).
     for data, said, split in ((tmp_path / "flat", True, "test"), (tmp_path / "split", False, "test"),
                               (tmp_path / "flat", True, "test[:50%]"), (tmp_path / "split", False, "test[:50%]")):
         caplog.clear()
         out = tmp_path / f"report-{said}"
-        with caplog.at_level(logging.WARNING, logger="dsunet_hf.evaluate"):
+        with caplog.at_level(logging.WARNING):
             assert run_evaluate_cli(make_parser().parse_args(
                 ["evaluate", "--model", "m", "--data", str(data), "--split", split, "--max-samples", "1",
                  "--output-dir", str(out), "--no-progress", "--metric-workers", "0"])) == 0
         line = ("--data {} has no 'test' split folder: the whole folder is evaluated{} (the report records split"
                 .format(data, " (sliced: test[:50%])" if "[" in split else ""))
         assert (line in caplog.text) is said, caplog.text
+        assert caplog.text.count("without a mask") == (1 if data.name == "flat" else 0), caplog.text
         assert json.loads((out / "evaluation.json").read_text())["info"]["split"] == split

@@ -22,8 +22,10 @@ import math
 import os
 import random
 import re
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ __all__ = [
     "find_image_mask_pairs",
     "find_labels_file",
     "load_segmentation_dataset",
+    "pair_folders",
     "train_validation_split",
     "verify_pairs",
 ]
@@ -151,8 +154,21 @@ def _subdirs(folder: Path) -> list[Path]:
         return []
 
 
+def _walk(folder: Path):
+    """``os.walk`` into symlinked folders too (a dataset merged from others by links: ``images/kvasir -> ...``, whose
+    files were silently left out), each real folder once (a link to a folder above would loop)."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        yield dirpath, dirnames, filenames
+
+
 def _has_image_file(folder: Path) -> bool:
-    return any(Path(name).suffix.lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(folder) for name in names)
+    return any(Path(name).suffix.lower() in IMAGE_EXTENSIONS for _, _, names in _walk(folder) for name in names)
 
 
 def _pick(folder: Path, role: str, exact: Sequence[str], words: Sequence[str]) -> Path | None:
@@ -190,6 +206,22 @@ def _no_layout_error(root: Path, detail: str = "") -> ValueError:
         "(e.g. TrainDataset/image + TrainDataset/mask, train/images + train/masks); or a metadata.jsonl "
         "for an imagefolder dataset"
     )
+
+
+@contextmanager
+def _quiet():
+    """This module's messages unsaid, in this thread: a second look at a folder's layout (the labels file, the folders
+    a split reads), whose choices the loader says once."""
+    thread = threading.get_ident()
+
+    def silent(record: logging.LogRecord) -> bool:
+        return record.thread != thread
+
+    logger.addFilter(silent)
+    try:
+        yield
+    finally:
+        logger.removeFilter(silent)
 
 
 def _resolve_layout(root: Path, split: str | None) -> tuple[Path, Path, Path]:
@@ -320,7 +352,7 @@ def _list_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """Image files under ``folder`` (recursive) keyed by relative path without extension, and other files."""
     images: dict[str, list[Path]] = {}
     others: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in _walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or name.lower() in _JUNK_FILES:
@@ -334,14 +366,19 @@ def _list_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     return images, others
 
 
-def _mask_key(key: str, image_keys: set[str]) -> str:
-    if key in image_keys:
-        return key
+def _image_names(key: str) -> list[str]:
+    """The image names a mask's name may stand for: itself, without a mask suffix (``0001_mask``), without the image's
+    extension (``0001.jpg`` for ``0001.jpg.png``, as some annotation tools name a mask after its image file)."""
     lower = key.lower()
-    for suffix in MASK_STEM_SUFFIXES:
-        if lower.endswith(suffix) and key[: -len(suffix)] in image_keys:
-            return key[: -len(suffix)]
-    return key
+    names = [key] + [key[: -len(suffix)] for suffix in MASK_STEM_SUFFIXES if lower.endswith(suffix)]
+    extension = Path(key).suffix
+    if extension.lower() in IMAGE_EXTENSIONS:
+        names.append(key[: -len(extension)])
+    return names
+
+
+def _mask_key(key: str, image_keys: set[str]) -> str:
+    return next((name for name in _image_names(key) if name in image_keys), key)
 
 
 def _pair_ignoring_case(image_keys: list[str], lone_masks: dict[str, Path]) -> dict[str, Path]:
@@ -353,9 +390,7 @@ def _pair_ignoring_case(image_keys: list[str], lone_masks: dict[str, Path]) -> d
         by_lower.setdefault(key.lower(), []).append(key)
     claims: dict[str, list[str]] = {}  # image key -> mask keys that match it
     for mask_key in lone_masks:
-        lower = mask_key.lower()
-        names = [lower] + [lower[: -len(suffix)] for suffix in MASK_STEM_SUFFIXES if lower.endswith(suffix)]
-        matches = {key for name in names for key in by_lower.get(name, [])}
+        matches = {key for name in _image_names(mask_key) for key in by_lower.get(name.lower(), [])}
         if len(matches) == 1:
             claims.setdefault(matches.pop(), []).append(mask_key)
     found = {key: lone_masks.pop(masks[0]) for key, masks in claims.items() if len(masks) == 1}
@@ -377,16 +412,38 @@ def find_image_mask_pairs(root: str | os.PathLike, split: str | None = None) -> 
     ``split`` a split subfolder (``train/``, ``val/``/``validation/``, ``test/``, or any subfolder of that
     name) is used when there is one; inside the image and mask folders too (ADE20K: ``images/training`` +
     ``annotations/training``; there a split that is not found is an error, and no split is the train pair). Files are matched by their path relative to the image/mask folder
-    without extension (a mask suffix like ``_mask`` or ``_segmentation`` is tolerated); pairs are sorted
-    by that name. Unpaired files and name clashes are reported in one warning.
+    without extension (a mask suffix like ``_mask`` or ``_segmentation``, or the image's own extension as in
+    ``0001.jpg.png``, is tolerated); pairs are sorted by that name. Unpaired files and name clashes are reported in
+    one warning. ``split`` may carry datasets' slice (``"test[:10%]"``): the pairs
+    :func:`load_segmentation_dataset` takes for it (the files that are not used are still those of the whole split).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
         ValueError: no recognised layout (the message names ``root`` and its subfolders), or an ambiguous one.
     """
-    root_path = Path(os.path.abspath(os.fspath(root)))
+    split, spec = _split_slice(split)
+    root_path = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not root_path.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
+    scan = _scan_pairs(root_path, split)
+    scan.pairs = [scan.pairs[i] for i in _slice_rows(spec, len(scan.pairs), str(root_path), "pairs")]
+    return scan
+
+
+def pair_folders(root: str | os.PathLike, split: str | None = None) -> tuple[Path, Path]:
+    """The (image folder, mask folder) that :func:`find_image_mask_pairs` reads for ``split``, without listing their
+    files and without a message (the loader says its choices and the files it leaves out, once). Raises as it does."""
+    root_path = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    split = split_name(split)
+    with _quiet():
+        _, image_dir, mask_dir = _resolve_layout(root_path, split)
+        return _select_split(image_dir, mask_dir, split)[:2]
+
+
+def _scan_pairs(root_path: Path, split: str | None) -> PairScan:
+    """:func:`find_image_mask_pairs` for a split without a slice."""
     _, image_dir, mask_dir = _resolve_layout(root_path, split)
     image_dir, mask_dir, other_splits = _select_split(image_dir, mask_dir, split)
     scan = PairScan(root=str(root_path), image_dir=str(image_dir), mask_dir=str(mask_dir))
@@ -543,6 +600,16 @@ def _is_class_feature(feature: Any) -> bool:
                                                                          "large_binary")
 
 
+def _is_text_not_paths(dataset: datasets.Dataset, name: str) -> bool:
+    """Column ``name`` holds text that is no image file path (judged by its first row): class names in a "label"
+    column, which was taken for the masks ("cannot read mask polyp")."""
+    feature = dataset.features[name]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string") and len(dataset)):
+        return False
+    value = dataset.select_columns([name])[0][name]
+    return value is not None and os.path.splitext(value)[1].lower() not in IMAGE_EXTENSIONS and not os.path.isfile(value)
+
+
 def _with_sample_ids(dataset: datasets.Dataset) -> datasets.Dataset:
     """Keep an existing unique integer ``sample_id`` (a subset keeps its parent's ids), else number 0..n-1."""
     if "sample_id" in dataset.column_names:
@@ -561,7 +628,8 @@ def _normalise_columns(
     columns = dataset.column_names
     features = dataset.features
 
-    def choose(role: str, given: str | None, defaults: Sequence[str], exclude: str | None) -> str:
+    def choose(role: str, given: str | None, defaults: Sequence[str], exclude: str | None,
+               other_names: Sequence[str]) -> str:
         if given is not None:
             if given not in columns:
                 raise ValueError(f"{source}: no column {given!r} for the {role} (columns: {columns})")
@@ -570,16 +638,25 @@ def _normalise_columns(
                     f"{source}: column {given!r} holds {features[given]!r}, not {role}s; pass {role}_column="
                 )
             return given
-        for name in defaults:
-            if name in columns and name != exclude and not _is_class_feature(features[name]):
-                return name
+        # A column named "mask" ("image") is that; "label" & co. often hold class names instead (as text: "polyp").
+        named = [name for name in defaults if name in columns and name != exclude
+                 and not _is_class_feature(features[name]) and (name == role or not _is_text_not_paths(dataset, name))]
+        if named:
+            return named[0]
+        # Another name ("semantic_segmentation"): the one Image column left that is not named for the other role.
+        unnamed = [name for name, feature in features.items()
+                   if isinstance(feature, datasets.Image) and name != exclude and name not in other_names]
+        if len(unnamed) == 1:
+            logger.warning("%s: no column named like %ss; using the image column %r (pass %s_column= for another)",
+                           source, role, unnamed[0], role)
+            return unnamed[0]
         raise ValueError(
             f"{source}: cannot tell which column holds the {role}s (columns: {columns}); "
             f"pass {role}_column=... (--{role}-column)"
         )
 
-    mask_col = choose("mask", mask_column, MASK_COLUMN_NAMES, image_column)
-    image_col = choose("image", image_column, IMAGE_COLUMN_NAMES, mask_col)
+    mask_col = choose("mask", mask_column, MASK_COLUMN_NAMES, image_column, IMAGE_COLUMN_NAMES)
+    image_col = choose("image", image_column, IMAGE_COLUMN_NAMES, mask_col, MASK_COLUMN_NAMES)
     if image_col == mask_col:
         raise ValueError(f"{source}: image_column and mask_column are both {image_col!r}")
     keep = [image_col, mask_col] + (["sample_id"] if "sample_id" in columns and "sample_id" not in
@@ -737,7 +814,9 @@ def load_segmentation_dataset(
       error unless ``split`` is the exact name of one;
     * a folder with ``metadata.jsonl`` (or ``.csv``/``.parquet``): an imagefolder dataset, where every
       ``*_file_name`` column becomes an Image column; the mask column is ``mask_column`` or the first of
-      ``mask``, ``label``, ``annotation``, ``segmentation``, ``gt``;
+      ``mask``, ``label``, ``annotation``, ``segmentation``, ``gt``, ... (a text column other than ``mask`` only when
+      it holds image file paths, not class names; with none of these, the only Image column not named like an image,
+      said in a warning);
     * a folder written by ``Dataset.save_to_disk``, or holding ``*.parquet`` files;
     * a Hub dataset id (``split`` defaults to ``"train"``); offline it must be in the datasets cache,
       otherwise :class:`DatasetUnavailableError` names the id and says what to do;
@@ -809,7 +888,7 @@ def _load_local(
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), num_proc=num_proc, **load_kwargs)
         return _normalise_columns(_take_slice(_pick_split(loaded, split, label), spec, label), image_column, mask_column, label)
     try:
-        scan = find_image_mask_pairs(path, split)
+        scan = _scan_pairs(Path(os.path.abspath(path)), split)
     except ValueError:
         if next(path.glob("**/*.parquet"), None) is not None:
             loaded = datasets.load_dataset(str(path), num_proc=num_proc, **load_kwargs)
@@ -904,13 +983,14 @@ def find_labels_file(source: Any, split: str | None = None) -> Path | None:
     resolves to for ``split`` (``organs/train/id2label.json`` for ``organs``, which loads ``organs/train``).
     None if there is none (or for a Hub id)."""
     split = split_name(split)  # "test[:50%]": the test folder's file
-    folder = Path(str(source))
+    folder = Path(os.path.expanduser(str(source)))  # "~/organs" (a recipe file, --train-data=~/...), as the loader
     candidates = [folder / "id2label.json"]
     if _split_key(folder.name) in _SPLIT_ALIASES:
         candidates.append(folder.parent / "id2label.json")
     if folder.is_dir():
-        try:
-            candidates.append(_resolve_layout(Path(os.path.abspath(folder)), split)[0] / "id2label.json")
+        try:  # quiet: not "no split given" for the train split that training loads
+            with _quiet():
+                candidates.append(_resolve_layout(Path(os.path.abspath(folder)), split)[0] / "id2label.json")
         except ValueError:  # not a folder of pairs (imagefolder, saved dataset): its own file only
             pass
     return next((path for path in candidates if path.is_file()), None)

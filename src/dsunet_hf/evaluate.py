@@ -697,7 +697,7 @@ def _dataset_labels(source, split: str | None = None) -> dict | None:
 def _scored_whole(source, split: str) -> bool:
     """A local folder of image/mask pairs without a folder for ``split`` (a benchmark's test set is often one flat
     folder): the loader takes all of it, as it does with no split given."""
-    from .data import find_image_mask_pairs, split_name
+    from .data import pair_folders, split_name
 
     split = split_name(split)  # "test[:50%]": the slice is of the split's folder
     path = Path(os.path.expanduser(str(source)))
@@ -705,8 +705,7 @@ def _scored_whole(source, split: str) -> bool:
     if not path.is_dir() or any((path / name).is_file() for name in saved):  # Hub ids, datasets: their splits
         return False
     try:  # the folders a split that no folder is named after gets: the same, where the loader found no split folder
-        return (find_image_mask_pairs(path, split).image_dir
-                == find_image_mask_pairs(path, "no-such-split-folder").image_dir)
+        return pair_folders(path, split)[0] == pair_folders(path, "no-such-split-folder")[0]  # lists no files, says nothing
     except ValueError:  # "no folder for split ...": it has split folders, and the split chose one
         return False
 

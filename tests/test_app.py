@@ -45,10 +45,22 @@ def red_demo() -> Demo:
     return Demo(RedChannelModel(), SegmentationImageProcessor(size=64))
 
 
-def test_foreground_page_gives_mask_cutout_and_new_background():
+def test_foreground_page_gives_mask_cutout_and_new_background(monkeypatch):
+    import dsunet_hf.foreground
+    from dsunet_hf.predict import Backdrop, OutputOptions, probabilities_and_outputs, render_output
+
     photo = Image.new("RGB", (60, 40), (40, 90, 60))
     ImageDraw.Draw(photo).rectangle((10, 5, 29, 24), fill=RED)
+    estimates = []  # the foreground colours: estimated once for the cut-out and the composite (was twice)
+    estimate = dsunet_hf.foreground.refine_foreground
+    monkeypatch.setattr(dsunet_hf.foreground, "refine_foreground", lambda *a, **k: estimates.append(1) or estimate(*a, **k))
     mask, cutout, composite = red_demo().foreground(photo, threshold=0.5, background="#0000ff")
+    assert len(estimates) == 1
+    demo = red_demo()
+    probability = probabilities_and_outputs(demo.model, demo.processor, [photo], size=(64, 64))[0][0].numpy()
+    for kind, shown in (("cutouts", cutout), ("composites", composite)):  # as predict draws them
+        drawn = render_output(kind, photo, probability, OutputOptions(backdrop=Backdrop("#0000ff")))
+        assert np.array_equal(np.asarray(shown), drawn), kind
     inside = np.zeros((40, 60), bool)
     inside[5:25, 10:30] = True
     assert np.mean((np.asarray(mask) > 127) == inside) > 0.98
@@ -85,11 +97,12 @@ def test_native_resolution_on_the_page_runs_each_image_at_its_own_size(tmp_path,
     ast.parse(app)
 
 
-def test_class_page_shows_a_legend_and_palette_indices(tmp_path):
+def test_class_page_shows_a_legend_and_palette_indices(tmp_path, monkeypatch):
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3))
     model.save_pretrained(tmp_path / "multi", include_backbone=True)
     SegmentationImageProcessor(size=64).save_pretrained(tmp_path / "multi")
-    demo = Demo.from_pretrained(str(tmp_path / "multi"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    demo = Demo.from_pretrained("~/multi")  # `app --model=~/multi`: the shell leaves it; was "not a valid repo id"
     assert demo.kind == "classes"
     overlay, classes = demo.classes(Image.new("RGB", (70, 50), (120, 80, 40)), "single")
     assert overlay.height == 50 and overlay.width > 70  # the legend beside the image
@@ -195,7 +208,7 @@ def served(monkeypatch, tmp_path):
         page.close()
 
 
-def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_path):
+def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_path, monkeypatch):
     from gradio_client import handle_file
 
     client = served(red_demo())
@@ -209,6 +222,14 @@ def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_pa
         assert np.array_equal(np.asarray(Image.open(served_file)), np.asarray(direct))  # PNG: lossless
     with pytest.raises(Exception, match="no image: upload one first"):
         client.predict(None, 0.5, False, "#00ff00", api_name="/segment")
+    # Gradio opens an upload before the handler runs: a file Pillow cannot open was a generic "Error" on the page.
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(Exception, match=r"^notes\.txt: the image cannot be read \(not an image file\)$"):
+        client.predict(handle_file(str(tmp_path / "notes.txt")), 0.5, False, "#00ff00", api_name="/segment")
+    with monkeypatch.context() as patch, pytest.raises(
+            Exception, match=r"^photo\.png: too large to read, downscale it first \(Image size \(2400 "):
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # photo.png (2400 pixels) over the decompression-bomb limit
+        client.predict(handle_file(str(tmp_path / "photo.png")), 0.5, False, "#00ff00", api_name="/segment")
     if importlib.util.find_spec("av") is not None:  # the video tab is there with the [video] extra
         from test_video import decoded, square_frame, write_video
 
@@ -257,6 +278,10 @@ def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
                                   empty, None, api_name="/find")
     found, expected = np.asarray(Image.open(mask_file)) > 0, region(TARGET_BOXES[RED])
     assert (found & expected).sum() / (found | expected).sum() > 0.9
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(Exception, match=r"^notes\.txt: the image cannot be read \(not an image file\)$"):
+        client.predict({**editor, "background": handle_file(str(tmp_path / "notes.txt"))}, "point:1,1",
+                       handle_file(str(tmp_path / "target.png")), empty, None, api_name="/find")
     if importlib.util.find_spec("av") is not None:  # the video accordion is there with the [video] extra
         from test_video import decoded, write_video
 
@@ -267,7 +292,7 @@ def test_the_prompt_page_is_served_with_an_image_editor(served, tmp_path):
         assert len(masks) == 2 and (((masks[1] > 127) & expected).sum() / ((masks[1] > 127) | expected).sum()) > 0.9
 
 
-def test_space_folder_and_push(tmp_path, offline_hub):
+def test_space_folder_and_push(tmp_path, offline_hub, monkeypatch):
     assert main(["space", str(tmp_path / "space"), "--model", "me/sam2unet-cod", "--push-to-hub", "me/cod-demo"]) == 0
     app = (tmp_path / "space" / "app.py").read_text()
     ast.parse(app)
@@ -280,7 +305,10 @@ def test_space_folder_and_push(tmp_path, offline_hub):
     assert offline_hub.repo_types == {"me/cod-demo": "space"}
     pushed = next(offline_hub.repo_dir("me/cod-demo").glob("snapshots/*"))
     assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "app.py", "requirements.txt"]
-    write_space(tmp_path / "git", "me/x", requirement="dsunet-hf[app] @ git+https://github.com/dsunet-hf/dsunet-hf")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "space")
+    folder = write_space("~/git", "me/x", requirement="dsunet-hf[app] @ git+https://github.com/dsunet-hf/dsunet-hf")
+    assert folder == tmp_path / "git" and not (tmp_path / "space" / "~").exists()  # was written to ./~/git
     assert (tmp_path / "git" / "requirements.txt").read_text().startswith("dsunet-hf[app] @ git+https://")
     # --private: a new Space private, and an existing public one made private (not uploaded into it unchanged).
     assert offline_hub.private["me/cod-demo"] is False

@@ -371,6 +371,16 @@ def test_post_process_probabilities_upsample_then_sigmoid(processor):
     logits = torch.tensor([[-3.0, 3.0], [0.0, 1.0]]).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
     probs = processor.post_process_probabilities(logits, target_sizes=[(8, 6), (2, 2)])
     assert [tuple(p.shape) for p in probs] == [(8, 6), (2, 2)]
+    for sizes in ([[8, 6], [2, 2]], ((8, 6), (2, 2)), torch.tensor([[8, 6], [2, 2]]), np.array([[8, 6], [2, 2]])):
+        assert all(torch.equal(a, b) for a, b in zip(processor.post_process_probabilities(logits, sizes), probs))
+    # One pair for the batch said "got 2 target sizes for a batch of 1", or failed inside with "'int' object is not
+    # iterable"; a zero size inside F.interpolate.
+    for batch in (logits[:1], logits):
+        with pytest.raises(ValueError, match=r"^target_sizes: one \(height, width\) per image, got the single pair "
+                                             r"\(8, 6\); for one image pass \[\(8, 6\)\]$"):
+            processor.post_process_probabilities(batch, target_sizes=(8, 6))
+    with pytest.raises(ValueError, match=r"^target_sizes\[1\]: \(0, 6\) is not a \(height, width\) of positive"):
+        processor.post_process_semantic_segmentation(logits, target_sizes=[(8, 6), (0, 6)])
     assert probs[0].dtype == torch.float32
     assert torch.allclose(probs[1], torch.sigmoid(logits[1, 0]))
     ref = torch.sigmoid(
@@ -548,6 +558,25 @@ def test_save_load_round_trip(tmp_path):
     img = Image.fromarray(_gradient())
     assert torch.equal(p(img)["pixel_values"], q(img)["pixel_values"])
     assert SegmentationImageProcessor.from_pretrained(tmp_path, size=12).size == {"height": 12, "width": 12}
+    # transformers' switches for steps it always (or never) takes: refused, where they were saved and ignored (the
+    # images still resized); the value that says what it does is accepted and not saved.
+    from transformers import AutoImageProcessor
+
+    with pytest.raises(ValueError, match=r"^do_resize=False is not supported: .* resizes to size \(pass size=\(height, width\)"):
+        AutoImageProcessor.from_pretrained(tmp_path, do_resize=False)
+    for switch in ({"do_rescale": False}, {"do_pad": True}):
+        with pytest.raises(ValueError, match=f"^{next(iter(switch))}="):
+            SegmentationImageProcessor(**switch)
+    assert SegmentationImageProcessor.from_pretrained(tmp_path, do_resize=True).to_dict() == p.to_dict()
+
+
+def test_a_home_relative_path_saves_and_loads_in_the_home_folder(tmp_path, monkeypatch):
+    """As the models' own: transformers wrote "~/procs/x" to ./~/procs/x and refused to load it (not a repo id)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    SegmentationImageProcessor(size=20).save_pretrained("~/procs/x")
+    assert (tmp_path / "home" / "procs" / "x" / "preprocessor_config.json").is_file() and not (tmp_path / "~").exists()
+    assert SegmentationImageProcessor.from_pretrained("~/procs/x").size == {"height": 20, "width": 20}
 
 
 def test_defaults():

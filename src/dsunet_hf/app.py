@@ -59,9 +59,11 @@ class Demo:
         (``verify_backbone_weights=False``: as ``--no-verify-backbone-weights``; ``backbone_sources``: as
         ``--backbone-source``, e.g. ``{"backbone_revision": "abc123"}``; both refused for ONNX graphs; ``kwargs``:
         ``revision``, ``variant``, as ``--revision``, ``--variant``)."""
+        from .modeling_utils import _expand_home
         from .predict import load_model_and_processor
         from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
+        name_or_path = _expand_home(name_or_path)  # transformers took "~/models/x" for an invalid repo id
         if visual_prompt_model_type(name_or_path, revision=kwargs.get("revision")):
             model = load_visual_prompt_model(name_or_path, device=device, dtype=dtype,
                                              verify_backbone_weights=verify_backbone_weights,
@@ -77,7 +79,13 @@ class Demo:
                    background: str = "#ffffff") -> tuple[Image.Image, Image.Image, Image.Image]:
         """(mask, RGBA cut-out, composite on ``background``) for one image; ``threshold`` 0 keeps the soft mask."""
         from .crop_refine import refined_predictions
-        from .predict import OutputOptions, device_and_dtype, probabilities_and_outputs, render_output
+        from .predict import (
+            OutputOptions,
+            device_and_dtype,
+            foreground_colors,
+            probabilities_and_outputs,
+            render_output,
+        )
 
         self._expect("foreground")
         backdrop = _backdrop(background)
@@ -87,9 +95,14 @@ class Demo:
         if crop_refine:
             probability = refined_predictions(self.model, self.processor, [image], [probability],
                                               input_size=self.input_size)[0]
-        options = OutputOptions(threshold=threshold or None, backdrop=backdrop, device=device_and_dtype(self.model)[0])
-        return tuple(Image.fromarray(render_output(kind, image, probability, options))
-                     for kind in ("masks", "cutouts", "composites"))
+        device = device_and_dtype(self.model)[0]
+        mask = render_output("masks", image, probability, OutputOptions(threshold=threshold or None))
+        # The foreground colours estimated once for the cut-out and the composite (each would estimate them again:
+        # most of the page's time on a large photo), then shown as they are ("original").
+        colours = foreground_colors(image, probability, device=device)
+        options = OutputOptions(colors="original", backdrop=backdrop, device=device)
+        return (Image.fromarray(mask), *(Image.fromarray(render_output(kind, colours, probability, options))
+                                        for kind in ("cutouts", "composites")))
 
     @torch.inference_mode()
     def classes(self, image: Image.Image, schedule: str | None = None) -> tuple[Image.Image, Image.Image]:
@@ -306,7 +319,7 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                 background = gr.ColorPicker(value="#ffffff", label="new background")
             with gr.Tab("image"), gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="pil", label="image", image_mode=None)
+                    image = _uploads_checked(gr, gr.Image(type="pil", label="image", image_mode=None))
                     run = gr.Button("segment", variant="primary")
                 with gr.Column():
                     outputs = [gr.Image(type="pil", label="mask", format="png"),
@@ -325,7 +338,7 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
                                 api_name="segment_video")
         elif demo.kind == "classes":
             with gr.Row():
-                image = gr.Image(type="pil", label="image", image_mode=None)
+                image = _uploads_checked(gr, gr.Image(type="pil", label="image", image_mode=None))
                 with gr.Column():
                     outputs = [gr.Image(type="pil", label="classes", format="png"),
                                gr.Image(type="pil", label="class indices (palette PNG)", format="png")]
@@ -343,13 +356,13 @@ def build_app(demo: Demo | str, title: str | None = None, **load_kwargs):
         else:
             brush = gr.Brush(colors=["#ff0050"])
             with gr.Row():
-                reference = _as_opened(gr.ImageEditor(type="pil", label="reference: paint over the thing to find",
-                                                      brush=brush, image_mode=None))
-                target = gr.Image(type="pil", label="target", image_mode=None)
+                reference = _as_opened(gr, gr.ImageEditor(type="pil", label="reference: paint over the thing to find",
+                                                          brush=brush, image_mode=None))
+                target = _uploads_checked(gr, gr.Image(type="pil", label="target", image_mode=None))
             prompt_text = gr.Textbox(label="or a prompt on the reference", placeholder="box:x0,y0,x1,y1 | point:x,y")
             with gr.Accordion("more references (optional: several examples find more)", open=False), gr.Row():
-                more = [_as_opened(gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush,
-                                                  image_mode=None)) for number in (2, 3)]
+                more = [_as_opened(gr, gr.ImageEditor(type="pil", label=f"reference {number}", brush=brush,
+                                                      image_mode=None)) for number in (2, 3)]
             run = gr.Button("find", variant="primary")
             outputs = [gr.Image(type="pil", label="references and what was found", format="png"),
                        gr.Image(type="pil", label="mask", format="png")]
@@ -377,13 +390,39 @@ def _video_inputs(gr, smoothing_effect: str):
     return video, smoothing, run
 
 
-def _as_opened(editor):
+def _as_opened(gr, editor):
     """An image editor whose background reaches the handler as opened: with image_mode=None Gradio puts a transparent
-    upload on white, where ``predict`` and the target's box drop the alpha and keep the stored colours."""
+    upload on white, where ``predict`` and the target's box drop the alpha and keep the stored colours. Uploads it
+    cannot open are said on the page (:func:`_uploads_checked`)."""
     convert = getattr(editor, "convert_and_format_image", None)
     if convert is not None:
         editor.convert_and_format_image = lambda file, flatten_on_white=False: convert(file)
-    return editor
+    return _uploads_checked(gr, editor)
+
+
+def _uploads_checked(gr, component):
+    """``component`` (an image input) with an upload that Pillow cannot open (a text file, a picture over Pillow's
+    decompression-bomb limit) said on the page in one line: Gradio opens it before any handler runs, and its own
+    failure is a generic "Error" (the page's message names no file of the server)."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except Image.DecompressionBombError as error:
+            raise gr.Error(f"{_upload_name(payload)}: too large to read, downscale it first ({error})") from error
+        except (OSError, SyntaxError) as error:  # Pillow's UnidentifiedImageError is an OSError
+            reason = "not an image file" if isinstance(error, Image.UnidentifiedImageError) else type(error).__name__
+            raise gr.Error(f"{_upload_name(payload)}: the image cannot be read ({reason})") from error
+
+    component.preprocess = checked
+    return component
+
+
+def _upload_name(payload) -> str:
+    """The uploaded file's own name (an image editor's: its background's), not its copy on the server."""
+    file = getattr(payload, "background", None) or payload
+    return getattr(file, "orig_name", None) or "the upload"
 
 
 def _has_pyav() -> bool:
@@ -477,7 +516,7 @@ def write_space(folder: str | Path, model: str, *, title: str | None = None, req
         gradio_version = version("gradio")
     except PackageNotFoundError:  # not installed here: the Space picks its default
         gradio_version = None
-    folder = Path(folder)
+    folder = Path(folder).expanduser()  # "~/spaces/x" was written to ./~/spaces/x
     title = title or f"{model.rstrip('/').split('/')[-1]} segmentation"
     if revision is not None and not str(revision).strip():
         raise ValueError("revision is empty")

@@ -60,6 +60,33 @@ def _normalize_size(size: int | dict | Sequence[int] | None) -> dict[str, int]:
     raise ValueError(f"size must be an int, a (height, width) pair or a dict, got {size!r}")
 
 
+# transformers' image processors' switches for steps this one always takes or never takes: (the value that says so,
+# what it does). Another value is refused: it was saved and silently ignored (do_resize=False: still resized).
+_FIXED_STEPS = {
+    "do_resize": (True, "always resizes to size (pass size=(height, width), here or per call, for another size)"),
+    "do_rescale": (True, "always scales pixels to [0, 1] (give images as read: uint8, uint16 or float in [0, 1])"),
+    "do_convert_rgb": (True, "always reads images as RGB"),
+    "do_center_crop": (False, "never crops (it resizes to size)"),
+    "do_pad": (False, "never pads (it resizes to size)"),
+}
+
+
+def _target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]]:
+    """``target_sizes`` as one positive (height, width) per image of a batch of ``batch``."""
+    sizes = target_sizes.tolist() if isinstance(target_sizes, (torch.Tensor, np.ndarray)) else list(target_sizes)
+    if len(sizes) == 2 and all(isinstance(v, (int, np.integer)) for v in sizes):
+        raise ValueError(f"target_sizes: one (height, width) per image, got the single pair {tuple(sizes)}; "
+                         f"for one image pass [{tuple(sizes)}]")
+    if len(sizes) != batch:
+        raise ValueError(f"got {len(sizes)} target sizes for a batch of {batch}")
+    pairs = []
+    for i, size in enumerate(sizes):
+        if len(tuple(size)) != 2 or min(int(v) for v in size) < 1:
+            raise ValueError(f"target_sizes[{i}]: {size!r} is not a (height, width) of positive sizes")
+        pairs.append((int(size[0]), int(size[1])))
+    return pairs
+
+
 def _as_list(items: Any) -> list:
     """A single image/mask or a batch of them -> list. 4-D arrays/tensors are batches."""
     if isinstance(items, (list, tuple)):
@@ -119,6 +146,9 @@ class SegmentationImageProcessor(BaseImageProcessor):
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
+        for name, (value, what) in _FIXED_STEPS.items():
+            if name in kwargs and bool(kwargs.pop(name)) != value:
+                raise ValueError(f"{name}={not value} is not supported: SegmentationImageProcessor {what}")
         super().__init__(**kwargs)
         self.size = _normalize_size(size)
         # Models with a second backbone input (DSU-Net's 518 px DINOv2 view) get one more plain resize
@@ -147,6 +177,20 @@ class SegmentationImageProcessor(BaseImageProcessor):
                              f"{self.resample}; use bilinear (2) or bicubic (3)")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (RGB)")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loading, with a ``~/...`` folder read from the home folder (as the models' own
+        ``from_pretrained``): transformers takes it for an invalid repo id."""
+        from .modeling_utils import _expand_home  # imported here: modeling_utils imports this module
+
+        return super().from_pretrained(_expand_home(pretrained_model_name_or_path), *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' saving, with a ``~/...`` folder written to the home folder (transformers wrote ``./~/...``)."""
+        from .modeling_utils import _expand_home
+
+        return super().save_pretrained(_expand_home(save_directory), *args, **kwargs)
 
     # ------------------------------------------------------------------ pre-processing
     def resize_antialiases(self) -> bool:
@@ -302,14 +346,14 @@ class SegmentationImageProcessor(BaseImageProcessor):
         if minmax_normalize and logits.shape[1] != 1:
             raise ValueError("minmax_normalize applies to single-channel (foreground) logits only")
         batch = logits.shape[0]
-        if target_sizes is not None and len(target_sizes) != batch:
-            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
+        if target_sizes is not None:
+            target_sizes = _target_sizes(target_sizes, batch)
 
         activation_first = self.post_processing == "birefnet"
         results = []
         for i in range(batch):
             x = logits[i : i + 1].detach().float()
-            size = None if target_sizes is None else tuple(int(v) for v in target_sizes[i])
+            size = None if target_sizes is None else target_sizes[i]
             if size == tuple(x.shape[-2:]):
                 size = None
             if size is not None and not activation_first:  # SAM2-UNet / DSU-Net test.py: resize the logits

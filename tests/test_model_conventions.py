@@ -148,6 +148,15 @@ def test_a_home_relative_path_saves_and_loads_in_the_home_folder(tmp_path, monke
     loaded = type(model).from_pretrained("~/models/x").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+    # predict / evaluate / the demo page load through these (--model=~/models/x: no shell expands it after "=")
+    from dsunet_hf.predict import load_model_and_processor
+    from dsunet_hf.prompt_predict import visual_prompt_model_type
+
+    through_cli, _ = load_model_and_processor("~/models/x")
+    with torch.no_grad():
+        torch.testing.assert_close(through_cli(**inputs).logits, model(**inputs).logits)
+    tiny_visual_prompt().save_pretrained("~/models/vp")
+    assert visual_prompt_model_type("~/models/vp") == "visual_prompt"
 
 
 def test_card_metadata_lists_only_hub_dataset_ids():
@@ -159,3 +168,26 @@ def test_card_metadata_lists_only_hub_dataset_ids():
     assert card.data.datasets == ["org/COD10K", "user/duts"]
     assert all(name in card.text for name in names)
     assert model.model_card(dataset_names=["ECSSD"]).data.datasets is None
+
+
+def test_a_misspelt_config_field_is_refused_and_other_extras_are_kept(tmp_path):
+    """transformers' configs keep any keyword as an attribute: Sam2UNetConfig(finetune_strategyy="lora") built an
+    adapter model without a word (the README's Python check found it)."""
+    from dsunet_hf import BiRefNetConfig, Sam2UNetConfig
+    from dsunet_hf.models.visual_prompt.configuration_visual_prompt import VisualPromptConfig
+
+    with pytest.raises(ValueError, match=r"^Sam2UNetConfig: no field 'finetune_strategyy'; did you mean "
+                                         r"'finetune_strategy'\?$"):
+        Sam2UNetConfig(finetune_strategyy="lora")
+    with pytest.raises(ValueError, match="did you mean 'backbone'"):
+        BiRefNetConfig(bakbone="swin_v1_t")
+    with pytest.raises(ValueError, match="did you mean 'num_queries'"):
+        VisualPromptConfig(num_querys=4)
+    Sam2UNetConfig().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="did you mean 'finetune_strategy'"):  # an override of from_pretrained
+        Sam2UNetConfig.from_pretrained(tmp_path, finetune_strategyy="lora")
+    assert Sam2UNetConfig(my_tool_note="x").my_tool_note == "x"  # far from every field: kept, as transformers does
+    from dsunet_hf import SegmentationImageProcessor
+
+    with pytest.raises(ValueError, match=r"^SegmentationImageProcessor: no field 'sizes'; did you mean 'size'\?$"):
+        SegmentationImageProcessor(sizes=352)  # was saved in preprocessor_config.json and never read

@@ -15,6 +15,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .image_io import load_image, load_mask
+from .models.checked_config import check_misspelt_fields
 
 __all__ = [
     "SegmentationImageProcessor",
@@ -146,6 +147,7 @@ class SegmentationImageProcessor(BaseImageProcessor):
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
+        check_misspelt_fields(type(self), kwargs)  # sizes=352 was kept as an attribute and never read
         for name, (value, what) in _FIXED_STEPS.items():
             if name in kwargs and bool(kwargs.pop(name)) != value:
                 raise ValueError(f"{name}={not value} is not supported: SegmentationImageProcessor {what}")

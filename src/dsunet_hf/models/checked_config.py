@@ -3,6 +3,7 @@ values."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import numbers
@@ -71,10 +72,28 @@ def check_loss_weights(weights, order: str) -> list[float]:
     return [float(w) for w in weights]
 
 
+def check_misspelt_fields(config_class, names) -> None:
+    """Refuse a keyword that is not one of the config's fields but nearly is one (``finetune_strategyy``):
+    transformers' configs keep any keyword as an attribute, so the model silently used the default. Keywords far from
+    every field (another tool's extras in a config.json) are kept, as transformers does."""
+    own = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+    for name in names:
+        if name in own or name.startswith("_"):
+            continue
+        close = difflib.get_close_matches(name, sorted(own), n=1, cutoff=0.85)
+        if close:
+            raise ValueError(f"{config_class.__name__}: no field {name!r}; did you mean {close[0]!r}?")
+
+
 class CheckedOverrides:
     """A config mixin: transformers builds a config from its file, then sets ``from_pretrained(..., field=value)``
     overrides with ``setattr``, past ``__init__``'s checks (``from_pretrained(repo, fusion_reduction=1000)`` built a
-    model that failed later with an IndexError). Overrides of the config's own arguments go to ``__init__`` instead."""
+    model that failed later with an IndexError). Overrides of the config's own arguments go to ``__init__`` instead.
+    A keyword that nearly names a field is refused (:func:`check_misspelt_fields`), here and in ``__init__``."""
+
+    def __init__(self, **kwargs):  # the config's own __init__ passes on what its fields did not take
+        check_misspelt_fields(type(self), kwargs)
+        super().__init__(**kwargs)
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
@@ -89,4 +108,5 @@ class CheckedOverrides:
             config_dict = {**{key: value for key, value in config_dict.items() if key != "num_labels"},
                            "id2label": id2label, "label2id": label2id}
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
+        check_misspelt_fields(cls, kwargs)  # from_pretrained(repo, finetune_strategyy=...): set and never read
         return super().from_dict({**config_dict, **overrides}, **kwargs)

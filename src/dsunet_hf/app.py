@@ -79,13 +79,7 @@ class Demo:
                    background: str = "#ffffff") -> tuple[Image.Image, Image.Image, Image.Image]:
         """(mask, RGBA cut-out, composite on ``background``) for one image; ``threshold`` 0 keeps the soft mask."""
         from .crop_refine import refined_predictions
-        from .predict import (
-            OutputOptions,
-            device_and_dtype,
-            foreground_colors,
-            probabilities_and_outputs,
-            render_output,
-        )
+        from .predict import OutputOptions, device_and_dtype, output_renderer, probabilities_and_outputs
 
         self._expect("foreground")
         backdrop = _backdrop(background)
@@ -95,14 +89,10 @@ class Demo:
         if crop_refine:
             probability = refined_predictions(self.model, self.processor, [image], [probability],
                                               input_size=self.input_size)[0]
-        device = device_and_dtype(self.model)[0]
-        mask = render_output("masks", image, probability, OutputOptions(threshold=threshold or None))
-        # The foreground colours estimated once for the cut-out and the composite (each would estimate them again:
-        # most of the page's time on a large photo), then shown as they are ("original").
-        colours = foreground_colors(image, probability, device=device)
-        options = OutputOptions(colors="original", backdrop=backdrop, device=device)
-        return (Image.fromarray(mask), *(Image.fromarray(render_output(kind, colours, probability, options))
-                                        for kind in ("cutouts", "composites")))
+        kinds = ("masks", "cutouts", "composites")  # the cut-out's colour estimate serves the composite too
+        render = output_renderer(kinds, OutputOptions(threshold=threshold or None, backdrop=backdrop,
+                                                      device=device_and_dtype(self.model)[0]))
+        return tuple(Image.fromarray(render(kind, image, probability)) for kind in kinds)
 
     @torch.inference_mode()
     def classes(self, image: Image.Image, schedule: str | None = None) -> tuple[Image.Image, Image.Image]:

@@ -14,8 +14,9 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .image_io import (
     pil_to_rgb,
 )
 from .image_processing import processor_for_model
-from .modeling_utils import model_output
+from .modeling_utils import _expand_home, model_output
 from .video import (
     TRANSPORT_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -412,6 +413,39 @@ def render_output(kind: str, image: Image.Image, probability: np.ndarray, option
     raise ValueError(f"unknown output kind {kind!r}")
 
 
+def output_renderer(kinds: Iterable[str], options: OutputOptions):
+    """``render(kind, image, probability)`` as :func:`render_output`; where both cut-outs and composites are drawn
+    with estimated colours, from one estimate per image (estimating is most of their cost; the pixels are the same)."""
+    if options.colors != "estimate" or not {"cutouts", "composites"} <= set(kinds):
+        return lambda kind, image, probability: render_output(kind, image, probability, options)
+    return _SharedColorEstimate(options).render
+
+
+class _SharedColorEstimate:
+    """Each image's foreground colours estimated once, by whichever of its cut-out and composite is drawn first
+    (a video draws each output in its own thread), then drawn as they are ("original") for both."""
+
+    def __init__(self, options: OutputOptions):
+        self.device = options.device
+        self.options = replace(options, colors="original")
+        self.lock = threading.Lock()
+        self.pending: dict[int, list] = {}  # id(image) -> [image (keeps the id taken), lock, colours, uses left]
+
+    def render(self, kind: str, image: Image.Image, probability: np.ndarray) -> np.ndarray:
+        if kind not in ("cutouts", "composites"):
+            return render_output(kind, image, probability, self.options)
+        with self.lock:
+            entry = self.pending.setdefault(id(image), [image, threading.Lock(), None, 2])
+        with entry[1]:
+            if entry[2] is None:
+                entry[2] = foreground_colors(image, probability, "estimate", self.device)
+            entry[3] -= 1
+            if entry[3] == 0:  # both drawn: let it go
+                with self.lock:
+                    del self.pending[id(image)]
+        return render_output(kind, entry[2], probability, self.options)
+
+
 def device_and_dtype(model) -> tuple[torch.device, torch.dtype]:
     """Where the model's inputs go: its parameters' device and dtype (CPU fp32 for an onnxruntime graph)."""
     parameter = next(model.parameters(), None)
@@ -562,8 +596,9 @@ def _write_binary_outputs(item: dict, probability: np.ndarray, output_dir: Path,
                           options: OutputOptions) -> str:
     name = output_file(item["name"], ".png")
     profile = rgb_icc_profile(item["image"])  # the colour outputs keep the photo's colours; a mask has none
+    render = output_renderer(kinds, options)
     for kind in kinds:
-        save_image_atomic(Image.fromarray(render_output(kind, item["image"], probability, options)),
+        save_image_atomic(Image.fromarray(render(kind, item["image"], probability)),
                           output_dir / kind / name, icc_profile=None if kind == "masks" else profile)
     return str(item["path"])
 
@@ -798,8 +833,7 @@ def predict_files(
         video_kinds = kinds
 
         def video_steps_for_one_video():
-            return (prepare, lambda prepared: foreground_maps(*prepared),
-                    lambda kind, frame, probability: render_output(kind, frame, probability, options))
+            return prepare, lambda prepared: foreground_maps(*prepared), output_renderer(video_kinds, options)
 
     failure, own_error = None, None
     # Videos shared out apart from the images: listed together (a clips/ folder, sorted after the photos), they would
@@ -1002,6 +1036,7 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     from .convert.birefnet import is_official_birefnet_source
     from .onnx_export import OnnxSegmentationModel, is_onnx_export, onnx_export_from_hub
 
+    name_or_path = _expand_home(name_or_path)  # "~/models/x" (--model=~/..., which no shell expands)
     backbone_sources = backbone_sources or {}
     given = " and ".join(flag for flag, on in (("--no-verify-backbone-weights", not verify_backbone_weights),
                                                ("--backbone-source", bool(backbone_sources))) if on)

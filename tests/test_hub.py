@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -928,3 +929,43 @@ def test_a_cached_fine_tune_whose_base_weights_are_not_cached_names_the_base(tmp
         locate_birefnet_weights("ZhengPeng7/BiRefNet_lite")
     message = str(load_failure("predict", "me/bl", error.value))
     assert "partly" not in message and "Cannot load the frozen backbone 'ZhengPeng7/BiRefNet_lite'" in message
+
+
+@pytest.mark.parametrize("revision, shown", [("exp-1", "exp-1"), ("main", None), ("refs/pr/3", None), (None, None)])
+def test_a_card_pushed_to_a_branch_loads_that_branch_in_its_snippets(trained_model, revision, shown):
+    """push_to_hub(revision="exp-1")'s card showed from_pretrained("org/name"): a user copying it loaded main. The card
+    rendered for a branch names it in every snippet; main and a pull request (merged into main) name none."""
+    import re
+
+    card = str(trained_model.model_card(repo_id="me/x", revision=revision))
+    snippets = re.findall(r"```python\n(.*?)```", card, re.S)
+    for snippet in snippets:
+        compile(snippet, "card", "exec")
+    code = "\n".join(snippets)
+    commands = re.findall(r"`(dsunet-hf [^`]*--model me/x[^`]*)`", card)
+    assert code.count("from_pretrained(") == 2 and commands
+    if shown:
+        assert code.count(f'from_pretrained("me/x", revision="{shown}")') == 2
+        assert f'pipeline("image-segmentation", model="me/x", revision="{shown}"' in code
+        assert all(f"--model me/x --revision {shown}" in command for command in commands), commands
+    else:
+        assert "revision=" not in code and not any("--revision" in command for command in commands)
+
+
+def test_a_model_pushed_to_a_branch_has_a_card_that_loads_that_branch(trained_model, offline_hub, tmp_path):
+    """push_to_hub(revision=...) / save_pretrained(push_to_hub=True, revision=...) put cards on the branch whose
+    snippets loaded main; the matcher's own card too."""
+    from huggingface_hub import hf_hub_download
+    from test_visual_prompt_matcher import tiny_config
+
+    from dsunet_hf.models.visual_prompt import VisualPromptMatcher
+
+    trained_model.push_to_hub("me/b", revision="exp-1")
+    trained_model.save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="me/s", revision="exp-2")
+    assert 'from_pretrained("me/b", revision="exp-1")' in Path(hf_hub_download("me/b", "README.md",
+                                                                               revision="exp-1")).read_text()
+    assert 'from_pretrained("me/s", revision="exp-2")' in Path(hf_hub_download("me/s", "README.md",
+                                                                               revision="exp-2")).read_text()
+    matcher = VisualPromptMatcher(tiny_config())
+    assert 'from_pretrained("me/v", revision="exp-3")' in matcher.model_card(repo_id="me/v", revision="exp-3").text
+    assert 'from_pretrained("me/v")\n' in matcher.model_card(repo_id="me/v", revision="main").text

@@ -683,7 +683,7 @@ def test_a_best_old_left_beside_the_checkpoints_best_is_not_abandoned(tmp_path, 
         (tmp_path / name).mkdir()
         (tmp_path / name / "best_record.json").write_text(json.dumps({"step": step, "metric": "S-measure",
                                                                       "value": value}))
-    aside = set_aside_abandoned_checkpoints(tmp_path, checkpoint, 4, best)
+    aside = set_aside_abandoned_checkpoints(tmp_path, checkpoint, 4, best, own=True)
     assert (tmp_path / "best.old").is_dir()  # was moved aside when best/ was the checkpoint's
     assert (aside is None) == (best_step == 4) and (tmp_path / "best").is_dir() == (best_step == 4)
 
@@ -1010,3 +1010,85 @@ def test_an_empty_list_of_lora_target_modules_is_refused_naming_the_field(genera
     overrides = json.dumps({"hiera_config": TINY_HIERA, "lora_target_modules": ["attn.qkv"]})
     _, config = build_config(tiny_args(generated_data, tmp_path, finetune_strategy="lora", config_overrides=overrides))
     assert config.lora_target_modules == ["attn.qkv"]
+
+
+def test_whether_a_checkpoint_is_the_folders_own_is_worked_out_once_and_passed(tmp_path, monkeypatch):
+    """set_aside_abandoned_checkpoints and train() each worked out whether the resumed checkpoint is the output
+    folder's own: now train() does, once, and passes it (a checkpoint of another folder: all of this one's go)."""
+    from dsunet_hf import training
+
+    for step in (2, 4, 6):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
+    assert training.is_own_checkpoint(tmp_path, checkpoint)
+    assert not training.is_own_checkpoint(tmp_path / "other", checkpoint)
+    asked = []
+    monkeypatch.setattr(training, "is_own_checkpoint", lambda *args: asked.append(args) or False)
+    aside = training.set_aside_abandoned_checkpoints(tmp_path, checkpoint, 4, own=False)
+    assert not asked  # taken from the caller, not worked out again
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-2", "checkpoint-6"]
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-4"]
+
+
+def test_a_bad_data_set_is_refused_before_the_model_is_built_or_a_hub_repo_created(tmp_path, monkeypatch,
+                                                                                    offline_hub):
+    """On every process of a multi-process run the model was built (and its backbones loaded) before the data set
+    was found missing; with --push-to-hub an empty Hub repo was created for a run that could not start."""
+    from dsunet_hf.models import get_model_spec
+
+    built = []
+    model_class = get_model_spec("sam2-unet").model_class
+    monkeypatch.setattr(model_class, "__init__", lambda self, *args, **kwargs: built.append(args) or 1 / 0)
+    with pytest.raises(FileNotFoundError, match="no-such-data: no such folder"):
+        train(tiny_args(tmp_path / "no-such-data", tmp_path / "run", push_to_hub=True, hub_model_id="me/run"))
+    assert not built and not offline_hub.create_calls
+
+
+def test_the_training_loss_is_read_by_name_behind_a_wrapper_that_hides_the_config(generated_data, tmp_path,
+                                                                                   monkeypatch):
+    """On several processes the prepared model is a DistributedDataParallel, which has no ``config``: with
+    --config-overrides '{"return_dict": false}' the model returned a tuple and training died ('tuple' object has no
+    attribute 'loss'). nn.DataParallel on the CPU is the same kind of wrapper (and accelerate unwraps it too)."""
+    from accelerate import Accelerator
+
+    import dsunet_hf.evaluate
+
+    monkeypatch.setattr(dsunet_hf.evaluate, "evaluate_model", lambda *args, **kwargs: {"S-measure": 0.5})
+    prepare_model = Accelerator.prepare_model
+    monkeypatch.setattr(Accelerator, "prepare_model",
+                        lambda self, model, *args, **kwargs: torch.nn.DataParallel(prepare_model(self, model, *args,
+                                                                                                 **kwargs)))
+    overrides = json.dumps({**json.loads(TINY_OVERRIDES), "return_dict": False})
+    summary = train(tiny_args(generated_data, tmp_path / "run", config_overrides=overrides, max_steps=1))
+    assert summary["global_step"] == 1
+
+
+def test_going_back_to_a_set_aside_checkpoint_takes_its_best_model_back_by_its_metric(generated_data, tmp_path,
+                                                                                      monkeypatch):
+    """A mistaken resume (from checkpoint-1 of a run at step 2) sets checkpoint-2 and its best/ aside; resuming that
+    set-aside checkpoint-2 to go back took it for another folder's: the best (step 2, 0.9) was chosen again from
+    nothing, and model/ became the last weights, without metrics."""
+    import dsunet_hf.evaluate
+
+    scores = iter([0.5, 0.9])
+    monkeypatch.setattr(dsunet_hf.evaluate, "evaluate_model",
+                        lambda *args, **kwargs: {"S-measure": next(scores), "MAE": 0.1, "loss": 1.0})
+    run = tmp_path / "run"
+    options = dict(max_steps=2, eval_steps=1, save_steps=1)
+    train(tiny_args(generated_data, run, stop_after_steps=2, **options))
+    train(tiny_args(generated_data, run, stop_after_steps=1, resume_from_checkpoint=str(checkpoint_dirs(run)[0]),
+                    **options))  # the mistake: stops at once, with checkpoint-2 and best/ set aside
+    (aside,) = (run / "abandoned-checkpoints").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["best", "checkpoint-2"] and not (run / "best").exists()
+    # Was: resumed with another --metric-for-best-model, the checkpoint's best S-measure (0.9) was compared as a loss
+    # (lower is better), and the model it chose became model/ whatever the losses after it (own checkpoints too).
+    state = json.loads((aside / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["metric_for_best_model"] == "S-measure" and state["best_step"] == 2
+    with pytest.raises(ValueError, match=r"checkpoint-2: its best model \(step 2\) was chosen by --metric-for-best-model "
+                                         r"S-measure, not loss: resume with --metric-for-best-model 'S-measure'"):
+        train(tiny_args(generated_data, run, resume_from_checkpoint=str(aside / "checkpoint-2"),
+                        metric_for_best_model="loss", **options))
+    summary = train(tiny_args(generated_data, run, resume_from_checkpoint=str(aside / "checkpoint-2"), **options))
+    assert summary["best_step"] == 2 and summary["best_metrics"]["S-measure"] == 0.9
+    assert "| S-measure | 0.9" in (run / "model" / "README.md").read_text()
+    assert json.loads((run / "best" / "best_record.json").read_text())["step"] == 2

@@ -234,11 +234,26 @@ class PackageModelCard(ModelCard):
         write_text_atomic(filepath, str(self))
 
 
+def card_revision(revision: str | None) -> str | None:
+    """The revision a card pushed to ``revision`` names in its snippets: that branch, but none for ``main`` (the
+    default) or a pull request (``refs/pr/N``, merged into ``main``)."""
+    if not revision or revision == "main" or revision.startswith("refs/pr/"):
+        return None
+    return revision
+
+
 def render_model_card(template_name: str, card_data: ModelCardData, **variables) -> ModelCard:
     """Render ``model_cards/<template_name>`` (Jinja) with ``huggingface_hub.ModelCard``; templates link model
-    sources with ``repo_link`` and name the weights with ``weight_files``."""
+    sources with ``repo_link`` and name the weights with ``weight_files``. ``revision``: the branch the card is pushed
+    to, which its snippets then load (``from_pretrained(..., revision=...)``, ``--revision``), as a user copying them
+    from that branch's page would otherwise load ``main``."""
+    import shlex
+
     template = resources.files("dsunet_hf").joinpath("model_cards", template_name).read_text(encoding="utf-8")
     variables.setdefault("weight_files", DEFAULT_WEIGHT_FILES)
+    revision = card_revision(variables.pop("revision", None))
+    variables["revision_kwarg"] = f", revision={json.dumps(revision)}" if revision else ""
+    variables["revision_flag"] = f" --revision {shlex.quote(revision)}" if revision else ""
     return PackageModelCard.from_template(card_data, template_str=template, repo_link=repo_link, **variables)
 
 

@@ -602,6 +602,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
             # The Hub's full id (a name without a namespace gets the user's) for the card's snippets.
             repo_id = create_hub_repo(repo_id, private=push_kwargs.get("private"), token=push_kwargs.get("token"))
             card_kwargs.setdefault("repo_id", repo_id)
+            card_kwargs.setdefault("revision", push_kwargs.get("revision"))  # a branch's card loads that branch
         self.config.backbone_weights_included = backbone_included
         # The backbone weights a trainable-only artifact must load with (checked by from_pretrained); only a loader
         # records them: a model whose backbones were never loaded (random init) saves none, as before.
@@ -778,7 +779,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
                 **save_kwargs,
                 image_processor=image_processor,  # None: the processor the model was loaded with, else the default
                 model_card_kwargs={"metrics": metrics, "dataset_names": dataset_names, "repo_id": repo_id,
-                                   "tags": tags},
+                                   "tags": tags, "revision": revision},
             )
             if evaluation_reports:
                 add_evaluation_to_card(folder, evaluation_reports, model_name=repo_id.split("/")[-1])

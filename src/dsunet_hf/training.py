@@ -32,7 +32,6 @@ from transformers import HfArgumentParser
 from .distributed import use_cpu
 from .files import give_new_file_modes, write_json_atomic, write_text_atomic
 from .hub import add_validation_results_to_card
-from .modeling_utils import model_output
 from .predict import pixel_inputs
 
 logger = logging.getLogger(__name__)
@@ -163,6 +162,8 @@ class TrainerState:
     running_count: int = 0
     # What the step counter and the data position count in (see data_layout); None in older checkpoints.
     data_layout: dict | None = None
+    # The --metric-for-best-model that best_metric is a value of; None in older checkpoints.
+    metric_for_best_model: str | None = None
 
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -289,7 +290,7 @@ def build_config(args: TrainingArguments):
         config_kwargs["image_size"] = args.image_size
     if args.backbone and args.backbone != "random":
         config_kwargs[repo_field] = args.backbone
-    labels_file = find_labels_file(args.train_data)
+    labels_file = find_labels_file(args.train_data, "train")  # the split training loads (organs/train/...)
     takes_labels = spec.task in ("semantic", "visual-prompt") or spec.multiclass
     from_file = takes_labels and not {"id2label", "num_labels"} & set(config_kwargs) and labels_file
     if from_file:
@@ -516,18 +517,30 @@ def read_best_record(folder: Path) -> dict | None:
         return None
 
 
+def is_own_checkpoint(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is one of ``output_dir``'s own (``OUTPUT/checkpoints/checkpoint-N``), not another run's
+    folder's (or one set aside in ``OUTPUT/abandoned-checkpoints``)."""
+    return checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+
+
+def is_best_of(folder: Path, best: tuple[int | None, float | None]) -> bool:
+    """Whether ``folder`` (a best/) is the best model ``best`` (step, value) of a checkpoint, by its record."""
+    record = read_best_record(folder)
+    return best[0] is not None and record is not None and (record.get("step"), record.get("value")) == tuple(best)
+
+
 def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: int,
-                                    best: tuple[int | None, float | None] = (None, None)) -> Path | None:
+                                    best: tuple[int | None, float | None] = (None, None), *, own: bool) -> Path | None:
     """Move out of ``OUTPUT/checkpoints`` what a resume from ``resume_path`` (at ``step``) abandons: the checkpoints of
-    this folder after that step (a resume from an older checkpoint) or all of them (a resume from another folder's
-    checkpoint), so that ``--resume-from-checkpoint latest`` and ``--save-total-limit`` never take them for this
-    run's (a run killed before it overwrote them resumed the abandoned branch; a new checkpoint-150 was pruned
-    against an abandoned checkpoint-300). Moved aside, not deleted: a resume from the wrong checkpoint (100 for
-    1000) must not cost the hours behind the later ones. ``best/`` (and ``best.old``) goes with them when it is not
+    this folder after that step (a resume from an older checkpoint of its own, ``own``: :func:`is_own_checkpoint`) or
+    all of them (a resume from another folder's checkpoint), so that ``--resume-from-checkpoint latest`` and
+    ``--save-total-limit`` never take them for this run's (a run killed before it overwrote them resumed the abandoned
+    branch; a new checkpoint-150 was pruned against an abandoned checkpoint-300). Moved aside, not deleted: a resume
+    from the wrong checkpoint (100 for 1000) must not cost the hours behind the later ones (resuming a checkpoint set
+    aside takes its best/ back, see :func:`train`). ``best/`` (and ``best.old``) goes with them when it is not
     the checkpoint's ``best`` (step, value), by its own record, or, saved before that record, when they record a best
     model found after ``step`` (it would become this run's ``model/``). Returns the folder they went to, if any."""
     resume_path = resume_path.resolve()
-    own = resume_path.parent == (output_dir / "checkpoints").resolve()
     later = [p for p in checkpoint_dirs(output_dir)
              if p.resolve() != resume_path and (not own or int(p.name.split("-")[-1]) > step)]
     best_steps = []
@@ -725,6 +738,17 @@ def check_data_layout(checkpoint: Path, saved: dict | None, now: dict, batches_c
                          "in another --output-dir")
 
 
+def check_best_metric(checkpoint: Path, saved: TrainerState, metric: str) -> None:
+    """Refuse to resume ``checkpoint`` with another --metric-for-best-model than the one its best model was chosen by:
+    its best value (an S-measure, higher is better) was compared as the new metric's (a loss, lower is better), and
+    the model it chose became the final model/ whatever the new metric said."""
+    if saved.best_step is None or saved.metric_for_best_model in (None, metric):  # no best yet, or not recorded
+        return
+    raise ValueError(f"{checkpoint}: its best model (step {saved.best_step}) was chosen by --metric-for-best-model "
+                     f"{saved.metric_for_best_model}, not {metric}: resume with --metric-for-best-model "
+                     f"{saved.metric_for_best_model!r}, or start a new run in another --output-dir to choose by {metric}")
+
+
 def _at_revision(revision: str | None) -> str:
     return f" (revision {revision})" if revision else ""
 
@@ -784,16 +808,19 @@ def train(args: TrainingArguments) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     overwrite = check_output_dir(args)
+    resume_path = resolve_resume_path(args)  # a bad path is refused before the backbones load
+    # The data needs nothing of the model: a bad data set is refused before the backbones load (on every process, each
+    # of which would load them first) and before a Hub repo is created for a run that cannot start.
+    train_set, validation_set = build_datasets(args)
     if args.push_to_hub and accelerator.is_main_process:
         # As transformers' Trainer: the repo is created now, so that a bad token or name stops the run before it
         # trains, and a name without a namespace becomes the Hub's full id (the cards' snippets name it).
         from .hub import create_hub_repo
 
         args.hub_model_id = create_hub_repo(args.hub_model_id, private=args.hub_private or None)
-    resume_path = resolve_resume_path(args)  # a bad path is refused before the backbones load
     set_seed(args.seed)
     spec, model = build_model(args)
-    if resume_path is not None:  # before any data loads: the checkpoint's adapters fit only its backbone weights
+    if resume_path is not None:  # before anything trains: the checkpoint's adapters fit only its backbone weights
         check_checkpoint_backbones(model, resume_path, args.verify_backbone_weights)
     # SAM2-UNet with more than two classes trains on label maps like the DINOv2 heads (mIoU, not S-measure).
     task = "semantic" if getattr(model, "predicts_class_maps", False) else spec.task
@@ -821,7 +848,6 @@ def train(args: TrainingArguments) -> dict:
             raise ValueError("--reduce-zero-label is for multi-class label maps (a DINOv2 head, a multi-class "
                              "SAM2-UNet); this model is trained on binary masks")
         processor.do_reduce_labels = True  # saved with the model: evaluation reads its labels the same way
-    train_set, validation_set = build_datasets(args)
     if task == "semantic":  # 0/255 masks: 255 is the ignore index, the foreground would never be learnt
         from .semantic import check_not_binary_255
 
@@ -881,34 +907,47 @@ def train(args: TrainingArguments) -> dict:
     register_trainable_checkpoint_hooks(accelerator)
 
     layout = data_layout(args, accelerator.num_processes, len(train_episodes), len(train_loader))
-    state = TrainerState(data_layout=layout)
+    state = TrainerState(data_layout=layout, metric_for_best_model=args.metric_for_best_model)
     if resume_path is not None:
         saved = TrainerState(**json.loads((resume_path / TRAINER_STATE).read_text()))
+        # The best/ (or best.old) of this folder is the checkpoint's best only when the checkpoint is this folder's;
+        # another run's best/ would have become model/ under this run's best metric.
+        own = is_own_checkpoint(output_dir, resume_path)
+        # One that an earlier resume set aside (OUTPUT/abandoned-checkpoints/<when>/checkpoint-N), resumed to go back to
+        # that course of training: the best/ set aside beside it is its best when its record says so (see below).
+        set_aside_here = resume_path.resolve().parent.parent == (output_dir / ABANDONED).resolve()
         # Before load_state: nothing changed yet.
         check_data_layout(resume_path, saved.data_layout, layout, saved.batches_in_epoch)
+        if own or set_aside_here:  # into another folder, the best is chosen again (below) under this run's metric
+            check_best_metric(resume_path, saved, args.metric_for_best_model)
         accelerator.load_state(str(resume_path))
         state = saved
-        state.data_layout = layout
+        state.data_layout, state.metric_for_best_model = layout, args.metric_for_best_model
         logger.info("resumed from %s at step %d", resume_path, state.global_step)
         aside = None
         if accelerator.is_main_process:  # only now, with the checkpoint loaded: a refused resume moves nothing
             aside = set_aside_abandoned_checkpoints(output_dir, resume_path, state.global_step,
-                                                    (state.best_step, state.best_metric))
+                                                    (state.best_step, state.best_metric), own=own)
         accelerator.wait_for_everyone()
-        # The best/ (or best.old) of this folder is the checkpoint's best only when the checkpoint is this folder's;
-        # another run's best/ would have become model/ under this run's best metric.
-        own = resume_path.resolve().parent == (output_dir / "checkpoints").resolve()
         old = output_dir / "best.old"  # a run killed while a newer best/ went in (_replace_dir): the one it recorded
         if accelerator.is_main_process and own and state.best_step is not None and old.is_dir() and \
                 not (output_dir / "best").exists():
             os.replace(old, output_dir / "best")
+        best = (state.best_step, state.best_metric)
+        if accelerator.is_main_process and set_aside_here and not (output_dir / "best").exists() and \
+                is_best_of(resume_path.parent / "best", best):
+            os.replace(resume_path.parent / "best", output_dir / "best")
+            logger.info("resuming %s: its best model (step %d) is back in %s", resume_path, state.best_step,
+                        output_dir / "best")
         accelerator.wait_for_everyone()
-        if state.best_step is not None and not (own and (output_dir / "best").is_dir()):
+        own_best = own or (set_aside_here and is_best_of(output_dir / "best", best))
+        if state.best_step is not None and not (own_best and (output_dir / "best").is_dir()):
             # Resumed into another output dir (or best/ was deleted, or set aside as a later one): the best weights
             # are not here, and the final model/ must not silently become the last weights (or a model of a course
             # of training abandoned); the best is chosen again from the coming validations.
             if accelerator.is_main_process:  # where set_aside_abandoned_checkpoints ran
-                why = ("a resume into another folder does not copy the checkpoint's folder's best/" if not own else
+                why = ("not beside the set-aside checkpoint either" if set_aside_here else
+                       "a resume into another folder does not copy the checkpoint's folder's best/" if not own else
                        f"a later best model replaced it, set aside in {aside}" if aside and (aside / "best").is_dir()
                        else "it was deleted")
                 logger.warning("the best model so far (step %d, %s %.4f) is not in %s (%s): the best is chosen again "
@@ -1042,7 +1081,9 @@ def train(args: TrainingArguments) -> dict:
                                                 args.seed, state.global_step)
                 # Non-image inputs some models take (visual prompts: reference masks, target segments).
                 inputs.update({k: batch[k] for k in getattr(unwrapped, "extra_input_names", ()) if k in batch})
-                loss = model_output(model, **inputs, labels=labels).loss
+                # By name, and asked for as such: a prepared model (DDP) hides the config that model_output reads, so
+                # a config's return_dict=False gave a tuple on several processes.
+                loss = model(**inputs, labels=labels, return_dict=True).loss
                 # accelerate divides every loss by --gradient-accumulation-steps, also in an epoch's last window of
                 # fewer micro-batches (whose step then got a fraction of the gradient): each optimizer step averages
                 # the micro-batches it has, as transformers' Trainer does.

@@ -28,6 +28,7 @@ The functions work on plain feature maps so they can be checked with known featu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
-from ...hub import PLACEHOLDER_REPO_ID, hub_download_kwargs
+from ...hub import PLACEHOLDER_REPO_ID, card_revision, hub_download_kwargs
 from ...image_io import load_image
 from ...modeling_utils import (
     SegmentationPreTrainedModel,
@@ -573,6 +574,8 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         repo = config.dino_backbone_repo_id
         card_data = self.card_data(["training-free"])
         name = repo_id or PLACEHOLDER_REPO_ID
+        revision = card_revision(extra.get("revision"))  # pushed to a branch: its snippet loads that branch
+        revision_kwarg = f", revision={json.dumps(revision)}" if revision else ""
         content = f"""---
 {card_data.to_yaml()}
 ---
@@ -591,7 +594,7 @@ images, by matching frozen DINOv2 patch features (Matcher / PerSAM-style; no tra
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher
 from dsunet_hf.prompts import BoxPrompt
 
-model = VisualPromptMatcher.from_pretrained("{name}")
+model = VisualPromptMatcher.from_pretrained("{name}"{revision_kwarg})
 masks = model.predict_masks(["reference.jpg"], [BoxPrompt(40, 30, 200, 180)], ["target.jpg"])
 ```
 """

@@ -57,6 +57,18 @@ def test_output_hidden_states_returns_the_encoder_maps_and_output_attentions_is_
         model(**inputs, output_attentions=True)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_refuses_a_keyword_it_does_not_take(name):
+    """forward's **kwargs (there for the processor's original_sizes, the Trainer's num_items_in_batch) swallowed a
+    misspelt option: model(x, output_aux=True) returned no aux_logits without a word."""
+    model, inputs = _model_and_inputs(name)
+    with pytest.raises(TypeError, match=rf"^{type(model).__name__}\.forward\(\) got an unexpected keyword argument "
+                                        r"'output_hiden_states'; did you mean 'output_hidden_states'\?$"):
+        model(**inputs, output_hiden_states=True)
+    with torch.no_grad():  # what model(**processor(images)) and the Trainer pass: taken and ignored
+        model(**inputs, original_sizes=[(8, 8)], num_items_in_batch=1)
+
+
 def test_the_matcher_refuses_hidden_states_and_attentions():
     from test_visual_prompt_matcher import P
     from test_visual_prompt_matcher import tiny_config as tiny_matcher_config
@@ -191,3 +203,9 @@ def test_a_misspelt_config_field_is_refused_and_other_extras_are_kept(tmp_path):
 
     with pytest.raises(ValueError, match=r"^SegmentationImageProcessor: no field 'sizes'; did you mean 'size'\?$"):
         SegmentationImageProcessor(sizes=352)  # was saved in preprocessor_config.json and never read
+    from transformers import AutoImageProcessor
+
+    SegmentationImageProcessor(size=32).save_pretrained(tmp_path / "processor")
+    with pytest.raises(ValueError, match="did you mean 'size'"):  # transformers dropped it: the saved size stayed
+        AutoImageProcessor.from_pretrained(tmp_path / "processor", sizes=64)
+    assert SegmentationImageProcessor(do_resize=None).size == {"height": 352, "width": 352}  # None: the default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -1064,7 +1065,7 @@ def test_the_training_loss_is_read_by_name_behind_a_wrapper_that_hides_the_confi
 
 
 def test_going_back_to_a_set_aside_checkpoint_takes_its_best_model_back_by_its_metric(generated_data, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, caplog):
     """A mistaken resume (from checkpoint-1 of a run at step 2) sets checkpoint-2 and its best/ aside; resuming that
     set-aside checkpoint-2 to go back took it for another folder's: the best (step 2, 0.9) was chosen again from
     nothing, and model/ became the last weights, without metrics."""
@@ -1088,7 +1089,9 @@ def test_going_back_to_a_set_aside_checkpoint_takes_its_best_model_back_by_its_m
                                          r"S-measure, not loss: resume with --metric-for-best-model 'S-measure'"):
         train(tiny_args(generated_data, run, resume_from_checkpoint=str(aside / "checkpoint-2"),
                         metric_for_best_model="loss", **options))
-    summary = train(tiny_args(generated_data, run, resume_from_checkpoint=str(aside / "checkpoint-2"), **options))
+    with caplog.at_level(logging.WARNING, logger="dsunet_hf.training"):
+        summary = train(tiny_args(generated_data, run, resume_from_checkpoint=str(aside / "checkpoint-2"), **options))
+    assert "moved checkpoint-1, this folder's, of the course of training it leaves, to" in caplog.text  # not "another run"
     assert summary["best_step"] == 2 and summary["best_metrics"]["S-measure"] == 0.9
     assert "| S-measure | 0.9" in (run / "model" / "README.md").read_text()
     assert json.loads((run / "best" / "best_record.json").read_text())["step"] == 2

@@ -149,8 +149,9 @@ class SegmentationImageProcessor(BaseImageProcessor):
         kwargs.pop("image_processor_type", None)  # written by to_dict(); not an attribute
         check_misspelt_fields(type(self), kwargs)  # sizes=352 was kept as an attribute and never read
         for name, (value, what) in _FIXED_STEPS.items():
-            if name in kwargs and bool(kwargs.pop(name)) != value:
-                raise ValueError(f"{name}={not value} is not supported: SegmentationImageProcessor {what}")
+            given = kwargs.pop(name, None)  # None: transformers' "the default"
+            if given is not None and bool(given) != value:
+                raise ValueError(f"{name}={given!r} is not supported: SegmentationImageProcessor {what}")
         super().__init__(**kwargs)
         self.size = _normalize_size(size)
         # Models with a second backbone input (DSU-Net's 518 px DINOv2 view) get one more plain resize
@@ -179,6 +180,13 @@ class SegmentationImageProcessor(BaseImageProcessor):
                              f"{self.resample}; use bilinear (2) or bicubic (3)")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (RGB)")
+
+    @classmethod
+    def from_dict(cls, image_processor_dict, **kwargs):
+        """transformers' loading (AutoImageProcessor calls this), with an override that nearly names a field refused:
+        transformers drops keywords it does not know (``from_pretrained(folder, sizes=32)`` kept the saved size)."""
+        check_misspelt_fields(cls, kwargs)
+        return super().from_dict(image_processor_dict, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -89,6 +89,25 @@ def _expand_home(path):
     return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) and str(path).startswith("~") else path
 
 
+# What forward takes and ignores: the image processor's record of the input sizes (``model(**processor(images))``)
+# and what transformers' Trainer adds.
+IGNORED_FORWARD_KWARGS = frozenset({"original_sizes", "num_items_in_batch"})
+
+
+def refuse_unknown_kwargs(model, kwargs: dict) -> None:
+    """forward's ``**kwargs`` take the keywords above; another one (``output_aux=True``) is a TypeError, as Python
+    gives for a function without ``**kwargs``: it was silently ignored."""
+    unknown = [name for name in kwargs if name not in IGNORED_FORWARD_KWARGS]
+    if unknown:
+        import difflib
+        import inspect
+
+        names = [name for name in inspect.signature(model.forward).parameters if name != "kwargs"]
+        close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+        raise TypeError(f"{type(model).__name__}.forward() got an unexpected keyword argument {unknown[0]!r}"
+                        + (f"; did you mean {close[0]!r}?" if close else f" (it takes {', '.join(names)})"))
+
+
 def wants_hidden_states(model, output_hidden_states: bool | None, output_attentions: bool | None) -> bool:
     """transformers' forward options: ``output_hidden_states`` (default: the config's, as transformers' models);
     ``output_attentions`` refused, not silently ignored (the backbones' attention weights are not collected: their

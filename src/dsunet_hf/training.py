@@ -574,7 +574,9 @@ def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: i
     for name, saved_at in bests.items():
         os.replace(output_dir / name, aside / name)
         moved.append(f"{name}/" if saved_at is None else f"{name}/ (the best model of step {saved_at})")
-    whose = "written after it by the course of training it abandons" if own else "this folder's, of another run"
+    whose = ("written after it by the course of training it abandons" if own
+             else "this folder's, of the course of training it leaves" if resume_path.parent.parent
+             == (output_dir / ABANDONED).resolve() else "this folder's, of another run")
     logger.warning("resuming from %s (step %d): moved %s, %s, to %s (delete it when it is not needed)", resume_path,
                    step, ", ".join(moved), whose, aside)
     return aside

@@ -30,6 +30,7 @@ from ...modeling_utils import (
     clean_loading_info,
     labels_like,
     pop_dtype,
+    refuse_unknown_kwargs,
     run_backbone,
     wants_hidden_states,
 )
@@ -361,6 +362,7 @@ class BiRefNetForImageSegmentation(SegmentationPreTrainedModel):
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
         output_hidden_states: bool | None = None, output_attentions: bool | None = None, **kwargs
     ) -> BiRefNetOutput | tuple:
+        refuse_unknown_kwargs(self, kwargs)
         with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, 32)
         # The model's dtype, as the Hiera and DINOv2 models take it (a bfloat16 model given the processor's float32

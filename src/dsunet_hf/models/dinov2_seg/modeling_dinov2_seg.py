@@ -20,6 +20,7 @@ from ...losses import class_index_labels
 from ...modeling_utils import (
     SegmentationPreTrainedModel,
     check_image_batch,
+    refuse_unknown_kwargs,
     run_backbone,
     wants_hidden_states,
 )
@@ -158,6 +159,7 @@ class Dinov2ForSemanticSegmentation(SegmentationPreTrainedModel):
                 **kwargs) -> SemanticSegmenterOutput | tuple:
         """``hidden_states`` (with ``output_hidden_states=True``): the patch-token maps (B, C, h, w) of the blocks the
         head takes (the last one, or the last four for ``multilayer``), final-LayerNorm'd, at token resolution."""
+        refuse_unknown_kwargs(self, kwargs)
         with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_image_batch(pixel_values)  # a uint8 tensor ran (transformers' patch embedding casts it): wrong logits
         size = pixel_values.shape[-2:]

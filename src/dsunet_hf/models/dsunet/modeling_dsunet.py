@@ -20,6 +20,7 @@ from ...modeling_utils import (
     SegmentationOutput,
     SegmentationPreTrainedModel,
     check_pixel_values,
+    refuse_unknown_kwargs,
     run_backbone,
     wants_hidden_states,
 )
@@ -85,6 +86,7 @@ class DSUNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         image processor makes both). Without it, the 352 px view is resized bilinearly (an approximation; what the
         multi-class path does: it trains on crops and segments with one tensor). ``labels``: 0/1 masks, or with
         more than two classes class-index maps (B, H, W)."""
+        refuse_unknown_kwargs(self, kwargs)
         with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, 32)
         if min(pixel_values.shape[-2:]) < 128:

@@ -17,6 +17,7 @@ from ...modeling_utils import (
     SegmentationOutput,
     SegmentationPreTrainedModel,
     check_pixel_values,
+    refuse_unknown_kwargs,
     run_backbone,
     wants_hidden_states,
 )
@@ -63,6 +64,7 @@ class Sam2UNetForImageSegmentation(ClassMapsModel, SegmentationPreTrainedModel):
         output_aux_logits: bool | None = None, output_hidden_states: bool | None = None,
         output_attentions: bool | None = None, **kwargs
     ) -> Sam2UNetOutput | tuple:
+        refuse_unknown_kwargs(self, kwargs)
         with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, 32)
         size = pixel_values.shape[-2:]

@@ -43,7 +43,7 @@ from transformers.utils import ModelOutput
 
 from ...backbones.dinov2 import DINOv2Backbone
 from ...image_io import load_image
-from ...modeling_utils import check_pixel_values, run_backbone, wants_hidden_states
+from ...modeling_utils import check_pixel_values, refuse_unknown_kwargs, run_backbone, wants_hidden_states
 from ...prompts import reference_masks
 from ..checked_config import check_finite_number, positive_int
 from .configuration_visual_prompt import INFERENCE_MODES, VisualPromptConfig
@@ -296,6 +296,7 @@ class VisualPromptForSegmentation(DinoVisualPromptModel):
         ``target_segments`` (B, M, S, S) every concept's mask on the target and ``segment_is_prompted`` (B, M)
         (1 = the prompted concept, 0 = another, -1 = padding). ``pixel_features``: ``self.features(pixel_values)``
         when already computed (video tracking encodes each frame once for every object and for its memory)."""
+        refuse_unknown_kwargs(self, kwargs)
         with_hidden = wants_hidden_states(self, output_hidden_states, output_attentions)
         check_pixel_values(pixel_values, self.backbone.patch_size)
         batch = pixel_values.shape[0]

@@ -152,13 +152,19 @@ def test_prompt_page_finds_what_was_painted_or_typed():
             demo.prompt(reference, text, target)
 
 
-def test_video_tab_gives_a_composite_a_mask_video_and_a_transparent_one(tmp_path):
+def test_video_tab_gives_a_composite_a_mask_video_and_a_transparent_one(tmp_path, monkeypatch):
     av = pytest.importorskip("av", reason="videos need PyAV (the [video] extra)")
     from test_video import decoded, square_frame, write_video
 
+    import dsunet_hf.foreground
+
     clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(4)])
+    estimates = []  # each frame's foreground colours estimated once for its cut-out and composite (was twice)
+    estimate = dsunet_hf.foreground.refine_foreground
+    monkeypatch.setattr(dsunet_hf.foreground, "refine_foreground", lambda *a, **k: estimates.append(1) or estimate(*a, **k))
     composite, mask, cutout = red_demo().foreground_video(str(clip), threshold=0.5, background="#0000ff",
                                                           output_dir=tmp_path / "out")
+    assert len(estimates) == 4
     assert Path(composite).suffix == ".mp4" and Path(cutout).suffix == ".mov"
     masks, _ = decoded(Path(mask))
     assert len(masks) == 4 and masks[0].shape == (64, 96)

@@ -42,6 +42,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny
+    tensors of these tests gain nothing from a second thread, and its hand-offs cost ~15% of the time on 2 idle
+    cores and up to 10x on cores shared with other processes (tests/test_deform_conv.py does the same per test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class OfflineHub:
     """A Hub-layout cache (``models--org--name/snapshots/<sha>/``) with HF_HUB_OFFLINE set.
 

@@ -16,6 +16,8 @@ from dsunet_hf import BiRefNetConfig, BiRefNetForImageSegmentation
 from dsunet_hf.losses import birefnet_pixel_loss, iou_loss, outward_reference_loss, ssim_loss
 from dsunet_hf.models.birefnet.modeling_birefnet import grey_laplacian, image_to_patch_channels
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_SWIN = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4}
 SIZE = 64
 
@@ -550,18 +552,21 @@ def test_fine_tuned_artifacts_push_and_pull_with_identical_outputs(strategy, off
 
 # --- training and prediction ------------------------------------------------------------------------------
 
-def test_accelerate_launch_trains_birefnet(tmp_path):
-    from test_training import launch
-
+def test_the_training_command_trains_birefnet(tmp_path, monkeypatch):
+    """examples/train.py's entry point (training.main) fine-tunes BiRefNet. Run in this process: `accelerate launch`
+    itself is covered by test_training (a launched interpreter cost this test about 20 s of imports)."""
     from dsunet_hf.synthetic import make_camouflage_dataset
+    from dsunet_hf.training import main as train_main
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
     data = make_camouflage_dataset(tmp_path / "data", num_pairs=8, size=(80, 72), seed=2)
     output = tmp_path / "run"
     overrides = json.dumps({"backbone_config": TINY_SWIN, "dynamic_size": [[64, 96], [64, 96]]})
-    launch(["--model", "birefnet", "--train-data", str(data), "--output-dir", str(output), "--backbone", "random",
-            "--backbone-preset", "swin_v1_t", "--config-overrides", overrides, "--image-size", "64",
-            "--finetune-strategy", "frozen", "--batch-size", "2", "--max-steps", "3", "--eval-steps", "3",
-            "--report-to", "none"], cwd=tmp_path)
+    assert train_main(["--model", "birefnet", "--train-data", str(data), "--output-dir", str(output), "--backbone",
+                       "random", "--backbone-preset", "swin_v1_t", "--config-overrides", overrides, "--image-size",
+                       "64", "--finetune-strategy", "frozen", "--batch-size", "2", "--max-steps", "3", "--eval-steps",
+                       "3", "--report-to", "none", "--no-progress"]) == 0
     args = json.loads((output / "training_args.json").read_text())
     assert args["learning_rate"] == pytest.approx(1e-5 * (2 / 4) ** 0.5) and args["weight_decay"] == 1e-2
     assert args["lr_schedule"] == "constant"

@@ -37,6 +37,8 @@ from dsunet_hf.backbones.swin import (
     to_official_swin_state_dict,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_SWIN = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4)
 TINY_PVT = dict(hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 2, 1],
                 mlp_ratios=[4, 4, 2, 2])

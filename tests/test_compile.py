@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import TINY_SIZE, tiny_sam2_unet_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def _models():
     from test_birefnet import tiny_config as tiny_birefnet

@@ -14,6 +14,8 @@ from dsunet_hf.backbones.hiera import infer_hiera_preset
 from dsunet_hf.cli import main as cli_main
 from dsunet_hf.convert.sam2_unet import convert_sam2_unet_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def to_upstream_key(key: str) -> str:
     """Our key -> the upstream SAM2UNet key, written from the reference's key list (inverse map)."""

@@ -14,6 +14,8 @@ from dsunet_hf.crop_refine import foreground_box, foreground_boxes, refine_with_
 from dsunet_hf.evaluate import evaluate_model
 from dsunet_hf.predict import native_size, predict_files
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 BACKGROUND, RED = (40, 90, 60), (230, 30, 30)
 
 

@@ -20,6 +20,8 @@ from dsunet_hf.backbones.dinov2 import (
 )
 from dsunet_hf.hub import BackboneNotAvailableError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=14, image_size=56)
 SIZE = 56  # 4x4 patches
 

@@ -11,6 +11,8 @@ from dsunet_hf import Dinov2ForSemanticSegmentation, Dinov2SegConfig, Segmentati
 from dsunet_hf.convert.dinov2_head import convert_dinov2_head_checkpoint
 from dsunet_hf.models.dinov2_seg.modeling_dinov2_seg import BNHead
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4)
 
 

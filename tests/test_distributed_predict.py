@@ -16,6 +16,8 @@ from helpers import write_photos_and_a_bad_file
 
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 # Run by every process. The processes tell each other that a run is over through the group's store (with a short
 # wait), not through a collective, so that one stuck in a broadcast shows as an error here, not as a hang.
 WORKER = r'''

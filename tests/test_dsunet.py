@@ -16,6 +16,8 @@ from dsunet_hf import DSUNetConfig, DSUNetForImageSegmentation
 from dsunet_hf.finetune import parameter_counts
 from dsunet_hf.losses import structure_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14)
 DINO_SIZE = 56
 # CGAFusion's reflect-padded 7x7 convs need the deepest (1/32) map to be at least 4x4.

@@ -16,6 +16,8 @@ from dsunet_hf.modules.wtconv import (
     inverse_haar_transform,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def count(module):
     return sum(p.numel() for p in module.parameters())

@@ -15,6 +15,8 @@ from test_dsunet import TINY_DINO, TINY_SIZE, inputs, tiny_config, to_upstream
 from dsunet_hf import DSUNetForImageSegmentation
 from dsunet_hf.synthetic import make_textured_shapes_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 CLASSES = {0: "background", 1: "stripes", 2: "checks", 3: "dots"}
 
 

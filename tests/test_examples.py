@@ -12,6 +12,8 @@ import pytest
 
 from dsunet_hf.synthetic import make_camouflage_dataset, make_textured_shapes_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

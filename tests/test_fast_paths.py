@@ -8,6 +8,8 @@ from conftest import TINY_SIZE, tiny_sam2_unet_config
 
 from dsunet_hf import Sam2UNetForImageSegmentation, modeling_utils
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def gradients(model, inputs, labels) -> dict[str, torch.Tensor]:
     model.zero_grad()

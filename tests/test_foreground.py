@@ -11,6 +11,8 @@ from dsunet_hf import estimate_foreground, refine_foreground
 from dsunet_hf.foreground import box_blur, box_blur_torch
 from dsunet_hf.predict import Backdrop, composite_image, cutout_image
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def mirrored(index: int, length: int) -> int:
     """OpenCV's BORDER_REFLECT_101 written out: fold back at each end, the edge pixel not repeated."""

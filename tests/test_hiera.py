@@ -28,6 +28,8 @@ from dsunet_hf.backbones.hiera import (
 )
 from dsunet_hf.hub import BackboneNotAvailableError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 SAM2_MISSING = "the official sam2 package (extra [sam2]) is not installed; see README for the CPU install recipe"
 
 # The official Hiera grows heads by head_mul=2 at every stage, so it cannot express TINY_HIERA's

@@ -15,6 +15,8 @@ from dsunet_hf import BiRefNetForImageSegmentation, DSUNetForImageSegmentation, 
 from dsunet_hf.finetune import lora_layers, lora_merged
 from dsunet_hf.predict import load_model_and_processor
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 MODELS = {
     "sam2-unet": lambda: Sam2UNetForImageSegmentation(tiny_sam2_unet_config(finetune_strategy="lora")),
     "birefnet": lambda: BiRefNetForImageSegmentation(tiny_birefnet(finetune_strategy="lora")),

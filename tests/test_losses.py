@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from dsunet_hf.losses import birefnet_pixel_loss, iou_loss, ssim_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def _soft_target(size: int = 32) -> torch.Tensor:
     torch.manual_seed(0)

@@ -18,6 +18,8 @@ from dsunet_hf.metrics import (
     to_uint8_map,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 EXPECTED_KEYS = {
     "S-measure", "wF-measure", "MAE", "E-measure (adaptive)", "E-measure (mean)", "E-measure (max)",
     "F-measure (adaptive)", "F-measure (mean)", "F-measure (max)", "mDice", "mIoU",

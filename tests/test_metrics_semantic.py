@@ -10,6 +10,8 @@ import torch
 
 from dsunet_hf.metrics import SemanticSegmentationMetrics
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def test_miou_of_a_hand_made_pair():
     label = np.array([[0, 0, 1, 1],

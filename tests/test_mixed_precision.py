@@ -9,6 +9,8 @@ import pytest
 import torch
 from test_compile import _models
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 NAMES = ["sam2-unet", "dsunet", "birefnet", "dinov2-seg"]
 
 

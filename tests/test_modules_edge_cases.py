@@ -14,6 +14,8 @@ from dsunet_hf.modules.rfb import RFB
 from dsunet_hf.modules.sff import SFF
 from dsunet_hf.modules.wtconv import DepthwiseSeparableWTConv
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 PYRAMIDS = {"ASPP": ASPP, "ASPPDeformable": ASPPDeformable}
 
 

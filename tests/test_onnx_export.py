@@ -23,6 +23,8 @@ from dsunet_hf.onnx_export import (
     export_onnx,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 onnx = pytest.importorskip("onnx", reason="the [onnx] extra (in [dev]) is not installed")
 onnxruntime = pytest.importorskip("onnxruntime", reason="the [onnx] extra (in [dev]) is not installed")
 pytest.importorskip("onnxscript", reason="the [onnx] extra (in [dev]) is not installed")

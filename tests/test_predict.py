@@ -20,6 +20,8 @@ from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 from dsunet_hf.cli import main as cli_main
 from dsunet_hf.predict import collect_images, predict_files
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 @pytest.fixture
 def artifact(tmp_path):

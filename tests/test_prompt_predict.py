@@ -16,6 +16,8 @@ from dsunet_hf.cli import main
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher
 from dsunet_hf.prompt_predict import PromptTracker, frame_order, predict_with_prompts, render_prompt
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 @pytest.fixture
 def head_folder(tmp_path):

@@ -20,6 +20,8 @@ from dsunet_hf import (
 )
 from dsunet_hf.finetune import parameter_counts
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def batch(n=2, size=TINY_SIZE):
     pixel_values = torch.randn(n, 3, size, size)

@@ -14,6 +14,8 @@ from PIL import Image
 from dsunet_hf import BiRefNetConfig, DSUNetConfig, Sam2UNetConfig, Sam2UNetForImageSegmentation
 from dsunet_hf.synthetic import make_textured_shapes_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 CLASSES = {0: "background", 1: "stripes", 2: "checks", 3: "dots"}
 
 

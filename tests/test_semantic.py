@@ -17,6 +17,8 @@ from dsunet_hf.semantic import (
     palette_png,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def test_label_maps_from_palette_gray_and_rgb_files(tmp_path):
     classes = np.array([[0, 1, 2], [255, 2, 1]], dtype=np.uint8)

@@ -19,6 +19,8 @@ from dsunet_hf.synthetic import (
     make_textured_shapes_sample,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 
 def _present(labels: np.ndarray) -> set[int]:
     return {int(c) for c in np.unique(labels)} - {0}

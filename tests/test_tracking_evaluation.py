@@ -16,6 +16,8 @@ from dsunet_hf.cli import main
 from dsunet_hf.models.visual_prompt import VisualPromptMatcher
 from dsunet_hf.tracking_evaluation import boundary_f_measure, davis_sequences, evaluate_tracking, jaccard
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 GREEN = (0, 255, 0)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -20,6 +19,8 @@ from PIL import Image
 from dsunet_hf import Sam2UNetForImageSegmentation, SegmentationImageProcessor
 from dsunet_hf.predict import collect_images, predict_files
 from dsunet_hf.video import TemporalSmoothing, read_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
 
 av = pytest.importorskip("av", reason="video prediction needs PyAV (the [video] extra)")
 
@@ -228,18 +229,20 @@ def test_video_needs_pyav(tmp_path, processor, monkeypatch):
         predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", progress=False)
 
 
-def test_command_line_video_with_a_real_model(tmp_path):
+def test_command_line_video_with_a_real_model(tmp_path, capsys, monkeypatch):
+    """`dsunet-hf predict` on a clip (its main() in this process: a new interpreter cost about 6 s of imports)."""
+    from dsunet_hf.cli import main
+
     model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config()).eval()
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
     clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(5)])
-    result = subprocess.run(
-        [sys.executable, "-m", "dsunet_hf.cli", "predict", "--model", str(tmp_path / "model"), str(clip),
-         "--output-dir", str(tmp_path / "out"), "--cutout", "--num-workers", "0"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert "1 written" in result.stdout
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["predict", "--model", str(tmp_path / "model"), str(clip), "--output-dir", str(tmp_path / "out"),
+                 "--cutout", "--num-workers", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "1 written" in captured.out
     cutouts, _ = decoded(tmp_path / "out" / "cutouts" / "clip.mov", "rgba")
     masks, _ = decoded(tmp_path / "out" / "masks" / "clip.mp4")
     assert len(cutouts) == len(masks) == 5

@@ -33,6 +33,8 @@ from dsunet_hf.models.visual_prompt.modeling_visual_prompt import (
 )
 from dsunet_hf.prompts import PointPrompt
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
                  image_size=64)
 SIDE = 64

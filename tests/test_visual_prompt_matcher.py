@@ -26,6 +26,8 @@ from dsunet_hf.models.visual_prompt import (
 from dsunet_hf.models.visual_prompt import matcher as matcher_module
 from dsunet_hf.prompts import BoxPrompt
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (see conftest)
+
 TINY_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 P = 14  # patch size
 SIZE = 8 * P  # 112 px: an 8 x 8 patch grid

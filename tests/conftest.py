@@ -101,6 +101,18 @@ class OfflineHub:
 
 
 @pytest.fixture
+def hub_offline(monkeypatch):
+    """HF_HUB_OFFLINE for code run in this process: huggingface_hub and datasets read the variable once, at import,
+    so setting it alone does nothing here (a subprocess reads it)."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
     import huggingface_hub
     from huggingface_hub import constants

@@ -552,13 +552,12 @@ def test_fine_tuned_artifacts_push_and_pull_with_identical_outputs(strategy, off
 
 # --- training and prediction ------------------------------------------------------------------------------
 
-def test_the_training_command_trains_birefnet(tmp_path, monkeypatch):
+def test_the_training_command_trains_birefnet(tmp_path, monkeypatch, hub_offline):
     """examples/train.py's entry point (training.main) fine-tunes BiRefNet. Run in this process: `accelerate launch`
     itself is covered by test_training (a launched interpreter cost this test about 20 s of imports)."""
     from dsunet_hf.synthetic import make_camouflage_dataset
     from dsunet_hf.training import main as train_main
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     data = make_camouflage_dataset(tmp_path / "data", num_pairs=8, size=(80, 72), seed=2)
     output = tmp_path / "run"

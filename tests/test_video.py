@@ -229,7 +229,7 @@ def test_video_needs_pyav(tmp_path, processor, monkeypatch):
         predict_files(RedChannelModel(), processor, [clip], tmp_path / "out", progress=False)
 
 
-def test_command_line_video_with_a_real_model(tmp_path, capsys, monkeypatch):
+def test_command_line_video_with_a_real_model(tmp_path, capsys, hub_offline):
     """`dsunet-hf predict` on a clip (its main() in this process: a new interpreter cost about 6 s of imports)."""
     from dsunet_hf.cli import main
 
@@ -237,7 +237,6 @@ def test_command_line_video_with_a_real_model(tmp_path, capsys, monkeypatch):
     model.save_pretrained(tmp_path / "model", include_backbone=True)
     SegmentationImageProcessor(size=TINY_SIZE).save_pretrained(tmp_path / "model")
     clip = write_video(tmp_path / "clip.mp4", [square_frame(i) for i in range(5)])
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["predict", "--model", str(tmp_path / "model"), str(clip), "--output-dir", str(tmp_path / "out"),
                  "--cutout", "--num-workers", "0"])
     captured = capsys.readouterr()

@@ -703,3 +703,29 @@ def test_the_license_look_up_gives_up_on_a_hub_that_never_answers(monkeypatch):
         worker.start()
         worker.join(timeout=10)
     assert found == [{}]
+
+
+@pytest.mark.parametrize("handler", ["foreground_video", "classes_video", "prompt_video"])
+def test_a_damaged_video_upload_is_named_on_the_page_without_the_servers_folder(tmp_path, caplog, handler):
+    # predict's "not a readable video" named Gradio's copy of the upload: /tmp/gradio/<hash>/fake.mp4 on the page.
+    gradio = pytest.importorskip("gradio", reason="the demo page needs Gradio (the [app] extra)")
+    pytest.importorskip("av", reason="videos need PyAV (the [video] extra)")
+    from dsunet_hf.app import _shown_as_errors
+
+    upload = tmp_path / "gradio" / "0f3c9a" / "fake.mp4"  # where Gradio keeps an upload
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"not a video at all")
+    if handler == "foreground_video":
+        demo, args = red_demo(), (str(upload),)
+    elif handler == "classes_video":
+        model = Sam2UNetForImageSegmentation(tiny_sam2_unet_config(num_labels=3)).eval()
+        demo, args = Demo(model, SegmentationImageProcessor(size=64)), (str(upload),)
+        assert demo.kind == "classes"
+    else:
+        demo = Demo(OneHotMatcher(tiny_config()).eval())
+        args = (Image.fromarray(colour_image(REFERENCE_BOXES)), f"point:{P},{P}", str(upload))
+    with pytest.raises(gradio.Error) as shown:
+        _shown_as_errors(gradio)(getattr(demo, handler))(*args)  # as the page calls it
+    assert shown.value.message.startswith("fake.mp4: not a readable video ("), shown.value.message
+    assert str(upload.parent) not in shown.value.message and "0f3c9a" not in shown.value.message
+    assert str(upload) in caplog.text  # the server's log keeps the full path

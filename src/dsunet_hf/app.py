@@ -10,6 +10,7 @@ without a browser; :func:`build_app` wires them into ``gradio.Blocks`` (the ``[a
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -120,8 +121,7 @@ class Demo:
         output_dir = self._video_output_dir(output_dir)
         report = predict_files(self.model, self.processor, [video], output_dir, overlay=True, progress=False,
                                overwrite=True, schedule=schedule or None, temporal_smoothing=temporal_smoothing)
-        if report.failed:
-            raise ValueError(next(iter(report.failed.values())))
+        _raise_video_failure(report, video)
         stem = Path(video).stem
         return str(output_dir / "overlays" / f"{stem}.mp4"), str(output_dir / "masks" / f"{stem}.mkv")
 
@@ -181,8 +181,7 @@ class Demo:
         output_dir = self._video_output_dir(output_dir)
         report = predict_with_prompts(self.model, [e[0] for e in examples], [e[1] for e in examples], [video],
                                       output_dir, overlay=True, overwrite=True, progress=False, track=bool(track))
-        if report.failed:
-            raise ValueError(next(iter(report.failed.values())))
+        _raise_video_failure(report, video)
         stem = Path(video).stem
         return str(output_dir / "overlays" / f"{stem}.mp4"), str(output_dir / "masks" / f"{stem}.mp4")
 
@@ -216,8 +215,7 @@ class Demo:
                                cutout=True, background=backdrop, crop_refine=crop_refine,
                                progress=False, overwrite=True, resolution=self.resolution, max_side=self.max_side,
                                temporal_smoothing=temporal_smoothing)
-        if report.failed:
-            raise ValueError(next(iter(report.failed.values())))
+        _raise_video_failure(report, video)
         stem = Path(video).stem
         return tuple(str(output_dir / kind / f"{stem}{suffix}")
                      for kind, suffix in (("composites", ".mp4"), ("masks", ".mp4"), ("cutouts", ".mov")))
@@ -258,6 +256,19 @@ def _check_video(video: str | None) -> None:
     if not is_video(video):
         raise ValueError(f"{Path(video).name}: not a video format read here ({', '.join(sorted(VIDEO_SUFFIXES))}); "
                          f"convert it first, e.g. ffmpeg -i {Path(video).name} {Path(video).stem}.mp4")
+
+
+def _raise_video_failure(report, video: str) -> None:
+    """The failure of ``predict`` on ``video`` (a damaged upload) as a ValueError naming the file by its name only: on
+    the page ``video`` is Gradio's copy of the upload (/tmp/gradio/<hash>/clip.mp4), whose folder the page is not to
+    show. The server's log keeps the message with the full path."""
+    if not report.failed:
+        return
+    message = next(iter(report.failed.values()))
+    logger.warning("video %s failed: %s", video, message)
+    for folder in {Path(video).parent, Path(video).resolve().parent} - {Path(".")}:
+        message = message.replace(f"{folder}{os.sep}", "")
+    raise ValueError(message)
 
 
 def _backdrop(colour: str | None):

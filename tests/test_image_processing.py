@@ -184,13 +184,40 @@ def test_corrupt_and_missing_files(tmp_path):
     assert issubclass(ImageReadError, ValueError)
 
 
-@pytest.mark.parametrize("shape", [(4, 5, 2), (4, 5, 5)])
+@pytest.mark.parametrize("shape", [(5, 4, 2), (2, 5, 5)])
 def test_bad_channel_count(shape):
     with pytest.raises(ValueError, match=r"1, 3 or 4 channels") as info:
         load_image(np.zeros(shape, np.uint8))
     assert str(shape) in str(info.value)
     with pytest.raises(ValueError, match=r"\(2, 4, 4\)"):
         load_image(torch.zeros(2, 4, 4))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_channels_first_arrays_and_channels_last_tensors(channels):
+    """transformers' processors read a (C, H, W) array and an (H, W, C) tensor (infer_channel_dimension_format);
+    both were refused here. Either layout gives the pixel_values of the (H, W, C) array exactly."""
+    processor = SegmentationImageProcessor(size=8)
+    hwc = np.random.default_rng(channels).integers(0, 256, (6, 10, channels), dtype=np.uint8)
+    expected = processor(hwc)["pixel_values"]
+    assert torch.equal(processor(np.ascontiguousarray(hwc.transpose(2, 0, 1)))["pixel_values"], expected)
+    if channels != 4:  # tensors take 1 or 3 channels in either layout, as transformers' processors
+        assert torch.equal(processor(torch.from_numpy(hwc))["pixel_values"], expected)
+        floats = hwc.astype(np.float32) / 255
+        assert torch.equal(processor(torch.from_numpy(floats))["pixel_values"], processor(floats)["pixel_values"])
+    mask = (hwc[..., 0] > 127).astype(np.uint8) * 255
+    labels = processor(hwc, masks=mask)["labels"]
+    assert torch.equal(processor(hwc, masks=mask[None])["labels"], labels)  # a (1, H, W) mask array
+    assert torch.equal(processor(hwc, masks=torch.from_numpy(mask)[..., None])["labels"], labels)
+
+
+def test_shape_fitting_both_layouts_keeps_its_reading():
+    """(3, 5, 3) fits both layouts: an array stays (H, W, C), a tensor stays (C, H, W), as before."""
+    values = np.arange(45, dtype=np.uint8).reshape(3, 5, 3)
+    assert np.array_equal(np.asarray(load_image(values)), values)
+    assert np.array_equal(np.asarray(load_image(torch.from_numpy(values))), values.transpose(1, 2, 0))
+    with pytest.raises(ValueError, match=r"\(C, H, W\) or \(H, W, C\) tensor"):
+        load_image(torch.zeros(4, 5, 4, dtype=torch.uint8))
 
 
 # ----------------------------------------------------------------------------- image_io: masks

@@ -97,9 +97,21 @@ def displayed_size(path: str | os.PathLike, header_only: bool = False) -> tuple[
         return height, width
 
 
+# Channel counts of a numpy image (either layout) and of a tensor (either layout); transformers' image processors
+# infer the layout from them alike (``infer_channel_dimension_format``).
+_ARRAY_CHANNELS = (1, 3, 4)
+_TENSOR_CHANNELS = (1, 3)
+
+
 def _as_numpy(source: Any) -> np.ndarray | None:
-    """Return ``source`` as a channels-last numpy array, or None if it is not an array/tensor."""
+    """Return ``source`` as a channels-last numpy array, or None if it is not an array/tensor.
+
+    A 3-D array is (H, W, C) and a 3-D tensor (C, H, W); each is read in the other layout only where its own does
+    not fit and the other does, as transformers' processors read them: a (3, H, W) array from another processor's
+    pipeline, an (H, W, 3) tensor. A shape that fits both layouts keeps its type's reading."""
     if isinstance(source, np.ndarray):
+        if source.ndim == 3 and source.shape[2] not in _ARRAY_CHANNELS and source.shape[0] in _ARRAY_CHANNELS:
+            return source.transpose(1, 2, 0)
         return source
     try:
         import torch
@@ -109,12 +121,12 @@ def _as_numpy(source: Any) -> np.ndarray | None:
         t = source.detach().cpu()
         if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
             t = t.float()  # bfloat16 and the float8 types have no numpy dtype
-        if t.ndim == 3:
-            if t.shape[0] not in (1, 3):
-                raise ValueError(
-                    f"expected a (C, H, W) tensor with 1 or 3 channels, got shape {tuple(t.shape)}"
-                )
+        if t.ndim == 3 and t.shape[0] in _TENSOR_CHANNELS:
             t = t.permute(1, 2, 0)
+        elif t.ndim == 3 and t.shape[2] not in _TENSOR_CHANNELS:
+            raise ValueError(
+                f"expected a (C, H, W) or (H, W, C) tensor with 1 or 3 channels, got shape {tuple(t.shape)}"
+            )
         return t.numpy()
     return None
 
@@ -154,7 +166,7 @@ def _channels_last(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         return arr
     raise ValueError(
-        f"cannot interpret array of shape {arr.shape} as an image: expected (H, W) or (H, W, C) "
+        f"cannot interpret array of shape {arr.shape} as an image: expected (H, W), (H, W, C) or (C, H, W) "
         "with 1, 3 or 4 channels"
     )
 
@@ -176,8 +188,9 @@ def pil_to_rgb(im: Image.Image) -> Image.Image:
 def load_image(source: Any) -> Image.Image:
     """Load ``source`` as an RGB PIL image.
 
-    ``source`` may be a path, a PIL image, a numpy array ((H,W) or (H,W,C) with C in {1,3,4};
-    uint8, uint16 or float in [0, 1]) or a torch tensor (C,H,W) with C in {1,3}. EXIF orientation
+    ``source`` may be a path, a PIL image, a numpy array ((H,W), (H,W,C) or (C,H,W) with C in {1,3,4};
+    uint8, uint16 or float in [0, 1]) or a torch tensor ((C,H,W) or (H,W,C) with C in {1,3}; a shape that fits
+    both layouts is read as (H,W,C) for arrays and as (C,H,W) for tensors). EXIF orientation
     of files and PIL images is applied, alpha is dropped and high bit depth gray is scaled to 8 bit.
     """
     if isinstance(source, _PathLike):

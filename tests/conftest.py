@@ -46,7 +46,7 @@ def _seed():
 def one_thread():
     """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny
     tensors of these tests gain nothing from a second thread, and its hand-offs cost ~15% of the time on 2 idle
-    cores and up to 10x on cores shared with other processes (tests/test_deform_conv.py does the same per test)."""
+    cores and up to 10x on cores shared with other processes."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -113,16 +113,14 @@ def hub_offline(monkeypatch):
 
 
 @pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
+def offline_hub(tmp_path, monkeypatch, hub_offline):
     import huggingface_hub
     from huggingface_hub import constants
 
     cache = tmp_path / "hub-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub = OfflineHub(cache)
 
     class StubRepoUrl(str):

@@ -232,6 +232,10 @@ def test_the_served_page_segments_over_http_and_reports_bad_input(served, tmp_pa
     (tmp_path / "notes.txt").write_text("not a picture")
     with pytest.raises(Exception, match=r"^notes\.txt: the image cannot be read \(not an image file\)$"):
         client.predict(handle_file(str(tmp_path / "notes.txt")), 0.5, False, "#00ff00", api_name="/segment")
+    whole = (tmp_path / "photo.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])  # its reason, not just "OSError"
+    with pytest.raises(Exception, match=r"^cut\.png: the image cannot be read \(image file is truncated"):
+        client.predict(handle_file(str(tmp_path / "cut.png")), 0.5, False, "#00ff00", api_name="/segment")
     with monkeypatch.context() as patch, pytest.raises(
             Exception, match=r"^photo\.png: too large to read, downscale it first \(Image size \(2400 "):
         patch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # photo.png (2400 pixels) over the decompression-bomb limit

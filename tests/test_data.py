@@ -809,5 +809,8 @@ def test_a_split_slice_selects_the_rows_datasets_selects(tmp_path):
             load_segmentation_dataset(rows.select(range(5)), spec)
     with pytest.raises(ValueError, match=r"not several joined with '\+'"):
         load_segmentation_dataset(tmp_path, "train[:5]+test[:5]")
+    with pytest.raises(ValueError, match=r"one split name with an optional slice is supported \(as 'train\[:10%\]', "
+                                         r"'test\[10:20\]'\)$"):  # was "not several joined with '+'"
+        load_segmentation_dataset(tmp_path, "train[:10%")
     with pytest.raises(ValueError, match=r"selects none of the 15 pairs"):
         load_segmentation_dataset(tmp_path, "train[20:]")

@@ -23,14 +23,9 @@ def _isolated_backend(monkeypatch):
     monkeypatch.delenv(dc.PURE_ENV_VAR, raising=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: with intra-op threads, gradcheck's thousands of calls spend their time in thread
-    hand-offs, which slow down ~20x when another process shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: with intra-op threads, gradcheck's thousands of calls spend their time in thread hand-offs, which
+# slow down ~20x when another process shares the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(value):

@@ -408,6 +408,9 @@ def test_post_process_probabilities_upsample_then_sigmoid(processor):
             processor.post_process_probabilities(batch, target_sizes=(8, 6))
     with pytest.raises(ValueError, match=r"^target_sizes\[1\]: \(0, 6\) is not a \(height, width\) of positive"):
         processor.post_process_semantic_segmentation(logits, target_sizes=[(8, 6), (0, 6)])
+    for bad in (352, None, (8.5, 8)):  # were Python's bare TypeErrors, or 8.5 cut to 8
+        with pytest.raises(ValueError, match=r"^target_sizes\[1\]: .* is not a \(height, width\) of positive integers$"):
+            processor.post_process_semantic_segmentation(logits, target_sizes=[(8, 6), bad])
     assert probs[0].dtype == torch.float32
     assert torch.allclose(probs[1], torch.sigmoid(logits[1, 0]))
     ref = torch.sigmoid(

@@ -84,6 +84,9 @@ def test_the_matcher_refuses_hidden_states_and_attentions():
     matcher.config.output_hidden_states = True  # the config's default, as every other model reads it
     with pytest.raises(ValueError, match="VisualPromptMatcher: output_attentions/output_hidden_states"):
         matcher(pixel_values)
+    with pytest.raises(TypeError, match=r"^VisualPromptMatcher\.forward\(\) got an unexpected keyword argument "
+                                        r"'output_aux'"):
+        matcher(pixel_values, output_aux=True)
 
 
 @pytest.mark.parametrize("kind", ["dinov2-seg", "sam2-unet"])

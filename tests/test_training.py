@@ -334,7 +334,7 @@ def test_malformed_config_overrides_are_named(generated_data, tmp_path):
     with pytest.raises(ValueError, match="JSON object"):
         train(tiny_args(generated_data, tmp_path / "x", config_overrides="[1, 2]"))
     # A misspelled field would be stored on the config and ignored.
-    with pytest.raises(ValueError, match=r"Sam2UNetConfig has no field 'rfb_chanels': did you mean \['rfb_channels'\]"):
+    with pytest.raises(ValueError, match=r"Sam2UNetConfig has no field 'rfb_chanels' \(did you mean 'rfb_channels'\?\)"):
         build_config(tiny_args(generated_data, tmp_path / "x", config_overrides=json.dumps({"rfb_chanels": 8})))
     # dinov2-seg has no single input size: --image-size would be ignored.
     with pytest.raises(ValueError, match=r"--image-size does not apply to dinov2-seg.*crop_size"):
@@ -1013,9 +1013,9 @@ def test_an_empty_list_of_lora_target_modules_is_refused_naming_the_field(genera
     assert config.lora_target_modules == ["attn.qkv"]
 
 
-def test_whether_a_checkpoint_is_the_folders_own_is_worked_out_once_and_passed(tmp_path, monkeypatch):
-    """set_aside_abandoned_checkpoints and train() each worked out whether the resumed checkpoint is the output
-    folder's own: now train() does, once, and passes it (a checkpoint of another folder: all of this one's go)."""
+def test_whose_checkpoint_a_resume_starts_from_decides_what_is_set_aside(tmp_path):
+    """The folder's own checkpoint-4: the later ones go; another folder's (own=False): every one of this folder's but
+    the one resumed; one set aside earlier is told apart from both."""
     from dsunet_hf import training
 
     for step in (2, 4, 6):
@@ -1023,10 +1023,11 @@ def test_whether_a_checkpoint_is_the_folders_own_is_worked_out_once_and_passed(t
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
     assert training.is_own_checkpoint(tmp_path, checkpoint)
     assert not training.is_own_checkpoint(tmp_path / "other", checkpoint)
-    asked = []
-    monkeypatch.setattr(training, "is_own_checkpoint", lambda *args: asked.append(args) or False)
+    set_aside = tmp_path / "abandoned-checkpoints" / "20261208-000000-resumed-from-checkpoint-2" / "checkpoint-8"
+    assert training.is_set_aside_checkpoint(tmp_path, set_aside) and not training.is_set_aside_checkpoint(tmp_path,
+                                                                                                           checkpoint)
+    assert not training.is_own_checkpoint(tmp_path, set_aside)
     aside = training.set_aside_abandoned_checkpoints(tmp_path, checkpoint, 4, own=False)
-    assert not asked  # taken from the caller, not worked out again
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-2", "checkpoint-6"]
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-4"]
 

@@ -60,11 +60,9 @@ class Demo:
         (``verify_backbone_weights=False``: as ``--no-verify-backbone-weights``; ``backbone_sources``: as
         ``--backbone-source``, e.g. ``{"backbone_revision": "abc123"}``; both refused for ONNX graphs; ``kwargs``:
         ``revision``, ``variant``, as ``--revision``, ``--variant``)."""
-        from .modeling_utils import _expand_home
         from .predict import load_model_and_processor
         from .prompt_predict import load_visual_prompt_model, visual_prompt_model_type
 
-        name_or_path = _expand_home(name_or_path)  # transformers took "~/models/x" for an invalid repo id
         if visual_prompt_model_type(name_or_path, revision=kwargs.get("revision")):
             model = load_visual_prompt_model(name_or_path, device=device, dtype=dtype,
                                              verify_backbone_weights=verify_backbone_weights,
@@ -413,7 +411,8 @@ def _uploads_checked(gr, component):
         except Image.DecompressionBombError as error:
             raise gr.Error(f"{_upload_name(payload)}: too large to read, downscale it first ({error})") from error
         except (OSError, SyntaxError) as error:  # Pillow's UnidentifiedImageError is an OSError
-            reason = "not an image file" if isinstance(error, Image.UnidentifiedImageError) else type(error).__name__
+            reason = ("not an image file" if isinstance(error, Image.UnidentifiedImageError)
+                      else str(error) or type(error).__name__)  # e.g. "image file is truncated"
             raise gr.Error(f"{_upload_name(payload)}: the image cannot be read ({reason})") from error
 
     component.preprocess = checked

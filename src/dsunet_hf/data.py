@@ -756,8 +756,9 @@ def _split_slice(split: str | None) -> tuple[str | None, str | None]:
         return split, None
     match = _SLICED_SPLIT.fullmatch(split)
     if match is None:
-        raise ValueError(f"split={split!r}: one split with an optional slice is supported (as 'train[:10%]', "
-                         "'test[10:20]'), not several joined with '+'")
+        joined = ", not several joined with '+'" if "+" in split else ""
+        raise ValueError(f"split={split!r}: one split name with an optional slice is supported (as 'train[:10%]', "
+                         f"'test[10:20]'){joined}")
     try:  # a bad slice is named before anything is loaded
         datasets.ReadInstruction.from_spec("split" + match["slice"])
     except (ValueError, AssertionError) as err:

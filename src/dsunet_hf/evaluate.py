@@ -697,9 +697,8 @@ def _dataset_labels(source, split: str | None = None) -> dict | None:
 def _scored_whole(source, split: str) -> bool:
     """A local folder of image/mask pairs without a folder for ``split`` (a benchmark's test set is often one flat
     folder): the loader takes all of it, as it does with no split given."""
-    from .data import pair_folders, split_name
+    from .data import pair_folders
 
-    split = split_name(split)  # "test[:50%]": the slice is of the split's folder
     path = Path(os.path.expanduser(str(source)))
     saved = ("state.json", "dataset_dict.json", "metadata.jsonl", "metadata.csv", "metadata.parquet")
     if not path.is_dir() or any((path / name).is_file() for name in saved):  # Hub ids, datasets: their splits
@@ -868,7 +867,7 @@ def run_evaluate_cli(args) -> int:
 
                 logger.warning("--data %s has no %r split folder: the whole folder is evaluated%s (the report "
                                "records split %r)", source, split_name(args.split),
-                               f" (sliced: {args.split})" if "[" in args.split else "", args.split)
+                               f" (sliced: {args.split})" if split_name(args.split) != args.split else "", args.split)
         # Foreground models: the post-processing order and min-max normalisation evaluate_model uses, for the report.
         foreground = (None if visual_prompt is not None or multi_class
                       else foreground_protocol(model, processor, args.minmax_normalize))

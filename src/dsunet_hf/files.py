@@ -15,6 +15,12 @@ from pathlib import Path
 from PIL import Image
 
 
+def expand_home(path):
+    """A ``~/...`` path with the home folder (as a shell would; transformers takes the text literally); anything
+    else (a Hub id, an object) as it is."""
+    return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) and str(path).startswith("~") else path
+
+
 def _read_umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it: put it straight back (once, at import, before
     os.umask(mask)      # the writer threads start: another thread creating a file in between would get mode 0666)

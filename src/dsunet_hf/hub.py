@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 from importlib import resources
 from pathlib import Path
 
@@ -85,7 +86,12 @@ def hub_download_kwargs(kwargs: dict) -> dict:
 def download_command(repo_id: str, revision: str | None = None) -> str:
     """The command, quoted as every message quotes it, that puts Hub repo ``repo_id`` (at ``revision``) into the
     local Hub cache."""
-    return f"`hf download {repo_id}" + (f" --revision {revision}" if revision else "") + "`"
+    return f"`hf download {repo_id}{revision_flag(revision)}`"
+
+
+def revision_flag(revision: str | None) -> str:
+    """`` --revision <revision>`` for a command line (shell-quoted: a branch may be named ``a&b``), or nothing."""
+    return f" --revision {shlex.quote(revision)}" if revision else ""
 
 
 def offline_fix(repo_id: str, revision: str | None = None) -> str:
@@ -242,18 +248,22 @@ def card_revision(revision: str | None) -> str | None:
     return revision
 
 
+def card_revision_kwarg(revision: str | None) -> str:
+    """``, revision="<branch>"`` for a card's ``from_pretrained("<repo>"...)`` snippets (see :func:`card_revision`)."""
+    revision = card_revision(revision)
+    return f", revision={json.dumps(revision)}" if revision else ""
+
+
 def render_model_card(template_name: str, card_data: ModelCardData, **variables) -> ModelCard:
     """Render ``model_cards/<template_name>`` (Jinja) with ``huggingface_hub.ModelCard``; templates link model
     sources with ``repo_link`` and name the weights with ``weight_files``. ``revision``: the branch the card is pushed
     to, which its snippets then load (``from_pretrained(..., revision=...)``, ``--revision``), as a user copying them
     from that branch's page would otherwise load ``main``."""
-    import shlex
-
     template = resources.files("dsunet_hf").joinpath("model_cards", template_name).read_text(encoding="utf-8")
     variables.setdefault("weight_files", DEFAULT_WEIGHT_FILES)
     revision = card_revision(variables.pop("revision", None))
-    variables["revision_kwarg"] = f", revision={json.dumps(revision)}" if revision else ""
-    variables["revision_flag"] = f" --revision {shlex.quote(revision)}" if revision else ""
+    variables["revision_kwarg"] = card_revision_kwarg(revision)
+    variables["revision_flag"] = revision_flag(revision)
     return PackageModelCard.from_template(card_data, template_str=template, repo_link=repo_link, **variables)
 
 

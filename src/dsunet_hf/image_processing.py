@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .files import expand_home
 from .image_io import load_image, load_mask
 from .models.checked_config import check_misspelt_fields
 
@@ -82,9 +83,13 @@ def _target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]]:
         raise ValueError(f"got {len(sizes)} target sizes for a batch of {batch}")
     pairs = []
     for i, size in enumerate(sizes):
-        if len(tuple(size)) != 2 or min(int(v) for v in size) < 1:
-            raise ValueError(f"target_sizes[{i}]: {size!r} is not a (height, width) of positive sizes")
-        pairs.append((int(size[0]), int(size[1])))
+        try:
+            height, width = size
+        except (TypeError, ValueError):  # 352, None, a triple
+            height = width = None
+        if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in (height, width)):
+            raise ValueError(f"target_sizes[{i}]: {size!r} is not a (height, width) of positive integers")
+        pairs.append((int(height), int(width)))
     return pairs
 
 
@@ -192,15 +197,11 @@ class SegmentationImageProcessor(BaseImageProcessor):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loading, with a ``~/...`` folder read from the home folder (as the models' own
         ``from_pretrained``): transformers takes it for an invalid repo id."""
-        from .modeling_utils import _expand_home  # imported here: modeling_utils imports this module
-
-        return super().from_pretrained(_expand_home(pretrained_model_name_or_path), *args, **kwargs)
+        return super().from_pretrained(expand_home(pretrained_model_name_or_path), *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' saving, with a ``~/...`` folder written to the home folder (transformers wrote ``./~/...``)."""
-        from .modeling_utils import _expand_home
-
-        return super().save_pretrained(_expand_home(save_directory), *args, **kwargs)
+        return super().save_pretrained(expand_home(save_directory), *args, **kwargs)
 
     # ------------------------------------------------------------------ pre-processing
     def resize_antialiases(self) -> bool:

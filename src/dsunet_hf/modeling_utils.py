@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from transformers.initialization import copy_, kaiming_uniform_, ones_, uniform_, zeros_
 from transformers.utils import ModelOutput
 
-from .files import give_new_file_modes
+from .files import expand_home, give_new_file_modes
 from .finetune import add_lora, is_trainable_key, lora_layers, merge_lora, parameter_counts, trainable_summary
 from .hub import (
     PLACEHOLDER_REPO_ID,
@@ -82,11 +82,6 @@ def check_pixel_values(pixel_values: torch.Tensor, multiple: int, name: str = "p
         raise ValueError(
             f"{name}: height and width must be positive multiples of {multiple}, got {tuple(pixel_values.shape[2:])}"
         )
-
-
-def _expand_home(path):
-    """A ``~/...`` path with the home folder (as a shell would; transformers takes the text literally)."""
-    return os.path.expanduser(path) if isinstance(path, (str, os.PathLike)) and str(path).startswith("~") else path
 
 
 # What forward takes and ignores: the image processor's record of the input sizes (``model(**processor(images))``)
@@ -528,7 +523,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         ``verify_backbone_weights=False`` loads them anyway (the fingerprint is then dropped: a save records the
         weights loaded). Artifacts saved before the fingerprint existed load unchecked.
         """
-        pretrained_model_name_or_path = _expand_home(pretrained_model_name_or_path)  # transformers: "not a repo id"
+        pretrained_model_name_or_path = expand_home(pretrained_model_name_or_path)  # transformers: "not a repo id"
         want_info = kwargs.pop("output_loading_info", False)
         merge = kwargs.pop("merge_lora", False)
         verify = kwargs.pop("verify_backbone_weights", True)
@@ -606,7 +601,7 @@ class SegmentationPreTrainedModel(PreTrainedModel):
         not uploaded. Weights of an earlier save in the other layout (one file / shards) are removed, here and on the
         Hub."""
         card_kwargs = dict(kwargs.pop("model_card_kwargs", None) or {})
-        save_directory = _expand_home(save_directory)  # transformers wrote "~/models/x" into ./~/models/x
+        save_directory = expand_home(save_directory)  # transformers wrote "~/models/x" into ./~/models/x
         push = kwargs.pop("push_to_hub", False)
         push_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "commit_description", "private", "token",
                                                          "revision", "create_pr") if key in kwargs}

@@ -26,7 +26,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .crop_refine import minmax_normalized, refine_with_crops
-from .files import output_folder_problem, remove_stale_temporaries, save_image_atomic, write_json_atomic
+from .files import (
+    expand_home,
+    output_folder_problem,
+    remove_stale_temporaries,
+    save_image_atomic,
+    write_json_atomic,
+)
 from .image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -37,7 +43,7 @@ from .image_io import (
     pil_to_rgb,
 )
 from .image_processing import processor_for_model
-from .modeling_utils import _expand_home, model_output
+from .modeling_utils import model_output
 from .video import (
     TRANSPORT_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -421,29 +427,36 @@ def output_renderer(kinds: Iterable[str], options: OutputOptions):
     return _SharedColorEstimate(options).render
 
 
+@dataclass
+class _ColorEstimate:
+    image: Image.Image  # held: its id() keys the estimate until both outputs are drawn
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    colors: Image.Image | None = None
+    uses_left: int = 2  # the cut-out and the composite
+
+
 class _SharedColorEstimate:
     """Each image's foreground colours estimated once, by whichever of its cut-out and composite is drawn first
     (a video draws each output in its own thread), then drawn as they are ("original") for both."""
 
     def __init__(self, options: OutputOptions):
-        self.device = options.device
         self.options = replace(options, colors="original")
         self.lock = threading.Lock()
-        self.pending: dict[int, list] = {}  # id(image) -> [image (keeps the id taken), lock, colours, uses left]
+        self.pending: dict[int, _ColorEstimate] = {}
 
     def render(self, kind: str, image: Image.Image, probability: np.ndarray) -> np.ndarray:
         if kind not in ("cutouts", "composites"):
             return render_output(kind, image, probability, self.options)
         with self.lock:
-            entry = self.pending.setdefault(id(image), [image, threading.Lock(), None, 2])
-        with entry[1]:
-            if entry[2] is None:
-                entry[2] = foreground_colors(image, probability, "estimate", self.device)
-            entry[3] -= 1
-            if entry[3] == 0:  # both drawn: let it go
+            entry = self.pending.setdefault(id(image), _ColorEstimate(image))
+        with entry.lock:
+            if entry.colors is None:
+                entry.colors = foreground_colors(image, probability, "estimate", self.options.device)
+            entry.uses_left -= 1
+            if entry.uses_left == 0:  # both drawn: let it go
                 with self.lock:
                     del self.pending[id(image)]
-        return render_output(kind, entry[2], probability, self.options)
+        return render_output(kind, entry.colors, probability, self.options)
 
 
 def device_and_dtype(model) -> tuple[torch.device, torch.dtype]:
@@ -1036,7 +1049,7 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     from .convert.birefnet import is_official_birefnet_source
     from .onnx_export import OnnxSegmentationModel, is_onnx_export, onnx_export_from_hub
 
-    name_or_path = _expand_home(name_or_path)  # "~/models/x" (--model=~/..., which no shell expands)
+    name_or_path = expand_home(name_or_path)  # "~/models/x" (--model=~/..., which no shell expands)
     backbone_sources = backbone_sources or {}
     given = " and ".join(flag for flag, on in (("--no-verify-backbone-weights", not verify_backbone_weights),
                                                ("--backbone-source", bool(backbone_sources))) if on)

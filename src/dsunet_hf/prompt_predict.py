@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
-from .files import save_image_atomic, save_npy_atomic, write_json_atomic
+from .files import expand_home, save_image_atomic, save_npy_atomic, write_json_atomic
 from .image_io import ImageReadError, load_image
 from .models.checked_config import check_finite_number
 from .predict import (
@@ -49,10 +49,8 @@ def visual_prompt_model_type(name_or_path: str, revision: str | None = None) -> 
     unreadable config (e.g. the official BiRefNet repos, remote code)."""
     from transformers import AutoConfig
 
-    from .modeling_utils import _expand_home
-
     try:
-        model_type = AutoConfig.from_pretrained(_expand_home(name_or_path), revision=revision).model_type
+        model_type = AutoConfig.from_pretrained(expand_home(name_or_path), revision=revision).model_type
     except (OSError, ValueError, TypeError, AttributeError):  # TypeError, AttributeError: a config.json of null, [...]
         return None
     return model_type if model_type in VISUAL_PROMPT_MODEL_TYPES else None
@@ -68,10 +66,9 @@ def load_visual_prompt_model(name_or_path: str, device=None, dtype=None, *, veri
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from .modeling_utils import _expand_home
     from .predict import readable_weights
 
-    name_or_path = _expand_home(name_or_path)  # "~/models/x" (--model=~/..., which no shell expands)
+    name_or_path = expand_home(name_or_path)  # "~/models/x" (--model=~/..., which no shell expands)
     backbone_sources = backbone_sources or {}
     given = " and ".join(flag for flag, on in (("--no-verify-backbone-weights", not verify_backbone_weights),
                                                ("--backbone-source", bool(backbone_sources))) if on)

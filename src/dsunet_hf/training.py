@@ -127,7 +127,8 @@ class TrainingArguments:
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "start afresh in an --output-dir that holds an earlier run: its checkpoints, "
-                                         "best model, final model and logs are deleted first"}
+                                         "best model, final model, logs, metrics.jsonl, train_summary.json and "
+                                         "abandoned-checkpoints/ are deleted first"}
     )
     stop_after_steps: int | None = field(
         default=None, metadata={"help": "checkpoint and stop at this step (split a run across job slots)"}
@@ -268,7 +269,9 @@ def build_config(args: TrainingArguments):
     known = config_fields(spec.config_class)
     unknown = [key for key in config_kwargs if key not in known]
     if unknown:  # a misspelled field would otherwise be stored on the config and ignored
-        hints = "; ".join(f"{key!r}: did you mean {difflib.get_close_matches(key, known)}?" for key in unknown)
+        hints = "; ".join(f"{key!r}" + "".join(f" (did you mean {close!r}?)"
+                                               for close in difflib.get_close_matches(key, known, n=1))
+                          for key in unknown)
         raise ValueError(f"--config-overrides: {spec.config_class.__name__} has no field {hints}")
     if args.finetune_strategy:
         config_kwargs["finetune_strategy"] = args.finetune_strategy
@@ -512,15 +515,22 @@ def resolve_resume_path(args: TrainingArguments) -> Path | None:
 def read_best_record(folder: Path) -> dict | None:
     """What ``folder/best_record.json`` says (step, metric, value); None for a best/ saved before it was written."""
     try:
-        return json.loads((folder / BEST_RECORD).read_text())
+        record = json.loads((folder / BEST_RECORD).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None  # a hand-edited file of another shape: as if none
 
 
 def is_own_checkpoint(output_dir: Path, checkpoint: Path) -> bool:
     """Whether ``checkpoint`` is one of ``output_dir``'s own (``OUTPUT/checkpoints/checkpoint-N``), not another run's
     folder's (or one set aside in ``OUTPUT/abandoned-checkpoints``)."""
     return checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+
+
+def is_set_aside_checkpoint(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is one an earlier resume set aside (``OUTPUT/abandoned-checkpoints/<when>/checkpoint-N``),
+    resumed to go back to that course of training."""
+    return checkpoint.resolve().parent.parent == (output_dir / ABANDONED).resolve()
 
 
 def is_best_of(folder: Path, best: tuple[int | None, float | None]) -> bool:
@@ -556,7 +566,7 @@ def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: i
             if record is None:  # saved before best/ recorded its step: judged by the later checkpoints' records
                 if own and any(later_best is not None and later_best > step for later_best in best_steps):
                     bests[name] = None
-            elif (record.get("step"), record.get("value")) != tuple(best):  # e.g. a run killed before it checkpointed
+            elif not is_best_of(output_dir / name, best):  # e.g. a run killed before it checkpointed
                 bests[name] = record.get("step")
     if (output_dir / "best").is_dir() and "best" not in bests:
         # best/ is the checkpoint's: a best.old beside it is the older best a killed swap left (_replace_dir), not a
@@ -574,9 +584,12 @@ def set_aside_abandoned_checkpoints(output_dir: Path, resume_path: Path, step: i
     for name, saved_at in bests.items():
         os.replace(output_dir / name, aside / name)
         moved.append(f"{name}/" if saved_at is None else f"{name}/ (the best model of step {saved_at})")
-    whose = ("written after it by the course of training it abandons" if own
-             else "this folder's, of the course of training it leaves" if resume_path.parent.parent
-             == (output_dir / ABANDONED).resolve() else "this folder's, of another run")
+    if own:
+        whose = "written after it by the course of training it abandons"
+    elif is_set_aside_checkpoint(output_dir, resume_path):
+        whose = "this folder's, of the course of training it leaves"
+    else:
+        whose = "this folder's, of another run"
     logger.warning("resuming from %s (step %d): moved %s, %s, to %s (delete it when it is not needed)", resume_path,
                    step, ", ".join(moved), whose, aside)
     return aside
@@ -917,7 +930,7 @@ def train(args: TrainingArguments) -> dict:
         own = is_own_checkpoint(output_dir, resume_path)
         # One that an earlier resume set aside (OUTPUT/abandoned-checkpoints/<when>/checkpoint-N), resumed to go back to
         # that course of training: the best/ set aside beside it is its best when its record says so (see below).
-        set_aside_here = resume_path.resolve().parent.parent == (output_dir / ABANDONED).resolve()
+        set_aside_here = is_set_aside_checkpoint(output_dir, resume_path)
         # Before load_state: nothing changed yet.
         check_data_layout(resume_path, saved.data_layout, layout, saved.batches_in_epoch)
         if own or set_aside_here:  # into another folder, the best is chosen again (below) under this run's metric

@@ -72,11 +72,16 @@ def check_loss_weights(weights, order: str) -> list[float]:
     return [float(w) for w in weights]
 
 
+def own_fields(config_class) -> set[str]:
+    """The keyword arguments of ``config_class.__init__`` (its own fields)."""
+    return set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+
+
 def check_misspelt_fields(config_class, names) -> None:
     """Refuse a keyword that is not one of the config's fields but nearly is one (``finetune_strategyy``):
     transformers' configs keep any keyword as an attribute, so the model silently used the default. Keywords far from
     every field (another tool's extras in a config.json) are kept, as transformers does."""
-    own = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+    own = own_fields(config_class)
     for name in names:
         if name in own or name.startswith("_"):
             continue
@@ -97,7 +102,7 @@ class CheckedOverrides:
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        own = own_fields(cls)
         if kwargs.get("id2label") is not None:
             # Through __init__ (int keys, as read from a file; the class-id check), not transformers' setattr, which
             # kept a JSON-read {"0": ...}'s string keys (id2label[0]: KeyError), saved a list of names that did not

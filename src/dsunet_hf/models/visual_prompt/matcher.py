@@ -28,7 +28,6 @@ The functions work on plain feature maps so they can be checked with known featu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,13 +37,14 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 from ...backbones.dinov2 import DINOv2Backbone, load_dinov2_state_dict
-from ...hub import PLACEHOLDER_REPO_ID, card_revision, hub_download_kwargs
+from ...hub import PLACEHOLDER_REPO_ID, card_revision_kwarg, hub_download_kwargs
 from ...image_io import load_image
 from ...modeling_utils import (
     SegmentationPreTrainedModel,
     check_pixel_values,
     clean_loading_info,
     pop_dtype,
+    refuse_unknown_kwargs,
     wants_hidden_states,
 )
 from ...prompts import reference_masks
@@ -332,10 +332,12 @@ class VisualPromptMatcher(DinoVisualPromptModel):
             hidden = backbone.encoder.layernorm(hidden)
         return backbone._to_map(hidden, *pixel_values.shape[-2:]).float()
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, **kwargs) -> torch.Tensor:
         """The patch features used for matching (see :meth:`features`)."""
+        refuse_unknown_kwargs(self, kwargs)
         # Asked for (also through config.output_hidden_states, as for every model): refused, not silently ignored.
-        if kwargs.get("output_attentions") or wants_hidden_states(self, kwargs.get("output_hidden_states"), False):
+        if output_attentions or wants_hidden_states(self, output_hidden_states, False):
             raise ValueError("VisualPromptMatcher: output_attentions/output_hidden_states are not supported: its "
                              "forward returns the patch features (a tensor), see features()")
         return self.features(pixel_values)
@@ -574,8 +576,7 @@ class VisualPromptMatcher(DinoVisualPromptModel):
         repo = config.dino_backbone_repo_id
         card_data = self.card_data(["training-free"])
         name = repo_id or PLACEHOLDER_REPO_ID
-        revision = card_revision(extra.get("revision"))  # pushed to a branch: its snippet loads that branch
-        revision_kwarg = f", revision={json.dumps(revision)}" if revision else ""
+        revision_kwarg = card_revision_kwarg(extra.get("revision"))  # pushed to a branch: the snippet loads it
         content = f"""---
 {card_data.to_yaml()}
 ---
